@@ -1,0 +1,62 @@
+"""s3viz: Jupyter-first analysis of self-supervised speech models (s3prl interfaces).
+
+The public API is flat: ``s3viz.extract``, ``s3viz.probe_layers``,
+``s3viz.check_upstream`` ... Submodules ``s3viz.data``, ``s3viz.audio``,
+``s3viz.upstreams``, ``s3viz.plot`` and ``s3viz.widgets`` hold the rest.
+Names are imported lazily, so ``import s3viz`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    # seed interfaces
+    "AbsUpstream": "interface",
+    "AbsFeaturizer": "interface",
+    "AbsFrameModel": "interface",
+    "AbsUtteranceModel": "interface",
+    # contract checks
+    "check_upstream": "contract",
+    "check_featurizer": "contract",
+    "check_frame_model": "contract",
+    "check_utterance_model": "contract",
+    "ContractReport": "contract",
+    "ContractViolation": "contract",
+    # extraction
+    "extract": "extract",
+    "LayerStore": "extract",
+    # probes and similarity
+    "probe_layers": "probe",
+    "ProbeStats": "probe",
+    "layer_similarity": "similarity",
+    # length alignment
+    "expected_lengths": "align",
+    "frame_timeline": "align",
+    "length_report": "align",
+    # frame vs utterance
+    "compare_frame_utterance": "compare",
+}
+
+_SUBMODULES = ("align", "audio", "compare", "contract", "data", "extract", "interface",
+               "models", "plot", "probe", "similarity", "upstreams", "widgets")
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        module = importlib.import_module(f".{_EXPORTS[name]}", __name__)
+        value = getattr(module, name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 's3viz' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__) | set(_SUBMODULES))

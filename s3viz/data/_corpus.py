@@ -1,0 +1,134 @@
+"""The corpus types every s3viz analysis reads: :class:`Utterance` and :class:`Corpus`."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+
+from ..interface import SAMPLE_RATE
+
+__all__ = ["Utterance", "Corpus", "PHONE_COLUMNS"]
+
+PHONE_COLUMNS = ("phone", "word", "start", "end")
+"""Columns of an utterance's phone alignment table; ``start``/``end`` are 16 kHz samples."""
+
+
+@dataclass(eq=False)
+class Utterance:
+    """One utterance.
+
+    Attributes:
+        id: unique id within its corpus.
+        wav: ``(num_samples,)`` float32 numpy array, mono, 16 kHz, in [-1, 1].
+        text: transcript ("" when unknown).
+        speaker: speaker label ("" when unknown).
+        phones: alignment table with columns ``phone, word, start, end`` (samples,
+            ``start`` inclusive, ``end`` exclusive), or ``None`` when unknown.
+        labels: further per-utterance labels (e.g. from a labels CSV).
+    """
+
+    id: str
+    wav: np.ndarray
+    text: str = ""
+    speaker: str = ""
+    phones: Optional[pd.DataFrame] = None
+    labels: Dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not isinstance(self.id, str) or not self.id:
+            raise ValueError(f"Utterance id must be a non-empty str, got {self.id!r}")
+        wav = np.asarray(self.wav)
+        if wav.ndim != 1:
+            raise ValueError(
+                f"Utterance {self.id!r}: wav must be 1-D (num_samples,), got shape {wav.shape}; "
+                "convert with s3viz.audio.to_mono first"
+            )
+        self.wav = np.ascontiguousarray(wav, dtype=np.float32)
+        if self.phones is not None:
+            missing = [c for c in PHONE_COLUMNS if c not in self.phones.columns]
+            if missing:
+                raise ValueError(
+                    f"Utterance {self.id!r}: phones table lacks columns {missing}; "
+                    f"it needs {list(PHONE_COLUMNS)}"
+                )
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.wav.shape[0])
+
+    @property
+    def duration(self) -> float:
+        """Duration in seconds."""
+        return self.num_samples / SAMPLE_RATE
+
+
+class Corpus(Sequence[Utterance]):
+    """A sized, iterable, indexable collection of :class:`Utterance` with unique ids.
+
+    ``corpus[i]`` gives an utterance, ``corpus[a:b]`` or ``corpus[[i, j]]`` a
+    sub-corpus, ``corpus.labels`` a DataFrame with one row per utterance.
+    """
+
+    def __init__(self, utterances: Iterable[Utterance], name: str = "corpus"):
+        self._utts: List[Utterance] = list(utterances)
+        self.name = name
+        seen = set()
+        for u in self._utts:
+            if not isinstance(u, Utterance):
+                raise TypeError(f"Corpus items must be Utterance, got {type(u).__name__}")
+            if u.id in seen:
+                raise ValueError(f"duplicate utterance id {u.id!r} in corpus {name!r}")
+            seen.add(u.id)
+        self._fingerprint: Optional[str] = None
+
+    def __len__(self) -> int:
+        return len(self._utts)
+
+    def __iter__(self) -> Iterator[Utterance]:
+        return iter(self._utts)
+
+    def __getitem__(self, index: Union[int, slice, Sequence[int]]):
+        if isinstance(index, slice):
+            return Corpus(self._utts[index], name=self.name)
+        if isinstance(index, (list, tuple, np.ndarray)):
+            return Corpus([self._utts[int(i)] for i in index], name=self.name)
+        return self._utts[index]
+
+    def __repr__(self) -> str:
+        hours = sum(u.num_samples for u in self._utts) / SAMPLE_RATE / 3600
+        speakers = len({u.speaker for u in self._utts})
+        return (
+            f"Corpus({self.name!r}, {len(self)} utterances, {hours * 60:.1f} min, "
+            f"{speakers} speakers)"
+        )
+
+    @property
+    def ids(self) -> List[str]:
+        return [u.id for u in self._utts]
+
+    @property
+    def labels(self) -> pd.DataFrame:
+        """One row per utterance: ``id, speaker, text, num_samples`` and any extra labels."""
+        rows = []
+        for u in self._utts:
+            row = {"id": u.id, "speaker": u.speaker, "text": u.text, "num_samples": u.num_samples}
+            row.update(u.labels)
+            rows.append(row)
+        return pd.DataFrame(rows, columns=None if rows else ["id", "speaker", "text", "num_samples"])
+
+    def fingerprint(self) -> str:
+        """A sha256 over ids, audio bytes, texts, speakers, labels and alignments."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            for u in self._utts:
+                h.update(u.id.encode())
+                h.update(u.wav.tobytes())
+                h.update(repr((u.text, u.speaker, sorted(u.labels.items()))).encode())
+                if u.phones is not None:
+                    h.update(u.phones.to_csv(index=False).encode())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint

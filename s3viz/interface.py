@@ -1,0 +1,192 @@
+"""The seed contracts of s3prl (``s3prl.nn.interface``), without depending on s3prl.
+
+Four abstract ``torch.nn.Module`` classes with the same names, properties and
+forward signatures as s3prl's:
+
+- :class:`AbsUpstream`: waveforms in, every hidden state and its lengths out;
+- :class:`AbsFeaturizer`: all hidden states in, one hidden state out;
+- :class:`AbsFrameModel`: a frame-level model that keeps the time axis;
+- :class:`AbsUtteranceModel`: an utterance-level model that pools time away.
+
+s3viz never requires that an object *subclasses* these: every analysis accepts
+objects that follow the interface by their attributes (see
+:mod:`s3viz.contract`). s3prl's own ``S3PRLUpstream`` spells the layer count
+``num_layers``; :func:`num_layer_of` reads either spelling, and s3viz's own
+upstreams answer to both.
+
+Shapes follow the interface's names everywhere in s3viz:
+
+- ``wavs``: ``(batch_size, seq_len, 1)`` float, 16 kHz; ``wavs_len``: ``(batch_size,)`` long;
+- ``all_hs[i]``: ``(batch_size, seq_len_i, hidden_sizes[i])``; ``all_hs_len[i]``: ``(batch_size,)``;
+- ``hs``: ``(batch_size, seq_len, output_size)``; ``hs_len``: ``(batch_size,)``;
+- ``x``: ``(batch_size, seq_len, input_size)``; ``x_len``: ``(batch_size,)``.
+"""
+
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import torch
+from torch import nn
+
+__all__ = [
+    "AbsUpstream",
+    "AbsFeaturizer",
+    "AbsFrameModel",
+    "AbsUtteranceModel",
+    "num_layer_of",
+    "SAMPLE_RATE",
+]
+
+SAMPLE_RATE = 16000
+"""The sample rate of every waveform inside s3viz (and of the s3prl interface)."""
+
+
+class AbsUpstream(nn.Module):
+    """An upstream (self-supervised speech model) following s3prl's interface.
+
+    Subclasses implement :attr:`num_layer`, :attr:`hidden_sizes`,
+    :attr:`downsample_rates` and :meth:`forward`. The alias
+    :attr:`num_layers` (s3prl's ``S3PRLUpstream`` spelling) is provided so that
+    s3prl's own ``Featurizer`` can be built on an s3viz upstream.
+    """
+
+    @property
+    def num_layer(self) -> int:
+        """Number of hidden states returned by :meth:`forward`."""
+        raise NotImplementedError
+
+    @property
+    def num_layers(self) -> int:
+        """Alias of :attr:`num_layer` (the spelling of s3prl's ``S3PRLUpstream``)."""
+        return self.num_layer
+
+    @property
+    def hidden_sizes(self) -> List[int]:
+        """Hidden size of each hidden state, ``len(hidden_sizes) == num_layer``."""
+        raise NotImplementedError
+
+    @property
+    def downsample_rates(self) -> List[int]:
+        """Downsample rate from 16 kHz waveforms of each hidden state (samples per frame)."""
+        raise NotImplementedError
+
+    def forward(
+        self, wavs: torch.FloatTensor, wavs_len: torch.LongTensor
+    ) -> Tuple[List[torch.FloatTensor], List[torch.LongTensor]]:
+        """Run the upstream.
+
+        Args:
+            wavs: ``(batch_size, seq_len, 1)`` float waveforms at 16 kHz, zero-padded.
+            wavs_len: ``(batch_size,)`` long, the valid samples of each waveform.
+
+        Returns:
+            ``(all_hs, all_hs_len)``: ``all_hs[i]`` is
+            ``(batch_size, seq_len_i, hidden_sizes[i])`` and ``all_hs_len[i]`` is
+            ``(batch_size,)`` long, with ``all_hs_len[i].max() == seq_len_i``.
+        """
+        raise NotImplementedError
+
+
+class AbsFeaturizer(nn.Module):
+    """Reduces (standardises) the hidden states of an upstream to one hidden state."""
+
+    @property
+    def output_size(self) -> int:
+        """Hidden size of the reduced hidden state."""
+        raise NotImplementedError
+
+    @property
+    def downsample_rate(self) -> int:
+        """Downsample rate from 16 kHz waveforms of the reduced hidden state."""
+        raise NotImplementedError
+
+    def forward(
+        self, all_hs: List[torch.FloatTensor], all_hs_len: List[torch.LongTensor]
+    ) -> Tuple[torch.FloatTensor, torch.LongTensor]:
+        """Reduce hidden states.
+
+        Args:
+            all_hs: list of ``(batch_size, seq_len_i, hidden_size_i)`` hidden states.
+            all_hs_len: list of ``(batch_size,)`` long lengths, one per hidden state.
+
+        Returns:
+            ``(hs, hs_len)``: ``hs`` is ``(batch_size, seq_len, output_size)``,
+            ``hs_len`` is ``(batch_size,)`` long.
+        """
+        raise NotImplementedError
+
+
+class AbsFrameModel(nn.Module):
+    """A frame-level model: keeps the time axis."""
+
+    @property
+    def input_size(self) -> int:
+        """Feature size of ``x``."""
+        raise NotImplementedError
+
+    @property
+    def output_size(self) -> int:
+        """Feature size of the output."""
+        raise NotImplementedError
+
+    def forward(
+        self, x: torch.FloatTensor, x_len: torch.LongTensor
+    ) -> Tuple[torch.FloatTensor, torch.LongTensor]:
+        """Args:
+            x: ``(batch_size, seq_len, input_size)`` float.
+            x_len: ``(batch_size,)`` long valid frames.
+
+        Returns:
+            ``(y, y_len)``: ``(batch_size, seq_len', output_size)`` and ``(batch_size,)``.
+        """
+        raise NotImplementedError
+
+
+class AbsUtteranceModel(nn.Module):
+    """An utterance-level model: pools the time axis away."""
+
+    @property
+    def input_size(self) -> int:
+        """Feature size of ``x``."""
+        raise NotImplementedError
+
+    @property
+    def output_size(self) -> int:
+        """Feature size of the output."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.FloatTensor, x_len: torch.LongTensor) -> torch.FloatTensor:
+        """Args:
+            x: ``(batch_size, seq_len, input_size)`` float.
+            x_len: ``(batch_size,)`` long valid frames.
+
+        Returns:
+            ``(batch_size, output_size)`` float.
+        """
+        raise NotImplementedError
+
+
+def num_layer_of(upstream) -> int:
+    """Number of hidden states of ``upstream``, read from ``num_layer`` or ``num_layers``.
+
+    Raises:
+        TypeError: when neither attribute exists or it is not a positive int.
+    """
+    for name in ("num_layer", "num_layers"):
+        try:
+            value = getattr(upstream, name)
+        except NotImplementedError:
+            continue
+        except AttributeError:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise TypeError(
+                f"upstream.{name} must be a positive int, got {value!r} "
+                f"({type(value).__name__}); return the number of hidden states forward() gives"
+            )
+        return value
+    raise TypeError(
+        f"upstream ({type(upstream).__name__}) has neither 'num_layer' nor 'num_layers'; "
+        "add a 'num_layer' property giving the number of hidden states (s3prl interface)"
+    )

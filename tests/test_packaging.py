@@ -1,0 +1,93 @@
+"""Packaging: the two dependency lists agree, the public API resolves, notebooks are clean."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+import s3viz
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _name(req: str) -> str:
+    return re.split(r"[\s\[<>=!~;]", req.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def _pyproject_requirements() -> dict:
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = list(meta["dependencies"])
+    for extra in meta["optional-dependencies"].values():
+        reqs += extra
+    return {_name(r): r.replace(" ", "") for r in reqs}
+
+
+def _environment_pip_requirements() -> dict:
+    lines = (ROOT / "environment.yml").read_text().splitlines()
+    reqs, in_pip = [], False
+    for line in lines:
+        stripped = line.strip()
+        if stripped == "- pip:":
+            in_pip = True
+            continue
+        if in_pip:
+            if not stripped.startswith("- "):
+                break
+            item = stripped[2:].strip()
+            if not item.startswith("-e"):
+                reqs.append(item)
+    assert reqs, "environment.yml has no pip section"
+    return {_name(r): r.replace(" ", "") for r in reqs}
+
+
+def test_environment_yml_matches_pyproject():
+    py = _pyproject_requirements()
+    env = _environment_pip_requirements()
+    assert sorted(py) == sorted(env), (
+        f"only in pyproject: {sorted(set(py) - set(env))}; "
+        f"only in environment.yml: {sorted(set(env) - set(py))}"
+    )
+    assert py == env, "version pins differ between pyproject.toml and environment.yml"
+    assert "python=3.11" in (ROOT / "environment.yml").read_text()
+
+
+def test_torch_pins():
+    py = _pyproject_requirements()
+    assert py["torch"] == "torch==2.11.*"
+    assert py["torchaudio"] == "torchaudio==2.11.*"
+
+
+@pytest.mark.parametrize("name", s3viz.__all__)
+def test_public_name_resolves(name):
+    assert getattr(s3viz, name) is not None
+
+
+def test_unknown_attribute_raises():
+    with pytest.raises(AttributeError, match="no attribute"):
+        s3viz.does_not_exist  # noqa: B018
+
+
+def test_plot_and_widget_exports_resolve():
+    import s3viz.plot
+    import s3viz.widgets
+
+    for mod in (s3viz.plot, s3viz.widgets):
+        for name in mod.__all__:
+            assert callable(getattr(mod, name)), f"{mod.__name__}.{name}"
+
+
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_is_stored_clean(path):
+    nb = json.loads(path.read_text())
+    dirty = [
+        i for i, c in enumerate(nb["cells"])
+        if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count"))
+    ]
+    assert not dirty, f"{path.name}: cells {dirty} carry outputs; clear them before committing"
