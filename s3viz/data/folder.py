@@ -1,0 +1,208 @@
+"""A corpus from a folder of the user's own audio files, with per-file labels from a CSV."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+
+from ._corpus import Corpus, Utterance
+
+__all__ = ["load_folder", "AUDIO_SUFFIXES"]
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+"""Suffixes (any case) that :func:`load_folder` picks up when no ``pattern`` is given."""
+
+_RESERVED = ("num_samples",)
+_MAX_LISTED = 10
+
+
+def _listing(items: Sequence[str]) -> str:
+    shown = ", ".join(repr(s) for s in items[:_MAX_LISTED])
+    more = len(items) - _MAX_LISTED
+    return shown + (f" ... and {more} more" if more > 0 else "")
+
+
+def _find_files(root: Path, pattern: Union[None, str, Sequence[str]]) -> List[Path]:
+    if pattern is None:
+        files = [p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES]
+    else:
+        patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+        if not patterns or not all(isinstance(p, str) and p for p in patterns):
+            raise ValueError(f"pattern must be a glob str or a list of them, got {pattern!r}")
+        files = sorted({p for pat in patterns for p in root.glob(pat) if p.is_file()})
+    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+
+
+def _plain(value):
+    """numpy/pandas scalars -> plain Python values; missing -> None."""
+    if value is None:
+        return None
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    if value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, np.generic):
+        value = value.item()
+        if isinstance(value, float) and np.isnan(value):
+            return None
+    return value
+
+
+def _read_labels(labels_csv) -> pd.DataFrame:
+    if isinstance(labels_csv, pd.DataFrame):
+        return labels_csv.copy()
+    if not isinstance(labels_csv, (str, os.PathLike)):
+        raise TypeError(
+            f"labels_csv must be a CSV path or a pandas DataFrame, got {type(labels_csv).__name__}"
+        )
+    if not os.path.isfile(labels_csv):
+        raise FileNotFoundError(f"labels_csv not found: {os.fspath(labels_csv)!r}")
+    return pd.read_csv(labels_csv, dtype={"file": str, "id": str, "speaker": str, "text": str},
+                       keep_default_na=True)
+
+
+def _normalise_key(value) -> str:
+    key = str(value).strip().replace("\\", "/")
+    while key.startswith("./"):
+        key = key[2:]
+    return key
+
+
+def load_folder(
+    path: Union[str, os.PathLike],
+    labels_csv: Union[None, str, os.PathLike, pd.DataFrame] = None,
+    *,
+    pattern: Union[None, str, Sequence[str]] = None,
+    strict: bool = True,
+    allow_silence: bool = False,
+    name: Optional[str] = None,
+) -> Corpus:
+    """Load every audio file under a folder as a :class:`Corpus` (mono, 16 kHz).
+
+    Utterance ids are the files' paths relative to ``path`` without suffix, in
+    POSIX form (``"spk1/hello"`` for ``path/spk1/hello.wav``), sorted.
+
+    Args:
+        path: the folder.
+        labels_csv: optional CSV path (or DataFrame) with one row per file. The
+            column ``file`` (a path relative to ``path``, with or without suffix)
+            or else ``id`` (an utterance id) says which file a row describes. A
+            ``speaker`` and a ``text`` column fill those fields; every other column
+            becomes an entry of ``Utterance.labels``. When the CSV has both
+            ``file`` and ``id``, ``id`` gives the utterance ids.
+        pattern: a glob (or list of globs) relative to ``path``, e.g.
+            ``"**/*.wav"``; default: every ``.wav``, ``.flac`` and ``.ogg`` file
+            (any case) in the folder and its subfolders.
+        strict: when True (default) a CSV row that matches no file and a file
+            that has no CSV row are errors; when False such rows are ignored and
+            such files are kept with empty labels.
+        allow_silence: accept all-zero files instead of raising.
+        name: the corpus name (default: the folder name).
+
+    Returns:
+        A :class:`Corpus`; ``phones`` is None for every utterance.
+    """
+    from ..audio import load_audio
+
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a folder path (str or Path), got {type(path).__name__}")
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"audio folder not found: {str(root)!r}")
+    if not root.is_dir():
+        raise NotADirectoryError(
+            f"{str(root)!r} is a file, not a folder; for one file use s3viz.audio.load_audio"
+        )
+    files = _find_files(root, pattern)
+    if not files:
+        others = sorted({p.suffix.lower() or "(no suffix)" for p in root.rglob("*") if p.is_file()})
+        what = f"pattern {pattern!r}" if pattern is not None else (
+            f"suffixes {list(AUDIO_SUFFIXES)}")
+        hint = f"; files there have suffixes {others}" if others else "; the folder is empty"
+        raise FileNotFoundError(f"no audio files matching {what} under {str(root)!r}{hint}")
+    rel = [p.relative_to(root).as_posix() for p in files]
+    ids = [r[: -len(p.suffix)] if p.suffix else r for r, p in zip(rel, files)]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise ValueError(
+            f"files differ only by suffix, so their ids clash: {_listing(dupes)}; keep one "
+            "format or restrict pattern (e.g. pattern='**/*.wav')"
+        )
+
+    rows: Dict[int, dict] = {}
+    csv_ids: Dict[int, str] = {}
+    if labels_csv is not None:
+        table = _read_labels(labels_csv)
+        if "file" in table.columns:
+            key_col = "file"
+        elif "id" in table.columns:
+            key_col = "id"
+        else:
+            raise ValueError(
+                f"labels_csv needs a 'file' column (path relative to the folder) or an 'id' "
+                f"column (path without suffix); it has columns {list(table.columns)}"
+            )
+        reserved = [c for c in _RESERVED if c in table.columns]
+        if reserved:
+            raise ValueError(f"labels_csv columns {reserved} are reserved (computed by s3viz); "
+                             "rename them")
+        if table[key_col].isna().any():
+            bad = [int(i) + 2 for i in np.flatnonzero(table[key_col].isna().to_numpy())]
+            raise ValueError(
+                f"labels_csv has rows with an empty '{key_col}' (CSV lines {bad[:10]}); "
+                "fill them or drop those rows"
+            )
+        lookup: Dict[str, int] = {}
+        for i, (r, u) in enumerate(zip(rel, ids)):
+            lookup[r] = i
+            lookup.setdefault(u, i)
+        keys = [_normalise_key(v) for v in table[key_col]]
+        matched: Dict[int, int] = {}
+        unmatched: List[str] = []
+        for row_pos, key in enumerate(keys):
+            i = lookup.get(key)
+            if i is None:
+                unmatched.append(key)
+                continue
+            if i in matched:
+                raise ValueError(
+                    f"labels_csv has several rows for file {rel[i]!r} "
+                    f"(rows {matched[i] + 2} and {row_pos + 2} of the CSV); keep one"
+                )
+            matched[i] = row_pos
+        missing = [rel[i] for i in range(len(files)) if i not in matched]
+        if strict and unmatched:
+            raise ValueError(
+                f"{len(unmatched)} labels_csv row(s) match no audio file under {str(root)!r}: "
+                f"{_listing(unmatched)}; fix the '{key_col}' values (relative paths such as "
+                f"{rel[0]!r}) or pass strict=False to ignore them"
+            )
+        if strict and missing:
+            raise ValueError(
+                f"{len(missing)} audio file(s) have no row in labels_csv: {_listing(missing)}; "
+                "add rows for them, restrict pattern, or pass strict=False to keep them "
+                "without labels"
+            )
+        label_cols = [c for c in table.columns if c not in ("file", "id")]
+        for i, row_pos in matched.items():
+            record = table.iloc[row_pos]
+            rows[i] = {c: _plain(record[c]) for c in label_cols}
+            if key_col == "file" and "id" in table.columns:
+                csv_ids[i] = str(record["id"])
+
+    utterances = []
+    for i, file in enumerate(files):
+        labels = dict(rows.get(i, {}))
+        speaker = labels.pop("speaker", None)
+        text = labels.pop("text", None)
+        wav = load_audio(file, allow_silence=allow_silence)
+        utterances.append(Utterance(
+            id=csv_ids.get(i, ids[i]), wav=wav,
+            text="" if text is None else str(text), speaker="" if speaker is None else str(speaker),
+            phones=None, labels=labels,
+        ))
+    return Corpus(utterances, name=name or root.resolve().name)

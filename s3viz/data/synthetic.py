@@ -1,0 +1,598 @@
+"""The embedded speech corpus: English sentences synthesized offline with eSpeak NG.
+
+:func:`synthetic_corpus` generates varied English sentences from a seeded
+grammar, speaks them with several eSpeak NG voices (language, voice variant,
+pitch and rate), and aligns every phone from eSpeak's own phoneme events, so
+each :class:`~s3viz.data.Utterance` has real speech audio at 16 kHz and an
+exact phone alignment (``phone, word, start, end`` in 16 kHz samples) without
+any download.
+
+The corpus is a deterministic function of its parameters: synthesis runs in a
+fresh subprocess (eSpeak keeps hidden state between calls within a process, see
+:mod:`s3viz.data._espeak`), and the result is cached on disk, keyed by a hash of
+every parameter and the eSpeak NG, torch and torchaudio versions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import pandas as pd
+
+from ..interface import SAMPLE_RATE
+from . import _espeak
+from ._corpus import Corpus, Utterance
+
+__all__ = ["synthetic_corpus", "SPEAKERS", "default_cache_dir", "make_sentences"]
+
+_FORMAT_VERSION = 2
+"""Bump when the grammar, the alignment rules or the cache layout change."""
+
+SPEAKERS: Dict[str, Dict[str, object]] = {
+    "spk01": dict(voice="en-us+m1", pitch=42, rate=165, range=50, gender="male"),
+    "spk02": dict(voice="en-us+f3", pitch=62, rate=175, range=60, gender="female"),
+    "spk03": dict(voice="en-us+m3", pitch=32, rate=185, range=40, gender="male"),
+    "spk04": dict(voice="en-us+f2", pitch=70, rate=160, range=55, gender="female"),
+    "spk05": dict(voice="en+m2", pitch=48, rate=170, range=45, gender="male"),
+    "spk06": dict(voice="en+f4", pitch=58, rate=180, range=65, gender="female"),
+    "spk07": dict(voice="en-gb-x-rp+m7", pitch=38, rate=155, range=50, gender="male"),
+    "spk08": dict(voice="en-gb-x-rp+f1", pitch=66, rate=170, range=50, gender="female"),
+}
+"""The default speakers: eSpeak NG voice (language+variant), pitch and range (0-100),
+rate (words per minute) and a gender label."""
+
+_SPEAKER_DEFAULTS = dict(pitch=50, rate=175, range=50, gender="")
+
+# ---------------------------------------------------------------------------
+# sentences: a small seeded grammar (millions of distinct sentences)
+# ---------------------------------------------------------------------------
+
+_NAMES = ("Anna Peter Maria John Lucy David Emma Oliver Sophia Thomas Laura Michael Grace "
+          "Daniel Helen Robert Julia Simon Rachel Victor Martin Alice").split()
+_RELATIVES = ("mother father brother sister uncle aunt cousin friend neighbour "
+              "grandmother teacher doctor").split()
+_AGENTS = [("dog", "dogs"), ("cat", "cats"), ("bird", "birds"), ("horse", "horses"),
+           ("farmer", "farmers"), ("child", "children"), ("girl", "girls"), ("boy", "boys"),
+           ("woman", "women"), ("man", "men"), ("student", "students"), ("baker", "bakers"),
+           ("sailor", "sailors"), ("pilot", "pilots"), ("singer", "singers"),
+           ("rabbit", "rabbits"), ("monkey", "monkeys"), ("soldier", "soldiers")]
+_OBJECTS = ("box chair table window door letter bottle basket jacket ladder bucket lamp key "
+            "map book bicycle kettle mirror pencil umbrella orange apple hammer wallet "
+            "blanket ticket picture candle radio guitar shoe cup").split()
+_ADJECTIVES = ("big small old young heavy quiet noisy yellow purple green red brown tiny huge "
+               "shiny broken lazy hungry thirsty clever gentle angry happy sleepy curious "
+               "dusty wooden golden silver cheerful nervous famous").split()
+_PLACES = ("garden kitchen station river market library village forest harbour bridge "
+           "mountain school hospital museum beach office valley castle").split()
+_PREPOSITIONS = "near behind beside inside outside under across".split()
+_TIMES = ["yesterday", "today", "tomorrow", "tonight", "again", "early", "later",
+          "this morning", "last week", "at noon", "on Monday", "on Friday", "every day",
+          "after lunch"]
+_TRANSITIVE = [("find", "found"), ("bring", "brought"), ("paint", "painted"),
+               ("carry", "carried"), ("wash", "washed"), ("open", "opened"),
+               ("close", "closed"), ("fix", "fixed"), ("sell", "sold"), ("buy", "bought"),
+               ("move", "moved"), ("clean", "cleaned"), ("hide", "hid"), ("take", "took"),
+               ("catch", "caught"), ("push", "pushed"), ("pull", "pulled"),
+               ("drop", "dropped"), ("borrow", "borrowed"), ("follow", "followed"),
+               ("measure", "measured"), ("choose", "chose"), ("watch", "watched"),
+               ("check", "checked"), ("throw", "threw")]
+_INTRANSITIVE = [("wait", "waited"), ("sleep", "slept"), ("sing", "sang"), ("run", "ran"),
+                 ("play", "played"), ("swim", "swam"), ("dance", "danced"), ("sit", "sat"),
+                 ("stay", "stayed"), ("laugh", "laughed"), ("jump", "jumped"),
+                 ("work", "worked"), ("rest", "rested"), ("shout", "shouted"),
+                 ("arrive", "arrived"), ("fall", "fell"), ("walk", "walked")]
+_NUMBERS = "Two Three Four Five Six Seven Eight Nine Ten Twelve".split()
+
+# (sentence_type, template); {A}=agent, {As}=agent plural, {O}=object, {J}=adjective,
+# {P}=place, {R}=preposition, {T}=time, {N}/{M}=names, {K}=relative, {#}=number,
+# {Vt}/{Vtp}=transitive base/past, {Vi}/{Vip}=intransitive base/past
+_TEMPLATES = [
+    ("statement", "The {J} {A} {Vip} {R} the {P}."),
+    ("statement", "{N} {Vtp} the {J} {O}."),
+    ("statement", "{N} and {M} {Vip} {T}."),
+    ("statement", "My {K} {Vtp} a {J} {O}."),
+    ("statement", "{#} {J} {As} {Vip} {R} the {P}."),
+    ("statement", "We {Vtp} the {O} {R} the {P}."),
+    ("statement", "The {A} {Vtp} my {O} {T}."),
+    ("question", "Did the {J} {A} {Vi} {T}?"),
+    ("question", "Where did {N} {Vt} the {O}?"),
+    ("question", "Is the {O} {R} the {P}?"),
+    ("question", "Why is the {O} so {J}?"),
+    ("question", "Can your {K} {Vt} the {J} {O}?"),
+    ("command", "Please {Vt} the {J} {O}."),
+    ("command", "{Vt_cap} the {O} {R} the {P}, please."),
+    ("command", "Don't {Vt} the {O} {T}."),
+]
+
+
+def _fill(template: str, rng: random.Random) -> str:
+    agent = rng.choice(_AGENTS)
+    vt = rng.choice(_TRANSITIVE)
+    vi = rng.choice(_INTRANSITIVE)
+    n1, n2 = rng.sample(_NAMES, 2)
+    values = {
+        "A": agent[0], "As": agent[1], "O": rng.choice(_OBJECTS), "J": rng.choice(_ADJECTIVES),
+        "P": rng.choice(_PLACES), "R": rng.choice(_PREPOSITIONS), "T": rng.choice(_TIMES),
+        "N": n1, "M": n2, "K": rng.choice(_RELATIVES), "#": rng.choice(_NUMBERS),
+        "Vt": vt[0], "Vtp": vt[1], "Vi": vi[0], "Vip": vi[1], "Vt_cap": vt[0].capitalize(),
+    }
+    text = template
+    for key in sorted(values, key=len, reverse=True):
+        text = text.replace("{" + key + "}", values[key])
+    return text[0].upper() + text[1:]
+
+
+def make_sentences(n: int, seed: int = 0) -> pd.DataFrame:
+    """``n`` distinct English sentences from the seeded grammar.
+
+    Returns:
+        DataFrame with columns ``sentence_id`` (``"s0000"``...), ``text`` and
+        ``sentence_type`` (statement, question, command); row ``i`` depends only
+        on ``seed`` and the rows before it.
+    """
+    n = _check_count(n, "n")
+    rng = random.Random(f"s3viz-sentences-{int(seed)}")
+    seen = set()
+    rows = []
+    while len(rows) < n:
+        kind, template = rng.choice(_TEMPLATES)
+        text = _fill(template, rng)
+        if text in seen:
+            continue
+        seen.add(text)
+        rows.append({"sentence_id": f"s{len(rows):04d}", "text": text, "sentence_type": kind})
+    return pd.DataFrame(rows, columns=["sentence_id", "text", "sentence_type"])
+
+
+# ---------------------------------------------------------------------------
+# speakers, cache location
+# ---------------------------------------------------------------------------
+
+def _check_count(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def _resolve_speakers(speakers) -> Dict[str, Dict[str, object]]:
+    if speakers is None:
+        return {k: dict(v) for k, v in SPEAKERS.items()}
+    if isinstance(speakers, (int, np.integer)) and not isinstance(speakers, bool):
+        if not 1 <= speakers <= len(SPEAKERS):
+            raise ValueError(
+                f"speakers={speakers}: choose 1..{len(SPEAKERS)} built-in speakers, or pass a "
+                "dict {name: {'voice': 'en-us+f3', 'pitch': 50, 'rate': 175}} for your own"
+            )
+        return {k: dict(SPEAKERS[k]) for k in list(SPEAKERS)[: int(speakers)]}
+    if isinstance(speakers, Mapping):
+        out = {}
+        for name, spec in speakers.items():
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"speaker names must be non-empty str, got {name!r}")
+            if not isinstance(spec, Mapping) or not isinstance(spec.get("voice"), str):
+                raise ValueError(
+                    f"speakers[{name!r}] must be a dict with a 'voice' str such as 'en-us+f3' "
+                    f"(optional 'pitch', 'rate', 'range', 'gender'), got {spec!r}"
+                )
+            unknown = set(spec) - {"voice", "pitch", "rate", "range", "gender"}
+            if unknown:
+                raise ValueError(f"speakers[{name!r}] has unknown keys {sorted(unknown)}")
+            full = {**_SPEAKER_DEFAULTS, **spec}
+            for key, lo, hi in (("pitch", 0, 100), ("range", 0, 100), ("rate", 80, 450)):
+                v = full[key]
+                if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
+                    raise ValueError(f"speakers[{name!r}]['{key}'] must be an int in "
+                                     f"[{lo}, {hi}], got {v!r}")
+                full[key] = int(v)
+            out[name] = full
+        if not out:
+            raise ValueError("speakers is an empty dict; give at least one speaker")
+        return out
+    if isinstance(speakers, Sequence) and not isinstance(speakers, str):
+        unknown = [s for s in speakers if s not in SPEAKERS]
+        if unknown or not speakers:
+            raise ValueError(
+                f"unknown speakers {unknown}; built-in speakers are {list(SPEAKERS)} "
+                "(or pass a dict of your own voice specs)"
+            )
+        if len(set(speakers)) != len(speakers):
+            raise ValueError(f"speakers has duplicates: {list(speakers)}")
+        return {k: dict(SPEAKERS[k]) for k in speakers}
+    raise TypeError(
+        f"speakers must be None, an int, a list of built-in speaker names or a dict of "
+        f"voice specs, got {type(speakers).__name__}"
+    )
+
+
+def _code_version() -> str:
+    """A hash of the code that makes a synthetic corpus (a changed rule never reuses a cache)."""
+    h = hashlib.sha256()
+    for module in (__file__, _espeak.__file__, os.path.join(os.path.dirname(__file__), "..",
+                                                             "audio.py")):
+        with open(module, "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()[:16]
+
+
+def default_cache_dir() -> Path:
+    """The s3viz cache root: ``$S3VIZ_CACHE``, else ``$XDG_CACHE_HOME/s3viz``, else
+    ``~/.cache/s3viz``."""
+    env = os.environ.get("S3VIZ_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "s3viz"
+
+
+def _espeak_paths() -> Tuple[str, str]:
+    try:
+        import espeakng_loader
+    except ImportError as e:
+        raise ImportError(
+            "synthetic_corpus needs the eSpeak NG library from the PyPI package "
+            "'espeakng-loader': pip install espeakng-loader"
+        ) from e
+    return espeakng_loader.get_library_path(), espeakng_loader.get_data_path()
+
+
+# ---------------------------------------------------------------------------
+# synthesis and alignment
+# ---------------------------------------------------------------------------
+
+_STRIP = str.maketrans("", "", "ˈˌːˑ',:")
+
+
+def _clean_phone(ipa: str, ascii_name: str) -> Optional[str]:
+    """eSpeak phoneme names -> phone label.
+
+    Pauses (ASCII names starting with ``_``) become ``"sil"``; other events
+    without an IPA name (the vowel-to-vowel linking ``;``) return None and are
+    merged into the preceding segment; stress and length marks are removed.
+    """
+    if ascii_name.startswith("_"):
+        return "sil"
+    label = ipa.translate(_STRIP).strip()
+    return label or None
+
+
+def _clean_word(word: str) -> str:
+    return "".join(ch for ch in word.lower() if ch.isalnum() or ch == "'").strip("'")
+
+
+def _run_espeak(items: List[dict], seed: int) -> Tuple[dict, np.ndarray]:
+    """Synthesize ``items`` in a fresh subprocess; returns (header, int16 samples)."""
+    library, data = _espeak_paths()
+    job = json.dumps({"library": library, "data": data, "seed": int(seed), "items": items})
+    proc = subprocess.run(
+        [sys.executable, "-I", _espeak.__file__], input=job.encode("utf-8"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False,
+    )
+    if proc.returncode != 0:
+        message = proc.stderr.decode("utf-8", "replace").strip()
+        if message.startswith("ValueError: "):
+            raise ValueError(message[len("ValueError: "):])
+        raise RuntimeError(f"eSpeak NG synthesis subprocess failed (exit {proc.returncode}): "
+                           f"{message[-2000:]}")
+    head, sep, raw = proc.stdout.partition(b"\n")
+    header = json.loads(head.decode("utf-8"))
+    samples = np.frombuffer(raw, dtype="<i2")
+    if not sep or samples.size != sum(header["num_samples"]):
+        raise RuntimeError("eSpeak NG synthesis subprocess returned truncated output")
+    return header, samples
+
+
+def _to_16k(sample: np.ndarray, num_samples_16k: int) -> np.ndarray:
+    """22050 Hz sample positions -> nearest 16 kHz positions, clipped to the audio."""
+    s = np.asarray(sample, dtype=np.int64)
+    num, den = SAMPLE_RATE, _espeak.SAMPLE_RATE_ESPEAK
+    return np.clip((2 * s * num + den) // (2 * den), 0, num_samples_16k)
+
+
+_STOPS = frozenset("p t k b d ɡ tʃ dʒ".split())
+_CLOSURE_WINDOW = 80  # 5 ms at 16 kHz
+_CLOSURE_STEP = 20
+_CLOSURE_THRESHOLD = 0.02  # of the utterance's loudest 5 ms window (RMS)
+
+
+def _phone_table(events: list, text: str, num_samples_22k: int, wav: np.ndarray) -> list:
+    """Tile ``[0, len(wav))`` with ``[phone, word, start, end]`` rows from eSpeak's events.
+
+    Every phoneme event starts a segment that ends where the next one starts;
+    the stretch before the first phoneme and every pause phoneme are ``"sil"``
+    (consecutive ``"sil"`` merged); linking transitions extend the segment
+    before them; zero-length segments are dropped. eSpeak times a stop at its
+    burst, so the silent closure before a stop is moved from the preceding
+    segment into the stop (as forced aligners label it).
+    """
+    num_samples = int(wav.shape[0])
+    # the whitespace-separated token around each character: eSpeak's word events
+    # give a 1-based character position (their length may stop at an apostrophe)
+    token_at = [""] * (len(text) + 1)
+    for m in re.finditer(r"\S+", text):
+        token_at[m.start(): m.end()] = [_clean_word(m.group())] * (m.end() - m.start())
+    starts, phones, words = [0], ["sil"], [""]
+    word = ""
+    for ev in events:
+        if ev[0] == "word":
+            pos = int(ev[2]) - 1
+            word = token_at[pos] if 0 <= pos < len(text) else ""
+            continue
+        sample = int(ev[1])
+        if not 0 <= sample <= num_samples_22k:
+            raise RuntimeError(
+                f"eSpeak NG phoneme event at sample {sample} lies outside the "
+                f"{num_samples_22k}-sample audio of {text!r}"
+            )
+        phone = _clean_phone(ev[2], ev[3])
+        if phone is None:
+            continue
+        starts.append(sample)
+        phones.append(phone)
+        words.append("" if phone == "sil" else word)
+    start = _to_16k(np.maximum.accumulate(np.asarray(starts)), num_samples)
+    end = np.append(start[1:], num_samples)
+    rows: list = []
+    for p, w, s, e in zip(phones, words, start, end):
+        if e <= s:
+            continue
+        if rows and p == "sil" and rows[-1][0] == "sil":
+            rows[-1][3] = int(e)
+            continue
+        rows.append([p, w, int(s), int(e)])
+    _move_closures(rows, wav)
+    return rows
+
+
+def _move_closures(rows: list, wav: np.ndarray) -> None:
+    """Move each stop's start back over the near-silent tail of the segment before it."""
+    x = wav.astype(np.float64)
+    c = np.concatenate([[0.0], np.cumsum(x * x)])
+    w = _CLOSURE_WINDOW
+
+    def rms_before(t):  # RMS of the window [t - w, t)
+        return np.sqrt((c[t] - c[t - w]) / w)
+
+    if x.shape[0] <= w:
+        return
+    peak = np.sqrt(np.max(c[w:] - c[:-w]) / w)
+    threshold = _CLOSURE_THRESHOLD * peak
+    for i in range(1, len(rows)):
+        prev, cur = rows[i - 1], rows[i]
+        if cur[0] not in _STOPS or prev[0] == "sil":
+            continue
+        keep = prev[2] + max((prev[3] - prev[2]) // 4, 160)
+        b = quiet_from = cur[2]
+        while b - w >= keep and rms_before(b) < threshold:
+            quiet_from = b - w  # [quiet_from, stop start) is quiet
+            b -= _CLOSURE_STEP
+        if quiet_from < cur[2]:
+            prev[3] = cur[2] = quiet_from
+
+
+def _plan(n_utterances: int, seed: int, speakers: Dict[str, dict],
+          n_sentences: Optional[int]) -> List[dict]:
+    """Which sentence each utterance speaks, and with which speaker."""
+    n_sent = n_utterances if n_sentences is None else n_sentences
+    sentences = make_sentences(n_sent, seed)
+    names = list(speakers)
+    random.Random(f"s3viz-speakers-{int(seed)}").shuffle(names)
+    k = len(names)
+    plan = []
+    for i in range(n_utterances):
+        j = i % n_sent
+        # repetitions of one sentence go to different speakers
+        spk = names[(j + i // n_sent) % k]
+        row = sentences.iloc[j]
+        plan.append({"index": i, "speaker": spk, "text": row["text"],
+                     "sentence_id": row["sentence_id"], "sentence_type": row["sentence_type"]})
+    return plan
+
+
+def _synthesize(plan: List[dict], speakers: Dict[str, dict], seed: int):
+    from ..audio import _resample_many
+
+    items = [{"text": p["text"], "voice": speakers[p["speaker"]]["voice"],
+              "rate": speakers[p["speaker"]]["rate"], "pitch": speakers[p["speaker"]]["pitch"],
+              "range": speakers[p["speaker"]]["range"]} for p in plan]
+    header, samples = _run_espeak(items, seed)
+    offsets = np.concatenate([[0], np.cumsum(header["num_samples"])])
+    raws = []
+    for i, p in enumerate(plan):
+        raw = samples[offsets[i]: offsets[i + 1]]
+        if raw.size == 0 or not np.any(raw):
+            raise RuntimeError(f"eSpeak NG produced no audio for {p['text']!r}")
+        raws.append(raw.astype(np.float32) / np.float32(32768.0))
+    wavs = _resample_many(raws, _espeak.SAMPLE_RATE_ESPEAK, SAMPLE_RATE)
+    tables = [_phone_table(header["events"][i], p["text"], raws[i].size, wavs[i])
+              for i, p in enumerate(plan)]
+    return header["version"], wavs, tables
+
+
+# ---------------------------------------------------------------------------
+# on-disk cache: one .npz per corpus, written atomically, checksummed
+# ---------------------------------------------------------------------------
+
+def _checksum(arrays: Dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(arrays):
+        if key == "checksum":
+            continue
+        a = np.ascontiguousarray(arrays[key])
+        h.update(f"{key}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _pack(meta: dict, wavs: List[np.ndarray], tables: List[list]) -> Dict[str, np.ndarray]:
+    arrays = {
+        "audio": np.concatenate(wavs).astype(np.float32),
+        "audio_offsets": np.concatenate([[0], np.cumsum([w.size for w in wavs])]).astype(np.int64),
+        "phone_offsets": np.concatenate([[0], np.cumsum([len(t) for t in tables])]).astype(
+            np.int64),
+        "phone": np.array([r[0] for t in tables for r in t], dtype=str),
+        "word": np.array([r[1] for t in tables for r in t], dtype=str),
+        "start": np.array([r[2] for t in tables for r in t], dtype=np.int64),
+        "end": np.array([r[3] for t in tables for r in t], dtype=np.int64),
+        "meta": np.frombuffer(json.dumps(meta, sort_keys=True).encode("utf-8"), dtype=np.uint8),
+    }
+    arrays["checksum"] = np.frombuffer(_checksum(arrays).encode("ascii"), dtype=np.uint8)
+    return arrays
+
+
+def _write_atomic(path: Path, arrays: Dict[str, np.ndarray]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _read_cache(path: Path) -> Optional[Dict[str, np.ndarray]]:
+    """The cached arrays, or None when the file is missing, unreadable or corrupt."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        stored = bytes(arrays["checksum"]).decode("ascii")
+        if stored != _checksum(arrays):
+            raise ValueError("checksum mismatch")
+        n = len(json.loads(bytes(arrays["meta"]).decode("utf-8"))["utterances"])
+        if arrays["audio_offsets"].shape != (n + 1,) or arrays["phone_offsets"].shape != (n + 1,):
+            raise ValueError("inconsistent offsets")
+    except (OSError, ValueError, KeyError, EOFError, UnicodeDecodeError, zipfile.BadZipFile) as e:
+        warnings.warn(f"corrupt synthetic corpus cache {str(path)!r} ({e}); regenerating it",
+                      stacklevel=3)
+        return None
+    return arrays
+
+
+def _unpack(arrays: Dict[str, np.ndarray], name: str) -> Corpus:
+    meta = json.loads(bytes(arrays["meta"]).decode("utf-8"))
+    ao, po = arrays["audio_offsets"], arrays["phone_offsets"]
+    utts = []
+    for i, m in enumerate(meta["utterances"]):
+        a, b = int(po[i]), int(po[i + 1])
+        phones = pd.DataFrame({
+            "phone": arrays["phone"][a:b].astype(object),
+            "word": arrays["word"][a:b].astype(object),
+            "start": arrays["start"][a:b].astype(np.int64),
+            "end": arrays["end"][a:b].astype(np.int64),
+        })
+        utts.append(Utterance(id=m["id"], wav=arrays["audio"][int(ao[i]): int(ao[i + 1])],
+                              text=m["text"], speaker=m["speaker"], phones=phones,
+                              labels=dict(m["labels"])))
+    return Corpus(utts, name=name)
+
+
+def synthetic_corpus(
+    n_utterances: int = 120,
+    seed: int = 0,
+    *,
+    speakers: Union[None, int, Sequence[str], Mapping[str, Mapping[str, object]]] = None,
+    n_sentences: Optional[int] = None,
+    cache_dir: Union[None, str, os.PathLike] = None,
+    cache: bool = True,
+) -> Corpus:
+    """Real English speech with phone alignments, synthesized offline with eSpeak NG.
+
+    Each utterance speaks one sentence from a seeded grammar (statements,
+    questions, commands; about 1-3 s) with one speaker. Utterance ``i`` is
+    spoken by the speakers in a seeded cyclic order, so every speaker is in
+    every contiguous split; with the default ``n_sentences=None`` every
+    utterance has its own distinct sentence, so held-out utterances contain
+    unseen sentences.
+
+    Args:
+        n_utterances: number of utterances.
+        seed: seeds the sentences and the speaker order; the same parameters
+            give the same audio bytes.
+        speakers: ``None`` (the 8 built-in :data:`SPEAKERS`), an int (the first
+            ``k`` of them), a list of built-in names, or a dict
+            ``{name: {"voice": "en-us+f3", "pitch": 60, "rate": 170, "range": 50,
+            "gender": "female"}}`` of eSpeak NG voices (language+variant).
+        n_sentences: number of distinct sentences; when smaller than
+            ``n_utterances`` sentences repeat, each repetition with another speaker
+            (utterance ``i`` speaks sentence ``i % n_sentences``).
+        cache_dir: folder for the cache file; default ``default_cache_dir() /
+            "synthetic"`` (``$S3VIZ_CACHE``, else ``$XDG_CACHE_HOME/s3viz``, else
+            ``~/.cache/s3viz``).
+        cache: read and write the on-disk cache.
+
+    Returns:
+        A :class:`Corpus` of :class:`Utterance` with ``id`` (``"utt0000"``...),
+        ``wav`` (float32, 16 kHz), ``text``, ``speaker``, ``phones`` (``phone`` as
+        IPA without stress or length marks, ``"sil"`` for silence and pauses;
+        ``word``; ``start``/``end`` in 16 kHz samples tiling the utterance) and
+        ``labels``: ``sentence_id``, ``sentence_type``, ``voice``, ``accent``,
+        ``gender``, ``pitch``, ``rate``.
+    """
+    n_utterances = _check_count(n_utterances, "n_utterances")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    seed = int(seed)
+    if n_sentences is not None:
+        n_sentences = _check_count(n_sentences, "n_sentences")
+        if n_sentences > n_utterances:
+            raise ValueError(f"n_sentences={n_sentences} exceeds n_utterances={n_utterances}")
+    spk = _resolve_speakers(speakers)
+    name = f"synthetic(seed={seed})"
+
+    library, _ = _espeak_paths()
+    version = _espeak.espeak_version(library)
+    import torch
+    import torchaudio
+
+    params = {"format": _FORMAT_VERSION, "code": _code_version(),
+              "n_utterances": n_utterances, "seed": seed, "speakers": spk, "n_sentences": n_sentences, "espeak": version,
+              "torch": torch.__version__, "torchaudio": torchaudio.__version__}
+    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:20]
+    folder = Path(cache_dir).expanduser() if cache_dir is not None else (
+        default_cache_dir() / "synthetic")
+    path = folder / f"synthetic-{key}.npz"
+
+    if cache:
+        arrays = _read_cache(path)
+        if arrays is not None:
+            return _unpack(arrays, name)
+
+    plan = _plan(n_utterances, seed, spk, n_sentences)
+    version, wavs, tables = _synthesize(plan, spk, seed)
+    utterances = []
+    for p in plan:
+        s = spk[p["speaker"]]
+        utterances.append({
+            "id": f"utt{p['index']:04d}", "text": p["text"], "speaker": p["speaker"],
+            "labels": {"sentence_id": p["sentence_id"], "sentence_type": p["sentence_type"],
+                       "voice": s["voice"], "accent": s["voice"].split("+")[0],
+                       "gender": s["gender"], "pitch": s["pitch"], "rate": s["rate"]},
+        })
+    arrays = _pack({"params": params, "utterances": utterances}, wavs, tables)
+    if cache:
+        try:
+            _write_atomic(path, arrays)
+        except OSError as e:
+            warnings.warn(f"could not write the synthetic corpus cache {str(path)!r} ({e}); "
+                          "set S3VIZ_CACHE to a writable folder", stacklevel=2)
+    return _unpack(arrays, name)
