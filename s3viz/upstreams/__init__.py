@@ -1,0 +1,42 @@
+"""Upstream adapters: every one an s3prl ``AbsUpstream``.
+
+- :func:`torchaudio_upstream` / :class:`TorchaudioUpstream`: wav2vec 2.0, HuBERT
+  and WavLM from torchaudio (random weights offline, or local pretrained weights);
+- :func:`spectral_upstream` / :class:`SpectralUpstream`: a non-learned log-mel /
+  MFCC baseline at several downsample rates;
+- :func:`from_s3prl` / :class:`S3PRLUpstreamAdapter`: wraps s3prl's
+  ``S3PRLUpstream`` (or anything spelling ``num_layers``) without importing s3prl.
+
+Names are imported lazily, so ``import s3viz.upstreams`` does not import torchaudio.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "TORCHAUDIO_MODELS": "_torchaudio",
+    "TorchaudioUpstream": "_torchaudio",
+    "torchaudio_upstream": "_torchaudio",
+    "wav2vec2_hidden_states": "_torchaudio",
+    "bundle_checkpoint": "_torchaudio",
+    "SpectralUpstream": "_spectral",
+    "spectral_upstream": "_spectral",
+    "spectral_hidden_states": "_spectral",
+    "S3PRLUpstreamAdapter": "_s3prl",
+    "from_s3prl": "_s3prl",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 's3viz.upstreams' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,133 @@
+"""Wrap s3prl's ``S3PRLUpstream`` (or anything shaped like it) as an s3viz upstream.
+
+s3prl is never imported: the wrapped object only needs ``num_layers`` (s3prl's
+spelling) or ``num_layer``, ``hidden_sizes``, ``downsample_rates`` and a
+``forward(wavs, wavs_len)`` taking ``(batch_size, seq_len)`` waveforms and
+returning ``(all_hs, all_hs_len)``. Typical use::
+
+    from s3prl.nn import S3PRLUpstream
+    upstream = s3viz.upstreams.from_s3prl(S3PRLUpstream("hubert"))
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+
+from ..interface import AbsUpstream, num_layer_of
+from ._common import check_wavs
+
+__all__ = ["S3PRLUpstreamAdapter", "from_s3prl"]
+
+
+def _int_list(value, what: str, n: int, owner: str) -> List[int]:
+    try:
+        out = [int(v) for v in value]
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{owner}.{what} must be a list of ints, got {value!r}") from e
+    if len(out) != n:
+        raise ValueError(
+            f"{owner}.{what} has {len(out)} entries but the upstream reports {n} layers "
+            "(num_layers); they must match"
+        )
+    return out
+
+
+class S3PRLUpstreamAdapter(AbsUpstream):
+    """An s3prl ``S3PRLUpstream``-like object behind the s3viz upstream interface.
+
+    Args:
+        upstream: the object. When it is an ``nn.Module`` it becomes a submodule
+            (``.to()``, ``.eval()`` and ``state_dict()`` reach it); its device and
+            mode are left as they are.
+        name: a label (default: ``upstream.name`` when it is a str, else its class name).
+
+    Sizes are read from the wrapped object each time, under s3viz's names:
+    :attr:`num_layer` (also :attr:`num_layers`), :attr:`hidden_sizes`,
+    :attr:`downsample_rates` and, when the object has them, ``receptive_fields``
+    and ``conv_layers``.
+    """
+
+    def __init__(self, upstream, *, name: Optional[str] = None):
+        super().__init__()
+        owner = type(upstream).__name__
+        if not callable(upstream):
+            raise TypeError(
+                f"from_s3prl: {owner} is not callable; it needs forward(wavs, wavs_len) -> "
+                "(all_hs, all_hs_len)"
+            )
+        n = num_layer_of(upstream)
+        for what in ("hidden_sizes", "downsample_rates"):
+            if not hasattr(upstream, what):
+                raise TypeError(
+                    f"from_s3prl: {owner} has no '{what}'; an s3prl upstream lists one value "
+                    "per hidden state"
+                )
+            _int_list(getattr(upstream, what), what, n, owner)
+        self.upstream = upstream  # a submodule when it is an nn.Module
+        own = getattr(upstream, "name", None)
+        self.name = name or (own if isinstance(own, str) and own else owner)
+
+    @property
+    def num_layer(self) -> int:
+        return num_layer_of(self.upstream)
+
+    @property
+    def hidden_sizes(self) -> List[int]:
+        return _int_list(self.upstream.hidden_sizes, "hidden_sizes", self.num_layer, self.name)
+
+    @property
+    def downsample_rates(self) -> List[int]:
+        return _int_list(
+            self.upstream.downsample_rates, "downsample_rates", self.num_layer, self.name
+        )
+
+    @property
+    def receptive_fields(self) -> List[int]:
+        """The wrapped object's ``receptive_fields``; AttributeError when it has none."""
+        value = getattr(self.upstream, "receptive_fields", None)
+        if value is None:
+            raise AttributeError(f"{self.name} does not report receptive_fields")
+        return _int_list(value, "receptive_fields", self.num_layer, self.name)
+
+    @property
+    def conv_layers(self):
+        """The wrapped object's ``conv_layers`` or None."""
+        return getattr(self.upstream, "conv_layers", None)
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, num_layer={self.num_layer}"
+
+    def forward(
+        self, wavs: torch.Tensor, wavs_len: torch.Tensor
+    ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        """Args:
+            wavs: ``(batch_size, seq_len, 1)`` or ``(batch_size, seq_len)`` float, 16 kHz.
+            wavs_len: ``(batch_size,)`` long valid samples.
+
+        Returns:
+            ``(all_hs, all_hs_len)`` of the wrapped upstream as lists:
+            ``(batch_size, num_frames_i, hidden_size_i)`` and ``(batch_size,)`` long.
+        """
+        wavs, wavs_len = check_wavs(wavs, wavs_len, who=f"from_s3prl({self.name})")
+        out = self.upstream(wavs, wavs_len)
+        if not isinstance(out, (tuple, list)) or len(out) != 2:
+            raise TypeError(
+                f"{self.name} returned {type(out).__name__}; an s3prl upstream returns "
+                "(all_hs, all_hs_len)"
+            )
+        all_hs, all_hs_len = list(out[0]), list(out[1])
+        n = self.num_layer
+        if len(all_hs) != n or len(all_hs_len) != n:
+            raise ValueError(
+                f"{self.name} returned {len(all_hs)} hidden states and {len(all_hs_len)} "
+                f"lengths but reports num_layers={n}"
+            )
+        all_hs_len = [torch.as_tensor(h_len, device=wavs.device).long() for h_len in all_hs_len]
+        return all_hs, all_hs_len
+
+
+def from_s3prl(upstream, *, name: Optional[str] = None) -> S3PRLUpstreamAdapter:
+    """Wrap an s3prl ``S3PRLUpstream``-like object (see :class:`S3PRLUpstreamAdapter`)."""
+    return S3PRLUpstreamAdapter(upstream, name=name)

@@ -1,0 +1,499 @@
+"""wav2vec 2.0 / HuBERT / WavLM from torchaudio as s3prl upstreams.
+
+Hidden states (s3prl's convention)
+----------------------------------
+For a model with ``N`` transformer layers the adapter returns ``N + 1`` hidden
+states, exactly the ones s3prl's ``wav2vec2`` / ``hubert`` / ``wavlm`` experts
+report (they hook the *input* of every transformer layer plus the encoder
+output; Hugging Face's ``output_hidden_states`` gives the same list):
+
+- index 0: the input of the first transformer layer, i.e. the feature
+  projection output plus the convolutional positional embedding, followed by
+  the transformer's layer norm for post-LN ("base") models
+  (``Transformer._preprocess`` in torchaudio);
+- index ``i`` (``1 <= i < N``): the output of transformer layer ``i``;
+- index ``N``: the encoder output: the last layer's output, passed through the
+  transformer's final layer norm for pre-LN ("large") models, as fairseq's
+  ``TransformerEncoder.forward`` and torchaudio's ``Wav2Vec2Model.forward`` do.
+
+So ``all_hs[1:]`` equals torchaudio's ``model.extract_features(wav)[0]`` for
+base models, and for large models except that the last one is layer-normed.
+
+Padded batches
+--------------
+torchaudio's own batched path is not batch invariant: the first convolution of
+group-norm models normalises each channel over the whole padded time axis, and
+WavLM's attention asserts as soon as lengths are given. The adapter runs the
+same modules itself: the group norm takes its statistics over each utterance's
+valid frames only, the transformer gets a key-padding mask (a boolean
+attention mask for wav2vec2/HuBERT, ``key_padding_mask`` for WavLM), and
+padded frames are zeroed before the positional convolution and after every
+layer. Valid frames of a padded batch then equal those of each utterance run
+alone (to float rounding). Lengths come from the convolution arithmetic
+(:func:`s3viz.align.conv_lengths`: ``(L - 400) // 320 + 1``).
+
+Weights
+-------
+``pretrained=False`` builds the architecture of the named torchaudio bundle
+with random weights from a fixed seed (the global RNG is left untouched).
+``pretrained=True`` loads the bundle's weight file from torch.hub's checkpoint
+folder only when it is already there (s3viz never downloads);
+``checkpoint=PATH`` loads a local state dict file.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from typing import List, Optional, Tuple
+from urllib.parse import urlparse
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..align import conv_lengths, receptive_field
+from ..interface import AbsUpstream
+from ._common import check_wavs, padding_mask
+
+__all__ = [
+    "TORCHAUDIO_MODELS",
+    "TorchaudioUpstream",
+    "torchaudio_upstream",
+    "wav2vec2_hidden_states",
+    "bundle_checkpoint",
+]
+
+TORCHAUDIO_MODELS = {
+    "wav2vec2_base": "WAV2VEC2_BASE",
+    "wav2vec2_large": "WAV2VEC2_LARGE",
+    "wav2vec2_large_lv60k": "WAV2VEC2_LARGE_LV60K",
+    "wav2vec2_xlsr53": "WAV2VEC2_XLSR53",
+    "hubert_base": "HUBERT_BASE",
+    "hubert_large": "HUBERT_LARGE",
+    "hubert_xlarge": "HUBERT_XLARGE",
+    "wavlm_base": "WAVLM_BASE",
+    "wavlm_base_plus": "WAVLM_BASE_PLUS",
+    "wavlm_large": "WAVLM_LARGE",
+}
+"""s3viz model name -> ``torchaudio.pipelines`` bundle that defines its architecture and weights."""
+
+_TORCHAUDIO_MODEL_URL = "https://download.pytorch.org/torchaudio/models/"
+
+
+# --------------------------------------------------------------------------- computation
+
+
+def _unwrap(model) -> Tuple[nn.Module, bool]:
+    """The bare ``Wav2Vec2Model`` and whether the bundle wrapper normalised waveforms."""
+    normalize = False
+    # torchaudio.pipelines wraps some models (input layer norm) in a private
+    # ``_Wav2Vec2Model`` with ``.model`` and ``.normalize_waveform``.
+    if not hasattr(model, "encoder") and isinstance(getattr(model, "model", None), nn.Module):
+        normalize = bool(getattr(model, "normalize_waveform", False))
+        model = model.model
+    fe = getattr(model, "feature_extractor", None)
+    enc = getattr(model, "encoder", None)
+    if (
+        not isinstance(getattr(fe, "conv_layers", None), nn.ModuleList)
+        or not hasattr(enc, "feature_projection")
+        or not hasattr(getattr(enc, "transformer", None), "layers")
+    ):
+        raise TypeError(
+            f"model must be a torchaudio.models.Wav2Vec2Model (feature_extractor.conv_layers, "
+            f"encoder.feature_projection, encoder.transformer.layers), got {type(model).__name__}; "
+            "build one with torchaudio.models.hubert_base() or a torchaudio.pipelines bundle"
+        )
+    return model, normalize
+
+
+def _model_conv_layers(model: nn.Module) -> Tuple[Tuple[int, int], ...]:
+    return tuple((int(b.kernel_size), int(b.stride)) for b in model.feature_extractor.conv_layers)
+
+
+def _masked_group_norm(x: torch.Tensor, x_len: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
+    """GroupNorm over time whose statistics use only each utterance's valid frames.
+
+    Args:
+        x: ``(batch_size, channels, seq_len)`` convolution output.
+        x_len: ``(batch_size,)`` valid frames of ``x``.
+        norm: the model's ``nn.GroupNorm`` (its groups, eps and affine parameters are used).
+
+    Returns:
+        ``(batch_size, channels, seq_len)``, equal on valid frames to ``norm`` applied
+        to each utterance alone.
+    """
+    batch_size, channels, _ = x.shape
+    groups = norm.num_groups
+    per_group = channels // groups
+    means, rstds = [], []
+    for b in range(batch_size):
+        n = max(int(x_len[b]), 1)
+        xb = x[b, :, :n].float().reshape(groups, per_group * n)
+        var, mean = torch.var_mean(xb, dim=1, unbiased=False)
+        means.append(mean)
+        rstds.append(torch.rsqrt(var + norm.eps))
+    mean = torch.stack(means).repeat_interleave(per_group, dim=1)  # (B, C)
+    rstd = torch.stack(rstds).repeat_interleave(per_group, dim=1)
+    scale = rstd
+    if norm.affine:
+        scale = scale * norm.weight.float()[None, :]
+        shift = norm.bias.float()[None, :] - mean * scale
+    else:
+        shift = -mean * scale
+    return torch.addcmul(shift[:, :, None].to(x.dtype), x, scale[:, :, None].to(x.dtype))
+
+
+def _conv_features(
+    feature_extractor: nn.Module, wavs: torch.Tensor, wavs_len: torch.Tensor
+) -> torch.Tensor:
+    """The convolutional feature encoder, batch invariant on valid frames.
+
+    Same modules and order as torchaudio's ``ConvLayerBlock`` (conv, norm, GELU);
+    group norms use valid frames only. Returns ``(batch_size, num_frames, channels)``.
+    """
+    x = wavs.unsqueeze(1)
+    x_len = wavs_len
+    for block in feature_extractor.conv_layers:
+        x = block.conv(x)
+        x_len = conv_lengths(x_len, [(block.kernel_size, block.stride)])
+        norm = block.layer_norm
+        if isinstance(norm, nn.GroupNorm):
+            if bool((x_len == x.shape[-1]).all()):
+                x = norm(x)
+            else:
+                x = _masked_group_norm(x, x_len, norm)
+        elif norm is not None:
+            x = norm(x)
+        x = F.gelu(x)
+    return x.transpose(1, 2)
+
+
+def _normalize_waveforms(wavs: torch.Tensor, wavs_len: torch.Tensor) -> torch.Tensor:
+    """Zero mean, unit variance per utterance over its valid samples (s3prl's
+    ``F.layer_norm(wav, wav.shape)`` per unpadded waveform); padding becomes 0."""
+    out = torch.zeros_like(wavs)
+    for b in range(wavs.shape[0]):
+        n = int(wavs_len[b])
+        if n > 0:
+            out[b, :n] = F.layer_norm(wavs[b, :n], (n,))
+    return out
+
+
+def _is_wavlm_layer(layer: nn.Module) -> bool:
+    from torchaudio.models.wav2vec2.wavlm_attention import WavLMSelfAttention
+
+    return isinstance(getattr(layer, "attention", None), WavLMSelfAttention)
+
+
+def wav2vec2_hidden_states(
+    model: nn.Module,
+    wavs: torch.Tensor,
+    wavs_len: torch.Tensor,
+    *,
+    normalize_waveform: bool = False,
+) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    """Every hidden state of a torchaudio wav2vec2 / HuBERT / WavLM model, batch invariant.
+
+    Args:
+        model: a ``torchaudio.models.Wav2Vec2Model`` (also the wrapper returned by
+            a ``torchaudio.pipelines`` bundle's ``get_model()``).
+        wavs: ``(batch_size, seq_len)`` or ``(batch_size, seq_len, 1)`` float 16 kHz
+            waveforms, zero-padded, on the model's device.
+        wavs_len: ``(batch_size,)`` long valid samples.
+        normalize_waveform: normalise each utterance's valid samples to zero mean and
+            unit variance first (what large LV-60k style bundles expect).
+
+    Returns:
+        ``(all_hs, all_hs_len)``: ``num_transformer_layers + 1`` tensors of shape
+        ``(batch_size, num_frames, embed_dim)`` (see the module docstring for which
+        ones; padded frames are 0) and their ``(batch_size,)`` long lengths
+        ``(wavs_len - 400) // 320 + 1`` (0 below 400 samples).
+    """
+    model, wrapped_norm = _unwrap(model)
+    normalize_waveform = normalize_waveform or wrapped_norm
+    wavs, wavs_len = check_wavs(wavs, wavs_len, who="wav2vec2_hidden_states")
+    encoder = model.encoder
+    transformer = encoder.transformer
+    layers = list(transformer.layers)
+    embed_dim = encoder.feature_projection.projection.out_features
+    batch_size = wavs.shape[0]
+
+    first_weight = model.feature_extractor.conv_layers[0].conv.weight
+    if wavs.device != first_weight.device:
+        raise ValueError(
+            f"wavs are on {wavs.device} but the model is on {first_weight.device}; move the "
+            "inputs (or the model) so both are on the same device"
+        )
+    frames_len = conv_lengths(wavs_len, _model_conv_layers(model))
+    num_frames = int(frames_len.max())
+    if num_frames == 0:
+        empty = wavs.new_zeros(batch_size, 0, embed_dim)
+        return [empty] * (len(layers) + 1), [frames_len] * (len(layers) + 1)
+
+    if not torch.is_autocast_enabled(wavs.device.type):
+        wavs = wavs.to(first_weight.dtype)
+    if normalize_waveform:
+        wavs = _normalize_waveforms(wavs, wavs_len)
+
+    feats = _conv_features(model.feature_extractor, wavs, wavs_len)[:, :num_frames]
+    x = encoder.feature_projection(feats)
+
+    pad = padding_mask(frames_len, num_frames)  # (B, T) True at padding
+    any_pad = bool(pad.any())
+    wavlm = _is_wavlm_layer(layers[0]) if layers else False
+    attention_mask: Optional[torch.Tensor] = None
+    key_padding_mask: Optional[torch.Tensor] = None
+    if any_pad:
+        x = x.masked_fill(pad[..., None], 0.0)
+        if wavlm:
+            # additive float mask (what torchaudio turns a boolean one into, minus its
+            # dtype-mismatch warning); fully padded rows only occur for utterances
+            # without frames and are zeroed by _clean below.
+            key_padding_mask = torch.zeros(pad.shape, dtype=x.dtype, device=x.device)
+            key_padding_mask = key_padding_mask.masked_fill(pad, float("-inf"))
+        else:
+            # SDPA boolean mask: True where the key takes part in attention.
+            attention_mask = (~pad)[:, None, None, :].expand(batch_size, 1, num_frames, num_frames)
+
+    def _clean(h: torch.Tensor) -> torch.Tensor:
+        return h.masked_fill(pad[..., None], 0.0) if any_pad else h
+
+    # layer 0: the input of the first transformer layer (torchaudio's Transformer._preprocess)
+    x = x + transformer.pos_conv_embed(x)
+    if transformer.layer_norm_first:  # post-LN ("base") models normalise here
+        x = transformer.layer_norm(x)
+    x = _clean(transformer.dropout(x))
+    all_hs = [x]
+    position_bias = None
+    for layer in layers:
+        x, position_bias = layer(
+            x, attention_mask, position_bias=position_bias, key_padding_mask=key_padding_mask
+        )
+        x = _clean(x)
+        all_hs.append(x)
+    if not transformer.layer_norm_first and layers:  # pre-LN ("large"): final layer norm
+        all_hs[-1] = _clean(transformer.layer_norm(all_hs[-1]))
+    return all_hs, [frames_len] * len(all_hs)
+
+
+# --------------------------------------------------------------------------- module
+
+
+class TorchaudioUpstream(AbsUpstream):
+    """A torchaudio wav2vec2 / HuBERT / WavLM model as an s3prl upstream.
+
+    Args:
+        model: a ``torchaudio.models.Wav2Vec2Model`` (or the wrapper a
+            ``torchaudio.pipelines`` bundle's ``get_model()`` returns). It is kept as
+            ``self.model``; its device, dtype and train/eval mode are left as they are.
+        name: a label for reports and plots (default: the class name of ``model``).
+        normalize_waveform: normalise each utterance to zero mean, unit variance
+            first; ``None`` takes it from a bundle wrapper (else False).
+
+    Attributes:
+        model: the bare ``torchaudio.models.Wav2Vec2Model``.
+        name: the label.
+        weights: where the weights came from (set by :func:`torchaudio_upstream`).
+
+    ``forward(wavs, wavs_len)`` takes ``wavs`` ``(batch_size, seq_len, 1)`` (or
+    ``(batch_size, seq_len)``) and ``wavs_len`` ``(batch_size,)`` and returns
+    ``num_layer`` hidden states ``(batch_size, num_frames, hidden_size)`` with their
+    ``(batch_size,)`` lengths; see :func:`wav2vec2_hidden_states`. Layer drop is
+    never applied; dropout follows ``train()`` / ``eval()``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        name: Optional[str] = None,
+        normalize_waveform: Optional[bool] = None,
+    ):
+        super().__init__()
+        bare, wrapped_norm = _unwrap(model)
+        self.model = bare
+        self.normalize_waveform = wrapped_norm if normalize_waveform is None else bool(
+            normalize_waveform
+        )
+        self.name = name or type(bare).__name__
+        self.weights = "unknown"
+        self._conv_layers = _model_conv_layers(bare)
+        self._rf, self._stride = receptive_field(self._conv_layers)
+        self._hidden = int(bare.encoder.feature_projection.projection.out_features)
+        self._num_layer = len(bare.encoder.transformer.layers) + 1
+
+    @property
+    def num_layer(self) -> int:
+        """Transformer layers + 1 (the transformer input comes first)."""
+        return self._num_layer
+
+    @property
+    def hidden_sizes(self) -> List[int]:
+        return [self._hidden] * self._num_layer
+
+    @property
+    def downsample_rates(self) -> List[int]:
+        """320 samples (20 ms) for every layer."""
+        return [self._stride] * self._num_layer
+
+    @property
+    def receptive_fields(self) -> List[int]:
+        """400 samples (25 ms) of the convolutional encoder per frame, for every layer."""
+        return [self._rf] * self._num_layer
+
+    @property
+    def conv_layers(self) -> Tuple[Tuple[int, int], ...]:
+        """``(kernel_size, stride)`` of the convolutional encoder, read from the model."""
+        return self._conv_layers
+
+    def extra_repr(self) -> str:
+        return (
+            f"name={self.name!r}, weights={self.weights!r}, num_layer={self.num_layer}, "
+            f"normalize_waveform={self.normalize_waveform}"
+        )
+
+    def forward(
+        self, wavs: torch.Tensor, wavs_len: torch.Tensor
+    ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        """Args:
+            wavs: ``(batch_size, seq_len, 1)`` or ``(batch_size, seq_len)`` float, 16 kHz.
+            wavs_len: ``(batch_size,)`` long valid samples.
+
+        Returns:
+            ``(all_hs, all_hs_len)``: ``all_hs[i]`` is ``(batch_size, num_frames, hidden_size)``,
+            ``all_hs_len[i]`` is ``(batch_size,)`` long.
+        """
+        return wav2vec2_hidden_states(
+            self.model, wavs, wavs_len, normalize_waveform=self.normalize_waveform
+        )
+
+
+# --------------------------------------------------------------------------- factory
+
+
+def _bundle(name: str):
+    from torchaudio import pipelines
+
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, one of {sorted(TORCHAUDIO_MODELS)}; got {name!r}")
+    key = name.strip().lower().replace("-", "_")
+    if key not in TORCHAUDIO_MODELS:
+        raise ValueError(
+            f"unknown torchaudio model {name!r}; available: {', '.join(TORCHAUDIO_MODELS)}"
+        )
+    return key, TORCHAUDIO_MODELS[key], getattr(pipelines, TORCHAUDIO_MODELS[key])
+
+
+def bundle_checkpoint(name: str) -> Tuple[str, str]:
+    """``(url, local_path)`` of a model's torchaudio weight file.
+
+    ``local_path`` is where ``torch.hub.load_state_dict_from_url`` (which
+    torchaudio bundles use) caches the file: ``<torch.hub.get_dir()>/checkpoints/<file>``
+    (``$TORCH_HOME/hub/checkpoints`` when ``TORCH_HOME`` is set).
+    """
+    _, _, bundle = _bundle(name)
+    path = bundle._path
+    url = path if path.startswith("https") else _TORCHAUDIO_MODEL_URL + path
+    filename = os.path.basename(urlparse(url).path)
+    return url, os.path.join(torch.hub.get_dir(), "checkpoints", filename)
+
+
+def _load_state_dict(model: nn.Module, path: str, what: str) -> None:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling errors come in many types
+        raise ValueError(
+            f"{what}: could not read {path!r} as a state dict with torch.load(weights_only=True): "
+            f"{e}"
+        ) from e
+    if isinstance(state, dict) and len(state) and not any(
+        isinstance(v, torch.Tensor) for v in state.values()
+    ):
+        for key in ("state_dict", "model"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict):
+        raise TypeError(f"{what}: {path!r} holds a {type(state).__name__}, not a state dict")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(
+            f"{what}: {path!r} is not a torchaudio state dict for this architecture ({e}). "
+            "Checkpoints from fairseq or Hugging Face must be converted with "
+            "torchaudio.models.wav2vec2.utils.import_fairseq_model / import_huggingface_model "
+            "and wrapped with s3viz.upstreams.TorchaudioUpstream(model)"
+        ) from e
+
+
+def _init_seed(key: str, seed: int) -> int:
+    """Seed of the random initialisation: differs between model names (so that
+    ``hubert_base`` and ``wav2vec2_base``, one architecture, get different weights)."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    return (zlib.crc32(key.encode()) + int(seed)) % (2**63)
+
+
+def torchaudio_upstream(
+    name: str,
+    pretrained: bool = False,
+    *,
+    checkpoint: Optional[str] = None,
+    seed: int = 0,
+) -> TorchaudioUpstream:
+    """A torchaudio wav2vec2 / HuBERT / WavLM model as an s3prl upstream, in eval mode.
+
+    Args:
+        name: one of :data:`TORCHAUDIO_MODELS` (``wav2vec2_base``, ``wav2vec2_large``,
+            ``hubert_base``, ``hubert_large``, ``wavlm_base``, ``wavlm_base_plus``,
+            ``wavlm_large`` ...). The architecture is that of the torchaudio bundle.
+        pretrained: load the bundle's weights from torch.hub's checkpoint folder.
+            Nothing is downloaded: when the file is missing a ``FileNotFoundError``
+            says which URL to fetch and where to put it (see :func:`bundle_checkpoint`).
+        checkpoint: path of a local state dict file (torchaudio key layout, as the
+            bundle files have) to load instead; implies pretrained weights.
+        seed: seed of the random initialisation when no weights are loaded, combined
+            with the model name (the global RNG state is restored afterwards).
+
+    Returns:
+        a :class:`TorchaudioUpstream` on the CPU, in eval mode (feature extraction:
+        no dropout), with ``name``, ``weights`` and all s3prl upstream properties.
+    """
+    from torchaudio.models import wav2vec2_model, wavlm_model
+
+    key, bundle_name, bundle = _bundle(name)
+    if not isinstance(pretrained, bool):
+        raise TypeError(f"pretrained must be True or False, got {pretrained!r}")
+    path = None
+    if checkpoint is not None:
+        path = os.fspath(checkpoint)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"checkpoint={checkpoint!r}: no such file")
+        weights = f"checkpoint:{path}"
+    elif pretrained:
+        url, path = bundle_checkpoint(key)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"torchaudio_upstream({key!r}, pretrained=True): the weights of "
+                f"torchaudio.pipelines.{bundle_name} are not on this machine and s3viz never "
+                f"downloads.\n  Download: {url}\n  Put it at: {path}\n"
+                f"(e.g. `mkdir -p {os.path.dirname(path)} && curl -L -o {path} {url}`, or run "
+                f"torchaudio.pipelines.{bundle_name}.get_model() once on a machine with network, "
+                "with the same TORCH_HOME), or pass checkpoint=<path of the file>."
+            )
+        weights = f"torchaudio:{bundle_name}"
+    else:
+        weights = f"random(seed={int(seed)})"
+
+    factory = wavlm_model if bundle._model_type == "WavLM" else wav2vec2_model
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_init_seed(key, seed))
+        model = factory(**bundle._params)
+    if path is not None:
+        _load_state_dict(model, path, f"torchaudio_upstream({key!r})")
+    upstream = TorchaudioUpstream(
+        model, name=key, normalize_waveform=bool(bundle._normalize_waveform)
+    )
+    upstream.weights = weights
+    return upstream.eval()
