@@ -1,0 +1,147 @@
+"""Execute notebooks headless and gather them into a static HTML report.
+
+``python -m s3viz.report notebooks/*.ipynb --out build/report`` runs each
+notebook in a fresh kernel (working directory: the notebook's folder), writes
+``<name>.html`` (figures inline, widget state embedded in the notebook
+metadata), every PNG figure as ``<name>_figures/figNN.png``, and an
+``index.html`` that links them. Notebooks are never modified in place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, List, Optional, Sequence
+
+__all__ = ["NotebookResult", "run_notebook", "build_report", "write_index"]
+
+
+@dataclass
+class NotebookResult:
+    """Outcome of one executed notebook."""
+
+    name: str
+    html: Optional[Path]
+    figures: List[Path]
+    seconds: float
+    error: Optional[str] = None
+    title: str = ""
+
+
+def _title(nb) -> str:
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            for line in cell.source.splitlines():
+                if line.startswith("#"):
+                    return line.lstrip("#").strip()
+    return ""
+
+
+def run_notebook(path: Path, out_dir: Path, *, timeout: int = 600, kernel_name: str = "python3"
+                 ) -> NotebookResult:
+    """Execute ``path`` into ``out_dir``; an error in a cell is recorded, not raised."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+    from nbconvert import HTMLExporter
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"notebook {str(path)!r} does not exist")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(
+        nb, timeout=timeout, kernel_name=kernel_name, store_widget_state=True,
+        resources={"metadata": {"path": str(path.parent.resolve())}},
+    )
+    start = time.perf_counter()
+    error = None
+    try:
+        client.execute()
+    except CellExecutionError as e:  # keep the partial notebook: the report shows where it broke
+        error = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+    seconds = time.perf_counter() - start
+
+    figures = []
+    fig_dir = out_dir / f"{path.stem}_figures"
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            png = output.get("data", {}).get("image/png")
+            if png:
+                fig_dir.mkdir(exist_ok=True)
+                target = fig_dir / f"fig{len(figures) + 1:02d}.png"
+                target.write_bytes(base64.b64decode(png))
+                figures.append(target)
+
+    body, _ = HTMLExporter().from_notebook_node(nb)
+    html_path = out_dir / f"{path.stem}.html"
+    html_path.write_text(body, encoding="utf-8")
+    return NotebookResult(path.stem, html_path, figures, seconds, error, _title(nb))
+
+
+def write_index(out_dir: Path, results: Sequence[NotebookResult], extra: Iterable[Path] = ()
+                ) -> Path:
+    """Write ``out_dir/index.html`` linking every notebook, figure and extra file."""
+    rows = []
+    for r in results:
+        status = "ok" if r.error is None else f"FAILED: {html.escape(r.error)}"
+        figs = " ".join(
+            f'<a href="{f.relative_to(out_dir).as_posix()}">{f.stem}</a>' for f in r.figures
+        )
+        rows.append(
+            f"<tr><td><a href='{r.html.name}'>{html.escape(r.name)}</a></td>"
+            f"<td>{html.escape(r.title)}</td><td>{r.seconds:.1f} s</td><td>{status}</td>"
+            f"<td>{figs}</td></tr>"
+        )
+    extras = "".join(
+        f"<li><a href='{Path(p).relative_to(out_dir).as_posix()}'>"
+        f"{html.escape(Path(p).relative_to(out_dir).as_posix())}</a></li>"
+        for p in sorted(extra)
+    )
+    index = out_dir / "index.html"
+    index.write_text(
+        "<!doctype html><meta charset='utf-8'><title>s3viz report</title>"
+        "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}"
+        "td,th{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:left}</style>"
+        "<h1>s3viz report</h1>"
+        + ("<h2>Main analysis</h2><ul>" + extras + "</ul>" if extras else "")
+        + "<h2>Notebooks</h2><table><tr><th>notebook</th><th>title</th><th>time</th>"
+        "<th>status</th><th>figures</th></tr>" + "".join(rows) + "</table>",
+        encoding="utf-8",
+    )
+    return index
+
+
+def build_report(notebooks: Sequence[Path], out_dir: Path, *, timeout: int = 600,
+                 extra: Iterable[Path] = ()) -> List[NotebookResult]:
+    """Execute every notebook into ``out_dir`` and write the index."""
+    out_dir = Path(out_dir)
+    results = []
+    for nb in notebooks:
+        print(f"running {nb} ...", file=sys.stderr, flush=True)
+        r = run_notebook(Path(nb), out_dir, timeout=timeout)
+        print(f"  {r.seconds:.1f} s, {len(r.figures)} figures"
+              + ("" if r.error is None else f", FAILED: {r.error}"), file=sys.stderr, flush=True)
+        results.append(r)
+    write_index(out_dir, results, extra)
+    return results
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("notebooks", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, default=Path("build/report"))
+    parser.add_argument("--timeout", type=int, default=600, help="seconds per cell")
+    args = parser.parse_args(argv)
+    results = build_report(args.notebooks, args.out, timeout=args.timeout)
+    print(f"report: {(args.out / 'index.html').resolve()}")
+    return 1 if any(r.error for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

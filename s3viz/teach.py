@@ -1,0 +1,227 @@
+"""Checkers for classroom exercises: they say whether an answer is right and,
+when it is not, give a hint that points at the mistake without giving the answer.
+
+Each checker computes the right answer from the objects the student works with
+(the upstream, the store, a probe table), so exercises stay correct whatever
+model or corpus the teacher picks. Every checker returns a :class:`Feedback`
+that shows as a coloured line in a notebook and is truthy when correct::
+
+    from s3viz import teach
+    teach.check_num_layer(13, upstream)
+    teach.check_num_frames(answer, upstream, wav_len=32000)
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass
+from numbers import Number
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .align import expected_lengths
+from .interface import SAMPLE_RATE, num_layer_of
+
+__all__ = [
+    "Feedback",
+    "check_num_layer",
+    "check_num_frames",
+    "check_frame_rate_ms",
+    "check_best_layer",
+    "check_pooled",
+    "check_weights",
+]
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """Result of a check: ``correct`` and a message (a hint when wrong)."""
+
+    correct: bool
+    message: str
+    exercise: str = ""
+
+    def __bool__(self) -> bool:
+        return self.correct
+
+    def __str__(self) -> str:
+        mark = "correct" if self.correct else "not yet"
+        head = f"[{self.exercise}] " if self.exercise else ""
+        return f"{head}{mark}: {self.message}"
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        color = "#1a7f37" if self.correct else "#9a6700"
+        mark = "&#10004; correct" if self.correct else "&#10008; not yet"
+        head = f"<b>{html.escape(self.exercise)}</b> " if self.exercise else ""
+        return (f"<div style='border-left:4px solid {color};padding:4px 8px'>{head}"
+                f"<span style='color:{color}'>{mark}</span>: {html.escape(self.message)}</div>")
+
+
+def _number(answer, name: str = "answer") -> Optional[float]:
+    if isinstance(answer, torch.Tensor) and answer.numel() == 1:
+        answer = answer.item()
+    if isinstance(answer, np.generic):
+        answer = answer.item()
+    if isinstance(answer, bool) or not isinstance(answer, Number):
+        return None
+    value = float(answer)
+    return value if math.isfinite(value) else None
+
+
+def _not_a_number(exercise: str, answer) -> Feedback:
+    return Feedback(False, f"the answer should be a number, got {type(answer).__name__} "
+                           f"{answer!r}", exercise)
+
+
+def check_num_layer(answer, upstream) -> Feedback:
+    """How many hidden states does ``upstream`` return?"""
+    ex = "number of hidden states"
+    value = _number(answer)
+    if value is None:
+        return _not_a_number(ex, answer)
+    right = num_layer_of(upstream)
+    if value == right:
+        return Feedback(True, "forward() returns one hidden state per entry of all_hs.", ex)
+    if value == right - 1:
+        return Feedback(False, "close: did you count only the transformer layers? Layer 0, the "
+                               "output of the convolutional front end, is a hidden state too.", ex)
+    if value > right:
+        return Feedback(False, "too many: count the entries of all_hs, or read "
+                               "upstream.num_layer.", ex)
+    return Feedback(False, "too few: len(all_hs) after one forward pass tells you.", ex)
+
+
+def check_num_frames(answer, upstream, wav_len: int, layer: int = -1) -> Feedback:
+    """How many frames does ``layer`` of ``upstream`` give for ``wav_len`` samples?
+
+    The right answer is what the upstream itself returns (its ``all_hs_len``).
+    """
+    ex = f"frames for {wav_len} samples"
+    value = _number(answer)
+    if value is None:
+        return _not_a_number(ex, answer)
+    wav_len = int(wav_len)
+    if wav_len <= 0:
+        raise ValueError(f"wav_len must be a positive number of samples, got {wav_len}")
+    wavs = torch.zeros(1, wav_len, 1)
+    try:
+        param = next(upstream.parameters())
+        wavs = wavs.to(param.device)
+    except (StopIteration, AttributeError):
+        pass
+    was_training = getattr(upstream, "training", False)
+    if hasattr(upstream, "eval"):
+        upstream.eval()
+    try:
+        with torch.inference_mode():
+            _, all_hs_len = upstream(wavs, torch.tensor([wav_len], device=wavs.device))
+    finally:
+        if was_training:
+            upstream.train()
+    right = int(all_hs_len[layer][0])
+    rate = int(upstream.downsample_rates[layer])
+    if value == right:
+        return Feedback(True, "that is what the upstream returns.", ex)
+    guesses = {c: int(expected_lengths([wav_len], rate, c)[0]) for c in ("ceil", "round", "floor")}
+    used = [c for c, v in guesses.items() if v == value]
+    if used:
+        return Feedback(False, f"that matches the '{used[0]}' convention with rate {rate}, but this "
+                               "model's convolutions need a full window (the receptive field) "
+                               "before the first frame. Look at upstream.receptive_fields.", ex)
+    if abs(value - right) <= 2:
+        return Feedback(False, "off by a frame or two: check how the first window is counted.", ex)
+    if abs(value - wav_len / SAMPLE_RATE * 1000) < 1:
+        return Feedback(False, "that looks like milliseconds, not frames: divide by the "
+                               "downsample rate in samples.", ex)
+    return Feedback(False, f"far off: each frame advances by downsample_rates[{layer}] "
+                           "samples.", ex)
+
+
+def check_frame_rate_ms(answer, upstream, layer: int = -1) -> Feedback:
+    """How many milliseconds apart are consecutive frames of ``layer``?"""
+    ex = "frame shift in ms"
+    value = _number(answer)
+    if value is None:
+        return _not_a_number(ex, answer)
+    rate = int(upstream.downsample_rates[layer])
+    right = rate / SAMPLE_RATE * 1000
+    if abs(value - right) < 1e-6:
+        return Feedback(True, f"{rate} samples at {SAMPLE_RATE} Hz.", ex)
+    if abs(value - rate) < 1e-6:
+        return Feedback(False, "that is in samples; convert to milliseconds with the sample "
+                               "rate.", ex)
+    if abs(value - right / 1000) < 1e-9:
+        return Feedback(False, "that is in seconds; the question asks for milliseconds.", ex)
+    return Feedback(False, "divide the downsample rate (samples per frame) by the sample rate.",
+                    ex)
+
+
+def check_best_layer(answer, probe_df, *, metric: str = "accuracy", target: Optional[str] = None,
+                     tolerance: float = 0.0) -> Feedback:
+    """Which layer scores best in ``probe_df`` (from :func:`s3viz.probe_layers`)?
+
+    Any layer within ``tolerance`` of the best score counts as right.
+    """
+    ex = "best layer"
+    df = probe_df if target is None else probe_df[probe_df["target"] == target]
+    if metric not in df.columns or "layer" not in df.columns:
+        raise ValueError(f"probe_df needs columns 'layer' and {metric!r}, has {list(df.columns)}")
+    if df.empty:
+        raise ValueError(f"probe_df has no rows for target {target!r}")
+    scores = df.groupby("layer")[metric].mean()
+    value = _number(answer)
+    if value is None or value not in scores.index:
+        return Feedback(False, f"answer with a layer index between {scores.index.min()} and "
+                               f"{scores.index.max()}.", ex)
+    best = scores.max()
+    if scores[int(value)] >= best - tolerance:
+        return Feedback(True, f"layer {int(value)} scores {scores[int(value)]:.3f}.", ex)
+    direction = "later" if scores.idxmax() > value else "earlier"
+    return Feedback(False, f"layer {int(value)} scores {scores[int(value)]:.3f}; a {direction} "
+                           "layer does better. Read the peak of the curve, not its end.", ex)
+
+
+def check_pooled(answer, store, utterance: int, layer: int, *, atol: float = 1e-4) -> Feedback:
+    """Mean-pool the valid frames of ``utterance`` at ``layer``: a ``(hidden_size,)`` tensor."""
+    ex = "mean pooling"
+    right = store.utterance(int(utterance))[int(layer)].float().mean(dim=0)
+    try:
+        got = torch.as_tensor(np.asarray(answer.detach().cpu() if isinstance(answer, torch.Tensor)
+                                         else answer), dtype=torch.float32)
+    except (TypeError, ValueError):
+        return Feedback(False, f"answer with a tensor, got {type(answer).__name__}.", ex)
+    if got.shape != right.shape:
+        if got.ndim == 2 and got.shape[-1] == right.shape[0]:
+            return Feedback(False, f"shape {tuple(got.shape)}: you still have a time axis; "
+                                   "average over it.", ex)
+        return Feedback(False, f"shape {tuple(got.shape)} but one vector of hidden_size "
+                               f"{right.shape[0]} is expected.", ex)
+    if torch.allclose(got, right, atol=atol, rtol=1e-4):
+        return Feedback(True, "the average of the valid frames.", ex)
+    return Feedback(False, "right shape, wrong values: average only the valid frames of that "
+                           "utterance (padding frames must not count), over the time axis.", ex)
+
+
+def check_weights(answer, num_layer: int) -> Feedback:
+    """Are ``answer`` valid featurizer weights over ``num_layer`` layers (a probability vector)?"""
+    ex = "layer weights"
+    try:
+        w = np.asarray(answer.detach().cpu() if isinstance(answer, torch.Tensor) else answer,
+                       dtype=np.float64).ravel()
+    except (TypeError, ValueError):
+        return Feedback(False, f"answer with a list or tensor of numbers, got "
+                               f"{type(answer).__name__}.", ex)
+    if w.size != int(num_layer):
+        return Feedback(False, f"{w.size} weights for {num_layer} hidden states: one per layer.",
+                        ex)
+    if not np.all(np.isfinite(w)) or (w < 0).any():
+        return Feedback(False, "weights are probabilities: none may be negative. Did you forget "
+                               "the softmax?", ex)
+    if abs(w.sum() - 1) > 1e-4:
+        return Feedback(False, f"they sum to {w.sum():.3f}; probabilities sum to 1.", ex)
+    return Feedback(True, "a probability vector over the layers.", ex)
