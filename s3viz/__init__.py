@@ -37,6 +37,7 @@ _EXPORTS = {
     "expected_lengths": "align",
     "frame_timeline": "align",
     "length_report": "align",
+    "summarize_lengths": "align",
     # frame vs utterance
     "compare_frame_utterance": "compare",
 }

@@ -2,28 +2,40 @@
 
 Every formula in s3viz that predicts a frame count or a frame's position lives
 here; other modules call these functions instead of re-deriving lengths. The
-upstream's own ``all_hs_len`` is the truth that these formulas try to predict.
+upstream's own ``all_hs_len`` is the truth that these formulas try to predict,
+and :func:`length_report` measures how well each formula does.
 
 Conventions for a waveform of ``L`` samples and a downsample rate ``r``:
 
-========  ===========================  =====================================
-name      frames                       used by
-========  ===========================  =====================================
-``ceil``  ``(L - 1) // r + 1``         s3prl's ``S3PRLUpstream`` (padding)
-``round`` ``round(L / r)``             s3prl's legacy featurizer
-``floor`` ``L // r``                   most label-rate arithmetic
-``conv``  per layer ``(L - k) // s + 1``  exact convolution stacks (wav2vec2:
-                                       ``(L - 400) // 320 + 1``)
-========  ===========================  =====================================
+=========  ==============================  ==========================================
+name       frames                          used by
+=========  ==============================  ==========================================
+``ceil``   ``(L - 1) // r + 1``            s3prl's ``S3PRLUpstream`` (``h_len``, and
+                                           ``len(range(0, L, r))`` for the padded size)
+``round``  ``round(L / r)`` (half to even)  s3prl's legacy ``Featurizer.tolist``
+                                           (``round(len(wav) / downsample_rate)``)
+``floor``  ``L // r``                      most label-rate arithmetic
+``conv``   per layer ``(L - k) // s + 1``  exact convolution stacks (wav2vec2 / HuBERT /
+                                           WavLM: ``(L - 400) // 320 + 1``)
+=========  ==============================  ==========================================
+
+``ceil`` and ``round`` were checked against s3prl's source: ``S3PRLUpstream``
+computes ``torch.div(wavs_len - 1, stride, rounding_mode="floor") + 1`` (older
+s3prl releases used ``wavs_len // stride + 1``, one frame more on exact
+multiples), and the legacy featurizer uses Python's ``round`` on the float
+quotient, which rounds halves to even (``round(480 / 320) == 2``,
+``round(800 / 320) == 2``).
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
 import torch
+
+from .interface import SAMPLE_RATE, num_layer_of
 
 __all__ = [
     "CONVENTIONS",
@@ -33,6 +45,8 @@ __all__ = [
     "receptive_field",
     "frame_timeline",
     "frame_labels",
+    "length_report",
+    "summarize_lengths",
 ]
 
 CONVENTIONS = ("ceil", "round", "floor", "conv")
@@ -41,6 +55,10 @@ WAV2VEC2_CONV_LAYERS: Tuple[Tuple[int, int], ...] = ((10, 5),) + ((3, 2),) * 4 +
 """(kernel_size, stride) of the wav2vec2 / HuBERT / WavLM convolutional feature encoder."""
 
 ConvLayers = Sequence[Tuple[int, int]]
+
+DEFAULT_WAV_LENGTHS = range(400, 400 + 7 * 640 + 1, 7)
+"""Default sweep of :func:`length_report`: 641 lengths, step 7 (coprime with every
+power-of-two rate), so every remainder modulo 320 and 640 is visited once."""
 
 
 def _as_long(wavs_len, name: str = "wavs_len") -> torch.Tensor:
@@ -96,7 +114,10 @@ def conv_lengths(wavs_len, conv_layers: ConvLayers = WAV2VEC2_CONV_LAYERS) -> to
 
 
 def receptive_field(conv_layers: ConvLayers = WAV2VEC2_CONV_LAYERS) -> Tuple[int, int]:
-    """``(receptive_field, total_stride)`` in samples of a convolution stack (400, 320 for wav2vec2)."""
+    """``(receptive_field, total_stride)`` in samples of a convolution stack.
+
+    ``(400, 320)`` for wav2vec2's :data:`WAV2VEC2_CONV_LAYERS`.
+    """
     rf, jump = 1, 1
     for k, s in _check_conv_layers(conv_layers):
         rf += (k - 1) * jump
@@ -115,27 +136,91 @@ def expected_lengths(
 
     Args:
         wavs_len: ``(batch_size,)`` waveform lengths in samples.
-        rate: downsample rate in samples per frame (ignored by ``conv`` except as a check).
+        rate: downsample rate in samples per frame. For ``conv`` it must equal
+            the total stride of ``conv_layers`` (checked).
         convention: one of :data:`CONVENTIONS`.
         conv_layers: ``(kernel_size, stride)`` pairs for ``conv``; defaults to
             :data:`WAV2VEC2_CONV_LAYERS`.
 
     Returns:
-        ``(batch_size,)`` long frame counts.
+        ``(batch_size,)`` long frame counts, on the device of ``wavs_len``.
+
+    Example:
+        >>> expected_lengths([400, 480, 640, 641], 320, "round").tolist()
+        [1, 2, 2, 2]
     """
     n = _as_long(wavs_len)
     rate = _check_rate(rate)
     if convention == "ceil":
         return torch.where(n > 0, torch.div(n - 1, rate, rounding_mode="floor") + 1, n)
     if convention == "round":
-        # Python's round() (half to even), as s3prl's legacy featurizer used it.
+        # Python's round() on the float quotient (half to even), as s3prl's legacy
+        # featurizer does; float64 division of ints below 2**53 is exact to the ulp.
         return torch.round(n.double() / rate).long()
     if convention == "floor":
         return torch.div(n, rate, rounding_mode="floor")
     if convention == "conv":
         layers = WAV2VEC2_CONV_LAYERS if conv_layers is None else conv_layers
+        _, stride = receptive_field(layers)
+        if stride != rate:
+            raise ValueError(
+                f"conv_layers have a total stride of {stride} samples but rate={rate}; "
+                "pass the conv_layers of this layer (or the matching rate)"
+            )
         return conv_lengths(n, layers)
     raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+
+
+# --------------------------------------------------------------------------- upstream geometry
+
+
+def _optional_attr(obj, name: str):
+    """``getattr(obj, name, None)`` that also treats NotImplementedError as absent."""
+    try:
+        return getattr(obj, name)
+    except (AttributeError, NotImplementedError):
+        return None
+
+
+def _upstream_rates(upstream) -> List[int]:
+    rates = _optional_attr(upstream, "downsample_rates")
+    if rates is None:
+        raise TypeError(
+            f"upstream ({type(upstream).__name__}) has no 'downsample_rates'; it must give "
+            "the samples per frame of each hidden state (s3prl interface)"
+        )
+    return [_check_rate(int(r)) for r in rates]
+
+
+def _upstream_conv_layers(upstream) -> Optional[Tuple[Tuple[int, int], ...]]:
+    conv = _optional_attr(upstream, "conv_layers")
+    return None if conv is None else _check_conv_layers(conv)
+
+
+def _layer_geometry(upstream, layer: int) -> Tuple[int, int, Optional[Tuple[Tuple[int, int], ...]]]:
+    """``(rate, receptive_field, conv_layers or None)`` of one layer of an upstream.
+
+    ``conv_layers`` is returned only when its total stride equals the layer's rate
+    (the layer keeps the convolution stack's frames, as every wav2vec2 layer does).
+    """
+    rates = _upstream_rates(upstream)
+    if not 0 <= layer < len(rates):
+        raise IndexError(f"layer must be in [0, {len(rates)}), got {layer}")
+    rate = rates[layer]
+    conv = _upstream_conv_layers(upstream)
+    if conv is not None and receptive_field(conv)[1] != rate:
+        conv = None
+    fields = _optional_attr(upstream, "receptive_fields")
+    if fields is not None:
+        rf = int(fields[layer])
+    elif conv is not None:
+        rf = receptive_field(conv)[0]
+    else:
+        rf = rate
+    return rate, rf, conv
+
+
+# --------------------------------------------------------------------------- timelines
 
 
 def frame_timeline(
@@ -145,61 +230,106 @@ def frame_timeline(
     layer: Optional[int] = None,
     num_frames: Optional[int] = None,
     receptive_field_samples: Optional[int] = None,
+    conv_layers: Optional[ConvLayers] = None,
 ) -> pd.DataFrame:
     """Where each frame of a layer sits in the waveform.
 
+    Frame ``k`` looks at the receptive field ``[k * rate, k * rate + rf)`` and
+    is centred at ``k * rate + rf / 2``. Each frame also owns a *cell*: the
+    samples nearer to its centre than to any other frame's centre, inside the
+    span that some receptive field reaches. Cells tile ``[0, rf_end of the last
+    frame)`` without gaps or overlaps; they are the frame boundaries to draw.
+
     Args:
         rate_or_upstream: a downsample rate in samples, or an upstream (its
-            ``downsample_rates[layer]`` and, when it has them,
-            ``receptive_fields[layer]`` are used).
+            ``downsample_rates[layer]``, ``receptive_fields[layer]`` and
+            ``conv_layers`` are used when it has them).
         wav_len: waveform length in samples.
         layer: layer index when an upstream is given (default 0).
         num_frames: the actual number of frames (e.g. from ``all_hs_len``); by
-            default the ``ceil`` convention, or ``conv`` arithmetic when a
-            receptive field larger than the rate is known.
+            default the ``conv`` arithmetic when a convolution stack is known,
+            ``(L - rf) // rate + 1`` when the receptive field exceeds the rate,
+            else the ``ceil`` convention.
         receptive_field_samples: the input window of one frame; defaults to the
-            rate (non-overlapping frames).
+            upstream's ``receptive_fields[layer]``, the conv stack's receptive
+            field, or the rate (non-overlapping frames).
+        conv_layers: ``(kernel_size, stride)`` stack of this layer (overrides the
+            upstream's); its total stride must equal the rate.
 
     Returns:
-        DataFrame with one row per frame: ``frame, start, center, end`` in samples
-        (``end`` exclusive; the receptive field ``[start, end)`` clipped to the
-        waveform) and ``start_s, center_s, end_s`` in seconds.
+        DataFrame with one row per frame: ``frame``; ``start, end`` (the cell,
+        samples, ``end`` exclusive), ``center`` (float samples), ``rf_start,
+        rf_end`` (receptive field clipped to the waveform) and the same in
+        seconds (``start_s, center_s, end_s, rf_start_s, rf_end_s``).
+        ``df.attrs`` holds ``rate``, ``receptive_field``, ``wav_len``, ``layer``.
     """
     rf = receptive_field_samples
+    conv = None
     if isinstance(rate_or_upstream, (int, np.integer)) and not isinstance(rate_or_upstream, bool):
         rate = _check_rate(rate_or_upstream)
+    elif isinstance(rate_or_upstream, (float, str, bool)) or rate_or_upstream is None:
+        raise TypeError(
+            "rate_or_upstream must be a positive int rate or an upstream with "
+            f"'downsample_rates', got {rate_or_upstream!r}"
+        )
     else:
-        up = rate_or_upstream
-        rates = getattr(up, "downsample_rates", None)
-        if rates is None:
+        if _optional_attr(rate_or_upstream, "downsample_rates") is None:
             raise TypeError(
                 "rate_or_upstream must be a positive int rate or an upstream with "
-                f"'downsample_rates', got {type(up).__name__}"
+                f"'downsample_rates', got {type(rate_or_upstream).__name__}"
             )
         layer = 0 if layer is None else int(layer)
-        if not 0 <= layer < len(rates):
-            raise IndexError(f"layer must be in [0, {len(rates)}), got {layer}")
-        rate = _check_rate(rates[layer])
+        rate, up_rf, conv = _layer_geometry(rate_or_upstream, layer)
         if rf is None:
-            fields = getattr(up, "receptive_fields", None)
-            if fields is not None:
-                rf = int(fields[layer])
-    rf = rate if rf is None else int(rf)
+            rf = up_rf
+    if conv_layers is not None:
+        conv = _check_conv_layers(conv_layers)
+        if receptive_field(conv)[1] != rate:
+            raise ValueError(
+                f"conv_layers have a total stride of {receptive_field(conv)[1]} but the rate is "
+                f"{rate}; pass the convolution stack of this layer"
+            )
+    if rf is None:
+        rf = receptive_field(conv)[0] if conv is not None else rate
+    rf = int(rf)
     if rf <= 0:
         raise ValueError(f"receptive_field_samples must be positive, got {rf}")
     wav_len = int(_as_long([wav_len], "wav_len")[0])
     if num_frames is None:
-        if rf > rate:
-            num_frames = max(0, (wav_len - rf) // rate + 1) if wav_len >= rf else 0
+        if conv is not None:
+            num_frames = int(conv_lengths([wav_len], conv)[0])
+        elif rf > rate:
+            num_frames = (wav_len - rf) // rate + 1 if wav_len >= rf else 0
         else:
             num_frames = int(expected_lengths([wav_len], rate, "ceil")[0])
-    idx = np.arange(int(num_frames), dtype=np.int64)
-    start = idx * rate
-    end = np.minimum(start + rf, wav_len)
-    center = start + rf / 2.0
-    df = pd.DataFrame({"frame": idx, "start": start, "center": center, "end": end})
-    for col in ("start", "center", "end"):
-        df[f"{col}_s"] = df[col] / 16000.0
+    num_frames = int(num_frames)
+    if num_frames < 0:
+        raise ValueError(f"num_frames must be non-negative, got {num_frames}")
+    idx = np.arange(num_frames, dtype=np.int64)
+    rf_start = idx * rate
+    rf_end_raw = rf_start + rf
+    rf_end = np.minimum(rf_end_raw, wav_len)
+    rf_start_c = np.minimum(rf_start, wav_len)
+    center = rf_start + rf / 2.0
+    # cell boundaries: midpoints between neighbouring centres
+    bounds = rf_start[:-1] + (rf + rate) // 2
+    start = np.concatenate([[0], bounds]).astype(np.int64)[:num_frames]
+    end = np.concatenate([bounds, [rf_end[-1] if num_frames else 0]]).astype(np.int64)[:num_frames]
+    start = np.minimum(start, wav_len)
+    end = np.maximum(np.minimum(end, wav_len), start)
+    df = pd.DataFrame(
+        {
+            "frame": idx,
+            "start": start,
+            "center": center,
+            "end": end,
+            "rf_start": rf_start_c,
+            "rf_end": rf_end,
+        }
+    )
+    for col in ("start", "center", "end", "rf_start", "rf_end"):
+        df[f"{col}_s"] = df[col] / float(SAMPLE_RATE)
+    df.attrs.update({"rate": rate, "receptive_field": rf, "wav_len": wav_len, "layer": layer})
     return df
 
 
@@ -219,7 +349,8 @@ def frame_labels(
         num_frames: frames of the layer (the upstream's own length).
         rate: the layer's downsample rate in samples.
         column: which column of ``phones`` gives the label.
-        receptive_field_samples: as in :func:`frame_timeline`.
+        receptive_field_samples: as in :func:`frame_timeline` (the centre of
+            frame ``k`` is ``k * rate + rf / 2``, the same as its timeline).
         fill: label of frames whose centre no segment covers.
 
     Returns:
@@ -243,3 +374,308 @@ def frame_labels(
     ok = (pos >= 0) & (centers < ends[np.clip(pos, 0, None)])
     out[ok] = labels[pos[ok]]
     return out
+
+
+# --------------------------------------------------------------------------- length sweeps
+
+
+def _module_device(module) -> Optional[torch.device]:
+    if not isinstance(module, torch.nn.Module):
+        return None
+    for t in module.parameters():
+        return t.device
+    for t in module.buffers():
+        return t.device
+    return None
+
+
+def _resolve_device(device, module=None) -> torch.device:
+    """``device=None``: the module's own device when it has tensors, else cuda when available."""
+    if device is not None:
+        try:
+            return torch.device(device)
+        except (RuntimeError, TypeError) as e:
+            raise ValueError(f"device must be e.g. 'cpu' or 'cuda', got {device!r}") from e
+    own = _module_device(module)
+    if own is not None:
+        return own
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _check_wav_lengths(wav_lengths) -> np.ndarray:
+    try:
+        arr = np.asarray(list(wav_lengths))
+    except TypeError as e:
+        raise TypeError(
+            "wav_lengths must be an iterable of ints, e.g. range(400, 4000, 7); "
+            f"got {wav_lengths!r}"
+        ) from e
+    if arr.size == 0:
+        raise ValueError("wav_lengths is empty; pass e.g. range(400, 4000, 7)")
+    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+        if arr.ndim == 1 and np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr)):
+            arr = arr.astype(np.int64)
+        else:
+            raise TypeError(
+                f"wav_lengths must be integer sample counts, got {arr.dtype} {arr.shape}"
+            )
+    if (arr <= 0).any():
+        raise ValueError(f"wav_lengths must be positive, got min {int(arr.min())}")
+    return np.unique(arr.astype(np.int64))
+
+
+def length_report(
+    upstream,
+    wav_lengths: Iterable[int] = DEFAULT_WAV_LENGTHS,
+    *,
+    device=None,
+    batch_size: int = 32,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Run an upstream over a sweep of input lengths; compare its frame counts with each convention.
+
+    The upstream is run in ``eval`` mode under ``torch.inference_mode`` on
+    batches of random waveforms (zero-padded, longest first); its own
+    ``all_hs_len`` is the truth. Its training flag is restored afterwards.
+
+    Args:
+        upstream: an s3prl-style upstream (``downsample_rates``, ``num_layer`` or
+            ``num_layers``, ``forward(wavs (batch_size, seq_len, 1), wavs_len
+            (batch_size,))``; optional ``conv_layers``).
+        wav_lengths: input lengths in samples (duplicates are dropped, sorted).
+        device: where to run. ``None``: where the upstream's parameters are
+            (it is never moved), or cuda when available for parameterless
+            upstreams. A device other than the upstream's moves it there for
+            the sweep and back afterwards.
+        batch_size: waveforms per forward pass.
+        seed: seed of the random waveforms.
+
+    Returns:
+        DataFrame, one row per layer and input length: ``layer, wav_len, rate,
+        frames`` (the upstream's ``all_hs_len``), ``expected_<c>`` and
+        ``diff_<c> = frames - expected_<c>`` for ``c`` in ``ceil, round, floor``
+        and, when the upstream has ``conv_layers``, ``conv`` (nullable ints:
+        ``<NA>`` for layers whose rate is not the stack's stride).
+        ``report.attrs["summary"]`` is a short text naming the convention each
+        group of layers follows and the worst mismatch; :func:`summarize_lengths`
+        gives the same as a table.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if not callable(upstream):
+        raise TypeError(
+            f"upstream must be callable (an AbsUpstream), got {type(upstream).__name__}"
+        )
+    lengths = _check_wav_lengths(wav_lengths)
+    rates = _upstream_rates(upstream)
+    num_layer = num_layer_of(upstream)
+    if len(rates) != num_layer:
+        raise ValueError(
+            f"upstream.downsample_rates has {len(rates)} entries but num_layer is {num_layer}"
+        )
+    conv = _upstream_conv_layers(upstream)
+    frames = np.zeros((num_layer, lengths.size), dtype=np.int64)
+    order = np.argsort(-lengths, kind="stable")
+    gen = torch.Generator().manual_seed(int(seed))
+
+    def batches():
+        for b0 in range(0, lengths.size, batch_size):
+            pos = order[b0 : b0 + batch_size]
+            lens = torch.as_tensor(lengths[pos])
+            wavs = torch.randn(len(pos), int(lens.max()), 1, generator=gen)
+            wavs[torch.arange(wavs.shape[1])[None, :] >= lens[:, None]] = 0.0
+            yield pos, wavs, lens
+
+    for pos, counts in _upstream_frame_counts(upstream, batches(), num_layer, device):
+        frames[:, pos] = counts
+    parts = []
+    for layer in range(num_layer):
+        rate = rates[layer]
+        part = {
+            "layer": np.full(lengths.size, layer, dtype=np.int64),
+            "wav_len": lengths,
+            "rate": np.full(lengths.size, rate, dtype=np.int64),
+            "frames": frames[layer],
+        }
+        for c in ("ceil", "round", "floor"):
+            part[f"expected_{c}"] = expected_lengths(lengths, rate, c).numpy()
+        df = pd.DataFrame(part)
+        if conv is not None:
+            if receptive_field(conv)[1] == rate:
+                exp = expected_lengths(lengths, rate, "conv", conv_layers=conv).numpy()
+                df["expected_conv"] = pd.array(exp, dtype="Int64")
+            else:
+                df["expected_conv"] = pd.array([pd.NA] * lengths.size, dtype="Int64")
+        parts.append(df)
+    report = pd.concat(parts, ignore_index=True)
+    for c in _report_conventions(report):
+        report[f"diff_{c}"] = report["frames"] - report[f"expected_{c}"]
+    report.attrs["upstream"] = str(_optional_attr(upstream, "name") or type(upstream).__name__)
+    report.attrs["summary"] = _summary_text(summarize_lengths(report), report)
+    return report
+
+
+def _upstream_frame_counts(upstream, batches, num_layer: int, device=None):
+    """Yield ``(key, (num_layer, batch_size) int64 counts)`` per ``(key, wavs, wavs_len)`` batch.
+
+    The upstream runs in eval mode under ``torch.inference_mode`` on ``device``
+    (resolved by :func:`_resolve_device`; moved there and back only when it
+    differs from where the upstream lives); its training flag is restored.
+    """
+    dev = _resolve_device(device, upstream)
+    own = _module_device(upstream)
+    is_module = isinstance(upstream, torch.nn.Module)
+    moved = is_module and own is not None and own != dev
+    was_training = upstream.training if is_module else None
+    try:
+        if moved:
+            upstream.to(dev)
+        if is_module:
+            upstream.eval()
+        with torch.inference_mode():
+            for key, wavs, lens in batches:
+                try:
+                    out = upstream(wavs.to(dev), lens.to(dev))
+                except RuntimeError as e:
+                    raise RuntimeError(
+                        f"upstream failed on input lengths {lens.tolist()[:4]}: {e}. Inputs "
+                        "shorter than its receptive field often fail: use longer inputs"
+                    ) from e
+                counts = np.stack([hl.detach().to("cpu").long().numpy().reshape(-1)
+                                   for hl in _all_hs_len(out, num_layer)])
+                yield key, counts
+    finally:
+        if moved:
+            upstream.to(own)
+        if is_module:
+            upstream.train(was_training)
+
+
+def _all_hs_len(out, num_layer: int) -> List[torch.Tensor]:
+    if not isinstance(out, (tuple, list)) or len(out) != 2:
+        raise TypeError(
+            "upstream(wavs, wavs_len) must return (all_hs, all_hs_len) (s3prl interface), "
+            f"got {type(out).__name__}"
+        )
+    all_hs_len = list(out[1])
+    if len(all_hs_len) != num_layer:
+        raise ValueError(
+            f"upstream returned {len(all_hs_len)} lengths but num_layer is {num_layer}"
+        )
+    return all_hs_len
+
+
+def _report_conventions(report: pd.DataFrame) -> List[str]:
+    return [c for c in CONVENTIONS if f"expected_{c}" in report.columns]
+
+
+def summarize_lengths(report: pd.DataFrame) -> pd.DataFrame:
+    """Per layer: which convention the frame counts follow, and how far the others are off.
+
+    Args:
+        report: the DataFrame of :func:`length_report`.
+
+    Returns:
+        One row per layer: ``layer, rate, n_lengths, min_wav_len, max_wav_len``;
+        ``follows`` (the conventions that match every length, comma-separated,
+        ``""`` if none); ``best`` (the exact one, else the one with the
+        smallest worst-case mismatch); ``worst_diff`` and ``worst_wav_len``
+        (the largest signed ``frames - expected`` of ``best`` and where it
+        happens); per convention ``match_<c>`` (fraction of lengths matched
+        exactly) and ``max_abs_diff_<c>`` (``<NA>``-free floats; NaN where the
+        convention does not apply to the layer).
+    """
+    needed = {"layer", "wav_len", "rate", "frames"}
+    missing = needed - set(report.columns)
+    if missing:
+        raise ValueError(
+            f"report lacks columns {sorted(missing)}; pass the DataFrame of s3viz.length_report"
+        )
+    convs = _report_conventions(report)
+    rows = []
+    for layer, part in report.groupby("layer", sort=True):
+        row = {
+            "layer": int(layer),
+            "rate": int(part["rate"].iloc[0]),
+            "n_lengths": int(len(part)),
+            "min_wav_len": int(part["wav_len"].min()),
+            "max_wav_len": int(part["wav_len"].max()),
+        }
+        scores = {}
+        for c in convs:
+            diff = (part["frames"] - part[f"expected_{c}"]).astype("Float64")
+            valid = diff.notna()
+            if not valid.all():
+                row[f"match_{c}"] = np.nan
+                row[f"max_abs_diff_{c}"] = np.nan
+                continue
+            d = diff.to_numpy(dtype=np.float64)
+            row[f"match_{c}"] = float(np.mean(d == 0))
+            row[f"max_abs_diff_{c}"] = float(np.abs(d).max())
+            i = int(np.argmax(np.abs(d)))
+            scores[c] = (row[f"max_abs_diff_{c}"], -row[f"match_{c}"], d[i],
+                         int(part["wav_len"].iloc[i]))
+        exact = [c for c in ("conv", "ceil", "round", "floor") if c in scores and scores[c][0] == 0]
+        row["follows"] = ", ".join(exact)
+        if scores:
+            pref = {c: i for i, c in enumerate(("conv", "ceil", "round", "floor"))}
+            best = min(scores, key=lambda c: (scores[c][0], scores[c][1], pref[c]))
+            row["best"] = best
+            row["worst_diff"] = int(scores[best][2])
+            row["worst_wav_len"] = int(scores[best][3]) if scores[best][0] else -1
+        else:
+            row["best"], row["worst_diff"], row["worst_wav_len"] = "", 0, -1
+        rows.append(row)
+    cols = ["layer", "rate", "n_lengths", "min_wav_len", "max_wav_len", "follows", "best",
+            "worst_diff", "worst_wav_len"]
+    cols += [f"match_{c}" for c in convs] + [f"max_abs_diff_{c}" for c in convs]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _layer_ranges(layers: Sequence[int]) -> str:
+    layers = sorted(int(x) for x in layers)
+    out, start, prev = [], layers[0], layers[0]
+    for x in layers[1:] + [None]:
+        if x is not None and x == prev + 1:
+            prev = x
+            continue
+        out.append(f"{start}" if start == prev else f"{start}-{prev}")
+        if x is not None:
+            start = prev = x
+    return ("layer " if len(layers) == 1 else "layers ") + ",".join(out)
+
+
+def _summary_text(summary: pd.DataFrame, report: pd.DataFrame) -> str:
+    if summary.empty:
+        return "empty report"
+    lines = [
+        f"{report.attrs.get('upstream', 'upstream')}: {len(summary)} layers over "
+        f"{int(summary['n_lengths'].iloc[0])} input lengths "
+        f"({int(summary['min_wav_len'].min())}-{int(summary['max_wav_len'].max())} samples)."
+    ]
+    convs = _report_conventions(report)
+    for (rate, follows, best), grp in summary.groupby(["rate", "follows", "best"], sort=False):
+        who = f"{_layer_ranges(grp['layer'].tolist())} (rate {rate})"
+        if follows:
+            first = follows.split(", ")[0]
+            others = [c for c in convs if c not in follows.split(", ")
+                      and not np.isnan(grp[f"max_abs_diff_{c}"].max())]
+            worst = ""
+            if others:
+                c = max(others, key=lambda c: grp[f"max_abs_diff_{c}"].max())
+                sub = report[report["layer"].isin(grp["layer"])]
+                d = (sub["frames"] - sub[f"expected_{c}"]).astype(np.int64)
+                i = int(np.argmax(np.abs(d.to_numpy())))
+                worst = (f"; worst other convention: '{c}' off by {int(d.iloc[i]):+d} frames "
+                         f"at wav_len={int(sub['wav_len'].iloc[i])}")
+            lines.append(f"{who}: follow '{first}' exactly{worst}.")
+        else:
+            i = int(np.argmax(np.abs(grp["worst_diff"].to_numpy())))
+            r = grp.iloc[i]
+            lines.append(
+                f"{who}: no convention matches exactly; closest is '{best}' "
+                f"(matches {grp[f'match_{best}'].min():.0%} of lengths), worst mismatch "
+                f"{int(r['worst_diff']):+d} frames at wav_len={int(r['worst_wav_len'])}."
+            )
+    return " ".join(lines)

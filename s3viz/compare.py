@@ -1,0 +1,370 @@
+"""Does an utterance-level model say what the pooled frame-level outputs say?
+
+:func:`compare_frame_utterance` runs a frame-level model (``AbsFrameModel``:
+``(x, x_len) -> (y, y_len)``) and an utterance-level model
+(``AbsUtteranceModel``: ``(x, x_len) -> (batch_size, output_size)``) on the same
+features, pools the frame-level outputs over each utterance's valid frames and
+compares the two per utterance. When CUDA is present it also runs both models
+on the CPU and on the GPU and reports the largest difference and the timings.
+The models are never moved: copies are made for the other device.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from .align import _module_device, _resolve_device
+from .models import length_mask, masked_max, masked_mean
+
+__all__ = ["compare_frame_utterance", "pool_frames"]
+
+POOLINGS = ("mean", "max")
+
+
+def pool_frames(y: torch.Tensor, y_len: torch.Tensor, pooling: Union[str, Callable] = "mean"):
+    """Pool frame-level outputs over each utterance's valid frames.
+
+    Args:
+        y: ``(batch_size, seq_len, output_size)`` frame-level outputs.
+        y_len: ``(batch_size,)`` long valid frames.
+        pooling: ``"mean"``, ``"max"`` or a callable ``(y, y_len) -> (batch_size, output_size)``.
+
+    Returns:
+        ``(batch_size, output_size)``.
+    """
+    if callable(pooling):
+        return pooling(y, y_len)
+    if pooling == "mean":
+        return masked_mean(y, y_len)
+    if pooling == "max":
+        return masked_max(y, y_len)
+    raise ValueError(f"pooling must be one of {POOLINGS} or a callable, got {pooling!r}")
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _pad(seqs: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    lens = torch.tensor([int(s.shape[0]) for s in seqs], dtype=torch.long)
+    out = torch.nn.utils.rnn.pad_sequence([s.float() for s in seqs], batch_first=True)
+    return out, lens
+
+
+def _is_store(data) -> bool:
+    return all(hasattr(data, a) for a in ("utterance", "lengths", "num_layer"))
+
+
+def _batches(data, *, layer, featurizer, batch_size: int
+             ) -> Tuple[int, List[str], Iterator[Tuple[np.ndarray, torch.Tensor, torch.Tensor]]]:
+    """``(n, ids, iterator of (positions, hs (B, T, H) cpu float32, hs_len (B,) cpu long))``."""
+    if isinstance(data, (tuple, list)) and len(data) == 2 and not _is_store(data):
+        hs, hs_len = data
+        if not isinstance(hs, torch.Tensor) or hs.dim() != 3:
+            raise ValueError(
+                "data=(hs, hs_len) needs hs as a (batch_size, seq_len, hidden_size) tensor, got "
+                f"{tuple(hs.shape) if isinstance(hs, torch.Tensor) else type(hs).__name__}"
+            )
+        hs_len = torch.as_tensor(hs_len)
+        if hs_len.dim() != 1 or hs_len.shape[0] != hs.shape[0]:
+            raise ValueError(
+                f"data=(hs, hs_len) needs hs_len of shape ({hs.shape[0]},), "
+                f"got {tuple(hs_len.shape)}"
+            )
+        if layer is not None or featurizer is not None:
+            raise ValueError("layer= and featurizer= apply to a LayerStore, not to (hs, hs_len)")
+        n = hs.shape[0]
+        hs_cpu = hs.detach().to("cpu", torch.float32)
+        hs_len = hs_len.to("cpu", torch.long)
+
+        def it():
+            for b0 in range(0, n, batch_size):
+                pos = np.arange(b0, min(n, b0 + batch_size))
+                h, hl = hs_cpu[b0 : b0 + batch_size], hs_len[b0 : b0 + batch_size]
+                yield pos, h[:, : int(hl.max())] if hl.numel() else h, hl
+
+        return n, [str(i) for i in range(n)], it()
+
+    if not _is_store(data):
+        raise TypeError(
+            "data must be a LayerStore (s3viz.extract) or a tuple (hs, hs_len) with hs "
+            f"(batch_size, seq_len, hidden_size); got {type(data).__name__}"
+        )
+    store = data
+    n = len(store)
+    ids = [str(i) for i in getattr(store, "ids", range(n))]
+    if featurizer is not None and layer is not None:
+        raise ValueError("pass either layer= or featurizer=, not both")
+    if featurizer is None:
+        if layer is None:
+            if store.num_layer != 1:
+                raise ValueError(
+                    f"the store holds {store.num_layer} layers: pass layer=<index in "
+                    "0..num_layer-1> or featurizer=<an AbsFeaturizer> to choose the features"
+                )
+            layer = 0
+        layer = int(layer)
+        if not -store.num_layer <= layer < store.num_layer:
+            raise IndexError(f"layer must be in [0, {store.num_layer}), got {layer}")
+        layer %= store.num_layer
+        lengths = np.asarray(store.lengths(layer), dtype=np.int64)
+
+        def it():
+            for b0 in range(0, n, batch_size):
+                pos = np.arange(b0, min(n, b0 + batch_size))
+                frames, _ = store.layer(layer, utterances=pos.tolist())
+                seqs = torch.split(frames, lengths[pos].tolist())
+                hs, hs_len = _pad(seqs)
+                yield pos, hs, hs_len
+
+        return n, ids, it()
+
+    feat_dev = _module_device(featurizer) or torch.device("cpu")
+
+    def it():
+        was = getattr(featurizer, "training", None)
+        try:
+            if isinstance(featurizer, torch.nn.Module):
+                featurizer.eval()
+            for b0 in range(0, n, batch_size):
+                pos = np.arange(b0, min(n, b0 + batch_size))
+                utts = [store.utterance(int(i)) for i in pos]
+                all_hs, all_hs_len = [], []
+                for li in range(store.num_layer):
+                    h, hl = _pad([u[li] for u in utts])
+                    all_hs.append(h.to(feat_dev))
+                    all_hs_len.append(hl.to(feat_dev))
+                with torch.inference_mode():
+                    hs, hs_len = featurizer(all_hs, all_hs_len)
+                yield pos, hs.detach().to("cpu", torch.float32), hs_len.to("cpu", torch.long)
+        finally:
+            if was is not None and isinstance(featurizer, torch.nn.Module):
+                featurizer.train(was)
+
+    return n, ids, it()
+
+
+# --------------------------------------------------------------------------- running
+
+
+class _Runner:
+    """The two models on one device (the user's objects when already there, else copies)."""
+
+    def __init__(self, frame_model, utterance_model, device: torch.device):
+        self.device = device
+        self.models = []
+        self.restore = []
+        for m in (frame_model, utterance_model):
+            if isinstance(m, torch.nn.Module):
+                own = _module_device(m)
+                if own is not None and own != device:
+                    m = copy.deepcopy(m).to(device)
+                else:
+                    self.restore.append((m, m.training))
+                m.eval()
+            self.models.append(m)
+        self.seconds = 0.0
+        self.utterances = 0
+
+    def close(self):
+        for m, was in self.restore:
+            m.train(was)
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def __call__(self, hs, hs_len, *, timed: bool = True):
+        fm, um = self.models
+        hs = hs.to(self.device, non_blocking=True)
+        hs_len = hs_len.to(self.device)
+        self._sync()
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = fm(hs, hs_len)
+            if not isinstance(out, (tuple, list)) or len(out) != 2:
+                raise TypeError(
+                    "frame_model(x, x_len) must return (y, y_len) (AbsFrameModel); got "
+                    f"{type(out).__name__}"
+                )
+            y, y_len = out
+            u = um(hs, hs_len)
+        self._sync()
+        if timed:
+            self.seconds += time.perf_counter() - t0
+            self.utterances += hs.shape[0]
+        if not isinstance(u, torch.Tensor) or u.dim() != 2:
+            raise TypeError(
+                "utterance_model(x, x_len) must return a (batch_size, output_size) tensor "
+                f"(AbsUtteranceModel); got {getattr(u, 'shape', type(u).__name__)}"
+            )
+        if y.dim() != 3 or y.shape[-1] != u.shape[-1]:
+            raise ValueError(
+                f"frame_model outputs {tuple(y.shape)} but utterance_model outputs "
+                f"{tuple(u.shape)}: they must share output_size to be compared"
+            )
+        return y, torch.as_tensor(y_len, device=y.device).long(), u
+
+
+def _frame_diff(a, a_len, b) -> torch.Tensor:
+    """Per utterance max |a - b| over valid frames; a, b (B, T, D) on the CPU."""
+    mask = length_mask(a_len, a.shape[1])
+    d = (a - b).abs().masked_fill(~mask[..., None], 0.0)
+    return d.amax(dim=(1, 2))
+
+
+def compare_frame_utterance(
+    frame_model,
+    utterance_model,
+    data,
+    *,
+    pooling: Union[str, Callable] = "mean",
+    layer: Optional[int] = None,
+    featurizer=None,
+    device=None,
+    batch_size: int = 32,
+    cpu_vs_gpu: Optional[bool] = None,
+) -> pd.DataFrame:
+    """Compare an utterance-level model with the pooled outputs of a frame-level model.
+
+    Args:
+        frame_model: an ``AbsFrameModel``: ``(x, x_len) -> (y (batch_size, seq_len,
+            output_size), y_len (batch_size,))``.
+        utterance_model: an ``AbsUtteranceModel``: ``(x, x_len) -> (batch_size, output_size)``.
+        data: a LayerStore (choose its features with ``layer`` or ``featurizer``)
+            or a tuple ``(hs (batch_size, seq_len, hidden_size), hs_len (batch_size,))``.
+        pooling: how frame outputs are pooled over valid frames: ``"mean"``
+            (default), ``"max"`` or a callable ``(y, y_len) -> (batch_size, output_size)``.
+        layer: stored layer index (LayerStore only).
+        featurizer: an ``AbsFeaturizer`` applied to all stored layers (LayerStore
+            only); run where its parameters are, before the models.
+        device: where the reported outputs come from; ``None``: cuda when
+            available, else the CPU.
+        batch_size: utterances per forward pass.
+        cpu_vs_gpu: also run on the other device and compare; default: when CUDA
+            is available.
+
+    Returns:
+        DataFrame, one row per utterance (input order): ``utterance, id,
+        num_frames, cosine, l2, rel_l2, argmax_frame, argmax_utterance,
+        argmax_agree``, and ``cpu_gpu_frame_max_abs_diff,
+        cpu_gpu_utterance_max_abs_diff, cpu_ms, gpu_ms`` (per utterance,
+        amortised over its batch; NaN without CUDA). ``df.attrs`` holds
+        ``device``, ``gpu`` (name or ``None``), ``note`` and ``summary``.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    for name, m in (("frame_model", frame_model), ("utterance_model", utterance_model)):
+        if not callable(m):
+            raise TypeError(f"{name} must be callable (a torch.nn.Module), got {type(m).__name__}")
+    if not callable(pooling) and pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS} or a callable, got {pooling!r}")
+    fo = getattr(frame_model, "output_size", None)
+    uo = getattr(utterance_model, "output_size", None)
+    if isinstance(fo, int) and isinstance(uo, int) and fo != uo:
+        raise ValueError(
+            f"frame_model.output_size={fo} but utterance_model.output_size={uo}; compare "
+            "models with the same output space (e.g. the same classes)"
+        )
+    dev = _resolve_device(device, None)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} asks for CUDA but torch.cuda.is_available() is False")
+    has_cuda = torch.cuda.is_available()
+    if cpu_vs_gpu is None:
+        cpu_vs_gpu = has_cuda
+    if cpu_vs_gpu and not has_cuda:
+        raise ValueError("cpu_vs_gpu=True needs CUDA, which is not available")
+    other = None
+    if cpu_vs_gpu:
+        other = torch.device("cpu") if dev.type == "cuda" else torch.device("cuda")
+    n, ids, batches = _batches(data, layer=layer, featurizer=featurizer, batch_size=int(batch_size))
+
+    main = _Runner(frame_model, utterance_model, dev)
+    second = _Runner(frame_model, utterance_model, other) if other is not None else None
+    cols = {k: np.full(n, np.nan) for k in (
+        "cosine", "l2", "rel_l2", "cpu_gpu_frame_max_abs_diff",
+        "cpu_gpu_utterance_max_abs_diff", "cpu_ms", "gpu_ms")}
+    num_frames = np.zeros(n, dtype=np.int64)
+    am_f = np.zeros(n, dtype=np.int64)
+    am_u = np.zeros(n, dtype=np.int64)
+    warm = False
+    try:
+        for pos, hs, hs_len in batches:
+            if not warm:  # one untimed pass per device: CUDA context, cuBLAS handles, caches
+                main(hs[:1], hs_len[:1], timed=False)
+                if second is not None:
+                    second(hs[:1], hs_len[:1], timed=False)
+                warm = True
+            t_main = main.seconds
+            y, y_len, u = main(hs, hs_len)
+            dt_main = (main.seconds - t_main) / len(pos) * 1e3
+            pooled = pool_frames(y, y_len, pooling).float().cpu()
+            u_cpu = u.float().cpu()
+            cols["cosine"][pos] = F.cosine_similarity(pooled, u_cpu, dim=-1, eps=1e-12).numpy()
+            l2 = (pooled - u_cpu).norm(dim=-1)
+            cols["l2"][pos] = l2.numpy()
+            cols["rel_l2"][pos] = (l2 / u_cpu.norm(dim=-1).clamp(min=1e-12)).numpy()
+            am_f[pos] = pooled.argmax(-1).numpy()
+            am_u[pos] = u_cpu.argmax(-1).numpy()
+            num_frames[pos] = hs_len.numpy()
+            cols["gpu_ms" if dev.type == "cuda" else "cpu_ms"][pos] = dt_main
+            if second is not None:
+                t_sec = second.seconds
+                y2, y2_len, u2 = second(hs, hs_len)
+                dt_sec = (second.seconds - t_sec) / len(pos) * 1e3
+                cols["gpu_ms" if second.device.type == "cuda" else "cpu_ms"][pos] = dt_sec
+                yc, y2c = y.float().cpu(), y2.float().cpu()
+                cols["cpu_gpu_frame_max_abs_diff"][pos] = _frame_diff(yc, y_len.cpu(), y2c).numpy()
+                cols["cpu_gpu_utterance_max_abs_diff"][pos] = (
+                    (u_cpu - u2.float().cpu()).abs().amax(dim=-1).numpy()
+                )
+    finally:
+        main.close()
+        if second is not None:
+            second.close()
+
+    df = pd.DataFrame({
+        "utterance": np.arange(n, dtype=np.int64),
+        "id": ids,
+        "num_frames": num_frames,
+        "cosine": cols["cosine"],
+        "l2": cols["l2"],
+        "rel_l2": cols["rel_l2"],
+        "argmax_frame": am_f,
+        "argmax_utterance": am_u,
+        "argmax_agree": am_f == am_u,
+        "cpu_gpu_frame_max_abs_diff": cols["cpu_gpu_frame_max_abs_diff"],
+        "cpu_gpu_utterance_max_abs_diff": cols["cpu_gpu_utterance_max_abs_diff"],
+        "cpu_ms": cols["cpu_ms"],
+        "gpu_ms": cols["gpu_ms"],
+    })
+    gpu_name = torch.cuda.get_device_name(0) if has_cuda else None
+    if second is None:
+        note = ("no CUDA: CPU vs GPU columns are NaN" if not has_cuda
+                else "CPU vs GPU comparison switched off (cpu_vs_gpu=False)")
+    else:
+        note = f"CPU vs GPU compared on {gpu_name}"
+    df.attrs.update({"device": str(dev), "gpu": gpu_name, "note": note,
+                     "summary": _summary(df, pooling, dev, second)})
+    return df
+
+
+def _summary(df: pd.DataFrame, pooling, dev, second) -> str:
+    if df.empty:
+        return "no utterances"
+    name = pooling if isinstance(pooling, str) else getattr(pooling, "__name__", "custom")
+    s = (f"{len(df)} utterances on {dev}: {name}-pooled frame outputs vs utterance outputs: "
+         f"cosine mean {df['cosine'].mean():.4f} (min {df['cosine'].min():.4f}), "
+         f"argmax agreement {df['argmax_agree'].mean():.0%}.")
+    if second is not None:
+        s += (f" CPU vs GPU: max |diff| {df['cpu_gpu_frame_max_abs_diff'].max():.2e} (frame), "
+              f"{df['cpu_gpu_utterance_max_abs_diff'].max():.2e} (utterance); "
+              f"{df['cpu_ms'].sum():.1f} ms on CPU vs {df['gpu_ms'].sum():.1f} ms on GPU.")
+    return s

@@ -1,0 +1,596 @@
+"""Frame-level and utterance-level models with s3prl's interfaces, vectorised with length masks.
+
+Frame-level models (:class:`~s3viz.interface.AbsFrameModel`) keep the time axis:
+``forward(x, x_len) -> (y, y_len)`` with ``y_len == x_len``. Utterance-level
+models (:class:`~s3viz.interface.AbsUtteranceModel`) pool it away:
+``forward(x, x_len) -> (batch_size, output_size)``.
+
+The models follow s3prl's ``s3prl.nn`` semantics (``FrameLevelLinear`` and
+``MeanPoolingLinear``: a hidden linear layer of 256 units without activation,
+then a projection; ``MeanPooling``; ``TemporalStatisticsPooling``: mean and
+unbiased standard deviation concatenated; ``SelfAttentivePooling``: softmax over
+``tanh(W x + b) @ a``), but pool a whole padded batch at once instead of
+looping over utterances:
+
+- sums over valid frames are one ``embedding_bag`` over the frames seen as a
+  ``(batch_size * seq_len, hidden_size)`` table with the valid rows as indices:
+  padded frames are never read, so they cost nothing and whatever they hold
+  (NaN included) cannot reach a valid output or a gradient. This is faster
+  than s3prl's loop and than a batched matmul of the length mask with the
+  frames (``torch.bmm`` of ``(batch_size, 1, seq_len)`` weights), which must
+  read the padding, and far faster than a mask-multiply (see
+  ``benchmarks/bench_pooling.py``);
+- the standard deviation is two-pass (centred on the mean, in cache-sized
+  time blocks, corrected two-pass algorithm), so features with a large mean
+  keep their precision; its matmul reads padded frames with weight 0 and
+  recomputes with them zeroed when they hold NaN or inf.
+
+The computations are plain functions (:func:`length_mask`, :func:`masked_mean`,
+:func:`masked_mean_std`, :func:`masked_max`, :func:`masked_softmax_pool`); the
+modules call them.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .interface import AbsFrameModel, AbsUtteranceModel
+
+__all__ = [
+    "length_mask",
+    "masked_mean",
+    "masked_mean_std",
+    "masked_max",
+    "masked_softmax_pool",
+    "FrameLevelLinear",
+    "FrameLevelMLP",
+    "MeanPooling",
+    "StatisticsPooling",
+    "AttentivePooling",
+    "MeanPoolingLinear",
+]
+
+
+# --------------------------------------------------------------------------- plain functions
+
+
+def _check_x(x, x_len, *, pooling: bool, input_size: Optional[int] = None,
+             who: str = "x") -> Tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(x, torch.Tensor) or x.dim() != 3:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(
+            f"{who} must be a (batch_size, seq_len, hidden_size) tensor, got {shape}; "
+            "add a batch axis with x.unsqueeze(0) for one utterance"
+        )
+    if not x.is_floating_point():
+        raise TypeError(f"{who} must be a float tensor, got {x.dtype}; use x.float()")
+    if input_size is not None and x.shape[-1] != input_size:
+        raise ValueError(
+            f"{who} has hidden_size {x.shape[-1]} but the model's input_size is {input_size}"
+        )
+    if not isinstance(x_len, torch.Tensor):
+        x_len = torch.as_tensor(x_len)
+    if x_len.dim() != 1 or x_len.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"x_len must be (batch_size,) = ({x.shape[0]},) valid frames per row, "
+            f"got shape {tuple(x_len.shape)}"
+        )
+    if x_len.is_floating_point() or x_len.dtype == torch.bool:
+        raise TypeError(f"x_len must be an integer tensor, got {x_len.dtype}; use x_len.long()")
+    if x_len.numel():
+        # checked where x_len lives (usually the CPU: no device synchronisation)
+        lo, hi = int(x_len.min()), int(x_len.max())
+        if hi > x.shape[1]:
+            raise ValueError(
+                f"x_len has a length {hi} longer than seq_len {x.shape[1]}; lengths count the "
+                "valid frames of each padded row"
+            )
+        if lo < (1 if pooling else 0):
+            raise ValueError(
+                f"x_len has a length {lo}; pooling needs at least one valid frame per utterance"
+                if pooling else f"x_len must be non-negative, got {lo}"
+            )
+    return x, x_len.to(device=x.device, dtype=torch.long)
+
+
+def length_mask(x_len: torch.Tensor, max_len: int) -> torch.Tensor:
+    """``(batch_size, max_len)`` bool mask, True on the first ``x_len[b]`` frames of row ``b``.
+
+    Args:
+        x_len: ``(batch_size,)`` long valid lengths.
+        max_len: padded length ``seq_len``.
+    """
+    return torch.arange(int(max_len), device=x_len.device)[None, :] < x_len[:, None]
+
+
+def _segments(x_len: torch.Tensor, seq_len: int):
+    """``(mask (batch_size, seq_len), rows, offsets)`` of the valid frames.
+
+    ``rows``: ``(sum(x_len),)`` indices of the valid frames in ``x.reshape(-1, hidden_size)``,
+    utterance by utterance; ``offsets``: ``(batch_size,)`` where each utterance's rows start.
+    """
+    mask = length_mask(x_len, seq_len)
+    rows = mask.reshape(-1).nonzero().squeeze(1)
+    offsets = torch.cumsum(x_len, 0) - x_len
+    return mask, rows, offsets
+
+
+def _segment_reduce(x, rows, offsets, *, mean: bool = False, weights=None) -> torch.Tensor:
+    """Sum (or mean, or ``weights``-weighted sum) of the valid frames of each utterance.
+
+    One ``embedding_bag`` over ``x`` seen as a ``(batch_size * seq_len, hidden_size)``
+    table: only the valid rows are read, so padded frames cost nothing and cannot
+    leak into the result (not even NaN), and the gradient of a padded frame is 0.
+    """
+    table = x.reshape(-1, x.shape[-1])
+    return F.embedding_bag(rows, table, offsets, mode="mean" if mean else "sum",
+                           per_sample_weights=weights)
+
+
+def masked_mean(x: torch.Tensor, x_len: torch.Tensor) -> torch.Tensor:
+    """Mean over the valid frames of each row (s3prl ``MeanPooling``).
+
+    Args:
+        x: ``(batch_size, seq_len, hidden_size)`` float, padded frames arbitrary.
+        x_len: ``(batch_size,)`` long valid frames, each in ``[1, seq_len]``.
+
+    Returns:
+        ``(batch_size, hidden_size)``.
+    """
+    x, x_len = _check_x(x, x_len, pooling=True)
+    return _masked_mean(x, x_len)
+
+
+def _masked_mean(x: torch.Tensor, x_len: torch.Tensor) -> torch.Tensor:
+    _, rows, offsets = _segments(x_len, x.shape[1])
+    return _segment_reduce(x, rows, offsets, mean=True)
+
+
+_CPU_BLOCK_BYTES = 8 << 20
+"""Size of the row blocks that CPU code keeps its temporaries to (cache and allocator friendly)."""
+
+
+def _time_block(x: torch.Tensor) -> int:
+    if x.device.type != "cpu":
+        return max(1, x.shape[1])
+    # keep each (batch_size, block, hidden_size) temporary cache sized
+    per_frame = max(1, x.shape[0] * x.shape[2] * x.element_size())
+    return int(min(max(4, (_CPU_BLOCK_BYTES // 2) // per_frame), max(1, x.shape[1])))
+
+
+def _centred_sums(x, mean, m, block: int, sanitize_mask=None):
+    """``(sum_t m_t d_t, sum_t m_t d_t**2)`` with ``d = x - mean``, in time blocks."""
+    grad = torch.is_grad_enabled() and (x.requires_grad or mean.requires_grad)
+    s1 = x.new_zeros(x.shape[0], 1, x.shape[2])
+    s2 = x.new_zeros(x.shape[0], 1, x.shape[2])
+    for t0 in range(0, x.shape[1], block):
+        d = x[:, t0 : t0 + block] - mean[:, None, :]
+        if sanitize_mask is not None:
+            d = d.masked_fill(~sanitize_mask[:, t0 : t0 + block, None], 0.0)
+        mb = m[:, :, t0 : t0 + block]
+        s1 = torch.baddbmm(s1, mb, d)
+        d = d.square() if grad else d.square_()
+        s2 = torch.baddbmm(s2, mb, d)
+    return s1.squeeze(1), s2.squeeze(1)
+
+
+def masked_mean_std(
+    x: torch.Tensor, x_len: torch.Tensor, *, correction: int = 1
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation over the valid frames of each row, two-pass.
+
+    The variance is ``sum((x - mean) ** 2) / (n - correction)`` with the
+    deviations formed explicitly (in time blocks that fit in cache; corrected
+    two-pass algorithm, which also refines the mean), not ``E[x^2] - mean^2``,
+    so features with a mean of 1e4 and a standard deviation of 1 keep float32
+    precision. ``correction=1`` (unbiased) is what
+    ``torch.std`` and s3prl's ``TemporalStatisticsPooling`` use. Rows with
+    ``n <= correction`` frames get a standard deviation of 0 (``torch.std``
+    gives NaN there).
+
+    Args:
+        x: ``(batch_size, seq_len, hidden_size)`` float, padded frames arbitrary.
+        x_len: ``(batch_size,)`` long valid frames, each in ``[1, seq_len]``.
+        correction: degrees-of-freedom correction (0: population std).
+
+    Returns:
+        ``(mean, std)``, each ``(batch_size, hidden_size)``.
+    """
+    x, x_len = _check_x(x, x_len, pooling=True)
+    if isinstance(correction, bool) or not isinstance(correction, int) or correction < 0:
+        raise ValueError(f"correction must be a non-negative int, got {correction!r}")
+    return _masked_mean_std(x, x_len, correction)
+
+
+def _masked_mean_std(x, x_len, correction: int):
+    mask, rows, offsets = _segments(x_len, x.shape[1])
+    mean = _segment_reduce(x, rows, offsets, mean=True)
+    m = mask.to(x.dtype).unsqueeze(1)  # (batch_size, 1, seq_len): 0 on padded frames
+    block = _time_block(x)
+    s1, s2 = _centred_sums(x, mean, m, block)
+    if not bool(torch.isfinite(s2).all()) and bool(torch.isfinite(mean).all()):
+        # padded NaN/inf (0 * nan = nan in the matmul): zero them and redo, only then
+        s1, s2 = _centred_sums(x, mean, m, block, sanitize_mask=mask)
+    # corrected two-pass (Chan, Golub & LeVeque 1983): the residual mean of the
+    # deviations fixes the rounding error of the first-pass mean.
+    n = x_len.to(x.dtype)[:, None]
+    delta = s1 / n
+    mean = mean + delta
+    ss = s2 - s1 * delta
+    dof = (x_len - correction).to(x.dtype)[:, None]
+    var = torch.where(dof > 0, ss / dof.clamp(min=1), torch.zeros_like(ss))
+    return mean, var.clamp(min=0).sqrt()
+
+
+def masked_max(x: torch.Tensor, x_len: torch.Tensor) -> torch.Tensor:
+    """Maximum over the valid frames of each row.
+
+    Args:
+        x: ``(batch_size, seq_len, hidden_size)`` float, padded frames arbitrary.
+        x_len: ``(batch_size,)`` long valid frames, each in ``[1, seq_len]``.
+
+    Returns:
+        ``(batch_size, hidden_size)``.
+    """
+    x, x_len = _check_x(x, x_len, pooling=True)
+    mask = length_mask(x_len, x.shape[1])
+    return x.masked_fill(~mask[..., None], float("-inf")).amax(dim=1)
+
+
+def masked_softmax_pool(
+    x: torch.Tensor, x_len: torch.Tensor, scores: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Attention pooling: softmax of ``scores`` over the valid frames, then the weighted sum.
+
+    Args:
+        x: ``(batch_size, seq_len, hidden_size)`` float, padded frames arbitrary.
+        x_len: ``(batch_size,)`` long valid frames, each in ``[1, seq_len]``.
+        scores: ``(batch_size, seq_len)`` attention logits (padded ones ignored).
+
+    Returns:
+        ``(pooled, weights)``: ``(batch_size, hidden_size)`` and ``(batch_size, seq_len)``
+        (zero on padded frames, each row sums to 1).
+    """
+    x, x_len = _check_x(x, x_len, pooling=True)
+    if not isinstance(scores, torch.Tensor) or scores.shape != x.shape[:2]:
+        raise ValueError(
+            f"scores must be a (batch_size, seq_len) = {tuple(x.shape[:2])} tensor, got "
+            f"{tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__}"
+        )
+    return _masked_softmax_pool(x, x_len, scores)
+
+
+def _masked_softmax_pool(x, x_len, scores, segments=None):
+    mask, rows, offsets = _segments(x_len, x.shape[1]) if segments is None else segments
+    weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=1)
+    w_valid = weights.reshape(-1).index_select(0, rows).to(x.dtype)
+    return _segment_reduce(x, rows, offsets, weights=w_valid), weights
+
+
+# --------------------------------------------------------------------------- frame-level models
+
+
+def _positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+class FrameLevelMLP(AbsFrameModel):
+    """Per-frame MLP: ``Linear -> activation -> dropout`` per hidden size, then a projection.
+
+    Args:
+        input_size: feature size of ``x``.
+        output_size: feature size of the output (e.g. number of classes).
+        hidden_sizes: hidden layer sizes; ``()`` gives a single linear layer.
+        activation: name of a ``torch.nn`` activation class (``"ReLU"``,
+            ``"GELU"``...) or ``None`` for a purely linear stack (s3prl's
+            ``FrameLevel`` default).
+        dropout: dropout after each activation (training only).
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        output_size: int,
+        hidden_sizes: Sequence[int] = (256,),
+        activation: Optional[str] = "ReLU",
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self._input_size = _positive_int(input_size, "input_size")
+        self._output_size = _positive_int(output_size, "output_size")
+        if activation is not None and not (
+            isinstance(getattr(nn, str(activation), None), type)
+            and issubclass(getattr(nn, activation), nn.Module)
+        ):
+            raise ValueError(
+                f"activation must name a torch.nn module class such as 'ReLU' or be None, "
+                f"got {activation!r}"
+            )
+        layers = []
+        size = self._input_size
+        for h in hidden_sizes:
+            layers.append(nn.Linear(size, _positive_int(h, "hidden_sizes[i]")))
+            if activation is not None:
+                layers.append(getattr(nn, activation)())
+            if dropout:
+                layers.append(nn.Dropout(float(dropout)))
+            size = h
+        self.hidden_layers = nn.Sequential(*layers)
+        self.final_proj = nn.Linear(size, self._output_size)
+
+    @property
+    def input_size(self) -> int:
+        return self._input_size
+
+    @property
+    def output_size(self) -> int:
+        return self._output_size
+
+    def forward(self, x: torch.Tensor, x_len: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Args:
+            x: ``(batch_size, seq_len, input_size)`` float.
+            x_len: ``(batch_size,)`` long valid frames.
+
+        Returns:
+            ``(y, y_len)``: ``(batch_size, seq_len, output_size)`` and ``x_len``
+            unchanged (padded output frames are whatever the padded inputs give).
+        """
+        x, checked = _check_x(x, x_len, pooling=False, input_size=self._input_size)
+        return self.final_proj(self.hidden_layers(x)), (
+            x_len if isinstance(x_len, torch.Tensor) else checked
+        )
+
+
+class FrameLevelLinear(FrameLevelMLP):
+    """s3prl's SUPERB frame-level linear probe: ``Linear(input, hidden) -> Linear(hidden, output)``.
+
+    No activation (the model is linear). ``hidden_size=None`` gives one ``Linear``.
+    """
+
+    def __init__(self, input_size: int, output_size: int, hidden_size: Optional[int] = 256):
+        super().__init__(
+            input_size,
+            output_size,
+            hidden_sizes=() if hidden_size is None else (hidden_size,),
+            activation=None,
+        )
+
+
+# --------------------------------------------------------------------------- utterance-level models
+
+
+class _Pooling(AbsUtteranceModel):
+    def __init__(self, input_size: int):
+        super().__init__()
+        self._input_size = _positive_int(input_size, "input_size")
+
+    @property
+    def input_size(self) -> int:
+        return self._input_size
+
+    @property
+    def output_size(self) -> int:
+        return self._input_size
+
+
+class MeanPooling(_Pooling):
+    """Mean over valid frames (s3prl ``MeanPooling`` / ``TemporalAveragePooling``)."""
+
+    def forward(self, x: torch.Tensor, x_len: torch.Tensor) -> torch.Tensor:
+        """Args:
+            x: ``(batch_size, seq_len, input_size)`` float.
+            x_len: ``(batch_size,)`` long valid frames (at least 1).
+
+        Returns:
+            ``(batch_size, input_size)``.
+        """
+        x, x_len = _check_x(x, x_len, pooling=True, input_size=self._input_size)
+        return _masked_mean(x, x_len)
+
+
+class StatisticsPooling(_Pooling):
+    """Mean and standard deviation over valid frames, concatenated.
+
+    s3prl's ``TemporalStatisticsPooling``.
+
+    Args:
+        input_size: feature size of ``x``; the output has ``2 * input_size``.
+        correction: 1 (unbiased, as ``torch.std`` and s3prl) or 0.
+    """
+
+    def __init__(self, input_size: int, correction: int = 1):
+        super().__init__(input_size)
+        self.correction = int(correction)
+
+    @property
+    def output_size(self) -> int:
+        return 2 * self._input_size
+
+    def forward(self, x: torch.Tensor, x_len: torch.Tensor) -> torch.Tensor:
+        """Args:
+            x: ``(batch_size, seq_len, input_size)`` float.
+            x_len: ``(batch_size,)`` long valid frames (at least 1).
+
+        Returns:
+            ``(batch_size, 2 * input_size)``: ``[mean, std]``.
+        """
+        x, x_len = _check_x(x, x_len, pooling=True, input_size=self._input_size)
+        mean, std = _masked_mean_std(x, x_len, self.correction)
+        return torch.cat((mean, std), dim=-1)
+
+
+class AttentivePooling(_Pooling):
+    """Self-attentive pooling (s3prl ``SelfAttentivePooling``).
+
+    ``w = softmax_t(tanh(W x_t + b) @ a)`` over the valid frames, output
+    ``sum_t w_t x_t``. The scores are computed on the valid frames only (packed),
+    so padded frames cost nothing and cannot leak in. Unlike s3prl, whose
+    attention vector starts as uninitialised memory, ``a`` is initialised
+    ``normal(0, 1 / sqrt(hidden_size))``.
+
+    Args:
+        input_size: feature size of ``x`` (and of the output).
+        hidden_size: size of ``W``'s output; default ``input_size`` (s3prl).
+    """
+
+    def __init__(self, input_size: int, hidden_size: Optional[int] = None):
+        super().__init__(input_size)
+        hidden = (self._input_size if hidden_size is None
+                  else _positive_int(hidden_size, "hidden_size"))
+        self.sap_linear = nn.Linear(self._input_size, hidden)
+        self.attention = nn.Parameter(torch.randn(hidden, 1) / hidden**0.5)
+
+    def attention_weights(self, x: torch.Tensor, x_len: torch.Tensor) -> torch.Tensor:
+        """``(batch_size, seq_len)`` attention weights (zero on padded frames).
+
+        Args:
+            x: ``(batch_size, seq_len, input_size)`` float.
+            x_len: ``(batch_size,)`` long valid frames (at least 1).
+        """
+        return self._pool(x, x_len)[1]
+
+    def _pool(self, x, x_len):
+        x, x_len = _check_x(x, x_len, pooling=True, input_size=self._input_size)
+        segments = _segments(x_len, x.shape[1])
+        mask, rows, _ = segments
+        table = x.reshape(-1, x.shape[-1])
+        # scores of the valid frames only (padded frames never enter the linear layer), in
+        # row blocks on the CPU so that temporaries stay cache- and allocator-friendly
+        block = rows.numel() if x.device.type != "cpu" else max(
+            16, _CPU_BLOCK_BYTES // (4 * max(self._input_size, self.sap_linear.out_features)))
+        if torch.is_grad_enabled() or type(self.sap_linear) is not nn.Linear:
+            s = torch.cat([
+                (torch.tanh(self.sap_linear(table.index_select(0, rows[r0 : r0 + block])))
+                 @ self.attention).squeeze(-1)
+                for r0 in range(0, rows.numel(), block)])
+        else:  # inference: reuse two buffers, no allocation per block
+            w, b, a = self.sap_linear.weight, self.sap_linear.bias, self.attention.squeeze(-1)
+            s = x.new_empty(rows.numel(), dtype=w.dtype)
+            xb = x.new_empty(min(block, rows.numel()), x.shape[-1])
+            hb = x.new_empty(min(block, rows.numel()), w.shape[0], dtype=w.dtype)
+            for r0 in range(0, rows.numel(), block):
+                r = rows[r0 : r0 + block]
+                xs, hs = xb[: r.numel()], hb[: r.numel()]
+                torch.index_select(table, 0, r, out=xs)
+                torch.addmm(b, xs, w.t(), out=hs)
+                hs.tanh_()
+                torch.mv(hs, a, out=s[r0 : r0 + r.numel()])
+        scores = torch.full(mask.shape, float("-inf"), device=x.device, dtype=s.dtype)
+        scores = scores.masked_scatter(mask, s)
+        return _masked_softmax_pool(x, x_len, scores, segments)
+
+    def forward(self, x: torch.Tensor, x_len: torch.Tensor) -> torch.Tensor:
+        """Args:
+            x: ``(batch_size, seq_len, input_size)`` float.
+            x_len: ``(batch_size,)`` long valid frames (at least 1).
+
+        Returns:
+            ``(batch_size, input_size)``.
+        """
+        return self._pool(x, x_len)[0]
+
+
+class MeanPoolingLinear(AbsUtteranceModel):
+    """s3prl's SUPERB utterance-level linear probe: ``Linear -> MeanPooling -> Linear``.
+
+    Both layers are linear, so pooling first and projecting the pooled vector
+    gives the same result at a fraction of the cost (and pooling cannot see
+    padded frames); that is what :meth:`forward` does.
+
+    Args:
+        input_size: feature size of ``x``.
+        output_size: output size (e.g. number of classes).
+        hidden_size: hidden projection size (s3prl: 256); ``None`` for one ``Linear``.
+    """
+
+    def __init__(self, input_size: int, output_size: int, hidden_size: Optional[int] = 256):
+        super().__init__()
+        self._input_size = _positive_int(input_size, "input_size")
+        self._output_size = _positive_int(output_size, "output_size")
+        size = self._input_size
+        layers = []
+        if hidden_size is not None:
+            layers.append(nn.Linear(size, _positive_int(hidden_size, "hidden_size")))
+            size = hidden_size
+        self.hidden_layers = nn.Sequential(*layers)
+        self.final_proj = nn.Linear(size, self._output_size)
+
+    @classmethod
+    def from_frame_model(cls, frame_model: FrameLevelMLP) -> "MeanPoolingLinear":
+        """An utterance model equal to the mean pooling of ``frame_model``'s outputs.
+
+        ``frame_model`` must be linear (a :class:`FrameLevelLinear` or a
+        :class:`FrameLevelMLP` without activation or dropout); its weights are copied.
+        """
+        if not isinstance(frame_model, FrameLevelMLP):
+            raise TypeError(
+                "frame_model must be a FrameLevelLinear/FrameLevelMLP, got "
+                f"{type(frame_model).__name__}"
+            )
+        linears = [m for m in frame_model.hidden_layers if isinstance(m, nn.Linear)]
+        if len(linears) != len(frame_model.hidden_layers) or len(linears) > 1:
+            raise ValueError(
+                "frame_model must be linear with at most one hidden layer (no activation or "
+                "dropout), e.g. FrameLevelLinear, for its mean pooling to be a MeanPoolingLinear"
+            )
+        hidden = linears[0].out_features if linears else None
+        model = cls(frame_model.input_size, frame_model.output_size, hidden_size=hidden)
+        if linears:
+            model.hidden_layers[0].load_state_dict(copy.deepcopy(linears[0].state_dict()))
+        model.final_proj.load_state_dict(copy.deepcopy(frame_model.final_proj.state_dict()))
+        ref = next(frame_model.parameters())
+        return model.to(device=ref.device, dtype=ref.dtype)
+
+    @property
+    def input_size(self) -> int:
+        return self._input_size
+
+    @property
+    def output_size(self) -> int:
+        return self._output_size
+
+    def forward(self, x: torch.Tensor, x_len: torch.Tensor) -> torch.Tensor:
+        """Args:
+            x: ``(batch_size, seq_len, input_size)`` float.
+            x_len: ``(batch_size,)`` long valid frames (at least 1).
+
+        Returns:
+            ``(batch_size, output_size)``.
+        """
+        x, x_len = _check_x(x, x_len, pooling=True, input_size=self._input_size)
+        return self.final_proj(self.hidden_layers(_masked_mean(x, x_len)))
+
+
+# --------------------------------------------------------------------------- s3prl-style references
+
+
+def _loop_mean(x: torch.Tensor, x_len: torch.Tensor) -> torch.Tensor:
+    """s3prl ``MeanPooling``: one ``torch.mean`` per utterance (the reference; slow)."""
+    return torch.stack([torch.mean(xi[: int(n)], dim=0) for xi, n in zip(x, x_len)])
+
+
+def _loop_statistics(x: torch.Tensor, x_len: torch.Tensor) -> torch.Tensor:
+    """s3prl ``TemporalStatisticsPooling``: ``cat(mean, std)`` per utterance."""
+    return torch.stack(
+        [torch.cat((torch.mean(xi[: int(n)], dim=0), torch.std(xi[: int(n)], dim=0)), dim=-1)
+         for xi, n in zip(x, x_len)]
+    )
+
+
+def _loop_attentive(model: AttentivePooling, x: torch.Tensor, x_len: torch.Tensor) -> torch.Tensor:
+    """s3prl ``SelfAttentivePooling.forward`` with ``model``'s parameters."""
+    out = []
+    for xi, n in zip(x, x_len):
+        xi = xi[: int(n)].unsqueeze(0)
+        h = torch.tanh(model.sap_linear(xi))
+        w = torch.matmul(h, model.attention).squeeze(dim=2)
+        w = torch.softmax(w, dim=1).view(xi.size(0), xi.size(1), 1)
+        out.append(torch.sum(xi * w, dim=1).squeeze(0))
+    return torch.stack(out)

@@ -1,0 +1,310 @@
+"""Alignment explorer: one utterance's waveform, the frames of chosen layers, and its phones.
+
+The widget only wires controls to two plain functions that are tested on
+their own: :func:`utterance_alignment` (what to draw: waveform, one
+:func:`s3viz.frame_timeline` per layer with the upstream's actual frame
+counts, phones) and :func:`draw_alignment` (draw it with
+:func:`s3viz.plot.frame_grid`). The picture is rendered to PNG in an
+``ipywidgets.Image``, so it needs no matplotlib backend or kernel-side
+display hook and works offline; without a widget frontend the widget's
+``image/png`` fallback shows the same static picture.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..align import (
+    _optional_attr,
+    _upstream_frame_counts,
+    _upstream_rates,
+    frame_timeline,
+)
+from ..interface import SAMPLE_RATE, num_layer_of
+
+__all__ = ["alignment_explorer", "AlignmentExplorer", "utterance_alignment", "draw_alignment",
+           "default_layers"]
+
+
+def _is_store(source) -> bool:
+    return all(hasattr(source, a) for a in ("lengths", "downsample_rates", "utterance"))
+
+
+def _is_corpus(source) -> bool:
+    return hasattr(source, "ids") and len(source) > 0 and hasattr(source[0], "wav")
+
+
+def default_layers(rates: Sequence[int], max_layers: int = 4) -> List[int]:
+    """First layer of each distinct rate, plus the last layer; at most ``max_layers``."""
+    seen, out = set(), []
+    for i, r in enumerate(rates):
+        if r not in seen:
+            seen.add(r)
+            out.append(i)
+    if len(rates) - 1 not in out:
+        out.append(len(rates) - 1)
+    return sorted(out)[:max_layers]
+
+
+def _source_layers(source, upstream):
+    """``(rates, names)`` of the selectable layers."""
+    if _is_store(source):
+        rates = [int(r) for r in source.downsample_rates]
+        ids = list(getattr(source, "layer_ids", range(len(rates))))
+        return rates, [f"layer {i}" for i in ids]
+    rates = _upstream_rates(upstream)
+    return rates, [f"layer {i}" for i in range(len(rates))]
+
+
+def utterance_alignment(
+    source,
+    index: int,
+    *,
+    upstream=None,
+    layers: Optional[Sequence[int]] = None,
+    device=None,
+) -> Dict[str, object]:
+    """Everything needed to draw one utterance's frames: plain data, no drawing.
+
+    Args:
+        source: a ``Corpus`` (then ``upstream`` is run on the utterance and its
+            ``all_hs_len`` gives the frame counts) or a ``LayerStore`` (frame
+            counts, rates and receptive fields come from the store; it holds no
+            waveform).
+        index: utterance position.
+        upstream: the upstream (needed with a Corpus; with a store only its
+            ``conv_layers`` are used, when given).
+        layers: layer indices (of the upstream, or of the store's stored
+            layers); default :func:`default_layers`.
+        device: where a Corpus's upstream runs (default: where it lives).
+
+    Returns:
+        dict with ``id``, ``wav`` (``(num_samples,)`` float32 or None), ``wav_len``,
+        ``phones`` (DataFrame or None), ``num_frames`` (layer -> frames) and
+        ``timelines`` (``"layer i"`` -> :func:`s3viz.frame_timeline` DataFrame).
+    """
+    store = _is_store(source)
+    if not store and not _is_corpus(source):
+        raise TypeError(
+            "source must be an s3viz.data.Corpus or an s3viz LayerStore, got "
+            f"{type(source).__name__}"
+        )
+    n = len(source)
+    index = int(index)
+    if not 0 <= index < n:
+        raise IndexError(f"index must be in [0, {n}), got {index}")
+    if not store and upstream is None:
+        raise ValueError("a Corpus needs upstream=... to know each layer's frames")
+    rates, names = _source_layers(source, upstream)
+    layers = default_layers(rates) if layers is None else [int(x) for x in layers]
+    bad = [x for x in layers if not 0 <= x < len(rates)]
+    if bad:
+        raise IndexError(f"layers {bad} out of range [0, {len(rates)})")
+
+    if store:
+        labels = source.labels
+        if "num_samples" in labels.columns and pd.notna(labels["num_samples"].iloc[index]):
+            wav_len = int(labels["num_samples"].iloc[index])
+        else:  # no audio length stored: the span the frames cover
+            wav_len = max(int(source.lengths(x)[index]) * rates[x] for x in range(len(rates)))
+        wav = None
+        ident = str(source.ids[index])
+        phones = source.phones[index] if getattr(source, "phones", None) is not None else None
+        fields = _optional_attr(source, "receptive_fields") or rates
+        conv = _optional_attr(upstream, "conv_layers") if upstream is not None else None
+        num_frames = {x: int(source.lengths(x)[index]) for x in layers}
+        timelines = {}
+        for x in layers:
+            use_conv = conv if conv is not None and _stride(conv) == rates[x] else None
+            timelines[names[x]] = frame_timeline(
+                rates[x], wav_len, num_frames=num_frames[x],
+                receptive_field_samples=int(fields[x]), conv_layers=use_conv)
+            timelines[names[x]].attrs["layer"] = x
+    else:
+        utt = source[index]
+        wav, wav_len, ident, phones = utt.wav, utt.num_samples, utt.id, utt.phones
+        import torch
+
+        wavs = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32)).view(1, -1, 1)
+        counts = next(iter(_upstream_frame_counts(
+            upstream, [(0, wavs, torch.tensor([wav_len]))], num_layer_of(upstream), device)))[1]
+        num_frames = {x: int(counts[x, 0]) for x in layers}
+        timelines = {names[x]: frame_timeline(upstream, wav_len, layer=x, num_frames=num_frames[x])
+                     for x in layers}
+    return {"id": ident, "wav": wav, "wav_len": wav_len, "phones": phones,
+            "num_frames": num_frames, "timelines": timelines}
+
+
+def _stride(conv) -> int:
+    from ..align import receptive_field
+
+    return receptive_field(conv)[1]
+
+
+def draw_alignment(view: Dict[str, object], ax=None, *, window=None, spectrogram: bool = False):
+    """Draw a :func:`utterance_alignment` view with :func:`s3viz.plot.frame_grid`.
+
+    Returns the Axes.
+    """
+    from ..plot._align import frame_grid
+
+    ax = frame_grid(view["wav"], view["timelines"], view["phones"], ax=ax, window=window,
+                    wav_len=view["wav_len"], spectrogram=spectrogram and view["wav"] is not None)
+    ax.set_title(f"{view['id']}: " + ", ".join(
+        f"{name} {len(df)} frames" for name, df in view["timelines"].items()), fontsize="small")
+    return ax
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=fig.dpi)
+    return buf.getvalue()
+
+
+def _widget_base():
+    import ipywidgets
+
+    return ipywidgets.VBox
+
+
+class AlignmentExplorer(_widget_base()):
+    """The widget made by :func:`alignment_explorer` (a ``VBox``).
+
+    Attributes:
+        utterance, layers, window, spectrogram: the controls (``Dropdown``,
+            ``SelectMultiple``, ``FloatRangeSlider``, ``Checkbox``); set their
+            ``.value`` to drive the picture.
+        image: the ``ipywidgets.Image`` showing the PNG.
+        figure: the matplotlib ``Figure`` last drawn.
+        view: the :func:`utterance_alignment` dict drawn last.
+        state: ``index, id, layers, window, spectrogram, renders``.
+    """
+
+    def __init__(self, source, upstream=None, *, layers=None, window_s: float = 1.0,
+                 figsize=(9.0, 4.5), device=None):
+        import ipywidgets as w
+        from matplotlib.figure import Figure
+
+        self._source, self._upstream, self._device = source, upstream, device
+        self._cache: Dict[int, Dict[str, object]] = {}
+        rates, names = _source_layers(source, upstream)
+        chosen = default_layers(rates) if layers is None else [int(x) for x in layers]
+        ids = list(source.ids)
+        self.utterance = w.Dropdown(options=[(str(u), i) for i, u in enumerate(ids)], value=0,
+                                    description="utterance")
+        self.layers = w.SelectMultiple(
+            options=[(f"{names[i]} ({1000 * r / SAMPLE_RATE:g} ms)", i)
+                     for i, r in enumerate(rates)],
+            value=tuple(chosen), description="layers", rows=min(6, len(rates)))
+        self._window_s = float(window_s)
+        self.window = w.FloatRangeSlider(min=0.0, max=1.0, step=0.005, value=(0.0, 1.0),
+                                         description="window (s)", continuous_update=False,
+                                         readout_format=".3f")
+        self.spectrogram = w.Checkbox(value=False, description="spectrogram")
+        self.image = w.Image(format="png")
+        self.figure = Figure(figsize=figsize, dpi=80)
+        self.view: Dict[str, object] = {}
+        self.state: Dict[str, object] = {"renders": 0}
+        self._busy = False
+        super().__init__([w.HBox([self.utterance, self.spectrogram]),
+                          w.HBox([self.layers, self.window]), self.image])
+        self._reset_window()
+        self.refresh()
+        self.utterance.observe(self._on_utterance, names="value")
+        for c in (self.layers, self.window, self.spectrogram):
+            c.observe(lambda _change: self.refresh(), names="value")
+
+    def _view_for(self, index: int):
+        if index not in self._cache:
+            rates, _ = _source_layers(self._source, self._upstream)
+            self._cache[index] = utterance_alignment(
+                self._source, index, upstream=self._upstream, layers=range(len(rates)),
+                device=self._device)
+        full = self._cache[index]
+        names = list(full["timelines"])
+        chosen = list(self.layers.value)
+        return dict(full, timelines={names[i]: full["timelines"][names[i]] for i in chosen},
+                    num_frames={i: full["num_frames"][i] for i in chosen})
+
+    def _reset_window(self):
+        view = self._view_for(self.utterance.value)
+        dur = max(view["wav_len"] / SAMPLE_RATE, 0.01)
+        self._busy = True
+        try:
+            self.window.min = 0.0
+            if self.window.max < dur:
+                self.window.max = dur
+                self.window.value = (0.0, min(dur, self._window_s))
+            else:
+                self.window.value = (0.0, min(dur, self._window_s))
+                self.window.max = dur
+        finally:
+            self._busy = False
+
+    def _on_utterance(self, _change):
+        self._reset_window()
+        self.refresh()
+
+    def refresh(self):
+        """Redraw the picture from the controls' current values."""
+        if self._busy:
+            return
+        view = self._view_for(self.utterance.value)
+        self.figure.clear()
+        ax = self.figure.add_subplot()
+        window = tuple(float(v) for v in self.window.value)
+        if view["timelines"]:
+            draw_alignment(view, ax, window=window, spectrogram=bool(self.spectrogram.value))
+        else:
+            ax.text(0.5, 0.5, "select at least one layer", ha="center", va="center")
+            ax.set_axis_off()
+        self.figure.tight_layout()
+        self.image.value = _png(self.figure)
+        self.view = view
+        self.state = {"index": self.utterance.value, "id": view["id"],
+                      "layers": list(self.layers.value), "window": window,
+                      "spectrogram": bool(self.spectrogram.value),
+                      "renders": self.state.get("renders", 0) + 1}
+
+    def _repr_mimebundle_(self, **kwargs):
+        bundle = super()._repr_mimebundle_(**kwargs)
+        if isinstance(bundle, dict) and self.image.value:
+            # static fallback for frontends without widgets (nbconvert, GitHub)
+            bundle["image/png"] = base64.b64encode(bytes(self.image.value)).decode("ascii")
+        return bundle
+
+
+def alignment_explorer(corpus_or_store, upstream=None, *, layers=None, window_s: float = 1.0,
+                       device=None) -> AlignmentExplorer:
+    """An explorer of frame alignment: pick an utterance, layers and a zoom window.
+
+    Args:
+        corpus_or_store: an ``s3viz.data.Corpus`` (waveforms shown; the
+            upstream is run once per viewed utterance for its frame counts) or
+            a ``LayerStore`` (frame counts from the store; no waveform).
+        upstream: the upstream (required with a Corpus).
+        layers: layers selected at first (default: one per distinct rate and the last).
+        window_s: initial zoom width in seconds.
+        device: where a Corpus's upstream runs (default: where it lives).
+
+    Returns:
+        An :class:`AlignmentExplorer` (not displayed; show it by leaving it as
+        the last expression of a cell).
+    """
+    if _is_store(corpus_or_store):
+        pass
+    elif _is_corpus(corpus_or_store):
+        if upstream is None:
+            raise ValueError("alignment_explorer(corpus, upstream): a Corpus needs the upstream")
+    else:
+        raise TypeError(
+            "corpus_or_store must be an s3viz.data.Corpus or a LayerStore, got "
+            f"{type(corpus_or_store).__name__}"
+        )
+    return AlignmentExplorer(corpus_or_store, upstream, layers=layers, window_s=window_s,
+                             device=device)
