@@ -5,7 +5,8 @@
 - :func:`spectral_upstream` / :class:`SpectralUpstream`: a non-learned log-mel /
   MFCC baseline at several downsample rates;
 - :func:`from_s3prl` / :class:`S3PRLUpstreamAdapter`: wraps s3prl's
-  ``S3PRLUpstream`` (or anything spelling ``num_layers``) without importing s3prl.
+  ``S3PRLUpstream`` (or anything spelling ``num_layers``) without importing s3prl;
+- :func:`get_upstream`: any of the above (and the shipped tiny model) by name.
 
 Names are imported lazily, so ``import s3viz.upstreams`` does not import torchaudio.
 """
@@ -25,6 +26,8 @@ _EXPORTS = {
     "spectral_hidden_states": "_spectral",
     "S3PRLUpstreamAdapter": "_s3prl",
     "from_s3prl": "_s3prl",
+    "get_upstream": "_resolve",
+    "UPSTREAM_NAMES": "_resolve",
 }
 
 __all__ = sorted(_EXPORTS)
