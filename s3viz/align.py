@@ -65,7 +65,7 @@ def _as_long(wavs_len, name: str = "wavs_len") -> torch.Tensor:
     if isinstance(wavs_len, torch.Tensor):
         t = wavs_len
     else:
-        t = torch.as_tensor(np.asarray(wavs_len))
+        t = torch.as_tensor(np.array(wavs_len))
     if t.is_floating_point() or t.dtype == torch.bool or t.is_complex():
         if t.is_floating_point() and torch.all(t == t.round()):
             t = t.long()
