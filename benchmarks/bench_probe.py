@@ -1,0 +1,193 @@
+"""Benchmark: s3viz's per-layer probes against scikit-learn's LogisticRegression per layer.
+
+Same features, same grouped folds (s3viz.probe.probe_folds), one run:
+
+- ridge probe (all layers, closed form from streamed statistics) vs
+  ``StandardScaler + LogisticRegression()`` (scikit-learn defaults) fitted per
+  layer and fold: speed ratio (target >= 50x) and accuracy (target within 2 points);
+- logistic probe (all layers batched) vs the same: accuracy (target within
+  0.5 point) and speed.
+
+Features: a random-weight HuBERT base (torchaudio architecture) run over the
+embedded synthetic corpus (phone targets, speaker-grouped folds), extracted once
+and cached under --cache; without s3viz.data / s3viz.upstreams, Gaussian
+class-structured features (13 layers x 768, 50 classes).
+
+--quick fits scikit-learn on 2 layers and fold 0 only and extrapolates its time
+to all layers and folds (said so in the output); accuracies are then compared
+on fold 0.
+
+Run: .venv/bin/python benchmarks/bench_probe.py [--quick] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+
+import numpy as np
+import pandas as pd
+import torch
+
+from s3viz.extract import LayerStore
+from s3viz.probe import probe_folds, probe_layers
+
+
+def gaussian_store(n_utt=240, frames=75, num_layer=13, hidden=768, classes=50, seed=0,
+                   rate=320):
+    """Class-structured Gaussian frames with phone-like alignments; the class signal
+    rises then falls over layers (like phones in a speech model)."""
+    rng = np.random.default_rng(seed)
+    means = rng.standard_normal((classes, hidden)).astype(np.float32)
+    signal = np.sin(np.linspace(0.2, np.pi - 0.2, num_layer)) * 0.35
+    mix = [np.linalg.qr(rng.standard_normal((hidden, hidden)))[0].astype(np.float32)
+           for _ in range(num_layer)]
+    hs, phones, rows = [], [], []
+    for i in range(n_utt):
+        seg = rng.integers(classes, size=frames // 5)
+        lab = np.repeat(seg, 5)
+        noise = rng.standard_normal((frames, hidden)).astype(np.float32)
+        hs.append([torch.from_numpy((signal[l] * means[lab] + noise) @ mix[l])
+                   for l in range(num_layer)])
+        phones.append(pd.DataFrame({"phone": [f"p{s}" for s in seg],
+                                    "word": [f"w{j // 3}" for j in range(len(seg))],
+                                    "start": np.arange(len(seg)) * 5 * rate,
+                                    "end": np.arange(1, len(seg) + 1) * 5 * rate}))
+        rows.append({"id": f"g{i:04d}", "speaker": f"spk{i % 8}"})
+    return LayerStore.from_tensors(hs, downsample_rates=[rate] * num_layer,
+                                   labels=pd.DataFrame(rows), phones=phones)
+
+
+def real_store(n_utt: int, cache: str):
+    """Random-weight HuBERT base on the synthetic corpus, cached on disk (or None)."""
+    try:
+        import s3viz
+        from s3viz.data import synthetic_corpus
+        from s3viz.upstreams import torchaudio_upstream
+    except ImportError as e:
+        print(f"(s3viz.data / s3viz.upstreams unavailable: {e}; using Gaussian features)")
+        return None, "gaussian"
+    corpus = synthetic_corpus(n_utt, seed=0, cache_dir=cache)
+    up = torchaudio_upstream("hubert_base", pretrained=False)
+    t = time.perf_counter()
+    store = s3viz.extract(up, corpus, cache_dir=cache, progress=False)
+    took = time.perf_counter() - t
+    if took > 5:
+        print(f"(extracted {len(corpus)} utterances in {took:.0f} s; cached in {cache})")
+    return store, f"random-weight hubert_base on {n_utt} synthesized utterances"
+
+
+def sklearn_probe(store, layers, folds_df, fold_ids, target="phone"):
+    """StandardScaler + LogisticRegression() per layer and fold: accuracy per (layer, fold)
+    and seconds per fit."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    fold_of_utt = folds_df.set_index("utterance")["fold"]
+    acc, fit_times = {}, []
+    for layer in layers:
+        x, utt = store.layer(layer)
+        lab = store.frame_labels(layer, column=target)
+        keep = lab != ""
+        x, lab, utt = x.numpy()[keep], lab[keep].astype(str), utt.numpy()[keep]
+        fold = fold_of_utt.reindex(utt).to_numpy()
+        for k in fold_ids:
+            tr, te = fold != k, fold == k
+            scaler = StandardScaler().fit(x[tr])
+            t = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                clf = LogisticRegression().fit(scaler.transform(x[tr]), lab[tr])
+            fit_times.append(time.perf_counter() - t)
+            acc[(layer, k)] = float((clf.predict(scaler.transform(x[te])) == lab[te]).mean())
+    return acc, float(np.mean(fit_times))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true",
+                    help="scikit-learn on 2 layers and fold 0 only, time extrapolated")
+    ap.add_argument("--utterances", type=int, default=60)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch and BLAS threads for both sides (default 1: fair and "
+                         "stable on a shared machine)")
+    ap.add_argument("--cache", default=os.environ.get("S3VIZ_BENCH_CACHE",
+                                                      "/tmp/s3viz_bench_cache"))
+    ap.add_argument("--gaussian", action="store_true", help="Gaussian features, no upstream")
+    ap.add_argument("--no-logistic", action="store_true")
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args(argv)
+
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(args.threads)
+    threadpool_limits(args.threads)
+
+    store, what = (None, "gaussian") if args.gaussian else real_store(args.utterances, args.cache)
+    if store is None:
+        store = gaussian_store()
+        what = "Gaussian class-structured features"
+    L = store.num_layer
+    folds = 5
+    lab0 = store.frame_labels(0)
+    n_lab = int((lab0 != "").sum())
+    print(f"features: {what}: {L} layers x {store.hidden_sizes[0]} dims, {n_lab} labelled "
+          f"frames, {len(set(lab0) - {''})} phone classes, {folds} speaker-grouped folds, "
+          f"device {args.device}, {args.threads} thread(s)")
+
+    t = time.perf_counter()
+    ridge = probe_layers(store, "phone", method="ridge", folds=folds, device=args.device)
+    t_ridge = time.perf_counter() - t
+    print(f"s3viz ridge probe, all {L} layers x {folds} folds: {t_ridge:.1f} s")
+    logistic = None
+    if not args.no_logistic:
+        t = time.perf_counter()
+        logistic = probe_layers(store, "phone", method="logistic", folds=folds,
+                                device=args.device)
+        t_log = time.perf_counter() - t
+        print(f"s3viz logistic probe (batched), all {L} layers x {folds} folds: {t_log:.1f} s")
+
+    folds_df = probe_folds(store, folds=folds, split_by="speaker", seed=0)
+    sk_layers = [L // 2, L - 1] if args.quick else list(range(L))
+    fold_ids = [0] if args.quick else list(range(folds))
+    acc, per_fit = sklearn_probe(store, sk_layers, folds_df, fold_ids)
+    t_sk_all = per_fit * L * folds
+    how = (f"measured on layers {sk_layers} x fold 0 ({per_fit:.1f} s per fit), extrapolated"
+           if args.quick else "measured")
+    print(f"scikit-learn LogisticRegression per layer and fold: {t_sk_all:.1f} s for {L} "
+          f"layers x {folds} folds ({how})")
+
+    def ours(df, layer):
+        fa = df.attrs["fold_accuracy"][("phone", df["method"].iloc[0], layer)]
+        return float(np.mean([fa[k] for k in fold_ids]))
+
+    rows = []
+    for layer in sk_layers:
+        sk = float(np.mean([acc[(layer, k)] for k in fold_ids]))
+        row = {"layer": layer, "sklearn": sk, "ridge": ours(ridge, layer)}
+        if logistic is not None:
+            row["logistic"] = ours(logistic, layer)
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table["ridge-sk (pts)"] = 100 * (table["ridge"] - table["sklearn"])
+    if logistic is not None:
+        table["logistic-sk (pts)"] = 100 * (table["logistic"] - table["sklearn"])
+    scope = "fold 0" if args.quick else "all folds"
+    print(f"\naccuracy on {scope}:")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    d_ridge = table["ridge-sk (pts)"].abs().max()
+    print(f"\nRESULT ridge: {t_sk_all / t_ridge:.0f}x faster than scikit-learn (target >= 50x); "
+          f"max |accuracy difference| {d_ridge:.2f} points (target <= 2)")
+    if logistic is not None:
+        d_log = table["logistic-sk (pts)"].abs().max()
+        print(f"RESULT logistic: {t_sk_all / t_log:.1f}x faster than scikit-learn; "
+              f"max |accuracy difference| {d_log:.2f} points (target <= 0.5)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,432 @@
+"""Layer similarity: linear CKA between every pair of stored layers (or two stores).
+
+Linear CKA (Kornblith et al. 2019, "Similarity of Neural Network
+Representations Revisited") of two representations ``X (n, H1)`` and
+``Y (n, H2)`` of the same ``n`` frames, centred over frames:
+
+    CKA(X, Y) = ||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F)
+
+which equals ``HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L))`` with linear Gram
+matrices ``K = X X^T``, ``L = Y Y^T``. Two estimators:
+
+``estimator="feature"`` (exact)
+    The feature-space form above from streamed cross-covariances: one pass over
+    the store accumulates ``X_i^T X_j`` (and column sums, for the centring) for
+    every pair of layers, on ``device`` (block products in ``dtype``, float32 by
+    default, after shifting each layer by a reference mean; sums in float64). Memory is
+    ``sum over pairs of H_i * H_j * 8`` bytes (430 MB for 13 layers of 768),
+    independent of the number of frames; time is linear in frames.
+``estimator="minibatch"``
+    Nguyen, Raghu & Kornblith (2021, "Do Wide and Deep Networks Learn the Same
+    Things?"): the unbiased HSIC estimator of Song et al. (2012) averaged over
+    minibatches of ``batch_size`` random frames, ``mean HSIC_1(K, L) /
+    sqrt(mean HSIC_1(K, K) mean HSIC_1(L, L))``. Memory is
+    ``num_layers * batch_size ** 2`` floats whatever the hidden sizes; the value
+    is an estimate (close to, but not exactly, the full-data CKA).
+
+Frames are paired by position, so the layers compared must have the same
+number of frames per utterance (same downsample rate and length convention);
+``level="utterance"`` compares mean-pooled utterance vectors instead, which
+works for any rates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+__all__ = ["ESTIMATORS", "cka_naive", "hsic_unbiased", "layer_similarity"]
+
+ESTIMATORS = ("feature", "minibatch")
+METHODS = ("cka",)
+
+
+def _resolve_device(device) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _check_layers(store, layers, name: str) -> list[int]:
+    n = int(store.num_layer)
+    if layers is None:
+        return list(range(n))
+    if isinstance(layers, (int, np.integer)) and not isinstance(layers, bool):
+        layers = [layers]
+    out = []
+    for layer in layers:
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer < n:
+            raise IndexError(f"{name} must hold stored layer indices in [0, {n}), got {layer!r}")
+        out.append(int(layer))
+    if not out:
+        raise ValueError(f"{name} selects no layer")
+    return out
+
+
+def cka_naive(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Linear CKA from Gram matrices and centring matrices (a reference, O(n^3)).
+
+    Args:
+        x: ``(num_frames, hidden_size_x)``; y: ``(num_frames, hidden_size_y)``.
+
+    Returns:
+        ``HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L))`` with ``HSIC(K, L) = tr(K H L H)``,
+        ``K = x x^T``, ``L = y y^T``, ``H = I - 1 1^T / n``, in float64.
+    """
+    x, y = x.double(), y.double()
+    n = x.shape[0]
+    h = torch.eye(n, dtype=torch.float64) - 1.0 / n
+    k, l_ = x @ x.T, y @ y.T
+    kh, lh = k @ h, l_ @ h
+
+    def hsic(a, b):
+        return torch.trace(a @ b)
+
+    return float(hsic(kh, lh) / torch.sqrt(hsic(kh, kh) * hsic(lh, lh)))
+
+
+def hsic_unbiased(k: torch.Tensor, l_: torch.Tensor) -> float:
+    """The unbiased HSIC estimator of Song et al. (2012) for two Gram matrices.
+
+    Args:
+        k, l_: ``(n, n)`` Gram matrices (n >= 4).
+
+    Returns:
+        ``[tr(K~ L~) + 1^T K~ 1 1^T L~ 1 / ((n-1)(n-2)) - 2/(n-2) 1^T K~ L~ 1] / (n(n-3))``
+        where ``K~`` is ``K`` with its diagonal set to zero.
+    """
+    n = k.shape[0]
+    if n < 4:
+        raise ValueError(f"the unbiased HSIC needs at least 4 examples, got {n}")
+    k = k.double().clone()
+    l_ = l_.double().clone()
+    k.fill_diagonal_(0)
+    l_.fill_diagonal_(0)
+    one = torch.ones(n, dtype=torch.float64)
+    val = ((k * l_).sum() + k.sum() * l_.sum() / ((n - 1) * (n - 2))
+           - 2.0 / (n - 2) * (one @ k @ l_ @ one))
+    return float(val / (n * (n - 3)))
+
+
+def _frame_counts(store, layers) -> np.ndarray:
+    return np.stack([np.asarray(store.lengths(layer)) for layer in layers])  # (L, N)
+
+
+def _check_frames(store, layers, other, other_layers, sel):
+    """Every compared layer must have the same frames per utterance."""
+    counts = _frame_counts(store, layers)[:, sel]
+    ref = counts[0]
+    rates = store.downsample_rates
+
+    def _explain(what, rate, got):
+        diff = int(np.abs(got - ref).max())
+        return (
+            f"{what} has a different number of frames per utterance than stored layer "
+            f"{layers[0]} (downsample rate {rate} vs {rates[layers[0]]}; up to {diff} frames "
+            "differ): frame-level CKA pairs frames by position. Compare layers of one rate "
+            "(pass layers=/other_layers=) or use level='utterance' (mean-pooled vectors)"
+        )
+
+    for layer, c in zip(layers, counts):
+        if not np.array_equal(c, ref):
+            raise ValueError(_explain(f"stored layer {layer}", rates[layer], c))
+    if other is not None:
+        oc = _frame_counts(other, other_layers)[:, sel]
+        for layer, c in zip(other_layers, oc):
+            if not np.array_equal(c, ref):
+                raise ValueError(_explain(f"layer {layer} of `other`",
+                                          other.downsample_rates[layer], c))
+    return ref
+
+
+def _check_other(store, other):
+    if len(other) != len(store) or list(other.ids) != list(store.ids):
+        a, b = list(store.ids), list(other.ids)
+        bad = next((i for i, (u, v) in enumerate(zip(a, b)) if u != v), min(len(a), len(b)))
+        raise ValueError(
+            f"`other` must hold the same utterances in the same order ({len(store)} vs "
+            f"{len(other)} utterances; first difference at position {bad}); extract both "
+            "upstreams from one corpus"
+        )
+
+
+def _blocks(lengths: np.ndarray, sel: np.ndarray, max_frames: int):
+    start, total = 0, 0
+    for j in range(len(sel)):
+        n = int(lengths[j])
+        if j > start and total + n > max_frames:
+            yield sel[start:j]
+            start, total = j, 0
+        total += n
+    if start < len(sel):
+        yield sel[start:]
+
+
+def _positions(store, utterances) -> np.ndarray:
+    n = len(store)
+    if utterances is None:
+        return np.arange(n, dtype=np.int64)
+    sel = np.asarray(list(utterances))
+    if sel.dtype == bool:
+        sel = np.flatnonzero(sel)
+    if sel.size == 0 or not np.issubdtype(sel.dtype, np.integer):
+        raise ValueError("`utterances` must be a non-empty sequence of utterance positions")
+    if sel.min() < 0 or sel.max() >= n:
+        raise IndexError(f"`utterances` positions must be in [0, {n})")
+    return np.unique(sel)
+
+
+class _Source:
+    """Per block of utterances: the features of each compared layer, same frames."""
+
+    def __init__(self, store, layers, other, other_layers, level, sel):
+        self.items = [(store, layer) for layer in layers]
+        if other is not None:
+            self.items += [(other, layer) for layer in other_layers]
+        self.level, self.sel = level, sel
+
+    def block(self, utts: np.ndarray) -> list[torch.Tensor]:
+        out = []
+        for st, layer in self.items:
+            if self.level == "utterance":
+                x = torch.as_tensor(st.pooled(layer, utterances=utts.tolist()))
+            else:
+                x, _ = st.layer(layer, utterances=utts.tolist())
+            out.append(x)
+        return out
+
+
+def layer_similarity(
+    store,
+    other=None,
+    *,
+    method: str = "cka",
+    layers: Sequence[int] | None = None,
+    other_layers: Sequence[int] | None = None,
+    level: str = "frame",
+    estimator: str = "feature",
+    device=None,
+    max_frames: int | None = None,
+    batch_size: int = 1024,
+    utterances=None,
+    chunk_frames: int = 16384,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> pd.DataFrame:
+    """Linear CKA between every pair of layers.
+
+    Args:
+        store: a :class:`~s3viz.extract.LayerStore`.
+        other: another store of the same utterances (same ids, same order, same
+            frames per utterance) to compare two upstreams; ``None`` compares
+            ``store`` with itself.
+        method: ``"cka"`` (linear CKA).
+        layers: stored layers of ``store`` (rows; default all).
+        other_layers: stored layers of ``other`` (columns; default all, or ``layers``).
+        level: ``"frame"`` (frames paired by position) or ``"utterance"``
+            (mean-pooled vectors, one per utterance).
+        estimator: ``"feature"`` (exact, streamed cross-covariances) or
+            ``"minibatch"`` (unbiased HSIC averaged over minibatches); see the
+            module doc.
+        device: torch device; ``None`` is cuda when available, else cpu.
+        max_frames: use a random subset of this many frames (seeded); ``None``: all.
+        batch_size: frames per minibatch (``estimator="minibatch"``, >= 4).
+        utterances: utterance positions to use (default all).
+        chunk_frames: frames per block streamed from the store.
+        seed: seed of the frame subset and of the minibatches.
+        dtype: dtype of the per-block products (``estimator="feature"``); sums
+            over blocks are float64. ``torch.float64`` for the last digits.
+
+    Returns:
+        DataFrame of CKA values, index = layers of ``store`` (name ``"layer"``),
+        columns = layers of ``other`` (or ``store``) (name ``"other_layer"`` or
+        ``"layer"``). ``df.attrs`` records ``upstream_layers``,
+        ``other_upstream_layers``, ``num_frames``, ``estimator`` and ``level``.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    if level not in ("frame", "utterance"):
+        raise ValueError(f"level must be 'frame' or 'utterance', got {level!r}")
+    if max_frames is not None and (isinstance(max_frames, bool) or int(max_frames) < 4):
+        raise ValueError(f"max_frames must be None or an int >= 4, got {max_frames!r}")
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
+    if isinstance(batch_size, bool) or int(batch_size) < 4:
+        raise ValueError(f"batch_size must be an int >= 4 (unbiased HSIC), got {batch_size!r}")
+    rows = _check_layers(store, layers, "layers")
+    if other is not None:
+        _check_other(store, other)
+        cols = _check_layers(other, other_layers, "other_layers")
+    else:
+        cols = rows if other_layers is None else _check_layers(store, other_layers, "other_layers")
+    sel = _positions(store, utterances)
+    device = _resolve_device(device)
+    if other is None:
+        uniq = sorted(set(rows) | set(cols))
+        src = _Source(store, uniq, None, None, level, sel)
+        row_idx = [uniq.index(r) for r in rows]
+        col_idx = [uniq.index(c) for c in cols]
+        if level == "frame":
+            counts = _check_frames(store, uniq, None, None, sel)
+        else:
+            counts = np.ones(len(sel), dtype=np.int64)
+    else:
+        src = _Source(store, rows, other, cols, level, sel)
+        row_idx = list(range(len(rows)))
+        col_idx = list(range(len(rows), len(rows) + len(cols)))
+        if level == "frame":
+            counts = _check_frames(store, rows, other, cols, sel)
+        else:
+            counts = np.ones(len(sel), dtype=np.int64)
+    total = int(counts.sum())
+    if total < 4:
+        raise ValueError(f"only {total} frames to compare; CKA needs at least 4")
+    keep = None
+    if max_frames is not None and int(max_frames) < total:
+        rng = np.random.default_rng([int(seed), 31])
+        keep = np.zeros(total, dtype=bool)
+        keep[rng.choice(total, size=int(max_frames), replace=False)] = True
+    pairs = sorted({(min(i, j), max(i, j)) for i in row_idx for j in col_idx}
+                   | {(i, i) for i in row_idx + col_idx})
+    if estimator == "feature":
+        hsic, n = _feature_hsic(src, sel, counts, keep, pairs, device, chunk_frames, dtype)
+    else:
+        hsic, n = _minibatch_hsic(src, sel, counts, keep, pairs, device, chunk_frames,
+                                  int(batch_size), int(seed))
+    out = np.empty((len(rows), len(cols)))
+    for a, i in enumerate(row_idx):
+        for b, j in enumerate(col_idx):
+            den = np.sqrt(hsic[(i, i)] * hsic[(j, j)])
+            out[a, b] = hsic[(min(i, j), max(i, j))] / den if den > 0 else np.nan
+    df = pd.DataFrame(out, index=pd.Index(rows, name="layer"),
+                      columns=pd.Index(cols, name="layer" if other is None else "other_layer"))
+    ids = list(getattr(store, "layer_ids", range(store.num_layer)))
+    oth = other if other is not None else store
+    oids = list(getattr(oth, "layer_ids", range(oth.num_layer)))
+    df.attrs.update(upstream_layers=[ids[r] for r in rows],
+                    other_upstream_layers=[oids[c] for c in cols],
+                    num_frames=int(n), estimator=estimator, level=level)
+    return df
+
+
+def _iter_blocks(src: _Source, sel, counts, keep, chunk_frames):
+    """Yield per block the list of (frames, H_l) tensors (subsampled when ``keep``)."""
+    offs = np.concatenate([[0], np.cumsum(counts)])
+    pos_of = {int(u): k for k, u in enumerate(sel)}
+    for utts in _blocks(counts, sel, chunk_frames):
+        feats = src.block(utts)
+        if keep is not None:
+            a, b = offs[pos_of[int(utts[0])]], offs[pos_of[int(utts[-1])] + 1]
+            m = torch.from_numpy(keep[a:b])
+            if not bool(m.any()):
+                continue
+            feats = [f[m] for f in feats]
+        if feats[0].shape[0] == 0:
+            continue
+        yield feats
+
+
+def _feature_hsic(src, sel, counts, keep, pairs, device, chunk_frames, dtype):
+    """||centred X_i^T X_j||_F^2 for each pair, from one streamed pass.
+
+    Each layer is shifted by its first block's mean (so the final centring does
+    not cancel large offsets), block products are taken in ``dtype`` and summed
+    over blocks in float64.
+    """
+    acc = {}
+    sums, shift = {}, {}
+    n = 0
+    layers_used = sorted({i for p in pairs for i in p})
+    for feats in _iter_blocks(src, sel, counts, keep, chunk_frames):
+        xs = {}
+        for i in layers_used:
+            x = feats[i].to(device=device, dtype=torch.float64)
+            if i not in shift:
+                shift[i] = x.mean(0)
+                sums[i] = torch.zeros_like(shift[i])
+            x = x - shift[i]
+            sums[i] += x.sum(0)
+            xs[i] = x.to(dtype)
+        n += feats[0].shape[0]
+        for i, j in pairs:
+            prod = (xs[i].T @ xs[j]).double()
+            if (i, j) in acc:
+                acc[(i, j)] += prod
+            else:
+                acc[(i, j)] = prod
+    hsic = {}
+    for (i, j), c in acc.items():
+        c = c - torch.outer(sums[i], sums[j]) / n
+        hsic[(i, j)] = float((c * c).sum())
+    return hsic, n
+
+
+def _minibatch_hsic(src, sel, counts, keep, pairs, device, chunk_frames, batch_size, seed):
+    """Sum over minibatches of the unbiased HSIC of each pair, then divided by their count.
+
+    Utterance blocks are visited in a random order and each block's frames are
+    shuffled before being cut into minibatches.
+    """
+    rng = np.random.default_rng([int(seed), 53])
+    perm = rng.permutation(len(sel))
+    sel_p, counts_p = sel[perm], counts[perm]
+    keep_p = None
+    if keep is not None:
+        offs = np.concatenate([[0], np.cumsum(counts)])
+        keep_p = np.concatenate([keep[offs[k]:offs[k + 1]] for k in perm])
+    gen = torch.Generator().manual_seed(int(seed))
+    layers_used = sorted({i for p in pairs for i in p})
+    total = {p: 0.0 for p in pairs}
+    batches = 0
+    n = 0
+    pending: list[list[torch.Tensor]] = []
+    pending_n = 0
+
+    def _batch_hsic(feats):
+        m = feats[0].shape[0]
+        grams = {}
+        for i in layers_used:
+            x = feats[i].to(device=device, dtype=torch.float32)
+            x = x - x.mean(0)  # the unbiased HSIC is invariant to shifts; this keeps it exact
+            k = x @ x.T
+            k.fill_diagonal_(0)
+            grams[i] = k
+        ks = torch.stack([grams[i] for i in layers_used]).reshape(len(layers_used), -1).double()
+        tr = ks @ ks.T
+        s = ks.sum(1)
+        u = torch.stack([grams[i].double().sum(1) for i in layers_used])
+        uu = u @ u.T
+        val = (tr + torch.outer(s, s) / ((m - 1) * (m - 2)) - 2.0 / (m - 2) * uu) / (m * (m - 3))
+        pos = {i: a for a, i in enumerate(layers_used)}
+        return {p: float(val[pos[p[0]], pos[p[1]]]) for p in pairs}
+
+    for feats in _iter_blocks(src, sel_p, counts_p, keep_p, chunk_frames):
+        order = torch.randperm(feats[0].shape[0], generator=gen)
+        feats = [f[order] for f in feats]
+        if pending:
+            feats = [torch.cat([p, f]) for p, f in zip(pending, feats)]
+            pending, pending_n = [], 0
+        nb = feats[0].shape[0]
+        full = nb // batch_size
+        for b in range(full):
+            part = [f[b * batch_size:(b + 1) * batch_size] for f in feats]
+            for p, v in _batch_hsic(part).items():
+                total[p] += v
+            batches += 1
+            n += batch_size
+        if nb % batch_size:
+            pending = [f[full * batch_size:] for f in feats]
+            pending_n = nb - full * batch_size
+    if pending_n >= 4 and (batches == 0 or pending_n >= batch_size // 2):
+        for p, v in _batch_hsic(pending).items():
+            total[p] += v
+        batches += 1
+        n += pending_n
+    if batches == 0:
+        raise ValueError("fewer than 4 frames: the minibatch estimator needs at least 4")
+    return {p: v / batches for p, v in total.items()}, n
