@@ -33,6 +33,11 @@ _EXPORTS = {
     "probe_layers": "probe",
     "ProbeStats": "probe",
     "layer_similarity": "similarity",
+    # featurizer weights
+    "WeightedSumFeaturizer": "featurizers",
+    "WeightedScorer": "featurizers",
+    "train_featurizer": "featurizers",
+    "load_featurizer_weights": "checkpoints",
     # length alignment
     "expected_lengths": "align",
     "frame_timeline": "align",
@@ -42,8 +47,9 @@ _EXPORTS = {
     "compare_frame_utterance": "compare",
 }
 
-_SUBMODULES = ("align", "audio", "compare", "contract", "data", "extract", "interface",
-               "models", "plot", "probe", "similarity", "upstreams", "widgets")
+_SUBMODULES = ("align", "audio", "checkpoints", "compare", "contract", "data", "extract",
+               "featurizers", "interface", "models", "plot", "probe", "similarity", "teach",
+               "upstreams", "widgets", "zoo")
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 

@@ -16,6 +16,10 @@ _EXPORTS = {
     "frame_grid": "_align",
     "frame_vs_utterance": "_compare",
     "utterance_outputs": "_compare",
+    "layer_weights": "_weights",
+    "layer_weights_heatmap": "_weights",
+    "weights_and_probe": "_weights",
+    "weights_table": "_weights",
 }
 
 __all__ = sorted(_EXPORTS)

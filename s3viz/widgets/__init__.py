@@ -10,6 +10,7 @@ import importlib
 
 _EXPORTS = {
     "alignment_explorer": "_align",
+    "layer_weight_explorer": "_weights",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,0 +1,223 @@
+"""Read learned layer weights from s3prl downstream checkpoints, safely.
+
+Which layers did a SUPERB downstream learn to use? s3prl's runner
+(``s3prl/downstream/runner.py``) saves a dict like::
+
+    {"Featurizer": {"weights": tensor([...])},     # one logit per layer
+     "Downstream": {...}, "Optimizer": {...}, "Scheduler": {...},
+     "Step": 20000, "Epoch": 3, "Args": argparse.Namespace(...), "Config": {...}}
+
+and the newer problem recipes save the state dict of an
+``UpstreamDownstreamModel`` (``"featurizer.weights"``). :func:`load_featurizer_weights`
+reads both, any nested state dict with a ``...featurizer.weights`` key, and bare
+``(num_layers,)`` tensors, and returns the softmax weights.
+
+Safety: checkpoints are loaded with ``torch.load(weights_only=True)``; the only
+non-tensor type allowed beyond PyTorch's own safe set is ``argparse.Namespace``
+(s3prl's ``"Args"``). A checkpoint that needs anything else to unpickle (for
+example an object whose ``__reduce__`` calls ``os.system``) is refused with
+:class:`UnsafeCheckpointError` *before* anything in it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+__all__ = ["SAFE_TYPES", "UnsafeCheckpointError", "load_featurizer_weights"]
+
+SAFE_TYPES: tuple[type, ...] = (argparse.Namespace,)
+"""Types allowed to be unpickled beyond PyTorch's weights-only set (s3prl's ``"Args"``)."""
+
+_WEIGHT_KEY = re.compile(r"(^|\.)featurizer\.weights$", re.IGNORECASE)
+_FALLBACK_KEY = re.compile(r"(^|\.)(layer_weights|weighted_sum\.weights|weights)$", re.IGNORECASE)
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    """A checkpoint needs more than plain data to load; nothing in it was run."""
+
+
+
+def _blocked_global(message: str) -> str | None:
+    m = re.search(r"GLOBAL ([\w.]+)", message)
+    return m.group(1) if m else None
+
+
+def _safe_load(path: Path, trusted_types: Sequence[type]):
+    """``torch.load`` with ``weights_only=True`` and only :data:`SAFE_TYPES` allowed."""
+    allowed = list(SAFE_TYPES) + list(trusted_types)
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        name = _blocked_global(str(e))
+        what = f"the global {name!r}" if name else "a type or function outside the safe set"
+        raise UnsafeCheckpointError(
+            f"refused to load {str(path)!r}: it needs {what} to unpickle, which could run code. "
+            "s3viz loads checkpoints with torch.load(weights_only=True) and allows only tensors, "
+            "plain containers and argparse.Namespace; nothing in the file was executed. If the "
+            "file is yours and the type is plain data (e.g. pathlib.PosixPath), pass "
+            "trusted_types=[that type]; otherwise extract the 'Featurizer' weights where you "
+            "trust the file and pass the tensor itself"
+        ) from e
+
+
+def _flatten(obj, prefix: str = "", out=None, depth: int = 0) -> dict[str, object]:
+    """Dotted-key view of nested mappings (state dicts inside checkpoint dicts)."""
+    out = {} if out is None else out
+    if isinstance(obj, Mapping) and depth < 6:
+        for k, v in obj.items():
+            key = f"{prefix}.{k}" if prefix else str(k)
+            if isinstance(v, Mapping):
+                _flatten(v, key, out, depth + 1)
+            else:
+                out[key] = v
+    return out
+
+
+def _is_vector(v) -> bool:
+    return isinstance(v, torch.Tensor) and v.ndim == 1 and v.is_floating_point() and v.numel() > 0
+
+
+def _find_logits(obj, key: str | None, source: str) -> tuple[torch.Tensor, str]:
+    """The ``(num_layers,)`` logits tensor in a loaded checkpoint and the key it sat under."""
+    if isinstance(obj, torch.Tensor):
+        if not _is_vector(obj):
+            raise ValueError(f"{source}: a bare tensor must be 1-D float (one logit per layer), "
+                             f"got shape {tuple(obj.shape)} and dtype {obj.dtype}")
+        return obj, ""
+    if not isinstance(obj, Mapping):
+        raise TypeError(f"{source}: expected a checkpoint dict, state dict or 1-D tensor, got "
+                        f"{type(obj).__name__}")
+    flat = _flatten(obj)
+    if key is not None:
+        if key not in flat:
+            near = [k for k in flat if k.lower().endswith(key.lower().split(".")[-1])][:10]
+            raise KeyError(f"{source}: no key {key!r}; keys ending like it: {near or list(flat)[:10]}")
+        if not _is_vector(flat[key]):
+            raise ValueError(f"{source}: {key!r} is not a 1-D float tensor of layer logits")
+        return flat[key], key
+    found = [k for k, v in flat.items() if _WEIGHT_KEY.search(k) and _is_vector(v)]
+    if not found:
+        found = [k for k, v in flat.items() if _FALLBACK_KEY.search(k) and _is_vector(v)]
+    if len(found) == 1:
+        return flat[found[0]], found[0]
+    if len(found) > 1:
+        raise ValueError(f"{source}: several candidate layer-weight tensors {found}; choose one "
+                         "with key=...")
+    if "Featurizer" in obj and isinstance(obj["Featurizer"], Mapping):
+        args = obj.get("Args")
+        sel = getattr(args, "upstream_layer_selection", None) if args is not None else None
+        raise ValueError(
+            f"{source}: the 'Featurizer' entry has no 'weights' (keys {list(obj['Featurizer'])}): "
+            "the downstream used a single layer"
+            + (f" (upstream_layer_selection={sel})" if sel is not None else "")
+            + ", so there are no learned layer weights"
+        )
+    tensors = [k for k, v in flat.items() if isinstance(v, torch.Tensor)][:10]
+    raise ValueError(
+        f"{source}: no featurizer weights found (looked for a 1-D tensor under a key ending in "
+        f"'featurizer.weights', e.g. s3prl's 'Featurizer' -> 'weights'); some tensor keys: "
+        f"{tensors}; pass key=... naming the dotted key"
+    )
+
+
+def _one(obj, key, trusted_types, name) -> pd.Series:
+    source = name
+    step = None
+    if isinstance(obj, (str, os.PathLike)):
+        path = Path(obj)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+        obj = _safe_load(path, trusted_types)
+        source = str(path)
+    if isinstance(obj, Mapping):
+        step = obj.get("Step")
+    logits, found = _find_logits(obj, key, source)
+    logits = logits.detach().to("cpu", torch.float64)
+    probs = torch.softmax(logits, dim=0).numpy()
+    if np.isnan(probs).any():
+        raise ValueError(f"{source}: layer logits {logits.tolist()} give no valid softmax "
+                         "(NaN, or every logit -inf / +inf)")
+    s = pd.Series(probs, index=pd.Index(range(len(probs)), name="layer"), name=name)
+    s.attrs.update({"source": source, "key": found,
+                    "step": int(step) if isinstance(step, (int, np.integer)) else None})
+    return s
+
+
+def _names(paths: Sequence) -> list[str]:
+    """Short unique names for several checkpoints (file stems, or longer when they collide)."""
+    if not all(isinstance(p, (str, os.PathLike)) for p in paths):
+        return [str(p) if isinstance(p, (str, os.PathLike)) else f"checkpoint_{i}"
+                for i, p in enumerate(paths)]
+    parts = [Path(p).parts for p in paths]
+    for depth in range(1, max(len(p) for p in parts) + 1):
+        names = ["/".join(p[-depth:]) for p in parts]
+        if depth == 1:
+            names = [Path(p).name for p in paths]
+        if len(set(names)) == len(names):
+            return names
+    return [str(p) for p in paths]
+
+
+def load_featurizer_weights(
+    path_or_paths,
+    *,
+    key: str | None = None,
+    trusted_types: Sequence[type] = (),
+) -> pd.Series | pd.DataFrame:
+    """Learned layer weights (softmax probabilities) of s3prl checkpoints.
+
+    Args:
+        path_or_paths: one checkpoint (a path, or an already loaded dict or
+            ``(num_layers,)`` logits tensor), or several as a list of those or a
+            dict ``{name: path}``.
+        key: dotted key of the logits inside the checkpoint, e.g.
+            ``"Featurizer.weights"`` or ``"model.featurizer.weights"``; by default
+            the single 1-D tensor whose key ends in ``featurizer.weights``.
+        trusted_types: extra types you allow to be unpickled (plain data only).
+
+    Returns:
+        For one checkpoint a Series indexed by ``layer`` (0 = the first hidden
+        state, the CNN/feature-projection output for wav2vec2-style models;
+        with s3prl's ``layer_selections`` the positions among the selected
+        layers) named after the checkpoint, with ``.attrs`` ``source``, ``key``,
+        ``step``. For several, a DataFrame of checkpoint by layer (NaN where a
+        checkpoint has fewer layers). Save the numbers with ``.to_csv(path)``.
+
+    Raises:
+        UnsafeCheckpointError: the file needs more than plain data to unpickle.
+        ValueError / KeyError: no (or several) weight tensors; the message lists keys.
+    """
+    if isinstance(path_or_paths, Mapping) and not _looks_like_checkpoint(path_or_paths):
+        names = [str(k) for k in path_or_paths]
+        items = list(path_or_paths.values())
+    elif isinstance(path_or_paths, (list, tuple)):
+        items = list(path_or_paths)
+        if not items:
+            raise ValueError("path_or_paths is an empty list; give at least one checkpoint")
+        names = _names(items)
+    else:
+        name = Path(path_or_paths).name if isinstance(path_or_paths, (str, os.PathLike)) \
+            else "weights"
+        return _one(path_or_paths, key, trusted_types, name)
+    series = [_one(obj, key, trusted_types, nm) for obj, nm in zip(items, names)]
+    df = pd.DataFrame({s.name: s for s in series}).T
+    df.index.name = "checkpoint"
+    df.columns = pd.Index([int(c) for c in df.columns], name="layer")
+    df.attrs["step"] = {s.name: s.attrs.get("step") for s in series}
+    df.attrs["source"] = {s.name: s.attrs.get("source") for s in series}
+    return df
+
+
+def _looks_like_checkpoint(obj: Mapping) -> bool:
+    """A loaded checkpoint / state dict (as opposed to ``{name: path}``)."""
+    return any(isinstance(v, (torch.Tensor, Mapping)) for v in obj.values())

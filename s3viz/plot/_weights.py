@@ -1,0 +1,190 @@
+"""Figures of featurizer layer weights.
+
+The numbers behind each figure are the Series / DataFrame passed in; save them
+with ``weights.to_csv("weights.csv")``, or use :func:`weights_table` to get one
+tidy table (layer, weight, and the probe score when given) for CSV.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ._common import layer_label, new_axes
+
+__all__ = ["layer_weights", "layer_weights_heatmap", "weights_and_probe", "weights_table"]
+
+
+def _as_weights(weights) -> pd.Series:
+    """A Series of weights indexed by layer, from a Series, featurizer, dict or sequence."""
+    if hasattr(weights, "layer_weights") and not isinstance(weights, (pd.Series, pd.DataFrame)):
+        weights = weights.layer_weights
+    if isinstance(weights, pd.DataFrame):
+        if len(weights) != 1:
+            raise ValueError(
+                f"weights is a DataFrame with {len(weights)} rows; plot one checkpoint "
+                "(df.loc[name]) or use layer_weights_heatmap(df) for several"
+            )
+        weights = weights.iloc[0]
+    if isinstance(weights, dict):
+        weights = pd.Series(weights)
+    if not isinstance(weights, pd.Series):
+        try:
+            arr = np.asarray(weights, dtype=float).reshape(-1)
+        except (TypeError, ValueError) as e:
+            raise TypeError(
+                "weights must be a Series indexed by layer (e.g. featurizer.layer_weights or "
+                f"load_featurizer_weights(path)), got {type(weights).__name__}"
+            ) from e
+        weights = pd.Series(arr, index=pd.RangeIndex(len(arr), name="layer"), name="weight")
+    if len(weights) == 0:
+        raise ValueError("weights is empty")
+    values = weights.to_numpy(dtype=float)
+    if np.isnan(values).all():
+        raise ValueError("weights are all NaN")
+    return weights.dropna()
+
+
+def weights_table(weights, probe_df: pd.DataFrame | None = None,
+                  metric: str = "accuracy") -> pd.DataFrame:
+    """Tidy table ``layer, weight`` (+ the probe ``metric`` per layer when given), for CSV.
+
+    Args:
+        weights: Series of weights indexed by layer (or a featurizer).
+        probe_df: optional per-layer probe results with ``layer`` and ``metric`` columns
+            (e.g. from :func:`s3viz.probe_layers`); several methods/targets become
+            columns ``metric[method/target]``.
+    """
+    w = _as_weights(weights)
+    out = pd.DataFrame({"layer": [int(i) for i in w.index], "weight": w.to_numpy(dtype=float)})
+    out["uniform"] = 1.0 / len(w)
+    if probe_df is not None:
+        for name, curve in _probe_curves(probe_df, metric):
+            col = metric if name is None else f"{metric}[{name}]"
+            out[col] = out["layer"].map(curve)
+    return out
+
+
+def layer_weights(weights, ax=None, *, baseline: bool = True, color: str | None = None,
+                  label: str | None = None, title: str | None = None):
+    """Bar chart of layer weights (probabilities) with a dashed uniform ``1/L`` baseline.
+
+    Args:
+        weights: Series indexed by layer (``featurizer.layer_weights``,
+            :func:`s3viz.load_featurizer_weights`), a featurizer, or a sequence.
+        ax: Axes to draw on; a new figure when None.
+
+    Returns:
+        The Axes. The numbers are ``weights`` itself (``weights.to_csv(path)``).
+    """
+    w = _as_weights(weights)
+    ax = new_axes(ax)
+    layers = [int(i) for i in w.index]
+    x = np.arange(len(layers))
+    ax.bar(x, w.to_numpy(dtype=float), color=color or "C0", label=label or "weight")
+    if baseline:
+        ax.axhline(1.0 / len(layers), color="0.3", linestyle="--", linewidth=1,
+                   label=f"uniform 1/{len(layers)}")
+    ax.set_xticks(x)
+    ax.set_xticklabels([layer_label(i) for i in layers])
+    ax.set_xlabel("layer")
+    ax.set_ylabel("weight (probability)")
+    top = float(np.nanmax(w.to_numpy(dtype=float)))
+    ax.set_ylim(0, max(top, 1.0 / len(layers)) * 1.15)
+    ax.set_title(title if title is not None else (str(w.name) if w.name not in (None, "weight")
+                                                   else "layer weights"))
+    ax.legend(loc="best", fontsize="small")
+    return ax
+
+
+def layer_weights_heatmap(df: pd.DataFrame, ax=None, *, annotate: bool | None = None,
+                          cmap: str = "viridis", title: str | None = None):
+    """Heatmap of layer weights: rows are checkpoints or tasks, columns are layers.
+
+    Args:
+        df: DataFrame of row by layer (e.g. ``load_featurizer_weights([...])``);
+            a Series is drawn as one row.
+        annotate: write each value in its cell (default: when at most 20 x 30 cells).
+
+    Returns:
+        The Axes (the colour bar sits beside it). The numbers are ``df``.
+    """
+    if isinstance(df, pd.Series):
+        df = df.to_frame().T
+    if not isinstance(df, pd.DataFrame) or df.empty:
+        raise ValueError("df must be a non-empty DataFrame of checkpoint/task by layer, e.g. "
+                         "load_featurizer_weights([path1, path2])")
+    values = df.to_numpy(dtype=float)
+    ax = new_axes(ax, figsize=(max(6.4, 0.5 * df.shape[1] + 2), max(2.4, 0.4 * df.shape[0] + 1.5)))
+    im = ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap=cmap, vmin=0,
+                   vmax=max(float(np.nanmax(values)), 1e-12))
+    ax.figure.colorbar(im, ax=ax, label="weight (probability)")
+    ax.set_xticks(np.arange(df.shape[1]))
+    ax.set_xticklabels([layer_label(c) if _is_int(c) else str(c) for c in df.columns])
+    ax.set_yticks(np.arange(df.shape[0]))
+    ax.set_yticklabels([str(i) for i in df.index])
+    ax.set_xlabel("layer")
+    if annotate is None:
+        annotate = df.shape[0] <= 20 and df.shape[1] <= 30
+    if annotate:
+        vmax = np.nanmax(values)
+        for (r, c), v in np.ndenumerate(values):
+            if np.isfinite(v):
+                ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if v < 0.6 * vmax else "black")
+    ax.set_title(title or "layer weights")
+    return ax
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _probe_curves(probe_df: pd.DataFrame, metric: str):
+    """``(name, Series layer -> metric)`` for each method/target in a probe table."""
+    if not isinstance(probe_df, pd.DataFrame) or "layer" not in probe_df.columns:
+        raise ValueError("probe_df must be a DataFrame with a 'layer' column "
+                         "(s3viz.probe_layers(...))")
+    if metric not in probe_df.columns:
+        raise KeyError(f"probe_df has no column {metric!r}; columns: {list(probe_df.columns)}")
+    keys = [k for k in ("method", "target") if k in probe_df.columns
+            and probe_df[k].nunique() > 1]
+    if not keys:
+        return [(None, probe_df.groupby("layer")[metric].mean())]
+    out = []
+    for name, g in probe_df.groupby(keys):
+        name = "/".join(str(n) for n in (name if isinstance(name, tuple) else (name,)))
+        out.append((name, g.groupby("layer")[metric].mean()))
+    return out
+
+
+def weights_and_probe(weights, probe_df: pd.DataFrame, ax=None, *, metric: str = "accuracy",
+                      title: str | None = None):
+    """Layer weights as bars and the per-layer probe ``metric`` as a line on a twin axis.
+
+    Args:
+        weights: Series indexed by layer (or a featurizer).
+        probe_df: per-layer probe results with ``layer`` and ``metric`` columns.
+
+    Returns:
+        The Axes of the bars; the twin Axes of the probe curve is ``ax.probe_ax``.
+        The numbers: :func:`weights_table` ``(weights, probe_df)``.
+    """
+    w = _as_weights(weights)
+    ax = layer_weights(w, ax=ax, title=title or f"layer weights and probe {metric}")
+    pos = {int(layer): i for i, layer in enumerate(w.index)}
+    twin = ax.twinx()
+    handles, labels = ax.get_legend_handles_labels()
+    for k, (name, curve) in enumerate(_probe_curves(probe_df, metric)):
+        curve = curve[[int(i) in pos for i in curve.index]]
+        x = [pos[int(i)] for i in curve.index]
+        (line,) = twin.plot(x, curve.to_numpy(dtype=float), marker="o", color=f"C{k + 1}",
+                            label=f"probe {metric}" + (f" ({name})" if name else ""))
+        handles.append(line)
+        labels.append(line.get_label())
+    twin.set_ylabel(f"probe {metric}")
+    if metric in ("accuracy", "macro_f1"):
+        twin.set_ylim(0, 1.05)
+    ax.legend(handles, labels, loc="best", fontsize="small")
+    ax.probe_ax = twin
+    return ax

@@ -1,0 +1,300 @@
+"""The layer-weight explorer: move the weights of a weighted-sum featurizer, see the score.
+
+:func:`layer_weight_explorer` returns (does not display) an ipywidgets widget
+with one vertical slider per layer, a live bar chart of the normalised
+weights (ipywidgets ``FloatProgress`` bars: drawn by the browser, no image
+round trip), a live score of the weighted-sum representation on a probe task,
+and buttons for uniform weights, the best single layer and learned weights.
+
+Each move re-scores from statistics cached once by
+:class:`s3viz.featurizers.WeightedScorer` (a few milliseconds for 13 layers of
+768 dimensions), never from audio or frames. Only ipywidgets and matplotlib
+are used: no CDN, no frontend extension. Where no widget frontend runs
+(nbconvert, a static notebook viewer), the widget shows a PNG bar chart of its
+current weights and score instead.
+
+The sliders hold *relative* weights in ``[0, 1]``; the weights used are the
+sliders divided by their sum (the probabilities s3prl's softmax produces), so
+setting one slider to 1 and the others to 0 selects a single layer exactly.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+from collections.abc import Sequence
+
+import ipywidgets as W
+import numpy as np
+import pandas as pd
+
+from ..featurizers import WeightedScorer, WeightedSumFeaturizer, train_featurizer
+from ..plot._common import layer_label
+
+__all__ = ["LayerWeightExplorer", "layer_weight_explorer"]
+
+_BAR_HEIGHT = "140px"
+
+
+def _as_series(weights, layers: Sequence[int], name: str) -> pd.Series:
+    if isinstance(weights, WeightedSumFeaturizer) or hasattr(weights, "layer_weights"):
+        weights = weights.layer_weights
+    if isinstance(weights, pd.DataFrame):
+        if len(weights) != 1:
+            raise ValueError(f"{name}: give one row (df.loc[name]), got {len(weights)}")
+        weights = weights.iloc[0]
+    if isinstance(weights, pd.Series):
+        missing = [l_ for l_ in layers if l_ not in weights.index]
+        if missing:
+            raise ValueError(f"{name} has no weight for layers {missing}; it is indexed by "
+                             f"{list(weights.index)}")
+        weights = weights.reindex(layers)
+    arr = np.asarray(weights, dtype=float).reshape(-1)
+    if arr.shape != (len(layers),):
+        raise ValueError(f"{name} must have {len(layers)} weights (layers {list(layers)}), got "
+                         f"{arr.shape[0]}")
+    if np.isnan(arr).any() or (arr < 0).any() or arr.sum() <= 0:
+        raise ValueError(f"{name} must be non-negative, not all zero and without NaN: {arr}")
+    return pd.Series(arr / arr.sum(), index=pd.Index(list(layers), name="layer"), name=name)
+
+
+class LayerWeightExplorer(W.VBox):
+    """The widget returned by :func:`layer_weight_explorer` (see there).
+
+    Attributes:
+        sliders: one ``FloatSlider`` per layer (relative weight in [0, 1]).
+        bars: one vertical ``FloatProgress`` per layer (normalised weight).
+        weight_labels: one ``HTML`` per layer showing the normalised weight.
+        score_label: ``HTML`` with the current score.
+        uniform_button, best_button, learned_button: the presets.
+        scorer: the :class:`~s3viz.featurizers.WeightedScorer` doing the work.
+    """
+
+    def __init__(self, scorer: WeightedScorer, *, learned=None, train=None, title=None):
+        self.scorer = scorer
+        self.layers = list(scorer.layers)
+        self._train = train
+        self._learned = None if learned is None else _as_series(learned, self.layers, "learned")
+        self._suspend = False
+        self.last_update_ms = float("nan")
+        self.layer_scores = scorer.layer_scores()
+        self.best_layer = int(self.layer_scores.idxmax())
+        L = len(self.layers)
+        self.uniform_score = scorer.score(np.ones(L))
+        counts = np.bincount(scorer.y_test.numpy(), minlength=len(scorer.classes))
+        self.chance = float(counts.max() / counts.sum())
+
+        self.sliders, self.bars, self.weight_labels, columns = [], [], [], []
+        for l_ in self.layers:
+            slider = W.FloatSlider(
+                value=1.0, min=0.0, max=1.0, step=0.01, orientation="vertical",
+                readout=True, readout_format=".2f", continuous_update=True,
+                description="", layout=W.Layout(height=_BAR_HEIGHT, width="52px"),
+            )
+            slider.add_class("s3viz-layer-slider")
+            bar = W.FloatProgress(value=1.0 / L, min=0.0, max=1.0, orientation="vertical",
+                                  layout=W.Layout(height=_BAR_HEIGHT, width="22px"))
+            label = W.HTML(layout=W.Layout(width="52px"))
+            label.add_class("s3viz-layer-weight")
+            name = W.HTML(f"<div style='text-align:center;font-size:11px;line-height:1.1'>"
+                          f"{layer_label(l_).replace(chr(10), '<br>')}</div>",
+                          layout=W.Layout(width="52px"))
+            slider.observe(self._on_slider, names="value")
+            self.sliders.append(slider)
+            self.bars.append(bar)
+            self.weight_labels.append(label)
+            columns.append(W.VBox([bar, label, slider, name],
+                                  layout=W.Layout(align_items="center", width="56px")))
+        self.score_label = W.HTML()
+        self.score_label.add_class("s3viz-score")
+        self.status = W.HTML()
+        auto = W.Layout(width="auto")
+        self.uniform_button = W.Button(description="uniform", tooltip="all layers equal (1/L)",
+                                       layout=auto)
+        self.best_button = W.Button(
+            description=f"best single layer ({self.best_layer})",
+            tooltip="only the layer that scores best on its own", layout=auto)
+        self.learned_button = W.Button(
+            description="learned weights", layout=auto,
+            tooltip="weights learned jointly with a linear head (train_featurizer)")
+        self.uniform_button.on_click(lambda _: self.set_weights(np.ones(L)))
+        self.best_button.on_click(lambda _: self.show_best_layer())
+        self.learned_button.on_click(lambda _: self.show_learned())
+        if self._learned is None and self._train is None:
+            self.learned_button.disabled = True
+        head = W.HTML(f"<b>{title or 'Layer weights'}</b> &nbsp; target <code>{scorer.target}</code>"
+                      f" ({scorer.level} level, {len(scorer.classes)} classes, "
+                      f"{scorer.n_train} train / {scorer.n_test} test)")
+        super().__init__([
+            head,
+            W.HBox(columns, layout=W.Layout(overflow="auto")),
+            self.score_label,
+            W.HBox([self.uniform_button, self.best_button, self.learned_button]),
+            self.status,
+        ])
+        self.add_class("s3viz-layer-weight-explorer")
+        self._update()
+
+    # -- state ------------------------------------------------------------------
+    @property
+    def weights(self) -> pd.Series:
+        """Current normalised weights (probabilities), indexed by layer."""
+        raw = np.array([s.value for s in self.sliders], dtype=float)
+        total = raw.sum()
+        probs = raw / total if total > 0 else np.full(len(raw), np.nan)
+        return pd.Series(probs, index=pd.Index(self.layers, name="layer"), name="weight")
+
+    @property
+    def score(self) -> float:
+        """Current score (test accuracy of the ridge probe on the weighted sum)."""
+        return self._score
+
+    def set_weights(self, weights) -> LayerWeightExplorer:
+        """Move the sliders to ``weights`` (any non-negative scale) and update once."""
+        w = _as_series(weights, self.layers, "weights").to_numpy()
+        rel = w / w.max()
+        self._suspend = True
+        try:
+            for slider, v in zip(self.sliders, rel):
+                slider.value = float(np.round(v, 4))
+        finally:
+            self._suspend = False
+        self._update()
+        return self
+
+    def show_best_layer(self) -> LayerWeightExplorer:
+        """Select only the best single layer."""
+        w = np.zeros(len(self.layers))
+        w[self.layers.index(self.best_layer)] = 1.0
+        return self.set_weights(w)
+
+    def show_learned(self) -> LayerWeightExplorer:
+        """Show the learned weights (training them first when none were given)."""
+        if self._learned is None:
+            if self._train is None:
+                raise ValueError("no learned weights: pass learned=... to layer_weight_explorer")
+            self.status.value = "training the weighted-sum featurizer …"
+            featurizer, _ = self._train()
+            self._learned = _as_series(featurizer, self.layers, "learned")
+            self.status.value = ""
+        return self.set_weights(self._learned)
+
+    # -- updates ----------------------------------------------------------------
+    def _on_slider(self, change):
+        if not self._suspend:
+            self._update()
+
+    def _update(self):
+        t0 = time.perf_counter()
+        w = self.weights
+        if not np.isfinite(w.to_numpy()).all():
+            self._score = float("nan")
+            for bar, label in zip(self.bars, self.weight_labels):
+                bar.value = 0.0
+                label.value = _weight_html(float("nan"))
+            self.score_label.value = ("<span style='color:#a00'>all weights are zero: raise at "
+                                      "least one slider</span>")
+            return
+        for bar, label, p in zip(self.bars, self.weight_labels, w.to_numpy()):
+            bar.value = float(p)
+            label.value = _weight_html(float(p))
+        result = self.scorer.evaluate(w.to_numpy())
+        self._score = result["accuracy"]
+        self.last_update_ms = (time.perf_counter() - t0) * 1000.0
+        self.score_label.value = (
+            f"<span class='s3viz-score-value' style='font-size:15px'><b>accuracy "
+            f"{self._score:.3f}</b></span> &nbsp; ridge probe on the weighted sum "
+            f"({self.scorer.dims} dims) &nbsp;|&nbsp; uniform {self.uniform_score:.3f}, best layer "
+            f"{self.best_layer}: {self.layer_scores.max():.3f}, chance {self.chance:.3f} "
+            f"<span style='color:#888'>({self.last_update_ms:.0f} ms)</span>")
+
+    # -- static fallback ------------------------------------------------------------
+    def figure(self, ax=None):
+        """Matplotlib bar chart of the current weights, the score in the title; returns the Axes."""
+        from ..plot._weights import layer_weights
+
+        w = self.weights
+        return layer_weights(w.fillna(0.0), ax=ax,
+                             title=f"{self.scorer.target}: accuracy {self._score:.3f} "
+                                   f"(uniform {self.uniform_score:.3f})")
+
+    def _png(self) -> str:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(6.4, 3.2), dpi=90)
+        FigureCanvasAgg(fig)
+        self.figure(ax=fig.add_subplot(111))
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        return base64.b64encode(buf.getvalue()).decode("ascii")
+
+    def _repr_mimebundle_(self, **kwargs):
+        data = super()._repr_mimebundle_(**kwargs) or {}
+        if isinstance(data, tuple):
+            data = data[0]
+        data = dict(data)
+        data["image/png"] = self._png()
+        w = self.weights
+        data["text/plain"] = (
+            f"LayerWeightExplorer(target={self.scorer.target!r}, accuracy={self._score:.3f}, "
+            "weights=" + ", ".join(f"{l_}:{p:.2f}" for l_, p in w.items()) + ")")
+        return data
+
+
+def _weight_html(p: float) -> str:
+    text = "–" if not np.isfinite(p) else f"{p:.2f}"
+    return f"<div style='text-align:center;font-size:11px'>{text}</div>"
+
+
+def layer_weight_explorer(
+    store,
+    target: str,
+    *,
+    level: str = "frame",
+    layers: Sequence[int] | None = None,
+    learned=None,
+    dims: int | None = 128,
+    scorer: WeightedScorer | None = None,
+    train_kwargs: dict | None = None,
+    title: str | None = None,
+    **scorer_kwargs,
+) -> LayerWeightExplorer:
+    """An interactive widget to move layer weights and watch the probe score.
+
+    Args:
+        store: a :class:`s3viz.LayerStore`.
+        target: the probe target (``"phone"`` at frame level, a label column at
+            utterance level).
+        level: ``"frame"`` or ``"utterance"``.
+        layers: stored layers to weigh (default all).
+        learned: learned weights for the "learned weights" button (a Series
+            indexed by layer, a featurizer, or a checkpoint's
+            :func:`s3viz.load_featurizer_weights`); when None the button runs
+            :func:`s3viz.train_featurizer` on first click.
+        dims: size of the shared basis of :class:`WeightedScorer`.
+        scorer: reuse an existing :class:`WeightedScorer` (then ``store``,
+            ``target``, ``level``, ``layers``, ``dims`` only feed training).
+        train_kwargs: extra arguments of :func:`train_featurizer` for the
+            "learned weights" button.
+        **scorer_kwargs: passed to :class:`WeightedScorer` (``split_by``,
+            ``test_fraction``, ``alpha``, ``seed``, ``device`` ...).
+
+    Returns:
+        A :class:`LayerWeightExplorer` (an ``ipywidgets.VBox``); display it by
+        making it the last expression of a cell.
+    """
+    if scorer is None:
+        scorer = WeightedScorer(store, target, level=level, layers=layers, dims=dims,
+                                **scorer_kwargs)
+    elif not isinstance(scorer, WeightedScorer):
+        raise TypeError(f"scorer must be a WeightedScorer, got {type(scorer).__name__}")
+    kwargs = dict(train_kwargs or {})
+
+    def train():
+        return train_featurizer(store, scorer.target, level=scorer.level, layers=scorer.layers,
+                                **kwargs)
+
+    return LayerWeightExplorer(scorer, learned=learned, train=train, title=title)
