@@ -1644,9 +1644,23 @@ def _run_pair(obj, x, x_len, name):
 
 def _check_different_lengths(rows, s, featurizer, all_hs, all_hs_len, hs):
     check = "different_lengths"
-    usable = [i for i, h in enumerate(all_hs) if h.dim() == 3 and h.shape[1] >= 2]
     if len(all_hs) < 2:
         rows.add(check, "warn", "not assessed: the upstream has a single hidden state")
+        return
+
+    # Only a layer with a sibling of the same frame counts is cut: a layer alone at its rate,
+    # one frame shorter, can still be a consistent input (some waveform length gives it).
+    def _has_sibling(i):
+        return any(
+            j != i and torch.equal(all_hs_len[j].cpu(), all_hs_len[i].cpu())
+            for j in range(len(all_hs))
+        )
+
+    usable = [
+        i for i, h in enumerate(all_hs) if h.dim() == 3 and h.shape[1] >= 2 and _has_sibling(i)
+    ]
+    if not usable:
+        rows.add(check, "warn", "not assessed: no two hidden states share their frame counts")
         return
     raised, unused, silent = [], [], []
     first_error = None

@@ -573,3 +573,14 @@ def test_hubert_base_adapter_passes():
     # torchaudio gives (L - 400) // 320 + 1 frames: 1-2 fewer than ceil(L/320), a warning
     assert set(rates["status"]) <= {"ok", "warn"}
     assert rates["value"].abs().max() <= 2
+
+
+def test_featurizer_on_a_layer_alone_at_its_rate_is_not_failed():
+    """Cutting a frame of the only 640-rate layer gives a consistent input, not a violation."""
+    from s3viz.featurizers import WeightedSumFeaturizer
+
+    up = T.ToyUpstream(mixed=True)
+    report = check_featurizer(WeightedSumFeaturizer(up, target_rate=640), up)
+    assert report.ok, str(report)
+    row = report[report.check == "different_lengths"].iloc[0]
+    assert row.status == "ok" and "2" not in row.detail.split("raised when layer(s)")[1].split("]")[0]
