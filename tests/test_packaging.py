@@ -91,3 +91,21 @@ def test_notebook_is_stored_clean(path):
         if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count"))
     ]
     assert not dirty, f"{path.name}: cells {dirty} carry outputs; clear them before committing"
+
+
+def test_quickstart_has_a_parameters_cell_first():
+    nb = json.loads((ROOT / "notebooks" / "00_quickstart.ipynb").read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert code, "the quickstart has no code cell"
+    first = code[0]
+    assert "parameters" in first.get("metadata", {}).get("tags", []), "tag the first cell 'parameters'"
+    source = "".join(first["source"])
+    for name in ("UPSTREAM", "AUDIO_FOLDER"):
+        assert f"{name} =" in source, f"the parameters cell does not set {name}"
+
+
+def test_notebooks_are_discovered_by_glob_and_documented():
+    readme = (ROOT / "README.md").read_text()
+    assert len(NOTEBOOKS) >= 7
+    for path in NOTEBOOKS:
+        assert f"`{path.stem}`" in readme, f"README's notebook list misses {path.stem}"
