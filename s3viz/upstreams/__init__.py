@@ -27,6 +27,8 @@ _EXPORTS = {
     "S3PRLUpstreamAdapter": "_s3prl",
     "from_s3prl": "_s3prl",
     "get_upstream": "_resolve",
+    "tiny": "_tiny",
+    "TinyUpstream": "_tiny",
     "UPSTREAM_NAMES": "_resolve",
 }
 

@@ -1,0 +1,396 @@
+"""A tiny wav2vec2/HuBERT-shaped upstream, with weights trained on the embedded corpus.
+
+``tiny(pretrained=True)`` loads the weights shipped beside this file
+(``s3viz/zoo/tiny.pt``, trained by ``python -m s3viz.zoo.train_tiny``; see
+``MODEL_CARD.md``); ``tiny(pretrained=False)`` gives the same architecture with
+random weights drawn from a fixed seed, the control every layer curve needs.
+
+Architecture (:class:`TinyConfig` holds the sizes):
+
+- waveform normalised per utterance (zero mean, unit variance over its valid
+  samples only);
+- the wav2vec2 convolution stack (:data:`s3viz.align.WAV2VEC2_CONV_LAYERS`:
+  receptive field 400 samples, stride 320) with few channels, each convolution
+  followed by a layer norm *per frame* (over channels) and GELU, so that no
+  statistic is taken over time and padding cannot leak into valid frames;
+- layer norm and a linear projection to ``hidden_size``: hidden state 0;
+- a grouped convolutional positional encoding (padded frames zeroed first);
+- ``num_layers`` pre-LN transformer layers with key-padding masks: hidden
+  states 1 .. ``num_layers`` (the residual stream after each layer; the last
+  one after the final layer norm).
+
+Frame counts come from :func:`s3viz.align.conv_lengths`:
+``(wavs_len - 400) // 320 + 1`` (0 frames for fewer than 400 samples).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..align import WAV2VEC2_CONV_LAYERS, conv_lengths, receptive_field
+from ..interface import AbsUpstream
+from ..upstreams._common import check_wavs
+
+__all__ = [
+    "WEIGHTS_PATH",
+    "TinyConfig",
+    "TinyUpstream",
+    "file_sha256",
+    "load_tiny_weights",
+    "save_tiny_weights",
+    "tiny",
+]
+
+WEIGHTS_PATH = Path(__file__).with_name("tiny.pt")
+"""The shipped weights (a dict with ``format``, ``config`` and ``state_dict``)."""
+
+_FORMAT = "s3viz.zoo.tiny/1"
+
+
+@dataclass
+class TinyConfig:
+    """Sizes of :class:`TinyUpstream` (the defaults are the shipped model's)."""
+
+    conv_channels: int = 64
+    conv_layers: tuple[tuple[int, int], ...] = field(
+        default_factory=lambda: tuple(WAV2VEC2_CONV_LAYERS)
+    )
+    hidden_size: int = 192
+    num_layers: int = 4
+    num_heads: int = 4
+    ffn_size: int = 512
+    pos_conv_kernel: int = 31
+    pos_conv_groups: int = 16
+    dropout: float = 0.1
+
+    def __post_init__(self):
+        self.conv_layers = tuple((int(k), int(s)) for k, s in self.conv_layers)
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by "
+                f"num_heads ({self.num_heads})"
+            )
+        if self.hidden_size % self.pos_conv_groups:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by "
+                f"pos_conv_groups ({self.pos_conv_groups})"
+            )
+        if self.pos_conv_kernel % 2 != 1:
+            raise ValueError(f"pos_conv_kernel must be odd, got {self.pos_conv_kernel}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["conv_layers"] = [list(p) for p in self.conv_layers]
+        return d
+
+
+def _valid_mask(x_len: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """``(batch_size, seq_len)`` bool, True on valid frames."""
+    return torch.arange(seq_len, device=x_len.device)[None, :] < x_len[:, None]
+
+
+class _ConvBlock(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int):
+        super().__init__()
+        self.conv = nn.Conv1d(in_ch, out_ch, kernel, stride, bias=False)
+        self.norm = nn.LayerNorm(out_ch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (batch_size, channels, time); the norm is per frame, over channels.
+        x = self.conv(x)
+        x = self.norm(x.transpose(1, 2)).transpose(1, 2)
+        return F.gelu(x)
+
+
+class _SelfAttention(nn.Module):
+    def __init__(self, hidden: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.out = nn.Linear(hidden, hidden)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        b, t, h = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, h // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.out(y.transpose(1, 2).reshape(b, t, h))
+
+
+class _TransformerLayer(nn.Module):
+    def __init__(self, cfg: TinyConfig):
+        super().__init__()
+        h = cfg.hidden_size
+        self.norm1 = nn.LayerNorm(h)
+        self.attn = _SelfAttention(h, cfg.num_heads, cfg.dropout)
+        self.norm2 = nn.LayerNorm(h)
+        self.ffn = nn.Sequential(nn.Linear(h, cfg.ffn_size), nn.GELU(), nn.Dropout(cfg.dropout),
+                                 nn.Linear(cfg.ffn_size, h))
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.norm1(x), attn_mask))
+        return x + self.drop(self.ffn(self.norm2(x)))
+
+
+class TinyUpstream(AbsUpstream):
+    """The tiny wav2vec2/HuBERT-shaped upstream (see the module docstring).
+
+    Build it with :func:`tiny`. ``forward(wavs, wavs_len)`` returns
+    ``num_layers + 1`` hidden states of ``hidden_size`` at 320 samples per frame.
+    The training script uses the two halves :meth:`features` and
+    :meth:`encode` to mask frames in between.
+    """
+
+    def __init__(self, config: TinyConfig | None = None, *, name: str = "tiny"):
+        super().__init__()
+        self.config = cfg = config if config is not None else TinyConfig()
+        self._name = name
+        blocks, in_ch = [], 1
+        for k, s in cfg.conv_layers:
+            blocks.append(_ConvBlock(in_ch, cfg.conv_channels, k, s))
+            in_ch = cfg.conv_channels
+        self.conv = nn.ModuleList(blocks)
+        self.proj_norm = nn.LayerNorm(cfg.conv_channels)
+        self.proj = nn.Linear(cfg.conv_channels, cfg.hidden_size)
+        self.pos_conv = nn.Conv1d(cfg.hidden_size, cfg.hidden_size, cfg.pos_conv_kernel,
+                                  padding=cfg.pos_conv_kernel // 2, groups=cfg.pos_conv_groups)
+        self.layers = nn.ModuleList(_TransformerLayer(cfg) for _ in range(cfg.num_layers))
+        self.final_norm = nn.LayerNorm(cfg.hidden_size)
+        self.drop = nn.Dropout(cfg.dropout)
+        self._rf, self._stride = receptive_field(cfg.conv_layers)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialise weights (uses the global torch RNG; :func:`tiny` seeds it locally)."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv1d):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="linear")
+            elif isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        std = math.sqrt(4.0 / (self.config.pos_conv_kernel * self.config.hidden_size))
+        nn.init.normal_(self.pos_conv.weight, 0.0, std)
+        nn.init.zeros_(self.pos_conv.bias)
+
+    # ---- the AbsUpstream properties ------------------------------------------------
+    @property
+    def num_layer(self) -> int:
+        return self.config.num_layers + 1
+
+    @property
+    def hidden_sizes(self) -> list[int]:
+        return [self.config.hidden_size] * self.num_layer
+
+    @property
+    def downsample_rates(self) -> list[int]:
+        return [self._stride] * self.num_layer
+
+    @property
+    def receptive_fields(self) -> list[int]:
+        """Input window of one frame's convolutional front end (400 samples), per layer."""
+        return [self._rf] * self.num_layer
+
+    @property
+    def conv_layers(self) -> list[tuple[int, int]]:
+        return list(self.config.conv_layers)
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def extra_repr(self) -> str:
+        n = sum(p.numel() for p in self.parameters())
+        return f"name={self._name!r}, params={n}"
+
+    # ---- computation ---------------------------------------------------------------
+    def features(self, wavs: torch.Tensor, wavs_len: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The front end: projected convolutional features (hidden state 0).
+
+        Args:
+            wavs: ``(batch_size, seq_len, 1)`` or ``(batch_size, seq_len)`` float, 16 kHz.
+            wavs_len: ``(batch_size,)`` long valid samples.
+
+        Returns:
+            ``(x, x_len)``: ``(batch_size, num_frames, hidden_size)`` with padded frames
+            zero, and ``(batch_size,)`` long frame counts (:func:`s3viz.align.conv_lengths`).
+        """
+        wavs, wavs_len = check_wavs(wavs, wavs_len, who=f"{self._name} upstream")
+        x_len = conv_lengths(wavs_len.cpu(), self.config.conv_layers).to(wavs.device)
+        max_len = int(wavs_len.max()) if len(wavs_len) else 0
+        wavs = wavs[:, :max(max_len, self._rf)]
+        if wavs.shape[1] < self._rf:  # too short for one frame: compute on zeros, keep 0 frames
+            wavs = F.pad(wavs, (0, self._rf - wavs.shape[1]))
+        dtype = self.proj.weight.dtype
+        wavs = wavs.to(dtype)
+        # per-utterance normalisation over valid samples only
+        valid = _valid_mask(wavs_len, wavs.shape[1]).to(dtype)
+        n = wavs_len.clamp(min=1).to(dtype)[:, None]
+        mean = (wavs * valid).sum(1, keepdim=True) / n
+        var = (((wavs - mean) * valid) ** 2).sum(1, keepdim=True) / n
+        wavs = (wavs - mean) / torch.sqrt(var + 1e-5) * valid
+        h = wavs[:, None, :]
+        for block in self.conv:
+            h = block(h)
+        h = h.transpose(1, 2)  # (batch_size, frames, channels)
+        num_frames = int(x_len.max()) if len(x_len) else 0
+        h = h[:, :num_frames]
+        x = self.proj(self.proj_norm(h))
+        x = x * _valid_mask(x_len, num_frames)[..., None].to(x.dtype)
+        return x, x_len
+
+    def encode(self, x: torch.Tensor, x_len: torch.Tensor) -> list[torch.Tensor]:
+        """The transformer: every hidden state after the front end.
+
+        Args:
+            x: ``(batch_size, num_frames, hidden_size)`` front-end features
+                (possibly masked by the training objective).
+            x_len: ``(batch_size,)`` long valid frames.
+
+        Returns:
+            ``num_layers`` tensors ``(batch_size, num_frames, hidden_size)``, padded
+            frames zero.
+        """
+        if x.shape[1] == 0:  # no utterance long enough for one frame
+            return [x.clone() for _ in self.layers]
+        valid = _valid_mask(x_len, x.shape[1])
+        keep = valid[..., None].to(x.dtype)
+        x = x * keep
+        x = x + F.gelu(self.pos_conv(x.transpose(1, 2))).transpose(1, 2) * keep
+        x = self.drop(x)
+        # key-padding mask; an utterance with no frame attends to everything (zeroed later)
+        keys = valid | (x_len == 0)[:, None]
+        attn_mask = keys[:, None, None, :]
+        out = []
+        for i, layer in enumerate(self.layers):
+            x = layer(x, attn_mask)
+            h = self.final_norm(x) if i == len(self.layers) - 1 else x
+            out.append(h * keep)
+        return out
+
+    def forward(self, wavs: torch.FloatTensor, wavs_len: torch.LongTensor
+                ) -> tuple[list[torch.FloatTensor], list[torch.LongTensor]]:
+        """Run the upstream.
+
+        Args:
+            wavs: ``(batch_size, seq_len, 1)`` (or ``(batch_size, seq_len)``) float
+                waveforms at 16 kHz, zero-padded.
+            wavs_len: ``(batch_size,)`` long valid samples of each waveform.
+
+        Returns:
+            ``(all_hs, all_hs_len)``: ``num_layer`` tensors
+            ``(batch_size, num_frames, hidden_size)`` (padded frames zero) and as many
+            ``(batch_size,)`` long frame counts, all equal.
+        """
+        x, x_len = self.features(wavs, wavs_len)
+        all_hs = [x] + self.encode(x, x_len)
+        return all_hs, [x_len.clone() for _ in all_hs]
+
+
+# ---- weights ---------------------------------------------------------------------------
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_tiny_weights(model: TinyUpstream, path: str | Path, *,
+                      dtype: torch.dtype = torch.float16, meta: dict | None = None) -> str:
+    """Save ``model``'s weights for :func:`load_tiny_weights`; returns the file's sha256.
+
+    Floating tensors are stored as ``dtype`` (float16 keeps the file small); ``meta``
+    (str/int/float values) is stored beside them.
+    """
+    state = {k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu())
+             for k, v in model.state_dict().items()}
+    payload = {"format": _FORMAT, "config": model.config.to_dict(), "state_dict": state,
+               "meta": dict(meta or {})}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(payload, path)
+    return file_sha256(path)
+
+
+def load_tiny_weights(path: str | Path) -> tuple[TinyConfig, dict, dict]:
+    """Read a weights file with ``torch.load(weights_only=True)``.
+
+    Returns:
+        ``(config, state_dict, meta)`` with float32 tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"tiny weights not found at {path}; reinstall s3viz, or train them with "
+            "`python -m s3viz.zoo.train_tiny --out PATH` and pass weights=PATH"
+        )
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+        raise ValueError(f"{path} is not an s3viz tiny weights file (format {_FORMAT!r})")
+    cfg = payload["config"]
+    config = TinyConfig(**{**cfg, "conv_layers": tuple(tuple(p) for p in cfg["conv_layers"])})
+    state = {k: (v.float() if v.is_floating_point() else v)
+             for k, v in payload["state_dict"].items()}
+    return config, state, dict(payload.get("meta", {}))
+
+
+def tiny(pretrained: bool = True, *, seed: int = 0,
+         weights: str | Path | None = None,
+         config: TinyConfig | None = None) -> TinyUpstream:
+    """The tiny upstream, in eval mode.
+
+    Args:
+        pretrained: load the shipped weights (``s3viz/zoo/tiny.pt``, see its
+            ``MODEL_CARD.md``); False gives the same architecture with random
+            weights drawn from ``seed`` (the global RNG is left untouched).
+        seed: seed of the random weights when ``pretrained=False``.
+        weights: another weights file (e.g. from ``python -m s3viz.zoo.train_tiny
+            --out PATH``); implies ``pretrained=True``.
+        config: architecture of a random model (default: the shipped model's);
+            not allowed with pretrained weights, which carry their own.
+
+    Returns:
+        a :class:`TinyUpstream` named ``"tiny"`` (pretrained) or ``"tiny_random"``.
+    """
+    if not isinstance(pretrained, bool):
+        raise TypeError(f"pretrained must be True or False, got {pretrained!r}")
+    if weights is not None or pretrained:
+        if config is not None:
+            raise ValueError("config= is only for pretrained=False; weights files carry "
+                             "their own config")
+        cfg, state, _ = load_tiny_weights(WEIGHTS_PATH if weights is None else weights)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = TinyUpstream(cfg, name="tiny")
+        model.load_state_dict(state)
+        return model.eval()
+    if config is None:
+        config = _shipped_config()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = TinyUpstream(config, name="tiny_random")
+    return model.eval()
+
+
+def _shipped_config() -> TinyConfig:
+    """The shipped model's architecture (the default config when no file exists)."""
+    if WEIGHTS_PATH.is_file():
+        return load_tiny_weights(WEIGHTS_PATH)[0]
+    return TinyConfig()
+

@@ -1,0 +1,851 @@
+"""Train the tiny upstream self-supervised on the embedded synthetic corpus (HuBERT iteration 1).
+
+``python -m s3viz.zoo.train_tiny [--steps N] [--out PATH] [--seed 0] [--device DEV]``
+
+The objective is HuBERT's first iteration:
+
+1. targets: MFCC frames (13 coefficients + deltas + delta-deltas, Kaldi
+   ``compliance`` MFCC with a 25 ms window and a 20 ms shift, so frame ``j``
+   covers samples ``[320 j, 320 j + 400)``, exactly the tiny model's frame ``j``;
+   counts checked against :func:`s3viz.align.conv_lengths`), normalised per
+   utterance, clustered by k-means (in torch) into ``--clusters`` ids;
+2. span masking of the front-end features (hidden state 0): spans of
+   ``--mask-span`` frames start at a fraction ``--mask-prob`` of the frames and are
+   replaced by a learned mask embedding;
+3. cross-entropy of a linear head on the last layer against the cluster ids, on
+   the masked frames (plus ``--unmasked-weight`` times the loss on the others).
+
+``--iteration 2`` re-clusters the hidden states of an earlier model (``--init``,
+layer ``--target-layer``) instead of MFCCs and continues training from it (HuBERT's
+second iteration).
+
+Data split (:func:`data_split`): training uses only the voices in
+:data:`TRAIN_SPEAKERS` and sentences from seed :data:`TRAIN_SEED`; the held-out
+set (:func:`held_out_corpus`) uses only the voices in :data:`HELD_OUT_SPEAKERS`
+(their eSpeak variants never appear in training) and sentences from seed
+:data:`HELD_OUT_SEED`, with any sentence that also occurs in training dropped.
+Sentences of the default notebook corpus (seed 0) are dropped from training too.
+
+The run is seeded: corpus, k-means, initialisation, batch order, masks and
+speed perturbations all come from ``--seed`` (bitwise-equal weights across
+machines or thread counts are not promised). ``--max-minutes`` (default 28)
+stops a run that is slower than planned. It uses a GPU when present (``--device``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..align import conv_lengths
+from .tiny import WEIGHTS_PATH, TinyConfig, TinyUpstream, save_tiny_weights, tiny
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "HELD_OUT_SEED",
+    "HELD_OUT_SPEAKERS",
+    "SPEED_RATES",
+    "TRAIN_SEED",
+    "TRAIN_SPEAKERS",
+    "bar_check",
+    "best_layers",
+    "data_split",
+    "held_out_corpus",
+    "kmeans",
+    "main",
+    "mfcc_features",
+    "model_card",
+    "probe_comparison",
+    "span_mask",
+    "speed_perturb",
+    "train",
+    "training_corpus",
+]
+
+TRAIN_SEED = 1001
+"""Seed of the training sentences (``s3viz.data.synthetic_corpus(seed=TRAIN_SEED)``)."""
+
+HELD_OUT_SEED = 2002
+"""Seed of the held-out sentences."""
+
+HELD_OUT_SPEAKERS: dict[str, dict[str, object]] = {
+    # three of the built-in speakers (s3viz.data.SPEAKERS) ...
+    "spk02": dict(voice="en-us+f3", pitch=62, rate=175, range=60, gender="female"),
+    "spk05": dict(voice="en+m2", pitch=48, rate=170, range=45, gender="male"),
+    "spk07": dict(voice="en-gb-x-rp+m7", pitch=38, rate=155, range=50, gender="male"),
+    # ... and three more voices
+    "hld01": dict(voice="en-us+belinda", pitch=60, rate=170, range=55, gender="female"),
+    "hld02": dict(voice="en+john", pitch=40, rate=165, range=50, gender="male"),
+    "hld03": dict(voice="en-gb-x-rp+linda", pitch=64, rate=175, range=60, gender="female"),
+}
+"""Voices never heard in training (no eSpeak variant of theirs is in :data:`TRAIN_SPEAKERS`)."""
+
+TRAIN_SPEAKERS: dict[str, dict[str, object]] = {
+    # five of the built-in speakers (s3viz.data.SPEAKERS) ...
+    "spk01": dict(voice="en-us+m1", pitch=42, rate=165, range=50, gender="male"),
+    "spk03": dict(voice="en-us+m3", pitch=32, rate=185, range=40, gender="male"),
+    "spk04": dict(voice="en-us+f2", pitch=70, rate=160, range=55, gender="female"),
+    "spk06": dict(voice="en+f4", pitch=58, rate=180, range=65, gender="female"),
+    "spk08": dict(voice="en-gb-x-rp+f1", pitch=66, rate=170, range=50, gender="female"),
+    # ... and four more voices, none of them a variant of a held-out speaker
+    "trn01": dict(voice="en-us+m4", pitch=46, rate=172, range=50, gender="male"),
+    "trn02": dict(voice="en-us+f5", pitch=64, rate=168, range=55, gender="female"),
+    "trn03": dict(voice="en+m6", pitch=36, rate=160, range=45, gender="male"),
+    "trn04": dict(voice="en-gb-x-rp+m8", pitch=44, rate=178, range=55, gender="male"),
+    "trn05": dict(voice="en-us+m5", pitch=50, rate=182, range=45, gender="male"),
+    "trn06": dict(voice="en+annie", pitch=68, rate=165, range=60, gender="female"),
+    "trn07": dict(voice="en-us+klatt2", pitch=45, rate=170, range=50, gender="male"),
+    "trn08": dict(voice="en+steph", pitch=60, rate=175, range=55, gender="female"),
+    "trn09": dict(voice="en-gb-x-rp+david", pitch=40, rate=168, range=50, gender="male"),
+}
+"""Voices of the training split."""
+
+_NOTEBOOK_SENTENCES = 1000  # sentences of seed 0 kept out of training
+
+
+# ---------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------
+
+def data_split() -> dict[str, object]:
+    """The training / held-out split, as a dict for the model card."""
+    return {"train_speakers": {k: v["voice"] for k, v in TRAIN_SPEAKERS.items()},
+            "held_out_speakers": {k: v["voice"] for k, v in HELD_OUT_SPEAKERS.items()},
+            "train_sentence_seed": TRAIN_SEED, "held_out_sentence_seed": HELD_OUT_SEED}
+
+
+def _texts(n: int, seed: int) -> set:
+    from ..data import make_sentences
+
+    return set(make_sentences(n, seed)["text"])
+
+
+def training_corpus(n_utterances: int = 1800):
+    """The training split: :data:`TRAIN_SPEAKERS` speaking sentences of :data:`TRAIN_SEED`.
+
+    Utterances whose sentence is also in the held-out set or in the first
+    1000 sentences of seed 0 (the notebooks' default corpus) are dropped.
+    """
+    from ..data import synthetic_corpus
+
+    corpus = synthetic_corpus(n_utterances, seed=TRAIN_SEED, speakers=TRAIN_SPEAKERS)
+    banned = _texts(_NOTEBOOK_SENTENCES, 0) | _texts(2000, HELD_OUT_SEED)
+    keep = [i for i, u in enumerate(corpus) if u.text not in banned]
+    return corpus[keep]
+
+
+def held_out_corpus(n_utterances: int = 120, train_utterances: int = 1800):
+    """Held-out utterances: :data:`HELD_OUT_SPEAKERS` speaking sentences never trained on.
+
+    Args:
+        n_utterances: utterances synthesized (a few may be dropped when their
+            sentence also occurs among the first ``train_utterances`` training
+            sentences).
+    """
+    from ..data import synthetic_corpus
+
+    corpus = synthetic_corpus(n_utterances, seed=HELD_OUT_SEED, speakers=HELD_OUT_SPEAKERS)
+    seen = _texts(train_utterances, TRAIN_SEED)
+    keep = [i for i, u in enumerate(corpus) if u.text not in seen]
+    return corpus[keep]
+
+
+# ---------------------------------------------------------------------------
+# targets
+# ---------------------------------------------------------------------------
+
+def mfcc_features(wavs: Sequence[np.ndarray], *, batch_size: int = 32) -> list[torch.Tensor]:
+    """MFCC + deltas + delta-deltas at the tiny model's frames, normalised per utterance.
+
+    13 MFCCs from 40 log mel energies of a 400-sample window every 320 samples
+    (``center=False``: frame ``j`` covers samples ``[320 j, 320 j + 400)``, the
+    receptive field of the tiny model's frame ``j``), computed in length-sorted
+    batches (a valid frame never sees padding), then deltas and per-utterance
+    mean and variance normalisation.
+
+    Args:
+        wavs: ``num_utterances`` float waveforms ``(num_samples,)`` at 16 kHz.
+
+    Returns:
+        one ``(num_frames, 39)`` float32 tensor per waveform, ``num_frames ==
+        s3viz.align.conv_lengths([num_samples])``.
+    """
+    import torchaudio
+
+    transform = torchaudio.transforms.MFCC(
+        sample_rate=16000, n_mfcc=13, log_mels=True,
+        melkwargs=dict(n_fft=400, win_length=400, hop_length=320, n_mels=40, center=False))
+    lens = [int(np.asarray(w).shape[0]) for w in wavs]
+    frames = conv_lengths(lens).tolist()
+    out: list[torch.Tensor | None] = [None] * len(lens)
+    order = np.argsort(lens, kind="stable")
+    for s in range(0, len(order), batch_size):
+        idx = [int(i) for i in order[s: s + batch_size]]
+        width = max(400, max(lens[i] for i in idx))
+        batch = torch.zeros(len(idx), width)
+        for j, i in enumerate(idx):
+            batch[j, : lens[i]] = torch.as_tensor(np.asarray(wavs[i], dtype=np.float32))
+        with torch.no_grad():
+            m = transform(batch)  # (batch, 13, frames)
+        for j, i in enumerate(idx):
+            n = frames[i]
+            if n == 0:
+                out[i] = torch.zeros(0, 39)
+                continue
+            c = m[j, :, :n]
+            d1 = torchaudio.functional.compute_deltas(c[None])[0]
+            d2 = torchaudio.functional.compute_deltas(d1[None])[0]
+            f = torch.cat([c, d1, d2]).T
+            out[i] = (f - f.mean(0)) / (f.std(0, unbiased=False) + 1e-5)
+    return out
+
+
+def kmeans(x: torch.Tensor, k: int, *, iters: int = 20, seed: int = 0
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """k-means (k-means++ initialisation, Lloyd iterations) in torch.
+
+    Args:
+        x: ``(num_points, dim)`` float.
+        k: number of clusters.
+
+    Returns:
+        ``(centroids (k, dim), assignment (num_points,) long)``.
+    """
+    if x.dim() != 2 or x.shape[0] < k:
+        raise ValueError(f"x must be (num_points >= k={k}, dim), got {tuple(x.shape)}")
+    g = torch.Generator().manual_seed(seed)
+    x = x.float()
+    first = int(torch.randint(x.shape[0], (1,), generator=g))
+    cent = [x[first]]
+    d2 = ((x - cent[0]) ** 2).sum(1)
+    for _ in range(1, k):
+        i = int(torch.multinomial(d2 / d2.sum(), 1, generator=g))
+        cent.append(x[i])
+        d2 = torch.minimum(d2, ((x - x[i]) ** 2).sum(1))
+    c = torch.stack(cent)
+    for _ in range(iters):
+        assign = torch.cdist(x, c).argmin(1)
+        sums = torch.zeros_like(c).index_add_(0, assign, x)
+        counts = torch.bincount(assign, minlength=k).float()
+        empty = counts == 0
+        c = torch.where(empty[:, None], c, sums / counts.clamp(min=1)[:, None])
+    assign = torch.cdist(x, c).argmin(1)
+    return c, assign
+
+
+def _assign(feats: list[torch.Tensor], centroids: torch.Tensor) -> list[torch.Tensor]:
+    return [torch.cdist(f, centroids).argmin(1) if len(f) else torch.zeros(0, dtype=torch.long)
+            for f in feats]
+
+
+def _cluster_targets(feats: list[torch.Tensor], k: int, seed: int,
+                     max_points: int = 40000) -> tuple[list[torch.Tensor], torch.Tensor]:
+    allf = torch.cat(feats)
+    g = torch.Generator().manual_seed(seed)
+    if allf.shape[0] > max_points:
+        allf = allf[torch.randperm(allf.shape[0], generator=g)[:max_points]]
+    centroids, _ = kmeans(allf, k, seed=seed)
+    return _assign(feats, centroids), centroids
+
+
+@torch.no_grad()
+def _layer_features(model: TinyUpstream, corpus, layer: int, device) -> list[torch.Tensor]:
+    """Hidden states of ``layer`` per utterance, standardised over the corpus."""
+    model = model.to(device).eval()
+    out = []
+    for batch in _batches([u.wav.size for u in corpus], 60.0, None):
+        wavs, wavs_len = _pad([corpus[i].wav for i in batch])
+        all_hs, all_len = model(wavs.to(device), wavs_len.to(device))
+        for j, i in enumerate(batch):
+            out.append((i, all_hs[layer][j, : int(all_len[layer][j])].float().cpu()))
+    out = [h for _, h in sorted(out, key=lambda p: p[0])]
+    allf = torch.cat(out)
+    mu, sd = allf.mean(0), allf.std(0) + 1e-5
+    return [(h - mu) / sd for h in out]
+
+
+# ---------------------------------------------------------------------------
+# masking, batching, the task
+# ---------------------------------------------------------------------------
+
+def span_mask(x_len: torch.Tensor, mask_prob: float, span: int, generator: torch.Generator,
+              seq_len: int | None = None) -> torch.Tensor:
+    """Spans to mask, as in wav2vec 2.0 / HuBERT.
+
+    Args:
+        x_len: ``(batch_size,)`` long valid frames.
+        mask_prob: fraction of frames that start a span (at least one span per
+            utterance that has at least ``span`` frames... or one frame).
+        span: span length in frames.
+
+    Returns:
+        ``(batch_size, seq_len)`` bool, True on masked (valid) frames.
+    """
+    seq_len = int(x_len.max()) if seq_len is None else seq_len
+    mask = torch.zeros(len(x_len), seq_len, dtype=torch.bool)
+    for b, n in enumerate(x_len.tolist()):
+        if n == 0:
+            continue
+        s = min(span, n)
+        num = max(1, int(mask_prob * n / 1.0 + float(torch.rand((), generator=generator))))
+        starts = torch.randint(0, n - s + 1, (num,), generator=generator)
+        for st in starts.tolist():
+            mask[b, st: st + s] = True
+    return mask
+
+
+def _pad(wavs: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    lens = torch.tensor([w.size for w in wavs], dtype=torch.long)
+    out = torch.zeros(len(wavs), int(lens.max()))
+    for i, w in enumerate(wavs):
+        out[i, : w.size] = torch.from_numpy(np.asarray(w, dtype=np.float32))
+    return out, lens
+
+
+def _batches(num_samples: Sequence[int], max_seconds: float, generator: torch.Generator | None
+             ) -> list[list[int]]:
+    """Length-sorted batches of at most ``max_seconds`` padded audio; shuffled if a generator."""
+    order = np.argsort(np.asarray(num_samples), kind="stable")
+    if generator is not None:  # jitter the sort so batches differ between epochs
+        noise = torch.rand(len(order), generator=generator).numpy() * 8000
+        order = np.argsort(np.asarray(num_samples) + noise, kind="stable")
+    batches, cur, cur_max = [], [], 0
+    for i in order:
+        n = int(num_samples[i])
+        if cur and max(cur_max, n) * (len(cur) + 1) > max_seconds * 16000:
+            batches.append(cur)
+            cur, cur_max = [], 0
+        cur.append(int(i))
+        cur_max = max(cur_max, n)
+    if cur:
+        batches.append(cur)
+    if generator is not None:
+        perm = torch.randperm(len(batches), generator=generator).tolist()
+        batches = [batches[p] for p in perm]
+    return batches
+
+
+SPEED_RATES = (14000, 15000, 17000, 18000)
+"""Resampling targets of the speed perturbation (played back at 16 kHz: speed, pitch and
+formants scaled by 16000 / rate, i.e. x1.14, x1.07, x0.94, x0.89)."""
+
+
+def speed_perturb(wav: torch.Tensor, target: torch.Tensor, rate: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resample ``wav`` to ``rate`` (played back at 16 kHz) and map its frame targets.
+
+    Frame ``j`` of the perturbed waveform (centre ``320 j + 200``) takes the target
+    of the original frame whose centre is nearest to ``(320 j + 200) * 16000 / rate``,
+    so the model must predict the clusters of the unperturbed speech: it learns to
+    undo a change of vocal-tract length and pitch (as in ContentVec).
+
+    Args:
+        wav: ``(num_samples,)`` float.
+        target: ``(num_frames,)`` long, ``num_frames == conv_lengths([num_samples])``.
+        rate: new sample rate (16000 leaves both unchanged).
+
+    Returns:
+        ``(wav', target')`` with ``len(target') == conv_lengths([len(wav')])``.
+    """
+    import torchaudio
+
+    if rate == 16000 or len(target) == 0:
+        return wav, target
+    new = torchaudio.functional.resample(wav, 16000, int(rate))
+    n = int(conv_lengths([new.shape[0]])[0])
+    if n == 0:
+        return wav, target
+    centre = (torch.arange(n, dtype=torch.float64) * 320 + 200) * (16000 / rate)
+    k = torch.round((centre - 200) / 320).long().clamp(0, len(target) - 1)
+    return new, target[k]
+
+
+class _HubertTask(nn.Module):
+    """Masked prediction of cluster ids on top of a :class:`TinyUpstream`."""
+
+    def __init__(self, upstream: TinyUpstream, num_clusters: int):
+        super().__init__()
+        self.upstream = upstream
+        h = upstream.config.hidden_size
+        self.mask_emb = nn.Parameter(torch.empty(h).uniform_(-0.5, 0.5))
+        self.head = nn.Linear(h, num_clusters)
+
+    def forward(self, wavs, wavs_len, targets, mask, unmasked_weight: float):
+        x, x_len = self.upstream.features(wavs, wavs_len)
+        t = x.shape[1]
+        mask = mask[:, :t].to(x.device)
+        x = torch.where(mask[..., None], self.mask_emb.to(x.dtype), x)
+        h = self.upstream.encode(x, x_len)[-1]
+        logits = self.head(h)
+        valid = torch.arange(t, device=x.device)[None] < x_len[:, None]
+        tgt = targets[:, :t].to(x.device)
+        m = mask & valid
+        u = ~mask & valid
+        loss_m = F.cross_entropy(logits[m], tgt[m])
+        acc_m = (logits[m].argmax(-1) == tgt[m]).float().mean()
+        loss = loss_m
+        if unmasked_weight > 0 and u.any():
+            loss = loss + unmasked_weight * F.cross_entropy(logits[u], tgt[u])
+        return loss, loss_m.detach(), acc_m.detach()
+
+
+def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 0 at ``steps``."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    p = (step - warmup) / max(1, steps - warmup)
+    return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
+
+
+def _resolve_device(device) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def train(corpus, *, steps: int = 2000, seed: int = 0, device=None,
+          config: TinyConfig | None = None, clusters: int = 50, lr: float = 2e-3,
+          warmup: int | None = None, batch_seconds: float = 12.0, mask_prob: float = 0.05,
+          mask_span: int = 5, unmasked_weight: float = 0.5, speed: float = 0.5,
+          iteration: int = 1,
+          init: TinyUpstream | None = None, target_layer: int | None = None,
+          max_minutes: float | None = None, log_every: int = 25,
+          log=print, checkpoint=None, checkpoint_every: int = 0) -> tuple[TinyUpstream, dict]:
+    """Train a :class:`TinyUpstream` with HuBERT's masked cluster prediction.
+
+    Args:
+        corpus: a :class:`s3viz.data.Corpus` (the training split).
+        steps: optimizer steps (batches of about ``batch_seconds`` of padded audio).
+        iteration: 1 = MFCC k-means targets; 2 = k-means of ``init``'s hidden states
+            at ``target_layer`` (default: the middle layer), training continues from
+            ``init``.
+        speed: probability that an utterance is speed-perturbed (:func:`speed_perturb`,
+            targets of the unperturbed audio).
+        max_minutes: stop (and say so in the summary) past this wall time, so that a
+            run on a slow, shared machine still ends in time (not annealed then).
+        checkpoint: called as ``checkpoint(step, upstream)`` every
+            ``checkpoint_every`` steps (e.g. to save intermediate weights).
+
+    Returns:
+        ``(model, summary)``: the trained upstream in eval mode on the CPU and a dict
+        of what happened (losses, steps done, seconds).
+    """
+    t0 = time.time()
+    device = _resolve_device(device)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    lens = [u.wav.size for u in corpus]
+
+    # targets
+    if iteration == 1:
+        feats = mfcc_features([u.wav for u in corpus])
+        source = "MFCC+deltas (39 dims, 20 ms frames, per-utterance CMVN)"
+    elif iteration == 2:
+        if init is None:
+            raise ValueError("iteration=2 needs init= (the iteration-1 model)")
+        layer = init.num_layer // 2 if target_layer is None else int(target_layer)
+        feats = _layer_features(init, corpus, layer, device)
+        source = f"hidden state {layer} of the iteration-1 model (standardised)"
+    else:
+        raise ValueError(f"iteration must be 1 or 2, got {iteration!r}")
+    for f, n in zip(feats, lens):
+        if f.shape[0] != int(conv_lengths([n])[0]):
+            raise RuntimeError("target frames do not match conv_lengths")
+    targets, _ = _cluster_targets(feats, clusters, seed)
+    t_targets = time.time() - t0
+    log(f"targets: {source}, {clusters} clusters, {sum(len(t) for t in targets)} frames, "
+        f"{t_targets:.1f}s")
+
+    if init is not None:
+        upstream = TinyUpstream(init.config, name="tiny")
+        upstream.load_state_dict(init.state_dict())
+    else:
+        upstream = TinyUpstream(config or TinyConfig(), name="tiny")
+    task = _HubertTask(upstream, clusters).to(device)
+    task.train()
+    decay, no_decay = [], []
+    for n, p in task.named_parameters():
+        (no_decay if p.dim() < 2 or "norm" in n else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=lr, betas=(0.9, 0.98), eps=1e-6)
+    warmup = max(1, steps // 10) if warmup is None else warmup
+
+    history = []
+    step, epoch, stopped_early = 0, 0, False
+    run_loss = run_acc = run_total = 0.0
+    run_n = 0
+    t_train = time.time()
+    while step < steps and not stopped_early:
+        for batch in _batches(lens, batch_seconds, gen):
+            if step >= steps:
+                break
+            if max_minutes is not None and (time.time() - t0) > 60 * max_minutes:
+                stopped_early = True
+                log(f"stopping early at step {step}: past {max_minutes} minutes")
+                break
+            items = []
+            for i in batch:
+                w, t = torch.from_numpy(corpus[i].wav), targets[i]
+                if speed > 0 and float(torch.rand((), generator=gen)) < speed:
+                    rate = SPEED_RATES[int(torch.randint(len(SPEED_RATES), (), generator=gen))]
+                    w, t = speed_perturb(w, t, rate)
+                items.append((w, t))
+            wavs, wavs_len = _pad([w.numpy() for w, _ in items])
+            x_len = conv_lengths(wavs_len)
+            tgt = torch.full((len(batch), int(x_len.max())), -100, dtype=torch.long)
+            for j, (_, t) in enumerate(items):
+                tgt[j, : len(t)] = t
+            mask = span_mask(x_len, mask_prob, mask_span, gen)
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(step, steps, lr, warmup)
+            loss, loss_m, acc_m = task(wavs.to(device), wavs_len.to(device), tgt, mask,
+                                       unmasked_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(task.parameters(), 5.0)
+            opt.step()
+            step += 1
+            run_total += float(loss.detach())
+            run_loss += float(loss_m)
+            run_acc += float(acc_m)
+            run_n += 1
+            if step % log_every == 0 or step == steps:
+                rec = {"step": step, "epoch": epoch, "loss": run_total / run_n,
+                       "masked_loss": run_loss / run_n,
+                       "masked_acc": run_acc / run_n, "seconds": time.time() - t0}
+                history.append(rec)
+                log(f"step {step:5d}  epoch {epoch}  loss {rec['loss']:.3f}  "
+                    f"masked loss {rec['masked_loss']:.3f}  "
+                    f"masked acc {rec['masked_acc']:.3f}  lr {opt.param_groups[0]['lr']:.2e}  "
+                    f"{rec['seconds']:.0f}s")
+                run_loss = run_acc = run_total = 0.0
+                run_n = 0
+            if checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
+                checkpoint(step, task.upstream)
+        epoch += 1
+    upstream = task.upstream.cpu().eval()
+    summary = {
+        "objective": f"HuBERT iteration {iteration}: masked prediction of k-means cluster ids",
+        "targets": source, "clusters": clusters, "steps": step, "steps_planned": steps,
+        "epochs": epoch, "stopped_early": stopped_early, "seed": seed, "device": str(device),
+        "threads": torch.get_num_threads(), "lr": lr, "warmup": warmup,
+        "batch_seconds": batch_seconds, "mask_prob": mask_prob, "mask_span": mask_span,
+        "unmasked_weight": unmasked_weight, "speed_perturb": speed, "utterances": len(corpus),
+        "audio_minutes": sum(lens) / 16000 / 60, "target_seconds": t_targets,
+        "train_seconds": time.time() - t_train, "total_seconds": time.time() - t0,
+        "history": history,
+    }
+    return upstream, summary
+
+
+# ---------------------------------------------------------------------------
+# evaluation: held-out probes
+# ---------------------------------------------------------------------------
+
+def probe_comparison(upstreams: dict[str, nn.Module], corpus, *, device=None,
+                     speaker_folds: int = 5, seed: int = 0) -> pd.DataFrame:
+    """Phone (frame) and speaker (utterance) ridge probes of every layer of each upstream.
+
+    Phones: :func:`s3viz.probe_layers` with ``split_by="speaker"`` and one fold
+    per speaker of ``corpus`` (the probe is tested on a voice it was not fitted
+    on). Speakers: mean-pooled features, ``split_by="utterance"``,
+    ``speaker_folds`` folds.
+
+    Args:
+        upstreams: ``{name: upstream}``.
+        corpus: the evaluation corpus (:func:`held_out_corpus`).
+
+    Returns:
+        DataFrame with the columns of :func:`s3viz.probe_layers` plus ``model``.
+    """
+    import pandas as pd
+
+    from ..extract import extract
+    from ..probe import probe_layers
+
+    n_speakers = len({u.speaker for u in corpus})
+    rows = []
+    for name, up in upstreams.items():
+        store = extract(up, corpus, device=device, progress=False)
+        phone = probe_layers(store, "phone", level="frame", method="ridge",
+                             folds=max(2, n_speakers), split_by="speaker", device=device,
+                             seed=seed)
+        spk = probe_layers(store, "speaker", level="utterance", method="ridge",
+                           folds=speaker_folds, split_by="utterance", device=device, seed=seed)
+        for df in (phone, spk):
+            df = df.copy()
+            df.insert(0, "model", name)
+            rows.append(df)
+    return pd.concat(rows, ignore_index=True)
+
+
+def best_layers(results: pd.DataFrame) -> pd.DataFrame:
+    """Best layer per model and target from :func:`probe_comparison`: ``model, target,
+    layer, accuracy``."""
+    idx = results.groupby(["model", "target"])["accuracy"].idxmax()
+    return results.loc[idx, ["model", "target", "layer", "accuracy", "chance"]].reset_index(
+        drop=True)
+
+
+def bar_check(results: pd.DataFrame, model: str = "tiny", random: str = "tiny_random",
+              baseline: str = "spectral") -> pd.DataFrame:
+    """Differences of best-layer accuracies (in points) between ``model`` and the others.
+
+    Returns:
+        DataFrame with one row per target: ``target, <model>, <random>, <baseline>``
+        (best-layer accuracies in %), ``vs_random``, ``vs_baseline`` (points) and
+        ``bar_met`` (both differences >= 10 points; phone is the issue's bar).
+    """
+    import pandas as pd
+
+    best = best_layers(results)
+    rows = []
+    for target, g in best.groupby("target", sort=False):
+        acc = {m: 100 * float(a) for m, a in zip(g["model"], g["accuracy"])}
+        layer = {m: int(v) for m, v in zip(g["model"], g["layer"])}
+        row = {"target": target}
+        for m in (model, random, baseline):
+            row[m] = acc.get(m, float("nan"))
+            row[f"{m}_layer"] = layer.get(m, -1)
+        row["vs_random"] = row[model] - row[random]
+        row["vs_baseline"] = row[model] - row[baseline]
+        row["bar_met"] = bool(row["vs_random"] >= 10 and row["vs_baseline"] >= 10)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def model_card(summary: dict, results: pd.DataFrame | None = None,
+               extra: str = "") -> str:
+    """The text of ``MODEL_CARD.md`` from a training summary and probe results."""
+    split = summary["split"]
+    lines = [
+        "# s3viz tiny upstream",
+        "",
+        "`s3viz.zoo.tiny(pretrained=True)`: a wav2vec2/HuBERT-shaped upstream small enough "
+        "to ship inside the package, trained self-supervised on the embedded synthetic "
+        "(eSpeak NG) corpus so that offline lessons have learned layers. "
+        "`tiny(pretrained=False)` is the same architecture with seeded random weights.",
+        "",
+        "## Weights",
+        "",
+        f"- file: `s3viz/zoo/tiny.pt` ({summary['size_bytes'] / 1e6:.2f} MB, "
+        f"{summary.get('weights_dtype', 'float16')} tensors, read with "
+        "`torch.load(weights_only=True)`)",
+        f"- sha256: `{summary['sha256']}`",
+        "",
+        "## Architecture",
+        "",
+    ]
+    cfg = summary["config"]
+    lines += [
+        f"- waveform normalised per utterance; wav2vec2 convolution stack "
+        f"{cfg['conv_layers']} (receptive field 400 samples, stride 320) with "
+        f"{cfg['conv_channels']} channels, layer norm per frame, GELU",
+        f"- projection to {cfg['hidden_size']} dims = hidden state 0; convolutional "
+        f"positional encoding (kernel {cfg['pos_conv_kernel']}, {cfg['pos_conv_groups']} groups)",
+        f"- {cfg['num_layers']} pre-LN transformer layers ({cfg['num_heads']} heads, "
+        f"feed-forward {cfg['ffn_size']}) with key-padding masks = hidden states "
+        f"1..{cfg['num_layers']}",
+        f"- {summary['parameters']:,} parameters; 320 samples per frame; frame counts "
+        "`(wavs_len - 400) // 320 + 1` (`s3viz.align.conv_lengths`)",
+        "",
+        "## Data",
+        "",
+        f"- training: {summary['utterances']} utterances ({summary['audio_minutes']:.1f} min) "
+        f"of `s3viz.data.synthetic_corpus(seed={split['train_sentence_seed']})` sentences "
+        f"spoken by {len(split['train_speakers'])} voices: "
+        + ", ".join(f"{k} ({v})" for k, v in split["train_speakers"].items()),
+        "- held out entirely: speakers "
+        + ", ".join(f"{k} ({v})" for k, v in split["held_out_speakers"].items())
+        + " (no eSpeak variant of theirs is used in training) and sentences of seed "
+        f"{split['held_out_sentence_seed']} (any sentence also in training dropped); "
+        "the first 1000 sentences of seed 0 (the notebooks' default corpus) were also "
+        "kept out of training",
+        "",
+        "## Objective and training",
+        "",
+        f"- {summary['objective']}; targets: {summary['targets']}, "
+        f"{summary['clusters']} k-means clusters",
+        f"- span masking of hidden state 0: start probability {summary['mask_prob']}, "
+        f"span {summary['mask_span']} frames; cross-entropy of a linear head on the last "
+        f"layer on masked frames (+ {summary['unmasked_weight']} x unmasked frames)",
+        f"- speed perturbation (ContentVec-style): with probability {summary['speed_perturb']} "
+        "an utterance is resampled to 14, 15, 17 or 18 kHz and played at 16 kHz (tempo, "
+        "pitch and formants x0.89-x1.14) while the targets stay those of the original audio",
+        f"- AdamW, peak lr {summary['lr']}, {summary['warmup']} warm-up steps, cosine decay; "
+        f"batches of <= {summary['batch_seconds']} s padded audio; seed {summary['seed']}",
+        f"- {summary['steps']} steps ({summary['epochs']} epochs) on {summary['device']} "
+        f"({summary['threads']} threads): {summary['total_seconds'] / 60:.1f} min "
+        f"(targets {summary['target_seconds']:.0f} s)"
+        + (" (stopped early on time)" if summary["stopped_early"] else ""),
+    ]
+    hist = summary.get("history") or []
+    if hist:
+        lines.append(f"- masked loss {hist[0]['masked_loss']:.3f} -> "
+                     f"{hist[-1]['masked_loss']:.3f}, masked accuracy "
+                     f"{hist[0]['masked_acc']:.3f} -> {hist[-1]['masked_acc']:.3f}")
+    lines += ["", f"Reproduce: `python -m s3viz.zoo.train_tiny {summary.get('argv', '')}`", ""]
+    if results is not None:
+        bar = bar_check(results)
+        lines += [
+            "## Held-out probes",
+            "",
+            "Held-out corpus (`s3viz.zoo.train_tiny.held_out_corpus()`): "
+            f"{summary.get('eval_utterances', '?')} utterances, held-out speakers and sentences. "
+            "Ridge probes (`s3viz.probe_layers`): phones per frame with one fold per speaker "
+            "(`split_by='speaker'`: tested on an unseen voice); speakers on mean-pooled "
+            "features, 5 folds by utterance. Best layer per model (accuracy %):",
+            "",
+            "| target | tiny (layer) | random weights (layer) | spectral (layer) | "
+            "tiny - random | tiny - spectral |",
+            "|---|---|---|---|---|---|",
+        ]
+        for _, r in bar.iterrows():
+            lines.append(
+                f"| {r['target']} | {r['tiny']:.1f} ({r['tiny_layer']}) | "
+                f"{r['tiny_random']:.1f} ({r['tiny_random_layer']}) | "
+                f"{r['spectral']:.1f} ({r['spectral_layer']}) | {r['vs_random']:+.1f} | "
+                f"{r['vs_baseline']:+.1f} |")
+        lines += ["", "Phone accuracy per layer (%):", "",
+                  "| model | " + " | ".join(f"layer {i}" for i in range(6)) + " |",
+                  "|---|" + "---|" * 6]
+        ph = results[results["target"] == "phone"]
+        for m, g in ph.groupby("model", sort=False):
+            acc = [f"{100 * a:.1f}" for a in g.sort_values("layer")["accuracy"]]
+            acc += [""] * (6 - len(acc))
+            lines.append(f"| {m} | " + " | ".join(acc) + " |")
+        lines.append("")
+    if extra:
+        lines += [extra, ""]
+    lines += ["## Limits", "",
+              "Trained on minutes of synthetic speech from a formant synthesizer: it has "
+              "learned eSpeak's phones, not natural speech. Use it to teach and test "
+              "analyses offline, not as a speech representation for real data.", ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# command line
+# ---------------------------------------------------------------------------
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m s3viz.zoo.train_tiny", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=2000, help="optimizer steps (default 2000)")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"weights file to write (default: build/tiny.pt; the shipped file is "
+                        f"{WEIGHTS_PATH})")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--utterances", type=int, default=1800,
+                   help="training utterances synthesized (default 1800)")
+    p.add_argument("--clusters", type=int, default=50)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--batch-seconds", type=float, default=12.0,
+                   help="padded audio per batch in seconds (default 12)")
+    p.add_argument("--mask-prob", type=float, default=0.05)
+    p.add_argument("--mask-span", type=int, default=5)
+    p.add_argument("--unmasked-weight", type=float, default=0.5)
+    p.add_argument("--speed-perturb", type=float, default=0.5,
+                   help="probability of speed-perturbing an utterance (default 0.5)")
+    p.add_argument("--iteration", type=int, default=1, choices=(1, 2))
+    p.add_argument("--init", type=Path, default=None,
+                   help="weights of the iteration-1 model (iteration 2)")
+    p.add_argument("--target-layer", type=int, default=None)
+    p.add_argument("--max-minutes", type=float, default=28.0,
+                   help="stop past this wall time even if steps remain (default 28)")
+    p.add_argument("--fp32", action="store_true", help="store float32 (default float16)")
+    p.add_argument("--save-every", type=int, default=0,
+                   help="also save weights every N steps (OUT.stepN.pt)")
+    p.add_argument("--no-eval", action="store_true",
+                   help="skip the held-out probes (the model card then has no probe table)")
+    p.add_argument("--eval-utterances", type=int, default=120,
+                   help="held-out utterances synthesized for the probes (default 120)")
+    p.add_argument("--card", type=Path, default=None,
+                   help="model card to write (default: MODEL_CARD.md beside --out)")
+    g = p.add_argument_group("architecture (defaults: TinyConfig())")
+    d = TinyConfig()
+    g.add_argument("--conv-channels", type=int, default=d.conv_channels)
+    g.add_argument("--hidden-size", type=int, default=d.hidden_size)
+    g.add_argument("--num-layers", type=int, default=d.num_layers)
+    g.add_argument("--num-heads", type=int, default=d.num_heads)
+    g.add_argument("--ffn-size", type=int, default=d.ffn_size)
+    g.add_argument("--dropout", type=float, default=d.dropout)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Command line entry point (see the module docstring); returns the training summary."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    if args.steps < 1:
+        raise SystemExit("--steps must be >= 1")
+    out = args.out if args.out is not None else Path("build") / "tiny.pt"
+    t0 = time.time()
+    corpus = training_corpus(args.utterances)
+    print(f"training split: {len(corpus)} utterances, "
+          f"{sum(u.wav.size for u in corpus) / 16000 / 60:.1f} min, "
+          f"{len({u.speaker for u in corpus})} voices ({time.time() - t0:.1f}s)", flush=True)
+    init = tiny(weights=args.init) if args.init is not None else None
+    config = TinyConfig(conv_channels=args.conv_channels, hidden_size=args.hidden_size,
+                        num_layers=args.num_layers, num_heads=args.num_heads,
+                        ffn_size=args.ffn_size, dropout=args.dropout)
+    model, summary = train(
+        corpus, steps=args.steps, seed=args.seed, device=args.device, config=config,
+        clusters=args.clusters, lr=args.lr, batch_seconds=args.batch_seconds,
+        mask_prob=args.mask_prob, mask_span=args.mask_span,
+        unmasked_weight=args.unmasked_weight, speed=args.speed_perturb,
+        iteration=args.iteration, init=init,
+        target_layer=args.target_layer, max_minutes=args.max_minutes,
+        log=lambda s: print(s, flush=True), checkpoint_every=args.save_every,
+        checkpoint=lambda step, up: save_tiny_weights(up, out.with_suffix(f".step{step}.pt")))
+    summary["data_seconds"] = time.time() - t0 - summary["total_seconds"]
+    summary["split"] = data_split()
+    summary["config"] = model.config.to_dict()
+    summary["parameters"] = sum(p.numel() for p in model.parameters())
+    summary["argv"] = " ".join(argv)
+    dtype = torch.float32 if args.fp32 else torch.float16
+    summary["weights_dtype"] = str(dtype).replace("torch.", "")
+    meta = {k: summary[k] for k in ("objective", "steps", "seed", "clusters", "utterances")}
+    sha = save_tiny_weights(model, out, dtype=dtype, meta=meta)
+    summary.update(weights=str(out), sha256=sha, size_bytes=out.stat().st_size)
+    print(f"wrote {out} ({summary['size_bytes'] / 1e6:.2f} MB, sha256 {sha}); "
+          f"{summary['total_seconds'] / 60:.1f} min", flush=True)
+    results = None
+    if not args.no_eval:
+        import s3viz.upstreams as ups
+
+        held = held_out_corpus(args.eval_utterances, train_utterances=args.utterances)
+        summary["eval_utterances"] = len(held)
+        trained = tiny(weights=out)  # evaluate what was saved (float16 round trip)
+        random = tiny(pretrained=False, config=trained.config)
+        results = probe_comparison({"tiny": trained, "tiny_random": random,
+                                    "spectral": ups.spectral_upstream()}, held)
+        results.to_csv(out.with_suffix(".probes.csv"), index=False)
+        bar = bar_check(results)
+        summary["bar"] = bar.to_dict(orient="records")
+        print(bar.to_string(index=False), flush=True)
+    side = out.with_suffix(".json")
+    side.write_text(json.dumps(summary, indent=1))
+    card = args.card if args.card is not None else out.with_name("MODEL_CARD.md")
+    card.write_text(model_card(summary, results))
+    print(f"wrote {side} and {card}", flush=True)
+    return summary
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
