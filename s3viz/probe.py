@@ -822,8 +822,18 @@ def _ridge_fit_folds(stats: ProbeStats, folds: int, sub: int, blocks: list[slice
     return models
 
 
+def _shard_frames(task: _Task, d: dict, shard) -> tuple[list[int] | None, np.ndarray | None]:
+    """(utterances of the shard store to stream, their frames' rows in the task's frame table)."""
+    if shard is None:
+        return _store_arg(task.sel, task.n_utt), None
+    shard_pos, task_pos = shard
+    offs = np.concatenate([[0], np.cumsum(d["lengths"])])
+    rows = [np.arange(offs[t], offs[t + 1]) for t in task_pos]
+    return list(shard_pos), (np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64))
+
+
 def _ridge_layer_frame(task: _Task, store, layer: int, blocks, c: int, lambdas, device,
-                       chunk_frames: int, stats_dtype):
+                       chunk_frames: int, stats_dtype, shard=None, reduce=None):
     d = task.frame_targets(layer)
     folds = task.folds
     sub = 2 if folds == 2 else 1
@@ -832,10 +842,15 @@ def _ridge_layer_frame(task: _Task, store, layer: int, blocks, c: int, lambdas, 
     y_ctrl = d.get("y_ctrl") if task.control else None
     stats = ProbeStats.zeros(folds * sub, store.hidden_sizes[layer], len(blocks) * c,
                              dtype=stats_dtype, device=device)
-    arg = _store_arg(task.sel, task.n_utt)
+    arg, rows = _shard_frames(task, d, shard)
+    if rows is not None:  # a shard: only its frames, in the shard store's order
+        y_all, frame_sub = y_all[rows], frame_sub[rows]
+        y_ctrl = y_ctrl[rows] if y_ctrl is not None else None
 
     def _chunks():
         pos = 0
+        if arg is not None and not arg:
+            return
         for x, _ in store.iter_layer(layer, utterances=arg, max_frames=chunk_frames):
             n = x.shape[0]
             sl = slice(pos, pos + n)
@@ -855,6 +870,8 @@ def _ridge_layer_frame(task: _Task, store, layer: int, blocks, c: int, lambdas, 
 
     for x, yy, g in _chunks():
         stats.update(x, yy, g)
+    if reduce is not None:  # sum the statistics of all shards
+        stats = ProbeStats(*(reduce(t) for t in stats._tensors()))
     models = _ridge_fit_folds(stats, folds, sub, blocks, lambdas)
     ws = torch.stack([m[0] for m in models])  # (folds, H, C_all)
     bs = torch.stack([m[1] for m in models])
@@ -867,6 +884,8 @@ def _ridge_layer_frame(task: _Task, store, layer: int, blocks, c: int, lambdas, 
             for bi, blk in enumerate(blocks):
                 pred = s[:, blk].argmax(1)
                 conf[bi, k] += _confusion(yy[r, bi] - bi * c, pred, c)
+    if reduce is not None:
+        conf = reduce(torch.from_numpy(conf)).cpu().numpy()
     counts, n_train = _train_counts(stats, folds, sub)
     lam = np.mean([m[2] for m in models], axis=0)
     return conf, counts, n_train, lam
@@ -1167,6 +1186,8 @@ def probe_layers(
     weight_decay: float | None = None,
     dev_fraction: float = 0.15,
     max_memory: int = 2 ** 31,
+    reference=None,
+    reduce=None,
 ) -> pd.DataFrame:
     """Cross-validated linear probes of every stored layer.
 
@@ -1199,6 +1220,19 @@ def probe_layers(
             ~20 steps and each classifier keeps its best weights, training
             stops when none improved for ``patience`` checks).
         max_memory: bytes of features the logistic probe may hold on the device.
+        reference: sharded runs (ridge only): the whole corpus's metadata, a
+            store-like object with ``ids, labels, phones, lengths(layer),
+            frame_labels(...), downsample_rates, receptive_fields, hidden_sizes,
+            num_layer, layer_ids`` (no frames needed; see
+            :func:`s3viz.distributed.reference_store`). ``store`` then holds one
+            shard (a subset of ``reference.ids``); folds, classes and control
+            labels come from ``reference`` so every shard agrees, and
+            ``utterances`` are positions in ``reference``.
+        reduce: sharded runs: ``reduce(tensor) -> tensor`` summing a tensor over
+            all shards (e.g. :func:`s3viz.distributed.all_reduce_sum`). The
+            ridge statistics, the pooled vectors (utterance level) and the
+            confusion counts are summed with it, so each shard returns the
+            same table as :func:`probe_layers` on the union of the shards.
 
     Returns:
         DataFrame with one row per target, method and layer: ``target, method,
@@ -1213,6 +1247,20 @@ def probe_layers(
     """
     targets = _as_list(target, "target")
     methods = _as_list(method, "method", METHODS)
+    shard_store, shard_pos_all = None, None
+    if reference is not None or reduce is not None:
+        if reference is None or reduce is None:
+            raise ValueError("sharded probes need both `reference` (the whole corpus) and "
+                             "`reduce` (a sum over shards); pass both or neither")
+        if methods != ["ridge"]:
+            raise ValueError(f"sharded probes support method='ridge' only, got {methods}")
+        ref_index = {u: i for i, u in enumerate(reference.ids)}
+        unknown = [u for u in store.ids if u not in ref_index]
+        if unknown:
+            raise ValueError(f"{len(unknown)} utterance(s) of the shard store are not in "
+                             f"`reference` (e.g. {unknown[:5]}); pass the whole corpus's metadata")
+        shard_store, store = store, reference
+        shard_pos_all = np.asarray([ref_index[u] for u in shard_store.ids], dtype=np.int64)
     folds = _check_folds(folds)
     if split_by not in SPLITS:
         raise ValueError(f"split_by must be one of {SPLITS}, got {split_by!r}")
@@ -1240,6 +1288,11 @@ def probe_layers(
         task = _Task(store, tgt, lev, sel, folds, split_by, seed, control, control_by)
         if lev == "frame":
             task.set_frame_classes(layer_list)
+        shard = None
+        if shard_store is not None:  # (shard store positions, task positions) in shard order
+            task_of = {int(u): k for k, u in enumerate(sel)}
+            keep = [j for j, u in enumerate(shard_pos_all) if int(u) in task_of]
+            shard = (keep, [task_of[int(shard_pos_all[j])] for j in keep])
         c = len(task.classes)
         blocks = [slice(0, c)] + ([slice(c, 2 * c)] if control else [])
         for meth in methods:
@@ -1248,8 +1301,13 @@ def probe_layers(
                 for layer in layer_list:
                     if lev == "frame":
                         per_layer[layer] = _ridge_layer_frame(
-                            task, store, layer, blocks, c, lambdas, device, chunk_frames,
-                            torch.float64)
+                            task, store if shard is None else shard_store, layer, blocks, c,
+                            lambdas, device, chunk_frames, torch.float64, shard=shard,
+                            reduce=reduce)
+                    elif shard is not None:
+                        x = _pooled_sharded(shard_store, layer, task, shard, reduce).to(device)
+                        per_layer[layer] = _ridge_layer_utterance(
+                            task, x, blocks, c, lambdas, torch.float64)
                     else:
                         x = _pooled(store, layer, task).to(device)
                         per_layer[layer] = _ridge_layer_utterance(
@@ -1297,6 +1355,26 @@ def _pooled(store, layer: int, task: _Task) -> torch.Tensor:
     if x.shape[0] != len(task.sel):
         raise RuntimeError(f"store.pooled({layer}) gave {x.shape[0]} rows for {len(task.sel)} "
                            "utterances")
+    return x
+
+
+def _pooled_sharded(shard_store, layer: int, task: _Task, shard, reduce) -> torch.Tensor:
+    """The ``(len(task.sel), H)`` pooled vectors of all shards: each fills its rows, then a sum."""
+    keep, task_pos = shard
+    x = torch.zeros(len(task.sel), shard_store.hidden_sizes[layer], dtype=torch.float32)
+    if keep:
+        x[torch.as_tensor(task_pos)] = torch.as_tensor(
+            shard_store.pooled(layer, utterances=list(keep)), dtype=torch.float32)
+    filled = torch.zeros(len(task.sel), dtype=torch.float32)
+    filled[torch.as_tensor(task_pos, dtype=torch.long)] = 1.0
+    x, filled = reduce(x), reduce(filled)
+    if not bool((filled == 1).all()):
+        bad = [task.ids[i] for i in torch.nonzero(filled != 1).squeeze(1).tolist()[:5]]
+        raise ValueError(f"the shards must hold every probed utterance exactly once; "
+                         f"e.g. {bad} are missing or repeated")
+    if bool(torch.isnan(x).any()):
+        raise ValueError(f"some utterances have no frames in stored layer {layer}; "
+                         "leave them out with `utterances=`")
     return x
 
 

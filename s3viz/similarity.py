@@ -215,6 +215,7 @@ def layer_similarity(
     chunk_frames: int = 16384,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
+    reduce=None,
 ) -> pd.DataFrame:
     """Linear CKA between every pair of layers.
 
@@ -239,6 +240,12 @@ def layer_similarity(
         seed: seed of the frame subset and of the minibatches.
         dtype: dtype of the per-block products (``estimator="feature"``); sums
             over blocks are float64. ``torch.float64`` for the last digits.
+        reduce: sharded runs (``estimator="feature"``, ``max_frames=None``):
+            ``reduce(tensor) -> tensor`` summing a tensor over all shards (e.g.
+            :func:`s3viz.distributed.all_reduce_sum`); ``store`` holds one shard
+            and every shard gets the CKA of the union of the shards. The frame
+            counts and sums are reduced first to centre every shard's
+            cross-products on the global mean, then the cross-products are summed.
 
     Returns:
         DataFrame of CKA values, index = layers of ``store`` (name ``"layer"``),
@@ -258,6 +265,8 @@ def layer_similarity(
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
     if isinstance(batch_size, bool) or int(batch_size) < 4:
         raise ValueError(f"batch_size must be an int >= 4 (unbiased HSIC), got {batch_size!r}")
+    if reduce is not None and (estimator != "feature" or max_frames is not None):
+        raise ValueError("sharded CKA (reduce=...) needs estimator='feature' and max_frames=None")
     rows = _check_layers(store, layers, "layers")
     if other is not None:
         _check_other(store, other)
@@ -284,6 +293,8 @@ def layer_similarity(
         else:
             counts = np.ones(len(sel), dtype=np.int64)
     total = int(counts.sum())
+    if reduce is not None:
+        total = int(reduce(torch.tensor([total], dtype=torch.float64))[0])
     if total < 4:
         raise ValueError(f"only {total} frames to compare; CKA needs at least 4")
     keep = None
@@ -294,7 +305,9 @@ def layer_similarity(
     pairs = sorted({(min(i, j), max(i, j)) for i in row_idx for j in col_idx}
                    | {(i, i) for i in row_idx + col_idx})
     if estimator == "feature":
-        hsic, n = _feature_hsic(src, sel, counts, keep, pairs, device, chunk_frames, dtype)
+        sizes = [int(st.hidden_sizes[layer]) for st, layer in src.items]
+        hsic, n = _feature_hsic(src, sel, counts, keep, pairs, device, chunk_frames, dtype,
+                                reduce=reduce, sizes=sizes)
     else:
         hsic, n = _minibatch_hsic(src, sel, counts, keep, pairs, device, chunk_frames,
                                   int(batch_size), int(seed))
@@ -331,12 +344,15 @@ def _iter_blocks(src: _Source, sel, counts, keep, chunk_frames):
         yield feats
 
 
-def _feature_hsic(src, sel, counts, keep, pairs, device, chunk_frames, dtype):
+def _feature_hsic(src, sel, counts, keep, pairs, device, chunk_frames, dtype, reduce=None,
+                  sizes=None):
     """||centred X_i^T X_j||_F^2 for each pair, from one streamed pass.
 
     Each layer is shifted by its first block's mean (so the final centring does
     not cancel large offsets), block products are taken in ``dtype`` and summed
-    over blocks in float64.
+    over blocks in float64. With ``reduce`` (one shard of the frames), the
+    shard's products are re-centred on the global mean (``reduce`` of the sums)
+    and summed over shards.
     """
     acc = {}
     sums, shift = {}, {}
@@ -359,11 +375,42 @@ def _feature_hsic(src, sel, counts, keep, pairs, device, chunk_frames, dtype):
                 acc[(i, j)] += prod
             else:
                 acc[(i, j)] = prod
+    if reduce is not None:
+        acc, sums, n = _reduce_centred(acc, sums, shift, n, pairs, layers_used, sizes, device,
+                                       reduce)
     hsic = {}
     for (i, j), c in acc.items():
         c = c - torch.outer(sums[i], sums[j]) / n
         hsic[(i, j)] = float((c * c).sum())
     return hsic, n
+
+
+def _reduce_centred(acc, sums, shift, n, pairs, layers_used, sizes, device, reduce):
+    """Sum over shards of cross-products centred on the global mean of each layer.
+
+    A shard holds ``C = sum (x - s_i)(y - s_j)^T`` and ``S_i = sum (x - s_i)`` with
+    its own shifts ``s``; with ``d = s - m`` (``m`` the global mean),
+    ``sum (x - m_i)(y - m_j)^T = C + S_i d_j^T + d_i S_j^T + n d_i d_j^T``.
+    """
+    f64 = {"dtype": torch.float64, "device": device}
+    for i in layers_used:
+        if i not in shift:  # a shard without frames
+            shift[i] = torch.zeros(sizes[i], **f64)
+            sums[i] = torch.zeros(sizes[i], **f64)
+    n_all = float(reduce(torch.tensor([float(n)], **f64))[0])
+    if n_all <= 0:
+        raise ValueError("no frames in any shard")
+    mean = {i: reduce(sums[i] + n * shift[i]) / n_all for i in layers_used}
+    out = {}
+    for i, j in pairs:
+        c = acc.get((i, j))
+        if c is None:
+            c = torch.zeros(sizes[i], sizes[j], **f64)
+        di, dj = shift[i] - mean[i], shift[j] - mean[j]
+        c = c + torch.outer(sums[i], dj) + torch.outer(di, sums[j]) + n * torch.outer(di, dj)
+        out[(i, j)] = reduce(c)
+    zero = {i: torch.zeros(sizes[i], **f64) for i in layers_used}  # centred: sums are 0
+    return out, zero, int(round(n_all))
 
 
 def _minibatch_hsic(src, sel, counts, keep, pairs, device, chunk_frames, batch_size, seed):

@@ -1,0 +1,205 @@
+"""Sharding and summing helpers for runs over several processes (``torch.distributed``).
+
+A sharded run (``torchrun --nproc_per_node=N -m s3viz.run ...``, see
+:mod:`s3viz.run`) gives each rank a deterministic shard of the corpus
+(:func:`shard_indices`), extracts it, and computes the probes and CKA of the
+*whole* corpus by summing sufficient statistics over ranks with
+:func:`all_reduce_sum` (the ``reduce=`` argument of
+:func:`s3viz.probe.probe_layers` and :func:`s3viz.similarity.layer_similarity`).
+Folds, classes and control labels come from :func:`reference_store`, the
+frame-free metadata of the whole corpus that every rank builds identically.
+
+Everything here also works with one process and no process group
+(``world_size == 1``): :func:`all_reduce_sum` is then the identity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .align import frame_labels as _align_frame_labels
+
+__all__ = [
+    "all_reduce_sum",
+    "dist_info",
+    "env_world",
+    "global_lengths",
+    "reference_store",
+    "shard_indices",
+]
+
+
+def shard_indices(ids: Sequence[str], rank: int, world_size: int) -> list[int]:
+    """Positions of the utterances that ``rank`` handles, deterministic by utterance id.
+
+    Utterance ``u`` goes to rank ``int(sha1(u)[:16], 16) % world_size``: the
+    assignment depends only on the id and the world size (not on the corpus
+    order, the machine or the Python hash seed), so re-running, or adding
+    utterances, never moves the other utterances between ranks.
+
+    Args:
+        ids: utterance ids of the whole corpus (unique strings).
+        rank: this process's rank in ``[0, world_size)``.
+        world_size: number of processes (>= 1).
+
+    Returns:
+        Sorted positions into ``ids``.
+    """
+    if isinstance(world_size, bool) or not isinstance(world_size, (int, np.integer)) \
+            or world_size < 1:
+        raise ValueError(f"world_size must be an int >= 1, got {world_size!r}")
+    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) \
+            or not 0 <= rank < world_size:
+        raise ValueError(f"rank must be an int in [0, {world_size}), got {rank!r}")
+    ids = [str(u) for u in ids]
+    if len(set(ids)) != len(ids):
+        raise ValueError("ids must be unique: sharding is by utterance id")
+    return [i for i, u in enumerate(ids)
+            if int(hashlib.sha1(u.encode()).hexdigest()[:16], 16) % world_size == rank]
+
+
+def dist_info() -> tuple[int, int, bool]:
+    """``(rank, world_size, initialised)`` of the default process group (``(0, 1, False)`` without)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), True
+    return 0, 1, False
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum ``t`` over all ranks (in place) and return it; the identity without a process group.
+
+    With the nccl backend the tensor travels through the current CUDA device
+    and comes back on ``t``'s device. Integer tensors are summed exactly.
+
+    Args:
+        t: any tensor (same shape and dtype on every rank).
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return t
+    work = t
+    if dist.get_backend() == "nccl" and t.device.type != "cuda":
+        work = t.to(f"cuda:{torch.cuda.current_device()}")
+    if not work.is_contiguous():
+        work = work.contiguous()
+    dist.all_reduce(work, op=dist.ReduceOp.SUM)
+    if work is not t:
+        t.copy_(work.to(t.device))
+    return t
+
+
+def global_lengths(shard_lengths: np.ndarray, shard_positions: Sequence[int], num_utterances: int,
+                   reduce=all_reduce_sum) -> np.ndarray:
+    """Frames per utterance and layer of the whole corpus from each rank's shard.
+
+    Args:
+        shard_lengths: ``(num_shard_utterances, num_layers)`` int frames of this
+            rank's utterances.
+        shard_positions: ``(num_shard_utterances,)`` their positions in the corpus.
+        num_utterances: corpus size.
+
+    Returns:
+        ``(num_utterances, num_layers)`` int64.
+    """
+    shard_lengths = np.asarray(shard_lengths, dtype=np.int64).reshape(len(shard_positions), -1)
+    out = torch.zeros(num_utterances, shard_lengths.shape[1], dtype=torch.int64)
+    if len(shard_positions):
+        out[torch.as_tensor(list(shard_positions), dtype=torch.long)] = torch.from_numpy(
+            shard_lengths)
+    return reduce(out).numpy()
+
+
+class _Reference:
+    """Frame-free metadata of a corpus with the store interface the probes read."""
+
+    def __init__(self, labels, phones, lengths, downsample_rates, receptive_fields, hidden_sizes,
+                 layer_ids):
+        self._labels = labels.reset_index(drop=True)
+        self._phones = list(phones)
+        self._lengths = np.asarray(lengths, dtype=np.int64)
+        self.downsample_rates = [int(v) for v in downsample_rates]
+        self.receptive_fields = [int(v) for v in receptive_fields]
+        self.hidden_sizes = [int(v) for v in hidden_sizes]
+        self.layer_ids = [int(v) for v in layer_ids]
+
+    @property
+    def num_layer(self) -> int:
+        return len(self.hidden_sizes)
+
+    num_layers = num_layer
+
+    @property
+    def ids(self) -> list[str]:
+        return [str(v) for v in self._labels["id"]]
+
+    @property
+    def labels(self) -> pd.DataFrame:
+        return self._labels.copy()
+
+    @property
+    def phones(self):
+        return list(self._phones)
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    def lengths(self, layer) -> np.ndarray:
+        return self._lengths[:, int(layer)].copy()
+
+    def frame_labels(self, layer, column: str = "phone", utterances=None) -> np.ndarray:
+        """As :meth:`s3viz.extract.LayerStore.frame_labels`."""
+        layer = int(layer)
+        pos = range(len(self)) if utterances is None else [int(u) for u in utterances]
+        rate, rf = self.downsample_rates[layer], self.receptive_fields[layer]
+        parts = []
+        for i in pos:
+            n = int(self._lengths[i, layer])
+            table = self._phones[i]
+            parts.append(np.full(n, "", dtype=object) if table is None else
+                         _align_frame_labels(table, n, rate, column=column,
+                                             receptive_field_samples=rf))
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=object)
+
+    def __repr__(self) -> str:
+        return f"reference_store({len(self)} utterances, {self.num_layer} layers)"
+
+
+def reference_store(corpus, shard_store, shard_positions: Sequence[int], reduce=all_reduce_sum):
+    """The whole corpus's metadata (ids, labels, alignments, frame counts), without frames.
+
+    Every rank calls this with its own shard (a collective call when there is a
+    process group: frame counts are summed with ``reduce``). The result is what
+    :func:`s3viz.probe.probe_layers` takes as ``reference=`` in a sharded run.
+
+    Args:
+        corpus: the whole :class:`s3viz.data.Corpus` (same on every rank).
+        shard_store: this rank's :class:`~s3viz.extract.LayerStore`.
+        shard_positions: positions in ``corpus`` of the shard store's utterances.
+    """
+    if list(shard_store.ids) != [corpus.ids[i] for i in shard_positions]:
+        raise ValueError("shard_store must hold the corpus utterances at shard_positions, "
+                         "in that order")
+    per_layer = np.stack([np.asarray(shard_store.lengths(layer)) for layer in
+                          range(shard_store.num_layer)], 1) if len(shard_store) else \
+        np.zeros((0, shard_store.num_layer), dtype=np.int64)
+    lengths = global_lengths(per_layer, shard_positions, len(corpus), reduce=reduce)
+    labels = corpus.labels
+    phones = [u.phones for u in corpus]
+    return _Reference(labels, phones, lengths, shard_store.downsample_rates,
+                      shard_store.receptive_fields, shard_store.hidden_sizes,
+                      getattr(shard_store, "layer_ids", range(shard_store.num_layer)))
+
+
+def env_world() -> tuple[int, int, int]:
+    """``(rank, world_size, local_rank)`` from the torchrun environment (``(0, 1, 0)`` without)."""
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("LOCAL_RANK", 0)))

@@ -1,0 +1,208 @@
+"""Sharded extraction and analysis: ``python -m s3viz.run`` (one process) or ``torchrun``.
+
+Usage::
+
+    torchrun --nproc_per_node=4 -m s3viz.run --upstream hubert_base --pretrained \\
+        --folder /data/wavs --labels /data/labels.csv --targets phone speaker --cka \\
+        --store-frames /scratch/frames --out results/
+
+Each rank takes the utterances :func:`s3viz.distributed.shard_indices` gives it
+(by sha1 of the utterance id), extracts them with :func:`s3viz.extract` (in
+memory, or on disk under ``DIR/rank-<k>`` with ``--store-frames DIR``), and
+computes the ridge probes and the CKA of the *whole* corpus: sufficient
+statistics are summed over ranks with ``all_reduce`` (gloo on CPU, nccl on
+CUDA), so the tables equal those of the single-process API. Rank 0 writes
+``probes.csv``, ``cka.csv``, ``probe_curve.png``, ``cka.png`` and ``run.json``
+to ``--out``; every rank writes ``rank-<k>.json`` there (its utterances, seconds
+and peak resident memory). Without the torchrun environment it runs as one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+__all__ = ["main", "parse_args", "run"]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m s3viz.run", description=__doc__.split("\n")[0])
+    p.add_argument("--upstream", default="tiny",
+                   help="tiny, tiny_random, spectral or a torchaudio name (hubert_base ...)")
+    p.add_argument("--pretrained", action="store_true", help="torchaudio names: load weights")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--corpus", default=None, help="synthetic:N (default synthetic:24)")
+    src.add_argument("--folder", default=None, help="folder of audio files (s3viz.data.load_folder)")
+    p.add_argument("--labels", default=None, help="labels CSV for --folder")
+    p.add_argument("--targets", nargs="*", default=["phone"], help="probe targets")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--split-by", default="speaker", choices=["speaker", "utterance"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cka", action="store_true", help="also compute the layer-by-layer CKA")
+    p.add_argument("--cka-level", default="frame", choices=["frame", "utterance"])
+    p.add_argument("--layers", type=int, nargs="*", default=None, help="upstream layers to use")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--store-frames", default=None, metavar="DIR",
+                   help="keep each rank's frames on disk under DIR/rank-<k> (a LayerStore)")
+    p.add_argument("--device", default=None, help="default: cuda:<local_rank> if CUDA, else cpu")
+    p.add_argument("--out", required=True, help="output folder (written by rank 0)")
+    p.add_argument("--no-figures", action="store_true")
+    args = p.parse_args(argv)
+    if args.labels and not args.folder:
+        p.error("--labels needs --folder")
+    return args
+
+
+def _corpus(args):
+    from . import data
+
+    if args.folder:
+        return data.load_folder(args.folder, labels_csv=args.labels)
+    spec = args.corpus or "synthetic:24"
+    name, _, n = spec.partition(":")
+    if name != "synthetic" or not n.isdigit() or int(n) < 1:
+        raise ValueError(f"--corpus must be synthetic:N with N >= 1, got {spec!r}")
+    return data.synthetic_corpus(n_utterances=int(n), seed=args.seed)
+
+
+def _init(device_arg):
+    """Initialise the process group from the torchrun environment; return (rank, world, device)."""
+    import torch.distributed as dist
+
+    from .distributed import env_world
+
+    rank, world, local = env_world()
+    use_cuda = torch.cuda.is_available() and (device_arg is None or str(device_arg).startswith("cuda"))
+    device = torch.device(device_arg) if device_arg else torch.device(
+        f"cuda:{local}" if use_cuda else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def run(args) -> dict:
+    """Extract this rank's shard, compute the merged probes/CKA; rank 0 writes ``args.out``.
+
+    Works inside an initialised process group (any backend) or without one
+    (one process). Returns ``{"probes": DataFrame | None, "cka": DataFrame | None,
+    "store": this rank's LayerStore, "shard": positions, ...}`` on every rank.
+    """
+    from .distributed import all_reduce_sum, dist_info, reference_store, shard_indices
+    from .extract import extract
+    from .probe import probe_layers
+    from .similarity import layer_similarity
+    from .upstreams import get_upstream
+
+    rank, world, _ = dist_info()
+    device = torch.device(args.device) if getattr(args, "device", None) else (
+        torch.device(f"cuda:{torch.cuda.current_device()}") if torch.cuda.is_available()
+        else torch.device("cpu"))
+    t0 = time.perf_counter()
+    corpus = _corpus(args)
+    kw = {"pretrained": True} if args.pretrained else {}
+    upstream = get_upstream(args.upstream, **kw)
+    shard = shard_indices(corpus.ids, rank, world)
+    if not shard:
+        raise ValueError(f"rank {rank} got no utterance ({len(corpus)} utterances for {world} "
+                         "ranks): use fewer processes or a larger corpus")
+    cache = None
+    if args.store_frames:
+        cache = Path(args.store_frames) / f"rank-{rank}"
+        cache.mkdir(parents=True, exist_ok=True)
+    store = extract(upstream, corpus[shard], layers=args.layers, batch_size=args.batch_size,
+                    device=device, cache_dir=cache, progress=False)
+    t_extract = time.perf_counter() - t0
+    ref = reference_store(corpus, store, shard)
+    probes = None
+    if args.targets:
+        import pandas as pd
+
+        parts = []
+        for tgt in args.targets:  # speaker identity cannot be split by speaker
+            split = "utterance" if tgt == "speaker" else args.split_by
+            df = probe_layers(store, tgt, method="ridge", folds=args.folds, split_by=split,
+                              seed=args.seed, device=device, reference=ref,
+                              reduce=all_reduce_sum)
+            parts.append(df.assign(split_by=split))
+        probes = pd.concat(parts, ignore_index=True)
+    cka = None
+    if args.cka:
+        level = args.cka_level
+        if level == "frame" and len(set(store.downsample_rates)) > 1:
+            level = "utterance"  # frames of different rates cannot be paired
+        cka = layer_similarity(store, level=level, device=device, dtype=torch.float64,
+                               reduce=all_reduce_sum)
+    t_total = time.perf_counter() - t0
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"rank-{rank}.json").write_text(json.dumps({
+        "rank": rank, "utterances": len(shard), "extract_seconds": t_extract,
+        "total_seconds": t_total, "peak_rss_mb": _peak_rss_mb()}, indent=2))
+    if rank == 0:
+        _write(args, probes, cka, {
+            "world_size": world, "utterances": len(corpus), "upstream": args.upstream,
+            "extract_seconds_rank0": t_extract, "total_seconds_rank0": t_total,
+            "store_frames": str(args.store_frames) if args.store_frames else None,
+            "cka_level": None if cka is None else cka.attrs.get("level"),
+        })
+    return {"probes": probes, "cka": cka, "store": store, "shard": shard, "reference": ref}
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB (ru_maxrss: KiB on Linux)."""
+    import resource
+
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024.0 if sys.platform != "darwin" else kb / 2 ** 20
+
+
+def _write(args, probes, cka, meta: dict) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if probes is not None:
+        probes.to_csv(out / "probes.csv", index=False)
+    if cka is not None:
+        cka.to_csv(out / "cka.csv")
+    (out / "run.json").write_text(json.dumps(meta, indent=2))
+    if args.no_figures:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .plot import probe_curve, similarity
+
+    if probes is not None:
+        ax = probe_curve(probes)
+        ax.figure.savefig(out / "probe_curve.png", dpi=120, bbox_inches="tight")
+        plt.close(ax.figure)
+    if cka is not None:
+        ax = similarity(cka)
+        ax.figure.savefig(out / "cka.png", dpi=120, bbox_inches="tight")
+        plt.close(ax.figure)
+
+
+def main(argv=None) -> int:
+    import torch.distributed as dist
+
+    args = parse_args(argv)
+    _, _, device = _init(args.device)
+    args.device = str(device)
+    try:
+        run(args)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""Sharded runs (s3viz.distributed, s3viz.run): 2 gloo processes give the single-process results."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from s3viz.distributed import all_reduce_sum, dist_info, shard_indices
+
+N_UTT = 12
+UPSTREAM = "tiny_random"  # 5 layers of 192, all at rate 320: frame-level CKA works
+
+
+def _args(out, store_dir=None, **kw):
+    ns = argparse.Namespace(
+        upstream=UPSTREAM, pretrained=False, corpus=f"synthetic:{N_UTT}", folder=None,
+        labels=None, targets=["phone", "speaker"], folds=3, split_by="speaker", seed=0,
+        cka=True, cka_level="frame", layers=None, batch_size=4,
+        store_frames=None if store_dir is None else str(store_dir), device="cpu",
+        out=str(out), no_figures=False)
+    for k, v in kw.items():
+        setattr(ns, k, v)
+    return ns
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, out: str, store_dir: str):
+    import torch.distributed as dist
+
+    from s3viz.run import run
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    try:
+        res = run(_args(out, store_dir))
+        # every rank gets the merged tables
+        res["probes"].to_pickle(Path(out) / f"probes-rank{rank}.pkl")
+        res["cka"].to_pickle(Path(out) / f"cka-rank{rank}.pkl")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    """The single-process API on the whole corpus (the reference)."""
+    import s3viz
+    from s3viz.data import synthetic_corpus
+    from s3viz.upstreams import get_upstream
+
+    corpus = synthetic_corpus(n_utterances=N_UTT, seed=0)
+    store = s3viz.extract(get_upstream(UPSTREAM), corpus, batch_size=4, device="cpu",
+                          progress=False)
+    probes = pd.concat([
+        s3viz.probe_layers(store, "phone", folds=3, split_by="speaker", device="cpu"),
+        s3viz.probe_layers(store, "speaker", folds=3, split_by="utterance", device="cpu"),
+    ], ignore_index=True)
+    cka = s3viz.layer_similarity(store, device="cpu", dtype=torch.float64)
+    return {"corpus": corpus, "store": store, "probes": probes, "cka": cka}
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist-out")
+    store_dir = tmp_path_factory.mktemp("dist-frames")
+    mp.spawn(_worker, args=(2, _free_port(), str(out), str(store_dir)), nprocs=2, join=True)
+    return out, store_dir
+
+
+# ---------------------------------------------------------------------------
+# shard_indices, all_reduce_sum
+# ---------------------------------------------------------------------------
+
+
+def test_shard_indices_partition_and_determinism():
+    ids = [f"utt{i:03d}" for i in range(50)]
+    for world in (1, 2, 3, 7):
+        parts = [shard_indices(ids, r, world) for r in range(world)]
+        assert sorted(i for p in parts for i in p) == list(range(50))
+        assert all(p == sorted(p) for p in parts)
+    # by id, not by position: shuffling the corpus keeps each id on its rank
+    perm = np.random.default_rng(0).permutation(50)
+    shuffled = [ids[i] for i in perm]
+    for r in range(3):
+        a = {ids[i] for i in shard_indices(ids, r, 3)}
+        b = {shuffled[i] for i in shard_indices(shuffled, r, 3)}
+        assert a == b
+    assert 10 <= len(shard_indices(ids, 0, 2)) <= 40  # roughly balanced
+
+
+@pytest.mark.parametrize("rank, world, dup", [(2, 2, False), (-1, 2, False), (0, 0, False),
+                                              (0, 2, True)])
+def test_shard_indices_bad_input(rank, world, dup):
+    ids = ["a", "a"] if dup else ["a", "b"]
+    with pytest.raises(ValueError, match="rank|world_size|unique"):
+        shard_indices(ids, rank, world)
+
+
+def test_all_reduce_identity_without_group():
+    t = torch.arange(4.0)
+    assert all_reduce_sum(t) is t
+    assert dist_info() == (0, 1, False)
+
+
+def test_sharded_args_need_both(single):
+    import s3viz
+
+    with pytest.raises(ValueError, match="reference"):
+        s3viz.probe_layers(single["store"], "phone", reduce=all_reduce_sum)
+
+
+def test_one_process_run_equals_api(single, tmp_path):
+    """world_size 1 through s3viz.run: the same tables as the API."""
+    from s3viz.run import run
+
+    res = run(_args(tmp_path, no_figures=True))
+    pd.testing.assert_frame_equal(res["probes"].drop(columns="split_by"), single["probes"],
+                                  check_exact=False, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(res["cka"].to_numpy(), single["cka"].to_numpy(), rtol=1e-9,
+                               atol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# two gloo processes
+# ---------------------------------------------------------------------------
+
+
+def test_two_processes_probes_equal_single(single, sharded):
+    out, _ = sharded
+    ref = single["probes"]
+    for rank in (0, 1):
+        got = pd.read_pickle(out / f"probes-rank{rank}.pkl")
+        assert list(got["split_by"]) == ["speaker"] * 5 + ["utterance"] * 5
+        pd.testing.assert_frame_equal(got.drop(columns="split_by"), ref, check_exact=False,
+                                      rtol=1e-6, atol=1e-9)
+    csv = pd.read_csv(out / "probes.csv")
+    np.testing.assert_allclose(csv["accuracy"], ref["accuracy"], rtol=1e-6)
+    assert (out / "probe_curve.png").stat().st_size > 0
+
+
+def test_two_processes_cka_equal_single(single, sharded):
+    out, _ = sharded
+    ref = single["cka"].to_numpy()
+    for rank in (0, 1):
+        got = pd.read_pickle(out / f"cka-rank{rank}.pkl")
+        assert got.attrs["num_frames"] == single["cka"].attrs["num_frames"]
+        np.testing.assert_allclose(got.to_numpy(), ref, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(pd.read_csv(out / "cka.csv", index_col=0).to_numpy(), ref,
+                               rtol=1e-6)
+    assert (out / "cka.png").stat().st_size > 0
+
+
+def test_two_processes_stored_frames_equal_single(single, sharded):
+    from s3viz import LayerStore
+
+    _, store_dir = sharded
+    full = single["store"]
+    pos = {u: i for i, u in enumerate(full.ids)}
+    seen = []
+    for rank in (0, 1):
+        part = LayerStore.open(Path(store_dir) / f"rank-{rank}")
+        assert [pos[u] for u in part.ids] == shard_indices(full.ids, rank, 2)
+        for j, u in enumerate(part.ids):
+            for a, b in zip(part.utterance(j), full.utterance(pos[u]), strict=True):
+                # float32 frames; the shard's batches (padding) and thread count differ
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        seen += part.ids
+    assert sorted(seen) == sorted(full.ids)
