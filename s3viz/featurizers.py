@@ -59,6 +59,7 @@ from torch import nn
 
 from .align import expected_lengths
 from .interface import AbsFeaturizer, num_layer_of
+from ._device import resolve_device as _resolve_device
 
 __all__ = [
     "WeightedScorer",
@@ -512,11 +513,6 @@ class WeightedSumFeaturizer(AbsFeaturizer):
 # probing data from a LayerStore: aligned, standardised, split
 # ----------------------------------------------------------------------------
 
-
-def _resolve_device(device) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _folds(store, split_by: str | None, level: str, target: str, folds: int, seed: int

@@ -58,6 +58,7 @@ import pandas as pd
 import torch
 
 from .align import frame_labels as _align_frame_labels
+from ._device import resolve_device as _resolve_device
 
 __all__ = [
     "LAMBDAS",
@@ -1131,11 +1132,6 @@ def _logistic_group(task: _Task, xs: torch.Tensor, y_np: np.ndarray, fold_np: np
 # public entry point
 # ---------------------------------------------------------------------------
 
-
-def _resolve_device(device) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _as_list(v, name: str, allowed=None) -> list:

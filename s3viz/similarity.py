@@ -37,17 +37,13 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 import torch
+from ._device import resolve_device as _resolve_device
 
 __all__ = ["ESTIMATORS", "cka_naive", "hsic_unbiased", "layer_similarity"]
 
 ESTIMATORS = ("feature", "minibatch")
 METHODS = ("cka",)
 
-
-def _resolve_device(device) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _check_layers(store, layers, name: str) -> list[int]:

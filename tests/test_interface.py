@@ -66,3 +66,13 @@ def test_num_layer_aliases():
 def test_num_layer_errors_name_the_fix(bad):
     with pytest.raises(TypeError, match="num_layer"):
         num_layer_of(bad)
+
+
+def test_device_none_means_cuda_when_available_and_bad_devices_are_named():
+    from s3viz._device import resolve_device
+
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device(None).type == expected
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="device must be"):
+        resolve_device("gpu0")

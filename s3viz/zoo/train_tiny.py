@@ -50,6 +50,7 @@ from torch import nn
 
 from ..align import conv_lengths
 from .tiny import WEIGHTS_PATH, TinyConfig, TinyUpstream, save_tiny_weights, tiny
+from .._device import resolve_device as _resolve_device
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -409,11 +410,6 @@ def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
     p = (step - warmup) / max(1, steps - warmup)
     return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
 
-
-def _resolve_device(device) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def train(corpus, *, steps: int = 2000, seed: int = 0, device=None,
