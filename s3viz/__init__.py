@@ -33,6 +33,7 @@ _EXPORTS = {
     "probe_layers": "probe",
     "ProbeStats": "probe",
     "layer_similarity": "similarity",
+    "stream_analysis": "stream",
     # featurizer weights
     "WeightedSumFeaturizer": "featurizers",
     "WeightedScorer": "featurizers",
@@ -47,9 +48,9 @@ _EXPORTS = {
     "compare_frame_utterance": "compare",
 }
 
-_SUBMODULES = ("align", "audio", "checkpoints", "compare", "contract", "data", "extract",
-               "featurizers", "interface", "models", "plot", "probe", "similarity", "teach",
-               "upstreams", "widgets", "zoo")
+_SUBMODULES = ("align", "audio", "checkpoints", "compare", "contract", "data", "distributed",
+               "extract", "featurizers", "interface", "models", "plot", "probe", "similarity",
+               "stream", "teach", "upstreams", "widgets", "zoo")
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 

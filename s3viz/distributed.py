@@ -1,13 +1,14 @@
 """Sharding and summing helpers for runs over several processes (``torch.distributed``).
 
 A sharded run (``torchrun --nproc_per_node=N -m s3viz.run ...``, see
-:mod:`s3viz.run`) gives each rank a deterministic shard of the corpus
-(:func:`shard_indices`), extracts it, and computes the probes and CKA of the
-*whole* corpus by summing sufficient statistics over ranks with
-:func:`all_reduce_sum` (the ``reduce=`` argument of
-:func:`s3viz.probe.probe_layers` and :func:`s3viz.similarity.layer_similarity`).
-Folds, classes and control labels come from :func:`reference_store`, the
-frame-free metadata of the whole corpus that every rank builds identically.
+:mod:`s3viz.run`) gives each rank a deterministic, balanced shard of the corpus
+(:func:`shard_indices`) and computes the probes and CKA of the *whole* corpus by
+summing sufficient statistics over ranks with :func:`all_reduce_sum`: streamed,
+without keeping frames (the ``shard=`` and ``reduce=`` arguments of
+:func:`s3viz.stream.stream_analysis`), or from each rank's stored frames (the
+``reduce=`` argument of :func:`s3viz.probe.probe_layers`, with the frame-free
+metadata of the whole corpus from :func:`reference_store`, and of
+:func:`s3viz.similarity.layer_similarity`).
 
 Everything here also works with one process and no process group
 (``world_size == 1``): :func:`all_reduce_sum` is then the identity.
@@ -35,18 +36,30 @@ __all__ = [
 ]
 
 
-def shard_indices(ids: Sequence[str], rank: int, world_size: int) -> list[int]:
+def _id_key(u: str) -> int:
+    return int(hashlib.sha1(u.encode()).hexdigest()[:16], 16)
+
+
+def shard_indices(ids: Sequence[str], rank: int, world_size: int,
+                  weights: Sequence[float] | None = None) -> list[int]:
     """Positions of the utterances that ``rank`` handles, deterministic by utterance id.
 
-    Utterance ``u`` goes to rank ``int(sha1(u)[:16], 16) % world_size``: the
-    assignment depends only on the id and the world size (not on the corpus
-    order, the machine or the Python hash seed), so re-running, or adding
-    utterances, never moves the other utterances between ranks.
+    Utterances are ordered by the sha1 of their id (not by corpus order, the
+    machine or the Python hash seed). Without ``weights`` they are dealt
+    round-robin in that order, so shard sizes differ by at most one
+    utterance. With ``weights`` (e.g. each utterance's samples, to balance the
+    extraction time), the heaviest go first, each to the rank with the least
+    weight so far (ties: the sha1 order, then the lowest rank): every rank
+    ends within one utterance's weight of the others.
+
+    The assignment depends only on the set of ``(id, weight)`` pairs and the
+    world size: shuffling the corpus never moves an utterance to another rank.
 
     Args:
         ids: utterance ids of the whole corpus (unique strings).
         rank: this process's rank in ``[0, world_size)``.
         world_size: number of processes (>= 1).
+        weights: optional non-negative weight per utterance (same order as ``ids``).
 
     Returns:
         Sorted positions into ``ids``.
@@ -60,8 +73,25 @@ def shard_indices(ids: Sequence[str], rank: int, world_size: int) -> list[int]:
     ids = [str(u) for u in ids]
     if len(set(ids)) != len(ids):
         raise ValueError("ids must be unique: sharding is by utterance id")
-    return [i for i, u in enumerate(ids)
-            if int(hashlib.sha1(u.encode()).hexdigest()[:16], 16) % world_size == rank]
+    keys = [_id_key(u) for u in ids]
+    if weights is None:
+        order = sorted(range(len(ids)), key=lambda i: (keys[i], ids[i]))
+        return sorted(i for k, i in enumerate(order) if k % world_size == rank)
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    if w.shape[0] != len(ids) or not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError(f"weights must be {len(ids)} finite non-negative numbers (one per id), "
+                         f"got shape {w.shape}")
+    order = sorted(range(len(ids)), key=lambda i: (-w[i], keys[i], ids[i]))
+    load = np.zeros(world_size)
+    count = np.zeros(world_size, dtype=np.int64)
+    mine = []
+    for i in order:
+        r = int(np.lexsort((np.arange(world_size), count, load))[0])
+        load[r] += w[i]
+        count[r] += 1
+        if r == rank:
+            mine.append(i)
+    return sorted(mine)
 
 
 def dist_info() -> tuple[int, int, bool]:

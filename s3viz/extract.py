@@ -1118,6 +1118,9 @@ def extract(upstream, corpus, *, layers=None, batch_size: int | None = None,
         raise TypeError(f"progress must be True or False, got {progress!r}")
     if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
         raise TypeError(f"cache_dir must be None or a folder path, got {type(cache_dir).__name__}")
+    if cache_dir is not None and not str(os.fspath(cache_dir)).strip():
+        raise ValueError("cache_dir is an empty path (it would write into the current folder); "
+                         "pass None to keep the frames in memory, or a folder")
     dev, move = _resolve_device(upstream, device)
 
     sizes = [all_sizes[l] for l in layer_ids]

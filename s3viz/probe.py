@@ -258,6 +258,18 @@ class ProbeStats:
         drop = {int(g) for g in groups}
         return self.select([g for g in range(self.num_groups) if g not in drop])
 
+    def keep_targets(self, targets: Sequence[int]) -> ProbeStats:
+        """The statistics of target columns ``targets`` only (e.g. dropping classes never seen).
+
+        Each target column is an independent regression sharing the ``x``
+        statistics, so the result equals accumulating only those columns.
+        """
+        idx = torch.as_tensor(list(targets), dtype=torch.long, device=self.device)
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.num_targets):
+            raise IndexError(f"targets must be in [0, {self.num_targets}), got {list(targets)}")
+        return ProbeStats(self.count, self.sum_x, self.sum_xx, self.sum_y.index_select(1, idx),
+                          self.sum_xy.index_select(2, idx), self.sum_yy.index_select(1, idx))
+
     def total(self) -> ProbeStats:
         """Statistics of all groups together (a single group)."""
         return self.select(range(self.num_groups))
@@ -1312,29 +1324,40 @@ def probe_layers(
                 per_layer = _logistic_layers(task, store, layer_list, c, device, opts,
                                              max_memory)
             for layer in layer_list:
-                conf, counts, n_fold, lam = per_layer[layer]
-                main = _scores(conf[0], counts[:, :c] if counts.ndim == 2 else counts[0])
-                fold_accuracy[(tgt, meth, layer)] = main.pop("fold_accuracy")
-                n_total = conf[0].sum()
-                row = dict(target=tgt, method=meth, level=lev, layer=layer,
-                           upstream_layer=int(layer_ids[layer]), **main,
-                           n_classes=c, n_train=round(float(np.mean(n_fold))),
-                           n_test=round(n_total / folds),
-                           **{"lambda": float(lam[0]) if lam is not None else float("nan")})
-                if control:
-                    cc = counts[:, c:] if counts.ndim == 2 else counts[1]
-                    ctrl = _scores(conf[1], cc)
-                    ctrl.pop("fold_accuracy")
-                    row["control_accuracy"] = ctrl["accuracy"]
-                    row["selectivity"] = row["accuracy"] - ctrl["accuracy"]
-                rows.append(row)
-    cols = ["target", "method", "level", "layer", "upstream_layer", "accuracy", "accuracy_std",
-            "macro_f1", "chance", "n_classes", "n_train", "n_test", "lambda"]
+                rows.append(_result_row(tgt, meth, lev, layer, int(layer_ids[layer]), c, folds,
+                                        control, per_layer[layer], fold_accuracy))
+    return _result_table(rows, fold_accuracy, control, folds=folds, split_by=split_by, seed=seed)
+
+
+_RESULT_COLUMNS = ["target", "method", "level", "layer", "upstream_layer", "accuracy",
+                   "accuracy_std", "macro_f1", "chance", "n_classes", "n_train", "n_test", "lambda"]
+
+
+def _result_row(tgt, meth, lev, layer: int, upstream_layer: int, c: int, folds: int,
+                control: bool, result, fold_accuracy: dict) -> dict:
+    """One row of :func:`probe_layers`'s table from ``(conf, counts, n_train, lambdas)``."""
+    conf, counts, n_fold, lam = result
+    main = _scores(conf[0], counts[:, :c] if counts.ndim == 2 else counts[0])
+    fold_accuracy[(tgt, meth, layer)] = main.pop("fold_accuracy")
+    n_total = conf[0].sum()
+    row = dict(target=tgt, method=meth, level=lev, layer=layer, upstream_layer=upstream_layer,
+               **main, n_classes=c, n_train=round(float(np.mean(n_fold))),
+               n_test=round(n_total / folds),
+               **{"lambda": float(lam[0]) if lam is not None else float("nan")})
     if control:
-        cols += ["control_accuracy", "selectivity"]
+        cc = counts[:, c:] if counts.ndim == 2 else counts[1]
+        ctrl = _scores(conf[1], cc)
+        ctrl.pop("fold_accuracy")
+        row["control_accuracy"] = ctrl["accuracy"]
+        row["selectivity"] = row["accuracy"] - ctrl["accuracy"]
+    return row
+
+
+def _result_table(rows: list[dict], fold_accuracy: dict, control: bool, **attrs) -> pd.DataFrame:
+    cols = _RESULT_COLUMNS + (["control_accuracy", "selectivity"] if control else [])
     df = pd.DataFrame(rows, columns=cols)
     df.attrs["fold_accuracy"] = fold_accuracy
-    df.attrs.update(folds=folds, split_by=split_by, seed=seed)
+    df.attrs.update(attrs)
     return df
 
 

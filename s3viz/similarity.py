@@ -307,19 +307,26 @@ def layer_similarity(
     else:
         hsic, n = _minibatch_hsic(src, sel, counts, keep, pairs, device, chunk_frames,
                                   int(batch_size), int(seed))
+    ids = list(getattr(store, "layer_ids", range(store.num_layer)))
+    oth = other if other is not None else store
+    oids = list(getattr(oth, "layer_ids", range(oth.num_layer)))
+    return _cka_table(hsic, rows, cols, row_idx, col_idx, other_axis=other is not None,
+                      upstream_layers=[ids[r] for r in rows],
+                      other_upstream_layers=[oids[c] for c in cols],
+                      num_frames=int(n), estimator=estimator, level=level)
+
+
+def _cka_table(hsic: dict, rows, cols, row_idx, col_idx, *, other_axis: bool = False,
+               **attrs) -> pd.DataFrame:
+    """The CKA DataFrame of :func:`layer_similarity` from the HSIC of each pair."""
     out = np.empty((len(rows), len(cols)))
     for a, i in enumerate(row_idx):
         for b, j in enumerate(col_idx):
             den = np.sqrt(hsic[(i, i)] * hsic[(j, j)])
             out[a, b] = hsic[(min(i, j), max(i, j))] / den if den > 0 else np.nan
     df = pd.DataFrame(out, index=pd.Index(rows, name="layer"),
-                      columns=pd.Index(cols, name="layer" if other is None else "other_layer"))
-    ids = list(getattr(store, "layer_ids", range(store.num_layer)))
-    oth = other if other is not None else store
-    oids = list(getattr(oth, "layer_ids", range(oth.num_layer)))
-    df.attrs.update(upstream_layers=[ids[r] for r in rows],
-                    other_upstream_layers=[oids[c] for c in cols],
-                    num_frames=int(n), estimator=estimator, level=level)
+                      columns=pd.Index(cols, name="other_layer" if other_axis else "layer"))
+    df.attrs.update(attrs)
     return df
 
 
@@ -342,7 +349,15 @@ def _iter_blocks(src: _Source, sel, counts, keep, chunk_frames):
 
 def _feature_hsic(src, sel, counts, keep, pairs, device, chunk_frames, dtype, reduce=None,
                   sizes=None):
-    """||centred X_i^T X_j||_F^2 for each pair, from one streamed pass.
+    """||centred X_i^T X_j||_F^2 for each pair, from one streamed pass (see :class:`_CrossProducts`)."""
+    acc = _CrossProducts(pairs, device, dtype)
+    for feats in _iter_blocks(src, sel, counts, keep, chunk_frames):
+        acc.add(feats)
+    return acc.hsic(reduce=reduce, sizes=sizes)
+
+
+class _CrossProducts:
+    """Streamed centred cross-products of layer pairs, for the feature-space CKA.
 
     Each layer is shifted by its first block's mean (so the final centring does
     not cancel large offsets), block products are taken in ``dtype`` and summed
@@ -350,35 +365,42 @@ def _feature_hsic(src, sel, counts, keep, pairs, device, chunk_frames, dtype, re
     shard's products are re-centred on the global mean (``reduce`` of the sums)
     and summed over shards.
     """
-    acc = {}
-    sums, shift = {}, {}
-    n = 0
-    layers_used = sorted({i for p in pairs for i in p})
-    for feats in _iter_blocks(src, sel, counts, keep, chunk_frames):
+
+    def __init__(self, pairs, device, dtype):
+        self.pairs, self.device, self.dtype = list(pairs), device, dtype
+        self.layers = sorted({i for p in self.pairs for i in p})
+        self.acc, self.sums, self.shift, self.n = {}, {}, {}, 0
+
+    def add(self, feats) -> None:
+        """Add one block: ``feats[i]`` is the ``(frames, H_i)`` tensor of layer ``i``."""
         xs = {}
-        for i in layers_used:
-            x = feats[i].to(device=device, dtype=torch.float64)
-            if i not in shift:
-                shift[i] = x.mean(0)
-                sums[i] = torch.zeros_like(shift[i])
-            x = x - shift[i]
-            sums[i] += x.sum(0)
-            xs[i] = x.to(dtype)
-        n += feats[0].shape[0]
-        for i, j in pairs:
+        for i in self.layers:
+            x = feats[i].to(device=self.device, dtype=torch.float64)
+            if i not in self.shift:
+                self.shift[i] = x.mean(0)
+                self.sums[i] = torch.zeros_like(self.shift[i])
+            x = x - self.shift[i]
+            self.sums[i] += x.sum(0)
+            xs[i] = x.to(self.dtype)
+        self.n += feats[self.layers[0]].shape[0]
+        for i, j in self.pairs:
             prod = (xs[i].T @ xs[j]).double()
-            if (i, j) in acc:
-                acc[(i, j)] += prod
+            if (i, j) in self.acc:
+                self.acc[(i, j)] += prod
             else:
-                acc[(i, j)] = prod
-    if reduce is not None:
-        acc, sums, n = _reduce_centred(acc, sums, shift, n, pairs, layers_used, sizes, device,
-                                       reduce)
-    hsic = {}
-    for (i, j), c in acc.items():
-        c = c - torch.outer(sums[i], sums[j]) / n
-        hsic[(i, j)] = float((c * c).sum())
-    return hsic, n
+                self.acc[(i, j)] = prod
+
+    def hsic(self, reduce=None, sizes=None) -> tuple[dict, int]:
+        """``({pair: ||centred X_i^T X_j||_F^2}, frames)``, summed over shards with ``reduce``."""
+        acc, sums, n = self.acc, self.sums, self.n
+        if reduce is not None:
+            acc, sums, n = _reduce_centred(acc, sums, self.shift, n, self.pairs, self.layers,
+                                           sizes, self.device, reduce)
+        hsic = {}
+        for (i, j), c in acc.items():
+            c = c - torch.outer(sums[i], sums[j]) / n
+            hsic[(i, j)] = float((c * c).sum())
+        return hsic, n
 
 
 def _reduce_centred(acc, sums, shift, n, pairs, layers_used, sizes, device, reduce):

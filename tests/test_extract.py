@@ -571,6 +571,7 @@ def test_cuda_matches_cpu_and_model_moved_back(corpus, ref):
     ({"device": "nonsense"}, ValueError, "device"),
     ({"progress": "yes"}, TypeError, "progress"),
     ({"cache_dir": 3}, TypeError, "cache_dir"),
+    ({"cache_dir": ""}, ValueError, "empty path"),
 ])
 def test_bad_arguments(corpus, kwargs, exc, match):
     with pytest.raises(exc, match=match):
