@@ -1,15 +1,21 @@
-"""Sharded runs (torchrun -m s3viz.run): scaling 1 -> 2 processes, peak memory per rank.
+"""Sharded runs (torchrun -m s3viz.run): scaling 1 -> 2 processes, memory per rank.
 
 Each configuration launches ``torchrun --nproc_per_node=P -m s3viz.run`` (gloo on
 CPU) with the tiny_random upstream on a synthetic corpus, the phone and speaker
-ridge probes and the CKA. Reported:
+ridge probes and the CKA, batches of at most 16 utterances and 20 s of padded audio. Reported:
 
-- wall time of the whole command (process start, imports, corpus, extraction,
-  statistics, all_reduce, writing) and the in-run time (slowest rank, from
+- wall time of the whole command (process start, imports, corpus, two streamed
+  passes, all_reduce, writing) and the in-run time (slowest rank, from
   ``rank-<k>.json``) for 1 and 2 processes at 4N utterances (best of 2), and
   their ratio;
-- peak resident memory (ru_maxrss) of each rank at N and 4N utterances, frames
-  in memory and with ``--store-frames`` (on disk);
+- memory per rank at N and 4N utterances: resident memory after loading the
+  corpus and model ("setup", which holds the corpus's audio and alignments and
+  so grows with it), the peak resident memory after that (VmHWM, reset once
+  setup is done; Linux), and their difference, the memory the analysis adds;
+  streamed (default) and with ``--store-frames`` (on disk);
+- the baseline: the single-process stored-frame API (``s3viz.extract`` in
+  memory, then ``probe_layers`` and ``layer_similarity``) at N and 4N, whose
+  added memory grows with the frames; the ratio baseline / streamed at 4N;
 - with CUDA: the same run in 1 process on the GPU (nccl is not needed for one
   rank); else prints ``no CUDA``.
 
@@ -30,6 +36,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+BATCH = 16
+BATCH_SECONDS = 20.0
 
 
 def _run(nproc: int, n_utt: int, out: Path, *, store: Path | None = None, device="cpu",
@@ -38,6 +46,7 @@ def _run(nproc: int, n_utt: int, out: Path, *, store: Path | None = None, device
            "--standalone",
            "-m", "s3viz.run", "--upstream", upstream, "--corpus", f"synthetic:{n_utt}",
            "--targets", "phone", "speaker", "--cka", "--no-figures", "--device", device,
+           "--batch-size", str(BATCH), "--max-batch-seconds", str(BATCH_SECONDS),
            "--out", str(out)]
     if store is not None:
         cmd += ["--store-frames", str(store)]
@@ -48,15 +57,47 @@ def _run(nproc: int, n_utt: int, out: Path, *, store: Path | None = None, device
     wall = time.perf_counter() - t0
     ranks = [json.loads((out / f"rank-{r}.json").read_text()) for r in range(nproc)]
     return {"wall": wall, "in_run": max(r["total_seconds"] for r in ranks),
-            "rss": [r["peak_rss_mb"] for r in ranks], "utts": [r["utterances"] for r in ranks]}
+            "rss": [r["peak_rss_mb"] for r in ranks], "utts": [r["utterances"] for r in ranks],
+            "setup": [r["setup_rss_mb"] for r in ranks],
+            "added": [r["analysis_peak_rss_mb"] - r["setup_rss_mb"] for r in ranks],
+            "audio": [r["audio_seconds"] for r in ranks]}
+
+
+_BASELINE = """
+import json, sys, torch
+import s3viz
+from s3viz.data import synthetic_corpus
+from s3viz.upstreams import get_upstream
+from s3viz.run import _current_rss_mb, _reset_peak_rss, _status_mb
+corpus = synthetic_corpus(n_utterances=int(sys.argv[1]), seed=0)
+up = get_upstream("tiny_random")
+setup = _current_rss_mb()
+_reset_peak_rss()
+store = s3viz.extract(up, corpus, batch_size=int(sys.argv[2]), max_batch_seconds=float(sys.argv[3]),
+                      device="cpu", progress=False)
+s3viz.probe_layers(store, "phone", folds=5, split_by="speaker", device="cpu")
+s3viz.probe_layers(store, "speaker", folds=5, split_by="utterance", device="cpu")
+s3viz.layer_similarity(store, device="cpu", dtype=torch.float64)
+print(json.dumps({"setup": setup, "peak": _status_mb("VmHWM")}))
+"""
+
+
+def _baseline(n_utt: int) -> dict:
+    """Peak / setup memory of the single-process stored-frame API (frames in memory)."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(os.cpu_count() or 2))
+    out = subprocess.run([sys.executable, "-c", _BASELINE, str(n_utt), str(BATCH),
+                          str(BATCH_SECONDS)], check=True,
+                         cwd=ROOT, env=env, capture_output=True, text=True).stdout
+    r = json.loads(out.strip().splitlines()[-1])
+    return {"rss": r["peak"], "setup": r["setup"], "added": r["peak"] - r["setup"]}
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--quick", action="store_true", help="N=12 instead of 48")
+    p.add_argument("--quick", action="store_true", help="N=12 instead of 96")
     p.add_argument("--n", type=int, default=None)
     a = p.parse_args()
-    n = a.n or (12 if a.quick else 48)
+    n = a.n or (12 if a.quick else 96)
     print(f"cpu cores: {os.cpu_count()}, torch {torch.__version__}, N={n}, 4N={4 * n}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -74,21 +115,39 @@ def main() -> None:
         print(f"speed-up 1->2: wall x{one['wall'] / two['wall']:.2f}, "
               f"in-run x{one['in_run'] / two['in_run']:.2f}")
         small = _run(2, n, tmp / "n")
+        one_n = _run(1, n, tmp / "one_n")
         disk = _run(2, 4 * n, tmp / "disk", store=tmp / "frames")
         disk_n = _run(2, n, tmp / "disk_n", store=tmp / "frames_n")
-        print("\n== peak RSS per rank (MiB), 2 processes")
-        print(f"frames in memory, N={n}:   {[round(v) for v in small['rss']]}")
-        print(f"frames in memory, 4N={4 * n}: {[round(v) for v in two['rss']]}")
-        print(f"--store-frames,   N={n}:   {[round(v) for v in disk_n['rss']]}")
-        print(f"--store-frames,   4N={4 * n}: {[round(v) for v in disk['rss']]}")
-        print(f"1 process, frames in memory, 4N: {[round(v) for v in one['rss']]}")
+        base_n, base_4n = _baseline(n), _baseline(4 * n)
+
+        def fmt(r):
+            return (f"setup {[round(v) for v in r['setup']]}, "
+                    f"added {[round(v) for v in r['added']]}")
+
+        print(f"\n== memory per rank (MiB), batches <= {BATCH} utterances and "
+              f"<= {BATCH_SECONDS:g} s; added = peak after setup - setup")
+        print(f"streamed, 1 process,   N={n}:   {fmt(one_n)}")
+        print(f"streamed, 1 process,   4N={4 * n}: {fmt(one)}")
+        print(f"streamed, 2 processes, N={n}:   {fmt(small)}")
+        print(f"streamed, 2 processes, 4N={4 * n}: {fmt(two)}")
+        print(f"--store-frames, 2 processes, N={n}:   {fmt(disk_n)}")
+        print(f"--store-frames, 2 processes, 4N={4 * n}: {fmt(disk)}")
+        print(f"audio seconds per rank at 4N, 2 processes: {[round(v) for v in two['audio']]}")
+        print(f"baseline (extract in memory + probe_layers + layer_similarity), N={n}: "
+              f"setup {round(base_n['setup'])}, added {round(base_n['added'])}")
+        print(f"baseline, 4N={4 * n}: setup {round(base_4n['setup'])}, "
+              f"added {round(base_4n['added'])}")
+        print(f"added memory N -> 4N: baseline x{base_4n['added'] / base_n['added']:.2f}, "
+              f"streamed (1 process) x{one['added'][0] / one_n['added'][0]:.2f}")
+        print(f"added memory at 4N, baseline / streamed (1 process): "
+              f"x{base_4n['added'] / one['added'][0]:.2f}")
         print("\n== GPU")
         if not torch.cuda.is_available():
             print("no CUDA")
         else:
             gpu = _run(1, 4 * n, tmp / "gpu", device="cuda")
             print(f"1 process on {torch.cuda.get_device_name(0)}: wall {gpu['wall']:.1f} s, "
-                  f"in-run {gpu['in_run']:.1f} s, peak RSS {round(gpu['rss'][0])} MiB")
+                  f"in-run {gpu['in_run']:.1f} s, added host memory {round(gpu['added'][0])} MiB")
 
 
 if __name__ == "__main__":

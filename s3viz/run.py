@@ -7,14 +7,23 @@ Usage::
         --store-frames /scratch/frames --out results/
 
 Each rank takes the utterances :func:`s3viz.distributed.shard_indices` gives it
-(by sha1 of the utterance id), extracts them with :func:`s3viz.extract` (in
-memory, or on disk under ``DIR/rank-<k>`` with ``--store-frames DIR``), and
-computes the ridge probes and the CKA of the *whole* corpus: sufficient
-statistics are summed over ranks with ``all_reduce`` (gloo on CPU, nccl on
-CUDA), so the tables equal those of the single-process API. Rank 0 writes
-``probes.csv``, ``cka.csv``, ``probe_curve.png``, ``cka.png`` and ``run.json``
-to ``--out``; every rank writes ``rank-<k>.json`` there (its utterances, seconds
-and peak resident memory). Without the torchrun environment it runs as one process.
+(deterministic by utterance id, balanced by audio length) and runs
+:func:`s3viz.stream.stream_analysis` on them: a statistics pass (extract a batch,
+update the ridge probes' sufficient statistics and the CKA cross-products, drop
+the batch), an ``all_reduce`` of the statistics (gloo on CPU, nccl on CUDA),
+and a scoring pass (extract again, count each fold's held-out predictions,
+``all_reduce`` the confusion matrices). No rank keeps frames, so memory per rank
+is a batch plus the statistics, whatever the corpus size; every rank gets the
+tables of the single-process API. With ``--store-frames DIR`` each rank instead
+extracts once into a disk :class:`~s3viz.extract.LayerStore` under
+``DIR/rank-<k>`` and both passes read it back (disk instead of a second
+extraction; the stores can be opened later with ``LayerStore.open``).
+
+Rank 0 writes ``probes.csv``, ``cka.csv``, ``probe_curve.png``, ``cka.png`` and
+``run.json`` to ``--out``; every rank writes ``rank-<k>.json`` there (its
+utterances, audio seconds, upstream passes, seconds, resident memory after
+loading the corpus and model, and peak resident memory). Without the torchrun
+environment it runs as one process.
 """
 
 from __future__ import annotations
@@ -46,7 +55,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cka", action="store_true", help="also compute the layer-by-layer CKA")
     p.add_argument("--cka-level", default="frame", choices=["frame", "utterance"])
     p.add_argument("--layers", type=int, nargs="*", default=None, help="upstream layers to use")
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="utterances per batch at most")
+    p.add_argument("--max-batch-seconds", type=float, default=60.0,
+                   help="padded audio seconds per batch at most (bounds the memory per batch)")
     p.add_argument("--store-frames", default=None, metavar="DIR",
                    help="keep each rank's frames on disk under DIR/rank-<k> (a LayerStore)")
     p.add_argument("--device", default=None, help="default: cuda:<local_rank> if CUDA, else cpu")
@@ -94,10 +105,10 @@ def run(args) -> dict:
     (one process). Returns ``{"probes": DataFrame | None, "cka": DataFrame | None,
     "store": this rank's LayerStore, "shard": positions, ...}`` on every rank.
     """
-    from .distributed import all_reduce_sum, dist_info, reference_store, shard_indices
-    from .extract import extract
-    from .probe import probe_layers
-    from .similarity import layer_similarity
+    import numpy as np
+
+    from .distributed import all_reduce_sum, dist_info, shard_indices
+    from .stream import stream_analysis
     from .upstreams import get_upstream
 
     rank, world, _ = dist_info()
@@ -108,7 +119,11 @@ def run(args) -> dict:
     corpus = _corpus(args)
     kw = {"pretrained": True} if args.pretrained else {}
     upstream = get_upstream(args.upstream, **kw)
-    shard = shard_indices(corpus.ids, rank, world)
+    setup_rss = _current_rss_mb()  # corpus and model loaded: what the analysis adds comes after
+    _reset_peak_rss()
+    # balanced by audio length (extraction time), deterministic by utterance id
+    shard = shard_indices(corpus.ids, rank, world,
+                          weights=np.array([u.num_samples for u in corpus]))
     if not shard:
         raise ValueError(f"rank {rank} got no utterance ({len(corpus)} utterances for {world} "
                          "ranks): use fewer processes or a larger corpus")
@@ -116,43 +131,38 @@ def run(args) -> dict:
     if args.store_frames:
         cache = Path(args.store_frames) / f"rank-{rank}"
         cache.mkdir(parents=True, exist_ok=True)
-    store = extract(upstream, corpus[shard], layers=args.layers, batch_size=args.batch_size,
-                    device=device, cache_dir=cache, progress=False)
-    t_extract = time.perf_counter() - t0
-    ref = reference_store(corpus, store, shard)
-    probes = None
-    if args.targets:
-        import pandas as pd
-
-        parts = []
-        for tgt in args.targets:  # speaker identity cannot be split by speaker
-            split = "utterance" if tgt == "speaker" else args.split_by
-            df = probe_layers(store, tgt, method="ridge", folds=args.folds, split_by=split,
-                              seed=args.seed, device=device, reference=ref,
-                              reduce=all_reduce_sum)
-            parts.append(df.assign(split_by=split))
-        probes = pd.concat(parts, ignore_index=True)
-    cka = None
-    if args.cka:
-        level = args.cka_level
-        if level == "frame" and len(set(store.downsample_rates)) > 1:
-            level = "utterance"  # frames of different rates cannot be paired
-        cka = layer_similarity(store, level=level, device=device, dtype=torch.float64,
-                               reduce=all_reduce_sum)
+    cka_level = args.cka_level
+    if args.cka and cka_level == "frame":
+        rates = list(upstream.downsample_rates)
+        picked = [rates[i] for i in (args.layers if args.layers else range(len(rates)))]
+        if len(set(picked)) > 1:
+            cka_level = "utterance"  # frames of different rates cannot be paired
+    # speaker identity cannot be split by speaker
+    splits = {t: ("utterance" if t == "speaker" else args.split_by) for t in args.targets}
+    res = stream_analysis(upstream, corpus, targets=args.targets, layers=args.layers,
+                          folds=args.folds, split_by=splits, seed=args.seed, cka=args.cka,
+                          cka_level=cka_level, shard=shard, reduce=all_reduce_sum,
+                          batch_size=args.batch_size,
+                          max_batch_seconds=getattr(args, "max_batch_seconds", 60.0),
+                          device=device, cache_dir=cache)
+    probes, cka, store = res["probes"], res["cka"], res["store"]
     t_total = time.perf_counter() - t0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"rank-{rank}.json").write_text(json.dumps({
-        "rank": rank, "utterances": len(shard), "extract_seconds": t_extract,
-        "total_seconds": t_total, "peak_rss_mb": _peak_rss_mb()}, indent=2))
+        "rank": rank, "utterances": len(shard),
+        "audio_seconds": float(sum(corpus[i].num_samples for i in shard)) / 16000.0,
+        "upstream_passes": res["passes"], "total_seconds": t_total,
+        "setup_rss_mb": setup_rss, "analysis_peak_rss_mb": _status_mb("VmHWM"),
+        "peak_rss_mb": _peak_rss_mb()}, indent=2))
     if rank == 0:
         _write(args, probes, cka, {
             "world_size": world, "utterances": len(corpus), "upstream": args.upstream,
-            "extract_seconds_rank0": t_extract, "total_seconds_rank0": t_total,
+            "upstream_passes_rank0": res["passes"], "total_seconds_rank0": t_total,
             "store_frames": str(args.store_frames) if args.store_frames else None,
             "cka_level": None if cka is None else cka.attrs.get("level"),
         })
-    return {"probes": probes, "cka": cka, "store": store, "shard": shard, "reference": ref}
+    return {"probes": probes, "cka": cka, "store": store, "shard": shard}
 
 
 def _peak_rss_mb() -> float:
@@ -161,6 +171,33 @@ def _peak_rss_mb() -> float:
 
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb / 1024.0 if sys.platform != "darwin" else kb / 2 ** 20
+
+
+def _status_mb(field: str) -> float | None:
+    """A ``kB`` field of ``/proc/self/status`` in MiB (Linux; None elsewhere)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _current_rss_mb() -> float | None:
+    """Resident memory of this process now, in MiB (Linux; None elsewhere)."""
+    return _status_mb("VmRSS")
+
+
+def _reset_peak_rss() -> None:
+    """Restart the peak-resident-memory count (VmHWM) from now (Linux >= 4.0; else nothing),
+    so the peak after it is the analysis's, not the corpus loading's."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
 
 
 def _write(args, probes, cka, meta: dict) -> None:
