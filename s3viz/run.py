@@ -73,7 +73,8 @@ def _corpus(args):
     from . import data
 
     if args.folder:
-        return data.load_folder(args.folder, labels_csv=args.labels)
+        # lazy: each rank reads only the audio of its own shard, when it extracts it
+        return data.load_folder(args.folder, labels_csv=args.labels, lazy=True)
     spec = args.corpus or "synthetic:24"
     name, _, n = spec.partition(":")
     if name != "synthetic" or not n.isdigit() or int(n) < 1:

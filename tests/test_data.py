@@ -440,6 +440,52 @@ def test_load_folder_silent_file_is_named(tmp_path):
     assert len(load_folder(root, allow_silence=True)) == 1
 
 
+def test_load_folder_lazy_equals_eager(audio_folder, tmp_path):
+    """lazy=True reads headers only; the audio, lengths, labels and fingerprint are the same."""
+    from s3viz.data import FileUtterance
+
+    root, _ = audio_folder
+    eager, lazy = load_folder(root), load_folder(root, lazy=True)
+    assert all(isinstance(u, FileUtterance) for u in lazy)
+    assert lazy.ids == eager.ids
+    # 44.1 kHz, 8 kHz and 16 kHz files: the header length is the resampled length
+    assert [u.num_samples for u in lazy] == [u.num_samples for u in eager]
+    pd.testing.assert_frame_equal(lazy.labels, eager.labels)
+    for a, b in zip(lazy, eager, strict=True):
+        np.testing.assert_array_equal(a.wav, b.wav)
+        assert "wav" not in vars(a)  # nothing kept after a read
+    assert lazy.fingerprint() == eager.fingerprint()
+    assert "path=" in repr(lazy[0])
+    # a file that changes after loading is caught on read, not used silently
+    sf.write(root / "spk2" / "c.WAV", _tone(8000, 16000, 440), 16000, subtype="FLOAT")
+    with pytest.raises(ValueError, match="changed"):
+        _ = lazy[2].wav
+    # silence is reported when the file is read
+    quiet = tmp_path / "q"
+    quiet.mkdir()
+    sf.write(quiet / "z.wav", np.zeros(1600), 16000)
+    (u,) = load_folder(quiet, lazy=True)
+    with pytest.raises(ValueError, match="all zeros"):
+        _ = u.wav
+    assert load_folder(quiet, lazy=True, allow_silence=True)[0].wav.shape == (1600,)
+
+
+def test_file_utterance_bad_input(tmp_path):
+    from s3viz.data import FileUtterance
+
+    with pytest.raises(TypeError, match="path"):
+        FileUtterance("a", 3)
+    with pytest.raises(ValueError, match="header"):
+        FileUtterance("a", tmp_path / "missing.wav")
+    f = tmp_path / "x.wav"
+    sf.write(f, _tone(1600, 16000, 100), 16000)
+    with pytest.raises(ValueError, match="non-empty"):
+        FileUtterance("", f)
+    with pytest.raises(ValueError, match="phones"):
+        FileUtterance("a", f, phones=pd.DataFrame({"phone": ["a"]}))
+    assert FileUtterance("a", f).num_samples == 1600
+
+
 def test_public_names():
     from s3viz import data
 

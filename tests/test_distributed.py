@@ -201,3 +201,35 @@ def test_two_processes_stored_frames_equal_single(single, sharded):
                 torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
         seen += part.ids
     assert sorted(seen) == sorted(full.ids)
+
+
+def test_run_on_a_folder_reads_lazily(single, tmp_path):
+    """--folder: the corpus is loaded lazily (headers only) and gives the API's tables."""
+    import soundfile as sf
+
+    import s3viz
+    from s3viz.data import FileUtterance, load_folder
+    from s3viz.run import _corpus, run
+
+    root = tmp_path / "wavs"
+    rows = []
+    for u in single["corpus"]:
+        f = root / f"{u.id}.wav"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(f, u.wav, 16000, subtype="FLOAT")
+        rows.append({"file": f"{u.id}.wav", "speaker": u.speaker})
+    csv = tmp_path / "labels.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    args = _args(tmp_path / "out", folder=str(root), labels=str(csv), corpus=None,
+                 targets=["speaker"], no_figures=True)
+    assert all(isinstance(u, FileUtterance) for u in _corpus(args))
+    res = run(args)
+    store = s3viz.extract(s3viz.upstreams.get_upstream(UPSTREAM), load_folder(root, csv),
+                          batch_size=4, device="cpu", progress=False)
+    want = s3viz.probe_layers(store, "speaker", folds=3, split_by="utterance", device="cpu")
+    pd.testing.assert_frame_equal(res["probes"].drop(columns="split_by"), want,
+                                  check_exact=False, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(
+        res["cka"].to_numpy(),
+        s3viz.layer_similarity(store, device="cpu", dtype=torch.float64).to_numpy(),
+        rtol=1e-9, atol=1e-12)

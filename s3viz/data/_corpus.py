@@ -11,7 +11,7 @@ import pandas as pd
 
 from ..interface import SAMPLE_RATE
 
-__all__ = ["Utterance", "Corpus", "PHONE_COLUMNS"]
+__all__ = ["Utterance", "FileUtterance", "Corpus", "PHONE_COLUMNS"]
 
 PHONE_COLUMNS = ("phone", "word", "start", "end")
 """Columns of an utterance's phone alignment table; ``start``/``end`` are 16 kHz samples."""
@@ -64,6 +64,84 @@ class Utterance:
     def duration(self) -> float:
         """Duration in seconds."""
         return self.num_samples / SAMPLE_RATE
+
+
+class FileUtterance(Utterance):
+    """An :class:`Utterance` whose audio stays in its file until ``wav`` is read.
+
+    ``wav`` reads, converts (mono, 16 kHz) and returns the file's audio on every
+    access and keeps nothing, so a corpus of these holds only metadata: what a
+    sharded run needs when each process extracts only its part of a large
+    corpus. ``num_samples`` comes from the file's header (the length
+    :func:`s3viz.audio.resample` gives), and a read whose length disagrees
+    (the file changed) raises.
+
+    Args:
+        id, text, speaker, phones, labels: as for :class:`Utterance`.
+        path: the audio file (anything soundfile reads).
+        num_samples: its length at 16 kHz (default: from the header).
+        allow_silence: accept an all-zero file instead of raising on read.
+    """
+
+    def __init__(self, id: str, path, *, num_samples: Optional[int] = None, text: str = "",
+                 speaker: str = "", phones: Optional[pd.DataFrame] = None,
+                 labels: Optional[Dict[str, object]] = None, allow_silence: bool = False):
+        import os
+
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a file path (str or Path), got {type(path).__name__}")
+        self.path = os.fspath(path)
+        self.allow_silence = bool(allow_silence)
+        self._num_samples = _header_samples(self.path) if num_samples is None else int(num_samples)
+        if self._num_samples < 0:
+            raise ValueError(f"num_samples must be >= 0, got {num_samples!r}")
+        self.id, self.text, self.speaker = id, text, speaker
+        self.phones, self.labels = phones, dict(labels or {})
+        self._check()
+
+    def _check(self):
+        if not isinstance(self.id, str) or not self.id:
+            raise ValueError(f"Utterance id must be a non-empty str, got {self.id!r}")
+        if self.phones is not None:
+            missing = [c for c in PHONE_COLUMNS if c not in self.phones.columns]
+            if missing:
+                raise ValueError(f"Utterance {self.id!r}: phones table lacks columns {missing}; "
+                                 f"it needs {list(PHONE_COLUMNS)}")
+
+    @property
+    def wav(self) -> np.ndarray:
+        from ..audio import load_audio
+
+        wav = load_audio(self.path, allow_silence=self.allow_silence)
+        if wav.shape[0] != self._num_samples:
+            raise ValueError(
+                f"audio file {self.path!r} (utterance {self.id!r}) now gives {wav.shape[0]} "
+                f"samples at 16 kHz, but the corpus was built with {self._num_samples}: the file "
+                "changed after loading; load the folder again"
+            )
+        return wav
+
+    @property
+    def num_samples(self) -> int:
+        return self._num_samples
+
+    def __repr__(self) -> str:
+        return (f"FileUtterance(id={self.id!r}, path={self.path!r}, "
+                f"num_samples={self._num_samples}, speaker={self.speaker!r})")
+
+
+def _header_samples(path: str) -> int:
+    """Samples at 16 kHz of an audio file, from its header (no audio is read)."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(path)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise ValueError(f"soundfile cannot read the header of {path!r} ({e})") from e
+    n, rate = int(info.frames), int(info.samplerate)
+    if rate == SAMPLE_RATE:
+        return n
+    return -(-n * SAMPLE_RATE // rate)  # ceil(n * 16000 / rate), as s3viz.audio.resample
 
 
 class Corpus(Sequence[Utterance]):

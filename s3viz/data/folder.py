@@ -9,7 +9,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
-from ._corpus import Corpus, Utterance
+from ._corpus import Corpus, FileUtterance, Utterance
 
 __all__ = ["load_folder", "AUDIO_SUFFIXES"]
 
@@ -80,6 +80,7 @@ def load_folder(
     strict: bool = True,
     allow_silence: bool = False,
     name: Optional[str] = None,
+    lazy: bool = False,
 ) -> Corpus:
     """Load every audio file under a folder as a :class:`Corpus` (mono, 16 kHz).
 
@@ -102,6 +103,10 @@ def load_folder(
             such files are kept with empty labels.
         allow_silence: accept all-zero files instead of raising.
         name: the corpus name (default: the folder name).
+        lazy: when True, read only the files' headers now: the utterances are
+            :class:`~s3viz.data.FileUtterance` objects that read their audio on
+            each access and keep none (for corpora larger than memory; errors
+            about a file's content then come when it is read).
 
     Returns:
         A :class:`Corpus`; ``phones`` is None for every utterance.
@@ -199,10 +204,12 @@ def load_folder(
         labels = dict(rows.get(i, {}))
         speaker = labels.pop("speaker", None)
         text = labels.pop("text", None)
-        wav = load_audio(file, allow_silence=allow_silence)
-        utterances.append(Utterance(
-            id=csv_ids.get(i, ids[i]), wav=wav,
-            text="" if text is None else str(text), speaker="" if speaker is None else str(speaker),
-            phones=None, labels=labels,
-        ))
+        fields = dict(text="" if text is None else str(text),
+                      speaker="" if speaker is None else str(speaker), phones=None, labels=labels)
+        if lazy:
+            utterances.append(FileUtterance(csv_ids.get(i, ids[i]), file,
+                                            allow_silence=allow_silence, **fields))
+        else:
+            wav = load_audio(file, allow_silence=allow_silence)
+            utterances.append(Utterance(id=csv_ids.get(i, ids[i]), wav=wav, **fields))
     return Corpus(utterances, name=name or root.resolve().name)
