@@ -123,11 +123,11 @@ def run(args) -> dict:
     setup_rss = _current_rss_mb()  # corpus and model loaded: what the analysis adds comes after
     _reset_peak_rss()
     # balanced by audio length (extraction time), deterministic by utterance id
+    if len(corpus) < world:  # every rank sees this, so all stop (none waits in all_reduce)
+        raise ValueError(f"{len(corpus)} utterances for {world} processes: some would get no "
+                         "utterance; use fewer processes or a larger corpus")
     shard = shard_indices(corpus.ids, rank, world,
                           weights=np.array([u.num_samples for u in corpus]))
-    if not shard:
-        raise ValueError(f"rank {rank} got no utterance ({len(corpus)} utterances for {world} "
-                         "ranks): use fewer processes or a larger corpus")
     cache = None
     if args.store_frames:
         cache = Path(args.store_frames) / f"rank-{rank}"

@@ -233,3 +233,13 @@ def test_run_on_a_folder_reads_lazily(single, tmp_path):
         res["cka"].to_numpy(),
         s3viz.layer_similarity(store, device="cpu", dtype=torch.float64).to_numpy(),
         rtol=1e-9, atol=1e-12)
+
+
+def test_more_processes_than_utterances_stops_every_rank(monkeypatch, tmp_path):
+    """Every rank raises the same error before any collective call (none is left waiting)."""
+    import s3viz.distributed
+    from s3viz.run import run
+
+    monkeypatch.setattr(s3viz.distributed, "dist_info", lambda: (3, 20, True))
+    with pytest.raises(ValueError, match="fewer processes"):
+        run(_args(tmp_path))
