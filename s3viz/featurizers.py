@@ -1152,12 +1152,10 @@ class WeightedScorer:
             float64 (scores of projected frames ``x`` are ``x @ weight + bias``) and
             the penalty used.
         """
-        from .probe import _dev_mse
-
         w = self._weights(weights)
         fit, dev = self.fit_blocks.stats(w), self.dev_blocks.stats(w)
         if self.lam is None:
-            mse = _dev_mse(fit, dev, self.lambdas)  # (num_lambdas, C)
+            mse = fit.dev_mse(dev, self.lambdas)  # (num_lambdas, C)
             lam = self.lambdas[int(torch.argmin(mse.sum(1)))]
         else:
             lam = self.lam

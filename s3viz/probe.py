@@ -324,6 +324,42 @@ class ProbeStats:
         b = cxy / sd[:, None]
         return mu, sd, ybar, a, b
 
+    def dev_mse(self, dev: ProbeStats, lambdas: Sequence[float]) -> torch.Tensor:
+        """Mean squared error on ``dev`` of ridge fits on these statistics, for each penalty.
+
+        Only statistics are used: ``||Y - Z W - ybar||^2`` expands into terms of
+        ``Z^T Z``, ``Z^T Y`` and ``Y^T Y`` of the dev examples standardised with the
+        training mean and scale. One eigendecomposition serves the whole grid.
+
+        Args:
+            dev: statistics of the held-out examples (all their groups are pooled).
+            lambdas: the penalties to compare (as in :meth:`solve`).
+
+        Returns:
+            ``(len(lambdas), num_targets)`` per-column mean squared error (float32:
+            it only ranks the penalties; the statistics themselves stay float64).
+        """
+        mu, sd, ybar, a, b = self._standardized()
+        d = dev.total() if dev.num_groups != 1 else dev
+        n = float(d.count[0])
+        sx, sxx, sy, sxy, syy = d.sum_x[0], d.sum_xx[0], d.sum_y[0], d.sum_xy[0], d.sum_yy[0]
+        ztz = sxx - torch.outer(sx, mu) - torch.outer(mu, sx) + n * torch.outer(mu, mu)
+        ztz = ztz / torch.outer(sd, sd)
+        sz = (sx - n * mu) / sd
+        zty = (sxy - torch.outer(mu, sy)) / sd[:, None]
+        ztyc = zty - torch.outer(sz, ybar)
+        yyc = syy - 2 * ybar * sy + n * ybar * ybar
+        # the statistics are float64; ranking penalties is safe in float32 (twice as fast)
+        a, b, ztz, ztyc, yyc = (t.float() for t in (a, b, ztz, ztyc, yyc))
+        evals, evecs = torch.linalg.eigh(a)
+        evals = evals.clamp_min(0)
+        p = evecs.T @ b  # (H, C)
+        lam = torch.as_tensor(list(lambdas), dtype=a.dtype, device=a.device)
+        ws = evecs @ (p[None] / (evals[None, :, None] + lam[:, None, None]))  # (L, H, C)
+        cross = (ws * ztyc[None]).sum(1)
+        quad = (ws * (ztz @ ws)).sum(1)
+        return (yyc[None] - 2 * cross + quad) / max(n, 1.0)
+
     def solve(self, lam: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
         """Fit the ridge probe on all groups.
 
@@ -352,39 +388,6 @@ def _ridge_solve(a: torch.Tensor, b: torch.Tensor, lam: float) -> torch.Tensor:
         return torch.cholesky_solve(b, chol)
     evals, evecs = torch.linalg.eigh(a)
     return evecs @ ((evecs.T @ b) / (evals.clamp_min(0) + lam)[:, None])
-
-
-def _dev_mse(train: ProbeStats, dev: ProbeStats, lambdas: Sequence[float]) -> torch.Tensor:
-    """Mean squared error on ``dev`` of ridge fits on ``train`` for each penalty.
-
-    Only statistics are used: ``||Y - Z W - ybar||^2`` expands into terms of
-    ``Z^T Z``, ``Z^T Y`` and ``Y^T Y`` of the dev examples standardised with the
-    training mean and scale. One eigendecomposition serves the whole grid.
-
-    Returns:
-        ``(len(lambdas), num_targets)`` per-column mean squared error (float32:
-        it only ranks the penalties; the statistics themselves stay float64).
-    """
-    mu, sd, ybar, a, b = train._standardized()
-    d = dev.total() if dev.num_groups != 1 else dev
-    n = float(d.count[0])
-    sx, sxx, sy, sxy, syy = d.sum_x[0], d.sum_xx[0], d.sum_y[0], d.sum_xy[0], d.sum_yy[0]
-    ztz = sxx - torch.outer(sx, mu) - torch.outer(mu, sx) + n * torch.outer(mu, mu)
-    ztz = ztz / torch.outer(sd, sd)
-    sz = (sx - n * mu) / sd
-    zty = (sxy - torch.outer(mu, sy)) / sd[:, None]
-    ztyc = zty - torch.outer(sz, ybar)
-    yyc = syy - 2 * ybar * sy + n * ybar * ybar
-    # the statistics are float64; ranking penalties is safe in float32 (twice as fast)
-    a, b, ztz, ztyc, yyc = (t.float() for t in (a, b, ztz, ztyc, yyc))
-    evals, evecs = torch.linalg.eigh(a)
-    evals = evals.clamp_min(0)
-    p = evecs.T @ b  # (H, C)
-    lam = torch.as_tensor(list(lambdas), dtype=a.dtype, device=a.device)
-    ws = evecs @ (p[None] / (evals[None, :, None] + lam[:, None, None]))  # (L, H, C)
-    cross = (ws * ztyc[None]).sum(1)
-    quad = (ws * (ztz @ ws)).sum(1)
-    return (yyc[None] - 2 * cross + quad) / max(n, 1.0)
 
 
 # ---------------------------------------------------------------------------
@@ -819,7 +822,7 @@ def _ridge_fit_folds(stats: ProbeStats, folds: int, sub: int, blocks: list[slice
     for k in range(folds):
         test, dev = _dev_fold(k, folds, sub)
         if len(lambdas) > 1:
-            mse = _dev_mse(stats.without(test + dev), stats.select(dev), lambdas)  # (nl, C)
+            mse = stats.without(test + dev).dev_mse(stats.select(dev), lambdas)  # (nl, C)
         else:
             mse = torch.zeros(1, stats.num_targets)
         train = stats.without(test)

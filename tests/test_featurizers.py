@@ -331,7 +331,7 @@ def test_train_featurizer_bad_arguments(store):
 
 def _direct_score(scorer, weights):
     """The same probe computed from the frames: weighted sum, projection, probe.py's ridge."""
-    from s3viz.probe import LAMBDAS, ProbeStats, _dev_mse
+    from s3viz.probe import LAMBDAS, ProbeStats
 
     data = scorer.data
     w = np.asarray(weights, dtype=float) / np.sum(weights)
@@ -346,7 +346,7 @@ def _direct_score(scorer, weights):
     c = len(data.classes)
     fit = ProbeStats.from_data(*rep(data.fit_utts), num_targets=c)
     dev = ProbeStats.from_data(*rep(data.dev_utts), num_targets=c)
-    mse = _dev_mse(fit, dev, LAMBDAS)
+    mse = fit.dev_mse(dev, LAMBDAS)
     lam = LAMBDAS[int(torch.argmin(mse.sum(1)))]
     weight, bias = (fit + dev).solve(lam)
     x, y = rep(data.test_utts)
