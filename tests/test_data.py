@@ -440,6 +440,15 @@ def test_load_folder_silent_file_is_named(tmp_path):
     assert len(load_folder(root, allow_silence=True)) == 1
 
 
+def test_full_scale_voice_is_scaled_back_into_range(tmp_path):
+    """Seed 0 with 4 speakers has an utterance whose resampled audio overshot 1 (1.0008):
+    it is scaled to a peak of exactly 1, so extraction never warns about it."""
+    c = synthetic_corpus(12, seed=0, speakers=4, cache_dir=tmp_path)
+    peaks = [float(np.abs(u.wav).max()) for u in c]
+    assert max(peaks) <= 1.0
+    assert max(peaks) > 0.999  # the loud one is scaled, not attenuated further
+
+
 def test_load_folder_lazy_equals_eager(audio_folder, tmp_path):
     """lazy=True reads headers only; the audio, lengths, labels and fingerprint are the same."""
     from s3viz.data import FileUtterance

@@ -415,6 +415,12 @@ def _synthesize(plan: List[dict], speakers: Dict[str, dict], seed: int):
             raise RuntimeError(f"eSpeak NG produced no audio for {p['text']!r}")
         raws.append(raw.astype(np.float32) / np.float32(32768.0))
     wavs = _resample_many(raws, _espeak.SAMPLE_RATE_ESPEAK, SAMPLE_RATE)
+    # eSpeak can synthesize up to full scale, and the resampling filter's ringing then
+    # overshoots 1 by a hair: scale such an utterance back to a peak of 1 (not clip it)
+    for i, w in enumerate(wavs):
+        peak = float(np.abs(w).max())
+        if peak > 1.0:
+            wavs[i] = (w / np.float32(peak)).astype(np.float32)
     tables = [_phone_table(header["events"][i], p["text"], raws[i].size, wavs[i])
               for i, p in enumerate(plan)]
     return header["version"], wavs, tables
