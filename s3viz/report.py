@@ -2,9 +2,16 @@
 
 ``python -m s3viz.report notebooks/*.ipynb --out build/report`` runs each
 notebook in a fresh kernel (working directory: the notebook's folder), writes
-``<name>.html`` (figures inline, widget state embedded in the notebook
-metadata), every PNG figure as ``<name>_figures/figNN.png``, and an
-``index.html`` that links them. Notebooks are never modified in place.
+``<name>.html`` (figures inline), every PNG figure as
+``<name>_figures/figNN.png``, and an ``index.html`` that links them. Notebooks
+are never modified in place.
+
+A report page has no kernel, so a widget there could not compute anything: each
+widget output that carries a PNG snapshot of itself (the s3viz explorers do)
+is shown as that snapshot with a caption, and when every widget has one the
+page leaves out the widget state and the widget JavaScript that nbconvert would
+fetch from a CDN, so the report opens offline. Other widgets keep their
+embedded state (rendering them needs the network).
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from pathlib import Path
 from typing import Iterable, List, Optional, Sequence
 
 __all__ = ["NotebookResult", "run_notebook", "build_report", "write_index"]
+
+_WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
 
 @dataclass
@@ -78,10 +87,44 @@ def run_notebook(path: Path, out_dir: Path, *, timeout: int = 600, kernel_name: 
                 target.write_bytes(base64.b64decode(png))
                 figures.append(target)
 
+    _static_widgets(nb)
     body, _ = HTMLExporter().from_notebook_node(nb)
     html_path = out_dir / f"{path.stem}.html"
     html_path.write_text(body, encoding="utf-8")
     return NotebookResult(path.stem, html_path, figures, seconds, error, _title(nb))
+
+
+def _static_widgets(nb) -> int:
+    """Replace widget views that carry a PNG snapshot by that snapshot; returns how many.
+
+    Drops the notebook's widget state when no widget view is left (nbconvert then
+    adds no widget JavaScript, so the page needs no network).
+    """
+    replaced = left = 0
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if _WIDGET_VIEW not in data:
+                continue
+            png = data.get("image/png")
+            if not png:
+                left += 1
+                continue
+            png = "".join(png.split()) if isinstance(png, str) else base64.b64encode(png).decode()
+            text = data.get("text/plain", "")
+            text = "".join(text) if isinstance(text, list) else str(text)
+            output["data"] = {
+                "text/html": (
+                    f'<figure class="s3viz-widget-snapshot" style="margin:0">'
+                    f'<img src="data:image/png;base64,{png}" alt="{html.escape(text)}">'
+                    "<figcaption style='font-size:12px;color:#555'>Snapshot of an interactive "
+                    "widget; run the notebook in Jupyter to use it.</figcaption></figure>"),
+                "text/plain": text,
+            }
+            replaced += 1
+    if left == 0 and "widgets" in nb.metadata:
+        del nb.metadata["widgets"]
+    return replaced
 
 
 def write_index(out_dir: Path, results: Sequence[NotebookResult], extra: Iterable[Path] = ()
