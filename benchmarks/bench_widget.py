@@ -65,7 +65,7 @@ def synthetic_store(n_utt: int, num_layers: int = 13, hidden: int = 768, frames:
 
 def naive_score(store, scorer, weights) -> float:
     """Score ``weights`` from the frames, without cached statistics (full hidden size)."""
-    from s3viz.probe import LAMBDAS, ProbeStats, _dev_mse
+    from s3viz.probe import LAMBDAS, ProbeStats
 
     data = scorer.data
     w = np.asarray(weights, dtype=float)
@@ -83,7 +83,7 @@ def naive_score(store, scorer, weights) -> float:
     c = len(data.classes)
     fit = ProbeStats.from_data(*weighted(data.fit_utts), num_targets=c)
     dev = ProbeStats.from_data(*weighted(data.dev_utts), num_targets=c)
-    lam = LAMBDAS[int(torch.argmin(_dev_mse(fit, dev, LAMBDAS).sum(1)))]
+    lam = LAMBDAS[int(torch.argmin(fit.dev_mse(dev, LAMBDAS).sum(1)))]
     weight, bias = (fit + dev).solve(lam)
     x, y = weighted(data.test_utts)
     return float(((x @ weight + bias).argmax(1) == y).double().mean())
