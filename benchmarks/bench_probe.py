@@ -6,7 +6,9 @@ Same features, same grouped folds (s3viz.probe.probe_folds), one run:
   ``StandardScaler + LogisticRegression()`` (scikit-learn defaults) fitted per
   layer and fold: speed ratio (target >= 50x) and accuracy (target within 2 points);
 - logistic probe (all layers batched) vs the same: accuracy (target within
-  0.5 point) and speed.
+  0.5 point) and speed; with early stopping on a dev split (the default) and
+  without (``dev_fraction=0``: L-BFGS to the same penalised optimum as
+  scikit-learn, on the layers scikit-learn is fitted on).
 
 Features: a random-weight HuBERT base (torchaudio architecture) run over the
 embedded synthetic corpus (phone targets, speaker-grouped folds), extracted once
@@ -15,7 +17,8 @@ class-structured features (13 layers x 768, 50 classes).
 
 --quick fits scikit-learn on 2 layers and fold 0 only and extrapolates its time
 to all layers and folds (said so in the output); accuracies are then compared
-on fold 0.
+on fold 0. --sk-max-iter raises scikit-learn's iteration limit to compare with a
+converged reference (the output says how many fits converged).
 
 Run: .venv/bin/python benchmarks/bench_probe.py [--quick] [--threads 1]
 """
@@ -80,15 +83,15 @@ def real_store(n_utt: int, cache: str):
     return store, f"random-weight hubert_base on {n_utt} synthesized utterances"
 
 
-def sklearn_probe(store, layers, folds_df, fold_ids, target="phone"):
-    """StandardScaler + LogisticRegression() per layer and fold: accuracy per (layer, fold)
-    and seconds per fit."""
+def sklearn_probe(store, layers, folds_df, fold_ids, target="phone", max_iter=100):
+    """StandardScaler + LogisticRegression(max_iter=...) per layer and fold: accuracy per
+    (layer, fold), seconds per fit and how many fits converged."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
     fold_of_utt = folds_df.set_index("utterance")["fold"]
-    acc, fit_times = {}, []
+    acc, fit_times, converged = {}, [], 0
     for layer in layers:
         x, utt = store.layer(layer)
         lab = store.frame_labels(layer, column=target)
@@ -101,10 +104,11 @@ def sklearn_probe(store, layers, folds_df, fold_ids, target="phone"):
             t = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
-                clf = LogisticRegression().fit(scaler.transform(x[tr]), lab[tr])
+                clf = LogisticRegression(max_iter=max_iter).fit(scaler.transform(x[tr]), lab[tr])
             fit_times.append(time.perf_counter() - t)
+            converged += int(np.max(clf.n_iter_) < max_iter)
             acc[(layer, k)] = float((clf.predict(scaler.transform(x[te])) == lab[te]).mean())
-    return acc, float(np.mean(fit_times))
+    return acc, float(np.mean(fit_times)), converged
 
 
 def main(argv=None):
@@ -119,6 +123,8 @@ def main(argv=None):
                                                       "/tmp/s3viz_bench_cache"))
     ap.add_argument("--gaussian", action="store_true", help="Gaussian features, no upstream")
     ap.add_argument("--no-logistic", action="store_true")
+    ap.add_argument("--sk-max-iter", type=int, default=100,
+                    help="scikit-learn's iteration limit (its default 100 stops unconverged)")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
 
@@ -151,15 +157,26 @@ def main(argv=None):
         t_log = time.perf_counter() - t
         print(f"s3viz logistic probe (batched), all {L} layers x {folds} folds: {t_log:.1f} s")
 
-    folds_df = probe_folds(store, folds=folds, split_by="speaker", seed=0)
     sk_layers = [L // 2, L - 1] if args.quick else list(range(L))
+    lbfgs = None
+    if not args.no_logistic:
+        t = time.perf_counter()
+        lbfgs = probe_layers(store, "phone", method="logistic", folds=folds, layers=sk_layers,
+                             dev_fraction=0, device=args.device)
+        t_lbfgs = (time.perf_counter() - t) / (len(sk_layers) * folds)
+        print(f"s3viz logistic probe without early stopping (dev_fraction=0, L-BFGS to the "
+              f"optimum), layers {sk_layers} x {folds} folds: {t_lbfgs:.1f} s per layer and fold")
+
+    folds_df = probe_folds(store, folds=folds, split_by="speaker", seed=0)
     fold_ids = [0] if args.quick else list(range(folds))
-    acc, per_fit = sklearn_probe(store, sk_layers, folds_df, fold_ids)
+    acc, per_fit, converged = sklearn_probe(store, sk_layers, folds_df, fold_ids,
+                                            max_iter=args.sk_max_iter)
     t_sk_all = per_fit * L * folds
     how = (f"measured on layers {sk_layers} x fold 0 ({per_fit:.1f} s per fit), extrapolated"
            if args.quick else "measured")
-    print(f"scikit-learn LogisticRegression per layer and fold: {t_sk_all:.1f} s for {L} "
-          f"layers x {folds} folds ({how})")
+    print(f"scikit-learn LogisticRegression(max_iter={args.sk_max_iter}) per layer and fold: "
+          f"{t_sk_all:.1f} s for {L} layers x {folds} folds ({how}); "
+          f"{converged} of {len(sk_layers) * len(fold_ids)} fits converged")
 
     def ours(df, layer):
         fa = df.attrs["fold_accuracy"][("phone", df["method"].iloc[0], layer)]
@@ -171,11 +188,15 @@ def main(argv=None):
         row = {"layer": layer, "sklearn": sk, "ridge": ours(ridge, layer)}
         if logistic is not None:
             row["logistic"] = ours(logistic, layer)
+        if lbfgs is not None:
+            row["logistic-lbfgs"] = ours(lbfgs, layer)
         rows.append(row)
     table = pd.DataFrame(rows)
     table["ridge-sk (pts)"] = 100 * (table["ridge"] - table["sklearn"])
     if logistic is not None:
         table["logistic-sk (pts)"] = 100 * (table["logistic"] - table["sklearn"])
+    if lbfgs is not None:
+        table["lbfgs-sk (pts)"] = 100 * (table["logistic-lbfgs"] - table["sklearn"])
     scope = "fold 0" if args.quick else "all folds"
     print(f"\naccuracy on {scope}:")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
@@ -186,6 +207,10 @@ def main(argv=None):
         d_log = table["logistic-sk (pts)"].abs().max()
         print(f"RESULT logistic: {t_sk_all / t_log:.1f}x faster than scikit-learn; "
               f"max |accuracy difference| {d_log:.2f} points (target <= 0.5)")
+    if lbfgs is not None:
+        d_lb = table["lbfgs-sk (pts)"].abs().max()
+        print(f"RESULT logistic without early stopping: {per_fit / t_lbfgs:.1f}x scikit-learn's "
+              f"speed per fit; max |accuracy difference| {d_lb:.2f} points (target <= 0.5)")
     return 0
 
 

@@ -27,7 +27,11 @@ frames on both sides of a split). Two probes:
     (weights ``(num_layers, hidden_size, num_classes)``, ``torch.bmm``) with
     Adam on minibatches on ``device``, an L2 penalty equal to scikit-learn's
     default ``C=1`` and early stopping on a grouped dev split of the training
-    utterances. The features of a group of layers are held on the device
+    utterances. With ``dev_fraction=0`` there is no dev split and no early
+    stopping: every classifier is trained on the whole training part to the
+    optimum of that L2-penalised objective with full-batch L-BFGS (all layers
+    batched), the solution scikit-learn's ``LogisticRegression()`` converges
+    to. The features of a group of layers are held on the device
     (``max_memory`` bounds how many layers are trained at once).
 
 Control tasks (``control=True``), after Hewitt & Liang (2019, "Designing and
@@ -1005,6 +1009,66 @@ def _ridge_layer_utterance(task: _Task, x: torch.Tensor, blocks, c: int, lambdas
 # ---------------------------------------------------------------------------
 
 
+def _train_scaling(x: torch.Tensor, train: torch.Tensor):
+    """Per layer mean and scale (population std, 1 for constant features) of rows ``train``."""
+    num_l, _, h = x.shape
+    n_train = int(train.numel())
+    s1 = torch.zeros(num_l, h, dtype=torch.float64, device=x.device)
+    s2 = torch.zeros(num_l, h, dtype=torch.float64, device=x.device)
+    for i in range(0, n_train, 8192):
+        xb = x[:, train[i:i + 8192]].double()
+        s1 += xb.sum(1)
+        s2 += (xb * xb).sum(1)
+    mean = s1 / n_train
+    var = (s2 / n_train - mean * mean).clamp_min(0)
+    scale = var.sqrt()
+    scale = torch.where(scale > 1e-8 * scale.amax(1, keepdim=True).clamp_min(1e-30), scale,
+                        torch.ones_like(scale))
+    return mean.float(), scale.float()
+
+
+def _fit_logistic_full(x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, c: int, *,
+                       weight_decay: float | None, max_iter: int, chunk: int = 8192,
+                       tolerance_grad: float = 1e-4, history_size: int = 20):
+    """All layers' (and heads') penalised softmax regressions to their optimum, full batch.
+
+    Minimises, per layer and head, ``mean NLL + weight_decay / 2 * ||W||^2`` (bias not
+    penalised; ``weight_decay=None`` is ``1 / n_train``: scikit-learn's ``C=1``) with
+    L-BFGS on the sum over layers and heads (independent problems), stopping when the
+    largest gradient entry is under ``tolerance_grad`` (scikit-learn's default ``tol``
+    on the same mean-loss scale). Returns as :func:`_fit_logistic`.
+    """
+    num_l, _, h = x.shape
+    k = y.shape[0]
+    n_train = int(train.numel())
+    wd = 1.0 / n_train if weight_decay is None else float(weight_decay)
+    mean, scale = _train_scaling(x, train)
+    w = torch.zeros(num_l, h, k * c, device=x.device, requires_grad=True)
+    b = torch.zeros(num_l, k * c, device=x.device, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=int(max_iter), history_size=history_size,
+                            tolerance_grad=tolerance_grad, tolerance_change=1e-12,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        total = 0.0
+        for i in range(0, n_train, chunk):
+            idx = train[i:i + chunk]
+            z = torch.baddbmm(b[:, None], (x[:, idx] - mean[:, None]) / scale[:, None], w)
+            logp = torch.log_softmax(z.view(num_l, -1, k, c), -1)
+            t = y[:, idx].T  # (B, K)
+            nll = -logp.gather(-1, t[None, :, :, None].expand(num_l, -1, -1, 1)).sum()
+            (nll / n_train).backward()
+            total += float(nll.detach()) / n_train
+        pen = 0.5 * wd * (w * w).sum()
+        pen.backward()
+        return total + float(pen.detach())
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return w.detach(), b.detach(), mean, scale
+
+
 def _fit_logistic(x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, dev: torch.Tensor,
                   c: int, *, seed: int, lr: float, batch_size: int, max_epochs: int,
                   patience: int, weight_decay: float | None, min_steps: int = 200):
@@ -1023,19 +1087,7 @@ def _fit_logistic(x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, dev: to
     device = x.device
     n_train = int(train.numel())
     wd = 1.0 / n_train if weight_decay is None else float(weight_decay)
-    # standardisation from the training part (chunked sums)
-    s1 = torch.zeros(num_l, h, dtype=torch.float64, device=device)
-    s2 = torch.zeros(num_l, h, dtype=torch.float64, device=device)
-    for i in range(0, n_train, 8192):
-        xb = x[:, train[i:i + 8192]].double()
-        s1 += xb.sum(1)
-        s2 += (xb * xb).sum(1)
-    mean = s1 / n_train
-    var = (s2 / n_train - mean * mean).clamp_min(0)
-    scale = var.sqrt()
-    scale = torch.where(scale > 1e-8 * scale.amax(1, keepdim=True).clamp_min(1e-30), scale,
-                        torch.ones_like(scale))
-    mean, scale = mean.float(), scale.float()
+    mean, scale = _train_scaling(x, train)  # standardisation from the training part
     w = torch.zeros(num_l, h, k * c, device=device)
     b = torch.zeros(num_l, k * c, device=device)
     best_w, best_b = w.clone(), b.clone()
@@ -1113,20 +1165,26 @@ def _logistic_group(task: _Task, xs: torch.Tensor, y_np: np.ndarray, fold_np: np
     n_fold = np.zeros(folds)
     for f in range(folds):
         test_m = fold_np == f
-        train_groups = np.unique(group_np[~test_m])
-        rng = np.random.default_rng([task.seed, 1000 + f])
-        n_dev = min(max(1, round(opts["dev_fraction"] * len(train_groups))),
-                    len(train_groups) - 1)
-        dev_groups = rng.choice(train_groups, size=n_dev, replace=False)
-        dev_m = np.isin(group_np, dev_groups) & ~test_m
-        fit_m = ~test_m & ~dev_m
-        tr = torch.from_numpy(np.flatnonzero(fit_m)).to(device)
-        dv = torch.from_numpy(np.flatnonzero(dev_m)).to(device)
         te = torch.from_numpy(np.flatnonzero(test_m)).to(device)
-        w, b, mean, scale = _fit_logistic(
-            xs, y, tr, dv, c, seed=task.seed * 7919 + f, lr=opts["lr"],
-            batch_size=opts["batch_size"], max_epochs=opts["max_epochs"],
-            patience=opts["patience"], weight_decay=opts["weight_decay"])
+        if opts["dev_fraction"] == 0:  # no early stopping: the penalised optimum
+            tr = torch.from_numpy(np.flatnonzero(~test_m)).to(device)
+            w, b, mean, scale = _fit_logistic_full(
+                xs, y, tr, c, weight_decay=opts["weight_decay"],
+                max_iter=25 * opts["max_epochs"])
+        else:
+            train_groups = np.unique(group_np[~test_m])
+            rng = np.random.default_rng([task.seed, 1000 + f])
+            n_dev = min(max(1, round(opts["dev_fraction"] * len(train_groups))),
+                        len(train_groups) - 1)
+            dev_groups = rng.choice(train_groups, size=n_dev, replace=False)
+            dev_m = np.isin(group_np, dev_groups) & ~test_m
+            fit_m = ~test_m & ~dev_m
+            tr = torch.from_numpy(np.flatnonzero(fit_m)).to(device)
+            dv = torch.from_numpy(np.flatnonzero(dev_m)).to(device)
+            w, b, mean, scale = _fit_logistic(
+                xs, y, tr, dv, c, seed=task.seed * 7919 + f, lr=opts["lr"],
+                batch_size=opts["batch_size"], max_epochs=opts["max_epochs"],
+                patience=opts["patience"], weight_decay=opts["weight_decay"])
         with torch.no_grad():
             for i in range(0, int(te.numel()), 8192):
                 idx = te[i:i + 8192]
@@ -1229,7 +1287,10 @@ def probe_layers(
             n_train``, the L2 penalty of scikit-learn's ``C=1``; ``dev_fraction``
             of the training groups is held out, the dev loss is checked every
             ~20 steps and each classifier keeps its best weights, training
-            stops when none improved for ``patience`` checks).
+            stops when none improved for ``patience`` checks). ``dev_fraction=0``:
+            no dev split, full-batch L-BFGS to the optimum of the penalised
+            objective on the whole training part (at most ``max_epochs * 25``
+            iterations; ``lr``, ``batch_size`` and ``patience`` unused).
         max_memory: bytes of features the logistic probe may hold on the device.
         reference: sharded runs (ridge only): the whole corpus's metadata, a
             store-like object with ``ids, labels, phones, lengths(layer),
@@ -1281,6 +1342,10 @@ def probe_layers(
     sel = _positions(store, utterances)
     device = _resolve_device(device)
     lambdas = tuple(float(v) for v in lambdas)
+    if isinstance(dev_fraction, bool) or not isinstance(dev_fraction, (int, float)) \
+            or not 0 <= dev_fraction < 1:
+        raise ValueError(f"dev_fraction must be a number in [0, 1) (0: no early stopping, "
+                         f"train to the optimum), got {dev_fraction!r}")
     opts = {"lr": lr, "batch_size": int(batch_size), "max_epochs": int(max_epochs),
                 "patience": int(patience), "weight_decay": weight_decay,
                 "dev_fraction": float(dev_fraction)}

@@ -200,6 +200,32 @@ def test_logistic_probe_close_to_sklearn(store, logistic_df):
         assert ours == pytest.approx(correct / len(lab), abs=0.03), layer
 
 
+def test_logistic_without_early_stopping_is_sklearns_optimum(store):
+    """dev_fraction=0: full-batch L-BFGS to the C=1 optimum on the whole training part,
+    the solution scikit-learn converges to: the same accuracy within half a point."""
+    ours = probe_layers(store, "phone", method="logistic", layers=[2, 3], folds=5,
+                        dev_fraction=0, device="cpu").set_index("layer")["accuracy"]
+    folds = probe_folds(store, folds=5, split_by="speaker", seed=0,
+                        weights=np.full(N_UTT, N_FRAMES))
+    for layer in (2, 3):
+        x, lab, utt = _frames(store, layer)
+        fold_of_frame = folds.set_index("utterance")["fold"].to_numpy()[utt]
+        correct = 0
+        for k in range(5):
+            tr, te = fold_of_frame != k, fold_of_frame == k
+            scaler = StandardScaler().fit(x[tr])
+            clf = LogisticRegression(C=1.0, max_iter=5000, tol=1e-6).fit(
+                scaler.transform(x[tr]), lab[tr])
+            correct += int((clf.predict(scaler.transform(x[te])) == lab[te]).sum())
+        assert ours.loc[layer] == pytest.approx(correct / len(lab), abs=0.005), layer
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, 2, True, "0.1"])
+def test_bad_dev_fraction(store, bad):
+    with pytest.raises(ValueError, match="dev_fraction"):
+        probe_layers(store, "phone", method="logistic", dev_fraction=bad, device="cpu")
+
+
 # --------------------------------------------------------------------------- splits
 
 
