@@ -8,10 +8,11 @@ are never modified in place.
 
 A report page has no kernel, so a widget there could not compute anything: each
 widget output that carries a PNG snapshot of itself (the s3viz explorers do)
-is shown as that snapshot with a caption, and when every widget has one the
-page leaves out the widget state and the widget JavaScript that nbconvert would
-fetch from a CDN, so the report opens offline. Other widgets keep their
-embedded state (rendering them needs the network).
+is shown as that snapshot with a caption, and labels, HTML text and progress
+bars (tqdm's) as text read from the stored widget state. When every widget is
+rendered so, the page leaves out the widget state and the widget JavaScript
+that nbconvert would fetch from a CDN, so the report opens offline; other
+widgets keep their embedded state (rendering them needs the network).
 """
 
 from __future__ import annotations
@@ -95,36 +96,69 @@ def run_notebook(path: Path, out_dir: Path, *, timeout: int = 600, kernel_name: 
 
 
 def _static_widgets(nb) -> int:
-    """Replace widget views that carry a PNG snapshot by that snapshot; returns how many.
+    """Replace widget views by static renderings; returns how many were replaced.
 
-    Drops the notebook's widget state when no widget view is left (nbconvert then
-    adds no widget JavaScript, so the page needs no network).
+    A view whose output carries a PNG snapshot (the s3viz explorers) becomes that
+    image; other views become text read from the stored widget state (labels,
+    HTML text and progress bars, e.g. tqdm's: ``extract: 100% |#####| 12/12``).
+    The notebook's widget state is dropped when no widget view is left (nbconvert
+    then adds no widget JavaScript, so the page needs no network).
     """
+    state = nb.metadata.get("widgets", {}).get(
+        "application/vnd.jupyter.widget-state+json", {}).get("state", {})
     replaced = left = 0
     for cell in nb.cells:
         for output in cell.get("outputs", []):
             data = output.get("data", {})
             if _WIDGET_VIEW not in data:
                 continue
-            png = data.get("image/png")
-            if not png:
-                left += 1
-                continue
-            png = "".join(png.split()) if isinstance(png, str) else base64.b64encode(png).decode()
             text = data.get("text/plain", "")
             text = "".join(text) if isinstance(text, list) else str(text)
-            output["data"] = {
-                "text/html": (
+            png = data.get("image/png")
+            if png:
+                png = "".join(png.split()) if isinstance(png, str) else base64.b64encode(
+                    png).decode()
+                rendered = (
                     f'<figure class="s3viz-widget-snapshot" style="margin:0">'
                     f'<img src="data:image/png;base64,{png}" alt="{html.escape(text)}">'
                     "<figcaption style='font-size:12px;color:#555'>Snapshot of an interactive "
-                    "widget; run the notebook in Jupyter to use it.</figcaption></figure>"),
-                "text/plain": text,
-            }
+                    "widget; run the notebook in Jupyter to use it.</figcaption></figure>")
+            else:
+                view = data[_WIDGET_VIEW]
+                text = _widget_text(state, view.get("model_id", "") if isinstance(view, dict)
+                                    else "")
+                if not text:
+                    left += 1
+                    continue
+                rendered = f"<pre class='s3viz-widget-text'>{html.escape(text)}</pre>"
+            output["data"] = {"text/html": rendered, "text/plain": text}
             replaced += 1
     if left == 0 and "widgets" in nb.metadata:
         del nb.metadata["widgets"]
     return replaced
+
+
+def _widget_text(state: dict, model_id: str, depth: int = 0) -> str:
+    """Text of a stored widget (boxes joined, HTML stripped, progress bars drawn); "" if unknown."""
+    import re
+
+    entry = state.get(model_id)
+    if not isinstance(entry, dict) or depth > 20:
+        return ""
+    name, st = entry.get("model_name", ""), entry.get("state", {})
+    if name in ("HBoxModel", "VBoxModel", "BoxModel", "GridBoxModel"):
+        parts = [_widget_text(state, str(c).replace("IPY_MODEL_", ""), depth + 1)
+                 for c in st.get("children", [])]
+        parts = [p for p in parts if p]
+        return (" " if name == "HBoxModel" else "\n").join(parts)
+    if name in ("HTMLModel", "LabelModel", "HTMLMathModel", "TextModel"):
+        raw = html.unescape(re.sub(r"<[^>]+>", "", str(st.get("value", ""))))
+        return " ".join(raw.split())
+    if name in ("FloatProgressModel", "IntProgressModel"):
+        lo, hi, v = (float(st.get(k, d)) for k, d in (("min", 0), ("max", 100), ("value", 0)))
+        frac = 0.0 if hi <= lo else min(max((v - lo) / (hi - lo), 0.0), 1.0)
+        return "|" + "#" * round(20 * frac) + " " * (20 - round(20 * frac)) + "|"
+    return ""
 
 
 def write_index(out_dir: Path, results: Sequence[NotebookResult], extra: Iterable[Path] = ()

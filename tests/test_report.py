@@ -56,6 +56,8 @@ def report(tmp_path_factory):
         _notebook(src / "a_snapshot.ipynb", _FIGURE, _SNAPSHOT_WIDGET),
         _notebook(src / "b_plain_widget.ipynb", "import ipywidgets as W\nW.IntSlider(3)"),
         _notebook(src / "c_broken.ipynb", "x = 1", "1 / 0", "print('never')"),
+        _notebook(src / "d_progress.ipynb",
+                  "from tqdm.auto import tqdm\nfor _ in tqdm(range(3), desc='work'):\n    pass"),
     ]
     out = tmp_path_factory.mktemp("report")
     return build_report(nbs, out, timeout=120), out, nbs
@@ -89,6 +91,16 @@ def test_widget_without_snapshot_keeps_its_state(report):
     page = results[1].html.read_text()
     assert "application/vnd.jupyter.widget-state+json" in page
     assert "application/vnd.jupyter.widget-view+json" in page
+
+
+def test_progress_bars_become_text(report):
+    """tqdm's notebook bars (ipywidgets) are drawn as text from the stored widget state,
+    at their final value, so the page needs no widget JavaScript."""
+    results, _, _ = report
+    page = results[3].html.read_text()
+    assert results[3].error is None
+    assert "work: 100%" in page and "|####################|" in page and "3/3" in page
+    assert "widget-state+json" not in page and "unpkg.com" not in page
 
 
 def test_failing_cell_is_recorded_not_raised(report):
