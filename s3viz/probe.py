@@ -1009,18 +1009,23 @@ def _ridge_layer_utterance(task: _Task, x: torch.Tensor, blocks, c: int, lambdas
 # ---------------------------------------------------------------------------
 
 
-def _train_scaling(x: torch.Tensor, train: torch.Tensor):
-    """Per layer mean and scale (population std, 1 for constant features) of rows ``train``."""
+def _train_scaling(x: torch.Tensor, train: torch.Tensor, reduce=None):
+    """Per layer mean and scale (population std, 1 for constant features) of rows ``train``
+    (of the rows of all shards, summed with ``reduce``)."""
     num_l, _, h = x.shape
-    n_train = int(train.numel())
+    n_local = int(train.numel())
     s1 = torch.zeros(num_l, h, dtype=torch.float64, device=x.device)
     s2 = torch.zeros(num_l, h, dtype=torch.float64, device=x.device)
-    for i in range(0, n_train, 8192):
+    for i in range(0, n_local, 8192):
         xb = x[:, train[i:i + 8192]].double()
         s1 += xb.sum(1)
         s2 += (xb * xb).sum(1)
-    mean = s1 / n_train
-    var = (s2 / n_train - mean * mean).clamp_min(0)
+    n_train = n_local
+    if reduce is not None:
+        s1, s2 = reduce(s1), reduce(s2)
+        n_train = int(reduce(torch.tensor([n_local], dtype=torch.float64))[0])
+    mean = s1 / max(n_train, 1)
+    var = (s2 / max(n_train, 1) - mean * mean).clamp_min(0)
     scale = var.sqrt()
     scale = torch.where(scale > 1e-8 * scale.amax(1, keepdim=True).clamp_min(1e-30), scale,
                         torch.ones_like(scale))
@@ -1029,7 +1034,7 @@ def _train_scaling(x: torch.Tensor, train: torch.Tensor):
 
 def _fit_logistic_full(x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, c: int, *,
                        weight_decay: float | None, max_iter: int, chunk: int = 8192,
-                       tolerance_grad: float = 1e-4, history_size: int = 20):
+                       tolerance_grad: float = 1e-4, history_size: int = 20, reduce=None):
     """All layers' (and heads') penalised softmax regressions to their optimum, full batch.
 
     Minimises, per layer and head, ``mean NLL + weight_decay / 2 * ||W||^2`` (bias not
@@ -1037,32 +1042,43 @@ def _fit_logistic_full(x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, c:
     L-BFGS on the sum over layers and heads (independent problems), stopping when the
     largest gradient entry is under ``tolerance_grad`` (scikit-learn's default ``tol``
     on the same mean-loss scale). Returns as :func:`_fit_logistic`.
+
+    With ``reduce`` (a sum over shards; ``train`` indexes this shard's rows) the
+    scaling, the loss and its gradients are summed over shards before every step,
+    so all shards take the same steps to the optimum of all their examples.
     """
     num_l, _, h = x.shape
     k = y.shape[0]
     n_train = int(train.numel())
-    wd = 1.0 / n_train if weight_decay is None else float(weight_decay)
-    mean, scale = _train_scaling(x, train)
+    if reduce is not None:
+        n_train = int(reduce(torch.tensor([n_train], dtype=torch.float64))[0])
+    wd = 1.0 / max(n_train, 1) if weight_decay is None else float(weight_decay)
+    mean, scale = _train_scaling(x, train, reduce)
     w = torch.zeros(num_l, h, k * c, device=x.device, requires_grad=True)
     b = torch.zeros(num_l, k * c, device=x.device, requires_grad=True)
     opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=int(max_iter), history_size=history_size,
                             tolerance_grad=tolerance_grad, tolerance_change=1e-12,
                             line_search_fn="strong_wolfe")
 
+    n_local = int(train.numel())
+
     def closure():
         opt.zero_grad()
-        total = 0.0
-        for i in range(0, n_train, chunk):
+        w.grad, b.grad = torch.zeros_like(w), torch.zeros_like(b)
+        total = torch.zeros((), dtype=torch.float64, device=x.device)
+        for i in range(0, n_local, chunk):
             idx = train[i:i + chunk]
             z = torch.baddbmm(b[:, None], (x[:, idx] - mean[:, None]) / scale[:, None], w)
             logp = torch.log_softmax(z.view(num_l, -1, k, c), -1)
             t = y[:, idx].T  # (B, K)
             nll = -logp.gather(-1, t[None, :, :, None].expand(num_l, -1, -1, 1)).sum()
             (nll / n_train).backward()
-            total += float(nll.detach()) / n_train
+            total += nll.detach().double() / n_train
+        if reduce is not None:  # every shard's data term, then the (shared) penalty
+            reduce(w.grad), reduce(b.grad), reduce(total)
         pen = 0.5 * wd * (w * w).sum()
         pen.backward()
-        return total + float(pen.detach())
+        return float(total) + float(pen.detach())
 
     with torch.enable_grad():
         opt.step(closure)
@@ -1149,12 +1165,14 @@ def _fit_logistic(x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, dev: to
 
 
 def _logistic_group(task: _Task, xs: torch.Tensor, y_np: np.ndarray, fold_np: np.ndarray,
-                    group_np: np.ndarray, c: int, opts: dict):
+                    group_np: np.ndarray, c: int, opts: dict, reduce=None):
     """Cross-validated logistic probes of a group of layers sharing their examples.
 
     Args:
         xs: ``(num_layers, num_examples, hidden_size)`` features on the device.
         y_np: ``(num_heads, num_examples)`` targets; fold_np, group_np: ``(num_examples,)``.
+        reduce: sharded (``dev_fraction=0`` only): sums a tensor over shards; the
+            returned confusions and counts are then those of all shards.
     """
     device = xs.device
     folds = task.folds
@@ -1170,7 +1188,7 @@ def _logistic_group(task: _Task, xs: torch.Tensor, y_np: np.ndarray, fold_np: np
             tr = torch.from_numpy(np.flatnonzero(~test_m)).to(device)
             w, b, mean, scale = _fit_logistic_full(
                 xs, y, tr, c, weight_decay=opts["weight_decay"],
-                max_iter=25 * opts["max_epochs"])
+                max_iter=25 * opts["max_epochs"], reduce=reduce)
         else:
             train_groups = np.unique(group_np[~test_m])
             rng = np.random.default_rng([task.seed, 1000 + f])
@@ -1198,6 +1216,10 @@ def _logistic_group(task: _Task, xs: torch.Tensor, y_np: np.ndarray, fold_np: np
         for hh in range(k):
             counts[hh, f] = np.bincount(y_np[hh][train_all], minlength=c)
         n_fold[f] = train_all.sum()
+    if reduce is not None:
+        conf = reduce(torch.from_numpy(conf)).numpy()
+        counts = reduce(torch.from_numpy(counts)).numpy()
+        n_fold = reduce(torch.from_numpy(n_fold)).numpy()
     return conf, counts, n_fold
 
 
@@ -1292,7 +1314,8 @@ def probe_layers(
             objective on the whole training part (at most ``max_epochs * 25``
             iterations; ``lr``, ``batch_size`` and ``patience`` unused).
         max_memory: bytes of features the logistic probe may hold on the device.
-        reference: sharded runs (ridge only): the whole corpus's metadata, a
+        reference: sharded runs (ridge, or logistic with ``dev_fraction=0``, whose
+            full-batch gradients are summed over shards): the whole corpus's metadata, a
             store-like object with ``ids, labels, phones, lengths(layer),
             frame_labels(...), downsample_rates, receptive_fields, hidden_sizes,
             num_layer, layer_ids`` (no frames needed; see
@@ -1302,9 +1325,11 @@ def probe_layers(
             ``utterances`` are positions in ``reference``.
         reduce: sharded runs: ``reduce(tensor) -> tensor`` summing a tensor over
             all shards (e.g. :func:`s3viz.distributed.all_reduce_sum`). The
-            ridge statistics, the pooled vectors (utterance level) and the
-            confusion counts are summed with it, so each shard returns the
-            same table as :func:`probe_layers` on the union of the shards.
+            ridge statistics, the pooled vectors (utterance level), the
+            logistic probe's scaling, losses and gradients and the confusion
+            counts are summed with it, so each shard returns the same table as
+            :func:`probe_layers` on the union of the shards (logistic: up to the
+            order of float sums).
 
     Returns:
         DataFrame with one row per target, method and layer: ``target, method,
@@ -1324,8 +1349,11 @@ def probe_layers(
         if reference is None or reduce is None:
             raise ValueError("sharded probes need both `reference` (the whole corpus) and "
                              "`reduce` (a sum over shards); pass both or neither")
-        if methods != ["ridge"]:
-            raise ValueError(f"sharded probes support method='ridge' only, got {methods}")
+        if "logistic" in methods and dev_fraction != 0:
+            raise ValueError(
+                "sharded logistic probes need dev_fraction=0 (full-batch L-BFGS, whose "
+                "gradients sum over shards); early stopping's minibatches cannot be split "
+                "across shards")
         ref_index = {u: i for i, u in enumerate(reference.ids)}
         unknown = [u for u in store.ids if u not in ref_index]
         if unknown:
@@ -1390,7 +1418,8 @@ def probe_layers(
                             task, x, blocks, c, lambdas, torch.float64)
             else:
                 per_layer = _logistic_layers(task, store, layer_list, c, device, opts,
-                                             max_memory)
+                                             max_memory, shard_store=shard_store, shard=shard,
+                                             reduce=reduce)
             for layer in layer_list:
                 rows.append(_result_row(tgt, meth, lev, layer, int(layer_ids[layer]), c, folds,
                                         control, per_layer[layer], fold_accuracy))
@@ -1466,8 +1495,13 @@ def _pooled_sharded(shard_store, layer: int, task: _Task, shard, reduce) -> torc
 
 
 def _logistic_layers(task: _Task, store, layer_list: list[int], c: int, device, opts,
-                     max_memory: int) -> dict:
-    """Group layers (same hidden size and frame labels), train each group batched."""
+                     max_memory: int, shard_store=None, shard=None, reduce=None) -> dict:
+    """Group layers (same hidden size and frame labels), train each group batched.
+
+    Sharded (``shard_store``, ``shard``, ``reduce``): this process holds the examples
+    of its shard only; the L-BFGS gradients, the scaling and the counts are summed
+    over shards with ``reduce`` (``dev_fraction=0``).
+    """
     groups: dict[tuple, list[int]] = {}
     for layer in layer_list:
         key = (store.hidden_sizes[layer],
@@ -1475,34 +1509,50 @@ def _logistic_layers(task: _Task, store, layer_list: list[int], c: int, device, 
         groups.setdefault(key, []).append(layer)
     out = {}
     for (h, _), members in groups.items():
+        rows = None
         if task.level == "frame":
             d = task.frame_targets(members[0])
-            keep = d["y"] >= 0
-            n = int(keep.sum())
-            y_np = [d["y"][keep]] + ([d["y_ctrl"][keep]] if task.control else [])
-            fold_np = d["fold"][keep]
-            group_np = task.groups[d["utt"][keep]]
+            arg, rows = _shard_frames(task, d, shard)
+            if rows is None:
+                keep = d["y"] >= 0
+                sel_rows = np.flatnonzero(keep)
+            else:  # this shard's frames, in the shard store's order
+                keep = d["y"][rows] >= 0
+                sel_rows = rows[keep]
+            n = len(sel_rows)
+            y_np = [d["y"][sel_rows]] + ([d["y_ctrl"][sel_rows]] if task.control else [])
+            fold_np = d["fold"][sel_rows]
+            group_np = task.groups[d["utt"][sel_rows]]
         else:
             keep = None
-            n = len(task.sel)
-            y_np = [task.y] + ([task.y_ctrl] if task.control else [])
-            fold_np = task.utt_fold
-            group_np = task.groups
-        y_np = np.stack(y_np).astype(np.int64)
+            pos = np.arange(len(task.sel)) if shard is None else np.asarray(shard[1], dtype=int)
+            n = len(pos)
+            y_np = [task.y[pos]] + ([task.y_ctrl[pos]] if task.control else [])
+            fold_np = task.utt_fold[pos]
+            group_np = task.groups[pos]
+        y_np = np.stack(y_np).astype(np.int64).reshape(len(y_np), n)
         per = max(1, int(max_memory // max(1, n * h * 4)))
         for start in range(0, len(members), per):
             batch = members[start:start + per]
             feats = []
             for layer in batch:
-                if task.level == "frame":
+                if task.level == "frame" and shard is None:
                     x, _ = store.layer(layer, utterances=_store_arg(task.sel, task.n_utt))
                     x = torch.as_tensor(x)[torch.from_numpy(keep)]
-                else:
+                elif task.level == "frame":
+                    x = (shard_store.layer(layer, utterances=arg)[0] if arg
+                         else torch.zeros(0, h))
+                    x = torch.as_tensor(x)[torch.from_numpy(keep)]
+                elif shard is None:
                     x = _pooled(store, layer, task)
+                else:
+                    x = (torch.as_tensor(shard_store.pooled(layer, utterances=list(shard[0])))
+                         if len(shard[0]) else torch.zeros(0, h))
                 feats.append(x.to(device=device, dtype=torch.float32))
             xs = torch.stack(feats)
             del feats
-            conf, counts, n_fold = _logistic_group(task, xs, y_np, fold_np, group_np, c, opts)
+            conf, counts, n_fold = _logistic_group(task, xs, y_np, fold_np, group_np, c, opts,
+                                                   reduce=reduce)
             del xs
             for li, layer in enumerate(batch):
                 out[layer] = (conf[li], counts, n_fold, None)

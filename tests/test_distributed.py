@@ -243,3 +243,60 @@ def test_more_processes_than_utterances_stops_every_rank(monkeypatch, tmp_path):
     monkeypatch.setattr(s3viz.distributed, "dist_info", lambda: (3, 20, True))
     with pytest.raises(ValueError, match="fewer processes"):
         run(_args(tmp_path))
+
+
+def test_sharded_logistic_probe_equals_single(single):
+    """dev_fraction=0: each shard's L-BFGS gradients are summed with reduce, so two shards
+    (threads standing in for ranks) train the classifiers of the whole corpus."""
+    import threading
+
+    import s3viz
+    from _sharding import ThreadSum
+    from s3viz.distributed import reference_store
+    from s3viz.upstreams import get_upstream
+
+    corpus, full = single["corpus"], single["store"]
+    kw = dict(method="logistic", dev_fraction=0, folds=3, device="cpu")
+    want = pd.concat([s3viz.probe_layers(full, "phone", split_by="speaker", **kw),
+                      s3viz.probe_layers(full, "speaker", split_by="utterance", **kw)],
+                     ignore_index=True)
+    up = get_upstream(UPSTREAM)
+    shards = [shard_indices(corpus.ids, r, 2) for r in range(2)]
+    stores = [s3viz.extract(up, corpus[s], batch_size=4, device="cpu", progress=False)
+              for s in shards]
+    summer, out, errors = ThreadSum(2), [None, None], []
+
+    def work(r):
+        try:
+            red = summer.reducer(r)
+            ref = reference_store(corpus, stores[r], shards[r], reduce=red)
+            out[r] = pd.concat([
+                s3viz.probe_layers(stores[r], "phone", split_by="speaker", reference=ref,
+                                   reduce=red, **kw),
+                s3viz.probe_layers(stores[r], "speaker", split_by="utterance", reference=ref,
+                                   reduce=red, **kw)], ignore_index=True)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+            summer.barrier.abort()
+
+    threads = [threading.Thread(target=work, args=(r,)) for r in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors
+    for r in range(2):
+        pd.testing.assert_frame_equal(out[r][["target", "layer", "n_train", "n_test",
+                                              "n_classes", "chance"]],
+                                      want[["target", "layer", "n_train", "n_test",
+                                            "n_classes", "chance"]])
+        # the same optimum up to the order of float sums: at most a frame or two differ
+        np.testing.assert_allclose(out[r]["accuracy"], want["accuracy"], atol=0.005)
+
+
+def test_sharded_logistic_needs_dev_fraction_zero(single):
+    import s3viz
+
+    with pytest.raises(ValueError, match="dev_fraction=0"):
+        s3viz.probe_layers(single["store"], "phone", method="logistic",
+                           reference=single["store"], reduce=all_reduce_sum)

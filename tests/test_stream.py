@@ -13,6 +13,7 @@ import s3viz
 from s3viz.stream import stream_analysis
 
 from _contract_toys import ToyUpstream
+from _sharding import ThreadSum
 
 N_UTT = 12
 
@@ -131,30 +132,6 @@ def test_frame_cka_needs_one_rate(corpus):
         stream_analysis(ToyUpstream(mixed=True), corpus, targets=[], cka=True, device="cpu")
 
 
-class _ThreadSum:
-    """An all_reduce(SUM) between threads: each thread's ``reduce`` is a collective call."""
-
-    def __init__(self, n: int):
-        self.barrier = threading.Barrier(n)
-        self.lock = threading.Lock()
-        self.parts: dict[int, list] = {}
-
-    def reducer(self):
-        calls = [0]
-
-        def reduce(t: torch.Tensor) -> torch.Tensor:
-            k = calls[0]
-            calls[0] += 1
-            with self.lock:
-                self.parts.setdefault(k, []).append(t.clone())
-            self.barrier.wait()
-            total = torch.stack(self.parts[k]).sum(0)
-            self.barrier.wait()
-            return t.copy_(total)
-
-        return reduce
-
-
 def test_shards_summed_equal_whole(corpus):
     """Two shards whose statistics are summed (threads standing in for ranks) give the
     whole-corpus tables, including the frame-counting pass and the primal utterance probe."""
@@ -167,10 +144,10 @@ def test_shards_summed_equal_whole(corpus):
     weights = [u.num_samples for u in corpus]
     shards = [shard_indices(corpus.ids, r, 2, weights=weights) for r in range(2)]
     assert sorted(shards[0] + shards[1]) == list(range(N_UTT))
-    summer, out = _ThreadSum(2), [None, None]
+    summer, out = ThreadSum(2), [None, None]
 
     def work(r):
-        out[r] = stream_analysis(up, corpus, shard=shards[r], reduce=summer.reducer(), **kw)
+        out[r] = stream_analysis(up, corpus, shard=shards[r], reduce=summer.reducer(r), **kw)
 
     threads = [threading.Thread(target=work, args=(r,)) for r in range(2)]
     for th in threads:
