@@ -24,6 +24,19 @@ matrices ``K = X X^T``, ``L = Y Y^T``. Two estimators:
     ``num_layers * batch_size ** 2`` floats whatever the hidden sizes; the value
     is an estimate (close to, but not exactly, the full-data CKA).
 
+``method="cca"`` gives the mean canonical correlation after an SVD reduction
+(SVCCA, Raghu et al. 2017, "SVCCA: Singular Vector Canonical Correlation
+Analysis for Deep Learning Dynamics and Interpretability"): each layer keeps the
+principal directions explaining ``keep_variance`` of its variance (0.99 by
+default; 1.0 keeps every non-degenerate direction, i.e. plain CCA), and the
+similarity is the mean of the canonical correlations between the two reduced
+layers. It is computed from the same streamed centred covariances as the
+feature-space CKA (``estimator="feature"`` only) and is invariant to any
+invertible linear map of a layer that keeps the reduced subspace (CKA only to
+orthogonal maps and isotropic scaling). With fewer frames than reduced
+dimensions the correlations tend to 1 and mean nothing: compare on many more
+frames than dimensions.
+
 Frames are paired by position, so the layers compared must have the same
 number of frames per utterance (same downsample rate and length convention);
 ``level="utterance"`` compares mean-pooled utterance vectors instead, which
@@ -39,10 +52,11 @@ import pandas as pd
 import torch
 from ._device import resolve_device as _resolve_device
 
-__all__ = ["ESTIMATORS", "cka_naive", "hsic_unbiased", "layer_similarity"]
+__all__ = ["ESTIMATORS", "METHODS", "cca_naive", "cka_naive", "hsic_unbiased",
+           "layer_similarity"]
 
 ESTIMATORS = ("feature", "minibatch")
-METHODS = ("cka",)
+METHODS = ("cka", "cca")
 
 
 
@@ -82,6 +96,49 @@ def cka_naive(x: torch.Tensor, y: torch.Tensor) -> float:
         return torch.trace(a @ b)
 
     return float(hsic(kh, lh) / torch.sqrt(hsic(kh, kh) * hsic(lh, lh)))
+
+
+def cca_naive(x: torch.Tensor, y: torch.Tensor, keep_variance: float = 0.99) -> float:
+    """SVCCA from the frames themselves (a reference for tests): mean canonical correlation.
+
+    Each of ``x (n, H1)``, ``y (n, H2)`` is centred and projected on its top
+    principal components explaining ``keep_variance`` of its variance; the
+    canonical correlations are the singular values of ``Qx^T Qy`` with ``Qx``, ``Qy``
+    orthonormal bases of the projections.
+    """
+    def basis(a):
+        a = torch.as_tensor(a, dtype=torch.float64)
+        a = a - a.mean(0)
+        u, sv, _ = torch.linalg.svd(a, full_matrices=False)
+        k = _keep(sv * sv, keep_variance)
+        return u[:, :k]
+
+    qx, qy = basis(x), basis(y)
+    return float(torch.linalg.svdvals(qx.T @ qy).clamp(0, 1).mean())
+
+
+def _keep(var: torch.Tensor, keep_variance: float) -> int:
+    """How many of the (descending) component variances ``var`` to keep."""
+    var = var.clamp_min(0)
+    tol = float(var.max()) * 1e-10 if var.numel() else 0.0
+    nonzero = int((var > tol).sum())
+    if keep_variance >= 1.0:
+        return max(nonzero, 1)
+    cum = torch.cumsum(var, 0) / var.sum()
+    return max(1, min(nonzero, int((cum < keep_variance).sum()) + 1))
+
+
+def _svcca(cxx: torch.Tensor, cyy: torch.Tensor, cxy: torch.Tensor,
+           keep_variance: float) -> float:
+    """Mean canonical correlation from centred covariances (any common scale)."""
+    def whitener(c):
+        ev, u = torch.linalg.eigh(c)
+        ev, u = ev.flip(0), u.flip(1)  # descending
+        k = _keep(ev, keep_variance)
+        return u[:, :k] / ev[:k].clamp_min(1e-300).sqrt()
+
+    wx, wy = whitener(cxx), whitener(cyy)
+    return float(torch.linalg.svdvals(wx.T @ cxy @ wy).clamp(0, 1).mean())
 
 
 def hsic_unbiased(k: torch.Tensor, l_: torch.Tensor) -> float:
@@ -212,15 +269,18 @@ def layer_similarity(
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     reduce=None,
+    keep_variance: float = 0.99,
 ) -> pd.DataFrame:
-    """Linear CKA between every pair of layers.
+    """Linear CKA (or SVCCA) between every pair of layers.
 
     Args:
         store: a :class:`~s3viz.extract.LayerStore`.
         other: another store of the same utterances (same ids, same order, same
             frames per utterance) to compare two upstreams; ``None`` compares
             ``store`` with itself.
-        method: ``"cka"`` (linear CKA).
+        method: ``"cka"`` (linear CKA) or ``"cca"`` (SVCCA: mean canonical
+            correlation of the layers reduced to ``keep_variance`` of their
+            variance; ``estimator="feature"`` only).
         layers: stored layers of ``store`` (rows; default all).
         other_layers: stored layers of ``other`` (columns; default all, or ``layers``).
         level: ``"frame"`` (frames paired by position) or ``"utterance"``
@@ -242,12 +302,15 @@ def layer_similarity(
             and every shard gets the CKA of the union of the shards. The frame
             counts and sums are reduced first to centre every shard's
             cross-products on the global mean, then the cross-products are summed.
+        keep_variance: ``method="cca"``: share of each layer's variance its
+            principal directions keep before CCA (in ``(0, 1]``; 1.0: plain CCA).
 
     Returns:
-        DataFrame of CKA values, index = layers of ``store`` (name ``"layer"``),
+        DataFrame of CKA (or SVCCA) values, index = layers of ``store`` (name ``"layer"``),
         columns = layers of ``other`` (or ``store``) (name ``"other_layer"`` or
         ``"layer"``). ``df.attrs`` records ``upstream_layers``,
-        ``other_upstream_layers``, ``num_frames``, ``estimator`` and ``level``.
+        ``other_upstream_layers``, ``num_frames``, ``estimator``, ``level`` and
+        ``method`` (and ``keep_variance`` for SVCCA).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -261,6 +324,12 @@ def layer_similarity(
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
     if isinstance(batch_size, bool) or int(batch_size) < 4:
         raise ValueError(f"batch_size must be an int >= 4 (unbiased HSIC), got {batch_size!r}")
+    if method == "cca" and estimator != "feature":
+        raise ValueError("method='cca' needs estimator='feature' (the full covariances)")
+    if method == "cca" and (isinstance(keep_variance, bool)
+                            or not isinstance(keep_variance, (int, float))
+                            or not 0 < keep_variance <= 1):
+        raise ValueError(f"keep_variance must be a number in (0, 1], got {keep_variance!r}")
     if reduce is not None and (estimator != "feature" or max_frames is not None):
         raise ValueError("sharded CKA (reduce=...) needs estimator='feature' and max_frames=None")
     rows = _check_layers(store, layers, "layers")
@@ -303,25 +372,32 @@ def layer_similarity(
     if estimator == "feature":
         sizes = [int(st.hidden_sizes[layer]) for st, layer in src.items]
         hsic, n = _feature_hsic(src, sel, counts, keep, pairs, device, chunk_frames, dtype,
-                                reduce=reduce, sizes=sizes)
+                                reduce=reduce, sizes=sizes,
+                                keep_variance=float(keep_variance) if method == "cca" else None)
     else:
         hsic, n = _minibatch_hsic(src, sel, counts, keep, pairs, device, chunk_frames,
                                   int(batch_size), int(seed))
     ids = list(getattr(store, "layer_ids", range(store.num_layer)))
     oth = other if other is not None else store
     oids = list(getattr(oth, "layer_ids", range(oth.num_layer)))
+    extra = {"keep_variance": float(keep_variance)} if method == "cca" else {}
     return _cka_table(hsic, rows, cols, row_idx, col_idx, other_axis=other is not None,
-                      upstream_layers=[ids[r] for r in rows],
+                      direct=method == "cca", upstream_layers=[ids[r] for r in rows],
                       other_upstream_layers=[oids[c] for c in cols],
-                      num_frames=int(n), estimator=estimator, level=level)
+                      num_frames=int(n), estimator=estimator, level=level, method=method,
+                      **extra)
 
 
 def _cka_table(hsic: dict, rows, cols, row_idx, col_idx, *, other_axis: bool = False,
-               **attrs) -> pd.DataFrame:
-    """The CKA DataFrame of :func:`layer_similarity` from the HSIC of each pair."""
+               direct: bool = False, **attrs) -> pd.DataFrame:
+    """The DataFrame of :func:`layer_similarity` from the HSIC of each pair (CKA), or
+    from each pair's value itself (``direct``, SVCCA)."""
     out = np.empty((len(rows), len(cols)))
     for a, i in enumerate(row_idx):
         for b, j in enumerate(col_idx):
+            if direct:
+                out[a, b] = hsic[(min(i, j), max(i, j))]
+                continue
             den = np.sqrt(hsic[(i, i)] * hsic[(j, j)])
             out[a, b] = hsic[(min(i, j), max(i, j))] / den if den > 0 else np.nan
     df = pd.DataFrame(out, index=pd.Index(rows, name="layer"),
@@ -348,11 +424,14 @@ def _iter_blocks(src: _Source, sel, counts, keep, chunk_frames):
 
 
 def _feature_hsic(src, sel, counts, keep, pairs, device, chunk_frames, dtype, reduce=None,
-                  sizes=None):
-    """||centred X_i^T X_j||_F^2 for each pair, from one streamed pass (see :class:`_CrossProducts`)."""
+                  sizes=None, keep_variance=None):
+    """||centred X_i^T X_j||_F^2 for each pair, from one streamed pass (see
+    :class:`_CrossProducts`); with ``keep_variance``, the pairs' SVCCA instead."""
     acc = _CrossProducts(pairs, device, dtype)
     for feats in _iter_blocks(src, sel, counts, keep, chunk_frames):
         acc.add(feats)
+    if keep_variance is not None:
+        return acc.svcca(keep_variance, reduce=reduce, sizes=sizes)
     return acc.hsic(reduce=reduce, sizes=sizes)
 
 
@@ -390,17 +469,24 @@ class _CrossProducts:
             else:
                 self.acc[(i, j)] = prod
 
-    def hsic(self, reduce=None, sizes=None) -> tuple[dict, int]:
-        """``({pair: ||centred X_i^T X_j||_F^2}, frames)``, summed over shards with ``reduce``."""
+    def centred(self, reduce=None, sizes=None) -> tuple[dict, int]:
+        """``({pair: centred X_i^T X_j}, frames)``, summed over shards with ``reduce``."""
         acc, sums, n = self.acc, self.sums, self.n
         if reduce is not None:
             acc, sums, n = _reduce_centred(acc, sums, self.shift, n, self.pairs, self.layers,
                                            sizes, self.device, reduce)
-        hsic = {}
-        for (i, j), c in acc.items():
-            c = c - torch.outer(sums[i], sums[j]) / n
-            hsic[(i, j)] = float((c * c).sum())
-        return hsic, n
+        return {(i, j): c - torch.outer(sums[i], sums[j]) / n for (i, j), c in acc.items()}, n
+
+    def hsic(self, reduce=None, sizes=None) -> tuple[dict, int]:
+        """``({pair: ||centred X_i^T X_j||_F^2}, frames)``, summed over shards with ``reduce``."""
+        cov, n = self.centred(reduce, sizes)
+        return {p: float((c * c).sum()) for p, c in cov.items()}, n
+
+    def svcca(self, keep_variance: float, reduce=None, sizes=None) -> tuple[dict, int]:
+        """``({pair: mean canonical correlation}, frames)`` (see the module doc)."""
+        cov, n = self.centred(reduce, sizes)
+        return {(i, j): _svcca(cov[(i, i)], cov[(j, j)], c, keep_variance)
+                for (i, j), c in cov.items()}, n
 
 
 def _reduce_centred(acc, sums, shift, n, pairs, layers_used, sizes, device, reduce):

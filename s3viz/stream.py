@@ -498,7 +498,7 @@ def stream_analysis(
         idx = list(range(len(sizes)))
         cka_df = _cka_table(hsic, idx, idx, idx, idx, upstream_layers=list(layer_ids),
                             other_upstream_layers=list(layer_ids), num_frames=int(n),
-                            estimator="feature", level=cka_level)
+                            estimator="feature", level=cka_level, method="cka")
     probes = None
     if tasks:
         st.solve()

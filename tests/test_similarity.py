@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from s3viz.extract import LayerStore
-from s3viz.similarity import cka_naive, hsic_unbiased, layer_similarity
+from s3viz.similarity import cca_naive, cka_naive, hsic_unbiased, layer_similarity
 
 N_UTT, N_FRAMES = 30, 20
 
@@ -175,6 +175,43 @@ def test_minibatch_estimator(store, frames, cka):
 def test_cuda_matches_cpu(store, cka):
     gpu = layer_similarity(store, device="cuda")
     np.testing.assert_allclose(gpu.to_numpy(), cka.to_numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("keep", [0.99, 0.9, 1.0])
+def test_svcca_matches_naive_frames(store, frames, keep):
+    """method='cca' from the streamed covariances == SVCCA computed on the frames."""
+    df = layer_similarity(store, method="cca", keep_variance=keep, device="cpu",
+                          dtype=torch.float64)
+    ref = np.array([[cca_naive(x, y, keep) for y in frames] for x in frames])
+    np.testing.assert_allclose(df.to_numpy(), ref, atol=1e-6)
+    assert df.attrs["method"] == "cca" and df.attrs["keep_variance"] == keep
+    np.testing.assert_allclose(np.diag(df.to_numpy()), 1.0, atol=1e-6)
+
+
+def test_svcca_invariant_to_invertible_maps_cka_is_not(store):
+    """Plain CCA (keep_variance=1) ignores any invertible linear map of a layer, where CKA
+    changes under a non-isotropic scaling; an unrelated noise layer stays low."""
+    g = torch.Generator().manual_seed(3)
+    m = torch.randn(14, 14, generator=g, dtype=torch.float64) + 4 * torch.eye(14)
+    hs = []
+    for i in range(len(store)):
+        _a, b, _c, d = [t.double() for t in store.utterance(i)]
+        hs.append([b.float(), (b @ m + 2.0).float(), d.float()])
+    other = LayerStore.from_tensors(hs, downsample_rates=[320] * 3, ids=store.ids)
+    cca = layer_similarity(other, method="cca", keep_variance=1.0, device="cpu",
+                           dtype=torch.float64)
+    cka = layer_similarity(other, device="cpu", dtype=torch.float64)
+    assert cca.loc[0, 1] == pytest.approx(1.0, abs=1e-6)
+    assert cka.loc[0, 1] < 0.99
+    assert cca.loc[0, 2] < 0.35
+
+
+def test_svcca_bad_inputs(store):
+    with pytest.raises(ValueError, match="estimator='feature'"):
+        layer_similarity(store, method="cca", estimator="minibatch")
+    for bad in (0, 1.5, -0.2, True, "all"):
+        with pytest.raises(ValueError, match="keep_variance"):
+            layer_similarity(store, method="cca", keep_variance=bad)
 
 
 def test_bad_inputs(store):
