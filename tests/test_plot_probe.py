@@ -90,6 +90,9 @@ def test_similarity_heatmap():
     assert len(ax.figure.axes) == 2  # the heatmap and its colorbar
     assert ax.figure.axes[1].get_ylabel() == "linear CKA"
     np.testing.assert_allclose(ax.images[0].get_array(), vals)
+    df.attrs["method"] = "cca"  # an SVCCA table is labelled as such
+    ax = s3viz.plot.similarity(df)
+    assert ax.figure.axes[1].get_ylabel() == "SVCCA (mean canonical correlation)"
 
 
 def test_similarity_uses_upstream_layer_ids_and_given_axes():

@@ -91,7 +91,7 @@ def probe_curve(df: pd.DataFrame, ax=None, *, metric: str = "accuracy",
 
 def similarity(df: pd.DataFrame, ax=None, *, vmin: float = 0.0, vmax: float = 1.0,
                cmap: str = "viridis", annotate: bool | None = None, colorbar: bool = True,
-               label: str = "linear CKA", layer0: str = "CNN/proj", title: str | None = None):
+               label: str | None = None, layer0: str = "CNN/proj", title: str | None = None):
     """Heatmap of a layer-by-layer similarity matrix (e.g. linear CKA).
 
     Args:
@@ -102,7 +102,8 @@ def similarity(df: pd.DataFrame, ax=None, *, vmin: float = 0.0, vmax: float = 1.
         cmap: matplotlib colormap.
         annotate: write each value in its cell (default: when at most 16 x 16).
         colorbar: add a colorbar.
-        label: colorbar label.
+        label: colorbar label (default from ``df.attrs["method"]``: "linear CKA" or
+            "SVCCA (mean canonical correlation)").
         layer0: what layer 0 is called on the axes.
         title: Axes title.
 
@@ -115,6 +116,9 @@ def similarity(df: pd.DataFrame, ax=None, *, vmin: float = 0.0, vmax: float = 1.
         )
     if df.empty:
         raise ValueError("df is empty: nothing to plot")
+    if label is None:
+        label = ("SVCCA (mean canonical correlation)" if df.attrs.get("method") == "cca"
+                 else "linear CKA")
     values = df.to_numpy(dtype=float)
     ax = new_axes(ax, figsize=(5.2, 4.4))
     im = ax.imshow(values, origin="lower", vmin=vmin, vmax=vmax, cmap=cmap, aspect="auto",
