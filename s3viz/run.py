@@ -19,6 +19,10 @@ extracts once into a disk :class:`~s3viz.extract.LayerStore` under
 ``DIR/rank-<k>`` and both passes read it back (disk instead of a second
 extraction; the stores can be opened later with ``LayerStore.open``).
 
+``--methods ridge logistic`` (with ``--store-frames``) adds logistic probes trained
+on the stored shards with full-batch L-BFGS, their gradients summed over ranks
+before every step (:func:`s3viz.probe_layers` with ``dev_fraction=0``).
+
 Rank 0 writes ``probes.csv``, ``cka.csv``, ``probe_curve.png``, ``cka.png`` and
 ``run.json`` to ``--out``; every rank writes ``rank-<k>.json`` there (its
 utterances, audio seconds, upstream passes, seconds, resident memory after
@@ -49,6 +53,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     src.add_argument("--folder", default=None, help="folder of audio files (s3viz.data.load_folder)")
     p.add_argument("--labels", default=None, help="labels CSV for --folder")
     p.add_argument("--targets", nargs="*", default=["phone"], help="probe targets")
+    p.add_argument("--methods", nargs="+", default=["ridge"], choices=["ridge", "logistic"],
+                   help="probe methods; logistic (full-batch L-BFGS, gradients summed over "
+                        "ranks) needs --store-frames")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--split-by", default="speaker", choices=["speaker", "utterance"])
     p.add_argument("--seed", type=int, default=0)
@@ -66,6 +73,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.labels and not args.folder:
         p.error("--labels needs --folder")
+    if not args.targets and not args.cka:
+        p.error("nothing to compute: give --targets and/or --cka")
+    if "logistic" in args.methods and not args.store_frames:
+        p.error("--methods logistic needs --store-frames DIR: a logistic probe takes many "
+                "passes over the frames, so each rank keeps its shard's frames on disk")
     return args
 
 
@@ -140,26 +152,54 @@ def run(args) -> dict:
             cka_level = "utterance"  # frames of different rates cannot be paired
     # speaker identity cannot be split by speaker
     splits = {t: ("utterance" if t == "speaker" else args.split_by) for t in args.targets}
-    res = stream_analysis(upstream, corpus, targets=args.targets, layers=args.layers,
-                          folds=args.folds, split_by=splits, seed=args.seed, cka=args.cka,
-                          cka_level=cka_level, shard=shard, reduce=all_reduce_sum,
-                          batch_size=args.batch_size,
-                          max_batch_seconds=getattr(args, "max_batch_seconds", 60.0),
-                          device=device, cache_dir=cache)
-    probes, cka, store = res["probes"], res["cka"], res["store"]
+    methods = list(getattr(args, "methods", ["ridge"]))
+    if not args.targets and not args.cka:
+        raise ValueError("nothing to compute: give targets and/or cka")
+    if "logistic" in methods and cache is None:
+        raise ValueError("methods=['logistic'] needs store_frames (a folder): a logistic "
+                         "probe takes many passes over the frames")
+    batching = dict(batch_size=args.batch_size,
+                    max_batch_seconds=getattr(args, "max_batch_seconds", 60.0))
+    if "ridge" in methods and args.targets or args.cka:
+        res = stream_analysis(upstream, corpus,
+                              targets=args.targets if "ridge" in methods else [],
+                              cka=args.cka, layers=args.layers, folds=args.folds,
+                              split_by=splits, seed=args.seed, cka_level=cka_level, shard=shard,
+                              reduce=all_reduce_sum, device=device, cache_dir=cache, **batching)
+        probes, cka, store, passes = res["probes"], res["cka"], res["store"], res["passes"]
+    else:  # logistic only: the shard's frames go to disk once
+        from .extract import extract
+
+        store = extract(upstream, corpus[shard], layers=args.layers, device=device,
+                        cache_dir=cache, progress=False, **batching)
+        probes, cka, passes = None, None, 0
+    if "logistic" in methods and args.targets:
+        import pandas as pd
+
+        from .distributed import reference_store
+        from .probe import probe_layers
+
+        ref = reference_store(corpus, store, shard, reduce=all_reduce_sum)
+        logistic = pd.concat([
+            probe_layers(store, t, method="logistic", dev_fraction=0, folds=args.folds,
+                         split_by=splits[t], seed=args.seed, device=device, reference=ref,
+                         reduce=all_reduce_sum).assign(split_by=splits[t])
+            for t in args.targets], ignore_index=True)
+        probes = logistic if probes is None else pd.concat([probes, logistic],
+                                                           ignore_index=True)
     t_total = time.perf_counter() - t0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"rank-{rank}.json").write_text(json.dumps({
         "rank": rank, "utterances": len(shard),
         "audio_seconds": float(sum(corpus[i].num_samples for i in shard)) / 16000.0,
-        "upstream_passes": res["passes"], "total_seconds": t_total,
+        "upstream_passes": passes, "total_seconds": t_total,
         "setup_rss_mb": setup_rss, "analysis_peak_rss_mb": _status_mb("VmHWM"),
         "peak_rss_mb": _peak_rss_mb()}, indent=2))
     if rank == 0:
         _write(args, probes, cka, {
             "world_size": world, "utterances": len(corpus), "upstream": args.upstream,
-            "upstream_passes_rank0": res["passes"], "total_seconds_rank0": t_total,
+            "upstream_passes_rank0": passes, "total_seconds_rank0": t_total,
             "store_frames": str(args.store_frames) if args.store_frames else None,
             "cka_level": None if cka is None else cka.attrs.get("level"),
         })

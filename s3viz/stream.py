@@ -396,7 +396,9 @@ def stream_analysis(
     Returns:
         ``{"probes": DataFrame or None (the columns of probe_layers), "cka":
         DataFrame or None, "store": the disk LayerStore or None, "passes":
-        upstream passes run, "shard": the positions}``.
+        upstream passes of the streaming itself (0 with ``cache_dir``, whose
+        frames ``s3viz.extract`` wrote once or found already there), "shard":
+        the positions}``.
     """
     num_layer, all_sizes, all_rates, all_fields, _ = _check_upstream(upstream)
     corpus = _as_corpus(corpus)
