@@ -1531,7 +1531,10 @@ def _logistic_layers(task: _Task, store, layer_list: list[int], c: int, device, 
             fold_np = task.utt_fold[pos]
             group_np = task.groups[pos]
         y_np = np.stack(y_np).astype(np.int64).reshape(len(y_np), n)
-        per = max(1, int(max_memory // max(1, n * h * 4)))
+        n_group = n
+        if reduce is not None:  # every shard must group the layers alike (same collectives)
+            n_group = int(reduce(torch.tensor([float(n)], dtype=torch.float64))[0])
+        per = max(1, int(max_memory // max(1, n_group * h * 4)))
         for start in range(0, len(members), per):
             batch = members[start:start + per]
             feats = []

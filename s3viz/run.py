@@ -3,7 +3,7 @@
 Usage::
 
     torchrun --nproc_per_node=4 -m s3viz.run --upstream hubert_base --pretrained \\
-        --folder /data/wavs --labels /data/labels.csv --targets phone speaker --cka \\
+        --folder /data/wavs --labels /data/labels.csv --targets speaker --cka \\
         --store-frames /scratch/frames --out results/
 
 Each rank takes the utterances :func:`s3viz.distributed.shard_indices` gives it
@@ -12,8 +12,9 @@ Each rank takes the utterances :func:`s3viz.distributed.shard_indices` gives it
 update the ridge probes' sufficient statistics and the CKA cross-products, drop
 the batch), an ``all_reduce`` of the statistics (gloo on CPU, nccl on CUDA),
 and a scoring pass (extract again, count each fold's held-out predictions,
-``all_reduce`` the confusion matrices). No rank keeps frames, so memory per rank
-is a batch plus the statistics, whatever the corpus size; every rank gets the
+``all_reduce`` the confusion matrices). No rank keeps frames, so for these ridge
+probes and CKA memory per rank is a batch plus the statistics, whatever the
+corpus size; every rank gets the
 tables of the single-process API. With ``--store-frames DIR`` each rank instead
 extracts once into a disk :class:`~s3viz.extract.LayerStore` under
 ``DIR/rank-<k>`` and both passes read it back (disk instead of a second
@@ -67,7 +68,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="padded audio seconds per batch at most (bounds the memory per batch)")
     p.add_argument("--store-frames", default=None, metavar="DIR",
                    help="keep each rank's frames on disk under DIR/rank-<k> (a LayerStore)")
-    p.add_argument("--device", default=None, help="default: cuda:<local_rank> if CUDA, else cpu")
+    p.add_argument("--device", default=None,
+                   help="cpu or cuda (each rank takes cuda:<local rank>); default: cuda if "
+                        "available, else cpu")
     p.add_argument("--out", required=True, help="output folder (written by rank 0)")
     p.add_argument("--no-figures", action="store_true")
     args = p.parse_args(argv)
@@ -101,9 +104,22 @@ def _init(device_arg):
     from .distributed import env_world
 
     rank, world, local = env_world()
-    use_cuda = torch.cuda.is_available() and (device_arg is None or str(device_arg).startswith("cuda"))
-    device = torch.device(device_arg) if device_arg else torch.device(
-        f"cuda:{local}" if use_cuda else "cpu")
+    if device_arg is None:
+        device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            device = torch.device(device_arg)
+        except RuntimeError as e:
+            raise ValueError(f"--device must be cpu, cuda or cuda:N, got {device_arg!r}") from e
+        if device.type == "cuda" and device.index is None:
+            device = torch.device(f"cuda:{local}")  # each rank its own GPU
+        elif device.type == "cuda" and world > 1:
+            raise ValueError(f"--device {device_arg} would put all {world} ranks on one GPU "
+                             "(nccl refuses that); give --device cuda and each rank takes "
+                             "cuda:<local rank>")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device_arg} but CUDA is not available here; use --device "
+                         "cpu (or leave it out)")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():

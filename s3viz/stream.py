@@ -310,6 +310,26 @@ class _Streamer:
                 t.result[s] = (conf, counts, n_train, t.models[s][2])
 
 
+def _agree(work: Callable[[], None], reduce) -> None:
+    """Run ``work`` (no collective calls inside), then stop every shard if any failed.
+
+    A shard raising alone would leave the others waiting in the next ``reduce``;
+    here each shard adds a failure flag first, so all raise together (the failing
+    one its own error, the others a RuntimeError saying so).
+    """
+    err = None
+    try:
+        work()
+    except Exception as e:  # noqa: BLE001 - re-raised below, after the agreement
+        err = e
+    failed = reduce(torch.tensor([0.0 if err is None else 1.0], dtype=torch.float64))
+    if err is not None:
+        raise err
+    if float(failed[0]) > 0:
+        raise RuntimeError("another shard failed in stream_analysis (its own error says "
+                           "why); this shard stops too")
+
+
 def _trim_heap() -> None:
     """Give freed heap pages back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
 
@@ -435,9 +455,13 @@ def stream_analysis(
                      torch.float32, False, "stream")
     store = None
     if cache_dir is not None:
-        store = extract(upstream, sub, layers=layer_ids, batch_size=batch_size,
-                        max_batch_seconds=max_batch_seconds, device=device, cache_dir=cache_dir,
-                        progress=progress)
+        def _store():
+            nonlocal store
+            store = extract(upstream, sub, layers=layer_ids, batch_size=batch_size,
+                            max_batch_seconds=max_batch_seconds, device=device,
+                            cache_dir=cache_dir, progress=progress)
+
+        _agree(_store, reduce)
     passes = 0
 
     def each_batch(fn):
@@ -462,6 +486,19 @@ def stream_analysis(
             print(f"s3viz.stream_analysis: pass over {len(pos_all)} utterances in "
                   f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
 
+    if shard is not None:  # every utterance in exactly one shard (the same check on every rank)
+        cover = torch.zeros(len(corpus), dtype=torch.float64)
+        cover[torch.from_numpy(pos_all)] = 1.0
+        cover = reduce(cover)
+        if not bool((cover == 1).all()):
+            bad = [corpus.ids[i] for i in torch.nonzero(cover != 1).squeeze(1).tolist()[:5]]
+            raise ValueError(f"the shards must hold every utterance of the corpus exactly once; "
+                             f"e.g. {bad} are missing or in several shards")
+
+    def agreed(fn):
+        """Run a pass of ``fn`` over this shard; every shard stops if any failed."""
+        _agree(lambda: each_batch(fn), reduce)
+
     meta = _Meta(corpus)
     len0 = {}
 
@@ -474,7 +511,7 @@ def stream_analysis(
                 def count(p, frames, lens):
                     mine[torch.from_numpy(p)] = torch.from_numpy(lens[:, 0])
 
-                each_batch(count)
+                agreed(count)
                 pred = reduce(mine).numpy()
             else:
                 len0["check"] = True
@@ -491,7 +528,7 @@ def stream_analysis(
                    cka_level, tuple(float(v) for v in lambdas))
     if len0.get("check"):
         st.expected_len0 = len0["w"]
-    each_batch(st.statistics)
+    agreed(st.statistics)
     cka_df = None
     if cka:
         hsic, n = st.cka.hsic(reduce=None if reduce is _identity else reduce, sizes=sizes)
@@ -504,7 +541,7 @@ def stream_analysis(
     probes = None
     if tasks:
         st.solve()
-        each_batch(st.score)
+        agreed(st.score)
         st.finish()
         rows, fold_accuracy = [], {}
         for t in tasks:

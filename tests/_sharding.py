@@ -32,3 +32,25 @@ class ThreadSum:
             return t.copy_(total)
 
         return reduce
+
+
+def run_threads(n: int, work, timeout: float = 300.0):
+    """Run ``work(rank)`` in ``n`` threads; return ``(results, errors)`` by rank.
+
+    Fails the test if a thread is still running after ``timeout`` (a deadlock).
+    """
+    out, errors = [None] * n, [None] * n
+
+    def target(r):
+        try:
+            out[r] = work(r)
+        except BaseException as e:  # noqa: BLE001 - inspected by the caller
+            errors[r] = e
+
+    threads = [threading.Thread(target=target, args=(r,)) for r in range(n)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=timeout)
+    assert not any(th.is_alive() for th in threads), "a shard is still waiting: deadlock"
+    return out, errors

@@ -259,51 +259,45 @@ def test_more_processes_than_utterances_stops_every_rank(monkeypatch, tmp_path):
         run(_args(tmp_path))
 
 
-def test_sharded_logistic_probe_equals_single(single):
-    """dev_fraction=0: each shard's L-BFGS gradients are summed with reduce, so two shards
-    (threads standing in for ranks) train the classifiers of the whole corpus."""
-    import threading
-
+def _sharded_logistic(single, shards, targets, **kw):
+    """Logistic probes (dev_fraction=0) of the whole store, and of two shard stores whose
+    gradients are summed between threads standing in for ranks: ``(want, [shard tables])``."""
     import s3viz
-    from _sharding import ThreadSum
+    from _sharding import ThreadSum, run_threads
     from s3viz.distributed import reference_store
     from s3viz.upstreams import get_upstream
 
     corpus, full = single["corpus"], single["store"]
-    kw = dict(method="logistic", dev_fraction=0, folds=3, device="cpu")
-    want = pd.concat([s3viz.probe_layers(full, "phone", split_by="speaker", **kw),
-                      s3viz.probe_layers(full, "speaker", split_by="utterance", **kw)],
-                     ignore_index=True)
+    kw = dict(method="logistic", dev_fraction=0, folds=3, device="cpu", **kw)
+
+    def probes(store, **extra):
+        return pd.concat([s3viz.probe_layers(store, t, split_by=split, **kw, **extra)
+                          for t, split in targets], ignore_index=True)
+
     up = get_upstream(UPSTREAM)
-    shards = [shard_indices(corpus.ids, r, 2) for r in range(2)]
     stores = [s3viz.extract(up, corpus[s], batch_size=4, device="cpu", progress=False)
               for s in shards]
-    summer, out, errors = ThreadSum(2), [None, None], []
+    summer = ThreadSum(2)
 
     def work(r):
-        try:
-            red = summer.reducer(r)
-            ref = reference_store(corpus, stores[r], shards[r], reduce=red)
-            out[r] = pd.concat([
-                s3viz.probe_layers(stores[r], "phone", split_by="speaker", reference=ref,
-                                   reduce=red, **kw),
-                s3viz.probe_layers(stores[r], "speaker", split_by="utterance", reference=ref,
-                                   reduce=red, **kw)], ignore_index=True)
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-            summer.barrier.abort()
+        red = summer.reducer(r)
+        ref = reference_store(corpus, stores[r], shards[r], reduce=red)
+        return probes(stores[r], reference=ref, reduce=red)
 
-    threads = [threading.Thread(target=work, args=(r,)) for r in range(2)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    assert not errors, errors
+    out, errors = run_threads(2, work)
+    assert errors == [None, None], errors
+    return probes(full), out
+
+
+def test_sharded_logistic_probe_equals_single(single):
+    """dev_fraction=0: each shard's L-BFGS gradients are summed with reduce, so two shards
+    (threads standing in for ranks) train the classifiers of the whole corpus."""
+    shards = [shard_indices(single["corpus"].ids, r, 2) for r in range(2)]
+    want, out = _sharded_logistic(single, shards,
+                                  [("phone", "speaker"), ("speaker", "utterance")])
+    cols = ["target", "layer", "n_train", "n_test", "n_classes", "chance"]
     for r in range(2):
-        pd.testing.assert_frame_equal(out[r][["target", "layer", "n_train", "n_test",
-                                              "n_classes", "chance"]],
-                                      want[["target", "layer", "n_train", "n_test",
-                                            "n_classes", "chance"]])
+        pd.testing.assert_frame_equal(out[r][cols], want[cols])
         # the same optimum up to the order of float sums: at most a frame or two differ
         np.testing.assert_allclose(out[r]["accuracy"], want["accuracy"], atol=0.005)
 
@@ -326,3 +320,31 @@ def test_parse_args_refuses_impossible_runs(argv, match, capsys, tmp_path):
     with pytest.raises(SystemExit):
         parse_args(argv + ["--out", str(tmp_path)])
     assert match in capsys.readouterr().err
+
+
+def test_sharded_logistic_groups_layers_alike_on_unequal_shards(single):
+    """The layers trained together are chosen from the frames of all shards, so shards
+    of different sizes make the same collective calls (they used to disagree)."""
+    full = single["store"]
+    n_total = int((full.frame_labels(0) != "").sum())
+    mem = int(n_total * full.hidden_sizes[0] * 4 * 1.5)  # one layer at a time in total
+    shards = [list(range(0, 3)), list(range(3, N_UTT))]  # 1:3 sizes
+    want, out = _sharded_logistic(single, shards, [("phone", "speaker")], max_memory=mem)
+    for r in range(2):
+        np.testing.assert_allclose(out[r]["accuracy"], want["accuracy"], atol=0.005)
+
+
+def test_device_argument(monkeypatch):
+    from s3viz.run import _init
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(ValueError, match="all 2 ranks on one GPU"):
+        _init("cuda:0")
+    with pytest.raises(ValueError, match="cpu, cuda or cuda:N"):
+        _init("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            _init("cuda")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert _init("cpu")[2] == torch.device("cpu")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 
 import numpy as np
 import pandas as pd
@@ -13,7 +12,7 @@ import s3viz
 from s3viz.stream import stream_analysis
 
 from _contract_toys import ToyUpstream
-from _sharding import ThreadSum
+from _sharding import ThreadSum, run_threads
 
 N_UTT = 12
 
@@ -144,16 +143,10 @@ def test_shards_summed_equal_whole(corpus):
     weights = [u.num_samples for u in corpus]
     shards = [shard_indices(corpus.ids, r, 2, weights=weights) for r in range(2)]
     assert sorted(shards[0] + shards[1]) == list(range(N_UTT))
-    summer, out = ThreadSum(2), [None, None]
-
-    def work(r):
-        out[r] = stream_analysis(up, corpus, shard=shards[r], reduce=summer.reducer(r), **kw)
-
-    threads = [threading.Thread(target=work, args=(r,)) for r in range(2)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    summer = ThreadSum(2)
+    out, errors = run_threads(2, lambda r: stream_analysis(
+        up, corpus, shard=shards[r], reduce=summer.reducer(r), **kw))
+    assert errors == [None, None], errors
     for r in range(2):
         assert out[r] is not None and out[r]["shard"] == shards[r]
         pd.testing.assert_frame_equal(out[r]["probes"], whole["probes"], check_exact=False,
@@ -169,3 +162,31 @@ def test_cuda_equals_cpu(corpus, tiny):
     gpu = stream_analysis(tiny, corpus, device="cuda", **kw)
     np.testing.assert_allclose(gpu["probes"]["accuracy"], cpu["probes"]["accuracy"], atol=0.02)
     np.testing.assert_allclose(gpu["cka"].to_numpy(), cpu["cka"].to_numpy(), atol=1e-4)
+
+
+def test_shards_must_cover_the_corpus_once(corpus):
+    summer = ThreadSum(2)
+    shards = [list(range(0, 8)), list(range(4, 12))]  # 4..7 twice
+    _, errors = run_threads(2, lambda r: stream_analysis(
+        ToyUpstream(), corpus, targets="speaker", split_by="utterance", folds=3,
+        shard=shards[r], reduce=summer.reducer(r), device="cpu"))
+    assert all(isinstance(e, ValueError) and "exactly once" in str(e) for e in errors), errors
+
+
+def test_a_failing_shard_stops_every_shard(corpus, tiny):
+    """An utterance too short for any frame raises on its shard only; the other shard
+    must stop too instead of waiting in the next all_reduce."""
+    from s3viz.data import Corpus, Utterance
+
+    utts = list(corpus)
+    u0 = utts[0]
+    utts[0] = Utterance(id=u0.id, wav=u0.wav[:300], text=u0.text, speaker=u0.speaker,
+                        phones=None, labels=u0.labels)
+    short = Corpus(utts)
+    summer = ThreadSum(2)
+    shards = [list(range(0, 6)), list(range(6, 12))]
+    _, errors = run_threads(2, lambda r: stream_analysis(
+        tiny, short, targets="speaker", split_by="utterance", folds=3,
+        shard=shards[r], reduce=summer.reducer(r), batch_size=3, device="cpu"))
+    assert isinstance(errors[0], ValueError) and "no frames" in str(errors[0])
+    assert isinstance(errors[1], RuntimeError) and "another shard failed" in str(errors[1])
