@@ -293,6 +293,14 @@ def _check_utterances(utterances, n: int) -> np.ndarray:
 # --------------------------------------------------------------------------- planning
 
 
+def _selection(utterances, n: int) -> np.ndarray:
+    """Sorted unique positions of a non-empty utterance selection (None: all ``n``)."""
+    sel = _check_utterances(utterances, n)
+    if sel.size == 0:
+        raise ValueError("`utterances` selects no utterance")
+    return np.unique(sel)
+
+
 def _bucket_plan(num_samples, batch_size=None, max_batch_seconds=DEFAULT_MAX_BATCH_SECONDS,
                  sort: bool = True) -> list[list[int]]:
     """Deterministic batch plan: lists of utterance positions.

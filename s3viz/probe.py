@@ -63,6 +63,7 @@ import torch
 
 from .align import frame_labels as _align_frame_labels
 from ._device import resolve_device as _resolve_device
+from .extract import _selection
 
 __all__ = [
     "LAMBDAS",
@@ -433,22 +434,7 @@ def _assign_folds(groups: np.ndarray, weights: np.ndarray, folds: int, seed: int
 
 
 def _positions(store, utterances) -> np.ndarray:
-    n = len(store)
-    if utterances is None:
-        return np.arange(n, dtype=np.int64)
-    sel = np.asarray(list(utterances))
-    if sel.dtype == bool:
-        if sel.shape != (n,):
-            raise ValueError(f"a boolean `utterances` mask needs {n} entries, got {sel.shape[0]}")
-        sel = np.flatnonzero(sel)
-    if sel.size == 0:
-        raise ValueError("`utterances` selects no utterance")
-    if not np.issubdtype(sel.dtype, np.integer):
-        raise TypeError("`utterances` must be utterance positions (ints) or a boolean mask")
-    if sel.min() < 0 or sel.max() >= n:
-        raise IndexError(f"`utterances` positions must be in [0, {n}), got {sel.min()}..{sel.max()}")
-    sel = np.unique(sel)
-    return sel
+    return _selection(utterances, len(store))
 
 
 def _store_arg(sel: np.ndarray, n: int):

@@ -51,6 +51,7 @@ import numpy as np
 import pandas as pd
 import torch
 from ._device import resolve_device as _resolve_device
+from .extract import _selection
 
 __all__ = ["ESTIMATORS", "METHODS", "cca_naive", "cka_naive", "hsic_unbiased",
            "layer_similarity"]
@@ -219,17 +220,7 @@ def _blocks(lengths: np.ndarray, sel: np.ndarray, max_frames: int):
 
 
 def _positions(store, utterances) -> np.ndarray:
-    n = len(store)
-    if utterances is None:
-        return np.arange(n, dtype=np.int64)
-    sel = np.asarray(list(utterances))
-    if sel.dtype == bool:
-        sel = np.flatnonzero(sel)
-    if sel.size == 0 or not np.issubdtype(sel.dtype, np.integer):
-        raise ValueError("`utterances` must be a non-empty sequence of utterance positions")
-    if sel.min() < 0 or sel.max() >= n:
-        raise IndexError(f"`utterances` positions must be in [0, {n})")
-    return np.unique(sel)
+    return _selection(utterances, len(store))
 
 
 class _Source:
