@@ -1785,22 +1785,21 @@ def check_frame_model(
     Returns:
         :class:`ContractReport` titled ``check_frame_model(<class name>)``.
     """
-    lengths, dev = _validate_model_call(
-        model,
-        "model",
-        "AbsFrameModel",
-        "(y (batch_size, seq_len, output_size), y_len (batch_size,))",
-        x_lengths,
-        atol,
-        rtol,
-        seed,
-        device,
-    )
+    return _run_model_check(
+        model, "AbsFrameModel", "(y (batch_size, seq_len, output_size), y_len (batch_size,))",
+        _check_frame_model, "check_frame_model", x_lengths, atol, rtol, seed, device, move)
+
+
+def _run_model_check(model, interface, signature, checker, title, x_lengths, atol, rtol, seed,
+                     device, move) -> ContractReport:
+    """Validate the call, then run ``checker(model, session, lengths, seed, rows)``."""
+    lengths, dev = _validate_model_call(model, "model", interface, signature, x_lengths, atol,
+                                        rtol, seed, device)
     rows = _Rows()
     s = _Session(model, "model", dev, move, atol, rtol)
     with s, _quiet_rng(seed, [s.device]):
-        _check_frame_model(model, s, lengths, seed, rows)
-    return rows.report(f"check_frame_model({_name(model)})")
+        checker(model, s, lengths, seed, rows)
+    return rows.report(f"{title}({_name(model)})")
 
 
 def _check_frame_model(model, s, lengths, seed, rows):
@@ -1989,22 +1988,9 @@ def check_utterance_model(
     Returns:
         :class:`ContractReport` titled ``check_utterance_model(<class name>)``.
     """
-    lengths, dev = _validate_model_call(
-        model,
-        "model",
-        "AbsUtteranceModel",
-        "(batch_size, output_size)",
-        x_lengths,
-        atol,
-        rtol,
-        seed,
-        device,
-    )
-    rows = _Rows()
-    s = _Session(model, "model", dev, move, atol, rtol)
-    with s, _quiet_rng(seed, [s.device]):
-        _check_utterance_model(model, s, lengths, seed, rows)
-    return rows.report(f"check_utterance_model({_name(model)})")
+    return _run_model_check(
+        model, "AbsUtteranceModel", "(batch_size, output_size)", _check_utterance_model,
+        "check_utterance_model", x_lengths, atol, rtol, seed, device, move)
 
 
 def _check_utterance_model(model, s, lengths, seed, rows):
