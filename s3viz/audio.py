@@ -226,6 +226,11 @@ def resample(wav: ArrayLike, orig_sample_rate: int, new_sample_rate: int = SAMPL
     return out
 
 
+def _resampled_length(num_samples: int, orig: int, new: int = SAMPLE_RATE) -> int:
+    """Samples after :func:`resample`: ``ceil(num_samples * new / orig)``, as torchaudio."""
+    return -(-int(num_samples) * int(new) // int(orig))
+
+
 def _resample_many(wavs: List[np.ndarray], orig: int, new: int = SAMPLE_RATE,
                    chunk: int = 32) -> List[np.ndarray]:
     """Resample many 1-D float32 waveforms in length-sorted, zero-padded batches.
@@ -249,7 +254,7 @@ def _resample_many(wavs: List[np.ndarray], orig: int, new: int = SAMPLE_RATE,
             with torch.no_grad():
                 res = _resampler(orig, new)(torch.from_numpy(batch)).numpy()
         for row, i in enumerate(idx):
-            n = -(-wavs[i].shape[0] * new // orig)  # ceil, as torchaudio
+            n = _resampled_length(wavs[i].shape[0], orig, new)
             out[i] = np.ascontiguousarray(res[row, :n])
     return out  # type: ignore[return-value]
 

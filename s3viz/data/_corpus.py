@@ -138,10 +138,9 @@ def _header_samples(path: str) -> int:
         info = sf.info(path)
     except (RuntimeError, TypeError, ValueError) as e:
         raise ValueError(f"soundfile cannot read the header of {path!r} ({e})") from e
-    n, rate = int(info.frames), int(info.samplerate)
-    if rate == SAMPLE_RATE:
-        return n
-    return -(-n * SAMPLE_RATE // rate)  # ceil(n * 16000 / rate), as s3viz.audio.resample
+    from ..audio import _resampled_length
+
+    return _resampled_length(info.frames, info.samplerate)
 
 
 class Corpus(Sequence[Utterance]):
