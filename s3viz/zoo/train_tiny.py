@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..align import conv_lengths
+from ..data.synthetic import SPEAKERS
 from .tiny import WEIGHTS_PATH, TinyConfig, TinyUpstream, save_tiny_weights, tiny
 from .._device import resolve_device as _resolve_device
 
@@ -83,10 +84,8 @@ HELD_OUT_SEED = 2002
 """Seed of the held-out sentences."""
 
 HELD_OUT_SPEAKERS: dict[str, dict[str, object]] = {
-    # three of the built-in speakers (s3viz.data.SPEAKERS) ...
-    "spk02": dict(voice="en-us+f3", pitch=62, rate=175, range=60, gender="female"),
-    "spk05": dict(voice="en+m2", pitch=48, rate=170, range=45, gender="male"),
-    "spk07": dict(voice="en-gb-x-rp+m7", pitch=38, rate=155, range=50, gender="male"),
+    # three of the built-in speakers ...
+    **{k: dict(SPEAKERS[k]) for k in ("spk02", "spk05", "spk07")},
     # ... and three more voices
     "hld01": dict(voice="en-us+belinda", pitch=60, rate=170, range=55, gender="female"),
     "hld02": dict(voice="en+john", pitch=40, rate=165, range=50, gender="male"),
@@ -95,12 +94,8 @@ HELD_OUT_SPEAKERS: dict[str, dict[str, object]] = {
 """Voices never heard in training (no eSpeak variant of theirs is in :data:`TRAIN_SPEAKERS`)."""
 
 TRAIN_SPEAKERS: dict[str, dict[str, object]] = {
-    # five of the built-in speakers (s3viz.data.SPEAKERS) ...
-    "spk01": dict(voice="en-us+m1", pitch=42, rate=165, range=50, gender="male"),
-    "spk03": dict(voice="en-us+m3", pitch=32, rate=185, range=40, gender="male"),
-    "spk04": dict(voice="en-us+f2", pitch=70, rate=160, range=55, gender="female"),
-    "spk06": dict(voice="en+f4", pitch=58, rate=180, range=65, gender="female"),
-    "spk08": dict(voice="en-gb-x-rp+f1", pitch=66, rate=170, range=50, gender="female"),
+    # five of the built-in speakers ...
+    **{k: dict(SPEAKERS[k]) for k in ("spk01", "spk03", "spk04", "spk06", "spk08")},
     # ... and four more voices, none of them a variant of a held-out speaker
     "trn01": dict(voice="en-us+m4", pitch=46, rate=172, range=50, gender="male"),
     "trn02": dict(voice="en-us+f5", pitch=64, rate=168, range=55, gender="female"),
