@@ -1020,6 +1020,23 @@ class LayerStore:
         for a, b in _groups(self._lengths[pos, s], int(max_frames)):
             yield self._gather(s, pos[a:b], dtype)
 
+    def iter_chunks(self, dtype=torch.float32) -> Iterator[tuple[np.ndarray, list, np.ndarray]]:
+        """Every stored chunk (one extraction batch) once, in storage order.
+
+        The cheapest full pass over a store: each chunk file is read once for all
+        layers, nothing is gathered or copied beyond the ``dtype`` conversion.
+
+        Yields:
+            ``(positions, frames, lengths)``: the chunk's utterance positions
+            ``(B,)``; per stored layer a ``(sum of frames, hidden_size)`` tensor
+            (utterances in ``positions`` order, concatenated); ``(B, num_layer)``
+            frames per utterance and layer.
+        """
+        for c, utts in enumerate(self._plan):
+            pos = np.asarray(utts, dtype=np.int64)
+            yield pos, [self._backend.load(c, s).to(dtype) for s in range(self.num_layer)], \
+                self._lengths[pos]
+
     def frame_labels(self, layer, column: str = "phone", utterances=None) -> np.ndarray:
         """Per-frame labels from the alignment tables, aligned with :meth:`layer`.
 

@@ -469,10 +469,8 @@ def stream_analysis(
         nonlocal passes
         t0 = time.perf_counter()
         if store is not None:
-            lengths = np.stack([store.lengths(s) for s in range(store.num_layer)], 1)
-            for c, utts in enumerate(store._plan):
-                fn(pos_all[utts], [store._backend.load(c, s).float()
-                                   for s in range(store.num_layer)], lengths[utts])
+            for utts, frames, lens in store.iter_chunks():
+                fn(pos_all[utts], frames, lens)
                 _trim_heap()
         else:
             passes += 1

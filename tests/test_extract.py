@@ -179,6 +179,20 @@ def test_round_trip_memory_disk_and_open(corpus, ref, tmp_path):
     assert "toy" in repr(reopened) and "on disk" in repr(reopened) and "in memory" in repr(mem)
 
 
+def test_iter_chunks_covers_every_utterance_once(corpus, ref, tmp_path):
+    for store in (extract_quiet(ToyUpstream(), corpus, batch_size=4),
+                  extract_quiet(ToyUpstream(), corpus, batch_size=4, cache_dir=tmp_path)):
+        seen = []
+        for pos, frames, lens in store.iter_chunks(dtype=torch.float64):
+            assert lens.shape == (len(pos), store.num_layer)
+            for s, f in enumerate(frames):
+                assert f.dtype == torch.float64
+                for part, i in zip(torch.split(f, lens[:, s].tolist()), pos, strict=True):
+                    torch.testing.assert_close(part.float(), ref[i][s], rtol=RTOL, atol=ATOL)
+            seen += pos.tolist()
+        assert sorted(seen) == list(range(len(corpus)))
+
+
 def test_layer_iter_layer_pooled_match_naive(corpus, ref, tmp_path):
     for store in (extract_quiet(ToyUpstream(), corpus, batch_size=4),
                   extract_quiet(ToyUpstream(), corpus, batch_size=4, cache_dir=tmp_path)):
