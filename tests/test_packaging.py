@@ -92,6 +92,11 @@ def test_notebook_is_stored_clean(path):
         if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count"))
     ]
     assert not dirty, f"{path.name}: cells {dirty} carry outputs; clear them before committing"
+    if (nb["nbformat"], nb["nbformat_minor"]) >= (4, 5):  # cell ids are required from 4.5
+        no_id = [i for i, c in enumerate(nb["cells"]) if not c.get("id")]
+        assert not no_id, f"{path.name}: cells {no_id} have no id (nbformat 4.5 needs one)"
+        ids = [c["id"] for c in nb["cells"]]
+        assert len(set(ids)) == len(ids), f"{path.name}: duplicate cell ids"
 
 
 def test_quickstart_has_a_parameters_cell_first():
