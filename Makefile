@@ -2,37 +2,55 @@
 #   make demo   set up .venv, run the main analysis on the embedded data, write a report
 #   make test   set up .venv, run every test and every notebook
 #   make lab    JupyterLab on notebooks/
+#   make lock   re-resolve requirements/lock.txt (then run `make test`)
 
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.s3viz-installed
+LOCK   := requirements/lock.txt
+PINS   := requirements/pins.txt
+EXTRAS := lab,dev
+LOCK_VENV := build/lock-venv
 REPORT ?= build/report
 NB_TIMEOUT ?= 300
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-unit test-notebooks lab bench clean
+.PHONY: setup demo test test-unit test-notebooks lab bench lock clean
 
 setup: $(STAMP)
 
-# Reinstall only when pyproject.toml changed (torch is ~1.7 GB to download).
-$(STAMP): pyproject.toml
+# Install the tested set: every version comes from the lock (torch with its CUDA
+# libraries is ~3 GB to download); reinstall only when pyproject.toml or the lock
+# changed, then check that the venv really holds what the lock says.
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[lab,dev]'
+	$(PY) -m pip install --quiet --upgrade -c $(LOCK) pip
+	$(PY) -m pip install --quiet -c $(LOCK) -e '.[$(EXTRAS)]'
+	$(PY) requirements/lock.py check $(LOCK)
 	@touch $(STAMP)
+
+# A fresh resolution in a throw-away venv, under the few constraints in $(PINS).
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LOCK_VENV)/bin/python -m pip install --quiet -c $(PINS) -e '.[$(EXTRAS)]'
+	$(LOCK_VENV)/bin/python requirements/lock.py write $(LOCK)
+	rm -rf $(LOCK_VENV)
+	@echo "Now run 'make test' (it reinstalls .venv from the new lock) before committing $(LOCK)."
 
 demo: $(STAMP)
 	$(PY) -m s3viz.demo --out $(REPORT)
 
 test: $(STAMP)
-	$(PY) -m pytest tests notebooks --nbmake --nbmake-timeout=$(NB_TIMEOUT) $(PYTEST_ARGS)
+	S3VIZ_LOCKED=1 $(PY) -m pytest tests notebooks --nbmake --nbmake-timeout=$(NB_TIMEOUT) $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	S3VIZ_LOCKED=1 $(PY) -m pytest tests $(PYTEST_ARGS)
 
 test-notebooks: $(STAMP)
-	$(PY) -m pytest notebooks --nbmake --nbmake-timeout=$(NB_TIMEOUT) $(PYTEST_ARGS)
+	S3VIZ_LOCKED=1 $(PY) -m pytest notebooks --nbmake --nbmake-timeout=$(NB_TIMEOUT) $(PYTEST_ARGS)
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/ $$( [ "$$(id -u)" = 0 ] && echo --allow-root )

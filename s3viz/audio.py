@@ -30,6 +30,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from . import _deps
 from .interface import SAMPLE_RATE
 
 __all__ = ["load_audio", "to_mono", "resample", "prepare_wav", "batch_wavs", "MAX_CHANNELS"]
@@ -189,7 +190,7 @@ def _check_rate(sample_rate, name: str = "sample_rate") -> int:
 @functools.lru_cache(maxsize=8)
 def _resampler(orig: int, new: int):
     """A cached :class:`torchaudio.transforms.Resample` (its sinc kernel is built once)."""
-    import torchaudio
+    torchaudio = _deps.torchaudio()
 
     return torchaudio.transforms.Resample(orig, new)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -27,9 +28,21 @@ def _pyproject_requirements() -> dict:
     return {_name(r): r.replace(" ", "") for r in reqs}
 
 
-def _environment_pip_requirements() -> dict:
+LOCK = ROOT / "requirements" / "lock.txt"
+
+
+def _lock_tool():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_s3viz_lock", ROOT / "requirements" / "lock.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _environment_pip_lines() -> list:
     lines = (ROOT / "environment.yml").read_text().splitlines()
-    reqs, in_pip = [], False
+    items, in_pip = [], False
     for line in lines:
         stripped = line.strip()
         if stripped == "- pip:":
@@ -38,28 +51,82 @@ def _environment_pip_requirements() -> dict:
         if in_pip:
             if not stripped.startswith("- "):
                 break
-            item = stripped[2:].strip()
-            if not item.startswith("-e"):
-                reqs.append(item)
-    assert reqs, "environment.yml has no pip section"
-    return {_name(r): r.replace(" ", "") for r in reqs}
+            items.append(stripped[2:].strip())
+    assert items, "environment.yml has no pip section"
+    return items
 
 
-def test_environment_yml_matches_pyproject():
-    py = _pyproject_requirements()
-    env = _environment_pip_requirements()
-    assert sorted(py) == sorted(env), (
-        f"only in pyproject: {sorted(set(py) - set(env))}; "
-        f"only in environment.yml: {sorted(set(env) - set(py))}"
-    )
-    assert py == env, "version pins differ between pyproject.toml and environment.yml"
-    assert "python=3.11" in (ROOT / "environment.yml").read_text()
+def _makefile_extras() -> str:
+    m = re.search(r"^EXTRAS\s*:=\s*(\S+)", (ROOT / "Makefile").read_text(), re.M)
+    assert m, "the Makefile defines no EXTRAS"
+    return m.group(1)
 
 
-def test_torch_pins():
-    py = _pyproject_requirements()
-    assert py["torch"] == "torch==2.11.*"
-    assert py["torchaudio"] == "torchaudio==2.11.*"
+def test_every_pyproject_dependency_is_locked():
+    locked = _lock_tool().read_lock(LOCK)
+    names = {n.replace("_", "-").replace(".", "-") for n in _pyproject_requirements()}
+    missing = sorted(n for n in names if n not in locked)
+    assert not missing, f"{LOCK.name} lacks {missing}: run `make lock`, then `make test`"
+
+
+def test_locked_versions_satisfy_pyproject_ranges():
+    from packaging.requirements import Requirement
+
+    locked = _lock_tool().read_lock(LOCK)
+    for name, spec in _pyproject_requirements().items():
+        req = Requirement(spec)
+        version = locked[name.replace("_", "-").replace(".", "-")]
+        assert req.specifier.contains(version, prereleases=True), (
+            f"the lock's {name}=={version} is outside pyproject's {spec}")
+
+
+def test_locked_torch_pair_is_a_known_good_one():
+    from s3viz._deps import KNOWN_GOOD_PAIRS
+
+    locked = _lock_tool().read_lock(LOCK)
+    pair = (locked["torch"], locked["torchaudio"])
+    assert pair in KNOWN_GOOD_PAIRS, f"lock pins torch {pair[0]} + torchaudio {pair[1]}"
+    assert pair == KNOWN_GOOD_PAIRS[0], "the tested pair comes first in KNOWN_GOOD_PAIRS"
+    pins = _lock_tool().read_lock(ROOT / "requirements" / "pins.txt")
+    assert (pins["torch"], pins["torchaudio"]) == pair, "pins.txt and the lock disagree"
+
+
+def test_lock_header_names_python_and_platform():
+    py, plat = _lock_tool().lock_python(LOCK)
+    assert re.fullmatch(r"3\.\d+", py) and plat
+    assert f"python={py}" in (ROOT / "environment.yml").read_text(), (
+        "environment.yml's python= differs from the Python the lock was resolved on")
+
+
+def test_environment_yml_installs_through_the_lock():
+    items = _environment_pip_lines()
+    assert items == ["-c requirements/lock.txt", f"-e .[{_makefile_extras()}]"], items
+
+
+def test_makefile_installs_through_the_lock():
+    text = (ROOT / "Makefile").read_text()
+    assert "pip install --quiet -c $(LOCK) -e '.[$(EXTRAS)]'" in text
+    assert "requirements/lock.py check $(LOCK)" in text
+    assert re.search(r"^\$\(STAMP\): pyproject.toml \$\(LOCK\)", text, re.M), (
+        "the venv must be reinstalled when the lock changes")
+    extras = set(_makefile_extras().split(","))
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert extras == set(meta["optional-dependencies"]), "make installs every extra"
+
+
+def test_readme_lists_the_known_good_pairs():
+    from s3viz._deps import KNOWN_GOOD_PAIRS
+
+    readme = (ROOT / "README.md").read_text()
+    for torch_v, audio_v in KNOWN_GOOD_PAIRS:
+        assert re.search(rf"\|\s*{re.escape(torch_v)}[^|]*\|\s*{re.escape(audio_v)}\s*\|", readme), (
+            f"README's table of known-good pairs lacks torch {torch_v} + torchaudio {audio_v}")
+
+
+@pytest.mark.skipif(not os.environ.get("S3VIZ_LOCKED"), reason="only in make's venv")
+def test_running_venv_matches_the_lock():
+    """Under `make test` the venv holds exactly the locked versions (lock.py check)."""
+    assert _lock_tool().check(LOCK) == 0
 
 
 @pytest.mark.parametrize("name", s3viz.__all__)

@@ -31,6 +31,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 import pandas as pd
 
+from .. import _deps
 from ..interface import SAMPLE_RATE
 from . import _espeak
 from ._corpus import Corpus, Utterance
@@ -568,7 +569,7 @@ def synthetic_corpus(
     library, _ = _espeak_paths()
     version = _espeak.espeak_version(library)
     import torch
-    import torchaudio
+    torchaudio = _deps.torchaudio()
 
     params = {"format": _FORMAT_VERSION, "code": _code_version(),
               "n_utterances": n_utterances, "seed": seed, "speakers": spk, "n_sentences": n_sentences, "espeak": version,

@@ -41,6 +41,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from .. import _deps
 from ..align import expected_lengths
 from ..interface import SAMPLE_RATE, AbsUpstream
 from ._common import check_wavs, padding_mask
@@ -57,6 +58,7 @@ _DELTA_N = 2  # delta window: 2 * N + 1 = 5 frames, as torchaudio.functional.com
 
 
 def _mel_filterbank(n_mels: int, device=None) -> torch.Tensor:
+    _deps.torchaudio()
     from torchaudio.functional import melscale_fbanks
 
     return melscale_fbanks(
@@ -65,6 +67,7 @@ def _mel_filterbank(n_mels: int, device=None) -> torch.Tensor:
 
 
 def _dct_matrix(n_mfcc: int, n_mels: int, device=None) -> torch.Tensor:
+    _deps.torchaudio()
     from torchaudio.functional import create_dct
 
     return create_dct(n_mfcc, n_mels, norm="ortho").to(device)

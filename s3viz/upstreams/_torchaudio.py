@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import _deps
 from ..align import conv_lengths, receptive_field
 from ..interface import AbsUpstream
 from ._common import check_wavs, padding_mask
@@ -181,6 +182,7 @@ def _normalize_waveforms(wavs: torch.Tensor, wavs_len: torch.Tensor) -> torch.Te
 
 
 def _is_wavlm_layer(layer: nn.Module) -> bool:
+    _deps.torchaudio()
     from torchaudio.models.wav2vec2.wavlm_attention import WavLMSelfAttention
 
     return isinstance(getattr(layer, "attention", None), WavLMSelfAttention)
@@ -373,7 +375,7 @@ class TorchaudioUpstream(AbsUpstream):
 
 
 def _bundle(name: str):
-    from torchaudio import pipelines
+    pipelines = _deps.torchaudio().pipelines
 
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, one of {sorted(TORCHAUDIO_MODELS)}; got {name!r}")
@@ -460,6 +462,7 @@ def torchaudio_upstream(
         a :class:`TorchaudioUpstream` on the CPU, in eval mode (feature extraction:
         no dropout), with ``name``, ``weights`` and all s3prl upstream properties.
     """
+    _deps.torchaudio()
     from torchaudio.models import wav2vec2_model, wavlm_model
 
     key, bundle_name, bundle = _bundle(name)

@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import _deps
 from ..align import conv_lengths
 from ..data.synthetic import SPEAKERS
 from .tiny import WEIGHTS_PATH, TinyConfig, TinyUpstream, save_tiny_weights, tiny
@@ -179,7 +180,7 @@ def mfcc_features(wavs: Sequence[np.ndarray], *, batch_size: int = 32) -> list[t
         one ``(num_frames, 39)`` float32 tensor per waveform, ``num_frames ==
         s3viz.align.conv_lengths([num_samples])``.
     """
-    import torchaudio
+    torchaudio = _deps.torchaudio()
 
     transform = torchaudio.transforms.MFCC(
         sample_rate=16000, n_mfcc=13, log_mels=True,
@@ -356,7 +357,7 @@ def speed_perturb(wav: torch.Tensor, target: torch.Tensor, rate: int
     Returns:
         ``(wav', target')`` with ``len(target') == conv_lengths([len(wav')])``.
     """
-    import torchaudio
+    torchaudio = _deps.torchaudio()
 
     if rate == 16000 or len(target) == 0:
         return wav, target

@@ -1,0 +1,85 @@
+"""Importing torchaudio with one clear error when its compiled library cannot load.
+
+torchaudio ships a compiled library (``libtorchaudio.so``) built against one
+torch release, but its wheels do not say which: torchaudio 2.11.0 declares no
+torch requirement and 2.11.1 declares ``torch>=2.11`` while it needs 2.13 or
+newer. pip therefore installs broken pairs without a word, and the failure
+surfaces deep inside ``import torchaudio`` as a 40-line traceback ending in
+``undefined symbol`` or ``libc10_cuda.so: cannot open shared object file``.
+Every s3viz code path that needs torchaudio goes through :func:`torchaudio`,
+which turns that failure into one :class:`TorchaudioImportError` naming the
+installed versions, the pairs known to work and the command that fixes it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+from typing import Optional, Tuple
+
+__all__ = ["KNOWN_GOOD_PAIRS", "TorchaudioImportError", "installed_version", "torchaudio"]
+
+# (torch, torchaudio) pairs that were measured to load together (README, "Installing").
+# The first is the pair the lock file (requirements/lock.txt) installs and `make test` runs.
+KNOWN_GOOD_PAIRS: Tuple[Tuple[str, str], ...] = (
+    ("2.11.0", "2.11.0"),
+    ("2.13.0", "2.11.1"),
+    ("2.14.1", "2.11.1"),
+    ("2.15.0", "2.11.1"),
+)
+
+FIX_COMMAND = "pip install 'torch==2.11.0' 'torchaudio==2.11.0'"
+FIX_IN_CHECKOUT = "make setup  (installs the tested set from requirements/lock.txt)"
+
+
+class TorchaudioImportError(ImportError):
+    """torchaudio is missing or its compiled library does not load with the installed torch."""
+
+
+def installed_version(dist: str) -> Optional[str]:
+    """The installed version of distribution ``dist``, or None when it is not installed."""
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _public(version: Optional[str]) -> Optional[str]:
+    """``2.11.0+cpu`` -> ``2.11.0`` (the local build tag does not change the ABI pairing)."""
+    return None if version is None else version.split("+", 1)[0]
+
+
+def _message(cause: BaseException) -> str:
+    torch_v, audio_v = installed_version("torch"), installed_version("torchaudio")
+    pairs = ", ".join(f"torch {t} + torchaudio {a}" for t, a in KNOWN_GOOD_PAIRS)
+    if audio_v is None:
+        head = "torchaudio is not installed"
+    else:
+        head = (f"torchaudio {audio_v} does not load with torch {torch_v or '(not installed)'}")
+        if (_public(torch_v), _public(audio_v)) in KNOWN_GOOD_PAIRS:
+            head += (" although that pair is known to work; the installation itself is "
+                     "damaged (reinstall both)")
+        elif torch_v is not None and "+cpu" in torch_v:
+            head += (" (torchaudio's wheels link torch's CUDA libraries, which a +cpu build "
+                     "of torch does not have)")
+    reason = str(cause).strip().splitlines()
+    reason = reason[-1] if reason else type(cause).__name__
+    return (f"{head}: {type(cause).__name__}: {reason}\n"
+            f"Pairs known to work: {pairs}.\n"
+            f"Fix: {FIX_COMMAND}\n"
+            f"  or, in an s3viz checkout: {FIX_IN_CHECKOUT}")
+
+
+def torchaudio():
+    """Import and return the ``torchaudio`` module, or raise :class:`TorchaudioImportError`.
+
+    The compiled library of a torchaudio built for another torch fails with an
+    ``OSError`` (undefined symbol, missing shared object) or a ``RuntimeError``
+    from torch's op registry; both become one ImportError with the fix.
+    """
+    try:
+        return importlib.import_module("torchaudio")
+    except (ImportError, OSError, RuntimeError) as err:
+        if isinstance(err, TorchaudioImportError):
+            raise
+        raise TorchaudioImportError(_message(err)) from err
