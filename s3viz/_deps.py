@@ -62,9 +62,14 @@ def _message(cause: BaseException) -> str:
         elif torch_v is not None and "+cpu" in torch_v:
             head += (" (torchaudio's wheels link torch's CUDA libraries, which a +cpu build "
                      "of torch does not have)")
-    reason = str(cause).strip().splitlines()
-    reason = reason[-1] if reason else type(cause).__name__
-    return (f"{head}: {type(cause).__name__}: {reason}\n"
+    # torch's loader re-raises the dynamic linker's error as "Could not load this
+    # library: PATH"; the root of the chain says why (undefined symbol, missing .so).
+    root = cause
+    while root.__cause__ is not None:
+        root = root.__cause__
+    reason = str(root).strip().splitlines()
+    reason = reason[-1] if reason else ""
+    return (f"{head}: {type(root).__name__}: {reason}\n"
             f"Pairs known to work: {pairs}.\n"
             f"Fix: {FIX_COMMAND}\n"
             f"  or, in an s3viz checkout: {FIX_IN_CHECKOUT}")
@@ -75,11 +80,13 @@ def torchaudio():
 
     The compiled library of a torchaudio built for another torch fails with an
     ``OSError`` (undefined symbol, missing shared object) or a ``RuntimeError``
-    from torch's op registry; both become one ImportError with the fix.
+    from torch's op registry; both become one ImportError with the fix. The
+    loader's own traceback is not chained for display (it is 40 lines of import
+    machinery); the original exception stays available as ``err.__context__``.
     """
     try:
         return importlib.import_module("torchaudio")
     except (ImportError, OSError, RuntimeError) as err:
         if isinstance(err, TorchaudioImportError):
             raise
-        raise TorchaudioImportError(_message(err)) from err
+        raise TorchaudioImportError(_message(err)) from None

@@ -53,7 +53,21 @@ def test_broken_pair_names_versions_pairs_and_fix(broken_torchaudio):
     assert _deps.FIX_COMMAND in msg and "make setup" in msg
     assert len(msg.splitlines()) <= 5, "one short message, not a traceback"
     assert isinstance(info.value, ImportError)
-    assert isinstance(info.value.__cause__, OSError), "the original error stays chained"
+    assert isinstance(info.value.__context__, OSError), "the original error stays reachable"
+    assert info.value.__suppress_context__, "but its traceback is not printed"
+
+
+def test_root_cause_of_torchs_reraise_is_reported(broken_torchaudio):
+    """torch.ops.load_library re-raises the linker's error as 'Could not load this library'."""
+    try:
+        try:
+            raise OSError(UNDEFINED)
+        except OSError as linker:
+            raise OSError("Could not load this library: /x/libtorchaudio.so") from linker
+    except OSError as err:
+        broken_torchaudio(err)
+    with pytest.raises(ImportError, match="undefined symbol: torch_exception_get_what"):
+        _deps.torchaudio()
 
 
 def test_cpu_torch_is_named_as_the_cause(broken_torchaudio):
