@@ -3,6 +3,7 @@
 #   make test   set up .venv, run every test and every notebook
 #   make lab    JupyterLab on notebooks/
 #   make lock   re-resolve requirements/lock.txt (then run `make test`)
+#   make test-gpu  on a CUDA machine: CUDA tests, GPU benchmarks, nccl vs gloo (skips without CUDA)
 
 PYTHON ?= python3
 VENV   := .venv
@@ -16,7 +17,7 @@ REPORT ?= build/report
 NB_TIMEOUT ?= 300
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-unit test-notebooks lab bench lock clean
+.PHONY: setup demo test test-unit test-notebooks test-gpu lab bench lock clean
 
 setup: $(STAMP)
 
@@ -51,6 +52,9 @@ test-unit: $(STAMP)
 
 test-notebooks: $(STAMP)
 	S3VIZ_LOCKED=1 $(PY) -m pytest notebooks --nbmake --nbmake-timeout=$(NB_TIMEOUT) $(PYTEST_ARGS)
+
+test-gpu: $(STAMP)
+	$(PY) benchmarks/gpu_check.py
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/ $$( [ "$$(id -u)" = 0 ] && echo --allow-root )

@@ -22,7 +22,11 @@ from s3viz.models import FrameLevelMLP, MeanPoolingLinear
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="64 utterances instead of 256")
+    parser.add_argument("--device", default=None, choices=["cpu", "cuda"],
+                        help="cuda: the GPU comparison is required (an error without CUDA)")
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device here")
     n = 64 if args.quick else 256
     g = torch.Generator().manual_seed(0)
     hs = torch.randn(n, 500, 768, generator=g)
@@ -38,8 +42,8 @@ def main(argv=None):
     print(f"{n} utterances, batch 32, {torch.get_num_threads()} CPU threads")
     print(f"CPU: models {df['cpu_ms'].sum():.0f} ms (compare_frame_utterance total "
           f"{wall * 1e3:.0f} ms); cosine mean {df['cosine'].mean():.3f}")
-    if not torch.cuda.is_available():
-        print("GPU vs CPU: no CUDA: skipped")
+    if args.device == "cpu" or not torch.cuda.is_available():
+        print("GPU vs CPU: no CUDA: skipped" if args.device is None else "GPU vs CPU: --device cpu")
         return
     t0 = time.perf_counter()
     df = compare_frame_utterance(frame, utt, (hs, hs_len), device="cuda", batch_size=32)
@@ -49,6 +53,8 @@ def main(argv=None):
           f"{cpu / gpu:.1f}x faster (both devices in one call: {wall * 1e3:.0f} ms)")
     print(f"CPU vs GPU max |diff|: frame outputs {df['cpu_gpu_frame_max_abs_diff'].max():.2e}, "
           f"utterance outputs {df['cpu_gpu_utterance_max_abs_diff'].max():.2e}")
+    print(f"RESULT compare: GPU {cpu / gpu:.1f}x faster than the CPU on the models; max "
+          f"|CPU - GPU| {max(df['cpu_gpu_frame_max_abs_diff'].max(), df['cpu_gpu_utterance_max_abs_diff'].max()):.1e}")
 
 
 if __name__ == "__main__":

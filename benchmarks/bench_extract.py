@@ -217,6 +217,28 @@ def bench_bucketing(upstream, device, n, batch_size, reps):
     return ratio
 
 
+# --------------------------------------------------------------------------- 4. batch sizes
+
+
+def bench_batch_sizes(upstream, device, sizes, n):
+    """Throughput of ``extract`` (in memory) at each batch size on ``n`` utterances of 2-8 s;
+    max_batch_seconds is lifted so that the batch size alone sets the batches."""
+    rng = np.random.default_rng(4)
+    corpus = noise_corpus(rng.uniform(2.0, 8.0, n), seed=4)
+    audio = sum(u.num_samples for u in corpus) / SAMPLE_RATE
+    timed_extract(upstream, corpus[:2],
+                  batch_size=2, max_batch_seconds=None, device=device)  # warm-up (CUDA start)
+    print(f"\n[4] batch sizes: {n} utterances of 2-8 s ({audio:.0f} s of audio) on {device}")
+    speeds = {}
+    for b in sizes:
+        t = timed_extract(upstream, corpus, batch_size=b, max_batch_seconds=None, device=device)
+        speeds[b] = audio / t
+        print(f"    batch_size={b:3d}: {t:6.2f} s, {speeds[b]:7.1f} s of audio per second")
+    print("RESULT extract " + device + ": " + ", ".join(
+        f"batch {b}: {v:.0f}x real time" for b, v in speeds.items()))
+    return speeds
+
+
 # --------------------------------------------------------------------------- 3. memory
 
 
@@ -309,7 +331,15 @@ def main():
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--memory-child", nargs=2, metavar=("N", "MODE"), help=argparse.SUPPRESS)
     p.add_argument("--stand-in", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=None,
+                   help="also time extract at these batch sizes (e.g. 8 32 on a GPU)")
+    p.add_argument("--only-batch-sizes", action="store_true",
+                   help="skip the overhead, bucketing and memory parts")
     args = p.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: no CUDA device here")
+    if args.only_batch_sizes and not args.batch_sizes:
+        p.error("--only-batch-sizes needs --batch-sizes")
     if args.memory_child:
         print(json.dumps(memory_child(int(args.memory_child[0]), args.memory_child[1], args.device,
                                       args.stand_in)))
@@ -319,6 +349,11 @@ def main():
           f"{torch.get_num_threads()} threads, torch {torch.__version__}{' (quick)' if args.quick else ''}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     upstream = make_upstream(args.device)
+    if args.batch_sizes:
+        bench_batch_sizes(upstream, args.device, args.batch_sizes,
+                          n=2 * max(args.batch_sizes) if args.quick else 4 * max(args.batch_sizes))
+        if args.only_batch_sizes:
+            return
     over = bench_overhead(upstream, args.device, n=4 if args.quick else 10, reps=2 if args.quick else 3)
     bucket = bench_bucketing(upstream, args.device, n=8 if args.quick else 10, batch_size=4,
                              reps=1 if args.quick else 2)

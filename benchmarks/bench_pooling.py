@@ -131,17 +131,34 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's own choice)")
+    parser.add_argument("--device", default=None, choices=["cpu", "cuda"],
+                        help="one device only (default: the CPU, then CUDA when present)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device here")
     repeats = 2 if args.quick else 5
-    run(torch.device("cpu"), 64, 500, 768, repeats)
-    if torch.cuda.is_available():
-        run(torch.device("cuda"), 64, 500, 768, repeats * 4)
+    if args.device in (None, "cpu"):
+        rows = run(torch.device("cpu"), 64, 500, 768, repeats)
+        _result("cpu", rows, target="never slower than the loop")
+    if args.device == "cuda" or (args.device is None and torch.cuda.is_available()):
+        rows = run(torch.device("cuda"), 64, 500, 768, repeats * 4)
         print(f"GPU: {torch.cuda.get_device_name(0)}")
-    else:
+        _result("cuda", rows, target=">= 10x the loop")
+    elif args.device is None:
         print("\nno CUDA: GPU run skipped")
     accuracy_offset()
+
+
+def _result(device, rows, target):
+    """One RESULT line: the smallest loop / s3viz wall ratio of the s3viz poolings."""
+    ours = [(name, wl / wv, diff) for name, diff, wl, _cl, wv, _cv in rows
+            if not name.startswith("baseline")]
+    worst = min(ours, key=lambda r: r[1])
+    print(f"RESULT pooling {device}: s3viz vs the per-utterance loop, worst "
+          f"{worst[1]:.1f}x ({worst[0]}), target {target}; max |diff| "
+          f"{max(r[2] for r in ours):.1e}")
 
 
 if __name__ == "__main__":

@@ -64,8 +64,9 @@ def gaussian_store(n_utt=240, frames=75, num_layer=13, hidden=768, classes=50, s
                                    labels=pd.DataFrame(rows), phones=phones)
 
 
-def real_store(n_utt: int, cache: str):
-    """Random-weight HuBERT base on the synthetic corpus, cached on disk (or None)."""
+def real_store(n_utt: int, cache: str, device=None):
+    """Random-weight HuBERT base on the synthetic corpus, cached on disk (or None);
+    extracted on ``device`` (None: the CPU)."""
     try:
         import s3viz
         from s3viz.data import synthetic_corpus
@@ -76,7 +77,7 @@ def real_store(n_utt: int, cache: str):
     corpus = synthetic_corpus(n_utt, seed=0, cache_dir=cache)
     up = torchaudio_upstream("hubert_base", pretrained=False)
     t = time.perf_counter()
-    store = s3viz.extract(up, corpus, cache_dir=cache, progress=False)
+    store = s3viz.extract(up, corpus, cache_dir=cache, progress=False, device=device)
     took = time.perf_counter() - t
     if took > 5:
         print(f"(extracted {len(corpus)} utterances in {took:.0f} s; cached in {cache})")
@@ -133,7 +134,10 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     threadpool_limits(args.threads)
 
-    store, what = (None, "gaussian") if args.gaussian else real_store(args.utterances, args.cache)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        ap.error(f"--device {args.device}: no CUDA device here")
+    store, what = ((None, "gaussian") if args.gaussian
+                   else real_store(args.utterances, args.cache, device=args.device))
     if store is None:
         store = gaussian_store()
         what = "Gaussian class-structured features"

@@ -112,7 +112,11 @@ def main(argv=None):
     ap.add_argument("--gaussian", action="store_true")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--no-speed", action="store_true")
+    ap.add_argument("--device", default="cpu",
+                    help="where s3viz's CKA runs (cuda: also timed against s3viz on the CPU)")
     args = ap.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        ap.error(f"--device {args.device}: no CUDA device here")
     torch.set_num_threads(args.threads)
     want = args.frames or (3000 if args.quick else 5000)
     if not args.no_speed:
@@ -124,7 +128,8 @@ def main(argv=None):
 
 def speed(args, want):
 
-    store, what = (None, "") if args.gaussian else real_store(args.utterances, args.cache)
+    store, what = ((None, "") if args.gaussian
+                   else real_store(args.utterances, args.cache, device=args.device))
     if store is None:
         store, what = gaussian_store(n_utt=80), "Gaussian class-structured features"
     lengths = np.asarray(store.lengths(0))
@@ -133,12 +138,22 @@ def speed(args, want):
     n = int(lengths[utts].sum())
     L = store.num_layer
     print(f"features: {what}: {L} layers x {store.hidden_sizes[0]} dims, the {n} frames of "
-          f"the first {len(utts)} utterances; {args.threads} thread(s), cpu")
+          f"the first {len(utts)} utterances; {args.threads} thread(s), {args.device}")
 
+    if args.device != "cpu":
+        layer_similarity(store, utterances=utts[:2], device=args.device)  # CUDA start-up
     t = time.perf_counter()
-    ours = layer_similarity(store, utterances=utts, device="cpu")
+    ours = layer_similarity(store, utterances=utts, device=args.device)
     t_ours = time.perf_counter() - t
-    print(f"s3viz layer_similarity (feature-space CKA, all {L}x{L}): {t_ours:.2f} s")
+    print(f"s3viz layer_similarity (feature-space CKA, all {L}x{L}) on {args.device}: "
+          f"{t_ours:.2f} s")
+    if args.device != "cpu":
+        t = time.perf_counter()
+        on_cpu = layer_similarity(store, utterances=utts, device="cpu")
+        t_cpu = time.perf_counter() - t
+        gap = float(np.abs(on_cpu.to_numpy() - ours.to_numpy()).max())
+        print(f"RESULT CKA {args.device} vs cpu: {t_cpu / t_ours:.1f}x faster ({t_cpu:.2f} s on "
+              f"the CPU); max |difference| {gap:.2e} (target <= 1e-4)")
 
     frames = [store.layer(layer, utterances=utts)[0] for layer in range(L)]
     pairs = list(itertools.combinations(range(L), 2))
