@@ -6,6 +6,11 @@ Usage::
         --folder /data/wavs --labels /data/labels.csv --targets speaker --cka \\
         --store-frames /scratch/frames --out results/
 
+Frame-level targets (``--targets phone word``) on a folder need its forced
+alignments: ``--alignments /data/aligned`` (MFA's TextGrids at the same relative
+paths), ``--alignments sibling`` or a CSV/TSV of segments (see
+:func:`s3viz.data.load_folder`).
+
 Each rank takes the utterances :func:`s3viz.distributed.shard_indices` gives it
 (deterministic by utterance id, balanced by audio length) and runs
 :func:`s3viz.stream.stream_analysis` on them: a statistics pass (extract a batch,
@@ -53,6 +58,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     src.add_argument("--corpus", default=None, help="synthetic:N (default synthetic:24)")
     src.add_argument("--folder", default=None, help="folder of audio files (s3viz.data.load_folder)")
     p.add_argument("--labels", default=None, help="labels CSV for --folder")
+    p.add_argument("--alignments", default=None,
+                   help="for --folder: a folder of TextGrids (MFA's output), 'sibling', or a "
+                        "CSV/TSV of segments: frame-level targets (phone, word) then work")
+    p.add_argument("--phone-tier", default=None, help="TextGrid phone tier (default: by name)")
+    p.add_argument("--word-tier", default=None, help="TextGrid word tier (default: by name)")
+    p.add_argument("--phone-map", default=None, choices=["timit39"],
+                   help="fold the phone labels (timit39: TIMIT's 61 labels to 39)")
     p.add_argument("--targets", nargs="*", default=["phone"], help="probe targets")
     p.add_argument("--methods", nargs="+", default=["ridge"], choices=["ridge", "logistic"],
                    help="probe methods; logistic (full-batch L-BFGS, gradients summed over "
@@ -76,6 +88,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.labels and not args.folder:
         p.error("--labels needs --folder")
+    given = [f for f in ("alignments", "phone_tier", "word_tier", "phone_map")
+             if getattr(args, f) is not None]
+    if given and not args.folder:
+        p.error(f"--{given[0].replace('_', '-')} needs --folder")
+    if given and args.alignments is None:
+        p.error(f"--{given[0].replace('_', '-')} needs --alignments")
     if not args.targets and not args.cka:
         p.error("nothing to compute: give --targets and/or --cka")
     if "logistic" in args.methods and not args.store_frames:
@@ -89,7 +107,10 @@ def _corpus(args):
 
     if args.folder:
         # lazy: each rank reads only the audio of its own shard, when it extracts it
-        return data.load_folder(args.folder, labels_csv=args.labels, lazy=True)
+        # (the alignment tables are read now: they are small and every rank needs its own)
+        return data.load_folder(args.folder, labels_csv=args.labels, lazy=True,
+                                alignments=args.alignments, phone_tier=args.phone_tier,
+                                word_tier=args.word_tier, phone_map=args.phone_map)
     spec = args.corpus or "synthetic:24"
     name, _, n = spec.partition(":")
     if name != "synthetic" or not n.isdigit() or int(n) < 1:

@@ -24,7 +24,8 @@ def _args(out, store_dir=None, **kw):
         labels=None, targets=["phone", "speaker"], folds=3, split_by="speaker", seed=0,
         cka=True, cka_level="frame", layers=None, batch_size=4,
         store_frames=None if store_dir is None else str(store_dir), device="cpu",
-        out=str(out), no_figures=False)
+        out=str(out), no_figures=False, alignments=None, phone_tier=None, word_tier=None,
+        phone_map=None)
     for k, v in kw.items():
         setattr(ns, k, v)
     return ns

@@ -1,10 +1,13 @@
 """Corpora: the :class:`Utterance` and :class:`Corpus` types, the embedded synthetic
-speech corpus and a loader for a folder of the user's own audio files."""
+speech corpus, loaders for the user's own audio with its forced alignments (a folder with
+TextGrids, TIMIT) and an exporter to the MFA and TIMIT layouts."""
 
 from __future__ import annotations
 
 from ._corpus import PHONE_COLUMNS, Corpus, FileUtterance, Utterance
+from .alignments import AlignmentError
 from .folder import load_folder
+from .formats import export_corpus, load_timit
 from .synthetic import SPEAKERS, default_cache_dir, make_sentences, synthetic_corpus
 
 __all__ = [
@@ -17,4 +20,7 @@ __all__ = [
     "SPEAKERS",
     "default_cache_dir",
     "load_folder",
+    "load_timit",
+    "export_corpus",
+    "AlignmentError",
 ]

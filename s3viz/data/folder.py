@@ -81,8 +81,13 @@ def load_folder(
     allow_silence: bool = False,
     name: Optional[str] = None,
     lazy: bool = False,
+    alignments: Union[None, str, os.PathLike, pd.DataFrame] = None,
+    phone_tier: Optional[str] = None,
+    word_tier: Optional[str] = None,
+    phone_map=None,
 ) -> Corpus:
-    """Load every audio file under a folder as a :class:`Corpus` (mono, 16 kHz).
+    """Load every audio file under a folder as a :class:`Corpus` (mono, 16 kHz),
+    with forced alignments when given.
 
     Utterance ids are the files' paths relative to ``path`` without suffix, in
     POSIX form (``"spk1/hello"`` for ``path/spk1/hello.wav``), sorted.
@@ -106,10 +111,39 @@ def load_folder(
         lazy: when True, read only the files' headers now: the utterances are
             :class:`~s3viz.data.FileUtterance` objects that read their audio on
             each access and keep none (for corpora larger than memory; errors
-            about a file's content then come when it is read).
+            about a file's content then come when it is read). Alignment tables
+            are read now either way (they are small).
+        alignments: where the phone (and word) alignments are, one of
+            - a folder holding one TextGrid per audio file at the same relative
+              path (the Montreal Forced Aligner's output: ``aligned/spk1/utt1.TextGrid``
+              for ``path/spk1/utt1.wav``; TIMIT ``.PHN`` files there work too);
+            - ``"sibling"``: a ``.TextGrid``, or a TIMIT ``.PHN`` (with its
+              ``.WRD``), beside each audio file;
+            - a CSV/TSV path (or DataFrame) of segments with columns ``file``
+              (or ``id``), ``start``, ``end`` (seconds), ``phone`` and optionally
+              ``word``, one row per phone, matched to files as ``labels_csv`` is.
+        phone_tier, word_tier: TextGrid tier names. Default: found by name, any
+            case: ``phones``/``phone``/``phonemes`` and ``words``/``word``,
+            including MFA's multi-speaker ``"spk1 - phones"``; a file without a
+            word tier gets the word ``""`` everywhere.
+        phone_map: ``None`` (labels as written), ``"timit39"``, a dict (every
+            label must be in it) or a function label -> label (``None``:
+            unlabelled).
+
+    Silence and unknown words are labelled as in the embedded corpus: empty
+    intervals, gaps and MFA's ``sil``/``sp``/``spn`` are the phone ``"sil"``
+    (with the word ``""``); MFA's ``<unk>`` word is kept as written. Bad
+    alignments (unsorted or overlapping intervals, an interval ending more than
+    ``s3viz.data.alignments.TOLERANCE_S`` past the audio, a missing tier, a
+    TextGrid whose time range is not the audio's) raise
+    :class:`~s3viz.data.AlignmentError` naming the file and interval; see
+    :mod:`s3viz.data.alignments` for the rules.
 
     Returns:
-        A :class:`Corpus`; ``phones`` is None for every utterance.
+        A :class:`Corpus`. Without ``alignments``, ``phones`` is None for every
+        utterance. With them, a file that has no alignment is an error when
+        ``strict`` (the default); with ``strict=False`` it is kept with
+        ``phones=None`` and one warning counts such files.
     """
     from ..audio import load_audio
 
@@ -199,6 +233,8 @@ def load_folder(
             if key_col == "file" and "id" in table.columns:
                 csv_ids[i] = str(record["id"])
 
+    aligner = _Aligner(alignments, root, rel, ids, strict=strict, phone_tier=phone_tier,
+                       word_tier=word_tier, phone_map=phone_map)
     utterances = []
     for i, file in enumerate(files):
         labels = dict(rows.get(i, {}))
@@ -207,9 +243,101 @@ def load_folder(
         fields = dict(text="" if text is None else str(text),
                       speaker="" if speaker is None else str(speaker), phones=None, labels=labels)
         if lazy:
-            utterances.append(FileUtterance(csv_ids.get(i, ids[i]), file,
-                                            allow_silence=allow_silence, **fields))
+            utt = FileUtterance(csv_ids.get(i, ids[i]), file, allow_silence=allow_silence,
+                                **fields)
         else:
             wav = load_audio(file, allow_silence=allow_silence)
-            utterances.append(Utterance(id=csv_ids.get(i, ids[i]), wav=wav, **fields))
+            utt = Utterance(id=csv_ids.get(i, ids[i]), wav=wav, **fields)
+        utt.phones = aligner.table(i, file, utt.num_samples)
+        utterances.append(utt)
+    aligner.finish()
     return Corpus(utterances, name=name or root.resolve().name)
+
+
+class _Aligner:
+    """Finds and reads each file's alignment for :func:`load_folder` (or does nothing)."""
+
+    def __init__(self, alignments, root: Path, rel: List[str], ids: List[str], *, strict: bool,
+                 phone_tier, word_tier, phone_map):
+        from . import alignments as al
+
+        self.al, self.source, self.root, self.rel, self.ids = al, alignments, root, rel, ids
+        self.strict, self.missing = strict, []
+        self.kw = dict(phone_tier=phone_tier, word_tier=word_tier, phone_map=phone_map)
+        self.segments = None
+        if alignments is None:
+            if any(v is not None for v in self.kw.values()):
+                given = [k for k, v in self.kw.items() if v is not None]
+                raise ValueError(f"{given} apply to alignments; pass alignments= as well")
+            return
+        al.resolve_phone_map(phone_map)  # a bad map fails before any file is read
+        if isinstance(alignments, pd.DataFrame) or (
+                isinstance(alignments, (str, os.PathLike)) and alignments != "sibling"
+                and Path(alignments).is_file()):
+            if phone_tier is not None or word_tier is not None:
+                raise ValueError("phone_tier / word_tier name TextGrid tiers; a segment table "
+                                 "has the columns 'phone' and 'word'")
+            self._index_segments(al.read_segment_table(alignments))
+        elif isinstance(alignments, (str, os.PathLike)) and alignments != "sibling":
+            if not Path(alignments).exists():
+                raise FileNotFoundError(
+                    f"alignments {os.fspath(alignments)!r} not found: pass a folder of TextGrids "
+                    "(MFA's output), 'sibling', or a CSV/TSV of segments")
+        elif not isinstance(alignments, (str, os.PathLike)):
+            raise TypeError(f"alignments must be a folder, 'sibling', a CSV/TSV path or a "
+                            f"DataFrame, got {type(alignments).__name__}")
+
+    def _index_segments(self, table: pd.DataFrame):
+        lookup: Dict[str, int] = {}
+        for i, (r, u) in enumerate(zip(self.rel, self.ids)):
+            lookup[r] = i
+            lookup.setdefault(u, i)
+        self.segments = {}
+        unmatched = []
+        for key, rows in table.groupby("key", sort=False):
+            i = lookup.get(_normalise_key(key))
+            if i is None:
+                unmatched.append(key)
+            else:
+                self.segments[i] = rows
+        self.segment_source = table.attrs["source"]
+        if unmatched and self.strict:
+            raise ValueError(
+                f"{self.segment_source}: segments for {len(unmatched)} "
+                f"{table.attrs['key_column']} value(s) that match no audio file under "
+                f"{str(self.root)!r}: {_listing(unmatched)}; fix them or pass strict=False")
+
+    def table(self, i: int, file: Path, num_samples: int):
+        if self.source is None:
+            return None
+        if self.segments is not None:
+            rows = self.segments.get(i)
+            if rows is not None:
+                return self.al.table_alignment(rows, num_samples,
+                                               source=f"{self.segment_source} ({self.rel[i]})",
+                                               phone_map=self.kw["phone_map"])
+        else:
+            path = self.al.find_alignment_file(file, self.ids[i], self.source)
+            if path is not None:
+                return self.al.read_alignment(path, num_samples, **self.kw)
+        self.missing.append(self.rel[i])
+        return None
+
+    def finish(self):
+        if not self.missing:
+            return
+        where = (self.segment_source if self.segments is not None
+                 else "beside the audio files" if self.source == "sibling"
+                 else f"under {os.fspath(self.source)!r}")
+        if self.strict:
+            looked = ("" if self.segments is not None else
+                      " (looked for .TextGrid or .PHN files, any case, named as the audio)")
+            raise ValueError(
+                f"{len(self.missing)} audio file(s) have no alignment {where}{looked}: "
+                f"{_listing(self.missing)}; align them, restrict pattern, or pass strict=False "
+                "to keep them with phones=None")
+        import warnings
+
+        warnings.warn(f"{len(self.missing)} of {len(self.rel)} audio files have no alignment "
+                      f"{where} and are kept with phones=None: {_listing(self.missing)}",
+                      stacklevel=3)

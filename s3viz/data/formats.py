@@ -1,0 +1,227 @@
+"""Corpora in the layouts of the field: TIMIT (read), and MFA / TIMIT (written).
+
+:func:`load_timit` reads a TIMIT copy (``TRAIN|TEST/DR*/<speaker>/<utt>.WAV``
+NIST SPHERE audio, read by soundfile, with ``.PHN``/``.WRD`` in 16 kHz samples
+and ``.TXT``). :func:`export_corpus` writes any corpus with alignments in the
+Montreal Forced Aligner's layout (audio, ``.lab`` transcripts and TextGrids, so
+it opens in Praat) or in TIMIT's, so tests and notebooks have real-format files
+without the network.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Dict, Optional, Union
+
+import numpy as np
+import pandas as pd
+
+from ..interface import SAMPLE_RATE
+from ._corpus import Corpus
+from .alignments import SILENCE
+
+__all__ = ["load_timit", "export_corpus"]
+
+_TIMIT_SPLITS = ("train", "test")
+
+
+def _timit_text(path: Path) -> str:
+    """``0 46797 She had your dark suit in greasy wash water all year.`` -> the sentence."""
+    if not path.is_file():
+        return ""
+    parts = path.read_text(errors="replace").strip().split(maxsplit=2)
+    if len(parts) == 3 and parts[0].isdigit() and parts[1].isdigit():
+        return parts[2].strip()
+    return " ".join(parts)
+
+
+def load_timit(root: Union[str, os.PathLike], split: Optional[str] = None, phone_map=None, *,
+               lazy: bool = False, strict: bool = True) -> Corpus:
+    """Load a TIMIT copy as a :class:`Corpus` with its hand-labelled phone and word alignments.
+
+    Args:
+        root: the folder holding ``TRAIN`` and/or ``TEST`` (any case), each with
+            ``DR1`` ... ``DR8`` dialect folders of speaker folders of
+            ``<utt>.WAV`` (NIST SPHERE) + ``.PHN`` + ``.WRD`` + ``.TXT`` files.
+        split: ``"train"``, ``"test"`` or None (both).
+        phone_map: None keeps the 61 labels as written (``h#``, ``pau``,
+            closures ...); ``"timit39"`` folds them to the 39 classes of Lee &
+            Hon (1989), closures and pauses as ``"sil"``, ``q`` unlabelled; or
+            a dict / function as for :func:`load_folder`.
+        lazy, strict: as for :func:`load_folder`.
+
+    Returns:
+        A :class:`Corpus` whose ids are the files' paths without suffix
+        (``"TRAIN/DR1/FCJF0/SA1"``), ``speaker`` the speaker folder's name,
+        ``text`` the ``.TXT`` sentence, and labels ``dialect`` (``"DR1"``),
+        ``sex`` (``"F"``/``"M"``, the speaker folder's first letter) and
+        ``split`` (``"train"``/``"test"``).
+    """
+    from .folder import load_folder
+
+    if not isinstance(root, (str, os.PathLike)):
+        raise TypeError(f"root must be a folder path, got {type(root).__name__}")
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"TIMIT root folder not found: {str(root)!r}")
+    if split is not None and (not isinstance(split, str) or split.lower() not in _TIMIT_SPLITS):
+        raise ValueError(f"split must be 'train', 'test' or None, got {split!r}")
+    wanted = _TIMIT_SPLITS if split is None else (split.lower(),)
+    rows = []
+    for split_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        if split_dir.name.lower() not in wanted:
+            continue
+        for wav in sorted(split_dir.glob("*/*/*")):
+            dialect, speaker = wav.parent.parent.name, wav.parent.name
+            if wav.suffix.lower() != ".wav" or not re.fullmatch(r"(?i)dr\d+", dialect):
+                continue
+            rows.append({"file": wav.relative_to(root).as_posix(), "speaker": speaker,
+                         "text": _timit_text(wav.with_suffix(".TXT")
+                                             if wav.with_suffix(".TXT").is_file()
+                                             else wav.with_suffix(".txt")),
+                         "dialect": dialect.upper(), "sex": speaker[:1].upper(),
+                         "split": split_dir.name.lower()})
+    if not rows:
+        raise FileNotFoundError(
+            f"no TIMIT audio under {str(root)!r}: expected TRAIN|TEST/DR*/<speaker>/<utt>.WAV "
+            f"(split={split!r}); found folders {sorted(p.name for p in root.iterdir())[:10]}")
+    table = pd.DataFrame(rows)
+    return load_folder(root, table, pattern=list(table["file"]), alignments="sibling",
+                       phone_map=phone_map, lazy=lazy, strict=strict,
+                       name=f"timit-{split.lower()}" if split else "timit")
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _safe(name: str, what: str) -> str:
+    text = str(name).strip().replace("\\", "/")
+    if not text or text in (".", "..") or any(part in ("", ".", "..") for part in text.split("/")):
+        raise ValueError(f"{what} {name!r} cannot be a path in the exported folder")
+    return text
+
+
+def _intervals(table: pd.DataFrame, column: str, num_samples: int):
+    """(start_s, end_s, label) intervals of ``column``: silence (and the word "") as empty
+    labels, consecutive equal labels of one word merged for the word tier."""
+    out = []
+    for phone, word, start, end in table[["phone", "word", "start", "end"]].itertuples(
+            index=False):
+        label = word if column == "word" else phone
+        label = "" if label is None or (column == "phone" and label == SILENCE) else str(label)
+        start, end = int(start), int(end)
+        if column == "word" and out and out[-1][2] == label and out[-1][1] == start:
+            out[-1] = (out[-1][0], end, label)  # one word interval spans its phones
+        else:
+            out.append((start, end, label))
+    return [(s / SAMPLE_RATE, e / SAMPLE_RATE, lab) for s, e, lab in out
+            if e > s and min(e, num_samples) > s]
+
+
+def export_corpus(corpus, folder: Union[str, os.PathLike], layout: str = "mfa", *,
+                  overwrite: bool = False) -> Dict[str, Path]:
+    """Write a corpus's audio and alignments in a layout other tools read.
+
+    Args:
+        corpus: a :class:`Corpus` whose utterances have alignment tables
+            (``phones``), e.g. :func:`synthetic_corpus`.
+        folder: where to write (created; must be empty unless ``overwrite``).
+        layout:
+            - ``"mfa"``: the Montreal Forced Aligner's input and output layout:
+              ``folder/corpus/<speaker>/<id>.wav`` (16-bit PCM, 16 kHz) with a
+              ``.lab`` transcript, ``folder/aligned/<speaker>/<id>.TextGrid``
+              (long text format, UTF-8, tiers ``words`` and ``phones``, silence
+              as empty intervals, as MFA writes), and ``folder/labels.csv``
+              (one row per file: ``file``, ``speaker`` and the utterance's
+              labels). Load it back with ``load_folder(folder / "corpus",
+              folder / "labels.csv", alignments=folder / "aligned")``.
+            - ``"timit"``: ``folder/TRAIN/DR1/<sex><speaker>/<id>.WAV`` as NIST
+              SPHERE with ``.PHN``/``.WRD`` (16 kHz samples; labels as written,
+              so the corpus's silence stays ``"sil"``) and ``.TXT``; ``<sex>``
+              is ``F``/``M`` from a ``gender`` (or ``sex``) label, else ``X``;
+              ``split`` and ``dialect`` labels choose the folders (default
+              ``TRAIN``, ``DR1``). Load it back with :func:`load_timit`.
+        overwrite: allow writing into a folder that is not empty.
+
+    Returns:
+        ``{"root": folder, ...}`` with ``"audio"``, ``"alignments"`` and
+        ``"labels"`` for ``"mfa"``.
+    """
+    import soundfile as sf
+
+    layout = str(layout).lower()
+    if layout not in ("mfa", "timit"):
+        raise ValueError(f"layout must be 'mfa' or 'timit', got {layout!r}")
+    if not isinstance(corpus, Corpus):
+        corpus = Corpus(list(corpus))
+    unaligned = [u.id for u in corpus if u.phones is None]
+    if unaligned:
+        raise ValueError(f"{len(unaligned)} utterance(s) have no alignment (phones=None), e.g. "
+                         f"{unaligned[:5]}; export needs alignment tables")
+    root = Path(folder).expanduser()
+    if root.exists() and any(root.iterdir()) and not overwrite:
+        raise FileExistsError(f"{str(root)!r} is not empty; choose a new folder or pass "
+                              "overwrite=True")
+    root.mkdir(parents=True, exist_ok=True)
+    if layout == "mfa":
+        return _export_mfa(corpus, root, sf)
+    return _export_timit(corpus, root, sf)
+
+
+def _speaker_dir(u) -> str:
+    return _safe(u.speaker or "unknown", f"speaker of utterance {u.id!r}")
+
+
+def _basename(u) -> str:
+    return _safe(u.id, "utterance id").replace("/", "_")
+
+
+def _export_mfa(corpus, root: Path, sf) -> Dict[str, Path]:
+    from praatio import textgrid
+
+    audio, aligned = root / "corpus", root / "aligned"
+    label_rows = []
+    for u in corpus:
+        rel = f"{_speaker_dir(u)}/{_basename(u)}"
+        (audio / rel).parent.mkdir(parents=True, exist_ok=True)
+        (aligned / rel).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(audio / f"{rel}.wav", np.clip(u.wav, -1, 1), SAMPLE_RATE, subtype="PCM_16")
+        (audio / f"{rel}.lab").write_text(u.text + "\n", encoding="utf-8")
+        duration = u.num_samples / SAMPLE_RATE
+        tg = textgrid.Textgrid(0.0, duration)
+        for name, column in (("words", "word"), ("phones", "phone")):
+            entries = [e for e in _intervals(u.phones, column, u.num_samples) if e[2]]
+            tg.addTier(textgrid.IntervalTier(name, entries, 0.0, duration))
+        tg.save(str(aligned / f"{rel}.TextGrid"), format="long_textgrid",
+                includeBlankSpaces=True, minimumIntervalLength=None)
+        label_rows.append({"file": f"{rel}.wav", "speaker": u.speaker, "text": u.text,
+                           **{k: v for k, v in u.labels.items() if k not in ("file", "id")}})
+    labels = root / "labels.csv"
+    pd.DataFrame(label_rows).to_csv(labels, index=False)
+    return {"root": root, "audio": audio, "alignments": aligned, "labels": labels}
+
+
+def _export_timit(corpus, root: Path, sf) -> Dict[str, Path]:
+    for u in corpus:
+        sex = str(u.labels.get("gender", "") or u.labels.get("sex", "")).strip().upper()[:1]
+        sex = sex if sex in ("F", "M") else "X"
+        split = str(u.labels.get("split", "train")).upper()
+        dialect = str(u.labels.get("dialect", "DR1")).upper()
+        base = root / split / dialect / f"{sex}{_speaker_dir(u)}" / _basename(u)
+        base.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(base) + ".WAV", np.clip(u.wav, -1, 1), SAMPLE_RATE, format="NIST",
+                 subtype="PCM_16")
+        phn = []
+        for p, s, e in u.phones[["phone", "start", "end"]].itertuples(index=False):
+            if not str(p) or any(ch.isspace() for ch in str(p)):
+                raise ValueError(f"utterance {u.id!r}: phone label {p!r} cannot be written to a "
+                                 ".PHN file (empty or with spaces); use layout='mfa'")
+            phn.append(f"{int(s)} {int(e)} {p}")
+        (Path(str(base) + ".PHN")).write_text("\n".join(phn) + "\n")
+        words = [(round(s * SAMPLE_RATE), round(e * SAMPLE_RATE), w)
+                 for s, e, w in _intervals(u.phones, "word", u.num_samples) if w]
+        (Path(str(base) + ".WRD")).write_text("".join(f"{s} {e} {w}\n" for s, e, w in words))
+        (Path(str(base) + ".TXT")).write_text(f"0 {u.num_samples} {u.text}\n")
+    return {"root": root}
