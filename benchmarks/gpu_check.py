@@ -5,8 +5,9 @@ On a machine with CUDA it runs, each as a subprocess with its own time limit:
 1. the CUDA-marked tests (``pytest -m gpu``);
 2. each benchmark's GPU mode with ``--quick``: pooling (target >= 10x the
    per-utterance loop), ridge and logistic probes, CKA (GPU vs CPU), the
-   frame- vs utterance-level comparison (GPU vs CPU), and extraction of a
-   random-weight HuBERT base at batch sizes 8 and 32;
+   frame- vs utterance-level comparison (GPU vs CPU), extraction of a
+   random-weight HuBERT base at batch sizes 8 and 32, and the batch-invariant
+   Hugging Face adapter against HF's padded batch;
 3. a 1-node ``torchrun`` of ``s3viz.run`` with the nccl backend on every GPU,
    checked against a 1-process gloo run on the CPU (probe accuracies within
    ``ACC_POINTS`` points, CKA within ``CKA_ATOL``; the CNN front end runs in
@@ -16,7 +17,7 @@ It prints one table (step, status, seconds, the RESULT lines each step printed)
 and exits 1 if any step failed or ran past its limit. Without CUDA it prints
 the same table with every step skipped and exits 0, so the script can be tried
 anywhere; ``--device cpu`` runs the benchmark steps on the CPU instead (slow:
-for trying the script itself, not for figures). The limits add up to under 8
+for trying the script itself, not for figures). The limits add up to 8
 minutes so that a rerun fits a 15-minute device budget.
 
     .venv/bin/python benchmarks/gpu_check.py [--device cuda|cpu] [--only STEP ...]
@@ -151,7 +152,7 @@ def steps(device: str, work: Path) -> List[Step]:
     env = {"S3VIZ_BENCH_CACHE": cache}
     return [
         Step("CUDA-marked tests", [py, "-m", "pytest", "tests", "-m", "gpu", "-q",
-                                   "-p", "no:cacheprovider"], 120),
+                                   "-p", "no:cacheprovider"], 100),
         Step("pooling", [py, str(BENCH / "bench_pooling.py"), "--device", device, "--quick"], 40),
         Step("probes ridge + logistic", [py, str(BENCH / "bench_probe.py"), "--device", device,
                                          "--quick", "--threads", "4", "--cache", cache], 90,
@@ -163,6 +164,8 @@ def steps(device: str, work: Path) -> List[Step]:
         Step("extract HuBERT base, batch 8/32", [py, str(BENCH / "bench_extract.py"), "--device",
                                                  device, "--quick", "--batch-sizes", "8", "32",
                                                  "--only-batch-sizes"], 60),
+        Step("HF model, batch invariant", [py, str(BENCH / "bench_transformers.py"),
+                                           "--device", device, "--quick"], 30),
         _nccl_step(device, work),
     ]
 

@@ -68,8 +68,15 @@ def this_platform() -> str:
 
 
 def installed() -> dict:
-    return {canonical(d.metadata["Name"]): d.version for d in importlib.metadata.distributions()
-            if d.metadata["Name"]}
+    """``{canonical name: version}`` of the distributions this interpreter imports: the first
+    one on sys.path for each name, as ``importlib.metadata.version`` picks (setuptools puts its
+    vendored packaging / platformdirs dist-infos on sys.path once imported; they come later)."""
+    found: dict = {}
+    for d in importlib.metadata.distributions():
+        name = d.metadata["Name"]
+        if name:
+            found.setdefault(canonical(name), d.version)
+    return found
 
 
 def write(path) -> None:

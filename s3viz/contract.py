@@ -1042,6 +1042,10 @@ def check_upstream(
     - ``determinism`` *: two calls give the same valid frames and lengths.
     - ``batch_invariance`` *: each utterance alone and padded inside the batch
       give the same lengths and valid frames; ``value`` is the max abs difference.
+      A failure says which frames differ and the likely cause: only the last
+      frames of shorter utterances (reported lengths that count windows over
+      the padding, e.g. s3prl's ``(L - 1) // 320 + 1``), every frame (a
+      normalisation or attention over the padded batch), or some of them.
 
     Args:
         upstream: the model (``nn.Module`` or any object with ``forward`` and the
@@ -1389,6 +1393,43 @@ def _max_diff_outputs(a: _UpOut, b: _UpOut, batch: int) -> float | None:
     return worst
 
 
+def _frames_over(a: torch.Tensor, b: torch.Tensor, tol: float) -> list:
+    """Indices of the frames (rows) of ``a`` and ``b`` that differ by more than ``tol``."""
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    d = (a - b).abs().reshape(a.shape[0], -1).amax(dim=1)
+    return torch.nonzero(~(d <= tol)).squeeze(1).tolist()
+
+
+def _batch_variance_cause(where) -> str:
+    """Which frames padding changed, and the likely cause, from ``(utt, k, bad frames)``."""
+    if not where:
+        return "padding changes the valid frames"
+    tails = [(i, k, bad) for i, k, bad in where
+             if bad and bad == list(range(k - len(bad), k)) and len(bad) < k]
+    most = [(i, k, bad) for i, k, bad in where if len(bad) >= 0.5 * k]
+    shown = ", ".join(f"utterance {i}: {len(bad)} of {k}" for i, k, bad in where[:3])
+    if len(tails) == len(where) and max(len(b) for _, _, b in tails) <= max(3, 0.1 * max(
+            k for _, k, _ in tails)):
+        n = max(len(b) for _, _, b in tails)
+        return (f"padding changes the valid frames: only the last {n} frame(s) of shorter "
+                f"utterances differ ({shown}): the "
+                "reported lengths count frames whose window reaches into the padding (e.g. "
+                "(L - 1) // 320 + 1 where the convolutions give (L - 400) // 320 + 1); report "
+                "the frames the convolutions make from the valid samples")
+    if len(most) == len(where):
+        every = all(len(bad) == k for _, k, bad in where)
+        return (f"padding changes the valid frames: "
+                f"{'every frame' if every else 'most frames'} of the padded utterances "
+                f"{'changes' if every else 'change'} ({shown} frames differ): the "
+                "padding enters a computation over the whole sequence: a normalisation over "
+                "time (group norm in the first convolution of wav2vec2-base-like models), "
+                "attention without a padding mask, or an old-style padding mask that the model "
+                "was not trained with; mask padded samples/frames or run each utterance unpadded")
+    return (f"padding changes the valid frames: some of them ({shown} frames differ): padding "
+            "reaches valid frames through a convolution or attention over padded frames; zero "
+            "padded frames before each such layer or run each utterance unpadded")
+
+
 def _batch_invariance_layer(rows, s, main, singles, layer, batch, scale, nondeterministic):
     check = "batch_invariance"
     if layer in nondeterministic:
@@ -1401,6 +1442,8 @@ def _batch_invariance_layer(rows, s, main, singles, layer, batch, scale, nondete
         rows.add(check, "warn", "not assessed: batched lengths or shape unreadable", layer)
         return
     worst, length_issues, notes = 0.0, [], []
+    tol = s.tol(scale)
+    where = []  # (utterance, valid frames, indices of frames that differ past tol)
     for i, single in enumerate(singles):
         if single.error is not None:
             rows.add(
@@ -1426,8 +1469,11 @@ def _batch_invariance_layer(rows, s, main, singles, layer, batch, scale, nondete
                 f"utterance {i}: {int(raw_a[0])} frames alone vs {int(raw_b[i])} in the batch"
             )
         k = min(int(na[0]), int(nb[i]))
-        worst = max(worst, _max_diff(single.all_hs[layer][0, :k], main.all_hs[layer][i, :k]))
-    tol = s.tol(scale)
+        d = _max_diff(single.all_hs[layer][0, :k], main.all_hs[layer][i, :k])
+        worst = max(worst, d)
+        if d > tol and math.isfinite(d):
+            where.append((i, k, _frames_over(single.all_hs[layer][0, :k],
+                                             main.all_hs[layer][i, :k], tol)))
     if length_issues:
         rows.add(
             check, "fail", "lengths depend on the batch: " + "; ".join(length_issues), layer, worst
@@ -1444,10 +1490,7 @@ def _batch_invariance_layer(rows, s, main, singles, layer, batch, scale, nondete
     if status == "warn":
         text += "; small, possibly float noise: raise atol/rtol if expected"
     elif status == "fail":
-        text += (
-            "; padding changes the valid frames: mask padded samples/frames (e.g. a normalisation "
-            "or attention over the padded batch)"
-        )
+        text += "; " + _batch_variance_cause(where)
     if notes:
         text += "; " + "; ".join(notes)
     rows.add(check, status, text, layer, worst)

@@ -158,6 +158,21 @@ class ConvLengthUpstream(AbsUpstream):
         return [h], [torch.div(wavs_len - 400, RATE, rounding_mode="floor") + 1]
 
 
+class CeilLengthsOverPadding(ConvLengthUpstream):
+    """s3prl's ``S3PRLUpstream`` in miniature: windows of 400 every 320 samples, but it
+    reports ``(L - 1) // 320 + 1`` frames. In a padded batch the extra frames of a shorter
+    utterance are windows over the padding; alone they are copies of its last frame."""
+
+    def forward(self, wavs, wavs_len):
+        wavs = wavs.squeeze(-1) if wavs.dim() == 3 else wavs
+        n = torch.div(wavs_len - 1, RATE, rounding_mode="floor") + 1
+        h = torch.tanh(self.proj(wavs.unfold(1, 400, RATE)))
+        t = int(n.max())
+        if h.shape[1] < t:  # as s3prl's _match_length: repeat the last frame
+            h = torch.cat([h, h[:, -1:].expand(-1, t - h.shape[1], -1)], dim=1)
+        return [h[:, :t]], [n]
+
+
 # --- broken upstreams: one class per check ------------------------------------
 
 

@@ -236,6 +236,17 @@ def test_batch_invariance_values(toy_report, padding_report):
     bad = padding_report[padding_report["check"] == "batch_invariance"]
     assert (bad["value"] > 0.1).all()
     assert bad["detail"].str.contains("padding changes the valid frames").all()
+    # a normalisation over the padded batch changes every frame, and the report says so
+    assert bad["detail"].str.contains("every frame of the padded utterances changes").all()
+
+
+def test_batch_invariance_names_the_last_frames_when_lengths_overcount():
+    report = check_upstream(T.CeilLengthsOverPadding(), wav_lengths=(6400, 9000, 4003))
+    row = report[report["check"] == "batch_invariance"]
+    assert (row["status"] == "fail").all()
+    detail = row["detail"].iloc[0]
+    assert "only the last 1 frame(s) of shorter utterances differ" in detail
+    assert "utterance 0: 1 of 20" in detail and "utterance 2: 1 of 13" in detail
 
 
 def test_batch_invariance_tolerance_is_configurable():

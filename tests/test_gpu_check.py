@@ -39,6 +39,7 @@ def test_the_plan_covers_each_gpu_path_within_eight_minutes():
     text = " ".join(" ".join(s.argv) for s in plan)
     for needle in ("-m gpu", "bench_pooling.py", "bench_probe.py", "bench_similarity.py",
                    "bench_compare.py", "bench_extract.py", "--batch-sizes 8 32",
+                   "bench_transformers.py",
                    "torch.distributed.run", "--device cuda"):
         assert needle in text, f"make test-gpu does not run {needle!r}"
     assert sum(s.timeout for s in plan) <= 8 * 60, "the limits must fit 8 minutes of device time"

@@ -6,6 +6,10 @@
   MFCC baseline at several downsample rates;
 - :func:`from_s3prl` / :class:`S3PRLUpstreamAdapter`: wraps s3prl's
   ``S3PRLUpstream`` (or anything spelling ``num_layers``) without importing s3prl;
+- :func:`from_transformers` / :class:`TransformersUpstream` and :func:`from_whisper` /
+  :class:`WhisperEncoderUpstream`: Hugging Face wav2vec2, HuBERT, WavLM,
+  Data2VecAudio, Wav2Vec2Conformer and Whisper-encoder models (transformers is
+  imported only then);
 - :func:`get_upstream`: any of the above (and the shipped tiny model) by name.
 
 Names are imported lazily, so ``import s3viz.upstreams`` does not import torchaudio.
@@ -26,6 +30,11 @@ _EXPORTS = {
     "spectral_hidden_states": "_spectral",
     "S3PRLUpstreamAdapter": "_s3prl",
     "from_s3prl": "_s3prl",
+    "TRANSFORMERS_FAMILIES": "_transformers",
+    "TransformersUpstream": "_transformers",
+    "WhisperEncoderUpstream": "_transformers",
+    "from_transformers": "_transformers",
+    "from_whisper": "_transformers",
     "get_upstream": "_resolve",
     "tiny": "_tiny",
     "TinyUpstream": "_tiny",

@@ -1,0 +1,475 @@
+"""Hugging Face ``transformers`` speech models as s3prl upstreams.
+
+:func:`from_transformers` wraps a ``Wav2Vec2Model``, ``HubertModel``,
+``WavLMModel``, ``Data2VecAudioModel`` or ``Wav2Vec2ConformerModel`` (or one of
+their ``*ForCTC`` / ``*ForSequenceClassification`` heads, whose base model is
+used) as an :class:`s3viz.AbsUpstream`; :func:`from_whisper` wraps the encoder of
+a ``WhisperModel`` / ``WhisperForConditionalGeneration``. transformers is
+imported only when one of these is built.
+
+Hidden states
+-------------
+The adapter returns HF's ``output_hidden_states`` list, ``num_hidden_layers + 1``
+entries, as s3prl's ``hf_*`` upstreams (``hf_hubert_custom``, ``hf_wav2vec2_custom``)
+do:
+
+- entry 0: the input of the first transformer layer: the feature projection
+  plus the convolutional positional embedding, and for post-LN models
+  (``do_stable_layer_norm=False``: the "base" models) the encoder's layer norm;
+- entry ``i`` (``1 <= i <= N``): the output of transformer layer ``i``. For
+  pre-LN models (``do_stable_layer_norm=True``: wav2vec2 large-lv60, XLS-R,
+  HuBERT/WavLM large) the last entry is the last layer's output *before* the
+  encoder's final layer norm; ``model(...).last_hidden_state`` is after it.
+  (:func:`s3viz.upstreams.torchaudio_upstream` returns the layer-normed
+  encoder output there instead, as fairseq and torchaudio do.)
+
+Lengths are the model's own convolution arithmetic
+(``model._get_feat_extract_output_lengths``: ``(L - 400) // 320 + 1`` for the
+usual CNN), and padded frames are zero.
+
+Padded batches
+--------------
+Models with ``feat_extract_norm="group"`` (wav2vec2-base, hubert-base,
+wavlm-base(-plus)) normalise the first convolution over the whole time axis and
+were trained without an attention mask, so padding changes every frame of a
+shorter utterance. The adapter therefore never pads what the model cannot mask:
+
+- ``feat_extract_norm="layer"`` models of the families measured to be batch
+  invariant with HF's attention mask (wav2vec2, HuBERT, WavLM) run the batch at
+  once with ``attention_mask``;
+- every other model (group norm; Data2VecAudio and Wav2Vec2Conformer, whose
+  positional / conformer convolutions carry padded frames into valid ones even
+  with the mask) runs one forward per group of equal-length utterances, i.e.
+  no padding at all.
+
+Each utterance then has the same hidden states alone or in any batch (to float
+rounding; :func:`s3viz.check_upstream`'s ``batch_invariance`` passes). The cost
+of the unpadded path is measured in ``benchmarks/bench_transformers.py``.
+
+Waveform normalisation
+----------------------
+HF checkpoints say in their feature extractor config (``do_normalize``) whether
+the model expects each waveform normalised to zero mean and unit variance. The
+adapter does it itself, per utterance over its valid samples, when
+``normalize=True``; :func:`s3viz.upstreams.get_upstream` reads ``do_normalize``
+from a saved or cached checkpoint, and for a model object the default is False.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+from ..align import receptive_field
+from ..interface import AbsUpstream
+from ._common import check_wavs
+
+__all__ = ["TRANSFORMERS_FAMILIES", "TransformersUpstream", "WhisperEncoderUpstream",
+           "from_transformers", "from_whisper", "is_transformers_model", "load_transformers"]
+
+TRANSFORMERS_FAMILIES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "wav2vec2-conformer")
+"""``config.model_type`` of the models :func:`from_transformers` wraps."""
+
+_MASK_SAFE = ("wav2vec2", "hubert", "wavlm")
+"""Families whose ``feat_extract_norm="layer"`` models are batch invariant with HF's
+attention mask (tests/test_transformers.py checks each family either way)."""
+
+
+def is_transformers_model(obj) -> bool:
+    """True for a ``transformers.PreTrainedModel`` (checked without importing transformers)."""
+    return isinstance(obj, nn.Module) and hasattr(obj, "config") and any(
+        (c.__module__ or "").startswith("transformers.") for c in type(obj).__mro__)
+
+
+def _layer_ids(layers, n: int, who: str) -> List[int]:
+    if isinstance(layers, str):
+        if layers != "all":
+            raise ValueError(f"{who}: layers must be 'all' or a list of hidden-state indices, "
+                             f"got {layers!r}")
+        return list(range(n))
+    try:
+        ids = [int(i) for i in layers]
+    except TypeError:
+        raise TypeError(f"{who}: layers must be 'all' or a list of ints, got {layers!r}") from None
+    out = []
+    for i in ids:
+        if not -n <= i < n:
+            raise ValueError(f"{who}: layer {i} out of range for {n} hidden states "
+                             f"(0..{n - 1}, negative from the end)")
+        out.append(i % n)
+    if not out or len(set(out)) != len(out):
+        raise ValueError(f"{who}: layers must be distinct and not empty, got {list(layers)}")
+    return out
+
+
+def _normalize(wav: torch.Tensor) -> torch.Tensor:
+    """HF's ``zero_mean_unit_var_norm`` of one valid waveform (variance eps 1e-7)."""
+    return (wav - wav.mean()) / torch.sqrt(wav.var(unbiased=False) + 1e-7)
+
+
+def _pad_stack(items: List[torch.Tensor], lengths: torch.Tensor) -> torch.Tensor:
+    """``(B, max(lengths), H)`` from per-utterance ``(T_i, H)`` with zeros past each length."""
+    t = int(lengths.max()) if len(lengths) else 0
+    out = items[0].new_zeros((len(items), t, items[0].shape[-1]))
+    for b, (x, n) in enumerate(zip(items, lengths.tolist())):
+        out[b, :n] = x[:n]
+    return out
+
+
+class TransformersUpstream(AbsUpstream):
+    """A Hugging Face wav2vec2-family model behind the s3prl upstream interface.
+
+    Args:
+        model: a ``Wav2Vec2Model``, ``HubertModel``, ``WavLMModel``,
+            ``Data2VecAudioModel`` or ``Wav2Vec2ConformerModel``, or a
+            ``*ForCTC`` / ``*ForSequenceClassification`` head (its base model is
+            used and becomes the submodule).
+        layers: ``"all"`` (the ``num_hidden_layers + 1`` hidden states) or the
+            indices to return (negative from the end).
+        normalize: normalise each waveform to zero mean, unit variance first
+            (what the checkpoint's ``do_normalize`` says).
+        name: a label (default: the checkpoint's name or the model type).
+
+    See the module docstring for what each hidden state is and how padded
+    batches stay batch invariant. The model's mode and device are left as they
+    are (``s3viz.extract`` runs it in eval mode).
+    """
+
+    def __init__(self, model: nn.Module, *, layers: Union[str, Sequence[int]] = "all",
+                 normalize: bool = False, name: Optional[str] = None):
+        super().__init__()
+        if not is_transformers_model(model):
+            raise TypeError(f"from_transformers: expected a transformers model, got "
+                            f"{type(model).__name__}")
+        base = getattr(model, "base_model", model)
+        config = base.config
+        kind = getattr(config, "model_type", None)
+        if kind == "whisper":
+            raise TypeError("from_transformers: a Whisper model has an encoder-decoder; use "
+                            "s3viz.upstreams.from_whisper (get_upstream does so itself)")
+        if kind not in TRANSFORMERS_FAMILIES or not hasattr(base, "feature_extractor"):
+            raise TypeError(f"from_transformers: {type(model).__name__} (model_type {kind!r}) "
+                            f"is not one of the supported families {TRANSFORMERS_FAMILIES}")
+        if not isinstance(normalize, bool):
+            raise TypeError(f"normalize must be True or False, got {normalize!r}")
+        self.model = base
+        self.model_type = kind
+        self.normalize = normalize
+        n_all = int(config.num_hidden_layers) + 1
+        self._layer_ids = _layer_ids(layers, n_all, "from_transformers")
+        self._conv_layers = tuple((int(k), int(s)) for k, s in zip(config.conv_kernel,
+                                                                   config.conv_stride))
+        self._rf, self._rate = receptive_field(self._conv_layers)
+        self.uses_attention_mask = (getattr(config, "feat_extract_norm", "group") == "layer"
+                                    and kind in _MASK_SAFE)
+        self.name = name or getattr(config, "_name_or_path", "") or kind
+        self.weights = "as given"  # load_transformers says "pretrained ..." or "random ..."
+
+    @property
+    def num_layer(self) -> int:
+        return len(self._layer_ids)
+
+    @property
+    def layer_ids(self) -> List[int]:
+        """Which of HF's hidden states each returned one is."""
+        return list(self._layer_ids)
+
+    @property
+    def hidden_sizes(self) -> List[int]:
+        return [int(self.model.config.hidden_size)] * self.num_layer
+
+    @property
+    def downsample_rates(self) -> List[int]:
+        return [self._rate] * self.num_layer
+
+    @property
+    def receptive_fields(self) -> List[int]:
+        return [self._rf] * self.num_layer
+
+    @property
+    def conv_layers(self) -> Tuple[Tuple[int, int], ...]:
+        """``(kernel_size, stride)`` of the convolutional feature encoder (config)."""
+        return self._conv_layers
+
+    def extra_repr(self) -> str:
+        return (f"name={self.name!r}, weights={self.weights!r}, model_type={self.model_type!r}, "
+                f"num_layer={self.num_layer}, attention_mask={self.uses_attention_mask}")
+
+    def _frames(self, wavs_len: torch.Tensor) -> torch.Tensor:
+        return self.model._get_feat_extract_output_lengths(wavs_len).to(torch.long)
+
+    def forward(self, wavs: torch.Tensor, wavs_len: torch.Tensor
+                ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        """Args:
+            wavs: ``(batch_size, seq_len, 1)`` or ``(batch_size, seq_len)`` float, 16 kHz.
+            wavs_len: ``(batch_size,)`` long valid samples.
+
+        Returns:
+            ``all_hs``: ``num_layer`` tensors ``(batch_size, max_frames, hidden_size)``,
+            zero past each length; ``all_hs_len``: ``num_layer`` ``(batch_size,)`` long.
+        """
+        wavs, wavs_len = check_wavs(wavs, wavs_len, who=f"from_transformers({self.name})")
+        short = [i for i, n in enumerate(wavs_len.tolist()) if n < self._rf]
+        if short:
+            raise ValueError(f"{self.name}: utterance(s) {short} are shorter than the "
+                             f"{self._rf}-sample receptive field: no frame")
+        if self.normalize:
+            wavs = wavs.clone()
+            for b, n in enumerate(wavs_len.tolist()):
+                wavs[b, :n] = _normalize(wavs[b, :n])
+                wavs[b, n:] = 0
+        frames = self._frames(wavs_len)
+        if self.uses_attention_mask:
+            t = int(wavs_len.max())
+            mask = torch.arange(t, device=wavs.device)[None, :] < wavs_len[:, None]
+            with warnings.catch_warnings():
+                # HF's WavLM attention mixes a bool padding mask with its float position
+                # bias, which torch deprecates; the result is right (tests compare it)
+                warnings.filterwarnings("ignore", message="Support for mismatched key_padding_mask")
+                out = self.model(wavs[:, :t] * mask, attention_mask=mask.long(),
+                                 output_hidden_states=True)
+            hs = [out.hidden_states[i][:, : int(frames.max())] for i in self._layer_ids]
+            valid = (torch.arange(hs[0].shape[1], device=wavs.device)[None, :]
+                     < frames[:, None])[..., None]
+            all_hs = [h * valid for h in hs]
+        else:
+            per = [[None] * len(wavs_len) for _ in self._layer_ids]
+            lens = wavs_len.tolist()
+            for n in sorted(set(lens)):  # one unpadded forward per length
+                idx = [b for b, m in enumerate(lens) if m == n]
+                out = self.model(wavs[idx, :n], output_hidden_states=True)
+                for k, i in enumerate(self._layer_ids):
+                    for j, b in enumerate(idx):
+                        per[k][b] = out.hidden_states[i][j]
+            all_hs = [_pad_stack(items, frames) for items in per]
+        return all_hs, [frames.clone() for _ in all_hs]
+
+
+def from_transformers(model: nn.Module, *, layers: Union[str, Sequence[int]] = "all",
+                      normalize: bool = False, name: Optional[str] = None) -> AbsUpstream:
+    """Wrap a transformers speech model: :class:`TransformersUpstream`, or for Whisper
+    :class:`WhisperEncoderUpstream`."""
+    config = getattr(getattr(model, "base_model", model), "config", None)
+    if getattr(config, "model_type", None) == "whisper":
+        if normalize:
+            raise ValueError("normalize applies to wav2vec2-family models; Whisper's feature "
+                             "extractor makes its own log-mel features")
+        return from_whisper(model, layers=layers, name=name)
+    return TransformersUpstream(model, layers=layers, normalize=normalize, name=name)
+
+
+# --------------------------------------------------------------------------- Whisper
+
+
+class WhisperEncoderUpstream(AbsUpstream):
+    """The encoder of a Hugging Face Whisper model behind the s3prl upstream interface.
+
+    Each utterance goes through Whisper's own feature extractor
+    (``WhisperFeatureExtractor``: an 80- or 128-bin log-mel spectrogram, 25 ms
+    windows every 10 ms, padded with silence to the model's window of
+    ``2 * max_source_positions`` mel frames, 30 s for every released
+    checkpoint) and through the encoder alone. The encoder halves the frame
+    rate (320 samples, 20 ms per frame) and always sees the full window: Whisper
+    was trained so, without an attention mask, so the hidden states of the real
+    frames are those of the utterance followed by silence up to 30 s (the
+    padding takes part in attention; a frame near the end of a short
+    utterance is not what it would be in a longer one). Since every utterance
+    gets its own window, an utterance's hidden states are the same alone or in
+    any batch.
+
+    Lengths count only the frames of real audio: ``ceil(L / 160)`` mel frames,
+    then ``(n - 1) // 2 + 1`` after the stride-2 convolution; hidden states are
+    returned up to the longest utterance's frames, zero past each length.
+    Utterances longer than the window are refused (split them first).
+
+    Hidden states: ``encoder_layers + 1`` entries: entry 0 is the convolutional
+    front end plus the sinusoidal positional embedding (the first layer's
+    input), entry ``i`` the output of layer ``i``, except that the last entry is
+    HF's ``last_hidden_state``, after the encoder's final layer norm.
+
+    Args:
+        model: ``WhisperModel``, ``WhisperForConditionalGeneration`` or a
+            ``WhisperEncoder``.
+        feature_extractor: a ``WhisperFeatureExtractor`` (default: one built for
+            the model's ``num_mel_bins`` and window, as the checkpoints ship).
+        layers, name: as for :class:`TransformersUpstream`.
+    """
+
+    def __init__(self, model: nn.Module, *, feature_extractor=None,
+                 layers: Union[str, Sequence[int]] = "all", name: Optional[str] = None):
+        super().__init__()
+        if not is_transformers_model(model):
+            raise TypeError(f"from_whisper: expected a transformers Whisper model, got "
+                            f"{type(model).__name__}")
+        encoder = model.get_encoder() if hasattr(model, "get_encoder") else model
+        config = encoder.config
+        if getattr(config, "model_type", None) != "whisper" or not hasattr(encoder, "conv1"):
+            raise TypeError(f"from_whisper: {type(model).__name__} is not a Whisper model")
+        self.encoder = encoder
+        positions = int(config.max_source_positions)
+        self._mel_frames = 2 * positions
+        seconds = self._mel_frames * 160 / 16000
+        if feature_extractor is None:
+            from transformers import WhisperFeatureExtractor
+
+            if seconds != int(seconds):
+                raise ValueError(f"from_whisper: max_source_positions={positions} gives a "
+                                 f"{seconds} s window; Whisper's feature extractor needs whole "
+                                 "seconds (a multiple of 50 positions)")
+            feature_extractor = WhisperFeatureExtractor(feature_size=int(config.num_mel_bins),
+                                                        chunk_length=int(seconds))
+        if int(feature_extractor.nb_max_frames) != self._mel_frames:
+            raise ValueError(f"from_whisper: the feature extractor makes "
+                             f"{feature_extractor.nb_max_frames} mel frames but the encoder "
+                             f"takes {self._mel_frames}")
+        self.feature_extractor = feature_extractor
+        self.window_samples = int(feature_extractor.n_samples)
+        self._layer_ids = _layer_ids(layers, int(config.encoder_layers) + 1, "from_whisper")
+        self.name = name or getattr(config, "_name_or_path", "") or "whisper"
+        self.weights = "as given"
+
+    @property
+    def num_layer(self) -> int:
+        return len(self._layer_ids)
+
+    @property
+    def hidden_sizes(self) -> List[int]:
+        return [int(self.encoder.config.d_model)] * self.num_layer
+
+    @property
+    def downsample_rates(self) -> List[int]:
+        return [320] * self.num_layer
+
+    def extra_repr(self) -> str:
+        return (f"name={self.name!r}, weights={self.weights!r}, num_layer={self.num_layer}, "
+                f"window={self.window_samples / 16000:g} s")
+
+    @staticmethod
+    def frames(wavs_len: torch.Tensor) -> torch.Tensor:
+        """Encoder frames of real audio for ``wavs_len`` samples: ceil(L/160) mel frames,
+        then the stride-2 convolution (kernel 3, padding 1)."""
+        mel = (wavs_len + 159) // 160
+        return torch.where(mel > 0, (mel - 1) // 2 + 1, torch.zeros_like(mel))
+
+    def forward(self, wavs: torch.Tensor, wavs_len: torch.Tensor
+                ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        wavs, wavs_len = check_wavs(wavs, wavs_len, who=f"from_whisper({self.name})")
+        long = [i for i, n in enumerate(wavs_len.tolist()) if n > self.window_samples]
+        if long:
+            raise ValueError(f"{self.name}: utterance(s) {long} are longer than Whisper's "
+                             f"{self.window_samples / 16000:g} s window; split them first")
+        empty = [i for i, n in enumerate(wavs_len.tolist()) if n == 0]
+        if empty:
+            raise ValueError(f"{self.name}: utterance(s) {empty} have no samples")
+        audio = [wavs[b, :n].detach().float().cpu().numpy()
+                 for b, n in enumerate(wavs_len.tolist())]
+        feats = self.feature_extractor(audio, sampling_rate=16000, return_tensors="pt",
+                                       padding="max_length").input_features
+        param = next(self.encoder.parameters())
+        out = self.encoder(feats.to(device=param.device, dtype=param.dtype),
+                           output_hidden_states=True)
+        frames = self.frames(wavs_len).to(wavs.device)
+        t = int(frames.max())
+        valid = (torch.arange(t, device=wavs.device)[None, :] < frames[:, None])[..., None]
+        all_hs = [out.hidden_states[i][:, :t].to(wavs.device) * valid for i in self._layer_ids]
+        return all_hs, [frames.clone() for _ in all_hs]
+
+
+def from_whisper(model: nn.Module, *, feature_extractor=None,
+                 layers: Union[str, Sequence[int]] = "all", name: Optional[str] = None
+                 ) -> WhisperEncoderUpstream:
+    """Wrap a Whisper model's encoder: see :class:`WhisperEncoderUpstream`."""
+    return WhisperEncoderUpstream(model, feature_extractor=feature_extractor, layers=layers,
+                                  name=name)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _hf_cache_dir() -> str:
+    try:
+        from huggingface_hub import constants
+
+        return str(constants.HF_HUB_CACHE)
+    except ImportError:  # pragma: no cover - transformers depends on huggingface_hub
+        return "~/.cache/huggingface/hub"
+
+
+def load_transformers(name_or_path: str, *, pretrained: bool = True, layers="all",
+                      seed: int = 0, **kwargs) -> AbsUpstream:
+    """An upstream from a folder saved with ``save_pretrained`` or a model name in the
+    local Hugging Face cache; never downloads (``local_files_only=True``).
+
+    Args:
+        name_or_path: a folder holding ``config.json`` or a hub name such as
+            ``"facebook/hubert-base-ls960"`` (found in the HF cache only).
+        pretrained: True loads the weights; False builds the architecture of the
+            config with random weights from ``seed`` (the global RNG is left untouched).
+        layers: as for :func:`from_transformers`.
+        **kwargs: ``normalize`` (default: the checkpoint's ``do_normalize``) or
+            ``name``.
+    """
+    try:
+        import transformers
+    except ImportError as err:
+        raise ImportError("Hugging Face models need transformers: pip install 's3viz[hf]' "
+                          "(or pip install transformers)") from err
+    try:
+        config = transformers.AutoConfig.from_pretrained(name_or_path, local_files_only=True)
+    except (OSError, ValueError) as err:
+        import os
+
+        if os.path.isdir(os.path.expanduser(str(name_or_path))):
+            raise ValueError(f"{name_or_path!r} is a folder but holds no readable config.json "
+                             f"({err}); save the model with model.save_pretrained(folder)") from None
+        raise FileNotFoundError(
+            f"Hugging Face model {name_or_path!r} is not in the local cache ({_hf_cache_dir()}) "
+            "and s3viz never downloads. Download it once, where there is a network, with\n"
+            f"    hf download {name_or_path}\n"
+            f"(or huggingface-cli download {name_or_path}), or pass the path of a folder saved "
+            "with model.save_pretrained(folder)") from None
+    kind = getattr(config, "model_type", None)
+    if kind not in TRANSFORMERS_FAMILIES + ("whisper",):
+        raise ValueError(f"{name_or_path!r} is a {kind!r} model; s3viz wraps "
+                         f"{TRANSFORMERS_FAMILIES + ('whisper',)}")
+    if not isinstance(pretrained, bool):
+        raise TypeError(f"pretrained must be True or False, got {pretrained!r}")
+    auto = transformers.AutoModel
+    if pretrained:
+        model = auto.from_pretrained(name_or_path, local_files_only=True)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = auto.from_config(config)
+    model.eval()
+    weights = (f"pretrained ({name_or_path})" if pretrained
+               else f"random (seed {seed}; pretrained=True loads the checkpoint's)")
+    name = kwargs.pop("name", None) or str(name_or_path)
+    if kind == "whisper":
+        fe = None
+        try:
+            fe = transformers.WhisperFeatureExtractor.from_pretrained(name_or_path,
+                                                                      local_files_only=True)
+        except (OSError, ValueError):
+            pass  # built from the config instead, as the released checkpoints ship it
+        if kwargs:
+            raise TypeError(f"unexpected arguments for a Whisper model: {sorted(kwargs)}")
+        up = from_whisper(model, feature_extractor=fe, layers=layers, name=name)
+        up.weights = weights
+        return up
+    normalize = kwargs.pop("normalize", None)
+    if kwargs:
+        raise TypeError(f"unexpected arguments: {sorted(kwargs)}")
+    if normalize is None:
+        try:
+            fe = transformers.AutoFeatureExtractor.from_pretrained(name_or_path,
+                                                                   local_files_only=True)
+            normalize = bool(getattr(fe, "do_normalize", False))
+        except (OSError, ValueError):
+            normalize = False
+    up = TransformersUpstream(model, layers=layers, normalize=normalize, name=name)
+    up.weights = weights
+    return up

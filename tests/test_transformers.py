@@ -1,0 +1,251 @@
+"""Hugging Face transformers models as upstreams: each family, Whisper's encoder, loading."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+T = pytest.importorskip("transformers")
+
+import s3viz  # noqa: E402
+from s3viz.upstreams import TransformersUpstream, WhisperEncoderUpstream, get_upstream  # noqa: E402
+
+LENGTHS = (6400, 9000, 4003)
+_COMMON = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+               conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
+_WAVLM = dict(num_buckets=32, max_bucket_distance=100)
+FAMILIES = {
+    # name: (config, model class, config overrides, attention mask used?)
+    "wav2vec2-base": ("Wav2Vec2Config", "Wav2Vec2Model", dict(feat_extract_norm="group"), False),
+    "wav2vec2-large": ("Wav2Vec2Config", "Wav2Vec2Model",
+                       dict(feat_extract_norm="layer", do_stable_layer_norm=True), True),
+    "hubert-base": ("HubertConfig", "HubertModel", dict(feat_extract_norm="group"), False),
+    "hubert-large": ("HubertConfig", "HubertModel",
+                     dict(feat_extract_norm="layer", do_stable_layer_norm=True), True),
+    "wavlm-base": ("WavLMConfig", "WavLMModel", dict(feat_extract_norm="group", **_WAVLM), False),
+    "wavlm-large": ("WavLMConfig", "WavLMModel",
+                    dict(feat_extract_norm="layer", do_stable_layer_norm=True, **_WAVLM), True),
+    "data2vec-audio": ("Data2VecAudioConfig", "Data2VecAudioModel",
+                       dict(num_conv_pos_embeddings=5, conv_pos_kernel_size=5), False),
+    "conformer": ("Wav2Vec2ConformerConfig", "Wav2Vec2ConformerModel",
+                  dict(feat_extract_norm="layer", do_stable_layer_norm=True,
+                       position_embeddings_type="relative", conv_depthwise_kernel_size=7), False),
+}
+
+
+def _model(family, seed=0):
+    cfg_name, cls_name, extra, _ = FAMILIES[family]
+    config = getattr(T, cfg_name)(**{**_COMMON, **extra})
+    torch.manual_seed(seed)
+    return getattr(T, cls_name)(config).eval()
+
+
+def _wavs(lengths=LENGTHS, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    wavs = torch.randn(len(lengths), max(lengths), generator=g) * 0.1
+    lens = torch.tensor(lengths)
+    return wavs * (torch.arange(wavs.shape[1])[None] < lens[:, None]), lens
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {f: _model(f) for f in FAMILIES}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_each_family_passes_check_upstream(models, family):
+    up = get_upstream(models[family])
+    assert isinstance(up, TransformersUpstream)
+    assert up.uses_attention_mask is FAMILIES[family][3]
+    report = s3viz.check_upstream(up, wav_lengths=LENGTHS)
+    assert report.ok, report
+    rows = report[report["check"] == "batch_invariance"]
+    assert len(rows) == up.num_layer and (rows["status"] == "ok").all(), rows
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_hidden_states_equal_hf_alone_and_padded(models, family):
+    model = models[family]
+    up = get_upstream(model)
+    wavs, lens = _wavs()
+    with torch.no_grad():
+        all_hs, all_len = up(wavs, lens)
+        frames = model._get_feat_extract_output_lengths(lens)
+        for b, n in enumerate(lens.tolist()):
+            ref = model(wavs[b: b + 1, :n], output_hidden_states=True).hidden_states
+            assert len(all_hs) == len(ref) == model.config.num_hidden_layers + 1
+            for layer, h in enumerate(all_hs):
+                k = int(frames[b])
+                assert int(all_len[layer][b]) == k == ref[layer].shape[1]
+                torch.testing.assert_close(h[b, :k], ref[layer][0], atol=5e-6, rtol=1e-5)
+                assert not h[b, k:].any(), "padded frames are zero"
+
+
+@pytest.mark.parametrize("family", ["wav2vec2-base", "data2vec-audio", "conformer"])
+def test_why_these_families_run_unpadded(models, family):
+    """HF's own padded batch (attention mask on) changes these models' valid frames, which is
+    why the adapter runs them per length; the adapter does not."""
+    model = models[family]
+    wavs, lens = _wavs()
+    mask = torch.arange(wavs.shape[1])[None] < lens[:, None]
+    with torch.no_grad():
+        padded = model(wavs, attention_mask=mask.long(), output_hidden_states=True)
+        alone = model(wavs[2:3, : int(lens[2])], output_hidden_states=True)
+    k = alone.hidden_states[-1].shape[1]
+    assert (padded.hidden_states[-1][2, :k] - alone.hidden_states[-1][0]).abs().max() > 1e-3
+
+
+def test_stable_layer_norm_last_entry_is_before_the_final_norm(models):
+    model = models["wav2vec2-large"]
+    wavs, lens = _wavs((6400,))
+    with torch.no_grad():
+        out = model(wavs, output_hidden_states=True)
+        hs, _ = get_upstream(model)(wavs, lens)
+    torch.testing.assert_close(hs[-1][0], out.hidden_states[-1][0])
+    torch.testing.assert_close(model.encoder.layer_norm(hs[-1][0]), out.last_hidden_state[0])
+    assert (hs[-1][0] - out.last_hidden_state[0]).abs().max() > 1e-3
+
+
+def test_heads_use_their_base_model_and_layers_select(models):
+    config = models["hubert-base"].config
+    torch.manual_seed(0)
+    ctc = T.HubertForCTC(T.HubertConfig(**{**config.to_dict(), "vocab_size": 8})).eval()
+    up = get_upstream(ctc)
+    assert up.model is ctc.hubert
+    cls = T.Wav2Vec2ForSequenceClassification(models["wav2vec2-base"].config).eval()
+    assert get_upstream(cls).model is cls.wav2vec2
+    sub = get_upstream(models["hubert-base"], layers=[0, -1])
+    assert sub.num_layer == 2 and sub.layer_ids == [0, 2]
+    with pytest.raises(ValueError, match="out of range"):
+        get_upstream(models["hubert-base"], layers=[5])
+
+
+def test_extract_and_probe_a_transformers_model(models):
+    from s3viz.data import synthetic_corpus
+
+    store = s3viz.extract(get_upstream(models["hubert-base"]), synthetic_corpus(8),
+                          progress=False)
+    assert store.num_layer == 3
+    probes = s3viz.probe_layers(store, "phone", folds=2, split_by="utterance")
+    assert len(probes) == 3 and probes["accuracy"].between(0, 1).all()
+
+
+def test_normalize_matches_the_feature_extractor(models):
+    model = models["wav2vec2-large"]
+    fe = T.Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True)
+    wavs, lens = _wavs((6400,))
+    inputs = fe([wavs[0].numpy()], sampling_rate=16000, return_tensors="pt")
+    with torch.no_grad():
+        ref = model(inputs.input_values, output_hidden_states=True).hidden_states
+        hs, _ = TransformersUpstream(model, normalize=True)(wavs, lens)
+    torch.testing.assert_close(hs[1][0], ref[1][0], atol=1e-5, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@pytest.fixture(scope="module")
+def saved(models, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hf") / "hubert-small"
+    models["hubert-base"].save_pretrained(folder)
+    T.Wav2Vec2FeatureExtractor(do_normalize=True).save_pretrained(folder)
+    return folder
+
+
+def test_saved_folder_round_trip(models, saved):
+    wavs, lens = _wavs()
+    with torch.no_grad():
+        want, _ = get_upstream(models["hubert-base"])(wavs, lens)
+        for spec in (str(saved), saved, f"hf:{saved}"):
+            up = get_upstream(spec, pretrained=True)
+            assert up.normalize, "do_normalize is read from the saved feature extractor"
+            up.normalize = False
+            got, _ = up(wavs, lens)
+            for a, b in zip(got, want):
+                torch.testing.assert_close(a, b)
+        random_up = get_upstream(str(saved))
+        assert random_up.weights.startswith("random (seed 0")
+        assert get_upstream(str(saved), pretrained=True).weights.startswith("pretrained")
+        random_a = random_up(wavs, lens)[0]
+        random_b = get_upstream(str(saved))(wavs, lens)[0]
+    torch.testing.assert_close(random_a[-1], random_b[-1])  # seeded random weights
+    assert (random_a[-1] - want[-1]).abs().max() > 1e-3, "pretrained=False is random weights"
+
+
+def test_offline_name_fails_fast_and_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(FileNotFoundError) as info:
+        get_upstream("hf:facebook/hubert-base-ls960", pretrained=True)
+    msg = str(info.value)
+    assert "'facebook/hubert-base-ls960' is not in the local cache" in msg
+    assert "hf download facebook/hubert-base-ls960" in msg and "never downloads" in msg
+
+
+def test_transformers_is_imported_only_when_needed():
+    import subprocess
+    import sys
+
+    code = ("import sys, s3viz; s3viz.upstreams.get_upstream('tiny'); "
+            "import s3viz.upstreams._transformers; assert 'transformers' not in sys.modules")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_bad_specs(tmp_path):
+    with pytest.raises(ValueError, match="'hf:' needs a model name"):
+        get_upstream("hf:")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="folder without config.json"):
+        get_upstream(str(tmp_path / "empty"))
+    bert = T.BertModel(T.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                    intermediate_size=64))
+    with pytest.raises(TypeError, match="not one of the supported families"):
+        get_upstream(bert)
+
+
+# --------------------------------------------------------------------------- Whisper
+
+
+@pytest.fixture(scope="module")
+def whisper():
+    config = T.WhisperConfig(d_model=32, encoder_layers=2, decoder_layers=1,
+                             encoder_attention_heads=2, decoder_attention_heads=2,
+                             encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=80,
+                             max_source_positions=250, vocab_size=64, max_target_positions=16,
+                             pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                             decoder_start_token_id=0)
+    torch.manual_seed(0)
+    return T.WhisperModel(config).eval()
+
+
+def test_whisper_encoder_upstream(whisper):
+    up = get_upstream(whisper)
+    assert isinstance(up, WhisperEncoderUpstream)
+    assert up.window_samples == 5 * 16000 and up.num_layer == 3
+    report = s3viz.check_upstream(up, wav_lengths=LENGTHS)
+    assert report.ok, report
+    wavs, lens = _wavs()
+    with torch.no_grad():
+        hs, hl = up(wavs, lens)
+        fe = up.feature_extractor
+        for b, n in enumerate(lens.tolist()):
+            feats = fe([wavs[b, :n].numpy()], sampling_rate=16000, return_tensors="pt",
+                       padding="max_length").input_features
+            ref = whisper.encoder(feats, output_hidden_states=True)
+            k = int(hl[0][b])
+            assert k == -(-n // 320)  # ceil(L / 320): only frames of real audio
+            for layer in range(3):
+                torch.testing.assert_close(hs[layer][b, :k], ref.hidden_states[layer][0, :k],
+                                           atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(hs[-1][b, :k], ref.last_hidden_state[0, :k])
+
+
+def test_whisper_refuses_audio_past_its_window(whisper):
+    up = get_upstream(whisper)
+    wavs, lens = _wavs((6 * 16000,))
+    with pytest.raises(ValueError, match="longer than Whisper's 5 s window"):
+        up(wavs, lens)
