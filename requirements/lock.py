@@ -7,9 +7,11 @@
 so pip, setuptools and wheel are locked too; the editable s3viz itself is left
 out) under a header that names the Python and platform it was resolved on, and
 refuses a torch/torchaudio pair that is not in ``s3viz._deps.KNOWN_GOOD_PAIRS``.
-``check`` compares the installed versions with the lock and exits 1 on any
-difference, so a venv that drifted from the lock (a package upgraded by hand,
-a constraint pip could not honour) is caught before the tests run on it.
+``check`` compares the installed versions with the lock and exits 1 when a
+locked package is installed at another version or (on the lock's own Python
+and platform) is missing, so a venv that drifted from the lock (a package
+upgraded by hand, a constraint pip could not honour) is caught before the
+tests run on it. Packages installed beside the lock are not reported.
 
 pip's own ``freeze`` and metadata are used rather than a lock tool (pip-tools,
 uv) so that a fresh machine needs nothing but the Python it has.

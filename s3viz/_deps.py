@@ -56,12 +56,12 @@ def _message(cause: BaseException) -> str:
         head = "torchaudio is not installed"
     else:
         head = (f"torchaudio {audio_v} does not load with torch {torch_v or '(not installed)'}")
-        if (_public(torch_v), _public(audio_v)) in KNOWN_GOOD_PAIRS:
-            head += (" although that pair is known to work; the installation itself is "
-                     "damaged (reinstall both)")
-        elif torch_v is not None and "+cpu" in torch_v:
+        if torch_v is not None and "+cpu" in torch_v:
             head += (" (torchaudio's wheels link torch's CUDA libraries, which a +cpu build "
                      "of torch does not have)")
+        elif (_public(torch_v), _public(audio_v)) in KNOWN_GOOD_PAIRS:
+            head += (" although that pair is known to work; the installation itself is "
+                     "damaged (reinstall both)")
     # torch's loader re-raises the dynamic linker's error as "Could not load this
     # library: PATH"; the root of the chain says why (undefined symbol, missing .so).
     root = cause

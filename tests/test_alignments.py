@@ -172,13 +172,28 @@ def test_textgrid_formats_and_silence_rule(tmp_path, text, encoding):
     c = _one(tmp_path, text, encoding)
     table = c[0].phones
     assert c[0].id == "spk1/utt1"
-    # spn of an <unk> word and the merged sp + empty tail: one silence, keeping <unk>'s word
-    # where the silence lies inside the word, and "" after it
-    expected = pd.DataFrame({"phone": ["sil", "SH", "IY1", "sil", "sil"],
-                             "word": ["", "she", "she", "<unk>", ""],
-                             "start": [0, 1600, 4800, 8000, 12800],
-                             "end": [1600, 4800, 8000, 12800, 16000]})
+    # spn (MFA's phone of the <unk> word), sp and the empty tail are one silence with the
+    # word "", as the embedded corpus labels silence
+    expected = pd.DataFrame({"phone": ["sil", "SH", "IY1", "sil"],
+                             "word": ["", "she", "she", ""],
+                             "start": [0, 1600, 4800, 8000], "end": [1600, 4800, 8000, 16000]})
     pd.testing.assert_frame_equal(table.reset_index(drop=True), expected, check_dtype=False)
+
+
+def test_utf16_without_byte_order_mark(tmp_path):
+    for codec in ("utf-16-le", "utf-16-be"):
+        d = tmp_path / codec
+        c = _one(d, LONG, codec)
+        assert c[0].phones["phone"].tolist() == ["sil", "SH", "IY1", "sil"]
+
+
+def test_negative_times_are_refused(tmp_path):
+    # praatio's own parser would read -0.05 as 0.05
+    with pytest.raises(AlignmentError, match=r"utt1.TextGrid:\d+: a negative time"):
+        _one(tmp_path / "long", _with_phone(LONG, 1, -0.05, 0.1))
+    short = SHORT.replace("\n0\n0.1\n\"sil\"", "\n-0.05\n0.1\n\"sil\"")
+    with pytest.raises(AlignmentError, match="a negative time"):
+        _one(tmp_path / "short", short)
 
 
 def test_utf16_ipa_labels(tmp_path):
@@ -322,6 +337,17 @@ def test_segment_csv_and_tsv(tmp_path):
         assert c[1].phones["phone"].tolist() == ["t", "sil"]
 
 
+def test_segment_dataframe_with_missing_labels(tmp_path):
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    _noise(audio / "a.wav", 1.0)
+    seg = pd.DataFrame({"file": ["a", "a"], "start": [0.0, 0.5], "end": [0.5, 1.0],
+                        "phone": ["k", None], "word": [np.nan, "cat"]})
+    table = load_folder(audio, alignments=seg)[0].phones
+    # a missing phone is silence (as an empty interval), a missing word is "", never "nan"
+    assert table["phone"].tolist() == ["k", "sil"] and table["word"].tolist() == ["", ""]
+
+
 def test_segment_table_errors(tmp_path):
     audio = tmp_path / "audio"
     audio.mkdir()
@@ -337,6 +363,10 @@ def test_segment_table_errors(tmp_path):
     with pytest.raises(ValueError, match="match no audio file.*'zz'"):
         load_folder(audio, alignments=ghost)
     assert load_folder(audio, alignments=ghost, strict=False)[0].phones is not None
+    twice = pd.DataFrame({"file": ["a.wav", "./a"], "start": [0.0, 0.5], "end": [0.3, 0.8],
+                          "phone": ["x", "y"]})
+    with pytest.raises(ValueError, match="segments of file 'a.wav' are given under two names"):
+        load_folder(audio, alignments=twice)
     nan = pd.DataFrame({"file": ["a"], "start": ["soon"], "end": [0.3], "phone": ["x"]})
     with pytest.raises(AlignmentError, match="line 2: 'start' is not a number"):
         load_folder(audio, alignments=nan)
@@ -374,12 +404,20 @@ def test_load_timit_layout_and_labels(tmp_path):
 def test_timit39(tmp_path):
     _timit(tmp_path)
     u = load_timit(tmp_path, phone_map="timit39")[0]
-    # closures and h# fold into silence, q is unlabelled, axr -> er; the closure keeps its
-    # word, so it is not merged with the h# before the word
-    assert u.phones["phone"].tolist() == ["sil", "sil", "b", "ae", "", "dx", "er", "sil"]
-    assert u.phones["word"].tolist() == ["", "bat", "bat", "bat", "bat", "ter", "ter", ""]
+    # closures and h# fold into silence (word "", merged), q is unlabelled, axr -> er
+    assert u.phones["phone"].tolist() == ["sil", "b", "ae", "", "dx", "er", "sil"]
+    assert u.phones["word"].tolist() == ["", "bat", "bat", "bat", "ter", "ter", ""]
+    assert u.phones["end"].tolist()[0] == 3000
     assert len(set(al.TIMIT39.values()) - {None}) == 39
     assert len(al.TIMIT39) == 61
+
+
+def test_timit_overlapping_words_take_the_later_word(tmp_path):
+    d = _timit(tmp_path)
+    # TIMIT lets adjacent words share a phone: "bat" ends inside "ter"'s first phone
+    (d / "SA1.WRD").write_text("2000 7000 bat\n6500 12000 ter\n")
+    u = load_timit(tmp_path)[0]
+    assert u.phones["word"].tolist() == ["", "bat", "bat", "bat", "bat", "ter", "ter", ""]
 
 
 def test_timit_bad_phn_names_the_line(tmp_path):
@@ -437,6 +475,12 @@ def test_export_refuses_bad_input(corpus, tmp_path):
     bare = Corpus([Utterance(id="a", wav=np.zeros(1600, np.float32) + 0.1)])
     with pytest.raises(ValueError, match="no alignment"):
         export_corpus(bare, tmp_path / "z")
+    unlabelled = Corpus([Utterance(id="a", wav=np.zeros(1600, np.float32) + 0.1, phones=pd.DataFrame(
+        {"phone": ["k", ""], "word": ["", ""], "start": [0, 800], "end": [800, 1600]}))])
+    for layout in ("mfa", "timit"):
+        with pytest.raises(ValueError, match="unlabelled phones|empty or has spaces"):
+            export_corpus(unlabelled, tmp_path / f"u-{layout}", layout=layout)
+        assert not (tmp_path / f"u-{layout}").exists(), "nothing is written before refusing"
     assert (tmp_path / "x" / "keep.txt").read_text() == "mine"
 
 

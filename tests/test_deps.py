@@ -72,7 +72,7 @@ def test_root_cause_of_torchs_reraise_is_reported(broken_torchaudio):
 
 def test_cpu_torch_is_named_as_the_cause(broken_torchaudio):
     broken_torchaudio(OSError("libc10_cuda.so: cannot open shared object file: No such file"),
-                      torch_v="2.13.0+cpu", audio_v="2.11.0")
+                      torch_v="2.11.0+cpu", audio_v="2.11.0")  # a "known" pair, but +cpu
     with pytest.raises(ImportError, match=r"\+cpu build of torch") as info:
         _deps.torchaudio()
     assert "libc10_cuda.so" in str(info.value)

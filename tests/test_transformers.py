@@ -98,6 +98,19 @@ def test_why_these_families_run_unpadded(models, family):
     assert (padded.hidden_states[-1][2, :k] - alone.hidden_states[-1][0]).abs().max() > 1e-3
 
 
+def test_adapter_does_not_change_the_hidden_state_lengths():
+    config = T.Wav2Vec2Config(**{**_COMMON, "add_adapter": True, "adapter_stride": 2,
+                                 "num_adapter_layers": 1, "output_hidden_size": 32})
+    torch.manual_seed(0)
+    model = T.Wav2Vec2Model(config).eval()
+    wavs, lens = _wavs((6400,))
+    with torch.no_grad():
+        hs, hl = get_upstream(model)(wavs, lens)
+        ref = model(wavs, output_hidden_states=True)
+    assert int(hl[0][0]) == ref.hidden_states[0].shape[1] == (6400 - 400) // 320 + 1
+    assert ref.last_hidden_state.shape[1] < ref.hidden_states[0].shape[1]  # the adapter's
+
+
 def test_stable_layer_norm_last_entry_is_before_the_final_norm(models):
     model = models["wav2vec2-large"]
     wavs, lens = _wavs((6400,))
@@ -173,6 +186,30 @@ def test_saved_folder_round_trip(models, saved):
         random_b = get_upstream(str(saved))(wavs, lens)[0]
     torch.testing.assert_close(random_a[-1], random_b[-1])  # seeded random weights
     assert (random_a[-1] - want[-1]).abs().max() > 1e-3, "pretrained=False is random weights"
+
+
+def test_folder_without_feature_extractor_warns_that_it_does_not_normalise(models, tmp_path):
+    models["hubert-base"].save_pretrained(tmp_path / "bare")
+    with pytest.warns(UserWarning, match="NOT normalised. Pass normalize=True"):
+        up = get_upstream(tmp_path / "bare", pretrained=True)
+    assert up.normalize is False
+    assert get_upstream(tmp_path / "bare", pretrained=True, normalize=True).normalize
+
+
+def test_folder_names_and_home_paths(saved, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny").mkdir()  # a folder called "tiny" does not shadow the shipped model
+    assert type(get_upstream("tiny")).__name__ == "TinyUpstream"
+    monkeypatch.setenv("HOME", str(saved.parent))
+    assert get_upstream(f"~/{saved.name}", pretrained=True).num_layer == 3
+
+
+def test_bfloat16_checkpoint_takes_float32_waveforms(models):
+    model = _model("hubert-large").to(torch.bfloat16)
+    wavs, lens = _wavs((6400,))
+    with torch.no_grad():
+        hs, _ = get_upstream(model)(wavs, lens)
+    assert hs[0].dtype == torch.bfloat16 and torch.isfinite(hs[-1].float()).all()
 
 
 def test_offline_name_fails_fast_and_says_what_to_do(tmp_path, monkeypatch):

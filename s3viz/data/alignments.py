@@ -10,13 +10,14 @@ Labels (the same rule as the embedded corpus)
 ---------------------------------------------
 - **Silence**: an empty interval, a gap between intervals, and the labels
   ``sil``, ``sp`` and ``spn`` (any case; MFA's silence, short pause and spoken
-  noise) become the phone ``"sil"``, one class among the phones; consecutive
-  silences with the same word are merged. A silence or empty word interval
-  gives the word ``""``.
-- **Words**: each phone takes the word whose interval contains the phone's
-  midpoint (``""`` where none does). Words are kept as written, so MFA's
-  unknown word ``<unk>`` stays ``"<unk>"`` (its phone is MFA's ``spn``, which is
-  silence by the rule above).
+  noise) become the phone ``"sil"``, one class among the phones, always with
+  the word ``""``; consecutive silences are merged. (A ``phone_map`` that maps
+  a label to ``"sil"``, as ``"timit39"`` does with closures, makes silence too.)
+- **Words**: every other phone takes the word whose interval contains the
+  phone's midpoint (``""`` where none does, and for empty or silence word
+  intervals). Words are kept as written, so MFA's unknown word ``<unk>`` stays
+  ``"<unk>"`` on its phones; MFA aligns it as the single phone ``spn``, which
+  is silence, so its frames get the phone ``"sil"`` and the word ``""``.
 - **Unlabelled**: a phone that ``phone_map`` maps to ``None`` (TIMIT's glottal
   stop ``q`` under ``"timit39"``) gets the phone ``""``: frames labelled ``""``
   are left out of phone probes, as are frames with the word ``""`` from word
@@ -39,6 +40,7 @@ order is read from its parser (``parseTextgridStr``) to check it here.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -127,12 +129,15 @@ def _decode(path: Path) -> str:
     raw = path.read_bytes()
     if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
         return raw.decode("utf-16")
+    if len(raw) >= 2 and (raw[0] == 0 or raw[1] == 0):  # UTF-16 without a byte-order mark
+        try:  # (checked first: NUL bytes are valid UTF-8, so UTF-8 would "succeed")
+            return raw.decode("utf-16-be" if raw[0] == 0 else "utf-16-le")
+        except UnicodeDecodeError:
+            pass
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         pass
-    if len(raw) >= 2 and (raw[0] == 0 or raw[1] == 0):  # UTF-16 without a byte-order mark
-        return raw.decode("utf-16-be" if raw[0] == 0 else "utf-16-le")
     raise AlignmentError(f"{path}: not UTF-8 or UTF-16 text; save it from Praat as text")
 
 
@@ -143,6 +148,13 @@ def read_textgrid(path) -> Tuple[float, float, Dict[str, dict]]:
 
     path = Path(path)
     text = _decode(path)
+    # praatio's parser reads "xmin = -0.6" as 0.6 (its number pattern has no sign): refuse
+    # negative times here, in both text formats (short-format numbers stand alone on a line)
+    negative = re.search(r"^\s*(?:xmin|xmax|number)\s*=\s*-\s*\d|^\s*-\s*\d", text, re.M)
+    if negative:
+        line = text.count("\n", 0, negative.start()) + 1
+        raise AlignmentError(f"{path}:{line}: a negative time ({negative.group(0).strip()!r}...); "
+                             "TextGrid times start at 0")
     try:
         tg = textgrid_io.parseTextgridStr(text, includeEmptyIntervals=True)
     except Exception as err:  # praatio raises bare exceptions on malformed files
@@ -206,9 +218,10 @@ def _pick_tier(names: Sequence[str], wanted: Optional[str], candidates, kind: st
     return None
 
 
-def _checked(entries: Sequence[_Entry], duration: float, path, tier: str) -> List[_Entry]:
-    """Entries in file order, checked: sorted, not overlapping, inside the audio (ends
-    within TOLERANCE_S past it are clipped)."""
+def _checked(entries: Sequence[_Entry], duration: float, path, tier: str, *,
+             allow_overlap: bool = False) -> List[_Entry]:
+    """Entries in file order, checked: sorted, not overlapping (unless ``allow_overlap``),
+    inside the audio (ends within TOLERANCE_S past it are clipped)."""
     out: List[_Entry] = []
     prev = None
     for k, (start, end, label) in enumerate(entries, 1):
@@ -224,7 +237,7 @@ def _checked(entries: Sequence[_Entry], duration: float, path, tier: str) -> Lis
             if start < p_start:
                 raise AlignmentError(f"{where}: intervals are not in time order (interval "
                                      f"{k - 1} starts later, at {p_start:g} s); sort the tier")
-            if start < p_end - 1e-9:
+            if start < p_end - 1e-9 and not allow_overlap:
                 raise AlignmentError(f"{where}: overlaps interval {k - 1} ({p_start:g}-"
                                      f"{p_end:g} s, {p_label!r})")
         if end > duration + TOLERANCE_S:
@@ -272,7 +285,7 @@ def alignment_table(phones: Sequence[_Entry], words: Optional[Sequence[_Entry]],
         start = min(int(round(start_s * SAMPLE_RATE)), num_samples)
         end = min(int(round(end_s * SAMPLE_RATE)), num_samples)
         if start > cursor:  # a gap is silence
-            add(SILENCE, word_at((cursor + start) / 2 / SAMPLE_RATE), cursor, start)
+            add(SILENCE, "", cursor, start)
         raw = label.strip()
         if raw.lower() in SILENCE_LABELS:
             phone = SILENCE
@@ -281,14 +294,17 @@ def alignment_table(phones: Sequence[_Entry], words: Optional[Sequence[_Entry]],
         else:
             mapped = fn(raw)
             phone = "" if mapped is None else str(mapped)
-        word = (phone_words[k] if phone_words is not None
-                else word_at((start + end) / 2 / SAMPLE_RATE))
-        if phone == SILENCE and phone_words is not None and str(word).lower() in SILENCE_LABELS:
+        if phone == SILENCE:
             word = ""
-        add(phone, "" if word is None else str(word), max(start, cursor), end)
+        elif phone_words is not None:
+            word = phone_words[k]
+            word = "" if word is None or str(word).strip().lower() in SILENCE_LABELS else word
+        else:
+            word = word_at((start + end) / 2 / SAMPLE_RATE)
+        add(phone, str(word).strip(), max(start, cursor), end)
         cursor = max(cursor, end)
     if cursor < num_samples:
-        add(SILENCE, word_at((cursor + num_samples) / 2 / SAMPLE_RATE), cursor, num_samples)
+        add(SILENCE, "", cursor, num_samples)
     table = pd.DataFrame(rows, columns=["phone", "word", "start", "end"])
     return table.astype({"phone": str, "word": str, "start": np.int64, "end": np.int64})
 
@@ -308,7 +324,10 @@ def read_alignment(path, num_samples: int, *, phone_tier: Optional[str] = None,
         for suffix in (".WRD", ".wrd"):
             wrd = path.with_suffix(suffix)
             if wrd.is_file():
-                words = _checked(_read_timit_file(wrd), duration, wrd, "WRD")
+                # TIMIT's word boundaries may overlap where adjacent words share a phone;
+                # the midpoint rule then gives such a phone the later word
+                words = _checked(_read_timit_file(wrd), duration, wrd, "WRD",
+                                 allow_overlap=True)
                 break
         return alignment_table(phones, words, num_samples, phone_map=phone_map)
     xmin, xmax, tiers = read_textgrid(path)
@@ -364,9 +383,9 @@ def read_segment_table(source) -> pd.DataFrame:
 def table_alignment(rows: pd.DataFrame, num_samples: int, *, source: str, phone_map=None
                     ) -> pd.DataFrame:
     """The alignment table of one utterance from its rows of a segment table (file order)."""
-    entries = list(zip(rows["start"], rows["end"], rows["phone"].astype(str)))
+    entries = list(zip(rows["start"], rows["end"], rows["phone"].fillna("").astype(str)))
     phones = _checked(entries, num_samples / SAMPLE_RATE, source, "phone")
-    words = (list(rows["word"].astype(str)) if "word" in rows.columns
+    words = (list(rows["word"].fillna("").astype(str)) if "word" in rows.columns
              else [""] * len(phones))
     return alignment_table(phones, None, num_samples, phone_map=phone_map, phone_words=words)
 

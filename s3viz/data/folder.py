@@ -298,6 +298,11 @@ class _Aligner:
             i = lookup.get(_normalise_key(key))
             if i is None:
                 unmatched.append(key)
+            elif i in self.segments:
+                first = self.segments[i][table.attrs["key_column"]].iloc[0]
+                raise ValueError(
+                    f"{table.attrs['source']}: segments of file {self.rel[i]!r} are given under "
+                    f"two names, {first!r} and {key!r}; use one")
             else:
                 self.segments[i] = rows
         self.segment_source = table.attrs["source"]

@@ -160,6 +160,15 @@ def export_corpus(corpus, folder: Union[str, os.PathLike], layout: str = "mfa", 
     if unaligned:
         raise ValueError(f"{len(unaligned)} utterance(s) have no alignment (phones=None), e.g. "
                          f"{unaligned[:5]}; export needs alignment tables")
+    # labels the layout cannot hold are refused before anything is written
+    for u in corpus:
+        phones = u.phones["phone"].astype(str)
+        if layout == "mfa" and (phones.str.strip() == "").any():
+            raise ValueError(f"utterance {u.id!r} has unlabelled phones (''): an empty TextGrid "
+                             "interval reads back as silence; map them to a label first")
+        if layout == "timit" and (phones.str.strip().eq("") | phones.str.contains(r"\s")).any():
+            raise ValueError(f"utterance {u.id!r} has a phone label that is empty or has spaces, "
+                             "which a .PHN line cannot hold; use layout='mfa'")
     root = Path(folder).expanduser()
     if root.exists() and any(root.iterdir()) and not overwrite:
         raise FileExistsError(f"{str(root)!r} is not empty; choose a new folder or pass "
@@ -213,12 +222,8 @@ def _export_timit(corpus, root: Path, sf) -> Dict[str, Path]:
         base.parent.mkdir(parents=True, exist_ok=True)
         sf.write(str(base) + ".WAV", np.clip(u.wav, -1, 1), SAMPLE_RATE, format="NIST",
                  subtype="PCM_16")
-        phn = []
-        for p, s, e in u.phones[["phone", "start", "end"]].itertuples(index=False):
-            if not str(p) or any(ch.isspace() for ch in str(p)):
-                raise ValueError(f"utterance {u.id!r}: phone label {p!r} cannot be written to a "
-                                 ".PHN file (empty or with spaces); use layout='mfa'")
-            phn.append(f"{int(s)} {int(e)} {p}")
+        phn = [f"{int(s)} {int(e)} {p}"
+               for p, s, e in u.phones[["phone", "start", "end"]].itertuples(index=False)]
         (Path(str(base) + ".PHN")).write_text("\n".join(phn) + "\n")
         words = [(round(s * SAMPLE_RATE), round(e * SAMPLE_RATE), w)
                  for s, e, w in _intervals(u.phones, "word", u.num_samples) if w]

@@ -51,11 +51,6 @@ def get_upstream(name_or_object: Union[str, object], *, pretrained: bool = False
         if not name[3:].strip():
             raise ValueError("'hf:' needs a model name or folder, e.g. 'hf:facebook/hubert-base-ls960'")
         return _transformers.load_transformers(name[3:].strip(), pretrained=pretrained, **kwargs)
-    if os.path.isdir(os.path.expanduser(name)):
-        if not os.path.isfile(os.path.join(os.path.expanduser(name), "config.json")):
-            raise ValueError(f"{name!r} is a folder without config.json; an upstream folder is "
-                             "one saved with a transformers model's save_pretrained")
-        return _transformers.load_transformers(name, pretrained=pretrained, **kwargs)
     if name in ("tiny", "tiny_random"):
         from ..zoo import tiny
 
@@ -64,6 +59,12 @@ def get_upstream(name_or_object: Union[str, object], *, pretrained: bool = False
         return _spectral.spectral_upstream(**kwargs)
     if name in _torchaudio.TORCHAUDIO_MODELS:
         return _torchaudio.torchaudio_upstream(name, pretrained=pretrained, **kwargs)
+    # a folder is tried after the built-in names, so a folder called "tiny" cannot shadow them
+    if os.path.isdir(os.path.expanduser(name)):
+        if not os.path.isfile(os.path.join(os.path.expanduser(name), "config.json")):
+            raise ValueError(f"{name!r} is a folder without config.json; an upstream folder is "
+                             "one saved with a transformers model's save_pretrained")
+        return _transformers.load_transformers(name, pretrained=pretrained, **kwargs)
     raise ValueError(
         f"unknown upstream {name!r}; use one of {UPSTREAM_NAMES}, a torchaudio name "
         f"{tuple(_torchaudio.TORCHAUDIO_MODELS)}, 'hf:<name>' for a Hugging Face checkpoint, "

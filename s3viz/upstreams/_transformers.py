@@ -19,7 +19,9 @@ do:
 - entry ``i`` (``1 <= i <= N``): the output of transformer layer ``i``. For
   pre-LN models (``do_stable_layer_norm=True``: wav2vec2 large-lv60, XLS-R,
   HuBERT/WavLM large) the last entry is the last layer's output *before* the
-  encoder's final layer norm; ``model(...).last_hidden_state`` is after it.
+  encoder's final layer norm; ``model(...).last_hidden_state`` is after it
+  (transformers 5; 4.x put the layer-normed state last, which is why the ``hf``
+  extra needs transformers >= 5).
   (:func:`s3viz.upstreams.torchaudio_upstream` returns the layer-normed
   encoder output there instead, as fairseq and torchaudio do.)
 
@@ -199,7 +201,12 @@ class TransformersUpstream(AbsUpstream):
                 f"num_layer={self.num_layer}, attention_mask={self.uses_attention_mask}")
 
     def _frames(self, wavs_len: torch.Tensor) -> torch.Tensor:
-        return self.model._get_feat_extract_output_lengths(wavs_len).to(torch.long)
+        # add_adapter=False: an adapter (config.add_adapter) downsamples last_hidden_state
+        # only, not the hidden states returned here
+        lengths = self.model._get_feat_extract_output_lengths
+        if getattr(self.model.config, "add_adapter", False):  # only wav2vec2-likes have one
+            return lengths(wavs_len, add_adapter=False).to(torch.long)
+        return lengths(wavs_len).to(torch.long)
 
     def forward(self, wavs: torch.Tensor, wavs_len: torch.Tensor
                 ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
@@ -222,6 +229,9 @@ class TransformersUpstream(AbsUpstream):
                 wavs[b, :n] = _normalize(wavs[b, :n])
                 wavs[b, n:] = 0
         frames = self._frames(wavs_len)
+        param = next(self.model.parameters(), None)
+        if param is not None and param.dtype != wavs.dtype:  # e.g. a float16 checkpoint
+            wavs = wavs.to(param.dtype)
         if self.uses_attention_mask:
             t = int(wavs_len.max())
             mask = torch.arange(t, device=wavs.device)[None, :] < wavs_len[:, None]
@@ -417,14 +427,19 @@ def load_transformers(name_or_path: str, *, pretrained: bool = True, layers="all
     except ImportError as err:
         raise ImportError("Hugging Face models need transformers: pip install 's3viz[hf]' "
                           "(or pip install transformers)") from err
+    import os
+
+    if os.path.isdir(os.path.expanduser(str(name_or_path))):
+        name_or_path = os.path.expanduser(str(name_or_path))
     try:
         config = transformers.AutoConfig.from_pretrained(name_or_path, local_files_only=True)
     except (OSError, ValueError) as err:
-        import os
-
-        if os.path.isdir(os.path.expanduser(str(name_or_path))):
-            raise ValueError(f"{name_or_path!r} is a folder but holds no readable config.json "
-                             f"({err}); save the model with model.save_pretrained(folder)") from None
+        if os.path.isdir(name_or_path):
+            if os.path.isfile(os.path.join(name_or_path, "config.json")):
+                raise ValueError(f"transformers cannot read {name_or_path}/config.json: "
+                                 f"{err}") from None
+            raise ValueError(f"{name_or_path!r} is a folder without config.json; save the model "
+                             "with model.save_pretrained(folder)") from None
         raise FileNotFoundError(
             f"Hugging Face model {name_or_path!r} is not in the local cache ({_hf_cache_dir()}) "
             "and s3viz never downloads. Download it once, where there is a network, with\n"
@@ -469,6 +484,14 @@ def load_transformers(name_or_path: str, *, pretrained: bool = True, layers="all
                                                                    local_files_only=True)
             normalize = bool(getattr(fe, "do_normalize", False))
         except (OSError, ValueError):
+            import warnings
+
+            warnings.warn(
+                f"{name_or_path}: no feature extractor config (preprocessor_config.json), so "
+                "whether the model expects normalised waveforms is unknown: they are NOT "
+                "normalised. Pass normalize=True if it does (wav2vec2-large-lv60, XLS-R, "
+                "data2vec ...), or save the feature extractor next to the model "
+                "(Wav2Vec2FeatureExtractor(...).save_pretrained(folder))", stacklevel=3)
             normalize = False
     up = TransformersUpstream(model, layers=layers, normalize=normalize, name=name)
     up.weights = weights
