@@ -219,6 +219,21 @@ def _frame_diff(a, a_len, b) -> torch.Tensor:
     return d.amax(dim=(1, 2))
 
 
+def _refuse_nonfinite(hs, hs_len, ids, what):
+    """NonFiniteError naming the first utterance whose valid frames of ``hs`` hold NaN/inf
+    (padding may hold anything)."""
+    hs_len = torch.as_tensor(hs_len).to(hs.device)
+    valid = torch.arange(hs.shape[1], device=hs.device)[None, :] < hs_len[:, None]
+    finite = torch.isfinite(hs).reshape(hs.shape[0], hs.shape[1], -1).all(dim=-1) | ~valid
+    if bool(finite.all()):
+        return
+    from .extract import NONFINITE_HINT, NonFiniteError
+
+    b = int(torch.nonzero(~finite.all(dim=1))[0])
+    raise NonFiniteError(f"compare_frame_utterance: {what} of utterance {ids[b]!r} hold NaN/inf "
+                         f"in {int((~finite[b]).sum())} frame(s); {NONFINITE_HINT}")
+
+
 def compare_frame_utterance(
     frame_model,
     utterance_model,
@@ -297,6 +312,7 @@ def compare_frame_utterance(
     warm = False
     try:
         for pos, hs, hs_len in batches:
+            _refuse_nonfinite(hs, hs_len, [ids[i] for i in pos], "the hidden states")
             if not warm:  # one untimed pass per device: CUDA context, cuBLAS handles, caches
                 main(hs[:1], hs_len[:1], timed=False)
                 if second is not None:
@@ -307,6 +323,10 @@ def compare_frame_utterance(
             dt_main = (main.seconds - t_main) / len(pos) * 1e3
             pooled = pool_frames(y, y_len, pooling).float().cpu()
             u_cpu = u.float().cpu()
+            for what, out in (("frame_model's pooled output", pooled),
+                              ("utterance_model's output", u_cpu)):
+                _refuse_nonfinite(out[:, None], torch.ones(len(pos), dtype=torch.long),
+                                  [ids[i] for i in pos], what)
             cols["cosine"][pos] = F.cosine_similarity(pooled, u_cpu, dim=-1, eps=1e-12).numpy()
             l2 = (pooled - u_cpu).norm(dim=-1)
             cols["l2"][pos] = l2.numpy()

@@ -5,7 +5,8 @@
 batches and returns a :class:`LayerStore`: the unpadded frames of every
 utterance and every (selected) layer, either in memory or in a fingerprinted
 cache on disk. Every analysis of s3viz reads a :class:`LayerStore`, so the
-upstream runs once.
+upstream runs once. A store never holds NaN or inf: a batch whose valid frames
+have one raises :class:`NonFiniteError` naming the utterance and the layer.
 
 On-disk layout (``cache_dir/<name>-<fingerprint[:16]>/``)::
 
@@ -58,12 +59,14 @@ try:  # POSIX advisory lock against two processes writing one cache folder
 except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
-__all__ = ["DEFAULT_MAX_BATCH_SECONDS", "CacheCorruptionError", "LayerStore", "extract"]
+__all__ = ["DEFAULT_MAX_BATCH_SECONDS", "CacheCorruptionError", "LayerStore", "NonFiniteError", "extract"]
 
 DEFAULT_MAX_BATCH_SECONDS = 60.0
 """Default cap on the padded audio of one batch (``batch_size * longest`` seconds)."""
 
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
+# 2: frames are checked finite before they are stored (format 1 caches may hold NaN/inf,
+#    so they are not reused: extract writes a new one)
 _STORE_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 _DTYPE_NAMES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
@@ -440,12 +443,42 @@ def _batch_wavs(corpus, utts) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(f"bad audio in the batch of utterances {ids} (wavs[i] is ids[i]): {e}") from e
 
 
-def _forward_batch(upstream, wavs, wavs_len, layer_ids, hidden_sizes, amp_ctx, store_dtype):
+class NonFiniteError(ValueError):
+    """Hidden states hold NaN or inf: refused, since one such value silently corrupts a
+    probe, CKA or featurizer computed over the layer."""
+
+
+NONFINITE_HINT = ("s3viz refuses non-finite hidden states (one NaN or inf would silently "
+                  "change every probe and CKA value of the layer); check the model on that "
+                  "utterance, e.g. float16 overflow (extract with dtype=None) or silent audio "
+                  "through a normalisation")
+
+
+def _require_finite(frames: torch.Tensor, lens, ids, layer, who: str) -> None:
+    """Raise :class:`NonFiniteError` naming the first utterance (and frame) of ``frames``
+    (utterances concatenated, ``lens`` frames each) that holds NaN/inf in ``layer``."""
+    if frames.numel() == 0 or bool(torch.isfinite(frames).all()):
+        return
+    bad = ~torch.isfinite(frames).reshape(frames.shape[0], -1).all(dim=1)
+    first = int(torch.nonzero(bad)[0])
+    start = 0
+    for b, n in enumerate(lens):
+        if first < start + int(n):
+            count = int(bad[start: start + int(n)].sum())
+            raise NonFiniteError(
+                f"{who}: hidden state {layer} of utterance {ids[b]!r} has NaN/inf in {count} "
+                f"of its {int(n)} frames (the first at frame {first - start}); {NONFINITE_HINT}")
+        start += int(n)
+
+
+def _forward_batch(upstream, wavs, wavs_len, layer_ids, hidden_sizes, amp_ctx, store_dtype,
+                   ids=None):
     """Run one batch and return the unpadded frames of the selected layers.
 
     Args:
         wavs: ``(batch_size, seq_len, 1)`` float on the upstream's device.
         wavs_len: ``(batch_size,)`` long on the same device.
+        ids: the utterances' ids, named when a frame is NaN/inf (:class:`NonFiniteError`).
 
     Returns:
         ``(frames, lens)``: ``frames[s]`` is a CPU ``(sum of frames, hidden_size_s)``
@@ -489,6 +522,9 @@ def _forward_batch(upstream, wavs, wavs_len, layer_ids, hidden_sizes, amp_ctx, s
             n = int(lens[b, s])
             out[start: start + n].copy_(hs[b, :n])
             start += n
+        # checked after the conversion: a float16 store can overflow to inf on the way
+        _require_finite(out, lens[:, s], ids if ids is not None else list(range(batch)), layer,
+                        f"upstream ({name})")
         frames.append(out.to("cpu"))
     return frames, lens
 
@@ -755,6 +791,13 @@ class LayerStore:
                         f"hidden_states[{i}][{l}] must be a float (num_frames, hidden_size) "
                         f"tensor, got {t.dtype} shape {tuple(t.shape)}"
                     )
+                if t.numel() and not bool(torch.isfinite(t).all()):
+                    frame = int(torch.nonzero(~torch.isfinite(t).all(dim=1))[0])
+                    who = f"utterance {i}" + (f" ({ids[i]!r})" if ids is not None
+                                              and i < len(ids) else "")
+                    raise NonFiniteError(
+                        f"hidden_states[{i}][{l}] ({who}, layer {l}) has NaN/inf (the first "
+                        f"at frame {frame}); {NONFINITE_HINT}")
                 row.append(t.detach().cpu())
                 lengths[i, l] = t.shape[0]
             hsz = [t.shape[1] for t in row]
@@ -1288,7 +1331,8 @@ class _Runner:
                     wavs = wavs.to(self.dev, non_blocking=True)
                     wavs_len = wavs_len.to(self.dev)
                     frames, lens = _forward_batch(up, wavs, wavs_len, self.layer_ids, self.sizes,
-                                                  self._amp, self.store_dtype)
+                                                  self._amp, self.store_dtype,
+                                                  ids=[self.corpus[i].id for i in utts])
                     sink(c, utts, frames, lens)
                     bar.update(len(utts))
         finally:
