@@ -59,6 +59,7 @@ from torch import nn
 
 from .align import expected_lengths
 from .interface import AbsFeaturizer, num_layer_of
+from . import _validate as _v
 from ._device import resolve_device as _resolve_device
 
 __all__ = [
@@ -785,12 +786,14 @@ def train_featurizer(
     """
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr!r}")
+    lr = _v.number(lr, "lr", positive=True)  # also refuses NaN, which `not lr > 0` let by
+    seed = _v.integer(seed, "seed", minimum=0)
+    dev_fraction = _v.number(dev_fraction, "dev_fraction", nonnegative=True, below=1)
+    max_cache_bytes = _v.integer(max_cache_bytes, "max_cache_bytes", minimum=0)
     if isinstance(batch_frames, bool) or not isinstance(batch_frames, (int, np.integer)) \
             or batch_frames < 1:
         raise ValueError(f"batch_frames must be a positive int, got {batch_frames!r}")
-    eval_every = max(1, int(eval_every))
+    eval_every = _v.integer(eval_every, "eval_every")
     data = _ProbeData(store, target, level=level, layers=layers, target_rate=target_rate,
                       split_by=split_by, test_fraction=dev_fraction, seed=seed,
                       standardize=standardize)

@@ -62,6 +62,7 @@ import pandas as pd
 import torch
 
 from .align import frame_labels as _align_frame_labels
+from . import _validate as _v
 from ._device import resolve_device as _resolve_device
 from .extract import _selection
 
@@ -1328,8 +1329,20 @@ def probe_layers(
         maps ``(target, method, layer)`` to the accuracy of each fold (folds as
         in :func:`probe_folds`).
     """
+    if target is None:
+        raise TypeError("target must be a label name (str) or a list of them, e.g. 'phone' or "
+                        "['phone', 'speaker'], got None")
     targets = _as_list(target, "target")
     methods = _as_list(method, "method", METHODS)
+    lambdas = _v.numbers(lambdas, "lambdas")
+    chunk_frames = _v.integer(chunk_frames, "chunk_frames")
+    lr = _v.number(lr, "lr", positive=True)
+    batch_size = _v.integer(batch_size, "batch_size")
+    max_epochs = _v.integer(max_epochs, "max_epochs")
+    patience = _v.integer(patience, "patience")
+    weight_decay = _v.number(weight_decay, "weight_decay", nonnegative=True, none_ok=True)
+    max_memory = _v.integer(max_memory, "max_memory")
+    seed = _v.integer(seed, "seed", minimum=0)
     shard_store, shard_pos_all = None, None
     if reference is not None or reduce is not None:
         if reference is None or reduce is None:
@@ -1355,7 +1368,7 @@ def probe_layers(
     layer_list = _check_layers(store, layers)
     sel = _positions(store, utterances)
     device = _resolve_device(device)
-    lambdas = tuple(float(v) for v in lambdas)
+    lambdas = tuple(lambdas)
     if isinstance(dev_fraction, bool) or not isinstance(dev_fraction, (int, float)) \
             or not 0 <= dev_fraction < 1:
         raise ValueError(f"dev_fraction must be a number in [0, 1) (0: no early stopping, "

@@ -50,6 +50,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 import torch
+from . import _validate as _v
 from ._device import resolve_device as _resolve_device
 from .extract import _selection
 
@@ -309,12 +310,12 @@ def layer_similarity(
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
     if level not in ("frame", "utterance"):
         raise ValueError(f"level must be 'frame' or 'utterance', got {level!r}")
-    if max_frames is not None and (isinstance(max_frames, bool) or int(max_frames) < 4):
-        raise ValueError(f"max_frames must be None or an int >= 4, got {max_frames!r}")
+    max_frames = _v.integer(max_frames, "max_frames", minimum=4, none_ok=True)
+    chunk_frames = _v.integer(chunk_frames, "chunk_frames")
+    seed = _v.integer(seed, "seed", minimum=0)
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
-    if isinstance(batch_size, bool) or int(batch_size) < 4:
-        raise ValueError(f"batch_size must be an int >= 4 (unbiased HSIC), got {batch_size!r}")
+    batch_size = _v.integer(batch_size, "batch_size", minimum=4)  # 4: the unbiased HSIC
     if method == "cca" and estimator != "feature":
         raise ValueError("method='cca' needs estimator='feature' (the full covariances)")
     if method == "cca" and (isinstance(keep_variance, bool)

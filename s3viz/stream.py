@@ -46,6 +46,7 @@ import torch
 
 from .align import _layer_geometry, conv_lengths
 from .align import frame_labels as _align_frame_labels
+from . import _validate as _v
 from .extract import (
     DEFAULT_MAX_BATCH_SECONDS,
     _as_corpus,
@@ -425,6 +426,8 @@ def stream_analysis(
     layer_ids = _check_layers(layers, num_layer)
     _check_batching(batch_size, max_batch_seconds)
     folds = _check_folds(folds)
+    lambdas = _v.numbers(lambdas, "lambdas")
+    seed = _v.integer(seed, "seed", minimum=0)
     if isinstance(targets, str):
         targets = [targets]
     targets = list(targets)

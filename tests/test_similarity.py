@@ -237,5 +237,5 @@ def test_bad_inputs(store):
         layer_similarity(store, layers=[4])
     with pytest.raises(ValueError, match="dtype must be torch.float32 or torch.float64"):
         layer_similarity(store, dtype=torch.float16)
-    with pytest.raises(ValueError, match="batch_size must be an int >= 4"):
+    with pytest.raises(ValueError, match="batch_size must be >= 4"):
         layer_similarity(store, estimator="minibatch", batch_size=2)

@@ -1,0 +1,59 @@
+"""Checks of public numeric arguments: a ValueError (or TypeError) that names the argument.
+
+A NaN learning rate, an infinite ridge penalty or a batch size of 0 used to give a
+quietly wrong number (or an IndexError deep inside); every public function checks
+its numbers with these before it starts.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+from typing import List, Optional, Sequence
+
+__all__ = ["integer", "number", "numbers"]
+
+
+def integer(value, name: str, *, minimum: Optional[int] = 1, none_ok: bool = False):
+    """``value`` as an int ``>= minimum`` (a bool or a float such as 2.5 is refused)."""
+    if value is None and none_ok:
+        return None
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        if isinstance(value, Real) and not isinstance(value, bool) and float(value).is_integer():
+            value = int(value)
+        else:
+            raise TypeError(f"{name} must be a whole number, got {value!r}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def number(value, name: str, *, positive: bool = False, nonnegative: bool = False,
+           below: Optional[float] = None, none_ok: bool = False):
+    """``value`` as a finite float (optionally > 0, >= 0, < ``below``)."""
+    if value is None and none_ok:
+        return None
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if positive and value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+    if nonnegative and value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+    if below is not None and value >= below:
+        raise ValueError(f"{name} must be < {below}, got {value!r}")
+    return value
+
+
+def numbers(values, name: str, *, positive: bool = True) -> List[float]:
+    """A non-empty list of finite (positive) floats."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) and not hasattr(
+            values, "__iter__"):
+        raise TypeError(f"{name} must be a list of numbers, got {values!r}")
+    out = [number(v, f"{name}[{i}]", positive=positive) for i, v in enumerate(values)]
+    if not out:
+        raise ValueError(f"{name} must hold at least one value, got an empty list")
+    return out
