@@ -297,6 +297,12 @@ def prepare_wav(
     arr = _to_float32(arr, name)
     _check_values(arr, name, allow_silence)
     mono = to_mono(arr, channels_first=channels_first, name=name)
+    if not allow_silence and mono is not arr and not np.any(mono):
+        # channels that cancel out (anti-phase stereo) average to silence
+        raise ValueError(
+            f"{name} becomes all zeros when its channels are averaged to mono (the channels "
+            "cancel out: anti-phase stereo); pick one channel (e.g. wav[:, 0]) or pass "
+            "allow_silence=True if silence is intended")
     out = resample(mono, rate, SAMPLE_RATE)
     if out.size == 0:
         raise ValueError(f"{name} has no samples left after resampling {rate} Hz to 16 kHz")

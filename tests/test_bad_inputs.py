@@ -90,3 +90,68 @@ def test_bad_numeric_argument_is_named(store, call, kwargs, name):
 def test_good_values_still_work(store):
     df = _probe(store, lambdas=[1e-3, 1.0], chunk_frames=512)
     assert df["accuracy"].between(0, 1).all() and np.isfinite(df["accuracy"]).all()
+
+
+# --------------------------------------------------------------------------- data loading
+
+
+def _wav(path, seconds=0.5, stereo=None):
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    mono = (rng.standard_normal(int(16000 * seconds)) * 0.1).astype(np.float32)
+    data = mono if stereo is None else np.stack([mono, stereo * mono], axis=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, data, 16000, subtype="FLOAT")
+
+
+def test_csv_with_an_empty_id_is_refused_not_called_nan(tmp_path):
+    from s3viz.data import load_folder
+
+    _wav(tmp_path / "a" / "x.wav")
+    _wav(tmp_path / "a" / "y.wav")
+    (tmp_path / "labels.csv").write_text("file,id,speaker\nx.wav,first,s1\ny.wav,,s2\n")
+    with pytest.raises(ValueError, match=r"empty 'id' \(CSV lines \[3\]\)"):
+        load_folder(tmp_path / "a", tmp_path / "labels.csv")
+
+
+def test_na_like_labels_stay_labels(tmp_path):
+    from s3viz.data import load_folder
+
+    for name in ("a", "b", "c", "d"):
+        _wav(tmp_path / "w" / f"{name}.wav")
+    (tmp_path / "labels.csv").write_text(
+        "file,speaker,group\na.wav,NA,None\nb.wav,null,n/a\nc.wav,nan,x\nd.wav,,\n")
+    c = load_folder(tmp_path / "w", tmp_path / "labels.csv")
+    assert [u.speaker for u in c] == ["NA", "null", "nan", ""]
+    assert [u.labels["group"] for u in c] == ["None", "n/a", "x", None]
+
+
+def test_empty_csv_names_the_file(tmp_path):
+    from s3viz.data import load_folder
+
+    _wav(tmp_path / "w" / "a.wav")
+    (tmp_path / "labels.csv").write_text("")
+    with pytest.raises(ValueError, match="labels.csv' is empty; it needs a header"):
+        load_folder(tmp_path / "w", tmp_path / "labels.csv")
+
+
+def test_symlinked_subfolders_are_followed(tmp_path):
+    from s3viz.data import load_folder
+
+    _wav(tmp_path / "elsewhere" / "b.wav")
+    _wav(tmp_path / "w" / "a.wav")
+    (tmp_path / "w" / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "w" / "loop").symlink_to(tmp_path / "w", target_is_directory=True)
+    assert [u.id for u in load_folder(tmp_path / "w")] == ["a", "linked/b"]
+
+
+def test_anti_phase_stereo_is_not_accepted_as_speech(tmp_path):
+    from s3viz.audio import load_audio
+
+    _wav(tmp_path / "anti.wav", stereo=-1.0)
+    with pytest.raises(ValueError, match="channels cancel out"):
+        load_audio(tmp_path / "anti.wav")
+    assert not load_audio(tmp_path / "anti.wav", allow_silence=True).any()
+    _wav(tmp_path / "fine.wav", stereo=0.5)
+    assert load_audio(tmp_path / "fine.wav").any()

@@ -26,9 +26,23 @@ def _listing(items: Sequence[str]) -> str:
     return shown + (f" ... and {more} more" if more > 0 else "")
 
 
+def _walk(root: Path) -> List[Path]:
+    """Every file under ``root``, following symlinked folders (pathlib's rglob does not
+    before Python 3.13) without looping through a link back to a folder already seen."""
+    out, seen = [], set()
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        out += [Path(folder) / n for n in names]
+    return out
+
+
 def _find_files(root: Path, pattern: Union[None, str, Sequence[str]]) -> List[Path]:
     if pattern is None:
-        files = [p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES]
+        files = [p for p in _walk(root) if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES]
     else:
         patterns = [pattern] if isinstance(pattern, str) else list(pattern)
         if not patterns or not all(isinstance(p, str) and p for p in patterns):
@@ -61,8 +75,15 @@ def _read_labels(labels_csv) -> pd.DataFrame:
         )
     if not os.path.isfile(labels_csv):
         raise FileNotFoundError(f"labels_csv not found: {os.fspath(labels_csv)!r}")
-    return pd.read_csv(labels_csv, dtype={"file": str, "id": str, "speaker": str, "text": str},
-                       keep_default_na=True)
+    try:
+        # only an empty cell is missing: pandas would also read "NA", "None", "null", "n/a"
+        # as missing, and a speaker may well be called NA
+        return pd.read_csv(labels_csv, dtype={"file": str, "id": str, "speaker": str,
+                                              "text": str},
+                           keep_default_na=False, na_values=[""])
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"labels_csv {os.fspath(labels_csv)!r} is empty; it needs a header "
+                         "line with a 'file' or 'id' column and one row per file") from None
 
 
 def _normalise_key(value) -> str:
@@ -189,12 +210,13 @@ def load_folder(
         if reserved:
             raise ValueError(f"labels_csv columns {reserved} are reserved (computed by s3viz); "
                              "rename them")
-        if table[key_col].isna().any():
-            bad = [int(i) + 2 for i in np.flatnonzero(table[key_col].isna().to_numpy())]
-            raise ValueError(
-                f"labels_csv has rows with an empty '{key_col}' (CSV lines {bad[:10]}); "
-                "fill them or drop those rows"
-            )
+        for col in ([key_col] + (["id"] if key_col == "file" and "id" in table.columns else [])):
+            if table[col].isna().any():
+                bad = [int(i) + 2 for i in np.flatnonzero(table[col].isna().to_numpy())]
+                raise ValueError(
+                    f"labels_csv has rows with an empty '{col}' (CSV lines {bad[:10]}); "
+                    "fill them or drop those rows"
+                )
         lookup: Dict[str, int] = {}
         for i, (r, u) in enumerate(zip(rel, ids)):
             lookup[r] = i
