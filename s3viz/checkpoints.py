@@ -54,10 +54,20 @@ def _blocked_global(message: str) -> str | None:
 def _safe_load(path: Path, trusted_types: Sequence[type]):
     """``torch.load`` with ``weights_only=True`` and only :data:`SAFE_TYPES` allowed."""
     allowed = list(SAFE_TYPES) + list(trusted_types)
+    not_a_checkpoint = (f"{str(path)!r} is not a PyTorch checkpoint that torch.load can read "
+                        "({}); give the .ckpt/.pt file s3prl's run_downstream.py wrote (e.g. "
+                        "dev-best.ckpt), or the weights tensor itself")
+    if path.stat().st_size == 0:
+        raise ValueError(not_a_checkpoint.format("the file is empty"))
     try:
         with torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if "GLOBAL" not in str(e) and "global" not in str(e).lower().split("weights only")[-1]:
+            # not a blocked type: bytes that are not a pickle at all
+            m = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(e))
+            raise ValueError(not_a_checkpoint.format(
+                m.group(1).strip() if m else f"{type(e).__name__}: {str(e)[:120]}")) from None
         name = _blocked_global(str(e))
         what = f"the global {name!r}" if name else "a type or function outside the safe set"
         raise UnsafeCheckpointError(
@@ -68,6 +78,10 @@ def _safe_load(path: Path, trusted_types: Sequence[type]):
             "trusted_types=[that type]; otherwise extract the 'Featurizer' weights where you "
             "trust the file and pass the tensor itself"
         ) from e
+    except (EOFError, KeyError, IndexError, RuntimeError, ValueError, OSError) as e:
+        # torch.load on a text file raises KeyError, on a truncated one EOFError or a
+        # RuntimeError from the zip reader: say what the file is not
+        raise ValueError(not_a_checkpoint.format(f"{type(e).__name__}: {e}"[:200])) from None
 
 
 def _flatten(obj, prefix: str = "", out=None, depth: int = 0) -> dict[str, object]:
@@ -114,6 +128,11 @@ def _find_logits(obj, key: str | None, source: str) -> tuple[torch.Tensor, str]:
         raise ValueError(f"{source}: several candidate layer-weight tensors {found}; choose one "
                          "with key=...")
     if "Featurizer" in obj and isinstance(obj["Featurizer"], Mapping):
+        w = obj["Featurizer"].get("weights")
+        if isinstance(w, torch.Tensor):
+            raise ValueError(f"{source}: 'Featurizer' -> 'weights' has shape {tuple(w.shape)} and "
+                             f"dtype {w.dtype}; layer weights are one float logit per layer "
+                             "(a 1-D tensor)")
         args = obj.get("Args")
         sel = getattr(args, "upstream_layer_selection", None) if args is not None else None
         raise ValueError(
@@ -135,6 +154,9 @@ def _one(obj, key, trusted_types, name) -> pd.Series:
     step = None
     if isinstance(obj, (str, os.PathLike)):
         path = Path(obj)
+        if path.is_dir():
+            raise IsADirectoryError(f"checkpoint {str(path)!r} is a folder; give the checkpoint "
+                                    "file in it (e.g. dev-best.ckpt)")
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
         obj = _safe_load(path, trusted_types)

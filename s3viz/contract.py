@@ -600,6 +600,14 @@ class _UpOut:
         if not all_hs:
             self.error = "returned no hidden states (all_hs is empty)"
             return
+        meta = [i for i, t in enumerate(list(all_hs) + list(all_hs_len))
+                if isinstance(t, torch.Tensor) and t.is_meta]
+        if meta:
+            self.error = ("returned tensors on the meta device, which hold no values (a model "
+                          "built under torch.device('meta') or never given its weights): "
+                          "materialise it first, e.g. model.to_empty(device='cpu') then "
+                          "load_state_dict(...)")
+            return
         self.all_hs = list(all_hs)
         self.all_hs_len = list(all_hs_len)
 

@@ -443,6 +443,10 @@ def _batch_wavs(corpus, utts) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(f"bad audio in the batch of utterances {ids} (wavs[i] is ids[i]): {e}") from e
 
 
+_MANIFEST_KEYS = ("format", "fingerprint", "name", "ids", "layer_ids", "chunks", "plan",
+                  "hidden_sizes", "downsample_rates", "receptive_fields", "store_dtype")
+
+
 class NonFiniteError(ValueError):
     """Hidden states hold NaN or inf: refused, since one such value silently corrupts a
     probe, CKA or featurizer computed over the layer."""
@@ -677,7 +681,13 @@ class _DiskChunks:
             self._open.move_to_end(key)
             return self._open[key]
         info = self.files[c][s]
-        path = self.path / "chunks" / info["name"]
+        name = str(info["name"])
+        if not re.fullmatch(r"c\d+_l\d+\.pt", name):
+            # a manifest naming "/elsewhere/x.pt" or "../x.pt" would read outside the cache
+            raise self._corrupt(self.path / "chunks" / name.replace("/", "_"), c, s,
+                                f"the manifest names the chunk file {name!r}, not a file of "
+                                "this cache's chunks/ folder")
+        path = self.path / "chunks" / name
         if key not in self.verified:
             if not path.exists():
                 raise self._corrupt(path, c, s, "the file is missing")
@@ -873,8 +883,15 @@ class LayerStore:
                 f"the extraction in {root} is not finished (no readable manifest.json); re-run "
                 "s3viz.extract with the same upstream, corpus and cache_dir to finish it"
             )
+        missing = ([] if isinstance(manifest, dict) else ["(it is not a JSON object)"]) or [
+            k for k in _MANIFEST_KEYS if k not in manifest]
+        if missing:
+            raise ValueError(f"{root / 'manifest.json'} is not an s3viz extraction manifest "
+                             f"(missing {missing}); open the folder s3viz.extract wrote")
         if manifest.get("format") != _FORMAT_VERSION:
-            raise ValueError(f"{root} has cache format {manifest.get('format')}, this s3viz reads {_FORMAT_VERSION}")
+            raise ValueError(f"{root} has cache format {manifest.get('format')}, this s3viz reads "
+                             f"{_FORMAT_VERSION}; re-run s3viz.extract with the same upstream and "
+                             "corpus to write a cache of this format")
         labels = _df_from_json(_read_json(root / "labels.json"))
         phones_json = _read_json(root / "phones.json")
         n = len(manifest["ids"])
@@ -1237,8 +1254,18 @@ def extract(upstream, corpus, *, layers=None, batch_size: int | None = None,
 
     root = Path(cache_dir) / f"{_slug(name)}-{fp[:16]}"
     chunk_dir = root / "chunks"
-    chunk_dir.mkdir(parents=True, exist_ok=True)
-    with _folder_lock(root):
+    lock = contextlib.ExitStack()
+    try:
+        chunk_dir.mkdir(parents=True, exist_ok=True)
+        lock.enter_context(_folder_lock(root))
+    except OSError as err:  # read-only storage: fine when there is nothing to write
+        done = _read_json(root / "manifest.json")
+        if (isinstance(done, dict) and done.get("format") == _FORMAT_VERSION
+                and done.get("fingerprint") == fp and done.get("ids") == list(corpus.ids)):
+            return LayerStore.open(root)
+        raise OSError(f"cannot write the cache folder {root} ({err}), and it holds no finished "
+                      "extraction of this upstream and corpus; give a writable cache_dir") from err
+    with lock:
         for stale in list(root.glob("*.tmp-*")) + list(chunk_dir.glob("*.tmp-*")):
             stale.unlink()
         stored = _read_json(root / "plan.json")

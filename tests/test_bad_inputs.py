@@ -155,3 +155,98 @@ def test_anti_phase_stereo_is_not_accepted_as_speech(tmp_path):
     assert not load_audio(tmp_path / "anti.wav", allow_silence=True).any()
     _wav(tmp_path / "fine.wav", stereo=0.5)
     assert load_audio(tmp_path / "fine.wav").any()
+
+
+# --------------------------------------------------------------------------- messages
+
+
+@pytest.mark.parametrize("kind,match", [
+    ("text", r"is not a PyTorch checkpoint that torch.load can read \(KeyError"),
+    ("empty", r"is not a PyTorch checkpoint .*\(the file is empty\)"),
+    ("random", r"is not a PyTorch checkpoint .*\(Unsupported operand"),
+    ("folder", r"is a folder; give the checkpoint file in it"),
+    ("2-D", r"'Featurizer' -> 'weights' has shape \(3, 4\)"),
+])
+def test_load_featurizer_weights_says_what_the_file_is(tmp_path, kind, match):
+    import torch
+
+    path = tmp_path / "x.ckpt"
+    if kind == "text":
+        path.write_text("hello world\nnot a checkpoint\n")
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "random":
+        path.write_bytes(np.random.default_rng(0).bytes(4096))
+    elif kind == "folder":
+        path.mkdir()
+    else:
+        torch.save({"Featurizer": {"weights": torch.zeros(3, 4)}}, path)
+    with pytest.raises((ValueError, IsADirectoryError), match=match):
+        s3viz.load_featurizer_weights(path)
+
+
+def test_open_refuses_another_tools_manifest(tmp_path):
+    from s3viz.extract import LayerStore
+
+    (tmp_path / "manifest.json").write_text('{"name": "not s3viz", "version": 3}')
+    with pytest.raises(ValueError, match="is not an s3viz extraction manifest"):
+        LayerStore.open(tmp_path)
+    (tmp_path / "manifest.json").write_text("[1, 2, 3]")
+    with pytest.raises(ValueError, match="not a JSON object"):
+        LayerStore.open(tmp_path)
+
+
+def test_manifest_cannot_point_outside_the_cache(tmp_path):
+    import json
+
+    from s3viz.extract import CacheCorruptionError, LayerStore
+
+    s3viz.extract(get_upstream("tiny_random"), synthetic_corpus(4, seed=0), progress=False,
+                  cache_dir=tmp_path)
+    root = next(p.parent for p in tmp_path.glob("*/manifest.json"))
+    outside = tmp_path / "outside.pt"
+    outside.write_bytes(b"x")
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["chunks"][0]["files"][0]["name"] = str(outside)
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CacheCorruptionError, match="not a file of this cache's chunks/ folder"):
+        LayerStore.open(root).layer(0)
+
+
+def test_check_upstream_reports_meta_tensors_instead_of_raising():
+    import torch
+
+    from s3viz.interface import AbsUpstream
+
+    class Meta(AbsUpstream):
+        num_layer, hidden_sizes, downsample_rates = 1, [4], [320]
+
+        def forward(self, wavs, wavs_len):
+            n = (wavs_len - 1) // 320 + 1
+            return [torch.zeros(wavs.shape[0], int(n.max()), 4, device="meta")], [n.to("meta")]
+
+    report = s3viz.check_upstream(Meta())
+    row = report[report["check"] == "forward"]
+    assert (row["status"] == "fail").all() and "meta device" in row["detail"].iloc[0]
+
+
+def test_finished_cache_on_read_only_storage_opens_without_a_lock(tmp_path, monkeypatch):
+    import contextlib
+    import importlib
+
+    ex = importlib.import_module("s3viz.extract")  # the module (s3viz.extract is the function)
+
+    corpus = synthetic_corpus(4, seed=0)
+    up = get_upstream("tiny_random")
+    first = s3viz.extract(up, corpus, progress=False, cache_dir=tmp_path)
+
+    @contextlib.contextmanager
+    def read_only(root):
+        raise PermissionError(13, "Read-only file system", str(root / ".lock"))
+        yield
+
+    monkeypatch.setattr(ex, "_folder_lock", read_only)
+    again = s3viz.extract(up, corpus, progress=False, cache_dir=tmp_path)
+    assert np.array_equal(again.layer(1)[0].numpy(), first.layer(1)[0].numpy())
+    with pytest.raises(OSError, match="holds no finished extraction of this upstream and corpus"):
+        s3viz.extract(up, synthetic_corpus(5, seed=0), progress=False, cache_dir=tmp_path)
