@@ -31,6 +31,7 @@ load and raises :class:`CacheCorruptionError` instead of returning bad data.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -378,8 +379,57 @@ def _tensor_digest(t: torch.Tensor) -> bytes:
                     for i in range(0, max(len(data), 1), _HASH_PIECE))
 
 
+def _code_bytes(code) -> bytes:
+    """Bytecode, names and constants of a code object and the ones nested in it; no file
+    names, line numbers or addresses (moving code keeps its caches)."""
+    out = [code.co_code, repr(code.co_names).encode()]
+    for const in code.co_consts:
+        if hasattr(const, "co_code"):
+            out.append(_code_bytes(const))
+        else:  # (docstrings too: editing one re-extracts, the safe direction)
+            out.append(re.sub(r"0x[0-9a-fA-F]+", "0x", repr(const)).encode())
+    return b"|".join(out)
+
+
+@functools.lru_cache(maxsize=256)
+def _code_digest(cls: type) -> str:
+    """sha256 of what the methods of ``cls`` and of the classes it inherits from (outside
+    torch) compute: their bytecode, so that a changed ``forward`` changes the fingerprint."""
+    h = hashlib.sha256()
+    for k in cls.__mro__:
+        if k.__module__.split(".")[0] in ("torch", "builtins"):
+            continue
+        for name, member in sorted(vars(k).items()):
+            func = getattr(member, "__func__", member)
+            func = getattr(func, "fget", func)  # properties
+            code = getattr(func, "__code__", None)
+            if code is not None:
+                h.update(name.encode() + b"=" + _code_bytes(code))
+    return h.hexdigest()[:16]
+
+
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def _plain_attributes(module) -> str:
+    """The module's own attributes that are plain values (numbers, strings, tuples and
+    lists of them), sorted; torch's bookkeeping and hooks are left out, and so are the
+    names a module lists in ``s3viz_fingerprint_ignore`` (counters and other attributes
+    that do not change its output)."""
+    out = []
+    ignore = set(getattr(module, "s3viz_fingerprint_ignore", ()))
+    for key, value in sorted(vars(module).items()):
+        if key.startswith("_") or key == "training" or key in ignore:
+            continue
+        if isinstance(value, _PLAIN) or (isinstance(value, (tuple, list)) and len(value) < 256
+                                         and all(isinstance(v, _PLAIN) for v in value)):
+            out.append(f"{key}={value!r}")
+    return ";".join(out)
+
+
 def _upstream_fingerprint(upstream: nn.Module) -> str:
-    """sha256 over the class name, name, architecture (repr) and every state_dict tensor.
+    """sha256 over the class name, name, architecture (repr), the code and plain attributes
+    of every module in the tree, and every state_dict tensor.
 
     Tensors are hashed in pieces by a few threads (hashlib releases the GIL), then
     the piece digests, names, dtypes and shapes are hashed in order.
@@ -390,6 +440,11 @@ def _upstream_fingerprint(upstream: nn.Module) -> str:
     h.update(f"{cls.__qualname__}|{getattr(upstream, 'name', '')}".encode())
     # the module tree with its hyper-parameters; memory addresses are not content
     h.update(re.sub(r"0x[0-9a-fA-F]+", "0x", repr(upstream)).encode())
+    # the code of every module class in the tree and each module's plain attributes
+    # (a changed forward or `self.scale = 5` changes the frames but not the state dict)
+    for path, module in upstream.named_modules() if isinstance(upstream, nn.Module) else [
+            ("", upstream)]:
+        h.update(f"{path}|{_code_digest(type(module))}|{_plain_attributes(module)}".encode())
     items = list(upstream.state_dict().items())
     tensors = [v for _, v in items if isinstance(v, torch.Tensor)]
     workers = max(1, min(8, os.cpu_count() or 1, len(tensors)))
@@ -1185,7 +1240,11 @@ def extract(upstream, corpus, *, layers=None, batch_size: int | None = None,
         cache_dir: None keeps frames in memory. A folder keeps them on disk under
             ``cache_dir/<name>-<fingerprint>``; a finished extraction is reused, an
             interrupted one resumed, corrupt chunks re-extracted. The folder name
-            changes whenever the weights, the corpus, ``layers``, ``dtype`` or
+            changes whenever the weights, the code or plain attributes of the
+            upstream's modules (a module may list attributes that do not change
+            its output, such as call counters, in ``s3viz_fingerprint_ignore``),
+            the corpus (an in-memory utterance's audio, a lazy file's size and
+            modification time, texts, labels, alignments), ``layers``, ``dtype`` or
             ``store_dtype`` change. Memory stays nearly constant in corpus size.
         progress: show a tqdm bar (utterances/s) and print the expected size to
             stderr before work starts.

@@ -250,3 +250,63 @@ def test_finished_cache_on_read_only_storage_opens_without_a_lock(tmp_path, monk
     assert np.array_equal(again.layer(1)[0].numpy(), first.layer(1)[0].numpy())
     with pytest.raises(OSError, match="holds no finished extraction of this upstream and corpus"):
         s3viz.extract(up, synthetic_corpus(5, seed=0), progress=False, cache_dir=tmp_path)
+
+
+# --------------------------------------------------------------------------- stale caches
+
+
+def test_audio_edited_in_place_is_not_served_from_the_old_cache(tmp_path):
+    corpus = synthetic_corpus(4, seed=0)
+    up = get_upstream("tiny_random")
+    before = s3viz.extract(up, corpus, progress=False, cache_dir=tmp_path).layer(0)[0].clone()
+    corpus[0].wav[:] += 0.05 * np.random.default_rng(0).standard_normal(corpus[0].num_samples)
+    after = s3viz.extract(up, corpus, progress=False, cache_dir=tmp_path).layer(0)[0]
+    assert not np.allclose(before.numpy(), after.numpy())
+    assert len(list(tmp_path.glob("*/manifest.json"))) == 2
+
+
+def test_a_lazy_file_replaced_by_one_of_the_same_length_is_noticed(tmp_path):
+    import os
+
+    from s3viz.data import load_folder
+
+    _wav(tmp_path / "w" / "a.wav")
+    first = load_folder(tmp_path / "w", lazy=True).fingerprint()
+    assert load_folder(tmp_path / "w", lazy=True).fingerprint() == first  # stable
+    import soundfile as sf
+
+    sf.write(tmp_path / "w" / "a.wav", np.full(8000, 0.1, np.float32), 16000, subtype="FLOAT")
+    os.utime(tmp_path / "w" / "a.wav", ns=(1, 10**18))  # a modification time surely new
+    corpus = load_folder(tmp_path / "w", lazy=True)
+    assert corpus.fingerprint() != first
+
+
+def test_upstream_fingerprint_sees_code_and_plain_attributes():
+    import importlib
+
+    import torch
+
+    ex = importlib.import_module("s3viz.extract")
+
+    def make(scale_in_forward):
+        class Scaled(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.lin = torch.nn.Linear(2, 2)
+                self.scale = 1
+
+            if scale_in_forward:
+                def forward(self, x):
+                    return self.lin(x) * self.scale
+            else:
+                def forward(self, x):
+                    return self.lin(x) + self.scale
+        torch.manual_seed(0)
+        return Scaled()
+
+    a, b = make(True), make(False)
+    assert ex._upstream_fingerprint(a) == ex._upstream_fingerprint(make(True))
+    assert ex._upstream_fingerprint(a) != ex._upstream_fingerprint(b), "forward changed"
+    c = make(True)
+    c.scale = 5
+    assert ex._upstream_fingerprint(a) != ex._upstream_fingerprint(c), "attribute changed"

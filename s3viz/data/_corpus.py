@@ -60,6 +60,10 @@ class Utterance:
     def num_samples(self) -> int:
         return int(self.wav.shape[0])
 
+    def _content_key(self) -> bytes:
+        """What :meth:`Corpus.fingerprint` hashes for the audio: its bytes."""
+        return self.wav.tobytes()
+
     @property
     def duration(self) -> float:
         """Duration in seconds."""
@@ -125,6 +129,17 @@ class FileUtterance(Utterance):
     def num_samples(self) -> int:
         return self._num_samples
 
+    def _content_key(self) -> bytes:
+        """The file's path, size and modification time (the audio is not read)."""
+        import os
+
+        try:
+            st = os.stat(self.path)
+        except OSError as err:
+            raise FileNotFoundError(f"audio file {self.path!r} (utterance {self.id!r}) is gone: "
+                                    f"{err}") from None
+        return f"{self.path}|{st.st_size}|{st.st_mtime_ns}|{self._num_samples}".encode()
+
     def __repr__(self) -> str:
         return (f"FileUtterance(id={self.id!r}, path={self.path!r}, "
                 f"num_samples={self._num_samples}, speaker={self.speaker!r})")
@@ -160,7 +175,6 @@ class Corpus(Sequence[Utterance]):
             if u.id in seen:
                 raise ValueError(f"duplicate utterance id {u.id!r} in corpus {name!r}")
             seen.add(u.id)
-        self._fingerprint: Optional[str] = None
 
     def __len__(self) -> int:
         return len(self._utts)
@@ -198,14 +212,20 @@ class Corpus(Sequence[Utterance]):
         return pd.DataFrame(rows, columns=None if rows else ["id", "speaker", "text", "num_samples"])
 
     def fingerprint(self) -> str:
-        """A sha256 over ids, audio bytes, texts, speakers, labels and alignments."""
-        if self._fingerprint is None:
-            h = hashlib.sha256()
-            for u in self._utts:
-                h.update(u.id.encode())
-                h.update(u.wav.tobytes())
-                h.update(repr((u.text, u.speaker, sorted(u.labels.items()))).encode())
-                if u.phones is not None:
-                    h.update(u.phones.to_csv(index=False).encode())
-            self._fingerprint = h.hexdigest()
-        return self._fingerprint
+        """A sha256 over ids, audio, texts, speakers, labels and alignments, computed anew on
+        every call (an utterance edited in place, ``u.wav[:] += noise``, gets a new one).
+
+        The audio of an in-memory :class:`Utterance` is hashed byte for byte; a lazy
+        :class:`FileUtterance` is not read: its file's path, size and modification time
+        stand for its content, so a file replaced in place is noticed unless the
+        replacement keeps the old size and modification time (``cp -p``, ``touch -r``);
+        then extract into a new ``cache_dir``.
+        """
+        h = hashlib.sha256()
+        for u in self._utts:
+            h.update(u.id.encode())
+            h.update(u._content_key())
+            h.update(repr((u.text, u.speaker, sorted(u.labels.items()))).encode())
+            if u.phones is not None:
+                h.update(u.phones.to_csv(index=False).encode())
+        return h.hexdigest()
