@@ -79,7 +79,8 @@ _HASH_PIECE = 1 << 24
 
 
 class CacheCorruptionError(RuntimeError):
-    """A file of an on-disk :class:`LayerStore` is missing, truncated or fails its sha256."""
+    """A file of an on-disk :class:`LayerStore` is missing, truncated or fails its sha256
+    (chunk tensors, and the manifest, labels, alignments and chunk records it lists)."""
 
 
 # --------------------------------------------------------------------------- validation
@@ -499,7 +500,8 @@ def _batch_wavs(corpus, utts) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 _MANIFEST_KEYS = ("format", "fingerprint", "name", "ids", "layer_ids", "chunks", "plan",
-                  "hidden_sizes", "downsample_rates", "receptive_fields", "store_dtype")
+                  "hidden_sizes", "downsample_rates", "receptive_fields", "store_dtype",
+                  "labels_sha256", "phones_sha256", "manifest_sha256")
 
 
 class NonFiniteError(ValueError):
@@ -657,6 +659,22 @@ def _folder_lock(root: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _json_digest(obj) -> str:
+    """sha256 of a JSON value in canonical form (sorted keys), as it reads back."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def _sealed(record: dict, key: str) -> dict:
+    """``record`` with ``record[key]`` = the digest of everything else in it."""
+    body = {k: v for k, v in record.items() if k != key}
+    return dict(body, **{key: _json_digest(body)})
+
+
+def _seal_ok(record, key: str) -> bool:
+    return (isinstance(record, dict) and key in record
+            and record[key] == _json_digest({k: v for k, v in record.items() if k != key}))
+
+
 def _write_chunk(chunk_dir: Path, c: int, utts, frames, lens) -> dict:
     files = []
     for s, t in enumerate(frames):
@@ -667,8 +685,8 @@ def _write_chunk(chunk_dir: Path, c: int, utts, frames, lens) -> dict:
         _atomic_write(chunk_dir / name, data)
         files.append({"name": name, "sha256": hashlib.sha256(data).hexdigest(),
                       "bytes": len(data), "shape": list(t.shape)})
-    record = {"chunk": c, "utterances": [int(u) for u in utts],
-              "lengths": lens.tolist(), "files": files}
+    record = _sealed({"chunk": c, "utterances": [int(u) for u in utts],
+                      "lengths": lens.tolist(), "files": files}, "record_sha256")
     _write_json(chunk_dir / _chunk_record_file(c), record)
     return record
 
@@ -683,6 +701,13 @@ def _check_record(chunk_dir: Path, c: int, utts, num_layer: int) -> tuple[dict |
             or len(rec.get("files", [])) != num_layer
             or np.shape(rec.get("lengths")) != (len(utts), num_layer)):
         return None, f"record {path.name} is unreadable"
+    if not _seal_ok(rec, "record_sha256"):
+        # lowering one utterance's length would shift every later utterance of the chunk
+        return None, f"record {path.name} was changed after it was written (sha256 mismatch)"
+    lens = np.asarray(rec["lengths"], dtype=np.int64)
+    for s, f in enumerate(rec["files"]):
+        if list(f.get("shape", []))[:1] != [int(lens[:, s].sum())]:
+            return None, f"record {path.name}: the lengths do not add up to {f['name']}'s frames"
     for f in rec["files"]:
         fp = chunk_dir / f["name"]
         if not fp.exists():
@@ -947,8 +972,20 @@ class LayerStore:
             raise ValueError(f"{root} has cache format {manifest.get('format')}, this s3viz reads "
                              f"{_FORMAT_VERSION}; re-run s3viz.extract with the same upstream and "
                              "corpus to write a cache of this format")
-        labels = _df_from_json(_read_json(root / "labels.json"))
-        phones_json = _read_json(root / "phones.json")
+        repair = (f"re-run s3viz.extract(upstream, corpus, cache_dir={str(root.parent)!r}) "
+                  "with the same upstream and corpus to repair it")
+        if not _seal_ok(manifest, "manifest_sha256"):
+            raise CacheCorruptionError(f"{root / 'manifest.json'} was changed after extract wrote "
+                                       f"it (its sha256 does not match); {repair}")
+        raw_labels, phones_json = _read_json(root / "labels.json"), _read_json(root / "phones.json")
+        for fname, content, key in (("labels.json", raw_labels, "labels_sha256"),
+                                    ("phones.json", phones_json, "phones_sha256")):
+            if content is None:
+                raise CacheCorruptionError(f"{root / fname} is missing or unreadable; {repair}")
+            if _json_digest(content) != manifest[key]:
+                raise CacheCorruptionError(f"{root / fname} was changed after extract wrote it "
+                                           f"(its sha256 does not match the manifest's); {repair}")
+        labels = _df_from_json(raw_labels)
         n = len(manifest["ids"])
         if labels is None or phones_json is None:
             raise ValueError(f"labels.json or phones.json of {root} is missing or unreadable; re-run extract")
@@ -1329,6 +1366,8 @@ def extract(upstream, corpus, *, layers=None, batch_size: int | None = None,
             stale.unlink()
         stored = _read_json(root / "plan.json")
         stored_plan = stored.get("plan") if isinstance(stored, dict) else None
+        labels_json = _df_to_json(corpus.labels)
+        phones_json = [_df_to_json(u.phones) for u in corpus]
         if (isinstance(stored, dict) and stored.get("fingerprint") == fp
                 and stored.get("ids") == corpus.ids and stored_plan is not None
                 and sorted(u for b in stored_plan for u in b) == list(range(len(corpus)))):
@@ -1337,9 +1376,12 @@ def extract(upstream, corpus, *, layers=None, batch_size: int | None = None,
             for old in chunk_dir.iterdir():  # orphans of an unreadable plan
                 old.unlink()
             (root / "manifest.json").unlink(missing_ok=True)
-            _write_json(root / "labels.json", _df_to_json(corpus.labels))
-            _write_json(root / "phones.json", [_df_to_json(u.phones) for u in corpus])
             _write_json(root / "plan.json", meta)
+        # the corpus's own labels and alignments: rewritten when missing or edited (repair)
+        for fname, content in (("labels.json", labels_json), ("phones.json", phones_json)):
+            on_disk = _read_json(root / fname)
+            if on_disk is None or _json_digest(on_disk) != _json_digest(content):
+                _write_json(root / fname, content)
         records: list[dict | None] = [None] * len(plan)
         problems = []
         for c, utts in enumerate(plan):
@@ -1376,7 +1418,9 @@ def extract(upstream, corpus, *, layers=None, batch_size: int | None = None,
                 runner.run(todo, write, done=done_utts)
             while pending:
                 pending.popleft().result()
-        manifest = dict(meta, chunks=records, complete=True)
+        manifest = _sealed(dict(meta, chunks=records, complete=True,
+                                labels_sha256=_json_digest(labels_json),
+                                phones_sha256=_json_digest(phones_json)), "manifest_sha256")
         if todo or _read_json(root / "manifest.json") != manifest:
             _write_json(root / "manifest.json", manifest)
     lengths = np.zeros((len(corpus), len(layer_ids)), dtype=np.int64)

@@ -208,6 +208,10 @@ def test_manifest_cannot_point_outside_the_cache(tmp_path):
     outside.write_bytes(b"x")
     manifest = json.loads((root / "manifest.json").read_text())
     manifest["chunks"][0]["files"][0]["name"] = str(outside)
+    # re-sealed, as a forged manifest would be (the seal catches edits, not forgeries)
+    import importlib
+
+    manifest = importlib.import_module("s3viz.extract")._sealed(manifest, "manifest_sha256")
     (root / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(CacheCorruptionError, match="not a file of this cache's chunks/ folder"):
         LayerStore.open(root).layer(0)
@@ -310,3 +314,61 @@ def test_upstream_fingerprint_sees_code_and_plain_attributes():
     c = make(True)
     c.scale = 5
     assert ex._upstream_fingerprint(a) != ex._upstream_fingerprint(c), "attribute changed"
+
+
+# --------------------------------------------------------------------------- cache metadata
+
+
+@pytest.fixture
+def cache(tmp_path):
+    corpus = synthetic_corpus(6, seed=0)
+    up = get_upstream("tiny_random")
+    store = s3viz.extract(up, corpus, progress=False, cache_dir=tmp_path, batch_size=3)
+    root = next(p.parent for p in tmp_path.glob("*/manifest.json"))
+    return {"corpus": corpus, "up": up, "store": store, "root": root, "dir": tmp_path}
+
+
+def _edit_json(path, fn):
+    import json
+
+    data = json.loads(path.read_text())
+    fn(data)
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("what", ["manifest-length", "labels-speaker", "phones", "labels-gone"])
+def test_edited_metadata_is_refused_on_open_and_repaired_by_extract(cache, what):
+    from s3viz.extract import CacheCorruptionError, LayerStore
+
+    root = cache["root"]
+    if what == "manifest-length":  # would shift every later utterance of the chunk
+        _edit_json(root / "manifest.json",
+                   lambda m: m["chunks"][0]["lengths"][0].__setitem__(0, 1))
+    elif what == "labels-speaker":
+        # labels.json is {"columns": [...], "data": [[row], ...]}
+        _edit_json(root / "labels.json", lambda d: d["data"][0].__setitem__(
+            d["columns"].index("speaker"), "someone else"))
+    elif what == "phones":
+        _edit_json(root / "phones.json", lambda d: d.__setitem__(0, None))
+    else:
+        (root / "labels.json").unlink()
+    with pytest.raises(CacheCorruptionError, match="repair"):
+        LayerStore.open(root)
+    repaired = s3viz.extract(cache["up"], cache["corpus"], progress=False,
+                             cache_dir=cache["dir"], batch_size=3)
+    reopened = LayerStore.open(root)
+    assert list(reopened.labels["speaker"]) == [u.speaker for u in cache["corpus"]]
+    assert np.array_equal(reopened.lengths(0), cache["store"].lengths(0))
+    assert np.array_equal(repaired.layer(0)[0].numpy(), cache["store"].layer(0)[0].numpy())
+
+
+def test_an_edited_chunk_record_is_re_extracted_not_trusted(cache):
+    root = cache["root"]
+    (root / "manifest.json").unlink()  # an unfinished extraction: records are read to resume
+    record = next((root / "chunks").glob("c*.json"))
+    _edit_json(record, lambda r: (r["lengths"][0].__setitem__(0, r["lengths"][0][0] - 1),
+                                  r["lengths"][1].__setitem__(0, r["lengths"][1][0] + 1)))
+    with pytest.warns(UserWarning, match="changed after it was written"):
+        again = s3viz.extract(cache["up"], cache["corpus"], progress=False,
+                              cache_dir=cache["dir"], batch_size=3)
+    assert np.array_equal(again.lengths(0), cache["store"].lengths(0))
