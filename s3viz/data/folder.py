@@ -86,6 +86,16 @@ def _read_labels(labels_csv) -> pd.DataFrame:
                          "line with a 'file' or 'id' column and one row per file") from None
 
 
+def _file_lookup(rel: Sequence[str], ids: Sequence[str]) -> Dict[str, int]:
+    """File index by relative path (``spk1/a.wav``) or id (``spk1/a``), as a CSV's ``file``
+    or ``id`` column names it."""
+    lookup: Dict[str, int] = {}
+    for i, (r, u) in enumerate(zip(rel, ids)):
+        lookup[r] = i
+        lookup.setdefault(u, i)
+    return lookup
+
+
 def _normalise_key(value) -> str:
     key = str(value).strip().replace("\\", "/")
     while key.startswith("./"):
@@ -217,10 +227,7 @@ def load_folder(
                     f"labels_csv has rows with an empty '{col}' (CSV lines {bad[:10]}); "
                     "fill them or drop those rows"
                 )
-        lookup: Dict[str, int] = {}
-        for i, (r, u) in enumerate(zip(rel, ids)):
-            lookup[r] = i
-            lookup.setdefault(u, i)
+        lookup = _file_lookup(rel, ids)
         keys = [_normalise_key(v) for v in table[key_col]]
         matched: Dict[int, int] = {}
         unmatched: List[str] = []
@@ -310,10 +317,7 @@ class _Aligner:
                             f"DataFrame, got {type(alignments).__name__}")
 
     def _index_segments(self, table: pd.DataFrame):
-        lookup: Dict[str, int] = {}
-        for i, (r, u) in enumerate(zip(self.rel, self.ids)):
-            lookup[r] = i
-            lookup.setdefault(u, i)
+        lookup = _file_lookup(self.rel, self.ids)
         self.segments = {}
         unmatched = []
         for key, rows in table.groupby("key", sort=False):

@@ -104,8 +104,8 @@ def _safe(name: str, what: str) -> str:
 
 
 def _intervals(table: pd.DataFrame, column: str, num_samples: int):
-    """(start_s, end_s, label) intervals of ``column``: silence (and the word "") as empty
-    labels, consecutive equal labels of one word merged for the word tier."""
+    """(start, end, label) intervals of ``column`` in 16 kHz samples: silence (and the word
+    "") as empty labels, consecutive equal labels of one word merged for the word tier."""
     out = []
     for phone, word, start, end in table[["phone", "word", "start", "end"]].itertuples(
             index=False):
@@ -116,8 +116,7 @@ def _intervals(table: pd.DataFrame, column: str, num_samples: int):
             out[-1] = (out[-1][0], end, label)  # one word interval spans its phones
         else:
             out.append((start, end, label))
-    return [(s / SAMPLE_RATE, e / SAMPLE_RATE, lab) for s, e, lab in out
-            if e > s and min(e, num_samples) > s]
+    return [(s, e, lab) for s, e, lab in out if e > s and min(e, num_samples) > s]
 
 
 def export_corpus(corpus, folder: Union[str, os.PathLike], layout: str = "mfa", *,
@@ -201,7 +200,8 @@ def _export_mfa(corpus, root: Path, sf) -> Dict[str, Path]:
         duration = u.num_samples / SAMPLE_RATE
         tg = textgrid.Textgrid(0.0, duration)
         for name, column in (("words", "word"), ("phones", "phone")):
-            entries = [e for e in _intervals(u.phones, column, u.num_samples) if e[2]]
+            entries = [(s / SAMPLE_RATE, e / SAMPLE_RATE, lab)
+                       for s, e, lab in _intervals(u.phones, column, u.num_samples) if lab]
             tg.addTier(textgrid.IntervalTier(name, entries, 0.0, duration))
         tg.save(str(aligned / f"{rel}.TextGrid"), format="long_textgrid",
                 includeBlankSpaces=True, minimumIntervalLength=None)
@@ -225,8 +225,7 @@ def _export_timit(corpus, root: Path, sf) -> Dict[str, Path]:
         phn = [f"{int(s)} {int(e)} {p}"
                for p, s, e in u.phones[["phone", "start", "end"]].itertuples(index=False)]
         (Path(str(base) + ".PHN")).write_text("\n".join(phn) + "\n")
-        words = [(round(s * SAMPLE_RATE), round(e * SAMPLE_RATE), w)
-                 for s, e, w in _intervals(u.phones, "word", u.num_samples) if w]
+        words = [w for w in _intervals(u.phones, "word", u.num_samples) if w[2]]
         (Path(str(base) + ".WRD")).write_text("".join(f"{s} {e} {w}\n" for s, e, w in words))
         (Path(str(base) + ".TXT")).write_text(f"0 {u.num_samples} {u.text}\n")
     return {"root": root}

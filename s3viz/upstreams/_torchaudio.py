@@ -55,7 +55,7 @@ from torch import nn
 from .. import _deps
 from ..align import conv_lengths, receptive_field
 from ..interface import AbsUpstream
-from ._common import check_wavs, padding_mask
+from ._common import check_wavs, normalize_waveforms, padding_mask
 
 __all__ = [
     "TORCHAUDIO_MODELS",
@@ -170,17 +170,6 @@ def _conv_features(
     return x.transpose(1, 2)
 
 
-def _normalize_waveforms(wavs: torch.Tensor, wavs_len: torch.Tensor) -> torch.Tensor:
-    """Zero mean, unit variance per utterance over its valid samples (s3prl's
-    ``F.layer_norm(wav, wav.shape)`` per unpadded waveform); padding becomes 0."""
-    out = torch.zeros_like(wavs)
-    for b in range(wavs.shape[0]):
-        n = int(wavs_len[b])
-        if n > 0:
-            out[b, :n] = F.layer_norm(wavs[b, :n], (n,))
-    return out
-
-
 def _is_wavlm_layer(layer: nn.Module) -> bool:
     _deps.torchaudio()
     from torchaudio.models.wav2vec2.wavlm_attention import WavLMSelfAttention
@@ -236,7 +225,7 @@ def wav2vec2_hidden_states(
     if not torch.is_autocast_enabled(wavs.device.type):
         wavs = wavs.to(first_weight.dtype)
     if normalize_waveform:
-        wavs = _normalize_waveforms(wavs, wavs_len)
+        wavs = normalize_waveforms(wavs, wavs_len)  # s3prl's layer norm, eps 1e-5
 
     feats = _conv_features(model.feature_extractor, wavs, wavs_len)[:, :num_frames]
     x = encoder.feature_projection(feats)

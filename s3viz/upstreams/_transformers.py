@@ -64,10 +64,11 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
+from torch.nn.utils.rnn import pad_sequence
 
-from ..align import receptive_field
+from ..align import expected_lengths, receptive_field
 from ..interface import AbsUpstream
-from ._common import check_wavs
+from ._common import check_wavs, normalize_waveforms
 
 __all__ = ["TRANSFORMERS_FAMILIES", "TransformersUpstream", "WhisperEncoderUpstream",
            "from_transformers", "from_whisper", "is_transformers_model", "load_transformers"]
@@ -104,20 +105,6 @@ def _layer_ids(layers, n: int, who: str) -> List[int]:
         out.append(i % n)
     if not out or len(set(out)) != len(out):
         raise ValueError(f"{who}: layers must be distinct and not empty, got {list(layers)}")
-    return out
-
-
-def _normalize(wav: torch.Tensor) -> torch.Tensor:
-    """HF's ``zero_mean_unit_var_norm`` of one valid waveform (variance eps 1e-7)."""
-    return (wav - wav.mean()) / torch.sqrt(wav.var(unbiased=False) + 1e-7)
-
-
-def _pad_stack(items: List[torch.Tensor], lengths: torch.Tensor) -> torch.Tensor:
-    """``(B, max(lengths), H)`` from per-utterance ``(T_i, H)`` with zeros past each length."""
-    t = int(lengths.max()) if len(lengths) else 0
-    out = items[0].new_zeros((len(items), t, items[0].shape[-1]))
-    for b, (x, n) in enumerate(zip(items, lengths.tolist())):
-        out[b, :n] = x[:n]
     return out
 
 
@@ -223,11 +210,8 @@ class TransformersUpstream(AbsUpstream):
         if short:
             raise ValueError(f"{self.name}: utterance(s) {short} are shorter than the "
                              f"{self._rf}-sample receptive field: no frame")
-        if self.normalize:
-            wavs = wavs.clone()
-            for b, n in enumerate(wavs_len.tolist()):
-                wavs[b, :n] = _normalize(wavs[b, :n])
-                wavs[b, n:] = 0
+        if self.normalize:  # as HF's feature extractor does it: variance eps 1e-7
+            wavs = normalize_waveforms(wavs, wavs_len, eps=1e-7)
         frames = self._frames(wavs_len)
         param = next(self.model.parameters(), None)
         if param is not None and param.dtype != wavs.dtype:  # e.g. a float16 checkpoint
@@ -254,7 +238,8 @@ class TransformersUpstream(AbsUpstream):
                 for k, i in enumerate(self._layer_ids):
                     for j, b in enumerate(idx):
                         per[k][b] = out.hidden_states[i][j]
-            all_hs = [_pad_stack(items, frames) for items in per]
+            # each item has exactly its utterance's frames: zero-padding stacks them
+            all_hs = [pad_sequence(items, batch_first=True) for items in per]
         return all_hs, [frames.clone() for _ in all_hs]
 
 
@@ -359,10 +344,11 @@ class WhisperEncoderUpstream(AbsUpstream):
 
     @staticmethod
     def frames(wavs_len: torch.Tensor) -> torch.Tensor:
-        """Encoder frames of real audio for ``wavs_len`` samples: ceil(L/160) mel frames,
-        then the stride-2 convolution (kernel 3, padding 1)."""
-        mel = (wavs_len + 159) // 160
-        return torch.where(mel > 0, (mel - 1) // 2 + 1, torch.zeros_like(mel))
+        """Encoder frames of real audio for ``wavs_len`` samples: ``ceil(L / 160)`` mel
+        frames (centred STFT, hop 160), then the stride-2 convolution (kernel 3, padding
+        1) gives ``(n - 1) // 2 + 1``; together exactly ``ceil(L / 320)``, the ``ceil``
+        convention of :func:`s3viz.align.expected_lengths`."""
+        return expected_lengths(wavs_len, 320, "ceil")
 
     def forward(self, wavs: torch.Tensor, wavs_len: torch.Tensor
                 ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
