@@ -927,14 +927,18 @@ class LayerStore:
         if len(fields) != num_layer:
             raise ValueError(f"receptive_fields must have {num_layer} entries, got {len(fields)}")
         h = hashlib.sha256(b"from_tensors")
+        store_dtype = tensors[0][0].dtype
         for row in tensors:
             for t in row:
-                h.update(_tensor_bytes(t.float()))
+                # float64 frames hashed as they are: two stores that differ below float32's
+                # precision are two stores
+                h.update(_tensor_bytes(t if t.dtype == torch.float64 else t.float()))
+                store_dtype = torch.promote_types(store_dtype, t.dtype)
         return cls(
             backend=_MemoryChunks(tensors), plan=[[i] for i in range(n)], lengths=lengths,
             hidden_sizes=sizes, downsample_rates=rates, receptive_fields=fields,
             layer_ids=list(range(num_layer)), ids=ids, labels=labels, phones=phones,
-            fingerprint=h.hexdigest(), name="from_tensors", store_dtype=tensors[0][0].dtype,
+            fingerprint=h.hexdigest(), name="from_tensors", store_dtype=store_dtype,
         )
 
     @classmethod
@@ -1219,17 +1223,17 @@ class LayerStore:
                                                  receptive_field_samples=rf))
         return np.concatenate(parts) if parts else np.zeros(0, dtype=object)
 
-    def pooled(self, layer, utterances=None) -> torch.Tensor:
-        """Mean over frames per utterance: ``(N', hidden_size)`` float32 (NaN for 0 frames)."""
+    def pooled(self, layer, utterances=None, dtype=torch.float32) -> torch.Tensor:
+        """Mean over frames per utterance: ``(N', hidden_size)`` in ``dtype`` (NaN for 0 frames)."""
         s = self._layer_index(layer)
         pos = _check_utterances(utterances, len(self))
         lens = self._lengths[pos, s]
-        out = torch.full((len(pos), self._hidden_sizes[s]), float("nan"))
+        out = torch.full((len(pos), self._hidden_sizes[s]), float("nan"), dtype=dtype)
         for a, b in _groups(lens, 65536):
-            frames, _ = self._gather(s, pos[a:b], torch.float32)
+            frames, _ = self._gather(s, pos[a:b], dtype)
             for j, part in zip(range(a, b), torch.split(frames, lens[a:b].tolist()), strict=True):
-                if part.shape[0]:
-                    out[j] = part.mean(0)
+                if part.shape[0]:  # in float64: a constant feature's mean is then exact
+                    out[j] = part.double().mean(0).to(dtype)
         if (lens == 0).any():
             warnings.warn(f"{int((lens == 0).sum())} utterance(s) have no frames in layer {s}; "
                           "their pooled rows are NaN", stacklevel=2)

@@ -61,6 +61,7 @@ from .align import expected_lengths
 from .interface import AbsFeaturizer, num_layer_of
 from . import _validate as _v
 from ._device import resolve_device as _resolve_device
+from ._numerics import Moments, read_dtype, safe_scale
 
 __all__ = [
     "WeightedScorer",
@@ -642,6 +643,7 @@ class _ProbeData:
         code = {c: k for k, c in enumerate(classes)}
         self.y = np.array([code.get(v, -1) for v in raw], dtype=np.int64)
         self.standardize = bool(standardize)
+        self.read_dtype = read_dtype(store)
         self.mean: dict[int, torch.Tensor] = {}
         self.std: dict[int, torch.Tensor] = {}
         if self.standardize:
@@ -680,12 +682,13 @@ class _ProbeData:
 
     # -- features -----------------------------------------------------------
     def raw_features(self, j: int, utts) -> torch.Tensor:
-        """``(n, hidden_size)`` float32 of layer ``self.layers[j]`` (aligned, not standardised)."""
+        """``(n, hidden_size)`` of layer ``self.layers[j]`` (aligned, not standardised), in
+        the store's precision (:func:`s3viz._numerics.read_dtype`)."""
         l_ = self.layers[j]
         utts = np.asarray(utts, dtype=np.int64)
         if self.level == "utterance":
-            return self.store.pooled(l_, utterances=utts)
-        x, _ = self.store.layer(l_, utterances=utts)
+            return self.store.pooled(l_, utterances=utts, dtype=self.read_dtype)
+        x, _ = self.store.layer(l_, utterances=utts, dtype=self.read_dtype)
         lens = self.store.lengths(l_)[utts]
         want = self.lengths[utts]
         mode, _ = _rate_factor(self.rates[l_], self.target_rate)
@@ -699,35 +702,27 @@ class _ProbeData:
         return torch.cat(out) if out else x[:0]
 
     def features(self, j: int, utts) -> torch.Tensor:
-        """Like :meth:`raw_features`, standardised per dimension with the train statistics."""
+        """Like :meth:`raw_features`, standardised per dimension with the train statistics
+        (in the store's precision), as float32."""
         x = self.raw_features(j, utts)
         if self.standardize:
             l_ = self.layers[j]
             x = (x - self.mean[l_]) / self.std[l_]
-        return x
+        return x.float()
 
     def _fit_standardization(self, max_frames: int = 65536):
         utts = self.train_utts
         for j, l_ in enumerate(self.layers):
-            s1 = torch.zeros(self.hidden_size, dtype=torch.float64)
-            s2 = torch.zeros(self.hidden_size, dtype=torch.float64)
-            count = 0
+            mom = Moments((self.hidden_size,))  # shifted sums: exact under any offset
             for a in range(0, len(utts), 64):
                 chunk = utts[a:a + 64]
-                x = self.raw_features(j, chunk).double()
+                x = self.raw_features(j, chunk)
                 keep = torch.from_numpy(self.labels(chunk) >= 0)
-                x = x[keep]
-                s1 += x.sum(0)
-                s2 += (x * x).sum(0)
-                count += x.shape[0]
-            if count == 0:
+                mom.update(x[keep])
+            if mom.n == 0:
                 raise ValueError("no labelled training frames; check the target and the split")
-            mean = s1 / count
-            var = (s2 / count - mean * mean).clamp(min=0)
-            std = var.sqrt()
-            std[std < 1e-8 * max(1.0, float(std.max()))] = 1.0
-            self.mean[l_] = mean.float()
-            self.std[l_] = std.float()
+            self.mean[l_] = mom.mean.to(self.read_dtype)
+            self.std[l_] = safe_scale(mom.var.sqrt(), mean=mom.mean).to(self.read_dtype)
 
 
 # ----------------------------------------------------------------------------

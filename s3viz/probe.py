@@ -61,6 +61,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ._numerics import read_dtype, safe_scale
 from .align import frame_labels as _align_frame_labels
 from . import _validate as _v
 from ._device import resolve_device as _resolve_device
@@ -109,18 +110,23 @@ class ProbeStats:
     ``sum_yy``    ``diag(Y^T Y)``                     ``(G, C)``
     ============  ==================================  ====================
 
-    Everything is a sum over examples, so statistics of two shards of data add
-    up (``a + b``) to the statistics of their union: a sharded or distributed
-    run merges with a sum (e.g. ``torch.distributed.all_reduce`` on each
-    tensor). :meth:`solve` fits the ridge probe from them.
+    The ``x`` sums are of ``x - shift``, with ``shift`` ``(H,)`` the mean of the
+    first examples added to empty statistics: ``X^T X`` of features with a
+    large mean would otherwise cancel every digit of their covariance (see
+    :mod:`s3viz._numerics`). Everything is a sum over examples, so statistics of
+    two shards of data add up (``a + b``, re-based on one shift when theirs
+    differ) to the statistics of their union; a sharded or distributed run
+    merges with :meth:`reduced` (``torch.distributed.all_reduce`` through
+    ``reduce``). :meth:`solve` fits the ridge probe from them.
 
     Args:
         count, sum_x, sum_xx, sum_y, sum_xy, sum_yy: tensors of the shapes above.
+        shift: ``(H,)`` the point the ``x`` sums are taken from (default 0).
     """
 
     _FIELDS = ("count", "sum_x", "sum_xx", "sum_y", "sum_xy", "sum_yy")
 
-    def __init__(self, count, sum_x, sum_xx, sum_y, sum_xy, sum_yy):
+    def __init__(self, count, sum_x, sum_xx, sum_y, sum_xy, sum_yy, shift=None):
         g = count.shape[0]
         h = sum_x.shape[-1]
         c = sum_y.shape[-1]
@@ -137,6 +143,13 @@ class ProbeStats:
                 )
         self.count, self.sum_x, self.sum_xx = count, sum_x, sum_xx
         self.sum_y, self.sum_xy, self.sum_yy = sum_y, sum_xy, sum_yy
+        self._shift_fixed = shift is not None or bool((count != 0).any())
+        if shift is None:
+            shift = torch.zeros(h, dtype=sum_x.dtype, device=sum_x.device)
+        shift = torch.as_tensor(shift).to(device=sum_x.device, dtype=sum_x.dtype)
+        if tuple(shift.shape) != (h,):
+            raise ValueError(f"ProbeStats: shift must have shape ({h},), got {tuple(shift.shape)}")
+        self.shift = shift
 
     # -- construction -------------------------------------------------------
     @classmethod
@@ -145,6 +158,7 @@ class ProbeStats:
         """Empty statistics for ``num_groups`` groups of ``hidden_size``-dim examples."""
         kw = {"dtype": dtype, "device": device}
         g, h, c = int(num_groups), int(hidden_size), int(num_targets)
+        # no shift yet: the first update fixes it
         return cls(torch.zeros(g, **kw), torch.zeros(g, h, **kw), torch.zeros(g, h, h, **kw),
                    torch.zeros(g, c, **kw), torch.zeros(g, h, c, **kw), torch.zeros(g, c, **kw))
 
@@ -198,6 +212,11 @@ class ProbeStats:
             )
         if y.shape[0] != x.shape[0]:
             raise ValueError(f"y has {y.shape[0]} rows but x has {x.shape[0]}")
+        if not self._shift_fixed and x.shape[0]:
+            # exact for a constant feature of float32 data: x - shift is then 0
+            self.shift = x.mean(0)
+            self._shift_fixed = True
+        x = x - self.shift
         if group is None:
             groups = [(0, slice(None))]
         else:
@@ -234,6 +253,29 @@ class ProbeStats:
     def _tensors(self):
         return tuple(getattr(self, f) for f in self._FIELDS)
 
+    def _like(self, *tensors, shift=None) -> ProbeStats:
+        out = ProbeStats(*tensors, shift=self.shift if shift is None else shift)
+        out._shift_fixed = self._shift_fixed
+        return out
+
+    def rebased(self, shift: torch.Tensor) -> ProbeStats:
+        """The same statistics with the ``x`` sums taken from ``shift`` instead.
+
+        With ``d = self.shift - shift``: ``sum (x - shift) = S + n d`` and
+        ``sum (x - shift)(x - shift)^T = XX + S d^T + d S^T + n d d^T`` per group;
+        exact up to rounding when the two shifts are close (as shards' are).
+        """
+        shift = torch.as_tensor(shift).to(device=self.device, dtype=self.dtype)
+        if torch.equal(shift, self.shift):
+            return self
+        d = self.shift - shift
+        n = self.count[:, None]
+        sx = self.sum_x + n * d
+        sxx = (self.sum_xx + self.sum_x[:, :, None] * d[None, None, :]
+               + d[None, :, None] * self.sum_x[:, None, :] + n[:, :, None] * torch.outer(d, d))
+        sxy = self.sum_xy + d[None, :, None] * self.sum_y[:, None, :]
+        return ProbeStats(self.count, sx, sxx, self.sum_y, sxy, self.sum_yy, shift=shift)
+
     def __add__(self, other: ProbeStats) -> ProbeStats:
         if isinstance(other, (int, float)) and other == 0:
             return self
@@ -245,15 +287,32 @@ class ProbeStats:
                     f"cannot add ProbeStats of different shapes: {name} {tuple(a.shape)} vs "
                     f"{tuple(b.shape)} (same groups, hidden size and targets needed)"
                 )
-        return ProbeStats(*(a + b.to(a.device, a.dtype)
-                            for a, b in zip(self._tensors(), other._tensors())))
+        if not self._shift_fixed:  # empty: the sum is the other, with its reference point
+            other = other.to(self.device, self.dtype)
+            return other._like(*(t.clone() for t in other._tensors()))
+        other = other.to(self.device, self.dtype).rebased(self.shift)
+        return self._like(*(a + b for a, b in zip(self._tensors(), other._tensors())))
 
     __radd__ = __add__  # so that sum([a, b, c]) works
+
+    def reduced(self, reduce) -> ProbeStats:
+        """The statistics of all shards, from this shard's (every shard calls this).
+
+        ``reduce`` sums a tensor over shards (e.g.
+        :func:`s3viz.distributed.all_reduce_sum`). The shards' shifts differ, so
+        each is first re-based on the global mean of ``x`` (one collective more
+        than the statistics themselves); the result is the same on every shard.
+        """
+        n_all = reduce(self.count.sum().reshape(1).clone())
+        total = self.sum_x.sum(0) + self.count.sum() * self.shift
+        mean = reduce(total) / n_all.clamp_min(1)
+        base = self.rebased(mean)
+        return ProbeStats(*(reduce(t) for t in base._tensors()), shift=mean)
 
     def select(self, groups: Sequence[int]) -> ProbeStats:
         """Statistics of the union of ``groups`` (a single group)."""
         idx = torch.as_tensor(list(groups), dtype=torch.long, device=self.device)
-        return ProbeStats(*(t.index_select(0, idx).sum(0, keepdim=True) for t in self._tensors()))
+        return self._like(*(t.index_select(0, idx).sum(0, keepdim=True) for t in self._tensors()))
 
     def without(self, groups: Sequence[int]) -> ProbeStats:
         """Statistics of every group except ``groups`` (e.g. the training part of a fold).
@@ -273,7 +332,7 @@ class ProbeStats:
         idx = torch.as_tensor(list(targets), dtype=torch.long, device=self.device)
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.num_targets):
             raise IndexError(f"targets must be in [0, {self.num_targets}), got {list(targets)}")
-        return ProbeStats(self.count, self.sum_x, self.sum_xx, self.sum_y.index_select(1, idx),
+        return self._like(self.count, self.sum_x, self.sum_xx, self.sum_y.index_select(1, idx),
                           self.sum_xy.index_select(2, idx), self.sum_yy.index_select(1, idx))
 
     def total(self) -> ProbeStats:
@@ -281,7 +340,8 @@ class ProbeStats:
         return self.select(range(self.num_groups))
 
     def to(self, device=None, dtype=None) -> ProbeStats:
-        return ProbeStats(*(t.to(device=device, dtype=dtype) for t in self._tensors()))
+        return self._like(*(t.to(device=device, dtype=dtype) for t in self._tensors()),
+                          shift=self.shift.to(device=device, dtype=dtype))
 
     # -- properties ---------------------------------------------------------
     @property
@@ -312,8 +372,9 @@ class ProbeStats:
         )
 
     # -- fitting ------------------------------------------------------------
-    def _standardized(self):
-        """(mean, scale, ybar, A, B) of all groups: A = standardised covariance, B = cross-cov."""
+    def _moments(self):
+        """(mean - shift, scale, ybar, A, B) of all groups: A = standardised covariance,
+        B = cross-covariance; the mean relative to ``shift``, as the sums are."""
         st = self.total() if self.num_groups != 1 else self
         n = float(st.count[0])
         if n <= 0:
@@ -323,12 +384,15 @@ class ProbeStats:
         cov = 0.5 * (cov + cov.T)
         ybar = st.sum_y[0] / n
         cxy = st.sum_xy[0] / n - torch.outer(mu, ybar)
-        sd = torch.sqrt(torch.diagonal(cov).clamp_min(0))
-        tiny = 1e-10 * float(sd.max()) if sd.numel() else 0.0
-        sd = torch.where(sd > max(tiny, 1e-300), sd, torch.ones_like(sd))
+        sd = safe_scale(torch.sqrt(torch.diagonal(cov).clamp_min(0)), 1e-10, mean=self.shift + mu)
         a = cov / torch.outer(sd, sd)
         b = cxy / sd[:, None]
         return mu, sd, ybar, a, b
+
+    def _standardized(self):
+        """(mean, scale, ybar, A, B) of all groups, the mean in the features' own space."""
+        mu, sd, ybar, a, b = self._moments()
+        return self.shift + mu, sd, ybar, a, b
 
     def dev_mse(self, dev: ProbeStats, lambdas: Sequence[float]) -> torch.Tensor:
         """Mean squared error on ``dev`` of ridge fits on these statistics, for each penalty.
@@ -345,8 +409,9 @@ class ProbeStats:
             ``(len(lambdas), num_targets)`` per-column mean squared error (float32:
             it only ranks the penalties; the statistics themselves stay float64).
         """
-        mu, sd, ybar, a, b = self._standardized()
+        mu, sd, ybar, a, b = self._moments()
         d = dev.total() if dev.num_groups != 1 else dev
+        d = d.to(self.device, self.dtype).rebased(self.shift)  # the same reference point
         n = float(d.count[0])
         sx, sxx, sy, sxy, syy = d.sum_x[0], d.sum_xx[0], d.sum_y[0], d.sum_xy[0], d.sum_yy[0]
         ztz = sxx - torch.outer(sx, mu) - torch.outer(mu, sx) + n * torch.outer(mu, mu)
@@ -858,7 +923,8 @@ def _ridge_layer_frame(task: _Task, store, layer: int, blocks, c: int, lambdas, 
         pos = 0
         if arg is not None and not arg:
             return
-        for x, _ in store.iter_layer(layer, utterances=arg, max_frames=chunk_frames):
+        for x, _ in store.iter_layer(layer, utterances=arg, max_frames=chunk_frames,
+                                     dtype=read_dtype(store)):
             n = x.shape[0]
             sl = slice(pos, pos + n)
             pos += n
@@ -878,7 +944,7 @@ def _ridge_layer_frame(task: _Task, store, layer: int, blocks, c: int, lambdas, 
     for x, yy, g in _chunks():
         stats.update(x, yy, g)
     if reduce is not None:  # sum the statistics of all shards
-        stats = ProbeStats(*(reduce(t) for t in stats._tensors()))
+        stats = stats.reduced(reduce)
     models = _ridge_fit_folds(stats, folds, sub, blocks, lambdas)
     ws = torch.stack([m[0] for m in models])  # (folds, H, C_all)
     bs = torch.stack([m[1] for m in models])
@@ -909,9 +975,7 @@ def _dual_standardize(x: torch.Tensor, idx: torch.Tensor):
     """Mean, scale (as :meth:`ProbeStats._standardized`) and standardised rows ``idx``."""
     xs = x[idx]
     mu = xs.mean(0)
-    sd = xs.std(0, unbiased=False)
-    tiny = 1e-10 * float(sd.max()) if sd.numel() else 0.0
-    sd = torch.where(sd > max(tiny, 1e-300), sd, torch.ones_like(sd))
+    sd = safe_scale(xs.std(0, unbiased=False), 1e-10, mean=mu)
     return mu, sd, (xs - mu) / sd
 
 
@@ -1012,11 +1076,9 @@ def _train_scaling(x: torch.Tensor, train: torch.Tensor, reduce=None):
         s1, s2 = reduce(s1), reduce(s2)
         n_train = int(reduce(torch.tensor([n_local], dtype=torch.float64))[0])
     mean = s1 / max(n_train, 1)
+    # the features were centred on their mean before (_centred_float32): no cancellation
     var = (s2 / max(n_train, 1) - mean * mean).clamp_min(0)
-    scale = var.sqrt()
-    scale = torch.where(scale > 1e-8 * scale.amax(1, keepdim=True).clamp_min(1e-30), scale,
-                        torch.ones_like(scale))
-    return mean.float(), scale.float()
+    return mean.float(), safe_scale(var.sqrt()).float()
 
 
 def _fit_logistic_full(x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, c: int, *,
@@ -1458,7 +1520,7 @@ def _result_table(rows: list[dict], fold_accuracy: dict, control: bool, **attrs)
 
 
 def _pooled(store, layer: int, task: _Task) -> torch.Tensor:
-    x = store.pooled(layer, utterances=_store_arg(task.sel, task.n_utt))
+    x = store.pooled(layer, utterances=_store_arg(task.sel, task.n_utt), dtype=read_dtype(store))
     x = torch.as_tensor(x)
     empty = torch.isnan(x).any(1)
     if bool(empty.any()):
@@ -1476,10 +1538,10 @@ def _pooled(store, layer: int, task: _Task) -> torch.Tensor:
 def _pooled_sharded(shard_store, layer: int, task: _Task, shard, reduce) -> torch.Tensor:
     """The ``(len(task.sel), H)`` pooled vectors of all shards: each fills its rows, then a sum."""
     keep, task_pos = shard
-    x = torch.zeros(len(task.sel), shard_store.hidden_sizes[layer], dtype=torch.float32)
+    x = torch.zeros(len(task.sel), shard_store.hidden_sizes[layer], dtype=torch.float64)
     if keep:
-        x[torch.as_tensor(task_pos)] = torch.as_tensor(
-            shard_store.pooled(layer, utterances=list(keep)), dtype=torch.float32)
+        x[torch.as_tensor(task_pos)] = torch.as_tensor(shard_store.pooled(
+            layer, utterances=list(keep), dtype=read_dtype(shard_store)), dtype=torch.float64)
     filled = torch.zeros(len(task.sel), dtype=torch.float32)
     filled[torch.as_tensor(task_pos, dtype=torch.long)] = 1.0
     x, filled = reduce(x), reduce(filled)
@@ -1491,6 +1553,27 @@ def _pooled_sharded(shard_store, layer: int, task: _Task, shard, reduce) -> torc
         raise ValueError(f"some utterances have no frames in stored layer {layer}; "
                          "leave them out with `utterances=`")
     return x
+
+
+def _centred_float32(x: torch.Tensor, device, reduce=None, rows: int = 65536) -> torch.Tensor:
+    """``x - mean(x)`` in float32 on ``device`` (the mean of all shards' rows with ``reduce``).
+
+    The logistic probe keeps its examples in float32; centring first (in the
+    store's precision) keeps a feature of 1e6 with unit spread from being
+    rounded to 1/16. Any shift leaves the probe unchanged: it standardises.
+    """
+    n = x.shape[0]
+    s1 = torch.zeros(x.shape[1], dtype=torch.float64)
+    for i in range(0, n, rows):
+        s1 += x[i:i + rows].double().sum(0)
+    if reduce is not None:
+        s1 = reduce(s1.to(device)).cpu()
+        n = float(reduce(torch.tensor([float(n)], dtype=torch.float64, device=device))[0])
+    mean = s1 / max(n, 1)
+    out = torch.empty(x.shape, dtype=torch.float32, device=device)
+    for i in range(0, x.shape[0], rows):
+        out[i:i + rows] = (x[i:i + rows].double() - mean).to(device=device, dtype=torch.float32)
+    return out
 
 
 def _logistic_layers(task: _Task, store, layer_list: list[int], c: int, device, opts,
@@ -1538,19 +1621,23 @@ def _logistic_layers(task: _Task, store, layer_list: list[int], c: int, device, 
             batch = members[start:start + per]
             feats = []
             for layer in batch:
+                src = store if shard is None else shard_store
+                dt = read_dtype(src)
                 if task.level == "frame" and shard is None:
-                    x, _ = store.layer(layer, utterances=_store_arg(task.sel, task.n_utt))
+                    x, _ = store.layer(layer, utterances=_store_arg(task.sel, task.n_utt),
+                                       dtype=dt)
                     x = torch.as_tensor(x)[torch.from_numpy(keep)]
                 elif task.level == "frame":
-                    x = (shard_store.layer(layer, utterances=arg)[0] if arg
-                         else torch.zeros(0, h))
+                    x = (shard_store.layer(layer, utterances=arg, dtype=dt)[0] if arg
+                         else torch.zeros(0, h, dtype=dt))
                     x = torch.as_tensor(x)[torch.from_numpy(keep)]
                 elif shard is None:
                     x = _pooled(store, layer, task)
                 else:
-                    x = (torch.as_tensor(shard_store.pooled(layer, utterances=list(shard[0])))
-                         if len(shard[0]) else torch.zeros(0, h))
-                feats.append(x.to(device=device, dtype=torch.float32))
+                    x = (torch.as_tensor(shard_store.pooled(layer, utterances=list(shard[0]),
+                                                            dtype=dt))
+                         if len(shard[0]) else torch.zeros(0, h, dtype=dt))
+                feats.append(_centred_float32(x, device, reduce))
             xs = torch.stack(feats)
             del feats
             conf, counts, n_fold = _logistic_group(task, xs, y_np, fold_np, group_np, c, opts,

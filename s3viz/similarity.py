@@ -45,12 +45,14 @@ works for any rates.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from . import _validate as _v
+from ._numerics import pow2_factor, read_dtype
 from ._device import resolve_device as _resolve_device
 from .extract import _selection
 
@@ -236,10 +238,11 @@ class _Source:
     def block(self, utts: np.ndarray) -> list[torch.Tensor]:
         out = []
         for st, layer in self.items:
+            dt = read_dtype(st)
             if self.level == "utterance":
-                x = torch.as_tensor(st.pooled(layer, utterances=utts.tolist()))
+                x = torch.as_tensor(st.pooled(layer, utterances=utts.tolist(), dtype=dt))
             else:
-                x, _ = st.layer(layer, utterances=utts.tolist())
+                x, _ = st.layer(layer, utterances=utts.tolist(), dtype=dt)
             out.append(x)
         return out
 
@@ -431,16 +434,18 @@ class _CrossProducts:
     """Streamed centred cross-products of layer pairs, for the feature-space CKA.
 
     Each layer is shifted by its first block's mean (so the final centring does
-    not cancel large offsets), block products are taken in ``dtype`` and summed
-    over blocks in float64. With ``reduce`` (one shard of the frames), the
-    shard's products are re-centred on the global mean (``reduce`` of the sums)
-    and summed over shards.
+    not cancel large offsets) and multiplied by a power of two fixed by that
+    block (so that float32 products of features of 1e20 or 1e-30 neither
+    overflow nor vanish; CKA and SVCCA do not see either), block products are
+    taken in ``dtype`` and summed over blocks in float64. With ``reduce`` (one
+    shard of the frames), the shard's products are brought to common factors,
+    re-centred on the global mean (``reduce`` of the sums) and summed over shards.
     """
 
     def __init__(self, pairs, device, dtype):
         self.pairs, self.device, self.dtype = list(pairs), device, dtype
         self.layers = sorted({i for p in self.pairs for i in p})
-        self.acc, self.sums, self.shift, self.n = {}, {}, {}, 0
+        self.acc, self.sums, self.shift, self.factor, self.n = {}, {}, {}, {}, 0
 
     def add(self, feats) -> None:
         """Add one block: ``feats[i]`` is the ``(frames, H_i)`` tensor of layer ``i``."""
@@ -450,7 +455,8 @@ class _CrossProducts:
             if i not in self.shift:
                 self.shift[i] = x.mean(0)
                 self.sums[i] = torch.zeros_like(self.shift[i])
-            x = x - self.shift[i]
+                self.factor[i] = pow2_factor(x - self.shift[i])
+            x = (x - self.shift[i]) * self.factor[i]
             self.sums[i] += x.sum(0)
             xs[i] = x.to(self.dtype)
         self.n += feats[self.layers[0]].shape[0]
@@ -465,8 +471,8 @@ class _CrossProducts:
         """``({pair: centred X_i^T X_j}, frames)``, summed over shards with ``reduce``."""
         acc, sums, n = self.acc, self.sums, self.n
         if reduce is not None:
-            acc, sums, n = _reduce_centred(acc, sums, self.shift, n, self.pairs, self.layers,
-                                           sizes, self.device, reduce)
+            acc, sums, n = _reduce_centred(acc, sums, self.shift, self.factor, n, self.pairs,
+                                           self.layers, sizes, self.device, reduce)
         return {(i, j): c - torch.outer(sums[i], sums[j]) / n for (i, j), c in acc.items()}, n
 
     def hsic(self, reduce=None, sizes=None) -> tuple[dict, int]:
@@ -481,12 +487,14 @@ class _CrossProducts:
                 for (i, j), c in cov.items()}, n
 
 
-def _reduce_centred(acc, sums, shift, n, pairs, layers_used, sizes, device, reduce):
+def _reduce_centred(acc, sums, shift, factor, n, pairs, layers_used, sizes, device, reduce):
     """Sum over shards of cross-products centred on the global mean of each layer.
 
-    A shard holds ``C = sum (x - s_i)(y - s_j)^T`` and ``S_i = sum (x - s_i)`` with
-    its own shifts ``s``; with ``d = s - m`` (``m`` the global mean),
-    ``sum (x - m_i)(y - m_j)^T = C + S_i d_j^T + d_i S_j^T + n d_i d_j^T``.
+    A shard holds ``C = sum (x - s_i)(y - s_j)^T f_i f_j`` and ``S_i = sum (x - s_i) f_i``
+    with its own shifts ``s`` and powers of two ``f``. First all shards move to
+    common factors ``g`` (the geometric mean of the shards', rounded to a power
+    of two: an exact rescaling); then, with ``d = (s - m) g`` (``m`` the global
+    mean), ``sum (x - m_i)(y - m_j)^T g_i g_j = C + S_i d_j^T + d_i S_j^T + n d_i d_j^T``.
     """
     f64 = {"dtype": torch.float64, "device": device}
     for i in layers_used:
@@ -496,13 +504,22 @@ def _reduce_centred(acc, sums, shift, n, pairs, layers_used, sizes, device, redu
     n_all = float(reduce(torch.tensor([float(n)], **f64))[0])
     if n_all <= 0:
         raise ValueError("no frames in any shard")
-    mean = {i: reduce(sums[i] + n * shift[i]) / n_all for i in layers_used}
+    # exponents of the shards that hold frames -> one common power of two per layer
+    exps = torch.tensor([[math.log2(factor[i]) if i in factor else 0.0, 1.0 if i in factor else 0.0]
+                         for i in layers_used], **f64)
+    exps = reduce(exps)
+    common = {i: 2.0 ** round(float(e[0]) / max(float(e[1]), 1.0))
+              for i, e in zip(layers_used, exps)}
+    to_common = {i: common[i] / factor.get(i, common[i]) for i in layers_used}
+    sums = {i: sums[i] * to_common[i] for i in layers_used}
+    mean = {i: reduce(sums[i] / common[i] + n * shift[i]) / n_all for i in layers_used}
     out = {}
     for i, j in pairs:
         c = acc.get((i, j))
         if c is None:
             c = torch.zeros(sizes[i], sizes[j], **f64)
-        di, dj = shift[i] - mean[i], shift[j] - mean[j]
+        c = c * (to_common[i] * to_common[j])
+        di, dj = (shift[i] - mean[i]) * common[i], (shift[j] - mean[j]) * common[j]
         c = c + torch.outer(sums[i], dj) + torch.outer(di, sums[j]) + n * torch.outer(di, dj)
         out[(i, j)] = reduce(c)
     zero = {i: torch.zeros(sizes[i], **f64) for i in layers_used}  # centred: sums are 0
@@ -529,13 +546,17 @@ def _minibatch_hsic(src, sel, counts, keep, pairs, device, chunk_frames, batch_s
     n = 0
     pending: list[list[torch.Tensor]] = []
     pending_n = 0
+    factor: dict = {}
 
     def _batch_hsic(feats):
         m = feats[0].shape[0]
         grams = {}
         for i in layers_used:
-            x = feats[i].to(device=device, dtype=torch.float32)
+            x = feats[i].to(device=device, dtype=torch.float64)
             x = x - x.mean(0)  # the unbiased HSIC is invariant to shifts; this keeps it exact
+            if i not in factor:  # one power of two per layer (see _CrossProducts)
+                factor[i] = pow2_factor(x)
+            x = (x * factor[i]).to(torch.float32)
             k = x @ x.T
             k.fill_diagonal_(0)
             grams[i] = k

@@ -210,8 +210,9 @@ class _Streamer:
                 bad = [self.corpus[int(u)].id for u in pos[lens[:, s] == 0]]
                 raise ValueError(f"{len(bad)} utterance(s) have no frames in stored layer {s} "
                                  f"(e.g. {bad[:5]}), so no pooled vector; leave them out")
-            cache[key] = torch.stack([p.mean(0) for p in
-                                      torch.split(frames[s].float(), lens[:, s].tolist())])
+            # averaged in float64 as LayerStore.pooled does (so streamed = stored)
+            cache[key] = torch.stack([p.mean(0) for p in torch.split(
+                frames[s].double(), lens[:, s].tolist())]).float()
         return cache[key]
 
     def statistics(self, pos: np.ndarray, frames, lens: np.ndarray) -> None:
@@ -268,7 +269,7 @@ class _Streamer:
                     t.result[s] = _ridge_layer_utterance(t.task, x, [slice(0, c)], c,
                                                          self.lambdas, torch.float64)
                     continue
-                st = ProbeStats(*(red(v) for v in t.stats[s]._tensors()))
+                st = t.stats[s].reduced(red)
                 if keep is not None:
                     st = st.keep_targets(keep)
                 models = _ridge_fit_folds(st, self.folds, t.sub, [slice(0, len(t.classes))],

@@ -292,6 +292,7 @@ def test_probe_stats_shards_add_up():
     a = ProbeStats.from_data(x[:170], y[:170], g[:170], num_groups=4, num_targets=3)
     b = ProbeStats.from_data(x[170:], y[170:], g[170:], num_groups=4, num_targets=3)
     for merged in (a + b, sum([a, b])):
+        merged = merged.rebased(whole.shift)  # each part took its own first rows' mean
         for f in ProbeStats._FIELDS:
             torch.testing.assert_close(getattr(merged, f), getattr(whole, f), rtol=1e-12,
                                        atol=1e-9)
@@ -303,9 +304,11 @@ def test_probe_stats_shards_add_up():
     w2, b2 = ProbeStats.from_data(x, y, num_targets=3).solve(0.1)
     torch.testing.assert_close(w1, w2)
     torch.testing.assert_close(b1, b2)
-    # raw definitions
-    torch.testing.assert_close(whole.total().sum_xx[0], x.T @ x)
-    torch.testing.assert_close(whole.total().sum_xy[0], x.T @ torch.eye(3, dtype=x.dtype)[y])
+    # raw definitions: sums of x - shift, the shift the mean of the first rows added
+    torch.testing.assert_close(whole.shift, x.mean(0))
+    xs = x - whole.shift
+    torch.testing.assert_close(whole.total().sum_xx[0], xs.T @ xs)
+    torch.testing.assert_close(whole.total().sum_xy[0], xs.T @ torch.eye(3, dtype=x.dtype)[y])
     assert whole.dtype == torch.float64 and "examples=500" in repr(whole)
 
 
