@@ -330,15 +330,88 @@ def load_audio(path: Union[str, os.PathLike], *, allow_silence: bool = False) ->
         raise IsADirectoryError(
             f"{path!r} is a folder; for a folder of audio files use s3viz.data.load_folder"
         )
+    name = f"audio file {path!r}"
     try:
-        data, rate = sf.read(path, dtype="float32", always_2d=True)
+        with sf.SoundFile(path) as f:
+            if f.frames > BLOCK_SECONDS * f.samplerate and f.seekable():
+                return _load_in_blocks(f, name, allow_silence)
+            data, rate = f.read(dtype="float32", always_2d=True), f.samplerate
     except (RuntimeError, TypeError, ValueError) as e:  # sf.LibsndfileError is a RuntimeError
+        if isinstance(e, ValueError) and str(e).startswith(name):
+            raise  # our own check of the samples, from _load_in_blocks
         raise ValueError(
             f"soundfile cannot read {path!r} ({e}); convert it to wav or flac, e.g. "
             "with ffmpeg -i in.mp3 -ar 16000 -ac 1 out.wav"
         ) from e
-    return prepare_wav(data, rate, channels_first=False, allow_silence=allow_silence,
-                       name=f"audio file {path!r}")
+    return prepare_wav(data, rate, channels_first=False, allow_silence=allow_silence, name=name)
+
+
+BLOCK_SECONDS = 30
+"""Files longer than this are read, averaged to mono and resampled block by block."""
+
+
+def _load_in_blocks(f, name: str, allow_silence: bool) -> np.ndarray:
+    """:func:`load_audio` of an open ``soundfile.SoundFile``, holding one block at a time.
+
+    A 1-hour 48 kHz stereo file read whole takes about 7 GB at its peak (the
+    float32 channels, their mean, torchaudio's padded copy and its output);
+    block by block it takes the 16 kHz result and one block. The result equals
+    :func:`prepare_wav` of the whole file: torchaudio's resampler is a strided
+    convolution, so each block of output frames is computed from its input with
+    enough context on each side (the kernel's ``width``) that no padding of the
+    block reaches it, and at the file's ends the block's zero padding is the
+    file's. torchaudio has no streaming resampler, hence this.
+    """
+    rate, n, ch = _check_rate(f.samplerate), int(f.frames), int(f.channels)
+    if rate == SAMPLE_RATE:
+        res, orig_r, new_r, width = None, 1, 1, 0
+    else:
+        res = _resampler(rate, SAMPLE_RATE)
+        orig_r, new_r, width = rate // res.gcd, SAMPLE_RATE // res.gcd, int(res.width)
+    target = _resampled_length(n, rate)
+    out = np.empty(target, dtype=np.float32)
+    num_frames = -(-target // new_r)  # conv output frames of new_r samples each
+    per_block = max(1, BLOCK_SECONDS * rate // orig_r)
+    context = -(-width // orig_r) + 1  # frames of input context on each side
+    peak, any_raw, any_mono = 0.0, False, False
+    for k0 in range(0, num_frames, per_block):
+        k1 = min(num_frames, k0 + per_block)
+        start = max(0, (k0 - context) * orig_r)
+        stop = min(n, (k1 + context) * orig_r + width)
+        f.seek(start)
+        seg = f.read(stop - start, dtype="float32", always_2d=True)
+        if seg.shape[0] != stop - start:
+            raise ValueError(f"{name} ends at sample {start + seg.shape[0]} although its header "
+                             f"says {n}; the file is truncated: re-encode or re-download it")
+        finite = np.isfinite(seg)
+        if not finite.all():
+            first = start + int(np.flatnonzero(~finite.all(axis=1))[0])
+            raise ValueError(f"{name} contains non-finite values (NaN or Inf), the first at "
+                             f"sample {first}; clean it first, e.g. np.nan_to_num(wav)")
+        if seg.size:
+            peak = max(peak, float(np.abs(seg).max()))
+            any_raw = any_raw or bool(np.any(seg))
+        mono = seg[:, 0] if ch == 1 else seg.mean(axis=1, dtype=np.float64).astype(np.float32)
+        any_mono = any_mono or bool(np.any(mono))
+        if res is not None:
+            with torch.no_grad():
+                mono = res(torch.from_numpy(np.ascontiguousarray(mono))).numpy()
+        a = k0 * new_r
+        b = min(k1 * new_r, target)
+        off = a - start // orig_r * new_r
+        out[a:b] = mono[off: off + (b - a)]
+    if not allow_silence and not any_raw:
+        raise ValueError(f"{name} is all zeros ({n} samples of silence); check that the audio "
+                         "decoded correctly, or pass allow_silence=True if silence is intended")
+    if not allow_silence and not any_mono:
+        raise ValueError(
+            f"{name} becomes all zeros when its channels are averaged to mono (the channels "
+            "cancel out: anti-phase stereo); pick one channel or pass allow_silence=True if "
+            "silence is intended")
+    if peak > 1.0 + 1e-6:
+        warnings.warn(f"{name} peaks at {peak:.4g} > 1; float audio is expected in [-1, 1] "
+                      "(if it holds int16 values, divide by 32768)", stacklevel=3)
+    return out
 
 
 def batch_wavs(

@@ -220,3 +220,52 @@ def test_load_audio_bad_files(tmp_path):
     sf.write(silent, np.zeros(160), 16000)
     with pytest.raises(ValueError, match=r"silent\.wav.*all zeros"):
         load_audio(silent)
+
+
+# --------------------------------------------------------------------------- long files
+
+
+@pytest.mark.parametrize("rate, channels, seconds, subtype", [
+    (48000, 2, 7.3, "FLOAT"), (44100, 2, 5.01, "PCM_16"), (16000, 1, 4.2, "PCM_16"),
+    (8000, 3, 3.3, "FLOAT"), (22050, 1, 2.9, "PCM_24"),
+])
+def test_long_files_read_in_blocks_equal_the_whole_file(tmp_path, monkeypatch, rate, channels,
+                                                        seconds, subtype):
+    """A file longer than BLOCK_SECONDS is read, averaged and resampled block by block
+    (a 1-hour 48 kHz stereo file used to take 7 GB; benchmarks/bench_load_audio.py), with
+    the whole-file result: each block has the resampling kernel's context."""
+    import s3viz.audio as A
+
+    rng = np.random.default_rng(rate)
+    x = (rng.standard_normal((int(rate * seconds), channels)) * 0.1).astype(np.float32)
+    path = tmp_path / "long.wav"
+    sf.write(path, x, rate, subtype=subtype)
+    want = prepare_wav(sf.read(path, dtype="float32", always_2d=True)[0], rate,
+                       channels_first=False)
+    monkeypatch.setattr(A, "BLOCK_SECONDS", 1)
+    got = load_audio(path)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-7)
+
+
+def test_long_files_bad_samples_are_refused_in_blocks(tmp_path, monkeypatch):
+    import s3viz.audio as A
+
+    monkeypatch.setattr(A, "BLOCK_SECONDS", 1)
+    rate, n = 48000, 48000 * 4
+    tone = (0.3 * np.sin(np.arange(n) * 0.01)).astype(np.float32)
+    sf.write(tmp_path / "anti.wav", np.stack([tone, -tone], 1), rate, subtype="FLOAT")
+    with pytest.raises(ValueError, match="anti-phase"):
+        load_audio(tmp_path / "anti.wav")
+    assert load_audio(tmp_path / "anti.wav", allow_silence=True).shape == (n // 3,)
+    sf.write(tmp_path / "zeros.wav", np.zeros((n, 2), np.float32), rate, subtype="FLOAT")
+    with pytest.raises(ValueError, match="all zeros"):
+        load_audio(tmp_path / "zeros.wav")
+    bad = np.stack([tone, tone], 1)
+    bad[150_000, 1] = np.nan
+    sf.write(tmp_path / "nan.wav", bad, rate, subtype="FLOAT")
+    with pytest.raises(ValueError, match="non-finite.*at sample 150000"):
+        load_audio(tmp_path / "nan.wav")
+    sf.write(tmp_path / "loud.wav", np.stack([tone * 4, tone], 1), rate, subtype="FLOAT")
+    with pytest.warns(UserWarning, match="peaks at 1.2"):
+        load_audio(tmp_path / "loud.wav")
