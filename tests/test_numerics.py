@@ -233,3 +233,33 @@ def test_train_featurizer_standardises_any_offset_and_scale(frames, name, refere
                                     device="cpu")
     cols = ["loss", "dev_accuracy", "weight_0", "weight_1"]
     np.testing.assert_allclose(got[cols].to_numpy(), want[cols].to_numpy(), rtol=1e-5, atol=1e-6)
+
+
+class _Scaled(torch.nn.Module):
+    """tiny_random with every hidden state times ``factor`` (a power of two: exact)."""
+
+    def __init__(self, factor):
+        super().__init__()
+        self.inner, self.factor = get_upstream("tiny_random"), factor
+
+    num_layer = property(lambda self: self.inner.num_layer)
+    hidden_sizes = property(lambda self: self.inner.hidden_sizes)
+    downsample_rates = property(lambda self: self.inner.downsample_rates)
+
+    def forward(self, wavs, wavs_len):
+        hs, lens = self.inner(wavs, wavs_len)
+        return [h * self.factor for h in hs], lens
+
+
+def test_stream_analysis_does_not_see_the_scale():
+    """The streamed probes and CKA (batch statistics summed as they come) under 2^60 and
+    2^-90: float32 CKA products of 2^60 features overflowed."""
+    corpus = synthetic_corpus(10, seed=1)
+    kw = dict(targets=["phone"], folds=2, split_by="utterance", cka=True, batch_size=4,
+              device="cpu")
+    base = s3viz.stream_analysis(_Scaled(1.0), corpus, **kw)
+    for factor in (2.0 ** 60, 2.0 ** -90):
+        got = s3viz.stream_analysis(_Scaled(factor), corpus, **kw)
+        np.testing.assert_allclose(got["probes"]["accuracy"], base["probes"]["accuracy"],
+                                   atol=1e-9)
+        np.testing.assert_allclose(got["cka"].to_numpy(), base["cka"].to_numpy(), atol=1e-6)
