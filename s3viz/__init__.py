@@ -34,6 +34,9 @@ _EXPORTS = {
     "ProbeStats": "probe",
     "layer_similarity": "similarity",
     "stream_analysis": "stream",
+    "abx_layers": "abx",
+    "unit_quality": "units",
+    "segment_table": "segments",
     # featurizer weights
     "WeightedSumFeaturizer": "featurizers",
     "WeightedScorer": "featurizers",
@@ -48,9 +51,9 @@ _EXPORTS = {
     "compare_frame_utterance": "compare",
 }
 
-_SUBMODULES = ("align", "audio", "checkpoints", "compare", "contract", "data", "distributed",
-               "extract", "featurizers", "interface", "models", "plot", "probe", "similarity",
-               "stream", "teach", "upstreams", "widgets", "zoo")
+_SUBMODULES = ("abx", "align", "audio", "checkpoints", "compare", "contract", "data",
+               "distributed", "extract", "featurizers", "interface", "models", "plot", "probe",
+               "segments", "similarity", "stream", "teach", "units", "upstreams", "widgets", "zoo")
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 

@@ -11,7 +11,7 @@ import math
 from numbers import Integral, Real
 from typing import List, Optional, Sequence
 
-__all__ = ["integer", "number", "numbers"]
+__all__ = ["integer", "number", "numbers", "stored_layers"]
 
 
 def integer(value, name: str, *, minimum: Optional[int] = 1, none_ok: bool = False):
@@ -56,4 +56,19 @@ def numbers(values, name: str, *, positive: bool = True) -> List[float]:
     out = [number(v, f"{name}[{i}]", positive=positive) for i, v in enumerate(values)]
     if not out:
         raise ValueError(f"{name} must hold at least one value, got an empty list")
+    return out
+
+
+def stored_layers(store, layers) -> List[int]:
+    """``layers`` as a list of stored layer indices of ``store`` (None: all of them)."""
+    n = int(store.num_layer)
+    if layers is None:
+        return list(range(n))
+    out = []
+    for layer in ([layers] if isinstance(layers, Integral) else layers):
+        if isinstance(layer, bool) or not isinstance(layer, Integral) or not 0 <= layer < n:
+            raise IndexError(f"layers must hold stored layer indices in [0, {n}), got {layer!r}")
+        out.append(int(layer))
+    if not out:
+        raise ValueError("layers selects no layer")
     return out

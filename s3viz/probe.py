@@ -79,7 +79,7 @@ __all__ = [
 ]
 
 METHODS = ("ridge", "logistic")
-LEVELS = ("frame", "utterance")
+LEVELS = ("frame", "utterance", "segment")
 SPLITS = ("speaker", "utterance")
 LAMBDAS = tuple(float(v) for v in 10.0 ** np.linspace(-5.0, 3.0, 12))
 """Penalty grid of the ridge probe, relative to the mean eigenvalue of the
@@ -519,9 +519,9 @@ def _is_missing(v) -> bool:
 
 
 def _split_groups(store, sel: np.ndarray, split_by: str) -> np.ndarray:
+    if split_by == "utterance":  # a store of segments groups them by their utterance
+        return np.asarray(getattr(store, "_group_ids", store.ids), dtype=object)[sel].astype(str)
     ids = np.asarray(store.ids, dtype=object)[sel]
-    if split_by == "utterance":
-        return ids.astype(str)
     labels = store.labels
     if "speaker" not in labels.columns:
         raise ValueError(
@@ -672,7 +672,9 @@ class _Task:
                     "split_by='speaker' no test class is ever seen in training; use "
                     "split_by='utterance' to probe speaker identity"
                 )
-        strata = self.y if self.split_by == "utterance" else None
+        # utterances are stratified by class; segments share their utterance's fold
+        strata = (self.y if self.split_by == "utterance"
+                  and getattr(store, "_group_ids", None) is None else None)
         self.utt_fold = _assign_folds(self.groups, np.ones(len(self.sel)), self.folds, self.seed,
                                       strata=strata, what=self.split_by)
         if self.control:
@@ -1290,17 +1292,7 @@ def _as_list(v, name: str, allowed=None) -> list:
 
 
 def _check_layers(store, layers) -> list[int]:
-    n = int(store.num_layer)
-    if layers is None:
-        return list(range(n))
-    out = []
-    for layer in ([layers] if isinstance(layers, (int, np.integer)) else layers):
-        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer < n:
-            raise IndexError(f"layers must hold stored layer indices in [0, {n}), got {layer!r}")
-        out.append(int(layer))
-    if not out:
-        raise ValueError("layers selects no layer")
-    return out
+    return _v.stored_layers(store, layers)
 
 
 def probe_layers(
@@ -1338,8 +1330,13 @@ def probe_layers(
             ``store.frame_labels`` (frames labelled ``""`` are left out);
             utterance-level targets are columns of ``store.labels``
             (``"speaker"``, ``"sentence_id"`` ...), probed on mean-pooled features.
-        level: ``"frame"``, ``"utterance"`` or ``None`` (utterance level when the
-            target is a column of ``store.labels``, else frame level).
+        level: ``"frame"``, ``"utterance"``, ``"segment"`` or ``None`` (utterance
+            level when the target is a column of ``store.labels``, else frame
+            level). ``"segment"``: each segment of the target in the alignments
+            (a phone, or a run of one word's phones for ``"word"``; silence left
+            out; :func:`s3viz.segments.segment_table`) is one example, the mean
+            of its frames; folds keep each utterance (or speaker) on one side,
+            and the control type defaults to the segment with its neighbours.
         method: ``"ridge"``, ``"logistic"`` or a list of both (see module doc).
         layers: stored layer indices to probe (default all).
         folds: number of grouped cross-validation folds (>= 2).
@@ -1427,6 +1424,16 @@ def probe_layers(
         raise ValueError(f"split_by must be one of {SPLITS}, got {split_by!r}")
     if level is not None and level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS} or None, got {level!r}")
+    if level == "segment":
+        if shard_store is not None:
+            raise ValueError("segment-level probes do not run sharded yet; probe the whole "
+                             "store (its segments are small) or use level='frame'")
+        return _probe_segments(
+            store, targets, method=methods, layers=_check_layers(store, layers), folds=folds,
+            split_by=split_by, control=control, control_by=control_by, utterances=utterances,
+            device=device, seed=seed, lambdas=lambdas, chunk_frames=chunk_frames, lr=lr,
+            batch_size=batch_size, max_epochs=max_epochs, patience=patience,
+            weight_decay=weight_decay, dev_fraction=dev_fraction, max_memory=max_memory)
     layer_list = _check_layers(store, layers)
     sel = _positions(store, utterances)
     device = _resolve_device(device)
@@ -1485,6 +1492,28 @@ def probe_layers(
                 rows.append(_result_row(tgt, meth, lev, layer, int(layer_ids[layer]), c, folds,
                                         control, per_layer[layer], fold_accuracy))
     return _result_table(rows, fold_accuracy, control, folds=folds, split_by=split_by, seed=seed)
+
+
+def _probe_segments(store, targets, *, layers, utterances, control_by, **kw) -> pd.DataFrame:
+    """probe_layers(level="segment"): the utterance-level probes of a store of segments."""
+    from .segments import segment_store
+
+    tables = []
+    for tgt in targets:
+        seg = segment_store(store, tgt, layers, utterances=utterances)
+        res = probe_layers(seg, tgt, level="utterance", layers=None, control_by=(
+            "context" if control_by is None else control_by), **kw)
+        res["level"] = "segment"
+        res["layer"] = [layers[i] for i in res["layer"]]
+        res["upstream_layer"] = [int(store.layer_ids[v]) for v in res["layer"]]
+        fold_acc = {(t, m, layers[i]): v for (t, m, i), v in res.attrs["fold_accuracy"].items()}
+        res.attrs["fold_accuracy"] = fold_acc
+        res.attrs["n_dropped"] = seg._dropped
+        tables.append(res)
+    out = pd.concat(tables, ignore_index=True)
+    out.attrs = {**tables[0].attrs, "fold_accuracy": {
+        k: v for t in tables for k, v in t.attrs["fold_accuracy"].items()}}
+    return out
 
 
 _RESULT_COLUMNS = ["target", "method", "level", "layer", "upstream_layer", "accuracy",

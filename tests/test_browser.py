@@ -67,12 +67,18 @@ explorer = layer_weight_explorer(store, "phone", device="cpu")
 explorer'''
 
 
-def _notebook(path: Path) -> None:
+PROJECTION_CELL = '''\
+from s3viz.widgets import layer_projection_explorer
+projector = layer_projection_explorer(store, "phone", max_points=300, device="cpu")
+projector'''
+
+
+def _notebook(path: Path, widget_cell: str = WIDGET_CELL) -> None:
     import nbformat
 
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_markdown_cell("# s3viz browser test: layer weights"),
-                nbformat.v4.new_code_cell(SETUP_CELL), nbformat.v4.new_code_cell(WIDGET_CELL)]
+    nb.cells = [nbformat.v4.new_markdown_cell("# s3viz browser test"),
+                nbformat.v4.new_code_cell(SETUP_CELL), nbformat.v4.new_code_cell(widget_cell)]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)",
                                  "language": "python"}
     nbformat.write(nb, path)
@@ -126,6 +132,7 @@ def lab(tmp_path):
     work = tmp_path / "lab"
     work.mkdir()
     _notebook(work / "weights.ipynb")
+    _notebook(work / "projection.ipynb", PROJECTION_CELL)
     port = _free_port()
     env = dict(os.environ)
     for var, sub in (("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_RUNTIME_DIR", "runtime"),
@@ -159,65 +166,99 @@ def _texts(page, selector: str):
     return [t.strip() for t in page.locator(selector).all_inner_texts()]
 
 
-def test_widget_moves_in_jupyterlab(lab):
+def _press(page, handle, key: str, times: int, until_js: str) -> None:
+    """Focus a slider ``handle``, press ``key`` ``times`` times, wait until ``until_js`` holds."""
+    handle.focus()
+    for _ in range(times):
+        page.keyboard.press(key)
+    page.wait_for_function(until_js, timeout=20_000)
+
+
+@contextlib.contextmanager
+def _ran_notebook(lab, name: str, shot: Path, widget_class: str):
+    """Open notebook ``name`` in Chromium, run all its cells, wait for the widget of
+    ``widget_class``; yield (page, widget) and take a screenshot at the end."""
     sync_api = pytest.importorskip("playwright.sync_api")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    shot = ARTIFACTS / "browser_layer_weights.png"
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
             page.set_default_timeout(60_000)
             try:
-                page.goto(f"{lab}/lab/tree/weights.ipynb?reset", wait_until="domcontentloaded")
+                page.goto(f"{lab}/lab/tree/{name}?reset", wait_until="domcontentloaded")
                 status = page.locator("#jp-main-statusbar")
                 status.get_by_text(re.compile(r"\bIdle\b")).first.wait_for()
-
                 page.get_by_role("menuitem", name="Run", exact=True).click()
                 page.get_by_text("Run All Cells", exact=True).click()
-
-                widget = page.locator(".s3viz-layer-weight-explorer")
+                widget = page.locator(f".{widget_class}")
                 widget.wait_for(state="visible", timeout=75_000)
                 widget.scroll_into_view_if_needed()
-                score = page.locator(".s3viz-score-value")
-                score.wait_for()
-                before_weights = _texts(page, ".s3viz-layer-weight")
-                before_score = score.inner_text()
-                assert len(before_weights) == 6
-                assert before_weights == ["0.17"] * 6, before_weights
-
-                # move layer 3 (the informative one) to 0 through its slider's readout box
-                readout = widget.locator(".s3viz-layer-slider").nth(3).locator(".widget-readout")
-                readout.click()
-                page.keyboard.press("Control+A")
-                page.keyboard.type("0")
-                page.keyboard.press("Enter")
-                page.wait_for_function(
-                    "() => document.querySelectorAll('.s3viz-layer-weight')[3]"
-                    ".innerText.trim() === '0.00'", timeout=20_000)
-                page.wait_for_function(
-                    "(old) => document.querySelector('.s3viz-score-value').innerText !== old",
-                    arg=before_score, timeout=20_000)
-                after_weights = _texts(page, ".s3viz-layer-weight")
-                after_score = score.inner_text()
-                assert after_weights == ["0.20", "0.20", "0.20", "0.00", "0.20", "0.20"]
-                acc_before = float(re.search(r"accuracy ([\d.]+)", before_score).group(1))
-                acc_after = float(re.search(r"accuracy ([\d.]+)", after_score).group(1))
-                assert acc_after < acc_before  # the layer that carried the phones is gone
-
-                # and with the keyboard on another slider's handle
-                handle = widget.locator(".s3viz-layer-slider").nth(0).locator(".noUi-handle")
-                handle.focus()
-                for _ in range(50):
-                    page.keyboard.press("ArrowDown")
-                page.wait_for_function(
-                    "() => document.querySelectorAll('.s3viz-layer-weight')[0]"
-                    ".innerText.trim() !== '0.20'", timeout=20_000)
-                moved = _texts(page, ".s3viz-layer-weight")
-                assert float(moved[0]) < 0.20 and float(moved[1]) > 0.20
-                widget.scroll_into_view_if_needed()
+                yield page, widget
             finally:
                 page.screenshot(path=str(shot), full_page=False)
         finally:
             browser.close()
     assert shot.stat().st_size > 10_000
+
+
+def test_widget_moves_in_jupyterlab(lab):
+    shot = ARTIFACTS / "browser_layer_weights.png"
+    with _ran_notebook(lab, "weights.ipynb", shot, "s3viz-layer-weight-explorer") as (page, widget):
+        score = page.locator(".s3viz-score-value")
+        score.wait_for()
+        before_weights = _texts(page, ".s3viz-layer-weight")
+        before_score = score.inner_text()
+        assert len(before_weights) == 6
+        assert before_weights == ["0.17"] * 6, before_weights
+
+        # move layer 3 (the informative one) to 0 through its slider's readout box
+        readout = widget.locator(".s3viz-layer-slider").nth(3).locator(".widget-readout")
+        readout.click()
+        page.keyboard.press("Control+A")
+        page.keyboard.type("0")
+        page.keyboard.press("Enter")
+        page.wait_for_function(
+            "() => document.querySelectorAll('.s3viz-layer-weight')[3]"
+            ".innerText.trim() === '0.00'", timeout=20_000)
+        page.wait_for_function(
+            "(old) => document.querySelector('.s3viz-score-value').innerText !== old",
+            arg=before_score, timeout=20_000)
+        after_weights = _texts(page, ".s3viz-layer-weight")
+        after_score = score.inner_text()
+        assert after_weights == ["0.20", "0.20", "0.20", "0.00", "0.20", "0.20"]
+        acc_before = float(re.search(r"accuracy ([\d.]+)", before_score).group(1))
+        acc_after = float(re.search(r"accuracy ([\d.]+)", after_score).group(1))
+        assert acc_after < acc_before  # the layer that carried the phones is gone
+
+        # and with the keyboard on another slider's handle
+        _press(page, widget.locator(".s3viz-layer-slider").nth(0).locator(".noUi-handle"),
+               "ArrowDown", 50, "() => document.querySelectorAll('.s3viz-layer-weight')[0]"
+               ".innerText.trim() !== '0.20'")
+        moved = _texts(page, ".s3viz-layer-weight")
+        assert float(moved[0]) < 0.20 and float(moved[1]) > 0.20
+        widget.scroll_into_view_if_needed()
+
+
+def test_projection_explorer_moves_in_jupyterlab(lab):
+    """Move the layer slider of the projection explorer: the picture and the score change
+    (layer 3 of the store carries the phones, so its probe scores best)."""
+    shot = ARTIFACTS / "browser_projection.png"
+    with _ran_notebook(lab, "projection.ipynb", shot,
+                       "s3viz-layer-projection-explorer") as (page, widget):
+        image = widget.locator(".s3viz-projection-image")
+        before_src = image.get_attribute("src")
+        before_info = widget.locator(".s3viz-projection-info").inner_text()
+        assert "layer 0" in before_info and "accuracy" in before_info
+        _press(page, widget.locator(".s3viz-projection-slider .noUi-handle"), "ArrowRight", 3,
+               "() => document.querySelector('.s3viz-projection-info')"
+               ".innerText.trim().startsWith('layer 3')")
+        page.wait_for_function(
+            "(old) => document.querySelector('.s3viz-projection-image img, "
+            ".s3viz-projection-image').getAttribute('src') !== old",
+            arg=before_src, timeout=20_000)
+        after_info = widget.locator(".s3viz-projection-info").inner_text()
+        assert "the best layer" in after_info, after_info
+        acc = [float(re.search(r"accuracy ([\d.]+)", t).group(1))
+               for t in (before_info, after_info)]
+        assert acc[1] > acc[0]

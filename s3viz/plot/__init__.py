@@ -20,6 +20,8 @@ _EXPORTS = {
     "layer_weights_heatmap": "_weights",
     "weights_and_probe": "_weights",
     "weights_table": "_weights",
+    "abx_curve": "_units",
+    "unit_quality": "_units",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -11,6 +11,7 @@ from .._lazy import lazy_exports
 _EXPORTS = {
     "alignment_explorer": "_align",
     "layer_weight_explorer": "_weights",
+    "layer_projection_explorer": "_projection",
 }
 
 __all__ = sorted(_EXPORTS)

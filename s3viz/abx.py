@@ -1,0 +1,339 @@
+"""ABX phone discriminability of each stored layer, as in ZeroSpeech and Libri-light.
+
+:func:`abx_layers` asks, per layer, how often a phone token ``x`` is closer to
+another token ``a`` of its own phone than to a token ``b`` of another phone
+(Schatz et al. 2013; the ZeroSpeech 2021 / Libri-light phone ABX). The
+definitions are fastabx's (``fastabx.zerospeech_abx``), which is the field's
+implementation; fastabx needs Python >= 3.12 and s3viz runs on 3.11, so this
+module computes the same quantities itself, on a store, in torch, and
+``tests/test_abx.py`` checks it against a brute force over all triplets and
+against values fastabx 0.9.0 computed on the same items.
+
+- **Items** are the phone segments of the store's alignments (silence left
+  out), each the frames whose centre lies in the segment
+  (:func:`s3viz.segments.segment_table`: at a boundary a frame belongs to the
+  segment holding its centre; a segment shorter than a frame has no frame and
+  is dropped, counted in ``n_dropped``).
+- **Distance** between two items: the frame distance (``"cosine"``, i.e. the
+  angle ``arccos(cos) / pi`` between L2-normalised frames, zero frames at the
+  largest angle as fastabx puts them; or ``"euclidean"``) averaged along the
+  DTW path: the cost of the cheapest monotonic alignment divided by the number
+  of its steps.
+- **Cells**: ``ON phone``: ``a`` and ``x`` share the phone, ``b`` has another.
+  ``speaker="within"``: ``a``, ``b``, ``x`` from one speaker (``BY speaker``);
+  ``"across"``: ``a`` and ``b`` from one speaker, ``x`` from another.
+  ``context="within"``: all three share the previous and next phone (``BY``
+  context, triphones); ``"any"``: context is ignored. In a within-speaker cell
+  ``x`` runs over ``A`` itself (``a != x``), so ``A`` needs two tokens.
+- **Score** of a cell: the share of its triplets with ``d(a, x) > d(b, x)``,
+  ties counting one half. ``abx_error`` averages cells first over contexts
+  (and the speakers of ``x`` when ``across``), then over speakers, then over
+  ordered phone pairs, as ZeroSpeech does. 0.5 is chance, 0 perfect.
+
+Memory: one speaker's (or speaker pair's) item distance matrix at a time, its
+DTW in blocks of at most ``max_block`` frame distances; never all items at once.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import _validate as _v
+from ._device import resolve_device as _resolve_device
+from ._numerics import read_dtype
+from .segments import segment_table
+
+__all__ = ["abx_layers", "DISTANCES"]
+
+DISTANCES = ("cosine", "euclidean")
+SPEAKER_MODES = ("within", "across")
+CONTEXT_MODES = ("any", "within")
+
+
+# --------------------------------------------------------------------------- distances, DTW
+
+
+def _normalise(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """L2-normalised rows plus a border column: a zero row lies at the largest angle from
+    every other (fastabx's ``normalize_with_singularity``)."""
+    norm = x.norm(dim=1, keepdim=True)
+    zero = norm.squeeze(1) == 0
+    out = torch.where(zero[:, None], torch.full_like(x, 1.0 / math.sqrt(x.shape[1])),
+                      x / torch.where(zero[:, None], torch.ones_like(norm), norm))
+    border = torch.where(zero[:, None], torch.full_like(norm, -2 * eps), torch.full_like(norm, eps))
+    return torch.cat([out, border], 1)
+
+
+def _frame_distances(a: torch.Tensor, b: torch.Tensor, distance: str) -> torch.Tensor:
+    """``(S1, S2, n1, n2)`` frame distances of padded items ``a (n1, S1, D)``, ``b (n2, S2, D)``."""
+    n1, s1, d = a.shape
+    n2, s2, _ = b.shape
+    fa, fb = a.reshape(n1 * s1, d), b.reshape(n2 * s2, d)
+    if distance == "cosine":
+        dist = (fa @ fb.T).clamp_(-1, 1).acos_().div_(math.pi)
+    else:
+        dist = torch.cdist(fa, fb, compute_mode="donot_use_mm_for_euclid_dist")
+    return dist.view(n1, s1, n2, s2).permute(1, 3, 0, 2).contiguous()
+
+
+def dtw_costs(dist: torch.Tensor, len1: torch.Tensor, len2: torch.Tensor) -> torch.Tensor:
+    """DTW cost divided by the path length, for a batch of item pairs.
+
+    Args:
+        dist: ``(S1, S2, n1, n2)`` frame distances (padding anywhere past each length).
+        len1, len2: ``(n1,)``, ``(n2,)`` frames of each item (>= 1).
+
+    Returns:
+        ``(n1, n2)``: ``C[l1 - 1, l2 - 1] / steps`` with ``C[i, j] = d[i, j] +
+        min(C[i-1, j], C[i-1, j-1], C[i, j-1])`` and ``steps`` the length of the
+        path found back from the end preferring the diagonal, then ``j - 1``,
+        then ``i - 1`` at ties (torchdtw's rule, so that the result is fastabx's).
+        A cell depends only on cells above and left of it, so padding past an
+        item's length never reaches its value.
+    """
+    s1, s2 = dist.shape[:2]
+    cost = torch.empty_like(dist)
+    steps = torch.empty(dist.shape, dtype=torch.int32, device=dist.device)
+    cost[0, 0] = dist[0, 0]
+    steps[0, 0] = 1
+    for i in range(1, s1):
+        cost[i, 0] = cost[i - 1, 0] + dist[i, 0]
+        steps[i, 0] = i + 1
+    for j in range(1, s2):
+        cost[0, j] = cost[0, j - 1] + dist[0, j]
+        steps[0, j] = j + 1
+    for i in range(1, s1):
+        for j in range(1, s2):
+            up, left, diag = cost[i - 1, j], cost[i, j - 1], cost[i - 1, j - 1]
+            take_diag = (diag <= left) & (diag <= up)
+            take_left = ~take_diag & (left <= up)
+            best = torch.where(take_diag, diag, torch.where(take_left, left, up))
+            cost[i, j] = dist[i, j] + best
+            steps[i, j] = torch.where(take_diag, steps[i - 1, j - 1],
+                                      torch.where(take_left, steps[i, j - 1], steps[i - 1, j])) + 1
+    i1 = (len1 - 1).long()[:, None].expand(-1, len(len2))
+    i2 = (len2 - 1).long()[None, :].expand(len(len1), -1)
+    r1 = torch.arange(len(len1), device=dist.device)[:, None].expand_as(i1)
+    r2 = torch.arange(len(len2), device=dist.device)[None, :].expand_as(i2)
+    return cost[i1, i2, r1, r2] / steps[i1, i2, r1, r2].to(cost.dtype)
+
+
+class _Items:
+    """The padded frames of a set of items (sorted by length) and their lengths."""
+
+    def __init__(self, frames: torch.Tensor, rows: np.ndarray, starts: np.ndarray,
+                 ends: np.ndarray, device, distance: str):
+        self.lens = (ends - starts).astype(np.int64)
+        self.rows = rows
+        width = int(self.lens.max()) if len(rows) else 1
+        pad = torch.zeros(len(rows), width, frames.shape[1], dtype=torch.float32, device=device)
+        for k, (a, b) in enumerate(zip(starts, ends)):
+            pad[k, : b - a] = frames[a:b].to(device=device, dtype=torch.float32)
+        if distance == "cosine":
+            flat = _normalise(pad.reshape(-1, pad.shape[-1]))
+            pad = flat.view(pad.shape[0], pad.shape[1], -1)
+        self.pad = pad
+        self.len_t = torch.as_tensor(self.lens, device=device)
+
+
+def _distance_matrix(x: _Items, xi: np.ndarray, y: _Items, yi: np.ndarray, distance: str,
+                     max_block: int) -> torch.Tensor:
+    """``(len(xi), len(yi))`` DTW distances between items ``xi`` of ``x`` and ``yi`` of ``y``,
+    in blocks of at most ``max_block`` frame distances (items sorted by length first, so a
+    block pads little)."""
+    dev = x.pad.device
+    out = torch.empty(len(xi), len(yi), dtype=torch.float32, device=dev)
+    if not len(xi) or not len(yi):
+        return out
+    ox, oy = np.argsort(x.lens[xi], kind="stable"), np.argsort(y.lens[yi], kind="stable")
+    sx, sy = xi[ox], yi[oy]
+    ly = int(y.lens[sy].max())
+    cols = max(1, min(len(sy), max_block // max(1, ly * int(x.lens[sx].max()))))
+    for c0 in range(0, len(sy), cols):
+        cy = sy[c0:c0 + cols]
+        wy = int(y.lens[cy].max())
+        r0 = 0
+        while r0 < len(sx):
+            # rows while the block stays under max_block (lengths increase along sx)
+            rows = max(1, max_block // max(1, len(cy) * wy * int(x.lens[sx[-1]])))
+            cx = sx[r0:r0 + rows]
+            wx = int(x.lens[cx].max())
+            d = _frame_distances(x.pad[cx, :wx], y.pad[cy, :wy], distance)
+            block = dtw_costs(d, x.len_t[cx], y.len_t[cy])
+            out[torch.as_tensor(ox[r0:r0 + rows], device=dev)[:, None],
+                torch.as_tensor(oy[c0:c0 + cols], device=dev)[None, :]] = block
+            r0 += rows
+    return out
+
+
+# --------------------------------------------------------------------------- cells
+
+
+def _cell_correct(dxa: torch.Tensor, dxb: torch.Tensor, symmetric: bool) -> tuple[float, int]:
+    """(sum over triplets of 1{d(a,x) < d(b,x)} + 1/2 1{=}, number of triplets).
+
+    ``dxa (nx, na)``, ``dxb (nx, nb)``; with ``symmetric`` X is A and the diagonal
+    (``a = x``) is left out. Counting with a sort of each ``x``'s ``d(b, x)``
+    instead of the ``nx * na * nb`` comparisons.
+    """
+    nx, na = dxa.shape
+    nb = dxb.shape[1]
+    srt = torch.sort(dxb, dim=1).values
+    lo = torch.searchsorted(srt, dxa.contiguous(), right=False)  # b closer than a
+    hi = torch.searchsorted(srt, dxa.contiguous(), right=True)   # b at most as far as a
+    correct = (nb - hi).double() + 0.5 * (hi - lo).double()  # b farther + half the ties
+    if symmetric:
+        correct = correct * (1 - torch.eye(nx, na, dtype=correct.dtype, device=correct.device))
+        return float(correct.sum()), nx * (na - 1) * nb
+    return float(correct.sum()), nx * na * nb
+
+
+def _score_group(dist: torch.Tensor, lab_x: np.ndarray, lab_y: np.ndarray, ctx_x: np.ndarray,
+                 ctx_y: np.ndarray, symmetric: bool, keys: dict, out: list) -> None:
+    """Score every cell whose X are rows and A, B columns of ``dist`` (one speaker or pair)."""
+    for c in np.unique(ctx_y):
+        in_y = np.flatnonzero(ctx_y == c)
+        in_x = np.flatnonzero(ctx_x == c)
+        if not len(in_x):
+            continue
+        y_labels = lab_y[in_y]
+        phones = np.unique(y_labels)
+        for p in phones:
+            a_idx = in_y[y_labels == p]
+            x_idx = in_x[lab_x[in_x] == p]
+            if not len(x_idx) or (symmetric and len(a_idx) < 2):
+                continue
+            dxa = dist[x_idx][:, a_idx]
+            for q in phones:
+                if q == p:
+                    continue
+                b_idx = in_y[y_labels == q]
+                corr, n = _cell_correct(dxa, dist[x_idx][:, b_idx], symmetric)
+                out.append({**keys, "phone": p, "other": q, "context": c,
+                            "error": 1.0 - corr / n, "triplets": n})
+
+
+def _collapse(cells: pd.DataFrame) -> float:
+    """ZeroSpeech's average: over contexts (and x's speaker), then speakers, then phone pairs."""
+    if cells.empty:
+        return float("nan")
+    by_spk = cells.groupby(["phone", "other", "speaker"], sort=False)["error"].mean()
+    by_pair = by_spk.groupby(level=["phone", "other"], sort=False).mean()
+    return float(by_pair.mean())
+
+
+# --------------------------------------------------------------------------- public
+
+
+def abx_layers(store, *, on: str = "phone", speaker: str = "within", context: str = "any",
+               distance: str = "cosine", layers: Sequence[int] | None = None,
+               max_items: int | None = None, device=None, seed: int = 0,
+               max_block: int = 2 ** 24) -> pd.DataFrame:
+    """ABX error of phone discrimination in every stored layer (see the module doc).
+
+    Args:
+        store: a :class:`~s3viz.extract.LayerStore` with phone alignments and,
+            for the speaker conditions, a ``speaker`` column in ``store.labels``.
+        on: the alignment column whose segments are the items (``"phone"``).
+        speaker: ``"within"`` (A, B, X from one speaker) or ``"across"`` (X from
+            another speaker than A and B).
+        context: ``"any"`` or ``"within"`` (A, B, X share previous and next phone).
+        distance: ``"cosine"`` (angular, ZeroSpeech's) or ``"euclidean"`` frame distance.
+        layers: stored layer indices (default all).
+        max_items: at most this many items per phone, speaker (and context) group,
+            drawn with ``seed`` (ZeroSpeech keeps 10); None keeps all.
+        device: torch device (None: cuda when available).
+        seed: seed of the ``max_items`` draw.
+        max_block: frame distances held at once by one DTW block.
+
+    Returns:
+        One row per layer: ``layer``, ``upstream_layer``, ``on``, ``speaker``,
+        ``context``, ``distance``, ``abx_error`` (a fraction; 0.5 is chance),
+        ``n_items``, ``n_cells``, ``n_triplets``, ``n_dropped`` (segments
+        without a frame). ``attrs["cells"]``: the scored cells of each layer.
+    """
+    if speaker not in SPEAKER_MODES:
+        raise ValueError(f"speaker must be one of {SPEAKER_MODES}, got {speaker!r}")
+    if context not in CONTEXT_MODES:
+        raise ValueError(f"context must be one of {CONTEXT_MODES}, got {context!r}")
+    if distance not in DISTANCES:
+        raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
+    if not isinstance(on, str):
+        raise TypeError(f"on must be an alignment column name (str), got {on!r}")
+    max_items = _v.integer(max_items, "max_items", minimum=2, none_ok=True)
+    max_block = _v.integer(max_block, "max_block", minimum=1)
+    seed = _v.integer(seed, "seed", minimum=0)
+    if "speaker" not in store.labels.columns:
+        raise ValueError("abx_layers needs a 'speaker' column in store.labels (the speaker "
+                         "conditions); add one, e.g. one speaker per utterance id")
+    layer_list = _v.stored_layers(store, layers)
+    dev = _resolve_device(device)
+    rows, all_cells = [], {}
+    for layer in layer_list:
+        table = segment_table(store, layer, on)
+        if max_items is not None:
+            table = _subsample(table, max_items, seed, context)
+        if table.empty:
+            raise ValueError(f"no {on} segments with frames in stored layer {layer}")
+        frames, _ = store.layer(layer, dtype=read_dtype(store))
+        cells = _abx_layer(frames, table, speaker, context, distance, dev, max_block)
+        all_cells[layer] = cells
+        if cells.empty:
+            raise ValueError(
+                f"no ABX cell in stored layer {layer} for speaker={speaker!r}, "
+                f"context={context!r}: every cell needs two tokens of a phone and one of "
+                "another (and for 'across' a second speaker); use more utterances or "
+                "context='any'")
+        rows.append({
+            "layer": layer, "upstream_layer": int(store.layer_ids[layer]), "on": on,
+            "speaker": speaker, "context": context, "distance": distance,
+            "abx_error": _collapse(cells), "n_items": len(table),
+            "n_cells": len(cells), "n_triplets": int(cells["triplets"].sum()),
+            "n_dropped": int(table.attrs.get("dropped", 0)),
+        })
+    out = pd.DataFrame(rows)
+    out.attrs["cells"] = all_cells
+    return out
+
+
+def _subsample(table: pd.DataFrame, max_items: int, seed: int, context: str) -> pd.DataFrame:
+    keys = ["label", "speaker"] + (["prev", "next"] if context == "within" else [])
+    rng = np.random.default_rng([seed, 31])
+    keep = []
+    for _, idx in table.groupby(keys, sort=True).indices.items():
+        keep.extend(idx if len(idx) <= max_items else rng.choice(idx, max_items, replace=False))
+    out = table.iloc[np.sort(np.asarray(keep, dtype=np.int64))].reset_index(drop=True)
+    out.attrs.update(table.attrs)
+    return out
+
+
+def _abx_layer(frames, table, speaker, context, distance, dev, max_block) -> pd.DataFrame:
+    items = _Items(frames, np.arange(len(table)), table["row_start"].to_numpy(),
+                   table["row_end"].to_numpy(), dev, distance)
+    lab = table["label"].to_numpy(dtype=object).astype(str)
+    ctx = ((table["prev"] + "|" + table["next"]).to_numpy(dtype=object).astype(str)
+           if context == "within" else np.full(len(table), "", dtype=object).astype(str))
+    spk = table["speaker"].to_numpy(dtype=object).astype(str)
+    out: list = []
+    speakers = np.unique(spk)
+    for s in speakers:
+        ys = np.flatnonzero(spk == s)
+        if speaker == "within":
+            dist = _distance_matrix(items, ys, items, ys, distance, max_block)
+            _score_group(dist, lab[ys], lab[ys], ctx[ys], ctx[ys], True,
+                         {"speaker": s, "speaker_x": s}, out)
+            continue
+        for sx in speakers:
+            if sx == s:
+                continue
+            xs = np.flatnonzero(spk == sx)
+            dist = _distance_matrix(items, xs, items, ys, distance, max_block)
+            _score_group(dist, lab[xs], lab[ys], ctx[xs], ctx[ys], False,
+                         {"speaker": s, "speaker_x": sx}, out)
+    return pd.DataFrame(out, columns=["speaker", "speaker_x", "phone", "other", "context",
+                                      "error", "triplets"])

@@ -1,0 +1,188 @@
+"""Phone and word segments of a store's alignments, as frame spans of each layer.
+
+The unit of the segment-level probes (``probe_layers(level="segment")``), of the
+ABX items (:func:`s3viz.abx_layers`) and of the phone colours of the projection
+explorer. A segment's frames are the frames whose centre
+(``k * rate + receptive_field / 2``, as :func:`s3viz.align.frame_labels`) lies in
+``[start, end)`` of the segment: the same frames ``store.frame_labels`` labels
+with it, so the frames of consecutive segments never overlap, and a segment
+shorter than a frame may own none (it is then left out and counted). Phone
+segments are the rows of the alignment tables; a word segment is a run of
+consecutive rows with the same non-empty ``word`` (so a word said twice with
+no pause in between is one segment).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ._numerics import read_dtype
+
+__all__ = ["SILENCE", "segment_table", "pool_segments", "segment_store"]
+
+SILENCE = ("sil", "")
+"""Labels that are not segments of speech (the alignments' silence rule)."""
+
+_COLUMNS = ["utt", "id", "label", "prev", "next", "start", "end", "frame_start", "frame_end",
+            "row_start", "row_end"]
+
+
+def _runs(table: pd.DataFrame, column: str) -> pd.DataFrame:
+    """``label, start, end`` of each segment of ``column`` (rows, or runs of equal rows)."""
+    t = table.sort_values("start", kind="stable")
+    lab = [("" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
+           for v in t[column].tolist()]
+    starts, ends = t["start"].to_numpy(np.int64), t["end"].to_numpy(np.int64)
+    if column == "phone":
+        return pd.DataFrame({"label": lab, "start": starts, "end": ends})
+    out = []
+    for i, v in enumerate(lab):
+        if out and v == out[-1][0] and v != "" and starts[i] == out[-1][2]:
+            out[-1][2] = ends[i]
+        else:
+            out.append([v, starts[i], ends[i]])
+    return pd.DataFrame(out, columns=["label", "start", "end"])
+
+
+def segment_table(store, layer: int, column: str = "phone", *, utterances=None,
+                  skip: Sequence[str] = SILENCE) -> pd.DataFrame:
+    """Every segment of ``column`` in the store's alignments with its frames in ``layer``.
+
+    Args:
+        store: a :class:`~s3viz.extract.LayerStore` with phone alignments.
+        layer: the stored layer whose frames are counted.
+        column: ``"phone"`` (one segment per row) or another column of the
+            alignment tables, e.g. ``"word"`` (runs of equal rows).
+        utterances: utterance positions (default all aligned ones; an
+            utterance without alignment is an error when named here).
+        skip: labels that are not segments (default silence); their segments
+            still give the ``prev``/``next`` context of their neighbours.
+
+    Returns:
+        One row per segment: ``utt`` (position), ``id``, ``label``, ``prev`` and
+        ``next`` (labels of the neighbouring segments, ``"<s>"``/``"</s>"`` at
+        the ends), ``start``/``end`` (samples), ``frame_start``/``frame_end``
+        (the utterance's frames of ``layer``, end exclusive) and
+        ``row_start``/``row_end`` (the same in ``store.layer(layer)`` over all
+        utterances), and ``speaker`` when ``store.labels`` has it. ``attrs``:
+        ``"dropped"``, the segments left out for owning no frame.
+    """
+    s = store._layer_index(layer) if hasattr(store, "_layer_index") else int(layer)
+    phones = store.phones
+    n = len(store)
+    if utterances is None:
+        sel = [i for i in range(n) if phones[i] is not None]
+        if not sel:
+            raise ValueError("the store has no phone alignments: segments need a corpus with "
+                             "alignments (e.g. load_folder(..., alignments=...))")
+    else:
+        sel = [int(u) for u in utterances]
+        missing = [store.ids[u] for u in sel if phones[u] is None]
+        if missing:
+            raise ValueError(f"{len(missing)} of the utterances have no alignment (e.g. "
+                             f"{missing[:5]}); select aligned ones")
+    lengths = np.asarray(store.lengths(s))
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    rate = store.downsample_rates[s]
+    rf = store.receptive_fields[s]
+    labels = store.labels
+    speaker = labels["speaker"].to_numpy() if "speaker" in labels.columns else None
+    ids = store.ids
+    rows, dropped = [], 0
+    skip = set(skip)
+    for u in sel:
+        table = phones[u]
+        if column not in table.columns:
+            raise KeyError(f"the alignment of {ids[u]!r} has no column {column!r}: "
+                           f"{list(table.columns)}")
+        seg = _runs(table, column)
+        lab = seg["label"].tolist()
+        prev = ["<s>"] + lab[:-1]
+        nxt = lab[1:] + ["</s>"]
+        # frame k belongs to the segment holding its centre: k * rate + rf / 2 in [start, end)
+        first = np.ceil((seg["start"].to_numpy() - rf / 2.0) / rate).astype(np.int64)
+        stop = np.ceil((seg["end"].to_numpy() - rf / 2.0) / rate).astype(np.int64)
+        first = np.clip(first, 0, lengths[u])
+        stop = np.clip(stop, 0, lengths[u])
+        for j, v in enumerate(lab):
+            if v in skip:
+                continue
+            if stop[j] <= first[j]:
+                dropped += 1
+                continue
+            rows.append((u, ids[u], v, prev[j], nxt[j], int(seg["start"].iat[j]),
+                         int(seg["end"].iat[j]), int(first[j]), int(stop[j]),
+                         int(offsets[u] + first[j]), int(offsets[u] + stop[j])))
+    out = pd.DataFrame(rows, columns=_COLUMNS)
+    if speaker is not None:
+        out["speaker"] = [str(speaker[u]) for u in out["utt"]]
+    out.attrs["dropped"] = dropped
+    out.attrs["layer"] = s
+    out.attrs["column"] = column
+    return out
+
+
+def pool_segments(store, layer: int, table: pd.DataFrame, *, chunk: int = 256) -> torch.Tensor:
+    """Mean over its frames of each segment of ``table`` (:func:`segment_table`).
+
+    Returns:
+        ``(len(table), hidden_size)`` in the store's precision
+        (:func:`s3viz._numerics.read_dtype`), averaged in float64.
+    """
+    s = store._layer_index(layer)
+    dt = read_dtype(store)
+    out = torch.zeros(len(table), store.hidden_sizes[s], dtype=dt)
+    utts = table["utt"].to_numpy()
+    order = np.unique(utts)
+    by_utt = {u: np.flatnonzero(utts == u) for u in order}
+    f0, f1 = table["frame_start"].to_numpy(), table["frame_end"].to_numpy()
+    for a in range(0, len(order), chunk):
+        part = order[a:a + chunk].tolist()
+        frames, _ = store.layer(s, utterances=part, dtype=dt)
+        lens = np.asarray(store.lengths(s))[part]
+        offs = np.concatenate([[0], np.cumsum(lens)])
+        for k, u in enumerate(part):
+            base = offs[k]
+            for r in by_utt[u]:
+                out[r] = frames[base + f0[r]: base + f1[r]].double().mean(0).to(dt)
+    return out
+
+
+def segment_store(store, column: str, layers: Sequence[int], *, utterances=None):
+    """A store whose "utterances" are the segments of ``column``, one pooled frame each.
+
+    The segments kept are those with frames in every one of ``layers`` (stored
+    layer ``layers[i]`` becomes layer ``i``). ``labels`` hold ``id``
+    (``"<utterance id>:<k>"``), ``utterance``, ``speaker`` (when the store has
+    it), ``column`` (the segment's label) and ``context`` (``prev|label|next``,
+    the default control type); ``_group_ids`` (the segments' utterances) keeps
+    an utterance's segments in one fold under ``split_by="utterance"``.
+    """
+    from .extract import LayerStore
+
+    layers = [int(v) for v in layers]
+    tables = [segment_table(store, layer, column, utterances=utterances) for layer in layers]
+    keys = [set(zip(t["utt"], t["start"])) for t in tables]
+    common = set.intersection(*keys)
+    kept = [t[[k in common for k in zip(t["utt"], t["start"])]].reset_index(drop=True)
+            for t in tables]
+    if not len(kept[0]):
+        raise ValueError(f"no {column!r} segment has frames in every probed layer")
+    pooled = [pool_segments(store, layer, t) for layer, t in zip(layers, kept)]
+    t0 = kept[0]
+    ids = [f"{u}:{s}" for u, s in zip(t0["id"], t0["start"])]
+    labels = pd.DataFrame({"id": ids, "utterance": t0["id"].tolist(), column: t0["label"].tolist(),
+                           "context": (t0["prev"] + "|" + t0["label"] + "|" + t0["next"]).tolist()})
+    if "speaker" in t0.columns:
+        labels["speaker"] = t0["speaker"].tolist()
+    hidden = [[p[j:j + 1] for p in pooled] for j in range(len(t0))]
+    out = LayerStore.from_tensors(hidden, downsample_rates=[store.downsample_rates[v]
+                                                            for v in layers], labels=labels)
+    out._group_ids = t0["id"].tolist()
+    out._dropped = sum(t.attrs.get("dropped", 0) for t in tables[:1]) + (
+        len(tables[0]) - len(t0))
+    return out

@@ -1,0 +1,187 @@
+"""How well k-means units of each layer match the phones (the HuBERT paper's measures).
+
+:func:`unit_quality` clusters each layer's frames with k-means (k-means++
+initialisation, Lloyd iterations, batched on the device) and compares the
+units with the frames' phone labels through the phone x unit contingency table
+``p(y, z)`` (Hsu et al. 2021, "HuBERT", section IV-B):
+
+- ``phone_purity = sum_z max_y p(y, z)``: the accuracy of labelling each unit
+  with its most frequent phone;
+- ``cluster_purity = sum_y max_z p(y, z)``: the same the other way round;
+- ``pnmi = I(y; z) / H(y)``: the phone-normalised mutual information, the share
+  of the phone's uncertainty a unit removes (0: unrelated, 1: the unit gives the phone).
+
+k-means is fitted on a seeded sample of ``max_frames`` labelled frames and
+every labelled frame of the store is then assigned to its nearest centroid and
+counted. Frames labelled ``""`` (no segment) are left out; silence is a phone
+class here, as in the frame-level probes.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import _validate as _v
+from ._device import resolve_device as _resolve_device
+from ._numerics import read_dtype
+
+__all__ = ["unit_quality", "unit_measures", "kmeans"]
+
+
+def unit_measures(phones, units) -> dict:
+    """Phone purity, cluster purity and PNMI of unit labels against phone labels.
+
+    Args:
+        phones: ``(n,)`` phone label of each frame (any hashable values).
+        units: ``(n,)`` unit (cluster) of each frame.
+
+    Returns:
+        ``{"phone_purity", "cluster_purity", "pnmi", "n_frames", "n_phones", "n_units"}``
+        (see the module doc; natural logarithms, which cancel in the ratio).
+    """
+    phones, units = np.asarray(phones), np.asarray(units)
+    if phones.shape != units.shape or phones.ndim != 1:
+        raise ValueError(f"phones and units must be 1-D of one length, got {phones.shape} "
+                         f"and {units.shape}")
+    if not len(phones):
+        raise ValueError("no frames: phones and units are empty")
+    _, y = np.unique(phones, return_inverse=True)
+    _, z = np.unique(units, return_inverse=True)
+    joint = np.zeros((y.max() + 1, z.max() + 1))
+    np.add.at(joint, (y, z), 1.0)
+    joint /= joint.sum()
+    py, pz = joint.sum(1), joint.sum(0)
+    nz = joint > 0
+    mi = float((joint[nz] * np.log(joint[nz] / np.outer(py, pz)[nz])).sum())
+    h_y = float(-(py * np.log(py)).sum())
+    return {
+        "phone_purity": float(joint.max(0).sum()),
+        "cluster_purity": float(joint.max(1).sum()),
+        "pnmi": mi / h_y if h_y > 0 else float("nan"),
+        "n_frames": int(len(phones)), "n_phones": int(joint.shape[0]),
+        "n_units": int(joint.shape[1]),
+    }
+
+
+def _nearest(x: torch.Tensor, c: torch.Tensor, chunk: int = 16384):
+    """(index of the nearest centroid, squared distance) for each row of ``x``."""
+    cc = (c * c).sum(1)
+    idx = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
+    dist = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
+    for i in range(0, x.shape[0], chunk):
+        xb = x[i:i + chunk]
+        d = (xb * xb).sum(1, keepdim=True) - 2 * xb @ c.T + cc
+        dist[i:i + chunk], idx[i:i + chunk] = d.min(1)
+    return idx, dist.clamp_min_(0)
+
+
+def kmeans(x: torch.Tensor, k: int, *, iters: int = 50, tol: float = 1e-4, seed: int = 0
+           ) -> tuple[torch.Tensor, float]:
+    """k-means++ then Lloyd iterations on the rows of ``x`` (on its device).
+
+    Args:
+        x: ``(n, d)`` float rows (centred by the caller for precision).
+        k: clusters (``<= n``).
+        iters, tol: at most ``iters`` Lloyd steps; stop when the inertia improves
+            by less than ``tol`` (relative).
+        seed: seed of the k-means++ draws.
+
+    Returns:
+        ``(centroids (k, d), inertia)``: the mean squared distance to the nearest centroid.
+        An emptied cluster is re-seeded with the row farthest from its centroid.
+    """
+    n = x.shape[0]
+    if k > n:
+        raise ValueError(f"k={k} clusters need at least {k} frames, got {n}; lower k or "
+                         "raise max_frames")
+    gen = torch.Generator().manual_seed(int(seed))
+    cent = torch.empty(k, x.shape[1], dtype=x.dtype, device=x.device)
+    cent[0] = x[int(torch.randint(n, (1,), generator=gen))]
+    best = ((x - cent[0]) ** 2).sum(1)
+    for j in range(1, k):  # D^2 sampling
+        w = best.double().cpu()
+        pick = int(torch.multinomial(w / w.sum(), 1, generator=gen)) if float(w.sum()) > 0 \
+            else int(torch.randint(n, (1,), generator=gen))
+        cent[j] = x[pick]
+        best = torch.minimum(best, ((x - cent[j]) ** 2).sum(1))
+    prev = None
+    for step in range(iters + 1):
+        idx, dist = _nearest(x, cent)
+        inertia = float(dist.mean())  # of the current centroids
+        if step == iters or (prev is not None and prev - inertia <= tol * max(prev, 1e-30)):
+            break
+        prev = inertia
+        sums = torch.zeros_like(cent).index_add_(0, idx, x)
+        counts = torch.bincount(idx, minlength=k).to(x.dtype)
+        empty = counts == 0
+        cent = torch.where(empty[:, None], cent, sums / counts.clamp_min(1)[:, None])
+        if bool(empty.any()):
+            far = torch.argsort(dist, descending=True)[: int(empty.sum())]
+            cent[empty] = x[far]
+            prev = None  # re-seeded: not converged
+    return cent, inertia
+
+
+def unit_quality(store, *, k: int | Sequence[int] = 100, layers: Sequence[int] | None = None,
+                 max_frames: int | None = 50000, seed: int = 0, device=None, iters: int = 50,
+                 column: str = "phone") -> pd.DataFrame:
+    """Purity and PNMI of k-means units of every stored layer against the phones.
+
+    Args:
+        store: a :class:`~s3viz.extract.LayerStore` with phone alignments.
+        k: clusters, or a list of them (one row per layer and k).
+        layers: stored layer indices (default all).
+        max_frames: labelled frames (drawn with ``seed``) k-means is fitted on;
+            None uses all. Every labelled frame is assigned and counted.
+        seed: seed of the frame draw and of k-means++.
+        device: torch device (None: cuda when available).
+        iters: at most this many Lloyd iterations.
+        column: the alignment column the units are compared with.
+
+    Returns:
+        One row per layer and ``k``: ``layer``, ``upstream_layer``, ``k``,
+        ``phone_purity``, ``cluster_purity``, ``pnmi``, ``n_frames``, ``n_phones``,
+        ``n_units`` (units used by at least one frame), ``inertia`` (of the fit).
+    """
+    ks = [k] if isinstance(k, (int, np.integer)) and not isinstance(k, bool) else list(k)
+    if not ks:
+        raise ValueError("k must be a positive int or a non-empty list of them")
+    ks = [_v.integer(v, "k", minimum=2) for v in ks]
+    max_frames = _v.integer(max_frames, "max_frames", minimum=2, none_ok=True)
+    iters = _v.integer(iters, "iters", minimum=1)
+    seed = _v.integer(seed, "seed", minimum=0)
+    if all(p is None for p in store.phones):
+        raise ValueError("unit_quality needs phone alignments (store.phones); the store has "
+                         "none")
+    layer_list = _v.stored_layers(store, layers)
+    dev = _resolve_device(device)
+    rows = []
+    for layer in layer_list:
+        lab = store.frame_labels(layer, column=column)
+        keep = np.flatnonzero(lab != "")
+        if len(keep) < max(ks):
+            raise ValueError(f"stored layer {layer} has {len(keep)} labelled frames, fewer "
+                             f"than k={max(ks)}; lower k")
+        x, _ = store.layer(layer, dtype=read_dtype(store))
+        x = x[torch.from_numpy(keep)]
+        x = (x.double() - x.double().mean(0)).to(device=dev, dtype=torch.float32)
+        rng = np.random.default_rng([seed, layer, 11])
+        fit = (np.arange(len(keep)) if max_frames is None or max_frames >= len(keep)
+               else np.sort(rng.choice(len(keep), max_frames, replace=False)))
+        fit_x = x[torch.as_tensor(fit, device=dev)]
+        for kk in ks:
+            if kk > len(fit):
+                raise ValueError(f"k={kk} needs at least {kk} fitted frames; raise max_frames")
+            cent, inertia = kmeans(fit_x, kk, iters=iters, seed=seed)
+            units, _ = _nearest(x, cent)
+            m = unit_measures(lab[keep], units.cpu().numpy())
+            rows.append({"layer": layer, "upstream_layer": int(store.layer_ids[layer]),
+                         "k": kk, "phone_purity": m["phone_purity"],
+                         "cluster_purity": m["cluster_purity"], "pnmi": m["pnmi"],
+                         "n_frames": m["n_frames"], "n_phones": m["n_phones"],
+                         "n_units": m["n_units"], "inertia": inertia})
+    return pd.DataFrame(rows)

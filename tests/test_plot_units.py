@@ -1,0 +1,62 @@
+"""ABX and unit-quality figures (s3viz.plot.abx_curve, s3viz.plot.unit_quality)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+
+import s3viz.plot
+
+
+@pytest.fixture(autouse=True)
+def _close():
+    yield
+    plt.close("all")
+
+
+def _abx():
+    rows = [{"layer": layer, "upstream_layer": layer, "speaker": spk, "context": "any",
+             "abx_error": err} for spk, base in (("within", 0.1), ("across", 0.2))
+            for layer, err in enumerate(base + np.array([0.1, 0.03, 0.05]))]
+    return pd.DataFrame(rows)
+
+
+def test_abx_curve_lines_in_percent_best_marked_chance():
+    ax = s3viz.plot.abx_curve(_abx())
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    assert {"speaker within", "speaker across", "chance (50 %)"} <= set(lines)
+    np.testing.assert_allclose(lines["speaker within"].get_ydata(), [20, 13, 15])
+    stars = [ln for ln in ax.get_lines() if ln.get_marker() == "*"]
+    assert sorted(float(s.get_ydata()[0]) for s in stars) == pytest.approx([13, 23])
+    assert ax.get_xticklabels()[0].get_text().startswith("0")
+    assert "lower is better" in ax.get_ylabel()
+
+
+def test_abx_curve_by_model_and_bad_input():
+    df = pd.concat([_abx().assign(model="a"), _abx().assign(model="b")])
+    ax = s3viz.plot.abx_curve(df[df["speaker"] == "within"], label_by="model")
+    assert {"a", "b"} <= {ln.get_label() for ln in ax.get_lines()}
+    with pytest.raises(ValueError, match="lacks columns"):
+        s3viz.plot.abx_curve(pd.DataFrame({"layer": [0]}))
+    with pytest.raises(TypeError, match="abx_layers"):
+        s3viz.plot.abx_curve([1, 2])
+
+
+def test_unit_quality_plot_measures_and_ks():
+    df = pd.DataFrame([{"layer": layer, "upstream_layer": layer, "k": k, "pnmi": 0.1 * layer,
+                        "phone_purity": 0.2, "cluster_purity": 0.3}
+                       for k in (50, 100) for layer in range(3)])
+    _, ax = plt.subplots()
+    assert s3viz.plot.unit_quality(df, ax=ax) is ax
+    labels = [ln.get_label() for ln in ax.get_lines()]
+    assert "PNMI (k=50)" in labels and "cluster purity (k=100)" in labels
+    one = s3viz.plot.unit_quality(df[df["k"] == 50])
+    assert one.get_title() == "k-means units, k=50"
+    with pytest.raises(ValueError, match="empty"):
+        s3viz.plot.unit_quality(df.iloc[:0])

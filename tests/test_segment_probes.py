@@ -1,0 +1,94 @@
+"""probe_layers(level="segment"): one example per phone or word segment, its frames' mean."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import s3viz
+from s3viz.align import frame_labels
+from s3viz.data import synthetic_corpus
+from s3viz.extract import LayerStore
+from s3viz.probe import _split_groups
+from s3viz.segments import segment_store
+from s3viz.upstreams import get_upstream
+
+
+@pytest.fixture(scope="module")
+def store():
+    return s3viz.extract(get_upstream("tiny_random"), synthetic_corpus(16, seed=3),
+                         progress=False)
+
+
+def _reference_store(store, layers):
+    """Segments pooled by hand from frame_labels runs, one 'utterance' each."""
+    hidden, labels = [], []
+    spk = store.labels["speaker"].tolist()
+    for i in range(len(store)):
+        per_layer = []
+        for layer in layers:
+            x = store.utterance(i)[layer]
+            # frame_labels of rows made unique, so that runs are the segments even where
+            # two neighbouring phones are the same
+            table = store.phones[i].sort_values("start").reset_index(drop=True)
+            table["phone"] = [f"{v}#{k}" for k, v in enumerate(table["phone"])]
+            lab = frame_labels(table, x.shape[0], store.downsample_rates[layer],
+                               receptive_field_samples=store.receptive_fields[layer])
+            runs, start = [], 0
+            for k in range(1, len(lab) + 1):
+                if k == len(lab) or lab[k] != lab[start]:
+                    runs.append((lab[start], start, k))
+                    start = k
+            per_layer.append([(v.split("#")[0], x[a:b].double().mean(0)) for v, a, b in runs
+                              if v.split("#")[0] not in ("sil", "")])
+        for j in range(len(per_layer[0])):
+            hidden.append([per_layer[m][j][1][None].float() for m in range(len(layers))])
+            labels.append({"id": f"{i}:{j}", "speaker": spk[i], "phone": per_layer[0][j][0]})
+    return LayerStore.from_tensors(hidden, downsample_rates=[320] * len(layers),
+                                   labels=pd.DataFrame(labels))
+
+
+def test_segment_probe_equals_the_utterance_probe_of_pooled_segments(store):
+    """With split_by='speaker' the folds of both are the speakers' folds, so the numbers
+    must agree with an utterance-level probe of segments pooled independently."""
+    layers = [0, 2]
+    got = s3viz.probe_layers(store, "phone", level="segment", layers=layers, device="cpu",
+                             folds=3)
+    ref = s3viz.probe_layers(_reference_store(store, layers), "phone", level="utterance",
+                             device="cpu", folds=3)
+    assert list(got["level"]) == ["segment", "segment"] and list(got["layer"]) == layers
+    cols = ["accuracy", "macro_f1", "chance", "n_classes", "n_train", "n_test"]
+    np.testing.assert_allclose(got[cols].to_numpy(float), ref[cols].to_numpy(float), atol=1e-9)
+    assert list(got.columns) == list(ref.columns)
+
+
+def test_segment_folds_keep_an_utterance_together(store):
+    seg = segment_store(store, "phone", [0])
+    groups = _split_groups(seg, np.arange(len(seg)), "utterance")
+    assert list(groups) == seg.labels["utterance"].tolist()
+    assert len(set(groups)) == len(store)  # one group per utterance, not per segment
+
+
+def test_word_segments_controls_and_logistic(store):
+    res = s3viz.probe_layers(store, ["phone", "word"], level="segment", layers=[1],
+                             method=["ridge", "logistic"], control=True, split_by="utterance",
+                             device="cpu", max_epochs=3)
+    assert set(res["target"]) == {"phone", "word"} and len(res) == 4
+    assert res[["accuracy", "control_accuracy"]].notna().all().all()
+    words = segment_store(store, "word", [1])
+    assert (res.loc[res["target"] == "word", "n_train"] + res.loc[
+        res["target"] == "word", "n_test"]).iat[0] == pytest.approx(len(words), rel=0.01)
+    assert set(res.attrs["fold_accuracy"]) >= {("word", "ridge", 1), ("phone", "logistic", 1)}
+
+
+def test_segment_level_refusals(store):
+    with pytest.raises(KeyError, match="no column 'speaker'"):
+        s3viz.probe_layers(store, "speaker", level="segment", device="cpu")
+    with pytest.raises(ValueError, match="level must be one of"):
+        s3viz.probe_layers(store, "phone", level="segments", device="cpu")
+    hh = [[torch.zeros(5, 3)] for _ in range(4)]
+    plain = LayerStore.from_tensors(hh, downsample_rates=[320])
+    with pytest.raises(ValueError, match="no phone alignments"):
+        s3viz.probe_layers(plain, "phone", level="segment", device="cpu")
