@@ -174,48 +174,67 @@ def _distance_matrix(x: _Items, xi: np.ndarray, y: _Items, yi: np.ndarray, dista
 # --------------------------------------------------------------------------- cells
 
 
-def _cell_correct(dxa: torch.Tensor, dxb: torch.Tensor, symmetric: bool) -> tuple[float, int]:
-    """(sum over triplets of 1{d(a,x) < d(b,x)} + 1/2 1{=}, number of triplets).
+def _cell_sums(dist: torch.Tensor, lab_x: torch.Tensor, lab_y: torch.Tensor, num: int,
+               symmetric: bool, max_block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Correct-triplet sums and triplet counts of every cell of one block, as ``(num, num)``
+    tables indexed by (phone of A and X, phone of B).
 
-    ``dxa (nx, na)``, ``dxb (nx, nb)``; with ``symmetric`` X is A and the diagonal
-    (``a = x``) is left out. Counting with a sort of each ``x``'s ``d(b, x)``
-    instead of the ``nx * na * nb`` comparisons.
+    ``dist (nx, ny)``: X rows, A and B columns; ``lab_x``, ``lab_y``: phone codes in
+    ``[0, num)``. A triplet ``(a, b, x)`` counts ``1{d(a,x) < d(b,x)} + 1/2 1{=}``;
+    with ``symmetric`` the rows are the columns and ``a = x`` is left out. For
+    each ``x`` its distances are sorted once and a running count per phone
+    gives, for every ``a`` at once, how many ``b`` of each phone lie farther or
+    at the same distance (instead of the ``nx * na * nb`` comparisons); rows go
+    in chunks of at most ``max_block`` numbers.
     """
-    nx, na = dxa.shape
-    nb = dxb.shape[1]
-    srt = torch.sort(dxb, dim=1).values
-    lo = torch.searchsorted(srt, dxa.contiguous(), right=False)  # b closer than a
-    hi = torch.searchsorted(srt, dxa.contiguous(), right=True)   # b at most as far as a
-    correct = (nb - hi).double() + 0.5 * (hi - lo).double()  # b farther + half the ties
-    if symmetric:
-        correct = correct * (1 - torch.eye(nx, na, dtype=correct.dtype, device=correct.device))
-        return float(correct.sum()), nx * (na - 1) * nb
-    return float(correct.sum()), nx * na * nb
+    nx, ny = dist.shape
+    dev = dist.device
+    n_q = torch.bincount(lab_y, minlength=num).double()  # B candidates per phone
+    correct = torch.zeros(num, num, dtype=torch.float64, device=dev)
+    pairs = torch.zeros(num, dtype=torch.float64, device=dev)  # (x, a) pairs per phone
+    rows = max(1, max_block // max(1, ny * num))
+    for r0 in range(0, nx, rows):
+        d = dist[r0:r0 + rows]
+        lx = lab_x[r0:r0 + rows]
+        srt, order = torch.sort(d, dim=1)
+        cum = torch.nn.functional.one_hot(lab_y[order], num).to(torch.float64).cumsum(1)
+        cum = torch.cat([torch.zeros(d.shape[0], 1, num, dtype=cum.dtype, device=dev), cum], 1)
+        lo = torch.searchsorted(srt, d.contiguous(), right=False)  # b strictly closer
+        hi = torch.searchsorted(srt, d.contiguous(), right=True)   # b at most as far
+        idx = lambda k: k[:, :, None].expand(-1, -1, num)  # noqa: E731
+        le, lt = cum.gather(1, idx(hi)), cum.gather(1, idx(lo))
+        score = (n_q - le) + 0.5 * (le - lt)  # (rows, ny, num): per a, per phone of b
+        valid = lab_y[None, :] == lx[:, None]  # a shares x's phone
+        if symmetric:
+            cols = torch.arange(ny, device=dev)
+            valid &= cols[None, :] != (torch.arange(d.shape[0], device=dev) + r0)[:, None]
+        per_x = (score * valid[:, :, None]).sum(1)  # (rows, num): summed over a
+        correct.index_add_(0, lx, per_x)
+        pairs.index_add_(0, lx, valid.sum(1).double())
+    triplets = pairs[:, None] * n_q[None, :]
+    eye = torch.eye(num, dtype=torch.bool, device=dev)
+    return correct.masked_fill(eye, 0.0), triplets.masked_fill(eye, 0.0)
 
 
 def _score_group(dist: torch.Tensor, lab_x: np.ndarray, lab_y: np.ndarray, ctx_x: np.ndarray,
-                 ctx_y: np.ndarray, symmetric: bool, keys: dict, out: list) -> None:
+                 ctx_y: np.ndarray, symmetric: bool, keys: dict, out: list,
+                 max_block: int = 2 ** 24) -> None:
     """Score every cell whose X are rows and A, B columns of ``dist`` (one speaker or pair)."""
+    dev = dist.device
     for c in np.unique(ctx_y):
         in_y = np.flatnonzero(ctx_y == c)
         in_x = np.flatnonzero(ctx_x == c)
         if not len(in_x):
             continue
-        y_labels = lab_y[in_y]
-        phones = np.unique(y_labels)
-        for p in phones:
-            a_idx = in_y[y_labels == p]
-            x_idx = in_x[lab_x[in_x] == p]
-            if not len(x_idx) or (symmetric and len(a_idx) < 2):
-                continue
-            dxa = dist[x_idx][:, a_idx]
-            for q in phones:
-                if q == p:
-                    continue
-                b_idx = in_y[y_labels == q]
-                corr, n = _cell_correct(dxa, dist[x_idx][:, b_idx], symmetric)
-                out.append({**keys, "phone": p, "other": q, "context": c,
-                            "error": 1.0 - corr / n, "triplets": n})
+        names, codes = np.unique(np.concatenate([lab_y[in_y], lab_x[in_x]]), return_inverse=True)
+        cy = torch.as_tensor(codes[:len(in_y)], device=dev)
+        cx = torch.as_tensor(codes[len(in_y):], device=dev)
+        block = dist[torch.as_tensor(in_x, device=dev)][:, torch.as_tensor(in_y, device=dev)]
+        correct, triplets = _cell_sums(block, cx, cy, len(names), symmetric, max_block)
+        for p, q in torch.nonzero(triplets > 0).tolist():
+            n = float(triplets[p, q])
+            out.append({**keys, "phone": names[p], "other": names[q], "context": c,
+                        "error": 1.0 - float(correct[p, q]) / n, "triplets": int(n)})
 
 
 def _collapse(cells: pd.DataFrame) -> float:
@@ -326,7 +345,7 @@ def _abx_layer(frames, table, speaker, context, distance, dev, max_block) -> pd.
         if speaker == "within":
             dist = _distance_matrix(items, ys, items, ys, distance, max_block)
             _score_group(dist, lab[ys], lab[ys], ctx[ys], ctx[ys], True,
-                         {"speaker": s, "speaker_x": s}, out)
+                         {"speaker": s, "speaker_x": s}, out, max_block)
             continue
         for sx in speakers:
             if sx == s:
@@ -334,6 +353,6 @@ def _abx_layer(frames, table, speaker, context, distance, dev, max_block) -> pd.
             xs = np.flatnonzero(spk == sx)
             dist = _distance_matrix(items, xs, items, ys, distance, max_block)
             _score_group(dist, lab[xs], lab[ys], ctx[xs], ctx[ys], False,
-                         {"speaker": s, "speaker_x": sx}, out)
+                         {"speaker": s, "speaker_x": sx}, out, max_block)
     return pd.DataFrame(out, columns=["speaker", "speaker_x", "phone", "other", "context",
                                       "error", "triplets"])

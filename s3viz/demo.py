@@ -3,7 +3,8 @@
 ``python -m s3viz.demo --out build/report`` synthesizes the embedded speech
 corpus; checks and extracts the shipped tiny model, the same architecture with
 random weights, and the spectral baseline; probes every layer for phones
-(frame level) and speakers (utterance level); learns SUPERB-style layer
+(frame level) and speakers (utterance level), measures ABX phone
+discriminability and the PNMI of k-means units per layer; learns SUPERB-style layer
 weights on the tiny model; compares its layers with CKA; sweeps frame-count
 conventions. Each table is written as CSV and each figure as PNG under
 ``<out>/analysis/``; then every notebook in ``notebooks/`` is executed into
@@ -89,6 +90,23 @@ def run_analysis(out_dir: Path, *, n_utterances: int = 48, seed: int = 0, device
         plot.probe_curve(sub, ax=ax)
         ax.set_title(f"{target} probe by layer")
     written.append(_save(fig, out_dir / "probes.png"))
+
+    # the measures papers report besides probes: ABX and k-means unit quality
+    abx_df = pd.concat([s3viz.abx_layers(st, speaker="within", context="any", device=device)
+                        .assign(model=label) for label, st in stores.items()], ignore_index=True)
+    units_df = pd.concat([s3viz.unit_quality(st, k=50, device=device, seed=seed)
+                          .assign(model=label) for label, st in stores.items()],
+                         ignore_index=True)
+    abx_df.to_csv(out_dir / "abx.csv", index=False)
+    units_df.to_csv(out_dir / "unit_quality.csv", index=False)
+    written += [out_dir / "abx.csv", out_dir / "unit_quality.csv"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    plot.abx_curve(abx_df, ax=axes[0], label_by="model",
+                   title="ABX error by layer (within speaker)")
+    plot.unit_quality(units_df, ax=axes[1], measures=("pnmi",), label_by="model",
+                      title="PNMI of 50 k-means units by layer")
+    written.append(_save(fig, out_dir / "abx_units.png"))
+    log(f"ABX and unit quality done ({time.perf_counter() - t0:.0f} s so far)")
 
     tiny_store = stores["tiny (trained)"]
     featurizer, history = s3viz.train_featurizer(tiny_store, "phone", device=device, seed=seed)

@@ -60,3 +60,13 @@ def test_unit_quality_plot_measures_and_ks():
     assert one.get_title() == "k-means units, k=50"
     with pytest.raises(ValueError, match="empty"):
         s3viz.plot.unit_quality(df.iloc[:0])
+
+
+def test_unit_quality_plot_by_model():
+    df = pd.DataFrame([{"model": m, "layer": layer, "k": 50, "pnmi": 0.1 * layer + i,
+                        "phone_purity": 0.2, "cluster_purity": 0.3}
+                       for i, m in enumerate(("tiny", "random")) for layer in range(3)])
+    ax = s3viz.plot.unit_quality(df, measures=("pnmi",), label_by="model")
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    assert set(lines) == {"tiny", "random"}
+    np.testing.assert_allclose(lines["random"].get_ydata(), [1.0, 1.1, 1.2])

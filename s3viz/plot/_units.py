@@ -73,13 +73,15 @@ def abx_curve(df: pd.DataFrame, ax=None, *, label_by: str | None = None,
 
 
 def unit_quality(df: pd.DataFrame, ax=None, *, measures=("pnmi", "phone_purity", "cluster_purity"),
-                 layer0: str = "CNN/proj", title: str | None = None):
+                 label_by: str | None = None, layer0: str = "CNN/proj", title: str | None = None):
     """PNMI and purities of k-means units per layer: one line per measure (and k).
 
     Args:
-        df: the DataFrame of :func:`s3viz.unit_quality`.
+        df: the DataFrame of :func:`s3viz.unit_quality` (or several concatenated).
         ax: a matplotlib Axes; ``None`` makes a new figure.
         measures: the columns to draw.
+        label_by: a column naming groups of rows (e.g. the model): one colour per
+            group, one line style per measure.
         layer0: what layer 0 is called on the axis.
         title: Axes title.
 
@@ -87,21 +89,27 @@ def unit_quality(df: pd.DataFrame, ax=None, *, measures=("pnmi", "phone_purity",
         The Axes; each measure is a fraction in [0, 1], higher is better; with
         several ``k`` one line style per ``k``.
     """
-    _check(df, ("layer", "k", *measures), "s3viz.unit_quality")
+    _check(df, ("layer", "k", *measures, *([label_by] if label_by else [])), "s3viz.unit_quality")
     ax = new_axes(ax)
     xcol = "upstream_layer" if "upstream_layer" in df.columns else "layer"
     ks = sorted(df["k"].unique())
     styles = ["-", "--", ":", "-."]
     names = {"pnmi": "PNMI", "phone_purity": "phone purity", "cluster_purity": "cluster purity"}
     colors = {}
-    for ki, kk in enumerate(ks):
-        part = df[df["k"] == kk].sort_values(xcol)
-        for m in measures:
-            kw = {"color": colors[m]} if m in colors else {}
-            label = names.get(m, m) + (f" (k={kk})" if len(ks) > 1 else "")
-            (line,) = ax.plot(part[xcol], part[m].astype(float), marker="o", ms=3,
-                              ls=styles[ki % len(styles)], label=label, **kw)
-            colors.setdefault(m, line.get_color())
+    groups = list(df.groupby(label_by, sort=False)) if label_by else [(None, df)]
+    for gi, (gname, gdf) in enumerate(groups):
+        for ki, kk in enumerate(ks):
+            part = gdf[gdf["k"] == kk].sort_values(xcol)
+            for mi, m in enumerate(measures):
+                key = gname if label_by else m
+                kw = {"color": colors[key]} if key in colors else {}
+                style = styles[(mi if label_by else ki) % len(styles)]
+                label = ((f"{gname}" + (f" {names.get(m, m)}" if len(measures) > 1 else ""))
+                         if label_by else names.get(m, m))
+                label += f" (k={kk})" if len(ks) > 1 else ""
+                (line,) = ax.plot(part[xcol], part[m].astype(float), marker="o", ms=3,
+                                  ls=style, label=label, **kw)
+                colors.setdefault(key, line.get_color())
     _layer_ticks(ax, df, xcol, layer0)
     ax.set_ylim(0, 1)
     ax.set_ylabel("fraction, higher is better")
