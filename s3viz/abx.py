@@ -252,7 +252,7 @@ def _collapse(cells: pd.DataFrame) -> float:
 def abx_layers(store, *, on: str = "phone", speaker: str = "within", context: str = "any",
                distance: str = "cosine", layers: Sequence[int] | None = None,
                max_items: int | None = None, device=None, seed: int = 0,
-               max_block: int = 2 ** 24) -> pd.DataFrame:
+               max_block: int = 2 ** 24, return_cells: bool = False):
     """ABX error of phone discrimination in every stored layer (see the module doc).
 
     Args:
@@ -269,12 +269,16 @@ def abx_layers(store, *, on: str = "phone", speaker: str = "within", context: st
         device: torch device (None: cuda when available).
         seed: seed of the ``max_items`` draw.
         max_block: frame distances held at once by one DTW block.
+        return_cells: also return the scored cells (see Returns).
 
     Returns:
         One row per layer: ``layer``, ``upstream_layer``, ``on``, ``speaker``,
         ``context``, ``distance``, ``abx_error`` (a fraction; 0.5 is chance),
         ``n_items``, ``n_cells``, ``n_triplets``, ``n_dropped`` (segments
-        without a frame). ``attrs["cells"]``: the scored cells of each layer.
+        without a frame). With ``return_cells=True``, ``(table, cells)``:
+        ``cells`` has one row per scored cell and layer (``layer``, ``speaker``,
+        ``speaker_x``, ``phone``, ``other``, ``context``, ``error``, ``triplets``),
+        the numbers the averages are taken from.
     """
     if speaker not in SPEAKER_MODES:
         raise ValueError(f"speaker must be one of {SPEAKER_MODES}, got {speaker!r}")
@@ -292,7 +296,7 @@ def abx_layers(store, *, on: str = "phone", speaker: str = "within", context: st
                          "conditions); add one, e.g. one speaker per utterance id")
     layer_list = _v.stored_layers(store, layers)
     dev = _resolve_device(device)
-    rows, all_cells = [], {}
+    rows, all_cells = [], []
     for layer in layer_list:
         table = segment_table(store, layer, on)
         if max_items is not None:
@@ -301,7 +305,7 @@ def abx_layers(store, *, on: str = "phone", speaker: str = "within", context: st
             raise ValueError(f"no {on} segments with frames in stored layer {layer}")
         frames, _ = store.layer(layer, dtype=read_dtype(store))
         cells = _abx_layer(frames, table, speaker, context, distance, dev, max_block)
-        all_cells[layer] = cells
+        all_cells.append(cells.assign(layer=layer))
         if cells.empty:
             raise ValueError(
                 f"no ABX cell in stored layer {layer} for speaker={speaker!r}, "
@@ -316,7 +320,8 @@ def abx_layers(store, *, on: str = "phone", speaker: str = "within", context: st
             "n_dropped": int(table.attrs.get("dropped", 0)),
         })
     out = pd.DataFrame(rows)
-    out.attrs["cells"] = all_cells
+    if return_cells:
+        return out, pd.concat(all_cells, ignore_index=True)
     return out
 
 

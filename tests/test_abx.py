@@ -148,6 +148,19 @@ def test_dtw_costs_match_the_reference_with_padding():
             _dtw_ref(_frame_dist(a[i], b[j], "euclidean")), rel=1e-6)
 
 
+def test_cells_average_to_the_error(store):
+    res, cells = abx_layers(store, device="cpu", return_cells=True)
+    for layer in (0, 1):
+        part = cells[cells["layer"] == layer]
+        by_spk = part.groupby(["phone", "other", "speaker"])["error"].mean()
+        assert by_spk.groupby(level=["phone", "other"]).mean().mean() == pytest.approx(
+            res["abx_error"].iat[layer])
+        assert part["triplets"].sum() == res["n_triplets"].iat[layer]
+    import pandas as pd
+
+    pd.concat([res, res])  # plain tables: nothing in attrs that pandas cannot merge
+
+
 def test_small_blocks_give_the_same_matrix(store):
     """max_block bounds the frame distances held at once; any block size, one answer."""
     big = abx_layers(store, layers=[0], device="cpu")
