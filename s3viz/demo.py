@@ -8,7 +8,10 @@ discriminability and the PNMI of k-means units per layer; learns SUPERB-style la
 weights on the tiny model; compares its layers with CKA; sweeps frame-count
 conventions. Each table is written as CSV and each figure as PNG under
 ``<out>/analysis/``; then every notebook in ``notebooks/`` is executed into
-HTML beside them, and ``<out>/index.html`` links everything.
+HTML beside them, and ``<out>/index.html`` is the report: the findings read off
+the tables (best layer per target and model, ABX and PNMI, the learned weights'
+top layers, the frame-count conventions), the main figures with captions, then
+the notebooks and every file.
 """
 
 from __future__ import annotations
@@ -30,6 +33,51 @@ def _save(fig_or_ax, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+CAPTIONS = {
+    "probes.png": "Linear probes by layer: phones (frame level, folds by speaker) and speakers "
+                  "(utterance level, folds by utterance) for the trained tiny model, its "
+                  "random-weight twin and the spectral baseline; dashed: chance, band: spread "
+                  "over folds.",
+    "abx_units.png": "Left: ABX phone error within speaker (0.5 is chance, lower is better; star: "
+                     "best layer). Right: phone-normalised mutual information of 50 k-means "
+                     "units per layer (higher is better).",
+    "layer_weights_tiny.png": "Layer weights the SUPERB-style weighted sum learned on the tiny "
+                              "model for phones (bars), beside each layer's own phone probe.",
+    "cka_tiny.png": "Linear CKA between the tiny model's layers (1: the same representation "
+                    "up to rotation and scale).",
+    "length_report_tiny.png": "Frames per layer against waveform length for the tiny model, "
+                              "and where the frame-count conventions disagree with it.",
+}
+"""Figures of the main analysis shown on the report's front page, with their captions."""
+
+
+def _findings(probe_df, weights, abx_df, units_df, lengths) -> List[str]:
+    """The report's front-page sentences, read off the analysis tables."""
+    out = []
+    for (target, model), part in probe_df.groupby(["target", "method"], sort=False):
+        best = part.loc[part["accuracy"].idxmax()]
+        margin = best["accuracy"] - best["chance"]
+        noise = 2 * float(best.get("accuracy_std", 0.0) or 0.0)
+        verdict = ("within noise of chance" if margin <= noise else
+                   f"{margin:.2f} above chance")
+        out.append(f"{target} probe, {model}: best layer {int(best['upstream_layer'])} "
+                   f"(accuracy {best['accuracy']:.3f}, chance {best['chance']:.3f}; {verdict}).")
+    for model, part in abx_df.groupby("model", sort=False):
+        best = part.loc[part["abx_error"].idxmin()]
+        out.append(f"ABX within speaker, {model}: lowest error {100 * best['abx_error']:.1f} % "
+                   f"at layer {int(best['upstream_layer'])} (50 % is chance).")
+    for model, part in units_df.groupby("model", sort=False):
+        best = part.loc[part["pnmi"].idxmax()]
+        out.append(f"PNMI of 50 k-means units, {model}: highest {best['pnmi']:.3f} at layer "
+                   f"{int(best['upstream_layer'])}.")
+    top = weights.sort_values(ascending=False).head(2)
+    out.append("Learned layer weights of the tiny model (phones): the largest are "
+               + " and ".join(f"layer {int(k)} ({v:.2f})" for k, v in top.items())
+               + f", against {1 / len(weights):.2f} for uniform weights.")
+    out.append("Frame counts: " + lengths.attrs.get("summary", "").strip())
+    return out
 
 
 def run_analysis(out_dir: Path, *, n_utterances: int = 48, seed: int = 0, device=None
@@ -130,6 +178,9 @@ def run_analysis(out_dir: Path, *, n_utterances: int = 48, seed: int = 0, device
     written.append(out_dir / "length_report_tiny.csv")
     written.append(_save(plot.length_alignment(lengths), out_dir / "length_report_tiny.png"))
     log(lengths.attrs.get("summary", ""))
+    findings = _findings(probe_df, weights, abx_df, units_df, lengths)
+    (out_dir / "findings.txt").write_text("\n".join(findings) + "\n", encoding="utf-8")
+    written.append(out_dir / "findings.txt")
     used = device or ("cuda" if torch.cuda.is_available() else "cpu")
     log(f"analysis done in {time.perf_counter() - t0:.0f} s on {used}")
     return written
@@ -148,12 +199,16 @@ def main(argv=None) -> int:
     from s3viz.report import build_report, write_index
 
     analysis = run_analysis(args.out / "analysis", n_utterances=args.n_utterances)
+    adir = args.out / "analysis"
+    findings = (adir / "findings.txt").read_text(encoding="utf-8").splitlines()
+    figures = [(adir / name, cap) for name, cap in CAPTIONS.items() if (adir / name).exists()]
     notebooks = [] if args.no_notebooks else sorted(args.notebooks.glob("*.ipynb"))
     if notebooks:
-        results = build_report(notebooks, args.out, timeout=args.timeout, extra=analysis)
+        results = build_report(notebooks, args.out, timeout=args.timeout, extra=analysis,
+                               findings=findings, figures=figures)
     else:
         results = []
-        write_index(args.out, results, analysis)
+        write_index(args.out, results, analysis, findings=findings, figures=figures)
     print(f"s3viz report: {(args.out / 'index.html').resolve()}")
     failed = [r.name for r in results if r.error]
     if failed:

@@ -12,7 +12,10 @@ is shown as that snapshot with a caption, and labels, HTML text and progress
 bars (tqdm's) as text read from the stored widget state. When every widget is
 rendered so, the page leaves out the widget state and the widget JavaScript
 that nbconvert would fetch from a CDN, so the report opens offline; other
-widgets keep their embedded state (rendering them needs the network).
+widgets keep their embedded state (rendering them needs the network). The
+scripts nbconvert links from a CDN (require.js, MathJax) are left out of a page
+that needs neither (no widget state left, no TeX in its markdown); page titles
+are the notebook's first heading as plain text.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import base64
 import html
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -43,13 +47,37 @@ class NotebookResult:
     title: str = ""
 
 
+def _plain(markdown: str) -> str:
+    """A markdown heading as plain text: no backticks, emphasis or link targets."""
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", markdown)
+    return re.sub(r"[`*]|(?<!\w)_|_(?!\w)", "", text).strip()
+
+
 def _title(nb) -> str:
     for cell in nb.cells:
         if cell.cell_type == "markdown":
             for line in cell.source.splitlines():
                 if line.startswith("#"):
-                    return line.lstrip("#").strip()
+                    return _plain(line.lstrip("#"))
     return ""
+
+
+_REMOTE = re.compile(r"<script\b[^>]*\bsrc=[\"']https?://[^>]*>\s*</script>|"
+                     r"<link\b[^>]*\bhref=[\"']https?://[^>]*>", re.I)
+_MATH = re.compile(r"\$[^$\s][^$]*\$|\\\(|\\\[")
+
+
+def _offline(page: str, nb) -> str:
+    """The page without the scripts nbconvert fetches from a CDN (require.js, MathJax).
+
+    Left in when the page still needs them: widget state no snapshot replaced
+    (its renderer is a CDN script too) or TeX in a markdown cell (MathJax).
+    """
+    if "widgets" in nb.metadata:
+        return page
+    if any(c.cell_type == "markdown" and _MATH.search(c.source) for c in nb.cells):
+        return page
+    return _REMOTE.sub("", page)
 
 
 def run_notebook(path: Path, out_dir: Path, *, timeout: int = 600, kernel_name: str = "python3"
@@ -89,10 +117,14 @@ def run_notebook(path: Path, out_dir: Path, *, timeout: int = 600, kernel_name: 
                 figures.append(target)
 
     _static_widgets(nb)
+    title = _title(nb)
+    if title:
+        nb.metadata["title"] = title  # the page's <title>, without markdown
     body, _ = HTMLExporter().from_notebook_node(nb)
+    body = _offline(body, nb)
     html_path = out_dir / f"{path.stem}.html"
     html_path.write_text(body, encoding="utf-8")
-    return NotebookResult(path.stem, html_path, figures, seconds, error, _title(nb))
+    return NotebookResult(path.stem, html_path, figures, seconds, error, title)
 
 
 def _static_widgets(nb) -> int:
@@ -161,9 +193,15 @@ def _widget_text(state: dict, model_id: str, depth: int = 0) -> str:
     return ""
 
 
-def write_index(out_dir: Path, results: Sequence[NotebookResult], extra: Iterable[Path] = ()
-                ) -> Path:
-    """Write ``out_dir/index.html`` linking every notebook, figure and extra file."""
+def write_index(out_dir: Path, results: Sequence[NotebookResult], extra: Iterable[Path] = (),
+                *, findings: Sequence[str] = (), figures: Sequence[tuple] = ()) -> Path:
+    """Write ``out_dir/index.html``: the findings, the main figures inline with their
+    captions, then every notebook (with its figures) and every extra file.
+
+    Args:
+        findings: sentences stated at the top (plain text).
+        figures: ``(png_path, caption)`` pairs shown inline, in order.
+    """
     rows = []
     for r in results:
         status = "ok" if r.error is None else f"FAILED: {html.escape(r.error)}"
@@ -180,23 +218,33 @@ def write_index(out_dir: Path, results: Sequence[NotebookResult], extra: Iterabl
         f"{html.escape(Path(p).relative_to(out_dir).as_posix())}</a></li>"
         for p in sorted(extra)
     )
+    found = ("<h2>Findings</h2><ul>" + "".join(f"<li>{html.escape(t)}</li>" for t in findings)
+             + "</ul>") if findings else ""
+    shown = "".join(
+        f"<figure><img src='{Path(p).relative_to(out_dir).as_posix()}' alt='"
+        f"{html.escape(cap, quote=True)}' style='max-width:100%'><figcaption>"
+        f"{html.escape(cap)}</figcaption></figure>" for p, cap in figures)
     index = out_dir / "index.html"
     index.write_text(
         "<!doctype html><meta charset='utf-8'><title>s3viz report</title>"
-        "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}"
-        "td,th{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:left}</style>"
-        "<h1>s3viz report</h1>"
-        + ("<h2>Main analysis</h2><ul>" + extras + "</ul>" if extras else "")
+        "<style>body{font-family:sans-serif;max-width:64em;margin:2em auto;line-height:1.45}"
+        "td,th{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:left}"
+        "figure{margin:1.5em 0}figcaption{color:#444;font-size:.92em}</style>"
+        "<h1>s3viz report</h1>" + found
+        + (("<h2>Main figures</h2>" + shown) if shown else "")
         + "<h2>Notebooks</h2><table><tr><th>notebook</th><th>title</th><th>time</th>"
-        "<th>status</th><th>figures</th></tr>" + "".join(rows) + "</table>",
+        "<th>status</th><th>figures</th></tr>" + "".join(rows) + "</table>"
+        + ("<h2>Tables and figures of the main analysis</h2><ul>" + extras + "</ul>"
+           if extras else ""),
         encoding="utf-8",
     )
     return index
 
 
 def build_report(notebooks: Sequence[Path], out_dir: Path, *, timeout: int = 600,
-                 extra: Iterable[Path] = ()) -> List[NotebookResult]:
-    """Execute every notebook into ``out_dir`` and write the index."""
+                 extra: Iterable[Path] = (), findings: Sequence[str] = (),
+                 figures: Sequence[tuple] = ()) -> List[NotebookResult]:
+    """Execute every notebook into ``out_dir`` and write the index (see :func:`write_index`)."""
     out_dir = Path(out_dir)
     results = []
     for nb in notebooks:
@@ -205,7 +253,7 @@ def build_report(notebooks: Sequence[Path], out_dir: Path, *, timeout: int = 600
         print(f"  {r.seconds:.1f} s, {len(r.figures)} figures"
               + ("" if r.error is None else f", FAILED: {r.error}"), file=sys.stderr, flush=True)
         results.append(r)
-    write_index(out_dir, results, extra)
+    write_index(out_dir, results, extra, findings=findings, figures=figures)
     return results
 
 

@@ -262,3 +262,36 @@ def test_projection_explorer_moves_in_jupyterlab(lab):
         acc = [float(re.search(r"accuracy ([\d.]+)", t).group(1))
                for t in (before_info, after_info)]
         assert acc[1] > acc[0]
+
+
+def test_report_pages_request_nothing_off_the_file_system(tmp_path):
+    """The report (make demo's, here of the two widget notebooks) opens offline: every
+    request the index and each notebook page make is a file:// or data: URL."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from s3viz.report import build_report
+
+    src = tmp_path / "nbs"
+    src.mkdir()
+    _notebook(src / "weights.ipynb")
+    _notebook(src / "projection.ipynb", PROJECTION_CELL)
+    out = tmp_path / "report"
+    results = build_report(sorted(src.glob("*.ipynb")), out, timeout=300)
+    assert all(r.error is None for r in results), [r.error for r in results]
+    pages = [out / "index.html"] + [r.html for r in results]
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            for path in pages:
+                page = browser.new_page()
+                requests = []
+                page.on("request", lambda req, seen=requests: seen.append(req.url))
+                page.goto(path.as_uri(), wait_until="networkidle")
+                page.wait_for_timeout(500)  # late module scripts (nbconvert's mermaid loader)
+                remote = [u for u in requests if not u.startswith(("file://", "data:"))]
+                assert not remote, (path.name, remote)
+                assert len(requests) >= 1
+                if path.name != "index.html":  # the widget snapshots are on the page
+                    assert page.locator("figure.s3viz-widget-snapshot img").count() == 1
+                page.close()
+        finally:
+            browser.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 
 import nbformat
 import pytest
@@ -39,9 +40,9 @@ plt.show()
 '''
 
 
-def _notebook(path, *cells):
+def _notebook(path, *cells, title="# A title\n\ntext"):
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_markdown_cell("# A title\n\ntext")]
+    nb.cells = [nbformat.v4.new_markdown_cell(title)]
     nb.cells += [nbformat.v4.new_code_cell(c) for c in cells]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
                                  "language": "python"}
@@ -58,9 +59,13 @@ def report(tmp_path_factory):
         _notebook(src / "c_broken.ipynb", "x = 1", "1 / 0", "print('never')"),
         _notebook(src / "d_progress.ipynb",
                   "from tqdm.auto import tqdm\nfor _ in tqdm(range(3), desc='work'):\n    pass"),
+        _notebook(src / "e_math.ipynb", "1", title="# The `probe_layers` **title**\n\n$x^2$"),
     ]
     out = tmp_path_factory.mktemp("report")
-    return build_report(nbs, out, timeout=120), out, nbs
+    fig = out / "main.png"
+    fig.write_bytes(base64.b64decode(_PNG))
+    return build_report(nbs, out, timeout=120, findings=["phone probe: best layer 3 <b>"],
+                        figures=[(fig, "The main figure & its caption")]), out, nbs
 
 
 def test_figures_titles_and_index(report):
@@ -121,3 +126,58 @@ def test_main_exit_status_and_missing_notebook(report, tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         main([str(tmp_path / "nope.ipynb"), "--out", str(tmp_path / "x")])
     assert "report:" in capsys.readouterr().out
+
+
+def test_index_states_findings_and_shows_the_main_figures(report):
+    _, out, _ = report
+    index = (out / "index.html").read_text()
+    assert "<h2>Findings</h2>" in index and "phone probe: best layer 3 &lt;b&gt;" in index
+    assert "<img src='main.png'" in index and "The main figure &amp; its caption" in index
+    assert index.index("Findings") < index.index("Main figures") < index.index("Notebooks")
+
+
+def test_pages_fetch_nothing_from_a_cdn_unless_they_need_it(report):
+    results, _, _ = report
+    for r in (results[0], results[3]):  # snapshot widget, progress bars: no widget state left
+        page = r.html.read_text()
+        # (nbconvert's mermaid loader stays: it imports nothing without a diagram, and the
+        # browser test checks that the page requests nothing off the file system)
+        assert not re.search(r"<script[^>]*src=.https?://", page)
+        assert "require.min.js" not in page and "mathjax/2.7.7" not in page
+    # a live widget without a snapshot needs its renderer, TeX needs MathJax: kept
+    assert "require.min.js" in results[1].html.read_text()
+    assert "mathjax/2.7.7" in results[4].html.read_text()
+
+
+def test_titles_are_plain_text(report):
+    results, out, _ = report
+    e = results[4]
+    assert e.title == "The probe_layers title"
+    assert "<title>The probe_layers title</title>" in e.html.read_text()
+    assert "`" not in (out / "index.html").read_text().split("<h2>Notebooks")[1]
+
+
+def test_demo_findings_read_off_the_tables():
+    import pandas as pd
+
+    from s3viz.demo import _findings
+
+    probe = pd.DataFrame([
+        {"target": "phone", "method": "tiny", "layer": k, "upstream_layer": k,
+         "accuracy": a, "accuracy_std": 0.01, "chance": 0.1} for k, a in enumerate([0.3, 0.5, 0.4])
+    ] + [{"target": "phone", "method": "random", "layer": k, "upstream_layer": k,
+          "accuracy": 0.11, "accuracy_std": 0.02, "chance": 0.1} for k in range(3)])
+    abx = pd.DataFrame({"model": "tiny", "layer": [0, 1], "upstream_layer": [0, 1],
+                        "abx_error": [0.2, 0.1]})
+    units = pd.DataFrame({"model": "tiny", "layer": [0, 1], "upstream_layer": [0, 1],
+                          "pnmi": [0.3, 0.2]})
+    weights = pd.Series([0.2, 0.5, 0.3], index=[0, 1, 2])
+    lengths = pd.DataFrame()
+    lengths.attrs["summary"] = "layers 0-2 follow 'conv' exactly."
+    text = _findings(probe, weights, abx, units, lengths)
+    assert "phone probe, tiny: best layer 1 (accuracy 0.500, chance 0.100; 0.40 above chance)." in text
+    assert any("random: best layer" in t and "within noise of chance" in t for t in text)
+    assert "ABX within speaker, tiny: lowest error 10.0 % at layer 1 (50 % is chance)." in text
+    assert "PNMI of 50 k-means units, tiny: highest 0.300 at layer 0." in text
+    assert any("layer 1 (0.50) and layer 2 (0.30), against 0.33" in t for t in text)
+    assert text[-1] == "Frame counts: layers 0-2 follow 'conv' exactly."

@@ -97,7 +97,7 @@ def unit_quality(df: pd.DataFrame, ax=None, *, measures=("pnmi", "phone_purity",
     names = {"pnmi": "PNMI", "phone_purity": "phone purity", "cluster_purity": "cluster purity"}
     colors = {}
     groups = list(df.groupby(label_by, sort=False)) if label_by else [(None, df)]
-    for gi, (gname, gdf) in enumerate(groups):
+    for gname, gdf in groups:
         for ki, kk in enumerate(ks):
             part = gdf[gdf["k"] == kk].sort_values(xcol)
             for mi, m in enumerate(measures):
