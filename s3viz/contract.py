@@ -226,9 +226,9 @@ class ContractReport(pd.DataFrame):
         if not self._is_full():
             return pd.DataFrame.__repr__(self)
         lines = [self.summary()]
-        for r in self.itertuples(index=False):
-            if r.status != "ok":
-                lines.append(f"  {r.status.upper():4s}  {_row_text(r)}")
+        for status, check, layers, detail in self._grouped():
+            where = _layers_text(layers)
+            lines.append(f"  {status.upper():4s}  {check}{where}: {detail}")
         ok = self[self["status"] == "ok"]
         if len(ok):
             names = []
@@ -238,6 +238,21 @@ class ContractReport(pd.DataFrame):
         return "\n".join(lines)
 
     __str__ = __repr__
+
+    def _grouped(self):
+        """(status, check, layers, detail) of the fail rows, then the warn rows; rows of one
+        check with the same status in consecutive layers are one entry (their first detail,
+        with how many layers it stands for)."""
+        out = []
+        for status in ("fail", "warn"):
+            part = self[self["status"] == status]
+            for check, rows in part.groupby("check", sort=False):
+                layers = [int(v) for v in rows["layer"].dropna()]
+                detail = str(rows["detail"].iloc[0])
+                if len(rows) > 1:
+                    detail += f" (the first of {len(rows)} rows)"
+                out.append((status, check, layers, detail))
+        return out
 
     def _repr_html_(self) -> str:
         if not self._is_full():
@@ -267,11 +282,32 @@ class ContractReport(pd.DataFrame):
                 "</tr>"
             )
         title = html.escape(self.title or "contract check")
+        items = "".join(
+            f'<li><span style="color:{_STATUS_STYLE[st][0]};background:{_STATUS_STYLE[st][1]};'
+            f'padding:0 4px">{st}</span> <b>{html.escape(check)}</b>'
+            f"{html.escape(_layers_text(layers))}: {html.escape(detail)}</li>"
+            for st, check, layers, detail in self._grouped())
+        ok_names = ", ".join(html.escape(str(v)) for v in
+                             self.loc[self["status"] == "ok", "check"].drop_duplicates())
+        compact = (f"<ul style='margin:.3em 0'>{items}</ul>" if items else "")
+        compact += f"<p style='margin:.3em 0'>ok: {ok_names}</p>" if ok_names else ""
         return (
-            f'<div class="s3viz-contract-report"><p><b>{title}</b>: {badges}</p>'
+            f'<div class="s3viz-contract-report"><p><b>{title}</b>: {badges}</p>{compact}'
+            f"<details><summary>all {len(self)} rows</summary>"
             f'<table class="dataframe"><thead><tr>{head}</tr></thead>'
-            f"<tbody>{''.join(body)}</tbody></table></div>"
+            f"<tbody>{''.join(body)}</tbody></table></details></div>"
         )
+
+
+def _layers_text(layers: list) -> str:
+    """`` [layer 3]``, `` [layers 0-4]`` or `` [layers 1, 3]``; empty for no layer."""
+    if not layers:
+        return ""
+    if len(layers) == 1:
+        return f" [layer {layers[0]}]"
+    if layers == list(range(layers[0], layers[-1] + 1)):
+        return f" [layers {layers[0]}-{layers[-1]}]"
+    return " [layers " + ", ".join(str(v) for v in layers) + "]"
 
 
 def _row_text(r) -> str:

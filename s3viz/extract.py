@@ -1287,8 +1287,8 @@ def extract(upstream, corpus, *, layers=None, batch_size: int | None = None,
             the corpus (an in-memory utterance's audio, a lazy file's size and
             modification time, texts, labels, alignments), ``layers``, ``dtype`` or
             ``store_dtype`` change. Memory stays nearly constant in corpus size.
-        progress: show a tqdm bar (utterances/s) and print the expected size to
-            stderr before work starts.
+        progress: show a tqdm bar (utterances/s) and print the expected size
+            (to stdout, not shown as a warning in a notebook) before work starts.
 
     Returns:
         A :class:`LayerStore`. The upstream's train/eval flags are restored.
@@ -1341,7 +1341,7 @@ def extract(upstream, corpus, *, layers=None, batch_size: int | None = None,
 
     if cache_dir is None:
         if progress:
-            print(f"{head} in memory", file=sys.stderr)
+            print(f"{head} in memory")  # stdout: a notebook shows stderr as a warning box
         tensors: list[list[torch.Tensor] | None] = [None] * len(plan)
         lengths = np.zeros((len(corpus), len(layer_ids)), dtype=np.int64)
 
@@ -1403,7 +1403,7 @@ def extract(upstream, corpus, *, layers=None, batch_size: int | None = None,
             state = (f"{len(plan) - len(todo)}/{len(plan)} chunks already there"
                      if len(todo) < len(plan)
                      else f"{len(plan)} chunk{'s' if len(plan) > 1 else ''} to write")
-            print(f"{head} on disk at {root} ({state})", file=sys.stderr)
+            print(f"{head} on disk at {root} ({state})")
 
         def store_chunk(c, utts, frames, lens):
             records[c] = _write_chunk(chunk_dir, c, utts, frames, lens)

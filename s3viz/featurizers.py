@@ -49,6 +49,8 @@ statistics (the engine of :func:`s3viz.widgets.layer_weight_explorer`).
 
 from __future__ import annotations
 
+import itertools
+
 from collections.abc import Sequence
 
 import numpy as np
@@ -777,7 +779,9 @@ def train_featurizer(
         ``(featurizer, history)``: a :class:`WeightedSumFeaturizer` over the
         store's layers holding the learned weights, and a DataFrame with one row
         per evaluation: ``step, loss, dev_accuracy`` and ``weight_<layer>`` for
-        each layer (``history.attrs`` holds ``classes, n_train, n_dev``).
+        each layer (``history.attrs`` holds ``classes, n_train, n_dev``). Its
+        first row is step 0, the starting weights (the loss of the first batch
+        before any update).
     """
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
@@ -868,6 +872,13 @@ def train_featurizer(
     rows = []
     layer_cols = [f"weight_{l_}" for l_ in data.layers]
     it = batches()
+    first = next(it)
+    it = itertools.chain([first], it)
+    with torch.no_grad():  # step 0: the starting weights, before any update
+        z0 = torch.einsum("l,lnh->nh", torch.softmax(logits, 0), first[0])
+        loss0 = float(F.cross_entropy(head(z0), first[1])) if first[1].numel() else float("nan")
+    rows.append({"step": 0, "loss": loss0, "dev_accuracy": dev_accuracy(),
+                 **dict(zip(layer_cols, torch.softmax(logits.detach().double(), 0).cpu().numpy()))})
     running = []
     for step in range(1, int(steps) + 1):
         x, y = next(it)

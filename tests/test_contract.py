@@ -469,7 +469,8 @@ def test_report_text(padding_report, toy_report):
     first = text.splitlines()[0]
     assert re.fullmatch(r"check_upstream\(PaddingDependent\): \d+ ok, 0 warn, 2 fail", first)
     assert repr(padding_report) == text
-    assert "FAIL  batch_invariance [layer 0]" in text
+    # rows of one check in consecutive layers are one line: a newcomer reads 2 lines, not 40
+    assert "FAIL  batch_invariance [layers 0-1]: " in text and "(the first of 2 rows)" in text
     assert str(toy_report).splitlines()[1].startswith("  ok: setup")
     # a column subset still prints (as a plain table)
     assert "detail" in repr(padding_report[["check", "detail"]])
@@ -480,6 +481,9 @@ def test_report_text(padding_report, toy_report):
 def test_report_html(padding_report):
     html = padding_report._repr_html_()
     assert html.count("<tr>") == len(padding_report) + 1
+    # the compact summary first, every row folded away below it
+    assert html.index("<b>batch_invariance</b> [layers 0-1]") < html.index("<details>")
+    assert f"<summary>all {len(padding_report)} rows</summary>" in html
     assert "#f8d7da" in html  # fail colour
     assert "check_upstream(PaddingDependent)" in html and "2 fail" in html
     odd = ContractReport._from_rows(

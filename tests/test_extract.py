@@ -532,18 +532,19 @@ def test_bfloat16_autocast_close_to_float32(corpus):
 
 
 def test_expected_size_printed(corpus, capsys, tmp_path):
+    """To stdout: in a notebook stderr is drawn as a pink warning box."""
     store = extract(ToyUpstream(), corpus, batch_size=4)
-    err = capsys.readouterr().err
-    assert "s3viz.extract: toy, 10 utterances" in err and "x the audio" in err
+    out = capsys.readouterr().out
+    assert "s3viz.extract: toy, 10 utterances" in out and "x the audio" in out
     # the ceil-convention estimate equals the toy's real size
     kb = f"{store.nbytes / 1000:.1f} kB"
-    assert kb in err
+    assert kb in out
     extract(ToyUpstream(), corpus, batch_size=4, cache_dir=tmp_path)
-    assert "on disk at" in capsys.readouterr().err
+    assert "on disk at" in capsys.readouterr().out
     extract(ToyUpstream(), corpus, batch_size=4, cache_dir=tmp_path)
-    assert "(3/3 chunks already there)" in capsys.readouterr().err
+    assert "(3/3 chunks already there)" in capsys.readouterr().out
     extract_quiet(ToyUpstream(), corpus, batch_size=4)
-    assert capsys.readouterr().err == ""
+    assert capsys.readouterr().out == ""
 
 
 def test_module_stays_callable():

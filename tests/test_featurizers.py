@@ -286,7 +286,8 @@ def test_train_featurizer_finds_the_informative_layer(store):
     w = feat.layer_weights
     assert int(w.idxmax()) == 2 and w[2] > 0.4
     assert list(hist.columns) == ["step", "loss", "dev_accuracy"] + [f"weight_{i}" for i in range(4)]
-    assert hist["step"].tolist() == [20, 40, 60]
+    assert hist["step"].tolist() == [0, 20, 40, 60]  # step 0: the starting weights
+    np.testing.assert_allclose(hist.iloc[0].filter(like="weight_").to_numpy(float), 0.25)
     np.testing.assert_allclose(hist.filter(like="weight_").sum(axis=1), 1.0, rtol=1e-9)
     np.testing.assert_allclose(hist.iloc[-1][[f"weight_{i}" for i in range(4)]].to_numpy(float),
                                w.to_numpy(), rtol=1e-6)

@@ -70,3 +70,30 @@ def test_unit_quality_plot_by_model():
     lines = {ln.get_label(): ln for ln in ax.get_lines()}
     assert set(lines) == {"tiny", "random"}
     np.testing.assert_allclose(lines["random"].get_ydata(), [1.0, 1.1, 1.2])
+
+
+def test_utterance_figure():
+    from s3viz.data import synthetic_corpus
+
+    utt = synthetic_corpus(1, seed=0)[0]
+    ax_w, ax_s = s3viz.plot.utterance(utt)
+    assert ax_w.get_title() == utt.text
+    assert ax_w.get_xlim() == pytest.approx((0, utt.num_samples / 16000))
+    texts = [t.get_text() for t in ax_w.texts]
+    assert texts == [p for p in utt.phones["phone"] if p]  # one label per segment
+    assert len(ax_s.images) == 1 and ax_s.get_ylabel() == "Hz"
+    with pytest.raises(ValueError, match="no samples"):
+        s3viz.plot.utterance(type("U", (), {"wav": np.zeros(0), "phones": None})())
+
+
+def test_weight_history_plot():
+    df = pd.DataFrame({"step": [0, 20, 40], "loss": [3.0, 2.0, 1.5], "dev_accuracy": 0.5,
+                       **{f"weight_{i}": [1 / 13, 1 / 13 + 0.01 * i, 1 / 13] for i in range(13)}})
+    ax = s3viz.plot.weight_history(df)
+    lines = [ln for ln in ax.get_lines() if ln.get_label().startswith("layer")]
+    assert len(lines) == 13 and lines[0].get_xdata()[0] == 0
+    colours = {tuple(ln.get_color()) for ln in lines}
+    assert len(colours) == 13  # no colour repeats
+    assert "uniform 1/13" in [ln.get_label() for ln in ax.get_lines()]
+    with pytest.raises(ValueError, match="no weight_"):
+        s3viz.plot.weight_history(df[["step", "loss"]])

@@ -234,3 +234,16 @@ def test_weights_and_probe_overlay_and_table(weights, tmp_path):
     with pytest.raises(KeyError, match="macro"):
         weights_and_probe(weights, probe, metric="macro")
     plt.close("all")
+
+
+def test_bars_share_a_scale_topped_by_the_largest_weight(store):
+    from s3viz.widgets import layer_weight_explorer
+
+    w = layer_weight_explorer(store, "phone", device="cpu")
+    n = len(w.bars)
+    assert all(b.max == pytest.approx(2.0 / n) for b in w.bars)  # uniform: twice uniform on top
+    w.sliders[0].value = 1.0
+    for s in w.sliders[1:]:
+        s.value = 0.05
+    top = max(b.value for b in w.bars)
+    assert all(b.max == pytest.approx(top) for b in w.bars) and w.bars[0].value == top

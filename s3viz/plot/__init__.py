@@ -20,8 +20,11 @@ _EXPORTS = {
     "layer_weights_heatmap": "_weights",
     "weights_and_probe": "_weights",
     "weights_table": "_weights",
+    "weight_history": "_weights",
     "abx_curve": "_units",
     "unit_quality": "_units",
+    "utterance": "_utterance",
+    "phone_marks": "_utterance",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -12,7 +12,7 @@ import pandas as pd
 
 from ._common import layer_label, new_axes
 
-__all__ = ["layer_weights", "layer_weights_heatmap", "weights_and_probe", "weights_table"]
+__all__ = ["layer_weights", "layer_weights_heatmap", "weights_and_probe", "weights_table", "weight_history"]
 
 
 def _as_weights(weights) -> pd.Series:
@@ -187,4 +187,41 @@ def weights_and_probe(weights, probe_df: pd.DataFrame, ax=None, *, metric: str =
         twin.set_ylim(0, 1.05)
     ax.legend(handles, labels, loc="best", fontsize="small")
     ax.probe_ax = twin
+    return ax
+
+
+def weight_history(history: pd.DataFrame, ax=None, *, title: str | None = None):
+    """The layer weights during training: one line per layer, from step 0 (the start).
+
+    Args:
+        history: the history DataFrame of :func:`s3viz.train_featurizer`
+            (``step`` and ``weight_<layer>`` columns).
+        ax: a matplotlib Axes; ``None`` makes a new figure.
+        title: Axes title.
+
+    Returns:
+        The Axes: layers coloured along one colour map (never a repeated
+        colour), a legend by layer, and the uniform weight ``1 / L`` dashed.
+    """
+    import matplotlib
+
+    if not isinstance(history, pd.DataFrame) or "step" not in history.columns:
+        raise TypeError("history must be the DataFrame of s3viz.train_featurizer")
+    cols = [c for c in history.columns if str(c).startswith("weight_")]
+    if not cols or history.empty:
+        raise ValueError("history has no weight_<layer> columns or no rows")
+    ax = new_axes(ax, figsize=(8, 3.4))
+    cmap = matplotlib.colormaps["viridis"]
+    for i, c in enumerate(cols):
+        ax.plot(history["step"], history[c], color=cmap(i / max(1, len(cols) - 1)), lw=1.4,
+                label=f"layer {c[len('weight_'):]}")
+    ax.axhline(1 / len(cols), color="0.3", ls="--", lw=1, label=f"uniform 1/{len(cols)}")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("weight (probability)")
+    ax.set_xlim(left=0)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, ncol=2 if len(cols) > 7 else 1, loc="center left",
+              bbox_to_anchor=(1.01, 0.5), frameon=False)
+    if title is not None:
+        ax.set_title(title)
     return ax

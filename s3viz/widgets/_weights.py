@@ -64,7 +64,8 @@ class LayerWeightExplorer(W.VBox):
 
     Attributes:
         sliders: one ``FloatSlider`` per layer (relative weight in [0, 1]).
-        bars: one vertical ``FloatProgress`` per layer (normalised weight).
+        bars: one vertical ``FloatProgress`` per layer (normalised weight; all bars share
+            a scale whose top is the largest weight, at least twice the uniform one).
         weight_labels: one ``HTML`` per layer showing the normalised weight.
         score_label: ``HTML`` with the current score.
         uniform_button, best_button, learned_button: the presets.
@@ -196,7 +197,11 @@ class LayerWeightExplorer(W.VBox):
             self.score_label.value = ("<span style='color:#a00'>all weights are zero: raise at "
                                       "least one slider</span>")
             return
+        # bars scaled to the largest weight (at least twice uniform), not to 1: with 13
+        # layers 0.05 and 0.11 must not look alike
+        top = max(float(w.max()), 2.0 / len(w))
         for bar, label, p in zip(self.bars, self.weight_labels, w.to_numpy()):
+            bar.max = top
             bar.value = float(p)
             label.value = _weight_html(float(p))
         result = self.scorer.evaluate(w.to_numpy())
