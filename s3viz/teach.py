@@ -74,8 +74,16 @@ def _number(answer, name: str = "answer") -> Optional[float]:
 
 
 def _not_a_number(exercise: str, answer) -> Feedback:
+    if answer is None or answer is Ellipsis:
+        return _unanswered(exercise)
     return Feedback(False, f"the answer should be a number, got {type(answer).__name__} "
                            f"{answer!r}", exercise)
+
+
+def _unanswered(exercise: str) -> Feedback:
+    """The exercise cell still holds its placeholder: say so, not what a wrong answer is."""
+    return Feedback(False, "not answered yet: replace the None in the exercise cell with your "
+                           "answer and run the cell again.", exercise)
 
 
 def check_num_layer(answer, upstream) -> Feedback:
@@ -175,6 +183,8 @@ def check_best_layer(answer, probe_df, *, metric: str = "accuracy", target: Opti
         raise ValueError(f"probe_df has no rows for target {target!r}")
     scores = df.groupby("layer")[metric].mean()
     value = _number(answer)
+    if answer is None or answer is Ellipsis:
+        return _unanswered(ex)
     if value is None or value not in scores.index:
         return Feedback(False, f"answer with a layer index between {scores.index.min()} and "
                                f"{scores.index.max()}.", ex)
@@ -189,7 +199,10 @@ def check_best_layer(answer, probe_df, *, metric: str = "accuracy", target: Opti
 def check_pooled(answer, store, utterance: int, layer: int, *, atol: float = 1e-4) -> Feedback:
     """Mean-pool the valid frames of ``utterance`` at ``layer``: a ``(hidden_size,)`` tensor."""
     ex = "mean pooling"
-    right = store.utterance(int(utterance))[int(layer)].float().mean(dim=0)
+    if answer is None or answer is Ellipsis:
+        return _unanswered(ex)
+    frames = store.utterance(int(utterance))[int(layer)].float()
+    right = frames.mean(dim=0)
     try:
         got = torch.as_tensor(np.asarray(answer.detach().cpu() if isinstance(answer, torch.Tensor)
                                          else answer), dtype=torch.float32)
@@ -203,13 +216,23 @@ def check_pooled(answer, store, utterance: int, layer: int, *, atol: float = 1e-
                                f"{right.shape[0]} is expected.", ex)
     if torch.allclose(got, right, atol=atol, rtol=1e-4):
         return Feedback(True, "the average of the valid frames.", ex)
-    return Feedback(False, "right shape, wrong values: average only the valid frames of that "
-                           "utterance (padding frames must not count), over the time axis.", ex)
+    n = frames.shape[0]
+    if torch.allclose(got, right * n, atol=atol * n, rtol=1e-4):
+        return Feedback(False, f"that is the sum over the {n} frames, not their mean: use "
+                               ".mean(dim=0) (or divide by the number of frames).", ex)
+    if torch.allclose(got, frames.mean(dim=1).mean() * torch.ones_like(right), atol=atol):
+        return Feedback(False, "you averaged over the hidden dimensions too: average over "
+                               "the time axis only (dim=0).", ex)
+    return Feedback(False, "right shape, wrong values: average that utterance's frames at "
+                           "that layer over the time axis, its valid frames only (the padding "
+                           "frames of a batch must not count).", ex)
 
 
 def check_weights(answer, num_layer: int) -> Feedback:
     """Are ``answer`` valid featurizer weights over ``num_layer`` layers (a probability vector)?"""
     ex = "layer weights"
+    if answer is None or answer is Ellipsis:
+        return _unanswered(ex)
     try:
         w = np.asarray(answer.detach().cpu() if isinstance(answer, torch.Tensor) else answer,
                        dtype=np.float64).ravel()

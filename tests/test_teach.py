@@ -97,6 +97,20 @@ def test_pooled():
     padded = torch.cat([frames, torch.zeros(2, 3)]).mean(0)
     fb = teach.check_pooled(padded, store, 0, 0)
     assert not fb and "padding" in fb.message
+    # each hint names the mistake made: .sum() is not a padding problem
+    fb = teach.check_pooled(frames.sum(0), store, 0, 0)
+    assert not fb and "sum over the 4 frames" in fb.message and "padding" not in fb.message
+    fb = teach.check_pooled(frames.mean() * torch.ones(3), store, 0, 0)
+    assert not fb and "hidden dimensions too" in fb.message
+
+
+def test_unanswered_exercises_say_so(upstream):
+    frames = torch.arange(12.0).reshape(4, 3)
+    probe = pd.DataFrame({"layer": [0, 1], "accuracy": [0.2, 0.4]})
+    for fb in (teach.check_weights(None, 5), teach.check_pooled(None, _Store(frames), 0, 0),
+               teach.check_best_layer(None, probe), teach.check_num_layer(None, upstream)):
+        assert not fb and "not answered yet" in fb.message, fb.message
+        assert "weights for" not in fb.message
 
 
 def test_weights():
