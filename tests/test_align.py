@@ -410,6 +410,9 @@ def test_length_alignment_plot(hubert_report, spectral):
     ax3 = plot.length_alignment(r)
     labels = [ln.get_label() for ln in ax3.get_lines()]
     assert any("(rate 640)" in lab for lab in labels) and any("(rate 160)" in lab for lab in labels)
+    # the legend keys colour (convention) and line style (rate) apart: 3 + 3 entries, not 9
+    keys = [t.get_text() for t in ax3.get_legend().get_texts()]
+    assert keys[:3] == ["ceil", "round", "floor"] and len(keys) == 3 + 3, keys
     with pytest.raises(ValueError, match="not in the report"):
         plot.length_alignment(r, conventions=["conv"])
     with pytest.raises(ValueError, match="length_report"):
@@ -435,6 +438,12 @@ def test_frame_grid(spectral):
     assert labels[0] == "waveform" and labels[-1] == "phones"
     assert [lab.split("\n")[0] for lab in labels[1:4]] == ["10 ms", "20 ms", "40 ms"]
     assert any(t.get_text() == "a" for t in ax.texts)
+    # zoomed out over 60 s, the 10 ms lane would be a barcode: a band and a count instead
+    long = {"10 ms": frame_timeline(spectral, 16000 * 60, layer=0)}
+    _, small = plt.subplots(figsize=(6, 3))
+    ax_long = plot.frame_grid(None, long, ax=small)
+    assert any("frames: zoom in" in t.get_text() for t in ax_long.texts)
+    assert not ax_long.collections or all(len(c.get_paths()) <= 2 for c in ax_long.collections)
     # a list of timelines, a spectrogram, no phones
     ax = plot.frame_grid(torch.from_numpy(wav), list(timelines.values()), spectrogram=True)
     assert len(ax.images) == 1 and ax.get_xlim() == (0.0, 0.5)
@@ -533,6 +542,14 @@ def test_explorer_on_a_corpus(spectral):
     ex.utterance.value = 2
     assert ex.state["id"] == "u2" and ex.state["renders"] > renders
     assert ex.window.max == pytest.approx(2500 / 16000)
+    # the window is written out whole beside the slider, and the PNG is shown at its own size
+    lo, hi = ex.window.value
+    assert ex.window_label.value == f"{lo:.3f} – {hi:.3f} s"
+    from PIL import Image as PILImage
+    import io
+
+    png = PILImage.open(io.BytesIO(ex.image.value))
+    assert (int(ex.image.width), int(ex.image.height)) == png.size
     with pytest.raises(ValueError, match="upstream"):
         alignment_explorer(_toy_corpus())
     with pytest.raises(TypeError, match="Corpus or a LayerStore"):

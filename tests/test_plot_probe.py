@@ -86,7 +86,7 @@ def test_similarity_heatmap():
     assert isinstance(ax, matplotlib.axes.Axes)
     texts = [t.get_text() for t in ax.texts]
     assert len(texts) == 9 and texts[1] == "0.50"
-    assert next(t.get_text() for t in ax.get_yticklabels()) == "0\nCNN/proj"
+    assert next(t.get_text() for t in ax.get_yticklabels()) == "0 CNN/proj"  # one line
     assert len(ax.figure.axes) == 2  # the heatmap and its colorbar
     assert ax.figure.axes[1].get_ylabel() == "linear CKA"
     np.testing.assert_allclose(ax.images[0].get_array(), vals)
@@ -100,6 +100,9 @@ def test_similarity_uses_upstream_layer_ids_and_given_axes():
                       columns=pd.Index([0, 1, ], name="other_layer"))
     df.attrs.update(upstream_layers=[6, 12], other_upstream_layers=[0, 3])
     fig, ax0 = plt.subplots()
+    big = pd.DataFrame(np.eye(13), index=pd.Index(range(13), name="layer"),
+                       columns=pd.Index(range(13), name="layer"))
+    assert not s3viz.plot.similarity(big).texts  # 13 x 13: no unreadable numbers by default
     ax = s3viz.plot.similarity(df, ax=ax0, annotate=False, colorbar=False, layer0="mel")
     assert ax is ax0 and not ax.texts and len(fig.axes) == 1
     assert [t.get_text() for t in ax.get_yticklabels()] == ["6", "12"]

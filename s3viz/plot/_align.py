@@ -102,7 +102,16 @@ def length_alignment(
     if len(groups) == 1:
         title += f": {groups[0][0]}"
     ax.set_title(title)
-    ax.legend(fontsize="small", ncol=2 if len(groups) * len(convs) > 4 else 1, loc="best")
+    if len(groups) == 1:
+        ax.legend(fontsize="small", loc="best")
+    else:  # colour = convention, line style = layer group: two short keys, not one per line
+        from matplotlib.lines import Line2D
+
+        handles = [Line2D([], [], color=_CONV_COLORS.get(c), lw=1.6, label=c) for c in convs]
+        handles += [Line2D([], [], color="0.3", lw=1.3, ls=styles[gi % len(styles)],
+                           label=label) for gi, (label, _) in enumerate(groups)]
+        ax.legend(handles=handles, fontsize="small", loc="upper left",
+                  bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.grid(True, axis="y", alpha=0.3)
     return ax
 
@@ -248,6 +257,19 @@ def frame_grid(
         ends = df["end"].to_numpy(dtype=np.float64) / sr
         vis = (ends >= lo) & (starts <= hi)
         idx = np.flatnonzero(vis)
+        # zoomed out, frames narrower than ~3 pixels would draw a barcode: a plain band
+        # and the frame count instead (zoom in to see the frames)
+        px = ax.get_window_extent().width if ax.figure is not None else 800.0
+        if idx.size and px / idx.size < 3.0:
+            ax.broken_barh([(max(lo, starts[idx[0]]), min(hi, ends[idx[-1]]) - max(
+                lo, starts[idx[0]]))], (y0 + 0.1, 0.8), facecolors=color, alpha=0.25,
+                linewidth=0)
+            ax.text((lo + hi) / 2, y0 + 0.5, f"{idx.size} frames: zoom in to see them",
+                    ha="center", va="center", fontsize="x-small", color="0.2")
+            rate = df.attrs.get("rate")
+            yticks.append(y0 + 0.5)
+            ylabels.append(name if rate is None else f"{name}\n{1000 * rate / sr:g} ms")
+            continue
         for parity, alpha in ((0, 0.35), (1, 0.15)):
             sel = idx[idx % 2 == parity]
             if sel.size:

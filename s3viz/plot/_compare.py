@@ -29,7 +29,7 @@ def frame_vs_utterance(df: pd.DataFrame, ax=None):
         raise ValueError(
             f"df must be the DataFrame of s3viz.compare_frame_utterance (columns {sorted(need)})"
         )
-    ax = new_axes(ax, figsize=(6.4, 3.6))
+    ax = new_axes(ax, figsize=(7.6, 3.6))
     agree = df["argmax_agree"].to_numpy(dtype=bool)
     x = df["num_frames"].to_numpy()
     y = df["cosine"].to_numpy(dtype=float)
@@ -48,7 +48,8 @@ def frame_vs_utterance(df: pd.DataFrame, ax=None):
         title += (f"\nCPU vs GPU max |diff| {df['cpu_gpu_frame_max_abs_diff'].max():.1e}; "
                   f"{df['cpu_ms'].sum():.0f} ms CPU, {df['gpu_ms'].sum():.0f} ms GPU")
     ax.set_title(title, fontsize="medium")
-    ax.legend(fontsize="small", loc="lower left")
+    # beside the plot, never over a point (the few red crosses are what a reader looks for)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.grid(True, alpha=0.3)
     return ax
 

@@ -100,7 +100,7 @@ def similarity(df: pd.DataFrame, ax=None, *, vmin: float = 0.0, vmax: float = 1.
         ax: a matplotlib Axes; ``None`` makes a new figure.
         vmin, vmax: colour range (CKA lies in [0, 1]).
         cmap: matplotlib colormap.
-        annotate: write each value in its cell (default: when at most 16 x 16).
+        annotate: write each value in its cell (default: when at most 8 x 8).
         colorbar: add a colorbar.
         label: colorbar label (default from ``df.attrs["method"]``: "linear CKA" or
             "SVCCA (mean canonical correlation)").
@@ -130,13 +130,14 @@ def similarity(df: pd.DataFrame, ax=None, *, vmin: float = 0.0, vmax: float = 1.
     if len(cols) != values.shape[1]:
         cols = list(df.columns)
     ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels([layer_label(r, layer0) for r in rows])
+    # one line on the y axis: a two-line label sits off its row
+    ax.set_yticklabels([layer_label(r, layer0).replace("\n", " ") for r in rows])
     ax.set_xticks(range(len(cols)))
     ax.set_xticklabels([layer_label(c, layer0) for c in cols])
     ax.set_ylabel(str(df.index.name or "layer"))
     ax.set_xlabel(str(df.columns.name or "layer"))
-    if annotate is None:
-        annotate = max(values.shape) <= 16
+    if annotate is None:  # 13 x 13 numbers in 7-point type cannot be read
+        annotate = max(values.shape) <= 8
     if annotate:
         mid = (vmin + vmax) / 2
         for i in range(values.shape[0]):

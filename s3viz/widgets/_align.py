@@ -202,17 +202,23 @@ class AlignmentExplorer(_widget_base()):
                      for i, r in enumerate(rates)],
             value=tuple(chosen), description="layers", rows=min(6, len(rates)))
         self._window_s = float(window_s)
+        # the slider's own readout box cuts "0.000 - 2.200": the window is written beside it
         self.window = w.FloatRangeSlider(min=0.0, max=1.0, step=0.005, value=(0.0, 1.0),
                                          description="window (s)", continuous_update=False,
-                                         readout_format=".3f")
+                                         readout=False, layout=w.Layout(width="420px"))
+        self.window.add_class("s3viz-window-slider")
+        self.window_label = w.HTML(layout=w.Layout(width="150px"))
+        self.window_label.add_class("s3viz-window-readout")
         self.spectrogram = w.Checkbox(value=False, description="spectrogram")
-        self.image = w.Image(format="png")
-        self.figure = Figure(figsize=figsize, dpi=80)
+        self.figure = Figure(figsize=figsize, dpi=100)
+        # shown at the PNG's own size: a browser never rescales (and blurs) it
+        self.image = w.Image(format="png", width=int(figsize[0] * 100),
+                             height=int(figsize[1] * 100))
         self.view: Dict[str, object] = {}
         self.state: Dict[str, object] = {"renders": 0}
         self._busy = False
         super().__init__([w.HBox([self.utterance, self.spectrogram]),
-                          w.HBox([self.layers, self.window]), self.image])
+                          w.HBox([self.layers, self.window, self.window_label]), self.image])
         self._reset_window()
         self.refresh()
         self.utterance.observe(self._on_utterance, names="value")
@@ -258,6 +264,7 @@ class AlignmentExplorer(_widget_base()):
         self.figure.clear()
         ax = self.figure.add_subplot()
         window = tuple(float(v) for v in self.window.value)
+        self.window_label.value = f"{window[0]:.3f} – {window[1]:.3f} s"
         if view["timelines"]:
             draw_alignment(view, ax, window=window, spectrogram=bool(self.spectrogram.value))
         else:
