@@ -47,6 +47,8 @@ _EXPORTS = {
     "frame_timeline": "align",
     "length_report": "align",
     "summarize_lengths": "align",
+    # notebooks
+    "notebook_threads": "_device",
     # frame vs utterance
     "compare_frame_utterance": "compare",
 }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["resolve_device"]
+__all__ = ["resolve_device", "notebook_threads"]
 
 
 def resolve_device(device=None) -> torch.device:
@@ -19,3 +19,41 @@ def resolve_device(device=None) -> torch.device:
         return torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise ValueError(f"device must be e.g. 'cpu', 'cuda' or 'cuda:0', got {device!r}") from e
+
+
+def notebook_threads(*, apply: bool = True, verbose: bool = True) -> int:
+    """The torch CPU thread count for an analysis notebook on this machine, set when ``apply``.
+
+    torch starts one thread per core. Measured on 2 cores (``benchmarks/bench_threads.py``):
+    a probe and CKA take 0.24 s with 2 threads and 0.31 s with one on a quiet
+    machine, but 5.67 s against 1.45 s beside 6 busy processes (a shared classroom
+    server: every student's kernel), where the threads wait for each other. A
+    kernel cannot know how busy the machine will become, so:
+
+    - ``S3VIZ_THREADS`` in the environment, when set, is used as it is;
+    - one thread on a machine of at most 4 cores, or when the load average is at
+      least half the cores (the machine is shared and busy);
+    - otherwise the cores left idle by the load, at most torch's default.
+
+    s3viz never changes threads by itself: the notebooks call this in their first
+    cell. Returns the count chosen (and prints why, with ``verbose``).
+    """
+    import os
+
+    env = os.environ.get("S3VIZ_THREADS", "").strip()
+    cores = os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise ValueError(f"S3VIZ_THREADS must be a positive whole number, got {env!r}")
+        n, why = int(env), "S3VIZ_THREADS"
+    elif cores <= 4 or load >= cores / 2:
+        n, why = 1, f"{cores} cores, load average {load:.1f}"
+    else:
+        n = max(1, min(torch.get_num_threads(), int(cores - load)))
+        why = f"{cores} cores, load average {load:.1f}"
+    if apply:
+        torch.set_num_threads(n)
+    if verbose:
+        print(f"torch threads: {n} ({why})")
+    return n

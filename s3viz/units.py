@@ -100,14 +100,19 @@ def kmeans(x: torch.Tensor, k: int, *, iters: int = 50, tol: float = 1e-4, seed:
                          "raise max_frames")
     gen = torch.Generator().manual_seed(int(seed))
     cent = torch.empty(k, x.shape[1], dtype=x.dtype, device=x.device)
+    xx = (x * x).sum(1)
+
+    def sq_dist(c):  # ||x - c||^2 from one matrix-vector product (x is centred: no cancellation)
+        return (xx - 2 * (x @ c) + (c * c).sum()).clamp_min_(0)
+
     cent[0] = x[int(torch.randint(n, (1,), generator=gen))]
-    best = ((x - cent[0]) ** 2).sum(1)
+    best = sq_dist(cent[0])
     for j in range(1, k):  # D^2 sampling
         w = best.double().cpu()
         pick = int(torch.multinomial(w / w.sum(), 1, generator=gen)) if float(w.sum()) > 0 \
             else int(torch.randint(n, (1,), generator=gen))
         cent[j] = x[pick]
-        best = torch.minimum(best, ((x - cent[j]) ** 2).sum(1))
+        best = torch.minimum(best, sq_dist(cent[j]))
     prev = None
     for step in range(iters + 1):
         idx, dist = _nearest(x, cent)
