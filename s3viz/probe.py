@@ -307,7 +307,8 @@ class ProbeStats:
         total = self.sum_x.sum(0) + self.count.sum() * self.shift
         mean = reduce(total) / n_all.clamp_min(1)
         base = self.rebased(mean)
-        return ProbeStats(*(reduce(t) for t in base._tensors()), shift=mean)
+        # copies: a reduce may sum in place, and these may be this shard's own tensors
+        return ProbeStats(*(reduce(t.clone()) for t in base._tensors()), shift=mean)
 
     def select(self, groups: Sequence[int]) -> ProbeStats:
         """Statistics of the union of ``groups`` (a single group)."""

@@ -455,8 +455,11 @@ class _CrossProducts:
             if i not in self.shift:
                 self.shift[i] = x.mean(0)
                 self.sums[i] = torch.zeros_like(self.shift[i])
-                self.factor[i] = pow2_factor(x - self.shift[i])
-            x = (x - self.shift[i]) * self.factor[i]
+            d = x - self.shift[i]
+            if i not in self.factor and bool((d != 0).any()):
+                # fixed by the first block that varies (earlier blocks added exact zeros)
+                self.factor[i] = pow2_factor(d)
+            x = d * self.factor.get(i, 1.0)
             self.sums[i] += x.sum(0)
             xs[i] = x.to(self.dtype)
         self.n += feats[self.layers[0]].shape[0]
@@ -554,9 +557,9 @@ def _minibatch_hsic(src, sel, counts, keep, pairs, device, chunk_frames, batch_s
         for i in layers_used:
             x = feats[i].to(device=device, dtype=torch.float64)
             x = x - x.mean(0)  # the unbiased HSIC is invariant to shifts; this keeps it exact
-            if i not in factor:  # one power of two per layer (see _CrossProducts)
-                factor[i] = pow2_factor(x)
-            x = (x * factor[i]).to(torch.float32)
+            if i not in factor and bool((x != 0).any()):  # one power of two per layer
+                factor[i] = pow2_factor(x)                  # (see _CrossProducts)
+            x = (x * factor.get(i, 1.0)).to(torch.float32)
             k = x @ x.T
             k.fill_diagonal_(0)
             grams[i] = k

@@ -263,3 +263,21 @@ def test_stream_analysis_does_not_see_the_scale():
         np.testing.assert_allclose(got["probes"]["accuracy"], base["probes"]["accuracy"],
                                    atol=1e-9)
         np.testing.assert_allclose(got["cka"].to_numpy(), base["cka"].to_numpy(), atol=1e-6)
+
+
+def test_cka_scale_is_fixed_by_the_first_block_that_varies():
+    """A first block of one frame (or constant frames) has no spread to pick a power of two
+    from; the next block's 1e20 features must not overflow float32 products."""
+    rng = np.random.default_rng(9)
+    a = torch.tensor(rng.standard_normal((300, 4))) * 1e20
+    b = a @ torch.tensor(rng.standard_normal((4, 3)))
+    acc = _CrossProducts([(0, 0), (0, 1), (1, 1)], "cpu", torch.float32)
+    acc.add([a[:1], b[:1]])
+    acc.add([a[1:], b[1:]])
+    h = acc.hsic()[0]
+    ref = _CrossProducts([(0, 0), (0, 1), (1, 1)], "cpu", torch.float32)
+    ref.add([a / 1e20, b / 1e20])
+    r = ref.hsic()[0]
+    assert np.isfinite(list(h.values())).all()
+    assert h[(0, 1)] / np.sqrt(h[(0, 0)] * h[(1, 1)]) == pytest.approx(
+        r[(0, 1)] / np.sqrt(r[(0, 0)] * r[(1, 1)]), rel=1e-5)
