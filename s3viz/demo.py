@@ -60,8 +60,8 @@ def _findings(probe_df, weights, abx_df, units_df, lengths) -> List[str]:
         best = part.loc[part["accuracy"].idxmax()]
         margin = best["accuracy"] - best["chance"]
         noise = 2 * float(best.get("accuracy_std", 0.0) or 0.0)
-        verdict = ("within noise of chance" if margin <= noise else
-                   f"{margin:.2f} above chance")
+        verdict = ("within two fold-to-fold standard deviations of chance" if margin <= noise
+                   else f"{margin:.2f} above chance")
         out.append(f"{target} probe, {model}: best layer {int(best['upstream_layer'])} "
                    f"(accuracy {best['accuracy']:.3f}, chance {best['chance']:.3f}; {verdict}).")
     for model, part in abx_df.groupby("model", sort=False):

@@ -176,7 +176,8 @@ def test_demo_findings_read_off_the_tables():
     lengths.attrs["summary"] = "layers 0-2 follow 'conv' exactly."
     text = _findings(probe, weights, abx, units, lengths)
     assert "phone probe, tiny: best layer 1 (accuracy 0.500, chance 0.100; 0.40 above chance)." in text
-    assert any("random: best layer" in t and "within noise of chance" in t for t in text)
+    assert any("random: best layer" in t and "within two fold-to-fold standard deviations" in t
+               for t in text)
     assert "ABX within speaker, tiny: lowest error 10.0 % at layer 1 (50 % is chance)." in text
     assert "PNMI of 50 k-means units, tiny: highest 0.300 at layer 0." in text
     assert any("layer 1 (0.50) and layer 2 (0.30), against 0.33" in t for t in text)
