@@ -15,7 +15,7 @@ import math
 
 import torch
 
-__all__ = ["ROUNDING", "read_dtype", "pow2_factor", "safe_scale", "Moments"]
+__all__ = ["ROUNDING", "read_dtype", "pow2_factor", "safe_scale", "centred_float32", "Moments"]
 
 
 def read_dtype(store) -> torch.dtype:
@@ -60,6 +60,30 @@ def safe_scale(std: torch.Tensor, rel: float = 1e-8, mean: torch.Tensor | None =
     if mean is not None:
         live &= std > ROUNDING * mean.abs()
     return torch.where(live, std, torch.ones_like(std))
+
+
+def centred_float32(x: torch.Tensor, device=None, reduce=None, rows: int = 65536
+                    ) -> torch.Tensor:
+    """``x - mean(x)`` in float32 on ``device`` (the mean of all shards' rows with ``reduce``).
+
+    For analyses that keep their examples in float32 (the logistic probe, k-means):
+    centring first, in ``x``'s own precision and in blocks of ``rows``, keeps a
+    feature of 1e6 with unit spread from being rounded to 1/16, without a float64
+    copy of the whole of ``x``. Any shift leaves those analyses unchanged.
+    """
+    n = x.shape[0]
+    s1 = torch.zeros(x.shape[1], dtype=torch.float64)
+    for i in range(0, n, rows):
+        s1 += x[i:i + rows].double().sum(0).cpu()
+    if reduce is not None:
+        s1 = reduce(s1.to(device)).cpu()
+        n = float(reduce(torch.tensor([float(n)], dtype=torch.float64, device=device))[0])
+    mean = s1 / max(n, 1)
+    out = torch.empty(x.shape, dtype=torch.float32, device=device)
+    for i in range(0, x.shape[0], rows):
+        part = x[i:i + rows].double() - mean.to(x.device)
+        out[i:i + rows] = part.to(device=device, dtype=torch.float32)
+    return out
 
 
 class Moments:

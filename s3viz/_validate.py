@@ -59,16 +59,17 @@ def numbers(values, name: str, *, positive: bool = True) -> List[float]:
     return out
 
 
-def stored_layers(store, layers) -> List[int]:
-    """``layers`` as a list of stored layer indices of ``store`` (None: all of them)."""
+def stored_layers(store, layers, name: str = "layers") -> List[int]:
+    """``layers`` (the argument ``name``) as a list of stored layer indices of ``store``
+    (None: all of them)."""
     n = int(store.num_layer)
     if layers is None:
         return list(range(n))
     out = []
     for layer in ([layers] if isinstance(layers, Integral) else layers):
         if isinstance(layer, bool) or not isinstance(layer, Integral) or not 0 <= layer < n:
-            raise IndexError(f"layers must hold stored layer indices in [0, {n}), got {layer!r}")
+            raise IndexError(f"{name} must hold stored layer indices in [0, {n}), got {layer!r}")
         out.append(int(layer))
     if not out:
-        raise ValueError("layers selects no layer")
+        raise ValueError(f"{name} selects no layer")
     return out

@@ -126,12 +126,11 @@ def dtw_costs(dist: torch.Tensor, len1: torch.Tensor, len2: torch.Tensor) -> tor
 class _Items:
     """The padded frames of a set of items (sorted by length) and their lengths."""
 
-    def __init__(self, frames: torch.Tensor, rows: np.ndarray, starts: np.ndarray,
-                 ends: np.ndarray, device, distance: str):
+    def __init__(self, frames: torch.Tensor, starts: np.ndarray, ends: np.ndarray, device,
+                 distance: str):
         self.lens = (ends - starts).astype(np.int64)
-        self.rows = rows
-        width = int(self.lens.max()) if len(rows) else 1
-        pad = torch.zeros(len(rows), width, frames.shape[1], dtype=torch.float32, device=device)
+        width = int(self.lens.max()) if len(starts) else 1
+        pad = torch.zeros(len(starts), width, frames.shape[1], dtype=torch.float32, device=device)
         for k, (a, b) in enumerate(zip(starts, ends)):
             pad[k, : b - a] = frames[a:b].to(device=device, dtype=torch.float32)
         if distance == "cosine":
@@ -337,8 +336,8 @@ def _subsample(table: pd.DataFrame, max_items: int, seed: int, context: str) -> 
 
 
 def _abx_layer(frames, table, speaker, context, distance, dev, max_block) -> pd.DataFrame:
-    items = _Items(frames, np.arange(len(table)), table["row_start"].to_numpy(),
-                   table["row_end"].to_numpy(), dev, distance)
+    items = _Items(frames, table["row_start"].to_numpy(), table["row_end"].to_numpy(), dev,
+                   distance)
     lab = table["label"].to_numpy(dtype=object).astype(str)
     ctx = ((table["prev"] + "|" + table["next"]).to_numpy(dtype=object).astype(str)
            if context == "within" else np.full(len(table), "", dtype=object).astype(str))

@@ -61,7 +61,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ._numerics import read_dtype, safe_scale
+from ._numerics import Moments, centred_float32, read_dtype, safe_scale
 from .align import frame_labels as _align_frame_labels
 from . import _validate as _v
 from ._device import resolve_device as _resolve_device
@@ -1065,23 +1065,13 @@ def _ridge_layer_utterance(task: _Task, x: torch.Tensor, blocks, c: int, lambdas
 
 def _train_scaling(x: torch.Tensor, train: torch.Tensor, reduce=None):
     """Per layer mean and scale (population std, 1 for constant features) of rows ``train``
-    (of the rows of all shards, summed with ``reduce``)."""
-    num_l, _, h = x.shape
-    n_local = int(train.numel())
-    s1 = torch.zeros(num_l, h, dtype=torch.float64, device=x.device)
-    s2 = torch.zeros(num_l, h, dtype=torch.float64, device=x.device)
-    for i in range(0, n_local, 8192):
-        xb = x[:, train[i:i + 8192]].double()
-        s1 += xb.sum(1)
-        s2 += (xb * xb).sum(1)
-    n_train = n_local
+    (of the rows of all shards, merged with ``reduce``)."""
+    mom = Moments((x.shape[0], x.shape[2]), device=x.device, axis=1)
+    for i in range(0, int(train.numel()), 8192):
+        mom.update(x[:, train[i:i + 8192]])
     if reduce is not None:
-        s1, s2 = reduce(s1), reduce(s2)
-        n_train = int(reduce(torch.tensor([n_local], dtype=torch.float64))[0])
-    mean = s1 / max(n_train, 1)
-    # the features were centred on their mean before (_centred_float32): no cancellation
-    var = (s2 / max(n_train, 1) - mean * mean).clamp_min(0)
-    return mean.float(), safe_scale(var.sqrt()).float()
+        mom = mom.reduced(reduce)
+    return mom.mean.float(), safe_scale(mom.var.sqrt()).float()
 
 
 def _fit_logistic_full(x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, c: int, *,
@@ -1585,27 +1575,6 @@ def _pooled_sharded(shard_store, layer: int, task: _Task, shard, reduce) -> torc
     return x
 
 
-def _centred_float32(x: torch.Tensor, device, reduce=None, rows: int = 65536) -> torch.Tensor:
-    """``x - mean(x)`` in float32 on ``device`` (the mean of all shards' rows with ``reduce``).
-
-    The logistic probe keeps its examples in float32; centring first (in the
-    store's precision) keeps a feature of 1e6 with unit spread from being
-    rounded to 1/16. Any shift leaves the probe unchanged: it standardises.
-    """
-    n = x.shape[0]
-    s1 = torch.zeros(x.shape[1], dtype=torch.float64)
-    for i in range(0, n, rows):
-        s1 += x[i:i + rows].double().sum(0)
-    if reduce is not None:
-        s1 = reduce(s1.to(device)).cpu()
-        n = float(reduce(torch.tensor([float(n)], dtype=torch.float64, device=device))[0])
-    mean = s1 / max(n, 1)
-    out = torch.empty(x.shape, dtype=torch.float32, device=device)
-    for i in range(0, x.shape[0], rows):
-        out[i:i + rows] = (x[i:i + rows].double() - mean).to(device=device, dtype=torch.float32)
-    return out
-
-
 def _logistic_layers(task: _Task, store, layer_list: list[int], c: int, device, opts,
                      max_memory: int, shard_store=None, shard=None, reduce=None) -> dict:
     """Group layers (same hidden size and frame labels), train each group batched.
@@ -1667,7 +1636,7 @@ def _logistic_layers(task: _Task, store, layer_list: list[int], c: int, device, 
                     x = (torch.as_tensor(shard_store.pooled(layer, utterances=list(shard[0]),
                                                             dtype=dt))
                          if len(shard[0]) else torch.zeros(0, h, dtype=dt))
-                feats.append(_centred_float32(x, device, reduce))
+                feats.append(centred_float32(x, device, reduce))
             xs = torch.stack(feats)
             del feats
             conf, counts, n_fold = _logistic_group(task, xs, y_np, fold_np, group_np, c, opts,

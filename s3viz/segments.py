@@ -183,6 +183,6 @@ def segment_store(store, column: str, layers: Sequence[int], *, utterances=None)
     out = LayerStore.from_tensors(hidden, downsample_rates=[store.downsample_rates[v]
                                                             for v in layers], labels=labels)
     out._group_ids = t0["id"].tolist()
-    out._dropped = sum(t.attrs.get("dropped", 0) for t in tables[:1]) + (
-        len(tables[0]) - len(t0))
+    # no frame in the first layer, or in one of the others
+    out._dropped = tables[0].attrs["dropped"] + len(tables[0]) - len(t0)
     return out

@@ -65,19 +65,7 @@ METHODS = ("cka", "cca")
 
 
 def _check_layers(store, layers, name: str) -> list[int]:
-    n = int(store.num_layer)
-    if layers is None:
-        return list(range(n))
-    if isinstance(layers, (int, np.integer)) and not isinstance(layers, bool):
-        layers = [layers]
-    out = []
-    for layer in layers:
-        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer < n:
-            raise IndexError(f"{name} must hold stored layer indices in [0, {n}), got {layer!r}")
-        out.append(int(layer))
-    if not out:
-        raise ValueError(f"{name} selects no layer")
-    return out
+    return _v.stored_layers(store, layers, name)
 
 
 def cka_naive(x: torch.Tensor, y: torch.Tensor) -> float:

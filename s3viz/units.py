@@ -27,7 +27,7 @@ import torch
 
 from . import _validate as _v
 from ._device import resolve_device as _resolve_device
-from ._numerics import read_dtype
+from ._numerics import centred_float32, read_dtype
 
 __all__ = ["unit_quality", "unit_measures", "kmeans"]
 
@@ -172,8 +172,7 @@ def unit_quality(store, *, k: int | Sequence[int] = 100, layers: Sequence[int] |
             raise ValueError(f"stored layer {layer} has {len(keep)} labelled frames, fewer "
                              f"than k={max(ks)}; lower k")
         x, _ = store.layer(layer, dtype=read_dtype(store))
-        x = x[torch.from_numpy(keep)]
-        x = (x.double() - x.double().mean(0)).to(device=dev, dtype=torch.float32)
+        x = centred_float32(x[torch.from_numpy(keep)], dev)  # no float64 copy of the layer
         rng = np.random.default_rng([seed, layer, 11])
         fit = (np.arange(len(keep)) if max_frames is None or max_frames >= len(keep)
                else np.sort(rng.choice(len(keep), max_frames, replace=False)))
