@@ -62,15 +62,18 @@ def safe_scale(std: torch.Tensor, rel: float = 1e-8, mean: torch.Tensor | None =
     return torch.where(live, std, torch.ones_like(std))
 
 
-def centred_float32(x: torch.Tensor, device=None, reduce=None, rows: int = 65536
+def centred_float32(x: torch.Tensor, device=None, reduce=None, rows: int | None = None
                     ) -> torch.Tensor:
     """``x - mean(x)`` in float32 on ``device`` (the mean of all shards' rows with ``reduce``).
 
     For analyses that keep their examples in float32 (the logistic probe, k-means):
-    centring first, in ``x``'s own precision and in blocks of ``rows``, keeps a
+    centring first, in ``x``'s own precision and in blocks of ``rows`` (default:
+    about 4M numbers), keeps a
     feature of 1e6 with unit spread from being rounded to 1/16, without a float64
     copy of the whole of ``x``. Any shift leaves those analyses unchanged.
     """
+    if rows is None:  # blocks of about 4M numbers: 32 MB in float64, whatever the width
+        rows = max(1, (1 << 22) // max(1, x.shape[1]))
     n = x.shape[0]
     s1 = torch.zeros(x.shape[1], dtype=torch.float64)
     for i in range(0, n, rows):
