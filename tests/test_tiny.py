@@ -196,6 +196,63 @@ def test_save_load_round_trip(tmp_path):
         tiny(weights=bad)
 
 
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_both_layer_norm_placements_keep_the_contract(norm_first, batch):
+    from s3viz.contract import check_upstream
+
+    config = TinyConfig(**{**SMALL.to_dict(), "conv_layers": SMALL.conv_layers,
+                           "layer_norm_first": norm_first})
+    model = tiny(pretrained=False, config=config)
+    assert check_upstream(model).ok
+    with torch.no_grad():
+        hs, hs_len = model(*batch)
+    n = int(hs_len[-1][0])
+    for i, h in enumerate(hs[1:], 1):
+        frames = h[0, :n]
+        # post-LN: every hidden state leaves a layer norm (unit affine at init), so each
+        # frame has mean 0 and variance 1; pre-LN: only the last one does.
+        normed = (not norm_first) or i == len(hs) - 1
+        is_normed = (frames.mean(-1).abs().max() < 1e-4
+                     and (frames.var(-1, unbiased=False) - 1).abs().max() < 2e-2)
+        assert bool(is_normed) == normed, (norm_first, i)
+
+
+def test_weights_without_layer_norm_key_load_as_pre_ln(tmp_path):
+    model = tiny(pretrained=False, config=SMALL)
+    save_tiny_weights(model, tmp_path / "m.pt", dtype=torch.float32)
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)
+    del payload["config"]["layer_norm_first"]  # a file written before the option existed
+    torch.save(payload, tmp_path / "old.pt")
+    assert tiny(weights=tmp_path / "old.pt").config.layer_norm_first is True
+
+
+def _curves(phone, speaker):
+    import pandas as pd
+
+    rows = [dict(model="tiny", target=t, layer=i, accuracy=a / 100)
+            for t, accs in (("phone", phone), ("speaker", speaker)) for i, a in enumerate(accs)]
+    return pd.DataFrame(rows)
+
+
+def test_curve_check_passes_a_peaked_curve_and_names_each_failure():
+    from s3viz.zoo.train_tiny import curve_check
+
+    good = curve_check(_curves([30, 40, 45, 50, 52, 51, 48], [90, 92, 88, 80, 75, 70, 71]))
+    assert good["met"].all(), good
+    assert good.attrs["best_phone_layer"] == 4
+    assert good.set_index("criterion").loc["phone_unique_best", "value"] == pytest.approx(1.0)
+    flat = curve_check(_curves([30, 50, 50.5, 50.2, 50.4, 50.1, 50], [90, 92, 88, 85, 84, 83, 82]))
+    met = flat.set_index("criterion")["met"]
+    assert not met["phone_unique_best"] and met["phone_over_layer0"]
+    assert met["speaker_lower_half"] and not met["speaker_falls"]
+    late = curve_check(_curves([52, 53, 54, 55, 56, 58, 60], [60, 65, 70, 75, 80, 85, 90]))
+    met = late.set_index("criterion")["met"]
+    assert met["phone_unique_best"] and not met["phone_over_layer0"]
+    assert not met["speaker_lower_half"] and not met["speaker_falls"]
+    with pytest.raises(ValueError, match="no phone and speaker rows"):
+        curve_check(_curves([1, 2], [3, 4]), model="other")
+
+
 # ---- the training pieces --------------------------------------------------------------
 
 def test_mfcc_frames_match_conv_lengths():

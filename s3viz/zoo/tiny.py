@@ -15,9 +15,11 @@ Architecture (:class:`TinyConfig` holds the sizes):
   statistic is taken over time and padding cannot leak into valid frames;
 - layer norm and a linear projection to ``hidden_size``: hidden state 0;
 - a grouped convolutional positional encoding (padded frames zeroed first);
-- ``num_layers`` pre-LN transformer layers with key-padding masks: hidden
-  states 1 .. ``num_layers`` (the residual stream after each layer; the last
-  one after the final layer norm).
+- ``num_layers`` transformer layers with key-padding masks: hidden states
+  1 .. ``num_layers``. ``layer_norm_first=True``: pre-LN, the residual stream
+  after each layer, the last one after a final layer norm (wav2vec2 large);
+  ``False``: post-LN, each layer's normalised output, with the input layer-normed
+  first (wav2vec2 / HuBERT base).
 
 Frame counts come from :func:`s3viz.align.conv_lengths`:
 ``(wavs_len - 400) // 320 + 1`` (0 frames for fewer than 400 samples).
@@ -69,6 +71,9 @@ class TinyConfig:
     pos_conv_kernel: int = 31
     pos_conv_groups: int = 16
     dropout: float = 0.1
+    layer_norm_first: bool = True
+    """True: pre-LN layers with a final layer norm (wav2vec2 large, WavLM); False:
+    post-LN layers after a layer norm of the input (wav2vec2 / HuBERT base)."""
 
     def __post_init__(self):
         self.conv_layers = tuple((int(k), int(s)) for k, s in self.conv_layers)
@@ -136,10 +141,14 @@ class _TransformerLayer(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(h, cfg.ffn_size), nn.GELU(), nn.Dropout(cfg.dropout),
                                  nn.Linear(cfg.ffn_size, h))
         self.drop = nn.Dropout(cfg.dropout)
+        self.norm_first = cfg.layer_norm_first
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.norm1(x), attn_mask))
-        return x + self.drop(self.ffn(self.norm2(x)))
+        if self.norm_first:
+            x = x + self.drop(self.attn(self.norm1(x), attn_mask))
+            return x + self.drop(self.ffn(self.norm2(x)))
+        x = self.norm1(x + self.drop(self.attn(x, attn_mask)))
+        return self.norm2(x + self.drop(self.ffn(x)))
 
 
 class TinyUpstream(AbsUpstream):
@@ -270,6 +279,9 @@ class TinyUpstream(AbsUpstream):
         keep = valid[..., None].to(x.dtype)
         x = x * keep
         x = x + F.gelu(self.pos_conv(x.transpose(1, 2))).transpose(1, 2) * keep
+        pre_ln = self.config.layer_norm_first
+        if not pre_ln:  # post-LN (wav2vec2 base): normalise the input, not the output
+            x = self.final_norm(x)
         x = self.drop(x)
         # key-padding mask; an utterance with no frame attends to everything (zeroed later)
         keys = valid | (x_len == 0)[:, None]
@@ -277,7 +289,7 @@ class TinyUpstream(AbsUpstream):
         out = []
         for i, layer in enumerate(self.layers):
             x = layer(x, attn_mask)
-            h = self.final_norm(x) if i == len(self.layers) - 1 else x
+            h = self.final_norm(x) if pre_ln and i == len(self.layers) - 1 else x
             out.append(h * keep)
         return out
 

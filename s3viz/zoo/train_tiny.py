@@ -65,6 +65,7 @@ __all__ = [
     "TRAIN_SPEAKERS",
     "bar_check",
     "best_layers",
+    "curve_check",
     "data_split",
     "held_out_corpus",
     "kmeans",
@@ -620,6 +621,56 @@ def bar_check(results: pd.DataFrame, model: str = "tiny", random: str = "tiny_ra
     return pd.DataFrame(rows)
 
 
+def curve_check(results: pd.DataFrame, model: str = "tiny") -> pd.DataFrame:
+    """The shape of ``model``'s held-out layer curves against the bar a lesson needs.
+
+    The lessons ask "which layer?", so the curves must answer it by more than probe
+    noise (the bar of the successor model; the numbers are points of accuracy):
+
+    - ``phone_unique_best``: the best phone layer beats the runner-up by >= 1;
+    - ``phone_over_layer0``: ... and layer 0 by >= 10;
+    - ``speaker_lower_half``: the best speaker layer is in the lower half
+      (``layer <= num_layers // 2``);
+    - ``speaker_falls``: speaker accuracy falls by >= 15 from its best layer to the top.
+
+    Returns:
+        DataFrame ``criterion, value, needed, met`` (``value`` in points, or the layer).
+    """
+    import pandas as pd
+
+    res = results[results["model"] == model]
+    phone = res[res["target"] == "phone"].set_index("layer")["accuracy"].sort_index() * 100
+    spk = res[res["target"] == "speaker"].set_index("layer")["accuracy"].sort_index() * 100
+    if phone.empty or spk.empty:
+        raise ValueError(f"results have no phone and speaker rows for model {model!r}")
+    order = phone.sort_values(ascending=False)
+    top = int(spk.index.max())
+    rows = [
+        ("phone_unique_best", float(order.iloc[0] - order.iloc[1]), 1.0),
+        ("phone_over_layer0", float(order.iloc[0] - phone.loc[phone.index.min()]), 10.0),
+        ("speaker_lower_half", float(spk.idxmax()), float(top // 2)),
+        ("speaker_falls", float(spk.max() - spk.loc[top]), 15.0),
+    ]
+    df = pd.DataFrame(rows, columns=["criterion", "value", "needed"])
+    df["met"] = [v <= n if c == "speaker_lower_half" else v >= n
+                 for c, v, n in rows]
+    df.attrs["best_phone_layer"] = int(order.index[0])
+    return df
+
+
+def _layer_table(results: pd.DataFrame, target: str) -> list[str]:
+    """Markdown rows: accuracy (%) per layer of each model for one target."""
+    sub = results[results["target"] == target]
+    width = int(sub["layer"].max()) + 1
+    lines = ["| model | " + " | ".join(f"layer {i}" for i in range(width)) + " |",
+             "|---|" + "---|" * width]
+    for m, g in sub.groupby("model", sort=False):
+        acc = [f"{100 * a:.1f}" for a in g.sort_values("layer")["accuracy"]]
+        acc += [""] * (width - len(acc))
+        lines.append(f"| {m} | " + " | ".join(acc) + " |")
+    return lines
+
+
 def model_card(summary: dict, results: pd.DataFrame | None = None,
                extra: str = "") -> str:
     """The text of ``MODEL_CARD.md`` from a training summary and probe results."""
@@ -649,7 +700,11 @@ def model_card(summary: dict, results: pd.DataFrame | None = None,
         f"{cfg['conv_channels']} channels, layer norm per frame, GELU",
         f"- projection to {cfg['hidden_size']} dims = hidden state 0; convolutional "
         f"positional encoding (kernel {cfg['pos_conv_kernel']}, {cfg['pos_conv_groups']} groups)",
-        f"- {cfg['num_layers']} pre-LN transformer layers ({cfg['num_heads']} heads, "
+        f"- {cfg['num_layers']} "
+        + ("pre-LN transformer layers with a final layer norm"
+           if cfg.get("layer_norm_first", True) else
+           "post-LN transformer layers (HuBERT base's placement; the input is layer-normed)")
+        + f" ({cfg['num_heads']} heads, "
         f"feed-forward {cfg['ffn_size']}) with key-padding masks = hidden states "
         f"1..{cfg['num_layers']}",
         f"- {summary['parameters']:,} parameters; 320 samples per frame; frame counts "
@@ -712,14 +767,15 @@ def model_card(summary: dict, results: pd.DataFrame | None = None,
                 f"{r['tiny_random']:.1f} ({r['tiny_random_layer']}) | "
                 f"{r['spectral']:.1f} ({r['spectral_layer']}) | {r['vs_random']:+.1f} | "
                 f"{r['vs_baseline']:+.1f} |")
-        lines += ["", "Phone accuracy per layer (%):", "",
-                  "| model | " + " | ".join(f"layer {i}" for i in range(6)) + " |",
-                  "|---|" + "---|" * 6]
-        ph = results[results["target"] == "phone"]
-        for m, g in ph.groupby("model", sort=False):
-            acc = [f"{100 * a:.1f}" for a in g.sort_values("layer")["accuracy"]]
-            acc += [""] * (6 - len(acc))
-            lines.append(f"| {m} | " + " | ".join(acc) + " |")
+        lines += ["", "Phone accuracy per layer (%):", ""] + _layer_table(results, "phone")
+        lines += ["", "Speaker accuracy per layer (%):", ""] + _layer_table(results, "speaker")
+        shape = curve_check(results)
+        lines += ["", "Shape of the tiny model's curves (points; the bar a lesson needs):", "",
+                  "| criterion | value | needed | met |", "|---|---|---|---|"]
+        for _, r in shape.iterrows():
+            op = "<=" if r["criterion"] == "speaker_lower_half" else ">="
+            lines.append(f"| {r['criterion']} | {r['value']:.1f} | {op} {r['needed']:.0f} | "
+                         f"{'yes' if r['met'] else 'no'} |")
         lines.append("")
     if extra:
         lines += [extra, ""]
@@ -777,6 +833,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--num-heads", type=int, default=d.num_heads)
     g.add_argument("--ffn-size", type=int, default=d.ffn_size)
     g.add_argument("--dropout", type=float, default=d.dropout)
+    g.add_argument("--post-ln", action="store_true",
+                   help="post-LN transformer layers (HuBERT base) instead of pre-LN")
     return p
 
 
@@ -795,7 +853,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     init = tiny(weights=args.init) if args.init is not None else None
     config = TinyConfig(conv_channels=args.conv_channels, hidden_size=args.hidden_size,
                         num_layers=args.num_layers, num_heads=args.num_heads,
-                        ffn_size=args.ffn_size, dropout=args.dropout)
+                        ffn_size=args.ffn_size, dropout=args.dropout,
+                        layer_norm_first=not args.post_ln)
     model, summary = train(
         corpus, steps=args.steps, seed=args.seed, device=args.device, config=config,
         clusters=args.clusters, lr=args.lr, batch_seconds=args.batch_seconds,
@@ -831,6 +890,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         bar = bar_check(results)
         summary["bar"] = bar.to_dict(orient="records")
         print(bar.to_string(index=False), flush=True)
+        shape = curve_check(results)
+        summary["curve_check"] = shape.to_dict(orient="records")
+        print(shape.to_string(index=False), flush=True)
     side = out.with_suffix(".json")
     side.write_text(json.dumps(summary, indent=1))
     card = args.card if args.card is not None else out.with_name("MODEL_CARD.md")
