@@ -173,7 +173,8 @@ def check_best_layer(answer, probe_df, *, metric: str = "accuracy", target: Opti
                      tolerance: float = 0.0) -> Feedback:
     """Which layer scores best in ``probe_df`` (from :func:`s3viz.probe_layers`)?
 
-    Any layer within ``tolerance`` of the best score counts as right.
+    Any layer within ``tolerance`` of the best score counts as right, and the
+    feedback names the other layers within it (a tie, not a ranking).
     """
     ex = "best layer"
     df = probe_df if target is None else probe_df[probe_df["target"] == target]
@@ -190,7 +191,13 @@ def check_best_layer(answer, probe_df, *, metric: str = "accuracy", target: Opti
                                f"{scores.index.max()}.", ex)
     best = scores.max()
     if scores[int(value)] >= best - tolerance:
-        return Feedback(True, f"layer {int(value)} scores {scores[int(value)]:.3f}.", ex)
+        ties = [int(i) for i in scores.index if scores[i] >= best - tolerance]
+        msg = f"layer {int(value)} scores {scores[int(value)]:.3f}."
+        if len(ties) > 1:  # say so: a student should not read a tie as a ranking
+            msg += (f" The best scores {best:.3f}, and every layer within {tolerance:.3f} of "
+                    f"it ({', '.join(map(str, ties))}) counts: differences that small are "
+                    "probe noise, so these layers tie.")
+        return Feedback(True, msg, ex)
     direction = "later" if scores.idxmax() > value else "earlier"
     return Feedback(False, f"layer {int(value)} scores {scores[int(value)]:.3f}; a {direction} "
                            "layer does better. Read the peak of the curve, not its end.", ex)

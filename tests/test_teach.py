@@ -75,7 +75,9 @@ def test_best_layer():
     assert not fb and "earlier" in fb.message
     _no_answer_in(fb, "layer 2")
     assert "later" in teach.check_best_layer(0, df).message
-    assert teach.check_best_layer(1, df, tolerance=0.25)
+    tie = teach.check_best_layer(1, df, tolerance=0.25)
+    assert tie and "tie" in tie.message, tie.message
+    assert "tie" not in teach.check_best_layer(2, df).message  # a unique best is no tie
     assert not teach.check_best_layer(9, df)
     with pytest.raises(ValueError, match="columns"):
         teach.check_best_layer(1, df.drop(columns="accuracy"))

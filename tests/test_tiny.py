@@ -226,6 +226,24 @@ def test_weights_without_layer_norm_key_load_as_pre_ln(tmp_path):
     assert tiny(weights=tmp_path / "old.pt").config.layer_norm_first is True
 
 
+def test_speaker_conditioned_head_reads_the_speaker(batch):
+    from s3viz.zoo.train_tiny import _HubertTask
+
+    torch.manual_seed(0)
+    wavs, lens = batch
+    for num_speakers in (0, 3):
+        task = _HubertTask(tiny(pretrained=False, config=SMALL), 5, num_speakers).eval()
+        n = int(conv_lengths(lens).max())
+        targets = torch.zeros(len(lens), n, dtype=torch.long)
+        mask = torch.zeros(len(lens), n, dtype=torch.bool)
+        mask[:, ::2] = True
+        with torch.no_grad():
+            a = task(wavs, lens, targets, mask, 0.0, torch.tensor([0, 1, 2, 0]))[0]
+            b = task(wavs, lens, targets, mask, 0.0, torch.tensor([1, 2, 0, 1]))[0]
+        # the loss changes with the speaker ids exactly when the head reads them
+        assert bool(a != b) == bool(num_speakers), num_speakers
+
+
 def _curves(phone, speaker):
     import pandas as pd
 

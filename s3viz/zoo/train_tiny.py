@@ -374,19 +374,26 @@ def speed_perturb(wav: torch.Tensor, target: torch.Tensor, rate: int
 class _HubertTask(nn.Module):
     """Masked prediction of cluster ids on top of a :class:`TinyUpstream`."""
 
-    def __init__(self, upstream: TinyUpstream, num_clusters: int):
+    def __init__(self, upstream: TinyUpstream, num_clusters: int, num_speakers: int = 0):
         super().__init__()
         self.upstream = upstream
         h = upstream.config.hidden_size
         self.mask_emb = nn.Parameter(torch.empty(h).uniform_(-0.5, 0.5))
-        self.head = nn.Linear(h, num_clusters)
+        # ContentVec's speaker conditioning: the head also sees a learned embedding of
+        # the speaker, so the last layer need not carry the voice to predict targets
+        # that depend on it (MFCC clusters do)
+        self.spk_emb = nn.Embedding(num_speakers, h) if num_speakers else None
+        self.head = nn.Linear(2 * h if num_speakers else h, num_clusters)
 
-    def forward(self, wavs, wavs_len, targets, mask, unmasked_weight: float):
+    def forward(self, wavs, wavs_len, targets, mask, unmasked_weight: float, speakers=None):
         x, x_len = self.upstream.features(wavs, wavs_len)
         t = x.shape[1]
         mask = mask[:, :t].to(x.device)
         x = torch.where(mask[..., None], self.mask_emb.to(x.dtype), x)
         h = self.upstream.encode(x, x_len)[-1]
+        if self.spk_emb is not None:
+            e = self.spk_emb(speakers.to(x.device))[:, None, :].expand(-1, t, -1)
+            h = torch.cat([h, e.to(h.dtype)], dim=-1)
         logits = self.head(h)
         valid = torch.arange(t, device=x.device)[None] < x_len[:, None]
         tgt = targets[:, :t].to(x.device)
@@ -413,7 +420,7 @@ def train(corpus, *, steps: int = 2000, seed: int = 0, device=None,
           config: TinyConfig | None = None, clusters: int = 50, lr: float = 2e-3,
           warmup: int | None = None, batch_seconds: float = 12.0, mask_prob: float = 0.05,
           mask_span: int = 5, unmasked_weight: float = 0.5, speed: float = 0.5,
-          iteration: int = 1,
+          iteration: int = 1, speaker_conditioning: bool = False,
           init: TinyUpstream | None = None, target_layer: int | None = None,
           max_minutes: float | None = None, log_every: int = 25,
           log=print, checkpoint=None, checkpoint_every: int = 0) -> tuple[TinyUpstream, dict]:
@@ -427,6 +434,8 @@ def train(corpus, *, steps: int = 2000, seed: int = 0, device=None,
             ``init``.
         speed: probability that an utterance is speed-perturbed (:func:`speed_perturb`,
             targets of the unperturbed audio).
+        speaker_conditioning: the prediction head also reads a learned embedding of
+            the utterance's speaker (ContentVec), so the last layer need not encode it.
         max_minutes: stop (and say so in the summary) past this wall time, so that a
             run on a slow, shared machine still ends in time (not annealed then).
         checkpoint: called as ``checkpoint(step, upstream)`` every
@@ -467,7 +476,9 @@ def train(corpus, *, steps: int = 2000, seed: int = 0, device=None,
         upstream.load_state_dict(init.state_dict())
     else:
         upstream = TinyUpstream(config or TinyConfig(), name="tiny")
-    task = _HubertTask(upstream, clusters).to(device)
+    voices = sorted({u.speaker for u in corpus})
+    speaker_ids = torch.tensor([voices.index(u.speaker) for u in corpus])
+    task = _HubertTask(upstream, clusters, len(voices) if speaker_conditioning else 0).to(device)
     task.train()
     decay, no_decay = [], []
     for n, p in task.named_parameters():
@@ -506,7 +517,7 @@ def train(corpus, *, steps: int = 2000, seed: int = 0, device=None,
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, steps, lr, warmup)
             loss, loss_m, acc_m = task(wavs.to(device), wavs_len.to(device), tgt, mask,
-                                       unmasked_weight)
+                                       unmasked_weight, speaker_ids[list(batch)])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(task.parameters(), 5.0)
@@ -537,7 +548,8 @@ def train(corpus, *, steps: int = 2000, seed: int = 0, device=None,
         "epochs": epoch, "stopped_early": stopped_early, "seed": seed, "device": str(device),
         "threads": torch.get_num_threads(), "lr": lr, "warmup": warmup,
         "batch_seconds": batch_seconds, "mask_prob": mask_prob, "mask_span": mask_span,
-        "unmasked_weight": unmasked_weight, "speed_perturb": speed, "utterances": len(corpus),
+        "unmasked_weight": unmasked_weight, "speed_perturb": speed,
+        "speaker_conditioning": speaker_conditioning, "utterances": len(corpus),
         "audio_minutes": sum(lens) / 16000 / 60, "target_seconds": t_targets,
         "train_seconds": time.time() - t_train, "total_seconds": time.time() - t0,
         "history": history,
@@ -729,7 +741,9 @@ def model_card(summary: dict, results: pd.DataFrame | None = None,
         f"{summary['clusters']} k-means clusters",
         f"- span masking of hidden state 0: start probability {summary['mask_prob']}, "
         f"span {summary['mask_span']} frames; cross-entropy of a linear head on the last "
-        f"layer on masked frames (+ {summary['unmasked_weight']} x unmasked frames)",
+        f"layer on masked frames (+ {summary['unmasked_weight']} x unmasked frames)"
+        + ("; the head also reads a learned speaker embedding (ContentVec's speaker "
+           "conditioning)" if summary.get("speaker_conditioning") else ""),
         f"- speed perturbation (ContentVec-style): with probability {summary['speed_perturb']} "
         "an utterance is resampled to 14, 15, 17 or 18 kHz and played at 16 kHz (tempo, "
         "pitch and formants x0.89-x1.14) while the targets stay those of the original audio",
@@ -811,6 +825,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--speed-perturb", type=float, default=0.5,
                    help="probability of speed-perturbing an utterance (default 0.5)")
     p.add_argument("--iteration", type=int, default=1, choices=(1, 2))
+    p.add_argument("--speaker-conditioning", action="store_true",
+                   help="the prediction head also reads a speaker embedding (ContentVec)")
     p.add_argument("--init", type=Path, default=None,
                    help="weights of the iteration-1 model (iteration 2)")
     p.add_argument("--target-layer", type=int, default=None)
@@ -860,7 +876,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         clusters=args.clusters, lr=args.lr, batch_seconds=args.batch_seconds,
         mask_prob=args.mask_prob, mask_span=args.mask_span,
         unmasked_weight=args.unmasked_weight, speed=args.speed_perturb,
-        iteration=args.iteration, init=init,
+        iteration=args.iteration, speaker_conditioning=args.speaker_conditioning, init=init,
         target_layer=args.target_layer, max_minutes=args.max_minutes,
         log=lambda s: print(s, flush=True), checkpoint_every=args.save_every,
         checkpoint=lambda step, up: save_tiny_weights(up, out.with_suffix(f".step{step}.pt")))
