@@ -243,8 +243,8 @@ def test_gradients_reach_the_logits():
 
 
 def test_passes_check_featurizer_on_real_upstreams():
-    contract = pytest.importorskip("s3viz.contract")
-    upstreams = pytest.importorskip("s3viz.upstreams")
+    from s3viz import contract, upstreams
+
     spectral = upstreams.spectral_upstream()  # rates 160/160/320/320/640/640; logmel 0, 2, 4
     for selections, rate in [([0, 2, 4], 160), ([0, 2, 4], 320), ([0, 2, 4], 640),
                              ([1, 3], 320), ([0], None)]:

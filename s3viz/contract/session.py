@@ -1,0 +1,424 @@
+"""How a check runs: argument validation, the model session and comparisons.
+
+``_Session`` puts an object in eval mode on its device under ``no_grad`` and restores
+it (training flags, device, RNG) afterwards; the helpers generate seeded inputs, call
+the object, and measure and grade differences against tolerances
+(``docs/contract.md`` has the table).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from torch import nn
+
+from .report import _exc, _Rows
+
+_DEFAULT_WAV_LENGTHS = (11850, 16000, 4003)
+_DEFAULT_X_LENGTHS = (37, 50, 12)
+_WARN_FACTOR = 10.0  # differences up to this many tolerances are a warn, not a fail
+_GARBAGE_SCALE = 1e3  # padded frames hold N(0, 1e3^2) in padding-invariance checks
+
+
+# ---------------------------------------------------------------------------
+# Argument validation (bad calls raise, naming the argument and the fix)
+
+
+# ---------------------------------------------------------------------------
+
+
+def _require_forward(obj, arg: str, interface: str, signature: str):
+    forward = getattr(obj, "forward", None)
+    if obj is None or not callable(forward) or isinstance(obj, (str, bytes, torch.Tensor)):
+        raise TypeError(
+            f"{arg} must be a torch.nn.Module (or any object with a callable 'forward') "
+            f"following the s3prl {interface} interface, {signature}; got "
+            f"{type(obj).__name__}. Pass the model object itself, not its output or a function."
+        )
+
+
+def _check_lengths_arg(lengths, arg: str, default, minimum: int = 1) -> tuple[int, ...]:
+    if lengths is None:
+        return tuple(default)
+    if isinstance(lengths, torch.Tensor):
+        if lengths.dim() != 1 or lengths.is_floating_point() or lengths.dtype == torch.bool:
+            raise TypeError(
+                f"{arg} must be a 1-D sequence of ints, got a tensor {tuple(lengths.shape)} "
+                f"of dtype {lengths.dtype}; e.g. {arg}={tuple(default)}"
+            )
+        lengths = lengths.tolist()
+    if isinstance(lengths, (str, bytes)) or not isinstance(lengths, (Sequence, np.ndarray)):
+        raise TypeError(
+            f"{arg} must be a sequence of ints (one per utterance), "
+            f"e.g. {arg}={tuple(default)}; got {type(lengths).__name__}"
+        )
+    out = []
+    for i, n in enumerate(lengths):
+        if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral):
+            raise TypeError(
+                f"{arg}[{i}] must be an int, got {n!r} ({type(n).__name__}); "
+                f"e.g. {arg}={tuple(default)}"
+            )
+        if n < minimum:
+            raise ValueError(
+                f"{arg}[{i}] must be >= {minimum}, got {int(n)}; e.g. {arg}={tuple(default)}"
+            )
+        out.append(int(n))
+    if not out:
+        raise ValueError(f"{arg} must hold at least one length, e.g. {arg}={tuple(default)}")
+    return tuple(out)
+
+
+def _check_nonneg(value, arg: str, kind=numbers.Real):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, kind) or not value >= 0:
+        what = "int" if kind is numbers.Integral else "number"
+        raise ValueError(f"{arg} must be a non-negative {what}, got {value!r}")
+    return value
+
+
+def _check_device_arg(device) -> torch.device | None:
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(
+            f"device must be None, 'cpu', 'cuda', 'cuda:N' or a torch.device; got {device!r} ({e})"
+        ) from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={device!r} but CUDA is not available here; pass device=None or 'cpu'"
+        )
+    return dev
+
+
+_UPSTREAM_SIGNATURE = (
+    "forward(wavs (batch_size, seq_len, 1), wavs_len (batch_size,)) -> (all_hs, all_hs_len)"
+)
+
+
+def _require_upstream(upstream) -> None:
+    _require_forward(upstream, "upstream", "AbsUpstream", _UPSTREAM_SIGNATURE)
+
+
+def _check_run_args(lengths, arg: str, default, *, atol, rtol, seed, device,
+                    tolerance=None) -> tuple[tuple[int, ...], torch.device | None]:
+    """Validate the arguments every checker takes; returns ``(lengths, device)``."""
+    lengths = _check_lengths_arg(lengths, arg, default)
+    if tolerance is not None:
+        _check_nonneg(tolerance, "tolerance", numbers.Integral)
+    _check_nonneg(atol, "atol")
+    _check_nonneg(rtol, "rtol")
+    _check_nonneg(seed, "seed", numbers.Integral)
+    return lengths, _check_device_arg(device)
+
+
+def _name(obj) -> str:
+    cls = type(obj).__name__
+    name = getattr(obj, "name", None)
+    return f"{cls} {name!r}" if isinstance(name, str) and name and name != cls else cls
+
+
+def _tensors_of(obj) -> list[torch.Tensor]:
+    if not isinstance(obj, nn.Module):
+        return []
+    return list(obj.parameters()) + list(obj.buffers())
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    if a.type != b.type:
+        return False
+    if a.type != "cuda":
+        return True
+    ia = torch.cuda.current_device() if a.index is None else a.index
+    ib = torch.cuda.current_device() if b.index is None else b.index
+    return ia == ib
+
+
+def _default_tolerances(dtype: torch.dtype, device: torch.device) -> tuple[float, float]:
+    if dtype == torch.bfloat16:
+        return 5e-2, 5e-2
+    if dtype == torch.float16:
+        return 1e-2, 1e-2
+    if device.type == "cuda" and (
+        torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32
+    ):
+        return 1e-3, 1e-3
+    return 1e-4, 1e-4
+
+
+class _Session:
+    """Where and how one object runs: device, dtype, tolerances, eval mode."""
+
+    def __init__(self, obj, arg: str, device: torch.device | None, move: bool, atol, rtol):
+        tensors = _tensors_of(obj)
+        devices = {(t.device.type, t.device.index) for t in tensors}
+        here = torch.device(*next(iter(devices))) if len(devices) == 1 else None
+        self.move_back = None
+        if device is None:
+            if len(devices) > 1:
+                raise ValueError(
+                    f"{arg} has parameters on several devices {sorted(devices)}; "
+                    "pass device=... for the inputs"
+                )
+            device = (
+                here
+                if here is not None
+                else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            )
+        elif devices and (here is None or not _same_device(here, device)):
+            if not move:
+                where = "several devices" if here is None else str(here)
+                raise ValueError(
+                    f"{arg}'s parameters are on {where} but device={str(device)!r}; pass move=True "
+                    f"to move it there for the check (it is moved back afterwards), or device=None "
+                    f"to check it where it is"
+                )
+            if here is None:
+                raise ValueError(
+                    f"{arg} has parameters on several devices; move=True cannot move it back"
+                )
+            self.move_back = here
+        self.obj = obj
+        self.device = device
+        floating = [t.dtype for t in tensors if t.is_floating_point()]
+        self.dtype = floating[0] if floating else torch.float32
+        da, dr = _default_tolerances(self.dtype, device)
+        self.atol = da if atol is None else float(atol)
+        self.rtol = dr if rtol is None else float(rtol)
+        self.flags = (
+            [(m, m.training) for m in obj.modules()] if isinstance(obj, nn.Module) else None
+        )
+
+    def __enter__(self):
+        if self.move_back is not None:
+            self.obj.to(self.device)
+        self.eval_note = None
+        if self.flags is not None:
+            self.obj.eval()
+        elif callable(getattr(self.obj, "eval", None)):
+            try:
+                self.obj.eval()
+                self.eval_note = (
+                    "not a torch.nn.Module; called its eval() (its training flag is not restored)"
+                )
+            except Exception as e:  # noqa: BLE001 - an attribute-only object: report, do not crash
+                self.eval_note = f"not a torch.nn.Module and its eval() raised {_exc(e)}; ran as is"
+        else:
+            self.eval_note = (
+                "not a torch.nn.Module and has no eval(): ran as is (dropout may be active)"
+            )
+        return self
+
+    def __exit__(self, *exc):
+        if self.flags is not None:
+            for module, flag in self.flags:
+                module.training = flag
+        if self.move_back is not None:
+            self.obj.to(self.move_back)
+        return False
+
+    def tol(self, scale: float) -> float:
+        return self.atol + self.rtol * scale
+
+    def tol_text(self) -> str:
+        return f"atol={self.atol:g} + rtol={self.rtol:g} x max|value| of the layer"
+
+    def eval_row(self, rows: _Rows, check="eval_mode"):
+        if self.eval_note is None:
+            rows.add(
+                check,
+                "ok",
+                "ran in eval mode under torch.no_grad(); training flags restored afterwards",
+            )
+        else:
+            rows.add(check, "warn", self.eval_note)
+
+
+@contextmanager
+def _quiet_rng(seed: int, devices: Sequence[torch.device]):
+    """Fork the global RNG (so checking does not advance the user's stream) and seed it."""
+    cuda = sorted(
+        {
+            (d.index if d.index is not None else torch.cuda.current_device())
+            for d in devices
+            if d.type == "cuda"
+        }
+    )
+    with torch.random.fork_rng(devices=cuda):
+        torch.default_generator.manual_seed(seed)
+        for i in cuda:
+            with torch.cuda.device(i):
+                torch.cuda.manual_seed(seed)
+        with torch.no_grad():
+            yield
+
+
+def _call(obj, *args):
+    fn = obj if callable(obj) else obj.forward
+    return fn(*args)
+
+
+def _noise(lengths, seed: int, dim: int | None, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-padded noise ``(B, max_len, dim)`` (``dim=None``: ``(B, max_len, 1)``) and lengths."""
+    g = torch.Generator().manual_seed(seed)
+    width = 1 if dim is None else dim
+    x = torch.zeros(len(lengths), max(lengths), width)
+    for i, n in enumerate(lengths):
+        x[i, :n] = torch.randn(n, width, generator=g) * scale
+    return x, torch.tensor(lengths, dtype=torch.long)
+
+
+def _as_lengths(raw, batch: int) -> torch.Tensor | None:
+    """Lengths as a CPU long ``(batch,)`` tensor, or None when they cannot be read."""
+    try:
+        t = raw if isinstance(raw, torch.Tensor) else torch.as_tensor(raw)
+        t = t.detach().to("cpu")
+        if t.numel() != batch or t.is_complex() or t.dtype == torch.bool:
+            return None
+        t = t.reshape(batch)
+        if t.is_floating_point():
+            if not torch.isfinite(t).all():
+                return None
+            t = t.round()
+        return t.long()
+    except (TypeError, ValueError, RuntimeError):
+        return None
+
+
+class _UpOut:
+    """Parsed output of one upstream call."""
+
+    def __init__(self, out=None, error: str | None = None):
+        self.error = error
+        self.all_hs: list[torch.Tensor] = []
+        self.all_hs_len: list = []
+        if error is not None:
+            return
+        if not (isinstance(out, (tuple, list)) and len(out) == 2):
+            self.error = (
+                f"returned {type(out).__name__}"
+                f"{' of length ' + str(len(out)) if isinstance(out, (tuple, list)) else ''}; "
+                "must return a tuple (all_hs, all_hs_len) of two lists of tensors"
+            )
+            return
+        all_hs, all_hs_len = out
+        if not isinstance(all_hs, (tuple, list)) or not isinstance(all_hs_len, (tuple, list)):
+            self.error = (
+                f"returned ({type(all_hs).__name__}, {type(all_hs_len).__name__}); "
+                "all_hs and all_hs_len must be lists (one entry per hidden state)"
+            )
+            return
+        bad = [i for i, h in enumerate(all_hs) if not isinstance(h, torch.Tensor)]
+        if bad:
+            self.error = f"all_hs[{bad[0]}] is {type(all_hs[bad[0]]).__name__}, not a tensor"
+            return
+        if not all_hs:
+            self.error = "returned no hidden states (all_hs is empty)"
+            return
+        meta = [i for i, t in enumerate(list(all_hs) + list(all_hs_len))
+                if isinstance(t, torch.Tensor) and t.is_meta]
+        if meta:
+            self.error = ("returned tensors on the meta device, which hold no values (a model "
+                          "built under torch.device('meta') or never given its weights): "
+                          "materialise it first, e.g. model.to_empty(device='cpu') then "
+                          "load_state_dict(...)")
+            return
+        self.all_hs = list(all_hs)
+        self.all_hs_len = list(all_hs_len)
+
+    @property
+    def count(self) -> int:
+        return len(self.all_hs)
+
+    def lengths(self, layer: int, batch: int) -> torch.Tensor | None:
+        if layer >= len(self.all_hs_len):
+            return None
+        return _as_lengths(self.all_hs_len[layer], batch)
+
+    def valid(self, layer: int, batch: int) -> torch.Tensor | None:
+        """Lengths clamped to ``[0, seq_len]`` (usable for slicing), or None."""
+        n = self.lengths(layer, batch)
+        h = self.all_hs[layer]
+        if n is None or h.dim() < 2 or h.shape[0] != batch:
+            return None
+        return n.clamp(0, h.shape[1])
+
+
+def _run_upstream(upstream, wavs, wavs_len) -> _UpOut:
+    try:
+        out = _call(upstream, wavs, wavs_len)
+    except Exception as e:  # noqa: BLE001 - the object's own error becomes a fail row
+        return _UpOut(error=_exc(e))
+    return _UpOut(out)
+
+
+# ---------------------------------------------------------------------------
+# Numeric helpers
+
+
+# ---------------------------------------------------------------------------
+
+
+def _max_abs(x: torch.Tensor) -> float:
+    """Largest finite absolute value (0 when there is none)."""
+    x = x.detach()
+    if x.numel() == 0:
+        return 0.0
+    if not x.is_floating_point():
+        x = x.double()
+    return float(torch.nan_to_num(x.abs(), nan=0.0, posinf=0.0).max())
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Max abs difference; positions where both hold the same non-finite value are equal."""
+    a, b = a.detach(), b.detach()
+    if a.shape != b.shape:
+        return math.inf
+    if a.numel() == 0 or torch.equal(a, b):
+        return 0.0
+    if a.device != b.device:
+        b = b.to(a.device)
+    dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
+    a, b = a.to(dtype), b.to(dtype)
+    d = (a - b).abs()
+    if torch.isfinite(d).all():
+        return float(d.max())
+    same = (a == b) | (torch.isnan(a) & torch.isnan(b))
+    d = torch.where(same, torch.zeros_like(d), d)
+    return float(torch.nan_to_num(d, nan=math.inf).max())
+
+
+def _valid_scale(h: torch.Tensor, n: torch.Tensor | None) -> float:
+    """Largest finite |value| over the valid frames (all frames when lengths are unusable)."""
+    if n is None or h.dim() < 2:
+        return _max_abs(h)
+    return max((_max_abs(h[i, :k]) for i, k in enumerate(n.tolist())), default=0.0)
+
+
+def _grade(diff: float, tol: float) -> str:
+    if diff <= tol:
+        return "ok"
+    if diff <= _WARN_FACTOR * tol:
+        return "warn"
+    return "fail"
+
+
+def _int_status(value) -> tuple[str, str]:
+    """('ok'|'warn'|'fail', reason) for a value that must be a positive int."""
+    if isinstance(value, (bool, np.bool_)):
+        return "fail", f"is a bool ({value!r})"
+    if isinstance(value, int):
+        return ("ok", "") if value > 0 else ("fail", f"is {value}, not positive")
+    if isinstance(value, np.integer):
+        if value > 0:
+            return "warn", f"is {type(value).__name__} {int(value)}; return a Python int"
+        return "fail", f"is {int(value)}, not positive"
+    return "fail", f"is {value!r} ({type(value).__name__}), not an int"

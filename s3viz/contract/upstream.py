@@ -1,0 +1,626 @@
+"""``check_upstream``: an ``AbsUpstream`` (waveforms -> every hidden state) on noise.
+
+Declared sizes, forward on a padded batch, one row per layer for shapes, lengths,
+rates, finiteness, determinism and batch invariance (each utterance alone vs in the
+batch, with garbage padding), plus 2-D input.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from .checks import (
+    _check_finite,
+    _check_hidden,
+    _check_lengths_bound,
+    _check_lengths_type,
+    _check_rate,
+    _read,
+    _setup_row,
+)
+from .report import ContractReport, _Rows
+from .session import (
+    _DEFAULT_WAV_LENGTHS,
+    _check_run_args,
+    _grade,
+    _int_status,
+    _max_abs,
+    _max_diff,
+    _name,
+    _noise,
+    _quiet_rng,
+    _require_upstream,
+    _run_upstream,
+    _Session,
+    _UpOut,
+    _valid_scale,
+)
+
+__all__ = ["check_upstream"]
+
+
+def _int_list_property(obj, arg: str, name: str, meaning: str, rows: _Rows):
+    """Returns (list with None for bad entries, or None when not a list)."""
+    value, err = _read(obj, name)
+    if err is not None:
+        what = "is missing" if err == "missing" else f"raised {err}"
+        rows.add(
+            name,
+            "fail",
+            f"{arg}.{name} {what}; add a property returning a list of {meaning}, "
+            "one positive int per hidden state",
+        )
+        return None
+    if not isinstance(value, (list, tuple)):
+        rows.add(
+            name,
+            "fail",
+            f"{arg}.{name} is {type(value).__name__}; it must be a list of {meaning}, "
+            f"one positive int per hidden state (e.g. return [int(v) for v in ...])",
+        )
+        return None
+    if not value:
+        rows.add(name, "fail", f"{arg}.{name} is empty; it needs one entry per hidden state")
+        return []
+    out, worst, notes = [], "ok", []
+    for i, v in enumerate(value):
+        status, why = _int_status(v)
+        if status != "ok":
+            notes.append(f"[{i}] {why}")
+            worst = "fail" if "fail" in (status, worst) else "warn"
+        out.append(int(v) if status != "fail" else None)
+    if worst == "ok":
+        rows.add(name, "ok", f"{arg}.{name} = {list(out)}")
+    else:
+        fix = f"; each must be a positive int ({meaning})" if worst == "fail" else ""
+        rows.add(name, worst, f"{arg}.{name} = {list(value)!r}: " + "; ".join(notes) + fix)
+    return out
+
+
+def _count_property(upstream, rows: _Rows) -> int | None:
+    """Reads num_layer, or s3prl's num_layers spelling (a warn row)."""
+    v1, e1 = _read(upstream, "num_layer")
+    v2, e2 = _read(upstream, "num_layers")
+    if e1 is None:
+        status, why = _int_status(v1)
+        if status == "fail":
+            rows.add(
+                "num_layer",
+                "fail",
+                f"upstream.num_layer {why}; it must be a positive int: "
+                "the number of hidden states forward() returns",
+            )
+            return None
+        if e2 is None and v2 != v1:
+            rows.add(
+                "num_layer",
+                "fail",
+                f"upstream.num_layer = {v1!r} but upstream.num_layers = {v2!r}; "
+                "the alias must return the same number",
+            )
+            return int(v1)
+        rows.add(
+            "num_layer", status, f"upstream.num_layer = {int(v1)}" + (f" ({why})" if why else "")
+        )
+        return int(v1)
+    if e2 is None:
+        status, why = _int_status(v2)
+        if status == "fail":
+            rows.add(
+                "num_layer",
+                "fail",
+                f"upstream has no num_layer and upstream.num_layers {why}; "
+                "it must be a positive int",
+            )
+            return None
+        rows.add(
+            "num_layer",
+            "warn",
+            f"upstream has num_layers = {int(v2)} (s3prl S3PRLUpstream's spelling) "
+            "but no num_layer "
+            "(the s3prl AbsUpstream interface); accepted, but add a num_layer property"
+            + (f"; {why}" if why else ""),
+        )
+        return int(v2)
+    what = "raised " + e1 if e1 != "missing" else "is missing"
+    rows.add(
+        "num_layer",
+        "fail",
+        f"upstream.num_layer {what} and there is no num_layers either; add a "
+        "num_layer property giving the number of hidden states",
+    )
+    return None
+
+
+# ---------------------------------------------------------------------------
+# check_upstream
+
+
+# ---------------------------------------------------------------------------
+
+_UPSTREAM_LAYER_CHECKS = (
+    "hidden_shape",
+    "lengths_type",
+    "lengths_bound",
+    "lengths_rate",
+    "finite",
+    "determinism",
+    "batch_invariance",
+)
+
+
+def check_upstream(
+    upstream,
+    *,
+    device=None,
+    wav_lengths: Sequence[int] | None = None,
+    tolerance: int = 2,
+    atol: float | None = None,
+    rtol: float | None = None,
+    seed: int = 0,
+    move: bool = False,
+) -> ContractReport:
+    """Check that ``upstream`` follows s3prl's ``AbsUpstream`` contract.
+
+    Runs ``upstream(wavs, wavs_len)`` on a batch of seeded noise waveforms
+    ``wavs`` ``(batch_size, seq_len, 1)`` with ``wavs_len`` ``(batch_size,)``,
+    again on the same batch, on each waveform alone, and on the shortest waveform alone
+    as ``(batch_size, seq_len)``.
+
+    Checks (``check`` column; per layer where marked *):
+
+    - ``setup``, ``eval_mode``: the inputs used; eval mode (``warn`` for
+      objects that are not ``nn.Module``).
+    - ``num_layer``: a positive int (``warn`` when only s3prl's ``num_layers``);
+      ``hidden_sizes``, ``downsample_rates``: lists of positive ints.
+    - ``forward``: runs on ``(batch_size, seq_len, 1)`` and returns
+      ``(all_hs, all_hs_len)``; ``wavs_2d``: whether it also accepts
+      ``(batch_size, seq_len)`` (ok/warn only; if only 2-D works, ``forward``
+      fails and the other checks use 2-D).
+    - ``layer_count``: ``num_layer == len(hidden_sizes) == len(downsample_rates)
+      == len(all_hs) == len(all_hs_len)``; ``stable_layers``: the same number
+      of hidden states in every call (layerdrop off in eval).
+    - ``hidden_shape`` *: ``(batch_size, seq_len, hidden_sizes[i])`` floating.
+    - ``lengths_type`` *: LongTensor ``(batch_size,)``; ``lengths_bound`` *:
+      ``0 <= lengths <= seq_len`` and ``max(lengths) == seq_len``.
+    - ``lengths_rate`` *: deviation in frames from ``ceil(L / downsample_rates[i])``
+      (:func:`s3viz.align.expected_lengths`): 0 ok, ``<= tolerance`` warn, else fail;
+      ``value`` is the largest deviation (negative: fewer frames).
+    - ``finite`` *: no NaN/Inf in valid frames (``warn`` if only in padding).
+    - ``determinism`` *: two calls give the same valid frames and lengths.
+    - ``batch_invariance`` *: each utterance alone and padded inside the batch
+      give the same lengths and valid frames; ``value`` is the max abs difference.
+      A failure says which frames differ and the likely cause: only the last
+      frames of shorter utterances (reported lengths that count windows over
+      the padding, e.g. s3prl's ``(L - 1) // 320 + 1``), every frame (a
+      normalisation or attention over the padded batch), or some of them.
+
+    Args:
+        upstream: the model (``nn.Module`` or any object with ``forward`` and the
+            interface's properties). It is not moved unless ``move=True``.
+        device: where inputs go; ``None``: where the upstream's parameters are.
+        wav_lengths: waveform lengths in samples, one per utterance
+            (default ``(11850, 16000, 4003)``: 1 s at most).
+        tolerance: frames of deviation from ``ceil(L/rate)`` still a ``warn``.
+        atol, rtol: value tolerances (see the module docstring; None: by dtype).
+        seed: seed of the generated waveforms and of the (forked) global RNG.
+        move: move the upstream to ``device`` for the check, and back afterwards.
+
+    Returns:
+        :class:`ContractReport` titled ``check_upstream(<class name>)``.
+
+    Raises:
+        TypeError / ValueError: for bad arguments (never for a broken upstream).
+    """
+    _require_upstream(upstream)
+    lengths, dev = _check_run_args(wav_lengths, "wav_lengths", _DEFAULT_WAV_LENGTHS, atol=atol,
+                                   rtol=rtol, seed=seed, device=device, tolerance=tolerance)
+    rows = _Rows()
+    session = _Session(upstream, "upstream", dev, move, atol, rtol)
+    with session, _quiet_rng(seed, [session.device]):
+        _run_upstream_checks(upstream, session, lengths, tolerance, seed, rows)
+    return rows.report(f"check_upstream({_name(upstream)})")
+
+
+def _run_upstream_checks(upstream, s: _Session, lengths, tolerance, seed, rows: _Rows):
+    batch = len(lengths)
+    _setup_row(rows, s, f"batch of {batch} noise waveforms, lengths", lengths, seed)
+    s.eval_row(rows)
+    num_layer = _count_property(upstream, rows)
+    sizes = _int_list_property(upstream, "upstream", "hidden_sizes", "hidden sizes", rows)
+    rates = _int_list_property(
+        upstream,
+        "upstream",
+        "downsample_rates",
+        "downsample rates (samples of 16 kHz audio per frame)",
+        rows,
+    )
+    conv_layers, _ = _read(upstream, "conv_layers")
+
+    wavs3, wavs_len_cpu = _noise(lengths, seed, None, 0.1)
+    wavs3 = wavs3.to(s.device, s.dtype)
+    wavs_len = wavs_len_cpu.to(s.device)
+    out3 = _run_upstream(upstream, wavs3, wavs_len)
+    # 2-D wavs: the whole batch only when 3-D failed (then it is the main call); else the
+    # shortest utterance alone, compared with its 3-D single call below (one cheap extra call)
+    short = min(range(batch), key=lambda i: lengths[i])
+    if out3.error is None:
+        out2 = _run_upstream(
+            upstream, wavs3[short : short + 1, : lengths[short], 0], wavs_len[short : short + 1]
+        )
+    else:
+        out2 = _run_upstream(upstream, wavs3[..., 0], wavs_len)
+
+    shape3 = f"wavs {tuple(wavs3.shape)}"
+    if out3.error is None:
+        rows.add(
+            "forward",
+            "ok",
+            f"forward({shape3}, wavs_len ({batch},)) returned {out3.count} hidden states",
+        )
+        main, form = out3, (lambda w: w)
+    elif out2.error is None:
+        rows.add(
+            "forward",
+            "fail",
+            f"forward({shape3} = (batch_size, seq_len, 1)) failed: {out3.error}. It works with "
+            "(batch_size, seq_len), but the interface passes (batch_size, seq_len, 1): add "
+            "`if wavs.dim() == 3: wavs = wavs.squeeze(-1)`. "
+            "The checks below used (batch_size, seq_len).",
+        )
+        main, form = out2, (lambda w: w[..., 0])
+    else:
+        rows.add("forward", "fail", f"forward({shape3}, wavs_len ({batch},)) failed: {out3.error}")
+        main, form = None, None
+
+    wavs_2d_at = len(rows.rows)  # the row is written once determinism is known
+    if out3.error is None and out2.error is None:
+        pass
+    elif out3.error is None:
+        rows.add(
+            "wavs_2d",
+            "warn",
+            f"does not accept wavs (batch_size, seq_len): {out2.error}. Fine for the "
+            "interface (s3viz always passes (batch_size, seq_len, 1)); "
+            "accepting both is friendlier",
+        )
+    elif out2.error is None:
+        rows.add("wavs_2d", "ok", "accepts wavs (batch_size, seq_len)")
+    else:
+        rows.add("wavs_2d", "warn", f"also fails with (batch_size, seq_len): {out2.error}")
+
+    if main is None:
+        rows.skip(("layer_count", "stable_layers") + _UPSTREAM_LAYER_CHECKS, "forward failed")
+        return
+
+    # sizes and counts agree
+    counts = {
+        "num_layer": num_layer,
+        "len(hidden_sizes)": None if sizes is None else len(sizes),
+        "len(downsample_rates)": None if rates is None else len(rates),
+        "len(all_hs)": main.count,
+        "len(all_hs_len)": len(main.all_hs_len),
+    }
+    known = {k: v for k, v in counts.items() if v is not None}
+    unknown = [k for k, v in counts.items() if v is None]
+    text = ", ".join(f"{k} = {v}" for k, v in known.items())
+    if unknown:
+        text += f" ({', '.join(unknown)} unusable, see above)"
+    if len(set(known.values())) == 1:
+        rows.add("layer_count", "ok", text, value=main.count)
+    else:
+        rows.add(
+            "layer_count",
+            "fail",
+            text + ": these must all be equal (one entry per hidden state)",
+            value=main.count,
+        )
+
+    # repeat call (determinism) and each utterance alone (batch invariance)
+    rep = _run_upstream(upstream, form(wavs3), wavs_len)
+    singles = []
+    for i, n in enumerate(lengths):
+        singles.append(_run_upstream(upstream, form(wavs3[i : i + 1, :n]), wavs_len[i : i + 1]))
+    calls = [("batch", main), ("repeat", rep)] + [
+        (f"utterance {i} alone", o) for i, o in enumerate(singles)
+    ]
+    if out3.error is None and out2.error is None:
+        calls.append((f"utterance {short} alone as (batch_size, seq_len)", out2))
+    seen = [(name, o.count) for name, o in calls if o.error is None]
+    if len({c for _, c in seen}) <= 1:
+        rows.add(
+            "stable_layers",
+            "ok",
+            f"{main.count} hidden states in each of {len(seen)} calls",
+            value=main.count,
+        )
+    else:
+        rows.add(
+            "stable_layers",
+            "fail",
+            "number of hidden states changes across calls in eval mode: "
+            + ", ".join(f"{name}: {c}" for name, c in seen)
+            + " (layerdrop or a data-dependent exit must be off in eval; "
+            "weighted sums need a fixed count)",
+            value=max(c for _, c in seen) - min(c for _, c in seen),
+        )
+
+    scales = []
+    for layer, h in enumerate(main.all_hs):
+        with rows.guard("hidden_shape", layer):
+            size = sizes[layer] if sizes is not None and layer < len(sizes) else None
+            _check_hidden(rows, "hidden_shape", h, batch, size, f"hidden_sizes[{layer}]", layer)
+        scales.append(_valid_scale(h, main.valid(layer, batch)))
+    for layer in range(main.count):
+        with rows.guard("lengths_type", layer):
+            if layer >= len(main.all_hs_len):
+                rows.add(
+                    "lengths_type",
+                    "fail",
+                    f"no all_hs_len[{layer}] (all_hs_len has {len(main.all_hs_len)} entries)",
+                    layer,
+                )
+            else:
+                _check_lengths_type(
+                    rows, main.all_hs_len[layer], batch, f"all_hs_len[{layer}]", layer
+                )
+    for layer, h in enumerate(main.all_hs):
+        with rows.guard("lengths_bound", layer):
+            _check_lengths_bound(rows, main.lengths(layer, batch), h, f"all_hs_len[{layer}]", layer)
+    for layer in range(main.count):
+        with rows.guard("lengths_rate", layer):
+            n = main.lengths(layer, batch)
+            rate = rates[layer] if rates is not None and layer < len(rates) else None
+            if rate is None:
+                rows.add(
+                    "lengths_rate",
+                    "warn",
+                    f"not assessed: downsample_rates[{layer}] unusable",
+                    layer,
+                )
+            elif n is None:
+                rows.add(
+                    "lengths_rate", "warn", f"not assessed: all_hs_len[{layer}] unreadable", layer
+                )
+            else:
+                _check_rate(
+                    rows,
+                    "lengths_rate",
+                    n,
+                    wavs_len_cpu,
+                    rate,
+                    tolerance,
+                    f"all_hs_len[{layer}]",
+                    layer,
+                    conv_layers=conv_layers,
+                )
+    for layer, h in enumerate(main.all_hs):
+        with rows.guard("finite", layer):
+            _check_finite(rows, h, main.valid(layer, batch), layer)
+
+    nondeterministic = set()
+    for layer in range(main.count):
+        with rows.guard("determinism", layer):
+            tol = s.tol(scales[layer])
+            if rep.error is not None:
+                rows.add("determinism", "fail", f"the second call raised {rep.error}", layer)
+                nondeterministic.add(layer)
+                continue
+            if rep.count != main.count:
+                rows.add(
+                    "determinism",
+                    "warn",
+                    "not assessed: the second call returned "
+                    f"{rep.count} hidden states (see stable_layers)",
+                    layer,
+                )
+                continue
+            n1, n2 = main.valid(layer, batch), rep.valid(layer, batch)
+            if n1 is None or n2 is None:
+                rows.add("determinism", "warn", "not assessed: lengths unreadable", layer)
+                continue
+            if not torch.equal(n1, n2):
+                rows.add(
+                    "determinism",
+                    "fail",
+                    f"lengths differ between two calls: {n1.tolist()} vs {n2.tolist()}",
+                    layer,
+                )
+                nondeterministic.add(layer)
+                continue
+            diff = max(
+                _max_diff(main.all_hs[layer][i, :k], rep.all_hs[layer][i, :k])
+                for i, k in enumerate(n1.tolist())
+            )
+            status = _grade(diff, tol)
+            if status != "ok":
+                nondeterministic.add(layer)
+            rows.add(
+                "determinism",
+                status,
+                f"two calls on the same batch: max abs diff {diff:.3g} (tolerance {tol:.3g})"
+                + ("" if status == "ok" else "; dropout or noise active in eval mode?"),
+                layer,
+                diff,
+            )
+
+    if out3.error is None and out2.error is None:
+        before = len(rows.rows)
+        with rows.guard("wavs_2d"):
+            _wavs_2d_row(rows, s, singles[short], out2, short, nondeterministic)
+        rows.rows.insert(wavs_2d_at, rows.rows.pop(before))
+
+    for layer in range(main.count):
+        with rows.guard("batch_invariance", layer):
+            _batch_invariance_layer(
+                rows, s, main, singles, layer, batch, scales[layer], nondeterministic
+            )
+
+
+def _wavs_2d_row(rows, s, out3, out2, index, nondeterministic):
+    """Utterance ``index`` alone: as (1, seq_len, 1) (``out3``) vs as (1, seq_len) (``out2``)."""
+    what = f"utterance {index} alone as (1, seq_len) vs (1, seq_len, 1)"
+    if out3.error is not None:
+        rows.add(
+            "wavs_2d",
+            "ok",
+            f"accepts wavs (batch_size, seq_len); not compared ({what}: the 3-D call "
+            f"raised {out3.error})",
+        )
+        return
+    if out2.count != out3.count:
+        rows.add(
+            "wavs_2d",
+            "warn",
+            f"accepts (batch_size, seq_len) but {what} returned {out2.count} hidden "
+            f"states instead of {out3.count} (see stable_layers)",
+        )
+        return
+    diff = _max_diff_outputs(out3, out2, 1)
+    tol = s.tol(max(_max_abs(h) for h in out3.all_hs))
+    if diff <= tol:
+        rows.add(
+            "wavs_2d",
+            "ok",
+            f"also accepts wavs (batch_size, seq_len), same hidden states "
+            f"({what}: max abs diff {diff:.3g})",
+            value=diff,
+        )
+    elif nondeterministic:
+        rows.add(
+            "wavs_2d",
+            "ok",
+            "also accepts wavs (batch_size, seq_len); hidden states not compared "
+            "(not deterministic, see determinism)",
+            value=diff,
+        )
+    else:
+        rows.add(
+            "wavs_2d",
+            "warn",
+            f"accepts (batch_size, seq_len) but returns different hidden states: "
+            f"{what}: max abs diff {diff:.3g} (tolerance {tol:.3g})",
+            value=diff,
+        )
+
+
+def _max_diff_outputs(a: _UpOut, b: _UpOut, batch: int) -> float | None:
+    if a.count != b.count:
+        return None
+    worst = 0.0
+    for layer in range(a.count):
+        n = a.valid(layer, batch)
+        if n is None:
+            worst = max(worst, _max_diff(a.all_hs[layer], b.all_hs[layer]))
+            continue
+        for i, k in enumerate(n.tolist()):
+            worst = max(worst, _max_diff(a.all_hs[layer][i, :k], b.all_hs[layer][i, :k]))
+    return worst
+
+
+def _frames_over(a: torch.Tensor, b: torch.Tensor, tol: float) -> list:
+    """Indices of the frames (rows) of ``a`` and ``b`` that differ by more than ``tol``."""
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    d = (a - b).abs()
+    d = torch.where((a == b) | (torch.isnan(a) & torch.isnan(b)), torch.zeros_like(d), d)
+    d = d.reshape(a.shape[0], -1).amax(dim=1)
+    return torch.nonzero(~(d <= tol)).squeeze(1).tolist()
+
+
+def _batch_variance_cause(where) -> str:
+    """Which frames padding changed, and the likely cause, from ``(utt, k, bad frames)``."""
+    if not where:
+        return "padding changes the valid frames"
+    tails = [(i, k, bad) for i, k, bad in where
+             if bad and bad == list(range(k - len(bad), k)) and len(bad) < k]
+    most = [(i, k, bad) for i, k, bad in where if len(bad) >= 0.5 * k]
+    shown = ", ".join(f"utterance {i}: {len(bad)} of {k}" for i, k, bad in where[:3])
+    # length arithmetic (ceil vs the convolutions' floor) accounts for 1 or 2 frames
+    if len(tails) == len(where) and max(len(b) for _, _, b in tails) <= 3:
+        n = max(len(b) for _, _, b in tails)
+        return (f"padding changes the valid frames: only the last {n} frame(s) of shorter "
+                f"utterances differ ({shown}): the "
+                "reported lengths count frames whose window reaches into the padding (e.g. "
+                "(L - 1) // 320 + 1 where the convolutions give (L - 400) // 320 + 1); report "
+                "the frames the convolutions make from the valid samples")
+    if len(most) == len(where):
+        every = all(len(bad) == k for _, k, bad in where)
+        return (f"padding changes the valid frames: "
+                f"{'every frame' if every else 'most frames'} of the padded utterances "
+                f"{'changes' if every else 'change'} ({shown} frames differ): the "
+                "padding enters a computation over the whole sequence: a normalisation over "
+                "time (group norm in the first convolution of wav2vec2-base-like models), "
+                "attention without a padding mask, or an old-style padding mask that the model "
+                "was not trained with; mask padded samples/frames or run each utterance unpadded")
+    return (f"padding changes the valid frames: some of them ({shown} frames differ): padding "
+            "reaches valid frames through a convolution or attention over padded frames; zero "
+            "padded frames before each such layer or run each utterance unpadded")
+
+
+def _batch_invariance_layer(rows, s, main, singles, layer, batch, scale, nondeterministic):
+    check = "batch_invariance"
+    if layer in nondeterministic:
+        rows.add(
+            check, "warn", "not assessed: this layer is not deterministic (see determinism)", layer
+        )
+        return
+    nb = main.valid(layer, batch)
+    if nb is None:
+        rows.add(check, "warn", "not assessed: batched lengths or shape unreadable", layer)
+        return
+    worst, length_issues, notes = 0.0, [], []
+    tol = s.tol(scale)
+    where = []  # (utterance, valid frames, indices of frames that differ past tol)
+    for i, single in enumerate(singles):
+        if single.error is not None:
+            rows.add(
+                check,
+                "fail",
+                f"utterance {i} alone (batch_size 1, no padding) raised {single.error}",
+                layer,
+            )
+            return
+        if single.count != main.count:
+            notes.append(
+                f"utterance {i} alone gave {single.count} hidden states (see stable_layers)"
+            )
+            continue
+        raw_b = main.lengths(layer, batch)
+        raw_a = single.lengths(layer, 1)
+        na = single.valid(layer, 1)
+        if raw_a is None or na is None:
+            notes.append(f"utterance {i} alone: lengths unreadable")
+            continue
+        if int(raw_a[0]) != int(raw_b[i]):
+            length_issues.append(
+                f"utterance {i}: {int(raw_a[0])} frames alone vs {int(raw_b[i])} in the batch"
+            )
+        k = min(int(na[0]), int(nb[i]))
+        d = _max_diff(single.all_hs[layer][0, :k], main.all_hs[layer][i, :k])
+        worst = max(worst, d)
+        if d > tol and math.isfinite(d):
+            where.append((i, k, _frames_over(single.all_hs[layer][0, :k],
+                                             main.all_hs[layer][i, :k], tol)))
+    if length_issues:
+        rows.add(
+            check, "fail", "lengths depend on the batch: " + "; ".join(length_issues), layer, worst
+        )
+        return
+    if notes and worst == 0.0:
+        rows.add(check, "warn", "not assessed: " + "; ".join(notes), layer)
+        return
+    status = _grade(worst, tol)
+    text = (
+        f"each utterance alone vs padded in the batch: max abs diff {worst:.3g} over valid frames "
+        f"(tolerance {tol:.3g})"
+    )
+    if status == "warn":
+        text += "; small, possibly float noise: raise atol/rtol if expected"
+    elif status == "fail":
+        text += "; " + _batch_variance_cause(where)
+    if notes:
+        text += "; " + "; ".join(notes)
+    rows.add(check, status, text, layer, worst)
