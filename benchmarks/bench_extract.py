@@ -41,9 +41,10 @@ import tracemalloc
 import numpy as np
 import torch
 
+from s3viz._cache import upstream_fingerprint
 from s3viz.audio import batch_wavs
 from s3viz.data import Corpus, Utterance
-from s3viz.extract import DEFAULT_MAX_BATCH_SECONDS, _bucket_plan, _padding, _upstream_fingerprint, extract
+from s3viz.extract import DEFAULT_MAX_BATCH_SECONDS, _padding, bucket_plan, extract
 from s3viz.interface import SAMPLE_RATE, AbsUpstream
 
 
@@ -139,7 +140,7 @@ def bench_overhead(upstream, device, n, reps):
     rng = np.random.default_rng(1)
     corpus = noise_corpus(rng.uniform(1.0, 2.5, n), seed=1)
     lens = [u.num_samples for u in corpus]
-    plan = _bucket_plan(lens, None, DEFAULT_MAX_BATCH_SECONDS)
+    plan = bucket_plan(lens, None, DEFAULT_MAX_BATCH_SECONDS)
     timer = ForwardTimer(upstream, device)
     bare_loop(upstream, corpus, plan[-1:], device)  # warm-up
     runs = {
@@ -166,7 +167,7 @@ def bench_overhead(upstream, device, n, reps):
     fp_times = []
     for _ in range(3):
         t = time.perf_counter()
-        _upstream_fingerprint(upstream)
+        upstream_fingerprint(upstream)
         fp_times.append(time.perf_counter() - t)
     fp_time = statistics.median(fp_times)
     audio = sum(lens) / SAMPLE_RATE
@@ -200,8 +201,8 @@ def bench_bucketing(upstream, device, n, batch_size, reps):
     rng = np.random.default_rng(2)
     corpus = noise_corpus(np.exp(rng.uniform(np.log(0.5), np.log(6.0), n)), seed=2)
     lens = [u.num_samples for u in corpus]
-    plans = {"bucketed": _bucket_plan(lens, batch_size, None),
-             "unsorted": _bucket_plan(lens, batch_size, None, sort=False)}
+    plans = {"bucketed": bucket_plan(lens, batch_size, None),
+             "unsorted": bucket_plan(lens, batch_size, None, sort=False)}
     times = {k: [] for k in plans}
     for _ in range(reps):
         for k, plan in plans.items():

@@ -39,8 +39,8 @@ _EXPORTS = {
     "segment_table": "segments",
     # featurizer weights
     "WeightedSumFeaturizer": "featurizers",
-    "WeightedScorer": "featurizers",
-    "train_featurizer": "featurizers",
+    "WeightedScorer": "probe.weighted",
+    "train_featurizer": "featurizer_training",
     "load_featurizer_weights": "checkpoints",
     # length alignment
     "expected_lengths": "align",
@@ -54,8 +54,9 @@ _EXPORTS = {
 }
 
 _SUBMODULES = ("abx", "align", "audio", "checkpoints", "compare", "contract", "data",
-               "distributed", "extract", "featurizers", "interface", "models", "plot", "probe",
-               "segments", "similarity", "stream", "teach", "units", "upstreams", "widgets", "zoo")
+               "distributed", "extract", "featurizer_training", "featurizers", "interface",
+               "models", "plot", "probe", "segments", "similarity", "store", "stream", "teach",
+               "units", "upstreams", "widgets", "zoo")
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 

@@ -1,24 +1,75 @@
-"""The one rule for ``device=None`` across s3viz: cuda when available, else the CPU."""
+"""The runtime rules shared across s3viz: devices, model sessions, notebook threads.
+
+- :func:`resolve_device`: ``device=None`` means the model's own device when it has
+  tensors, else cuda when available, else the CPU;
+- :func:`eval_session`: run a model in eval mode (moved only when asked) and restore
+  every submodule's training flag and the device afterwards;
+- :func:`notebook_threads`: torch threads for a (possibly shared) notebook server.
+"""
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
-__all__ = ["resolve_device", "notebook_threads"]
+__all__ = ["eval_session", "module_device", "notebook_threads", "resolve_device"]
 
 
-def resolve_device(device=None) -> torch.device:
-    """``None`` -> cuda when available else cpu; anything else -> ``torch.device(device)``.
+def module_device(module) -> torch.device | None:
+    """The device of ``module``'s first parameter (or buffer); None when it has neither
+    or is not an ``nn.Module``."""
+    if not isinstance(module, torch.nn.Module):
+        return None
+    for t in module.parameters():
+        return t.device
+    for t in module.buffers():
+        return t.device
+    return None
+
+
+def resolve_device(device=None, module=None) -> torch.device:
+    """``None`` -> ``module``'s own device when it has tensors, else cuda when available,
+    else cpu; anything else -> ``torch.device(device)``.
 
     Raises:
         ValueError: for a string or object torch does not read as a device.
     """
     if device is None:
+        own = module_device(module)
+        if own is not None:
+            return own
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         return torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise ValueError(f"device must be e.g. 'cpu', 'cuda' or 'cuda:0', got {device!r}") from e
+
+
+@contextlib.contextmanager
+def eval_session(module, device: torch.device | None = None, *, move: bool = False):
+    """Eval mode for the block; with ``move``, on ``device`` too.
+
+    Afterwards every submodule gets back its own training flag (``module.train(was)``
+    would give them all the top-level one) and a moved module goes back to where its
+    first tensor was. A callable that is not an ``nn.Module`` is left alone.
+    """
+    if not isinstance(module, torch.nn.Module):
+        yield
+        return
+    flags = [(m, m.training) for m in module.modules()]
+    own = module_device(module)
+    moved = bool(move) and device is not None and own is not None
+    try:
+        if moved:
+            module.to(device)
+        module.eval()
+        yield
+    finally:
+        if moved:
+            module.to(own)
+        for m, flag in flags:
+            m.training = flag
 
 
 def notebook_threads(*, apply: bool = True, verbose: bool = True) -> int:

@@ -35,6 +35,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ._device import eval_session
+from ._device import resolve_device as _resolve_device
 from .interface import SAMPLE_RATE, num_layer_of
 
 __all__ = [
@@ -174,7 +176,7 @@ def expected_lengths(
 # --------------------------------------------------------------------------- upstream geometry
 
 
-def _optional_attr(obj, name: str):
+def optional_attr(obj, name: str):
     """``getattr(obj, name, None)`` that also treats NotImplementedError as absent."""
     try:
         return getattr(obj, name)
@@ -182,8 +184,8 @@ def _optional_attr(obj, name: str):
         return None
 
 
-def _upstream_rates(upstream) -> List[int]:
-    rates = _optional_attr(upstream, "downsample_rates")
+def upstream_rates(upstream) -> List[int]:
+    rates = optional_attr(upstream, "downsample_rates")
     if rates is None:
         raise TypeError(
             f"upstream ({type(upstream).__name__}) has no 'downsample_rates'; it must give "
@@ -193,24 +195,24 @@ def _upstream_rates(upstream) -> List[int]:
 
 
 def _upstream_conv_layers(upstream) -> Optional[Tuple[Tuple[int, int], ...]]:
-    conv = _optional_attr(upstream, "conv_layers")
+    conv = optional_attr(upstream, "conv_layers")
     return None if conv is None else _check_conv_layers(conv)
 
 
-def _layer_geometry(upstream, layer: int) -> Tuple[int, int, Optional[Tuple[Tuple[int, int], ...]]]:
+def layer_geometry(upstream, layer: int) -> Tuple[int, int, Optional[Tuple[Tuple[int, int], ...]]]:
     """``(rate, receptive_field, conv_layers or None)`` of one layer of an upstream.
 
     ``conv_layers`` is returned only when its total stride equals the layer's rate
     (the layer keeps the convolution stack's frames, as every wav2vec2 layer does).
     """
-    rates = _upstream_rates(upstream)
+    rates = upstream_rates(upstream)
     if not 0 <= layer < len(rates):
         raise IndexError(f"layer must be in [0, {len(rates)}), got {layer}")
     rate = rates[layer]
     conv = _upstream_conv_layers(upstream)
     if conv is not None and receptive_field(conv)[1] != rate:
         conv = None
-    fields = _optional_attr(upstream, "receptive_fields")
+    fields = optional_attr(upstream, "receptive_fields")
     if fields is not None:
         rf = int(fields[layer])
     elif conv is not None:
@@ -273,13 +275,13 @@ def frame_timeline(
             f"'downsample_rates', got {rate_or_upstream!r}"
         )
     else:
-        if _optional_attr(rate_or_upstream, "downsample_rates") is None:
+        if optional_attr(rate_or_upstream, "downsample_rates") is None:
             raise TypeError(
                 "rate_or_upstream must be a positive int rate or an upstream with "
                 f"'downsample_rates', got {type(rate_or_upstream).__name__}"
             )
         layer = 0 if layer is None else int(layer)
-        rate, up_rf, conv = _layer_geometry(rate_or_upstream, layer)
+        rate, up_rf, conv = layer_geometry(rate_or_upstream, layer)
         if rf is None:
             rf = up_rf
     if conv_layers is not None:
@@ -379,29 +381,6 @@ def frame_labels(
 # --------------------------------------------------------------------------- length sweeps
 
 
-def _module_device(module) -> Optional[torch.device]:
-    if not isinstance(module, torch.nn.Module):
-        return None
-    for t in module.parameters():
-        return t.device
-    for t in module.buffers():
-        return t.device
-    return None
-
-
-def _resolve_device(device, module=None) -> torch.device:
-    """``device=None``: the module's own device when it has tensors, else cuda when available."""
-    if device is not None:
-        try:
-            return torch.device(device)
-        except (RuntimeError, TypeError) as e:
-            raise ValueError(f"device must be e.g. 'cpu' or 'cuda', got {device!r}") from e
-    own = _module_device(module)
-    if own is not None:
-        return own
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _check_wav_lengths(wav_lengths) -> np.ndarray:
     try:
         arr = np.asarray(list(wav_lengths))
@@ -468,7 +447,7 @@ def length_report(
             f"upstream must be callable (an AbsUpstream), got {type(upstream).__name__}"
         )
     lengths = _check_wav_lengths(wav_lengths)
-    rates = _upstream_rates(upstream)
+    rates = upstream_rates(upstream)
     num_layer = num_layer_of(upstream)
     if len(rates) != num_layer:
         raise ValueError(
@@ -487,7 +466,7 @@ def length_report(
             wavs[torch.arange(wavs.shape[1])[None, :] >= lens[:, None]] = 0.0
             yield pos, wavs, lens
 
-    for pos, counts in _upstream_frame_counts(upstream, batches(), num_layer, device):
+    for pos, counts in upstream_frame_counts(upstream, batches(), num_layer, device):
         frames[:, pos] = counts
     parts = []
     for layer in range(num_layer):
@@ -511,45 +490,31 @@ def length_report(
     report = pd.concat(parts, ignore_index=True)
     for c in _report_conventions(report):
         report[f"diff_{c}"] = report["frames"] - report[f"expected_{c}"]
-    report.attrs["upstream"] = str(_optional_attr(upstream, "name") or type(upstream).__name__)
+    report.attrs["upstream"] = str(optional_attr(upstream, "name") or type(upstream).__name__)
     report.attrs["summary"] = _summary_text(summarize_lengths(report), report)
     return report
 
 
-def _upstream_frame_counts(upstream, batches, num_layer: int, device=None):
+def upstream_frame_counts(upstream, batches, num_layer: int, device=None):
     """Yield ``(key, (num_layer, batch_size) int64 counts)`` per ``(key, wavs, wavs_len)`` batch.
 
     The upstream runs in eval mode under ``torch.inference_mode`` on ``device``
     (resolved by :func:`_resolve_device`; moved there and back only when it
-    differs from where the upstream lives); its training flag is restored.
+    differs from where the upstream lives); every submodule's training flag is restored.
     """
     dev = _resolve_device(device, upstream)
-    own = _module_device(upstream)
-    is_module = isinstance(upstream, torch.nn.Module)
-    moved = is_module and own is not None and own != dev
-    was_training = upstream.training if is_module else None
-    try:
-        if moved:
-            upstream.to(dev)
-        if is_module:
-            upstream.eval()
-        with torch.inference_mode():
-            for key, wavs, lens in batches:
-                try:
-                    out = upstream(wavs.to(dev), lens.to(dev))
-                except RuntimeError as e:
-                    raise RuntimeError(
-                        f"upstream failed on input lengths {lens.tolist()[:4]}: {e}. Inputs "
-                        "shorter than its receptive field often fail: use longer inputs"
-                    ) from e
-                counts = np.stack([hl.detach().to("cpu").long().numpy().reshape(-1)
-                                   for hl in _all_hs_len(out, num_layer)])
-                yield key, counts
-    finally:
-        if moved:
-            upstream.to(own)
-        if is_module:
-            upstream.train(was_training)
+    with eval_session(upstream, dev, move=True), torch.inference_mode():
+        for key, wavs, lens in batches:
+            try:
+                out = upstream(wavs.to(dev), lens.to(dev))
+            except RuntimeError as e:
+                raise RuntimeError(
+                    f"upstream failed on input lengths {lens.tolist()[:4]}: {e}. Inputs "
+                    "shorter than its receptive field often fail: use longer inputs"
+                ) from e
+            counts = np.stack([hl.detach().to("cpu").long().numpy().reshape(-1)
+                               for hl in _all_hs_len(out, num_layer)])
+            yield key, counts
 
 
 def _all_hs_len(out, num_layer: int) -> List[torch.Tensor]:

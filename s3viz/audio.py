@@ -227,12 +227,12 @@ def resample(wav: ArrayLike, orig_sample_rate: int, new_sample_rate: int = SAMPL
     return out
 
 
-def _resampled_length(num_samples: int, orig: int, new: int = SAMPLE_RATE) -> int:
+def resampled_length(num_samples: int, orig: int, new: int = SAMPLE_RATE) -> int:
     """Samples after :func:`resample`: ``ceil(num_samples * new / orig)``, as torchaudio."""
     return -(-int(num_samples) * int(new) // int(orig))
 
 
-def _resample_many(wavs: List[np.ndarray], orig: int, new: int = SAMPLE_RATE,
+def resample_many(wavs: List[np.ndarray], orig: int, new: int = SAMPLE_RATE,
                    chunk: int = 32) -> List[np.ndarray]:
     """Resample many 1-D float32 waveforms in length-sorted, zero-padded batches.
 
@@ -255,7 +255,7 @@ def _resample_many(wavs: List[np.ndarray], orig: int, new: int = SAMPLE_RATE,
             with torch.no_grad():
                 res = _resampler(orig, new)(torch.from_numpy(batch)).numpy()
         for row, i in enumerate(idx):
-            n = _resampled_length(wavs[i].shape[0], orig, new)
+            n = resampled_length(wavs[i].shape[0], orig, new)
             out[i] = np.ascontiguousarray(res[row, :n])
     return out  # type: ignore[return-value]
 
@@ -368,7 +368,7 @@ def _load_in_blocks(f, name: str, allow_silence: bool) -> np.ndarray:
     else:
         res = _resampler(rate, SAMPLE_RATE)
         orig_r, new_r, width = rate // res.gcd, SAMPLE_RATE // res.gcd, int(res.width)
-    target = _resampled_length(n, rate)
+    target = resampled_length(n, rate)
     out = np.empty(target, dtype=np.float32)
     num_frames = -(-target // new_r)  # conv output frames of new_r samples each
     per_block = max(1, BLOCK_SECONDS * rate // orig_r)

@@ -20,7 +20,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .align import _module_device, _resolve_device
+from ._device import module_device as _module_device
+from ._device import resolve_device as _resolve_device
 from .models import length_mask, masked_max, masked_mean
 
 __all__ = ["compare_frame_utterance", "pool_frames"]

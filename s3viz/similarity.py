@@ -51,10 +51,11 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 import torch
+
 from . import _validate as _v
-from ._numerics import pow2_factor, read_dtype
 from ._device import resolve_device as _resolve_device
-from .extract import _selection
+from ._numerics import pow2_factor, read_dtype
+from .store import utterance_selection
 
 __all__ = ["ESTIMATORS", "METHODS", "cca_naive", "cka_naive", "hsic_unbiased",
            "layer_similarity"]
@@ -62,10 +63,6 @@ __all__ = ["ESTIMATORS", "METHODS", "cca_naive", "cka_naive", "hsic_unbiased",
 ESTIMATORS = ("feature", "minibatch")
 METHODS = ("cka", "cca")
 
-
-
-def _check_layers(store, layers, name: str) -> list[int]:
-    return _v.stored_layers(store, layers, name)
 
 
 def cka_naive(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -211,7 +208,7 @@ def _blocks(lengths: np.ndarray, sel: np.ndarray, max_frames: int):
 
 
 def _positions(store, utterances) -> np.ndarray:
-    return _selection(utterances, len(store))
+    return utterance_selection(utterances, len(store))
 
 
 class _Source:
@@ -315,12 +312,12 @@ def layer_similarity(
         raise ValueError(f"keep_variance must be a number in (0, 1], got {keep_variance!r}")
     if reduce is not None and (estimator != "feature" or max_frames is not None):
         raise ValueError("sharded CKA (reduce=...) needs estimator='feature' and max_frames=None")
-    rows = _check_layers(store, layers, "layers")
+    rows = _v.stored_layers(store, layers, "layers")
     if other is not None:
         _check_other(store, other)
-        cols = _check_layers(other, other_layers, "other_layers")
+        cols = _v.stored_layers(other, other_layers, "other_layers")
     else:
-        cols = rows if other_layers is None else _check_layers(store, other_layers, "other_layers")
+        cols = rows if other_layers is None else _v.stored_layers(store, other_layers, "other_layers")
     sel = _positions(store, utterances)
     device = _resolve_device(device)
     if other is None:
@@ -364,14 +361,14 @@ def layer_similarity(
     oth = other if other is not None else store
     oids = list(getattr(oth, "layer_ids", range(oth.num_layer)))
     extra = {"keep_variance": float(keep_variance)} if method == "cca" else {}
-    return _cka_table(hsic, rows, cols, row_idx, col_idx, other_axis=other is not None,
+    return cka_table(hsic, rows, cols, row_idx, col_idx, other_axis=other is not None,
                       direct=method == "cca", upstream_layers=[ids[r] for r in rows],
                       other_upstream_layers=[oids[c] for c in cols],
                       num_frames=int(n), estimator=estimator, level=level, method=method,
                       **extra)
 
 
-def _cka_table(hsic: dict, rows, cols, row_idx, col_idx, *, other_axis: bool = False,
+def cka_table(hsic: dict, rows, cols, row_idx, col_idx, *, other_axis: bool = False,
                direct: bool = False, **attrs) -> pd.DataFrame:
     """The DataFrame of :func:`layer_similarity` from the HSIC of each pair (CKA), or
     from each pair's value itself (``direct``, SVCCA)."""
@@ -409,8 +406,8 @@ def _iter_blocks(src: _Source, sel, counts, keep, chunk_frames):
 def _feature_hsic(src, sel, counts, keep, pairs, device, chunk_frames, dtype, reduce=None,
                   sizes=None, keep_variance=None):
     """||centred X_i^T X_j||_F^2 for each pair, from one streamed pass (see
-    :class:`_CrossProducts`); with ``keep_variance``, the pairs' SVCCA instead."""
-    acc = _CrossProducts(pairs, device, dtype)
+    :class:`CrossProducts`); with ``keep_variance``, the pairs' SVCCA instead."""
+    acc = CrossProducts(pairs, device, dtype)
     for feats in _iter_blocks(src, sel, counts, keep, chunk_frames):
         acc.add(feats)
     if keep_variance is not None:
@@ -418,7 +415,7 @@ def _feature_hsic(src, sel, counts, keep, pairs, device, chunk_frames, dtype, re
     return acc.hsic(reduce=reduce, sizes=sizes)
 
 
-class _CrossProducts:
+class CrossProducts:
     """Streamed centred cross-products of layer pairs, for the feature-space CKA.
 
     Each layer is shifted by its first block's mean (so the final centring does
@@ -546,7 +543,7 @@ def _minibatch_hsic(src, sel, counts, keep, pairs, device, chunk_frames, batch_s
             x = feats[i].to(device=device, dtype=torch.float64)
             x = x - x.mean(0)  # the unbiased HSIC is invariant to shifts; this keeps it exact
             if i not in factor and bool((x != 0).any()):  # one power of two per layer
-                factor[i] = pow2_factor(x)                  # (see _CrossProducts)
+                factor[i] = pow2_factor(x)                  # (see CrossProducts)
             x = (x * factor.get(i, 1.0)).to(torch.float32)
             k = x @ x.T
             k.fill_diagonal_(0)

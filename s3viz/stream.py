@@ -44,44 +44,38 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from .align import _layer_geometry, conv_lengths
-from .align import frame_labels as _align_frame_labels
 from . import _validate as _v
+from .align import conv_lengths, layer_geometry
+from .align import frame_labels as _align_frame_labels
 from .extract import (
     DEFAULT_MAX_BATCH_SECONDS,
-    _as_corpus,
-    _bucket_plan,
-    _check_batching,
-    _check_layers,
-    _check_upstream,
-    _resolve_device,
-    _Runner,
+    BatchRunner,
+    as_corpus,
+    bucket_plan,
+    check_batching,
+    check_upstream_arg,
+    check_upstream_layers,
     extract,
+    resolve_upstream_device,
 )
-from .probe import (
-    LAMBDAS,
-    _ridge_layer_utterance,
-    SPLITS,
-    ProbeStats,
-    _assign_folds,
-    _check_folds,
-    _confusion,
-    _label_str,
-    _resolve_level,
-    _result_row,
-    _result_table,
-    _ridge_fit_folds,
-    _sub_folds,
-    _Task,
-    _train_counts,
+from .probe import LAMBDAS, SPLITS, ProbeStats
+from .probe.folds import assign_folds, check_folds
+from .probe.layers import result_row, result_table
+from .probe.ridge import (
+    confusion_matrix,
+    fold_train_counts,
+    ridge_fit_folds,
+    ridge_layer_utterance,
+    sub_folds,
 )
-from .similarity import _cka_table, _CrossProducts
+from .probe.targets import ProbeTask, label_str, resolve_level
+from .similarity import CrossProducts, cka_table
 
 __all__ = ["stream_analysis"]
 
 
 class _Meta:
-    """The corpus's frame-free metadata with the store interface :class:`_Task` reads."""
+    """The corpus's frame-free metadata with the store interface :class:`ProbeTask` reads."""
 
     def __init__(self, corpus):
         self.ids = corpus.ids
@@ -131,7 +125,7 @@ class _Target:
 
     def __init__(self, meta, name, split_by, folds, seed, frame_weights_fn, num_layers):
         self.name, self.split_by = name, split_by
-        self.level = _resolve_level(meta, name, None)
+        self.level = resolve_level(meta, name, None)
         if split_by == "speaker" and name == "speaker":
             raise ValueError(
                 "target 'speaker' with split_by='speaker' is impossible: test speakers are never "
@@ -139,18 +133,18 @@ class _Target:
             )
         sel = np.arange(len(meta), dtype=np.int64)
         # utterance level: classes, stratified folds, checks; frame level: alignment checks
-        self.task = _Task(meta, name, self.level, sel, folds, split_by, seed, False, None)
+        self.task = ProbeTask(meta, name, self.level, sel, folds, split_by, seed, False, None)
         if self.level == "frame":
-            self.task.utt_fold = _assign_folds(self.task.groups, frame_weights_fn(), folds, seed,
+            self.task.utt_fold = assign_folds(self.task.groups, frame_weights_fn(), folds, seed,
                                                what=split_by)
-            values = {_label_str(v) for ph in meta.phones for v in ph[name].tolist()}
+            values = {label_str(v) for ph in meta.phones for v in ph[name].tolist()}
             self.classes = np.asarray(sorted(v for v in values if v != ""), dtype=object)
             self.index = {c: i for i, c in enumerate(self.classes)}
             self.seen = np.zeros(len(self.classes), dtype=np.int64)
         else:
             self.classes = np.asarray(self.task.classes, dtype=object)
         self.sub = 2 if folds == 2 else 1
-        self.utt_sub = _sub_folds(self.task, self.sub)
+        self.utt_sub = sub_folds(self.task, self.sub)
         self.stats: list[ProbeStats | None] = [None] * num_layers
         self.models: list = [None] * num_layers
         self.conf: list = [None] * num_layers
@@ -167,7 +161,7 @@ class _Streamer:
         self.corpus, self.shard, self.targets = corpus, shard, targets
         self.rates, self.fields, self.sizes = rates, fields, sizes
         self.folds, self.device, self.reduce, self.lambdas = folds, device, reduce, lambdas
-        self.cka = None if cka_pairs is None else _CrossProducts(cka_pairs, device, torch.float64)
+        self.cka = None if cka_pairs is None else CrossProducts(cka_pairs, device, torch.float64)
         self.cka_level = cka_level
         self.expected_len0 = None  # frames of layer 0 per corpus position, checked in pass 1
         n = len(corpus)
@@ -189,7 +183,7 @@ class _Streamer:
                 lab = _align_frame_labels(self.corpus[int(u)].phones, int(lens[b, s]),
                                           self.rates[s], column=t.name,
                                           receptive_field_samples=self.fields[s])
-                parts.append(np.fromiter((t.index.get(_label_str(v), -1) for v in lab),
+                parts.append(np.fromiter((t.index.get(label_str(v), -1) for v in lab),
                                          dtype=np.int64, count=len(lab)))
             cache[key] = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
         return cache[key]
@@ -266,18 +260,18 @@ class _Streamer:
                     x = red(t.rows[s]).to(self.device)
                     t.rows[s] = None
                     c = len(t.classes)
-                    t.result[s] = _ridge_layer_utterance(t.task, x, [slice(0, c)], c,
+                    t.result[s] = ridge_layer_utterance(t.task, x, [slice(0, c)], c,
                                                          self.lambdas, torch.float64)
                     continue
                 st = t.stats[s].reduced(red)
                 if keep is not None:
                     st = st.keep_targets(keep)
-                models = _ridge_fit_folds(st, self.folds, t.sub, [slice(0, len(t.classes))],
+                models = ridge_fit_folds(st, self.folds, t.sub, [slice(0, len(t.classes))],
                                           self.lambdas)
                 t.models[s] = (torch.stack([m[0] for m in models]),
                                torch.stack([m[1] for m in models]),
                                np.mean([m[2] for m in models], axis=0))
-                t.counts[s] = _train_counts(st, self.folds, t.sub)
+                t.counts[s] = fold_train_counts(st, self.folds, t.sub)
                 t.conf[s] = np.zeros((1, self.folds, len(t.classes), len(t.classes)),
                                      dtype=np.int64)
                 t.stats[s] = None  # free the hidden x hidden matrices before the second pass
@@ -300,7 +294,7 @@ class _Streamer:
                 for k in np.unique(fold).tolist():
                     r = torch.from_numpy(fold == k)
                     scores = x[r].to(device=self.device, dtype=w.dtype) @ w[k] + b[k]
-                    t.conf[s][0, k] += _confusion(yt[r.to(self.device)], scores.argmax(1), c)
+                    t.conf[s][0, k] += confusion_matrix(yt[r.to(self.device)], scores.argmax(1), c)
 
     def finish(self) -> None:
         for t in self.targets:
@@ -361,7 +355,7 @@ _LIBC = _load_libc()
 def _predicted_len0(upstream, layer_id: int, num_samples: np.ndarray) -> np.ndarray | None:
     """Frames of upstream layer ``layer_id`` per utterance from its ``conv_layers``, or None."""
     try:
-        _, _, conv = _layer_geometry(upstream, layer_id)
+        _, _, conv = layer_geometry(upstream, layer_id)
     except (TypeError, IndexError, ValueError):
         return None
     if conv is None:
@@ -422,11 +416,11 @@ def stream_analysis(
         frames ``s3viz.extract`` wrote once or found already there), "shard":
         the positions}``.
     """
-    num_layer, all_sizes, all_rates, all_fields, _ = _check_upstream(upstream)
-    corpus = _as_corpus(corpus)
-    layer_ids = _check_layers(layers, num_layer)
-    _check_batching(batch_size, max_batch_seconds)
-    folds = _check_folds(folds)
+    num_layer, all_sizes, all_rates, all_fields, _ = check_upstream_arg(upstream)
+    corpus = as_corpus(corpus)
+    layer_ids = check_upstream_layers(layers, num_layer)
+    check_batching(batch_size, max_batch_seconds)
+    folds = check_folds(folds)
     lambdas = _v.numbers(lambdas, "lambdas")
     seed = _v.integer(seed, "seed", minimum=0)
     if isinstance(targets, str):
@@ -444,7 +438,7 @@ def stream_analysis(
     pos_all = _check_shard(shard, len(corpus))
     if not targets and not cka:
         raise ValueError("nothing to compute: give targets and/or cka=True")
-    dev, move = _resolve_device(upstream, device)
+    dev, move = resolve_upstream_device(upstream, device)
     sizes = [all_sizes[i] for i in layer_ids]
     rates = [all_rates[i] for i in layer_ids]
     fields = [all_fields[i] for i in layer_ids]
@@ -453,9 +447,9 @@ def stream_analysis(
                          "use cka_level='utterance'")
     num_samples = np.array([u.num_samples for u in corpus], dtype=np.int64)
     sub = corpus[pos_all.tolist()]
-    plan = [list(map(int, b)) for b in _bucket_plan(num_samples[pos_all], batch_size,
+    plan = [list(map(int, b)) for b in bucket_plan(num_samples[pos_all], batch_size,
                                                      max_batch_seconds)]
-    runner = _Runner(upstream, sub, layer_ids, sizes, dev, move, None,
+    runner = BatchRunner(upstream, sub, layer_ids, sizes, dev, move, None,
                      torch.float32, False, "stream")
     store = None
     if cache_dir is not None:
@@ -537,7 +531,7 @@ def stream_analysis(
         if n < 4:
             raise ValueError(f"only {n} frames to compare; CKA needs at least 4")
         idx = list(range(len(sizes)))
-        cka_df = _cka_table(hsic, idx, idx, idx, idx, upstream_layers=list(layer_ids),
+        cka_df = cka_table(hsic, idx, idx, idx, idx, upstream_layers=list(layer_ids),
                             other_upstream_layers=list(layer_ids), num_frames=int(n),
                             estimator="feature", level=cka_level, method="cka")
     probes = None
@@ -548,10 +542,10 @@ def stream_analysis(
         rows, fold_accuracy = [], {}
         for t in tasks:
             for s in range(len(sizes)):
-                rows.append(_result_row(t.name, "ridge", t.level, s, int(layer_ids[s]),
+                rows.append(result_row(t.name, "ridge", t.level, s, int(layer_ids[s]),
                                         len(t.classes), folds, False, t.result[s],
                                         fold_accuracy))
-        probes = _result_table(rows, fold_accuracy, False, folds=folds,
+        probes = result_table(rows, fold_accuracy, False, folds=folds,
                                split_by=splits if len(set(splits.values())) > 1
                                else next(iter(splits.values())), seed=seed)
         probes["split_by"] = [splits[t] for t in probes["target"]]

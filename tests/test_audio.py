@@ -10,7 +10,7 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from s3viz.audio import _resample_many, batch_wavs, load_audio, prepare_wav, resample, to_mono
+from s3viz.audio import batch_wavs, load_audio, prepare_wav, resample, resample_many, to_mono
 
 RNG = np.random.default_rng(0)
 
@@ -84,7 +84,7 @@ def test_resample_lengths_and_reference():
 
 def test_resample_many_matches_one_by_one():
     xs = [_noise(n) for n in (1, 50, 2205, 22050, 30001)]
-    many = _resample_many(xs, 22050, 16000, chunk=2)
+    many = resample_many(xs, 22050, 16000, chunk=2)
     for x, y in zip(xs, many):
         ref = resample(x, 22050)
         assert y.shape == ref.shape

@@ -211,7 +211,7 @@ def test_manifest_cannot_point_outside_the_cache(tmp_path):
     # re-sealed, as a forged manifest would be (the seal catches edits, not forgeries)
     import importlib
 
-    manifest = importlib.import_module("s3viz.extract")._sealed(manifest, "manifest_sha256")
+    manifest = importlib.import_module("s3viz._cache").sealed(manifest, "manifest_sha256")
     (root / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(CacheCorruptionError, match="not a file of this cache's chunks/ folder"):
         LayerStore.open(root).layer(0)
@@ -249,7 +249,7 @@ def test_finished_cache_on_read_only_storage_opens_without_a_lock(tmp_path, monk
         raise PermissionError(13, "Read-only file system", str(root / ".lock"))
         yield
 
-    monkeypatch.setattr(ex, "_folder_lock", read_only)
+    monkeypatch.setattr(ex, "folder_lock", read_only)
     again = s3viz.extract(up, corpus, progress=False, cache_dir=tmp_path)
     assert np.array_equal(again.layer(1)[0].numpy(), first.layer(1)[0].numpy())
     with pytest.raises(OSError, match="holds no finished extraction of this upstream and corpus"):
@@ -309,11 +309,11 @@ def test_upstream_fingerprint_sees_code_and_plain_attributes():
         return Scaled()
 
     a, b = make(True), make(False)
-    assert ex._upstream_fingerprint(a) == ex._upstream_fingerprint(make(True))
-    assert ex._upstream_fingerprint(a) != ex._upstream_fingerprint(b), "forward changed"
+    assert ex.upstream_fingerprint(a) == ex.upstream_fingerprint(make(True))
+    assert ex.upstream_fingerprint(a) != ex.upstream_fingerprint(b), "forward changed"
     c = make(True)
     c.scale = 5
-    assert ex._upstream_fingerprint(a) != ex._upstream_fingerprint(c), "attribute changed"
+    assert ex.upstream_fingerprint(a) != ex.upstream_fingerprint(c), "attribute changed"
 
 
 # --------------------------------------------------------------------------- cache metadata

@@ -23,8 +23,8 @@ from s3viz.data._corpus import Corpus, Utterance
 from s3viz.extract import (
     CacheCorruptionError,
     LayerStore,
-    _bucket_plan,
     _padding,
+    bucket_plan,
     extract,
 )
 from s3viz.interface import AbsUpstream
@@ -246,8 +246,8 @@ def test_modes_restored_inputs_on_upstream_device(corpus):
 def test_bucket_plan_deterministic_and_limits():
     rng = np.random.default_rng(1)
     lens = rng.integers(1_600, 160_000, size=200)
-    plan = _bucket_plan(lens, batch_size=8, max_batch_seconds=30)
-    assert plan == _bucket_plan(lens.copy(), batch_size=8, max_batch_seconds=30)
+    plan = bucket_plan(lens, batch_size=8, max_batch_seconds=30)
+    assert plan == bucket_plan(lens.copy(), batch_size=8, max_batch_seconds=30)
     assert sorted(i for b in plan for i in b) == list(range(200))
     for b in plan:
         assert len(b) <= 8
@@ -255,13 +255,13 @@ def test_bucket_plan_deterministic_and_limits():
     firsts = [lens[b[0]] for b in plan]
     assert firsts == sorted(firsts, reverse=True)  # longest batch first (OOM shows early)
     real, padded_sorted = _padding(plan, lens)
-    _, padded_unsorted = _padding(_bucket_plan(lens, 8, None, sort=False), lens)
-    _, padded_sorted_same = _padding(_bucket_plan(lens, 8, None), lens)
+    _, padded_unsorted = _padding(bucket_plan(lens, 8, None, sort=False), lens)
+    _, padded_sorted_same = _padding(bucket_plan(lens, 8, None), lens)
     assert real == lens.sum()
     assert padded_sorted_same < 0.8 * padded_unsorted
     assert padded_sorted_same / real < 1.1
     # an utterance longer than max_batch_seconds gets its own batch
-    assert _bucket_plan([16000 * 100, 10, 10], max_batch_seconds=10) == [[0], [1, 2]]
+    assert bucket_plan([16000 * 100, 10, 10], max_batch_seconds=10) == [[0], [1, 2]]
 
 
 def test_bucketing_reduces_padding_seen_by_upstream(corpus):
@@ -274,7 +274,7 @@ def test_bucketing_reduces_padding_seen_by_upstream(corpus):
 
     extract_quiet(Spy(), corpus, batch_size=3)
     padded, real = map(sum, zip(*seen, strict=True))
-    unsorted = _padding(_bucket_plan([u.num_samples for u in corpus], 3, None, sort=False),
+    unsorted = _padding(bucket_plan([u.num_samples for u in corpus], 3, None, sort=False),
                         [u.num_samples for u in corpus])
     assert real == sum(u.num_samples for u in corpus)
     assert padded < unsorted[1]
@@ -431,20 +431,20 @@ def test_broken_record_is_reextracted(corpus, tmp_path):
 def test_failed_write_propagates_and_resumes(corpus, ref, tmp_path, monkeypatch):
     import s3viz.extract as ex
 
-    real = ex._write_chunk
+    real = ex.write_chunk
 
     def failing(chunk_dir, c, *args):
         if c == 1:
             raise OSError("No space left on device (simulated)")
         return real(chunk_dir, c, *args)
 
-    monkeypatch.setattr(ex, "_write_chunk", failing)
+    monkeypatch.setattr(ex, "write_chunk", failing)
     up = ToyUpstream()
     up.train()
     with pytest.raises(OSError, match="simulated"):
         extract_quiet(up, corpus, batch_size=3, cache_dir=tmp_path)
     assert up.training  # flags restored on failure too
-    monkeypatch.setattr(ex, "_write_chunk", real)
+    monkeypatch.setattr(ex, "write_chunk", real)
     again = ToyUpstream()
     store = extract_quiet(again, corpus, batch_size=3, cache_dir=tmp_path)
     assert 1 <= again.calls < 4  # the chunks written before the failure are kept

@@ -331,7 +331,7 @@ def test_train_featurizer_bad_arguments(store):
 
 
 def _direct_score(scorer, weights):
-    """The same probe computed from the frames: weighted sum, projection, probe.py's ridge."""
+    """The same probe computed from the frames: weighted sum, projection, s3viz.probe's ridge."""
     from s3viz.probe import LAMBDAS, ProbeStats
 
     data = scorer.data

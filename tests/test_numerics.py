@@ -12,14 +12,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _sharding import ThreadSum, run_threads
 
 import s3viz
-from _sharding import ThreadSum, run_threads
 from s3viz._numerics import Moments, pow2_factor, safe_scale
 from s3viz.data import synthetic_corpus
 from s3viz.extract import LayerStore
 from s3viz.probe import ProbeStats
-from s3viz.similarity import _CrossProducts
+from s3viz.similarity import CrossProducts
 from s3viz.upstreams import get_upstream
 
 N_UTT = 24
@@ -203,13 +203,13 @@ def test_sharded_cka_with_shards_of_different_scale():
         return h[(0, 1)] / np.sqrt(h[(0, 0)] * h[(1, 1)])
 
     pairs = [(0, 0), (0, 1), (1, 1)]
-    single = _CrossProducts(pairs, "cpu", torch.float32)
+    single = CrossProducts(pairs, "cpu", torch.float32)
     single.add([a, b])
     want = cka(single.hsic()[0])
     summer = ThreadSum(2)
 
     def work(r):
-        acc = _CrossProducts(pairs, "cpu", torch.float32)
+        acc = CrossProducts(pairs, "cpu", torch.float32)
         rows = slice(0, 200) if r == 0 else slice(200, 400)
         acc.add([a[rows], b[rows]])
         return acc.factor[0], cka(acc.hsic(reduce=summer.reducer(r), sizes=[6, 3])[0])
@@ -251,6 +251,7 @@ class _Scaled(torch.nn.Module):
         return [h * self.factor for h in hs], lens
 
 
+@pytest.mark.slow
 def test_stream_analysis_does_not_see_the_scale():
     """The streamed probes and CKA (batch statistics summed as they come) under 2^60 and
     2^-90: float32 CKA products of 2^60 features overflowed."""
@@ -271,11 +272,11 @@ def test_cka_scale_is_fixed_by_the_first_block_that_varies():
     rng = np.random.default_rng(9)
     a = torch.tensor(rng.standard_normal((300, 4))) * 1e20
     b = a @ torch.tensor(rng.standard_normal((4, 3)))
-    acc = _CrossProducts([(0, 0), (0, 1), (1, 1)], "cpu", torch.float32)
+    acc = CrossProducts([(0, 0), (0, 1), (1, 1)], "cpu", torch.float32)
     acc.add([a[:1], b[:1]])
     acc.add([a[1:], b[1:]])
     h = acc.hsic()[0]
-    ref = _CrossProducts([(0, 0), (0, 1), (1, 1)], "cpu", torch.float32)
+    ref = CrossProducts([(0, 0), (0, 1), (1, 1)], "cpu", torch.float32)
     ref.add([a / 1e20, b / 1e20])
     r = ref.hsic()[0]
     assert np.isfinite(list(h.values())).all()

@@ -367,7 +367,7 @@ def test_utterance_level_dual_ridge_matches_primal_and_sklearn():
     """With fewer utterances than dimensions the ridge probe is solved in the dual form:
     same weights (and chosen penalties) as the primal form from ProbeStats, and the same
     predictions as StandardScaler + RidgeClassifier(alpha=lam * n_train)."""
-    from s3viz.probe import _ridge_fit_folds, _ridge_fit_folds_dual
+    from s3viz.probe.ridge import ridge_fit_folds, ridge_fit_folds_dual
 
     rng = np.random.default_rng(6)
     n, h, c = 30, 50, 3
@@ -378,8 +378,8 @@ def test_utterance_level_dual_ridge_matches_primal_and_sklearn():
     blocks = [slice(0, c)]
     stats = ProbeStats.from_data(x, y, g, num_groups=5, num_targets=c)
     lambdas = [1e-3, 1e-2, 0.1, 1.0, 10.0]
-    primal = _ridge_fit_folds(stats, 5, 1, blocks, lambdas)
-    dual = _ridge_fit_folds_dual(x, yoh, g, 5, 1, blocks, lambdas)
+    primal = ridge_fit_folds(stats, 5, 1, blocks, lambdas)
+    dual = ridge_fit_folds_dual(x, yoh, g, 5, 1, blocks, lambdas)
     for (w1, b1, l1), (w2, b2, l2) in zip(primal, dual):
         assert l1 == l2
         torch.testing.assert_close(w1, w2, rtol=1e-6, atol=1e-8)

@@ -11,7 +11,7 @@ import s3viz
 from s3viz.align import frame_labels
 from s3viz.data import synthetic_corpus
 from s3viz.extract import LayerStore
-from s3viz.probe import _split_groups
+from s3viz.probe.folds import split_groups
 from s3viz.segments import segment_store
 from s3viz.upstreams import get_upstream
 
@@ -50,6 +50,7 @@ def _reference_store(store, layers):
                                    labels=pd.DataFrame(labels))
 
 
+@pytest.mark.slow
 def test_segment_probe_equals_the_utterance_probe_of_pooled_segments(store):
     """With split_by='speaker' the folds of both are the speakers' folds, so the numbers
     must agree with an utterance-level probe of segments pooled independently."""
@@ -66,11 +67,12 @@ def test_segment_probe_equals_the_utterance_probe_of_pooled_segments(store):
 
 def test_segment_folds_keep_an_utterance_together(store):
     seg = segment_store(store, "phone", [0])
-    groups = _split_groups(seg, np.arange(len(seg)), "utterance")
+    groups = split_groups(seg, np.arange(len(seg)), "utterance")
     assert list(groups) == seg.labels["utterance"].tolist()
     assert len(set(groups)) == len(store)  # one group per utterance, not per segment
 
 
+@pytest.mark.slow
 def test_word_segments_controls_and_logistic(store):
     res = s3viz.probe_layers(store, ["phone", "word"], level="segment", layers=[1],
                              method=["ridge", "logistic"], control=True, split_by="utterance",

@@ -153,9 +153,9 @@ def _header_samples(path: str) -> int:
         info = sf.info(path)
     except (RuntimeError, TypeError, ValueError) as e:
         raise ValueError(f"soundfile cannot read the header of {path!r} ({e})") from e
-    from ..audio import _resampled_length
+    from ..audio import resampled_length
 
-    return _resampled_length(info.frames, info.samplerate)
+    return resampled_length(info.frames, info.samplerate)
 
 
 class Corpus(Sequence[Utterance]):

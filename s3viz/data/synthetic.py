@@ -402,7 +402,7 @@ def _plan(n_utterances: int, seed: int, speakers: Dict[str, dict],
 
 
 def _synthesize(plan: List[dict], speakers: Dict[str, dict], seed: int):
-    from ..audio import _resample_many
+    from ..audio import resample_many
 
     items = [{"text": p["text"], "voice": speakers[p["speaker"]]["voice"],
               "rate": speakers[p["speaker"]]["rate"], "pitch": speakers[p["speaker"]]["pitch"],
@@ -415,7 +415,7 @@ def _synthesize(plan: List[dict], speakers: Dict[str, dict], seed: int):
         if raw.size == 0 or not np.any(raw):
             raise RuntimeError(f"eSpeak NG produced no audio for {p['text']!r}")
         raws.append(raw.astype(np.float32) / np.float32(32768.0))
-    wavs = _resample_many(raws, _espeak.SAMPLE_RATE_ESPEAK, SAMPLE_RATE)
+    wavs = resample_many(raws, _espeak.SAMPLE_RATE_ESPEAK, SAMPLE_RATE)
     # eSpeak can synthesize up to full scale, and the resampling filter's ringing then
     # overshoots 1 by a hair: scale such an utterance back to a peak of 1 (not clip it)
     for i, w in enumerate(wavs):

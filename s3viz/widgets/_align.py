@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 
 from ..align import (
-    _optional_attr,
-    _upstream_frame_counts,
-    _upstream_rates,
     frame_timeline,
+    optional_attr,
+    upstream_frame_counts,
+    upstream_rates,
 )
 from ..interface import SAMPLE_RATE, num_layer_of
 
@@ -57,7 +57,7 @@ def _source_layers(source, upstream):
         rates = [int(r) for r in source.downsample_rates]
         ids = list(getattr(source, "layer_ids", range(len(rates))))
         return rates, [f"layer {i}" for i in ids]
-    rates = _upstream_rates(upstream)
+    rates = upstream_rates(upstream)
     return rates, [f"layer {i}" for i in range(len(rates))]
 
 
@@ -115,8 +115,8 @@ def utterance_alignment(
         wav = None
         ident = str(source.ids[index])
         phones = source.phones[index] if getattr(source, "phones", None) is not None else None
-        fields = _optional_attr(source, "receptive_fields") or rates
-        conv = _optional_attr(upstream, "conv_layers") if upstream is not None else None
+        fields = optional_attr(source, "receptive_fields") or rates
+        conv = optional_attr(upstream, "conv_layers") if upstream is not None else None
         num_frames = {x: int(source.lengths(x)[index]) for x in layers}
         timelines = {}
         for x in layers:
@@ -131,7 +131,7 @@ def utterance_alignment(
         import torch
 
         wavs = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32)).view(1, -1, 1)
-        counts = next(iter(_upstream_frame_counts(
+        counts = next(iter(upstream_frame_counts(
             upstream, [(0, wavs, torch.tensor([wav_len]))], num_layer_of(upstream), device)))[1]
         num_frames = {x: int(counts[x, 0]) for x in layers}
         timelines = {names[x]: frame_timeline(upstream, wav_len, layer=x, num_frames=num_frames[x])

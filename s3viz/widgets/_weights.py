@@ -29,7 +29,9 @@ import ipywidgets as W
 import numpy as np
 import pandas as pd
 
-from ..featurizers import WeightedScorer, WeightedSumFeaturizer, train_featurizer
+from ..featurizer_training import train_featurizer
+from ..featurizers import WeightedSumFeaturizer
+from ..probe.weighted import WeightedScorer
 from ..plot._common import layer_label
 
 __all__ = ["LayerWeightExplorer", "layer_weight_explorer"]

@@ -1,0 +1,297 @@
+"""The on-disk cache of a LayerStore: fingerprints, atomic writes, chunk records, locks.
+
+An extraction's folder is named by a fingerprint of the upstream (code, plain
+attributes, weights) and of the settings. Every file is written to a temporary name
+and ``os.replace``'d; each chunk's record holds the sha256 of its files and is sealed
+with a digest of itself. The layout: ``docs/cache.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import io
+import json
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+try:  # POSIX advisory lock against two processes writing one cache folder
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
+FORMAT_VERSION = 2
+# 2: frames are checked finite before they are stored (format 1 caches may hold NaN/inf,
+#    so they are not reused: extract writes a new one)
+STORE_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+DTYPE_NAMES = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+}
+HASH_BLOCK = 1 << 22
+HASH_PIECE = 1 << 24
+
+
+class CacheCorruptionError(RuntimeError):
+    """A file of an on-disk :class:`LayerStore` is missing, truncated or fails its sha256
+    (chunk tensors, and the manifest, labels, alignments and chunk records it lists)."""
+
+
+# --------------------------------------------------------------------------- fingerprints
+
+
+def tensor_bytes(t: torch.Tensor) -> memoryview:
+    t = t.detach().to("cpu").contiguous().reshape(-1)
+    return memoryview(t.view(torch.uint8).numpy())
+
+
+def tensor_digest(t: torch.Tensor) -> bytes:
+    """sha256 digests of a tensor's bytes in pieces of ``HASH_PIECE`` bytes, concatenated."""
+    data = tensor_bytes(t)
+    return b"".join(hashlib.sha256(data[i: i + HASH_PIECE]).digest()
+                    for i in range(0, max(len(data), 1), HASH_PIECE))
+
+
+def code_bytes(code) -> bytes:
+    """Bytecode, names and constants of a code object and the ones nested in it; no file
+    names, line numbers or addresses (moving code keeps its caches)."""
+    out = [code.co_code, repr(code.co_names).encode()]
+    for const in code.co_consts:
+        if hasattr(const, "co_code"):
+            out.append(code_bytes(const))
+        else:  # (docstrings too: editing one re-extracts, the safe direction)
+            out.append(re.sub(r"0x[0-9a-fA-F]+", "0x", repr(const)).encode())
+    return b"|".join(out)
+
+
+@functools.lru_cache(maxsize=256)
+def code_digest(cls: type) -> str:
+    """sha256 of what the methods of ``cls`` and of the classes it inherits from (outside
+    torch) compute: their bytecode, so that a changed ``forward`` changes the fingerprint."""
+    h = hashlib.sha256()
+    for k in cls.__mro__:
+        if k.__module__.split(".")[0] in ("torch", "builtins"):
+            continue
+        for name, member in sorted(vars(k).items()):
+            func = getattr(member, "__func__", member)
+            func = getattr(func, "fget", func)  # properties
+            code = getattr(func, "__code__", None)
+            if code is not None:
+                h.update(name.encode() + b"=" + code_bytes(code))
+    return h.hexdigest()[:16]
+
+
+PLAIN = (bool, int, float, str, type(None))
+
+
+def plain_attributes(module) -> str:
+    """The module's own attributes that are plain values (numbers, strings, tuples and
+    lists of them), sorted; torch's bookkeeping and hooks are left out, and so are the
+    names a module lists in ``s3viz_fingerprint_ignore`` (counters and other attributes
+    that do not change its output)."""
+    out = []
+    ignore = set(getattr(module, "s3viz_fingerprint_ignore", ()))
+    for key, value in sorted(vars(module).items()):
+        if key.startswith("_") or key == "training" or key in ignore:
+            continue
+        if isinstance(value, PLAIN) or (isinstance(value, (tuple, list)) and len(value) < 256
+                                         and all(isinstance(v, PLAIN) for v in value)):
+            out.append(f"{key}={value!r}")
+    return ";".join(out)
+
+
+def upstream_fingerprint(upstream: nn.Module) -> str:
+    """sha256 over the class name, name, architecture (repr), the code and plain attributes
+    of every module in the tree, and every state_dict tensor.
+
+    Tensors are hashed in pieces by a few threads (hashlib releases the GIL), then
+    the piece digests, names, dtypes and shapes are hashed in order.
+    """
+    h = hashlib.sha256()
+    cls = type(upstream)
+    # the class name, not its module: moving a class between modules keeps its caches
+    h.update(f"{cls.__qualname__}|{getattr(upstream, 'name', '')}".encode())
+    # the module tree with its hyper-parameters; memory addresses are not content
+    h.update(re.sub(r"0x[0-9a-fA-F]+", "0x", repr(upstream)).encode())
+    # the code of every module class in the tree and each module's plain attributes
+    # (a changed forward or `self.scale = 5` changes the frames but not the state dict)
+    for path, module in upstream.named_modules() if isinstance(upstream, nn.Module) else [
+            ("", upstream)]:
+        h.update(f"{path}|{code_digest(type(module))}|{plain_attributes(module)}".encode())
+    items = list(upstream.state_dict().items())
+    tensors = [v for _, v in items if isinstance(v, torch.Tensor)]
+    workers = max(1, min(8, os.cpu_count() or 1, len(tensors)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="s3viz-hash") as pool:
+        digests = iter(list(pool.map(tensor_digest, tensors)))
+    for key, value in items:
+        h.update(key.encode())
+        if isinstance(value, torch.Tensor):
+            h.update(f"{value.dtype}{tuple(value.shape)}".encode())
+            h.update(next(digests))
+        else:
+            h.update(repr(value).encode())
+    return h.hexdigest()
+
+
+def extraction_fingerprint(upstream_fp, corpus_fp, layer_ids, sizes, rates, store_dtype,
+                            amp_dtype) -> str:
+    settings = {
+        "format": FORMAT_VERSION,
+        "upstream": upstream_fp,
+        "corpus": corpus_fp,
+        "layers": list(layer_ids),
+        "hidden_sizes": list(sizes),
+        "downsample_rates": list(rates),
+        "store_dtype": STORE_DTYPES[store_dtype],
+        "dtype": "float32" if amp_dtype is None else STORE_DTYPES[amp_dtype],
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(HASH_BLOCK)
+            if not block:
+                break
+            h.update(block)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- disk helpers
+
+
+def atomic_write(path: Path, data) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write(path, json.dumps(obj).encode())
+
+
+def read_json(path: Path):
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read().decode())
+    except (OSError, ValueError):
+        return None
+
+
+def df_to_json(df: pd.DataFrame | None):
+    if df is None:
+        return None
+    return json.loads(df.to_json(orient="split", index=False, default_handler=str))
+
+
+def df_from_json(obj) -> pd.DataFrame | None:
+    if obj is None:
+        return None
+    return pd.DataFrame(obj["data"], columns=obj["columns"])
+
+
+def chunk_file(c: int, s: int) -> str:
+    return f"c{c:05d}_l{s:03d}.pt"
+
+
+def chunk_record_file(c: int) -> str:
+    return f"c{c:05d}.json"
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.]+", "-", name).strip("-")[:40] or "upstream"
+
+
+@contextlib.contextmanager
+def folder_lock(root: Path):
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    with open(root / ".lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as e:
+            raise RuntimeError(
+                f"another process is extracting into {root}; wait for it to finish or use "
+                "another cache_dir"
+            ) from e
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def json_digest(obj) -> str:
+    """sha256 of a JSON value in canonical form (sorted keys), as it reads back."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def sealed(record: dict, key: str) -> dict:
+    """``record`` with ``record[key]`` = the digest of everything else in it."""
+    body = {k: v for k, v in record.items() if k != key}
+    return dict(body, **{key: json_digest(body)})
+
+
+def seal_ok(record, key: str) -> bool:
+    return (isinstance(record, dict) and key in record
+            and record[key] == json_digest({k: v for k, v in record.items() if k != key}))
+
+
+def write_chunk(chunk_dir: Path, c: int, utts, frames, lens) -> dict:
+    files = []
+    for s, t in enumerate(frames):
+        buf = io.BytesIO()
+        torch.save(t.contiguous(), buf)
+        data = buf.getbuffer()
+        name = chunk_file(c, s)
+        atomic_write(chunk_dir / name, data)
+        files.append({"name": name, "sha256": hashlib.sha256(data).hexdigest(),
+                      "bytes": len(data), "shape": list(t.shape)})
+    record = sealed({"chunk": c, "utterances": [int(u) for u in utts],
+                      "lengths": lens.tolist(), "files": files}, "record_sha256")
+    write_json(chunk_dir / chunk_record_file(c), record)
+    return record
+
+
+def check_record(chunk_dir: Path, c: int, utts, num_layer: int) -> tuple[dict | None, str]:
+    """A chunk's record if it and all its files are intact, else (None, why)."""
+    path = chunk_dir / chunk_record_file(c)
+    if not path.exists():
+        return None, ""
+    rec = read_json(path)
+    if (not isinstance(rec, dict) or rec.get("utterances") != list(utts)
+            or len(rec.get("files", [])) != num_layer
+            or np.shape(rec.get("lengths")) != (len(utts), num_layer)):
+        return None, f"record {path.name} is unreadable"
+    if not seal_ok(rec, "record_sha256"):
+        # lowering one utterance's length would shift every later utterance of the chunk
+        return None, f"record {path.name} was changed after it was written (sha256 mismatch)"
+    lens = np.asarray(rec["lengths"], dtype=np.int64)
+    for s, f in enumerate(rec["files"]):
+        if list(f.get("shape", []))[:1] != [int(lens[:, s].sum())]:
+            return None, f"record {path.name}: the lengths do not add up to {f['name']}'s frames"
+    for f in rec["files"]:
+        fp = chunk_dir / f["name"]
+        if not fp.exists():
+            return None, f"{f['name']} is missing"
+        if fp.stat().st_size != f["bytes"]:
+            return None, f"{f['name']} has {fp.stat().st_size} bytes, expected {f['bytes']}"
+        if file_sha256(fp) != f["sha256"]:
+            return None, f"{f['name']} fails its sha256"
+    return rec, ""

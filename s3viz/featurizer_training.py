@@ -1,0 +1,422 @@
+""":func:`train_featurizer`: learn layer weights with a linear head, SUPERB style.
+
+The layer logits and a linear classifier of a target (frame or utterance level)
+are trained together with Adam on minibatches read from a LayerStore; each layer
+is standardised first, speakers (or utterances) are split into train and dev.
+:class:`ProbeData` holds the prepared examples, shared with the weighted scorer.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import _validate as _v
+from ._device import resolve_device as _resolve_device
+from ._numerics import Moments, read_dtype, safe_scale
+from .align import expected_lengths
+from .featurizers import WeightedSumFeaturizer, align_frames, consistent_lengths, rate_factor
+
+__all__ = ["train_featurizer"]
+
+
+# ----------------------------------------------------------------------------
+# probing data from a LayerStore: aligned, standardised, split
+
+
+# ----------------------------------------------------------------------------
+
+
+def _folds(store, split_by: str | None, level: str, target: str, folds: int, seed: int
+           ) -> tuple[np.ndarray, str]:
+    """Fold of each utterance from :func:`s3viz.probe.probe_folds` (grouped, balanced by frames).
+
+    ``split_by=None`` means speakers at frame level when the store has at least
+    ``folds`` speakers, else utterances.
+    """
+    from .probe import SPLITS, probe_folds
+
+    labels = store.labels
+    if split_by is None:
+        split_by = "utterance"
+        if level == "frame" and "speaker" in labels.columns and \
+                labels["speaker"].astype(str).replace("", np.nan).nunique() >= folds:
+            split_by = "speaker"
+    if split_by not in SPLITS:
+        raise ValueError(f"split_by must be one of {SPLITS} or None, got {split_by!r}")
+    if split_by == "speaker" and target == "speaker" and level == "utterance":
+        raise ValueError("split_by='speaker' with target='speaker': test speakers would never be "
+                         "seen in training; use split_by='utterance'")
+    table = probe_folds(store, folds=folds, split_by=split_by, seed=seed)
+    fold = np.empty(len(store), dtype=np.int64)
+    fold[table["utterance"].to_numpy()] = table["fold"].to_numpy()
+    return fold, split_by
+
+
+class ProbeData:
+    """The frames (or pooled utterances) of selected store layers, at one rate, with labels.
+
+    ``features(j, utts)`` gives layer ``self.layers[j]`` of utterances ``utts``
+    aligned to ``target_rate`` (frame level; see :func:`align_frames`) or
+    mean-pooled (utterance level), standardised with the train statistics
+    when ``standardize``; ``labels(utts)`` the matching class codes (-1 =
+    unlabelled: no segment, or a class absent from training).
+    """
+
+    def __init__(self, store, target: str, *, level: str = "frame", layers=None,
+                 target_rate: int | None = None, split_by: str | None = None,
+                 test_fraction: float = 0.25, seed: int = 0, standardize: bool = True):
+        from .probe import LEVELS
+
+        if level not in LEVELS:
+            raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
+        for attr in ("layer", "lengths", "labels", "hidden_sizes", "downsample_rates"):
+            if not hasattr(store, attr):
+                raise TypeError(f"store must be an s3viz.LayerStore (s3viz.extract(...)), got "
+                                f"{type(store).__name__}")
+        if not isinstance(target, str):
+            raise TypeError(f"target must be a label name (str), e.g. 'phone' or 'speaker', got "
+                            f"{target!r}")
+        if not 0 < test_fraction <= 0.5:
+            raise ValueError(f"test_fraction must lie in (0, 0.5], got {test_fraction}")
+        self.store, self.target, self.level = store, target, level
+        num_layer = store.num_layer
+        if layers is None:
+            layers = list(range(num_layer))
+        layers = [int(l_) for l_ in layers]
+        bad = [l_ for l_ in layers if not 0 <= l_ < num_layer]
+        if bad or not layers or len(set(layers)) != len(layers):
+            raise ValueError(f"layers must be distinct stored-layer indices in [0, {num_layer}), "
+                             f"got {layers}")
+        self.layers = layers
+        sizes = {l_: store.hidden_sizes[l_] for l_ in layers}
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"a weighted sum needs one hidden size; layers have {sizes}: pass "
+                             "layers=... of one size")
+        self.hidden_size = int(next(iter(sizes.values())))
+        rates = {l_: int(store.downsample_rates[l_]) for l_ in layers}
+        if target_rate is None:
+            if level == "frame" and len(set(rates.values())) > 1:
+                raise ValueError(f"layers have different downsample rates {rates}; pass "
+                                 f"target_rate=... (e.g. {min(rates.values())})")
+            target_rate = min(rates.values())
+        self.target_rate = int(target_rate)
+        self.rates = rates
+        n = len(store)
+        labels_df = store.labels
+
+        if level == "frame":
+            conv, counts = [], []
+            for l_ in layers:
+                mode, f = rate_factor(rates[l_], self.target_rate, what=f"layer {l_}")
+                lens = torch.as_tensor(store.lengths(l_))
+                counts.append(lens)
+                conv.append((lens * f if mode == "repeat" else
+                             expected_lengths(lens, f, "ceil") if mode == "average" else lens
+                             ).numpy())
+            ok = consistent_lengths(torch.stack(counts), [rates[l_] for l_ in layers]).numpy()
+            if not ok.all():
+                i = int(np.flatnonzero(~ok)[0])
+                detail = ", ".join(f"layer {l_}: {int(c[i])} at rate {rates[l_]}"
+                                   for l_, c in zip(layers, counts))
+                raise ValueError(f"utterance {store.ids[i]!r} has inconsistent frame counts across "
+                                 f"layers ({detail}); check the store's lengths or choose "
+                                 "layers=... of one rate")
+            conv = np.stack(conv)
+            self.lengths = conv.min(0).astype(np.int64)
+            raw = self._frame_label_strings()
+        else:
+            if target not in labels_df.columns:
+                raise KeyError(f"target {target!r} is not a column of store.labels; columns: "
+                               f"{list(labels_df.columns)}")
+            self.lengths = np.ones(n, dtype=np.int64)
+            raw = labels_df[target].to_numpy(dtype=object)
+            raw = np.array(["" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
+                            for v in raw], dtype=object)
+        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)])
+
+        nfolds = max(3, round(1.0 / test_fraction))
+        self.fold, self.split_by = _folds(store, split_by, level, target, nfolds, seed)
+        # fold 0 is held out (test); fold 1 is the dev part of the rest (train_utts)
+        self.test_utts = np.flatnonzero(self.fold == 0)
+        self.train_utts = np.flatnonzero(self.fold != 0)
+        self.dev_utts = np.flatnonzero(self.fold == 1)
+        self.fit_utts = np.flatnonzero(self.fold >= 2)
+
+        train_raw = np.concatenate([raw[self.offsets[i]:self.offsets[i + 1]]
+                                    for i in self.train_utts]) if len(self.train_utts) else raw[:0]
+        classes = sorted({v for v in train_raw if v != ""})
+        if len(classes) < 2:
+            raise ValueError(f"target {target!r} has {len(classes)} class(es) in the training "
+                             "split; a probe needs at least 2")
+        self.classes = classes
+        code = {c: k for k, c in enumerate(classes)}
+        self.y = np.array([code.get(v, -1) for v in raw], dtype=np.int64)
+        self.standardize = bool(standardize)
+        self.read_dtype = read_dtype(store)
+        self.mean: dict[int, torch.Tensor] = {}
+        self.std: dict[int, torch.Tensor] = {}
+        if self.standardize:
+            self._fit_standardization()
+
+    # -- labels -----------------------------------------------------------
+    def _frame_label_strings(self) -> np.ndarray:
+        store, rate = self.store, self.target_rate
+        same = [l_ for l_ in self.layers if self.rates[l_] == rate]
+        parts = []
+        if same:
+            l0 = same[0]
+            flat = store.frame_labels(l0, column=self.target)
+            lens0 = store.lengths(l0)
+            off = np.concatenate([[0], np.cumsum(lens0)])
+            for i in range(len(store)):
+                parts.append(flat[off[i]: off[i] + self.lengths[i]])
+        else:
+            from .align import frame_labels
+
+            for i, table in enumerate(store.phones):
+                if table is None:
+                    parts.append(np.full(int(self.lengths[i]), "", dtype=object))
+                else:
+                    parts.append(frame_labels(table, int(self.lengths[i]), rate,
+                                              column=self.target))
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=object)
+
+    def labels(self, utts) -> np.ndarray:
+        """``(n,)`` int64 class codes of the frames (or utterances) of ``utts``."""
+        return np.concatenate([self.y[self.offsets[i]:self.offsets[i + 1]] for i in utts]) \
+            if len(utts) else np.zeros(0, dtype=np.int64)
+
+    def num_items(self, utts) -> int:
+        return int(self.lengths[np.asarray(utts, dtype=np.int64)].sum())
+
+    # -- features -----------------------------------------------------------
+    def raw_features(self, j: int, utts) -> torch.Tensor:
+        """``(n, hidden_size)`` of layer ``self.layers[j]`` (aligned, not standardised), in
+        the store's precision (:func:`s3viz._numerics.read_dtype`)."""
+        l_ = self.layers[j]
+        utts = np.asarray(utts, dtype=np.int64)
+        if self.level == "utterance":
+            return self.store.pooled(l_, utterances=utts, dtype=self.read_dtype)
+        x, _ = self.store.layer(l_, utterances=utts, dtype=self.read_dtype)
+        lens = self.store.lengths(l_)[utts]
+        want = self.lengths[utts]
+        mode, _ = rate_factor(self.rates[l_], self.target_rate)
+        if mode == "same" and np.array_equal(lens, want):
+            return x
+        out = []
+        for part, n_want in zip(torch.split(x, lens.tolist()), want.tolist()):
+            h, _ = align_frames(part[None], torch.tensor([part.shape[0]]), self.rates[l_],
+                                self.target_rate)
+            out.append(h[0, :n_want])
+        return torch.cat(out) if out else x[:0]
+
+    def features(self, j: int, utts) -> torch.Tensor:
+        """Like :meth:`raw_features`, standardised per dimension with the train statistics
+        (in the store's precision), as float32."""
+        x = self.raw_features(j, utts)
+        if self.standardize:
+            l_ = self.layers[j]
+            x = (x - self.mean[l_]) / self.std[l_]
+        return x.float()
+
+    def _fit_standardization(self, max_frames: int = 65536):
+        utts = self.train_utts
+        for j, l_ in enumerate(self.layers):
+            mom = Moments((self.hidden_size,))  # shifted sums: exact under any offset
+            for a in range(0, len(utts), 64):
+                chunk = utts[a:a + 64]
+                x = self.raw_features(j, chunk)
+                keep = torch.from_numpy(self.labels(chunk) >= 0)
+                mom.update(x[keep])
+            if mom.n == 0:
+                raise ValueError("no labelled training frames; check the target and the split")
+            self.mean[l_] = mom.mean.to(self.read_dtype)
+            self.std[l_] = safe_scale(mom.var.sqrt(), mean=mom.mean).to(self.read_dtype)
+
+
+# ----------------------------------------------------------------------------
+# train_featurizer: layer weights + linear head, SUPERB-style
+
+
+# ----------------------------------------------------------------------------
+
+
+def train_featurizer(
+    store,
+    target: str,
+    *,
+    level: str = "frame",
+    layers: Sequence[int] | None = None,
+    steps: int = 300,
+    lr: float = 0.01,
+    batch_frames: int = 2048,
+    eval_every: int = 25,
+    device=None,
+    seed: int = 0,
+    split_by: str | None = None,
+    dev_fraction: float = 0.25,
+    standardize: bool = True,
+    target_rate: int | None = None,
+    max_cache_bytes: int = 256 * 2**20,
+) -> tuple[WeightedSumFeaturizer, pd.DataFrame]:
+    """Learn layer weights together with a linear head on a probing task.
+
+    The SUPERB recipe in miniature: softmax weights over the layers (logits
+    start at zero) and a linear classifier on the weighted sum, trained jointly
+    with Adam on cross-entropy, on minibatches of frames (or utterances).
+    Features are standardised per layer and dimension with training statistics
+    (``standardize=True``), so the weights compare layers independently of
+    their scale; ``standardize=False`` learns on the raw hidden states as
+    s3prl does. Utterances are split into train / dev by ``split_by`` groups
+    (default: speakers for frame targets, utterances for utterance targets).
+
+    Args:
+        store: a :class:`s3viz.LayerStore`.
+        target: frame level: a column of the alignment tables (``"phone"``,
+            ``"word"``); utterance level: a column of ``store.labels``.
+        level: ``"frame"`` or ``"utterance"`` (mean-pooled features).
+        layers: stored layers to weigh (default all).
+        steps, lr, batch_frames: optimisation: Adam steps, learning rate,
+            frames (or utterances) per minibatch.
+        eval_every: steps between dev evaluations (and history rows).
+        device: ``None`` = cuda when available else cpu.
+        max_cache_bytes: training features up to this size are held in memory
+            (random frame minibatches); larger stores are streamed in
+            minibatches of whole utterances.
+
+    Returns:
+        ``(featurizer, history)``: a :class:`WeightedSumFeaturizer` over the
+        store's layers holding the learned weights, and a DataFrame with one row
+        per evaluation: ``step, loss, dev_accuracy`` and ``weight_<layer>`` for
+        each layer (``history.attrs`` holds ``classes, n_train, n_dev``). Its
+        first row is step 0, the starting weights (the loss of the first batch
+        before any update).
+    """
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    lr = _v.number(lr, "lr", positive=True)  # also refuses NaN, which `not lr > 0` let by
+    seed = _v.integer(seed, "seed", minimum=0)
+    dev_fraction = _v.number(dev_fraction, "dev_fraction", nonnegative=True, below=1)
+    max_cache_bytes = _v.integer(max_cache_bytes, "max_cache_bytes", minimum=0)
+    if isinstance(batch_frames, bool) or not isinstance(batch_frames, (int, np.integer)) \
+            or batch_frames < 1:
+        raise ValueError(f"batch_frames must be a positive int, got {batch_frames!r}")
+    eval_every = _v.integer(eval_every, "eval_every")
+    data = ProbeData(store, target, level=level, layers=layers, target_rate=target_rate,
+                      split_by=split_by, test_fraction=dev_fraction, seed=seed,
+                      standardize=standardize)
+    dev = _resolve_device(device)
+    gen = torch.Generator().manual_seed(int(seed))
+    torch_state = torch.random.get_rng_state()
+    torch.manual_seed(int(seed))
+    L, H, C = len(data.layers), data.hidden_size, len(data.classes)
+    logits = nn.Parameter(torch.zeros(L, device=dev))
+    head = nn.Linear(H, C).to(dev)
+    torch.random.set_rng_state(torch_state)
+    opt = torch.optim.Adam([logits, *head.parameters()], lr=float(lr))
+
+    train_utts, dev_utts = data.train_utts, data.test_utts
+    n_train_items = data.num_items(train_utts)
+    cached = n_train_items * L * H * 4 <= max_cache_bytes
+    if cached:
+        y_train = torch.from_numpy(data.labels(train_utts))
+        keep = y_train >= 0
+        x_train = torch.stack([data.features(j, train_utts)[keep] for j in range(L)])
+        y_train = y_train[keep]
+        if y_train.numel() == 0:
+            raise ValueError("no labelled training frames")
+        x_train, y_train = x_train.to(dev), y_train.to(dev)
+
+    def batches():
+        if cached:
+            n = y_train.shape[0]
+            while n <= batch_frames:  # everything fits in one batch: no copies
+                yield x_train, y_train
+            while True:
+                perm = torch.randperm(n, generator=gen)
+                for a in range(0, n - min(batch_frames, n) + 1, min(batch_frames, n)):
+                    idx = perm[a:a + batch_frames].to(dev)
+                    yield x_train[:, idx], y_train[idx]
+        else:
+            while True:
+                perm = train_utts[torch.randperm(len(train_utts), generator=gen).numpy()]
+                group, count = [], 0
+                for u in perm:
+                    group.append(int(u))
+                    count += int(data.lengths[u])
+                    if count >= batch_frames:
+                        yield _batch(group)
+                        group, count = [], 0
+                if group:
+                    yield _batch(group)
+
+    def _batch(group):
+        y = torch.from_numpy(data.labels(group))
+        keep = y >= 0
+        x = torch.stack([data.features(j, group)[keep] for j in range(L)])
+        return x.to(dev), y[keep].to(dev)
+
+    def dev_groups():
+        for a in range(0, len(dev_utts), 32):
+            group = dev_utts[a:a + 32]
+            y = torch.from_numpy(data.labels(group))
+            keep = y >= 0
+            if bool(keep.any()):
+                x = torch.stack([data.features(j, group)[keep] for j in range(L)])
+                yield x.to(dev), y[keep].to(dev)
+
+    n_dev_items = data.num_items(dev_utts)
+    dev_cache = list(dev_groups()) if n_dev_items * L * H * 4 <= max_cache_bytes else None
+
+    def dev_accuracy() -> float:
+        correct = total = 0
+        with torch.no_grad():
+            p = torch.softmax(logits, 0)
+            for x, y in (dev_cache if dev_cache is not None else dev_groups()):
+                pred = head(torch.einsum("l,lnh->nh", p, x)).argmax(1)
+                correct += int((pred == y).sum())
+                total += int(y.numel())
+        return correct / total if total else float("nan")
+
+    rows = []
+    layer_cols = [f"weight_{l_}" for l_ in data.layers]
+    it = batches()
+    first = next(it)
+    it = itertools.chain([first], it)
+    with torch.no_grad():  # step 0: the starting weights, before any update
+        z0 = torch.einsum("l,lnh->nh", torch.softmax(logits, 0), first[0])
+        loss0 = float(F.cross_entropy(head(z0), first[1])) if first[1].numel() else float("nan")
+    rows.append({"step": 0, "loss": loss0, "dev_accuracy": dev_accuracy(),
+                 **dict(zip(layer_cols, torch.softmax(logits.detach().double(), 0).cpu().numpy()))})
+    running = []
+    for step in range(1, int(steps) + 1):
+        x, y = next(it)
+        if y.numel() == 0:
+            continue
+        p = torch.softmax(logits, 0)
+        z = torch.einsum("l,lnh->nh", p, x)
+        loss = F.cross_entropy(head(z), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        running.append(float(loss.detach()))
+        if step % eval_every == 0 or step == steps:
+            w = torch.softmax(logits.detach().double(), 0).cpu().numpy()
+            rows.append({"step": step, "loss": float(np.mean(running)),
+                         "dev_accuracy": dev_accuracy(), **dict(zip(layer_cols, w))})
+            running = []
+    history = pd.DataFrame(rows, columns=["step", "loss", "dev_accuracy", *layer_cols])
+    history.attrs.update({"classes": list(data.classes), "n_train": n_train_items,
+                          "n_dev": data.num_items(dev_utts), "target": target, "level": level,
+                          "layers": list(data.layers), "standardize": standardize})
+    featurizer = WeightedSumFeaturizer(store, layer_selections=data.layers,
+                                       target_rate=data.target_rate)
+    featurizer.set_weights(logits=logits.detach().double().cpu())
+    return featurizer, history

@@ -1,0 +1,27 @@
+"""Per-layer probes: which layer of an upstream linearly encodes which label.
+
+:func:`probe_layers` fits one linear classifier per stored layer of a
+:class:`~s3viz.extract.LayerStore` (``ridge``: closed form from sufficient
+statistics, :class:`ProbeStats`; ``logistic``: batched softmax) and scores it on
+grouped held-out folds (:func:`probe_folds`), with Hewitt & Liang's control tasks
+(:func:`control_labels`) on request. Submodules: ``stats``, ``folds``, ``targets``
+(:class:`~.targets.ProbeTask`, shared with streaming), ``ridge``, ``logistic``,
+``layers``. The maths: ``docs/probes.md``.
+"""
+
+from .folds import SPLITS, control_labels, probe_folds
+from .layers import METHODS, probe_layers
+from .ridge import LAMBDAS
+from .stats import ProbeStats
+from .targets import LEVELS
+
+__all__ = [
+    "LAMBDAS",
+    "LEVELS",
+    "METHODS",
+    "SPLITS",
+    "ProbeStats",
+    "control_labels",
+    "probe_folds",
+    "probe_layers",
+]

@@ -1,0 +1,165 @@
+"""Grouped folds and control labels.
+
+No utterance (or no speaker, ``split_by="speaker"``) has examples on both sides of
+a split: :func:`probe_folds` assigns groups to folds balancing their sizes, and
+:func:`control_labels` draws the seeded control classes of Hewitt & Liang (2019).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from ..store import utterance_selection
+
+__all__ = ["SPLITS", "control_labels", "probe_folds"]
+
+SPLITS = ("speaker", "utterance")
+
+
+# ---------------------------------------------------------------------------
+# folds, targets, controls
+
+
+# ---------------------------------------------------------------------------
+
+
+def assign_folds(groups: np.ndarray, weights: np.ndarray, folds: int, seed: int,
+                  strata: np.ndarray | None = None, what: str = "group") -> np.ndarray:
+    """Fold of each item so that items of one group share a fold.
+
+    Without ``strata``: groups in decreasing weight (ties random) go to the
+    lightest fold. With ``strata`` (one value per item, constant within a
+    group): groups sorted by stratum (random within) are dealt round-robin.
+    """
+    uniq, inv = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+    if len(uniq) < folds:
+        raise ValueError(
+            f"only {len(uniq)} distinct {what}s to split into folds={folds}: lower `folds` "
+            f"(at least 2) or use split_by='utterance'"
+        )
+    rng = np.random.default_rng(seed)
+    gw = np.bincount(inv, weights=np.asarray(weights, dtype=np.float64), minlength=len(uniq))
+    fold_of_group = np.empty(len(uniq), dtype=np.int64)
+    if strata is not None:
+        gs = np.empty(len(uniq), dtype=object)
+        gs[inv] = np.asarray(strata).astype(str)
+        order = np.lexsort((rng.random(len(uniq)), gs.astype(str)))
+        fold_of_group[order] = (np.arange(len(uniq)) + rng.integers(folds)) % folds
+    else:
+        order = np.lexsort((rng.random(len(uniq)), -gw))
+        load = np.zeros(folds)
+        perm = rng.permutation(folds)
+        for g in order:
+            k = perm[np.argmin(load[perm])]
+            fold_of_group[g] = k
+            load[k] += gw[g]
+    return fold_of_group[inv]
+
+
+def _positions(store, utterances) -> np.ndarray:
+    return utterance_selection(utterances, len(store))
+
+
+def _store_arg(sel: np.ndarray, n: int):
+    return None if len(sel) == n else sel.tolist()
+
+
+def _is_missing(v) -> bool:
+    if v is None:
+        return True
+    if isinstance(v, float) and math.isnan(v):
+        return True
+    try:
+        return bool(pd.isna(v)) if np.ndim(v) == 0 else False
+    except (TypeError, ValueError):
+        return False
+
+
+def split_groups(store, sel: np.ndarray, split_by: str) -> np.ndarray:
+    if split_by == "utterance":  # a store of segments groups them by their utterance
+        return np.asarray(getattr(store, "_group_ids", store.ids), dtype=object)[sel].astype(str)
+    ids = np.asarray(store.ids, dtype=object)[sel]
+    labels = store.labels
+    if "speaker" not in labels.columns:
+        raise ValueError(
+            "split_by='speaker' needs a 'speaker' column in store.labels; there is none. "
+            "Use split_by='utterance'"
+        )
+    spk = labels["speaker"].to_numpy()[sel]
+    bad = [ids[i] for i, v in enumerate(spk) if _is_missing(v) or str(v) == ""]
+    if bad:
+        raise ValueError(
+            f"split_by='speaker' but {len(bad)} utterance(s) have no speaker (e.g. {bad[:5]}); "
+            "fill store.labels['speaker'], select the others with `utterances=`, "
+            "or use split_by='utterance'"
+        )
+    return np.asarray([str(v) for v in spk], dtype=object)
+
+
+def probe_folds(store, *, folds: int = 5, split_by: str = "speaker", seed: int = 0,
+                utterances=None, weights: np.ndarray | None = None,
+                strata: np.ndarray | None = None) -> pd.DataFrame:
+    """The grouped K-fold split that :func:`probe_layers` uses.
+
+    With the defaults this is exactly the split of frame-level probes. For
+    utterance-level targets with ``split_by="utterance"``, :func:`probe_layers`
+    stratifies by the target class and weighs utterances equally: pass
+    ``weights=np.ones(n)`` and ``strata=<class of each utterance>`` to get it.
+
+    Args:
+        store: a :class:`~s3viz.extract.LayerStore`.
+        folds: number of folds (>= 2).
+        split_by: ``"speaker"`` (no speaker in two folds) or ``"utterance"``.
+        seed: seed of the assignment.
+        utterances: utterance positions to split (default all).
+        weights: ``(len(utterances),)`` weight of each utterance to balance the
+            folds by (default: frames of stored layer 0).
+        strata: ``(len(utterances),)`` class of each utterance: groups are then
+            dealt round-robin by class instead of balanced by weight.
+
+    Returns:
+        DataFrame with one row per selected utterance: ``utterance`` (position),
+        ``id``, ``group`` (speaker or id) and ``fold``.
+    """
+    folds = check_folds(folds)
+    if split_by not in SPLITS:
+        raise ValueError(f"split_by must be one of {SPLITS}, got {split_by!r}")
+    sel = _positions(store, utterances)
+    groups = split_groups(store, sel, split_by)
+    if weights is None:
+        weights = np.asarray(store.lengths(0))[sel]
+    fold = assign_folds(groups, weights, folds, seed, strata=strata, what=split_by)
+    return pd.DataFrame({
+        "utterance": sel, "id": np.asarray(store.ids, dtype=object)[sel],
+        "group": groups, "fold": fold,
+    })
+
+
+def control_labels(types: np.ndarray, y: np.ndarray, num_classes: int, seed: int = 0) -> np.ndarray:
+    """Hewitt & Liang control labels: each type gets a class drawn from ``y``'s distribution.
+
+    Args:
+        types: ``(num_examples,)`` type of each example (any hashable values).
+        y: ``(num_examples,)`` int class of each example in ``[0, num_classes)``.
+        num_classes: number of classes.
+        seed: seed of the draw.
+
+    Returns:
+        ``(num_examples,)`` int64 control class; equal types get equal classes.
+    """
+    y = np.asarray(y, dtype=np.int64)
+    types = np.asarray(types, dtype=object).astype(str)
+    uniq, inv = np.unique(types, return_inverse=True)
+    p = np.bincount(y, minlength=num_classes).astype(np.float64)
+    p /= p.sum()
+    rng = np.random.default_rng([int(seed), 4611])
+    return rng.choice(num_classes, size=len(uniq), p=p)[inv].astype(np.int64)
+
+
+def check_folds(folds) -> int:
+    if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2:
+        raise ValueError(f"folds must be an int >= 2, got {folds!r}")
+    return int(folds)

@@ -1,0 +1,297 @@
+""":func:`probe_layers`: which layer of an upstream linearly encodes which label.
+
+Validates the call, builds one :class:`~.targets.ProbeTask` per target, runs the
+ridge or logistic probe of every stored layer (sharded when asked) and returns one
+DataFrame row per target, method, level and layer, with control-task selectivity
+when ``control=True``. The maths and its tolerances: ``docs/probes.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import _validate as _v
+from .._device import resolve_device as _resolve_device
+from .folds import SPLITS, _positions, check_folds
+from .logistic import _logistic_layers
+from .ridge import LAMBDAS, _scores, ridge_layer_frame, ridge_layer_utterance
+from .targets import LEVELS, ProbeTask, _pooled, _pooled_sharded, resolve_level
+
+__all__ = ["METHODS", "probe_layers"]
+
+METHODS = ("ridge", "logistic")
+
+
+# ---------------------------------------------------------------------------
+# public entry point
+
+
+# ---------------------------------------------------------------------------
+
+
+def _as_list(v, name: str, allowed=None) -> list:
+    vals = [v] if isinstance(v, str) else list(v)
+    if not vals:
+        raise ValueError(f"{name} must name at least one value")
+    if allowed is not None:
+        for x in vals:
+            if x not in allowed:
+                raise ValueError(f"{name} must be one of {allowed} (or a list of them), got {x!r}")
+    return vals
+
+
+def probe_layers(
+    store,
+    target: str | Sequence[str] = "phone",
+    *,
+    level: str | None = None,
+    method: str | Sequence[str] = "ridge",
+    layers: Sequence[int] | None = None,
+    folds: int = 5,
+    split_by: str = "speaker",
+    control: bool = False,
+    control_by: str | None = None,
+    utterances=None,
+    device=None,
+    seed: int = 0,
+    lambdas: Sequence[float] = LAMBDAS,
+    chunk_frames: int = 16384,
+    lr: float = 1e-2,
+    batch_size: int = 1024,
+    max_epochs: int = 40,
+    patience: int = 3,
+    weight_decay: float | None = None,
+    dev_fraction: float = 0.15,
+    max_memory: int = 2 ** 31,
+    reference=None,
+    reduce=None,
+) -> pd.DataFrame:
+    """Cross-validated linear probes of every stored layer.
+
+    Args:
+        store: a :class:`~s3viz.extract.LayerStore`.
+        target: label name(s). Frame-level targets are columns of the phone
+            alignments (``"phone"``, ``"word"``), read per frame with
+            ``store.frame_labels`` (frames labelled ``""`` are left out);
+            utterance-level targets are columns of ``store.labels``
+            (``"speaker"``, ``"sentence_id"`` ...), probed on mean-pooled features.
+        level: ``"frame"``, ``"utterance"``, ``"segment"`` or ``None`` (utterance
+            level when the target is a column of ``store.labels``, else frame
+            level). ``"segment"``: each segment of the target in the alignments
+            (a phone, or a run of one word's phones for ``"word"``; silence left
+            out; :func:`s3viz.segments.segment_table`) is one example, the mean
+            of its frames; folds keep each utterance (or speaker) on one side,
+            and the control type defaults to the segment with its neighbours.
+        method: ``"ridge"``, ``"logistic"`` or a list of both (see module doc).
+        layers: stored layer indices to probe (default all).
+        folds: number of grouped cross-validation folds (>= 2).
+        split_by: ``"speaker"`` (no speaker in two folds) or ``"utterance"``.
+        control: also train on Hewitt & Liang control labels and report
+            ``control_accuracy`` and ``selectivity``.
+        control_by: what defines a type for the control task (see module doc).
+        utterances: utterance positions to use (default all).
+        device: torch device; ``None`` is cuda when available, else cpu.
+        seed: seed of folds, control labels and the logistic probe's shuffling.
+        lambdas: ridge penalty grid (relative to the standardised covariance).
+        chunk_frames: frames per chunk when streaming the store (ridge).
+        lr, batch_size, max_epochs, patience, weight_decay, dev_fraction:
+            logistic probe training (Adam, at least 200 steps and at most
+            ``max_epochs`` epochs otherwise; ``weight_decay=None`` is ``1 /
+            n_train``, the L2 penalty of scikit-learn's ``C=1``; ``dev_fraction``
+            of the training groups is held out, the dev loss is checked every
+            ~20 steps and each classifier keeps its best weights, training
+            stops when none improved for ``patience`` checks). ``dev_fraction=0``:
+            no dev split, full-batch L-BFGS to the optimum of the penalised
+            objective on the whole training part (at most ``max_epochs * 25``
+            iterations; ``lr``, ``batch_size`` and ``patience`` unused).
+        max_memory: bytes of features the logistic probe may hold on the device.
+        reference: sharded runs (ridge, or logistic with ``dev_fraction=0``, whose
+            full-batch gradients are summed over shards): the whole corpus's metadata, a
+            store-like object with ``ids, labels, phones, lengths(layer),
+            frame_labels(...), downsample_rates, receptive_fields, hidden_sizes,
+            num_layer, layer_ids`` (no frames needed; see
+            :func:`s3viz.distributed.reference_store`). ``store`` then holds one
+            shard (a subset of ``reference.ids``); folds, classes and control
+            labels come from ``reference`` so every shard agrees, and
+            ``utterances`` are positions in ``reference``.
+        reduce: sharded runs: ``reduce(tensor) -> tensor`` summing a tensor over
+            all shards (e.g. :func:`s3viz.distributed.all_reduce_sum`). The
+            ridge statistics, the pooled vectors (utterance level), the
+            logistic probe's scaling, losses and gradients and the confusion
+            counts are summed with it, so each shard returns the same table as
+            :func:`probe_layers` on the union of the shards (logistic: up to the
+            order of float sums).
+
+    Returns:
+        DataFrame with one row per target, method and layer: ``target, method,
+        level, layer, upstream_layer, accuracy`` (pooled over the test folds,
+        every example is tested once), ``accuracy_std`` (std over folds),
+        ``macro_f1``, ``chance`` (always predicting the training majority class),
+        ``n_classes``, ``n_train``, ``n_test`` (mean examples per fold),
+        ``lambda`` (ridge: mean chosen penalty), and with ``control=True``
+        ``control_accuracy`` and ``selectivity``. ``df.attrs["fold_accuracy"]``
+        maps ``(target, method, layer)`` to the accuracy of each fold (folds as
+        in :func:`probe_folds`).
+    """
+    if target is None:
+        raise TypeError("target must be a label name (str) or a list of them, e.g. 'phone' or "
+                        "['phone', 'speaker'], got None")
+    targets = _as_list(target, "target")
+    methods = _as_list(method, "method", METHODS)
+    lambdas = _v.numbers(lambdas, "lambdas")
+    chunk_frames = _v.integer(chunk_frames, "chunk_frames")
+    lr = _v.number(lr, "lr", positive=True)
+    batch_size = _v.integer(batch_size, "batch_size")
+    max_epochs = _v.integer(max_epochs, "max_epochs")
+    patience = _v.integer(patience, "patience")
+    weight_decay = _v.number(weight_decay, "weight_decay", nonnegative=True, none_ok=True)
+    max_memory = _v.integer(max_memory, "max_memory")
+    seed = _v.integer(seed, "seed", minimum=0)
+    shard_store, shard_pos_all = None, None
+    if reference is not None or reduce is not None:
+        if reference is None or reduce is None:
+            raise ValueError("sharded probes need both `reference` (the whole corpus) and "
+                             "`reduce` (a sum over shards); pass both or neither")
+        if "logistic" in methods and dev_fraction != 0:
+            raise ValueError(
+                "sharded logistic probes need dev_fraction=0 (full-batch L-BFGS, whose "
+                "gradients sum over shards); early stopping's minibatches cannot be split "
+                "across shards")
+        ref_index = {u: i for i, u in enumerate(reference.ids)}
+        unknown = [u for u in store.ids if u not in ref_index]
+        if unknown:
+            raise ValueError(f"{len(unknown)} utterance(s) of the shard store are not in "
+                             f"`reference` (e.g. {unknown[:5]}); pass the whole corpus's metadata")
+        shard_store, store = store, reference
+        shard_pos_all = np.asarray([ref_index[u] for u in shard_store.ids], dtype=np.int64)
+    folds = check_folds(folds)
+    if split_by not in SPLITS:
+        raise ValueError(f"split_by must be one of {SPLITS}, got {split_by!r}")
+    if level is not None and level not in LEVELS:
+        raise ValueError(f"level must be one of {LEVELS} or None, got {level!r}")
+    if level == "segment":
+        if shard_store is not None:
+            raise ValueError("segment-level probes do not run sharded yet; probe the whole "
+                             "store (its segments are small) or use level='frame'")
+        return _probe_segments(
+            store, targets, method=methods, layers=_v.stored_layers(store, layers), folds=folds,
+            split_by=split_by, control=control, control_by=control_by, utterances=utterances,
+            device=device, seed=seed, lambdas=lambdas, chunk_frames=chunk_frames, lr=lr,
+            batch_size=batch_size, max_epochs=max_epochs, patience=patience,
+            weight_decay=weight_decay, dev_fraction=dev_fraction, max_memory=max_memory)
+    layer_list = _v.stored_layers(store, layers)
+    sel = _positions(store, utterances)
+    device = _resolve_device(device)
+    lambdas = tuple(lambdas)
+    if isinstance(dev_fraction, bool) or not isinstance(dev_fraction, (int, float)) \
+            or not 0 <= dev_fraction < 1:
+        raise ValueError(f"dev_fraction must be a number in [0, 1) (0: no early stopping, "
+                         f"train to the optimum), got {dev_fraction!r}")
+    opts = {"lr": lr, "batch_size": int(batch_size), "max_epochs": int(max_epochs),
+                "patience": int(patience), "weight_decay": weight_decay,
+                "dev_fraction": float(dev_fraction)}
+    layer_ids = list(getattr(store, "layer_ids", range(store.num_layer)))
+    rows = []
+    fold_accuracy = {}
+    for tgt in targets:
+        if not isinstance(tgt, str):
+            raise TypeError(f"target must be a label name (str), got {tgt!r}")
+        lev = resolve_level(store, tgt, level)
+        if split_by == "speaker" and tgt == "speaker":
+            raise ValueError(
+                "target='speaker' with split_by='speaker' is impossible: test speakers are "
+                "never seen in training. Use split_by='utterance' to probe speaker identity"
+            )
+        task = ProbeTask(store, tgt, lev, sel, folds, split_by, seed, control, control_by)
+        if lev == "frame":
+            task.set_frame_classes(layer_list)
+        shard = None
+        if shard_store is not None:  # (shard store positions, task positions) in shard order
+            task_of = {int(u): k for k, u in enumerate(sel)}
+            keep = [j for j, u in enumerate(shard_pos_all) if int(u) in task_of]
+            shard = (keep, [task_of[int(shard_pos_all[j])] for j in keep])
+        c = len(task.classes)
+        blocks = [slice(0, c)] + ([slice(c, 2 * c)] if control else [])
+        for meth in methods:
+            per_layer = {}
+            if meth == "ridge":
+                for layer in layer_list:
+                    if lev == "frame":
+                        per_layer[layer] = ridge_layer_frame(
+                            task, store if shard is None else shard_store, layer, blocks, c,
+                            lambdas, device, chunk_frames, torch.float64, shard=shard,
+                            reduce=reduce)
+                    elif shard is not None:
+                        x = _pooled_sharded(shard_store, layer, task, shard, reduce).to(device)
+                        per_layer[layer] = ridge_layer_utterance(
+                            task, x, blocks, c, lambdas, torch.float64)
+                    else:
+                        x = _pooled(store, layer, task).to(device)
+                        per_layer[layer] = ridge_layer_utterance(
+                            task, x, blocks, c, lambdas, torch.float64)
+            else:
+                per_layer = _logistic_layers(task, store, layer_list, c, device, opts,
+                                             max_memory, shard_store=shard_store, shard=shard,
+                                             reduce=reduce)
+            for layer in layer_list:
+                rows.append(result_row(tgt, meth, lev, layer, int(layer_ids[layer]), c, folds,
+                                        control, per_layer[layer], fold_accuracy))
+    return result_table(rows, fold_accuracy, control, folds=folds, split_by=split_by, seed=seed)
+
+
+def _probe_segments(store, targets, *, layers, utterances, control_by, **kw) -> pd.DataFrame:
+    """probe_layers(level="segment"): the utterance-level probes of a store of segments."""
+    from ..segments import segment_store
+
+    tables = []
+    for tgt in targets:
+        seg = segment_store(store, tgt, layers, utterances=utterances)
+        res = probe_layers(seg, tgt, level="utterance", layers=None, control_by=(
+            "context" if control_by is None else control_by), **kw)
+        res["level"] = "segment"
+        res["layer"] = [layers[i] for i in res["layer"]]
+        res["upstream_layer"] = [int(store.layer_ids[v]) for v in res["layer"]]
+        fold_acc = {(t, m, layers[i]): v for (t, m, i), v in res.attrs["fold_accuracy"].items()}
+        res.attrs["fold_accuracy"] = fold_acc
+        res.attrs["n_dropped"] = seg._dropped
+        tables.append(res)
+    out = pd.concat(tables, ignore_index=True)
+    out.attrs = {**tables[0].attrs, "fold_accuracy": {
+        k: v for t in tables for k, v in t.attrs["fold_accuracy"].items()}}
+    return out
+
+
+_RESULT_COLUMNS = ["target", "method", "level", "layer", "upstream_layer", "accuracy",
+                   "accuracy_std", "macro_f1", "chance", "n_classes", "n_train", "n_test", "lambda"]
+
+
+def result_row(tgt, meth, lev, layer: int, upstream_layer: int, c: int, folds: int,
+                control: bool, result, fold_accuracy: dict) -> dict:
+    """One row of :func:`probe_layers`'s table from ``(conf, counts, n_train, lambdas)``."""
+    conf, counts, n_fold, lam = result
+    main = _scores(conf[0], counts[:, :c] if counts.ndim == 2 else counts[0])
+    fold_accuracy[(tgt, meth, layer)] = main.pop("fold_accuracy")
+    n_total = conf[0].sum()
+    row = dict(target=tgt, method=meth, level=lev, layer=layer, upstream_layer=upstream_layer,
+               **main, n_classes=c, n_train=round(float(np.mean(n_fold))),
+               n_test=round(n_total / folds),
+               **{"lambda": float(lam[0]) if lam is not None else float("nan")})
+    if control:
+        cc = counts[:, c:] if counts.ndim == 2 else counts[1]
+        ctrl = _scores(conf[1], cc)
+        ctrl.pop("fold_accuracy")
+        row["control_accuracy"] = ctrl["accuracy"]
+        row["selectivity"] = row["accuracy"] - ctrl["accuracy"]
+    return row
+
+
+def result_table(rows: list[dict], fold_accuracy: dict, control: bool, **attrs) -> pd.DataFrame:
+    cols = _RESULT_COLUMNS + (["control_accuracy", "selectivity"] if control else [])
+    df = pd.DataFrame(rows, columns=cols)
+    df.attrs["fold_accuracy"] = fold_accuracy
+    df.attrs.update(attrs)
+    return df

@@ -1,0 +1,299 @@
+"""The logistic probe: softmax classifiers of many layers trained as one batch.
+
+Weights ``(num_layers, hidden_size, num_classes)`` trained with Adam on minibatches
+and early stopping on a grouped dev split, or (``dev_fraction=0``) full-batch
+L-BFGS to the optimum scikit-learn's ``LogisticRegression()`` reaches. Layers are
+centred in the store's precision before they go to float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .._numerics import Moments, centred_float32, read_dtype, safe_scale
+from .folds import _store_arg
+from .ridge import _shard_frames, confusion_matrix
+from .targets import ProbeTask, _pooled
+
+# ---------------------------------------------------------------------------
+# logistic (batched over layers)
+
+
+# ---------------------------------------------------------------------------
+
+
+def _train_scaling(x: torch.Tensor, train: torch.Tensor, reduce=None):
+    """Per layer mean and scale (population std, 1 for constant features) of rows ``train``
+    (of the rows of all shards, merged with ``reduce``)."""
+    mom = Moments((x.shape[0], x.shape[2]), device=x.device, axis=1)
+    for i in range(0, int(train.numel()), 8192):
+        mom.update(x[:, train[i:i + 8192]])
+    if reduce is not None:
+        mom = mom.reduced(reduce)
+    return mom.mean.float(), safe_scale(mom.var.sqrt()).float()
+
+
+def _fit_logistic_full(x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, c: int, *,
+                       weight_decay: float | None, max_iter: int, chunk: int = 8192,
+                       tolerance_grad: float = 1e-4, history_size: int = 20, reduce=None):
+    """All layers' (and heads') penalised softmax regressions to their optimum, full batch.
+
+    Minimises, per layer and head, ``mean NLL + weight_decay / 2 * ||W||^2`` (bias not
+    penalised; ``weight_decay=None`` is ``1 / n_train``: scikit-learn's ``C=1``) with
+    L-BFGS on the sum over layers and heads (independent problems), stopping when the
+    largest gradient entry is under ``tolerance_grad`` (scikit-learn's default ``tol``
+    on the same mean-loss scale). Returns as :func:`_fit_logistic`.
+
+    With ``reduce`` (a sum over shards; ``train`` indexes this shard's rows) the
+    scaling, the loss and its gradients are summed over shards before every step,
+    so all shards take the same steps to the optimum of all their examples.
+    """
+    num_l, _, h = x.shape
+    k = y.shape[0]
+    n_train = int(train.numel())
+    if reduce is not None:
+        n_train = int(reduce(torch.tensor([n_train], dtype=torch.float64))[0])
+    wd = 1.0 / max(n_train, 1) if weight_decay is None else float(weight_decay)
+    mean, scale = _train_scaling(x, train, reduce)
+    w = torch.zeros(num_l, h, k * c, device=x.device, requires_grad=True)
+    b = torch.zeros(num_l, k * c, device=x.device, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=int(max_iter), history_size=history_size,
+                            tolerance_grad=tolerance_grad, tolerance_change=1e-12,
+                            line_search_fn="strong_wolfe")
+
+    n_local = int(train.numel())
+
+    def closure():
+        opt.zero_grad()
+        w.grad, b.grad = torch.zeros_like(w), torch.zeros_like(b)
+        total = torch.zeros((), dtype=torch.float64, device=x.device)
+        for i in range(0, n_local, chunk):
+            idx = train[i:i + chunk]
+            z = torch.baddbmm(b[:, None], (x[:, idx] - mean[:, None]) / scale[:, None], w)
+            logp = torch.log_softmax(z.view(num_l, -1, k, c), -1)
+            t = y[:, idx].T  # (B, K)
+            nll = -logp.gather(-1, t[None, :, :, None].expand(num_l, -1, -1, 1)).sum()
+            (nll / n_train).backward()
+            total += nll.detach().double() / n_train
+        if reduce is not None:  # every shard's data term, then the (shared) penalty
+            reduce(w.grad), reduce(b.grad), reduce(total)
+        pen = 0.5 * wd * (w * w).sum()
+        pen.backward()
+        return float(total) + float(pen.detach())
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return w.detach(), b.detach(), mean, scale
+
+
+def _fit_logistic(x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, dev: torch.Tensor,
+                  c: int, *, seed: int, lr: float, batch_size: int, max_epochs: int,
+                  patience: int, weight_decay: float | None, min_steps: int = 200):
+    """Train softmax classifiers of all layers (and heads) at once.
+
+    Args:
+        x: ``(num_layers, num_examples, hidden_size)`` float32 features on the device.
+        y: ``(num_heads, num_examples)`` long targets (head 0 the target, 1 the control).
+        train, dev: long indices of the training and early-stopping examples.
+
+    Returns:
+        ``(weight (L, H, K*C), bias (L, K*C), mean (L, H), scale (L, H))``.
+    """
+    num_l, _, h = x.shape
+    k = y.shape[0]
+    device = x.device
+    n_train = int(train.numel())
+    wd = 1.0 / n_train if weight_decay is None else float(weight_decay)
+    mean, scale = _train_scaling(x, train)  # standardisation from the training part
+    w = torch.zeros(num_l, h, k * c, device=device)
+    b = torch.zeros(num_l, k * c, device=device)
+    best_w, best_b = w.clone(), b.clone()
+    best = torch.full((num_l, k), float("inf"), device=device)
+    bad = torch.zeros(num_l, k, dtype=torch.long, device=device)
+    # Adam state (written out: the gradient of softmax cross-entropy is analytic)
+    mw, vw, mb, vb = (torch.zeros_like(w), torch.zeros_like(w), torch.zeros_like(b),
+                      torch.zeros_like(b))
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    step = 0
+    gen = torch.Generator().manual_seed(int(seed))
+    steps_per_epoch = max(1, math.ceil(n_train / batch_size))
+    check_every = max(1, math.ceil(20 / steps_per_epoch))  # >= ~20 steps between checks
+    max_epochs = max(int(max_epochs), math.ceil(min_steps / steps_per_epoch))
+    ar = torch.arange(k, device=device)
+
+    def _standardized(idx):
+        return (x[:, idx] - mean[:, None]) / scale[:, None]  # (L, B, H)
+
+    def _nll(z, t):  # z (L, B, K, C), t (B, K) -> (L, K) mean negative log-likelihood
+        logp = torch.log_softmax(z, -1)
+        return -logp.gather(-1, t[None, :, :, None].expand(num_l, -1, -1, 1)).squeeze(-1).mean(1)
+
+    for epoch in range(max_epochs):
+        perm = train[torch.randperm(n_train, generator=gen).to(device)]
+        for i in range(0, n_train, batch_size):
+            idx = perm[i:i + batch_size]
+            xb = _standardized(idx)
+            z = torch.baddbmm(b[:, None], xb, w).view(num_l, -1, k, c)
+            g = torch.softmax(z, -1)
+            t = y[:, idx].T  # (B, K)
+            g[:, torch.arange(t.shape[0], device=device)[:, None], ar[None, :], t] -= 1.0
+            g = g.view(num_l, -1, k * c) / idx.numel()
+            gw = torch.bmm(xb.transpose(1, 2), g).add_(w, alpha=wd)
+            gb = g.sum(1)
+            step += 1
+            c1, c2 = 1 - beta1 ** step, 1 - beta2 ** step
+            for p, m, v, gr in ((w, mw, vw, gw), (b, mb, vb, gb)):
+                m.mul_(beta1).add_(gr, alpha=1 - beta1)
+                v.mul_(beta2).addcmul_(gr, gr, value=1 - beta2)
+                p.addcdiv_(m, (v / c2).sqrt_().add_(eps), value=-lr / c1)
+        if (epoch + 1) % check_every and epoch + 1 < max_epochs:
+            continue
+        dl = torch.zeros(num_l, k, device=device)
+        for i in range(0, int(dev.numel()), 8192):
+            idx = dev[i:i + 8192]
+            z = torch.baddbmm(b[:, None], _standardized(idx), w).view(num_l, -1, k, c)
+            dl += _nll(z, y[:, idx].T) * idx.numel()
+        dl /= max(int(dev.numel()), 1)
+        better = dl < best - 1e-4 * best.abs().clamp_max(1e6)
+        best = torch.where(better, dl, best)
+        bad = torch.where(better, torch.zeros_like(bad), bad + 1)
+        cols = better[:, None, :, None].expand(num_l, h, k, c).reshape(num_l, h, k * c)
+        best_w = torch.where(cols, w, best_w)
+        best_b = torch.where(cols[:, 0], b, best_b)
+        if bool((bad >= patience).all()):
+            break
+    return best_w, best_b, mean, scale
+
+
+def _logistic_group(task: ProbeTask, xs: torch.Tensor, y_np: np.ndarray, fold_np: np.ndarray,
+                    group_np: np.ndarray, c: int, opts: dict, reduce=None):
+    """Cross-validated logistic probes of a group of layers sharing their examples.
+
+    Args:
+        xs: ``(num_layers, num_examples, hidden_size)`` features on the device.
+        y_np: ``(num_heads, num_examples)`` targets; fold_np, group_np: ``(num_examples,)``.
+        reduce: sharded (``dev_fraction=0`` only): sums a tensor over shards; the
+            returned confusions and counts are then those of all shards.
+    """
+    device = xs.device
+    folds = task.folds
+    k = y_np.shape[0]
+    y = torch.from_numpy(y_np).to(device)
+    conf = np.zeros((xs.shape[0], k, folds, c, c), dtype=np.int64)
+    counts = np.zeros((k, folds, c))
+    n_fold = np.zeros(folds)
+    for f in range(folds):
+        test_m = fold_np == f
+        te = torch.from_numpy(np.flatnonzero(test_m)).to(device)
+        if opts["dev_fraction"] == 0:  # no early stopping: the penalised optimum
+            tr = torch.from_numpy(np.flatnonzero(~test_m)).to(device)
+            w, b, mean, scale = _fit_logistic_full(
+                xs, y, tr, c, weight_decay=opts["weight_decay"],
+                max_iter=25 * opts["max_epochs"], reduce=reduce)
+        else:
+            train_groups = np.unique(group_np[~test_m])
+            rng = np.random.default_rng([task.seed, 1000 + f])
+            n_dev = min(max(1, round(opts["dev_fraction"] * len(train_groups))),
+                        len(train_groups) - 1)
+            dev_groups = rng.choice(train_groups, size=n_dev, replace=False)
+            dev_m = np.isin(group_np, dev_groups) & ~test_m
+            fit_m = ~test_m & ~dev_m
+            tr = torch.from_numpy(np.flatnonzero(fit_m)).to(device)
+            dv = torch.from_numpy(np.flatnonzero(dev_m)).to(device)
+            w, b, mean, scale = _fit_logistic(
+                xs, y, tr, dv, c, seed=task.seed * 7919 + f, lr=opts["lr"],
+                batch_size=opts["batch_size"], max_epochs=opts["max_epochs"],
+                patience=opts["patience"], weight_decay=opts["weight_decay"])
+        with torch.no_grad():
+            for i in range(0, int(te.numel()), 8192):
+                idx = te[i:i + 8192]
+                z = torch.baddbmm(b[:, None], (xs[:, idx] - mean[:, None]) / scale[:, None], w)
+                pred = z.view(xs.shape[0], -1, k, c).argmax(-1)  # (L, B, K)
+                for hh in range(k):
+                    t = y[hh, idx]
+                    for li in range(xs.shape[0]):
+                        conf[li, hh, f] += confusion_matrix(t, pred[li, :, hh], c)
+        train_all = ~test_m
+        for hh in range(k):
+            counts[hh, f] = np.bincount(y_np[hh][train_all], minlength=c)
+        n_fold[f] = train_all.sum()
+    if reduce is not None:
+        conf = reduce(torch.from_numpy(conf)).numpy()
+        counts = reduce(torch.from_numpy(counts)).numpy()
+        n_fold = reduce(torch.from_numpy(n_fold)).numpy()
+    return conf, counts, n_fold
+
+
+def _logistic_layers(task: ProbeTask, store, layer_list: list[int], c: int, device, opts,
+                     max_memory: int, shard_store=None, shard=None, reduce=None) -> dict:
+    """Group layers (same hidden size and frame labels), train each group batched.
+
+    Sharded (``shard_store``, ``shard``, ``reduce``): this process holds the examples
+    of its shard only; the L-BFGS gradients, the scaling and the counts are summed
+    over shards with ``reduce`` (``dev_fraction=0``).
+    """
+    groups: dict[tuple, list[int]] = {}
+    for layer in layer_list:
+        key = (store.hidden_sizes[layer],
+               task.frame_key(layer) if task.level == "frame" else None)
+        groups.setdefault(key, []).append(layer)
+    out = {}
+    for (h, _), members in groups.items():
+        rows = None
+        if task.level == "frame":
+            d = task.frame_targets(members[0])
+            arg, rows = _shard_frames(task, d, shard)
+            if rows is None:
+                keep = d["y"] >= 0
+                sel_rows = np.flatnonzero(keep)
+            else:  # this shard's frames, in the shard store's order
+                keep = d["y"][rows] >= 0
+                sel_rows = rows[keep]
+            n = len(sel_rows)
+            y_np = [d["y"][sel_rows]] + ([d["y_ctrl"][sel_rows]] if task.control else [])
+            fold_np = d["fold"][sel_rows]
+            group_np = task.groups[d["utt"][sel_rows]]
+        else:
+            keep = None
+            pos = np.arange(len(task.sel)) if shard is None else np.asarray(shard[1], dtype=int)
+            n = len(pos)
+            y_np = [task.y[pos]] + ([task.y_ctrl[pos]] if task.control else [])
+            fold_np = task.utt_fold[pos]
+            group_np = task.groups[pos]
+        y_np = np.stack(y_np).astype(np.int64).reshape(len(y_np), n)
+        n_group = n
+        if reduce is not None:  # every shard must group the layers alike (same collectives)
+            n_group = int(reduce(torch.tensor([float(n)], dtype=torch.float64))[0])
+        per = max(1, int(max_memory // max(1, n_group * h * 4)))
+        for start in range(0, len(members), per):
+            batch = members[start:start + per]
+            feats = []
+            for layer in batch:
+                src = store if shard is None else shard_store
+                dt = read_dtype(src)
+                if task.level == "frame" and shard is None:
+                    x, _ = store.layer(layer, utterances=_store_arg(task.sel, task.n_utt),
+                                       dtype=dt)
+                    x = torch.as_tensor(x)[torch.from_numpy(keep)]
+                elif task.level == "frame":
+                    x = (shard_store.layer(layer, utterances=arg, dtype=dt)[0] if arg
+                         else torch.zeros(0, h, dtype=dt))
+                    x = torch.as_tensor(x)[torch.from_numpy(keep)]
+                elif shard is None:
+                    x = _pooled(store, layer, task)
+                else:
+                    x = (torch.as_tensor(shard_store.pooled(layer, utterances=list(shard[0]),
+                                                            dtype=dt))
+                         if len(shard[0]) else torch.zeros(0, h, dtype=dt))
+                feats.append(centred_float32(x, device, reduce))
+            xs = torch.stack(feats)
+            del feats
+            conf, counts, n_fold = _logistic_group(task, xs, y_np, fold_np, group_np, c, opts,
+                                                   reduce=reduce)
+            del xs
+            for li, layer in enumerate(batch):
+                out[layer] = (conf[li], counts, n_fold, None)
+    return out

@@ -1,0 +1,272 @@
+"""The ridge probe: closed-form fits of every fold from :class:`~.stats.ProbeStats`.
+
+Frame level: one streamed pass accumulates per-fold statistics, the penalty is
+picked on a dev fold from the grid :data:`LAMBDAS`, a second pass predicts the test
+frames. Utterance level with fewer examples than dimensions: the ``n x n`` dual.
+Scores come from a confusion matrix per fold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from .._numerics import read_dtype, safe_scale
+from .folds import _store_arg
+from .stats import ProbeStats, _ridge_solve
+from .targets import ProbeTask
+
+LAMBDAS = tuple(float(v) for v in 10.0 ** np.linspace(-5.0, 3.0, 12))
+"""Penalty grid of the ridge probe, relative to the mean eigenvalue of the
+standardised feature covariance (which is 1)."""
+
+
+# ---------------------------------------------------------------------------
+# scoring
+
+
+# ---------------------------------------------------------------------------
+
+
+def _scores(conf: np.ndarray, train_counts: np.ndarray) -> dict:
+    """Scores from per-fold confusion matrices ``(folds, C, C)`` (true, pred)."""
+    fold_n = conf.sum((1, 2))
+    fold_acc = np.trace(conf, axis1=1, axis2=2) / np.maximum(fold_n, 1)
+    fold_acc = np.where(fold_n > 0, fold_acc, np.nan)
+    pooled = conf.sum(0)
+    n = pooled.sum()
+    tp = np.diag(pooled).astype(np.float64)
+    fp = pooled.sum(0) - tp
+    fn = pooled.sum(1) - tp
+    present = (tp + fp + fn) > 0
+    f1 = np.where(present, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0)
+    # chance: always predict the majority class of the fold's training part
+    test_counts = conf.sum(2)  # (folds, C)
+    majority = train_counts.argmax(1)
+    chance_hits = test_counts[np.arange(len(majority)), majority].sum()
+    used = fold_n > 0
+    return {
+        "accuracy": float(tp.sum() / max(n, 1)),
+        "accuracy_std": float(np.std(fold_acc[used])) if used.any() else float("nan"),
+        "macro_f1": float(f1[present].mean()) if present.any() else float("nan"),
+        "chance": float(chance_hits / max(n, 1)),
+        "fold_accuracy": [float(v) for v in fold_acc],
+    }
+
+
+def confusion_matrix(y_true: torch.Tensor, y_pred: torch.Tensor, c: int) -> np.ndarray:
+    return torch.bincount(y_true * c + y_pred, minlength=c * c).reshape(c, c).cpu().numpy()
+
+
+# ---------------------------------------------------------------------------
+# ridge
+
+
+# ---------------------------------------------------------------------------
+
+
+def _dev_fold(k: int, folds: int, sub: int) -> tuple[list[int], list[int]]:
+    """(groups of test fold k, groups of its dev part) in the sub-fold numbering."""
+    test = [k * sub + s for s in range(sub)]
+    dev = [((k + 1) % folds) * sub]
+    return test, dev
+
+
+def sub_folds(task: ProbeTask, sub: int) -> np.ndarray:
+    """Sub-fold of each utterance: fold * sub + part. With 2 folds each fold is cut in two
+    (whole groups) so that a dev part exists outside the test fold and the training part."""
+    if sub == 1:
+        return task.utt_fold.copy()
+    rng = np.random.default_rng([task.seed, 77])
+    g_uniq, g_inv = np.unique(task.groups.astype(str), return_inverse=True)
+    g_sub = np.zeros(len(g_uniq), dtype=np.int64)
+    for f in range(task.folds):  # alternate parts within each fold so both are non-empty
+        members = np.unique(g_inv[task.utt_fold == f])
+        g_sub[rng.permutation(members)] = np.arange(len(members)) % sub
+    return task.utt_fold * sub + g_sub[g_inv]
+
+
+def ridge_fit_folds(stats: ProbeStats, folds: int, sub: int, blocks: list[slice],
+                     lambdas: Sequence[float]):
+    """Per fold: (weight (H, C_all), bias (C_all,), chosen lambdas per block)."""
+    models = []
+    for k in range(folds):
+        test, dev = _dev_fold(k, folds, sub)
+        if len(lambdas) > 1:
+            mse = stats.without(test + dev).dev_mse(stats.select(dev), lambdas)  # (nl, C)
+        else:
+            mse = torch.zeros(1, stats.num_targets)
+        train = stats.without(test)
+        mu, sd, ybar, a, b = train._standardized()
+        ws = torch.empty_like(b)
+        chosen = [lambdas[int(torch.argmin(mse[:, blk].sum(1)))] for blk in blocks]
+        for lam in set(chosen):  # one factorisation per distinct penalty
+            cols = torch.cat([torch.arange(blk.start, blk.stop)
+                              for blk, lb in zip(blocks, chosen) if lb == lam]).to(b.device)
+            ws[:, cols] = _ridge_solve(a, b[:, cols], lam)
+        w = ws / sd[:, None]
+        models.append((w, ybar - mu @ w, chosen))
+    return models
+
+
+def _shard_frames(task: ProbeTask, d: dict, shard) -> tuple[list[int] | None, np.ndarray | None]:
+    """(utterances of the shard store to stream, their frames' rows in the task's frame table)."""
+    if shard is None:
+        return _store_arg(task.sel, task.n_utt), None
+    shard_pos, task_pos = shard
+    offs = np.concatenate([[0], np.cumsum(d["lengths"])])
+    rows = [np.arange(offs[t], offs[t + 1]) for t in task_pos]
+    return list(shard_pos), (np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64))
+
+
+def ridge_layer_frame(task: ProbeTask, store, layer: int, blocks, c: int, lambdas, device,
+                       chunk_frames: int, stats_dtype, shard=None, reduce=None):
+    d = task.frame_targets(layer)
+    folds = task.folds
+    sub = 2 if folds == 2 else 1
+    frame_sub = sub_folds(task, sub)[d["utt"]]
+    y_all = d["y"]
+    y_ctrl = d.get("y_ctrl") if task.control else None
+    stats = ProbeStats.zeros(folds * sub, store.hidden_sizes[layer], len(blocks) * c,
+                             dtype=stats_dtype, device=device)
+    arg, rows = _shard_frames(task, d, shard)
+    if rows is not None:  # a shard: only its frames, in the shard store's order
+        y_all, frame_sub = y_all[rows], frame_sub[rows]
+        y_ctrl = y_ctrl[rows] if y_ctrl is not None else None
+
+    def _chunks():
+        pos = 0
+        if arg is not None and not arg:
+            return
+        for x, _ in store.iter_layer(layer, utterances=arg, max_frames=chunk_frames,
+                                     dtype=read_dtype(store)):
+            n = x.shape[0]
+            sl = slice(pos, pos + n)
+            pos += n
+            m = y_all[sl] >= 0
+            if not m.any():
+                continue
+            yy = [y_all[sl][m]]
+            if y_ctrl is not None:
+                yy.append(y_ctrl[sl][m] + c)
+            mt = torch.from_numpy(m)
+            yield (x[mt].to(device), torch.from_numpy(np.stack(yy, 1)).to(device),
+                   torch.from_numpy(frame_sub[sl][m]).to(device))
+        if pos != y_all.shape[0]:
+            raise RuntimeError(f"store.iter_layer({layer}) gave {pos} frames, expected "
+                               f"{y_all.shape[0]}")
+
+    for x, yy, g in _chunks():
+        stats.update(x, yy, g)
+    if reduce is not None:  # sum the statistics of all shards
+        stats = stats.reduced(reduce)
+    models = ridge_fit_folds(stats, folds, sub, blocks, lambdas)
+    ws = torch.stack([m[0] for m in models])  # (folds, H, C_all)
+    bs = torch.stack([m[1] for m in models])
+    conf = np.zeros((len(blocks), folds, c, c), dtype=np.int64)
+    for x, yy, g in _chunks():
+        fold = torch.div(g, sub, rounding_mode="floor")
+        for k in torch.unique(fold).tolist():
+            r = fold == k
+            s = x[r].to(stats_dtype) @ ws[k] + bs[k]
+            for bi, blk in enumerate(blocks):
+                pred = s[:, blk].argmax(1)
+                conf[bi, k] += confusion_matrix(yy[r, bi] - bi * c, pred, c)
+    if reduce is not None:
+        conf = reduce(torch.from_numpy(conf)).cpu().numpy()
+    counts, n_train = fold_train_counts(stats, folds, sub)
+    lam = np.mean([m[2] for m in models], axis=0)
+    return conf, counts, n_train, lam
+
+
+def fold_train_counts(stats: ProbeStats, folds: int, sub: int):
+    """Class counts ``(folds, C_all)`` and examples ``(folds,)`` of each fold's training part."""
+    test = stats.sum_y.reshape(folds, sub, -1).sum(1).cpu().numpy()
+    n_test = stats.count.reshape(folds, sub).sum(1).cpu().numpy()
+    return test.sum(0, keepdims=True) - test, n_test.sum() - n_test
+
+
+def _dual_standardize(x: torch.Tensor, idx: torch.Tensor):
+    """Mean, scale (as :meth:`ProbeStats._standardized`) and standardised rows ``idx``."""
+    xs = x[idx]
+    mu = xs.mean(0)
+    sd = safe_scale(xs.std(0, unbiased=False), 1e-10, mean=mu)
+    return mu, sd, (xs - mu) / sd
+
+
+def ridge_fit_folds_dual(x: torch.Tensor, yoh: torch.Tensor, g: torch.Tensor, folds: int,
+                          sub: int, blocks: list[slice], lambdas: Sequence[float]):
+    """:func:`ridge_fit_folds` for ``n <= hidden_size`` examples held in memory.
+
+    The same objective, solved in the dual: ``W = Z^T (Z Z^T + n lam I)^-1 Yc`` with
+    the standardised training examples ``Z`` (an ``n x n`` eigendecomposition
+    instead of ``hidden x hidden``). Returns the same primal ``(weight, bias, lambdas)``.
+
+    Args:
+        x: ``(n, hidden_size)`` float64; yoh: ``(n, C_all)`` one-hot (per block);
+        g: ``(n,)`` sub-fold of each example.
+    """
+    models = []
+    lam = torch.as_tensor(list(lambdas), dtype=x.dtype, device=x.device)
+    for k in range(folds):
+        test, dev = _dev_fold(k, folds, sub)
+        in_test = torch.isin(g, torch.as_tensor(test, device=g.device))
+        in_dev = torch.isin(g, torch.as_tensor(dev, device=g.device))
+        chosen = [lambdas[0]] * len(blocks)
+        if len(lambdas) > 1:
+            td = torch.nonzero(~in_test & ~in_dev).squeeze(1)
+            dv = torch.nonzero(in_dev).squeeze(1)
+            mu, sd, z = _dual_standardize(x, td)
+            ybar = yoh[td].mean(0)
+            evals, u = torch.linalg.eigh(z @ z.T)
+            p = u.T @ (yoh[td] - ybar)  # (n, C)
+            kd = ((x[dv] - mu) / sd) @ z.T @ u  # (n_dev, n)
+            n = td.numel()
+            pred = ybar + kd[None] @ (p[None] / (evals.clamp_min(0)[None, :, None]
+                                                  + n * lam[:, None, None]))
+            mse = ((pred - yoh[dv][None]) ** 2).mean(1)  # (n_lambda, C)
+            chosen = [lambdas[int(torch.argmin(mse[:, blk].sum(1)))] for blk in blocks]
+        tr = torch.nonzero(~in_test).squeeze(1)
+        mu, sd, z = _dual_standardize(x, tr)
+        ybar = yoh[tr].mean(0)
+        gram = z @ z.T
+        eye = torch.eye(tr.numel(), dtype=x.dtype, device=x.device)
+        ws = torch.empty(x.shape[1], yoh.shape[1], dtype=x.dtype, device=x.device)
+        for blk, lam_b in zip(blocks, chosen):
+            alpha = torch.linalg.solve(gram + tr.numel() * lam_b * eye, yoh[tr][:, blk] - ybar[blk])
+            ws[:, blk] = z.T @ alpha
+        w = ws / sd[:, None]
+        models.append((w, ybar - mu @ w, chosen))
+    return models
+
+
+def ridge_layer_utterance(task: ProbeTask, x: torch.Tensor, blocks, c: int, lambdas, stats_dtype):
+    folds = task.folds
+    sub = 2 if folds == 2 else 1
+    utt_sub = sub_folds(task, sub)
+    yy = [task.y]
+    if task.control:
+        yy.append(task.y_ctrl + c)
+    y = torch.from_numpy(np.stack(yy, 1)).to(x.device)
+    g = torch.from_numpy(utt_sub).to(x.device)
+    stats = ProbeStats.zeros(folds * sub, x.shape[1], len(blocks) * c, dtype=stats_dtype,
+                             device=x.device).update(x, y, g)
+    if x.shape[0] <= x.shape[1]:  # fewer utterances than dimensions: the n x n dual form
+        yoh = torch.zeros(x.shape[0], len(blocks) * c, dtype=stats_dtype, device=x.device)
+        for bi in range(len(blocks)):
+            yoh[torch.arange(x.shape[0], device=x.device), y[:, bi]] = 1.0
+        models = ridge_fit_folds_dual(x.to(stats_dtype), yoh, g, folds, sub, blocks, lambdas)
+    else:
+        models = ridge_fit_folds(stats, folds, sub, blocks, lambdas)
+    conf = np.zeros((len(blocks), folds, c, c), dtype=np.int64)
+    fold = torch.from_numpy(task.utt_fold).to(x.device)
+    for k, (w, b, _) in enumerate(models):
+        r = fold == k
+        s = x[r].to(stats_dtype) @ w + b
+        for bi, blk in enumerate(blocks):
+            conf[bi, k] += confusion_matrix(y[r, bi] - bi * c, s[:, blk].argmax(1), c)
+    counts, n_train = fold_train_counts(stats, folds, sub)
+    lam = np.mean([m[2] for m in models], axis=0)
+    return conf, counts, n_train, lam

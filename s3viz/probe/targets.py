@@ -1,0 +1,266 @@
+"""Probe targets: one :class:`ProbeTask` per target, shared by the probes and streaming.
+
+A task reads the labels a store (or a corpus's metadata) carries for one target at
+one level (frame labels from the alignments at each layer's rate, or one label per
+utterance), drops what is missing, maps classes to ids, assigns folds and control
+classes, and pools features for utterance-level probes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .._numerics import read_dtype
+from ..align import frame_labels as _align_frame_labels
+from .folds import _is_missing, _store_arg, assign_folds, control_labels, split_groups
+
+LEVELS = ("frame", "utterance", "segment")
+
+_ALIGN_COLUMNS = ("start", "end")
+
+
+def _phone_columns(store) -> list[str]:
+    cols: list[str] = []
+    for ph in getattr(store, "phones", None) or []:
+        if ph is not None:
+            for c in ph.columns:
+                if c not in cols and c not in _ALIGN_COLUMNS:
+                    cols.append(c)
+    return cols
+
+
+def resolve_level(store, target: str, level: str | None) -> str:
+    label_cols = [c for c in store.labels.columns if c != "id"]
+    phone_cols = _phone_columns(store)
+    if level is None:
+        if target in label_cols:
+            return "utterance"
+        if target in phone_cols:
+            return "frame"
+    elif level == "utterance" and target in label_cols or level == "frame" and target in phone_cols:
+        return level
+    elif level not in LEVELS:
+        raise ValueError(f"level must be one of {LEVELS} or None (guess), got {level!r}")
+    raise KeyError(
+        f"unknown target {target!r} for level={level!r}: utterance-level targets (columns of "
+        f"store.labels) are {label_cols}; frame-level targets (columns of the phone "
+        f"alignments) are {phone_cols or 'none (the store has no alignments)'}"
+    )
+
+
+class ProbeTask:
+    """Everything about one target that does not depend on the layer."""
+
+    def __init__(self, store, target, level, sel, folds, split_by, seed, control, control_by):
+        self.target, self.level, self.sel = target, level, sel
+        self.folds, self.split_by, self.seed = folds, split_by, seed
+        self.control, self.control_by = control, control_by
+        self.n_utt = len(store)
+        self.ids = np.asarray(store.ids, dtype=object)[sel]
+        self.groups = split_groups(store, sel, split_by)
+        if level == "utterance":
+            self._init_utterance(store)
+        else:
+            self._init_frame(store)
+
+    # -- utterance level ------------------------------------------------------
+    def _init_utterance(self, store):
+        vals = store.labels[self.target].to_numpy()[self.sel]
+        bad = [self.ids[i] for i, v in enumerate(vals) if _is_missing(v) or str(v) == ""]
+        if bad:
+            raise ValueError(
+                f"target {self.target!r} is missing (None/NaN/'') for {len(bad)} utterance(s), "
+                f"e.g. {bad[:5]}; fill store.labels[{self.target!r}] or probe only the labelled "
+                "ones with `utterances=`"
+            )
+        keys = np.asarray([str(v) for v in vals], dtype=object)
+        self.classes, y = np.unique(keys.astype(str), return_inverse=True)
+        self._check_classes(len(keys))
+        self.y = y.astype(np.int64)
+        if self.split_by == "speaker":
+            spk_of_class = pd.Series(self.groups).groupby(self.y).nunique()
+            cls_of_spk = pd.Series(self.y).groupby(self.groups).nunique()
+            if (spk_of_class == 1).all() and (cls_of_spk == 1).all():
+                raise ValueError(
+                    f"target {self.target!r} identifies the speaker one-to-one, so with "
+                    "split_by='speaker' no test class is ever seen in training; use "
+                    "split_by='utterance' to probe speaker identity"
+                )
+        # utterances are stratified by class; segments share their utterance's fold
+        strata = (self.y if self.split_by == "utterance"
+                  and getattr(store, "_group_ids", None) is None else None)
+        self.utt_fold = assign_folds(self.groups, np.ones(len(self.sel)), self.folds, self.seed,
+                                      strata=strata, what=self.split_by)
+        if self.control:
+            by = self.control_by
+            if by is None:
+                if self.target == "text" or "text" not in store.labels.columns:
+                    raise ValueError(
+                        "control=True at utterance level needs control_by=<column of "
+                        "store.labels> giving the type of each utterance (default 'text', "
+                        f"not usable for target {self.target!r})"
+                    )
+                by = "text"
+            if by not in store.labels.columns:
+                raise KeyError(f"control_by={by!r} is not a column of store.labels: "
+                               f"{list(store.labels.columns)}")
+            types = store.labels[by].to_numpy()[self.sel]
+            self.y_ctrl = control_labels(types, self.y, len(self.classes), self.seed)
+
+    # -- frame level ----------------------------------------------------------
+    def _init_frame(self, store):
+        phones = store.phones
+        missing = [self.ids[i] for i, u in enumerate(self.sel) if phones[u] is None]
+        if missing:
+            raise ValueError(
+                f"frame-level target {self.target!r} needs phone alignments, but {len(missing)} "
+                f"utterance(s) have none (e.g. {missing[:5]}); probe the aligned ones with "
+                "`utterances=[i for i, p in enumerate(store.phones) if p is not None]`"
+            )
+        lacking = [self.ids[i] for i, u in enumerate(self.sel)
+                   if self.target not in phones[u].columns]
+        if lacking:
+            raise ValueError(
+                f"the alignments of {len(lacking)} utterance(s) (e.g. {lacking[:5]}) have no "
+                f"column {self.target!r}"
+            )
+        self._labels: dict[tuple, np.ndarray] = {}
+        self._keys: dict[int, tuple] = {}
+        self.store = store
+
+    def frame_key(self, layer: int) -> tuple:
+        """Layers with equal key have identical frame labels."""
+        if layer not in self._keys:
+            lengths = np.asarray(self.store.lengths(layer))[self.sel]
+            rf = self.store.receptive_fields[layer]
+            self._keys[layer] = (int(self.store.downsample_rates[layer]), int(rf),
+                                 hash(lengths.tobytes()))
+        return self._keys[layer]
+
+    def frame_targets(self, layer: int):
+        """(y (sum_T,) int64 with -1 = unlabelled, y_ctrl or None, fold (sum_T,), utt (sum_T,))."""
+        key = self.frame_key(layer)
+        if key not in self._labels:
+            store = self.store
+            lab = np.asarray(store.frame_labels(layer, column=self.target,
+                                                utterances=_store_arg(self.sel, self.n_utt)),
+                             dtype=object)
+            lengths = np.asarray(store.lengths(layer))[self.sel].astype(np.int64)
+            if lab.shape[0] != lengths.sum():
+                raise RuntimeError(
+                    f"store.frame_labels({layer}) gave {lab.shape[0]} labels for "
+                    f"{lengths.sum()} frames"
+                )
+            utt = np.repeat(np.arange(len(self.sel)), lengths)
+            lab_s = np.asarray([label_str(v) for v in lab], dtype=object)
+            labelled = lab_s != ""
+            self._labels[key] = {"raw": lab_s, "labelled": labelled, "utt": utt, "lengths": lengths}
+        return self._labels[key]
+
+    def set_frame_classes(self, layers: Sequence[int]):
+        """Fix the class list from the labels of all probed layers, and the folds."""
+        for layer in layers:
+            self.frame_targets(layer)
+        all_labels = np.concatenate([d["raw"][d["labelled"]] for d in self._labels.values()])
+        self.classes = np.unique(all_labels.astype(str))
+        self._check_classes(len(all_labels))
+        utt_w = np.asarray(self.store.lengths(0))[self.sel]  # as probe_folds does
+        self.utt_fold = assign_folds(self.groups, utt_w, self.folds, self.seed,
+                                      what=self.split_by)
+        index = {c: i for i, c in enumerate(self.classes)}
+        for (rate, rf, _), d in self._labels.items():
+            y = np.full(d["raw"].shape[0], -1, dtype=np.int64)
+            y[d["labelled"]] = [index[v] for v in d["raw"][d["labelled"]]]
+            d["y"] = y
+            d["fold"] = self.utt_fold[d["utt"]]
+            if self.control:
+                d["y_ctrl"] = self._frame_control(d, rate, rf)
+
+    def _frame_control(self, d, rate, rf) -> np.ndarray:
+        by = "context" if self.control_by is None else self.control_by
+        types = np.empty(d["raw"].shape[0], dtype=object)
+        offs = np.concatenate([[0], np.cumsum(d["lengths"])])
+        for i, u in enumerate(self.sel):
+            ph = self.store.phones[u]
+            if by == "context":
+                ph = ph.sort_values("start", kind="stable")
+                lab = [label_str(v) for v in ph[self.target].tolist()]
+                ctx = [f"{a}|{b}|{c}" for a, b, c in zip(["<s>"] + lab[:-1], lab, lab[1:] + ["</s>"])]
+                ph = pd.DataFrame({"start": ph["start"].to_numpy(), "end": ph["end"].to_numpy(),
+                                   "_type": ctx})
+                col = "_type"
+            else:
+                if by not in ph.columns:
+                    raise KeyError(f"control_by={by!r} is not a column of the alignment of "
+                                   f"utterance {self.ids[i]!r}: {list(ph.columns)}")
+                col = by
+            types[offs[i]:offs[i + 1]] = _align_frame_labels(
+                ph, int(d["lengths"][i]), rate, column=col, receptive_field_samples=rf)
+        if by == "context":  # the middle of the context must be the frame's own label
+            mid = np.asarray([t.split("|")[1] if t else "" for t in types], dtype=object)
+            if not np.array_equal(mid[d["labelled"]], d["raw"][d["labelled"]]):
+                raise RuntimeError("control types disagree with store.frame_labels "
+                                   "(alignment convention mismatch)")
+        y_ctrl = np.full(d["raw"].shape[0], -1, dtype=np.int64)
+        m = d["labelled"]
+        y_ctrl[m] = control_labels(types[m], d["y"][m], len(self.classes), self.seed)
+        return y_ctrl
+
+    def _check_classes(self, n_examples: int):
+        if len(self.classes) < 2:
+            raise ValueError(
+                f"target {self.target!r} has a single class ({self.classes[0]!r}) among the "
+                "probed examples: nothing to classify; choose another target or more utterances"
+            )
+        if len(self.classes) == n_examples:
+            raise ValueError(
+                f"every example of target {self.target!r} has its own class ({n_examples} "
+                "classes): a classification probe cannot generalise (is it an id or a "
+                "continuous value?)"
+            )
+
+
+def label_str(v) -> str:
+    if _is_missing(v):
+        return ""
+    return str(v)
+
+
+def _pooled(store, layer: int, task: ProbeTask) -> torch.Tensor:
+    x = store.pooled(layer, utterances=_store_arg(task.sel, task.n_utt), dtype=read_dtype(store))
+    x = torch.as_tensor(x)
+    empty = torch.isnan(x).any(1)
+    if bool(empty.any()):
+        bad = [task.ids[i] for i in torch.nonzero(empty).squeeze(1).tolist()]
+        raise ValueError(
+            f"{len(bad)} utterance(s) have no frames in stored layer {layer} (e.g. {bad[:5]}), "
+            "so no pooled vector; leave them out with `utterances=`"
+        )
+    if x.shape[0] != len(task.sel):
+        raise RuntimeError(f"store.pooled({layer}) gave {x.shape[0]} rows for {len(task.sel)} "
+                           "utterances")
+    return x
+
+
+def _pooled_sharded(shard_store, layer: int, task: ProbeTask, shard, reduce) -> torch.Tensor:
+    """The ``(len(task.sel), H)`` pooled vectors of all shards: each fills its rows, then a sum."""
+    keep, task_pos = shard
+    x = torch.zeros(len(task.sel), shard_store.hidden_sizes[layer], dtype=torch.float64)
+    if keep:
+        x[torch.as_tensor(task_pos)] = torch.as_tensor(shard_store.pooled(
+            layer, utterances=list(keep), dtype=read_dtype(shard_store)), dtype=torch.float64)
+    filled = torch.zeros(len(task.sel), dtype=torch.float32)
+    filled[torch.as_tensor(task_pos, dtype=torch.long)] = 1.0
+    x, filled = reduce(x), reduce(filled)
+    if not bool((filled == 1).all()):
+        bad = [task.ids[i] for i in torch.nonzero(filled != 1).squeeze(1).tolist()[:5]]
+        raise ValueError(f"the shards must hold every probed utterance exactly once; "
+                         f"e.g. {bad} are missing or repeated")
+    if bool(torch.isnan(x).any()):
+        raise ValueError(f"some utterances have no frames in stored layer {layer}; "
+                         "leave them out with `utterances=`")
+    return x

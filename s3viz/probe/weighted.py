@@ -1,0 +1,327 @@
+""":class:`WeightedScorer`: the probe score of any weighted sum of layers, in milliseconds.
+
+The same ridge probe as :func:`s3viz.probe_layers` (one held-out fold), fitted on
+``sum_l w_l x_l`` from per-layer cross statistics cached once, so that a widget can
+re-score every slider move. One-hot weights give the per-layer curve.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from .._device import resolve_device as _resolve_device
+from ..featurizer_training import ProbeData
+from ..featurizers import as_vector
+
+__all__ = ["BASES", "WeightedScorer"]
+
+
+# ----------------------------------------------------------------------------
+# WeightedScorer: the probe score of any weight vector, from cached statistics
+
+
+# ----------------------------------------------------------------------------
+
+
+def _weighted_gram(gram: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``sum_lm w_l w_m G_lm`` for ``gram`` of shape ``(L, k, L, k)`` and ``w`` ``(L,)``.
+
+    Two matrix-vector products (``tensordot``), reading ``gram`` once.
+    """
+    w = w.to(gram.dtype)
+    return torch.tensordot(torch.tensordot(w, gram, dims=([0], [0])), w, dims=([1], [0]))
+
+
+class _Blocks:
+    """Cross-layer statistics of projected features ``R_l = Z_l P`` over some frames.
+
+    ``gram (L, k, L, k)``: ``R_l^T R_m``; ``cross (L, k, C)``: ``R_l^T Y``;
+    ``sums (L, k)``: ``R_l^T 1``; ``counts (C,)``: class counts; ``n``: frames.
+    Accumulated in float64; ``gram`` is then kept in float32 (a move reads it
+    whole, so half the bytes is twice the speed; its weighted sum is returned in
+    float64, accurate to about 1e-6 relative).
+    """
+
+    def __init__(self, L: int, k: int, C: int, device):
+        kw = {"dtype": torch.float64, "device": device}
+        self.L, self.k, self.C = L, k, C
+        self.gram = torch.zeros(L * k, L * k, **kw)
+        self.cross = torch.zeros(L * k, C, **kw)
+        self.sums = torch.zeros(L * k, **kw)
+        self.counts = torch.zeros(C, **kw)
+
+    def update(self, r: torch.Tensor, y: torch.Tensor):
+        """``r``: ``(n, L*k)`` projected frames of all layers side by side; ``y``: ``(n,)`` long."""
+        onehot = F.one_hot(y, self.C).to(r.dtype)
+        self.gram += (r.T @ r).double()
+        self.cross += (r.T @ onehot).double()
+        self.sums += r.sum(0).double()
+        self.counts += onehot.sum(0).double()
+
+    def finish(self) -> _Blocks:
+        L, k, C = self.L, self.k, self.C
+        self.gram = self.gram.cpu().view(L, k, L, k).float()
+        self.cross = self.cross.cpu().view(L, k, C)
+        self.sums = self.sums.cpu().view(L, k)
+        self.counts = self.counts.cpu()
+        return self
+
+    @property
+    def n(self) -> int:
+        return int(self.counts.sum())
+
+    def stats(self, w: torch.Tensor):
+        """:class:`s3viz.ProbeStats` of the weighted sum ``sum_l w_l R_l`` (one group)."""
+        from .stats import ProbeStats
+
+        return ProbeStats(
+            self.counts.sum().reshape(1),
+            torch.einsum("l,lk->k", w, self.sums)[None],
+            _weighted_gram(self.gram, w).double()[None],
+            self.counts[None],
+            torch.einsum("l,lkc->kc", w, self.cross)[None],
+            self.counts[None].clone(),
+        )
+
+
+BASES = ("mixed", "pca", "supervised")
+"""How :class:`WeightedScorer` chooses its shared basis (see there)."""
+
+
+def _eig_desc(mat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    evals, evecs = torch.linalg.eigh(0.5 * (mat + mat.T))
+    order = torch.argsort(evals, descending=True)
+    return evals[order], evecs[:, order]
+
+
+def _basis(cov: torch.Tensor, between: torch.Tensor, k: int, kind: str) -> torch.Tensor:
+    """``(H, k)`` orthonormal basis from the pooled covariance and between-class scatter."""
+    if kind == "pca":
+        return _eig_desc(cov)[1][:, :k]
+    evals, evecs = _eig_desc(between)
+    rank = int((evals > 1e-9 * max(float(evals[0]), 1e-300)).sum())
+    k_sup = min(k if kind == "supervised" else (k + 1) // 2, rank)
+    sup = evecs[:, :k_sup]
+    if k_sup == k:
+        return sup
+    # the rest: principal components of what the supervised directions leave
+    side = cov - sup @ (sup.T @ cov)
+    side = side - (side @ sup) @ sup.T
+    rest = _eig_desc(side)[1][:, : k - k_sup]
+    return torch.linalg.qr(torch.cat([sup, rest], dim=1))[0]
+
+
+class WeightedScorer:
+    """Probe accuracy of the weighted sum of layers, for any weights, in milliseconds.
+
+    The representation scored is ``sum_l w_l Z_l``, the weighted sum of the
+    selected layers each standardised with training statistics (as
+    :func:`train_featurizer` does by default), seen through one shared
+    orthonormal basis ``P`` of ``dims`` directions (no projection when
+    ``dims >= hidden_size``). Because ``P`` is shared, projecting the weighted
+    sum equals weighting the projections, ``(sum_l w_l Z_l) P = sum_l w_l (Z_l P)``.
+    ``basis`` chooses ``P`` from a sample of training frames of all layers
+    pooled together:
+
+    - ``"supervised"``: the top directions of the between-class scatter (the
+      span of the class means, where a linear probe finds its signal);
+    - ``"pca"``: the top principal components (largest variance);
+    - ``"mixed"`` (default): half of each (PCA of what the supervised half
+      leaves), so that the probe also sees the largest noise directions it may
+      need to cancel. On the benchmark store (13 x 768, 40 classes) a 128-dim
+      ``"mixed"`` basis scores like the full 768 dimensions, ``"pca"`` far below;
+    - a ``(hidden_size, dims)`` tensor of your own (orthonormalised).
+
+    At construction (one pass over the store) the scorer caches, for the
+    training and the dev utterances, the blocks ``G_lm = (Z_l P)^T (Z_m P)``,
+    ``(Z_l P)^T Y`` and ``(Z_l P)^T 1``, plus the projected test frames. A
+    score then needs only ``dims``-sized algebra: the weighted blocks give the
+    :class:`s3viz.ProbeStats` of the weighted sum, the ridge penalty is chosen
+    on the dev part exactly as :func:`s3viz.probe_layers` does (same grid,
+    same dev mean squared error), the probe is fit on train + dev and scored on
+    the held-out test utterances. It is the ridge probe of ``probe_layers``
+    for one fold, applied to the weighted sum.
+
+    Args:
+        store: a :class:`s3viz.LayerStore`.
+        target, level, layers, target_rate, split_by, seed: as in
+            :func:`train_featurizer`.
+        test_fraction: share of the groups held out for the score (the split
+            is :func:`s3viz.probe.probe_folds` with ``round(1 / test_fraction)``
+            folds: fold 0 is the test, fold 1 the dev part).
+        dims: size of the shared basis (``None``: no projection; only for
+            ``num_layers * hidden_size <= 4096``).
+        basis: ``"mixed"``, ``"supervised"``, ``"pca"`` or a tensor (see above).
+        lam: a fixed ridge penalty (relative, as in ``probe_layers``); None
+            chooses one from ``lambdas`` for every weight vector.
+        pca_frames: training frames used to estimate the basis.
+        chunk_utterances: utterances per chunk of the statistics pass.
+        device: where the one-off statistics are computed (None = cuda when
+            available); each score runs on the CPU in float64.
+    """
+
+    def __init__(self, store, target: str, *, level: str = "frame", layers=None,
+                 dims: int | None = 128, lam: float | None = None,
+                 lambdas: Sequence[float] | None = None,
+                 target_rate: int | None = None, split_by: str | None = None,
+                 test_fraction: float = 0.25, seed: int = 0, device=None,
+                 pca_frames: int = 4096, chunk_utterances: int = 64, basis="mixed"):
+        from .ridge import LAMBDAS
+
+        data = ProbeData(store, target, level=level, layers=layers, target_rate=target_rate,
+                          split_by=split_by, test_fraction=test_fraction, seed=seed)
+        self.data = data
+        self.layers = list(data.layers)
+        self.classes = list(data.classes)
+        self.level, self.target = level, target
+        self.lam = None if lam is None else float(lam)
+        self.lambdas = tuple(LAMBDAS if lambdas is None else lambdas)
+        L, H, C = len(self.layers), data.hidden_size, len(self.classes)
+        if dims is None:
+            if L * H > 4096:
+                raise ValueError(f"dims=None keeps all {H} dimensions, which needs a "
+                                 f"({L * H})^2 Gram matrix; pass dims=128 (or fewer)")
+            dims = H
+        if isinstance(dims, bool) or not isinstance(dims, (int, np.integer)) or dims < 1:
+            raise ValueError(f"dims must be a positive int or None, got {dims!r}")
+        k = min(int(dims), H)
+        self.dims = k
+        dev = _resolve_device(device)
+        if len(data.dev_utts) == 0 or len(data.fit_utts) == 0:
+            raise ValueError("the split left no dev or training utterances; lower test_fraction "
+                             "or give more utterances / speakers")
+
+        # 1. shared basis from a sample of training utterances
+        if isinstance(basis, torch.Tensor):
+            if basis.ndim != 2 or basis.shape[0] != H or basis.shape[1] > H:
+                raise ValueError(f"basis must be a (hidden_size={H}, dims) tensor, got "
+                                 f"{tuple(basis.shape)}")
+            self.basis = torch.linalg.qr(basis.double().cpu())[0].float()
+            k = self.dims = self.basis.shape[1]
+        elif basis not in BASES:
+            raise ValueError(f"basis must be one of {BASES} or a (hidden_size, dims) tensor, "
+                             f"got {basis!r}")
+        elif k < H:
+            rng = np.random.default_rng(seed)
+            sample, count = [], 0
+            for u in rng.permutation(data.fit_utts):  # not the dev part that picks the penalty
+                sample.append(int(u))
+                count += int(data.lengths[u])
+                if count >= pca_frames:
+                    break
+            y = torch.from_numpy(data.labels(sample))
+            keep = y >= 0
+            onehot = F.one_hot(y[keep], C).double().to(dev)
+            inv_n = 1.0 / onehot.sum(0).clamp(min=1.0)
+            cov = torch.zeros(H, H, dtype=torch.float64, device=dev)
+            between = torch.zeros(H, H, dtype=torch.float64, device=dev)
+            for j in range(L):
+                x = data.features(j, sample)[keep].to(dev)
+                cov += (x.T @ x).double()
+                sums = onehot.T @ x.double()  # (C, H) class sums
+                between += sums.T @ (sums * inv_n[:, None])
+            self.basis = _basis(cov, between, k, basis).float().cpu()
+        else:
+            self.basis = None
+        basis = None if self.basis is None else self.basis.to(dev)
+
+        # 2. cross-layer blocks over the fit and dev utterances, in chunks of utterances
+        self.fit_blocks = _Blocks(L, k, C, dev)
+        self.dev_blocks = _Blocks(L, k, C, dev)
+        for part, utts in ((self.fit_blocks, data.fit_utts), (self.dev_blocks, data.dev_utts)):
+            for a in range(0, len(utts), chunk_utterances):
+                group = utts[a:a + chunk_utterances]
+                y = torch.from_numpy(data.labels(group))
+                keep = y >= 0
+                if bool(keep.any()):
+                    r = torch.cat([self._project(data.features(j, group)[keep].to(dev), basis)
+                                   for j in range(L)], dim=1)
+                    part.update(r, y[keep].to(dev))
+            part.finish()
+        if self.fit_blocks.n == 0 or self.dev_blocks.n == 0:
+            raise ValueError("no labelled frames in the training or dev part of the split")
+        self.n_train = self.fit_blocks.n + self.dev_blocks.n
+
+        # 3. projected test frames
+        y = torch.from_numpy(data.labels(data.test_utts))
+        keep = y >= 0
+        self.y_test = y[keep]
+        self.n_test = int(keep.sum())
+        if self.n_test == 0:
+            raise ValueError("no labelled test frames: the held-out split has no labels")
+        self.test = torch.stack([
+            self._project(data.features(j, data.test_utts)[keep].to(dev), basis).cpu()
+            for j in range(L)]).double()  # (L, n_test, k)
+
+    @staticmethod
+    def _project(x: torch.Tensor, basis: torch.Tensor | None) -> torch.Tensor:
+        return x if basis is None else x @ basis
+
+    def _weights(self, weights) -> torch.Tensor:
+        w = as_vector(weights, len(self.layers), "weights", self.layers)
+        if (w < 0).any() or torch.isinf(w).any():
+            raise ValueError(f"weights must be finite and non-negative, got {w.tolist()}")
+        total = float(w.sum())
+        if total <= 0:
+            raise ValueError("weights are all zero; give at least one positive weight")
+        return w / total
+
+    def probe(self, weights):
+        """Ridge probe of the weighted sum with ``weights`` (``(num_layers,)``, as in :meth:`evaluate`).
+
+        Returns:
+            ``(weight, bias, lam)``: ``(dims, num_classes)`` and ``(num_classes,)``
+            float64 (scores of projected frames ``x`` are ``x @ weight + bias``) and
+            the penalty used.
+        """
+        w = self._weights(weights)
+        fit, dev = self.fit_blocks.stats(w), self.dev_blocks.stats(w)
+        if self.lam is None:
+            mse = fit.dev_mse(dev, self.lambdas)  # (num_lambdas, C)
+            lam = self.lambdas[int(torch.argmin(mse.sum(1)))]
+        else:
+            lam = self.lam
+        weight, bias = (fit + dev).solve(lam)
+        return weight, bias, lam
+
+    def evaluate(self, weights) -> dict[str, float]:
+        """Probe the weighted sum with ``weights``.
+
+        Args:
+            weights: ``(num_layers,)`` non-negative weights, one per selected layer
+                (sequence, array, tensor, or Series / dict keyed by layer); they
+                are normalised to sum to 1.
+
+        Returns:
+            dict with ``accuracy`` (on the test frames), ``lam`` (ridge penalty
+            used), ``n_train``, ``n_test``.
+        """
+        w = self._weights(weights)
+        weight, bias, lam = self.probe(w)
+        x = torch.einsum("l,lnk->nk", w, self.test)
+        pred = (x @ weight + bias).argmax(1)
+        acc = float((pred == self.y_test).double().mean())
+        return {"accuracy": acc, "lam": lam, "n_train": self.n_train, "n_test": self.n_test}
+
+    def score(self, weights) -> float:
+        """Test accuracy of the ridge probe on the weighted sum (see :meth:`evaluate`)."""
+        return self.evaluate(weights)["accuracy"]
+
+    def layer_scores(self) -> pd.Series:
+        """Accuracy of each single layer (one-hot weights), indexed by layer."""
+        out = []
+        for j in range(len(self.layers)):
+            w = np.zeros(len(self.layers))
+            w[j] = 1.0
+            out.append(self.score(w))
+        return pd.Series(out, index=pd.Index(self.layers, name="layer"), name="accuracy")
+
+    def __repr__(self) -> str:
+        return (f"WeightedScorer(target={self.target!r}, level={self.level!r}, layers={self.layers}, "
+                f"dims={self.dims}, classes={len(self.classes)}, n_train={self.n_train}, "
+                f"n_test={self.n_test})")

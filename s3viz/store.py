@@ -1,0 +1,632 @@
+""":class:`LayerStore`: the unpadded frames of every utterance and stored layer.
+
+In memory or read lazily from a cache folder (chunk files verified by sha256 on
+first load, a bounded cache of loaded chunks), with the corpus's labels and phone
+alignments beside them. Every analysis of s3viz reads one. A store never holds NaN
+or inf (:class:`NonFiniteError`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import warnings
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ._cache import (
+    DTYPE_NAMES,
+    FORMAT_VERSION,
+    STORE_DTYPES,
+    CacheCorruptionError,
+    df_from_json,
+    file_sha256,
+    json_digest,
+    read_json,
+    seal_ok,
+    tensor_bytes,
+)
+from .align import frame_labels as _align_frame_labels
+
+__all__ = ["LayerStore", "NonFiniteError", "CacheCorruptionError"]
+
+
+def check_utterances(utterances, n: int) -> np.ndarray:
+    if utterances is None:
+        return np.arange(n, dtype=np.int64)
+    if isinstance(utterances, torch.Tensor):
+        utterances = utterances.cpu().numpy()
+    if isinstance(utterances, (int, np.integer)) and not isinstance(utterances, bool):
+        raise TypeError(
+            "utterances must be None or a sequence of utterance positions, got a single int; "
+            "use store.utterance(i) for one utterance or utterances=[i]"
+        )
+    arr = np.asarray(utterances)
+    if arr.dtype == bool:
+        if arr.shape != (n,):
+            raise ValueError(f"a boolean utterances mask must have shape ({n},), got {arr.shape}")
+        return np.flatnonzero(arr).astype(np.int64)
+    if arr.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(
+            f"utterances must be None or a 1-D sequence of int positions, got {utterances!r:.80}"
+        )
+    if arr.min() < 0 or arr.max() >= n:
+        raise IndexError(f"utterances must be positions in [0, {n}), got min {arr.min()} max {arr.max()}")
+    return arr.astype(np.int64)
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def utterance_selection(utterances, n: int) -> np.ndarray:
+    """Sorted unique positions of a non-empty utterance selection (None: all ``n``)."""
+    sel = check_utterances(utterances, n)
+    if sel.size == 0:
+        raise ValueError("`utterances` selects no utterance")
+    return np.unique(sel)
+
+
+def fmt_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000.0
+    return f"{n:.1f} TB"  # pragma: no cover
+
+
+_MANIFEST_KEYS = ("format", "fingerprint", "name", "ids", "layer_ids", "chunks", "plan",
+                  "hidden_sizes", "downsample_rates", "receptive_fields", "store_dtype",
+                  "labels_sha256", "phones_sha256", "manifest_sha256")
+
+
+class NonFiniteError(ValueError):
+    """Hidden states hold NaN or inf: refused, since one such value silently corrupts a
+    probe, CKA or featurizer computed over the layer."""
+
+
+NONFINITE_HINT = ("s3viz refuses non-finite hidden states (one NaN or inf would silently "
+                  "change every probe and CKA value of the layer); check the model on that "
+                  "utterance, e.g. float16 overflow (extract with dtype=None) or silent audio "
+                  "through a normalisation")
+
+
+# --------------------------------------------------------------------------- chunk backends
+
+
+class MemoryChunks:
+    """Chunk tensors held in memory: ``tensors[c][s]`` is ``(frames, hidden_size_s)``."""
+
+    path = None
+
+    def __init__(self, tensors):
+        self.tensors = tensors
+
+    def load(self, c: int, s: int) -> torch.Tensor:
+        return self.tensors[c][s]
+
+
+class DiskChunks:
+    """Chunk files of a cache folder, sha256-verified on their first load."""
+
+    def __init__(self, root: Path, records: Sequence[dict], hidden_sizes, store_dtype,
+                 max_open: int = 8):
+        self.path = Path(root)
+        self.files = [rec["files"] for rec in records]
+        self.hidden_sizes = list(hidden_sizes)
+        self.store_dtype = store_dtype
+        self.verified = set()
+        self.max_open = max_open
+        self._open: OrderedDict[tuple[int, int], torch.Tensor] = OrderedDict()
+
+    def _corrupt(self, path: Path, c: int, s: int, why: str) -> CacheCorruptionError:
+        return CacheCorruptionError(
+            f"cache chunk file {path} (chunk {c}, stored layer {s}) is corrupt: {why}. It is "
+            f"not read as data. Re-run s3viz.extract(upstream, corpus, cache_dir="
+            f"{str(self.path.parent)!r}, ...) with the same upstream, corpus and settings "
+            "to re-extract the bad chunk."
+        )
+
+    def load(self, c: int, s: int) -> torch.Tensor:
+        key = (c, s)
+        if key in self._open:
+            self._open.move_to_end(key)
+            return self._open[key]
+        info = self.files[c][s]
+        name = str(info["name"])
+        if not re.fullmatch(r"c\d+_l\d+\.pt", name):
+            # a manifest naming "/elsewhere/x.pt" or "../x.pt" would read outside the cache
+            raise self._corrupt(self.path / "chunks" / name.replace("/", "_"), c, s,
+                                f"the manifest names the chunk file {name!r}, not a file of "
+                                "this cache's chunks/ folder")
+        path = self.path / "chunks" / name
+        if key not in self.verified:
+            if not path.exists():
+                raise self._corrupt(path, c, s, "the file is missing")
+            size = path.stat().st_size
+            if size != info["bytes"]:
+                raise self._corrupt(path, c, s, f"{size} bytes, expected {info['bytes']} (truncated?)")
+            digest = file_sha256(path)
+            if digest != info["sha256"]:
+                raise self._corrupt(
+                    path, c, s, f"sha256 mismatch (file {digest[:16]}, recorded {info['sha256'][:16]})"
+                )
+        try:
+            t = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except (RuntimeError, OSError, EOFError, ValueError) as e:  # changed after verification
+            raise self._corrupt(path, c, s, f"torch.load failed ({e})") from e
+        if not isinstance(t, torch.Tensor) or list(t.shape) != list(info["shape"]) or t.dtype != self.store_dtype:
+            raise self._corrupt(path, c, s, "unexpected tensor shape or dtype")
+        self.verified.add(key)
+        self._open[key] = t
+        while len(self._open) > self.max_open:
+            self._open.popitem(last=False)
+        return t
+
+
+# --------------------------------------------------------------------------- LayerStore
+
+
+class LayerStore:
+    """Every hidden state of every utterance of a corpus, unpadded, per stored layer.
+
+    Build one with :func:`extract`, :meth:`from_tensors` or :meth:`open`.
+    Layer arguments (``layer``) index the *stored* layers ``0..num_layer-1``
+    (negative counts from the end); :attr:`layer_ids` says which upstream
+    hidden state each one is. ``utterances`` arguments are ``None`` (all, in
+    corpus order) or a sequence of utterance positions ``0..len(store)-1``
+    (or a boolean mask); frames come in that order.
+
+    Frames are returned as new tensors (float32 unless asked otherwise); the
+    store itself is never modified through them.
+    """
+
+    def __init__(self, *, backend, plan, lengths, hidden_sizes, downsample_rates,
+                 receptive_fields, layer_ids, ids, labels, phones, fingerprint, name,
+                 store_dtype):
+        self._backend = backend
+        self._plan = [list(map(int, b)) for b in plan]
+        self._lengths = np.asarray(lengths, dtype=np.int64).reshape(len(ids), len(hidden_sizes))
+        n = len(ids)
+        self._utt_chunk = np.zeros(n, dtype=np.int64)
+        self._utt_offset = np.zeros((n, len(hidden_sizes)), dtype=np.int64)
+        for c, utts in enumerate(self._plan):
+            self._utt_chunk[utts] = c
+            lens = self._lengths[utts]
+            self._utt_offset[utts] = np.cumsum(lens, axis=0) - lens
+        self._hidden_sizes = [int(h) for h in hidden_sizes]
+        self._downsample_rates = [int(r) for r in downsample_rates]
+        self._receptive_fields = [int(r) for r in receptive_fields]
+        self._layer_ids = [int(v) for v in layer_ids]
+        self._ids = [str(i) for i in ids]
+        self._labels = labels.reset_index(drop=True)
+        self._phones = list(phones)
+        self._fingerprint = fingerprint
+        self._name = name
+        self._store_dtype = store_dtype
+
+    # ---- construction
+
+    @classmethod
+    def from_tensors(cls, hidden_states, *, downsample_rates, ids=None, labels=None,
+                     phones=None, receptive_fields=None) -> LayerStore:
+        """An in-memory store from per-utterance tensors, without any upstream.
+
+        Args:
+            hidden_states: ``hidden_states[i][l]`` is a ``(num_frames_il, hidden_size_l)``
+                tensor (unpadded) for utterance ``i`` and layer ``l``. The store keeps
+                references to these tensors (no copy).
+            downsample_rates: samples per frame of each layer (``len == num_layer``).
+            ids: utterance ids (default: ``labels['id']`` or ``"0", "1", ...``).
+            labels: DataFrame with one row per utterance and an ``id`` column.
+            phones: list of alignment tables (``phone, word, start, end`` in samples)
+                or None per utterance; None for none at all.
+            receptive_fields: samples of input window per frame of each layer
+                (default: the downsample rates).
+        """
+        try:
+            hs = [list(u) for u in hidden_states]
+        except TypeError as e:
+            raise TypeError(
+                "hidden_states must be a list (utterances) of lists (layers) of "
+                "(num_frames, hidden_size) tensors"
+            ) from e
+        if not hs:
+            raise ValueError("hidden_states is empty: a store needs at least one utterance")
+        rates = [int(r) for r in downsample_rates]
+        num_layer = len(rates)
+        if num_layer == 0 or any(r <= 0 for r in rates):
+            raise ValueError(f"downsample_rates must be positive ints, one per layer, got {rates}")
+        sizes = None
+        tensors, lengths = [], np.zeros((len(hs), num_layer), dtype=np.int64)
+        for i, layers in enumerate(hs):
+            if len(layers) != num_layer:
+                raise ValueError(
+                    f"hidden_states[{i}] has {len(layers)} layers but downsample_rates has "
+                    f"{num_layer}; give one rate per layer"
+                )
+            row = []
+            for l, t in enumerate(layers):
+                t = torch.as_tensor(t)
+                if t.dim() != 2 or not t.is_floating_point():
+                    raise ValueError(
+                        f"hidden_states[{i}][{l}] must be a float (num_frames, hidden_size) "
+                        f"tensor, got {t.dtype} shape {tuple(t.shape)}"
+                    )
+                if t.numel() and not bool(torch.isfinite(t).all()):
+                    frame = int(torch.nonzero(~torch.isfinite(t).all(dim=1))[0])
+                    who = f"utterance {i}" + (f" ({ids[i]!r})" if ids is not None
+                                              and i < len(ids) else "")
+                    raise NonFiniteError(
+                        f"hidden_states[{i}][{l}] ({who}, layer {l}) has NaN/inf (the first "
+                        f"at frame {frame}); {NONFINITE_HINT}")
+                row.append(t.detach().cpu())
+                lengths[i, l] = t.shape[0]
+            hsz = [t.shape[1] for t in row]
+            if sizes is None:
+                sizes = hsz
+            elif hsz != sizes:
+                raise ValueError(
+                    f"hidden_states[{i}] has hidden sizes {hsz}, utterance 0 has {sizes}; "
+                    "each layer needs one hidden size across utterances"
+                )
+            tensors.append(row)
+        n = len(hs)
+        if labels is not None:
+            if not isinstance(labels, pd.DataFrame) or "id" not in labels.columns or len(labels) != n:
+                raise ValueError(
+                    f"labels must be a DataFrame with an 'id' column and {n} rows (one per "
+                    "utterance)"
+                )
+            labels = labels.reset_index(drop=True)
+            if ids is None:
+                ids = [str(v) for v in labels["id"]]
+            elif [str(v) for v in ids] != [str(v) for v in labels["id"]]:
+                raise ValueError("ids and labels['id'] differ; give one of them or make them agree")
+        if ids is None:
+            ids = [str(i) for i in range(n)]
+        ids = [str(v) for v in ids]
+        if len(ids) != n or len(set(ids)) != n:
+            raise ValueError(f"ids must be {n} unique strings, got {len(ids)} ({len(set(ids))} unique)")
+        if labels is None:
+            labels = pd.DataFrame({"id": ids})
+        if phones is None:
+            phones = [None] * n
+        phones = list(phones)
+        if len(phones) != n:
+            raise ValueError(f"phones must hold {n} tables (or None), got {len(phones)}")
+        fields = rates if receptive_fields is None else [int(r) for r in receptive_fields]
+        if len(fields) != num_layer:
+            raise ValueError(f"receptive_fields must have {num_layer} entries, got {len(fields)}")
+        h = hashlib.sha256(b"from_tensors")
+        store_dtype = tensors[0][0].dtype
+        for row in tensors:
+            for t in row:
+                # float64 frames hashed as they are: two stores that differ below float32's
+                # precision are two stores
+                h.update(tensor_bytes(t if t.dtype == torch.float64 else t.float()))
+                store_dtype = torch.promote_types(store_dtype, t.dtype)
+        return cls(
+            backend=MemoryChunks(tensors), plan=[[i] for i in range(n)], lengths=lengths,
+            hidden_sizes=sizes, downsample_rates=rates, receptive_fields=fields,
+            layer_ids=list(range(num_layer)), ids=ids, labels=labels, phones=phones,
+            fingerprint=h.hexdigest(), name="from_tensors", store_dtype=store_dtype,
+        )
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> LayerStore:
+        """Reopen a finished on-disk extraction without the upstream or the corpus.
+
+        Args:
+            path: a cache folder (``cache_dir/<name>-<fingerprint>``) or a
+                ``cache_dir`` holding exactly one finished extraction.
+        """
+        root = Path(path)
+        if not (root / "manifest.json").exists() and not (root / "plan.json").exists():
+            found = sorted(p.parent for p in root.glob("*/manifest.json"))
+            if len(found) == 1:
+                root = found[0]
+            elif found:
+                raise ValueError(
+                    f"{root} holds {len(found)} extractions; open one of them: "
+                    + ", ".join(p.name for p in found)
+                )
+            else:
+                raise FileNotFoundError(f"no s3viz extraction (manifest.json) under {root}")
+        manifest = read_json(root / "manifest.json")
+        if manifest is None:
+            raise ValueError(
+                f"the extraction in {root} is not finished (no readable manifest.json); re-run "
+                "s3viz.extract with the same upstream, corpus and cache_dir to finish it"
+            )
+        missing = ([] if isinstance(manifest, dict) else ["(it is not a JSON object)"]) or [
+            k for k in _MANIFEST_KEYS if k not in manifest]
+        if missing:
+            raise ValueError(f"{root / 'manifest.json'} is not an s3viz extraction manifest "
+                             f"(missing {missing}); open the folder s3viz.extract wrote")
+        if manifest.get("format") != FORMAT_VERSION:
+            raise ValueError(f"{root} has cache format {manifest.get('format')}, this s3viz reads "
+                             f"{FORMAT_VERSION}; re-run s3viz.extract with the same upstream and "
+                             "corpus to write a cache of this format")
+        repair = (f"re-run s3viz.extract(upstream, corpus, cache_dir={str(root.parent)!r}) "
+                  "with the same upstream and corpus to repair it")
+        if not seal_ok(manifest, "manifest_sha256"):
+            raise CacheCorruptionError(f"{root / 'manifest.json'} was changed after extract wrote "
+                                       f"it (its sha256 does not match); {repair}")
+        raw_labels, phones_json = read_json(root / "labels.json"), read_json(root / "phones.json")
+        for fname, content, key in (("labels.json", raw_labels, "labels_sha256"),
+                                    ("phones.json", phones_json, "phones_sha256")):
+            if content is None:
+                raise CacheCorruptionError(f"{root / fname} is missing or unreadable; {repair}")
+            if json_digest(content) != manifest[key]:
+                raise CacheCorruptionError(f"{root / fname} was changed after extract wrote it "
+                                           f"(its sha256 does not match the manifest's); {repair}")
+        labels = df_from_json(raw_labels)
+        n = len(manifest["ids"])
+        if labels is None or phones_json is None:
+            raise ValueError(f"labels.json or phones.json of {root} is missing or unreadable; re-run extract")
+        if len(phones_json) != n or len(labels) != n:
+            raise ValueError(f"labels.json or phones.json of {root} do not match its {n} utterances")
+        # chunk files are checked (size, sha256) on their first load, one layer at a time
+        return cls._from_manifest(root, manifest, labels, [df_from_json(p) for p in phones_json])
+
+    @classmethod
+    def _from_manifest(cls, root, manifest, labels, phones) -> LayerStore:
+        n, num_layer = len(manifest["ids"]), len(manifest["layer_ids"])
+        lengths = np.zeros((n, num_layer), dtype=np.int64)
+        for rec in manifest["chunks"]:
+            lengths[rec["utterances"]] = np.asarray(rec["lengths"], dtype=np.int64)
+        store_dtype = DTYPE_NAMES[manifest["store_dtype"]]
+        return cls(
+            backend=DiskChunks(root, manifest["chunks"], manifest["hidden_sizes"], store_dtype),
+            plan=manifest["plan"], lengths=lengths, hidden_sizes=manifest["hidden_sizes"],
+            downsample_rates=manifest["downsample_rates"],
+            receptive_fields=manifest["receptive_fields"], layer_ids=manifest["layer_ids"],
+            ids=manifest["ids"], labels=labels, phones=phones,
+            fingerprint=manifest["fingerprint"], name=manifest["name"], store_dtype=store_dtype,
+        )
+
+    # ---- sizes
+
+    @property
+    def num_layer(self) -> int:
+        """Number of stored layers."""
+        return len(self._hidden_sizes)
+
+    @property
+    def num_layers(self) -> int:
+        """Alias of :attr:`num_layer`."""
+        return self.num_layer
+
+    @property
+    def hidden_sizes(self) -> list[int]:
+        return list(self._hidden_sizes)
+
+    @property
+    def downsample_rates(self) -> list[int]:
+        return list(self._downsample_rates)
+
+    @property
+    def receptive_fields(self) -> list[int]:
+        """Samples of input window per frame of each stored layer (the rate when unknown)."""
+        return list(self._receptive_fields)
+
+    @property
+    def layer_ids(self) -> list[int]:
+        """The upstream hidden-state index of each stored layer."""
+        return list(self._layer_ids)
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self._ids)
+
+    @property
+    def labels(self) -> pd.DataFrame:
+        """One row per utterance (0..N-1): ``id, speaker, text, num_samples`` + extra labels."""
+        return self._labels.copy()
+
+    @property
+    def phones(self) -> list[pd.DataFrame | None]:
+        return list(self._phones)
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the upstream's weights, the corpus and the content-changing settings."""
+        return self._fingerprint
+
+    @property
+    def name(self) -> str:
+        """Name of the upstream the frames came from."""
+        return self._name
+
+    @property
+    def store_dtype(self) -> torch.dtype:
+        return self._store_dtype
+
+    @property
+    def path(self) -> Path | None:
+        """The cache folder of an on-disk store, None in memory."""
+        return self._backend.path
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of frame data held (in memory or on disk)."""
+        itemsize = torch.tensor([], dtype=self._store_dtype).element_size()
+        return int((self._lengths.sum(0) * np.asarray(self._hidden_sizes)).sum() * itemsize)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __repr__(self) -> str:
+        def compact(v):
+            return str(v[0]) if len(set(v)) == 1 else str(v)
+
+        ids = self._layer_ids
+        if ids == list(range(ids[0], ids[0] + len(ids))) and len(ids) > 1:
+            which = f"upstream layers {ids[0]}-{ids[-1]}"
+        else:
+            which = f"upstream layers {ids}"
+        where = "in memory" if self.path is None else f"on disk at {self.path}"
+        return (
+            f"LayerStore({self._name}: {len(self)} utterances, {self.num_layer} layers "
+            f"({which}), hidden {compact(self._hidden_sizes)}, rate "
+            f"{compact(self._downsample_rates)}, {STORE_DTYPES.get(self._store_dtype, self._store_dtype)}, "
+            f"{fmt_bytes(self.nbytes)} {where})"
+        )
+
+    # ---- access
+
+    def _layer_index(self, layer) -> int:
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
+            raise TypeError(f"layer must be an int index of a stored layer, got {layer!r}")
+        n = self.num_layer
+        if not -n <= layer < n:
+            raise IndexError(
+                f"layer {int(layer)} out of range: this store has {n} layers (0..{n - 1}; "
+                f"upstream layers {self._layer_ids})"
+            )
+        return int(layer) % n
+
+    def lengths(self, layer) -> np.ndarray:
+        """``(N,)`` int64 frames per utterance of stored layer ``layer``."""
+        return self._lengths[:, self._layer_index(layer)].copy()
+
+    def utterance(self, i) -> list[torch.Tensor]:
+        """The hidden states of utterance ``i``: per stored layer a ``(T_l, H_l)`` float32 tensor."""
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+            raise TypeError(f"i must be an int utterance position, got {i!r}")
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"utterance {int(i)} out of range for a store of {n} utterances")
+        i = int(i) % n
+        c = int(self._utt_chunk[i])
+        out = []
+        for s in range(self.num_layer):
+            off, length = self._utt_offset[i, s], self._lengths[i, s]
+            out.append(self._backend.load(c, s)[off: off + length].to(torch.float32, copy=True))
+        return out
+
+    def _gather(self, s: int, pos: np.ndarray, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        lens = self._lengths[pos, s]
+        starts = np.cumsum(lens) - lens
+        out = torch.empty(int(lens.sum()), self._hidden_sizes[s], dtype=dtype)
+        chunks = self._utt_chunk[pos]
+        for j in np.argsort(chunks, kind="stable"):  # each chunk loaded once, in order
+            length = int(lens[j])
+            if length:
+                off = int(self._utt_offset[pos[j], s])
+                src = self._backend.load(int(chunks[j]), s)
+                out[starts[j]: starts[j] + length] = src[off: off + length]
+        utt_index = torch.repeat_interleave(torch.from_numpy(pos), torch.from_numpy(lens))
+        return out, utt_index
+
+    def layer(self, layer, utterances=None, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """All frames of one stored layer.
+
+        Returns:
+            ``(frames, utt_index)``: ``frames`` is ``(sum_T, hidden_size)`` in ``dtype``;
+            ``utt_index`` is ``(sum_T,)`` long, the utterance position of each frame
+            (so ``store.labels.iloc[utt_index]`` labels frames).
+        """
+        s = self._layer_index(layer)
+        return self._gather(s, check_utterances(utterances, len(self)), dtype)
+
+    def iter_layer(self, layer, utterances=None, max_frames: int = 65536,
+                   dtype=torch.float32) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """:meth:`layer` in pieces of whole utterances of at most ``max_frames`` frames each.
+
+        An utterance longer than ``max_frames`` comes alone. Concatenating the
+        pieces gives exactly :meth:`layer`'s result.
+
+        Yields:
+            ``(frames, utt_index)``: ``(T, hidden_size)`` and ``(T,)`` long.
+        """
+        s = self._layer_index(layer)
+        if isinstance(max_frames, bool) or not isinstance(max_frames, (int, np.integer)) or max_frames <= 0:
+            raise ValueError(f"max_frames must be a positive int, got {max_frames!r}")
+        pos = check_utterances(utterances, len(self))
+        for a, b in _groups(self._lengths[pos, s], int(max_frames)):
+            yield self._gather(s, pos[a:b], dtype)
+
+    def iter_chunks(self, dtype=torch.float32) -> Iterator[tuple[np.ndarray, list, np.ndarray]]:
+        """Every stored chunk (one extraction batch) once, in storage order.
+
+        The cheapest full pass over a store: each chunk file is read once for all
+        layers, nothing is gathered or copied beyond the ``dtype`` conversion.
+
+        Yields:
+            ``(positions, frames, lengths)``: the chunk's utterance positions
+            ``(B,)``; per stored layer a ``(sum of frames, hidden_size)`` tensor
+            (utterances in ``positions`` order, concatenated); ``(B, num_layer)``
+            frames per utterance and layer.
+        """
+        for c, utts in enumerate(self._plan):
+            pos = np.asarray(utts, dtype=np.int64)
+            yield pos, [self._backend.load(c, s).to(dtype) for s in range(self.num_layer)], \
+                self._lengths[pos]
+
+    def frame_labels(self, layer, column: str = "phone", utterances=None) -> np.ndarray:
+        """Per-frame labels from the alignment tables, aligned with :meth:`layer`.
+
+        Each frame gets the ``column`` value of the segment covering its centre
+        (:func:`s3viz.align.frame_labels` with the layer's downsample rate and
+        receptive field); ``""`` where no segment covers it or the utterance
+        has no alignment.
+
+        Returns:
+            ``(sum_T,)`` object array.
+        """
+        s = self._layer_index(layer)
+        pos = check_utterances(utterances, len(self))
+        if len(pos) and all(self._phones[i] is None for i in pos):
+            raise ValueError(
+                "no alignment tables (phones) for these utterances; frame labels need a corpus "
+                "with phone alignments (e.g. s3viz.data.synthetic_corpus)"
+            )
+        rate, rf = self._downsample_rates[s], self._receptive_fields[s]
+        parts = []
+        for i in pos:
+            n = int(self._lengths[i, s])
+            table = self._phones[i]
+            if table is None:
+                parts.append(np.full(n, "", dtype=object))
+            else:
+                parts.append(_align_frame_labels(table, n, rate, column=column,
+                                                 receptive_field_samples=rf))
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=object)
+
+    def pooled(self, layer, utterances=None, dtype=torch.float32) -> torch.Tensor:
+        """Mean over frames per utterance: ``(N', hidden_size)`` in ``dtype`` (NaN for 0 frames)."""
+        s = self._layer_index(layer)
+        pos = check_utterances(utterances, len(self))
+        lens = self._lengths[pos, s]
+        out = torch.full((len(pos), self._hidden_sizes[s]), float("nan"), dtype=dtype)
+        for a, b in _groups(lens, 65536):
+            frames, _ = self._gather(s, pos[a:b], dtype)
+            for j, part in zip(range(a, b), torch.split(frames, lens[a:b].tolist()), strict=True):
+                if part.shape[0]:  # in float64: a constant feature's mean is then exact
+                    out[j] = part.double().mean(0).to(dtype)
+        if (lens == 0).any():
+            warnings.warn(f"{int((lens == 0).sum())} utterance(s) have no frames in layer {s}; "
+                          "their pooled rows are NaN", stacklevel=2)
+        return out
+
+
+def _groups(lens: np.ndarray, max_frames: int) -> Iterator[tuple[int, int]]:
+    """Consecutive ``[a, b)`` ranges of whole utterances with at most ``max_frames`` frames
+    (an utterance longer than that forms its own range)."""
+    start, total = 0, 0
+    for j in range(len(lens)):
+        if j > start and total + int(lens[j]) > max_frames:
+            yield start, j
+            start, total = j, 0
+        total += int(lens[j])
+    if start < len(lens):
+        yield start, len(lens)
