@@ -1,6 +1,7 @@
 # s3viz: two commands on a fresh machine.
 #   make demo   set up .venv, run the main analysis on the embedded data, write a report
 #   make test   set up .venv, run every test and every notebook
+#   make test-fast  the unit tests without the slow and browser ones (a couple of minutes)
 #   make lab    JupyterLab on notebooks/
 #   make lock   re-resolve requirements/lock.txt (then run `make test`)
 #   make test-gpu  on a CUDA machine: CUDA tests, GPU benchmarks, nccl vs gloo (skips without CUDA)
@@ -17,7 +18,7 @@ REPORT ?= build/report
 NB_TIMEOUT ?= 300
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-unit test-notebooks test-gpu lab bench lock clean
+.PHONY: setup demo test test-fast test-unit test-notebooks test-gpu lab bench lock clean
 
 setup: $(STAMP)
 
@@ -46,6 +47,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	S3VIZ_LOCKED=1 $(PY) -m pytest tests notebooks --nbmake --nbmake-timeout=$(NB_TIMEOUT) $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	S3VIZ_LOCKED=1 $(PY) -m pytest tests -m "not slow and not browser" $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
 	S3VIZ_LOCKED=1 $(PY) -m pytest tests $(PYTEST_ARGS)

@@ -487,6 +487,7 @@ def test_export_refuses_bad_input(corpus, tmp_path):
 # --------------------------------------------------------------------------- downstream
 
 
+@pytest.mark.slow
 def test_everything_downstream_works_on_an_aligned_folder(corpus, mfa):
     import s3viz
     from s3viz.upstreams import get_upstream
@@ -512,6 +513,7 @@ def test_everything_downstream_works_on_an_aligned_folder(corpus, mfa):
                                rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_run_with_alignments(mfa, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run(

@@ -143,6 +143,7 @@ def test_all_reduce_identity_without_group():
     assert dist_info() == (0, 1, False)
 
 
+@pytest.mark.slow
 def test_sharded_args_need_both(single):
     import s3viz
 
@@ -150,6 +151,7 @@ def test_sharded_args_need_both(single):
         s3viz.probe_layers(single["store"], "phone", reduce=all_reduce_sum)
 
 
+@pytest.mark.slow
 def test_one_process_run_equals_api(single, tmp_path):
     """world_size 1 through s3viz.run: the same tables as the API."""
     from s3viz.run import run
@@ -166,6 +168,7 @@ def test_one_process_run_equals_api(single, tmp_path):
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_processes_probes_equal_single(single, sharded):
     out, _ = sharded
     ref = single["probes"]
@@ -187,6 +190,7 @@ def test_two_processes_probes_equal_single(single, sharded):
     assert (out / "probe_curve.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_two_processes_cka_equal_single(single, sharded):
     out, _ = sharded
     ref = single["cka"].to_numpy()
@@ -199,6 +203,7 @@ def test_two_processes_cka_equal_single(single, sharded):
     assert (out / "cka.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_two_processes_stored_frames_equal_single(single, sharded):
     from s3viz import LayerStore
 
@@ -218,6 +223,7 @@ def test_two_processes_stored_frames_equal_single(single, sharded):
     assert sorted(seen) == sorted(full.ids)
 
 
+@pytest.mark.slow
 def test_run_on_a_folder_reads_lazily(single, tmp_path):
     """--folder: the corpus is loaded lazily (headers only) and gives the API's tables."""
     import soundfile as sf
@@ -290,6 +296,7 @@ def _sharded_logistic(single, shards, targets, **kw):
     return probes(full), out
 
 
+@pytest.mark.slow
 def test_sharded_logistic_probe_equals_single(single):
     """dev_fraction=0: each shard's L-BFGS gradients are summed with reduce, so two shards
     (threads standing in for ranks) train the classifiers of the whole corpus."""
@@ -303,6 +310,7 @@ def test_sharded_logistic_probe_equals_single(single):
         np.testing.assert_allclose(out[r]["accuracy"], want["accuracy"], atol=0.005)
 
 
+@pytest.mark.slow
 def test_sharded_logistic_needs_dev_fraction_zero(single):
     import s3viz
 
@@ -323,6 +331,7 @@ def test_parse_args_refuses_impossible_runs(argv, match, capsys, tmp_path):
     assert match in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_sharded_logistic_groups_layers_alike_on_unequal_shards(single):
     """The layers trained together are chosen from the frames of all shards, so shards
     of different sizes make the same collective calls (they used to disagree)."""

@@ -45,6 +45,7 @@ def test_the_plan_covers_each_gpu_path_within_eight_minutes():
     assert sum(s.timeout for s in plan) <= 8 * 60, "the limits must fit 8 minutes of device time"
 
 
+@pytest.mark.slow
 def test_benchmark_steps_accept_their_arguments():
     """Each benchmark's parser takes every flag the GPU plan passes: argparse reads them all
     before the script refuses ``--device cuda`` without CUDA, so an unknown flag would end

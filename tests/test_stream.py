@@ -65,6 +65,7 @@ def test_toy_upstream_without_conv_layers(corpus):
     assert sorted(res["probes"]["layer"].unique()) == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_tiny_streams_equal_api_and_cache_dir_reads_store(corpus, tiny, tmp_path):
     """conv_layers predict the frames: two upstream passes; with cache_dir none at all
     (the frames are extracted once, then read back)."""

@@ -168,6 +168,7 @@ def saved(models, tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_saved_folder_round_trip(models, saved):
     wavs, lens = _wavs()
     with torch.no_grad():

@@ -159,6 +159,7 @@ def test_wavlm_base_plus_properties():
     assert up.model.encoder.transformer.layers[0].attention.num_buckets == 320
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", BASE_MODELS)
 def test_torchaudio_base_batch_invariance(base_upstreams, utterances, name):
     """Padded batch of 3 lengths (padding filled with 0.5) == each utterance alone."""
