@@ -85,6 +85,13 @@ def test_word_segments_controls_and_logistic(store):
     assert set(res.attrs["fold_accuracy"]) >= {("word", "ridge", 1), ("phone", "logistic", 1)}
 
 
+def test_dropped_segments_are_counted_per_target(store):
+    res = s3viz.probe_layers(store, ["phone", "word"], level="segment", layers=[1],
+                             split_by="utterance", device="cpu")
+    expected = {t: int(segment_store(store, t, [1])._dropped) for t in ("phone", "word")}
+    assert res.attrs["n_dropped"] == expected
+
+
 def test_segment_level_refusals(store):
     with pytest.raises(KeyError, match="no column 'speaker'"):
         s3viz.probe_layers(store, "speaker", level="segment", device="cpu")

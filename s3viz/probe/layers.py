@@ -85,7 +85,9 @@ def probe_layers(
             (a phone, or a run of one word's phones for ``"word"``; silence left
             out; :func:`s3viz.segments.segment_table`) is one example, the mean
             of its frames; folds keep each utterance (or speaker) on one side,
-            and the control type defaults to the segment with its neighbours.
+            and the control type defaults to the segment with its neighbours;
+            ``attrs["n_dropped"]`` maps each target to its segments shorter than a
+            frame (left out).
         method: ``"ridge"``, ``"logistic"`` or a list of both (see module doc).
         layers: stored layer indices to probe (default all).
         folds: number of grouped cross-validation folds (>= 2).
@@ -247,7 +249,7 @@ def _probe_segments(store, targets, *, layers, utterances, control_by, **kw) -> 
     """probe_layers(level="segment"): the utterance-level probes of a store of segments."""
     from ..segments import segment_store
 
-    tables = []
+    tables, dropped = [], {}
     for tgt in targets:
         seg = segment_store(store, tgt, layers, utterances=utterances)
         res = probe_layers(seg, tgt, level="utterance", layers=None, control_by=(
@@ -257,11 +259,12 @@ def _probe_segments(store, targets, *, layers, utterances, control_by, **kw) -> 
         res["upstream_layer"] = [int(store.layer_ids[v]) for v in res["layer"]]
         fold_acc = {(t, m, layers[i]): v for (t, m, i), v in res.attrs["fold_accuracy"].items()}
         res.attrs["fold_accuracy"] = fold_acc
-        res.attrs["n_dropped"] = seg._dropped
+        dropped[tgt] = int(seg._dropped)
         tables.append(res)
     out = pd.concat(tables, ignore_index=True)
     out.attrs = {**tables[0].attrs, "fold_accuracy": {
-        k: v for t in tables for k, v in t.attrs["fold_accuracy"].items()}}
+        k: v for t in tables for k, v in t.attrs["fold_accuracy"].items()},
+        "n_dropped": dropped}  # every target's count (it held the first target's only)
     return out
 
 
