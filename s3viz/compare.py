@@ -11,6 +11,7 @@ The models are never moved: copies are made for the other device.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -20,6 +21,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from ._device import eval_session
 from ._device import module_device as _module_device
 from ._device import resolve_device as _resolve_device
 from .models import length_mask, masked_max, masked_mean
@@ -129,10 +131,7 @@ def _batches(data, *, layer, featurizer, batch_size: int
     feat_dev = _module_device(featurizer) or torch.device("cpu")
 
     def it():
-        was = getattr(featurizer, "training", None)
-        try:
-            if isinstance(featurizer, torch.nn.Module):
-                featurizer.eval()
+        with eval_session(featurizer):
             for b0 in range(0, n, batch_size):
                 pos = np.arange(b0, min(n, b0 + batch_size))
                 utts = [store.utterance(int(i)) for i in pos]
@@ -144,9 +143,6 @@ def _batches(data, *, layer, featurizer, batch_size: int
                 with torch.inference_mode():
                     hs, hs_len = featurizer(all_hs, all_hs_len)
                 yield pos, hs.detach().to("cpu", torch.float32), hs_len.to("cpu", torch.long)
-        finally:
-            if was is not None and isinstance(featurizer, torch.nn.Module):
-                featurizer.train(was)
 
     return n, ids, it()
 
@@ -160,22 +156,20 @@ class _Runner:
     def __init__(self, frame_model, utterance_model, device: torch.device):
         self.device = device
         self.models = []
-        self.restore = []
+        self._sessions = contextlib.ExitStack()  # the user's own objects, restored on close
         for m in (frame_model, utterance_model):
             if isinstance(m, torch.nn.Module):
                 own = _module_device(m)
                 if own is not None and own != device:
-                    m = copy.deepcopy(m).to(device)
+                    m = copy.deepcopy(m).to(device).eval()
                 else:
-                    self.restore.append((m, m.training))
-                m.eval()
+                    self._sessions.enter_context(eval_session(m))
             self.models.append(m)
         self.seconds = 0.0
         self.utterances = 0
 
     def close(self):
-        for m, was in self.restore:
-            m.train(was)
+        self._sessions.close()
 
     def _sync(self):
         if self.device.type == "cuda":

@@ -57,6 +57,24 @@ def test_runs_keep_submodule_flags(run):
     assert _flags(up) == before
 
 
+def test_compare_keeps_submodule_flags_of_models_and_featurizer():
+    from s3viz.models import FrameLevelLinear, MeanPoolingLinear
+
+    torch.manual_seed(0)
+    frame = FrameLevelLinear(8, 3, hidden_size=4)  # ToyUpstream: hidden 8
+    utt = MeanPoolingLinear.from_frame_model(frame)
+    featurizer = s3viz.WeightedSumFeaturizer(ToyUpstream())
+    store = s3viz.LayerStore.from_tensors(
+        [[torch.randn(n, 8), torch.randn(n, 8)] for n in (5, 7, 4)], downsample_rates=[320, 320])
+    for m in (frame, utt, featurizer):
+        m.train()
+        next(iter(m.children()), m).eval()  # a frozen part inside a model that is training
+    before = [_flags(m) for m in (frame, utt, featurizer)]
+    s3viz.compare_frame_utterance(frame, utt, store, featurizer=featurizer, device="cpu",
+                                  cpu_vs_gpu=False)
+    assert [_flags(m) for m in (frame, utt, featurizer)] == before
+
+
 def test_resolve_device():
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device(None, ToyUpstream()) == torch.device("cpu")  # its own device
