@@ -22,6 +22,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ._device import eval_session, module_device
 from .align import expected_lengths
 from .interface import SAMPLE_RATE, num_layer_of
 
@@ -116,21 +117,9 @@ def check_num_frames(answer, upstream, wav_len: int, layer: int = -1) -> Feedbac
     wav_len = int(wav_len)
     if wav_len <= 0:
         raise ValueError(f"wav_len must be a positive number of samples, got {wav_len}")
-    wavs = torch.zeros(1, wav_len, 1)
-    try:
-        param = next(upstream.parameters())
-        wavs = wavs.to(param.device)
-    except (StopIteration, AttributeError):
-        pass
-    was_training = getattr(upstream, "training", False)
-    if hasattr(upstream, "eval"):
-        upstream.eval()
-    try:
-        with torch.inference_mode():
-            _, all_hs_len = upstream(wavs, torch.tensor([wav_len], device=wavs.device))
-    finally:
-        if was_training:
-            upstream.train()
+    wavs = torch.zeros(1, wav_len, 1, device=module_device(upstream))
+    with eval_session(upstream), torch.inference_mode():
+        _, all_hs_len = upstream(wavs, torch.tensor([wav_len], device=wavs.device))
     right = int(all_hs_len[layer][0])
     rate = int(upstream.downsample_rates[layer])
     if value == right:

@@ -44,12 +44,16 @@ def test_eval_session_leaves_plain_callables_alone():
     assert module_device(len) is None
 
 
-@pytest.mark.parametrize("run", ["length_report", "extract"])
+@pytest.mark.parametrize("run", ["length_report", "extract", "check_num_frames"])
 def test_runs_keep_submodule_flags(run):
     up = _mixed_flags()
     before = _flags(up)
     if run == "length_report":
         s3viz.length_report(up, [4000, 9000], device="cpu")
+    elif run == "check_num_frames":
+        from s3viz import teach
+
+        assert teach.check_num_frames(13, up, wav_len=4000)  # ceil(4000 / 320)
     else:
         from s3viz.data import synthetic_corpus
 
