@@ -11,7 +11,7 @@ import torch
 
 from ..align import WAV2VEC2_CONV_LAYERS, expected_lengths, receptive_field
 from .report import _exc, _Rows
-from .session import _call, _int_status
+from .session import _as_lengths, _call, _int_status
 
 
 def _read(obj, name):
@@ -124,6 +124,19 @@ def _check_lengths_bound(rows, n: torch.Tensor | None, h: torch.Tensor, name: st
         )
     else:
         rows.add("lengths_bound", "ok", f"{name} {n.tolist()}, max = seq_len = {seq_len}", layer, 0)
+
+
+def _check_output(rows, out, raw_len, batch, size, size_name, len_name):
+    """The output_shape, lengths_type and lengths_bound rows of a model's ``(out, out_len)``;
+    returns the lengths as a tensor (None when unusable)."""
+    with rows.guard("output_shape"):
+        _check_hidden(rows, "output_shape", out, batch, size, size_name)
+    with rows.guard("lengths_type"):
+        _check_lengths_type(rows, raw_len, batch, len_name)
+    n = _as_lengths(raw_len, batch)
+    with rows.guard("lengths_bound"):
+        _check_lengths_bound(rows, n, out, len_name)
+    return n
 
 
 def _check_finite(rows, h: torch.Tensor, n: torch.Tensor | None, layer=None):

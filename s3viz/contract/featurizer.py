@@ -13,9 +13,7 @@ import torch
 
 from .checks import (
     _check_finite,
-    _check_hidden,
-    _check_lengths_bound,
-    _check_lengths_type,
+    _check_output,
     _check_rate,
     _positive_int_property,
     _read,
@@ -25,7 +23,6 @@ from .checks import (
 from .report import ContractReport, _Rows
 from .session import (
     _DEFAULT_WAV_LENGTHS,
-    _as_lengths,
     _check_run_args,
     _max_abs,
     _max_diff,
@@ -166,13 +163,7 @@ def _run_featurizer_checks(featurizer, upstream, s, us, lengths, tolerance, seed
     rows.add(
         "forward", "ok", f"forward(all_hs ({up.count} layers), all_hs_len) returned (hs, hs_len)"
     )
-    with rows.guard("output_shape"):
-        _check_hidden(rows, "output_shape", hs, batch, out_size, "output_size")
-    with rows.guard("lengths_type"):
-        _check_lengths_type(rows, hs_len, batch, "hs_len")
-    n = _as_lengths(hs_len, batch)
-    with rows.guard("lengths_bound"):
-        _check_lengths_bound(rows, n, hs, "hs_len")
+    n = _check_output(rows, hs, hs_len, batch, out_size, "output_size", "hs_len")
     with rows.guard("lengths_rate"):
         if rate is None or n is None:
             rows.add("lengths_rate", "warn", "not assessed: downsample_rate or hs_len unusable")

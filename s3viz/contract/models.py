@@ -13,9 +13,7 @@ import torch
 
 from .checks import (
     _check_finite,
-    _check_hidden,
-    _check_lengths_bound,
-    _check_lengths_type,
+    _check_output,
     _positive_int_property,
     _run_pair,
     _setup_row,
@@ -156,13 +154,7 @@ def _run_frame_model_checks(model, s, lengths, seed, rows):
         return
     y, y_len_raw = res
     rows.add("forward", "ok", f"forward(x {tuple(x.shape)}, x_len ({batch},)) returned (y, y_len)")
-    with rows.guard("output_shape"):
-        _check_hidden(rows, "output_shape", y, batch, out_size, "output_size")
-    with rows.guard("lengths_type"):
-        _check_lengths_type(rows, y_len_raw, batch, "y_len")
-    y_len = _as_lengths(y_len_raw, batch)
-    with rows.guard("lengths_bound"):
-        _check_lengths_bound(rows, y_len, y, "y_len")
+    y_len = _check_output(rows, y, y_len_raw, batch, out_size, "output_size", "y_len")
     x_len_cpu = x_len.cpu()
     with rows.guard("output_lengths"):
         if y_len is None or y.dim() < 2:
