@@ -87,7 +87,7 @@ def make_store(frames: int, layers: int, dim: int):
     import pandas as pd
     import torch
 
-    from s3viz.extract import LayerStore
+    from s3viz.store import LayerStore
 
     rng = np.random.default_rng(0)
     means = rng.standard_normal((40, dim)).astype(np.float32) * 0.35

@@ -44,7 +44,7 @@ import torch
 from s3viz._cache import upstream_fingerprint
 from s3viz.audio import batch_wavs
 from s3viz.data import Corpus, Utterance
-from s3viz.extract import DEFAULT_MAX_BATCH_SECONDS, _padding, bucket_plan, extract
+from s3viz.extraction import DEFAULT_MAX_BATCH_SECONDS, _padding, bucket_plan, extract
 from s3viz.interface import SAMPLE_RATE, AbsUpstream
 
 

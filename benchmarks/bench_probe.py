@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from s3viz.extract import LayerStore
+from s3viz.store import LayerStore
 from s3viz.probe import probe_folds, probe_layers
 
 

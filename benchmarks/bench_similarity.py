@@ -44,7 +44,7 @@ def memory_store(n_utt: int, num_layer: int, frames: int = 75, hidden: int = 768
     """A cheap Gaussian store (class means + noise) for the memory measurements."""
     import pandas as pd
 
-    from s3viz.extract import LayerStore
+    from s3viz.store import LayerStore
 
     g = torch.Generator().manual_seed(0)
     means = torch.randn(classes, hidden, generator=g)

@@ -33,7 +33,7 @@ def synthetic_store(n_utt: int, num_layers: int = 13, hidden: int = 768, frames:
                     n_phones: int = 40, n_speakers: int = 8, rate: int = 320, seed: int = 0,
                     signal: float = 0.15):
     """A LayerStore whose layers carry phone identity with layer-dependent strength."""
-    from s3viz.extract import LayerStore
+    from s3viz.store import LayerStore
 
     g = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)

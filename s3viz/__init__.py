@@ -8,7 +8,7 @@ Names are imported lazily, so ``import s3viz`` stays cheap.
 
 from __future__ import annotations
 
-from ._lazy import lazy_exports
+from ._lazy import lazy_exports, moved_module
 
 __version__ = "0.1.0"
 
@@ -27,8 +27,8 @@ _EXPORTS = {
     "ContractReport": "contract",
     "ContractViolation": "contract",
     # extraction
-    "extract": "extract",
-    "LayerStore": "extract",
+    "extract": "extraction",
+    "LayerStore": "store",
     # probes and similarity
     "probe_layers": "probe",
     "ProbeStats": "probe",
@@ -54,7 +54,7 @@ _EXPORTS = {
 }
 
 _SUBMODULES = ("abx", "align", "audio", "checkpoints", "compare", "contract", "data",
-               "distributed", "extract", "featurizer_training", "featurizers", "interface",
+               "distributed", "extraction", "featurizer_training", "featurizers", "interface",
                "models", "plot", "probe", "segments", "similarity", "store", "stream", "teach",
                "units", "upstreams", "widgets", "zoo")
 
@@ -62,3 +62,8 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, _SUBMODULES)
+
+# The module that defines s3viz.extract() was s3viz/extract.py, so importing it
+# rebound s3viz.extract from the function to the module. It is s3viz.extraction
+# now; the old import path still reads names, with a DeprecationWarning.
+moved_module(f"{__name__}.extract", f"{__name__}.extraction", until="0.2")

@@ -255,7 +255,7 @@ def abx_layers(store, *, on: str = "phone", speaker: str = "within", context: st
     """ABX error of phone discrimination in every stored layer (see the module doc).
 
     Args:
-        store: a :class:`~s3viz.extract.LayerStore` with phone alignments and,
+        store: a :class:`~s3viz.store.LayerStore` with phone alignments and,
             for the speaker conditions, a ``speaker`` column in ``store.labels``.
         on: the alignment column whose segments are the items (``"phone"``).
         speaker: ``"within"`` (A, B, X from one speaker) or ``"across"`` (X from

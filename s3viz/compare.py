@@ -222,7 +222,7 @@ def _refuse_nonfinite(hs, hs_len, ids, what):
     finite = torch.isfinite(hs).reshape(hs.shape[0], hs.shape[1], -1).all(dim=-1) | ~valid
     if bool(finite.all()):
         return
-    from .extract import NONFINITE_HINT, NonFiniteError
+    from .store import NONFINITE_HINT, NonFiniteError
 
     b = int(torch.nonzero(~finite.all(dim=1))[0])
     raise NonFiniteError(f"compare_frame_utterance: {what} of utterance {ids[b]!r} hold NaN/inf "

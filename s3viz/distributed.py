@@ -186,7 +186,7 @@ class _Reference:
         return self._lengths[:, int(layer)].copy()
 
     def frame_labels(self, layer, column: str = "phone", utterances=None) -> np.ndarray:
-        """As :meth:`s3viz.extract.LayerStore.frame_labels`."""
+        """As :meth:`s3viz.store.LayerStore.frame_labels`."""
         layer = int(layer)
         pos = range(len(self)) if utterances is None else [int(u) for u in utterances]
         rate, rf = self.downsample_rates[layer], self.receptive_fields[layer]
@@ -212,7 +212,7 @@ def reference_store(corpus, shard_store, shard_positions: Sequence[int], reduce=
 
     Args:
         corpus: the whole :class:`s3viz.data.Corpus` (same on every rank).
-        shard_store: this rank's :class:`~s3viz.extract.LayerStore`.
+        shard_store: this rank's :class:`~s3viz.store.LayerStore`.
         shard_positions: positions in ``corpus`` of the shard store's utterances.
     """
     if list(shard_store.ids) != [corpus.ids[i] for i in shard_positions]:

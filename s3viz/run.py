@@ -21,7 +21,7 @@ and a scoring pass (extract again, count each fold's held-out predictions,
 probes and CKA memory per rank is a batch plus the statistics, whatever the
 corpus size; every rank gets the
 tables of the single-process API. With ``--store-frames DIR`` each rank instead
-extracts once into a disk :class:`~s3viz.extract.LayerStore` under
+extracts once into a disk :class:`~s3viz.store.LayerStore` under
 ``DIR/rank-<k>`` and both passes read it back (disk instead of a second
 extraction; the stores can be opened later with ``LayerStore.open``).
 
@@ -205,7 +205,7 @@ def run(args) -> dict:
                               reduce=all_reduce_sum, device=device, cache_dir=cache, **batching)
         probes, cka, store, passes = res["probes"], res["cka"], res["store"], res["passes"]
     else:  # logistic only: the shard's frames go to disk once
-        from .extract import extract
+        from .extraction import extract
 
         store = extract(upstream, corpus[shard], layers=args.layers, device=device,
                         cache_dir=cache, progress=False, **batching)

@@ -53,7 +53,7 @@ def segment_table(store, layer: int, column: str = "phone", *, utterances=None,
     """Every segment of ``column`` in the store's alignments with its frames in ``layer``.
 
     Args:
-        store: a :class:`~s3viz.extract.LayerStore` with phone alignments.
+        store: a :class:`~s3viz.store.LayerStore` with phone alignments.
         layer: the stored layer whose frames are counted.
         column: ``"phone"`` (one segment per row) or another column of the
             alignment tables, e.g. ``"word"`` (runs of equal rows).
@@ -162,7 +162,7 @@ def segment_store(store, column: str, layers: Sequence[int], *, utterances=None)
     the default control type); ``_group_ids`` (the segments' utterances) keeps
     an utterance's segments in one fold under ``split_by="utterance"``.
     """
-    from .extract import LayerStore
+    from .store import LayerStore
 
     layers = [int(v) for v in layers]
     tables = [segment_table(store, layer, column, utterances=utterances) for layer in layers]

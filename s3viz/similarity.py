@@ -254,7 +254,7 @@ def layer_similarity(
     """Linear CKA (or SVCCA) between every pair of layers.
 
     Args:
-        store: a :class:`~s3viz.extract.LayerStore`.
+        store: a :class:`~s3viz.store.LayerStore`.
         other: another store of the same utterances (same ids, same order, same
             frames per utterance) to compare two upstreams; ``None`` compares
             ``store`` with itself.

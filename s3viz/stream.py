@@ -17,7 +17,7 @@ computes the same tables while holding one batch of frames at a time:
    every frame's statistics, so one pass cannot score.)
 
 With ``cache_dir`` the frames are extracted once to a disk
-:class:`~s3viz.extract.LayerStore` and both passes read them back, one chunk at a
+:class:`~s3viz.store.LayerStore` and both passes read them back, one chunk at a
 time, instead of running the upstream twice.
 
 Memory is a batch of frames plus the statistics: per target and layer
@@ -47,7 +47,7 @@ import torch
 from . import _validate as _v
 from .align import conv_lengths, layer_geometry
 from .align import frame_labels as _align_frame_labels
-from .extract import (
+from .extraction import (
     DEFAULT_MAX_BATCH_SECONDS,
     BatchRunner,
     as_corpus,
@@ -405,7 +405,7 @@ def stream_analysis(
             (e.g. :func:`s3viz.distributed.all_reduce_sum`); needed with ``shard``.
         batch_size, max_batch_seconds, device: as for :func:`s3viz.extract`.
         cache_dir: None runs the upstream in both passes. A folder: the shard's
-            frames are extracted once into a disk :class:`~s3viz.extract.LayerStore`
+            frames are extracted once into a disk :class:`~s3viz.store.LayerStore`
             there (reused when already complete) and both passes read it.
         progress: print each pass's time to stderr.
 

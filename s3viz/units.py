@@ -137,7 +137,7 @@ def unit_quality(store, *, k: int | Sequence[int] = 100, layers: Sequence[int] |
     """Purity and PNMI of k-means units of every stored layer against the phones.
 
     Args:
-        store: a :class:`~s3viz.extract.LayerStore` with phone alignments.
+        store: a :class:`~s3viz.store.LayerStore` with phone alignments.
         k: clusters, or a list of them (one row per layer and k).
         layers: stored layer indices (default all).
         max_frames: labelled frames (drawn with ``seed``) k-means is fitted on;

@@ -56,7 +56,7 @@ def case():
 
 
 def store():
-    from s3viz.extract import LayerStore
+    from s3viz.store import LayerStore
 
     hidden, tables, labels = case()
     return LayerStore.from_tensors(hidden, downsample_rates=[RATE, RATE], labels=labels,

@@ -225,7 +225,7 @@ def test_abx_bad_arguments(store, kw, exc, match):
 
 
 def test_abx_needs_speakers_and_alignments():
-    from s3viz.extract import LayerStore
+    from s3viz.store import LayerStore
 
     hidden, tables, labels = _abx_case.case()
     no_spk = LayerStore.from_tensors(hidden, downsample_rates=[320, 320], phones=tables)

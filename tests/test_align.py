@@ -494,7 +494,7 @@ def test_utterance_alignment_from_corpus_uses_upstream_lengths(spectral):
 
 
 def _toy_store():
-    from s3viz.extract import LayerStore
+    from s3viz.store import LayerStore
 
     lengths = [(12, 6), (30, 15)]
     hs = [[torch.randn(a, 3), torch.randn(b, 2)] for a, b in lengths]

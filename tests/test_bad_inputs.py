@@ -186,7 +186,7 @@ def test_load_featurizer_weights_says_what_the_file_is(tmp_path, kind, match):
 
 
 def test_open_refuses_another_tools_manifest(tmp_path):
-    from s3viz.extract import LayerStore
+    from s3viz.store import LayerStore
 
     (tmp_path / "manifest.json").write_text('{"name": "not s3viz", "version": 3}')
     with pytest.raises(ValueError, match="is not an s3viz extraction manifest"):
@@ -199,7 +199,7 @@ def test_open_refuses_another_tools_manifest(tmp_path):
 def test_manifest_cannot_point_outside_the_cache(tmp_path):
     import json
 
-    from s3viz.extract import CacheCorruptionError, LayerStore
+    from s3viz.store import CacheCorruptionError, LayerStore
 
     s3viz.extract(get_upstream("tiny_random"), synthetic_corpus(4, seed=0), progress=False,
                   cache_dir=tmp_path)
@@ -238,7 +238,7 @@ def test_finished_cache_on_read_only_storage_opens_without_a_lock(tmp_path, monk
     import contextlib
     import importlib
 
-    ex = importlib.import_module("s3viz.extract")  # the module (s3viz.extract is the function)
+    ex = importlib.import_module("s3viz.extraction")  # the module (s3viz.extract is the function)
 
     corpus = synthetic_corpus(4, seed=0)
     up = get_upstream("tiny_random")
@@ -290,7 +290,7 @@ def test_upstream_fingerprint_sees_code_and_plain_attributes():
 
     import torch
 
-    ex = importlib.import_module("s3viz.extract")
+    ex = importlib.import_module("s3viz.extraction")
 
     def make(scale_in_forward):
         class Scaled(torch.nn.Module):
@@ -338,7 +338,7 @@ def _edit_json(path, fn):
 
 @pytest.mark.parametrize("what", ["manifest-length", "labels-speaker", "phones", "labels-gone"])
 def test_edited_metadata_is_refused_on_open_and_repaired_by_extract(cache, what):
-    from s3viz.extract import CacheCorruptionError, LayerStore
+    from s3viz.store import CacheCorruptionError, LayerStore
 
     root = cache["root"]
     if what == "manifest-length":  # would shift every later utterance of the chunk

@@ -41,7 +41,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 
 SETUP_CELL = '''\
 import numpy as np, pandas as pd, torch
-from s3viz.extract import LayerStore
+from s3viz.store import LayerStore
 from s3viz.widgets._weights import layer_weight_explorer
 
 rng = np.random.default_rng(0)

@@ -105,7 +105,7 @@ def test_pool_frames_mean_is_the_loop():
 
 
 def _store(hs, hs_len, seed=0):
-    from s3viz.extract import LayerStore
+    from s3viz.store import LayerStore
 
     g = torch.Generator().manual_seed(seed)
     per_utt = []

@@ -51,7 +51,7 @@ def _reference(all_hs, all_hs_len, logits, selections, normalize=False):
 def make_store(n_utt=16, num_layers=4, hidden=12, rate=320, informative=(2,), n_phones=5,
                n_speakers=4, seed=0, rates=None, frames=(20, 40)):
     """A LayerStore whose ``informative`` layers encode the phone of each frame; others are noise."""
-    from s3viz.extract import LayerStore
+    from s3viz.store import LayerStore
 
     rng = np.random.default_rng(seed)
     emb = rng.normal(size=(n_phones, hidden)) * 2.0

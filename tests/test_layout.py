@@ -35,7 +35,7 @@ def test_no_module_over_the_line_limit():
 
 def _package_of(rel: str) -> tuple[str, ...]:
     parts = tuple(Path(rel).with_suffix("").parts)
-    return parts[:-1]  # s3viz/probe/ridge.py -> ("probe",); s3viz/extract.py -> ()
+    return parts[:-1]  # s3viz/probe/ridge.py -> ("probe",); s3viz/store.py -> ()
 
 
 def _private_imports(path: Path, rel: str):
@@ -75,8 +75,8 @@ def test_every_public_name_resolves(name):
 
 
 @pytest.mark.parametrize("module, names", [
-    ("s3viz.extract", ["extract", "LayerStore", "CacheCorruptionError", "NonFiniteError",
-                       "DEFAULT_MAX_BATCH_SECONDS"]),
+    ("s3viz.extraction", ["extract", "LayerStore", "CacheCorruptionError", "NonFiniteError",
+                          "DEFAULT_MAX_BATCH_SECONDS"]),
     ("s3viz.store", ["LayerStore", "CacheCorruptionError", "NonFiniteError"]),
     ("s3viz.probe", ["probe_layers", "ProbeStats", "probe_folds", "control_labels", "LAMBDAS",
                      "LEVELS", "METHODS", "SPLITS"]),
@@ -90,7 +90,38 @@ def test_documented_imports(module, names):
     mod = importlib.import_module(module)
     for name in names:
         assert getattr(mod, name) is not None, (module, name)
-    # one object under every name it is reachable by (s3viz.extract, the function, is
-    # also the module's name: test_extract checks that it stays callable)
-    for name in set(names) & set(s3viz.__all__) - {module.rsplit(".", 1)[1]}:
+    # one object under every name it is reachable by
+    for name in set(names) & set(s3viz.__all__):
         assert getattr(mod, name) is getattr(s3viz, name), (module, name)
+
+
+def test_old_extract_module_path_warns_and_forwards():
+    import sys
+
+    import s3viz.extract  # noqa: F401  (the old path: must not rebind s3viz.extract)
+
+    assert s3viz.extract is s3viz.extraction.extract
+    for name in ["LayerStore", "CacheCorruptionError", "NonFiniteError", "extract",
+                 "DEFAULT_MAX_BATCH_SECONDS"]:
+        with pytest.warns(DeprecationWarning, match=rf"s3viz\.extract was renamed "
+                                                    rf"s3viz\.extraction; import {name}"):
+            value = getattr(sys.modules["s3viz.extract"], name)
+        assert value is getattr(s3viz.extraction, name)
+    with pytest.raises(AttributeError, match="set write_chunk on s3viz.extraction"):
+        sys.modules["s3viz.extract"].write_chunk = None
+
+
+def test_old_extract_module_path_in_a_fresh_interpreter():
+    # in-process, s3viz is imported already; a fresh interpreter checks that the
+    # stand-in is there before anything else imports s3viz
+    import subprocess
+    import sys
+
+    code = ("import warnings; warnings.simplefilter('error', DeprecationWarning)\n"
+            "import s3viz.extract, s3viz\n"
+            "assert callable(s3viz.extract), s3viz.extract\n"
+            "try:\n    from s3viz.extract import LayerStore\n"
+            "except DeprecationWarning as w:\n    print('warned:', w)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert "warned: s3viz.extract was renamed s3viz.extraction" in out

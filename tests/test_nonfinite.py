@@ -13,7 +13,7 @@ import torch
 
 import s3viz
 from s3viz.data import synthetic_corpus
-from s3viz.extract import LayerStore, NonFiniteError
+from s3viz.store import LayerStore, NonFiniteError
 from s3viz.interface import AbsUpstream
 from s3viz.upstreams import get_upstream
 

@@ -17,7 +17,7 @@ from _sharding import ThreadSum, run_threads
 import s3viz
 from s3viz._numerics import Moments, pow2_factor, safe_scale
 from s3viz.data import synthetic_corpus
-from s3viz.extract import LayerStore
+from s3viz.store import LayerStore
 from s3viz.probe import ProbeStats
 from s3viz.similarity import CrossProducts
 from s3viz.upstreams import get_upstream

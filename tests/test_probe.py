@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from s3viz.extract import LayerStore
+from s3viz.store import LayerStore
 from s3viz.probe import ProbeStats, control_labels, probe_folds, probe_layers
 
 sklearn = pytest.importorskip("sklearn")

@@ -10,7 +10,7 @@ import torch
 import s3viz
 from s3viz.align import frame_labels
 from s3viz.data import synthetic_corpus
-from s3viz.extract import LayerStore
+from s3viz.store import LayerStore
 from s3viz.probe.folds import split_groups
 from s3viz.segments import segment_store
 from s3viz.upstreams import get_upstream

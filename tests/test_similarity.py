@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from s3viz.extract import LayerStore
+from s3viz.store import LayerStore
 from s3viz.similarity import cca_naive, cka_naive, hsic_unbiased, layer_similarity
 
 N_UTT, N_FRAMES = 30, 20

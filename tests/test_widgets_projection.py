@@ -84,7 +84,7 @@ def test_umap_is_optional(store, monkeypatch):
 
 
 def test_explorer_says_why_there_is_no_score():
-    from s3viz.extract import LayerStore
+    from s3viz.store import LayerStore
 
     hidden, tables, labels = _abx_case.case()
     labels["speaker"] = "one"  # a single speaker: no speaker-split probe is possible

@@ -29,7 +29,7 @@ INFORMATIVE = 2
 
 def _store(n_utt=16, num_layers=4, hidden=12, n_phones=5, seed=0):
     """Layer 2 encodes the phone of each frame; the other layers are noise."""
-    from s3viz.extract import LayerStore
+    from s3viz.store import LayerStore
 
     rng = np.random.default_rng(seed)
     emb = rng.normal(size=(n_phones, hidden)) * 2.0

@@ -1,7 +1,7 @@
 """Per-layer probes: which layer of an upstream linearly encodes which label.
 
 :func:`probe_layers` fits one linear classifier per stored layer of a
-:class:`~s3viz.extract.LayerStore` (``ridge``: closed form from sufficient
+:class:`~s3viz.store.LayerStore` (``ridge``: closed form from sufficient
 statistics, :class:`ProbeStats`; ``logistic``: batched softmax) and scores it on
 grouped held-out folds (:func:`probe_folds`), with Hewitt & Liang's control tasks
 (:func:`control_labels`) on request. Submodules: ``stats``, ``folds``, ``targets``

@@ -110,7 +110,7 @@ def probe_folds(store, *, folds: int = 5, split_by: str = "speaker", seed: int =
     ``weights=np.ones(n)`` and ``strata=<class of each utterance>`` to get it.
 
     Args:
-        store: a :class:`~s3viz.extract.LayerStore`.
+        store: a :class:`~s3viz.store.LayerStore`.
         folds: number of folds (>= 2).
         split_by: ``"speaker"`` (no speaker in two folds) or ``"utterance"``.
         seed: seed of the assignment.

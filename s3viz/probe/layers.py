@@ -73,7 +73,7 @@ def probe_layers(
     """Cross-validated linear probes of every stored layer.
 
     Args:
-        store: a :class:`~s3viz.extract.LayerStore`.
+        store: a :class:`~s3viz.store.LayerStore`.
         target: label name(s). Frame-level targets are columns of the phone
             alignments (``"phone"``, ``"word"``), read per frame with
             ``store.frame_labels`` (frames labelled ``""`` are left out);

@@ -63,7 +63,7 @@ def projection(store, layer: int, *, color_by: str = "phone", method: str = "pca
     """A 2-D projection of a sample of one layer's frames.
 
     Args:
-        store: a :class:`~s3viz.extract.LayerStore`.
+        store: a :class:`~s3viz.store.LayerStore`.
         layer: stored layer index.
         color_by: ``"phone"``, ``"word"`` (alignment columns) or ``"speaker"``.
         method: ``"pca"`` or ``"umap"`` (needs ``umap-learn``).
@@ -231,7 +231,7 @@ def layer_projection_explorer(store, color_by: str = "phone", *, method: str = "
     """A slider over layers and a 2-D picture of each layer's frames (see the module doc).
 
     Args:
-        store: a :class:`~s3viz.extract.LayerStore`.
+        store: a :class:`~s3viz.store.LayerStore`.
         color_by: ``"phone"`` or ``"word"`` (needs alignments) or ``"speaker"``.
         method: ``"pca"`` or ``"umap"`` (``umap-learn``).
         layers: stored layers on the slider (default all).

@@ -579,7 +579,7 @@ def probe_comparison(upstreams: dict[str, nn.Module], corpus, *, device=None,
     """
     import pandas as pd
 
-    from ..extract import extract
+    from ..extraction import extract
     from ..probe import probe_layers
 
     n_speakers = len({u.speaker for u in corpus})

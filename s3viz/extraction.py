@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
-import types
 import warnings
 from collections import deque
 from collections.abc import Sequence
@@ -45,7 +43,7 @@ from .audio import batch_wavs
 from .interface import SAMPLE_RATE, num_layer_of
 from .store import (
     NONFINITE_HINT,
-    CacheCorruptionError,  # noqa: F401  (re-exported: s3viz.extract.CacheCorruptionError)
+    CacheCorruptionError,  # noqa: F401  (re-exported: s3viz.extraction.CacheCorruptionError)
     DiskChunks,
     LayerStore,
     MemoryChunks,
@@ -586,13 +584,3 @@ class BatchRunner:
                                               ids=[self.corpus[i].id for i in utts])
                 sink(c, utts, frames, lens)
                 bar.update(len(utts))
-
-
-class _CallableModule(types.ModuleType):
-    """Keeps ``s3viz.extract(...)`` callable after ``import s3viz.extract`` rebinds it to this module."""
-
-    def __call__(self, *args, **kwargs):
-        return extract(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
