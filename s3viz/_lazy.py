@@ -50,8 +50,9 @@ def moved_module(old: str, new: str, until: str) -> types.ModuleType:
         def __getattr__(self, name):
             if name.startswith("__"):
                 raise AttributeError(name)
-            warnings.warn(f"{old} was renamed {new}; import {name} from {new} (the old path "
-                          f"goes in {until})", DeprecationWarning, stacklevel=2)
+            warnings.warn(f"s3viz deprecation: {old} was renamed {new}; import {name} from "
+                          f"{new} (the old path goes in {until})", DeprecationWarning,
+                          stacklevel=2)
             return getattr(importlib.import_module(new), name)
 
         def __setattr__(self, name, value):

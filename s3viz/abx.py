@@ -37,7 +37,7 @@ DTW in blocks of at most ``max_block`` frame distances; never all items at once.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -48,7 +48,16 @@ from ._device import resolve_device as _resolve_device
 from ._numerics import read_dtype
 from .segments import segment_table
 
-__all__ = ["abx_layers", "DISTANCES"]
+__all__ = ["abx_layers", "ABXCells", "DISTANCES"]
+
+
+class ABXCells(NamedTuple):
+    """:func:`abx_layers` with ``return_cells=True``; unpacks as ``table, cells = ...``."""
+
+    table: pd.DataFrame
+    """One row per layer (the table ``abx_layers`` returns without cells)."""
+    cells: pd.DataFrame
+    """One row per scored cell and layer: the numbers the averages are taken from."""
 
 DISTANCES = ("cosine", "euclidean")
 SPEAKER_MODES = ("within", "across")
@@ -274,7 +283,8 @@ def abx_layers(store, *, on: str = "phone", speaker: str = "within", context: st
         One row per layer: ``layer``, ``upstream_layer``, ``on``, ``speaker``,
         ``context``, ``distance``, ``abx_error`` (a fraction; 0.5 is chance),
         ``n_items``, ``n_cells``, ``n_triplets``, ``n_dropped`` (segments
-        without a frame). With ``return_cells=True``, ``(table, cells)``:
+        without a frame). With ``return_cells=True``, an :class:`ABXCells`
+        named tuple ``(table, cells)``:
         ``cells`` has one row per scored cell and layer (``layer``, ``speaker``,
         ``speaker_x``, ``phone``, ``other``, ``context``, ``error``, ``triplets``),
         the numbers the averages are taken from.
@@ -320,7 +330,7 @@ def abx_layers(store, *, on: str = "phone", speaker: str = "within", context: st
         })
     out = pd.DataFrame(rows)
     if return_cells:
-        return out, pd.concat(all_cells, ignore_index=True)
+        return ABXCells(out, pd.concat(all_cells, ignore_index=True))
     return out
 
 

@@ -37,6 +37,7 @@ from ._cache import (
     write_chunk,
     write_json,
 )
+from ._compat import renamed_args
 from ._device import eval_session, module_device
 from .align import expected_lengths
 from .audio import batch_wavs
@@ -138,7 +139,7 @@ def as_corpus(corpus):
     return out
 
 
-def check_upstream_layers(layers, num_layer: int) -> list[int]:
+def check_upstream_layers(layers, num_layer: int, arg: str = "upstream_layers") -> list[int]:
     if layers is None:
         return list(range(num_layer))
     if isinstance(layers, (int, np.integer)) and not isinstance(layers, bool):
@@ -147,22 +148,22 @@ def check_upstream_layers(layers, num_layer: int) -> list[int]:
         items = list(layers)
     except TypeError as e:
         raise TypeError(
-            f"layers must be None (all), an int or a sequence of ints, got {type(layers).__name__}"
+            f"{arg} must be None (all), an int or a sequence of ints, got {type(layers).__name__}"
         ) from e
     if not items:
-        raise ValueError("layers is empty; pass None for all layers or at least one index")
+        raise ValueError(f"{arg} is empty; pass None for all layers or at least one index")
     out = []
     for v in items:
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            raise TypeError(f"layers must hold ints, got {v!r} ({type(v).__name__})")
+            raise TypeError(f"{arg} must hold ints, got {v!r} ({type(v).__name__})")
         if not -num_layer <= v < num_layer:
             raise IndexError(
-                f"layers holds {int(v)} but the upstream has {num_layer} hidden states "
+                f"{arg} holds {int(v)} but the upstream has {num_layer} hidden states "
                 f"(valid indices 0..{num_layer - 1}, or negative from the end)"
             )
         out.append(int(v) % num_layer)
     if len(set(out)) != len(out):
-        raise ValueError(f"layers holds duplicates: {items!r}")
+        raise ValueError(f"{arg} holds duplicates: {items!r}")
     return out
 
 
@@ -199,15 +200,15 @@ def _check_store_dtype(store_dtype) -> torch.dtype:
     return dt
 
 
-def _check_dtype(dtype) -> torch.dtype | None:
+def _check_amp_dtype(dtype) -> torch.dtype | None:
     """The autocast dtype, or None for full precision."""
     if dtype is None:
         return None
     dt = DTYPE_NAMES.get(dtype, None) if isinstance(dtype, str) else dtype
     if dt not in STORE_DTYPES:
         raise ValueError(
-            f"dtype must be None, torch.float32, torch.float16 or torch.bfloat16 (the compute "
-            f"dtype; half precision runs under torch.autocast), got {dtype!r}"
+            f"amp_dtype must be None, torch.float32, torch.float16 or torch.bfloat16 (half "
+            f"precision runs the upstream under torch.autocast), got {dtype!r}"
         )
     return None if dt == torch.float32 else dt
 
@@ -376,9 +377,10 @@ def _forward_batch(upstream, wavs, wavs_len, layer_ids, hidden_sizes, amp_ctx, s
 # --------------------------------------------------------------------------- extract
 
 
-def extract(upstream, corpus, *, layers=None, batch_size: int | None = None,
+@renamed_args(layers="upstream_layers", dtype="amp_dtype")
+def extract(upstream, corpus, *, upstream_layers=None, batch_size: int | None = None,
             max_batch_seconds: float | None = DEFAULT_MAX_BATCH_SECONDS, device=None,
-            dtype=None, store_dtype: torch.dtype = torch.float32, cache_dir=None,
+            amp_dtype=None, store_dtype: torch.dtype = torch.float32, cache_dir=None,
             progress: bool = True) -> LayerStore:
     """Run ``upstream`` over ``corpus`` and keep every hidden state, unpadded.
 
@@ -387,7 +389,10 @@ def extract(upstream, corpus, *, layers=None, batch_size: int | None = None,
             ``forward(wavs (batch_size, seq_len, 1), wavs_len (batch_size,))``
             returns ``(all_hs, all_hs_len)``.
         corpus: an :class:`s3viz.data.Corpus` (or list of ``Utterance``).
-        layers: upstream hidden-state indices to keep (None: all; negative from the end).
+        upstream_layers: the upstream's hidden states to keep, by index (None:
+            all; negative from the end). The store numbers the kept ones
+            ``0..num_layer-1`` (the ``layers`` of every analysis) and lists
+            these in :attr:`LayerStore.layer_ids`. (Was ``layers``.)
         batch_size: at most this many utterances per batch (None: no count limit).
         max_batch_seconds: at most this much padded audio per batch
             (``utterances * longest``); utterances are sorted by length so
@@ -395,8 +400,9 @@ def extract(upstream, corpus, *, layers=None, batch_size: int | None = None,
         device: where to run. None: the device of the upstream's parameters
             (the model is not moved). Given: the upstream is moved there for the
             extraction and moved back afterwards.
-        dtype: compute dtype; ``torch.float16``/``torch.bfloat16`` run under
+        amp_dtype: ``torch.float16``/``torch.bfloat16`` run the upstream under
             ``torch.autocast`` on the device. None or float32: full precision.
+            (Was ``dtype``.)
         store_dtype: dtype of the stored frames (float32, float16 or bfloat16).
         cache_dir: None keeps frames in memory. A folder keeps them on disk under
             ``cache_dir/<name>-<fingerprint>``; a finished extraction is reused, an
@@ -405,8 +411,8 @@ def extract(upstream, corpus, *, layers=None, batch_size: int | None = None,
             upstream's modules (a module may list attributes that do not change
             its output, such as call counters, in ``s3viz_fingerprint_ignore``),
             the corpus (an in-memory utterance's audio, a lazy file's size and
-            modification time, texts, labels, alignments), ``layers``, ``dtype`` or
-            ``store_dtype`` change. Memory stays nearly constant in corpus size.
+            modification time, texts, labels, alignments), ``upstream_layers``,
+            ``amp_dtype`` or ``store_dtype`` change. Memory stays nearly constant in corpus size.
         progress: show a tqdm bar (utterances/s) and print the expected size
             (to stdout, not shown as a warning in a notebook) before work starts.
 
@@ -415,10 +421,10 @@ def extract(upstream, corpus, *, layers=None, batch_size: int | None = None,
     """
     num_layer, all_sizes, all_rates, all_fields, name = check_upstream_arg(upstream)
     corpus = as_corpus(corpus)
-    layer_ids = check_upstream_layers(layers, num_layer)
+    layer_ids = check_upstream_layers(upstream_layers, num_layer)
     check_batching(batch_size, max_batch_seconds)
     store_dtype = _check_store_dtype(store_dtype)
-    amp_dtype = _check_dtype(dtype)
+    amp_dtype = _check_amp_dtype(amp_dtype)
     if not isinstance(progress, bool):
         raise TypeError(f"progress must be True or False, got {progress!r}")
     if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):

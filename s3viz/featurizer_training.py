@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -23,7 +24,16 @@ from ._numerics import Moments, read_dtype, safe_scale
 from .align import expected_lengths
 from .featurizers import WeightedSumFeaturizer, align_frames, consistent_lengths, rate_factor
 
-__all__ = ["train_featurizer"]
+__all__ = ["train_featurizer", "FeaturizerFit"]
+
+
+class FeaturizerFit(NamedTuple):
+    """What :func:`train_featurizer` returns; unpacks as ``featurizer, history = ...``."""
+
+    featurizer: WeightedSumFeaturizer
+    """The learned weights, as a module over the store's layers."""
+    history: pd.DataFrame
+    """One row per evaluation (see :func:`train_featurizer`)."""
 
 
 # ----------------------------------------------------------------------------
@@ -37,19 +47,12 @@ def _folds(store, split_by: str | None, level: str, target: str, folds: int, see
            ) -> tuple[np.ndarray, str]:
     """Fold of each utterance from :func:`s3viz.probe.probe_folds` (grouped, balanced by frames).
 
-    ``split_by=None`` means speakers at frame level when the store has at least
-    ``folds`` speakers, else utterances.
+    ``split_by="auto"`` is :func:`s3viz.probe.resolve_split`'s choice, as for
+    the probes.
     """
-    from .probe import SPLITS, probe_folds
+    from .probe import probe_folds, resolve_split
 
-    labels = store.labels
-    if split_by is None:
-        split_by = "utterance"
-        if level == "frame" and "speaker" in labels.columns and \
-                labels["speaker"].astype(str).replace("", np.nan).nunique() >= folds:
-            split_by = "speaker"
-    if split_by not in SPLITS:
-        raise ValueError(f"split_by must be one of {SPLITS} or None, got {split_by!r}")
+    split_by = resolve_split(store.labels, split_by, target, folds)
     if split_by == "speaker" and target == "speaker" and level == "utterance":
         raise ValueError("split_by='speaker' with target='speaker': test speakers would never be "
                          "seen in training; use split_by='utterance'")
@@ -70,7 +73,7 @@ class ProbeData:
     """
 
     def __init__(self, store, target: str, *, level: str = "frame", layers=None,
-                 target_rate: int | None = None, split_by: str | None = None,
+                 target_rate: int | None = None, split_by: str = "auto",
                  test_fraction: float = 0.25, seed: int = 0, standardize: bool = True):
         from .probe import LEVELS
 
@@ -260,12 +263,12 @@ def train_featurizer(
     eval_every: int = 25,
     device=None,
     seed: int = 0,
-    split_by: str | None = None,
+    split_by: str = "auto",
     dev_fraction: float = 0.25,
     standardize: bool = True,
     target_rate: int | None = None,
     max_cache_bytes: int = 256 * 2**20,
-) -> tuple[WeightedSumFeaturizer, pd.DataFrame]:
+) -> FeaturizerFit:
     """Learn layer weights together with a linear head on a probing task.
 
     The SUPERB recipe in miniature: softmax weights over the layers (logits
@@ -275,7 +278,8 @@ def train_featurizer(
     (``standardize=True``), so the weights compare layers independently of
     their scale; ``standardize=False`` learns on the raw hidden states as
     s3prl does. Utterances are split into train / dev by ``split_by`` groups
-    (default: speakers for frame targets, utterances for utterance targets).
+    (``"auto"``: speakers when the labels allow it, as for
+    :func:`s3viz.probe_layers`; ``history.attrs["split_by"]`` says which).
 
     Args:
         store: a :class:`s3viz.LayerStore`.
@@ -292,10 +296,12 @@ def train_featurizer(
             minibatches of whole utterances.
 
     Returns:
-        ``(featurizer, history)``: a :class:`WeightedSumFeaturizer` over the
+        A :class:`FeaturizerFit` ``(featurizer, history)``, a named tuple: a
+        :class:`WeightedSumFeaturizer` over the
         store's layers holding the learned weights, and a DataFrame with one row
         per evaluation: ``step, loss, dev_accuracy`` and ``weight_<layer>`` for
-        each layer (``history.attrs`` holds ``classes, n_train, n_dev``). Its
+        each layer (``history.attrs`` holds ``classes, n_train, n_dev,
+        split_by`` ...). Its
         first row is step 0, the starting weights (the loss of the first batch
         before any update).
     """
@@ -415,8 +421,9 @@ def train_featurizer(
     history = pd.DataFrame(rows, columns=["step", "loss", "dev_accuracy", *layer_cols])
     history.attrs.update({"classes": list(data.classes), "n_train": n_train_items,
                           "n_dev": data.num_items(dev_utts), "target": target, "level": level,
-                          "layers": list(data.layers), "standardize": standardize})
+                          "layers": list(data.layers), "standardize": standardize,
+                          "split_by": data.split_by})
     featurizer = WeightedSumFeaturizer(store, layer_selections=data.layers,
                                        target_rate=data.target_rate)
     featurizer.set_weights(logits=logits.detach().double().cpu())
-    return featurizer, history
+    return FeaturizerFit(featurizer, history)

@@ -199,15 +199,15 @@ def run(args) -> dict:
                     max_batch_seconds=getattr(args, "max_batch_seconds", 60.0))
     if "ridge" in methods and args.targets or args.cka:
         res = stream_analysis(upstream, corpus,
-                              targets=args.targets if "ridge" in methods else [],
-                              cka=args.cka, layers=args.layers, folds=args.folds,
+                              target=args.targets if "ridge" in methods else [],
+                              cka=args.cka, upstream_layers=args.layers, folds=args.folds,
                               split_by=splits, seed=args.seed, cka_level=cka_level, shard=shard,
                               reduce=all_reduce_sum, device=device, cache_dir=cache, **batching)
-        probes, cka, store, passes = res["probes"], res["cka"], res["store"], res["passes"]
+        probes, cka, store, passes = res.probes, res.cka, res.store, res.passes
     else:  # logistic only: the shard's frames go to disk once
         from .extraction import extract
 
-        store = extract(upstream, corpus[shard], layers=args.layers, device=device,
+        store = extract(upstream, corpus[shard], upstream_layers=args.layers, device=device,
                         cache_dir=cache, progress=False, **batching)
         probes, cka, passes = None, None, 0
     if "logistic" in methods and args.targets:

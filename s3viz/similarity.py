@@ -19,9 +19,9 @@ matrices ``K = X X^T``, ``L = Y Y^T``. Two estimators:
 ``estimator="minibatch"``
     Nguyen, Raghu & Kornblith (2021, "Do Wide and Deep Networks Learn the Same
     Things?"): the unbiased HSIC estimator of Song et al. (2012) averaged over
-    minibatches of ``batch_size`` random frames, ``mean HSIC_1(K, L) /
+    minibatches of ``batch_frames`` random frames, ``mean HSIC_1(K, L) /
     sqrt(mean HSIC_1(K, K) mean HSIC_1(L, L))``. Memory is
-    ``num_layers * batch_size ** 2`` floats whatever the hidden sizes; the value
+    ``num_layers * batch_frames ** 2`` floats whatever the hidden sizes; the value
     is an estimate (close to, but not exactly, the full-data CKA).
 
 ``method="cca"`` gives the mean canonical correlation after an SVD reduction
@@ -53,6 +53,7 @@ import pandas as pd
 import torch
 
 from . import _validate as _v
+from ._compat import renamed_args
 from ._device import resolve_device as _resolve_device
 from ._numerics import pow2_factor, read_dtype
 from .store import utterance_selection
@@ -232,6 +233,7 @@ class _Source:
         return out
 
 
+@renamed_args(batch_size="batch_frames")
 def layer_similarity(
     store,
     other=None,
@@ -243,7 +245,7 @@ def layer_similarity(
     estimator: str = "feature",
     device=None,
     max_frames: int | None = None,
-    batch_size: int = 1024,
+    batch_frames: int = 1024,
     utterances=None,
     chunk_frames: int = 16384,
     seed: int = 0,
@@ -270,7 +272,8 @@ def layer_similarity(
             module doc.
         device: torch device; ``None`` is cuda when available, else cpu.
         max_frames: use a random subset of this many frames (seeded); ``None``: all.
-        batch_size: frames per minibatch (``estimator="minibatch"``, >= 4).
+        batch_frames: frames per minibatch (``estimator="minibatch"``, >= 4;
+            was ``batch_size``).
         utterances: utterance positions to use (default all).
         chunk_frames: frames per block streamed from the store.
         seed: seed of the frame subset and of the minibatches.
@@ -303,7 +306,7 @@ def layer_similarity(
     seed = _v.integer(seed, "seed", minimum=0)
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
-    batch_size = _v.integer(batch_size, "batch_size", minimum=4)  # 4: the unbiased HSIC
+    batch_size = _v.integer(batch_frames, "batch_frames", minimum=4)  # 4: the unbiased HSIC
     if method == "cca" and estimator != "feature":
         raise ValueError("method='cca' needs estimator='feature' (the full covariances)")
     if method == "cca" and (isinstance(keep_variance, bool)

@@ -32,6 +32,7 @@ from ._cache import (
     seal_ok,
     tensor_bytes,
 )
+from ._compat import renamed_args
 from .align import frame_labels as _align_frame_labels
 
 __all__ = ["LayerStore", "NonFiniteError", "CacheCorruptionError"]
@@ -538,21 +539,24 @@ class LayerStore:
         s = self._layer_index(layer)
         return self._gather(s, check_utterances(utterances, len(self)), dtype)
 
-    def iter_layer(self, layer, utterances=None, max_frames: int = 65536,
+    @renamed_args(max_frames="chunk_frames")
+    def iter_layer(self, layer, utterances=None, chunk_frames: int = 65536,
                    dtype=torch.float32) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """:meth:`layer` in pieces of whole utterances of at most ``max_frames`` frames each.
+        """:meth:`layer` in pieces of whole utterances of at most ``chunk_frames`` frames each.
 
-        An utterance longer than ``max_frames`` comes alone. Concatenating the
-        pieces gives exactly :meth:`layer`'s result.
+        An utterance longer than ``chunk_frames`` comes alone. Concatenating the
+        pieces gives exactly :meth:`layer`'s result. (``chunk_frames`` was
+        ``max_frames``, which elsewhere caps a random subset of frames.)
 
         Yields:
             ``(frames, utt_index)``: ``(T, hidden_size)`` and ``(T,)`` long.
         """
         s = self._layer_index(layer)
-        if isinstance(max_frames, bool) or not isinstance(max_frames, (int, np.integer)) or max_frames <= 0:
-            raise ValueError(f"max_frames must be a positive int, got {max_frames!r}")
+        if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, (int, np.integer)) \
+                or chunk_frames <= 0:
+            raise ValueError(f"chunk_frames must be a positive int, got {chunk_frames!r}")
         pos = check_utterances(utterances, len(self))
-        for a, b in _groups(self._lengths[pos, s], int(max_frames)):
+        for a, b in _groups(self._lengths[pos, s], int(chunk_frames)):
             yield self._gather(s, pos[a:b], dtype)
 
     def iter_chunks(self, dtype=torch.float32) -> Iterator[tuple[np.ndarray, list, np.ndarray]]:

@@ -40,11 +40,14 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
+import pandas as pd
 import torch
 
 from . import _validate as _v
+from ._compat import KeyedResult, renamed_args
 from .align import conv_lengths, layer_geometry
 from .align import frame_labels as _align_frame_labels
 from .extraction import (
@@ -59,7 +62,7 @@ from .extraction import (
     resolve_upstream_device,
 )
 from .probe import LAMBDAS, SPLITS, ProbeStats
-from .probe.folds import assign_folds, check_folds
+from .probe.folds import assign_folds, check_folds, resolve_split
 from .probe.layers import result_row, result_table
 from .probe.ridge import (
     confusion_matrix,
@@ -70,8 +73,9 @@ from .probe.ridge import (
 )
 from .probe.targets import ProbeTask, label_str, resolve_level
 from .similarity import CrossProducts, cka_table
+from .store import LayerStore
 
-__all__ = ["stream_analysis"]
+__all__ = ["stream_analysis", "StreamResult"]
 
 
 class _Meta:
@@ -105,19 +109,20 @@ def _check_shard(shard, n: int) -> np.ndarray:
     return np.sort(arr).astype(np.int64)
 
 
-def _split_of(split_by, targets) -> dict:
-    if isinstance(split_by, str):
+def _split_of(split_by, targets, labels, folds) -> dict:
+    choices = SPLITS + ("auto",)
+    if split_by is None or isinstance(split_by, str):
         split_by = {t: split_by for t in targets}
     if not isinstance(split_by, dict):
-        raise TypeError(f"split_by must be 'speaker', 'utterance' or a dict target -> split, "
+        raise TypeError(f"split_by must be one of {choices} or a dict target -> split, "
                         f"got {type(split_by).__name__}")
     missing = [t for t in targets if t not in split_by]
     if missing:
         raise ValueError(f"split_by has no entry for target(s) {missing}")
     for t in targets:
-        if split_by[t] not in SPLITS:
-            raise ValueError(f"split_by[{t!r}] must be one of {SPLITS}, got {split_by[t]!r}")
-    return {t: split_by[t] for t in targets}
+        if split_by[t] is not None and split_by[t] not in choices:
+            raise ValueError(f"split_by[{t!r}] must be one of {choices}, got {split_by[t]!r}")
+    return {t: resolve_split(labels, split_by[t], t, folds) for t in targets}
 
 
 class _Target:
@@ -363,14 +368,37 @@ def _predicted_len0(upstream, layer_id: int, num_samples: np.ndarray) -> np.ndar
     return conv_lengths(torch.as_tensor(num_samples), conv).numpy().astype(np.int64)
 
 
+class _StreamFields(NamedTuple):
+    probes: pd.DataFrame | None
+    cka: pd.DataFrame | None
+    store: LayerStore | None
+    passes: int
+    shard: list
+
+
+class StreamResult(KeyedResult, _StreamFields):
+    """What :func:`stream_analysis` computed (a named tuple; ``result["probes"]`` is deprecated).
+
+    Fields: ``probes`` (the columns of :func:`s3viz.probe_layers`, or None),
+    ``cka`` (the columns of :func:`s3viz.layer_similarity`, or None),
+    ``store`` (the disk LayerStore with ``cache_dir``, else None), ``passes``
+    (upstream passes of the streaming itself: 0 with ``cache_dir``, whose
+    frames ``s3viz.extract`` wrote once or found there) and ``shard`` (the
+    utterance positions this process read).
+    """
+
+    __slots__ = ()
+
+
+@renamed_args(targets="target", layers="upstream_layers")
 def stream_analysis(
     upstream,
     corpus,
     *,
-    targets: str | Sequence[str] = ("phone",),
-    layers: Sequence[int] | None = None,
+    target: str | Sequence[str] = "phone",
+    upstream_layers: Sequence[int] | None = None,
     folds: int = 5,
-    split_by: str | dict = "speaker",
+    split_by: str | dict = "auto",
     seed: int = 0,
     lambdas: Sequence[float] = LAMBDAS,
     cka: bool = False,
@@ -382,19 +410,22 @@ def stream_analysis(
     device=None,
     cache_dir=None,
     progress: bool = False,
-) -> dict:
+) -> StreamResult:
     """Ridge probes and CKA of every layer in two streamed passes (see the module doc).
 
     Args:
         upstream: an s3prl-style upstream (as for :func:`s3viz.extract`).
         corpus: the *whole* :class:`s3viz.data.Corpus` (the same on every shard).
-        targets: probe targets (frame-level: alignment columns such as
-            ``"phone"``; utterance-level: label columns such as ``"speaker"``).
-            Empty: no probe.
-        layers: upstream layers to analyse (default all).
+        target: probe target(s), one name or a sequence (frame-level:
+            alignment columns such as ``"phone"``; utterance-level: label
+            columns such as ``"speaker"``). Empty: no probe. (Was ``targets``.)
+        upstream_layers: the upstream's hidden states to analyse, by index
+            (default all), as for :func:`s3viz.extract`; results number them
+            ``layer`` 0.. with ``upstream_layer`` the index. (Was ``layers``.)
         folds, seed, lambdas: as for :func:`s3viz.probe_layers`.
-        split_by: ``"speaker"``, ``"utterance"``, or a dict target -> split
-            (e.g. ``{"phone": "speaker", "speaker": "utterance"}``).
+        split_by: ``"auto"`` (as for :func:`s3viz.probe_layers`), ``"speaker"``,
+            ``"utterance"``, or a dict target -> split (e.g. ``{"phone":
+            "speaker", "speaker": "utterance"}``).
         cka: also compute the layer-by-layer linear CKA (the
             :func:`s3viz.layer_similarity` ``estimator="feature"`` values).
         cka_level: ``"frame"`` (all layers must have the same frames) or
@@ -410,25 +441,21 @@ def stream_analysis(
         progress: print each pass's time to stderr.
 
     Returns:
-        ``{"probes": DataFrame or None (the columns of probe_layers), "cka":
-        DataFrame or None, "store": the disk LayerStore or None, "passes":
-        upstream passes of the streaming itself (0 with ``cache_dir``, whose
-        frames ``s3viz.extract`` wrote once or found already there), "shard":
-        the positions}``.
+        A :class:`StreamResult`: ``probes``, ``cka``, ``store``, ``passes``,
+        ``shard``.
     """
     num_layer, all_sizes, all_rates, all_fields, _ = check_upstream_arg(upstream)
     corpus = as_corpus(corpus)
-    layer_ids = check_upstream_layers(layers, num_layer)
+    layer_ids = check_upstream_layers(upstream_layers, num_layer)
     check_batching(batch_size, max_batch_seconds)
     folds = check_folds(folds)
     lambdas = _v.numbers(lambdas, "lambdas")
     seed = _v.integer(seed, "seed", minimum=0)
-    if isinstance(targets, str):
-        targets = [targets]
-    targets = list(targets)
+    targets = [target] if isinstance(target, str) else list(target)
     if len(set(targets)) != len(targets) or not all(isinstance(t, str) for t in targets):
-        raise ValueError(f"targets must be distinct label names (str), got {targets}")
-    splits = _split_of(split_by, targets)
+        raise ValueError(f"target must be a label name or distinct label names (str), got "
+                         f"{target!r}")
+    splits = _split_of(split_by, targets, corpus.labels, folds)
     if cka_level not in ("frame", "utterance"):
         raise ValueError(f"cka_level must be 'frame' or 'utterance', got {cka_level!r}")
     if (shard is not None) != (reduce is not None):
@@ -437,7 +464,7 @@ def stream_analysis(
     reduce = reduce or _identity
     pos_all = _check_shard(shard, len(corpus))
     if not targets and not cka:
-        raise ValueError("nothing to compute: give targets and/or cka=True")
+        raise ValueError("nothing to compute: give a target and/or cka=True")
     dev, move = resolve_upstream_device(upstream, device)
     sizes = [all_sizes[i] for i in layer_ids]
     rates = [all_rates[i] for i in layer_ids]
@@ -455,7 +482,7 @@ def stream_analysis(
     if cache_dir is not None:
         def _store():
             nonlocal store
-            store = extract(upstream, sub, layers=layer_ids, batch_size=batch_size,
+            store = extract(upstream, sub, upstream_layers=layer_ids, batch_size=batch_size,
                             max_batch_seconds=max_batch_seconds, device=device,
                             cache_dir=cache_dir, progress=progress)
 
@@ -545,9 +572,5 @@ def stream_analysis(
                 rows.append(result_row(t.name, "ridge", t.level, s, int(layer_ids[s]),
                                         len(t.classes), folds, False, t.result[s],
                                         fold_accuracy))
-        probes = result_table(rows, fold_accuracy, False, folds=folds,
-                               split_by=splits if len(set(splits.values())) > 1
-                               else next(iter(splits.values())), seed=seed)
-        probes["split_by"] = [splits[t] for t in probes["target"]]
-    return {"probes": probes, "cka": cka_df, "store": store, "passes": passes,
-            "shard": pos_all.tolist()}
+        probes = result_table(rows, fold_accuracy, False, splits, folds=folds, seed=seed)
+    return StreamResult(probes, cka_df, store, passes, pos_all.tolist())

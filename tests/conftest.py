@@ -1,8 +1,20 @@
-"""Shared, read-only fixtures. Models and corpora are built once per session."""
+"""Shared, read-only fixtures. Models and corpora are built once per session.
+
+- ``tiny_upstream``: the random-weight tiny upstream (``get_upstream("tiny_random")``);
+- ``small_corpus``: 12 synthetic utterances of 8 speakers, with phone alignments;
+- ``tiny_store``: ``extract(tiny_upstream, small_corpus)`` in memory;
+- ``one_thread``: torch on one intra-op thread for a module (``pytestmark =
+  pytest.mark.usefixtures("one_thread")``);
+- ``free_port``: ``free_port()`` gives a free local TCP port.
+
+Session fixtures are shared by every test that asks: use them, never change them
+(a test that trains, moves or edits a model or store builds its own).
+"""
 
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
 import torch
@@ -18,3 +30,46 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_upstream():
+    from s3viz.upstreams import get_upstream
+
+    return get_upstream("tiny_random")
+
+
+@pytest.fixture(scope="session")
+def small_corpus():
+    from s3viz.data import synthetic_corpus
+
+    return synthetic_corpus(n_utterances=12, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tiny_upstream, small_corpus):
+    import s3viz
+
+    return s3viz.extract(tiny_upstream, small_corpus, batch_size=4, device="cpu", progress=False)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """2 shared cores: torch's intra-op threads on tiny tensors fight other processes
+    (measured 20x slower under load). Restored after the module."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def free_port():
+    """``free_port()``: a free local TCP port (a function, so module fixtures can ask too)."""
+    return _free_port

@@ -506,8 +506,8 @@ def test_everything_downstream_works_on_an_aligned_folder(corpus, mfa):
     assert len(timeline) == store.lengths(0)[0]
     explorer = alignment_explorer(back, up)
     assert explorer is not None
-    streamed = s3viz.stream_analysis(up, back, targets=["phone"], folds=2,
-                                     split_by="utterance")["probes"]
+    streamed = s3viz.stream_analysis(up, back, target=["phone"], folds=2,
+                                     split_by="utterance").probes
     direct = s3viz.probe_layers(store, "phone", folds=2, split_by="utterance")
     np.testing.assert_allclose(streamed["accuracy"].to_numpy(), direct["accuracy"].to_numpy(),
                                rtol=1e-6)

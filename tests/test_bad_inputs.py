@@ -61,7 +61,7 @@ NUMERIC = [
     (_logistic, {"lr": -1}, "lr"),
     (_logistic, {"weight_decay": float("nan")}, "weight_decay"),
     (_logistic, {"weight_decay": -0.1}, "weight_decay"),
-    (_logistic, {"batch_size": 0}, "batch_size"),
+    (_logistic, {"batch_frames": 0}, "batch_frames"),
     (_logistic, {"max_epochs": 0}, "max_epochs"),
     (_logistic, {"patience": 2.5}, "patience"),
     (_logistic, {"max_memory": 0}, "max_memory"),
@@ -72,7 +72,7 @@ NUMERIC = [
     (_train, {"eval_every": 0}, "eval_every"),
     (_similarity, {"chunk_frames": 0}, "chunk_frames"),
     (_similarity, {"max_frames": 2}, "max_frames"),
-    (_similarity, {"estimator": "minibatch", "batch_size": 0}, "batch_size"),
+    (_similarity, {"estimator": "minibatch", "batch_frames": 0}, "batch_frames"),
     (_stream, {"lambdas": [math.inf]}, "lambdas[0]"),
     (_stream, {"lambdas": []}, "lambdas"),
 ]

@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -84,12 +83,6 @@ def _notebook(path: Path, widget_cell: str = WIDGET_CELL) -> None:
     nbformat.write(nb, path)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait_http(url: str, proc: subprocess.Popen, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -127,13 +120,13 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture()
-def lab(tmp_path):
+def lab(tmp_path, free_port):
     """A JupyterLab server on a temporary folder with the notebook; yields its base URL."""
     work = tmp_path / "lab"
     work.mkdir()
     _notebook(work / "weights.ipynb")
     _notebook(work / "projection.ipynb", PROJECTION_CELL)
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ)
     for var, sub in (("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_RUNTIME_DIR", "runtime"),
                      ("JUPYTERLAB_SETTINGS_DIR", "settings"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +28,6 @@ def _args(out, store_dir=None, **kw):
     for k, v in kw.items():
         setattr(ns, k, v)
     return ns
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, world: int, port: int, out: str, store_dir: str):
@@ -79,10 +72,10 @@ def single(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def sharded(tmp_path_factory):
+def sharded(tmp_path_factory, free_port):
     out = tmp_path_factory.mktemp("dist-out")
     store_dir = tmp_path_factory.mktemp("dist-frames")
-    mp.spawn(_worker, args=(2, _free_port(), str(out), str(store_dir)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(out), str(store_dir)), nprocs=2, join=True)
     return out, store_dir
 
 
@@ -157,7 +150,7 @@ def test_one_process_run_equals_api(single, tmp_path):
     from s3viz.run import run
 
     res = run(_args(tmp_path, no_figures=True))
-    pd.testing.assert_frame_equal(res["probes"].drop(columns="split_by"), single["probes"],
+    pd.testing.assert_frame_equal(res["probes"], single["probes"],
                                   check_exact=False, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(res["cka"].to_numpy(), single["cka"].to_numpy(), rtol=1e-9,
                                atol=1e-12)
@@ -176,7 +169,7 @@ def test_two_processes_probes_equal_single(single, sharded):
         got = pd.read_pickle(out / f"probes-rank{rank}.pkl")
         ridge = got[got["method"] == "ridge"].reset_index(drop=True)
         assert list(ridge["split_by"]) == ["speaker"] * 5 + ["utterance"] * 5
-        pd.testing.assert_frame_equal(ridge.drop(columns="split_by"), ref, check_exact=False,
+        pd.testing.assert_frame_equal(ridge, ref, check_exact=False,
                                       rtol=1e-6, atol=1e-9)
         # logistic probes trained across both ranks (L-BFGS, gradients all-reduced): the
         # single-process optimum up to the order of float sums
@@ -248,7 +241,7 @@ def test_run_on_a_folder_reads_lazily(single, tmp_path):
     store = s3viz.extract(s3viz.upstreams.get_upstream(UPSTREAM), load_folder(root, csv),
                           batch_size=4, device="cpu", progress=False)
     want = s3viz.probe_layers(store, "speaker", folds=3, split_by="utterance", device="cpu")
-    pd.testing.assert_frame_equal(res["probes"].drop(columns="split_by"), want,
+    pd.testing.assert_frame_equal(res["probes"], want,
                                   check_exact=False, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(
         res["cka"].to_numpy(),

@@ -211,7 +211,7 @@ def test_layer_iter_layer_pooled_match_naive(corpus, ref, tmp_path):
             torch.testing.assert_close(f_sel.float(), torch.cat([ref[i][s] for i in sel]),
                                        rtol=RTOL, atol=ATOL)
             assert i_sel.unique_consecutive().tolist() == sel
-            pieces = list(store.iter_layer(s, max_frames=20))
+            pieces = list(store.iter_layer(s, chunk_frames=20))
             assert len(pieces) > 1
             assert all(p[0].shape[0] <= max(20, max(store.lengths(s))) for p in pieces)
             assert torch.equal(torch.cat([p[0] for p in pieces]), frames)
@@ -310,7 +310,7 @@ def test_fingerprint_changes_and_no_stale_reuse(corpus, tmp_path):
 
     half = extract_quiet(ToyUpstream(), corpus, batch_size=4, cache_dir=tmp_path,
                          store_dtype=torch.float16)
-    sub = extract_quiet(ToyUpstream(), corpus, batch_size=4, cache_dir=tmp_path, layers=[1])
+    sub = extract_quiet(ToyUpstream(), corpus, batch_size=4, cache_dir=tmp_path, upstream_layers=[1])
     folders = {base.path, store.path, other.path, half.path, sub.path}
     assert len(folders) == 5
     assert len({s.fingerprint for s in (base, store, other, half, sub)}) == 5
@@ -511,14 +511,14 @@ def test_float16_storage(corpus, tmp_path):
 
 
 def test_layers_subset(corpus, ref):
-    sub = extract_quiet(ToyUpstream(), corpus, batch_size=4, layers=[2, 0])
+    sub = extract_quiet(ToyUpstream(), corpus, batch_size=4, upstream_layers=[2, 0])
     assert sub.layer_ids == [2, 0] and sub.hidden_sizes == [6, 8]
     assert sub.downsample_rates == [320, 160] and sub.num_layer == 2
     for i in range(len(corpus)):
         got = sub.utterance(i)
         torch.testing.assert_close(got[0], ref[i][2], rtol=RTOL, atol=ATOL)
         torch.testing.assert_close(got[1], ref[i][0], rtol=RTOL, atol=ATOL)
-    last = extract_quiet(ToyUpstream(), corpus[:3], layers=-1)
+    last = extract_quiet(ToyUpstream(), corpus[:3], upstream_layers=-1)
     assert last.layer_ids == [2]
     assert "upstream layers [2]" in repr(last)
     torch.testing.assert_close(last.layer(-1)[0], sub.layer(0, utterances=[0, 1, 2])[0])
@@ -526,7 +526,7 @@ def test_layers_subset(corpus, ref):
 
 def test_bfloat16_autocast_close_to_float32(corpus):
     full = extract_quiet(ToyUpstream(), corpus[:4])
-    low = extract_quiet(ToyUpstream(), corpus[:4], dtype=torch.bfloat16)
+    low = extract_quiet(ToyUpstream(), corpus[:4], amp_dtype=torch.bfloat16)
     assert low.fingerprint != full.fingerprint
     torch.testing.assert_close(low.layer(2)[0], full.layer(2)[0], rtol=0.05, atol=0.05)
 
@@ -564,7 +564,7 @@ def test_cuda_matches_cpu_and_model_moved_back(corpus, ref):
     for i in range(len(corpus)):
         for s in range(3):
             torch.testing.assert_close(store.utterance(i)[s], ref[i][s], rtol=1e-4, atol=1e-5)
-    half = extract_quiet(up.cuda(), corpus, batch_size=4, dtype=torch.float16)
+    half = extract_quiet(up.cuda(), corpus, batch_size=4, amp_dtype=torch.float16)
     assert next(up.parameters()).device.type == "cuda"  # device=None: not moved
     torch.testing.assert_close(half.layer(2)[0], store.layer(2)[0], rtol=0.02, atol=0.02)
 
@@ -573,10 +573,10 @@ def test_cuda_matches_cpu_and_model_moved_back(corpus, ref):
 
 
 @pytest.mark.parametrize("kwargs, exc, match", [
-    ({"layers": [3]}, IndexError, "layers"),
-    ({"layers": [0, 0]}, ValueError, "duplicates"),
-    ({"layers": []}, ValueError, "layers"),
-    ({"layers": ["1"]}, TypeError, "layers"),
+    ({"upstream_layers": [3]}, IndexError, "upstream_layers"),
+    ({"upstream_layers": [0, 0]}, ValueError, "duplicates"),
+    ({"upstream_layers": []}, ValueError, "upstream_layers"),
+    ({"upstream_layers": ["1"]}, TypeError, "upstream_layers"),
     ({"batch_size": 0}, ValueError, "batch_size"),
     ({"batch_size": 2.5}, ValueError, "batch_size"),
     ({"batch_size": True}, ValueError, "batch_size"),
@@ -584,8 +584,8 @@ def test_cuda_matches_cpu_and_model_moved_back(corpus, ref):
     ({"max_batch_seconds": float("nan")}, ValueError, "max_batch_seconds"),
     ({"max_batch_seconds": None}, ValueError, "batch_size and max_batch_seconds"),
     ({"store_dtype": torch.int8}, ValueError, "store_dtype"),
-    ({"dtype": torch.int64}, ValueError, "dtype"),
-    ({"dtype": "fp8"}, ValueError, "dtype"),
+    ({"amp_dtype": torch.int64}, ValueError, "amp_dtype"),
+    ({"amp_dtype": "fp8"}, ValueError, "amp_dtype"),
     ({"device": "nonsense"}, ValueError, "device"),
     ({"progress": "yes"}, TypeError, "progress"),
     ({"cache_dir": 3}, TypeError, "cache_dir"),
@@ -652,8 +652,8 @@ def test_bad_store_arguments(corpus, tmp_path):
         store.layer(0, utterances=2)
     with pytest.raises(IndexError, match="utterance 3"):
         store.utterance(3)
-    with pytest.raises(ValueError, match="max_frames"):
-        next(store.iter_layer(0, max_frames=0))
+    with pytest.raises(ValueError, match="chunk_frames"):
+        next(store.iter_layer(0, chunk_frames=0))
     with pytest.raises(FileNotFoundError, match="manifest"):
         LayerStore.open(tmp_path)
 

@@ -124,4 +124,4 @@ def test_old_extract_module_path_in_a_fresh_interpreter():
             "except DeprecationWarning as w:\n    print('warned:', w)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
-    assert "warned: s3viz.extract was renamed s3viz.extraction" in out
+    assert "warned: s3viz deprecation: s3viz.extract was renamed s3viz.extraction" in out

@@ -64,7 +64,7 @@ def _measures(store):
     out["logistic phone"] = logit["accuracy"].to_numpy()
     out["cka"] = s3viz.layer_similarity(store, device="cpu").to_numpy()
     out["cca"] = s3viz.layer_similarity(store, method="cca", device="cpu").to_numpy()
-    out["cka minibatch"] = s3viz.layer_similarity(store, estimator="minibatch", batch_size=256,
+    out["cka minibatch"] = s3viz.layer_similarity(store, estimator="minibatch", batch_frames=256,
                                                   device="cpu").to_numpy()
     scorer = s3viz.WeightedScorer(store, "phone", dims=None, device="cpu")
     out["weighted sum"] = np.array([scorer.score(torch.tensor([0.3, 0.7]))])
@@ -256,14 +256,14 @@ def test_stream_analysis_does_not_see_the_scale():
     """The streamed probes and CKA (batch statistics summed as they come) under 2^60 and
     2^-90: float32 CKA products of 2^60 features overflowed."""
     corpus = synthetic_corpus(10, seed=1)
-    kw = dict(targets=["phone"], folds=2, split_by="utterance", cka=True, batch_size=4,
+    kw = dict(target=["phone"], folds=2, split_by="utterance", cka=True, batch_size=4,
               device="cpu")
     base = s3viz.stream_analysis(_Scaled(1.0), corpus, **kw)
     for factor in (2.0 ** 60, 2.0 ** -90):
         got = s3viz.stream_analysis(_Scaled(factor), corpus, **kw)
-        np.testing.assert_allclose(got["probes"]["accuracy"], base["probes"]["accuracy"],
+        np.testing.assert_allclose(got.probes["accuracy"], base.probes["accuracy"],
                                    atol=1e-9)
-        np.testing.assert_allclose(got["cka"].to_numpy(), base["cka"].to_numpy(), atol=1e-6)
+        np.testing.assert_allclose(got.cka.to_numpy(), base.cka.to_numpy(), atol=1e-6)
 
 
 def test_cka_scale_is_fixed_by_the_first_block_that_varies():

@@ -8,6 +8,8 @@ same standardised features and the same folds.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -62,14 +64,7 @@ def make_store(seed=0, n_utt=N_UTT, extra_layers=True):
                                    labels=pd.DataFrame(rows), phones=phones)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The machine has 2 shared cores: torch's intra-op threads on these tiny tensors
-    fight other processes (measured 20x slower under load). Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +95,9 @@ def _frames(store, layer):
 def test_columns_and_rows(ridge_df, store):
     cols = ["target", "method", "level", "layer", "upstream_layer", "accuracy", "accuracy_std",
             "macro_f1", "chance", "n_classes", "n_train", "n_test", "lambda",
-            "control_accuracy", "selectivity"]
+            "control_accuracy", "selectivity", "split_by"]
     assert list(ridge_df.columns) == cols
+    assert (ridge_df["split_by"] == "speaker").all() and ridge_df.attrs["split_by"] == "speaker"
     assert list(ridge_df["layer"]) == list(range(store.num_layer))
     assert (ridge_df["level"] == "frame").all() and (ridge_df["n_classes"] == 8).all()
     # every labelled frame is tested once; n_train + n_test = all frames per fold
@@ -454,7 +450,8 @@ def test_unknown_target_lists_available(store):
 
 def test_single_class_target(store):
     with pytest.raises(ValueError, match="single class"):
-        probe_layers(store, "gender", utterances=[0, 1, 2, 3, 8, 9, 10, 11, 16, 17])
+        probe_layers(store, "gender", utterances=[0, 1, 2, 3, 8, 9, 10, 11, 16, 17],
+                     split_by="speaker")
 
 
 def test_missing_utterance_labels():
@@ -483,13 +480,24 @@ def test_missing_alignments():
 
 def test_speaker_target_with_speaker_split(store):
     with pytest.raises(ValueError, match="split_by='utterance'"):
-        probe_layers(store, "speaker")
+        probe_layers(store, "speaker", split_by="speaker")
+    labels = store.labels.assign(spk_copy=store.labels["speaker"].str.upper())
+    st = LayerStore.from_tensors([store.utterance(i) for i in range(len(store))],
+                                 downsample_rates=store.downsample_rates, labels=labels,
+                                 phones=store.phones)
     with pytest.raises(ValueError, match="one-to-one.*split_by='utterance'"):
-        labels = store.labels.assign(spk_copy=store.labels["speaker"].str.upper())
-        st = LayerStore.from_tensors([store.utterance(i) for i in range(len(store))],
-                                     downsample_rates=store.downsample_rates, labels=labels,
-                                     phones=store.phones)
-        probe_layers(st, "spk_copy")
+        probe_layers(st, "spk_copy", split_by="speaker")
+    # the default, split_by="auto", splits these by utterance (no warning: nothing to fix)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        both = probe_layers(st, ["phone", "speaker", "spk_copy"], layers=[0])
+    assert dict(zip(both["target"], both["split_by"])) == {
+        "phone": "speaker", "speaker": "utterance", "spk_copy": "utterance"}
+    assert both.attrs["split_by"] == {"phone": "speaker", "speaker": "utterance",
+                                      "spk_copy": "utterance"}
+    pd.testing.assert_frame_equal(
+        both[both["target"] == "speaker"].reset_index(drop=True),
+        probe_layers(st, "speaker", layers=[0], split_by="utterance"))
 
 
 def test_bad_arguments(store):
@@ -498,7 +506,11 @@ def test_bad_arguments(store):
     with pytest.raises(ValueError, match="folds must be an int >= 2"):
         probe_layers(store, "phone", folds=1)
     with pytest.raises(ValueError, match="only 8 distinct speakers.*folds=10"):
-        probe_layers(store, "phone", folds=10)
+        probe_layers(store, "phone", folds=10, split_by="speaker")
+    with pytest.warns(UserWarning, match=r"'auto' split 'phone' by utterance.*8 speaker\(s\) "
+                                         r"for folds=10"):
+        auto = probe_layers(store, "phone", folds=10, layers=[0])
+    assert (auto["split_by"] == "utterance").all()
     with pytest.raises(IndexError, match=r"layers must hold stored layer indices in \[0, 4\)"):
         probe_layers(store, "phone", layers=[7])
     with pytest.raises(ValueError, match="split_by must be one of"):
@@ -514,4 +526,6 @@ def test_bad_arguments(store):
                                     downsample_rates=st.downsample_rates,
                                     labels=st.labels.assign(speaker=""), phones=st.phones)
     with pytest.raises(ValueError, match="no speaker.*split_by='utterance'"):
-        probe_layers(nospk, "phone")
+        probe_layers(nospk, "phone", split_by="speaker")
+    with pytest.warns(UserWarning, match=f"{N_UTT} utterance\\(s\\) have no speaker"):
+        assert (probe_layers(nospk, "phone", layers=[0])["split_by"] == "utterance").all()

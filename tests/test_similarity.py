@@ -15,13 +15,7 @@ from s3viz.similarity import cca_naive, cka_naive, hsic_unbiased, layer_similari
 N_UTT, N_FRAMES = 30, 20
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """2 shared cores: torch's intra-op threads on tiny tensors fight other processes."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _layers(seed=0, n_utt=N_UTT, n_frames=N_FRAMES):
@@ -157,14 +151,14 @@ def test_unbiased_hsic_matches_definition():
 def test_minibatch_estimator(store, frames, cka):
     n = N_UTT * N_FRAMES
     # one minibatch holding every frame: exactly the unbiased-HSIC CKA of all frames
-    one = layer_similarity(store, estimator="minibatch", batch_size=n, device="cpu")
+    one = layer_similarity(store, estimator="minibatch", batch_frames=n, device="cpu")
     grams = [(x.double() - x.double().mean(0)) @ (x.double() - x.double().mean(0)).T
              for x in frames]
     ref = np.array([[hsic_unbiased(a, b) / np.sqrt(hsic_unbiased(a, a) * hsic_unbiased(b, b))
                      for b in grams] for a in grams])
     np.testing.assert_allclose(one.to_numpy(), ref, atol=1e-4)
     # small minibatches: close to the exact CKA, self-similarity exactly 1
-    mb = layer_similarity(store, estimator="minibatch", batch_size=100, device="cpu")
+    mb = layer_similarity(store, estimator="minibatch", batch_frames=100, device="cpu")
     np.testing.assert_allclose(np.diag(mb.to_numpy()), 1.0, atol=1e-9)
     np.testing.assert_allclose(mb.to_numpy(), cka.to_numpy(), atol=0.1)
     assert mb.attrs["estimator"] == "minibatch" and mb.attrs["num_frames"] == n
@@ -237,5 +231,5 @@ def test_bad_inputs(store):
         layer_similarity(store, layers=[4])
     with pytest.raises(ValueError, match="dtype must be torch.float32 or torch.float64"):
         layer_similarity(store, dtype=torch.float16)
-    with pytest.raises(ValueError, match="batch_size must be >= 4"):
-        layer_similarity(store, estimator="minibatch", batch_size=2)
+    with pytest.raises(ValueError, match="batch_frames must be >= 4"):
+        layer_similarity(store, estimator="minibatch", batch_frames=2)

@@ -9,7 +9,7 @@ grouped held-out folds (:func:`probe_folds`), with Hewitt & Liang's control task
 ``layers``. The maths: ``docs/probes.md``.
 """
 
-from .folds import SPLITS, control_labels, probe_folds
+from .folds import SPLITS, control_labels, probe_folds, resolve_split
 from .layers import METHODS, probe_layers
 from .ridge import LAMBDAS
 from .stats import ProbeStats
@@ -24,4 +24,5 @@ __all__ = [
     "control_labels",
     "probe_folds",
     "probe_layers",
+    "resolve_split",
 ]

@@ -8,15 +8,59 @@ a split: :func:`probe_folds` assigns groups to folds balancing their sizes, and
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
 
+from .._compat import caller_stacklevel, deprecated
 from ..store import utterance_selection
 
-__all__ = ["SPLITS", "control_labels", "probe_folds"]
+__all__ = ["SPLITS", "control_labels", "probe_folds", "resolve_split"]
 
 SPLITS = ("speaker", "utterance")
+"""The groups a split keeps apart; ``split_by="auto"`` picks one of them per target."""
+
+
+def resolve_split(labels: pd.DataFrame, split_by, target: str, folds: int, sel=None) -> str:
+    """The split of ``target``: ``split_by`` itself, or what ``"auto"`` picks.
+
+    ``"auto"`` (the default of every probe, featurizer and streamed run) is
+    ``"speaker"`` -- scores of speakers never seen in training -- when the
+    labels allow it: a ``speaker`` column filled for every selected utterance,
+    at least ``folds`` speakers, and a target other than the speaker itself
+    (or a label that names the speaker one-to-one). Otherwise it is
+    ``"utterance"``, with a warning when a speaker column was there but
+    could not be used. ``None`` is the old spelling of ``"auto"``.
+    """
+    if split_by is None:
+        deprecated("split_by=None is now split_by='auto'")
+        split_by = "auto"
+    if not isinstance(split_by, str) or split_by not in SPLITS + ("auto",):
+        raise ValueError(f"split_by must be one of {SPLITS + ('auto',)}, got {split_by!r}")
+    if split_by != "auto":
+        return split_by
+    if target == "speaker" or "speaker" not in labels.columns:
+        return "utterance"
+    sel = np.arange(len(labels)) if sel is None else np.asarray(sel)
+    spk = labels["speaker"].to_numpy()[sel]
+    missing = sum(_is_missing(v) or str(v) == "" for v in spk)
+    n_spk = len({str(v) for v in spk if not (_is_missing(v) or str(v) == "")})
+    if missing or n_spk < folds:
+        why = (f"{missing} utterance(s) have no speaker" if missing
+               else f"{n_spk} speaker(s) for folds={folds}")
+        warnings.warn(f"split_by='auto' split {target!r} by utterance, not speaker: {why}, so "
+                      f"test speakers are also seen in training. Fill the speakers or lower "
+                      f"folds for speaker-independent scores, or pass split_by='utterance' to "
+                      f"silence this", UserWarning, stacklevel=caller_stacklevel())
+        return "utterance"
+    if target in labels.columns:
+        pairs = pd.DataFrame({"s": [str(v) for v in spk],
+                              "t": labels[target].to_numpy()[sel].astype(str)})
+        if pairs.groupby("t")["s"].nunique().max() == 1 and \
+                pairs.groupby("s")["t"].nunique().max() == 1:
+            return "utterance"  # the target names the speaker: a speaker split has no test class
+    return "speaker"
 
 
 # ---------------------------------------------------------------------------
@@ -113,6 +157,8 @@ def probe_folds(store, *, folds: int = 5, split_by: str = "speaker", seed: int =
         store: a :class:`~s3viz.store.LayerStore`.
         folds: number of folds (>= 2).
         split_by: ``"speaker"`` (no speaker in two folds) or ``"utterance"``.
+            (No ``"auto"`` here: it depends on the target; see
+            :func:`resolve_split`.)
         seed: seed of the assignment.
         utterances: utterance positions to split (default all).
         weights: ``(len(utterances),)`` weight of each utterance to balance the

@@ -15,8 +15,9 @@ import pandas as pd
 import torch
 
 from .. import _validate as _v
+from .._compat import renamed_args
 from .._device import resolve_device as _resolve_device
-from .folds import SPLITS, _positions, check_folds
+from .folds import SPLITS, _positions, check_folds, resolve_split
 from .logistic import _logistic_layers
 from .ridge import LAMBDAS, _scores, ridge_layer_frame, ridge_layer_utterance
 from .targets import LEVELS, ProbeTask, _pooled, _pooled_sharded, resolve_level
@@ -44,6 +45,7 @@ def _as_list(v, name: str, allowed=None) -> list:
     return vals
 
 
+@renamed_args(batch_size="batch_frames")
 def probe_layers(
     store,
     target: str | Sequence[str] = "phone",
@@ -52,7 +54,7 @@ def probe_layers(
     method: str | Sequence[str] = "ridge",
     layers: Sequence[int] | None = None,
     folds: int = 5,
-    split_by: str = "speaker",
+    split_by: str = "auto",
     control: bool = False,
     control_by: str | None = None,
     utterances=None,
@@ -61,7 +63,7 @@ def probe_layers(
     lambdas: Sequence[float] = LAMBDAS,
     chunk_frames: int = 16384,
     lr: float = 1e-2,
-    batch_size: int = 1024,
+    batch_frames: int = 1024,
     max_epochs: int = 40,
     patience: int = 3,
     weight_decay: float | None = None,
@@ -91,7 +93,11 @@ def probe_layers(
         method: ``"ridge"``, ``"logistic"`` or a list of both (see module doc).
         layers: stored layer indices to probe (default all).
         folds: number of grouped cross-validation folds (>= 2).
-        split_by: ``"speaker"`` (no speaker in two folds) or ``"utterance"``.
+        split_by: ``"speaker"`` (no speaker in two folds), ``"utterance"``, or
+            ``"auto"``: speaker when the labels allow it, else utterance (with a
+            warning when a speaker column could not be used); see
+            :func:`s3viz.probe.resolve_split`. The table's ``split_by`` column
+            says which split each row used.
         control: also train on Hewitt & Liang control labels and report
             ``control_accuracy`` and ``selectivity``.
         control_by: what defines a type for the control task (see module doc).
@@ -100,8 +106,9 @@ def probe_layers(
         seed: seed of folds, control labels and the logistic probe's shuffling.
         lambdas: ridge penalty grid (relative to the standardised covariance).
         chunk_frames: frames per chunk when streaming the store (ridge).
-        lr, batch_size, max_epochs, patience, weight_decay, dev_fraction:
-            logistic probe training (Adam, at least 200 steps and at most
+        lr, batch_frames, max_epochs, patience, weight_decay, dev_fraction:
+            logistic probe training (Adam on minibatches of ``batch_frames``
+            examples (was ``batch_size``), at least 200 steps and at most
             ``max_epochs`` epochs otherwise; ``weight_decay=None`` is ``1 /
             n_train``, the L2 penalty of scikit-learn's ``C=1``; ``dev_fraction``
             of the training groups is held out, the dev loss is checked every
@@ -109,7 +116,7 @@ def probe_layers(
             stops when none improved for ``patience`` checks). ``dev_fraction=0``:
             no dev split, full-batch L-BFGS to the optimum of the penalised
             objective on the whole training part (at most ``max_epochs * 25``
-            iterations; ``lr``, ``batch_size`` and ``patience`` unused).
+            iterations; ``lr``, ``batch_frames`` and ``patience`` unused).
         max_memory: bytes of features the logistic probe may hold on the device.
         reference: sharded runs (ridge, or logistic with ``dev_fraction=0``, whose
             full-batch gradients are summed over shards): the whole corpus's metadata, a
@@ -147,7 +154,7 @@ def probe_layers(
     lambdas = _v.numbers(lambdas, "lambdas")
     chunk_frames = _v.integer(chunk_frames, "chunk_frames")
     lr = _v.number(lr, "lr", positive=True)
-    batch_size = _v.integer(batch_size, "batch_size")
+    batch_size = _v.integer(batch_frames, "batch_frames")
     max_epochs = _v.integer(max_epochs, "max_epochs")
     patience = _v.integer(patience, "patience")
     weight_decay = _v.number(weight_decay, "weight_decay", nonnegative=True, none_ok=True)
@@ -171,8 +178,8 @@ def probe_layers(
         shard_store, store = store, reference
         shard_pos_all = np.asarray([ref_index[u] for u in shard_store.ids], dtype=np.int64)
     folds = check_folds(folds)
-    if split_by not in SPLITS:
-        raise ValueError(f"split_by must be one of {SPLITS}, got {split_by!r}")
+    if split_by is not None and split_by not in SPLITS + ("auto",):
+        raise ValueError(f"split_by must be one of {SPLITS + ('auto',)}, got {split_by!r}")
     if level is not None and level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS} or None, got {level!r}")
     if level == "segment":
@@ -183,7 +190,7 @@ def probe_layers(
             store, targets, method=methods, layers=_v.stored_layers(store, layers), folds=folds,
             split_by=split_by, control=control, control_by=control_by, utterances=utterances,
             device=device, seed=seed, lambdas=lambdas, chunk_frames=chunk_frames, lr=lr,
-            batch_size=batch_size, max_epochs=max_epochs, patience=patience,
+            batch_frames=batch_size, max_epochs=max_epochs, patience=patience,
             weight_decay=weight_decay, dev_fraction=dev_fraction, max_memory=max_memory)
     layer_list = _v.stored_layers(store, layers)
     sel = _positions(store, utterances)
@@ -197,18 +204,20 @@ def probe_layers(
                 "patience": int(patience), "weight_decay": weight_decay,
                 "dev_fraction": float(dev_fraction)}
     layer_ids = list(getattr(store, "layer_ids", range(store.num_layer)))
-    rows = []
+    rows, splits = [], {}
     fold_accuracy = {}
     for tgt in targets:
         if not isinstance(tgt, str):
             raise TypeError(f"target must be a label name (str), got {tgt!r}")
         lev = resolve_level(store, tgt, level)
-        if split_by == "speaker" and tgt == "speaker":
+        split = resolve_split(store.labels, split_by, tgt, folds, sel)
+        if split == "speaker" and tgt == "speaker":
             raise ValueError(
                 "target='speaker' with split_by='speaker' is impossible: test speakers are "
                 "never seen in training. Use split_by='utterance' to probe speaker identity"
             )
-        task = ProbeTask(store, tgt, lev, sel, folds, split_by, seed, control, control_by)
+        splits[tgt] = split
+        task = ProbeTask(store, tgt, lev, sel, folds, split, seed, control, control_by)
         if lev == "frame":
             task.set_frame_classes(layer_list)
         shard = None
@@ -242,7 +251,7 @@ def probe_layers(
             for layer in layer_list:
                 rows.append(result_row(tgt, meth, lev, layer, int(layer_ids[layer]), c, folds,
                                         control, per_layer[layer], fold_accuracy))
-    return result_table(rows, fold_accuracy, control, folds=folds, split_by=split_by, seed=seed)
+    return result_table(rows, fold_accuracy, control, splits, folds=folds, seed=seed)
 
 
 def _probe_segments(store, targets, *, layers, utterances, control_by, **kw) -> pd.DataFrame:
@@ -264,7 +273,8 @@ def _probe_segments(store, targets, *, layers, utterances, control_by, **kw) -> 
     out = pd.concat(tables, ignore_index=True)
     out.attrs = {**tables[0].attrs, "fold_accuracy": {
         k: v for t in tables for k, v in t.attrs["fold_accuracy"].items()},
-        "n_dropped": dropped}  # every target's count (it held the first target's only)
+        "n_dropped": dropped,  # every target's count (it held the first target's only)
+        "split_by": split_attr(dict(zip(out["target"], out["split_by"])))}
     return out
 
 
@@ -292,9 +302,20 @@ def result_row(tgt, meth, lev, layer: int, upstream_layer: int, c: int, folds: i
     return row
 
 
-def result_table(rows: list[dict], fold_accuracy: dict, control: bool, **attrs) -> pd.DataFrame:
+def split_attr(splits: dict):
+    """``attrs["split_by"]``: the one split of every target, or the dict target -> split."""
+    if len(set(splits.values())) == 1:
+        return next(iter(splits.values()))
+    return dict(splits)
+
+
+def result_table(rows: list[dict], fold_accuracy: dict, control: bool, splits: dict,
+                 **attrs) -> pd.DataFrame:
+    """The probe table; ``splits`` maps each target to the split it used (column ``split_by``)."""
     cols = _RESULT_COLUMNS + (["control_accuracy", "selectivity"] if control else [])
     df = pd.DataFrame(rows, columns=cols)
+    df["split_by"] = [splits[t] for t in df["target"]]
+    attrs["split_by"] = split_attr(splits)
     df.attrs["fold_accuracy"] = fold_accuracy
     df.attrs.update(attrs)
     return df

@@ -140,7 +140,7 @@ def ridge_layer_frame(task: ProbeTask, store, layer: int, blocks, c: int, lambda
         pos = 0
         if arg is not None and not arg:
             return
-        for x, _ in store.iter_layer(layer, utterances=arg, max_frames=chunk_frames,
+        for x, _ in store.iter_layer(layer, utterances=arg, chunk_frames=chunk_frames,
                                      dtype=read_dtype(store)):
             n = x.shape[0]
             sl = slice(pos, pos + n)

@@ -168,7 +168,7 @@ class WeightedScorer:
     def __init__(self, store, target: str, *, level: str = "frame", layers=None,
                  dims: int | None = 128, lam: float | None = None,
                  lambdas: Sequence[float] | None = None,
-                 target_rate: int | None = None, split_by: str | None = None,
+                 target_rate: int | None = None, split_by: str = "auto",
                  test_fraction: float = 0.25, seed: int = 0, device=None,
                  pca_frames: int = 4096, chunk_utterances: int = 64, basis="mixed"):
         from .ridge import LAMBDAS
