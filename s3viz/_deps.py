@@ -1,14 +1,10 @@
 """Importing torchaudio with one clear error when its compiled library cannot load.
 
-torchaudio ships a compiled library (``libtorchaudio.so``) built against one
-torch release, but its wheels do not say which: torchaudio 2.11.0 declares no
-torch requirement and 2.11.1 declares ``torch>=2.11`` while it needs 2.13 or
-newer. pip therefore installs broken pairs without a word, and the failure
-surfaces deep inside ``import torchaudio`` as a 40-line traceback ending in
-``undefined symbol`` or ``libc10_cuda.so: cannot open shared object file``.
-Every s3viz code path that needs torchaudio goes through :func:`torchaudio`,
-which turns that failure into one :class:`TorchaudioImportError` naming the
-installed versions, the pairs known to work and the command that fixes it.
+torchaudio's wheels do not say which torch they were built for, so pip installs
+broken pairs silently and ``import torchaudio`` fails deep inside. Every s3viz
+path that needs torchaudio goes through :func:`torchaudio`, which turns that
+failure into one :class:`TorchaudioImportError` naming the installed versions,
+the pairs known to work and the fix. Why: ``docs/install.md``.
 """
 
 from __future__ import annotations

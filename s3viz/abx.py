@@ -1,37 +1,11 @@
 """ABX phone discriminability of each stored layer, as in ZeroSpeech and Libri-light.
 
-:func:`abx_layers` asks, per layer, how often a phone token ``x`` is closer to
-another token ``a`` of its own phone than to a token ``b`` of another phone
-(Schatz et al. 2013; the ZeroSpeech 2021 / Libri-light phone ABX). The
-definitions are fastabx's (``fastabx.zerospeech_abx``), which is the field's
-implementation; fastabx needs Python >= 3.12 and s3viz runs on 3.11, so this
-module computes the same quantities itself, on a store, in torch, and
-``tests/test_abx.py`` checks it against a brute force over all triplets and
-against values fastabx 0.9.0 computed on the same items.
-
-- **Items** are the phone segments of the store's alignments (silence left
-  out), each the frames whose centre lies in the segment
-  (:func:`s3viz.segments.segment_table`: at a boundary a frame belongs to the
-  segment holding its centre; a segment shorter than a frame has no frame and
-  is dropped, counted in ``n_dropped``).
-- **Distance** between two items: the frame distance (``"cosine"``, i.e. the
-  angle ``arccos(cos) / pi`` between L2-normalised frames, zero frames at the
-  largest angle as fastabx puts them; or ``"euclidean"``) averaged along the
-  DTW path: the cost of the cheapest monotonic alignment divided by the number
-  of its steps.
-- **Cells**: ``ON phone``: ``a`` and ``x`` share the phone, ``b`` has another.
-  ``speaker="within"``: ``a``, ``b``, ``x`` from one speaker (``BY speaker``);
-  ``"across"``: ``a`` and ``b`` from one speaker, ``x`` from another.
-  ``context="within"``: all three share the previous and next phone (``BY``
-  context, triphones); ``"any"``: context is ignored. In a within-speaker cell
-  ``x`` runs over ``A`` itself (``a != x``), so ``A`` needs two tokens.
-- **Score** of a cell: the share of its triplets with ``d(a, x) > d(b, x)``,
-  ties counting one half. ``abx_error`` averages cells first over contexts
-  (and the speakers of ``x`` when ``across``), then over speakers, then over
-  ordered phone pairs, as ZeroSpeech does. 0.5 is chance, 0 perfect.
-
-Memory: one speaker's (or speaker pair's) item distance matrix at a time, its
-DTW in blocks of at most ``max_block`` frame distances; never all items at once.
+:func:`abx_layers` measures how often a phone token is closer (DTW-averaged
+frame distance) to another token of its phone than to one of another phone,
+within or across speakers and contexts, with fastabx's definitions. fastabx
+needs Python >= 3.12, so the same quantities are computed here in torch and
+``tests/test_abx.py`` checks them against fastabx's values. Items, distances,
+cells and averaging: ``docs/measures.md``.
 """
 
 from __future__ import annotations
@@ -261,7 +235,7 @@ def abx_layers(store, *, on: str = "phone", speaker: str = "within", context: st
                distance: str = "cosine", layers: Sequence[int] | None = None,
                max_items: int | None = None, device=None, seed: int = 0,
                max_block: int = 2 ** 24, return_cells: bool = False):
-    """ABX error of phone discrimination in every stored layer (see the module doc).
+    """ABX error of phone discrimination in every stored layer (``docs/measures.md``).
 
     Args:
         store: a :class:`~s3viz.store.LayerStore` with phone alignments and,

@@ -1,30 +1,11 @@
 """Frame arithmetic: how waveform lengths become frame counts, and where frames sit in time.
 
-Every formula in s3viz that predicts a frame count or a frame's position lives
-here; other modules call these functions instead of re-deriving lengths. The
-upstream's own ``all_hs_len`` is the truth that these formulas try to predict,
-and :func:`length_report` measures how well each formula does.
-
-Conventions for a waveform of ``L`` samples and a downsample rate ``r``:
-
-=========  ==============================  ==========================================
-name       frames                          used by
-=========  ==============================  ==========================================
-``ceil``   ``(L - 1) // r + 1``            s3prl's ``S3PRLUpstream`` (``h_len``, and
-                                           ``len(range(0, L, r))`` for the padded size)
-``round``  ``round(L / r)`` (half to even)  s3prl's legacy ``Featurizer.tolist``
-                                           (``round(len(wav) / downsample_rate)``)
-``floor``  ``L // r``                      most label-rate arithmetic
-``conv``   per layer ``(L - k) // s + 1``  exact convolution stacks (wav2vec2 / HuBERT /
-                                           WavLM: ``(L - 400) // 320 + 1``)
-=========  ==============================  ==========================================
-
-``ceil`` and ``round`` were checked against s3prl's source: ``S3PRLUpstream``
-computes ``torch.div(wavs_len - 1, stride, rounding_mode="floor") + 1`` (older
-s3prl releases used ``wavs_len // stride + 1``, one frame more on exact
-multiples), and the legacy featurizer uses Python's ``round`` on the float
-quotient, which rounds halves to even (``round(480 / 320) == 2``,
-``round(800 / 320) == 2``).
+Every formula that predicts a frame count or a frame's position lives here
+(:func:`expected_lengths` with the ``ceil``, ``round``, ``floor`` and ``conv``
+conventions, :func:`conv_lengths`, :func:`frame_timeline`, :func:`frame_labels`);
+the upstream's own ``all_hs_len`` is the truth they predict, and
+:func:`length_report` measures them against it. The conventions and where
+s3prl uses each: ``docs/alignment.md``.
 """
 
 from __future__ import annotations

@@ -1,23 +1,10 @@
 """Audio in: load, mono, 16 kHz, validate, and batch into the s3prl ``wavs, wavs_len`` pair.
 
-Every waveform enters s3viz through this module, so conversions happen once:
-
-- :func:`load_audio`: a file (anything soundfile reads: wav, flac, ogg...) to a
-  1-D float32 numpy array at 16 kHz;
-- :func:`prepare_wav`: an in-memory array or tensor at any sample rate to the same;
-- :func:`to_mono` and :func:`resample`: the two steps on their own;
-- :func:`batch_wavs`: 1-D waveforms to ``wavs`` ``(batch_size, seq_len, 1)`` float32,
-  zero-padded, and ``wavs_len`` ``(batch_size,)`` long.
-
-Sample formats: float input is kept as is (expected in [-1, 1]); integer input
-is scaled to [-1, 1): int16 by 1/32768, int32 by 1/2**31, int8 by 1/128, uint8
-(unsigned 8-bit PCM) as ``(x - 128) / 128``.
-
-Channels: a 2-D signal is ``(num_samples, channels)`` as soundfile returns it or
-``(channels, num_samples)`` as torchaudio returns it. With ``channels_first=None``
-the *shorter* axis is taken as the channel axis (a signal has far more samples
-than channels); pass ``channels_first=True/False`` to say it explicitly, which is
-required when both axes have the same length. Channels are averaged.
+Every waveform enters s3viz here, so conversions happen once:
+:func:`load_audio` (a file soundfile reads), :func:`prepare_wav` (an array or
+tensor at any rate), :func:`to_mono`, :func:`resample` and :func:`batch_wavs`
+(``wavs (batch_size, seq_len, 1)``, ``wavs_len (batch_size,)``). How sample
+formats and channel layouts are read: ``docs/data.md``.
 """
 
 from __future__ import annotations

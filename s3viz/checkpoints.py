@@ -1,22 +1,12 @@
 """Read learned layer weights from s3prl downstream checkpoints, safely.
 
-Which layers did a SUPERB downstream learn to use? s3prl's runner
-(``s3prl/downstream/runner.py``) saves a dict like::
-
-    {"Featurizer": {"weights": tensor([...])},     # one logit per layer
-     "Downstream": {...}, "Optimizer": {...}, "Scheduler": {...},
-     "Step": 20000, "Epoch": 3, "Args": argparse.Namespace(...), "Config": {...}}
-
-and the newer problem recipes save the state dict of an
-``UpstreamDownstreamModel`` (``"featurizer.weights"``). :func:`load_featurizer_weights`
-reads both, any nested state dict with a ``...featurizer.weights`` key, and bare
-``(num_layers,)`` tensors, and returns the softmax weights.
-
-Safety: checkpoints are loaded with ``torch.load(weights_only=True)``; the only
-non-tensor type allowed beyond PyTorch's own safe set is ``argparse.Namespace``
-(s3prl's ``"Args"``). A checkpoint that needs anything else to unpickle (for
-example an object whose ``__reduce__`` calls ``os.system``) is refused with
-:class:`UnsafeCheckpointError` *before* anything in it runs.
+:func:`load_featurizer_weights` finds the featurizer's layer logits in a SUPERB
+runner checkpoint (``{"Featurizer": {"weights": ...}}``), a problem-recipe
+state dict (``...featurizer.weights``) or a bare tensor, and returns the
+softmax weights. Checkpoints load with ``torch.load(weights_only=True)``; one
+that needs anything but tensors and ``argparse.Namespace`` to unpickle is
+refused (:class:`UnsafeCheckpointError`) before any of it runs. The formats:
+``docs/featurizers.md``.
 """
 
 from __future__ import annotations

@@ -1,17 +1,11 @@
 """The main job (``make demo``): analyse the embedded corpus and write a report.
 
-``python -m s3viz.demo --out build/report`` synthesizes the embedded speech
-corpus; checks and extracts the shipped tiny model, the same architecture with
-random weights, and the spectral baseline; probes every layer for phones
-(frame level) and speakers (utterance level), measures ABX phone
-discriminability and the PNMI of k-means units per layer; learns SUPERB-style layer
-weights on the tiny model; compares its layers with CKA; sweeps frame-count
-conventions. Each table is written as CSV and each figure as PNG under
-``<out>/analysis/``; then every notebook in ``notebooks/`` is executed into
-HTML beside them, and ``<out>/index.html`` is the report: the findings read off
-the tables (best layer per target and model, ABX and PNMI, the learned weights'
-top layers, the frame-count conventions), the main figures with captions, then
-the notebooks and every file.
+``python -m s3viz.demo --out build/report`` checks and extracts the shipped
+tiny model, its random-weight control and the spectral baseline; probes every
+layer, measures ABX and unit PNMI, learns layer weights, compares layers with
+CKA and sweeps frame-count conventions; writes the tables (CSV) and figures
+(PNG), executes every notebook, and writes ``index.html``. What the report
+holds: ``docs/reports.md``.
 """
 
 from __future__ import annotations

@@ -1,17 +1,10 @@
 """Sharding and summing helpers for runs over several processes (``torch.distributed``).
 
-A sharded run (``torchrun --nproc_per_node=N -m s3viz.run ...``, see
-:mod:`s3viz.run`) gives each rank a deterministic, balanced shard of the corpus
-(:func:`shard_indices`) and computes the probes and CKA of the *whole* corpus by
-summing sufficient statistics over ranks with :func:`all_reduce_sum`: streamed,
-without keeping frames (the ``shard=`` and ``reduce=`` arguments of
-:func:`s3viz.stream.stream_analysis`), or from each rank's stored frames (the
-``reduce=`` argument of :func:`s3viz.probe.probe_layers`, with the frame-free
-metadata of the whole corpus from :func:`reference_store`, and of
-:func:`s3viz.similarity.layer_similarity`).
-
-Everything here also works with one process and no process group
-(``world_size == 1``): :func:`all_reduce_sum` is then the identity.
+:func:`shard_indices` gives each rank a deterministic, balanced shard;
+:func:`all_reduce_sum` sums statistics over ranks (the identity without a
+process group), and :func:`reference_store` gives the whole corpus's frame-free
+metadata that ``probe_layers(reference=, reduce=)`` needs on stored shards.
+How a sharded run fits together: ``docs/streaming.md``.
 """
 
 from __future__ import annotations

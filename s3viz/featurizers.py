@@ -73,7 +73,7 @@ def align_frames(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Bring one hidden state from downsample rate ``rate`` to ``target_rate``.
 
-    The convention is described in the module docstring: frames of a coarser
+    The convention (``docs/featurizers.md``): frames of a coarser
     layer are repeated, frames of a finer layer are averaged in groups (padding
     never enters an average).
 
@@ -284,7 +284,7 @@ class WeightedSumFeaturizer(AbsFeaturizer):
             s3prl); ``None`` selects all.
         normalize: layer-norm (no affine) each hidden state before the sum.
         target_rate: downsample rate of the output; needed only when the
-            selected layers have different rates (see the module docstring).
+            selected layers have different rates (``docs/featurizers.md``).
 
     The parameter ``weights`` holds one logit per selected layer (zeros at
     start). :meth:`forward` takes *all* the upstream's hidden states and picks

@@ -1,25 +1,11 @@
 """The seed contracts of s3prl (``s3prl.nn.interface``), without depending on s3prl.
 
-Four abstract ``torch.nn.Module`` classes with the same names, properties and
-forward signatures as s3prl's:
-
-- :class:`AbsUpstream`: waveforms in, every hidden state and its lengths out;
-- :class:`AbsFeaturizer`: all hidden states in, one hidden state out;
-- :class:`AbsFrameModel`: a frame-level model that keeps the time axis;
-- :class:`AbsUtteranceModel`: an utterance-level model that pools time away.
-
-s3viz never requires that an object *subclasses* these: every analysis accepts
-objects that follow the interface by their attributes (see
-:mod:`s3viz.contract`). s3prl's own ``S3PRLUpstream`` spells the layer count
-``num_layers``; :func:`num_layer_of` reads either spelling, and s3viz's own
-upstreams answer to both.
-
-Shapes follow the interface's names everywhere in s3viz:
-
-- ``wavs``: ``(batch_size, seq_len, 1)`` float, 16 kHz; ``wavs_len``: ``(batch_size,)`` long;
-- ``all_hs[i]``: ``(batch_size, seq_len_i, hidden_sizes[i])``; ``all_hs_len[i]``: ``(batch_size,)``;
-- ``hs``: ``(batch_size, seq_len, output_size)``; ``hs_len``: ``(batch_size,)``;
-- ``x``: ``(batch_size, seq_len, input_size)``; ``x_len``: ``(batch_size,)``.
+:class:`AbsUpstream`, :class:`AbsFeaturizer`, :class:`AbsFrameModel` and
+:class:`AbsUtteranceModel` have s3prl's names, properties and forward
+signatures. s3viz never requires subclassing: analyses accept any object that
+follows the interface by its attributes (:mod:`s3viz.contract` checks them);
+:func:`num_layer_of` reads ``num_layer`` or s3prl's ``num_layers``. The shapes
+every module uses: ``docs/upstreams.md``.
 """
 
 from __future__ import annotations

@@ -1,33 +1,12 @@
 """Frame-level and utterance-level models with s3prl's interfaces, vectorised with length masks.
 
-Frame-level models (:class:`~s3viz.interface.AbsFrameModel`) keep the time axis:
-``forward(x, x_len) -> (y, y_len)`` with ``y_len == x_len``. Utterance-level
-models (:class:`~s3viz.interface.AbsUtteranceModel`) pool it away:
-``forward(x, x_len) -> (batch_size, output_size)``.
-
-The models follow s3prl's ``s3prl.nn`` semantics (``FrameLevelLinear`` and
-``MeanPoolingLinear``: a hidden linear layer of 256 units without activation,
-then a projection; ``MeanPooling``; ``TemporalStatisticsPooling``: mean and
-unbiased standard deviation concatenated; ``SelfAttentivePooling``: softmax over
-``tanh(W x + b) @ a``), but pool a whole padded batch at once instead of
-looping over utterances:
-
-- sums over valid frames are one ``embedding_bag`` over the frames seen as a
-  ``(batch_size * seq_len, hidden_size)`` table with the valid rows as indices:
-  padded frames are never read, so they cost nothing and whatever they hold
-  (NaN included) cannot reach a valid output or a gradient. This is faster
-  than s3prl's loop and than a batched matmul of the length mask with the
-  frames (``torch.bmm`` of ``(batch_size, 1, seq_len)`` weights), which must
-  read the padding, and far faster than a mask-multiply (see
-  ``benchmarks/bench_pooling.py``);
-- the standard deviation is two-pass (centred on the mean, in cache-sized
-  time blocks, corrected two-pass algorithm), so features with a large mean
-  keep their precision; its matmul reads padded frames with weight 0 and
-  recomputes with them zeroed when they hold NaN or inf.
-
-The computations are plain functions (:func:`length_mask`, :func:`masked_mean`,
-:func:`masked_mean_std`, :func:`masked_max`, :func:`masked_softmax_pool`); the
-modules call them.
+Frame models keep time (``forward(x, x_len) -> (y, y_len)``), utterance models
+pool it away (``-> (batch_size, output_size)``), with the semantics of
+s3prl's ``s3prl.nn`` (``FrameLevelLinear``, ``MeanPoolingLinear``,
+``TemporalStatisticsPooling``, ``SelfAttentivePooling``) but pooling a whole
+padded batch at once, padded frames never read. The pooling functions
+(:func:`length_mask`, :func:`masked_mean`, :func:`masked_mean_std` ...) are
+public. How, and why it is exact: ``docs/models.md``.
 """
 
 from __future__ import annotations

@@ -1,21 +1,10 @@
 """Execute notebooks headless and gather them into a static HTML report.
 
 ``python -m s3viz.report notebooks/*.ipynb --out build/report`` runs each
-notebook in a fresh kernel (working directory: the notebook's folder), writes
-``<name>.html`` (figures inline), every PNG figure as
-``<name>_figures/figNN.png``, and an ``index.html`` that links them. Notebooks
-are never modified in place.
-
-A report page has no kernel, so a widget there could not compute anything: each
-widget output that carries a PNG snapshot of itself (the s3viz explorers do)
-is shown as that snapshot with a caption, and labels, HTML text and progress
-bars (tqdm's) as text read from the stored widget state. When every widget is
-rendered so, the page leaves out the widget state and the widget JavaScript
-that nbconvert would fetch from a CDN, so the report opens offline; other
-widgets keep their embedded state (rendering them needs the network). The
-scripts nbconvert links from a CDN (require.js, MathJax) are left out of a page
-that needs neither (no widget state left, no TeX in its markdown); page titles
-are the notebook's first heading as plain text.
+notebook in a fresh kernel, writes ``<name>.html`` with its figures, every
+figure as a PNG and an ``index.html``; notebooks are never modified. Widgets
+become their PNG snapshots or text, so a page opens offline. Details:
+``docs/reports.md``.
 """
 
 from __future__ import annotations

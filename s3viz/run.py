@@ -1,39 +1,11 @@
 """Sharded extraction and analysis: ``python -m s3viz.run`` (one process) or ``torchrun``.
 
-Usage::
-
-    torchrun --nproc_per_node=4 -m s3viz.run --upstream hubert_base --pretrained \\
-        --folder /data/wavs --labels /data/labels.csv --targets speaker --cka \\
-        --store-frames /scratch/frames --out results/
-
-Frame-level targets (``--targets phone word``) on a folder need its forced
-alignments: ``--alignments /data/aligned`` (MFA's TextGrids at the same relative
-paths), ``--alignments sibling`` or a CSV/TSV of segments (see
-:func:`s3viz.data.load_folder`).
-
-Each rank takes the utterances :func:`s3viz.distributed.shard_indices` gives it
-(deterministic by utterance id, balanced by audio length) and runs
-:func:`s3viz.stream.stream_analysis` on them: a statistics pass (extract a batch,
-update the ridge probes' sufficient statistics and the CKA cross-products, drop
-the batch), an ``all_reduce`` of the statistics (gloo on CPU, nccl on CUDA),
-and a scoring pass (extract again, count each fold's held-out predictions,
-``all_reduce`` the confusion matrices). No rank keeps frames, so for these ridge
-probes and CKA memory per rank is a batch plus the statistics, whatever the
-corpus size; every rank gets the
-tables of the single-process API. With ``--store-frames DIR`` each rank instead
-extracts once into a disk :class:`~s3viz.store.LayerStore` under
-``DIR/rank-<k>`` and both passes read it back (disk instead of a second
-extraction; the stores can be opened later with ``LayerStore.open``).
-
-``--methods ridge logistic`` (with ``--store-frames``) adds logistic probes trained
-on the stored shards with full-batch L-BFGS, their gradients summed over ranks
-before every step (:func:`s3viz.probe_layers` with ``dev_fraction=0``).
-
-Rank 0 writes ``probes.csv``, ``cka.csv``, ``probe_curve.png``, ``cka.png`` and
-``run.json`` to ``--out``; every rank writes ``rank-<k>.json`` there (its
-utterances, audio seconds, upstream passes, seconds, resident memory after
-loading the corpus and model, and peak resident memory). Without the torchrun
-environment it runs as one process.
+Each rank streams its shard of the corpus (:func:`s3viz.stream.stream_analysis`)
+with the statistics all-reduced over ranks, so every rank gets the
+single-process tables while holding a batch of frames at a time;
+``--store-frames DIR`` keeps each shard on disk instead of extracting twice, and
+``--methods logistic`` adds L-BFGS probes on the stored shards. Usage, outputs
+and memory: ``docs/streaming.md``.
 """
 
 from __future__ import annotations

@@ -1,15 +1,10 @@
 """Phone and word segments of a store's alignments, as frame spans of each layer.
 
-The unit of the segment-level probes (``probe_layers(level="segment")``), of the
-ABX items (:func:`s3viz.abx_layers`) and of the phone colours of the projection
-explorer. A segment's frames are the frames whose centre
-(``k * rate + receptive_field / 2``, as :func:`s3viz.align.frame_labels`) lies in
-``[start, end)`` of the segment: the same frames ``store.frame_labels`` labels
-with it, so the frames of consecutive segments never overlap, and a segment
-shorter than a frame may own none (it is then left out and counted). Phone
-segments are the rows of the alignment tables; a word segment is a run of
-consecutive rows with the same non-empty ``word`` (so a word said twice with
-no pause in between is one segment).
+The unit of segment-level probes (``probe_layers(level="segment")``), ABX items
+and the projection explorer's colours. A segment owns the frames whose centre
+lies in it (as :func:`s3viz.align.frame_labels` labels them), so consecutive
+segments never share a frame; one shorter than a frame may own none and is
+counted as dropped. More: ``docs/measures.md``.
 """
 
 from __future__ import annotations

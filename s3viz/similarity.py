@@ -1,46 +1,10 @@
-"""Layer similarity: linear CKA between every pair of stored layers (or two stores).
+"""Layer similarity: linear CKA (or SVCCA) between every pair of stored layers, or two stores.
 
-Linear CKA (Kornblith et al. 2019, "Similarity of Neural Network
-Representations Revisited") of two representations ``X (n, H1)`` and
-``Y (n, H2)`` of the same ``n`` frames, centred over frames:
-
-    CKA(X, Y) = ||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F)
-
-which equals ``HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L))`` with linear Gram
-matrices ``K = X X^T``, ``L = Y Y^T``. Two estimators:
-
-``estimator="feature"`` (exact)
-    The feature-space form above from streamed cross-covariances: one pass over
-    the store accumulates ``X_i^T X_j`` (and column sums, for the centring) for
-    every pair of layers, on ``device`` (block products in ``dtype``, float32 by
-    default, after shifting each layer by a reference mean; sums in float64). Memory is
-    ``sum over pairs of H_i * H_j * 8`` bytes (430 MB for 13 layers of 768),
-    independent of the number of frames; time is linear in frames.
-``estimator="minibatch"``
-    Nguyen, Raghu & Kornblith (2021, "Do Wide and Deep Networks Learn the Same
-    Things?"): the unbiased HSIC estimator of Song et al. (2012) averaged over
-    minibatches of ``batch_frames`` random frames, ``mean HSIC_1(K, L) /
-    sqrt(mean HSIC_1(K, K) mean HSIC_1(L, L))``. Memory is
-    ``num_layers * batch_frames ** 2`` floats whatever the hidden sizes; the value
-    is an estimate (close to, but not exactly, the full-data CKA).
-
-``method="cca"`` gives the mean canonical correlation after an SVD reduction
-(SVCCA, Raghu et al. 2017, "SVCCA: Singular Vector Canonical Correlation
-Analysis for Deep Learning Dynamics and Interpretability"): each layer keeps the
-principal directions explaining ``keep_variance`` of its variance (0.99 by
-default; 1.0 keeps every non-degenerate direction, i.e. plain CCA), and the
-similarity is the mean of the canonical correlations between the two reduced
-layers. It is computed from the same streamed centred covariances as the
-feature-space CKA (``estimator="feature"`` only) and is invariant to any
-invertible linear map of a layer that keeps the reduced subspace (CKA only to
-orthogonal maps and isotropic scaling). With fewer frames than reduced
-dimensions the correlations tend to 1 and mean nothing: compare on many more
-frames than dimensions.
-
-Frames are paired by position, so the layers compared must have the same
-number of frames per utterance (same downsample rate and length convention);
-``level="utterance"`` compares mean-pooled utterance vectors instead, which
-works for any rates.
+:func:`layer_similarity` computes linear CKA exactly from streamed
+cross-covariances (``estimator="feature"``, memory independent of the frames)
+or as the unbiased minibatch estimate (``"minibatch"``), SVCCA with
+``method="cca"``, at frame or utterance level, and sharded with ``reduce=``.
+The estimators, their memory and when CCA means nothing: ``docs/similarity.md``.
 """
 
 from __future__ import annotations
@@ -268,8 +232,8 @@ def layer_similarity(
         level: ``"frame"`` (frames paired by position) or ``"utterance"``
             (mean-pooled vectors, one per utterance).
         estimator: ``"feature"`` (exact, streamed cross-covariances) or
-            ``"minibatch"`` (unbiased HSIC averaged over minibatches); see the
-            module doc.
+            ``"minibatch"`` (unbiased HSIC averaged over minibatches); see
+            ``docs/similarity.md``.
         device: torch device; ``None`` is cuda when available, else cpu.
         max_frames: use a random subset of this many frames (seeded); ``None``: all.
         batch_frames: frames per minibatch (``estimator="minibatch"``, >= 4;
@@ -472,7 +436,7 @@ class CrossProducts:
         return {p: float((c * c).sum()) for p, c in cov.items()}, n
 
     def svcca(self, keep_variance: float, reduce=None, sizes=None) -> tuple[dict, int]:
-        """``({pair: mean canonical correlation}, frames)`` (see the module doc)."""
+        """``({pair: mean canonical correlation}, frames)`` (``docs/similarity.md``)."""
         cov, n = self.centred(reduce, sizes)
         return {(i, j): _svcca(cov[(i, i)], cov[(j, j)], c, keep_variance)
                 for (i, j), c in cov.items()}, n

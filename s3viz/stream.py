@@ -1,38 +1,10 @@
 """Probes and CKA of a corpus in two streamed passes, without keeping its frames.
 
-:func:`s3viz.extract` keeps every frame (in memory or on disk) and
-:func:`s3viz.probe_layers` / :func:`s3viz.layer_similarity` then read them.
-At LibriSpeech scale the frames of all layers are terabytes; :func:`stream_analysis`
-computes the same tables while holding one batch of frames at a time:
-
-1. **Statistics pass.** Each batch is extracted, and for every target and
-   layer the ridge probe's sufficient statistics (:class:`s3viz.probe.ProbeStats`,
-   by cross-validation fold) and the CKA cross-products are updated; the
-   batch is then dropped. The statistics are summed over shards with
-   ``reduce`` (``torch.distributed.all_reduce`` in a sharded run), and each
-   fold's ridge weights are solved.
-2. **Scoring pass.** The batches are extracted again and each fold's held-out
-   frames are classified with that fold's weights; the confusion matrices are
-   summed over shards. (A ridge probe's accuracy needs its weights, which need
-   every frame's statistics, so one pass cannot score.)
-
-With ``cache_dir`` the frames are extracted once to a disk
-:class:`~s3viz.store.LayerStore` and both passes read them back, one chunk at a
-time, instead of running the upstream twice.
-
-Memory is a batch of frames plus the statistics: per target and layer
-``folds x hidden_size^2`` float64 numbers, per CKA pair of layers
-``hidden_size^2``, plus a few numbers per utterance (ids, labels, folds), none
-of it growing with the frames. The results equal
-:func:`s3viz.probe_layers` (``method="ridge"``) and
-:func:`s3viz.layer_similarity` (``estimator="feature"``) on the stored frames,
-up to float rounding.
-
-Frame-level folds are balanced by each utterance's frames in the first stored
-layer, which the first pass has not seen yet: they are computed from the
-upstream's ``conv_layers`` when its stride is that layer's rate (and checked
-against the real frame counts while streaming); an upstream without
-``conv_layers`` costs one extra extraction pass to count frames.
+:func:`stream_analysis` computes the tables of ``probe_layers`` (ridge) and
+``layer_similarity`` (feature CKA) holding one batch of frames at a time: a
+statistics pass, then a scoring pass (or both read a disk store with
+``cache_dir``), on one process or on shards. The passes, their memory and how
+frame counts are known before the first pass: ``docs/streaming.md``.
 """
 
 from __future__ import annotations
@@ -411,7 +383,7 @@ def stream_analysis(
     cache_dir=None,
     progress: bool = False,
 ) -> StreamResult:
-    """Ridge probes and CKA of every layer in two streamed passes (see the module doc).
+    """Ridge probes and CKA of every layer in two streamed passes (``docs/streaming.md``).
 
     Args:
         upstream: an s3prl-style upstream (as for :func:`s3viz.extract`).

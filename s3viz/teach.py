@@ -1,14 +1,9 @@
-"""Checkers for classroom exercises: they say whether an answer is right and,
-when it is not, give a hint that points at the mistake without giving the answer.
+"""Checkers for classroom exercises: right or not, and a hint that does not give the answer away.
 
 Each checker computes the right answer from the objects the student works with
-(the upstream, the store, a probe table), so exercises stay correct whatever
-model or corpus the teacher picks. Every checker returns a :class:`Feedback`
-that shows as a coloured line in a notebook and is truthy when correct::
-
-    from s3viz import teach
-    teach.check_num_layer(13, upstream)
-    teach.check_num_frames(answer, upstream, wav_len=32000)
+(the upstream, the store, a probe table), so exercises stay correct for any
+model or corpus; it returns a :class:`Feedback`, shown as a coloured line and
+truthy when correct: ``teach.check_num_layer(13, upstream)``.
 """
 
 from __future__ import annotations

@@ -1,20 +1,10 @@
 """How well k-means units of each layer match the phones (the HuBERT paper's measures).
 
-:func:`unit_quality` clusters each layer's frames with k-means (k-means++
-initialisation, Lloyd iterations, batched on the device) and compares the
-units with the frames' phone labels through the phone x unit contingency table
-``p(y, z)`` (Hsu et al. 2021, "HuBERT", section IV-B):
-
-- ``phone_purity = sum_z max_y p(y, z)``: the accuracy of labelling each unit
-  with its most frequent phone;
-- ``cluster_purity = sum_y max_z p(y, z)``: the same the other way round;
-- ``pnmi = I(y; z) / H(y)``: the phone-normalised mutual information, the share
-  of the phone's uncertainty a unit removes (0: unrelated, 1: the unit gives the phone).
-
-k-means is fitted on a seeded sample of ``max_frames`` labelled frames and
-every labelled frame of the store is then assigned to its nearest centroid and
-counted. Frames labelled ``""`` (no segment) are left out; silence is a phone
-class here, as in the frame-level probes.
+:func:`unit_quality` clusters each layer's frames with k-means (batched on the
+device) and reports phone purity, cluster purity and PNMI from the phone x unit
+contingency table (Hsu et al. 2021), fitted on a seeded sample of
+``max_frames`` frames and counted over every labelled frame. Definitions:
+``docs/measures.md``.
 """
 
 from __future__ import annotations
@@ -41,7 +31,7 @@ def unit_measures(phones, units) -> dict:
 
     Returns:
         ``{"phone_purity", "cluster_purity", "pnmi", "n_frames", "n_phones", "n_units"}``
-        (see the module doc; natural logarithms, which cancel in the ratio).
+        (``docs/measures.md``; natural logarithms, which cancel in the ratio).
     """
     phones, units = np.asarray(phones), np.asarray(units)
     if phones.shape != units.shape or phones.ndim != 1:

@@ -1,6 +1,8 @@
 """The package's layout rules (issue: one concept per room).
 
 - no module over 900 lines (the tiny model's training script aside);
+- every module has a docstring of at most 10 lines: what it holds and where to
+  read more; essays (the maths, the file layouts, the conventions) live in docs/;
 - no private name imported from another module, except between modules of one
   subpackage (``s3viz.probe.*``, ``s3viz.contract.*`` ...); private *modules*
   (``s3viz._cache``, ``s3viz._validate`` ...) are shared code and may be imported;
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import re
 from pathlib import Path
 
 import pytest
@@ -31,6 +34,24 @@ def test_no_module_over_the_line_limit():
     long = {rel: n for path, rel in _modules()
             if (n := len(path.read_text().splitlines())) > MAX_LINES and rel not in LONG_ALLOWED}
     assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+MAX_DOC_LINES = 10
+
+
+def test_module_docstrings_are_short_and_point_to_docs():
+    bad = {}
+    for path, rel in _modules():
+        doc = ast.get_docstring(ast.parse(path.read_text()))
+        if not doc or len(doc.splitlines()) > MAX_DOC_LINES:
+            bad[rel] = len(doc.splitlines()) if doc else 0
+    assert not bad, (f"module docstrings missing or over {MAX_DOC_LINES} lines (move the "
+                     f"explanation to docs/): {bad}")
+    # the docs a docstring points to exist
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    for path, rel in _modules():
+        for name in re.findall(r"docs/([a-z_]+\.md)", path.read_text()):
+            assert (docs / name).exists(), f"{rel} points to docs/{name}, which is missing"
 
 
 def _package_of(rel: str) -> tuple[str, ...]:

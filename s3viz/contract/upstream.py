@@ -205,7 +205,7 @@ def check_upstream(
         wav_lengths: waveform lengths in samples, one per utterance
             (default ``(11850, 16000, 4003)``: 1 s at most).
         tolerance: frames of deviation from ``ceil(L/rate)`` still a ``warn``.
-        atol, rtol: value tolerances (see the module docstring; None: by dtype).
+        atol, rtol: value tolerances (``docs/contract.md``; None: by dtype).
         seed: seed of the generated waveforms and of the (forked) global RNG.
         move: move the upstream to ``device`` for the check, and back afterwards.
 

@@ -1,24 +1,10 @@
 """A minimal ctypes binding to eSpeak NG: text in, 22050 Hz int16 audio and events out.
 
-The shared library and its data come from the PyPI package ``espeakng-loader``.
-Struct layouts and constants follow eSpeak NG's ``speak_lib.h``
-(``ESPEAK_API_REVISION 12``).
-
-eSpeak keeps hidden state between calls (for example the pitch-flutter index,
-a function-level ``static`` in ``wavegen.c``, is never reset), so the same text
-synthesized twice in one process does not give the same samples.
-:mod:`s3viz.data.synthetic` therefore runs this file as a script in a fresh
-subprocess for every corpus: a fresh process starts from the same state, which
-makes a corpus a deterministic function of its parameters.
-
-This module imports only the standard library so that the subprocess starts
-fast. Run as a script it reads one JSON job on stdin::
-
-    {"library": path, "data": path, "seed": int,
-     "items": [{"text": str, "voice": str, "rate": int, "pitch": int, "range": int}, ...]}
-
-and writes one JSON line (results without audio) followed by every item's
-int16 little-endian samples, concatenated in item order, on stdout.
+The library and its data come from ``espeakng-loader``; struct layouts follow
+eSpeak NG's ``speak_lib.h``. eSpeak keeps hidden state between calls, so
+:mod:`s3viz.data.synthetic` runs this file as a script in a fresh subprocess
+per corpus (standard library only, so it starts fast): one JSON job on stdin,
+one JSON line and the samples on stdout. The protocol: ``docs/data.md``.
 """
 
 from __future__ import annotations
@@ -151,7 +137,7 @@ def _initialized(library: str, data: str):
 
 
 def synthesize(library: str, data: str, items: List[dict], seed: int = 0) -> List[dict]:
-    """Synthesize ``items`` in order; see the module docstring for the item keys.
+    """Synthesize ``items`` in order; ``docs/data.md`` lists the item keys.
 
     Every item is synthesized with IPA phoneme names. Pauses and vowel-to-vowel
     linking events both have an empty IPA name; when such an event lies between

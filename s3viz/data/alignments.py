@@ -1,40 +1,11 @@
 """Forced alignments of the user's corpus: Praat TextGrids (MFA), TIMIT .PHN/.WRD, segment tables.
 
-Every source becomes the same alignment table the embedded corpus has
-(:data:`s3viz.data.PHONE_COLUMNS`: ``phone, word, start, end`` with 16 kHz
-sample positions, ``start`` inclusive, ``end`` exclusive) that tiles the
-utterance from sample 0 to its end, so frame labels, probes, timelines and the
-alignment explorer read a TextGrid exactly as they read the embedded corpus.
-
-Labels (the same rule as the embedded corpus)
----------------------------------------------
-- **Silence**: an empty interval, a gap between intervals, and the labels
-  ``sil``, ``sp`` and ``spn`` (any case; MFA's silence, short pause and spoken
-  noise) become the phone ``"sil"``, one class among the phones, always with
-  the word ``""``; consecutive silences are merged. (A ``phone_map`` that maps
-  a label to ``"sil"``, as ``"timit39"`` does with closures, makes silence too.)
-- **Words**: every other phone takes the word whose interval contains the
-  phone's midpoint (``""`` where none does, and for empty or silence word
-  intervals). Words are kept as written, so MFA's unknown word ``<unk>`` stays
-  ``"<unk>"`` on its phones; MFA aligns it as the single phone ``spn``, which
-  is silence, so its frames get the phone ``"sil"`` and the word ``""``.
-- **Unlabelled**: a phone that ``phone_map`` maps to ``None`` (TIMIT's glottal
-  stop ``q`` under ``"timit39"``) gets the phone ``""``: frames labelled ``""``
-  are left out of phone probes, as are frames with the word ``""`` from word
-  probes.
-
-Checks (an :class:`AlignmentError` names the file, the tier and the interval)
------------------------------------------------------------------------------
-Intervals must be in time order, must not overlap and must have ``end >
-start``; a TextGrid's time range must start at 0 and end within
-:data:`TOLERANCE_S` of the audio's duration; an interval may end past the audio
-by at most :data:`TOLERANCE_S` (such an end is clipped to the audio's end, the
-only change ever made to a time), and a longer one is an error. Times are
-converted to samples by rounding ``t * 16000``.
-
-TextGrids are parsed with praatio (long and short text formats, UTF-8 and
-UTF-16); praatio's own ``openTextgrid`` sorts intervals silently, so the file's
-order is read from its parser (``parseTextgridStr``) to check it here.
+Every source becomes the embedded corpus's own alignment table
+(:data:`s3viz.data.PHONE_COLUMNS`: ``phone, word, start, end`` in 16 kHz
+samples, tiling the utterance), so probes, timelines and explorers read a
+TextGrid as they read the embedded corpus. Silence, words and unlabelled
+phones follow one rule, and a bad interval raises an :class:`AlignmentError`
+naming the file, tier and interval. The rules and checks: ``docs/alignment.md``.
 """
 
 from __future__ import annotations

@@ -1,16 +1,10 @@
 """The embedded speech corpus: English sentences synthesized offline with eSpeak NG.
 
-:func:`synthetic_corpus` generates varied English sentences from a seeded
-grammar, speaks them with several eSpeak NG voices (language, voice variant,
-pitch and rate), and aligns every phone from eSpeak's own phoneme events, so
-each :class:`~s3viz.data.Utterance` has real speech audio at 16 kHz and an
-exact phone alignment (``phone, word, start, end`` in 16 kHz samples) without
-any download.
-
-The corpus is a deterministic function of its parameters: synthesis runs in a
-fresh subprocess (eSpeak keeps hidden state between calls within a process, see
-:mod:`s3viz.data._espeak`), and the result is cached on disk, keyed by a hash of
-every parameter and the eSpeak NG, torch and torchaudio versions.
+:func:`synthetic_corpus` speaks seeded grammar sentences with several eSpeak NG
+voices and aligns every phone from eSpeak's phoneme events: real 16 kHz speech
+with exact alignments and no download. The corpus is a deterministic function
+of its parameters (a fresh synthesis subprocess each time) and is cached on
+disk under a hash of them. More: ``docs/data.md``.
 """
 
 from __future__ import annotations

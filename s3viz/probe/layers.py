@@ -90,7 +90,7 @@ def probe_layers(
             and the control type defaults to the segment with its neighbours;
             ``attrs["n_dropped"]`` maps each target to its segments shorter than a
             frame (left out).
-        method: ``"ridge"``, ``"logistic"`` or a list of both (see module doc).
+        method: ``"ridge"``, ``"logistic"`` or a list of both (``docs/probes.md``).
         layers: stored layer indices to probe (default all).
         folds: number of grouped cross-validation folds (>= 2).
         split_by: ``"speaker"`` (no speaker in two folds), ``"utterance"``, or
@@ -100,7 +100,7 @@ def probe_layers(
             says which split each row used.
         control: also train on Hewitt & Liang control labels and report
             ``control_accuracy`` and ``selectivity``.
-        control_by: what defines a type for the control task (see module doc).
+        control_by: what defines a type for the control task (``docs/probes.md``).
         utterances: utterance positions to use (default all).
         device: torch device; ``None`` is cuda when available, else cpu.
         seed: seed of folds, control labels and the logistic probe's shuffling.

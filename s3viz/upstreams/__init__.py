@@ -1,18 +1,10 @@
 """Upstream adapters: every one an s3prl ``AbsUpstream``.
 
-- :func:`torchaudio_upstream` / :class:`TorchaudioUpstream`: wav2vec 2.0, HuBERT
-  and WavLM from torchaudio (random weights offline, or local pretrained weights);
-- :func:`spectral_upstream` / :class:`SpectralUpstream`: a non-learned log-mel /
-  MFCC baseline at several downsample rates;
-- :func:`from_s3prl` / :class:`S3PRLUpstreamAdapter`: wraps s3prl's
-  ``S3PRLUpstream`` (or anything spelling ``num_layers``) without importing s3prl;
-- :func:`from_transformers` / :class:`TransformersUpstream` and :func:`from_whisper` /
-  :class:`WhisperEncoderUpstream`: Hugging Face wav2vec2, HuBERT, WavLM,
-  Data2VecAudio, Wav2Vec2Conformer and Whisper-encoder models (transformers is
-  imported only then);
-- :func:`get_upstream`: any of the above (and the shipped tiny model) by name.
-
-Names are imported lazily, so ``import s3viz.upstreams`` does not import torchaudio.
+torchaudio wav2vec 2.0 / HuBERT / WavLM (:func:`torchaudio_upstream`), Hugging
+Face models (:func:`from_transformers`, :func:`from_whisper`), s3prl's own
+(:func:`from_s3prl`), a log-mel / MFCC baseline (:func:`spectral_upstream`),
+and :func:`get_upstream` for any of them (and the tiny model) by name. Names
+are imported lazily. Which hidden states each returns: ``docs/upstreams.md``.
 """
 
 from __future__ import annotations

@@ -1,37 +1,10 @@
 """A non-learned baseline upstream: log-mel and MFCC features at several rates.
 
-For every downsample rate ``r`` in ``rates`` (default 160, 320 and 640 samples:
-10, 20 and 40 ms) the upstream returns two hidden states, in this order:
-
-- ``logmel@r``: ``n_mels`` log mel energies;
-- ``mfcc@r``: ``n_mfcc`` MFCCs followed by their deltas and delta-deltas
-  (``3 * n_mfcc`` values; only the MFCCs with ``deltas=False``).
-
-So the default upstream has 6 hidden states of sizes ``[80, 39, 80, 39, 80, 39]``
-and rates ``[160, 160, 320, 320, 640, 640]``.
-
-Frames and lengths
-------------------
-The base analysis is a 25 ms Hann window (400 samples, 400-point FFT, power
-spectrum, HTK mel filterbank, ``log(mel + 1e-6)``) every 10 ms. Frame ``t`` at
-rate ``r`` "owns" the samples ``[t * r, (t + 1) * r)``: its analysis is centred
-on ``t * r + r / 2`` (the window of a 160-rate frame spans
-``[160 t - 120, 160 t + 280)``, zeros outside
-the utterance). Coarser rates average ``r / 160`` consecutive 10 ms frames (of
-the same utterance only). The frame count is the ``ceil`` convention of
-s3prl's ``S3PRLUpstream``: ``(wavs_len - 1) // r + 1``
-(:func:`s3viz.align.expected_lengths`). ``receptive_fields`` equals
-``downsample_rates`` so that :func:`s3viz.align.frame_timeline` puts each
-frame's centre at ``t * r + r / 2``; the true analysis window is wider
-(``window_sizes``: 400 samples at 160, ``400 + r - 160`` at ``r``).
-
-Normalisation
--------------
-With ``normalize=True`` (default) every hidden state is normalised per
-utterance and per dimension to zero mean and unit variance over that
-utterance's valid frames (cepstral mean and variance normalisation). Deltas
-replicate each utterance's own edge frames. Padded frames are 0. The whole
-computation therefore gives the same valid frames whatever the batch.
+For every rate in ``rates`` (default 160, 320, 640 samples) two hidden states,
+``logmel@r`` and ``mfcc@r`` (with deltas), so 6 by default; frame counts follow
+s3prl's ``ceil`` convention and, with ``normalize=True``, each utterance is
+normalised over its own valid frames, so frames do not depend on the batch.
+Windows, frame positions and normalisation: ``docs/upstreams.md``.
 """
 
 from __future__ import annotations
@@ -170,7 +143,7 @@ def spectral_hidden_states(
     fbank: Optional[torch.Tensor] = None,
     dct: Optional[torch.Tensor] = None,
 ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
-    """Log-mel and MFCC hidden states at several downsample rates (see the module docstring).
+    """Log-mel and MFCC hidden states at several downsample rates (``docs/upstreams.md``).
 
     Args:
         wavs: ``(batch_size, seq_len, 1)`` or ``(batch_size, seq_len)`` float 16 kHz waveforms.
@@ -275,7 +248,7 @@ class SpectralUpstream(AbsUpstream):
 
     @property
     def receptive_fields(self) -> List[int]:
-        """Equal to the rates: frame ``t`` is centred on ``t * r + r / 2`` (see module docs)."""
+        """Equal to the rates: frame ``t`` is centred on ``t * r + r / 2`` (``docs/upstreams.md``)."""
         return list(self._rates)
 
     @property

@@ -1,44 +1,10 @@
 """wav2vec 2.0 / HuBERT / WavLM from torchaudio as s3prl upstreams.
 
-Hidden states (s3prl's convention)
-----------------------------------
-For a model with ``N`` transformer layers the adapter returns ``N + 1`` hidden
-states, exactly the ones s3prl's ``wav2vec2`` / ``hubert`` / ``wavlm`` experts
-report (they hook the *input* of every transformer layer plus the encoder
-output; Hugging Face's ``output_hidden_states`` gives the same list):
-
-- index 0: the input of the first transformer layer, i.e. the feature
-  projection output plus the convolutional positional embedding, followed by
-  the transformer's layer norm for post-LN ("base") models
-  (``Transformer._preprocess`` in torchaudio);
-- index ``i`` (``1 <= i < N``): the output of transformer layer ``i``;
-- index ``N``: the encoder output: the last layer's output, passed through the
-  transformer's final layer norm for pre-LN ("large") models, as fairseq's
-  ``TransformerEncoder.forward`` and torchaudio's ``Wav2Vec2Model.forward`` do.
-
-So ``all_hs[1:]`` equals torchaudio's ``model.extract_features(wav)[0]`` for
-base models, and for large models except that the last one is layer-normed.
-
-Padded batches
---------------
-torchaudio's own batched path is not batch invariant: the first convolution of
-group-norm models normalises each channel over the whole padded time axis, and
-WavLM's attention asserts as soon as lengths are given. The adapter runs the
-same modules itself: the group norm takes its statistics over each utterance's
-valid frames only, the transformer gets a key-padding mask (a boolean
-attention mask for wav2vec2/HuBERT, ``key_padding_mask`` for WavLM), and
-padded frames are zeroed before the positional convolution and after every
-layer. Valid frames of a padded batch then equal those of each utterance run
-alone (to float rounding). Lengths come from the convolution arithmetic
-(:func:`s3viz.align.conv_lengths`: ``(L - 400) // 320 + 1``).
-
-Weights
--------
-``pretrained=False`` builds the architecture of the named torchaudio bundle
-with random weights from a fixed seed (the global RNG is left untouched).
-``pretrained=True`` loads the bundle's weight file from torch.hub's checkpoint
-folder only when it is already there (s3viz never downloads);
-``checkpoint=PATH`` loads a local state dict file.
+``N`` transformer layers give ``N + 1`` hidden states, the ones s3prl's experts
+report; the adapter runs torchaudio's modules itself so that a padded batch
+gives each utterance's frames as alone (group norm over valid frames, key
+padding masks). Random weights from a fixed seed, or local pretrained weights
+(never downloaded). Which hidden state is which: ``docs/upstreams.md``.
 """
 
 from __future__ import annotations
@@ -197,7 +163,7 @@ def wav2vec2_hidden_states(
 
     Returns:
         ``(all_hs, all_hs_len)``: ``num_transformer_layers + 1`` tensors of shape
-        ``(batch_size, num_frames, embed_dim)`` (see the module docstring for which
+        ``(batch_size, num_frames, embed_dim)`` (``docs/upstreams.md`` says which
         ones; padded frames are 0) and their ``(batch_size,)`` long lengths
         ``(wavs_len - 400) // 320 + 1`` (0 below 400 samples).
     """

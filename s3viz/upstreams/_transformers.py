@@ -1,60 +1,11 @@
 """Hugging Face ``transformers`` speech models as s3prl upstreams.
 
-:func:`from_transformers` wraps a ``Wav2Vec2Model``, ``HubertModel``,
-``WavLMModel``, ``Data2VecAudioModel`` or ``Wav2Vec2ConformerModel`` (or one of
-their ``*ForCTC`` / ``*ForSequenceClassification`` heads, whose base model is
-used) as an :class:`s3viz.AbsUpstream`; :func:`from_whisper` wraps the encoder of
-a ``WhisperModel`` / ``WhisperForConditionalGeneration``. transformers is
-imported only when one of these is built.
-
-Hidden states
--------------
-The adapter returns HF's ``output_hidden_states`` list, ``num_hidden_layers + 1``
-entries, as s3prl's ``hf_*`` upstreams (``hf_hubert_custom``, ``hf_wav2vec2_custom``)
-do:
-
-- entry 0: the input of the first transformer layer: the feature projection
-  plus the convolutional positional embedding, and for post-LN models
-  (``do_stable_layer_norm=False``: the "base" models) the encoder's layer norm;
-- entry ``i`` (``1 <= i <= N``): the output of transformer layer ``i``. For
-  pre-LN models (``do_stable_layer_norm=True``: wav2vec2 large-lv60, XLS-R,
-  HuBERT/WavLM large) the last entry is the last layer's output *before* the
-  encoder's final layer norm; ``model(...).last_hidden_state`` is after it
-  (transformers 5; 4.x put the layer-normed state last, which is why the ``hf``
-  extra needs transformers >= 5).
-  (:func:`s3viz.upstreams.torchaudio_upstream` returns the layer-normed
-  encoder output there instead, as fairseq and torchaudio do.)
-
-Lengths are the model's own convolution arithmetic
-(``model._get_feat_extract_output_lengths``: ``(L - 400) // 320 + 1`` for the
-usual CNN), and padded frames are zero.
-
-Padded batches
---------------
-Models with ``feat_extract_norm="group"`` (wav2vec2-base, hubert-base,
-wavlm-base(-plus)) normalise the first convolution over the whole time axis and
-were trained without an attention mask, so padding changes every frame of a
-shorter utterance. The adapter therefore never pads what the model cannot mask:
-
-- ``feat_extract_norm="layer"`` models of the families measured to be batch
-  invariant with HF's attention mask (wav2vec2, HuBERT, WavLM) run the batch at
-  once with ``attention_mask``;
-- every other model (group norm; Data2VecAudio and Wav2Vec2Conformer, whose
-  positional / conformer convolutions carry padded frames into valid ones even
-  with the mask) runs one forward per group of equal-length utterances, i.e.
-  no padding at all.
-
-Each utterance then has the same hidden states alone or in any batch (to float
-rounding; :func:`s3viz.check_upstream`'s ``batch_invariance`` passes). The cost
-of the unpadded path is measured in ``benchmarks/bench_transformers.py``.
-
-Waveform normalisation
-----------------------
-HF checkpoints say in their feature extractor config (``do_normalize``) whether
-the model expects each waveform normalised to zero mean and unit variance. The
-adapter does it itself, per utterance over its valid samples, when
-``normalize=True``; :func:`s3viz.upstreams.get_upstream` reads ``do_normalize``
-from a saved or cached checkpoint, and for a model object the default is False.
+:func:`from_transformers` wraps wav2vec2, HuBERT, WavLM, Data2VecAudio and
+Wav2Vec2Conformer models (or their CTC / classification heads' base model);
+:func:`from_whisper` wraps a Whisper encoder. Hidden states are HF's
+``output_hidden_states``, as s3prl's ``hf_*`` upstreams; models that cannot
+mask padding run unpadded groups, so every utterance is batch invariant.
+Hidden states, padding and waveform normalisation: ``docs/upstreams.md``.
 """
 
 from __future__ import annotations
@@ -122,7 +73,7 @@ class TransformersUpstream(AbsUpstream):
             (what the checkpoint's ``do_normalize`` says).
         name: a label (default: the checkpoint's name or the model type).
 
-    See the module docstring for what each hidden state is and how padded
+    ``docs/upstreams.md`` says what each hidden state is and how padded
     batches stay batch invariant. The model's mode and device are left as they
     are (``s3viz.extract`` runs it in eval mode).
     """

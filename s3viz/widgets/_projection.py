@@ -1,17 +1,10 @@
 """The layer projection explorer: frames of one layer in 2-D, coloured by phone or speaker.
 
-:func:`layer_projection_explorer` returns (does not display) a widget with a
-slider over the stored layers, a scatter plot of a seeded sample of frames
-projected to two dimensions, coloured by their phone (or their utterance's
-speaker) with a legend, and beside it the layer's probe score for the same
-label. :func:`projection` is the computation on its own.
-
-Methods: ``"pca"`` (built in: the top two principal components of the
-sampled frames, in torch) or ``"umap"`` (``umap-learn``, when installed;
-seeded, so a layer's picture does not change between visits). Each layer is
-projected the first time it is shown and kept. The picture is a PNG drawn by
-matplotlib at the size it is shown (no rescaling, no CDN, no frontend
-extension); where no widget frontend runs, the widget shows its current PNG.
+:func:`layer_projection_explorer` returns a widget with a layer slider, a
+scatter of a seeded frame sample projected by PCA (or UMAP when installed) and
+the layer's probe score; :func:`projection` is the computation alone. Pictures
+are matplotlib PNGs, so no CDN or frontend extension is needed. More:
+``docs/reports.md``.
 """
 
 from __future__ import annotations
@@ -228,7 +221,7 @@ def layer_projection_explorer(store, color_by: str = "phone", *, method: str = "
                               layers: Sequence[int] | None = None, max_points: int = 2000,
                               probe: pd.DataFrame | bool | None = True, seed: int = 0,
                               device=None) -> LayerProjectionExplorer:
-    """A slider over layers and a 2-D picture of each layer's frames (see the module doc).
+    """A slider over layers and a 2-D picture of each layer's frames (``docs/reports.md``).
 
     Args:
         store: a :class:`~s3viz.store.LayerStore`.

@@ -1,21 +1,10 @@
 """The layer-weight explorer: move the weights of a weighted-sum featurizer, see the score.
 
-:func:`layer_weight_explorer` returns (does not display) an ipywidgets widget
-with one vertical slider per layer, a live bar chart of the normalised
-weights (ipywidgets ``FloatProgress`` bars: drawn by the browser, no image
-round trip), a live score of the weighted-sum representation on a probe task,
-and buttons for uniform weights, the best single layer and learned weights.
-
-Each move re-scores from statistics cached once by
-:class:`s3viz.featurizers.WeightedScorer` (a few milliseconds for 13 layers of
-768 dimensions), never from audio or frames. Only ipywidgets and matplotlib
-are used: no CDN, no frontend extension. Where no widget frontend runs
-(nbconvert, a static notebook viewer), the widget shows a PNG bar chart of its
-current weights and score instead.
-
-The sliders hold *relative* weights in ``[0, 1]``; the weights used are the
-sliders divided by their sum (the probabilities s3prl's softmax produces), so
-setting one slider to 1 and the others to 0 selects a single layer exactly.
+:func:`layer_weight_explorer` returns a widget with one slider per layer, live
+bars of the normalised weights and a live probe score of the weighted sum,
+re-scored in milliseconds from :class:`s3viz.WeightedScorer`'s cached
+statistics; buttons set uniform, best-layer or learned weights. Only
+ipywidgets and matplotlib are used. More: ``docs/featurizers.md``.
 """
 
 from __future__ import annotations

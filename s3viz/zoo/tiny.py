@@ -1,28 +1,11 @@
 """A tiny wav2vec2/HuBERT-shaped upstream, with weights trained on the embedded corpus.
 
-``tiny(pretrained=True)`` loads the weights shipped beside this file
-(``s3viz/zoo/tiny.pt``, trained by ``python -m s3viz.zoo.train_tiny``; see
-``MODEL_CARD.md``); ``tiny(pretrained=False)`` gives the same architecture with
-random weights drawn from a fixed seed, the control every layer curve needs.
-
-Architecture (:class:`TinyConfig` holds the sizes):
-
-- waveform normalised per utterance (zero mean, unit variance over its valid
-  samples only);
-- the wav2vec2 convolution stack (:data:`s3viz.align.WAV2VEC2_CONV_LAYERS`:
-  receptive field 400 samples, stride 320) with few channels, each convolution
-  followed by a layer norm *per frame* (over channels) and GELU, so that no
-  statistic is taken over time and padding cannot leak into valid frames;
-- layer norm and a linear projection to ``hidden_size``: hidden state 0;
-- a grouped convolutional positional encoding (padded frames zeroed first);
-- ``num_layers`` transformer layers with key-padding masks: hidden states
-  1 .. ``num_layers``. ``layer_norm_first=True``: pre-LN, the residual stream
-  after each layer, the last one after a final layer norm (wav2vec2 large);
-  ``False``: post-LN, each layer's normalised output, with the input layer-normed
-  first (wav2vec2 / HuBERT base).
-
-Frame counts come from :func:`s3viz.align.conv_lengths`:
-``(wavs_len - 400) // 320 + 1`` (0 frames for fewer than 400 samples).
+``tiny(pretrained=True)`` loads ``s3viz/zoo/tiny.pt`` (trained by
+``python -m s3viz.zoo.train_tiny``; see ``MODEL_CARD.md``);
+``tiny(pretrained=False)`` is the same architecture with seeded random weights,
+the control every layer curve needs. A wav2vec2 convolution stack with per-frame
+layer norms (so padding cannot leak) and a few transformer layers;
+:class:`TinyConfig` holds the sizes. The architecture: ``docs/zoo.md``.
 """
 
 from __future__ import annotations
@@ -152,7 +135,7 @@ class _TransformerLayer(nn.Module):
 
 
 class TinyUpstream(AbsUpstream):
-    """The tiny wav2vec2/HuBERT-shaped upstream (see the module docstring).
+    """The tiny wav2vec2/HuBERT-shaped upstream (``docs/zoo.md``).
 
     Build it with :func:`tiny`. ``forward(wavs, wavs_len)`` returns
     ``num_layers + 1`` hidden states of ``hidden_size`` at 320 samples per frame.

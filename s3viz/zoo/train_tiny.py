@@ -1,35 +1,10 @@
 """Train the tiny upstream self-supervised on the embedded synthetic corpus (HuBERT iteration 1).
 
-``python -m s3viz.zoo.train_tiny [--steps N] [--out PATH] [--seed 0] [--device DEV]``
-
-The objective is HuBERT's first iteration:
-
-1. targets: MFCC frames (13 coefficients + deltas + delta-deltas, Kaldi
-   ``compliance`` MFCC with a 25 ms window and a 20 ms shift, so frame ``j``
-   covers samples ``[320 j, 320 j + 400)``, exactly the tiny model's frame ``j``;
-   counts checked against :func:`s3viz.align.conv_lengths`), normalised per
-   utterance, clustered by k-means (in torch) into ``--clusters`` ids;
-2. span masking of the front-end features (hidden state 0): spans of
-   ``--mask-span`` frames start at a fraction ``--mask-prob`` of the frames and are
-   replaced by a learned mask embedding;
-3. cross-entropy of a linear head on the last layer against the cluster ids, on
-   the masked frames (plus ``--unmasked-weight`` times the loss on the others).
-
-``--iteration 2`` re-clusters the hidden states of an earlier model (``--init``,
-layer ``--target-layer``) instead of MFCCs and continues training from it (HuBERT's
-second iteration).
-
-Data split (:func:`data_split`): training uses only the voices in
-:data:`TRAIN_SPEAKERS` and sentences from seed :data:`TRAIN_SEED`; the held-out
-set (:func:`held_out_corpus`) uses only the voices in :data:`HELD_OUT_SPEAKERS`
-(their eSpeak variants never appear in training) and sentences from seed
-:data:`HELD_OUT_SEED`, with any sentence that also occurs in training dropped.
-Sentences of the default notebook corpus (seed 0) are dropped from training too.
-
-The run is seeded: corpus, k-means, initialisation, batch order, masks and
-speed perturbations all come from ``--seed`` (bitwise-equal weights across
-machines or thread counts are not promised). ``--max-minutes`` (default 28)
-stops a run that is slower than planned. It uses a GPU when present (``--device``).
+``python -m s3viz.zoo.train_tiny [--steps N] [--out PATH] [--seed 0] [--device DEV]``:
+masked prediction of k-means clusters of MFCC frames (``--iteration 2``:
+of an earlier model's hidden states), on voices and sentences kept apart from
+the held-out set (:func:`data_split`, :func:`held_out_corpus`). The run is
+seeded. The objective, the split and the options: ``docs/zoo.md``.
 """
 
 from __future__ import annotations
@@ -855,7 +830,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    """Command line entry point (see the module docstring); returns the training summary."""
+    """Command line entry point (``docs/zoo.md``); returns the training summary."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     if args.steps < 1:
