@@ -101,6 +101,22 @@ def test_correct_upstream_all_ok(mixed):
         assert "ceil(L/640)" in rates["detail"].iloc[2]
 
 
+def test_upstream_rows_come_in_the_order_of_the_named_checks():
+    from s3viz.contract.upstream import UPSTREAM_CHECKS as STEPS
+
+    assert [f.__name__ for f in STEPS] == [
+        "_setup", "_declared_sizes", "_forward", "_layer_count", "_stable_layers",
+        "_hidden_shape", "_lengths_type", "_lengths_bound", "_lengths_rate", "_finite",
+        "_determinism", "_wavs_2d", "_batch_invariance"]
+    report = check_upstream(T.ToyUpstream())
+    order = list(dict.fromkeys(report["check"]))
+    # wavs_2d is measured after determinism but reported beside forward
+    assert order == ["setup", "eval_mode", "num_layer", "hidden_sizes", "downsample_rates",
+                     "forward", "wavs_2d", "layer_count", "stable_layers", "hidden_shape",
+                     "lengths_type", "lengths_bound", "lengths_rate", "finite", "determinism",
+                     "batch_invariance"]
+
+
 def test_correct_downstream_objects_all_ok():
     for report in (
         check_featurizer(T.WeightedSumFeaturizer(), T.ToyUpstream()),

@@ -2,7 +2,9 @@
 
 Declared sizes, forward on a padded batch, one row per layer for shapes, lengths,
 rates, finiteness, determinism and batch invariance (each utterance alone vs in the
-batch, with garbage padding), plus 2-D input.
+batch, with garbage padding), plus 2-D input. :data:`UPSTREAM_CHECKS` lists the
+checks as small named functions in the order they run, over one shared
+:class:`_UpstreamRun`.
 """
 
 from __future__ import annotations
@@ -225,43 +227,70 @@ def check_upstream(
     return rows.report(f"check_upstream({_name(upstream)})")
 
 
-def _run_upstream_checks(upstream, s: _Session, lengths, tolerance, seed, rows: _Rows):
-    batch = len(lengths)
-    _setup_row(rows, s, f"batch of {batch} noise waveforms, lengths", lengths, seed)
-    s.eval_row(rows)
-    num_layer = _count_property(upstream, rows)
-    sizes = _int_list_property(upstream, "upstream", "hidden_sizes", "hidden sizes", rows)
-    rates = _int_list_property(
-        upstream,
-        "upstream",
-        "downsample_rates",
-        "downsample rates (samples of 16 kHz audio per frame)",
-        rows,
-    )
-    conv_layers, _ = _read(upstream, "conv_layers")
+class _UpstreamRun:
+    """What the upstream checks share: the inputs, the calls made so far and what they showed.
 
-    wavs3, wavs_len_cpu = _noise(lengths, seed, None, 0.1)
-    wavs3 = wavs3.to(s.device, s.dtype)
-    wavs_len = wavs_len_cpu.to(s.device)
-    out3 = _run_upstream(upstream, wavs3, wavs_len)
+    Each check below reads what the earlier ones left here and adds its rows;
+    :data:`UPSTREAM_CHECKS` runs them in order.
+    """
+
+    def __init__(self, upstream, s: _Session, lengths, tolerance: int, seed: int):
+        self.upstream, self.s, self.lengths = upstream, s, list(lengths)
+        self.tolerance, self.seed, self.batch = tolerance, seed, len(lengths)
+        self.num_layer = self.sizes = self.rates = self.conv_layers = None
+        self.wavs3 = self.wavs_len = self.wavs_len_cpu = None
+        self.out3 = self.out2 = self.main = self.form = self.rep = None
+        self.short, self.singles, self.scales = 0, [], []
+        self.nondeterministic: set = set()
+        self.wavs_2d_at = 0  # where the wavs_2d row goes, once determinism is known
+
+    @property
+    def both_forms_work(self) -> bool:
+        return self.out3.error is None and self.out2.error is None
+
+
+def _setup(run: _UpstreamRun, rows: _Rows) -> None:
+    """``setup`` (the inputs used) and ``eval_mode``."""
+    _setup_row(rows, run.s, f"batch of {run.batch} noise waveforms, lengths", run.lengths,
+               run.seed)
+    run.s.eval_row(rows)
+
+
+def _declared_sizes(run: _UpstreamRun, rows: _Rows) -> None:
+    """``num_layer``, ``hidden_sizes``, ``downsample_rates`` (and ``conv_layers``, read only)."""
+    up = run.upstream
+    run.num_layer = _count_property(up, rows)
+    run.sizes = _int_list_property(up, "upstream", "hidden_sizes", "hidden sizes", rows)
+    run.rates = _int_list_property(up, "upstream", "downsample_rates",
+                                   "downsample rates (samples of 16 kHz audio per frame)", rows)
+    run.conv_layers, _ = _read(up, "conv_layers")
+
+
+def _forward(run: _UpstreamRun, rows: _Rows) -> bool:
+    """``forward`` on ``(batch_size, seq_len, 1)``, and ``wavs_2d`` when it is already known.
+
+    Returns False when no form of the input runs: the later checks are then skipped.
+    """
+    s, up, lengths, batch = run.s, run.upstream, run.lengths, run.batch
+    wavs3, run.wavs_len_cpu = _noise(lengths, run.seed, None, 0.1)
+    run.wavs3 = wavs3 = wavs3.to(s.device, s.dtype)
+    run.wavs_len = wavs_len = run.wavs_len_cpu.to(s.device)
+    run.out3 = out3 = _run_upstream(up, wavs3, wavs_len)
     # 2-D wavs: the whole batch only when 3-D failed (then it is the main call); else the
     # shortest utterance alone, compared with its 3-D single call below (one cheap extra call)
-    short = min(range(batch), key=lambda i: lengths[i])
+    run.short = short = min(range(batch), key=lambda i: lengths[i])
     if out3.error is None:
-        out2 = _run_upstream(
-            upstream, wavs3[short : short + 1, : lengths[short], 0], wavs_len[short : short + 1]
-        )
+        run.out2 = _run_upstream(up, wavs3[short: short + 1, : lengths[short], 0],
+                                 wavs_len[short: short + 1])
     else:
-        out2 = _run_upstream(upstream, wavs3[..., 0], wavs_len)
+        run.out2 = _run_upstream(up, wavs3[..., 0], wavs_len)
+    out2 = run.out2
 
     shape3 = f"wavs {tuple(wavs3.shape)}"
     if out3.error is None:
-        rows.add(
-            "forward",
-            "ok",
-            f"forward({shape3}, wavs_len ({batch},)) returned {out3.count} hidden states",
-        )
-        main, form = out3, (lambda w: w)
+        rows.add("forward", "ok",
+                 f"forward({shape3}, wavs_len ({batch},)) returned {out3.count} hidden states")
+        run.main, run.form = out3, (lambda w: w)
     elif out2.error is None:
         rows.add(
             "forward",
@@ -271,13 +300,12 @@ def _run_upstream_checks(upstream, s: _Session, lengths, tolerance, seed, rows: 
             "`if wavs.dim() == 3: wavs = wavs.squeeze(-1)`. "
             "The checks below used (batch_size, seq_len).",
         )
-        main, form = out2, (lambda w: w[..., 0])
+        run.main, run.form = out2, (lambda w: w[..., 0])
     else:
         rows.add("forward", "fail", f"forward({shape3}, wavs_len ({batch},)) failed: {out3.error}")
-        main, form = None, None
 
-    wavs_2d_at = len(rows.rows)  # the row is written once determinism is known
-    if out3.error is None and out2.error is None:
+    run.wavs_2d_at = len(rows.rows)  # with both forms working, _wavs_2d writes it here
+    if run.both_forms_work:
         pass
     elif out3.error is None:
         rows.add(
@@ -292,15 +320,19 @@ def _run_upstream_checks(upstream, s: _Session, lengths, tolerance, seed, rows: 
     else:
         rows.add("wavs_2d", "warn", f"also fails with (batch_size, seq_len): {out2.error}")
 
-    if main is None:
+    if run.main is None:
         rows.skip(("layer_count", "stable_layers") + _UPSTREAM_LAYER_CHECKS, "forward failed")
-        return
+        return False
+    return True
 
-    # sizes and counts agree
+
+def _layer_count(run: _UpstreamRun, rows: _Rows) -> None:
+    """``layer_count``: the declared sizes and the returned lists have one entry per hidden state."""
+    main = run.main
     counts = {
-        "num_layer": num_layer,
-        "len(hidden_sizes)": None if sizes is None else len(sizes),
-        "len(downsample_rates)": None if rates is None else len(rates),
+        "num_layer": run.num_layer,
+        "len(hidden_sizes)": None if run.sizes is None else len(run.sizes),
+        "len(downsample_rates)": None if run.rates is None else len(run.rates),
         "len(all_hs)": main.count,
         "len(all_hs_len)": len(main.all_hs_len),
     }
@@ -312,31 +344,26 @@ def _run_upstream_checks(upstream, s: _Session, lengths, tolerance, seed, rows: 
     if len(set(known.values())) == 1:
         rows.add("layer_count", "ok", text, value=main.count)
     else:
-        rows.add(
-            "layer_count",
-            "fail",
-            text + ": these must all be equal (one entry per hidden state)",
-            value=main.count,
-        )
+        rows.add("layer_count", "fail",
+                 text + ": these must all be equal (one entry per hidden state)",
+                 value=main.count)
 
-    # repeat call (determinism) and each utterance alone (batch invariance)
-    rep = _run_upstream(upstream, form(wavs3), wavs_len)
-    singles = []
-    for i, n in enumerate(lengths):
-        singles.append(_run_upstream(upstream, form(wavs3[i : i + 1, :n]), wavs_len[i : i + 1]))
-    calls = [("batch", main), ("repeat", rep)] + [
-        (f"utterance {i} alone", o) for i, o in enumerate(singles)
+
+def _stable_layers(run: _UpstreamRun, rows: _Rows) -> None:
+    """``stable_layers``, after the repeat call and each utterance alone (used by later checks)."""
+    up, main, form, wavs3, wavs_len = run.upstream, run.main, run.form, run.wavs3, run.wavs_len
+    run.rep = _run_upstream(up, form(wavs3), wavs_len)
+    run.singles = [_run_upstream(up, form(wavs3[i: i + 1, :n]), wavs_len[i: i + 1])
+                   for i, n in enumerate(run.lengths)]
+    calls = [("batch", main), ("repeat", run.rep)] + [
+        (f"utterance {i} alone", o) for i, o in enumerate(run.singles)
     ]
-    if out3.error is None and out2.error is None:
-        calls.append((f"utterance {short} alone as (batch_size, seq_len)", out2))
+    if run.both_forms_work:
+        calls.append((f"utterance {run.short} alone as (batch_size, seq_len)", run.out2))
     seen = [(name, o.count) for name, o in calls if o.error is None]
     if len({c for _, c in seen}) <= 1:
-        rows.add(
-            "stable_layers",
-            "ok",
-            f"{main.count} hidden states in each of {len(seen)} calls",
-            value=main.count,
-        )
+        rows.add("stable_layers", "ok", f"{main.count} hidden states in each of {len(seen)} calls",
+                 value=main.count)
     else:
         rows.add(
             "stable_layers",
@@ -348,88 +375,85 @@ def _run_upstream_checks(upstream, s: _Session, lengths, tolerance, seed, rows: 
             value=max(c for _, c in seen) - min(c for _, c in seen),
         )
 
-    scales = []
+
+def _hidden_shape(run: _UpstreamRun, rows: _Rows) -> None:
+    """``hidden_shape`` per layer; also measures each layer's scale for the tolerances."""
+    main, sizes, batch = run.main, run.sizes, run.batch
     for layer, h in enumerate(main.all_hs):
         with rows.guard("hidden_shape", layer):
             size = sizes[layer] if sizes is not None and layer < len(sizes) else None
             _check_hidden(rows, "hidden_shape", h, batch, size, f"hidden_sizes[{layer}]", layer)
-        scales.append(_valid_scale(h, main.valid(layer, batch)))
+        run.scales.append(_valid_scale(h, main.valid(layer, batch)))
+
+
+def _lengths_type(run: _UpstreamRun, rows: _Rows) -> None:
+    main = run.main
     for layer in range(main.count):
         with rows.guard("lengths_type", layer):
             if layer >= len(main.all_hs_len):
-                rows.add(
-                    "lengths_type",
-                    "fail",
-                    f"no all_hs_len[{layer}] (all_hs_len has {len(main.all_hs_len)} entries)",
-                    layer,
-                )
+                rows.add("lengths_type", "fail",
+                         f"no all_hs_len[{layer}] (all_hs_len has {len(main.all_hs_len)} "
+                         f"entries)", layer)
             else:
-                _check_lengths_type(
-                    rows, main.all_hs_len[layer], batch, f"all_hs_len[{layer}]", layer
-                )
-    for layer, h in enumerate(main.all_hs):
+                _check_lengths_type(rows, main.all_hs_len[layer], run.batch,
+                                    f"all_hs_len[{layer}]", layer)
+
+
+def _lengths_bound(run: _UpstreamRun, rows: _Rows) -> None:
+    for layer, h in enumerate(run.main.all_hs):
         with rows.guard("lengths_bound", layer):
-            _check_lengths_bound(rows, main.lengths(layer, batch), h, f"all_hs_len[{layer}]", layer)
-    for layer in range(main.count):
+            _check_lengths_bound(rows, run.main.lengths(layer, run.batch), h,
+                                 f"all_hs_len[{layer}]", layer)
+
+
+def _lengths_rate(run: _UpstreamRun, rows: _Rows) -> None:
+    """``lengths_rate``: frames against ``ceil(L / rate)`` (or the declared conv stack)."""
+    rates = run.rates
+    for layer in range(run.main.count):
         with rows.guard("lengths_rate", layer):
-            n = main.lengths(layer, batch)
+            n = run.main.lengths(layer, run.batch)
             rate = rates[layer] if rates is not None and layer < len(rates) else None
             if rate is None:
-                rows.add(
-                    "lengths_rate",
-                    "warn",
-                    f"not assessed: downsample_rates[{layer}] unusable",
-                    layer,
-                )
+                rows.add("lengths_rate", "warn",
+                         f"not assessed: downsample_rates[{layer}] unusable", layer)
             elif n is None:
-                rows.add(
-                    "lengths_rate", "warn", f"not assessed: all_hs_len[{layer}] unreadable", layer
-                )
+                rows.add("lengths_rate", "warn",
+                         f"not assessed: all_hs_len[{layer}] unreadable", layer)
             else:
-                _check_rate(
-                    rows,
-                    "lengths_rate",
-                    n,
-                    wavs_len_cpu,
-                    rate,
-                    tolerance,
-                    f"all_hs_len[{layer}]",
-                    layer,
-                    conv_layers=conv_layers,
-                )
-    for layer, h in enumerate(main.all_hs):
-        with rows.guard("finite", layer):
-            _check_finite(rows, h, main.valid(layer, batch), layer)
+                _check_rate(rows, "lengths_rate", n, run.wavs_len_cpu, rate, run.tolerance,
+                            f"all_hs_len[{layer}]", layer, conv_layers=run.conv_layers)
 
-    nondeterministic = set()
+
+def _finite(run: _UpstreamRun, rows: _Rows) -> None:
+    for layer, h in enumerate(run.main.all_hs):
+        with rows.guard("finite", layer):
+            _check_finite(rows, h, run.main.valid(layer, run.batch), layer)
+
+
+def _determinism(run: _UpstreamRun, rows: _Rows) -> None:
+    """``determinism``: the repeat call's valid frames; marks the layers that vary."""
+    main, rep, batch = run.main, run.rep, run.batch
     for layer in range(main.count):
         with rows.guard("determinism", layer):
-            tol = s.tol(scales[layer])
+            tol = run.s.tol(run.scales[layer])
             if rep.error is not None:
                 rows.add("determinism", "fail", f"the second call raised {rep.error}", layer)
-                nondeterministic.add(layer)
+                run.nondeterministic.add(layer)
                 continue
             if rep.count != main.count:
-                rows.add(
-                    "determinism",
-                    "warn",
-                    "not assessed: the second call returned "
-                    f"{rep.count} hidden states (see stable_layers)",
-                    layer,
-                )
+                rows.add("determinism", "warn",
+                         f"not assessed: the second call returned {rep.count} hidden states "
+                         f"(see stable_layers)", layer)
                 continue
             n1, n2 = main.valid(layer, batch), rep.valid(layer, batch)
             if n1 is None or n2 is None:
                 rows.add("determinism", "warn", "not assessed: lengths unreadable", layer)
                 continue
             if not torch.equal(n1, n2):
-                rows.add(
-                    "determinism",
-                    "fail",
-                    f"lengths differ between two calls: {n1.tolist()} vs {n2.tolist()}",
-                    layer,
-                )
-                nondeterministic.add(layer)
+                rows.add("determinism", "fail",
+                         f"lengths differ between two calls: {n1.tolist()} vs {n2.tolist()}",
+                         layer)
+                run.nondeterministic.add(layer)
                 continue
             diff = max(
                 _max_diff(main.all_hs[layer][i, :k], rep.all_hs[layer][i, :k])
@@ -437,7 +461,7 @@ def _run_upstream_checks(upstream, s: _Session, lengths, tolerance, seed, rows: 
             )
             status = _grade(diff, tol)
             if status != "ok":
-                nondeterministic.add(layer)
+                run.nondeterministic.add(layer)
             rows.add(
                 "determinism",
                 status,
@@ -447,17 +471,53 @@ def _run_upstream_checks(upstream, s: _Session, lengths, tolerance, seed, rows: 
                 diff,
             )
 
-    if out3.error is None and out2.error is None:
-        before = len(rows.rows)
-        with rows.guard("wavs_2d"):
-            _wavs_2d_row(rows, s, singles[short], out2, short, nondeterministic)
-        rows.rows.insert(wavs_2d_at, rows.rows.pop(before))
 
-    for layer in range(main.count):
+def _wavs_2d(run: _UpstreamRun, rows: _Rows) -> None:
+    """``wavs_2d`` when both input forms run: the 2-D call against the 3-D one.
+
+    Written after determinism (a layer that varies between calls is not
+    compared), but reported where ``_forward`` left its place, beside ``forward``.
+    """
+    if not run.both_forms_work:
+        return
+    before = len(rows.rows)
+    with rows.guard("wavs_2d"):
+        _wavs_2d_row(rows, run.s, run.singles[run.short], run.out2, run.short,
+                     run.nondeterministic)
+    rows.rows.insert(run.wavs_2d_at, rows.rows.pop(before))
+
+
+def _batch_invariance(run: _UpstreamRun, rows: _Rows) -> None:
+    for layer in range(run.main.count):
         with rows.guard("batch_invariance", layer):
-            _batch_invariance_layer(
-                rows, s, main, singles, layer, batch, scales[layer], nondeterministic
-            )
+            _batch_invariance_layer(rows, run.s, run.main, run.singles, layer, run.batch,
+                                    run.scales[layer], run.nondeterministic)
+
+
+UPSTREAM_CHECKS = (
+    _setup,
+    _declared_sizes,
+    _forward,  # returns False when nothing runs: the rest is skipped
+    _layer_count,
+    _stable_layers,
+    _hidden_shape,
+    _lengths_type,
+    _lengths_bound,
+    _lengths_rate,
+    _finite,
+    _determinism,
+    _wavs_2d,
+    _batch_invariance,
+)
+"""The checks of :func:`check_upstream`, in the order they run (each reads what the
+earlier ones measured)."""
+
+
+def _run_upstream_checks(upstream, s: _Session, lengths, tolerance, seed, rows: _Rows):
+    run = _UpstreamRun(upstream, s, lengths, tolerance, seed)
+    for check in UPSTREAM_CHECKS:
+        if check(run, rows) is False:
+            return
 
 
 def _wavs_2d_row(rows, s, out3, out2, index, nondeterministic):
