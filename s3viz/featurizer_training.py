@@ -23,6 +23,7 @@ from ._device import resolve_device as _resolve_device
 from ._numerics import Moments, read_dtype, safe_scale
 from .align import expected_lengths
 from .featurizers import WeightedSumFeaturizer, align_frames, consistent_lengths, rate_factor
+from .store import utterance_selection
 
 __all__ = ["train_featurizer", "FeaturizerFit"]
 
@@ -43,23 +44,32 @@ class FeaturizerFit(NamedTuple):
 # ----------------------------------------------------------------------------
 
 
-def _folds(store, split_by: str | None, level: str, target: str, folds: int, seed: int
-           ) -> tuple[np.ndarray, str]:
+def _folds(store, split_by: str | None, level: str, target: str, folds: int, seed: int,
+           sel: np.ndarray) -> tuple[np.ndarray, str]:
     """Fold of each utterance from :func:`s3viz.probe.probe_folds` (grouped, balanced by frames).
 
     ``split_by="auto"`` is :func:`s3viz.probe.resolve_split`'s choice, as for
-    the probes.
+    the probes. Utterances outside ``sel`` get fold -1 (in no part).
     """
     from .probe import probe_folds, resolve_split
 
-    split_by = resolve_split(store.labels, split_by, target, folds)
+    split_by = resolve_split(store.labels, split_by, target, folds, sel)
     if split_by == "speaker" and target == "speaker" and level == "utterance":
         raise ValueError("split_by='speaker' with target='speaker': test speakers would never be "
                          "seen in training; use split_by='utterance'")
-    table = probe_folds(store, folds=folds, split_by=split_by, seed=seed)
-    fold = np.empty(len(store), dtype=np.int64)
+    table = probe_folds(store, folds=folds, split_by=split_by, seed=seed,
+                        utterances=None if len(sel) == len(store) else sel)
+    fold = np.full(len(store), -1, dtype=np.int64)
     fold[table["utterance"].to_numpy()] = table["fold"].to_numpy()
     return fold, split_by
+
+
+# how a featurizer's user leaves out unlabelled or unaligned utterances
+_FIXES = {
+    "labels": "fill store.labels[{target!r}] or leave them out with `utterances=`",
+    "alignments": "leave them out with `utterances=[i for i, p in enumerate(store.phones) "
+                  "if p is not None]`",
+}
 
 
 class ProbeData:
@@ -69,13 +79,23 @@ class ProbeData:
     aligned to ``target_rate`` (frame level; see :func:`align_frames`) or
     mean-pooled (utterance level), standardised with the train statistics
     when ``standardize``; ``labels(utts)`` the matching class codes (-1 =
-    unlabelled: no segment, or a class absent from training).
+    unlabelled: no segment, a missing label, or a class absent from training).
+    Labels follow the probes' rules (``s3viz.probe.targets``); ``utterances``
+    selects the utterances split into test, dev and fit parts (the others are
+    in none).
     """
 
     def __init__(self, store, target: str, *, level: str = "frame", layers=None,
                  target_rate: int | None = None, split_by: str = "auto",
-                 test_fraction: float = 0.25, seed: int = 0, standardize: bool = True):
+                 test_fraction: float = 0.25, seed: int = 0, standardize: bool = True,
+                 utterances=None):
         from .probe import LEVELS
+        from .probe.targets import (
+            check_classes,
+            label_strings,
+            require_alignments,
+            utterance_label_strings,
+        )
 
         if level not in LEVELS:
             raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
@@ -89,6 +109,8 @@ class ProbeData:
         if not 0 < test_fraction <= 0.5:
             raise ValueError(f"test_fraction must lie in (0, 0.5], got {test_fraction}")
         self.store, self.target, self.level = store, target, level
+        self.sel = sel = utterance_selection(utterances, len(store))
+        ids = np.asarray(store.ids, dtype=object)[sel]
         num_layer = store.num_layer
         if layers is None:
             layers = list(range(num_layer))
@@ -133,31 +155,29 @@ class ProbeData:
                                  "layers=... of one rate")
             conv = np.stack(conv)
             self.lengths = conv.min(0).astype(np.int64)
-            raw = self._frame_label_strings()
+            # the probes' rules (s3viz.probe.targets): an unaligned utterance is refused, a
+            # frame without a segment or with a missing label is unlabelled ("")
+            require_alignments(store.phones, target, sel, ids, fix=_FIXES["alignments"])
+            raw = label_strings(self._frame_label_strings())
         else:
-            if target not in labels_df.columns:
-                raise KeyError(f"target {target!r} is not a column of store.labels; columns: "
-                               f"{list(labels_df.columns)}")
             self.lengths = np.ones(n, dtype=np.int64)
-            raw = labels_df[target].to_numpy(dtype=object)
-            raw = np.array(["" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
-                            for v in raw], dtype=object)
+            raw = np.full(n, "", dtype=object)
+            raw[sel] = utterance_label_strings(labels_df, target, sel, ids, fix=_FIXES["labels"])
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)])
 
         nfolds = max(3, round(1.0 / test_fraction))
-        self.fold, self.split_by = _folds(store, split_by, level, target, nfolds, seed)
-        # fold 0 is held out (test); fold 1 is the dev part of the rest (train_utts)
+        self.fold, self.split_by = _folds(store, split_by, level, target, nfolds, seed, sel)
+        # fold 0 is held out (test); fold 1 is the dev part of the rest (train_utts);
+        # unselected utterances have fold -1
         self.test_utts = np.flatnonzero(self.fold == 0)
-        self.train_utts = np.flatnonzero(self.fold != 0)
+        self.train_utts = np.flatnonzero(self.fold >= 1)
         self.dev_utts = np.flatnonzero(self.fold == 1)
         self.fit_utts = np.flatnonzero(self.fold >= 2)
 
         train_raw = np.concatenate([raw[self.offsets[i]:self.offsets[i + 1]]
                                     for i in self.train_utts]) if len(self.train_utts) else raw[:0]
         classes = sorted({v for v in train_raw if v != ""})
-        if len(classes) < 2:
-            raise ValueError(f"target {target!r} has {len(classes)} class(es) in the training "
-                             "split; a probe needs at least 2")
+        check_classes(target, classes, None, where="in the training split")
         self.classes = classes
         code = {c: k for k, c in enumerate(classes)}
         self.y = np.array([code.get(v, -1) for v in raw], dtype=np.int64)
@@ -268,6 +288,7 @@ def train_featurizer(
     standardize: bool = True,
     target_rate: int | None = None,
     max_cache_bytes: int = 256 * 2**20,
+    utterances=None,
 ) -> FeaturizerFit:
     """Learn layer weights together with a linear head on a probing task.
 
@@ -294,6 +315,10 @@ def train_featurizer(
         max_cache_bytes: training features up to this size are held in memory
             (random frame minibatches); larger stores are streamed in
             minibatches of whole utterances.
+        utterances: the utterance positions to train and evaluate on (default
+            all). The label rules are the probes' (``s3viz.probe.targets``):
+            an utterance without its label (utterance level) or without an
+            alignment (frame level) is refused, so leave such ones out here.
 
     Returns:
         A :class:`FeaturizerFit` ``(featurizer, history)``, a named tuple: a
@@ -317,7 +342,7 @@ def train_featurizer(
     eval_every = _v.integer(eval_every, "eval_every")
     data = ProbeData(store, target, level=level, layers=layers, target_rate=target_rate,
                       split_by=split_by, test_fraction=dev_fraction, seed=seed,
-                      standardize=standardize)
+                      standardize=standardize, utterances=utterances)
     dev = _resolve_device(device)
     gen = torch.Generator().manual_seed(int(seed))
     torch_state = torch.random.get_rng_state()

@@ -43,7 +43,7 @@ from .probe.ridge import (
     ridge_layer_utterance,
     sub_folds,
 )
-from .probe.targets import ProbeTask, label_str, resolve_level
+from .probe.targets import ProbeTask, check_classes, label_str, label_strings, resolve_level
 from .similarity import CrossProducts, cka_table
 from .store import LayerStore
 
@@ -97,6 +97,13 @@ def _split_of(split_by, targets, labels, folds) -> dict:
     return {t: resolve_split(labels, split_by[t], t, folds) for t in targets}
 
 
+_STREAM_FIXES = {
+    "labels": "fill the corpus's {target!r} labels or stream a corpus of the labelled "
+              "utterances only (corpus[positions])",
+    "alignments": "stream a corpus of the aligned utterances only (corpus[positions])",
+}
+
+
 class _Target:
     """One probe target: its labels, folds and per-layer statistics."""
 
@@ -110,12 +117,14 @@ class _Target:
             )
         sel = np.arange(len(meta), dtype=np.int64)
         # utterance level: classes, stratified folds, checks; frame level: alignment checks
-        self.task = ProbeTask(meta, name, self.level, sel, folds, split_by, seed, False, None)
+        self.task = ProbeTask(meta, name, self.level, sel, folds, split_by, seed, False, None,
+                              fixes=_STREAM_FIXES)
         if self.level == "frame":
             self.task.utt_fold = assign_folds(self.task.groups, frame_weights_fn(), folds, seed,
                                                what=split_by)
-            values = {label_str(v) for ph in meta.phones for v in ph[name].tolist()}
+            values = {v for ph in meta.phones for v in label_strings(ph[name].tolist())}
             self.classes = np.asarray(sorted(v for v in values if v != ""), dtype=object)
+            check_classes(name, self.classes, None, where="in the corpus's alignments")
             self.index = {c: i for i, c in enumerate(self.classes)}
             self.seen = np.zeros(len(self.classes), dtype=np.int64)
         else:

@@ -1,9 +1,10 @@
-"""Probe targets: one :class:`ProbeTask` per target, shared by the probes and streaming.
+"""Probe targets: the label rules of probes, featurizers and streaming, and :class:`ProbeTask`.
 
-A task reads the labels a store (or a corpus's metadata) carries for one target at
-one level (frame labels from the alignments at each layer's rate, or one label per
-utterance), drops what is missing, maps classes to ids, assigns folds and control
-classes, and pools features for utterance-level probes.
+:func:`utterance_label_strings`, :func:`require_alignments`, :func:`label_strings`
+and :func:`check_classes` are the one set of rules (``docs/probes.md``, "Labels")
+that the probes, ``train_featurizer``/``WeightedScorer`` and ``stream_analysis``
+apply. A :class:`ProbeTask` reads one target at one level with them, maps classes
+to ids, assigns folds and control classes, and pools utterance-level features.
 """
 
 from __future__ import annotations
@@ -55,7 +56,11 @@ def resolve_level(store, target: str, level: str | None) -> str:
 class ProbeTask:
     """Everything about one target that does not depend on the layer."""
 
-    def __init__(self, store, target, level, sel, folds, split_by, seed, control, control_by):
+    def __init__(self, store, target, level, sel, folds, split_by, seed, control, control_by,
+                 fixes: dict | None = None):
+        # fixes: how the caller's user leaves out unlabelled or unaligned utterances
+        # ({"labels": ..., "alignments": ...}), for the error messages
+        self.fixes = fixes or {}
         self.target, self.level, self.sel = target, level, sel
         self.folds, self.split_by, self.seed = folds, split_by, seed
         self.control, self.control_by = control, control_by
@@ -69,17 +74,10 @@ class ProbeTask:
 
     # -- utterance level ------------------------------------------------------
     def _init_utterance(self, store):
-        vals = store.labels[self.target].to_numpy()[self.sel]
-        bad = [self.ids[i] for i, v in enumerate(vals) if _is_missing(v) or str(v) == ""]
-        if bad:
-            raise ValueError(
-                f"target {self.target!r} is missing (None/NaN/'') for {len(bad)} utterance(s), "
-                f"e.g. {bad[:5]}; fill store.labels[{self.target!r}] or probe only the labelled "
-                "ones with `utterances=`"
-            )
-        keys = np.asarray([str(v) for v in vals], dtype=object)
+        keys = utterance_label_strings(store.labels, self.target, self.sel, self.ids,
+                                       **_fix(self.fixes, "labels"))
         self.classes, y = np.unique(keys.astype(str), return_inverse=True)
-        self._check_classes(len(keys))
+        check_classes(self.target, self.classes, len(keys))
         self.y = y.astype(np.int64)
         if self.split_by == "speaker":
             spk_of_class = pd.Series(self.groups).groupby(self.y).nunique()
@@ -113,21 +111,8 @@ class ProbeTask:
 
     # -- frame level ----------------------------------------------------------
     def _init_frame(self, store):
-        phones = store.phones
-        missing = [self.ids[i] for i, u in enumerate(self.sel) if phones[u] is None]
-        if missing:
-            raise ValueError(
-                f"frame-level target {self.target!r} needs phone alignments, but {len(missing)} "
-                f"utterance(s) have none (e.g. {missing[:5]}); probe the aligned ones with "
-                "`utterances=[i for i, p in enumerate(store.phones) if p is not None]`"
-            )
-        lacking = [self.ids[i] for i, u in enumerate(self.sel)
-                   if self.target not in phones[u].columns]
-        if lacking:
-            raise ValueError(
-                f"the alignments of {len(lacking)} utterance(s) (e.g. {lacking[:5]}) have no "
-                f"column {self.target!r}"
-            )
+        require_alignments(store.phones, self.target, self.sel, self.ids,
+                           **_fix(self.fixes, "alignments"))
         self._labels: dict[tuple, np.ndarray] = {}
         self._keys: dict[int, tuple] = {}
         self.store = store
@@ -156,7 +141,7 @@ class ProbeTask:
                     f"{lengths.sum()} frames"
                 )
             utt = np.repeat(np.arange(len(self.sel)), lengths)
-            lab_s = np.asarray([label_str(v) for v in lab], dtype=object)
+            lab_s = label_strings(lab)
             labelled = lab_s != ""
             self._labels[key] = {"raw": lab_s, "labelled": labelled, "utt": utt, "lengths": lengths}
         return self._labels[key]
@@ -167,7 +152,7 @@ class ProbeTask:
             self.frame_targets(layer)
         all_labels = np.concatenate([d["raw"][d["labelled"]] for d in self._labels.values()])
         self.classes = np.unique(all_labels.astype(str))
-        self._check_classes(len(all_labels))
+        check_classes(self.target, self.classes, len(all_labels))
         utt_w = np.asarray(self.store.lengths(0))[self.sel]  # as probe_folds does
         self.utt_fold = assign_folds(self.groups, utt_w, self.folds, self.seed,
                                       what=self.split_by)
@@ -210,24 +195,87 @@ class ProbeTask:
         y_ctrl[m] = control_labels(types[m], d["y"][m], len(self.classes), self.seed)
         return y_ctrl
 
-    def _check_classes(self, n_examples: int):
-        if len(self.classes) < 2:
-            raise ValueError(
-                f"target {self.target!r} has a single class ({self.classes[0]!r}) among the "
-                "probed examples: nothing to classify; choose another target or more utterances"
-            )
-        if len(self.classes) == n_examples:
-            raise ValueError(
-                f"every example of target {self.target!r} has its own class ({n_examples} "
-                "classes): a classification probe cannot generalise (is it an id or a "
-                "continuous value?)"
-            )
+
+# ---------------------------------------------------------------------------
+# the one set of label rules of probes, featurizers and streaming
+
+
+def _fix(fixes: dict, key: str) -> dict:
+    return {"fix": fixes[key]} if key in fixes else {}
 
 
 def label_str(v) -> str:
+    """A label as a string; missing (None, NaN, pd.NA, NaT) is ``""``, i.e. unlabelled."""
     if _is_missing(v):
         return ""
     return str(v)
+
+
+def label_strings(values) -> np.ndarray:
+    """:func:`label_str` of every value, as an object array (``""``: unlabelled)."""
+    return np.asarray([label_str(v) for v in values], dtype=object)
+
+
+def utterance_label_strings(labels: pd.DataFrame, target: str, sel, ids,
+                            fix: str = "fill store.labels[{target!r}] or probe only the "
+                                       "labelled ones with `utterances=`") -> np.ndarray:
+    """The utterance-level label of each selected utterance; a missing one is refused.
+
+    An utterance-level example has one label: leaving an unlabelled utterance
+    out silently would change what is measured, so it is an error whose
+    message names the utterances and ``fix`` (formatted with ``target``).
+    """
+    if target not in labels.columns:
+        raise KeyError(f"target {target!r} is not a column of the labels; columns: "
+                       f"{list(labels.columns)}")
+    keys = label_strings(labels[target].to_numpy()[np.asarray(sel)])
+    bad = [ids[i] for i, v in enumerate(keys) if v == ""]
+    if bad:
+        raise ValueError(
+            f"target {target!r} is missing (None/NaN/'') for {len(bad)} utterance(s), "
+            f"e.g. {bad[:5]}; " + fix.format(target=target)
+        )
+    return keys
+
+
+def require_alignments(phones, target: str, sel, ids,
+                       fix: str = "probe the aligned ones with `utterances=[i for i, p in "
+                                  "enumerate(store.phones) if p is not None]`") -> None:
+    """Frame-level targets: every selected utterance has an alignment table with ``target``.
+
+    Frames without a segment (or whose segment's label is missing) are
+    unlabelled and left out; an utterance without any alignment is refused,
+    since all of its frames would silently be.
+    """
+    missing = [ids[i] for i, u in enumerate(sel) if phones[u] is None]
+    if missing:
+        raise ValueError(
+            f"frame-level target {target!r} needs phone alignments, but {len(missing)} "
+            f"utterance(s) have none (e.g. {missing[:5]}); {fix}"
+        )
+    lacking = [ids[i] for i, u in enumerate(sel) if target not in phones[u].columns]
+    if lacking:
+        raise ValueError(
+            f"the alignments of {len(lacking)} utterance(s) (e.g. {lacking[:5]}) have no "
+            f"column {target!r}"
+        )
+
+
+def check_classes(target: str, classes, n_examples: int | None,
+                  where: str = "among the probed examples") -> None:
+    """Refuse a target with one class, or (given ``n_examples``) one class per example."""
+    if len(classes) < 2:
+        which = f" ({classes[0]!r})" if len(classes) else ""
+        raise ValueError(
+            f"target {target!r} has {'a single class' if len(classes) else 'no class'}{which} "
+            f"{where}: nothing to classify; choose another target or more utterances"
+        )
+    if n_examples is not None and len(classes) == n_examples:
+        raise ValueError(
+            f"every example of target {target!r} has its own class ({n_examples} "
+            "classes): a classification probe cannot generalise (is it an id or a "
+            "continuous value?)"
+        )
 
 
 def _pooled(store, layer: int, task: ProbeTask) -> torch.Tensor:

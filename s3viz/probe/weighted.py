@@ -149,7 +149,7 @@ class WeightedScorer:
 
     Args:
         store: a :class:`s3viz.LayerStore`.
-        target, level, layers, target_rate, split_by, seed: as in
+        target, level, layers, target_rate, split_by, seed, utterances: as in
             :func:`train_featurizer`.
         test_fraction: share of the groups held out for the score (the split
             is :func:`s3viz.probe.probe_folds` with ``round(1 / test_fraction)``
@@ -170,11 +170,13 @@ class WeightedScorer:
                  lambdas: Sequence[float] | None = None,
                  target_rate: int | None = None, split_by: str = "auto",
                  test_fraction: float = 0.25, seed: int = 0, device=None,
-                 pca_frames: int = 4096, chunk_utterances: int = 64, basis="mixed"):
+                 pca_frames: int = 4096, chunk_utterances: int = 64, basis="mixed",
+                 utterances=None):
         from .ridge import LAMBDAS
 
         data = ProbeData(store, target, level=level, layers=layers, target_rate=target_rate,
-                          split_by=split_by, test_fraction=test_fraction, seed=seed)
+                          split_by=split_by, test_fraction=test_fraction, seed=seed,
+                          utterances=utterances)
         self.data = data
         self.layers = list(data.layers)
         self.classes = list(data.classes)
