@@ -160,23 +160,8 @@ def probe_layers(
     weight_decay = _v.number(weight_decay, "weight_decay", nonnegative=True, none_ok=True)
     max_memory = _v.integer(max_memory, "max_memory")
     seed = _v.integer(seed, "seed", minimum=0)
-    shard_store, shard_pos_all = None, None
-    if reference is not None or reduce is not None:
-        if reference is None or reduce is None:
-            raise ValueError("sharded probes need both `reference` (the whole corpus) and "
-                             "`reduce` (a sum over shards); pass both or neither")
-        if "logistic" in methods and dev_fraction != 0:
-            raise ValueError(
-                "sharded logistic probes need dev_fraction=0 (full-batch L-BFGS, whose "
-                "gradients sum over shards); early stopping's minibatches cannot be split "
-                "across shards")
-        ref_index = {u: i for i, u in enumerate(reference.ids)}
-        unknown = [u for u in store.ids if u not in ref_index]
-        if unknown:
-            raise ValueError(f"{len(unknown)} utterance(s) of the shard store are not in "
-                             f"`reference` (e.g. {unknown[:5]}); pass the whole corpus's metadata")
-        shard_store, store = store, reference
-        shard_pos_all = np.asarray([ref_index[u] for u in shard_store.ids], dtype=np.int64)
+    store, shard_store, shard_pos_all = _shard_setup(store, reference, reduce, methods,
+                                                     dev_fraction)
     folds = check_folds(folds)
     if split_by is not None and split_by not in SPLITS + ("auto",):
         raise ValueError(f"split_by must be one of {SPLITS + ('auto',)}, got {split_by!r}")
@@ -220,30 +205,14 @@ def probe_layers(
         task = ProbeTask(store, tgt, lev, sel, folds, split, seed, control, control_by)
         if lev == "frame":
             task.set_frame_classes(layer_list)
-        shard = None
-        if shard_store is not None:  # (shard store positions, task positions) in shard order
-            task_of = {int(u): k for k, u in enumerate(sel)}
-            keep = [j for j, u in enumerate(shard_pos_all) if int(u) in task_of]
-            shard = (keep, [task_of[int(shard_pos_all[j])] for j in keep])
+        shard = _task_shard(sel, shard_pos_all)
         c = len(task.classes)
         blocks = [slice(0, c)] + ([slice(c, 2 * c)] if control else [])
         for meth in methods:
-            per_layer = {}
             if meth == "ridge":
-                for layer in layer_list:
-                    if lev == "frame":
-                        per_layer[layer] = ridge_layer_frame(
-                            task, store if shard is None else shard_store, layer, blocks, c,
-                            lambdas, device, chunk_frames, torch.float64, shard=shard,
-                            reduce=reduce)
-                    elif shard is not None:
-                        x = _pooled_sharded(shard_store, layer, task, shard, reduce).to(device)
-                        per_layer[layer] = ridge_layer_utterance(
-                            task, x, blocks, c, lambdas, torch.float64)
-                    else:
-                        x = _pooled(store, layer, task).to(device)
-                        per_layer[layer] = ridge_layer_utterance(
-                            task, x, blocks, c, lambdas, torch.float64)
+                per_layer = {layer: _ridge_layer(task, store, shard_store, shard, layer, blocks,
+                                                 c, lambdas, device, chunk_frames, reduce)
+                             for layer in layer_list}
             else:
                 per_layer = _logistic_layers(task, store, layer_list, c, device, opts,
                                              max_memory, shard_store=shard_store, shard=shard,
@@ -252,6 +221,56 @@ def probe_layers(
                 rows.append(result_row(tgt, meth, lev, layer, int(layer_ids[layer]), c, folds,
                                         control, per_layer[layer], fold_accuracy))
     return result_table(rows, fold_accuracy, control, splits, folds=folds, seed=seed)
+
+
+def _task_shard(sel: np.ndarray, shard_pos_all):
+    """Sharded: ``(shard store positions, task positions)`` of the task's utterances on
+    this shard, in shard order; unsharded: None."""
+    if shard_pos_all is None:
+        return None
+    task_of = {int(u): k for k, u in enumerate(sel)}
+    keep = [j for j, u in enumerate(shard_pos_all) if int(u) in task_of]
+    return keep, [task_of[int(shard_pos_all[j])] for j in keep]
+
+
+def _ridge_layer(task, store, shard_store, shard, layer, blocks, c, lambdas, device,
+                 chunk_frames, reduce):
+    """The ridge probe of one layer: frames streamed, or utterances pooled (sharded or not)."""
+    if task.level == "frame":
+        return ridge_layer_frame(task, store if shard is None else shard_store, layer, blocks, c,
+                                 lambdas, device, chunk_frames, torch.float64, shard=shard,
+                                 reduce=reduce)
+    if shard is not None:
+        x = _pooled_sharded(shard_store, layer, task, shard, reduce).to(device)
+    else:
+        x = _pooled(store, layer, task).to(device)
+    return ridge_layer_utterance(task, x, blocks, c, lambdas, torch.float64)
+
+
+def _shard_setup(store, reference, reduce, methods, dev_fraction):
+    """``(store, shard_store, shard_pos_all)``: unsharded, ``(store, None, None)``.
+
+    Sharded (``reference`` and ``reduce``), the task is built on ``reference``
+    (the whole corpus's metadata) and the frames come from ``shard_store``,
+    whose utterances sit at ``shard_pos_all`` in ``reference``.
+    """
+    if reference is None and reduce is None:
+        return store, None, None
+    if reference is None or reduce is None:
+        raise ValueError("sharded probes need both `reference` (the whole corpus) and "
+                         "`reduce` (a sum over shards); pass both or neither")
+    if "logistic" in methods and dev_fraction != 0:
+        raise ValueError(
+            "sharded logistic probes need dev_fraction=0 (full-batch L-BFGS, whose "
+            "gradients sum over shards); early stopping's minibatches cannot be split "
+            "across shards")
+    ref_index = {u: i for i, u in enumerate(reference.ids)}
+    unknown = [u for u in store.ids if u not in ref_index]
+    if unknown:
+        raise ValueError(f"{len(unknown)} utterance(s) of the shard store are not in "
+                         f"`reference` (e.g. {unknown[:5]}); pass the whole corpus's metadata")
+    pos = np.asarray([ref_index[u] for u in store.ids], dtype=np.int64)
+    return reference, store, pos
 
 
 def _probe_segments(store, targets, *, layers, utterances, control_by, **kw) -> pd.DataFrame:

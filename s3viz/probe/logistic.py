@@ -247,15 +247,15 @@ def _logistic_layers(task: ProbeTask, store, layer_list: list[int], c: int, devi
             d = task.frame_targets(members[0])
             arg, rows = _shard_frames(task, d, shard)
             if rows is None:
-                keep = d["y"] >= 0
+                keep = d.y >= 0
                 sel_rows = np.flatnonzero(keep)
             else:  # this shard's frames, in the shard store's order
-                keep = d["y"][rows] >= 0
+                keep = d.y[rows] >= 0
                 sel_rows = rows[keep]
             n = len(sel_rows)
-            y_np = [d["y"][sel_rows]] + ([d["y_ctrl"][sel_rows]] if task.control else [])
-            fold_np = d["fold"][sel_rows]
-            group_np = task.groups[d["utt"][sel_rows]]
+            y_np = [d.y[sel_rows]] + ([d.y_ctrl[sel_rows]] if task.control else [])
+            fold_np = d.fold[sel_rows]
+            group_np = task.groups[d.utt[sel_rows]]
         else:
             keep = None
             pos = np.arange(len(task.sel)) if shard is None else np.asarray(shard[1], dtype=int)

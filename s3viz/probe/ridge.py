@@ -16,7 +16,7 @@ import torch
 from .._numerics import read_dtype, safe_scale
 from .folds import _store_arg
 from .stats import ProbeStats, _ridge_solve
-from .targets import ProbeTask
+from .targets import FrameTargets, ProbeTask
 
 LAMBDAS = tuple(float(v) for v in 10.0 ** np.linspace(-5.0, 3.0, 12))
 """Penalty grid of the ridge probe, relative to the mean eigenvalue of the
@@ -111,12 +111,12 @@ def ridge_fit_folds(stats: ProbeStats, folds: int, sub: int, blocks: list[slice]
     return models
 
 
-def _shard_frames(task: ProbeTask, d: dict, shard) -> tuple[list[int] | None, np.ndarray | None]:
+def _shard_frames(task: ProbeTask, d: FrameTargets, shard) -> tuple[list[int] | None, np.ndarray | None]:
     """(utterances of the shard store to stream, their frames' rows in the task's frame table)."""
     if shard is None:
         return _store_arg(task.sel, task.n_utt), None
     shard_pos, task_pos = shard
-    offs = np.concatenate([[0], np.cumsum(d["lengths"])])
+    offs = np.concatenate([[0], np.cumsum(d.lengths)])
     rows = [np.arange(offs[t], offs[t + 1]) for t in task_pos]
     return list(shard_pos), (np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64))
 
@@ -126,9 +126,9 @@ def ridge_layer_frame(task: ProbeTask, store, layer: int, blocks, c: int, lambda
     d = task.frame_targets(layer)
     folds = task.folds
     sub = 2 if folds == 2 else 1
-    frame_sub = sub_folds(task, sub)[d["utt"]]
-    y_all = d["y"]
-    y_ctrl = d.get("y_ctrl") if task.control else None
+    frame_sub = sub_folds(task, sub)[d.utt]
+    y_all = d.y
+    y_ctrl = d.y_ctrl if task.control else None
     stats = ProbeStats.zeros(folds * sub, store.hidden_sizes[layer], len(blocks) * c,
                              dtype=stats_dtype, device=device)
     arg, rows = _shard_frames(task, d, shard)

@@ -10,6 +10,7 @@ to ids, assigns folds and control classes, and pools utterance-level features.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -51,6 +52,23 @@ def resolve_level(store, target: str, level: str | None) -> str:
         f"store.labels) are {label_cols}; frame-level targets (columns of the phone "
         f"alignments) are {phone_cols or 'none (the store has no alignments)'}"
     )
+
+
+@dataclass
+class FrameTargets:
+    """The frame labels of one layer geometry (rate, receptive field, frame counts).
+
+    Rows are the selected utterances' frames, concatenated in selection order.
+    ``y``, ``fold`` and ``y_ctrl`` are set by :meth:`ProbeTask.set_frame_classes`.
+    """
+
+    raw: np.ndarray  # (sum_T,) label strings; "" is unlabelled
+    labelled: np.ndarray  # (sum_T,) bool: raw != ""
+    utt: np.ndarray  # (sum_T,) position in the task's selection
+    lengths: np.ndarray  # (len(sel),) frames per selected utterance
+    y: np.ndarray | None = None  # (sum_T,) class id, -1 unlabelled
+    fold: np.ndarray | None = None  # (sum_T,) the frame's utterance's fold
+    y_ctrl: np.ndarray | None = None  # (sum_T,) control class id (control=True), -1 unlabelled
 
 
 class ProbeTask:
@@ -113,7 +131,7 @@ class ProbeTask:
     def _init_frame(self, store):
         require_alignments(store.phones, self.target, self.sel, self.ids,
                            **_fix(self.fixes, "alignments"))
-        self._labels: dict[tuple, np.ndarray] = {}
+        self._labels: dict[tuple, FrameTargets] = {}
         self._keys: dict[int, tuple] = {}
         self.store = store
 
@@ -126,8 +144,8 @@ class ProbeTask:
                                  hash(lengths.tobytes()))
         return self._keys[layer]
 
-    def frame_targets(self, layer: int):
-        """(y (sum_T,) int64 with -1 = unlabelled, y_ctrl or None, fold (sum_T,), utt (sum_T,))."""
+    def frame_targets(self, layer: int) -> FrameTargets:
+        """The :class:`FrameTargets` of ``layer`` (shared by layers of one geometry)."""
         key = self.frame_key(layer)
         if key not in self._labels:
             store = self.store
@@ -143,14 +161,15 @@ class ProbeTask:
             utt = np.repeat(np.arange(len(self.sel)), lengths)
             lab_s = label_strings(lab)
             labelled = lab_s != ""
-            self._labels[key] = {"raw": lab_s, "labelled": labelled, "utt": utt, "lengths": lengths}
+            self._labels[key] = FrameTargets(raw=lab_s, labelled=labelled, utt=utt,
+                                             lengths=lengths)
         return self._labels[key]
 
     def set_frame_classes(self, layers: Sequence[int]):
         """Fix the class list from the labels of all probed layers, and the folds."""
         for layer in layers:
             self.frame_targets(layer)
-        all_labels = np.concatenate([d["raw"][d["labelled"]] for d in self._labels.values()])
+        all_labels = np.concatenate([d.raw[d.labelled] for d in self._labels.values()])
         self.classes = np.unique(all_labels.astype(str))
         check_classes(self.target, self.classes, len(all_labels))
         utt_w = np.asarray(self.store.lengths(0))[self.sel]  # as probe_folds does
@@ -158,17 +177,17 @@ class ProbeTask:
                                       what=self.split_by)
         index = {c: i for i, c in enumerate(self.classes)}
         for (rate, rf, _), d in self._labels.items():
-            y = np.full(d["raw"].shape[0], -1, dtype=np.int64)
-            y[d["labelled"]] = [index[v] for v in d["raw"][d["labelled"]]]
-            d["y"] = y
-            d["fold"] = self.utt_fold[d["utt"]]
+            y = np.full(d.raw.shape[0], -1, dtype=np.int64)
+            y[d.labelled] = [index[v] for v in d.raw[d.labelled]]
+            d.y = y
+            d.fold = self.utt_fold[d.utt]
             if self.control:
-                d["y_ctrl"] = self._frame_control(d, rate, rf)
+                d.y_ctrl = self._frame_control(d, rate, rf)
 
-    def _frame_control(self, d, rate, rf) -> np.ndarray:
+    def _frame_control(self, d: FrameTargets, rate, rf) -> np.ndarray:
         by = "context" if self.control_by is None else self.control_by
-        types = np.empty(d["raw"].shape[0], dtype=object)
-        offs = np.concatenate([[0], np.cumsum(d["lengths"])])
+        types = np.empty(d.raw.shape[0], dtype=object)
+        offs = np.concatenate([[0], np.cumsum(d.lengths)])
         for i, u in enumerate(self.sel):
             ph = self.store.phones[u]
             if by == "context":
@@ -184,15 +203,15 @@ class ProbeTask:
                                    f"utterance {self.ids[i]!r}: {list(ph.columns)}")
                 col = by
             types[offs[i]:offs[i + 1]] = _align_frame_labels(
-                ph, int(d["lengths"][i]), rate, column=col, receptive_field_samples=rf)
+                ph, int(d.lengths[i]), rate, column=col, receptive_field_samples=rf)
         if by == "context":  # the middle of the context must be the frame's own label
             mid = np.asarray([t.split("|")[1] if t else "" for t in types], dtype=object)
-            if not np.array_equal(mid[d["labelled"]], d["raw"][d["labelled"]]):
+            if not np.array_equal(mid[d.labelled], d.raw[d.labelled]):
                 raise RuntimeError("control types disagree with store.frame_labels "
                                    "(alignment convention mismatch)")
-        y_ctrl = np.full(d["raw"].shape[0], -1, dtype=np.int64)
-        m = d["labelled"]
-        y_ctrl[m] = control_labels(types[m], d["y"][m], len(self.classes), self.seed)
+        y_ctrl = np.full(d.raw.shape[0], -1, dtype=np.int64)
+        m = d.labelled
+        y_ctrl[m] = control_labels(types[m], d.y[m], len(self.classes), self.seed)
         return y_ctrl
 
 
