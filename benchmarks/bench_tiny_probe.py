@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     corpus = held_out_corpus(n)
     t_data = time.time() - t0
-    trained = tiny(pretrained=True) if args.weights is None else tiny(weights=args.weights)
+    trained = tiny(pretrained=True) if args.weights is None else tiny(checkpoint=args.weights)
     models = {"tiny": trained, "tiny_random": tiny(pretrained=False, config=trained.config),
               "spectral": spectral_upstream()}
     t1 = time.time()

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ._compat import renamed_args
 from .align import frame_labels as _align_frame_labels
 
 __all__ = [
@@ -33,14 +34,15 @@ def _id_key(u: str) -> int:
     return int(hashlib.sha1(u.encode()).hexdigest()[:16], 16)
 
 
+@renamed_args(weights="utterance_weights")
 def shard_indices(ids: Sequence[str], rank: int, world_size: int,
-                  weights: Sequence[float] | None = None) -> list[int]:
+                  utterance_weights: Sequence[float] | None = None) -> list[int]:
     """Positions of the utterances that ``rank`` handles, deterministic by utterance id.
 
     Utterances are ordered by the sha1 of their id (not by corpus order, the
-    machine or the Python hash seed). Without ``weights`` they are dealt
+    machine or the Python hash seed). Without ``utterance_weights`` they are dealt
     round-robin in that order, so shard sizes differ by at most one
-    utterance. With ``weights`` (e.g. each utterance's samples, to balance the
+    utterance. With ``utterance_weights`` (e.g. each utterance's samples, to balance the
     extraction time), the heaviest go first, each to the rank with the least
     weight so far (ties: the sha1 order, then the lowest rank): every rank
     ends within one utterance's weight of the others.
@@ -52,7 +54,8 @@ def shard_indices(ids: Sequence[str], rank: int, world_size: int,
         ids: utterance ids of the whole corpus (unique strings).
         rank: this process's rank in ``[0, world_size)``.
         world_size: number of processes (>= 1).
-        weights: optional non-negative weight per utterance (same order as ``ids``).
+        utterance_weights: optional non-negative weight per utterance (same order as
+            ``ids``; was ``weights``).
 
     Returns:
         Sorted positions into ``ids``.
@@ -67,12 +70,13 @@ def shard_indices(ids: Sequence[str], rank: int, world_size: int,
     if len(set(ids)) != len(ids):
         raise ValueError("ids must be unique: sharding is by utterance id")
     keys = [_id_key(u) for u in ids]
-    if weights is None:
+    if utterance_weights is None:
         order = sorted(range(len(ids)), key=lambda i: (keys[i], ids[i]))
         return sorted(i for k, i in enumerate(order) if k % world_size == rank)
-    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    w = np.asarray(utterance_weights, dtype=np.float64).reshape(-1)
     if w.shape[0] != len(ids) or not np.isfinite(w).all() or (w < 0).any():
-        raise ValueError(f"weights must be {len(ids)} finite non-negative numbers (one per id), "
+        raise ValueError(f"utterance_weights must be {len(ids)} finite non-negative numbers "
+                         f"(one per id), "
                          f"got shape {w.shape}")
     order = sorted(range(len(ids)), key=lambda i: (-w[i], keys[i], ids[i]))
     load = np.zeros(world_size)

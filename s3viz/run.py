@@ -148,7 +148,7 @@ def run(args) -> dict:
         raise ValueError(f"{len(corpus)} utterances for {world} processes: some would get no "
                          "utterance; use fewer processes or a larger corpus")
     shard = shard_indices(corpus.ids, rank, world,
-                          weights=np.array([u.num_samples for u in corpus]))
+                          utterance_weights=np.array([u.num_samples for u in corpus]))
     cache = None
     if args.store_frames:
         cache = Path(args.store_frames) / f"rank-{rank}"

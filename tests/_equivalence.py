@@ -50,7 +50,7 @@ def _shards(corpus):
     from s3viz.distributed import shard_indices
 
     weights = [u.num_samples for u in corpus]
-    return [shard_indices(corpus.ids, r, 2, weights=weights) for r in range(2)]
+    return [shard_indices(corpus.ids, r, 2, utterance_weights=weights) for r in range(2)]
 
 
 def tables(upstream, corpus, target, *, tmp_path, split_by: str = "auto", folds: int = 3,

@@ -1,7 +1,8 @@
 """The public API's names (docs/api.md): one meaning per argument name, old names deprecated.
 
-- every argument of a public function or method is defined in docs/api.md, or is
-  listed below as belonging to one function only;
+- every argument of a public function or method (of ``s3viz`` and every public
+  module's ``__all__``) is defined in docs/api.md, or is listed below as
+  belonging to one function only;
 - each renamed argument still works under its old name, with a DeprecationWarning
   naming the new one, and gives the same result; passing both is refused;
 - multi-part results are named tuples that still unpack (and, for the dict
@@ -10,6 +11,7 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import re
 import warnings
@@ -29,21 +31,38 @@ API_DOC = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 # Arguments that belong to one public function each, defined in its docstring.
 ONE_FUNCTION = {
     "apply", "verbose",  # notebook_threads
-    "backend", "plan", "lengths", "hidden_sizes", "layer_ids", "fingerprint", "name",
+    "backend", "plan", "lengths", "layer_ids", "fingerprint",
     "i",  # LayerStore's constructor and LayerStore.utterance
     "count", "sum_x", "sum_xx", "sum_y", "sum_xy", "sum_yy", "shift", "dev", "group",
-    "groups", "hidden_size", "num_groups", "num_targets", "targets", "y",  # ProbeStats
+    "groups", "num_groups", "num_targets", "targets",  # ProbeStats
     "cka", "cka_level",  # stream_analysis
     "cpu_vs_gpu",  # compare_frame_utterance
-    "pca_frames", "weights",  # WeightedScorer
-    "iters", "k",  # unit_quality
-    "keep_variance",  # layer_similarity
+    "pca_frames",  # WeightedScorer
     "key", "trusted_types",  # load_featurizer_weights
-    "logits", "probs", "normalize",  # WeightedSumFeaturizer
-    "message", "warnings",  # ContractReport / ContractViolation
-    "rate", "rate_or_upstream", "receptive_field_samples",  # align
+    "logits", "probs",  # WeightedSumFeaturizer.set_weights
+    "warnings",  # ContractReport.raise_for_violations
+    "rate_or_upstream",  # frame_timeline
+    "fill",  # align.frame_labels
     "return_cells",  # abx_layers
     "skip",  # segment_table
+    "chunk", "table",  # segments.pool_segments
+    "sel", "strata", "num_classes", "types",  # probe: resolve_split, probe_folds, control_labels
+    "layer_names",  # featurizers.weighted_sum
+    "activation", "dropout",  # models.FrameLevelMLP
+    "max_len",  # models.length_mask
+    "scores",  # models.masked_softmax_pool
+    "dct", "fbank",  # upstreams.spectral_hidden_states
+    "name_or_object",  # upstreams.get_upstream
+    "n",  # data.make_sentences
+    "units",  # units.unit_measures
+    "l_",  # similarity.hsic_unbiased (the second Gram matrix)
+    "rank", "world_size", "t", "num_utterances", "shard_lengths",
+    "shard_store",  # distributed
+    "num_layer", "utterance",  # teach.check_weights, teach.check_pooled
+    # s3viz.plot
+    "baseline", "by", "conventions", "frame_len", "frame_out", "history", "measures",
+    "receptive_field", "show_control", "show_mean", "spectrogram", "timelines", "utt",
+    "utterance_out", "window",
     # s3viz.widgets
     "color_by", "max_points", "probe",  # layer_projection_explorer
     "learned", "scorer", "train_kwargs",  # layer_weight_explorer
@@ -51,17 +70,18 @@ ONE_FUNCTION = {
 }
 
 
+# the public modules scanned besides ``s3viz`` itself (each one's ``__all__``)
+MODULES = ("widgets", "plot", "data", "upstreams", "align", "audio", "models", "teach",
+           "segments", "distributed", "probe", "featurizers", "contract", "store",
+           "extraction", "stream", "similarity", "abx", "units", "compare", "checkpoints")
+
+
 def _public_callables():
-    """Every public function, class and method of ``s3viz`` and of ``s3viz.widgets``.
-
-    (``s3viz.plot``, ``s3viz.data``, ``s3viz.upstreams``, ``s3viz.audio`` and
-    ``s3viz.models`` have their own vocabularies -- axes and colours, files,
-    model configs -- and are not scanned yet.)
-    """
-    import s3viz.widgets
-
+    """Every public function, class and method of ``s3viz`` and its public modules."""
     public = [(n, getattr(s3viz, n)) for n in s3viz.__all__]
-    public += [(f"widgets.{n}", getattr(s3viz.widgets, n)) for n in s3viz.widgets.__all__]
+    for mod in MODULES:
+        m = importlib.import_module(f"s3viz.{mod}")
+        public += [(f"{mod}.{n}", getattr(m, n)) for n in m.__all__]
     for name, obj in public:
         if inspect.isclass(obj):
             yield name, obj.__init__
@@ -94,7 +114,7 @@ def _documented() -> set[str]:
     names = set()
     for line in API_DOC.read_text().splitlines():
         if line.startswith("| `"):
-            names.update(re.findall(r"`([a-z_]+)`", line.split("|")[1]))
+            names.update(re.findall(r"`([a-z_][a-z0-9_]*)`", line.split("|")[1]))
     return names
 
 
@@ -104,9 +124,9 @@ def test_every_argument_name_has_one_documented_meaning():
     assert not undefined, (f"define these in docs/api.md (or, if one function owns the name, "
                            f"add it to ONE_FUNCTION): {undefined}")
     # a name kept for one function must stay there: a second user needs a shared meaning
-    def owner(where):  # "LayerStore.layer" -> "LayerStore"; "widgets.f.m" -> "widgets.f"
+    def owner(where):  # "LayerStore.layer" -> "LayerStore"; "plot.f" -> "f"
         parts = where.split(".")
-        return ".".join(parts[:2] if parts[0] == "widgets" else parts[:1])
+        return parts[1] if parts[0] in MODULES else parts[0]
 
     owners = {n: {owner(w) for w in uses.get(n, [])} for n in ONE_FUNCTION}
     shared = {n: o for n, o in owners.items() if len(o) > 1 and n not in documented}
@@ -125,6 +145,11 @@ def test_old_names_are_gone_from_signatures():
     for fn in ("probe_layers", "layer_similarity"):
         assert fn not in uses["batch_size"]
     assert "LayerStore.iter_layer" not in uses["max_frames"]
+    for where in ("upstreams.from_transformers", "upstreams.TransformersUpstream",
+                  "upstreams.from_whisper", "upstreams.WhisperEncoderUpstream"):
+        assert where not in uses["layers"] and where not in uses.get("normalize", []), where
+    assert "upstreams.tiny" not in uses["weights"]
+    assert {"distributed.shard_indices", "probe.probe_folds"} <= set(uses["utterance_weights"])
 
 
 # --------------------------------------------------------------------------- renames
@@ -176,6 +201,20 @@ def test_old_argument_names_give_the_same_results(tiny_upstream, small_corpus, t
          lambda **kw: list(tiny_store.iter_layer(2, **kw)), 100,
          lambda pieces: [p for piece in pieces for p in piece] + [len(pieces)]),
     ]
+    from s3viz.distributed import shard_indices
+    from s3viz.probe import probe_folds
+    from s3viz.zoo.tiny import WEIGHTS_PATH, tiny
+
+    ids = [f"u{i}" for i in range(10)]
+    cases += [
+        ("tiny", "weights", "checkpoint", lambda **kw: tiny(**kw), WEIGHTS_PATH,
+         lambda m: list(m.state_dict().values())),
+        ("shard_indices", "weights", "utterance_weights",
+         lambda **kw: shard_indices(ids, 1, 3, **kw), np.arange(10.0), lambda r: r),
+        ("probe_folds", "weights", "utterance_weights",
+         lambda **kw: probe_folds(tiny_store, folds=2, split_by="utterance", **kw),
+         np.ones(len(tiny_store)), lambda df: df),
+    ]
     for fn, old, new, call, value, parts in cases:
         want = parts(call(**{new: value}))
         with pytest.warns(DeprecationWarning, match=rf"{re.escape(fn)}\({old}=\.\.\.\) is now "
@@ -192,6 +231,28 @@ def test_old_argument_names_give_the_same_results(tiny_upstream, small_corpus, t
                     assert g == w, fn
         with pytest.raises(TypeError, match=f"got {new}= and its old name {old}="):
             call(**{old: value, new: value})
+
+
+def test_old_transformers_argument_names():
+    T = pytest.importorskip("transformers")
+    from s3viz.upstreams import TransformersUpstream, from_transformers, get_upstream
+
+    torch.manual_seed(0)
+    model = T.HubertModel(T.HubertConfig(
+        hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+        conv_dim=(8,) * 7, num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=2)).eval()
+    for make in (from_transformers, TransformersUpstream, get_upstream):
+        name = "get_upstream" if make is get_upstream else make.__qualname__
+        want = make(model, upstream_layers=[0, -1], normalize_waveform=True)
+        with pytest.warns(DeprecationWarning) as rec:
+            got = make(model, layers=[0, -1], normalize=True)
+        assert {str(w.message).split(" (the old")[0] for w in rec} >= {
+            f"s3viz deprecation: {'from_transformers' if make is get_upstream else name}"
+            f"(layers=...) is now {'from_transformers' if make is get_upstream else name}"
+            f"(upstream_layers=...)"}
+        assert got.layer_ids == want.layer_ids == [0, 2] and got.normalize is want.normalize
+        with pytest.raises(TypeError, match="got upstream_layers= and its old name layers="):
+            make(model, layers=[0], upstream_layers=[0])
 
 
 def test_split_by_none_is_auto_with_a_warning(tiny_store):

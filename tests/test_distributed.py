@@ -107,19 +107,20 @@ def test_shard_indices_weights_balance_load():
     ids = [f"utt{i:03d}" for i in range(101)]
     w = rng.integers(16000, 16000 * 15, size=101)
     for world in (2, 3, 5):
-        parts = [shard_indices(ids, r, world, weights=w) for r in range(world)]
+        parts = [shard_indices(ids, r, world, utterance_weights=w) for r in range(world)]
         assert sorted(i for p in parts for i in p) == list(range(101))
         loads = [int(w[p].sum()) for p in parts]
         assert max(loads) - min(loads) <= int(w.max())  # within one utterance of each other
     # still by id: shuffling ids together with their weights keeps the assignment
     perm = rng.permutation(101)
-    a = {ids[i] for i in shard_indices(ids, 1, 3, weights=w)}
-    b = {ids[j] for j in perm[shard_indices([ids[j] for j in perm], 1, 3, weights=w[perm])]}
+    a = {ids[i] for i in shard_indices(ids, 1, 3, utterance_weights=w)}
+    b = {ids[j] for j in perm[shard_indices([ids[j] for j in perm], 1, 3,
+                                            utterance_weights=w[perm])]}
     assert a == b
-    with pytest.raises(ValueError, match="weights"):
-        shard_indices(ids, 0, 2, weights=w[:5])
-    with pytest.raises(ValueError, match="weights"):
-        shard_indices(ids, 0, 2, weights=-w)
+    with pytest.raises(ValueError, match="utterance_weights"):
+        shard_indices(ids, 0, 2, utterance_weights=w[:5])
+    with pytest.raises(ValueError, match="utterance_weights"):
+        shard_indices(ids, 0, 2, utterance_weights=-w)
 
 
 @pytest.mark.parametrize("rank, world, dup", [(2, 2, False), (-1, 2, False), (0, 0, False),
@@ -207,7 +208,7 @@ def test_two_processes_stored_frames_equal_single(single, sharded):
     for rank in (0, 1):
         part = LayerStore.open(Path(store_dir) / f"rank-{rank}")
         weights = [u.num_samples for u in single["corpus"]]
-        assert [pos[u] for u in part.ids] == shard_indices(full.ids, rank, 2, weights=weights)
+        assert [pos[u] for u in part.ids] == shard_indices(full.ids, rank, 2, utterance_weights=weights)
         for j, u in enumerate(part.ids):
             for a, b in zip(part.utterance(j), full.utterance(pos[u]), strict=True):
                 # float32 frames; the shard's batches (padding) and thread count differ

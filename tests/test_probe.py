@@ -125,7 +125,7 @@ def test_label_layer_near_perfect_noise_near_chance(which, ridge_df, logistic_df
 
 def test_chance_is_majority_class_of_training_folds(store, ridge_df):
     folds = probe_folds(store, folds=5, split_by="speaker", seed=0,
-                        weights=np.full(N_UTT, N_FRAMES))
+                        utterance_weights=np.full(N_UTT, N_FRAMES))
     _, lab, utt = _frames(store, 0)
     fold_of_frame = folds.set_index("utterance")["fold"].to_numpy()[utt]
     hits = 0
@@ -163,7 +163,7 @@ def test_ridge_probe_matches_sklearn_ridge_classifier(store, layer):
     df = probe_layers(store, "phone", layers=[layer], lambdas=[lam], device="cpu")
     x, lab, utt = _frames(store, layer)
     folds = probe_folds(store, folds=5, split_by="speaker", seed=0,
-                        weights=np.full(N_UTT, N_FRAMES))
+                        utterance_weights=np.full(N_UTT, N_FRAMES))
     fold_of_frame = folds.set_index("utterance")["fold"].to_numpy()[utt]
     correct = 0
     for k in range(5):
@@ -182,7 +182,7 @@ def test_logistic_probe_close_to_sklearn(store, logistic_df):
         x, lab, utt = _frames(store, layer)
         x_by_layer[layer] = x
     folds = probe_folds(store, folds=5, split_by="speaker", seed=0,
-                        weights=np.full(N_UTT, N_FRAMES))
+                        utterance_weights=np.full(N_UTT, N_FRAMES))
     fold_of_frame = folds.set_index("utterance")["fold"].to_numpy()[utt]
     for layer in (2, 3):
         x = x_by_layer[layer]
@@ -202,7 +202,7 @@ def test_logistic_without_early_stopping_is_sklearns_optimum(store):
     ours = probe_layers(store, "phone", method="logistic", layers=[2, 3], folds=5,
                         dev_fraction=0, device="cpu").set_index("layer")["accuracy"]
     folds = probe_folds(store, folds=5, split_by="speaker", seed=0,
-                        weights=np.full(N_UTT, N_FRAMES))
+                        utterance_weights=np.full(N_UTT, N_FRAMES))
     for layer in (2, 3):
         x, lab, utt = _frames(store, layer)
         fold_of_frame = folds.set_index("utterance")["fold"].to_numpy()[utt]
@@ -387,7 +387,7 @@ def test_utterance_level_dual_ridge_matches_primal_and_sklearn():
                                  downsample_rates=[320], labels=labels)
     lam = 0.05
     df = probe_layers(st, "cls", split_by="utterance", lambdas=[lam], device="cpu")
-    folds = probe_folds(st, split_by="utterance", weights=np.ones(n),
+    folds = probe_folds(st, split_by="utterance", utterance_weights=np.ones(n),
                         strata=labels["cls"].to_numpy())
     fold = folds.set_index("utterance")["fold"].to_numpy()
     xp, lab = st.pooled(0).double().numpy(), labels["cls"].to_numpy()

@@ -175,7 +175,7 @@ def test_bad_inputs(pretrained):
     with pytest.raises(TypeError, match="pretrained"):
         tiny(pretrained="yes")
     with pytest.raises(FileNotFoundError, match="train_tiny"):
-        tiny(weights="/nonexistent/tiny.pt")
+        tiny(checkpoint="/nonexistent/tiny.pt")
     with pytest.raises(ValueError, match="config"):
         tiny(pretrained=True, config=SMALL)
     with pytest.raises(ValueError, match="divisible"):
@@ -186,14 +186,14 @@ def test_save_load_round_trip(tmp_path):
     model = tiny(pretrained=False, config=SMALL)
     sha = save_tiny_weights(model, tmp_path / "m.pt", dtype=torch.float32, meta={"steps": 3})
     assert sha == file_sha256(tmp_path / "m.pt")
-    again = tiny(weights=tmp_path / "m.pt")
+    again = tiny(checkpoint=tmp_path / "m.pt")
     assert again.config == SMALL
     for k, v in model.state_dict().items():
         assert torch.equal(v, again.state_dict()[k])
     bad = tmp_path / "bad.pt"
     torch.save({"x": torch.zeros(1)}, bad)
     with pytest.raises(ValueError, match="not an s3viz tiny weights file"):
-        tiny(weights=bad)
+        tiny(checkpoint=bad)
 
 
 @pytest.mark.parametrize("norm_first", [True, False])
@@ -223,7 +223,7 @@ def test_weights_without_layer_norm_key_load_as_pre_ln(tmp_path):
     payload = torch.load(tmp_path / "m.pt", weights_only=True)
     del payload["config"]["layer_norm_first"]  # a file written before the option existed
     torch.save(payload, tmp_path / "old.pt")
-    assert tiny(weights=tmp_path / "old.pt").config.layer_norm_first is True
+    assert tiny(checkpoint=tmp_path / "old.pt").config.layer_norm_first is True
 
 
 def test_speaker_conditioned_head_reads_the_speaker(batch):
@@ -347,4 +347,4 @@ def test_short_training_lowers_the_loss(tmp_path):
     assert np.mean(losses[-5:]) < 2 * np.log(k) - 0.4
     assert isinstance(model, TinyUpstream) and not model.training
     sha = save_tiny_weights(model, tmp_path / "t.pt")
-    assert len(sha) == 64 and tiny(weights=tmp_path / "t.pt").config == config
+    assert len(sha) == 64 and tiny(checkpoint=tmp_path / "t.pt").config == config

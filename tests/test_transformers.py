@@ -130,10 +130,10 @@ def test_heads_use_their_base_model_and_layers_select(models):
     assert up.model is ctc.hubert
     cls = T.Wav2Vec2ForSequenceClassification(models["wav2vec2-base"].config).eval()
     assert get_upstream(cls).model is cls.wav2vec2
-    sub = get_upstream(models["hubert-base"], layers=[0, -1])
+    sub = get_upstream(models["hubert-base"], upstream_layers=[0, -1])
     assert sub.num_layer == 2 and sub.layer_ids == [0, 2]
     with pytest.raises(ValueError, match="out of range"):
-        get_upstream(models["hubert-base"], layers=[5])
+        get_upstream(models["hubert-base"], upstream_layers=[5])
 
 
 def test_extract_and_probe_a_transformers_model(models):
@@ -153,7 +153,7 @@ def test_normalize_matches_the_feature_extractor(models):
     inputs = fe([wavs[0].numpy()], sampling_rate=16000, return_tensors="pt")
     with torch.no_grad():
         ref = model(inputs.input_values, output_hidden_states=True).hidden_states
-        hs, _ = TransformersUpstream(model, normalize=True)(wavs, lens)
+        hs, _ = TransformersUpstream(model, normalize_waveform=True)(wavs, lens)
     torch.testing.assert_close(hs[1][0], ref[1][0], atol=1e-5, rtol=1e-5)
 
 
@@ -191,10 +191,10 @@ def test_saved_folder_round_trip(models, saved):
 
 def test_folder_without_feature_extractor_warns_that_it_does_not_normalise(models, tmp_path):
     models["hubert-base"].save_pretrained(tmp_path / "bare")
-    with pytest.warns(UserWarning, match="NOT normalised. Pass normalize=True"):
+    with pytest.warns(UserWarning, match="NOT normalised. Pass normalize_waveform=True"):
         up = get_upstream(tmp_path / "bare", pretrained=True)
     assert up.normalize is False
-    assert get_upstream(tmp_path / "bare", pretrained=True, normalize=True).normalize
+    assert get_upstream(tmp_path / "bare", pretrained=True, normalize_waveform=True).normalize
 
 
 def test_folder_names_and_home_paths(saved, tmp_path, monkeypatch):

@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from .._compat import caller_stacklevel, deprecated
+from .._compat import caller_stacklevel, deprecated, renamed_args
 from ..store import utterance_selection
 
 __all__ = ["SPLITS", "control_labels", "probe_folds", "resolve_split"]
@@ -143,15 +143,16 @@ def split_groups(store, sel: np.ndarray, split_by: str) -> np.ndarray:
     return np.asarray([str(v) for v in spk], dtype=object)
 
 
+@renamed_args(weights="utterance_weights")
 def probe_folds(store, *, folds: int = 5, split_by: str = "speaker", seed: int = 0,
-                utterances=None, weights: np.ndarray | None = None,
+                utterances=None, utterance_weights: np.ndarray | None = None,
                 strata: np.ndarray | None = None) -> pd.DataFrame:
     """The grouped K-fold split that :func:`probe_layers` uses.
 
     With the defaults this is exactly the split of frame-level probes. For
     utterance-level targets with ``split_by="utterance"``, :func:`probe_layers`
     stratifies by the target class and weighs utterances equally: pass
-    ``weights=np.ones(n)`` and ``strata=<class of each utterance>`` to get it.
+    ``utterance_weights=np.ones(n)`` and ``strata=<class of each utterance>`` to get it.
 
     Args:
         store: a :class:`~s3viz.store.LayerStore`.
@@ -161,7 +162,7 @@ def probe_folds(store, *, folds: int = 5, split_by: str = "speaker", seed: int =
             :func:`resolve_split`.)
         seed: seed of the assignment.
         utterances: utterance positions to split (default all).
-        weights: ``(len(utterances),)`` weight of each utterance to balance the
+        utterance_weights: ``(len(utterances),)`` weight of each utterance to balance the
             folds by (default: frames of stored layer 0).
         strata: ``(len(utterances),)`` class of each utterance: groups are then
             dealt round-robin by class instead of balanced by weight.
@@ -175,9 +176,9 @@ def probe_folds(store, *, folds: int = 5, split_by: str = "speaker", seed: int =
         raise ValueError(f"split_by must be one of {SPLITS}, got {split_by!r}")
     sel = _positions(store, utterances)
     groups = split_groups(store, sel, split_by)
-    if weights is None:
-        weights = np.asarray(store.lengths(0))[sel]
-    fold = assign_folds(groups, weights, folds, seed, strata=strata, what=split_by)
+    if utterance_weights is None:
+        utterance_weights = np.asarray(store.lengths(0))[sel]
+    fold = assign_folds(groups, utterance_weights, folds, seed, strata=strata, what=split_by)
     return pd.DataFrame({
         "utterance": sel, "id": np.asarray(store.ids, dtype=object)[sel],
         "group": groups, "fold": fold,

@@ -27,8 +27,8 @@ def get_upstream(name_or_object: Union[str, object], *, pretrained: bool = False
             pretrained weights from the local cache or folder (fails offline with
             what to download); False (the default) builds the architecture with
             random weights from a fixed seed.
-        **kwargs: passed to the factory (e.g. ``layers=``, ``normalize=`` for
-            transformers models).
+        **kwargs: passed to the factory (e.g. ``upstream_layers=``,
+            ``normalize_waveform=`` for transformers models).
     """
     import os
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.rnn import pad_sequence
 
+from .._compat import renamed_args
 from ..align import expected_lengths, receptive_field
 from ..interface import AbsUpstream
 from ._common import check_wavs, normalize_waveforms
@@ -41,13 +42,14 @@ def is_transformers_model(obj) -> bool:
 def _layer_ids(layers, n: int, who: str) -> List[int]:
     if isinstance(layers, str):
         if layers != "all":
-            raise ValueError(f"{who}: layers must be 'all' or a list of hidden-state indices, "
-                             f"got {layers!r}")
+            raise ValueError(f"{who}: upstream_layers must be 'all' or a list of hidden-state "
+                             f"indices, got {layers!r}")
         return list(range(n))
     try:
         ids = [int(i) for i in layers]
     except TypeError:
-        raise TypeError(f"{who}: layers must be 'all' or a list of ints, got {layers!r}") from None
+        raise TypeError(f"{who}: upstream_layers must be 'all' or a list of ints, got "
+                        f"{layers!r}") from None
     out = []
     for i in ids:
         if not -n <= i < n:
@@ -55,7 +57,8 @@ def _layer_ids(layers, n: int, who: str) -> List[int]:
                              f"(0..{n - 1}, negative from the end)")
         out.append(i % n)
     if not out or len(set(out)) != len(out):
-        raise ValueError(f"{who}: layers must be distinct and not empty, got {list(layers)}")
+        raise ValueError(f"{who}: upstream_layers must be distinct and not empty, got "
+                         f"{list(layers)}")
     return out
 
 
@@ -67,10 +70,11 @@ class TransformersUpstream(AbsUpstream):
             ``Data2VecAudioModel`` or ``Wav2Vec2ConformerModel``, or a
             ``*ForCTC`` / ``*ForSequenceClassification`` head (its base model is
             used and becomes the submodule).
-        layers: ``"all"`` (the ``num_hidden_layers + 1`` hidden states) or the
-            indices to return (negative from the end).
-        normalize: normalise each waveform to zero mean, unit variance first
-            (what the checkpoint's ``do_normalize`` says).
+        upstream_layers: ``"all"`` (the ``num_hidden_layers + 1`` hidden states)
+            or the indices to return (negative from the end). (Was ``layers``.)
+        normalize_waveform: normalise each waveform to zero mean, unit variance
+            first (what the checkpoint's ``do_normalize`` says), as
+            :class:`TorchaudioUpstream`'s argument of that name. (Was ``normalize``.)
         name: a label (default: the checkpoint's name or the model type).
 
     ``docs/upstreams.md`` says what each hidden state is and how padded
@@ -78,8 +82,9 @@ class TransformersUpstream(AbsUpstream):
     are (``s3viz.extract`` runs it in eval mode).
     """
 
-    def __init__(self, model: nn.Module, *, layers: Union[str, Sequence[int]] = "all",
-                 normalize: bool = False, name: Optional[str] = None):
+    @renamed_args(layers="upstream_layers", normalize="normalize_waveform")
+    def __init__(self, model: nn.Module, *, upstream_layers: Union[str, Sequence[int]] = "all",
+                 normalize_waveform: bool = False, name: Optional[str] = None):
         super().__init__()
         if not is_transformers_model(model):
             raise TypeError(f"from_transformers: expected a transformers model, got "
@@ -93,13 +98,14 @@ class TransformersUpstream(AbsUpstream):
         if kind not in TRANSFORMERS_FAMILIES or not hasattr(base, "feature_extractor"):
             raise TypeError(f"from_transformers: {type(model).__name__} (model_type {kind!r}) "
                             f"is not one of the supported families {TRANSFORMERS_FAMILIES}")
-        if not isinstance(normalize, bool):
-            raise TypeError(f"normalize must be True or False, got {normalize!r}")
+        if not isinstance(normalize_waveform, bool):
+            raise TypeError(f"normalize_waveform must be True or False, got "
+                            f"{normalize_waveform!r}")
         self.model = base
         self.model_type = kind
-        self.normalize = normalize
+        self.normalize = normalize_waveform  # (the attribute keeps its name: cache keys)
         n_all = int(config.num_hidden_layers) + 1
-        self._layer_ids = _layer_ids(layers, n_all, "from_transformers")
+        self._layer_ids = _layer_ids(upstream_layers, n_all, "from_transformers")
         self._conv_layers = tuple((int(k), int(s)) for k, s in zip(config.conv_kernel,
                                                                    config.conv_stride))
         self._rf, self._rate = receptive_field(self._conv_layers)
@@ -194,17 +200,20 @@ class TransformersUpstream(AbsUpstream):
         return all_hs, [frames.clone() for _ in all_hs]
 
 
-def from_transformers(model: nn.Module, *, layers: Union[str, Sequence[int]] = "all",
-                      normalize: bool = False, name: Optional[str] = None) -> AbsUpstream:
+@renamed_args(layers="upstream_layers", normalize="normalize_waveform")
+def from_transformers(model: nn.Module, *, upstream_layers: Union[str, Sequence[int]] = "all",
+                      normalize_waveform: bool = False, name: Optional[str] = None
+                      ) -> AbsUpstream:
     """Wrap a transformers speech model: :class:`TransformersUpstream`, or for Whisper
     :class:`WhisperEncoderUpstream`."""
     config = getattr(getattr(model, "base_model", model), "config", None)
     if getattr(config, "model_type", None) == "whisper":
-        if normalize:
-            raise ValueError("normalize applies to wav2vec2-family models; Whisper's feature "
-                             "extractor makes its own log-mel features")
-        return from_whisper(model, layers=layers, name=name)
-    return TransformersUpstream(model, layers=layers, normalize=normalize, name=name)
+        if normalize_waveform:
+            raise ValueError("normalize_waveform applies to wav2vec2-family models; Whisper's "
+                             "feature extractor makes its own log-mel features")
+        return from_whisper(model, upstream_layers=upstream_layers, name=name)
+    return TransformersUpstream(model, upstream_layers=upstream_layers,
+                                normalize_waveform=normalize_waveform, name=name)
 
 
 # --------------------------------------------------------------------------- Whisper
@@ -241,11 +250,13 @@ class WhisperEncoderUpstream(AbsUpstream):
             ``WhisperEncoder``.
         feature_extractor: a ``WhisperFeatureExtractor`` (default: one built for
             the model's ``num_mel_bins`` and window, as the checkpoints ship).
-        layers, name: as for :class:`TransformersUpstream`.
+        upstream_layers, name: as for :class:`TransformersUpstream`.
     """
 
+    @renamed_args(layers="upstream_layers")
     def __init__(self, model: nn.Module, *, feature_extractor=None,
-                 layers: Union[str, Sequence[int]] = "all", name: Optional[str] = None):
+                 upstream_layers: Union[str, Sequence[int]] = "all",
+                 name: Optional[str] = None):
         super().__init__()
         if not is_transformers_model(model):
             raise TypeError(f"from_whisper: expected a transformers Whisper model, got "
@@ -273,7 +284,8 @@ class WhisperEncoderUpstream(AbsUpstream):
                              f"takes {self._mel_frames}")
         self.feature_extractor = feature_extractor
         self.window_samples = int(feature_extractor.n_samples)
-        self._layer_ids = _layer_ids(layers, int(config.encoder_layers) + 1, "from_whisper")
+        self._layer_ids = _layer_ids(upstream_layers, int(config.encoder_layers) + 1,
+                                     "from_whisper")
         self.name = name or getattr(config, "_name_or_path", "") or "whisper"
         self.weights = "as given"
 
@@ -325,11 +337,13 @@ class WhisperEncoderUpstream(AbsUpstream):
         return all_hs, [frames.clone() for _ in all_hs]
 
 
+@renamed_args(layers="upstream_layers")
 def from_whisper(model: nn.Module, *, feature_extractor=None,
-                 layers: Union[str, Sequence[int]] = "all", name: Optional[str] = None
+                 upstream_layers: Union[str, Sequence[int]] = "all", name: Optional[str] = None
                  ) -> WhisperEncoderUpstream:
     """Wrap a Whisper model's encoder: see :class:`WhisperEncoderUpstream`."""
-    return WhisperEncoderUpstream(model, feature_extractor=feature_extractor, layers=layers,
+    return WhisperEncoderUpstream(model, feature_extractor=feature_extractor,
+                                  upstream_layers=upstream_layers,
                                   name=name)
 
 
@@ -345,7 +359,8 @@ def _hf_cache_dir() -> str:
         return "~/.cache/huggingface/hub"
 
 
-def load_transformers(name_or_path: str, *, pretrained: bool = True, layers="all",
+@renamed_args(layers="upstream_layers", normalize="normalize_waveform")
+def load_transformers(name_or_path: str, *, pretrained: bool = True, upstream_layers="all",
                       seed: int = 0, **kwargs) -> AbsUpstream:
     """An upstream from a folder saved with ``save_pretrained`` or a model name in the
     local Hugging Face cache; never downloads (``local_files_only=True``).
@@ -355,9 +370,9 @@ def load_transformers(name_or_path: str, *, pretrained: bool = True, layers="all
             ``"facebook/hubert-base-ls960"`` (found in the HF cache only).
         pretrained: True loads the weights; False builds the architecture of the
             config with random weights from ``seed`` (the global RNG is left untouched).
-        layers: as for :func:`from_transformers`.
-        **kwargs: ``normalize`` (default: the checkpoint's ``do_normalize``) or
-            ``name``.
+        upstream_layers: as for :func:`from_transformers`.
+        **kwargs: ``normalize_waveform`` (default: the checkpoint's
+            ``do_normalize``) or ``name``.
     """
     try:
         import transformers
@@ -409,10 +424,11 @@ def load_transformers(name_or_path: str, *, pretrained: bool = True, layers="all
             pass  # built from the config instead, as the released checkpoints ship it
         if kwargs:
             raise TypeError(f"unexpected arguments for a Whisper model: {sorted(kwargs)}")
-        up = from_whisper(model, feature_extractor=fe, layers=layers, name=name)
+        up = from_whisper(model, feature_extractor=fe, upstream_layers=upstream_layers,
+                          name=name)
         up.weights = weights
         return up
-    normalize = kwargs.pop("normalize", None)
+    normalize = kwargs.pop("normalize_waveform", None)
     if kwargs:
         raise TypeError(f"unexpected arguments: {sorted(kwargs)}")
     if normalize is None:
@@ -426,10 +442,11 @@ def load_transformers(name_or_path: str, *, pretrained: bool = True, layers="all
             warnings.warn(
                 f"{name_or_path}: no feature extractor config (preprocessor_config.json), so "
                 "whether the model expects normalised waveforms is unknown: they are NOT "
-                "normalised. Pass normalize=True if it does (wav2vec2-large-lv60, XLS-R, "
+                "normalised. Pass normalize_waveform=True if it does (wav2vec2-large-lv60, XLS-R, "
                 "data2vec ...), or save the feature extractor next to the model "
                 "(Wav2Vec2FeatureExtractor(...).save_pretrained(folder))", stacklevel=3)
             normalize = False
-    up = TransformersUpstream(model, layers=layers, normalize=normalize, name=name)
+    up = TransformersUpstream(model, upstream_layers=upstream_layers,
+                              normalize_waveform=normalize, name=name)
     up.weights = weights
     return up

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._compat import renamed_args
 from ..align import WAV2VEC2_CONV_LAYERS, conv_lengths, receptive_field
 from ..interface import AbsUpstream
 from ..upstreams._common import check_wavs
@@ -333,7 +334,7 @@ def load_tiny_weights(path: str | Path) -> tuple[TinyConfig, dict, dict]:
     if not path.is_file():
         raise FileNotFoundError(
             f"tiny weights not found at {path}; reinstall s3viz, or train them with "
-            "`python -m s3viz.zoo.train_tiny --out PATH` and pass weights=PATH"
+            "`python -m s3viz.zoo.train_tiny --out PATH` and pass checkpoint=PATH"
         )
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
@@ -345,8 +346,9 @@ def load_tiny_weights(path: str | Path) -> tuple[TinyConfig, dict, dict]:
     return config, state, dict(payload.get("meta", {}))
 
 
+@renamed_args(weights="checkpoint")
 def tiny(pretrained: bool = True, *, seed: int = 0,
-         weights: str | Path | None = None,
+         checkpoint: str | Path | None = None,
          config: TinyConfig | None = None) -> TinyUpstream:
     """The tiny upstream, in eval mode.
 
@@ -355,8 +357,8 @@ def tiny(pretrained: bool = True, *, seed: int = 0,
             ``MODEL_CARD.md``); False gives the same architecture with random
             weights drawn from ``seed`` (the global RNG is left untouched).
         seed: seed of the random weights when ``pretrained=False``.
-        weights: another weights file (e.g. from ``python -m s3viz.zoo.train_tiny
-            --out PATH``); implies ``pretrained=True``.
+        checkpoint: another weights file (e.g. from ``python -m s3viz.zoo.train_tiny
+            --out PATH``); implies ``pretrained=True``. (Was ``weights``.)
         config: architecture of a random model (default: the shipped model's);
             not allowed with pretrained weights, which carry their own.
 
@@ -365,11 +367,11 @@ def tiny(pretrained: bool = True, *, seed: int = 0,
     """
     if not isinstance(pretrained, bool):
         raise TypeError(f"pretrained must be True or False, got {pretrained!r}")
-    if weights is not None or pretrained:
+    if checkpoint is not None or pretrained:
         if config is not None:
             raise ValueError("config= is only for pretrained=False; weights files carry "
                              "their own config")
-        cfg, state, _ = load_tiny_weights(WEIGHTS_PATH if weights is None else weights)
+        cfg, state, _ = load_tiny_weights(WEIGHTS_PATH if checkpoint is None else checkpoint)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = TinyUpstream(cfg, name="tiny")

@@ -841,7 +841,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(f"training split: {len(corpus)} utterances, "
           f"{sum(u.wav.size for u in corpus) / 16000 / 60:.1f} min, "
           f"{len({u.speaker for u in corpus})} voices ({time.time() - t0:.1f}s)", flush=True)
-    init = tiny(weights=args.init) if args.init is not None else None
+    init = tiny(checkpoint=args.init) if args.init is not None else None
     config = TinyConfig(conv_channels=args.conv_channels, hidden_size=args.hidden_size,
                         num_layers=args.num_layers, num_heads=args.num_heads,
                         ffn_size=args.ffn_size, dropout=args.dropout,
@@ -873,7 +873,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
         held = held_out_corpus(args.eval_utterances, train_utterances=args.utterances)
         summary["eval_utterances"] = len(held)
-        trained = tiny(weights=out)  # evaluate what was saved (float16 round trip)
+        trained = tiny(checkpoint=out)  # evaluate what was saved (float16 round trip)
         random = tiny(pretrained=False, config=trained.config)
         results = probe_comparison({"tiny": trained, "tiny_random": random,
                                     "spectral": ups.spectral_upstream()}, held)
