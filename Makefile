@@ -60,7 +60,7 @@ test-notebooks: $(STAMP)
 	S3VIZ_LOCKED=1 $(NO_DEPRECATED) $(PY) -m pytest notebooks --nbmake --nbmake-timeout=$(NB_TIMEOUT) $(PYTEST_ARGS)
 
 test-gpu: $(STAMP)
-	$(PY) benchmarks/gpu_check.py
+	$(NO_DEPRECATED) $(PY) benchmarks/gpu_check.py
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/ $$( [ "$$(id -u)" = 0 ] && echo --allow-root )

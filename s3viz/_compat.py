@@ -72,8 +72,9 @@ def renamed_args(**old_to_new: str) -> Callable:
 class KeyedResult:
     """Mixin for a NamedTuple that replaced a dict: ``result["name"]`` still reads a field.
 
-    Indexing by position stays a tuple's; indexing by a field name warns and
-    returns the field, as the dict did. Use it as ``class Result(KeyedResult,
+    Indexing by position stays a tuple's; indexing by a field name, ``get``,
+    ``keys`` and ``"name" in result`` warn and answer as the dict did.
+    Iterating yields the values (a tuple's), no longer the keys. Use it as ``class Result(KeyedResult,
     _ResultFields)`` over a plain NamedTuple ``_ResultFields``, with
     ``__slots__ = ()``.
     """
@@ -89,4 +90,16 @@ class KeyedResult:
     def keys(self):
         deprecated("result.keys() (the result was a dict) is now result._fields")
         return self._fields
+
+    def get(self, key, default=None):
+        deprecated(f"result.get({key!r}) (the result was a dict) is now result.{key}")
+        return getattr(self, key) if key in self._fields else default
+
+    def __contains__(self, item):
+        # `"probes" in result` asked the dict for a key; a tuple would compare values
+        if isinstance(item, str):
+            deprecated(f"{item!r} in result (the result was a dict) is now "
+                       f"{item!r} in result._fields")
+            return item in self._fields
+        return any(item is v for v in self)
 

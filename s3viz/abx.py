@@ -259,7 +259,8 @@ def abx_layers(store, *, on: str = "phone", speaker: str = "within", context: st
         ``n_items``, ``n_cells``, ``n_triplets``, ``n_dropped`` (segments
         without a frame). With ``return_cells=True``, an :class:`ABXCells`
         named tuple ``(table, cells)``:
-        ``cells`` has one row per scored cell and layer (``layer``, ``speaker``,
+        ``cells`` has one row per scored cell and layer (``layer``,
+        ``upstream_layer``, ``speaker``,
         ``speaker_x``, ``phone``, ``other``, ``context``, ``error``, ``triplets``),
         the numbers the averages are taken from.
     """
@@ -288,7 +289,7 @@ def abx_layers(store, *, on: str = "phone", speaker: str = "within", context: st
             raise ValueError(f"no {on} segments with frames in stored layer {layer}")
         frames, _ = store.layer(layer, dtype=read_dtype(store))
         cells = _abx_layer(frames, table, speaker, context, distance, dev, max_block)
-        all_cells.append(cells.assign(layer=layer))
+        all_cells.append(cells.assign(layer=layer, upstream_layer=int(store.layer_ids[layer])))
         if cells.empty:
             raise ValueError(
                 f"no ABX cell in stored layer {layer} for speaker={speaker!r}, "

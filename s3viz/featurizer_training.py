@@ -94,6 +94,7 @@ class ProbeData:
             check_classes,
             label_strings,
             require_alignments,
+            resolve_level,
             utterance_label_strings,
         )
 
@@ -108,6 +109,8 @@ class ProbeData:
                             f"{target!r}")
         if not 0 < test_fraction <= 0.5:
             raise ValueError(f"test_fraction must lie in (0, 0.5], got {test_fraction}")
+        if level != "segment":  # the probes' target names: alignment or label columns, not "id"
+            resolve_level(store, target, level)
         self.store, self.target, self.level = store, target, level
         self.sel = sel = utterance_selection(utterances, len(store))
         ids = np.asarray(store.ids, dtype=object)[sel]
@@ -177,7 +180,8 @@ class ProbeData:
         train_raw = np.concatenate([raw[self.offsets[i]:self.offsets[i + 1]]
                                     for i in self.train_utts]) if len(self.train_utts) else raw[:0]
         classes = sorted({v for v in train_raw if v != ""})
-        check_classes(target, classes, None, where="in the training split")
+        check_classes(target, classes, int((train_raw != "").sum()) if level == "utterance"
+                      else None, where="in the training split")
         self.classes = classes
         code = {c: k for k, c in enumerate(classes)}
         self.y = np.array([code.get(v, -1) for v in raw], dtype=np.int64)
@@ -312,6 +316,15 @@ def train_featurizer(
             frames (or utterances) per minibatch.
         eval_every: steps between dev evaluations (and history rows).
         device: ``None`` = cuda when available else cpu.
+        seed: seed of the split, the initialisation and the minibatch order.
+        split_by: ``"auto"``, ``"speaker"`` or ``"utterance"``: the groups kept
+            apart between training and dev (see :func:`s3viz.probe.resolve_split`).
+        dev_fraction: share of the groups held out as the dev part (the
+            reported ``dev_accuracy``).
+        standardize: standardise each layer with the training statistics
+            (False: raw hidden states, as s3prl).
+        target_rate: frame level: the rate layers of different rates are aligned
+            to (:func:`s3viz.featurizers.align_frames`; default their common rate).
         max_cache_bytes: training features up to this size are held in memory
             (random frame minibatches); larger stores are streamed in
             minibatches of whole utterances.

@@ -42,7 +42,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="probe methods; logistic (full-batch L-BFGS, gradients summed over "
                         "ranks) needs --store-frames")
     p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--split-by", default="speaker", choices=["speaker", "utterance"])
+    p.add_argument("--split-by", default="auto", choices=["auto", "speaker", "utterance"],
+                   help="auto (default): by speaker when the labels allow it, else by "
+                        "utterance (s3viz.probe.resolve_split); probes.csv says which")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cka", action="store_true", help="also compute the layer-by-layer CKA")
     p.add_argument("--cka-level", default="frame", choices=["frame", "utterance"])
@@ -159,8 +161,10 @@ def run(args) -> dict:
         picked = [rates[i] for i in (args.layers if args.layers else range(len(rates)))]
         if len(set(picked)) > 1:
             cka_level = "utterance"  # frames of different rates cannot be paired
-    # speaker identity cannot be split by speaker
-    splits = {t: ("utterance" if t == "speaker" else args.split_by) for t in args.targets}
+    # speaker identity cannot be split by speaker ("auto" knows; an explicit "speaker" is
+    # meant for the other targets)
+    splits = {t: ("utterance" if t == "speaker" and args.split_by == "speaker"
+                  else args.split_by) for t in args.targets}
     methods = list(getattr(args, "methods", ["ridge"]))
     if not args.targets and not args.cka:
         raise ValueError("nothing to compute: give targets and/or cka")
@@ -192,7 +196,7 @@ def run(args) -> dict:
         logistic = pd.concat([
             probe_layers(store, t, method="logistic", dev_fraction=0, folds=args.folds,
                          split_by=splits[t], seed=args.seed, device=device, reference=ref,
-                         reduce=all_reduce_sum).assign(split_by=splits[t])
+                         reduce=all_reduce_sum)
             for t in args.targets], ignore_index=True)
         probes = logistic if probes is None else pd.concat([probes, logistic],
                                                            ignore_index=True)

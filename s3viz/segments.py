@@ -16,6 +16,8 @@ import pandas as pd
 import torch
 
 from ._numerics import read_dtype
+from .probe.targets import label_strings
+from .store import check_utterances
 
 __all__ = ["SILENCE", "segment_table", "pool_segments", "segment_store"]
 
@@ -29,8 +31,7 @@ _COLUMNS = ["utt", "id", "label", "prev", "next", "start", "end", "frame_start",
 def _runs(table: pd.DataFrame, column: str) -> pd.DataFrame:
     """``label, start, end`` of each segment of ``column`` (rows, or runs of equal rows)."""
     t = table.sort_values("start", kind="stable")
-    lab = [("" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
-           for v in t[column].tolist()]
+    lab = label_strings(t[column].tolist()).tolist()  # missing (None/NaN/NA) -> ""
     starts, ends = t["start"].to_numpy(np.int64), t["end"].to_numpy(np.int64)
     if column == "phone":
         return pd.DataFrame({"label": lab, "start": starts, "end": ends})
@@ -75,7 +76,7 @@ def segment_table(store, layer: int, column: str = "phone", *, utterances=None,
             raise ValueError("the store has no phone alignments: segments need a corpus with "
                              "alignments (e.g. load_folder(..., alignments=...))")
     else:
-        sel = [int(u) for u in utterances]
+        sel = check_utterances(utterances, n).tolist()  # positions or a boolean mask
         missing = [store.ids[u] for u in sel if phones[u] is None]
         if missing:
             raise ValueError(f"{len(missing)} of the utterances have no alignment (e.g. "

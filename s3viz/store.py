@@ -582,7 +582,9 @@ class LayerStore:
         Each frame gets the ``column`` value of the segment covering its centre
         (:func:`s3viz.align.frame_labels` with the layer's downsample rate and
         receptive field); ``""`` where no segment covers it or the utterance
-        has no alignment.
+        has no alignment. A missing value in the table (None, NaN, pd.NA) comes
+        through as it is; analyses read it as unlabelled
+        (:func:`s3viz.probe.targets.label_strings`).
 
         Returns:
             ``(sum_T,)`` object array.

@@ -18,6 +18,7 @@ import torch
 from . import _validate as _v
 from ._device import resolve_device as _resolve_device
 from ._numerics import centred_float32, read_dtype
+from .probe.targets import label_strings
 
 __all__ = ["unit_quality", "unit_measures", "kmeans"]
 
@@ -156,7 +157,9 @@ def unit_quality(store, *, k: int | Sequence[int] = 100, layers: Sequence[int] |
     dev = _resolve_device(device)
     rows = []
     for layer in layer_list:
-        lab = store.frame_labels(layer, column=column)
+        # the probes' label rule: a frame without a segment or with a missing label
+        # (None/NaN/NA) is unlabelled
+        lab = label_strings(store.frame_labels(layer, column=column))
         keep = np.flatnonzero(lab != "")
         if len(keep) < max(ks):
             raise ValueError(f"stored layer {layer} has {len(keep)} labelled frames, fewer "

@@ -285,6 +285,11 @@ def test_stream_result_is_a_named_tuple_that_still_reads_keys(tiny_upstream, sma
         assert list(res.keys()) == list(res._fields)
     with pytest.raises(KeyError, match="has fields .*not 'probe'"):
         res["probe"]
+    with pytest.warns(DeprecationWarning, match=r"' in result \(the result was a dict\)"):
+        assert "cka" in res and "nope" not in res
+    with pytest.warns(DeprecationWarning, match=r"result\.get\('\w+'\) \(the result"):
+        assert res.get("passes") == 2 and res.get("nope", 7) == 7
+    assert res.probes in res  # a tuple's membership, by identity
 
 
 def test_multi_part_results_unpack_and_name_their_parts(tiny_store):

@@ -155,6 +155,14 @@ def test_one_process_run_equals_api(single, tmp_path):
                                   check_exact=False, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(res["cka"].to_numpy(), single["cka"].to_numpy(), rtol=1e-9,
                                atol=1e-12)
+    # the CLI's default split is "auto", as the API's: the same tables here (8 speakers
+    # for 3 folds: phones by speaker; the speaker target by utterance)
+    from s3viz.run import parse_args
+
+    assert parse_args(["--out", str(tmp_path)]).split_by == "auto"
+    auto = run(_args(tmp_path / "auto", no_figures=True, split_by="auto", cka=False))
+    pd.testing.assert_frame_equal(auto["probes"], single["probes"],
+                                  check_exact=False, rtol=1e-9, atol=1e-12)
 
 
 # ---------------------------------------------------------------------------

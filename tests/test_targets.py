@@ -114,3 +114,52 @@ def test_a_missing_label_in_an_alignment_is_an_unlabelled_frame(tiny_store, entr
         assert not any(c in ("None", "nan", "<NA>") for c in got.classes)
         w = np.full(2, 0.5)
         assert got.score(w) == want.score(w)
+
+
+def test_measures_read_missing_alignment_labels_as_unlabelled(tiny_store):
+    """Segments (segment tables, segment probes, ABX items) and unit purity follow the
+    same rule: None/NaN/pd.NA in an alignment are as "" (no segment, no labelled frame)."""
+    phones, blanks = [], []
+    for i, ph in enumerate(tiny_store.phones):
+        ph = ph.copy()
+        ph["phone"] = ph["phone"].astype(object)
+        b = ph.copy()
+        if i % 3 == 0:
+            ph.loc[ph.index[1], "phone"] = [None, np.nan, pd.NA][(i // 3) % 3]
+            b.loc[b.index[1], "phone"] = ""
+        phones.append(ph)
+        blanks.append(b)
+    holes, blank = _copy(tiny_store, phones=phones), _copy(tiny_store, phones=blanks)
+    got, want = s3viz.segment_table(holes, 1), s3viz.segment_table(blank, 1)
+    assert "<NA>" not in set(got["label"]) and "nan" not in set(got["label"])
+    pd.testing.assert_frame_equal(got, want)
+    seg = dict(level="segment", layers=[1], folds=2, split_by="utterance", device="cpu")
+    pd.testing.assert_frame_equal(s3viz.probe_layers(holes, "phone", **seg),
+                                  s3viz.probe_layers(blank, "phone", **seg))
+    abx = dict(layers=[1], max_items=200, device="cpu")
+    pd.testing.assert_frame_equal(s3viz.abx_layers(holes, **abx), s3viz.abx_layers(blank, **abx))
+    units = dict(k=4, layers=[1], max_frames=None, device="cpu")
+    pd.testing.assert_frame_equal(s3viz.unit_quality(holes, **units),
+                                  s3viz.unit_quality(blank, **units))
+
+
+def test_segment_table_takes_a_boolean_mask(tiny_store):
+    mask = np.zeros(len(tiny_store), dtype=bool)
+    mask[[1, 4, 7]] = True
+    pd.testing.assert_frame_equal(s3viz.segment_table(tiny_store, 1, utterances=mask),
+                                  s3viz.segment_table(tiny_store, 1, utterances=[1, 4, 7]))
+
+
+@pytest.mark.parametrize("entry", ["train_featurizer", "WeightedScorer"])
+def test_featurizers_refuse_what_the_probes_refuse(tiny_store, entry):
+    with pytest.raises(KeyError, match="unknown target 'id'"):
+        ENTRY_POINTS[entry](tiny_store, "id", level="utterance")
+    with pytest.raises(ValueError, match="every example of target 'serial' has its own class"):
+        ENTRY_POINTS[entry](_copy(tiny_store, labels=tiny_store.labels.assign(
+            serial=[f"s{i}" for i in range(len(tiny_store))])), "serial", level="utterance")
+
+
+def test_weighted_scorer_says_which_split_ran(tiny_store):
+    scorer = s3viz.WeightedScorer(tiny_store, "phone", layers=[1, 2], dims=None, device="cpu")
+    assert scorer.split_by == "speaker" and "split_by='speaker'" in repr(scorer)
+    assert scorer.layer_scores().attrs["split_by"] == "speaker"

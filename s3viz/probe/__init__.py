@@ -5,8 +5,9 @@
 statistics, :class:`ProbeStats`; ``logistic``: batched softmax) and scores it on
 grouped held-out folds (:func:`probe_folds`), with Hewitt & Liang's control tasks
 (:func:`control_labels`) on request. Submodules: ``stats``, ``folds``, ``targets``
-(:class:`~.targets.ProbeTask`, shared with streaming), ``ridge``, ``logistic``,
-``layers``. The maths: ``docs/probes.md``.
+(the label rules and :class:`~.targets.ProbeTask`, shared with featurizers and
+streaming), ``ridge``, ``logistic``, ``layers``, ``weighted`` (``WeightedScorer``).
+The maths: ``docs/probes.md``.
 """
 
 from .folds import SPLITS, control_labels, probe_folds, resolve_split

@@ -141,10 +141,11 @@ def probe_layers(
         every example is tested once), ``accuracy_std`` (std over folds),
         ``macro_f1``, ``chance`` (always predicting the training majority class),
         ``n_classes``, ``n_train``, ``n_test`` (mean examples per fold),
-        ``lambda`` (ridge: mean chosen penalty), and with ``control=True``
-        ``control_accuracy`` and ``selectivity``. ``df.attrs["fold_accuracy"]``
-        maps ``(target, method, layer)`` to the accuracy of each fold (folds as
-        in :func:`probe_folds`).
+        ``lambda`` (ridge: mean chosen penalty), with ``control=True``
+        ``control_accuracy`` and ``selectivity``, and ``split_by`` (the split
+        each target used; also ``df.attrs["split_by"]``).
+        ``df.attrs["fold_accuracy"]`` maps ``(target, method, layer)`` to the
+        accuracy of each fold (folds as in :func:`probe_folds`).
     """
     if target is None:
         raise TypeError("target must be a label name (str) or a list of them, e.g. 'phone' or "

@@ -180,6 +180,7 @@ class WeightedScorer:
         self.data = data
         self.layers = list(data.layers)
         self.classes = list(data.classes)
+        self.split_by = data.split_by  # the split "auto" (or the caller) chose
         self.level, self.target = level, target
         self.lam = None if lam is None else float(lam)
         self.lambdas = tuple(LAMBDAS if lambdas is None else lambdas)
@@ -315,15 +316,18 @@ class WeightedScorer:
         return self.evaluate(weights)["accuracy"]
 
     def layer_scores(self) -> pd.Series:
-        """Accuracy of each single layer (one-hot weights), indexed by layer."""
+        """Accuracy of each single layer (one-hot weights), indexed by layer
+        (``attrs["split_by"]``: the split)."""
         out = []
         for j in range(len(self.layers)):
             w = np.zeros(len(self.layers))
             w[j] = 1.0
             out.append(self.score(w))
-        return pd.Series(out, index=pd.Index(self.layers, name="layer"), name="accuracy")
+        scores = pd.Series(out, index=pd.Index(self.layers, name="layer"), name="accuracy")
+        scores.attrs["split_by"] = self.split_by
+        return scores
 
     def __repr__(self) -> str:
         return (f"WeightedScorer(target={self.target!r}, level={self.level!r}, layers={self.layers}, "
-                f"dims={self.dims}, classes={len(self.classes)}, n_train={self.n_train}, "
-                f"n_test={self.n_test})")
+                f"dims={self.dims}, classes={len(self.classes)}, split_by={self.split_by!r}, "
+                f"n_train={self.n_train}, n_test={self.n_test})")
