@@ -66,4 +66,4 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, _SUBMODULES)
 # The module that defines s3viz.extract() was s3viz/extract.py, so importing it
 # rebound s3viz.extract from the function to the module. It is s3viz.extraction
 # now; the old import path still reads names, with a DeprecationWarning.
-moved_module(f"{__name__}.extract", f"{__name__}.extraction", until="0.2")
+moved_module(f"{__name__}.extract", f"{__name__}.extraction")

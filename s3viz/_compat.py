@@ -74,9 +74,9 @@ class KeyedResult:
 
     Indexing by position stays a tuple's; indexing by a field name, ``get``,
     ``keys`` and ``"name" in result`` warn and answer as the dict did.
-    Iterating yields the values (a tuple's), no longer the keys. Use it as ``class Result(KeyedResult,
-    _ResultFields)`` over a plain NamedTuple ``_ResultFields``, with
-    ``__slots__ = ()``.
+    Iterating yields the values (a tuple's), no longer the keys. Use it as
+    ``class Result(KeyedResult, _ResultFields)`` over a plain NamedTuple
+    ``_ResultFields``, with ``__slots__ = ()``.
     """
 
     def __getitem__(self, key):

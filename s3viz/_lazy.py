@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import sys
 import types
-import warnings
 from typing import Callable, Dict, Iterable, Tuple
 
 __all__ = ["lazy_exports", "moved_module"]
@@ -35,14 +34,16 @@ def lazy_exports(package: str, exports: Dict[str, str], submodules: Iterable[str
     return __getattr__, __dir__
 
 
-def moved_module(old: str, new: str, until: str) -> types.ModuleType:
+def moved_module(old: str, new: str) -> types.ModuleType:
     """Keep ``from <old> import name`` working, with a DeprecationWarning, after a rename.
 
     Registers a stand-in module under ``old`` in ``sys.modules``: reading a
-    name from it warns once per name and returns ``<new>.<name>``, imported
-    on first use. ``until`` is the release that drops the old path. Setting a
-    name on the stand-in is refused, since it would not reach ``new``.
+    name from it warns (:func:`s3viz._compat.deprecated`) and returns
+    ``<new>.<name>``, imported on first use. Setting a name on the stand-in is
+    refused, since it would not reach ``new``.
     """
+    from ._compat import deprecated
+
     if old in sys.modules:
         return sys.modules[old]
 
@@ -50,9 +51,7 @@ def moved_module(old: str, new: str, until: str) -> types.ModuleType:
         def __getattr__(self, name):
             if name.startswith("__"):
                 raise AttributeError(name)
-            warnings.warn(f"s3viz deprecation: {old} was renamed {new}; import {name} from "
-                          f"{new} (the old path goes in {until})", DeprecationWarning,
-                          stacklevel=2)
+            deprecated(f"{old} was renamed {new}; import {name} from {new}")
             return getattr(importlib.import_module(new), name)
 
         def __setattr__(self, name, value):
@@ -61,6 +60,6 @@ def moved_module(old: str, new: str, until: str) -> types.ModuleType:
         def __dir__(self):
             return dir(importlib.import_module(new))
 
-    stand_in = _Moved(old, f"Deprecated alias of :mod:`{new}` (goes in {until}).")
+    stand_in = _Moved(old, f"Deprecated alias of :mod:`{new}`.")
     sys.modules[old] = stand_in
     return stand_in

@@ -44,7 +44,7 @@ class FeaturizerFit(NamedTuple):
 # ----------------------------------------------------------------------------
 
 
-def _folds(store, split_by: str | None, level: str, target: str, folds: int, seed: int,
+def _folds(store, split_by: str | None, target: str, folds: int, seed: int,
            sel: np.ndarray) -> tuple[np.ndarray, str]:
     """Fold of each utterance from :func:`s3viz.probe.probe_folds` (grouped, balanced by frames).
 
@@ -54,9 +54,6 @@ def _folds(store, split_by: str | None, level: str, target: str, folds: int, see
     from .probe import probe_folds, resolve_split
 
     split_by = resolve_split(store.labels, split_by, target, folds, sel)
-    if split_by == "speaker" and target == "speaker" and level == "utterance":
-        raise ValueError("split_by='speaker' with target='speaker': test speakers would never be "
-                         "seen in training; use split_by='utterance'")
     table = probe_folds(store, folds=folds, split_by=split_by, seed=seed,
                         utterances=None if len(sel) == len(store) else sel)
     fold = np.full(len(store), -1, dtype=np.int64)
@@ -169,7 +166,7 @@ class ProbeData:
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)])
 
         nfolds = max(3, round(1.0 / test_fraction))
-        self.fold, self.split_by = _folds(store, split_by, level, target, nfolds, seed, sel)
+        self.fold, self.split_by = _folds(store, split_by, target, nfolds, seed, sel)
         # fold 0 is held out (test); fold 1 is the dev part of the rest (train_utts);
         # unselected utterances have fold -1
         self.test_utts = np.flatnonzero(self.fold == 0)

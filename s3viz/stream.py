@@ -33,8 +33,8 @@ from .extraction import (
     extract,
     resolve_upstream_device,
 )
-from .probe import LAMBDAS, SPLITS, ProbeStats
-from .probe.folds import assign_folds, check_folds, resolve_split
+from .probe import LAMBDAS, ProbeStats
+from .probe.folds import SPLIT_CHOICES, assign_folds, check_folds, check_split_by, resolve_split
 from .probe.layers import result_row, result_table
 from .probe.ridge import (
     confusion_matrix,
@@ -82,18 +82,16 @@ def _check_shard(shard, n: int) -> np.ndarray:
 
 
 def _split_of(split_by, targets, labels, folds) -> dict:
-    choices = SPLITS + ("auto",)
     if split_by is None or isinstance(split_by, str):
         split_by = {t: split_by for t in targets}
     if not isinstance(split_by, dict):
-        raise TypeError(f"split_by must be one of {choices} or a dict target -> split, "
+        raise TypeError(f"split_by must be one of {SPLIT_CHOICES} or a dict target -> split, "
                         f"got {type(split_by).__name__}")
     missing = [t for t in targets if t not in split_by]
     if missing:
         raise ValueError(f"split_by has no entry for target(s) {missing}")
     for t in targets:
-        if split_by[t] is not None and split_by[t] not in choices:
-            raise ValueError(f"split_by[{t!r}] must be one of {choices}, got {split_by[t]!r}")
+        check_split_by(split_by[t], f"split_by[{t!r}]")
     return {t: resolve_split(labels, split_by[t], t, folds) for t in targets}
 
 
@@ -110,11 +108,6 @@ class _Target:
     def __init__(self, meta, name, split_by, folds, seed, frame_weights_fn, num_layers):
         self.name, self.split_by = name, split_by
         self.level = resolve_level(meta, name, None)
-        if split_by == "speaker" and name == "speaker":
-            raise ValueError(
-                "target 'speaker' with split_by='speaker' is impossible: test speakers are never "
-                "seen in training. Use split_by='utterance' for speaker identity"
-            )
         sel = np.arange(len(meta), dtype=np.int64)
         # utterance level: classes, stratified folds, checks; frame level: alignment checks
         self.task = ProbeTask(meta, name, self.level, sel, folds, split_by, seed, False, None,

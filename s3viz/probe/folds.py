@@ -16,10 +16,20 @@ import pandas as pd
 from .._compat import caller_stacklevel, deprecated, renamed_args
 from ..store import utterance_selection
 
-__all__ = ["SPLITS", "control_labels", "probe_folds", "resolve_split"]
+__all__ = ["SPLITS", "SPLIT_CHOICES", "check_split_by", "control_labels", "probe_folds",
+           "resolve_split"]
 
 SPLITS = ("speaker", "utterance")
 """The groups a split keeps apart; ``split_by="auto"`` picks one of them per target."""
+
+SPLIT_CHOICES = SPLITS + ("auto",)
+
+
+def check_split_by(split_by, name: str = "split_by"):
+    """Refuse a ``split_by`` that is none of :data:`SPLIT_CHOICES` (None: the old "auto")."""
+    if split_by is not None and (not isinstance(split_by, str) or split_by not in SPLIT_CHOICES):
+        raise ValueError(f"{name} must be one of {SPLIT_CHOICES}, got {split_by!r}")
+    return split_by
 
 
 def resolve_split(labels: pd.DataFrame, split_by, target: str, folds: int, sel=None) -> str:
@@ -31,21 +41,23 @@ def resolve_split(labels: pd.DataFrame, split_by, target: str, folds: int, sel=N
     at least ``folds`` speakers, and a target other than the speaker itself
     (or a label that names the speaker one-to-one). Otherwise it is
     ``"utterance"``, with a warning when a speaker column was there but
-    could not be used. ``None`` is the old spelling of ``"auto"``.
+    could not be used. ``None`` is the old spelling of ``"auto"``. The speaker
+    itself split by speaker is refused: no test speaker is seen in training.
     """
-    if split_by is None:
+    if check_split_by(split_by) is None:
         deprecated("split_by=None is now split_by='auto'")
         split_by = "auto"
-    if not isinstance(split_by, str) or split_by not in SPLITS + ("auto",):
-        raise ValueError(f"split_by must be one of {SPLITS + ('auto',)}, got {split_by!r}")
+    if split_by == "speaker" and target == "speaker":
+        raise ValueError(
+            "target='speaker' with split_by='speaker' is impossible: test speakers are never "
+            "seen in training. Use split_by='utterance' to probe speaker identity")
     if split_by != "auto":
         return split_by
     if target == "speaker" or "speaker" not in labels.columns:
         return "utterance"
     sel = np.arange(len(labels)) if sel is None else np.asarray(sel)
-    spk = labels["speaker"].to_numpy()[sel]
-    missing = sum(_is_missing(v) or str(v) == "" for v in spk)
-    n_spk = len({str(v) for v in spk if not (_is_missing(v) or str(v) == "")})
+    spk = ["" if _is_missing(v) else str(v) for v in labels["speaker"].to_numpy()[sel]]
+    missing, n_spk = spk.count(""), len(set(spk) - {""})
     if missing or n_spk < folds:
         why = (f"{missing} utterance(s) have no speaker" if missing
                else f"{n_spk} speaker(s) for folds={folds}")
@@ -55,8 +67,7 @@ def resolve_split(labels: pd.DataFrame, split_by, target: str, folds: int, sel=N
                       f"silence this", UserWarning, stacklevel=caller_stacklevel())
         return "utterance"
     if target in labels.columns:
-        pairs = pd.DataFrame({"s": [str(v) for v in spk],
-                              "t": labels[target].to_numpy()[sel].astype(str)})
+        pairs = pd.DataFrame({"s": spk, "t": labels[target].to_numpy()[sel].astype(str)})
         if pairs.groupby("t")["s"].nunique().max() == 1 and \
                 pairs.groupby("s")["t"].nunique().max() == 1:
             return "utterance"  # the target names the speaker: a speaker split has no test class

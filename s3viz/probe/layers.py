@@ -17,7 +17,7 @@ import torch
 from .. import _validate as _v
 from .._compat import renamed_args
 from .._device import resolve_device as _resolve_device
-from .folds import SPLITS, _positions, check_folds, resolve_split
+from .folds import _positions, check_folds, check_split_by, resolve_split
 from .logistic import _logistic_layers
 from .ridge import LAMBDAS, _scores, ridge_layer_frame, ridge_layer_utterance
 from .targets import LEVELS, ProbeTask, _pooled, _pooled_sharded, resolve_level
@@ -164,8 +164,7 @@ def probe_layers(
     store, shard_store, shard_pos_all = _shard_setup(store, reference, reduce, methods,
                                                      dev_fraction)
     folds = check_folds(folds)
-    if split_by is not None and split_by not in SPLITS + ("auto",):
-        raise ValueError(f"split_by must be one of {SPLITS + ('auto',)}, got {split_by!r}")
+    check_split_by(split_by)
     if level is not None and level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS} or None, got {level!r}")
     if level == "segment":
@@ -197,11 +196,6 @@ def probe_layers(
             raise TypeError(f"target must be a label name (str), got {tgt!r}")
         lev = resolve_level(store, tgt, level)
         split = resolve_split(store.labels, split_by, tgt, folds, sel)
-        if split == "speaker" and tgt == "speaker":
-            raise ValueError(
-                "target='speaker' with split_by='speaker' is impossible: test speakers are "
-                "never seen in training. Use split_by='utterance' to probe speaker identity"
-            )
         splits[tgt] = split
         task = ProbeTask(store, tgt, lev, sel, folds, split, seed, control, control_by)
         if lev == "frame":
