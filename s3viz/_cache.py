@@ -8,7 +8,6 @@ with a digest of itself. The layout: ``docs/cache.md``.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import io
@@ -23,10 +22,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-try:  # POSIX advisory lock against two processes writing one cache folder
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None
+from ._fs import OwnedFolder, UnsafePathError
 
 FORMAT_VERSION = 2
 # 2: frames are checked finite before they are stored (format 1 caches may hold NaN/inf,
@@ -169,27 +165,21 @@ def file_sha256(path: Path) -> str:
 
 
 # --------------------------------------------------------------------------- disk helpers
+# Every read, write and delete below goes through an OwnedFolder (s3viz._fs): nothing in
+# a cache folder is followed through a symbolic link.
 
 
-def atomic_write(path: Path, data) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+def write_json(folder: OwnedFolder, rel: str, obj) -> None:
+    folder.write_bytes(rel, json.dumps(obj).encode())
+
+
+def read_json(folder: OwnedFolder, rel: str):
+    """The JSON value of ``rel``, or None when it is missing or unreadable (a link there
+    raises :class:`~s3viz._fs.UnsafePathError`)."""
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_json(path: Path, obj) -> None:
-    atomic_write(path, json.dumps(obj).encode())
-
-
-def read_json(path: Path):
-    try:
-        with open(path, "rb") as f:
-            return json.loads(f.read().decode())
+        return json.loads(folder.read_bytes(rel).decode())
+    except UnsafePathError:
+        raise
     except (OSError, ValueError):
         return None
 
@@ -218,23 +208,9 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.]+", "-", name).strip("-")[:40] or "upstream"
 
 
-@contextlib.contextmanager
-def folder_lock(root: Path):
-    if fcntl is None:  # pragma: no cover
-        yield
-        return
-    with open(root / ".lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as e:
-            raise RuntimeError(
-                f"another process is extracting into {root}; wait for it to finish or use "
-                "another cache_dir"
-            ) from e
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+def folder_lock(folder: OwnedFolder):
+    return folder.lock(".lock", busy=f"another process is extracting into {folder.folder}; "
+                                     "wait for it to finish or use another cache_dir")
 
 
 def json_digest(obj) -> str:
@@ -253,28 +229,28 @@ def seal_ok(record, key: str) -> bool:
             and record[key] == json_digest({k: v for k, v in record.items() if k != key}))
 
 
-def write_chunk(chunk_dir: Path, c: int, utts, frames, lens) -> dict:
+def write_chunk(chunk_dir: OwnedFolder, c: int, utts, frames, lens) -> dict:
     files = []
     for s, t in enumerate(frames):
         buf = io.BytesIO()
         torch.save(t.contiguous(), buf)
         data = buf.getbuffer()
         name = chunk_file(c, s)
-        atomic_write(chunk_dir / name, data)
+        chunk_dir.write_bytes(name, data)
         files.append({"name": name, "sha256": hashlib.sha256(data).hexdigest(),
                       "bytes": len(data), "shape": list(t.shape)})
     record = sealed({"chunk": c, "utterances": [int(u) for u in utts],
                       "lengths": lens.tolist(), "files": files}, "record_sha256")
-    write_json(chunk_dir / chunk_record_file(c), record)
+    write_json(chunk_dir, chunk_record_file(c), record)
     return record
 
 
-def check_record(chunk_dir: Path, c: int, utts, num_layer: int) -> tuple[dict | None, str]:
+def check_record(chunk_dir: OwnedFolder, c: int, utts, num_layer: int) -> tuple[dict | None, str]:
     """A chunk's record if it and all its files are intact, else (None, why)."""
-    path = chunk_dir / chunk_record_file(c)
-    if not path.exists():
+    path = chunk_dir.path(chunk_record_file(c))
+    if not chunk_dir.exists(chunk_record_file(c)):
         return None, ""
-    rec = read_json(path)
+    rec = read_json(chunk_dir, chunk_record_file(c))
     if (not isinstance(rec, dict) or rec.get("utterances") != list(utts)
             or len(rec.get("files", [])) != num_layer
             or np.shape(rec.get("lengths")) != (len(utts), num_layer)):
@@ -287,11 +263,14 @@ def check_record(chunk_dir: Path, c: int, utts, num_layer: int) -> tuple[dict | 
         if list(f.get("shape", []))[:1] != [int(lens[:, s].sum())]:
             return None, f"record {path.name}: the lengths do not add up to {f['name']}'s frames"
     for f in rec["files"]:
-        fp = chunk_dir / f["name"]
-        if not fp.exists():
-            return None, f"{f['name']} is missing"
-        if fp.stat().st_size != f["bytes"]:
-            return None, f"{f['name']} has {fp.stat().st_size} bytes, expected {f['bytes']}"
-        if file_sha256(fp) != f["sha256"]:
-            return None, f"{f['name']} fails its sha256"
+        name = str(f.get("name", ""))
+        if name != chunk_file(c, rec["files"].index(f)):
+            return None, f"record {path.name} names a file {name!r} that is not its own"
+        if not chunk_dir.exists(name):
+            return None, f"{name} is missing"
+        data = chunk_dir.read_bytes(name)
+        if len(data) != f["bytes"]:
+            return None, f"{name} has {len(data)} bytes, expected {f['bytes']}"
+        if hashlib.sha256(data).hexdigest() != f["sha256"]:
+            return None, f"{name} fails its sha256"
     return rec, ""

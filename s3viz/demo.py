@@ -19,14 +19,20 @@ from typing import List
 __all__ = ["run_analysis", "main"]
 
 
-def _save(fig_or_ax, path: Path) -> Path:
+def _save(fig_or_ax, out, name: str) -> Path:
+    """Write a figure as ``name`` (PNG) into the OwnedFolder ``out``."""
     import matplotlib.pyplot as plt
 
     fig = getattr(fig_or_ax, "figure", fig_or_ax)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    path = out.write_with(name, lambda f: fig.savefig(f, dpi=110, format="png"))
     plt.close(fig)
     return path
+
+
+def _csv(out, name: str, df, **kw) -> Path:
+    """Write a table as ``name`` (CSV) into the OwnedFolder ``out``."""
+    return out.write_with(name, lambda f: df.to_csv(f, **kw), text=True)
 
 
 CAPTIONS = {
@@ -88,8 +94,9 @@ def run_analysis(out_dir: Path, *, n_utterances: int = 48, seed: int = 0, device
     from s3viz.data import synthetic_corpus
     from s3viz.upstreams import get_upstream
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    from s3viz._fs import OwnedFolder
+
+    out = OwnedFolder(out_dir, "--out")
     written: List[Path] = []
 
     def log(msg):
@@ -98,8 +105,7 @@ def run_analysis(out_dir: Path, *, n_utterances: int = 48, seed: int = 0, device
     t0 = time.perf_counter()
     corpus = synthetic_corpus(n_utterances, seed=seed)
     log(f"corpus: {corpus}")
-    corpus.labels.to_csv(out_dir / "corpus.csv", index=False)
-    written.append(out_dir / "corpus.csv")
+    written.append(_csv(out, "corpus.csv", corpus.labels, index=False))
 
     upstreams = {
         "tiny (trained)": get_upstream("tiny"),
@@ -111,8 +117,7 @@ def run_analysis(out_dir: Path, *, n_utterances: int = 48, seed: int = 0, device
     for label, upstream in upstreams.items():
         key = label.split(" (")[0].replace(" baseline", "") + ("_random" if "random" in label else "")
         report = s3viz.check_upstream(upstream)
-        report.to_csv(out_dir / f"contract_{key}.csv", index=False)
-        written.append(out_dir / f"contract_{key}.csv")
+        written.append(_csv(out, f"contract_{key}.csv", report, index=False))
         log(f"{label}: {report.summary()}")
         store = s3viz.extract(upstream, corpus, device=device, progress=False)
         stores[label] = store
@@ -125,13 +130,12 @@ def run_analysis(out_dir: Path, *, n_utterances: int = 48, seed: int = 0, device
     import pandas as pd
 
     probe_df = pd.concat(probes, ignore_index=True)
-    probe_df.to_csv(out_dir / "probes.csv", index=False)
-    written.append(out_dir / "probes.csv")
+    written.append(_csv(out, "probes.csv", probe_df, index=False))
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for ax, (target, sub) in zip(axes, probe_df.groupby("target", sort=False)):
         plot.probe_curve(sub, ax=ax)
         ax.set_title(f"{target} probe by layer")
-    written.append(_save(fig, out_dir / "probes.png"))
+    written.append(_save(fig, out, "probes.png"))
 
     # the measures papers report besides probes: ABX and k-means unit quality
     abx_df = pd.concat([s3viz.abx_layers(st, speaker="within", context="any", device=device)
@@ -139,42 +143,37 @@ def run_analysis(out_dir: Path, *, n_utterances: int = 48, seed: int = 0, device
     units_df = pd.concat([s3viz.unit_quality(st, k=50, device=device, seed=seed)
                           .assign(model=label) for label, st in stores.items()],
                          ignore_index=True)
-    abx_df.to_csv(out_dir / "abx.csv", index=False)
-    units_df.to_csv(out_dir / "unit_quality.csv", index=False)
-    written += [out_dir / "abx.csv", out_dir / "unit_quality.csv"]
+    written += [_csv(out, "abx.csv", abx_df, index=False),
+                _csv(out, "unit_quality.csv", units_df, index=False)]
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     plot.abx_curve(abx_df, ax=axes[0], label_by="model",
                    title="ABX error by layer (within speaker)")
     plot.unit_quality(units_df, ax=axes[1], measures=("pnmi",), label_by="model",
                       title="PNMI of 50 k-means units by layer")
-    written.append(_save(fig, out_dir / "abx_units.png"))
+    written.append(_save(fig, out, "abx_units.png"))
     log(f"ABX and unit quality done ({time.perf_counter() - t0:.0f} s so far)")
 
     tiny_store = stores["tiny (trained)"]
     featurizer, history = s3viz.train_featurizer(tiny_store, "phone", device=device, seed=seed)
     weights = featurizer.layer_weights
-    plot.weights_table(weights, probe_df[probe_df.method == "tiny (trained)"]).to_csv(
-        out_dir / "layer_weights_tiny.csv")
-    history.to_csv(out_dir / "featurizer_history_tiny.csv", index=False)
-    written += [out_dir / "layer_weights_tiny.csv", out_dir / "featurizer_history_tiny.csv"]
+    written += [_csv(out, "layer_weights_tiny.csv",
+                     plot.weights_table(weights, probe_df[probe_df.method == "tiny (trained)"])),
+                _csv(out, "featurizer_history_tiny.csv", history, index=False)]
     ax = plot.weights_and_probe(weights, probe_df[(probe_df.method == "tiny (trained)")
                                                   & (probe_df.target == "phone")])
     ax.set_title("tiny: learned layer weights (bars) and phone probe (line)")
-    written.append(_save(ax, out_dir / "layer_weights_tiny.png"))
+    written.append(_save(ax, out, "layer_weights_tiny.png"))
 
     cka = s3viz.layer_similarity(tiny_store, device=device, seed=seed)
-    cka.to_csv(out_dir / "cka_tiny.csv")
-    written.append(out_dir / "cka_tiny.csv")
-    written.append(_save(plot.similarity(cka), out_dir / "cka_tiny.png"))
+    written.append(_csv(out, "cka_tiny.csv", cka))
+    written.append(_save(plot.similarity(cka), out, "cka_tiny.png"))
 
     lengths = s3viz.length_report(upstreams["tiny (trained)"], wav_lengths=range(400, 4000, 37))
-    lengths.to_csv(out_dir / "length_report_tiny.csv", index=False)
-    written.append(out_dir / "length_report_tiny.csv")
-    written.append(_save(plot.length_alignment(lengths), out_dir / "length_report_tiny.png"))
+    written.append(_csv(out, "length_report_tiny.csv", lengths, index=False))
+    written.append(_save(plot.length_alignment(lengths), out, "length_report_tiny.png"))
     log(lengths.attrs.get("summary", ""))
     findings = _findings(probe_df, weights, abx_df, units_df, lengths)
-    (out_dir / "findings.txt").write_text("\n".join(findings) + "\n", encoding="utf-8")
-    written.append(out_dir / "findings.txt")
+    written.append(out.write_text("findings.txt", "\n".join(findings) + "\n"))
     used = device or ("cuda" if torch.cuda.is_available() else "cpu")
     log(f"analysis done in {time.perf_counter() - t0:.0f} s on {used}")
     return written

@@ -39,6 +39,7 @@ from ._cache import (
 )
 from ._compat import renamed_args
 from ._device import eval_session, module_device
+from ._fs import OwnedFolder, UnsafePathError
 from .align import expected_lengths
 from .audio import batch_wavs
 from .interface import SAMPLE_RATE, num_layer_of
@@ -478,23 +479,32 @@ def extract(upstream, corpus, *, upstream_layers=None, batch_size: int | None = 
         runner.run(list(enumerate(plan)), keep, done=0)
         return LayerStore(backend=MemoryChunks(tensors), plan=plan, lengths=lengths, **common)
 
-    root = Path(cache_dir) / f"{slug(name)}-{fp[:16]}"
-    chunk_dir = root / "chunks"
+    folder_name = f"{slug(name)}-{fp[:16]}"
     lock = contextlib.ExitStack()
     try:
-        chunk_dir.mkdir(parents=True, exist_ok=True)
-        lock.enter_context(folder_lock(root))
+        owned = OwnedFolder(cache_dir, "cache_dir")
+        root_dir = owned.sub(folder_name)
+        chunk_dir = root_dir.sub("chunks")
+        lock.enter_context(folder_lock(root_dir))
+    except UnsafePathError:
+        raise
     except OSError as err:  # read-only storage: fine when there is nothing to write
-        done = read_json(root / "manifest.json")
-        if (isinstance(done, dict) and done.get("format") == FORMAT_VERSION
-                and done.get("fingerprint") == fp and done.get("ids") == list(corpus.ids)):
-            return LayerStore.open(root)
+        root = Path(cache_dir).expanduser() / folder_name
+        with contextlib.suppress(OSError):
+            done = read_json(OwnedFolder(root, "the extraction folder", create=False),
+                             "manifest.json")
+            if (isinstance(done, dict) and done.get("format") == FORMAT_VERSION
+                    and done.get("fingerprint") == fp and done.get("ids") == list(corpus.ids)):
+                return LayerStore.open(root)
         raise OSError(f"cannot write the cache folder {root} ({err}), and it holds no finished "
                       "extraction of this upstream and corpus; give a writable cache_dir") from err
+    root = root_dir.folder
     with lock:
-        for stale in list(root.glob("*.tmp-*")) + list(chunk_dir.glob("*.tmp-*")):
-            stale.unlink()
-        stored = read_json(root / "plan.json")
+        for where in (root_dir, chunk_dir):  # temporary files of an interrupted write
+            for stale in where.listdir():
+                if ".tmp-" in stale:
+                    where.unlink(stale)
+        stored = read_json(root_dir, "plan.json")
         stored_plan = stored.get("plan") if isinstance(stored, dict) else None
         labels_json = df_to_json(corpus.labels)
         phones_json = [df_to_json(u.phones) for u in corpus]
@@ -503,15 +513,15 @@ def extract(upstream, corpus, *, upstream_layers=None, batch_size: int | None = 
                 and sorted(u for b in stored_plan for u in b) == list(range(len(corpus)))):
             plan = meta["plan"] = [list(b) for b in stored_plan]  # resume with the first plan
         else:
-            for old in chunk_dir.iterdir():  # orphans of an unreadable plan
-                old.unlink()
-            (root / "manifest.json").unlink(missing_ok=True)
-            write_json(root / "plan.json", meta)
+            for old in chunk_dir.listdir():  # orphans of an unreadable plan (files only)
+                chunk_dir.unlink(old)
+            root_dir.unlink("manifest.json")
+            write_json(root_dir, "plan.json", meta)
         # the corpus's own labels and alignments: rewritten when missing or edited (repair)
         for fname, content in (("labels.json", labels_json), ("phones.json", phones_json)):
-            on_disk = read_json(root / fname)
+            on_disk = read_json(root_dir, fname)
             if on_disk is None or json_digest(on_disk) != json_digest(content):
-                write_json(root / fname, content)
+                write_json(root_dir, fname, content)
         records: list[dict | None] = [None] * len(plan)
         problems = []
         for c, utts in enumerate(plan):
@@ -551,8 +561,8 @@ def extract(upstream, corpus, *, upstream_layers=None, batch_size: int | None = 
         manifest = sealed(dict(meta, chunks=records, complete=True,
                                 labels_sha256=json_digest(labels_json),
                                 phones_sha256=json_digest(phones_json)), "manifest_sha256")
-        if todo or read_json(root / "manifest.json") != manifest:
-            write_json(root / "manifest.json", manifest)
+        if todo or read_json(root_dir, "manifest.json") != manifest:
+            write_json(root_dir, "manifest.json", manifest)
     lengths = np.zeros((len(corpus), len(layer_ids)), dtype=np.int64)
     for rec in records:
         lengths[rec["utterances"]] = np.asarray(rec["lengths"], dtype=np.int64)

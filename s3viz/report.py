@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence
 
+from ._fs import OwnedFolder
+
 __all__ = ["NotebookResult", "run_notebook", "build_report", "write_index"]
 
 _WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
@@ -80,7 +82,7 @@ def run_notebook(path: Path, out_dir: Path, *, timeout: int = 600, kernel_name: 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"notebook {str(path)!r} does not exist")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out = OwnedFolder(out_dir, "the report folder")
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(
         nb, timeout=timeout, kernel_name=kernel_name, store_widget_state=True,
@@ -95,15 +97,12 @@ def run_notebook(path: Path, out_dir: Path, *, timeout: int = 600, kernel_name: 
     seconds = time.perf_counter() - start
 
     figures = []
-    fig_dir = out_dir / f"{path.stem}_figures"
     for cell in nb.cells:
         for output in cell.get("outputs", []):
             png = output.get("data", {}).get("image/png")
             if png:
-                fig_dir.mkdir(exist_ok=True)
-                target = fig_dir / f"fig{len(figures) + 1:02d}.png"
-                target.write_bytes(base64.b64decode(png))
-                figures.append(target)
+                figures.append(out.write_bytes(
+                    f"{path.stem}_figures/fig{len(figures) + 1:02d}.png", base64.b64decode(png)))
 
     _static_widgets(nb)
     title = _title(nb)
@@ -111,8 +110,7 @@ def run_notebook(path: Path, out_dir: Path, *, timeout: int = 600, kernel_name: 
         nb.metadata["title"] = title  # the page's <title>, without markdown
     body, _ = HTMLExporter().from_notebook_node(nb)
     body = _offline(body, nb)
-    html_path = out_dir / f"{path.stem}.html"
-    html_path.write_text(body, encoding="utf-8")
+    html_path = out.write_text(f"{path.stem}.html", body)
     return NotebookResult(path.stem, html_path, figures, seconds, error, title)
 
 
@@ -191,11 +189,16 @@ def write_index(out_dir: Path, results: Sequence[NotebookResult], extra: Iterabl
         findings: sentences stated at the top (plain text).
         figures: ``(png_path, caption)`` pairs shown inline, in order.
     """
+    out = OwnedFolder(out_dir, "the report folder")
+
+    def rel(p) -> str:
+        return Path(p).resolve().relative_to(out.folder).as_posix()
+
     rows = []
     for r in results:
         status = "ok" if r.error is None else f"FAILED: {html.escape(r.error)}"
         figs = " ".join(
-            f'<a href="{f.relative_to(out_dir).as_posix()}">{f.stem}</a>' for f in r.figures
+            f'<a href="{rel(f)}">{f.stem}</a>' for f in r.figures
         )
         rows.append(
             f"<tr><td><a href='{r.html.name}'>{html.escape(r.name)}</a></td>"
@@ -203,18 +206,16 @@ def write_index(out_dir: Path, results: Sequence[NotebookResult], extra: Iterabl
             f"<td>{figs}</td></tr>"
         )
     extras = "".join(
-        f"<li><a href='{Path(p).relative_to(out_dir).as_posix()}'>"
-        f"{html.escape(Path(p).relative_to(out_dir).as_posix())}</a></li>"
+        f"<li><a href='{rel(p)}'>{html.escape(rel(p))}</a></li>"
         for p in sorted(extra)
     )
     found = ("<h2>Findings</h2><ul>" + "".join(f"<li>{html.escape(t)}</li>" for t in findings)
              + "</ul>") if findings else ""
     shown = "".join(
-        f"<figure><img src='{Path(p).relative_to(out_dir).as_posix()}' alt='"
+        f"<figure><img src='{rel(p)}' alt='"
         f"{html.escape(cap, quote=True)}' style='max-width:100%'><figcaption>"
         f"{html.escape(cap)}</figcaption></figure>" for p, cap in figures)
-    index = out_dir / "index.html"
-    index.write_text(
+    return out.write_text("index.html", 
         "<!doctype html><meta charset='utf-8'><title>s3viz report</title>"
         "<style>body{font-family:sans-serif;max-width:64em;margin:2em auto;line-height:1.45}"
         "td,th{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:left}"
@@ -224,10 +225,7 @@ def write_index(out_dir: Path, results: Sequence[NotebookResult], extra: Iterabl
         + "<h2>Notebooks</h2><table><tr><th>notebook</th><th>title</th><th>time</th>"
         "<th>status</th><th>figures</th></tr>" + "".join(rows) + "</table>"
         + ("<h2>Tables and figures of the main analysis</h2><ul>" + extras + "</ul>"
-           if extras else ""),
-        encoding="utf-8",
-    )
-    return index
+           if extras else ""))
 
 
 def build_report(notebooks: Sequence[Path], out_dir: Path, *, timeout: int = 600,

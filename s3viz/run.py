@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from ._fs import OwnedFolder
+
 __all__ = ["main", "parse_args", "run"]
 
 
@@ -47,7 +49,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "utterance (s3viz.probe.resolve_split); probes.csv says which")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cka", action="store_true", help="also compute the layer-by-layer CKA")
-    p.add_argument("--cka-level", default="frame", choices=["frame", "utterance"])
+    p.add_argument("--cka-level", default=None, choices=["frame", "utterance"],
+                   help="default: frame when the chosen layers share one frame rate, else "
+                        "utterance (run.json and the log say which); an explicit 'frame' over "
+                        "layers of different rates is refused")
     p.add_argument("--layers", type=int, nargs="*", default=None, help="upstream layers to use")
     p.add_argument("--batch-size", type=int, default=None, help="utterances per batch at most")
     p.add_argument("--max-batch-seconds", type=float, default=60.0,
@@ -70,6 +75,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--{given[0].replace('_', '-')} needs --alignments")
     if not args.targets and not args.cka:
         p.error("nothing to compute: give --targets and/or --cka")
+    out = Path(args.out).expanduser()
+    if out.exists() and not out.is_dir():  # refused now, not after the run
+        p.error(f"--out {args.out!r} is a file; give a folder (created when missing)")
     if "logistic" in args.methods and not args.store_frames:
         p.error("--methods logistic needs --store-frames DIR: a logistic probe takes many "
                 "passes over the frames, so each rank keeps its shard's frames on disk")
@@ -143,6 +151,16 @@ def run(args) -> dict:
     corpus = _corpus(args)
     kw = {"pretrained": True} if args.pretrained else {}
     upstream = get_upstream(args.upstream, **kw)
+    rates = list(upstream.downsample_rates)
+    if args.layers:  # refused before any extraction, with the range that exists
+        bad = [i for i in args.layers if not -len(rates) <= i < len(rates)]
+        if bad:
+            raise ValueError(f"--layers {' '.join(map(str, bad))}: {args.upstream} has "
+                             f"{len(rates)} hidden states (0..{len(rates) - 1}, or negative "
+                             "from the end)")
+    cka_level = _cka_level(args, rates)
+    if rank == 0:
+        _clear_results(args.out)
     setup_rss = _current_rss_mb()  # corpus and model loaded: what the analysis adds comes after
     _reset_peak_rss()
     # balanced by audio length (extraction time), deterministic by utterance id
@@ -153,14 +171,7 @@ def run(args) -> dict:
                           utterance_weights=np.array([u.num_samples for u in corpus]))
     cache = None
     if args.store_frames:
-        cache = Path(args.store_frames) / f"rank-{rank}"
-        cache.mkdir(parents=True, exist_ok=True)
-    cka_level = args.cka_level
-    if args.cka and cka_level == "frame":
-        rates = list(upstream.downsample_rates)
-        picked = [rates[i] for i in (args.layers if args.layers else range(len(rates)))]
-        if len(set(picked)) > 1:
-            cka_level = "utterance"  # frames of different rates cannot be paired
+        cache = OwnedFolder(args.store_frames, "--store-frames").sub(f"rank-{rank}").folder
     # speaker identity cannot be split by speaker ("auto" knows; an explicit "speaker" is
     # meant for the other targets)
     splits = {t: ("utterance" if t == "speaker" and args.split_by == "speaker"
@@ -201,9 +212,8 @@ def run(args) -> dict:
         probes = logistic if probes is None else pd.concat([probes, logistic],
                                                            ignore_index=True)
     t_total = time.perf_counter() - t0
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"rank-{rank}.json").write_text(json.dumps({
+    out = OwnedFolder(args.out, "--out")
+    out.write_text(f"rank-{rank}.json", json.dumps({
         "rank": rank, "utterances": len(shard),
         "audio_seconds": float(sum(corpus[i].num_samples for i in shard)) / 16000.0,
         "upstream_passes": passes, "total_seconds": t_total,
@@ -217,6 +227,37 @@ def run(args) -> dict:
             "cka_level": None if cka is None else cka.attrs.get("level"),
         })
     return {"probes": probes, "cka": cka, "store": store, "shard": shard}
+
+
+RESULT_FILES = ("probes.csv", "cka.csv", "run.json", "probe_curve.png", "cka.png")
+"""What a run writes into ``--out`` besides ``rank-<k>.json``."""
+
+
+def _clear_results(out_arg) -> None:
+    """Remove an earlier run's results from ``--out`` (only the names a run writes), so the
+    folder never mixes two runs (an old ``cka.csv`` beside new probes)."""
+    out = OwnedFolder(out_arg, "--out")
+    for name in out.listdir():
+        if name in RESULT_FILES or (name.startswith("rank-") and name.endswith(".json")):
+            out.unlink(name)
+
+
+def _cka_level(args, rates) -> str | None:
+    """The CKA level: frame when the chosen layers share a frame rate (frames of different
+    rates cannot be paired), else utterance; an explicit frame level there is refused."""
+    if not args.cka:
+        return args.cka_level or "frame"  # unused without --cka
+    picked = sorted({rates[i] for i in (args.layers if args.layers else range(len(rates)))})
+    if len(picked) == 1:
+        return args.cka_level or "frame"
+    if args.cka_level == "frame":
+        raise ValueError(f"--cka-level frame: the chosen layers have different frame rates "
+                         f"(downsample rates {picked}), so their frames cannot be paired; pick "
+                         "layers of one rate with --layers, or use --cka-level utterance")
+    if args.cka_level is None:
+        print(f"s3viz.run: CKA at utterance level (the layers' downsample rates differ: "
+              f"{picked})", file=sys.stderr)
+    return "utterance"
 
 
 def _peak_rss_mb() -> float:
@@ -255,13 +296,12 @@ def _reset_peak_rss() -> None:
 
 
 def _write(args, probes, cka, meta: dict) -> None:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = OwnedFolder(args.out, "--out")
     if probes is not None:
-        probes.to_csv(out / "probes.csv", index=False)
+        out.write_with("probes.csv", lambda f: probes.to_csv(f, index=False), text=True)
     if cka is not None:
-        cka.to_csv(out / "cka.csv")
-    (out / "run.json").write_text(json.dumps(meta, indent=2))
+        out.write_with("cka.csv", lambda f: cka.to_csv(f), text=True)
+    out.write_text("run.json", json.dumps(meta, indent=2))
     if args.no_figures:
         return
     import matplotlib
@@ -273,11 +313,13 @@ def _write(args, probes, cka, meta: dict) -> None:
 
     if probes is not None:
         ax = probe_curve(probes)
-        ax.figure.savefig(out / "probe_curve.png", dpi=120, bbox_inches="tight")
+        out.write_with("probe_curve.png", lambda f: ax.figure.savefig(
+            f, dpi=120, bbox_inches="tight", format="png"))
         plt.close(ax.figure)
     if cka is not None:
         ax = similarity(cka)
-        ax.figure.savefig(out / "cka.png", dpi=120, bbox_inches="tight")
+        out.write_with("cka.png", lambda f: ax.figure.savefig(
+            f, dpi=120, bbox_inches="tight", format="png"))
         plt.close(ax.figure)
 
 

@@ -33,6 +33,7 @@ from ._cache import (
     tensor_bytes,
 )
 from ._compat import renamed_args
+from ._fs import OwnedFolder
 from .align import frame_labels as _align_frame_labels
 
 __all__ = ["LayerStore", "NonFiniteError", "CacheCorruptionError"]
@@ -149,7 +150,9 @@ class DiskChunks:
                                 "this cache's chunks/ folder")
         path = self.path / "chunks" / name
         if key not in self.verified:
-            if not path.exists():
+            # refuses a chunks/ folder or chunk file that is a link (never read through)
+            if OwnedFolder(self.path, "the extraction folder", create=False).regular_file(
+                    f"chunks/{name}") is None:
                 raise self._corrupt(path, c, s, "the file is missing")
             size = path.stat().st_size
             if size != info["bytes"]:
@@ -341,7 +344,8 @@ class LayerStore:
                 )
             else:
                 raise FileNotFoundError(f"no s3viz extraction (manifest.json) under {root}")
-        manifest = read_json(root / "manifest.json")
+        folder = OwnedFolder(root, "the extraction folder", create=False)
+        manifest = read_json(folder, "manifest.json")
         if manifest is None:
             raise ValueError(
                 f"the extraction in {root} is not finished (no readable manifest.json); re-run "
@@ -361,7 +365,7 @@ class LayerStore:
         if not seal_ok(manifest, "manifest_sha256"):
             raise CacheCorruptionError(f"{root / 'manifest.json'} was changed after extract wrote "
                                        f"it (its sha256 does not match); {repair}")
-        raw_labels, phones_json = read_json(root / "labels.json"), read_json(root / "phones.json")
+        raw_labels, phones_json = read_json(folder, "labels.json"), read_json(folder, "phones.json")
         for fname, content, key in (("labels.json", raw_labels, "labels_sha256"),
                                     ("phones.json", phones_json, "phones_sha256")):
             if content is None:

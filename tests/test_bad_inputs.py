@@ -246,7 +246,7 @@ def test_finished_cache_on_read_only_storage_opens_without_a_lock(tmp_path, monk
 
     @contextlib.contextmanager
     def read_only(root):
-        raise PermissionError(13, "Read-only file system", str(root / ".lock"))
+        raise PermissionError(13, "Read-only file system", str(root.path(".lock")))
         yield
 
     monkeypatch.setattr(ex, "folder_lock", read_only)

@@ -18,6 +18,7 @@ from typing import Dict, Optional, Union
 import numpy as np
 import pandas as pd
 
+from .._fs import OwnedFolder, check_name, collision_key
 from ..interface import SAMPLE_RATE
 from ._corpus import Corpus
 from .alignments import SILENCE
@@ -96,11 +97,10 @@ def load_timit(root: Union[str, os.PathLike], split: Optional[str] = None, phone
 # --------------------------------------------------------------------------- export
 
 
-def _safe(name: str, what: str) -> str:
-    text = str(name).strip().replace("\\", "/")
-    if not text or text in (".", "..") or any(part in ("", ".", "..") for part in text.split("/")):
-        raise ValueError(f"{what} {name!r} cannot be a path in the exported folder")
-    return text
+def _safe(name, what: str) -> str:
+    """``name`` as one folder or file name in an export (refused: empty, ``.``/``..``, a path
+    separator, NUL; what each layout's readers would take apart)."""
+    return check_name(str(name).strip(), what)
 
 
 def _intervals(table: pd.DataFrame, column: str, num_samples: int):
@@ -168,64 +168,96 @@ def export_corpus(corpus, folder: Union[str, os.PathLike], layout: str = "mfa", 
         if layout == "timit" and (phones.str.strip().eq("") | phones.str.contains(r"\s")).any():
             raise ValueError(f"utterance {u.id!r} has a phone label that is empty or has spaces, "
                              "which a .PHN line cannot hold; use layout='mfa'")
+    files = _export_plan(corpus, layout)  # every name checked before anything is written
     root = Path(folder).expanduser()
-    if root.exists() and any(root.iterdir()) and not overwrite:
+    if root.exists() and root.is_dir() and any(root.iterdir()) and not overwrite:
         raise FileExistsError(f"{str(root)!r} is not empty; choose a new folder or pass "
                               "overwrite=True")
-    root.mkdir(parents=True, exist_ok=True)
+    out = OwnedFolder(root, "the export folder")
     if layout == "mfa":
-        return _export_mfa(corpus, root, sf)
-    return _export_timit(corpus, root, sf)
+        return _export_mfa(corpus, out, files, sf)
+    return _export_timit(corpus, out, files, sf)
 
 
 def _speaker_dir(u) -> str:
     return _safe(u.speaker or "unknown", f"speaker of utterance {u.id!r}")
 
 
-def _basename(u) -> str:
-    return _safe(u.id, "utterance id").replace("/", "_")
+def _export_plan(corpus, layout: str) -> list:
+    """The file stem (a path below the export folder) of each utterance, checked: each
+    part is one plain name, and no two utterances map to one file (compared as the file
+    systems that fold case and Unicode normalisation would), else the two are named."""
+    stems, seen = [], {}
+    for u in corpus:
+        base = _safe(str(u.id).replace("/", "_").replace("\\", "_"), "utterance id")
+        if layout == "mfa":
+            parts = ("corpus", _speaker_dir(u), base)
+        else:
+            sex = str(u.labels.get("gender", "") or u.labels.get("sex", "")).strip().upper()[:1]
+            sex = sex if sex in ("F", "M") else "X"
+            parts = (_safe(str(u.labels.get("split", "train")).upper(),
+                           f"label 'split' of utterance {u.id!r}"),
+                     _safe(str(u.labels.get("dialect", "DR1")).upper(),
+                           f"label 'dialect' of utterance {u.id!r}"),
+                     _safe(f"{sex}{_speaker_dir(u)}", f"speaker of utterance {u.id!r}"), base)
+        stem = "/".join(parts)
+        key = collision_key(stem)
+        if key in seen:
+            raise ValueError(
+                f"utterances {seen[key]!r} and {u.id!r} would both be written to {stem!r} "
+                f"(layout={layout!r} replaces '/' in ids by '_' and some file systems ignore "
+                "case and Unicode normalisation); give them ids that differ otherwise")
+        seen[key] = u.id
+        stems.append(stem)
+    return stems
 
 
-def _export_mfa(corpus, root: Path, sf) -> Dict[str, Path]:
+def _export_mfa(corpus, out: OwnedFolder, stems, sf) -> Dict[str, Path]:
     from praatio import textgrid
 
-    audio, aligned = root / "corpus", root / "aligned"
     label_rows = []
-    for u in corpus:
-        rel = f"{_speaker_dir(u)}/{_basename(u)}"
-        (audio / rel).parent.mkdir(parents=True, exist_ok=True)
-        (aligned / rel).parent.mkdir(parents=True, exist_ok=True)
-        sf.write(audio / f"{rel}.wav", np.clip(u.wav, -1, 1), SAMPLE_RATE, subtype="PCM_16")
-        (audio / f"{rel}.lab").write_text(u.text + "\n", encoding="utf-8")
+    for u, stem in zip(corpus, stems):
+        rel = stem.split("/", 1)[1]  # <speaker>/<id>
+        with out.open_write(f"corpus/{rel}.wav") as f:
+            sf.write(f, np.clip(u.wav, -1, 1), SAMPLE_RATE, format="WAV", subtype="PCM_16")
+        out.write_text(f"corpus/{rel}.lab", u.text + "\n")
         duration = u.num_samples / SAMPLE_RATE
         tg = textgrid.Textgrid(0.0, duration)
         for name, column in (("words", "word"), ("phones", "phone")):
             entries = [(s / SAMPLE_RATE, e / SAMPLE_RATE, lab)
                        for s, e, lab in _intervals(u.phones, column, u.num_samples) if lab]
             tg.addTier(textgrid.IntervalTier(name, entries, 0.0, duration))
-        tg.save(str(aligned / f"{rel}.TextGrid"), format="long_textgrid",
-                includeBlankSpaces=True, minimumIntervalLength=None)
+        out.write_text(f"aligned/{rel}.TextGrid", _textgrid_text(tg))
         label_rows.append({"file": f"{rel}.wav", "speaker": u.speaker, "text": u.text,
                            **{k: v for k, v in u.labels.items() if k not in ("file", "id")}})
-    labels = root / "labels.csv"
-    pd.DataFrame(label_rows).to_csv(labels, index=False)
-    return {"root": root, "audio": audio, "alignments": aligned, "labels": labels}
+    labels = out.write_with("labels.csv", lambda f: pd.DataFrame(label_rows).to_csv(
+        f, index=False), text=True)
+    return {"root": out.folder, "audio": out.path("corpus"), "alignments": out.path("aligned"),
+            "labels": labels}
 
 
-def _export_timit(corpus, root: Path, sf) -> Dict[str, Path]:
-    for u in corpus:
-        sex = str(u.labels.get("gender", "") or u.labels.get("sex", "")).strip().upper()[:1]
-        sex = sex if sex in ("F", "M") else "X"
-        split = str(u.labels.get("split", "train")).upper()
-        dialect = str(u.labels.get("dialect", "DR1")).upper()
-        base = root / split / dialect / f"{sex}{_speaker_dir(u)}" / _basename(u)
-        base.parent.mkdir(parents=True, exist_ok=True)
-        sf.write(str(base) + ".WAV", np.clip(u.wav, -1, 1), SAMPLE_RATE, format="NIST",
-                 subtype="PCM_16")
+def _textgrid_text(tg) -> str:
+    """A TextGrid as MFA writes it (long format, UTF-8). praatio's public API saves only to
+    a file name, so it saves into a fresh private folder and the text is written from
+    there through the export's OwnedFolder."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="s3viz-tg-") as tmp:
+        path = os.path.join(tmp, "a.TextGrid")
+        tg.save(path, format="long_textgrid", includeBlankSpaces=True,
+                minimumIntervalLength=None)
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+
+
+def _export_timit(corpus, out: OwnedFolder, stems, sf) -> Dict[str, Path]:
+    for u, base in zip(corpus, stems):
+        with out.open_write(base + ".WAV") as f:
+            sf.write(f, np.clip(u.wav, -1, 1), SAMPLE_RATE, format="NIST", subtype="PCM_16")
         phn = [f"{int(s)} {int(e)} {p}"
                for p, s, e in u.phones[["phone", "start", "end"]].itertuples(index=False)]
-        (Path(str(base) + ".PHN")).write_text("\n".join(phn) + "\n")
+        out.write_text(base + ".PHN", "\n".join(phn) + "\n")
         words = [w for w in _intervals(u.phones, "word", u.num_samples) if w[2]]
-        (Path(str(base) + ".WRD")).write_text("".join(f"{s} {e} {w}\n" for s, e, w in words))
-        (Path(str(base) + ".TXT")).write_text(f"0 {u.num_samples} {u.text}\n")
-    return {"root": root}
+        out.write_text(base + ".WRD", "".join(f"{s} {e} {w}\n" for s, e, w in words))
+        out.write_text(base + ".TXT", f"0 {u.num_samples} {u.text}\n")
+    return {"root": out.folder}

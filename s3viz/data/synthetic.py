@@ -16,7 +16,6 @@ import random
 import re
 import subprocess
 import sys
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from .. import _deps
+from .._fs import OwnedFolder
 from ..interface import SAMPLE_RATE
 from . import _espeak
 from ._corpus import Corpus, Utterance
@@ -453,20 +453,10 @@ def _pack(meta: dict, wavs: List[np.ndarray], tables: List[list]) -> Dict[str, n
 
 
 def _write_atomic(path: Path, arrays: Dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with OwnedFolder(path.parent, "the synthetic corpus cache").open_write(path.name) as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _read_cache(path: Path) -> Optional[Dict[str, np.ndarray]]:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._compat import renamed_args
+from .._fs import OwnedFolder
 from ..align import WAV2VEC2_CONV_LAYERS, conv_lengths, receptive_field
 from ..interface import AbsUpstream
 from ..upstreams._common import check_wavs
@@ -318,9 +319,9 @@ def save_tiny_weights(model: TinyUpstream, path: str | Path, *,
              for k, v in model.state_dict().items()}
     payload = {"format": _FORMAT, "config": model.config.to_dict(), "state_dict": state,
                "meta": dict(meta or {})}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(payload, path)
+    path = Path(path).expanduser()
+    OwnedFolder(path.parent, "the weights folder").write_with(
+        path.name, lambda f: torch.save(payload, f))
     return file_sha256(path)
 
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._fs import OwnedFolder
 from .. import _deps
 from ..align import conv_lengths
 from ..data.synthetic import SPEAKERS
@@ -877,17 +878,20 @@ def main(argv: Sequence[str] | None = None) -> dict:
         random = tiny(pretrained=False, config=trained.config)
         results = probe_comparison({"tiny": trained, "tiny_random": random,
                                     "spectral": ups.spectral_upstream()}, held)
-        results.to_csv(out.with_suffix(".probes.csv"), index=False)
+        folder = OwnedFolder(out.parent, "the weights folder")
+        folder.write_with(out.with_suffix(".probes.csv").name,
+                          lambda f: results.to_csv(f, index=False), text=True)
         bar = bar_check(results)
         summary["bar"] = bar.to_dict(orient="records")
         print(bar.to_string(index=False), flush=True)
         shape = curve_check(results)
         summary["curve_check"] = shape.to_dict(orient="records")
         print(shape.to_string(index=False), flush=True)
-    side = out.with_suffix(".json")
-    side.write_text(json.dumps(summary, indent=1))
-    card = args.card if args.card is not None else out.with_name("MODEL_CARD.md")
-    card.write_text(model_card(summary, results))
+    side = OwnedFolder(out.parent, "the weights folder").write_text(
+        out.with_suffix(".json").name, json.dumps(summary, indent=1))
+    card = Path(args.card) if args.card is not None else out.with_name("MODEL_CARD.md")
+    card = OwnedFolder(card.parent, "--card's folder").write_text(
+        card.name, model_card(summary, results))
     print(f"wrote {side} and {card}", flush=True)
     return summary
 

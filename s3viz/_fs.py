@@ -1,0 +1,350 @@
+"""Every file s3viz writes or deletes goes through an :class:`OwnedFolder`.
+
+The folder a user names (``cache_dir``, ``out``, an export folder) is taken as given;
+below it nothing is followed: each step is opened relative to its parent's file
+descriptor with ``O_NOFOLLOW``, so a symbolic link planted inside (a ``.lock``, a
+``chunks/`` folder, a label that spells ``../..``) is refused, never written through,
+truncated or emptied. Files are written to an exclusive temporary name and renamed
+into place. Layout and rules: ``docs/refusals.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import os
+import stat
+import unicodedata
+from pathlib import Path, PurePosixPath
+
+# Written by hand: pathlib, shutil and tempfile all follow links inside a folder, and no
+# well-kept library offers "write only inside this folder, through no link"; the
+# primitive is POSIX's *at() calls (os.open(..., dir_fd=)), which Python exposes.
+_DIR_FD = all(f in os.supports_dir_fd for f in (os.open, os.mkdir, os.unlink, os.replace))
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+class UnsafePathError(ValueError):
+    """A path would leave the folder s3viz owns, or pass through a symbolic link inside it."""
+
+
+def check_name(name, what: str = "name") -> str:
+    """``name`` as one file or folder name: refused when it is empty, ``.``/``..``, holds a
+    path separator or a NUL, or is longer than 255 bytes."""
+    text = str(name)
+    if (not text.strip() or text in (".", "..") or "/" in text or "\\" in text or "\0" in text
+            or len(os.fsencode(text)) > 255):
+        raise UnsafePathError(f"{what} {name!r} cannot be a file or folder name (empty, '.', "
+                              "'..', a path separator, NUL, or over 255 bytes); change it first")
+    return text
+
+
+def collision_key(rel: str) -> str:
+    """The form under which two names are one file on common file systems (macOS and
+    Windows fold case; macOS stores names decomposed): NFC, then case-folded."""
+    return unicodedata.normalize("NFC", rel).casefold()
+
+
+class OwnedFolder:
+    """A folder that s3viz writes into.
+
+    Args:
+        root: the folder (created with its parents when missing). It may itself be a
+            link (the user chose it); nothing below it is followed.
+        what: how errors name it (``"cache_dir"``, ``"--out"``, ...).
+    """
+
+    def __init__(self, root, what: str = "folder", *, create: bool = True):
+        if not isinstance(root, (str, os.PathLike)) or not str(os.fspath(root)).strip():
+            raise TypeError(f"{what} must be a folder path, got {root!r}")
+        path = Path(root).expanduser()
+        if path.exists() and not path.is_dir():
+            raise NotADirectoryError(f"{what} {str(path)!r} is a file, not a folder; "
+                                     "give a folder path")
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+        self.root = path.resolve()
+        self.what = what
+        self._base: tuple[str, ...] = ()  # a sub-folder's place below root (see sub)
+
+    def __repr__(self) -> str:
+        return f"OwnedFolder({str(self.folder)!r})"
+
+    # ------------------------------------------------------------------ paths
+
+    def parts(self, rel) -> tuple[str, ...]:
+        """``rel`` as checked name parts below the root (refuses absolute paths and ``..``)."""
+        text = os.fspath(rel) if isinstance(rel, os.PathLike) else str(rel)
+        if "\0" in text or "\\" in text:
+            raise UnsafePathError(f"{text!r} (in {self.what} {str(self.folder)!r}) holds a NUL "
+                                  "or a backslash; s3viz writes no such name")
+        pure = PurePosixPath(text)
+        if pure.is_absolute() or any(p in ("..",) for p in pure.parts) or not pure.parts:
+            raise UnsafePathError(
+                f"{text!r} would leave {self.what} {str(self.folder)!r}; s3viz writes only "
+                "inside the folder it was given")
+        return self._base + tuple(p for p in pure.parts if p != ".")
+
+    @property
+    def folder(self) -> Path:
+        """This folder's absolute path."""
+        return self.root.joinpath(*self._base)
+
+    def path(self, rel="") -> Path:
+        """The absolute path of ``rel`` (checked; for reading and for messages)."""
+        return self.root.joinpath(*self.parts(rel)) if str(rel) else self.folder
+
+    def sub(self, rel, what: str | None = None) -> OwnedFolder:
+        """The folder ``rel`` inside this one (created), owned the same way: every later
+        step is still walked from the user's folder, so a link put in its place later is
+        refused too."""
+        parts = self.parts(rel)
+        with self._dir(parts, create=True):
+            pass
+        child = object.__new__(OwnedFolder)
+        child.root, child.what, child._base = self.root, what or self.what, parts
+        return child
+
+    def _refuse_link(self, at: Path, err: OSError | None = None):
+        raise UnsafePathError(
+            f"{str(at)!r} inside {self.what} {str(self.root)!r} is a symbolic link or not a "
+            "folder; s3viz never follows links inside the folders it writes. Remove it (and "
+            "check what created it), then run again") from err
+
+    @contextlib.contextmanager
+    def _dir(self, parts, create: bool):
+        """An open descriptor of the folder ``parts`` (no link followed on the way)."""
+        if not _DIR_FD:  # pragma: no cover - Windows: lstat each step (racy, but no links)
+            at = self.root
+            for p in parts:
+                at = at / p
+                if at.is_symlink() or (at.exists() and not at.is_dir()):
+                    self._refuse_link(at)
+                if create:
+                    at.mkdir(exist_ok=True)
+            yield str(at)
+            return
+        fd = os.open(self.root, os.O_RDONLY | _DIRECTORY | _CLOEXEC)
+        try:
+            at = self.root
+            for p in parts:
+                at = at / p
+                if create:
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(p, 0o777, dir_fd=fd)
+                try:
+                    nfd = os.open(p, os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _CLOEXEC, dir_fd=fd)
+                except OSError as e:
+                    if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                        self._refuse_link(at, e)
+                    raise
+                os.close(fd)
+                fd = nfd
+            yield fd
+        finally:
+            os.close(fd)
+
+    def _split(self, rel):
+        parts = self.parts(rel)
+        return parts[:-1], parts[-1]
+
+    # ------------------------------------------------------------------ writing
+
+    @contextlib.contextmanager
+    def open_write(self, rel, *, exclusive: bool = False):
+        """A binary file for ``rel``, put in place atomically when the block ends.
+
+        Written to an exclusive temporary name beside it, then renamed over ``rel``
+        (a link at ``rel`` is replaced, its target never touched). ``exclusive``:
+        refuse when ``rel`` already exists.
+        """
+        folder, name = self._split(rel)
+        with self._dir(folder, create=True) as dfd:
+            if exclusive and self._lstat(dfd, name) is not None:
+                raise FileExistsError(f"{str(self.path(rel))!r} exists already; s3viz does not "
+                                      "overwrite it")
+            st = self._lstat(dfd, name)
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                raise IsADirectoryError(f"{str(self.path(rel))!r} is a folder where s3viz "
+                                        "writes a file; move it away")
+            tmp, fd = self._temp(dfd, name)
+            ok = False
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    yield f
+                if _DIR_FD:
+                    os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+                else:  # pragma: no cover
+                    os.replace(os.path.join(dfd, tmp), os.path.join(dfd, name))
+                ok = True
+            finally:
+                if not ok:
+                    with contextlib.suppress(OSError):
+                        self._unlink_at(dfd, tmp)
+
+    def write_bytes(self, rel, data) -> Path:
+        with self.open_write(rel) as f:
+            f.write(data)
+        return self.path(rel)
+
+    def write_text(self, rel, text: str, encoding: str = "utf-8") -> Path:
+        return self.write_bytes(rel, text.encode(encoding))
+
+    def write_with(self, rel, writer, *, text: bool = False) -> Path:
+        """Call ``writer(file)`` on a file object for ``rel`` (for libraries that write to a
+        file object: ``DataFrame.to_csv``, ``Figure.savefig``, ``soundfile.write``,
+        ``torch.save``); ``text`` gives it a UTF-8 text file."""
+        with self.open_write(rel) as f:
+            if text:
+                t = io.TextIOWrapper(f, encoding="utf-8", newline="")
+                writer(t)
+                t.flush()
+                t.detach()
+            else:
+                writer(f)
+        return self.path(rel)
+
+    def mkdir(self, rel) -> Path:
+        with self._dir(self.parts(rel), create=True):
+            pass
+        return self.path(rel)
+
+    # ------------------------------------------------------------------ reading, listing
+
+    def exists(self, rel) -> bool:
+        folder, name = self._split(rel)
+        try:
+            with self._dir(folder, create=False) as dfd:
+                return self._lstat(dfd, name) is not None
+        except FileNotFoundError:
+            return False
+
+    def regular_file(self, rel) -> Path | None:
+        """The path of the regular file ``rel``, None when it is missing; refused when it or
+        a folder on the way is a link (for readers that need a path, e.g. memory maps)."""
+        folder, name = self._split(rel)
+        try:
+            with self._dir(folder, create=False) as dfd:
+                st = self._lstat(dfd, name)
+        except FileNotFoundError:
+            return None
+        if st is None:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            self._refuse_link(self.path(rel))
+        return self.path(rel)
+
+    def read_bytes(self, rel) -> bytes:
+        """The bytes of the regular file ``rel`` (a link there is refused, not followed)."""
+        folder, name = self._split(rel)
+        with self._dir(folder, create=False) as dfd:
+            try:
+                fd = self._open_at(dfd, name, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    self._refuse_link(self.path(rel), e)
+                raise
+            with os.fdopen(fd, "rb") as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    raise UnsafePathError(f"{str(self.path(rel))!r} is not a regular file")
+                return f.read()
+
+    def listdir(self, rel="") -> list[str]:
+        """Names in the folder ``rel`` (refused when it is a link)."""
+        parts = self.parts(rel) if str(rel) else self._base
+        with self._dir(parts, create=False) as dfd:
+            return sorted(os.listdir(dfd))
+
+    # ------------------------------------------------------------------ deleting
+
+    def unlink(self, rel, missing_ok: bool = True) -> None:
+        """Delete the file ``rel``; a link there is removed itself (its target is never
+        touched); a folder there is refused with its name."""
+        folder, name = self._split(rel)
+        try:
+            with self._dir(folder, create=False) as dfd:
+                st = self._lstat(dfd, name)
+                if st is None:
+                    if missing_ok:
+                        return
+                    raise FileNotFoundError(str(self.path(rel)))
+                if stat.S_ISDIR(st.st_mode):
+                    raise IsADirectoryError(
+                        f"{str(self.path(rel))!r} is a folder inside {self.what} "
+                        f"{str(self.folder)!r} where s3viz keeps only files; s3viz does not "
+                        "delete folders: move it away, then run again")
+                self._unlink_at(dfd, name)
+        except FileNotFoundError:
+            if not missing_ok:
+                raise
+
+    # ------------------------------------------------------------------ locking
+
+    @contextlib.contextmanager
+    def lock(self, rel=".lock", busy: str = "another process is using it"):
+        """An exclusive advisory lock on the file ``rel`` (created; never truncated, never
+        through a link)."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            yield
+            return
+        folder, name = self._split(rel)
+        with self._dir(folder, create=True) as dfd:
+            try:
+                fd = self._open_at(dfd, name, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC)
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    self._refuse_link(self.path(rel), e)
+                raise
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise UnsafePathError(f"{str(self.path(rel))!r} is not a regular file")
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as e:
+                raise RuntimeError(f"{busy} ({str(self.folder)!r} is locked)") from e
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    # ------------------------------------------------------------------ primitives
+
+    @staticmethod
+    def _open_at(dfd, name, flags, mode=0o644):
+        if _DIR_FD:
+            return os.open(name, flags, mode, dir_fd=dfd)
+        return os.open(os.path.join(dfd, name), flags, mode)  # pragma: no cover
+
+    @staticmethod
+    def _lstat(dfd, name):
+        try:
+            if _DIR_FD:
+                return os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            return os.lstat(os.path.join(dfd, name))  # pragma: no cover
+        except FileNotFoundError:
+            return None
+
+    @staticmethod
+    def _unlink_at(dfd, name):
+        if _DIR_FD:
+            os.unlink(name, dir_fd=dfd)
+        else:  # pragma: no cover
+            os.unlink(os.path.join(dfd, name))
+
+    def _temp(self, dfd, name):
+        for i in range(100):
+            tmp = f".{name[:200]}.tmp-{os.getpid()}-{i}"
+            try:
+                fd = self._open_at(dfd, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW
+                                   | _CLOEXEC)
+                return tmp, fd
+            except FileExistsError:
+                continue
+        raise FileExistsError(f"no free temporary name beside {name!r} in {str(self.folder)!r}")

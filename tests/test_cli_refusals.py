@@ -1,0 +1,62 @@
+"""``python -m s3viz.run`` refuses bad arguments before the run and never mixes two runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from s3viz.run import RESULT_FILES, main, parse_args, run
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+BASE = ["--corpus", "synthetic:12", "--targets", "gender", "--folds", "2",
+        "--split-by", "utterance", "--no-figures", "--device", "cpu"]
+
+
+def test_out_that_is_a_file_is_refused_before_the_run(tmp_path, capsys):
+    (tmp_path / "f").write_text("mine")
+    with pytest.raises(SystemExit):
+        parse_args(["--out", str(tmp_path / "f")])
+    assert "is a file" in capsys.readouterr().err
+    assert (tmp_path / "f").read_text() == "mine"
+
+
+def test_layers_out_of_range_are_refused_before_any_extraction(tmp_path, monkeypatch):
+    import s3viz.stream
+
+    def never(*a, **k):  # pragma: no cover - reached only when the check is missing
+        raise AssertionError("extraction started before --layers was checked")
+
+    monkeypatch.setattr(s3viz.stream, "stream_analysis", never)
+    with pytest.raises(ValueError, match=r"--layers 99: tiny_random has 5 hidden states"):
+        main(BASE + ["--upstream", "tiny_random", "--layers", "0", "99",
+                     "--out", str(tmp_path)])
+
+
+def test_frame_cka_over_layers_of_different_rates_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"--cka-level frame.*different frame rates"):
+        main(BASE + ["--upstream", "spectral", "--cka", "--cka-level", "frame",
+                     "--layers", "0", "2", "--out", str(tmp_path)])
+
+
+def test_the_default_cka_level_says_when_it_is_utterance(tmp_path, capsys):
+    args = parse_args(BASE + ["--upstream", "spectral", "--cka", "--targets",
+                              "--layers", "0", "2", "--out", str(tmp_path)])
+    res = run(args)
+    assert res["cka"].attrs["level"] == "utterance"
+    assert "CKA at utterance level" in capsys.readouterr().err
+    assert json.loads((tmp_path / "run.json").read_text())["cka_level"] == "utterance"
+
+
+def test_a_reused_out_folder_holds_only_the_new_run(tmp_path):
+    out = tmp_path / "out"
+    run(parse_args(BASE + ["--upstream", "tiny_random", "--cka", "--out", str(out)]))
+    assert (out / "cka.csv").exists()
+    (out / "rank-7.json").write_text("{}")  # a rank of an earlier, larger run
+    (out / "notes.txt").write_text("the user's own file")
+    run(parse_args(BASE + ["--upstream", "tiny_random", "--out", str(out)]))
+    assert not (out / "cka.csv").exists() and not (out / "rank-7.json").exists()
+    assert (out / "probes.csv").exists() and (out / "notes.txt").read_text().startswith("the")
+    assert set(p.name for p in out.iterdir()) <= set(RESULT_FILES) | {"rank-0.json",
+                                                                        "notes.txt"}
