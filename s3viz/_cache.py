@@ -8,7 +8,6 @@ with a digest of itself. The layout: ``docs/cache.md``.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
 import json
@@ -24,7 +23,9 @@ from torch import nn
 
 from ._fs import OwnedFolder, UnsafePathError
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+# 3: the folder keeps the upstream's outputs on a fixed probe input (behaviour.pt), checked
+#    before reuse (s3viz.extraction.behaviour_probe); format 2 caches have none, so are not reused
 # 2: frames are checked finite before they are stored (format 1 caches may hold NaN/inf,
 #    so they are not reused: extract writes a new one)
 STORE_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
@@ -69,10 +70,10 @@ def code_bytes(code) -> bytes:
     return b"|".join(out)
 
 
-@functools.lru_cache(maxsize=256)
 def code_digest(cls: type) -> str:
     """sha256 of what the methods of ``cls`` and of the classes it inherits from (outside
-    torch) compute: their bytecode, so that a changed ``forward`` changes the fingerprint."""
+    torch) compute: their bytecode, so that a changed ``forward`` changes the fingerprint.
+    Not memoised: a method patched on the class after a first call must count."""
     h = hashlib.sha256()
     for k in cls.__mro__:
         if k.__module__.split(".")[0] in ("torch", "builtins"):

@@ -10,7 +10,10 @@ fingerprinted, resumable cache on disk (``s3viz._cache``; layout in
 from __future__ import annotations
 
 import contextlib
+import io
+import math
 import os
+import pickle
 import warnings
 from collections import deque
 from collections.abc import Sequence
@@ -506,6 +509,20 @@ def extract(upstream, corpus, *, upstream_layers=None, batch_size: int | None = 
                     where.unlink(stale)
         stored = read_json(root_dir, "plan.json")
         stored_plan = stored.get("plan") if isinstance(stored, dict) else None
+        probe = behaviour_probe(runner)
+        kept = _read_probe(root_dir) if stored_plan is not None else None
+        if stored_plan is not None:
+            diff, tol = probe_difference(kept, probe) if kept else (math.inf, 0.0)
+            if not diff <= tol:
+                warnings.warn(
+                    f"the cache {root} was written by an upstream that behaves differently "
+                    f"from {name} now (" + (f"outputs on s3viz's probe input differ by "
+                                            f"{diff:.2g} relative, tolerance {tol:g}" if kept
+                                            else "it keeps no probe outputs to compare")
+                    + ") although weights and code fingerprint alike (a patched forward, a "
+                    "hook, a global?); its frames are not reused: extracting again",
+                    stacklevel=2)
+                stored = stored_plan = None
         labels_json = df_to_json(corpus.labels)
         phones_json = [df_to_json(u.phones) for u in corpus]
         if (isinstance(stored, dict) and stored.get("fingerprint") == fp
@@ -516,6 +533,7 @@ def extract(upstream, corpus, *, upstream_layers=None, batch_size: int | None = 
             for old in chunk_dir.listdir():  # orphans of an unreadable plan (files only)
                 chunk_dir.unlink(old)
             root_dir.unlink("manifest.json")
+            root_dir.write_with("behaviour.pt", lambda f: torch.save(probe, f))
             write_json(root_dir, "plan.json", meta)
         # the corpus's own labels and alignments: rewritten when missing or edited (repair)
         for fname, content in (("labels.json", labels_json), ("phones.json", phones_json)):
@@ -568,6 +586,63 @@ def extract(upstream, corpus, *, upstream_layers=None, batch_size: int | None = 
         lengths[rec["utterances"]] = np.asarray(rec["lengths"], dtype=np.int64)
     return LayerStore(backend=DiskChunks(root, records, sizes, store_dtype), plan=plan,
                       lengths=lengths, **common)
+
+
+PROBE_SAMPLES = (16000, 8807)
+"""Lengths of the fixed probe input whose outputs a cache keeps (see ``behaviour_probe``)."""
+PROBE_TOLERANCE = {"same": 1e-4, "device": 5e-3, "amp": 5e-2}
+"""Largest relative difference (per layer, ``|a - b|_max / |a|_max``) between the probe
+outputs kept in a cache and those of the upstream now: on the same device in float32,
+on another device (TF32, other kernels), and under ``amp_dtype``."""
+
+
+def behaviour_probe(runner: "BatchRunner") -> dict:
+    """The upstream's outputs on a small fixed input (a sine in noise, two lengths), in
+    float32 on the CPU, with the device and precision they were computed with.
+
+    A cache keeps them; before it is reused the probe runs again and must agree
+    (``PROBE_TOLERANCE``). Hashing weights and code cannot see every change of behaviour
+    (a patched ``forward`` on an instance, a forward hook, a module-level global, a
+    default argument, a tensor kept in a dict), but each of these changes the outputs.
+    What this cannot see: a change that leaves the outputs on this input alone (a
+    branch taken only for longer inputs, say) -- use a new ``cache_dir`` then.
+    """
+    g = torch.Generator().manual_seed(0)
+    n = max(PROBE_SAMPLES)
+    t = torch.arange(n, dtype=torch.float32) / SAMPLE_RATE
+    wavs = 0.3 * torch.sin(2 * math.pi * 220 * t) + 0.05 * torch.randn(
+        len(PROBE_SAMPLES), n, generator=g)
+    lens = torch.tensor(PROBE_SAMPLES)
+    wavs = (wavs * (torch.arange(n)[None] < lens[:, None])).unsqueeze(-1)
+    with eval_session(runner.upstream, runner.dev, move=runner.move):
+        frames, out_lens = _forward_batch(runner.upstream, wavs.to(runner.dev),
+                                          lens.to(runner.dev), runner.layer_ids, runner.sizes,
+                                          runner._amp, torch.float32, ids=["<probe>"] * 2)
+    return {"frames": [f.float() for f in frames], "lengths": out_lens.tolist(),
+            "device": runner.dev.type, "amp": runner.amp_dtype is not None}
+
+
+def probe_difference(kept: dict, now: dict) -> tuple[float, float]:
+    """(largest relative difference over layers, the tolerance that applies)."""
+    tol = PROBE_TOLERANCE["amp" if kept.get("amp") or now["amp"] else
+                          "same" if kept.get("device") == now["device"] else "device"]
+    if kept.get("lengths") != now["lengths"] or len(kept["frames"]) != len(now["frames"]):
+        return math.inf, tol
+    worst = 0.0
+    for a, b in zip(kept["frames"], now["frames"]):
+        if a.shape != b.shape:
+            return math.inf, tol
+        scale = float(a.abs().max()) if a.numel() else 0.0
+        diff = float((a - b).abs().max()) if a.numel() else 0.0
+        worst = max(worst, diff / scale if scale > 0 else (math.inf if diff > 0 else 0.0))
+    return worst, tol
+
+
+def _read_probe(folder) -> dict | None:
+    try:
+        return torch.load(io.BytesIO(folder.read_bytes("behaviour.pt")), weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError):
+        return None
 
 
 class BatchRunner:
