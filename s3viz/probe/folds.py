@@ -110,7 +110,7 @@ def _confined(y, groups, classes) -> tuple[int, list]:
 
 def check_heldout(test_counts, train_counts, *, target: str, level: str, split_by: str,
                   classes, items: str = "example", y=None, groups=None, warn: bool = True,
-                  fix: str | None = None) -> np.ndarray:
+                  fewer: str | None = None) -> np.ndarray:
     """Refuse or warn about test examples whose class the fold's training part lacks.
 
     The one check of every probe path (``probe_layers`` ridge and logistic,
@@ -128,7 +128,8 @@ def check_heldout(test_counts, train_counts, *, target: str, level: str, split_b
         items: what an example is (``"utterance"``, ``"frame"``, ``"segment"``).
         y, groups: optional class and split group of each example, to name the
             classes confined to one group (which no split can put on both sides).
-        fix: the remedy to name instead of the default one.
+        fewer: how the caller's user makes training parts larger (default: fewer
+            folds), for the message.
 
     Returns:
         ``(folds,)`` number of test examples with an unseen class per fold.
@@ -154,17 +155,16 @@ def check_heldout(test_counts, train_counts, *, target: str, level: str, split_b
             why = (f"; {k} of {n_cls} classes occur in a single {group} (e.g. {ex}), so no "
                    f"split puts them on both sides")
     bad = np.flatnonzero((n_test > 0) & (unseen == n_test))
-    if fix is None:
-        if target == "speaker" and split_by == "utterance":
-            fix = ("speaker identity needs an utterance split where each speaker has >= 2 "
-                   "utterances: leave the speakers with one utterance out with `utterances=`, "
-                   "or record more")
-        elif split_by == "speaker":
-            fix = ("the classes go with the speakers: use split_by='utterance' to keep each "
-                   "class on both sides, or more speakers per class")
-        else:
-            fix = (f"give each class at least 2 {items}s in different {split_by}s, leave the "
-                   f"rare classes out, or use fewer folds (now {len(test)})")
+    if target == "speaker" and split_by == "utterance":
+        fix = ("speaker identity needs an utterance split where each speaker has >= 2 "
+               "utterances: leave the speakers with one utterance out with `utterances=`, "
+               "or record more")
+    elif split_by == "speaker":
+        fix = ("the classes go with the speakers: use split_by='utterance' to keep each "
+               "class on both sides, or more speakers per class")
+    else:
+        fix = (f"give each class at least 2 {items}s in different {split_by}s, leave the "
+               f"rare classes out, or {fewer or f'use fewer folds (now {len(test)})'}")
     if len(bad):
         per = "; ".join(f"fold {f}: {int(n_test[f])} test {items}s in "
                         f"{int((test[f] > 0).sum())} classes, training part "
@@ -173,8 +173,8 @@ def check_heldout(test_counts, train_counts, *, target: str, level: str, split_b
         raise ValueError(f"{head}; in {len(bad)} fold(s) none of the test {items}s has a class "
                          f"seen in training, so nothing can be right ({per}){why}. Fix: {fix}")
     if warn:
-        warnings.warn(f"{head}{why}. They count as wrong in both accuracy and chance (columns "
-                      f"n_unseen, unseen_fraction). To avoid them: {fix}",
+        warnings.warn(f"{head}{why}. They count as wrong in both the accuracy and its chance "
+                      f"(probe tables: columns n_unseen, unseen_fraction). To avoid them: {fix}",
                       UnseenClassWarning, stacklevel=caller_stacklevel())
     return unseen
 
