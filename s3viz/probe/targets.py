@@ -314,10 +314,16 @@ def check_classes(target: str, classes, n_examples: int | None,
             f"{where}: nothing to classify; choose another target or more utterances"
         )
     if n_examples is not None and len(classes) == n_examples:
+        if target == "speaker":
+            raise ValueError(
+                f"every speaker has a single example {where} ({n_examples} speakers, "
+                f"{n_examples} examples), so a test speaker never occurs in training and "
+                "nothing can be right: speaker identity needs an utterance split "
+                "(split_by='utterance') where each speaker has >= 2 utterances")
         raise ValueError(
             f"every example of target {target!r} has its own class ({n_examples} "
-            "classes): a classification probe cannot generalise (is it an id or a "
-            "continuous value?)"
+            "classes), so a test class never occurs in training: a classification probe "
+            "cannot generalise (is it an id or a continuous value?)"
         )
 
 
