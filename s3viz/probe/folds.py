@@ -1,8 +1,10 @@
 """Grouped folds and control labels.
 
 No utterance (or no speaker, ``split_by="speaker"``) has examples on both sides of
-a split: :func:`probe_folds` assigns groups to folds balancing their sizes, and
-:func:`control_labels` draws the seeded control classes of Hewitt & Liang (2019).
+a split: :func:`probe_folds` assigns groups to folds balancing their sizes,
+:func:`check_heldout` refuses a fold whose test classes training never saw (and
+warns about some), and :func:`control_labels` draws the seeded control classes of
+Hewitt & Liang (2019).
 """
 
 from __future__ import annotations
