@@ -45,8 +45,9 @@ class FeaturizerFit(NamedTuple):
 
 
 def _folds(store, split_by: str | None, target: str, folds: int, seed: int,
-           sel: np.ndarray) -> tuple[np.ndarray, str]:
-    """Fold of each utterance from :func:`s3viz.probe.probe_folds` (grouped, balanced by frames).
+           sel: np.ndarray) -> tuple[np.ndarray, str, np.ndarray]:
+    """Fold and split group of each utterance from :func:`s3viz.probe.probe_folds`
+    (grouped, balanced by frames), and the split.
 
     ``split_by="auto"`` is :func:`s3viz.probe.resolve_split`'s choice, as for
     the probes. Utterances outside ``sel`` get fold -1 (in no part).
@@ -58,7 +59,13 @@ def _folds(store, split_by: str | None, target: str, folds: int, seed: int,
                         utterances=None if len(sel) == len(store) else sel)
     fold = np.full(len(store), -1, dtype=np.int64)
     fold[table["utterance"].to_numpy()] = table["fold"].to_numpy()
-    return fold, split_by
+    groups = np.full(len(store), "", dtype=object)
+    groups[table["utterance"].to_numpy()] = table["group"].to_numpy()
+    return fold, split_by, groups
+
+
+UNSEEN = -2
+""":meth:`ProbeData.labels` of a held-out example whose class training lacks (always wrong)."""
 
 
 # how a featurizer's user leaves out unlabelled or unaligned utterances
@@ -76,7 +83,12 @@ class ProbeData:
     aligned to ``target_rate`` (frame level; see :func:`align_frames`) or
     mean-pooled (utterance level), standardised with the train statistics
     when ``standardize``; ``labels(utts)`` the matching class codes (-1 =
-    unlabelled: no segment, a missing label, or a class absent from training).
+    unlabelled: no segment or a missing label; :data:`UNSEEN` = -2: a test
+    example whose class the training part lacks, scored as wrong). Such test
+    examples are refused when they are all the test part has and warned
+    about otherwise (:func:`s3viz.probe.folds.check_heldout`, as for the
+    probes); ``chance`` is the training majority class scored on the test
+    examples and ``n_test_unseen`` counts the unseen ones.
     Labels follow the probes' rules (``s3viz.probe.targets``); ``utterances``
     selects the utterances split into test, dev and fit parts (the others are
     in none).
@@ -166,7 +178,7 @@ class ProbeData:
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)])
 
         nfolds = max(3, round(1.0 / test_fraction))
-        self.fold, self.split_by = _folds(store, split_by, target, nfolds, seed, sel)
+        self.fold, self.split_by, groups = _folds(store, split_by, target, nfolds, seed, sel)
         # fold 0 is held out (test); fold 1 is the dev part of the rest (train_utts);
         # unselected utterances have fold -1
         self.test_utts = np.flatnonzero(self.fold == 0)
@@ -182,12 +194,38 @@ class ProbeData:
         self.classes = classes
         code = {c: k for k, c in enumerate(classes)}
         self.y = np.array([code.get(v, -1) for v in raw], dtype=np.int64)
+        self._check_heldout(raw, groups, nfolds)
         self.standardize = bool(standardize)
         self.read_dtype = read_dtype(store)
         self.mean: dict[int, torch.Tensor] = {}
         self.std: dict[int, torch.Tensor] = {}
         if self.standardize:
             self._fit_standardization()
+
+    def _check_heldout(self, raw: np.ndarray, groups: np.ndarray, nfolds: int) -> None:
+        """The probes' held-out class check (:func:`s3viz.probe.folds.check_heldout`) of the
+        test part; its examples of unseen classes become :data:`UNSEEN` (wrong, not left out),
+        and ``chance`` is the training majority class scored on the same examples."""
+        from .probe.folds import check_heldout, fold_class_counts
+
+        item_fold = np.repeat(self.fold, self.lengths)  # 0: test, >= 1: training, -1: neither
+        m = (raw != "") & (item_fold >= 0)
+        all_classes, y = np.unique(raw[m].astype(str), return_inverse=True)
+        part = np.minimum(item_fold[m], 1)  # fold 0 is the test part, the rest trains
+        test, train = fold_class_counts(y, part, 2, len(all_classes))
+        check_heldout(test[:1], train[:1], target=self.target, level=self.level,
+                      split_by=self.split_by, classes=all_classes,
+                      items="frame" if self.level == "frame" else "utterance", y=y,
+                      groups=np.repeat(groups, self.lengths)[m],
+                      fewer=f"hold out fewer groups (now {1 / nfolds:.0%} of them)")
+        unseen = (item_fold == 0) & (raw != "") & (self.y < 0)
+        self.y[unseen] = UNSEEN
+        self.n_test_unseen = int(unseen.sum())
+        # chance: the training part's majority class, scored on the labelled test examples
+        y_test = self.y[(item_fold == 0) & (self.y != -1)]
+        majority = int(np.argmax(np.bincount(self.y[(item_fold >= 1) & (self.y >= 0)],
+                                             minlength=len(self.classes))))
+        self.chance = float(np.mean(y_test == majority)) if len(y_test) else float("nan")
 
     # -- labels -----------------------------------------------------------
     def _frame_label_strings(self) -> np.ndarray:
@@ -336,7 +374,10 @@ def train_featurizer(
         store's layers holding the learned weights, and a DataFrame with one row
         per evaluation: ``step, loss, dev_accuracy`` and ``weight_<layer>`` for
         each layer (``history.attrs`` holds ``classes, n_train, n_dev,
-        split_by`` ...). Its
+        split_by``, ``dev_chance`` (the training majority class scored on
+        the dev examples) and ``n_dev_unseen`` (dev examples whose class
+        training lacks: they count as wrong in both; a dev part of only such
+        examples is refused) ...). Its
         first row is step 0, the starting weights (the loss of the first batch
         before any update).
     """
@@ -408,7 +449,7 @@ def train_featurizer(
         for a in range(0, len(dev_utts), 32):
             group = dev_utts[a:a + 32]
             y = torch.from_numpy(data.labels(group))
-            keep = y >= 0
+            keep = y != -1  # unseen classes (UNSEEN) stay: always wrong, as in the probes
             if bool(keep.any()):
                 x = torch.stack([data.features(j, group)[keep] for j in range(L)])
                 yield x.to(dev), y[keep].to(dev)
@@ -457,7 +498,8 @@ def train_featurizer(
     history.attrs.update({"classes": list(data.classes), "n_train": n_train_items,
                           "n_dev": data.num_items(dev_utts), "target": target, "level": level,
                           "layers": list(data.layers), "standardize": standardize,
-                          "split_by": data.split_by})
+                          "split_by": data.split_by, "dev_chance": data.chance,
+                          "n_dev_unseen": data.n_test_unseen})
     featurizer = WeightedSumFeaturizer(store, layer_selections=data.layers,
                                        target_rate=data.target_rate)
     featurizer.set_weights(logits=logits.detach().double().cpu())

@@ -34,7 +34,14 @@ from .extraction import (
     resolve_upstream_device,
 )
 from .probe import LAMBDAS, ProbeStats
-from .probe.folds import SPLIT_CHOICES, assign_folds, check_folds, check_split_by, resolve_split
+from .probe.folds import (
+    SPLIT_CHOICES,
+    assign_folds,
+    check_folds,
+    check_heldout,
+    check_split_by,
+    resolve_split,
+)
 from .probe.layers import result_row, result_table
 from .probe.ridge import (
     confusion_matrix,
@@ -223,7 +230,7 @@ class _Streamer:
     def solve(self) -> None:
         red = self.reduce
         for t in self.targets:
-            keep = None
+            keep, warned = None, False
             if t.level == "frame":
                 seen = red(torch.from_numpy(t.seen)).numpy()
                 keep = np.flatnonzero(seen > 0)
@@ -245,6 +252,13 @@ class _Streamer:
                 st = t.stats[s].reduced(red)
                 if keep is not None:
                     st = st.keep_targets(keep)
+                    # frame labels are known only now: the probes' held-out class check
+                    # (utterance level: ProbeTask did it before the first pass)
+                    test = st.sum_y.reshape(self.folds, t.sub, -1).sum(1).cpu().numpy()
+                    unseen = check_heldout(test, test.sum(0, keepdims=True) - test,
+                                           target=t.name, level="frame", split_by=t.split_by,
+                                           classes=t.classes, items="frame", warn=not warned)
+                    warned = warned or bool(unseen.any())
                 models = ridge_fit_folds(st, self.folds, t.sub, [slice(0, len(t.classes))],
                                           self.lambdas)
                 t.models[s] = (torch.stack([m[0] for m in models]),

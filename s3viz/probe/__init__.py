@@ -10,7 +10,7 @@ streaming), ``ridge``, ``logistic``, ``layers``, ``weighted`` (``WeightedScorer`
 The maths: ``docs/probes.md``.
 """
 
-from .folds import SPLITS, control_labels, probe_folds, resolve_split
+from .folds import SPLITS, UnseenClassWarning, control_labels, probe_folds, resolve_split
 from .layers import METHODS, probe_layers
 from .ridge import LAMBDAS
 from .stats import ProbeStats
@@ -22,6 +22,7 @@ __all__ = [
     "METHODS",
     "SPLITS",
     "ProbeStats",
+    "UnseenClassWarning",
     "control_labels",
     "probe_folds",
     "probe_layers",

@@ -1,8 +1,10 @@
 """Grouped folds and control labels.
 
 No utterance (or no speaker, ``split_by="speaker"``) has examples on both sides of
-a split: :func:`probe_folds` assigns groups to folds balancing their sizes, and
-:func:`control_labels` draws the seeded control classes of Hewitt & Liang (2019).
+a split: :func:`probe_folds` assigns groups to folds balancing their sizes,
+:func:`check_heldout` refuses a fold whose test classes training never saw (and
+warns about some), and :func:`control_labels` draws the seeded control classes of
+Hewitt & Liang (2019).
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import pandas as pd
 from .._compat import caller_stacklevel, deprecated, renamed_args
 from ..store import utterance_selection
 
-__all__ = ["SPLITS", "SPLIT_CHOICES", "check_split_by", "control_labels", "probe_folds",
-           "resolve_split"]
+__all__ = ["SPLITS", "SPLIT_CHOICES", "UnseenClassWarning", "check_split_by", "control_labels",
+           "probe_folds", "resolve_split"]
 
 SPLITS = ("speaker", "utterance")
 """The groups a split keeps apart; ``split_by="auto"`` picks one of them per target."""
@@ -72,6 +74,111 @@ def resolve_split(labels: pd.DataFrame, split_by, target: str, folds: int, sel=N
                 pairs.groupby("s")["t"].nunique().max() == 1:
             return "utterance"  # the target names the speaker: a speaker split has no test class
     return "speaker"
+
+
+# ---------------------------------------------------------------------------
+# held-out classes: test examples whose class the training part never saw
+
+
+class UnseenClassWarning(UserWarning):
+    """Some test examples have a class absent from their fold's training part.
+
+    They can never be predicted right (by the probe or by chance); the probe
+    tables count them in ``n_unseen`` / ``unseen_fraction``.
+    """
+
+
+def fold_class_counts(y, fold, folds: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(test, train)`` class counts ``(folds, num_classes)`` of each fold's two parts.
+
+    ``y``: class id of each example (``< 0``: unlabelled, not counted); ``fold``:
+    its fold (the test fold it belongs to; every other fold is training).
+    """
+    y, fold = np.asarray(y, dtype=np.int64), np.asarray(fold, dtype=np.int64)
+    m = (y >= 0) & (fold >= 0)
+    test = np.bincount(fold[m] * num_classes + y[m],
+                       minlength=folds * num_classes).reshape(folds, num_classes)
+    return test, test.sum(0, keepdims=True) - test
+
+
+def _confined(y, groups, classes) -> tuple[int, list]:
+    """Classes all of whose examples lie in one split group (never on both sides)."""
+    y = np.asarray(y)
+    m = y >= 0
+    per = pd.Series(np.asarray(groups, dtype=object)[m].astype(str)).groupby(y[m]).nunique()
+    one = per.index[per.to_numpy() == 1]
+    return len(one), [str(classes[i]) for i in one[:5]]
+
+
+def check_heldout(test_counts, train_counts, *, target: str, level: str, split_by: str,
+                  classes, items: str = "example", y=None, groups=None, warn: bool = True,
+                  fewer: str | None = None) -> np.ndarray:
+    """Refuse or warn about test examples whose class the fold's training part lacks.
+
+    The one check of every probe path (``probe_layers`` ridge and logistic,
+    segment probes, ``train_featurizer``/``WeightedScorer``, ``stream_analysis``):
+    an example whose class never occurs in training can never be predicted
+    right. When every test example of some fold is such, the fold measures
+    nothing and this raises a ValueError with the counts and the fix; when
+    only some are, it warns once (:class:`UnseenClassWarning`, unless
+    ``warn=False``) with the counts and the fraction.
+
+    Args:
+        test_counts, train_counts: ``(folds, C)`` class counts of each fold's test
+            and training parts (:func:`fold_class_counts`).
+        classes: the ``C`` class names (for the message).
+        items: what an example is (``"utterance"``, ``"frame"``, ``"segment"``).
+        y, groups: optional class and split group of each example, to name the
+            classes confined to one group (which no split can put on both sides).
+        fewer: how the caller's user makes training parts larger (default: fewer
+            folds), for the message.
+
+    Returns:
+        ``(folds,)`` number of test examples with an unseen class per fold.
+    """
+    test, train = np.asarray(test_counts), np.asarray(train_counts)
+    unseen_c = test * (train == 0)
+    unseen = unseen_c.sum(1)
+    n_test = test.sum(1)
+    if not unseen.any():
+        return unseen
+    n_cls = len(classes)
+    total, n_unseen = int(n_test.sum()), int(unseen.sum())
+    names = [str(classes[i]) for i in np.flatnonzero(unseen_c.sum(0))[:5]]
+    head = (f"target {target!r} ({level} level, split_by={split_by!r}, {len(test)} folds, "
+            f"{n_cls} classes): {n_unseen} of {total} test {items}s "
+            f"({n_unseen / max(total, 1):.0%}) have a class absent from their fold's training "
+            f"part (e.g. {names}), so they can never be predicted right")
+    why = ""
+    if y is not None and groups is not None:
+        k, ex = _confined(y, groups, classes)
+        if k:
+            group = "utterance" if split_by == "utterance" else split_by
+            why = (f"; {k} of {n_cls} classes occur in a single {group} (e.g. {ex}), so no "
+                   f"split puts them on both sides")
+    bad = np.flatnonzero((n_test > 0) & (unseen == n_test))
+    if target == "speaker" and split_by == "utterance":
+        fix = ("speaker identity needs an utterance split where each speaker has >= 2 "
+               "utterances: leave the speakers with one utterance out with `utterances=`, "
+               "or record more")
+    elif split_by == "speaker":
+        fix = ("the classes go with the speakers: use split_by='utterance' to keep each "
+               "class on both sides, or more speakers per class")
+    else:
+        fix = (f"give each class at least 2 {items}s in different {split_by}s, leave the "
+               f"rare classes out, or {fewer or f'use fewer folds (now {len(test)})'}")
+    if len(bad):
+        per = "; ".join(f"fold {f}: {int(n_test[f])} test {items}s in "
+                        f"{int((test[f] > 0).sum())} classes, training part "
+                        f"{int(train[f].sum())} {items}s in {int((train[f] > 0).sum())} classes"
+                        for f in bad[:5])
+        raise ValueError(f"{head}; in {len(bad)} fold(s) none of the test {items}s has a class "
+                         f"seen in training, so nothing can be right ({per}){why}. Fix: {fix}")
+    if warn:
+        warnings.warn(f"{head}{why}. They count as wrong in both the accuracy and its chance "
+                      f"(probe tables: columns n_unseen, unseen_fraction). To avoid them: {fix}",
+                      UnseenClassWarning, stacklevel=caller_stacklevel())
+    return unseen
 
 
 # ---------------------------------------------------------------------------

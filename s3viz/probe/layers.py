@@ -139,11 +139,18 @@ def probe_layers(
         DataFrame with one row per target, method and layer: ``target, method,
         level, layer, upstream_layer, accuracy`` (pooled over the test folds,
         every example is tested once), ``accuracy_std`` (std over folds),
-        ``macro_f1``, ``chance`` (always predicting the training majority class),
-        ``n_classes``, ``n_train``, ``n_test`` (mean examples per fold),
-        ``lambda`` (ridge: mean chosen penalty), with ``control=True``
-        ``control_accuracy`` and ``selectivity``, and ``split_by`` (the split
-        each target used; also ``df.attrs["split_by"]``).
+        ``macro_f1``, ``chance`` (each fold's test examples scored as if
+        predicted the majority class of that fold's training part: the same
+        examples and the same "right" as ``accuracy``), ``n_classes``,
+        ``n_train``, ``n_test`` (mean examples per fold), ``lambda`` (ridge:
+        mean chosen penalty), with ``control=True`` ``control_accuracy`` and
+        ``selectivity``, and ``split_by`` (the split each target used; also
+        ``df.attrs["split_by"]``). When some test example's class is absent
+        from its fold's training part (a :class:`~s3viz.probe.UnseenClassWarning`
+        says so; a fold with only such examples is refused), also ``n_unseen``
+        (those examples, over all folds) and ``unseen_fraction`` (their share
+        of the tested examples): they count as wrong in ``accuracy`` and in
+        ``chance`` alike.
         ``df.attrs["fold_accuracy"]`` maps ``(target, method, layer)`` to the
         accuracy of each fold (folds as in :func:`probe_folds`).
     """
@@ -285,6 +292,9 @@ def _probe_segments(store, targets, *, layers, utterances, control_by, **kw) -> 
         dropped[tgt] = int(seg._dropped)
         tables.append(res)
     out = pd.concat(tables, ignore_index=True)
+    if "n_unseen" in out.columns:  # some target had unseen classes, the others none
+        out = out.fillna({"n_unseen": 0, "unseen_fraction": 0.0}).astype({"n_unseen": int})
+        out = out[[c for c in max((list(t.columns) for t in tables), key=len)]]
     out.attrs = {**tables[0].attrs, "fold_accuracy": {
         k: v for t in tables for k, v in t.attrs["fold_accuracy"].items()},
         "n_dropped": dropped,  # every target's count (it held the first target's only)
@@ -294,6 +304,7 @@ def _probe_segments(store, targets, *, layers, utterances, control_by, **kw) -> 
 
 _RESULT_COLUMNS = ["target", "method", "level", "layer", "upstream_layer", "accuracy",
                    "accuracy_std", "macro_f1", "chance", "n_classes", "n_train", "n_test", "lambda"]
+_UNSEEN_COLUMNS = ["n_unseen", "unseen_fraction"]
 
 
 def result_row(tgt, meth, lev, layer: int, upstream_layer: int, c: int, folds: int,
@@ -303,10 +314,14 @@ def result_row(tgt, meth, lev, layer: int, upstream_layer: int, c: int, folds: i
     main = _scores(conf[0], counts[:, :c] if counts.ndim == 2 else counts[0])
     fold_accuracy[(tgt, meth, layer)] = main.pop("fold_accuracy")
     n_total = conf[0].sum()
+    # test examples whose class the fold's training part lacks (check_heldout warned)
+    train = counts[:, :c] if counts.ndim == 2 else counts[0]
+    n_unseen = int((conf[0].sum(2) * (train == 0)).sum())
     row = dict(target=tgt, method=meth, level=lev, layer=layer, upstream_layer=upstream_layer,
                **main, n_classes=c, n_train=round(float(np.mean(n_fold))),
                n_test=round(n_total / folds),
-               **{"lambda": float(lam[0]) if lam is not None else float("nan")})
+               **{"lambda": float(lam[0]) if lam is not None else float("nan")},
+               n_unseen=n_unseen, unseen_fraction=n_unseen / max(int(n_total), 1))
     if control:
         cc = counts[:, c:] if counts.ndim == 2 else counts[1]
         ctrl = _scores(conf[1], cc)
@@ -327,6 +342,8 @@ def result_table(rows: list[dict], fold_accuracy: dict, control: bool, splits: d
                  **attrs) -> pd.DataFrame:
     """The probe table; ``splits`` maps each target to the split it used (column ``split_by``)."""
     cols = _RESULT_COLUMNS + (["control_accuracy", "selectivity"] if control else [])
+    if any(r["n_unseen"] for r in rows):  # only then: tables without unseen classes unchanged
+        cols += _UNSEEN_COLUMNS
     df = pd.DataFrame(rows, columns=cols)
     df["split_by"] = [splits[t] for t in df["target"]]
     attrs["split_by"] = split_attr(splits)

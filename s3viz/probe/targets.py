@@ -18,7 +18,15 @@ import torch
 
 from .._numerics import read_dtype
 from ..align import frame_labels as _align_frame_labels
-from .folds import _is_missing, _store_arg, assign_folds, control_labels, split_groups
+from .folds import (
+    _is_missing,
+    _store_arg,
+    assign_folds,
+    check_heldout,
+    control_labels,
+    fold_class_counts,
+    split_groups,
+)
 
 LEVELS = ("frame", "utterance", "segment")
 
@@ -69,6 +77,7 @@ class FrameTargets:
     y: np.ndarray | None = None  # (sum_T,) class id, -1 unlabelled
     fold: np.ndarray | None = None  # (sum_T,) the frame's utterance's fold
     y_ctrl: np.ndarray | None = None  # (sum_T,) control class id (control=True), -1 unlabelled
+    unseen: np.ndarray | None = None  # (folds,) test frames whose class training lacks
 
 
 class ProbeTask:
@@ -111,6 +120,9 @@ class ProbeTask:
                   and getattr(store, "_group_ids", None) is None else None)
         self.utt_fold = assign_folds(self.groups, np.ones(len(self.sel)), self.folds, self.seed,
                                       strata=strata, what=self.split_by)
+        segments = getattr(store, "_group_ids", None) is not None
+        self.unseen = self.check_heldout(self.y, self.utt_fold, self.groups,
+                                         "segment" if segments else "utterance")
         if self.control:
             by = self.control_by
             if by is None:
@@ -183,6 +195,18 @@ class ProbeTask:
             d.fold = self.utt_fold[d.utt]
             if self.control:
                 d.y_ctrl = self._frame_control(d, rate, rf)
+        warned = False  # layers of other geometries label frames alike: one warning
+        for d in self._labels.values():
+            d.unseen = self.check_heldout(d.y, d.fold, self.groups[d.utt], "frame", warn=not warned)
+            warned = warned or bool(d.unseen.any())
+
+    def check_heldout(self, y, fold, groups, items: str, warn: bool = True) -> np.ndarray:
+        """:func:`~.folds.check_heldout` of examples ``y`` in ``fold`` (refuse or warn)."""
+        test, train = fold_class_counts(y, fold, self.folds, len(self.classes))
+        level = "segment" if items == "segment" else self.level
+        return check_heldout(test, train, target=self.target, level=level,
+                             split_by=self.split_by, classes=self.classes, items=items, y=y,
+                             groups=groups, warn=warn)
 
     def _frame_control(self, d: FrameTargets, rate, rf) -> np.ndarray:
         by = "context" if self.control_by is None else self.control_by
@@ -290,10 +314,16 @@ def check_classes(target: str, classes, n_examples: int | None,
             f"{where}: nothing to classify; choose another target or more utterances"
         )
     if n_examples is not None and len(classes) == n_examples:
+        if target == "speaker":
+            raise ValueError(
+                f"every speaker has a single example {where} ({n_examples} speakers, "
+                f"{n_examples} examples), so a test speaker never occurs in training and "
+                "nothing can be right: speaker identity needs an utterance split "
+                "(split_by='utterance') where each speaker has >= 2 utterances")
         raise ValueError(
             f"every example of target {target!r} has its own class ({n_examples} "
-            "classes): a classification probe cannot generalise (is it an id or a "
-            "continuous value?)"
+            "classes), so a test class never occurs in training: a classification probe "
+            "cannot generalise (is it an id or a continuous value?)"
         )
 
 

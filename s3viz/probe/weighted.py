@@ -252,8 +252,9 @@ class WeightedScorer:
 
         # 3. projected test frames
         y = torch.from_numpy(data.labels(data.test_utts))
-        keep = y >= 0
+        keep = y != -1  # unseen classes (UNSEEN) stay: always wrong, as in the probes
         self.y_test = y[keep]
+        self.chance, self.n_test_unseen = data.chance, data.n_test_unseen
         self.n_test = int(keep.sum())
         if self.n_test == 0:
             raise ValueError("no labelled test frames: the held-out split has no labels")
@@ -301,15 +302,19 @@ class WeightedScorer:
                 are normalised to sum to 1.
 
         Returns:
-            dict with ``accuracy`` (on the test frames), ``lam`` (ridge penalty
-            used), ``n_train``, ``n_test``.
+            dict with ``accuracy`` (on the test frames), ``chance`` (the
+            training majority class scored on the same frames), ``lam``
+            (ridge penalty used), ``n_train``, ``n_test`` and
+            ``n_test_unseen`` (test frames whose class training lacks: wrong
+            in both ``accuracy`` and ``chance``; see :class:`ProbeData`).
         """
         w = self._weights(weights)
         weight, bias, lam = self.probe(w)
         x = torch.einsum("l,lnk->nk", w, self.test)
         pred = (x @ weight + bias).argmax(1)
         acc = float((pred == self.y_test).double().mean())
-        return {"accuracy": acc, "lam": lam, "n_train": self.n_train, "n_test": self.n_test}
+        return {"accuracy": acc, "chance": self.chance, "lam": lam, "n_train": self.n_train,
+                "n_test": self.n_test, "n_test_unseen": self.n_test_unseen}
 
     def score(self, weights) -> float:
         """Test accuracy of the ridge probe on the weighted sum (see :meth:`evaluate`)."""
