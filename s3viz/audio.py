@@ -304,9 +304,9 @@ def load_audio(path: Union[str, os.PathLike], *, allow_silence: bool = False) ->
     The file is decoded in one forward pass, ``BLOCK_SECONDS`` at a time: each
     block is checked, averaged to mono and fed to one streaming resampler, so
     memory is the 16 kHz result plus one block, and the result equals
-    :func:`prepare_wav` of the whole file. Nothing seeks: a compressed format
-    (MP3) decodes a frame from the frames before it, so a seek lands on wrong
-    samples.
+    :func:`prepare_wav` of the whole file. Nothing seeks (a compressed format
+    such as MP3 decodes a frame from the frames before it, so a seek lands on
+    wrong samples), and every block is a whole number of MPEG frames.
 
     Args:
         path: a file soundfile can read (wav, flac, ogg, mp3, ...).
@@ -339,7 +339,9 @@ def audio_file_length(path: Union[str, os.PathLike]) -> int:
 
 
 BLOCK_SECONDS = 30
-""":func:`load_audio` decodes, averages to mono and resamples this many seconds at a time."""
+""":func:`load_audio` decodes, averages to mono and resamples about this many seconds at a time."""
+
+_MPEG_FRAME = 1152
 
 
 def _read_audio(f, path: str, allow_silence: bool) -> np.ndarray:
@@ -351,7 +353,10 @@ def _read_audio(f, path: str, allow_silence: bool) -> np.ndarray:
                          "re-download it, or remove it")
     resampler = _Resampler(rate, SAMPLE_RATE)
     out = np.empty(resampled_length(n, rate), dtype=np.float32)
-    block = max(1, BLOCK_SECONDS * rate)
+    # blocks of whole MPEG frames: libsndfile 1.2.2's MP3 decoder returns wrong samples after
+    # a read that ends inside a frame (mono MPEG-2: up to 0.27 off); every MPEG frame length
+    # (384, 576, 1152 samples) divides 1152, and for other formats the size does not matter
+    block = -(-max(1, BLOCK_SECONDS * rate) // _MPEG_FRAME) * _MPEG_FRAME
     done, filled, peak, any_raw, any_mono = 0, 0, 0.0, False, False
     while done < n:
         seg = _soundfile_call(path, f.read, min(block, n - done), dtype="float32", always_2d=True)
