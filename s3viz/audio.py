@@ -475,7 +475,7 @@ def _normalisation_twin(path: str) -> Optional[str]:
 
 def batch_wavs(
     wavs: Sequence[ArrayLike], *, allow_silence: bool = False,
-    names: Optional[Sequence[str]] = None,
+    ids: Optional[Sequence[str]] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Zero-pad 1-D 16 kHz waveforms into the s3prl upstream input.
 
@@ -484,8 +484,8 @@ def batch_wavs(
             torch tensors, float in [-1, 1] or int16/int32 PCM, already at 16 kHz
             (use :func:`prepare_wav` or :func:`load_audio` first).
         allow_silence: accept all-zero waveforms instead of raising.
-        names: what errors and warnings call each waveform (e.g. ``"utterance
-            'spk1/a'"``), one per waveform; default ``wavs[i]``.
+        ids: the utterance id of each waveform, for errors and warnings to name
+            (``utterance 'spk1/a'``); without them they name ``wavs[i]``.
 
     Returns:
         ``(wavs, wavs_len)``: ``wavs`` ``(batch_size, max_num_samples, 1)`` float32
@@ -505,11 +505,13 @@ def batch_wavs(
         )
     if len(wavs) == 0:
         raise ValueError("wavs is an empty list; give at least one waveform")
-    if names is None:
+    if ids is None:
         names = [f"wavs[{i}]" for i in range(len(wavs))]
-    elif isinstance(names, str) or len(names) != len(wavs):
-        raise ValueError(f"names must be a list of one name per waveform ({len(wavs)}), got "
-                         f"{names!r}")
+    elif isinstance(ids, str) or len(ids) != len(wavs):
+        raise ValueError(f"ids must be a list of one utterance id per waveform ({len(wavs)}), "
+                         f"got {ids!r}")
+    else:
+        names = [f"utterance {u!r}" for u in ids]
     devices = {w.device for w in wavs if isinstance(w, torch.Tensor)}
     all_tensors = all(isinstance(w, torch.Tensor) for w in wavs)
     device = devices.pop() if all_tensors and len(devices) == 1 else torch.device("cpu")

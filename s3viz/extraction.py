@@ -294,7 +294,7 @@ def _batch_wavs(corpus, utts) -> tuple[torch.Tensor, torch.Tensor]:
     """``wavs (batch_size, seq_len, 1)``, ``wavs_len (batch_size,)`` of utterances ``utts``."""
     # errors and warnings (a peak > 1 after resampling) name the utterance, not its batch row
     return batch_wavs([corpus[i].wav for i in utts], allow_silence=True,
-                      names=[f"utterance {corpus[i].id!r}" for i in utts])
+                      ids=[corpus[i].id for i in utts])
 
 
 def _require_finite(frames: torch.Tensor, lens, ids, layer, who: str) -> None:

@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
-import soxr
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
