@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
-import torch
 
 from s3viz.data import (
     PHONE_COLUMNS,
