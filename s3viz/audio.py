@@ -9,18 +9,19 @@ formats and channel layouts are read: ``docs/data.md``.
 
 from __future__ import annotations
 
-import functools
 import os
+import unicodedata
 import warnings
 from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import soxr
 import torch
 
-from . import _deps
 from .interface import SAMPLE_RATE
 
-__all__ = ["load_audio", "to_mono", "resample", "prepare_wav", "batch_wavs", "MAX_CHANNELS"]
+__all__ = ["load_audio", "audio_file_length", "to_mono", "resample", "prepare_wav", "batch_wavs",
+           "MAX_CHANNELS"]
 
 MAX_CHANNELS = 16
 """A 2-D signal whose shorter axis is longer than this is refused as not multi-channel audio."""
@@ -174,17 +175,45 @@ def _check_rate(sample_rate, name: str = "sample_rate") -> int:
     return int(sample_rate)
 
 
-@functools.lru_cache(maxsize=8)
-def _resampler(orig: int, new: int):
-    """A cached :class:`torchaudio.transforms.Resample` (its sinc kernel is built once)."""
-    torchaudio = _deps.torchaudio()
+RESAMPLE_QUALITY = "HQ"
+"""The libsoxr quality every resampling in s3viz uses (20-bit precision, linear phase)."""
 
-    return torchaudio.transforms.Resample(orig, new)
+
+class _Resampler:
+    """Resample one mono signal given in consecutive blocks, with libsoxr.
+
+    The one resampler of s3viz: :func:`resample` feeds it a whole signal,
+    :func:`load_audio` a file block by block. ``soxr.ResampleStream`` keeps its
+    filter state between blocks, so the blocks' outputs, concatenated, are the
+    whole signal's output (no block edges), and its cost is linear in the audio
+    at any pair of rates (a polyphase kernel is not sized by the rates' gcd).
+
+    The output has :func:`resampled_length` samples, ``ceil(n * new / orig)``;
+    soxr alone gives ``round(n * new / orig)``, so the last block is followed by
+    zeros (soxr's own condition past the end) and the output cut at that length.
+    """
+
+    def __init__(self, orig: int, new: int):
+        self.orig, self.new, self.n_in, self.n_out = orig, new, 0, 0
+        self.stream = None if orig == new else soxr.ResampleStream(
+            orig, new, 1, dtype="float32", quality=RESAMPLE_QUALITY)
+
+    def __call__(self, block: np.ndarray, last: bool = False) -> np.ndarray:
+        block = np.ascontiguousarray(block, dtype=np.float32)
+        self.n_in += block.shape[0]
+        out = block if self.stream is None else self.stream.resample_chunk(block, last=False)
+        if last and self.stream is not None:
+            pad = np.zeros(-(-self.orig // self.new) + 1, dtype=np.float32)
+            out = np.concatenate([out, self.stream.resample_chunk(pad, last=True)])
+        want = resampled_length(self.n_in, self.orig, self.new) - self.n_out
+        out = out[:want] if last else out[: max(0, want)]
+        self.n_out += out.shape[0]
+        return out
 
 
 def resample(wav: ArrayLike, orig_sample_rate: int, new_sample_rate: int = SAMPLE_RATE):
-    """Resample a mono waveform with torchaudio (``torchaudio.transforms.Resample``,
-    default windowed-sinc settings, kernel cached per rate pair).
+    """Resample a mono waveform with libsoxr (``soxr``, quality ``"HQ"``: 20-bit,
+    linear phase), in time and memory linear in its length at any pair of rates.
 
     Args:
         wav: ``(num_samples,)`` float waveform, numpy array or torch tensor.
@@ -203,48 +232,21 @@ def resample(wav: ArrayLike, orig_sample_rate: int, new_sample_rate: int = SAMPL
             f"wav must be 1-D (num_samples,) to resample, got shape {tuple(arr.shape)}; "
             "call s3viz.audio.to_mono first"
         )
-    arr = _to_float32(arr, "wav")
-    if orig == new:
-        out = arr
-    else:
-        with torch.no_grad():
-            out = _resampler(orig, new)(torch.from_numpy(np.ascontiguousarray(arr))).numpy()
+    out = _Resampler(orig, new)(_to_float32(arr, "wav"), last=True)
     if is_tensor:
         return torch.from_numpy(np.ascontiguousarray(out)).to(wav.device)
     return out
 
 
 def resampled_length(num_samples: int, orig: int, new: int = SAMPLE_RATE) -> int:
-    """Samples after :func:`resample`: ``ceil(num_samples * new / orig)``, as torchaudio."""
+    """Samples after :func:`resample`: ``ceil(num_samples * new / orig)``."""
     return -(-int(num_samples) * int(new) // int(orig))
 
 
-def resample_many(wavs: List[np.ndarray], orig: int, new: int = SAMPLE_RATE,
-                   chunk: int = 32) -> List[np.ndarray]:
-    """Resample many 1-D float32 waveforms in length-sorted, zero-padded batches.
-
-    One convolution per batch instead of one per waveform (much faster on busy
-    CPUs). Each output has the length :func:`resample` gives; values agree with
-    it to float32 rounding (the padding zeros equal torchaudio's own padding).
-    """
+def resample_many(wavs: List[np.ndarray], orig: int, new: int = SAMPLE_RATE) -> List[np.ndarray]:
+    """:func:`resample` of each 1-D float32 waveform of ``wavs``."""
     orig, new = _check_rate(orig, "orig"), _check_rate(new, "new")
-    out: List[Optional[np.ndarray]] = [None] * len(wavs)
-    order = sorted(range(len(wavs)), key=lambda i: (wavs[i].shape[0], i))
-    for k in range(0, len(order), chunk):
-        idx = order[k: k + chunk]
-        longest = max(wavs[i].shape[0] for i in idx)
-        batch = np.zeros((len(idx), longest), dtype=np.float32)
-        for row, i in enumerate(idx):
-            batch[row, : wavs[i].shape[0]] = wavs[i]
-        if orig == new:
-            res = batch
-        else:
-            with torch.no_grad():
-                res = _resampler(orig, new)(torch.from_numpy(batch)).numpy()
-        for row, i in enumerate(idx):
-            n = resampled_length(wavs[i].shape[0], orig, new)
-            out[i] = np.ascontiguousarray(res[row, :n])
-    return out  # type: ignore[return-value]
+    return [resample(w, orig, new) for w in wavs]
 
 
 def prepare_wav(
@@ -299,94 +301,81 @@ def prepare_wav(
 def load_audio(path: Union[str, os.PathLike], *, allow_silence: bool = False) -> np.ndarray:
     """Read an audio file with soundfile and return it as 1-D float32 mono at 16 kHz.
 
+    The file is decoded in one forward pass, ``BLOCK_SECONDS`` at a time: each
+    block is checked, averaged to mono and fed to one streaming resampler, so
+    memory is the 16 kHz result plus one block, and the result equals
+    :func:`prepare_wav` of the whole file. Nothing seeks (a compressed format
+    such as MP3 decodes a frame from the frames before it, so a seek lands on
+    wrong samples), and every block is a whole number of MPEG frames.
+
     Args:
-        path: a file soundfile can read (wav, flac, ogg, ...).
+        path: a file soundfile can read (wav, flac, ogg, mp3, ...).
         allow_silence: accept an all-zero file instead of raising.
 
     Returns:
         ``(num_samples,)`` float32 numpy array at 16 kHz.
+
+    Raises:
+        FileNotFoundError: no such file (saying so when a file whose name differs
+            only in Unicode normalisation, NFC vs NFD, exists).
+        ValueError: a file soundfile cannot decode, an empty, truncated,
+            non-finite or (unless allowed) silent file; the message names the file.
     """
     import soundfile as sf
 
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a file path (str or Path), got {type(path).__name__}")
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"audio file not found: {path!r}")
-    if os.path.isdir(path):
-        raise IsADirectoryError(
-            f"{path!r} is a folder; for a folder of audio files use s3viz.data.load_folder"
-        )
-    name = f"audio file {path!r}"
-    try:
-        with sf.SoundFile(path) as f:
-            if f.frames > BLOCK_SECONDS * f.samplerate and f.seekable():
-                return _load_in_blocks(f, name, allow_silence)
-            data, rate = f.read(dtype="float32", always_2d=True), f.samplerate
-    except (RuntimeError, TypeError, ValueError) as e:  # sf.LibsndfileError is a RuntimeError
-        if isinstance(e, ValueError) and str(e).startswith(name):
-            raise  # our own check of the samples, from _load_in_blocks
-        raise ValueError(
-            f"soundfile cannot read {path!r} ({e}); convert it to wav or flac, e.g. "
-            "with ffmpeg -i in.mp3 -ar 16000 -ac 1 out.wav"
-        ) from e
-    return prepare_wav(data, rate, channels_first=False, allow_silence=allow_silence, name=name)
+    path = _find_audio_file(path)
+    with _soundfile_call(path, sf.SoundFile, path) as f:
+        return _read_audio(f, path, allow_silence)
+
+
+def audio_file_length(path: Union[str, os.PathLike]) -> int:
+    """Samples at 16 kHz that :func:`load_audio` gives for ``path``, from the file's
+    header (no audio is decoded); errors as :func:`load_audio`'s."""
+    import soundfile as sf
+
+    path = _find_audio_file(path)
+    info = _soundfile_call(path, sf.info, path)
+    return resampled_length(info.frames, _check_rate(info.samplerate, f"the sample rate of {path!r}"))
 
 
 BLOCK_SECONDS = 30
-"""Files longer than this are read, averaged to mono and resampled block by block."""
+""":func:`load_audio` decodes, averages to mono and resamples about this many seconds at a time."""
+
+_MPEG_FRAME = 1152
 
 
-def _load_in_blocks(f, name: str, allow_silence: bool) -> np.ndarray:
-    """:func:`load_audio` of an open ``soundfile.SoundFile``, holding one block at a time.
-
-    A 1-hour 48 kHz stereo file read whole takes about 7 GB at its peak (the
-    float32 channels, their mean, torchaudio's padded copy and its output);
-    block by block it takes the 16 kHz result and one block. The result equals
-    :func:`prepare_wav` of the whole file: torchaudio's resampler is a strided
-    convolution, so each block of output frames is computed from its input with
-    enough context on each side (the kernel's ``width``) that no padding of the
-    block reaches it, and at the file's ends the block's zero padding is the
-    file's. torchaudio has no streaming resampler, hence this.
-    """
-    rate, n, ch = _check_rate(f.samplerate), int(f.frames), int(f.channels)
-    if rate == SAMPLE_RATE:
-        res, orig_r, new_r, width = None, 1, 1, 0
-    else:
-        res = _resampler(rate, SAMPLE_RATE)
-        orig_r, new_r, width = rate // res.gcd, SAMPLE_RATE // res.gcd, int(res.width)
-    target = resampled_length(n, rate)
-    out = np.empty(target, dtype=np.float32)
-    num_frames = -(-target // new_r)  # conv output frames of new_r samples each
-    per_block = max(1, BLOCK_SECONDS * rate // orig_r)
-    context = -(-width // orig_r) + 1  # frames of input context on each side
-    peak, any_raw, any_mono = 0.0, False, False
-    for k0 in range(0, num_frames, per_block):
-        k1 = min(num_frames, k0 + per_block)
-        start = max(0, (k0 - context) * orig_r)
-        stop = min(n, (k1 + context) * orig_r + width)
-        f.seek(start)
-        seg = f.read(stop - start, dtype="float32", always_2d=True)
-        if seg.shape[0] != stop - start:
-            raise ValueError(f"{name} ends at sample {start + seg.shape[0]} although its header "
-                             f"says {n}; the file is truncated: re-encode or re-download it")
+def _read_audio(f, path: str, allow_silence: bool) -> np.ndarray:
+    """:func:`load_audio` of an open ``soundfile.SoundFile``, one block at a time, in order."""
+    name = f"audio file {path!r}"
+    rate, n, ch = _check_rate(f.samplerate, f"the sample rate of {path!r}"), int(f.frames), int(f.channels)
+    if n <= 0:
+        raise ValueError(f"{name} holds no samples (its header says {n} frames); re-create or "
+                         "re-download it, or remove it")
+    resampler = _Resampler(rate, SAMPLE_RATE)
+    out = np.empty(resampled_length(n, rate), dtype=np.float32)
+    # blocks of whole MPEG frames: libsndfile 1.2.2's MP3 decoder returns wrong samples after
+    # a read that ends inside a frame (mono MPEG-2: up to 0.27 off); every MPEG frame length
+    # (384, 576, 1152 samples) divides 1152, and for other formats the size does not matter
+    block = -(-max(1, BLOCK_SECONDS * rate) // _MPEG_FRAME) * _MPEG_FRAME
+    done, filled, peak, any_raw, any_mono = 0, 0, 0.0, False, False
+    while done < n:
+        seg = _soundfile_call(path, f.read, min(block, n - done), dtype="float32", always_2d=True)
+        if seg.shape[0] == 0:
+            raise ValueError(f"{name} ends at sample {done} although its header says {n}; the "
+                             "file is truncated: re-encode or re-download it")
         finite = np.isfinite(seg)
         if not finite.all():
-            first = start + int(np.flatnonzero(~finite.all(axis=1))[0])
+            first = done + int(np.flatnonzero(~finite.all(axis=1))[0])
             raise ValueError(f"{name} contains non-finite values (NaN or Inf), the first at "
                              f"sample {first}; clean it first, e.g. np.nan_to_num(wav)")
-        if seg.size:
-            peak = max(peak, float(np.abs(seg).max()))
-            any_raw = any_raw or bool(np.any(seg))
+        peak = max(peak, float(np.abs(seg).max()))
+        any_raw = any_raw or bool(np.any(seg))
         mono = seg[:, 0] if ch == 1 else seg.mean(axis=1, dtype=np.float64).astype(np.float32)
         any_mono = any_mono or bool(np.any(mono))
-        if res is not None:
-            with torch.no_grad():
-                mono = res(torch.from_numpy(np.ascontiguousarray(mono))).numpy()
-        a = k0 * new_r
-        b = min(k1 * new_r, target)
-        off = a - start // orig_r * new_r
-        out[a:b] = mono[off: off + (b - a)]
+        done += seg.shape[0]
+        res = resampler(mono, last=done >= n)
+        out[filled: filled + res.shape[0]] = res
+        filled += res.shape[0]
     if not allow_silence and not any_raw:
         raise ValueError(f"{name} is all zeros ({n} samples of silence); check that the audio "
                          "decoded correctly, or pass allow_silence=True if silence is intended")
@@ -401,8 +390,92 @@ def _load_in_blocks(f, name: str, allow_silence: bool) -> np.ndarray:
     return out
 
 
+def _soundfile_call(path: str, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` of soundfile on ``path``; its errors become one that names
+    the file and the fix (libsndfile's own say only "System error" or "Format not recognised")."""
+    try:
+        return fn(*args, **kwargs)
+    except (RuntimeError, TypeError, ValueError, OSError) as e:  # LibsndfileError: RuntimeError
+        try:
+            size = os.path.getsize(path)
+        except OSError:
+            size = None
+        if size == 0:
+            raise ValueError(f"audio file {path!r} is empty (0 bytes); re-create or re-download "
+                             "it, or remove it") from e
+        if not os.access(path, os.R_OK):
+            raise PermissionError(f"audio file {path!r} cannot be read: permission denied; "
+                                  f"give read permission (chmod a+r {path!r})") from e
+        raise ValueError(
+            f"soundfile cannot read audio file {path!r} ({e}): it is not in a format libsndfile "
+            "decodes (wav, flac, ogg, mp3, ...) or it is damaged; convert it to wav or flac, e.g. "
+            "with ffmpeg -i in.m4a -ar 16000 -ac 1 out.wav") from e
+
+
+def _find_audio_file(path) -> str:
+    """The file a user names as ``path``, or an error that says why there is none.
+
+    Every audio file s3viz opens by name comes through here (:func:`load_audio`,
+    :func:`audio_file_length`). A name that matches no file but differs from an
+    existing one only in Unicode normalisation (``é`` as one code point, NFC,
+    or as ``e`` and a combining accent, NFD: macOS writes NFD, most tools NFC)
+    is reported as exactly that.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a file path (str or Path), got {type(path).__name__}")
+    path = os.fsdecode(os.fspath(path))
+    if not os.path.exists(path):
+        twin = _normalisation_twin(path)
+        if twin is not None:
+            raise FileNotFoundError(f"audio file not found: {_unicode_mismatch(path, twin)}")
+        raise FileNotFoundError(f"audio file not found: {path!r}")
+    if os.path.isdir(path):
+        raise IsADirectoryError(
+            f"{path!r} is a folder; for a folder of audio files use s3viz.data.load_folder"
+        )
+    return path
+
+
+def _unicode_mismatch(given: str, found: str) -> str:
+    """The message for a name ``given`` that matches no file, where ``found`` does and
+    differs from it only in Unicode normalisation."""
+    return (f"{given!r} names no file, but {found!r} exists and differs from it only in Unicode "
+            f"normalisation ({_form(given)} vs {_form(found)}: the same letters, accents written "
+            "as one code point or as a letter plus a combining mark); rename the file or fix the "
+            "name where it is written, e.g. unicodedata.normalize('NFC', name)")
+
+
+def _form(s: str) -> str:
+    forms = [f for f in ("NFC", "NFD") if unicodedata.is_normalized(f, s)]
+    return "/".join(forms) if forms else "mixed"
+
+
+def _normalisation_twin(path: str) -> Optional[str]:
+    """The existing path whose parts equal ``path``'s up to Unicode normalisation, if one."""
+    head, parts = path, []
+    while True:
+        head, tail = os.path.split(head)
+        if not tail:
+            break
+        parts.append(tail)
+    cur, changed = head, False  # head: "" (relative) or the root
+    for part in reversed(parts):
+        if not os.path.lexists(os.path.join(cur, part)):
+            key = unicodedata.normalize("NFC", part)
+            try:
+                names = [e for e in os.listdir(cur or ".") if unicodedata.normalize("NFC", e) == key]
+            except OSError:
+                return None
+            if len(names) != 1:
+                return None
+            part, changed = names[0], True
+        cur = os.path.join(cur, part)
+    return cur if changed and os.path.exists(cur) else None
+
+
 def batch_wavs(
-    wavs: Sequence[ArrayLike], *, allow_silence: bool = False
+    wavs: Sequence[ArrayLike], *, allow_silence: bool = False,
+    ids: Optional[Sequence[str]] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Zero-pad 1-D 16 kHz waveforms into the s3prl upstream input.
 
@@ -411,6 +484,8 @@ def batch_wavs(
             torch tensors, float in [-1, 1] or int16/int32 PCM, already at 16 kHz
             (use :func:`prepare_wav` or :func:`load_audio` first).
         allow_silence: accept all-zero waveforms instead of raising.
+        ids: the utterance id of each waveform, for errors and warnings to name
+            (``utterance 'spk1/a'``); without them they name ``wavs[i]``.
 
     Returns:
         ``(wavs, wavs_len)``: ``wavs`` ``(batch_size, max_num_samples, 1)`` float32
@@ -430,12 +505,18 @@ def batch_wavs(
         )
     if len(wavs) == 0:
         raise ValueError("wavs is an empty list; give at least one waveform")
+    if ids is None:
+        names = [f"wavs[{i}]" for i in range(len(wavs))]
+    elif isinstance(ids, str) or len(ids) != len(wavs):
+        raise ValueError(f"ids must be a list of one utterance id per waveform ({len(wavs)}), "
+                         f"got {ids!r}")
+    else:
+        names = [f"utterance {u!r}" for u in ids]
     devices = {w.device for w in wavs if isinstance(w, torch.Tensor)}
     all_tensors = all(isinstance(w, torch.Tensor) for w in wavs)
     device = devices.pop() if all_tensors and len(devices) == 1 else torch.device("cpu")
     arrays: List[np.ndarray] = []
-    for i, w in enumerate(wavs):
-        name = f"wavs[{i}]"
+    for w, name in zip(wavs, names):
         arr = _as_numpy(w, name)
         if arr.ndim != 1:
             raise ValueError(

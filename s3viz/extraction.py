@@ -296,11 +296,9 @@ def _estimate_bytes(num_samples, rates, hidden_sizes, store_dtype) -> int:
 
 def _batch_wavs(corpus, utts) -> tuple[torch.Tensor, torch.Tensor]:
     """``wavs (batch_size, seq_len, 1)``, ``wavs_len (batch_size,)`` of utterances ``utts``."""
-    try:
-        return batch_wavs([corpus[i].wav for i in utts], allow_silence=True)
-    except ValueError as e:
-        ids = [corpus[i].id for i in utts]
-        raise ValueError(f"bad audio in the batch of utterances {ids} (wavs[i] is ids[i]): {e}") from e
+    # errors and warnings (a peak > 1 after resampling) name the utterance, not its batch row
+    return batch_wavs([corpus[i].wav for i in utts], allow_silence=True,
+                      ids=[corpus[i].id for i in utts])
 
 
 def _require_finite(frames: torch.Tensor, lens, ids, layer, who: str) -> None:

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 import soundfile as sf
+import soxr
 import torch
-import torchaudio.functional as AF
 
 from s3viz.audio import batch_wavs, load_audio, prepare_wav, resample, resample_many, to_mono
 
@@ -20,9 +20,15 @@ def _noise(n, scale=0.3):
 
 
 def _ref_resample(x: np.ndarray, orig: int, new: int = 16000) -> np.ndarray:
-    # s3viz caches torchaudio.transforms.Resample; it agrees with the functional form
-    # to float32 rounding (about 1e-6), hence atol=1e-5 below
-    return AF.resample(torch.from_numpy(np.asarray(x, dtype=np.float32)), orig, new).numpy()
+    # libsoxr's one-shot call; s3viz streams through soxr and ends at ceil(n * new / orig)
+    # samples where soxr ends at round(...), so its last sample may have no reference: the
+    # callers compare the reference's length (test_audio_reliability checks that sample)
+    return soxr.resample(np.asarray(x, dtype=np.float32), orig, new, quality="HQ")
+
+
+def _close_to_ref(out, ref, atol=1e-6):
+    assert out.shape[0] - ref.shape[0] in (0, 1)
+    np.testing.assert_allclose(out[: ref.shape[0]], ref, rtol=0, atol=atol)
 
 
 # ---------------------------------------------------------------------------
@@ -34,7 +40,7 @@ def test_int16_stereo_44k_channels_last():
     out = prepare_wav(pcm, 44100)
     ref = _ref_resample((pcm.astype(np.float64) / 32768).mean(axis=1), 44100)
     assert out.dtype == np.float32 and out.shape == (math.ceil(4410 * 16000 / 44100),)
-    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-5)
+    _close_to_ref(out, ref)
 
 
 def test_channels_first_tensor_matches_channels_last_array():
@@ -75,7 +81,7 @@ def test_resample_lengths_and_reference():
         x = _noise(orig // 7 + 3)
         out = resample(x, orig)
         assert out.shape == (math.ceil(x.size * 16000 / orig),)
-        np.testing.assert_allclose(out, _ref_resample(x, orig), rtol=0, atol=1e-5)
+        _close_to_ref(out, _ref_resample(x, orig))
     x = _noise(123)
     assert resample(x, 16000) is not None and np.array_equal(resample(x, 16000), x)
     t = resample(torch.from_numpy(x), 8000)
@@ -84,7 +90,7 @@ def test_resample_lengths_and_reference():
 
 def test_resample_many_matches_one_by_one():
     xs = [_noise(n) for n in (1, 50, 2205, 22050, 30001)]
-    many = resample_many(xs, 22050, 16000, chunk=2)
+    many = resample_many(xs, 22050, 16000)
     for x, y in zip(xs, many):
         ref = resample(x, 22050)
         assert y.shape == ref.shape
@@ -201,7 +207,7 @@ def test_load_audio_round_trip(tmp_path):
     sf.write(path, pcm, 22050, subtype="PCM_16")
     out = load_audio(path)
     ref = _ref_resample((pcm.astype(np.float64) / 32768).mean(axis=1), 22050)
-    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-5)
+    _close_to_ref(out, ref)
     assert load_audio(str(path)).shape == out.shape
 
 

@@ -147,15 +147,9 @@ class FileUtterance(Utterance):
 
 def _header_samples(path: str) -> int:
     """Samples at 16 kHz of an audio file, from its header (no audio is read)."""
-    import soundfile as sf
+    from ..audio import audio_file_length
 
-    try:
-        info = sf.info(path)
-    except (RuntimeError, TypeError, ValueError) as e:
-        raise ValueError(f"soundfile cannot read the header of {path!r} ({e})") from e
-    from ..audio import resampled_length
-
-    return resampled_length(info.frames, info.samplerate)
+    return audio_file_length(path)
 
 
 class Corpus(Sequence[Utterance]):

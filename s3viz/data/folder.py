@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import unicodedata
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -86,14 +87,26 @@ def _read_labels(labels_csv) -> pd.DataFrame:
                          "line with a 'file' or 'id' column and one row per file") from None
 
 
-def _file_lookup(rel: Sequence[str], ids: Sequence[str]) -> Dict[str, int]:
+class _file_lookup:
     """File index by relative path (``spk1/a.wav``) or id (``spk1/a``), as a CSV's ``file``
-    or ``id`` column names it."""
-    lookup: Dict[str, int] = {}
-    for i, (r, u) in enumerate(zip(rel, ids)):
-        lookup[r] = i
-        lookup.setdefault(u, i)
-    return lookup
+    or ``id`` column names it. ``get`` of a name that matches no file but differs from one
+    only in Unicode normalisation (NFC vs NFD) raises, saying so."""
+
+    def __init__(self, rel: Sequence[str], ids: Sequence[str]):
+        self.exact: Dict[str, int] = {}
+        for i, (r, u) in enumerate(zip(rel, ids)):
+            self.exact[r] = i
+            self.exact.setdefault(u, i)
+        self.nfc = {unicodedata.normalize("NFC", k): k for k in self.exact}
+
+    def get(self, key: str) -> Optional[int]:
+        i = self.exact.get(key)
+        twin = None if i is not None else self.nfc.get(unicodedata.normalize("NFC", key))
+        if twin is not None:
+            from ..audio import _unicode_mismatch
+
+            raise FileNotFoundError(f"audio file not found: {_unicode_mismatch(key, twin)}")
+        return i
 
 
 def _normalise_key(value) -> str:
