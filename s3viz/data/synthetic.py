@@ -552,12 +552,14 @@ def synthetic_corpus(
 
     library, _ = _espeak_paths()
     version = _espeak.espeak_version(library)
+    import soxr
     import torch
     torchaudio = _deps.torchaudio()
 
     params = {"format": _FORMAT_VERSION, "code": _code_version(),
               "n_utterances": n_utterances, "seed": seed, "speakers": spk, "n_sentences": n_sentences, "espeak": version,
-              "torch": torch.__version__, "torchaudio": torchaudio.__version__}
+              "torch": torch.__version__, "torchaudio": torchaudio.__version__,
+              "soxr": soxr.__version__}  # espeak's 22.05 kHz audio is resampled by soxr
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:20]
     folder = Path(cache_dir).expanduser() if cache_dir is not None else (
         default_cache_dir() / "synthetic")
