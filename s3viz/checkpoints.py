@@ -209,6 +209,15 @@ def load_featurizer_weights(
         UnsafeCheckpointError: the file needs more than plain data to unpickle.
         ValueError / KeyError: no (or several) weight tensors; the message lists keys.
     """
+    if (isinstance(path_or_paths, Mapping) and key is None and len(path_or_paths) > 1
+            and all(isinstance(v, torch.Tensor) and v.ndim == 1 for v in path_or_paths.values())
+            and not any(str(k).lower().endswith("featurizer.weights") for k in path_or_paths)):
+        raise ValueError(
+            f"path_or_paths is a dict of {len(path_or_paths)} 1-D tensors "
+            f"({list(path_or_paths)[:5]}) and none is under a key ending in "
+            "'featurizer.weights': s3viz cannot tell one state dict from several checkpoints' "
+            "weight logits. For several checkpoints pass {name: path} or a list of tensors; "
+            "for one state dict pass key=... naming the weights")
     if isinstance(path_or_paths, Mapping) and not _looks_like_checkpoint(path_or_paths):
         names = [str(k) for k in path_or_paths]
         items = list(path_or_paths.values())

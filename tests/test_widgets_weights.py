@@ -150,7 +150,7 @@ def test_set_weights_validates(widget):
         widget.set_weights([1, 1])
     with pytest.raises(ValueError, match="non-negative"):
         widget.set_weights([1, -1, 0, 0])
-    with pytest.raises(ValueError, match="no weight for layers"):
+    with pytest.raises(ValueError, match=r"missing \[0, 1, 2, 3\], not in the store \[7\]"):
         widget.set_weights(pd.Series([1.0], index=[7]))
 
 

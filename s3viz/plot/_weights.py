@@ -59,7 +59,7 @@ def weights_table(weights, probe_df: pd.DataFrame | None = None,
     out = pd.DataFrame({"layer": [int(i) for i in w.index], "weight": w.to_numpy(dtype=float)})
     out["uniform"] = 1.0 / len(w)
     if probe_df is not None:
-        for name, curve in _probe_curves(probe_df, metric):
+        for name, curve in _same_layers(w, _probe_curves(probe_df, metric)):
             col = metric if name is None else f"{metric}[{name}]"
             out[col] = out["layer"].map(curve)
     return out
@@ -158,6 +158,23 @@ def _probe_curves(probe_df: pd.DataFrame, metric: str):
     return out
 
 
+def _same_layers(w: pd.Series, curves):
+    """The probe curves at the weights' layers; refused when the weights have a layer the
+    probe lacks (weights of a 13-layer model beside a 5-layer probe). A featurizer over a
+    selection of the probed layers is fine: the curve is shown at those layers."""
+    layers = [int(i) for i in w.index]
+    for name, curve in curves:
+        got = {int(i) for i in curve.index}
+        lacking = [i for i in layers if i not in got]
+        if lacking:
+            raise ValueError(
+                f"the weights are indexed by layers {layers} but the probe "
+                f"{'(' + str(name) + ') ' if name else ''}has no layers {lacking} (it has "
+                f"{sorted(got)}): weights and probe come from different models; give the "
+                "weights and the probes of one store")
+        yield name, curve[[int(i) in set(layers) for i in curve.index]]
+
+
 def weights_and_probe(weights, probe_df: pd.DataFrame, ax=None, *, metric: str = "accuracy",
                       title: str | None = None):
     """Layer weights as bars and the per-layer probe ``metric`` as a line on a twin axis.
@@ -175,8 +192,7 @@ def weights_and_probe(weights, probe_df: pd.DataFrame, ax=None, *, metric: str =
     pos = {int(layer): i for i, layer in enumerate(w.index)}
     twin = ax.twinx()
     handles, labels = ax.get_legend_handles_labels()
-    for k, (name, curve) in enumerate(_probe_curves(probe_df, metric)):
-        curve = curve[[int(i) in pos for i in curve.index]]
+    for k, (name, curve) in enumerate(_same_layers(w, _probe_curves(probe_df, metric))):
         x = [pos[int(i)] for i in curve.index]
         (line,) = twin.plot(x, curve.to_numpy(dtype=float), marker="o", color=f"C{k + 1}",
                             label=f"probe {metric}" + (f" ({name})" if name else ""))

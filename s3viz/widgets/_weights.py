@@ -37,9 +37,12 @@ def _as_series(weights, layers: Sequence[int], name: str) -> pd.Series:
         weights = weights.iloc[0]
     if isinstance(weights, pd.Series):
         missing = [l_ for l_ in layers if l_ not in weights.index]
-        if missing:
-            raise ValueError(f"{name} has no weight for layers {missing}; it is indexed by "
-                             f"{list(weights.index)}")
+        extra = [l_ for l_ in weights.index if l_ not in list(layers)]
+        if missing or extra:  # weights of another model (13 layers on a 5-layer store)
+            raise ValueError(f"{name} is indexed by layers {list(weights.index)}, but the store "
+                             f"has layers {list(layers)} (missing {missing}, not in the store "
+                             f"{extra}): these weights were learned on another model or layer "
+                             "selection; load the weights of this store's model")
         weights = weights.reindex(layers)
     arr = np.asarray(weights, dtype=float).reshape(-1)
     if arr.shape != (len(layers),):
