@@ -185,10 +185,24 @@ def read_json(folder: OwnedFolder, rel: str):
         return None
 
 
+def _plain(v):
+    """A table cell as a JSON value that reads back equal: Python floats keep all their
+    digits (``json`` writes ``repr``; pandas' ``to_json`` rounds to 10 significant
+    digits, so 0.30000000001 and 0.30000000002 both became 0.3); missing -> null."""
+    if isinstance(v, np.generic):
+        v = v.item()
+    if v is None or (isinstance(v, float) and v != v) or v is pd.NA or v is pd.NaT:
+        return None
+    if isinstance(v, (bool, int, float, str)):
+        return v
+    return str(v)
+
+
 def df_to_json(df: pd.DataFrame | None):
     if df is None:
         return None
-    return json.loads(df.to_json(orient="split", index=False, default_handler=str))
+    return {"columns": [c if isinstance(c, str) else str(c) for c in df.columns],
+            "data": [[_plain(v) for v in row] for row in df.itertuples(index=False, name=None)]}
 
 
 def df_from_json(obj) -> pd.DataFrame | None:
