@@ -427,7 +427,7 @@ def _find_audio_file(path) -> str:
     if not os.path.exists(path):
         twin = _normalisation_twin(path)
         if twin is not None:
-            raise FileNotFoundError(f"audio file not found: {_unicode_mismatch(path, twin)}")
+            raise FileNotFoundError(f"audio file not found: {unicode_mismatch(path, twin)}")
         raise FileNotFoundError(f"audio file not found: {path!r}")
     if os.path.isdir(path):
         raise IsADirectoryError(
@@ -436,7 +436,7 @@ def _find_audio_file(path) -> str:
     return path
 
 
-def _unicode_mismatch(given: str, found: str) -> str:
+def unicode_mismatch(given: str, found: str) -> str:
     """The message for a name ``given`` that matches no file, where ``found`` does and
     differs from it only in Unicode normalisation."""
     return (f"{given!r} names no file, but {found!r} exists and differs from it only in Unicode "

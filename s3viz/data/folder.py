@@ -103,9 +103,9 @@ class _file_lookup:
         i = self.exact.get(key)
         twin = None if i is not None else self.nfc.get(unicodedata.normalize("NFC", key))
         if twin is not None:
-            from ..audio import _unicode_mismatch
+            from ..audio import unicode_mismatch
 
-            raise FileNotFoundError(f"audio file not found: {_unicode_mismatch(key, twin)}")
+            raise FileNotFoundError(f"audio file not found: {unicode_mismatch(key, twin)}")
         return i
 
 
