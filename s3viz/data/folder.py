@@ -98,8 +98,9 @@ def _stripped(table: pd.DataFrame, what: str) -> pd.DataFrame:
     out = table.copy()
     out.columns = names
     for col in out.columns:
-        if out[col].dtype == object:
-            out[col] = out[col].map(lambda v: (v.strip() or None) if isinstance(v, str) else v)
+        if not pd.api.types.is_numeric_dtype(out[col]):
+            out[col] = out[col].map(lambda v: (v.strip() or None) if isinstance(v, str) else v
+                                    ).astype(object)
     out.attrs["raw"] = table
     return out
 

@@ -105,14 +105,20 @@ def _safe(name: str, what: str) -> str:
 
 def _intervals(table: pd.DataFrame, column: str, num_samples: int):
     """(start, end, label) intervals of ``column`` in 16 kHz samples: silence (and the word
-    "") as empty labels, consecutive equal labels of one word merged for the word tier."""
+    "") as empty labels, consecutive equal labels of one word merged for the word tier
+    (of one ``word_index`` where the table has it: "I I" stays two words)."""
     out = []
-    for phone, word, start, end in table[["phone", "word", "start", "end"]].itertuples(
-            index=False):
+    index = (table["word_index"] if "word_index" in table.columns
+             else pd.Series(0, index=table.index))
+    last = None
+    for phone, word, start, end, k in zip(table["phone"], table["word"], table["start"],
+                                          table["end"], index):
         label = word if column == "word" else phone
         label = "" if label is None or (column == "phone" and label == SILENCE) else str(label)
         start, end = int(start), int(end)
-        if column == "word" and out and out[-1][2] == label and out[-1][1] == start:
+        same_word, last = k == last, k
+        if column == "word" and out and out[-1][2] == label and out[-1][1] == start \
+                and same_word:
             out[-1] = (out[-1][0], end, label)  # one word interval spans its phones
         else:
             out.append((start, end, label))
