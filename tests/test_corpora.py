@@ -303,3 +303,18 @@ def test_alignment_pattern_tier_candidates_and_silence_marks(tmp_path):
         with pytest.raises(AlignmentError, match=r"no alignment .*as '\{stem\}.TextGrid'"):
             load_folder(tmp_path / "audio", alignments=tmp_path / "results",
                         alignment_pattern="{stem}.TextGrid")
+
+
+def test_a_malformed_tier_blocks_only_itself(tmp_path):
+    # SPPAS writes point tiers as 'intervals: size' with 'time =' (Praat reads by position,
+    # praatio by key): the phone tier beside it must still load, the bad tier be refused
+    tg = _textgrid(1.0, {"PhonAlign": PHONES}).replace("size = 1", "size = 2")
+    tg += ('    item [2]:\n        class = "TextTier"\n        name = "Momel"\n'
+           "        xmin = 0\n        xmax = 1.0\n        intervals: size = 1\n"
+           '        points [1]:\n        time = 0.5\n        mark = "183"\n')
+    _aligned(tmp_path, tg)
+    kw = dict(alignments=tmp_path / "aligned")
+    assert load_folder(tmp_path / "audio", **kw)[0].phones["phone"].tolist() == ["sil", "a", "b",
+                                                                                  "sil"]
+    with pytest.raises(AlignmentError, match="praatio cannot parse tier 'Momel'"):
+        load_folder(tmp_path / "audio", phone_tier="Momel", **kw)

@@ -171,13 +171,16 @@ def read_textgrid(path) -> Tuple[float, float, Dict[str, dict]]:
     text = _EXPONENT.sub(_positional, text)
     try:
         tg = textgrid_io.parseTextgridStr(text, includeEmptyIntervals=True)
+        parsed = tg["tiers"]
     except Exception as err:  # praatio raises bare exceptions on malformed files
-        raise AlignmentError(f"{path}: praatio cannot parse this TextGrid "
-                             f"({type(err).__name__}: {err})") from err
+        tg, parsed = _tier_by_tier(text, path, err)
     tiers: Dict[str, dict] = {}
-    for tier in tg["tiers"]:
+    for tier in parsed:
         if tier["name"] in tiers:
             raise AlignmentError(f"{path}: two tiers are named {tier['name']!r}; rename one")
+        if tier["class"] == _UNREADABLE:
+            tiers[tier["name"]] = tier
+            continue
         try:
             entries = [(float(e[0]), float(e[1]), str(e[2])) if len(e) == 3
                        else (float(e[0]), float(e[0]), str(e[1])) for e in tier["entries"]]
@@ -186,6 +189,38 @@ def read_textgrid(path) -> Tuple[float, float, Dict[str, dict]]:
                                  f"number ({err})") from err
         tiers[tier["name"]] = {"class": tier["class"], "entries": entries}
     return float(tg["xmin"]), float(tg["xmax"]), tiers
+
+
+_UNREADABLE = "unreadable tier"
+
+
+def _tier_by_tier(text: str, path: Path, err: Exception):
+    """A long-format TextGrid praatio cannot parse as a whole, parsed one tier at a time,
+    so that a malformed tier the analysis does not use (SPPAS writes point tiers with
+    ``intervals: size`` and ``time =``, which Praat reads by position but praatio by
+    key) does not block the tiers it does use; a malformed tier is kept as unreadable
+    and refused only if it is chosen."""
+    from praatio.utilities import textgrid_io
+
+    parts = re.split(r"(?m)^(?=[ \t]*item ?\[\d+\]:)", text)
+    if len(parts) < 2 or "item []" not in parts[0]:
+        raise AlignmentError(f"{path}: praatio cannot parse this TextGrid "
+                             f"({type(err).__name__}: {err})") from err
+    head, tiers, tg = parts[0], [], None
+    for k, item in enumerate(parts[1:], 1):
+        name = re.search(r'(?m)^\s*name\s*=\s*"(.*)"\s*$', item)
+        name = name.group(1) if name else f"item {k}"
+        try:
+            one = textgrid_io.parseTextgridStr(head + item, includeEmptyIntervals=True)
+            tg = tg or one
+            tiers += one["tiers"]
+        except Exception as tier_err:
+            tiers.append({"name": name, "class": _UNREADABLE,
+                          "error": f"{type(tier_err).__name__}: {tier_err}"})
+    if tg is None:
+        raise AlignmentError(f"{path}: praatio cannot parse this TextGrid "
+                             f"({type(err).__name__}: {err})") from err
+    return tg, tiers
 
 
 def _read_timit_file(path: Path, sample_rate: int) -> List[_Entry]:
@@ -443,6 +478,9 @@ def read_alignment(path, num_samples: int, *, phone_tier=None, word_tier=None, p
     w_name = _pick_tier(names, word_tier, WORD_TIER_NAMES, "word", path,
                         required=word_tier is not None)
     for name in (p_name, w_name):
+        if name is not None and tiers[name]["class"] == _UNREADABLE:
+            raise AlignmentError(f"{path}: praatio cannot parse tier {name!r} "
+                                 f"({tiers[name]['error']})")
         if name is not None and tiers[name]["class"] != "IntervalTier":
             raise AlignmentError(f"{path}: tier {name!r} is a {tiers[name]['class']}; phones and "
                                  "words need an IntervalTier")
@@ -516,9 +554,12 @@ def find_alignment_file(audio: Path, rel: str, alignments: Union[str, os.PathLik
     rel_path = Path(rel)
     if pattern is not None:
         base = (root if alignments == "sibling" else Path(alignments))
-        parent = rel_path.parent.as_posix()
-        candidate = base / pattern.format(parent=parent, stem=rel_path.stem, name=rel_path.name)
-        return candidate if candidate.is_file() else None
+        for one in ([pattern] if isinstance(pattern, str) else pattern):
+            candidate = base / one.format(parent=rel_path.parent.as_posix(), stem=rel_path.stem,
+                                          name=rel_path.name)
+            if candidate.is_file():
+                return candidate
+        return None
     base = (audio.with_suffix("") if alignments == "sibling"
             else Path(alignments) / rel_path.with_suffix(""))
     for suffix in ALIGNMENT_SUFFIXES:
@@ -528,16 +569,21 @@ def find_alignment_file(audio: Path, rel: str, alignments: Union[str, os.PathLik
     return None
 
 
-def check_alignment_pattern(pattern) -> Optional[str]:
-    """``alignment_pattern`` checked before any file is read (known placeholders only)."""
+def check_alignment_pattern(pattern):
+    """``alignment_pattern`` (a str, or a list tried in order) checked before any file is
+    read: known placeholders only."""
     if pattern is None:
         return None
-    if not isinstance(pattern, str) or not pattern:
-        raise TypeError(f"alignment_pattern must be a str such as "
-                        f"'{{parent}}/{{stem}}-merge.TextGrid', got {pattern!r}")
-    try:
-        pattern.format(parent="p", stem="s", name="n")
-    except (KeyError, IndexError, ValueError) as err:
-        raise ValueError(f"alignment_pattern {pattern!r}: the placeholders are {{parent}}, "
-                         f"{{stem}} and {{name}} ({type(err).__name__}: {err})") from None
+    patterns = [pattern] if isinstance(pattern, str) else list(pattern) \
+        if isinstance(pattern, (list, tuple)) else [None]
+    for one in patterns:
+        if not isinstance(one, str) or not one:
+            raise TypeError(f"alignment_pattern must be a str such as "
+                            f"'{{parent}}/{{stem}}-merge.TextGrid' (or a list of them), got "
+                            f"{pattern!r}")
+        try:
+            one.format(parent="p", stem="s", name="n")
+        except (KeyError, IndexError, ValueError) as err:
+            raise ValueError(f"alignment_pattern {one!r}: the placeholders are {{parent}}, "
+                             f"{{stem}} and {{name}} ({type(err).__name__}: {err})") from None
     return pattern

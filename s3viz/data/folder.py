@@ -160,7 +160,7 @@ def load_folder(
     name: Optional[str] = None,
     lazy: bool = False,
     alignments: Union[None, str, os.PathLike, pd.DataFrame] = None,
-    alignment_pattern: Optional[str] = None,
+    alignment_pattern: Union[None, str, Sequence[str]] = None,
     phone_tier: Union[None, str, Sequence[str]] = None,
     word_tier: Union[None, str, Sequence[str]] = None,
     phone_map=None,
@@ -218,7 +218,8 @@ def load_folder(
             ``alignments`` folder (to ``path`` for ``"sibling"``), with
             ``{parent}`` (the audio file's folder relative to ``path``),
             ``{stem}`` (its name without suffix) and ``{name}`` (with suffix):
-            SPPAS writes ``"{parent}/{stem}-merge.TextGrid"``. Default: the
+            SPPAS writes ``"{parent}/{stem}-merge.TextGrid"``. A list of
+            patterns is tried in order (first existing file wins). Default: the
             audio's relative path with a ``.TextGrid`` or ``.PHN`` suffix.
         phone_tier, word_tier: the TextGrid tier name, or a list of candidate
             names of which the first the file has wins (exact, else any case,
