@@ -1,7 +1,7 @@
 """Corpora in the layouts of the field: TIMIT (read), and MFA / TIMIT (written).
 
 :func:`load_timit` reads a TIMIT copy (``TRAIN|TEST/DR*/<speaker>/<utt>.WAV``
-NIST SPHERE audio, read by soundfile, with ``.PHN``/``.WRD`` in 16 kHz samples
+NIST SPHERE audio, read by soundfile, with ``.PHN``/``.WRD`` in samples at the audio's rate
 and ``.TXT``). :func:`export_corpus` writes any corpus with alignments in the
 Montreal Forced Aligner's layout (audio, ``.lab`` transcripts and TextGrids, so
 it opens in Praat) or in TIMIT's, so tests and notebooks have real-format files
@@ -38,7 +38,7 @@ def _timit_text(path: Path) -> str:
 
 
 def load_timit(root: Union[str, os.PathLike], split: Optional[str] = None, phone_map=None, *,
-               lazy: bool = False, strict: bool = True) -> Corpus:
+               lazy: bool = False, strict: bool = True, silence=None) -> Corpus:
     """Load a TIMIT copy as a :class:`Corpus` with its hand-labelled phone and word alignments.
 
     Args:
@@ -46,11 +46,13 @@ def load_timit(root: Union[str, os.PathLike], split: Optional[str] = None, phone
             ``DR1`` ... ``DR8`` dialect folders of speaker folders of
             ``<utt>.WAV`` (NIST SPHERE) + ``.PHN`` + ``.WRD`` + ``.TXT`` files.
         split: ``"train"``, ``"test"`` or None (both).
-        phone_map: None keeps the 61 labels as written (``h#``, ``pau``,
-            closures ...); ``"timit39"`` folds them to the 39 classes of Lee &
-            Hon (1989), closures and pauses as ``"sil"``, ``q`` unlabelled; or
-            a dict / function as for :func:`load_folder`.
+        phone_map: None keeps the labels as written (closures, ``epi`` ...)
+            except the silence marks; ``"timit39"`` folds them to the 39
+            classes of Lee & Hon (1989), closures and pauses as ``"sil"``, ``q``
+            unlabelled; or a dict / function as for :func:`load_folder`.
         lazy, strict: as for :func:`load_folder`.
+        silence: as for :func:`load_folder`; the default makes ``h#`` and
+            ``pau`` the phone ``"sil"``.
 
     Returns:
         A :class:`Corpus` whose ids are the files' paths without suffix
@@ -89,7 +91,7 @@ def load_timit(root: Union[str, os.PathLike], split: Optional[str] = None, phone
             f"(split={split!r}); found folders {sorted(p.name for p in root.iterdir())[:10]}")
     table = pd.DataFrame(rows)
     return load_folder(root, table, pattern=list(table["file"]), alignments="sibling",
-                       phone_map=phone_map, lazy=lazy, strict=strict,
+                       phone_map=phone_map, lazy=lazy, strict=strict, silence=silence,
                        name=f"timit-{split.lower()}" if split else "timit")
 
 
