@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from s3viz.align import frame_labels
@@ -112,6 +112,7 @@ _cell = st.text(alphabet=string.ascii_letters + string.digits + " .-_éß", min_
 
 @settings(max_examples=30, deadline=None)
 @given(st.lists(_cell, min_size=2, max_size=2))
+@example([" 01", "1 "])
 def test_labels_round_trip_as_strings(tmp_path_factory, values):
     tmp = tmp_path_factory.mktemp("rt")
     root = _folder(tmp, ["a.wav", "b.wav"])
@@ -244,6 +245,11 @@ def test_binary_textgrid_is_a_named_error(tmp_path):
 def test_exponent_times_as_praat_writes_them(tmp_path):
     tg = _textgrid(1.0, {"phones": [("5e-05", 0.5, "a"), (0.5, "1.0E0", "b")]}, xmin="5e-05")
     _aligned(tmp_path, tg)
+    t = load_folder(tmp_path / "audio", alignments=tmp_path / "aligned")[0].phones
+    assert t[["phone", "start", "end"]].values.tolist() == [["a", 1, 8000], ["b", 8000, 16000]]
+    short = ('File type = "ooTextFile"\nObject class = "TextGrid"\n\n5e-05\n1.0\n<exists>\n1\n'
+             '"IntervalTier"\n"phones"\n5e-05\n1.0\n2\n5e-05\n0.5\n"a"\n0.5\n1.0E0\n"b"\n')
+    _aligned(tmp_path, short, "utf-16")  # the short format, as Praat writes it in UTF-16
     t = load_folder(tmp_path / "audio", alignments=tmp_path / "aligned")[0].phones
     assert t[["phone", "start", "end"]].values.tolist() == [["a", 1, 8000], ["b", 8000, 16000]]
     _aligned(tmp_path, _textgrid(1.0, {"phones": [(0, 0.5, "a")]}, xmin="5e-01"))

@@ -141,8 +141,9 @@ def decode_text(path: Path, *, error=None, legacy: bool = False, fix: str = "") 
 # praatio's long-format parser reads times with the pattern [\d.]+, so "xmin = 5e-05"
 # (Praat writes times with %.17g, which gives exponents below 1e-4) is a parse error:
 # such times are rewritten in positional notation, the same number, before parsing
-_EXPONENT = re.compile(r"^(\s*(?:xmin|xmax|number)\s*=\s*)([-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+)"
-                       r"(\s*)$", re.M)
+# (in the long format after "xmin =" and the like, in the short format alone on a line)
+_EXPONENT = re.compile(r"^(\s*(?:(?:xmin|xmax|number|time)\s*=\s*)?)"
+                       r"([-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+)(\s*)$", re.M)
 
 
 def _positional(match) -> str:
