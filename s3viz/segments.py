@@ -35,9 +35,14 @@ def _runs(table: pd.DataFrame, column: str) -> pd.DataFrame:
     starts, ends = t["start"].to_numpy(np.int64), t["end"].to_numpy(np.int64)
     if column == "phone":
         return pd.DataFrame({"label": lab, "start": starts, "end": ends})
+    # a run of equal words is one word unless the alignment numbers its words: then "I I
+    # think" (word_index 0, 1, 2) stays three segments
+    index = (t["word_index"].to_numpy() if column == "word" and "word_index" in t.columns
+             else np.zeros(len(t), dtype=np.int64))
     out = []
     for i, v in enumerate(lab):
-        if out and v == out[-1][0] and v != "" and starts[i] == out[-1][2]:
+        if out and v == out[-1][0] and v != "" and starts[i] == out[-1][2] \
+                and index[i] == index[i - 1]:
             out[-1][2] = ends[i]
         else:
             out.append([v, starts[i], ends[i]])
@@ -52,7 +57,9 @@ def segment_table(store, layer: int, column: str = "phone", *, utterances=None,
         store: a :class:`~s3viz.store.LayerStore` with phone alignments.
         layer: the stored layer whose frames are counted.
         column: ``"phone"`` (one segment per row) or another column of the
-            alignment tables, e.g. ``"word"`` (runs of equal rows).
+            alignment tables, e.g. ``"word"`` (runs of equal rows; of equal
+            ``word_index`` too where the table has it, as tables read from
+            alignments do, so two words spelt alike in a row stay two).
         utterances: utterance positions (default all aligned ones; an
             utterance without alignment is an error when named here).
         skip: labels that are not segments (default silence); their segments

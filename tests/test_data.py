@@ -348,9 +348,10 @@ def test_load_folder_round_trip(audio_folder, tmp_path):
     assert c.ids == ["spk1/a", "spk1/b", "spk2/c"]
     assert [u.speaker for u in c] == ["alice", "alice", "bob"]
     assert [u.text for u in c] == ["hello", "", "world"]
+    # every cell is read as the string written (no guessing of numbers)
     assert [u.labels for u in c] == [
-        {"emotion": "happy", "age": 31}, {"emotion": "sad", "age": 31},
-        {"emotion": "happy", "age": 40}]
+        {"emotion": "happy", "age": "31"}, {"emotion": "sad", "age": "31"},
+        {"emotion": "happy", "age": "40"}]
     assert list(c.labels.columns) == ["id", "speaker", "text", "num_samples", "emotion", "age"]
     assert [u.num_samples for u in c] == [16000, 16000, 16000]
     assert all(u.phones is None and u.wav.dtype == np.float32 for u in c)

@@ -27,7 +27,11 @@ class Utterance:
         text: transcript ("" when unknown).
         speaker: speaker label ("" when unknown).
         phones: alignment table with columns ``phone, word, start, end`` (samples,
-            ``start`` inclusive, ``end`` exclusive), or ``None`` when unknown.
+            ``start`` inclusive, ``end`` exclusive; optionally ``word_index``), or
+            ``None`` when unknown. Checked when given or assigned, as every alignment
+            is (:func:`s3viz.data.alignments.check_intervals`): rows in time order,
+            not overlapping, within the audio (an end up to ``TOLERANCE_S`` past it is
+            clipped); samples no row covers are unlabelled.
         labels: further per-utterance labels (e.g. from a labels CSV).
     """
 
@@ -48,13 +52,23 @@ class Utterance:
                 "convert with s3viz.audio.to_mono first"
             )
         self.wav = np.ascontiguousarray(wav, dtype=np.float32)
-        if self.phones is not None:
-            missing = [c for c in PHONE_COLUMNS if c not in self.phones.columns]
-            if missing:
-                raise ValueError(
-                    f"Utterance {self.id!r}: phones table lacks columns {missing}; "
-                    f"it needs {list(PHONE_COLUMNS)}"
-                )
+        self.__dict__["_ready"] = True
+        self.phones = self.phones  # checked now that the audio's length is known
+
+    def __setattr__(self, name, value):
+        # every alignment table, given at construction or assigned later, goes through the
+        # one check of s3viz.data.alignments (sorted, no overlap, within the audio)
+        if name == "phones" and value is not None and self.__dict__.get("_ready"):
+            value = self._checked_phones(value)
+        object.__setattr__(self, name, value)
+
+    def _checked_phones(self, table):
+        from .alignments import check_phone_table
+
+        if not isinstance(table, pd.DataFrame):
+            raise TypeError(f"Utterance {self.id!r}: phones must be a pandas DataFrame or None, "
+                            f"got {type(table).__name__}")
+        return check_phone_table(table, self.num_samples, f"Utterance {self.id!r}")
 
     @property
     def num_samples(self) -> int:
@@ -99,18 +113,11 @@ class FileUtterance(Utterance):
         self._num_samples = _header_samples(self.path) if num_samples is None else int(num_samples)
         if self._num_samples < 0:
             raise ValueError(f"num_samples must be >= 0, got {num_samples!r}")
+        if not isinstance(id, str) or not id:
+            raise ValueError(f"Utterance id must be a non-empty str, got {id!r}")
         self.id, self.text, self.speaker = id, text, speaker
+        self.__dict__["_ready"] = True
         self.phones, self.labels = phones, dict(labels or {})
-        self._check()
-
-    def _check(self):
-        if not isinstance(self.id, str) or not self.id:
-            raise ValueError(f"Utterance id must be a non-empty str, got {self.id!r}")
-        if self.phones is not None:
-            missing = [c for c in PHONE_COLUMNS if c not in self.phones.columns]
-            if missing:
-                raise ValueError(f"Utterance {self.id!r}: phones table lacks columns {missing}; "
-                                 f"it needs {list(PHONE_COLUMNS)}")
 
     @property
     def wav(self) -> np.ndarray:
@@ -156,12 +163,16 @@ class Corpus(Sequence[Utterance]):
     """A sized, iterable, indexable collection of :class:`Utterance` with unique ids.
 
     ``corpus[i]`` gives an utterance, ``corpus[a:b]`` or ``corpus[[i, j]]`` a
-    sub-corpus, ``corpus.labels`` a DataFrame with one row per utterance.
+    sub-corpus, ``corpus.labels`` a DataFrame with one row per utterance,
+    ``corpus.skipped`` the files a loader left out (``file``, ``reason``; empty
+    unless :func:`~s3viz.data.load_folder` ran with ``strict=False``).
     """
 
     def __init__(self, utterances: Iterable[Utterance], name: str = "corpus"):
         self._utts: List[Utterance] = list(utterances)
         self.name = name
+        self.skipped = pd.DataFrame({"file": pd.Series(dtype=str), "reason": pd.Series(dtype=str)})
+        """Files :func:`~s3viz.data.load_folder` left out under ``strict=False``, with why."""
         seen = set()
         for u in self._utts:
             if not isinstance(u, Utterance):

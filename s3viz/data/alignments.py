@@ -2,9 +2,10 @@
 
 Every source becomes the embedded corpus's own alignment table
 (:data:`s3viz.data.PHONE_COLUMNS`: ``phone, word, start, end`` in 16 kHz
-samples, tiling the utterance), so probes, timelines and explorers read a
+samples, plus ``word_index``), so probes, timelines and explorers read a
 TextGrid as they read the embedded corpus. Silence, words and unlabelled
-phones follow one rule, and a bad interval raises an :class:`AlignmentError`
+phones follow one rule, every source goes through one check
+(:func:`check_intervals`), and a bad interval raises an :class:`AlignmentError`
 naming the file, tier and interval. The rules and checks: ``docs/alignment.md``.
 """
 
@@ -21,24 +22,31 @@ import pandas as pd
 from ..interface import SAMPLE_RATE
 
 __all__ = ["AlignmentError", "SILENCE", "SILENCE_LABELS", "TOLERANCE_S", "TIMIT39",
-           "PHONE_TIER_NAMES", "WORD_TIER_NAMES", "read_alignment", "read_textgrid",
-           "alignment_table", "resolve_phone_map"]
+           "PHONE_TIER_NAMES", "WORD_TIER_NAMES", "ALIGNMENT_TABLE_COLUMNS", "read_alignment",
+           "read_textgrid", "alignment_table", "check_intervals", "check_phone_table",
+           "resolve_phone_map", "silence_marks"]
 
 SILENCE = "sil"
 """The phone label of silence, as in the embedded corpus."""
 
-SILENCE_LABELS = frozenset({"", "sil", "sp", "spn"})
-"""Interval labels (compared in lower case) that are silence: empty, and MFA's
-silence, short pause and spoken noise."""
+SILENCE_LABELS = frozenset({"", "sil", "sp", "spn", "#", "<p:>", "h#", "pau", "SIL"})
+"""The default silence marks (compared after stripping, in any case): the empty label,
+MFA's ``sil``/``sp``/``spn`` (silence, short pause, spoken noise), SPPAS's ``#``,
+WebMAUS's ``<p:>`` and TIMIT's ``h#``/``pau``. Pass ``silence=`` to replace the set."""
 
 TOLERANCE_S = 0.01
-"""How far (seconds) a TextGrid's end or an interval's end may lie past the
-audio's end (10 ms: half a 20-ms frame; MFA and Praat round times to the
-millisecond or finer). Within it an end is clipped to the audio; beyond it the
-alignment is refused."""
+"""How far (seconds) a TextGrid's range or an interval's end may lie past the audio's
+end (10 ms: half a 20-ms frame; aligners round times to the millisecond or to their
+10-ms frame). Within it an end is clipped to the audio; beyond it the alignment is
+refused: it belongs to another file or another sample rate."""
 
-PHONE_TIER_NAMES = ("phones", "phone", "phonemes")
-WORD_TIER_NAMES = ("words", "word")
+PHONE_TIER_NAMES = ("phones", "phone", "phonemes", "phons", "PhonAlign", "MAU")
+"""Default phone tiers, first present wins (any case, also MFA's ``"SPEAKER - phones"``):
+MFA (``phones``), praatio's examples (``phone``, ``phons``), SPPAS (``PhonAlign``),
+WebMAUS (``MAU``)."""
+WORD_TIER_NAMES = ("words", "word", "TokensAlign", "ORT-MAU")
+"""Default word tiers, first present wins: MFA, SPPAS (``TokensAlign``), WebMAUS
+(``ORT-MAU``)."""
 
 _TIMIT_SILENCE = ("pcl", "tcl", "kcl", "bcl", "dcl", "gcl", "h#", "pau", "epi")
 TIMIT39: Dict[str, Optional[str]] = {
@@ -96,29 +104,64 @@ def _lookup(table, label, what):
 # --------------------------------------------------------------------------- readers
 
 
-def _decode(path: Path) -> str:
+def decode_text(path: Path, *, error=None, legacy: bool = False, fix: str = "") -> str:
+    """A text file's content: UTF-16 (with or without a byte-order mark), UTF-8 (with or
+    without one), and with ``legacy`` Windows-1252 / Latin-1 (what Praat and older tools
+    write on Western systems). Anything else raises ``error`` naming the file and ``fix``.
+
+    Written by hand because the choice is ours to make: Python's codecs decode, but which
+    encoding a file is in is a guess that must refuse rather than misread (UTF-8 "decodes"
+    UTF-16 text without a byte-order mark into NUL-riddled garbage).
+    """
+    error = error or AlignmentError
     raw = path.read_bytes()
     if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
-        return raw.decode("utf-16")
-    if len(raw) >= 2 and (raw[0] == 0 or raw[1] == 0):  # UTF-16 without a byte-order mark
+        try:
+            return raw.decode("utf-16")
+        except UnicodeDecodeError:
+            pass
+    elif len(raw) >= 2 and (raw[0] == 0 or raw[1] == 0):  # UTF-16 without a byte-order mark
         try:  # (checked first: NUL bytes are valid UTF-8, so UTF-8 would "succeed")
             return raw.decode("utf-16-be" if raw[0] == 0 else "utf-16-le")
         except UnicodeDecodeError:
             pass
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        pass
-    raise AlignmentError(f"{path}: not UTF-8 or UTF-16 text; save it from Praat as text")
+    else:
+        try:
+            return raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            if legacy and b"\x00" not in raw:
+                try:
+                    return raw.decode("cp1252")
+                except UnicodeDecodeError:  # 5 bytes cp1252 leaves undefined
+                    return raw.decode("latin-1")
+    known = "UTF-8, UTF-16" + (" or Latin-1" if legacy else "")
+    raise error(f"{path}: not {known} text; {fix or 'save it as UTF-8'}")
+
+
+# praatio's long-format parser reads times with the pattern [\d.]+, so "xmin = 5e-05"
+# (Praat writes times with %.17g, which gives exponents below 1e-4) is a parse error:
+# such times are rewritten in positional notation, the same number, before parsing
+# (in the long format after "xmin =" and the like, in the short format alone on a line)
+_EXPONENT = re.compile(r"^(\s*(?:(?:xmin|xmax|number|time)\s*=\s*)?)"
+                       r"([-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+)(\s*)$", re.M)
+
+
+def _positional(match) -> str:
+    return match.group(1) + np.format_float_positional(float(match.group(2)), trim="-") + \
+        match.group(3)
 
 
 def read_textgrid(path) -> Tuple[float, float, Dict[str, dict]]:
     """``(xmin, xmax, {tier name: {"class", "entries"}})`` of a Praat TextGrid, entries in
-    the file's order (long or short text format, UTF-8 or UTF-16), parsed by praatio."""
+    the file's order (long or short text format; UTF-8, UTF-16 or Latin-1; times in
+    positional or exponent notation), parsed by praatio."""
     from praatio.utilities import textgrid_io
 
     path = Path(path)
-    text = _decode(path)
+    text = decode_text(path, legacy=True, fix="save it from Praat as a text file")
+    if "ooTextFile" not in text[:200]:
+        raise AlignmentError(f"{path}: not a Praat text TextGrid (it should begin with "
+                             "'File type = \"ooTextFile\"'); save it from Praat as a text file")
     # praatio's parser reads "xmin = -0.6" as 0.6 (its number pattern has no sign): refuse
     # negative times here, in both text formats (short-format numbers stand alone on a line)
     negative = re.search(r"^\s*(?:xmin|xmax|number)\s*=\s*-\s*\d|^\s*-\s*\d", text, re.M)
@@ -126,15 +169,19 @@ def read_textgrid(path) -> Tuple[float, float, Dict[str, dict]]:
         line = text.count("\n", 0, negative.start()) + 1
         raise AlignmentError(f"{path}:{line}: a negative time ({negative.group(0).strip()!r}...); "
                              "TextGrid times start at 0")
+    text = _EXPONENT.sub(_positional, text)
     try:
         tg = textgrid_io.parseTextgridStr(text, includeEmptyIntervals=True)
+        parsed = tg["tiers"]
     except Exception as err:  # praatio raises bare exceptions on malformed files
-        raise AlignmentError(f"{path}: praatio cannot parse this TextGrid "
-                             f"({type(err).__name__}: {err})") from err
+        tg, parsed = _tier_by_tier(text, path, err)
     tiers: Dict[str, dict] = {}
-    for tier in tg["tiers"]:
+    for tier in parsed:
         if tier["name"] in tiers:
             raise AlignmentError(f"{path}: two tiers are named {tier['name']!r}; rename one")
+        if tier["class"] == _UNREADABLE:
+            tiers[tier["name"]] = tier
+            continue
         try:
             entries = [(float(e[0]), float(e[1]), str(e[2])) if len(e) == 3
                        else (float(e[0]), float(e[0]), str(e[1])) for e in tier["entries"]]
@@ -145,10 +192,43 @@ def read_textgrid(path) -> Tuple[float, float, Dict[str, dict]]:
     return float(tg["xmin"]), float(tg["xmax"]), tiers
 
 
-def _read_timit_file(path: Path) -> List[_Entry]:
-    """TIMIT ``.PHN`` / ``.WRD``: ``start end label`` lines in 16 kHz samples -> seconds."""
+_UNREADABLE = "unreadable tier"
+
+
+def _tier_by_tier(text: str, path: Path, err: Exception):
+    """A long-format TextGrid praatio cannot parse as a whole, parsed one tier at a time,
+    so that a malformed tier the analysis does not use (SPPAS writes point tiers with
+    ``intervals: size`` and ``time =``, which Praat reads by position but praatio by
+    key) does not block the tiers it does use; a malformed tier is kept as unreadable
+    and refused only if it is chosen."""
+    from praatio.utilities import textgrid_io
+
+    parts = re.split(r"(?m)^(?=[ \t]*item ?\[\d+\]:)", text)
+    if len(parts) < 2 or "item []" not in parts[0]:
+        raise AlignmentError(f"{path}: praatio cannot parse this TextGrid "
+                             f"({type(err).__name__}: {err})") from err
+    head, tiers, tg = parts[0], [], None
+    for k, item in enumerate(parts[1:], 1):
+        name = re.search(r'(?m)^\s*name\s*=\s*"(.*)"\s*$', item)
+        name = name.group(1) if name else f"item {k}"
+        try:
+            one = textgrid_io.parseTextgridStr(head + item, includeEmptyIntervals=True)
+            tg = tg or one
+            tiers += one["tiers"]
+        except Exception as tier_err:
+            tiers.append({"name": name, "class": _UNREADABLE,
+                          "error": f"{type(tier_err).__name__}: {tier_err}"})
+    if tg is None:
+        raise AlignmentError(f"{path}: praatio cannot parse this TextGrid "
+                             f"({type(err).__name__}: {err})") from err
+    return tg, tiers
+
+
+def _read_timit_file(path: Path, sample_rate: int) -> List[_Entry]:
+    """TIMIT ``.PHN`` / ``.WRD``: ``start end label`` lines in samples of the audio file's
+    own rate (``sample_rate``) -> seconds."""
     entries = []
-    for n, line in enumerate(_decode(path).splitlines(), 1):
+    for n, line in enumerate(decode_text(path).splitlines(), 1):
         if not line.strip():
             continue
         parts = line.split()
@@ -159,40 +239,57 @@ def _read_timit_file(path: Path) -> List[_Entry]:
         except ValueError:
             raise AlignmentError(f"{path}:{n}: start and end must be whole sample numbers, "
                                  f"got {line!r}") from None
-        entries.append((start / SAMPLE_RATE, end / SAMPLE_RATE, " ".join(parts[2:])))
+        entries.append((start / sample_rate, end / sample_rate, " ".join(parts[2:])))
     return entries
 
 
-def _pick_tier(names: Sequence[str], wanted: Optional[str], candidates, kind: str, path,
+def _tier_candidates(wanted, default: Sequence[str], kind: str) -> List[str]:
+    if wanted is None:
+        return list(default)
+    names = [wanted] if isinstance(wanted, str) else list(wanted)
+    if not names or not all(isinstance(n, str) and n for n in names):
+        raise TypeError(f"{kind}_tier must be a tier name or a list of candidate names, "
+                        f"got {wanted!r}")
+    return names
+
+
+def _pick_tier(names: Sequence[str], wanted, default: Sequence[str], kind: str, path,
                required: bool) -> Optional[str]:
-    if wanted is not None:
-        hits = [n for n in names if n == wanted] or [n for n in names
-                                                      if n.lower() == str(wanted).lower()]
-        if not hits:
-            raise AlignmentError(f"{path}: no tier named {wanted!r} ({kind}_tier); tiers "
-                                 f"found: {list(names)}")
-        return hits[0]
+    """The tier for ``kind``: the first of the candidate names (``wanted``, a name or a
+    list, else ``default``) that the file has, exactly, else in any case, else as MFA's
+    multi-speaker ``"SPEAKER - name"``; two speakers' tiers of one name are ambiguous."""
+    candidates = _tier_candidates(wanted, default, kind)
 
     def base(name):  # MFA's multi-speaker files name tiers "SPEAKER - phones"
         return name.rsplit(" - ", 1)[-1].strip().lower()
 
-    hits = [n for n in names if base(n) in candidates]
-    if len(hits) > 1:
-        raise AlignmentError(f"{path}: several {kind} tiers {hits}; choose one with "
-                             f"{kind}_tier='NAME'")
-    if hits:
-        return hits[0]
+    for cand in candidates:
+        hits = ([n for n in names if n == cand] or [n for n in names if n.lower() == cand.lower()]
+                or [n for n in names if base(n) == cand.lower()])
+        if len(hits) > 1:
+            raise AlignmentError(f"{path}: several {kind} tiers {hits}; choose one with "
+                                 f"{kind}_tier='NAME'")
+        if hits:
+            return hits[0]
     if required:
-        raise AlignmentError(f"{path}: no {kind} tier (looked for {list(candidates)}, any case, "
-                             f"also as 'SPEAKER - {candidates[0]}'); tiers found: {list(names)}; "
-                             f"name it with {kind}_tier='NAME'")
+        raise AlignmentError(f"{path}: no {kind} tier (looked for {candidates}, any case, also "
+                             f"as 'SPEAKER - {candidates[0]}'); the file has tiers {list(names)}; "
+                             f"name yours with {kind}_tier='NAME' or a list of names")
     return None
 
 
-def _checked(entries: Sequence[_Entry], duration: float, path, tier: str, *,
-             allow_overlap: bool = False) -> List[_Entry]:
-    """Entries in file order, checked: sorted, not overlapping (unless ``allow_overlap``),
-    inside the audio (ends within TOLERANCE_S past it are clipped)."""
+def check_intervals(entries: Sequence[_Entry], duration: float, path, tier: str, *,
+                    allow_overlap: bool = False) -> List[_Entry]:
+    """The one check every alignment goes through (TextGrid tiers, ``.PHN``/``.WRD``,
+    segment tables, an :class:`~s3viz.data.Utterance`'s own ``phones`` table).
+
+    ``entries`` are ``(start, end, label)`` in seconds, in the source's order, for audio
+    of ``duration`` seconds. They must be finite, ``end > start >= 0``, in time order,
+    not overlapping (unless ``allow_overlap``: TIMIT's words) and end at most
+    :data:`TOLERANCE_S` past the audio; such ends are clipped to it. Returns the entries
+    with labels stripped; otherwise raises :class:`AlignmentError` naming ``path``,
+    ``tier`` and the interval. Gaps are allowed: what no interval covers is unlabelled.
+    """
     out: List[_Entry] = []
     prev = None
     for k, (start, end, label) in enumerate(entries, 1):
@@ -216,49 +313,106 @@ def _checked(entries: Sequence[_Entry], duration: float, path, tier: str, *,
                                  f"({duration:.3f} s; tolerance {TOLERANCE_S} s): the alignment "
                                  "is for another file or another sample rate")
         prev = (start, end, label)
-        out.append((max(start, 0.0), min(end, duration), label.strip()))
+        out.append((max(start, 0.0), min(end, duration), str(label).strip()))
     return out
 
 
-def alignment_table(phones: Sequence[_Entry], words: Optional[Sequence[_Entry]], num_samples: int,
-                    *, phone_map=None, phone_words: Optional[Sequence[str]] = None
-                    ) -> pd.DataFrame:
-    """The ``phone, word, start, end`` table (16 kHz samples, tiling ``[0, num_samples)``)
-    from checked phone entries and optional word entries (seconds), by the module's rules.
+def check_phone_table(table: pd.DataFrame, num_samples: int, source: str) -> pd.DataFrame:
+    """An in-memory alignment table (``phone, word, start, end`` in 16 kHz samples) checked
+    by :func:`check_intervals`; returns it, or a copy with ends clipped to the audio."""
+    from ._corpus import PHONE_COLUMNS
 
-    ``phone_words`` gives each phone's word directly (segment tables) instead of ``words``.
+    missing = [c for c in PHONE_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"{source}: phones table lacks columns {missing}; it needs "
+                         f"{list(PHONE_COLUMNS)}")
+    start = pd.to_numeric(table["start"], errors="coerce").to_numpy(np.float64)
+    end = pd.to_numeric(table["end"], errors="coerce").to_numpy(np.float64)
+    if len(table) and (np.isnan(start).any() or np.isnan(end).any()
+                       or (start != np.round(start)).any() or (end != np.round(end)).any()):
+        raise AlignmentError(f"{source}: phones 'start' and 'end' must be whole numbers of "
+                             "16 kHz samples")
+    entries = list(zip(start / SAMPLE_RATE, end / SAMPLE_RATE, table["phone"].astype(str)))
+    check_intervals(entries, num_samples / SAMPLE_RATE, source, "phones")
+    if len(table) and end.max() > num_samples:
+        table = table.copy()
+        table["end"] = np.minimum(end, num_samples).astype(np.int64)
+        table = table[table["end"] > table["start"]].reset_index(drop=True)
+    return table
+
+
+def _is_silence(label: str, marks: frozenset) -> bool:
+    return label.strip().lower() in marks
+
+
+def silence_marks(silence=None) -> frozenset:
+    """``None`` (:data:`SILENCE_LABELS`) or a set / list / comma-separated string of marks
+    -> the marks in lower case (they are compared after stripping, in any case)."""
+    if silence is None:
+        silence = SILENCE_LABELS
+    elif isinstance(silence, str):
+        silence = silence.split(",")
+    try:
+        marks = frozenset(str(m).strip().lower() for m in silence)
+    except TypeError:
+        raise TypeError(f"silence must be a set of labels (or a comma-separated str), got "
+                        f"{type(silence).__name__}") from None
+    return marks
+
+
+ALIGNMENT_TABLE_COLUMNS = ("phone", "word", "start", "end", "word_index")
+"""Columns of the tables read from alignments: :data:`s3viz.data.PHONE_COLUMNS` and
+``word_index``, the position of the phone's word in the utterance (-1 for none), so that
+two words in a row spelt alike ("I I think") stay two words."""
+
+
+def alignment_table(phones: Sequence[_Entry], words: Optional[Sequence[_Entry]], num_samples: int,
+                    *, phone_map=None, phone_words: Optional[Sequence[str]] = None,
+                    phone_word_index: Optional[Sequence[int]] = None, silence=None
+                    ) -> pd.DataFrame:
+    """The ``phone, word, start, end, word_index`` table (16 kHz samples) from checked phone
+    entries and optional word entries (seconds), by the module's rules.
+
+    ``phone_words`` gives each phone's word directly (segment tables) instead of
+    ``words``, with ``phone_word_index`` its word's position (default: runs of equal
+    words). What no phone interval covers is left out (unlabelled), never silence.
     """
     fn = resolve_phone_map(phone_map)
+    marks = silence_marks(silence)
     w_start = w_end = w_label = None
     if words:
         w_start = np.array([w[0] for w in words])
         w_end = np.array([w[1] for w in words])
-        w_label = ["" if w[2].strip().lower() in SILENCE_LABELS else w[2].strip() for w in words]
+        w_label = ["" if _is_silence(w[2], marks) else w[2].strip() for w in words]
+    if phone_words is not None and phone_word_index is None:
+        phone_word_index, prev = [], None
+        for w in phone_words:
+            same = prev is not None and w == prev
+            phone_word_index.append(phone_word_index[-1] + (0 if same else 1)
+                                    if phone_word_index else 0)
+            prev = w
     rows: List[list] = []
 
-    def add(phone, word, start, end):
+    def add(phone, word, start, end, index):
         if end <= start:
             return
-        if rows and phone == SILENCE and rows[-1][0] == SILENCE and rows[-1][1] == word \
-                and rows[-1][3] == start:
+        if rows and phone == SILENCE and rows[-1][0] == SILENCE and rows[-1][3] == start:
             rows[-1][3] = end
             return
-        rows.append([phone, word, start, end])
+        rows.append([phone, word, start, end, index])
 
     def word_at(mid_s):
         if w_start is None:
-            return ""
+            return "", -1
         i = int(np.searchsorted(w_start, mid_s, side="right")) - 1
-        return w_label[i] if i >= 0 and mid_s < w_end[i] else ""
+        return (w_label[i], i) if i >= 0 and mid_s < w_end[i] and w_label[i] else ("", -1)
 
     cursor = 0
     for k, (start_s, end_s, label) in enumerate(phones):
         start = min(int(round(start_s * SAMPLE_RATE)), num_samples)
         end = min(int(round(end_s * SAMPLE_RATE)), num_samples)
-        if start > cursor:  # a gap is silence
-            add(SILENCE, "", cursor, start)
         raw = label.strip()
-        if raw.lower() in SILENCE_LABELS:
+        if _is_silence(raw, marks):
             phone = SILENCE
         elif fn is None:
             phone = raw
@@ -266,41 +420,55 @@ def alignment_table(phones: Sequence[_Entry], words: Optional[Sequence[_Entry]],
             mapped = fn(raw)
             phone = "" if mapped is None else str(mapped)
         if phone == SILENCE:
-            word = ""
+            word, index = "", -1
         elif phone_words is not None:
             word = phone_words[k]
-            word = "" if word is None or str(word).strip().lower() in SILENCE_LABELS else word
+            word = "" if word is None or _is_silence(str(word), marks) else str(word).strip()
+            index = int(phone_word_index[k]) if word else -1
         else:
-            word = word_at((start + end) / 2 / SAMPLE_RATE)
-        add(phone, str(word).strip(), max(start, cursor), end)
+            word, index = word_at((start + end) / 2 / SAMPLE_RATE)
+        add(phone, word, max(start, cursor), end, index)
         cursor = max(cursor, end)
-    if cursor < num_samples:
-        add(SILENCE, "", cursor, num_samples)
-    table = pd.DataFrame(rows, columns=["phone", "word", "start", "end"])
-    return table.astype({"phone": str, "word": str, "start": np.int64, "end": np.int64})
+    table = pd.DataFrame(rows, columns=list(ALIGNMENT_TABLE_COLUMNS))
+    if len(table):  # word positions renumbered 0, 1, ... in time order
+        ids = table["word_index"].to_numpy()
+        known = ids >= 0
+        change = np.r_[True, ids[1:] != ids[:-1]] & known
+        table.loc[known, "word_index"] = np.cumsum(change)[known] - 1
+    return table.astype({"phone": str, "word": str, "start": np.int64, "end": np.int64,
+                         "word_index": np.int64})
 
 
-def read_alignment(path, num_samples: int, *, phone_tier: Optional[str] = None,
-                   word_tier: Optional[str] = None, phone_map=None) -> pd.DataFrame:
+def read_alignment(path, num_samples: int, *, phone_tier=None, word_tier=None, phone_map=None,
+                   silence=None, sample_rate: Optional[int] = None) -> pd.DataFrame:
     """The alignment table of one utterance of ``num_samples`` 16 kHz samples from a
-    ``.TextGrid`` or a TIMIT ``.PHN`` (its ``.WRD`` beside it is read when present)."""
+    ``.TextGrid`` or a TIMIT ``.PHN`` (its ``.WRD`` beside it is read when present).
+
+    ``phone_tier``/``word_tier``: a tier name or a list of candidates (first present
+    wins; default :data:`PHONE_TIER_NAMES` / :data:`WORD_TIER_NAMES`). ``silence``: the
+    silence marks (default :data:`SILENCE_LABELS`). ``sample_rate``: the audio file's own
+    rate, required for ``.PHN``/``.WRD``, whose times count samples at that rate.
+    """
     path = Path(path)
     duration = num_samples / SAMPLE_RATE
     if path.suffix.lower() == ".phn":
         if phone_tier is not None or word_tier is not None:
             raise ValueError(f"{path}: phone_tier / word_tier name TextGrid tiers; a .PHN file "
                              "has none")
-        phones = _checked(_read_timit_file(path), duration, path, "PHN")
+        if sample_rate is None:
+            raise ValueError(f"{path}: a .PHN file counts samples at its audio file's own rate; "
+                             "pass sample_rate= (soundfile.info(audio).samplerate)")
+        phones = check_intervals(_read_timit_file(path, sample_rate), duration, path, "PHN")
         words = None
         for suffix in (".WRD", ".wrd"):
             wrd = path.with_suffix(suffix)
             if wrd.is_file():
                 # TIMIT's word boundaries may overlap where adjacent words share a phone;
                 # the midpoint rule then gives such a phone the later word
-                words = _checked(_read_timit_file(wrd), duration, wrd, "WRD",
-                                 allow_overlap=True)
+                words = check_intervals(_read_timit_file(wrd, sample_rate), duration, wrd,
+                                        "WRD", allow_overlap=True)
                 break
-        return alignment_table(phones, words, num_samples, phone_map=phone_map)
+        return alignment_table(phones, words, num_samples, phone_map=phone_map, silence=silence)
     xmin, xmax, tiers = read_textgrid(path)
     if abs(xmin) > TOLERANCE_S or abs(xmax - duration) > TOLERANCE_S:
         raise AlignmentError(f"{path}: the TextGrid spans {xmin:g}-{xmax:g} s but the audio lasts "
@@ -311,12 +479,15 @@ def read_alignment(path, num_samples: int, *, phone_tier: Optional[str] = None,
     w_name = _pick_tier(names, word_tier, WORD_TIER_NAMES, "word", path,
                         required=word_tier is not None)
     for name in (p_name, w_name):
+        if name is not None and tiers[name]["class"] == _UNREADABLE:
+            raise AlignmentError(f"{path}: praatio cannot parse tier {name!r} "
+                                 f"({tiers[name]['error']})")
         if name is not None and tiers[name]["class"] != "IntervalTier":
             raise AlignmentError(f"{path}: tier {name!r} is a {tiers[name]['class']}; phones and "
                                  "words need an IntervalTier")
-    phones = _checked(tiers[p_name]["entries"], duration, path, p_name)
-    words = _checked(tiers[w_name]["entries"], duration, path, w_name) if w_name else None
-    return alignment_table(phones, words, num_samples, phone_map=phone_map)
+    phones = check_intervals(tiers[p_name]["entries"], duration, path, p_name)
+    words = check_intervals(tiers[w_name]["entries"], duration, path, w_name) if w_name else None
+    return alignment_table(phones, words, num_samples, phone_map=phone_map, silence=silence)
 
 
 # --------------------------------------------------------------------------- segment tables
@@ -324,26 +495,31 @@ def read_alignment(path, num_samples: int, *, phone_tier: Optional[str] = None,
 
 def read_segment_table(source) -> pd.DataFrame:
     """A CSV/TSV path (or DataFrame) of segments: ``file`` or ``id``, ``start``, ``end``
-    (seconds), ``phone``, optional ``word``; returned with a ``key`` column."""
+    (seconds), ``phone``, optional ``word`` and ``word_index``; returned with a ``key``
+    column. A file is read as :func:`s3viz.data.folder.read_csv_strings` reads it (every
+    cell a string, stripped; UTF-8 or UTF-16)."""
     if isinstance(source, pd.DataFrame):
         table, name = source.copy(), "the alignments DataFrame"
     else:
+        from .folder import read_csv_strings
+
         path = Path(source)
-        sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
-        table = pd.read_csv(path, sep=sep, dtype={"file": str, "id": str, "phone": str,
-                                                  "word": str}, keep_default_na=False)
+        table = read_csv_strings(path, what="alignments",
+                                 sep="\t" if path.suffix.lower() in (".tsv", ".tab") else ",")
         name = str(path)
     key = "file" if "file" in table.columns else "id" if "id" in table.columns else None
     missing = [c for c in ("start", "end", "phone") if c not in table.columns]
     if key is None or missing:
         raise AlignmentError(f"{name}: a segment table needs columns 'file' (or 'id'), 'start', "
-                             f"'end' (seconds) and 'phone' (optional 'word'); it has "
-                             f"{list(table.columns)}")
-    for col in ("start", "end"):
+                             f"'end' (seconds) and 'phone' (optional 'word', 'word_index'); it "
+                             f"has {list(table.columns)}")
+    numeric = ("start", "end") + (("word_index",) if "word_index" in table.columns else ())
+    for col in numeric:
         values = pd.to_numeric(table[col], errors="coerce")
         if values.isna().any():
             line = int(np.flatnonzero(values.isna().to_numpy())[0]) + 2
-            raise AlignmentError(f"{name}: line {line}: '{col}' is not a number of seconds")
+            raise AlignmentError(f"{name}: line {line}: '{col}' is not a number"
+                                 + (" of seconds" if col != "word_index" else ""))
         table[col] = values.astype(np.float64)
     table["key"] = table[key].astype(str)
     table.attrs["source"] = name
@@ -351,14 +527,16 @@ def read_segment_table(source) -> pd.DataFrame:
     return table
 
 
-def table_alignment(rows: pd.DataFrame, num_samples: int, *, source: str, phone_map=None
-                    ) -> pd.DataFrame:
+def table_alignment(rows: pd.DataFrame, num_samples: int, *, source: str, phone_map=None,
+                    silence=None) -> pd.DataFrame:
     """The alignment table of one utterance from its rows of a segment table (file order)."""
     entries = list(zip(rows["start"], rows["end"], rows["phone"].fillna("").astype(str)))
-    phones = _checked(entries, num_samples / SAMPLE_RATE, source, "phone")
+    phones = check_intervals(entries, num_samples / SAMPLE_RATE, source, "phone")
     words = (list(rows["word"].fillna("").astype(str)) if "word" in rows.columns
              else [""] * len(phones))
-    return alignment_table(phones, None, num_samples, phone_map=phone_map, phone_words=words)
+    index = rows["word_index"].tolist() if "word_index" in rows.columns else None
+    return alignment_table(phones, None, num_samples, phone_map=phone_map, phone_words=words,
+                           phone_word_index=index, silence=silence)
 
 
 # --------------------------------------------------------------------------- locating files
@@ -366,13 +544,47 @@ def table_alignment(rows: pd.DataFrame, num_samples: int, *, source: str, phone_
 ALIGNMENT_SUFFIXES = (".TextGrid", ".textgrid", ".TEXTGRID", ".PHN", ".phn")
 
 
-def find_alignment_file(audio: Path, rel_id: str, alignments: Union[str, os.PathLike]
+def find_alignment_file(audio: Path, rel: str, alignments: Union[str, os.PathLike], *,
+                        root: Optional[Path] = None, pattern: Optional[str] = None
                         ) -> Optional[Path]:
-    """The alignment file of an audio file: beside it (``"sibling"``) or at the same
-    relative path under an alignment folder (MFA's output layout)."""
-    base = audio.with_suffix("") if alignments == "sibling" else Path(alignments) / rel_id
+    """The alignment file of an audio file (``rel``: its path relative to the audio folder
+    ``root``): beside it (``"sibling"``) or at the same relative path under an alignment
+    folder (MFA's output layout), or where ``pattern`` says (``{parent}``: the audio's
+    folder relative to ``root``, ``{stem}``: its name without suffix, ``{name}``: with
+    it), relative to the alignment folder (to ``root`` for ``"sibling"``)."""
+    rel_path = Path(rel)
+    if pattern is not None:
+        base = (root if alignments == "sibling" else Path(alignments))
+        for one in ([pattern] if isinstance(pattern, str) else pattern):
+            candidate = base / one.format(parent=rel_path.parent.as_posix(), stem=rel_path.stem,
+                                          name=rel_path.name)
+            if candidate.is_file():
+                return candidate
+        return None
+    base = (audio.with_suffix("") if alignments == "sibling"
+            else Path(alignments) / rel_path.with_suffix(""))
     for suffix in ALIGNMENT_SUFFIXES:
         candidate = base.parent / (base.name + suffix)
         if candidate.is_file():
             return candidate
     return None
+
+
+def check_alignment_pattern(pattern):
+    """``alignment_pattern`` (a str, or a list tried in order) checked before any file is
+    read: known placeholders only."""
+    if pattern is None:
+        return None
+    patterns = [pattern] if isinstance(pattern, str) else list(pattern) \
+        if isinstance(pattern, (list, tuple)) else [None]
+    for one in patterns:
+        if not isinstance(one, str) or not one:
+            raise TypeError(f"alignment_pattern must be a str such as "
+                            f"'{{parent}}/{{stem}}-merge.TextGrid' (or a list of them), got "
+                            f"{pattern!r}")
+        try:
+            one.format(parent="p", stem="s", name="n")
+        except (KeyError, IndexError, ValueError) as err:
+            raise ValueError(f"alignment_pattern {one!r}: the placeholders are {{parent}}, "
+                             f"{{stem}} and {{name}} ({type(err).__name__}: {err})") from None
+    return pattern

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import unicodedata
 from pathlib import Path
@@ -11,8 +12,9 @@ import numpy as np
 import pandas as pd
 
 from ._corpus import Corpus, FileUtterance, Utterance
+from .alignments import AlignmentError
 
-__all__ = ["load_folder", "AUDIO_SUFFIXES"]
+__all__ = ["load_folder", "read_csv_strings", "AUDIO_SUFFIXES"]
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 """Suffixes (any case) that :func:`load_folder` picks up when no ``pattern`` is given."""
@@ -67,24 +69,69 @@ def _plain(value):
     return value
 
 
+def read_csv_strings(path, *, what: str, sep: str = ",") -> pd.DataFrame:
+    """A CSV/TSV file as a table of strings: every cell as written (``01`` stays ``01``),
+    header names and cells stripped of surrounding whitespace, an empty cell missing
+    (``NA`` or ``None`` stay words: a speaker may be called NA). UTF-8 (with or without
+    a byte-order mark) or UTF-16; anything else is refused naming the file (``what``).
+    Header names that are equal once stripped are refused."""
+    from .alignments import decode_text
+
+    path = Path(path)
+    text = decode_text(path, error=ValueError,
+                       fix=f"{what}: convert it to UTF-8 (e.g. 'CSV UTF-8' in a spreadsheet, or "
+                           "iconv -f LATIN1 -t UTF-8)")
+    try:
+        raw = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{what} {str(path)!r} is empty; it needs a header line and one row "
+                         "per file") from None
+    return _stripped(raw, f"{what} {str(path)!r}")
+
+
+def _stripped(table: pd.DataFrame, what: str) -> pd.DataFrame:
+    """Header names and string cells stripped of surrounding whitespace; empty -> missing."""
+    names = [c.strip() if isinstance(c, str) else c for c in table.columns]
+    clash = sorted({n for n in names if names.count(n) > 1}, key=str)
+    if clash:
+        raise ValueError(f"{what}: columns {[c for c in table.columns if c.strip() in clash]} "
+                         "are the same name once spaces are stripped; rename one")
+    out = table.copy()
+    out.columns = names
+    for col in out.columns:
+        if not pd.api.types.is_numeric_dtype(out[col]):
+            out[col] = out[col].map(lambda v: (v.strip() or None) if isinstance(v, str) else v
+                                    ).astype(object)
+    out.attrs["raw"] = table
+    return out
+
+
 def _read_labels(labels_csv) -> pd.DataFrame:
     if isinstance(labels_csv, pd.DataFrame):
-        return labels_csv.copy()
+        return _stripped(labels_csv, "labels_csv")
     if not isinstance(labels_csv, (str, os.PathLike)):
         raise TypeError(
             f"labels_csv must be a CSV path or a pandas DataFrame, got {type(labels_csv).__name__}"
         )
     if not os.path.isfile(labels_csv):
         raise FileNotFoundError(f"labels_csv not found: {os.fspath(labels_csv)!r}")
-    try:
-        # only an empty cell is missing: pandas would also read "NA", "None", "null", "n/a"
-        # as missing, and a speaker may well be called NA
-        return pd.read_csv(labels_csv, dtype={"file": str, "id": str, "speaker": str,
-                                              "text": str},
-                           keep_default_na=False, na_values=[""])
-    except pd.errors.EmptyDataError:
-        raise ValueError(f"labels_csv {os.fspath(labels_csv)!r} is empty; it needs a header "
-                         "line with a 'file' or 'id' column and one row per file") from None
+    return read_csv_strings(labels_csv, what="labels_csv")
+
+
+def _check_unique(table: pd.DataFrame, col: str, what: str):
+    """Refuse two rows whose ``col`` is equal once stripped but was written differently."""
+    raw = table.attrs.get("raw")
+    seen: Dict[str, int] = {}
+    for pos, value in enumerate(table[col]):
+        key = _normalise_key(value)
+        if key in seen:
+            first = seen[key]
+            a = raw.iloc[first, table.columns.get_loc(col)] if raw is not None else key
+            b = raw.iloc[pos, table.columns.get_loc(col)] if raw is not None else key
+            raise ValueError(f"{what} rows {first + 2} and {pos + 2} give the same {col!r} "
+                             f"{key!r} (written {a!r} and {b!r}; spaces around values are "
+                             "stripped); keep one")
+        seen[key] = pos
 
 
 class _file_lookup:
@@ -126,9 +173,11 @@ def load_folder(
     name: Optional[str] = None,
     lazy: bool = False,
     alignments: Union[None, str, os.PathLike, pd.DataFrame] = None,
-    phone_tier: Optional[str] = None,
-    word_tier: Optional[str] = None,
+    alignment_pattern: Union[None, str, Sequence[str]] = None,
+    phone_tier: Union[None, str, Sequence[str]] = None,
+    word_tier: Union[None, str, Sequence[str]] = None,
     phone_map=None,
+    silence=None,
 ) -> Corpus:
     """Load every audio file under a folder as a :class:`Corpus` (mono, 16 kHz),
     with forced alignments when given.
@@ -143,13 +192,24 @@ def load_folder(
             or else ``id`` (an utterance id) says which file a row describes. A
             ``speaker`` and a ``text`` column fill those fields; every other column
             becomes an entry of ``Utterance.labels``. When the CSV has both
-            ``file`` and ``id``, ``id`` gives the utterance ids.
+            ``file`` and ``id``, ``id`` gives the utterance ids. Every cell is
+            read as a string as written (``01`` stays ``01``; convert numbers
+            yourself), header names and cells are stripped of surrounding spaces
+            (``"s1 "`` is ``"s1"``), an empty cell is missing; UTF-8 (with or
+            without a byte-order mark) or UTF-16, else refused. Two rows whose
+            ``file`` or ``id`` are equal once stripped are refused.
         pattern: a glob (or list of globs) relative to ``path``, e.g.
             ``"**/*.wav"``; default: every ``.wav``, ``.flac`` and ``.ogg`` file
             (any case) in the folder and its subfolders.
-        strict: when True (default) a CSV row that matches no file and a file
-            that has no CSV row are errors; when False such rows are ignored and
-            such files are kept with empty labels.
+        strict: what to do with files that do not fit: audio that cannot be
+            read, an alignment that is missing, unreadable, out of the audio's
+            range or without the tier asked for, and (for ``labels_csv``) rows
+            matching no file and files without a row. When True (default) one
+            error lists every such file (the error's ``skipped`` attribute holds
+            them all as a table); when False each such file is left out, one
+            warning lists them, and ``corpus.skipped`` holds them (columns
+            ``file``, ``reason``); CSV rows matching no file are ignored and
+            files without a row are kept with empty labels.
         allow_silence: accept all-zero files instead of raising.
         name: the corpus name (default: the folder name).
         lazy: when True, read only the files' headers now: the utterances are
@@ -165,32 +225,45 @@ def load_folder(
               ``.WRD``), beside each audio file;
             - a CSV/TSV path (or DataFrame) of segments with columns ``file``
               (or ``id``), ``start``, ``end`` (seconds), ``phone`` and optionally
-              ``word``, one row per phone, matched to files as ``labels_csv`` is.
-        phone_tier, word_tier: TextGrid tier names. Default: found by name, any
-            case: ``phones``/``phone``/``phonemes`` and ``words``/``word``,
-            including MFA's multi-speaker ``"spk1 - phones"``; a file without a
+              ``word`` and ``word_index``, one row per phone, matched to files as
+              ``labels_csv`` is.
+        alignment_pattern: where each file's alignment is, relative to the
+            ``alignments`` folder (to ``path`` for ``"sibling"``), with
+            ``{parent}`` (the audio file's folder relative to ``path``),
+            ``{stem}`` (its name without suffix) and ``{name}`` (with suffix):
+            SPPAS writes ``"{parent}/{stem}-merge.TextGrid"``. A list of
+            patterns is tried in order (first existing file wins). Default: the
+            audio's relative path with a ``.TextGrid`` or ``.PHN`` suffix.
+        phone_tier, word_tier: the TextGrid tier name, or a list of candidate
+            names of which the first the file has wins (exact, else any case,
+            else MFA's multi-speaker ``"spk1 - phones"``). Default
+            ``s3viz.data.alignments.PHONE_TIER_NAMES`` (``phones``, ``phone``,
+            ``phonemes``, ``phons``, ``PhonAlign``, ``MAU``) and ``WORD_TIER_NAMES``
+            (``words``, ``word``, ``TokensAlign``, ``ORT-MAU``); a file without a
             word tier gets the word ``""`` everywhere.
         phone_map: ``None`` (labels as written), ``"timit39"``, a dict (every
             label must be in it) or a function label -> label (``None``:
             unlabelled).
+        silence: the labels that mark silence (a set, or a comma-separated
+            str), compared after stripping in any case, for phones and words.
+            Default ``s3viz.data.alignments.SILENCE_LABELS``: ``""``, ``sil``,
+            ``sp``, ``spn`` (MFA), ``#`` (SPPAS), ``<p:>`` (WebMAUS), ``h#``,
+            ``pau`` (TIMIT).
 
-    Silence and unknown words are labelled as in the embedded corpus: empty
-    intervals, gaps and MFA's ``sil``/``sp``/``spn`` are the phone ``"sil"``
-    (with the word ``""``); MFA's ``<unk>`` word is kept as written. Bad
-    alignments (unsorted or overlapping intervals, an interval ending more than
-    ``s3viz.data.alignments.TOLERANCE_S`` past the audio, a missing tier, a
-    TextGrid whose time range is not the audio's) raise
+    Silence and unknown words are labelled as in the embedded corpus: silence
+    marks become the phone ``"sil"`` (with the word ``""``); MFA's ``<unk>``
+    word is kept as written. Audio no phone interval covers (a gap, or a
+    segment table that covers part of a file) is unlabelled, never silence.
+    Bad alignments (unsorted or overlapping intervals, an interval ending more
+    than ``s3viz.data.alignments.TOLERANCE_S`` past the audio, a missing tier,
+    a TextGrid whose time range is not the audio's) are
     :class:`~s3viz.data.AlignmentError` naming the file and interval; see
     :mod:`s3viz.data.alignments` for the rules.
 
     Returns:
-        A :class:`Corpus`. Without ``alignments``, ``phones`` is None for every
-        utterance. With them, a file that has no alignment is an error when
-        ``strict`` (the default); with ``strict=False`` it is kept with
-        ``phones=None`` and one warning counts such files.
+        A :class:`Corpus` (``phones`` None for every utterance without
+        ``alignments``), with ``corpus.skipped`` as above.
     """
-    from ..audio import load_audio
-
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a folder path (str or Path), got {type(path).__name__}")
     root = Path(path).expanduser()
@@ -215,110 +288,169 @@ def load_folder(
             f"files differ only by suffix, so their ids clash: {_listing(dupes)}; keep one "
             "format or restrict pattern (e.g. pattern='**/*.wav')"
         )
+    rows, csv_ids = _labels_by_file(labels_csv, root, rel, ids, strict)
+    aligner = _Aligner(alignments, root, rel, ids, strict=strict, phone_tier=phone_tier,
+                       word_tier=word_tier, phone_map=phone_map, silence=silence,
+                       pattern=alignment_pattern)
+    utterances, skipped = [], []
+    for i, file in enumerate(files):
+        try:
+            utt = _utterance(file, csv_ids.get(i, ids[i]), rows.get(i, {}), lazy=lazy,
+                             allow_silence=allow_silence)
+        except (ValueError, OSError) as err:  # what load_audio and the header read raise
+            skipped.append((rel[i], f"audio: {err}", err))
+            continue
+        try:
+            utt.phones = aligner.table(i, file, utt.num_samples)
+        except AlignmentError as err:
+            skipped.append((rel[i], f"alignment: {err}", err))
+            continue
+        utterances.append(utt)
+    corpus = Corpus(utterances, name=name or root.resolve().name)
+    if skipped:
+        corpus.skipped = _report(skipped, len(files), root, strict)
+    return corpus
 
+
+class _Missing(AlignmentError):
+    """No alignment file (or no segment rows) for an audio file."""
+
+
+def _labels_by_file(labels_csv, root: Path, rel: List[str], ids: List[str], strict: bool):
+    """``({file index: labels}, {file index: id from the CSV})`` from ``labels_csv``."""
     rows: Dict[int, dict] = {}
     csv_ids: Dict[int, str] = {}
-    if labels_csv is not None:
-        table = _read_labels(labels_csv)
-        if "file" in table.columns:
-            key_col = "file"
-        elif "id" in table.columns:
-            key_col = "id"
-        else:
+    if labels_csv is None:
+        return rows, csv_ids
+    table = _read_labels(labels_csv)
+    if "file" in table.columns:
+        key_col = "file"
+    elif "id" in table.columns:
+        key_col = "id"
+    else:
+        raise ValueError(
+            f"labels_csv needs a 'file' column (path relative to the folder) or an 'id' "
+            f"column (path without suffix); it has columns {list(table.columns)}"
+        )
+    reserved = [c for c in _RESERVED if c in table.columns]
+    if reserved:
+        raise ValueError(f"labels_csv columns {reserved} are reserved (computed by s3viz); "
+                         "rename them")
+    for col in ([key_col] + (["id"] if key_col == "file" and "id" in table.columns else [])):
+        if table[col].isna().any():
+            bad = [int(i) + 2 for i in np.flatnonzero(table[col].isna().to_numpy())]
             raise ValueError(
-                f"labels_csv needs a 'file' column (path relative to the folder) or an 'id' "
-                f"column (path without suffix); it has columns {list(table.columns)}"
+                f"labels_csv has rows with an empty '{col}' (CSV lines {bad[:10]}); "
+                "fill them or drop those rows"
             )
-        reserved = [c for c in _RESERVED if c in table.columns]
-        if reserved:
-            raise ValueError(f"labels_csv columns {reserved} are reserved (computed by s3viz); "
-                             "rename them")
-        for col in ([key_col] + (["id"] if key_col == "file" and "id" in table.columns else [])):
-            if table[col].isna().any():
-                bad = [int(i) + 2 for i in np.flatnonzero(table[col].isna().to_numpy())]
-                raise ValueError(
-                    f"labels_csv has rows with an empty '{col}' (CSV lines {bad[:10]}); "
-                    "fill them or drop those rows"
-                )
-        lookup = _file_lookup(rel, ids)
-        keys = [_normalise_key(v) for v in table[key_col]]
-        matched: Dict[int, int] = {}
-        unmatched: List[str] = []
-        for row_pos, key in enumerate(keys):
-            i = lookup.get(key)
-            if i is None:
-                unmatched.append(key)
-                continue
-            if i in matched:
-                raise ValueError(
-                    f"labels_csv has several rows for file {rel[i]!r} "
-                    f"(rows {matched[i] + 2} and {row_pos + 2} of the CSV); keep one"
-                )
-            matched[i] = row_pos
-        missing = [rel[i] for i in range(len(files)) if i not in matched]
-        if strict and unmatched:
+        if col == "id" or key_col == "file":
+            _check_unique(table, col, "labels_csv")
+    lookup = _file_lookup(rel, ids)
+    keys = [_normalise_key(v) for v in table[key_col]]
+    matched: Dict[int, int] = {}
+    unmatched: List[str] = []
+    for row_pos, key in enumerate(keys):
+        i = lookup.get(key)
+        if i is None:
+            unmatched.append(key)
+            continue
+        if i in matched:
             raise ValueError(
-                f"{len(unmatched)} labels_csv row(s) match no audio file under {str(root)!r}: "
-                f"{_listing(unmatched)}; fix the '{key_col}' values (relative paths such as "
-                f"{rel[0]!r}) or pass strict=False to ignore them"
+                f"labels_csv has several rows for file {rel[i]!r} "
+                f"(rows {matched[i] + 2} and {row_pos + 2} of the CSV); keep one"
             )
-        if strict and missing:
-            raise ValueError(
-                f"{len(missing)} audio file(s) have no row in labels_csv: {_listing(missing)}; "
-                "add rows for them, restrict pattern, or pass strict=False to keep them "
-                "without labels"
-            )
-        label_cols = [c for c in table.columns if c not in ("file", "id")]
-        for i, row_pos in matched.items():
-            record = table.iloc[row_pos]
-            rows[i] = {c: _plain(record[c]) for c in label_cols}
-            if key_col == "file" and "id" in table.columns:
-                csv_ids[i] = str(record["id"])
+        matched[i] = row_pos
+    missing = [rel[i] for i in range(len(rel)) if i not in matched]
+    if strict and unmatched:
+        raise ValueError(
+            f"{len(unmatched)} labels_csv row(s) match no audio file under {str(root)!r}: "
+            f"{_listing(unmatched)}; fix the '{key_col}' values (relative paths such as "
+            f"{rel[0]!r}) or pass strict=False to ignore them"
+        )
+    if strict and missing:
+        raise ValueError(
+            f"{len(missing)} audio file(s) have no row in labels_csv: {_listing(missing)}; "
+            "add rows for them, restrict pattern, or pass strict=False to keep them "
+            "without labels"
+        )
+    label_cols = [c for c in table.columns if c not in ("file", "id")]
+    for i, row_pos in matched.items():
+        record = table.iloc[row_pos]
+        rows[i] = {c: _plain(record[c]) for c in label_cols}
+        if key_col == "file" and "id" in table.columns:
+            csv_ids[i] = str(record["id"])
+    return rows, csv_ids
 
-    aligner = _Aligner(alignments, root, rel, ids, strict=strict, phone_tier=phone_tier,
-                       word_tier=word_tier, phone_map=phone_map)
-    utterances = []
-    for i, file in enumerate(files):
-        labels = dict(rows.get(i, {}))
-        speaker = labels.pop("speaker", None)
-        text = labels.pop("text", None)
-        fields = dict(text="" if text is None else str(text),
-                      speaker="" if speaker is None else str(speaker), phones=None, labels=labels)
-        if lazy:
-            utt = FileUtterance(csv_ids.get(i, ids[i]), file, allow_silence=allow_silence,
-                                **fields)
-        else:
-            wav = load_audio(file, allow_silence=allow_silence)
-            utt = Utterance(id=csv_ids.get(i, ids[i]), wav=wav, **fields)
-        utt.phones = aligner.table(i, file, utt.num_samples)
-        utterances.append(utt)
-    aligner.finish()
-    return Corpus(utterances, name=name or root.resolve().name)
+
+def _utterance(file: Path, uid: str, labels: dict, *, lazy: bool, allow_silence: bool):
+    from ..audio import load_audio
+
+    labels = dict(labels)
+    speaker = labels.pop("speaker", None)
+    text = labels.pop("text", None)
+    fields = dict(text="" if text is None else str(text),
+                  speaker="" if speaker is None else str(speaker), phones=None, labels=labels)
+    if lazy:
+        return FileUtterance(uid, file, allow_silence=allow_silence, **fields)
+    return Utterance(id=uid, wav=load_audio(file, allow_silence=allow_silence), **fields)
+
+
+_MAX_REPORTED = 50
+
+
+def _report(skipped, total: int, root: Path, strict: bool) -> pd.DataFrame:
+    """The files left out, as a table; one error listing them when ``strict``, else one
+    warning."""
+    table = pd.DataFrame([(f, r) for f, r, _ in skipped], columns=["file", "reason"])
+    shown = "\n".join(f"  {f}: {r}" for f, r in table.head(_MAX_REPORTED).itertuples(index=False))
+    more = len(table) - _MAX_REPORTED
+    shown += f"\n  ... and {more} more" if more > 0 else ""
+    if strict:
+        errors = [e for _, _, e in skipped]
+        cls = AlignmentError if all(isinstance(e, AlignmentError) for e in errors) else ValueError
+        missing = all(isinstance(e, _Missing) for e in errors)
+        err = cls(f"{len(table)} of {total} audio file(s) under {str(root)!r} do not fit"
+                  f"{' (no alignment)' if missing else ''}:\n{shown}\nfix them, restrict "
+                  "pattern, or pass strict=False to leave them out (listed in corpus.skipped)")
+        err.skipped = table
+        raise err from errors[0]
+    import warnings
+
+    warnings.warn(f"{len(table)} of {total} audio file(s) under {str(root)!r} do not fit and are "
+                  f"left out (corpus.skipped lists them):\n{shown}", stacklevel=3)
+    return table
 
 
 class _Aligner:
     """Finds and reads each file's alignment for :func:`load_folder` (or does nothing)."""
 
     def __init__(self, alignments, root: Path, rel: List[str], ids: List[str], *, strict: bool,
-                 phone_tier, word_tier, phone_map):
+                 phone_tier, word_tier, phone_map, silence, pattern):
         from . import alignments as al
 
         self.al, self.source, self.root, self.rel, self.ids = al, alignments, root, rel, ids
-        self.strict, self.missing = strict, []
-        self.kw = dict(phone_tier=phone_tier, word_tier=word_tier, phone_map=phone_map)
+        self.strict = strict
+        self.kw = dict(phone_tier=phone_tier, word_tier=word_tier, phone_map=phone_map,
+                       silence=silence)
+        self.pattern = pattern
         self.segments = None
         if alignments is None:
-            if any(v is not None for v in self.kw.values()):
-                given = [k for k, v in self.kw.items() if v is not None]
+            given = [k for k, v in dict(self.kw, alignment_pattern=pattern).items()
+                     if v is not None]
+            if given:
                 raise ValueError(f"{given} apply to alignments; pass alignments= as well")
             return
-        al.resolve_phone_map(phone_map)  # a bad map fails before any file is read
+        al.resolve_phone_map(phone_map)  # bad arguments fail before any file is read
+        al.silence_marks(silence)
+        al.check_alignment_pattern(pattern)
+        for kind in ("phone", "word"):
+            al._tier_candidates(self.kw[f"{kind}_tier"], (), kind)
         if isinstance(alignments, pd.DataFrame) or (
                 isinstance(alignments, (str, os.PathLike)) and alignments != "sibling"
                 and Path(alignments).is_file()):
-            if phone_tier is not None or word_tier is not None:
-                raise ValueError("phone_tier / word_tier name TextGrid tiers; a segment table "
-                                 "has the columns 'phone' and 'word'")
+            if phone_tier is not None or word_tier is not None or pattern is not None:
+                raise ValueError("phone_tier / word_tier / alignment_pattern locate TextGrids; "
+                                 "a segment table has the columns 'phone' and 'word'")
             self._index_segments(al.read_segment_table(alignments))
         elif isinstance(alignments, (str, os.PathLike)) and alignments != "sibling":
             if not Path(alignments).exists():
@@ -352,36 +484,35 @@ class _Aligner:
                 f"{str(self.root)!r}: {_listing(unmatched)}; fix them or pass strict=False")
 
     def table(self, i: int, file: Path, num_samples: int):
+        """The file's alignment table (None without ``alignments``); raises
+        :class:`AlignmentError` (``_Missing`` when there is none)."""
         if self.source is None:
             return None
         if self.segments is not None:
             rows = self.segments.get(i)
-            if rows is not None:
-                return self.al.table_alignment(rows, num_samples,
-                                               source=f"{self.segment_source} ({self.rel[i]})",
-                                               phone_map=self.kw["phone_map"])
-        else:
-            path = self.al.find_alignment_file(file, self.ids[i], self.source)
-            if path is not None:
-                return self.al.read_alignment(path, num_samples, **self.kw)
-        self.missing.append(self.rel[i])
+            if rows is None:
+                raise _Missing(f"no rows in {self.segment_source}")
+            return self.al.table_alignment(rows, num_samples,
+                                           source=f"{self.segment_source} ({self.rel[i]})",
+                                           phone_map=self.kw["phone_map"],
+                                           silence=self.kw["silence"])
+        path = self.al.find_alignment_file(file, self.rel[i], self.source, root=self.root,
+                                           pattern=self.pattern)
+        if path is None:
+            where = "beside the audio file" if self.source == "sibling" else \
+                f"under {os.fspath(self.source)!r}"
+            looked = (f"as {self.pattern!r}" if self.pattern else
+                      "as a .TextGrid or .PHN named as the audio")
+            raise _Missing(f"no alignment {where} ({looked})")
+        rate = _native_rate(file) if path.suffix.lower() == ".phn" else None
+        return self.al.read_alignment(path, num_samples, sample_rate=rate, **self.kw)
+
+
+def _native_rate(file: Path) -> Optional[int]:
+    """The audio file's own sample rate (what TIMIT .PHN sample numbers count)."""
+    import soundfile as sf
+
+    try:
+        return int(sf.info(str(file)).samplerate)
+    except (RuntimeError, TypeError, ValueError):
         return None
-
-    def finish(self):
-        if not self.missing:
-            return
-        where = (self.segment_source if self.segments is not None
-                 else "beside the audio files" if self.source == "sibling"
-                 else f"under {os.fspath(self.source)!r}")
-        if self.strict:
-            looked = ("" if self.segments is not None else
-                      " (looked for .TextGrid or .PHN files, any case, named as the audio)")
-            raise ValueError(
-                f"{len(self.missing)} audio file(s) have no alignment {where}{looked}: "
-                f"{_listing(self.missing)}; align them, restrict pattern, or pass strict=False "
-                "to keep them with phones=None")
-        import warnings
-
-        warnings.warn(f"{len(self.missing)} of {len(self.rel)} audio files have no alignment "
-                      f"{where} and are kept with phones=None: {_listing(self.missing)}",
-                      stacklevel=3)

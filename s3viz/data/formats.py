@@ -1,7 +1,7 @@
 """Corpora in the layouts of the field: TIMIT (read), and MFA / TIMIT (written).
 
 :func:`load_timit` reads a TIMIT copy (``TRAIN|TEST/DR*/<speaker>/<utt>.WAV``
-NIST SPHERE audio, read by soundfile, with ``.PHN``/``.WRD`` in 16 kHz samples
+NIST SPHERE audio, read by soundfile, with ``.PHN``/``.WRD`` in samples at the audio's rate
 and ``.TXT``). :func:`export_corpus` writes any corpus with alignments in the
 Montreal Forced Aligner's layout (audio, ``.lab`` transcripts and TextGrids, so
 it opens in Praat) or in TIMIT's, so tests and notebooks have real-format files
@@ -39,7 +39,7 @@ def _timit_text(path: Path) -> str:
 
 
 def load_timit(root: Union[str, os.PathLike], split: Optional[str] = None, phone_map=None, *,
-               lazy: bool = False, strict: bool = True) -> Corpus:
+               lazy: bool = False, strict: bool = True, silence=None) -> Corpus:
     """Load a TIMIT copy as a :class:`Corpus` with its hand-labelled phone and word alignments.
 
     Args:
@@ -47,11 +47,13 @@ def load_timit(root: Union[str, os.PathLike], split: Optional[str] = None, phone
             ``DR1`` ... ``DR8`` dialect folders of speaker folders of
             ``<utt>.WAV`` (NIST SPHERE) + ``.PHN`` + ``.WRD`` + ``.TXT`` files.
         split: ``"train"``, ``"test"`` or None (both).
-        phone_map: None keeps the 61 labels as written (``h#``, ``pau``,
-            closures ...); ``"timit39"`` folds them to the 39 classes of Lee &
-            Hon (1989), closures and pauses as ``"sil"``, ``q`` unlabelled; or
-            a dict / function as for :func:`load_folder`.
+        phone_map: None keeps the labels as written (closures, ``epi`` ...)
+            except the silence marks; ``"timit39"`` folds them to the 39
+            classes of Lee & Hon (1989), closures and pauses as ``"sil"``, ``q``
+            unlabelled; or a dict / function as for :func:`load_folder`.
         lazy, strict: as for :func:`load_folder`.
+        silence: as for :func:`load_folder`; the default makes ``h#`` and
+            ``pau`` the phone ``"sil"``.
 
     Returns:
         A :class:`Corpus` whose ids are the files' paths without suffix
@@ -90,7 +92,7 @@ def load_timit(root: Union[str, os.PathLike], split: Optional[str] = None, phone
             f"(split={split!r}); found folders {sorted(p.name for p in root.iterdir())[:10]}")
     table = pd.DataFrame(rows)
     return load_folder(root, table, pattern=list(table["file"]), alignments="sibling",
-                       phone_map=phone_map, lazy=lazy, strict=strict,
+                       phone_map=phone_map, lazy=lazy, strict=strict, silence=silence,
                        name=f"timit-{split.lower()}" if split else "timit")
 
 
@@ -105,14 +107,20 @@ def _safe(name, what: str) -> str:
 
 def _intervals(table: pd.DataFrame, column: str, num_samples: int):
     """(start, end, label) intervals of ``column`` in 16 kHz samples: silence (and the word
-    "") as empty labels, consecutive equal labels of one word merged for the word tier."""
+    "") as empty labels, consecutive equal labels of one word merged for the word tier
+    (of one ``word_index`` where the table has it: "I I" stays two words)."""
     out = []
-    for phone, word, start, end in table[["phone", "word", "start", "end"]].itertuples(
-            index=False):
+    index = (table["word_index"] if "word_index" in table.columns
+             else pd.Series(0, index=table.index))
+    last = None
+    for phone, word, start, end, k in zip(table["phone"], table["word"], table["start"],
+                                          table["end"], index):
         label = word if column == "word" else phone
         label = "" if label is None or (column == "phone" and label == SILENCE) else str(label)
         start, end = int(start), int(end)
-        if column == "word" and out and out[-1][2] == label and out[-1][1] == start:
+        same_word, last = k == last, k
+        if column == "word" and out and out[-1][2] == label and out[-1][1] == start \
+                and same_word:
             out[-1] = (out[-1][0], end, label)  # one word interval spans its phones
         else:
             out.append((start, end, label))
