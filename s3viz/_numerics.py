@@ -337,7 +337,8 @@ def layer_guard(store, layer: int, utterances=None, *, centre: bool, level: str 
     degenerate when their spread across utterances is at rounding level relative
     to the magnitude of the frames they are means of (a layer normalised per
     utterance has pooled vectors of rounding noise, ~1e-7 of its frames).
-    ``reduce``: sharded runs (every shard calls this; one common guard).
+    ``reduce``: sharded runs (every shard calls this; one common guard); a given
+    ``pooled`` holds every shard's vectors already.
     """
     dtype = getattr(store, "store_dtype", torch.float32)
     frames = profile_layer(store, layer, utterances)
@@ -345,9 +346,12 @@ def layer_guard(store, layer: int, utterances=None, *, centre: bool, level: str 
         frames = frames.reduced(reduce)
     if level == "frame":
         return frames.guard(dtype, centre=centre)
-    if pooled is None:
+    own = pooled is None  # this shard's pooled vectors (summed over shards with reduce)
+    if own:
         pooled = store.pooled(layer, utterances=utterances, dtype=read_dtype(store))
     prof = Profile().update(torch.as_tensor(pooled))
+    if own and reduce is not None:
+        prof = prof.reduced(reduce)
     lens = np.asarray(store.lengths(layer))
     if utterances is not None:
         lens = lens[utterance_positions(utterances, len(lens))]
