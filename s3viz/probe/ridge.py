@@ -132,10 +132,11 @@ def ridge_layer_frame(task: ProbeTask, store, layer: int, blocks, c: int, lambda
     stats = ProbeStats.zeros(folds * sub, store.hidden_sizes[layer], len(blocks) * c,
                              dtype=stats_dtype, device=device)
     arg, rows = _shard_frames(task, d, shard)
-    # the one guard of every measure (s3viz._numerics): the probe standardises its
-    # features, so each layer is centred and scaled by a power of two before any sum of
-    # squares (float64 squares of 1e-300 vanish); a degenerate layer -> NaN scores
-    guard = layer_guard(store, layer, arg, centre=True, reduce=reduce)
+    # the one guard of every measure (s3viz._numerics): each layer is scaled by a power
+    # of two before any sum of squares (float64 squares of 1e-300 vanish); not centred
+    # here: ProbeStats sums about a shift, and its dead-feature rule compares a feature's
+    # spread with its own mean; a degenerate layer -> NaN scores
+    guard = layer_guard(store, layer, arg, centre=False, reduce=reduce)
     if rows is not None:  # a shard: only its frames, in the shard store's order
         y_all, frame_sub = y_all[rows], frame_sub[rows]
         y_ctrl = y_ctrl[rows] if y_ctrl is not None else None
