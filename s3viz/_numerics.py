@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import warnings
 
-import numpy as np
 import torch
 
 __all__ = ["ROUNDING", "read_dtype", "pow2_factor", "safe_scale", "centred_float32", "Moments",
@@ -222,12 +221,16 @@ class Profile:
         self.scale = 1.0  # rows are added as x * scale
         self.rows = 0
         self.peak = 0.0  # largest |x| * scale so far
-        self.longest = 0  # most rows added in one call (frames of one utterance for pooling)
+        self.longest = 0  # most rows added in one call
+        self.exact = [torch.float16, torch.float32]  # narrower dtypes holding every value
 
     def update(self, x: torch.Tensor) -> Profile:
         if x.shape[0] == 0:
             return self
         x = x.detach().to(device="cpu", dtype=torch.float64)
+        # the precision the values really carry: float32 frames stored as float64 round
+        # like float32 (a cheap test, rows are read once anyway)
+        self.exact = [d for d in self.exact if bool((x.to(d).to(torch.float64) == x).all())]
         top = float(x.abs().max())
         if self.mom is None:
             self.mom = Moments((x.shape[1],))
@@ -251,7 +254,9 @@ class Profile:
         h = self.mom.shift.shape[0] if self.mom is not None else 0
         info = reduce(torch.tensor([math.log2(self.scale) if self.rows else 0.0,
                                     1.0 if self.rows else 0.0, float(h),
-                                    float(self.longest)], dtype=f64))
+                                    float(self.longest)]
+                                   + [float(d not in self.exact) for d in Profile().exact],
+                                   dtype=f64))
         held = max(float(info[1]), 1.0)
         width = int(round(float(info[2]) / held))
         common = 2.0 ** round(float(info[0]) / held)
@@ -262,6 +267,7 @@ class Profile:
         out.mom, out.scale = mom.reduced(reduce), common
         out.rows = out.mom.n
         out.longest = int(round(float(info[3])))  # a sum: an upper bound of the longest
+        out.exact = [d for d, inexact in zip(out.exact, info[4:].tolist()) if inexact == 0]
         return out
 
     def rms(self) -> float:
@@ -278,22 +284,24 @@ class Profile:
         return math.sqrt(float(self.mom.var.mean())) / self.scale
 
     def guard(self, dtype: torch.dtype, *, centre: bool, reference: float | None = None,
-              per_row: int = 1) -> Guard:
+              ulps: float = 1.0) -> Guard:
         """The :class:`Guard` of the profiled values.
 
         Args:
-            dtype: the dtype the values were computed in (the store's): its
-                rounding sets the degeneracy threshold.
+            dtype: the dtype the values were computed in (the store's), or the
+                narrower one every value fits exactly: its rounding sets the
+                degeneracy threshold.
             centre: subtract the mean (for offset-invariant measures) and scale by
                 the spread; else scale by the root mean square.
             reference: the magnitude the spread is compared with (default the
                 values' own root mean square); pooled vectors pass their frames'.
-            per_row: values averaged into each row (frames per pooled vector): a
-                mean of ``n`` rounded values has about ``sqrt(n)`` times their rounding.
+            ulps: the threshold in multiples of :data:`ROUNDING_ULPS`.
         """
         spread, rms = self.spread(), self.rms()
         ref = rms if reference is None else reference
-        tol = ROUNDING_ULPS * dtype_eps(dtype) * math.sqrt(max(per_row, 1))
+        if self.exact and dtype_eps(self.exact[0]) > dtype_eps(dtype):
+            dtype = self.exact[0]  # e.g. float32 frames in a float64 store
+        tol = ROUNDING_ULPS * dtype_eps(dtype) * ulps
         if ref == 0.0:
             reason = "every value is 0"
         elif spread == 0.0:
@@ -352,16 +360,14 @@ def layer_guard(store, layer: int, utterances=None, *, centre: bool, level: str 
     prof = Profile().update(torch.as_tensor(pooled))
     if own and reduce is not None:
         prof = prof.reduced(reduce)
-    lens = np.asarray(store.lengths(layer))
-    if utterances is not None:
-        lens = lens[utterance_positions(utterances, len(lens))]
-    longest = int(lens.max()) if len(lens) else 1
-    return prof.guard(dtype, centre=centre, reference=frames.rms(), per_row=longest)
+    prof.exact = frames.exact  # the frames' precision, not the pooled means'
+    return prof.guard(dtype, centre=centre, reference=frames.rms(), ulps=POOLED_ULPS)
 
 
-def utterance_positions(utterances, n: int) -> np.ndarray:
-    from .store import check_utterances  # the store's own rule (a lazy import: no cycle)
-    return check_utterances(utterances, n)
+POOLED_ULPS = 4
+"""Pooled vectors: a mean over an utterance normalised in its own precision keeps a
+residue of a few units in the last place of the frames (the normalisation's own
+rounding): 4 x :data:`ROUNDING_ULPS` of the frames' magnitude is rounding."""
 
 
 def warn_degenerate(measure: str, reasons: dict, what: str = "results") -> None:

@@ -122,23 +122,29 @@ def test_the_reference_is_far_from_chance():
     assert (_ref("cka", torch.float64) < 0.999).any()
 
 
-# float32: 1e-30 .. 1e30 (the frames are about 1..10: 1e-32 .. 1e31 stay normal)
-SCALES = {torch.float32: st.integers(-30, 30), torch.float64: st.integers(-300, 300)}
+@pytest.mark.parametrize("name", list(MEASURES))
+@SETTINGS
+@given(k=st.integers(-99, 99))
+def test_scale_invariance_float32(name, k):
+    """float32 frames times 2**k (about 1e-30 .. 1e30): exact data, so the very same result.
+
+    (Times 10**e the float32 frames themselves are rounded differently, which may
+    legitimately flip a near tie of a discrete measure; float64 covers 10**e below.)"""
+    got = _run(name, _store(lambda x, u, l: x.float() * 2.0 ** k, torch.float32))
+    assert np.isfinite(got).all(), (k, got)
+    np.testing.assert_allclose(got, _ref(name, torch.float32), atol=1e-9, rtol=0,
+                               err_msg=f"x * 2**{k}")
 
 
 @pytest.mark.parametrize("name", list(MEASURES))
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @SETTINGS
-@given(data=st.data())
-def test_scale_invariance(name, dtype, data):
-    e = data.draw(SCALES[dtype], label="exponent")
-    mant = data.draw(st.sampled_from([1.0, 3.7, 0.15]), label="mantissa")
+@given(e=st.integers(-300, 300), mant=st.sampled_from([1.0, 3.7, 0.15]))
+def test_scale_invariance_float64(name, e, mant):
     factor = mant * 10.0 ** e
-    got = _run(name, _store(lambda x, u, l: x * factor, dtype))
-    want = _ref(name, dtype)
-    tol = TOL32[name] if dtype == torch.float32 else TOL[name]
+    got = _run(name, _store(lambda x, u, l: x * factor))
     assert np.isfinite(got).all(), (factor, got)
-    np.testing.assert_allclose(got, want, atol=tol, rtol=0, err_msg=f"x * {factor:g}")
+    np.testing.assert_allclose(got, _ref(name, torch.float64), atol=TOL[name], rtol=0,
+                               err_msg=f"x * {factor:g}")
 
 
 @pytest.mark.parametrize("name", OFFSET_INVARIANT)
@@ -159,7 +165,7 @@ def test_offset_invariance(name, data):
 @given(perm=st.permutations(range(N_UTT)))
 def test_permutation_invariance(name, perm):
     got = _run(name, _store(order=perm))
-    np.testing.assert_allclose(got, _ref(name, torch.float64), atol=TOL[name] / 10, rtol=0)
+    np.testing.assert_allclose(got, _ref(name, torch.float64), atol=TOL[name], rtol=0)
 
 
 @pytest.mark.parametrize("name", list(MEASURES))
@@ -216,14 +222,16 @@ def test_a_degenerate_layer_gives_nan_and_one_warning(name, kind, e, dtype):
         assert np.isnan(got[1]) and np.isfinite(got[0])
 
 
-def test_pooled_vectors_of_rounding_noise_are_degenerate():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f32-in-f64"])
+def test_pooled_vectors_of_rounding_noise_are_degenerate(dtype):
     """A layer normalised per utterance (the spectral baseline's): its mean-pooled vectors
-    are float32 rounding (~1e-7 of the frames), yet probes found "signal" in them."""
+    are float32 rounding (~1e-7 of the frames), yet probes found "signal" in them. Stored
+    as float64, the frames still carry float32's precision only."""
     def per_utterance(x, u, l):
         x = x.float()
         return (x - x.mean(0)) / x.std(0) if l == 1 else x
 
-    store = _store(per_utterance, torch.float32)
+    store = _store(per_utterance, dtype)
     pooled = store.pooled(1)
     assert 0 < float(pooled.abs().max()) < 1e-5  # rounding noise, not zero
     for name in ("cka utterance", "ridge utterance"):
