@@ -12,10 +12,13 @@ of two change no result of the scale- and offset-invariant measures.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
-__all__ = ["ROUNDING", "read_dtype", "pow2_factor", "safe_scale", "centred_float32", "Moments"]
+__all__ = ["ROUNDING", "read_dtype", "pow2_factor", "safe_scale", "centred_float32", "Moments",
+           "DegenerateLayerWarning", "Guard", "Profile", "layer_guard", "tensor_guard",
+           "warn_degenerate"]
 
 
 def read_dtype(store) -> torch.dtype:
@@ -150,3 +153,231 @@ class Moments:
         n = max(self.n, 1)
         m = self.s1 / n
         return (self.s2 / n - m * m).clamp_min(0)
+
+
+# --------------------------------------------------------------------------- the layer guard
+
+ROUNDING_ULPS = 4
+"""A layer whose spread is at most this many units in the last place of its dtype,
+relative to its magnitude, varies only by rounding: it is degenerate."""
+
+
+class DegenerateLayerWarning(UserWarning):
+    """A layer is constant, all zero, or varies only at rounding level: its result is NaN."""
+
+
+def dtype_eps(dtype: torch.dtype) -> float:
+    """The unit roundoff of a floating dtype (float32 for anything else)."""
+    return torch.finfo(dtype if dtype in (torch.float16, torch.bfloat16, torch.float32,
+                                          torch.float64) else torch.float32).eps
+
+
+def _pow2_near(v: float) -> float:
+    """``2**-e`` with ``v * 2**-e`` in ``[0.5, 1)``: exact to multiply by (1.0 for 0/inf)."""
+    if not math.isfinite(v) or v <= 0.0:
+        return 1.0
+    return math.ldexp(1.0, -math.frexp(v)[1])
+
+
+class Guard:
+    """How a measure reads one layer: ``(x - shift) * scale`` in float64, or NaN if degenerate.
+
+    ``scale`` is a power of two (multiplying by it is exact) bringing the values
+    (or, with ``centre``, their spread) near 1, so that float32 and float64
+    products neither overflow nor underflow, whatever the layer's scale
+    (1e-300 .. 1e300). ``shift`` is the layer's mean (None without ``centre``).
+    ``reason`` says why the layer is degenerate (None if it is not): the
+    measure then reports NaN for it (see :func:`warn_degenerate`).
+    """
+
+    def __init__(self, scale: float, shift: torch.Tensor | None, reason: str | None):
+        self.scale, self.shift, self.reason = scale, shift, reason
+
+    def __call__(self, x: torch.Tensor, dtype: torch.dtype = torch.float64, device=None
+                 ) -> torch.Tensor:
+        """``(x - shift) * scale`` in ``dtype`` on ``device`` (default ``x``'s), computed in
+        float64 in blocks of about 4M numbers (no float64 copy of a whole layer)."""
+        device = x.device if device is None else device
+        out = torch.empty(x.shape, dtype=dtype, device=device)
+        rows = max(1, (1 << 22) // max(1, x.shape[-1]))
+        for i in range(0, x.shape[0], rows):
+            y = x[i:i + rows].to(torch.float64)
+            if self.shift is not None:
+                y = y - self.shift.to(y.device)
+            out[i:i + rows] = (y * self.scale).to(device=device, dtype=dtype)
+        return out
+
+
+class Profile:
+    """Streamed magnitude and spread of a layer, to build its :class:`Guard`.
+
+    ``update`` adds rows of any scale: they are multiplied by a power of two
+    fixed by the largest value seen so far (re-based exactly when a larger one
+    comes), so that no square under- or overflows in float64.
+    """
+
+    def __init__(self):
+        self.mom: Moments | None = None
+        self.scale = 1.0  # rows are added as x * scale
+        self.rows = 0
+        self.peak = 0.0  # largest |x| * scale so far
+        self.longest = 0  # most rows added in one call
+        self.exact = [torch.float16, torch.float32]  # narrower dtypes holding every value
+
+    def update(self, x: torch.Tensor) -> Profile:
+        if x.shape[0] == 0:
+            return self
+        x = x.detach().to(device="cpu", dtype=torch.float64)
+        # the precision the values really carry: float32 frames stored as float64 round
+        # like float32 (a cheap test, rows are read once anyway)
+        self.exact = [d for d in self.exact if bool((x.to(d).to(torch.float64) == x).all())]
+        top = float(x.abs().max())
+        if self.mom is None:
+            self.mom = Moments((x.shape[1],))
+        if top > 0 and (top * self.scale >= 1.0 or self.peak == 0.0):
+            new = _pow2_near(top)
+            r = new / self.scale
+            m = self.mom
+            m.shift, m.s1, m.s2 = m.shift * r, m.s1 * r, m.s2 * r * r
+            self.scale, self.peak = new, self.peak * r
+        self.peak = max(self.peak, top * self.scale)
+        self.mom.update(x * self.scale)
+        self.rows += x.shape[0]
+        self.longest = max(self.longest, x.shape[0])
+        return self
+
+    def reduced(self, reduce) -> Profile:
+        """The profile of all shards (``reduce`` sums a tensor over shards); every shard
+        calls it and gets one common scale (the mean exponent: any common power of two
+        keeps results exact)."""
+        f64 = torch.float64
+        h = self.mom.shift.shape[0] if self.mom is not None else 0
+        info = reduce(torch.tensor([math.log2(self.scale) if self.rows else 0.0,
+                                    1.0 if self.rows else 0.0, float(h),
+                                    float(self.longest)]
+                                   + [float(d not in self.exact) for d in Profile().exact],
+                                   dtype=f64))
+        held = max(float(info[1]), 1.0)
+        width = int(round(float(info[2]) / held))
+        common = 2.0 ** round(float(info[0]) / held)
+        mom = self.mom if self.mom is not None else Moments((width,))
+        r = common / self.scale
+        mom.shift, mom.s1, mom.s2 = mom.shift * r, mom.s1 * r, mom.s2 * r * r
+        out = Profile()
+        out.mom, out.scale = mom.reduced(reduce), common
+        out.rows = out.mom.n
+        out.longest = int(round(float(info[3])))  # a sum: an upper bound of the longest
+        out.exact = [d for d, inexact in zip(out.exact, info[4:].tolist()) if inexact == 0]
+        return out
+
+    def rms(self) -> float:
+        """Root mean square of the values added (in the layer's own units)."""
+        if not self.rows:
+            return 0.0
+        m = self.mom
+        return math.sqrt(float((m.var + m.mean * m.mean).mean())) / self.scale
+
+    def spread(self) -> float:
+        """Root mean square of the values about their per-feature mean (own units)."""
+        if not self.rows:
+            return 0.0
+        return math.sqrt(float(self.mom.var.mean())) / self.scale
+
+    def guard(self, dtype: torch.dtype, *, centre: bool, reference: float | None = None,
+              ulps: float = 1.0) -> Guard:
+        """The :class:`Guard` of the profiled values.
+
+        Args:
+            dtype: the dtype the values were computed in (the store's), or the
+                narrower one every value fits exactly: its rounding sets the
+                degeneracy threshold.
+            centre: subtract the mean (for offset-invariant measures) and scale by
+                the spread; else scale by the root mean square.
+            reference: the magnitude the spread is compared with (default the
+                values' own root mean square); pooled vectors pass their frames'.
+            ulps: the threshold in multiples of :data:`ROUNDING_ULPS`.
+        """
+        spread, rms = self.spread(), self.rms()
+        ref = rms if reference is None else reference
+        if self.exact and dtype_eps(self.exact[0]) > dtype_eps(dtype):
+            dtype = self.exact[0]  # e.g. float32 frames in a float64 store
+        tol = ROUNDING_ULPS * dtype_eps(dtype) * ulps
+        if ref == 0.0:
+            reason = "every value is 0"
+        elif spread == 0.0:
+            reason = "it is constant (every row is the same)"
+        elif spread <= tol * ref:
+            reason = (f"it varies only at {str(dtype).replace('torch.', '')} rounding level "
+                      f"(spread {spread / ref:.1e} of its magnitude)")
+        else:
+            reason = None
+        shift = None
+        if centre and self.rows:
+            shift = self.mom.mean / self.scale
+        return Guard(_pow2_near(spread if centre else rms) if reason is None else 1.0,
+                     shift, reason)
+
+
+def tensor_guard(x: torch.Tensor, dtype: torch.dtype, *, centre: bool) -> Guard:
+    """The :class:`Guard` of rows already in memory (``dtype``: the precision they were
+    computed in, e.g. the store's)."""
+    prof = Profile()
+    rows = max(1, (1 << 22) // max(1, x.shape[-1]))
+    for i in range(0, x.shape[0], rows):
+        prof.update(x[i:i + rows])
+    return prof.guard(dtype, centre=centre)
+
+
+def profile_layer(store, layer: int, utterances=None, *, chunk_frames: int = 65536) -> Profile:
+    """One streamed pass over a stored layer's frames (in the store's precision)."""
+    prof = Profile()
+    for x, _ in store.iter_layer(layer, utterances=utterances, chunk_frames=chunk_frames,
+                                 dtype=read_dtype(store)):
+        prof.update(x)
+    return prof
+
+
+def layer_guard(store, layer: int, utterances=None, *, centre: bool, level: str = "frame",
+                pooled: torch.Tensor | None = None, reduce=None) -> Guard:
+    """The :class:`Guard` of a stored layer, at frame or utterance (mean-pooled) level.
+
+    Utterance level: the pooled vectors (``pooled``, else ``store.pooled``) are
+    degenerate when their spread across utterances is at rounding level relative
+    to the magnitude of the frames they are means of (a layer normalised per
+    utterance has pooled vectors of rounding noise, ~1e-7 of its frames).
+    ``reduce``: sharded runs (every shard calls this; one common guard); a given
+    ``pooled`` holds every shard's vectors already.
+    """
+    dtype = getattr(store, "store_dtype", torch.float32)
+    frames = profile_layer(store, layer, utterances)
+    if reduce is not None:
+        frames = frames.reduced(reduce)
+    if level == "frame":
+        return frames.guard(dtype, centre=centre)
+    own = pooled is None  # this shard's pooled vectors (summed over shards with reduce)
+    if own:
+        pooled = store.pooled(layer, utterances=utterances, dtype=read_dtype(store))
+    prof = Profile().update(torch.as_tensor(pooled))
+    if own and reduce is not None:
+        prof = prof.reduced(reduce)
+    prof.exact = frames.exact  # the frames' precision, not the pooled means'
+    return prof.guard(dtype, centre=centre, reference=frames.rms(), ulps=POOLED_ULPS)
+
+
+POOLED_ULPS = 4
+"""Pooled vectors: a mean over an utterance normalised in its own precision keeps a
+residue of a few units in the last place of the frames (the normalisation's own
+rounding): 4 x :data:`ROUNDING_ULPS` of the frames' magnitude is rounding."""
+
+
+def warn_degenerate(measure: str, reasons: dict, what: str = "results") -> None:
+    """One :class:`DegenerateLayerWarning` naming every degenerate layer of a call."""
+    bad = {k: v for k, v in reasons.items() if v}
+    if not bad:
+        return
+    names = "; ".join(f"stored layer {k}: {v}" for k, v in bad.items())
+    warnings.warn(f"{measure} gives NaN {what} for {len(bad)} degenerate layer(s) ({names}). "
+                  "A layer without variation beyond rounding carries no information to "
+                  "measure; check the upstream (e.g. a normalisation per utterance before "
+                  "mean pooling) or leave the layer out with layers=",
+                  DegenerateLayerWarning, stacklevel=3)

@@ -19,7 +19,7 @@ import torch
 
 from . import _validate as _v
 from ._device import resolve_device as _resolve_device
-from ._numerics import read_dtype
+from ._numerics import read_dtype, tensor_guard, warn_degenerate
 from .segments import segment_table
 
 __all__ = ["abx_layers", "ABXCells", "DISTANCES"]
@@ -257,7 +257,9 @@ def abx_layers(store, *, on: str = "phone", speaker: str = "within", context: st
         One row per layer: ``layer``, ``upstream_layer``, ``on``, ``speaker``,
         ``context``, ``distance``, ``abx_error`` (a fraction; 0.5 is chance),
         ``n_items``, ``n_cells``, ``n_triplets``, ``n_dropped`` (segments
-        without a frame). With ``return_cells=True``, an :class:`ABXCells`
+        without a frame). A degenerate layer (constant, all zero, or varying only
+        at rounding level) gets ``abx_error`` NaN and one
+        :class:`~s3viz._numerics.DegenerateLayerWarning`. With ``return_cells=True``, an :class:`ABXCells`
         named tuple ``(table, cells)``:
         ``cells`` has one row per scored cell and layer (``layer``,
         ``upstream_layer``, ``speaker``,
@@ -280,7 +282,7 @@ def abx_layers(store, *, on: str = "phone", speaker: str = "within", context: st
                          "conditions); add one, e.g. one speaker per utterance id")
     layer_list = _v.stored_layers(store, layers)
     dev = _resolve_device(device)
-    rows, all_cells = [], []
+    rows, all_cells, degenerate = [], [], {}
     for layer in layer_list:
         table = segment_table(store, layer, on)
         if max_items is not None:
@@ -288,7 +290,19 @@ def abx_layers(store, *, on: str = "phone", speaker: str = "within", context: st
         if table.empty:
             raise ValueError(f"no {on} segments with frames in stored layer {layer}")
         frames, _ = store.layer(layer, dtype=read_dtype(store))
-        cells = _abx_layer(frames, table, speaker, context, distance, dev, max_block)
+        # the one guard of every measure (s3viz._numerics): a power-of-two scale (the
+        # angular and euclidean ABX are scale-invariant; float32 norms of 1e-30 would
+        # vanish), centred for the euclidean distance (offset-invariant), NaN if degenerate
+        guard = tensor_guard(frames, store.store_dtype, centre=distance == "euclidean")
+        degenerate[layer] = guard.reason
+        if guard.reason:
+            rows.append({"layer": layer, "upstream_layer": int(store.layer_ids[layer]), "on": on,
+                         "speaker": speaker, "context": context, "distance": distance,
+                         "abx_error": float("nan"), "n_items": len(table), "n_cells": 0,
+                         "n_triplets": 0, "n_dropped": int(table.attrs.get("dropped", 0))})
+            continue
+        cells = _abx_layer(guard(frames, torch.float32), table, speaker, context, distance, dev,
+                           max_block)
         all_cells.append(cells.assign(layer=layer, upstream_layer=int(store.layer_ids[layer])))
         if cells.empty:
             raise ValueError(
@@ -303,9 +317,12 @@ def abx_layers(store, *, on: str = "phone", speaker: str = "within", context: st
             "n_cells": len(cells), "n_triplets": int(cells["triplets"].sum()),
             "n_dropped": int(table.attrs.get("dropped", 0)),
         })
+    warn_degenerate("abx_layers", degenerate, "abx_error")
     out = pd.DataFrame(rows)
     if return_cells:
-        return ABXCells(out, pd.concat(all_cells, ignore_index=True))
+        cells = (pd.concat(all_cells, ignore_index=True) if all_cells
+                 else pd.DataFrame(columns=_CELL_COLUMNS + ["layer", "upstream_layer"]))
+        return ABXCells(out, cells)
     return out
 
 
@@ -343,5 +360,7 @@ def _abx_layer(frames, table, speaker, context, distance, dev, max_block) -> pd.
             dist = _distance_matrix(items, xs, items, ys, distance, max_block)
             _score_group(dist, lab[xs], lab[ys], ctx[xs], ctx[ys], False,
                          {"speaker": s, "speaker_x": sx}, out, max_block)
-    return pd.DataFrame(out, columns=["speaker", "speaker_x", "phone", "other", "context",
-                                      "error", "triplets"])
+    return pd.DataFrame(out, columns=_CELL_COLUMNS)
+
+
+_CELL_COLUMNS = ["speaker", "speaker_x", "phone", "other", "context", "error", "triplets"]

@@ -19,7 +19,7 @@ import torch
 from . import _validate as _v
 from ._compat import renamed_args
 from ._device import resolve_device as _resolve_device
-from ._numerics import pow2_factor, read_dtype
+from ._numerics import layer_guard, pow2_factor, read_dtype, warn_degenerate
 from .store import utterance_selection
 
 __all__ = ["ESTIMATORS", "METHODS", "cca_naive", "cka_naive", "hsic_unbiased",
@@ -149,6 +149,65 @@ def _check_frames(store, layers, other, other_layers, sel):
     return ref
 
 
+def _describe(st) -> str:
+    where = "in memory" if st.path is None else f"at {st.path}"
+    return f"{st.name!r} ({where}, fingerprint {st.fingerprint[:12]})"
+
+
+def _corpus_fingerprint(st) -> str | None:
+    """The corpus fingerprint an on-disk extraction recorded (None in memory)."""
+    if st.path is None:
+        return None
+    import json  # only for on-disk stores
+    try:
+        return json.loads((st.path / "manifest.json").read_text()).get("corpus_fingerprint")
+    except (OSError, ValueError):
+        return None
+
+
+_CORPUS_COLUMNS = ("num_samples", "speaker", "text")
+"""Columns of ``store.labels`` that describe the audio itself (``Corpus.labels``)."""
+
+
+def _corpus_difference(store, other) -> str | None:
+    """Why ``store`` and ``other`` (same ids) are not of one corpus, or None.
+
+    Everything both stores know of their audio must agree: the corpus fingerprint
+    of an on-disk extraction, the corpus columns of ``labels`` (samples, speaker,
+    text), the alignment tables, and each utterance's duration as its frames
+    imply it (frames x downsample rate, within a frame and a receptive field).
+    """
+    fa, fb = _corpus_fingerprint(store), _corpus_fingerprint(other)
+    if fa is not None and fb is not None and fa != fb:
+        return f"their corpus fingerprints differ ({fa[:12]} vs {fb[:12]})"
+    la, lb = store.labels, other.labels
+    for col in _CORPUS_COLUMNS:
+        if col in la.columns and col in lb.columns:
+            a, b = la[col].astype(str).to_numpy(), lb[col].astype(str).to_numpy()
+            if (a != b).any():
+                k = int(np.flatnonzero(a != b)[0])
+                return (f"labels[{col!r}] differ (first at utterance {store.ids[k]!r}: "
+                        f"{a[k]!r} vs {b[k]!r})")
+    for k, (pa, pb) in enumerate(zip(store.phones, other.phones)):
+        if pa is not None and pb is not None:
+            cols = [c for c in ("phone", "start", "end") if c in pa.columns and c in pb.columns]
+            if not pa[cols].reset_index(drop=True).equals(pb[cols].reset_index(drop=True)):
+                return f"the alignments of utterance {store.ids[k]!r} differ"
+
+    def span(st):  # (layers, N): samples the frames cover, and the slack of that estimate
+        rates = np.asarray(st.downsample_rates)[:, None]
+        fields = np.asarray(st.receptive_fields)[:, None]
+        return np.stack([st.lengths(i) for i in range(st.num_layer)]) * rates, rates + fields
+
+    (sa, ta), (sb, tb) = span(store), span(other)
+    gap = np.abs(sa[:, None, :] - sb[None, :, :]) - ta[:, None] - tb[None, :]
+    if (gap.min((0, 1)) > 0).any():
+        k = int(np.flatnonzero(gap.min((0, 1)) > 0)[0])
+        return (f"utterance {store.ids[k]!r} lasts about {int(sa[0, k])} samples in one and "
+                f"{int(sb[0, k])} in the other (frames x downsample rate)")
+    return None
+
+
 def _check_other(store, other):
     if len(other) != len(store) or list(other.ids) != list(store.ids):
         a, b = list(store.ids), list(other.ids)
@@ -157,6 +216,13 @@ def _check_other(store, other):
             f"`other` must hold the same utterances in the same order ({len(store)} vs "
             f"{len(other)} utterances; first difference at position {bad}); extract both "
             "upstreams from one corpus"
+        )
+    why = _corpus_difference(store, other)
+    if why is not None:
+        raise ValueError(
+            f"`store` {_describe(store)} and `other` {_describe(other)} have the same "
+            f"utterance ids but not the same corpus: {why}. Layers compared across corpora "
+            "pair unrelated frames; extract both upstreams from one corpus"
         )
 
 
@@ -179,21 +245,29 @@ def _positions(store, utterances) -> np.ndarray:
 class _Source:
     """Per block of utterances: the features of each compared layer, same frames."""
 
-    def __init__(self, store, layers, other, other_layers, level, sel):
+    def __init__(self, store, layers, other, other_layers, level, sel, reduce=None):
         self.items = [(store, layer) for layer in layers]
         if other is not None:
             self.items += [(other, layer) for layer in other_layers]
         self.level, self.sel = level, sel
+        # the one guard of every measure (s3viz._numerics): CKA and CCA are offset- and
+        # scale-invariant, so each layer is centred and scaled by a power of two before
+        # any product; a degenerate layer (or pooled vectors of rounding noise) -> NaN
+        self.guards = [layer_guard(st, layer, sel, centre=True, level=level, reduce=reduce)
+                       for st, layer in self.items]
+
+    def degenerate(self) -> list[str | None]:
+        return [g.reason for g in self.guards]
 
     def block(self, utts: np.ndarray) -> list[torch.Tensor]:
         out = []
-        for st, layer in self.items:
+        for (st, layer), guard in zip(self.items, self.guards):
             dt = read_dtype(st)
             if self.level == "utterance":
                 x = torch.as_tensor(st.pooled(layer, utterances=utts.tolist(), dtype=dt))
             else:
                 x, _ = st.layer(layer, utterances=utts.tolist(), dtype=dt)
-            out.append(x)
+            out.append(guard(x))
         return out
 
 
@@ -289,21 +363,21 @@ def layer_similarity(
     device = _resolve_device(device)
     if other is None:
         uniq = sorted(set(rows) | set(cols))
-        src = _Source(store, uniq, None, None, level, sel)
         row_idx = [uniq.index(r) for r in rows]
         col_idx = [uniq.index(c) for c in cols]
         if level == "frame":
             counts = _check_frames(store, uniq, None, None, sel)
         else:
             counts = np.ones(len(sel), dtype=np.int64)
+        src = _Source(store, uniq, None, None, level, sel, reduce)
     else:
-        src = _Source(store, rows, other, cols, level, sel)
         row_idx = list(range(len(rows)))
         col_idx = list(range(len(rows), len(rows) + len(cols)))
         if level == "frame":
             counts = _check_frames(store, rows, other, cols, sel)
         else:
             counts = np.ones(len(sel), dtype=np.int64)
+        src = _Source(store, rows, other, cols, level, sel, reduce)
     total = int(counts.sum())
     if reduce is not None:
         total = int(reduce(torch.tensor([total], dtype=torch.float64))[0])
@@ -328,11 +402,18 @@ def layer_similarity(
     oth = other if other is not None else store
     oids = list(getattr(oth, "layer_ids", range(oth.num_layer)))
     extra = {"keep_variance": float(keep_variance)} if method == "cca" else {}
-    return cka_table(hsic, rows, cols, row_idx, col_idx, other_axis=other is not None,
-                      direct=method == "cca", upstream_layers=[ids[r] for r in rows],
-                      other_upstream_layers=[oids[c] for c in cols],
-                      num_frames=int(n), estimator=estimator, level=level, method=method,
-                      **extra)
+    df = cka_table(hsic, rows, cols, row_idx, col_idx, other_axis=other is not None,
+                   direct=method == "cca", upstream_layers=[ids[r] for r in rows],
+                   other_upstream_layers=[oids[c] for c in cols],
+                   num_frames=int(n), estimator=estimator, level=level, method=method,
+                   **extra)
+    bad = src.degenerate()
+    df.iloc[[a for a, i in enumerate(row_idx) if bad[i]], :] = np.nan
+    df.iloc[:, [b for b, j in enumerate(col_idx) if bad[j]]] = np.nan
+    names = {f"{c}{'' if other is None or i < len(rows) else ' of `other`'}": bad[i]
+             for i, c in enumerate(rows + cols if other is not None else uniq)}
+    warn_degenerate("layer_similarity", names, method.upper())
+    return df
 
 
 def cka_table(hsic: dict, rows, cols, row_idx, col_idx, *, other_axis: bool = False,

@@ -17,7 +17,7 @@ import torch
 
 from . import _validate as _v
 from ._device import resolve_device as _resolve_device
-from ._numerics import centred_float32, read_dtype
+from ._numerics import read_dtype, tensor_guard, warn_degenerate
 from .probe.targets import label_strings
 
 __all__ = ["unit_quality", "unit_measures", "kmeans"]
@@ -141,7 +141,10 @@ def unit_quality(store, *, k: int | Sequence[int] = 100, layers: Sequence[int] |
     Returns:
         One row per layer and ``k``: ``layer``, ``upstream_layer``, ``k``,
         ``phone_purity``, ``cluster_purity``, ``pnmi``, ``n_frames``, ``n_phones``,
-        ``n_units`` (units used by at least one frame), ``inertia`` (of the fit).
+        ``n_units`` (units used by at least one frame), ``inertia`` (of the fit, as a
+        fraction of the fitted frames' variance: scale-free). A degenerate layer
+        (constant, all zero, or varying only at rounding level) gets NaN and one
+        :class:`~s3viz._numerics.DegenerateLayerWarning`.
     """
     ks = [k] if isinstance(k, (int, np.integer)) and not isinstance(k, bool) else list(k)
     if not ks:
@@ -155,7 +158,7 @@ def unit_quality(store, *, k: int | Sequence[int] = 100, layers: Sequence[int] |
                          "none")
     layer_list = _v.stored_layers(store, layers)
     dev = _resolve_device(device)
-    rows = []
+    rows, degenerate = [], {}
     for layer in layer_list:
         # the probes' label rule: a frame without a segment or with a missing label
         # (None/NaN/NA) is unlabelled
@@ -165,11 +168,25 @@ def unit_quality(store, *, k: int | Sequence[int] = 100, layers: Sequence[int] |
             raise ValueError(f"stored layer {layer} has {len(keep)} labelled frames, fewer "
                              f"than k={max(ks)}; lower k")
         x, _ = store.layer(layer, dtype=read_dtype(store))
-        x = centred_float32(x[torch.from_numpy(keep)], dev)  # no float64 copy of the layer
+        x = x[torch.from_numpy(keep)]
+        # the one guard of every measure (s3viz._numerics): k-means is offset-, scale- and
+        # rotation-invariant, so centre and scale by a power of two (float32 squares of
+        # 1e-30 would vanish); a degenerate layer gets NaN
+        guard = tensor_guard(x, store.store_dtype, centre=True)
+        degenerate[layer] = guard.reason
+        if guard.reason:
+            rows.extend({"layer": layer, "upstream_layer": int(store.layer_ids[layer]), "k": kk,
+                         "phone_purity": float("nan"), "cluster_purity": float("nan"),
+                         "pnmi": float("nan"), "n_frames": len(keep),
+                         "n_phones": len(np.unique(lab[keep])), "n_units": 0,
+                         "inertia": float("nan")} for kk in ks)
+            continue
+        x = guard(x, torch.float32, dev)  # blockwise: no float64 copy of the layer
         rng = np.random.default_rng([seed, layer, 11])
         fit = (np.arange(len(keep)) if max_frames is None or max_frames >= len(keep)
                else np.sort(rng.choice(len(keep), max_frames, replace=False)))
         fit_x = x[torch.as_tensor(fit, device=dev)]
+        total = float((fit_x.double() ** 2).sum(1).mean())  # the fitted frames' variance
         for kk in ks:
             if kk > len(fit):
                 raise ValueError(f"k={kk} needs at least {kk} fitted frames; raise max_frames")
@@ -180,5 +197,6 @@ def unit_quality(store, *, k: int | Sequence[int] = 100, layers: Sequence[int] |
                          "k": kk, "phone_purity": m["phone_purity"],
                          "cluster_purity": m["cluster_purity"], "pnmi": m["pnmi"],
                          "n_frames": m["n_frames"], "n_phones": m["n_phones"],
-                         "n_units": m["n_units"], "inertia": inertia})
+                         "n_units": m["n_units"], "inertia": inertia / total})
+    warn_degenerate("unit_quality", degenerate, "purities and PNMI")
     return pd.DataFrame(rows)

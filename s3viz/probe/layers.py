@@ -17,6 +17,7 @@ import torch
 from .. import _validate as _v
 from .._compat import renamed_args
 from .._device import resolve_device as _resolve_device
+from .._numerics import layer_guard, warn_degenerate
 from .folds import _positions, check_folds, check_split_by, resolve_split
 from .logistic import _logistic_layers
 from .ridge import LAMBDAS, _scores, ridge_layer_frame, ridge_layer_utterance
@@ -196,7 +197,7 @@ def probe_layers(
                 "patience": int(patience), "weight_decay": weight_decay,
                 "dev_fraction": float(dev_fraction)}
     layer_ids = list(getattr(store, "layer_ids", range(store.num_layer)))
-    rows, splits = [], {}
+    rows, splits, degenerate = [], {}, {}
     fold_accuracy = {}
     for tgt in targets:
         if not isinstance(tgt, str):
@@ -219,9 +220,12 @@ def probe_layers(
                 per_layer = _logistic_layers(task, store, layer_list, c, device, opts,
                                              max_memory, shard_store=shard_store, shard=shard,
                                              reduce=reduce)
+            degenerate.update({layer: per_layer[layer][4] for layer in layer_list
+                               if len(per_layer[layer]) > 4 and per_layer[layer][4]})
             for layer in layer_list:
                 rows.append(result_row(tgt, meth, lev, layer, int(layer_ids[layer]), c, folds,
                                         control, per_layer[layer], fold_accuracy))
+    warn_degenerate("probe_layers", degenerate, "accuracy")
     return result_table(rows, fold_accuracy, control, splits, folds=folds, seed=seed)
 
 
@@ -244,9 +248,12 @@ def _ridge_layer(task, store, shard_store, shard, layer, blocks, c, lambdas, dev
                                  reduce=reduce)
     if shard is not None:
         x = _pooled_sharded(shard_store, layer, task, shard, reduce).to(device)
+        guard = layer_guard(shard_store, layer, list(shard[0]), centre=False, level="utterance",
+                            pooled=x, reduce=reduce)
     else:
         x = _pooled(store, layer, task).to(device)
-    return ridge_layer_utterance(task, x, blocks, c, lambdas, torch.float64)
+        guard = layer_guard(store, layer, task.sel, centre=False, level="utterance", pooled=x)
+    return ridge_layer_utterance(task, x, blocks, c, lambdas, torch.float64, guard)
 
 
 def _shard_setup(store, reference, reduce, methods, dev_fraction):
@@ -310,8 +317,11 @@ _UNSEEN_COLUMNS = ["n_unseen", "unseen_fraction"]
 def result_row(tgt, meth, lev, layer: int, upstream_layer: int, c: int, folds: int,
                 control: bool, result, fold_accuracy: dict) -> dict:
     """One row of :func:`probe_layers`'s table from ``(conf, counts, n_train, lambdas)``."""
-    conf, counts, n_fold, lam = result
+    conf, counts, n_fold, lam = result[:4]
     main = _scores(conf[0], counts[:, :c] if counts.ndim == 2 else counts[0])
+    if len(result) > 4 and result[4]:  # a degenerate layer (s3viz._numerics.layer_guard)
+        main.update(accuracy=np.nan, accuracy_std=np.nan, macro_f1=np.nan,
+                    fold_accuracy=[np.nan] * len(main["fold_accuracy"]))
     fold_accuracy[(tgt, meth, layer)] = main.pop("fold_accuracy")
     n_total = conf[0].sum()
     # test examples whose class the fold's training part lacks (check_heldout warned)
@@ -326,7 +336,7 @@ def result_row(tgt, meth, lev, layer: int, upstream_layer: int, c: int, folds: i
         cc = counts[:, c:] if counts.ndim == 2 else counts[1]
         ctrl = _scores(conf[1], cc)
         ctrl.pop("fold_accuracy")
-        row["control_accuracy"] = ctrl["accuracy"]
+        row["control_accuracy"] = ctrl["accuracy"] if np.isfinite(row["accuracy"]) else np.nan
         row["selectivity"] = row["accuracy"] - ctrl["accuracy"]
     return row
 

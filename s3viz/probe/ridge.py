@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .._numerics import read_dtype, safe_scale
+from .._numerics import Guard, layer_guard, read_dtype, safe_scale
 from .folds import _store_arg
 from .stats import ProbeStats, _ridge_solve
 from .targets import FrameTargets, ProbeTask
@@ -132,6 +132,11 @@ def ridge_layer_frame(task: ProbeTask, store, layer: int, blocks, c: int, lambda
     stats = ProbeStats.zeros(folds * sub, store.hidden_sizes[layer], len(blocks) * c,
                              dtype=stats_dtype, device=device)
     arg, rows = _shard_frames(task, d, shard)
+    # the one guard of every measure (s3viz._numerics): each layer is scaled by a power
+    # of two before any sum of squares (float64 squares of 1e-300 vanish); not centred
+    # here: ProbeStats sums about a shift, and its dead-feature rule compares a feature's
+    # spread with its own mean; a degenerate layer -> NaN scores
+    guard = layer_guard(store, layer, arg, centre=False, reduce=reduce)
     if rows is not None:  # a shard: only its frames, in the shard store's order
         y_all, frame_sub = y_all[rows], frame_sub[rows]
         y_ctrl = y_ctrl[rows] if y_ctrl is not None else None
@@ -152,7 +157,7 @@ def ridge_layer_frame(task: ProbeTask, store, layer: int, blocks, c: int, lambda
             if y_ctrl is not None:
                 yy.append(y_ctrl[sl][m] + c)
             mt = torch.from_numpy(m)
-            yield (x[mt].to(device), torch.from_numpy(np.stack(yy, 1)).to(device),
+            yield (guard(x[mt], stats_dtype, device), torch.from_numpy(np.stack(yy, 1)).to(device),
                    torch.from_numpy(frame_sub[sl][m]).to(device))
         if pos != y_all.shape[0]:
             raise RuntimeError(f"store.iter_layer({layer}) gave {pos} frames, expected "
@@ -178,7 +183,7 @@ def ridge_layer_frame(task: ProbeTask, store, layer: int, blocks, c: int, lambda
         conf = reduce(torch.from_numpy(conf)).cpu().numpy()
     counts, n_train = fold_train_counts(stats, folds, sub)
     lam = np.mean([m[2] for m in models], axis=0)
-    return conf, counts, n_train, lam
+    return conf, counts, n_train, lam, guard.reason
 
 
 def fold_train_counts(stats: ProbeStats, folds: int, sub: int):
@@ -242,7 +247,15 @@ def ridge_fit_folds_dual(x: torch.Tensor, yoh: torch.Tensor, g: torch.Tensor, fo
     return models
 
 
-def ridge_layer_utterance(task: ProbeTask, x: torch.Tensor, blocks, c: int, lambdas, stats_dtype):
+def ridge_layer_utterance(task: ProbeTask, x: torch.Tensor, blocks, c: int, lambdas, stats_dtype,
+                          guard: Guard | None = None):
+    """The ridge probe on pooled vectors ``x`` read through ``guard`` (the layer's
+    :func:`~s3viz._numerics.layer_guard` at utterance level; None: ``x`` as it is).
+
+    Returns ``(conf, counts, n_train, lambdas, degenerate)``: ``degenerate`` is why
+    the scores mean nothing (None if they do)."""
+    if guard is not None:
+        x = guard(x, stats_dtype)
     folds = task.folds
     sub = 2 if folds == 2 else 1
     utt_sub = sub_folds(task, sub)
@@ -269,4 +282,4 @@ def ridge_layer_utterance(task: ProbeTask, x: torch.Tensor, blocks, c: int, lamb
             conf[bi, k] += confusion_matrix(y[r, bi] - bi * c, s[:, blk].argmax(1), c)
     counts, n_train = fold_train_counts(stats, folds, sub)
     lam = np.mean([m[2] for m in models], axis=0)
-    return conf, counts, n_train, lam
+    return conf, counts, n_train, lam, None if guard is None else guard.reason

@@ -1,0 +1,277 @@
+"""Every measure keeps the invariances its definition has, in floating point, and refuses
+degenerate layers (issue: "invariances that the maths promises").
+
+ABX (angular) and k-means units are scale-invariant, but a layer times 1e-30 gave ABX
+0.5 and PNMI 0.0; float64 times 1e-300 broke ridge, CKA and CCA; a constant layer gave
+CCA 0.0 and CKA NaN without a word. Now every measure reads a layer through the one
+guard of ``s3viz._numerics`` (a power-of-two scale, centring where the measure is
+offset-invariant, degenerate layers -> NaN and one DegenerateLayerWarning).
+Which invariance each measure has: ``docs/measures.md``.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import s3viz
+from s3viz._numerics import DegenerateLayerWarning
+from s3viz.store import LayerStore
+
+RATE = 160
+PHONES = ("a", "e", "i", "o")
+SEG = 5          # frames per phone segment
+N_SEG = 8        # segments per utterance
+N_UTT = 12
+SPEAKERS = ("s0", "s1", "s2")
+SETTINGS = settings(max_examples=20, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                           HealthCheck.too_slow])
+
+
+def _corpus(seed: int = 0):
+    """Two layers whose frames cluster by phone (so ABX and PNMI are far from chance) and
+    whose pooled vectors differ by speaker; float64, about unit scale."""
+    g = torch.Generator().manual_seed(seed)
+    means = torch.randn(len(PHONES), 6, generator=g, dtype=torch.float64) * 2
+    spk = torch.randn(len(SPEAKERS), 6, generator=g, dtype=torch.float64) * 3
+    rot = torch.linalg.qr(torch.randn(6, 6, generator=g, dtype=torch.float64))[0]
+    frames, phones, speakers = [], [], []
+    for u in range(N_UTT):
+        s = u % len(SPEAKERS)
+        labels = [PHONES[int(v)] for v in torch.randint(len(PHONES), (N_SEG,), generator=g)]
+        x0 = torch.cat([means[PHONES.index(p)].expand(SEG, 6) for p in labels])
+        x0 = x0 + spk[s] + 0.5 * torch.randn(x0.shape, generator=g, dtype=torch.float64)
+        x1 = torch.tanh(x0 @ rot) + 0.2 * torch.randn(x0.shape, generator=g, dtype=torch.float64)
+        frames.append([x0, x1])
+        phones.append(pd.DataFrame({"phone": labels, "word": ["w"] * N_SEG,
+                                    "start": [k * SEG * RATE for k in range(N_SEG)],
+                                    "end": [(k + 1) * SEG * RATE for k in range(N_SEG)]}))
+        speakers.append(SPEAKERS[s])
+    labels = pd.DataFrame({"id": [f"u{u}" for u in range(N_UTT)], "speaker": speakers,
+                           "num_samples": [N_SEG * SEG * RATE] * N_UTT})
+    return frames, labels, phones
+
+
+BASE = _corpus()
+
+
+def _store(f=lambda x, u, l: x, dtype=torch.float64, order=None, base=BASE):
+    frames, labels, phones = base
+    order = list(range(N_UTT)) if order is None else list(order)
+    return LayerStore.from_tensors(
+        [[f(frames[u][l], u, l).to(dtype) for l in range(2)] for u in order],
+        labels=labels.iloc[order].reset_index(drop=True), phones=[phones[u] for u in order],
+        downsample_rates=[RATE, RATE])
+
+
+def _sim(**kw):
+    return lambda s: s3viz.layer_similarity(s, device="cpu", **kw).to_numpy().ravel()
+
+
+MEASURES = {
+    "abx cosine": lambda s: s3viz.abx_layers(s, device="cpu")["abx_error"].to_numpy(),
+    "abx euclidean": lambda s: s3viz.abx_layers(s, distance="euclidean",
+                                                device="cpu")["abx_error"].to_numpy(),
+    "pnmi": lambda s: s3viz.unit_quality(s, k=4, device="cpu")["pnmi"].to_numpy(),
+    "ridge frame": lambda s: s3viz.probe_layers(s, "phone", device="cpu",
+                                                folds=3)["accuracy"].to_numpy(),
+    "ridge utterance": lambda s: s3viz.probe_layers(s, "speaker", split_by="utterance", folds=3,
+                                                    device="cpu")["accuracy"].to_numpy(),
+    "cka": _sim(),
+    "cca": _sim(method="cca"),
+    "cka minibatch": _sim(estimator="minibatch", batch_frames=64),
+    "cka utterance": _sim(level="utterance"),
+}
+OFFSET_INVARIANT = ("abx euclidean", "pnmi", "ridge frame", "ridge utterance", "cka", "cca",
+                    "cka minibatch", "cka utterance")
+PERMUTATION_INVARIANT = ("abx cosine", "abx euclidean", "cka", "cca", "cka utterance")
+"""k-means draws its seeds and the probes their folds by utterance position: a permuted
+corpus is another draw (docs/measures.md)."""
+# discrete measures move by one triplet / frame when float32 rounding flips a near tie
+TOL = {"abx cosine": 0.01, "abx euclidean": 0.01, "pnmi": 0.02, "ridge frame": 0.02,
+       "ridge utterance": 0.0, "cka": 1e-6, "cca": 1e-6, "cka minibatch": 1e-6,
+       "cka utterance": 1e-6}
+TOL32 = {k: max(v, 1e-4) for k, v in TOL.items()}
+
+
+def _run(name, store):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DegenerateLayerWarning)
+        return MEASURES[name](store)
+
+
+_REF: dict = {}
+
+
+def _ref(name, dtype):
+    if (name, dtype) not in _REF:
+        _REF[(name, dtype)] = _run(name, _store(dtype=dtype))
+    return _REF[(name, dtype)]
+
+
+def test_the_reference_is_far_from_chance():
+    assert (_ref("abx cosine", torch.float64) < 0.2).all()
+    assert (_ref("pnmi", torch.float64) > 0.2).all()
+    assert (_ref("cka", torch.float64) < 0.999).any()
+
+
+@pytest.mark.parametrize("name", list(MEASURES))
+@SETTINGS
+@given(k=st.integers(-99, 99))
+def test_scale_invariance_float32(name, k):
+    """float32 frames times 2**k (about 1e-30 .. 1e30): exact data, so the very same result.
+
+    (Times 10**e the float32 frames themselves are rounded differently, which may
+    legitimately flip a near tie of a discrete measure; float64 covers 10**e below.)"""
+    got = _run(name, _store(lambda x, u, l: x.float() * 2.0 ** k, torch.float32))
+    assert np.isfinite(got).all(), (k, got)
+    np.testing.assert_allclose(got, _ref(name, torch.float32), atol=1e-9, rtol=0,
+                               err_msg=f"x * 2**{k}")
+
+
+@pytest.mark.parametrize("name", list(MEASURES))
+@SETTINGS
+@given(e=st.integers(-300, 300), mant=st.sampled_from([1.0, 3.7, 0.15]))
+def test_scale_invariance_float64(name, e, mant):
+    factor = mant * 10.0 ** e
+    got = _run(name, _store(lambda x, u, l: x * factor))
+    assert np.isfinite(got).all(), (factor, got)
+    np.testing.assert_allclose(got, _ref(name, torch.float64), atol=TOL[name], rtol=0,
+                               err_msg=f"x * {factor:g}")
+
+
+@pytest.mark.parametrize("name", OFFSET_INVARIANT)
+@SETTINGS
+@given(data=st.data())
+def test_offset_invariance(name, data):
+    """float64: offsets up to 1e6 times the spread (with a scale of 1e-200 .. 1e200)."""
+    e = data.draw(st.integers(-200, 200), label="exponent")
+    off = data.draw(st.floats(-1e6, 1e6, allow_nan=False), label="offset")
+    shift = torch.linspace(-1, 1, 6, dtype=torch.float64) * off
+    got = _run(name, _store(lambda x, u, l: (x + shift) * 10.0 ** e))
+    np.testing.assert_allclose(got, _ref(name, torch.float64), atol=TOL[name], rtol=0,
+                               err_msg=f"(x + {off:g}) * 1e{e}")
+
+
+@pytest.mark.parametrize("name", PERMUTATION_INVARIANT)
+@settings(max_examples=8, deadline=None)
+@given(perm=st.permutations(range(N_UTT)))
+def test_permutation_invariance(name, perm):
+    got = _run(name, _store(order=perm))
+    np.testing.assert_allclose(got, _ref(name, torch.float64), atol=TOL[name], rtol=0)
+
+
+@pytest.mark.parametrize("name", list(MEASURES))
+def test_float16_float32_float64_stores_agree(name):
+    """Frames exactly representable in float16, stored in each dtype: one result."""
+    def to16(x, u, l):
+        return x.to(torch.float16).to(torch.float64)
+    got = {dt: _run(name, _store(to16, dt)) for dt in (torch.float16, torch.float32,
+                                                       torch.float64)}
+    tol = TOL32[name]
+    np.testing.assert_allclose(got[torch.float16], got[torch.float64], atol=tol, rtol=0)
+    np.testing.assert_allclose(got[torch.float32], got[torch.float64], atol=tol, rtol=0)
+
+
+def _degenerate_layer(kind, value, dtype):
+    def f(x, u, l):
+        if l != 1:
+            return x
+        if kind == "zero":
+            return torch.zeros_like(x)
+        if kind == "constant":
+            return torch.full_like(x, value)
+        # rounding-level variation around a constant (one ulp of the dtype)
+        eps = torch.finfo(dtype).eps
+        return value * (1 + eps * torch.randint(0, 2, x.shape, dtype=x.dtype))
+    return f
+
+
+def _layer_values(name, values):
+    """Per-layer results: similarity tables as (rows, cols)."""
+    if name.startswith(("cka", "cca")):
+        return values.reshape(2, 2)
+    return values
+
+
+@pytest.mark.parametrize("name", list(MEASURES))
+@settings(max_examples=10, deadline=None)
+@given(kind=st.sampled_from(["zero", "constant", "rounding"]),
+       e=st.integers(-30, 30), dtype=st.sampled_from([torch.float16, torch.float32,
+                                                        torch.float64]))
+def test_a_degenerate_layer_gives_nan_and_one_warning(name, kind, e, dtype):
+    value = 1.7 * 10.0 ** (e if dtype != torch.float16 else max(-4, min(4, e)))
+    store = _store(_degenerate_layer(kind, value, dtype), dtype)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        got = _layer_values(name, MEASURES[name](store))
+    ours = [w for w in rec if issubclass(w.category, DegenerateLayerWarning)]
+    assert len(ours) == 1, [str(w.message) for w in rec]
+    assert "stored layer 1" in str(ours[0].message) and "stored layer 0" not in str(
+        ours[0].message)
+    if got.ndim == 2:  # similarity: row and column of layer 1 are NaN, (0, 0) is not
+        assert np.isnan(got[1]).all() and np.isnan(got[:, 1]).all() and np.isfinite(got[0, 0])
+    else:
+        assert np.isnan(got[1]) and np.isfinite(got[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f32-in-f64"])
+def test_pooled_vectors_of_rounding_noise_are_degenerate(dtype):
+    """A layer normalised per utterance (the spectral baseline's): its mean-pooled vectors
+    are float32 rounding (~1e-7 of the frames), yet probes found "signal" in them. Stored
+    as float64, the frames still carry float32's precision only."""
+    def per_utterance(x, u, l):
+        x = x.float()
+        return (x - x.mean(0)) / x.std(0) if l == 1 else x
+
+    store = _store(per_utterance, dtype)
+    pooled = store.pooled(1)
+    assert 0 < float(pooled.abs().max()) < 1e-5  # rounding noise, not zero
+    for name in ("cka utterance", "ridge utterance"):
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            got = _layer_values(name, MEASURES[name](store))
+        ours = [w for w in rec if issubclass(w.category, DegenerateLayerWarning)]
+        assert len(ours) == 1 and "rounding" in str(ours[0].message), name
+        first = got[0, 0] if got.ndim == 2 else got[0]
+        assert np.isnan(got[1]).all() and np.isfinite(first), name
+    # the frames themselves are fine
+    assert np.isfinite(_run("cka", store)).all()
+
+
+# --------------------------------------------------------------------------- other=
+
+
+def test_other_store_of_another_corpus_with_the_same_ids_is_refused():
+    a = _store()
+    frames, labels, phones = _corpus(seed=1)  # other audio (alignments), same ids
+    b = _store(base=(frames, labels, phones))
+    with pytest.raises(ValueError, match="not the same corpus") as err:
+        s3viz.layer_similarity(a, b, device="cpu", level="utterance")
+    assert str(err.value).count("from_tensors") == 2  # names both stores
+
+
+def test_other_store_with_other_durations_is_refused():
+    """No alignments, no labels beyond ids: the frames' durations still tell corpora apart."""
+    def cut(x, u, l):
+        return x[: SEG * (2 + u % 5)]
+    frames, labels, _ = BASE
+    a = LayerStore.from_tensors([[x for x in row] for row in frames], ids=list(labels["id"]),
+                                downsample_rates=[RATE, RATE])
+    b = LayerStore.from_tensors([[cut(x, u, 0) for x in row] for u, row in enumerate(frames)],
+                                ids=list(labels["id"]), downsample_rates=[RATE, RATE])
+    with pytest.raises(ValueError, match="lasts about"):
+        s3viz.layer_similarity(a, b, device="cpu", level="utterance")
+
+
+def test_other_store_of_the_same_corpus_is_compared():
+    other = _store(lambda x, u, l: torch.tanh(x) * 3)  # another "upstream", same corpus
+    out = s3viz.layer_similarity(_store(), other, device="cpu")
+    assert np.isfinite(out.to_numpy()).all()
