@@ -441,12 +441,13 @@ def extract(upstream, corpus, *, upstream_layers=None, batch_size: int | None = 
     fields = [all_fields[l] for l in layer_ids]
     num_samples = np.array([u.num_samples for u in corpus], dtype=np.int64)
     plan = bucket_plan(num_samples, batch_size, max_batch_seconds)
-    fp = extraction_fingerprint(upstream_fingerprint(upstream), corpus.fingerprint(),
+    corpus_fp = corpus.fingerprint()
+    fp = extraction_fingerprint(upstream_fingerprint(upstream), corpus_fp,
                                  layer_ids, sizes, rates, store_dtype, amp_dtype)
     meta = {
         "format": FORMAT_VERSION, "fingerprint": fp, "name": name,
         "upstream_class": f"{type(upstream).__module__}.{type(upstream).__qualname__}",
-        "corpus_fingerprint": corpus.fingerprint(), "layer_ids": layer_ids,
+        "corpus_fingerprint": corpus_fp, "layer_ids": layer_ids,
         "hidden_sizes": sizes, "downsample_rates": rates, "receptive_fields": fields,
         "store_dtype": STORE_DTYPES[store_dtype],
         "dtype": "float32" if amp_dtype is None else STORE_DTYPES[amp_dtype],
@@ -455,7 +456,7 @@ def extract(upstream, corpus, *, upstream_layers=None, batch_size: int | None = 
     common = dict(hidden_sizes=sizes, downsample_rates=rates, receptive_fields=fields,
                   layer_ids=layer_ids, ids=corpus.ids, labels=corpus.labels,
                   phones=[u.phones for u in corpus], fingerprint=fp, name=name,
-                  store_dtype=store_dtype)
+                  store_dtype=store_dtype, corpus_fingerprint=corpus_fp)
     estimate = _estimate_bytes(num_samples, rates, sizes, store_dtype)
     audio_bytes = int(num_samples.sum()) * 2
     head = (

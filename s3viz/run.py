@@ -32,11 +32,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     src.add_argument("--corpus", default=None, help="synthetic:N (default synthetic:24)")
     src.add_argument("--folder", default=None, help="folder of audio files (s3viz.data.load_folder)")
     p.add_argument("--labels", default=None, help="labels CSV for --folder")
+    p.add_argument("--pattern", action="append", default=None,
+                   help="for --folder: glob of the audio files ('samples-*/*.wav'; default: "
+                        "every audio file); repeat for several")
     p.add_argument("--alignments", default=None,
                    help="for --folder: a folder of TextGrids (MFA's output), 'sibling', or a "
                         "CSV/TSV of segments: frame-level targets (phone, word) then work")
-    p.add_argument("--phone-tier", default=None, help="TextGrid phone tier (default: by name)")
-    p.add_argument("--word-tier", default=None, help="TextGrid word tier (default: by name)")
+    p.add_argument("--alignment-pattern", action="append", default=None, metavar="PATTERN",
+                   help="for --alignments: where each file's TextGrid is, relative to the "
+                        "alignments folder, with {parent}, {stem}, {name} (SPPAS: "
+                        "'{parent}/{stem}-merge.TextGrid'); repeat to try several in order")
+    p.add_argument("--phone-tier", default=None,
+                   help="TextGrid phone tier, or several candidates separated by commas "
+                        "('phones,phone,PhonAlign'; default: by name)")
+    p.add_argument("--word-tier", default=None,
+                   help="TextGrid word tier, or candidates separated by commas (default: by name)")
+    p.add_argument("--silence", default=None,
+                   help="silence marks of the aligner, separated by commas ('#,sil,<p:>'); "
+                        "default: s3viz.data.SILENCE_LABELS")
+    p.add_argument("--no-strict", dest="strict", action="store_false",
+                   help="for --folder: leave out every file whose audio or alignment does not "
+                        "fit and list them all (default: refuse, listing them all)")
     p.add_argument("--phone-map", default=None, choices=["timit39"],
                    help="fold the phone labels (timit39: TIMIT's 61 labels to 39)")
     p.add_argument("--targets", nargs="*", default=["phone"], help="probe targets")
@@ -65,10 +81,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="output folder (written by rank 0)")
     p.add_argument("--no-figures", action="store_true")
     args = p.parse_args(argv)
-    if args.labels and not args.folder:
-        p.error("--labels needs --folder")
-    given = [f for f in ("alignments", "phone_tier", "word_tier", "phone_map")
-             if getattr(args, f) is not None]
+    for flag in ("labels", "pattern"):
+        if getattr(args, flag) and not args.folder:
+            p.error(f"--{flag} needs --folder")
+    given = [f for f in ("alignments", "alignment_pattern", "phone_tier", "word_tier",
+                         "phone_map", "silence") if getattr(args, f) is not None]
     if given and not args.folder:
         p.error(f"--{given[0].replace('_', '-')} needs --folder")
     if given and args.alignments is None:
@@ -90,9 +107,27 @@ def _corpus(args):
     if args.folder:
         # lazy: each rank reads only the audio of its own shard, when it extracts it
         # (the alignment tables are read now: they are small and every rank needs its own)
-        return data.load_folder(args.folder, labels_csv=args.labels, lazy=True,
-                                alignments=args.alignments, phone_tier=args.phone_tier,
-                                word_tier=args.word_tier, phone_map=args.phone_map)
+        import warnings
+
+        def tiers(value):
+            return None if value is None else [t.strip() for t in value.split(",") if t.strip()]
+
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            corpus = data.load_folder(
+                args.folder, labels_csv=args.labels, pattern=getattr(args, "pattern", None),
+            lazy=True, alignments=args.alignments,
+                alignment_pattern=getattr(args, "alignment_pattern", None),
+                phone_tier=tiers(args.phone_tier), word_tier=tiers(args.word_tier),
+                phone_map=args.phone_map, silence=getattr(args, "silence", None),
+                strict=getattr(args, "strict", True))
+        for w in seen:  # to stderr, once: the CLI has no notebook to show warnings
+            print(f"s3viz.run: {w.message}", file=sys.stderr)
+        skipped = getattr(corpus, "skipped", None)
+        if skipped is not None and len(skipped):
+            print(f"s3viz.run: --no-strict left out {len(skipped)} file(s):\n"
+                  + skipped.to_string(index=False), file=sys.stderr)
+        return corpus
     spec = args.corpus or "synthetic:24"
     name, _, n = spec.partition(":")
     if name != "synthetic" or not n.isdigit() or int(n) < 1:

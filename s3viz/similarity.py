@@ -154,17 +154,6 @@ def _describe(st) -> str:
     return f"{st.name!r} ({where}, fingerprint {st.fingerprint[:12]})"
 
 
-def _corpus_fingerprint(st) -> str | None:
-    """The corpus fingerprint an on-disk extraction recorded (None in memory)."""
-    if st.path is None:
-        return None
-    import json  # only for on-disk stores
-    try:
-        return json.loads((st.path / "manifest.json").read_text()).get("corpus_fingerprint")
-    except (OSError, ValueError):
-        return None
-
-
 _CORPUS_COLUMNS = ("num_samples", "speaker", "text")
 """Columns of ``store.labels`` that describe the audio itself (``Corpus.labels``)."""
 
@@ -173,11 +162,11 @@ def _corpus_difference(store, other) -> str | None:
     """Why ``store`` and ``other`` (same ids) are not of one corpus, or None.
 
     Everything both stores know of their audio must agree: the corpus fingerprint
-    of an on-disk extraction, the corpus columns of ``labels`` (samples, speaker,
+    of an extraction (in memory or on disk), the corpus columns of ``labels`` (samples, speaker,
     text), the alignment tables, and each utterance's duration as its frames
     imply it (frames x downsample rate, within a frame and a receptive field).
     """
-    fa, fb = _corpus_fingerprint(store), _corpus_fingerprint(other)
+    fa, fb = store.corpus_fingerprint, other.corpus_fingerprint
     if fa is not None and fb is not None and fa != fb:
         return f"their corpus fingerprints differ ({fa[:12]} vs {fb[:12]})"
     la, lb = store.labels, other.labels

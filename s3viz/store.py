@@ -194,7 +194,7 @@ class LayerStore:
 
     def __init__(self, *, backend, plan, lengths, hidden_sizes, downsample_rates,
                  receptive_fields, layer_ids, ids, labels, phones, fingerprint, name,
-                 store_dtype):
+                 store_dtype, corpus_fingerprint=None):
         self._backend = backend
         self._plan = [list(map(int, b)) for b in plan]
         self._lengths = np.asarray(lengths, dtype=np.int64).reshape(len(ids), len(hidden_sizes))
@@ -215,6 +215,9 @@ class LayerStore:
         self._fingerprint = fingerprint
         self._name = name
         self._store_dtype = store_dtype
+        # the corpus's fingerprint (audio, labels, alignments) when the store was extracted
+        # from one; None for from_tensors. layer_similarity(other=) compares it.
+        self.corpus_fingerprint = corpus_fingerprint
 
     # ---- construction
 
@@ -396,6 +399,7 @@ class LayerStore:
             receptive_fields=manifest["receptive_fields"], layer_ids=manifest["layer_ids"],
             ids=manifest["ids"], labels=labels, phones=phones,
             fingerprint=manifest["fingerprint"], name=manifest["name"], store_dtype=store_dtype,
+            corpus_fingerprint=manifest.get("corpus_fingerprint"),
         )
 
     # ---- sizes

@@ -275,3 +275,18 @@ def test_other_store_of_the_same_corpus_is_compared():
     other = _store(lambda x, u, l: torch.tanh(x) * 3)  # another "upstream", same corpus
     out = s3viz.layer_similarity(_store(), other, device="cpu")
     assert np.isfinite(out.to_numpy()).all()
+
+
+def test_other_in_memory_store_of_another_corpus_is_refused_by_its_fingerprint(tiny_upstream):
+    """Same ids, same durations, no labels or alignments left to compare: the corpus
+    fingerprint each extraction keeps still tells the two corpora apart."""
+    from s3viz.data import Corpus, Utterance, synthetic_corpus
+
+    base = synthetic_corpus(4, seed=0)
+    same_shape = Corpus([Utterance(id=u.id, wav=u.wav[::-1].copy()) for u in base])
+    plain = Corpus([Utterance(id=u.id, wav=u.wav) for u in base])
+    a = s3viz.extract(tiny_upstream, plain, progress=False)
+    b = s3viz.extract(tiny_upstream, same_shape, progress=False)
+    assert a.corpus_fingerprint and a.corpus_fingerprint != b.corpus_fingerprint
+    with pytest.raises(ValueError, match="corpus fingerprints differ"):
+        s3viz.layer_similarity(a, other=b, device="cpu")

@@ -114,3 +114,21 @@ def test_sppas_output_loads_and_its_faulty_file_is_reported():
     with pytest.raises(AlignmentError, match="TB-FE1-H1_phrase2-merge.TextGrid: the TextGrid "
                                              "spans 0-6 s"):
         _sppas()
+
+
+def test_the_cli_loads_sppas_output_and_lists_what_it_leaves_out(capsys):
+    """python -m s3viz.run takes the same options as load_folder, tiers as comma lists."""
+    from s3viz.run import _corpus, parse_args
+
+    root = REAL / "sppas" / "samples"
+    argv = ["--folder", str(root), "--labels", str(REAL / "sppas" / "speakers.csv"),
+            "--pattern", "samples-*/*.wav", "--alignments", str(root / "annotation-results"),
+            "--alignment-pattern", "{parent}/{stem}-merge.TextGrid",
+            "--phone-tier", "phones,PhonAlign", "--word-tier", "TokensAlign",
+            "--silence", "#,sil", "--out", "unused"]
+    corpus = _corpus(parse_args(argv + ["--no-strict"]))
+    err = capsys.readouterr().err
+    assert "left out 1 file" in err and "TB-FE1-H1_phrase2" in err
+    assert len(corpus) == 19 and corpus.skipped["file"].str.contains("TB-FE1-H1").all()
+    with pytest.raises(AlignmentError, match="TB-FE1-H1_phrase2"):
+        _corpus(parse_args(argv))
