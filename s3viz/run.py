@@ -358,6 +358,39 @@ def _write(args, probes, cka, meta: dict) -> None:
         plt.close(ax.figure)
 
 
+FLAGS = {"split_by": "--split-by", "folds": "--folds", "upstream_layers": "--layers",
+         "layers": "--layers", "cka_level": "--cka-level", "batch_size": "--batch-size",
+         "max_batch_seconds": "--max-batch-seconds", "target": "--targets",
+         "targets": "--targets", "methods": "--methods", "method": "--methods",
+         "labels_csv": "--labels", "alignments": "--alignments",
+         "alignment_pattern": "--alignment-pattern", "phone_tier": "--phone-tier",
+         "word_tier": "--word-tier", "silence": "--silence", "seed": "--seed",
+         "cache_dir": "--store-frames", "store_frames": "--store-frames", "strict": "--no-strict",
+         "utterances": "--pattern"}  # the CLI chooses utterances by the files it loads
+"""The library's argument names as this command's flags, for the advice in its errors."""
+
+
+def as_cli_advice(message: str) -> str:
+    """``message`` with the library's ``name=value`` (or `` `name` ``) spelled as this
+    command's flags, so that its advice can be followed here (``split_by='utterance'``
+    becomes ``--split-by utterance``)."""
+    import re
+
+    def flag_of(name, value):
+        if value is None:
+            return FLAGS[name]
+        if value.startswith("["):  # a list: the flag takes its items one after another
+            return f"{FLAGS[name]} " + " ".join(v.strip(" '\"") for v in value[1:-1].split(","))
+        return f"{FLAGS[name]} {value.strip(chr(39) + chr(34))}"
+
+    names = "|".join(sorted(FLAGS, key=len, reverse=True))
+    value = r"(\[[^\]]*\]|'[^']*'|\"[^\"]*\"|[\w.\-]+)"
+    # `name`, `name=` and name=value are arguments; a bare name is prose, left alone
+    message = re.sub(rf"`({names})=?`|\b({names})={value}",
+                     lambda m: flag_of(m.group(1) or m.group(2), m.group(3)), message)
+    return message
+
+
 def main(argv=None) -> int:
     import torch.distributed as dist
 
@@ -366,6 +399,10 @@ def main(argv=None) -> int:
     args.device = str(device)
     try:
         run(args)
+    except (ValueError, KeyError, FileNotFoundError) as e:  # the user's input: no traceback
+        text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"python -m s3viz.run: error: {as_cli_advice(str(text))}", file=sys.stderr)
+        return 2
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -22,22 +22,47 @@ def test_out_that_is_a_file_is_refused_before_the_run(tmp_path, capsys):
     assert (tmp_path / "f").read_text() == "mine"
 
 
-def test_layers_out_of_range_are_refused_before_any_extraction(tmp_path, monkeypatch):
+def _fails(argv, capsys) -> str:
+    """Run the command; it must exit with status 2 and an error without a traceback."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("python -m s3viz.run: error:") and "Traceback" not in err
+    return err
+
+
+def test_layers_out_of_range_are_refused_before_any_extraction(tmp_path, monkeypatch, capsys):
     import s3viz.stream
 
     def never(*a, **k):  # pragma: no cover - reached only when the check is missing
         raise AssertionError("extraction started before --layers was checked")
 
     monkeypatch.setattr(s3viz.stream, "stream_analysis", never)
-    with pytest.raises(ValueError, match=r"--layers 99: tiny_random has 5 hidden states"):
-        main(BASE + ["--upstream", "tiny_random", "--layers", "0", "99",
-                     "--out", str(tmp_path)])
+    err = _fails(BASE + ["--upstream", "tiny_random", "--layers", "0", "99",
+                         "--out", str(tmp_path)], capsys)
+    assert "--layers 99: tiny_random has 5 hidden states" in err
 
 
-def test_frame_cka_over_layers_of_different_rates_is_refused(tmp_path):
-    with pytest.raises(ValueError, match=r"--cka-level frame.*different frame rates"):
-        main(BASE + ["--upstream", "spectral", "--cka", "--cka-level", "frame",
-                     "--layers", "0", "2", "--out", str(tmp_path)])
+def test_frame_cka_over_layers_of_different_rates_is_refused(tmp_path, capsys):
+    err = _fails(BASE + ["--upstream", "spectral", "--cka", "--cka-level", "frame",
+                         "--layers", "0", "2", "--out", str(tmp_path)], capsys)
+    assert "--cka-level frame: the chosen layers have different frame rates" in err
+
+
+@pytest.mark.parametrize("argv, advice", [
+    (["--folds", "50"], "lower --folds to at most 12"),
+    (["--targets", "speaker", "--split-by", "speaker"], "out with --pattern"),
+])
+def test_errors_give_advice_in_flags_that_can_help(tmp_path, capsys, argv, advice):
+    """The library's advice (folds=, split_by='utterance') reaches a CLI user as flags,
+    and only advice that can help: a fold error under an utterance split does not
+    suggest an utterance split."""
+    cut = [a for a in BASE if a not in ("--folds", "2", "--split-by", "utterance")]
+    err = _fails(cut + ["--upstream", "tiny_random", "--out", str(tmp_path)] + argv
+                 + (["--split-by", "utterance"] if "--split-by" not in argv else []), capsys)
+    assert advice in err
+    assert "split_by=" not in err and "folds=" not in err and "utterances=" not in err
+    if "--folds" in argv:
+        assert "--split-by utterance" not in err
 
 
 def test_the_default_cka_level_says_when_it_is_utterance(tmp_path, capsys):

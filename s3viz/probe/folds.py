@@ -198,9 +198,11 @@ def assign_folds(groups: np.ndarray, weights: np.ndarray, folds: int, seed: int,
     """
     uniq, inv = np.unique(np.asarray(groups).astype(str), return_inverse=True)
     if len(uniq) < folds:
+        # advice that can help: a finer split only when the groups are coarser than items
+        finer = "" if what == "utterance" else " or use split_by='utterance'"
         raise ValueError(
             f"only {len(uniq)} distinct {what}s to split into folds={folds}: lower `folds` "
-            f"(at least 2) or use split_by='utterance'"
+            f"to at most {len(uniq)} (and at least 2){finer}"
         )
     rng = np.random.default_rng(seed)
     gw = np.bincount(inv, weights=np.asarray(weights, dtype=np.float64), minlength=len(uniq))

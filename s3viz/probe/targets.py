@@ -318,8 +318,9 @@ def check_classes(target: str, classes, n_examples: int | None,
             raise ValueError(
                 f"every speaker has a single example {where} ({n_examples} speakers, "
                 f"{n_examples} examples), so a test speaker never occurs in training and "
-                "nothing can be right: speaker identity needs an utterance split "
-                "(split_by='utterance') where each speaker has >= 2 utterances")
+                "nothing can be right, whatever the split: speaker identity needs >= 2 "
+                "utterances per speaker (split by utterance); add utterances of these "
+                "speakers, or probe another target")
         raise ValueError(
             f"every example of target {target!r} has its own class ({n_examples} "
             "classes), so a test class never occurs in training: a classification probe "
