@@ -124,7 +124,12 @@ def upstream_fingerprint(upstream: nn.Module) -> str:
     for path, module in upstream.named_modules() if isinstance(upstream, nn.Module) else [
             ("", upstream)]:
         h.update(f"{path}|{code_digest(type(module))}|{plain_attributes(module)}".encode())
-    items = list(upstream.state_dict().items())
+    state = upstream.state_dict()
+    items = list(state.items())
+    if isinstance(upstream, nn.Module):
+        # buffers kept out of the state dict (persistent=False: position tables, rotary
+        # frequencies) change the frames as much as weights do
+        items += [(f"{k} (buffer)", b) for k, b in upstream.named_buffers() if k not in state]
     tensors = [v for _, v in items if isinstance(v, torch.Tensor)]
     workers = max(1, min(8, os.cpu_count() or 1, len(tensors)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="s3viz-hash") as pool:
@@ -189,6 +194,8 @@ def _plain(v):
     """A table cell as a JSON value that reads back equal: Python floats keep all their
     digits (``json`` writes ``repr``; pandas' ``to_json`` rounds to 10 significant
     digits, so 0.30000000001 and 0.30000000002 both became 0.3); missing -> null."""
+    if isinstance(v, (np.datetime64, np.timedelta64)):
+        return str(v)  # .item() would give integer nanoseconds: a date read back as a number
     if isinstance(v, np.generic):
         v = v.item()
     if v is None or (isinstance(v, float) and v != v) or v is pd.NA or v is pd.NaT:

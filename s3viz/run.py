@@ -155,6 +155,8 @@ def _init(device_arg):
             raise ValueError(f"--device {device_arg} would put all {world} ranks on one GPU "
                              "(nccl refuses that); give --device cuda and each rank takes "
                              "cuda:<local rank>")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {device_arg!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device_arg} but CUDA is not available here; use --device "
                          "cpu (or leave it out)")
@@ -208,9 +210,16 @@ def run(args) -> dict:
     if args.store_frames:
         cache = OwnedFolder(args.store_frames, "--store-frames").sub(f"rank-{rank}").folder
     # speaker identity cannot be split by speaker ("auto" knows; an explicit "speaker" is
-    # meant for the other targets)
+    # meant for the other targets, and the log says so)
     splits = {t: ("utterance" if t == "speaker" and args.split_by == "speaker"
                   else args.split_by) for t in args.targets}
+    if "speaker" in args.targets and args.split_by == "speaker" and rank == 0:
+        print("s3viz.run: --split-by speaker applies to the other targets; the speaker target "
+              "is split by utterance (a test speaker must occur in training)", file=sys.stderr)
+    if args.targets:  # refused now, not after extraction (every method, every rank)
+        from .stream import check_targets
+
+        check_targets(corpus, args.targets, splits, args.folds, args.seed)
     methods = list(getattr(args, "methods", ["ridge"]))
     if not args.targets and not args.cka:
         raise ValueError("nothing to compute: give targets and/or cka")
@@ -394,11 +403,20 @@ def as_cli_advice(message: str) -> str:
 def main(argv=None) -> int:
     import torch.distributed as dist
 
+    import warnings
+
     args = parse_args(argv)
-    _, _, device = _init(args.device)
-    args.device = str(device)
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"python -m s3viz.run: {category.__name__}: {as_cli_advice(str(message))}",
+              file=sys.stderr)
+
     try:
-        run(args)
+        _, _, device = _init(args.device)
+        args.device = str(device)
+        with warnings.catch_warnings():
+            warnings.showwarning = show  # the library's advice, as this command's flags
+            run(args)
     except (ValueError, KeyError, FileNotFoundError) as e:  # the user's input: no traceback
         text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"python -m s3viz.run: error: {as_cli_advice(str(text))}", file=sys.stderr)

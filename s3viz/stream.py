@@ -54,7 +54,7 @@ from .probe.targets import ProbeTask, check_classes, label_str, label_strings, r
 from .similarity import CrossProducts, cka_table
 from .store import LayerStore
 
-__all__ = ["stream_analysis", "StreamResult"]
+__all__ = ["stream_analysis", "StreamResult", "check_targets"]
 
 
 class _Meta:
@@ -100,6 +100,25 @@ def _split_of(split_by, targets, labels, folds) -> dict:
     for t in targets:
         check_split_by(split_by[t], f"split_by[{t!r}]")
     return {t: resolve_split(labels, split_by[t], t, folds) for t in targets}
+
+
+def check_targets(corpus, target: str | Sequence[str], split_by="auto", folds: int = 5,
+                  seed: int = 0) -> dict:
+    """Refuse, before anything is extracted, the targets, splits and folds that
+    :func:`stream_analysis` (or a probe of the extracted frames) would refuse: unknown
+    targets, labels missing, fewer groups than folds, one class per example. Frame-level
+    fold sizes are judged by audio length here (the frame counts come with extraction).
+
+    Returns:
+        ``{target: split}`` as resolved (``"auto"`` made concrete).
+    """
+    targets = [target] if isinstance(target, str) else list(target)
+    splits = _split_of(split_by, targets, corpus.labels, folds)
+    meta = _Meta(corpus)
+    seconds = np.array([u.num_samples for u in corpus], dtype=np.float64)
+    for t in targets:
+        _Target(meta, t, splits[t], folds, seed, lambda: seconds, 1)
+    return splits
 
 
 _STREAM_FIXES = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -26,7 +27,7 @@ def _fails(argv, capsys) -> str:
     """Run the command; it must exit with status 2 and an error without a traceback."""
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith("python -m s3viz.run: error:") and "Traceback" not in err
+    assert "python -m s3viz.run: error:" in err and "Traceback" not in err
     return err
 
 
@@ -85,3 +86,32 @@ def test_a_reused_out_folder_holds_only_the_new_run(tmp_path):
     assert (out / "probes.csv").exists() and (out / "notes.txt").read_text().startswith("the")
     assert set(p.name for p in out.iterdir()) <= set(RESULT_FILES) | {"rank-0.json",
                                                                         "notes.txt"}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--targets", "nosuch"], "unknown target 'nosuch'"),
+    (["--folds", "50"], "lower --folds"),
+])
+def test_logistic_runs_refuse_bad_targets_before_extracting(tmp_path, capsys, argv, message):
+    """The logistic-only path extracts to --store-frames first; its target and fold
+    errors must come before that, as the ridge path's do."""
+    store = tmp_path / "frames"
+    err = _fails(BASE + ["--upstream", "tiny_random", "--methods", "logistic",
+                         "--store-frames", str(store), "--out", str(tmp_path / "o")] + argv,
+                 capsys)
+    assert message in err
+    assert not list(store.rglob("*.pt"))  # nothing was extracted
+
+
+def test_a_device_other_than_cpu_or_cuda_is_refused(tmp_path, capsys):
+    err = _fails(BASE + ["--upstream", "tiny_random", "--device", "meta",
+                         "--out", str(tmp_path)], capsys)
+    assert "--device must be cpu, cuda or cuda:N" in err
+
+
+def test_library_warnings_reach_the_command_line_as_flags(tmp_path, capsys):
+    cut = [a for a in BASE if a not in ("--split-by", "utterance")]
+    assert main(cut + ["--upstream", "tiny_random", "--targets", "speaker",
+                       "--out", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"python -m s3viz.run: \w*Warning:", err) and "split_by=" not in err

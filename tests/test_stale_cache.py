@@ -128,3 +128,35 @@ def test_the_tolerance_depends_on_device_and_precision():
     assert probe_difference(a, dict(b, device="cuda"))[1] == PROBE_TOLERANCE["device"]
     assert probe_difference(a, dict(b, amp=True))[1] == PROBE_TOLERANCE["amp"]
     assert probe_difference(a, dict(b, lengths=[[2]]))[0] == float("inf")
+
+
+def test_a_non_persistent_buffer_changes_the_fingerprint(tmp_path):
+    """A position table kept out of the state dict (persistent=False), changed past the
+    probe input's length: the probe cannot see it, the fingerprint must."""
+
+    class Positional(Toy):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("pos", torch.zeros(2000, 4), persistent=False)
+
+        def forward(self, wavs, wavs_len, scale=1.0):
+            hs, lens = super().forward(wavs, wavs_len, scale)
+            return [h + self.pos[: h.shape[1]] for h in hs], lens
+
+    corpus = synthetic_corpus(3, seed=0)
+    up = Positional()
+    _run(up, corpus, tmp_path)
+    up.pos[120:] += 1.0  # frames past 1.2 s: beyond the probe input
+    after, _ = _run(up, corpus, tmp_path)
+    assert torch.allclose(after, s3viz.extract(up, corpus, progress=False).layer(1)[0])
+    assert len(list(tmp_path.glob("*/manifest.json"))) == 2
+
+
+def test_dates_in_labels_read_back_as_dates_not_numbers(tmp_path):
+    corpus = synthetic_corpus(3, seed=0)
+    for i, u in enumerate(corpus):
+        u.labels["recorded"] = [np.datetime64("2020-01-02T00:00:00"), "unknown",
+                                np.datetime64("2021-03-04T00:00:00")][i]
+    store = s3viz.extract(Toy(), corpus, cache_dir=tmp_path, progress=False)
+    back = s3viz.LayerStore.open(store.path).labels["recorded"].tolist()
+    assert back == ["2020-01-02T00:00:00", "unknown", "2021-03-04T00:00:00"]
