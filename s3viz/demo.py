@@ -57,6 +57,12 @@ def _findings(probe_df, weights, abx_df, units_df, lengths) -> List[str]:
     """The report's front-page sentences, read off the analysis tables."""
     out = []
     for (target, model), part in probe_df.groupby(["target", "method"], sort=False):
+        if part["accuracy"].isna().all():  # refused at every layer (a degenerate layer warns)
+            why = (" (it normalises each utterance, so its mean-pooled vectors are rounding "
+                   "noise)" if model.startswith("spectral") else "")
+            out.append(f"{target} probe, {model}: refused at every layer, no accuracy: the "
+                       f"layers vary only at rounding level{why}.")
+            continue
         best = part.loc[part["accuracy"].idxmax()]
         margin = best["accuracy"] - best["chance"]
         noise = 2 * float(best.get("accuracy_std", 0.0) or 0.0)
