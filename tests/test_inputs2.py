@@ -87,3 +87,53 @@ def test_equal_numbers_have_one_spelling_and_unequal_ones_two(v):
     if isinstance(v, int):
         assert int(s) == v  # ints beyond 2**53 are not rounded through float
     check_classes("t", [s, label_str(float(v) + 1.0) if abs(v) < 2**52 else "x"], None)
+
+
+# ----------------------------------------------------------------------------- 2. rows matching no file
+
+
+def _wavs(folder, names, seconds=0.5):
+    import soundfile as sf
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        sf.write(folder / n, np.random.default_rng(0).normal(size=int(16000 * seconds)) * 0.1,
+                 16000)
+    return folder
+
+
+def test_a_csv_row_differing_in_case_is_reported_not_dropped(tmp_path):
+    """The issue's case: a.WAV vs a.wav under strict=False: speaker '' with no word."""
+    from s3viz.data import load_folder
+
+    audio = _wavs(tmp_path / "au", ["a.wav", "b.wav"])
+    (tmp_path / "l.csv").write_text("file,speaker\na.WAV,s1\nb.wav,s2\n")
+    with pytest.warns(UserWarning, match=r"'a\.WAV' \(labels_csv row 2 matches no audio file; "
+                                         r"'a\.wav' differs only in case"):
+        c = load_folder(audio, tmp_path / "l.csv", strict=False)
+    assert [u.speaker for u in c] == ["", "s2"]
+    assert c.skipped["file"].tolist() == ["a.WAV"]
+    assert "'a.wav' differs only in case" in c.skipped["reason"].iloc[0]
+    with pytest.raises(ValueError, match=r"'a\.wav' differs only in case"):
+        load_folder(audio, tmp_path / "l.csv")
+
+
+@pytest.mark.parametrize("key,near", [("SPK/A", "spk/a"), ("spk/ﬁle.wav", "spk/file.wav"),
+                                      ("nothere.wav", None)])
+def test_unmatched_ids_and_segment_rows_are_reported(tmp_path, key, near):
+    """Ids as well as file names, a ligature (NFKC), a plain miss; segment tables too."""
+    from s3viz.data import load_folder
+
+    audio = _wavs(tmp_path / "au" / "spk", ["a.wav", "file.wav"]).parent
+    col = "id" if "." not in key else "file"
+    other = "spk/file" if col == "id" else "spk/a.wav"
+    with pytest.warns(UserWarning, match="match no audio file") as rec:
+        c = load_folder(audio, pd.DataFrame({col: [key, other], "x": ["1", "2"]}), strict=False)
+    msg = str(rec[0].message)
+    assert repr(key) in msg and (near is None or f"{near!r} differs only in case" in msg)
+    assert key in c.skipped["file"].tolist()
+    seg = pd.DataFrame({col: [key, other], "start": [0.0, 0.0], "end": [0.4, 0.4],
+                        "phone": ["p", "q"]})
+    with pytest.warns(UserWarning, match="match no audio file"):
+        c = load_folder(audio, alignments=seg, strict=False)
+    assert key in c.skipped["file"].tolist()
