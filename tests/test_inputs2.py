@@ -7,6 +7,9 @@ repeated words of the synthetic corpus merged into one.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -137,3 +140,107 @@ def test_unmatched_ids_and_segment_rows_are_reported(tmp_path, key, near):
     with pytest.warns(UserWarning, match="match no audio file"):
         c = load_folder(audio, alignments=seg, strict=False)
     assert key in c.skipped["file"].tolist()
+
+
+# ----------------------------------------------------------------------------- 3. boundaries at frame centres
+
+REAL = Path(os.environ.get("S3VIZ_REALSPEECH",
+                           Path(__file__).resolve().parents[2] / "shared" / "realspeech"))
+_real = pytest.mark.skipif(not REAL.is_dir(), reason=f"no real-speech data at {REAL}")
+
+
+def _frame_disagreements(utt, textgrid: Path, tier: str, rate: int = 320, rf: int = 400):
+    """Frames whose label (s3viz.align.frame_labels of the table) is not the label of the
+    interval praatio reads at the frame's centre sample c: the interval [s, e) (seconds)
+    with s * 16000 <= c < e * 16000, computed exactly (Fraction) per frame."""
+    from fractions import Fraction
+
+    from praatio import textgrid as ptg
+
+    from s3viz.align import frame_labels
+    from s3viz.data.alignments import SILENCE_LABELS
+
+    n = (utt.num_samples - rf) // rate + 1
+    got = frame_labels(utt.phones, n, rate, receptive_field_samples=rf)
+    entries = ptg.openTextgrid(str(textgrid), includeEmptyIntervals=True).getTier(tier).entries
+    bounds = [(Fraction(s) * 16000, Fraction(e) * 16000, lab.strip()) for s, e, lab in entries]
+    marks = {m.lower() for m in SILENCE_LABELS}
+    eps = Fraction(1, 10**6)  # float noise of a time at an exact sample
+    bad, j = [], 0
+    for k in range(n):
+        c = k * rate + rf // 2
+        while j < len(bounds) and bounds[j][1] - eps <= c:
+            j += 1
+        want = ""
+        if j < len(bounds) and bounds[j][0] - eps <= c < bounds[j][1] - eps:
+            lab = bounds[j][2]
+            want = "sil" if lab.lower() in marks else lab
+        if got[k] != want:
+            bad.append((k, c, got[k], want))
+    return bad, n
+
+
+@_real
+def test_the_sppas_frame_next_to_a_boundary_has_the_textgrids_label():
+    """The issue's case: F_F_C006-P6 frame 1052 (centre 336840 = 21.05250 s) lies before the
+    boundary Z -> # at 21.052512 s (336840.19 samples), rounded to 336840: it was 'sil'."""
+    from s3viz.align import frame_labels
+    from s3viz.data import load_folder
+
+    root = REAL / "sppas" / "samples"
+    c = load_folder(root, pattern="samples-fra/F_F_C006-P6.wav", lazy=True,
+                    alignments=root / "annotation-results",
+                    alignment_pattern="{parent}/{stem}-merge.TextGrid", phone_tier="PhonAlign")
+    u = c[0]
+    lab = frame_labels(u.phones, 1060, 320, receptive_field_samples=400)
+    assert lab[1052] == "Z"
+
+
+@_real
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["mfa", "sppas", "praatio"])
+def test_every_frame_centre_agrees_with_praatio(which):
+    from s3viz.data import load_folder
+
+    if which == "mfa":
+        root = REAL / "mfa" / "tests" / "data"
+        c = load_folder(root / "wav", alignments=root / "textgrid", lazy=True)
+        files = [(u, root / "textgrid" / f"{u.id}.TextGrid", "phones") for u in c]
+    elif which == "praatio":  # 48 kHz (bobby, mary) and 16 kHz (damon) audio
+        root = REAL / "praatio" / "examples" / "files"
+        c = load_folder(root, alignments="sibling", lazy=True,
+                        alignment_pattern=["{stem}.TextGrid", "{stem}_phones.TextGrid"],
+                        phone_tier=["phone", "phons"])
+        files = [(c[0], root / "bobby_phones.TextGrid", "phone"),
+                 (c[1], root / "damon_set_test.TextGrid", "phons"),
+                 (c[2], root / "mary.TextGrid", "phone")]
+    else:
+        root = REAL / "sppas" / "samples"
+        c = load_folder(root, pattern="samples-*/*.wav", lazy=True, strict=False,
+                        alignments=root / "annotation-results",
+                        alignment_pattern="{parent}/{stem}-merge.TextGrid", phone_tier="PhonAlign")
+        files = [(u, root / "annotation-results" / f"{u.id}-merge.TextGrid", "PhonAlign")
+                 for u in c]
+    total, bad, skipped = 0, [], 0
+    from praatio.utilities.errors import ParsingError
+
+    for u, tg, tier in files:
+        try:
+            b, n = _frame_disagreements(u, tg, tier)
+        except ParsingError:  # two SPPAS files praatio cannot open (s3viz reads them per tier)
+            skipped += 1
+            continue
+        total += n
+        bad += [(u.id, *x) for x in b]
+    assert total > (100 if which == "praatio" else 2000) and skipped <= 2
+    assert bad == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 10**8), st.sampled_from([8000, 16000, 22050, 44100, 48000]))
+def test_a_time_becomes_the_first_sample_at_or_after_it(n, rate):
+    """Sample n of a file at ``rate`` (a .PHN time, or a TextGrid time at a sample) becomes
+    the first 16 kHz sample at or after it, computed here in integers."""
+    from s3viz.data.alignments import to_sample
+
+    assert to_sample(n / rate) == -(-n * 16000 // rate)

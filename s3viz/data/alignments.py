@@ -11,6 +11,7 @@ naming the file, tier and interval. The rules and checks: ``docs/alignment.md``.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -366,6 +367,24 @@ ALIGNMENT_TABLE_COLUMNS = ("phone", "word", "start", "end", "word_index")
 two words in a row spelt alike ("I I think") stay two words."""
 
 
+SAMPLE_NOISE = 1e-6
+"""How far (in samples) a time may lie past a whole sample and still be that sample: the
+float noise of a time written at an exact sample (``336840 / 16000 * 16000`` need not
+be exactly ``336840``)."""
+
+
+def to_sample(t: float) -> int:
+    """The first 16 kHz sample at or after time ``t`` (seconds): ``ceil(t * 16000)``.
+
+    Frame centres are whole samples, and an interval ``[s, e)`` holds the centre ``c``
+    exactly when ``s * 16000 <= c < e * 16000``, that is ``to_sample(s) <= c <
+    to_sample(e)``; rounding instead moved a boundary at 21.052512 s (336840.19
+    samples) onto the centre 336840 and gave that frame the next label. Within
+    :data:`SAMPLE_NOISE` of a whole sample a time is that sample.
+    """
+    return int(math.ceil(t * SAMPLE_RATE - SAMPLE_NOISE))
+
+
 def alignment_table(phones: Sequence[_Entry], words: Optional[Sequence[_Entry]], num_samples: int,
                     *, phone_map=None, phone_words: Optional[Sequence[str]] = None,
                     phone_word_index: Optional[Sequence[int]] = None, silence=None
@@ -409,8 +428,8 @@ def alignment_table(phones: Sequence[_Entry], words: Optional[Sequence[_Entry]],
 
     cursor = 0
     for k, (start_s, end_s, label) in enumerate(phones):
-        start = min(int(round(start_s * SAMPLE_RATE)), num_samples)
-        end = min(int(round(end_s * SAMPLE_RATE)), num_samples)
+        start = min(to_sample(start_s), num_samples)
+        end = min(to_sample(end_s), num_samples)
         raw = label.strip()
         if _is_silence(raw, marks):
             phone = SILENCE
