@@ -224,6 +224,37 @@ def assign_folds(groups: np.ndarray, weights: np.ndarray, folds: int, seed: int,
     return fold_of_group[inv]
 
 
+def check_dev_parts(fold: np.ndarray, groups: np.ndarray, folds: int, split_by: str,
+                    target: str) -> None:
+    """Refuse a 2-fold split that leaves the ridge penalty's dev fit without training data.
+
+    With ``folds=2`` the ridge probe cuts each fold into two parts of whole groups
+    (speakers or utterances) and picks its penalty on one part of the other fold,
+    fitting on the rest of that fold: a fold of a single group has no rest, and
+    the fit had no examples ("ProbeStats hold no examples"). Raised before any
+    frame is read, with the cause and the fixes.
+    """
+    groups = np.asarray(groups).astype(str)
+    fold = np.asarray(fold)
+    per = [np.unique(groups[fold == f]) for f in range(folds)]
+    lone = [(f, g) for f, g in enumerate(per) if len(g) < 2]
+    if not lone:
+        return
+    n = len(np.unique(groups))
+    what = "utterance" if split_by == "utterance" else split_by
+    where = "; ".join(f"fold {f} holds {len(g)} {what}(s){f' ({str(g[0])!r})' if len(g) else ''}"
+                      for f, g in lone)
+    fixes = [] if split_by == "utterance" else ["split_by='utterance'"]
+    fixes += [f"at least 2 {what}s in each fold (4 in all; there are {n})",
+              "a single penalty, e.g. lambdas=[1e-3] (no dev part needed)"]
+    if n >= 3:
+        fixes.insert(0, f"folds={min(n, 5)} (with 3 or more folds the dev part is a whole fold)")
+    raise ValueError(
+        f"target {target!r}: the ridge probe with folds=2 picks its penalty on a dev part cut "
+        f"from the other fold's training {what}s, so each fold needs at least 2 {what}s; "
+        f"{where}, so a dev fit would have no training examples. Fix: " + ", or ".join(fixes))
+
+
 def _positions(store, utterances) -> np.ndarray:
     return utterance_selection(utterances, len(store))
 
