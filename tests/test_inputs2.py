@@ -244,3 +244,79 @@ def test_a_time_becomes_the_first_sample_at_or_after_it(n, rate):
     from s3viz.data.alignments import to_sample
 
     assert to_sample(n / rate) == -(-n * 16000 // rate)
+
+
+# ----------------------------------------------------------------------------- 4. 2-fold ridge, one group per fold
+
+
+def _two_speaker_store(n_spk=2, n=16):
+    spk = [f"s{i % n_spk}" for i in range(n)]
+    ph = [pd.DataFrame({"start": [0, 1000], "end": [1000, 4000], "phone": ["x", "y"]})
+          for _ in range(n)]
+    lab = pd.DataFrame({"id": _ids(n), "speaker": spk, "cls": ["a", "b"] * (n // 2)})
+    return _store(lab, frames=10, phones=ph)
+
+
+def test_two_fold_ridge_with_one_speaker_per_fold_is_refused_with_cause_and_fix():
+    """The issue's case: 'ProbeStats hold no examples', naming neither cause nor fix."""
+    store = _two_speaker_store()
+    with pytest.raises(ValueError, match=r"folds=2 picks its penalty on a dev part.*fold 0 holds "
+                                         r"1 speaker\(s\) \('s0'\).*Fix: split_by='utterance'.*"
+                                         r"lambdas=\[1e-3\]") as err:
+        probe_layers(store, "phone", layers=[0], folds=2, device="cpu")
+    assert "folds=" not in str(err.value).split("Fix:")[1].replace("folds=2", "")  # 2 speakers
+    # each fix works
+    for kw in ({"split_by": "utterance"}, {"lambdas": [1e-3]}):
+        assert probe_layers(store, "phone", layers=[0], folds=2, device="cpu", **kw)[
+            "accuracy"].notna().all()
+
+
+def test_two_fold_ridge_at_utterance_level_names_the_lone_fold_and_more_folds():
+    store = _two_speaker_store(n_spk=3, n=18)
+    with pytest.raises(ValueError, match=r"fold \d holds 1 speaker.*Fix: folds=3"):
+        probe_layers(store, "cls", folds=2, split_by="speaker", device="cpu")
+    assert probe_layers(store, "cls", folds=3, split_by="speaker", device="cpu")[
+        "accuracy"].notna().all()
+
+
+# ----------------------------------------------------------------------------- 5. nameless columns
+
+
+@pytest.mark.parametrize("text", ["file,speaker,\na.wav,s1,\nb.wav,s2,\n",  # the issue
+                                  "file,,speaker\na.wav,,s1\nb.wav,,s2\n",
+                                  "file,speaker\na.wav,s1,\nb.wav,s2,\n",  # rows, not header
+                                  "file,speaker\r\na.wav,s1\r\n\r\nb.wav,\"s2\"\r\n"])
+def test_an_empty_trailing_column_is_dropped(tmp_path, text):
+    """`file,speaker,` added a label column 'Unnamed: 2'; a trailing comma on the rows
+    alone made pandas take `file` as the index, shifting every value one column left."""
+    from s3viz.data import load_folder
+
+    audio = _wavs(tmp_path / "au", ["a.wav", "b.wav"])
+    (tmp_path / "l.csv").write_text(text)
+    c = load_folder(audio, tmp_path / "l.csv")
+    assert list(c.labels.columns) == ["id", "speaker", "text", "num_samples"]
+    assert [u.speaker for u in c] == ["s1", "s2"]
+
+
+@pytest.mark.parametrize("text,match", [
+    ("file,speaker,\na.wav,s1,x\nb.wav,s2,\n", r"column 3 has no name.*'x' on line 2"),
+    ("file,speaker\na.wav,s1\nb.wav,s2,y\n", r"line 3 has 3 fields.*'y' has no column"),
+])
+def test_a_value_without_a_column_name_is_refused(tmp_path, text, match):
+    from s3viz.data import load_folder
+
+    audio = _wavs(tmp_path / "au", ["a.wav", "b.wav"])
+    (tmp_path / "l.csv").write_text(text)
+    with pytest.raises(ValueError, match=match):
+        load_folder(audio, tmp_path / "l.csv", strict=False)
+
+
+def test_a_dataframe_read_from_such_a_csv_is_treated_alike(tmp_path):
+    from s3viz.data import load_folder
+
+    audio = _wavs(tmp_path / "au", ["a.wav", "b.wav"])
+    (tmp_path / "l.csv").write_text("file,speaker,\na.wav,s1,\nb.wav,s2,\n")
+    c = load_folder(audio, pd.read_csv(tmp_path / "l.csv"))
+    assert "Unnamed: 2" not in c.labels.columns
+    with pytest.raises(ValueError, match=r"column 2 has no name \(''\) but holds values"):
+        load_folder(audio, pd.DataFrame({"file": ["a.wav", "b.wav"], "": ["x", None]}))

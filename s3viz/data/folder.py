@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import os
+import warnings
 import unicodedata
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
@@ -82,16 +84,71 @@ def read_csv_strings(path, *, what: str, sep: str = ",") -> pd.DataFrame:
     text = decode_text(path, error=ValueError,
                        fix=f"{what}: convert it to UTF-8 (e.g. 'CSV UTF-8' in a spreadsheet, or "
                            "iconv -f LATIN1 -t UTF-8)")
+    drop = _header_check(text, sep, f"{what} {str(path)!r}")
     try:
-        raw = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False)
+        with warnings.catch_warnings():
+            # rows longer than the header by empty fields only (checked above): pandas
+            # warns that it drops them, which is what is wanted
+            warnings.simplefilter("ignore", pd.errors.ParserWarning)
+            # index_col=False: a row longer than the header must never turn the first
+            # column into the index (pandas' default), which shifts every value left
+            raw = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False,
+                              index_col=False)
     except pd.errors.EmptyDataError:
         raise ValueError(f"{what} {str(path)!r} is empty; it needs a header line and one row "
                          "per file") from None
+    if drop:
+        raw = raw.iloc[:, [j for j in range(raw.shape[1]) if j not in drop]]
     return _stripped(raw, f"{what} {str(path)!r}")
 
 
+def _header_check(text: str, sep: str, what: str) -> set:
+    """Positions of the columns to drop: those without a header name (a trailing comma,
+    ``file,speaker,``) that are empty on every line. A nameless column that holds a
+    value, and a line with a value past the header's last column, are refused.
+
+    The structure is read with the standard ``csv`` module (the same quoting rules as
+    pandas' parser), since pandas renames an empty header ``Unnamed: 2`` and takes the
+    first column as the index when the lines are longer than the header.
+    """
+    if len(sep) != 1:
+        return set()
+    reader = csv.reader(io.StringIO(text), delimiter=sep)
+    header, rows = None, []
+    for fields in reader:
+        if not fields:  # a blank line (pandas skips them too)
+            continue
+        if header is None:
+            header = [f.strip() for f in fields]
+        else:
+            rows.append((reader.line_num, fields))
+    if header is None:
+        return set()
+    for line, fields in rows:
+        extra = [f for f in fields[len(header):] if f.strip()]
+        if extra:
+            raise ValueError(
+                f"{what}: line {line} has {len(fields)} fields but the header names "
+                f"{len(header)} columns ({', '.join(map(repr, header))}); the value "
+                f"{extra[0]!r} has no column: add its name to the header or remove it")
+    drop = set()
+    for j, name in enumerate(header):
+        if name:
+            continue
+        used = [(line, f[j]) for line, f in rows if j < len(f) and f[j].strip()]
+        if used:
+            raise ValueError(
+                f"{what}: column {j + 1} has no name in the header but holds values (e.g. "
+                f"{used[0][1]!r} on line {used[0][0]}); name it in the header, or delete it")
+        drop.add(j)
+    return drop
+
+
 def _stripped(table: pd.DataFrame, what: str) -> pd.DataFrame:
-    """Header names and string cells stripped of surrounding whitespace; empty -> missing."""
+    """Header names and string cells stripped of surrounding whitespace; empty -> missing.
+    A column without a name (``""``, or pandas' ``Unnamed: <position>`` for an empty
+    header) is dropped when every cell is empty and refused otherwise."""
+    table = _nameless_dropped(table, what)
     names = [c.strip() if isinstance(c, str) else c for c in table.columns]
     clash = sorted({n for n in names if names.count(n) > 1}, key=str)
     if clash:
@@ -105,6 +162,22 @@ def _stripped(table: pd.DataFrame, what: str) -> pd.DataFrame:
                                     ).astype(object)
     out.attrs["raw"] = table
     return out
+
+
+def _nameless_dropped(table: pd.DataFrame, what: str) -> pd.DataFrame:
+    keep = []
+    for j, c in enumerate(table.columns):
+        if isinstance(c, str) and (not c.strip() or c == f"Unnamed: {j}"):
+            col = table.iloc[:, j]
+            filled = col[~col.map(lambda v: _plain(v) is None
+                                  or (isinstance(v, str) and not v.strip()))]
+            if len(filled):
+                raise ValueError(
+                    f"{what}: column {j + 1} has no name ({c!r}) but holds values (e.g. "
+                    f"{filled.iloc[0]!r}); name it, or drop it")
+            continue
+        keep.append(j)
+    return table if len(keep) == table.shape[1] else table.iloc[:, keep]
 
 
 def _read_labels(labels_csv) -> pd.DataFrame:
