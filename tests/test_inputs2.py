@@ -320,3 +320,31 @@ def test_a_dataframe_read_from_such_a_csv_is_treated_alike(tmp_path):
     assert "Unnamed: 2" not in c.labels.columns
     with pytest.raises(ValueError, match=r"column 2 has no name \(''\) but holds values"):
         load_folder(audio, pd.DataFrame({"file": ["a.wav", "b.wav"], "": ["x", None]}))
+
+
+# ----------------------------------------------------------------------------- 6. .PHN of another rate
+
+
+def test_a_phn_counting_16k_samples_beside_44k_audio_is_refused(tmp_path):
+    """16 kHz counts beside 44.1 kHz audio were read as 44.1 kHz: every time shrunk to 36%,
+    the tail unlabelled, no word."""
+    from s3viz.data import AlignmentError, load_folder
+
+    d = _wavs(tmp_path / "t", [], seconds=1.0)
+    import soundfile as sf
+
+    sf.write(d / "SA1.WAV", np.random.default_rng(0).normal(size=44100) * 0.1, 44100)
+    (d / "SA1.PHN").write_text("0 2000 h#\n2000 12000 ae\n12000 16000 h#\n")
+    with pytest.raises(AlignmentError, match=r"SA1.PHN: its last end, sample 16000.*44100 Hz.*"
+                                             r"counts samples of 16000 Hz audio"):
+        load_folder(d, alignments="sibling")
+    with pytest.warns(UserWarning, match="16000 Hz audio"):
+        c = load_folder(d, alignments="sibling", strict=False)
+    assert len(c) == 0 and c.skipped["file"].tolist() == ["SA1.WAV"]
+    # counts of the audio's own rate: read, ending at the audio's end
+    (d / "SA1.PHN").write_text("0 5512 h#\n5512 33075 ae\n33075 44100 h#\n")
+    t = load_folder(d, alignments="sibling")[0].phones
+    assert t["end"].iat[-1] == 16000 and t["start"].iat[1] == 2000  # ceil(5512 * 16000 / 44100)
+    # ending early at no other rate's length: the tail stays unlabelled, as in any gap
+    (d / "SA1.PHN").write_text("0 5512 h#\n5512 26460 ae\n")
+    assert load_folder(d, alignments="sibling")[0].phones["end"].iat[-1] == 9600
