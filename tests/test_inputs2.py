@@ -348,3 +348,28 @@ def test_a_phn_counting_16k_samples_beside_44k_audio_is_refused(tmp_path):
     # ending early at no other rate's length: the tail stays unlabelled, as in any gap
     (d / "SA1.PHN").write_text("0 5512 h#\n5512 26460 ae\n")
     assert load_folder(d, alignments="sibling")[0].phones["end"].iat[-1] == 9600
+
+
+# ----------------------------------------------------------------------------- 7. synthetic word_index
+
+
+def test_the_synthetic_tables_keep_repeated_words_apart():
+    """"the the cat": eSpeak gives a word event per word, but the table had no word_index,
+    so both "the" merged into one word segment."""
+    from s3viz.data import synthetic as syn
+    from s3viz.segments import _runs
+
+    def to22(s16):
+        return round(s16 * 22050 / 16000)
+
+    wav = np.full(16000, 0.3, dtype=np.float32)
+    text = "the the cat"
+    events = [["word", 0, 1, 3], ["phoneme", to22(1000), "ð", "D"], ["phoneme", to22(2000), "ə", "@"],
+              ["word", 0, 5, 3], ["phoneme", to22(3000), "ð", "D"], ["phoneme", to22(4000), "ə", "@"],
+              ["word", 0, 9, 3], ["phoneme", to22(5000), "k", "k"], ["phoneme", to22(6000), "æ", "a"],
+              ["phoneme", to22(7000), "", "_"]]
+    rows = syn._phone_table(events, text, to22(16000), wav)
+    t = pd.DataFrame(rows, columns=["phone", "word", "start", "end", "word_index"])
+    assert t["word_index"].tolist() == [-1, 0, 0, 1, 1, 2, 2, -1]
+    words = _runs(t, "word")
+    assert words.loc[words["label"] != "", "label"].tolist() == ["the", "the", "cat"]
