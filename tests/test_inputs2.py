@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from s3viz.probe import probe_folds, probe_layers
@@ -73,15 +73,18 @@ def test_strings_that_spell_one_number_differently_are_refused_naming_them():
 
 
 @settings(max_examples=60, deadline=None)
+@example(2**53 + 1)  # no float spells it: stays its own class, not 2**53's
 @given(st.one_of(st.integers(-10**20, 10**20),
                  st.floats(allow_nan=False, allow_infinity=False, width=64),
                  st.floats(allow_nan=False, allow_infinity=False, width=32)))
 def test_equal_numbers_have_one_spelling_and_unequal_ones_two(v):
     """label_str spells a number by its value: every type of an equal value gives one class,
     and the spelling reads back as the same number (no two values merge)."""
-    spellings = {label_str(v), label_str(np.float64(v))}
-    if float(v).is_integer():
-        spellings |= {label_str(int(v)), label_str(float(v))}
+    spellings = {label_str(v)}
+    if float(v) == v:  # the value has a float spelling (ints beyond 2**53 may not)
+        spellings |= {label_str(float(v)), label_str(np.float64(v))}
+    if float(v).is_integer() and int(v) == v:
+        spellings.add(label_str(int(v)))
         if abs(v) < 2**31:
             spellings.add(label_str(np.int32(int(v))))
     assert len(spellings) == 1
