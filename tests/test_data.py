@@ -147,8 +147,9 @@ def test_phone_table_rules():
         ["phoneme", to22(7000), "", "_"],
     ]
     rows = syn._phone_table(events, "Hello, at.", to22(16000), wav)
-    df = pd.DataFrame(rows, columns=list(PHONE_COLUMNS))
+    df = pd.DataFrame(rows, columns=list(PHONE_COLUMNS) + ["word_index"])
     assert list(df["phone"]) == ["sil", "h", "ɛ", "oʊ", "sil", "ə", "t", "sil"]
+    assert list(df["word_index"]) == [-1, 0, 0, 0, -1, 1, 1, -1]
     assert list(df["word"]) == ["", "hello", "hello", "hello", "", "at", "at", ""]
     assert list(df["start"]) == [0, 1000, 2000, 4000, 5000, 5800, 6000, 7000]
     assert list(df["end"]) == [1000, 2000, 4000, 5000, 5800, 6000, 7000, 16000]

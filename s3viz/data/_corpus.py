@@ -164,7 +164,8 @@ class Corpus(Sequence[Utterance]):
 
     ``corpus[i]`` gives an utterance, ``corpus[a:b]`` or ``corpus[[i, j]]`` a
     sub-corpus, ``corpus.labels`` a DataFrame with one row per utterance,
-    ``corpus.skipped`` the files a loader left out (``file``, ``reason``; empty
+    ``corpus.skipped`` the files a loader left out and the label or segment
+    rows it ignored because they match no file (``file``, ``reason``; empty
     unless :func:`~s3viz.data.load_folder` ran with ``strict=False``).
     """
 
@@ -172,7 +173,8 @@ class Corpus(Sequence[Utterance]):
         self._utts: List[Utterance] = list(utterances)
         self.name = name
         self.skipped = pd.DataFrame({"file": pd.Series(dtype=str), "reason": pd.Series(dtype=str)})
-        """Files :func:`~s3viz.data.load_folder` left out under ``strict=False``, with why."""
+        """Files (and rows matching no file) :func:`~s3viz.data.load_folder` left out under
+        ``strict=False``, with why."""
         seen = set()
         for u in self._utts:
             if not isinstance(u, Utterance):

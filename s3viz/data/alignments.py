@@ -11,6 +11,7 @@ naming the file, tier and interval. The rules and checks: ``docs/alignment.md``.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -278,6 +279,36 @@ def _pick_tier(names: Sequence[str], wanted, default: Sequence[str], kind: str, 
     return None
 
 
+COMMON_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000)
+"""Sample rates a ``.PHN`` may have been written for (:func:`_check_phn_rate`)."""
+
+
+def _check_phn_rate(entries: Sequence[_Entry], duration: float, sample_rate: int, path) -> None:
+    """Refuse a ``.PHN`` whose sample numbers count another rate than its audio's.
+
+    TIMIT's ``.PHN`` ends at the audio's last sample (its final ``h#``). One written
+    for a lower rate (16 kHz counts beside 44.1 kHz audio) passes every interval check
+    with all its times shrunk and the tail unlabelled; it is recognised by its last
+    end: short of the audio by more than :data:`TOLERANCE_S` at the audio's own rate,
+    and within it of the audio's end counted at one of :data:`COMMON_RATES`. (One
+    written for a higher rate ends past the audio, which :func:`check_intervals`
+    refuses.) A ``.PHN`` that ends early for no such reason keeps its unlabelled tail.
+    """
+    if not entries:
+        return
+    last = max(e for _, e, _ in entries) * sample_rate  # the last end, in the file's counts
+    if duration - last / sample_rate <= TOLERANCE_S:
+        return
+    for rate in COMMON_RATES:
+        if rate != sample_rate and abs(last / rate - duration) <= TOLERANCE_S:
+            raise AlignmentError(
+                f"{path}: its last end, sample {last:.0f}, is {last / sample_rate:.3f} s at the "
+                f"audio file's own rate ({sample_rate} Hz) but the audio lasts {duration:.3f} s; "
+                f"at {rate} Hz it is the audio's end: the .PHN counts samples of {rate} Hz "
+                f"audio (the audio was resampled after aligning?). Align the audio as it is, "
+                f"or give this file's phones as a segment table in seconds (alignments=CSV)")
+
+
 def check_intervals(entries: Sequence[_Entry], duration: float, path, tier: str, *,
                     allow_overlap: bool = False) -> List[_Entry]:
     """The one check every alignment goes through (TextGrid tiers, ``.PHN``/``.WRD``,
@@ -366,6 +397,24 @@ ALIGNMENT_TABLE_COLUMNS = ("phone", "word", "start", "end", "word_index")
 two words in a row spelt alike ("I I think") stay two words."""
 
 
+SAMPLE_NOISE = 1e-6
+"""How far (in samples) a time may lie past a whole sample and still be that sample: the
+float noise of a time written at an exact sample (``336840 / 16000 * 16000`` need not
+be exactly ``336840``)."""
+
+
+def to_sample(t: float) -> int:
+    """The first 16 kHz sample at or after time ``t`` (seconds): ``ceil(t * 16000)``.
+
+    Frame centres are whole samples, and an interval ``[s, e)`` holds the centre ``c``
+    exactly when ``s * 16000 <= c < e * 16000``, that is ``to_sample(s) <= c <
+    to_sample(e)``; rounding instead moved a boundary at 21.052512 s (336840.19
+    samples) onto the centre 336840 and gave that frame the next label. Within
+    :data:`SAMPLE_NOISE` of a whole sample a time is that sample.
+    """
+    return int(math.ceil(t * SAMPLE_RATE - SAMPLE_NOISE))
+
+
 def alignment_table(phones: Sequence[_Entry], words: Optional[Sequence[_Entry]], num_samples: int,
                     *, phone_map=None, phone_words: Optional[Sequence[str]] = None,
                     phone_word_index: Optional[Sequence[int]] = None, silence=None
@@ -409,8 +458,8 @@ def alignment_table(phones: Sequence[_Entry], words: Optional[Sequence[_Entry]],
 
     cursor = 0
     for k, (start_s, end_s, label) in enumerate(phones):
-        start = min(int(round(start_s * SAMPLE_RATE)), num_samples)
-        end = min(int(round(end_s * SAMPLE_RATE)), num_samples)
+        start = min(to_sample(start_s), num_samples)
+        end = min(to_sample(end_s), num_samples)
         raw = label.strip()
         if _is_silence(raw, marks):
             phone = SILENCE
@@ -458,7 +507,9 @@ def read_alignment(path, num_samples: int, *, phone_tier=None, word_tier=None, p
         if sample_rate is None:
             raise ValueError(f"{path}: a .PHN file counts samples at its audio file's own rate; "
                              "pass sample_rate= (soundfile.info(audio).samplerate)")
-        phones = check_intervals(_read_timit_file(path, sample_rate), duration, path, "PHN")
+        entries = _read_timit_file(path, sample_rate)
+        _check_phn_rate(entries, duration, sample_rate, path)
+        phones = check_intervals(entries, duration, path, "PHN")
         words = None
         for suffix in (".WRD", ".wrd"):
             wrd = path.with_suffix(suffix)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import os
+import warnings
 import unicodedata
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
@@ -11,6 +13,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
+from .._compat import caller_stacklevel
 from ._corpus import Corpus, FileUtterance, Utterance
 from .alignments import AlignmentError
 
@@ -81,16 +84,71 @@ def read_csv_strings(path, *, what: str, sep: str = ",") -> pd.DataFrame:
     text = decode_text(path, error=ValueError,
                        fix=f"{what}: convert it to UTF-8 (e.g. 'CSV UTF-8' in a spreadsheet, or "
                            "iconv -f LATIN1 -t UTF-8)")
+    drop = _header_check(text, sep, f"{what} {str(path)!r}")
     try:
-        raw = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False)
+        with warnings.catch_warnings():
+            # rows longer than the header by empty fields only (checked above): pandas
+            # warns that it drops them, which is what is wanted
+            warnings.simplefilter("ignore", pd.errors.ParserWarning)
+            # index_col=False: a row longer than the header must never turn the first
+            # column into the index (pandas' default), which shifts every value left
+            raw = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False,
+                              index_col=False)
     except pd.errors.EmptyDataError:
         raise ValueError(f"{what} {str(path)!r} is empty; it needs a header line and one row "
                          "per file") from None
+    if drop:
+        raw = raw.iloc[:, [j for j in range(raw.shape[1]) if j not in drop]]
     return _stripped(raw, f"{what} {str(path)!r}")
 
 
+def _header_check(text: str, sep: str, what: str) -> set:
+    """Positions of the columns to drop: those without a header name (a trailing comma,
+    ``file,speaker,``) that are empty on every line. A nameless column that holds a
+    value, and a line with a value past the header's last column, are refused.
+
+    The structure is read with the standard ``csv`` module (the same quoting rules as
+    pandas' parser), since pandas renames an empty header ``Unnamed: 2`` and takes the
+    first column as the index when the lines are longer than the header.
+    """
+    if len(sep) != 1:
+        return set()
+    reader = csv.reader(io.StringIO(text), delimiter=sep)
+    header, rows = None, []
+    for fields in reader:
+        if not fields:  # a blank line (pandas skips them too)
+            continue
+        if header is None:
+            header = [f.strip() for f in fields]
+        else:
+            rows.append((reader.line_num, fields))
+    if header is None:
+        return set()
+    for line, fields in rows:
+        extra = [f for f in fields[len(header):] if f.strip()]
+        if extra:
+            raise ValueError(
+                f"{what}: line {line} has {len(fields)} fields but the header names "
+                f"{len(header)} columns ({', '.join(map(repr, header))}); the value "
+                f"{extra[0]!r} has no column: add its name to the header or remove it")
+    drop = set()
+    for j, name in enumerate(header):
+        if name:
+            continue
+        used = [(line, f[j]) for line, f in rows if j < len(f) and f[j].strip()]
+        if used:
+            raise ValueError(
+                f"{what}: column {j + 1} has no name in the header but holds values (e.g. "
+                f"{used[0][1]!r} on line {used[0][0]}); name it in the header, or delete it")
+        drop.add(j)
+    return drop
+
+
 def _stripped(table: pd.DataFrame, what: str) -> pd.DataFrame:
-    """Header names and string cells stripped of surrounding whitespace; empty -> missing."""
+    """Header names and string cells stripped of surrounding whitespace; empty -> missing.
+    A column without a name (``""``, or pandas' ``Unnamed: <position>`` for an empty
+    header) is dropped when every cell is empty and refused otherwise."""
+    table = _nameless_dropped(table, what)
     names = [c.strip() if isinstance(c, str) else c for c in table.columns]
     clash = sorted({n for n in names if names.count(n) > 1}, key=str)
     if clash:
@@ -104,6 +162,22 @@ def _stripped(table: pd.DataFrame, what: str) -> pd.DataFrame:
                                     ).astype(object)
     out.attrs["raw"] = table
     return out
+
+
+def _nameless_dropped(table: pd.DataFrame, what: str) -> pd.DataFrame:
+    keep = []
+    for j, c in enumerate(table.columns):
+        if isinstance(c, str) and (not c.strip() or c == f"Unnamed: {j}"):
+            col = table.iloc[:, j]
+            filled = col[~col.map(lambda v: _plain(v) is None
+                                  or (isinstance(v, str) and not v.strip()))]
+            if len(filled):
+                raise ValueError(
+                    f"{what}: column {j + 1} has no name ({c!r}) but holds values (e.g. "
+                    f"{filled.iloc[0]!r}); name it, or drop it")
+            continue
+        keep.append(j)
+    return table if len(keep) == table.shape[1] else table.iloc[:, keep]
 
 
 def _read_labels(labels_csv) -> pd.DataFrame:
@@ -145,6 +219,9 @@ class _file_lookup:
             self.exact[r] = i
             self.exact.setdefault(u, i)
         self.nfc = {unicodedata.normalize("NFC", k): k for k in self.exact}
+        self.folded: Dict[str, str] = {}
+        for k in self.exact:
+            self.folded.setdefault(_folded(k), k)
 
     def get(self, key: str) -> Optional[int]:
         i = self.exact.get(key)
@@ -154,6 +231,44 @@ class _file_lookup:
 
             raise FileNotFoundError(f"audio file not found: {unicode_mismatch(key, twin)}")
         return i
+
+    def near(self, key: str) -> Optional[str]:
+        """The file (or id) that ``key`` names up to case and Unicode normalisation, if one."""
+        return self.folded.get(_folded(key))
+
+
+def _folded(key: str) -> str:
+    """``key`` with case and Unicode normalisation folded (NFKC then casefold)."""
+    return unicodedata.normalize("NFKC", key).casefold()
+
+
+def _unmatched_table(unmatched: List[tuple], lookup: _file_lookup, what: str) -> pd.DataFrame:
+    """The rows of ``what`` that match no audio file, as a ``corpus.skipped`` table.
+
+    ``unmatched``: ``(row number in the file, key)``; the reason names the file
+    the key spells up to case or Unicode normalisation, where there is one.
+    """
+    out = []
+    for line, key in unmatched:
+        near = lookup.near(key)
+        hint = (f"; {near!r} differs only in case or Unicode normalisation: fix the name"
+                if near is not None else "")
+        out.append((key, f"{what} row {line} matches no audio file{hint}"))
+    return pd.DataFrame(out, columns=["file", "reason"])
+
+
+def _listing_with_hints(table: pd.DataFrame) -> str:
+    shown = "; ".join(f"{f!r} ({r})" for f, r in table.head(_MAX_LISTED).itertuples(index=False))
+    more = len(table) - _MAX_LISTED
+    return shown + (f" ... and {more} more" if more > 0 else "")
+
+
+def _warn_unmatched(table: pd.DataFrame, what: str, root: Path, dropped: str) -> None:
+    import warnings
+
+    warnings.warn(f"{len(table)} {what} row(s) match no audio file under {str(root)!r} and "
+                  f"are ignored ({dropped}; corpus.skipped lists them): "
+                  f"{_listing_with_hints(table)}", stacklevel=caller_stacklevel())
 
 
 def _normalise_key(value) -> str:
@@ -208,8 +323,13 @@ def load_folder(
             error lists every such file (the error's ``skipped`` attribute holds
             them all as a table); when False each such file is left out, one
             warning lists them, and ``corpus.skipped`` holds them (columns
-            ``file``, ``reason``); CSV rows matching no file are ignored and
-            files without a row are kept with empty labels.
+            ``file``, ``reason``); rows of ``labels_csv`` (or of a segment
+            table) matching no file are ignored, each named in that warning and
+            in ``corpus.skipped`` (``file``: the name as the row writes it;
+            ``reason``: its row, and the file it spells up to case or Unicode
+            normalisation where there is one: ``a.WAV`` for ``a.wav``), and
+            files without a row are kept with empty labels. A name that differs
+            from a file only in Unicode normalisation is refused either way.
         allow_silence: accept all-zero files instead of raising.
         name: the corpus name (default: the folder name).
         lazy: when True, read only the files' headers now: the utterances are
@@ -288,7 +408,7 @@ def load_folder(
             f"files differ only by suffix, so their ids clash: {_listing(dupes)}; keep one "
             "format or restrict pattern (e.g. pattern='**/*.wav')"
         )
-    rows, csv_ids = _labels_by_file(labels_csv, root, rel, ids, strict)
+    rows, csv_ids, rejected = _labels_by_file(labels_csv, root, rel, ids, strict)
     aligner = _Aligner(alignments, root, rel, ids, strict=strict, phone_tier=phone_tier,
                        word_tier=word_tier, phone_map=phone_map, silence=silence,
                        pattern=alignment_pattern)
@@ -307,8 +427,11 @@ def load_folder(
             continue
         utterances.append(utt)
     corpus = Corpus(utterances, name=name or root.resolve().name)
+    tables = [t for t in (rejected, aligner.rejected) if t is not None and len(t)]
     if skipped:
-        corpus.skipped = _report(skipped, len(files), root, strict)
+        tables.insert(0, _report(skipped, len(files), root, strict))
+    if tables:
+        corpus.skipped = pd.concat(tables, ignore_index=True)
     return corpus
 
 
@@ -317,11 +440,12 @@ class _Missing(AlignmentError):
 
 
 def _labels_by_file(labels_csv, root: Path, rel: List[str], ids: List[str], strict: bool):
-    """``({file index: labels}, {file index: id from the CSV})`` from ``labels_csv``."""
+    """``({file index: labels}, {file index: id from the CSV}, rows matching no file)``
+    from ``labels_csv`` (the last a ``corpus.skipped`` table, None without a CSV)."""
     rows: Dict[int, dict] = {}
     csv_ids: Dict[int, str] = {}
     if labels_csv is None:
-        return rows, csv_ids
+        return rows, csv_ids, None
     table = _read_labels(labels_csv)
     if "file" in table.columns:
         key_col = "file"
@@ -348,11 +472,11 @@ def _labels_by_file(labels_csv, root: Path, rel: List[str], ids: List[str], stri
     lookup = _file_lookup(rel, ids)
     keys = [_normalise_key(v) for v in table[key_col]]
     matched: Dict[int, int] = {}
-    unmatched: List[str] = []
+    unmatched: List[tuple] = []  # (CSV line, key)
     for row_pos, key in enumerate(keys):
         i = lookup.get(key)
         if i is None:
-            unmatched.append(key)
+            unmatched.append((row_pos + 2, key))
             continue
         if i in matched:
             raise ValueError(
@@ -361,12 +485,16 @@ def _labels_by_file(labels_csv, root: Path, rel: List[str], ids: List[str], stri
             )
         matched[i] = row_pos
     missing = [rel[i] for i in range(len(rel)) if i not in matched]
+    rejected = _unmatched_table(unmatched, lookup, "labels_csv")
     if strict and unmatched:
         raise ValueError(
             f"{len(unmatched)} labels_csv row(s) match no audio file under {str(root)!r}: "
-            f"{_listing(unmatched)}; fix the '{key_col}' values (relative paths such as "
-            f"{rel[0]!r}) or pass strict=False to ignore them"
+            f"{_listing_with_hints(rejected)}; fix the '{key_col}' values (relative paths such "
+            f"as {rel[0]!r}) or pass strict=False to ignore them"
         )
+    if unmatched:
+        _warn_unmatched(rejected, "labels_csv", root,
+                        f"{len(missing)} audio file(s) have no row and keep empty labels")
     if strict and missing:
         raise ValueError(
             f"{len(missing)} audio file(s) have no row in labels_csv: {_listing(missing)}; "
@@ -379,7 +507,7 @@ def _labels_by_file(labels_csv, root: Path, rel: List[str], ids: List[str], stri
         rows[i] = {c: _plain(record[c]) for c in label_cols}
         if key_col == "file" and "id" in table.columns:
             csv_ids[i] = str(record["id"])
-    return rows, csv_ids
+    return rows, csv_ids, rejected
 
 
 def _utterance(file: Path, uid: str, labels: dict, *, lazy: bool, allow_silence: bool):
@@ -434,6 +562,7 @@ class _Aligner:
                        silence=silence)
         self.pattern = pattern
         self.segments = None
+        self.rejected = None  # segment-table rows that match no audio file (strict=False)
         if alignments is None:
             given = [k for k, v in dict(self.kw, alignment_pattern=pattern).items()
                      if v is not None]
@@ -464,11 +593,11 @@ class _Aligner:
     def _index_segments(self, table: pd.DataFrame):
         lookup = _file_lookup(self.rel, self.ids)
         self.segments = {}
-        unmatched = []
+        unmatched = []  # (first line in the table, key)
         for key, rows in table.groupby("key", sort=False):
             i = lookup.get(_normalise_key(key))
             if i is None:
-                unmatched.append(key)
+                unmatched.append((_first_line(rows), key))
             elif i in self.segments:
                 first = self.segments[i][table.attrs["key_column"]].iloc[0]
                 raise ValueError(
@@ -477,11 +606,18 @@ class _Aligner:
             else:
                 self.segments[i] = rows
         self.segment_source = table.attrs["source"]
-        if unmatched and self.strict:
+        if not unmatched:
+            return
+        rejected = _unmatched_table(unmatched, lookup, self.segment_source)
+        if self.strict:
             raise ValueError(
                 f"{self.segment_source}: segments for {len(unmatched)} "
                 f"{table.attrs['key_column']} value(s) that match no audio file under "
-                f"{str(self.root)!r}: {_listing(unmatched)}; fix them or pass strict=False")
+                f"{str(self.root)!r}: {_listing_with_hints(rejected)}; fix them or pass "
+                "strict=False")
+        self.rejected = rejected
+        _warn_unmatched(rejected, self.segment_source, self.root,
+                        "the audio files they were meant for have no alignment")
 
     def table(self, i: int, file: Path, num_samples: int):
         """The file's alignment table (None without ``alignments``); raises
@@ -506,6 +642,12 @@ class _Aligner:
             raise _Missing(f"no alignment {where} ({looked})")
         rate = _native_rate(file) if path.suffix.lower() == ".phn" else None
         return self.al.read_alignment(path, num_samples, sample_rate=rate, **self.kw)
+
+
+def _first_line(rows: pd.DataFrame):
+    """The table line of the first of ``rows`` (the header is line 1), or its index."""
+    first = rows.index[0]
+    return int(first) + 2 if isinstance(first, (int, np.integer)) else first
 
 
 def _native_rate(file: Path) -> Optional[int]:

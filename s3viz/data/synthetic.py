@@ -302,14 +302,18 @@ _CLOSURE_THRESHOLD = 0.02  # of the utterance's loudest 5 ms window (RMS)
 
 
 def _phone_table(events: list, text: str, num_samples_22k: int, wav: np.ndarray) -> list:
-    """Tile ``[0, len(wav))`` with ``[phone, word, start, end]`` rows from eSpeak's events.
+    """Tile ``[0, len(wav))`` with ``[phone, word, start, end, word_index]`` rows from eSpeak's
+    events.
 
     Every phoneme event starts a segment that ends where the next one starts;
     the stretch before the first phoneme and every pause phoneme are ``"sil"``
     (consecutive ``"sil"`` merged); linking transitions extend the segment
     before them; zero-length segments are dropped. eSpeak times a stop at its
     burst, so the silent closure before a stop is moved from the preceding
-    segment into the stop (as forced aligners label it).
+    segment into the stop (as forced aligners label it). ``word_index`` is the
+    position of the phone's word in the utterance (-1 for silence and no word),
+    counted from eSpeak's word events, so "the the cat" keeps two words "the"
+    (as :data:`s3viz.data.alignments.ALIGNMENT_TABLE_COLUMNS` tables do).
     """
     num_samples = int(wav.shape[0])
     # the whitespace-separated token around each character: eSpeak's word events
@@ -317,12 +321,13 @@ def _phone_table(events: list, text: str, num_samples_22k: int, wav: np.ndarray)
     token_at = [""] * (len(text) + 1)
     for m in re.finditer(r"\S+", text):
         token_at[m.start(): m.end()] = [_clean_word(m.group())] * (m.end() - m.start())
-    starts, phones, words = [0], ["sil"], [""]
-    word = ""
+    starts, phones, words, word_ids = [0], ["sil"], [""], [-1]
+    word, word_no = "", -1
     for ev in events:
         if ev[0] == "word":
             pos = int(ev[2]) - 1
             word = token_at[pos] if 0 <= pos < len(text) else ""
+            word_no += 1  # every word event is a new word, spelt like the last or not
             continue
         sample = int(ev[1])
         if not 0 <= sample <= num_samples_22k:
@@ -336,16 +341,22 @@ def _phone_table(events: list, text: str, num_samples_22k: int, wav: np.ndarray)
         starts.append(sample)
         phones.append(phone)
         words.append("" if phone == "sil" else word)
+        word_ids.append(-1 if phone == "sil" or not word else word_no)
     start = _to_16k(np.maximum.accumulate(np.asarray(starts)), num_samples)
     end = np.append(start[1:], num_samples)
     rows: list = []
-    for p, w, s, e in zip(phones, words, start, end):
+    for p, w, s, e, wi in zip(phones, words, start, end, word_ids):
         if e <= s:
             continue
         if rows and p == "sil" and rows[-1][0] == "sil":
             rows[-1][3] = int(e)
             continue
-        rows.append([p, w, int(s), int(e)])
+        rows.append([p, w, int(s), int(e), wi])
+    # word positions renumbered 0, 1, ... in time order (words without a phone left out)
+    seen: Dict[int, int] = {}
+    for r in rows:
+        if r[4] >= 0:
+            r[4] = seen.setdefault(r[4], len(seen))
     _move_closures(rows, wav)
     return rows
 

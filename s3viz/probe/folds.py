@@ -10,6 +10,7 @@ Hewitt & Liang (2019).
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 
 import numpy as np
@@ -58,7 +59,7 @@ def resolve_split(labels: pd.DataFrame, split_by, target: str, folds: int, sel=N
     if target == "speaker" or "speaker" not in labels.columns:
         return "utterance"
     sel = np.arange(len(labels)) if sel is None else np.asarray(sel)
-    spk = ["" if _is_missing(v) else str(v) for v in labels["speaker"].to_numpy()[sel]]
+    spk = [label_str(v) for v in labels["speaker"].to_numpy()[sel]]
     missing, n_spk = spk.count(""), len(set(spk) - {""})
     if missing or n_spk < folds:
         why = (f"{missing} utterance(s) have no speaker" if missing
@@ -69,7 +70,7 @@ def resolve_split(labels: pd.DataFrame, split_by, target: str, folds: int, sel=N
                       f"silence this", UserWarning, stacklevel=caller_stacklevel())
         return "utterance"
     if target in labels.columns:
-        pairs = pd.DataFrame({"s": spk, "t": labels[target].to_numpy()[sel].astype(str)})
+        pairs = pd.DataFrame({"s": spk, "t": [label_str(v) for v in labels[target].to_numpy()[sel]]})
         if pairs.groupby("t")["s"].nunique().max() == 1 and \
                 pairs.groupby("s")["t"].nunique().max() == 1:
             return "utterance"  # the target names the speaker: a speaker split has no test class
@@ -223,6 +224,37 @@ def assign_folds(groups: np.ndarray, weights: np.ndarray, folds: int, seed: int,
     return fold_of_group[inv]
 
 
+def check_dev_parts(fold: np.ndarray, groups: np.ndarray, folds: int, split_by: str,
+                    target: str) -> None:
+    """Refuse a 2-fold split that leaves the ridge penalty's dev fit without training data.
+
+    With ``folds=2`` the ridge probe cuts each fold into two parts of whole groups
+    (speakers or utterances) and picks its penalty on one part of the other fold,
+    fitting on the rest of that fold: a fold of a single group has no rest, and
+    the fit had no examples ("ProbeStats hold no examples"). Raised before any
+    frame is read, with the cause and the fixes.
+    """
+    groups = np.asarray(groups).astype(str)
+    fold = np.asarray(fold)
+    per = [np.unique(groups[fold == f]) for f in range(folds)]
+    lone = [(f, g) for f, g in enumerate(per) if len(g) < 2]
+    if not lone:
+        return
+    n = len(np.unique(groups))
+    what = "utterance" if split_by == "utterance" else split_by
+    where = "; ".join(f"fold {f} holds {len(g)} {what}(s){f' ({str(g[0])!r})' if len(g) else ''}"
+                      for f, g in lone)
+    fixes = [] if split_by == "utterance" else ["split_by='utterance'"]
+    fixes += [f"at least 2 {what}s in each fold (4 in all; there are {n})",
+              "a single penalty, e.g. lambdas=[1e-3] (no dev part needed)"]
+    if n >= 3:
+        fixes.insert(0, f"folds={min(n, 5)} (with 3 or more folds the dev part is a whole fold)")
+    raise ValueError(
+        f"target {target!r}: the ridge probe with folds=2 picks its penalty on a dev part cut "
+        f"from the other fold's training {what}s, so each fold needs at least 2 {what}s; "
+        f"{where}, so a dev fit would have no training examples. Fix: " + ", or ".join(fixes))
+
+
 def _positions(store, utterances) -> np.ndarray:
     return utterance_selection(utterances, len(store))
 
@@ -242,6 +274,30 @@ def _is_missing(v) -> bool:
         return False
 
 
+def label_str(v) -> str:
+    """A label as a string, the one spelling of a class; missing (None, NaN, pd.NA, NaT) is ``""``.
+
+    Numbers are spelled by their value, not their type: an integral float is
+    written as the int (``1``, ``1.0``, ``np.float32(1)`` and ``np.int64(1)``
+    are all ``"1"``), so a column whose ints became floats where a table had a
+    NaN keeps one class per value. Other floats keep Python's shortest
+    round-trip spelling (``0.1``), booleans stay ``"True"``/``"False"``, and
+    strings are taken as written (codes such as ``"01"`` are not numbers; two
+    strings that spell one number differently are refused by
+    :func:`~s3viz.probe.targets.check_classes`).
+    """
+    if _is_missing(v):
+        return ""
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v))
+    if isinstance(v, numbers.Integral):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        f = float(v)
+        return str(int(f)) if f.is_integer() else str(f)
+    return str(v)
+
+
 def split_groups(store, sel: np.ndarray, split_by: str) -> np.ndarray:
     if split_by == "utterance":  # a store of segments groups them by their utterance
         return np.asarray(getattr(store, "_group_ids", store.ids), dtype=object)[sel].astype(str)
@@ -253,14 +309,15 @@ def split_groups(store, sel: np.ndarray, split_by: str) -> np.ndarray:
             "Use split_by='utterance'"
         )
     spk = labels["speaker"].to_numpy()[sel]
-    bad = [ids[i] for i, v in enumerate(spk) if _is_missing(v) or str(v) == ""]
+    spk = [label_str(v) for v in spk]  # speaker 7 and 7.0 are one group
+    bad = [ids[i] for i, v in enumerate(spk) if v == ""]
     if bad:
         raise ValueError(
             f"split_by='speaker' but {len(bad)} utterance(s) have no speaker (e.g. {bad[:5]}); "
             "fill store.labels['speaker'], select the others with `utterances=`, "
             "or use split_by='utterance'"
         )
-    return np.asarray([str(v) for v in spk], dtype=object)
+    return np.asarray(spk, dtype=object)
 
 
 @renamed_args(weights="utterance_weights")
@@ -318,7 +375,7 @@ def control_labels(types: np.ndarray, y: np.ndarray, num_classes: int, seed: int
         ``(num_examples,)`` int64 control class; equal types get equal classes.
     """
     y = np.asarray(y, dtype=np.int64)
-    types = np.asarray(types, dtype=object).astype(str)
+    types = np.asarray([label_str(v) for v in types], dtype=object).astype(str)
     uniq, inv = np.unique(types, return_inverse=True)
     p = np.bincount(y, minlength=num_classes).astype(np.float64)
     p /= p.sum()

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .._numerics import Guard, layer_guard, read_dtype, safe_scale
-from .folds import _store_arg
+from .folds import _store_arg, check_dev_parts
 from .stats import ProbeStats, _ridge_solve
 from .targets import FrameTargets, ProbeTask
 
@@ -74,11 +74,15 @@ def _dev_fold(k: int, folds: int, sub: int) -> tuple[list[int], list[int]]:
     return test, dev
 
 
-def sub_folds(task: ProbeTask, sub: int) -> np.ndarray:
+def sub_folds(task: ProbeTask, sub: int, lambdas: Sequence[float] | None = None) -> np.ndarray:
     """Sub-fold of each utterance: fold * sub + part. With 2 folds each fold is cut in two
-    (whole groups) so that a dev part exists outside the test fold and the training part."""
+    (whole groups) so that a dev part exists outside the test fold and the training part;
+    a fold of one group cannot be cut, and is refused (:func:`~.folds.check_dev_parts`)
+    unless ``lambdas`` is a single penalty (None: a grid, which needs the dev part)."""
     if sub == 1:
         return task.utt_fold.copy()
+    if lambdas is None or len(lambdas) > 1:
+        check_dev_parts(task.utt_fold, task.groups, task.folds, task.split_by, task.target)
     rng = np.random.default_rng([task.seed, 77])
     g_uniq, g_inv = np.unique(task.groups.astype(str), return_inverse=True)
     g_sub = np.zeros(len(g_uniq), dtype=np.int64)
@@ -126,7 +130,7 @@ def ridge_layer_frame(task: ProbeTask, store, layer: int, blocks, c: int, lambda
     d = task.frame_targets(layer)
     folds = task.folds
     sub = 2 if folds == 2 else 1
-    frame_sub = sub_folds(task, sub)[d.utt]
+    frame_sub = sub_folds(task, sub, lambdas)[d.utt]
     y_all = d.y
     y_ctrl = d.y_ctrl if task.control else None
     stats = ProbeStats.zeros(folds * sub, store.hidden_sizes[layer], len(blocks) * c,
@@ -258,7 +262,7 @@ def ridge_layer_utterance(task: ProbeTask, x: torch.Tensor, blocks, c: int, lamb
         x = guard(x, stats_dtype)
     folds = task.folds
     sub = 2 if folds == 2 else 1
-    utt_sub = sub_folds(task, sub)
+    utt_sub = sub_folds(task, sub, lambdas)
     yy = [task.y]
     if task.control:
         yy.append(task.y_ctrl + c)

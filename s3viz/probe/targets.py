@@ -9,6 +9,7 @@ to ids, assigns folds and control classes, and pools utterance-level features.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,12 +20,12 @@ import torch
 from .._numerics import read_dtype
 from ..align import frame_labels as _align_frame_labels
 from .folds import (
-    _is_missing,
     _store_arg,
     assign_folds,
     check_heldout,
     control_labels,
     fold_class_counts,
+    label_str,
     split_groups,
 )
 
@@ -247,13 +248,6 @@ def _fix(fixes: dict, key: str) -> dict:
     return {"fix": fixes[key]} if key in fixes else {}
 
 
-def label_str(v) -> str:
-    """A label as a string; missing (None, NaN, pd.NA, NaT) is ``""``, i.e. unlabelled."""
-    if _is_missing(v):
-        return ""
-    return str(v)
-
-
 def label_strings(values) -> np.ndarray:
     """:func:`label_str` of every value, as an object array (``""``: unlabelled)."""
     return np.asarray([label_str(v) for v in values], dtype=object)
@@ -304,9 +298,38 @@ def require_alignments(phones, target: str, sel, ids,
         )
 
 
+def _number(s: str):
+    """The number a class string spells (``float``), or None (not a finite or infinite number)."""
+    try:
+        f = float(s)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
+
+
 def check_classes(target: str, classes, n_examples: int | None,
                   where: str = "among the probed examples") -> None:
-    """Refuse a target with one class, or (given ``n_examples``) one class per example."""
+    """Refuse a target with one class, or (given ``n_examples``) one class per example.
+
+    Also refuses two classes that spell one number differently (``"1"`` and
+    ``"1.0"``, ``"01"`` and ``"1"``, ``" 2"`` and ``"2"``): numbers themselves
+    reach here in one spelling (:func:`label_str`), so such a pair comes from
+    strings, and whether it is one class or two only the user can say.
+    """
+    by_value: dict[float, list[str]] = {}
+    for c in classes:
+        f = _number(str(c))
+        if f is not None:
+            by_value.setdefault(f, []).append(str(c))
+    clash = [v for v in by_value.values() if len(v) > 1]
+    if clash:
+        raise ValueError(
+            f"target {target!r} has classes that spell one number differently {where}: "
+            + "; ".join(" and ".join(repr(c) for c in v) for v in clash[:5])
+            + f" ({len(clash)} such number(s)). They would be different classes; write each "
+            "value one way (e.g. numbers as numbers, or strings all spelled alike), or give "
+            "distinct codes distinct names (e.g. 'c01' and 'c1')"
+        )
     if len(classes) < 2:
         which = f" ({classes[0]!r})" if len(classes) else ""
         raise ValueError(
