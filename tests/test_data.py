@@ -88,7 +88,7 @@ def test_phones_tile_each_utterance(corpus):
     marks = re.compile("[ˈˌːˑ',:]")
     for u in corpus:
         ph = u.phones
-        assert list(ph.columns) == list(PHONE_COLUMNS)
+        assert list(ph.columns) == [*PHONE_COLUMNS, "word_index"]  # words numbered
         start, end = ph["start"].to_numpy(), ph["end"].to_numpy()
         assert start.dtype == np.int64 and end.dtype == np.int64
         assert start[0] == 0 and end[-1] == u.num_samples

@@ -457,6 +457,7 @@ def _pack(meta: dict, wavs: List[np.ndarray], tables: List[list]) -> Dict[str, n
         "word": np.array([r[1] for t in tables for r in t], dtype=str),
         "start": np.array([r[2] for t in tables for r in t], dtype=np.int64),
         "end": np.array([r[3] for t in tables for r in t], dtype=np.int64),
+        "word_index": np.array([r[4] for t in tables for r in t], dtype=np.int64),
         "meta": np.frombuffer(json.dumps(meta, sort_keys=True).encode("utf-8"), dtype=np.uint8),
     }
     arrays["checksum"] = np.frombuffer(_checksum(arrays).encode("ascii"), dtype=np.uint8)
@@ -501,6 +502,7 @@ def _unpack(arrays: Dict[str, np.ndarray], name: str) -> Corpus:
             "word": arrays["word"][a:b].astype(object),
             "start": arrays["start"][a:b].astype(np.int64),
             "end": arrays["end"][a:b].astype(np.int64),
+            "word_index": arrays["word_index"][a:b].astype(np.int64),
         })
         utts.append(Utterance(id=m["id"], wav=arrays["audio"][int(ao[i]): int(ao[i + 1])],
                               text=m["text"], speaker=m["speaker"], phones=phones,
