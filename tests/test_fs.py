@@ -339,3 +339,33 @@ def test_every_write_of_the_package_goes_through_owned_folder():
                 bad.append(where + " (writes to a path expression)")
     assert not bad, ("write through s3viz._fs.OwnedFolder (these write, create or delete "
                      "by path):\n" + "\n".join(bad))
+
+
+# --------------------------------------------------------------------------- synthetic cache
+
+
+def test_the_synthetic_cache_writes_through_no_link_below_the_named_folder(tmp_path, victim,
+                                                                           monkeypatch):
+    """$S3VIZ_CACHE is the user's; its ``synthetic/`` is s3viz's and is not followed."""
+    (tmp_path / "cache").mkdir()
+    os.symlink(victim, tmp_path / "cache" / "synthetic")
+    monkeypatch.setenv("S3VIZ_CACHE", str(tmp_path / "cache"))
+    before = snapshot(victim)
+    with pytest.raises(UnsafePathError, match="synthetic"):
+        s3viz.data.synthetic_corpus(2, seed=0)
+    assert snapshot(victim) == before
+
+
+@pytest.mark.parametrize("where", ["named", "default"])
+def test_the_synthetic_cache_serves_no_file_through_a_link(tmp_path, victim, monkeypatch, where):
+    monkeypatch.setenv("S3VIZ_CACHE", str(tmp_path / "env"))
+    cache_dir = tmp_path / "named" if where == "named" else None
+    s3viz.data.synthetic_corpus(2, seed=0, cache_dir=cache_dir)
+    folder = tmp_path / "named" if where == "named" else tmp_path / "env" / "synthetic"
+    (cached,) = folder.glob("synthetic-*.npz")
+    os.replace(cached, victim / "valid.npz")  # a valid cache file, elsewhere
+    os.symlink(victim / "valid.npz", cached)
+    before = snapshot(victim)
+    with pytest.raises(UnsafePathError, match=cached.name):
+        s3viz.data.synthetic_corpus(2, seed=0, cache_dir=cache_dir)
+    assert snapshot(victim) == before
