@@ -369,3 +369,24 @@ def test_the_synthetic_cache_serves_no_file_through_a_link(tmp_path, victim, mon
     with pytest.raises(UnsafePathError, match=cached.name):
         s3viz.data.synthetic_corpus(2, seed=0, cache_dir=cache_dir)
     assert snapshot(victim) == before
+
+
+# --------------------------------------------------------------------------- reopening
+
+
+def test_reopening_a_cache_dir_follows_no_planted_link(tmp_path):
+    """A link planted in the cache_dir given to LayerStore.open is not an extraction of it."""
+    store = _extract(_aligned(2), tmp_path / "A")
+    (tmp_path / "B").mkdir()
+    os.symlink(store.path, tmp_path / "B" / "planted")
+    with pytest.raises(FileNotFoundError, match="planted"):
+        s3viz.LayerStore.open(tmp_path / "B")
+    # a real folder whose manifest.json is a link is left out too
+    (tmp_path / "B" / "real").mkdir()
+    os.symlink(store.path / "manifest.json", tmp_path / "B" / "real" / "manifest.json")
+    with pytest.raises(FileNotFoundError, match="real/manifest.json"):
+        s3viz.LayerStore.open(tmp_path / "B")
+    # beside a real extraction, the link is not counted as a second one
+    os.symlink(store.path, tmp_path / "A" / "planted")
+    assert s3viz.LayerStore.open(tmp_path / "A").path == store.path
+    assert s3viz.LayerStore.open(tmp_path / "B" / "planted").num_layer == store.num_layer  # named
