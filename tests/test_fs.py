@@ -189,6 +189,46 @@ def test_export_refuses_two_utterances_that_map_to_one_file(tmp_path, layout, id
     assert not (tmp_path / "e").exists()
 
 
+@pytest.mark.parametrize("layout", ["mfa", "timit"])
+@pytest.mark.parametrize("new_id", ["\u00e9" * 120, "b" * 250, "\u65e5" * 84, "b" * 252],
+                         ids=["e-acute-x120", "b-x250", "cjk-x84", "b-x252"])
+def test_export_checks_every_file_name_in_bytes_before_writing(tmp_path, layout, new_id):
+    """A name that fits only without its suffix is refused before any file is written;
+    one that fits is written whole (the temporary name beside it fits too)."""
+    from s3viz.data.formats import _SUFFIXES
+
+    corpus = _aligned(2)
+    corpus[1].id = new_id
+    longest = max(len(s.encode()) for s in _SUFFIXES[layout])
+    if len(new_id.encode()) + longest > 255:
+        with pytest.raises(UnsafePathError, match="utterance id.*less") as e:
+            s3viz.data.export_corpus(corpus, tmp_path / "e", layout=layout)
+        assert new_id in str(e.value)
+        assert not (tmp_path / "e").exists()
+    else:
+        s3viz.data.export_corpus(corpus, tmp_path / "e", layout=layout)
+        written = [p for p in (tmp_path / "e").rglob("*") if p.is_file()]
+        assert {p.name[len(new_id):] for p in written if p.name.startswith(new_id)} == set(
+            _SUFFIXES[layout])
+        assert not [p for p in written if ".tmp-" in p.name]
+    # the layouts write no suffix the plan does not check
+    suffixes = {p.suffix for p in (tmp_path / "e").rglob("*") if p.is_file()
+                and p.name != "labels.csv"} if (tmp_path / "e").exists() else set()
+    assert suffixes <= set(_SUFFIXES[layout])
+
+
+def test_a_255_byte_name_is_written_through_a_temporary_name_that_fits(tmp_path):
+    folder = OwnedFolder(tmp_path / "o")
+    for name in ("x" * 255, "\u00e9" * 127 + "x", "\u65e5" * 85):
+        assert len(name.encode()) == 255
+        folder.write_text(name, "whole")
+        assert (tmp_path / "o" / name).read_text() == "whole"
+    with pytest.raises(UnsafePathError, match="over 246 bytes: 255 less 9"):
+        from s3viz._fs import check_name
+
+        check_name("x" * 247, "id", room=9)
+
+
 def test_export_into_a_folder_with_a_planted_link_writes_nothing_through_it(tmp_path, victim):
     corpus = _aligned(2)
     out = tmp_path / "e"

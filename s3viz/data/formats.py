@@ -99,10 +99,20 @@ def load_timit(root: Union[str, os.PathLike], split: Optional[str] = None, phone
 # --------------------------------------------------------------------------- export
 
 
-def _safe(name, what: str) -> str:
+_SUFFIXES = {"mfa": (".wav", ".lab", ".TextGrid"), "timit": (".WAV", ".PHN", ".WRD", ".TXT")}
+"""The files each layout writes per utterance: ``<stem><suffix>``."""
+
+
+def _safe(name, what: str, *, suffixes=()) -> str:
     """``name`` as one folder or file name in an export (refused: empty, ``.``/``..``, a path
-    separator, NUL; what each layout's readers would take apart)."""
-    return check_name(str(name).strip(), what)
+    separator, NUL; what each layout's readers would take apart), and with each of
+    ``suffixes`` added still one name the file system takes (255 bytes)."""
+    text = str(name).strip()
+    room = max((len(os.fsencode(s)) for s in suffixes), default=0)
+    check_name(text, what, room=room)
+    for suffix in suffixes:  # the full names written, in bytes (room covers them; kept
+        check_name(text + suffix, what)  # explicit so a new suffix cannot slip past)
+    return text
 
 
 def _intervals(table: pd.DataFrame, column: str, num_samples: int):
@@ -193,11 +203,13 @@ def _speaker_dir(u) -> str:
 
 def _export_plan(corpus, layout: str) -> list:
     """The file stem (a path below the export folder) of each utterance, checked: each
-    part is one plain name, and no two utterances map to one file (compared as the file
-    systems that fold case and Unicode normalisation would), else the two are named."""
+    part is one plain name, every file name written (the id with each of the layout's
+    suffixes) fits in 255 bytes, and no two utterances map to one file (compared as the
+    file systems that fold case and Unicode normalisation would), else the two are named."""
     stems, seen = [], {}
     for u in corpus:
-        base = _safe(str(u.id).replace("/", "_").replace("\\", "_"), "utterance id")
+        base = _safe(str(u.id).replace("/", "_").replace("\\", "_"), "utterance id",
+                     suffixes=_SUFFIXES[layout])
         if layout == "mfa":
             parts = ("corpus", _speaker_dir(u), base)
         else:
