@@ -229,6 +229,24 @@ def test_a_255_byte_name_is_written_through_a_temporary_name_that_fits(tmp_path)
         check_name("x" * 247, "id", room=9)
 
 
+@pytest.mark.parametrize("name", ["speaker", "text", "file", "id", "num_samples"])
+def test_mfa_export_refuses_a_label_that_clashes_with_a_column(tmp_path, name):
+    corpus = _aligned(3)
+    corpus[1].labels[name] = "from the label"
+    with pytest.raises(ValueError, match=rf"\['{name}'\].*rename") as e:
+        s3viz.data.export_corpus(corpus, tmp_path / "e", layout="mfa")
+    assert repr(corpus[1].id) in str(e.value)
+    assert not (tmp_path / "e").exists()
+    for u in corpus:  # renamed as the message says, every value reads back as it went in
+        if name in u.labels:
+            u.labels[f"label_{name}"] = u.labels.pop(name)
+    s3viz.data.export_corpus(corpus, tmp_path / "e", layout="mfa")
+    back = s3viz.data.load_folder(tmp_path / "e" / "corpus", tmp_path / "e" / "labels.csv")
+    got = {u.text: (u.speaker, u.labels.get(f"label_{name}")) for u in back}
+    want = {u.text: (u.speaker, u.labels.get(f"label_{name}")) for u in corpus}
+    assert got == want and "from the label" in {v for _, v in got.values()}
+
+
 def test_export_into_a_folder_with_a_planted_link_writes_nothing_through_it(tmp_path, victim):
     corpus = _aligned(2)
     out = tmp_path / "e"

@@ -99,6 +99,11 @@ def load_timit(root: Union[str, os.PathLike], split: Optional[str] = None, phone
 # --------------------------------------------------------------------------- export
 
 
+_MFA_COLUMNS = ("file", "id", "speaker", "text", "num_samples")
+"""Columns of the ``mfa`` layout's ``labels.csv`` that are not labels: written by the export
+(``file``, ``speaker``, ``text``) or read otherwise by :func:`load_folder` (``id`` names
+the utterance, ``num_samples`` is computed and refused as a label)."""
+
 _SUFFIXES = {"mfa": (".wav", ".lab", ".TextGrid"), "timit": (".WAV", ".PHN", ".WRD", ".TXT")}
 """The files each layout writes per utterance: ``<stem><suffix>``."""
 
@@ -151,8 +156,9 @@ def export_corpus(corpus, folder: Union[str, os.PathLike], layout: str = "mfa", 
               ``.lab`` transcript, ``folder/aligned/<speaker>/<id>.TextGrid``
               (long text format, UTF-8, tiers ``words`` and ``phones``, silence
               as empty intervals, as MFA writes), and ``folder/labels.csv``
-              (one row per file: ``file``, ``speaker`` and the utterance's
-              labels). Load it back with ``load_folder(folder / "corpus",
+              (one row per file: ``file``, ``speaker``, ``text`` and the
+              utterance's labels; a label named ``file``, ``id``, ``speaker``,
+              ``text`` or ``num_samples`` is refused: rename it). Load it back with ``load_folder(folder / "corpus",
               folder / "labels.csv", alignments=folder / "aligned")``.
             - ``"timit"``: ``folder/TRAIN/DR1/<sex><speaker>/<id>.WAV`` as NIST
               SPHERE with ``.PHN``/``.WRD`` (16 kHz samples; labels as written,
@@ -186,6 +192,17 @@ def export_corpus(corpus, folder: Union[str, os.PathLike], layout: str = "mfa", 
         if layout == "timit" and (phones.str.strip().eq("") | phones.str.contains(r"\s")).any():
             raise ValueError(f"utterance {u.id!r} has a phone label that is empty or has spaces, "
                              "which a .PHN line cannot hold; use layout='mfa'")
+    if layout == "mfa":
+        for u in corpus:
+            clash = [k for k in u.labels if k in _MFA_COLUMNS]
+            if clash:
+                raise ValueError(
+                    f"utterance {u.id!r} has label(s) {clash} that labels.csv of layout='mfa' "
+                    f"holds as its own columns {list(_MFA_COLUMNS)} (the file, id, speaker "
+                    "and text of each utterance), so they would overwrite them or be lost; "
+                    "rename those labels first, e.g. for u in corpus: if "
+                    f"{clash[0]!r} in u.labels: u.labels['label_{clash[0]}'] = "
+                    f"u.labels.pop({clash[0]!r})")
     files = _export_plan(corpus, layout)  # every name checked before anything is written
     root = Path(folder).expanduser()
     if root.exists() and root.is_dir() and any(root.iterdir()) and not overwrite:
@@ -249,7 +266,7 @@ def _export_mfa(corpus, out: OwnedFolder, stems, sf) -> Dict[str, Path]:
             tg.addTier(textgrid.IntervalTier(name, entries, 0.0, duration))
         out.write_text(f"aligned/{rel}.TextGrid", _textgrid_text(tg))
         label_rows.append({"file": f"{rel}.wav", "speaker": u.speaker, "text": u.text,
-                           **{k: v for k, v in u.labels.items() if k not in ("file", "id")}})
+                           **u.labels})  # no label clashes with these (export_corpus)
     labels = out.write_with("labels.csv", lambda f: pd.DataFrame(label_rows).to_csv(
         f, index=False), text=True)
     return {"root": out.folder, "audio": out.path("corpus"), "alignments": out.path("aligned"),
