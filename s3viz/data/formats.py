@@ -274,17 +274,19 @@ def _export_mfa(corpus, out: OwnedFolder, stems, sf) -> Dict[str, Path]:
 
 
 def _textgrid_text(tg) -> str:
-    """A TextGrid as MFA writes it (long format, UTF-8). praatio's public API saves only to
-    a file name, so it saves into a fresh private folder and the text is written from
-    there through the export's OwnedFolder."""
-    import tempfile
+    """A TextGrid as MFA writes it (long format, UTF-8), made in memory.
 
-    with tempfile.TemporaryDirectory(prefix="s3viz-tg-") as tmp:
-        path = os.path.join(tmp, "a.TextGrid")
-        tg.save(path, format="long_textgrid", includeBlankSpaces=True,
-                minimumIntervalLength=None)
-        with open(path, encoding="utf-8") as f:
-            return f.read()
+    praatio's public API saves only to a file name; ``Textgrid.save`` is these three
+    steps and then a write to that name, so they are called here without the file
+    (``_tgToDictionary`` is praatio's private helper: praatio is pinned to 6.x, and
+    ``tests/test_fs.py`` checks the text equals what ``save`` writes).
+    """
+    from praatio.data_classes.textgrid import _tgToDictionary
+    from praatio.utilities import textgrid_io
+
+    tg.validate("warning")
+    return textgrid_io.getTextgridAsStr(_tgToDictionary(tg), "long_textgrid", True, None, None,
+                                        None)
 
 
 def _export_timit(corpus, out: OwnedFolder, stems, sf) -> Dict[str, Path]:
