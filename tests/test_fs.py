@@ -821,3 +821,53 @@ def test_reopening_a_cache_dir_follows_no_planted_link(tmp_path):
     os.symlink(store.path, tmp_path / "A" / "planted")
     assert s3viz.LayerStore.open(tmp_path / "A").path == store.path
     assert s3viz.LayerStore.open(tmp_path / "B" / "planted").num_layer == store.num_layer  # named
+
+
+# --------------------------------------------------------------------------- the report folder
+
+_PNG = ("iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAYAAABytg0kAAAAFklEQVR4nGP8z8DwnwEJMDIyYkgAALCOBP7q"
+        "s/5NAAAAAElFTkSuQmCC")
+
+
+def _figures_notebook(path, n):
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(
+        "import base64\nfrom IPython.display import Image, display\n"
+        f"for _ in range({n}):\n    display(Image(data=base64.b64decode('{_PNG}')))")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+def test_a_rerun_report_holds_only_this_runs_figures(tmp_path):
+    from s3viz.report import run_notebook
+
+    out = tmp_path / "report"
+    nb = _figures_notebook(tmp_path / "a.ipynb", 3)
+    assert len(run_notebook(nb, out, timeout=60).figures) == 3
+    (out / "a_figures" / "notes.txt").write_text("the user's")
+    _figures_notebook(nb, 1)
+    result = run_notebook(nb, out, timeout=60)
+    assert [f.name for f in result.figures] == ["fig01.png"]
+    assert sorted(p.name for p in (out / "a_figures").iterdir()) == ["fig01.png", "notes.txt"]
+
+
+@pytest.mark.parametrize("names", [("index",), ("Index",), ("x/a", "y/a"), ("a", "A"),
+                                   ("caf\u00e9", "cafe\u0301"), ("n" * 249,)])
+def test_report_refuses_notebooks_whose_pages_overwrite_others(tmp_path, names):
+    from s3viz.report import build_report, run_notebook
+
+    nbs = []
+    for name in names:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        nbs.append(_figures_notebook(tmp_path / f"{name}.ipynb", 0))
+    with pytest.raises(ValueError, match=r"\.ipynb") as e:  # names the notebook
+        build_report(nbs, tmp_path / "out", timeout=60)
+    assert str(nbs[-1]) in str(e.value)
+    assert not (tmp_path / "out").exists()  # refused before anything ran or was written
+    if len(names) == 1:
+        with pytest.raises(ValueError, match=r"\.ipynb"):
+            run_notebook(nbs[0], tmp_path / "out", timeout=60)
