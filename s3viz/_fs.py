@@ -224,23 +224,23 @@ class OwnedFolder:
 
     # ------------------------------------------------------------------ reading, listing
 
-    def exists(self, rel) -> bool:
+    def _stat(self, rel):
+        """``rel``'s own stat (a link's, not its target's); None when it or its folder is
+        missing (a link on the way there is refused)."""
         folder, name = self._split(rel)
         try:
             with self._dir(folder, create=False) as dfd:
-                return self._lstat(dfd, name) is not None
+                return self._lstat(dfd, name)
         except FileNotFoundError:
-            return False
+            return None
+
+    def exists(self, rel) -> bool:
+        return self._stat(rel) is not None
 
     def kind(self, rel) -> str | None:
         """What ``rel`` is, without following it: ``"file"``, ``"folder"``, ``"link"`` or
         ``"other"``; None when it is missing (a link on the way there is refused)."""
-        folder, name = self._split(rel)
-        try:
-            with self._dir(folder, create=False) as dfd:
-                st = self._lstat(dfd, name)
-        except FileNotFoundError:
-            return None
+        st = self._stat(rel)
         if st is None:
             return None
         for test, word in ((stat.S_ISLNK, "link"), (stat.S_ISDIR, "folder"),
@@ -252,12 +252,7 @@ class OwnedFolder:
     def regular_file(self, rel) -> Path | None:
         """The path of the regular file ``rel``, None when it is missing; refused when it or
         a folder on the way is a link (for readers that need a path, e.g. memory maps)."""
-        folder, name = self._split(rel)
-        try:
-            with self._dir(folder, create=False) as dfd:
-                st = self._lstat(dfd, name)
-        except FileNotFoundError:
-            return None
+        st = self._stat(rel)
         if st is None:
             return None
         if not stat.S_ISREG(st.st_mode):
