@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import io
 import os
 import stat
@@ -31,14 +32,23 @@ class UnsafePathError(ValueError):
     """A path would leave the folder s3viz owns, or pass through a symbolic link inside it."""
 
 
-def check_name(name, what: str = "name") -> str:
+NAME_MAX = 255
+"""Bytes in one file name on the common file systems (ext4, APFS, NTFS in UTF-16 units)."""
+
+
+def check_name(name, what: str = "name", *, room: int = 0) -> str:
     """``name`` as one file or folder name: refused when it is empty, ``.``/``..``, holds a
-    path separator or a NUL, or is longer than 255 bytes."""
+    path separator or a NUL, or is longer than 255 bytes less ``room`` (the bytes of a
+    suffix such as ``.TextGrid`` that will be added to it)."""
     text = str(name)
+    limit = NAME_MAX - room
     if (not text.strip() or text in (".", "..") or "/" in text or "\\" in text or "\0" in text
-            or len(os.fsencode(text)) > 255):
-        raise UnsafePathError(f"{what} {name!r} cannot be a file or folder name (empty, '.', "
-                              "'..', a path separator, NUL, or over 255 bytes); change it first")
+            or len(os.fsencode(text)) > limit):
+        raise UnsafePathError(
+            f"{what} {name!r} cannot be a file or folder name (empty, '.', '..', a path "
+            f"separator, NUL, or over {limit} bytes"
+            + (f": {NAME_MAX} less {room} for the suffix added to it" if room else "")
+            + f"; it has {len(os.fsencode(text))}); change it first")
     return text
 
 
@@ -214,23 +224,35 @@ class OwnedFolder:
 
     # ------------------------------------------------------------------ reading, listing
 
-    def exists(self, rel) -> bool:
+    def _stat(self, rel):
+        """``rel``'s own stat (a link's, not its target's); None when it or its folder is
+        missing (a link on the way there is refused)."""
         folder, name = self._split(rel)
         try:
             with self._dir(folder, create=False) as dfd:
-                return self._lstat(dfd, name) is not None
+                return self._lstat(dfd, name)
         except FileNotFoundError:
-            return False
+            return None
+
+    def exists(self, rel) -> bool:
+        return self._stat(rel) is not None
+
+    def kind(self, rel) -> str | None:
+        """What ``rel`` is, without following it: ``"file"``, ``"folder"``, ``"link"`` or
+        ``"other"``; None when it is missing (a link on the way there is refused)."""
+        st = self._stat(rel)
+        if st is None:
+            return None
+        for test, word in ((stat.S_ISLNK, "link"), (stat.S_ISDIR, "folder"),
+                           (stat.S_ISREG, "file")):
+            if test(st.st_mode):
+                return word
+        return "other"
 
     def regular_file(self, rel) -> Path | None:
         """The path of the regular file ``rel``, None when it is missing; refused when it or
         a folder on the way is a link (for readers that need a path, e.g. memory maps)."""
-        folder, name = self._split(rel)
-        try:
-            with self._dir(folder, create=False) as dfd:
-                st = self._lstat(dfd, name)
-        except FileNotFoundError:
-            return None
+        st = self._stat(rel)
         if st is None:
             return None
         if not stat.S_ISREG(st.st_mode):
@@ -339,8 +361,13 @@ class OwnedFolder:
             os.unlink(os.path.join(dfd, name))
 
     def _temp(self, dfd, name):
+        # The temporary name must fit NAME_MAX whatever ``name`` is (a 255-byte name, or
+        # one of multi-byte characters): a prefix of at most 64 bytes cut at a character
+        # boundary, then a digest of the whole name so that two long names do not share it.
+        head = os.fsencode(name)[:64].decode("utf-8", "ignore")
+        digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:12]
         for i in range(100):
-            tmp = f".{name[:200]}.tmp-{os.getpid()}-{i}"
+            tmp = f".{head}.{digest}.tmp-{os.getpid()}-{i}"
             try:
                 fd = self._open_at(dfd, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW
                                    | _CLOEXEC)

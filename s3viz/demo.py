@@ -16,10 +16,12 @@ import time
 from pathlib import Path
 from typing import List
 
+from ._fs import OwnedFolder
+
 __all__ = ["run_analysis", "main"]
 
 
-def _save(fig_or_ax, out, name: str) -> Path:
+def _save(fig_or_ax, out: OwnedFolder, name: str) -> Path:
     """Write a figure as ``name`` (PNG) into the OwnedFolder ``out``."""
     import matplotlib.pyplot as plt
 
@@ -30,7 +32,7 @@ def _save(fig_or_ax, out, name: str) -> Path:
     return path
 
 
-def _csv(out, name: str, df, **kw) -> Path:
+def _csv(out: OwnedFolder, name: str, df, **kw) -> Path:
     """Write a table as ``name`` (CSV) into the OwnedFolder ``out``."""
     return out.write_with(name, lambda f: df.to_csv(f, **kw), text=True)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence
 
-from ._fs import OwnedFolder
+from ._fs import OwnedFolder, check_name, collision_key
 
 __all__ = ["NotebookResult", "run_notebook", "build_report", "write_index"]
 
@@ -71,9 +71,35 @@ def _offline(page: str, nb) -> str:
     return _REMOTE.sub("", page)
 
 
+_FIGURE_NAME = re.compile(r"fig\d{2,}\.png")
+"""The figure files ``run_notebook`` writes into ``<stem>_figures/`` (and removes there
+before a new run, so the folder holds only this run's figures)."""
+
+
+def _check_pages(notebooks: Sequence[Path]) -> None:
+    """Refuse, before anything runs, notebooks whose pages would overwrite each other or
+    the report's ``index.html`` (compared as file systems that fold case and Unicode
+    normalisation would), or whose names are too long for the files they make."""
+    seen = {collision_key("index"): "the report's own index.html"}
+    for nb in notebooks:
+        stem = Path(nb).stem
+        check_name(stem, f"notebook {str(nb)!r}", room=len("_figures"))
+        key = collision_key(stem)
+        if key in seen:
+            raise ValueError(
+                f"notebook {str(nb)!r} would be written to {stem}.html, which is "
+                f"{seen[key]}; rename the notebook (or run it into another --out)")
+        seen[key] = f"the page of notebook {str(nb)!r}"
+
+
 def run_notebook(path: Path, out_dir: Path, *, timeout: int = 600, kernel_name: str = "python3"
                  ) -> NotebookResult:
-    """Execute ``path`` into ``out_dir``; an error in a cell is recorded, not raised."""
+    """Execute ``path`` into ``out_dir``; an error in a cell is recorded, not raised.
+
+    Writes ``<stem>.html`` and ``<stem>_figures/figNN.png`` (the ``figNN.png`` an earlier
+    run left there are removed first); a notebook named ``index`` is refused (its page
+    would be the report's index).
+    """
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
@@ -82,6 +108,7 @@ def run_notebook(path: Path, out_dir: Path, *, timeout: int = 600, kernel_name: 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"notebook {str(path)!r} does not exist")
+    _check_pages([path])
     out = OwnedFolder(out_dir, "the report folder")
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(
@@ -96,13 +123,18 @@ def run_notebook(path: Path, out_dir: Path, *, timeout: int = 600, kernel_name: 
         error = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
     seconds = time.perf_counter() - start
 
+    fig_dir = f"{path.stem}_figures"
+    if out.kind(fig_dir) is not None:  # a link there is refused by listdir, not followed
+        for old in out.listdir(fig_dir):
+            if _FIGURE_NAME.fullmatch(old):
+                out.unlink(f"{fig_dir}/{old}")
     figures = []
     for cell in nb.cells:
         for output in cell.get("outputs", []):
             png = output.get("data", {}).get("image/png")
             if png:
                 figures.append(out.write_bytes(
-                    f"{path.stem}_figures/fig{len(figures) + 1:02d}.png", base64.b64decode(png)))
+                    f"{fig_dir}/fig{len(figures) + 1:02d}.png", base64.b64decode(png)))
 
     _static_widgets(nb)
     title = _title(nb)
@@ -233,6 +265,7 @@ def build_report(notebooks: Sequence[Path], out_dir: Path, *, timeout: int = 600
                  figures: Sequence[tuple] = ()) -> List[NotebookResult]:
     """Execute every notebook into ``out_dir`` and write the index (see :func:`write_index`)."""
     out_dir = Path(out_dir)
+    _check_pages(notebooks)
     results = []
     for nb in notebooks:
         print(f"running {nb} ...", file=sys.stderr, flush=True)

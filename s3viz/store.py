@@ -33,7 +33,7 @@ from ._cache import (
     tensor_bytes,
 )
 from ._compat import renamed_args
-from ._fs import OwnedFolder
+from ._fs import OwnedFolder, UnsafePathError
 from .align import frame_labels as _align_frame_labels
 
 __all__ = ["LayerStore", "NonFiniteError", "CacheCorruptionError"]
@@ -333,20 +333,12 @@ class LayerStore:
 
         Args:
             path: a cache folder (``cache_dir/<name>-<fingerprint>``) or a
-                ``cache_dir`` holding exactly one finished extraction.
+                ``cache_dir`` holding exactly one finished extraction (a symbolic link
+                inside that ``cache_dir`` is not followed: name the folder itself).
         """
         root = Path(path)
         if not (root / "manifest.json").exists() and not (root / "plan.json").exists():
-            found = sorted(p.parent for p in root.glob("*/manifest.json"))
-            if len(found) == 1:
-                root = found[0]
-            elif found:
-                raise ValueError(
-                    f"{root} holds {len(found)} extractions; open one of them: "
-                    + ", ".join(p.name for p in found)
-                )
-            else:
-                raise FileNotFoundError(f"no s3viz extraction (manifest.json) under {root}")
+            root = cls._find_extraction(root)
         folder = OwnedFolder(root, "the extraction folder", create=False)
         manifest = read_json(folder, "manifest.json")
         if manifest is None:
@@ -384,6 +376,41 @@ class LayerStore:
             raise ValueError(f"labels.json or phones.json of {root} do not match its {n} utterances")
         # chunk files are checked (size, sha256) on their first load, one layer at a time
         return cls._from_manifest(root, manifest, labels, [df_from_json(p) for p in phones_json])
+
+    @staticmethod
+    def _find_extraction(cache_dir: Path) -> Path:
+        """The one extraction folder in ``cache_dir`` (the folder the user named).
+
+        Its entries are looked at without following links (``s3viz._fs``): a link
+        there, or a ``manifest.json`` that is a link, is not an extraction of this
+        ``cache_dir`` and is left out (and named when nothing else is found).
+        """
+        cache = OwnedFolder(cache_dir, "cache_dir", create=False)
+        try:
+            names = cache.listdir()
+        except (FileNotFoundError, NotADirectoryError):
+            raise FileNotFoundError(f"no s3viz extraction (manifest.json) under {cache_dir}: "
+                                    "the folder does not exist") from None
+        found, links = [], []
+        for name in names:
+            kind = cache.kind(name)
+            if kind == "link":
+                links.append(name)
+            elif kind == "folder":
+                try:
+                    if cache.regular_file(f"{name}/manifest.json") is not None:
+                        found.append(name)
+                except UnsafePathError:
+                    links.append(f"{name}/manifest.json")
+        if len(found) == 1:
+            return cache.folder / found[0]
+        if found:
+            raise ValueError(f"{cache_dir} holds {len(found)} extractions; open one of them: "
+                             + ", ".join(found))
+        skipped = (f" (left out, being symbolic links: {', '.join(links)}; s3viz follows no "
+                   "link inside cache_dir: open the folder a link points to by its own path "
+                   "if you trust it)") if links else ""
+        raise FileNotFoundError(f"no s3viz extraction (manifest.json) under {cache_dir}{skipped}")
 
     @classmethod
     def _from_manifest(cls, root, manifest, labels, phones) -> LayerStore:

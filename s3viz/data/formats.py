@@ -99,10 +99,25 @@ def load_timit(root: Union[str, os.PathLike], split: Optional[str] = None, phone
 # --------------------------------------------------------------------------- export
 
 
-def _safe(name, what: str) -> str:
+_MFA_COLUMNS = ("file", "id", "speaker", "text", "num_samples")
+"""Columns of the ``mfa`` layout's ``labels.csv`` that are not labels: written by the export
+(``file``, ``speaker``, ``text``) or read otherwise by :func:`load_folder` (``id`` names
+the utterance, ``num_samples`` is computed and refused as a label)."""
+
+_SUFFIXES = {"mfa": (".wav", ".lab", ".TextGrid"), "timit": (".WAV", ".PHN", ".WRD", ".TXT")}
+"""The files each layout writes per utterance: ``<stem><suffix>``."""
+
+
+def _safe(name, what: str, *, suffixes=()) -> str:
     """``name`` as one folder or file name in an export (refused: empty, ``.``/``..``, a path
-    separator, NUL; what each layout's readers would take apart)."""
-    return check_name(str(name).strip(), what)
+    separator, NUL; what each layout's readers would take apart), and with each of
+    ``suffixes`` added still one name the file system takes (255 bytes)."""
+    text = str(name).strip()
+    room = max((len(os.fsencode(s)) for s in suffixes), default=0)
+    check_name(text, what, room=room)
+    for suffix in suffixes:  # the full names written, in bytes (room covers them; kept
+        check_name(text + suffix, what)  # explicit so a new suffix cannot slip past)
+    return text
 
 
 def _intervals(table: pd.DataFrame, column: str, num_samples: int):
@@ -141,8 +156,9 @@ def export_corpus(corpus, folder: Union[str, os.PathLike], layout: str = "mfa", 
               ``.lab`` transcript, ``folder/aligned/<speaker>/<id>.TextGrid``
               (long text format, UTF-8, tiers ``words`` and ``phones``, silence
               as empty intervals, as MFA writes), and ``folder/labels.csv``
-              (one row per file: ``file``, ``speaker`` and the utterance's
-              labels). Load it back with ``load_folder(folder / "corpus",
+              (one row per file: ``file``, ``speaker``, ``text`` and the
+              utterance's labels; a label named ``file``, ``id``, ``speaker``,
+              ``text`` or ``num_samples`` is refused: rename it). Load it back with ``load_folder(folder / "corpus",
               folder / "labels.csv", alignments=folder / "aligned")``.
             - ``"timit"``: ``folder/TRAIN/DR1/<sex><speaker>/<id>.WAV`` as NIST
               SPHERE with ``.PHN``/``.WRD`` (16 kHz samples; labels as written,
@@ -176,6 +192,17 @@ def export_corpus(corpus, folder: Union[str, os.PathLike], layout: str = "mfa", 
         if layout == "timit" and (phones.str.strip().eq("") | phones.str.contains(r"\s")).any():
             raise ValueError(f"utterance {u.id!r} has a phone label that is empty or has spaces, "
                              "which a .PHN line cannot hold; use layout='mfa'")
+    if layout == "mfa":
+        for u in corpus:
+            clash = [k for k in u.labels if k in _MFA_COLUMNS]
+            if clash:
+                raise ValueError(
+                    f"utterance {u.id!r} has label(s) {clash} that labels.csv of layout='mfa' "
+                    f"holds as its own columns {list(_MFA_COLUMNS)} (the file, id, speaker "
+                    "and text of each utterance), so they would overwrite them or be lost; "
+                    "rename those labels first, e.g. for u in corpus: if "
+                    f"{clash[0]!r} in u.labels: u.labels['label_{clash[0]}'] = "
+                    f"u.labels.pop({clash[0]!r})")
     files = _export_plan(corpus, layout)  # every name checked before anything is written
     root = Path(folder).expanduser()
     if root.exists() and root.is_dir() and any(root.iterdir()) and not overwrite:
@@ -193,11 +220,13 @@ def _speaker_dir(u) -> str:
 
 def _export_plan(corpus, layout: str) -> list:
     """The file stem (a path below the export folder) of each utterance, checked: each
-    part is one plain name, and no two utterances map to one file (compared as the file
-    systems that fold case and Unicode normalisation would), else the two are named."""
+    part is one plain name, every file name written (the id with each of the layout's
+    suffixes) fits in 255 bytes, and no two utterances map to one file (compared as the
+    file systems that fold case and Unicode normalisation would), else the two are named."""
     stems, seen = [], {}
     for u in corpus:
-        base = _safe(str(u.id).replace("/", "_").replace("\\", "_"), "utterance id")
+        base = _safe(str(u.id).replace("/", "_").replace("\\", "_"), "utterance id",
+                     suffixes=_SUFFIXES[layout])
         if layout == "mfa":
             parts = ("corpus", _speaker_dir(u), base)
         else:
@@ -237,7 +266,7 @@ def _export_mfa(corpus, out: OwnedFolder, stems, sf) -> Dict[str, Path]:
             tg.addTier(textgrid.IntervalTier(name, entries, 0.0, duration))
         out.write_text(f"aligned/{rel}.TextGrid", _textgrid_text(tg))
         label_rows.append({"file": f"{rel}.wav", "speaker": u.speaker, "text": u.text,
-                           **{k: v for k, v in u.labels.items() if k not in ("file", "id")}})
+                           **u.labels})  # no label clashes with these (export_corpus)
     labels = out.write_with("labels.csv", lambda f: pd.DataFrame(label_rows).to_csv(
         f, index=False), text=True)
     return {"root": out.folder, "audio": out.path("corpus"), "alignments": out.path("aligned"),
@@ -245,17 +274,19 @@ def _export_mfa(corpus, out: OwnedFolder, stems, sf) -> Dict[str, Path]:
 
 
 def _textgrid_text(tg) -> str:
-    """A TextGrid as MFA writes it (long format, UTF-8). praatio's public API saves only to
-    a file name, so it saves into a fresh private folder and the text is written from
-    there through the export's OwnedFolder."""
-    import tempfile
+    """A TextGrid as MFA writes it (long format, UTF-8), made in memory.
 
-    with tempfile.TemporaryDirectory(prefix="s3viz-tg-") as tmp:
-        path = os.path.join(tmp, "a.TextGrid")
-        tg.save(path, format="long_textgrid", includeBlankSpaces=True,
-                minimumIntervalLength=None)
-        with open(path, encoding="utf-8") as f:
-            return f.read()
+    praatio's public API saves only to a file name; ``Textgrid.save`` is these three
+    steps and then a write to that name, so they are called here without the file
+    (``_tgToDictionary`` is praatio's private helper: praatio is pinned to 6.x, and
+    ``tests/test_fs.py`` checks the text equals what ``save`` writes).
+    """
+    from praatio.data_classes.textgrid import _tgToDictionary
+    from praatio.utilities import textgrid_io
+
+    tg.validate("warning")
+    return textgrid_io.getTextgridAsStr(_tgToDictionary(tg), "long_textgrid", True, None, None,
+                                        None)
 
 
 def _export_timit(corpus, out: OwnedFolder, stems, sf) -> Dict[str, Path]:

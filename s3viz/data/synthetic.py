@@ -10,6 +10,7 @@ disk under a hash of them. More: ``docs/data.md``.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import random
@@ -25,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from .. import _deps
-from .._fs import OwnedFolder
+from .._fs import OwnedFolder, UnsafePathError
 from ..interface import SAMPLE_RATE
 from . import _espeak
 from ._corpus import Corpus, Utterance
@@ -464,19 +465,47 @@ def _pack(meta: dict, wavs: List[np.ndarray], tables: List[list]) -> Dict[str, n
     return arrays
 
 
-def _write_atomic(path: Path, arrays: Dict[str, np.ndarray]) -> None:
-    with OwnedFolder(path.parent, "the synthetic corpus cache").open_write(path.name) as f:
+def _cache_place(cache_dir) -> Tuple[Path, str]:
+    """The folder the user named and the cache's folder below it ("" for the folder itself).
+
+    ``cache_dir`` when given, else :func:`default_cache_dir` (``$S3VIZ_CACHE``) with
+    s3viz's own ``synthetic/`` below it: links in the user's folder are theirs, but
+    ``synthetic/`` and the cache file are s3viz's and never followed (``s3viz._fs``).
+    """
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser(), ""
+    return default_cache_dir(), "synthetic"
+
+
+def _write_cache(cache_dir, name: str, arrays: Dict[str, np.ndarray]) -> None:
+    root, below = _cache_place(cache_dir)
+    folder = OwnedFolder(root, "the synthetic corpus cache")
+    if below:
+        folder = folder.sub(below)
+    with folder.open_write(name) as f:
         np.savez(f, **arrays)
         f.flush()
         os.fsync(f.fileno())
 
 
-def _read_cache(path: Path) -> Optional[Dict[str, np.ndarray]]:
-    """The cached arrays, or None when the file is missing, unreadable or corrupt."""
-    if not path.exists():
+def _read_cache(cache_dir, name: str) -> Optional[Dict[str, np.ndarray]]:
+    """The cached arrays, or None when the file is missing, unreadable or corrupt. A link
+    at the file or at ``synthetic/`` is refused (:class:`s3viz._fs.UnsafePathError`)."""
+    root, below = _cache_place(cache_dir)
+    rel = f"{below}/{name}" if below else name
+    path = root / rel
+    try:
+        data = OwnedFolder(root, "the synthetic corpus cache", create=False).read_bytes(rel)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except UnsafePathError:
+        raise
+    except OSError as e:
+        warnings.warn(f"unreadable synthetic corpus cache {str(path)!r} ({e}); regenerating it",
+                      stacklevel=3)
         return None
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
         stored = bytes(arrays["checksum"]).decode("ascii")
         if stored != _checksum(arrays):
@@ -541,7 +570,9 @@ def synthetic_corpus(
             (utterance ``i`` speaks sentence ``i % n_sentences``).
         cache_dir: folder for the cache file; default ``default_cache_dir() /
             "synthetic"`` (``$S3VIZ_CACHE``, else ``$XDG_CACHE_HOME/s3viz``, else
-            ``~/.cache/s3viz``).
+            ``~/.cache/s3viz``). The folder named is taken as given; a symbolic link
+            below it (at ``synthetic/`` or at the cache file) is refused, never
+            written through or read.
         cache: read and write the on-disk cache.
 
     Returns:
@@ -574,12 +605,10 @@ def synthetic_corpus(
               "torch": torch.__version__, "torchaudio": torchaudio.__version__,
               "soxr": soxr.__version__}  # espeak's 22.05 kHz audio is resampled by soxr
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:20]
-    folder = Path(cache_dir).expanduser() if cache_dir is not None else (
-        default_cache_dir() / "synthetic")
-    path = folder / f"synthetic-{key}.npz"
+    file_name = f"synthetic-{key}.npz"
 
     if cache:
-        arrays = _read_cache(path)
+        arrays = _read_cache(cache_dir, file_name)
         if arrays is not None:
             return _unpack(arrays, name)
 
@@ -597,8 +626,10 @@ def synthetic_corpus(
     arrays = _pack({"params": params, "utterances": utterances}, wavs, tables)
     if cache:
         try:
-            _write_atomic(path, arrays)
+            _write_cache(cache_dir, file_name, arrays)
         except OSError as e:
+            root, below = _cache_place(cache_dir)
+            path = root / below / file_name
             warnings.warn(f"could not write the synthetic corpus cache {str(path)!r} ({e}); "
                           "set S3VIZ_CACHE to a writable folder", stacklevel=2)
     return _unpack(arrays, name)
