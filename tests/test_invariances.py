@@ -376,3 +376,36 @@ def test_cosine_abx_of_frames_pointing_one_way_is_degenerate(dtype):
     assert np.isnan(got[1]) and np.isfinite(got[0])
     assert len(ours) == 1 and "stored layer 1" in ours[0] and "rounding" in ours[0], ours
     assert np.isfinite(_run("abx euclidean", store)).all()
+
+
+# --------------------------------------------------------------------------- weighted sums
+
+
+@pytest.mark.parametrize("kind", ["constant", "rounding"])
+def test_a_degenerate_layer_of_a_weighted_sum_reads_as_zeros_with_one_warning(kind):
+    """WeightedScorer / train_featurizer mix layers: each is guarded before the mix. A
+    constant or rounding-level layer (which gave a score of its own without a word) reads
+    as zeros, its single-layer score is NaN, and one warning names it."""
+    store = _store(_degenerate_layer(kind, 1.7, torch.float32), torch.float32)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        sc = s3viz.WeightedScorer(store, "phone", dims=None, device="cpu")
+    ours = [str(w.message) for w in rec if issubclass(w.category, DegenerateLayerWarning)]
+    assert len(ours) == 1 and "stored layer 1" in ours[0] and "stored layer 0" not in ours[0]
+    scores = sc.layer_scores().to_numpy()
+    assert np.isfinite(scores[0]) and np.isnan(scores[1])
+    assert sc.score([0.5, 0.5]) == pytest.approx(scores[0])  # layer 1 adds nothing
+
+
+@settings(max_examples=6, deadline=None)
+@given(e=st.integers(-300, 300))
+def test_weighted_scorer_is_scale_invariant_per_layer(e):
+    """Each layer is standardised by its guard in float64: layer 1 times 1e-300 .. 1e300
+    (float64 store) scores as layer 1 itself, alone and in a mix."""
+    def ref_scores(store):
+        sc = s3viz.WeightedScorer(store, "phone", dims=None, device="cpu")
+        return [sc.score([1.0, 0.0]), sc.score([0.0, 1.0]), sc.score([0.3, 0.7])]
+    if "weighted" not in _REF:
+        _REF["weighted"] = ref_scores(_store())
+    got = ref_scores(_store(lambda x, u, l: x * 10.0 ** e if l == 1 else x))
+    np.testing.assert_allclose(got, _REF["weighted"], atol=0.02, rtol=0, err_msg=f"1e{e}")
