@@ -258,8 +258,10 @@ def abx_layers(store, *, on: str = "phone", speaker: str = "within", context: st
         One row per layer: ``layer``, ``upstream_layer``, ``on``, ``speaker``,
         ``context``, ``distance``, ``abx_error`` (a fraction; 0.5 is chance),
         ``n_items``, ``n_cells``, ``n_triplets``, ``n_dropped`` (segments
-        without a frame). A degenerate layer (constant, all zero, or varying only
-        at rounding level) gets ``abx_error`` NaN and one
+        without a frame). A degenerate layer (constant, all zero, varying only
+        at rounding level, for ``"cosine"`` frames all pointing one way, for
+        ``"euclidean"`` a frame farther out than float32 distances resolve:
+        ``docs/measures.md``) gets ``abx_error`` NaN and one
         :class:`~s3viz._numerics.DegenerateLayerWarning`. With ``return_cells=True``, an :class:`ABXCells`
         named tuple ``(table, cells)``:
         ``cells`` has one row per scored cell and layer (``layer``,

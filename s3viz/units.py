@@ -156,7 +156,8 @@ def unit_quality(store, *, k: int | Sequence[int] = 100, layers: Sequence[int] |
         ``phone_purity``, ``cluster_purity``, ``pnmi``, ``n_frames``, ``n_phones``,
         ``n_units`` (units used by at least one frame), ``inertia`` (of the fit, as a
         fraction of the fitted frames' variance: scale-free). A degenerate layer
-        (constant, all zero, or varying only at rounding level) gets NaN and one
+        (constant, all zero, varying only at rounding level, or with a frame whose
+        squared distances overflow float32: ``docs/measures.md``) gets NaN and one
         :class:`~s3viz._numerics.DegenerateLayerWarning`.
     """
     ks = [k] if isinstance(k, (int, np.integer)) and not isinstance(k, bool) else list(k)
