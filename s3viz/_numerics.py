@@ -16,9 +16,10 @@ import warnings
 
 import torch
 
-__all__ = ["ROUNDING", "read_dtype", "pow2_factor", "safe_scale", "centred_float32", "Moments",
+__all__ = ["ROUNDING", "read_dtype", "pow2_factor", "safe_scale", "Moments",
            "DegenerateLayerWarning", "Guard", "Profile", "layer_guard", "tensor_guard",
-           "warn_degenerate"]
+           "warn_degenerate", "float32_squares_span", "float32_distances_span",
+           "float64_sums_span", "unit_rows"]
 
 
 def read_dtype(store) -> torch.dtype:
@@ -63,33 +64,6 @@ def safe_scale(std: torch.Tensor, rel: float = 1e-8, mean: torch.Tensor | None =
     if mean is not None:
         live &= std > ROUNDING * mean.abs()
     return torch.where(live, std, torch.ones_like(std))
-
-
-def centred_float32(x: torch.Tensor, device=None, reduce=None, rows: int | None = None
-                    ) -> torch.Tensor:
-    """``x - mean(x)`` in float32 on ``device`` (the mean of all shards' rows with ``reduce``).
-
-    For analyses that keep their examples in float32 (the logistic probe, k-means):
-    centring first, in ``x``'s own precision and in blocks of ``rows`` (default:
-    about 4M numbers), keeps a
-    feature of 1e6 with unit spread from being rounded to 1/16, without a float64
-    copy of the whole of ``x``. Any shift leaves those analyses unchanged.
-    """
-    if rows is None:  # blocks of about 4M numbers: 32 MB in float64, whatever the width
-        rows = max(1, (1 << 22) // max(1, x.shape[1]))
-    n = x.shape[0]
-    s1 = torch.zeros(x.shape[1], dtype=torch.float64)
-    for i in range(0, n, rows):
-        s1 += x[i:i + rows].double().sum(0).cpu()
-    if reduce is not None:
-        s1 = reduce(s1.to(device)).cpu()
-        n = float(reduce(torch.tensor([float(n)], dtype=torch.float64, device=device))[0])
-    mean = s1 / max(n, 1)
-    out = torch.empty(x.shape, dtype=torch.float32, device=device)
-    for i in range(0, x.shape[0], rows):
-        part = x[i:i + rows].double() - mean.to(x.device)
-        out[i:i + rows] = part.to(device=device, dtype=torch.float32)
-    return out
 
 
 class Moments:
@@ -190,8 +164,11 @@ class Guard:
     measure then reports NaN for it (see :func:`warn_degenerate`).
     """
 
-    def __init__(self, scale: float, shift: torch.Tensor | None, reason: str | None):
+    def __init__(self, scale: float, shift: torch.Tensor | None, reason: str | None,
+                 span: float = 0.0, outlier: int | None = None):
         self.scale, self.shift, self.reason = scale, shift, reason
+        self.span = span  # the layer's dynamic range (see Profile.guard)
+        self.outlier = outlier  # the row (counted from 0) farthest from the typical rows
 
     def __call__(self, x: torch.Tensor, dtype: torch.dtype = torch.float64, device=None
                  ) -> torch.Tensor:
@@ -223,6 +200,14 @@ class Profile:
         self.peak = 0.0  # largest |x| * scale so far
         self.longest = 0  # most rows added in one call
         self.exact = [torch.float16, torch.float32]  # narrower dtypes holding every value
+        # the robust statistics (Profile.robust): a deterministic sample of the rows (every
+        # stride-th row, the stride doubling when the sample fills: the same sample
+        # whatever the chunking), the per-feature extremes and the farthest row
+        self.stride = 1
+        self.sample: list[tuple[int, torch.Tensor]] = []
+        self.hi: torch.Tensor | None = None
+        self.lo: torch.Tensor | None = None
+        self.far = (-1.0, None)  # (largest max |x - shift| of a row, its row index)
 
     def update(self, x: torch.Tensor) -> Profile:
         if x.shape[0] == 0:
@@ -242,9 +227,54 @@ class Profile:
             self.scale, self.peak = new, self.peak * r
         self.peak = max(self.peak, top * self.scale)
         self.mom.update(x * self.scale)
+        self._robust_update(x)
         self.rows += x.shape[0]
         self.longest = max(self.longest, x.shape[0])
         return self
+
+    def _robust_update(self, x: torch.Tensor) -> None:
+        hi, lo = x.amax(0), x.amin(0)
+        self.hi = hi if self.hi is None else torch.maximum(self.hi, hi)
+        self.lo = lo if self.lo is None else torch.minimum(self.lo, lo)
+        dev = (x - self.mom.shift / self.scale).abs().amax(1)
+        k = int(dev.argmax())
+        if float(dev[k]) > self.far[0]:
+            self.far = (float(dev[k]), self.rows + k)
+        idx = torch.arange(self.rows, self.rows + x.shape[0])
+        keep = idx % self.stride == 0
+        self.sample.extend(zip(idx[keep].tolist(), x[keep]))
+        while len(self.sample) > SAMPLE_ROWS:
+            self.stride *= 2
+            self.sample = [(i, r) for i, r in self.sample if i % self.stride == 0]
+
+    def robust(self) -> tuple[torch.Tensor, float, float]:
+        """``(centre, spread, magnitude)`` of the typical rows, from the sample.
+
+        ``centre``: the per-feature median; ``spread``: the root mean square over
+        features of 1.4826 x the median absolute deviation (the standard deviation
+        of a normal feature), or, where more than half of a feature's values sit at its
+        median (sparse features), of a high quantile of the deviations; ``magnitude``:
+        the median root mean square of a row. One row far out, however far, moves
+        none of them, while a mean or standard deviation follows it.
+        """
+        if self.robust_override is not None:
+            return self.robust_override
+        x = torch.stack([r for _, r in self.sample])
+        top = float(x.abs().max())
+        f = _pow2_near(top)  # exact: no square of 1e300 overflows, none of 1e-300 vanishes
+        x = x * f
+        centre = x.median(0).values
+        dev = (x - centre).abs()
+        mad = dev.median(0).values * 1.4826
+        for q in (0.75, 0.9, 0.99, 1.0):  # sparse features: a higher quantile
+            if bool((mad > 0).all()) or q == 1.0:
+                break
+            mad = torch.where(mad > 0, mad, dev.quantile(q, dim=0) * 1.4826)
+        spread = math.sqrt(float((mad * mad).mean()))
+        magnitude = float(x.pow(2).mean(1).sqrt().median())
+        return centre / f, spread / f, magnitude / f
+
+    robust_override = None  # set by reduced(): the merged shards' robust statistics
 
     def reduced(self, reduce) -> Profile:
         """The profile of all shards (``reduce`` sums a tensor over shards); every shard
@@ -268,7 +298,31 @@ class Profile:
         out.rows = out.mom.n
         out.longest = int(round(float(info[3])))  # a sum: an upper bound of the longest
         out.exact = [d for d, inexact in zip(out.exact, info[4:].tolist()) if inexact == 0]
+        # robust statistics: the row-weighted mean of the shards' medians and spreads (a
+        # median of medians would need a gather; one far row moves no shard's median)
+        n = float(self.rows)
+        if self.rows:
+            c, sp, mag = self.robust()
+            c = c * common
+        else:
+            c, sp, mag = torch.zeros(width, dtype=f64), 0.0, 0.0
+        tot = reduce(torch.cat([n * c, torch.tensor([n * (sp * common) ** 2,
+                                                     n * mag * common], dtype=f64)]))
+        n_all = max(float(out.rows), 1.0)
+        centre = tot[:width] / n_all
+        out.robust_override = (centre / common, math.sqrt(float(tot[width]) / n_all) / common,
+                               float(tot[width + 1]) / n_all / common)
+        # the largest deviation from the common centre: the shards' squared deviations
+        # summed (an upper bound of the largest within sqrt(shards): same on every shard)
+        dev = 0.0
+        if self.rows:
+            dev = float(torch.maximum(self.hi * common - centre, centre - self.lo * common)
+                        .max())
+        out.span_override = math.sqrt(float(reduce(torch.tensor([dev * dev], dtype=f64))[0])
+                                      ) / common
         return out
+
+    span_override = None
 
     def rms(self) -> float:
         """Root mean square of the values added (in the layer's own units)."""
@@ -283,8 +337,14 @@ class Profile:
             return 0.0
         return math.sqrt(float(self.mom.var.mean())) / self.scale
 
+    def deviation(self, centre: torch.Tensor) -> float:
+        """The largest distance of a value from ``centre`` along a feature (own units)."""
+        if self.span_override is not None:
+            return self.span_override
+        return float(torch.maximum(self.hi - centre, centre - self.lo).max())
+
     def guard(self, dtype: torch.dtype, *, centre: bool, reference: float | None = None,
-              ulps: float = 1.0) -> Guard:
+              ulps: float = 1.0, span: float | None = None) -> Guard:
         """The :class:`Guard` of the profiled values.
 
         Args:
@@ -296,6 +356,16 @@ class Profile:
             reference: the magnitude the spread is compared with (default the
                 values' own root mean square); pooled vectors pass their frames'.
             ulps: the threshold in multiples of :data:`ROUNDING_ULPS`.
+            span: the largest dynamic range the measure's arithmetic resolves (see
+                :func:`float32_squares_span`, :func:`float32_distances_span`,
+                :func:`float64_sums_span`); a layer whose largest
+                deviation from its median is more robust spreads than this is
+                degenerate too: its typical rows would be lost to rounding or a square
+                overflow. None: no limit.
+
+        The shift (with ``centre``) is the per-feature median and the scale a power of
+        two near the robust spread (:meth:`robust`), so that one far row does not push
+        the typical rows to ``-c +- 1e-14`` (a mean and a spread dominated by it).
         """
         spread, rms = self.spread(), self.rms()
         ref = rms if reference is None else reference
@@ -311,21 +381,86 @@ class Profile:
                       f"(spread {spread / ref:.1e} of its magnitude)")
         else:
             reason = None
-        shift = None
-        if centre and self.rows:
+        shift, rspread, rmag, dyn = None, spread, rms, 0.0
+        if self.rows and reason is None:
+            med, rspread, rmag = self.robust()
+            dev = self.deviation(med)
+            dyn = dev / rspread if rspread > 0 else math.inf
+            if span is not None and dyn > span:
+                reason = (f"one or more rows lie {dyn:.1e} robust spreads from its median "
+                          f"(largest deviation {dev:.3g} against a typical spread "
+                          f"{rspread:.3g}{{where}}), beyond the {span:.1e} this measure's "
+                          "arithmetic resolves: its typical rows would be lost to rounding")
+            if rspread == 0.0:
+                rspread = spread
+            if rmag == 0.0:
+                rmag = rms
+            if centre:
+                shift = med
+        elif centre and self.rows:
             shift = self.mom.mean / self.scale
-        return Guard(_pow2_near(spread if centre else rms) if reason is None else 1.0,
-                     shift, reason)
+        return Guard(_pow2_near(rspread if centre else rmag) if reason is None else 1.0,
+                     shift, reason, dyn, self.far[1])
 
 
-def tensor_guard(x: torch.Tensor, dtype: torch.dtype, *, centre: bool) -> Guard:
+SAMPLE_ROWS = 4096
+"""Rows kept (every stride-th) for the robust centre and spread of :class:`Profile`."""
+
+
+def float32_squares_span(width: int) -> float:
+    """The dynamic range float32 squared distances of ``width`` features resolve when
+    only a row's nearest point matters (k-means): every squared distance, summed over
+    up to 1e7 rows, stays below float32's largest number."""
+    return math.sqrt(torch.finfo(torch.float32).max / (max(width, 1) * 1e7))
+
+
+def float32_distances_span() -> float:
+    """The dynamic range float32 distances resolve when distances *from* a far row are
+    compared (ABX: is ``a`` or ``b`` nearer to ``x``?): they differ by about a typical
+    spread and carry a rounding of ``eps * span`` spreads; two digits are kept."""
+    return 1e-2 / torch.finfo(torch.float32).eps
+
+
+def float64_sums_span() -> float:
+    """The dynamic range float64 sums of squares (the ridge probe's ``X^T X``) resolve:
+    a square ``s**2`` times ``span**2`` in the sums leaves three digits of the typical
+    rows' ``s**2`` (float64 rounding of the far row's square is ``eps * span**2``)."""
+    return math.sqrt(1e-3 / torch.finfo(torch.float64).eps)
+
+
+def tensor_guard(x: torch.Tensor, dtype: torch.dtype, *, centre: bool,
+                 span: float | None = None, names=None) -> Guard:
     """The :class:`Guard` of rows already in memory (``dtype``: the precision they were
-    computed in, e.g. the store's)."""
+    computed in, e.g. the store's; ``span``: see :meth:`Profile.guard`; ``names``: a
+    callable naming a row, for the message)."""
     prof = Profile()
     rows = max(1, (1 << 22) // max(1, x.shape[-1]))
     for i in range(0, x.shape[0], rows):
         prof.update(x[i:i + rows])
-    return prof.guard(dtype, centre=centre)
+    return _named(prof.guard(dtype, centre=centre, span=span), names)
+
+
+def _named(guard: Guard, names) -> Guard:
+    if guard.reason and "{where}" in guard.reason:
+        where = ""
+        if names is not None and guard.outlier is not None:
+            where = f"; the farthest row: {names(guard.outlier)}"
+        guard.reason = guard.reason.replace("{where}", where)
+    return guard
+
+
+def row_names(store, layer: int, utterances=None):
+    """A callable naming row ``i`` of a layer's frames (as read with ``utterances``)."""
+    import numpy as np
+
+    lengths = np.asarray(store.lengths(layer))
+    pos = np.arange(len(lengths)) if utterances is None else np.asarray(utterances, dtype=int)
+    offs = np.concatenate([[0], np.cumsum(lengths[pos])])
+
+    def name(i: int) -> str:
+        u = int(np.searchsorted(offs, i, side="right") - 1)
+        return f"utterance {store.ids[int(pos[u])]!r}, frame {int(i - offs[u])}"
+    return name
 
 
 def profile_layer(store, layer: int, utterances=None, *, chunk_frames: int = 65536) -> Profile:
@@ -338,7 +473,8 @@ def profile_layer(store, layer: int, utterances=None, *, chunk_frames: int = 655
 
 
 def layer_guard(store, layer: int, utterances=None, *, centre: bool, level: str = "frame",
-                pooled: torch.Tensor | None = None, reduce=None) -> Guard:
+                pooled: torch.Tensor | None = None, reduce=None, span: float | None = None
+                ) -> Guard:
     """The :class:`Guard` of a stored layer, at frame or utterance (mean-pooled) level.
 
     Utterance level: the pooled vectors (``pooled``, else ``store.pooled``) are
@@ -346,14 +482,17 @@ def layer_guard(store, layer: int, utterances=None, *, centre: bool, level: str 
     to the magnitude of the frames they are means of (a layer normalised per
     utterance has pooled vectors of rounding noise, ~1e-7 of its frames).
     ``reduce``: sharded runs (every shard calls this; one common guard); a given
-    ``pooled`` holds every shard's vectors already.
+    ``pooled`` holds every shard's vectors already. ``span``: see :meth:`Profile.guard`.
     """
     dtype = getattr(store, "store_dtype", torch.float32)
+    if getattr(store, "_precision", None) is not None:  # a segment store: its frames' precision
+        dtype = store._precision[layer]
     frames = profile_layer(store, layer, utterances)
     if reduce is not None:
         frames = frames.reduced(reduce)
     if level == "frame":
-        return frames.guard(dtype, centre=centre)
+        names = row_names(store, layer, utterances) if reduce is None else None
+        return _named(frames.guard(dtype, centre=centre, span=span), names)
     own = pooled is None  # this shard's pooled vectors (summed over shards with reduce)
     if own:
         pooled = store.pooled(layer, utterances=utterances, dtype=read_dtype(store))
@@ -361,7 +500,12 @@ def layer_guard(store, layer: int, utterances=None, *, centre: bool, level: str 
     if own and reduce is not None:
         prof = prof.reduced(reduce)
     prof.exact = frames.exact  # the frames' precision, not the pooled means'
-    return prof.guard(dtype, centre=centre, reference=frames.rms(), ulps=POOLED_ULPS)
+    names = None
+    if reduce is None:
+        ids = list(store.ids) if utterances is None else [store.ids[int(u)] for u in utterances]
+        names = lambda i: f"utterance {ids[i]!r}"  # noqa: E731
+    return _named(prof.guard(dtype, centre=centre, reference=frames.rms(), ulps=POOLED_ULPS,
+                             span=span), names)
 
 
 POOLED_ULPS = 4
@@ -378,6 +522,28 @@ def warn_degenerate(measure: str, reasons: dict, what: str = "results") -> None:
     names = "; ".join(f"stored layer {k}: {v}" for k, v in bad.items())
     warnings.warn(f"{measure} gives NaN {what} for {len(bad)} degenerate layer(s) ({names}). "
                   "A layer without variation beyond rounding carries no information to "
-                  "measure; check the upstream (e.g. a normalisation per utterance before "
-                  "mean pooling) or leave the layer out with layers=",
+                  "measure, and one whose typical rows the measure's arithmetic cannot "
+                  "resolve beside a far row has no trustworthy number; check the upstream "
+                  "(e.g. a normalisation per utterance before mean pooling, a frame of "
+                  "overflowing activations) or leave the layer out with layers=",
                   DegenerateLayerWarning, stacklevel=3)
+
+
+def unit_rows(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The rows of ``x`` divided by their L2 norm (zero rows stay zero), in ``dtype``.
+
+    What an angular measure sees, whatever the rows' scale: each row is first brought
+    near 1 by a power of two of its own (exact), then normalised in float64, so a
+    norm of 1e-30 (float32 squares vanish) or 1e300 (float64 squares overflow) is
+    no different from a norm of 1. In blocks of about 4M numbers.
+    """
+    out = torch.empty(x.shape, dtype=dtype, device=x.device)
+    rows = max(1, (1 << 22) // max(1, x.shape[-1]))
+    for i in range(0, x.shape[0], rows):
+        y = x[i:i + rows].to(torch.float64)
+        _, e = torch.frexp(y.abs().amax(1, keepdim=True))
+        y = torch.ldexp(y, -e)
+        norm = y.norm(dim=1, keepdim=True)
+        out[i:i + rows] = torch.where(norm > 0, y / torch.where(norm > 0, norm, 1.0),
+                                      y).to(dtype)
+    return out

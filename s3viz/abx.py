@@ -19,7 +19,8 @@ import torch
 
 from . import _validate as _v
 from ._device import resolve_device as _resolve_device
-from ._numerics import read_dtype, tensor_guard, warn_degenerate
+from ._numerics import (float32_distances_span, read_dtype, row_names, tensor_guard, unit_rows,
+                        warn_degenerate)
 from .segments import segment_table
 
 __all__ = ["abx_layers", "ABXCells", "DISTANCES"]
@@ -257,8 +258,10 @@ def abx_layers(store, *, on: str = "phone", speaker: str = "within", context: st
         One row per layer: ``layer``, ``upstream_layer``, ``on``, ``speaker``,
         ``context``, ``distance``, ``abx_error`` (a fraction; 0.5 is chance),
         ``n_items``, ``n_cells``, ``n_triplets``, ``n_dropped`` (segments
-        without a frame). A degenerate layer (constant, all zero, or varying only
-        at rounding level) gets ``abx_error`` NaN and one
+        without a frame). A degenerate layer (constant, all zero, varying only
+        at rounding level, for ``"cosine"`` frames all pointing one way, for
+        ``"euclidean"`` a frame farther out than float32 distances resolve:
+        ``docs/measures.md``) gets ``abx_error`` NaN and one
         :class:`~s3viz._numerics.DegenerateLayerWarning`. With ``return_cells=True``, an :class:`ABXCells`
         named tuple ``(table, cells)``:
         ``cells`` has one row per scored cell and layer (``layer``,
@@ -290,10 +293,21 @@ def abx_layers(store, *, on: str = "phone", speaker: str = "within", context: st
         if table.empty:
             raise ValueError(f"no {on} segments with frames in stored layer {layer}")
         frames, _ = store.layer(layer, dtype=read_dtype(store))
-        # the one guard of every measure (s3viz._numerics): a power-of-two scale (the
-        # angular and euclidean ABX are scale-invariant; float32 norms of 1e-30 would
-        # vanish), centred for the euclidean distance (offset-invariant), NaN if degenerate
-        guard = tensor_guard(frames, store.store_dtype, centre=distance == "euclidean")
+        # the one guard of every measure (s3viz._numerics), on what the distance sees.
+        # cosine: the unit rows (normalised in float64 with a per-row power of two, so
+        # no norm vanishes or overflows and no far row matters); degenerate when their
+        # spread is float32 rounding (e.g. every frame points one way). euclidean:
+        # centred on the per-feature median and scaled by a power of two near the robust
+        # spread (one far frame moves neither); refused when a frame lies farther than
+        # float32 squared distances resolve
+        names = row_names(store, layer)
+        if distance == "cosine":
+            frames = unit_rows(frames)
+            dt = torch.float32 if store.store_dtype == torch.float64 else store.store_dtype
+            guard = tensor_guard(frames, dt, centre=False, names=names)
+        else:
+            guard = tensor_guard(frames, store.store_dtype, centre=True,
+                                 span=float32_distances_span(), names=names)
         degenerate[layer] = guard.reason
         if guard.reason:
             rows.append({"layer": layer, "upstream_layer": int(store.layer_ids[layer]), "on": on,

@@ -20,7 +20,8 @@ from torch import nn
 
 from . import _validate as _v
 from ._device import resolve_device as _resolve_device
-from ._numerics import Moments, read_dtype, safe_scale
+from ._numerics import (Profile, float32_distances_span, read_dtype, safe_scale,
+                        warn_degenerate)
 from .align import expected_lengths
 from .featurizers import WeightedSumFeaturizer, align_frames, consistent_lengths, rate_factor
 from .store import utterance_selection
@@ -199,6 +200,7 @@ class ProbeData:
         self.read_dtype = read_dtype(store)
         self.mean: dict[int, torch.Tensor] = {}
         self.std: dict[int, torch.Tensor] = {}
+        self.degenerate: dict[int, str | None] = {}
         if self.standardize:
             self._fit_standardization()
 
@@ -283,24 +285,42 @@ class ProbeData:
         """Like :meth:`raw_features`, standardised per dimension with the train statistics
         (in the store's precision), as float32."""
         x = self.raw_features(j, utts)
+        l_ = self.layers[j]
         if self.standardize:
-            l_ = self.layers[j]
-            x = (x - self.mean[l_]) / self.std[l_]
+            if self.degenerate.get(l_):
+                return torch.zeros(x.shape, dtype=torch.float32)
+            # in float64: (x - mean) / std of values of 1e300 or 1e-300 stays near 1
+            x = (x.to(torch.float64) - self.mean[l_]) / self.std[l_]
         return x.float()
 
     def _fit_standardization(self, max_frames: int = 65536):
+        """Per layer, the one guard of every measure (:class:`s3viz._numerics.Profile`) of
+        the labelled training frames: their per-feature mean and spread (streamed in
+        float64 scaled by a power of two, so 1e-300 and 1e300 lose nothing), and whether
+        the layer is degenerate (constant, rounding-level, or a far frame float32 cannot
+        resolve beside the others). A degenerate layer's features are zeros: it adds
+        nothing to a weighted sum and its learned weight means nothing; one
+        :class:`~s3viz._numerics.DegenerateLayerWarning` names it."""
         utts = self.train_utts
+        self.degenerate = {}
         for j, l_ in enumerate(self.layers):
-            mom = Moments((self.hidden_size,))  # shifted sums: exact under any offset
+            prof = Profile()
             for a in range(0, len(utts), 64):
                 chunk = utts[a:a + 64]
                 x = self.raw_features(j, chunk)
                 keep = torch.from_numpy(self.labels(chunk) >= 0)
-                mom.update(x[keep])
-            if mom.n == 0:
+                prof.update(x[keep])
+            if prof.rows == 0:
                 raise ValueError("no labelled training frames; check the target and the split")
-            self.mean[l_] = mom.mean.to(self.read_dtype)
-            self.std[l_] = safe_scale(mom.var.sqrt(), mean=mom.mean).to(self.read_dtype)
+            guard = prof.guard(self.store.store_dtype, centre=True,
+                               span=float32_distances_span())
+            self.degenerate[l_] = guard.reason
+            mean = prof.mom.mean / prof.scale
+            std = safe_scale(prof.mom.var.sqrt(), mean=prof.mom.mean) / prof.scale
+            self.mean[l_] = mean.to(torch.float64)
+            self.std[l_] = std.to(torch.float64)
+        warn_degenerate("the weighted sum of layers (WeightedScorer, train_featurizer)",
+                        self.degenerate, "scores (the layer reads as zeros)")
 
 
 # ----------------------------------------------------------------------------

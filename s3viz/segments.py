@@ -155,6 +155,18 @@ def pool_segments(store, layer: int, table: pd.DataFrame, *, chunk: int = 256) -
     return out
 
 
+def _precision(store, layer: int) -> torch.dtype:
+    """The dtype whose rounding the stored layer's values carry (s3viz._numerics)."""
+    from ._numerics import profile_layer
+
+    own = getattr(store, "_precision", None)
+    dtype = own[layer] if own is not None else store.store_dtype
+    exact = profile_layer(store, layer).exact
+    if exact and torch.finfo(exact[0]).eps > torch.finfo(dtype).eps:
+        return exact[0]
+    return dtype
+
+
 def segment_store(store, column: str, layers: Sequence[int], *, utterances=None):
     """A store whose "utterances" are the segments of ``column``, one pooled frame each.
 
@@ -176,6 +188,9 @@ def segment_store(store, column: str, layers: Sequence[int], *, utterances=None)
     if not len(kept[0]):
         raise ValueError(f"no {column!r} segment has frames in every probed layer")
     pooled = [pool_segments(store, layer, t) for layer, t in zip(layers, kept)]
+    # the precision the segments' frames carry (the store's, or narrower where every value
+    # fits float16/float32): the guard's rounding threshold of the pooled vectors
+    precision = [_precision(store, layer) for layer in layers]
     t0 = kept[0]
     ids = [f"{u}:{s}" for u, s in zip(t0["id"], t0["start"])]
     labels = pd.DataFrame({"id": ids, "utterance": t0["id"].tolist(), column: t0["label"].tolist(),
@@ -186,6 +201,7 @@ def segment_store(store, column: str, layers: Sequence[int], *, utterances=None)
     out = LayerStore.from_tensors(hidden, downsample_rates=[store.downsample_rates[v]
                                                             for v in layers], labels=labels)
     out._group_ids = t0["id"].tolist()
+    out._precision = precision
     # no frame in the first layer, or in one of the others
     out._dropped = tables[0].attrs["dropped"] + len(tables[0]) - len(t0)
     return out

@@ -9,6 +9,7 @@ contingency table (Hsu et al. 2021), fitted on a seeded sample of
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -17,10 +18,16 @@ import torch
 
 from . import _validate as _v
 from ._device import resolve_device as _resolve_device
-from ._numerics import read_dtype, tensor_guard, warn_degenerate
+from ._numerics import (float32_squares_span, read_dtype, row_names, tensor_guard,
+                        warn_degenerate)
 from .probe.targets import label_strings
 
 __all__ = ["unit_quality", "unit_measures", "kmeans"]
+
+
+def _frame_name(store, layer: int, keep: np.ndarray, row: int) -> str:
+    """Row ``row`` of the labelled frames ``keep`` of a layer, named (utterance, frame)."""
+    return row_names(store, layer)(int(keep[row]))
 
 
 def unit_measures(phones, units) -> dict:
@@ -59,15 +66,22 @@ def unit_measures(phones, units) -> dict:
 
 
 def _nearest(x: torch.Tensor, c: torch.Tensor, chunk: int = 16384):
-    """(index of the nearest centroid, squared distance) for each row of ``x``."""
+    """(index of the nearest centroid, squared distance) for each row of ``x``.
+
+    The nearest centroid from ``|x|^2 - 2 x.c + |c|^2`` (one matrix product), its
+    distance then from ``x - c`` itself: the expansion cancels ``eps * |x|^2``, which
+    for a far row (1e5 spreads out) is larger than every typical row's distance, and
+    would swamp the inertia that decides convergence."""
     cc = (c * c).sum(1)
     idx = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
     dist = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
     for i in range(0, x.shape[0], chunk):
         xb = x[i:i + chunk]
         d = (xb * xb).sum(1, keepdim=True) - 2 * xb @ c.T + cc
-        dist[i:i + chunk], idx[i:i + chunk] = d.min(1)
-    return idx, dist.clamp_min_(0)
+        near = d.argmin(1)
+        idx[i:i + chunk] = near
+        dist[i:i + chunk] = (xb - c[near]).pow(2).sum(1)
+    return idx, dist
 
 
 def kmeans(x: torch.Tensor, k: int, *, iters: int = 50, tol: float = 1e-4, seed: int = 0
@@ -91,10 +105,9 @@ def kmeans(x: torch.Tensor, k: int, *, iters: int = 50, tol: float = 1e-4, seed:
                          "raise max_frames")
     gen = torch.Generator().manual_seed(int(seed))
     cent = torch.empty(k, x.shape[1], dtype=x.dtype, device=x.device)
-    xx = (x * x).sum(1)
-
-    def sq_dist(c):  # ||x - c||^2 from one matrix-vector product (x is centred: no cancellation)
-        return (xx - 2 * (x @ c) + (c * c).sum()).clamp_min_(0)
+    def sq_dist(c):  # ||x - c||^2 from the differences: the expansion |x|^2 - 2x.c + |c|^2
+        # cancels eps * |x|^2, more than a typical row's distance when a row lies far out
+        return (x - c).pow(2).sum(1)
 
     cent[0] = x[int(torch.randint(n, (1,), generator=gen))]
     best = sq_dist(cent[0])
@@ -143,7 +156,8 @@ def unit_quality(store, *, k: int | Sequence[int] = 100, layers: Sequence[int] |
         ``phone_purity``, ``cluster_purity``, ``pnmi``, ``n_frames``, ``n_phones``,
         ``n_units`` (units used by at least one frame), ``inertia`` (of the fit, as a
         fraction of the fitted frames' variance: scale-free). A degenerate layer
-        (constant, all zero, or varying only at rounding level) gets NaN and one
+        (constant, all zero, varying only at rounding level, or with a frame whose
+        squared distances overflow float32: ``docs/measures.md``) gets NaN and one
         :class:`~s3viz._numerics.DegenerateLayerWarning`.
     """
     ks = [k] if isinstance(k, (int, np.integer)) and not isinstance(k, bool) else list(k)
@@ -170,9 +184,13 @@ def unit_quality(store, *, k: int | Sequence[int] = 100, layers: Sequence[int] |
         x, _ = store.layer(layer, dtype=read_dtype(store))
         x = x[torch.from_numpy(keep)]
         # the one guard of every measure (s3viz._numerics): k-means is offset-, scale- and
-        # rotation-invariant, so centre and scale by a power of two (float32 squares of
-        # 1e-30 would vanish); a degenerate layer gets NaN
-        guard = tensor_guard(x, store.store_dtype, centre=True)
+        # rotation-invariant, so centre on the per-feature median and scale by a power of
+        # two near the robust spread (float32 squares of 1e-30 would vanish; one far frame
+        # moves neither); a degenerate layer, or one with a frame farther than float32
+        # squared distances resolve, gets NaN
+        guard = tensor_guard(x, store.store_dtype, centre=True,
+                             span=float32_squares_span(x.shape[1]),
+                             names=functools.partial(_frame_name, store, layer, keep))
         degenerate[layer] = guard.reason
         if guard.reason:
             rows.extend({"layer": layer, "upstream_layer": int(store.layer_ids[layer]), "k": kk,

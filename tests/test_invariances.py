@@ -84,19 +84,25 @@ MEASURES = {
                                                 folds=3)["accuracy"].to_numpy(),
     "ridge utterance": lambda s: s3viz.probe_layers(s, "speaker", split_by="utterance", folds=3,
                                                     device="cpu")["accuracy"].to_numpy(),
+    "logistic frame": lambda s: s3viz.probe_layers(s, "phone", method="logistic", folds=3,
+                                                   dev_fraction=0, max_epochs=4,
+                                                   device="cpu")["accuracy"].to_numpy(),
+    "logistic segment": lambda s: s3viz.probe_layers(s, "phone", method="logistic", folds=3,
+                                                     level="segment",
+                                                     device="cpu")["accuracy"].to_numpy(),
     "cka": _sim(),
     "cca": _sim(method="cca"),
     "cka minibatch": _sim(estimator="minibatch", batch_frames=64),
     "cka utterance": _sim(level="utterance"),
 }
-OFFSET_INVARIANT = ("abx euclidean", "pnmi", "ridge frame", "ridge utterance", "cka", "cca",
-                    "cka minibatch", "cka utterance")
+OFFSET_INVARIANT = ("abx euclidean", "pnmi", "ridge frame", "ridge utterance", "logistic frame",
+                    "logistic segment", "cka", "cca", "cka minibatch", "cka utterance")
 PERMUTATION_INVARIANT = ("abx cosine", "abx euclidean", "cka", "cca", "cka utterance")
 """k-means draws its seeds and the probes their folds by utterance position: a permuted
 corpus is another draw (docs/measures.md)."""
 # discrete measures move by one triplet / frame when float32 rounding flips a near tie
 TOL = {"abx cosine": 0.01, "abx euclidean": 0.01, "pnmi": 0.02, "ridge frame": 0.02,
-       "ridge utterance": 0.0, "cka": 1e-6, "cca": 1e-6, "cka minibatch": 1e-6,
+       "ridge utterance": 0.0, "logistic frame": 0.02, "logistic segment": 0.02, "cka": 1e-6, "cca": 1e-6, "cka minibatch": 1e-6,
        "cka utterance": 1e-6}
 TOL32 = {k: max(v, 1e-4) for k, v in TOL.items()}
 
@@ -290,3 +296,116 @@ def test_other_in_memory_store_of_another_corpus_is_refused_by_its_fingerprint(t
     assert a.corpus_fingerprint and a.corpus_fingerprint != b.corpus_fingerprint
     with pytest.raises(ValueError, match="corpus fingerprints differ"):
         s3viz.layer_similarity(a, other=b, device="cpu")
+
+
+# --------------------------------------------------------------------------- far frames
+
+
+def _far_frame(value, utt=4, frame=7):
+    """Layer 1 with one frame set to ``value`` in every feature (the rest untouched)."""
+    def f(x, u, l):
+        if l == 1 and u == utt:
+            x = x.clone()
+            x[frame] = value
+        return x
+    return f
+
+
+FIT_MOVES = ("ridge frame",)
+"""A least-squares fit standardised by the moments: the far frame moves it in exact arithmetic
+until 1e5."""
+FAR_MEASURES = ("abx cosine", "abx euclidean", "pnmi", "ridge frame", "logistic frame")
+_FAR_REF: dict = {}
+
+
+@pytest.mark.parametrize("name", FAR_MEASURES)
+@settings(max_examples=5, deadline=None)
+@given(e=st.integers(5, 300), sign=st.sampled_from([1.0, -1.0]))
+def test_one_far_frame_gives_the_right_number_or_nan_and_one_warning(name, e, sign):
+    """One frame of 480 at 1e5 .. 1e300 (the others about 1): the result is the one
+    exact arithmetic gives (that of a frame at 1e4, where every measure still resolves
+    the typical frames; 1e5 for the ridge probe, a least-squares fit that the far frame
+    moves until 1e5 in exact arithmetic too), or NaN with one warning naming the layer and the frame. Before,
+    a mean and spread dominated by the far frame left the others at ``-c +- 1e-14``:
+    at 1e15 euclidean ABX 0.5 (0.0048), PNMI 0.002 (0.33), ridge 0.24 (0.42)."""
+    if name not in _FAR_REF:
+        _FAR_REF[name] = _run(name, _store(_far_frame(1e5 if name in FIT_MOVES else 1e4)))
+    ref = _FAR_REF[name]
+    assert np.isfinite(ref).all()
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        got = MEASURES[name](_store(_far_frame(sign * 10.0 ** e)))
+    ours = [str(w.message) for w in rec if issubclass(w.category, DegenerateLayerWarning)]
+    np.testing.assert_allclose(got[0], ref[0], atol=TOL[name], rtol=0)
+    if np.isnan(got[1]):
+        assert len(ours) == 1 and "stored layer 1" in ours[0], ours
+        assert "utterance 'u4', frame 7" in ours[0] and "stored layer 0" not in ours[0], ours
+    else:
+        assert not ours, ours
+        np.testing.assert_allclose(got[1], ref[1], atol=TOL[name], rtol=0, err_msg=f"1e{e}")
+
+
+def test_a_far_frame_is_refused_only_where_the_arithmetic_fails():
+    """At 1e15: euclidean ABX (float32 distances from the far frame) and the ridge probe
+    (float64 X^T X) cannot resolve the typical frames and refuse; k-means (each frame's
+    nearest centroid) and the angle (unit rows) still can, and give their number."""
+    store = _store(_far_frame(1e15))
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        got = {n: MEASURES[n](store)[1] for n in FAR_MEASURES}
+    assert np.isnan(got["abx euclidean"]) and np.isnan(got["ridge frame"])
+    assert np.isfinite(got["pnmi"]) and np.isfinite(got["abx cosine"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cosine_abx_of_frames_pointing_one_way_is_degenerate(dtype):
+    """Every frame of layer 1 a positive multiple of one vector (norms varying 1 .. 100):
+    the angles the cosine ABX sees are rounding, and it gave 0.5002 without a word. The
+    guard now profiles the unit rows themselves: NaN and one warning; the euclidean
+    distance still sees the norms and measures them."""
+    v = torch.linspace(0.5, 2.0, 6, dtype=torch.float64)
+
+    def one_way(x, u, l):
+        return x if l == 0 else (1 + 99 * torch.sigmoid(x[:, :1])) * v
+
+    store = _store(one_way, dtype)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        got = MEASURES["abx cosine"](store)
+    ours = [str(w.message) for w in rec if issubclass(w.category, DegenerateLayerWarning)]
+    assert np.isnan(got[1]) and np.isfinite(got[0])
+    assert len(ours) == 1 and "stored layer 1" in ours[0] and "rounding" in ours[0], ours
+    assert np.isfinite(_run("abx euclidean", store)).all()
+
+
+# --------------------------------------------------------------------------- weighted sums
+
+
+@pytest.mark.parametrize("kind", ["constant", "rounding"])
+def test_a_degenerate_layer_of_a_weighted_sum_reads_as_zeros_with_one_warning(kind):
+    """WeightedScorer / train_featurizer mix layers: each is guarded before the mix. A
+    constant or rounding-level layer (which gave a score of its own without a word) reads
+    as zeros, its single-layer score is NaN, and one warning names it."""
+    store = _store(_degenerate_layer(kind, 1.7, torch.float32), torch.float32)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        sc = s3viz.WeightedScorer(store, "phone", dims=None, device="cpu")
+    ours = [str(w.message) for w in rec if issubclass(w.category, DegenerateLayerWarning)]
+    assert len(ours) == 1 and "stored layer 1" in ours[0] and "stored layer 0" not in ours[0]
+    scores = sc.layer_scores().to_numpy()
+    assert np.isfinite(scores[0]) and np.isnan(scores[1])
+    assert sc.score([0.5, 0.5]) == pytest.approx(scores[0])  # layer 1 adds nothing
+
+
+@settings(max_examples=6, deadline=None)
+@given(e=st.integers(-300, 300))
+def test_weighted_scorer_is_scale_invariant_per_layer(e):
+    """Each layer is standardised by its guard in float64: layer 1 times 1e-300 .. 1e300
+    (float64 store) scores as layer 1 itself, alone and in a mix."""
+    def ref_scores(store):
+        sc = s3viz.WeightedScorer(store, "phone", dims=None, device="cpu")
+        return [sc.score([1.0, 0.0]), sc.score([0.0, 1.0]), sc.score([0.3, 0.7])]
+    if "weighted" not in _REF:
+        _REF["weighted"] = ref_scores(_store())
+    got = ref_scores(_store(lambda x, u, l: x * 10.0 ** e if l == 1 else x))
+    np.testing.assert_allclose(got, _REF["weighted"], atol=0.02, rtol=0, err_msg=f"1e{e}")

@@ -3,7 +3,11 @@
 Weights ``(num_layers, hidden_size, num_classes)`` trained with Adam on minibatches
 and early stopping on a grouped dev split, or (``dev_fraction=0``) full-batch
 L-BFGS to the optimum scikit-learn's ``LogisticRegression()`` reaches. Layers are
-centred in the store's precision before they go to float32.
+read through the one guard of every measure (:func:`s3viz._numerics.layer_guard`):
+centred on their median and scaled by a power of two in float64 before they go to
+float32 (so 1e-300 and 1e300 give the result of 1), and a degenerate layer (constant,
+rounding-level, pooled vectors of rounding noise, a far row float32 cannot resolve
+beside the others) gives NaN scores and one warning.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import math
 import numpy as np
 import torch
 
-from .._numerics import Moments, centred_float32, read_dtype, safe_scale
+from .._numerics import Moments, float32_distances_span, layer_guard, read_dtype, safe_scale
 from .folds import _store_arg
 from .ridge import _shard_frames, confusion_matrix
 from .targets import ProbeTask, _pooled
@@ -240,7 +244,7 @@ def _logistic_layers(task: ProbeTask, store, layer_list: list[int], c: int, devi
         key = (store.hidden_sizes[layer],
                task.frame_key(layer) if task.level == "frame" else None)
         groups.setdefault(key, []).append(layer)
-    out = {}
+    out, reasons = {}, {}
     for (h, _), members in groups.items():
         rows = None
         if task.level == "frame":
@@ -288,12 +292,33 @@ def _logistic_layers(task: ProbeTask, store, layer_list: list[int], c: int, devi
                     x = (torch.as_tensor(shard_store.pooled(layer, utterances=list(shard[0]),
                                                             dtype=dt))
                          if len(shard[0]) else torch.zeros(0, h, dtype=dt))
-                feats.append(centred_float32(x, device, reduce))
+                guard = _guard(task, store, shard_store, shard, layer, arg if rows is not None
+                               else None, reduce)
+                reasons[layer] = guard.reason
+                xg = guard(x, torch.float32, device)
+                if guard.reason:  # refused (NaN scores): train on zeros, not on noise
+                    xg.zero_()
+                feats.append(xg)
             xs = torch.stack(feats)
             del feats
             conf, counts, n_fold = _logistic_group(task, xs, y_np, fold_np, group_np, c, opts,
                                                    reduce=reduce)
             del xs
             for li, layer in enumerate(batch):
-                out[layer] = (conf[li], counts, n_fold, None)
+                out[layer] = (conf[li], counts, n_fold, None, reasons[layer])
     return out
+
+
+def _guard(task: ProbeTask, store, shard_store, shard, layer: int, arg, reduce):
+    """The layer's guard (s3viz._numerics), common to all shards: frames, or pooled vectors
+    (their spread compared with the frames'); centred (the probe standardises anyway),
+    refused beyond the dynamic range float32 differences from the mean resolve."""
+    kw = {"centre": True, "span": float32_distances_span()}
+    if shard is None:
+        sel = _store_arg(task.sel, task.n_utt)
+        if task.level == "frame":
+            return layer_guard(store, layer, sel, **kw)
+        return layer_guard(store, layer, sel, level="utterance", **kw)
+    if task.level == "frame":
+        return layer_guard(shard_store, layer, arg, reduce=reduce, **kw)
+    return layer_guard(shard_store, layer, list(shard[0]), level="utterance", reduce=reduce, **kw)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .._numerics import Guard, layer_guard, read_dtype, safe_scale
+from .._numerics import Guard, float64_sums_span, layer_guard, read_dtype, safe_scale
 from .folds import _store_arg, check_dev_parts
 from .stats import ProbeStats, _ridge_solve
 from .targets import FrameTargets, ProbeTask
@@ -139,8 +139,10 @@ def ridge_layer_frame(task: ProbeTask, store, layer: int, blocks, c: int, lambda
     # the one guard of every measure (s3viz._numerics): each layer is scaled by a power
     # of two before any sum of squares (float64 squares of 1e-300 vanish); not centred
     # here: ProbeStats sums about a shift, and its dead-feature rule compares a feature's
-    # spread with its own mean; a degenerate layer -> NaN scores
-    guard = layer_guard(store, layer, arg, centre=False, reduce=reduce)
+    # spread with its own mean; a degenerate layer -> NaN scores. X^T X keeps the typical
+    # frames' covariance only while eps * (far deviation / spread)**2 is small against their
+    # spread, and so refused when a frame lies farther than float64 sums resolve
+    guard = layer_guard(store, layer, arg, centre=False, reduce=reduce, span=float64_sums_span())
     if rows is not None:  # a shard: only its frames, in the shard store's order
         y_all, frame_sub = y_all[rows], frame_sub[rows]
         y_ctrl = y_ctrl[rows] if y_ctrl is not None else None
@@ -161,7 +163,10 @@ def ridge_layer_frame(task: ProbeTask, store, layer: int, blocks, c: int, lambda
             if y_ctrl is not None:
                 yy.append(y_ctrl[sl][m] + c)
             mt = torch.from_numpy(m)
-            yield (guard(x[mt], stats_dtype, device), torch.from_numpy(np.stack(yy, 1)).to(device),
+            xg = guard(x[mt], stats_dtype, device)
+            if guard.reason:  # refused (NaN scores): fit zeros, not frames that break eigh
+                xg.zero_()
+            yield (xg, torch.from_numpy(np.stack(yy, 1)).to(device),
                    torch.from_numpy(frame_sub[sl][m]).to(device))
         if pos != y_all.shape[0]:
             raise RuntimeError(f"store.iter_layer({layer}) gave {pos} frames, expected "

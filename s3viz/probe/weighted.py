@@ -302,7 +302,8 @@ class WeightedScorer:
                 are normalised to sum to 1.
 
         Returns:
-            dict with ``accuracy`` (on the test frames), ``chance`` (the
+            dict with ``accuracy`` (on the test frames; NaN when every weight is on
+            degenerate layers, which read as zeros: see :class:`ProbeData`), ``chance`` (the
             training majority class scored on the same frames), ``lam``
             (ridge penalty used), ``n_train``, ``n_test`` and
             ``n_test_unseen`` (test frames whose class training lacks: wrong
@@ -313,6 +314,9 @@ class WeightedScorer:
         x = torch.einsum("l,lnk->nk", w, self.test)
         pred = (x @ weight + bias).argmax(1)
         acc = float((pred == self.y_test).double().mean())
+        live = torch.tensor([not self.data.degenerate.get(l_) for l_ in self.layers])
+        if not bool((w.cpu()[live] > 0).any()):  # only degenerate layers (read as zeros)
+            acc = float("nan")
         return {"accuracy": acc, "chance": self.chance, "lam": lam, "n_train": self.n_train,
                 "n_test": self.n_test, "n_test_unseen": self.n_test_unseen}
 
