@@ -21,6 +21,7 @@ from . import _validate as _v
 from ._device import resolve_device as _resolve_device
 from ._numerics import (float32_distances_span, read_dtype, row_names, tensor_guard, unit_rows,
                         warn_degenerate)
+from .probe.targets import label_str
 from .segments import segment_table
 
 __all__ = ["abx_layers", "ABXCells", "DISTANCES"]
@@ -286,6 +287,12 @@ def abx_layers(store, *, on: str = "phone", speaker: str = "within", context: st
     layer_list = _v.stored_layers(store, layers)
     dev = _resolve_device(device)
     rows, all_cells, degenerate = [], [], {}
+    missing = [store.ids[i] for i, v in enumerate(store.labels["speaker"].tolist())
+               if label_str(v) == ""]
+    if missing:
+        raise ValueError(f"abx_layers: {len(missing)} utterance(s) have no speaker (e.g. "
+                         f"{missing[:5]}); the speaker conditions need one for every utterance: "
+                         "fill store.labels['speaker'] or drop those utterances")
     for layer in layer_list:
         table = segment_table(store, layer, on)
         if max_items is not None:

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from ._numerics import read_dtype
-from .probe.targets import label_strings
+from .probe.targets import label_str, label_strings
 from .store import check_utterances
 
 __all__ = ["SILENCE", "segment_table", "pool_segments", "segment_store"]
@@ -122,7 +122,9 @@ def segment_table(store, layer: int, column: str = "phone", *, utterances=None,
                          int(offsets[u] + first[j]), int(offsets[u] + stop[j])))
     out = pd.DataFrame(rows, columns=_COLUMNS)
     if speaker is not None:
-        out["speaker"] = [str(speaker[u]) for u in out["utt"]]
+        # one spelling per speaker (7 and 7.0 are one); a missing speaker is "" (refused
+        # where speakers are used: a speaker split, ABX's speaker conditions)
+        out["speaker"] = [label_str(speaker[u]) for u in out["utt"]]
     out.attrs["dropped"] = dropped
     out.attrs["layer"] = s
     out.attrs["column"] = column

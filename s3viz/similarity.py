@@ -20,6 +20,7 @@ from . import _validate as _v
 from ._compat import renamed_args
 from ._device import resolve_device as _resolve_device
 from ._numerics import layer_guard, pow2_factor, read_dtype, warn_degenerate
+from .probe.targets import label_str
 from .store import utterance_selection
 
 __all__ = ["ESTIMATORS", "METHODS", "cca_naive", "cka_naive", "hsic_unbiased",
@@ -172,7 +173,8 @@ def _corpus_difference(store, other) -> str | None:
     la, lb = store.labels, other.labels
     for col in _CORPUS_COLUMNS:
         if col in la.columns and col in lb.columns:
-            a, b = la[col].astype(str).to_numpy(), lb[col].astype(str).to_numpy()
+            a = np.asarray([label_str(v) for v in la[col]], dtype=object)
+            b = np.asarray([label_str(v) for v in lb[col]], dtype=object)
             if (a != b).any():
                 k = int(np.flatnonzero(a != b)[0])
                 return (f"labels[{col!r}] differ (first at utterance {store.ids[k]!r}: "

@@ -324,3 +324,32 @@ def test_a_malformed_tier_blocks_only_itself(tmp_path):
                                                                                   "sil"]
     with pytest.raises(AlignmentError, match="praatio cannot parse tier 'Momel'"):
         load_folder(tmp_path / "audio", phone_tier="Momel", **kw)
+
+
+def _one_tier_textgrid(folder, intervals, xmin="0", xmax="1.0"):
+    """folder/a.wav (1 s) beside folder/a.TextGrid, long format, one 'phones' tier."""
+    import soundfile as sf
+
+    sf.write(folder / "a.wav", 0.1 * np.sin(np.arange(16000) / 7.0), 16000)
+    rows = "".join(f'        intervals [{i + 1}]:\n            xmin = {a}\n            xmax = {b}\n'
+                   f'            text = "{t}"\n' for i, (a, b, t) in enumerate(intervals))
+    (folder / "a.TextGrid").write_text(
+        'File type = "ooTextFile"\nObject class = "TextGrid"\n\n'
+        f"xmin = {xmin}\nxmax = {xmax}\ntiers? <exists>\nsize = 1\nitem []:\n"
+        f'    item [1]:\n        class = "IntervalTier"\n        name = "phones"\n'
+        f"        xmin = {xmin}\n        xmax = {xmax}\n        intervals: size = "
+        f"{len(intervals)}\n" + rows, encoding="utf-8")
+
+
+@pytest.mark.parametrize("time", ["-.2", "-0.2", "- .2", "-2e-1"])
+def test_a_negative_time_is_refused_however_it_is_written(tmp_path, time):
+    _one_tier_textgrid(tmp_path, [(time, "0.5", "a"), ("0.5", "1.0", "b")], xmin=time)
+    with pytest.raises(AlignmentError, match="negative time"):
+        load_folder(tmp_path, alignments="sibling")
+
+
+def test_numbers_inside_a_label_are_left_as_written(tmp_path):
+    """A multi-line label holding '2e3' or '-1' is text, not a time to rewrite or refuse."""
+    _one_tier_textgrid(tmp_path, [("0", "0.5", "x\n2e3\n-1\ny"), ("0.5", "1.0", "b")])
+    corpus = load_folder(tmp_path, alignments="sibling", silence=["sil"])
+    assert corpus[0].phones["phone"].tolist()[0] == "x\n2e3\n-1\ny"

@@ -152,6 +152,20 @@ def _positional(match) -> str:
         match.group(3)
 
 
+_STRING = re.compile(r'"(?:[^"]|"")*"')
+"""A Praat text string (``""`` inside is a quote): labels, tier names and the header."""
+
+
+def _outside_strings(text: str, fn) -> str:
+    """``text`` with ``fn`` applied to the parts outside Praat strings only, so that a
+    label holding a line such as ``2e3`` or ``-1`` is never read as a number."""
+    out, at = [], 0
+    for m in _STRING.finditer(text):
+        out += [fn(text[at:m.start()]), m.group(0)]
+        at = m.end()
+    return "".join(out + [fn(text[at:])])
+
+
 def read_textgrid(path) -> Tuple[float, float, Dict[str, dict]]:
     """``(xmin, xmax, {tier name: {"class", "entries"}})`` of a Praat TextGrid, entries in
     the file's order (long or short text format; UTF-8, UTF-16 or Latin-1; times in
@@ -165,12 +179,15 @@ def read_textgrid(path) -> Tuple[float, float, Dict[str, dict]]:
                              "'File type = \"ooTextFile\"'); save it from Praat as a text file")
     # praatio's parser reads "xmin = -0.6" as 0.6 (its number pattern has no sign): refuse
     # negative times here, in both text formats (short-format numbers stand alone on a line)
-    negative = re.search(r"^\s*(?:xmin|xmax|number)\s*=\s*-\s*\d|^\s*-\s*\d", text, re.M)
+    # (strings blanked, newlines kept, so a label is never read as a number)
+    numbers = _STRING.sub(lambda m: re.sub(r"[^\n]", " ", m.group(0)), text)
+    negative = re.search(r"^\s*(?:xmin|xmax|number|time)\s*=\s*-\s*\.?\d|^\s*-\s*\.?\d",
+                         numbers, re.M)
     if negative:
         line = text.count("\n", 0, negative.start()) + 1
         raise AlignmentError(f"{path}:{line}: a negative time ({negative.group(0).strip()!r}...); "
                              "TextGrid times start at 0")
-    text = _EXPONENT.sub(_positional, text)
+    text = _outside_strings(text, lambda part: _EXPONENT.sub(_positional, part))
     try:
         tg = textgrid_io.parseTextgridStr(text, includeEmptyIntervals=True)
         parsed = tg["tiers"]
