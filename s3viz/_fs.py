@@ -32,6 +32,10 @@ class UnsafePathError(ValueError):
     """A path would leave the folder s3viz owns, or pass through a symbolic link inside it."""
 
 
+class FolderBusyError(RuntimeError):
+    """Another process holds the folder's lock (an extraction into the same cache)."""
+
+
 NAME_MAX = 255
 """Bytes in one file name on the common file systems (ext4, APFS, NTFS in UTF-16 units)."""
 
@@ -328,7 +332,7 @@ class OwnedFolder:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError as e:
-                raise RuntimeError(f"{busy} ({str(self.folder)!r} is locked)") from e
+                raise FolderBusyError(f"{busy} ({str(self.folder)!r} is locked)") from e
             try:
                 yield
             finally:

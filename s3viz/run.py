@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from ._fs import OwnedFolder
+from ._fs import FolderBusyError, OwnedFolder
 
 __all__ = ["main", "parse_args", "run"]
 
@@ -92,9 +93,17 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--{given[0].replace('_', '-')} needs --alignments")
     if not args.targets and not args.cka:
         p.error("nothing to compute: give --targets and/or --cka")
-    out = Path(args.out).expanduser()
-    if out.exists() and not out.is_dir():  # refused now, not after the run
-        p.error(f"--out {args.out!r} is a file; give a folder (created when missing)")
+    for flag, value in (("--out", args.out), ("--store-frames", args.store_frames)):
+        path = None if value is None else Path(value).expanduser()
+        if path is not None and path.exists() and not path.is_dir():  # now, not after the run
+            p.error(f"{flag} {value!r} is a file; give a folder (created when missing)")
+    if args.folder is not None and not Path(args.folder).expanduser().is_dir():
+        p.error(f"--folder {args.folder!r} is not a folder of audio files")
+    if args.cka_level is not None and not args.cka:
+        p.error("--cka-level needs --cka (it chooses the level of the CKA)")
+    if args.pretrained and args.upstream in ("tiny_random", "spectral"):
+        p.error(f"--pretrained: {args.upstream} has no trained weights (tiny_random is the "
+                "random-weight control, spectral computes features); leave it out")
     if "logistic" in args.methods and not args.store_frames:
         p.error("--methods logistic needs --store-frames DIR: a logistic probe takes many "
                 "passes over the frames, so each rank keeps its shard's frames on disk")
@@ -196,8 +205,6 @@ def run(args) -> dict:
                              f"{len(rates)} hidden states (0..{len(rates) - 1}, or negative "
                              "from the end)")
     cka_level = _cka_level(args, rates)
-    if rank == 0:
-        _clear_results(args.out)
     setup_rss = _current_rss_mb()  # corpus and model loaded: what the analysis adds comes after
     _reset_peak_rss()
     # balanced by audio length (extraction time), deterministic by utterance id
@@ -220,6 +227,8 @@ def run(args) -> dict:
         from .stream import check_targets
 
         check_targets(corpus, args.targets, splits, args.folds, args.seed)
+    if rank == 0:  # every check passed: the earlier run's results go only now
+        _clear_results(args.out)
     methods = list(getattr(args, "methods", ["ridge"]))
     if not args.targets and not args.cka:
         raise ValueError("nothing to compute: give targets and/or cka")
@@ -278,11 +287,17 @@ RESULT_FILES = ("probes.csv", "cka.csv", "run.json", "probe_curve.png", "cka.png
 
 
 def _clear_results(out_arg) -> None:
-    """Remove an earlier run's results from ``--out`` (only the names a run writes), so the
-    folder never mixes two runs (an old ``cka.csv`` beside new probes)."""
+    """Remove the files an earlier run wrote into ``--out`` (those its ``run.json``
+    lists, and only names a run writes), so the folder never mixes two runs (an old
+    ``cka.csv`` beside new probes); anything else there is the user's and stays."""
     out = OwnedFolder(out_arg, "--out")
-    for name in out.listdir():
-        if name in RESULT_FILES or (name.startswith("rank-") and name.endswith(".json")):
+    try:
+        earlier = json.loads(out.read_bytes("run.json")).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        return  # no earlier run of s3viz here (or not one it can read): nothing to remove
+    for name in earlier:
+        if isinstance(name, str) and (name in RESULT_FILES or re.fullmatch(r"rank-\d+\.json",
+                                                                            name)):
             out.unlink(name)
 
 
@@ -341,6 +356,11 @@ def _reset_peak_rss() -> None:
 
 def _write(args, probes, cka, meta: dict) -> None:
     out = OwnedFolder(args.out, "--out")
+    figures = [] if args.no_figures else [
+        name for name, df in (("probe_curve.png", probes), ("cka.png", cka)) if df is not None]
+    meta = dict(meta, files=[n for n, df in (("probes.csv", probes), ("cka.csv", cka))
+                             if df is not None] + figures + ["run.json"]
+                + [f"rank-{k}.json" for k in range(meta["world_size"])])
     if probes is not None:
         out.write_with("probes.csv", lambda f: probes.to_csv(f, index=False), text=True)
     if cka is not None:
@@ -383,8 +403,6 @@ def as_cli_advice(message: str) -> str:
     """``message`` with the library's ``name=value`` (or `` `name` ``) spelled as this
     command's flags, so that its advice can be followed here (``split_by='utterance'``
     becomes ``--split-by utterance``)."""
-    import re
-
     def flag_of(name, value):
         if value is None:
             return FLAGS[name]
@@ -417,7 +435,8 @@ def main(argv=None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = show  # the library's advice, as this command's flags
             run(args)
-    except (ValueError, KeyError, FileNotFoundError) as e:  # the user's input: no traceback
+    except (ValueError, KeyError, OSError, FolderBusyError) as e:  # the user's input or files
+        # (an OSError names its file: a folder where a file goes, a permission): no traceback
         text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"python -m s3viz.run: error: {as_cli_advice(str(text))}", file=sys.stderr)
         return 2

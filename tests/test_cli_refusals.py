@@ -79,13 +79,44 @@ def test_a_reused_out_folder_holds_only_the_new_run(tmp_path):
     out = tmp_path / "out"
     run(parse_args(BASE + ["--upstream", "tiny_random", "--cka", "--out", str(out)]))
     assert (out / "cka.csv").exists()
-    (out / "rank-7.json").write_text("{}")  # a rank of an earlier, larger run
+    (out / "rank-notes.json").write_text("{}")  # the user's own files, named like ours
+    (out / "rank-7.json").write_text("{}")
     (out / "notes.txt").write_text("the user's own file")
     run(parse_args(BASE + ["--upstream", "tiny_random", "--out", str(out)]))
-    assert not (out / "cka.csv").exists() and not (out / "rank-7.json").exists()
+    assert not (out / "cka.csv").exists()  # the earlier run's, listed in its run.json
     assert (out / "probes.csv").exists() and (out / "notes.txt").read_text().startswith("the")
-    assert set(p.name for p in out.iterdir()) <= set(RESULT_FILES) | {"rank-0.json",
-                                                                        "notes.txt"}
+    assert (out / "rank-notes.json").exists() and (out / "rank-7.json").exists()
+    assert set(p.name for p in out.iterdir()) <= set(RESULT_FILES) | {
+        "rank-0.json", "notes.txt", "rank-notes.json", "rank-7.json"}
+
+
+def test_a_refused_run_removes_nothing(tmp_path, capsys):
+    out = tmp_path / "out"
+    run(parse_args(BASE + ["--upstream", "tiny_random", "--out", str(out)]))
+    before = sorted(p.name for p in out.iterdir())
+    _fails(BASE + ["--upstream", "tiny_random", "--targets", "phoen", "--out", str(out)],
+           capsys)
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--store-frames", "FILE"], "--store-frames .* is a file"),
+    (["--corpus", None, "--folder", "FILE"], "--folder .* is not a folder"),
+    (["--cka-level", "frame"], "--cka-level needs --cka"),
+    (["--pretrained"], "tiny_random has no trained weights"),
+])
+def test_arguments_that_cannot_work_are_refused_when_read(tmp_path, capsys, argv, message):
+    (tmp_path / "f").write_text("mine")
+    argv = [str(tmp_path / "f") if a == "FILE" else a for a in argv]
+    base = list(BASE)
+    if None in argv:  # --folder replaces --corpus
+        i = base.index("--corpus")
+        del base[i:i + 2]
+        argv = [a for a in argv if a not in ("--corpus", None)]
+    with pytest.raises(SystemExit):
+        parse_args(base + ["--upstream", "tiny_random", "--out", str(tmp_path / "o")] + argv)
+    assert re.search(message, capsys.readouterr().err)
+    assert (tmp_path / "f").read_text() == "mine"
 
 
 @pytest.mark.parametrize("argv, message", [
