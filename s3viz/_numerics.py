@@ -279,8 +279,13 @@ class Profile:
             if bool((mad > 0).all()) or q == 1.0:
                 break
             mad = torch.where(mad > 0, mad, dev.quantile(q, dim=0) * 1.4826)
-        spread = math.sqrt(float((mad * mad).mean()))
-        magnitude = float(x.pow(2).mean(1).sqrt().median())
+        # squares of spreads and rows far below the largest value (1e-162 of it) vanish in
+        # float64: each is brought near 1 by a power of two of its own first (exact)
+        g = _pow2_near(float(mad.max()))
+        spread = math.sqrt(float(((mad * g) ** 2).mean())) / g
+        _, e = torch.frexp(x.abs().amax(1))
+        magnitude = float((torch.ldexp(x, -e[:, None]).pow(2).mean(1).sqrt()
+                           * torch.ldexp(torch.ones_like(x[:, 0]), e)).median())
         level = x.abs().median(0).values
         return centre / f, spread / f, magnitude / f, mad / f, level / f
 
@@ -444,12 +449,12 @@ class Profile:
                                       for v, ok in zip(own.tolist(), live.tolist())],
                                      dtype=torch.float64)
             else:
+                dyn = float(dev.max()) / rspread if rspread > 0 else math.inf
+                typical = rspread
                 if rspread == 0.0:
                     rspread = self.spread()
                 if rmag == 0.0:
                     rmag = self.rms()
-                dyn = float(dev.max()) / rspread if rspread > 0 else math.inf
-                typical = rspread
                 scale = _pow2_near(rspread if centre else rmag)
             if span is not None and dyn > span:
                 reason = (f"one or more rows lie {dyn:.1e} robust spreads from its median "
