@@ -16,7 +16,7 @@ import warnings
 
 import torch
 
-__all__ = ["ROUNDING", "read_dtype", "pow2_factor", "safe_scale", "Moments",
+__all__ = ["read_dtype", "pow2_factor", "safe_scale", "Moments",
            "DegenerateLayerWarning", "Guard", "Profile", "layer_guard", "tensor_guard",
            "warn_degenerate", "float32_squares_span", "float32_distances_span",
            "float64_sums_span", "unit_rows"]
@@ -45,24 +45,24 @@ def pow2_factor(x: torch.Tensor) -> float:
     return 2.0 ** -round(math.log2(rms))
 
 
-ROUNDING = 1e-12
-"""A spread below this fraction of a feature's own mean is float64 rounding, not signal."""
-
-
-def safe_scale(std: torch.Tensor, rel: float = 1e-8, mean: torch.Tensor | None = None
+def safe_scale(std: torch.Tensor, mean: torch.Tensor | None = None,
+               eps: float = torch.finfo(torch.float64).eps, ulps: float = 4.0
                ) -> torch.Tensor:
-    """``std`` with dead features set to 1: those below ``rel`` times the largest
-    of the layer, or (given ``mean``) below :data:`ROUNDING` times their own mean.
+    """``std`` with dead features set to 1: those whose spread is 0, or (given ``mean``)
+    at most ``ulps`` units of ``eps`` (the precision the moments were computed in) of
+    their own mean: rounding of a constant, not signal.
 
-    Relative only, so a layer whose every feature is of size 1e-30 is still
-    standardised, and a constant feature of 1e6 whose mean-pooled values differ
-    by rounding (1e-10) is not blown up to unit variance.
-    ``std``: ``(..., hidden)``; the largest is taken over the last axis.
+    Each feature is judged by itself, never against the other features: a feature
+    of 1e-12 beside features of 1 is as alive as they are (every value is exact in
+    float64), and a constant feature of 1e6 whose mean-pooled values differ by
+    rounding (1e-10) is not blown up to unit variance. Dead features of the data
+    (constant up to the data's own rounding) are found earlier, by the layer's guard
+    (:meth:`Profile.guard` with ``per_feature``), which reads them as zeros.
+    ``std``, ``mean``: ``(..., hidden)``.
     """
-    top = std.amax(-1, keepdim=True) if std.numel() else std
-    live = (std > rel * top) & (std > 0)
+    live = std > 0
     if mean is not None:
-        live &= std > ROUNDING * mean.abs()
+        live &= std > ulps * eps * mean.abs()
     return torch.where(live, std, torch.ones_like(std))
 
 
@@ -159,12 +159,14 @@ class Guard:
     ``scale`` is a power of two (multiplying by it is exact) bringing the values
     (or, with ``centre``, their spread) near 1, so that float32 and float64
     products neither overflow nor underflow, whatever the layer's scale
-    (1e-300 .. 1e300). ``shift`` is the layer's mean (None without ``centre``).
-    ``reason`` says why the layer is degenerate (None if it is not): the
-    measure then reports NaN for it (see :func:`warn_degenerate`).
+    (1e-300 .. 1e300); per feature (a ``(hidden,)`` tensor of powers of two, 0 for a
+    dead feature) for the measures that standardise each feature. ``shift`` is the
+    layer's per-feature median (None without ``centre``). ``reason`` says why the
+    layer is degenerate (None if it is not): the measure then reports NaN for it
+    (see :func:`warn_degenerate`).
     """
 
-    def __init__(self, scale: float, shift: torch.Tensor | None, reason: str | None,
+    def __init__(self, scale, shift: torch.Tensor | None, reason: str | None,
                  span: float = 0.0, outlier: int | None = None):
         self.scale, self.shift, self.reason = scale, shift, reason
         self.span = span  # the layer's dynamic range (see Profile.guard)
@@ -177,11 +179,14 @@ class Guard:
         device = x.device if device is None else device
         out = torch.empty(x.shape, dtype=dtype, device=device)
         rows = max(1, (1 << 22) // max(1, x.shape[-1]))
+        scale = self.scale
         for i in range(0, x.shape[0], rows):
             y = x[i:i + rows].to(torch.float64)
             if self.shift is not None:
                 y = y - self.shift.to(y.device)
-            out[i:i + rows] = (y * self.scale).to(device=device, dtype=dtype)
+            if isinstance(scale, torch.Tensor):
+                scale = scale.to(y.device)
+            out[i:i + rows] = (y * scale).to(device=device, dtype=dtype)
         return out
 
 
@@ -200,6 +205,7 @@ class Profile:
         self.peak = 0.0  # largest |x| * scale so far
         self.longest = 0  # most rows added in one call
         self.exact = [torch.float16, torch.float32]  # narrower dtypes holding every value
+        self.integral = True  # every value an integer (exact in any float: not rounding)
         # the robust statistics (Profile.robust): a deterministic sample of the rows (every
         # stride-th row, the stride doubling when the sample fills: the same sample
         # whatever the chunking), the per-feature extremes and the farthest row
@@ -216,6 +222,7 @@ class Profile:
         # the precision the values really carry: float32 frames stored as float64 round
         # like float32 (a cheap test, rows are read once anyway)
         self.exact = [d for d in self.exact if bool((x.to(d).to(torch.float64) == x).all())]
+        self.integral = self.integral and bool((x == x.round()).all())
         top = float(x.abs().max())
         if self.mom is None:
             self.mom = Moments((x.shape[1],))
@@ -247,15 +254,17 @@ class Profile:
             self.stride *= 2
             self.sample = [(i, r) for i, r in self.sample if i % self.stride == 0]
 
-    def robust(self) -> tuple[torch.Tensor, float, float]:
-        """``(centre, spread, magnitude)`` of the typical rows, from the sample.
+    def robust(self) -> tuple[torch.Tensor, float, float, torch.Tensor, torch.Tensor]:
+        """``(centre, spread, magnitude, mad, level)`` of the typical rows, from the sample.
 
-        ``centre``: the per-feature median; ``spread``: the root mean square over
-        features of 1.4826 x the median absolute deviation (the standard deviation
-        of a normal feature), or, where more than half of a feature's values sit at its
-        median (sparse features), of a high quantile of the deviations; ``magnitude``:
-        the median root mean square of a row. One row far out, however far, moves
-        none of them, while a mean or standard deviation follows it.
+        ``centre``: the per-feature median; ``mad``: per feature, 1.4826 x the median
+        absolute deviation (the standard deviation of a normal feature), or, where more
+        than half of a feature's values sit at its median (sparse features), of a high
+        quantile of the deviations; ``spread``: the root mean square of ``mad`` over
+        features; ``magnitude``: the median root mean square of a row; ``level``: per
+        feature, the median ``|x|`` (the typical size of a value, what its rounding is
+        relative to). One row far out, however far, moves none of them, while a mean or
+        standard deviation follows it.
         """
         if self.robust_override is not None:
             return self.robust_override
@@ -270,21 +279,34 @@ class Profile:
             if bool((mad > 0).all()) or q == 1.0:
                 break
             mad = torch.where(mad > 0, mad, dev.quantile(q, dim=0) * 1.4826)
-        spread = math.sqrt(float((mad * mad).mean()))
-        magnitude = float(x.pow(2).mean(1).sqrt().median())
-        return centre / f, spread / f, magnitude / f
+        # squares of spreads and rows far below the largest value (1e-162 of it) vanish in
+        # float64: each is brought near 1 by a power of two of its own first (exact)
+        g = _pow2_near(float(mad.max()))
+        spread = math.sqrt(float(((mad * g) ** 2).mean())) / g
+        _, e = torch.frexp(x.abs().amax(1))
+        magnitude = float((torch.ldexp(x, -e[:, None]).pow(2).mean(1).sqrt()
+                           * torch.ldexp(torch.ones_like(x[:, 0]), e)).median())
+        level = x.abs().median(0).values
+        return centre / f, spread / f, magnitude / f, mad / f, level / f
 
     robust_override = None  # set by reduced(): the merged shards' robust statistics
 
     def reduced(self, reduce) -> Profile:
         """The profile of all shards (``reduce`` sums a tensor over shards); every shard
         calls it and gets one common scale (the mean exponent: any common power of two
-        keeps results exact)."""
+        keeps results exact).
+
+        Sharded runs cannot take a median or a maximum over shards with a sum only: the
+        centre is the row-weighted mean of the shards' medians, the spreads and levels
+        root-mean-square row-weighted means of theirs, and the largest deviations (per
+        feature) the root of the shards' summed squares (at most sqrt(shards) times the
+        largest). A layer degenerate in every shard is degenerate here; near the
+        threshold the two decisions can differ (docs/measures.md)."""
         f64 = torch.float64
         h = self.mom.shift.shape[0] if self.mom is not None else 0
         info = reduce(torch.tensor([math.log2(self.scale) if self.rows else 0.0,
                                     1.0 if self.rows else 0.0, float(h),
-                                    float(self.longest)]
+                                    float(self.longest), float(not self.integral)]
                                    + [float(d not in self.exact) for d in Profile().exact],
                                    dtype=f64))
         held = max(float(info[1]), 1.0)
@@ -297,29 +319,36 @@ class Profile:
         out.mom, out.scale = mom.reduced(reduce), common
         out.rows = out.mom.n
         out.longest = int(round(float(info[3])))  # a sum: an upper bound of the longest
-        out.exact = [d for d, inexact in zip(out.exact, info[4:].tolist()) if inexact == 0]
+        out.integral = float(info[4]) == 0
+        out.exact = [d for d, inexact in zip(out.exact, info[5:].tolist()) if inexact == 0]
         # robust statistics: the row-weighted mean of the shards' medians and spreads (a
         # median of medians would need a gather; one far row moves no shard's median)
         n = float(self.rows)
+        zero = torch.zeros(width, dtype=f64)
         if self.rows:
-            c, sp, mag = self.robust()
-            c = c * common
+            c, sp, mag, mad, level = self.robust()
+            c, mad, level = c * common, mad * common, level * common
         else:
-            c, sp, mag = torch.zeros(width, dtype=f64), 0.0, 0.0
-        tot = reduce(torch.cat([n * c, torch.tensor([n * (sp * common) ** 2,
-                                                     n * mag * common], dtype=f64)]))
+            c, sp, mag, mad, level = zero, 0.0, 0.0, zero, zero
+        tot = reduce(torch.cat([n * c, n * mad * mad, n * level * level,
+                                torch.tensor([n * (sp * common) ** 2, n * mag * common],
+                                             dtype=f64)]))
         n_all = max(float(out.rows), 1.0)
         centre = tot[:width] / n_all
-        out.robust_override = (centre / common, math.sqrt(float(tot[width]) / n_all) / common,
-                               float(tot[width + 1]) / n_all / common)
-        # the largest deviation from the common centre: the shards' squared deviations
-        # summed (an upper bound of the largest within sqrt(shards): same on every shard)
-        dev = 0.0
+        out.robust_override = (centre / common,
+                               math.sqrt(float(tot[3 * width]) / n_all) / common,
+                               float(tot[3 * width + 1]) / n_all / common,
+                               (tot[width:2 * width] / n_all).sqrt() / common,
+                               (tot[2 * width:3 * width] / n_all).sqrt() / common)
+        # the largest deviation from the common centre and the largest |x|, per feature:
+        # the shards' squares summed (an upper bound of the largest within sqrt(shards):
+        # the same on every shard)
+        dev, top = zero, zero
         if self.rows:
-            dev = float(torch.maximum(self.hi * common - centre, centre - self.lo * common)
-                        .max())
-        out.span_override = math.sqrt(float(reduce(torch.tensor([dev * dev], dtype=f64))[0])
-                                      ) / common
+            dev = torch.maximum(self.hi * common - centre, centre - self.lo * common)
+            top = torch.maximum(self.hi.abs(), self.lo.abs()) * common
+        both = reduce(torch.cat([dev * dev, top * top])).sqrt() / common
+        out.span_override = (both[:width], both[width:])
         return out
 
     span_override = None
@@ -337,24 +366,32 @@ class Profile:
             return 0.0
         return math.sqrt(float(self.mom.var.mean())) / self.scale
 
-    def deviation(self, centre: torch.Tensor) -> float:
-        """The largest distance of a value from ``centre`` along a feature (own units)."""
+    def deviations(self, centre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per feature, the largest distance of a value from ``centre`` and the largest
+        ``|x|`` (own units)."""
         if self.span_override is not None:
             return self.span_override
-        return float(torch.maximum(self.hi - centre, centre - self.lo).max())
+        return (torch.maximum(self.hi - centre, centre - self.lo),
+                torch.maximum(self.hi.abs(), self.lo.abs()))
 
-    def guard(self, dtype: torch.dtype, *, centre: bool, reference: float | None = None,
-              ulps: float = 1.0, span: float | None = None) -> Guard:
+    def deviation(self, centre: torch.Tensor) -> float:
+        """The largest distance of a value from ``centre`` along a feature (own units)."""
+        return float(self.deviations(centre)[0].max())
+
+    def guard(self, dtype: torch.dtype, *, centre: bool, reference: torch.Tensor | None = None,
+              ulps: float = 1.0, span: float | None = None, per_feature: bool = False
+              ) -> Guard:
         """The :class:`Guard` of the profiled values.
 
         Args:
             dtype: the dtype the values were computed in (the store's), or the
-                narrower one every value fits exactly: its rounding sets the
-                degeneracy threshold.
-            centre: subtract the mean (for offset-invariant measures) and scale by
-                the spread; else scale by the root mean square.
-            reference: the magnitude the spread is compared with (default the
-                values' own root mean square); pooled vectors pass their frames'.
+                narrower one every value fits exactly (unless every value is an
+                integer: integers are exact in any float, and their steps are not
+                rounding): its rounding sets the degeneracy threshold.
+            centre: subtract the per-feature median (for offset-invariant measures).
+            reference: per feature, the typical size the rounding is relative to
+                (default the values' own, ``level`` of :meth:`robust`); pooled vectors
+                pass their frames'.
             ulps: the threshold in multiples of :data:`ROUNDING_ULPS`.
             span: the largest dynamic range the measure's arithmetic resolves (see
                 :func:`float32_squares_span`, :func:`float32_distances_span`,
@@ -362,45 +399,70 @@ class Profile:
                 deviation from its median is more robust spreads than this is
                 degenerate too: its typical rows would be lost to rounding or a square
                 overflow. None: no limit.
+            per_feature: for measures that standardise each feature (the probes): the
+                scale is a power of two per feature near that feature's own spread, and
+                a dead feature (every value within rounding of the others) reads as 0;
+                the range is judged per feature.
 
-        The shift (with ``centre``) is the per-feature median and the scale a power of
-        two near the robust spread (:meth:`robust`), so that one far row does not push
-        the typical rows to ``-c +- 1e-14`` (a mean and a spread dominated by it).
+        Rounding is judged per feature, on the typical rows: a feature is *quiet* when
+        its robust spread (``mad``) is at most ``ROUNDING_ULPS * ulps`` units in the
+        last place of its typical size, *dead* when every value (not only the typical
+        ones) is. A layer is degenerate when every feature is quiet (whatever a few
+        rows do: they are named), so neither one large constant feature nor a few far
+        rows decide it. The scale is a power of two near the robust spread (or root
+        mean square without ``centre``), so that one far row does not push the typical
+        rows to ``-c +- 1e-14`` (a mean and a spread dominated by it).
         """
-        spread, rms = self.spread(), self.rms()
-        ref = rms if reference is None else reference
-        if self.exact and dtype_eps(self.exact[0]) > dtype_eps(dtype):
+        if self.exact and not self.integral and dtype_eps(self.exact[0]) > dtype_eps(dtype):
             dtype = self.exact[0]  # e.g. float32 frames in a float64 store
         tol = ROUNDING_ULPS * dtype_eps(dtype) * ulps
-        if ref == 0.0:
-            reason = "every value is 0"
-        elif spread == 0.0:
-            reason = "it is constant (every row is the same)"
-        elif spread <= tol * ref:
-            reason = (f"it varies only at {str(dtype).replace('torch.', '')} rounding level "
-                      f"(spread {spread / ref:.1e} of its magnitude)")
-        else:
-            reason = None
-        shift, rspread, rmag, dyn = None, spread, rms, 0.0
-        if self.rows and reason is None:
-            med, rspread, rmag = self.robust()
-            dev = self.deviation(med)
-            dyn = dev / rspread if rspread > 0 else math.inf
+        if not self.rows:
+            return Guard(1.0, None, "it has no rows")
+        med, rspread, rmag, mad, level = self.robust()
+        dev, top = self.deviations(med)
+        ref = level if reference is None else torch.maximum(level, reference)
+        quiet = mad <= tol * ref
+        dead = dev <= tol * torch.maximum(top, ref)
+        name = str(dtype).replace("torch.", "")
+        reason = None
+        if bool(quiet.all()):
+            if float(top.max()) == 0.0:
+                reason = "every value is 0"
+            elif float(dev.max()) == 0.0:
+                reason = "it is constant (every row is the same)"
+            elif bool(dead.all()):
+                reason = (f"it varies only at {name} rounding level (every feature within "
+                          f"{tol:.1e} of its magnitude)")
+            else:
+                reason = (f"its typical rows vary at most at {name} rounding level (every "
+                          f"feature's robust spread within {tol:.1e} of its magnitude); only "
+                          "a few rows differ beyond it{where}")
+        dyn, scale = 0.0, 1.0
+        if reason is None:
+            if per_feature:
+                # a quiet feature with a few real rows: its steps are those rows' deviations
+                own = torch.where(quiet, dev, mad)
+                live = ~dead & (own > 0)
+                ratio = torch.where(live, dev / torch.where(live, own, 1.0), 0.0)
+                dyn, typical = float(ratio.max()), rspread
+                scale = torch.tensor([_pow2_near(float(v)) if ok else 0.0
+                                      for v, ok in zip(own.tolist(), live.tolist())],
+                                     dtype=torch.float64)
+            else:
+                dyn = float(dev.max()) / rspread if rspread > 0 else math.inf
+                typical = rspread
+                if rspread == 0.0:
+                    rspread = self.spread()
+                if rmag == 0.0:
+                    rmag = self.rms()
+                scale = _pow2_near(rspread if centre else rmag)
             if span is not None and dyn > span:
                 reason = (f"one or more rows lie {dyn:.1e} robust spreads from its median "
-                          f"(largest deviation {dev:.3g} against a typical spread "
-                          f"{rspread:.3g}{{where}}), beyond the {span:.1e} this measure's "
+                          f"(largest deviation {float(dev.max()):.3g} against a typical spread "
+                          f"{typical:.3g}{{where}}), beyond the {span:.1e} this measure's "
                           "arithmetic resolves: its typical rows would be lost to rounding")
-            if rspread == 0.0:
-                rspread = spread
-            if rmag == 0.0:
-                rmag = rms
-            if centre:
-                shift = med
-        elif centre and self.rows:
-            shift = self.mom.mean / self.scale
-        return Guard(_pow2_near(rspread if centre else rmag) if reason is None else 1.0,
-                     shift, reason, dyn, self.far[1])
+        shift = med if centre else None
+        return Guard(scale if reason is None else 1.0, shift, reason, dyn, self.far[1])
 
 
 SAMPLE_ROWS = 4096
@@ -429,15 +491,15 @@ def float64_sums_span() -> float:
 
 
 def tensor_guard(x: torch.Tensor, dtype: torch.dtype, *, centre: bool,
-                 span: float | None = None, names=None) -> Guard:
+                 span: float | None = None, names=None, per_feature: bool = False) -> Guard:
     """The :class:`Guard` of rows already in memory (``dtype``: the precision they were
-    computed in, e.g. the store's; ``span``: see :meth:`Profile.guard`; ``names``: a
-    callable naming a row, for the message)."""
+    computed in, e.g. the store's; ``span``, ``per_feature``: see :meth:`Profile.guard`;
+    ``names``: a callable naming a row, for the message)."""
     prof = Profile()
     rows = max(1, (1 << 22) // max(1, x.shape[-1]))
     for i in range(0, x.shape[0], rows):
         prof.update(x[i:i + rows])
-    return _named(prof.guard(dtype, centre=centre, span=span), names)
+    return _named(prof.guard(dtype, centre=centre, span=span, per_feature=per_feature), names)
 
 
 def _named(guard: Guard, names) -> Guard:
@@ -473,16 +535,17 @@ def profile_layer(store, layer: int, utterances=None, *, chunk_frames: int = 655
 
 
 def layer_guard(store, layer: int, utterances=None, *, centre: bool, level: str = "frame",
-                pooled: torch.Tensor | None = None, reduce=None, span: float | None = None
-                ) -> Guard:
+                pooled: torch.Tensor | None = None, reduce=None, span: float | None = None,
+                per_feature: bool = False) -> Guard:
     """The :class:`Guard` of a stored layer, at frame or utterance (mean-pooled) level.
 
     Utterance level: the pooled vectors (``pooled``, else ``store.pooled``) are
     degenerate when their spread across utterances is at rounding level relative
-    to the magnitude of the frames they are means of (a layer normalised per
-    utterance has pooled vectors of rounding noise, ~1e-7 of its frames).
+    to the typical size of the frames they are means of, feature by feature (a layer
+    normalised per utterance has pooled vectors of rounding noise, ~1e-7 of its frames).
     ``reduce``: sharded runs (every shard calls this; one common guard); a given
-    ``pooled`` holds every shard's vectors already. ``span``: see :meth:`Profile.guard`.
+    ``pooled`` holds every shard's vectors already. ``span``, ``per_feature``: see
+    :meth:`Profile.guard`.
     """
     dtype = getattr(store, "store_dtype", torch.float32)
     if getattr(store, "_precision", None) is not None:  # a segment store: its frames' precision
@@ -492,20 +555,22 @@ def layer_guard(store, layer: int, utterances=None, *, centre: bool, level: str 
         frames = frames.reduced(reduce)
     if level == "frame":
         names = row_names(store, layer, utterances) if reduce is None else None
-        return _named(frames.guard(dtype, centre=centre, span=span), names)
+        return _named(frames.guard(dtype, centre=centre, span=span, per_feature=per_feature),
+                      names)
     own = pooled is None  # this shard's pooled vectors (summed over shards with reduce)
     if own:
         pooled = store.pooled(layer, utterances=utterances, dtype=read_dtype(store))
     prof = Profile().update(torch.as_tensor(pooled))
     if own and reduce is not None:
         prof = prof.reduced(reduce)
-    prof.exact = frames.exact  # the frames' precision, not the pooled means'
+    prof.exact, prof.integral = frames.exact, frames.integral  # the frames' precision
     names = None
     if reduce is None:
         ids = list(store.ids) if utterances is None else [store.ids[int(u)] for u in utterances]
         names = lambda i: f"utterance {ids[i]!r}"  # noqa: E731
-    return _named(prof.guard(dtype, centre=centre, reference=frames.rms(), ulps=POOLED_ULPS,
-                             span=span), names)
+    typical = frames.robust()[4] if frames.rows else None  # the frames' typical size
+    return _named(prof.guard(dtype, centre=centre, reference=typical, ulps=POOLED_ULPS,
+                             span=span, per_feature=per_feature), names)
 
 
 POOLED_ULPS = 4

@@ -18,7 +18,7 @@ import torch
 
 from . import _validate as _v
 from ._device import resolve_device as _resolve_device
-from ._numerics import (float32_squares_span, read_dtype, row_names, tensor_guard,
+from ._numerics import (Moments, float32_squares_span, read_dtype, row_names, tensor_guard,
                         warn_degenerate)
 from .probe.targets import label_strings
 
@@ -204,7 +204,12 @@ def unit_quality(store, *, k: int | Sequence[int] = 100, layers: Sequence[int] |
         fit = (np.arange(len(keep)) if max_frames is None or max_frames >= len(keep)
                else np.sort(rng.choice(len(keep), max_frames, replace=False)))
         fit_x = x[torch.as_tensor(fit, device=dev)]
-        total = float((fit_x.double() ** 2).sum(1).mean())  # the fitted frames' variance
+        # the fitted frames' variance: about their mean (the guard centres on the median,
+        # so sum |x|^2 is not it), streamed in float64 about a shift (exact for any offset)
+        mom = Moments((fit_x.shape[1],), device=fit_x.device)
+        for i in range(0, fit_x.shape[0], 65536):
+            mom.update(fit_x[i:i + 65536])
+        total = float(mom.var.sum())
         for kk in ks:
             if kk > len(fit):
                 raise ValueError(f"k={kk} needs at least {kk} fitted frames; raise max_frames")

@@ -179,9 +179,10 @@ def test_moments_offset_and_shards():
         assert got.n == 1000
 
 
-def test_safe_scale_is_relative_and_keeps_small_layers():
+def test_safe_scale_judges_each_feature_by_itself_and_keeps_small_layers():
+    # no feature is dead for being small beside the others (exact in float64): only 0 is
     std = torch.tensor([1e-30, 2e-30, 0.0, 1e-45], dtype=torch.float64)
-    assert safe_scale(std).tolist() == [1e-30, 2e-30, 1.0, 1.0]
+    assert safe_scale(std).tolist() == [1e-30, 2e-30, 1.0, 1e-45]
     # rounding noise of a constant 1e6 feature is not a feature
     assert safe_scale(torch.tensor([1.0, 1e-10]), mean=torch.tensor([0.0, 1e6])).tolist() == [
         1.0, 1.0]

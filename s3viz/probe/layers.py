@@ -249,10 +249,11 @@ def _ridge_layer(task, store, shard_store, shard, layer, blocks, c, lambdas, dev
     if shard is not None:
         x = _pooled_sharded(shard_store, layer, task, shard, reduce).to(device)
         guard = layer_guard(shard_store, layer, list(shard[0]), centre=False, level="utterance",
-                            pooled=x, reduce=reduce)
+                            pooled=x, reduce=reduce, per_feature=True)
     else:
         x = _pooled(store, layer, task).to(device)
-        guard = layer_guard(store, layer, task.sel, centre=False, level="utterance", pooled=x)
+        guard = layer_guard(store, layer, task.sel, centre=False, level="utterance", pooled=x,
+                            per_feature=True)
     return ridge_layer_utterance(task, x, blocks, c, lambdas, torch.float64, guard)
 
 

@@ -37,7 +37,10 @@ def _train_scaling(x: torch.Tensor, train: torch.Tensor, reduce=None):
         mom.update(x[:, train[i:i + 8192]])
     if reduce is not None:
         mom = mom.reduced(reduce)
-    return mom.mean.float(), safe_scale(mom.var.sqrt()).float()
+    # each feature judged against its own mean at float32's precision (x is float32); the
+    # layer's dead features are zeros already (its guard, per_feature)
+    return mom.mean.float(), safe_scale(mom.var.sqrt(), mean=mom.mean,
+                                        eps=torch.finfo(torch.float32).eps).float()
 
 
 def _fit_logistic_full(x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, c: int, *,
@@ -313,7 +316,7 @@ def _guard(task: ProbeTask, store, shard_store, shard, layer: int, arg, reduce):
     """The layer's guard (s3viz._numerics), common to all shards: frames, or pooled vectors
     (their spread compared with the frames'); centred (the probe standardises anyway),
     refused beyond the dynamic range float32 differences from the mean resolve."""
-    kw = {"centre": True, "span": float32_distances_span()}
+    kw = {"centre": True, "span": float32_distances_span(), "per_feature": True}
     if shard is None:
         sel = _store_arg(task.sel, task.n_utt)
         if task.level == "frame":

@@ -142,7 +142,8 @@ def ridge_layer_frame(task: ProbeTask, store, layer: int, blocks, c: int, lambda
     # spread with its own mean; a degenerate layer -> NaN scores. X^T X keeps the typical
     # frames' covariance only while eps * (far deviation / spread)**2 is small against their
     # spread, and so refused when a frame lies farther than float64 sums resolve
-    guard = layer_guard(store, layer, arg, centre=False, reduce=reduce, span=float64_sums_span())
+    guard = layer_guard(store, layer, arg, centre=False, reduce=reduce, span=float64_sums_span(),
+                        per_feature=True)
     if rows is not None:  # a shard: only its frames, in the shard store's order
         y_all, frame_sub = y_all[rows], frame_sub[rows]
         y_ctrl = y_ctrl[rows] if y_ctrl is not None else None
@@ -206,7 +207,7 @@ def _dual_standardize(x: torch.Tensor, idx: torch.Tensor):
     """Mean, scale (as :meth:`ProbeStats._standardized`) and standardised rows ``idx``."""
     xs = x[idx]
     mu = xs.mean(0)
-    sd = safe_scale(xs.std(0, unbiased=False), 1e-10, mean=mu)
+    sd = safe_scale(xs.std(0, unbiased=False), mean=mu)
     return mu, sd, (xs - mu) / sd
 
 

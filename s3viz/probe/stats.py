@@ -316,7 +316,7 @@ class ProbeStats:
         cov = 0.5 * (cov + cov.T)
         ybar = st.sum_y[0] / n
         cxy = st.sum_xy[0] / n - torch.outer(mu, ybar)
-        sd = safe_scale(torch.sqrt(torch.diagonal(cov).clamp_min(0)), 1e-10, mean=self.shift + mu)
+        sd = safe_scale(torch.sqrt(torch.diagonal(cov).clamp_min(0)), mean=self.shift + mu)
         a = cov / torch.outer(sd, sd)
         b = cxy / sd[:, None]
         return mu, sd, ybar, a, b
