@@ -871,3 +871,64 @@ def test_report_refuses_notebooks_whose_pages_overwrite_others(tmp_path, names):
     if len(names) == 1:
         with pytest.raises(ValueError, match=r"\.ipynb"):
             run_notebook(nbs[0], tmp_path / "out", timeout=60)
+
+
+# --------------------------------------------------------------------------- the demo
+
+
+def _no_work(*a, **k):
+    raise AssertionError("the demo did work before refusing")
+
+
+def test_the_demo_writes_through_no_link_at_out_analysis(tmp_path, victim, monkeypatch,
+                                                         capsys):
+    """``--out`` is the user's; ``<out>/analysis`` is s3viz's: a link there is refused
+    (naming it) before any synthesis, and nothing is written through it."""
+    from s3viz import demo
+
+    report = tmp_path / "report"
+    report.mkdir()
+    (victim / "corpus.csv").write_text("precious")
+    os.symlink(victim, report / "analysis")
+    before = snapshot(victim)
+    monkeypatch.setattr("s3viz.data.synthetic_corpus", _no_work)
+    with pytest.raises(SystemExit) as e:
+        demo.main(["--out", str(report), "--n-utterances", str(demo.MIN_UTTERANCES),
+                   "--no-notebooks"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "report/analysis" in err and "symbolic link" in err
+    assert snapshot(victim) == before
+    with pytest.raises(UnsafePathError, match="analysis"):  # run_analysis given the sub
+        demo.run_analysis(OwnedFolder(report, "--out").sub("analysis"))
+
+
+@pytest.mark.parametrize("n", [3, 15])
+def test_the_demo_refuses_too_few_utterances_before_any_work(tmp_path, monkeypatch, capsys, n):
+    from s3viz import demo
+
+    monkeypatch.setattr("s3viz.data.synthetic_corpus", _no_work)
+    with pytest.raises(SystemExit) as e:
+        demo.main(["--out", str(tmp_path / "r"), "--n-utterances", str(n), "--no-notebooks"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--n-utterances {n}" in err and f"at least {demo.MIN_UTTERANCES}" in err
+    assert "Traceback" not in err and not (tmp_path / "r").exists()
+    with pytest.raises(ValueError, match=f"at least {demo.MIN_UTTERANCES}"):
+        demo.run_analysis(tmp_path / "r", n_utterances=n)
+
+
+def test_the_demo_minimum_passes_its_probes_checks():
+    """At MIN_UTTERANCES and above the demo's probe targets and folds are accepted (no
+    refusal, no unseen-speaker warning) by the check run before extraction."""
+    import warnings
+
+    from s3viz import demo
+    from s3viz.stream import check_targets
+
+    for n in (demo.MIN_UTTERANCES, demo.MIN_UTTERANCES + 1, 48):
+        corpus = s3viz.data.synthetic_corpus(n, seed=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            for target, split_by in demo._PROBES:
+                check_targets(corpus, target, split_by=split_by)
