@@ -932,3 +932,34 @@ def test_the_demo_minimum_passes_its_probes_checks():
             warnings.simplefilter("error")
             for target, split_by in demo._PROBES:
                 check_targets(corpus, target, split_by=split_by)
+
+
+@pytest.mark.parametrize("xdg", [True, False])
+def test_the_default_synthetic_cache_follows_no_link_at_s3viz(tmp_path, victim, monkeypatch,
+                                                              xdg):
+    """Without S3VIZ_CACHE the user's cache root (XDG_CACHE_HOME, else ~/.cache) is the
+    named folder; ``s3viz/`` below it is s3viz's, so a link there is refused."""
+    monkeypatch.delenv("S3VIZ_CACHE", raising=False)
+    if xdg:
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+        root = tmp_path / "xdg"
+    else:
+        monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+        monkeypatch.setenv("HOME", str(tmp_path / "home"))
+        root = tmp_path / "home" / ".cache"
+    root.mkdir(parents=True)
+    os.symlink(victim, root / "s3viz")
+    before = snapshot(victim)
+    with pytest.raises(UnsafePathError, match="s3viz"):
+        s3viz.data.synthetic_corpus(2, seed=0)
+    assert snapshot(victim) == before
+    (root / "s3viz").unlink()  # without the link it writes to <root>/s3viz/synthetic
+    s3viz.data.synthetic_corpus(2, seed=0)
+    assert len(list((root / "s3viz" / "synthetic").glob("synthetic-*.npz"))) == 1
+    # a link the user makes at the root itself is theirs, and followed
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    monkeypatch.setenv("S3VIZ_CACHE", str(tmp_path / "env"))
+    os.symlink(other, tmp_path / "env")
+    s3viz.data.synthetic_corpus(2, seed=0)
+    assert len(list((other / "synthetic").glob("synthetic-*.npz"))) == 1
