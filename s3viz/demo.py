@@ -123,7 +123,12 @@ def run_analysis(out_dir: Union[OwnedFolder, str, os.PathLike], *, n_utterances:
     folds are checked on the corpus before any extraction.
     """
     n_utterances = check_n_utterances(n_utterances)
-    out = out_dir if isinstance(out_dir, OwnedFolder) else OwnedFolder(out_dir, "--out")
+    if not isinstance(out_dir, OwnedFolder):
+        out_dir = OwnedFolder(out_dir, "--out")
+    return _run(out_dir, n_utterances, seed, device)
+
+
+def _run(out: OwnedFolder, n_utterances: int, seed: int, device) -> List[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
