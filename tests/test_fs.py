@@ -195,7 +195,7 @@ def test_export_refuses_two_utterances_that_map_to_one_file(tmp_path, layout, id
 def test_export_checks_every_file_name_in_bytes_before_writing(tmp_path, layout, new_id):
     """A name that fits only without its suffix is refused before any file is written;
     one that fits is written whole (the temporary name beside it fits too)."""
-    from s3viz.data.formats import _SUFFIXES
+    from s3viz.data.formats import _SUFFIXES, MANIFEST
 
     corpus = _aligned(2)
     corpus[1].id = new_id
@@ -213,7 +213,7 @@ def test_export_checks_every_file_name_in_bytes_before_writing(tmp_path, layout,
         assert not [p for p in written if ".tmp-" in p.name]
     # the layouts write no suffix the plan does not check
     suffixes = {p.suffix for p in (tmp_path / "e").rglob("*") if p.is_file()
-                and p.name != "labels.csv"} if (tmp_path / "e").exists() else set()
+                and p.name not in ("labels.csv", MANIFEST)} if (tmp_path / "e").exists() else set()
     assert suffixes <= set(_SUFFIXES[layout])
 
 
@@ -266,7 +266,12 @@ def test_textgrids_are_made_in_memory_as_praatio_saves_them(tmp_path):
 def test_export_into_a_folder_with_a_planted_link_writes_nothing_through_it(tmp_path, victim):
     corpus = _aligned(2)
     out = tmp_path / "e"
-    out.mkdir()
+    s3viz.data.export_corpus(corpus, out)  # an earlier export, its corpus/ then a link
+    (victim / "sub" / corpus[0].speaker).mkdir()
+    (victim / "sub" / corpus[0].speaker / f"{corpus[0].id}.wav").write_bytes(b"not s3viz's")
+    import shutil
+
+    shutil.rmtree(out / "corpus")
     os.symlink(victim / "sub", out / "corpus")
     before = snapshot(victim)
     with pytest.raises(UnsafePathError, match="symbolic link"):
