@@ -103,6 +103,26 @@ def test_a_record_that_names_files_outside_the_folder_is_refused(base, tmp_path)
     assert (tmp_path / "victim.txt").read_text() == "keep"
 
 
+def test_a_record_that_is_a_link_or_names_a_folder_is_refused_before_writing(base, tmp_path):
+    import os
+
+    from s3viz._fs import UnsafePathError
+
+    out = tmp_path / "e"
+    export_corpus(base, out, layout="timit")
+    before = sorted(p.name for p in out.rglob("*"))
+    (out / MANIFEST).write_text('{"files": ["TRAIN"]}')
+    with pytest.raises(IsADirectoryError, match="TRAIN"):
+        export_corpus(base, out, layout="timit", overwrite=True)
+    assert (out / MANIFEST).read_text() == '{"files": ["TRAIN"]}'  # nothing written
+    (tmp_path / "elsewhere.json").write_text('{"files": []}')
+    os.replace(out / MANIFEST, tmp_path / "old.json")
+    os.symlink(tmp_path / "elsewhere.json", out / MANIFEST)
+    with pytest.raises(UnsafePathError, match="symbolic link"):
+        export_corpus(base, out, layout="timit", overwrite=True)
+    assert sorted(p.name for p in out.rglob("*")) == before
+
+
 # --------------------------------------------------------------------------- 4: folders
 
 

@@ -364,9 +364,9 @@ def _earlier_export(root: Path, overwrite: bool) -> list:
         raise FileExistsError(f"{str(root)!r} holds an earlier export; pass overwrite=True to "
                               "replace it, or choose a new folder")
     where = root / MANIFEST
+    data = here.read_bytes(MANIFEST)  # a link there is refused as such
     try:
-        record = json.loads(here.read_bytes(MANIFEST).decode("utf-8"))
-        files = record["files"]
+        files = json.loads(data.decode("utf-8"))["files"]
         if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
             raise TypeError("'files' is not a list of names")
         for f in files:
@@ -374,6 +374,10 @@ def _earlier_export(root: Path, overwrite: bool) -> list:
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise ValueError(f"{str(where)!r} is not a record s3viz wrote ({e}); remove the "
                          "folder's contents yourself or export into a new folder") from e
+    folders = [f for f in files if here.kind(f) == "folder"]  # (a link on the way: refused)
+    if folders:
+        raise IsADirectoryError(f"{str(where)!r} lists {folders[:5]!r}, now folders in "
+                                f"{str(root)!r}; s3viz removes only files: move them away")
     return files
 
 
