@@ -71,7 +71,9 @@ def load_timit(root: Union[str, os.PathLike], split: Optional[str] = None, phone
         (``"TRAIN/DR1/FCJF0/SA1"``), ``speaker`` the speaker folder's name,
         ``text`` the ``.TXT`` sentence, and labels ``dialect`` (``"DR1"``),
         ``sex`` (``"F"``/``"M"``, the speaker folder's first letter) and
-        ``split`` (``"train"``/``"test"``).
+        ``split`` (``"train"``/``"test"``). Audio files under ``root`` outside that
+        layout (another split folder such as ``DEV``, a dialect folder not ``DR<n>``, a
+        deeper folder) are named in one warning, never dropped silently.
     """
     from .folder import load_folder
 
