@@ -11,14 +11,15 @@ holds: ``docs/reports.md``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
-from typing import List
+from typing import List, Union
 
-from ._fs import OwnedFolder
+from ._fs import OwnedFolder, UnsafePathError
 
-__all__ = ["run_analysis", "main"]
+__all__ = ["run_analysis", "main", "MIN_UTTERANCES"]
 
 
 def _save(fig_or_ax, out: OwnedFolder, name: str) -> Path:
@@ -54,6 +55,9 @@ CAPTIONS = {
 }
 """Figures of the main analysis shown on the report's front page, with their captions."""
 
+_PROBES = (("phone", "speaker"), ("speaker", "utterance"))
+"""The demo's probes: (target, split_by)."""
+
 
 def _findings(probe_df, weights, abx_df, units_df, lengths) -> List[str]:
     """The report's front-page sentences, read off the analysis tables."""
@@ -88,9 +92,43 @@ def _findings(probe_df, weights, abx_df, units_df, lengths) -> List[str]:
     return out
 
 
-def run_analysis(out_dir: Path, *, n_utterances: int = 48, seed: int = 0, device=None
-                 ) -> List[Path]:
-    """Run the main analysis into ``out_dir``; returns the files written."""
+MIN_UTTERANCES = 16
+"""The fewest utterances the demo's probes take: the speaker probe (folds by utterance)
+needs every one of the 8 built-in speakers twice, so that each test fold's speakers are
+seen in training (``s3viz.stream.check_targets`` refuses fewer before extraction)."""
+
+
+def check_n_utterances(n_utterances) -> int:
+    """``n_utterances`` as an int of at least :data:`MIN_UTTERANCES`, else refused naming
+    the minimum (before any synthesis or extraction)."""
+    if isinstance(n_utterances, bool) or not isinstance(n_utterances, int):
+        raise TypeError(f"n_utterances must be an int, got {n_utterances!r}")
+    if n_utterances < MIN_UTTERANCES:
+        raise ValueError(
+            f"--n-utterances {n_utterances} is too few for the demo's probes: it needs at "
+            f"least {MIN_UTTERANCES} (two per built-in speaker, so every speaker the speaker "
+            f"probe tests is also in its training folds); pass --n-utterances "
+            f"{MIN_UTTERANCES} or more")
+    return n_utterances
+
+
+def run_analysis(out_dir: Union[OwnedFolder, str, os.PathLike], *, n_utterances: int = 48,
+                 seed: int = 0, device=None) -> List[Path]:
+    """Run the main analysis into ``out_dir``; returns the files written.
+
+    ``out_dir``: an :class:`~s3viz._fs.OwnedFolder` (``main`` passes
+    ``OwnedFolder(--out).sub("analysis")``, so a link at ``<out>/analysis`` is refused,
+    never written through) or a folder path the user names. ``n_utterances`` below
+    :data:`MIN_UTTERANCES` is refused before anything is made; the probes' targets and
+    folds are checked on the corpus before any extraction.
+    """
+    n_utterances = check_n_utterances(n_utterances)
+    if not isinstance(out_dir, OwnedFolder):
+        out_dir = OwnedFolder(out_dir, "--out")
+    return _run(out_dir, n_utterances, seed, device)
+
+
+def _run(out: OwnedFolder, n_utterances: int, seed: int, device) -> List[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -100,11 +138,9 @@ def run_analysis(out_dir: Path, *, n_utterances: int = 48, seed: int = 0, device
     import s3viz
     from s3viz import plot
     from s3viz.data import synthetic_corpus
+    from s3viz.stream import check_targets
     from s3viz.upstreams import get_upstream
 
-    from s3viz._fs import OwnedFolder
-
-    out = OwnedFolder(out_dir, "--out")
     written: List[Path] = []
 
     def log(msg):
@@ -113,6 +149,8 @@ def run_analysis(out_dir: Path, *, n_utterances: int = 48, seed: int = 0, device
     t0 = time.perf_counter()
     corpus = synthetic_corpus(n_utterances, seed=seed)
     log(f"corpus: {corpus}")
+    for target, split_by in _PROBES:  # refused here, not after three extractions
+        check_targets(corpus, target, split_by=split_by, seed=seed)
     written.append(_csv(out, "corpus.csv", corpus.labels, index=False))
 
     upstreams = {
@@ -129,8 +167,7 @@ def run_analysis(out_dir: Path, *, n_utterances: int = 48, seed: int = 0, device
         log(f"{label}: {report.summary()}")
         store = s3viz.extract(upstream, corpus, device=device, progress=False)
         stores[label] = store
-        for target in ("phone", "speaker"):
-            split_by = "utterance" if target == "speaker" else "speaker"
+        for target, split_by in _PROBES:
             df = s3viz.probe_layers(store, target, split_by=split_by, device=device, seed=seed)
             probes.append(df.assign(method=label))
         log(f"{label}: extracted and probed ({time.perf_counter() - t0:.0f} s so far)")
@@ -197,12 +234,21 @@ def main(argv=None) -> int:
     parser.add_argument("--timeout", type=int, default=600, help="seconds per notebook cell")
     args = parser.parse_args(argv)
 
+    try:
+        check_n_utterances(args.n_utterances)
+    except ValueError as e:
+        parser.error(str(e))
     from s3viz.report import build_report, write_index
 
-    analysis = run_analysis(args.out / "analysis", n_utterances=args.n_utterances)
-    adir = args.out / "analysis"
-    findings = (adir / "findings.txt").read_text(encoding="utf-8").splitlines()
-    figures = [(adir / name, cap) for name, cap in CAPTIONS.items() if (adir / name).exists()]
+    # --out is the user's; analysis/ is s3viz's, so a link there is refused, not followed
+    try:
+        adir = OwnedFolder(args.out, "--out").sub("analysis")
+    except (UnsafePathError, NotADirectoryError) as e:
+        parser.error(str(e))
+    analysis = run_analysis(adir, n_utterances=args.n_utterances)
+    findings = adir.read_bytes("findings.txt").decode("utf-8").splitlines()
+    figures = [(adir.path(name), cap) for name, cap in CAPTIONS.items()
+               if adir.kind(name) == "file"]
     notebooks = [] if args.no_notebooks else sorted(args.notebooks.glob("*.ipynb"))
     if notebooks:
         results = build_report(notebooks, args.out, timeout=args.timeout, extra=analysis,

@@ -195,7 +195,7 @@ def test_export_refuses_two_utterances_that_map_to_one_file(tmp_path, layout, id
 def test_export_checks_every_file_name_in_bytes_before_writing(tmp_path, layout, new_id):
     """A name that fits only without its suffix is refused before any file is written;
     one that fits is written whole (the temporary name beside it fits too)."""
-    from s3viz.data.formats import _SUFFIXES
+    from s3viz.data.formats import _SUFFIXES, MANIFEST
 
     corpus = _aligned(2)
     corpus[1].id = new_id
@@ -213,7 +213,7 @@ def test_export_checks_every_file_name_in_bytes_before_writing(tmp_path, layout,
         assert not [p for p in written if ".tmp-" in p.name]
     # the layouts write no suffix the plan does not check
     suffixes = {p.suffix for p in (tmp_path / "e").rglob("*") if p.is_file()
-                and p.name != "labels.csv"} if (tmp_path / "e").exists() else set()
+                and p.name not in ("labels.csv", MANIFEST)} if (tmp_path / "e").exists() else set()
     assert suffixes <= set(_SUFFIXES[layout])
 
 
@@ -266,7 +266,12 @@ def test_textgrids_are_made_in_memory_as_praatio_saves_them(tmp_path):
 def test_export_into_a_folder_with_a_planted_link_writes_nothing_through_it(tmp_path, victim):
     corpus = _aligned(2)
     out = tmp_path / "e"
-    out.mkdir()
+    s3viz.data.export_corpus(corpus, out)  # an earlier export, its corpus/ then a link
+    (victim / "sub" / corpus[0].speaker).mkdir()
+    (victim / "sub" / corpus[0].speaker / f"{corpus[0].id}.wav").write_bytes(b"not s3viz's")
+    import shutil
+
+    shutil.rmtree(out / "corpus")
     os.symlink(victim / "sub", out / "corpus")
     before = snapshot(victim)
     with pytest.raises(UnsafePathError, match="symbolic link"):
@@ -871,3 +876,95 @@ def test_report_refuses_notebooks_whose_pages_overwrite_others(tmp_path, names):
     if len(names) == 1:
         with pytest.raises(ValueError, match=r"\.ipynb"):
             run_notebook(nbs[0], tmp_path / "out", timeout=60)
+
+
+# --------------------------------------------------------------------------- the demo
+
+
+def _no_work(*a, **k):
+    raise AssertionError("the demo did work before refusing")
+
+
+def test_the_demo_writes_through_no_link_at_out_analysis(tmp_path, victim, monkeypatch,
+                                                         capsys):
+    """``--out`` is the user's; ``<out>/analysis`` is s3viz's: a link there is refused
+    (naming it) before any synthesis, and nothing is written through it."""
+    from s3viz import demo
+
+    report = tmp_path / "report"
+    report.mkdir()
+    (victim / "corpus.csv").write_text("precious")
+    os.symlink(victim, report / "analysis")
+    before = snapshot(victim)
+    monkeypatch.setattr("s3viz.data.synthetic_corpus", _no_work)
+    with pytest.raises(SystemExit) as e:
+        demo.main(["--out", str(report), "--n-utterances", str(demo.MIN_UTTERANCES),
+                   "--no-notebooks"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "report/analysis" in err and "symbolic link" in err
+    assert snapshot(victim) == before
+    with pytest.raises(UnsafePathError, match="analysis"):  # run_analysis given the sub
+        demo.run_analysis(OwnedFolder(report, "--out").sub("analysis"))
+
+
+@pytest.mark.parametrize("n", [3, 15])
+def test_the_demo_refuses_too_few_utterances_before_any_work(tmp_path, monkeypatch, capsys, n):
+    from s3viz import demo
+
+    monkeypatch.setattr("s3viz.data.synthetic_corpus", _no_work)
+    with pytest.raises(SystemExit) as e:
+        demo.main(["--out", str(tmp_path / "r"), "--n-utterances", str(n), "--no-notebooks"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--n-utterances {n}" in err and f"at least {demo.MIN_UTTERANCES}" in err
+    assert "Traceback" not in err and not (tmp_path / "r").exists()
+    with pytest.raises(ValueError, match=f"at least {demo.MIN_UTTERANCES}"):
+        demo.run_analysis(tmp_path / "r", n_utterances=n)
+
+
+def test_the_demo_minimum_passes_its_probes_checks():
+    """At MIN_UTTERANCES and above the demo's probe targets and folds are accepted (no
+    refusal, no unseen-speaker warning) by the check run before extraction."""
+    import warnings
+
+    from s3viz import demo
+    from s3viz.stream import check_targets
+
+    for n in (demo.MIN_UTTERANCES, demo.MIN_UTTERANCES + 1, 48):
+        corpus = s3viz.data.synthetic_corpus(n, seed=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            for target, split_by in demo._PROBES:
+                check_targets(corpus, target, split_by=split_by)
+
+
+@pytest.mark.parametrize("xdg", [True, False])
+def test_the_default_synthetic_cache_follows_no_link_at_s3viz(tmp_path, victim, monkeypatch,
+                                                              xdg):
+    """Without S3VIZ_CACHE the user's cache root (XDG_CACHE_HOME, else ~/.cache) is the
+    named folder; ``s3viz/`` below it is s3viz's, so a link there is refused."""
+    monkeypatch.delenv("S3VIZ_CACHE", raising=False)
+    if xdg:
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+        root = tmp_path / "xdg"
+    else:
+        monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+        monkeypatch.setenv("HOME", str(tmp_path / "home"))
+        root = tmp_path / "home" / ".cache"
+    root.mkdir(parents=True)
+    os.symlink(victim, root / "s3viz")
+    before = snapshot(victim)
+    with pytest.raises(UnsafePathError, match="s3viz"):
+        s3viz.data.synthetic_corpus(2, seed=0)
+    assert snapshot(victim) == before
+    (root / "s3viz").unlink()  # without the link it writes to <root>/s3viz/synthetic
+    s3viz.data.synthetic_corpus(2, seed=0)
+    assert len(list((root / "s3viz" / "synthetic").glob("synthetic-*.npz"))) == 1
+    # a link the user makes at the root itself is theirs, and followed
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    monkeypatch.setenv("S3VIZ_CACHE", str(tmp_path / "env"))
+    os.symlink(other, tmp_path / "env")
+    s3viz.data.synthetic_corpus(2, seed=0)
+    assert len(list((other / "synthetic").glob("synthetic-*.npz"))) == 1

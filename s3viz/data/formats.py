@@ -10,8 +10,13 @@ without the network.
 
 from __future__ import annotations
 
+import csv
+import glob
+import json
 import os
 import re
+import unicodedata
+import warnings
 from pathlib import Path
 from typing import Dict, Optional, Union
 
@@ -21,20 +26,26 @@ import pandas as pd
 from .._fs import OwnedFolder, check_name, collision_key
 from ..interface import SAMPLE_RATE
 from ._corpus import Corpus
-from .alignments import SILENCE
+from .alignments import SILENCE, _is_silence, silence_marks
 
 __all__ = ["load_timit", "export_corpus"]
 
 _TIMIT_SPLITS = ("train", "test")
+_TIMIT_DIALECT = re.compile(r"(?i)dr\d+")
+"""The dialect folders :func:`load_timit` reads (``DR1`` ... in any case); the export
+refuses a ``dialect`` label it would not read back."""
+_AUDIO_SUFFIX = ".wav"
 
 
 def _timit_text(path: Path) -> str:
     """``0 46797 She had your dark suit in greasy wash water all year.`` -> the sentence."""
     if not path.is_file():
         return ""
-    parts = path.read_text(errors="replace").strip().split(maxsplit=2)
-    if len(parts) == 3 and parts[0].isdigit() and parts[1].isdigit():
-        return parts[2].strip()
+    # newline="": a "\r" inside the sentence is kept, not made a "\n"
+    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        parts = f.read().strip().split(maxsplit=2)
+    if len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit():
+        return parts[2].strip() if len(parts) == 3 else ""  # "0 46797" has no sentence
     return " ".join(parts)
 
 
@@ -60,7 +71,9 @@ def load_timit(root: Union[str, os.PathLike], split: Optional[str] = None, phone
         (``"TRAIN/DR1/FCJF0/SA1"``), ``speaker`` the speaker folder's name,
         ``text`` the ``.TXT`` sentence, and labels ``dialect`` (``"DR1"``),
         ``sex`` (``"F"``/``"M"``, the speaker folder's first letter) and
-        ``split`` (``"train"``/``"test"``).
+        ``split`` (``"train"``/``"test"``). Audio files under ``root`` outside that
+        layout (another split folder such as ``DEV``, a dialect folder not ``DR<n>``, a
+        deeper folder) are named in one warning, never dropped silently.
     """
     from .folder import load_folder
 
@@ -78,7 +91,7 @@ def load_timit(root: Union[str, os.PathLike], split: Optional[str] = None, phone
             continue
         for wav in sorted(split_dir.glob("*/*/*")):
             dialect, speaker = wav.parent.parent.name, wav.parent.name
-            if wav.suffix.lower() != ".wav" or not re.fullmatch(r"(?i)dr\d+", dialect):
+            if wav.suffix.lower() != _AUDIO_SUFFIX or not _TIMIT_DIALECT.fullmatch(dialect):
                 continue
             rows.append({"file": wav.relative_to(root).as_posix(), "speaker": speaker,
                          "text": _timit_text(wav.with_suffix(".TXT")
@@ -90,10 +103,36 @@ def load_timit(root: Union[str, os.PathLike], split: Optional[str] = None, phone
         raise FileNotFoundError(
             f"no TIMIT audio under {str(root)!r}: expected TRAIN|TEST/DR*/<speaker>/<utt>.WAV "
             f"(split={split!r}); found folders {sorted(p.name for p in root.iterdir())[:10]}")
+    _warn_skipped(root, {r["file"] for r in rows}, wanted)
     table = pd.DataFrame(rows)
-    return load_folder(root, table, pattern=list(table["file"]), alignments="sibling",
+    # each file matched as itself: an id may hold glob characters ("q[12]", "a*")
+    return load_folder(root, table, pattern=[glob.escape(f) for f in table["file"]],
+                       alignments="sibling",
                        phone_map=phone_map, lazy=lazy, strict=strict, silence=silence,
                        name=f"timit-{split.lower()}" if split else "timit")
+
+
+def _warn_skipped(root: Path, read: set, wanted) -> None:
+    """One warning naming the folders under ``root`` that hold audio ``load_timit`` does
+    not read (not ``<split>/DR<n>/<speaker>/<utt>.WAV`` with a split asked for), so no
+    utterance is dropped silently. Files of a split left out by ``split=`` are not named."""
+    skipped: Dict[str, int] = {}
+    for folder, _, names in os.walk(root):
+        rel = Path(folder).relative_to(root)
+        top = rel.parts[0].lower() if rel.parts else ""
+        if top in _TIMIT_SPLITS and top not in wanted:
+            continue
+        for name in names:
+            if Path(name).suffix.lower() == _AUDIO_SUFFIX and (rel / name).as_posix() not in read:
+                skipped[rel.as_posix()] = skipped.get(rel.as_posix(), 0) + 1
+    if skipped:
+        shown = ", ".join(f"{k!r} ({v})" for k, v in sorted(skipped.items())[:10])
+        warnings.warn(
+            f"load_timit skipped {sum(skipped.values())} audio file(s) under {str(root)!r} "
+            f"outside TIMIT's TRAIN|TEST/DR<n>/<speaker>/ layout, in: {shown}"
+            + (f" and {len(skipped) - 10} more folder(s)" if len(skipped) > 10 else "")
+            + "; move them into that layout, or read them with load_folder",
+            stacklevel=3)
 
 
 # --------------------------------------------------------------------------- export
@@ -115,6 +154,11 @@ def _safe(name, what: str, *, suffixes=()) -> str:
     text = str(name).strip()
     room = max((len(os.fsencode(s)) for s in suffixes), default=0)
     check_name(text, what, room=room)
+    odd = sorted({c for c in text if unicodedata.category(c) in ("Cc", "Zl", "Zp")})
+    if odd:  # a file name may hold them, but labels.csv's lines and most tools cannot
+        raise ValueError(f"{what} {text!r} holds control character(s) or line break(s) "
+                         f"{odd!r}, which the export's file names and labels.csv cannot "
+                         "hold; replace them first")
     for suffix in suffixes:  # the full names written, in bytes (room covers them; kept
         check_name(text + suffix, what)  # explicit so a new suffix cannot slip past)
     return text
@@ -142,6 +186,11 @@ def _intervals(table: pd.DataFrame, column: str, num_samples: int):
     return [(s, e, lab) for s, e, lab in out if e > s and min(e, num_samples) > s]
 
 
+MANIFEST = "s3viz-export.json"
+"""The record an export keeps in its folder: the layout and every file it wrote, so that
+``overwrite=True`` removes exactly those (and nothing of the user's)."""
+
+
 def export_corpus(corpus, folder: Union[str, os.PathLike], layout: str = "mfa", *,
                   overwrite: bool = False) -> Dict[str, Path]:
     """Write a corpus's audio and alignments in a layout other tools read.
@@ -149,7 +198,8 @@ def export_corpus(corpus, folder: Union[str, os.PathLike], layout: str = "mfa", 
     Args:
         corpus: a :class:`Corpus` whose utterances have alignment tables
             (``phones``), e.g. :func:`synthetic_corpus`.
-        folder: where to write (created; must be empty unless ``overwrite``).
+        folder: where to write (created). It must be empty, or hold an earlier export
+            (``s3viz-export.json``) to be replaced with ``overwrite=True``.
         layout:
             - ``"mfa"``: the Montreal Forced Aligner's input and output layout:
               ``folder/corpus/<speaker>/<id>.wav`` (16-bit PCM, 16 kHz) with a
@@ -158,18 +208,32 @@ def export_corpus(corpus, folder: Union[str, os.PathLike], layout: str = "mfa", 
               as empty intervals, as MFA writes), and ``folder/labels.csv``
               (one row per file: ``file``, ``speaker``, ``text`` and the
               utterance's labels; a label named ``file``, ``id``, ``speaker``,
-              ``text`` or ``num_samples`` is refused: rename it). Load it back with ``load_folder(folder / "corpus",
-              folder / "labels.csv", alignments=folder / "aligned")``.
+              ``text`` or ``num_samples`` is refused: rename it). Load it back with
+              ``load_folder(folder / "corpus", folder / "labels.csv",
+              alignments=folder / "aligned")``.
             - ``"timit"``: ``folder/TRAIN/DR1/<sex><speaker>/<id>.WAV`` as NIST
               SPHERE with ``.PHN``/``.WRD`` (16 kHz samples; labels as written,
               so the corpus's silence stays ``"sil"``) and ``.TXT``; ``<sex>``
               is ``F``/``M`` from a ``gender`` (or ``sex``) label, else ``X``;
-              ``split`` and ``dialect`` labels choose the folders (default
-              ``TRAIN``, ``DR1``). Load it back with :func:`load_timit`.
-        overwrite: allow writing into a folder that is not empty.
+              ``split`` (``train``/``test``, any case) and ``dialect`` (``DR<n>``,
+              any case) labels choose the folders (default ``TRAIN``, ``DR1``); other
+              values are refused, since :func:`load_timit` reads no other folder.
+              Load it back with :func:`load_timit`.
+
+            Labels that the readers would change are refused before anything is
+            written, naming the utterance: a phone or word that the default
+            ``silence`` marks fold into ``"sil"`` (:data:`SILENCE_LABELS` compared
+            stripped in any case: ``pau``, ``SP``, ``Sil``...; the corpus's own silence
+            phone ``"sil"`` is written as silence), ``"sil"`` with a word, labels
+            with surrounding whitespace, and (``"timit"``) phones with any whitespace
+            and words with whitespace other than single spaces between characters
+            (a newline would end the ``.WRD`` line).
+        overwrite: replace the earlier export in ``folder``: the files its
+            ``s3viz-export.json`` lists are removed first (only those; other files
+            stay). A folder that is not empty and holds no such record is refused.
 
     Returns:
-        ``{"root": folder, ...}`` with ``"audio"``, ``"alignments"`` and
+        ``{"root": folder, "manifest": ...}`` with ``"audio"``, ``"alignments"`` and
         ``"labels"`` for ``"mfa"``.
     """
     import soundfile as sf
@@ -183,15 +247,8 @@ def export_corpus(corpus, folder: Union[str, os.PathLike], layout: str = "mfa", 
     if unaligned:
         raise ValueError(f"{len(unaligned)} utterance(s) have no alignment (phones=None), e.g. "
                          f"{unaligned[:5]}; export needs alignment tables")
-    # labels the layout cannot hold are refused before anything is written
-    for u in corpus:
-        phones = u.phones["phone"].astype(str)
-        if layout == "mfa" and (phones.str.strip() == "").any():
-            raise ValueError(f"utterance {u.id!r} has unlabelled phones (''): an empty TextGrid "
-                             "interval reads back as silence; map them to a label first")
-        if layout == "timit" and (phones.str.strip().eq("") | phones.str.contains(r"\s")).any():
-            raise ValueError(f"utterance {u.id!r} has a phone label that is empty or has spaces, "
-                             "which a .PHN line cannot hold; use layout='mfa'")
+    for u in corpus:  # labels the layout or its reader would change: refused before writing
+        _check_read_back(u, layout)
     if layout == "mfa":
         for u in corpus:
             clash = [k for k in u.labels if k in _MFA_COLUMNS]
@@ -203,15 +260,132 @@ def export_corpus(corpus, folder: Union[str, os.PathLike], layout: str = "mfa", 
                     "rename those labels first, e.g. for u in corpus: if "
                     f"{clash[0]!r} in u.labels: u.labels['label_{clash[0]}'] = "
                     f"u.labels.pop({clash[0]!r})")
-    files = _export_plan(corpus, layout)  # every name checked before anything is written
+    stems = _export_plan(corpus, layout)  # every name checked before anything is written
+    files = _files_of(stems, layout)
     root = Path(folder).expanduser()
-    if root.exists() and root.is_dir() and any(root.iterdir()) and not overwrite:
-        raise FileExistsError(f"{str(root)!r} is not empty; choose a new folder or pass "
-                              "overwrite=True")
+    earlier = _earlier_export(root, overwrite)
     out = OwnedFolder(root, "the export folder")
-    if layout == "mfa":
-        return _export_mfa(corpus, out, files, sf)
-    return _export_timit(corpus, out, files, sf)
+    # the record lists every file this export may leave (the earlier export's too) before
+    # any is touched, so an export cut short is still replaced whole by the next one
+    _write_manifest(out, layout, sorted(set(earlier) | set(files)))
+    for rel in earlier:
+        out.unlink(rel)
+    written = (_export_mfa if layout == "mfa" else _export_timit)(corpus, out, stems, sf)
+    written["manifest"] = _write_manifest(out, layout, files)
+    return written
+
+
+def _check_read_back(u, layout: str) -> None:
+    """Refuse, naming the utterance, phone and word labels that the layout cannot hold or
+    that :func:`load_folder` / :func:`load_timit` would read back changed (the reader
+    strips labels and folds its default silence marks into ``"sil"`` with the word "")."""
+    marks = silence_marks(None)
+    table = u.phones
+    phones = ["" if p is None else str(p) for p in table["phone"]]
+    words = ["" if w is None or (isinstance(w, float) and np.isnan(w)) else str(w)
+             for w in table["word"]]
+
+    def refuse(what: str, found, fix: str):
+        found = sorted(set(found))
+        raise ValueError(f"utterance {u.id!r} has {what} {found[:10]!r}"
+                         + (f" and {len(found) - 10} more" if len(found) > 10 else "")
+                         + f"; {fix}")
+
+    bad = [p for p in phones if p.strip() == ""]
+    if bad:
+        raise ValueError(f"utterance {u.id!r} has unlabelled phones (''): an empty "
+                         "interval reads back as silence; map them to a label first")
+    # the phone "sil" is the corpus's own silence; a word "sil" would be read as silence
+    folded = [x for x in phones if x != SILENCE and _is_silence(x, marks)]
+    folded += [w for w in words if w and _is_silence(w, marks)]
+    if folded:
+        refuse("label(s)", folded, "the readers' default silence marks (s3viz.data.alignments."
+               "SILENCE_LABELS, compared stripped in any case) would read them back as "
+               f"silence ({SILENCE!r}, word ''); rename them first (the corpus's silence is "
+               f"the phone {SILENCE!r} itself)")
+    spaced = [x for x in phones + words if x != x.strip()]
+    if spaced:
+        refuse("label(s) with surrounding whitespace", spaced,
+               "the readers strip it; strip the labels first")
+    broken = [x for x in phones + words if any(unicodedata.category(c) in ("Cc", "Zl", "Zp")
+                                               for c in x)]
+    if broken:  # a TextGrid reader keeps no "\r" and a .PHN/.WRD line ends at each of them
+        refuse("label(s) with control characters or line breaks (a tab, a newline)", broken,
+               "the layout's files cannot hold them as written; replace them first")
+    worded = [w for p, w in zip(phones, words) if p == SILENCE and w]
+    if worded:
+        refuse(f"the silence phone {SILENCE!r} inside word(s)", worded,
+               "silence reads back with the word ''; give those phones another label or "
+               "the word ''")
+    if layout == "mfa":  # labels.csv: load_folder strips every header and cell
+        spaced = [k for k, v in u.labels.items()
+                  if str(k) != str(k).strip() or (isinstance(v, str) and v != v.strip())]
+        if spaced:
+            refuse("label(s) whose name or value has surrounding whitespace", spaced,
+                   "load_folder strips labels.csv's names and cells; strip them first")
+    if layout == "timit":
+        spaced = [p for p in phones if any(c.isspace() for c in p)]
+        if spaced:
+            refuse("phone label(s) with whitespace", spaced,
+                   "a .PHN line cannot hold them; use layout='mfa'")
+        spaced = [w for w in words if w != " ".join(w.split())]
+        if spaced:
+            refuse("word(s) with whitespace other than single spaces (a newline, a tab)",
+                   spaced, "a .WRD line cannot hold them (it ends at a newline and its "
+                   "reader joins the rest of the line with single spaces); use layout='mfa' "
+                   "or replace that whitespace first")
+
+
+def _files_of(stems, layout: str) -> list:
+    """Every file (relative to the export folder) that the export writes."""
+    if layout == "timit":
+        return [stem + suffix for stem in stems for suffix in _SUFFIXES["timit"]]
+    files = ["labels.csv"]
+    for stem in stems:
+        rel = stem.split("/", 1)[1]  # <speaker>/<id>
+        files += [f"corpus/{rel}.wav", f"corpus/{rel}.lab", f"aligned/{rel}.TextGrid"]
+    return files
+
+
+def _earlier_export(root: Path, overwrite: bool) -> list:
+    """The files the earlier export in ``root`` wrote (from its record), [] for an empty
+    or missing folder; refused when the folder holds anything else, or when ``overwrite``
+    is not given."""
+    if not root.is_dir():
+        return []
+    here = OwnedFolder(root, "the export folder", create=False)
+    names = here.listdir()
+    if not names:
+        return []
+    if MANIFEST not in names:
+        raise FileExistsError(
+            f"{str(root)!r} is not empty and holds no {MANIFEST} (the record an s3viz "
+            f"export keeps), so s3viz cannot tell an earlier export's files from others "
+            f"(e.g. {names[:5]}); export into a new or empty folder")
+    if not overwrite:
+        raise FileExistsError(f"{str(root)!r} holds an earlier export; pass overwrite=True to "
+                              "replace it, or choose a new folder")
+    where = root / MANIFEST
+    data = here.read_bytes(MANIFEST)  # a link there is refused as such
+    try:
+        files = json.loads(data.decode("utf-8"))["files"]
+        if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+            raise TypeError("'files' is not a list of names")
+        for f in files:
+            here.parts(f)  # refuses a name that would leave the folder
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{str(where)!r} is not a record s3viz wrote ({e}); remove the "
+                         "folder's contents yourself or export into a new folder") from e
+    folders = [f for f in files if here.kind(f) == "folder"]  # (a link on the way: refused)
+    if folders:
+        raise IsADirectoryError(f"{str(where)!r} lists {folders[:5]!r}, now folders in "
+                                f"{str(root)!r}; s3viz removes only files: move them away")
+    return files
+
+
+def _write_manifest(out: OwnedFolder, layout: str, files) -> Path:
+    return out.write_text(MANIFEST, json.dumps(
+        {"s3viz_export": 1, "layout": layout, "files": list(files)}, indent=1) + "\n")
 
 
 def _speaker_dir(u) -> str:
@@ -225,8 +399,8 @@ def _export_plan(corpus, layout: str) -> list:
     file systems that fold case and Unicode normalisation would), else the two are named."""
     stems, seen = [], {}
     for u in corpus:
-        base = _safe(str(u.id).replace("/", "_").replace("\\", "_"), "utterance id",
-                     suffixes=_SUFFIXES[layout])
+        base = _safe(str(u.id).replace("/", "_").replace("\\", "_"),
+                     f"utterance id {str(u.id)!r} as the file name", suffixes=_SUFFIXES[layout])
         if layout == "mfa":
             parts = ("corpus", _speaker_dir(u), base)
         else:
@@ -237,6 +411,7 @@ def _export_plan(corpus, layout: str) -> list:
                      _safe(str(u.labels.get("dialect", "DR1")).upper(),
                            f"label 'dialect' of utterance {u.id!r}"),
                      _safe(f"{sex}{_speaker_dir(u)}", f"speaker of utterance {u.id!r}"), base)
+            _check_timit_folders(u, parts)
         stem = "/".join(parts)
         key = collision_key(stem)
         if key in seen:
@@ -247,6 +422,20 @@ def _export_plan(corpus, layout: str) -> list:
         seen[key] = u.id
         stems.append(stem)
     return stems
+
+
+def _check_timit_folders(u, parts) -> None:
+    """Refuse a ``split`` or ``dialect`` folder :func:`load_timit` does not read."""
+    split, dialect = parts[0], parts[1]
+    if split.lower() not in _TIMIT_SPLITS:
+        raise ValueError(f"utterance {u.id!r} has split {u.labels.get('split')!r}, which "
+                         f"layout='timit' writes as the folder {split!r} that load_timit does "
+                         f"not read; it reads {list(_TIMIT_SPLITS)} (any case): relabel it, "
+                         "or use layout='mfa'")
+    if not _TIMIT_DIALECT.fullmatch(dialect):
+        raise ValueError(f"utterance {u.id!r} has dialect {u.labels.get('dialect')!r}, which "
+                         f"load_timit does not read back: it reads DR<n> folders ('DR1' ... "
+                         "'DR8' in TIMIT, any case); relabel it, or use layout='mfa'")
 
 
 def _export_mfa(corpus, out: OwnedFolder, stems, sf) -> Dict[str, Path]:
@@ -267,8 +456,10 @@ def _export_mfa(corpus, out: OwnedFolder, stems, sf) -> Dict[str, Path]:
         out.write_text(f"aligned/{rel}.TextGrid", _textgrid_text(tg))
         label_rows.append({"file": f"{rel}.wav", "speaker": u.speaker, "text": u.text,
                            **u.labels})  # no label clashes with these (export_corpus)
+    # every cell quoted: csv quotes by itself only the line terminator's "\n", so a "\r" in
+    # a text or label would end the line for CSV readers
     labels = out.write_with("labels.csv", lambda f: pd.DataFrame(label_rows).to_csv(
-        f, index=False), text=True)
+        f, index=False, quoting=csv.QUOTE_ALL), text=True)
     return {"root": out.folder, "audio": out.path("corpus"), "alignments": out.path("aligned"),
             "labels": labels}
 

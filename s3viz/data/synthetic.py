@@ -468,13 +468,17 @@ def _pack(meta: dict, wavs: List[np.ndarray], tables: List[list]) -> Dict[str, n
 def _cache_place(cache_dir) -> Tuple[Path, str]:
     """The folder the user named and the cache's folder below it ("" for the folder itself).
 
-    ``cache_dir`` when given, else :func:`default_cache_dir` (``$S3VIZ_CACHE``) with
-    s3viz's own ``synthetic/`` below it: links in the user's folder are theirs, but
-    ``synthetic/`` and the cache file are s3viz's and never followed (``s3viz._fs``).
+    ``cache_dir`` when given; else ``$S3VIZ_CACHE`` (the user's) with s3viz's own
+    ``synthetic/`` below it; else the user's cache root (``$XDG_CACHE_HOME``, else
+    ``~/.cache``) with ``s3viz/synthetic/`` below it: ``s3viz/`` is a folder s3viz makes,
+    not one the user named. Links in the user's folder are theirs; the folders below it
+    and the cache file are s3viz's and never followed (``s3viz._fs``).
     """
     if cache_dir is not None:
         return Path(cache_dir).expanduser(), ""
-    return default_cache_dir(), "synthetic"
+    if os.environ.get("S3VIZ_CACHE"):
+        return default_cache_dir(), "synthetic"
+    return default_cache_dir().parent, f"{default_cache_dir().name}/synthetic"
 
 
 def _write_cache(cache_dir, name: str, arrays: Dict[str, np.ndarray]) -> None:
@@ -570,9 +574,10 @@ def synthetic_corpus(
             (utterance ``i`` speaks sentence ``i % n_sentences``).
         cache_dir: folder for the cache file; default ``default_cache_dir() /
             "synthetic"`` (``$S3VIZ_CACHE``, else ``$XDG_CACHE_HOME/s3viz``, else
-            ``~/.cache/s3viz``). The folder named is taken as given; a symbolic link
-            below it (at ``synthetic/`` or at the cache file) is refused, never
-            written through or read.
+            ``~/.cache/s3viz``). The folder the user named (``cache_dir``,
+            ``$S3VIZ_CACHE``, else ``$XDG_CACHE_HOME`` or ``~/.cache``) is taken as
+            given; a symbolic link below it (at ``s3viz/``, ``synthetic/`` or the cache
+            file) is refused, never written through or read.
         cache: read and write the on-disk cache.
 
     Returns:
