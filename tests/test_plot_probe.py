@@ -110,3 +110,15 @@ def test_similarity_uses_upstream_layer_ids_and_given_axes():
     assert ax.get_xlabel() == "other_layer"
     with pytest.raises(ValueError, match="empty"):
         s3viz.plot.similarity(pd.DataFrame())
+
+
+def test_a_curve_refused_at_every_layer_says_so_in_the_legend():
+    import matplotlib.pyplot as plt
+
+    df = pd.DataFrame({"layer": [0, 1, 0, 1], "accuracy": [0.5, 0.6, np.nan, np.nan],
+                       "chance": 0.1, "target": "speaker", "method": ["a", "a", "b", "b"]})
+    ax = s3viz.plot.probe_curve(df)
+    labels = ax.get_legend_handles_labels()[1]
+    assert "speaker / b (refused: no number at any layer)" in labels
+    assert "speaker / a" in labels
+    plt.close(ax.figure)

@@ -60,6 +60,8 @@ def probe_curve(df: pd.DataFrame, ax=None, *, metric: str = "accuracy",
         x = part[xcol].to_numpy()
         y = part[metric].to_numpy(dtype=float)
         label = " / ".join(str(v) for v in gkey) if gkey else metric
+        if np.isnan(y).all():  # refused at every layer (a DegenerateLayerWarning said why)
+            label += " (refused: no number at any layer)"
         (line,) = ax.plot(x, y, marker="o", ms=3, label=label)
         color = line.get_color()
         if metric == "accuracy" and "accuracy_std" in part.columns:
