@@ -376,3 +376,11 @@ def test_the_synthetic_tables_keep_repeated_words_apart():
     assert t["word_index"].tolist() == [-1, 0, 0, 1, 1, 2, 2, -1]
     words = _runs(t, "word")
     assert words.loc[words["label"] != "", "label"].tolist() == ["the", "the", "cat"]
+
+
+def test_a_column_mixing_booleans_with_0_and_1_is_refused_naming_them():
+    from s3viz.probe.targets import check_classes
+
+    with pytest.raises(ValueError, match=r"'True' and '1'|'1' and 'True'"):
+        check_classes("voiced", np.array(["0", "1", "True"], dtype=object), None)
+    check_classes("voiced", np.array(["False", "True"], dtype=object), None)  # one spelling

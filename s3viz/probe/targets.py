@@ -312,13 +312,15 @@ def check_classes(target: str, classes, n_examples: int | None,
     """Refuse a target with one class, or (given ``n_examples``) one class per example.
 
     Also refuses two classes that spell one number differently (``"1"`` and
-    ``"1.0"``, ``"01"`` and ``"1"``, ``" 2"`` and ``"2"``): numbers themselves
+    ``"1.0"``, ``"01"`` and ``"1"``, ``" 2"`` and ``"2"``, ``"True"`` and ``"1"``): numbers themselves
     reach here in one spelling (:func:`label_str`), so such a pair comes from
     strings, and whether it is one class or two only the user can say.
     """
     by_value: dict[float, list[str]] = {}
     for c in classes:
-        f = _number(str(c))
+        # True == 1 and False == 0 in Python and in most tables: a column mixing booleans
+        # with 0/1 spells one value two ways too
+        f = {"True": 1.0, "False": 0.0}.get(str(c), _number(str(c)))
         if f is not None:
             by_value.setdefault(f, []).append(str(c))
     clash = [v for v in by_value.values() if len(v) > 1]
