@@ -225,9 +225,12 @@ def test_widget_moves_in_jupyterlab(lab):
         assert acc_after < acc_before  # the layer that carried the phones is gone
 
         # and with the keyboard on another slider's handle
+        # wait for the presses' effect on both readouts: the kernel updates them in
+        # several round trips, and the first (layer 0 at 0.19) leaves the others at 0.20
         _press(page, widget.locator(".s3viz-layer-slider").nth(0).locator(".noUi-handle"),
-               "ArrowDown", 50, "() => document.querySelectorAll('.s3viz-layer-weight')[0]"
-               ".innerText.trim() !== '0.20'")
+               "ArrowDown", 50, "() => { const w = document.querySelectorAll("
+               "'.s3viz-layer-weight'); return parseFloat(w[0].innerText) < 0.20 "
+               "&& parseFloat(w[1].innerText) > 0.20; }")
         moved = _texts(page, ".s3viz-layer-weight")
         assert float(moved[0]) < 0.20 and float(moved[1]) > 0.20
         widget.scroll_into_view_if_needed()
