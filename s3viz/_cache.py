@@ -284,15 +284,15 @@ def check_record(chunk_dir: OwnedFolder, c: int, utts, num_layer: int) -> tuple[
     for s, f in enumerate(rec["files"]):
         if list(f.get("shape", []))[:1] != [int(lens[:, s].sum())]:
             return None, f"record {path.name}: the lengths do not add up to {f['name']}'s frames"
-    for f in rec["files"]:
+    for s, f in enumerate(rec["files"]):
         name = str(f.get("name", ""))
-        if name != chunk_file(c, rec["files"].index(f)):
+        if name != chunk_file(c, s):
             return None, f"record {path.name} names a file {name!r} that is not its own"
-        if not chunk_dir.exists(name):
+        fp = chunk_dir.regular_file(name)  # a link there is refused, never read through
+        if fp is None:
             return None, f"{name} is missing"
-        data = chunk_dir.read_bytes(name)
-        if len(data) != f["bytes"]:
-            return None, f"{name} has {len(data)} bytes, expected {f['bytes']}"
-        if hashlib.sha256(data).hexdigest() != f["sha256"]:
+        if fp.stat().st_size != f["bytes"]:
+            return None, f"{name} has {fp.stat().st_size} bytes, expected {f['bytes']}"
+        if file_sha256(fp) != f["sha256"]:  # streamed: a chunk file is never read whole
             return None, f"{name} fails its sha256"
     return rec, ""

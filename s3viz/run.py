@@ -115,23 +115,18 @@ def _corpus(args):
 
     if args.folder:
         # lazy: each rank reads only the audio of its own shard, when it extracts it
-        # (the alignment tables are read now: they are small and every rank needs its own)
-        import warnings
-
+        # (the alignment tables are read now: they are small and every rank needs its own);
+        # its warnings reach stderr through main's warning printer, spelled as flags
         def tiers(value):
             return None if value is None else [t.strip() for t in value.split(",") if t.strip()]
 
-        with warnings.catch_warnings(record=True) as seen:
-            warnings.simplefilter("always")
-            corpus = data.load_folder(
-                args.folder, labels_csv=args.labels, pattern=getattr(args, "pattern", None),
+        corpus = data.load_folder(
+            args.folder, labels_csv=args.labels, pattern=getattr(args, "pattern", None),
             lazy=True, alignments=args.alignments,
-                alignment_pattern=getattr(args, "alignment_pattern", None),
-                phone_tier=tiers(args.phone_tier), word_tier=tiers(args.word_tier),
-                phone_map=args.phone_map, silence=getattr(args, "silence", None),
-                strict=getattr(args, "strict", True))
-        for w in seen:  # to stderr, once: the CLI has no notebook to show warnings
-            print(f"s3viz.run: {w.message}", file=sys.stderr)
+            alignment_pattern=getattr(args, "alignment_pattern", None),
+            phone_tier=tiers(args.phone_tier), word_tier=tiers(args.word_tier),
+            phone_map=args.phone_map, silence=getattr(args, "silence", None),
+            strict=getattr(args, "strict", True))
         skipped = getattr(corpus, "skipped", None)
         if skipped is not None and len(skipped):
             print(f"s3viz.run: --no-strict left out {len(skipped)} file(s):\n"
