@@ -18,6 +18,14 @@ import socket
 
 import pytest
 import torch
+from hypothesis import settings
+
+# Property tests: `make test` runs the same examples every time (derandomized), so a
+# run's result depends on the code alone; S3VIZ_HYPOTHESIS=explore searches afresh
+# with ten times the examples (docs/testing.md), to look for new failing cases.
+settings.register_profile("repeatable", derandomize=True, print_blob=True)
+settings.register_profile("explore", max_examples=1000, print_blob=True)
+settings.load_profile(os.environ.get("S3VIZ_HYPOTHESIS", "repeatable"))
 
 # Tests never touch the network, and corpora they synthesize go to a private cache.
 os.environ.setdefault("S3VIZ_CACHE", os.path.join(os.path.dirname(__file__), "..", "build", "test-cache"))

@@ -52,12 +52,17 @@ def test_odd_rates_resample_fast_and_right(rate):
 @given(rate=st.integers(4000, 96000), frac=st.floats(0.02, 0.4), n=st.integers(1, 400))
 def test_any_rate_keeps_a_sine_and_the_length(rate, frac, n):
     """A sine below 80% of the lower Nyquist comes out at the same frequency and
-    amplitude, and the length is ceil(n * 16000 / rate) also for tiny inputs."""
+    amplitude, and the length is ceil(n * 16000 / rate) also for tiny inputs.
+
+    Amplitude: within 2e-5 (relative) below half the Nyquist frequency; above, within
+    libsoxr's HQ passband roll-off, at most 0.01 dB (1.15e-3 relative; measured
+    4.1e-4 at 80% of Nyquist, docs/data.md)."""
     freq = frac * min(rate, 16000)
     x = _sine(freq, rate, 0.25)
     out = resample(x, rate)
     want = 0.5 * np.sin(2 * np.pi * freq * np.arange(out.size) / 16000 + 0.3)
-    np.testing.assert_allclose(out[_edge(0.03)], want[_edge(0.03)], rtol=0, atol=1e-4)
+    rel = 2e-5 if frac <= 0.25 else 1 - 10 ** (-0.01 / 20)
+    np.testing.assert_allclose(out[_edge(0.03)], want[_edge(0.03)], rtol=0, atol=0.5 * rel)
     tiny = resample(x[:n], rate)
     assert tiny.shape == (math.ceil(n * 16000 / rate),) and np.isfinite(tiny).all()
 
