@@ -3,8 +3,11 @@
 torchaudio wav2vec 2.0 / HuBERT / WavLM (:func:`torchaudio_upstream`), Hugging
 Face models (:func:`from_transformers`, :func:`from_whisper`), s3prl's own
 (:func:`from_s3prl`), a log-mel / MFCC baseline (:func:`spectral_upstream`),
-and :func:`get_upstream` for any of them (and the tiny model) by name. Names
-are imported lazily. Which hidden states each returns: ``docs/upstreams.md``.
+and :func:`get_upstream` for any of them (and the tiny model) by name: names
+mean pretrained weights, downloaded on first use (``PRETRAINED_MODELS``,
+``ALIASES``); ``pretrained=False`` is the random-weights control, and every
+upstream's ``weights`` (:func:`weights_of`) says which it has. Names are
+imported lazily. Which hidden states each returns: ``docs/upstreams.md``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,11 @@ _EXPORTS = {
     "tiny": "_tiny",
     "TinyUpstream": "_tiny",
     "UPSTREAM_NAMES": "_resolve",
+    "PRETRAINED_MODELS": "_hub",
+    "ALIASES": "_hub",
+    "RANDOM_WEIGHTS": "_hub",
+    "weights_of": "_hub",
+    "is_random_weights": "_hub",
 }
 
 __all__ = sorted(_EXPORTS)

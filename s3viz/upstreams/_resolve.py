@@ -2,71 +2,114 @@
 
 from __future__ import annotations
 
+import os
 from typing import Union
+
+from ._hub import ALIASES, PRETRAINED_MODELS, resolve_name
 
 __all__ = ["get_upstream", "UPSTREAM_NAMES"]
 
-UPSTREAM_NAMES = ("tiny", "tiny_random", "spectral")
-"""Names besides torchaudio's (``s3viz.upstreams.TORCHAUDIO_MODELS``)."""
+UPSTREAM_NAMES = ("tiny", "spectral")
+"""Names besides the pretrained models (``s3viz.upstreams.PRETRAINED_MODELS``)."""
 
 
-def get_upstream(name_or_object: Union[str, object], *, pretrained: bool = False, **kwargs):
-    """Return an upstream for a name, or wrap an object that follows the interface.
+def _names() -> str:
+    return (f"{UPSTREAM_NAMES}, a pretrained model {tuple(PRETRAINED_MODELS)} (or s3prl's "
+            f"name for one: {tuple(ALIASES)}), 'hf:<repository id>', a folder saved with "
+            "save_pretrained, or an upstream object")
+
+
+def get_upstream(name_or_object: Union[str, os.PathLike, object], *, pretrained: bool = True,
+                 **kwargs):
+    """Return an upstream for a name, a folder or an object.
+
+    Names mean pretrained models, as in transformers, torch.hub and s3prl: the
+    weights are downloaded on first use into the library's own cache (torch.hub's
+    checkpoint folder for torchaudio models, huggingface_hub's cache for Hugging Face
+    repositories), with a progress bar, and reused afterwards. ``S3VIZ_OFFLINE=1`` or
+    ``HF_HUB_OFFLINE=1`` make every name cache-only (not cached: an immediate error
+    saying where to put the files). The names, their checkpoints and download sizes:
+    ``docs/upstreams.md``.
 
     Args:
-        name_or_object: ``"tiny"`` (the shipped model trained on the embedded
-            corpus), ``"tiny_random"`` (same architecture, random weights),
-            ``"spectral"`` (log-mel / MFCC baseline), a torchaudio name such as
-            ``"hubert_base"`` (see ``TORCHAUDIO_MODELS``), ``"hf:<name or folder>"``
-            (a Hugging Face checkpoint from the local HF cache, never downloaded),
-            a folder saved with ``save_pretrained``, or an upstream object: an
-            s3prl ``S3PRLUpstream`` is wrapped by :func:`from_s3prl`, a
-            transformers model (``HubertModel``, ``WhisperModel``, ...) by
-            :func:`from_transformers`.
-        pretrained: torchaudio names and Hugging Face names/folders: load the
-            pretrained weights from the local cache or folder (fails offline with
-            what to download); False (the default) builds the architecture with
-            random weights from a fixed seed.
-        **kwargs: passed to the factory (e.g. ``upstream_layers=``,
+        name_or_object:
+            ``"tiny"``: the shipped tiny model, trained on the embedded corpus
+            (offline, 1 MB; what the demo, notebooks and tests use);
+            ``"spectral"``: a log-mel / MFCC baseline (nothing learned);
+            a pretrained model's name (``"hubert_base"``, ``"wavlm_base_plus"``,
+            ``"xls_r_300m"``, ``"distilhubert"``, ... ``PRETRAINED_MODELS``) or s3prl's
+            name for it (``"hubert"``, ``"wavlm"``, ``"hubert_large_ll60k"``, ...
+            ``ALIASES``);
+            ``"hf:<repository id>"``: a Hugging Face checkpoint (``revision=`` picks a
+            branch, tag or commit);
+            a folder saved with ``save_pretrained``: its own weights;
+            an upstream object: an s3prl ``S3PRLUpstream`` is wrapped by
+            :func:`from_s3prl`, a transformers model (``HubertModel``,
+            ``WhisperModel``, ...) by :func:`from_transformers`.
+        pretrained: True (the default): the name's or folder's trained weights.
+            False: the same architecture with random weights from a fixed seed
+            (``seed=``), the control that shows what training added; the upstream's
+            ``weights`` then starts with ``"random weights"``, and stores, reports and
+            legends say so.
+        **kwargs: passed to the factory (``seed=``, ``checkpoint=`` for a torchaudio
+            state dict file, ``revision=`` for ``hf:``, ``upstream_layers=``,
             ``normalize_waveform=`` for transformers models).
     """
-    import os
-
     from . import _s3prl, _spectral, _torchaudio, _transformers
 
-    if not isinstance(name_or_object, str) and not isinstance(name_or_object, os.PathLike):
+    if not isinstance(pretrained, bool):
+        raise TypeError(f"pretrained must be True or False, got {pretrained!r}")
+    if not isinstance(name_or_object, (str, os.PathLike)):
         obj = name_or_object
+        if not pretrained:
+            raise ValueError(f"pretrained=False builds random weights for a name or folder; "
+                             f"a {type(obj).__name__} object carries its own weights (build its "
+                             "random control yourself, e.g. AutoModel.from_config(config))")
         if _transformers.is_transformers_model(obj):
             return _transformers.from_transformers(obj, **kwargs)
         if hasattr(obj, "num_layer"):
             return obj
         if hasattr(obj, "num_layers"):  # s3prl's spelling: wrap to expose num_layer
             return _s3prl.from_s3prl(obj)
-        raise TypeError(
-            f"expected an upstream name or an upstream object, got {type(obj).__name__}; "
-            f"names: {UPSTREAM_NAMES + tuple(_torchaudio.TORCHAUDIO_MODELS)}"
-        )
+        raise TypeError(f"expected an upstream name or an upstream object, got "
+                        f"{type(obj).__name__}; names: {_names()}")
     name = os.fspath(name_or_object).strip()
     if name.startswith("hf:"):
-        if not name[3:].strip():
-            raise ValueError("'hf:' needs a model name or folder, e.g. 'hf:facebook/hubert-base-ls960'")
-        return _transformers.load_transformers(name[3:].strip(), pretrained=pretrained, **kwargs)
-    if name in ("tiny", "tiny_random"):
+        repo = name[3:].strip()
+        if not repo:
+            raise ValueError("'hf:' needs a repository id, e.g. 'hf:facebook/hubert-base-ls960'")
+        return _transformers.load_transformers(repo, pretrained=pretrained, **kwargs)
+    if "revision" in kwargs:
+        raise TypeError(f"revision= applies to 'hf:<repository id>' names, not {name!r}")
+    if name == "tiny":
         from ..zoo import tiny
 
-        return tiny(pretrained=(name == "tiny"), **kwargs)
+        return tiny(pretrained=pretrained, **kwargs)
     if name == "spectral":
+        if not pretrained:
+            raise ValueError("'spectral' has no learned weights, so it has no random-weights "
+                             "control: it is itself the baseline; leave pretrained out")
         return _spectral.spectral_upstream(**kwargs)
-    if name in _torchaudio.TORCHAUDIO_MODELS:
-        return _torchaudio.torchaudio_upstream(name, pretrained=pretrained, **kwargs)
-    # a folder is tried after the built-in names, so a folder called "tiny" cannot shadow them
-    if os.path.isdir(os.path.expanduser(name)):
-        if not os.path.isfile(os.path.join(os.path.expanduser(name), "config.json")):
+    key = resolve_name(name)
+    if key is not None:
+        spec = PRETRAINED_MODELS[key]
+        if spec.source == "torchaudio":
+            return _torchaudio.torchaudio_upstream(key, pretrained=pretrained, **kwargs)
+        if "checkpoint" in kwargs:
+            raise TypeError(f"checkpoint= applies to torchaudio models; {key!r} comes from "
+                            f"Hugging Face ({spec.ref}): pass a save_pretrained folder instead")
+        kwargs.setdefault("name", key)
+        return _transformers.load_transformers(spec.ref, pretrained=pretrained, **kwargs)
+    # a path is tried after the built-in names, so a folder called "tiny" cannot shadow them
+    path = os.path.expanduser(name)
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "config.json")):
             raise ValueError(f"{name!r} is a folder without config.json; an upstream folder is "
                              "one saved with a transformers model's save_pretrained")
-        return _transformers.load_transformers(name, pretrained=pretrained, **kwargs)
-    raise ValueError(
-        f"unknown upstream {name!r}; use one of {UPSTREAM_NAMES}, a torchaudio name "
-        f"{tuple(_torchaudio.TORCHAUDIO_MODELS)}, 'hf:<name>' for a Hugging Face checkpoint, "
-        "a save_pretrained folder, or pass an upstream object"
-    )
+        return _transformers.load_transformers(path, pretrained=pretrained, **kwargs)
+    if os.path.isfile(path):
+        raise ValueError(
+            f"{name!r} is a file: a weight file does not say its architecture. Pass the "
+            "architecture's name with the file, get_upstream('hubert_base', checkpoint=PATH) "
+            "for a torchaudio state dict; a folder saved with save_pretrained loads by its path")
+    raise ValueError(f"unknown upstream {name!r}; use {_names()}")

@@ -217,6 +217,7 @@ class SpectralUpstream(AbsUpstream):
         normalize: bool = True,
     ):
         super().__init__()
+        self.weights = "not learned (log-mel and MFCC features)"
         self.rates = _check_rates(rates)
         for arg, value, low in (("n_mels", n_mels, 1), ("n_mfcc", n_mfcc, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:

@@ -3,8 +3,9 @@
 ``N`` transformer layers give ``N + 1`` hidden states, the ones s3prl's experts
 report; the adapter runs torchaudio's modules itself so that a padded batch
 gives each utterance's frames as alone (group norm over valid frames, key
-padding masks). Random weights from a fixed seed, or local pretrained weights
-(never downloaded). Which hidden state is which: ``docs/upstreams.md``.
+padding masks). Pretrained weights come through torch.hub's checkpoint folder
+(downloaded on first use); ``pretrained=False`` gives random weights from a fixed
+seed. Which hidden state is which: ``docs/upstreams.md``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import os
 import zlib
 from typing import List, Optional, Tuple
-from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,7 @@ from .. import _deps
 from ..align import conv_lengths, receptive_field
 from ..interface import AbsUpstream
 from ._common import check_wavs, normalize_waveforms, padding_mask
+from ._hub import PRETRAINED_MODELS, RANDOM_WEIGHTS, fetch_torchaudio, remove_download, resolve_name, torchaudio_base_url
 
 __all__ = [
     "TORCHAUDIO_MODELS",
@@ -31,21 +32,10 @@ __all__ = [
     "bundle_checkpoint",
 ]
 
-TORCHAUDIO_MODELS = {
-    "wav2vec2_base": "WAV2VEC2_BASE",
-    "wav2vec2_large": "WAV2VEC2_LARGE",
-    "wav2vec2_large_lv60k": "WAV2VEC2_LARGE_LV60K",
-    "wav2vec2_xlsr53": "WAV2VEC2_XLSR53",
-    "hubert_base": "HUBERT_BASE",
-    "hubert_large": "HUBERT_LARGE",
-    "hubert_xlarge": "HUBERT_XLARGE",
-    "wavlm_base": "WAVLM_BASE",
-    "wavlm_base_plus": "WAVLM_BASE_PLUS",
-    "wavlm_large": "WAVLM_LARGE",
-}
-"""s3viz model name -> ``torchaudio.pipelines`` bundle that defines its architecture and weights."""
-
-_TORCHAUDIO_MODEL_URL = "https://download.pytorch.org/torchaudio/models/"
+TORCHAUDIO_MODELS = {name: spec.ref for name, spec in PRETRAINED_MODELS.items()
+                     if spec.source == "torchaudio"}
+"""s3viz model name -> ``torchaudio.pipelines`` bundle that defines its architecture and
+weights (s3prl's names for them: ``s3viz.upstreams.ALIASES``)."""
 
 
 # --------------------------------------------------------------------------- computation
@@ -334,10 +324,11 @@ def _bundle(name: str):
 
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, one of {sorted(TORCHAUDIO_MODELS)}; got {name!r}")
-    key = name.strip().lower().replace("-", "_")
+    key = resolve_name(name)
     if key not in TORCHAUDIO_MODELS:
         raise ValueError(
-            f"unknown torchaudio model {name!r}; available: {', '.join(TORCHAUDIO_MODELS)}"
+            f"unknown torchaudio model {name!r}; available: {', '.join(TORCHAUDIO_MODELS)} "
+            "(and s3prl's names for them, s3viz.upstreams.ALIASES)"
         )
     return key, TORCHAUDIO_MODELS[key], getattr(pipelines, TORCHAUDIO_MODELS[key])
 
@@ -345,15 +336,15 @@ def _bundle(name: str):
 def bundle_checkpoint(name: str) -> Tuple[str, str]:
     """``(url, local_path)`` of a model's torchaudio weight file.
 
-    ``local_path`` is where ``torch.hub.load_state_dict_from_url`` (which
-    torchaudio bundles use) caches the file: ``<torch.hub.get_dir()>/checkpoints/<file>``
+    ``url`` is under ``S3VIZ_TORCHAUDIO_URL`` when it is set (a mirror), else
+    torchaudio's own; ``local_path`` is where torch.hub (which torchaudio bundles use)
+    caches the file: ``<torch.hub.get_dir()>/checkpoints/<file>``
     (``$TORCH_HOME/hub/checkpoints`` when ``TORCH_HOME`` is set).
     """
     _, _, bundle = _bundle(name)
-    path = bundle._path
-    url = path if path.startswith("https") else _TORCHAUDIO_MODEL_URL + path
-    filename = os.path.basename(urlparse(url).path)
-    return url, os.path.join(torch.hub.get_dir(), "checkpoints", filename)
+    filename = os.path.basename(bundle._path)
+    return (torchaudio_base_url() + filename,
+            os.path.join(torch.hub.get_dir(), "checkpoints", filename))
 
 
 def _load_state_dict(model: nn.Module, path: str, what: str) -> None:
@@ -372,7 +363,7 @@ def _load_state_dict(model: nn.Module, path: str, what: str) -> None:
                 state = state[key]
                 break
     if not isinstance(state, dict):
-        raise TypeError(f"{what}: {path!r} holds a {type(state).__name__}, not a state dict")
+        raise ValueError(f"{what}: {path!r} holds a {type(state).__name__}, not a state dict")
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
@@ -394,7 +385,7 @@ def _init_seed(key: str, seed: int) -> int:
 
 def torchaudio_upstream(
     name: str,
-    pretrained: bool = False,
+    pretrained: bool = True,
     *,
     checkpoint: Optional[str] = None,
     seed: int = 0,
@@ -404,18 +395,24 @@ def torchaudio_upstream(
     Args:
         name: one of :data:`TORCHAUDIO_MODELS` (``wav2vec2_base``, ``wav2vec2_large``,
             ``hubert_base``, ``hubert_large``, ``wavlm_base``, ``wavlm_base_plus``,
-            ``wavlm_large`` ...). The architecture is that of the torchaudio bundle.
-        pretrained: load the bundle's weights from torch.hub's checkpoint folder.
-            Nothing is downloaded: when the file is missing a ``FileNotFoundError``
-            says which URL to fetch and where to put it (see :func:`bundle_checkpoint`).
+            ``wavlm_large``, ``xls_r_300m`` ...) or s3prl's name for one (``hubert``,
+            ``wavlm``, ``hubert_large_ll60k``, ...). The architecture is that of the
+            torchaudio bundle.
+        pretrained: True (the default) loads the bundle's weights from torch.hub's
+            checkpoint folder, downloading them there on first use with a progress bar
+            (from ``S3VIZ_TORCHAUDIO_URL`` when set); with ``S3VIZ_OFFLINE=1`` or
+            ``HF_HUB_OFFLINE=1`` a missing file fails at once with where to put it. A
+            downloaded file that does not load is deleted and refused. False: the same
+            architecture with random weights from ``seed`` (the random-weights control).
         checkpoint: path of a local state dict file (torchaudio key layout, as the
-            bundle files have) to load instead; implies pretrained weights.
-        seed: seed of the random initialisation when no weights are loaded, combined
+            bundle files have) to load instead of the bundle's.
+        seed: seed of the random initialisation when ``pretrained=False``, combined
             with the model name (the global RNG state is restored afterwards).
 
     Returns:
         a :class:`TorchaudioUpstream` on the CPU, in eval mode (feature extraction:
-        no dropout), with ``name``, ``weights`` and all s3prl upstream properties.
+        no dropout), with ``name``, ``weights`` (where the weights came from: starts
+        with ``"random weights"`` for the control) and all s3prl upstream properties.
     """
     _deps.torchaudio()
     from torchaudio.models import wav2vec2_model, wavlm_model
@@ -423,33 +420,37 @@ def torchaudio_upstream(
     key, bundle_name, bundle = _bundle(name)
     if not isinstance(pretrained, bool):
         raise TypeError(f"pretrained must be True or False, got {pretrained!r}")
-    path = None
+    path, downloaded = None, False
     if checkpoint is not None:
-        path = os.fspath(checkpoint)
+        if not pretrained:
+            raise ValueError(f"torchaudio_upstream({key!r}): checkpoint= gives weights and "
+                             "pretrained=False asks for random ones; pass one of them")
+        path = os.path.abspath(os.path.expanduser(os.fspath(checkpoint)))
         if not os.path.isfile(path):
             raise FileNotFoundError(f"checkpoint={checkpoint!r}: no such file")
-        weights = f"checkpoint:{path}"
+        weights = f"checkpoint {path}"
     elif pretrained:
-        url, path = bundle_checkpoint(key)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"torchaudio_upstream({key!r}, pretrained=True): the weights of "
-                f"torchaudio.pipelines.{bundle_name} are not on this machine and s3viz never "
-                f"downloads.\n  Download: {url}\n  Put it at: {path}\n"
-                f"(e.g. `mkdir -p {os.path.dirname(path)} && curl -L -o {path} {url}`, or run "
-                f"torchaudio.pipelines.{bundle_name}.get_model() once on a machine with network, "
-                "with the same TORCH_HOME), or pass checkpoint=<path of the file>."
-            )
-        weights = f"torchaudio:{bundle_name}"
+        filename = os.path.basename(bundle._path)
+        path, downloaded = fetch_torchaudio(f"torchaudio_upstream({key!r})", bundle_name,
+                                            filename)
+        weights = f"pretrained: torchaudio.pipelines.{bundle_name} ({filename})"
     else:
-        weights = f"random(seed={int(seed)})"
+        weights = f"{RANDOM_WEIGHTS} (seed {int(seed)})"
 
     factory = wavlm_model if bundle._model_type == "WavLM" else wav2vec2_model
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_init_seed(key, seed))
         model = factory(**bundle._params)
     if path is not None:
-        _load_state_dict(model, path, f"torchaudio_upstream({key!r})")
+        try:
+            _load_state_dict(model, path, f"torchaudio_upstream({key!r})")
+        except ValueError as err:
+            if not downloaded:
+                raise
+            remove_download(path, "torch.hub's checkpoint folder")
+            raise ValueError(f"{err}\nThe file was just downloaded and does not load, so it "
+                             f"was deleted from the cache ({path}); check "
+                             f"S3VIZ_TORCHAUDIO_URL or the network and try again") from None
     upstream = TorchaudioUpstream(
         model, name=key, normalize_waveform=bool(bundle._normalize_waveform)
     )

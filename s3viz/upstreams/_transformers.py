@@ -10,6 +10,7 @@ Hidden states, padding and waveform normalisation: ``docs/upstreams.md``.
 
 from __future__ import annotations
 
+import os
 import warnings
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -21,6 +22,7 @@ from .._compat import renamed_args
 from ..align import expected_lengths, receptive_field
 from ..interface import AbsUpstream
 from ._common import check_wavs, normalize_waveforms
+from ._hub import RANDOM_WEIGHTS, hf_cache_dir, offline
 
 __all__ = ["TRANSFORMERS_FAMILIES", "TransformersUpstream", "WhisperEncoderUpstream",
            "from_transformers", "from_whisper", "is_transformers_model", "load_transformers"]
@@ -112,7 +114,7 @@ class TransformersUpstream(AbsUpstream):
         self.uses_attention_mask = (getattr(config, "feat_extract_norm", "group") == "layer"
                                     and kind in _MASK_SAFE)
         self.name = name or getattr(config, "_name_or_path", "") or kind
-        self.weights = "as given"  # load_transformers says "pretrained ..." or "random ..."
+        self.weights = "as given"  # load_transformers says "pretrained: ..." or "random ..."
 
     @property
     def num_layer(self) -> int:
@@ -350,26 +352,60 @@ def from_whisper(model: nn.Module, *, feature_extractor=None,
 # --------------------------------------------------------------------------- loading
 
 
-def _hf_cache_dir() -> str:
-    try:
-        from huggingface_hub import constants
+def _snapshots(repo_id: str) -> Tuple[str, set, set]:
+    """huggingface_hub's cache folder of a repository and the snapshots and partial
+    downloads (``blobs/*.incomplete``) it holds now."""
+    root = os.path.join(hf_cache_dir(), "models--" + repo_id.replace("/", "--"))
+    snaps = set(os.listdir(os.path.join(root, "snapshots"))) if os.path.isdir(
+        os.path.join(root, "snapshots")) else set()
+    blobs = {n for n in (os.listdir(os.path.join(root, "blobs")) if os.path.isdir(
+        os.path.join(root, "blobs")) else []) if n.endswith(".incomplete")}
+    return root, snaps, blobs
 
-        return str(constants.HF_HUB_CACHE)
-    except ImportError:  # pragma: no cover - transformers depends on huggingface_hub
-        return "~/.cache/huggingface/hub"
+
+def _forget_download(repo_id: str, before: Tuple[str, set, set]) -> List[str]:
+    """Remove from the cache what this call downloaded of ``repo_id`` (snapshots that
+    were not there before, through huggingface_hub's own cache deletion, and partial
+    blobs); what was cached before stays. Returns what was removed."""
+    from huggingface_hub import scan_cache_dir
+
+    from .._fs import OwnedFolder
+
+    root, snaps, blobs = _snapshots(repo_id)
+    new = sorted(snaps - before[1])
+    removed = []
+    if new:
+        info = scan_cache_dir(hf_cache_dir())
+        info.delete_revisions(*new).execute()
+        removed += [os.path.join(root, "snapshots", c) for c in new]
+    for name in sorted(blobs - before[2]):
+        OwnedFolder(os.path.join(root, "blobs"), "huggingface_hub's cache",
+                    create=False).unlink(name)
+        removed.append(os.path.join(root, "blobs", name))
+    return removed
 
 
-@renamed_args(layers="upstream_layers", normalize="normalize_waveform")
-def load_transformers(name_or_path: str, *, pretrained: bool = True, upstream_layers="all",
+def load_transformers(name_or_path: str, *, pretrained: bool = True,
+                      revision: Optional[str] = None, upstream_layers="all",
                       seed: int = 0, **kwargs) -> AbsUpstream:
-    """An upstream from a folder saved with ``save_pretrained`` or a model name in the
-    local Hugging Face cache; never downloads (``local_files_only=True``).
+    """An upstream from a folder saved with ``save_pretrained`` or a Hugging Face repository.
+
+    A repository id (``"facebook/hubert-base-ls960"``) is loaded with transformers'
+    ``from_pretrained``: downloaded into huggingface_hub's cache on first use (with
+    its progress bars; ``HF_ENDPOINT``, ``HF_HOME``/``HF_HUB_CACHE`` apply), reused
+    afterwards. ``S3VIZ_OFFLINE=1`` or ``HF_HUB_OFFLINE=1`` make it cache-only: not
+    cached, it fails at once naming the cache folder and how to fetch it elsewhere.
+    No code from the hub is run (``trust_remote_code=False``); safetensors files are
+    preferred, ``.bin`` files load with ``torch.load(weights_only=True)``. What this
+    call downloaded is removed from the cache again when it does not load.
 
     Args:
-        name_or_path: a folder holding ``config.json`` or a hub name such as
-            ``"facebook/hubert-base-ls960"`` (found in the HF cache only).
-        pretrained: True loads the weights; False builds the architecture of the
-            config with random weights from ``seed`` (the global RNG is left untouched).
+        name_or_path: a folder holding ``config.json`` (its own weights) or a
+            repository id.
+        pretrained: True (the default) loads the weights; False builds the
+            architecture of the config with random weights from ``seed`` (the
+            random-weights control; the global RNG is left untouched).
+        revision: a branch, tag or commit of the repository (default ``main``).
         upstream_layers: as for :func:`from_transformers`.
         **kwargs: ``normalize_waveform`` (default: the checkpoint's
             ``do_normalize``) or ``name``.
@@ -379,47 +415,77 @@ def load_transformers(name_or_path: str, *, pretrained: bool = True, upstream_la
     except ImportError as err:
         raise ImportError("Hugging Face models need transformers: pip install 's3viz[hf]' "
                           "(or pip install transformers)") from err
-    import os
 
-    if os.path.isdir(os.path.expanduser(str(name_or_path))):
-        name_or_path = os.path.expanduser(str(name_or_path))
+    if not isinstance(pretrained, bool):
+        raise TypeError(f"pretrained must be True or False, got {pretrained!r}")
+    if revision is not None and (not isinstance(revision, str) or not revision.strip()):
+        raise TypeError(f"revision must be a branch, tag or commit name, got {revision!r}")
+    folder = os.path.isdir(os.path.expanduser(str(name_or_path)))
+    if folder:
+        if revision is not None:
+            raise ValueError(f"revision={revision!r} applies to a Hugging Face repository; "
+                             f"{name_or_path!r} is a folder (its files are what is loaded)")
+        name_or_path = os.path.abspath(os.path.expanduser(str(name_or_path)))
+    var = offline()
+    common = dict(revision=revision, trust_remote_code=False,
+                  local_files_only=folder or var is not None)
+    before = None if folder else _snapshots(name_or_path)
+    what = (f"the folder {name_or_path!r}" if folder
+            else f"Hugging Face model {name_or_path!r}" + (f" (revision {revision!r})"
+                                                            if revision else ""))
+
+    def forget(err_text: str) -> str:
+        gone = [] if before is None else _forget_download(name_or_path, before)
+        return err_text + (f"; what this call downloaded was removed from the cache "
+                           f"({', '.join(gone)})" if gone else "")
+
     try:
-        config = transformers.AutoConfig.from_pretrained(name_or_path, local_files_only=True)
+        config = transformers.AutoConfig.from_pretrained(name_or_path, **common)
     except (OSError, ValueError) as err:
-        if os.path.isdir(name_or_path):
+        if folder:
             if os.path.isfile(os.path.join(name_or_path, "config.json")):
                 raise ValueError(f"transformers cannot read {name_or_path}/config.json: "
                                  f"{err}") from None
             raise ValueError(f"{name_or_path!r} is a folder without config.json; save the model "
                              "with model.save_pretrained(folder)") from None
-        raise FileNotFoundError(
-            f"Hugging Face model {name_or_path!r} is not in the local cache ({_hf_cache_dir()}) "
-            "and s3viz never downloads. Download it once, where there is a network, with\n"
-            f"    hf download {name_or_path}\n"
-            f"(or huggingface-cli download {name_or_path}), or pass the path of a folder saved "
-            "with model.save_pretrained(folder)") from None
+        if var is not None:
+            raise FileNotFoundError(
+                f"{what} is not in huggingface_hub's cache ({hf_cache_dir()}) and {var} is "
+                "set, so nothing is downloaded. Fetch it where there is a network with\n"
+                f"    hf download {name_or_path}" + (f" --revision {revision}" if revision
+                                                     else "") + "\n"
+                "and copy that cache folder here (or point HF_HUB_CACHE at it), unset "
+                f"{var} to download it now, or pass the folder of a model saved with "
+                "save_pretrained") from None
+        raise OSError(forget(f"{what}: could not be loaded ({type(err).__name__}: {err})")
+                      ) from None
     kind = getattr(config, "model_type", None)
     if kind not in TRANSFORMERS_FAMILIES + ("whisper",):
         raise ValueError(f"{name_or_path!r} is a {kind!r} model; s3viz wraps "
                          f"{TRANSFORMERS_FAMILIES + ('whisper',)}")
-    if not isinstance(pretrained, bool):
-        raise TypeError(f"pretrained must be True or False, got {pretrained!r}")
     auto = transformers.AutoModel
     if pretrained:
-        model = auto.from_pretrained(name_or_path, local_files_only=True)
+        try:
+            model = auto.from_pretrained(name_or_path, **common)
+        except Exception as err:  # download, safetensors and unpickling errors vary
+            raise OSError(forget(f"{what}: the weights could not be loaded "
+                                 f"({type(err).__name__}: {err})")) from None
+        commit = getattr(config, "_commit_hash", None)
+        weights = (f"pretrained: folder {name_or_path}" if folder else
+                   f"pretrained: hf:{name_or_path}" + (f"@{commit[:12]}" if commit else ""))
     else:
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an int, got {seed!r}")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = auto.from_config(config)
+        weights = f"{RANDOM_WEIGHTS} (seed {seed}; the architecture of {name_or_path})"
     model.eval()
-    weights = (f"pretrained ({name_or_path})" if pretrained
-               else f"random (seed {seed}; pretrained=True loads the checkpoint's)")
     name = kwargs.pop("name", None) or str(name_or_path)
     if kind == "whisper":
         fe = None
         try:
-            fe = transformers.WhisperFeatureExtractor.from_pretrained(name_or_path,
-                                                                      local_files_only=True)
+            fe = transformers.WhisperFeatureExtractor.from_pretrained(name_or_path, **common)
         except (OSError, ValueError):
             pass  # built from the config instead, as the released checkpoints ship it
         if kwargs:
@@ -433,12 +499,9 @@ def load_transformers(name_or_path: str, *, pretrained: bool = True, upstream_la
         raise TypeError(f"unexpected arguments: {sorted(kwargs)}")
     if normalize is None:
         try:
-            fe = transformers.AutoFeatureExtractor.from_pretrained(name_or_path,
-                                                                   local_files_only=True)
+            fe = transformers.AutoFeatureExtractor.from_pretrained(name_or_path, **common)
             normalize = bool(getattr(fe, "do_normalize", False))
         except (OSError, ValueError):
-            import warnings
-
             warnings.warn(
                 f"{name_or_path}: no feature extractor config (preprocessor_config.json), so "
                 "whether the model expects normalised waveforms is unknown: they are NOT "

@@ -149,6 +149,7 @@ class TinyUpstream(AbsUpstream):
         super().__init__()
         self.config = cfg = config if config is not None else TinyConfig()
         self._name = name
+        self.weights = "as given"  # tiny() says pretrained, checkpoint or random
         blocks, in_ch = [], 1
         for k, s in cfg.conv_layers:
             blocks.append(_ConvBlock(in_ch, cfg.conv_channels, k, s))
@@ -364,7 +365,8 @@ def tiny(pretrained: bool = True, *, seed: int = 0,
             not allowed with pretrained weights, which carry their own.
 
     Returns:
-        a :class:`TinyUpstream` named ``"tiny"`` (pretrained) or ``"tiny_random"``.
+        a :class:`TinyUpstream` named ``"tiny"``; its ``weights`` says which weights it
+        has (``"random weights (seed 0)"`` for ``pretrained=False``).
     """
     if not isinstance(pretrained, bool):
         raise TypeError(f"pretrained must be True or False, got {pretrained!r}")
@@ -377,12 +379,15 @@ def tiny(pretrained: bool = True, *, seed: int = 0,
             torch.manual_seed(seed)
             model = TinyUpstream(cfg, name="tiny")
         model.load_state_dict(state)
+        model.weights = ("pretrained: the shipped tiny model (s3viz/zoo/tiny.pt)"
+                         if checkpoint is None else f"checkpoint {Path(checkpoint).resolve()}")
         return model.eval()
     if config is None:
         config = _shipped_config()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = TinyUpstream(config, name="tiny_random")
+        model = TinyUpstream(config, name="tiny")
+    model.weights = f"random weights (seed {seed})"
     return model.eval()
 
 
