@@ -12,6 +12,7 @@ path cache-only. The table of names: ``docs/upstreams.md``.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Optional, Tuple
 from urllib.parse import urlparse
@@ -184,7 +185,11 @@ def fetch_torchaudio(name: str, bundle_name: str, filename: str) -> Tuple[str, b
             f"is downloaded. Fetch the file where there is a network ({url}) and put it at "
             f"{path} (the same TORCH_HOME), unset {var} to download it now, or pass "
             "pretrained=False for the random-weights control")
-    os.makedirs(folder, exist_ok=True)
+    from .._fs import OwnedFolder
+
+    OwnedFolder(folder, "torch.hub's checkpoint folder", create=True)  # made when missing
+    print(f"{name}: downloading the pretrained weights {url} to {path} (once; later "
+          "calls read the file)", file=sys.stderr, flush=True)
     try:
         # torch.hub's own download: progress bar on stderr, a .partial file renamed
         # into place only when complete

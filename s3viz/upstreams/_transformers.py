@@ -363,6 +363,57 @@ def _snapshots(repo_id: str) -> Tuple[str, set, set]:
     return root, snaps, blobs
 
 
+def _download(repo_id: str, revision: Optional[str], what: str) -> str:
+    """Fetch what loading ``repo_id`` needs into huggingface_hub's cache, file by file
+    (each with its progress bar): ``config.json``, the feature extractor's config and
+    the weights, safetensors when the repository has them, else ``pytorch_model*.bin``
+    (then loaded with ``weights_only``). Returns the commit. A file that fails is
+    named; huggingface_hub keeps only complete files in a snapshot."""
+    from huggingface_hub import HfApi, hf_hub_download
+
+    try:
+        info = HfApi().model_info(repo_id, revision=revision or "main")
+    except Exception as err:  # HTTP, connection and repository errors vary
+        raise OSError(f"{what}: could not be found on {_endpoint()} ({type(err).__name__}: "
+                      f"{err})") from None
+    names = [s.rfilename for s in (info.siblings or [])]
+    weights = [n for n in names if n.endswith(".safetensors") or
+               n == "model.safetensors.index.json"] or [
+        n for n in names if n.startswith("pytorch_model") and n.endswith((".bin", ".bin.index.json"))]
+    if "config.json" not in names or not weights:
+        raise OSError(f"{what}: the repository has no config.json and weights (safetensors or "
+                      f"pytorch_model.bin) at {info.sha}; files: {names[:20]}")
+    for name in ["config.json", "preprocessor_config.json"] + weights:
+        if name in names:
+            try:
+                # by the name asked for (not the commit), so the cache records the
+                # ref, and offline loads of the same name find it
+                hf_hub_download(repo_id, name, revision=revision or "main")
+            except Exception as err:
+                raise _Fetch(f"{what}: downloading {name} failed ({type(err).__name__}: "
+                             f"{err})") from None
+    return info.sha
+
+
+class _Fetch(OSError):
+    """A file of a repository did not download."""
+
+
+def _endpoint() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.ENDPOINT)
+
+
+def _cached_commit(repo_id: str, revision: Optional[str]) -> Optional[str]:
+    """The commit of ``revision`` that huggingface_hub's cache holds (the snapshot folder
+    of its ``config.json``), or None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    return os.path.basename(os.path.dirname(found)) if isinstance(found, str) else None
+
+
 def _forget_download(repo_id: str, before: Tuple[str, set, set]) -> List[str]:
     """Remove from the cache what this call downloaded of ``repo_id`` (snapshots that
     were not there before, through huggingface_hub's own cache deletion, and partial
@@ -439,6 +490,12 @@ def load_transformers(name_or_path: str, *, pretrained: bool = True,
         return err_text + (f"; what this call downloaded was removed from the cache "
                            f"({', '.join(gone)})" if gone else "")
 
+    if not folder and var is None:
+        try:
+            _download(name_or_path, revision, what)
+        except _Fetch as err:
+            raise OSError(forget(str(err))) from None
+        common.update(revision=revision, local_files_only=True)
     try:
         config = transformers.AutoConfig.from_pretrained(name_or_path, **common)
     except (OSError, ValueError) as err:
@@ -470,7 +527,7 @@ def load_transformers(name_or_path: str, *, pretrained: bool = True,
         except Exception as err:  # download, safetensors and unpickling errors vary
             raise OSError(forget(f"{what}: the weights could not be loaded "
                                  f"({type(err).__name__}: {err})")) from None
-        commit = getattr(config, "_commit_hash", None)
+        commit = None if folder else _cached_commit(name_or_path, common["revision"])
         weights = (f"pretrained: folder {name_or_path}" if folder else
                    f"pretrained: hf:{name_or_path}" + (f"@{commit[:12]}" if commit else ""))
     else:
