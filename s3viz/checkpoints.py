@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-__all__ = ["SAFE_TYPES", "UnsafeCheckpointError", "load_featurizer_weights"]
+__all__ = ["SAFE_TYPES", "UnsafeCheckpointError", "load_featurizer_weights", "safe_load"]
 
 SAFE_TYPES: tuple[type, ...] = (argparse.Namespace,)
 """Types allowed to be unpickled beyond PyTorch's weights-only set (s3prl's ``"Args"``)."""
@@ -41,12 +41,19 @@ def _blocked_global(message: str) -> str | None:
     return m.group(1) if m else None
 
 
-def _safe_load(path: Path, trusted_types: Sequence[type]):
-    """``torch.load`` with ``weights_only=True`` and only :data:`SAFE_TYPES` allowed."""
+_FEATURIZER_HINT = ("give the .ckpt/.pt file s3prl's run_downstream.py wrote (e.g. dev-best.ckpt), "
+                    "or the weights tensor itself", "extract the 'Featurizer' weights where you "
+                    "trust the file and pass the tensor itself")
+
+
+def safe_load(path: Path, trusted_types: Sequence[type] = (), *,
+              hint: tuple[str, str] = _FEATURIZER_HINT):
+    """``torch.load`` with ``weights_only=True`` and only :data:`SAFE_TYPES` (and
+    ``trusted_types``) allowed. ``hint``: what to give instead of a file that is not a
+    checkpoint, and what to do with one that needs more types (for the messages)."""
     allowed = list(SAFE_TYPES) + list(trusted_types)
     not_a_checkpoint = (f"{str(path)!r} is not a PyTorch checkpoint that torch.load can read "
-                        "({}); give the .ckpt/.pt file s3prl's run_downstream.py wrote (e.g. "
-                        "dev-best.ckpt), or the weights tensor itself")
+                        "({}); " + hint[0].replace("{", "{{").replace("}", "}}"))
     if path.stat().st_size == 0:
         raise ValueError(not_a_checkpoint.format("the file is empty"))
     try:
@@ -65,8 +72,7 @@ def _safe_load(path: Path, trusted_types: Sequence[type]):
             "s3viz loads checkpoints with torch.load(weights_only=True) and allows only tensors, "
             "plain containers and argparse.Namespace; nothing in the file was executed. If the "
             "file is yours and the type is plain data (e.g. pathlib.PosixPath), pass "
-            "trusted_types=[that type]; otherwise extract the 'Featurizer' weights where you "
-            "trust the file and pass the tensor itself"
+            f"trusted_types=[that type]; otherwise {hint[1]}"
         ) from e
     except (EOFError, KeyError, IndexError, RuntimeError, ValueError, OSError) as e:
         # torch.load on a text file raises KeyError, on a truncated one EOFError or a
@@ -149,7 +155,7 @@ def _one(obj, key, trusted_types, name) -> pd.Series:
                                     "file in it (e.g. dev-best.ckpt)")
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-        obj = _safe_load(path, trusted_types)
+        obj = safe_load(path, trusted_types)
         source = str(path)
     if isinstance(obj, Mapping):
         step = obj.get("Step")

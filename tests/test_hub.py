@@ -466,3 +466,76 @@ def test_the_docs_name_table_is_the_registry_and_its_sizes_are_counted():
         mb = 4 * sum(p.numel() for p in model.parameters()) / 1e6
         want = f"{mb / 1000:.2f} GB" if mb >= 1000 else f"{mb:.0f} MB"
         assert size == want, (name, size, want)
+
+
+# --------------------------------------------------------------------------- s3prl checkpoints
+
+
+def _s3prl_checkpoint(path: Path, *, mode="default", conv=48, normalize=False, **extra):
+    """A small HuBERT in s3prl's converted format, built by s3prl's own model code."""
+    import dataclasses
+
+    from s3prl.upstream.hubert.hubert_model import (HubertConfig, HubertModel,
+                                                    HubertPretrainingConfig)
+
+    mc = HubertConfig(label_rate=50.0, extractor_mode=mode, encoder_layers=2,
+                      encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_attention_heads=2,
+                      conv_feature_layers=f"[({conv}, 10, 5)] + [({conv}, 3, 2)] * 4 + "
+                                          f"[({conv},2,2)] * 2",
+                      conv_pos=16, conv_pos_groups=2, final_dim=16,
+                      layer_norm_first=mode == "layer_norm", conv_bias=mode == "layer_norm")
+    tc = HubertPretrainingConfig(label_rate=50.0, normalize=normalize)
+    torch.manual_seed(7)
+    model = HubertModel(mc, tc, [list("abcd")])
+    cfg = {**dataclasses.asdict(mc), **extra}
+    torch.save({"task_cfg": dataclasses.asdict(tc), "model_cfg": cfg,
+                "model_weight": model.state_dict(), "dictionaries_symbols": [list("abcd")]}, path)
+    return path
+
+
+@pytest.mark.parametrize("mode,conv,normalize", [("default", 48, False),
+                                                 ("layer_norm", 32, True)])
+def test_an_s3prl_checkpoint_means_its_weights(mode, conv, normalize, tmp_path):
+    """get_upstream(PATH) of what s3prl's hubert_local reads gives s3prl's own hidden
+    states (without importing s3prl: s3viz builds it with torchaudio)."""
+    pytest.importorskip("s3prl")
+    import warnings
+
+    from s3prl.nn import S3PRLUpstream
+
+    from s3viz.upstreams import get_upstream
+
+    path = _s3prl_checkpoint(tmp_path / "hubert.pt", mode=mode, conv=conv, normalize=normalize)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = S3PRLUpstream("hubert_local", path_or_url=str(path)).eval()
+    up = get_upstream(path)
+    assert up.weights == f"checkpoint {path} (s3prl)" and up.normalize_waveform is normalize
+    torch.manual_seed(0)
+    wav = torch.randn(1, 8000) * 0.1
+    with torch.no_grad():
+        want, _ = ref(wav, torch.tensor([8000]))
+        got, got_len = up(wav, torch.tensor([8000]))
+    assert len(got) == len(want) == 3 and int(got_len[0][0]) == 24
+    for g, w in zip(got, want):  # s3prl reports 25 frames, the convolutions make 24
+        torch.testing.assert_close(g, w[:, :24], rtol=1e-5, atol=1e-5)
+    ctrl = get_upstream(path, pretrained=False)
+    assert ctrl.weights.startswith("random weights")
+    assert not torch.allclose(ctrl(wav, torch.tensor([8000]))[0][-1], got[-1])
+
+
+def test_s3prl_checkpoints_of_other_architectures_are_refused(tmp_path):
+    pytest.importorskip("s3prl")
+    from s3viz.upstreams import get_upstream
+
+    conformer = _s3prl_checkpoint(tmp_path / "c.pt", layer_type="conformer")
+    with pytest.raises(ValueError, match="layer_type='conformer'"):
+        get_upstream(conformer)
+    plain = tmp_path / "plain.pth"
+    torch.save({"encoder.x": torch.zeros(2)}, plain)
+    with pytest.raises(ValueError, match=r"architecture is unknown.*checkpoint=PATH"):
+        get_upstream(str(plain))
+    text = tmp_path / "notes.txt"
+    text.write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="not a PyTorch checkpoint"):
+        get_upstream(str(text))

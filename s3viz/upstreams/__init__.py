@@ -20,6 +20,7 @@ _EXPORTS = {
     "torchaudio_upstream": "_torchaudio",
     "wav2vec2_hidden_states": "_torchaudio",
     "bundle_checkpoint": "_torchaudio",
+    "from_s3prl_checkpoint": "_torchaudio",
     "SpectralUpstream": "_spectral",
     "spectral_upstream": "_spectral",
     "spectral_hidden_states": "_spectral",

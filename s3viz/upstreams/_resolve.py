@@ -43,6 +43,8 @@ def get_upstream(name_or_object: Union[str, os.PathLike, object], *, pretrained:
             ``"hf:<repository id>"``: a Hugging Face checkpoint (``revision=`` picks a
             branch, tag or commit);
             a folder saved with ``save_pretrained``: its own weights;
+            an s3prl checkpoint file (what ``hubert_local`` / ``wav2vec2_local``
+            read): its own weights (:func:`from_s3prl_checkpoint`);
             an upstream object: an s3prl ``S3PRLUpstream`` is wrapped by
             :func:`from_s3prl`, a transformers model (``HubertModel``,
             ``WhisperModel``, ...) by :func:`from_transformers`.
@@ -107,9 +109,6 @@ def get_upstream(name_or_object: Union[str, os.PathLike, object], *, pretrained:
             raise ValueError(f"{name!r} is a folder without config.json; an upstream folder is "
                              "one saved with a transformers model's save_pretrained")
         return _transformers.load_transformers(path, pretrained=pretrained, **kwargs)
-    if os.path.isfile(path):
-        raise ValueError(
-            f"{name!r} is a file: a weight file does not say its architecture. Pass the "
-            "architecture's name with the file, get_upstream('hubert_base', checkpoint=PATH) "
-            "for a torchaudio state dict; a folder saved with save_pretrained loads by its path")
+    if os.path.isfile(path):  # s3prl's converted checkpoint says its architecture
+        return _torchaudio.from_s3prl_checkpoint(path, pretrained=pretrained, **kwargs)
     raise ValueError(f"unknown upstream {name!r}; use {_names()}")

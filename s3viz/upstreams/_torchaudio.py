@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import zlib
+from pathlib import Path
 from typing import List, Optional, Tuple
 
 import torch
@@ -30,6 +31,7 @@ __all__ = [
     "torchaudio_upstream",
     "wav2vec2_hidden_states",
     "bundle_checkpoint",
+    "from_s3prl_checkpoint",
 ]
 
 TORCHAUDIO_MODELS = {name: spec.ref for name, spec in PRETRAINED_MODELS.items()
@@ -455,4 +457,143 @@ def torchaudio_upstream(
         model, name=key, normalize_waveform=bool(bundle._normalize_waveform)
     )
     upstream.weights = weights
+    return upstream.eval()
+
+
+# --------------------------------------------------------------------------- s3prl checkpoints
+
+_FAIRSEQ_DEFAULTS = {  # fairseq's (and s3prl's) HubertConfig / Wav2Vec2Config defaults
+    "extractor_mode": "default", "conv_feature_layers":
+    "[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512,2,2)] * 2", "conv_bias": False,
+    "encoder_embed_dim": 768, "dropout_input": 0.0, "conv_pos": 128, "conv_pos_groups": 16,
+    "encoder_layers": 12, "encoder_attention_heads": 12, "attention_dropout": 0.1,
+    "encoder_ffn_embed_dim": 3072, "activation_dropout": 0.0, "dropout": 0.1,
+    "layer_norm_first": False, "encoder_layerdrop": 0.0,
+}
+
+
+def _conv_spec(text, where: str) -> list:
+    """fairseq's ``conv_feature_layers`` ("[(512, 10, 5)] + [(512, 3, 2)] * 4 ..."), read
+    without eval: lists and tuples of ints joined by ``+`` and ``*`` only."""
+    import ast
+
+    def value(node):
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return node.value
+        if isinstance(node, (ast.List, ast.Tuple)):
+            items = [value(e) for e in node.elts]
+            return items if isinstance(node, ast.List) else tuple(items)
+        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
+            left, right = value(node.left), value(node.right)
+            return left + right if isinstance(node.op, ast.Add) else left * right
+        raise ValueError
+    try:
+        layers = value(ast.parse(str(text), mode="eval").body)
+        layers = [(int(d), int(k), int(s)) for d, k, s in layers]
+    except (SyntaxError, ValueError, TypeError):
+        raise ValueError(f"{where}: conv_feature_layers {text!r} is not a list of "
+                         "(dim, kernel, stride) tuples") from None
+    return layers
+
+
+def from_s3prl_checkpoint(path, *, pretrained: bool = True, seed: int = 0,
+                          name: Optional[str] = None) -> TorchaudioUpstream:
+    """A HuBERT or wav2vec 2.0 checkpoint in s3prl's converted format as an upstream.
+
+    s3prl's ``hubert_local`` / ``wav2vec2_local`` upstreams (and the files its
+    ``hubert`` / ``wav2vec2`` names download) read a ``torch.save``'d dict with
+    ``task_cfg``, ``model_cfg`` (fairseq's config fields) and ``model_weight``
+    (fairseq's state dict). s3viz reads it with ``torch.load(weights_only=True)``,
+    builds the same architecture with torchaudio (fairseq's field names map to
+    ``torchaudio.models.wav2vec2_model``'s arguments) and loads the weights through
+    torchaudio's own fairseq key conversion, without importing s3prl or fairseq.
+    The hidden states are s3prl's (``docs/upstreams.md``); ``task_cfg.normalize``
+    becomes ``normalize_waveform``. ``pretrained=False`` builds the architecture with
+    random weights from ``seed``.
+    """
+    _deps.torchaudio()
+    from torchaudio.models import wav2vec2_model
+
+    from ..checkpoints import safe_load
+
+    file = Path(os.path.expanduser(os.fspath(path))).resolve()
+    where = f"s3prl checkpoint {str(file)!r}"
+    state = safe_load(file, hint=(
+        "give the file s3prl's hubert_local / wav2vec2_local read (task_cfg, model_cfg, "
+        "model_weight)", "convert it where you trust the file (s3prl's convert.py) and save "
+        "plain dicts and tensors"))
+    missing = [k for k in ("model_cfg", "model_weight") if not isinstance(state, dict)
+               or k not in state]
+    if missing:
+        raise ValueError(f"{where}: no {missing} entries, so its architecture is unknown. A "
+                         "weight file loads by its path when it is s3prl's converted HuBERT / "
+                         "wav2vec 2.0 checkpoint (task_cfg, model_cfg, model_weight); a "
+                         "torchaudio state dict needs its architecture's name: "
+                         "get_upstream('hubert_base', checkpoint=PATH)")
+    cfg = {**_FAIRSEQ_DEFAULTS, **{k: v for k, v in dict(state["model_cfg"]).items()
+                                   if v is not None}}
+    for field, allowed in (("activation_fn", ("gelu",)), ("layer_type", ("transformer",)),
+                           ("pos_enc_type", ("abs",)), ("attn_type", ("",))):
+        if field in cfg and cfg[field] not in allowed:  # another architecture than torchaudio's
+            raise ValueError(f"{where}: {field}={cfg[field]!r}; s3viz builds fairseq's HuBERT / "
+                             f"wav2vec 2.0 transformer ({field} {allowed[0]!r}) only")
+    mode = {"default": "group_norm", "layer_norm": "layer_norm"}.get(str(cfg["extractor_mode"]))
+    if mode is None:
+        raise ValueError(f"{where}: extractor_mode {cfg['extractor_mode']!r} is neither "
+                         "'default' nor 'layer_norm'")
+    params = dict(
+        extractor_mode=mode,
+        extractor_conv_layer_config=_conv_spec(cfg["conv_feature_layers"], where),
+        extractor_conv_bias=bool(cfg["conv_bias"]),
+        encoder_embed_dim=int(cfg["encoder_embed_dim"]),
+        encoder_projection_dropout=float(cfg["dropout_input"]),
+        encoder_pos_conv_kernel=int(cfg["conv_pos"]),
+        encoder_pos_conv_groups=int(cfg["conv_pos_groups"]),
+        encoder_num_layers=int(cfg["encoder_layers"]),
+        encoder_num_heads=int(cfg["encoder_attention_heads"]),
+        encoder_attention_dropout=float(cfg["attention_dropout"]),
+        encoder_ff_interm_features=int(cfg["encoder_ffn_embed_dim"]),
+        encoder_ff_interm_dropout=float(cfg["activation_dropout"]),
+        encoder_dropout=float(cfg["dropout"]),
+        encoder_layer_norm_first=bool(cfg["layer_norm_first"]),
+        encoder_layer_drop=0.0,  # never applied when extracting
+        aux_num_out=None,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_init_seed(str(file), seed))
+        model = wav2vec2_model(**params)
+    if pretrained:
+        # torchaudio's fairseq key map (private, but torchaudio's own import_fairseq_model
+        # path; torch and torchaudio are pinned together): written by hand it would copy it
+        from torchaudio.models.wav2vec2.utils.import_fairseq import _convert_state_dict
+
+        weights = {}
+        for key, value in dict(state["model_weight"]).items():
+            key = key.replace("parametrizations.weight.original0", "weight_g").replace(
+                "parametrizations.weight.original1", "weight_v")  # torch's newer weight norm
+            weights[key] = value
+        try:
+            converted = _convert_state_dict(weights)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}; not a HuBERT / wav2vec 2.0 checkpoint") from None
+        converted = {k: v for k, v in converted.items()  # pre-training heads
+                     if k != "label_embs_concat" and not k.startswith("aux.")}
+        proj = "encoder.feature_projection.projection."
+        dim = params["encoder_embed_dim"]
+        if proj + "weight" not in converted and params["extractor_conv_layer_config"][-1][0] == dim:
+            # fairseq has no projection when the CNN's width is the model's: the identity
+            converted[proj + "weight"] = torch.eye(dim)
+            converted[proj + "bias"] = torch.zeros(dim)
+        try:
+            model.load_state_dict(converted)
+        except RuntimeError as err:
+            raise ValueError(f"{where}: the weights do not fit the architecture its model_cfg "
+                             f"describes ({err})") from None
+        text = f"checkpoint {file} (s3prl)"
+    else:
+        text = f"{RANDOM_WEIGHTS} (seed {int(seed)}; the architecture of {file})"
+    task = dict(state.get("task_cfg") or {})
+    upstream = TorchaudioUpstream(model, name=name or file.stem,
+                                  normalize_waveform=bool(task.get("normalize", False)))
+    upstream.weights = text
     return upstream.eval()
