@@ -246,6 +246,16 @@ def test_hf_revision_picks_its_weights_and_random_control(hub, tmp_path):
     assert out[1].startswith("random weights (seed 0")
 
 
+def test_hf_random_control_fetches_the_config_only(hub, tmp_path):
+    server, _ = hub
+    before = server.gets("model.safetensors")
+    out = _ok(_run(f'print(get_upstream("hf:{REPO}", pretrained=False).weights)',
+                   {"HF_ENDPOINT": server.url, "HF_HOME": str(tmp_path / "hf")}))
+    assert out.startswith("random weights (seed 0")
+    assert server.gets("model.safetensors") == before
+    assert server.gets(f"/{REPO}/resolve/main/config.json") >= 1
+
+
 @pytest.mark.parametrize("var", ["S3VIZ_OFFLINE", "HF_HUB_OFFLINE"])
 def test_offline_and_not_cached_fails_fast_without_a_socket(var, tmp_path):
     env = {var: "1", "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch"),

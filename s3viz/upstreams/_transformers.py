@@ -363,10 +363,11 @@ def _snapshots(repo_id: str) -> Tuple[str, set, set]:
     return root, snaps, blobs
 
 
-def _download(repo_id: str, revision: Optional[str], what: str) -> str:
+def _download(repo_id: str, revision: Optional[str], what: str, weights: bool = True) -> str:
     """Fetch what loading ``repo_id`` needs into huggingface_hub's cache, file by file
     (each with its progress bar): ``config.json``, the feature extractor's config and
-    the weights, safetensors when the repository has them, else ``pytorch_model*.bin``
+    the weights (unless ``weights=False``: the random-weights control needs the config
+    only), safetensors when the repository has them, else ``pytorch_model*.bin``
     (then loaded with ``weights_only``). Returns the commit. A file that fails is
     named; huggingface_hub keeps only complete files in a snapshot."""
     from huggingface_hub import HfApi, hf_hub_download
@@ -377,13 +378,13 @@ def _download(repo_id: str, revision: Optional[str], what: str) -> str:
         raise OSError(f"{what}: could not be found on {_endpoint()} ({type(err).__name__}: "
                       f"{err})") from None
     names = [s.rfilename for s in (info.siblings or [])]
-    weights = [n for n in names if n.endswith(".safetensors") or
-               n == "model.safetensors.index.json"] or [
+    weight_files = [n for n in names if n.endswith(".safetensors") or
+                    n == "model.safetensors.index.json"] or [
         n for n in names if n.startswith("pytorch_model") and n.endswith((".bin", ".bin.index.json"))]
-    if "config.json" not in names or not weights:
+    if "config.json" not in names or not weight_files:
         raise OSError(f"{what}: the repository has no config.json and weights (safetensors or "
                       f"pytorch_model.bin) at {info.sha}; files: {names[:20]}")
-    for name in ["config.json", "preprocessor_config.json"] + weights:
+    for name in ["config.json", "preprocessor_config.json"] + (weight_files if weights else []):
         if name in names:
             try:
                 # by the name asked for (not the commit), so the cache records the
@@ -492,7 +493,7 @@ def load_transformers(name_or_path: str, *, pretrained: bool = True,
 
     if not folder and var is None:
         try:
-            _download(name_or_path, revision, what)
+            _download(name_or_path, revision, what, weights=pretrained)
         except _Fetch as err:
             raise OSError(forget(str(err))) from None
         common.update(revision=revision, local_files_only=True)
@@ -523,7 +524,7 @@ def load_transformers(name_or_path: str, *, pretrained: bool = True,
     auto = transformers.AutoModel
     if pretrained:
         try:
-            model = auto.from_pretrained(name_or_path, **common)
+            model = auto.from_pretrained(name_or_path, weights_only=True, **common)
         except Exception as err:  # download, safetensors and unpickling errors vary
             raise OSError(forget(f"{what}: the weights could not be loaded "
                                  f"({type(err).__name__}: {err})")) from None
