@@ -23,6 +23,7 @@ from ._numerics import (float32_distances_span, read_dtype, row_names, tensor_gu
                         warn_degenerate)
 from .probe.targets import label_str
 from .segments import segment_table
+from .store import tag_weights
 
 __all__ = ["abx_layers", "ABXCells", "DISTANCES"]
 
@@ -268,7 +269,8 @@ def abx_layers(store, *, on: str = "phone", speaker: str = "within", context: st
         ``cells`` has one row per scored cell and layer (``layer``,
         ``upstream_layer``, ``speaker``,
         ``speaker_x``, ``phone``, ``other``, ``context``, ``error``, ``triplets``),
-        the numbers the averages are taken from.
+        the numbers the averages are taken from. Both carry ``attrs["weights"]``,
+        the store's :attr:`~s3viz.store.LayerStore.weights`.
     """
     if speaker not in SPEAKER_MODES:
         raise ValueError(f"speaker must be one of {SPEAKER_MODES}, got {speaker!r}")
@@ -339,11 +341,11 @@ def abx_layers(store, *, on: str = "phone", speaker: str = "within", context: st
             "n_dropped": int(table.attrs.get("dropped", 0)),
         })
     warn_degenerate("abx_layers", degenerate, "abx_error")
-    out = pd.DataFrame(rows)
+    out = tag_weights(pd.DataFrame(rows), store)
     if return_cells:
         cells = (pd.concat(all_cells, ignore_index=True) if all_cells
                  else pd.DataFrame(columns=_CELL_COLUMNS + ["layer", "upstream_layer"]))
-        return ABXCells(out, cells)
+        return ABXCells(out, tag_weights(cells, store))
     return out
 
 

@@ -266,7 +266,8 @@ def compare_frame_utterance(
         argmax_agree``, and ``cpu_gpu_frame_max_abs_diff,
         cpu_gpu_utterance_max_abs_diff, cpu_ms, gpu_ms`` (per utterance,
         amortised over its batch; NaN without CUDA). ``df.attrs`` holds
-        ``device``, ``gpu`` (name or ``None``), ``note`` and ``summary``.
+        ``device``, ``gpu`` (name or ``None``), ``note`` and ``summary``, and for a
+        LayerStore ``weights`` (its :attr:`~s3viz.store.LayerStore.weights`).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
             or batch_size < 1:
@@ -368,6 +369,10 @@ def compare_frame_utterance(
         note = f"CPU vs GPU compared on {gpu_name}"
     df.attrs.update({"device": str(dev), "gpu": gpu_name, "note": note,
                      "summary": _summary(df, pooling, dev, second)})
+    if _is_store(data):  # the hidden states' weights (a tuple of tensors does not say)
+        from .store import tag_weights
+
+        tag_weights(df, data)
     return df
 
 

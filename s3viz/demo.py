@@ -1,7 +1,9 @@
 """The main job (``make demo``): analyse the embedded corpus and write a report.
 
 ``python -m s3viz.demo --out build/report`` checks and extracts the shipped
-tiny model, its random-weight control and the spectral baseline; probes every
+tiny model, its random-weights control and the spectral baseline (offline:
+nothing is downloaded; ``models.csv`` and the findings say which weights each
+model has); probes every
 layer, measures ABX and unit PNMI, learns layer weights, compares layers with
 CKA and sweeps frame-count conventions; writes the tables (CSV) and figures
 (PNG), executes every notebook, and writes ``index.html``. What the report
@@ -41,8 +43,8 @@ def _csv(out: OwnedFolder, name: str, df, **kw) -> Path:
 CAPTIONS = {
     "probes.png": "Linear probes by layer: phones (frame level, folds by speaker) and speakers "
                   "(utterance level, folds by utterance) for the trained tiny model, its "
-                  "random-weight twin and the spectral baseline; dashed: chance, band: spread "
-                  "over folds.",
+                  "twin with random weights and the spectral baseline; dashed: chance, band: "
+                  "spread over folds.",
     "abx_units.png": "Left: ABX phone error within speaker (0.5 is chance, lower is better; star: "
                      "best layer). Right: phone-normalised mutual information of 50 k-means "
                      "units per layer (higher is better).",
@@ -59,9 +61,10 @@ _PROBES = (("phone", "speaker"), ("speaker", "utterance"))
 """The demo's probes: (target, split_by)."""
 
 
-def _findings(probe_df, weights, abx_df, units_df, lengths) -> List[str]:
-    """The report's front-page sentences, read off the analysis tables."""
-    out = []
+def _findings(probe_df, weights, abx_df, units_df, lengths, models=None) -> List[str]:
+    """The report's front-page sentences, read off the analysis tables; ``models`` (label
+    -> the weights text of its store) first says which weights each model has."""
+    out = [f"Weights, {label}: {text}." for label, text in (models or {}).items()]
     for (target, model), part in probe_df.groupby(["target", "method"], sort=False):
         if part["accuracy"].isna().all():  # refused at every layer (a degenerate layer warns)
             why = (" (it normalises each utterance, so its mean-pooled vectors are rounding "
@@ -139,7 +142,7 @@ def _run(out: OwnedFolder, n_utterances: int, seed: int, device) -> List[Path]:
     from s3viz import plot
     from s3viz.data import synthetic_corpus
     from s3viz.stream import check_targets
-    from s3viz.upstreams import get_upstream
+    from s3viz.upstreams import get_upstream, is_random_weights, weights_of
 
     written: List[Path] = []
 
@@ -153,11 +156,15 @@ def _run(out: OwnedFolder, n_utterances: int, seed: int, device) -> List[Path]:
         check_targets(corpus, target, split_by=split_by, seed=seed)
     written.append(_csv(out, "corpus.csv", corpus.labels, index=False))
 
-    upstreams = {
+    upstreams = {  # offline: the shipped tiny model, its random twin and features
         "tiny (trained)": get_upstream("tiny"),
-        "tiny (random weights)": get_upstream("tiny_random"),
+        "tiny (random weights)": get_upstream("tiny", pretrained=False),
         "spectral baseline": get_upstream("spectral"),
     }
+    for label, upstream in upstreams.items():  # each label says what its weights are
+        if is_random_weights(weights_of(upstream)) != ("random weights" in label):
+            raise RuntimeError(f"the demo's label {label!r} misstates its weights: "
+                               f"{weights_of(upstream)}")
     probes = []
     stores = {}
     for label, upstream in upstreams.items():
@@ -174,6 +181,10 @@ def _run(out: OwnedFolder, n_utterances: int, seed: int, device) -> List[Path]:
 
     import pandas as pd
 
+    models = {label: st.weights for label, st in stores.items()}
+    written.append(_csv(out, "models.csv", pd.DataFrame(
+        {"model": list(models), "upstream": [st.name for st in stores.values()],
+         "weights": list(models.values())}), index=False))
     probe_df = pd.concat(probes, ignore_index=True)
     written.append(_csv(out, "probes.csv", probe_df, index=False))
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
@@ -217,7 +228,7 @@ def _run(out: OwnedFolder, n_utterances: int, seed: int, device) -> List[Path]:
     written.append(_csv(out, "length_report_tiny.csv", lengths, index=False))
     written.append(_save(plot.length_alignment(lengths), out, "length_report_tiny.png"))
     log(lengths.attrs.get("summary", ""))
-    findings = _findings(probe_df, weights, abx_df, units_df, lengths)
+    findings = _findings(probe_df, weights, abx_df, units_df, lengths, models)
     written.append(out.write_text("findings.txt", "\n".join(findings) + "\n"))
     used = device or ("cuda" if torch.cuda.is_available() else "cpu")
     log(f"analysis done in {time.perf_counter() - t0:.0f} s on {used}")

@@ -19,6 +19,7 @@ import torch
 
 from ._compat import renamed_args
 from .align import frame_labels as _align_frame_labels
+from .store import store_weights
 
 __all__ = [
     "all_reduce_sum",
@@ -149,7 +150,7 @@ class _Reference:
     """Frame-free metadata of a corpus with the store interface the probes read."""
 
     def __init__(self, labels, phones, lengths, downsample_rates, receptive_fields, hidden_sizes,
-                 layer_ids):
+                 layer_ids, weights):
         self._labels = labels.reset_index(drop=True)
         self._phones = list(phones)
         self._lengths = np.asarray(lengths, dtype=np.int64)
@@ -157,6 +158,7 @@ class _Reference:
         self.receptive_fields = [int(v) for v in receptive_fields]
         self.hidden_sizes = [int(v) for v in hidden_sizes]
         self.layer_ids = [int(v) for v in layer_ids]
+        self.weights = weights  # the shard store's: probe tables of a sharded run say it
 
     @property
     def num_layer(self) -> int:
@@ -223,7 +225,8 @@ def reference_store(corpus, shard_store, shard_positions: Sequence[int], reduce=
     phones = [u.phones for u in corpus]
     return _Reference(labels, phones, lengths, shard_store.downsample_rates,
                       shard_store.receptive_fields, shard_store.hidden_sizes,
-                      getattr(shard_store, "layer_ids", range(shard_store.num_layer)))
+                      getattr(shard_store, "layer_ids", range(shard_store.num_layer)),
+                      store_weights(shard_store))
 
 
 def env_world() -> tuple[int, int, int]:

@@ -55,6 +55,7 @@ from .store import (
     NonFiniteError,
     fmt_bytes,
 )
+from .upstreams._hub import weights_of
 
 __all__ = ["DEFAULT_MAX_BATCH_SECONDS", "CacheCorruptionError", "LayerStore", "NonFiniteError", "extract"]
 
@@ -419,7 +420,9 @@ def extract(upstream, corpus, *, upstream_layers=None, batch_size: int | None = 
             (to stdout, not shown as a warning in a notebook) before work starts.
 
     Returns:
-        A :class:`LayerStore`. The upstream's train/eval flags are restored.
+        A :class:`LayerStore` whose ``weights`` says where the upstream's weights came
+        from (:func:`s3viz.upstreams.weights_of`; ``"random weights ..."`` for the
+        random control). The upstream's train/eval flags are restored.
     """
     num_layer, all_sizes, all_rates, all_fields, name = check_upstream_arg(upstream)
     corpus = as_corpus(corpus)
@@ -444,8 +447,11 @@ def extract(upstream, corpus, *, upstream_layers=None, batch_size: int | None = 
     corpus_fp = corpus.fingerprint()
     fp = extraction_fingerprint(upstream_fingerprint(upstream), corpus_fp,
                                  layer_ids, sizes, rates, store_dtype, amp_dtype)
+    # where the weights came from: kept in the cache's manifest, not in its fingerprint (the
+    # weights themselves are); a reused cache takes this upstream's text
+    weights = weights_of(upstream)
     meta = {
-        "format": FORMAT_VERSION, "fingerprint": fp, "name": name,
+        "format": FORMAT_VERSION, "fingerprint": fp, "name": name, "weights": weights,
         "upstream_class": f"{type(upstream).__module__}.{type(upstream).__qualname__}",
         "corpus_fingerprint": corpus_fp, "layer_ids": layer_ids,
         "hidden_sizes": sizes, "downsample_rates": rates, "receptive_fields": fields,
@@ -456,7 +462,7 @@ def extract(upstream, corpus, *, upstream_layers=None, batch_size: int | None = 
     common = dict(hidden_sizes=sizes, downsample_rates=rates, receptive_fields=fields,
                   layer_ids=layer_ids, ids=corpus.ids, labels=corpus.labels,
                   phones=[u.phones for u in corpus], fingerprint=fp, name=name,
-                  store_dtype=store_dtype, corpus_fingerprint=corpus_fp)
+                  store_dtype=store_dtype, corpus_fingerprint=corpus_fp, weights_source=weights)
     estimate = _estimate_bytes(num_samples, rates, sizes, store_dtype)
     audio_bytes = int(num_samples.sum()) * 2
     head = (
@@ -497,7 +503,9 @@ def extract(upstream, corpus, *, upstream_layers=None, batch_size: int | None = 
                              "manifest.json")
             if (isinstance(done, dict) and done.get("format") == FORMAT_VERSION
                     and done.get("fingerprint") == fp and done.get("ids") == list(corpus.ids)):
-                return LayerStore.open(root)
+                store = LayerStore.open(root)
+                store._weights = weights  # this upstream's text, as a writable cache's
+                return store
         raise OSError(f"cannot write the cache folder {root} ({err}), and it holds no finished "
                       "extraction of this upstream and corpus; give a writable cache_dir") from err
     root = root_dir.folder

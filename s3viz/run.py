@@ -27,8 +27,18 @@ __all__ = ["main", "parse_args", "run"]
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m s3viz.run", description=__doc__.split("\n")[0])
     p.add_argument("--upstream", default="tiny",
-                   help="tiny, tiny_random, spectral or a torchaudio name (hubert_base ...)")
-    p.add_argument("--pretrained", action="store_true", help="torchaudio names: load weights")
+                   help="tiny (default: the shipped model, offline), spectral (log-mel/MFCC "
+                        "baseline), a pretrained model (hubert_base, wavlm_base_plus, "
+                        "distilhubert, ... or s3prl's name: hubert, wavlm, "
+                        "hubert_large_ll60k, ...), hf:<repository id>, or a folder saved "
+                        "with save_pretrained. Names mean pretrained weights, downloaded on "
+                        "first use into torch.hub's or huggingface_hub's cache "
+                        "(S3VIZ_OFFLINE=1: the cache only); docs/upstreams.md lists them")
+    p.add_argument("--random-weights", action="store_true",
+                   help="the same architecture with random weights (seed 0; pretrained=False), "
+                        "the control that shows what training added, for any name but "
+                        "spectral; no weights are downloaded (a Hugging Face name fetches "
+                        "its config.json)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--corpus", default=None, help="synthetic:N (default synthetic:24)")
     src.add_argument("--folder", default=None, help="folder of audio files (s3viz.data.load_folder)")
@@ -101,9 +111,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--folder {args.folder!r} is not a folder of audio files")
     if args.cka_level is not None and not args.cka:
         p.error("--cka-level needs --cka (it chooses the level of the CKA)")
-    if args.pretrained and args.upstream in ("tiny_random", "spectral"):
-        p.error(f"--pretrained: {args.upstream} has no trained weights (tiny_random is the "
-                "random-weight control, spectral computes features); leave it out")
+    if args.random_weights and args.upstream.strip() == "spectral":
+        p.error("--random-weights: spectral has no learned weights, so it has no random-weights "
+                "control (it is itself the baseline); leave --random-weights out")
     if "logistic" in args.methods and not args.store_frames:
         p.error("--methods logistic needs --store-frames DIR: a logistic probe takes many "
                 "passes over the frames, so each rank keeps its shard's frames on disk")
@@ -182,7 +192,7 @@ def run(args) -> dict:
 
     from .distributed import all_reduce_sum, dist_info, shard_indices
     from .stream import stream_analysis
-    from .upstreams import get_upstream
+    from .upstreams import get_upstream, weights_of
 
     rank, world, _ = dist_info()
     device = torch.device(args.device) if getattr(args, "device", None) else (
@@ -190,8 +200,7 @@ def run(args) -> dict:
         else torch.device("cpu"))
     t0 = time.perf_counter()
     corpus = _corpus(args)
-    kw = {"pretrained": True} if args.pretrained else {}
-    upstream = get_upstream(args.upstream, **kw)
+    upstream = get_upstream(args.upstream, pretrained=not getattr(args, "random_weights", False))
     rates = list(upstream.downsample_rates)
     if args.layers:  # refused before any extraction, with the range that exists
         bad = [i for i in args.layers if not -len(rates) <= i < len(rates)]
@@ -259,6 +268,7 @@ def run(args) -> dict:
             for t in args.targets], ignore_index=True)
         probes = logistic if probes is None else pd.concat([probes, logistic],
                                                            ignore_index=True)
+        probes.attrs["weights"] = weights_of(upstream)  # concat keeps only equal attrs
     t_total = time.perf_counter() - t0
     out = OwnedFolder(args.out, "--out")
     out.write_text(f"rank-{rank}.json", json.dumps({
@@ -270,6 +280,7 @@ def run(args) -> dict:
     if rank == 0:
         _write(args, probes, cka, {
             "world_size": world, "utterances": len(corpus), "upstream": args.upstream,
+            "weights": weights_of(upstream),
             "upstream_passes_rank0": passes, "total_seconds_rank0": t_total,
             "store_frames": str(args.store_frames) if args.store_frames else None,
             "cka_level": None if cka is None else cka.attrs.get("level"),
@@ -369,14 +380,16 @@ def _write(args, probes, cka, meta: dict) -> None:
     import matplotlib.pyplot as plt
 
     from .plot import probe_curve, similarity
+    from .upstreams import is_random_weights
 
+    name = meta["upstream"] + (", random weights" if is_random_weights(meta["weights"]) else "")
     if probes is not None:
-        ax = probe_curve(probes)
+        ax = probe_curve(probes, title=f"{name}: probes by layer")
         out.write_with("probe_curve.png", lambda f: ax.figure.savefig(
             f, dpi=120, bbox_inches="tight", format="png"))
         plt.close(ax.figure)
     if cka is not None:
-        ax = similarity(cka)
+        ax = similarity(cka, title=f"{name}: layer similarity")
         out.write_with("cka.png", lambda f: ax.figure.savefig(
             f, dpi=120, bbox_inches="tight", format="png"))
         plt.close(ax.figure)

@@ -21,7 +21,7 @@ from ._compat import renamed_args
 from ._device import resolve_device as _resolve_device
 from ._numerics import layer_guard, pow2_factor, read_dtype, warn_degenerate
 from .probe.targets import label_str
-from .store import utterance_selection
+from .store import tag_weights, utterance_selection
 
 __all__ = ["ESTIMATORS", "METHODS", "cca_naive", "cka_naive", "hsic_unbiased",
            "layer_similarity"]
@@ -321,8 +321,10 @@ def layer_similarity(
         DataFrame of CKA (or SVCCA) values, index = layers of ``store`` (name ``"layer"``),
         columns = layers of ``other`` (or ``store``) (name ``"other_layer"`` or
         ``"layer"``). ``df.attrs`` records ``upstream_layers``,
-        ``other_upstream_layers``, ``num_frames``, ``estimator``, ``level`` and
-        ``method`` (and ``keep_variance`` for SVCCA).
+        ``other_upstream_layers``, ``num_frames``, ``estimator``, ``level``,
+        ``method`` (and ``keep_variance`` for SVCCA), ``weights`` (the store's
+        :attr:`~s3viz.store.LayerStore.weights`) and, with ``other``,
+        ``other_weights``.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -404,6 +406,9 @@ def layer_similarity(
     names = {f"{c}{'' if other is None or i < len(rows) else ' of `other`'}": bad[i]
              for i, c in enumerate(rows + cols if other is not None else uniq)}
     warn_degenerate("layer_similarity", names, method.upper())
+    tag_weights(df, store)
+    if other is not None:
+        tag_weights(df, other, key="other_weights")
     return df
 
 

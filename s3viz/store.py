@@ -38,6 +38,24 @@ from .align import frame_labels as _align_frame_labels
 
 __all__ = ["LayerStore", "NonFiniteError", "CacheCorruptionError"]
 
+AS_GIVEN = "as given"
+"""The ``weights`` of a store whose frames came without an upstream s3viz knows
+(:meth:`LayerStore.from_tensors`, an upstream object built elsewhere)."""
+
+
+def store_weights(store) -> str:
+    """Where a store's frames' weights came from (its ``weights`` text), else ``"as given"``."""
+    value = getattr(store, "weights", None)
+    return value if isinstance(value, str) and value.strip() else AS_GIVEN
+
+
+def tag_weights(table, store, key: str = "weights"):
+    """``table.attrs[key]`` = the weights of ``store`` (see :func:`store_weights`), so a
+    measure table says which weights it came from (``"random weights ..."`` for the
+    random control; the plots say so in their legends); returns ``table``."""
+    table.attrs[key] = store_weights(store)
+    return table
+
 
 def check_utterances(utterances, n: int) -> np.ndarray:
     if utterances is None:
@@ -63,6 +81,21 @@ def check_utterances(utterances, n: int) -> np.ndarray:
     if arr.min() < 0 or arr.max() >= n:
         raise IndexError(f"utterances must be positions in [0, {n}), got min {arr.min()} max {arr.max()}")
     return arr.astype(np.int64)
+
+
+NOT_RECORDED = "not recorded (a cache written before s3viz kept the weights' provenance)"
+
+
+def _check_weights(weights_source) -> str:
+    if not isinstance(weights_source, str) or not weights_source.strip():
+        raise TypeError(f"weights_source must be a non-empty text saying where the weights "
+                        f"came from (e.g. 'random weights (seed 0)'), got {weights_source!r}")
+    return weights_source
+
+
+def _recorded(value) -> str:
+    """A manifest's ``weights`` text, or :data:`NOT_RECORDED` for a cache without one."""
+    return value if isinstance(value, str) and value.strip() else NOT_RECORDED
 
 
 # --------------------------------------------------------------------------- planning
@@ -194,7 +227,7 @@ class LayerStore:
 
     def __init__(self, *, backend, plan, lengths, hidden_sizes, downsample_rates,
                  receptive_fields, layer_ids, ids, labels, phones, fingerprint, name,
-                 store_dtype, corpus_fingerprint=None):
+                 store_dtype, corpus_fingerprint=None, weights_source=AS_GIVEN):
         self._backend = backend
         self._plan = [list(map(int, b)) for b in plan]
         self._lengths = np.asarray(lengths, dtype=np.int64).reshape(len(ids), len(hidden_sizes))
@@ -218,12 +251,14 @@ class LayerStore:
         # the corpus's fingerprint (audio, labels, alignments) when the store was extracted
         # from one; None for from_tensors. layer_similarity(other=) compares it.
         self.corpus_fingerprint = corpus_fingerprint
+        self._weights = _check_weights(weights_source)
 
     # ---- construction
 
     @classmethod
     def from_tensors(cls, hidden_states, *, downsample_rates, ids=None, labels=None,
-                     phones=None, receptive_fields=None) -> LayerStore:
+                     phones=None, receptive_fields=None,
+                     weights_source: str = AS_GIVEN) -> LayerStore:
         """An in-memory store from per-utterance tensors, without any upstream.
 
         Args:
@@ -237,7 +272,11 @@ class LayerStore:
                 or None per utterance; None for none at all.
             receptive_fields: samples of input window per frame of each layer
                 (default: the downsample rates).
+            weights_source: where the weights behind these frames came from (the
+                store's :attr:`weights`; default ``"as given"``); start it with
+                ``"random weights"`` for a random control, so tables and plots say so.
         """
+        weights_source = _check_weights(weights_source)
         try:
             hs = [list(u) for u in hidden_states]
         except TypeError as e:
@@ -325,6 +364,7 @@ class LayerStore:
             hidden_sizes=sizes, downsample_rates=rates, receptive_fields=fields,
             layer_ids=list(range(num_layer)), ids=ids, labels=labels, phones=phones,
             fingerprint=h.hexdigest(), name="from_tensors", store_dtype=store_dtype,
+            weights_source=weights_source,
         )
 
     @classmethod
@@ -427,6 +467,7 @@ class LayerStore:
             ids=manifest["ids"], labels=labels, phones=phones,
             fingerprint=manifest["fingerprint"], name=manifest["name"], store_dtype=store_dtype,
             corpus_fingerprint=manifest.get("corpus_fingerprint"),
+            weights_source=_recorded(manifest.get("weights")),
         )
 
     # ---- sizes
@@ -483,6 +524,17 @@ class LayerStore:
         return self._name
 
     @property
+    def weights(self) -> str:
+        """Where the upstream's weights came from (:func:`s3viz.upstreams.weights_of`):
+        ``"pretrained: ..."``, ``"checkpoint ..."``, ``"random weights (seed 0)"`` (the
+        random control: it always starts with ``"random weights"``), ``"not learned ..."``,
+        or ``"as given"`` (:meth:`from_tensors`, an upstream built elsewhere). Kept in a
+        cache's manifest (not in its fingerprint: the weights themselves are); a reused
+        cache takes the text of the upstream that reuses it. Measure tables carry it as
+        ``df.attrs["weights"]``."""
+        return self._weights
+
+    @property
     def store_dtype(self) -> torch.dtype:
         return self._store_dtype
 
@@ -514,7 +566,7 @@ class LayerStore:
             f"LayerStore({self._name}: {len(self)} utterances, {self.num_layer} layers "
             f"({which}), hidden {compact(self._hidden_sizes)}, rate "
             f"{compact(self._downsample_rates)}, {STORE_DTYPES.get(self._store_dtype, self._store_dtype)}, "
-            f"{fmt_bytes(self.nbytes)} {where})"
+            f"{fmt_bytes(self.nbytes)} {where}; weights: {self._weights})"
         )
 
     # ---- access

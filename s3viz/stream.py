@@ -53,6 +53,7 @@ from .probe.ridge import (
 from .probe.targets import ProbeTask, check_classes, label_str, label_strings, resolve_level
 from .similarity import CrossProducts, cka_table
 from .store import LayerStore
+from .upstreams._hub import weights_of
 
 __all__ = ["stream_analysis", "StreamResult", "check_targets"]
 
@@ -387,7 +388,8 @@ class StreamResult(KeyedResult, _StreamFields):
     """What :func:`stream_analysis` computed (a named tuple; ``result["probes"]`` is deprecated).
 
     Fields: ``probes`` (the columns of :func:`s3viz.probe_layers`, or None),
-    ``cka`` (the columns of :func:`s3viz.layer_similarity`, or None),
+    ``cka`` (the columns of :func:`s3viz.layer_similarity`, or None; both with
+    ``attrs["weights"]``, the upstream's :func:`~s3viz.upstreams.weights_of`),
     ``store`` (the disk LayerStore with ``cache_dir``, else None), ``passes``
     (upstream passes of the streaming itself: 0 with ``cache_dir``, whose
     frames ``s3viz.extract`` wrote once or found there) and ``shard`` (the
@@ -567,7 +569,8 @@ def stream_analysis(
         idx = list(range(len(sizes)))
         cka_df = cka_table(hsic, idx, idx, idx, idx, upstream_layers=list(layer_ids),
                             other_upstream_layers=list(layer_ids), num_frames=int(n),
-                            estimator="feature", level=cka_level, method="cka")
+                            estimator="feature", level=cka_level, method="cka",
+                            weights=weights_of(upstream))
     probes = None
     if tasks:
         st.solve()
@@ -579,5 +582,6 @@ def stream_analysis(
                 rows.append(result_row(t.name, "ridge", t.level, s, int(layer_ids[s]),
                                         len(t.classes), folds, False, t.result[s],
                                         fold_accuracy))
-        probes = result_table(rows, fold_accuracy, False, splits, folds=folds, seed=seed)
+        probes = result_table(rows, fold_accuracy, False, splits, folds=folds, seed=seed,
+                              weights=weights_of(upstream))
     return StreamResult(probes, cka_df, store, passes, pos_all.tolist())

@@ -21,6 +21,7 @@ from ._device import resolve_device as _resolve_device
 from ._numerics import (Moments, float32_squares_span, read_dtype, row_names, tensor_guard,
                         warn_degenerate)
 from .probe.targets import label_strings
+from .store import tag_weights
 
 __all__ = ["unit_quality", "unit_measures", "kmeans"]
 
@@ -158,7 +159,8 @@ def unit_quality(store, *, k: int | Sequence[int] = 100, layers: Sequence[int] |
         fraction of the fitted frames' variance: scale-free). A degenerate layer
         (constant, all zero, varying only at rounding level, or with a frame whose
         squared distances overflow float32: ``docs/measures.md``) gets NaN and one
-        :class:`~s3viz._numerics.DegenerateLayerWarning`.
+        :class:`~s3viz._numerics.DegenerateLayerWarning`. ``attrs["weights"]``: the
+        store's :attr:`~s3viz.store.LayerStore.weights`.
     """
     ks = [k] if isinstance(k, (int, np.integer)) and not isinstance(k, bool) else list(k)
     if not ks:
@@ -222,4 +224,4 @@ def unit_quality(store, *, k: int | Sequence[int] = 100, layers: Sequence[int] |
                          "n_frames": m["n_frames"], "n_phones": m["n_phones"],
                          "n_units": m["n_units"], "inertia": inertia / total})
     warn_degenerate("unit_quality", degenerate, "purities and PNMI")
-    return pd.DataFrame(rows)
+    return tag_weights(pd.DataFrame(rows), store)

@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from ._common import new_axes
+from ._common import RANDOM_NOTE, is_random, new_axes, titled
 
 __all__ = ["frame_vs_utterance", "utterance_outputs"]
 
@@ -22,7 +22,8 @@ def frame_vs_utterance(df: pd.DataFrame, ax=None):
     Returns:
         The Axes: cosine against the number of frames; filled dots where the
         two argmaxes agree, red crosses where they do not. CPU-vs-GPU figures
-        are added to the title when the frame has them.
+        are added to the title when the frame has them, and "random weights"
+        when ``df.attrs["weights"]`` says so.
     """
     need = {"num_frames", "cosine", "argmax_agree"}
     if not isinstance(df, pd.DataFrame) or not need <= set(df.columns):
@@ -47,7 +48,7 @@ def frame_vs_utterance(df: pd.DataFrame, ax=None):
     if gpu_col in df.columns and df[gpu_col].notna().any():
         title += (f"\nCPU vs GPU max |diff| {df['cpu_gpu_frame_max_abs_diff'].max():.1e}; "
                   f"{df['cpu_ms'].sum():.0f} ms CPU, {df['gpu_ms'].sum():.0f} ms GPU")
-    ax.set_title(title, fontsize="medium")
+    ax.set_title(titled(title, RANDOM_NOTE if is_random(df) else None), fontsize="medium")
     # beside the plot, never over a point (the few red crosses are what a reader looks for)
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.grid(True, alpha=0.3)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ._common import layer_label, new_axes
+from ._common import layer_label, new_axes, similarity_note, titled, with_weights
 
 __all__ = ["probe_curve", "similarity"]
 
@@ -35,7 +35,8 @@ def probe_curve(df: pd.DataFrame, ax=None, *, metric: str = "accuracy",
         The Axes: a solid line (with a band of +- ``accuracy_std`` over folds
         when ``metric="accuracy"``) per target and method, a dashed chance line
         (majority class) per target, dotted control-task lines; the y axis is the
-        fraction in [0, 1]; layer 0 is labelled as the CNN/projection output.
+        fraction in [0, 1]; layer 0 is labelled as the CNN/projection output. The
+        lines' labels say "(random weights)" when ``df.attrs["weights"]`` does.
     """
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"df must be the DataFrame of s3viz.probe_layers, got {type(df).__name__}")
@@ -59,7 +60,7 @@ def probe_curve(df: pd.DataFrame, ax=None, *, metric: str = "accuracy",
         part = part.sort_values(xcol)
         x = part[xcol].to_numpy()
         y = part[metric].to_numpy(dtype=float)
-        label = " / ".join(str(v) for v in gkey) if gkey else metric
+        label = with_weights(" / ".join(str(v) for v in gkey) if gkey else metric, df)
         if np.isnan(y).all():  # refused at every layer (a DegenerateLayerWarning said why)
             label += " (refused: no number at any layer)"
         (line,) = ax.plot(x, y, marker="o", ms=3, label=label)
@@ -110,7 +111,9 @@ def similarity(df: pd.DataFrame, ax=None, *, vmin: float = 0.0, vmax: float = 1.
         title: Axes title.
 
     Returns:
-        The Axes (layer 0 at the bottom-left, labelled as the CNN/projection output).
+        The Axes (layer 0 at the bottom-left, labelled as the CNN/projection output);
+        the title says "random weights" when ``df.attrs["weights"]`` (or
+        ``"other_weights"``) does.
     """
     if not isinstance(df, pd.DataFrame):
         raise TypeError(
@@ -150,6 +153,7 @@ def similarity(df: pd.DataFrame, ax=None, *, vmin: float = 0.0, vmax: float = 1.
     if colorbar:
         cb = ax.figure.colorbar(im, ax=ax)
         cb.set_label(label)
+    title = titled(title, similarity_note(df))
     if title is not None:
         ax.set_title(title)
     return ax

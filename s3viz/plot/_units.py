@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ._common import layer_label, new_axes
+from ._common import layer_label, new_axes, with_weights
 
 __all__ = ["abx_curve", "unit_quality"]
 
@@ -44,7 +44,8 @@ def abx_curve(df: pd.DataFrame, ax=None, *, label_by: str | None = None,
 
     Returns:
         The Axes; lower is better, the y axis in percent (ZeroSpeech's unit), the
-        best layer of each line marked.
+        best layer of each line marked; the lines' labels say "(random weights)"
+        when ``df.attrs["weights"]`` does.
     """
     _check(df, ("layer", "abx_error"), "s3viz.abx_layers")
     ax = new_axes(ax)
@@ -59,7 +60,7 @@ def abx_curve(df: pd.DataFrame, ax=None, *, label_by: str | None = None,
         name = " / ".join(f"{v}" for v in gkey) if gkey else "ABX error"
         if not label_by and gkey:
             name = " / ".join(f"{k} {v}" for k, v in zip(keys, gkey))
-        (line,) = ax.plot(x, y, marker="o", ms=3, label=name)
+        (line,) = ax.plot(x, y, marker="o", ms=3, label=with_weights(name, df))
         best = int(np.nanargmin(y))
         ax.plot([x[best]], [y[best]], marker="*", ms=10, color=line.get_color(), ls="none")
     ax.axhline(50.0, ls="--", color="0.5", lw=1, label="chance (50 %)")
@@ -87,7 +88,8 @@ def unit_quality(df: pd.DataFrame, ax=None, *, measures=("pnmi", "phone_purity",
 
     Returns:
         The Axes; each measure is a fraction in [0, 1], higher is better; with
-        several ``k`` one line style per ``k``.
+        several ``k`` one line style per ``k``; the lines' labels say "(random
+        weights)" when ``df.attrs["weights"]`` does.
     """
     _check(df, ("layer", "k", *measures, *([label_by] if label_by else [])), "s3viz.unit_quality")
     ax = new_axes(ax)
@@ -106,7 +108,7 @@ def unit_quality(df: pd.DataFrame, ax=None, *, measures=("pnmi", "phone_purity",
                 style = styles[(mi if label_by else ki) % len(styles)]
                 label = ((f"{gname}" + (f" {names.get(m, m)}" if len(measures) > 1 else ""))
                          if label_by else names.get(m, m))
-                label += f" (k={kk})" if len(ks) > 1 else ""
+                label = with_weights(label + (f" (k={kk})" if len(ks) > 1 else ""), df)
                 (line,) = ax.plot(part[xcol], part[m].astype(float), marker="o", ms=3,
                                   ls=style, label=label, **kw)
                 colors.setdefault(key, line.get_color())

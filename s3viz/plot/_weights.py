@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ._common import layer_label, new_axes
+from ._common import RANDOM_NOTE, is_random, layer_label, new_axes, titled, with_weights
 
 __all__ = ["layer_weights", "layer_weights_heatmap", "weights_and_probe", "weights_table", "weight_history"]
 
@@ -75,7 +75,8 @@ def layer_weights(weights, ax=None, *, baseline: bool = True, color: str | None 
         ax: Axes to draw on; a new figure when None.
 
     Returns:
-        The Axes. The numbers are ``weights`` itself (``weights.to_csv(path)``).
+        The Axes. The numbers are ``weights`` itself (``weights.to_csv(path)``). The
+        title says "random weights" when ``weights.attrs["weights"]`` does.
     """
     w = _as_weights(weights)
     ax = new_axes(ax)
@@ -91,8 +92,9 @@ def layer_weights(weights, ax=None, *, baseline: bool = True, color: str | None 
     ax.set_ylabel("weight (probability)")
     top = float(np.nanmax(w.to_numpy(dtype=float)))
     ax.set_ylim(0, max(top, 1.0 / len(layers)) * 1.15)
-    ax.set_title(title if title is not None else (str(w.name) if w.name not in (None, "weight")
-                                                   else "layer weights"))
+    title = title if title is not None else (str(w.name) if w.name not in (None, "weight")
+                                             else "layer weights")
+    ax.set_title(titled(title, RANDOM_NOTE if is_random(w) else None))
     ax.legend(loc="best", fontsize="small")
     return ax
 
@@ -184,7 +186,8 @@ def weights_and_probe(weights, probe_df: pd.DataFrame, ax=None, *, metric: str =
         probe_df: per-layer probe results with ``layer`` and ``metric`` columns.
 
     Returns:
-        The Axes of the bars; the twin Axes of the probe curve is ``ax.probe_ax``.
+        The Axes of the bars; the twin Axes of the probe curve is ``ax.probe_ax``,
+        its label saying "(random weights)" when ``probe_df.attrs["weights"]`` does.
         The numbers: :func:`weights_table` ``(weights, probe_df)``.
     """
     w = _as_weights(weights)
@@ -195,7 +198,8 @@ def weights_and_probe(weights, probe_df: pd.DataFrame, ax=None, *, metric: str =
     for k, (name, curve) in enumerate(_same_layers(w, _probe_curves(probe_df, metric))):
         x = [pos[int(i)] for i in curve.index]
         (line,) = twin.plot(x, curve.to_numpy(dtype=float), marker="o", color=f"C{k + 1}",
-                            label=f"probe {metric}" + (f" ({name})" if name else ""))
+                            label=with_weights(f"probe {metric}" + (f" ({name})" if name
+                                                                    else ""), probe_df))
         handles.append(line)
         labels.append(line.get_label())
     twin.set_ylabel(f"probe {metric}")

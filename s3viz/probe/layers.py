@@ -18,6 +18,7 @@ from .. import _validate as _v
 from .._compat import renamed_args
 from .._device import resolve_device as _resolve_device
 from .._numerics import layer_guard, warn_degenerate
+from ..store import store_weights
 from .folds import _positions, check_folds, check_split_by, resolve_split
 from .logistic import _logistic_layers
 from .ridge import LAMBDAS, _scores, ridge_layer_frame, ridge_layer_utterance
@@ -153,8 +154,10 @@ def probe_layers(
         of the tested examples): they count as wrong in ``accuracy`` and in
         ``chance`` alike.
         ``df.attrs["fold_accuracy"]`` maps ``(target, method, layer)`` to the
-        accuracy of each fold (folds as in :func:`probe_folds`).
+        accuracy of each fold (folds as in :func:`probe_folds`);
+        ``df.attrs["weights"]`` the store's :attr:`~s3viz.store.LayerStore.weights`.
     """
+    weights = store_weights(store)  # the frames' store, also in a sharded run
     if target is None:
         raise TypeError("target must be a label name (str) or a list of them, e.g. 'phone' or "
                         "['phone', 'speaker'], got None")
@@ -179,12 +182,14 @@ def probe_layers(
         if shard_store is not None:
             raise ValueError("segment-level probes do not run sharded yet; probe the whole "
                              "store (its segments are small) or use level='frame'")
-        return _probe_segments(
+        out = _probe_segments(
             store, targets, method=methods, layers=_v.stored_layers(store, layers), folds=folds,
             split_by=split_by, control=control, control_by=control_by, utterances=utterances,
             device=device, seed=seed, lambdas=lambdas, chunk_frames=chunk_frames, lr=lr,
             batch_frames=batch_size, max_epochs=max_epochs, patience=patience,
             weight_decay=weight_decay, dev_fraction=dev_fraction, max_memory=max_memory)
+        out.attrs["weights"] = weights
+        return out
     layer_list = _v.stored_layers(store, layers)
     sel = _positions(store, utterances)
     device = _resolve_device(device)
@@ -226,7 +231,8 @@ def probe_layers(
                 rows.append(result_row(tgt, meth, lev, layer, int(layer_ids[layer]), c, folds,
                                         control, per_layer[layer], fold_accuracy))
     warn_degenerate("probe_layers", degenerate, "accuracy")
-    return result_table(rows, fold_accuracy, control, splits, folds=folds, seed=seed)
+    return result_table(rows, fold_accuracy, control, splits, folds=folds, seed=seed,
+                        weights=weights)
 
 
 def _task_shard(sel: np.ndarray, shard_pos_all):
