@@ -44,20 +44,22 @@ lock:
 	rm -rf $(LOCK_VENV)
 	@echo "Now run 'make test' (it reinstalls .venv from the new lock) before committing $(LOCK)."
 
+# The demo and the tests run offline on the shipped tiny model: S3VIZ_OFFLINE=1 turns an
+# accidental download into an immediate error (tests/test_hub.py serves its own on 127.0.0.1)
 demo: $(STAMP)
-	$(PY) -m s3viz.demo --out $(REPORT)
+	S3VIZ_OFFLINE=1 $(PY) -m s3viz.demo --out $(REPORT)
 
 test: $(STAMP)
-	S3VIZ_LOCKED=1 $(NO_DEPRECATED) $(PY) -m pytest tests notebooks --nbmake --nbmake-timeout=$(NB_TIMEOUT) $(PYTEST_ARGS)
+	S3VIZ_OFFLINE=1 S3VIZ_LOCKED=1 $(NO_DEPRECATED) $(PY) -m pytest tests notebooks --nbmake --nbmake-timeout=$(NB_TIMEOUT) $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	S3VIZ_LOCKED=1 $(NO_DEPRECATED) $(PY) -m pytest tests -m "not slow and not browser" $(PYTEST_ARGS)
+	S3VIZ_OFFLINE=1 S3VIZ_LOCKED=1 $(NO_DEPRECATED) $(PY) -m pytest tests -m "not slow and not browser" $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
-	S3VIZ_LOCKED=1 $(NO_DEPRECATED) $(PY) -m pytest tests $(PYTEST_ARGS)
+	S3VIZ_OFFLINE=1 S3VIZ_LOCKED=1 $(NO_DEPRECATED) $(PY) -m pytest tests $(PYTEST_ARGS)
 
 test-notebooks: $(STAMP)
-	S3VIZ_LOCKED=1 $(NO_DEPRECATED) $(PY) -m pytest notebooks --nbmake --nbmake-timeout=$(NB_TIMEOUT) $(PYTEST_ARGS)
+	S3VIZ_OFFLINE=1 S3VIZ_LOCKED=1 $(NO_DEPRECATED) $(PY) -m pytest notebooks --nbmake --nbmake-timeout=$(NB_TIMEOUT) $(PYTEST_ARGS)
 
 test-gpu: $(STAMP)
 	$(NO_DEPRECATED) $(PY) benchmarks/gpu_check.py

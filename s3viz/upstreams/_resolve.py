@@ -34,7 +34,7 @@ def get_upstream(name_or_object: Union[str, os.PathLike, object], *, pretrained:
     Args:
         name_or_object:
             ``"tiny"``: the shipped tiny model, trained on the embedded corpus
-            (offline, 1 MB; what the demo, notebooks and tests use);
+            (offline, 3 MB; what the demo, notebooks and tests use);
             ``"spectral"``: a log-mel / MFCC baseline (nothing learned);
             a pretrained model's name (``"hubert_base"``, ``"wavlm_base_plus"``,
             ``"xls_r_300m"``, ``"distilhubert"``, ... ``PRETRAINED_MODELS``) or s3prl's
