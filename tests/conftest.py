@@ -1,6 +1,7 @@
 """Shared, read-only fixtures. Models and corpora are built once per session.
 
-- ``tiny_upstream``: the random-weight tiny upstream (``get_upstream("tiny_random")``);
+- ``tiny_upstream``: the tiny upstream with random weights
+  (``get_upstream("tiny", pretrained=False)``; its ``weights`` says so);
 - ``small_corpus``: 12 synthetic utterances of 8 speakers, with phone alignments;
 - ``tiny_store``: ``extract(tiny_upstream, small_corpus)`` in memory;
 - ``one_thread``: torch on one intra-op thread for a module (``pytestmark =
@@ -29,6 +30,10 @@ settings.load_profile(os.environ.get("S3VIZ_HYPOTHESIS", "repeatable"))
 
 # Tests never touch the network, and corpora they synthesize go to a private cache.
 os.environ.setdefault("S3VIZ_CACHE", os.path.join(os.path.dirname(__file__), "..", "build", "test-cache"))
+# Names mean pretrained weights, downloaded on first use: offline, a model that is not
+# cached fails at once instead of downloading (tests build random weights with
+# pretrained=False; tests/test_hub.py clears this in the subprocesses it starts).
+os.environ.setdefault("S3VIZ_OFFLINE", "1")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -44,7 +49,7 @@ def pytest_collection_modifyitems(config, items):
 def tiny_upstream():
     from s3viz.upstreams import get_upstream
 
-    return get_upstream("tiny_random")
+    return get_upstream("tiny", pretrained=False)
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from s3viz.upstreams import get_upstream
 @pytest.fixture(scope="module")
 def store():
     corpus = synthetic_corpus(8, seed=0)
-    return s3viz.extract(get_upstream("tiny_random"), corpus, progress=False)
+    return s3viz.extract(get_upstream("tiny", pretrained=False), corpus, progress=False)
 
 
 def _probe(store, **kw):
@@ -42,8 +42,9 @@ def _similarity(store, **kw):
 
 
 def _stream(store, **kw):
-    return s3viz.stream_analysis(get_upstream("tiny_random"), synthetic_corpus(8, seed=0),
-                                 folds=2, split_by="utterance", **kw)
+    return s3viz.stream_analysis(get_upstream("tiny", pretrained=False),
+                                 synthetic_corpus(8, seed=0), folds=2, split_by="utterance",
+                                 **kw)
 
 
 # (entry point, bad keyword arguments, the argument the message must name)
@@ -201,8 +202,8 @@ def test_manifest_cannot_point_outside_the_cache(tmp_path):
 
     from s3viz.store import CacheCorruptionError, LayerStore
 
-    s3viz.extract(get_upstream("tiny_random"), synthetic_corpus(4, seed=0), progress=False,
-                  cache_dir=tmp_path)
+    s3viz.extract(get_upstream("tiny", pretrained=False), synthetic_corpus(4, seed=0),
+                  progress=False, cache_dir=tmp_path)
     root = next(p.parent for p in tmp_path.glob("*/manifest.json"))
     outside = tmp_path / "outside.pt"
     outside.write_bytes(b"x")
@@ -241,7 +242,7 @@ def test_finished_cache_on_read_only_storage_opens_without_a_lock(tmp_path, monk
     ex = importlib.import_module("s3viz.extraction")  # the module (s3viz.extract is the function)
 
     corpus = synthetic_corpus(4, seed=0)
-    up = get_upstream("tiny_random")
+    up = get_upstream("tiny", pretrained=False)
     first = s3viz.extract(up, corpus, progress=False, cache_dir=tmp_path)
 
     @contextlib.contextmanager
@@ -261,7 +262,7 @@ def test_finished_cache_on_read_only_storage_opens_without_a_lock(tmp_path, monk
 
 def test_audio_edited_in_place_is_not_served_from_the_old_cache(tmp_path):
     corpus = synthetic_corpus(4, seed=0)
-    up = get_upstream("tiny_random")
+    up = get_upstream("tiny", pretrained=False)
     before = s3viz.extract(up, corpus, progress=False, cache_dir=tmp_path).layer(0)[0].clone()
     corpus[0].wav[:] += 0.05 * np.random.default_rng(0).standard_normal(corpus[0].num_samples)
     after = s3viz.extract(up, corpus, progress=False, cache_dir=tmp_path).layer(0)[0]
@@ -322,7 +323,7 @@ def test_upstream_fingerprint_sees_code_and_plain_attributes():
 @pytest.fixture
 def cache(tmp_path):
     corpus = synthetic_corpus(6, seed=0)
-    up = get_upstream("tiny_random")
+    up = get_upstream("tiny", pretrained=False)
     store = s3viz.extract(up, corpus, progress=False, cache_dir=tmp_path, batch_size=3)
     root = next(p.parent for p in tmp_path.glob("*/manifest.json"))
     return {"corpus": corpus, "up": up, "store": store, "root": root, "dir": tmp_path}

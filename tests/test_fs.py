@@ -285,7 +285,8 @@ def test_export_into_a_folder_with_a_planted_link_writes_nothing_through_it(tmp_
 def _extract(corpus, cache):
     from s3viz.upstreams import get_upstream
 
-    return s3viz.extract(get_upstream("tiny_random"), corpus, progress=False, cache_dir=cache)
+    return s3viz.extract(get_upstream("tiny", pretrained=False), corpus, progress=False,
+                         cache_dir=cache)
 
 
 def test_a_lock_link_is_not_followed_or_truncated(tmp_path, victim):

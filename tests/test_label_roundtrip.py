@@ -44,7 +44,7 @@ def test_float_labels_are_not_rounded_by_the_disk_cache(tmp_path):
     for u, v in zip(corpus, values):
         u.labels["f0_mean"] = v
         u.labels["code"] = "01" if v < 1e-200 else "1"
-    store = s3viz.extract(get_upstream("tiny_random"), corpus, cache_dir=tmp_path,
+    store = s3viz.extract(get_upstream("tiny", pretrained=False), corpus, cache_dir=tmp_path,
                           progress=False)
     back = s3viz.LayerStore.open(store.path).labels
     assert back["f0_mean"].tolist() == values

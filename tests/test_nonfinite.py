@@ -24,12 +24,12 @@ def corpus():
 
 
 class Poisoned(AbsUpstream):
-    """tiny_random, with ``value`` written into one frame of one layer of one utterance
-    (recognised by its length)."""
+    """The random-weight tiny upstream, with ``value`` written into one frame of one
+    layer of one utterance (recognised by its length)."""
 
     def __init__(self, length, layer=2, value=float("nan")):
         super().__init__()
-        self.inner = get_upstream("tiny_random")
+        self.inner = get_upstream("tiny", pretrained=False)
         self.length, self.layer, self.value = length, layer, value
 
     num_layer = property(lambda self: self.inner.num_layer)
@@ -46,7 +46,7 @@ class Poisoned(AbsUpstream):
 
 
 def test_from_tensors_refuses_a_nan_and_names_it(corpus):
-    store = s3viz.extract(get_upstream("tiny_random"), corpus, progress=False)
+    store = s3viz.extract(get_upstream("tiny", pretrained=False), corpus, progress=False)
     hh = [[store.utterance(i)[layer] for layer in (0, 2)] for i in range(len(corpus))]
     hh[3][1] = hh[3][1].clone()
     hh[3][1][5, 7] = float("nan")

@@ -29,7 +29,7 @@ LAYERS = (0, 2)
 @pytest.fixture(scope="module")
 def frames():
     corpus = synthetic_corpus(N_UTT, seed=0)
-    st = s3viz.extract(get_upstream("tiny_random"), corpus, progress=False)
+    st = s3viz.extract(get_upstream("tiny", pretrained=False), corpus, progress=False)
     hh = [[st.utterance(i)[layer].double() for layer in LAYERS] for i in range(N_UTT)]
     return st, hh
 
@@ -237,11 +237,12 @@ def test_train_featurizer_standardises_any_offset_and_scale(frames, name, refere
 
 
 class _Scaled(torch.nn.Module):
-    """tiny_random with every hidden state times ``factor`` (a power of two: exact)."""
+    """The random-weight tiny upstream, every hidden state times ``factor`` (a power of
+    two: exact)."""
 
     def __init__(self, factor):
         super().__init__()
-        self.inner, self.factor = get_upstream("tiny_random"), factor
+        self.inner, self.factor = get_upstream("tiny", pretrained=False), factor
 
     num_layer = property(lambda self: self.inner.num_layer)
     hidden_sizes = property(lambda self: self.inner.hidden_sizes)

@@ -18,7 +18,7 @@ from s3viz.upstreams import get_upstream
 
 @pytest.fixture(scope="module")
 def store():
-    return s3viz.extract(get_upstream("tiny_random"), synthetic_corpus(16, seed=3),
+    return s3viz.extract(get_upstream("tiny", pretrained=False), synthetic_corpus(16, seed=3),
                          progress=False)
 
 

@@ -118,7 +118,11 @@ def test_random_weights_seeded_and_rng_untouched():
     state = torch.random.get_rng_state()
     a, b, c = tiny(pretrained=False), tiny(pretrained=False), tiny(pretrained=False, seed=1)
     assert torch.equal(torch.random.get_rng_state(), state)
-    assert a.name == "tiny_random" and a.config == tiny(pretrained=True).config
+    # one name for both; the weights say which is which
+    assert a.name == "tiny" and a.config == tiny(pretrained=True).config
+    assert a.weights == "random weights (seed 0)" and c.weights == "random weights (seed 1)"
+    assert tiny(pretrained=True).weights == (
+        "pretrained: the shipped tiny model (s3viz/zoo/tiny.pt)")
     sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert any(not torch.equal(sa[k], sc[k]) for k in sa)
@@ -188,6 +192,7 @@ def test_save_load_round_trip(tmp_path):
     assert sha == file_sha256(tmp_path / "m.pt")
     again = tiny(checkpoint=tmp_path / "m.pt")
     assert again.config == SMALL
+    assert again.weights == f"checkpoint {(tmp_path / 'm.pt').resolve()}"
     for k, v in model.state_dict().items():
         assert torch.equal(v, again.state_dict()[k])
     bad = tmp_path / "bad.pt"
