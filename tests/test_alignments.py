@@ -500,7 +500,7 @@ def test_everything_downstream_works_on_an_aligned_folder(corpus, mfa):
     from s3viz.widgets import alignment_explorer
 
     back = load_folder(mfa["audio"], mfa["labels"], alignments=mfa["alignments"], lazy=True)
-    up = get_upstream("tiny_random")
+    up = get_upstream("tiny", pretrained=False)
     store = s3viz.extract(up, back, progress=False)
     ref = s3viz.extract(up, corpus, progress=False)
     for target in ("phone", "word"):
@@ -523,7 +523,7 @@ def test_everything_downstream_works_on_an_aligned_folder(corpus, mfa):
 def test_run_with_alignments(mfa, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "s3viz.run", "--upstream", "tiny_random",
+        [sys.executable, "-m", "s3viz.run", "--upstream", "tiny", "--random-weights",
          "--folder", str(mfa["audio"]), "--labels", str(mfa["labels"]),
          "--alignments", str(mfa["alignments"]), "--targets", "phone", "word",
          "--folds", "2", "--split-by", "utterance", "--no-figures", "--out", str(out)],

@@ -13,6 +13,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 BASE = ["--corpus", "synthetic:12", "--targets", "gender", "--folds", "2",
         "--split-by", "utterance", "--no-figures", "--device", "cpu"]
+TINY = ["--upstream", "tiny", "--random-weights"]  # the tiny architecture, random weights
 
 
 def test_out_that_is_a_file_is_refused_before_the_run(tmp_path, capsys):
@@ -38,9 +39,9 @@ def test_layers_out_of_range_are_refused_before_any_extraction(tmp_path, monkeyp
         raise AssertionError("extraction started before --layers was checked")
 
     monkeypatch.setattr(s3viz.stream, "stream_analysis", never)
-    err = _fails(BASE + ["--upstream", "tiny_random", "--layers", "0", "99",
+    err = _fails(BASE + TINY + ["--layers", "0", "99",
                          "--out", str(tmp_path)], capsys)
-    assert "--layers 99: tiny_random has 5 hidden states" in err
+    assert "--layers 99: tiny has 5 hidden states" in err
 
 
 def test_frame_cka_over_layers_of_different_rates_is_refused(tmp_path, capsys):
@@ -58,7 +59,7 @@ def test_errors_give_advice_in_flags_that_can_help(tmp_path, capsys, argv, advic
     and only advice that can help: a fold error under an utterance split does not
     suggest an utterance split."""
     cut = [a for a in BASE if a not in ("--folds", "2", "--split-by", "utterance")]
-    err = _fails(cut + ["--upstream", "tiny_random", "--out", str(tmp_path)] + argv
+    err = _fails(cut + TINY + ["--out", str(tmp_path)] + argv
                  + (["--split-by", "utterance"] if "--split-by" not in argv else []), capsys)
     assert advice in err
     assert "split_by=" not in err and "folds=" not in err and "utterances=" not in err
@@ -77,12 +78,12 @@ def test_the_default_cka_level_says_when_it_is_utterance(tmp_path, capsys):
 
 def test_a_reused_out_folder_holds_only_the_new_run(tmp_path):
     out = tmp_path / "out"
-    run(parse_args(BASE + ["--upstream", "tiny_random", "--cka", "--out", str(out)]))
+    run(parse_args(BASE + TINY + ["--cka", "--out", str(out)]))
     assert (out / "cka.csv").exists()
     (out / "rank-notes.json").write_text("{}")  # the user's own files, named like ours
     (out / "rank-7.json").write_text("{}")
     (out / "notes.txt").write_text("the user's own file")
-    run(parse_args(BASE + ["--upstream", "tiny_random", "--out", str(out)]))
+    run(parse_args(BASE + TINY + ["--out", str(out)]))
     assert not (out / "cka.csv").exists()  # the earlier run's, listed in its run.json
     assert (out / "probes.csv").exists() and (out / "notes.txt").read_text().startswith("the")
     assert (out / "rank-notes.json").exists() and (out / "rank-7.json").exists()
@@ -92,9 +93,9 @@ def test_a_reused_out_folder_holds_only_the_new_run(tmp_path):
 
 def test_a_refused_run_removes_nothing(tmp_path, capsys):
     out = tmp_path / "out"
-    run(parse_args(BASE + ["--upstream", "tiny_random", "--out", str(out)]))
+    run(parse_args(BASE + TINY + ["--out", str(out)]))
     before = sorted(p.name for p in out.iterdir())
-    _fails(BASE + ["--upstream", "tiny_random", "--targets", "phoen", "--out", str(out)],
+    _fails(BASE + TINY + ["--targets", "phoen", "--out", str(out)],
            capsys)
     assert sorted(p.name for p in out.iterdir()) == before
 
@@ -103,7 +104,10 @@ def test_a_refused_run_removes_nothing(tmp_path, capsys):
     (["--store-frames", "FILE"], "--store-frames .* is a file"),
     (["--corpus", None, "--folder", "FILE"], "--folder .* is not a folder"),
     (["--cka-level", "frame"], "--cka-level needs --cka"),
-    (["--pretrained"], "tiny_random has no trained weights"),
+    # spectral learns nothing, so it has no random-weights control (TINY asks for one)
+    (["--upstream", "spectral"], r"--random-weights.*spectral|spectral.*--random-weights"),
+    # names mean pretrained weights: the old opt-in flag is gone
+    (["--pretrained"], "unrecognized arguments: --pretrained"),
 ])
 def test_arguments_that_cannot_work_are_refused_when_read(tmp_path, capsys, argv, message):
     (tmp_path / "f").write_text("mine")
@@ -114,8 +118,9 @@ def test_arguments_that_cannot_work_are_refused_when_read(tmp_path, capsys, argv
         del base[i:i + 2]
         argv = [a for a in argv if a not in ("--corpus", None)]
     with pytest.raises(SystemExit):
-        parse_args(base + ["--upstream", "tiny_random", "--out", str(tmp_path / "o")] + argv)
-    assert re.search(message, capsys.readouterr().err)
+        parse_args(base + TINY + ["--out", str(tmp_path / "o")] + argv)
+    err = capsys.readouterr().err
+    assert re.search(message, err.split("error:", 1)[1])  # the message, not the usage line
     assert (tmp_path / "f").read_text() == "mine"
 
 
@@ -127,7 +132,7 @@ def test_logistic_runs_refuse_bad_targets_before_extracting(tmp_path, capsys, ar
     """The logistic-only path extracts to --store-frames first; its target and fold
     errors must come before that, as the ridge path's do."""
     store = tmp_path / "frames"
-    err = _fails(BASE + ["--upstream", "tiny_random", "--methods", "logistic",
+    err = _fails(BASE + TINY + ["--methods", "logistic",
                          "--store-frames", str(store), "--out", str(tmp_path / "o")] + argv,
                  capsys)
     assert message in err
@@ -135,14 +140,14 @@ def test_logistic_runs_refuse_bad_targets_before_extracting(tmp_path, capsys, ar
 
 
 def test_a_device_other_than_cpu_or_cuda_is_refused(tmp_path, capsys):
-    err = _fails(BASE + ["--upstream", "tiny_random", "--device", "meta",
+    err = _fails(BASE + TINY + ["--device", "meta",
                          "--out", str(tmp_path)], capsys)
     assert "--device must be cpu, cuda or cuda:N" in err
 
 
 def test_library_warnings_reach_the_command_line_as_flags(tmp_path, capsys):
     cut = [a for a in BASE if a not in ("--split-by", "utterance")]
-    assert main(cut + ["--upstream", "tiny_random", "--targets", "speaker",
+    assert main(cut + TINY + ["--targets", "speaker",
                        "--out", str(tmp_path)]) == 0
     err = capsys.readouterr().err
     assert re.search(r"python -m s3viz.run: \w*Warning:", err) and "split_by=" not in err

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -14,17 +13,28 @@ import torch.multiprocessing as mp
 from s3viz.distributed import all_reduce_sum, dist_info, shard_indices
 
 N_UTT = 12
-UPSTREAM = "tiny_random"  # 5 layers of 192, all at rate 320: frame-level CKA works
+UPSTREAM = "tiny"  # 5 layers of 192, all at rate 320: frame-level CKA works
+
+
+def _upstream():
+    """The upstream the runs below use: ``--upstream tiny --random-weights``."""
+    from s3viz.upstreams import get_upstream
+
+    return get_upstream(UPSTREAM, pretrained=False)
 
 
 def _args(out, store_dir=None, **kw):
-    ns = argparse.Namespace(
-        upstream=UPSTREAM, pretrained=False, corpus=f"synthetic:{N_UTT}", folder=None,
-        labels=None, targets=["phone", "speaker"], folds=3, split_by="speaker", seed=0,
-        cka=True, cka_level="frame", layers=None, batch_size=4,
-        store_frames=None if store_dir is None else str(store_dir), device="cpu",
-        out=str(out), no_figures=False, alignments=None, phone_tier=None, word_tier=None,
-        phone_map=None)
+    """``python -m s3viz.run``'s arguments for the runs below, as its own parser reads
+    them (so every flag has the CLI's default), then ``kw`` set on top."""
+    from s3viz.run import parse_args
+
+    argv = ["--upstream", UPSTREAM, "--random-weights", "--corpus", f"synthetic:{N_UTT}",
+            "--targets", "phone", "speaker", "--folds", "3", "--split-by", "speaker",
+            "--seed", "0", "--cka", "--cka-level", "frame", "--batch-size", "4",
+            "--device", "cpu", "--out", str(out)]
+    if store_dir is not None:
+        argv += ["--store-frames", str(store_dir)]
+    ns = parse_args(argv)
     for k, v in kw.items():
         setattr(ns, k, v)
     return ns
@@ -52,10 +62,9 @@ def single(tmp_path_factory):
     """The single-process API on the whole corpus (the reference)."""
     import s3viz
     from s3viz.data import synthetic_corpus
-    from s3viz.upstreams import get_upstream
 
     corpus = synthetic_corpus(n_utterances=N_UTT, seed=0)
-    store = s3viz.extract(get_upstream(UPSTREAM), corpus, batch_size=4, device="cpu",
+    store = s3viz.extract(_upstream(), corpus, batch_size=4, device="cpu",
                           progress=False)
     probes = pd.concat([
         s3viz.probe_layers(store, "phone", folds=3, split_by="speaker", device="cpu"),
@@ -247,7 +256,7 @@ def test_run_on_a_folder_reads_lazily(single, tmp_path):
                  targets=["speaker"], no_figures=True)
     assert all(isinstance(u, FileUtterance) for u in _corpus(args))
     res = run(args)
-    store = s3viz.extract(s3viz.upstreams.get_upstream(UPSTREAM), load_folder(root, csv),
+    store = s3viz.extract(_upstream(), load_folder(root, csv),
                           batch_size=4, device="cpu", progress=False)
     want = s3viz.probe_layers(store, "speaker", folds=3, split_by="utterance", device="cpu")
     pd.testing.assert_frame_equal(res["probes"], want,
@@ -274,7 +283,6 @@ def _sharded_logistic(single, shards, targets, **kw):
     import s3viz
     from _sharding import ThreadSum, run_threads
     from s3viz.distributed import reference_store
-    from s3viz.upstreams import get_upstream
 
     corpus, full = single["corpus"], single["store"]
     kw = dict(method="logistic", dev_fraction=0, folds=3, device="cpu", **kw)
@@ -283,7 +291,7 @@ def _sharded_logistic(single, shards, targets, **kw):
         return pd.concat([s3viz.probe_layers(store, t, split_by=split, **kw, **extra)
                           for t, split in targets], ignore_index=True)
 
-    up = get_upstream(UPSTREAM)
+    up = _upstream()
     stores = [s3viz.extract(up, corpus[s], batch_size=4, device="cpu", progress=False)
               for s in shards]
     summer = ThreadSum(2)
