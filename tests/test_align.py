@@ -32,7 +32,7 @@ def hubert():
     """torchaudio's HuBERT Base architecture (random weights) as an s3prl upstream."""
     from s3viz.upstreams import torchaudio_upstream
 
-    return torchaudio_upstream("hubert_base")
+    return torchaudio_upstream("hubert_base", pretrained=False)
 
 
 @pytest.fixture(scope="module")

@@ -597,7 +597,7 @@ def test_hubert_base_adapter_passes():
         pytest.skip("s3viz.upstreams (the torchaudio adapter) does not exist yet")
     from s3viz.upstreams import torchaudio_upstream
 
-    upstream = torchaudio_upstream("hubert_base")  # random weights, no download
+    upstream = torchaudio_upstream("hubert_base", pretrained=False)  # random weights, offline
     report = check_upstream(upstream)
     assert report.ok, report
     rates = report[report["check"] == "lengths_rate"]

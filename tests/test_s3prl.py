@@ -70,7 +70,7 @@ def test_group_norm_model_behind_s3prl_changes_every_frame(s3prl_upstreams):
 def test_s3prl_hidden_states_equal_the_transformers_adapter(s3prl_upstreams, folders):
     """The same checkpoint through s3prl's hf_hubert_custom and through get_upstream(folder):
     equal on the frames the convolutions make (s3prl adds one repeated frame at the end)."""
-    ours = get_upstream(str(folders["layer"]), pretrained=True)
+    ours = get_upstream(str(folders["layer"]))  # a folder loads its own weights
     # the saved feature extractor has do_normalize=True (its default): s3prl's expert
     # normalises each waveform through it, and get_upstream read the same setting
     assert ours.normalize

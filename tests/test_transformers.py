@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# offline: conftest.py sets S3VIZ_OFFLINE (nothing here may reach the hub)
 T = pytest.importorskip("transformers")
 
 import s3viz  # noqa: E402
-from s3viz.upstreams import TransformersUpstream, WhisperEncoderUpstream, get_upstream  # noqa: E402
+from s3viz.upstreams import (  # noqa: E402
+    TransformersUpstream,
+    WhisperEncoderUpstream,
+    get_upstream,
+    is_random_weights,
+)
 
 LENGTHS = (6400, 9000, 4003)
 _COMMON = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
@@ -170,31 +173,39 @@ def saved(models, tmp_path_factory):
 
 @pytest.mark.slow
 def test_saved_folder_round_trip(models, saved):
+    """A folder loads its own weights (the default); pretrained=False gives seeded random
+    weights of its architecture."""
     wavs, lens = _wavs()
+    model = models["hubert-base"]
     with torch.no_grad():
-        want, _ = get_upstream(models["hubert-base"])(wavs, lens)
+        want, _ = get_upstream(model)(wavs, lens)
         for spec in (str(saved), saved, f"hf:{saved}"):
-            up = get_upstream(spec, pretrained=True)
+            up = get_upstream(spec)
+            assert up.weights == f"pretrained: folder {saved}"
+            state = up.model.state_dict()
+            assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
             assert up.normalize, "do_normalize is read from the saved feature extractor"
             up.normalize = False
             got, _ = up(wavs, lens)
             for a, b in zip(got, want):
                 torch.testing.assert_close(a, b)
-        random_up = get_upstream(str(saved))
-        assert random_up.weights.startswith("random (seed 0")
-        assert get_upstream(str(saved), pretrained=True).weights.startswith("pretrained")
+        random_up = get_upstream(str(saved), pretrained=False)
+        assert random_up.weights.startswith("random weights (seed 0")
+        assert str(saved) in random_up.weights and is_random_weights(random_up.weights)
         random_a = random_up(wavs, lens)[0]
-        random_b = get_upstream(str(saved))(wavs, lens)[0]
+        random_b = get_upstream(str(saved), pretrained=False)(wavs, lens)[0]
+        random_c = get_upstream(str(saved), pretrained=False, seed=1)(wavs, lens)[0]
     torch.testing.assert_close(random_a[-1], random_b[-1])  # seeded random weights
+    assert (random_a[-1] - random_c[-1]).abs().max() > 1e-3, "another seed, other weights"
     assert (random_a[-1] - want[-1]).abs().max() > 1e-3, "pretrained=False is random weights"
 
 
 def test_folder_without_feature_extractor_warns_that_it_does_not_normalise(models, tmp_path):
     models["hubert-base"].save_pretrained(tmp_path / "bare")
     with pytest.warns(UserWarning, match="NOT normalised. Pass normalize_waveform=True"):
-        up = get_upstream(tmp_path / "bare", pretrained=True)
+        up = get_upstream(tmp_path / "bare")
     assert up.normalize is False
-    assert get_upstream(tmp_path / "bare", pretrained=True, normalize_waveform=True).normalize
+    assert get_upstream(tmp_path / "bare", normalize_waveform=True).normalize
 
 
 def test_folder_names_and_home_paths(saved, tmp_path, monkeypatch):
@@ -202,7 +213,7 @@ def test_folder_names_and_home_paths(saved, tmp_path, monkeypatch):
     (tmp_path / "tiny").mkdir()  # a folder called "tiny" does not shadow the shipped model
     assert type(get_upstream("tiny")).__name__ == "TinyUpstream"
     monkeypatch.setenv("HOME", str(saved.parent))
-    assert get_upstream(f"~/{saved.name}", pretrained=True).num_layer == 3
+    assert get_upstream(f"~/{saved.name}").num_layer == 3
 
 
 def test_bfloat16_checkpoint_takes_float32_waveforms(models):
@@ -213,14 +224,31 @@ def test_bfloat16_checkpoint_takes_float32_waveforms(models):
     assert hs[0].dtype == torch.bfloat16 and torch.isfinite(hs[-1].float()).all()
 
 
-def test_offline_name_fails_fast_and_says_what_to_do(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+@pytest.mark.parametrize("var", ["S3VIZ_OFFLINE", "HF_HUB_OFFLINE"])
+@pytest.mark.parametrize("pretrained", [True, False])
+def test_offline_name_fails_fast_and_says_what_to_do(tmp_path, monkeypatch, var, pretrained):
+    """Offline and not cached: refused before any connection, naming the cache, the
+    variable and the command that fetches it (pretrained=False too: the architecture is
+    the repository's config)."""
+    import socket
+
+    import huggingface_hub.constants
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a network connection was attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.delenv("S3VIZ_OFFLINE")
+    monkeypatch.setenv(var, "1")
+    cache = str(tmp_path / "hub")
+    monkeypatch.setenv("HF_HUB_CACHE", cache)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", cache)
     with pytest.raises(FileNotFoundError) as info:
-        get_upstream("hf:facebook/hubert-base-ls960", pretrained=True)
+        get_upstream("hf:facebook/hubert-base-ls960", pretrained=pretrained, revision="v1")
     msg = str(info.value)
-    assert "'facebook/hubert-base-ls960' is not in the local cache" in msg
-    assert "hf download facebook/hubert-base-ls960" in msg and "never downloads" in msg
+    assert "'facebook/hubert-base-ls960' (revision 'v1') is not in huggingface_hub's cache" in msg
+    assert cache in msg and f"{var} is set, so nothing is downloaded" in msg
+    assert "hf download facebook/hubert-base-ls960 --revision v1" in msg
 
 
 def test_transformers_is_imported_only_when_needed():
@@ -234,7 +262,7 @@ def test_transformers_is_imported_only_when_needed():
 
 
 def test_bad_specs(tmp_path):
-    with pytest.raises(ValueError, match="'hf:' needs a model name"):
+    with pytest.raises(ValueError, match="'hf:' needs a repository id"):
         get_upstream("hf:")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="folder without config.json"):

@@ -1,9 +1,12 @@
-"""Upstream adapters: torchaudio wav2vec2/HuBERT/WavLM, the spectral baseline, from_s3prl.
+"""Upstream adapters: torchaudio wav2vec2/HuBERT/WavLM, the spectral baseline, from_s3prl,
+and what ``get_upstream``'s names and ``pretrained=`` mean.
 
-Everything runs offline on random weights. Base-size models are built once per
-module; architecture branches (group/layer norm extractor, post/pre-LN
-transformer, WavLM, waveform normalisation) are also covered by tiny models
-built from the same torchaudio factories.
+Everything runs offline (``S3VIZ_OFFLINE=1``, set by conftest.py): names mean
+pretrained weights, so the models here are built with ``pretrained=False`` (random
+weights), from weight files the tests write, or on the meta device (large ones).
+Base-size models are built once per module; architecture branches (group/layer norm
+extractor, post/pre-LN transformer, WavLM, waveform normalisation) are also covered
+by tiny models built from the same torchaudio factories.
 """
 
 from __future__ import annotations
@@ -19,15 +22,21 @@ from torchaudio.models import Wav2Vec2Model, wav2vec2_model, wavlm_model
 from s3viz.align import WAV2VEC2_CONV_LAYERS, conv_lengths, expected_lengths
 from s3viz.interface import AbsUpstream
 from s3viz.upstreams import (
+    ALIASES,
+    PRETRAINED_MODELS,
+    RANDOM_WEIGHTS,
     TORCHAUDIO_MODELS,
     S3PRLUpstreamAdapter,
     SpectralUpstream,
     TorchaudioUpstream,
     bundle_checkpoint,
     from_s3prl,
+    get_upstream,
+    is_random_weights,
     spectral_upstream,
     torchaudio_upstream,
     wav2vec2_hidden_states,
+    weights_of,
 )
 
 BASE_MODELS = ("hubert_base", "wav2vec2_base", "wavlm_base")
@@ -86,7 +95,7 @@ def _check_batch_invariance(up, wavs, batch, wavs_len, rtol):
 
 @pytest.fixture(scope="module")
 def base_upstreams():
-    return {name: torchaudio_upstream(name) for name in BASE_MODELS}
+    return {name: torchaudio_upstream(name, pretrained=False) for name in BASE_MODELS}
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +152,7 @@ def test_torchaudio_base_properties(base_upstreams, name):
     assert isinstance(up, AbsUpstream) and isinstance(up, torch.nn.Module)
     assert isinstance(up.model, Wav2Vec2Model)
     assert not up.training and not up.model.training, "built in eval mode"
-    assert up.name == name and up.weights == "random(seed=0)"
+    assert up.name == name and up.weights == "random weights (seed 0)"
     assert up.num_layer == up.num_layers == 13
     assert up.hidden_sizes == [768] * 13
     assert up.downsample_rates == [320] * 13
@@ -154,7 +163,7 @@ def test_torchaudio_base_properties(base_upstreams, name):
 
 
 def test_wavlm_base_plus_properties():
-    up = torchaudio_upstream("wavlm_base_plus")
+    up = torchaudio_upstream("wavlm_base_plus", pretrained=False)
     assert up.num_layer == 13 and up.hidden_sizes == [768] * 13
     assert up.model.encoder.transformer.layers[0].attention.num_buckets == 320
 
@@ -265,9 +274,10 @@ def test_hidden_states_function_matches_module():
 
 def test_random_init_reproducible_and_global_rng_untouched(base_upstreams):
     state = torch.get_rng_state()
-    again = torchaudio_upstream("hubert_base")
+    again = torchaudio_upstream("hubert_base", pretrained=False)
     assert torch.equal(torch.get_rng_state(), state), "building must not consume the global RNG"
-    other_seed = torchaudio_upstream("hubert_base", seed=1)
+    other_seed = torchaudio_upstream("hubert_base", pretrained=False, seed=1)
+    assert other_seed.weights == "random weights (seed 1)"
     key = "encoder.transformer.layers.0.attention.q_proj.weight"
     ref = base_upstreams["hubert_base"].model.state_dict()[key]
     assert torch.equal(again.model.state_dict()[key], ref)
@@ -290,16 +300,21 @@ def test_unknown_model_name():
     }
 
 
-def test_pretrained_missing_says_what_to_download(tmp_path, monkeypatch):
+def test_pretrained_missing_offline_says_what_to_download(tmp_path, monkeypatch):
+    """Offline (S3VIZ_OFFLINE, set by conftest.py) and not cached: refused at once with
+    the URL, where to put the file and the variable; nothing is written."""
+    assert os.environ.get("S3VIZ_OFFLINE") == "1"
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     url, path = bundle_checkpoint("wavlm_base")
     assert url == "https://download.pytorch.org/torchaudio/models/wavlm_base.pth"
     assert path == os.path.join(str(tmp_path), "hub", "checkpoints", "wavlm_base.pth")
     with pytest.raises(FileNotFoundError) as info:
-        torchaudio_upstream("wavlm_base", pretrained=True)
+        torchaudio_upstream("wavlm_base")  # pretrained is the default
     message = str(info.value)
     assert url in message and path in message and "WAVLM_BASE" in message
-    assert not os.path.exists(path), "nothing is downloaded"
+    assert "S3VIZ_OFFLINE" in message and "pretrained=False" in message
+    assert not os.path.exists(path) and not os.path.exists(os.path.dirname(path)), (
+        "nothing is downloaded")
 
 
 def _legacy_layout(state):
@@ -330,8 +345,10 @@ def local_hubert_weights(base_upstreams, tmp_path_factory):
 def test_pretrained_loads_local_file(local_hubert_weights, monkeypatch):
     home, path, state = local_hubert_weights
     monkeypatch.setenv("TORCH_HOME", str(home))
-    up = torchaudio_upstream("hubert_base", pretrained=True)
-    assert up.weights == "torchaudio:HUBERT_BASE" and not up.training
+    up = torchaudio_upstream("hubert_base")  # pretrained: the cached file, even offline
+    assert up.weights == ("pretrained: torchaudio.pipelines.HUBERT_BASE "
+                          "(hubert_fairseq_base_ls960.pth)") and not up.training
+    assert not is_random_weights(up.weights) and weights_of(up) == up.weights
     loaded = up.model.state_dict()
     key = "encoder.transformer.layer_norm.bias"
     assert torch.equal(loaded[key], state[key])
@@ -342,7 +359,7 @@ def test_pretrained_loads_local_file(local_hubert_weights, monkeypatch):
 def test_checkpoint_path(local_hubert_weights, tmp_path):
     _, path, state = local_hubert_weights
     up = torchaudio_upstream("hubert_base", checkpoint=str(path))
-    assert up.weights.startswith("checkpoint:")
+    assert up.weights == f"checkpoint {path}"
     key = "encoder.transformer.layer_norm.bias"
     assert torch.equal(up.model.state_dict()[key], state[key])
     with pytest.raises(FileNotFoundError, match="checkpoint"):
@@ -352,8 +369,9 @@ def test_checkpoint_path(local_hubert_weights, tmp_path):
     with pytest.raises(ValueError, match="import_fairseq_model"):
         torchaudio_upstream("hubert_base", checkpoint=str(bad))
     torch.save([torch.zeros(3)], bad)
-    with pytest.raises(TypeError, match="not a state dict"):
+    with pytest.raises(ValueError, match="not a state dict"):
         torchaudio_upstream("hubert_base", checkpoint=str(bad))
+    assert bad.exists(), "a file s3viz did not download is never deleted"
 
 
 @pytest.mark.parametrize(
@@ -380,7 +398,7 @@ def test_bad_inputs(wavs, wavs_len, error, match):
 def test_hubert_large():
     """Built once: 25 hidden states of 1024; pre-LN: the last one is layer-normed; the
     waveform is normalised per utterance (as the HUBERT_LARGE bundle does)."""
-    up = torchaudio_upstream("hubert_large")
+    up = torchaudio_upstream("hubert_large", pretrained=False)
     assert up.num_layer == 25 and up.hidden_sizes == [1024] * 25
     assert up.downsample_rates == [320] * 25 and up.normalize_waveform
     wavs, batch, wavs_len = _wavs((8000, 5000))
@@ -656,3 +674,180 @@ def test_check_upstream(base_upstreams, name):
         assert lengths["value"].between(-2, 0).all(), report
     else:
         assert report.failures.empty and report.warnings.empty, report
+
+
+# --------------------------------------------------------------------------- get_upstream
+
+
+def _n_params(up) -> int:
+    return sum(p.numel() for p in up.parameters())
+
+
+def _same_architecture(a, b):
+    assert type(a) is type(b)
+    assert a.num_layer == b.num_layer and a.hidden_sizes == b.hidden_sizes
+    assert a.downsample_rates == b.downsample_rates
+    assert _n_params(a) == _n_params(b)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb) and all(sa[k].shape == sb[k].shape for k in sa)
+
+
+def test_tiny_random_weights_are_the_control_of_the_shipped_model():
+    pre = get_upstream("tiny")
+    a = get_upstream("tiny", pretrained=False)
+    b = get_upstream("tiny", pretrained=False)
+    other = get_upstream("tiny", pretrained=False, seed=1)
+    _same_architecture(a, pre)
+    assert a.name == pre.name == "tiny"
+    assert a.weights == "random weights (seed 0)" and a.weights.startswith(RANDOM_WEIGHTS)
+    assert is_random_weights(a.weights) and not is_random_weights(pre.weights)
+    assert pre.weights.startswith("pretrained: ") and weights_of(pre) == pre.weights
+    sa, sb, so, sp = (m.state_dict() for m in (a, b, other, pre))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa), "same seed, same weights"
+    assert any(not torch.equal(sa[k], so[k]) for k in sa), "another seed, other weights"
+    assert any(not torch.equal(sa[k], sp[k]) for k in sa), "random is not the trained model"
+    wavs, batch, wavs_len = _wavs((6400, 4000))
+    with torch.inference_mode():
+        ha, _ = a(batch, wavs_len)
+        hb, _ = b(batch, wavs_len)
+        hp, _ = pre(batch, wavs_len)
+    assert all(torch.equal(x, y) for x, y in zip(ha, hb, strict=True))
+    assert float((ha[-1] - hp[-1]).abs().max()) > 1e-2
+
+
+def test_every_alias_names_a_pretrained_model():
+    assert set(ALIASES.values()) <= set(PRETRAINED_MODELS)
+    assert not set(ALIASES) & set(PRETRAINED_MODELS), "an alias never shadows a name"
+    assert set(TORCHAUDIO_MODELS) == {k for k, v in PRETRAINED_MODELS.items()
+                                      if v.source == "torchaudio"}
+
+
+_TORCHAUDIO_ALIASES = sorted(a for a, k in ALIASES.items() if k in TORCHAUDIO_MODELS)
+_HF_ALIASES = sorted(a for a, k in ALIASES.items() if PRETRAINED_MODELS[k].source == "hf")
+
+
+@pytest.mark.parametrize("alias", _TORCHAUDIO_ALIASES)
+def test_torchaudio_alias_is_its_target(alias):
+    """Built on the meta device (no memory, no time: hubert_xlarge has 1B parameters)."""
+    target = ALIASES[alias]
+    with torch.device("meta"):
+        a = get_upstream(alias, pretrained=False)
+        b = get_upstream(target, pretrained=False)
+    assert next(a.parameters()).is_meta
+    _same_architecture(a, b)
+    assert a.name == b.name == target and a.normalize_waveform == b.normalize_waveform
+    assert is_random_weights(a.weights)
+    assert bundle_checkpoint(alias) == bundle_checkpoint(target)
+
+
+@pytest.mark.parametrize("alias", ["hubert", "wavlm"])
+def test_alias_random_weights_equal_the_targets(alias):
+    """Built for real: the random weights are those of the target name and seed."""
+    a = get_upstream(alias, pretrained=False)
+    b = torchaudio_upstream(ALIASES[alias], pretrained=False)
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("alias", _HF_ALIASES)
+def test_hugging_face_alias_is_its_targets_repository(alias, tmp_path, monkeypatch):
+    """The architecture of a Hugging Face name is its repository's config, which is not
+    here offline: the refusal names the target's repository."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    repo = PRETRAINED_MODELS[ALIASES[alias]].ref
+    for name in (alias, ALIASES[alias]):
+        with pytest.raises(FileNotFoundError, match=f"'{repo}'"):
+            get_upstream(name, pretrained=False)
+
+
+def _no_network(monkeypatch):
+    """Any connection attempt fails the test (s3viz must not even try, offline)."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a network connection was attempted: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_offline_torchaudio_name_fails_at_once(tmp_path, monkeypatch):
+    _no_network(monkeypatch)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    folder = os.path.join(str(tmp_path), "hub", "checkpoints")
+    for name in ("hubert_base", "hubert"):
+        with pytest.raises(FileNotFoundError) as info:
+            get_upstream(name)
+        message = str(info.value)
+        assert "hubert_base" in message and "HUBERT_BASE" in message
+        assert "S3VIZ_OFFLINE" in message and folder in message
+    assert not os.listdir(tmp_path), "nothing is written"
+
+
+@pytest.mark.parametrize("var", ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"])
+def test_the_hugging_face_offline_variables_also_stop_downloads(var, tmp_path, monkeypatch):
+    _no_network(monkeypatch)
+    monkeypatch.delenv("S3VIZ_OFFLINE")
+    monkeypatch.setenv(var, "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=var):
+        get_upstream("wavlm_base_plus")
+
+
+def test_offline_hugging_face_name_fails_at_once(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    _no_network(monkeypatch)
+    cache = tmp_path / "hf"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    for name in ("distilhubert", "distilhubert_base"):
+        with pytest.raises(FileNotFoundError) as info:
+            get_upstream(name)
+        message = str(info.value)
+        assert "'ntu-spml/distilhubert'" in message and str(cache) in message
+        assert "S3VIZ_OFFLINE" in message and "hf download ntu-spml/distilhubert" in message
+    assert not cache.exists() or not any(cache.rglob("*")), "nothing is written"
+
+
+def test_refusals_of_get_upstream(tmp_path):
+    with pytest.raises(ValueError, match="'spectral' has no learned weights"):
+        get_upstream("spectral", pretrained=False)
+    assert get_upstream("spectral").weights.startswith("not learned")
+    with pytest.raises(ValueError, match="carries its own weights"):
+        get_upstream(TorchaudioUpstream(_tiny_model("wav2vec2", "group_norm", False)),
+                     pretrained=False)
+    weights = tmp_path / "model.pth"  # a state dict: nothing in it says its architecture
+    torch.save({"encoder.weight": torch.zeros(2)}, weights)
+    with pytest.raises(ValueError, match=r"get_upstream\('hubert_base', checkpoint=PATH\)"):
+        get_upstream(str(weights))
+    with pytest.raises(TypeError, match="revision= applies to 'hf:"):
+        get_upstream("hubert_base", revision="main")
+    with pytest.raises(TypeError, match="revision= applies to 'hf:"):
+        get_upstream("tiny", revision="main")
+    with pytest.raises(TypeError, match="pretrained must be True or False"):
+        get_upstream("tiny", pretrained="no")
+    with pytest.raises(TypeError, match="checkpoint= applies to torchaudio models"):
+        get_upstream("distilhubert", checkpoint=str(weights))
+    with pytest.raises(ValueError, match="unknown upstream 'hubert_tiny'"):
+        get_upstream("hubert_tiny")
+
+
+@pytest.mark.parametrize("name", [
+    "hubert_base",
+    pytest.param("tiny", marks=pytest.mark.xfail(
+        strict=True, raises=pytest.fail.Exception,
+        reason="tiny(pretrained=False, checkpoint=...) loads the checkpoint (its docstring: "
+               "checkpoint implies pretrained=True)")),
+])
+def test_checkpoint_with_random_weights_is_refused(name, tmp_path):
+    from s3viz.zoo import tiny
+    from s3viz.zoo.tiny import save_tiny_weights
+
+    path = tmp_path / "w.pt"  # a file that loads, for tiny (hubert_base refuses unread)
+    save_tiny_weights(tiny(pretrained=False), path)
+    with pytest.raises(ValueError, match="pretrained=False"):
+        get_upstream(name, pretrained=False, checkpoint=str(path))
