@@ -1,8 +1,9 @@
 """Sharded runs (torchrun -m s3viz.run): scaling 1 -> 2 processes, memory per rank.
 
 Each configuration launches ``torchrun --nproc_per_node=P -m s3viz.run`` (gloo on
-CPU) with the tiny_random upstream on a synthetic corpus, the phone and speaker
-ridge probes and the CKA, batches of at most 16 utterances and 20 s of padded audio. Reported:
+CPU) with the tiny upstream's random weights (``--upstream tiny --random-weights``) on a
+synthetic corpus, the phone and speaker ridge probes and the CKA, batches of at most 16
+utterances and 20 s of padded audio. Reported:
 
 - wall time of the whole command (process start, imports, corpus, two streamed
   passes, all_reduce, writing) and the in-run time (slowest rank, from
@@ -40,11 +41,11 @@ BATCH = 16
 BATCH_SECONDS = 20.0
 
 
-def _run(nproc: int, n_utt: int, out: Path, *, store: Path | None = None, device="cpu",
-         upstream="tiny_random") -> dict:
+def _run(nproc: int, n_utt: int, out: Path, *, store: Path | None = None, device="cpu"
+         ) -> dict:
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-           "--standalone",
-           "-m", "s3viz.run", "--upstream", upstream, "--corpus", f"synthetic:{n_utt}",
+           "--standalone", "-m", "s3viz.run", "--upstream", "tiny", "--random-weights",
+           "--corpus", f"synthetic:{n_utt}",
            "--targets", "phone", "speaker", "--cka", "--no-figures", "--device", device,
            "--batch-size", str(BATCH), "--max-batch-seconds", str(BATCH_SECONDS),
            "--out", str(out)]
@@ -70,7 +71,7 @@ from s3viz.data import synthetic_corpus
 from s3viz.upstreams import get_upstream
 from s3viz.run import _current_rss_mb, _reset_peak_rss, _status_mb
 corpus = synthetic_corpus(n_utterances=int(sys.argv[1]), seed=0)
-up = get_upstream("tiny_random")
+up = get_upstream("tiny", pretrained=False)
 setup = _current_rss_mb()
 _reset_peak_rss()
 store = s3viz.extract(up, corpus, batch_size=int(sys.argv[2]), max_batch_seconds=float(sys.argv[3]),

@@ -79,7 +79,7 @@ class BaseShaped(AbsUpstream):
 def make_upstream(device):
     from s3viz.upstreams import torchaudio_upstream
 
-    return torchaudio_upstream("hubert_base").to(device).eval()
+    return torchaudio_upstream("hubert_base", pretrained=False).to(device).eval()
 
 
 def _sync(device):

@@ -49,8 +49,8 @@ def main(argv=None):
     from s3viz.upstreams import get_upstream
 
     default = torch.get_num_threads()
-    store = s3viz.extract(get_upstream("tiny_random"), synthetic_corpus(8 if a.quick else 24),
-                          progress=False)
+    store = s3viz.extract(get_upstream("tiny", pretrained=False),
+                          synthetic_corpus(8 if a.quick else 24), progress=False)
     reps = 1 if a.quick else 3
     _work(1, store)  # warm up
     res = {}

@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     corpus = held_out_corpus(n)
     t_data = time.time() - t0
     trained = tiny(pretrained=True) if args.weights is None else tiny(checkpoint=args.weights)
-    models = {"tiny": trained, "tiny_random": tiny(pretrained=False, config=trained.config),
+    models = {"tiny": trained, "random": tiny(pretrained=False, config=trained.config),
               "spectral": spectral_upstream()}
     t1 = time.time()
     results = probe_comparison(models, corpus, device=args.device)

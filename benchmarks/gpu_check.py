@@ -121,7 +121,7 @@ def _compare_runs(gpu_dir: Path, cpu_dir: Path, backend: str = "nccl") -> List[s
 
 def _run_cmd(nproc: int, device: str, out: Path) -> List[str]:
     return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-            "--standalone", "-m", "s3viz.run", "--upstream", "tiny_random",
+            "--standalone", "-m", "s3viz.run", "--upstream", "tiny", "--random-weights",
             "--corpus", "synthetic:24", "--targets", "phone", "speaker", "--cka",
             "--no-figures", "--device", device, "--out", str(out)]
 

@@ -582,7 +582,7 @@ def best_layers(results: pd.DataFrame) -> pd.DataFrame:
         drop=True)
 
 
-def bar_check(results: pd.DataFrame, model: str = "tiny", random: str = "tiny_random",
+def bar_check(results: pd.DataFrame, model: str = "tiny", random: str = "random",
               baseline: str = "spectral") -> pd.DataFrame:
     """Differences of best-layer accuracies (in points) between ``model`` and the others.
 
@@ -754,7 +754,7 @@ def model_card(summary: dict, results: pd.DataFrame | None = None,
         for _, r in bar.iterrows():
             lines.append(
                 f"| {r['target']} | {r['tiny']:.1f} ({r['tiny_layer']}) | "
-                f"{r['tiny_random']:.1f} ({r['tiny_random_layer']}) | "
+                f"{r['random']:.1f} ({r['random_layer']}) | "
                 f"{r['spectral']:.1f} ({r['spectral_layer']}) | {r['vs_random']:+.1f} | "
                 f"{r['vs_baseline']:+.1f} |")
         lines += ["", "Phone accuracy per layer (%):", ""] + _layer_table(results, "phone")
@@ -876,7 +876,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         summary["eval_utterances"] = len(held)
         trained = tiny(checkpoint=out)  # evaluate what was saved (float16 round trip)
         random = tiny(pretrained=False, config=trained.config)
-        results = probe_comparison({"tiny": trained, "tiny_random": random,
+        results = probe_comparison({"tiny": trained, "random": random,
                                     "spectral": ups.spectral_upstream()}, held)
         folder = OwnedFolder(out.parent, "the weights folder")
         folder.write_with(out.with_suffix(".probes.csv").name,
