@@ -692,7 +692,7 @@ def _same_architecture(a, b):
     assert list(sa) == list(sb) and all(sa[k].shape == sb[k].shape for k in sa)
 
 
-def test_tiny_random_weights_are_the_control_of_the_shipped_model():
+def test_random_tiny_is_the_control_of_the_shipped_model():
     pre = get_upstream("tiny")
     a = get_upstream("tiny", pretrained=False)
     b = get_upstream("tiny", pretrained=False)
