@@ -238,7 +238,8 @@ def test_offline_name_fails_fast_and_says_what_to_do(tmp_path, monkeypatch, var,
         raise AssertionError("a network connection was attempted")
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.delenv("S3VIZ_OFFLINE")
+    for other in ("S3VIZ_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(other, raising=False)  # test_s3prl.py sets HF_HUB_OFFLINE
     monkeypatch.setenv(var, "1")
     cache = str(tmp_path / "hub")
     monkeypatch.setenv("HF_HUB_CACHE", cache)

@@ -790,7 +790,8 @@ def test_offline_torchaudio_name_fails_at_once(tmp_path, monkeypatch):
 @pytest.mark.parametrize("var", ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"])
 def test_the_hugging_face_offline_variables_also_stop_downloads(var, tmp_path, monkeypatch):
     _no_network(monkeypatch)
-    monkeypatch.delenv("S3VIZ_OFFLINE")
+    for other in ("S3VIZ_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(other, raising=False)  # test_s3prl.py sets HF_HUB_OFFLINE
     monkeypatch.setenv(var, "1")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(FileNotFoundError, match=var):
