@@ -38,7 +38,7 @@ ONE_FUNCTION = {
     "cka", "cka_level",  # stream_analysis
     "cpu_vs_gpu",  # compare_frame_utterance
     "pca_frames",  # WeightedScorer
-    "key", "trusted_types",  # load_featurizer_weights
+    "key",  # load_featurizer_weights
     "logits", "probs",  # WeightedSumFeaturizer.set_weights
     "warnings",  # ContractReport.raise_for_violations
     "rate_or_upstream",  # frame_timeline

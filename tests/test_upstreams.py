@@ -837,13 +837,7 @@ def test_refusals_of_get_upstream(tmp_path):
         get_upstream("hubert_tiny")
 
 
-@pytest.mark.parametrize("name", [
-    "hubert_base",
-    pytest.param("tiny", marks=pytest.mark.xfail(
-        strict=True, raises=pytest.fail.Exception,
-        reason="tiny(pretrained=False, checkpoint=...) loads the checkpoint (its docstring: "
-               "checkpoint implies pretrained=True)")),
-])
+@pytest.mark.parametrize("name", ["hubert_base", "tiny"])
 def test_checkpoint_with_random_weights_is_refused(name, tmp_path):
     from s3viz.zoo import tiny
     from s3viz.zoo.tiny import save_tiny_weights

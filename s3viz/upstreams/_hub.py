@@ -148,10 +148,11 @@ def torchaudio_base_url() -> str:
 
 
 def hf_cache_dir() -> str:
-    """huggingface_hub's cache folder (``HF_HUB_CACHE``, ``HF_HOME/hub`` or the default)."""
+    """huggingface_hub's cache folder, as huggingface_hub itself reads it (``HF_HUB_CACHE``,
+    ``HF_HOME/hub`` or the default, fixed when huggingface_hub is imported)."""
     from huggingface_hub import constants
 
-    return os.environ.get("HF_HUB_CACHE") or str(constants.HF_HUB_CACHE)
+    return str(constants.HF_HUB_CACHE)
 
 
 def torch_hub_checkpoints() -> str:

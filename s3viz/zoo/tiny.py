@@ -360,7 +360,7 @@ def tiny(pretrained: bool = True, *, seed: int = 0,
             weights drawn from ``seed`` (the global RNG is left untouched).
         seed: seed of the random weights when ``pretrained=False``.
         checkpoint: another weights file (e.g. from ``python -m s3viz.zoo.train_tiny
-            --out PATH``); implies ``pretrained=True``. (Was ``weights``.)
+            --out PATH``) instead of the shipped one; refused with ``pretrained=False``. (Was ``weights``.)
         config: architecture of a random model (default: the shipped model's);
             not allowed with pretrained weights, which carry their own.
 
@@ -370,7 +370,10 @@ def tiny(pretrained: bool = True, *, seed: int = 0,
     """
     if not isinstance(pretrained, bool):
         raise TypeError(f"pretrained must be True or False, got {pretrained!r}")
-    if checkpoint is not None or pretrained:
+    if checkpoint is not None and not pretrained:
+        raise ValueError("tiny: checkpoint= gives weights and pretrained=False asks for random "
+                         "ones; pass one of them")
+    if pretrained:
         if config is not None:
             raise ValueError("config= is only for pretrained=False; weights files carry "
                              "their own config")
