@@ -367,8 +367,9 @@ def _write(args, probes, cka, meta: dict) -> None:
     meta = dict(meta, files=[n for n, df in (("probes.csv", probes), ("cka.csv", cka))
                              if df is not None] + figures + ["run.json"]
                 + [f"rank-{k}.json" for k in range(meta["world_size"])])
-    if probes is not None:
-        out.write_with("probes.csv", lambda f: probes.to_csv(f, index=False), text=True)
+    if probes is not None:  # the weights travel with the rows, beyond run.json
+        out.write_with("probes.csv", lambda f: probes.assign(weights=meta["weights"]).to_csv(
+            f, index=False), text=True)
     if cka is not None:
         out.write_with("cka.csv", lambda f: cka.to_csv(f), text=True)
     out.write_text("run.json", json.dumps(meta, indent=2))

@@ -177,6 +177,11 @@ def fetch_torchaudio(name: str, bundle_name: str, filename: str) -> Tuple[str, b
     path = os.path.join(folder, filename)
     if os.path.isfile(path):
         return path, False
+    if os.path.lexists(path):  # a folder, or a link to one or to nothing: not downloaded into
+        raise FileExistsError(
+            f"{name}: {path} is there but is not a weight file (a folder or a link); s3viz "
+            "downloads only to a free name and follows no link there. Move it away, or put "
+            "the weight file itself there")
     url = torchaudio_base_url() + filename
     var = offline()
     if var is not None:

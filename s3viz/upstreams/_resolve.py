@@ -80,14 +80,15 @@ def get_upstream(name_or_object: Union[str, os.PathLike, object], *, pretrained:
         repo = name[3:].strip()
         if not repo:
             raise ValueError("'hf:' needs a repository id, e.g. 'hf:facebook/hubert-base-ls960'")
+        # as transformers' from_pretrained: a repository id, or a local folder of that path
         return _transformers.load_transformers(repo, pretrained=pretrained, **kwargs)
     if "revision" in kwargs:
         raise TypeError(f"revision= applies to 'hf:<repository id>' names, not {name!r}")
-    if name == "tiny":
+    if name.lower() == "tiny":
         from ..zoo import tiny
 
         return tiny(pretrained=pretrained, **kwargs)
-    if name == "spectral":
+    if name.lower() == "spectral":
         if not pretrained:
             raise ValueError("'spectral' has no learned weights, so it has no random-weights "
                              "control: it is itself the baseline; leave pretrained out")
@@ -101,7 +102,8 @@ def get_upstream(name_or_object: Union[str, os.PathLike, object], *, pretrained:
             raise TypeError(f"checkpoint= applies to torchaudio models; {key!r} comes from "
                             f"Hugging Face ({spec.ref}): pass a save_pretrained folder instead")
         kwargs.setdefault("name", key)
-        return _transformers.load_transformers(spec.ref, pretrained=pretrained, **kwargs)
+        return _transformers.load_transformers(spec.ref, pretrained=pretrained,
+                                               repository=True, **kwargs)
     # a path is tried after the built-in names, so a folder called "tiny" cannot shadow them
     path = os.path.expanduser(name)
     if os.path.isdir(path):

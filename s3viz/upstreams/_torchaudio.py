@@ -472,6 +472,11 @@ _FAIRSEQ_DEFAULTS = {  # fairseq's (and s3prl's) HubertConfig / Wav2Vec2Config d
 }
 
 
+_TA_ARG = {"encoder_embed_dim": "encoder_embed_dim",
+           "encoder_attention_heads": "encoder_num_heads",
+           "conv_pos_groups": "encoder_pos_conv_groups"}
+
+
 def _conv_spec(text, where: str) -> list:
     """fairseq's ``conv_feature_layers`` ("[(512, 10, 5)] + [(512, 3, 2)] * 4 ..."), read
     without eval: lists and tuples of ints joined by ``+`` and ``*`` only."""
@@ -485,15 +490,45 @@ def _conv_spec(text, where: str) -> list:
             return items if isinstance(node, ast.List) else tuple(items)
         if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
             left, right = value(node.left), value(node.right)
-            return left + right if isinstance(node.op, ast.Add) else left * right
+            if isinstance(node.op, ast.Add):
+                return left + right
+            if not isinstance(left, list) or isinstance(right, (list, tuple)) or not (
+                    0 <= right and len(left) * right <= _MAX_CONV_LAYERS):
+                raise ValueError  # only [layers] * count, and never a long list
+            return left * right
         raise ValueError
     try:
         layers = value(ast.parse(str(text), mode="eval").body)
         layers = [(int(d), int(k), int(s)) for d, k, s in layers]
-    except (SyntaxError, ValueError, TypeError):
-        raise ValueError(f"{where}: conv_feature_layers {text!r} is not a list of "
-                         "(dim, kernel, stride) tuples") from None
+    except (SyntaxError, ValueError, TypeError, RecursionError, MemoryError):
+        raise ValueError(f"{where}: conv_feature_layers {str(text)[:200]!r} is not a list of at "
+                         f"most {_MAX_CONV_LAYERS} (dim, kernel, stride) tuples") from None
+    if not layers or any(min(layer) < 1 for layer in layers):
+        raise ValueError(f"{where}: conv_feature_layers {text!r} needs positive (dim, kernel, "
+                         "stride) tuples")
     return layers
+
+
+_MAX_CONV_LAYERS = 64
+"""More convolution layers than any released model has (7): a bound for reading configs."""
+
+
+def _cfg_value(cfg: dict, key: str, kind: type, where: str, low=None, section="model_cfg"):
+    """``cfg[key]`` as a bool, int or float, refused when it is spelled otherwise (a text
+    "False" is not False) or below ``low``."""
+    value = cfg[key]
+    if kind is bool:
+        ok = isinstance(value, bool) or (isinstance(value, int) and value in (0, 1))
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or (low is not None and value < low):
+        raise ValueError(f"{where}: {section} {key}={value!r} is not "
+                         + ("True or False" if kind is bool else
+                            f"{'an int' if kind is int else 'a number'}"
+                            + (f" >= {low}" if low is not None else "")))
+    return kind(value)
 
 
 def from_s3prl_checkpoint(path, *, pretrained: bool = True, seed: int = 0,
@@ -523,9 +558,9 @@ def from_s3prl_checkpoint(path, *, pretrained: bool = True, seed: int = 0,
         "model_weight)", "convert it where you trust the file (s3prl's convert.py) and save "
         "plain dicts and tensors"))
     missing = [k for k in ("model_cfg", "model_weight") if not isinstance(state, dict)
-               or k not in state]
+               or not isinstance(state.get(k), dict)]
     if missing:
-        raise ValueError(f"{where}: no {missing} entries, so its architecture is unknown. A "
+        raise ValueError(f"{where}: no {missing} dicts, so its architecture is unknown. A "
                          "weight file loads by its path when it is s3prl's converted HuBERT / "
                          "wav2vec 2.0 checkpoint (task_cfg, model_cfg, model_weight); a "
                          "torchaudio state dict needs its architecture's name: "
@@ -541,24 +576,35 @@ def from_s3prl_checkpoint(path, *, pretrained: bool = True, seed: int = 0,
     if mode is None:
         raise ValueError(f"{where}: extractor_mode {cfg['extractor_mode']!r} is neither "
                          "'default' nor 'layer_norm'")
+    def get(key, kind, low=None):
+        return _cfg_value(cfg, key, kind, where, low)
+
     params = dict(
         extractor_mode=mode,
         extractor_conv_layer_config=_conv_spec(cfg["conv_feature_layers"], where),
-        extractor_conv_bias=bool(cfg["conv_bias"]),
-        encoder_embed_dim=int(cfg["encoder_embed_dim"]),
-        encoder_projection_dropout=float(cfg["dropout_input"]),
-        encoder_pos_conv_kernel=int(cfg["conv_pos"]),
-        encoder_pos_conv_groups=int(cfg["conv_pos_groups"]),
-        encoder_num_layers=int(cfg["encoder_layers"]),
-        encoder_num_heads=int(cfg["encoder_attention_heads"]),
-        encoder_attention_dropout=float(cfg["attention_dropout"]),
-        encoder_ff_interm_features=int(cfg["encoder_ffn_embed_dim"]),
-        encoder_ff_interm_dropout=float(cfg["activation_dropout"]),
-        encoder_dropout=float(cfg["dropout"]),
-        encoder_layer_norm_first=bool(cfg["layer_norm_first"]),
+        extractor_conv_bias=get("conv_bias", bool),
+        encoder_embed_dim=get("encoder_embed_dim", int, 1),
+        encoder_projection_dropout=get("dropout_input", float, 0),
+        encoder_pos_conv_kernel=get("conv_pos", int, 1),
+        encoder_pos_conv_groups=get("conv_pos_groups", int, 1),
+        encoder_num_layers=get("encoder_layers", int, 1),
+        encoder_num_heads=get("encoder_attention_heads", int, 1),
+        encoder_attention_dropout=get("attention_dropout", float, 0),
+        encoder_ff_interm_features=get("encoder_ffn_embed_dim", int, 1),
+        encoder_ff_interm_dropout=get("activation_dropout", float, 0),
+        encoder_dropout=get("dropout", float, 0),
+        encoder_layer_norm_first=get("layer_norm_first", bool),
         encoder_layer_drop=0.0,  # never applied when extracting
         aux_num_out=None,
     )
+    for size, parts in (("encoder_embed_dim", "encoder_attention_heads"),
+                        ("encoder_embed_dim", "conv_pos_groups")):
+        if params[_TA_ARG[size]] % params[_TA_ARG[parts]]:
+            raise ValueError(f"{where}: model_cfg {size}={cfg[size]} is not a multiple of "
+                             f"{parts}={cfg[parts]}")
+    if cfg.get("pos_conv_depth", 1) != 1:
+        raise ValueError(f"{where}: model_cfg pos_conv_depth={cfg['pos_conv_depth']!r}; "
+                         "torchaudio's architecture has one positional convolution")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_init_seed(str(file), seed))
         model = wav2vec2_model(**params)
@@ -592,8 +638,11 @@ def from_s3prl_checkpoint(path, *, pretrained: bool = True, seed: int = 0,
         text = f"checkpoint {file} (s3prl)"
     else:
         text = f"{RANDOM_WEIGHTS} (seed {int(seed)}; the architecture of {file})"
-    task = dict(state.get("task_cfg") or {})
-    upstream = TorchaudioUpstream(model, name=name or file.stem,
-                                  normalize_waveform=bool(task.get("normalize", False)))
+    task = state.get("task_cfg") or {}
+    if not isinstance(task, dict):
+        raise ValueError(f"{where}: task_cfg is a {type(task).__name__}, not a dict")
+    normalize = _cfg_value({"normalize": task.get("normalize", False)}, "normalize", bool,
+                           where, section="task_cfg")
+    upstream = TorchaudioUpstream(model, name=name or file.stem, normalize_waveform=normalize)
     upstream.weights = text
     return upstream.eval()

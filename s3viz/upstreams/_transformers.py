@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -352,15 +353,18 @@ def from_whisper(model: nn.Module, *, feature_extractor=None,
 # --------------------------------------------------------------------------- loading
 
 
-def _snapshots(repo_id: str) -> Tuple[str, set, set]:
-    """huggingface_hub's cache folder of a repository and the snapshots and partial
-    downloads (``blobs/*.incomplete``) it holds now."""
+def _snapshots(repo_id: str) -> Tuple[str, dict, set]:
+    """huggingface_hub's cache folder of a repository, the files of each snapshot, and
+    the blobs (complete and partial) it holds now."""
     root = os.path.join(hf_cache_dir(), "models--" + repo_id.replace("/", "--"))
-    snaps = set(os.listdir(os.path.join(root, "snapshots"))) if os.path.isdir(
-        os.path.join(root, "snapshots")) else set()
-    blobs = {n for n in (os.listdir(os.path.join(root, "blobs")) if os.path.isdir(
-        os.path.join(root, "blobs")) else []) if n.endswith(".incomplete")}
-    return root, snaps, blobs
+
+    def names(folder):
+        return set(os.listdir(folder)) if os.path.isdir(folder) else set()
+
+    snaps = {c: {str(p.relative_to(os.path.join(root, "snapshots", c)))
+                 for p in Path(root, "snapshots", c).rglob("*") if not p.is_dir()}
+             for c in names(os.path.join(root, "snapshots"))}
+    return root, snaps, names(os.path.join(root, "blobs"))
 
 
 def _download(repo_id: str, revision: Optional[str], what: str, weights: bool = True) -> str:
@@ -396,6 +400,11 @@ def _download(repo_id: str, revision: Optional[str], what: str, weights: bool = 
     return info.sha
 
 
+_UNUSED_IN_EVAL = ("masked_spec_embed",)
+"""Parameters a checkpoint may leave out that extraction never uses (the mask embedding
+is applied only while training, when ``mask_time_prob > 0``)."""
+
+
 class _Fetch(OSError):
     """A file of a repository did not download."""
 
@@ -415,22 +424,29 @@ def _cached_commit(repo_id: str, revision: Optional[str]) -> Optional[str]:
     return os.path.basename(os.path.dirname(found)) if isinstance(found, str) else None
 
 
-def _forget_download(repo_id: str, before: Tuple[str, set, set]) -> List[str]:
-    """Remove from the cache what this call downloaded of ``repo_id`` (snapshots that
-    were not there before, through huggingface_hub's own cache deletion, and partial
-    blobs); what was cached before stays. Returns what was removed."""
+def _forget_download(repo_id: str, before: Tuple[str, dict, set]) -> List[str]:
+    """Remove from the cache what this call downloaded of ``repo_id``: snapshots that were
+    not there before (through huggingface_hub's own cache deletion), files added to a
+    snapshot that was, and the blobs (complete or partial) that are new; what was cached
+    before stays. Links are removed themselves, never followed. Returns what was removed."""
     from huggingface_hub import scan_cache_dir
 
     from .._fs import OwnedFolder
 
     root, snaps, blobs = _snapshots(repo_id)
-    new = sorted(snaps - before[1])
+    new = sorted(set(snaps) - set(before[1]))
     removed = []
     if new:
-        info = scan_cache_dir(hf_cache_dir())
-        info.delete_revisions(*new).execute()
+        scan_cache_dir(hf_cache_dir()).delete_revisions(*new).execute()
         removed += [os.path.join(root, "snapshots", c) for c in new]
-    for name in sorted(blobs - before[2]):
+    for commit in sorted(set(snaps) & set(before[1])):
+        folder = OwnedFolder(os.path.join(root, "snapshots", commit), "huggingface_hub's cache",
+                             create=False)
+        for rel in sorted(snaps[commit] - before[1][commit]):
+            folder.unlink(rel)
+            removed.append(os.path.join(root, "snapshots", commit, rel))
+    left = _snapshots(repo_id)[2]
+    for name in sorted((left & blobs) - before[2]):  # new blobs no revision kept
         OwnedFolder(os.path.join(root, "blobs"), "huggingface_hub's cache",
                     create=False).unlink(name)
         removed.append(os.path.join(root, "blobs", name))
@@ -439,7 +455,7 @@ def _forget_download(repo_id: str, before: Tuple[str, set, set]) -> List[str]:
 
 def load_transformers(name_or_path: str, *, pretrained: bool = True,
                       revision: Optional[str] = None, upstream_layers="all",
-                      seed: int = 0, **kwargs) -> AbsUpstream:
+                      seed: int = 0, repository: bool = False, **kwargs) -> AbsUpstream:
     """An upstream from a folder saved with ``save_pretrained`` or a Hugging Face repository.
 
     A repository id (``"facebook/hubert-base-ls960"``) is loaded with transformers'
@@ -459,6 +475,8 @@ def load_transformers(name_or_path: str, *, pretrained: bool = True,
             random-weights control; the global RNG is left untouched).
         revision: a branch, tag or commit of the repository (default ``main``).
         upstream_layers: as for :func:`from_transformers`.
+        repository: ``name_or_path`` is a repository id only (``"hf:<id>"`` names), never
+            a local folder of that name.
         **kwargs: ``normalize_waveform`` (default: the checkpoint's
             ``do_normalize``) or ``name``.
     """
@@ -472,7 +490,15 @@ def load_transformers(name_or_path: str, *, pretrained: bool = True,
         raise TypeError(f"pretrained must be True or False, got {pretrained!r}")
     if revision is not None and (not isinstance(revision, str) or not revision.strip()):
         raise TypeError(f"revision must be a branch, tag or commit name, got {revision!r}")
-    folder = os.path.isdir(os.path.expanduser(str(name_or_path)))
+    if repository:
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(str(name_or_path))
+        except HFValidationError as err:
+            raise ValueError(f"'hf:{name_or_path}' is not a Hugging Face repository id "
+                             f"('<owner>/<name>'): {err}") from None
+    folder = not repository and os.path.isdir(os.path.expanduser(str(name_or_path)))
     if folder:
         if revision is not None:
             raise ValueError(f"revision={revision!r} applies to a Hugging Face repository; "
@@ -488,12 +514,20 @@ def load_transformers(name_or_path: str, *, pretrained: bool = True,
 
     def forget(err_text: str) -> str:
         gone = [] if before is None else _forget_download(name_or_path, before)
-        return err_text + (f"; what this call downloaded was removed from the cache "
-                           f"({', '.join(gone)})" if gone else "")
+        if gone:
+            return err_text + (f"; what this call downloaded was removed from the cache "
+                               f"({', '.join(gone)})")
+        commit = None if folder else _cached_commit(name_or_path, revision)
+        if commit:  # it was cached before this call: left as it is, but named
+            snap = os.path.join(_snapshots(name_or_path)[0], "snapshots", commit)
+            return err_text + (f"; the files were already in huggingface_hub's cache ({snap}) "
+                               "and are left there: delete that revision (hf cache delete, or "
+                               "huggingface-cli delete-cache) to download it again")
+        return err_text
 
     if not folder and var is None:
-        try:
-            _download(name_or_path, revision, what, weights=pretrained)
+        try:  # the configuration first: a model s3viz refuses costs no weights download
+            _download(name_or_path, revision, what, weights=False)
         except _Fetch as err:
             raise OSError(forget(str(err))) from None
         common.update(revision=revision, local_files_only=True)
@@ -519,15 +553,37 @@ def load_transformers(name_or_path: str, *, pretrained: bool = True,
                       ) from None
     kind = getattr(config, "model_type", None)
     if kind not in TRANSFORMERS_FAMILIES + ("whisper",):
-        raise ValueError(f"{name_or_path!r} is a {kind!r} model; s3viz wraps "
-                         f"{TRANSFORMERS_FAMILIES + ('whisper',)}")
+        raise ValueError(forget(f"{name_or_path!r} is a {kind!r} model; s3viz wraps "
+                                f"{TRANSFORMERS_FAMILIES + ('whisper',)}"))
+    if getattr(config, "auto_map", None):
+        # the repository's own model code: without it transformers would build its
+        # built-in class of that model_type, which need not be the model the weights are for
+        raise ValueError(forget(f"{what}: its config.json names model code of its own "
+                                f"(auto_map {dict(config.auto_map)}), and s3viz runs no code "
+                                "from a hub (trust_remote_code=False); load the model yourself "
+                                "where you trust that code and pass the object to get_upstream"))
     auto = transformers.AutoModel
     if pretrained:
+        if not folder and var is None:
+            try:
+                _download(name_or_path, revision, what, weights=True)
+            except _Fetch as err:
+                raise OSError(forget(str(err))) from None
         try:
-            model = auto.from_pretrained(name_or_path, weights_only=True, **common)
+            model, info = auto.from_pretrained(name_or_path, weights_only=True,
+                                               output_loading_info=True, **common)
         except Exception as err:  # download, safetensors and unpickling errors vary
             raise OSError(forget(f"{what}: the weights could not be loaded "
                                  f"({type(err).__name__}: {err})")) from None
+        missing = [k for k in (info or {}).get("missing_keys", [])
+                   if not k.endswith(_UNUSED_IN_EVAL)]
+        bad = [str(k) for k in (info or {}).get("mismatched_keys", [])]
+        if missing or bad:
+            raise ValueError(forget(
+                f"{what}: the weights file does not hold the whole model: {len(missing)} "
+                f"parameter(s) missing (e.g. {missing[:4]}) and {len(bad)} of another shape "
+                f"({bad[:4]}); transformers would leave those random, so the upstream would "
+                "not be the trained model. Save the whole model with save_pretrained"))
         commit = None if folder else _cached_commit(name_or_path, common["revision"])
         weights = (f"pretrained: folder {name_or_path}" if folder else
                    f"pretrained: hf:{name_or_path}" + (f"@{commit[:12]}" if commit else ""))
