@@ -16,8 +16,6 @@ EXTRAS := lab,dev,hf
 LOCK_VENV := build/lock-venv
 REPORT ?= build/report
 NB_TIMEOUT ?= 300
-# s3viz's own deprecated names are errors in every test, notebooks included (docs/api.md)
-NO_DEPRECATED := PYTHONWARNINGS='error:s3viz deprecation:DeprecationWarning'
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test test-fast test-unit test-notebooks test-gpu lab bench lock clean
@@ -50,19 +48,19 @@ demo: $(STAMP)
 	S3VIZ_OFFLINE=1 $(PY) -m s3viz.demo --out $(REPORT)
 
 test: $(STAMP)
-	S3VIZ_OFFLINE=1 S3VIZ_LOCKED=1 $(NO_DEPRECATED) $(PY) -m pytest tests notebooks --nbmake --nbmake-timeout=$(NB_TIMEOUT) $(PYTEST_ARGS)
+	S3VIZ_OFFLINE=1 S3VIZ_LOCKED=1 $(PY) -m pytest tests notebooks --nbmake --nbmake-timeout=$(NB_TIMEOUT) $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	S3VIZ_OFFLINE=1 S3VIZ_LOCKED=1 $(NO_DEPRECATED) $(PY) -m pytest tests -m "not slow and not browser" $(PYTEST_ARGS)
+	S3VIZ_OFFLINE=1 S3VIZ_LOCKED=1 $(PY) -m pytest tests -m "not slow and not browser" $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
-	S3VIZ_OFFLINE=1 S3VIZ_LOCKED=1 $(NO_DEPRECATED) $(PY) -m pytest tests $(PYTEST_ARGS)
+	S3VIZ_OFFLINE=1 S3VIZ_LOCKED=1 $(PY) -m pytest tests $(PYTEST_ARGS)
 
 test-notebooks: $(STAMP)
-	S3VIZ_OFFLINE=1 S3VIZ_LOCKED=1 $(NO_DEPRECATED) $(PY) -m pytest notebooks --nbmake --nbmake-timeout=$(NB_TIMEOUT) $(PYTEST_ARGS)
+	S3VIZ_OFFLINE=1 S3VIZ_LOCKED=1 $(PY) -m pytest notebooks --nbmake --nbmake-timeout=$(NB_TIMEOUT) $(PYTEST_ARGS)
 
 test-gpu: $(STAMP)
-	$(NO_DEPRECATED) $(PY) benchmarks/gpu_check.py
+	$(PY) benchmarks/gpu_check.py
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/ $$( [ "$$(id -u)" = 0 ] && echo --allow-root )

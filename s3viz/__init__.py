@@ -8,7 +8,7 @@ Names are imported lazily, so ``import s3viz`` stays cheap.
 
 from __future__ import annotations
 
-from ._lazy import lazy_exports, moved_module
+from ._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -62,8 +62,3 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, _SUBMODULES)
-
-# The module that defines s3viz.extract() was s3viz/extract.py, so importing it
-# rebound s3viz.extract from the function to the module. It is s3viz.extraction
-# now; the old import path still reads names, with a DeprecationWarning.
-moved_module(f"{__name__}.extract", f"{__name__}.extraction")

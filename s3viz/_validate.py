@@ -8,10 +8,26 @@ its numbers with these before it starts.
 from __future__ import annotations
 
 import math
+import os
+import sys
 from numbers import Integral, Real
 from typing import List, Optional, Sequence
 
-__all__ = ["integer", "number", "numbers", "stored_layers"]
+__all__ = ["caller_stacklevel", "integer", "number", "numbers", "stored_layers"]
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def caller_stacklevel() -> int:
+    """``stacklevel`` that makes a warning point at the first frame outside s3viz.
+
+    A fixed stacklevel is wrong as soon as a helper or decorator sits between the
+    user's call and the warning; this counts the frames instead.
+    """
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def integer(value, name: str, *, minimum: Optional[int] = 1, none_ok: bool = False):

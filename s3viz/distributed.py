@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ._compat import renamed_args
 from .align import frame_labels as _align_frame_labels
 from .store import store_weights
 
@@ -35,7 +34,6 @@ def _id_key(u: str) -> int:
     return int(hashlib.sha1(u.encode()).hexdigest()[:16], 16)
 
 
-@renamed_args(weights="utterance_weights")
 def shard_indices(ids: Sequence[str], rank: int, world_size: int,
                   utterance_weights: Sequence[float] | None = None) -> list[int]:
     """Positions of the utterances that ``rank`` handles, deterministic by utterance id.

@@ -40,7 +40,6 @@ from ._cache import (
     write_chunk,
     write_json,
 )
-from ._compat import renamed_args
 from ._device import eval_session, module_device
 from ._fs import OwnedFolder, UnsafePathError
 from .align import expected_lengths
@@ -380,7 +379,6 @@ def _forward_batch(upstream, wavs, wavs_len, layer_ids, hidden_sizes, amp_ctx, s
 # --------------------------------------------------------------------------- extract
 
 
-@renamed_args(layers="upstream_layers", dtype="amp_dtype")
 def extract(upstream, corpus, *, upstream_layers=None, batch_size: int | None = None,
             max_batch_seconds: float | None = DEFAULT_MAX_BATCH_SECONDS, device=None,
             amp_dtype=None, store_dtype: torch.dtype = torch.float32, cache_dir=None,
@@ -395,7 +393,7 @@ def extract(upstream, corpus, *, upstream_layers=None, batch_size: int | None = 
         upstream_layers: the upstream's hidden states to keep, by index (None:
             all; negative from the end). The store numbers the kept ones
             ``0..num_layer-1`` (the ``layers`` of every analysis) and lists
-            these in :attr:`LayerStore.layer_ids`. (Was ``layers``.)
+            these in :attr:`LayerStore.layer_ids`.
         batch_size: at most this many utterances per batch (None: no count limit).
         max_batch_seconds: at most this much padded audio per batch
             (``utterances * longest``); utterances are sorted by length so
@@ -405,7 +403,7 @@ def extract(upstream, corpus, *, upstream_layers=None, batch_size: int | None = 
             extraction and moved back afterwards.
         amp_dtype: ``torch.float16``/``torch.bfloat16`` run the upstream under
             ``torch.autocast`` on the device. None or float32: full precision.
-            (Was ``dtype``.)
+           
         store_dtype: dtype of the stored frames (float32, float16 or bfloat16).
         cache_dir: None keeps frames in memory. A folder keeps them on disk under
             ``cache_dir/<name>-<fingerprint>``; a finished extraction is reused, an

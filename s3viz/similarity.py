@@ -17,7 +17,6 @@ import pandas as pd
 import torch
 
 from . import _validate as _v
-from ._compat import renamed_args
 from ._device import resolve_device as _resolve_device
 from ._numerics import layer_guard, pow2_factor, read_dtype, warn_degenerate
 from .probe.targets import label_str
@@ -262,7 +261,6 @@ class _Source:
         return out
 
 
-@renamed_args(batch_size="batch_frames")
 def layer_similarity(
     store,
     other=None,

@@ -32,7 +32,6 @@ from ._cache import (
     seal_ok,
     tensor_bytes,
 )
-from ._compat import renamed_args
 from ._fs import OwnedFolder, UnsafePathError
 from .align import frame_labels as _align_frame_labels
 
@@ -626,7 +625,6 @@ class LayerStore:
         s = self._layer_index(layer)
         return self._gather(s, check_utterances(utterances, len(self)), dtype)
 
-    @renamed_args(max_frames="chunk_frames")
     def iter_layer(self, layer, utterances=None, chunk_frames: int = 65536,
                    dtype=torch.float32) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """:meth:`layer` in pieces of whole utterances of at most ``chunk_frames`` frames each.

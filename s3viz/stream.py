@@ -19,7 +19,6 @@ import pandas as pd
 import torch
 
 from . import _validate as _v
-from ._compat import KeyedResult, renamed_args
 from .align import conv_lengths, layer_geometry
 from .align import frame_labels as _align_frame_labels
 from .extraction import (
@@ -90,7 +89,7 @@ def _check_shard(shard, n: int) -> np.ndarray:
 
 
 def _split_of(split_by, targets, labels, folds) -> dict:
-    if split_by is None or isinstance(split_by, str):
+    if isinstance(split_by, str):
         split_by = {t: split_by for t in targets}
     if not isinstance(split_by, dict):
         raise TypeError(f"split_by must be one of {SPLIT_CHOICES} or a dict target -> split, "
@@ -376,16 +375,8 @@ def _predicted_len0(upstream, layer_id: int, num_samples: np.ndarray) -> np.ndar
     return conv_lengths(torch.as_tensor(num_samples), conv).numpy().astype(np.int64)
 
 
-class _StreamFields(NamedTuple):
-    probes: pd.DataFrame | None
-    cka: pd.DataFrame | None
-    store: LayerStore | None
-    passes: int
-    shard: list
-
-
-class StreamResult(KeyedResult, _StreamFields):
-    """What :func:`stream_analysis` computed (a named tuple; ``result["probes"]`` is deprecated).
+class StreamResult(NamedTuple):
+    """What :func:`stream_analysis` computed (a named tuple).
 
     Fields: ``probes`` (the columns of :func:`s3viz.probe_layers`, or None),
     ``cka`` (the columns of :func:`s3viz.layer_similarity`, or None; both with
@@ -396,10 +387,13 @@ class StreamResult(KeyedResult, _StreamFields):
     utterance positions this process read).
     """
 
-    __slots__ = ()
+    probes: pd.DataFrame | None
+    cka: pd.DataFrame | None
+    store: LayerStore | None
+    passes: int
+    shard: list
 
 
-@renamed_args(targets="target", layers="upstream_layers")
 def stream_analysis(
     upstream,
     corpus,
@@ -427,10 +421,10 @@ def stream_analysis(
         corpus: the *whole* :class:`s3viz.data.Corpus` (the same on every shard).
         target: probe target(s), one name or a sequence (frame-level:
             alignment columns such as ``"phone"``; utterance-level: label
-            columns such as ``"speaker"``). Empty: no probe. (Was ``targets``.)
+            columns such as ``"speaker"``). Empty: no probe.
         upstream_layers: the upstream's hidden states to analyse, by index
             (default all), as for :func:`s3viz.extract`; results number them
-            ``layer`` 0.. with ``upstream_layer`` the index. (Was ``layers``.)
+            ``layer`` 0.. with ``upstream_layer`` the index.
         folds, seed, lambdas: as for :func:`s3viz.probe_layers`.
         split_by: ``"auto"`` (as for :func:`s3viz.probe_layers`), ``"speaker"``,
             ``"utterance"``, or a dict target -> split (e.g. ``{"phone":

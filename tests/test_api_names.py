@@ -1,12 +1,10 @@
-"""The public API's names (docs/api.md): one meaning per argument name, old names deprecated.
+"""The public API's names (docs/api.md): one meaning per argument name, no old names.
 
 - every argument of a public function or method (of ``s3viz`` and every public
   module's ``__all__``) is defined in docs/api.md, or is listed below as
   belonging to one function only;
-- each renamed argument still works under its old name, with a DeprecationWarning
-  naming the new one, and gives the same result; passing both is refused;
-- multi-part results are named tuples that still unpack (and, for the dict
-  stream_analysis returned, still index by key, with a warning).
+- old spellings are refused, never mapped (s3viz 0.x keeps no compatibility layer);
+- multi-part results are named tuples that unpack and name their parts.
 """
 
 from __future__ import annotations
@@ -14,17 +12,13 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
-import warnings
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
-import torch
 
 import s3viz
-from s3viz._compat import renamed_args
 
 API_DOC = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 
@@ -152,144 +146,24 @@ def test_old_names_are_gone_from_signatures():
     assert {"distributed.shard_indices", "probe.probe_folds"} <= set(uses["utterance_weights"])
 
 
-# --------------------------------------------------------------------------- renames
+# --------------------------------------------------------------------------- no old names
 
 
-def test_renamed_args_warns_maps_and_refuses_both():
-    @renamed_args(old="new")
-    def f(*, new=0):
-        return new
-
-    assert list(inspect.signature(f).parameters) == ["new"]
-    with pytest.warns(DeprecationWarning, match=r"^s3viz deprecation: f\(old=\.\.\.\) is now "
-                                                r"f\(new=\.\.\.\) \(the old form goes in "
-                                                r"0\.2\)$") as rec:
-        assert f(old=3) == 3
-    assert rec[0].filename == __file__  # the user's line, not s3viz's
-    with pytest.raises(TypeError, match="got new= and its old name old=; pass new= only"):
-        f(old=1, new=2)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert f(new=4) == 4
-
-
-def test_old_argument_names_give_the_same_results(tiny_upstream, small_corpus, tiny_store):
-    corpus = small_corpus[:4]
-    cases = [
-        ("extract", "layers", "upstream_layers",
-         lambda **kw: s3viz.extract(tiny_upstream, corpus, progress=False, **kw), [1, -1],
-         lambda st: [st.layer(i)[0] for i in range(st.num_layer)] + [st.layer_ids]),
-        ("extract", "dtype", "amp_dtype",
-         lambda **kw: s3viz.extract(tiny_upstream, corpus, progress=False, upstream_layers=[0],
-                                    **kw), torch.bfloat16,
-         lambda st: [st.layer(0)[0]]),
-        ("stream_analysis", "targets", "target",
-         lambda **kw: s3viz.stream_analysis(tiny_upstream, small_corpus, folds=2,
-                                            upstream_layers=[1], device="cpu", **kw),
-         ["phone"], lambda r: r.probes),
-        ("stream_analysis", "layers", "upstream_layers",
-         lambda **kw: s3viz.stream_analysis(tiny_upstream, small_corpus, folds=2, device="cpu",
-                                            **kw), [2], lambda r: r.probes),
-        ("probe_layers", "batch_size", "batch_frames",
-         lambda **kw: s3viz.probe_layers(tiny_store, "phone", method="logistic", layers=[1],
-                                         folds=2, device="cpu", max_epochs=1, **kw), 64,
-         lambda df: df),
-        ("layer_similarity", "batch_size", "batch_frames",
-         lambda **kw: s3viz.layer_similarity(tiny_store, estimator="minibatch", device="cpu",
-                                             **kw), 64, lambda df: df),
-        ("LayerStore.iter_layer", "max_frames", "chunk_frames",
-         lambda **kw: list(tiny_store.iter_layer(2, **kw)), 100,
-         lambda pieces: [p for piece in pieces for p in piece] + [len(pieces)]),
-    ]
-    from s3viz.distributed import shard_indices
-    from s3viz.probe import probe_folds
-    from s3viz.zoo.tiny import WEIGHTS_PATH, tiny
-
-    ids = [f"u{i}" for i in range(10)]
-    cases += [
-        ("tiny", "weights", "checkpoint", lambda **kw: tiny(**kw), WEIGHTS_PATH,
-         lambda m: list(m.state_dict().values())),
-        ("shard_indices", "weights", "utterance_weights",
-         lambda **kw: shard_indices(ids, 1, 3, **kw), np.arange(10.0), lambda r: r),
-        ("probe_folds", "weights", "utterance_weights",
-         lambda **kw: probe_folds(tiny_store, folds=2, split_by="utterance", **kw),
-         np.ones(len(tiny_store)), lambda df: df),
-    ]
-    for fn, old, new, call, value, parts in cases:
-        want = parts(call(**{new: value}))
-        with pytest.warns(DeprecationWarning, match=rf"{re.escape(fn)}\({old}=\.\.\.\) is now "
-                                                    rf"{re.escape(fn)}\({new}=\.\.\.\)"):
-            got = parts(call(**{old: value}))
-        if isinstance(want, pd.DataFrame):
-            pd.testing.assert_frame_equal(got, want)
-        else:
-            assert len(got) == len(want) >= 1, fn
-            for g, w in zip(got, want):
-                if isinstance(w, torch.Tensor):
-                    assert torch.equal(g, w), fn
-                else:
-                    assert g == w, fn
-        with pytest.raises(TypeError, match=f"got {new}= and its old name {old}="):
-            call(**{old: value, new: value})
-
-
-def test_old_transformers_argument_names():
-    T = pytest.importorskip("transformers")
-    from s3viz.upstreams import TransformersUpstream, from_transformers, get_upstream
-
-    torch.manual_seed(0)
-    model = T.HubertModel(T.HubertConfig(
-        hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-        conv_dim=(8,) * 7, num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=2)).eval()
-    for make in (from_transformers, TransformersUpstream, get_upstream):
-        name = "get_upstream" if make is get_upstream else make.__qualname__
-        want = make(model, upstream_layers=[0, -1], normalize_waveform=True)
-        with pytest.warns(DeprecationWarning) as rec:
-            got = make(model, layers=[0, -1], normalize=True)
-        assert {str(w.message).split(" (the old")[0] for w in rec} >= {
-            f"s3viz deprecation: {'from_transformers' if make is get_upstream else name}"
-            f"(layers=...) is now {'from_transformers' if make is get_upstream else name}"
-            f"(upstream_layers=...)"}
-        assert got.layer_ids == want.layer_ids == [0, 2] and got.normalize is want.normalize
-        with pytest.raises(TypeError, match="got upstream_layers= and its old name layers="):
-            make(model, layers=[0], upstream_layers=[0])
-
-
-def test_split_by_none_is_auto_with_a_warning(tiny_store):
-    want = s3viz.probe_layers(tiny_store, "phone", layers=[0], folds=2, device="cpu")
-    assert (want["split_by"] == "speaker").all()
-    with pytest.warns(DeprecationWarning, match="split_by=None is now split_by='auto'"):
-        got = s3viz.probe_layers(tiny_store, "phone", layers=[0], folds=2, split_by=None,
-                                 device="cpu")
-    pd.testing.assert_frame_equal(got, want)
-    with pytest.warns(DeprecationWarning, match="split_by=None"):
-        _, history = s3viz.train_featurizer(tiny_store, "phone", steps=2, eval_every=1,
-                                            split_by=None, device="cpu")
-    assert history.attrs["split_by"] == "speaker"
-
-
-# --------------------------------------------------------------------------- results
-
-
-def test_stream_result_is_a_named_tuple_that_still_reads_keys(tiny_upstream, small_corpus):
-    res = s3viz.stream_analysis(tiny_upstream, small_corpus, target="phone", folds=2,
-                                upstream_layers=[0], device="cpu")
-    assert isinstance(res, s3viz.stream.StreamResult) and res._fields == (
-        "probes", "cka", "store", "passes", "shard")
+def test_old_spellings_are_refused_not_mapped(tiny_upstream, small_corpus, tiny_store):
+    """s3viz 0.x keeps no compatibility layer: an old argument name is an unknown
+    keyword, split_by=None is not "auto", a stream result is read by field only."""
+    with pytest.raises(TypeError, match="unexpected keyword argument 'layers'"):
+        s3viz.extract(tiny_upstream, small_corpus[:2], layers=[0], progress=False)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'batch_size'"):
+        s3viz.probe_layers(tiny_store, "phone", batch_size=10)
+    with pytest.raises(ValueError, match=r"split_by must be one of .* got None"):
+        s3viz.probe_layers(tiny_store, "phone", split_by=None)
+    res = s3viz.stream_analysis(tiny_upstream, small_corpus, target=["phone"], folds=2,
+                                split_by="utterance", device="cpu")
     probes, cka, store, passes, shard = res
-    assert probes is res.probes and cka is None and store is None and passes == 2
-    assert shard == list(range(len(small_corpus))) and res[0] is res.probes
-    with pytest.warns(DeprecationWarning, match=r"result\['probes'\] is now result\.probes"):
-        assert res["probes"] is res.probes
-    with pytest.warns(DeprecationWarning, match=r"result\.keys\(\)"):
-        assert list(res.keys()) == list(res._fields)
-    with pytest.raises(KeyError, match="has fields .*not 'probe'"):
-        res["probe"]
-    with pytest.warns(DeprecationWarning, match=r"' in result \(the result was a dict\)"):
-        assert "cka" in res and "nope" not in res
-    with pytest.warns(DeprecationWarning, match=r"result\.get\('\w+'\) \(the result"):
-        assert res.get("passes") == 2 and res.get("nope", 7) == 7
-    assert res.probes in res  # a tuple's membership, by identity
+    assert probes is res.probes and passes == res.passes == 2
+    with pytest.raises(TypeError):
+        res["probes"]
 
 
 def test_multi_part_results_unpack_and_name_their_parts(tiny_store):

@@ -399,8 +399,6 @@ ALLOWED = {
     ("upstreams/_hub.py", "download_url_to_file", "url"):
         "torch.hub writes its own checkpoint folder (a .partial file renamed into place), "
         "the cache torchaudio's bundles use; the issue asks for the libraries' own caches",
-    ("_lazy.py", "importlib.import_module", "new"):
-        "imports the s3viz module a deprecated alias names (a constant of s3viz's own)",
 }
 
 

@@ -116,33 +116,10 @@ def test_documented_imports(module, names):
         assert getattr(mod, name) is getattr(s3viz, name), (module, name)
 
 
-def test_old_extract_module_path_warns_and_forwards():
-    import sys
-
-    import s3viz.extract  # noqa: F401  (the old path: must not rebind s3viz.extract)
+def test_the_extraction_module_has_one_path():
+    """s3viz.extract is the function; the module is s3viz.extraction, with no stand-in."""
+    import importlib
 
     assert s3viz.extract is s3viz.extraction.extract
-    for name in ["LayerStore", "CacheCorruptionError", "NonFiniteError", "extract",
-                 "DEFAULT_MAX_BATCH_SECONDS"]:
-        with pytest.warns(DeprecationWarning, match=rf"s3viz\.extract was renamed "
-                                                    rf"s3viz\.extraction; import {name}"):
-            value = getattr(sys.modules["s3viz.extract"], name)
-        assert value is getattr(s3viz.extraction, name)
-    with pytest.raises(AttributeError, match="set write_chunk on s3viz.extraction"):
-        sys.modules["s3viz.extract"].write_chunk = None
-
-
-def test_old_extract_module_path_in_a_fresh_interpreter():
-    # in-process, s3viz is imported already; a fresh interpreter checks that the
-    # stand-in is there before anything else imports s3viz
-    import subprocess
-    import sys
-
-    code = ("import warnings; warnings.simplefilter('error', DeprecationWarning)\n"
-            "import s3viz.extract, s3viz\n"
-            "assert callable(s3viz.extract), s3viz.extract\n"
-            "try:\n    from s3viz.extract import LayerStore\n"
-            "except DeprecationWarning as w:\n    print('warned:', w)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
-    assert "warned: s3viz deprecation: s3viz.extract was renamed s3viz.extraction" in out
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("s3viz.extract")

@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
-from .._compat import caller_stacklevel
+from .._validate import caller_stacklevel
 from ._corpus import Corpus, FileUtterance, Utterance
 from .alignments import AlignmentError
 

@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from .._compat import caller_stacklevel, deprecated, renamed_args
+from .._validate import caller_stacklevel
 from ..store import utterance_selection
 
 __all__ = ["SPLITS", "SPLIT_CHOICES", "UnseenClassWarning", "check_split_by", "control_labels",
@@ -29,8 +29,8 @@ SPLIT_CHOICES = SPLITS + ("auto",)
 
 
 def check_split_by(split_by, name: str = "split_by"):
-    """Refuse a ``split_by`` that is none of :data:`SPLIT_CHOICES` (None: the old "auto")."""
-    if split_by is not None and (not isinstance(split_by, str) or split_by not in SPLIT_CHOICES):
+    """Refuse a ``split_by`` that is none of :data:`SPLIT_CHOICES`."""
+    if not isinstance(split_by, str) or split_by not in SPLIT_CHOICES:
         raise ValueError(f"{name} must be one of {SPLIT_CHOICES}, got {split_by!r}")
     return split_by
 
@@ -44,12 +44,10 @@ def resolve_split(labels: pd.DataFrame, split_by, target: str, folds: int, sel=N
     at least ``folds`` speakers, and a target other than the speaker itself
     (or a label that names the speaker one-to-one). Otherwise it is
     ``"utterance"``, with a warning when a speaker column was there but
-    could not be used. ``None`` is the old spelling of ``"auto"``. The speaker
+    could not be used. The speaker
     itself split by speaker is refused: no test speaker is seen in training.
     """
-    if check_split_by(split_by) is None:
-        deprecated("split_by=None is now split_by='auto'")
-        split_by = "auto"
+    check_split_by(split_by)
     if split_by == "speaker" and target == "speaker":
         raise ValueError(
             "target='speaker' with split_by='speaker' is impossible: test speakers are never "
@@ -320,7 +318,6 @@ def split_groups(store, sel: np.ndarray, split_by: str) -> np.ndarray:
     return np.asarray(spk, dtype=object)
 
 
-@renamed_args(weights="utterance_weights")
 def probe_folds(store, *, folds: int = 5, split_by: str = "speaker", seed: int = 0,
                 utterances=None, utterance_weights: np.ndarray | None = None,
                 strata: np.ndarray | None = None) -> pd.DataFrame:

@@ -15,7 +15,6 @@ import pandas as pd
 import torch
 
 from .. import _validate as _v
-from .._compat import renamed_args
 from .._device import resolve_device as _resolve_device
 from .._numerics import layer_guard, warn_degenerate
 from ..store import store_weights
@@ -47,7 +46,6 @@ def _as_list(v, name: str, allowed=None) -> list:
     return vals
 
 
-@renamed_args(batch_size="batch_frames")
 def probe_layers(
     store,
     target: str | Sequence[str] = "phone",

@@ -19,7 +19,6 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.rnn import pad_sequence
 
-from .._compat import renamed_args
 from ..align import expected_lengths, receptive_field
 from ..interface import AbsUpstream
 from ._common import check_wavs, normalize_waveforms
@@ -74,10 +73,10 @@ class TransformersUpstream(AbsUpstream):
             ``*ForCTC`` / ``*ForSequenceClassification`` head (its base model is
             used and becomes the submodule).
         upstream_layers: ``"all"`` (the ``num_hidden_layers + 1`` hidden states)
-            or the indices to return (negative from the end). (Was ``layers``.)
+            or the indices to return (negative from the end).
         normalize_waveform: normalise each waveform to zero mean, unit variance
             first (what the checkpoint's ``do_normalize`` says), as
-            :class:`TorchaudioUpstream`'s argument of that name. (Was ``normalize``.)
+            :class:`TorchaudioUpstream`'s argument of that name.
         name: a label (default: the checkpoint's name or the model type).
 
     ``docs/upstreams.md`` says what each hidden state is and how padded
@@ -85,7 +84,6 @@ class TransformersUpstream(AbsUpstream):
     are (``s3viz.extract`` runs it in eval mode).
     """
 
-    @renamed_args(layers="upstream_layers", normalize="normalize_waveform")
     def __init__(self, model: nn.Module, *, upstream_layers: Union[str, Sequence[int]] = "all",
                  normalize_waveform: bool = False, name: Optional[str] = None):
         super().__init__()
@@ -203,7 +201,6 @@ class TransformersUpstream(AbsUpstream):
         return all_hs, [frames.clone() for _ in all_hs]
 
 
-@renamed_args(layers="upstream_layers", normalize="normalize_waveform")
 def from_transformers(model: nn.Module, *, upstream_layers: Union[str, Sequence[int]] = "all",
                       normalize_waveform: bool = False, name: Optional[str] = None
                       ) -> AbsUpstream:
@@ -256,7 +253,6 @@ class WhisperEncoderUpstream(AbsUpstream):
         upstream_layers, name: as for :class:`TransformersUpstream`.
     """
 
-    @renamed_args(layers="upstream_layers")
     def __init__(self, model: nn.Module, *, feature_extractor=None,
                  upstream_layers: Union[str, Sequence[int]] = "all",
                  name: Optional[str] = None):
@@ -340,7 +336,6 @@ class WhisperEncoderUpstream(AbsUpstream):
         return all_hs, [frames.clone() for _ in all_hs]
 
 
-@renamed_args(layers="upstream_layers")
 def from_whisper(model: nn.Module, *, feature_extractor=None,
                  upstream_layers: Union[str, Sequence[int]] = "all", name: Optional[str] = None
                  ) -> WhisperEncoderUpstream:

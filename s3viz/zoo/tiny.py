@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._compat import renamed_args
 from .._fs import OwnedFolder
 from ..align import WAV2VEC2_CONV_LAYERS, conv_lengths, receptive_field
 from ..interface import AbsUpstream
@@ -348,7 +347,6 @@ def load_tiny_weights(path: str | Path) -> tuple[TinyConfig, dict, dict]:
     return config, state, dict(payload.get("meta", {}))
 
 
-@renamed_args(weights="checkpoint")
 def tiny(pretrained: bool = True, *, seed: int = 0,
          checkpoint: str | Path | None = None,
          config: TinyConfig | None = None) -> TinyUpstream:
@@ -360,7 +358,7 @@ def tiny(pretrained: bool = True, *, seed: int = 0,
             weights drawn from ``seed`` (the global RNG is left untouched).
         seed: seed of the random weights when ``pretrained=False``.
         checkpoint: another weights file (e.g. from ``python -m s3viz.zoo.train_tiny
-            --out PATH``) instead of the shipped one; refused with ``pretrained=False``. (Was ``weights``.)
+            --out PATH``) instead of the shipped one; refused with ``pretrained=False``.
         config: architecture of a random model (default: the shipped model's);
             not allowed with pretrained weights, which carry their own.
 
