@@ -4,14 +4,16 @@
 :class:`AbsUtteranceModel` have s3prl's names, properties and forward
 signatures. s3viz never requires subclassing: analyses accept any object that
 follows the interface by its attributes (:mod:`s3viz.contract` checks them);
-:func:`num_layer_of` reads ``num_layer`` or s3prl's ``num_layers``. The shapes
-every module uses: ``docs/upstreams.md``.
+:func:`num_layer_of` reads ``num_layer`` or s3prl's ``num_layers``;
+:func:`check_wavs` checks an upstream's inputs. The shapes every module uses:
+``docs/upstreams.md``.
 """
 
 from __future__ import annotations
 
 from typing import List, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -176,3 +178,59 @@ def num_layer_of(upstream) -> int:
         f"upstream ({type(upstream).__name__}) has neither 'num_layer' nor 'num_layers'; "
         "add a 'num_layer' property giving the number of hidden states (s3prl interface)"
     )
+
+
+def check_wavs(wavs, wavs_len, *, who: str = "upstream") -> Tuple[torch.Tensor, torch.Tensor]:
+    """Validate the s3prl upstream inputs and bring them to one layout.
+
+    Args:
+        wavs: ``(batch_size, seq_len, 1)`` or ``(batch_size, seq_len)`` float waveforms.
+        wavs_len: ``(batch_size,)`` integer valid samples per waveform (tensor, array or list).
+        who: name used in error messages.
+
+    Returns:
+        ``(wavs, wavs_len)``: ``(batch_size, seq_len)`` float (same dtype and device)
+        and ``(batch_size,)`` long on ``wavs.device``.
+    """
+    if not isinstance(wavs, torch.Tensor):
+        raise TypeError(
+            f"{who}: wavs must be a torch.Tensor of shape (batch_size, seq_len, 1), got "
+            f"{type(wavs).__name__}; batch waveforms with s3viz.audio.batch_wavs"
+        )
+    if wavs.ndim == 3 and wavs.shape[-1] == 1:
+        wavs = wavs.squeeze(-1)
+    elif wavs.ndim != 2:
+        raise ValueError(
+            f"{who}: wavs must be (batch_size, seq_len, 1) or (batch_size, seq_len), got shape "
+            f"{tuple(wavs.shape)}; mono 16 kHz waveforms only (see s3viz.audio.to_mono)"
+        )
+    if not wavs.is_floating_point():
+        raise TypeError(
+            f"{who}: wavs must be a float tensor (waveform in [-1, 1]), got dtype {wavs.dtype}; "
+            "convert int16 audio with s3viz.audio.prepare_wav"
+        )
+    if wavs.shape[0] == 0:
+        raise ValueError(f"{who}: wavs has an empty batch (batch_size == 0)")
+    if isinstance(wavs_len, torch.Tensor):
+        lens = wavs_len
+    else:
+        try:
+            lens = torch.as_tensor(np.asarray(wavs_len))
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"{who}: wavs_len must be a (batch_size,) integer tensor") from e
+    if lens.is_floating_point() or lens.is_complex() or lens.dtype == torch.bool:
+        raise TypeError(
+            f"{who}: wavs_len must hold integer sample counts (torch.long), got dtype {lens.dtype}"
+        )
+    if lens.ndim != 1 or lens.shape[0] != wavs.shape[0]:
+        raise ValueError(
+            f"{who}: wavs_len must have shape (batch_size,) = ({wavs.shape[0]},), got "
+            f"{tuple(lens.shape)}"
+        )
+    lens = lens.to(device=wavs.device, dtype=torch.long)
+    if bool((lens < 0).any()) or bool((lens > wavs.shape[1]).any()):
+        raise ValueError(
+            f"{who}: wavs_len must lie in [0, seq_len={wavs.shape[1]}], got min "
+            f"{int(lens.min())} and max {int(lens.max())}"
+        )
+    return wavs, lens

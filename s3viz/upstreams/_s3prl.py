@@ -16,7 +16,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from ..interface import AbsUpstream, num_layer_of
-from ._common import check_wavs
+from ..interface import check_wavs
 
 __all__ = ["S3PRLUpstreamAdapter", "from_s3prl"]
 

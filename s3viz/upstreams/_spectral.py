@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from .. import _deps
 from ..align import expected_lengths
 from ..interface import SAMPLE_RATE, AbsUpstream
-from ._common import check_wavs, padding_mask
+from ..interface import check_wavs
+from ._common import padding_mask
 
 __all__ = ["SpectralUpstream", "spectral_hidden_states", "spectral_upstream"]
 

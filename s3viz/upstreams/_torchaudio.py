@@ -22,7 +22,8 @@ from torch import nn
 from .. import _deps
 from ..align import conv_lengths, receptive_field
 from ..interface import AbsUpstream
-from ._common import check_wavs, normalize_waveforms, padding_mask
+from ..interface import check_wavs
+from ._common import normalize_waveforms, padding_mask
 from ._hub import PRETRAINED_MODELS, RANDOM_WEIGHTS, fetch_torchaudio, remove_download, resolve_name, torchaudio_base_url
 
 __all__ = [

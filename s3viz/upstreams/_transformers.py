@@ -21,7 +21,8 @@ from torch.nn.utils.rnn import pad_sequence
 
 from ..align import expected_lengths, receptive_field
 from ..interface import AbsUpstream
-from ._common import check_wavs, normalize_waveforms
+from ..interface import check_wavs
+from ._common import normalize_waveforms
 from ._hub import RANDOM_WEIGHTS, hf_cache_dir, offline
 
 __all__ = ["TRANSFORMERS_FAMILIES", "TransformersUpstream", "WhisperEncoderUpstream",

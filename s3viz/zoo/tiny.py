@@ -22,7 +22,7 @@ from torch import nn
 from .._fs import OwnedFolder
 from ..align import WAV2VEC2_CONV_LAYERS, conv_lengths, receptive_field
 from ..interface import AbsUpstream
-from ..upstreams._common import check_wavs
+from ..interface import check_wavs
 
 __all__ = [
     "WEIGHTS_PATH",
