@@ -21,7 +21,7 @@ from . import _validate as _v
 from ._device import resolve_device as _resolve_device
 from ._numerics import (float32_distances_span, read_dtype, row_names, tensor_guard, unit_rows,
                         warn_degenerate)
-from .probe.targets import label_str
+from ._labels import label_str
 from .segments import segment_table
 from .store import tag_weights
 

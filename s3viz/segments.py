@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from ._numerics import read_dtype
-from .probe.targets import label_str, label_strings
+from ._labels import label_str, label_strings
 from .store import check_utterances
 
 __all__ = ["SILENCE", "segment_table", "pool_segments", "segment_store"]

@@ -19,7 +19,7 @@ import torch
 from . import _validate as _v
 from ._device import resolve_device as _resolve_device
 from ._numerics import layer_guard, pow2_factor, read_dtype, warn_degenerate
-from .probe.targets import label_str
+from ._labels import label_str
 from .store import tag_weights, utterance_selection
 
 __all__ = ["ESTIMATORS", "METHODS", "cca_naive", "cka_naive", "hsic_unbiased",

@@ -49,7 +49,8 @@ from .probe.ridge import (
     ridge_layer_utterance,
     sub_folds,
 )
-from .probe.targets import ProbeTask, check_classes, label_str, label_strings, resolve_level
+from ._labels import label_str, label_strings
+from .probe.targets import ProbeTask, check_classes, resolve_level
 from .similarity import CrossProducts, cka_table
 from .store import LayerStore
 from .upstreams._hub import weights_of

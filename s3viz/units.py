@@ -20,7 +20,7 @@ from . import _validate as _v
 from ._device import resolve_device as _resolve_device
 from ._numerics import (Moments, float32_squares_span, read_dtype, row_names, tensor_guard,
                         warn_degenerate)
-from .probe.targets import label_strings
+from ._labels import label_strings
 from .store import tag_weights
 
 __all__ = ["unit_quality", "unit_measures", "kmeans"]

@@ -9,13 +9,12 @@ Hewitt & Liang (2019).
 
 from __future__ import annotations
 
-import math
-import numbers
 import warnings
 
 import numpy as np
 import pandas as pd
 
+from .._labels import label_str
 from .._validate import caller_stacklevel
 from ..store import utterance_selection
 
@@ -259,41 +258,6 @@ def _positions(store, utterances) -> np.ndarray:
 
 def _store_arg(sel: np.ndarray, n: int):
     return None if len(sel) == n else sel.tolist()
-
-
-def _is_missing(v) -> bool:
-    if v is None:
-        return True
-    if isinstance(v, float) and math.isnan(v):
-        return True
-    try:
-        return bool(pd.isna(v)) if np.ndim(v) == 0 else False
-    except (TypeError, ValueError):
-        return False
-
-
-def label_str(v) -> str:
-    """A label as a string, the one spelling of a class; missing (None, NaN, pd.NA, NaT) is ``""``.
-
-    Numbers are spelled by their value, not their type: an integral float is
-    written as the int (``1``, ``1.0``, ``np.float32(1)`` and ``np.int64(1)``
-    are all ``"1"``), so a column whose ints became floats where a table had a
-    NaN keeps one class per value. Other floats keep Python's shortest
-    round-trip spelling (``0.1``), booleans stay ``"True"``/``"False"``, and
-    strings are taken as written (codes such as ``"01"`` are not numbers; two
-    strings that spell one number differently are refused by
-    :func:`~s3viz.probe.targets.check_classes`).
-    """
-    if _is_missing(v):
-        return ""
-    if isinstance(v, (bool, np.bool_)):
-        return str(bool(v))
-    if isinstance(v, numbers.Integral):
-        return str(int(v))
-    if isinstance(v, (float, np.floating)):
-        f = float(v)
-        return str(int(f)) if f.is_integer() else str(f)
-    return str(v)
 
 
 def split_groups(store, sel: np.ndarray, split_by: str) -> np.ndarray:

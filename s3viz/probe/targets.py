@@ -1,7 +1,7 @@
 """Probe targets: the label rules of probes, featurizers and streaming, and :class:`ProbeTask`.
 
-:func:`utterance_label_strings`, :func:`require_alignments`, :func:`label_strings`
-and :func:`check_classes` are the one set of rules (``docs/probes.md``, "Labels")
+:func:`utterance_label_strings`, :func:`require_alignments`, :func:`check_classes`
+and ``s3viz._labels`` (one spelling per label) are the one set of rules (``docs/probes.md``, "Labels")
 that the probes, ``train_featurizer``/``WeightedScorer`` and ``stream_analysis``
 apply. A :class:`ProbeTask` reads one target at one level with them, maps classes
 to ids, assigns folds and control classes, and pools utterance-level features.
@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .._labels import label_str, label_strings
 from .._numerics import read_dtype
 from ..align import frame_labels as _align_frame_labels
 from .folds import (
@@ -25,7 +26,6 @@ from .folds import (
     check_heldout,
     control_labels,
     fold_class_counts,
-    label_str,
     split_groups,
 )
 
@@ -246,11 +246,6 @@ class ProbeTask:
 
 def _fix(fixes: dict, key: str) -> dict:
     return {"fix": fixes[key]} if key in fixes else {}
-
-
-def label_strings(values) -> np.ndarray:
-    """:func:`label_str` of every value, as an object array (``""``: unlabelled)."""
-    return np.asarray([label_str(v) for v in values], dtype=object)
 
 
 def utterance_label_strings(labels: pd.DataFrame, target: str, sel, ids,
