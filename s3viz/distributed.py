@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from .align import frame_labels as _align_frame_labels
-from .store import store_weights
+from .upstreams._hub import weights_of
 
 __all__ = [
     "all_reduce_sum",
@@ -224,7 +224,7 @@ def reference_store(corpus, shard_store, shard_positions: Sequence[int], reduce=
     return _Reference(labels, phones, lengths, shard_store.downsample_rates,
                       shard_store.receptive_fields, shard_store.hidden_sizes,
                       getattr(shard_store, "layer_ids", range(shard_store.num_layer)),
-                      store_weights(shard_store))
+                      weights_of(shard_store))
 
 
 def env_world() -> tuple[int, int, int]:

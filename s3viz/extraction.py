@@ -403,7 +403,6 @@ def extract(upstream, corpus, *, upstream_layers=None, batch_size: int | None = 
             extraction and moved back afterwards.
         amp_dtype: ``torch.float16``/``torch.bfloat16`` run the upstream under
             ``torch.autocast`` on the device. None or float32: full precision.
-           
         store_dtype: dtype of the stored frames (float32, float16 or bfloat16).
         cache_dir: None keeps frames in memory. A folder keeps them on disk under
             ``cache_dir/<name>-<fingerprint>``; a finished extraction is reused, an

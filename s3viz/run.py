@@ -111,7 +111,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--folder {args.folder!r} is not a folder of audio files")
     if args.cka_level is not None and not args.cka:
         p.error("--cka-level needs --cka (it chooses the level of the CKA)")
-    if args.random_weights and args.upstream.strip() == "spectral":
+    if args.random_weights and args.upstream.strip().lower() == "spectral":
         p.error("--random-weights: spectral has no learned weights, so it has no random-weights "
                 "control (it is itself the baseline); leave --random-weights out")
     if "logistic" in args.methods and not args.store_frames:

@@ -179,7 +179,8 @@ def segment_store(store, column: str, layers: Sequence[int], *, utterances=None)
     the default control type); ``_group_ids`` (the segments' utterances) keeps
     an utterance's segments in one fold under ``split_by="utterance"``.
     """
-    from .store import LayerStore, store_weights
+    from .store import LayerStore
+    from .upstreams._hub import weights_of
 
     layers = [int(v) for v in layers]
     tables = [segment_table(store, layer, column, utterances=utterances) for layer in layers]
@@ -202,7 +203,7 @@ def segment_store(store, column: str, layers: Sequence[int], *, utterances=None)
     hidden = [[p[j:j + 1] for p in pooled] for j in range(len(t0))]
     out = LayerStore.from_tensors(hidden, downsample_rates=[store.downsample_rates[v]
                                                             for v in layers], labels=labels,
-                                  weights_source=store_weights(store))
+                                  weights_source=weights_of(store))
     out._group_ids = t0["id"].tolist()
     out._precision = precision
     # no frame in the first layer, or in one of the others

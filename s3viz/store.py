@@ -34,25 +34,16 @@ from ._cache import (
 )
 from ._fs import OwnedFolder, UnsafePathError
 from .align import frame_labels as _align_frame_labels
+from .upstreams._hub import AS_GIVEN, weights_of
 
 __all__ = ["LayerStore", "NonFiniteError", "CacheCorruptionError"]
 
-AS_GIVEN = "as given"
-"""The ``weights`` of a store whose frames came without an upstream s3viz knows
-(:meth:`LayerStore.from_tensors`, an upstream object built elsewhere)."""
-
-
-def store_weights(store) -> str:
-    """Where a store's frames' weights came from (its ``weights`` text), else ``"as given"``."""
-    value = getattr(store, "weights", None)
-    return value if isinstance(value, str) and value.strip() else AS_GIVEN
-
-
 def tag_weights(table, store, key: str = "weights"):
-    """``table.attrs[key]`` = the weights of ``store`` (see :func:`store_weights`), so a
-    measure table says which weights it came from (``"random weights ..."`` for the
-    random control; the plots say so in their legends); returns ``table``."""
-    table.attrs[key] = store_weights(store)
+    """``table.attrs[key]`` = the weights of ``store`` (its ``weights`` text, read by
+    :func:`s3viz.upstreams.weights_of`), so a measure table says which weights it came
+    from (``"random weights ..."`` for the random control; the plots say so in their
+    legends); returns ``table``."""
+    table.attrs[key] = weights_of(store)
     return table
 
 

@@ -17,7 +17,7 @@ import torch
 from .. import _validate as _v
 from .._device import resolve_device as _resolve_device
 from .._numerics import layer_guard, warn_degenerate
-from ..store import store_weights
+from ..upstreams._hub import weights_of
 from .folds import _positions, check_folds, check_split_by, resolve_split
 from .logistic import _logistic_layers
 from .ridge import LAMBDAS, _scores, ridge_layer_frame, ridge_layer_utterance
@@ -155,7 +155,7 @@ def probe_layers(
         accuracy of each fold (folds as in :func:`probe_folds`);
         ``df.attrs["weights"]`` the store's :attr:`~s3viz.store.LayerStore.weights`.
     """
-    weights = store_weights(store)  # the frames' store, also in a sharded run
+    weights = weights_of(store)  # the frames' store, also in a sharded run
     if target is None:
         raise TypeError("target must be a label name (str) or a list of them, e.g. 'phone' or "
                         "['phone', 'speaker'], got None")

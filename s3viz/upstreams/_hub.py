@@ -18,7 +18,7 @@ from typing import Optional, Tuple
 from urllib.parse import urlparse
 
 __all__ = ["PRETRAINED_MODELS", "ALIASES", "Pretrained", "offline", "resolve_name",
-           "torchaudio_base_url", "hf_cache_dir", "RANDOM_WEIGHTS", "weights_of",
+           "torchaudio_base_url", "hf_cache_dir", "RANDOM_WEIGHTS", "AS_GIVEN", "weights_of",
            "is_random_weights"]
 
 OFFLINE_VARS = ("S3VIZ_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -33,6 +33,10 @@ TORCHAUDIO_URL = "https://download.pytorch.org/torchaudio/models/"
 RANDOM_WEIGHTS = "random weights"
 """How an upstream's ``weights`` starts when it has random weights (``pretrained=False``)."""
 
+AS_GIVEN = "as given"
+"""The ``weights`` of an upstream or store s3viz did not build (an object made elsewhere,
+``LayerStore.from_tensors``): where its weights came from is not known here."""
+
 
 def weights_of(upstream) -> str:
     """Where an upstream's weights came from: its ``weights`` text (every upstream s3viz
@@ -44,7 +48,7 @@ def weights_of(upstream) -> str:
     inner = getattr(upstream, "upstream", None)  # an adapter around someone's object
     if inner is not None and inner is not upstream:
         return weights_of(inner)
-    return "as given"
+    return AS_GIVEN
 
 
 def is_random_weights(weights) -> bool:

@@ -473,11 +473,6 @@ _FAIRSEQ_DEFAULTS = {  # fairseq's (and s3prl's) HubertConfig / Wav2Vec2Config d
 }
 
 
-_TA_ARG = {"encoder_embed_dim": "encoder_embed_dim",
-           "encoder_attention_heads": "encoder_num_heads",
-           "conv_pos_groups": "encoder_pos_conv_groups"}
-
-
 def _conv_spec(text, where: str) -> list:
     """fairseq's ``conv_feature_layers`` ("[(512, 10, 5)] + [(512, 3, 2)] * 4 ..."), read
     without eval: lists and tuples of ints joined by ``+`` and ``*`` only."""
@@ -598,11 +593,11 @@ def from_s3prl_checkpoint(path, *, pretrained: bool = True, seed: int = 0,
         encoder_layer_drop=0.0,  # never applied when extracting
         aux_num_out=None,
     )
-    for size, parts in (("encoder_embed_dim", "encoder_attention_heads"),
-                        ("encoder_embed_dim", "conv_pos_groups")):
-        if params[_TA_ARG[size]] % params[_TA_ARG[parts]]:
-            raise ValueError(f"{where}: model_cfg {size}={cfg[size]} is not a multiple of "
-                             f"{parts}={cfg[parts]}")
+    for parts, n in (("encoder_attention_heads", params["encoder_num_heads"]),
+                     ("conv_pos_groups", params["encoder_pos_conv_groups"])):
+        if params["encoder_embed_dim"] % n:
+            raise ValueError(f"{where}: model_cfg encoder_embed_dim={cfg['encoder_embed_dim']} "
+                             f"is not a multiple of {parts}={n}")
     if cfg.get("pos_conv_depth", 1) != 1:
         raise ValueError(f"{where}: model_cfg pos_conv_depth={cfg['pos_conv_depth']!r}; "
                          "torchaudio's architecture has one positional convolution")

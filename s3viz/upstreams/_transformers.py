@@ -23,7 +23,7 @@ from ..align import expected_lengths, receptive_field
 from ..interface import AbsUpstream
 from ..interface import check_wavs
 from ._common import normalize_waveforms
-from ._hub import RANDOM_WEIGHTS, hf_cache_dir, offline
+from ._hub import AS_GIVEN, RANDOM_WEIGHTS, hf_cache_dir, offline
 
 __all__ = ["TRANSFORMERS_FAMILIES", "TransformersUpstream", "WhisperEncoderUpstream",
            "from_transformers", "from_whisper", "is_transformers_model", "load_transformers"]
@@ -114,7 +114,7 @@ class TransformersUpstream(AbsUpstream):
         self.uses_attention_mask = (getattr(config, "feat_extract_norm", "group") == "layer"
                                     and kind in _MASK_SAFE)
         self.name = name or getattr(config, "_name_or_path", "") or kind
-        self.weights = "as given"  # load_transformers says "pretrained: ..." or "random ..."
+        self.weights = AS_GIVEN  # load_transformers says "pretrained: ..." or "random ..."
 
     @property
     def num_layer(self) -> int:
@@ -287,7 +287,7 @@ class WhisperEncoderUpstream(AbsUpstream):
         self._layer_ids = _layer_ids(upstream_layers, int(config.encoder_layers) + 1,
                                      "from_whisper")
         self.name = name or getattr(config, "_name_or_path", "") or "whisper"
-        self.weights = "as given"
+        self.weights = AS_GIVEN
 
     @property
     def num_layer(self) -> int:
@@ -363,14 +363,11 @@ def _snapshots(repo_id: str) -> Tuple[str, dict, set]:
     return root, snaps, names(os.path.join(root, "blobs"))
 
 
-def _download(repo_id: str, revision: Optional[str], what: str, weights: bool = True) -> str:
-    """Fetch what loading ``repo_id`` needs into huggingface_hub's cache, file by file
-    (each with its progress bar): ``config.json``, the feature extractor's config and
-    the weights (unless ``weights=False``: the random-weights control needs the config
-    only), safetensors when the repository has them, else ``pytorch_model*.bin``
-    (then loaded with ``weights_only``). Returns the commit. A file that fails is
-    named; huggingface_hub keeps only complete files in a snapshot."""
-    from huggingface_hub import HfApi, hf_hub_download
+def _repo_files(repo_id: str, revision: Optional[str], what: str) -> Tuple[list, list]:
+    """What loading ``repo_id`` needs, read once from the hub's file list: the configs
+    (``config.json``, the feature extractor's) and the weights, safetensors when the
+    repository has them, else ``pytorch_model*.bin`` (then loaded with ``weights_only``)."""
+    from huggingface_hub import HfApi
 
     try:
         info = HfApi().model_info(repo_id, revision=revision or "main")
@@ -384,16 +381,23 @@ def _download(repo_id: str, revision: Optional[str], what: str, weights: bool = 
     if "config.json" not in names or not weight_files:
         raise OSError(f"{what}: the repository has no config.json and weights (safetensors or "
                       f"pytorch_model.bin) at {info.sha}; files: {names[:20]}")
-    for name in ["config.json", "preprocessor_config.json"] + (weight_files if weights else []):
-        if name in names:
-            try:
-                # by the name asked for (not the commit), so the cache records the
-                # ref, and offline loads of the same name find it
-                hf_hub_download(repo_id, name, revision=revision or "main")
-            except Exception as err:
-                raise _Fetch(f"{what}: downloading {name} failed ({type(err).__name__}: "
-                             f"{err})") from None
-    return info.sha
+    return [n for n in ("config.json", "preprocessor_config.json") if n in names], weight_files
+
+
+def _fetch(repo_id: str, revision: Optional[str], names: list, what: str) -> None:
+    """Download ``names`` of ``repo_id`` into huggingface_hub's cache, each with its
+    progress bar; a file that fails is named (huggingface_hub keeps only complete files
+    in a snapshot)."""
+    from huggingface_hub import hf_hub_download
+
+    for name in names:
+        try:
+            # by the name asked for (not the commit), so the cache records the ref, and
+            # offline loads of the same name find it
+            hf_hub_download(repo_id, name, revision=revision or "main")
+        except Exception as err:
+            raise _Fetch(f"{what}: downloading {name} failed ({type(err).__name__}: "
+                         f"{err})") from None
 
 
 _UNUSED_IN_EVAL = ("masked_spec_embed",)
@@ -521,9 +525,11 @@ def load_transformers(name_or_path: str, *, pretrained: bool = True,
                                "huggingface-cli delete-cache) to download it again")
         return err_text
 
+    weight_files = []
     if not folder and var is None:
+        config_files, weight_files = _repo_files(name_or_path, revision, what)
         try:  # the configuration first: a model s3viz refuses costs no weights download
-            _download(name_or_path, revision, what, weights=False)
+            _fetch(name_or_path, revision, config_files, what)
         except _Fetch as err:
             raise OSError(forget(str(err))) from None
         common.update(revision=revision, local_files_only=True)
@@ -560,11 +566,10 @@ def load_transformers(name_or_path: str, *, pretrained: bool = True,
                                 "where you trust that code and pass the object to get_upstream"))
     auto = transformers.AutoModel
     if pretrained:
-        if not folder and var is None:
-            try:
-                _download(name_or_path, revision, what, weights=True)
-            except _Fetch as err:
-                raise OSError(forget(str(err))) from None
+        try:  # (none to fetch from a folder, or offline: the cache answers)
+            _fetch(name_or_path, revision, weight_files, what)
+        except _Fetch as err:
+            raise OSError(forget(str(err))) from None
         try:
             model, info = auto.from_pretrained(name_or_path, weights_only=True,
                                                output_loading_info=True, **common)

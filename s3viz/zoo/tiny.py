@@ -148,7 +148,8 @@ class TinyUpstream(AbsUpstream):
         super().__init__()
         self.config = cfg = config if config is not None else TinyConfig()
         self._name = name
-        self.weights = "as given"  # tiny() says pretrained, checkpoint or random
+        # upstreams.AS_GIVEN, spelled here: zoo imports nothing of upstreams; tiny() sets it
+        self.weights = "as given"
         blocks, in_ch = [], 1
         for k, s in cfg.conv_layers:
             blocks.append(_ConvBlock(in_ch, cfg.conv_channels, k, s))
