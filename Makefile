@@ -23,12 +23,17 @@ PYTEST_ARGS ?=
 setup: $(STAMP)
 
 # Install the tested set: every version comes from the lock (torch with its CUDA
-# libraries is ~3 GB to download); reinstall only when pyproject.toml or the lock
-# changed, then check that the venv really holds what the lock says.
+# libraries is ~3 GB to download, ~6 GB installed); reinstall only when pyproject.toml
+# or the lock changed, then check that the venv really holds what the lock says.
+# --no-cache-dir: pip's cache would keep a second copy of every wheel (~3 GB) beside
+# the venv, and a CI run once ran out of disk during this install.
 $(STAMP): pyproject.toml $(LOCK)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade -c $(LOCK) pip
-	$(PY) -m pip install --quiet -c $(LOCK) -e '.[$(EXTRAS)]'
+	@avail=$$(df -Pk . | awk 'NR==2 {print int($$4/1048576)}'); \
+	  if [ "$$avail" -lt 7 ]; then \
+	    echo "note: $$avail GB free here; a fresh install needs about 7 GB (torch with CUDA)"; fi
+	$(PY) -m pip install --quiet --no-cache-dir --upgrade -c $(LOCK) pip
+	$(PY) -m pip install --quiet --no-cache-dir -c $(LOCK) -e '.[$(EXTRAS)]'
 	$(PY) requirements/lock.py check $(LOCK)
 	@touch $(STAMP)
 
