@@ -22,8 +22,12 @@ from . import _validate as _v
 from ._device import resolve_device as _resolve_device
 from ._numerics import (Profile, float32_distances_span, read_dtype, safe_scale,
                         warn_degenerate)
-from .align import expected_lengths
+from .align import expected_lengths, frame_labels
 from .featurizers import WeightedSumFeaturizer, align_frames, consistent_lengths, rate_factor
+from .probe import LEVELS, probe_folds, resolve_split
+from .probe.folds import check_heldout, fold_class_counts
+from .probe.targets import (check_classes, label_strings, require_alignments, resolve_level,
+                            utterance_label_strings)
 from .store import utterance_selection
 
 __all__ = ["train_featurizer", "FeaturizerFit"]
@@ -53,8 +57,6 @@ def _folds(store, split_by: str | None, target: str, folds: int, seed: int,
     ``split_by="auto"`` is :func:`s3viz.probe.resolve_split`'s choice, as for
     the probes. Utterances outside ``sel`` get fold -1 (in no part).
     """
-    from .probe import probe_folds, resolve_split
-
     split_by = resolve_split(store.labels, split_by, target, folds, sel)
     table = probe_folds(store, folds=folds, split_by=split_by, seed=seed,
                         utterances=None if len(sel) == len(store) else sel)
@@ -99,15 +101,6 @@ class ProbeData:
                  target_rate: int | None = None, split_by: str = "auto",
                  test_fraction: float = 0.25, seed: int = 0, standardize: bool = True,
                  utterances=None):
-        from .probe import LEVELS
-        from .probe.targets import (
-            check_classes,
-            label_strings,
-            require_alignments,
-            resolve_level,
-            utterance_label_strings,
-        )
-
         if level not in LEVELS:
             raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
         for attr in ("layer", "lengths", "labels", "hidden_sizes", "downsample_rates"):
@@ -208,8 +201,6 @@ class ProbeData:
         """The probes' held-out class check (:func:`s3viz.probe.folds.check_heldout`) of the
         test part; its examples of unseen classes become :data:`UNSEEN` (wrong, not left out),
         and ``chance`` is the training majority class scored on the same examples."""
-        from .probe.folds import check_heldout, fold_class_counts
-
         item_fold = np.repeat(self.fold, self.lengths)  # 0: test, >= 1: training, -1: neither
         m = (raw != "") & (item_fold >= 0)
         all_classes, y = np.unique(raw[m].astype(str), return_inverse=True)
@@ -242,8 +233,6 @@ class ProbeData:
             for i in range(len(store)):
                 parts.append(flat[off[i]: off[i] + self.lengths[i]])
         else:
-            from .align import frame_labels
-
             for i, table in enumerate(store.phones):
                 if table is None:
                     parts.append(np.full(int(self.lengths[i]), "", dtype=object))

@@ -466,15 +466,3 @@ class WeightedSumFeaturizer(AbsFeaturizer):
         return (f"layer_selections={self.layer_selections}, normalize={self.normalize}, "
                 f"output_size={self.output_size}, downsample_rate={self.downsample_rate}")
 
-
-def __getattr__(name: str):
-    # PEP 562: the names that moved to their own modules stay importable from here
-    if name == "train_featurizer":
-        from .featurizer_training import train_featurizer
-
-        return train_featurizer
-    if name == "WeightedScorer":
-        from .probe.weighted import WeightedScorer
-
-        return WeightedScorer
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,13 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from s3viz.align import expected_lengths
-from s3viz.featurizers import (
-    WeightedScorer,
-    WeightedSumFeaturizer,
-    align_frames,
-    train_featurizer,
-    weighted_sum,
-)
+from s3viz.featurizer_training import train_featurizer
+from s3viz.featurizers import WeightedSumFeaturizer, align_frames, weighted_sum
+from s3viz.probe.weighted import WeightedScorer
 
 RTOL, ATOL = 1e-5, 1e-6
 

@@ -104,8 +104,9 @@ def test_every_public_name_resolves(name):
     ("s3viz.contract", ["check_upstream", "check_featurizer", "check_frame_model",
                         "check_utterance_model", "ContractReport", "ContractViolation",
                         "STATUSES"]),
-    ("s3viz.featurizers", ["WeightedSumFeaturizer", "WeightedScorer", "train_featurizer",
-                           "align_frames", "weighted_sum"]),
+    ("s3viz.featurizers", ["WeightedSumFeaturizer", "align_frames", "weighted_sum"]),
+    ("s3viz.featurizer_training", ["train_featurizer"]),
+    ("s3viz.probe.weighted", ["WeightedScorer"]),
 ])
 def test_documented_imports(module, names):
     mod = importlib.import_module(module)

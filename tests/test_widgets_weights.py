@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
-from s3viz.featurizers import WeightedScorer
+from s3viz.probe.weighted import WeightedScorer
 from s3viz.plot._weights import (
     layer_weights,
     layer_weights_heatmap,

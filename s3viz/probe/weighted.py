@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from .._device import resolve_device as _resolve_device
 from ..featurizer_training import ProbeData
 from ..featurizers import as_vector
+from .ridge import LAMBDAS
+from .stats import ProbeStats
 
 __all__ = ["BASES", "WeightedScorer"]
 
@@ -77,8 +79,6 @@ class _Blocks:
 
     def stats(self, w: torch.Tensor):
         """:class:`s3viz.ProbeStats` of the weighted sum ``sum_l w_l R_l`` (one group)."""
-        from .stats import ProbeStats
-
         return ProbeStats(
             self.counts.sum().reshape(1),
             torch.einsum("l,lk->k", w, self.sums)[None],
@@ -172,8 +172,6 @@ class WeightedScorer:
                  test_fraction: float = 0.25, seed: int = 0, device=None,
                  pca_frames: int = 4096, chunk_utterances: int = 64, basis="mixed",
                  utterances=None):
-        from .ridge import LAMBDAS
-
         data = ProbeData(store, target, level=level, layers=layers, target_rate=target_rate,
                           split_by=split_by, test_fraction=test_fraction, seed=seed,
                           utterances=utterances)

@@ -63,7 +63,7 @@ class LayerWeightExplorer(W.VBox):
         weight_labels: one ``HTML`` per layer showing the normalised weight.
         score_label: ``HTML`` with the current score.
         uniform_button, best_button, learned_button: the presets.
-        scorer: the :class:`~s3viz.featurizers.WeightedScorer` doing the work.
+        scorer: the :class:`~s3viz.probe.weighted.WeightedScorer` doing the work.
     """
 
     def __init__(self, scorer: WeightedScorer, *, learned=None, train=None, title=None):
