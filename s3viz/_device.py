@@ -1,7 +1,10 @@
 """The runtime rules shared across s3viz: devices, model sessions, notebook threads.
 
-- :func:`resolve_device`: ``device=None`` means the model's own device when it has
-  tensors, else cuda when available, else the CPU;
+- :func:`resolve_device`, the one device rule: ``device=None`` means the model's own
+  device when it has tensors, else cuda when torch sees one, else the CPU; a device
+  asked for by name is refused (``ValueError``) when it is CUDA and torch sees none.
+  Every s3viz function that picks a device picks it here, and this is the only module
+  that asks torch whether CUDA is there (``tests/test_architecture.py``);
 - :func:`eval_session`: run a model in eval mode (moved only when asked) and restore
   every submodule's training flag and the device afterwards;
 - :func:`notebook_threads`: torch threads for a (possibly shared) notebook server.
@@ -33,7 +36,8 @@ def resolve_device(device=None, module=None) -> torch.device:
     else cpu; anything else -> ``torch.device(device)``.
 
     Raises:
-        ValueError: for a string or object torch does not read as a device.
+        ValueError: for a string or object torch does not read as a device, or a CUDA
+            device on a machine where torch sees none.
     """
     if device is None:
         own = module_device(module)
@@ -41,9 +45,13 @@ def resolve_device(device=None, module=None) -> torch.device:
             return own
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise ValueError(f"device must be e.g. 'cpu', 'cuda' or 'cuda:0', got {device!r}") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but CUDA is not available here; pass device='cpu' "
+                         "or device=None (the model's own device, else the CPU)")
+    return dev
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ from ._device import eval_session
 from ._device import module_device as _module_device
 from ._device import resolve_device as _resolve_device
 from .models import length_mask, masked_max, masked_mean
+from .store import NONFINITE_HINT, NonFiniteError, tag_weights
 
 __all__ = ["compare_frame_utterance", "pool_frames"]
 
@@ -128,7 +129,7 @@ def _batches(data, *, layer, featurizer, batch_size: int
 
         return n, ids, it()
 
-    feat_dev = _module_device(featurizer) or torch.device("cpu")
+    feat_dev = _resolve_device(None, featurizer)
 
     def it():
         with eval_session(featurizer):
@@ -222,8 +223,6 @@ def _refuse_nonfinite(hs, hs_len, ids, what):
     finite = torch.isfinite(hs).reshape(hs.shape[0], hs.shape[1], -1).all(dim=-1) | ~valid
     if bool(finite.all()):
         return
-    from .store import NONFINITE_HINT, NonFiniteError
-
     b = int(torch.nonzero(~finite.all(dim=1))[0])
     raise NonFiniteError(f"compare_frame_utterance: {what} of utterance {ids[b]!r} hold NaN/inf "
                          f"in {int((~finite[b]).sum())} frame(s); {NONFINITE_HINT}")
@@ -284,10 +283,8 @@ def compare_frame_utterance(
             f"frame_model.output_size={fo} but utterance_model.output_size={uo}; compare "
             "models with the same output space (e.g. the same classes)"
         )
-    dev = _resolve_device(device, None)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} asks for CUDA but torch.cuda.is_available() is False")
-    has_cuda = torch.cuda.is_available()
+    dev = _resolve_device(device)
+    has_cuda = _resolve_device(None).type == "cuda"  # device=None would pick a GPU
     if cpu_vs_gpu is None:
         cpu_vs_gpu = has_cuda
     if cpu_vs_gpu and not has_cuda:
@@ -370,8 +367,6 @@ def compare_frame_utterance(
     df.attrs.update({"device": str(dev), "gpu": gpu_name, "note": note,
                      "summary": _summary(df, pooling, dev, second)})
     if _is_store(data):  # the hidden states' weights (a tuple of tensors does not say)
-        from .store import tag_weights
-
         tag_weights(df, data)
     return df
 

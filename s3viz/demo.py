@@ -136,10 +136,10 @@ def _run(out: OwnedFolder, n_utterances: int, seed: int, device) -> List[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import torch
 
     import s3viz
     from s3viz import plot
+    from s3viz._device import resolve_device
     from s3viz.data import synthetic_corpus
     from s3viz.stream import check_targets
     from s3viz.upstreams import get_upstream, is_random_weights, weights_of
@@ -230,7 +230,7 @@ def _run(out: OwnedFolder, n_utterances: int, seed: int, device) -> List[Path]:
     log(lengths.attrs.get("summary", ""))
     findings = _findings(probe_df, weights, abx_df, units_df, lengths, models)
     written.append(out.write_text("findings.txt", "\n".join(findings) + "\n"))
-    used = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    used = resolve_device(device)
     log(f"analysis done in {time.perf_counter() - t0:.0f} s on {used}")
     return written
 

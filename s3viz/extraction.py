@@ -40,7 +40,7 @@ from ._cache import (
     write_chunk,
     write_json,
 )
-from ._device import eval_session, module_device
+from ._device import eval_session, resolve_device
 from ._fs import OwnedFolder, UnsafePathError
 from .align import expected_lengths
 from .audio import batch_wavs
@@ -223,19 +223,11 @@ def _module_devices(upstream: nn.Module) -> set:
 
 def resolve_upstream_device(upstream, device) -> tuple[torch.device, bool]:
     """(device to run on, whether the upstream must be moved there)."""
-    if device is None:
-        return module_device(upstream) or torch.device("cpu"), False
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device must be None, 'cpu', 'cuda', 'cuda:N' ..., got {device!r}") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device={device!r} but CUDA is not available here; pass device=None (the "
-            "upstream's own device) or device='cpu'"
-        )
+    dev = resolve_device(device, upstream)
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())
+    if device is None:
+        return dev, False
     devices = _module_devices(upstream)
     return dev, bool(devices) and devices != {dev}
 
@@ -398,9 +390,10 @@ def extract(upstream, corpus, *, upstream_layers=None, batch_size: int | None = 
         max_batch_seconds: at most this much padded audio per batch
             (``utterances * longest``); utterances are sorted by length so
             batches hold similar lengths (little padding).
-        device: where to run. None: the device of the upstream's parameters
-            (the model is not moved). Given: the upstream is moved there for the
-            extraction and moved back afterwards.
+        device: where to run. None: the upstream's own device (of its parameters
+            or buffers; the model is not moved), else cuda when available, else
+            the CPU. Given: the upstream is moved there for the extraction and
+            moved back afterwards.
         amp_dtype: ``torch.float16``/``torch.bfloat16`` run the upstream under
             ``torch.autocast`` on the device. None or float32: full precision.
         store_dtype: dtype of the stored frames (float32, float16 or bfloat16).

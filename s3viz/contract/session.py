@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._device import resolve_device
 from .report import _exc, _Rows
 
 _DEFAULT_WAV_LENGTHS = (11850, 16000, 4003)
@@ -83,22 +84,6 @@ def _check_nonneg(value, arg: str, kind=numbers.Real):
     return value
 
 
-def _check_device_arg(device) -> torch.device | None:
-    if device is None:
-        return None
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(
-            f"device must be None, 'cpu', 'cuda', 'cuda:N' or a torch.device; got {device!r} ({e})"
-        ) from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device={device!r} but CUDA is not available here; pass device=None or 'cpu'"
-        )
-    return dev
-
-
 _UPSTREAM_SIGNATURE = (
     "forward(wavs (batch_size, seq_len, 1), wavs_len (batch_size,)) -> (all_hs, all_hs_len)"
 )
@@ -117,7 +102,7 @@ def _check_run_args(lengths, arg: str, default, *, atol, rtol, seed, device,
     _check_nonneg(atol, "atol")
     _check_nonneg(rtol, "rtol")
     _check_nonneg(seed, "seed", numbers.Integral)
-    return lengths, _check_device_arg(device)
+    return lengths, None if device is None else resolve_device(device)
 
 
 def _name(obj) -> str:
@@ -168,11 +153,7 @@ class _Session:
                     f"{arg} has parameters on several devices {sorted(devices)}; "
                     "pass device=... for the inputs"
                 )
-            device = (
-                here
-                if here is not None
-                else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-            )
+            device = here if here is not None else resolve_device(None)
         elif devices and (here is None or not _same_device(here, device)):
             if not move:
                 where = "several devices" if here is None else str(here)
