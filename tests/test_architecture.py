@@ -37,12 +37,6 @@ DEVICE_MODULE = "s3viz._device"
 # session owns run.py); delete this set once it goes through s3viz._device.
 _RUN_PY_PENDING = {"s3viz.run"}
 
-# TODO(issue 28): s3viz.data's own cycle (owned by the main session): _corpus imports
-# check_phone_table from alignments, which imports PHONE_COLUMNS from _corpus;
-# alignments imports read_csv_strings from folder, which imports decode_text from
-# alignments. Delete this list once s3viz.data is a chain.
-_DATA_PENDING = [{"s3viz.data._corpus", "s3viz.data.alignments", "s3viz.data.folder"}]
-
 
 def _module_name(path: Path) -> str:
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
@@ -232,11 +226,9 @@ def test_cycle_search_finds_a_cycle():
 
 
 def test_no_import_cycles():
-    comps = [c for c in _components(GRAPH) if c not in _DATA_PENDING]
+    comps = _components(GRAPH)
     assert not comps, "import cycles:\n" + "\n".join(
         f"{_show(GRAPH, _cycle_in(GRAPH, c))}\n  (modules in the cycle: {sorted(c)})" for c in comps)
-    stale = [c for c in _DATA_PENDING if c not in _components(GRAPH)]
-    assert not stale, f"_DATA_PENDING lists cycles that are gone: {stale}"
 
 
 @pytest.mark.parametrize("tool", sorted(TOOLS | {CLI}))

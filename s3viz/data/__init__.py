@@ -4,8 +4,8 @@ TextGrids, TIMIT) and an exporter to the MFA and TIMIT layouts."""
 
 from __future__ import annotations
 
-from ._corpus import PHONE_COLUMNS, Corpus, FileUtterance, Utterance
-from .alignments import AlignmentError
+from ._corpus import Corpus, FileUtterance, Utterance
+from .alignments import PHONE_COLUMNS, AlignmentError
 from .folder import load_folder
 from .formats import export_corpus, load_timit
 from .synthetic import SPEAKERS, default_cache_dir, make_sentences, synthetic_corpus

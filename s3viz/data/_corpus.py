@@ -10,12 +10,9 @@ import numpy as np
 import pandas as pd
 
 from ..interface import SAMPLE_RATE
+from .alignments import check_phone_table
 
-__all__ = ["Utterance", "FileUtterance", "Corpus", "PHONE_COLUMNS"]
-
-PHONE_COLUMNS = ("phone", "word", "start", "end")
-"""Columns of an utterance's phone alignment table; ``start``/``end`` are 16 kHz samples."""
-
+__all__ = ["Utterance", "FileUtterance", "Corpus"]
 
 @dataclass(eq=False)
 class Utterance:
@@ -63,8 +60,6 @@ class Utterance:
         object.__setattr__(self, name, value)
 
     def _checked_phones(self, table):
-        from .alignments import check_phone_table
-
         if not isinstance(table, pd.DataFrame):
             raise TypeError(f"Utterance {self.id!r}: phones must be a pandas DataFrame or None, "
                             f"got {type(table).__name__}")

@@ -23,9 +23,12 @@ import pandas as pd
 from ..interface import SAMPLE_RATE
 
 __all__ = ["AlignmentError", "SILENCE", "SILENCE_LABELS", "TOLERANCE_S", "TIMIT39",
-           "PHONE_TIER_NAMES", "WORD_TIER_NAMES", "ALIGNMENT_TABLE_COLUMNS", "read_alignment",
-           "read_textgrid", "alignment_table", "check_intervals", "check_phone_table",
-           "resolve_phone_map", "silence_marks"]
+           "PHONE_TIER_NAMES", "WORD_TIER_NAMES", "PHONE_COLUMNS", "ALIGNMENT_TABLE_COLUMNS",
+           "read_alignment", "read_textgrid", "alignment_table", "check_intervals",
+           "check_phone_table", "resolve_phone_map", "silence_marks"]
+
+PHONE_COLUMNS = ("phone", "word", "start", "end")
+"""Columns of an utterance's phone alignment table; ``start``/``end`` are 16 kHz samples."""
 
 SILENCE = "sil"
 """The phone label of silence, as in the embedded corpus."""
@@ -368,8 +371,6 @@ def check_intervals(entries: Sequence[_Entry], duration: float, path, tier: str,
 def check_phone_table(table: pd.DataFrame, num_samples: int, source: str) -> pd.DataFrame:
     """An in-memory alignment table (``phone, word, start, end`` in 16 kHz samples) checked
     by :func:`check_intervals`; returns it, or a copy with ends clipped to the audio."""
-    from ._corpus import PHONE_COLUMNS
-
     missing = [c for c in PHONE_COLUMNS if c not in table.columns]
     if missing:
         raise ValueError(f"{source}: phones table lacks columns {missing}; it needs "
@@ -559,40 +560,6 @@ def read_alignment(path, num_samples: int, *, phone_tier=None, word_tier=None, p
 
 
 # --------------------------------------------------------------------------- segment tables
-
-
-def read_segment_table(source) -> pd.DataFrame:
-    """A CSV/TSV path (or DataFrame) of segments: ``file`` or ``id``, ``start``, ``end``
-    (seconds), ``phone``, optional ``word`` and ``word_index``; returned with a ``key``
-    column. A file is read as :func:`s3viz.data.folder.read_csv_strings` reads it (every
-    cell a string, stripped; UTF-8 or UTF-16)."""
-    if isinstance(source, pd.DataFrame):
-        table, name = source.copy(), "the alignments DataFrame"
-    else:
-        from .folder import read_csv_strings
-
-        path = Path(source)
-        table = read_csv_strings(path, what="alignments",
-                                 sep="\t" if path.suffix.lower() in (".tsv", ".tab") else ",")
-        name = str(path)
-    key = "file" if "file" in table.columns else "id" if "id" in table.columns else None
-    missing = [c for c in ("start", "end", "phone") if c not in table.columns]
-    if key is None or missing:
-        raise AlignmentError(f"{name}: a segment table needs columns 'file' (or 'id'), 'start', "
-                             f"'end' (seconds) and 'phone' (optional 'word', 'word_index'); it "
-                             f"has {list(table.columns)}")
-    numeric = ("start", "end") + (("word_index",) if "word_index" in table.columns else ())
-    for col in numeric:
-        values = pd.to_numeric(table[col], errors="coerce")
-        if values.isna().any():
-            line = int(np.flatnonzero(values.isna().to_numpy())[0]) + 2
-            raise AlignmentError(f"{name}: line {line}: '{col}' is not a number"
-                                 + (" of seconds" if col != "word_index" else ""))
-        table[col] = values.astype(np.float64)
-    table["key"] = table[key].astype(str)
-    table.attrs["source"] = name
-    table.attrs["key_column"] = key
-    return table
 
 
 def table_alignment(rows: pd.DataFrame, num_samples: int, *, source: str, phone_map=None,

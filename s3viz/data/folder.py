@@ -15,7 +15,7 @@ import pandas as pd
 
 from .._validate import caller_stacklevel
 from ._corpus import Corpus, FileUtterance, Utterance
-from .alignments import AlignmentError
+from .alignments import AlignmentError, decode_text
 
 __all__ = ["load_folder", "read_csv_strings", "AUDIO_SUFFIXES"]
 
@@ -78,8 +78,6 @@ def read_csv_strings(path, *, what: str, sep: str = ",") -> pd.DataFrame:
     (``NA`` or ``None`` stay words: a speaker may be called NA). UTF-8 (with or without
     a byte-order mark) or UTF-16; anything else is refused naming the file (``what``).
     Header names that are equal once stripped are refused."""
-    from .alignments import decode_text
-
     path = Path(path)
     text = decode_text(path, error=ValueError,
                        fix=f"{what}: convert it to UTF-8 (e.g. 'CSV UTF-8' in a spreadsheet, or "
@@ -178,6 +176,38 @@ def _nameless_dropped(table: pd.DataFrame, what: str) -> pd.DataFrame:
             continue
         keep.append(j)
     return table if len(keep) == table.shape[1] else table.iloc[:, keep]
+
+
+def read_segment_table(source) -> pd.DataFrame:
+    """A CSV/TSV path (or DataFrame) of segments: ``file`` or ``id``, ``start``, ``end``
+    (seconds), ``phone``, optional ``word`` and ``word_index``; returned with a ``key``
+    column. A file is read as :func:`read_csv_strings` reads it (every cell a string,
+    stripped; UTF-8 or UTF-16)."""
+    if isinstance(source, pd.DataFrame):
+        table, name = source.copy(), "the alignments DataFrame"
+    else:
+        path = Path(source)
+        table = read_csv_strings(path, what="alignments",
+                                 sep="\t" if path.suffix.lower() in (".tsv", ".tab") else ",")
+        name = str(path)
+    key = "file" if "file" in table.columns else "id" if "id" in table.columns else None
+    missing = [c for c in ("start", "end", "phone") if c not in table.columns]
+    if key is None or missing:
+        raise AlignmentError(f"{name}: a segment table needs columns 'file' (or 'id'), 'start', "
+                             f"'end' (seconds) and 'phone' (optional 'word', 'word_index'); it "
+                             f"has {list(table.columns)}")
+    numeric = ("start", "end") + (("word_index",) if "word_index" in table.columns else ())
+    for col in numeric:
+        values = pd.to_numeric(table[col], errors="coerce")
+        if values.isna().any():
+            line = int(np.flatnonzero(values.isna().to_numpy())[0]) + 2
+            raise AlignmentError(f"{name}: line {line}: '{col}' is not a number"
+                                 + (" of seconds" if col != "word_index" else ""))
+        table[col] = values.astype(np.float64)
+    table["key"] = table[key].astype(str)
+    table.attrs["source"] = name
+    table.attrs["key_column"] = key
+    return table
 
 
 def _read_labels(labels_csv) -> pd.DataFrame:
@@ -580,7 +610,7 @@ class _Aligner:
             if phone_tier is not None or word_tier is not None or pattern is not None:
                 raise ValueError("phone_tier / word_tier / alignment_pattern locate TextGrids; "
                                  "a segment table has the columns 'phone' and 'word'")
-            self._index_segments(al.read_segment_table(alignments))
+            self._index_segments(read_segment_table(alignments))
         elif isinstance(alignments, (str, os.PathLike)) and alignments != "sibling":
             if not Path(alignments).exists():
                 raise FileNotFoundError(
