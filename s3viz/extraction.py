@@ -44,6 +44,7 @@ from ._device import eval_session, resolve_device
 from ._fs import OwnedFolder, UnsafePathError
 from .align import expected_lengths
 from .audio import batch_wavs
+from .data._corpus import Corpus, Utterance
 from .interface import SAMPLE_RATE, num_layer_of
 from .store import (
     NONFINITE_HINT,
@@ -114,8 +115,6 @@ def check_upstream_arg(upstream):
 
 
 def as_corpus(corpus):
-    from .data._corpus import Corpus, Utterance
-
     if isinstance(corpus, Corpus):
         out = corpus
     elif isinstance(corpus, (str, bytes, os.PathLike)) or not hasattr(corpus, "__iter__"):
