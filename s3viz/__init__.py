@@ -35,7 +35,7 @@ _EXPORTS = {
     "layer_similarity": "similarity",
     "stream_analysis": "stream",
     "abx_layers": "abx",
-    "unit_quality": "units",
+    "unit_quality": "measures.units",
     "segment_table": "segments",
     # featurizer weights
     "WeightedSumFeaturizer": "featurizers",
@@ -54,7 +54,7 @@ _EXPORTS = {
 }
 
 _SUBMODULES = ("abx", "align", "audio", "checkpoints", "compare", "contract", "data",
-               "distributed", "extraction", "featurizer_training", "featurizers", "interface",
+               "distributed", "extraction", "measures", "featurizer_training", "featurizers", "interface",
                "models", "plot", "probe", "segments", "similarity", "store", "stream", "teach",
                "units", "upstreams", "widgets", "zoo")
 

@@ -1,11 +1,12 @@
 """Sharded extraction and analysis: ``python -m s3viz.run`` (one process) or ``torchrun``.
 
-Each rank streams its shard of the corpus (:func:`s3viz.stream.stream_analysis`)
-with the statistics all-reduced over ranks, so every rank gets the
-single-process tables while holding a batch of frames at a time;
-``--store-frames DIR`` keeps each shard on disk instead of extracting twice, and
-``--methods logistic`` adds L-BFGS probes on the stored shards. Usage, outputs
-and memory: ``docs/streaming.md``.
+Each rank streams its shard of the corpus through the measures named by
+``--measures`` (:mod:`s3viz.measures`: ``probe``, ``cka``, ``units``; one driver,
+:func:`s3viz.stream.stream_analysis`) with their state all-reduced over ranks, so
+every rank gets the single-process tables while holding a batch of frames at a
+time; ``--store-frames DIR`` keeps each shard on disk instead of extracting in
+every pass, and ``--methods logistic`` adds L-BFGS probes on the stored shards.
+Usage, outputs and memory: ``docs/streaming.md``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from pathlib import Path
 
 import torch
 
+from ._device import resolve_device
 from ._fs import FolderBusyError, OwnedFolder
+from .measures import MEASURES
 
 __all__ = ["main", "parse_args", "run"]
 
@@ -66,6 +69,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "fit and list them all (default: refuse, listing them all)")
     p.add_argument("--phone-map", default=None, choices=["timit39"],
                    help="fold the phone labels (timit39: TIMIT's 61 labels to 39)")
+    p.add_argument("--measures", nargs="+", default=["probe"], choices=sorted(MEASURES),
+                   help="what to compute over every layer (default: probe): probe (linear "
+                        "probes of --targets), cka (layer-by-layer CKA), units (k-means unit "
+                        "purity and PNMI against the phones); docs/measures.md")
     p.add_argument("--targets", nargs="*", default=["phone"], help="probe targets")
     p.add_argument("--methods", nargs="+", default=["ridge"], choices=["ridge", "logistic"],
                    help="probe methods; logistic (full-batch L-BFGS, gradients summed over "
@@ -75,11 +82,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="auto (default): by speaker when the labels allow it, else by "
                         "utterance (s3viz.probe.resolve_split); probes.csv says which")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cka", action="store_true", help="also compute the layer-by-layer CKA")
     p.add_argument("--cka-level", default=None, choices=["frame", "utterance"],
                    help="default: frame when the chosen layers share one frame rate, else "
                         "utterance (run.json and the log say which); an explicit 'frame' over "
                         "layers of different rates is refused")
+    p.add_argument("--units-k", type=int, nargs="+", default=[100], metavar="K",
+                   help="for --measures units: k-means clusters (several: one row each)")
+    p.add_argument("--units-max-frames", type=int, default=50000, metavar="N",
+                   help="for --measures units: labelled frames k-means is fitted on (each "
+                        "rank holds layers x N x hidden numbers)")
     p.add_argument("--layers", type=int, nargs="*", default=None, help="upstream layers to use")
     p.add_argument("--batch-size", type=int, default=None, help="utterances per batch at most")
     p.add_argument("--max-batch-seconds", type=float, default=60.0,
@@ -101,19 +112,21 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--{given[0].replace('_', '-')} needs --folder")
     if given and args.alignments is None:
         p.error(f"--{given[0].replace('_', '-')} needs --alignments")
-    if not args.targets and not args.cka:
-        p.error("nothing to compute: give --targets and/or --cka")
+    if "probe" in args.measures and not args.targets:
+        p.error("--measures probe needs --targets (the labels to probe)")
     for flag, value in (("--out", args.out), ("--store-frames", args.store_frames)):
         path = None if value is None else Path(value).expanduser()
         if path is not None and path.exists() and not path.is_dir():  # now, not after the run
             p.error(f"{flag} {value!r} is a file; give a folder (created when missing)")
     if args.folder is not None and not Path(args.folder).expanduser().is_dir():
         p.error(f"--folder {args.folder!r} is not a folder of audio files")
-    if args.cka_level is not None and not args.cka:
-        p.error("--cka-level needs --cka (it chooses the level of the CKA)")
+    if args.cka_level is not None and "cka" not in args.measures:
+        p.error("--cka-level needs --measures cka (it chooses the level of the CKA)")
     if args.random_weights and args.upstream.strip().lower() == "spectral":
         p.error("--random-weights: spectral has no learned weights, so it has no random-weights "
                 "control (it is itself the baseline); leave --random-weights out")
+    if args.methods != ["ridge"] and "probe" not in args.measures:
+        p.error("--methods chooses the probes: it needs --measures probe")
     if "logistic" in args.methods and not args.store_frames:
         p.error("--methods logistic needs --store-frames DIR: a logistic probe takes many "
                 "passes over the frames, so each rank keeps its shard's frames on disk")
@@ -156,24 +169,22 @@ def _init(device_arg):
     from .distributed import env_world
 
     rank, world, local = env_world()
-    if device_arg is None:
-        device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
-    else:
-        try:
-            device = torch.device(device_arg)
-        except RuntimeError as e:
-            raise ValueError(f"--device must be cpu, cuda or cuda:N, got {device_arg!r}") from e
-        if device.type == "cuda" and device.index is None:
-            device = torch.device(f"cuda:{local}")  # each rank its own GPU
-        elif device.type == "cuda" and world > 1:
-            raise ValueError(f"--device {device_arg} would put all {world} ranks on one GPU "
-                             "(nccl refuses that); give --device cuda and each rank takes "
-                             "cuda:<local rank>")
-    if device.type not in ("cpu", "cuda"):
+    try:
+        asked = None if device_arg is None else torch.device(device_arg)
+    except RuntimeError as e:
+        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {device_arg!r}") from e
+    if asked is not None and asked.type not in ("cpu", "cuda"):
         raise ValueError(f"--device must be cpu, cuda or cuda:N, got {device_arg!r}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device_arg} but CUDA is not available here; use --device "
-                         "cpu (or leave it out)")
+    if asked is not None and asked.type == "cuda" and asked.index is not None and world > 1:
+        raise ValueError(f"--device {device_arg} would put all {world} ranks on one GPU "
+                         "(nccl refuses that); give --device cuda and each rank takes "
+                         "cuda:<local rank>")
+    try:
+        device = resolve_device(asked)
+    except ValueError as e:
+        raise ValueError(f"--device {device_arg}: {e}") from e
+    if device.type == "cuda" and device.index is None:
+        device = torch.device(f"cuda:{local}")  # each rank its own GPU
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
@@ -182,22 +193,24 @@ def _init(device_arg):
 
 
 def run(args) -> dict:
-    """Extract this rank's shard, compute the merged probes/CKA; rank 0 writes ``args.out``.
+    """Stream this rank's shard through ``args.measures``; rank 0 writes ``args.out``.
 
     Works inside an initialised process group (any backend) or without one
-    (one process). Returns ``{"probes": DataFrame | None, "cka": DataFrame | None,
-    "store": this rank's LayerStore, "shard": positions, ...}`` on every rank.
+    (one process). Returns on every rank the merged table of each measure by name
+    (``"probe"``, ``"cka"``, ``"units"``), this rank's LayerStore (``"store"``:
+    None unless ``--store-frames``) and its utterance positions (``"shard"``).
     """
     import numpy as np
 
     from .distributed import all_reduce_sum, dist_info, shard_indices
+    from .measures import LayerCKA, RidgeProbe, UnitQuality
     from .stream import stream_analysis
     from .upstreams import get_upstream, weights_of
 
     rank, world, _ = dist_info()
-    device = torch.device(args.device) if getattr(args, "device", None) else (
-        torch.device(f"cuda:{torch.cuda.current_device()}") if torch.cuda.is_available()
-        else torch.device("cpu"))
+    device = resolve_device(getattr(args, "device", None) or None)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device(f"cuda:{torch.cuda.current_device()}")
     t0 = time.perf_counter()
     corpus = _corpus(args)
     upstream = get_upstream(args.upstream, pretrained=not getattr(args, "random_weights", False))
@@ -227,34 +240,44 @@ def run(args) -> dict:
     if "speaker" in args.targets and args.split_by == "speaker" and rank == 0:
         print("s3viz.run: --split-by speaker applies to the other targets; the speaker target "
               "is split by utterance (a test speaker must occur in training)", file=sys.stderr)
-    if args.targets:  # refused now, not after extraction (every method, every rank)
+    names = list(getattr(args, "measures", ["probe"]))
+    methods = list(getattr(args, "methods", ["ridge"])) if "probe" in names else []
+    if "probe" in names and not args.targets:
+        raise ValueError("measures=['probe'] needs targets (the labels to probe)")
+    if "probe" in names:  # refused now, not after extraction (every method, every rank)
         from .stream import check_targets
 
         check_targets(corpus, args.targets, splits, args.folds, args.seed)
+    measures = []
+    if "ridge" in methods:
+        measures.append(RidgeProbe(args.targets, folds=args.folds, split_by=splits,
+                                   seed=args.seed))
+    if "cka" in names:
+        measures.append(LayerCKA(cka_level))
+    if "units" in names:
+        measures.append(UnitQuality(getattr(args, "units_k", [100]),
+                                    max_frames=getattr(args, "units_max_frames", 50000),
+                                    seed=args.seed))
     if rank == 0:  # every check passed: the earlier run's results go only now
         _clear_results(args.out)
-    methods = list(getattr(args, "methods", ["ridge"]))
-    if not args.targets and not args.cka:
-        raise ValueError("nothing to compute: give targets and/or cka")
     if "logistic" in methods and cache is None:
         raise ValueError("methods=['logistic'] needs store_frames (a folder): a logistic "
                          "probe takes many passes over the frames")
     batching = dict(batch_size=args.batch_size,
                     max_batch_seconds=getattr(args, "max_batch_seconds", 60.0))
-    if "ridge" in methods and args.targets or args.cka:
-        res = stream_analysis(upstream, corpus,
-                              target=args.targets if "ridge" in methods else [],
-                              cka=args.cka, upstream_layers=args.layers, folds=args.folds,
-                              split_by=splits, seed=args.seed, cka_level=cka_level, shard=shard,
-                              reduce=all_reduce_sum, device=device, cache_dir=cache, **batching)
-        probes, cka, store, passes = res.probes, res.cka, res.store, res.passes
+    if measures:
+        res = stream_analysis(upstream, corpus, measures, upstream_layers=args.layers,
+                              shard=shard, reduce=all_reduce_sum, device=device,
+                              cache_dir=cache, **batching)
+        tables, store, passes = dict(res.tables), res.store, res.passes
     else:  # logistic only: the shard's frames go to disk once
         from .extraction import extract
 
         store = extract(upstream, corpus[shard], upstream_layers=args.layers, device=device,
                         cache_dir=cache, progress=False, **batching)
-        probes, cka, passes = None, None, 0
-    if "logistic" in methods and args.targets:
+        tables, passes = {}, 0
+    probes = tables.get("probe")
+    if "logistic" in methods:
         import pandas as pd
 
         from .distributed import reference_store
@@ -269,6 +292,7 @@ def run(args) -> dict:
         probes = logistic if probes is None else pd.concat([probes, logistic],
                                                            ignore_index=True)
         probes.attrs["weights"] = weights_of(upstream)  # concat keeps only equal attrs
+        tables["probe"] = probes
     t_total = time.perf_counter() - t0
     out = OwnedFolder(args.out, "--out")
     out.write_text(f"rank-{rank}.json", json.dumps({
@@ -278,17 +302,20 @@ def run(args) -> dict:
         "setup_rss_mb": setup_rss, "analysis_peak_rss_mb": _status_mb("VmHWM"),
         "peak_rss_mb": _peak_rss_mb()}, indent=2))
     if rank == 0:
-        _write(args, probes, cka, {
+        _write(args, tables, {
             "world_size": world, "utterances": len(corpus), "upstream": args.upstream,
-            "weights": weights_of(upstream),
+            "weights": weights_of(upstream), "measures": names,
             "upstream_passes_rank0": passes, "total_seconds_rank0": t_total,
             "store_frames": str(args.store_frames) if args.store_frames else None,
-            "cka_level": None if cka is None else cka.attrs.get("level"),
+            "cka_level": tables["cka"].attrs.get("level") if "cka" in tables else None,
         })
-    return {"probes": probes, "cka": cka, "store": store, "shard": shard}
+    return dict(tables, store=store, shard=shard)
 
 
-RESULT_FILES = ("probes.csv", "cka.csv", "run.json", "probe_curve.png", "cka.png")
+# each measure's table and figure in --out
+_OUTPUTS = {"probe": ("probes.csv", "probe_curve.png"), "cka": ("cka.csv", "cka.png"),
+            "units": ("units.csv", "units.png")}
+RESULT_FILES = tuple(f for pair in _OUTPUTS.values() for f in pair) + ("run.json",)
 """What a run writes into ``--out`` besides ``rank-<k>.json``."""
 
 
@@ -310,8 +337,8 @@ def _clear_results(out_arg) -> None:
 def _cka_level(args, rates) -> str | None:
     """The CKA level: frame when the chosen layers share a frame rate (frames of different
     rates cannot be paired), else utterance; an explicit frame level there is refused."""
-    if not args.cka:
-        return args.cka_level or "frame"  # unused without --cka
+    if "cka" not in getattr(args, "measures", ["probe"]):
+        return args.cka_level or "frame"  # unused without --measures cka
     picked = sorted({rates[i] for i in (args.layers if args.layers else range(len(rates)))})
     if len(picked) == 1:
         return args.cka_level or "frame"
@@ -360,18 +387,16 @@ def _reset_peak_rss() -> None:
         pass
 
 
-def _write(args, probes, cka, meta: dict) -> None:
+def _write(args, tables: dict, meta: dict) -> None:
     out = OwnedFolder(args.out, "--out")
-    figures = [] if args.no_figures else [
-        name for name, df in (("probe_curve.png", probes), ("cka.png", cka)) if df is not None]
-    meta = dict(meta, files=[n for n, df in (("probes.csv", probes), ("cka.csv", cka))
-                             if df is not None] + figures + ["run.json"]
+    csvs = [_OUTPUTS[n][0] for n in _OUTPUTS if n in tables]
+    figures = [] if args.no_figures else [_OUTPUTS[n][1] for n in _OUTPUTS if n in tables]
+    meta = dict(meta, files=csvs + figures + ["run.json"]
                 + [f"rank-{k}.json" for k in range(meta["world_size"])])
-    if probes is not None:  # the weights travel with the rows, beyond run.json
-        out.write_with("probes.csv", lambda f: probes.assign(weights=meta["weights"]).to_csv(
-            f, index=False), text=True)
-    if cka is not None:
-        out.write_with("cka.csv", lambda f: cka.to_csv(f), text=True)
+    for name, df in tables.items():  # the weights travel with the rows, beyond run.json
+        table = df if name == "cka" else df.assign(weights=meta["weights"])
+        out.write_with(_OUTPUTS[name][0], lambda f, t=table, n=name: t.to_csv(
+            f, index=n == "cka"), text=True)
     out.write_text("run.json", json.dumps(meta, indent=2))
     if args.no_figures:
         return
@@ -380,18 +405,16 @@ def _write(args, probes, cka, meta: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .plot import probe_curve, similarity
+    from . import plot
     from .upstreams import is_random_weights
 
     name = meta["upstream"] + (", random weights" if is_random_weights(meta["weights"]) else "")
-    if probes is not None:
-        ax = probe_curve(probes, title=f"{name}: probes by layer")
-        out.write_with("probe_curve.png", lambda f: ax.figure.savefig(
-            f, dpi=120, bbox_inches="tight", format="png"))
-        plt.close(ax.figure)
-    if cka is not None:
-        ax = similarity(cka, title=f"{name}: layer similarity")
-        out.write_with("cka.png", lambda f: ax.figure.savefig(
+    draw = {"probe": lambda df: plot.probe_curve(df, title=f"{name}: probes by layer"),
+            "cka": lambda df: plot.similarity(df, title=f"{name}: layer similarity"),
+            "units": lambda df: plot.unit_quality(df, title=f"{name}: units by layer")}
+    for key, df in tables.items():
+        ax = draw[key](df)
+        out.write_with(_OUTPUTS[key][1], lambda f, ax=ax: ax.figure.savefig(
             f, dpi=120, bbox_inches="tight", format="png"))
         plt.close(ax.figure)
 
@@ -403,7 +426,7 @@ FLAGS = {"split_by": "--split-by", "folds": "--folds", "upstream_layers": "--lay
          "labels_csv": "--labels", "alignments": "--alignments",
          "alignment_pattern": "--alignment-pattern", "phone_tier": "--phone-tier",
          "word_tier": "--word-tier", "silence": "--silence", "seed": "--seed",
-         "cache_dir": "--store-frames", "store_frames": "--store-frames", "strict": "--no-strict",
+         "cache_dir": "--store-frames", "measures": "--measures", "store_frames": "--store-frames", "strict": "--no-strict",
          "utterances": "--pattern"}  # the CLI chooses utterances by the files it loads
 """The library's argument names as this command's flags, for the advice in its errors."""
 

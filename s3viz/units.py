@@ -1,34 +1,17 @@
-"""How well k-means units of each layer match the phones (the HuBERT paper's measures).
+"""k-means units and how well they match the phones (the HuBERT paper's measures).
 
-:func:`unit_quality` clusters each layer's frames with k-means (batched on the
-device) and reports phone purity, cluster purity and PNMI from the phone x unit
-contingency table (Hsu et al. 2021), fitted on a seeded sample of
-``max_frames`` frames and counted over every labelled frame. Definitions:
-``docs/measures.md``.
+:func:`kmeans` (k-means++ then Lloyd iterations, on the device) and the phone x
+unit measures (:func:`unit_measures`, :func:`measures_from_counts`: phone purity,
+cluster purity and PNMI, Hsu et al. 2021). :func:`s3viz.unit_quality` applies
+them to every layer (:mod:`s3viz.measures.units`). Definitions: ``docs/measures.md``.
 """
 
 from __future__ import annotations
 
-import functools
-from typing import Sequence
-
 import numpy as np
-import pandas as pd
 import torch
 
-from . import _validate as _v
-from ._device import resolve_device as _resolve_device
-from ._numerics import (Moments, float32_squares_span, read_dtype, row_names, tensor_guard,
-                        warn_degenerate)
-from ._labels import label_strings
-from .store import tag_weights
-
-__all__ = ["unit_quality", "unit_measures", "kmeans"]
-
-
-def _frame_name(store, layer: int, keep: np.ndarray, row: int) -> str:
-    """Row ``row`` of the labelled frames ``keep`` of a layer, named (utterance, frame)."""
-    return row_names(store, layer)(int(keep[row]))
+__all__ = ["kmeans", "measures_from_counts", "unit_measures"]
 
 
 def unit_measures(phones, units) -> dict:
@@ -50,19 +33,28 @@ def unit_measures(phones, units) -> dict:
         raise ValueError("no frames: phones and units are empty")
     _, y = np.unique(phones, return_inverse=True)
     _, z = np.unique(units, return_inverse=True)
-    joint = np.zeros((y.max() + 1, z.max() + 1))
-    np.add.at(joint, (y, z), 1.0)
-    joint /= joint.sum()
+    counts = np.zeros((y.max() + 1, z.max() + 1))
+    np.add.at(counts, (y, z), 1.0)
+    return measures_from_counts(counts)
+
+
+def measures_from_counts(counts) -> dict:
+    """:func:`unit_measures` from a phone x unit table of frame counts (rows or columns
+    of zeros are phones or units no frame has; they change nothing)."""
+    joint = np.asarray(counts, dtype=np.float64)
+    n = joint.sum()
+    joint = joint / n
     py, pz = joint.sum(1), joint.sum(0)
     nz = joint > 0
     mi = float((joint[nz] * np.log(joint[nz] / np.outer(py, pz)[nz])).sum())
-    h_y = float(-(py * np.log(py)).sum())
+    p = py[py > 0]
+    h_y = float(-(p * np.log(p)).sum())
     return {
         "phone_purity": float(joint.max(0).sum()),
         "cluster_purity": float(joint.max(1).sum()),
         "pnmi": mi / h_y if h_y > 0 else float("nan"),
-        "n_frames": int(len(phones)), "n_phones": int(joint.shape[0]),
-        "n_units": int(joint.shape[1]),
+        "n_frames": int(round(n)), "n_phones": int((py > 0).sum()),
+        "n_units": int((pz > 0).sum()),
     }
 
 
@@ -134,94 +126,3 @@ def kmeans(x: torch.Tensor, k: int, *, iters: int = 50, tol: float = 1e-4, seed:
             cent[empty] = x[far]
             prev = None  # re-seeded: not converged
     return cent, inertia
-
-
-def unit_quality(store, *, k: int | Sequence[int] = 100, layers: Sequence[int] | None = None,
-                 max_frames: int | None = 50000, seed: int = 0, device=None, iters: int = 50,
-                 column: str = "phone") -> pd.DataFrame:
-    """Purity and PNMI of k-means units of every stored layer against the phones.
-
-    Args:
-        store: a :class:`~s3viz.store.LayerStore` with phone alignments.
-        k: clusters, or a list of them (one row per layer and k).
-        layers: stored layer indices (default all).
-        max_frames: labelled frames (drawn with ``seed``) k-means is fitted on;
-            None uses all. Every labelled frame is assigned and counted.
-        seed: seed of the frame draw and of k-means++.
-        device: torch device (None: cuda when available).
-        iters: at most this many Lloyd iterations.
-        column: the alignment column the units are compared with.
-
-    Returns:
-        One row per layer and ``k``: ``layer``, ``upstream_layer``, ``k``,
-        ``phone_purity``, ``cluster_purity``, ``pnmi``, ``n_frames``, ``n_phones``,
-        ``n_units`` (units used by at least one frame), ``inertia`` (of the fit, as a
-        fraction of the fitted frames' variance: scale-free). A degenerate layer
-        (constant, all zero, varying only at rounding level, or with a frame whose
-        squared distances overflow float32: ``docs/measures.md``) gets NaN and one
-        :class:`~s3viz._numerics.DegenerateLayerWarning`. ``attrs["weights"]``: the
-        store's :attr:`~s3viz.store.LayerStore.weights`.
-    """
-    ks = [k] if isinstance(k, (int, np.integer)) and not isinstance(k, bool) else list(k)
-    if not ks:
-        raise ValueError("k must be a positive int or a non-empty list of them")
-    ks = [_v.integer(v, "k", minimum=2) for v in ks]
-    max_frames = _v.integer(max_frames, "max_frames", minimum=2, none_ok=True)
-    iters = _v.integer(iters, "iters", minimum=1)
-    seed = _v.integer(seed, "seed", minimum=0)
-    if all(p is None for p in store.phones):
-        raise ValueError("unit_quality needs phone alignments (store.phones); the store has "
-                         "none")
-    layer_list = _v.stored_layers(store, layers)
-    dev = _resolve_device(device)
-    rows, degenerate = [], {}
-    for layer in layer_list:
-        # the probes' label rule: a frame without a segment or with a missing label
-        # (None/NaN/NA) is unlabelled
-        lab = label_strings(store.frame_labels(layer, column=column))
-        keep = np.flatnonzero(lab != "")
-        if len(keep) < max(ks):
-            raise ValueError(f"stored layer {layer} has {len(keep)} labelled frames, fewer "
-                             f"than k={max(ks)}; lower k")
-        x, _ = store.layer(layer, dtype=read_dtype(store))
-        x = x[torch.from_numpy(keep)]
-        # the one guard of every measure (s3viz._numerics): k-means is offset-, scale- and
-        # rotation-invariant, so centre on the per-feature median and scale by a power of
-        # two near the robust spread (float32 squares of 1e-30 would vanish; one far frame
-        # moves neither); a degenerate layer, or one with a frame farther than float32
-        # squared distances resolve, gets NaN
-        guard = tensor_guard(x, store.store_dtype, centre=True,
-                             span=float32_squares_span(x.shape[1]),
-                             names=functools.partial(_frame_name, store, layer, keep))
-        degenerate[layer] = guard.reason
-        if guard.reason:
-            rows.extend({"layer": layer, "upstream_layer": int(store.layer_ids[layer]), "k": kk,
-                         "phone_purity": float("nan"), "cluster_purity": float("nan"),
-                         "pnmi": float("nan"), "n_frames": len(keep),
-                         "n_phones": len(np.unique(lab[keep])), "n_units": 0,
-                         "inertia": float("nan")} for kk in ks)
-            continue
-        x = guard(x, torch.float32, dev)  # blockwise: no float64 copy of the layer
-        rng = np.random.default_rng([seed, layer, 11])
-        fit = (np.arange(len(keep)) if max_frames is None or max_frames >= len(keep)
-               else np.sort(rng.choice(len(keep), max_frames, replace=False)))
-        fit_x = x[torch.as_tensor(fit, device=dev)]
-        # the fitted frames' variance: about their mean (the guard centres on the median,
-        # so sum |x|^2 is not it), streamed in float64 about a shift (exact for any offset)
-        mom = Moments((fit_x.shape[1],), device=fit_x.device)
-        for i in range(0, fit_x.shape[0], 65536):
-            mom.update(fit_x[i:i + 65536])
-        total = float(mom.var.sum())
-        for kk in ks:
-            if kk > len(fit):
-                raise ValueError(f"k={kk} needs at least {kk} fitted frames; raise max_frames")
-            cent, inertia = kmeans(fit_x, kk, iters=iters, seed=seed)
-            units, _ = _nearest(x, cent)
-            m = unit_measures(lab[keep], units.cpu().numpy())
-            rows.append({"layer": layer, "upstream_layer": int(store.layer_ids[layer]),
-                         "k": kk, "phone_purity": m["phone_purity"],
-                         "cluster_purity": m["cluster_purity"], "pnmi": m["pnmi"],
-                         "n_frames": m["n_frames"], "n_phones": m["n_phones"],
-                         "n_units": m["n_units"], "inertia": inertia / total})
-    warn_degenerate("unit_quality", degenerate, "purities and PNMI")
-    return tag_weights(pd.DataFrame(rows), store)

@@ -1,23 +1,27 @@
-"""One reference, every path: "streamed = stored = sharded" for the ridge probes and CKA.
+"""One reference, every path: "stored = streamed = sharded" for every measure.
 
-s3viz computes the same probe and CKA tables five ways. :func:`tables` runs the
-ones asked for on one upstream and corpus; :func:`assert_equivalent` compares
-each with the reference path, ``"stored"`` (as torchmetrics' MetricTester runs
-every implementation against one reference):
+s3viz computes each measure's table several ways. :func:`tables` runs the paths
+asked for on one upstream and corpus; :func:`assert_equivalent` compares each
+with the reference path, ``"stored"`` (as torchmetrics' MetricTester runs every
+implementation against one reference):
 
-- ``stored``: ``extract`` in memory, then ``probe_layers`` and ``layer_similarity``;
-- ``stored_disk``: ``extract(cache_dir=)``, reopened with ``LayerStore.open``;
+- ``stored``: ``extract`` in memory, then the public functions ``probe_layers``,
+  ``layer_similarity`` and ``unit_quality``;
+- ``stored_disk``: the same on ``extract(cache_dir=)``, reopened with ``LayerStore.open``;
 - ``streamed``: ``stream_analysis``, no frame kept;
 - ``streamed_cached``: ``stream_analysis(cache_dir=)`` (extracts once, reads back);
 - ``sharded_streamed``: ``stream_analysis`` on two shards (threads standing in for
-  ranks, their statistics summed);
-- ``sharded_stored``: each shard extracts its own store; ``probe_layers(reference=,
-  reduce=)`` and ``layer_similarity(reduce=)`` on it.
+  ranks, their state summed);
+- ``sharded_stored``: each shard extracts its own store; ``run_measures`` on a
+  ``StoreSource`` of it, state summed;
+- ``sharded_public``: each shard's store through the public functions' sharding
+  arguments (``probe_layers(reference=, reduce=)``, ``layer_similarity(reduce=)``).
+
+A measure of the engine (``s3viz.measures``) is added to :data:`MEASURES` with the
+public function that computes it from a store; every path then checks it.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -26,24 +30,30 @@ import torch
 from _sharding import ThreadSum, run_threads
 
 PATHS = ("stored", "stored_disk", "streamed", "streamed_cached", "sharded_streamed",
-         "sharded_stored")
+         "sharded_stored", "sharded_public")
+
+UNITS = dict(k=[3, 5], max_frames=200, seed=0)
 
 
-@dataclass
-class Tables:
-    probes: pd.DataFrame
-    cka: pd.DataFrame
+def _measures(target, split_by, folds, cka_level):
+    from s3viz.measures import LayerCKA, RidgeProbe, UnitQuality
+
+    return [RidgeProbe(target, folds=folds, split_by=split_by), LayerCKA(cka_level),
+            UnitQuality(**UNITS)]
 
 
-def _stored(store, target, split_by, folds, cka_level, reduce=None, reference=None) -> Tables:
+def _public(store, target, split_by, folds, cka_level, reduce=None, reference=None) -> dict:
+    """The tables from the public functions on a store (or one shard's store)."""
     import s3viz
 
     shard = {} if reduce is None else {"reduce": reduce, "reference": reference}
-    probes = s3viz.probe_layers(store, target, folds=folds, split_by=split_by, device="cpu",
-                                **shard)
-    cka = s3viz.layer_similarity(store, level=cka_level, device="cpu", dtype=torch.float64,
-                                 reduce=reduce)
-    return Tables(probes, cka)
+    out = {"probe": s3viz.probe_layers(store, target, folds=folds, split_by=split_by,
+                                       device="cpu", **shard),
+           "cka": s3viz.layer_similarity(store, level=cka_level, device="cpu",
+                                         dtype=torch.float64, reduce=reduce)}
+    if reduce is None:  # unit_quality's sharded form is the engine's (sharded_stored)
+        out["units"] = s3viz.unit_quality(store, device="cpu", **UNITS)
+    return out
 
 
 def _shards(corpus):
@@ -54,45 +64,50 @@ def _shards(corpus):
 
 
 def tables(upstream, corpus, target, *, tmp_path, split_by: str = "auto", folds: int = 3,
-           cka_level: str = "frame", batch_size: int = 4, paths=PATHS) -> dict[str, Tables]:
-    """The ridge probe table of ``target`` (one name or a list) and the CKA, by every path."""
+           cka_level: str = "frame", batch_size: int = 4, paths=PATHS) -> dict[str, dict]:
+    """``{path: {measure name: table}}``: the ridge probes of ``target`` (one name or a
+    list), the CKA and the unit quality, by every path."""
     import s3viz
     from s3viz.distributed import reference_store
+    from s3viz.measures import StoreSource, run_measures
+    from s3viz.measures._engine import _CorpusMeta
     from s3viz.stream import stream_analysis
 
     ex = dict(batch_size=batch_size, device="cpu", progress=False)
-    st = dict(target=target, folds=folds, split_by=split_by, cka=True,
-              cka_level=cka_level, batch_size=batch_size, device="cpu")
+    measures = _measures(target, split_by, folds, cka_level)
+    st = dict(batch_size=batch_size, device="cpu")
+    kw = (target, split_by, folds, cka_level)
     out = {}
     for path in paths:
         if path == "stored":
-            out[path] = _stored(s3viz.extract(upstream, corpus, **ex), target, split_by, folds,
-                                cka_level)
+            out[path] = _public(s3viz.extract(upstream, corpus, **ex), *kw)
         elif path == "stored_disk":
             first = s3viz.extract(upstream, corpus, cache_dir=tmp_path / "disk", **ex)
-            out[path] = _stored(s3viz.LayerStore.open(first.path), target, split_by, folds,
-                                cka_level)
+            out[path] = _public(s3viz.LayerStore.open(first.path), *kw)
         elif path == "streamed":
-            res = stream_analysis(upstream, corpus, **st)
-            out[path] = Tables(res.probes, res.cka)
+            out[path] = stream_analysis(upstream, corpus, measures, **st).tables
         elif path == "streamed_cached":
-            res = stream_analysis(upstream, corpus, cache_dir=tmp_path / "stream", **st)
+            res = stream_analysis(upstream, corpus, measures, cache_dir=tmp_path / "stream",
+                                  **st)
             assert res.passes == 0 and res.store.path is not None
-            out[path] = Tables(res.probes, res.cka)
-        elif path in ("sharded_streamed", "sharded_stored"):
+            out[path] = res.tables
+        elif path in ("sharded_streamed", "sharded_stored", "sharded_public"):
             shards, summer = _shards(corpus), ThreadSum(2)
             assert sorted(shards[0] + shards[1]) == list(range(len(corpus)))
 
             def work(r, path=path, shards=shards, summer=summer):
                 reduce = summer.reducer(r)
                 if path == "sharded_streamed":
-                    res = stream_analysis(upstream, corpus, shard=shards[r], reduce=reduce, **st)
+                    res = stream_analysis(upstream, corpus, measures, shard=shards[r],
+                                          reduce=reduce, **st)
                     assert res.shard == shards[r]
-                    return Tables(res.probes, res.cka)
+                    return res.tables
                 store = s3viz.extract(upstream, corpus[shards[r]], **ex)
+                if path == "sharded_stored":
+                    source = StoreSource(store, _CorpusMeta(corpus), shards[r])
+                    return run_measures(measures, source, reduce=reduce)
                 ref = reference_store(corpus, store, shards[r], reduce=reduce)
-                return _stored(store, target, split_by, folds, cka_level, reduce=reduce,
-                               reference=ref)
+                return _public(store, *kw, reduce=reduce, reference=ref)
 
             got, errors = run_threads(2, work)
             assert errors == [None, None], errors
@@ -104,27 +119,36 @@ def tables(upstream, corpus, target, *, tmp_path, split_by: str = "auto", folds:
     return out
 
 
-def assert_equivalent(results: dict[str, Tables], reference: str = "stored",
+def assert_equivalent(results: dict[str, dict], reference: str = "stored",
                       rtol: float = 1e-6, atol: float = 1e-9) -> None:
     """Every path's tables equal the reference's: same rows, columns and attrs that matter.
 
-    Probe tables are compared whole (accuracies, F1, chance, counts, the chosen
-    lambda and the split); CKA matrices to ``rtol``/``atol`` (float sums in another
-    order), with the same frame count and level.
+    Probe and unit tables are compared whole (accuracies, F1, chance, counts, the
+    chosen lambda and the split; purities, PNMI and inertia); CKA matrices to
+    ``rtol``/``atol`` (float sums in another order), with the same frame count and
+    level. Every measure the reference has must be there (only ``sharded_public``
+    lacks the units).
     """
     ref = results[reference]
     for name, got in results.items():
         if name == reference:
             continue
         try:
-            pd.testing.assert_frame_equal(got.probes, ref.probes, check_exact=False, rtol=rtol,
-                                          atol=atol)
-            assert got.probes.attrs["split_by"] == ref.probes.attrs["split_by"]
-            assert got.probes.attrs["folds"] == ref.probes.attrs["folds"]
-            np.testing.assert_allclose(got.cka.to_numpy(), ref.cka.to_numpy(), rtol=rtol,
-                                       atol=atol)
-            assert list(got.cka.index) == list(ref.cka.index)
+            # sharded_public has no units table (unit_quality shards through the engine)
+            assert set(got) == set(ref) or set(got) ^ set(ref) == {"units"}, sorted(got)
+            pd.testing.assert_frame_equal(got["probe"], ref["probe"], check_exact=False,
+                                          rtol=rtol, atol=atol)
+            assert got["probe"].attrs["split_by"] == ref["probe"].attrs["split_by"]
+            assert got["probe"].attrs["folds"] == ref["probe"].attrs["folds"]
+            np.testing.assert_allclose(got["cka"].to_numpy(), ref["cka"].to_numpy(),
+                                       rtol=rtol, atol=atol)
+            assert list(got["cka"].index) == list(ref["cka"].index)
             for key in ("num_frames", "level", "upstream_layers"):
-                assert got.cka.attrs[key] == ref.cka.attrs[key], key
+                assert got["cka"].attrs[key] == ref["cka"].attrs[key], key
+            if "units" in got and "units" in ref:
+                pd.testing.assert_frame_equal(got["units"], ref["units"], check_exact=False,
+                                              rtol=rtol, atol=atol)
+            for table in got.values():
+                assert table.attrs["weights"] == ref["probe"].attrs["weights"]
         except AssertionError as e:
             raise AssertionError(f"path {name!r} differs from {reference!r}: {e}") from e

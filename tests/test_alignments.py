@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 
 from s3viz.align import frame_labels
+from s3viz.measures import RidgeProbe
 from s3viz.data import (PHONE_COLUMNS, AlignmentError, export_corpus, load_folder, load_timit,
                         synthetic_corpus)
 from s3viz.data import alignments as al
@@ -512,8 +513,8 @@ def test_everything_downstream_works_on_an_aligned_folder(corpus, mfa):
     assert len(timeline) == store.lengths(0)[0]
     explorer = alignment_explorer(back, up)
     assert explorer is not None
-    streamed = s3viz.stream_analysis(up, back, target=["phone"], folds=2,
-                                     split_by="utterance").probes
+    streamed = s3viz.stream_analysis(
+        up, back, [RidgeProbe("phone", folds=2, split_by="utterance")])["probe"]
     direct = s3viz.probe_layers(store, "phone", folds=2, split_by="utterance")
     np.testing.assert_allclose(streamed["accuracy"].to_numpy(), direct["accuracy"].to_numpy(),
                                rtol=1e-6)

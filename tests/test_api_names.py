@@ -25,11 +25,12 @@ API_DOC = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 # Arguments that belong to one public function each, defined in its docstring.
 ONE_FUNCTION = {
     "apply", "verbose",  # notebook_threads
-    "backend", "plan", "lengths", "layer_ids", "fingerprint",
+    "backend", "plan", "lengths", "fingerprint",
     "i",  # LayerStore's constructor and LayerStore.utterance
     "count", "sum_x", "sum_xx", "sum_y", "sum_xy", "sum_yy", "shift", "dev", "group",
     "groups", "num_groups", "num_targets", "targets",  # ProbeStats
-    "cka", "cka_level",  # stream_analysis
+    "tables", "passes",  # StreamResult
+    "counts",  # units.measures_from_counts
     "cpu_vs_gpu",  # compare_frame_utterance
     "pca_frames",  # WeightedScorer
     "key",  # load_featurizer_weights
@@ -54,7 +55,7 @@ ONE_FUNCTION = {
     "shard_store",  # distributed
     "num_layer", "utterance",  # teach.check_weights, teach.check_pooled
     # s3viz.plot
-    "baseline", "by", "conventions", "frame_len", "frame_out", "history", "measures",
+    "baseline", "by", "conventions", "frame_len", "frame_out", "history",
     "receptive_field", "show_control", "show_mean", "spectrogram", "timelines", "utt",
     "utterance_out", "window",
     # s3viz.widgets
@@ -67,7 +68,8 @@ ONE_FUNCTION = {
 # the public modules scanned besides ``s3viz`` itself (each one's ``__all__``)
 MODULES = ("widgets", "plot", "data", "upstreams", "align", "audio", "models", "teach",
            "segments", "distributed", "probe", "featurizers", "contract", "store",
-           "extraction", "stream", "similarity", "abx", "units", "compare", "checkpoints")
+           "extraction", "stream", "measures", "similarity", "abx", "units", "compare",
+           "checkpoints")
 
 
 def _public_callables():
@@ -158,11 +160,14 @@ def test_old_spellings_are_refused_not_mapped(tiny_upstream, small_corpus, tiny_
         s3viz.probe_layers(tiny_store, "phone", batch_size=10)
     with pytest.raises(ValueError, match=r"split_by must be one of .* got None"):
         s3viz.probe_layers(tiny_store, "phone", split_by=None)
-    res = s3viz.stream_analysis(tiny_upstream, small_corpus, target=["phone"], folds=2,
-                                split_by="utterance", device="cpu")
-    probes, cka, store, passes, shard = res
-    assert probes is res.probes and passes == res.passes == 2
-    with pytest.raises(TypeError):
+    from s3viz.measures import RidgeProbe
+
+    res = s3viz.stream_analysis(tiny_upstream, small_corpus,
+                                [RidgeProbe("phone", folds=2, split_by="utterance")],
+                                device="cpu")
+    assert res["probe"] is res.tables["probe"] and list(res.tables) == ["probe"]
+    assert res.passes == 2 and res.store is None
+    with pytest.raises(KeyError):
         res["probes"]
 
 

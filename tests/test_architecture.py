@@ -33,11 +33,6 @@ CLI = "s3viz.run"  # the command line: may import anything, imported by nothing
 # The one module that asks torch whether CUDA is there.
 DEVICE_MODULE = "s3viz._device"
 
-# TODO(issue 28): s3viz/run.py still asks torch.cuda.is_available() itself (the main
-# session owns run.py); delete this set once it goes through s3viz._device.
-_RUN_PY_PENDING = {"s3viz.run"}
-
-
 def _module_name(path: Path) -> str:
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
     if parts[-1] == "__init__":
@@ -259,8 +254,6 @@ def _cuda_checks() -> set:
 def test_one_device_rule():
     found = _cuda_checks()
     assert any(m == DEVICE_MODULE for m, _ in found), "the scan found no check in s3viz._device"
-    elsewhere = sorted(f for f in found if f[0] != DEVICE_MODULE and f[0] not in _RUN_PY_PENDING)
+    elsewhere = sorted(f for f in found if f[0] != DEVICE_MODULE)
     assert not elsewhere, ("torch.cuda.is_available() outside s3viz._device (pick the device "
                            f"with s3viz._device.resolve_device): {elsewhere}")
-    stale = sorted(_RUN_PY_PENDING - {m for m, _ in found})
-    assert not stale, f"_RUN_PY_PENDING lists modules that no longer ask for CUDA: {stale}"

@@ -42,9 +42,11 @@ def _similarity(store, **kw):
 
 
 def _stream(store, **kw):
+    from s3viz.measures import RidgeProbe
+
+    probe = RidgeProbe("phone", folds=2, split_by="utterance", **kw)  # refused here
     return s3viz.stream_analysis(get_upstream("tiny", pretrained=False),
-                                 synthetic_corpus(8, seed=0), folds=2, split_by="utterance",
-                                 **kw)
+                                 synthetic_corpus(8, seed=0), [probe])
 
 
 # (entry point, bad keyword arguments, the argument the message must name)

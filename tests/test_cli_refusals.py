@@ -45,7 +45,7 @@ def test_layers_out_of_range_are_refused_before_any_extraction(tmp_path, monkeyp
 
 
 def test_frame_cka_over_layers_of_different_rates_is_refused(tmp_path, capsys):
-    err = _fails(BASE + ["--upstream", "spectral", "--cka", "--cka-level", "frame",
+    err = _fails(BASE + ["--upstream", "spectral", "--measures", "cka", "--cka-level", "frame",
                          "--layers", "0", "2", "--out", str(tmp_path)], capsys)
     assert "--cka-level frame: the chosen layers have different frame rates" in err
 
@@ -68,7 +68,7 @@ def test_errors_give_advice_in_flags_that_can_help(tmp_path, capsys, argv, advic
 
 
 def test_the_default_cka_level_says_when_it_is_utterance(tmp_path, capsys):
-    args = parse_args(BASE + ["--upstream", "spectral", "--cka", "--targets",
+    args = parse_args(BASE + ["--upstream", "spectral", "--measures", "cka", "--targets",
                               "--layers", "0", "2", "--out", str(tmp_path)])
     res = run(args)
     assert res["cka"].attrs["level"] == "utterance"
@@ -78,7 +78,7 @@ def test_the_default_cka_level_says_when_it_is_utterance(tmp_path, capsys):
 
 def test_a_reused_out_folder_holds_only_the_new_run(tmp_path):
     out = tmp_path / "out"
-    run(parse_args(BASE + TINY + ["--cka", "--out", str(out)]))
+    run(parse_args(BASE + TINY + ["--measures", "probe", "cka", "--out", str(out)]))
     assert (out / "cka.csv").exists()
     (out / "rank-notes.json").write_text("{}")  # the user's own files, named like ours
     (out / "rank-7.json").write_text("{}")
@@ -103,7 +103,7 @@ def test_a_refused_run_removes_nothing(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--store-frames", "FILE"], "--store-frames .* is a file"),
     (["--corpus", None, "--folder", "FILE"], "--folder .* is not a folder"),
-    (["--cka-level", "frame"], "--cka-level needs --cka"),
+    (["--cka-level", "frame"], "--cka-level needs --measures cka"),
     # spectral learns nothing, so it has no random-weights control (TINY asks for one)
     (["--upstream", "spectral"], r"--random-weights.*spectral|spectral.*--random-weights"),
     # names mean pretrained weights: the old opt-in flag is gone

@@ -23,6 +23,9 @@ def _upstream():
     return get_upstream(UPSTREAM, pretrained=False)
 
 
+UNITS_ARGS = {"units_k": [4, 6], "units_max_frames": 300}
+
+
 def _args(out, store_dir=None, **kw):
     """``python -m s3viz.run``'s arguments for the runs below, as its own parser reads
     them (so every flag has the CLI's default), then ``kw`` set on top."""
@@ -30,7 +33,8 @@ def _args(out, store_dir=None, **kw):
 
     argv = ["--upstream", UPSTREAM, "--random-weights", "--corpus", f"synthetic:{N_UTT}",
             "--targets", "phone", "speaker", "--folds", "3", "--split-by", "speaker",
-            "--seed", "0", "--cka", "--cka-level", "frame", "--batch-size", "4",
+            "--seed", "0", "--measures", "probe", "cka", "--cka-level", "frame",
+            "--batch-size", "4",
             "--device", "cpu", "--out", str(out)]
     if store_dir is not None:
         argv += ["--store-frames", str(store_dir)]
@@ -49,10 +53,11 @@ def _worker(rank: int, world: int, port: int, out: str, store_dir: str):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world)
     try:
-        res = run(_args(out, store_dir, methods=["ridge", "logistic"]))
+        res = run(_args(out, store_dir, methods=["ridge", "logistic"],
+                        measures=["probe", "cka", "units"], **UNITS_ARGS))
         # every rank gets the merged tables
-        res["probes"].to_pickle(Path(out) / f"probes-rank{rank}.pkl")
-        res["cka"].to_pickle(Path(out) / f"cka-rank{rank}.pkl")
+        for name in ("probe", "cka", "units"):
+            res[name].to_pickle(Path(out) / f"{name}-rank{rank}.pkl")
     finally:
         dist.destroy_process_group()
 
@@ -76,8 +81,10 @@ def single(tmp_path_factory):
         s3viz.probe_layers(store, "speaker", split_by="utterance", **lkw),
     ], ignore_index=True)
     cka = s3viz.layer_similarity(store, device="cpu", dtype=torch.float64)
+    units = s3viz.unit_quality(store, k=UNITS_ARGS["units_k"], seed=0, device="cpu",
+                               max_frames=UNITS_ARGS["units_max_frames"])
     return {"corpus": corpus, "store": store, "probes": probes, "cka": cka,
-            "logistic": logistic}
+            "logistic": logistic, "units": units}
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +167,7 @@ def test_one_process_run_equals_api(single, tmp_path):
     from s3viz.run import run
 
     res = run(_args(tmp_path, no_figures=True))
-    pd.testing.assert_frame_equal(res["probes"], single["probes"],
+    pd.testing.assert_frame_equal(res["probe"], single["probes"],
                                   check_exact=False, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(res["cka"].to_numpy(), single["cka"].to_numpy(), rtol=1e-9,
                                atol=1e-12)
@@ -169,8 +176,9 @@ def test_one_process_run_equals_api(single, tmp_path):
     from s3viz.run import parse_args
 
     assert parse_args(["--out", str(tmp_path)]).split_by == "auto"
-    auto = run(_args(tmp_path / "auto", no_figures=True, split_by="auto", cka=False))
-    pd.testing.assert_frame_equal(auto["probes"], single["probes"],
+    auto = run(_args(tmp_path / "auto", no_figures=True, split_by="auto",
+                     measures=["probe"]))
+    pd.testing.assert_frame_equal(auto["probe"], single["probes"],
                                   check_exact=False, rtol=1e-9, atol=1e-12)
 
 
@@ -184,7 +192,7 @@ def test_two_processes_probes_equal_single(single, sharded):
     out, _ = sharded
     ref = single["probes"]
     for rank in (0, 1):
-        got = pd.read_pickle(out / f"probes-rank{rank}.pkl")
+        got = pd.read_pickle(out / f"probe-rank{rank}.pkl")
         ridge = got[got["method"] == "ridge"].reset_index(drop=True)
         assert list(ridge["split_by"]) == ["speaker"] * 5 + ["utterance"] * 5
         pd.testing.assert_frame_equal(ridge, ref, check_exact=False,
@@ -212,6 +220,20 @@ def test_two_processes_cka_equal_single(single, sharded):
     np.testing.assert_allclose(pd.read_csv(out / "cka.csv", index_col=0).to_numpy(), ref,
                                rtol=1e-6)
     assert (out / "cka.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_two_processes_units_equal_single(single, sharded):
+    """k-means on the fit sample gathered from both ranks, contingency tables summed:
+    the single-process unit_quality table on every rank."""
+    out, _ = sharded
+    for rank in (0, 1):
+        got = pd.read_pickle(out / f"units-rank{rank}.pkl")
+        pd.testing.assert_frame_equal(got, single["units"], check_exact=False, rtol=1e-6,
+                                      atol=1e-9)
+    csv = pd.read_csv(out / "units.csv")
+    np.testing.assert_allclose(csv["pnmi"], single["units"]["pnmi"], rtol=1e-6)
+    assert (out / "units.png").stat().st_size > 0
 
 
 @pytest.mark.slow
@@ -259,7 +281,7 @@ def test_run_on_a_folder_reads_lazily(single, tmp_path):
     store = s3viz.extract(_upstream(), load_folder(root, csv),
                           batch_size=4, device="cpu", progress=False)
     want = s3viz.probe_layers(store, "speaker", folds=3, split_by="utterance", device="cpu")
-    pd.testing.assert_frame_equal(res["probes"], want,
+    pd.testing.assert_frame_equal(res["probe"], want,
                                   check_exact=False, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(
         res["cka"].to_numpy(),
@@ -331,7 +353,7 @@ def test_sharded_logistic_needs_dev_fraction_zero(single):
 
 @pytest.mark.parametrize("argv, match", [
     (["--methods", "logistic"], "needs --store-frames"),
-    (["--targets", "--no-figures"], "nothing to compute"),
+    (["--targets", "--no-figures"], "--measures probe needs --targets"),
 ])
 def test_parse_args_refuses_impossible_runs(argv, match, capsys, tmp_path):
     from s3viz.run import parse_args

@@ -1,4 +1,4 @@
-"""Streamed = stored = sharded: every way s3viz computes the ridge probes and CKA agrees.
+"""Stored = streamed = sharded: every way s3viz computes the probes, CKA and units agrees.
 
 The paths and the comparison live in ``_equivalence.py``; a new path is added there
 and is then checked against the stored-frame reference for every case below.
@@ -17,7 +17,7 @@ def test_tiny_upstream_frame_level(tiny_upstream, small_corpus, tmp_path):
     speaker split for phones and the utterance split for the speaker target."""
     got = tables(tiny_upstream, small_corpus, ["phone", "speaker"], tmp_path=tmp_path)
     assert set(got) == set(PATHS)
-    assert got["stored"].probes.attrs["split_by"] == {"phone": "speaker",
+    assert got["stored"]["probe"].attrs["split_by"] == {"phone": "speaker",
                                                       "speaker": "utterance"}
     assert_equivalent(got)
 
@@ -27,17 +27,21 @@ def test_toy_upstream_utterance_level(small_corpus, tmp_path):
     utterance-level speaker probes solved in the primal."""
     got = tables(ToyUpstream(mixed=True), small_corpus, ["phone", "speaker"], tmp_path=tmp_path,
                  cka_level="utterance", batch_size=3)
-    assert sorted(got["stored"].probes["layer"].unique()) == [0, 1, 2]
+    assert sorted(got["stored"]["probe"]["layer"].unique()) == [0, 1, 2]
     assert_equivalent(got)
 
 
 def test_the_tester_sees_a_difference(tiny_upstream, small_corpus, tmp_path):
     got = tables(tiny_upstream, small_corpus, "phone", tmp_path=tmp_path,
                  paths=("stored", "streamed"))
-    got["streamed"].probes.loc[1, "accuracy"] += 1e-3
+    got["streamed"]["probe"].loc[1, "accuracy"] += 1e-3
     with pytest.raises(AssertionError, match="path 'streamed' differs from 'stored'"):
         assert_equivalent(got)
-    got["streamed"].probes.loc[1, "accuracy"] -= 1e-3
-    got["streamed"].cka.iloc[0, 1] += 1e-4
+    got["streamed"]["probe"].loc[1, "accuracy"] -= 1e-3
+    got["streamed"]["cka"].iloc[0, 1] += 1e-4
+    with pytest.raises(AssertionError, match="path 'streamed' differs"):
+        assert_equivalent(got)
+    got["streamed"]["cka"].iloc[0, 1] -= 1e-4
+    got["streamed"]["units"].loc[0, "pnmi"] += 1e-4
     with pytest.raises(AssertionError, match="path 'streamed' differs"):
         assert_equivalent(got)

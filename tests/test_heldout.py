@@ -26,6 +26,7 @@ import s3viz
 from s3viz.data import Corpus
 from s3viz.probe import UnseenClassWarning, probe_folds, probe_layers
 from s3viz.store import LayerStore
+from s3viz.measures import RidgeProbe
 from s3viz.stream import stream_analysis
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -194,14 +195,14 @@ def _corpus_with(corpus, **cols) -> Corpus:
 def test_stream_refuses_and_warns_like_probe_layers(tiny_upstream, small_corpus, tiny_store):
     bad = _corpus_with(small_corpus, region=_speaker_fold_labels(tiny_store, 2, np.ones(12)))
     with pytest.raises(ValueError, match="12 of 12 test utterances"):
-        stream_analysis(tiny_upstream, bad, target="region", folds=2, split_by="speaker",
+        stream_analysis(tiny_upstream, bad, [RidgeProbe("region", folds=2, split_by="speaker")],
                         upstream_layers=[1], batch_size=4, device="cpu")
     lab = _speaker_fold_labels(tiny_store, 2, np.ones(12), partial=True)
     some = _corpus_with(small_corpus, region=lab)
     with pytest.warns(UnseenClassWarning) as rec:
-        res = stream_analysis(tiny_upstream, some, target=["region", "phone"], folds=2,
-                              split_by="speaker", upstream_layers=[1, 2], batch_size=4,
-                              device="cpu")
+        res = stream_analysis(tiny_upstream, some,
+                              [RidgeProbe(["region", "phone"], folds=2, split_by="speaker")],
+                              upstream_layers=[1, 2], batch_size=4, device="cpu")
     # one warning per target, the frame-level one after the first pass
     assert sorted(str(w.message).split("'")[1] for w in rec
                   if issubclass(w.category, UnseenClassWarning)) == ["phone", "region"]
@@ -209,8 +210,8 @@ def test_stream_refuses_and_warns_like_probe_layers(tiny_upstream, small_corpus,
         want = probe_layers(_relabel(tiny_store, region=lab), ["region", "phone"], folds=2,
                             split_by="speaker", layers=[1, 2], device="cpu")
     cols = ["target", "upstream_layer", "n_unseen", "unseen_fraction", "chance", "n_test"]
-    pd.testing.assert_frame_equal(res.probes[cols], want[cols])
-    assert (res.probes["n_unseen"] > 0).all()
+    pd.testing.assert_frame_equal(res["probe"][cols], want[cols])
+    assert (res["probe"]["n_unseen"] > 0).all()
 
 
 # ----------------------------------------------------------------------------- featurizers

@@ -13,6 +13,7 @@ import torch
 
 import s3viz
 from s3viz.data import synthetic_corpus
+from s3viz.measures import RidgeProbe
 from s3viz.store import LayerStore, NonFiniteError
 from s3viz.interface import AbsUpstream
 from s3viz.upstreams import get_upstream
@@ -82,7 +83,7 @@ def test_float16_overflow_on_the_way_into_the_store_is_refused(corpus):
 def test_streamed_analysis_refuses_too(corpus):
     up = Poisoned(corpus[4].num_samples, layer=1)
     with pytest.raises(NonFiniteError, match=f"hidden state 1 of utterance '{corpus[4].id}'"):
-        s3viz.stream_analysis(up, corpus, target=["phone"], folds=2, split_by="utterance")
+        s3viz.stream_analysis(up, corpus, [RidgeProbe("phone", folds=2, split_by="utterance")])
 
 
 def test_compare_refuses_nan_in_valid_frames_not_in_padding():

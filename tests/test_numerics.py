@@ -16,6 +16,7 @@ from _sharding import ThreadSum, run_threads
 
 import s3viz
 from s3viz._numerics import Moments, pow2_factor, safe_scale
+from s3viz.measures import LayerCKA, RidgeProbe
 from s3viz.data import synthetic_corpus
 from s3viz.store import LayerStore
 from s3viz.probe import ProbeStats
@@ -258,14 +259,14 @@ def test_stream_analysis_does_not_see_the_scale():
     """The streamed probes and CKA (batch statistics summed as they come) under 2^60 and
     2^-90: float32 CKA products of 2^60 features overflowed."""
     corpus = synthetic_corpus(10, seed=1)
-    kw = dict(target=["phone"], folds=2, split_by="utterance", cka=True, batch_size=4,
-              device="cpu")
+    kw = dict(measures=[RidgeProbe("phone", folds=2, split_by="utterance"), LayerCKA()],
+              batch_size=4, device="cpu")
     base = s3viz.stream_analysis(_Scaled(1.0), corpus, **kw)
     for factor in (2.0 ** 60, 2.0 ** -90):
         got = s3viz.stream_analysis(_Scaled(factor), corpus, **kw)
-        np.testing.assert_allclose(got.probes["accuracy"], base.probes["accuracy"],
+        np.testing.assert_allclose(got["probe"]["accuracy"], base["probe"]["accuracy"],
                                    atol=1e-9)
-        np.testing.assert_allclose(got.cka.to_numpy(), base.cka.to_numpy(), atol=1e-6)
+        np.testing.assert_allclose(got["cka"].to_numpy(), base["cka"].to_numpy(), atol=1e-6)
 
 
 def test_cka_scale_is_fixed_by_the_first_block_that_varies():

@@ -139,6 +139,7 @@ def test_every_measure_table_carries_the_store_weights(stores, measures, key):
 
 def test_sharded_probes_and_stream_tables_carry_the_weights(stores, corpus, tmp_path):
     from s3viz.distributed import reference_store
+    from s3viz.measures import RidgeProbe, UnitQuality
     from s3viz.stream import stream_analysis
 
     store = stores["random"]
@@ -149,9 +150,11 @@ def test_sharded_probes_and_stream_tables_carry_the_weights(stores, corpus, tmp_
     assert sharded.attrs["weights"] == RANDOM
     up = get_upstream("tiny", pretrained=False)
     for cache_dir in (None, tmp_path):
-        res = stream_analysis(up, corpus, target="phone", cka=True, folds=2,
-                              split_by="utterance", device="cpu", cache_dir=cache_dir)
-        assert res.probes.attrs["weights"] == RANDOM == res.cka.attrs["weights"]
+        res = stream_analysis(up, corpus, [RidgeProbe("phone", folds=2, split_by="utterance"),
+                                           "cka", UnitQuality(k=4, max_frames=200)],
+                              device="cpu", cache_dir=cache_dir)
+        assert all(t.attrs["weights"] == RANDOM for t in res.tables.values())
+        assert sorted(res.tables) == ["cka", "probe", "units"]
     assert res.store.weights == RANDOM
 
 
@@ -218,7 +221,8 @@ def _run(tmp_path, *extra):
 
     out = tmp_path / "out"
     argv = ["--corpus", "synthetic:12", "--targets", "gender", "--folds", "2", "--split-by",
-            "utterance", "--device", "cpu", "--cka", "--out", str(out), *extra]
+            "utterance", "--device", "cpu", "--measures", "probe", "cka", "--out", str(out),
+            *extra]
     assert main(argv) == 0
     return out, json.loads((out / "run.json").read_text())
 

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 import s3viz
+from s3viz.measures import RidgeProbe
 from s3viz.store import LayerStore
 
 
@@ -70,8 +71,9 @@ def test_stream_refuses_a_missing_label_and_names_the_corpus_fix(tiny_upstream, 
                         labels={**u.labels, "sentence_type": None})
     with pytest.raises(ValueError, match=r"'sentence_type' is missing .*\['utt0002'\].*"
                                          r"corpus\[positions\]"):
-        s3viz.stream_analysis(tiny_upstream, Corpus(utts), target="sentence_type", folds=2,
-                              split_by="utterance", upstream_layers=[0], device="cpu")
+        s3viz.stream_analysis(tiny_upstream, Corpus(utts),
+                              [RidgeProbe("sentence_type", folds=2, split_by="utterance")],
+                              upstream_layers=[0], device="cpu")
 
 
 @pytest.mark.parametrize("entry", list(ENTRY_POINTS))

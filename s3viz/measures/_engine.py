@@ -1,0 +1,454 @@
+"""The measure engine: one driver runs any list of measures over one source.
+
+A *measure* (:class:`Measure`) declares its state with :meth:`Measure.add_state`
+and how that state merges across ranks, takes batches in :meth:`Measure.update`
+and returns a tidy table from :meth:`Measure.compute`, in the manner of
+torchmetrics' ``Metric``. A measure that needs several passes over the frames
+(ridge: statistics, then scoring; k-means: fit sample, then assignment) says so
+with :attr:`Measure.passes`; the driver merges the declared states after each
+pass and calls :meth:`Measure.end_pass`.
+
+A *source* gives batches of frames: a :class:`~s3viz.store.LayerStore` (memory
+or disk), or an upstream streamed over a corpus with no frames kept, each of
+them whole or one shard under ``torch.distributed`` (the states are summed over
+ranks with ``reduce``). The driver is :func:`run_measures`; how the passes, the
+memory and the sharding fit together: ``docs/streaming.md``.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .._labels import label_str
+from ..align import conv_lengths, layer_geometry
+from ..align import frame_labels as _align_frame_labels
+from ..extraction import BatchRunner, bucket_plan, extract
+from ..upstreams._hub import weights_of
+
+__all__ = ["Batch", "Context", "Measure", "StoreSource", "StreamSource", "run_measures"]
+
+
+def _identity(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+class Measure:
+    """One measure: declared state, ``update(batch)`` per batch, ``compute()`` at the end.
+
+    Subclasses set :attr:`name` (the key of the result) and :attr:`passes`,
+    declare state in :meth:`setup` with :meth:`add_state`, and implement
+    :meth:`update`, optionally :meth:`end_pass`, and :meth:`compute`. Nothing
+    in a measure calls a collective: the driver merges the declared state of
+    pass ``p`` over ranks after that pass, before ``end_pass(p)``.
+    """
+
+    name = "measure"
+    passes = 1
+
+    def __init__(self) -> None:
+        self._states: dict[str, tuple[object, int]] = {}
+
+    def add_state(self, name: str, default, merge="sum", *, after_pass: int = 0) -> None:
+        """Declare state ``name`` (set as an attribute) and how it merges over ranks.
+
+        Args:
+            default: the initial value (a tensor, or any object ``merge`` reads).
+            merge: ``"sum"`` (a tensor summed over ranks) or ``fn(value, reduce) ->
+                value`` for state that needs more than a sum (``reduce`` sums a
+                tensor over ranks, the identity on one process).
+            after_pass: the pass after which the state is complete and merged.
+        """
+        if merge != "sum" and not callable(merge):
+            raise ValueError(f"merge must be 'sum' or a callable, got {merge!r}")
+        setattr(self, name, default)
+        self._states[name] = (merge, int(after_pass))
+
+    def merge(self, pass_index: int, reduce) -> None:
+        """Merge the state declared for ``pass_index`` over ranks (called by the driver)."""
+        for name, (merge, after) in self._states.items():
+            if after != pass_index:
+                continue
+            value = getattr(self, name)
+            if value is None:
+                continue
+            setattr(self, name, reduce(value) if merge == "sum" else merge(value, reduce))
+
+    def setup(self, ctx: Context) -> None:
+        """Check the task against the corpus and allocate state (before any pass)."""
+
+    def update(self, batch: Batch, pass_index: int) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def end_pass(self, pass_index: int) -> None:
+        """After pass ``pass_index``, its state merged over ranks."""
+
+    def compute(self) -> pd.DataFrame:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class Context:
+    """What every measure may read before and during the passes.
+
+    Attributes:
+        meta: the whole corpus's frame-free metadata (``ids``, ``labels``,
+            ``phones``), the same on every rank.
+        positions: corpus positions of this rank's utterances.
+        layer_ids, sizes, rates, fields: per analysed layer, the upstream's
+            hidden-state index, hidden size, downsample rate and receptive field.
+        device: where measures keep their state and compute.
+        reduce: sums a tensor over ranks (the identity on one process).
+        weights: the upstream's or store's weights (``attrs["weights"]``).
+        store_dtype: the dtype frames were produced in (for the numerics guards);
+            ``read_dtype`` the one batches come in (float64 for a float64 store).
+        layer_index: per analysed layer, its number in the tables (the store's
+            layer index; 0.. for a stream).
+    """
+
+    def __init__(self, meta, positions, layer_ids, sizes, rates, fields, device, reduce,
+                 weights, store_dtype, lengths_fn, layer_index=None):
+        self.meta, self.positions = meta, positions
+        self.layer_ids, self.sizes = list(layer_ids), list(sizes)
+        self.rates, self.fields = list(rates), list(fields)
+        self.device, self.reduce, self.weights = device, reduce, weights
+        self.store_dtype = store_dtype
+        self.read_dtype = torch.float64 if store_dtype == torch.float64 else torch.float32
+        self.layer_index = list(range(len(self.sizes)) if layer_index is None else layer_index)
+        self._lengths_fn, self._lengths = lengths_fn, None
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.sizes)
+
+    def lengths(self) -> np.ndarray:
+        """``(utterances, layers)`` frames of every corpus utterance (all ranks).
+
+        From the store, or predicted from the upstream's ``conv_layers``; an
+        upstream without them is counted with one more pass (checked in the first).
+        """
+        if self._lengths is None:
+            self._lengths = np.asarray(self._lengths_fn(), dtype=np.int64)
+        return self._lengths
+
+    def frame_labels(self, pos: int, layer: int, column: str, num_frames: int) -> np.ndarray:
+        """Label strings of the ``num_frames`` frames of utterance ``pos`` in ``layer``
+        (``""``: unlabelled), read from its alignment as :meth:`LayerStore.frame_labels`
+        reads it."""
+        table = self.meta.phones[pos]
+        if table is None:
+            return np.full(num_frames, "", dtype=object)
+        lab = _align_frame_labels(table, num_frames, self.rates[layer], column=column,
+                                  receptive_field_samples=self.fields[layer])
+        return np.asarray([label_str(v) for v in lab], dtype=object)
+
+
+class Batch:
+    """One batch of frames: every analysed layer of a few utterances.
+
+    Attributes:
+        positions: ``(B,)`` corpus positions.
+        frames: per layer a ``(sum of frames, hidden)`` tensor, utterances in
+            ``positions`` order.
+        lens: ``(B, layers)`` frames per utterance and layer.
+    Derived views (mean-pooled vectors, frame labels) are computed once per batch
+    and shared by every measure.
+    """
+
+    def __init__(self, ctx: Context, positions: np.ndarray, frames, lens: np.ndarray):
+        self.ctx, self.positions, self.frames, self.lens = ctx, positions, frames, lens
+        self._cache: dict = {}
+
+    def pooled(self, layer: int) -> torch.Tensor:
+        """``(B, hidden)`` mean of each utterance's frames (averaged in float64, as
+        :meth:`LayerStore.pooled` does, so streamed = stored)."""
+        key = ("pooled", layer)
+        if key not in self._cache:
+            if (self.lens[:, layer] == 0).any():
+                bad = [self.ctx.meta.ids[int(u)] for u in self.positions[self.lens[:, layer] == 0]]
+                raise ValueError(f"{len(bad)} utterance(s) have no frames in stored layer "
+                                 f"{layer} (e.g. {bad[:5]}), so no pooled vector; leave them out")
+            self._cache[key] = torch.stack([p.mean(0) for p in torch.split(
+                self.frames[layer].double(), self.lens[:, layer].tolist())]).float()
+        return self._cache[key]
+
+    def frame_labels(self, layer: int, column: str) -> np.ndarray:
+        """``(sum of frames,)`` label strings of the batch's frames in ``layer``."""
+        c = self.ctx
+        key = ("labels", column, c.rates[layer], c.fields[layer], self.lens[:, layer].tobytes())
+        if key not in self._cache:
+            parts = [c.frame_labels(int(u), layer, column, int(n))
+                     for u, n in zip(self.positions, self.lens[:, layer])]
+            self._cache[key] = np.concatenate(parts) if parts else np.zeros(0, dtype=object)
+        return self._cache[key]
+
+
+# -- sources -----------------------------------------------------------------
+
+
+class StoreSource:
+    """Batches of a :class:`~s3viz.store.LayerStore` (memory or disk), chunk by chunk.
+
+    Args:
+        store: the store (whole corpus, or this rank's shard).
+        meta: the whole corpus (``ids``, ``labels``, ``phones``) when ``store``
+            is one shard; None: the store itself.
+        positions: corpus positions of the store's utterances (a shard); None:
+            ``0..len(store)``.
+        layers: the stored layers to analyse (default all).
+    """
+
+    def __init__(self, store, meta=None, positions=None, layers=None):
+        self.store = store
+        self.layers = list(range(store.num_layer) if layers is None else layers)
+        self.meta = store if meta is None else meta
+        n = len(self.meta)
+        self.positions = (np.arange(n, dtype=np.int64) if positions is None
+                          else np.asarray(positions, dtype=np.int64))
+        self.passes = 0
+
+    def context(self, device, reduce) -> Context:
+        st = self.store
+
+        def lengths():
+            mine = np.stack([np.asarray(st.lengths(s)) for s in range(st.num_layer)], 1) \
+                if len(st) else np.zeros((0, st.num_layer), dtype=np.int64)
+            mine = mine[:, self.layers]
+            if self.meta is st:
+                return mine
+            out = torch.zeros(len(self.meta), len(self.layers), dtype=torch.int64)
+            out[torch.from_numpy(self.positions)] = torch.from_numpy(mine)
+            return reduce(out).numpy()
+
+        pick = self.layers
+        return Context(self.meta, self.positions, [st.layer_ids[i] for i in pick],
+                       [st.hidden_sizes[i] for i in pick],
+                       [st.downsample_rates[i] for i in pick],
+                       [st.receptive_fields[i] for i in pick], device, reduce,
+                       weights_of(st), st.store_dtype, lengths, layer_index=pick)
+
+    def each(self, ctx: Context, fn) -> None:
+        """Call ``fn(batch)`` for every stored chunk."""
+        for utts, frames, lens in self.store.iter_chunks(dtype=ctx.read_dtype):
+            if self.layers != list(range(self.store.num_layer)):
+                frames, lens = [frames[i] for i in self.layers], lens[:, self.layers]
+            fn(Batch(ctx, self.positions[utts], frames, lens))
+
+
+class _CorpusMeta:
+    """The corpus's frame-free metadata, as measures read it."""
+
+    def __init__(self, corpus):
+        self.ids = corpus.ids
+        self.labels = corpus.labels
+        self.phones = [u.phones for u in corpus]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _predicted_lengths(upstream, layer_ids, num_samples: np.ndarray) -> np.ndarray | None:
+    """Frames per utterance and layer from the upstream's ``conv_layers``, or None."""
+    cols = []
+    for layer_id in layer_ids:
+        try:
+            _, _, conv = layer_geometry(upstream, layer_id)
+        except (TypeError, IndexError, ValueError):
+            return None
+        if conv is None:
+            return None
+        cols.append(conv_lengths(torch.as_tensor(num_samples), conv).numpy().astype(np.int64))
+    return np.stack(cols, 1)
+
+
+class StreamSource:
+    """Batches of an upstream run over a corpus (or one shard of it), no frame kept.
+
+    Each pass runs the upstream again. ``positions`` (sorted corpus positions)
+    selects this rank's shard; the corpus is the whole one on every rank.
+    """
+
+    def __init__(self, upstream, corpus, layer_ids, sizes, rates, fields, device, move,
+                 positions, batch_size, max_batch_seconds, progress=False):
+        self.upstream, self.corpus = upstream, corpus
+        self.layer_ids, self.sizes, self.rates, self.fields = layer_ids, sizes, rates, fields
+        self.device, self.positions, self.progress = device, positions, progress
+        self.meta = _CorpusMeta(corpus)
+        self.num_samples = np.array([u.num_samples for u in corpus], dtype=np.int64)
+        self.plan = [list(map(int, b)) for b in bucket_plan(self.num_samples[positions],
+                                                              batch_size, max_batch_seconds)]
+        self.runner = BatchRunner(upstream, corpus[positions.tolist()], layer_ids, sizes,
+                                  device, move, None, torch.float32, False, "stream")
+        self.passes = 0
+        self.expected = None  # predicted frames, checked against the upstream's in pass 1
+
+    def context(self, device, reduce) -> Context:
+        def lengths():
+            pred = _predicted_lengths(self.upstream, self.layer_ids, self.num_samples)
+            if pred is not None:
+                self.expected = pred
+                return pred
+            mine = torch.zeros(len(self.corpus), len(self.sizes), dtype=torch.int64)
+            ctx_local = Context(self.meta, self.positions, self.layer_ids, self.sizes,
+                                self.rates, self.fields, device, reduce, "", torch.float32,
+                                lambda: None)
+            _agree(lambda: self._each(ctx_local, lambda b: mine.__setitem__(
+                torch.from_numpy(b.positions), torch.from_numpy(b.lens))), reduce)
+            return reduce(mine).numpy()
+
+        return Context(self.meta, self.positions, self.layer_ids, self.sizes, self.rates,
+                       self.fields, device, reduce, weights_of(self.upstream), torch.float32,
+                       lengths)
+
+    def _each(self, ctx, fn) -> None:
+        self.passes += 1
+
+        def sink(c, utts, frames, lens):
+            fn(Batch(ctx, self.positions[utts], frames, lens))
+
+        self.runner.run(list(enumerate(self.plan)), sink, done=0)
+
+    def each(self, ctx: Context, fn) -> None:
+        """Call ``fn(batch)`` for every batch of one upstream pass over the shard."""
+        def check(batch):
+            if self.expected is not None:
+                want = self.expected[batch.positions, 0]
+                if not np.array_equal(want, batch.lens[:, 0]):
+                    j = int(np.flatnonzero(want != batch.lens[:, 0])[0])
+                    raise RuntimeError(
+                        f"the upstream gave {int(batch.lens[j, 0])} frames in stored layer 0 "
+                        f"for utterance {ctx.meta.ids[int(batch.positions[j])]!r}, but its "
+                        f"conv_layers predict {int(want[j])}: its conv_layers do not describe "
+                        "its output lengths")
+            fn(batch)
+
+        self._each(ctx, check)
+
+
+# -- the driver --------------------------------------------------------------
+
+
+def _agree(work: Callable[[], None], reduce) -> None:
+    """Run ``work`` (no collective calls inside), then stop every shard if any failed.
+
+    A shard raising alone would leave the others waiting in the next ``reduce``;
+    here each shard adds a failure flag first, so all raise together (the failing
+    one its own error, the others a RuntimeError saying so).
+    """
+    err = None
+    try:
+        work()
+    except Exception as e:  # noqa: BLE001 - re-raised below, after the agreement
+        err = e
+    failed = reduce(torch.tensor([0.0 if err is None else 1.0], dtype=torch.float64))
+    if err is not None:
+        raise err
+    if float(failed[0]) > 0:
+        raise RuntimeError("another shard failed in this run (its own error says why); this "
+                           "shard stops too")
+
+
+def _trim_heap() -> None:
+    """Give freed heap pages back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Batches of different shapes leave the C heap fragmented, and without this
+    the resident memory creeps up over a long stream although nothing is kept.
+    """
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _load_libc():
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        return libc
+    except (OSError, AttributeError):  # musl or another libc
+        return None
+
+
+_LIBC = _load_libc()
+
+
+def check_cover(positions: np.ndarray, meta, reduce) -> None:
+    """Every utterance of the corpus in exactly one shard (the same check on every rank)."""
+    cover = torch.zeros(len(meta), dtype=torch.float64)
+    cover[torch.from_numpy(positions)] = 1.0
+    cover = reduce(cover)
+    if not bool((cover == 1).all()):
+        bad = [meta.ids[i] for i in torch.nonzero(cover != 1).squeeze(1).tolist()[:5]]
+        raise ValueError(f"the shards must hold every utterance of the corpus exactly once; "
+                         f"e.g. {bad} are missing or in several shards")
+
+
+def run_measures(measures: Sequence[Measure], source, *, device=None, reduce=None,
+                 progress: bool = False) -> dict[str, pd.DataFrame]:
+    """Run ``measures`` over ``source`` in as many passes as the measures need.
+
+    Args:
+        measures: :class:`Measure` objects with distinct names.
+        source: a :class:`StoreSource` or :class:`StreamSource`.
+        device: where measures keep state (default: the CPU).
+        reduce: ``reduce(tensor) -> tensor`` summing over ranks (e.g.
+            :func:`s3viz.distributed.all_reduce_sum`) for a sharded source; None:
+            one process holds the whole corpus.
+        progress: print each pass's time to stderr.
+
+    Returns:
+        ``{measure.name: table}``; every table has ``attrs["weights"]``.
+    """
+    # a measure object is its settings; each run works on its own copy (so one object
+    # can serve several runs, or threads standing in for ranks)
+    measures = [copy.deepcopy(m) for m in measures]
+    names = [m.name for m in measures]
+    if len(set(names)) != len(names):
+        raise ValueError(f"measures must have distinct names, got {names}")
+    if not measures:
+        raise ValueError("nothing to compute: give at least one measure")
+    sharded = reduce is not None
+    reduce = reduce or _identity
+    dev = torch.device("cpu") if device is None else torch.device(device)
+    ctx = source.context(dev, reduce)
+    if sharded:
+        check_cover(source.positions, ctx.meta, reduce)
+    elif len(source.positions) != len(ctx.meta):
+        raise ValueError("a shard of the corpus needs `reduce` (a sum over shards)")
+    for m in measures:
+        m.setup(ctx)
+    for p in range(max(m.passes for m in measures)):
+        active = [m for m in measures if m.passes > p]
+        t0 = time.perf_counter()
+
+        def one(batch, active=active, p=p):
+            for m in active:
+                m.update(batch, p)
+            _trim_heap()
+
+        _agree(lambda: source.each(ctx, one), reduce)
+        for m in active:
+            m.merge(p, reduce)
+            m.end_pass(p)
+        if progress:
+            print(f"s3viz: pass {p + 1} over {len(source.positions)} utterances in "
+                  f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    out = {}
+    for m in measures:
+        table = m.compute()
+        table.attrs["weights"] = ctx.weights
+        out[m.name] = table
+    return out
+
+
+def extract_source(upstream, corpus, positions, cache_dir, **kw) -> StoreSource:
+    """This shard's frames extracted once into a disk store at ``cache_dir``, as a source."""
+    store = extract(upstream, corpus[positions.tolist()], cache_dir=cache_dir, **kw)
+    return StoreSource(store, _CorpusMeta(corpus), positions)

@@ -1,0 +1,70 @@
+"""Linear CKA between every pair of layers from streamed cross-products.
+
+One pass sums the centred cross-products ``X_i^T X_j`` of every layer pair
+(:class:`~s3viz.similarity.CrossProducts`: shifted and power-of-two scaled per
+layer, so offsets of 1e6 and scales of 1e-30 lose nothing); across ranks they
+are brought to common shifts and factors and summed. The values are those of
+``layer_similarity(estimator="feature")``: ``docs/similarity.md``.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from ..similarity import CrossProducts, cka_table
+from ._engine import Batch, Context, Measure
+
+__all__ = ["LayerCKA"]
+
+
+class LayerCKA(Measure):
+    """Feature-space linear CKA of every layer with every other.
+
+    Args:
+        level: ``"frame"`` (every layer must have the same frames) or
+            ``"utterance"`` (mean-pooled vectors).
+
+    ``compute()`` gives the square table of :func:`s3viz.layer_similarity`.
+    """
+
+    name = "cka"
+    passes = 1
+
+    def __init__(self, level: str = "frame"):
+        super().__init__()
+        if level not in ("frame", "utterance"):
+            raise ValueError(f"cka level must be 'frame' or 'utterance', got {level!r}")
+        self.level = level
+
+    def setup(self, ctx: Context) -> None:
+        self.ctx = ctx
+        if self.level == "frame" and len(set(ctx.rates)) > 1:
+            raise ValueError(f"frame-level CKA needs one downsample rate, got "
+                             f"{sorted(set(ctx.rates))}; use level='utterance'")
+        n_l = ctx.num_layers
+        pairs = [(i, j) for i in range(n_l) for j in range(i, n_l)]
+        sizes = ctx.sizes
+        self.add_state("products", CrossProducts(pairs, ctx.device, torch.float64),
+                       lambda cp, reduce: cp.hsic(reduce=reduce, sizes=sizes))
+
+    def update(self, batch: Batch, pass_index: int) -> None:
+        lens = batch.lens
+        if self.level == "frame":
+            if not all((lens[:, 0] == lens[:, s]).all() for s in range(lens.shape[1])):
+                raise ValueError("frame-level CKA needs the same frames in every layer; "
+                                 "use level='utterance'")
+            self.products.add(batch.frames)
+        else:
+            self.products.add([batch.pooled(s) for s in range(self.ctx.num_layers)])
+
+    def compute(self) -> pd.DataFrame:
+        hsic, n = self.products  # merged: ({pair: HSIC}, frames)
+        if n < 4:
+            raise ValueError(f"only {n} frames to compare; CKA needs at least 4")
+        ctx = self.ctx
+        idx = list(range(ctx.num_layers))
+        return cka_table(hsic, idx, idx, idx, idx, upstream_layers=list(ctx.layer_ids),
+                         other_upstream_layers=list(ctx.layer_ids), num_frames=int(n),
+                         estimator="feature", level=self.level, method="cka",
+                         weights=ctx.weights)
