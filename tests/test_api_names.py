@@ -25,7 +25,7 @@ API_DOC = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 # Arguments that belong to one public function each, defined in its docstring.
 ONE_FUNCTION = {
     "apply", "verbose",  # notebook_threads
-    "backend", "plan", "lengths", "layer_ids", "fingerprint",
+    "backend", "plan", "lengths", "geometry", "fingerprint",
     "i",  # LayerStore's constructor and LayerStore.utterance
     "count", "sum_x", "sum_xx", "sum_y", "sum_xy", "sum_yy", "shift", "dev", "group",
     "groups", "num_groups", "num_targets", "targets",  # ProbeStats
