@@ -11,8 +11,8 @@ every implementation against one reference):
 - ``streamed_cached``: ``stream_analysis(cache_dir=)`` (extracts once, reads back);
 - ``sharded_streamed``: ``stream_analysis`` on two shards (threads standing in for
   ranks, their statistics summed);
-- ``sharded_stored``: each shard extracts its own store; ``probe_layers(reference=,
-  reduce=)`` and ``layer_similarity(reduce=)`` on it.
+- ``sharded_stored``: each shard extracts its own store; ``probe_layers(sharding=)`` and
+  ``layer_similarity(sharding=)`` on it.
 """
 
 from __future__ import annotations
@@ -35,14 +35,13 @@ class Tables:
     cka: pd.DataFrame
 
 
-def _stored(store, target, split_by, folds, cka_level, reduce=None, reference=None) -> Tables:
+def _stored(store, target, split_by, folds, cka_level, sharding=None) -> Tables:
     import s3viz
 
-    shard = {} if reduce is None else {"reduce": reduce, "reference": reference}
     probes = s3viz.probe_layers(store, target, folds=folds, split_by=split_by, device="cpu",
-                                **shard)
+                                sharding=sharding)
     cka = s3viz.layer_similarity(store, level=cka_level, device="cpu", dtype=torch.float64,
-                                 reduce=reduce)
+                                 sharding=sharding)
     return Tables(probes, cka)
 
 
@@ -57,7 +56,7 @@ def tables(upstream, corpus, target, *, tmp_path, split_by: str = "auto", folds:
            cka_level: str = "frame", batch_size: int = 4, paths=PATHS) -> dict[str, Tables]:
     """The ridge probe table of ``target`` (one name or a list) and the CKA, by every path."""
     import s3viz
-    from s3viz.distributed import reference_store
+    from s3viz.distributed import Sharding
     from s3viz.stream import stream_analysis
 
     ex = dict(batch_size=batch_size, device="cpu", progress=False)
@@ -90,9 +89,8 @@ def tables(upstream, corpus, target, *, tmp_path, split_by: str = "auto", folds:
                     assert res.shard == shards[r]
                     return Tables(res.probes, res.cka)
                 store = s3viz.extract(upstream, corpus[shards[r]], **ex)
-                ref = reference_store(corpus, store, shards[r], reduce=reduce)
-                return _stored(store, target, split_by, folds, cka_level, reduce=reduce,
-                               reference=ref)
+                return _stored(store, target, split_by, folds, cka_level,
+                               sharding=Sharding.of(corpus, store, shards[r], reduce=reduce))
 
             got, errors = run_threads(2, work)
             assert errors == [None, None], errors

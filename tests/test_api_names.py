@@ -51,7 +51,6 @@ ONE_FUNCTION = {
     "units",  # units.unit_measures
     "l_",  # similarity.hsic_unbiased (the second Gram matrix)
     "rank", "world_size", "t", "num_utterances", "shard_lengths",
-    "shard_store",  # distributed
     "num_layer", "utterance",  # teach.check_weights, teach.check_pooled
     # s3viz.plot
     "baseline", "by", "conventions", "frame_len", "frame_out", "history", "measures",
