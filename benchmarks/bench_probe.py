@@ -36,7 +36,7 @@ import pandas as pd
 import torch
 
 from s3viz.store import LayerStore
-from s3viz.probe import probe_folds, probe_layers
+from s3viz.probe import LogisticOptions, probe_folds, probe_layers
 
 
 def gaussian_store(n_utt=240, frames=75, num_layer=13, hidden=768, classes=50, seed=0,
@@ -165,8 +165,8 @@ def main(argv=None):
     lbfgs = None
     if not args.no_logistic:
         t = time.perf_counter()
-        lbfgs = probe_layers(store, "phone", method="logistic", folds=folds, layers=sk_layers,
-                             dev_fraction=0, device=args.device)
+        lbfgs = probe_layers(store, "phone", method=LogisticOptions(dev_fraction=0), folds=folds,
+                             layers=sk_layers, device=args.device)
         t_lbfgs = (time.perf_counter() - t) / (len(sk_layers) * folds)
         print(f"s3viz logistic probe without early stopping (dev_fraction=0, L-BFGS to the "
               f"optimum), layers {sk_layers} x {folds} folds: {t_lbfgs:.1f} s per layer and fold")

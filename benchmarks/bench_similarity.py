@@ -35,6 +35,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_probe import gaussian_store, real_store
 
+from s3viz import similarity
+from s3viz.probe import layers as probe_module
 from s3viz.probe import probe_layers
 from s3viz.similarity import layer_similarity
 
@@ -177,13 +179,13 @@ def memory():
           f"chunks of {chunk} frames:")
     base = 40
     results = {}
+    probe_module.CHUNK_FRAMES = similarity.CHUNK_FRAMES = chunk  # frames read at once
     for mult in (1, 4):
         st = memory_store(base * mult, layers)
         nf = int(np.asarray(st.lengths(0)).sum())
         ridge = peak_extra_bytes(functools.partial(
-            probe_layers, st, "phone", method="ridge", device="cpu", chunk_frames=chunk))
-        cka = peak_extra_bytes(functools.partial(
-            layer_similarity, st, device="cpu", chunk_frames=chunk))
+            probe_layers, st, "phone", method="ridge", device="cpu"))
+        cka = peak_extra_bytes(functools.partial(layer_similarity, st, device="cpu"))
         results[mult] = (ridge, cka)
         print(f"  {nf:6d} frames ({nf * layers * 768 * 4 / 2**20:.0f} MiB store): ridge probe "
               f"{ridge / 2**20:.0f} MiB, CKA {cka / 2**20:.0f} MiB")

@@ -31,6 +31,7 @@ _EXPORTS = {
     "LayerStore": "store",
     # probes and similarity
     "probe_layers": "probe",
+    "LogisticOptions": "probe", "RidgeOptions": "probe", "CCAOptions": "similarity",
     "ProbeStats": "probe",
     "layer_similarity": "similarity",
     "stream_analysis": "stream",

@@ -2,8 +2,9 @@
 
 :func:`shard_indices` gives each rank a deterministic, balanced shard;
 :func:`all_reduce_sum` sums statistics over ranks (the identity without a
-process group), and :func:`reference_store` gives the whole corpus's frame-free
-metadata that ``probe_layers(reference=, reduce=)`` needs on stored shards.
+process group), :func:`reference_store` gives the whole corpus's frame-free
+metadata, and :class:`Sharding` carries both to ``probe_layers(sharding=)`` and
+``layer_similarity(sharding=)`` on stored shards.
 How a sharded run fits together: ``docs/streaming.md``.
 """
 
@@ -11,7 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -21,6 +23,7 @@ from .align import frame_labels as _align_frame_labels
 from .upstreams._hub import weights_of
 
 __all__ = [
+    "Sharding",
     "all_reduce_sum",
     "dist_info",
     "env_world",
@@ -205,7 +208,7 @@ def reference_store(corpus, shard_store, shard_positions: Sequence[int], reduce=
 
     Every rank calls this with its own shard (a collective call when there is a
     process group: frame counts are summed with ``reduce``). The result is what
-    :func:`s3viz.probe.probe_layers` takes as ``reference=`` in a sharded run.
+    :class:`Sharding` holds as ``reference`` (:meth:`Sharding.of` builds both).
 
     Args:
         corpus: the whole :class:`s3viz.data.Corpus` (same on every rank).
@@ -225,6 +228,41 @@ def reference_store(corpus, shard_store, shard_positions: Sequence[int], reduce=
                       shard_store.receptive_fields, shard_store.hidden_sizes,
                       getattr(shard_store, "layer_ids", range(shard_store.num_layer)),
                       weights_of(shard_store))
+
+
+@dataclass(frozen=True)
+class Sharding:
+    """This process's part of a sharded run over stored shards.
+
+    ``store`` (the argument of :func:`s3viz.probe.probe_layers` and
+    :func:`s3viz.similarity.layer_similarity`) then holds one shard, and every
+    statistic is summed over shards with ``reduce(tensor) -> tensor`` (e.g.
+    :func:`all_reduce_sum`), so each shard returns the table of the whole corpus.
+
+    Attributes:
+        reference: the whole corpus's frame-free metadata (:func:`reference_store`),
+            which the probes build their folds, classes and control labels on;
+            ``layer_similarity`` does not need it (``None``).
+        reduce: sums a tensor over all shards (``None``: :func:`all_reduce_sum`).
+    """
+
+    reference: object = None
+    reduce: Callable | None = None
+
+    def __post_init__(self):
+        if self.reduce is None:
+            object.__setattr__(self, "reduce", all_reduce_sum)
+        if not callable(self.reduce):
+            raise TypeError(f"Sharding.reduce must sum a tensor over shards (e.g. "
+                            f"s3viz.distributed.all_reduce_sum), got {self.reduce!r}")
+
+    @classmethod
+    def of(cls, corpus, shard_store, shard_positions: Sequence[int],
+           reduce=all_reduce_sum) -> Sharding:
+        """The sharding of ``shard_store`` (the corpus utterances at ``shard_positions``):
+        :func:`reference_store` of the whole ``corpus`` and ``reduce`` (a collective call
+        when there is a process group)."""
+        return cls(reference_store(corpus, shard_store, shard_positions, reduce=reduce), reduce)
 
 
 def env_world() -> tuple[int, int, int]:

@@ -53,6 +53,7 @@ from .store import (
     LayerStore,
     MemoryChunks,
     NonFiniteError,
+    _Layers,
     fmt_bytes,
 )
 from .upstreams._hub import weights_of
@@ -448,9 +449,8 @@ def extract(upstream, corpus, *, upstream_layers=None, batch_size: int | None = 
         "dtype": "float32" if amp_dtype is None else STORE_DTYPES[amp_dtype],
         "ids": corpus.ids, "num_samples": num_samples.tolist(), "plan": plan,
     }
-    common = dict(hidden_sizes=sizes, downsample_rates=rates, receptive_fields=fields,
-                  layer_ids=layer_ids, ids=corpus.ids, labels=corpus.labels,
-                  phones=[u.phones for u in corpus], fingerprint=fp, name=name,
+    common = dict(geometry=_Layers(sizes, rates, fields, layer_ids), ids=corpus.ids,
+                  labels=corpus.labels, phones=[u.phones for u in corpus], fingerprint=fp, name=name,
                   store_dtype=store_dtype, corpus_fingerprint=corpus_fp, weights_source=weights)
     estimate = _estimate_bytes(num_samples, rates, sizes, store_dtype)
     audio_bytes = int(num_samples.sum()) * 2

@@ -280,14 +280,13 @@ def run(args) -> dict:
     if "logistic" in methods:
         import pandas as pd
 
-        from .distributed import reference_store
-        from .probe import probe_layers
+        from .distributed import Sharding
+        from .probe import LogisticOptions, probe_layers
 
-        ref = reference_store(corpus, store, shard, reduce=all_reduce_sum)
+        sharding = Sharding.of(corpus, store, shard, reduce=all_reduce_sum)
         logistic = pd.concat([
-            probe_layers(store, t, method="logistic", dev_fraction=0, folds=args.folds,
-                         split_by=splits[t], seed=args.seed, device=device, reference=ref,
-                         reduce=all_reduce_sum)
+            probe_layers(store, t, method=LogisticOptions(dev_fraction=0), folds=args.folds,
+                         split_by=splits[t], seed=args.seed, device=device, sharding=sharding)
             for t in args.targets], ignore_index=True)
         probes = logistic if probes is None else pd.concat([probes, logistic],
                                                            ignore_index=True)

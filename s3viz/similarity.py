@@ -3,7 +3,7 @@
 :func:`layer_similarity` computes linear CKA exactly from streamed
 cross-covariances (``estimator="feature"``, memory independent of the frames)
 or as the unbiased minibatch estimate (``"minibatch"``), SVCCA with
-``method="cca"``, at frame or utterance level, and sharded with ``reduce=``.
+``method="cca"``, at frame or utterance level, and sharded with ``sharding=``.
 The estimators, their memory and when CCA means nothing: ``docs/similarity.md``.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -18,15 +19,35 @@ import torch
 
 from . import _validate as _v
 from ._device import resolve_device as _resolve_device
+from .distributed import Sharding
 from ._numerics import layer_guard, pow2_factor, read_dtype, warn_degenerate
 from ._labels import label_str
 from .store import tag_weights, utterance_selection
 
-__all__ = ["ESTIMATORS", "METHODS", "cca_naive", "cka_naive", "hsic_unbiased",
+__all__ = ["ESTIMATORS", "METHODS", "CCAOptions", "cca_naive", "cka_naive", "hsic_unbiased",
            "layer_similarity"]
 
 ESTIMATORS = ("feature", "minibatch")
 METHODS = ("cka", "cca")
+
+CHUNK_FRAMES = 16384
+"""Frames per block streamed from a store (the shuffling window of the minibatch
+estimator; the exact estimator's result does not depend on it)."""
+
+
+@dataclass(frozen=True)
+class CCAOptions:
+    """SVCCA (``layer_similarity(method=CCAOptions(...))``; ``"cca"`` is the default):
+    each layer is reduced to the principal directions keeping ``keep_variance`` of its
+    variance (in ``(0, 1]``; 1.0: plain CCA) before CCA."""
+
+    keep_variance: float = 0.99
+
+    def __post_init__(self):
+        kv = self.keep_variance
+        if isinstance(kv, bool) or not isinstance(kv, (int, float)) or not 0 < kv <= 1:
+            raise ValueError(f"keep_variance must be a number in (0, 1], got {kv!r}")
+        object.__setattr__(self, "keep_variance", float(kv))
 
 
 
@@ -274,11 +295,9 @@ def layer_similarity(
     max_frames: int | None = None,
     batch_frames: int = 1024,
     utterances=None,
-    chunk_frames: int = 16384,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
-    reduce=None,
-    keep_variance: float = 0.99,
+    sharding: Sharding | None = None,
 ) -> pd.DataFrame:
     """Linear CKA (or SVCCA) between every pair of layers.
 
@@ -287,9 +306,10 @@ def layer_similarity(
         other: another store of the same utterances (same ids, same order, same
             frames per utterance) to compare two upstreams; ``None`` compares
             ``store`` with itself.
-        method: ``"cka"`` (linear CKA) or ``"cca"`` (SVCCA: mean canonical
-            correlation of the layers reduced to ``keep_variance`` of their
-            variance; ``estimator="feature"`` only).
+        method: ``"cka"`` (linear CKA), ``"cca"`` or :class:`CCAOptions`
+            (SVCCA: mean canonical correlation of the layers reduced to
+            ``keep_variance`` of their variance, 0.99 for ``"cca"``;
+            ``estimator="feature"`` only).
         layers: stored layers of ``store`` (rows; default all).
         other_layers: stored layers of ``other`` (columns; default all, or ``layers``).
         level: ``"frame"`` (frames paired by position) or ``"utterance"``
@@ -302,18 +322,16 @@ def layer_similarity(
         batch_frames: frames per minibatch (``estimator="minibatch"``, >= 4;
             was ``batch_size``).
         utterances: utterance positions to use (default all).
-        chunk_frames: frames per block streamed from the store.
         seed: seed of the frame subset and of the minibatches.
         dtype: dtype of the per-block products (``estimator="feature"``); sums
             over blocks are float64. ``torch.float64`` for the last digits.
-        reduce: sharded runs (``estimator="feature"``, ``max_frames=None``):
-            ``reduce(tensor) -> tensor`` summing a tensor over all shards (e.g.
-            :func:`s3viz.distributed.all_reduce_sum`); ``store`` holds one shard
-            and every shard gets the CKA of the union of the shards. The frame
-            counts and sums are reduced first to centre every shard's
-            cross-products on the global mean, then the cross-products are summed.
-        keep_variance: ``method="cca"``: share of each layer's variance its
-            principal directions keep before CCA (in ``(0, 1]``; 1.0: plain CCA).
+        sharding: sharded runs (``estimator="feature"``, ``max_frames=None``): a
+            :class:`~s3viz.distributed.Sharding` whose ``reduce(tensor) -> tensor``
+            sums a tensor over all shards (its ``reference`` is not needed);
+            ``store`` holds one shard and every shard gets the CKA of the union of
+            the shards. The frame counts and sums are reduced first to centre every
+            shard's cross-products on the global mean, then the cross-products are
+            summed.
 
     Returns:
         DataFrame of CKA (or SVCCA) values, index = layers of ``store`` (name ``"layer"``),
@@ -324,26 +342,30 @@ def layer_similarity(
         :attr:`~s3viz.store.LayerStore.weights`) and, with ``other``,
         ``other_weights``.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if isinstance(method, CCAOptions):
+        keep_variance, method = method.keep_variance, "cca"
+    elif method in METHODS:
+        keep_variance = CCAOptions().keep_variance
+    else:
+        raise ValueError(f"method must be one of {METHODS} or CCAOptions(...), got {method!r}")
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
     if level not in ("frame", "utterance"):
         raise ValueError(f"level must be 'frame' or 'utterance', got {level!r}")
     max_frames = _v.integer(max_frames, "max_frames", minimum=4, none_ok=True)
-    chunk_frames = _v.integer(chunk_frames, "chunk_frames")
     seed = _v.integer(seed, "seed", minimum=0)
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
     batch_size = _v.integer(batch_frames, "batch_frames", minimum=4)  # 4: the unbiased HSIC
     if method == "cca" and estimator != "feature":
         raise ValueError("method='cca' needs estimator='feature' (the full covariances)")
-    if method == "cca" and (isinstance(keep_variance, bool)
-                            or not isinstance(keep_variance, (int, float))
-                            or not 0 < keep_variance <= 1):
-        raise ValueError(f"keep_variance must be a number in (0, 1], got {keep_variance!r}")
+    if sharding is not None and not isinstance(sharding, Sharding):
+        raise TypeError(f"sharding must be a s3viz.distributed.Sharding (e.g. "
+                        f"Sharding(reduce=all_reduce_sum)), got {sharding!r}")
+    reduce = None if sharding is None else sharding.reduce
     if reduce is not None and (estimator != "feature" or max_frames is not None):
-        raise ValueError("sharded CKA (reduce=...) needs estimator='feature' and max_frames=None")
+        raise ValueError("sharded CKA (sharding=...) needs estimator='feature' and "
+                         "max_frames=None")
     rows = _v.stored_layers(store, layers, "layers")
     if other is not None:
         _check_other(store, other)
@@ -383,11 +405,11 @@ def layer_similarity(
                    | {(i, i) for i in row_idx + col_idx})
     if estimator == "feature":
         sizes = [int(st.hidden_sizes[layer]) for st, layer in src.items]
-        hsic, n = _feature_hsic(src, sel, counts, keep, pairs, device, chunk_frames, dtype,
+        hsic, n = _feature_hsic(src, sel, counts, keep, pairs, device, CHUNK_FRAMES, dtype,
                                 reduce=reduce, sizes=sizes,
                                 keep_variance=float(keep_variance) if method == "cca" else None)
     else:
-        hsic, n = _minibatch_hsic(src, sel, counts, keep, pairs, device, chunk_frames,
+        hsic, n = _minibatch_hsic(src, sel, counts, keep, pairs, device, CHUNK_FRAMES,
                                   int(batch_size), int(seed))
     ids = list(getattr(store, "layer_ids", range(store.num_layer)))
     oth = other if other is not None else store

@@ -15,6 +15,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -201,6 +202,15 @@ class DiskChunks:
 # --------------------------------------------------------------------------- LayerStore
 
 
+class _Layers(NamedTuple):
+    """What a store records of each stored layer (one entry per layer)."""
+
+    hidden_sizes: Sequence[int]
+    downsample_rates: Sequence[int]
+    receptive_fields: Sequence[int]
+    layer_ids: Sequence[int]
+
+
 class LayerStore:
     """Every hidden state of every utterance of a corpus, unpadded, per stored layer.
 
@@ -215,9 +225,10 @@ class LayerStore:
     store itself is never modified through them.
     """
 
-    def __init__(self, *, backend, plan, lengths, hidden_sizes, downsample_rates,
-                 receptive_fields, layer_ids, ids, labels, phones, fingerprint, name,
-                 store_dtype, corpus_fingerprint=None, weights_source=AS_GIVEN):
+    def __init__(self, *, backend, plan, lengths, geometry: _Layers, ids, labels, phones,
+                 fingerprint, name, store_dtype, corpus_fingerprint=None,
+                 weights_source=AS_GIVEN):
+        hidden_sizes = geometry.hidden_sizes
         self._backend = backend
         self._plan = [list(map(int, b)) for b in plan]
         self._lengths = np.asarray(lengths, dtype=np.int64).reshape(len(ids), len(hidden_sizes))
@@ -229,9 +240,9 @@ class LayerStore:
             lens = self._lengths[utts]
             self._utt_offset[utts] = np.cumsum(lens, axis=0) - lens
         self._hidden_sizes = [int(h) for h in hidden_sizes]
-        self._downsample_rates = [int(r) for r in downsample_rates]
-        self._receptive_fields = [int(r) for r in receptive_fields]
-        self._layer_ids = [int(v) for v in layer_ids]
+        self._downsample_rates = [int(r) for r in geometry.downsample_rates]
+        self._receptive_fields = [int(r) for r in geometry.receptive_fields]
+        self._layer_ids = [int(v) for v in geometry.layer_ids]
         self._ids = [str(i) for i in ids]
         self._labels = labels.reset_index(drop=True)
         self._phones = list(phones)
@@ -351,8 +362,7 @@ class LayerStore:
                 store_dtype = torch.promote_types(store_dtype, t.dtype)
         return cls(
             backend=MemoryChunks(tensors), plan=[[i] for i in range(n)], lengths=lengths,
-            hidden_sizes=sizes, downsample_rates=rates, receptive_fields=fields,
-            layer_ids=list(range(num_layer)), ids=ids, labels=labels, phones=phones,
+            geometry=_Layers(sizes, rates, fields, list(range(num_layer))), ids=ids, labels=labels, phones=phones,
             fingerprint=h.hexdigest(), name="from_tensors", store_dtype=store_dtype,
             weights_source=weights_source,
         )
@@ -451,10 +461,8 @@ class LayerStore:
         store_dtype = DTYPE_NAMES[manifest["store_dtype"]]
         return cls(
             backend=DiskChunks(root, manifest["chunks"], manifest["hidden_sizes"], store_dtype),
-            plan=manifest["plan"], lengths=lengths, hidden_sizes=manifest["hidden_sizes"],
-            downsample_rates=manifest["downsample_rates"],
-            receptive_fields=manifest["receptive_fields"], layer_ids=manifest["layer_ids"],
-            ids=manifest["ids"], labels=labels, phones=phones,
+            plan=manifest["plan"], lengths=lengths,
+            geometry=_Layers(*(manifest[k] for k in _Layers._fields)), ids=manifest["ids"], labels=labels, phones=phones,
             fingerprint=manifest["fingerprint"], name=manifest["name"], store_dtype=store_dtype,
             corpus_fingerprint=manifest.get("corpus_fingerprint"),
             weights_source=_recorded(manifest.get("weights")),

@@ -15,7 +15,7 @@ implementation against one reference):
 - ``sharded_stored``: each shard extracts its own store; ``run_measures`` on a
   ``StoreSource`` of it, state summed;
 - ``sharded_public``: each shard's store through the public functions' sharding
-  arguments (``probe_layers(reference=, reduce=)``, ``layer_similarity(reduce=)``).
+  arguments (``probe_layers(sharding=)``, ``layer_similarity(sharding=)``).
 
 A measure of the engine (``s3viz.measures``) is added to :data:`MEASURES` with the
 public function that computes it from a store; every path then checks it.
@@ -42,16 +42,15 @@ def _measures(target, split_by, folds, cka_level):
             UnitQuality(**UNITS)]
 
 
-def _public(store, target, split_by, folds, cka_level, reduce=None, reference=None) -> dict:
+def _public(store, target, split_by, folds, cka_level, sharding=None) -> dict:
     """The tables from the public functions on a store (or one shard's store)."""
     import s3viz
 
-    shard = {} if reduce is None else {"reduce": reduce, "reference": reference}
     out = {"probe": s3viz.probe_layers(store, target, folds=folds, split_by=split_by,
-                                       device="cpu", **shard),
+                                       device="cpu", sharding=sharding),
            "cka": s3viz.layer_similarity(store, level=cka_level, device="cpu",
-                                         dtype=torch.float64, reduce=reduce)}
-    if reduce is None:  # unit_quality's sharded form is the engine's (sharded_stored)
+                                         dtype=torch.float64, sharding=sharding)}
+    if sharding is None:  # unit_quality's sharded form is the engine's (sharded_stored)
         out["units"] = s3viz.unit_quality(store, device="cpu", **UNITS)
     return out
 
@@ -68,7 +67,7 @@ def tables(upstream, corpus, target, *, tmp_path, split_by: str = "auto", folds:
     """``{path: {measure name: table}}``: the ridge probes of ``target`` (one name or a
     list), the CKA and the unit quality, by every path."""
     import s3viz
-    from s3viz.distributed import reference_store
+    from s3viz.distributed import Sharding
     from s3viz.measures import StoreSource, run_measures
     from s3viz.measures._engine import _CorpusMeta
     from s3viz.stream import stream_analysis
@@ -106,8 +105,8 @@ def tables(upstream, corpus, target, *, tmp_path, split_by: str = "auto", folds:
                 if path == "sharded_stored":
                     source = StoreSource(store, _CorpusMeta(corpus), shards[r])
                     return run_measures(measures, source, reduce=reduce)
-                ref = reference_store(corpus, store, shards[r], reduce=reduce)
-                return _public(store, *kw, reduce=reduce, reference=ref)
+                return _public(store, *kw,
+                               sharding=Sharding.of(corpus, store, shards[r], reduce=reduce))
 
             got, errors = run_threads(2, work)
             assert errors == [None, None], errors

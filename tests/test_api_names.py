@@ -25,7 +25,7 @@ API_DOC = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 # Arguments that belong to one public function each, defined in its docstring.
 ONE_FUNCTION = {
     "apply", "verbose",  # notebook_threads
-    "backend", "plan", "lengths", "fingerprint",
+    "backend", "plan", "lengths", "geometry", "fingerprint",
     "i",  # LayerStore's constructor and LayerStore.utterance
     "count", "sum_x", "sum_xx", "sum_y", "sum_xy", "sum_yy", "shift", "dev", "group",
     "groups", "num_groups", "num_targets", "targets",  # ProbeStats
@@ -52,7 +52,6 @@ ONE_FUNCTION = {
     "units",  # units.unit_measures
     "l_",  # similarity.hsic_unbiased (the second Gram matrix)
     "rank", "world_size", "t", "num_utterances", "shard_lengths",
-    "shard_store",  # distributed
     "num_layer", "utterance",  # teach.check_weights, teach.check_pooled
     # s3viz.plot
     "baseline", "by", "conventions", "frame_len", "frame_out", "history",

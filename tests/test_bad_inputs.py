@@ -24,13 +24,16 @@ def store():
 
 
 def _probe(store, **kw):
+    if "lambdas" in kw:
+        kw["method"] = s3viz.RidgeOptions(lambdas=kw.pop("lambdas"))
     return s3viz.probe_layers(store, kw.pop("target", "phone"), folds=2, split_by="utterance",
                               **kw)
 
 
 def _logistic(store, **kw):
-    return s3viz.probe_layers(store, "phone", method="logistic", folds=2, split_by="utterance",
-                              layers=[0], max_epochs=kw.pop("max_epochs", 1), **kw)
+    opts = s3viz.LogisticOptions(max_epochs=kw.pop("max_epochs", 1), **kw)
+    return s3viz.probe_layers(store, "phone", method=opts, folds=2, split_by="utterance",
+                              layers=[0])
 
 
 def _train(store, **kw):
@@ -56,7 +59,6 @@ NUMERIC = [
     (_probe, {"lambdas": [-1.0]}, "lambdas[0]"),
     (_probe, {"lambdas": []}, "lambdas"),
     (_probe, {"lambdas": "1e-3"}, "lambdas"),
-    (_probe, {"chunk_frames": 0}, "chunk_frames"),
     (_probe, {"seed": -1}, "seed"),
     (_probe, {"target": None}, "target"),
     (_logistic, {"lr": float("nan")}, "lr"),
@@ -73,7 +75,6 @@ NUMERIC = [
     (_train, {"steps": 0}, "steps"),
     (_train, {"dev_fraction": 1.0}, "dev_fraction"),
     (_train, {"eval_every": 0}, "eval_every"),
-    (_similarity, {"chunk_frames": 0}, "chunk_frames"),
     (_similarity, {"max_frames": 2}, "max_frames"),
     (_similarity, {"estimator": "minibatch", "batch_frames": 0}, "batch_frames"),
     (_stream, {"lambdas": [math.inf]}, "lambdas[0]"),
@@ -91,7 +92,7 @@ def test_bad_numeric_argument_is_named(store, call, kwargs, name):
 
 
 def test_good_values_still_work(store):
-    df = _probe(store, lambdas=[1e-3, 1.0], chunk_frames=512)
+    df = _probe(store, lambdas=[1e-3, 1.0])
     assert df["accuracy"].between(0, 1).all() and np.isfinite(df["accuracy"]).all()
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from s3viz.distributed import all_reduce_sum, dist_info, shard_indices
+from s3viz.distributed import Sharding, all_reduce_sum, dist_info, shard_indices
 
 N_UTT = 12
 UPSTREAM = "tiny"  # 5 layers of 192, all at rate 320: frame-level CKA works
@@ -75,7 +75,7 @@ def single(tmp_path_factory):
         s3viz.probe_layers(store, "phone", folds=3, split_by="speaker", device="cpu"),
         s3viz.probe_layers(store, "speaker", folds=3, split_by="utterance", device="cpu"),
     ], ignore_index=True)
-    lkw = dict(method="logistic", dev_fraction=0, folds=3, device="cpu")
+    lkw = dict(method=s3viz.LogisticOptions(dev_fraction=0), folds=3, device="cpu")
     logistic = pd.concat([
         s3viz.probe_layers(store, "phone", split_by="speaker", **lkw),
         s3viz.probe_layers(store, "speaker", split_by="utterance", **lkw),
@@ -158,7 +158,7 @@ def test_sharded_args_need_both(single):
     import s3viz
 
     with pytest.raises(ValueError, match="reference"):
-        s3viz.probe_layers(single["store"], "phone", reduce=all_reduce_sum)
+        s3viz.probe_layers(single["store"], "phone", sharding=Sharding(reduce=all_reduce_sum))
 
 
 @pytest.mark.slow
@@ -304,10 +304,9 @@ def _sharded_logistic(single, shards, targets, **kw):
     gradients are summed between threads standing in for ranks: ``(want, [shard tables])``."""
     import s3viz
     from _sharding import ThreadSum, run_threads
-    from s3viz.distributed import reference_store
 
     corpus, full = single["corpus"], single["store"]
-    kw = dict(method="logistic", dev_fraction=0, folds=3, device="cpu", **kw)
+    kw = dict(method=s3viz.LogisticOptions(dev_fraction=0, **kw), folds=3, device="cpu")
 
     def probes(store, **extra):
         return pd.concat([s3viz.probe_layers(store, t, split_by=split, **kw, **extra)
@@ -320,8 +319,7 @@ def _sharded_logistic(single, shards, targets, **kw):
 
     def work(r):
         red = summer.reducer(r)
-        ref = reference_store(corpus, stores[r], shards[r], reduce=red)
-        return probes(stores[r], reference=ref, reduce=red)
+        return probes(stores[r], sharding=Sharding.of(corpus, stores[r], shards[r], reduce=red))
 
     out, errors = run_threads(2, work)
     assert errors == [None, None], errors
@@ -348,7 +346,7 @@ def test_sharded_logistic_needs_dev_fraction_zero(single):
 
     with pytest.raises(ValueError, match="dev_fraction=0"):
         s3viz.probe_layers(single["store"], "phone", method="logistic",
-                           reference=single["store"], reduce=all_reduce_sum)
+                           sharding=Sharding(single["store"], all_reduce_sum))
 
 
 @pytest.mark.parametrize("argv, match", [

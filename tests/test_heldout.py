@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 import s3viz
 from s3viz.data import Corpus
-from s3viz.probe import UnseenClassWarning, probe_folds, probe_layers
+from s3viz.probe import LogisticOptions, UnseenClassWarning, probe_folds, probe_layers
 from s3viz.store import LayerStore
 from s3viz.measures import RidgeProbe
 from s3viz.stream import stream_analysis
@@ -102,6 +102,11 @@ def test_speaker_with_one_utterance_each_says_why():
 # ----------------------------------------------------------------------------- probe_layers
 
 
+def _full(method):
+    """The method's options; logistic without early stopping (``dev_fraction=0``)."""
+    return LogisticOptions(dev_fraction=0) if method == "logistic" else method
+
+
 @pytest.mark.parametrize("method", ["ridge", "logistic"])
 def test_probe_layers_refuses_classes_that_go_with_speakers(tiny_store, method):
     """A label shared by groups of speakers (a region, say) under a speaker split: the
@@ -109,8 +114,8 @@ def test_probe_layers_refuses_classes_that_go_with_speakers(tiny_store, method):
     st_ = _relabel(tiny_store, region=_speaker_fold_labels(tiny_store, 2, np.ones(12)))
     with pytest.raises(ValueError, match=r"12 of 12 test utterances \(100%\).*in 2 fold\(s\) "
                                          r"none.*Fix: .*split_by='utterance'"):
-        probe_layers(st_, "region", method=method, folds=2, split_by="speaker", layers=[1],
-                     device="cpu", dev_fraction=0)
+        probe_layers(st_, "region", method=_full(method), folds=2, split_by="speaker",
+                     layers=[1], device="cpu")
 
 
 @pytest.mark.parametrize("method", ["ridge", "logistic"])
@@ -124,8 +129,8 @@ def test_probe_layers_warns_counts_and_scores_chance_on_the_same_items(tiny_stor
     assert 0 < unseen < 12
     with pytest.warns(UnseenClassWarning, match=f"{unseen} of 12 test utterances "
                                                 f"\\({unseen / 12:.0%}\\)") as rec:
-        df = probe_layers(st_, "region", method=method, folds=2, split_by="speaker",
-                          layers=[0, 1], device="cpu", dev_fraction=0)
+        df = probe_layers(st_, "region", method=_full(method), folds=2, split_by="speaker",
+                          layers=[0, 1], device="cpu")
     assert sum(issubclass(w.category, UnseenClassWarning) for w in rec) == 1  # once
     assert (df["n_unseen"] == unseen).all()
     np.testing.assert_allclose(df["unseen_fraction"], unseen / 12)

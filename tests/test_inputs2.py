@@ -17,7 +17,7 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from s3viz.probe import probe_folds, probe_layers
+from s3viz.probe import RidgeOptions, probe_folds, probe_layers
 from s3viz.probe.targets import check_classes, label_str
 from s3viz.store import LayerStore
 
@@ -269,7 +269,7 @@ def test_two_fold_ridge_with_one_speaker_per_fold_is_refused_with_cause_and_fix(
         probe_layers(store, "phone", layers=[0], folds=2, device="cpu")
     assert "folds=" not in str(err.value).split("Fix:")[1].replace("folds=2", "")  # 2 speakers
     # each fix works
-    for kw in ({"split_by": "utterance"}, {"lambdas": [1e-3]}):
+    for kw in ({"split_by": "utterance"}, {"method": RidgeOptions(lambdas=[1e-3])}):
         assert probe_layers(store, "phone", layers=[0], folds=2, device="cpu", **kw)[
             "accuracy"].notna().all()
 

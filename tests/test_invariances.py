@@ -84,9 +84,9 @@ MEASURES = {
                                                 folds=3)["accuracy"].to_numpy(),
     "ridge utterance": lambda s: s3viz.probe_layers(s, "speaker", split_by="utterance", folds=3,
                                                     device="cpu")["accuracy"].to_numpy(),
-    "logistic frame": lambda s: s3viz.probe_layers(s, "phone", method="logistic", folds=3,
-                                                   dev_fraction=0, max_epochs=4,
-                                                   device="cpu")["accuracy"].to_numpy(),
+    "logistic frame": lambda s: s3viz.probe_layers(
+        s, "phone", method=s3viz.LogisticOptions(dev_fraction=0, max_epochs=4), folds=3,
+        device="cpu")["accuracy"].to_numpy(),
     "logistic segment": lambda s: s3viz.probe_layers(s, "phone", method="logistic", folds=3,
                                                      level="segment",
                                                      device="cpu")["accuracy"].to_numpy(),
@@ -427,9 +427,10 @@ def _mixed_store(f, dtype=torch.float64, seed=0):
 
 
 def _probe(store, method):
-    kw = {"dev_fraction": 0, "max_epochs": 4} if method == "logistic" else {}
+    if method == "logistic":
+        method = s3viz.LogisticOptions(dev_fraction=0, max_epochs=4)
     return s3viz.probe_layers(store, "phone", method=method, folds=3, split_by="utterance",
-                              device="cpu", **kw)["accuracy"].to_numpy()
+                              device="cpu")["accuracy"].to_numpy()
 
 
 @pytest.mark.parametrize("method", ["ridge", "logistic"])

@@ -61,7 +61,8 @@ def _measures(store):
     out["ridge phone"] = ridge["accuracy"].to_numpy()
     spk = s3viz.probe_layers(store, "speaker", split_by="utterance", device="cpu")  # dual
     out["ridge speaker"] = spk["accuracy"].to_numpy()
-    logit = s3viz.probe_layers(store, "phone", method="logistic", max_epochs=3, device="cpu")
+    logit = s3viz.probe_layers(store, "phone", method=s3viz.LogisticOptions(max_epochs=3),
+                               device="cpu")
     out["logistic phone"] = logit["accuracy"].to_numpy()
     out["cka"] = s3viz.layer_similarity(store, device="cpu").to_numpy()
     out["cca"] = s3viz.layer_similarity(store, method="cca", device="cpu").to_numpy()

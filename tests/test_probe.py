@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from s3viz.store import LayerStore
-from s3viz.probe import ProbeStats, control_labels, probe_folds, probe_layers
+from s3viz.probe import (LogisticOptions, ProbeStats, RidgeOptions, control_labels, probe_folds,
+                         probe_layers)
 
 sklearn = pytest.importorskip("sklearn")
 from sklearn.linear_model import LogisticRegression, Ridge, RidgeClassifier
@@ -160,7 +161,8 @@ def test_ridge_probe_matches_sklearn_ridge_classifier(store, layer):
     """Fixed penalty: same folds, StandardScaler + RidgeClassifier(alpha=lam * n_train)
     predicts the same labels (accuracy equal within 1e-3, ties aside)."""
     lam = 0.05
-    df = probe_layers(store, "phone", layers=[layer], lambdas=[lam], device="cpu")
+    df = probe_layers(store, "phone", layers=[layer], method=RidgeOptions(lambdas=[lam]),
+                      device="cpu")
     x, lab, utt = _frames(store, layer)
     folds = probe_folds(store, folds=5, split_by="speaker", seed=0,
                         utterance_weights=np.full(N_UTT, N_FRAMES))
@@ -199,8 +201,8 @@ def test_logistic_probe_close_to_sklearn(store, logistic_df):
 def test_logistic_without_early_stopping_is_sklearns_optimum(store):
     """dev_fraction=0: full-batch L-BFGS to the C=1 optimum on the whole training part,
     the solution scikit-learn converges to: the same accuracy within half a point."""
-    ours = probe_layers(store, "phone", method="logistic", layers=[2, 3], folds=5,
-                        dev_fraction=0, device="cpu").set_index("layer")["accuracy"]
+    ours = probe_layers(store, "phone", method=LogisticOptions(dev_fraction=0), layers=[2, 3],
+                        folds=5, device="cpu").set_index("layer")["accuracy"]
     folds = probe_folds(store, folds=5, split_by="speaker", seed=0,
                         utterance_weights=np.full(N_UTT, N_FRAMES))
     for layer in (2, 3):
@@ -219,7 +221,7 @@ def test_logistic_without_early_stopping_is_sklearns_optimum(store):
 @pytest.mark.parametrize("bad", [-0.1, 1.0, 2, True, "0.1"])
 def test_bad_dev_fraction(store, bad):
     with pytest.raises(ValueError, match="dev_fraction"):
-        probe_layers(store, "phone", method="logistic", dev_fraction=bad, device="cpu")
+        probe_layers(store, "phone", method=LogisticOptions(dev_fraction=bad), device="cpu")
 
 
 # --------------------------------------------------------------------------- splits
@@ -386,7 +388,8 @@ def test_utterance_level_dual_ridge_matches_primal_and_sklearn():
     st = LayerStore.from_tensors([[x[i:i + 1].float().repeat(3, 1)] for i in range(n)],
                                  downsample_rates=[320], labels=labels)
     lam = 0.05
-    df = probe_layers(st, "cls", split_by="utterance", lambdas=[lam], device="cpu")
+    df = probe_layers(st, "cls", split_by="utterance", method=RidgeOptions(lambdas=[lam]),
+                      device="cpu")
     folds = probe_folds(st, split_by="utterance", utterance_weights=np.ones(n),
                         strata=labels["cls"].to_numpy())
     fold = folds.set_index("utterance")["fold"].to_numpy()

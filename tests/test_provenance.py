@@ -138,15 +138,15 @@ def test_every_measure_table_carries_the_store_weights(stores, measures, key):
 
 
 def test_sharded_probes_and_stream_tables_carry_the_weights(stores, corpus, tmp_path):
-    from s3viz.distributed import reference_store
+    from s3viz.distributed import Sharding
     from s3viz.measures import RidgeProbe, UnitQuality
     from s3viz.stream import stream_analysis
 
     store = stores["random"]
-    ref = reference_store(corpus, store, list(range(len(corpus))), reduce=lambda t: t)
-    assert ref.weights == RANDOM
+    sharding = Sharding.of(corpus, store, list(range(len(corpus))), reduce=lambda t: t)
+    assert sharding.reference.weights == RANDOM
     sharded = s3viz.probe_layers(store, "phone", folds=2, split_by="utterance", device="cpu",
-                                 reference=ref, reduce=lambda t: t)
+                                 sharding=sharding)
     assert sharded.attrs["weights"] == RANDOM
     up = get_upstream("tiny", pretrained=False)
     for cache_dir in (None, tmp_path):

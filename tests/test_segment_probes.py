@@ -75,8 +75,8 @@ def test_segment_folds_keep_an_utterance_together(store):
 @pytest.mark.slow
 def test_word_segments_controls_and_logistic(store):
     res = s3viz.probe_layers(store, ["phone", "word"], level="segment", layers=[1],
-                             method=["ridge", "logistic"], control=True, split_by="utterance",
-                             device="cpu", max_epochs=3)
+                             method=["ridge", s3viz.LogisticOptions(max_epochs=3)], control=True,
+                             split_by="utterance", device="cpu")
     assert set(res["target"]) == {"phone", "word"} and len(res) == 4
     assert res[["accuracy", "control_accuracy"]].notna().all().all()
     words = segment_store(store, "word", [1])

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from s3viz.store import LayerStore
-from s3viz.similarity import cca_naive, cka_naive, hsic_unbiased, layer_similarity
+from s3viz import similarity
+from s3viz.similarity import CCAOptions, cca_naive, cka_naive, hsic_unbiased, layer_similarity
 
 N_UTT, N_FRAMES = 30, 20
 
@@ -59,9 +60,9 @@ def test_matches_naive_gram_formula(cka, frames):
     assert cka.loc[0, 1] > 0.5 and cka.loc[0, 3] < 0.05
 
 
-def test_float64_products_match_naive_to_the_last_digits(store, frames):
-    df = layer_similarity(store, layers=[0, 2], dtype=torch.float64, chunk_frames=101,
-                          device="cpu")
+def test_float64_products_match_naive_to_the_last_digits(store, frames, monkeypatch):
+    monkeypatch.setattr(similarity, "CHUNK_FRAMES", 101)
+    df = layer_similarity(store, layers=[0, 2], dtype=torch.float64, device="cpu")
     ref = np.array([[cka_naive(frames[i], frames[j]) for j in (0, 2)] for i in (0, 2)])
     np.testing.assert_allclose(df.to_numpy(), ref, atol=1e-9, rtol=0)
 
@@ -103,9 +104,9 @@ def test_invariances_against_other_store(store, cka):
                                                     abs=1e-4)
 
 
-def test_layer_subsets_and_small_chunks(store, cka):
-    sub = layer_similarity(store, layers=[3, 1], other_layers=[0, 2], chunk_frames=37,
-                           device="cpu")
+def test_layer_subsets_and_small_chunks(store, cka, monkeypatch):
+    monkeypatch.setattr(similarity, "CHUNK_FRAMES", 37)
+    sub = layer_similarity(store, layers=[3, 1], other_layers=[0, 2], device="cpu")
     assert list(sub.index) == [3, 1] and list(sub.columns) == [0, 2]
     np.testing.assert_allclose(sub.to_numpy(), cka.loc[[3, 1], [0, 2]].to_numpy(), atol=1e-6)
 
@@ -174,7 +175,7 @@ def test_cuda_matches_cpu(store, cka):
 @pytest.mark.parametrize("keep", [0.99, 0.9, 1.0])
 def test_svcca_matches_naive_frames(store, frames, keep):
     """method='cca' from the streamed covariances == SVCCA computed on the frames."""
-    df = layer_similarity(store, method="cca", keep_variance=keep, device="cpu",
+    df = layer_similarity(store, method=CCAOptions(keep_variance=keep), device="cpu",
                           dtype=torch.float64)
     ref = np.array([[cca_naive(x, y, keep) for y in frames] for x in frames])
     np.testing.assert_allclose(df.to_numpy(), ref, atol=1e-6)
@@ -192,7 +193,7 @@ def test_svcca_invariant_to_invertible_maps_cka_is_not(store):
         _a, b, _c, d = [t.double() for t in store.utterance(i)]
         hs.append([b.float(), (b @ m + 2.0).float(), d.float()])
     other = LayerStore.from_tensors(hs, downsample_rates=[320] * 3, ids=store.ids)
-    cca = layer_similarity(other, method="cca", keep_variance=1.0, device="cpu",
+    cca = layer_similarity(other, method=CCAOptions(keep_variance=1.0), device="cpu",
                            dtype=torch.float64)
     cka = layer_similarity(other, device="cpu", dtype=torch.float64)
     assert cca.loc[0, 1] == pytest.approx(1.0, abs=1e-6)
@@ -205,7 +206,7 @@ def test_svcca_bad_inputs(store):
         layer_similarity(store, method="cca", estimator="minibatch")
     for bad in (0, 1.5, -0.2, True, "all"):
         with pytest.raises(ValueError, match="keep_variance"):
-            layer_similarity(store, method="cca", keep_variance=bad)
+            layer_similarity(store, method=CCAOptions(keep_variance=bad))
 
 
 def test_bad_inputs(store):

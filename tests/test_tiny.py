@@ -336,15 +336,16 @@ def test_split_is_disjoint():
 
 @pytest.mark.slow
 def test_short_training_lowers_the_loss(tmp_path):
-    from s3viz.zoo.train_tiny import train, training_corpus
+    from s3viz.zoo.train_tiny import TrainConfig, train, training_corpus
 
     config = TinyConfig(conv_channels=32, hidden_size=64, num_layers=2, num_heads=2,
                         ffn_size=128, pos_conv_kernel=5, pos_conv_groups=4, dropout=0.0)
     corpus = training_corpus(18)[:8]
     k = 8
-    model, summary = train(corpus, steps=60, seed=0, device="cpu", config=config, clusters=k,
-                           lr=3e-3, warmup=5, batch_seconds=8.0, unmasked_weight=1.0,
-                           speed=0.0, log_every=1, log=lambda s: None)
+    model, summary = train(corpus, TrainConfig(steps=60, seed=0, architecture=config,
+                                               clusters=k, lr=3e-3, warmup=5, batch_seconds=8.0,
+                                               unmasked_weight=1.0, speed=0.0),
+                           device="cpu", log_every=1, log=lambda s: None)
     losses = [h["loss"] for h in summary["history"]]  # masked + unmasked cross-entropy
     assert summary["steps"] == 60 and len(losses) == 60 and not summary["stopped_early"]
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.5

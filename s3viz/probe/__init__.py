@@ -11,7 +11,8 @@ The maths: ``docs/probes.md``.
 """
 
 from .folds import SPLITS, UnseenClassWarning, control_labels, probe_folds, resolve_split
-from .layers import METHODS, probe_layers
+from .layers import METHODS, RidgeOptions, probe_layers
+from .logistic import LogisticOptions
 from .ridge import LAMBDAS
 from .stats import ProbeStats
 from .targets import LEVELS
@@ -21,7 +22,9 @@ __all__ = [
     "LEVELS",
     "METHODS",
     "SPLITS",
+    "LogisticOptions",
     "ProbeStats",
+    "RidgeOptions",
     "UnseenClassWarning",
     "control_labels",
     "probe_folds",

@@ -9,6 +9,7 @@ when ``control=True``. The maths and its tolerances: ``docs/probes.md``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -17,33 +18,55 @@ import torch
 from .. import _validate as _v
 from .._device import resolve_device as _resolve_device
 from .._numerics import layer_guard, warn_degenerate
+from ..distributed import Sharding
 from ..upstreams._hub import weights_of
 from .folds import _positions, check_folds, check_split_by, resolve_split
-from .logistic import _logistic_layers
+from .logistic import LogisticOptions, _logistic_layers
 from .ridge import LAMBDAS, _scores, ridge_layer_frame, ridge_layer_utterance
 from .targets import LEVELS, ProbeTask, _pooled, _pooled_sharded, resolve_level
 
-__all__ = ["METHODS", "probe_layers"]
+__all__ = ["METHODS", "RidgeOptions", "probe_layers"]
 
 METHODS = ("ridge", "logistic")
 
-
-# ---------------------------------------------------------------------------
-# public entry point
-
-
-# ---------------------------------------------------------------------------
+CHUNK_FRAMES = 16384
+"""Frames per chunk the ridge probe streams from a store (memory only: the result does
+not depend on it)."""
 
 
-def _as_list(v, name: str, allowed=None) -> list:
-    vals = [v] if isinstance(v, str) else list(v)
+@dataclass(frozen=True)
+class RidgeOptions:
+    """The ridge probe's penalty grid (``probe_layers(method=RidgeOptions(...))``).
+
+    ``lambdas`` are relative to the standardised covariance; with several, each fold
+    picks one on a dev part of its training part, a single one needs no dev part.
+    """
+
+    lambdas: tuple[float, ...] = LAMBDAS
+
+    name = "ridge"
+
+    def __post_init__(self):
+        object.__setattr__(self, "lambdas", tuple(_v.numbers(self.lambdas, "lambdas")))
+
+
+_OPTIONS = (RidgeOptions, LogisticOptions)
+
+
+def _methods(method) -> list:
+    """``method`` as a list of options objects (a name stands for its default options)."""
+    vals = [method] if isinstance(method, (str, *_OPTIONS)) else list(method)
     if not vals:
-        raise ValueError(f"{name} must name at least one value")
-    if allowed is not None:
-        for x in vals:
-            if x not in allowed:
-                raise ValueError(f"{name} must be one of {allowed} (or a list of them), got {x!r}")
-    return vals
+        raise ValueError("method must name at least one value")
+    out = []
+    for m in vals:
+        if isinstance(m, str) and m in METHODS:
+            m = dict(zip(METHODS, _OPTIONS))[m]()
+        if not isinstance(m, _OPTIONS):
+            raise ValueError(f"method must be one of {METHODS}, RidgeOptions(...) or "
+                             f"LogisticOptions(...) (or a list of them), got {m!r}")
+        out.append(m)
+    return out
 
 
 def probe_layers(
@@ -51,26 +74,15 @@ def probe_layers(
     target: str | Sequence[str] = "phone",
     *,
     level: str | None = None,
-    method: str | Sequence[str] = "ridge",
+    method="ridge",
     layers: Sequence[int] | None = None,
     folds: int = 5,
     split_by: str = "auto",
-    control: bool = False,
-    control_by: str | None = None,
+    control: bool | str = False,
     utterances=None,
     device=None,
     seed: int = 0,
-    lambdas: Sequence[float] = LAMBDAS,
-    chunk_frames: int = 16384,
-    lr: float = 1e-2,
-    batch_frames: int = 1024,
-    max_epochs: int = 40,
-    patience: int = 3,
-    weight_decay: float | None = None,
-    dev_fraction: float = 0.15,
-    max_memory: int = 2 ** 31,
-    reference=None,
-    reduce=None,
+    sharding: Sharding | None = None,
 ) -> pd.DataFrame:
     """Cross-validated linear probes of every stored layer.
 
@@ -90,7 +102,10 @@ def probe_layers(
             and the control type defaults to the segment with its neighbours;
             ``attrs["n_dropped"]`` maps each target to its segments shorter than a
             frame (left out).
-        method: ``"ridge"``, ``"logistic"`` or a list of both (``docs/probes.md``).
+        method: ``"ridge"``, ``"logistic"``, their options
+            (:class:`RidgeOptions`: the penalty grid; :class:`LogisticOptions`:
+            the logistic probe's training and memory) or a list of these
+            (``docs/probes.md``).
         layers: stored layer indices to probe (default all).
         folds: number of grouped cross-validation folds (>= 2).
         split_by: ``"speaker"`` (no speaker in two folds), ``"utterance"``, or
@@ -98,42 +113,23 @@ def probe_layers(
             warning when a speaker column could not be used); see
             :func:`s3viz.probe.resolve_split`. The table's ``split_by`` column
             says which split each row used.
-        control: also train on Hewitt & Liang control labels and report
-            ``control_accuracy`` and ``selectivity``.
-        control_by: what defines a type for the control task (``docs/probes.md``).
+        control: ``True`` also trains on Hewitt & Liang control labels and reports
+            ``control_accuracy`` and ``selectivity``; a string does so with that
+            column defining a type for the control task (``docs/probes.md``).
         utterances: utterance positions to use (default all).
         device: torch device; ``None`` is cuda when available, else cpu.
         seed: seed of folds, control labels and the logistic probe's shuffling.
-        lambdas: ridge penalty grid (relative to the standardised covariance).
-        chunk_frames: frames per chunk when streaming the store (ridge).
-        lr, batch_frames, max_epochs, patience, weight_decay, dev_fraction:
-            logistic probe training (Adam on minibatches of ``batch_frames``
-            examples (was ``batch_size``), at least 200 steps and at most
-            ``max_epochs`` epochs otherwise; ``weight_decay=None`` is ``1 /
-            n_train``, the L2 penalty of scikit-learn's ``C=1``; ``dev_fraction``
-            of the training groups is held out, the dev loss is checked every
-            ~20 steps and each classifier keeps its best weights, training
-            stops when none improved for ``patience`` checks). ``dev_fraction=0``:
-            no dev split, full-batch L-BFGS to the optimum of the penalised
-            objective on the whole training part (at most ``max_epochs * 25``
-            iterations; ``lr``, ``batch_frames`` and ``patience`` unused).
-        max_memory: bytes of features the logistic probe may hold on the device.
-        reference: sharded runs (ridge, or logistic with ``dev_fraction=0``, whose
-            full-batch gradients are summed over shards): the whole corpus's metadata, a
-            store-like object with ``ids, labels, phones, lengths(layer),
-            frame_labels(...), downsample_rates, receptive_fields, hidden_sizes,
-            num_layer, layer_ids`` (no frames needed; see
-            :func:`s3viz.distributed.reference_store`). ``store`` then holds one
-            shard (a subset of ``reference.ids``); folds, classes and control
-            labels come from ``reference`` so every shard agrees, and
-            ``utterances`` are positions in ``reference``.
-        reduce: sharded runs: ``reduce(tensor) -> tensor`` summing a tensor over
-            all shards (e.g. :func:`s3viz.distributed.all_reduce_sum`). The
-            ridge statistics, the pooled vectors (utterance level), the
-            logistic probe's scaling, losses and gradients and the confusion
-            counts are summed with it, so each shard returns the same table as
-            :func:`probe_layers` on the union of the shards (logistic: up to the
-            order of float sums).
+        sharding: a sharded run (ridge, or logistic with ``dev_fraction=0``, whose
+            full-batch gradients are summed over shards): a
+            :class:`~s3viz.distributed.Sharding` (``Sharding.of(corpus, store,
+            positions)``). ``store`` then holds one shard (a subset of
+            ``sharding.reference.ids``, the whole corpus's frame-free metadata);
+            folds, classes and control labels come from the reference so every shard
+            agrees, and ``utterances`` are positions in it. The ridge statistics, the
+            pooled vectors (utterance level), the logistic probe's scaling, losses and
+            gradients and the confusion counts are summed with ``sharding.reduce``, so
+            each shard returns the same table as :func:`probe_layers` on the union of
+            the shards (logistic: up to the order of float sums).
 
     Returns:
         DataFrame with one row per target, method and layer: ``target, method,
@@ -143,7 +139,7 @@ def probe_layers(
         predicted the majority class of that fold's training part: the same
         examples and the same "right" as ``accuracy``), ``n_classes``,
         ``n_train``, ``n_test`` (mean examples per fold), ``lambda`` (ridge:
-        mean chosen penalty), with ``control=True`` ``control_accuracy`` and
+        mean chosen penalty), with ``control`` ``control_accuracy`` and
         ``selectivity``, and ``split_by`` (the split each target used; also
         ``df.attrs["split_by"]``). When some test example's class is absent
         from its fold's training part (a :class:`~s3viz.probe.UnseenClassWarning`
@@ -160,18 +156,13 @@ def probe_layers(
         raise TypeError("target must be a label name (str) or a list of them, e.g. 'phone' or "
                         "['phone', 'speaker'], got None")
     targets = _as_list(target, "target")
-    methods = _as_list(method, "method", METHODS)
-    lambdas = _v.numbers(lambdas, "lambdas")
-    chunk_frames = _v.integer(chunk_frames, "chunk_frames")
-    lr = _v.number(lr, "lr", positive=True)
-    batch_size = _v.integer(batch_frames, "batch_frames")
-    max_epochs = _v.integer(max_epochs, "max_epochs")
-    patience = _v.integer(patience, "patience")
-    weight_decay = _v.number(weight_decay, "weight_decay", nonnegative=True, none_ok=True)
-    max_memory = _v.integer(max_memory, "max_memory")
+    methods = _methods(method)
     seed = _v.integer(seed, "seed", minimum=0)
-    store, shard_store, shard_pos_all = _shard_setup(store, reference, reduce, methods,
-                                                     dev_fraction)
+    if not isinstance(control, (bool, str)):
+        raise TypeError(f"control must be True, False or the name of the column that defines "
+                        f"a control type (e.g. 'word'), got {control!r}")
+    store, shard_store, shard_pos_all = _shard_setup(store, sharding, methods)
+    reduce = None if sharding is None else sharding.reduce
     folds = check_folds(folds)
     check_split_by(split_by)
     if level is not None and level not in LEVELS:
@@ -182,23 +173,15 @@ def probe_layers(
                              "store (its segments are small) or use level='frame'")
         out = _probe_segments(
             store, targets, method=methods, layers=_v.stored_layers(store, layers), folds=folds,
-            split_by=split_by, control=control, control_by=control_by, utterances=utterances,
-            device=device, seed=seed, lambdas=lambdas, chunk_frames=chunk_frames, lr=lr,
-            batch_frames=batch_size, max_epochs=max_epochs, patience=patience,
-            weight_decay=weight_decay, dev_fraction=dev_fraction, max_memory=max_memory)
+            split_by=split_by, control=control, utterances=utterances, device=device,
+            seed=seed)
         out.attrs["weights"] = weights
         return out
     layer_list = _v.stored_layers(store, layers)
     sel = _positions(store, utterances)
     device = _resolve_device(device)
-    lambdas = tuple(lambdas)
-    if isinstance(dev_fraction, bool) or not isinstance(dev_fraction, (int, float)) \
-            or not 0 <= dev_fraction < 1:
-        raise ValueError(f"dev_fraction must be a number in [0, 1) (0: no early stopping, "
-                         f"train to the optimum), got {dev_fraction!r}")
-    opts = {"lr": lr, "batch_size": int(batch_size), "max_epochs": int(max_epochs),
-                "patience": int(patience), "weight_decay": weight_decay,
-                "dev_fraction": float(dev_fraction)}
+    control_by = control if isinstance(control, str) else None
+    control = bool(control)
     layer_ids = list(getattr(store, "layer_ids", range(store.num_layer)))
     rows, splits, degenerate = [], {}, {}
     fold_accuracy = {}
@@ -214,23 +197,30 @@ def probe_layers(
         shard = _task_shard(sel, shard_pos_all)
         c = len(task.classes)
         blocks = [slice(0, c)] + ([slice(c, 2 * c)] if control else [])
-        for meth in methods:
-            if meth == "ridge":
+        for opts in methods:
+            if opts.name == "ridge":
                 per_layer = {layer: _ridge_layer(task, store, shard_store, shard, layer, blocks,
-                                                 c, lambdas, device, chunk_frames, reduce)
+                                                 c, opts.lambdas, device, reduce)
                              for layer in layer_list}
             else:
                 per_layer = _logistic_layers(task, store, layer_list, c, device, opts,
-                                             max_memory, shard_store=shard_store, shard=shard,
+                                             shard_store=shard_store, shard=shard,
                                              reduce=reduce)
             degenerate.update({layer: per_layer[layer][4] for layer in layer_list
                                if len(per_layer[layer]) > 4 and per_layer[layer][4]})
             for layer in layer_list:
-                rows.append(result_row(tgt, meth, lev, layer, int(layer_ids[layer]), c, folds,
-                                        control, per_layer[layer], fold_accuracy))
+                rows.append(result_row(tgt, opts.name, lev, layer, int(layer_ids[layer]), c,
+                                       folds, control, per_layer[layer], fold_accuracy))
     warn_degenerate("probe_layers", degenerate, "accuracy")
     return result_table(rows, fold_accuracy, control, splits, folds=folds, seed=seed,
                         weights=weights)
+
+
+def _as_list(v, name: str) -> list:
+    vals = [v] if isinstance(v, str) else list(v)
+    if not vals:
+        raise ValueError(f"{name} must name at least one value")
+    return vals
 
 
 def _task_shard(sel: np.ndarray, shard_pos_all):
@@ -243,12 +233,11 @@ def _task_shard(sel: np.ndarray, shard_pos_all):
     return keep, [task_of[int(shard_pos_all[j])] for j in keep]
 
 
-def _ridge_layer(task, store, shard_store, shard, layer, blocks, c, lambdas, device,
-                 chunk_frames, reduce):
+def _ridge_layer(task, store, shard_store, shard, layer, blocks, c, lambdas, device, reduce):
     """The ridge probe of one layer: frames streamed, or utterances pooled (sharded or not)."""
     if task.level == "frame":
         return ridge_layer_frame(task, store if shard is None else shard_store, layer, blocks, c,
-                                 lambdas, device, chunk_frames, torch.float64, shard=shard,
+                                 lambdas, device, CHUNK_FRAMES, torch.float64, shard=shard,
                                  reduce=reduce)
     if shard is not None:
         x = _pooled_sharded(shard_store, layer, task, shard, reduce).to(device)
@@ -261,41 +250,46 @@ def _ridge_layer(task, store, shard_store, shard, layer, blocks, c, lambdas, dev
     return ridge_layer_utterance(task, x, blocks, c, lambdas, torch.float64, guard)
 
 
-def _shard_setup(store, reference, reduce, methods, dev_fraction):
+def _shard_setup(store, sharding, methods):
     """``(store, shard_store, shard_pos_all)``: unsharded, ``(store, None, None)``.
 
-    Sharded (``reference`` and ``reduce``), the task is built on ``reference``
-    (the whole corpus's metadata) and the frames come from ``shard_store``,
-    whose utterances sit at ``shard_pos_all`` in ``reference``.
+    Sharded, the task is built on ``sharding.reference`` (the whole corpus's metadata)
+    and the frames come from ``shard_store``, whose utterances sit at ``shard_pos_all``
+    in the reference.
     """
-    if reference is None and reduce is None:
+    if sharding is None:
         return store, None, None
-    if reference is None or reduce is None:
-        raise ValueError("sharded probes need both `reference` (the whole corpus) and "
-                         "`reduce` (a sum over shards); pass both or neither")
-    if "logistic" in methods and dev_fraction != 0:
+    if not isinstance(sharding, Sharding):
+        raise TypeError(f"sharding must be a s3viz.distributed.Sharding (e.g. "
+                        f"Sharding.of(corpus, store, positions)), got {sharding!r}")
+    reference = sharding.reference
+    if reference is None:
+        raise ValueError("sharded probes need sharding.reference (the whole corpus's "
+                         "metadata): build it with Sharding.of(corpus, store, positions)")
+    if any(m.name == "logistic" and m.dev_fraction != 0 for m in methods):
         raise ValueError(
-            "sharded logistic probes need dev_fraction=0 (full-batch L-BFGS, whose "
-            "gradients sum over shards); early stopping's minibatches cannot be split "
-            "across shards")
+            "sharded logistic probes need LogisticOptions(dev_fraction=0) (full-batch "
+            "L-BFGS, whose gradients sum over shards); early stopping's minibatches cannot "
+            "be split across shards")
     ref_index = {u: i for i, u in enumerate(reference.ids)}
     unknown = [u for u in store.ids if u not in ref_index]
     if unknown:
         raise ValueError(f"{len(unknown)} utterance(s) of the shard store are not in "
-                         f"`reference` (e.g. {unknown[:5]}); pass the whole corpus's metadata")
+                         f"sharding.reference (e.g. {unknown[:5]}); pass the whole corpus's "
+                         f"metadata")
     pos = np.asarray([ref_index[u] for u in store.ids], dtype=np.int64)
     return reference, store, pos
 
 
-def _probe_segments(store, targets, *, layers, utterances, control_by, **kw) -> pd.DataFrame:
+def _probe_segments(store, targets, *, layers, utterances, control, **kw) -> pd.DataFrame:
     """probe_layers(level="segment"): the utterance-level probes of a store of segments."""
     from ..segments import segment_store
 
     tables, dropped = [], {}
     for tgt in targets:
         seg = segment_store(store, tgt, layers, utterances=utterances)
-        res = probe_layers(seg, tgt, level="utterance", layers=None, control_by=(
-            "context" if control_by is None else control_by), **kw)
+        res = probe_layers(seg, tgt, level="utterance", layers=None, control=(
+            "context" if control is True else control), **kw)
         res["level"] = "segment"
         res["layer"] = [layers[i] for i in res["layer"]]
         res["upstream_layer"] = [int(store.layer_ids[v]) for v in res["layer"]]

@@ -13,20 +13,61 @@ beside the others) gives NaN scores and one warning.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from .. import _validate as _v
 from .._numerics import Moments, float32_distances_span, layer_guard, read_dtype, safe_scale
 from .folds import _store_arg
 from .ridge import _shard_frames, confusion_matrix
 from .targets import ProbeTask, _pooled
 
+@dataclass(frozen=True)
+class LogisticOptions:
+    """Training of the logistic probe (``probe_layers(method=LogisticOptions(...))``).
+
+    Adam on minibatches of ``batch_frames`` examples, at least 200 steps and at most
+    ``max_epochs`` epochs otherwise; ``weight_decay=None`` is ``1 / n_train``, the L2
+    penalty of scikit-learn's ``C=1``; ``dev_fraction`` of the training groups is held
+    out, the dev loss is checked every ~20 steps and each classifier keeps its best
+    weights, training stops when none improved for ``patience`` checks.
+    ``dev_fraction=0``: no dev split, full-batch L-BFGS to the optimum of the penalised
+    objective on the whole training part (at most ``max_epochs * 25`` iterations;
+    ``lr``, ``batch_frames`` and ``patience`` unused); sharded runs need it.
+    ``max_memory``: bytes of features the probe may hold on the device.
+    """
+
+    lr: float = 1e-2
+    batch_frames: int = 1024
+    max_epochs: int = 40
+    patience: int = 3
+    weight_decay: float | None = None
+    dev_fraction: float = 0.15
+    max_memory: int = 2 ** 31
+
+    name = "logistic"
+
+    def __post_init__(self):
+        for field, value in (
+                ("lr", _v.number(self.lr, "lr", positive=True)),
+                ("batch_frames", _v.integer(self.batch_frames, "batch_frames")),
+                ("max_epochs", _v.integer(self.max_epochs, "max_epochs")),
+                ("patience", _v.integer(self.patience, "patience")),
+                ("weight_decay", _v.number(self.weight_decay, "weight_decay", nonnegative=True,
+                                           none_ok=True)),
+                ("max_memory", _v.integer(self.max_memory, "max_memory"))):
+            object.__setattr__(self, field, value)
+        dev = self.dev_fraction
+        if isinstance(dev, bool) or not isinstance(dev, (int, float)) or not 0 <= dev < 1:
+            raise ValueError(f"dev_fraction must be a number in [0, 1) (0: no early stopping, "
+                             f"train to the optimum), got {dev!r}")
+        object.__setattr__(self, "dev_fraction", float(dev))
+
+
 # ---------------------------------------------------------------------------
 # logistic (batched over layers)
-
-
-# ---------------------------------------------------------------------------
 
 
 def _train_scaling(x: torch.Tensor, train: torch.Tensor, reduce=None):
@@ -176,7 +217,7 @@ def _fit_logistic(x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, dev: to
 
 
 def _logistic_group(task: ProbeTask, xs: torch.Tensor, y_np: np.ndarray, fold_np: np.ndarray,
-                    group_np: np.ndarray, c: int, opts: dict, reduce=None):
+                    group_np: np.ndarray, c: int, opts: LogisticOptions, reduce=None):
     """Cross-validated logistic probes of a group of layers sharing their examples.
 
     Args:
@@ -195,15 +236,15 @@ def _logistic_group(task: ProbeTask, xs: torch.Tensor, y_np: np.ndarray, fold_np
     for f in range(folds):
         test_m = fold_np == f
         te = torch.from_numpy(np.flatnonzero(test_m)).to(device)
-        if opts["dev_fraction"] == 0:  # no early stopping: the penalised optimum
+        if opts.dev_fraction == 0:  # no early stopping: the penalised optimum
             tr = torch.from_numpy(np.flatnonzero(~test_m)).to(device)
             w, b, mean, scale = _fit_logistic_full(
-                xs, y, tr, c, weight_decay=opts["weight_decay"],
-                max_iter=25 * opts["max_epochs"], reduce=reduce)
+                xs, y, tr, c, weight_decay=opts.weight_decay,
+                max_iter=25 * opts.max_epochs, reduce=reduce)
         else:
             train_groups = np.unique(group_np[~test_m])
             rng = np.random.default_rng([task.seed, 1000 + f])
-            n_dev = min(max(1, round(opts["dev_fraction"] * len(train_groups))),
+            n_dev = min(max(1, round(opts.dev_fraction * len(train_groups))),
                         len(train_groups) - 1)
             dev_groups = rng.choice(train_groups, size=n_dev, replace=False)
             dev_m = np.isin(group_np, dev_groups) & ~test_m
@@ -211,9 +252,9 @@ def _logistic_group(task: ProbeTask, xs: torch.Tensor, y_np: np.ndarray, fold_np
             tr = torch.from_numpy(np.flatnonzero(fit_m)).to(device)
             dv = torch.from_numpy(np.flatnonzero(dev_m)).to(device)
             w, b, mean, scale = _fit_logistic(
-                xs, y, tr, dv, c, seed=task.seed * 7919 + f, lr=opts["lr"],
-                batch_size=opts["batch_size"], max_epochs=opts["max_epochs"],
-                patience=opts["patience"], weight_decay=opts["weight_decay"])
+                xs, y, tr, dv, c, seed=task.seed * 7919 + f, lr=opts.lr,
+                batch_size=opts.batch_frames, max_epochs=opts.max_epochs,
+                patience=opts.patience, weight_decay=opts.weight_decay)
         with torch.no_grad():
             for i in range(0, int(te.numel()), 8192):
                 idx = te[i:i + 8192]
@@ -234,8 +275,8 @@ def _logistic_group(task: ProbeTask, xs: torch.Tensor, y_np: np.ndarray, fold_np
     return conf, counts, n_fold
 
 
-def _logistic_layers(task: ProbeTask, store, layer_list: list[int], c: int, device, opts,
-                     max_memory: int, shard_store=None, shard=None, reduce=None) -> dict:
+def _logistic_layers(task: ProbeTask, store, layer_list: list[int], c: int, device,
+                     opts: LogisticOptions, shard_store=None, shard=None, reduce=None) -> dict:
     """Group layers (same hidden size and frame labels), train each group batched.
 
     Sharded (``shard_store``, ``shard``, ``reduce``): this process holds the examples
@@ -274,7 +315,7 @@ def _logistic_layers(task: ProbeTask, store, layer_list: list[int], c: int, devi
         n_group = n
         if reduce is not None:  # every shard must group the layers alike (same collectives)
             n_group = int(reduce(torch.tensor([float(n)], dtype=torch.float64))[0])
-        per = max(1, int(max_memory // max(1, n_group * h * 4)))
+        per = max(1, int(opts.max_memory // max(1, n_group * h * 4)))
         for start in range(0, len(members), per):
             batch = members[start:start + per]
             feats = []

@@ -129,13 +129,13 @@ class ProbeTask:
             if by is None:
                 if self.target == "text" or "text" not in store.labels.columns:
                     raise ValueError(
-                        "control=True at utterance level needs control_by=<column of "
+                        "control=True at utterance level needs control=<column of "
                         "store.labels> giving the type of each utterance (default 'text', "
                         f"not usable for target {self.target!r})"
                     )
                 by = "text"
             if by not in store.labels.columns:
-                raise KeyError(f"control_by={by!r} is not a column of store.labels: "
+                raise KeyError(f"control={by!r} is not a column of store.labels: "
                                f"{list(store.labels.columns)}")
             types = store.labels[by].to_numpy()[self.sel]
             self.y_ctrl = control_labels(types, self.y, len(self.classes), self.seed)
@@ -224,7 +224,7 @@ class ProbeTask:
                 col = "_type"
             else:
                 if by not in ph.columns:
-                    raise KeyError(f"control_by={by!r} is not a column of the alignment of "
+                    raise KeyError(f"control={by!r} is not a column of the alignment of "
                                    f"utterance {self.ids[i]!r}: {list(ph.columns)}")
                 col = by
             types[offs[i]:offs[i + 1]] = _align_frame_labels(

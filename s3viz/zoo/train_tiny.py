@@ -15,6 +15,7 @@ import math
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -392,19 +393,14 @@ def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
 
 
 
-def train(corpus, *, steps: int = 2000, seed: int = 0, device=None,
-          config: TinyConfig | None = None, clusters: int = 50, lr: float = 2e-3,
-          warmup: int | None = None, batch_seconds: float = 12.0, mask_prob: float = 0.05,
-          mask_span: int = 5, unmasked_weight: float = 0.5, speed: float = 0.5,
-          iteration: int = 1, speaker_conditioning: bool = False,
-          init: TinyUpstream | None = None, target_layer: int | None = None,
-          max_minutes: float | None = None, log_every: int = 25,
-          log=print, checkpoint=None, checkpoint_every: int = 0) -> tuple[TinyUpstream, dict]:
-    """Train a :class:`TinyUpstream` with HuBERT's masked cluster prediction.
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of :func:`train` (the command line's flags, ``docs/zoo.md``).
 
-    Args:
-        corpus: a :class:`s3viz.data.Corpus` (the training split).
+    Attributes:
         steps: optimizer steps (batches of about ``batch_seconds`` of padded audio).
+        architecture: the model's :class:`TinyConfig` (``None``: ``TinyConfig()``;
+            iteration 2 keeps ``init``'s).
         iteration: 1 = MFCC k-means targets; 2 = k-means of ``init``'s hidden states
             at ``target_layer`` (default: the middle layer), training continues from
             ``init``.
@@ -412,8 +408,37 @@ def train(corpus, *, steps: int = 2000, seed: int = 0, device=None,
             targets of the unperturbed audio).
         speaker_conditioning: the prediction head also reads a learned embedding of
             the utterance's speaker (ContentVec), so the last layer need not encode it.
+    """
+
+    steps: int = 2000
+    seed: int = 0
+    architecture: TinyConfig | None = None
+    clusters: int = 50
+    lr: float = 2e-3
+    warmup: int | None = None
+    batch_seconds: float = 12.0
+    mask_prob: float = 0.05
+    mask_span: int = 5
+    unmasked_weight: float = 0.5
+    speed: float = 0.5
+    iteration: int = 1
+    speaker_conditioning: bool = False
+    target_layer: int | None = None
+
+
+def train(corpus, config: TrainConfig = TrainConfig(), *, device=None,
+          init: TinyUpstream | None = None, max_minutes: float | None = None, log=print,
+          log_every: int = 25, checkpoint=None,
+          checkpoint_every: int = 0) -> tuple[TinyUpstream, dict]:
+    """Train a :class:`TinyUpstream` with HuBERT's masked cluster prediction.
+
+    Args:
+        corpus: a :class:`s3viz.data.Corpus` (the training split).
+        config: the hyper-parameters (:class:`TrainConfig`).
+        init: the iteration-1 model (``config.iteration=2``).
         max_minutes: stop (and say so in the summary) past this wall time, so that a
             run on a slow, shared machine still ends in time (not annealed then).
+        log: called with a progress line every ``log_every`` steps.
         checkpoint: called as ``checkpoint(step, upstream)`` every
             ``checkpoint_every`` steps (e.g. to save intermediate weights).
 
@@ -421,6 +446,12 @@ def train(corpus, *, steps: int = 2000, seed: int = 0, device=None,
         ``(model, summary)``: the trained upstream in eval mode on the CPU and a dict
         of what happened (losses, steps done, seconds).
     """
+    steps, seed, clusters, lr, warmup = (config.steps, config.seed, config.clusters,
+                                         config.lr, config.warmup)
+    iteration, target_layer, speed = config.iteration, config.target_layer, config.speed
+    mask_prob, mask_span = config.mask_prob, config.mask_span
+    unmasked_weight = config.unmasked_weight
+    speaker_conditioning, batch_seconds = config.speaker_conditioning, config.batch_seconds
     t0 = time.time()
     device = _resolve_device(device)
     torch.manual_seed(seed)
@@ -451,7 +482,7 @@ def train(corpus, *, steps: int = 2000, seed: int = 0, device=None,
         upstream = TinyUpstream(init.config, name="tiny")
         upstream.load_state_dict(init.state_dict())
     else:
-        upstream = TinyUpstream(config or TinyConfig(), name="tiny")
+        upstream = TinyUpstream(config.architecture or TinyConfig(), name="tiny")
     voices = sorted({u.speaker for u in corpus})
     speaker_ids = torch.tensor([voices.index(u.speaker) for u in corpus])
     task = _HubertTask(upstream, clusters, len(voices) if speaker_conditioning else 0).to(device)
@@ -843,17 +874,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
           f"{sum(u.wav.size for u in corpus) / 16000 / 60:.1f} min, "
           f"{len({u.speaker for u in corpus})} voices ({time.time() - t0:.1f}s)", flush=True)
     init = tiny(checkpoint=args.init) if args.init is not None else None
-    config = TinyConfig(conv_channels=args.conv_channels, hidden_size=args.hidden_size,
-                        num_layers=args.num_layers, num_heads=args.num_heads,
-                        ffn_size=args.ffn_size, dropout=args.dropout,
-                        layer_norm_first=not args.post_ln)
+    architecture = TinyConfig(conv_channels=args.conv_channels, hidden_size=args.hidden_size,
+                              num_layers=args.num_layers, num_heads=args.num_heads,
+                              ffn_size=args.ffn_size, dropout=args.dropout,
+                              layer_norm_first=not args.post_ln)
+    config = TrainConfig(
+        steps=args.steps, seed=args.seed, architecture=architecture, clusters=args.clusters,
+        lr=args.lr, batch_seconds=args.batch_seconds, mask_prob=args.mask_prob,
+        mask_span=args.mask_span, unmasked_weight=args.unmasked_weight,
+        speed=args.speed_perturb, iteration=args.iteration,
+        speaker_conditioning=args.speaker_conditioning, target_layer=args.target_layer)
     model, summary = train(
-        corpus, steps=args.steps, seed=args.seed, device=args.device, config=config,
-        clusters=args.clusters, lr=args.lr, batch_seconds=args.batch_seconds,
-        mask_prob=args.mask_prob, mask_span=args.mask_span,
-        unmasked_weight=args.unmasked_weight, speed=args.speed_perturb,
-        iteration=args.iteration, speaker_conditioning=args.speaker_conditioning, init=init,
-        target_layer=args.target_layer, max_minutes=args.max_minutes,
+        corpus, config, device=args.device, init=init, max_minutes=args.max_minutes,
         log=lambda s: print(s, flush=True), checkpoint_every=args.save_every,
         checkpoint=lambda step, up: save_tiny_weights(up, out.with_suffix(f".step{step}.pt")))
     summary["data_seconds"] = time.time() - t0 - summary["total_seconds"]
