@@ -555,22 +555,35 @@ def layer_guard(store, layer: int, utterances=None, *, centre: bool, level: str 
         frames = frames.reduced(reduce)
     if level == "frame":
         names = row_names(store, layer, utterances) if reduce is None else None
-        return _named(frames.guard(dtype, centre=centre, span=span, per_feature=per_feature),
-                      names)
+        return profile_guard(frames, dtype, centre=centre, span=span, per_feature=per_feature,
+                             names=names)
     own = pooled is None  # this shard's pooled vectors (summed over shards with reduce)
     if own:
         pooled = store.pooled(layer, utterances=utterances, dtype=read_dtype(store))
     prof = Profile().update(torch.as_tensor(pooled))
     if own and reduce is not None:
         prof = prof.reduced(reduce)
-    prof.exact, prof.integral = frames.exact, frames.integral  # the frames' precision
     names = None
     if reduce is None:
         ids = list(store.ids) if utterances is None else [store.ids[int(u)] for u in utterances]
         names = lambda i: f"utterance {ids[i]!r}"  # noqa: E731
+    return profile_guard(frames, dtype, pooled=prof, centre=centre, span=span,
+                         per_feature=per_feature, names=names)
+
+
+def profile_guard(frames: Profile, dtype: torch.dtype, *, pooled: Profile | None = None,
+                  centre: bool, span: float | None = None, per_feature: bool = False,
+                  names=None) -> Guard:
+    """The :class:`Guard` of a layer from the :class:`Profile` of its frames (frame
+    level) or of its pooled vectors (``pooled``: utterance level, judged against the
+    typical size of the frames they are means of, in the frames' precision)."""
+    if pooled is None:
+        return _named(frames.guard(dtype, centre=centre, span=span, per_feature=per_feature),
+                      names)
+    pooled.exact, pooled.integral = frames.exact, frames.integral  # the frames' precision
     typical = frames.robust()[4] if frames.rows else None  # the frames' typical size
-    return _named(prof.guard(dtype, centre=centre, reference=typical, ulps=POOLED_ULPS,
-                             span=span, per_feature=per_feature), names)
+    return _named(pooled.guard(dtype, centre=centre, reference=typical, ulps=POOLED_ULPS,
+                               span=span, per_feature=per_feature), names)
 
 
 POOLED_ULPS = 4

@@ -53,7 +53,7 @@ from .store import (
     LayerStore,
     MemoryChunks,
     NonFiniteError,
-    _Layers,
+    LayerGeometry,
     fmt_bytes,
 )
 from .upstreams._hub import weights_of
@@ -449,7 +449,7 @@ def extract(upstream, corpus, *, upstream_layers=None, batch_size: int | None = 
         "dtype": "float32" if amp_dtype is None else STORE_DTYPES[amp_dtype],
         "ids": corpus.ids, "num_samples": num_samples.tolist(), "plan": plan,
     }
-    common = dict(geometry=_Layers(sizes, rates, fields, layer_ids), ids=corpus.ids,
+    common = dict(geometry=LayerGeometry(sizes, rates, fields, layer_ids), ids=corpus.ids,
                   labels=corpus.labels, phones=[u.phones for u in corpus], fingerprint=fp, name=name,
                   store_dtype=store_dtype, corpus_fingerprint=corpus_fp, weights_source=weights)
     estimate = _estimate_bytes(num_samples, rates, sizes, store_dtype)

@@ -169,6 +169,33 @@ def _precision(store, layer: int) -> torch.dtype:
     return dtype
 
 
+def common_segments(tables: Sequence[pd.DataFrame], column: str):
+    """The segments of ``column`` that have frames in every layer, as examples.
+
+    Args:
+        tables: :func:`segment_table` of each layer (one store, or its metadata).
+
+    Returns:
+        ``(kept, labels, dropped)``: each layer's table of the common segments (in
+        one order), their labels (``id`` ``"<utterance id>:<start>"``, ``utterance``,
+        ``column``, ``context`` ``prev|label|next``, ``speaker`` when known) and how
+        many segments were left out (no frame in the first layer, or in another).
+    """
+    keys = [set(zip(t["utt"], t["start"])) for t in tables]
+    common = set.intersection(*keys)
+    kept = [t[[k in common for k in zip(t["utt"], t["start"])]].reset_index(drop=True)
+            for t in tables]
+    if not len(kept[0]):
+        raise ValueError(f"no {column!r} segment has frames in every probed layer")
+    t0 = kept[0]
+    ids = [f"{u}:{s}" for u, s in zip(t0["id"], t0["start"])]
+    labels = pd.DataFrame({"id": ids, "utterance": t0["id"].tolist(), column: t0["label"].tolist(),
+                           "context": (t0["prev"] + "|" + t0["label"] + "|" + t0["next"]).tolist()})
+    if "speaker" in t0.columns:
+        labels["speaker"] = t0["speaker"].tolist()
+    return kept, labels, tables[0].attrs["dropped"] + len(tables[0]) - len(t0)
+
+
 def segment_store(store, column: str, layers: Sequence[int], *, utterances=None):
     """A store whose "utterances" are the segments of ``column``, one pooled frame each.
 
@@ -184,22 +211,12 @@ def segment_store(store, column: str, layers: Sequence[int], *, utterances=None)
 
     layers = [int(v) for v in layers]
     tables = [segment_table(store, layer, column, utterances=utterances) for layer in layers]
-    keys = [set(zip(t["utt"], t["start"])) for t in tables]
-    common = set.intersection(*keys)
-    kept = [t[[k in common for k in zip(t["utt"], t["start"])]].reset_index(drop=True)
-            for t in tables]
-    if not len(kept[0]):
-        raise ValueError(f"no {column!r} segment has frames in every probed layer")
+    kept, labels, dropped = common_segments(tables, column)
     pooled = [pool_segments(store, layer, t) for layer, t in zip(layers, kept)]
     # the precision the segments' frames carry (the store's, or narrower where every value
     # fits float16/float32): the guard's rounding threshold of the pooled vectors
     precision = [_precision(store, layer) for layer in layers]
     t0 = kept[0]
-    ids = [f"{u}:{s}" for u, s in zip(t0["id"], t0["start"])]
-    labels = pd.DataFrame({"id": ids, "utterance": t0["id"].tolist(), column: t0["label"].tolist(),
-                           "context": (t0["prev"] + "|" + t0["label"] + "|" + t0["next"]).tolist()})
-    if "speaker" in t0.columns:
-        labels["speaker"] = t0["speaker"].tolist()
     hidden = [[p[j:j + 1] for p in pooled] for j in range(len(t0))]
     out = LayerStore.from_tensors(hidden, downsample_rates=[store.downsample_rates[v]
                                                             for v in layers], labels=labels,
@@ -207,5 +224,5 @@ def segment_store(store, column: str, layers: Sequence[int], *, utterances=None)
     out._group_ids = t0["id"].tolist()
     out._precision = precision
     # no frame in the first layer, or in one of the others
-    out._dropped = tables[0].attrs["dropped"] + len(tables[0]) - len(t0)
+    out._dropped = dropped
     return out

@@ -202,7 +202,7 @@ class DiskChunks:
 # --------------------------------------------------------------------------- LayerStore
 
 
-class _Layers(NamedTuple):
+class LayerGeometry(NamedTuple):
     """What a store records of each stored layer (one entry per layer)."""
 
     hidden_sizes: Sequence[int]
@@ -225,7 +225,7 @@ class LayerStore:
     store itself is never modified through them.
     """
 
-    def __init__(self, *, backend, plan, lengths, geometry: _Layers, ids, labels, phones,
+    def __init__(self, *, backend, plan, lengths, geometry: LayerGeometry, ids, labels, phones,
                  fingerprint, name, store_dtype, corpus_fingerprint=None,
                  weights_source=AS_GIVEN):
         hidden_sizes = geometry.hidden_sizes
@@ -362,7 +362,7 @@ class LayerStore:
                 store_dtype = torch.promote_types(store_dtype, t.dtype)
         return cls(
             backend=MemoryChunks(tensors), plan=[[i] for i in range(n)], lengths=lengths,
-            geometry=_Layers(sizes, rates, fields, list(range(num_layer))), ids=ids, labels=labels, phones=phones,
+            geometry=LayerGeometry(sizes, rates, fields, list(range(num_layer))), ids=ids, labels=labels, phones=phones,
             fingerprint=h.hexdigest(), name="from_tensors", store_dtype=store_dtype,
             weights_source=weights_source,
         )
@@ -462,7 +462,7 @@ class LayerStore:
         return cls(
             backend=DiskChunks(root, manifest["chunks"], manifest["hidden_sizes"], store_dtype),
             plan=manifest["plan"], lengths=lengths,
-            geometry=_Layers(*(manifest[k] for k in _Layers._fields)), ids=manifest["ids"], labels=labels, phones=phones,
+            geometry=LayerGeometry(*(manifest[k] for k in LayerGeometry._fields)), ids=manifest["ids"], labels=labels, phones=phones,
             fingerprint=manifest["fingerprint"], name=manifest["name"], store_dtype=store_dtype,
             corpus_fingerprint=manifest.get("corpus_fingerprint"),
             weights_source=_recorded(manifest.get("weights")),

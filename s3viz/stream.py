@@ -20,7 +20,7 @@ from .extraction import (DEFAULT_MAX_BATCH_SECONDS, as_corpus, check_batching,
                          check_upstream_arg, check_upstream_layers, extract,
                          resolve_upstream_device)
 from .measures import build_measures
-from .measures._engine import (Context, StoreSource, StreamSource, _agree, _CorpusMeta,
+from .measures._engine import (Context, StoreSource, StreamSource, agree, CorpusMeta,
                                run_measures)
 from .measures.probe import RidgeProbe
 from .store import LayerStore
@@ -56,7 +56,7 @@ def check_targets(corpus, target: str | Sequence[str], split_by="auto", folds: i
     corpus = as_corpus(corpus)
     probe = RidgeProbe(target, folds=folds, split_by=split_by, seed=seed)
     seconds = np.array([[u.num_samples] for u in corpus], dtype=np.int64)
-    ctx = Context(_CorpusMeta(corpus), np.arange(len(corpus)), [0], [1], [1], [1],
+    ctx = Context(CorpusMeta(corpus), np.arange(len(corpus)), [0], [1], [1], [1],
                   torch.device("cpu"), lambda t: t, "", torch.float32, lambda: seconds)
     probe.setup(ctx)
     return probe.splits
@@ -144,8 +144,8 @@ def stream_analysis(
                             batch_size=batch_size, max_batch_seconds=max_batch_seconds,
                             device=device, cache_dir=cache_dir, progress=progress)
 
-        _agree(_store, reduce or (lambda t: t))
-        source = StoreSource(store, _CorpusMeta(corpus), positions)
+        agree(_store, reduce or (lambda t: t))
+        source = StoreSource(store, CorpusMeta(corpus), positions)
     else:
         store = None
         source = StreamSource(upstream, corpus, layer_ids, sizes, rates, fields, dev, move,

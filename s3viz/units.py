@@ -58,7 +58,7 @@ def measures_from_counts(counts) -> dict:
     }
 
 
-def _nearest(x: torch.Tensor, c: torch.Tensor, chunk: int = 16384):
+def nearest(x: torch.Tensor, c: torch.Tensor, chunk: int = 16384):
     """(index of the nearest centroid, squared distance) for each row of ``x``.
 
     The nearest centroid from ``|x|^2 - 2 x.c + |c|^2`` (one matrix product), its
@@ -112,7 +112,7 @@ def kmeans(x: torch.Tensor, k: int, *, iters: int = 50, tol: float = 1e-4, seed:
         best = torch.minimum(best, sq_dist(cent[j]))
     prev = None
     for step in range(iters + 1):
-        idx, dist = _nearest(x, cent)
+        idx, dist = nearest(x, cent)
         inertia = float(dist.mean())  # of the current centroids
         if step == iters or (prev is not None and prev - inertia <= tol * max(prev, 1e-30)):
             break

@@ -69,7 +69,7 @@ def tables(upstream, corpus, target, *, tmp_path, split_by: str = "auto", folds:
     import s3viz
     from s3viz.distributed import Sharding
     from s3viz.measures import StoreSource, run_measures
-    from s3viz.measures._engine import _CorpusMeta
+    from s3viz.measures._engine import CorpusMeta
     from s3viz.stream import stream_analysis
 
     ex = dict(batch_size=batch_size, device="cpu", progress=False)
@@ -103,7 +103,7 @@ def tables(upstream, corpus, target, *, tmp_path, split_by: str = "auto", folds:
                     return res.tables
                 store = s3viz.extract(upstream, corpus[shards[r]], **ex)
                 if path == "sharded_stored":
-                    source = StoreSource(store, _CorpusMeta(corpus), shards[r])
+                    source = StoreSource(store, CorpusMeta(corpus), shards[r])
                     return run_measures(measures, source, reduce=reduce)
                 return _public(store, *kw,
                                sharding=Sharding.of(corpus, store, shards[r], reduce=reduce))

@@ -105,7 +105,7 @@ def test_environment_yml_installs_through_the_lock():
 
 def test_makefile_installs_through_the_lock():
     text = (ROOT / "Makefile").read_text()
-    assert "pip install --quiet -c $(LOCK) -e '.[$(EXTRAS)]'" in text
+    assert "pip install --quiet --no-cache-dir -c $(LOCK) -e '.[$(EXTRAS)]'" in text
     assert "requirements/lock.py check $(LOCK)" in text
     assert re.search(r"^\$\(STAMP\): pyproject.toml \$\(LOCK\)", text, re.M), (
         "the venv must be reinstalled when the lock changes")

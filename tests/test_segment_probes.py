@@ -101,3 +101,35 @@ def test_segment_level_refusals(store):
     plain = LayerStore.from_tensors(hh, downsample_rates=[320])
     with pytest.raises(ValueError, match="no phone alignments"):
         s3viz.probe_layers(plain, "phone", level="segment", device="cpu")
+
+
+def test_segment_probes_stream_and_shard_on_the_engine(store):
+    """SegmentProbe (s3viz.measures) gives probe_layers(level="segment")'s table from a
+    store, from the upstream streamed, and from two shards whose state is summed."""
+    from _sharding import ThreadSum, run_threads
+    from s3viz.distributed import shard_indices
+    from s3viz.measures import SegmentProbe, StoreSource, run_measures
+    from s3viz.measures._engine import CorpusMeta
+
+    up = get_upstream("tiny", pretrained=False)
+    corpus = synthetic_corpus(16, seed=3)
+    want = s3viz.probe_layers(store, ["phone", "word"], level="segment", layers=[1, 3],
+                              folds=3, split_by="speaker", device="cpu")
+    probe = SegmentProbe(["phone", "word"], folds=3, split_by="speaker")
+    stored = run_measures([probe], StoreSource(store, layers=[1, 3]))["segments"]
+    streamed = s3viz.stream_analysis(up, corpus, [probe], upstream_layers=[1, 3],
+                                     batch_size=5, device="cpu")["segments"]
+    shards, summer = [shard_indices(corpus.ids, r, 2) for r in range(2)], ThreadSum(2)
+    got, errors = run_threads(2, lambda r: run_measures(
+        [probe], StoreSource(s3viz.extract(up, corpus[shards[r]], upstream_layers=[1, 3],
+                                           progress=False), CorpusMeta(corpus), shards[r]),
+        reduce=summer.reducer(r))["segments"])
+    assert errors == [None, None], errors
+    # a stream, and stores of the chosen layers only, number them 0..
+    renumbered = want.assign(layer=[0, 1, 0, 1])
+    for table, ref in ((stored, want), (streamed, renumbered), (got[0], renumbered),
+                       (got[1], renumbered)):
+        pd.testing.assert_frame_equal(table, ref, check_exact=False, rtol=1e-6, atol=1e-9)
+        assert table.attrs["n_dropped"] == want.attrs["n_dropped"]
+        assert table.attrs["split_by"] == want.attrs["split_by"]
+    assert list(streamed["upstream_layer"]) == [1, 3, 1, 3]

@@ -148,3 +148,33 @@ def test_a_failing_shard_stops_every_shard(corpus, tiny):
         shard=shards[r], reduce=summer.reducer(r), batch_size=3, device="cpu"))
     assert isinstance(errors[0], ValueError) and "no frames" in str(errors[0])
     assert isinstance(errors[1], RuntimeError) and "another shard failed" in str(errors[1])
+
+
+def test_degenerate_layers_get_nan_as_stored(corpus):
+    """The spectral baseline normalises each utterance: its mean-pooled vectors are
+    rounding noise. Streamed probes and CKA read them through the same guard as the
+    stored functions: NaN, with a DegenerateLayerWarning, where stored gives NaN."""
+    import warnings
+
+    import torch
+
+    from s3viz._numerics import DegenerateLayerWarning
+    from s3viz.upstreams import get_upstream
+
+    up = get_upstream("spectral")
+    store = s3viz.extract(up, corpus, device="cpu", progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        probes = s3viz.probe_layers(store, ["gender", "phone"], folds=3, split_by="utterance",
+                                    device="cpu")
+        cka = s3viz.layer_similarity(store, level="utterance", device="cpu",
+                                     dtype=torch.float64)
+    assert probes[probes["target"] == "gender"]["accuracy"].isna().all()
+    assert probes[probes["target"] == "phone"]["accuracy"].notna().all()
+    with pytest.warns(DegenerateLayerWarning):
+        res = stream_analysis(up, corpus, [RidgeProbe(["gender", "phone"], folds=3,
+                                                      split_by="utterance"),
+                                           LayerCKA("utterance")], device="cpu")
+    pd.testing.assert_frame_equal(res["probe"], probes, check_exact=False, rtol=1e-6,
+                                  atol=1e-9)
+    np.testing.assert_array_equal(np.isnan(res["cka"].to_numpy()), np.isnan(cka.to_numpy()))

@@ -48,9 +48,9 @@ def test_kmeans_finds_separated_blobs():
     lab = torch.arange(6).repeat_interleave(200)
     x = centres[lab] + torch.randn(1200, 5, generator=gen) * 0.5
     cent, inertia = kmeans(x - x.mean(0), 6, seed=3)
-    from s3viz.units import _nearest
+    from s3viz.units import nearest
 
-    units, _ = _nearest(x - x.mean(0), cent)
+    units, _ = nearest(x - x.mean(0), cent)
     assert unit_measures(lab.numpy(), units.numpy())["pnmi"] == pytest.approx(1.0)
     assert inertia == pytest.approx(5 * 0.25, rel=0.15)  # the noise variance per frame
     with pytest.raises(ValueError, match="at least 7 frames"):

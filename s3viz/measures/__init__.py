@@ -1,14 +1,12 @@
-"""Measures of every layer, each one small object run by one driver.
+"""Measures of every layer, each one small object run by one driver (``docs/streaming.md``).
 
 A measure declares its state and how it merges over ranks, takes batches of
 frames and returns a tidy table (:class:`Measure`); :func:`run_measures` runs any
 list of them over a :class:`StoreSource` (a :class:`~s3viz.store.LayerStore`) or
 a :class:`StreamSource` (an upstream over a corpus, no frame kept), whole or one
 shard, so every measure is stored, streamed and sharded by construction.
-``s3viz.stream_analysis`` and ``python -m s3viz.run --measures ...`` call it.
-
-Adding a measure is one file here with one class, one entry in :data:`MEASURES`,
-one test and a paragraph in ``docs/measures.md``.
+Adding a measure is one file here, an entry in :data:`MEASURES`, one test and a
+paragraph in ``docs/measures.md`` ("Adding a measure").
 """
 
 from __future__ import annotations
@@ -18,12 +16,14 @@ from collections.abc import Sequence
 from ._engine import Batch, Context, Measure, StoreSource, StreamSource, run_measures
 from .cka import LayerCKA
 from .probe import RidgeProbe
+from .segments import SegmentProbe
 from .units import UnitQuality
 
-__all__ = ["MEASURES", "Batch", "Context", "LayerCKA", "Measure", "RidgeProbe", "StoreSource",
+__all__ = ["MEASURES", "Batch", "Context", "LayerCKA", "Measure", "RidgeProbe", "SegmentProbe", "StoreSource",
            "StreamSource", "UnitQuality", "build_measures", "run_measures"]
 
-MEASURES = {"probe": RidgeProbe, "cka": LayerCKA, "units": UnitQuality}
+MEASURES = {"probe": RidgeProbe, "segments": SegmentProbe, "cka": LayerCKA,
+            "units": UnitQuality}
 """Each measure by the name the CLI's ``--measures`` and :func:`build_measures` take."""
 
 

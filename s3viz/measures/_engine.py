@@ -1,18 +1,11 @@
 """The measure engine: one driver runs any list of measures over one source.
 
-A *measure* (:class:`Measure`) declares its state with :meth:`Measure.add_state`
-and how that state merges across ranks, takes batches in :meth:`Measure.update`
-and returns a tidy table from :meth:`Measure.compute`, in the manner of
-torchmetrics' ``Metric``. A measure that needs several passes over the frames
-(ridge: statistics, then scoring; k-means: fit sample, then assignment) says so
-with :attr:`Measure.passes`; the driver merges the declared states after each
-pass and calls :meth:`Measure.end_pass`.
-
-A *source* gives batches of frames: a :class:`~s3viz.store.LayerStore` (memory
-or disk), or an upstream streamed over a corpus with no frames kept, each of
-them whole or one shard under ``torch.distributed`` (the states are summed over
-ranks with ``reduce``). The driver is :func:`run_measures`; how the passes, the
-memory and the sharding fit together: ``docs/streaming.md``.
+A :class:`Measure` declares its state with :meth:`Measure.add_state` (and how it
+merges across ranks), takes batches in :meth:`Measure.update`, says how many
+passes it needs and returns a table from :meth:`Measure.compute`, as torchmetrics'
+``Metric`` does. A source gives batches of frames: a :class:`StoreSource` or a
+:class:`StreamSource`, whole or one shard (state summed over ranks with
+``reduce``). The driver is :func:`run_measures`: ``docs/streaming.md``.
 """
 
 from __future__ import annotations
@@ -240,7 +233,7 @@ class StoreSource:
             fn(Batch(ctx, self.positions[utts], frames, lens))
 
 
-class _CorpusMeta:
+class CorpusMeta:
     """The corpus's frame-free metadata, as measures read it."""
 
     def __init__(self, corpus):
@@ -278,7 +271,7 @@ class StreamSource:
         self.upstream, self.corpus = upstream, corpus
         self.layer_ids, self.sizes, self.rates, self.fields = layer_ids, sizes, rates, fields
         self.device, self.positions, self.progress = device, positions, progress
-        self.meta = _CorpusMeta(corpus)
+        self.meta = CorpusMeta(corpus)
         self.num_samples = np.array([u.num_samples for u in corpus], dtype=np.int64)
         self.plan = [list(map(int, b)) for b in bucket_plan(self.num_samples[positions],
                                                               batch_size, max_batch_seconds)]
@@ -297,7 +290,7 @@ class StreamSource:
             ctx_local = Context(self.meta, self.positions, self.layer_ids, self.sizes,
                                 self.rates, self.fields, device, reduce, "", torch.float32,
                                 lambda: None)
-            _agree(lambda: self._each(ctx_local, lambda b: mine.__setitem__(
+            agree(lambda: self._each(ctx_local, lambda b: mine.__setitem__(
                 torch.from_numpy(b.positions), torch.from_numpy(b.lens))), reduce)
             return reduce(mine).numpy()
 
@@ -333,7 +326,7 @@ class StreamSource:
 # -- the driver --------------------------------------------------------------
 
 
-def _agree(work: Callable[[], None], reduce) -> None:
+def agree(work: Callable[[], None], reduce) -> None:
     """Run ``work`` (no collective calls inside), then stop every shard if any failed.
 
     A shard raising alone would leave the others waiting in the next ``reduce``;
@@ -433,7 +426,7 @@ def run_measures(measures: Sequence[Measure], source, *, device=None, reduce=Non
                 m.update(batch, p)
             _trim_heap()
 
-        _agree(lambda: source.each(ctx, one), reduce)
+        agree(lambda: source.each(ctx, one), reduce)
         for m in active:
             m.merge(p, reduce)
             m.end_pass(p)
@@ -451,4 +444,4 @@ def run_measures(measures: Sequence[Measure], source, *, device=None, reduce=Non
 def extract_source(upstream, corpus, positions, cache_dir, **kw) -> StoreSource:
     """This shard's frames extracted once into a disk store at ``cache_dir``, as a source."""
     store = extract(upstream, corpus[positions.tolist()], cache_dir=cache_dir, **kw)
-    return StoreSource(store, _CorpusMeta(corpus), positions)
+    return StoreSource(store, CorpusMeta(corpus), positions)

@@ -9,9 +9,11 @@ are brought to common shifts and factors and summed. The values are those of
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import torch
 
+from .._numerics import Profile, profile_guard, warn_degenerate
 from ..similarity import CrossProducts, cka_table
 from ._engine import Batch, Context, Measure
 
@@ -47,6 +49,12 @@ class LayerCKA(Measure):
         sizes = ctx.sizes
         self.add_state("products", CrossProducts(pairs, ctx.device, torch.float64),
                        lambda cp, reduce: cp.hsic(reduce=reduce, sizes=sizes))
+        # the one guard of every measure (s3viz._numerics), as layer_similarity's: a
+        # degenerate layer (or pooled vectors of rounding noise) gets NaN
+        merge = (lambda profs, reduce: [p.reduced(reduce) for p in profs])
+        self.add_state("frames", [Profile() for _ in range(n_l)], merge)
+        self.add_state("pooled", [Profile() for _ in range(n_l)] if self.level == "utterance"
+                       else None, merge)
 
     def update(self, batch: Batch, pass_index: int) -> None:
         lens = batch.lens
@@ -57,6 +65,10 @@ class LayerCKA(Measure):
             self.products.add(batch.frames)
         else:
             self.products.add([batch.pooled(s) for s in range(self.ctx.num_layers)])
+        for s in range(self.ctx.num_layers):
+            self.frames[s].update(batch.frames[s])
+            if self.pooled is not None:
+                self.pooled[s].update(batch.pooled(s))
 
     def compute(self) -> pd.DataFrame:
         hsic, n = self.products  # merged: ({pair: HSIC}, frames)
@@ -64,7 +76,15 @@ class LayerCKA(Measure):
             raise ValueError(f"only {n} frames to compare; CKA needs at least 4")
         ctx = self.ctx
         idx = list(range(ctx.num_layers))
-        return cka_table(hsic, idx, idx, idx, idx, upstream_layers=list(ctx.layer_ids),
-                         other_upstream_layers=list(ctx.layer_ids), num_frames=int(n),
-                         estimator="feature", level=self.level, method="cka",
-                         weights=ctx.weights)
+        df = cka_table(hsic, ctx.layer_index, ctx.layer_index, idx, idx,
+                       upstream_layers=list(ctx.layer_ids),
+                       other_upstream_layers=list(ctx.layer_ids), num_frames=int(n),
+                       estimator="feature", level=self.level, method="cka",
+                       weights=ctx.weights)
+        bad = [profile_guard(self.frames[s], ctx.store_dtype, centre=True,
+                             pooled=None if self.pooled is None else self.pooled[s]).reason
+               for s in idx]
+        df.iloc[[s for s in idx if bad[s]], :] = np.nan
+        df.iloc[:, [s for s in idx if bad[s]]] = np.nan
+        warn_degenerate("layer_similarity", dict(zip(ctx.layer_index, bad)), "CKA")
+        return df

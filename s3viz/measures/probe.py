@@ -19,6 +19,7 @@ import torch
 
 from .. import _validate as _v
 from .._labels import label_strings
+from .._numerics import Profile, float64_sums_span, profile_guard, warn_degenerate
 from ..probe import LAMBDAS, ProbeStats
 from ..probe.folds import (SPLIT_CHOICES, assign_folds, check_folds, check_heldout,
                            check_split_by, resolve_split)
@@ -41,6 +42,10 @@ _FIXES = {
 def _reduce_list(values: list, reduce) -> list:
     return [None if v is None else (v.reduced(reduce) if isinstance(v, ProbeStats)
                                      else reduce(v)) for v in values]
+
+
+def _reduce_profiles(profiles: list, reduce) -> list:
+    return [p.reduced(reduce) for p in profiles]
 
 
 class _Target:
@@ -132,6 +137,12 @@ class RidgeProbe(Measure):
         self.add_state("rows", rows, _reduce_list)
         self.add_state("seen", seen, _reduce_list)
         self.add_state("conf", conf, _reduce_list, after_pass=1)
+        # the one guard of every measure (s3viz._numerics), as probe_layers': a degenerate
+        # layer (or pooled vectors of rounding noise) gets NaN scores
+        utterance = any(t.level == "utterance" for t in self.tasks)
+        self.add_state("frames", [Profile() for _ in ctx.sizes], _reduce_profiles)
+        self.add_state("pooled", [Profile() for _ in ctx.sizes] if utterance else None,
+                       _reduce_profiles)
 
     def _examples(self, t: _Target, batch: Batch, s: int):
         """(x, class, corpus position) of the batch's labelled examples of layer ``s``."""
@@ -145,6 +156,11 @@ class RidgeProbe(Measure):
 
     def update(self, batch: Batch, pass_index: int) -> None:
         n_l = self.ctx.num_layers
+        if pass_index == 0:
+            for s in range(n_l):
+                self.frames[s].update(batch.frames[s])
+                if self.pooled is not None:
+                    self.pooled[s].update(batch.pooled(s))
         for i, t in enumerate(self.tasks):
             for s in range(n_l):
                 k = i * n_l + s
@@ -165,8 +181,17 @@ class RidgeProbe(Measure):
         if pass_index == 0:
             self._solve()
 
+    def _reason(self, t: _Target, s: int) -> str | None:
+        """Why layer ``s``'s scores mean nothing for ``t`` (None: they do)."""
+        if t.level == "frame":
+            return profile_guard(self.frames[s], self.ctx.store_dtype, centre=False,
+                                 span=float64_sums_span()).reason
+        return profile_guard(self.frames[s], self.ctx.store_dtype, centre=False,
+                             pooled=self.pooled[s]).reason
+
     def _solve(self) -> None:
         folds, n_l = self.folds, self.ctx.num_layers
+        self.degenerate = {}
         for i, t in enumerate(self.tasks):
             keep, warned = None, False
             if t.level == "frame":
@@ -186,6 +211,7 @@ class RidgeProbe(Measure):
                     c = len(t.classes)
                     t.result[s] = ridge_layer_utterance(t.task, x, [slice(0, c)], c,
                                                          self.lambdas, torch.float64)
+                    t.result[s] = t.result[s][:4] + (self._reason(t, s),)
                     continue
                 st = self.stats[k]
                 if keep is not None:
@@ -233,9 +259,13 @@ class RidgeProbe(Measure):
                 if t.result[s] is None:
                     counts, n_train = t.counts[s]
                     t.result[s] = (self.conf[i * n_l + s].numpy(), counts, n_train,
-                                   t.models[s][2])
-                rows.append(result_row(t.name, "ridge", t.level, s, int(ctx.layer_ids[s]),
+                                   t.models[s][2], self._reason(t, s))
+                if t.result[s][4]:
+                    self.degenerate[ctx.layer_index[s]] = t.result[s][4]
+                rows.append(result_row(t.name, "ridge", t.level, ctx.layer_index[s],
+                                        int(ctx.layer_ids[s]),
                                         len(t.classes), self.folds, False, t.result[s],
                                         fold_accuracy))
+        warn_degenerate("probe_layers", self.degenerate, "accuracy")
         return result_table(rows, fold_accuracy, False, self.splits, folds=self.folds,
                             seed=self.seed, weights=ctx.weights)

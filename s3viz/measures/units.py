@@ -1,14 +1,11 @@
 """Unit quality: k-means units of every layer against the phones, in two passes.
 
-Pass 1 gathers each layer's fit sample (``max_frames`` labelled frames drawn
-with the seed, the same draw whatever the batching or sharding: frame counts
-are known before the first pass) into one matrix per layer, summed over ranks
-(each row comes from one rank); k-means++ and Lloyd iterations then run on it,
-identically on every rank. Pass 2 assigns every labelled frame to its nearest
-centroid and counts the phone x unit table, summed over ranks; phone purity,
-cluster purity and PNMI come from that table (Hsu et al. 2021,
-``docs/measures.md``). The sample matrices hold ``layers x max_frames x hidden``
-numbers; nothing else grows with the corpus.
+Pass 1 gathers each layer's fit sample (``max_frames`` labelled frames drawn with
+the seed by global frame index, the same draw whatever the batching or sharding)
+into one matrix per layer summed over ranks; k-means then runs identically on
+every rank. Pass 2 counts the phone x unit table of every labelled frame, summed
+over ranks; purities and PNMI come from it (``docs/measures.md``). Memory:
+``layers x max_frames x hidden`` numbers, nothing that grows with the corpus.
 """
 
 from __future__ import annotations
@@ -22,7 +19,7 @@ import torch
 from .. import _validate as _v
 from .._device import resolve_device as _resolve_device
 from .._numerics import Moments, float32_squares_span, tensor_guard, warn_degenerate
-from ..units import _nearest, kmeans, measures_from_counts
+from ..units import nearest, kmeans, measures_from_counts
 from ..store import tag_weights
 from ._engine import Batch, Context, Measure, StoreSource, run_measures
 
@@ -121,7 +118,7 @@ class UnitQuality(Measure):
             lay = self.layers[s]
             xg = lay["guard"](x, torch.float32, self.ctx.device)
             for j, cent in enumerate(lay["centroids"]):
-                units, _ = _nearest(xg, cent)
+                units, _ = nearest(xg, cent)
                 k = cent.shape[0]
                 flat = torch.from_numpy(y).to(units.device) * k + units
                 self.joint[s][j, :, :k] += torch.bincount(flat, minlength=len(self.classes[s]) * k

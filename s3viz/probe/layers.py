@@ -169,8 +169,9 @@ def probe_layers(
         raise ValueError(f"level must be one of {LEVELS} or None, got {level!r}")
     if level == "segment":
         if shard_store is not None:
-            raise ValueError("segment-level probes do not run sharded yet; probe the whole "
-                             "store (its segments are small) or use level='frame'")
+            raise ValueError("probe_layers(level='segment') does not take sharding; a sharded "
+                             "run of segment probes is s3viz.measures.SegmentProbe under "
+                             "run_measures(..., reduce=) or stream_analysis(shard=, reduce=)")
         out = _probe_segments(
             store, targets, method=methods, layers=_v.stored_layers(store, layers), folds=folds,
             split_by=split_by, control=control, utterances=utterances, device=device,
@@ -290,13 +291,25 @@ def _probe_segments(store, targets, *, layers, utterances, control, **kw) -> pd.
         seg = segment_store(store, tgt, layers, utterances=utterances)
         res = probe_layers(seg, tgt, level="utterance", layers=None, control=(
             "context" if control is True else control), **kw)
-        res["level"] = "segment"
-        res["layer"] = [layers[i] for i in res["layer"]]
-        res["upstream_layer"] = [int(store.layer_ids[v]) for v in res["layer"]]
-        fold_acc = {(t, m, layers[i]): v for (t, m, i), v in res.attrs["fold_accuracy"].items()}
-        res.attrs["fold_accuracy"] = fold_acc
+        tables.append(segment_result(res, layers, store.layer_ids))
         dropped[tgt] = int(seg._dropped)
-        tables.append(res)
+    return segment_results(tables, dropped)
+
+
+def segment_result(res: pd.DataFrame, layers, layer_ids) -> pd.DataFrame:
+    """An utterance-level probe table of a store of segments, as segment-level rows of
+    the original layers (``layers[i]`` was layer ``i`` of the segments)."""
+    res["level"] = "segment"
+    res["layer"] = [layers[i] for i in res["layer"]]
+    res["upstream_layer"] = [int(layer_ids[v]) for v in res["layer"]]
+    res.attrs["fold_accuracy"] = {(t, m, layers[i]): v
+                                  for (t, m, i), v in res.attrs["fold_accuracy"].items()}
+    return res
+
+
+def segment_results(tables: list, dropped: dict) -> pd.DataFrame:
+    """One segment-level probe table from each target's (``attrs["n_dropped"]``: the
+    segments of each target left out for owning no frame)."""
     out = pd.concat(tables, ignore_index=True)
     if "n_unseen" in out.columns:  # some target had unseen classes, the others none
         out = out.fillna({"n_unseen": 0, "unseen_fraction": 0.0}).astype({"n_unseen": int})
