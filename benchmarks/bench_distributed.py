@@ -46,7 +46,8 @@ def _run(nproc: int, n_utt: int, out: Path, *, store: Path | None = None, device
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
            "--standalone", "-m", "s3viz.run", "--upstream", "tiny", "--random-weights",
            "--corpus", f"synthetic:{n_utt}",
-           "--targets", "phone", "speaker", "--cka", "--no-figures", "--device", device,
+           "--targets", "phone", "speaker", "--measures", "probe", "cka", "--no-figures",
+           "--device", device,
            "--batch-size", str(BATCH), "--max-batch-seconds", str(BATCH_SECONDS),
            "--out", str(out)]
     if store is not None:

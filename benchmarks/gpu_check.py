@@ -122,8 +122,8 @@ def _compare_runs(gpu_dir: Path, cpu_dir: Path, backend: str = "nccl") -> List[s
 def _run_cmd(nproc: int, device: str, out: Path) -> List[str]:
     return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
             "--standalone", "-m", "s3viz.run", "--upstream", "tiny", "--random-weights",
-            "--corpus", "synthetic:24", "--targets", "phone", "speaker", "--cka",
-            "--no-figures", "--device", device, "--out", str(out)]
+            "--corpus", "synthetic:24", "--targets", "phone", "speaker",
+            "--measures", "probe", "cka", "--no-figures", "--device", device, "--out", str(out)]
 
 
 def _nccl_step(device: str, work: Path) -> Step:

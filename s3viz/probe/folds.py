@@ -114,7 +114,7 @@ def check_heldout(test_counts, train_counts, *, target: str, level: str, split_b
     """Refuse or warn about test examples whose class the fold's training part lacks.
 
     The one check of every probe path (``probe_layers`` ridge and logistic,
-    segment probes, ``train_featurizer``/``WeightedScorer``, ``stream_analysis``):
+    segment probes, ``train_featurizer``/``WeightedScorer``, ``RidgeProbe``):
     an example whose class never occurs in training can never be predicted
     right. When every test example of some fold is such, the fold measures
     nothing and this raises a ValueError with the counts and the fix; when

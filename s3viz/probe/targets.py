@@ -2,8 +2,8 @@
 
 :func:`utterance_label_strings`, :func:`require_alignments`, :func:`check_classes`
 and ``s3viz._labels`` (one spelling per label) are the one set of rules (``docs/probes.md``, "Labels")
-that the probes, ``train_featurizer``/``WeightedScorer`` and ``stream_analysis``
-apply. A :class:`ProbeTask` reads one target at one level with them, maps classes
+that the probes, ``train_featurizer``/``WeightedScorer`` and the ``RidgeProbe``
+measure apply. A :class:`ProbeTask` reads one target at one level with them, maps classes
 to ids, assigns folds and control classes, and pools utterance-level features.
 """
 
