@@ -41,7 +41,7 @@ _EXPORTS = {
     # featurizer weights
     "WeightedSumFeaturizer": "featurizers",
     "WeightedScorer": "probe.weighted",
-    "train_featurizer": "featurizer_training",
+    "train_featurizer": "featurizer_training", "TrainOptions": "featurizer_training",
     "load_featurizer_weights": "checkpoints",
     # length alignment
     "expected_lengths": "align",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -22,15 +23,57 @@ from . import _validate as _v
 from ._device import resolve_device as _resolve_device
 from ._numerics import (Profile, float32_distances_span, read_dtype, safe_scale,
                         warn_degenerate)
-from .align import expected_lengths, frame_labels
+from .align import expected_lengths
 from .featurizers import WeightedSumFeaturizer, align_frames, consistent_lengths, rate_factor
-from .probe import LEVELS, probe_folds, resolve_split
-from .probe.folds import check_heldout, fold_class_counts
-from .probe.targets import (check_classes, label_strings, require_alignments, resolve_level,
-                            utterance_label_strings)
+from .probe import LEVELS
+from .probe.targets import UNSEEN, ProbeTask, resolve_level
 from .store import utterance_selection
 
-__all__ = ["train_featurizer", "FeaturizerFit"]
+__all__ = ["train_featurizer", "FeaturizerFit", "TrainOptions"]
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """How :func:`train_featurizer` trains (``train_featurizer(..., options=TrainOptions(...))``).
+
+    Attributes:
+        steps, lr, batch_frames: Adam steps, learning rate, frames (or
+            utterances) per minibatch.
+        eval_every: steps between dev evaluations (and history rows).
+        dev_fraction: share of the groups held out as the dev part (the
+            reported ``dev_accuracy``), in (0, 0.5]: fold 0 of
+            ``max(3, round(1 / dev_fraction))`` folds.
+        standardize: standardise each layer with the training statistics
+            (False: raw hidden states, as s3prl).
+        max_cache_bytes: training features up to this size are held in memory
+            (random frame minibatches); larger stores are streamed in
+            minibatches of whole utterances.
+    """
+
+    steps: int = 300
+    lr: float = 0.01
+    batch_frames: int = 2048
+    eval_every: int = 25
+    dev_fraction: float = 0.25
+    standardize: bool = True
+    max_cache_bytes: int = 256 * 2**20
+
+    def __post_init__(self):
+        for field, value in (
+                ("steps", _v.integer(self.steps, "steps")),
+                ("lr", _v.number(self.lr, "lr", positive=True)),  # also refuses NaN
+                ("batch_frames", _v.integer(self.batch_frames, "batch_frames")),
+                ("eval_every", _v.integer(self.eval_every, "eval_every")),
+                ("max_cache_bytes", _v.integer(self.max_cache_bytes, "max_cache_bytes",
+                                               minimum=0))):
+            object.__setattr__(self, field, value)
+        dev = _v.number(self.dev_fraction, "dev_fraction", positive=True)
+        if dev > 0.5:
+            raise ValueError(f"dev_fraction must lie in (0, 0.5], got {dev!r}")
+        object.__setattr__(self, "dev_fraction", dev)
+        if not isinstance(self.standardize, (bool, np.bool_)):
+            raise TypeError(f"standardize must be True or False, got {self.standardize!r}")
+        object.__setattr__(self, "standardize", bool(self.standardize))
 
 
 class FeaturizerFit(NamedTuple):
@@ -40,35 +83,6 @@ class FeaturizerFit(NamedTuple):
     """The learned weights, as a module over the store's layers."""
     history: pd.DataFrame
     """One row per evaluation (see :func:`train_featurizer`)."""
-
-
-# ----------------------------------------------------------------------------
-# probing data from a LayerStore: aligned, standardised, split
-
-
-# ----------------------------------------------------------------------------
-
-
-def _folds(store, split_by: str | None, target: str, folds: int, seed: int,
-           sel: np.ndarray) -> tuple[np.ndarray, str, np.ndarray]:
-    """Fold and split group of each utterance from :func:`s3viz.probe.probe_folds`
-    (grouped, balanced by frames), and the split.
-
-    ``split_by="auto"`` is :func:`s3viz.probe.resolve_split`'s choice, as for
-    the probes. Utterances outside ``sel`` get fold -1 (in no part).
-    """
-    split_by = resolve_split(store.labels, split_by, target, folds, sel)
-    table = probe_folds(store, folds=folds, split_by=split_by, seed=seed,
-                        utterances=None if len(sel) == len(store) else sel)
-    fold = np.full(len(store), -1, dtype=np.int64)
-    fold[table["utterance"].to_numpy()] = table["fold"].to_numpy()
-    groups = np.full(len(store), "", dtype=object)
-    groups[table["utterance"].to_numpy()] = table["group"].to_numpy()
-    return fold, split_by, groups
-
-
-UNSEEN = -2
-""":meth:`ProbeData.labels` of a held-out example whose class training lacks (always wrong)."""
 
 
 # how a featurizer's user leaves out unlabelled or unaligned utterances
@@ -116,7 +130,6 @@ class ProbeData:
             resolve_level(store, target, level)
         self.store, self.target, self.level = store, target, level
         self.sel = sel = utterance_selection(utterances, len(store))
-        ids = np.asarray(store.ids, dtype=object)[sel]
         num_layer = store.num_layer
         if layers is None:
             layers = list(range(num_layer))
@@ -140,7 +153,6 @@ class ProbeData:
         self.target_rate = int(target_rate)
         self.rates = rates
         n = len(store)
-        labels_df = store.labels
 
         if level == "frame":
             conv, counts = [], []
@@ -161,34 +173,34 @@ class ProbeData:
                                  "layers=... of one rate")
             conv = np.stack(conv)
             self.lengths = conv.min(0).astype(np.int64)
-            # the probes' rules (s3viz.probe.targets): an unaligned utterance is refused, a
-            # frame without a segment or with a missing label is unlabelled ("")
-            require_alignments(store.phones, target, sel, ids, fix=_FIXES["alignments"])
-            raw = label_strings(self._frame_label_strings())
         else:
             self.lengths = np.ones(n, dtype=np.int64)
-            raw = np.full(n, "", dtype=object)
-            raw[sel] = utterance_label_strings(labels_df, target, sel, ids, fix=_FIXES["labels"])
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)])
 
-        nfolds = max(3, round(1.0 / test_fraction))
-        self.fold, self.split_by, groups = _folds(store, split_by, target, nfolds, seed, sel)
+        # the one task of probes and featurizers: label rules, split, folds, classes
+        self.task = task = ProbeTask.held_out(store, target, level, sel,
+                                              test_fraction=test_fraction, split_by=split_by,
+                                              seed=seed, fixes=_FIXES)
+        self.split_by = task.split_by
+        if level == "frame":
+            same = [l_ for l_ in layers if rates[l_] == self.target_rate]
+            raw = task.label_strings_at(self.target_rate, self.lengths[sel],
+                                        layer=same[0] if same else None)
+        else:
+            raw = task.keys
         # fold 0 is held out (test); fold 1 is the dev part of the rest (train_utts);
         # unselected utterances have fold -1
+        self.fold = np.full(n, -1, dtype=np.int64)
+        self.fold[sel] = task.utt_fold
         self.test_utts = np.flatnonzero(self.fold == 0)
         self.train_utts = np.flatnonzero(self.fold >= 1)
         self.dev_utts = np.flatnonzero(self.fold == 1)
         self.fit_utts = np.flatnonzero(self.fold >= 2)
-
-        train_raw = np.concatenate([raw[self.offsets[i]:self.offsets[i + 1]]
-                                    for i in self.train_utts]) if len(self.train_utts) else raw[:0]
-        classes = sorted({v for v in train_raw if v != ""})
-        check_classes(target, classes, int((train_raw != "").sum()) if level == "utterance"
-                      else None, where="in the training split")
-        self.classes = classes
-        code = {c: k for k, c in enumerate(classes)}
-        self.y = np.array([code.get(v, -1) for v in raw], dtype=np.int64)
-        self._check_heldout(raw, groups, nfolds)
+        y = task.held_out_classes(raw, np.repeat(np.arange(len(sel)), self.lengths[sel]))
+        self.classes = task.classes
+        self.y = np.full(int(self.offsets[-1]), -1, dtype=np.int64)
+        self.y[np.repeat(self.fold >= 0, self.lengths)] = y  # sel is sorted: items in order
+        self._count_unseen()
         self.standardize = bool(standardize)
         self.read_dtype = read_dtype(store)
         self.mean: dict[int, torch.Tensor] = {}
@@ -197,49 +209,15 @@ class ProbeData:
         if self.standardize:
             self._fit_standardization()
 
-    def _check_heldout(self, raw: np.ndarray, groups: np.ndarray, nfolds: int) -> None:
-        """The probes' held-out class check (:func:`s3viz.probe.folds.check_heldout`) of the
-        test part; its examples of unseen classes become :data:`UNSEEN` (wrong, not left out),
-        and ``chance`` is the training majority class scored on the same examples."""
+    def _count_unseen(self) -> None:
+        """``n_test_unseen`` and ``chance``: the training part's majority class scored on
+        the labelled test examples (those of unseen classes too, wrong in both)."""
         item_fold = np.repeat(self.fold, self.lengths)  # 0: test, >= 1: training, -1: neither
-        m = (raw != "") & (item_fold >= 0)
-        all_classes, y = np.unique(raw[m].astype(str), return_inverse=True)
-        part = np.minimum(item_fold[m], 1)  # fold 0 is the test part, the rest trains
-        test, train = fold_class_counts(y, part, 2, len(all_classes))
-        check_heldout(test[:1], train[:1], target=self.target, level=self.level,
-                      split_by=self.split_by, classes=all_classes,
-                      items="frame" if self.level == "frame" else "utterance", y=y,
-                      groups=np.repeat(groups, self.lengths)[m],
-                      fewer=f"hold out fewer groups (now {1 / nfolds:.0%} of them)")
-        unseen = (item_fold == 0) & (raw != "") & (self.y < 0)
-        self.y[unseen] = UNSEEN
-        self.n_test_unseen = int(unseen.sum())
-        # chance: the training part's majority class, scored on the labelled test examples
+        self.n_test_unseen = int((self.y == UNSEEN).sum())
         y_test = self.y[(item_fold == 0) & (self.y != -1)]
         majority = int(np.argmax(np.bincount(self.y[(item_fold >= 1) & (self.y >= 0)],
                                              minlength=len(self.classes))))
         self.chance = float(np.mean(y_test == majority)) if len(y_test) else float("nan")
-
-    # -- labels -----------------------------------------------------------
-    def _frame_label_strings(self) -> np.ndarray:
-        store, rate = self.store, self.target_rate
-        same = [l_ for l_ in self.layers if self.rates[l_] == rate]
-        parts = []
-        if same:
-            l0 = same[0]
-            flat = store.frame_labels(l0, column=self.target)
-            lens0 = store.lengths(l0)
-            off = np.concatenate([[0], np.cumsum(lens0)])
-            for i in range(len(store)):
-                parts.append(flat[off[i]: off[i] + self.lengths[i]])
-        else:
-            for i, table in enumerate(store.phones):
-                if table is None:
-                    parts.append(np.full(int(self.lengths[i]), "", dtype=object))
-                else:
-                    parts.append(frame_labels(table, int(self.lengths[i]), rate,
-                                              column=self.target))
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=object)
 
     def labels(self, utts) -> np.ndarray:
         """``(n,)`` int64 class codes of the frames (or utterances) of ``utts``."""
@@ -325,17 +303,11 @@ def train_featurizer(
     *,
     level: str = "frame",
     layers: Sequence[int] | None = None,
-    steps: int = 300,
-    lr: float = 0.01,
-    batch_frames: int = 2048,
-    eval_every: int = 25,
+    options: TrainOptions | None = None,
     device=None,
     seed: int = 0,
     split_by: str = "auto",
-    dev_fraction: float = 0.25,
-    standardize: bool = True,
     target_rate: int | None = None,
-    max_cache_bytes: int = 256 * 2**20,
     utterances=None,
 ) -> FeaturizerFit:
     """Learn layer weights together with a linear head on a probing task.
@@ -344,11 +316,13 @@ def train_featurizer(
     start at zero) and a linear classifier on the weighted sum, trained jointly
     with Adam on cross-entropy, on minibatches of frames (or utterances).
     Features are standardised per layer and dimension with training statistics
-    (``standardize=True``), so the weights compare layers independently of
-    their scale; ``standardize=False`` learns on the raw hidden states as
-    s3prl does. Utterances are split into train / dev by ``split_by`` groups
-    (``"auto"``: speakers when the labels allow it, as for
-    :func:`s3viz.probe_layers`; ``history.attrs["split_by"]`` says which).
+    (``TrainOptions(standardize=True)``), so the weights compare layers
+    independently of their scale; ``standardize=False`` learns on the raw
+    hidden states as s3prl does. Utterances are split into train / dev by
+    ``split_by`` groups (``"auto"``: speakers when the labels allow it, as for
+    :func:`s3viz.probe_layers`; ``history.attrs["split_by"]`` says which). The
+    target, its classes, the split and the held-out check are those of the
+    probes' :class:`s3viz.probe.targets.ProbeTask` (:meth:`~s3viz.probe.targets.ProbeTask.held_out`).
 
     Args:
         store: a :class:`s3viz.LayerStore`.
@@ -356,22 +330,15 @@ def train_featurizer(
             ``"word"``); utterance level: a column of ``store.labels``.
         level: ``"frame"`` or ``"utterance"`` (mean-pooled features).
         layers: stored layers to weigh (default all).
-        steps, lr, batch_frames: optimisation: Adam steps, learning rate,
-            frames (or utterances) per minibatch.
-        eval_every: steps between dev evaluations (and history rows).
+        options: a :class:`TrainOptions` (steps, learning rate, minibatch size,
+            evaluation interval, dev share, standardisation, memory cap);
+            ``None``: the defaults.
         device: ``None`` = cuda when available else cpu.
         seed: seed of the split, the initialisation and the minibatch order.
         split_by: ``"auto"``, ``"speaker"`` or ``"utterance"``: the groups kept
             apart between training and dev (see :func:`s3viz.probe.resolve_split`).
-        dev_fraction: share of the groups held out as the dev part (the
-            reported ``dev_accuracy``).
-        standardize: standardise each layer with the training statistics
-            (False: raw hidden states, as s3prl).
         target_rate: frame level: the rate layers of different rates are aligned
             to (:func:`s3viz.featurizers.align_frames`; default their common rate).
-        max_cache_bytes: training features up to this size are held in memory
-            (random frame minibatches); larger stores are streamed in
-            minibatches of whole utterances.
         utterances: the utterance positions to train and evaluate on (default
             all). The label rules are the probes' (``s3viz.probe.targets``):
             an utterance without its label (utterance level) or without an
@@ -390,18 +357,15 @@ def train_featurizer(
         first row is step 0, the starting weights (the loss of the first batch
         before any update).
     """
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    lr = _v.number(lr, "lr", positive=True)  # also refuses NaN, which `not lr > 0` let by
+    if options is None:
+        options = TrainOptions()
+    elif not isinstance(options, TrainOptions):
+        raise TypeError(f"options must be an s3viz.TrainOptions, got {type(options).__name__}")
     seed = _v.integer(seed, "seed", minimum=0)
-    dev_fraction = _v.number(dev_fraction, "dev_fraction", nonnegative=True, below=1)
-    max_cache_bytes = _v.integer(max_cache_bytes, "max_cache_bytes", minimum=0)
-    if isinstance(batch_frames, bool) or not isinstance(batch_frames, (int, np.integer)) \
-            or batch_frames < 1:
-        raise ValueError(f"batch_frames must be a positive int, got {batch_frames!r}")
-    eval_every = _v.integer(eval_every, "eval_every")
+    steps, batch_frames, eval_every = options.steps, options.batch_frames, options.eval_every
+    standardize, max_cache_bytes = options.standardize, options.max_cache_bytes
     data = ProbeData(store, target, level=level, layers=layers, target_rate=target_rate,
-                      split_by=split_by, test_fraction=dev_fraction, seed=seed,
+                      split_by=split_by, test_fraction=options.dev_fraction, seed=seed,
                       standardize=standardize, utterances=utterances)
     dev = _resolve_device(device)
     gen = torch.Generator().manual_seed(int(seed))
@@ -411,7 +375,7 @@ def train_featurizer(
     logits = nn.Parameter(torch.zeros(L, device=dev))
     head = nn.Linear(H, C).to(dev)
     torch.random.set_rng_state(torch_state)
-    opt = torch.optim.Adam([logits, *head.parameters()], lr=float(lr))
+    opt = torch.optim.Adam([logits, *head.parameters()], lr=options.lr)
 
     train_utts, dev_utts = data.train_utts, data.test_utts
     n_train_items = data.num_items(train_utts)

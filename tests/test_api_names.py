@@ -171,7 +171,8 @@ def test_old_spellings_are_refused_not_mapped(tiny_upstream, small_corpus, tiny_
 
 
 def test_multi_part_results_unpack_and_name_their_parts(tiny_store):
-    fit = s3viz.train_featurizer(tiny_store, "phone", steps=2, eval_every=1, device="cpu")
+    fit = s3viz.train_featurizer(tiny_store, "phone",
+                                 options=s3viz.TrainOptions(steps=2, eval_every=1), device="cpu")
     featurizer, history = fit
     assert featurizer is fit.featurizer and history is fit.history
     assert isinstance(featurizer, s3viz.WeightedSumFeaturizer)

@@ -37,7 +37,8 @@ def _logistic(store, **kw):
 
 
 def _train(store, **kw):
-    return s3viz.train_featurizer(store, "phone", steps=kw.pop("steps", 2), **kw)
+    return s3viz.train_featurizer(store, "phone",
+                                  options=s3viz.TrainOptions(steps=kw.pop("steps", 2), **kw))
 
 
 def _similarity(store, **kw):

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from s3viz.align import expected_lengths
-from s3viz.featurizer_training import train_featurizer
+from s3viz.featurizer_training import TrainOptions, train_featurizer
 from s3viz.featurizers import WeightedSumFeaturizer, align_frames, weighted_sum
 from s3viz.probe.weighted import WeightedScorer
 
@@ -276,7 +276,8 @@ def test_lengths_checked_across_all_layers_and_rates():
 
 
 def test_train_featurizer_finds_the_informative_layer(store):
-    feat, hist = train_featurizer(store, "phone", steps=60, eval_every=20, lr=0.05,
+    feat, hist = train_featurizer(store, "phone", options=TrainOptions(steps=60, eval_every=20,
+                                                                       lr=0.05),
                                   device="cpu", seed=0)
     assert isinstance(feat, WeightedSumFeaturizer)
     w = feat.layer_weights
@@ -293,32 +294,32 @@ def test_train_featurizer_finds_the_informative_layer(store):
 
 
 def test_train_featurizer_streamed_equals_cached_path(store):
-    kw = {"steps": 30, "eval_every": 30, "lr": 0.05, "device": "cpu", "seed": 1,
-          "batch_frames": 64}
-    f_stream, h_stream = train_featurizer(store, "phone", max_cache_bytes=0, **kw)
+    opts = TrainOptions(steps=30, eval_every=30, lr=0.05, batch_frames=64, max_cache_bytes=0)
+    f_stream, h_stream = train_featurizer(store, "phone", options=opts, device="cpu", seed=1)
     assert int(f_stream.layer_weights.idxmax()) == 2
     assert h_stream["dev_accuracy"].iloc[-1] > 0.8
 
 
 def test_train_featurizer_utterance_level_and_layers():
     st = make_store(n_utt=24, num_layers=3)
-    feat, hist = train_featurizer(st, "group", level="utterance", layers=[0, 1], steps=10,
-                                  eval_every=5, device="cpu")
+    feat, hist = train_featurizer(st, "group", level="utterance", layers=[0, 1],
+                                  options=TrainOptions(steps=10, eval_every=5), device="cpu")
     assert feat.layer_selections == [0, 1]
     assert list(hist.filter(like="weight_").columns) == ["weight_0", "weight_1"]
 
 
 def test_train_featurizer_bad_arguments(store):
+    one = TrainOptions(steps=1)
     with pytest.raises(KeyError, match="columns"):
-        train_featurizer(store, "no_such_label", level="utterance", steps=1, device="cpu")
+        train_featurizer(store, "no_such_label", level="utterance", options=one, device="cpu")
     with pytest.raises(ValueError, match="level"):
-        train_featurizer(store, "phone", level="word", steps=1, device="cpu")
+        train_featurizer(store, "phone", level="word", options=one, device="cpu")
     with pytest.raises(ValueError, match="steps"):
-        train_featurizer(store, "phone", steps=0, device="cpu")
+        train_featurizer(store, "phone", options=TrainOptions(steps=0), device="cpu")
     with pytest.raises(ValueError, match="layers"):
-        train_featurizer(store, "phone", layers=[0, 9], steps=1, device="cpu")
+        train_featurizer(store, "phone", layers=[0, 9], options=one, device="cpu")
     with pytest.raises(ValueError, match="split_by"):
-        train_featurizer(store, "phone", split_by="nonsense", steps=1, device="cpu")
+        train_featurizer(store, "phone", split_by="nonsense", options=one, device="cpu")
 
 
 # ---------------------------------------------------------------------------

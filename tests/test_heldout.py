@@ -236,7 +236,8 @@ def _featurizer_labels(store, partial: bool) -> list[str]:
 @pytest.mark.parametrize("entry", ["train_featurizer", "WeightedScorer"])
 def test_featurizers_refuse_and_count(tiny_store, entry):
     run = {"train_featurizer": lambda s: s3viz.train_featurizer(
-               s, "tag", level="utterance", steps=2, split_by="utterance", device="cpu"),
+               s, "tag", level="utterance", options=s3viz.TrainOptions(steps=2),
+               split_by="utterance", device="cpu"),
            "WeightedScorer": lambda s: s3viz.WeightedScorer(
                s, "tag", level="utterance", split_by="utterance", dims=4, device="cpu")}[entry]
     with pytest.raises(ValueError, match=r"utterance level, split_by='utterance'.*3 of 3 test "

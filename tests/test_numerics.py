@@ -231,8 +231,9 @@ def test_train_featurizer_standardises_any_offset_and_scale(frames, name, refere
     """Its train statistics are shifted moments (they were E[x^2] - E[x]^2 with an absolute
     floor of 1e-8 that left every feature of a 1e-30 layer unstandardised)."""
     ref = TRANSFORMS[reference] if reference else (lambda x: x)
-    _, want = s3viz.train_featurizer(_store(frames, ref), "phone", steps=40, device="cpu")
-    _, got = s3viz.train_featurizer(_store(frames, TRANSFORMS[name]), "phone", steps=40,
+    opts = s3viz.TrainOptions(steps=40)
+    _, want = s3viz.train_featurizer(_store(frames, ref), "phone", options=opts, device="cpu")
+    _, got = s3viz.train_featurizer(_store(frames, TRANSFORMS[name]), "phone", options=opts,
                                     device="cpu")
     cols = ["loss", "dev_accuracy", "weight_0", "weight_1"]
     np.testing.assert_allclose(got[cols].to_numpy(), want[cols].to_numpy(), rtol=1e-5, atol=1e-6)

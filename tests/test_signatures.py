@@ -16,9 +16,6 @@ import s3viz
 LIMIT = 14
 LIMITS = {"s3viz.probe.layers.probe_layers": 12}
 
-# owned by the engine work; empty this set
-_PENDING = {"s3viz.featurizer_training.train_featurizer", "s3viz.probe.weighted.WeightedScorer"}
-
 
 def _public_modules():
     yield s3viz
@@ -79,14 +76,6 @@ def test_no_public_callable_takes_more_than_14_parameters():
         n = _count(fn)
         if n is None:
             continue
-        if qual in _PENDING:
-            continue
         if n > LIMITS.get(qual, LIMIT):
             offenders.append(f"{qual}: {n} parameters (at most {LIMITS.get(qual, LIMIT)})")
     assert not offenders, "too many parameters:\n" + "\n".join(sorted(offenders))
-
-
-def test_pending_names_exist():
-    """Each pending exception names a real callable (a rename must update the set)."""
-    names = dict(_callables())
-    assert _PENDING <= set(names), _PENDING - set(names)

@@ -34,7 +34,8 @@ def _probe(store, target, **kw):
 
 
 def _train(store, target, **kw):
-    return s3viz.train_featurizer(store, target, layers=[1, 2], steps=2, eval_every=1,
+    return s3viz.train_featurizer(store, target, layers=[1, 2],
+                                  options=s3viz.TrainOptions(steps=2, eval_every=1),
                                   split_by="utterance", device="cpu", **kw)
 
 

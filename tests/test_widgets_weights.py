@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
+from s3viz.featurizer_training import TrainOptions
 from s3viz.probe.weighted import WeightedScorer
 from s3viz.plot._weights import (
     layer_weights,
@@ -123,7 +124,8 @@ def test_buttons_uniform_best_and_learned(widget, scorer):
 
 def test_learned_button_trains_when_no_weights_are_given(store, scorer):
     w = layer_weight_explorer(store, "phone", scorer=scorer,
-                              train_kwargs={"steps": 40, "lr": 0.05, "device": "cpu"})
+                              train_kwargs={"options": TrainOptions(steps=40, lr=0.05),
+                                            "device": "cpu"})
     assert not w.learned_button.disabled
     w.learned_button.click()
     assert int(w.weights.idxmax()) == INFORMATIVE

@@ -26,10 +26,15 @@ from .folds import (
     check_heldout,
     control_labels,
     fold_class_counts,
+    resolve_split,
     split_groups,
 )
 
 LEVELS = ("frame", "utterance", "segment")
+
+UNSEEN = -2
+"""Class id of a held-out example whose class the training part lacks (always wrong;
+:meth:`ProbeTask.held_out_classes`); -1 is an unlabelled example."""
 
 _ALIGN_COLUMNS = ("start", "end")
 
@@ -99,6 +104,85 @@ class ProbeTask:
             self._init_utterance(store)
         else:
             self._init_frame(store)
+
+    @classmethod
+    def held_out(cls, store, target: str, level: str, sel: np.ndarray, *,
+                 test_fraction: float, split_by: str, seed: int,
+                 fixes: dict | None = None) -> ProbeTask:
+        """The task of one held-out part (``train_featurizer``, ``WeightedScorer``).
+
+        The label rules are the probes' (an unlabelled utterance or, at frame
+        level, an unaligned one is refused); ``split_by="auto"`` is resolved as
+        for the probes (:func:`~.folds.resolve_split`); the selected utterances
+        are dealt into ``max(3, round(1 / test_fraction))`` folds of whole
+        groups balanced by frames, at every level (the split of
+        :func:`~.folds.probe_folds`). Fold 0 is held out, the rest trains;
+        :meth:`held_out_classes` then fixes the classes from the training part.
+        """
+        task = cls.__new__(cls)
+        task.fixes = fixes or {}
+        task.target, task.level, task.sel, task.seed = target, level, sel, seed
+        task.control, task.control_by = False, None
+        task.n_utt = len(store)
+        task.ids = np.asarray(store.ids, dtype=object)[sel]
+        if level == "frame":
+            task._init_frame(store)
+        else:
+            task.keys = utterance_label_strings(store.labels, target, sel, task.ids,
+                                                **_fix(task.fixes, "labels"))
+        task.folds = folds = max(3, round(1.0 / test_fraction))
+        task.split_by = split_by = resolve_split(store.labels, split_by, target, folds, sel)
+        task.groups = split_groups(store, sel, split_by)
+        task.utt_fold = assign_folds(task.groups, np.asarray(store.lengths(0))[sel], folds, seed,
+                                     what=split_by)
+        return task
+
+    def held_out_classes(self, raw: np.ndarray, utt: np.ndarray) -> np.ndarray:
+        """Class ids of a :meth:`held_out` task's examples, fold 0 held out.
+
+        ``raw``: the label string of each example (``""``: unlabelled); ``utt``:
+        its utterance's position in the selection. The classes (set here) are
+        those of the training part (:func:`check_classes`); the held-out part
+        is checked as the probes' folds are (:func:`~.folds.check_heldout`:
+        refused when none of its examples has a class seen in training,
+        warned about when some have not). Returns int64 ids: -1 unlabelled,
+        :data:`UNSEEN` a held-out example of a class training lacks.
+        """
+        fold = self.utt_fold[utt]
+        train = raw[fold >= 1]
+        classes = sorted({v for v in train if v != ""})
+        check_classes(self.target, classes, int((train != "").sum())
+                      if self.level == "utterance" else None, where="in the training split")
+        self.classes = classes
+        code = {c: k for k, c in enumerate(classes)}
+        y = np.array([code.get(v, -1) for v in raw], dtype=np.int64)
+        labelled = raw != ""
+        all_classes, y_all = np.unique(raw[labelled].astype(str), return_inverse=True)
+        part = np.minimum(fold[labelled], 1)  # fold 0 is the held-out part, the rest trains
+        test, train_counts = fold_class_counts(y_all, part, 2, len(all_classes))
+        check_heldout(test[:1], train_counts[:1], target=self.target, level=self.level,
+                      split_by=self.split_by, classes=all_classes,
+                      items="frame" if self.level == "frame" else "utterance", y=y_all,
+                      groups=self.groups[utt][labelled],
+                      fewer=f"hold out fewer groups (now {1 / self.folds:.0%} of them)")
+        y[(fold == 0) & labelled & (y < 0)] = UNSEEN
+        return y
+
+    def label_strings_at(self, rate: int, lengths: np.ndarray,
+                         layer: int | None = None) -> np.ndarray:
+        """Frame level: the label strings (``""``: unlabelled) of the first ``lengths[i]``
+        frames of each selected utterance at ``rate`` samples per frame, concatenated:
+        those of stored ``layer`` (:meth:`frame_targets`) when given, else aligned at
+        ``rate`` (:func:`s3viz.align.frame_labels`)."""
+        if layer is not None:
+            d = self.frame_targets(layer)
+            offs = np.concatenate([[0], np.cumsum(d.lengths)])
+            parts = [d.raw[offs[i]:offs[i] + int(n)] for i, n in enumerate(lengths)]
+        else:
+            parts = [label_strings(_align_frame_labels(self.store.phones[u], int(n), rate,
+                                                       column=self.target))
+                     for u, n in zip(self.sel, lengths)]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=object)
 
     # -- utterance level ------------------------------------------------------
     def _init_utterance(self, store):

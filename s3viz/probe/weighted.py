@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from .. import _validate as _v
 from .._device import resolve_device as _resolve_device
 from ..featurizer_training import ProbeData
 from ..featurizers import as_vector
@@ -89,6 +90,8 @@ class _Blocks:
         )
 
 
+_CHUNK_UTTERANCES = 64  # utterances per chunk of the statistics pass
+
 BASES = ("mixed", "pca", "supervised")
 """How :class:`WeightedScorer` chooses its shared basis (see there)."""
 
@@ -150,28 +153,28 @@ class WeightedScorer:
     Args:
         store: a :class:`s3viz.LayerStore`.
         target, level, layers, target_rate, split_by, seed, utterances: as in
-            :func:`train_featurizer`.
-        test_fraction: share of the groups held out for the score (the split
-            is :func:`s3viz.probe.probe_folds` with ``round(1 / test_fraction)``
-            folds: fold 0 is the test, fold 1 the dev part).
+            :func:`train_featurizer`: the target, its classes and the split are
+            the probes' (:meth:`s3viz.probe.targets.ProbeTask.held_out`).
+        test_fraction: share of the groups held out for the score, in (0, 0.5]
+            (the split is :func:`s3viz.probe.probe_folds` with
+            ``max(3, round(1 / test_fraction))`` folds: fold 0 is the test, fold
+            1 the dev part).
         dims: size of the shared basis (``None``: no projection; only for
             ``num_layers * hidden_size <= 4096``).
         basis: ``"mixed"``, ``"supervised"``, ``"pca"`` or a tensor (see above).
-        lam: a fixed ridge penalty (relative, as in ``probe_layers``); None
-            chooses one from ``lambdas`` for every weight vector.
+        lambdas: the ridge penalties (relative, as in ``probe_layers``; default
+            its grid) one is chosen from on the dev part for every weight
+            vector; one value is a fixed penalty.
         pca_frames: training frames used to estimate the basis.
-        chunk_utterances: utterances per chunk of the statistics pass.
         device: where the one-off statistics are computed (None = cuda when
             available); each score runs on the CPU in float64.
     """
 
     def __init__(self, store, target: str, *, level: str = "frame", layers=None,
-                 dims: int | None = 128, lam: float | None = None,
-                 lambdas: Sequence[float] | None = None,
+                 dims: int | None = 128, lambdas: Sequence[float] | None = None,
                  target_rate: int | None = None, split_by: str = "auto",
                  test_fraction: float = 0.25, seed: int = 0, device=None,
-                 pca_frames: int = 4096, chunk_utterances: int = 64, basis="mixed",
-                 utterances=None):
+                 pca_frames: int = 4096, basis="mixed", utterances=None):
         data = ProbeData(store, target, level=level, layers=layers, target_rate=target_rate,
                           split_by=split_by, test_fraction=test_fraction, seed=seed,
                           utterances=utterances)
@@ -180,8 +183,7 @@ class WeightedScorer:
         self.classes = list(data.classes)
         self.split_by = data.split_by  # the split "auto" (or the caller) chose
         self.level, self.target = level, target
-        self.lam = None if lam is None else float(lam)
-        self.lambdas = tuple(LAMBDAS if lambdas is None else lambdas)
+        self.lambdas = tuple(_v.numbers(LAMBDAS if lambdas is None else lambdas, "lambdas"))
         L, H, C = len(self.layers), data.hidden_size, len(self.classes)
         if dims is None:
             if L * H > 4096:
@@ -235,8 +237,8 @@ class WeightedScorer:
         self.fit_blocks = _Blocks(L, k, C, dev)
         self.dev_blocks = _Blocks(L, k, C, dev)
         for part, utts in ((self.fit_blocks, data.fit_utts), (self.dev_blocks, data.dev_utts)):
-            for a in range(0, len(utts), chunk_utterances):
-                group = utts[a:a + chunk_utterances]
+            for a in range(0, len(utts), _CHUNK_UTTERANCES):
+                group = utts[a:a + _CHUNK_UTTERANCES]
                 y = torch.from_numpy(data.labels(group))
                 keep = y >= 0
                 if bool(keep.any()):
@@ -283,11 +285,11 @@ class WeightedScorer:
         """
         w = self._weights(weights)
         fit, dev = self.fit_blocks.stats(w), self.dev_blocks.stats(w)
-        if self.lam is None:
+        if len(self.lambdas) == 1:  # a fixed penalty: no dev choice
+            lam = self.lambdas[0]
+        else:
             mse = fit.dev_mse(dev, self.lambdas)  # (num_lambdas, C)
             lam = self.lambdas[int(torch.argmin(mse.sum(1)))]
-        else:
-            lam = self.lam
         weight, bias = (fit + dev).solve(lam)
         return weight, bias, lam
 

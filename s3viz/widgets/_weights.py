@@ -276,9 +276,10 @@ def layer_weight_explorer(
         scorer: reuse an existing :class:`WeightedScorer` (then ``store``,
             ``target``, ``level``, ``layers``, ``dims`` only feed training).
         train_kwargs: extra arguments of :func:`train_featurizer` for the
-            "learned weights" button.
+            "learned weights" button, e.g. ``{"options": s3viz.TrainOptions(steps=100),
+            "device": "cpu"}``.
         **scorer_kwargs: passed to :class:`WeightedScorer` (``split_by``,
-            ``test_fraction``, ``alpha``, ``seed``, ``device`` ...).
+            ``test_fraction``, ``lambdas``, ``seed``, ``device`` ...).
 
     Returns:
         A :class:`LayerWeightExplorer` (an ``ipywidgets.VBox``); display it by
