@@ -71,8 +71,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="fold the phone labels (timit39: TIMIT's 61 labels to 39)")
     p.add_argument("--measures", nargs="+", default=["probe"], choices=sorted(MEASURES),
                    help="what to compute over every layer (default: probe): probe (linear "
-                        "probes of --targets), cka (layer-by-layer CKA), units (k-means unit "
-                        "purity and PNMI against the phones); docs/measures.md")
+                        "probes of --targets), segments (probes of each phone or word of "
+                        "--targets, the mean of its frames), cka (layer-by-layer CKA), units "
+                        "(k-means unit purity and PNMI against the phones); docs/measures.md")
     p.add_argument("--targets", nargs="*", default=["phone"], help="probe targets")
     p.add_argument("--methods", nargs="+", default=["ridge"], choices=["ridge", "logistic"],
                    help="probe methods; logistic (full-batch L-BFGS, gradients summed over "
@@ -112,8 +113,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--{given[0].replace('_', '-')} needs --folder")
     if given and args.alignments is None:
         p.error(f"--{given[0].replace('_', '-')} needs --alignments")
-    if "probe" in args.measures and not args.targets:
-        p.error("--measures probe needs --targets (the labels to probe)")
+    for m in ("probe", "segments"):
+        if m in args.measures and not args.targets:
+            p.error(f"--measures {m} needs --targets (the labels to probe)")
     for flag, value in (("--out", args.out), ("--store-frames", args.store_frames)):
         path = None if value is None else Path(value).expanduser()
         if path is not None and path.exists() and not path.is_dir():  # now, not after the run
@@ -203,7 +205,7 @@ def run(args) -> dict:
     import numpy as np
 
     from .distributed import all_reduce_sum, dist_info, shard_indices
-    from .measures import LayerCKA, RidgeProbe, UnitQuality
+    from .measures import LayerCKA, RidgeProbe, SegmentProbe, UnitQuality
     from .stream import stream_analysis
     from .upstreams import get_upstream, weights_of
 
@@ -242,9 +244,10 @@ def run(args) -> dict:
               "is split by utterance (a test speaker must occur in training)", file=sys.stderr)
     names = list(getattr(args, "measures", ["probe"]))
     methods = list(getattr(args, "methods", ["ridge"])) if "probe" in names else []
-    if "probe" in names and not args.targets:
-        raise ValueError("measures=['probe'] needs targets (the labels to probe)")
-    if "probe" in names:  # refused now, not after extraction (every method, every rank)
+    probing = [m for m in ("probe", "segments") if m in names]
+    if probing and not args.targets:
+        raise ValueError(f"measures={probing} needs targets (the labels to probe)")
+    if probing:  # refused now, not after extraction (every method, every rank)
         from .stream import check_targets
 
         check_targets(corpus, args.targets, splits, args.folds, args.seed)
@@ -252,6 +255,9 @@ def run(args) -> dict:
     if "ridge" in methods:
         measures.append(RidgeProbe(args.targets, folds=args.folds, split_by=splits,
                                    seed=args.seed))
+    if "segments" in names:
+        measures.append(SegmentProbe(args.targets, folds=args.folds, split_by=splits,
+                                     seed=args.seed))
     if "cka" in names:
         measures.append(LayerCKA(cka_level))
     if "units" in names:
@@ -312,7 +318,8 @@ def run(args) -> dict:
 
 
 # each measure's table and figure in --out
-_OUTPUTS = {"probe": ("probes.csv", "probe_curve.png"), "cka": ("cka.csv", "cka.png"),
+_OUTPUTS = {"probe": ("probes.csv", "probe_curve.png"),
+            "segments": ("segments.csv", "segment_curve.png"), "cka": ("cka.csv", "cka.png"),
             "units": ("units.csv", "units.png")}
 RESULT_FILES = tuple(f for pair in _OUTPUTS.values() for f in pair) + ("run.json",)
 """What a run writes into ``--out`` besides ``rank-<k>.json``."""
@@ -409,6 +416,7 @@ def _write(args, tables: dict, meta: dict) -> None:
 
     name = meta["upstream"] + (", random weights" if is_random_weights(meta["weights"]) else "")
     draw = {"probe": lambda df: plot.probe_curve(df, title=f"{name}: probes by layer"),
+            "segments": lambda df: plot.probe_curve(df, title=f"{name}: segment probes"),
             "cka": lambda df: plot.similarity(df, title=f"{name}: layer similarity"),
             "units": lambda df: plot.unit_quality(df, title=f"{name}: units by layer")}
     for key, df in tables.items():

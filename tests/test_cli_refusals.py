@@ -151,3 +151,33 @@ def test_library_warnings_reach_the_command_line_as_flags(tmp_path, capsys):
                        "--out", str(tmp_path)]) == 0
     err = capsys.readouterr().err
     assert re.search(r"python -m s3viz.run: \w*Warning:", err) and "split_by=" not in err
+
+
+def test_every_measure_by_name_writes_its_table(tmp_path):
+    """--measures probe segments cka units: one table and one figure each, the tables
+    equal to the library's on the same corpus."""
+    import pandas as pd
+
+    import s3viz
+    from s3viz.data import synthetic_corpus
+    from s3viz.upstreams import get_upstream
+
+    out = tmp_path / "out"
+    figures = [a for a in BASE if a != "--no-figures"]
+    res = run(parse_args(figures + TINY + ["--targets", "phone", "--measures", "probe", "segments",
+                                        "cka", "units", "--units-k", "4", "--units-max-frames",
+                                        "200", "--out", str(out)]))
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["measures"] == ["probe", "segments", "cka", "units"]
+    for name in ("probes", "segments", "cka", "units"):
+        assert (out / f"{name}.csv").stat().st_size > 0
+    for fig in ("probe_curve", "segment_curve", "cka", "units"):
+        assert (out / f"{fig}.png").stat().st_size > 0
+    store = s3viz.extract(get_upstream("tiny", pretrained=False), synthetic_corpus(12, seed=0),
+                          device="cpu", progress=False)
+    want = s3viz.probe_layers(store, "phone", level="segment", folds=2, split_by="utterance",
+                              device="cpu")
+    pd.testing.assert_frame_equal(res["segments"], want, check_exact=False, rtol=1e-6,
+                                  atol=1e-9)
+    units = s3viz.unit_quality(store, k=4, max_frames=200, device="cpu")
+    pd.testing.assert_frame_equal(res["units"], units, check_exact=False, rtol=1e-6, atol=1e-9)
