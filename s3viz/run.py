@@ -250,7 +250,12 @@ def run(args) -> dict:
     if probing:  # refused now, not after extraction (every method, every rank)
         from .stream import check_targets
 
-        check_targets(corpus, args.targets, splits, args.folds, args.seed)
+        levels = check_targets(corpus, args.targets, splits, args.folds, args.seed)
+        labels = [t for t in args.targets if levels[t] == "utterance"]
+        if "segments" in names and labels:
+            raise ValueError(f"--measures segments: {labels} are utterance labels, not columns "
+                             "of the alignments (segments are phones or words); probe them "
+                             "with --measures probe")
     measures = []
     if "ridge" in methods:
         measures.append(RidgeProbe(args.targets, folds=args.folds, split_by=splits,

@@ -51,7 +51,8 @@ def check_targets(corpus, target: str | Sequence[str], split_by="auto", folds: i
     judged by audio length here (the frame counts come with extraction).
 
     Returns:
-        ``{target: split}`` as resolved (``"auto"`` made concrete).
+        ``{target: level}``: ``"frame"`` for a column of the alignments, ``"utterance"``
+        for a label of the corpus.
     """
     corpus = as_corpus(corpus)
     probe = RidgeProbe(target, folds=folds, split_by=split_by, seed=seed)
@@ -59,7 +60,7 @@ def check_targets(corpus, target: str | Sequence[str], split_by="auto", folds: i
     ctx = Context(CorpusMeta(corpus), np.arange(len(corpus)), [0], [1], [1], [1],
                   torch.device("cpu"), lambda t: t, "", torch.float32, lambda: seconds)
     probe.setup(ctx)
-    return probe.splits
+    return {t.name: t.level for t in probe.tasks}
 
 
 @dataclass(frozen=True)

@@ -181,3 +181,12 @@ def test_every_measure_by_name_writes_its_table(tmp_path):
                                   atol=1e-9)
     units = s3viz.unit_quality(store, k=4, max_frames=200, device="cpu")
     pd.testing.assert_frame_equal(res["units"], units, check_exact=False, rtol=1e-6, atol=1e-9)
+
+
+def test_segments_of_an_utterance_label_are_refused_before_extracting(tmp_path, capsys):
+    store = tmp_path / "frames"
+    err = _fails(BASE + TINY + ["--targets", "phone", "speaker", "--measures", "segments",
+                                "--store-frames", str(store), "--out", str(tmp_path / "o")],
+                 capsys)
+    assert "--measures segments: ['speaker'] are utterance labels" in err
+    assert not list(store.rglob("*.pt"))  # nothing was extracted
