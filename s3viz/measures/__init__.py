@@ -16,14 +16,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ._engine import Batch, Context, Measure, StoreSource, StreamSource, run_measures
+from .abx import ABX
 from .cka import LayerCKA
 from .probe import RidgeProbe
 from .units import UnitQuality
 
-__all__ = ["MEASURES", "Batch", "Context", "LayerCKA", "Measure", "RidgeProbe", "StoreSource",
+__all__ = ["ABX", "MEASURES", "Batch", "Context", "LayerCKA", "Measure", "RidgeProbe", "StoreSource",
            "StreamSource", "UnitQuality", "build_measures", "run_measures"]
 
-MEASURES = {"probe": RidgeProbe, "cka": LayerCKA, "units": UnitQuality}
+MEASURES = {"probe": RidgeProbe, "cka": LayerCKA, "units": UnitQuality, "abx": ABX}
 """Each measure by the name the CLI's ``--measures`` and :func:`build_measures` take."""
 
 
