@@ -151,3 +151,30 @@ def test_library_warnings_reach_the_command_line_as_flags(tmp_path, capsys):
                        "--out", str(tmp_path)]) == 0
     err = capsys.readouterr().err
     assert re.search(r"python -m s3viz.run: \w*Warning:", err) and "split_by=" not in err
+
+
+def test_measures_abx_writes_abx_layers_table(tmp_path):
+    """``--measures abx`` streams the ABX measure; abx.csv is abx_layers of a store of the
+    same upstream and corpus (default conditions, --abx-on phone)."""
+    import pandas as pd
+
+    import s3viz
+    from s3viz.data import synthetic_corpus
+    from s3viz.upstreams import get_upstream
+
+    out = tmp_path / "out"
+    argv = [a for a in BASE if a != "--no-figures"]
+    res = run(parse_args(argv + TINY + ["--measures", "abx", "--abx-on", "phone",
+                                        "--out", str(out)]))
+    assert (out / "abx.png").stat().st_size > 0
+    assert json.loads((out / "run.json").read_text())["measures"] == ["abx"]
+    got = pd.read_csv(out / "abx.csv")
+    store = s3viz.extract(get_upstream("tiny", pretrained=False),
+                          synthetic_corpus(n_utterances=12, seed=0), device="cpu",
+                          progress=False)
+    want = s3viz.abx_layers(store, device="cpu")
+    assert got["weights"].unique().tolist() == [want.attrs["weights"]]
+    pd.testing.assert_frame_equal(got.drop(columns="weights"), want, check_exact=False,
+                                  rtol=1e-6, atol=1e-9)
+    pd.testing.assert_frame_equal(res["abx"], want, check_exact=False, rtol=1e-6, atol=1e-9)
+    assert want["abx_error"].between(0, 1).all() and (want["n_cells"] > 0).all()
