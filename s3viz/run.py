@@ -1,7 +1,7 @@
 """Sharded extraction and analysis: ``python -m s3viz.run`` (one process) or ``torchrun``.
 
 Each rank streams its shard of the corpus through the measures named by
-``--measures`` (:mod:`s3viz.measures`: ``probe``, ``cka``, ``units``; one driver,
+``--measures`` (:mod:`s3viz.measures`: ``probe``, ``cka``, ``units``, ``abx``; one driver,
 :func:`s3viz.stream.stream_analysis`) with their state all-reduced over ranks, so
 every rank gets the single-process tables while holding a batch of frames at a
 time; ``--store-frames DIR`` keeps each shard on disk instead of extracting in
@@ -73,7 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="what to compute over every layer (default: probe): probe (linear "
                         "probes of --targets), segments (probes of each phone or word of "
                         "--targets, the mean of its frames), cka (layer-by-layer CKA), units "
-                        "(k-means unit purity and PNMI against the phones); docs/measures.md")
+                        "(k-means unit purity and PNMI against the phones), abx (ABX phone "
+                        "discrimination within speaker); docs/measures.md")
     p.add_argument("--targets", nargs="*", default=["phone"], help="probe targets")
     p.add_argument("--methods", nargs="+", default=["ridge"], choices=["ridge", "logistic"],
                    help="probe methods; logistic (full-batch L-BFGS, gradients summed over "
@@ -92,6 +93,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--units-max-frames", type=int, default=50000, metavar="N",
                    help="for --measures units: labelled frames k-means is fitted on (each "
                         "rank holds layers x N x hidden numbers)")
+    p.add_argument("--abx-on", default="phone", metavar="COLUMN",
+                   help="for --measures abx: the alignment column whose segments are the "
+                        "items (default: phone)")
     p.add_argument("--layers", type=int, nargs="*", default=None, help="upstream layers to use")
     p.add_argument("--batch-size", type=int, default=None, help="utterances per batch at most")
     p.add_argument("--max-batch-seconds", type=float, default=60.0,
@@ -199,13 +203,13 @@ def run(args) -> dict:
 
     Works inside an initialised process group (any backend) or without one
     (one process). Returns on every rank the merged table of each measure by name
-    (``"probe"``, ``"cka"``, ``"units"``), this rank's LayerStore (``"store"``:
+    (``"probe"``, ``"cka"``, ``"units"``, ``"abx"``), this rank's LayerStore (``"store"``:
     None unless ``--store-frames``) and its utterance positions (``"shard"``).
     """
     import numpy as np
 
     from .distributed import all_reduce_sum, dist_info, shard_indices
-    from .measures import LayerCKA, RidgeProbe, SegmentProbe, UnitQuality
+    from .measures import ABX, LayerCKA, RidgeProbe, SegmentProbe, UnitQuality
     from .stream import stream_analysis
     from .upstreams import get_upstream, weights_of
 
@@ -269,6 +273,8 @@ def run(args) -> dict:
         measures.append(UnitQuality(getattr(args, "units_k", [100]),
                                     max_frames=getattr(args, "units_max_frames", 50000),
                                     seed=args.seed))
+    if "abx" in names:
+        measures.append(ABX(on=getattr(args, "abx_on", "phone"), seed=args.seed))
     if rank == 0:  # every check passed: the earlier run's results go only now
         _clear_results(args.out)
     if "logistic" in methods and cache is None:
@@ -325,7 +331,7 @@ def run(args) -> dict:
 # each measure's table and figure in --out
 _OUTPUTS = {"probe": ("probes.csv", "probe_curve.png"),
             "segments": ("segments.csv", "segment_curve.png"), "cka": ("cka.csv", "cka.png"),
-            "units": ("units.csv", "units.png")}
+            "units": ("units.csv", "units.png"), "abx": ("abx.csv", "abx.png")}
 RESULT_FILES = tuple(f for pair in _OUTPUTS.values() for f in pair) + ("run.json",)
 """What a run writes into ``--out`` besides ``rank-<k>.json``."""
 
@@ -423,7 +429,8 @@ def _write(args, tables: dict, meta: dict) -> None:
     draw = {"probe": lambda df: plot.probe_curve(df, title=f"{name}: probes by layer"),
             "segments": lambda df: plot.probe_curve(df, title=f"{name}: segment probes"),
             "cka": lambda df: plot.similarity(df, title=f"{name}: layer similarity"),
-            "units": lambda df: plot.unit_quality(df, title=f"{name}: units by layer")}
+            "units": lambda df: plot.unit_quality(df, title=f"{name}: units by layer"),
+            "abx": lambda df: plot.abx_curve(df, title=f"{name}: ABX by layer")}
     for key, df in tables.items():
         ax = draw[key](df)
         out.write_with(_OUTPUTS[key][1], lambda f, ax=ax: ax.figure.savefig(
@@ -439,7 +446,7 @@ FLAGS = {"split_by": "--split-by", "folds": "--folds", "upstream_layers": "--lay
          "alignment_pattern": "--alignment-pattern", "phone_tier": "--phone-tier",
          "word_tier": "--word-tier", "silence": "--silence", "seed": "--seed",
          "cache_dir": "--store-frames", "measures": "--measures", "store_frames": "--store-frames", "strict": "--no-strict",
-         "utterances": "--pattern"}  # the CLI chooses utterances by the files it loads
+         "on": "--abx-on", "utterances": "--pattern"}  # the CLI chooses utterances by the files it loads
 """The library's argument names as this command's flags, for the advice in its errors."""
 
 

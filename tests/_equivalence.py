@@ -6,7 +6,7 @@ with the reference path, ``"stored"`` (as torchmetrics' MetricTester runs every
 implementation against one reference):
 
 - ``stored``: ``extract`` in memory, then the public functions ``probe_layers``,
-  ``layer_similarity`` and ``unit_quality``;
+  ``layer_similarity``, ``unit_quality`` and ``abx_layers``;
 - ``stored_disk``: the same on ``extract(cache_dir=)``, reopened with ``LayerStore.open``;
 - ``streamed``: ``stream_analysis``, no frame kept;
 - ``streamed_cached``: ``stream_analysis(cache_dir=)`` (extracts once, reads back);
@@ -33,13 +33,14 @@ PATHS = ("stored", "stored_disk", "streamed", "streamed_cached", "sharded_stream
          "sharded_stored", "sharded_public")
 
 UNITS = dict(k=[3, 5], max_frames=200, seed=0)
+ABX_KW = dict(max_items=2, seed=0)  # the seeded item draw is on every path too
 
 
 def _measures(target, split_by, folds, cka_level):
-    from s3viz.measures import LayerCKA, RidgeProbe, UnitQuality
+    from s3viz.measures import ABX, LayerCKA, RidgeProbe, UnitQuality
 
     return [RidgeProbe(target, folds=folds, split_by=split_by), LayerCKA(cka_level),
-            UnitQuality(**UNITS)]
+            UnitQuality(**UNITS), ABX(**ABX_KW)]
 
 
 def _public(store, target, split_by, folds, cka_level, sharding=None) -> dict:
@@ -50,8 +51,9 @@ def _public(store, target, split_by, folds, cka_level, sharding=None) -> dict:
                                        device="cpu", sharding=sharding),
            "cka": s3viz.layer_similarity(store, level=cka_level, device="cpu",
                                          dtype=torch.float64, sharding=sharding)}
-    if sharding is None:  # unit_quality's sharded form is the engine's (sharded_stored)
+    if sharding is None:  # unit_quality's and abx_layers' sharded form is the engine's
         out["units"] = s3viz.unit_quality(store, device="cpu", **UNITS)
+        out["abx"] = s3viz.abx_layers(store, device="cpu", **ABX_KW)
     return out
 
 
@@ -65,7 +67,7 @@ def _shards(corpus):
 def tables(upstream, corpus, target, *, tmp_path, split_by: str = "auto", folds: int = 3,
            cka_level: str = "frame", batch_size: int = 4, paths=PATHS) -> dict[str, dict]:
     """``{path: {measure name: table}}``: the ridge probes of ``target`` (one name or a
-    list), the CKA and the unit quality, by every path."""
+    list), the CKA, the unit quality and the ABX, by every path."""
     import s3viz
     from s3viz.distributed import Sharding
     from s3viz.measures import StoreSource, run_measures
@@ -122,19 +124,19 @@ def assert_equivalent(results: dict[str, dict], reference: str = "stored",
                       rtol: float = 1e-6, atol: float = 1e-9) -> None:
     """Every path's tables equal the reference's: same rows, columns and attrs that matter.
 
-    Probe and unit tables are compared whole (accuracies, F1, chance, counts, the
-    chosen lambda and the split; purities, PNMI and inertia); CKA matrices to
-    ``rtol``/``atol`` (float sums in another order), with the same frame count and
-    level. Every measure the reference has must be there (only ``sharded_public``
-    lacks the units).
+    Probe, unit and ABX tables are compared whole (accuracies, F1, chance, counts,
+    the chosen lambda and the split; purities, PNMI and inertia; ABX errors and
+    item, cell and triplet counts); CKA matrices to ``rtol``/``atol`` (float sums
+    in another order), with the same frame count and level. Every measure the
+    reference has must be there (only ``sharded_public`` lacks the units and ABX).
     """
     ref = results[reference]
     for name, got in results.items():
         if name == reference:
             continue
         try:
-            # sharded_public has no units table (unit_quality shards through the engine)
-            assert set(got) == set(ref) or set(got) ^ set(ref) == {"units"}, sorted(got)
+            # sharded_public has no units or ABX table (they shard through the engine)
+            assert set(got) == set(ref) or set(got) ^ set(ref) == {"units", "abx"}, sorted(got)
             pd.testing.assert_frame_equal(got["probe"], ref["probe"], check_exact=False,
                                           rtol=rtol, atol=atol)
             assert got["probe"].attrs["split_by"] == ref["probe"].attrs["split_by"]
@@ -144,9 +146,10 @@ def assert_equivalent(results: dict[str, dict], reference: str = "stored",
             assert list(got["cka"].index) == list(ref["cka"].index)
             for key in ("num_frames", "level", "upstream_layers"):
                 assert got["cka"].attrs[key] == ref["cka"].attrs[key], key
-            if "units" in got and "units" in ref:
-                pd.testing.assert_frame_equal(got["units"], ref["units"], check_exact=False,
-                                              rtol=rtol, atol=atol)
+            for key in ("units", "abx"):
+                if key in got and key in ref:
+                    pd.testing.assert_frame_equal(got[key], ref[key], check_exact=False,
+                                                  rtol=rtol, atol=atol)
             for table in got.values():
                 assert table.attrs["weights"] == ref["probe"].attrs["weights"]
         except AssertionError as e:

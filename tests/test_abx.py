@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import _abx_case
-from s3viz.abx import abx_layers, dtw_costs
+from s3viz.abx import abx_layers
+from s3viz.measures.abx import dtw_costs
 from s3viz.segments import pool_segments, segment_table
 
 # fastabx 0.9.0 (zerospeech_abx, max_size_group=None, max_x_across=None, frequency=50) on

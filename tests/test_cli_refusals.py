@@ -190,3 +190,30 @@ def test_segments_of_an_utterance_label_are_refused_before_extracting(tmp_path, 
                  capsys)
     assert "--measures segments: ['speaker'] are utterance labels" in err
     assert not list(store.rglob("*.pt"))  # nothing was extracted
+
+
+def test_measures_abx_writes_abx_layers_table(tmp_path):
+    """``--measures abx`` streams the ABX measure; abx.csv is abx_layers of a store of the
+    same upstream and corpus (default conditions, --abx-on phone)."""
+    import pandas as pd
+
+    import s3viz
+    from s3viz.data import synthetic_corpus
+    from s3viz.upstreams import get_upstream
+
+    out = tmp_path / "out"
+    argv = [a for a in BASE if a != "--no-figures"]
+    res = run(parse_args(argv + TINY + ["--measures", "abx", "--abx-on", "phone",
+                                        "--out", str(out)]))
+    assert (out / "abx.png").stat().st_size > 0
+    assert json.loads((out / "run.json").read_text())["measures"] == ["abx"]
+    got = pd.read_csv(out / "abx.csv")
+    store = s3viz.extract(get_upstream("tiny", pretrained=False),
+                          synthetic_corpus(n_utterances=12, seed=0), device="cpu",
+                          progress=False)
+    want = s3viz.abx_layers(store, device="cpu")
+    assert got["weights"].unique().tolist() == [want.attrs["weights"]]
+    pd.testing.assert_frame_equal(got.drop(columns="weights"), want, check_exact=False,
+                                  rtol=1e-6, atol=1e-9)
+    pd.testing.assert_frame_equal(res["abx"], want, check_exact=False, rtol=1e-6, atol=1e-9)
+    assert want["abx_error"].between(0, 1).all() and (want["n_cells"] > 0).all()

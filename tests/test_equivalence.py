@@ -1,4 +1,4 @@
-"""Stored = streamed = sharded: every way s3viz computes the probes, CKA and units agrees.
+"""Stored = streamed = sharded: every way s3viz computes the probes, CKA, units and ABX agrees.
 
 The paths and the comparison live in ``_equivalence.py``; a new path is added there
 and is then checked against the stored-frame reference for every case below.
@@ -10,6 +10,10 @@ import pytest
 
 from _contract_toys import ToyUpstream
 from _equivalence import PATHS, assert_equivalent, tables
+
+# 2 shared cores: torch's intra-op threads on the small ABX and k-means tensors fight
+# other processes
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_tiny_upstream_frame_level(tiny_upstream, small_corpus, tmp_path):
@@ -43,5 +47,9 @@ def test_the_tester_sees_a_difference(tiny_upstream, small_corpus, tmp_path):
         assert_equivalent(got)
     got["streamed"]["cka"].iloc[0, 1] -= 1e-4
     got["streamed"]["units"].loc[0, "pnmi"] += 1e-4
+    with pytest.raises(AssertionError, match="path 'streamed' differs"):
+        assert_equivalent(got)
+    got["streamed"]["units"].loc[0, "pnmi"] -= 1e-4
+    got["streamed"]["abx"].loc[0, "abx_error"] += 1e-4
     with pytest.raises(AssertionError, match="path 'streamed' differs"):
         assert_equivalent(got)

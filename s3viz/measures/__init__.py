@@ -14,16 +14,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ._engine import Batch, Context, Measure, StoreSource, StreamSource, run_measures
+from .abx import ABX
 from .cka import LayerCKA
 from .probe import RidgeProbe
 from .segments import SegmentProbe
 from .units import UnitQuality
 
-__all__ = ["MEASURES", "Batch", "Context", "LayerCKA", "Measure", "RidgeProbe", "SegmentProbe", "StoreSource",
-           "StreamSource", "UnitQuality", "build_measures", "run_measures"]
+__all__ = ["ABX", "MEASURES", "Batch", "Context", "LayerCKA", "Measure", "RidgeProbe",
+           "SegmentProbe", "StoreSource", "StreamSource", "UnitQuality", "build_measures",
+           "run_measures"]
 
 MEASURES = {"probe": RidgeProbe, "segments": SegmentProbe, "cka": LayerCKA,
-            "units": UnitQuality}
+            "units": UnitQuality, "abx": ABX}
 """Each measure by the name the CLI's ``--measures`` and :func:`build_measures` take."""
 
 
