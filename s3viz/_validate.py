@@ -88,4 +88,6 @@ def stored_layers(store, layers, name: str = "layers") -> List[int]:
         out.append(int(layer))
     if not out:
         raise ValueError(f"{name} selects no layer")
+    if len(set(out)) != len(out):
+        raise ValueError(f"{name} names a stored layer twice: {out}")
     return out

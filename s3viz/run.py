@@ -88,12 +88,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="default: frame when the chosen layers share one frame rate, else "
                         "utterance (run.json and the log say which); an explicit 'frame' over "
                         "layers of different rates is refused")
-    p.add_argument("--units-k", type=int, nargs="+", default=[100], metavar="K",
-                   help="for --measures units: k-means clusters (several: one row each)")
-    p.add_argument("--units-max-frames", type=int, default=50000, metavar="N",
-                   help="for --measures units: labelled frames k-means is fitted on (each "
-                        "rank holds layers x N x hidden numbers)")
-    p.add_argument("--abx-on", default="phone", metavar="COLUMN",
+    p.add_argument("--units-k", type=int, nargs="+", default=None, metavar="K",
+                   help="for --measures units: k-means clusters (several: one row each; "
+                        "default 100)")
+    p.add_argument("--units-max-frames", type=int, default=None, metavar="N",
+                   help="for --measures units: labelled frames k-means is fitted on (default "
+                        "50000; each rank holds layers x N x hidden numbers)")
+    p.add_argument("--abx-on", default=None, metavar="COLUMN",
                    help="for --measures abx: the alignment column whose segments are the "
                         "items (default: phone)")
     p.add_argument("--layers", type=int, nargs="*", default=None, help="upstream layers to use")
@@ -126,6 +127,13 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error(f"{flag} {value!r} is a file; give a folder (created when missing)")
     if args.folder is not None and not Path(args.folder).expanduser().is_dir():
         p.error(f"--folder {args.folder!r} is not a folder of audio files")
+    for flag, measure, default in (("units_k", "units", [100]),
+                                   ("units_max_frames", "units", 50000),
+                                   ("abx_on", "abx", "phone")):
+        if getattr(args, flag) is not None and measure not in args.measures:
+            p.error(f"--{flag.replace('_', '-')} needs --measures {measure}")
+        if getattr(args, flag) is None:
+            setattr(args, flag, default)
     if args.cka_level is not None and "cka" not in args.measures:
         p.error("--cka-level needs --measures cka (it chooses the level of the CKA)")
     if args.random_weights and args.upstream.strip().lower() == "spectral":

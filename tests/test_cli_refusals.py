@@ -217,3 +217,14 @@ def test_measures_abx_writes_abx_layers_table(tmp_path):
                                   rtol=1e-6, atol=1e-9)
     pd.testing.assert_frame_equal(res["abx"], want, check_exact=False, rtol=1e-6, atol=1e-9)
     assert want["abx_error"].between(0, 1).all() and (want["n_cells"] > 0).all()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--units-k", "5"], "--units-k needs --measures units"),
+    (["--units-max-frames", "100"], "--units-max-frames needs --measures units"),
+    (["--abx-on", "word"], "--abx-on needs --measures abx"),
+])
+def test_measure_flags_without_their_measure_are_refused(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit):
+        parse_args(BASE + TINY + ["--out", str(tmp_path)] + flags)
+    assert message in capsys.readouterr().err

@@ -33,6 +33,9 @@ def build_measures(measures: Sequence) -> list[Measure]:
     """Measure objects from objects or names (a name gives the measure's defaults)."""
     if isinstance(measures, (str, Measure)):
         measures = [measures]
+    if measures is None or not hasattr(measures, "__iter__"):
+        raise TypeError(f"measures must be a list of s3viz.measures objects or their names "
+                        f"{sorted(MEASURES)}, got {measures!r}")
     out = []
     for m in measures:
         if isinstance(m, str):

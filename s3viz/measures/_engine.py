@@ -19,10 +19,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .. import _validate as _v
 from .._labels import label_str
 from ..align import conv_lengths, layer_geometry
 from ..align import frame_labels as _align_frame_labels
-from ..extraction import BatchRunner, bucket_plan, extract
+from ..extraction import BatchRunner, bucket_plan
 from ..upstreams._hub import weights_of
 
 __all__ = ["Batch", "Context", "Measure", "StoreSource", "StreamSource", "run_measures"]
@@ -159,15 +160,18 @@ class Batch:
 
     def pooled(self, layer: int) -> torch.Tensor:
         """``(B, hidden)`` mean of each utterance's frames (averaged in float64, as
-        :meth:`LayerStore.pooled` does, so streamed = stored)."""
+        :meth:`LayerStore.pooled` does, so streamed = stored), in ``ctx.read_dtype``."""
         key = ("pooled", layer)
         if key not in self._cache:
             if (self.lens[:, layer] == 0).any():
                 bad = [self.ctx.meta.ids[int(u)] for u in self.positions[self.lens[:, layer] == 0]]
-                raise ValueError(f"{len(bad)} utterance(s) have no frames in stored layer "
-                                 f"{layer} (e.g. {bad[:5]}), so no pooled vector; leave them out")
+                raise ValueError(f"{len(bad)} utterance(s) have no frames in layer "
+                                 f"{self.ctx.layer_index[layer]} (upstream layer "
+                                 f"{self.ctx.layer_ids[layer]}; e.g. {bad[:5]}), so no pooled "
+                                 "vector; leave them out")
             self._cache[key] = torch.stack([p.mean(0) for p in torch.split(
-                self.frames[layer].double(), self.lens[:, layer].tolist())]).float()
+                self.frames[layer].double(), self.lens[:, layer].tolist())]).to(
+                self.ctx.read_dtype)
         return self._cache[key]
 
     def frame_labels(self, layer: int, column: str) -> np.ndarray:
@@ -198,11 +202,19 @@ class StoreSource:
 
     def __init__(self, store, meta=None, positions=None, layers=None):
         self.store = store
-        self.layers = list(range(store.num_layer) if layers is None else layers)
+        self.layers = _v.stored_layers(store, layers)
         self.meta = store if meta is None else meta
         n = len(self.meta)
         self.positions = (np.arange(n, dtype=np.int64) if positions is None
                           else np.asarray(positions, dtype=np.int64))
+        if self.positions.ndim != 1 or len(self.positions) != len(store) or (
+                len(self.positions) and not 0 <= self.positions.min() <= self.positions.max() < n):
+            raise ValueError(f"positions must be the {len(store)} corpus positions (in "
+                             f"[0, {n})) of the store's utterances, got {len(self.positions)}")
+        want = [str(self.meta.ids[int(i)]) for i in self.positions]
+        if [str(u) for u in store.ids] != want:
+            raise ValueError("the store must hold the corpus utterances at `positions`, in that "
+                             "order (a shard's store: extract(upstream, corpus[positions]))")
         self.passes = 0
 
     def context(self, device, reduce) -> Context:
@@ -372,6 +384,19 @@ def _load_libc():
 _LIBC = _load_libc()
 
 
+def check_same_layers(ctx: Context, reduce) -> None:
+    """Every rank analyses the same layers (the same upstream hidden states and sizes)."""
+    def spread(values):
+        x = torch.tensor(values, dtype=torch.float64)
+        n, s1, s2 = (reduce(t.clone()) for t in (torch.ones_like(x), x, x * x))
+        return bool((s2 * n - s1 * s1).abs().max() > 0)
+
+    if spread([float(ctx.num_layers)]) or spread([float(v) for v in ctx.layer_ids + ctx.sizes]):
+        raise ValueError(f"the shards hold different layers (this one: upstream layers "
+                         f"{ctx.layer_ids}, hidden sizes {ctx.sizes}); give every rank a store "
+                         "of the same upstream layers")
+
+
 def check_cover(positions: np.ndarray, meta, reduce) -> None:
     """Every utterance of the corpus in exactly one shard (the same check on every rank)."""
     cover = torch.zeros(len(meta), dtype=torch.float64)
@@ -412,6 +437,7 @@ def run_measures(measures: Sequence[Measure], source, *, device=None, reduce=Non
     dev = torch.device("cpu") if device is None else torch.device(device)
     ctx = source.context(dev, reduce)
     if sharded:
+        check_same_layers(ctx, reduce)
         check_cover(source.positions, ctx.meta, reduce)
     elif len(source.positions) != len(ctx.meta):
         raise ValueError("a shard of the corpus needs `reduce` (a sum over shards)")
@@ -439,9 +465,3 @@ def run_measures(measures: Sequence[Measure], source, *, device=None, reduce=Non
         table.attrs["weights"] = ctx.weights
         out[m.name] = table
     return out
-
-
-def extract_source(upstream, corpus, positions, cache_dir, **kw) -> StoreSource:
-    """This shard's frames extracted once into a disk store at ``cache_dir``, as a source."""
-    store = extract(upstream, corpus[positions.tolist()], cache_dir=cache_dir, **kw)
-    return StoreSource(store, CorpusMeta(corpus), positions)

@@ -1,20 +1,12 @@
 """ABX phone discriminability of every layer, on the measure engine (ZeroSpeech's ABX).
 
-:class:`ABX` measures how often a phone token is closer (DTW-averaged frame
-distance) to another token of its phone than to one of another phone, within or
-across speakers and contexts, with fastabx's definitions (fastabx needs Python
->= 3.12, so the same quantities are computed here in torch; ``tests/test_abx.py``
-checks them against fastabx's values). :func:`s3viz.abx_layers` runs it on a store.
-
-One pass: the items (segments of the alignments, known before any frame from
-the alignments and the frame counts, drawn with ``max_items`` and the seed) have
-their frames written into one flat matrix per layer at global offsets, summed
-over ranks (each row comes from one rank, so the sum is exact). Then each rank
-scores the cells whose ``x`` speaker it owns (the rank holding that speaker's
-first utterance) into one vector of every cell (known from the labels alone),
-zeros elsewhere, and a second sum gives every rank every cell. Memory: the items'
-frames of every layer, and one speaker's (or speaker pair's) item distance matrix
-at a time. Items, distances, cells and averaging: ``docs/measures.md``.
+:class:`ABX`: how often a phone token is closer (DTW-averaged frame distance) to
+another token of its phone than to one of another phone, within or across
+speakers and contexts, with fastabx's definitions (computed here in torch:
+fastabx needs Python >= 3.12; ``tests/test_abx.py`` checks against it). One pass
+gathers the items' frames (summed over ranks); each rank then scores the cells
+of the X speakers it owns, and one more sum gives every rank every cell.
+:func:`s3viz.abx_layers` runs it on a store. Details: ``docs/measures.md``.
 """
 
 from __future__ import annotations

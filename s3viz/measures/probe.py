@@ -127,7 +127,7 @@ class RidgeProbe(Measure):
         for t in self.tasks:
             for h in ctx.sizes:
                 dual = t.level == "utterance" and n <= h
-                rows.append(torch.zeros(n, h, dtype=torch.float32) if dual else None)
+                rows.append(torch.zeros(n, h, dtype=ctx.read_dtype) if dual else None)
                 stats.append(None if dual else ProbeStats.zeros(
                     self.folds * t.sub, h, len(t.classes), dtype=torch.float64, device=dev))
                 conf.append(None)

@@ -46,9 +46,9 @@ class UnitQuality(Measure):
     def __init__(self, k: int | Sequence[int] = 100, *, max_frames: int | None = 50000,
                  seed: int = 0, iters: int = 50, column: str = "phone"):
         super().__init__()
-        ks = [k] if isinstance(k, (int, np.integer)) and not isinstance(k, bool) else list(k)
-        if not ks:
-            raise ValueError("k must be a positive int or a non-empty list of them")
+        ks = [k] if isinstance(k, (int, np.integer, bool, float)) else k
+        if isinstance(ks, (str, bytes)) or not hasattr(ks, "__iter__") or not list(ks):
+            raise ValueError(f"k must be an int >= 2 or a non-empty list of them, got {k!r}")
         self.ks = [_v.integer(v, "k", minimum=2) for v in ks]
         self.max_frames = _v.integer(max_frames, "max_frames", minimum=2, none_ok=True)
         self.iters = _v.integer(iters, "iters", minimum=1)
@@ -79,6 +79,9 @@ class UnitQuality(Measure):
             rng = np.random.default_rng([self.seed, ctx.layer_index[s], 11])
             fit = (np.arange(total) if self.max_frames is None or self.max_frames >= total
                    else np.sort(rng.choice(total, self.max_frames, replace=False)))
+            if max(self.ks) > len(fit):  # now, not after a pass over the frames
+                raise ValueError(f"k={max(self.ks)} needs at least {max(self.ks)} fitted "
+                                 "frames; raise max_frames")
             self.layers.append({"offsets": np.concatenate([[0], np.cumsum(counts)]),
                                 "fit": fit, "total": total})
             cls = np.asarray(sorted(seen), dtype=object)
@@ -145,9 +148,6 @@ class UnitQuality(Measure):
             total_var = float(mom.var.sum())
             lay["guard"], lay["centroids"], lay["inertia"] = guard, [], []
             for kk in self.ks:
-                if kk > len(lay["fit"]):
-                    raise ValueError(f"k={kk} needs at least {kk} fitted frames; raise "
-                                     "max_frames")
                 cent, inertia = kmeans(x, kk, iters=self.iters, seed=self.seed)
                 lay["centroids"].append(cent)
                 lay["inertia"].append(inertia / total_var)
