@@ -96,6 +96,10 @@ def notebook_threads(*, apply: bool = True, verbose: bool = True) -> int:
 
     s3viz never changes threads by itself: the notebooks call this in their first
     cell. Returns the count chosen (and prints why, with ``verbose``).
+
+    Args:
+        apply: set torch's thread count to the chosen one (False: only return it).
+        verbose: print the count chosen and why.
     """
     import os
 

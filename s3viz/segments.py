@@ -134,6 +134,9 @@ def segment_table(store, layer: int, column: str = "phone", *, utterances=None,
 def pool_segments(store, layer: int, table: pd.DataFrame, *, chunk: int = 256) -> torch.Tensor:
     """Mean over its frames of each segment of ``table`` (:func:`segment_table`).
 
+    Args:
+        chunk: utterances whose frames are read at once; the result does not depend on it.
+
     Returns:
         ``(len(table), hidden_size)`` in the store's precision
         (:func:`s3viz._numerics.read_dtype`), averaged in float64.

@@ -228,6 +228,19 @@ class LayerStore:
     def __init__(self, *, backend, plan, lengths, geometry: LayerGeometry, ids, labels, phones,
                  fingerprint, name, store_dtype, corpus_fingerprint=None,
                  weights_source=AS_GIVEN):
+        """A store over chunks already written (use :func:`extract`, :meth:`from_tensors`
+        or :meth:`open` rather than this).
+
+        Args:
+            backend: where the chunks live: ``load(chunk, layer)`` returns one chunk's
+                concatenated frames of one stored layer (:class:`MemoryChunks`,
+                :class:`DiskChunks`).
+            plan: per chunk, the utterance positions it holds, in order.
+            lengths: ``(num_utterances, num_layer)`` frames of each utterance and layer.
+            geometry: each stored layer's hidden size, downsample rate, receptive field
+                and upstream index (:class:`LayerGeometry`).
+            fingerprint: the store's digest (:attr:`fingerprint`).
+        """
         hidden_sizes = geometry.hidden_sizes
         self._backend = backend
         self._plan = [list(map(int, b)) for b in plan]
@@ -585,7 +598,11 @@ class LayerStore:
         return self._lengths[:, self._layer_index(layer)].copy()
 
     def utterance(self, i) -> list[torch.Tensor]:
-        """The hidden states of utterance ``i``: per stored layer a ``(T_l, H_l)`` float32 tensor."""
+        """The hidden states of utterance ``i``: per stored layer a ``(T_l, H_l)`` float32 tensor.
+
+        Args:
+            i: the utterance's position ``0..len(store)-1`` (negative counts from the end).
+        """
         if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
             raise TypeError(f"i must be an int utterance position, got {i!r}")
         n = len(self)

@@ -40,7 +40,12 @@ def unit_measures(phones, units) -> dict:
 
 def measures_from_counts(counts) -> dict:
     """:func:`unit_measures` from a phone x unit table of frame counts (rows or columns
-    of zeros are phones or units no frame has; they change nothing)."""
+    of zeros are phones or units no frame has; they change nothing).
+
+    Args:
+        counts: ``(num_phones, num_units)`` frame counts: how many frames of each phone
+            each unit holds.
+    """
     joint = np.asarray(counts, dtype=np.float64)
     n = joint.sum()
     joint = joint / n

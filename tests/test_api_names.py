@@ -1,8 +1,9 @@
 """The public API's names (docs/api.md): one meaning per argument name, no old names.
 
-- every argument of a public function or method (of ``s3viz`` and every public
-  module's ``__all__``) is defined in docs/api.md, or is listed below as
-  belonging to one function only;
+- every argument of a public function or method (of every public module's
+  ``__all__``, the modules found by walking the package) is defined in
+  docs/api.md's glossary, or, when one public function or class alone takes
+  it, in the ``Args:`` section of that callable's docstring;
 - old spellings are refused, never mapped (s3viz 0.x keeps no compatibility layer);
 - multi-part results are named tuples that unpack and name their parts.
 """
@@ -11,9 +12,12 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import pkgutil
 import re
 from collections import defaultdict
 from pathlib import Path
+from types import ModuleType
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -22,87 +26,97 @@ import s3viz
 
 API_DOC = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 
-# Arguments that belong to one public function each, defined in its docstring.
-ONE_FUNCTION = {
-    "apply", "verbose",  # notebook_threads
-    "backend", "plan", "lengths", "geometry", "fingerprint",
-    "i",  # LayerStore's constructor and LayerStore.utterance
-    "count", "sum_x", "sum_xx", "sum_y", "sum_xy", "sum_yy", "shift", "dev", "group",
-    "groups", "num_groups", "num_targets", "targets",  # ProbeStats
-    "tables", "passes",  # StreamResult
-    "counts",  # units.measures_from_counts
-    "cpu_vs_gpu",  # compare_frame_utterance
-    "pca_frames",  # WeightedScorer
-    "key",  # load_featurizer_weights
-    "logits", "probs",  # WeightedSumFeaturizer.set_weights
-    "warnings",  # ContractReport.raise_for_violations
-    "rate_or_upstream",  # frame_timeline
-    "fill",  # align.frame_labels
-    "return_cells",  # abx_layers
-    "skip",  # segment_table
-    "chunk", "table",  # segments.pool_segments
-    "sel", "strata", "num_classes", "types",  # probe: resolve_split, probe_folds, control_labels
-    "layer_names",  # featurizers.weighted_sum
-    "activation", "dropout",  # models.FrameLevelMLP
-    "max_len",  # models.length_mask
-    "scores",  # models.masked_softmax_pool
-    "dct", "fbank",  # upstreams.spectral_hidden_states
-    "name_or_object",  # upstreams.get_upstream
-    "n",  # data.make_sentences
-    "units",  # units.unit_measures
-    "l_",  # similarity.hsic_unbiased (the second Gram matrix)
-    "rank", "world_size", "t", "num_utterances", "shard_lengths",
-    "num_layer", "utterance",  # teach.check_weights, teach.check_pooled
-    # s3viz.plot
-    "baseline", "by", "conventions", "frame_len", "frame_out", "history",
-    "receptive_field", "show_control", "show_mean", "spectrogram", "timelines", "utt",
-    "utterance_out", "window",
-    # s3viz.widgets
-    "color_by", "max_points", "probe",  # layer_projection_explorer
-    "learned", "scorer", "train_kwargs",  # layer_weight_explorer
-    "corpus_or_store", "window_s",  # alignment_explorer
-}
+
+def _public_modules():
+    """``s3viz`` and every module under it whose dotted name has no ``_`` part."""
+    yield s3viz
+    for info in pkgutil.walk_packages(s3viz.__path__, "s3viz."):
+        if not any(part.startswith("_") for part in info.name.split(".")):
+            yield importlib.import_module(info.name)
 
 
-# the public modules scanned besides ``s3viz`` itself (each one's ``__all__``)
-MODULES = ("widgets", "plot", "data", "upstreams", "align", "audio", "models", "teach",
-           "segments", "distributed", "probe", "featurizers", "contract", "store",
-           "extraction", "stream", "measures", "similarity", "abx", "units", "compare",
-           "checkpoints")
+def _exports(modules):
+    """``(name, object)`` for each entry of each module's ``__all__`` (``plot.f``
+    for ``s3viz.plot.f``). A module without ``__all__`` is an implementation module
+    whose public names reach users through its package's ``__all__``."""
+    for m in modules:
+        prefix = m.__name__.removeprefix("s3viz").lstrip(".")
+        for n in getattr(m, "__all__", ()):
+            yield (f"{prefix}.{n}" if prefix else n), getattr(m, n)
 
 
-def _public_callables():
-    """Every public function, class and method of ``s3viz`` and its public modules."""
-    public = [(n, getattr(s3viz, n)) for n in s3viz.__all__]
-    for mod in MODULES:
-        m = importlib.import_module(f"s3viz.{mod}")
-        public += [(f"{mod}.{n}", getattr(m, n)) for n in m.__all__]
-    for name, obj in public:
+_SECTION = re.compile(r"^(\s*)(Args|Attributes):\s*$")
+_ENTRY = re.compile(r"^([A-Za-z_]\w*(?:\s*,\s*[A-Za-z_]\w*)*)\s*(?:\([^)]*\))?:(?:\s|$)")
+
+
+def _args_documented(doc: str | None, sections=("Args",)) -> set[str]:
+    """The names a Google-style docstring defines: each line ``name:`` or
+    ``name, other:`` (a type in parentheses may follow) one step in under
+    ``Args:`` (or another of ``sections``)."""
+    names: set[str] = set()
+    section_indent = entry_indent = None
+    for line in inspect.cleandoc(doc or "").splitlines():
+        if not line.strip():
+            continue
+        indent = len(line) - len(line.lstrip())
+        if section_indent is not None and indent <= section_indent:
+            section_indent = None  # the section ended
+        if section_indent is None:
+            m = _SECTION.match(line)
+            if m and m.group(2) in sections:
+                section_indent, entry_indent = indent, None
+            continue
+        if entry_indent is None:
+            entry_indent = indent
+        if indent == entry_indent and (m := _ENTRY.match(line.strip())):
+            names.update(n.strip() for n in m.group(1).split(","))
+    return names
+
+
+class _Use(NamedTuple):
+    where: str  # "probe_layers", "LayerStore.layer", "plot.probe_curves"
+    owner: int  # id() of the public function or class
+    function: object
+    documented: set  # the names its docstring's Args: define
+
+
+def _uses(exports) -> dict[str, list[_Use]]:
+    """Argument name -> every public callable (function, constructor, method) taking it.
+
+    A class's constructor is documented by the class's ``Args:`` (or, for a dataclass,
+    ``Attributes:``) or by ``__init__``'s; a method by its own docstring. A class and
+    its methods are one owner."""
+    uses = defaultdict(list)
+    for name, obj in exports:
         if inspect.isclass(obj):
-            yield name, obj.__init__
+            members = [(name, obj.__init__, _args_documented(obj.__doc__, ("Args", "Attributes"))
+                        | _args_documented(obj.__init__.__doc__))]
             for attr, f in vars(obj).items():
                 if attr.startswith("_"):
                     continue
                 if isinstance(f, (classmethod, staticmethod)):
                     f = f.__func__
                 if callable(f):
-                    yield f"{name}.{attr}", f
+                    members.append((f"{name}.{attr}", f, _args_documented(f.__doc__)))
         elif callable(obj):
-            yield name, obj
+            members = [(name, obj, _args_documented(obj.__doc__))]
+        else:
+            continue
+        for where, f, documented in members:
+            try:
+                params = inspect.signature(f).parameters.values()
+            except (TypeError, ValueError):
+                continue
+            for p in params:
+                if p.name not in ("self", "cls") and p.kind not in (p.VAR_POSITIONAL,
+                                                                    p.VAR_KEYWORD):
+                    uses[p.name].append(_Use(where, id(obj), f, documented))
+    return uses
 
 
 def _arguments() -> dict[str, list[str]]:
-    uses = defaultdict(list)
-    for where, f in _public_callables():
-        try:
-            params = inspect.signature(f).parameters.values()
-        except (TypeError, ValueError):
-            continue
-        for p in params:
-            if p.name not in ("self", "cls") and p.kind not in (p.VAR_POSITIONAL,
-                                                                p.VAR_KEYWORD):
-                uses[p.name].append(where)
-    return uses
+    """Argument name -> where it is taken (every public spelling of each callable)."""
+    return {n: [u.where for u in us] for n, us in _uses(_exports(_public_modules())).items()}
 
 
 def _documented() -> set[str]:
@@ -113,22 +127,77 @@ def _documented() -> set[str]:
     return names
 
 
-def test_every_argument_name_has_one_documented_meaning():
-    uses, documented = _arguments(), _documented()
-    undefined = {n: w for n, w in uses.items() if n not in documented and n not in ONE_FUNCTION}
-    assert not undefined, (f"define these in docs/api.md (or, if one function owns the name, "
-                           f"add it to ONE_FUNCTION): {undefined}")
-    # a name kept for one function must stay there: a second user needs a shared meaning
-    def owner(where):  # "LayerStore.layer" -> "LayerStore"; "plot.f" -> "f"
-        parts = where.split(".")
-        return parts[1] if parts[0] in MODULES else parts[0]
+def _problems(uses: dict[str, list[_Use]], glossary: set[str]):
+    """(names several public functions or classes share that the glossary lacks,
+    names of one owner that a callable taking them leaves out of its ``Args:``)."""
+    unshared, undocumented = {}, {}
+    for name, us in uses.items():
+        if name in glossary:
+            continue
+        if len({u.owner for u in us}) > 1:
+            unshared[name] = sorted({u.where for u in us})
+        else:
+            missing = {}
+            for u in us:  # one entry per function, under its first public name
+                if name not in u.documented:
+                    missing.setdefault(id(u.function), u.where)
+            if missing:
+                undocumented[name] = sorted(missing.values())
+    return unshared, undocumented
 
-    owners = {n: {owner(w) for w in uses.get(n, [])} for n in ONE_FUNCTION}
-    shared = {n: o for n, o in owners.items() if len(o) > 1 and n not in documented}
-    assert not shared, f"used by more than one public name: document them in docs/api.md: {shared}"
-    assert not ONE_FUNCTION & documented, ONE_FUNCTION & documented
-    stale = sorted(n for n in ONE_FUNCTION if n not in uses)
-    assert not stale, f"ONE_FUNCTION lists names no public function takes: {stale}"
+
+def test_every_argument_name_has_one_documented_meaning():
+    unshared, undocumented = _problems(_uses(_exports(_public_modules())), _documented())
+    assert not unshared, f"taken by several public functions: define them in docs/api.md: {unshared}"
+    assert not undocumented, (f"taken by one public function (or class) only: define them in "
+                              f"its docstring's Args: (or in docs/api.md): {undocumented}")
+
+
+def test_the_check_reports_an_undocumented_or_unshared_name():
+    def documented(store, frobnicate):
+        """Made up.
+
+        Args:
+            store: a store.
+            frobnicate, twiddle (int): defined.
+
+        Returns:
+            frobnicate: not an argument's definition.
+        """
+
+    def undocumented(store, zorble, quux):
+        """Made up.
+
+        Args:
+            store: a store.
+
+        Returns:
+            zorble: a result, which does not define the argument.
+        """
+
+    class Made:
+        """Made up.
+
+        Args:
+            quux: defined for the constructor.
+        """
+
+        def __init__(self, quux):
+            pass
+
+        def method(self, quux, only_here):
+            """Takes ``quux`` and ``only_here``, with no Args: section."""
+
+    fake = ModuleType("s3viz.made_up")
+    fake.__all__ = ["documented", "undocumented", "Made"]
+    fake.documented, fake.undocumented, fake.Made = documented, undocumented, Made
+    unshared, missing = _problems(_uses(_exports([fake])), glossary={"store"})
+    assert unshared == {"quux": ["made_up.Made", "made_up.Made.method", "made_up.undocumented"]}
+    assert missing == {"zorble": ["made_up.undocumented"],
+                       "only_here": ["made_up.Made.method"]}
+    # a name shared by one class's constructor and method has one owner
+    assert _problems(_uses([("Made", Made)]), glossary=set()) == (
+        {}, {"quux": ["Made.method"], "only_here": ["Made.method"]})
 
 
 def test_old_names_are_gone_from_signatures():

@@ -340,6 +340,13 @@ def check_intervals(entries: Sequence[_Entry], duration: float, path, tier: str,
     :data:`TOLERANCE_S` past the audio; such ends are clipped to it. Returns the entries
     with labels stripped; otherwise raises :class:`AlignmentError` naming ``path``,
     ``tier`` and the interval. Gaps are allowed: what no interval covers is unlabelled.
+
+    Args:
+        entries: ``(start, end, label)`` intervals in seconds, in the source's order.
+        duration: the audio's length in seconds.
+        path: the file the entries come from, named in errors.
+        tier: the tier's name, named in errors.
+        allow_overlap: accept intervals that overlap (TIMIT's words).
     """
     out: List[_Entry] = []
     prev = None
@@ -443,6 +450,13 @@ def alignment_table(phones: Sequence[_Entry], words: Optional[Sequence[_Entry]],
     ``phone_words`` gives each phone's word directly (segment tables) instead of
     ``words``, with ``phone_word_index`` its word's position (default: runs of equal
     words). What no phone interval covers is left out (unlabelled), never silence.
+
+    Args:
+        phones: checked ``(start, end, label)`` phone intervals in seconds.
+        words: checked ``(start, end, label)`` word intervals in seconds, or None; a
+            phone's word is the one its midpoint falls in.
+        phone_words: each phone's word, given directly (instead of ``words``).
+        phone_word_index: each phone's word position, with ``phone_words``.
     """
     fn = resolve_phone_map(phone_map)
     marks = silence_marks(silence)

@@ -77,7 +77,12 @@ def read_csv_strings(path, *, what: str, sep: str = ",") -> pd.DataFrame:
     header names and cells stripped of surrounding whitespace, an empty cell missing
     (``NA`` or ``None`` stay words: a speaker may be called NA). UTF-8 (with or without
     a byte-order mark) or UTF-16; anything else is refused naming the file (``what``).
-    Header names that are equal once stripped are refused."""
+    Header names that are equal once stripped are refused.
+
+    Args:
+        what: what the file is (``"alignments"``, ``"labels_csv"``), named in errors.
+        sep: the column separator (``","``; ``"\\t"`` for TSV).
+    """
     path = Path(path)
     text = decode_text(path, error=ValueError,
                        fix=f"{what}: convert it to UTF-8 (e.g. 'CSV UTF-8' in a spreadsheet, or "

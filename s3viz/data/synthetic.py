@@ -133,6 +133,10 @@ def _fill(template: str, rng: random.Random) -> str:
 def make_sentences(n: int, seed: int = 0) -> pd.DataFrame:
     """``n`` distinct English sentences from the seeded grammar.
 
+    Args:
+        n: how many sentences.
+        seed: the grammar's seed.
+
     Returns:
         DataFrame with columns ``sentence_id`` (``"s0000"``...), ``text`` and
         ``sentence_type`` (statement, question, command); row ``i`` depends only

@@ -42,7 +42,19 @@ _FORMAT = "s3viz.zoo.tiny/1"
 
 @dataclass
 class TinyConfig:
-    """Sizes of :class:`TinyUpstream` (the defaults are the shipped model's)."""
+    """Sizes of :class:`TinyUpstream` (the defaults are the shipped model's).
+
+    Attributes:
+        conv_channels: channels of each convolution of the front end.
+        num_layers: transformer layers.
+        num_heads: attention heads per layer.
+        ffn_size: the hidden size of each layer's feed-forward block.
+        pos_conv_kernel, pos_conv_groups: the kernel size (odd) and groups of the
+            convolutional position embedding.
+        layer_norm_first: True: pre-LN layers with a final layer norm (wav2vec2 large,
+            WavLM); False: post-LN layers after a layer norm of the input (wav2vec2 /
+            HuBERT base).
+    """
 
     conv_channels: int = 64
     conv_layers: tuple[tuple[int, int], ...] = field(

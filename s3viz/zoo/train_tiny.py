@@ -129,6 +129,7 @@ def held_out_corpus(n_utterances: int = 120, train_utterances: int = 1800):
         n_utterances: utterances synthesized (a few may be dropped when their
             sentence also occurs among the first ``train_utterances`` training
             sentences).
+        train_utterances: the size of the training corpus whose sentences are left out.
     """
     from ..data import synthetic_corpus
 
@@ -265,6 +266,8 @@ def span_mask(x_len: torch.Tensor, mask_prob: float, span: int, generator: torch
         mask_prob: fraction of frames that start a span (at least one span per
             utterance that has at least ``span`` frames... or one frame).
         span: span length in frames.
+        generator: the random generator the span starts are drawn from.
+        seq_len: the mask's width (default: the longest ``x_len``).
 
     Returns:
         ``(batch_size, seq_len)`` bool, True on masked (valid) frames.
@@ -439,8 +442,10 @@ def train(corpus, config: TrainConfig = TrainConfig(), *, device=None,
         max_minutes: stop (and say so in the summary) past this wall time, so that a
             run on a slow, shared machine still ends in time (not annealed then).
         log: called with a progress line every ``log_every`` steps.
+        log_every: steps between two progress lines.
         checkpoint: called as ``checkpoint(step, upstream)`` every
             ``checkpoint_every`` steps (e.g. to save intermediate weights).
+        checkpoint_every: steps between two ``checkpoint`` calls (0: never).
 
     Returns:
         ``(model, summary)``: the trained upstream in eval mode on the CPU and a dict
@@ -580,6 +585,7 @@ def probe_comparison(upstreams: dict[str, nn.Module], corpus, *, device=None,
     Args:
         upstreams: ``{name: upstream}``.
         corpus: the evaluation corpus (:func:`held_out_corpus`).
+        speaker_folds: folds of the speaker probe.
 
     Returns:
         DataFrame with the columns of :func:`s3viz.probe_layers` plus ``model``.
@@ -616,6 +622,9 @@ def best_layers(results: pd.DataFrame) -> pd.DataFrame:
 def bar_check(results: pd.DataFrame, model: str = "tiny", random: str = "random",
               baseline: str = "spectral") -> pd.DataFrame:
     """Differences of best-layer accuracies (in points) between ``model`` and the others.
+
+    Args:
+        random: the name of the random-weights model in ``results``.
 
     Returns:
         DataFrame with one row per target: ``target, <model>, <random>, <baseline>``
@@ -692,7 +701,12 @@ def _layer_table(results: pd.DataFrame, target: str) -> list[str]:
 
 def model_card(summary: dict, results: pd.DataFrame | None = None,
                extra: str = "") -> str:
-    """The text of ``MODEL_CARD.md`` from a training summary and probe results."""
+    """The text of ``MODEL_CARD.md`` from a training summary and probe results.
+
+    Args:
+        summary: :func:`train`'s summary, with ``config``, ``sha256`` and ``size_bytes``
+            added as :func:`main` does.
+    """
     split = summary["split"]
     lines = [
         "# s3viz tiny upstream",
