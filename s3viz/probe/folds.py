@@ -45,6 +45,9 @@ def resolve_split(labels: pd.DataFrame, split_by, target: str, folds: int, sel=N
     ``"utterance"``, with a warning when a speaker column was there but
     could not be used. The speaker
     itself split by speaker is refused: no test speaker is seen in training.
+
+    Args:
+        sel: the positions (rows of ``labels``) of the utterances probed; None: all.
     """
     check_split_by(split_by)
     if split_by == "speaker" and target == "speaker":

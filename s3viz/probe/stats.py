@@ -86,7 +86,12 @@ class ProbeStats:
     @classmethod
     def zeros(cls, num_groups: int, hidden_size: int, num_targets: int, *,
               dtype=torch.float64, device=None) -> ProbeStats:
-        """Empty statistics for ``num_groups`` groups of ``hidden_size``-dim examples."""
+        """Empty statistics for ``num_groups`` groups of ``hidden_size``-dim examples.
+
+        Args:
+            num_groups: groups (folds' parts) the sums are kept apart for.
+            num_targets: target columns (one per class of a one-hot target).
+        """
         kw = {"dtype": dtype, "device": device}
         g, h, c = int(num_groups), int(hidden_size), int(num_targets)
         # no shift yet: the first update fixes it
@@ -195,6 +200,9 @@ class ProbeStats:
         With ``d = self.shift - shift``: ``sum (x - shift) = S + n d`` and
         ``sum (x - shift)(x - shift)^T = XX + S d^T + d S^T + n d d^T`` per group;
         exact up to rounding when the two shifts are close (as shards' are).
+
+        Args:
+            shift: the ``(hidden_size,)`` vector subtracted from ``x`` before summing.
         """
         shift = torch.as_tensor(shift).to(device=self.device, dtype=self.dtype)
         if torch.equal(shift, self.shift):
@@ -242,7 +250,11 @@ class ProbeStats:
         return ProbeStats(*(reduce(t.clone()) for t in base._tensors()), shift=mean)
 
     def select(self, groups: Sequence[int]) -> ProbeStats:
-        """Statistics of the union of ``groups`` (a single group)."""
+        """Statistics of the union of ``groups`` (a single group).
+
+        Args:
+            groups: indices of the groups summed.
+        """
         idx = torch.as_tensor(list(groups), dtype=torch.long, device=self.device)
         return self._like(*(t.index_select(0, idx).sum(0, keepdim=True) for t in self._tensors()))
 
@@ -251,6 +263,9 @@ class ProbeStats:
 
         Summed from the remaining groups rather than subtracted from the total,
         so no precision is lost to cancellation.
+
+        Args:
+            groups: indices of the groups left out.
         """
         drop = {int(g) for g in groups}
         return self.select([g for g in range(self.num_groups) if g not in drop])
@@ -260,6 +275,9 @@ class ProbeStats:
 
         Each target column is an independent regression sharing the ``x``
         statistics, so the result equals accumulating only those columns.
+
+        Args:
+            targets: indices of the target columns kept, in ``0..num_targets-1``.
         """
         idx = torch.as_tensor(list(targets), dtype=torch.long, device=self.device)
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.num_targets):
