@@ -72,10 +72,9 @@ def abx_layers(store, *, on: str = "phone", speaker: str = "within", context: st
     measure = ABX(on=on, speaker=speaker, context=context, distance=distance,
                   max_items=max_items, seed=seed, max_block=max_block, cells=return_cells)
     layer_list = _v.stored_layers(store, layers)
-    table = run_measures([measure], StoreSource(store, layers=layer_list),
-                         device=_resolve_device(device))["abx"]
-    cells = table.attrs.pop("cells", None)
-    table = tag_weights(table, store)
+    out = run_measures([measure], StoreSource(store, layers=layer_list),
+                       device=_resolve_device(device))
+    table = tag_weights(out["abx"], store)
     if return_cells:
-        return ABXCells(table, tag_weights(cells, store))
+        return ABXCells(table, tag_weights(out["abx_cells"], store))
     return table

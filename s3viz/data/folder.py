@@ -83,6 +83,11 @@ def read_csv_strings(path, *, what: str, sep: str = ",") -> pd.DataFrame:
         what: what the file is (``"alignments"``, ``"labels_csv"``), named in errors.
         sep: the column separator (``","``; ``"\\t"`` for TSV).
     """
+    return _read_csv(path, what=what, sep=sep)[0]
+
+
+def _read_csv(path, *, what: str, sep: str = ",") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`read_csv_strings`'s table, and the table as written (for messages)."""
     path = Path(path)
     text = decode_text(path, error=ValueError,
                        fix=f"{what}: convert it to UTF-8 (e.g. 'CSV UTF-8' in a spreadsheet, or "
@@ -147,10 +152,13 @@ def _header_check(text: str, sep: str, what: str) -> set:
     return drop
 
 
-def _stripped(table: pd.DataFrame, what: str) -> pd.DataFrame:
+def _stripped(table: pd.DataFrame, what: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Header names and string cells stripped of surrounding whitespace; empty -> missing.
     A column without a name (``""``, or pandas' ``Unnamed: <position>`` for an empty
-    header) is dropped when every cell is empty and refused otherwise."""
+    header) is dropped when every cell is empty and refused otherwise. Returns the
+    stripped table and the table as given (for messages that quote a cell as written:
+    never kept in ``attrs``, which pandas copies into every table derived from it, so a
+    table there made reading a corpus's alignments quadratic in its size)."""
     table = _nameless_dropped(table, what)
     names = [c.strip() if isinstance(c, str) else c for c in table.columns]
     clash = sorted({n for n in names if names.count(n) > 1}, key=str)
@@ -163,8 +171,7 @@ def _stripped(table: pd.DataFrame, what: str) -> pd.DataFrame:
         if not pd.api.types.is_numeric_dtype(out[col]):
             out[col] = out[col].map(lambda v: (v.strip() or None) if isinstance(v, str) else v
                                     ).astype(object)
-    out.attrs["raw"] = table
-    return out
+    return out, table
 
 
 def _nameless_dropped(table: pd.DataFrame, what: str) -> pd.DataFrame:
@@ -215,7 +222,7 @@ def read_segment_table(source) -> pd.DataFrame:
     return table
 
 
-def _read_labels(labels_csv) -> pd.DataFrame:
+def _read_labels(labels_csv) -> tuple[pd.DataFrame, pd.DataFrame]:
     if isinstance(labels_csv, pd.DataFrame):
         return _stripped(labels_csv, "labels_csv")
     if not isinstance(labels_csv, (str, os.PathLike)):
@@ -224,19 +231,19 @@ def _read_labels(labels_csv) -> pd.DataFrame:
         )
     if not os.path.isfile(labels_csv):
         raise FileNotFoundError(f"labels_csv not found: {os.fspath(labels_csv)!r}")
-    return read_csv_strings(labels_csv, what="labels_csv")
+    return _read_csv(labels_csv, what="labels_csv")
 
 
-def _check_unique(table: pd.DataFrame, col: str, what: str):
-    """Refuse two rows whose ``col`` is equal once stripped but was written differently."""
-    raw = table.attrs.get("raw")
+def _check_unique(table: pd.DataFrame, col: str, what: str, raw: pd.DataFrame):
+    """Refuse two rows whose ``col`` is equal once stripped but was written differently
+    (``raw``: the table as written, to quote both)."""
     seen: Dict[str, int] = {}
     for pos, value in enumerate(table[col]):
         key = _normalise_key(value)
         if key in seen:
             first = seen[key]
-            a = raw.iloc[first, table.columns.get_loc(col)] if raw is not None else key
-            b = raw.iloc[pos, table.columns.get_loc(col)] if raw is not None else key
+            a = raw.iloc[first, table.columns.get_loc(col)]
+            b = raw.iloc[pos, table.columns.get_loc(col)]
             raise ValueError(f"{what} rows {first + 2} and {pos + 2} give the same {col!r} "
                              f"{key!r} (written {a!r} and {b!r}; spaces around values are "
                              "stripped); keep one")
@@ -481,7 +488,7 @@ def _labels_by_file(labels_csv, root: Path, rel: List[str], ids: List[str], stri
     csv_ids: Dict[int, str] = {}
     if labels_csv is None:
         return rows, csv_ids, None
-    table = _read_labels(labels_csv)
+    table, raw = _read_labels(labels_csv)
     if "file" in table.columns:
         key_col = "file"
     elif "id" in table.columns:
@@ -503,7 +510,7 @@ def _labels_by_file(labels_csv, root: Path, rel: List[str], ids: List[str], stri
                 "fill them or drop those rows"
             )
         if col == "id" or key_col == "file":
-            _check_unique(table, col, "labels_csv")
+            _check_unique(table, col, "labels_csv", raw)
     lookup = _file_lookup(rel, ids)
     keys = [_normalise_key(v) for v in table[key_col]]
     matched: Dict[int, int] = {}

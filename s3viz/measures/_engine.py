@@ -84,6 +84,9 @@ class Measure:
         """After pass ``pass_index``, its state merged over ranks."""
 
     def compute(self) -> pd.DataFrame:  # pragma: no cover - abstract
+        """The measure's table (or ``{"": table, key: second table}``; the driver names a
+        second table ``"<name>_<key>"``: tables never travel in ``attrs``, which pandas
+        copies into every table derived from them)."""
         raise NotImplementedError
 
 
@@ -422,7 +425,8 @@ def run_measures(measures: Sequence[Measure], source, *, device=None, reduce=Non
         progress: print each pass's time to stderr.
 
     Returns:
-        ``{measure.name: table}``; every table has ``attrs["weights"]``.
+        ``{measure.name: table}`` (and ``"<name>_<key>"`` for a measure's second
+        table, e.g. ``"abx_cells"``); every table has ``attrs["weights"]``.
     """
     # a measure object is its settings; each run works on its own copy (so one object
     # can serve several runs, or threads standing in for ranks)
@@ -461,7 +465,10 @@ def run_measures(measures: Sequence[Measure], source, *, device=None, reduce=Non
                   f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
     out = {}
     for m in measures:
-        table = m.compute()
-        table.attrs["weights"] = ctx.weights
-        out[m.name] = table
+        tables = m.compute()
+        if isinstance(tables, pd.DataFrame):
+            tables = {"": tables}
+        for key, table in tables.items():  # a second table: "<name>_<key>"
+            table.attrs["weights"] = ctx.weights
+            out[m.name if key == "" else f"{m.name}_{key}"] = table
     return out

@@ -336,7 +336,8 @@ class ABX(Measure):
             drawn with ``seed`` (ZeroSpeech keeps 10); None keeps all.
         seed: seed of the ``max_items`` draw.
         max_block: frame distances held at once by one DTW block.
-        cells: also keep the scored cells, as the table's ``attrs["cells"]``.
+        cells: also return the scored cells, as a second table (``"abx_cells"`` of
+            :func:`~s3viz.measures.run_measures`).
 
     ``compute()`` gives the columns of :func:`s3viz.abx_layers`. The labels need a
     ``speaker`` column (the corpus's, or ``store.labels``).
@@ -491,7 +492,7 @@ class ABX(Measure):
         warn_degenerate("abx_layers", self.reasons, "abx_error")
         out = pd.DataFrame(rows)
         if self.keep_cells:
-            out.attrs["cells"] = (pd.concat(all_cells, ignore_index=True) if all_cells else
-                                  pd.DataFrame(columns=_CELL_COLUMNS + ["layer",
-                                                                        "upstream_layer"]))
+            return {"": out, "cells": (
+                pd.concat(all_cells, ignore_index=True) if all_cells else
+                pd.DataFrame(columns=_CELL_COLUMNS + ["layer", "upstream_layer"]))}
         return out
