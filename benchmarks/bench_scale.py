@@ -20,7 +20,7 @@ run: the script prints, for each number of ranks, the time ratio largest / small
 whole peak and for the part the analysis adds.
 
 Usage: ``python benchmarks/bench_scale.py [--quick] [--hours 1 3 10] [--ranks 1 2]
-[--threads N] [--units-max-frames N] [--drop-raw-attrs] [--workdir DIR]``; ``--quick`` runs 0.25, 0.75 and 2.5 minutes.
+[--threads N] [--units-max-frames N] [--workdir DIR]``; ``--quick`` runs 0.25, 0.75 and 2.5 minutes.
 """
 
 from __future__ import annotations
@@ -41,18 +41,6 @@ CHUNK = 250
 """Utterances eSpeak speaks per chunk (about 8 minutes; one chunk in memory at a time)."""
 BATCH_SECONDS = 60.0
 LABELS = ("sentence_type", "gender", "voice")
-WORKAROUND = """
-# bench_scale.py --drop-raw-attrs: s3viz.run with the segment table's attrs["raw"] dropped
-import runpy
-import s3viz.data.folder as F
-_read = F.read_segment_table
-def read_segment_table(source):
-    table = _read(source)
-    table.attrs.pop("raw", None)  # deep-copied by pandas into every per-file group
-    return table
-F.read_segment_table = read_segment_table
-runpy.run_module("s3viz.run", run_name="__main__", alter_sys=True)
-"""
 
 
 def _load() -> str:
@@ -130,10 +118,9 @@ class AudioCache:
 
 
 def run_once(nproc: int, corpus: Path, out: Path, *, units_max_frames: int,
-             threads: int | None, wrapper: Path | None = None) -> dict:
-    target = [str(wrapper)] if wrapper else ["-m", "s3viz.run"]
+             threads: int | None) -> dict:
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-           "--standalone", *target, "--upstream", "tiny",
+           "--standalone", "-m", "s3viz.run", "--upstream", "tiny",
            "--folder", str(corpus / "audio"), "--labels", str(corpus / "labels.csv"),
            "--alignments", str(corpus / "alignments.csv"),
            "--measures", "probe", "cka", "units", "--targets", "phone",
@@ -170,10 +157,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="the unit-quality sample (s3viz.run's default 50000)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads per rank (default: cores // ranks)")
-    p.add_argument("--drop-raw-attrs", action="store_true",
-                   help="run s3viz.run with the alignments table's attrs['raw'] dropped after "
-                        "reading (the workaround for load_folder's quadratic memory; see "
-                        "RESULTS.md)")
     p.add_argument("--workdir", default=None,
                    help="keeps the synthetic audio cache between runs (default: a temporary "
                         "folder, removed at the end)")
@@ -198,17 +181,12 @@ def main(argv=None) -> None:
         print(f"synthetic audio: {cache.seconds() / 3600:.2f} h in {len(cache.rows)} files "
               f"(written in {time.perf_counter() - t0:.0f} s)")
         runs = Path(tempfile.mkdtemp(dir=work, prefix="runs-"))
-        wrapper = None
-        if a.drop_raw_attrs:
-            wrapper = runs / "run_without_raw_attrs.py"
-            wrapper.write_text(WORKAROUND)
         results = {}
         for hours in a.hours:
             info = cache.build(hours * 3600, runs / f"corpus-{hours:g}h")
             for nproc in a.ranks:
                 r = run_once(nproc, runs / f"corpus-{hours:g}h", runs / f"out-{hours:g}h-{nproc}",
-                             units_max_frames=a.units_max_frames, threads=a.threads,
-                             wrapper=wrapper)
+                             units_max_frames=a.units_max_frames, threads=a.threads)
                 results[hours, nproc] = r
                 print(f"{info['hours']:7.3f} h ({info['utterances']} utt), {nproc} rank(s): "
                       f"wall {r['wall']:7.1f} s, in-run {r['in_run']:7.1f} s, passes "

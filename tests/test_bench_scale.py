@@ -26,7 +26,7 @@ def bench():
 def test_sizes(bench):
     quick = bench.parse_args(["--quick"])
     assert quick.hours == pytest.approx([0.25 / 60, 0.75 / 60, 2.5 / 60])
-    assert quick.ranks == [1, 2] and not quick.drop_raw_attrs
+    assert quick.ranks == [1, 2]
     assert bench.parse_args([]).hours == [1.0, 3.0, 10.0]
     assert bench.parse_args(["--hours", "3", "1", "--ranks", "2"]).hours == [1.0, 3.0]
     with pytest.raises(SystemExit):
