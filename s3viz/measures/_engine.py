@@ -145,6 +145,23 @@ class Context:
         return np.asarray([label_str(v) for v in lab], dtype=object)
 
 
+class CorpusLayers:
+    """The whole corpus's alignments and frame counts from a :class:`Context`, read the
+    way :func:`s3viz.segments.segment_table` reads a store (so the segments of a stream
+    or a shard are the store's)."""
+
+    def __init__(self, ctx: Context):
+        self.ids, self.labels, self.phones = ctx.meta.ids, ctx.meta.labels, ctx.meta.phones
+        self.downsample_rates, self.receptive_fields = ctx.rates, ctx.fields
+        self._lengths = ctx.lengths()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def lengths(self, layer: int) -> np.ndarray:
+        return self._lengths[:, layer]
+
+
 class Batch:
     """One batch of frames: every analysed layer of a few utterances.
 

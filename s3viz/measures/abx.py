@@ -21,7 +21,7 @@ from .. import _validate as _v
 from .._labels import label_str
 from .._numerics import float32_distances_span, tensor_guard, unit_rows, warn_degenerate
 from ..segments import segment_table
-from ._engine import Batch, Context, Measure, agree
+from ._engine import Batch, Context, CorpusLayers, Measure, agree
 
 __all__ = ["ABX", "DISTANCES", "dtw_costs"]
 
@@ -292,22 +292,6 @@ def _collapse(cells: pd.DataFrame) -> float:
 # --------------------------------------------------------------------------- items
 
 
-class _Alignments:
-    """The whole corpus's alignments and frame counts, read as :func:`segment_table`
-    reads a store (so the items are a store's items, whatever the source)."""
-
-    def __init__(self, ctx: Context):
-        self.ids, self.labels, self.phones = ctx.meta.ids, ctx.meta.labels, ctx.meta.phones
-        self.downsample_rates, self.receptive_fields = ctx.rates, ctx.fields
-        self._lengths = ctx.lengths()
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def lengths(self, layer: int) -> np.ndarray:
-        return self._lengths[:, layer]
-
-
 def _subsample(table: pd.DataFrame, max_items: int, seed: int, context: str) -> pd.DataFrame:
     """At most ``max_items`` items per phone, speaker (and context) group, drawn with ``seed``."""
     keys = ["label", "speaker"] + (["prev", "next"] if context == "within" else [])
@@ -383,7 +367,7 @@ class ABX(Measure):
             first.setdefault(s, pos)
         mine = set(np.asarray(ctx.positions).tolist())
         self.owned = {s for s, pos in first.items() if pos in mine}
-        corpus, self.layers, frames, n_cells = _Alignments(ctx), [], [], 0
+        corpus, self.layers, frames, n_cells = CorpusLayers(ctx), [], [], 0
         for s in range(ctx.num_layers):
             table = segment_table(corpus, s, self.on)
             if self.max_items is not None:

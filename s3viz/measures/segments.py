@@ -19,25 +19,10 @@ import torch
 from ..probe import LAMBDAS
 from ..probe.layers import segment_result, segment_results
 from ..segments import common_segments, segment_table
-from ._engine import Batch, Context, Measure
+from ._engine import Batch, Context, CorpusLayers, Measure
 from .probe import RidgeProbe
 
 __all__ = ["SegmentProbe"]
-
-
-class _Layers:
-    """The corpus's metadata and frame counts as :func:`segment_table` reads a store."""
-
-    def __init__(self, ctx: Context):
-        self.phones, self.ids, self.labels = ctx.meta.phones, ctx.meta.ids, ctx.meta.labels
-        self.downsample_rates, self.receptive_fields = ctx.rates, ctx.fields
-        self._lengths = ctx.lengths()
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def lengths(self, layer: int) -> np.ndarray:
-        return self._lengths[:, layer]
 
 
 class _Segments:
@@ -77,7 +62,7 @@ class SegmentProbe(Measure):
                                      lambdas=lambdas) for t in probe.targets}
 
     def setup(self, ctx: Context) -> None:
-        self.ctx, view = ctx, _Layers(ctx)
+        self.ctx, view = ctx, CorpusLayers(ctx)
         self.spans, self.dropped = {}, {}
         for t, probe in self.probes.items():
             tables = [segment_table(view, s, t) for s in range(ctx.num_layers)]
