@@ -187,11 +187,14 @@ def main(argv=None) -> int:
     ap.add_argument("--scale-limits", type=float, default=1.0,
                     help="multiply every step's time limit (for a trial with --device cpu)")
     args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="s3viz-gpu-check-") as work:
+        return _run(args, steps(args.device, Path(work)))
 
+
+def _run(args, plan) -> int:
+    """Run ``plan`` (the steps write only under their scratch folder, removed after)."""
     import torch
 
-    work = Path(tempfile.mkdtemp(prefix="s3viz-gpu-check-"))
-    plan = steps(args.device, work)
     if args.only:
         plan = [s for s in plan if any(s.name.lower().startswith(w.lower()) for w in args.only)]
     for s in plan:
