@@ -9,9 +9,7 @@ are matplotlib PNGs, so no CDN or frontend extension is needed. More:
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from collections.abc import Sequence
 
 import ipywidgets as W
@@ -21,7 +19,7 @@ import torch
 
 from .. import _validate as _v
 from .._numerics import read_dtype
-from ..plot._common import layer_label
+from ..plot._common import layer_label, png, with_png
 
 __all__ = ["LayerProjectionExplorer", "layer_projection_explorer", "projection", "METHODS"]
 
@@ -91,15 +89,19 @@ def projection(store, layer: int, *, color_by: str = "phone", method: str = "pca
         total = float((sv ** 2).sum())
         explained = float((sv[:2] ** 2).sum()) / total if total > 0 else float("nan")
     else:
-        try:
-            import umap  # umap-learn
-        except ImportError as e:
-            raise ImportError("method='umap' needs umap-learn: pip install umap-learn "
-                              "(or use method='pca')") from e
-        xy = umap.UMAP(n_components=2, random_state=int(seed)).fit_transform(x.numpy())
+        xy = _umap().UMAP(n_components=2, random_state=int(seed)).fit_transform(x.numpy())
     out = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "label": lab[rows], "row": rows})
     out.attrs.update(explained=explained, layer=s, method=method, color_by=color_by)
     return out
+
+
+def _umap():
+    try:
+        import umap  # umap-learn
+    except ImportError as e:
+        raise ImportError("method='umap' needs umap-learn: pip install umap-learn "
+                          "(or use method='pca')") from e
+    return umap
 
 
 def _palette(labels: pd.Series, max_colours: int) -> dict:
@@ -202,19 +204,12 @@ class LayerProjectionExplorer(W.VBox):
         fig = Figure(figsize=(_WIDTH / _DPI, _HEIGHT / _DPI), dpi=_DPI)
         ax = fig.add_axes((0.02, 0.03, 0.74, 0.9))
         draw(pts, ax, self.palette, f"layer {layer}: {self.method.upper()} of {len(pts)} frames")
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=_DPI)
-        return buf.getvalue()
+        return png(fig)
 
     def _repr_mimebundle_(self, **kwargs):
-        data = super()._repr_mimebundle_(**kwargs) or {}
-        if isinstance(data, tuple):
-            data = data[0]
-        data = dict(data)
-        data["image/png"] = base64.b64encode(self.image.value).decode("ascii")
-        data["text/plain"] = (f"LayerProjectionExplorer(layer={self.slider.value}, "
-                              f"color_by={self.color_by!r}, method={self.method!r})")
-        return data
+        return with_png(super()._repr_mimebundle_(**kwargs), self.image.value,
+                        f"LayerProjectionExplorer(layer={self.slider.value}, "
+                        f"color_by={self.color_by!r}, method={self.method!r})")
 
 
 def layer_projection_explorer(store, color_by: str = "phone", *, method: str = "pca",
@@ -240,11 +235,7 @@ def layer_projection_explorer(store, color_by: str = "phone", *, method: str = "
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method == "umap":
-        try:
-            import umap  # noqa: F401
-        except ImportError as e:
-            raise ImportError("method='umap' needs umap-learn: pip install umap-learn "
-                              "(or use method='pca')") from e
+        _umap()
     layer_list = _v.stored_layers(store, layers)
     note = None
     if probe is True:
