@@ -54,6 +54,7 @@ from .store import (
     MemoryChunks,
     NonFiniteError,
     LayerGeometry,
+    chunk_lengths,
     fmt_bytes,
 )
 from .upstreams._hub import weights_of
@@ -343,18 +344,13 @@ def extract(upstream, corpus, *, upstream_layers=None, batch_size: int | None = 
     """Run ``upstream`` over ``corpus`` and keep every hidden state, unpadded.
 
     Args:
-        upstream: an s3prl-style upstream module (:class:`s3viz.AbsUpstream`):
-            ``forward(wavs (batch_size, seq_len, 1), wavs_len (batch_size,))``
-            returns ``(all_hs, all_hs_len)``.
-        corpus: an :class:`s3viz.data.Corpus` (or list of ``Utterance``).
         upstream_layers: the upstream's hidden states to keep, by index (None:
             all; negative from the end). The store numbers the kept ones
             ``0..num_layer-1`` (the ``layers`` of every analysis) and lists
             these in :attr:`LayerStore.layer_ids`.
-        batch_size: at most this many utterances per batch (None: no count limit).
         max_batch_seconds: at most this much padded audio per batch
-            (``utterances * longest``); utterances are sorted by length so
-            batches hold similar lengths (little padding).
+            (``utterances * longest``; ``batch_size=None``: no count limit);
+            utterances are sorted by length, so batches hold little padding.
         device: where to run. None: the upstream's own device (of its parameters
             or buffers; the model is not moved), else cuda when available, else
             the CPU. Given: the upstream is moved there for the extraction and
@@ -549,11 +545,8 @@ def extract(upstream, corpus, *, upstream_layers=None, batch_size: int | None = 
                                 phones_sha256=json_digest(phones_json)), "manifest_sha256")
         if todo or read_json(root_dir, "manifest.json") != manifest:
             write_json(root_dir, "manifest.json", manifest)
-    lengths = np.zeros((len(corpus), len(layer_ids)), dtype=np.int64)
-    for rec in records:
-        lengths[rec["utterances"]] = np.asarray(rec["lengths"], dtype=np.int64)
     return LayerStore(backend=DiskChunks(root, records, sizes, store_dtype), plan=plan,
-                      lengths=lengths, **common)
+                      lengths=chunk_lengths(records, len(corpus), len(layer_ids)), **common)
 
 
 PROBE_SAMPLES = (16000, 8807)

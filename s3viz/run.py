@@ -213,6 +213,9 @@ def run(args) -> dict:
     (one process). Returns on every rank the merged table of each measure by name
     (``"probe"``, ``"cka"``, ``"units"``, ``"abx"``), this rank's LayerStore (``"store"``:
     None unless ``--store-frames``) and its utterance positions (``"shard"``).
+
+    Args:
+        args: the parsed command line (:func:`parse_args`).
     """
     import numpy as np
 

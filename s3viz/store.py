@@ -84,11 +84,6 @@ def _check_weights(weights_source) -> str:
     return weights_source
 
 
-def _recorded(value) -> str:
-    """A manifest's ``weights`` text, or :data:`NOT_RECORDED` for a cache without one."""
-    return value if isinstance(value, str) and value.strip() else NOT_RECORDED
-
-
 # --------------------------------------------------------------------------- planning
 
 
@@ -137,6 +132,14 @@ class MemoryChunks:
 
     def load(self, c: int, s: int) -> torch.Tensor:
         return self.tensors[c][s]
+
+
+def chunk_lengths(records, n: int, num_layer: int) -> np.ndarray:
+    """``(n, num_layer)`` frames of each utterance and stored layer, from chunk records."""
+    lengths = np.zeros((n, num_layer), dtype=np.int64)
+    for rec in records:
+        lengths[rec["utterances"]] = np.asarray(rec["lengths"], dtype=np.int64)
+    return lengths
 
 
 class DiskChunks:
@@ -428,7 +431,17 @@ class LayerStore:
         if len(phones_json) != n or len(labels) != n:
             raise ValueError(f"labels.json or phones.json of {root} do not match its {n} utterances")
         # chunk files are checked (size, sha256) on their first load, one layer at a time
-        return cls._from_manifest(root, manifest, labels, [df_from_json(p) for p in phones_json])
+        store_dtype, weights = DTYPE_NAMES[manifest["store_dtype"]], manifest.get("weights")
+        return cls(
+            backend=DiskChunks(root, manifest["chunks"], manifest["hidden_sizes"], store_dtype),
+            plan=manifest["plan"], lengths=chunk_lengths(manifest["chunks"], n,
+                                                         len(manifest["layer_ids"])),
+            geometry=LayerGeometry(*(manifest[k] for k in LayerGeometry._fields)),
+            ids=manifest["ids"], labels=labels, phones=[df_from_json(p) for p in phones_json],
+            fingerprint=manifest["fingerprint"], name=manifest["name"], store_dtype=store_dtype,
+            corpus_fingerprint=manifest.get("corpus_fingerprint"),
+            weights_source=weights if isinstance(weights, str) and weights.strip()
+            else NOT_RECORDED)
 
     @staticmethod
     def _find_extraction(cache_dir: Path) -> Path:
@@ -464,22 +477,6 @@ class LayerStore:
                    "link inside cache_dir: open the folder a link points to by its own path "
                    "if you trust it)") if links else ""
         raise FileNotFoundError(f"no s3viz extraction (manifest.json) under {cache_dir}{skipped}")
-
-    @classmethod
-    def _from_manifest(cls, root, manifest, labels, phones) -> LayerStore:
-        n, num_layer = len(manifest["ids"]), len(manifest["layer_ids"])
-        lengths = np.zeros((n, num_layer), dtype=np.int64)
-        for rec in manifest["chunks"]:
-            lengths[rec["utterances"]] = np.asarray(rec["lengths"], dtype=np.int64)
-        store_dtype = DTYPE_NAMES[manifest["store_dtype"]]
-        return cls(
-            backend=DiskChunks(root, manifest["chunks"], manifest["hidden_sizes"], store_dtype),
-            plan=manifest["plan"], lengths=lengths,
-            geometry=LayerGeometry(*(manifest[k] for k in LayerGeometry._fields)), ids=manifest["ids"], labels=labels, phones=phones,
-            fingerprint=manifest["fingerprint"], name=manifest["name"], store_dtype=store_dtype,
-            corpus_fingerprint=manifest.get("corpus_fingerprint"),
-            weights_source=_recorded(manifest.get("weights")),
-        )
 
     # ---- sizes
 

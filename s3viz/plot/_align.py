@@ -179,11 +179,8 @@ def frame_grid(
         wav: ``(num_samples,)`` waveform (numpy or tensor), or None when only
             frames and phones are known (then give ``wav_len``).
         timelines: dict name -> :func:`s3viz.frame_timeline` DataFrame, or a list.
-        phones: alignment table (``phone, start, end`` in samples) or None.
         spectrogram: draw a log spectrogram instead of the waveform.
         window: ``(start_s, end_s)`` zoom in seconds; default the whole utterance.
-        wav_len: samples, when ``wav`` is None.
-        sample_rate: of ``wav`` and of the sample positions (16 kHz in s3viz).
         receptive_field: draw the receptive-field bracket per lane.
 
     Returns:

@@ -40,26 +40,14 @@ def _frame_colours(store, layer: int, color_by: str) -> np.ndarray:
     return store.frame_labels(layer, column=color_by)
 
 
-def sample_frames(store, layer: int, color_by: str, max_points: int, seed: int) -> np.ndarray:
-    """Rows of ``store.layer(layer)`` drawn (seeded) among the labelled frames."""
-    lab = _frame_colours(store, layer, color_by)
-    rows = np.flatnonzero(lab != "")
-    if len(rows) > max_points:
-        rows = np.sort(np.random.default_rng([seed, 5]).choice(rows, max_points, replace=False))
-    return rows
-
-
 def projection(store, layer: int, *, color_by: str = "phone", method: str = "pca",
                max_points: int = 2000, seed: int = 0) -> pd.DataFrame:
     """A 2-D projection of a sample of one layer's frames.
 
     Args:
-        store: a :class:`~s3viz.store.LayerStore`.
-        layer: stored layer index.
         color_by: ``"phone"``, ``"word"`` (alignment columns) or ``"speaker"``.
         method: ``"pca"`` or ``"umap"`` (needs ``umap-learn``).
         max_points: frames drawn (seeded) among the labelled ones.
-        seed: seed of the draw (and of UMAP).
 
     Returns:
         One row per drawn frame: ``x``, ``y``, ``label``, ``row`` (its row in
@@ -73,7 +61,9 @@ def projection(store, layer: int, *, color_by: str = "phone", method: str = "pca
     max_points = _v.integer(max_points, "max_points", minimum=3)
     s = store._layer_index(layer)
     lab = _frame_colours(store, s, color_by)
-    rows = sample_frames(store, s, color_by, max_points, seed)
+    rows = np.flatnonzero(lab != "")  # a seeded draw among the labelled frames
+    if len(rows) > max_points:
+        rows = np.sort(np.random.default_rng([seed, 5]).choice(rows, max_points, replace=False))
     if len(rows) < 3:
         raise ValueError(f"stored layer {s} has {len(rows)} labelled frames; a projection "
                          "needs at least 3")
@@ -219,18 +209,14 @@ def layer_projection_explorer(store, color_by: str = "phone", *, method: str = "
     """A slider over layers and a 2-D picture of each layer's frames (``docs/reports.md``).
 
     Args:
-        store: a :class:`~s3viz.store.LayerStore`.
         color_by: ``"phone"`` or ``"word"`` (needs alignments) or ``"speaker"``.
         method: ``"pca"`` or ``"umap"`` (``umap-learn``).
-        layers: stored layers on the slider (default all).
         max_points: frames drawn per layer.
         probe: the score shown beside the picture: ``True`` runs
             ``probe_layers(store, color_by)`` (ridge; speaker split by
             utterance; at most 5 folds; when it cannot run, the reason is shown
             in place of the score), a DataFrame of :func:`s3viz.probe_layers` is used as
             given, ``None``/``False`` shows none.
-        seed: seed of the frame draw.
-        device: where the probe runs.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")

@@ -245,16 +245,10 @@ def layer_weight_explorer(
     """An interactive widget to move layer weights and watch the probe score.
 
     Args:
-        store: a :class:`s3viz.LayerStore`.
-        target: the probe target (``"phone"`` at frame level, a label column at
-            utterance level).
-        level: ``"frame"`` or ``"utterance"``.
-        layers: stored layers to weigh (default all).
         learned: learned weights for the "learned weights" button (a Series
             indexed by layer, a featurizer, or a checkpoint's
             :func:`s3viz.load_featurizer_weights`); when None the button runs
             :func:`s3viz.train_featurizer` on first click.
-        dims: size of the shared basis of :class:`WeightedScorer`.
         scorer: reuse an existing :class:`WeightedScorer` (then ``store``,
             ``target``, ``level``, ``layers``, ``dims`` only feed training).
         train_kwargs: extra arguments of :func:`train_featurizer` for the
