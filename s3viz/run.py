@@ -127,15 +127,13 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error(f"{flag} {value!r} is a file; give a folder (created when missing)")
     if args.folder is not None and not Path(args.folder).expanduser().is_dir():
         p.error(f"--folder {args.folder!r} is not a folder of audio files")
-    for flag, measure, default in (("units_k", "units", [100]),
+    for flag, measure, default in (("units_k", "units", [100]), ("cka_level", "cka", None),
                                    ("units_max_frames", "units", 50000),
                                    ("abx_on", "abx", "phone")):
         if getattr(args, flag) is not None and measure not in args.measures:
             p.error(f"--{flag.replace('_', '-')} needs --measures {measure}")
         if getattr(args, flag) is None:
             setattr(args, flag, default)
-    if args.cka_level is not None and "cka" not in args.measures:
-        p.error("--cka-level needs --measures cka (it chooses the level of the CKA)")
     if args.random_weights and args.upstream.strip().lower() == "spectral":
         p.error("--random-weights: spectral has no learned weights, so it has no random-weights "
                 "control (it is itself the baseline); leave --random-weights out")
@@ -158,12 +156,10 @@ def _corpus(args):
             return None if value is None else [t.strip() for t in value.split(",") if t.strip()]
 
         corpus = data.load_folder(
-            args.folder, labels_csv=args.labels, pattern=getattr(args, "pattern", None),
-            lazy=True, alignments=args.alignments,
-            alignment_pattern=getattr(args, "alignment_pattern", None),
+            args.folder, labels_csv=args.labels, pattern=args.pattern, lazy=True,
+            alignments=args.alignments, alignment_pattern=args.alignment_pattern,
             phone_tier=tiers(args.phone_tier), word_tier=tiers(args.word_tier),
-            phone_map=args.phone_map, silence=getattr(args, "silence", None),
-            strict=getattr(args, "strict", True))
+            phone_map=args.phone_map, silence=args.silence, strict=args.strict)
         skipped = getattr(corpus, "skipped", None)
         if skipped is not None and len(skipped):
             print(f"s3viz.run: --no-strict left out {len(skipped)} file(s):\n"
@@ -239,7 +235,7 @@ def run(args) -> dict:
                              f"{len(rates)} hidden states (0..{len(rates) - 1}, or negative "
                              "from the end)")
     cka_level = _cka_level(args, rates)
-    setup_rss = _status_mb("VmRSS")  # corpus and model loaded: the analysis adds the rest
+    setup_rss = _current_rss_mb()  # corpus and model loaded: the analysis adds the rest
     _reset_peak_rss()
     # balanced by audio length (extraction time), deterministic by utterance id
     if len(corpus) < world:  # every rank sees this, so all stop (none waits in all_reduce)
@@ -383,6 +379,11 @@ def _status_mb(field: str) -> float | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def _current_rss_mb() -> float | None:
+    """Resident memory of this process now, in MiB (Linux; None elsewhere)."""
+    return _status_mb("VmRSS")
 
 
 def _reset_peak_rss() -> None:
