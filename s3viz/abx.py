@@ -38,36 +38,25 @@ def abx_layers(store, *, on: str = "phone", speaker: str = "within", context: st
     """ABX error of phone discrimination in every stored layer (``docs/measures.md``).
 
     Args:
-        store: a :class:`~s3viz.store.LayerStore` with phone alignments and,
-            for the speaker conditions, a ``speaker`` column in ``store.labels``.
-        on: the alignment column whose segments are the items (``"phone"``).
+        store: needs phone alignments and, for the speaker conditions, a ``speaker``
+            column in ``store.labels``.
         speaker: ``"within"`` (A, B, X from one speaker) or ``"across"`` (X from
             another speaker than A and B).
         context: ``"any"`` or ``"within"`` (A, B, X share previous and next phone).
         distance: ``"cosine"`` (angular, ZeroSpeech's) or ``"euclidean"`` frame distance.
-        layers: stored layer indices (default all).
-        max_items: at most this many items per phone, speaker (and context) group,
-            drawn with ``seed`` (ZeroSpeech keeps 10); None keeps all.
-        device: torch device (None: cuda when available).
-        seed: seed of the ``max_items`` draw.
-        max_block: frame distances held at once by one DTW block.
-        return_cells: also return the scored cells (see Returns).
+        max_items: at most this many items per phone, speaker (and context) group
+            (ZeroSpeech keeps 10); None keeps all.
+        return_cells: also return the scored cells.
 
     Returns:
         One row per layer: ``layer``, ``upstream_layer``, ``on``, ``speaker``,
-        ``context``, ``distance``, ``abx_error`` (a fraction; 0.5 is chance),
-        ``n_items``, ``n_cells``, ``n_triplets``, ``n_dropped`` (segments
-        without a frame). A degenerate layer (its items' frames constant, all
-        zero, varying only at rounding level, for ``"cosine"`` all pointing one
-        way, for ``"euclidean"`` one farther out than float32 distances resolve:
-        ``docs/measures.md``) gets ``abx_error`` NaN and one
-        :class:`~s3viz._numerics.DegenerateLayerWarning`. With ``return_cells=True``, an :class:`ABXCells`
-        named tuple ``(table, cells)``:
-        ``cells`` has one row per scored cell and layer (``layer``,
-        ``upstream_layer``, ``speaker``,
-        ``speaker_x``, ``phone``, ``other``, ``context``, ``error``, ``triplets``),
-        the numbers the averages are taken from. Both carry ``attrs["weights"]``,
-        the store's :attr:`~s3viz.store.LayerStore.weights`.
+        ``context``, ``distance``, ``abx_error`` (a fraction; 0.5 is chance; NaN with
+        a :class:`~s3viz._numerics.DegenerateLayerWarning` for a degenerate layer),
+        ``n_items``, ``n_cells``, ``n_triplets``, ``n_dropped`` (segments without a
+        frame). With ``return_cells=True``, :class:`ABXCells` ``(table, cells)``:
+        one row per scored cell and layer (``layer``, ``upstream_layer``, ``speaker``,
+        ``speaker_x``, ``phone``, ``other``, ``context``, ``error``, ``triplets``).
+        Both carry ``attrs["weights"]``.
     """
     measure = ABX(on=on, speaker=speaker, context=context, distance=distance,
                   max_items=max_items, seed=seed, max_block=max_block, cells=return_cells)

@@ -33,16 +33,9 @@ POOLINGS = ("mean", "max")
 
 
 def pool_frames(y: torch.Tensor, y_len: torch.Tensor, pooling: Union[str, Callable] = "mean"):
-    """Pool frame-level outputs over each utterance's valid frames.
-
-    Args:
-        y: ``(batch_size, seq_len, output_size)`` frame-level outputs.
-        y_len: ``(batch_size,)`` long valid frames.
-        pooling: ``"mean"``, ``"max"`` or a callable ``(y, y_len) -> (batch_size, output_size)``.
-
-    Returns:
-        ``(batch_size, output_size)``.
-    """
+    """Pool ``(batch_size, seq_len, output_size)`` frame-level outputs over each utterance's
+    ``y_len`` valid frames into ``(batch_size, output_size)``: ``pooling`` is ``"mean"``,
+    ``"max"`` or a callable ``(y, y_len) -> (batch_size, output_size)``."""
     if callable(pooling):
         return pooling(y, y_len)
     if pooling == "mean":
@@ -68,6 +61,7 @@ def _is_store(data) -> bool:
 def _batches(data, *, layer, featurizer, batch_size: int
              ) -> Tuple[int, List[str], Iterator[Tuple[np.ndarray, torch.Tensor, torch.Tensor]]]:
     """``(n, ids, iterator of (positions, hs (B, T, H) cpu float32, hs_len (B,) cpu long))``."""
+    session = contextlib.nullcontext()
     if isinstance(data, (tuple, list)) and len(data) == 2 and not _is_store(data):
         hs, hs_len = data
         if not isinstance(hs, torch.Tensor) or hs.dim() != 3:
@@ -83,67 +77,57 @@ def _batches(data, *, layer, featurizer, batch_size: int
             )
         if layer is not None or featurizer is not None:
             raise ValueError("layer= and featurizer= apply to a LayerStore, not to (hs, hs_len)")
-        n = hs.shape[0]
-        hs_cpu = hs.detach().to("cpu", torch.float32)
-        hs_len = hs_len.to("cpu", torch.long)
+        n, ids = hs.shape[0], [str(i) for i in range(hs.shape[0])]
+        hs_cpu, hs_len = hs.detach().to("cpu", torch.float32), hs_len.to("cpu", torch.long)
 
-        def it():
-            for b0 in range(0, n, batch_size):
-                pos = np.arange(b0, min(n, b0 + batch_size))
-                h, hl = hs_cpu[b0 : b0 + batch_size], hs_len[b0 : b0 + batch_size]
-                yield pos, h[:, : int(hl.max())] if hl.numel() else h, hl
-
-        return n, [str(i) for i in range(n)], it()
-
-    if not _is_store(data):
+        def load(pos):
+            h, hl = hs_cpu[pos[0]: pos[-1] + 1], hs_len[pos[0]: pos[-1] + 1]
+            return h[:, : int(hl.max())] if hl.numel() else h, hl
+    elif not _is_store(data):
         raise TypeError(
             "data must be a LayerStore (s3viz.extract) or a tuple (hs, hs_len) with hs "
             f"(batch_size, seq_len, hidden_size); got {type(data).__name__}"
         )
-    store = data
-    n = len(store)
-    ids = [str(i) for i in getattr(store, "ids", range(n))]
-    if featurizer is not None and layer is not None:
-        raise ValueError("pass either layer= or featurizer=, not both")
-    if featurizer is None:
-        if layer is None:
-            if store.num_layer != 1:
-                raise ValueError(
-                    f"the store holds {store.num_layer} layers: pass layer=<index in "
-                    "0..num_layer-1> or featurizer=<an AbsFeaturizer> to choose the features"
-                )
-            layer = 0
-        layer = int(layer)
-        if not -store.num_layer <= layer < store.num_layer:
-            raise IndexError(f"layer must be in [0, {store.num_layer}), got {layer}")
-        layer %= store.num_layer
-        lengths = np.asarray(store.lengths(layer), dtype=np.int64)
+    else:
+        store = data
+        n = len(store)
+        ids = [str(i) for i in getattr(store, "ids", range(n))]
+        if featurizer is not None and layer is not None:
+            raise ValueError("pass either layer= or featurizer=, not both")
+        if featurizer is None:
+            if layer is None:
+                if store.num_layer != 1:
+                    raise ValueError(
+                        f"the store holds {store.num_layer} layers: pass layer=<index in "
+                        "0..num_layer-1> or featurizer=<an AbsFeaturizer> to choose the features"
+                    )
+                layer = 0
+            layer = int(layer)
+            if not -store.num_layer <= layer < store.num_layer:
+                raise IndexError(f"layer must be in [0, {store.num_layer}), got {layer}")
+            layer %= store.num_layer
+            lengths = np.asarray(store.lengths(layer), dtype=np.int64)
 
-        def it():
-            for b0 in range(0, n, batch_size):
-                pos = np.arange(b0, min(n, b0 + batch_size))
+            def load(pos):
                 frames, _ = store.layer(layer, utterances=pos.tolist())
-                seqs = torch.split(frames, lengths[pos].tolist())
-                hs, hs_len = _pad(seqs)
-                yield pos, hs, hs_len
+                return _pad(torch.split(frames, lengths[pos].tolist()))
+        else:
+            feat_dev = _resolve_device(None, featurizer)
+            session = eval_session(featurizer)
 
-        return n, ids, it()
-
-    feat_dev = _resolve_device(None, featurizer)
+            def load(pos):
+                utts = [store.utterance(int(i)) for i in pos]
+                padded = [_pad([u[li] for u in utts]) for li in range(store.num_layer)]
+                with torch.inference_mode():
+                    hs, hs_len = featurizer([h.to(feat_dev) for h, _ in padded],
+                                            [hl.to(feat_dev) for _, hl in padded])
+                return hs.detach().to("cpu", torch.float32), hs_len.to("cpu", torch.long)
 
     def it():
-        with eval_session(featurizer):
+        with session:
             for b0 in range(0, n, batch_size):
                 pos = np.arange(b0, min(n, b0 + batch_size))
-                utts = [store.utterance(int(i)) for i in pos]
-                all_hs, all_hs_len = [], []
-                for li in range(store.num_layer):
-                    h, hl = _pad([u[li] for u in utts])
-                    all_hs.append(h.to(feat_dev))
-                    all_hs_len.append(hl.to(feat_dev))
-                with torch.inference_mode():
-                    hs, hs_len = featurizer(all_hs, all_hs_len)
-                yield pos, hs.detach().to("cpu", torch.float32), hs_len.to("cpu", torch.long)
+                yield (pos, *load(pos))
 
     return n, ids, it()
 
@@ -243,21 +227,13 @@ def compare_frame_utterance(
     """Compare an utterance-level model with the pooled outputs of a frame-level model.
 
     Args:
-        frame_model: an ``AbsFrameModel``: ``(x, x_len) -> (y (batch_size, seq_len,
-            output_size), y_len (batch_size,))``.
-        utterance_model: an ``AbsUtteranceModel``: ``(x, x_len) -> (batch_size, output_size)``.
-        data: a LayerStore (choose its features with ``layer`` or ``featurizer``)
-            or a tuple ``(hs (batch_size, seq_len, hidden_size), hs_len (batch_size,))``.
-        pooling: how frame outputs are pooled over valid frames: ``"mean"``
-            (default), ``"max"`` or a callable ``(y, y_len) -> (batch_size, output_size)``.
-        layer: stored layer index (LayerStore only).
-        featurizer: an ``AbsFeaturizer`` applied to all stored layers (LayerStore
-            only); run where its parameters are, before the models.
-        device: where the reported outputs come from; ``None``: cuda when
-            available, else the CPU.
-        batch_size: utterances per forward pass.
-        cpu_vs_gpu: also run on the other device and compare; default: when CUDA
-            is available.
+        frame_model: ``(x, x_len) -> (y (batch_size, seq_len, output_size), y_len)``.
+        utterance_model: ``(x, x_len) -> (batch_size, output_size)``.
+        data: a LayerStore (its features chosen by ``layer`` or by a ``featurizer`` over
+            all stored layers, run where its parameters are) or ``(hs, hs_len)``.
+        pooling: over valid frames: ``"mean"``, ``"max"`` or a callable ``(y, y_len)``.
+        device: where the reported outputs come from (None: cuda when available).
+        cpu_vs_gpu: also run on the other device and compare (default: when CUDA is).
 
     Returns:
         DataFrame, one row per utterance (input order): ``utterance, id,
@@ -343,21 +319,10 @@ def compare_frame_utterance(
         if second is not None:
             second.close()
 
-    df = pd.DataFrame({
-        "utterance": np.arange(n, dtype=np.int64),
-        "id": ids,
-        "num_frames": num_frames,
-        "cosine": cols["cosine"],
-        "l2": cols["l2"],
-        "rel_l2": cols["rel_l2"],
-        "argmax_frame": am_f,
-        "argmax_utterance": am_u,
-        "argmax_agree": am_f == am_u,
-        "cpu_gpu_frame_max_abs_diff": cols["cpu_gpu_frame_max_abs_diff"],
-        "cpu_gpu_utterance_max_abs_diff": cols["cpu_gpu_utterance_max_abs_diff"],
-        "cpu_ms": cols["cpu_ms"],
-        "gpu_ms": cols["gpu_ms"],
-    })
+    df = pd.DataFrame({"utterance": np.arange(n, dtype=np.int64), "id": ids,
+                       "num_frames": num_frames, **{k: cols[k] for k in ("cosine", "l2", "rel_l2")},
+                       "argmax_frame": am_f, "argmax_utterance": am_u, "argmax_agree": am_f == am_u,
+                       **{k: v for k, v in cols.items() if k not in ("cosine", "l2", "rel_l2")}})
     gpu_name = torch.cuda.get_device_name(0) if has_cuda else None
     if second is None:
         note = ("no CUDA: CPU vs GPU columns are NaN" if not has_cuda

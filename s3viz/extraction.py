@@ -54,6 +54,7 @@ from .store import (
     MemoryChunks,
     NonFiniteError,
     LayerGeometry,
+    chunk_lengths,
     fmt_bytes,
 )
 from .upstreams._hub import weights_of
@@ -194,31 +195,11 @@ def check_batching(batch_size, max_batch_seconds):
         )
 
 
-def _check_store_dtype(store_dtype) -> torch.dtype:
-    dt = DTYPE_NAMES.get(store_dtype, store_dtype) if isinstance(store_dtype, str) else store_dtype
+def _check_dtype(value, arg: str, choices: str) -> torch.dtype:
+    dt = DTYPE_NAMES.get(value, value) if isinstance(value, str) else value
     if dt not in STORE_DTYPES:
-        raise ValueError(
-            f"store_dtype must be one of torch.float32, torch.float16, torch.bfloat16, "
-            f"got {store_dtype!r}"
-        )
+        raise ValueError(f"{arg} must be {choices}, got {value!r}")
     return dt
-
-
-def _check_amp_dtype(dtype) -> torch.dtype | None:
-    """The autocast dtype, or None for full precision."""
-    if dtype is None:
-        return None
-    dt = DTYPE_NAMES.get(dtype, None) if isinstance(dtype, str) else dtype
-    if dt not in STORE_DTYPES:
-        raise ValueError(
-            f"amp_dtype must be None, torch.float32, torch.float16 or torch.bfloat16 (half "
-            f"precision runs the upstream under torch.autocast), got {dtype!r}"
-        )
-    return None if dt == torch.float32 else dt
-
-
-def _module_devices(upstream: nn.Module) -> set:
-    return {t.device for t in list(upstream.parameters()) + list(upstream.buffers())}
 
 
 def resolve_upstream_device(upstream, device) -> tuple[torch.device, bool]:
@@ -228,7 +209,7 @@ def resolve_upstream_device(upstream, device) -> tuple[torch.device, bool]:
         dev = torch.device("cuda", torch.cuda.current_device())
     if device is None:
         return dev, False
-    devices = _module_devices(upstream)
+    devices = {t.device for t in list(upstream.parameters()) + list(upstream.buffers())}
     return dev, bool(devices) and devices != {dev}
 
 
@@ -275,22 +256,7 @@ def _padding(plan: Sequence[Sequence[int]], num_samples) -> tuple[int, int]:
     return real, padded
 
 
-def _estimate_bytes(num_samples, rates, hidden_sizes, store_dtype) -> int:
-    itemsize = torch.tensor([], dtype=store_dtype).element_size()
-    total = 0
-    for rate, size in zip(rates, hidden_sizes, strict=True):
-        total += int(expected_lengths(num_samples, rate, "ceil").sum()) * size * itemsize
-    return total
-
-
 # --------------------------------------------------------------------------- batching
-
-
-def _batch_wavs(corpus, utts) -> tuple[torch.Tensor, torch.Tensor]:
-    """``wavs (batch_size, seq_len, 1)``, ``wavs_len (batch_size,)`` of utterances ``utts``."""
-    # errors and warnings (a peak > 1 after resampling) name the utterance, not its batch row
-    return batch_wavs([corpus[i].wav for i in utts], allow_silence=True,
-                      ids=[corpus[i].id for i in utts])
 
 
 def _require_finite(frames: torch.Tensor, lens, ids, layer, who: str) -> None:
@@ -378,18 +344,13 @@ def extract(upstream, corpus, *, upstream_layers=None, batch_size: int | None = 
     """Run ``upstream`` over ``corpus`` and keep every hidden state, unpadded.
 
     Args:
-        upstream: an s3prl-style upstream module (:class:`s3viz.AbsUpstream`):
-            ``forward(wavs (batch_size, seq_len, 1), wavs_len (batch_size,))``
-            returns ``(all_hs, all_hs_len)``.
-        corpus: an :class:`s3viz.data.Corpus` (or list of ``Utterance``).
         upstream_layers: the upstream's hidden states to keep, by index (None:
             all; negative from the end). The store numbers the kept ones
             ``0..num_layer-1`` (the ``layers`` of every analysis) and lists
             these in :attr:`LayerStore.layer_ids`.
-        batch_size: at most this many utterances per batch (None: no count limit).
         max_batch_seconds: at most this much padded audio per batch
-            (``utterances * longest``); utterances are sorted by length so
-            batches hold similar lengths (little padding).
+            (``utterances * longest``; ``batch_size=None``: no count limit);
+            utterances are sorted by length, so batches hold little padding.
         device: where to run. None: the upstream's own device (of its parameters
             or buffers; the model is not moved), else cuda when available, else
             the CPU. Given: the upstream is moved there for the extraction and
@@ -418,8 +379,13 @@ def extract(upstream, corpus, *, upstream_layers=None, batch_size: int | None = 
     corpus = as_corpus(corpus)
     layer_ids = check_upstream_layers(upstream_layers, num_layer)
     check_batching(batch_size, max_batch_seconds)
-    store_dtype = _check_store_dtype(store_dtype)
-    amp_dtype = _check_amp_dtype(amp_dtype)
+    store_dtype = _check_dtype(store_dtype, "store_dtype",
+                               "one of torch.float32, torch.float16, torch.bfloat16")
+    if amp_dtype is not None:  # float32: full precision, as None
+        amp_dtype = _check_dtype(amp_dtype, "amp_dtype", "None, torch.float32, torch.float16 or "
+                                 "torch.bfloat16 (half precision runs the upstream under "
+                                 "torch.autocast)")
+        amp_dtype = None if amp_dtype == torch.float32 else amp_dtype
     if not isinstance(progress, bool):
         raise TypeError(f"progress must be True or False, got {progress!r}")
     if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
@@ -452,7 +418,9 @@ def extract(upstream, corpus, *, upstream_layers=None, batch_size: int | None = 
     common = dict(geometry=LayerGeometry(sizes, rates, fields, layer_ids), ids=corpus.ids,
                   labels=corpus.labels, phones=[u.phones for u in corpus], fingerprint=fp, name=name,
                   store_dtype=store_dtype, corpus_fingerprint=corpus_fp, weights_source=weights)
-    estimate = _estimate_bytes(num_samples, rates, sizes, store_dtype)
+    itemsize = torch.tensor([], dtype=store_dtype).element_size()
+    estimate = itemsize * sum(int(expected_lengths(num_samples, rate, "ceil").sum()) * size
+                              for rate, size in zip(rates, sizes))
     audio_bytes = int(num_samples.sum()) * 2
     head = (
         f"s3viz.extract: {name}, {len(corpus)} utterances ({num_samples.sum() / SAMPLE_RATE / 60:.1f} "
@@ -577,11 +545,8 @@ def extract(upstream, corpus, *, upstream_layers=None, batch_size: int | None = 
                                 phones_sha256=json_digest(phones_json)), "manifest_sha256")
         if todo or read_json(root_dir, "manifest.json") != manifest:
             write_json(root_dir, "manifest.json", manifest)
-    lengths = np.zeros((len(corpus), len(layer_ids)), dtype=np.int64)
-    for rec in records:
-        lengths[rec["utterances"]] = np.asarray(rec["lengths"], dtype=np.int64)
     return LayerStore(backend=DiskChunks(root, records, sizes, store_dtype), plan=plan,
-                      lengths=lengths, **common)
+                      lengths=chunk_lengths(records, len(corpus), len(layer_ids)), **common)
 
 
 PROBE_SAMPLES = (16000, 8807)
@@ -663,11 +628,12 @@ class BatchRunner:
                 tqdm(total=len(self.corpus), initial=done, unit="utt", disable=not self.progress,
                      desc=f"extract {self.name}", dynamic_ncols=True) as bar:
             for c, utts in todo:
-                wavs, wavs_len = _batch_wavs(self.corpus, utts)
-                wavs = wavs.to(self.dev, non_blocking=True)
-                wavs_len = wavs_len.to(self.dev)
-                frames, lens = _forward_batch(up, wavs, wavs_len, self.layer_ids, self.sizes,
-                                              self._amp, self.store_dtype,
-                                              ids=[self.corpus[i].id for i in utts])
+                # errors and warnings (a peak > 1 after resampling) name the utterance
+                ids = [self.corpus[i].id for i in utts]
+                wavs, wavs_len = batch_wavs([self.corpus[i].wav for i in utts],
+                                            allow_silence=True, ids=ids)
+                frames, lens = _forward_batch(up, wavs.to(self.dev, non_blocking=True),
+                                              wavs_len.to(self.dev), self.layer_ids, self.sizes,
+                                              self._amp, self.store_dtype, ids=ids)
                 sink(c, utts, frames, lens)
                 bar.update(len(utts))

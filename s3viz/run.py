@@ -127,15 +127,13 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error(f"{flag} {value!r} is a file; give a folder (created when missing)")
     if args.folder is not None and not Path(args.folder).expanduser().is_dir():
         p.error(f"--folder {args.folder!r} is not a folder of audio files")
-    for flag, measure, default in (("units_k", "units", [100]),
+    for flag, measure, default in (("units_k", "units", [100]), ("cka_level", "cka", None),
                                    ("units_max_frames", "units", 50000),
                                    ("abx_on", "abx", "phone")):
         if getattr(args, flag) is not None and measure not in args.measures:
             p.error(f"--{flag.replace('_', '-')} needs --measures {measure}")
         if getattr(args, flag) is None:
             setattr(args, flag, default)
-    if args.cka_level is not None and "cka" not in args.measures:
-        p.error("--cka-level needs --measures cka (it chooses the level of the CKA)")
     if args.random_weights and args.upstream.strip().lower() == "spectral":
         p.error("--random-weights: spectral has no learned weights, so it has no random-weights "
                 "control (it is itself the baseline); leave --random-weights out")
@@ -158,12 +156,10 @@ def _corpus(args):
             return None if value is None else [t.strip() for t in value.split(",") if t.strip()]
 
         corpus = data.load_folder(
-            args.folder, labels_csv=args.labels, pattern=getattr(args, "pattern", None),
-            lazy=True, alignments=args.alignments,
-            alignment_pattern=getattr(args, "alignment_pattern", None),
+            args.folder, labels_csv=args.labels, pattern=args.pattern, lazy=True,
+            alignments=args.alignments, alignment_pattern=args.alignment_pattern,
             phone_tier=tiers(args.phone_tier), word_tier=tiers(args.word_tier),
-            phone_map=args.phone_map, silence=getattr(args, "silence", None),
-            strict=getattr(args, "strict", True))
+            phone_map=args.phone_map, silence=args.silence, strict=args.strict)
         skipped = getattr(corpus, "skipped", None)
         if skipped is not None and len(skipped):
             print(f"s3viz.run: --no-strict left out {len(skipped)} file(s):\n"
@@ -225,12 +221,12 @@ def run(args) -> dict:
     from .upstreams import get_upstream, weights_of
 
     rank, world, _ = dist_info()
-    device = resolve_device(getattr(args, "device", None) or None)
+    device = resolve_device(args.device or None)
     if device.type == "cuda" and device.index is None:
         device = torch.device(f"cuda:{torch.cuda.current_device()}")
     t0 = time.perf_counter()
     corpus = _corpus(args)
-    upstream = get_upstream(args.upstream, pretrained=not getattr(args, "random_weights", False))
+    upstream = get_upstream(args.upstream, pretrained=not args.random_weights)
     rates = list(upstream.downsample_rates)
     if args.layers:  # refused before any extraction, with the range that exists
         bad = [i for i in args.layers if not -len(rates) <= i < len(rates)]
@@ -239,7 +235,7 @@ def run(args) -> dict:
                              f"{len(rates)} hidden states (0..{len(rates) - 1}, or negative "
                              "from the end)")
     cka_level = _cka_level(args, rates)
-    setup_rss = _current_rss_mb()  # corpus and model loaded: what the analysis adds comes after
+    setup_rss = _current_rss_mb()  # corpus and model loaded: the analysis adds the rest
     _reset_peak_rss()
     # balanced by audio length (extraction time), deterministic by utterance id
     if len(corpus) < world:  # every rank sees this, so all stop (none waits in all_reduce)
@@ -257,12 +253,9 @@ def run(args) -> dict:
     if "speaker" in args.targets and args.split_by == "speaker" and rank == 0:
         print("s3viz.run: --split-by speaker applies to the other targets; the speaker target "
               "is split by utterance (a test speaker must occur in training)", file=sys.stderr)
-    names = list(getattr(args, "measures", ["probe"]))
-    methods = list(getattr(args, "methods", ["ridge"])) if "probe" in names else []
-    probing = [m for m in ("probe", "segments") if m in names]
-    if probing and not args.targets:
-        raise ValueError(f"measures={probing} needs targets (the labels to probe)")
-    if probing:  # refused now, not after extraction (every method, every rank)
+    names = list(args.measures)
+    methods = list(args.methods) if "probe" in names else []
+    if "probe" in names or "segments" in names:  # refused now, not after extraction
         from .stream import check_targets
 
         levels = check_targets(corpus, args.targets, splits, args.folds, args.seed)
@@ -271,28 +264,18 @@ def run(args) -> dict:
             raise ValueError(f"--measures segments: {labels} are utterance labels, not columns "
                              "of the alignments (segments are phones or words); probe them "
                              "with --measures probe")
-    measures = []
-    if "ridge" in methods:
-        measures.append(RidgeProbe(args.targets, folds=args.folds, split_by=splits,
-                                   seed=args.seed))
-    if "segments" in names:
-        measures.append(SegmentProbe(args.targets, folds=args.folds, split_by=splits,
-                                     seed=args.seed))
-    if "cka" in names:
-        measures.append(LayerCKA(cka_level))
-    if "units" in names:
-        measures.append(UnitQuality(getattr(args, "units_k", [100]),
-                                    max_frames=getattr(args, "units_max_frames", 50000),
-                                    seed=args.seed))
-    if "abx" in names:
-        measures.append(ABX(on=getattr(args, "abx_on", "phone"), seed=args.seed))
+    probing = dict(folds=args.folds, split_by=splits, seed=args.seed)
+    build = {"probe": lambda: RidgeProbe(args.targets, **probing),
+             "segments": lambda: SegmentProbe(args.targets, **probing),
+             "cka": lambda: LayerCKA(cka_level),
+             "units": lambda: UnitQuality(args.units_k, max_frames=args.units_max_frames,
+                                          seed=args.seed),
+             "abx": lambda: ABX(on=args.abx_on, seed=args.seed)}
+    measures = [build[n]() for n in _OUTPUTS
+                if n in names and (n != "probe" or "ridge" in methods)]
     if rank == 0:  # every check passed: the earlier run's results go only now
         _clear_results(args.out)
-    if "logistic" in methods and cache is None:
-        raise ValueError("methods=['logistic'] needs store_frames (a folder): a logistic "
-                         "probe takes many passes over the frames")
-    batching = dict(batch_size=args.batch_size,
-                    max_batch_seconds=getattr(args, "max_batch_seconds", 60.0))
+    batching = dict(batch_size=args.batch_size, max_batch_seconds=args.max_batch_seconds)
     if measures:
         res = stream_analysis(upstream, corpus, measures, upstream_layers=args.layers,
                               shard=shard, reduce=all_reduce_sum, device=device,
@@ -304,7 +287,6 @@ def run(args) -> dict:
         store = extract(upstream, corpus[shard], upstream_layers=args.layers, device=device,
                         cache_dir=cache, progress=False, **batching)
         tables, passes = {}, 0
-    probes = tables.get("probe")
     if "logistic" in methods:
         import pandas as pd
 
@@ -312,17 +294,14 @@ def run(args) -> dict:
         from .probe import LogisticOptions, probe_layers
 
         sharding = Sharding.of(corpus, store, shard, reduce=all_reduce_sum)
-        logistic = pd.concat([
+        probes = pd.concat([tables.get("probe")] + [
             probe_layers(store, t, method=LogisticOptions(dev_fraction=0), folds=args.folds,
                          split_by=splits[t], seed=args.seed, device=device, sharding=sharding)
             for t in args.targets], ignore_index=True)
-        probes = logistic if probes is None else pd.concat([probes, logistic],
-                                                           ignore_index=True)
         probes.attrs["weights"] = weights_of(upstream)  # concat keeps only equal attrs
         tables["probe"] = probes
     t_total = time.perf_counter() - t0
-    out = OwnedFolder(args.out, "--out")
-    out.write_text(f"rank-{rank}.json", json.dumps({
+    OwnedFolder(args.out, "--out").write_text(f"rank-{rank}.json", json.dumps({
         "rank": rank, "utterances": len(shard),
         "audio_seconds": float(sum(corpus[i].num_samples for i in shard)) / 16000.0,
         "upstream_passes": passes, "total_seconds": t_total,
@@ -339,11 +318,13 @@ def run(args) -> dict:
     return dict(tables, store=store, shard=shard)
 
 
-# each measure's table and figure in --out
-_OUTPUTS = {"probe": ("probes.csv", "probe_curve.png"),
-            "segments": ("segments.csv", "segment_curve.png"), "cka": ("cka.csv", "cka.png"),
-            "units": ("units.csv", "units.png"), "abx": ("abx.csv", "abx.png")}
-RESULT_FILES = tuple(f for pair in _OUTPUTS.values() for f in pair) + ("run.json",)
+# each measure's table, figure and its title in --out, in the order a run builds them
+_OUTPUTS = {"probe": ("probes.csv", "probe_curve.png", "probes by layer"),
+            "segments": ("segments.csv", "segment_curve.png", "segment probes"),
+            "cka": ("cka.csv", "cka.png", "layer similarity"),
+            "units": ("units.csv", "units.png", "units by layer"),
+            "abx": ("abx.csv", "abx.png", "ABX by layer")}
+RESULT_FILES = tuple(f for csv, png, _ in _OUTPUTS.values() for f in (csv, png)) + ("run.json",)
 """What a run writes into ``--out`` besides ``rank-<k>.json``."""
 
 
@@ -365,7 +346,7 @@ def _clear_results(out_arg) -> None:
 def _cka_level(args, rates) -> str | None:
     """The CKA level: frame when the chosen layers share a frame rate (frames of different
     rates cannot be paired), else utterance; an explicit frame level there is refused."""
-    if "cka" not in getattr(args, "measures", ["probe"]):
+    if "cka" not in args.measures:
         return args.cka_level or "frame"  # unused without --measures cka
     picked = sorted({rates[i] for i in (args.layers if args.layers else range(len(rates)))})
     if len(picked) == 1:
@@ -417,9 +398,10 @@ def _reset_peak_rss() -> None:
 
 def _write(args, tables: dict, meta: dict) -> None:
     out = OwnedFolder(args.out, "--out")
-    csvs = [_OUTPUTS[n][0] for n in _OUTPUTS if n in tables]
-    figures = [] if args.no_figures else [_OUTPUTS[n][1] for n in _OUTPUTS if n in tables]
-    meta = dict(meta, files=csvs + figures + ["run.json"]
+    made = [n for n in _OUTPUTS if n in tables]
+    files = [_OUTPUTS[n][0] for n in made] + ([] if args.no_figures
+                                              else [_OUTPUTS[n][1] for n in made])
+    meta = dict(meta, files=files + ["run.json"]
                 + [f"rank-{k}.json" for k in range(meta["world_size"])])
     for name, df in tables.items():  # the weights travel with the rows, beyond run.json
         table = df if name == "cka" else df.assign(weights=meta["weights"])
@@ -436,14 +418,10 @@ def _write(args, tables: dict, meta: dict) -> None:
     from . import plot
     from .upstreams import is_random_weights
 
-    name = meta["upstream"] + (", random weights" if is_random_weights(meta["weights"]) else "")
-    draw = {"probe": lambda df: plot.probe_curve(df, title=f"{name}: probes by layer"),
-            "segments": lambda df: plot.probe_curve(df, title=f"{name}: segment probes"),
-            "cka": lambda df: plot.similarity(df, title=f"{name}: layer similarity"),
-            "units": lambda df: plot.unit_quality(df, title=f"{name}: units by layer"),
-            "abx": lambda df: plot.abx_curve(df, title=f"{name}: ABX by layer")}
+    model = meta["upstream"] + (", random weights" if is_random_weights(meta["weights"]) else "")
+    draw = {"cka": plot.similarity, "units": plot.unit_quality, "abx": plot.abx_curve}
     for key, df in tables.items():
-        ax = draw[key](df)
+        ax = draw.get(key, plot.probe_curve)(df, title=f"{model}: {_OUTPUTS[key][2]}")
         out.write_with(_OUTPUTS[key][1], lambda f, ax=ax: ax.figure.savefig(
             f, dpi=120, bbox_inches="tight", format="png"))
         plt.close(ax.figure)

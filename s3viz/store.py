@@ -40,10 +40,8 @@ from .upstreams._hub import AS_GIVEN, weights_of
 __all__ = ["LayerStore", "NonFiniteError", "CacheCorruptionError"]
 
 def tag_weights(table, store, key: str = "weights"):
-    """``table.attrs[key]`` = the weights of ``store`` (its ``weights`` text, read by
-    :func:`s3viz.upstreams.weights_of`), so a measure table says which weights it came
-    from (``"random weights ..."`` for the random control; the plots say so in their
-    legends); returns ``table``."""
+    """``table.attrs[key]`` = ``store``'s :attr:`LayerStore.weights` (the plots say "random
+    weights" in their legends from it); returns ``table``."""
     table.attrs[key] = weights_of(store)
     return table
 
@@ -82,11 +80,6 @@ def _check_weights(weights_source) -> str:
         raise TypeError(f"weights_source must be a non-empty text saying where the weights "
                         f"came from (e.g. 'random weights (seed 0)'), got {weights_source!r}")
     return weights_source
-
-
-def _recorded(value) -> str:
-    """A manifest's ``weights`` text, or :data:`NOT_RECORDED` for a cache without one."""
-    return value if isinstance(value, str) and value.strip() else NOT_RECORDED
 
 
 # --------------------------------------------------------------------------- planning
@@ -137,6 +130,14 @@ class MemoryChunks:
 
     def load(self, c: int, s: int) -> torch.Tensor:
         return self.tensors[c][s]
+
+
+def chunk_lengths(records, n: int, num_layer: int) -> np.ndarray:
+    """``(n, num_layer)`` frames of each utterance and stored layer, from chunk records."""
+    lengths = np.zeros((n, num_layer), dtype=np.int64)
+    for rec in records:
+        lengths[rec["utterances"]] = np.asarray(rec["lengths"], dtype=np.int64)
+    return lengths
 
 
 class DiskChunks:
@@ -304,7 +305,7 @@ class LayerStore:
         num_layer = len(rates)
         if num_layer == 0 or any(r <= 0 for r in rates):
             raise ValueError(f"downsample_rates must be positive ints, one per layer, got {rates}")
-        sizes = None
+        sizes, h, store_dtype = None, hashlib.sha256(b"from_tensors"), None
         tensors, lengths = [], np.zeros((len(hs), num_layer), dtype=np.int64)
         for i, layers in enumerate(hs):
             if len(layers) != num_layer:
@@ -327,12 +328,16 @@ class LayerStore:
                     raise NonFiniteError(
                         f"hidden_states[{i}][{l}] ({who}, layer {l}) has NaN/inf (the first "
                         f"at frame {frame}); {NONFINITE_HINT}")
-                row.append(t.detach().cpu())
+                t = t.detach().cpu()
+                row.append(t)
                 lengths[i, l] = t.shape[0]
+                # float64 frames hashed as they are: two stores that differ below float32's
+                # precision are two stores
+                h.update(tensor_bytes(t if t.dtype == torch.float64 else t.float()))
+                store_dtype = torch.promote_types(store_dtype or t.dtype, t.dtype)
             hsz = [t.shape[1] for t in row]
-            if sizes is None:
-                sizes = hsz
-            elif hsz != sizes:
+            sizes = sizes or hsz
+            if hsz != sizes:
                 raise ValueError(
                     f"hidden_states[{i}] has hidden sizes {hsz}, utterance 0 has {sizes}; "
                     "each layer needs one hidden size across utterances"
@@ -357,22 +362,12 @@ class LayerStore:
             raise ValueError(f"ids must be {n} unique strings, got {len(ids)} ({len(set(ids))} unique)")
         if labels is None:
             labels = pd.DataFrame({"id": ids})
-        if phones is None:
-            phones = [None] * n
-        phones = list(phones)
+        phones = [None] * n if phones is None else list(phones)
         if len(phones) != n:
             raise ValueError(f"phones must hold {n} tables (or None), got {len(phones)}")
         fields = rates if receptive_fields is None else [int(r) for r in receptive_fields]
         if len(fields) != num_layer:
             raise ValueError(f"receptive_fields must have {num_layer} entries, got {len(fields)}")
-        h = hashlib.sha256(b"from_tensors")
-        store_dtype = tensors[0][0].dtype
-        for row in tensors:
-            for t in row:
-                # float64 frames hashed as they are: two stores that differ below float32's
-                # precision are two stores
-                h.update(tensor_bytes(t if t.dtype == torch.float64 else t.float()))
-                store_dtype = torch.promote_types(store_dtype, t.dtype)
         return cls(
             backend=MemoryChunks(tensors), plan=[[i] for i in range(n)], lengths=lengths,
             geometry=LayerGeometry(sizes, rates, fields, list(range(num_layer))), ids=ids, labels=labels, phones=phones,
@@ -428,7 +423,17 @@ class LayerStore:
         if len(phones_json) != n or len(labels) != n:
             raise ValueError(f"labels.json or phones.json of {root} do not match its {n} utterances")
         # chunk files are checked (size, sha256) on their first load, one layer at a time
-        return cls._from_manifest(root, manifest, labels, [df_from_json(p) for p in phones_json])
+        store_dtype, weights = DTYPE_NAMES[manifest["store_dtype"]], manifest.get("weights")
+        return cls(
+            backend=DiskChunks(root, manifest["chunks"], manifest["hidden_sizes"], store_dtype),
+            plan=manifest["plan"], lengths=chunk_lengths(manifest["chunks"], n,
+                                                         len(manifest["layer_ids"])),
+            geometry=LayerGeometry(*(manifest[k] for k in LayerGeometry._fields)),
+            ids=manifest["ids"], labels=labels, phones=[df_from_json(p) for p in phones_json],
+            fingerprint=manifest["fingerprint"], name=manifest["name"], store_dtype=store_dtype,
+            corpus_fingerprint=manifest.get("corpus_fingerprint"),
+            weights_source=weights if isinstance(weights, str) and weights.strip()
+            else NOT_RECORDED)
 
     @staticmethod
     def _find_extraction(cache_dir: Path) -> Path:
@@ -464,22 +469,6 @@ class LayerStore:
                    "link inside cache_dir: open the folder a link points to by its own path "
                    "if you trust it)") if links else ""
         raise FileNotFoundError(f"no s3viz extraction (manifest.json) under {cache_dir}{skipped}")
-
-    @classmethod
-    def _from_manifest(cls, root, manifest, labels, phones) -> LayerStore:
-        n, num_layer = len(manifest["ids"]), len(manifest["layer_ids"])
-        lengths = np.zeros((n, num_layer), dtype=np.int64)
-        for rec in manifest["chunks"]:
-            lengths[rec["utterances"]] = np.asarray(rec["lengths"], dtype=np.int64)
-        store_dtype = DTYPE_NAMES[manifest["store_dtype"]]
-        return cls(
-            backend=DiskChunks(root, manifest["chunks"], manifest["hidden_sizes"], store_dtype),
-            plan=manifest["plan"], lengths=lengths,
-            geometry=LayerGeometry(*(manifest[k] for k in LayerGeometry._fields)), ids=manifest["ids"], labels=labels, phones=phones,
-            fingerprint=manifest["fingerprint"], name=manifest["name"], store_dtype=store_dtype,
-            corpus_fingerprint=manifest.get("corpus_fingerprint"),
-            weights_source=_recorded(manifest.get("weights")),
-        )
 
     # ---- sizes
 
@@ -538,11 +527,10 @@ class LayerStore:
     def weights(self) -> str:
         """Where the upstream's weights came from (:func:`s3viz.upstreams.weights_of`):
         ``"pretrained: ..."``, ``"checkpoint ..."``, ``"random weights (seed 0)"`` (the
-        random control: it always starts with ``"random weights"``), ``"not learned ..."``,
-        or ``"as given"`` (:meth:`from_tensors`, an upstream built elsewhere). Kept in a
-        cache's manifest (not in its fingerprint: the weights themselves are); a reused
-        cache takes the text of the upstream that reuses it. Measure tables carry it as
-        ``df.attrs["weights"]``."""
+        random control always starts with ``"random weights"``), ``"not learned ..."``,
+        or ``"as given"`` (:meth:`from_tensors`, an upstream built elsewhere); measure
+        tables carry it as ``df.attrs["weights"]``, a cache's manifest as ``weights``
+        (``docs/cache.md``)."""
         return self._weights
 
     @property

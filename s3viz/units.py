@@ -43,8 +43,7 @@ def measures_from_counts(counts) -> dict:
     of zeros are phones or units no frame has; they change nothing).
 
     Args:
-        counts: ``(num_phones, num_units)`` frame counts: how many frames of each phone
-            each unit holds.
+        counts: ``(num_phones, num_units)``: how many frames of each phone each unit holds.
     """
     joint = np.asarray(counts, dtype=np.float64)
     n = joint.sum()
@@ -67,9 +66,8 @@ def nearest(x: torch.Tensor, c: torch.Tensor, chunk: int = 16384):
     """(index of the nearest centroid, squared distance) for each row of ``x``.
 
     The nearest centroid from ``|x|^2 - 2 x.c + |c|^2`` (one matrix product), its
-    distance then from ``x - c`` itself: the expansion cancels ``eps * |x|^2``, which
-    for a far row (1e5 spreads out) is larger than every typical row's distance, and
-    would swamp the inertia that decides convergence."""
+    distance from ``x - c`` itself: the expansion cancels ``eps * |x|^2``, which for a
+    far row swamps every typical row's distance (and the inertia that decides convergence)."""
     cc = (c * c).sum(1)
     idx = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
     dist = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
@@ -103,8 +101,7 @@ def kmeans(x: torch.Tensor, k: int, *, iters: int = 50, tol: float = 1e-4, seed:
                          "raise max_frames")
     gen = torch.Generator().manual_seed(int(seed))
     cent = torch.empty(k, x.shape[1], dtype=x.dtype, device=x.device)
-    def sq_dist(c):  # ||x - c||^2 from the differences: the expansion |x|^2 - 2x.c + |c|^2
-        # cancels eps * |x|^2, more than a typical row's distance when a row lies far out
+    def sq_dist(c):  # from the differences, not the expansion (see nearest)
         return (x - c).pow(2).sum(1)
 
     cent[0] = x[int(torch.randint(n, (1,), generator=gen))]

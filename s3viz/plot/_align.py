@@ -38,7 +38,6 @@ def length_alignment(
     Args:
         report: the DataFrame of :func:`s3viz.length_report` (``layer, wav_len,
             rate, frames, diff_<convention>``).
-        ax: Axes to draw on (a new figure when None).
         by: ``"rate"`` (default): layers of one rate whose frame counts agree
             share one set of lines; ``"layer"``: one set of lines per layer.
         conventions: which ``diff_<c>`` columns to draw (default: all present).
@@ -180,12 +179,8 @@ def frame_grid(
         wav: ``(num_samples,)`` waveform (numpy or tensor), or None when only
             frames and phones are known (then give ``wav_len``).
         timelines: dict name -> :func:`s3viz.frame_timeline` DataFrame, or a list.
-        phones: alignment table (``phone, start, end`` in samples) or None.
-        ax: Axes to draw on (a new figure when None).
         spectrogram: draw a log spectrogram instead of the waveform.
         window: ``(start_s, end_s)`` zoom in seconds; default the whole utterance.
-        wav_len: samples, when ``wav`` is None.
-        sample_rate: of ``wav`` and of the sample positions (16 kHz in s3viz).
         receptive_field: draw the receptive-field bracket per lane.
 
     Returns:
@@ -257,18 +252,18 @@ def frame_grid(
         ends = df["end"].to_numpy(dtype=np.float64) / sr
         vis = (ends >= lo) & (starts <= hi)
         idx = np.flatnonzero(vis)
+        rate = df.attrs.get("rate")
+        yticks.append(y0 + 0.5)
+        ylabels.append(name if rate is None else f"{name}\n{1000 * rate / sr:g} ms")
         # zoomed out, frames narrower than ~3 pixels would draw a barcode: a plain band
         # and the frame count instead (zoom in to see the frames)
         px = ax.get_window_extent().width if ax.figure is not None else 800.0
         if idx.size and px / idx.size < 3.0:
-            ax.broken_barh([(max(lo, starts[idx[0]]), min(hi, ends[idx[-1]]) - max(
-                lo, starts[idx[0]]))], (y0 + 0.1, 0.8), facecolors=color, alpha=0.25,
-                linewidth=0)
+            a = max(lo, starts[idx[0]])
+            ax.broken_barh([(a, min(hi, ends[idx[-1]]) - a)], (y0 + 0.1, 0.8), facecolors=color,
+                           alpha=0.25, linewidth=0)
             ax.text((lo + hi) / 2, y0 + 0.5, f"{idx.size} frames: zoom in to see them",
                     ha="center", va="center", fontsize="x-small", color="0.2")
-            rate = df.attrs.get("rate")
-            yticks.append(y0 + 0.5)
-            ylabels.append(name if rate is None else f"{name}\n{1000 * rate / sr:g} ms")
             continue
         for parity, alpha in ((0, 0.35), (1, 0.15)):
             sel = idx[idx % 2 == parity]
@@ -287,10 +282,6 @@ def frame_grid(
                 r0, r1 = df["rf_start"].iloc[mid] / sr, df["rf_end"].iloc[mid] / sr
                 ax.plot([r0, r0, r1, r1], [y0 + 0.8, y0 + 0.95, y0 + 0.95, y0 + 0.8],
                         color="black", linewidth=0.9)
-        rate = df.attrs.get("rate")
-        label = name if rate is None else f"{name}\n{1000 * rate / sr:g} ms"
-        yticks.append(y0 + 0.5)
-        ylabels.append(label)
 
     # phones
     if phones is not None:

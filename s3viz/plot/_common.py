@@ -1,6 +1,12 @@
-"""Helpers shared by the plot modules."""
+"""Helpers shared by the plot modules and the widgets that draw with them."""
 
 from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pandas as pd
 
 
 def new_axes(ax=None, figsize=(6.4, 3.6)):
@@ -13,9 +19,58 @@ def new_axes(ax=None, figsize=(6.4, 3.6)):
     return ax
 
 
+def check_table(df, columns, producer: str) -> None:
+    """Refuse anything but a non-empty DataFrame of ``producer`` with ``columns``."""
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"df must be the DataFrame of {producer}, got {type(df).__name__}")
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"df lacks columns {missing}; pass the DataFrame returned by {producer}")
+    if df.empty:
+        raise ValueError("df is empty: nothing to plot")
+
+
 def layer_label(layer: int, first: str = "CNN/proj") -> str:
     """Label for a layer index: layer 0 is the first hidden state (CNN / feature projection)."""
     return f"0\n{first}" if int(layer) == 0 else str(int(layer))
+
+
+def layer_axis(df: pd.DataFrame) -> str:
+    """The column of a measure table that numbers its layers on a figure's x axis."""
+    return "upstream_layer" if "upstream_layer" in df.columns else "layer"
+
+
+def line_groups(df: pd.DataFrame, keys, xcol: str):
+    """``(key tuple, rows sorted by xcol)`` per group of ``keys`` (one group without keys)."""
+    for key, part in (df.groupby(keys, sort=False) if keys else [((), df)]):
+        yield (key if isinstance(key, tuple) else (key,)), part.sort_values(xcol)
+
+
+def layer_ticks(ax, df, xcol, layer0) -> None:
+    """The x axis of a per-layer figure: one tick per layer, layer 0 named ``layer0``."""
+    ticks = np.unique(df[xcol].to_numpy())
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([layer_label(t, layer0) for t in ticks])
+    ax.set_xlabel("layer")
+    ax.grid(True, alpha=0.3)
+
+
+def png(fig) -> bytes:
+    """``fig`` as PNG bytes at its own dpi."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=fig.dpi)
+    return buf.getvalue()
+
+
+def with_png(bundle, image: bytes, text: str | None = None) -> dict:
+    """A widget's mime bundle with a static ``image/png`` (and ``text/plain``) added, shown
+    by frontends without widgets (nbconvert, GitHub)."""
+    data = dict((bundle[0] if isinstance(bundle, tuple) else bundle) or {})
+    if image:
+        data["image/png"] = base64.b64encode(bytes(image)).decode("ascii")
+    if text is not None:
+        data["text/plain"] = text
+    return data
 
 
 RANDOM_NOTE = "random weights"
@@ -56,3 +111,8 @@ def titled(title: str | None, note: str | None) -> str | None:
     if not note or (title and RANDOM_NOTE in title):
         return title
     return f"{title} ({note})" if title else note
+
+
+def random_title(title, table):
+    """``title`` marked "random weights" when ``table`` has random weights."""
+    return titled(title, RANDOM_NOTE if is_random(table) else None)

@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from ._common import RANDOM_NOTE, is_random, new_axes, titled
+from ._common import new_axes, random_title
 
 __all__ = ["frame_vs_utterance", "utterance_outputs"]
 
@@ -17,7 +17,6 @@ def frame_vs_utterance(df: pd.DataFrame, ax=None):
 
     Args:
         df: the DataFrame of :func:`s3viz.compare_frame_utterance`.
-        ax: Axes to draw on (a new figure when None).
 
     Returns:
         The Axes: cosine against the number of frames; filled dots where the
@@ -28,8 +27,7 @@ def frame_vs_utterance(df: pd.DataFrame, ax=None):
     need = {"num_frames", "cosine", "argmax_agree"}
     if not isinstance(df, pd.DataFrame) or not need <= set(df.columns):
         raise ValueError(
-            f"df must be the DataFrame of s3viz.compare_frame_utterance (columns {sorted(need)})"
-        )
+            f"df must be the DataFrame of s3viz.compare_frame_utterance (columns {sorted(need)})")
     ax = new_axes(ax, figsize=(7.6, 3.6))
     agree = df["argmax_agree"].to_numpy(dtype=bool)
     x = df["num_frames"].to_numpy()
@@ -48,7 +46,7 @@ def frame_vs_utterance(df: pd.DataFrame, ax=None):
     if gpu_col in df.columns and df[gpu_col].notna().any():
         title += (f"\nCPU vs GPU max |diff| {df['cpu_gpu_frame_max_abs_diff'].max():.1e}; "
                   f"{df['cpu_ms'].sum():.0f} ms CPU, {df['gpu_ms'].sum():.0f} ms GPU")
-    ax.set_title(titled(title, RANDOM_NOTE if is_random(df) else None), fontsize="medium")
+    ax.set_title(random_title(title, df), fontsize="medium")
     # beside the plot, never over a point (the few red crosses are what a reader looks for)
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.grid(True, alpha=0.3)
@@ -77,11 +75,9 @@ def utterance_outputs(
         frame_out: ``(seq_len, output_size)`` frame-level outputs of one utterance
             (e.g. ``y[i]`` of a frame model).
         utterance_out: ``(output_size,)`` utterance-level output of the same utterance.
-        ax: Axes to draw on (a new figure when None).
         frame_len: valid frames (default all); padded frames are not drawn.
         labels: names of the output dimensions (e.g. classes).
         show_mean: also draw the mean of the valid frame outputs as a column.
-        colorbar: add a colorbar.
 
     Returns:
         The Axes: a heat map of outputs (rows) over frames (columns); white dots

@@ -5,15 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ._common import layer_label, new_axes, similarity_note, titled, with_weights
+from ._common import (check_table, layer_axis, layer_label, layer_ticks, line_groups, new_axes,
+                      similarity_note, titled, with_weights)
 
 __all__ = ["probe_curve", "similarity"]
-
-_PROBE_COLUMNS = ("layer", "accuracy")
-
-
-def _layer_axis(df: pd.DataFrame) -> str:
-    return "upstream_layer" if "upstream_layer" in df.columns else "layer"
 
 
 def probe_curve(df: pd.DataFrame, ax=None, *, metric: str = "accuracy",
@@ -24,40 +19,24 @@ def probe_curve(df: pd.DataFrame, ax=None, *, metric: str = "accuracy",
         df: the DataFrame of :func:`s3viz.probe_layers` (columns ``layer``,
             ``accuracy`` and, when present, ``accuracy_std``, ``chance``,
             ``target``, ``method``, ``control_accuracy``, ``upstream_layer``).
-        ax: a matplotlib Axes; ``None`` makes a new figure.
         metric: column to plot (``"accuracy"``, ``"macro_f1"``, ``"selectivity"``).
         show_control: draw ``control_accuracy`` as a dotted line when present.
-        layer0: what layer 0 is called on the axis (the CNN/projection output of
-            wav2vec2-style models).
-        title: Axes title.
 
     Returns:
         The Axes: a solid line (with a band of +- ``accuracy_std`` over folds
         when ``metric="accuracy"``) per target and method, a dashed chance line
         (majority class) per target, dotted control-task lines; the y axis is the
-        fraction in [0, 1]; layer 0 is labelled as the CNN/projection output. The
-        lines' labels say "(random weights)" when ``df.attrs["weights"]`` does.
+        fraction in [0, 1]. The lines' labels say "(random weights)" when
+        ``df.attrs["weights"]`` does.
     """
-    if not isinstance(df, pd.DataFrame):
-        raise TypeError(f"df must be the DataFrame of s3viz.probe_layers, got {type(df).__name__}")
-    missing = [c for c in _PROBE_COLUMNS if c not in df.columns]
-    if metric not in df.columns:
-        missing.append(metric)
-    if missing:
-        raise ValueError(
-            f"df lacks columns {missing}; pass the DataFrame returned by s3viz.probe_layers"
-        )
-    if df.empty:
-        raise ValueError("df is empty: nothing to plot")
+    check_table(df, ("layer", "accuracy", metric), "s3viz.probe_layers")
     ax = new_axes(ax)
-    xcol = _layer_axis(df)
+    xcol = layer_axis(df)
     keys = [k for k in ("target", "method") if k in df.columns]
-    groups = list(df.groupby(keys, sort=False)) if keys else [((), df)]
+    groups = list(line_groups(df, keys, xcol))
     multi = len(groups) > 1
     drawn_chance = set()
     for gkey, part in groups:
-        gkey = gkey if isinstance(gkey, tuple) else (gkey,)
-        part = part.sort_values(xcol)
         x = part[xcol].to_numpy()
         y = part[metric].to_numpy(dtype=float)
         label = with_weights(" / ".join(str(v) for v in gkey) if gkey else metric, df)
@@ -77,19 +56,24 @@ def probe_curve(df: pd.DataFrame, ax=None, *, metric: str = "accuracy",
         if show_control and metric == "accuracy" and "control_accuracy" in part.columns:
             ax.plot(x, part["control_accuracy"].to_numpy(dtype=float), ls=":", color=color,
                     lw=1.2, label=f"{label} control" if multi else "control task")
-    ticks = np.unique(df[xcol].to_numpy())
-    ax.set_xticks(ticks)
-    ax.set_xticklabels([layer_label(t, layer0) for t in ticks])
-    ax.set_xlabel("layer")
+    layer_ticks(ax, df, xcol, layer0)
     lo = 0.0 if metric != "selectivity" else min(0.0, float(df[metric].min()) - 0.05)
     ax.set_ylim(lo, 1.0)
     ax.set_ylabel({"accuracy": "accuracy (fraction)", "macro_f1": "macro F1",
                    "selectivity": "selectivity (acc. - control)"}.get(metric, metric))
-    ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small", frameon=False)
     if title is not None:
         ax.set_title(title)
     return ax
+
+
+def annotate_cells(ax, values: np.ndarray, dark, finite_only: bool = False) -> None:
+    """Each value of a heatmap written in its cell (with ``finite_only``, NaN and inf are
+    left out), in white where ``dark(value)`` (a dark colour), else in black."""
+    for (r, c), v in np.ndenumerate(values):
+        if np.isfinite(v) or not finite_only:
+            ax.text(c, r, f"{v:.2f}", ha="center", va="center",
+                    fontsize=7, color="white" if dark(v) else "black")
 
 
 def similarity(df: pd.DataFrame, ax=None, *, vmin: float = 0.0, vmax: float = 1.0,
@@ -100,27 +84,15 @@ def similarity(df: pd.DataFrame, ax=None, *, vmin: float = 0.0, vmax: float = 1.
     Args:
         df: the DataFrame of :func:`s3viz.layer_similarity` (rows and columns
             are layers).
-        ax: a matplotlib Axes; ``None`` makes a new figure.
-        vmin, vmax: colour range (CKA lies in [0, 1]).
-        cmap: matplotlib colormap.
         annotate: write each value in its cell (default: when at most 8 x 8).
-        colorbar: add a colorbar.
         label: colorbar label (default from ``df.attrs["method"]``: "linear CKA" or
             "SVCCA (mean canonical correlation)").
-        layer0: what layer 0 is called on the axes.
-        title: Axes title.
 
     Returns:
-        The Axes (layer 0 at the bottom-left, labelled as the CNN/projection output);
-        the title says "random weights" when ``df.attrs["weights"]`` (or
-        ``"other_weights"``) does.
+        The Axes (layer 0 at the bottom-left); the title says "random weights" when
+        ``df.attrs["weights"]`` (or ``"other_weights"``) does.
     """
-    if not isinstance(df, pd.DataFrame):
-        raise TypeError(
-            f"df must be the DataFrame of s3viz.layer_similarity, got {type(df).__name__}"
-        )
-    if df.empty:
-        raise ValueError("df is empty: nothing to plot")
+    check_table(df, (), "s3viz.layer_similarity")
     if label is None:
         label = ("SVCCA (mean canonical correlation)" if df.attrs.get("method") == "cca"
                  else "linear CKA")
@@ -144,15 +116,9 @@ def similarity(df: pd.DataFrame, ax=None, *, vmin: float = 0.0, vmax: float = 1.
     if annotate is None:  # 13 x 13 numbers in 7-point type cannot be read
         annotate = max(values.shape) <= 8
     if annotate:
-        mid = (vmin + vmax) / 2
-        for i in range(values.shape[0]):
-            for j in range(values.shape[1]):
-                v = values[i, j]
-                ax.text(j, i, "nan" if np.isnan(v) else f"{v:.2f}", ha="center", va="center",
-                        fontsize=7, color="black" if v > mid else "white")
+        annotate_cells(ax, values, lambda v: not v > (vmin + vmax) / 2)
     if colorbar:
-        cb = ax.figure.colorbar(im, ax=ax)
-        cb.set_label(label)
+        ax.figure.colorbar(im, ax=ax).set_label(label)
     title = titled(title, similarity_note(df))
     if title is not None:
         ax.set_title(title)

@@ -5,27 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ._common import layer_label, new_axes, with_weights
+from ._common import check_table, layer_axis, layer_ticks, line_groups, new_axes, with_weights
 
 __all__ = ["abx_curve", "unit_quality"]
-
-
-def _check(df, columns, producer: str):
-    if not isinstance(df, pd.DataFrame):
-        raise TypeError(f"df must be the DataFrame of {producer}, got {type(df).__name__}")
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(f"df lacks columns {missing}; pass the DataFrame returned by {producer}")
-    if df.empty:
-        raise ValueError("df is empty: nothing to plot")
-
-
-def _layer_ticks(ax, df, xcol, layer0):
-    ticks = np.unique(df[xcol].to_numpy())
-    ax.set_xticks(ticks)
-    ax.set_xticklabels([layer_label(t, layer0) for t in ticks])
-    ax.set_xlabel("layer")
-    ax.grid(True, alpha=0.3)
 
 
 def abx_curve(df: pd.DataFrame, ax=None, *, label_by: str | None = None,
@@ -35,27 +17,20 @@ def abx_curve(df: pd.DataFrame, ax=None, *, label_by: str | None = None,
     Args:
         df: the DataFrame of :func:`s3viz.abx_layers`, or several concatenated
             (e.g. within and across speaker, or several models with a column
-            naming them, given as ``label_by``).
-        ax: a matplotlib Axes; ``None`` makes a new figure.
-        label_by: column whose values name the lines (default: the
-            ``speaker`` / ``context`` conditions present).
-        layer0: what layer 0 is called on the axis.
-        title: Axes title.
+            naming them, given as ``label_by``; default: the ``speaker`` /
+            ``context`` conditions present name the lines).
 
     Returns:
         The Axes; lower is better, the y axis in percent (ZeroSpeech's unit), the
         best layer of each line marked; the lines' labels say "(random weights)"
         when ``df.attrs["weights"]`` does.
     """
-    _check(df, ("layer", "abx_error"), "s3viz.abx_layers")
+    check_table(df, ("layer", "abx_error"), "s3viz.abx_layers")
     ax = new_axes(ax)
-    xcol = "upstream_layer" if "upstream_layer" in df.columns else "layer"
+    xcol = layer_axis(df)
     keys = [label_by] if label_by else [k for k in ("speaker", "context") if k in df.columns
                                         and df[k].nunique() > 1]
-    groups = list(df.groupby(keys, sort=False)) if keys else [((), df)]
-    for gkey, part in groups:
-        gkey = gkey if isinstance(gkey, tuple) else (gkey,)
-        part = part.sort_values(xcol)
+    for gkey, part in line_groups(df, keys, xcol):
         x, y = part[xcol].to_numpy(), 100 * part["abx_error"].to_numpy(dtype=float)
         name = " / ".join(f"{v}" for v in gkey) if gkey else "ABX error"
         if not label_by and gkey:
@@ -64,7 +39,7 @@ def abx_curve(df: pd.DataFrame, ax=None, *, label_by: str | None = None,
         best = int(np.nanargmin(y))
         ax.plot([x[best]], [y[best]], marker="*", ms=10, color=line.get_color(), ls="none")
     ax.axhline(50.0, ls="--", color="0.5", lw=1, label="chance (50 %)")
-    _layer_ticks(ax, df, xcol, layer0)
+    layer_ticks(ax, df, xcol, layer0)
     ax.set_ylim(0, max(55.0, float(100 * df["abx_error"].max()) + 5))
     ax.set_ylabel("ABX error (%), lower is better")
     ax.legend(fontsize="small", frameon=False)
@@ -79,21 +54,19 @@ def unit_quality(df: pd.DataFrame, ax=None, *, measures=("pnmi", "phone_purity",
 
     Args:
         df: the DataFrame of :func:`s3viz.unit_quality` (or several concatenated).
-        ax: a matplotlib Axes; ``None`` makes a new figure.
         measures: the columns to draw.
         label_by: a column naming groups of rows (e.g. the model): one colour per
             group, one line style per measure.
-        layer0: what layer 0 is called on the axis.
-        title: Axes title.
 
     Returns:
         The Axes; each measure is a fraction in [0, 1], higher is better; with
         several ``k`` one line style per ``k``; the lines' labels say "(random
         weights)" when ``df.attrs["weights"]`` does.
     """
-    _check(df, ("layer", "k", *measures, *([label_by] if label_by else [])), "s3viz.unit_quality")
+    check_table(df, ("layer", "k", *measures, *([label_by] if label_by else [])),
+                "s3viz.unit_quality")
     ax = new_axes(ax)
-    xcol = "upstream_layer" if "upstream_layer" in df.columns else "layer"
+    xcol = layer_axis(df)
     ks = sorted(df["k"].unique())
     styles = ["-", "--", ":", "-."]
     names = {"pnmi": "PNMI", "phone_purity": "phone purity", "cluster_purity": "cluster purity"}
@@ -112,7 +85,7 @@ def unit_quality(df: pd.DataFrame, ax=None, *, measures=("pnmi", "phone_purity",
                 (line,) = ax.plot(part[xcol], part[m].astype(float), marker="o", ms=3,
                                   ls=style, label=label, **kw)
                 colors.setdefault(key, line.get_color())
-    _layer_ticks(ax, df, xcol, layer0)
+    layer_ticks(ax, df, xcol, layer0)
     ax.set_ylim(0, 1)
     ax.set_ylabel("fraction, higher is better")
     if len(ks) == 1:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ._common import RANDOM_NOTE, is_random, layer_label, new_axes, titled, with_weights
+from ._common import layer_label, new_axes, random_title, with_weights
+from ._probe import annotate_cells
 
 __all__ = ["layer_weights", "layer_weights_heatmap", "weights_and_probe", "weights_table", "weight_history"]
 
 
-def _as_weights(weights) -> pd.Series:
+def as_weights(weights) -> pd.Series:
     """A Series of weights indexed by layer, from a Series, featurizer, dict or sequence."""
     if hasattr(weights, "layer_weights") and not isinstance(weights, (pd.Series, pd.DataFrame)):
         weights = weights.layer_weights
@@ -55,7 +56,7 @@ def weights_table(weights, probe_df: pd.DataFrame | None = None,
             (e.g. from :func:`s3viz.probe_layers`); several methods/targets become
             columns ``metric[method/target]``.
     """
-    w = _as_weights(weights)
+    w = as_weights(weights)
     out = pd.DataFrame({"layer": [int(i) for i in w.index], "weight": w.to_numpy(dtype=float)})
     out["uniform"] = 1.0 / len(w)
     if probe_df is not None:
@@ -72,13 +73,12 @@ def layer_weights(weights, ax=None, *, baseline: bool = True, color: str | None 
     Args:
         weights: Series indexed by layer (``featurizer.layer_weights``,
             :func:`s3viz.load_featurizer_weights`), a featurizer, or a sequence.
-        ax: Axes to draw on; a new figure when None.
 
     Returns:
         The Axes. The numbers are ``weights`` itself (``weights.to_csv(path)``). The
         title says "random weights" when ``weights.attrs["weights"]`` does.
     """
-    w = _as_weights(weights)
+    w = as_weights(weights)
     ax = new_axes(ax)
     layers = [int(i) for i in w.index]
     x = np.arange(len(layers))
@@ -94,7 +94,7 @@ def layer_weights(weights, ax=None, *, baseline: bool = True, color: str | None 
     ax.set_ylim(0, max(top, 1.0 / len(layers)) * 1.15)
     title = title if title is not None else (str(w.name) if w.name not in (None, "weight")
                                              else "layer weights")
-    ax.set_title(titled(title, RANDOM_NOTE if is_random(w) else None))
+    ax.set_title(random_title(title, w))
     ax.legend(loc="best", fontsize="small")
     return ax
 
@@ -105,8 +105,7 @@ def layer_weights_heatmap(df: pd.DataFrame, ax=None, *, annotate: bool | None = 
 
     Args:
         df: DataFrame of row by layer (e.g. ``load_featurizer_weights([...])``);
-            a Series is drawn as one row.
-        annotate: write each value in its cell (default: when at most 20 x 30 cells).
+            a Series is drawn as one row. ``annotate`` defaults to at most 20 x 30 cells.
 
     Returns:
         The Axes (the colour bar sits beside it). The numbers are ``df``.
@@ -122,7 +121,8 @@ def layer_weights_heatmap(df: pd.DataFrame, ax=None, *, annotate: bool | None = 
                    vmax=max(float(np.nanmax(values)), 1e-12))
     ax.figure.colorbar(im, ax=ax, label="weight (probability)")
     ax.set_xticks(np.arange(df.shape[1]))
-    ax.set_xticklabels([layer_label(c) if _is_int(c) else str(c) for c in df.columns])
+    ax.set_xticklabels([layer_label(c) if isinstance(c, (int, np.integer))
+                        and not isinstance(c, bool) else str(c) for c in df.columns])
     ax.set_yticks(np.arange(df.shape[0]))
     ax.set_yticklabels([str(i) for i in df.index])
     ax.set_xlabel("layer")
@@ -130,16 +130,9 @@ def layer_weights_heatmap(df: pd.DataFrame, ax=None, *, annotate: bool | None = 
         annotate = df.shape[0] <= 20 and df.shape[1] <= 30
     if annotate:
         vmax = np.nanmax(values)
-        for (r, c), v in np.ndenumerate(values):
-            if np.isfinite(v):
-                ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if v < 0.6 * vmax else "black")
+        annotate_cells(ax, values, lambda v: v < 0.6 * vmax, finite_only=True)
     ax.set_title(title or "layer weights")
     return ax
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _probe_curves(probe_df: pd.DataFrame, metric: str):
@@ -190,7 +183,7 @@ def weights_and_probe(weights, probe_df: pd.DataFrame, ax=None, *, metric: str =
         its label saying "(random weights)" when ``probe_df.attrs["weights"]`` does.
         The numbers: :func:`weights_table` ``(weights, probe_df)``.
     """
-    w = _as_weights(weights)
+    w = as_weights(weights)
     ax = layer_weights(w, ax=ax, title=title or f"layer weights and probe {metric}")
     pos = {int(layer): i for i, layer in enumerate(w.index)}
     twin = ax.twinx()
@@ -216,8 +209,6 @@ def weight_history(history: pd.DataFrame, ax=None, *, title: str | None = None):
     Args:
         history: the history DataFrame of :func:`s3viz.train_featurizer`
             (``step`` and ``weight_<layer>`` columns).
-        ax: a matplotlib Axes; ``None`` makes a new figure.
-        title: Axes title.
 
     Returns:
         The Axes: layers coloured along one colour map (never a repeated

@@ -12,20 +12,22 @@ display hook and works offline; without a widget frontend the widget's
 
 from __future__ import annotations
 
-import base64
-import io
 from typing import Dict, List, Optional, Sequence
 
+import ipywidgets
 import numpy as np
 import pandas as pd
 
 from ..align import (
     frame_timeline,
     optional_attr,
+    receptive_field,
     upstream_frame_counts,
     upstream_rates,
 )
 from ..interface import SAMPLE_RATE, num_layer_of
+from ..plot._align import frame_grid
+from ..plot._common import png, with_png
 
 __all__ = ["alignment_explorer", "AlignmentExplorer", "utterance_alignment", "draw_alignment",
            "default_layers"]
@@ -37,6 +39,18 @@ def _is_store(source) -> bool:
 
 def _is_corpus(source) -> bool:
     return hasattr(source, "ids") and len(source) > 0 and hasattr(source[0], "wav")
+
+
+def _check_source(source, upstream, arg: str = "source") -> bool:
+    """True for a store; refuses anything but a store or a Corpus with its upstream."""
+    if _is_store(source):
+        return True
+    if not _is_corpus(source):
+        raise TypeError(f"{arg} must be an s3viz.data.Corpus or a LayerStore, got "
+                        f"{type(source).__name__}")
+    if upstream is None:
+        raise ValueError("a Corpus needs upstream=... to know each layer's frames")
+    return False
 
 
 def default_layers(rates: Sequence[int], max_layers: int = 4) -> List[int]:
@@ -88,18 +102,11 @@ def utterance_alignment(
         ``phones`` (DataFrame or None), ``num_frames`` (layer -> frames) and
         ``timelines`` (``"layer i"`` -> :func:`s3viz.frame_timeline` DataFrame).
     """
-    store = _is_store(source)
-    if not store and not _is_corpus(source):
-        raise TypeError(
-            "source must be an s3viz.data.Corpus or an s3viz LayerStore, got "
-            f"{type(source).__name__}"
-        )
+    store = _check_source(source, upstream)
     n = len(source)
     index = int(index)
     if not 0 <= index < n:
         raise IndexError(f"index must be in [0, {n}), got {index}")
-    if not store and upstream is None:
-        raise ValueError("a Corpus needs upstream=... to know each layer's frames")
     rates, names = _source_layers(source, upstream)
     layers = default_layers(rates) if layers is None else [int(x) for x in layers]
     bad = [x for x in layers if not 0 <= x < len(rates)]
@@ -120,7 +127,7 @@ def utterance_alignment(
         num_frames = {x: int(source.lengths(x)[index]) for x in layers}
         timelines = {}
         for x in layers:
-            use_conv = conv if conv is not None and _stride(conv) == rates[x] else None
+            use_conv = conv if conv is not None and receptive_field(conv)[1] == rates[x] else None
             timelines[names[x]] = frame_timeline(
                 rates[x], wav_len, num_frames=num_frames[x],
                 receptive_field_samples=int(fields[x]), conv_layers=use_conv)
@@ -140,19 +147,11 @@ def utterance_alignment(
             "num_frames": num_frames, "timelines": timelines}
 
 
-def _stride(conv) -> int:
-    from ..align import receptive_field
-
-    return receptive_field(conv)[1]
-
-
 def draw_alignment(view: Dict[str, object], ax=None, *, window=None, spectrogram: bool = False):
     """Draw a :func:`utterance_alignment` view with :func:`s3viz.plot.frame_grid`.
 
     Returns the Axes.
     """
-    from ..plot._align import frame_grid
-
     ax = frame_grid(view["wav"], view["timelines"], view["phones"], ax=ax, window=window,
                     wav_len=view["wav_len"], spectrogram=spectrogram and view["wav"] is not None)
     ax.set_title(f"{view['id']}: " + ", ".join(
@@ -160,19 +159,7 @@ def draw_alignment(view: Dict[str, object], ax=None, *, window=None, spectrogram
     return ax
 
 
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=fig.dpi)
-    return buf.getvalue()
-
-
-def _widget_base():
-    import ipywidgets
-
-    return ipywidgets.VBox
-
-
-class AlignmentExplorer(_widget_base()):
+class AlignmentExplorer(ipywidgets.VBox):
     """The widget made by :func:`alignment_explorer` (a ``VBox``).
 
     Attributes:
@@ -271,7 +258,7 @@ class AlignmentExplorer(_widget_base()):
             ax.text(0.5, 0.5, "select at least one layer", ha="center", va="center")
             ax.set_axis_off()
         self.figure.tight_layout()
-        self.image.value = _png(self.figure)
+        self.image.value = png(self.figure)
         self.view = view
         self.state = {"index": self.utterance.value, "id": view["id"],
                       "layers": list(self.layers.value), "window": window,
@@ -279,11 +266,7 @@ class AlignmentExplorer(_widget_base()):
                       "renders": self.state.get("renders", 0) + 1}
 
     def _repr_mimebundle_(self, **kwargs):
-        bundle = super()._repr_mimebundle_(**kwargs)
-        if isinstance(bundle, dict) and self.image.value:
-            # static fallback for frontends without widgets (nbconvert, GitHub)
-            bundle["image/png"] = base64.b64encode(bytes(self.image.value)).decode("ascii")
-        return bundle
+        return with_png(super()._repr_mimebundle_(**kwargs), self.image.value)
 
 
 def alignment_explorer(corpus_or_store, upstream=None, *, layers=None, window_s: float = 1.0,
@@ -303,15 +286,6 @@ def alignment_explorer(corpus_or_store, upstream=None, *, layers=None, window_s:
         An :class:`AlignmentExplorer` (not displayed; show it by leaving it as
         the last expression of a cell).
     """
-    if _is_store(corpus_or_store):
-        pass
-    elif _is_corpus(corpus_or_store):
-        if upstream is None:
-            raise ValueError("alignment_explorer(corpus, upstream): a Corpus needs the upstream")
-    else:
-        raise TypeError(
-            "corpus_or_store must be an s3viz.data.Corpus or a LayerStore, got "
-            f"{type(corpus_or_store).__name__}"
-        )
+    _check_source(corpus_or_store, upstream, "corpus_or_store")
     return AlignmentExplorer(corpus_or_store, upstream, layers=layers, window_s=window_s,
                              device=device)

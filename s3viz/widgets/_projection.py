@@ -9,9 +9,7 @@ are matplotlib PNGs, so no CDN or frontend extension is needed. More:
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from collections.abc import Sequence
 
 import ipywidgets as W
@@ -21,7 +19,7 @@ import torch
 
 from .. import _validate as _v
 from .._numerics import read_dtype
-from ..plot._common import layer_label
+from ..plot._common import layer_label, png, with_png
 
 __all__ = ["LayerProjectionExplorer", "layer_projection_explorer", "projection", "METHODS"]
 
@@ -42,26 +40,14 @@ def _frame_colours(store, layer: int, color_by: str) -> np.ndarray:
     return store.frame_labels(layer, column=color_by)
 
 
-def sample_frames(store, layer: int, color_by: str, max_points: int, seed: int) -> np.ndarray:
-    """Rows of ``store.layer(layer)`` drawn (seeded) among the labelled frames."""
-    lab = _frame_colours(store, layer, color_by)
-    rows = np.flatnonzero(lab != "")
-    if len(rows) > max_points:
-        rows = np.sort(np.random.default_rng([seed, 5]).choice(rows, max_points, replace=False))
-    return rows
-
-
 def projection(store, layer: int, *, color_by: str = "phone", method: str = "pca",
                max_points: int = 2000, seed: int = 0) -> pd.DataFrame:
     """A 2-D projection of a sample of one layer's frames.
 
     Args:
-        store: a :class:`~s3viz.store.LayerStore`.
-        layer: stored layer index.
         color_by: ``"phone"``, ``"word"`` (alignment columns) or ``"speaker"``.
         method: ``"pca"`` or ``"umap"`` (needs ``umap-learn``).
         max_points: frames drawn (seeded) among the labelled ones.
-        seed: seed of the draw (and of UMAP).
 
     Returns:
         One row per drawn frame: ``x``, ``y``, ``label``, ``row`` (its row in
@@ -75,7 +61,9 @@ def projection(store, layer: int, *, color_by: str = "phone", method: str = "pca
     max_points = _v.integer(max_points, "max_points", minimum=3)
     s = store._layer_index(layer)
     lab = _frame_colours(store, s, color_by)
-    rows = sample_frames(store, s, color_by, max_points, seed)
+    rows = np.flatnonzero(lab != "")  # a seeded draw among the labelled frames
+    if len(rows) > max_points:
+        rows = np.sort(np.random.default_rng([seed, 5]).choice(rows, max_points, replace=False))
     if len(rows) < 3:
         raise ValueError(f"stored layer {s} has {len(rows)} labelled frames; a projection "
                          "needs at least 3")
@@ -91,15 +79,19 @@ def projection(store, layer: int, *, color_by: str = "phone", method: str = "pca
         total = float((sv ** 2).sum())
         explained = float((sv[:2] ** 2).sum()) / total if total > 0 else float("nan")
     else:
-        try:
-            import umap  # umap-learn
-        except ImportError as e:
-            raise ImportError("method='umap' needs umap-learn: pip install umap-learn "
-                              "(or use method='pca')") from e
-        xy = umap.UMAP(n_components=2, random_state=int(seed)).fit_transform(x.numpy())
+        xy = _umap().UMAP(n_components=2, random_state=int(seed)).fit_transform(x.numpy())
     out = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "label": lab[rows], "row": rows})
     out.attrs.update(explained=explained, layer=s, method=method, color_by=color_by)
     return out
+
+
+def _umap():
+    try:
+        import umap  # umap-learn
+    except ImportError as e:
+        raise ImportError("method='umap' needs umap-learn: pip install umap-learn "
+                          "(or use method='pca')") from e
+    return umap
 
 
 def _palette(labels: pd.Series, max_colours: int) -> dict:
@@ -202,19 +194,12 @@ class LayerProjectionExplorer(W.VBox):
         fig = Figure(figsize=(_WIDTH / _DPI, _HEIGHT / _DPI), dpi=_DPI)
         ax = fig.add_axes((0.02, 0.03, 0.74, 0.9))
         draw(pts, ax, self.palette, f"layer {layer}: {self.method.upper()} of {len(pts)} frames")
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=_DPI)
-        return buf.getvalue()
+        return png(fig)
 
     def _repr_mimebundle_(self, **kwargs):
-        data = super()._repr_mimebundle_(**kwargs) or {}
-        if isinstance(data, tuple):
-            data = data[0]
-        data = dict(data)
-        data["image/png"] = base64.b64encode(self.image.value).decode("ascii")
-        data["text/plain"] = (f"LayerProjectionExplorer(layer={self.slider.value}, "
-                              f"color_by={self.color_by!r}, method={self.method!r})")
-        return data
+        return with_png(super()._repr_mimebundle_(**kwargs), self.image.value,
+                        f"LayerProjectionExplorer(layer={self.slider.value}, "
+                        f"color_by={self.color_by!r}, method={self.method!r})")
 
 
 def layer_projection_explorer(store, color_by: str = "phone", *, method: str = "pca",
@@ -224,27 +209,19 @@ def layer_projection_explorer(store, color_by: str = "phone", *, method: str = "
     """A slider over layers and a 2-D picture of each layer's frames (``docs/reports.md``).
 
     Args:
-        store: a :class:`~s3viz.store.LayerStore`.
         color_by: ``"phone"`` or ``"word"`` (needs alignments) or ``"speaker"``.
         method: ``"pca"`` or ``"umap"`` (``umap-learn``).
-        layers: stored layers on the slider (default all).
         max_points: frames drawn per layer.
         probe: the score shown beside the picture: ``True`` runs
             ``probe_layers(store, color_by)`` (ridge; speaker split by
             utterance; at most 5 folds; when it cannot run, the reason is shown
             in place of the score), a DataFrame of :func:`s3viz.probe_layers` is used as
             given, ``None``/``False`` shows none.
-        seed: seed of the frame draw.
-        device: where the probe runs.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method == "umap":
-        try:
-            import umap  # noqa: F401
-        except ImportError as e:
-            raise ImportError("method='umap' needs umap-learn: pip install umap-learn "
-                              "(or use method='pca')") from e
+        _umap()
     layer_list = _v.stored_layers(store, layers)
     note = None
     if probe is True:

@@ -9,8 +9,6 @@ ipywidgets and matplotlib are used. More: ``docs/featurizers.md``.
 
 from __future__ import annotations
 
-import base64
-import io
 import time
 from collections.abc import Sequence
 
@@ -21,7 +19,8 @@ import pandas as pd
 from ..featurizer_training import train_featurizer
 from ..featurizers import WeightedSumFeaturizer
 from ..probe.weighted import WeightedScorer
-from ..plot._common import layer_label
+from ..plot._common import layer_label, png, with_png
+from ..plot._weights import layer_weights
 
 __all__ = ["LayerWeightExplorer", "layer_weight_explorer"]
 
@@ -210,36 +209,19 @@ class LayerWeightExplorer(W.VBox):
     # -- static fallback ------------------------------------------------------------
     def figure(self, ax=None):
         """Matplotlib bar chart of the current weights, the score in the title; returns the Axes."""
-        from ..plot._weights import layer_weights
-
-        w = self.weights
-        return layer_weights(w.fillna(0.0), ax=ax,
+        return layer_weights(self.weights.fillna(0.0), ax=ax,
                              title=f"{self.scorer.target}: accuracy {self._score:.3f} "
                                    f"(uniform {self.uniform_score:.3f})")
 
-    def _png(self) -> str:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
+    def _repr_mimebundle_(self, **kwargs):
         from matplotlib.figure import Figure
 
         fig = Figure(figsize=(6.4, 3.2), dpi=90)
-        FigureCanvasAgg(fig)
         self.figure(ax=fig.add_subplot(111))
         fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        return base64.b64encode(buf.getvalue()).decode("ascii")
-
-    def _repr_mimebundle_(self, **kwargs):
-        data = super()._repr_mimebundle_(**kwargs) or {}
-        if isinstance(data, tuple):
-            data = data[0]
-        data = dict(data)
-        data["image/png"] = self._png()
-        w = self.weights
-        data["text/plain"] = (
+        return with_png(super()._repr_mimebundle_(**kwargs), png(fig), (
             f"LayerWeightExplorer(target={self.scorer.target!r}, accuracy={self._score:.3f}, "
-            "weights=" + ", ".join(f"{l_}:{p:.2f}" for l_, p in w.items()) + ")")
-        return data
+            "weights=" + ", ".join(f"{l_}:{p:.2f}" for l_, p in self.weights.items()) + ")"))
 
 
 def _weight_html(p: float) -> str:
@@ -263,16 +245,10 @@ def layer_weight_explorer(
     """An interactive widget to move layer weights and watch the probe score.
 
     Args:
-        store: a :class:`s3viz.LayerStore`.
-        target: the probe target (``"phone"`` at frame level, a label column at
-            utterance level).
-        level: ``"frame"`` or ``"utterance"``.
-        layers: stored layers to weigh (default all).
         learned: learned weights for the "learned weights" button (a Series
             indexed by layer, a featurizer, or a checkpoint's
             :func:`s3viz.load_featurizer_weights`); when None the button runs
             :func:`s3viz.train_featurizer` on first click.
-        dims: size of the shared basis of :class:`WeightedScorer`.
         scorer: reuse an existing :class:`WeightedScorer` (then ``store``,
             ``target``, ``level``, ``layers``, ``dims`` only feed training).
         train_kwargs: extra arguments of :func:`train_featurizer` for the
