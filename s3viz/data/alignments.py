@@ -138,10 +138,9 @@ def decode_text(path: Path, *, error=None, legacy: bool = False, fix: str = "") 
     raise error(f"{path}: not {known} text; {fix or 'save it as UTF-8'}")
 
 
-# praatio's long-format parser reads times with the pattern [\d.]+, so "xmin = 5e-05"
-# (Praat writes times with %.17g, which gives exponents below 1e-4) is a parse error:
-# such times are rewritten in positional notation, the same number, before parsing
-# (in the long format after "xmin =" and the like, in the short format alone on a line)
+# praatio reads times with the pattern [\d.]+, so "xmin = 5e-05" (Praat's %.17g) is a parse
+# error: such times (after "xmin =" and the like, or alone on a line in the short format)
+# are rewritten in positional notation, the same number, before parsing
 _EXPONENT = re.compile(r"^(\s*(?:(?:xmin|xmax|number|time)\s*=\s*)?)"
                        r"([-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+)(\s*)$", re.M)
 
@@ -213,11 +212,8 @@ _UNREADABLE = "unreadable tier"
 
 
 def _tier_by_tier(text: str, path: Path, err: Exception):
-    """A long-format TextGrid praatio cannot parse as a whole, parsed one tier at a time,
-    so that a malformed tier the analysis does not use (SPPAS writes point tiers with
-    ``intervals: size`` and ``time =``, which Praat reads by position but praatio by
-    key) does not block the tiers it does use; a malformed tier is kept as unreadable
-    and refused only if it is chosen."""
+    """A long-format TextGrid praatio cannot parse as a whole (SPPAS's point tiers), parsed
+    one tier at a time: a malformed tier is kept as unreadable, refused only if chosen."""
     from praatio.utilities import textgrid_io
 
     parts = re.split(r"(?m)^(?=[ \t]*item ?\[\d+\]:)", text)
@@ -319,16 +315,12 @@ def _check_phn_rate(entries: Sequence[_Entry], duration: float, sample_rate: int
 
 def check_intervals(entries: Sequence[_Entry], duration: float, path, tier: str, *,
                     allow_overlap: bool = False) -> List[_Entry]:
-    """The one check every alignment goes through (TextGrid tiers, ``.PHN``/``.WRD``,
-    segment tables, an :class:`~s3viz.data.Utterance`'s own ``phones`` table).
-
-    ``entries`` are ``(start, end, label)`` in seconds, in the source's order, for audio
-    of ``duration`` seconds. They must be finite, ``end > start >= 0``, in time order,
-    not overlapping (unless ``allow_overlap``: TIMIT's words) and end at most
-    :data:`TOLERANCE_S` past the audio; such ends are clipped to it. Returns the entries
-    with labels stripped; otherwise raises :class:`AlignmentError` naming ``path``,
-    ``tier`` and the interval. Gaps are allowed: what no interval covers is unlabelled.
-    """
+    """The one check every alignment goes through (``docs/alignment.md``): ``(start, end,
+    label)`` entries in seconds, in the source's order, for audio of ``duration`` seconds,
+    must be finite, ``end > start >= 0``, in time order, not overlapping (unless
+    ``allow_overlap``: TIMIT's words) and end at most :data:`TOLERANCE_S` past the audio
+    (clipped to it). Returns them with labels stripped, else raises :class:`AlignmentError`
+    naming ``path``, ``tier`` and the interval."""
     out: List[_Entry] = []
     prev = None
     for k, (start, end, label) in enumerate(entries, 1):
@@ -410,14 +402,10 @@ be exactly ``336840``)."""
 
 
 def to_sample(t: float) -> int:
-    """The first 16 kHz sample at or after time ``t`` (seconds): ``ceil(t * 16000)``.
-
-    Frame centres are whole samples, and an interval ``[s, e)`` holds the centre ``c``
-    exactly when ``s * 16000 <= c < e * 16000``, that is ``to_sample(s) <= c <
-    to_sample(e)``; rounding instead moved a boundary at 21.052512 s (336840.19
-    samples) onto the centre 336840 and gave that frame the next label. Within
-    :data:`SAMPLE_NOISE` of a whole sample a time is that sample.
-    """
+    """The first 16 kHz sample at or after time ``t`` (seconds): ``ceil(t * 16000)``, so
+    an interval ``[s, e)`` holds a frame centre ``c`` exactly when ``to_sample(s) <= c <
+    to_sample(e)`` (why not rounding: ``docs/alignment.md``). Within :data:`SAMPLE_NOISE`
+    of a whole sample a time is that sample."""
     return int(math.ceil(t * SAMPLE_RATE - SAMPLE_NOISE))
 
 

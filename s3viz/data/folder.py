@@ -310,53 +310,41 @@ def load_folder(
     phone_map=None,
     silence=None,
 ) -> Corpus:
-    """Load every audio file under a folder as a :class:`Corpus` (mono, 16 kHz), with
-    per-file labels and forced alignments when given. How the labels CSV is read, what
-    ``strict`` leaves out and the alignment options in full: ``docs/data.md``.
-
-    Utterance ids are the files' paths relative to ``path`` without suffix, in POSIX form
-    (``"spk1/hello"`` for ``path/spk1/hello.wav``), sorted.
+    """Load every audio file under a folder as a :class:`Corpus` (mono, 16 kHz; ids: the
+    files' POSIX paths relative to ``path`` without suffix, sorted), with per-file labels
+    and forced alignments when given. The rules for each argument in full: ``docs/data.md``.
 
     Args:
         path: the folder.
-        labels_csv: optional CSV path (or DataFrame) with one row per file, matched by its
+        labels_csv: optional CSV path (or DataFrame), one row per file, matched by its
             ``file`` column (a path relative to ``path``, with or without suffix) or else
-            ``id``. ``speaker`` and ``text`` fill those fields, every other column becomes
-            an entry of ``Utterance.labels``; with both ``file`` and ``id``, ``id`` gives the
-            ids. Cells are strings as written, stripped; an empty cell is missing.
-        pattern: a glob (or list of globs) relative to ``path``, e.g. ``"**/*.wav"``;
-            default: every ``.wav``, ``.flac`` and ``.ogg`` file (any case) below ``path``.
-        strict: True (default): one error lists every file that does not fit (unreadable
-            audio, a missing or bad alignment, no CSV row) and every CSV or segment row
-            matching no file; its ``skipped`` attribute holds them as a table. False: such
-            files are left out, such rows ignored, files without a row kept with empty
-            labels; one warning names them and ``corpus.skipped`` lists them (``file``,
-            ``reason``). A name differing from a file only in Unicode normalisation is
-            refused either way.
+            ``id``; ``speaker`` and ``text`` fill those fields, other columns (``id`` aside)
+            become ``Utterance.labels``. Cells are strings as written, stripped.
+        pattern: a glob (or list of globs) relative to ``path``; default: every ``.wav``,
+            ``.flac`` and ``.ogg`` file (any case) below ``path``.
+        strict: True: one error lists every file that does not fit (unreadable audio, a
+            missing or bad alignment, no CSV row) and every CSV or segment row matching no
+            file (its ``skipped`` attribute holds them). False: they are left out (files
+            without a row kept with empty labels), named in one warning and listed in
+            ``corpus.skipped`` (``file``, ``reason``).
         allow_silence: accept all-zero files instead of raising.
         name: the corpus name (default: the folder name).
-        lazy: read only the files' headers now: the utterances are
-            :class:`~s3viz.data.FileUtterance` objects that read their audio on each access
-            (errors about a file's content come then). Alignments are read now either way.
-        alignments: a folder with one TextGrid (or TIMIT ``.PHN``) per audio file at the
-            same relative path (MFA's output); ``"sibling"``: beside each audio file; or a
-            CSV/TSV path (or DataFrame) of segments (``file`` or ``id``, ``start``, ``end``
-            in seconds, ``phone``, optional ``word``, ``word_index``), matched as
-            ``labels_csv`` is.
+        lazy: read only the files' headers now; the utterances are
+            :class:`~s3viz.data.FileUtterance` objects that read their audio on each access.
+        alignments: a folder of TextGrids (or TIMIT ``.PHN``) at the audio's relative paths
+            (MFA's output), ``"sibling"`` (beside each audio file), or a CSV/TSV path (or
+            DataFrame) of segments (``file`` or ``id``, ``start``, ``end`` in seconds,
+            ``phone``, optional ``word``, ``word_index``).
         alignment_pattern: where each file's alignment is, relative to the ``alignments``
             folder (to ``path`` for ``"sibling"``), with ``{parent}``, ``{stem}`` and
-            ``{name}`` (SPPAS: ``"{parent}/{stem}-merge.TextGrid"``); a list is tried in
-            order.
+            ``{name}``; a list is tried in order.
         phone_tier, word_tier: a tier name or a list of candidates, the first the file has
-            wins (default ``s3viz.data.alignments.PHONE_TIER_NAMES`` / ``WORD_TIER_NAMES``);
-            a file without a word tier gets the word ``""``.
+            wins (default ``s3viz.data.alignments.PHONE_TIER_NAMES`` / ``WORD_TIER_NAMES``).
         phone_map: ``None`` (labels as written), ``"timit39"``, a dict (every label must
             be in it) or a function label -> label (``None``: unlabelled).
         silence: the silence marks (a set, or a comma-separated str; default
-            ``s3viz.data.alignments.SILENCE_LABELS``): they become the phone ``"sil"``
-            with the word ``""``. Audio no phone interval covers is unlabelled, never
-            silence. Bad alignments are :class:`~s3viz.data.AlignmentError` naming the file
-            and interval (``docs/alignment.md``).
+            ``s3viz.data.alignments.SILENCE_LABELS``), which become the phone ``"sil"``.
+            Bad alignments are :class:`~s3viz.data.AlignmentError` (``docs/alignment.md``).
 
     Returns:
         A :class:`Corpus` (``phones`` None for every utterance without ``alignments``),
