@@ -411,9 +411,8 @@ def _plan(n_utterances: int, seed: int, speakers: Dict[str, dict],
 def _synthesize(plan: List[dict], speakers: Dict[str, dict], seed: int):
     from ..audio import resample_many
 
-    items = [{"text": p["text"], "voice": speakers[p["speaker"]]["voice"],
-              "rate": speakers[p["speaker"]]["rate"], "pitch": speakers[p["speaker"]]["pitch"],
-              "range": speakers[p["speaker"]]["range"]} for p in plan]
+    items = [{"text": p["text"], **{k: speakers[p["speaker"]][k]
+                                    for k in ("voice", "rate", "pitch", "range")}} for p in plan]
     header, samples = _run_espeak(items, seed)
     offsets = np.concatenate([[0], np.cumsum(header["num_samples"])])
     raws = []
