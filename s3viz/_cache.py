@@ -202,8 +202,9 @@ def _plain(v):
 
 
 def df_to_json(df: pd.DataFrame | None):
-    return None if df is None else {"columns": [c if isinstance(c, str) else str(c) for c in df.columns],
-            "data": [[_plain(v) for v in row] for row in df.itertuples(index=False, name=None)]}
+    return None if df is None else {
+        "columns": [c if isinstance(c, str) else str(c) for c in df.columns],
+        "data": [[_plain(v) for v in row] for row in df.itertuples(index=False, name=None)]}
 
 
 def df_from_json(obj) -> pd.DataFrame | None:
