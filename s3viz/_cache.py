@@ -146,7 +146,7 @@ def upstream_fingerprint(upstream: nn.Module) -> str:
 
 def extraction_fingerprint(upstream_fp, corpus_fp, layer_ids, sizes, rates, store_dtype,
                             amp_dtype) -> str:
-    settings = {
+    return json_digest({
         "format": FORMAT_VERSION,
         "upstream": upstream_fp,
         "corpus": corpus_fp,
@@ -155,17 +155,13 @@ def extraction_fingerprint(upstream_fp, corpus_fp, layer_ids, sizes, rates, stor
         "downsample_rates": list(rates),
         "store_dtype": STORE_DTYPES[store_dtype],
         "dtype": "float32" if amp_dtype is None else STORE_DTYPES[amp_dtype],
-    }
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    })
 
 
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        while True:
-            block = f.read(HASH_BLOCK)
-            if not block:
-                break
+        for block in iter(lambda: f.read(HASH_BLOCK), b""):
             h.update(block)
     return h.hexdigest()
 
@@ -206,16 +202,13 @@ def _plain(v):
 
 
 def df_to_json(df: pd.DataFrame | None):
-    if df is None:
-        return None
-    return {"columns": [c if isinstance(c, str) else str(c) for c in df.columns],
-            "data": [[_plain(v) for v in row] for row in df.itertuples(index=False, name=None)]}
+    return None if df is None else {
+        "columns": [c if isinstance(c, str) else str(c) for c in df.columns],
+        "data": [[_plain(v) for v in row] for row in df.itertuples(index=False, name=None)]}
 
 
 def df_from_json(obj) -> pd.DataFrame | None:
-    if obj is None:
-        return None
-    return pd.DataFrame(obj["data"], columns=obj["columns"])
+    return None if obj is None else pd.DataFrame(obj["data"], columns=obj["columns"])
 
 
 def chunk_file(c: int, s: int) -> str:
@@ -269,25 +262,25 @@ def write_chunk(chunk_dir: OwnedFolder, c: int, utts, frames, lens) -> dict:
 
 def check_record(chunk_dir: OwnedFolder, c: int, utts, num_layer: int) -> tuple[dict | None, str]:
     """A chunk's record if it and all its files are intact, else (None, why)."""
-    path = chunk_dir.path(chunk_record_file(c))
-    if not chunk_dir.exists(chunk_record_file(c)):
+    record = chunk_record_file(c)
+    if not chunk_dir.exists(record):
         return None, ""
-    rec = read_json(chunk_dir, chunk_record_file(c))
+    rec = read_json(chunk_dir, record)
     if (not isinstance(rec, dict) or rec.get("utterances") != list(utts)
             or len(rec.get("files", [])) != num_layer
             or np.shape(rec.get("lengths")) != (len(utts), num_layer)):
-        return None, f"record {path.name} is unreadable"
+        return None, f"record {record} is unreadable"
     if not seal_ok(rec, "record_sha256"):
         # lowering one utterance's length would shift every later utterance of the chunk
-        return None, f"record {path.name} was changed after it was written (sha256 mismatch)"
+        return None, f"record {record} was changed after it was written (sha256 mismatch)"
     lens = np.asarray(rec["lengths"], dtype=np.int64)
     for s, f in enumerate(rec["files"]):
         if list(f.get("shape", []))[:1] != [int(lens[:, s].sum())]:
-            return None, f"record {path.name}: the lengths do not add up to {f['name']}'s frames"
+            return None, f"record {record}: the lengths do not add up to {f['name']}'s frames"
     for s, f in enumerate(rec["files"]):
         name = str(f.get("name", ""))
         if name != chunk_file(c, s):
-            return None, f"record {path.name} names a file {name!r} that is not its own"
+            return None, f"record {record} names a file {name!r} that is not its own"
         fp = chunk_dir.regular_file(name)  # a link there is refused, never read through
         if fp is None:
             return None, f"{name} is missing"

@@ -169,18 +169,15 @@ class OwnedFolder:
 
     @contextlib.contextmanager
     def open_write(self, rel, *, exclusive: bool = False):
-        """A binary file for ``rel``, put in place atomically when the block ends.
-
-        Written to an exclusive temporary name beside it, then renamed over ``rel``
-        (a link at ``rel`` is replaced, its target never touched). ``exclusive``:
-        refuse when ``rel`` already exists.
-        """
+        """A binary file for ``rel``, written to an exclusive temporary name beside it and
+        renamed over ``rel`` when the block ends (a link at ``rel`` is replaced, its target
+        never touched). ``exclusive``: refuse when ``rel`` already exists."""
         folder, name = self._split(rel)
         with self._dir(folder, create=True) as dfd:
-            if exclusive and self._lstat(dfd, name) is not None:
+            st = _lstat(dfd, name)
+            if exclusive and st is not None:
                 raise FileExistsError(f"{str(self.path(rel))!r} exists already; s3viz does not "
                                       "overwrite it")
-            st = self._lstat(dfd, name)
             if st is not None and stat.S_ISDIR(st.st_mode):
                 raise IsADirectoryError(f"{str(self.path(rel))!r} is a folder where s3viz "
                                         "writes a file; move it away")
@@ -197,7 +194,7 @@ class OwnedFolder:
             finally:
                 if not ok:
                     with contextlib.suppress(OSError):
-                        self._unlink_at(dfd, tmp)
+                        _unlink(dfd, tmp)
 
     def write_bytes(self, rel, data) -> Path:
         with self.open_write(rel) as f:
@@ -234,7 +231,7 @@ class OwnedFolder:
         folder, name = self._split(rel)
         try:
             with self._dir(folder, create=False) as dfd:
-                return self._lstat(dfd, name)
+                return _lstat(dfd, name)
         except FileNotFoundError:
             return None
 
@@ -263,20 +260,26 @@ class OwnedFolder:
             self._refuse_link(self.path(rel))
         return self.path(rel)
 
-    def read_bytes(self, rel) -> bytes:
-        """The bytes of the regular file ``rel`` (a link there is refused, not followed)."""
+    def _open_file(self, rel, flags: int, create: bool) -> int:
+        """A descriptor of the regular file ``rel`` opened with ``flags``, never through a
+        link (a link there is refused, as is anything but a regular file)."""
         folder, name = self._split(rel)
-        with self._dir(folder, create=False) as dfd:
+        with self._dir(folder, create=create) as dfd:
             try:
-                fd = self._open_at(dfd, name, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+                fd = _open(dfd, name, flags | _NOFOLLOW | _CLOEXEC)
             except OSError as e:
                 if e.errno == errno.ELOOP:
                     self._refuse_link(self.path(rel), e)
                 raise
-            with os.fdopen(fd, "rb") as f:
-                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                    raise UnsafePathError(f"{str(self.path(rel))!r} is not a regular file")
-                return f.read()
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise UnsafePathError(f"{str(self.path(rel))!r} is not a regular file")
+        return fd
+
+    def read_bytes(self, rel) -> bytes:
+        """The bytes of the regular file ``rel`` (a link there is refused, not followed)."""
+        with os.fdopen(self._open_file(rel, os.O_RDONLY, create=False), "rb") as f:
+            return f.read()
 
     def listdir(self, rel="") -> list[str]:
         """Names in the folder ``rel`` (refused when it is a link)."""
@@ -292,17 +295,15 @@ class OwnedFolder:
         folder, name = self._split(rel)
         try:
             with self._dir(folder, create=False) as dfd:
-                st = self._lstat(dfd, name)
+                st = _lstat(dfd, name)
                 if st is None:
-                    if missing_ok:
-                        return
                     raise FileNotFoundError(str(self.path(rel)))
                 if stat.S_ISDIR(st.st_mode):
                     raise IsADirectoryError(
                         f"{str(self.path(rel))!r} is a folder inside {self.what} "
                         f"{str(self.folder)!r} where s3viz keeps only files; s3viz does not "
                         "delete folders: move it away, then run again")
-                self._unlink_at(dfd, name)
+                _unlink(dfd, name)
         except FileNotFoundError:
             if not missing_ok:
                 raise
@@ -318,17 +319,8 @@ class OwnedFolder:
         except ImportError:  # pragma: no cover - Windows
             yield
             return
-        folder, name = self._split(rel)
-        with self._dir(folder, create=True) as dfd:
-            try:
-                fd = self._open_at(dfd, name, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC)
-            except OSError as e:
-                if e.errno == errno.ELOOP:
-                    self._refuse_link(self.path(rel), e)
-                raise
+        fd = self._open_file(rel, os.O_RDWR | os.O_CREAT, create=True)
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise UnsafePathError(f"{str(self.path(rel))!r} is not a regular file")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError as e:
@@ -340,30 +332,6 @@ class OwnedFolder:
         finally:
             os.close(fd)
 
-    # ------------------------------------------------------------------ primitives
-
-    @staticmethod
-    def _open_at(dfd, name, flags, mode=0o644):
-        if _DIR_FD:
-            return os.open(name, flags, mode, dir_fd=dfd)
-        return os.open(os.path.join(dfd, name), flags, mode)  # pragma: no cover
-
-    @staticmethod
-    def _lstat(dfd, name):
-        try:
-            if _DIR_FD:
-                return os.stat(name, dir_fd=dfd, follow_symlinks=False)
-            return os.lstat(os.path.join(dfd, name))  # pragma: no cover
-        except FileNotFoundError:
-            return None
-
-    @staticmethod
-    def _unlink_at(dfd, name):
-        if _DIR_FD:
-            os.unlink(name, dir_fd=dfd)
-        else:  # pragma: no cover
-            os.unlink(os.path.join(dfd, name))
-
     def _temp(self, dfd, name):
         # The temporary name must fit NAME_MAX whatever ``name`` is (a 255-byte name, or
         # one of multi-byte characters): a prefix of at most 64 bytes cut at a character
@@ -373,9 +341,34 @@ class OwnedFolder:
         for i in range(100):
             tmp = f".{head}.{digest}.tmp-{os.getpid()}-{i}"
             try:
-                fd = self._open_at(dfd, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW
-                                   | _CLOEXEC)
-                return tmp, fd
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC
+                return tmp, _open(dfd, tmp, flags)
             except FileExistsError:
                 continue
         raise FileExistsError(f"no free temporary name beside {name!r} in {str(self.folder)!r}")
+
+
+# ---------------------------------------------------------------------- primitives: ``name``
+# in the folder ``dfd`` (a descriptor; a path where the platform has no *at() calls)
+
+
+def _at(dfd, name):
+    return (name, {"dir_fd": dfd}) if _DIR_FD else (os.path.join(dfd, name), {})
+
+
+def _open(dfd, name, flags, mode=0o644):
+    path, kw = _at(dfd, name)
+    return os.open(path, flags, mode, **kw)
+
+
+def _lstat(dfd, name):
+    path, kw = _at(dfd, name)
+    try:
+        return os.stat(path, follow_symlinks=False, **kw)
+    except FileNotFoundError:
+        return None
+
+
+def _unlink(dfd, name):
+    path, kw = _at(dfd, name)
+    os.unlink(path, **kw)

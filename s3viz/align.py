@@ -44,19 +44,16 @@ DEFAULT_WAV_LENGTHS = range(400, 400 + 7 * 640 + 1, 7)
 power-of-two rate), so every remainder modulo 320 and 640 is visited once."""
 
 
-def _as_long(wavs_len, name: str = "wavs_len") -> torch.Tensor:
-    if isinstance(wavs_len, torch.Tensor):
-        t = wavs_len
-    else:
-        t = torch.as_tensor(np.array(wavs_len))
-    if t.is_floating_point() or t.dtype == torch.bool or t.is_complex():
-        if t.is_floating_point() and torch.all(t == t.round()):
-            t = t.long()
-        else:
-            raise TypeError(f"{name} must hold integer sample counts, got dtype {t.dtype}")
+def _as_long(wavs_len, name: str = "wavs_len", least: int = 0) -> torch.Tensor:
+    """``wavs_len`` as a long tensor of sample counts ``>= least`` (whole floats accepted)."""
+    t = wavs_len if isinstance(wavs_len, torch.Tensor) else torch.as_tensor(np.array(wavs_len))
+    if t.dtype == torch.bool or t.is_complex() or (
+            t.is_floating_point() and not torch.all(t == t.round())):
+        raise TypeError(f"{name} must hold integer sample counts, got dtype {t.dtype}")
     t = t.long()
-    if (t < 0).any():
-        raise ValueError(f"{name} must be non-negative, got min {int(t.min())}")
+    if (t < least).any():
+        raise ValueError(f"{name} must be {'non-negative' if least == 0 else 'positive'}, got "
+                         f"min {int(t.min())}")
     return t
 
 
@@ -70,10 +67,8 @@ def _check_conv_layers(conv_layers) -> Tuple[Tuple[int, int], ...]:
     try:
         layers = tuple((int(k), int(s)) for k, s in conv_layers)
     except (TypeError, ValueError) as e:
-        raise ValueError(
-            "conv_layers must be a sequence of (kernel_size, stride) pairs, "
-            f"e.g. s3viz.align.WAV2VEC2_CONV_LAYERS; got {conv_layers!r}"
-        ) from e
+        raise ValueError("conv_layers must be a sequence of (kernel_size, stride) pairs, "
+                         f"e.g. s3viz.align.WAV2VEC2_CONV_LAYERS; got {conv_layers!r}") from e
     if not layers or any(k <= 0 or s <= 0 for k, s in layers):
         raise ValueError(f"conv_layers needs positive (kernel_size, stride) pairs, got {layers!r}")
     return layers
@@ -146,10 +141,9 @@ def expected_lengths(
         layers = WAV2VEC2_CONV_LAYERS if conv_layers is None else conv_layers
         _, stride = receptive_field(layers)
         if stride != rate:
-            raise ValueError(
-                f"conv_layers have a total stride of {stride} samples but rate={rate}; "
-                "pass the conv_layers of this layer (or the matching rate)"
-            )
+            raise ValueError(f"conv_layers have a total stride of {stride} samples but "
+                             f"rate={rate}; pass the conv_layers of this layer (or the "
+                             "matching rate)")
         return conv_lengths(n, layers)
     raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
 
@@ -168,10 +162,8 @@ def optional_attr(obj, name: str):
 def upstream_rates(upstream) -> List[int]:
     rates = optional_attr(upstream, "downsample_rates")
     if rates is None:
-        raise TypeError(
-            f"upstream ({type(upstream).__name__}) has no 'downsample_rates'; it must give "
-            "the samples per frame of each hidden state (s3prl interface)"
-        )
+        raise TypeError(f"upstream ({type(upstream).__name__}) has no 'downsample_rates'; it "
+                        "must give the samples per frame of each hidden state (s3prl interface)")
     return [_check_rate(int(r)) for r in rates]
 
 
@@ -246,21 +238,14 @@ def frame_timeline(
         seconds (``start_s, center_s, end_s, rf_start_s, rf_end_s``).
         ``df.attrs`` holds ``rate``, ``receptive_field``, ``wav_len``, ``layer``.
     """
-    rf = receptive_field_samples
-    conv = None
-    if isinstance(rate_or_upstream, (int, np.integer)) and not isinstance(rate_or_upstream, bool):
-        rate = _check_rate(rate_or_upstream)
-    elif isinstance(rate_or_upstream, (float, str, bool)) or rate_or_upstream is None:
-        raise TypeError(
-            "rate_or_upstream must be a positive int rate or an upstream with "
-            f"'downsample_rates', got {rate_or_upstream!r}"
-        )
+    rf, conv, given = receptive_field_samples, None, rate_or_upstream
+    if isinstance(given, (int, np.integer)) and not isinstance(given, bool):
+        rate = _check_rate(given)
+    elif optional_attr(given, "downsample_rates") is None:
+        plain = isinstance(given, (float, str, bool)) or given is None
+        raise TypeError("rate_or_upstream must be a positive int rate or an upstream with "
+                        f"'downsample_rates', got {repr(given) if plain else type(given).__name__}")
     else:
-        if optional_attr(rate_or_upstream, "downsample_rates") is None:
-            raise TypeError(
-                "rate_or_upstream must be a positive int rate or an upstream with "
-                f"'downsample_rates', got {type(rate_or_upstream).__name__}"
-            )
         layer = 0 if layer is None else int(layer)
         rate, up_rf, conv = layer_geometry(rate_or_upstream, layer)
         if rf is None:
@@ -268,10 +253,8 @@ def frame_timeline(
     if conv_layers is not None:
         conv = _check_conv_layers(conv_layers)
         if receptive_field(conv)[1] != rate:
-            raise ValueError(
-                f"conv_layers have a total stride of {receptive_field(conv)[1]} but the rate is "
-                f"{rate}; pass the convolution stack of this layer"
-            )
+            raise ValueError(f"conv_layers have a total stride of {receptive_field(conv)[1]} "
+                             f"but the rate is {rate}; pass the convolution stack of this layer")
     if rf is None:
         rf = receptive_field(conv)[0] if conv is not None else rate
     rf = int(rf)
@@ -300,16 +283,8 @@ def frame_timeline(
     end = np.concatenate([bounds, [rf_end[-1] if num_frames else 0]]).astype(np.int64)[:num_frames]
     start = np.minimum(start, wav_len)
     end = np.maximum(np.minimum(end, wav_len), start)
-    df = pd.DataFrame(
-        {
-            "frame": idx,
-            "start": start,
-            "center": center,
-            "end": end,
-            "rf_start": rf_start_c,
-            "rf_end": rf_end,
-        }
-    )
+    df = pd.DataFrame({"frame": idx, "start": start, "center": center, "end": end,
+                       "rf_start": rf_start_c, "rf_end": rf_end})
     for col in ("start", "center", "end", "rf_start", "rf_end"):
         df[f"{col}_s"] = df[col] / float(SAMPLE_RATE)
     df.attrs.update({"rate": rate, "receptive_field": rf, "wav_len": wav_len, "layer": layer})
@@ -340,9 +315,8 @@ def frame_labels(
         ``(num_frames,)`` object array of labels.
     """
     if column not in phones.columns:
-        raise KeyError(
-            f"alignment table has no column {column!r}; available: {list(phones.columns)}"
-        )
+        raise KeyError(f"alignment table has no column {column!r}; available: "
+                       f"{list(phones.columns)}")
     rate = _check_rate(rate)
     rf = rate if receptive_field_samples is None else int(receptive_field_samples)
     centers = np.arange(int(num_frames), dtype=np.float64) * rate + rf / 2.0
@@ -366,22 +340,13 @@ def _check_wav_lengths(wav_lengths) -> np.ndarray:
     try:
         arr = np.asarray(list(wav_lengths))
     except TypeError as e:
-        raise TypeError(
-            "wav_lengths must be an iterable of ints, e.g. range(400, 4000, 7); "
-            f"got {wav_lengths!r}"
-        ) from e
+        raise TypeError("wav_lengths must be an iterable of ints, e.g. range(400, 4000, 7); "
+                        f"got {wav_lengths!r}") from e
     if arr.size == 0:
         raise ValueError("wav_lengths is empty; pass e.g. range(400, 4000, 7)")
-    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
-        if arr.ndim == 1 and np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr)):
-            arr = arr.astype(np.int64)
-        else:
-            raise TypeError(
-                f"wav_lengths must be integer sample counts, got {arr.dtype} {arr.shape}"
-            )
-    if (arr <= 0).any():
-        raise ValueError(f"wav_lengths must be positive, got min {int(arr.min())}")
-    return np.unique(arr.astype(np.int64))
+    if arr.ndim != 1 or arr.dtype.kind not in "iuf":
+        raise TypeError(f"wav_lengths must be integer sample counts, got {arr.dtype} {arr.shape}")
+    return np.unique(_as_long(arr, "wav_lengths", least=1).numpy())
 
 
 def length_report(
@@ -424,16 +389,14 @@ def length_report(
             or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if not callable(upstream):
-        raise TypeError(
-            f"upstream must be callable (an AbsUpstream), got {type(upstream).__name__}"
-        )
+        raise TypeError(f"upstream must be callable (an AbsUpstream), got "
+                        f"{type(upstream).__name__}")
     lengths = _check_wav_lengths(wav_lengths)
     rates = upstream_rates(upstream)
     num_layer = num_layer_of(upstream)
     if len(rates) != num_layer:
-        raise ValueError(
-            f"upstream.downsample_rates has {len(rates)} entries but num_layer is {num_layer}"
-        )
+        raise ValueError(f"upstream.downsample_rates has {len(rates)} entries but num_layer is "
+                         f"{num_layer}")
     conv = _upstream_conv_layers(upstream)
     frames = np.zeros((num_layer, lengths.size), dtype=np.int64)
     order = np.argsort(-lengths, kind="stable")
@@ -452,12 +415,8 @@ def length_report(
     parts = []
     for layer in range(num_layer):
         rate = rates[layer]
-        part = {
-            "layer": np.full(lengths.size, layer, dtype=np.int64),
-            "wav_len": lengths,
-            "rate": np.full(lengths.size, rate, dtype=np.int64),
-            "frames": frames[layer],
-        }
+        part = {"layer": np.full(lengths.size, layer, dtype=np.int64), "wav_len": lengths,
+                "rate": np.full(lengths.size, rate, dtype=np.int64), "frames": frames[layer]}
         for c in ("ceil", "round", "floor"):
             part[f"expected_{c}"] = expected_lengths(lengths, rate, c).numpy()
         df = pd.DataFrame(part)
@@ -489,10 +448,9 @@ def upstream_frame_counts(upstream, batches, num_layer: int, device=None):
             try:
                 out = upstream(wavs.to(dev), lens.to(dev))
             except RuntimeError as e:
-                raise RuntimeError(
-                    f"upstream failed on input lengths {lens.tolist()[:4]}: {e}. Inputs "
-                    "shorter than its receptive field often fail: use longer inputs"
-                ) from e
+                raise RuntimeError(f"upstream failed on input lengths {lens.tolist()[:4]}: "
+                                   f"{e}. Inputs shorter than its receptive field often fail: "
+                                   "use longer inputs") from e
             counts = np.stack([hl.detach().to("cpu").long().numpy().reshape(-1)
                                for hl in _all_hs_len(out, num_layer)])
             yield key, counts
@@ -500,15 +458,12 @@ def upstream_frame_counts(upstream, batches, num_layer: int, device=None):
 
 def _all_hs_len(out, num_layer: int) -> List[torch.Tensor]:
     if not isinstance(out, (tuple, list)) or len(out) != 2:
-        raise TypeError(
-            "upstream(wavs, wavs_len) must return (all_hs, all_hs_len) (s3prl interface), "
-            f"got {type(out).__name__}"
-        )
+        raise TypeError("upstream(wavs, wavs_len) must return (all_hs, all_hs_len) (s3prl "
+                        f"interface), got {type(out).__name__}")
     all_hs_len = list(out[1])
     if len(all_hs_len) != num_layer:
-        raise ValueError(
-            f"upstream returned {len(all_hs_len)} lengths but num_layer is {num_layer}"
-        )
+        raise ValueError(f"upstream returned {len(all_hs_len)} lengths but num_layer is "
+                         f"{num_layer}")
     return all_hs_len
 
 
@@ -535,19 +490,14 @@ def summarize_lengths(report: pd.DataFrame) -> pd.DataFrame:
     needed = {"layer", "wav_len", "rate", "frames"}
     missing = needed - set(report.columns)
     if missing:
-        raise ValueError(
-            f"report lacks columns {sorted(missing)}; pass the DataFrame of s3viz.length_report"
-        )
+        raise ValueError(f"report lacks columns {sorted(missing)}; pass the DataFrame of "
+                         "s3viz.length_report")
     convs = _report_conventions(report)
     rows = []
     for layer, part in report.groupby("layer", sort=True):
-        row = {
-            "layer": int(layer),
-            "rate": int(part["rate"].iloc[0]),
-            "n_lengths": int(len(part)),
-            "min_wav_len": int(part["wav_len"].min()),
-            "max_wav_len": int(part["wav_len"].max()),
-        }
+        row = {"layer": int(layer), "rate": int(part["rate"].iloc[0]),
+               "n_lengths": int(len(part)), "min_wav_len": int(part["wav_len"].min()),
+               "max_wav_len": int(part["wav_len"].max())}
         scores = {}
         for c in convs:
             diff = (part["frames"] - part[f"expected_{c}"]).astype("Float64")

@@ -1,10 +1,8 @@
 """Audio in: load, mono, 16 kHz, validate, and batch into the s3prl ``wavs, wavs_len`` pair.
 
-Every waveform enters s3viz here, so conversions happen once:
-:func:`load_audio` (a file soundfile reads), :func:`prepare_wav` (an array or
-tensor at any rate), :func:`to_mono`, :func:`resample` and :func:`batch_wavs`
-(``wavs (batch_size, seq_len, 1)``, ``wavs_len (batch_size,)``). How sample
-formats and channel layouts are read: ``docs/data.md``.
+Every waveform enters s3viz here, so conversions happen once: :func:`load_audio`,
+:func:`prepare_wav`, :func:`to_mono`, :func:`resample` and :func:`batch_wavs`. How sample
+formats, channels and files are read: ``docs/data.md``.
 """
 
 from __future__ import annotations
@@ -40,16 +38,9 @@ def _as_numpy(wav, name: str) -> np.ndarray:
     """Any supported waveform container -> numpy array (no dtype change), or a clear TypeError."""
     if isinstance(wav, torch.Tensor):
         t = wav.detach()
-        if t.dtype == torch.bfloat16:
-            t = t.float()
-        return t.cpu().numpy()
+        return (t.float() if t.dtype == torch.bfloat16 else t).cpu().numpy()
     if isinstance(wav, (np.ndarray, np.generic)):
         return np.asarray(wav)
-    if isinstance(wav, (str, bytes, os.PathLike)):
-        raise TypeError(
-            f"{name} must be a numpy array or torch tensor of samples, got "
-            f"{type(wav).__name__}; to read a file use s3viz.audio.load_audio(path)"
-        )
     if isinstance(wav, (list, tuple)):
         try:
             arr = np.asarray(wav)
@@ -58,9 +49,10 @@ def _as_numpy(wav, name: str) -> np.ndarray:
         if arr.dtype == object or arr.dtype.kind in "USV":
             raise TypeError(f"{name} must hold numbers, got a list of {arr.dtype} values")
         return arr
-    raise TypeError(
-        f"{name} must be a numpy array or torch tensor of samples, got {type(wav).__name__}"
-    )
+    hint = ("; to read a file use s3viz.audio.load_audio(path)"
+            if isinstance(wav, (str, bytes, os.PathLike)) else "")
+    raise TypeError(f"{name} must be a numpy array or torch tensor of samples, got "
+                    f"{type(wav).__name__}{hint}")
 
 
 def _to_float32(arr: np.ndarray, name: str) -> np.ndarray:
@@ -75,51 +67,56 @@ def _to_float32(arr: np.ndarray, name: str) -> np.ndarray:
         raise TypeError(
             f"{name} has dtype {dt}, which is not a PCM sample format; give int16, int32, "
             "uint8 or float in [-1, 1] (e.g. wav.astype(np.int16) if it holds 16-bit "
-            "values, or wav / 32768 as float)"
-        )
+            "values, or wav / 32768 as float)")
     raise TypeError(
-        f"{name} has dtype {dt}; audio samples must be float (in [-1, 1]) or int16/int32 PCM"
-    )
+        f"{name} has dtype {dt}; audio samples must be float (in [-1, 1]) or int16/int32 PCM")
+
+
+def _refuse_silence(name: str, n: int, *, mono: bool = False):
+    if mono:  # channels that cancel out (anti-phase stereo) average to silence
+        raise ValueError(
+            f"{name} becomes all zeros when its channels are averaged to mono (the channels "
+            "cancel out: anti-phase stereo); pick one channel (e.g. wav[:, 0]) or pass "
+            "allow_silence=True if silence is intended")
+    raise ValueError(f"{name} is all zeros ({n} samples of silence); check that the audio "
+                     "decoded correctly, or pass allow_silence=True if silence is intended")
+
+
+def _warn_peak(name: str, peak: float, stacklevel: int) -> None:
+    if peak > 1.0 + 1e-6:
+        warnings.warn(f"{name} peaks at {peak:.4g} > 1; float audio is expected in [-1, 1] "
+                      "(if it holds int16 values, divide by 32768)", stacklevel=stacklevel + 1)
 
 
 def _check_values(wav: np.ndarray, name: str, allow_silence: bool) -> None:
     """Refuse empty, non-finite and (unless allowed) all-zero float32 waveforms."""
     if wav.size == 0:
-        raise ValueError(
-            f"{name} is empty (shape {tuple(wav.shape)}, 0 samples); check the file or "
-            "the slice that produced it"
-        )
+        raise ValueError(f"{name} is empty (shape {tuple(wav.shape)}, 0 samples); check the "
+                         "file or the slice that produced it")
     finite = np.isfinite(wav)
     if not finite.all():
         bad = np.flatnonzero(~finite.reshape(-1))
-        kinds = "NaN" if np.isnan(wav).any() else "Inf"
-        if np.isnan(wav).any() and np.isinf(wav).any():
-            kinds = "NaN and Inf"
+        nan, inf = np.isnan(wav).any(), np.isinf(wav).any()
+        kinds = "NaN and Inf" if nan and inf else "NaN" if nan else "Inf"
         raise ValueError(
             f"{name} contains {bad.size} non-finite value(s) ({kinds}), first at flat index "
-            f"{int(bad[0])}; clean it first, e.g. np.nan_to_num(wav)"
-        )
+            f"{int(bad[0])}; clean it first, e.g. np.nan_to_num(wav)")
     if not allow_silence and not np.any(wav):
-        raise ValueError(
-            f"{name} is all zeros ({wav.size} samples of silence); check that the audio "
-            "decoded correctly, or pass allow_silence=True if silence is intended"
-        )
-    peak = float(np.abs(wav).max())
-    if peak > 1.0 + 1e-6:
-        warnings.warn(
-            f"{name} peaks at {peak:.4g} > 1; float audio is expected in [-1, 1] "
-            "(if it holds int16 values, divide by 32768)",
-            stacklevel=3,
-        )
+        _refuse_silence(name, wav.size)
+    _warn_peak(name, float(np.abs(wav).max()), stacklevel=3)
+
+
+def _shape_error(name: str, shape, fix: str):
+    raise ValueError(f"{name} must be 1-D (num_samples,) or 2-D (num_samples, channels) / "
+                     f"(channels, num_samples), got shape {tuple(shape)}; {fix}")
 
 
 def to_mono(wav: ArrayLike, *, channels_first: Optional[bool] = None, name: str = "wav"):
     """Average the channels of a waveform.
 
     Args:
-        wav: ``(num_samples,)`` (returned as is), ``(num_samples, channels)`` or
-            ``(channels, num_samples)``; numpy array or torch tensor. 1-D input is
-            returned unchanged.
+        wav: ``(num_samples,)`` (returned unchanged), ``(num_samples, channels)`` or
+            ``(channels, num_samples)``; numpy array or torch tensor.
         channels_first: ``True`` for ``(channels, num_samples)``, ``False`` for
             ``(num_samples, channels)``, ``None`` to take the shorter axis as channels.
         name: the argument name used in error messages.
@@ -133,11 +130,8 @@ def to_mono(wav: ArrayLike, *, channels_first: Optional[bool] = None, name: str 
     if arr.ndim == 1:
         return wav if is_tensor else arr
     if arr.ndim != 2:
-        raise ValueError(
-            f"{name} must be 1-D (num_samples,) or 2-D (num_samples, channels) / "
-            f"(channels, num_samples), got shape {tuple(arr.shape)}; for a batch of waveforms "
-            "use s3viz.audio.batch_wavs([wav, ...])"
-        )
+        _shape_error(name, arr.shape, "for a batch of waveforms use "
+                     "s3viz.audio.batch_wavs([wav, ...])")
     axis = _channel_axis(arr.shape, channels_first, name)
     if arr.dtype.kind != "f":
         arr = _to_float32(arr, name)
@@ -154,15 +148,13 @@ def _channel_axis(shape, channels_first: Optional[bool], name: str) -> int:
     if rows == cols:
         raise ValueError(
             f"{name} has shape {tuple(shape)}: cannot tell channels from samples; pass "
-            "channels_first=True for (channels, num_samples) or False for (num_samples, channels)"
-        )
+            "channels_first=True for (channels, num_samples) or False for (num_samples, channels)")
     axis = 0 if rows < cols else 1
     if shape[axis] > MAX_CHANNELS:
         raise ValueError(
             f"{name} has shape {tuple(shape)}: {shape[axis]} channels is not plausible audio "
             f"(at most {MAX_CHANNELS}); if this is a batch of waveforms use "
-            "s3viz.audio.batch_wavs(list_of_1d_waveforms)"
-        )
+            "s3viz.audio.batch_wavs(list_of_1d_waveforms)")
     return axis
 
 
@@ -180,17 +172,15 @@ RESAMPLE_QUALITY = "HQ"
 
 
 class _Resampler:
-    """Resample one mono signal given in consecutive blocks, with libsoxr.
+    """Resample one mono signal given in consecutive blocks, with libsoxr (the one resampler
+    of s3viz: :func:`resample` feeds it a whole signal, :func:`load_audio` a file block by
+    block).
 
-    The one resampler of s3viz: :func:`resample` feeds it a whole signal,
-    :func:`load_audio` a file block by block. ``soxr.ResampleStream`` keeps its
-    filter state between blocks, so the blocks' outputs, concatenated, are the
-    whole signal's output (no block edges), and its cost is linear in the audio
-    at any pair of rates (a polyphase kernel is not sized by the rates' gcd).
-
-    The output has :func:`resampled_length` samples, ``ceil(n * new / orig)``;
-    soxr alone gives ``round(n * new / orig)``, so the last block is followed by
-    zeros (soxr's own condition past the end) and the output cut at that length.
+    ``soxr.ResampleStream`` keeps its filter state between blocks, so the blocks' outputs,
+    concatenated, are the whole signal's output, at a cost linear in the audio at any pair
+    of rates. The output has :func:`resampled_length` samples, ``ceil(n * new / orig)``;
+    soxr alone gives ``round(n * new / orig)``, so the last block is followed by zeros
+    (soxr's own condition past the end) and the output cut at that length.
     """
 
     def __init__(self, orig: int, new: int):
@@ -212,28 +202,20 @@ class _Resampler:
 
 
 def resample(wav: ArrayLike, orig_sample_rate: int, new_sample_rate: int = SAMPLE_RATE):
-    """Resample a mono waveform with libsoxr (``soxr``, quality ``"HQ"``: 20-bit,
-    linear phase), in time and memory linear in its length at any pair of rates.
-
-    Args:
-        wav: ``(num_samples,)`` float waveform, numpy array or torch tensor.
-        orig_sample_rate: its sample rate in Hz.
-        new_sample_rate: the target rate (16 kHz by default).
+    """Resample a mono ``(num_samples,)`` float waveform (numpy or torch) with libsoxr
+    (quality ``"HQ"``), in time and memory linear in its length at any pair of rates.
 
     Returns:
         ``(ceil(num_samples * new / orig),)`` float32, of the same kind as ``wav``.
     """
     orig = _check_rate(orig_sample_rate, "orig_sample_rate")
     new = _check_rate(new_sample_rate, "new_sample_rate")
-    is_tensor = isinstance(wav, torch.Tensor)
     arr = _as_numpy(wav, "wav")
     if arr.ndim != 1:
-        raise ValueError(
-            f"wav must be 1-D (num_samples,) to resample, got shape {tuple(arr.shape)}; "
-            "call s3viz.audio.to_mono first"
-        )
+        raise ValueError(f"wav must be 1-D (num_samples,) to resample, got shape "
+                         f"{tuple(arr.shape)}; call s3viz.audio.to_mono first")
     out = _Resampler(orig, new)(_to_float32(arr, "wav"), last=True)
-    if is_tensor:
+    if isinstance(wav, torch.Tensor):
         return torch.from_numpy(np.ascontiguousarray(out)).to(wav.device)
     return out
 
@@ -249,14 +231,8 @@ def resample_many(wavs: List[np.ndarray], orig: int, new: int = SAMPLE_RATE) -> 
     return [resample(w, orig, new) for w in wavs]
 
 
-def prepare_wav(
-    wav: ArrayLike,
-    sample_rate: int,
-    *,
-    channels_first: Optional[bool] = None,
-    allow_silence: bool = False,
-    name: str = "wav",
-) -> np.ndarray:
+def prepare_wav(wav: ArrayLike, sample_rate: int, *, channels_first: Optional[bool] = None,
+                allow_silence: bool = False, name: str = "wav") -> np.ndarray:
     """Any in-memory waveform -> the s3viz waveform: 1-D float32 numpy at 16 kHz.
 
     Args:
@@ -268,9 +244,6 @@ def prepare_wav(
         allow_silence: accept an all-zero waveform instead of raising.
         name: the argument name used in error messages.
 
-    Returns:
-        ``(num_samples_16k,)`` float32 numpy array.
-
     Raises:
         TypeError: for non-audio types and dtypes.
         ValueError: for empty, NaN/Inf, all-zero (unless allowed) input or a wrong rank.
@@ -278,20 +251,13 @@ def prepare_wav(
     rate = _check_rate(sample_rate)
     arr = _as_numpy(wav, name)
     if arr.ndim not in (1, 2):
-        raise ValueError(
-            f"{name} must be 1-D (num_samples,) or 2-D (num_samples, channels) / "
-            f"(channels, num_samples), got shape {tuple(arr.shape)}; for a batch of "
-            "waveforms call prepare_wav on each and then batch_wavs"
-        )
+        _shape_error(name, arr.shape, "for a batch of waveforms call prepare_wav on each "
+                     "and then batch_wavs")
     arr = _to_float32(arr, name)
     _check_values(arr, name, allow_silence)
     mono = to_mono(arr, channels_first=channels_first, name=name)
     if not allow_silence and mono is not arr and not np.any(mono):
-        # channels that cancel out (anti-phase stereo) average to silence
-        raise ValueError(
-            f"{name} becomes all zeros when its channels are averaged to mono (the channels "
-            "cancel out: anti-phase stereo); pick one channel (e.g. wav[:, 0]) or pass "
-            "allow_silence=True if silence is intended")
+        _refuse_silence(name, mono.size, mono=True)
     out = resample(mono, rate, SAMPLE_RATE)
     if out.size == 0:
         raise ValueError(f"{name} has no samples left after resampling {rate} Hz to 16 kHz")
@@ -301,19 +267,9 @@ def prepare_wav(
 def load_audio(path: Union[str, os.PathLike], *, allow_silence: bool = False) -> np.ndarray:
     """Read an audio file with soundfile and return it as 1-D float32 mono at 16 kHz.
 
-    The file is decoded in one forward pass, ``BLOCK_SECONDS`` at a time: each
-    block is checked, averaged to mono and fed to one streaming resampler, so
-    memory is the 16 kHz result plus one block, and the result equals
-    :func:`prepare_wav` of the whole file. Nothing seeks (a compressed format
-    such as MP3 decodes a frame from the frames before it, so a seek lands on
-    wrong samples), and every block is a whole number of MPEG frames.
-
-    Args:
-        path: a file soundfile can read (wav, flac, ogg, mp3, ...).
-        allow_silence: accept an all-zero file instead of raising.
-
-    Returns:
-        ``(num_samples,)`` float32 numpy array at 16 kHz.
+    The file is decoded in one forward pass, ``BLOCK_SECONDS`` at a time, in blocks of
+    whole MPEG frames, nothing seeks; each block is checked, averaged to mono and fed to
+    one streaming resampler, so the result equals :func:`prepare_wav` of the whole file.
 
     Raises:
         FileNotFoundError: no such file (saying so when a file whose name differs
@@ -376,17 +332,9 @@ def _read_audio(f, path: str, allow_silence: bool) -> np.ndarray:
         res = resampler(mono, last=done >= n)
         out[filled: filled + res.shape[0]] = res
         filled += res.shape[0]
-    if not allow_silence and not any_raw:
-        raise ValueError(f"{name} is all zeros ({n} samples of silence); check that the audio "
-                         "decoded correctly, or pass allow_silence=True if silence is intended")
     if not allow_silence and not any_mono:
-        raise ValueError(
-            f"{name} becomes all zeros when its channels are averaged to mono (the channels "
-            "cancel out: anti-phase stereo); pick one channel or pass allow_silence=True if "
-            "silence is intended")
-    if peak > 1.0 + 1e-6:
-        warnings.warn(f"{name} peaks at {peak:.4g} > 1; float audio is expected in [-1, 1] "
-                      "(if it holds int16 values, divide by 32768)", stacklevel=3)
+        _refuse_silence(name, n, mono=any_raw)
+    _warn_peak(name, peak, stacklevel=3)
     return out
 
 
@@ -413,41 +361,32 @@ def _soundfile_call(path: str, fn, *args, **kwargs):
 
 
 def _find_audio_file(path) -> str:
-    """The file a user names as ``path``, or an error that says why there is none.
-
-    Every audio file s3viz opens by name comes through here (:func:`load_audio`,
-    :func:`audio_file_length`). A name that matches no file but differs from an
-    existing one only in Unicode normalisation (``é`` as one code point, NFC,
-    or as ``e`` and a combining accent, NFD: macOS writes NFD, most tools NFC)
-    is reported as exactly that.
-    """
+    """The file a user names as ``path`` (every audio file s3viz opens by name), or an error
+    that says why there is none: a name that differs from an existing file's only in Unicode
+    normalisation (NFC vs NFD: macOS writes NFD, most tools NFC) is reported as exactly that."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a file path (str or Path), got {type(path).__name__}")
     path = os.fsdecode(os.fspath(path))
     if not os.path.exists(path):
         twin = _normalisation_twin(path)
-        if twin is not None:
-            raise FileNotFoundError(f"audio file not found: {unicode_mismatch(path, twin)}")
-        raise FileNotFoundError(f"audio file not found: {path!r}")
+        raise FileNotFoundError("audio file not found: " + (
+            repr(path) if twin is None else unicode_mismatch(path, twin)))
     if os.path.isdir(path):
         raise IsADirectoryError(
-            f"{path!r} is a folder; for a folder of audio files use s3viz.data.load_folder"
-        )
+            f"{path!r} is a folder; for a folder of audio files use s3viz.data.load_folder")
     return path
 
 
 def unicode_mismatch(given: str, found: str) -> str:
     """The message for a name ``given`` that matches no file, where ``found`` does and
     differs from it only in Unicode normalisation."""
+    def form(s: str) -> str:
+        return "/".join(f for f in ("NFC", "NFD") if unicodedata.is_normalized(f, s)) or "mixed"
+
     return (f"{given!r} names no file, but {found!r} exists and differs from it only in Unicode "
-            f"normalisation ({_form(given)} vs {_form(found)}: the same letters, accents written "
+            f"normalisation ({form(given)} vs {form(found)}: the same letters, accents written "
             "as one code point or as a letter plus a combining mark); rename the file or fix the "
             "name where it is written, e.g. unicodedata.normalize('NFC', name)")
-
-
-def _form(s: str) -> str:
-    forms = [f for f in ("NFC", "NFD") if unicodedata.is_normalized(f, s)]
-    return "/".join(forms) if forms else "mixed"
 
 
 def _normalisation_twin(path: str) -> Optional[str]:
@@ -473,10 +412,8 @@ def _normalisation_twin(path: str) -> Optional[str]:
     return cur if changed and os.path.exists(cur) else None
 
 
-def batch_wavs(
-    wavs: Sequence[ArrayLike], *, allow_silence: bool = False,
-    ids: Optional[Sequence[str]] = None,
-) -> Tuple[torch.Tensor, torch.Tensor]:
+def batch_wavs(wavs: Sequence[ArrayLike], *, allow_silence: bool = False,
+               ids: Optional[Sequence[str]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Zero-pad 1-D 16 kHz waveforms into the s3prl upstream input.
 
     Args:
@@ -496,13 +433,10 @@ def batch_wavs(
         raise TypeError(
             f"wavs must be a list of 1-D waveforms, got a single {type(wavs).__name__} of "
             f"shape {tuple(wavs.shape)}; for one waveform use batch_wavs([wav]), for the "
-            "rows of a 2-D array batch_wavs(list(wavs))"
-        )
-    if isinstance(wavs, (str, bytes, dict)) or not isinstance(wavs, (list, tuple)):
-        raise TypeError(
-            f"wavs must be a list of 1-D waveforms (numpy arrays or torch tensors), "
-            f"got {type(wavs).__name__}"
-        )
+            "rows of a 2-D array batch_wavs(list(wavs))")
+    if not isinstance(wavs, (list, tuple)):
+        raise TypeError(f"wavs must be a list of 1-D waveforms (numpy arrays or torch "
+                        f"tensors), got {type(wavs).__name__}")
     if len(wavs) == 0:
         raise ValueError("wavs is an empty list; give at least one waveform")
     if ids is None:
@@ -519,10 +453,9 @@ def batch_wavs(
     for w, name in zip(wavs, names):
         arr = _as_numpy(w, name)
         if arr.ndim != 1:
-            raise ValueError(
-                f"{name} must be 1-D (num_samples,), got shape {tuple(arr.shape)}; convert "
-                "with s3viz.audio.prepare_wav(wav, sample_rate) (mono, 16 kHz) first"
-            )
+            raise ValueError(f"{name} must be 1-D (num_samples,), got shape {tuple(arr.shape)}; "
+                             "convert with s3viz.audio.prepare_wav(wav, sample_rate) (mono, "
+                             "16 kHz) first")
         arr = _to_float32(arr, name)
         _check_values(arr, name, allow_silence)
         arrays.append(arr)
@@ -530,8 +463,4 @@ def batch_wavs(
     out = np.zeros((len(arrays), max(lengths), 1), dtype=np.float32)
     for i, a in enumerate(arrays):
         out[i, : a.shape[0], 0] = a
-    wavs_t = torch.from_numpy(out)
-    wavs_len = torch.tensor(lengths, dtype=torch.long)
-    if device.type != "cpu":
-        wavs_t, wavs_len = wavs_t.to(device), wavs_len.to(device)
-    return wavs_t, wavs_len
+    return torch.from_numpy(out).to(device), torch.tensor(lengths, dtype=torch.long).to(device)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
@@ -13,6 +14,13 @@ from ..interface import SAMPLE_RATE
 from .alignments import check_phone_table
 
 __all__ = ["Utterance", "FileUtterance", "Corpus"]
+
+
+def _check_id(uid) -> str:
+    if not isinstance(uid, str) or not uid:
+        raise ValueError(f"Utterance id must be a non-empty str, got {uid!r}")
+    return uid
+
 
 @dataclass(eq=False)
 class Utterance:
@@ -40,8 +48,7 @@ class Utterance:
     labels: Dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self):
-        if not isinstance(self.id, str) or not self.id:
-            raise ValueError(f"Utterance id must be a non-empty str, got {self.id!r}")
+        _check_id(self.id)
         wav = np.asarray(self.wav)
         if wav.ndim != 1:
             raise ValueError(
@@ -99,18 +106,17 @@ class FileUtterance(Utterance):
     def __init__(self, id: str, path, *, num_samples: Optional[int] = None, text: str = "",
                  speaker: str = "", phones: Optional[pd.DataFrame] = None,
                  labels: Optional[Dict[str, object]] = None, allow_silence: bool = False):
-        import os
+        from ..audio import audio_file_length
 
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path must be a file path (str or Path), got {type(path).__name__}")
         self.path = os.fspath(path)
         self.allow_silence = bool(allow_silence)
-        self._num_samples = _header_samples(self.path) if num_samples is None else int(num_samples)
+        self._num_samples = (audio_file_length(self.path) if num_samples is None
+                             else int(num_samples))
         if self._num_samples < 0:
             raise ValueError(f"num_samples must be >= 0, got {num_samples!r}")
-        if not isinstance(id, str) or not id:
-            raise ValueError(f"Utterance id must be a non-empty str, got {id!r}")
-        self.id, self.text, self.speaker = id, text, speaker
+        self.id, self.text, self.speaker = _check_id(id), text, speaker
         self.__dict__["_ready"] = True
         self.phones, self.labels = phones, dict(labels or {})
 
@@ -133,8 +139,6 @@ class FileUtterance(Utterance):
 
     def _content_key(self) -> bytes:
         """The file's path, size and modification time (the audio is not read)."""
-        import os
-
         try:
             st = os.stat(self.path)
         except OSError as err:
@@ -145,13 +149,6 @@ class FileUtterance(Utterance):
     def __repr__(self) -> str:
         return (f"FileUtterance(id={self.id!r}, path={self.path!r}, "
                 f"num_samples={self._num_samples}, speaker={self.speaker!r})")
-
-
-def _header_samples(path: str) -> int:
-    """Samples at 16 kHz of an audio file, from its header (no audio is read)."""
-    from ..audio import audio_file_length
-
-    return audio_file_length(path)
 
 
 class Corpus(Sequence[Utterance]):

@@ -109,14 +109,10 @@ def _lookup(table, label, what):
 
 
 def decode_text(path: Path, *, error=None, legacy: bool = False, fix: str = "") -> str:
-    """A text file's content: UTF-16 (with or without a byte-order mark), UTF-8 (with or
-    without one), and with ``legacy`` Windows-1252 / Latin-1 (what Praat and older tools
-    write on Western systems). Anything else raises ``error`` naming the file and ``fix``.
-
-    Written by hand because the choice is ours to make: Python's codecs decode, but which
-    encoding a file is in is a guess that must refuse rather than misread (UTF-8 "decodes"
-    UTF-16 text without a byte-order mark into NUL-riddled garbage).
-    """
+    """A text file's content: UTF-16 or UTF-8 (with or without a byte-order mark), and with
+    ``legacy`` Windows-1252 / Latin-1 (what Praat writes on Western systems). Anything else
+    raises ``error`` naming the file and ``fix``: a guess must refuse rather than misread
+    (UTF-8 "decodes" UTF-16 text without a byte-order mark into NUL-riddled garbage)."""
     error = error or AlignmentError
     raw = path.read_bytes()
     if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
@@ -142,10 +138,9 @@ def decode_text(path: Path, *, error=None, legacy: bool = False, fix: str = "") 
     raise error(f"{path}: not {known} text; {fix or 'save it as UTF-8'}")
 
 
-# praatio's long-format parser reads times with the pattern [\d.]+, so "xmin = 5e-05"
-# (Praat writes times with %.17g, which gives exponents below 1e-4) is a parse error:
-# such times are rewritten in positional notation, the same number, before parsing
-# (in the long format after "xmin =" and the like, in the short format alone on a line)
+# praatio reads times with the pattern [\d.]+, so "xmin = 5e-05" (Praat's %.17g) is a parse
+# error: such times (after "xmin =" and the like, or alone on a line in the short format)
+# are rewritten in positional notation, the same number, before parsing
 _EXPONENT = re.compile(r"^(\s*(?:(?:xmin|xmax|number|time)\s*=\s*)?)"
                        r"([-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+)(\s*)$", re.M)
 
@@ -217,19 +212,13 @@ _UNREADABLE = "unreadable tier"
 
 
 def _tier_by_tier(text: str, path: Path, err: Exception):
-    """A long-format TextGrid praatio cannot parse as a whole, parsed one tier at a time,
-    so that a malformed tier the analysis does not use (SPPAS writes point tiers with
-    ``intervals: size`` and ``time =``, which Praat reads by position but praatio by
-    key) does not block the tiers it does use; a malformed tier is kept as unreadable
-    and refused only if it is chosen."""
+    """A long-format TextGrid praatio cannot parse as a whole (SPPAS's point tiers), parsed
+    one tier at a time: a malformed tier is kept as unreadable, refused only if chosen."""
     from praatio.utilities import textgrid_io
 
     parts = re.split(r"(?m)^(?=[ \t]*item ?\[\d+\]:)", text)
-    if len(parts) < 2 or "item []" not in parts[0]:
-        raise AlignmentError(f"{path}: praatio cannot parse this TextGrid "
-                             f"({type(err).__name__}: {err})") from err
     head, tiers, tg = parts[0], [], None
-    for k, item in enumerate(parts[1:], 1):
+    for k, item in enumerate(parts[1:] if "item []" in head else [], 1):
         name = re.search(r'(?m)^\s*name\s*=\s*"(.*)"\s*$', item)
         name = name.group(1) if name else f"item {k}"
         try:
@@ -304,16 +293,11 @@ COMMON_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 88
 
 
 def _check_phn_rate(entries: Sequence[_Entry], duration: float, sample_rate: int, path) -> None:
-    """Refuse a ``.PHN`` whose sample numbers count another rate than its audio's.
-
-    TIMIT's ``.PHN`` ends at the audio's last sample (its final ``h#``). One written
-    for a lower rate (16 kHz counts beside 44.1 kHz audio) passes every interval check
-    with all its times shrunk and the tail unlabelled; it is recognised by its last
-    end: short of the audio by more than :data:`TOLERANCE_S` at the audio's own rate,
-    and within it of the audio's end counted at one of :data:`COMMON_RATES`. (One
-    written for a higher rate ends past the audio, which :func:`check_intervals`
-    refuses.) A ``.PHN`` that ends early for no such reason keeps its unlabelled tail.
-    """
+    """Refuse a ``.PHN`` whose sample numbers count another rate than its audio's: one
+    written for a lower rate would pass every interval check with its times shrunk. TIMIT's
+    ``.PHN`` ends at the audio's last sample, so such a file ends short of the audio by more
+    than :data:`TOLERANCE_S` at the audio's rate but within it at one of
+    :data:`COMMON_RATES`. (A higher rate ends past the audio: :func:`check_intervals`.)"""
     if not entries:
         return
     last = max(e for _, e, _ in entries) * sample_rate  # the last end, in the file's counts
@@ -331,23 +315,12 @@ def _check_phn_rate(entries: Sequence[_Entry], duration: float, sample_rate: int
 
 def check_intervals(entries: Sequence[_Entry], duration: float, path, tier: str, *,
                     allow_overlap: bool = False) -> List[_Entry]:
-    """The one check every alignment goes through (TextGrid tiers, ``.PHN``/``.WRD``,
-    segment tables, an :class:`~s3viz.data.Utterance`'s own ``phones`` table).
-
-    ``entries`` are ``(start, end, label)`` in seconds, in the source's order, for audio
-    of ``duration`` seconds. They must be finite, ``end > start >= 0``, in time order,
-    not overlapping (unless ``allow_overlap``: TIMIT's words) and end at most
-    :data:`TOLERANCE_S` past the audio; such ends are clipped to it. Returns the entries
-    with labels stripped; otherwise raises :class:`AlignmentError` naming ``path``,
-    ``tier`` and the interval. Gaps are allowed: what no interval covers is unlabelled.
-
-    Args:
-        entries: ``(start, end, label)`` intervals in seconds, in the source's order.
-        duration: the audio's length in seconds.
-        path: the file the entries come from, named in errors.
-        tier: the tier's name, named in errors.
-        allow_overlap: accept intervals that overlap (TIMIT's words).
-    """
+    """The one check every alignment goes through (``docs/alignment.md``): ``(start, end,
+    label)`` entries in seconds, in the source's order, for audio of ``duration`` seconds,
+    must be finite, ``end > start >= 0``, in time order, not overlapping (unless
+    ``allow_overlap``: TIMIT's words) and end at most :data:`TOLERANCE_S` past the audio
+    (clipped to it). Returns them with labels stripped, else raises :class:`AlignmentError`
+    naming ``path``, ``tier`` and the interval."""
     out: List[_Entry] = []
     prev = None
     for k, (start, end, label) in enumerate(entries, 1):
@@ -429,14 +402,10 @@ be exactly ``336840``)."""
 
 
 def to_sample(t: float) -> int:
-    """The first 16 kHz sample at or after time ``t`` (seconds): ``ceil(t * 16000)``.
-
-    Frame centres are whole samples, and an interval ``[s, e)`` holds the centre ``c``
-    exactly when ``s * 16000 <= c < e * 16000``, that is ``to_sample(s) <= c <
-    to_sample(e)``; rounding instead moved a boundary at 21.052512 s (336840.19
-    samples) onto the centre 336840 and gave that frame the next label. Within
-    :data:`SAMPLE_NOISE` of a whole sample a time is that sample.
-    """
+    """The first 16 kHz sample at or after time ``t`` (seconds): ``ceil(t * 16000)``, so
+    an interval ``[s, e)`` holds a frame centre ``c`` exactly when ``to_sample(s) <= c <
+    to_sample(e)`` (why not rounding: ``docs/alignment.md``). Within :data:`SAMPLE_NOISE`
+    of a whole sample a time is that sample."""
     return int(math.ceil(t * SAMPLE_RATE - SAMPLE_NOISE))
 
 
@@ -444,19 +413,14 @@ def alignment_table(phones: Sequence[_Entry], words: Optional[Sequence[_Entry]],
                     *, phone_map=None, phone_words: Optional[Sequence[str]] = None,
                     phone_word_index: Optional[Sequence[int]] = None, silence=None
                     ) -> pd.DataFrame:
-    """The ``phone, word, start, end, word_index`` table (16 kHz samples) from checked phone
-    entries and optional word entries (seconds), by the module's rules.
+    """The ``phone, word, start, end, word_index`` table (16 kHz samples) from checked
+    ``(start, end, label)`` phone entries and optional word entries (seconds), by the rules
+    of ``docs/alignment.md``: a phone's word is the one its midpoint falls in. What no phone
+    interval covers is left out (unlabelled), never silence.
 
     ``phone_words`` gives each phone's word directly (segment tables) instead of
     ``words``, with ``phone_word_index`` its word's position (default: runs of equal
-    words). What no phone interval covers is left out (unlabelled), never silence.
-
-    Args:
-        phones: checked ``(start, end, label)`` phone intervals in seconds.
-        words: checked ``(start, end, label)`` word intervals in seconds, or None; a
-            phone's word is the one its midpoint falls in.
-        phone_words: each phone's word, given directly (instead of ``words``).
-        phone_word_index: each phone's word position, with ``phone_words``.
+    words).
     """
     fn = resolve_phone_map(phone_map)
     marks = silence_marks(silence)
@@ -465,22 +429,11 @@ def alignment_table(phones: Sequence[_Entry], words: Optional[Sequence[_Entry]],
         w_start = np.array([w[0] for w in words])
         w_end = np.array([w[1] for w in words])
         w_label = ["" if _is_silence(w[2], marks) else w[2].strip() for w in words]
-    if phone_words is not None and phone_word_index is None:
-        phone_word_index, prev = [], None
-        for w in phone_words:
-            same = prev is not None and w == prev
-            phone_word_index.append(phone_word_index[-1] + (0 if same else 1)
-                                    if phone_word_index else 0)
-            prev = w
+    if phone_words is not None and phone_word_index is None:  # runs of equal words
+        phone_word_index = np.cumsum([k > 0 and (phone_words[k - 1] is None
+                                                 or w != phone_words[k - 1])
+                                      for k, w in enumerate(phone_words)])
     rows: List[list] = []
-
-    def add(phone, word, start, end, index):
-        if end <= start:
-            return
-        if rows and phone == SILENCE and rows[-1][0] == SILENCE and rows[-1][3] == start:
-            rows[-1][3] = end
-            return
-        rows.append([phone, word, start, end, index])
 
     def word_at(mid_s):
         if w_start is None:
@@ -508,8 +461,13 @@ def alignment_table(phones: Sequence[_Entry], words: Optional[Sequence[_Entry]],
             index = int(phone_word_index[k]) if word else -1
         else:
             word, index = word_at((start + end) / 2 / SAMPLE_RATE)
-        add(phone, word, max(start, cursor), end, index)
-        cursor = max(cursor, end)
+        start, cursor = max(start, cursor), max(cursor, end)
+        if end <= start:
+            continue
+        if rows and phone == SILENCE and rows[-1][0] == SILENCE and rows[-1][3] == start:
+            rows[-1][3] = end
+        else:
+            rows.append([phone, word, start, end, index])
     table = pd.DataFrame(rows, columns=list(ALIGNMENT_TABLE_COLUMNS))
     if len(table):  # word positions renumbered 0, 1, ... in time order
         ids = table["word_index"].to_numpy()
@@ -523,13 +481,9 @@ def alignment_table(phones: Sequence[_Entry], words: Optional[Sequence[_Entry]],
 def read_alignment(path, num_samples: int, *, phone_tier=None, word_tier=None, phone_map=None,
                    silence=None, sample_rate: Optional[int] = None) -> pd.DataFrame:
     """The alignment table of one utterance of ``num_samples`` 16 kHz samples from a
-    ``.TextGrid`` or a TIMIT ``.PHN`` (its ``.WRD`` beside it is read when present).
-
-    ``phone_tier``/``word_tier``: a tier name or a list of candidates (first present
-    wins; default :data:`PHONE_TIER_NAMES` / :data:`WORD_TIER_NAMES`). ``silence``: the
-    silence marks (default :data:`SILENCE_LABELS`). ``sample_rate``: the audio file's own
-    rate, required for ``.PHN``/``.WRD``, whose times count samples at that rate.
-    """
+    ``.TextGrid`` or a TIMIT ``.PHN`` (and its ``.WRD`` when present); the other arguments
+    as for :func:`~s3viz.data.load_folder`. ``sample_rate``: the audio file's own rate,
+    required for ``.PHN``/``.WRD``, whose times count samples at that rate."""
     path = Path(path)
     duration = num_samples / SAMPLE_RATE
     if path.suffix.lower() == ".phn":
@@ -542,15 +496,11 @@ def read_alignment(path, num_samples: int, *, phone_tier=None, word_tier=None, p
         entries = _read_timit_file(path, sample_rate)
         _check_phn_rate(entries, duration, sample_rate, path)
         phones = check_intervals(entries, duration, path, "PHN")
-        words = None
-        for suffix in (".WRD", ".wrd"):
-            wrd = path.with_suffix(suffix)
-            if wrd.is_file():
-                # TIMIT's word boundaries may overlap where adjacent words share a phone;
-                # the midpoint rule then gives such a phone the later word
-                words = check_intervals(_read_timit_file(wrd, sample_rate), duration, wrd,
-                                        "WRD", allow_overlap=True)
-                break
+        wrd = next((w for w in map(path.with_suffix, (".WRD", ".wrd")) if w.is_file()), None)
+        # TIMIT's word boundaries may overlap where adjacent words share a phone; the
+        # midpoint rule then gives such a phone the later word
+        words = None if wrd is None else check_intervals(
+            _read_timit_file(wrd, sample_rate), duration, wrd, "WRD", allow_overlap=True)
         return alignment_table(phones, words, num_samples, phone_map=phone_map, silence=silence)
     xmin, xmax, tiers = read_textgrid(path)
     if abs(xmin) > TOLERANCE_S or abs(xmax - duration) > TOLERANCE_S:

@@ -1,12 +1,13 @@
-"""A corpus from a folder of the user's own audio files, with per-file labels from a CSV."""
+"""A corpus from a folder of the user's own audio files, with per-file labels from a CSV and
+forced alignments (the rules: ``docs/data.md``)."""
 
 from __future__ import annotations
 
 import csv
 import io
 import os
-import warnings
 import unicodedata
+import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -15,7 +16,9 @@ import pandas as pd
 
 from .._validate import caller_stacklevel
 from ._corpus import Corpus, FileUtterance, Utterance
-from .alignments import AlignmentError, decode_text
+from .alignments import (AlignmentError, _tier_candidates, check_alignment_pattern,
+                         decode_text, find_alignment_file, read_alignment, resolve_phone_map,
+                         silence_marks, table_alignment)
 
 __all__ = ["load_folder", "read_csv_strings", "AUDIO_SUFFIXES"]
 
@@ -24,12 +27,13 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
 _RESERVED = ("num_samples",)
 _MAX_LISTED = 10
+_MAX_REPORTED = 50
 
 
-def _listing(items: Sequence[str]) -> str:
-    shown = ", ".join(repr(s) for s in items[:_MAX_LISTED])
+def _listing(items: Sequence[str], sep: str = ", ") -> str:
+    """The first ``_MAX_LISTED`` of ``items`` (already formatted), and how many more."""
     more = len(items) - _MAX_LISTED
-    return shown + (f" ... and {more} more" if more > 0 else "")
+    return sep.join(items[:_MAX_LISTED]) + (f" ... and {more} more" if more > 0 else "")
 
 
 def _walk(root: Path) -> List[Path]:
@@ -59,30 +63,19 @@ def _find_files(root: Path, pattern: Union[None, str, Sequence[str]]) -> List[Pa
 
 def _plain(value):
     """numpy/pandas scalars -> plain Python values; missing -> None."""
-    if value is None:
-        return None
-    if isinstance(value, float) and np.isnan(value):
-        return None
-    if value is pd.NA or value is pd.NaT:
-        return None
     if isinstance(value, np.generic):
         value = value.item()
-        if isinstance(value, float) and np.isnan(value):
-            return None
+    if value is None or value is pd.NA or value is pd.NaT or (
+            isinstance(value, float) and np.isnan(value)):
+        return None
     return value
 
 
 def read_csv_strings(path, *, what: str, sep: str = ",") -> pd.DataFrame:
-    """A CSV/TSV file as a table of strings: every cell as written (``01`` stays ``01``),
-    header names and cells stripped of surrounding whitespace, an empty cell missing
-    (``NA`` or ``None`` stay words: a speaker may be called NA). UTF-8 (with or without
-    a byte-order mark) or UTF-16; anything else is refused naming the file (``what``).
-    Header names that are equal once stripped are refused.
-
-    Args:
-        what: what the file is (``"alignments"``, ``"labels_csv"``), named in errors.
-        sep: the column separator (``","``; ``"\\t"`` for TSV).
-    """
+    """A CSV/TSV file as a table of strings, read as ``docs/data.md`` says of a labels CSV:
+    every cell as written (``01`` stays ``01``), header names and cells stripped, an empty
+    cell missing (``NA`` stays a word), UTF-8 or UTF-16 else refused; nameless columns and
+    header names equal once stripped as there. ``what`` names the file in errors."""
     return _read_csv(path, what=what, sep=sep)[0]
 
 
@@ -115,9 +108,9 @@ def _header_check(text: str, sep: str, what: str) -> set:
     ``file,speaker,``) that are empty on every line. A nameless column that holds a
     value, and a line with a value past the header's last column, are refused.
 
-    The structure is read with the standard ``csv`` module (the same quoting rules as
-    pandas' parser), since pandas renames an empty header ``Unnamed: 2`` and takes the
-    first column as the index when the lines are longer than the header.
+    Read with the standard ``csv`` module (pandas' quoting rules), since pandas renames an
+    empty header ``Unnamed: 2`` and takes the first column as the index when the lines
+    are longer than the header.
     """
     if len(sep) != 1:
         return set()
@@ -140,9 +133,7 @@ def _header_check(text: str, sep: str, what: str) -> set:
                 f"{len(header)} columns ({', '.join(map(repr, header))}); the value "
                 f"{extra[0]!r} has no column: add its name to the header or remove it")
     drop = set()
-    for j, name in enumerate(header):
-        if name:
-            continue
+    for j in (j for j, name in enumerate(header) if not name):
         used = [(line, f[j]) for line, f in rows if j < len(f) and f[j].strip()]
         if used:
             raise ValueError(
@@ -154,12 +145,24 @@ def _header_check(text: str, sep: str, what: str) -> set:
 
 def _stripped(table: pd.DataFrame, what: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Header names and string cells stripped of surrounding whitespace; empty -> missing.
-    A column without a name (``""``, or pandas' ``Unnamed: <position>`` for an empty
-    header) is dropped when every cell is empty and refused otherwise. Returns the
-    stripped table and the table as given (for messages that quote a cell as written:
-    never kept in ``attrs``, which pandas copies into every table derived from it, so a
-    table there made reading a corpus's alignments quadratic in its size)."""
-    table = _nameless_dropped(table, what)
+    A column without a name (``""``, or pandas' ``Unnamed: <position>``) is dropped when
+    every cell is empty and refused otherwise. Returns the stripped table and the table as
+    given (for messages that quote a cell as written: never kept in ``attrs``, which pandas
+    copies into every derived table, which made reading alignments quadratic)."""
+    keep = []
+    for j, c in enumerate(table.columns):
+        if isinstance(c, str) and (not c.strip() or c == f"Unnamed: {j}"):
+            col = table.iloc[:, j]
+            filled = col[~col.map(lambda v: _plain(v) is None
+                                  or (isinstance(v, str) and not v.strip()))]
+            if len(filled):
+                raise ValueError(
+                    f"{what}: column {j + 1} has no name ({c!r}) but holds values (e.g. "
+                    f"{filled.iloc[0]!r}); name it, or drop it")
+        else:
+            keep.append(j)
+    if len(keep) != table.shape[1]:
+        table = table.iloc[:, keep]
     names = [c.strip() if isinstance(c, str) else c for c in table.columns]
     clash = sorted({n for n in names if names.count(n) > 1}, key=str)
     if clash:
@@ -174,27 +177,10 @@ def _stripped(table: pd.DataFrame, what: str) -> tuple[pd.DataFrame, pd.DataFram
     return out, table
 
 
-def _nameless_dropped(table: pd.DataFrame, what: str) -> pd.DataFrame:
-    keep = []
-    for j, c in enumerate(table.columns):
-        if isinstance(c, str) and (not c.strip() or c == f"Unnamed: {j}"):
-            col = table.iloc[:, j]
-            filled = col[~col.map(lambda v: _plain(v) is None
-                                  or (isinstance(v, str) and not v.strip()))]
-            if len(filled):
-                raise ValueError(
-                    f"{what}: column {j + 1} has no name ({c!r}) but holds values (e.g. "
-                    f"{filled.iloc[0]!r}); name it, or drop it")
-            continue
-        keep.append(j)
-    return table if len(keep) == table.shape[1] else table.iloc[:, keep]
-
-
 def read_segment_table(source) -> pd.DataFrame:
-    """A CSV/TSV path (or DataFrame) of segments: ``file`` or ``id``, ``start``, ``end``
-    (seconds), ``phone``, optional ``word`` and ``word_index``; returned with a ``key``
-    column. A file is read as :func:`read_csv_strings` reads it (every cell a string,
-    stripped; UTF-8 or UTF-16)."""
+    """A CSV/TSV path (read as :func:`read_csv_strings` reads it) or DataFrame of segments:
+    ``file`` or ``id``, ``start``, ``end`` (seconds), ``phone``, optional ``word`` and
+    ``word_index``; returned with a ``key`` column."""
     if isinstance(source, pd.DataFrame):
         table, name = source.copy(), "the alignments DataFrame"
     else:
@@ -208,8 +194,9 @@ def read_segment_table(source) -> pd.DataFrame:
         raise AlignmentError(f"{name}: a segment table needs columns 'file' (or 'id'), 'start', "
                              f"'end' (seconds) and 'phone' (optional 'word', 'word_index'); it "
                              f"has {list(table.columns)}")
-    numeric = ("start", "end") + (("word_index",) if "word_index" in table.columns else ())
-    for col in numeric:
+    for col in ("start", "end", "word_index"):
+        if col not in table.columns:
+            continue
         values = pd.to_numeric(table[col], errors="coerce")
         if values.isna().any():
             line = int(np.flatnonzero(values.isna().to_numpy())[0]) + 2
@@ -226,36 +213,47 @@ def _read_labels(labels_csv) -> tuple[pd.DataFrame, pd.DataFrame]:
     if isinstance(labels_csv, pd.DataFrame):
         return _stripped(labels_csv, "labels_csv")
     if not isinstance(labels_csv, (str, os.PathLike)):
-        raise TypeError(
-            f"labels_csv must be a CSV path or a pandas DataFrame, got {type(labels_csv).__name__}"
-        )
+        raise TypeError(f"labels_csv must be a CSV path or a pandas DataFrame, got "
+                        f"{type(labels_csv).__name__}")
     if not os.path.isfile(labels_csv):
         raise FileNotFoundError(f"labels_csv not found: {os.fspath(labels_csv)!r}")
     return _read_csv(labels_csv, what="labels_csv")
 
 
-def _check_unique(table: pd.DataFrame, col: str, what: str, raw: pd.DataFrame):
+def _check_unique(table: pd.DataFrame, col: str, raw: pd.DataFrame):
     """Refuse two rows whose ``col`` is equal once stripped but was written differently
     (``raw``: the table as written, to quote both)."""
     seen: Dict[str, int] = {}
+    j = table.columns.get_loc(col)
     for pos, value in enumerate(table[col]):
         key = _normalise_key(value)
         if key in seen:
             first = seen[key]
-            a = raw.iloc[first, table.columns.get_loc(col)]
-            b = raw.iloc[pos, table.columns.get_loc(col)]
-            raise ValueError(f"{what} rows {first + 2} and {pos + 2} give the same {col!r} "
-                             f"{key!r} (written {a!r} and {b!r}; spaces around values are "
-                             "stripped); keep one")
+            raise ValueError(f"labels_csv rows {first + 2} and {pos + 2} give the same {col!r} "
+                             f"{key!r} (written {raw.iloc[first, j]!r} and {raw.iloc[pos, j]!r}; "
+                             "spaces around values are stripped); keep one")
         seen[key] = pos
 
 
-class _file_lookup:
+def _normalise_key(value) -> str:
+    key = str(value).strip().replace("\\", "/")
+    while key.startswith("./"):
+        key = key[2:]
+    return key
+
+
+def _folded(key: str) -> str:
+    """``key`` with case and Unicode normalisation folded (NFKC then casefold)."""
+    return unicodedata.normalize("NFKC", key).casefold()
+
+
+class _FileLookup:
     """File index by relative path (``spk1/a.wav``) or id (``spk1/a``), as a CSV's ``file``
     or ``id`` column names it. ``get`` of a name that matches no file but differs from one
     only in Unicode normalisation (NFC vs NFD) raises, saying so."""
 
-    def __init__(self, rel: Sequence[str], ids: Sequence[str]):
+    def __init__(self, rel: Sequence[str], ids: Sequence[str], root: Path, strict: bool):
+        self.root, self.strict = root, strict
         self.exact: Dict[str, int] = {}
         for i, (r, u) in enumerate(zip(rel, ids)):
             self.exact[r] = i
@@ -274,50 +272,26 @@ class _file_lookup:
             raise FileNotFoundError(f"audio file not found: {unicode_mismatch(key, twin)}")
         return i
 
-    def near(self, key: str) -> Optional[str]:
-        """The file (or id) that ``key`` names up to case and Unicode normalisation, if one."""
-        return self.folded.get(_folded(key))
-
-
-def _folded(key: str) -> str:
-    """``key`` with case and Unicode normalisation folded (NFKC then casefold)."""
-    return unicodedata.normalize("NFKC", key).casefold()
-
-
-def _unmatched_table(unmatched: List[tuple], lookup: _file_lookup, what: str) -> pd.DataFrame:
-    """The rows of ``what`` that match no audio file, as a ``corpus.skipped`` table.
-
-    ``unmatched``: ``(row number in the file, key)``; the reason names the file
-    the key spells up to case or Unicode normalisation, where there is one.
-    """
-    out = []
-    for line, key in unmatched:
-        near = lookup.near(key)
-        hint = (f"; {near!r} differs only in case or Unicode normalisation: fix the name"
-                if near is not None else "")
-        out.append((key, f"{what} row {line} matches no audio file{hint}"))
-    return pd.DataFrame(out, columns=["file", "reason"])
-
-
-def _listing_with_hints(table: pd.DataFrame) -> str:
-    shown = "; ".join(f"{f!r} ({r})" for f, r in table.head(_MAX_LISTED).itertuples(index=False))
-    more = len(table) - _MAX_LISTED
-    return shown + (f" ... and {more} more" if more > 0 else "")
-
-
-def _warn_unmatched(table: pd.DataFrame, what: str, root: Path, dropped: str) -> None:
-    import warnings
-
-    warnings.warn(f"{len(table)} {what} row(s) match no audio file under {str(root)!r} and "
-                  f"are ignored ({dropped}; corpus.skipped lists them): "
-                  f"{_listing_with_hints(table)}", stacklevel=caller_stacklevel())
-
-
-def _normalise_key(value) -> str:
-    key = str(value).strip().replace("\\", "/")
-    while key.startswith("./"):
-        key = key[2:]
-    return key
+    def unmatched(self, rows: List[tuple], what: str, fix: str, dropped: str):
+        """``rows`` of ``what`` that match no audio file (``(line, key)``): refused when
+        strict (``fix``: how to mend them), else ignored with one warning (``dropped``:
+        what that costs) and returned as a ``corpus.skipped`` table. The reason names the
+        file the key spells up to case or Unicode normalisation, where there is one."""
+        if not rows:
+            return None
+        out = []
+        for line, key in rows:
+            near = self.folded.get(_folded(key))
+            hint = (f"; {near!r} differs only in case or Unicode normalisation: fix the name"
+                    if near is not None else "")
+            out.append((key, f"{what} row {line} matches no audio file{hint}"))
+        shown = _listing([f"{f!r} ({r})" for f, r in out], "; ")
+        head = f"{len(out)} {what} row(s) match no audio file under {str(self.root)!r}"
+        if self.strict:
+            raise ValueError(f"{head}: {shown}; {fix}")
+        warnings.warn(f"{head} and are ignored ({dropped}; corpus.skipped lists them): {shown}",
+                      stacklevel=caller_stacklevel())
+        return pd.DataFrame(out, columns=["file", "reason"])
 
 
 def load_folder(
@@ -336,95 +310,45 @@ def load_folder(
     phone_map=None,
     silence=None,
 ) -> Corpus:
-    """Load every audio file under a folder as a :class:`Corpus` (mono, 16 kHz),
-    with forced alignments when given.
-
-    Utterance ids are the files' paths relative to ``path`` without suffix, in
-    POSIX form (``"spk1/hello"`` for ``path/spk1/hello.wav``), sorted.
+    """Load every audio file under a folder as a :class:`Corpus` (mono, 16 kHz; ids: the
+    files' POSIX paths relative to ``path`` without suffix, sorted), with per-file labels
+    and forced alignments when given. The rules for each argument in full: ``docs/data.md``.
 
     Args:
         path: the folder.
-        labels_csv: optional CSV path (or DataFrame) with one row per file. The
-            column ``file`` (a path relative to ``path``, with or without suffix)
-            or else ``id`` (an utterance id) says which file a row describes. A
-            ``speaker`` and a ``text`` column fill those fields; every other column
-            becomes an entry of ``Utterance.labels``. When the CSV has both
-            ``file`` and ``id``, ``id`` gives the utterance ids. Every cell is
-            read as a string as written (``01`` stays ``01``; convert numbers
-            yourself), header names and cells are stripped of surrounding spaces
-            (``"s1 "`` is ``"s1"``), an empty cell is missing; UTF-8 (with or
-            without a byte-order mark) or UTF-16, else refused. Two rows whose
-            ``file`` or ``id`` are equal once stripped are refused.
-        pattern: a glob (or list of globs) relative to ``path``, e.g.
-            ``"**/*.wav"``; default: every ``.wav``, ``.flac`` and ``.ogg`` file
-            (any case) in the folder and its subfolders.
-        strict: what to do with files that do not fit: audio that cannot be
-            read, an alignment that is missing, unreadable, out of the audio's
-            range or without the tier asked for, and (for ``labels_csv``) rows
-            matching no file and files without a row. When True (default) one
-            error lists every such file (the error's ``skipped`` attribute holds
-            them all as a table); when False each such file is left out, one
-            warning lists them, and ``corpus.skipped`` holds them (columns
-            ``file``, ``reason``); rows of ``labels_csv`` (or of a segment
-            table) matching no file are ignored, each named in that warning and
-            in ``corpus.skipped`` (``file``: the name as the row writes it;
-            ``reason``: its row, and the file it spells up to case or Unicode
-            normalisation where there is one: ``a.WAV`` for ``a.wav``), and
-            files without a row are kept with empty labels. A name that differs
-            from a file only in Unicode normalisation is refused either way.
+        labels_csv: optional CSV path (or DataFrame), one row per file, matched by its
+            ``file`` column (a path relative to ``path``, with or without suffix) or else
+            ``id``; ``speaker`` and ``text`` fill those fields, other columns (``id`` aside)
+            become ``Utterance.labels``. Cells are strings as written, stripped.
+        pattern: a glob (or list of globs) relative to ``path``; default: every ``.wav``,
+            ``.flac`` and ``.ogg`` file (any case) below ``path``.
+        strict: True: one error lists every file that does not fit (unreadable audio, a
+            missing or bad alignment, no CSV row) and every CSV or segment row matching no
+            file (its ``skipped`` attribute holds them). False: they are left out (files
+            without a row kept with empty labels), named in one warning and listed in
+            ``corpus.skipped`` (``file``, ``reason``).
         allow_silence: accept all-zero files instead of raising.
         name: the corpus name (default: the folder name).
-        lazy: when True, read only the files' headers now: the utterances are
-            :class:`~s3viz.data.FileUtterance` objects that read their audio on
-            each access and keep none (for corpora larger than memory; errors
-            about a file's content then come when it is read). Alignment tables
-            are read now either way (they are small).
-        alignments: where the phone (and word) alignments are, one of
-            - a folder holding one TextGrid per audio file at the same relative
-              path (the Montreal Forced Aligner's output: ``aligned/spk1/utt1.TextGrid``
-              for ``path/spk1/utt1.wav``; TIMIT ``.PHN`` files there work too);
-            - ``"sibling"``: a ``.TextGrid``, or a TIMIT ``.PHN`` (with its
-              ``.WRD``), beside each audio file;
-            - a CSV/TSV path (or DataFrame) of segments with columns ``file``
-              (or ``id``), ``start``, ``end`` (seconds), ``phone`` and optionally
-              ``word`` and ``word_index``, one row per phone, matched to files as
-              ``labels_csv`` is.
-        alignment_pattern: where each file's alignment is, relative to the
-            ``alignments`` folder (to ``path`` for ``"sibling"``), with
-            ``{parent}`` (the audio file's folder relative to ``path``),
-            ``{stem}`` (its name without suffix) and ``{name}`` (with suffix):
-            SPPAS writes ``"{parent}/{stem}-merge.TextGrid"``. A list of
-            patterns is tried in order (first existing file wins). Default: the
-            audio's relative path with a ``.TextGrid`` or ``.PHN`` suffix.
-        phone_tier, word_tier: the TextGrid tier name, or a list of candidate
-            names of which the first the file has wins (exact, else any case,
-            else MFA's multi-speaker ``"spk1 - phones"``). Default
-            ``s3viz.data.alignments.PHONE_TIER_NAMES`` (``phones``, ``phone``,
-            ``phonemes``, ``phons``, ``PhonAlign``, ``MAU``) and ``WORD_TIER_NAMES``
-            (``words``, ``word``, ``TokensAlign``, ``ORT-MAU``); a file without a
-            word tier gets the word ``""`` everywhere.
-        phone_map: ``None`` (labels as written), ``"timit39"``, a dict (every
-            label must be in it) or a function label -> label (``None``:
-            unlabelled).
-        silence: the labels that mark silence (a set, or a comma-separated
-            str), compared after stripping in any case, for phones and words.
-            Default ``s3viz.data.alignments.SILENCE_LABELS``: ``""``, ``sil``,
-            ``sp``, ``spn`` (MFA), ``#`` (SPPAS), ``<p:>`` (WebMAUS), ``h#``,
-            ``pau`` (TIMIT).
-
-    Silence and unknown words are labelled as in the embedded corpus: silence
-    marks become the phone ``"sil"`` (with the word ``""``); MFA's ``<unk>``
-    word is kept as written. Audio no phone interval covers (a gap, or a
-    segment table that covers part of a file) is unlabelled, never silence.
-    Bad alignments (unsorted or overlapping intervals, an interval ending more
-    than ``s3viz.data.alignments.TOLERANCE_S`` past the audio, a missing tier,
-    a TextGrid whose time range is not the audio's) are
-    :class:`~s3viz.data.AlignmentError` naming the file and interval; see
-    :mod:`s3viz.data.alignments` for the rules.
+        lazy: read only the files' headers now; the utterances are
+            :class:`~s3viz.data.FileUtterance` objects that read their audio on each access.
+        alignments: a folder of TextGrids (or TIMIT ``.PHN``) at the audio's relative paths
+            (MFA's output), ``"sibling"`` (beside each audio file), or a CSV/TSV path (or
+            DataFrame) of segments (``file`` or ``id``, ``start``, ``end`` in seconds,
+            ``phone``, optional ``word``, ``word_index``).
+        alignment_pattern: where each file's alignment is, relative to the ``alignments``
+            folder (to ``path`` for ``"sibling"``), with ``{parent}``, ``{stem}`` and
+            ``{name}``; a list is tried in order.
+        phone_tier, word_tier: a tier name or a list of candidates, the first the file has
+            wins (default ``s3viz.data.alignments.PHONE_TIER_NAMES`` / ``WORD_TIER_NAMES``).
+        phone_map: ``None`` (labels as written), ``"timit39"``, a dict (every label must
+            be in it) or a function label -> label (``None``: unlabelled).
+        silence: the silence marks (a set, or a comma-separated str; default
+            ``s3viz.data.alignments.SILENCE_LABELS``), which become the phone ``"sil"``.
+            Bad alignments are :class:`~s3viz.data.AlignmentError` (``docs/alignment.md``).
 
     Returns:
-        A :class:`Corpus` (``phones`` None for every utterance without
-        ``alignments``), with ``corpus.skipped`` as above.
+        A :class:`Corpus` (``phones`` None for every utterance without ``alignments``),
+        with ``corpus.skipped`` as above.
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a folder path (str or Path), got {type(path).__name__}")
@@ -433,8 +357,7 @@ def load_folder(
         raise FileNotFoundError(f"audio folder not found: {str(root)!r}")
     if not root.is_dir():
         raise NotADirectoryError(
-            f"{str(root)!r} is a file, not a folder; for one file use s3viz.audio.load_audio"
-        )
+            f"{str(root)!r} is a file, not a folder; for one file use s3viz.audio.load_audio")
     files = _find_files(root, pattern)
     if not files:
         others = sorted({p.suffix.lower() or "(no suffix)" for p in root.rglob("*") if p.is_file()})
@@ -447,13 +370,12 @@ def load_folder(
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:
         raise ValueError(
-            f"files differ only by suffix, so their ids clash: {_listing(dupes)}; keep one "
-            "format or restrict pattern (e.g. pattern='**/*.wav')"
-        )
-    rows, csv_ids, rejected = _labels_by_file(labels_csv, root, rel, ids, strict)
-    aligner = _Aligner(alignments, root, rel, ids, strict=strict, phone_tier=phone_tier,
-                       word_tier=word_tier, phone_map=phone_map, silence=silence,
-                       pattern=alignment_pattern)
+            f"files differ only by suffix, so their ids clash: {_listing(list(map(repr, dupes)))}"
+            "; keep one format or restrict pattern (e.g. pattern='**/*.wav')")
+    lookup = _FileLookup(rel, ids, root, strict)
+    rows, csv_ids, rejected = _labels_by_file(labels_csv, lookup, rel)
+    aligner = _Aligner(alignments, lookup, rel, phone_tier=phone_tier, word_tier=word_tier,
+                       phone_map=phone_map, silence=silence, pattern=alignment_pattern)
     utterances, skipped = [], []
     for i, file in enumerate(files):
         try:
@@ -469,7 +391,7 @@ def load_folder(
             continue
         utterances.append(utt)
     corpus = Corpus(utterances, name=name or root.resolve().name)
-    tables = [t for t in (rejected, aligner.rejected) if t is not None and len(t)]
+    tables = [t for t in (rejected, aligner.rejected) if t is not None]
     if skipped:
         tables.insert(0, _report(skipped, len(files), root, strict))
     if tables:
@@ -481,73 +403,56 @@ class _Missing(AlignmentError):
     """No alignment file (or no segment rows) for an audio file."""
 
 
-def _labels_by_file(labels_csv, root: Path, rel: List[str], ids: List[str], strict: bool):
+def _labels_by_file(labels_csv, lookup: _FileLookup, rel: List[str]):
     """``({file index: labels}, {file index: id from the CSV}, rows matching no file)``
-    from ``labels_csv`` (the last a ``corpus.skipped`` table, None without a CSV)."""
+    from ``labels_csv`` (the last a ``corpus.skipped`` table, or None)."""
     rows: Dict[int, dict] = {}
     csv_ids: Dict[int, str] = {}
     if labels_csv is None:
         return rows, csv_ids, None
     table, raw = _read_labels(labels_csv)
-    if "file" in table.columns:
-        key_col = "file"
-    elif "id" in table.columns:
-        key_col = "id"
-    else:
+    key_col = "file" if "file" in table.columns else "id" if "id" in table.columns else None
+    if key_col is None:
         raise ValueError(
             f"labels_csv needs a 'file' column (path relative to the folder) or an 'id' "
-            f"column (path without suffix); it has columns {list(table.columns)}"
-        )
+            f"column (path without suffix); it has columns {list(table.columns)}")
     reserved = [c for c in _RESERVED if c in table.columns]
     if reserved:
         raise ValueError(f"labels_csv columns {reserved} are reserved (computed by s3viz); "
                          "rename them")
-    for col in ([key_col] + (["id"] if key_col == "file" and "id" in table.columns else [])):
+    id_col = "id" in table.columns and key_col == "file"
+    for col in [key_col] + (["id"] if id_col else []):
         if table[col].isna().any():
             bad = [int(i) + 2 for i in np.flatnonzero(table[col].isna().to_numpy())]
-            raise ValueError(
-                f"labels_csv has rows with an empty '{col}' (CSV lines {bad[:10]}); "
-                "fill them or drop those rows"
-            )
-        if col == "id" or key_col == "file":
-            _check_unique(table, col, "labels_csv", raw)
-    lookup = _file_lookup(rel, ids)
-    keys = [_normalise_key(v) for v in table[key_col]]
+            raise ValueError(f"labels_csv has rows with an empty '{col}' (CSV lines "
+                             f"{bad[:10]}); fill them or drop those rows")
+        _check_unique(table, col, raw)
     matched: Dict[int, int] = {}
     unmatched: List[tuple] = []  # (CSV line, key)
-    for row_pos, key in enumerate(keys):
+    for row_pos, key in enumerate(map(_normalise_key, table[key_col])):
         i = lookup.get(key)
         if i is None:
             unmatched.append((row_pos + 2, key))
-            continue
-        if i in matched:
-            raise ValueError(
-                f"labels_csv has several rows for file {rel[i]!r} "
-                f"(rows {matched[i] + 2} and {row_pos + 2} of the CSV); keep one"
-            )
-        matched[i] = row_pos
+        elif i in matched:
+            raise ValueError(f"labels_csv has several rows for file {rel[i]!r} (rows "
+                             f"{matched[i] + 2} and {row_pos + 2} of the CSV); keep one")
+        else:
+            matched[i] = row_pos
     missing = [rel[i] for i in range(len(rel)) if i not in matched]
-    rejected = _unmatched_table(unmatched, lookup, "labels_csv")
-    if strict and unmatched:
+    rejected = lookup.unmatched(
+        unmatched, "labels_csv",
+        f"fix the '{key_col}' values (relative paths such as {rel[0]!r}) or pass strict=False "
+        "to ignore them", f"{len(missing)} audio file(s) have no row and keep empty labels")
+    if lookup.strict and missing:
         raise ValueError(
-            f"{len(unmatched)} labels_csv row(s) match no audio file under {str(root)!r}: "
-            f"{_listing_with_hints(rejected)}; fix the '{key_col}' values (relative paths such "
-            f"as {rel[0]!r}) or pass strict=False to ignore them"
-        )
-    if unmatched:
-        _warn_unmatched(rejected, "labels_csv", root,
-                        f"{len(missing)} audio file(s) have no row and keep empty labels")
-    if strict and missing:
-        raise ValueError(
-            f"{len(missing)} audio file(s) have no row in labels_csv: {_listing(missing)}; "
-            "add rows for them, restrict pattern, or pass strict=False to keep them "
-            "without labels"
-        )
+            f"{len(missing)} audio file(s) have no row in labels_csv: "
+            f"{_listing(list(map(repr, missing)))}; add rows for them, restrict pattern, or "
+            "pass strict=False to keep them without labels")
     label_cols = [c for c in table.columns if c not in ("file", "id")]
     for i, row_pos in matched.items():
         record = table.iloc[row_pos]
         rows[i] = {c: _plain(record[c]) for c in label_cols}
-        if key_col == "file" and "id" in table.columns:
+        if id_col:
             csv_ids[i] = str(record["id"])
     return rows, csv_ids, rejected
 
@@ -556,16 +461,12 @@ def _utterance(file: Path, uid: str, labels: dict, *, lazy: bool, allow_silence:
     from ..audio import load_audio
 
     labels = dict(labels)
-    speaker = labels.pop("speaker", None)
-    text = labels.pop("text", None)
+    speaker, text = labels.pop("speaker", None), labels.pop("text", None)
     fields = dict(text="" if text is None else str(text),
                   speaker="" if speaker is None else str(speaker), phones=None, labels=labels)
     if lazy:
         return FileUtterance(uid, file, allow_silence=allow_silence, **fields)
     return Utterance(id=uid, wav=load_audio(file, allow_silence=allow_silence), **fields)
-
-
-_MAX_REPORTED = 50
 
 
 def _report(skipped, total: int, root: Path, strict: bool) -> pd.DataFrame:
@@ -584,8 +485,6 @@ def _report(skipped, total: int, root: Path, strict: bool) -> pd.DataFrame:
                   "pattern, or pass strict=False to leave them out (listed in corpus.skipped)")
         err.skipped = table
         raise err from errors[0]
-    import warnings
-
     warnings.warn(f"{len(table)} of {total} audio file(s) under {str(root)!r} do not fit and are "
                   f"left out (corpus.skipped lists them):\n{shown}", stacklevel=3)
     return table
@@ -594,72 +493,56 @@ def _report(skipped, total: int, root: Path, strict: bool) -> pd.DataFrame:
 class _Aligner:
     """Finds and reads each file's alignment for :func:`load_folder` (or does nothing)."""
 
-    def __init__(self, alignments, root: Path, rel: List[str], ids: List[str], *, strict: bool,
-                 phone_tier, word_tier, phone_map, silence, pattern):
-        from . import alignments as al
-
-        self.al, self.source, self.root, self.rel, self.ids = al, alignments, root, rel, ids
-        self.strict = strict
+    def __init__(self, alignments, lookup: _FileLookup, rel: List[str], *, phone_tier,
+                 word_tier, phone_map, silence, pattern):
+        self.source, self.lookup, self.rel, self.pattern = alignments, lookup, rel, pattern
         self.kw = dict(phone_tier=phone_tier, word_tier=word_tier, phone_map=phone_map,
                        silence=silence)
-        self.pattern = pattern
-        self.segments = None
-        self.rejected = None  # segment-table rows that match no audio file (strict=False)
+        self.segments = self.rejected = None  # rejected: segment rows matching no file
         if alignments is None:
             given = [k for k, v in dict(self.kw, alignment_pattern=pattern).items()
                      if v is not None]
             if given:
                 raise ValueError(f"{given} apply to alignments; pass alignments= as well")
             return
-        al.resolve_phone_map(phone_map)  # bad arguments fail before any file is read
-        al.silence_marks(silence)
-        al.check_alignment_pattern(pattern)
+        resolve_phone_map(phone_map)  # bad arguments fail before any file is read
+        silence_marks(silence)
+        check_alignment_pattern(pattern)
         for kind in ("phone", "word"):
-            al._tier_candidates(self.kw[f"{kind}_tier"], (), kind)
-        if isinstance(alignments, pd.DataFrame) or (
-                isinstance(alignments, (str, os.PathLike)) and alignments != "sibling"
-                and Path(alignments).is_file()):
+            _tier_candidates(self.kw[f"{kind}_tier"], (), kind)
+        is_path = isinstance(alignments, (str, os.PathLike)) and alignments != "sibling"
+        if isinstance(alignments, pd.DataFrame) or (is_path and Path(alignments).is_file()):
             if phone_tier is not None or word_tier is not None or pattern is not None:
                 raise ValueError("phone_tier / word_tier / alignment_pattern locate TextGrids; "
                                  "a segment table has the columns 'phone' and 'word'")
             self._index_segments(read_segment_table(alignments))
-        elif isinstance(alignments, (str, os.PathLike)) and alignments != "sibling":
-            if not Path(alignments).exists():
-                raise FileNotFoundError(
-                    f"alignments {os.fspath(alignments)!r} not found: pass a folder of TextGrids "
-                    "(MFA's output), 'sibling', or a CSV/TSV of segments")
+        elif is_path and not Path(alignments).exists():
+            raise FileNotFoundError(
+                f"alignments {os.fspath(alignments)!r} not found: pass a folder of TextGrids "
+                "(MFA's output), 'sibling', or a CSV/TSV of segments")
         elif not isinstance(alignments, (str, os.PathLike)):
             raise TypeError(f"alignments must be a folder, 'sibling', a CSV/TSV path or a "
                             f"DataFrame, got {type(alignments).__name__}")
 
     def _index_segments(self, table: pd.DataFrame):
-        lookup = _file_lookup(self.rel, self.ids)
-        self.segments = {}
+        self.segments, self.segment_source = {}, table.attrs["source"]
         unmatched = []  # (first line in the table, key)
         for key, rows in table.groupby("key", sort=False):
-            i = lookup.get(_normalise_key(key))
+            i = self.lookup.get(_normalise_key(key))
             if i is None:
-                unmatched.append((_first_line(rows), key))
+                first = rows.index[0]  # the table line (the header is line 1), or its index
+                unmatched.append((int(first) + 2 if isinstance(first, (int, np.integer))
+                                  else first, key))
             elif i in self.segments:
                 first = self.segments[i][table.attrs["key_column"]].iloc[0]
                 raise ValueError(
-                    f"{table.attrs['source']}: segments of file {self.rel[i]!r} are given under "
+                    f"{self.segment_source}: segments of file {self.rel[i]!r} are given under "
                     f"two names, {first!r} and {key!r}; use one")
             else:
                 self.segments[i] = rows
-        self.segment_source = table.attrs["source"]
-        if not unmatched:
-            return
-        rejected = _unmatched_table(unmatched, lookup, self.segment_source)
-        if self.strict:
-            raise ValueError(
-                f"{self.segment_source}: segments for {len(unmatched)} "
-                f"{table.attrs['key_column']} value(s) that match no audio file under "
-                f"{str(self.root)!r}: {_listing_with_hints(rejected)}; fix them or pass "
-                "strict=False")
-        self.rejected = rejected
-        _warn_unmatched(rejected, self.segment_source, self.root,
-                        "the audio files they were meant for have no alignment")
+        self.rejected = self.lookup.unmatched(
+            unmatched, self.segment_source, "fix them or pass strict=False",
+            "the audio files they were meant for have no alignment")
 
     def table(self, i: int, file: Path, num_samples: int):
         """The file's alignment table (None without ``alignments``); raises
@@ -670,12 +553,11 @@ class _Aligner:
             rows = self.segments.get(i)
             if rows is None:
                 raise _Missing(f"no rows in {self.segment_source}")
-            return self.al.table_alignment(rows, num_samples,
-                                           source=f"{self.segment_source} ({self.rel[i]})",
-                                           phone_map=self.kw["phone_map"],
-                                           silence=self.kw["silence"])
-        path = self.al.find_alignment_file(file, self.rel[i], self.source, root=self.root,
-                                           pattern=self.pattern)
+            return table_alignment(rows, num_samples,
+                                   source=f"{self.segment_source} ({self.rel[i]})",
+                                   phone_map=self.kw["phone_map"], silence=self.kw["silence"])
+        path = find_alignment_file(file, self.rel[i], self.source, root=self.lookup.root,
+                                   pattern=self.pattern)
         if path is None:
             where = "beside the audio file" if self.source == "sibling" else \
                 f"under {os.fspath(self.source)!r}"
@@ -683,13 +565,7 @@ class _Aligner:
                       "as a .TextGrid or .PHN named as the audio")
             raise _Missing(f"no alignment {where} ({looked})")
         rate = _native_rate(file) if path.suffix.lower() == ".phn" else None
-        return self.al.read_alignment(path, num_samples, sample_rate=rate, **self.kw)
-
-
-def _first_line(rows: pd.DataFrame):
-    """The table line of the first of ``rows`` (the header is line 1), or its index."""
-    first = rows.index[0]
-    return int(first) + 2 if isinstance(first, (int, np.integer)) else first
+        return read_alignment(path, num_samples, sample_rate=rate, **self.kw)
 
 
 def _native_rate(file: Path) -> Optional[int]:

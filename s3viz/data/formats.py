@@ -51,20 +51,11 @@ def _timit_text(path: Path) -> str:
 
 def load_timit(root: Union[str, os.PathLike], split: Optional[str] = None, phone_map=None, *,
                lazy: bool = False, strict: bool = True, silence=None) -> Corpus:
-    """Load a TIMIT copy as a :class:`Corpus` with its hand-labelled phone and word alignments.
-
-    Args:
-        root: the folder holding ``TRAIN`` and/or ``TEST`` (any case), each with
-            ``DR1`` ... ``DR8`` dialect folders of speaker folders of
-            ``<utt>.WAV`` (NIST SPHERE) + ``.PHN`` + ``.WRD`` + ``.TXT`` files.
-        split: ``"train"``, ``"test"`` or None (both).
-        phone_map: None keeps the labels as written (closures, ``epi`` ...)
-            except the silence marks; ``"timit39"`` folds them to the 39
-            classes of Lee & Hon (1989), closures and pauses as ``"sil"``, ``q``
-            unlabelled; or a dict / function as for :func:`load_folder`.
-        lazy, strict: as for :func:`load_folder`.
-        silence: as for :func:`load_folder`; the default makes ``h#`` and
-            ``pau`` the phone ``"sil"``.
+    """Load a TIMIT copy (``root`` holds ``TRAIN`` and/or ``TEST``, any case, with
+    ``DR<n>/<speaker>/<utt>.WAV`` + ``.PHN`` + ``.WRD`` + ``.TXT``) as a :class:`Corpus`
+    with its hand-labelled phone and word alignments. ``split``: ``"train"``, ``"test"`` or
+    None (both); ``phone_map="timit39"`` folds the labels to the 39 classes of Lee & Hon
+    (1989); the other arguments as for :func:`load_folder` (``h#`` and ``pau`` are silence).
 
     Returns:
         A :class:`Corpus` whose ids are the files' paths without suffix
@@ -193,44 +184,20 @@ MANIFEST = "s3viz-export.json"
 
 def export_corpus(corpus, folder: Union[str, os.PathLike], layout: str = "mfa", *,
                   overwrite: bool = False) -> Dict[str, Path]:
-    """Write a corpus's audio and alignments in a layout other tools read.
+    """Write a corpus's audio and alignments in a layout other tools read, and that
+    :func:`load_folder` (``"mfa"``) or :func:`load_timit` (``"timit"``) read back equal.
+    The layouts, what is refused before anything is written (naming the utterance) and how
+    ``overwrite`` works: ``docs/data.md``.
 
     Args:
-        corpus: a :class:`Corpus` whose utterances have alignment tables
-            (``phones``), e.g. :func:`synthetic_corpus`.
+        corpus: a :class:`Corpus` whose utterances have alignment tables (``phones``).
         folder: where to write (created). It must be empty, or hold an earlier export
             (``s3viz-export.json``) to be replaced with ``overwrite=True``.
-        layout:
-            - ``"mfa"``: the Montreal Forced Aligner's input and output layout:
-              ``folder/corpus/<speaker>/<id>.wav`` (16-bit PCM, 16 kHz) with a
-              ``.lab`` transcript, ``folder/aligned/<speaker>/<id>.TextGrid``
-              (long text format, UTF-8, tiers ``words`` and ``phones``, silence
-              as empty intervals, as MFA writes), and ``folder/labels.csv``
-              (one row per file: ``file``, ``speaker``, ``text`` and the
-              utterance's labels; a label named ``file``, ``id``, ``speaker``,
-              ``text`` or ``num_samples`` is refused: rename it). Load it back with
-              ``load_folder(folder / "corpus", folder / "labels.csv",
-              alignments=folder / "aligned")``.
-            - ``"timit"``: ``folder/TRAIN/DR1/<sex><speaker>/<id>.WAV`` as NIST
-              SPHERE with ``.PHN``/``.WRD`` (16 kHz samples; labels as written,
-              so the corpus's silence stays ``"sil"``) and ``.TXT``; ``<sex>``
-              is ``F``/``M`` from a ``gender`` (or ``sex``) label, else ``X``;
-              ``split`` (``train``/``test``, any case) and ``dialect`` (``DR<n>``,
-              any case) labels choose the folders (default ``TRAIN``, ``DR1``); other
-              values are refused, since :func:`load_timit` reads no other folder.
-              Load it back with :func:`load_timit`.
-
-            Labels that the readers would change are refused before anything is
-            written, naming the utterance: a phone or word that the default
-            ``silence`` marks fold into ``"sil"`` (:data:`SILENCE_LABELS` compared
-            stripped in any case: ``pau``, ``SP``, ``Sil``...; the corpus's own silence
-            phone ``"sil"`` is written as silence), ``"sil"`` with a word, labels
-            with surrounding whitespace, and (``"timit"``) phones with any whitespace
-            and words with whitespace other than single spaces between characters
-            (a newline would end the ``.WRD`` line).
-        overwrite: replace the earlier export in ``folder``: the files its
-            ``s3viz-export.json`` lists are removed first (only those; other files
-            stay). A folder that is not empty and holds no such record is refused.
+        layout: ``"mfa"`` (``corpus/<speaker>/<id>.wav`` + ``.lab``,
+            ``aligned/<speaker>/<id>.TextGrid``, ``labels.csv``) or ``"timit"``
+            (``<SPLIT>/<DIALECT>/<sex><speaker>/<id>.WAV`` + ``.PHN``, ``.WRD``, ``.TXT``).
+        overwrite: replace the earlier export in ``folder``: only the files its
+            ``s3viz-export.json`` lists are removed first.
 
     Returns:
         ``{"root": folder, "manifest": ...}`` with ``"audio"``, ``"alignments"`` and
@@ -249,17 +216,16 @@ def export_corpus(corpus, folder: Union[str, os.PathLike], layout: str = "mfa", 
                          f"{unaligned[:5]}; export needs alignment tables")
     for u in corpus:  # labels the layout or its reader would change: refused before writing
         _check_read_back(u, layout)
-    if layout == "mfa":
-        for u in corpus:
-            clash = [k for k in u.labels if k in _MFA_COLUMNS]
-            if clash:
-                raise ValueError(
-                    f"utterance {u.id!r} has label(s) {clash} that labels.csv of layout='mfa' "
-                    f"holds as its own columns {list(_MFA_COLUMNS)} (the file, id, speaker "
-                    "and text of each utterance), so they would overwrite them or be lost; "
-                    "rename those labels first, e.g. for u in corpus: if "
-                    f"{clash[0]!r} in u.labels: u.labels['label_{clash[0]}'] = "
-                    f"u.labels.pop({clash[0]!r})")
+    for u in corpus if layout == "mfa" else ():
+        clash = [k for k in u.labels if k in _MFA_COLUMNS]
+        if clash:
+            raise ValueError(
+                f"utterance {u.id!r} has label(s) {clash} that labels.csv of layout='mfa' "
+                f"holds as its own columns {list(_MFA_COLUMNS)} (the file, id, speaker "
+                "and text of each utterance), so they would overwrite them or be lost; "
+                "rename those labels first, e.g. for u in corpus: if "
+                f"{clash[0]!r} in u.labels: u.labels['label_{clash[0]}'] = "
+                f"u.labels.pop({clash[0]!r})")
     stems = _export_plan(corpus, layout)  # every name checked before anything is written
     files = _files_of(stems, layout)
     root = Path(folder).expanduser()
@@ -280,60 +246,51 @@ def _check_read_back(u, layout: str) -> None:
     that :func:`load_folder` / :func:`load_timit` would read back changed (the reader
     strips labels and folds its default silence marks into ``"sil"`` with the word "")."""
     marks = silence_marks(None)
-    table = u.phones
-    phones = ["" if p is None else str(p) for p in table["phone"]]
+    phones = ["" if p is None else str(p) for p in u.phones["phone"]]
     words = ["" if w is None or (isinstance(w, float) and np.isnan(w)) else str(w)
-             for w in table["word"]]
+             for w in u.phones["word"]]
 
-    def refuse(what: str, found, fix: str):
-        found = sorted(set(found))
-        raise ValueError(f"utterance {u.id!r} has {what} {found[:10]!r}"
-                         + (f" and {len(found) - 10} more" if len(found) > 10 else "")
-                         + f"; {fix}")
-
-    bad = [p for p in phones if p.strip() == ""]
-    if bad:
+    if any(p.strip() == "" for p in phones):
         raise ValueError(f"utterance {u.id!r} has unlabelled phones (''): an empty "
                          "interval reads back as silence; map them to a label first")
-    # the phone "sil" is the corpus's own silence; a word "sil" would be read as silence
-    folded = [x for x in phones if x != SILENCE and _is_silence(x, marks)]
-    folded += [w for w in words if w and _is_silence(w, marks)]
-    if folded:
-        refuse("label(s)", folded, "the readers' default silence marks (s3viz.data.alignments."
-               "SILENCE_LABELS, compared stripped in any case) would read them back as "
-               f"silence ({SILENCE!r}, word ''); rename them first (the corpus's silence is "
-               f"the phone {SILENCE!r} itself)")
-    spaced = [x for x in phones + words if x != x.strip()]
-    if spaced:
-        refuse("label(s) with surrounding whitespace", spaced,
-               "the readers strip it; strip the labels first")
-    broken = [x for x in phones + words if any(unicodedata.category(c) in ("Cc", "Zl", "Zp")
-                                               for c in x)]
-    if broken:  # a TextGrid reader keeps no "\r" and a .PHN/.WRD line ends at each of them
-        refuse("label(s) with control characters or line breaks (a tab, a newline)", broken,
-               "the layout's files cannot hold them as written; replace them first")
-    worded = [w for p, w in zip(phones, words) if p == SILENCE and w]
-    if worded:
-        refuse(f"the silence phone {SILENCE!r} inside word(s)", worded,
-               "silence reads back with the word ''; give those phones another label or "
-               "the word ''")
+    both = phones + words
+    checks = [  # (labels found, what they are, the fix), refused in this order
+        # the phone "sil" is the corpus's own silence; a word "sil" would be read as silence
+        ([x for x in phones if x != SILENCE and _is_silence(x, marks)]
+         + [w for w in words if w and _is_silence(w, marks)], "label(s)",
+         "the readers' default silence marks (s3viz.data.alignments.SILENCE_LABELS, compared "
+         f"stripped in any case) would read them back as silence ({SILENCE!r}, word ''); "
+         f"rename them first (the corpus's silence is the phone {SILENCE!r} itself)"),
+        ([x for x in both if x != x.strip()], "label(s) with surrounding whitespace",
+         "the readers strip it; strip the labels first"),
+        # a TextGrid reader keeps no "\r" and a .PHN/.WRD line ends at each of them
+        ([x for x in both if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in x)],
+         "label(s) with control characters or line breaks (a tab, a newline)",
+         "the layout's files cannot hold them as written; replace them first"),
+        ([w for p, w in zip(phones, words) if p == SILENCE and w],
+         f"the silence phone {SILENCE!r} inside word(s)",
+         "silence reads back with the word ''; give those phones another label or the word ''"),
+    ]
     if layout == "mfa":  # labels.csv: load_folder strips every header and cell
-        spaced = [k for k, v in u.labels.items()
-                  if str(k) != str(k).strip() or (isinstance(v, str) and v != v.strip())]
-        if spaced:
-            refuse("label(s) whose name or value has surrounding whitespace", spaced,
-                   "load_folder strips labels.csv's names and cells; strip them first")
-    if layout == "timit":
-        spaced = [p for p in phones if any(c.isspace() for c in p)]
-        if spaced:
-            refuse("phone label(s) with whitespace", spaced,
-                   "a .PHN line cannot hold them; use layout='mfa'")
-        spaced = [w for w in words if w != " ".join(w.split())]
-        if spaced:
-            refuse("word(s) with whitespace other than single spaces (a newline, a tab)",
-                   spaced, "a .WRD line cannot hold them (it ends at a newline and its "
-                   "reader joins the rest of the line with single spaces); use layout='mfa' "
-                   "or replace that whitespace first")
+        checks.append(([k for k, v in u.labels.items()
+                        if str(k) != str(k).strip() or (isinstance(v, str) and v != v.strip())],
+                       "label(s) whose name or value has surrounding whitespace",
+                       "load_folder strips labels.csv's names and cells; strip them first"))
+    else:
+        checks += [([p for p in phones if any(c.isspace() for c in p)],
+                    "phone label(s) with whitespace",
+                    "a .PHN line cannot hold them; use layout='mfa'"),
+                   ([w for w in words if w != " ".join(w.split())],
+                    "word(s) with whitespace other than single spaces (a newline, a tab)",
+                    "a .WRD line cannot hold them (it ends at a newline and its reader joins "
+                    "the rest of the line with single spaces); use layout='mfa' or replace "
+                    "that whitespace first")]
+    for found, what, fix in checks:
+        if found:
+            found = sorted(set(found))
+            raise ValueError(f"utterance {u.id!r} has {what} {found[:10]!r}"
+                             + (f" and {len(found) - 10} more" if len(found) > 10 else "")
+                             + f"; {fix}")
 
 
 def _files_of(stems, layout: str) -> list:
@@ -411,7 +368,16 @@ def _export_plan(corpus, layout: str) -> list:
                      _safe(str(u.labels.get("dialect", "DR1")).upper(),
                            f"label 'dialect' of utterance {u.id!r}"),
                      _safe(f"{sex}{_speaker_dir(u)}", f"speaker of utterance {u.id!r}"), base)
-            _check_timit_folders(u, parts)
+            if parts[0].lower() not in _TIMIT_SPLITS:
+                raise ValueError(
+                    f"utterance {u.id!r} has split {u.labels.get('split')!r}, which layout="
+                    f"'timit' writes as the folder {parts[0]!r} that load_timit does not read; "
+                    f"it reads {list(_TIMIT_SPLITS)} (any case): relabel it, or use layout='mfa'")
+            if not _TIMIT_DIALECT.fullmatch(parts[1]):
+                raise ValueError(
+                    f"utterance {u.id!r} has dialect {u.labels.get('dialect')!r}, which "
+                    "load_timit does not read back: it reads DR<n> folders ('DR1' ... 'DR8' in "
+                    "TIMIT, any case); relabel it, or use layout='mfa'")
         stem = "/".join(parts)
         key = collision_key(stem)
         if key in seen:
@@ -422,20 +388,6 @@ def _export_plan(corpus, layout: str) -> list:
         seen[key] = u.id
         stems.append(stem)
     return stems
-
-
-def _check_timit_folders(u, parts) -> None:
-    """Refuse a ``split`` or ``dialect`` folder :func:`load_timit` does not read."""
-    split, dialect = parts[0], parts[1]
-    if split.lower() not in _TIMIT_SPLITS:
-        raise ValueError(f"utterance {u.id!r} has split {u.labels.get('split')!r}, which "
-                         f"layout='timit' writes as the folder {split!r} that load_timit does "
-                         f"not read; it reads {list(_TIMIT_SPLITS)} (any case): relabel it, "
-                         "or use layout='mfa'")
-    if not _TIMIT_DIALECT.fullmatch(dialect):
-        raise ValueError(f"utterance {u.id!r} has dialect {u.labels.get('dialect')!r}, which "
-                         f"load_timit does not read back: it reads DR<n> folders ('DR1' ... "
-                         "'DR8' in TIMIT, any case); relabel it, or use layout='mfa'")
 
 
 def _export_mfa(corpus, out: OwnedFolder, stems, sf) -> Dict[str, Path]:

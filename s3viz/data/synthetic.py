@@ -55,15 +55,19 @@ _SPEAKER_DEFAULTS = dict(pitch=50, rate=175, range=50, gender="")
 # sentences: a small seeded grammar (millions of distinct sentences)
 # ---------------------------------------------------------------------------
 
+def _pairs(text: str) -> list:
+    """``"dog:dogs cat:cats"`` -> ``[("dog", "dogs"), ("cat", "cats")]``."""
+    return [tuple(p.split(":")) for p in text.split()]
+
+
 _NAMES = ("Anna Peter Maria John Lucy David Emma Oliver Sophia Thomas Laura Michael Grace "
           "Daniel Helen Robert Julia Simon Rachel Victor Martin Alice").split()
 _RELATIVES = ("mother father brother sister uncle aunt cousin friend neighbour "
               "grandmother teacher doctor").split()
-_AGENTS = [("dog", "dogs"), ("cat", "cats"), ("bird", "birds"), ("horse", "horses"),
-           ("farmer", "farmers"), ("child", "children"), ("girl", "girls"), ("boy", "boys"),
-           ("woman", "women"), ("man", "men"), ("student", "students"), ("baker", "bakers"),
-           ("sailor", "sailors"), ("pilot", "pilots"), ("singer", "singers"),
-           ("rabbit", "rabbits"), ("monkey", "monkeys"), ("soldier", "soldiers")]
+_AGENTS = _pairs(
+    "dog:dogs cat:cats bird:birds horse:horses farmer:farmers child:children girl:girls "
+    "boy:boys woman:women man:men student:students baker:bakers sailor:sailors pilot:pilots "
+    "singer:singers rabbit:rabbits monkey:monkeys soldier:soldiers")
 _OBJECTS = ("box chair table window door letter bottle basket jacket ladder bucket lamp key "
             "map book bicycle kettle mirror pencil umbrella orange apple hammer wallet "
             "blanket ticket picture candle radio guitar shoe cup").split()
@@ -76,19 +80,15 @@ _PREPOSITIONS = "near behind beside inside outside under across".split()
 _TIMES = ["yesterday", "today", "tomorrow", "tonight", "again", "early", "later",
           "this morning", "last week", "at noon", "on Monday", "on Friday", "every day",
           "after lunch"]
-_TRANSITIVE = [("find", "found"), ("bring", "brought"), ("paint", "painted"),
-               ("carry", "carried"), ("wash", "washed"), ("open", "opened"),
-               ("close", "closed"), ("fix", "fixed"), ("sell", "sold"), ("buy", "bought"),
-               ("move", "moved"), ("clean", "cleaned"), ("hide", "hid"), ("take", "took"),
-               ("catch", "caught"), ("push", "pushed"), ("pull", "pulled"),
-               ("drop", "dropped"), ("borrow", "borrowed"), ("follow", "followed"),
-               ("measure", "measured"), ("choose", "chose"), ("watch", "watched"),
-               ("check", "checked"), ("throw", "threw")]
-_INTRANSITIVE = [("wait", "waited"), ("sleep", "slept"), ("sing", "sang"), ("run", "ran"),
-                 ("play", "played"), ("swim", "swam"), ("dance", "danced"), ("sit", "sat"),
-                 ("stay", "stayed"), ("laugh", "laughed"), ("jump", "jumped"),
-                 ("work", "worked"), ("rest", "rested"), ("shout", "shouted"),
-                 ("arrive", "arrived"), ("fall", "fell"), ("walk", "walked")]
+_TRANSITIVE = _pairs(
+    "find:found bring:brought paint:painted carry:carried wash:washed open:opened "
+    "close:closed fix:fixed sell:sold buy:bought move:moved clean:cleaned hide:hid "
+    "take:took catch:caught push:pushed pull:pulled drop:dropped borrow:borrowed "
+    "follow:followed measure:measured choose:chose watch:watched check:checked throw:threw")
+_INTRANSITIVE = _pairs(
+    "wait:waited sleep:slept sing:sang run:ran play:played swim:swam dance:danced sit:sat "
+    "stay:stayed laugh:laughed jump:jumped work:worked rest:rested shout:shouted "
+    "arrive:arrived fall:fell walk:walked")
 _NUMBERS = "Two Three Four Five Six Seven Eight Nine Ten Twelve".split()
 
 # (sentence_type, template); {A}=agent, {As}=agent plural, {O}=object, {J}=adjective,
@@ -168,52 +168,49 @@ def _check_count(value, name: str) -> int:
 
 def _resolve_speakers(speakers) -> Dict[str, Dict[str, object]]:
     if speakers is None:
-        return {k: dict(v) for k, v in SPEAKERS.items()}
-    if isinstance(speakers, (int, np.integer)) and not isinstance(speakers, bool):
+        speakers = list(SPEAKERS)
+    elif isinstance(speakers, (int, np.integer)) and not isinstance(speakers, bool):
         if not 1 <= speakers <= len(SPEAKERS):
             raise ValueError(
                 f"speakers={speakers}: choose 1..{len(SPEAKERS)} built-in speakers, or pass a "
-                "dict {name: {'voice': 'en-us+f3', 'pitch': 50, 'rate': 175}} for your own"
-            )
-        return {k: dict(SPEAKERS[k]) for k in list(SPEAKERS)[: int(speakers)]}
-    if isinstance(speakers, Mapping):
-        out = {}
-        for name, spec in speakers.items():
-            if not isinstance(name, str) or not name:
-                raise ValueError(f"speaker names must be non-empty str, got {name!r}")
-            if not isinstance(spec, Mapping) or not isinstance(spec.get("voice"), str):
-                raise ValueError(
-                    f"speakers[{name!r}] must be a dict with a 'voice' str such as 'en-us+f3' "
-                    f"(optional 'pitch', 'rate', 'range', 'gender'), got {spec!r}"
-                )
-            unknown = set(spec) - {"voice", "pitch", "rate", "range", "gender"}
-            if unknown:
-                raise ValueError(f"speakers[{name!r}] has unknown keys {sorted(unknown)}")
-            full = {**_SPEAKER_DEFAULTS, **spec}
-            for key, lo, hi in (("pitch", 0, 100), ("range", 0, 100), ("rate", 80, 450)):
-                v = full[key]
-                if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
-                    raise ValueError(f"speakers[{name!r}]['{key}'] must be an int in "
-                                     f"[{lo}, {hi}], got {v!r}")
-                full[key] = int(v)
-            out[name] = full
-        if not out:
+                "dict {name: {'voice': 'en-us+f3', 'pitch': 50, 'rate': 175}} for your own")
+        speakers = list(SPEAKERS)[: int(speakers)]
+    elif isinstance(speakers, Mapping):
+        if not speakers:
             raise ValueError("speakers is an empty dict; give at least one speaker")
-        return out
-    if isinstance(speakers, Sequence) and not isinstance(speakers, str):
-        unknown = [s for s in speakers if s not in SPEAKERS]
-        if unknown or not speakers:
-            raise ValueError(
-                f"unknown speakers {unknown}; built-in speakers are {list(SPEAKERS)} "
-                "(or pass a dict of your own voice specs)"
-            )
-        if len(set(speakers)) != len(speakers):
-            raise ValueError(f"speakers has duplicates: {list(speakers)}")
-        return {k: dict(SPEAKERS[k]) for k in speakers}
-    raise TypeError(
-        f"speakers must be None, an int, a list of built-in speaker names or a dict of "
-        f"voice specs, got {type(speakers).__name__}"
-    )
+        return {name: _voice_spec(name, spec) for name, spec in speakers.items()}
+    elif not isinstance(speakers, Sequence) or isinstance(speakers, str):
+        raise TypeError(
+            f"speakers must be None, an int, a list of built-in speaker names or a dict of "
+            f"voice specs, got {type(speakers).__name__}")
+    unknown = [s for s in speakers if s not in SPEAKERS]
+    if unknown or not speakers:
+        raise ValueError(f"unknown speakers {unknown}; built-in speakers are {list(SPEAKERS)} "
+                         "(or pass a dict of your own voice specs)")
+    if len(set(speakers)) != len(speakers):
+        raise ValueError(f"speakers has duplicates: {list(speakers)}")
+    return {k: dict(SPEAKERS[k]) for k in speakers}
+
+
+def _voice_spec(name, spec) -> Dict[str, object]:
+    """One user speaker's voice spec, checked and completed with the defaults."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"speaker names must be non-empty str, got {name!r}")
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("voice"), str):
+        raise ValueError(
+            f"speakers[{name!r}] must be a dict with a 'voice' str such as 'en-us+f3' "
+            f"(optional 'pitch', 'rate', 'range', 'gender'), got {spec!r}")
+    unknown = set(spec) - {"voice", "pitch", "rate", "range", "gender"}
+    if unknown:
+        raise ValueError(f"speakers[{name!r}] has unknown keys {sorted(unknown)}")
+    full = {**_SPEAKER_DEFAULTS, **spec}
+    for key, lo, hi in (("pitch", 0, 100), ("range", 0, 100), ("rate", 80, 450)):
+        v = full[key]
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
+            raise ValueError(f"speakers[{name!r}]['{key}'] must be an int in [{lo}, {hi}], "
+                             f"got {v!r}")
+        full[key] = int(v)
+    return full
 
 
 def _code_version() -> str:
@@ -414,9 +411,8 @@ def _plan(n_utterances: int, seed: int, speakers: Dict[str, dict],
 def _synthesize(plan: List[dict], speakers: Dict[str, dict], seed: int):
     from ..audio import resample_many
 
-    items = [{"text": p["text"], "voice": speakers[p["speaker"]]["voice"],
-              "rate": speakers[p["speaker"]]["rate"], "pitch": speakers[p["speaker"]]["pitch"],
-              "range": speakers[p["speaker"]]["range"]} for p in plan]
+    items = [{"text": p["text"], **{k: speakers[p["speaker"]][k]
+                                    for k in ("voice", "rate", "pitch", "range")}} for p in plan]
     header, samples = _run_espeak(items, seed)
     offsets = np.concatenate([[0], np.cumsum(header["num_samples"])])
     raws = []
@@ -452,17 +448,19 @@ def _checksum(arrays: Dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
+_COLUMNS = (("phone", str), ("word", str), ("start", np.int64), ("end", np.int64),
+            ("word_index", np.int64))
+"""The alignment table's columns as the cache stores them (one array each, all utterances)."""
+
+
 def _pack(meta: dict, wavs: List[np.ndarray], tables: List[list]) -> Dict[str, np.ndarray]:
+    rows = [r for t in tables for r in t]
     arrays = {
         "audio": np.concatenate(wavs).astype(np.float32),
         "audio_offsets": np.concatenate([[0], np.cumsum([w.size for w in wavs])]).astype(np.int64),
         "phone_offsets": np.concatenate([[0], np.cumsum([len(t) for t in tables])]).astype(
             np.int64),
-        "phone": np.array([r[0] for t in tables for r in t], dtype=str),
-        "word": np.array([r[1] for t in tables for r in t], dtype=str),
-        "start": np.array([r[2] for t in tables for r in t], dtype=np.int64),
-        "end": np.array([r[3] for t in tables for r in t], dtype=np.int64),
-        "word_index": np.array([r[4] for t in tables for r in t], dtype=np.int64),
+        **{c: np.array([r[j] for r in rows], dtype=dtype) for j, (c, dtype) in enumerate(_COLUMNS)},
         "meta": np.frombuffer(json.dumps(meta, sort_keys=True).encode("utf-8"), dtype=np.uint8),
     }
     arrays["checksum"] = np.frombuffer(_checksum(arrays).encode("ascii"), dtype=np.uint8)
@@ -470,14 +468,10 @@ def _pack(meta: dict, wavs: List[np.ndarray], tables: List[list]) -> Dict[str, n
 
 
 def _cache_place(cache_dir) -> Tuple[Path, str]:
-    """The folder the user named and the cache's folder below it ("" for the folder itself).
-
-    ``cache_dir`` when given; else ``$S3VIZ_CACHE`` (the user's) with s3viz's own
-    ``synthetic/`` below it; else the user's cache root (``$XDG_CACHE_HOME``, else
-    ``~/.cache``) with ``s3viz/synthetic/`` below it: ``s3viz/`` is a folder s3viz makes,
-    not one the user named. Links in the user's folder are theirs; the folders below it
-    and the cache file are s3viz's and never followed (``s3viz._fs``).
-    """
+    """The folder the user named (links in it are theirs) and the cache's folder below it
+    ("" for the folder itself; s3viz's own, never followed): ``cache_dir``; else
+    ``$S3VIZ_CACHE`` and ``synthetic``; else ``$XDG_CACHE_HOME`` or ``~/.cache`` and
+    ``s3viz/synthetic``."""
     if cache_dir is not None:
         return Path(cache_dir).expanduser(), ""
     if os.environ.get("S3VIZ_CACHE"):
@@ -534,13 +528,8 @@ def _unpack(arrays: Dict[str, np.ndarray], name: str) -> Corpus:
     utts = []
     for i, m in enumerate(meta["utterances"]):
         a, b = int(po[i]), int(po[i + 1])
-        phones = pd.DataFrame({
-            "phone": arrays["phone"][a:b].astype(object),
-            "word": arrays["word"][a:b].astype(object),
-            "start": arrays["start"][a:b].astype(np.int64),
-            "end": arrays["end"][a:b].astype(np.int64),
-            "word_index": arrays["word_index"][a:b].astype(np.int64),
-        })
+        phones = pd.DataFrame({c: arrays[c][a:b].astype(object if dtype is str else dtype)
+                               for c, dtype in _COLUMNS})
         utts.append(Utterance(id=m["id"], wav=arrays["audio"][int(ao[i]): int(ao[i + 1])],
                               text=m["text"], speaker=m["speaker"], phones=phones,
                               labels=dict(m["labels"])))
@@ -558,12 +547,9 @@ def synthetic_corpus(
 ) -> Corpus:
     """Real English speech with phone alignments, synthesized offline with eSpeak NG.
 
-    Each utterance speaks one sentence from a seeded grammar (statements,
-    questions, commands; about 1-3 s) with one speaker. Utterance ``i`` is
-    spoken by the speakers in a seeded cyclic order, so every speaker is in
-    every contiguous split; with the default ``n_sentences=None`` every
-    utterance has its own distinct sentence, so held-out utterances contain
-    unseen sentences.
+    Each utterance speaks one sentence from a seeded grammar (statements, questions,
+    commands; about 1-3 s) with one speaker, the speakers in a seeded cyclic order (so
+    every speaker is in every contiguous split).
 
     Args:
         n_utterances: number of utterances.
@@ -573,15 +559,12 @@ def synthetic_corpus(
             ``k`` of them), a list of built-in names, or a dict
             ``{name: {"voice": "en-us+f3", "pitch": 60, "rate": 170, "range": 50,
             "gender": "female"}}`` of eSpeak NG voices (language+variant).
-        n_sentences: number of distinct sentences; when smaller than
-            ``n_utterances`` sentences repeat, each repetition with another speaker
-            (utterance ``i`` speaks sentence ``i % n_sentences``).
+        n_sentences: number of distinct sentences (default: one per utterance); when
+            smaller, utterance ``i`` speaks sentence ``i % n_sentences``, each repetition
+            with another speaker.
         cache_dir: folder for the cache file; default ``default_cache_dir() /
-            "synthetic"`` (``$S3VIZ_CACHE``, else ``$XDG_CACHE_HOME/s3viz``, else
-            ``~/.cache/s3viz``). The folder the user named (``cache_dir``,
-            ``$S3VIZ_CACHE``, else ``$XDG_CACHE_HOME`` or ``~/.cache``) is taken as
-            given; a symbolic link below it (at ``s3viz/``, ``synthetic/`` or the cache
-            file) is refused, never written through or read.
+            "synthetic"``. A symbolic link below the folder the user named (at ``s3viz/``,
+            ``synthetic/`` or the cache file) is refused (``docs/refusals.md``).
         cache: read and write the on-disk cache.
 
     Returns:
