@@ -29,21 +29,9 @@ def check_featurizer(featurizer, upstream, *, device=None,
                      move: bool = False) -> ContractReport:
     """Check that ``featurizer`` follows s3prl's ``AbsFeaturizer`` contract on an upstream's output.
 
-    The upstream runs once on seeded noise waveforms (as in :func:`check_upstream`,
-    whose own problems are not reported here); the featurizer then gets
-    ``(all_hs, all_hs_len)``.
-
-    Checks: ``setup``, ``eval_mode``; ``output_size``, ``downsample_rate``
-    (positive ints); ``upstream`` (it ran); ``forward`` (returns ``(hs, hs_len)``);
-    ``output_shape`` (``(batch_size, seq_len, output_size)`` floating);
-    ``lengths_type`` (LongTensor ``(batch_size,)``); ``lengths_bound``
-    (``max(hs_len) == seq_len``); ``lengths_rate`` (``hs_len`` equals the
-    upstream's lengths of the layers whose rate is ``downsample_rate``, or
-    ``ceil(L/downsample_rate)`` when no layer has it; ok 0, warn ``<= tolerance``
-    frames, else fail); ``finite``; ``different_lengths``: each layer in turn is
-    cut one frame shorter than the upstream returned it, and the featurizer must
-    raise (a silent sum or truncation fails; a layer whose change does not alter
-    the output is taken as unused).
+    The upstream runs once on seeded noise waveforms; the featurizer then gets
+    ``(all_hs, all_hs_len)``, and again with each layer in turn one frame short. The
+    checks: ``docs/contract.md``.
 
     Args:
         featurizer: the featurizer (``nn.Module`` or attribute-only object).

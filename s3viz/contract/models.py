@@ -29,18 +29,8 @@ def check_frame_model(model, *, device=None, x_lengths: Sequence[int] | None = N
                       move: bool = False) -> ContractReport:
     """Check that ``model`` follows s3prl's ``AbsFrameModel`` contract.
 
-    Runs ``model(x, x_len)`` on seeded noise ``x`` ``(batch_size, seq_len, input_size)``
-    with ``x_len`` ``(batch_size,)``; again on the same batch; with the padded
-    frames full of large noise (``N(0, 1000^2)``); and on each sequence alone.
-
-    Checks: ``setup``, ``eval_mode``; ``input_size``, ``output_size`` (positive
-    ints); ``forward`` (returns ``(y, y_len)``); ``output_shape``
-    (``(batch_size, seq_len', output_size)`` floating); ``lengths_type``;
-    ``lengths_bound`` (``max(y_len) == seq_len'``); ``output_lengths``
-    (``y_len == x_len`` when the time axis keeps its length: ok; a model that
-    changes the time resolution: warn, its lengths are shown); ``finite``;
-    ``determinism``; ``padding_invariance`` (valid outputs equal with zero and
-    with garbage padding, and alone vs in the batch; ``value`` = max abs diff).
+    Runs ``model(x, x_len)`` on seeded noise frames: the batch, again, with garbage in
+    the padded frames, and each sequence alone. The checks: ``docs/contract.md``.
 
     Args:
         model: the frame model (``nn.Module`` or attribute-only object).
@@ -62,14 +52,9 @@ def check_utterance_model(model, *, device=None, x_lengths: Sequence[int] | None
     """Check that ``model`` follows s3prl's ``AbsUtteranceModel`` contract.
 
     Runs ``model(x, x_len)`` as :func:`check_frame_model` does and expects one
-    ``(batch_size, output_size)`` tensor.
-
-    Checks: ``setup``, ``eval_mode``; ``input_size``, ``output_size``;
-    ``forward`` (returns a tensor); ``output_shape`` (``(batch_size, output_size)``
-    floating); ``finite``; ``determinism``; ``padding_invariance`` (outputs
-    equal with zero and garbage padding and alone vs in the batch: a pooling that
-    ignores ``x_len`` fails here). The arguments are :func:`check_frame_model`'s; the
-    report is titled ``check_utterance_model(<class name>)``.
+    ``(batch_size, output_size)`` tensor (the checks: ``docs/contract.md``). The
+    arguments are :func:`check_frame_model`'s; the report is titled
+    ``check_utterance_model(<class name>)``.
     """
     return _model_check("check_utterance_model", "AbsUtteranceModel",
                         "(batch_size, output_size)", _UTTERANCE_CHECKS, _utterance_model_checks,

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._device import resolve_device
+from .._device import eval_session, resolve_device
 from .report import ContractReport, _exc, _Rows
 
 _DEFAULT_WAV_LENGTHS = (11850, 16000, 4003)
@@ -165,33 +165,15 @@ class _Session:
         da, dr = _default_tolerances(self.dtype, device)
         self.atol = da if atol is None else float(atol)
         self.rtol = dr if rtol is None else float(rtol)
-        self.flags = ([(m, m.training) for m in obj.modules()]
-                      if isinstance(obj, nn.Module) else None)
+        self.module = eval_session(obj, device, move=self.move_back is not None)
 
     def __enter__(self):
-        if self.move_back is not None:
-            self.obj.to(self.device)
-        self.eval_note = None
-        if self.flags is not None:
-            self.obj.eval()
-        elif callable(getattr(self.obj, "eval", None)):
-            try:
-                self.obj.eval()
-                self.eval_note = ("not a torch.nn.Module; called its eval() (its training flag "
-                                  "is not restored)")
-            except Exception as e:  # noqa: BLE001 - an attribute-only object: report, do not crash
-                self.eval_note = f"not a torch.nn.Module and its eval() raised {_exc(e)}; ran as is"
-        else:
-            self.eval_note = ("not a torch.nn.Module and has no eval(): ran as is (dropout may "
-                              "be active)")
+        self.module.__enter__()  # an nn.Module: eval mode (and moved), restored on exit
+        self.eval_note = None if isinstance(self.obj, nn.Module) else _plain_eval(self.obj)
         return self
 
     def __exit__(self, *exc):
-        for module, flag in self.flags or ():
-            module.training = flag
-        if self.move_back is not None:
-            self.obj.to(self.move_back)
-        return False
+        return self.module.__exit__(*exc)
 
     def tol(self, scale: float) -> float:
         return self.atol + self.rtol * scale
@@ -209,6 +191,17 @@ class _Session:
                      "restored afterwards")
         else:
             rows.add("eval_mode", "warn", self.eval_note)
+
+
+def _plain_eval(obj) -> str:
+    """Call the ``eval()`` of an object that is not an ``nn.Module``; the ``eval_mode`` note."""
+    if not callable(getattr(obj, "eval", None)):
+        return "not a torch.nn.Module and has no eval(): ran as is (dropout may be active)"
+    try:
+        obj.eval()
+    except Exception as e:  # noqa: BLE001 - an attribute-only object: report, do not crash
+        return f"not a torch.nn.Module and its eval() raised {_exc(e)}; ran as is"
+    return "not a torch.nn.Module; called its eval() (its training flag is not restored)"
 
 
 @contextmanager

@@ -31,38 +31,9 @@ def check_upstream(upstream, *, device=None, wav_lengths: Sequence[int] | None =
                    seed: int = 0, move: bool = False) -> ContractReport:
     """Check that ``upstream`` follows s3prl's ``AbsUpstream`` contract.
 
-    Runs ``upstream(wavs, wavs_len)`` on a batch of seeded noise waveforms
-    ``wavs`` ``(batch_size, seq_len, 1)`` with ``wavs_len`` ``(batch_size,)``,
-    again on the same batch, on each waveform alone, and on the shortest waveform alone
-    as ``(batch_size, seq_len)``.
-
-    Checks (``check`` column; per layer where marked *):
-
-    - ``setup``, ``eval_mode``: the inputs used; eval mode (``warn`` for
-      objects that are not ``nn.Module``).
-    - ``num_layer``: a positive int (``warn`` when only s3prl's ``num_layers``);
-      ``hidden_sizes``, ``downsample_rates``: lists of positive ints.
-    - ``forward``: runs on ``(batch_size, seq_len, 1)`` and returns
-      ``(all_hs, all_hs_len)``; ``wavs_2d``: whether it also accepts
-      ``(batch_size, seq_len)`` (ok/warn only; if only 2-D works, ``forward``
-      fails and the other checks use 2-D).
-    - ``layer_count``: ``num_layer == len(hidden_sizes) == len(downsample_rates)
-      == len(all_hs) == len(all_hs_len)``; ``stable_layers``: the same number
-      of hidden states in every call (layerdrop off in eval).
-    - ``hidden_shape`` *: ``(batch_size, seq_len, hidden_sizes[i])`` floating.
-    - ``lengths_type`` *: LongTensor ``(batch_size,)``; ``lengths_bound`` *:
-      ``0 <= lengths <= seq_len`` and ``max(lengths) == seq_len``.
-    - ``lengths_rate`` *: deviation in frames from ``ceil(L / downsample_rates[i])``
-      (:func:`s3viz.align.expected_lengths`): 0 ok, ``<= tolerance`` warn, else fail;
-      ``value`` is the largest deviation (negative: fewer frames).
-    - ``finite`` *: no NaN/Inf in valid frames (``warn`` if only in padding).
-    - ``determinism`` *: two calls give the same valid frames and lengths.
-    - ``batch_invariance`` *: each utterance alone and padded inside the batch
-      give the same lengths and valid frames; ``value`` is the max abs difference.
-      A failure says which frames differ and the likely cause: only the last
-      frames of shorter utterances (reported lengths that count windows over
-      the padding, e.g. s3prl's ``(L - 1) // 320 + 1``), every frame (a
-      normalisation or attention over the padded batch), or some of them.
+    Runs ``upstream(wavs, wavs_len)`` on seeded noise waveforms: the batch, again, each
+    waveform alone and the shortest one as ``(batch_size, seq_len)``. The checks, one
+    row each (and per layer for the hidden states): ``docs/contract.md``.
 
     Args:
         upstream: the model (``nn.Module`` or any object with ``forward`` and the
