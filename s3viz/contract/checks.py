@@ -1,8 +1,6 @@
-"""Checks shared by the checkers: declared sizes and the outputs they return.
-
-Each writes rows into a ``_Rows``: properties that must be positive integers, output
-shapes, the type and bounds of lengths, finite values, frame counts against the known
-conventions (:func:`s3viz.align.expected_lengths`), and determinism.
+"""Checks shared by the checkers: declared sizes, output shapes, the type and bounds of
+lengths, finite values, frame counts against the conventions of :mod:`s3viz.align`, and
+determinism; each writes rows into a ``_Rows``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,5 @@
-"""``check_featurizer``: an ``AbsFeaturizer`` (hidden states -> one hidden state).
-
-Runs the featurizer on an upstream's (or generated) hidden states and checks its
-output size, lengths, rate, finiteness, determinism and per-utterance invariance,
-and that hidden states of different lengths are refused or handled.
+"""``check_featurizer``: an ``AbsFeaturizer`` (hidden states -> one hidden state), run on
+an upstream's hidden states (``docs/contract.md``).
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
-"""``check_frame_model`` and ``check_utterance_model``: downstream models on frames.
+"""``check_frame_model`` and ``check_utterance_model``: downstream models on noise frames.
 
-A frame-level model keeps the time axis (one output per valid frame, padding
-invariant); an utterance-level model pools it away (one output per utterance).
-Both run on seeded ``N(0, 1)`` frames with garbage in the padding.
+A frame-level model keeps the time axis, an utterance-level model pools it away
+(``docs/contract.md``).
 """
 
 from __future__ import annotations

@@ -1,10 +1,6 @@
-"""How a check runs: argument validation, the model session and comparisons.
-
-:func:`_run_checks` is the frame of every checker: it validates the call, runs the
-objects in a ``_Session`` (eval mode on their device under ``no_grad``, restored
-afterwards) with a forked, seeded RNG, and returns the rows as a report. The helpers
-generate seeded inputs, call the object, and grade differences against tolerances
-(``docs/contract.md`` has the table).
+"""How a check runs: :func:`_run_checks`, the frame of every checker (argument validation,
+the eval/move/restore ``_Session``, the forked RNG), seeded inputs, calls, differences and
+grades (the tolerances: ``docs/contract.md``).
 """
 
 from __future__ import annotations

@@ -1,10 +1,7 @@
 """``check_upstream``: an ``AbsUpstream`` (waveforms -> every hidden state) on noise.
 
-Declared sizes, forward on a padded batch, one row per layer for shapes, lengths,
-rates, finiteness, determinism and batch invariance (each utterance alone vs in the
-batch, with garbage padding), plus 2-D input. :data:`UPSTREAM_CHECKS` lists the
-checks as small named functions in the order they run, over one shared
-:class:`_UpstreamRun`.
+:data:`UPSTREAM_CHECKS` lists its checks as small named functions in the order they
+run, over one shared :class:`_UpstreamRun` (``docs/contract.md``).
 """
 
 from __future__ import annotations

@@ -1,11 +1,8 @@
 """A tiny wav2vec2/HuBERT-shaped upstream, with weights trained on the embedded corpus.
 
-``tiny(pretrained=True)`` loads ``s3viz/zoo/tiny.pt`` (trained by
-``python -m s3viz.zoo.train_tiny``; see ``MODEL_CARD.md``);
-``tiny(pretrained=False)`` is the same architecture with seeded random weights,
-the control every layer curve needs. A wav2vec2 convolution stack with per-frame
-layer norms (so padding cannot leak) and a few transformer layers;
-:class:`TinyConfig` holds the sizes. The architecture: ``docs/zoo.md``.
+``tiny(pretrained=True)`` loads the shipped ``s3viz/zoo/tiny.pt`` (``MODEL_CARD.md``);
+``tiny(pretrained=False)`` is the same architecture with seeded random weights.
+:class:`TinyConfig` holds the sizes; the architecture: ``docs/zoo.md``.
 """
 
 from __future__ import annotations

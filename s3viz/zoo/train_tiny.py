@@ -863,19 +863,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
         corpus, config, device=args.device, init=init, max_minutes=args.max_minutes,
         log=lambda s: print(s, flush=True), checkpoint_every=args.save_every,
         checkpoint=lambda step, up: save_tiny_weights(up, out.with_suffix(f".step{step}.pt")))
-    summary["data_seconds"] = time.time() - t0 - summary["total_seconds"]
-    summary["split"] = data_split()
-    summary["config"] = model.config.to_dict()
-    summary["parameters"] = sum(p.numel() for p in model.parameters())
-    summary["argv"] = " ".join(argv)
     dtype = torch.float32 if args.fp32 else torch.float16
-    summary["weights_dtype"] = str(dtype).replace("torch.", "")
+    summary.update(data_seconds=time.time() - t0 - summary["total_seconds"], split=data_split(),
+                   config=model.config.to_dict(),
+                   parameters=sum(p.numel() for p in model.parameters()), argv=" ".join(argv),
+                   weights_dtype=str(dtype).replace("torch.", ""))
     meta = {k: summary[k] for k in ("objective", "steps", "seed", "clusters", "utterances")}
     sha = save_tiny_weights(model, out, dtype=dtype, meta=meta)
     summary.update(weights=str(out), sha256=sha, size_bytes=out.stat().st_size)
     print(f"wrote {out} ({summary['size_bytes'] / 1e6:.2f} MB, sha256 {sha}); "
           f"{summary['total_seconds'] / 60:.1f} min", flush=True)
-    results = None
+    results, folder = None, OwnedFolder(out.parent, "the weights folder")
     if not args.no_eval:
         import s3viz.upstreams as ups
 
@@ -885,17 +883,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
         random = tiny(pretrained=False, config=trained.config)
         results = probe_comparison({"tiny": trained, "random": random,
                                     "spectral": ups.spectral_upstream()}, held)
-        folder = OwnedFolder(out.parent, "the weights folder")
         folder.write_with(out.with_suffix(".probes.csv").name,
                           lambda f: results.to_csv(f, index=False), text=True)
-        bar = bar_check(results)
-        summary["bar"] = bar.to_dict(orient="records")
-        print(bar.to_string(index=False), flush=True)
-        shape = curve_check(results)
-        summary["curve_check"] = shape.to_dict(orient="records")
-        print(shape.to_string(index=False), flush=True)
-    side = OwnedFolder(out.parent, "the weights folder").write_text(
-        out.with_suffix(".json").name, json.dumps(summary, indent=1))
+        for key, table in (("bar", bar_check(results)), ("curve_check", curve_check(results))):
+            summary[key] = table.to_dict(orient="records")
+            print(table.to_string(index=False), flush=True)
+    side = folder.write_text(out.with_suffix(".json").name, json.dumps(summary, indent=1))
     card = Path(args.card) if args.card is not None else out.with_name("MODEL_CARD.md")
     card = OwnedFolder(card.parent, "--card's folder").write_text(
         card.name, model_card(summary, results))
