@@ -28,8 +28,10 @@ def _unreadable(err: str) -> str:
     return "is missing" if err == "missing" else f"raised {err}"
 
 
-def _positive_int_property(obj, arg: str, name: str, meaning: str, rows: _Rows) -> int | None:
-    value, err = _read(obj, name)
+def _positive_int_property(obj, arg: str, name: str, meaning: str, rows: _Rows, *,
+                           read=None) -> int | None:
+    """The row of a property that must be a positive int (``read``: its ``_read``, if done)."""
+    value, err = _read(obj, name) if read is None else read
     if err is not None:
         rows.add(name, "fail", f"{arg}.{name} {_unreadable(err)}; add a property returning "
                  f"{meaning} (positive int)")

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import torch
 
 from .checks import (_check_finite, _check_lengths_bound, _check_lengths_type, _check_rate,
-                     _check_shape, _determinism_row, _layer_diff, _read, _unreadable)
+                     _check_shape, _determinism_row, _layer_diff, _positive_int_property, _read,
+                     _unreadable)
 from .report import ContractReport, _Rows
 from .session import (_DEFAULT_WAV_LENGTHS, _UPSTREAM_SIGNATURE, _graded_row, _int_status,
                       _max_abs, _max_diff, _noise, _run_checks, _Session, _UpOut, _valid_scale)
@@ -126,18 +127,12 @@ def _count_property(up, rows: _Rows) -> int | None:
     """Reads num_layer, or s3prl's num_layers spelling (a warn row)."""
     (v1, e1), (v2, e2) = _read(up, "num_layer"), _read(up, "num_layers")
     if e1 is None:
-        status, why = _int_status(v1)
-        if status == "fail":
-            rows.add("num_layer", "fail", f"upstream.num_layer {why}; it must be a positive int: "
-                     "the number of hidden states forward() returns")
-            return None
-        if e2 is None and v2 != v1:
+        if e2 is None and v2 != v1 and _int_status(v1)[0] != "fail":
             rows.add("num_layer", "fail", f"upstream.num_layer = {v1!r} but upstream.num_layers "
                      f"= {v2!r}; the alias must return the same number")
-        else:
-            rows.add("num_layer", status,
-                     f"upstream.num_layer = {int(v1)}" + (f" ({why})" if why else ""))
-        return int(v1)
+            return int(v1)
+        return _positive_int_property(up, "upstream", "num_layer", "the number of hidden states "
+                                      "forward() returns", rows, read=(v1, e1))
     if e2 is None:
         status, why = _int_status(v2)
         if status == "fail":

@@ -123,13 +123,8 @@ def held_out_corpus(n_utterances: int = 120, train_utterances: int = 1800):
 # ---------------------------------------------------------------------------
 
 def mfcc_features(wavs: Sequence[np.ndarray], *, batch_size: int = 32) -> list[torch.Tensor]:
-    """MFCC + deltas + delta-deltas at the tiny model's frames, normalised per utterance.
-
-    13 MFCCs from 40 log mel energies of a 400-sample window every 320 samples
-    (``center=False``: frame ``j`` covers samples ``[320 j, 320 j + 400)``, the
-    receptive field of the tiny model's frame ``j``), computed in length-sorted
-    batches (a valid frame never sees padding), then deltas and per-utterance
-    mean and variance normalisation.
+    """MFCC + deltas + delta-deltas at the tiny model's frames, normalised per utterance
+    (``docs/zoo.md``), computed in length-sorted batches (a valid frame never sees padding).
 
     Args:
         wavs: ``num_utterances`` float waveforms ``(num_samples,)`` at 16 kHz.
@@ -375,14 +370,12 @@ class TrainConfig:
     """Hyper-parameters of :func:`train` (the command line's flags, ``docs/zoo.md``).
 
     Attributes:
-        steps: optimizer steps (batches of about ``batch_seconds`` of padded audio).
         architecture: the model's :class:`TinyConfig` (``None``: ``TinyConfig()``;
             iteration 2 keeps ``init``'s).
         iteration: 1 = MFCC k-means targets; 2 = k-means of ``init``'s hidden states
             at ``target_layer`` (default: the middle layer), training continues from
             ``init``.
-        speed: probability that an utterance is speed-perturbed (:func:`speed_perturb`,
-            targets of the unperturbed audio).
+        speed: probability that an utterance is speed-perturbed (:func:`speed_perturb`).
         speaker_conditioning: the prediction head also reads a learned embedding of
             the utterance's speaker (ContentVec), so the last layer need not encode it.
     """
