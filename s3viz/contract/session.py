@@ -69,10 +69,6 @@ def _check_nonneg(value, arg: str, kind=numbers.Real):
     return value
 
 
-def _require_upstream(upstream) -> None:
-    _require_forward(upstream, "upstream", "AbsUpstream", _UPSTREAM_SIGNATURE)
-
-
 def _run_checks(title: str, objs, lengths, arg: str, default, body, *, seed, device, move,
                 atol, rtol, tolerance=None) -> ContractReport:
     """The frame of every checker; returns the report titled ``<title>(<class name>)``.
