@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._cache import file_sha256
 from .._fs import OwnedFolder
 from ..align import WAV2VEC2_CONV_LAYERS, conv_lengths, receptive_field
 from ..interface import AbsUpstream, check_wavs
@@ -281,15 +281,6 @@ class TinyUpstream(AbsUpstream):
 
 
 # ---- weights ---------------------------------------------------------------------------
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def save_tiny_weights(model: TinyUpstream, path: str | Path, *,
                       dtype: torch.dtype = torch.float16, meta: dict | None = None) -> str:
