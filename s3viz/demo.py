@@ -1,13 +1,8 @@
 """The main job (``make demo``): analyse the embedded corpus and write a report.
 
-``python -m s3viz.demo --out build/report`` checks and extracts the shipped
-tiny model, its random-weights control and the spectral baseline (offline:
-nothing is downloaded; ``models.csv`` and the findings say which weights each
-model has); probes every
-layer, measures ABX and unit PNMI, learns layer weights, compares layers with
-CKA and sweeps frame-count conventions; writes the tables (CSV) and figures
-(PNG), executes every notebook, and writes ``index.html``. What the report
-holds: ``docs/reports.md``.
+``python -m s3viz.demo --out build/report`` analyses the shipped tiny model, its
+random-weights control and the spectral baseline offline, writes the tables (CSV) and
+figures (PNG), executes every notebook and writes ``index.html``: ``docs/reports.md``.
 """
 
 from __future__ import annotations
@@ -22,22 +17,6 @@ from typing import List, Union
 from ._fs import OwnedFolder, UnsafePathError
 
 __all__ = ["run_analysis", "main", "MIN_UTTERANCES"]
-
-
-def _save(fig_or_ax, out: OwnedFolder, name: str) -> Path:
-    """Write a figure as ``name`` (PNG) into the OwnedFolder ``out``."""
-    import matplotlib.pyplot as plt
-
-    fig = getattr(fig_or_ax, "figure", fig_or_ax)
-    fig.tight_layout()
-    path = out.write_with(name, lambda f: fig.savefig(f, dpi=110, format="png"))
-    plt.close(fig)
-    return path
-
-
-def _csv(out: OwnedFolder, name: str, df, **kw) -> Path:
-    """Write a table as ``name`` (CSV) into the OwnedFolder ``out``."""
-    return out.write_with(name, lambda f: df.to_csv(f, **kw), text=True)
 
 
 CAPTIONS = {
@@ -149,12 +128,21 @@ def _run(out: OwnedFolder, n_utterances: int, seed: int, device) -> List[Path]:
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
+    def csv(name: str, df, index: bool = False) -> None:
+        written.append(out.write_with(name, lambda f: df.to_csv(f, index=index), text=True))
+
+    def png(fig_or_ax, name: str) -> None:
+        fig = getattr(fig_or_ax, "figure", fig_or_ax)
+        fig.tight_layout()
+        written.append(out.write_with(name, lambda f: fig.savefig(f, dpi=110, format="png")))
+        plt.close(fig)
+
     t0 = time.perf_counter()
     corpus = synthetic_corpus(n_utterances, seed=seed)
     log(f"corpus: {corpus}")
     for target, split_by in _PROBES:  # refused here, not after three extractions
         check_targets(corpus, target, split_by=split_by, seed=seed)
-    written.append(_csv(out, "corpus.csv", corpus.labels, index=False))
+    csv("corpus.csv", corpus.labels)
 
     upstreams = {  # offline: the shipped tiny model, its random twin and features
         "tiny (trained)": get_upstream("tiny"),
@@ -170,7 +158,7 @@ def _run(out: OwnedFolder, n_utterances: int, seed: int, device) -> List[Path]:
     for label, upstream in upstreams.items():
         key = label.split(" (")[0].replace(" baseline", "") + ("_random" if "random" in label else "")
         report = s3viz.check_upstream(upstream)
-        written.append(_csv(out, f"contract_{key}.csv", report, index=False))
+        csv(f"contract_{key}.csv", report)
         log(f"{label}: {report.summary()}")
         store = s3viz.extract(upstream, corpus, device=device, progress=False)
         stores[label] = store
@@ -182,16 +170,16 @@ def _run(out: OwnedFolder, n_utterances: int, seed: int, device) -> List[Path]:
     import pandas as pd
 
     models = {label: st.weights for label, st in stores.items()}
-    written.append(_csv(out, "models.csv", pd.DataFrame(
-        {"model": list(models), "upstream": [st.name for st in stores.values()],
-         "weights": list(models.values())}), index=False))
+    csv("models.csv", pd.DataFrame({"model": list(models),
+                                    "upstream": [st.name for st in stores.values()],
+                                    "weights": list(models.values())}))
     probe_df = pd.concat(probes, ignore_index=True)
-    written.append(_csv(out, "probes.csv", probe_df, index=False))
+    csv("probes.csv", probe_df)
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for ax, (target, sub) in zip(axes, probe_df.groupby("target", sort=False)):
         plot.probe_curve(sub, ax=ax)
         ax.set_title(f"{target} probe by layer")
-    written.append(_save(fig, out, "probes.png"))
+    png(fig, "probes.png")
 
     # the measures papers report besides probes: ABX and k-means unit quality
     abx_df = pd.concat([s3viz.abx_layers(st, speaker="within", context="any", device=device)
@@ -199,34 +187,34 @@ def _run(out: OwnedFolder, n_utterances: int, seed: int, device) -> List[Path]:
     units_df = pd.concat([s3viz.unit_quality(st, k=50, device=device, seed=seed)
                           .assign(model=label) for label, st in stores.items()],
                          ignore_index=True)
-    written += [_csv(out, "abx.csv", abx_df, index=False),
-                _csv(out, "unit_quality.csv", units_df, index=False)]
+    csv("abx.csv", abx_df)
+    csv("unit_quality.csv", units_df)
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     plot.abx_curve(abx_df, ax=axes[0], label_by="model",
                    title="ABX error by layer (within speaker)")
     plot.unit_quality(units_df, ax=axes[1], measures=("pnmi",), label_by="model",
                       title="PNMI of 50 k-means units by layer")
-    written.append(_save(fig, out, "abx_units.png"))
+    png(fig, "abx_units.png")
     log(f"ABX and unit quality done ({time.perf_counter() - t0:.0f} s so far)")
 
     tiny_store = stores["tiny (trained)"]
     featurizer, history = s3viz.train_featurizer(tiny_store, "phone", device=device, seed=seed)
     weights = featurizer.layer_weights
-    written += [_csv(out, "layer_weights_tiny.csv",
-                     plot.weights_table(weights, probe_df[probe_df.method == "tiny (trained)"])),
-                _csv(out, "featurizer_history_tiny.csv", history, index=False)]
+    csv("layer_weights_tiny.csv",
+        plot.weights_table(weights, probe_df[probe_df.method == "tiny (trained)"]), index=True)
+    csv("featurizer_history_tiny.csv", history)
     ax = plot.weights_and_probe(weights, probe_df[(probe_df.method == "tiny (trained)")
                                                   & (probe_df.target == "phone")])
     ax.set_title("tiny: learned layer weights (bars) and phone probe (line)")
-    written.append(_save(ax, out, "layer_weights_tiny.png"))
+    png(ax, "layer_weights_tiny.png")
 
     cka = s3viz.layer_similarity(tiny_store, device=device, seed=seed)
-    written.append(_csv(out, "cka_tiny.csv", cka))
-    written.append(_save(plot.similarity(cka), out, "cka_tiny.png"))
+    csv("cka_tiny.csv", cka, index=True)
+    png(plot.similarity(cka), "cka_tiny.png")
 
     lengths = s3viz.length_report(upstreams["tiny (trained)"], wav_lengths=range(400, 4000, 37))
-    written.append(_csv(out, "length_report_tiny.csv", lengths, index=False))
-    written.append(_save(plot.length_alignment(lengths), out, "length_report_tiny.png"))
+    csv("length_report_tiny.csv", lengths)
+    png(plot.length_alignment(lengths), "length_report_tiny.png")
     log(lengths.attrs.get("summary", ""))
     findings = _findings(probe_df, weights, abx_df, units_df, lengths, models)
     written.append(out.write_text("findings.txt", "\n".join(findings) + "\n"))

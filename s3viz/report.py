@@ -123,10 +123,8 @@ def run_notebook(path: Path, out_dir: Path, *, timeout: int = 600, kernel_name: 
     _check_pages([path])
     out = OwnedFolder(out_dir, "the report folder")
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(
-        nb, timeout=timeout, kernel_name=kernel_name, store_widget_state=True,
-        resources={"metadata": {"path": str(path.parent.resolve())}},
-    )
+    client = NotebookClient(nb, timeout=timeout, kernel_name=kernel_name, store_widget_state=True,
+                            resources={"metadata": {"path": str(path.parent.resolve())}})
     start = time.perf_counter()
     error = None
     try:
@@ -203,8 +201,6 @@ def _static_widgets(nb) -> int:
 
 def _widget_text(state: dict, model_id: str, depth: int = 0) -> str:
     """Text of a stored widget (boxes joined, HTML stripped, progress bars drawn); "" if unknown."""
-    import re
-
     entry = state.get(model_id)
     if not isinstance(entry, dict) or depth > 20:
         return ""
@@ -241,26 +237,19 @@ def write_index(out_dir: Path, results: Sequence[NotebookResult], extra: Iterabl
     rows = []
     for r in results:
         status = "ok" if r.error is None else f"FAILED: {html.escape(r.error)}"
-        figs = " ".join(
-            f'<a href="{rel(f)}">{f.stem}</a>' for f in r.figures
-        )
-        rows.append(
-            f"<tr><td><a href='{r.html.name}'>{html.escape(r.name)}</a></td>"
-            f"<td>{html.escape(r.title)}</td><td>{r.seconds:.1f} s</td><td>{status}</td>"
-            f"<td>{figs}</td></tr>"
-        )
-    extras = "".join(
-        f"<li><a href='{rel(p)}'>{html.escape(rel(p))}</a></li>"
-        for p in sorted(extra)
-    )
+        figs = " ".join(f'<a href="{rel(f)}">{f.stem}</a>' for f in r.figures)
+        rows.append(f"<tr><td><a href='{r.html.name}'>{html.escape(r.name)}</a></td>"
+                    f"<td>{html.escape(r.title)}</td><td>{r.seconds:.1f} s</td><td>{status}</td>"
+                    f"<td>{figs}</td></tr>")
+    extras = "".join(f"<li><a href='{rel(p)}'>{html.escape(rel(p))}</a></li>"
+                     for p in sorted(extra))
     found = ("<h2>Findings</h2><ul>" + "".join(f"<li>{html.escape(t)}</li>" for t in findings)
              + "</ul>") if findings else ""
-    shown = "".join(
-        f"<figure><img src='{rel(p)}' alt='"
-        f"{html.escape(cap, quote=True)}' style='max-width:100%'><figcaption>"
-        f"{html.escape(cap)}</figcaption></figure>" for p, cap in figures)
-    return out.write_text("index.html", 
-        "<!doctype html><meta charset='utf-8'><title>s3viz report</title>"
+    shown = "".join(f"<figure><img src='{rel(p)}' alt='{html.escape(cap, quote=True)}' "
+                    f"style='max-width:100%'><figcaption>{html.escape(cap)}</figcaption></figure>"
+                    for p, cap in figures)
+    return out.write_text(
+        "index.html", "<!doctype html><meta charset='utf-8'><title>s3viz report</title>"
         "<style>body{font-family:sans-serif;max-width:64em;margin:2em auto;line-height:1.45}"
         "td,th{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:left}"
         "figure{margin:1.5em 0}figcaption{color:#444;font-size:.92em}</style>"

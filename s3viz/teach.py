@@ -21,15 +21,8 @@ from ._device import eval_session, module_device
 from .align import expected_lengths
 from .interface import SAMPLE_RATE, num_layer_of
 
-__all__ = [
-    "Feedback",
-    "check_num_layer",
-    "check_num_frames",
-    "check_frame_rate_ms",
-    "check_best_layer",
-    "check_pooled",
-    "check_weights",
-]
+__all__ = ["Feedback", "check_num_layer", "check_num_frames", "check_frame_rate_ms",
+           "check_best_layer", "check_pooled", "check_weights"]
 
 
 @dataclass(frozen=True)
@@ -58,7 +51,7 @@ class Feedback:
                 f"<span style='color:{color}'>{mark}</span>: {html.escape(self.message)}</div>")
 
 
-def _number(answer, name: str = "answer") -> Optional[float]:
+def _number(answer) -> Optional[float]:
     if isinstance(answer, torch.Tensor) and answer.numel() == 1:
         answer = answer.item()
     if isinstance(answer, np.generic):

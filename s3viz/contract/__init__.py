@@ -1,11 +1,8 @@
 """Contract checks: run an object on generated inputs and report every violation.
 
-One checker per seed interface of :mod:`s3viz.interface`: :func:`check_upstream`,
-:func:`check_featurizer`, :func:`check_frame_model` and :func:`check_utterance_model`.
-Each returns a :class:`ContractReport` (a DataFrame, one row per check and layer,
-status ``ok``/``warn``/``fail``). Objects are checked by their attributes only; a
-broken object gives ``fail`` rows, a bad call raises. How the checks run, their
-inputs and tolerances: ``docs/contract.md``.
+One checker per seed interface of :mod:`s3viz.interface`, each returning a
+:class:`ContractReport`. How the checks run, their inputs and tolerances:
+``docs/contract.md``.
 """
 
 from .featurizer import check_featurizer

@@ -18,18 +18,8 @@ STATUSES = ("ok", "warn", "fail")
 """The values of a report's ``status`` column, from best to worst."""
 
 _COLUMNS = ["check", "layer", "status", "value", "detail"]
-_STATUS_STYLE = {
-    "ok": ("#155724", "#d4edda"),
-    "warn": ("#856404", "#fff3cd"),
-    "fail": ("#721c24", "#f8d7da"),
-}
-
-
-# ---------------------------------------------------------------------------
-# The report
-
-
-# ---------------------------------------------------------------------------
+_STATUS_STYLE = {"ok": ("#155724", "#d4edda"), "warn": ("#856404", "#fff3cd"),
+                 "fail": ("#721c24", "#f8d7da")}
 
 
 class ContractViolation(AssertionError):
@@ -80,12 +70,8 @@ class ContractReport(pd.DataFrame):
 
     @classmethod
     def _from_rows(cls, rows: list[dict], title: str) -> ContractReport:
-        df = pd.DataFrame(rows, columns=_COLUMNS)
-        df["layer"] = df["layer"].astype("Int64")
-        df["value"] = df["value"].astype("float64")
-        df["check"] = df["check"].astype(str)
-        df["status"] = df["status"].astype(str)
-        df["detail"] = df["detail"].astype(str)
+        df = pd.DataFrame(rows, columns=_COLUMNS).astype(
+            {"layer": "Int64", "value": "float64", "check": str, "status": str, "detail": str})
         return cls(df, title=title)
 
     # -- queries -------------------------------------------------------------
@@ -145,16 +131,12 @@ class ContractReport(pd.DataFrame):
     def __repr__(self) -> str:
         if not self._is_full():
             return pd.DataFrame.__repr__(self)
-        lines = [self.summary()]
-        for status, check, layers, detail in self._grouped():
-            where = _layers_text(layers)
-            lines.append(f"  {status.upper():4s}  {check}{where}: {detail}")
+        lines = [self.summary()] + [f"  {status.upper():4s}  {check}{_layers_text(layers)}: "
+                                    f"{detail}" for status, check, layers, detail in self._grouped()]
         ok = self[self["status"] == "ok"]
         if len(ok):
-            names = []
-            for name, n in ok.groupby("check", sort=False).size().items():
-                names.append(name if n == 1 else f"{name} x{n}")
-            lines.append("  ok: " + ", ".join(names))
+            lines.append("  ok: " + ", ".join(name if n == 1 else f"{name} x{n}" for name, n in
+                                              ok.groupby("check", sort=False).size().items()))
         return "\n".join(lines)
 
     __str__ = __repr__
@@ -178,11 +160,9 @@ class ContractReport(pd.DataFrame):
         if not self._is_full():
             return pd.DataFrame._repr_html_(self)
         c = self.counts()
-        badges = " ".join(
-            f'<span style="color:{_STATUS_STYLE[s][0]};background:{_STATUS_STYLE[s][1]};'
-            f'padding:1px 6px;border-radius:3px">{c[s]} {s}</span>'
-            for s in STATUSES
-        )
+        badges = " ".join(f'<span style="color:{_STATUS_STYLE[s][0]};background:'
+                          f'{_STATUS_STYLE[s][1]};padding:1px 6px;border-radius:3px">{c[s]} {s}'
+                          "</span>" for s in STATUSES)
         head = "".join(f'<th style="text-align:left">{h}</th>' for h in _COLUMNS)
         body = []
         for r in self.itertuples(index=False):
@@ -190,17 +170,11 @@ class ContractReport(pd.DataFrame):
             layer = "" if pd.isna(r.layer) else str(int(r.layer))
             value = "" if pd.isna(r.value) else f"{r.value:.3g}"
             weight = "normal" if r.status == "ok" else "bold"
-            body.append(
-                "<tr>"
-                f'<td style="text-align:left">{html.escape(str(r.check))}</td>'
-                f"<td>{layer}</td>"
-                f'<td style="color:{fg};background:{bg};font-weight:{weight}">'
-                f"{html.escape(str(r.status))}</td>"
-                f"<td>{value}</td>"
-                '<td style="text-align:left;white-space:pre-wrap">'
-                f"{html.escape(str(r.detail))}</td>"
-                "</tr>"
-            )
+            body.append(f'<tr><td style="text-align:left">{html.escape(str(r.check))}</td>'
+                        f'<td>{layer}</td><td style="color:{fg};background:{bg};font-weight:'
+                        f'{weight}">{html.escape(str(r.status))}</td><td>{value}</td>'
+                        '<td style="text-align:left;white-space:pre-wrap">'
+                        f"{html.escape(str(r.detail))}</td></tr>")
         title = html.escape(self.title or "contract check")
         items = "".join(
             f'<li><span style="color:{_STATUS_STYLE[st][0]};background:{_STATUS_STYLE[st][1]};'
@@ -243,15 +217,8 @@ class _Rows:
 
     def add(self, check, status, detail, layer=None, value=None):
         assert status in STATUSES, status
-        self.rows.append(
-            {
-                "check": check,
-                "layer": layer,
-                "status": status,
-                "value": np.nan if value is None else float(value),
-                "detail": detail,
-            }
-        )
+        self.rows.append({"check": check, "layer": layer, "status": status,
+                          "value": np.nan if value is None else float(value), "detail": detail})
 
     def skip(self, checks: Iterable[str], reason: str):
         for check in checks:
@@ -266,13 +233,6 @@ class _Rows:
 
     def report(self, title: str) -> ContractReport:
         return ContractReport._from_rows(self.rows, title)
-
-
-# ---------------------------------------------------------------------------
-# Running an object safely
-
-
-# ---------------------------------------------------------------------------
 
 
 def _exc(e: BaseException) -> str:

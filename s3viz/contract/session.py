@@ -1,9 +1,6 @@
-"""How a check runs: argument validation, the model session and comparisons.
-
-``_Session`` puts an object in eval mode on its device under ``no_grad`` and restores
-it (training flags, device, RNG) afterwards; the helpers generate seeded inputs, call
-the object, and measure and grade differences against tolerances
-(``docs/contract.md`` has the table).
+"""How a check runs: :func:`_run_checks`, the frame of every checker (argument validation,
+the eval/move/restore ``_Session``, the forked RNG), seeded inputs, calls, differences and
+grades (the tolerances: ``docs/contract.md``).
 """
 
 from __future__ import annotations
@@ -11,27 +8,24 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import numpy as np
 import torch
 from torch import nn
 
-from .._device import resolve_device
-from .report import _exc, _Rows
+from .._device import eval_session, resolve_device
+from .report import ContractReport, _exc, _Rows
 
 _DEFAULT_WAV_LENGTHS = (11850, 16000, 4003)
 _DEFAULT_X_LENGTHS = (37, 50, 12)
 _WARN_FACTOR = 10.0  # differences up to this many tolerances are a warn, not a fail
 _GARBAGE_SCALE = 1e3  # padded frames hold N(0, 1e3^2) in padding-invariance checks
+_UPSTREAM_SIGNATURE = (
+    "forward(wavs (batch_size, seq_len, 1), wavs_len (batch_size,)) -> (all_hs, all_hs_len)")
 
 
-# ---------------------------------------------------------------------------
-# Argument validation (bad calls raise, naming the argument and the fix)
-
-
-# ---------------------------------------------------------------------------
-
+# ---- argument validation (bad calls raise, naming the argument and the fix) ----------------
 
 def _require_forward(obj, arg: str, interface: str, signature: str):
     forward = getattr(obj, "forward", None)
@@ -39,39 +33,30 @@ def _require_forward(obj, arg: str, interface: str, signature: str):
         raise TypeError(
             f"{arg} must be a torch.nn.Module (or any object with a callable 'forward') "
             f"following the s3prl {interface} interface, {signature}; got "
-            f"{type(obj).__name__}. Pass the model object itself, not its output or a function."
-        )
+            f"{type(obj).__name__}. Pass the model object itself, not its output or a function.")
 
 
 def _check_lengths_arg(lengths, arg: str, default, minimum: int = 1) -> tuple[int, ...]:
     if lengths is None:
         return tuple(default)
+    eg = f"e.g. {arg}={tuple(default)}"
     if isinstance(lengths, torch.Tensor):
         if lengths.dim() != 1 or lengths.is_floating_point() or lengths.dtype == torch.bool:
-            raise TypeError(
-                f"{arg} must be a 1-D sequence of ints, got a tensor {tuple(lengths.shape)} "
-                f"of dtype {lengths.dtype}; e.g. {arg}={tuple(default)}"
-            )
+            raise TypeError(f"{arg} must be a 1-D sequence of ints, got a tensor "
+                            f"{tuple(lengths.shape)} of dtype {lengths.dtype}; {eg}")
         lengths = lengths.tolist()
     if isinstance(lengths, (str, bytes)) or not isinstance(lengths, (Sequence, np.ndarray)):
-        raise TypeError(
-            f"{arg} must be a sequence of ints (one per utterance), "
-            f"e.g. {arg}={tuple(default)}; got {type(lengths).__name__}"
-        )
+        raise TypeError(f"{arg} must be a sequence of ints (one per utterance), {eg}; "
+                        f"got {type(lengths).__name__}")
     out = []
     for i, n in enumerate(lengths):
         if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral):
-            raise TypeError(
-                f"{arg}[{i}] must be an int, got {n!r} ({type(n).__name__}); "
-                f"e.g. {arg}={tuple(default)}"
-            )
+            raise TypeError(f"{arg}[{i}] must be an int, got {n!r} ({type(n).__name__}); {eg}")
         if n < minimum:
-            raise ValueError(
-                f"{arg}[{i}] must be >= {minimum}, got {int(n)}; e.g. {arg}={tuple(default)}"
-            )
+            raise ValueError(f"{arg}[{i}] must be >= {minimum}, got {int(n)}; {eg}")
         out.append(int(n))
     if not out:
-        raise ValueError(f"{arg} must hold at least one length, e.g. {arg}={tuple(default)}")
+        raise ValueError(f"{arg} must hold at least one length, {eg}")
     return tuple(out)
 
 
@@ -84,25 +69,32 @@ def _check_nonneg(value, arg: str, kind=numbers.Real):
     return value
 
 
-_UPSTREAM_SIGNATURE = (
-    "forward(wavs (batch_size, seq_len, 1), wavs_len (batch_size,)) -> (all_hs, all_hs_len)"
-)
+def _run_checks(title: str, objs, lengths, arg: str, default, body, *, seed, device, move,
+                atol, rtol, tolerance=None) -> ContractReport:
+    """The frame of every checker; returns the report titled ``<title>(<class name>)``.
 
-
-def _require_upstream(upstream) -> None:
-    _require_forward(upstream, "upstream", "AbsUpstream", _UPSTREAM_SIGNATURE)
-
-
-def _check_run_args(lengths, arg: str, default, *, atol, rtol, seed, device,
-                    tolerance=None) -> tuple[tuple[int, ...], torch.device | None]:
-    """Validate the arguments every checker takes; returns ``(lengths, device)``."""
+    ``objs``: ``(arg, obj, interface, signature)`` of each object, the checked one
+    first; each is validated (``TypeError`` naming ``arg``), as are the lengths and
+    tolerances, then runs in a :class:`_Session` under :func:`_quiet_rng`, and
+    ``body(rows, lengths, *sessions)`` writes the rows.
+    """
+    for a, obj, interface, signature in objs:
+        _require_forward(obj, a, interface, signature)
     lengths = _check_lengths_arg(lengths, arg, default)
     if tolerance is not None:
         _check_nonneg(tolerance, "tolerance", numbers.Integral)
     _check_nonneg(atol, "atol")
     _check_nonneg(rtol, "rtol")
     _check_nonneg(seed, "seed", numbers.Integral)
-    return lengths, None if device is None else resolve_device(device)
+    device = None if device is None else resolve_device(device)
+    rows = _Rows()
+    sessions = [_Session(obj, a, device, move, atol, rtol) for a, obj, _, _ in objs]
+    with ExitStack() as stack:
+        for s in sessions:
+            stack.enter_context(s)
+        stack.enter_context(_quiet_rng(seed, [s.device for s in sessions]))
+        body(rows, lengths, *sessions)
+    return rows.report(f"{title}({_name(objs[0][1])})")
 
 
 def _name(obj) -> str:
@@ -111,11 +103,7 @@ def _name(obj) -> str:
     return f"{cls} {name!r}" if isinstance(name, str) and name and name != cls else cls
 
 
-def _tensors_of(obj) -> list[torch.Tensor]:
-    if not isinstance(obj, nn.Module):
-        return []
-    return list(obj.parameters()) + list(obj.buffers())
-
+# ---- the session ---------------------------------------------------------------------------
 
 def _same_device(a: torch.device, b: torch.device) -> bool:
     if a.type != b.type:
@@ -133,8 +121,7 @@ def _default_tolerances(dtype: torch.dtype, device: torch.device) -> tuple[float
     if dtype == torch.float16:
         return 1e-2, 1e-2
     if device.type == "cuda" and (
-        torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32
-    ):
+            torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32):
         return 1e-3, 1e-3
     return 1e-4, 1e-4
 
@@ -143,16 +130,15 @@ class _Session:
     """Where and how one object runs: device, dtype, tolerances, eval mode."""
 
     def __init__(self, obj, arg: str, device: torch.device | None, move: bool, atol, rtol):
-        tensors = _tensors_of(obj)
+        tensors = (list(obj.parameters()) + list(obj.buffers())
+                   if isinstance(obj, nn.Module) else [])
         devices = {(t.device.type, t.device.index) for t in tensors}
         here = torch.device(*next(iter(devices))) if len(devices) == 1 else None
         self.move_back = None
         if device is None:
             if len(devices) > 1:
-                raise ValueError(
-                    f"{arg} has parameters on several devices {sorted(devices)}; "
-                    "pass device=... for the inputs"
-                )
+                raise ValueError(f"{arg} has parameters on several devices {sorted(devices)}; "
+                                 "pass device=... for the inputs")
             device = here if here is not None else resolve_device(None)
         elif devices and (here is None or not _same_device(here, device)):
             if not move:
@@ -160,79 +146,61 @@ class _Session:
                 raise ValueError(
                     f"{arg}'s parameters are on {where} but device={str(device)!r}; pass move=True "
                     f"to move it there for the check (it is moved back afterwards), or device=None "
-                    f"to check it where it is"
-                )
+                    f"to check it where it is")
             if here is None:
                 raise ValueError(
-                    f"{arg} has parameters on several devices; move=True cannot move it back"
-                )
+                    f"{arg} has parameters on several devices; move=True cannot move it back")
             self.move_back = here
-        self.obj = obj
-        self.device = device
+        self.obj, self.device = obj, device
         floating = [t.dtype for t in tensors if t.is_floating_point()]
         self.dtype = floating[0] if floating else torch.float32
         da, dr = _default_tolerances(self.dtype, device)
         self.atol = da if atol is None else float(atol)
         self.rtol = dr if rtol is None else float(rtol)
-        self.flags = (
-            [(m, m.training) for m in obj.modules()] if isinstance(obj, nn.Module) else None
-        )
+        self.module = eval_session(obj, device, move=self.move_back is not None)
 
     def __enter__(self):
-        if self.move_back is not None:
-            self.obj.to(self.device)
-        self.eval_note = None
-        if self.flags is not None:
-            self.obj.eval()
-        elif callable(getattr(self.obj, "eval", None)):
-            try:
-                self.obj.eval()
-                self.eval_note = (
-                    "not a torch.nn.Module; called its eval() (its training flag is not restored)"
-                )
-            except Exception as e:  # noqa: BLE001 - an attribute-only object: report, do not crash
-                self.eval_note = f"not a torch.nn.Module and its eval() raised {_exc(e)}; ran as is"
-        else:
-            self.eval_note = (
-                "not a torch.nn.Module and has no eval(): ran as is (dropout may be active)"
-            )
+        self.module.__enter__()  # an nn.Module: eval mode (and moved), restored on exit
+        self.eval_note = None if isinstance(self.obj, nn.Module) else _plain_eval(self.obj)
         return self
 
     def __exit__(self, *exc):
-        if self.flags is not None:
-            for module, flag in self.flags:
-                module.training = flag
-        if self.move_back is not None:
-            self.obj.to(self.move_back)
-        return False
+        return self.module.__exit__(*exc)
 
     def tol(self, scale: float) -> float:
         return self.atol + self.rtol * scale
 
-    def tol_text(self) -> str:
-        return f"atol={self.atol:g} + rtol={self.rtol:g} x max|value| of the layer"
-
-    def eval_row(self, rows: _Rows, check="eval_mode"):
+    def setup_rows(self, rows: _Rows, what: str, lengths, seed: int):
+        """The ``setup`` row (the inputs used) and the ``eval_mode`` row."""
+        note = ("" if len(set(lengths)) >= 2 else
+                "; all lengths are equal, so padding is not exercised (pass lengths that differ)")
+        rows.add("setup", "warn" if note else "ok",
+                 f"{what} {list(lengths)}, seed {seed}, on {self.device} {self.dtype}; value "
+                 f"tolerance atol={self.atol:g} + rtol={self.rtol:g} x max|value| of the "
+                 f"layer{note}")
         if self.eval_note is None:
-            rows.add(
-                check,
-                "ok",
-                "ran in eval mode under torch.no_grad(); training flags restored afterwards",
-            )
+            rows.add("eval_mode", "ok", "ran in eval mode under torch.no_grad(); training flags "
+                     "restored afterwards")
         else:
-            rows.add(check, "warn", self.eval_note)
+            rows.add("eval_mode", "warn", self.eval_note)
+
+
+def _plain_eval(obj) -> str:
+    """Call the ``eval()`` of an object that is not an ``nn.Module``; the ``eval_mode`` note."""
+    if not callable(getattr(obj, "eval", None)):
+        return "not a torch.nn.Module and has no eval(): ran as is (dropout may be active)"
+    try:
+        obj.eval()
+    except Exception as e:  # noqa: BLE001 - an attribute-only object: report, do not crash
+        return f"not a torch.nn.Module and its eval() raised {_exc(e)}; ran as is"
+    return "not a torch.nn.Module; called its eval() (its training flag is not restored)"
 
 
 @contextmanager
 def _quiet_rng(seed: int, devices: Sequence[torch.device]):
     """Fork the global RNG (so checking does not advance the user's stream) and seed it."""
-    cuda = sorted(
-        {
-            (d.index if d.index is not None else torch.cuda.current_device())
-            for d in devices
-            if d.type == "cuda"
-        }
-    )
+    cuda = sorted({d.index if d.index is not None else torch.cuda.current_device()
+                   for d in devices if d.type == "cuda"})
     with torch.random.fork_rng(devices=cuda):
         torch.default_generator.manual_seed(seed)
         for i in cuda:
@@ -242,9 +210,15 @@ def _quiet_rng(seed: int, devices: Sequence[torch.device]):
             yield
 
 
+# ---- calling the object --------------------------------------------------------------------
+
 def _call(obj, *args):
+    """``(output, None)``, or ``(None, the exception's text)`` when the object raises."""
     fn = obj if callable(obj) else obj.forward
-    return fn(*args)
+    try:
+        return fn(*args), None
+    except Exception as e:  # noqa: BLE001 - the object's own error becomes a fail row
+        return None, _exc(e)
 
 
 def _noise(lengths, seed: int, dim: int | None, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -274,46 +248,39 @@ def _as_lengths(raw, batch: int) -> torch.Tensor | None:
         return None
 
 
-class _UpOut:
-    """Parsed output of one upstream call."""
-
-    def __init__(self, out=None, error: str | None = None):
-        self.error = error
-        self.all_hs: list[torch.Tensor] = []
-        self.all_hs_len: list = []
-        if error is not None:
-            return
-        if not (isinstance(out, (tuple, list)) and len(out) == 2):
-            self.error = (
-                f"returned {type(out).__name__}"
+def _parse_upstream_output(out) -> str | None:
+    """Why ``out`` is not ``(all_hs, all_hs_len)`` (two lists of tensors), or None."""
+    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+        return (f"returned {type(out).__name__}"
                 f"{' of length ' + str(len(out)) if isinstance(out, (tuple, list)) else ''}; "
-                "must return a tuple (all_hs, all_hs_len) of two lists of tensors"
-            )
-            return
-        all_hs, all_hs_len = out
-        if not isinstance(all_hs, (tuple, list)) or not isinstance(all_hs_len, (tuple, list)):
-            self.error = (
-                f"returned ({type(all_hs).__name__}, {type(all_hs_len).__name__}); "
-                "all_hs and all_hs_len must be lists (one entry per hidden state)"
-            )
-            return
-        bad = [i for i, h in enumerate(all_hs) if not isinstance(h, torch.Tensor)]
-        if bad:
-            self.error = f"all_hs[{bad[0]}] is {type(all_hs[bad[0]]).__name__}, not a tensor"
-            return
-        if not all_hs:
-            self.error = "returned no hidden states (all_hs is empty)"
-            return
-        meta = [i for i, t in enumerate(list(all_hs) + list(all_hs_len))
-                if isinstance(t, torch.Tensor) and t.is_meta]
-        if meta:
-            self.error = ("returned tensors on the meta device, which hold no values (a model "
-                          "built under torch.device('meta') or never given its weights): "
-                          "materialise it first, e.g. model.to_empty(device='cpu') then "
-                          "load_state_dict(...)")
-            return
-        self.all_hs = list(all_hs)
-        self.all_hs_len = list(all_hs_len)
+                "must return a tuple (all_hs, all_hs_len) of two lists of tensors")
+    all_hs, all_hs_len = out
+    if not isinstance(all_hs, (tuple, list)) or not isinstance(all_hs_len, (tuple, list)):
+        return (f"returned ({type(all_hs).__name__}, {type(all_hs_len).__name__}); "
+                "all_hs and all_hs_len must be lists (one entry per hidden state)")
+    bad = [i for i, h in enumerate(all_hs) if not isinstance(h, torch.Tensor)]
+    if bad:
+        return f"all_hs[{bad[0]}] is {type(all_hs[bad[0]]).__name__}, not a tensor"
+    if not all_hs:
+        return "returned no hidden states (all_hs is empty)"
+    if any(isinstance(t, torch.Tensor) and t.is_meta for t in list(all_hs) + list(all_hs_len)):
+        return ("returned tensors on the meta device, which hold no values (a model "
+                "built under torch.device('meta') or never given its weights): "
+                "materialise it first, e.g. model.to_empty(device='cpu') then "
+                "load_state_dict(...)")
+    return None
+
+
+class _UpOut:
+    """One upstream call: ``error`` (None when it returned two usable lists) or
+    ``all_hs`` and ``all_hs_len``."""
+
+    def __init__(self, upstream, wavs, wavs_len):
+        out, error = _call(upstream, wavs, wavs_len)
+        self.error = error or _parse_upstream_output(out)
+        ok = self.error is None
+        self.all_hs = list(out[0]) if ok else []
+        self.all_hs_len = list(out[1]) if ok else []
 
     @property
     def count(self) -> int:
@@ -333,20 +300,7 @@ class _UpOut:
         return n.clamp(0, h.shape[1])
 
 
-def _run_upstream(upstream, wavs, wavs_len) -> _UpOut:
-    try:
-        out = _call(upstream, wavs, wavs_len)
-    except Exception as e:  # noqa: BLE001 - the object's own error becomes a fail row
-        return _UpOut(error=_exc(e))
-    return _UpOut(out)
-
-
-# ---------------------------------------------------------------------------
-# Numeric helpers
-
-
-# ---------------------------------------------------------------------------
-
+# ---- numbers -------------------------------------------------------------------------------
 
 def _max_abs(x: torch.Tensor) -> float:
     """Largest finite absolute value (0 when there is none)."""
@@ -387,9 +341,21 @@ def _valid_scale(h: torch.Tensor, n: torch.Tensor | None) -> float:
 def _grade(diff: float, tol: float) -> str:
     if diff <= tol:
         return "ok"
-    if diff <= _WARN_FACTOR * tol:
-        return "warn"
-    return "fail"
+    return "warn" if diff <= _WARN_FACTOR * tol else "fail"
+
+
+_FLOAT_NOISE = "; small, possibly float noise: raise atol/rtol if expected"
+_NOISY_EVAL = "; dropout or noise active in eval mode?"
+
+
+def _graded_row(rows: _Rows, check: str, diff: float, tol: float, text: str, layer=None, *,
+                warn: str = _FLOAT_NOISE, fail: str = "", after: str = "") -> str:
+    """A row graded by :func:`_grade`: ``text``, the ``warn`` or ``fail`` note, then ``after``;
+    returns the status."""
+    status = _grade(diff, tol)
+    note = {"ok": "", "warn": warn, "fail": fail}[status]
+    rows.add(check, status, text + note + after, layer, diff)
+    return status
 
 
 def _int_status(value) -> tuple[str, str]:

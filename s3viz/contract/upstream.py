@@ -1,10 +1,7 @@
 """``check_upstream``: an ``AbsUpstream`` (waveforms -> every hidden state) on noise.
 
-Declared sizes, forward on a padded batch, one row per layer for shapes, lengths,
-rates, finiteness, determinism and batch invariance (each utterance alone vs in the
-batch, with garbage padding), plus 2-D input. :data:`UPSTREAM_CHECKS` lists the
-checks as small named functions in the order they run, over one shared
-:class:`_UpstreamRun`.
+:data:`UPSTREAM_CHECKS` lists its checks as small named functions in the order they
+run, over one shared :class:`_UpstreamRun` (``docs/contract.md``).
 """
 
 from __future__ import annotations
@@ -14,191 +11,27 @@ from collections.abc import Sequence
 
 import torch
 
-from .checks import (
-    _check_finite,
-    _check_hidden,
-    _check_lengths_bound,
-    _check_lengths_type,
-    _check_rate,
-    _read,
-    _setup_row,
-)
+from .checks import (_check_finite, _check_lengths_bound, _check_lengths_type, _check_rate,
+                     _check_shape, _determinism_row, _layer_diff, _positive_int_property, _read,
+                     _unreadable)
 from .report import ContractReport, _Rows
-from .session import (
-    _DEFAULT_WAV_LENGTHS,
-    _check_run_args,
-    _grade,
-    _int_status,
-    _max_abs,
-    _max_diff,
-    _name,
-    _noise,
-    _quiet_rng,
-    _require_upstream,
-    _run_upstream,
-    _Session,
-    _UpOut,
-    _valid_scale,
-)
+from .session import (_DEFAULT_WAV_LENGTHS, _UPSTREAM_SIGNATURE, _graded_row, _int_status,
+                      _max_abs, _max_diff, _noise, _run_checks, _Session, _UpOut, _valid_scale)
 
 __all__ = ["check_upstream"]
 
-
-def _int_list_property(obj, arg: str, name: str, meaning: str, rows: _Rows):
-    """Returns (list with None for bad entries, or None when not a list)."""
-    value, err = _read(obj, name)
-    if err is not None:
-        what = "is missing" if err == "missing" else f"raised {err}"
-        rows.add(
-            name,
-            "fail",
-            f"{arg}.{name} {what}; add a property returning a list of {meaning}, "
-            "one positive int per hidden state",
-        )
-        return None
-    if not isinstance(value, (list, tuple)):
-        rows.add(
-            name,
-            "fail",
-            f"{arg}.{name} is {type(value).__name__}; it must be a list of {meaning}, "
-            f"one positive int per hidden state (e.g. return [int(v) for v in ...])",
-        )
-        return None
-    if not value:
-        rows.add(name, "fail", f"{arg}.{name} is empty; it needs one entry per hidden state")
-        return []
-    out, worst, notes = [], "ok", []
-    for i, v in enumerate(value):
-        status, why = _int_status(v)
-        if status != "ok":
-            notes.append(f"[{i}] {why}")
-            worst = "fail" if "fail" in (status, worst) else "warn"
-        out.append(int(v) if status != "fail" else None)
-    if worst == "ok":
-        rows.add(name, "ok", f"{arg}.{name} = {list(out)}")
-    else:
-        fix = f"; each must be a positive int ({meaning})" if worst == "fail" else ""
-        rows.add(name, worst, f"{arg}.{name} = {list(value)!r}: " + "; ".join(notes) + fix)
-    return out
+_UPSTREAM_LAYER_CHECKS = ("hidden_shape", "lengths_type", "lengths_bound", "lengths_rate",
+                          "finite", "determinism", "batch_invariance")
 
 
-def _count_property(upstream, rows: _Rows) -> int | None:
-    """Reads num_layer, or s3prl's num_layers spelling (a warn row)."""
-    v1, e1 = _read(upstream, "num_layer")
-    v2, e2 = _read(upstream, "num_layers")
-    if e1 is None:
-        status, why = _int_status(v1)
-        if status == "fail":
-            rows.add(
-                "num_layer",
-                "fail",
-                f"upstream.num_layer {why}; it must be a positive int: "
-                "the number of hidden states forward() returns",
-            )
-            return None
-        if e2 is None and v2 != v1:
-            rows.add(
-                "num_layer",
-                "fail",
-                f"upstream.num_layer = {v1!r} but upstream.num_layers = {v2!r}; "
-                "the alias must return the same number",
-            )
-            return int(v1)
-        rows.add(
-            "num_layer", status, f"upstream.num_layer = {int(v1)}" + (f" ({why})" if why else "")
-        )
-        return int(v1)
-    if e2 is None:
-        status, why = _int_status(v2)
-        if status == "fail":
-            rows.add(
-                "num_layer",
-                "fail",
-                f"upstream has no num_layer and upstream.num_layers {why}; "
-                "it must be a positive int",
-            )
-            return None
-        rows.add(
-            "num_layer",
-            "warn",
-            f"upstream has num_layers = {int(v2)} (s3prl S3PRLUpstream's spelling) "
-            "but no num_layer "
-            "(the s3prl AbsUpstream interface); accepted, but add a num_layer property"
-            + (f"; {why}" if why else ""),
-        )
-        return int(v2)
-    what = "raised " + e1 if e1 != "missing" else "is missing"
-    rows.add(
-        "num_layer",
-        "fail",
-        f"upstream.num_layer {what} and there is no num_layers either; add a "
-        "num_layer property giving the number of hidden states",
-    )
-    return None
-
-
-# ---------------------------------------------------------------------------
-# check_upstream
-
-
-# ---------------------------------------------------------------------------
-
-_UPSTREAM_LAYER_CHECKS = (
-    "hidden_shape",
-    "lengths_type",
-    "lengths_bound",
-    "lengths_rate",
-    "finite",
-    "determinism",
-    "batch_invariance",
-)
-
-
-def check_upstream(
-    upstream,
-    *,
-    device=None,
-    wav_lengths: Sequence[int] | None = None,
-    tolerance: int = 2,
-    atol: float | None = None,
-    rtol: float | None = None,
-    seed: int = 0,
-    move: bool = False,
-) -> ContractReport:
+def check_upstream(upstream, *, device=None, wav_lengths: Sequence[int] | None = None,
+                   tolerance: int = 2, atol: float | None = None, rtol: float | None = None,
+                   seed: int = 0, move: bool = False) -> ContractReport:
     """Check that ``upstream`` follows s3prl's ``AbsUpstream`` contract.
 
-    Runs ``upstream(wavs, wavs_len)`` on a batch of seeded noise waveforms
-    ``wavs`` ``(batch_size, seq_len, 1)`` with ``wavs_len`` ``(batch_size,)``,
-    again on the same batch, on each waveform alone, and on the shortest waveform alone
-    as ``(batch_size, seq_len)``.
-
-    Checks (``check`` column; per layer where marked *):
-
-    - ``setup``, ``eval_mode``: the inputs used; eval mode (``warn`` for
-      objects that are not ``nn.Module``).
-    - ``num_layer``: a positive int (``warn`` when only s3prl's ``num_layers``);
-      ``hidden_sizes``, ``downsample_rates``: lists of positive ints.
-    - ``forward``: runs on ``(batch_size, seq_len, 1)`` and returns
-      ``(all_hs, all_hs_len)``; ``wavs_2d``: whether it also accepts
-      ``(batch_size, seq_len)`` (ok/warn only; if only 2-D works, ``forward``
-      fails and the other checks use 2-D).
-    - ``layer_count``: ``num_layer == len(hidden_sizes) == len(downsample_rates)
-      == len(all_hs) == len(all_hs_len)``; ``stable_layers``: the same number
-      of hidden states in every call (layerdrop off in eval).
-    - ``hidden_shape`` *: ``(batch_size, seq_len, hidden_sizes[i])`` floating.
-    - ``lengths_type`` *: LongTensor ``(batch_size,)``; ``lengths_bound`` *:
-      ``0 <= lengths <= seq_len`` and ``max(lengths) == seq_len``.
-    - ``lengths_rate`` *: deviation in frames from ``ceil(L / downsample_rates[i])``
-      (:func:`s3viz.align.expected_lengths`): 0 ok, ``<= tolerance`` warn, else fail;
-      ``value`` is the largest deviation (negative: fewer frames).
-    - ``finite`` *: no NaN/Inf in valid frames (``warn`` if only in padding).
-    - ``determinism`` *: two calls give the same valid frames and lengths.
-    - ``batch_invariance`` *: each utterance alone and padded inside the batch
-      give the same lengths and valid frames; ``value`` is the max abs difference.
-      A failure says which frames differ and the likely cause: only the last
-      frames of shorter utterances (reported lengths that count windows over
-      the padding, e.g. s3prl's ``(L - 1) // 320 + 1``), every frame (a
-      normalisation or attention over the padded batch), or some of them.
+    Runs ``upstream(wavs, wavs_len)`` on seeded noise waveforms: the batch, again, each
+    waveform alone and the shortest one as ``(batch_size, seq_len)``. The checks, one
+    row each (and per layer for the hidden states): ``docs/contract.md``.
 
     Args:
         upstream: the model (``nn.Module`` or any object with ``forward`` and the
@@ -217,21 +50,22 @@ def check_upstream(
     Raises:
         TypeError / ValueError: for bad arguments (never for a broken upstream).
     """
-    _require_upstream(upstream)
-    lengths, dev = _check_run_args(wav_lengths, "wav_lengths", _DEFAULT_WAV_LENGTHS, atol=atol,
-                                   rtol=rtol, seed=seed, device=device, tolerance=tolerance)
-    rows = _Rows()
-    session = _Session(upstream, "upstream", dev, move, atol, rtol)
-    with session, _quiet_rng(seed, [session.device]):
-        _run_upstream_checks(upstream, session, lengths, tolerance, seed, rows)
-    return rows.report(f"check_upstream({_name(upstream)})")
+    def body(rows, lengths, s):
+        run = _UpstreamRun(upstream, s, lengths, tolerance, seed)
+        for check in UPSTREAM_CHECKS:
+            if check(run, rows) is False:
+                return
+
+    return _run_checks("check_upstream",
+                       [("upstream", upstream, "AbsUpstream", _UPSTREAM_SIGNATURE)],
+                       wav_lengths, "wav_lengths", _DEFAULT_WAV_LENGTHS, body, seed=seed,
+                       device=device, move=move, atol=atol, rtol=rtol, tolerance=tolerance)
 
 
 class _UpstreamRun:
     """What the upstream checks share: the inputs, the calls made so far and what they showed.
 
-    Each check below reads what the earlier ones left here and adds its rows;
-    :data:`UPSTREAM_CHECKS` runs them in order.
+    Each check below reads what the earlier ones left here and adds its rows.
     """
 
     def __init__(self, upstream, s: _Session, lengths, tolerance: int, seed: int):
@@ -248,20 +82,78 @@ class _UpstreamRun:
     def both_forms_work(self) -> bool:
         return self.out3.error is None and self.out2.error is None
 
+    def per_layer(self, rows: _Rows, check: str, fn) -> None:
+        """``fn(layer)`` for each hidden state of the main call, guarded as ``check``."""
+        for layer in range(self.main.count):
+            with rows.guard(check, layer):
+                fn(layer)
+
 
 def _setup(run: _UpstreamRun, rows: _Rows) -> None:
     """``setup`` (the inputs used) and ``eval_mode``."""
-    _setup_row(rows, run.s, f"batch of {run.batch} noise waveforms, lengths", run.lengths,
-               run.seed)
-    run.s.eval_row(rows)
+    run.s.setup_rows(rows, f"batch of {run.batch} noise waveforms, lengths", run.lengths,
+                     run.seed)
+
+
+def _int_list_property(up, name: str, meaning: str, rows: _Rows):
+    """A list of positive ints, one per hidden state (None entries where bad; None when not
+    a list)."""
+    value, err = _read(up, name)
+    if err is not None:
+        rows.add(name, "fail", f"upstream.{name} {_unreadable(err)}; add a property returning a "
+                 f"list of {meaning}, one positive int per hidden state")
+        return None
+    if not isinstance(value, (list, tuple)):
+        rows.add(name, "fail", f"upstream.{name} is {type(value).__name__}; it must be a list of "
+                 f"{meaning}, one positive int per hidden state (e.g. return [int(v) for v in "
+                 "...])")
+        return None
+    if not value:
+        rows.add(name, "fail", f"upstream.{name} is empty; it needs one entry per hidden state")
+        return []
+    graded = [_int_status(v) for v in value]
+    out = [int(v) if status != "fail" else None for v, (status, _) in zip(value, graded)]
+    worst = max((status for status, _ in graded), key=("ok", "warn", "fail").index)
+    if worst == "ok":
+        rows.add(name, "ok", f"upstream.{name} = {out}")
+    else:
+        notes = "; ".join(f"[{i}] {why}" for i, (st, why) in enumerate(graded) if st != "ok")
+        fix = f"; each must be a positive int ({meaning})" if worst == "fail" else ""
+        rows.add(name, worst, f"upstream.{name} = {list(value)!r}: {notes}{fix}")
+    return out
+
+
+def _count_property(up, rows: _Rows) -> int | None:
+    """Reads num_layer, or s3prl's num_layers spelling (a warn row)."""
+    (v1, e1), (v2, e2) = _read(up, "num_layer"), _read(up, "num_layers")
+    if e1 is None:
+        if e2 is None and v2 != v1 and _int_status(v1)[0] != "fail":
+            rows.add("num_layer", "fail", f"upstream.num_layer = {v1!r} but upstream.num_layers "
+                     f"= {v2!r}; the alias must return the same number")
+            return int(v1)
+        return _positive_int_property(up, "upstream", "num_layer", "the number of hidden states "
+                                      "forward() returns", rows, read=(v1, e1))
+    if e2 is None:
+        status, why = _int_status(v2)
+        if status == "fail":
+            rows.add("num_layer", "fail", f"upstream has no num_layer and upstream.num_layers "
+                     f"{why}; it must be a positive int")
+            return None
+        rows.add("num_layer", "warn", f"upstream has num_layers = {int(v2)} (s3prl "
+                 "S3PRLUpstream's spelling) but no num_layer (the s3prl AbsUpstream interface); "
+                 "accepted, but add a num_layer property" + (f"; {why}" if why else ""))
+        return int(v2)
+    rows.add("num_layer", "fail", f"upstream.num_layer {_unreadable(e1)} and there is no "
+             "num_layers either; add a num_layer property giving the number of hidden states")
+    return None
 
 
 def _declared_sizes(run: _UpstreamRun, rows: _Rows) -> None:
     """``num_layer``, ``hidden_sizes``, ``downsample_rates`` (and ``conv_layers``, read only)."""
     up = run.upstream
     run.num_layer = _count_property(up, rows)
-    run.sizes = _int_list_property(up, "upstream", "hidden_sizes", "hidden sizes", rows)
-    run.rates = _int_list_property(up, "upstream", "downsample_rates",
+    run.sizes = _int_list_property(up, "hidden_sizes", "hidden sizes", rows)
+    run.rates = _int_list_property(up, "downsample_rates",
                                    "downsample rates (samples of 16 kHz audio per frame)", rows)
     run.conv_layers, _ = _read(up, "conv_layers")
 
@@ -275,46 +167,36 @@ def _forward(run: _UpstreamRun, rows: _Rows) -> bool:
     wavs3, run.wavs_len_cpu = _noise(lengths, run.seed, None, 0.1)
     run.wavs3 = wavs3 = wavs3.to(s.device, s.dtype)
     run.wavs_len = wavs_len = run.wavs_len_cpu.to(s.device)
-    run.out3 = out3 = _run_upstream(up, wavs3, wavs_len)
+    run.out3 = out3 = _UpOut(up, wavs3, wavs_len)
     # 2-D wavs: the whole batch only when 3-D failed (then it is the main call); else the
     # shortest utterance alone, compared with its 3-D single call below (one cheap extra call)
     run.short = short = min(range(batch), key=lambda i: lengths[i])
     if out3.error is None:
-        run.out2 = _run_upstream(up, wavs3[short: short + 1, : lengths[short], 0],
+        run.out2 = out2 = _UpOut(up, wavs3[short: short + 1, : lengths[short], 0],
                                  wavs_len[short: short + 1])
     else:
-        run.out2 = _run_upstream(up, wavs3[..., 0], wavs_len)
-    out2 = run.out2
+        run.out2 = out2 = _UpOut(up, wavs3[..., 0], wavs_len)
 
-    shape3 = f"wavs {tuple(wavs3.shape)}"
+    call = f"forward(wavs {tuple(wavs3.shape)}, wavs_len ({batch},))"
     if out3.error is None:
-        rows.add("forward", "ok",
-                 f"forward({shape3}, wavs_len ({batch},)) returned {out3.count} hidden states")
+        rows.add("forward", "ok", f"{call} returned {out3.count} hidden states")
         run.main, run.form = out3, (lambda w: w)
     elif out2.error is None:
-        rows.add(
-            "forward",
-            "fail",
-            f"forward({shape3} = (batch_size, seq_len, 1)) failed: {out3.error}. It works with "
-            "(batch_size, seq_len), but the interface passes (batch_size, seq_len, 1): add "
-            "`if wavs.dim() == 3: wavs = wavs.squeeze(-1)`. "
-            "The checks below used (batch_size, seq_len).",
-        )
+        rows.add("forward", "fail", f"forward(wavs {tuple(wavs3.shape)} = (batch_size, seq_len, "
+                 f"1)) failed: {out3.error}. It works with (batch_size, seq_len), but the "
+                 "interface passes (batch_size, seq_len, 1): add `if wavs.dim() == 3: wavs = "
+                 "wavs.squeeze(-1)`. The checks below used (batch_size, seq_len).")
         run.main, run.form = out2, (lambda w: w[..., 0])
     else:
-        rows.add("forward", "fail", f"forward({shape3}, wavs_len ({batch},)) failed: {out3.error}")
+        rows.add("forward", "fail", f"{call} failed: {out3.error}")
 
     run.wavs_2d_at = len(rows.rows)  # with both forms working, _wavs_2d writes it here
     if run.both_forms_work:
         pass
     elif out3.error is None:
-        rows.add(
-            "wavs_2d",
-            "warn",
-            f"does not accept wavs (batch_size, seq_len): {out2.error}. Fine for the "
-            "interface (s3viz always passes (batch_size, seq_len, 1)); "
-            "accepting both is friendlier",
-        )
+        rows.add("wavs_2d", "warn", f"does not accept wavs (batch_size, seq_len): {out2.error}. "
+                 "Fine for the interface (s3viz always passes (batch_size, seq_len, 1)); "
+                 "accepting both is friendlier")
     elif out2.error is None:
         rows.add("wavs_2d", "ok", "accepts wavs (batch_size, seq_len)")
     else:
@@ -329,13 +211,10 @@ def _forward(run: _UpstreamRun, rows: _Rows) -> bool:
 def _layer_count(run: _UpstreamRun, rows: _Rows) -> None:
     """``layer_count``: the declared sizes and the returned lists have one entry per hidden state."""
     main = run.main
-    counts = {
-        "num_layer": run.num_layer,
-        "len(hidden_sizes)": None if run.sizes is None else len(run.sizes),
-        "len(downsample_rates)": None if run.rates is None else len(run.rates),
-        "len(all_hs)": main.count,
-        "len(all_hs_len)": len(main.all_hs_len),
-    }
+    counts = {"num_layer": run.num_layer,
+              "len(hidden_sizes)": None if run.sizes is None else len(run.sizes),
+              "len(downsample_rates)": None if run.rates is None else len(run.rates),
+              "len(all_hs)": main.count, "len(all_hs_len)": len(main.all_hs_len)}
     known = {k: v for k, v in counts.items() if v is not None}
     unknown = [k for k, v in counts.items() if v is None]
     text = ", ".join(f"{k} = {v}" for k, v in known.items())
@@ -344,136 +223,114 @@ def _layer_count(run: _UpstreamRun, rows: _Rows) -> None:
     if len(set(known.values())) == 1:
         rows.add("layer_count", "ok", text, value=main.count)
     else:
-        rows.add("layer_count", "fail",
-                 text + ": these must all be equal (one entry per hidden state)",
-                 value=main.count)
+        rows.add("layer_count", "fail", text + ": these must all be equal (one entry per hidden "
+                 "state)", value=main.count)
 
 
 def _stable_layers(run: _UpstreamRun, rows: _Rows) -> None:
     """``stable_layers``, after the repeat call and each utterance alone (used by later checks)."""
     up, main, form, wavs3, wavs_len = run.upstream, run.main, run.form, run.wavs3, run.wavs_len
-    run.rep = _run_upstream(up, form(wavs3), wavs_len)
-    run.singles = [_run_upstream(up, form(wavs3[i: i + 1, :n]), wavs_len[i: i + 1])
+    run.rep = _UpOut(up, form(wavs3), wavs_len)
+    run.singles = [_UpOut(up, form(wavs3[i: i + 1, :n]), wavs_len[i: i + 1])
                    for i, n in enumerate(run.lengths)]
     calls = [("batch", main), ("repeat", run.rep)] + [
-        (f"utterance {i} alone", o) for i, o in enumerate(run.singles)
-    ]
+        (f"utterance {i} alone", o) for i, o in enumerate(run.singles)]
     if run.both_forms_work:
         calls.append((f"utterance {run.short} alone as (batch_size, seq_len)", run.out2))
     seen = [(name, o.count) for name, o in calls if o.error is None]
-    if len({c for _, c in seen}) <= 1:
+    counts = [c for _, c in seen]
+    if len(set(counts)) <= 1:
         rows.add("stable_layers", "ok", f"{main.count} hidden states in each of {len(seen)} calls",
                  value=main.count)
     else:
-        rows.add(
-            "stable_layers",
-            "fail",
-            "number of hidden states changes across calls in eval mode: "
-            + ", ".join(f"{name}: {c}" for name, c in seen)
-            + " (layerdrop or a data-dependent exit must be off in eval; "
-            "weighted sums need a fixed count)",
-            value=max(c for _, c in seen) - min(c for _, c in seen),
-        )
+        rows.add("stable_layers", "fail", "number of hidden states changes across calls in eval "
+                 "mode: " + ", ".join(f"{name}: {c}" for name, c in seen) + " (layerdrop or a "
+                 "data-dependent exit must be off in eval; weighted sums need a fixed count)",
+                 value=max(counts) - min(counts))
 
 
 def _hidden_shape(run: _UpstreamRun, rows: _Rows) -> None:
     """``hidden_shape`` per layer; also measures each layer's scale for the tolerances."""
-    main, sizes, batch = run.main, run.sizes, run.batch
+    main, sizes = run.main, run.sizes
     for layer, h in enumerate(main.all_hs):
         with rows.guard("hidden_shape", layer):
             size = sizes[layer] if sizes is not None and layer < len(sizes) else None
-            _check_hidden(rows, "hidden_shape", h, batch, size, f"hidden_sizes[{layer}]", layer)
-        run.scales.append(_valid_scale(h, main.valid(layer, batch)))
+            _check_shape(rows, "hidden_shape", h, run.batch, size, f"hidden_sizes[{layer}]", layer)
+        run.scales.append(_valid_scale(h, main.valid(layer, run.batch)))
 
 
 def _lengths_type(run: _UpstreamRun, rows: _Rows) -> None:
     main = run.main
-    for layer in range(main.count):
-        with rows.guard("lengths_type", layer):
-            if layer >= len(main.all_hs_len):
-                rows.add("lengths_type", "fail",
-                         f"no all_hs_len[{layer}] (all_hs_len has {len(main.all_hs_len)} "
-                         f"entries)", layer)
-            else:
-                _check_lengths_type(rows, main.all_hs_len[layer], run.batch,
-                                    f"all_hs_len[{layer}]", layer)
+
+    def check(layer):
+        if layer >= len(main.all_hs_len):
+            rows.add("lengths_type", "fail", f"no all_hs_len[{layer}] (all_hs_len has "
+                     f"{len(main.all_hs_len)} entries)", layer)
+        else:
+            _check_lengths_type(rows, main.all_hs_len[layer], run.batch, f"all_hs_len[{layer}]",
+                                layer)
+    run.per_layer(rows, "lengths_type", check)
 
 
 def _lengths_bound(run: _UpstreamRun, rows: _Rows) -> None:
-    for layer, h in enumerate(run.main.all_hs):
-        with rows.guard("lengths_bound", layer):
-            _check_lengths_bound(rows, run.main.lengths(layer, run.batch), h,
-                                 f"all_hs_len[{layer}]", layer)
+    run.per_layer(rows, "lengths_bound", lambda layer: _check_lengths_bound(
+        rows, run.main.lengths(layer, run.batch), run.main.all_hs[layer], f"all_hs_len[{layer}]",
+        layer))
 
 
 def _lengths_rate(run: _UpstreamRun, rows: _Rows) -> None:
     """``lengths_rate``: frames against ``ceil(L / rate)`` (or the declared conv stack)."""
     rates = run.rates
-    for layer in range(run.main.count):
-        with rows.guard("lengths_rate", layer):
-            n = run.main.lengths(layer, run.batch)
-            rate = rates[layer] if rates is not None and layer < len(rates) else None
-            if rate is None:
-                rows.add("lengths_rate", "warn",
-                         f"not assessed: downsample_rates[{layer}] unusable", layer)
-            elif n is None:
-                rows.add("lengths_rate", "warn",
-                         f"not assessed: all_hs_len[{layer}] unreadable", layer)
-            else:
-                _check_rate(rows, "lengths_rate", n, run.wavs_len_cpu, rate, run.tolerance,
-                            f"all_hs_len[{layer}]", layer, conv_layers=run.conv_layers)
+
+    def check(layer):
+        n = run.main.lengths(layer, run.batch)
+        rate = rates[layer] if rates is not None and layer < len(rates) else None
+        if rate is None:
+            rows.add("lengths_rate", "warn", f"not assessed: downsample_rates[{layer}] unusable",
+                     layer)
+        elif n is None:
+            rows.add("lengths_rate", "warn", f"not assessed: all_hs_len[{layer}] unreadable",
+                     layer)
+        else:
+            _check_rate(rows, "lengths_rate", n, run.wavs_len_cpu, rate, run.tolerance,
+                        f"all_hs_len[{layer}]", layer, conv_layers=run.conv_layers)
+    run.per_layer(rows, "lengths_rate", check)
 
 
 def _finite(run: _UpstreamRun, rows: _Rows) -> None:
-    for layer, h in enumerate(run.main.all_hs):
-        with rows.guard("finite", layer):
-            _check_finite(rows, h, run.main.valid(layer, run.batch), layer)
+    run.per_layer(rows, "finite", lambda layer: _check_finite(
+        rows, run.main.all_hs[layer], run.main.valid(layer, run.batch), layer))
 
 
 def _determinism(run: _UpstreamRun, rows: _Rows) -> None:
     """``determinism``: the repeat call's valid frames; marks the layers that vary."""
     main, rep, batch = run.main, run.rep, run.batch
-    for layer in range(main.count):
-        with rows.guard("determinism", layer):
-            tol = run.s.tol(run.scales[layer])
-            if rep.error is not None:
-                rows.add("determinism", "fail", f"the second call raised {rep.error}", layer)
-                run.nondeterministic.add(layer)
-                continue
-            if rep.count != main.count:
-                rows.add("determinism", "warn",
-                         f"not assessed: the second call returned {rep.count} hidden states "
-                         f"(see stable_layers)", layer)
-                continue
-            n1, n2 = main.valid(layer, batch), rep.valid(layer, batch)
-            if n1 is None or n2 is None:
-                rows.add("determinism", "warn", "not assessed: lengths unreadable", layer)
-                continue
-            if not torch.equal(n1, n2):
-                rows.add("determinism", "fail",
-                         f"lengths differ between two calls: {n1.tolist()} vs {n2.tolist()}",
-                         layer)
-                run.nondeterministic.add(layer)
-                continue
-            diff = max(
-                _max_diff(main.all_hs[layer][i, :k], rep.all_hs[layer][i, :k])
-                for i, k in enumerate(n1.tolist())
-            )
-            status = _grade(diff, tol)
-            if status != "ok":
-                run.nondeterministic.add(layer)
-            rows.add(
-                "determinism",
-                status,
-                f"two calls on the same batch: max abs diff {diff:.3g} (tolerance {tol:.3g})"
-                + ("" if status == "ok" else "; dropout or noise active in eval mode?"),
-                layer,
-                diff,
-            )
+
+    def check(layer):
+        if rep.error is not None:
+            rows.add("determinism", "fail", f"the second call raised {rep.error}", layer)
+            run.nondeterministic.add(layer)
+            return
+        if rep.count != main.count:
+            rows.add("determinism", "warn", f"not assessed: the second call returned "
+                     f"{rep.count} hidden states (see stable_layers)", layer)
+            return
+        n1, n2 = main.valid(layer, batch), rep.valid(layer, batch)
+        if n1 is None or n2 is None:
+            rows.add("determinism", "warn", "not assessed: lengths unreadable", layer)
+        elif not torch.equal(n1, n2):
+            rows.add("determinism", "fail", f"lengths differ between two calls: {n1.tolist()} vs "
+                     f"{n2.tolist()}", layer)
+            run.nondeterministic.add(layer)
+        elif not _determinism_row(rows, _layer_diff(main.all_hs[layer], rep.all_hs[layer], n1),
+                                  run.s.tol(run.scales[layer]), layer):
+            run.nondeterministic.add(layer)
+    run.per_layer(rows, "determinism", check)
 
 
 def _wavs_2d(run: _UpstreamRun, rows: _Rows) -> None:
-    """``wavs_2d`` when both input forms run: the 2-D call against the 3-D one.
+    """``wavs_2d`` when both input forms run: the short utterance alone as ``(1, seq_len)``
+    against ``(1, seq_len, 1)``.
 
     Written after determinism (a layer that varies between calls is not
     compared), but reported where ``_forward`` left its place, beside ``forward``.
@@ -482,16 +339,37 @@ def _wavs_2d(run: _UpstreamRun, rows: _Rows) -> None:
         return
     before = len(rows.rows)
     with rows.guard("wavs_2d"):
-        _wavs_2d_row(rows, run.s, run.singles[run.short], run.out2, run.short,
-                     run.nondeterministic)
+        _wavs_2d_row(rows, run)
     rows.rows.insert(run.wavs_2d_at, rows.rows.pop(before))
 
 
+def _wavs_2d_row(rows: _Rows, run: _UpstreamRun) -> None:
+    out3, out2 = run.singles[run.short], run.out2
+    what = f"utterance {run.short} alone as (1, seq_len) vs (1, seq_len, 1)"
+    if out3.error is not None:
+        rows.add("wavs_2d", "ok", f"accepts wavs (batch_size, seq_len); not compared ({what}: "
+                 f"the 3-D call raised {out3.error})")
+        return
+    if out2.count != out3.count:
+        rows.add("wavs_2d", "warn", f"accepts (batch_size, seq_len) but {what} returned "
+                 f"{out2.count} hidden states instead of {out3.count} (see stable_layers)")
+        return
+    diff = max(_layer_diff(a, b, out3.valid(layer, 1))
+               for layer, (a, b) in enumerate(zip(out3.all_hs, out2.all_hs)))
+    tol = run.s.tol(max(_max_abs(h) for h in out3.all_hs))
+    if diff <= tol:
+        rows.add("wavs_2d", "ok", f"also accepts wavs (batch_size, seq_len), same hidden states "
+                 f"({what}: max abs diff {diff:.3g})", value=diff)
+    elif run.nondeterministic:
+        rows.add("wavs_2d", "ok", "also accepts wavs (batch_size, seq_len); hidden states not "
+                 "compared (not deterministic, see determinism)", value=diff)
+    else:
+        rows.add("wavs_2d", "warn", f"accepts (batch_size, seq_len) but returns different hidden "
+                 f"states: {what}: max abs diff {diff:.3g} (tolerance {tol:.3g})", value=diff)
+
+
 def _batch_invariance(run: _UpstreamRun, rows: _Rows) -> None:
-    for layer in range(run.main.count):
-        with rows.guard("batch_invariance", layer):
-            _batch_invariance_layer(rows, run.s, run.main, run.singles, layer, run.batch,
-                                    run.scales[layer], run.nondeterministic)
+    run.per_layer(rows, "batch_invariance", lambda layer: _batch_invariance_layer(rows, run, layer))
 
 
 UPSTREAM_CHECKS = (
@@ -511,74 +389,6 @@ UPSTREAM_CHECKS = (
 )
 """The checks of :func:`check_upstream`, in the order they run (each reads what the
 earlier ones measured)."""
-
-
-def _run_upstream_checks(upstream, s: _Session, lengths, tolerance, seed, rows: _Rows):
-    run = _UpstreamRun(upstream, s, lengths, tolerance, seed)
-    for check in UPSTREAM_CHECKS:
-        if check(run, rows) is False:
-            return
-
-
-def _wavs_2d_row(rows, s, out3, out2, index, nondeterministic):
-    """Utterance ``index`` alone: as (1, seq_len, 1) (``out3``) vs as (1, seq_len) (``out2``)."""
-    what = f"utterance {index} alone as (1, seq_len) vs (1, seq_len, 1)"
-    if out3.error is not None:
-        rows.add(
-            "wavs_2d",
-            "ok",
-            f"accepts wavs (batch_size, seq_len); not compared ({what}: the 3-D call "
-            f"raised {out3.error})",
-        )
-        return
-    if out2.count != out3.count:
-        rows.add(
-            "wavs_2d",
-            "warn",
-            f"accepts (batch_size, seq_len) but {what} returned {out2.count} hidden "
-            f"states instead of {out3.count} (see stable_layers)",
-        )
-        return
-    diff = _max_diff_outputs(out3, out2, 1)
-    tol = s.tol(max(_max_abs(h) for h in out3.all_hs))
-    if diff <= tol:
-        rows.add(
-            "wavs_2d",
-            "ok",
-            f"also accepts wavs (batch_size, seq_len), same hidden states "
-            f"({what}: max abs diff {diff:.3g})",
-            value=diff,
-        )
-    elif nondeterministic:
-        rows.add(
-            "wavs_2d",
-            "ok",
-            "also accepts wavs (batch_size, seq_len); hidden states not compared "
-            "(not deterministic, see determinism)",
-            value=diff,
-        )
-    else:
-        rows.add(
-            "wavs_2d",
-            "warn",
-            f"accepts (batch_size, seq_len) but returns different hidden states: "
-            f"{what}: max abs diff {diff:.3g} (tolerance {tol:.3g})",
-            value=diff,
-        )
-
-
-def _max_diff_outputs(a: _UpOut, b: _UpOut, batch: int) -> float | None:
-    if a.count != b.count:
-        return None
-    worst = 0.0
-    for layer in range(a.count):
-        n = a.valid(layer, batch)
-        if n is None:
-            worst = max(worst, _max_diff(a.all_hs[layer], b.all_hs[layer]))
-            continue
-        for i, k in enumerate(n.tolist()):
-            worst = max(worst, _max_diff(a.all_hs[layer][i, :k], b.all_hs[layer][i, :k]))
-    return worst
 
 
 def _frames_over(a: torch.Tensor, b: torch.Tensor, tol: float) -> list:
@@ -620,67 +430,49 @@ def _batch_variance_cause(where) -> str:
             "padded frames before each such layer or run each utterance unpadded")
 
 
-def _batch_invariance_layer(rows, s, main, singles, layer, batch, scale, nondeterministic):
-    check = "batch_invariance"
-    if layer in nondeterministic:
-        rows.add(
-            check, "warn", "not assessed: this layer is not deterministic (see determinism)", layer
-        )
+def _batch_invariance_layer(rows: _Rows, run: _UpstreamRun, layer: int) -> None:
+    check, main, batch = "batch_invariance", run.main, run.batch
+    if layer in run.nondeterministic:
+        rows.add(check, "warn", "not assessed: this layer is not deterministic (see determinism)",
+                 layer)
         return
     nb = main.valid(layer, batch)
     if nb is None:
         rows.add(check, "warn", "not assessed: batched lengths or shape unreadable", layer)
         return
     worst, length_issues, notes = 0.0, [], []
-    tol = s.tol(scale)
+    tol = run.s.tol(run.scales[layer])
     where = []  # (utterance, valid frames, indices of frames that differ past tol)
-    for i, single in enumerate(singles):
+    for i, single in enumerate(run.singles):
         if single.error is not None:
-            rows.add(
-                check,
-                "fail",
-                f"utterance {i} alone (batch_size 1, no padding) raised {single.error}",
-                layer,
-            )
+            rows.add(check, "fail", f"utterance {i} alone (batch_size 1, no padding) raised "
+                     f"{single.error}", layer)
             return
         if single.count != main.count:
-            notes.append(
-                f"utterance {i} alone gave {single.count} hidden states (see stable_layers)"
-            )
+            notes.append(f"utterance {i} alone gave {single.count} hidden states (see "
+                         "stable_layers)")
             continue
-        raw_b = main.lengths(layer, batch)
-        raw_a = single.lengths(layer, 1)
-        na = single.valid(layer, 1)
+        raw_b, raw_a, na = main.lengths(layer, batch), single.lengths(layer, 1), single.valid(
+            layer, 1)
         if raw_a is None or na is None:
             notes.append(f"utterance {i} alone: lengths unreadable")
             continue
         if int(raw_a[0]) != int(raw_b[i]):
-            length_issues.append(
-                f"utterance {i}: {int(raw_a[0])} frames alone vs {int(raw_b[i])} in the batch"
-            )
+            length_issues.append(f"utterance {i}: {int(raw_a[0])} frames alone vs "
+                                 f"{int(raw_b[i])} in the batch")
         k = min(int(na[0]), int(nb[i]))
-        d = _max_diff(single.all_hs[layer][0, :k], main.all_hs[layer][i, :k])
+        alone, batched = single.all_hs[layer][0, :k], main.all_hs[layer][i, :k]
+        d = _max_diff(alone, batched)
         worst = max(worst, d)
         if d > tol and math.isfinite(d):
-            where.append((i, k, _frames_over(single.all_hs[layer][0, :k],
-                                             main.all_hs[layer][i, :k], tol)))
+            where.append((i, k, _frames_over(alone, batched, tol)))
     if length_issues:
-        rows.add(
-            check, "fail", "lengths depend on the batch: " + "; ".join(length_issues), layer, worst
-        )
-        return
-    if notes and worst == 0.0:
+        rows.add(check, "fail", "lengths depend on the batch: " + "; ".join(length_issues),
+                 layer, worst)
+    elif notes and worst == 0.0:
         rows.add(check, "warn", "not assessed: " + "; ".join(notes), layer)
-        return
-    status = _grade(worst, tol)
-    text = (
-        f"each utterance alone vs padded in the batch: max abs diff {worst:.3g} over valid frames "
-        f"(tolerance {tol:.3g})"
-    )
-    if status == "warn":
-        text += "; small, possibly float noise: raise atol/rtol if expected"
-    elif status == "fail":
-        text += "; " + _batch_variance_cause(where)
-    if notes:
-        text += "; " + "; ".join(notes)
-    rows.add(check, status, text, layer, worst)
+    else:
+        _graded_row(rows, check, worst, tol, f"each utterance alone vs padded in the batch: max "
+                    f"abs diff {worst:.3g} over valid frames (tolerance {tol:.3g})", layer,
+                    fail="; " + _batch_variance_cause(where),
+                    after="; " + "; ".join(notes) if notes else "")

@@ -1,16 +1,12 @@
 """A tiny wav2vec2/HuBERT-shaped upstream, with weights trained on the embedded corpus.
 
-``tiny(pretrained=True)`` loads ``s3viz/zoo/tiny.pt`` (trained by
-``python -m s3viz.zoo.train_tiny``; see ``MODEL_CARD.md``);
-``tiny(pretrained=False)`` is the same architecture with seeded random weights,
-the control every layer curve needs. A wav2vec2 convolution stack with per-frame
-layer norms (so padding cannot leak) and a few transformer layers;
-:class:`TinyConfig` holds the sizes. The architecture: ``docs/zoo.md``.
+``tiny(pretrained=True)`` loads the shipped ``s3viz/zoo/tiny.pt`` (``MODEL_CARD.md``);
+``tiny(pretrained=False)`` is the same architecture with seeded random weights.
+:class:`TinyConfig` holds the sizes; the architecture: ``docs/zoo.md``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,20 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._cache import file_sha256
 from .._fs import OwnedFolder
 from ..align import WAV2VEC2_CONV_LAYERS, conv_lengths, receptive_field
-from ..interface import AbsUpstream
-from ..interface import check_wavs
+from ..interface import AbsUpstream, check_wavs
 
-__all__ = [
-    "WEIGHTS_PATH",
-    "TinyConfig",
-    "TinyUpstream",
-    "file_sha256",
-    "load_tiny_weights",
-    "save_tiny_weights",
-    "tiny",
-]
+__all__ = ["WEIGHTS_PATH", "TinyConfig", "TinyUpstream", "file_sha256", "load_tiny_weights",
+           "save_tiny_weights", "tiny"]
 
 WEIGHTS_PATH = Path(__file__).with_name("tiny.pt")
 """The shipped weights (a dict with ``format``, ``config`` and ``state_dict``)."""
@@ -58,8 +47,7 @@ class TinyConfig:
 
     conv_channels: int = 64
     conv_layers: tuple[tuple[int, int], ...] = field(
-        default_factory=lambda: tuple(WAV2VEC2_CONV_LAYERS)
-    )
+        default_factory=lambda: tuple(WAV2VEC2_CONV_LAYERS))
     hidden_size: int = 192
     num_layers: int = 4
     num_heads: int = 4
@@ -68,21 +56,13 @@ class TinyConfig:
     pos_conv_groups: int = 16
     dropout: float = 0.1
     layer_norm_first: bool = True
-    """True: pre-LN layers with a final layer norm (wav2vec2 large, WavLM); False:
-    post-LN layers after a layer norm of the input (wav2vec2 / HuBERT base)."""
 
     def __post_init__(self):
         self.conv_layers = tuple((int(k), int(s)) for k, s in self.conv_layers)
-        if self.hidden_size % self.num_heads:
-            raise ValueError(
-                f"hidden_size ({self.hidden_size}) must be divisible by "
-                f"num_heads ({self.num_heads})"
-            )
-        if self.hidden_size % self.pos_conv_groups:
-            raise ValueError(
-                f"hidden_size ({self.hidden_size}) must be divisible by "
-                f"pos_conv_groups ({self.pos_conv_groups})"
-            )
+        for name in ("num_heads", "pos_conv_groups"):
+            if self.hidden_size % getattr(self, name):
+                raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by "
+                                 f"{name} ({getattr(self, name)})")
         if self.pos_conv_kernel % 2 != 1:
             raise ValueError(f"pos_conv_kernel must be odd, got {self.pos_conv_kernel}")
 
@@ -293,33 +273,14 @@ class TinyUpstream(AbsUpstream):
 
     def forward(self, wavs: torch.FloatTensor, wavs_len: torch.LongTensor
                 ) -> tuple[list[torch.FloatTensor], list[torch.LongTensor]]:
-        """Run the upstream.
-
-        Args:
-            wavs: ``(batch_size, seq_len, 1)`` (or ``(batch_size, seq_len)``) float
-                waveforms at 16 kHz, zero-padded.
-            wavs_len: ``(batch_size,)`` long valid samples of each waveform.
-
-        Returns:
-            ``(all_hs, all_hs_len)``: ``num_layer`` tensors
-            ``(batch_size, num_frames, hidden_size)`` (padded frames zero) and as many
-            ``(batch_size,)`` long frame counts, all equal.
-        """
+        """``(all_hs, all_hs_len)``: :meth:`features` then :meth:`encode`, ``num_layer``
+        hidden states (padded frames zero) and as many frame counts, all equal."""
         x, x_len = self.features(wavs, wavs_len)
         all_hs = [x] + self.encode(x, x_len)
         return all_hs, [x_len.clone() for _ in all_hs]
 
 
 # ---- weights ---------------------------------------------------------------------------
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def save_tiny_weights(model: TinyUpstream, path: str | Path, *,
                       dtype: torch.dtype = torch.float16, meta: dict | None = None) -> str:
@@ -384,30 +345,22 @@ def tiny(pretrained: bool = True, *, seed: int = 0,
     if checkpoint is not None and not pretrained:
         raise ValueError("tiny: checkpoint= gives weights and pretrained=False asks for random "
                          "ones; pass one of them")
+    if pretrained and config is not None:
+        raise ValueError("config= is only for pretrained=False; weights files carry "
+                         "their own config")
+    state = None
     if pretrained:
-        if config is not None:
-            raise ValueError("config= is only for pretrained=False; weights files carry "
-                             "their own config")
-        cfg, state, _ = load_tiny_weights(WEIGHTS_PATH if checkpoint is None else checkpoint)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = TinyUpstream(cfg, name="tiny")
-        model.load_state_dict(state)
-        model.weights = ("pretrained: the shipped tiny model (s3viz/zoo/tiny.pt)"
-                         if checkpoint is None else f"checkpoint {Path(checkpoint).resolve()}")
-        return model.eval()
-    if config is None:
-        config = _shipped_config()
+        config, state, _ = load_tiny_weights(WEIGHTS_PATH if checkpoint is None else checkpoint)
+    elif config is None:  # the shipped model's architecture (TinyConfig() without the file)
+        config = load_tiny_weights(WEIGHTS_PATH)[0] if WEIGHTS_PATH.is_file() else TinyConfig()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = TinyUpstream(config, name="tiny")
-    model.weights = f"random weights (seed {seed})"
+    if state is None:
+        model.weights = f"random weights (seed {seed})"
+    else:
+        model.load_state_dict(state)
+        model.weights = ("pretrained: the shipped tiny model (s3viz/zoo/tiny.pt)"
+                         if checkpoint is None else f"checkpoint {Path(checkpoint).resolve()}")
     return model.eval()
-
-
-def _shipped_config() -> TinyConfig:
-    """The shipped model's architecture (the default config when no file exists)."""
-    if WEIGHTS_PATH.is_file():
-        return load_tiny_weights(WEIGHTS_PATH)[0]
-    return TinyConfig()
 

@@ -34,27 +34,10 @@ from .._device import resolve_device as _resolve_device
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = [
-    "HELD_OUT_SEED",
-    "HELD_OUT_SPEAKERS",
-    "SPEED_RATES",
-    "TRAIN_SEED",
-    "TRAIN_SPEAKERS",
-    "bar_check",
-    "best_layers",
-    "curve_check",
-    "data_split",
-    "held_out_corpus",
-    "kmeans",
-    "main",
-    "mfcc_features",
-    "model_card",
-    "probe_comparison",
-    "span_mask",
-    "speed_perturb",
-    "train",
-    "training_corpus",
-]
+__all__ = ["HELD_OUT_SEED", "HELD_OUT_SPEAKERS", "SPEED_RATES", "TRAIN_SEED", "TRAIN_SPEAKERS",
+           "bar_check", "best_layers", "curve_check", "data_split",
+           "held_out_corpus", "kmeans", "main", "mfcc_features", "model_card", "probe_comparison",
+           "span_mask", "speed_perturb", "train", "training_corpus"]
 
 TRAIN_SEED = 1001
 """Seed of the training sentences (``s3viz.data.synthetic_corpus(seed=TRAIN_SEED)``)."""
@@ -102,10 +85,14 @@ def data_split() -> dict[str, object]:
             "train_sentence_seed": TRAIN_SEED, "held_out_sentence_seed": HELD_OUT_SEED}
 
 
-def _texts(n: int, seed: int) -> set:
-    from ..data import make_sentences
+def _corpus_without(n_utterances: int, seed: int, speakers: dict, banned: dict):
+    """``synthetic_corpus(n_utterances, seed, speakers)`` less the utterances whose sentence
+    is among the first ``n`` sentences of any ``{seed: n}`` of ``banned``."""
+    from ..data import make_sentences, synthetic_corpus
 
-    return set(make_sentences(n, seed)["text"])
+    corpus = synthetic_corpus(n_utterances, seed=seed, speakers=speakers)
+    texts = set().union(*(make_sentences(n, k)["text"] for k, n in banned.items()))
+    return corpus[[i for i, u in enumerate(corpus) if u.text not in texts]]
 
 
 def training_corpus(n_utterances: int = 1800):
@@ -114,12 +101,8 @@ def training_corpus(n_utterances: int = 1800):
     Utterances whose sentence is also in the held-out set or in the first
     1000 sentences of seed 0 (the notebooks' default corpus) are dropped.
     """
-    from ..data import synthetic_corpus
-
-    corpus = synthetic_corpus(n_utterances, seed=TRAIN_SEED, speakers=TRAIN_SPEAKERS)
-    banned = _texts(_NOTEBOOK_SENTENCES, 0) | _texts(2000, HELD_OUT_SEED)
-    keep = [i for i, u in enumerate(corpus) if u.text not in banned]
-    return corpus[keep]
+    return _corpus_without(n_utterances, TRAIN_SEED, TRAIN_SPEAKERS,
+                           {0: _NOTEBOOK_SENTENCES, HELD_OUT_SEED: 2000})
 
 
 def held_out_corpus(n_utterances: int = 120, train_utterances: int = 1800):
@@ -131,12 +114,8 @@ def held_out_corpus(n_utterances: int = 120, train_utterances: int = 1800):
             sentences).
         train_utterances: the size of the training corpus whose sentences are left out.
     """
-    from ..data import synthetic_corpus
-
-    corpus = synthetic_corpus(n_utterances, seed=HELD_OUT_SEED, speakers=HELD_OUT_SPEAKERS)
-    seen = _texts(train_utterances, TRAIN_SEED)
-    keep = [i for i, u in enumerate(corpus) if u.text not in seen]
-    return corpus[keep]
+    return _corpus_without(n_utterances, HELD_OUT_SEED, HELD_OUT_SPEAKERS,
+                           {TRAIN_SEED: train_utterances})
 
 
 # ---------------------------------------------------------------------------
@@ -144,13 +123,8 @@ def held_out_corpus(n_utterances: int = 120, train_utterances: int = 1800):
 # ---------------------------------------------------------------------------
 
 def mfcc_features(wavs: Sequence[np.ndarray], *, batch_size: int = 32) -> list[torch.Tensor]:
-    """MFCC + deltas + delta-deltas at the tiny model's frames, normalised per utterance.
-
-    13 MFCCs from 40 log mel energies of a 400-sample window every 320 samples
-    (``center=False``: frame ``j`` covers samples ``[320 j, 320 j + 400)``, the
-    receptive field of the tiny model's frame ``j``), computed in length-sorted
-    batches (a valid frame never sees padding), then deltas and per-utterance
-    mean and variance normalisation.
+    """MFCC + deltas + delta-deltas at the tiny model's frames, normalised per utterance
+    (``docs/zoo.md``), computed in length-sorted batches (a valid frame never sees padding).
 
     Args:
         wavs: ``num_utterances`` float waveforms ``(num_samples,)`` at 16 kHz.
@@ -170,10 +144,8 @@ def mfcc_features(wavs: Sequence[np.ndarray], *, batch_size: int = 32) -> list[t
     order = np.argsort(lens, kind="stable")
     for s in range(0, len(order), batch_size):
         idx = [int(i) for i in order[s: s + batch_size]]
-        width = max(400, max(lens[i] for i in idx))
-        batch = torch.zeros(len(idx), width)
-        for j, i in enumerate(idx):
-            batch[j, : lens[i]] = torch.as_tensor(np.asarray(wavs[i], dtype=np.float32))
+        batch, _ = _pad([np.asarray(wavs[i]) for i in idx])
+        batch = F.pad(batch, (0, max(0, 400 - batch.shape[1])))  # at least one window
         with torch.no_grad():
             m = transform(batch)  # (batch, 13, frames)
         for j, i in enumerate(idx):
@@ -222,19 +194,16 @@ def kmeans(x: torch.Tensor, k: int, *, iters: int = 20, seed: int = 0
     return c, assign
 
 
-def _assign(feats: list[torch.Tensor], centroids: torch.Tensor) -> list[torch.Tensor]:
-    return [torch.cdist(f, centroids).argmin(1) if len(f) else torch.zeros(0, dtype=torch.long)
-            for f in feats]
-
-
 def _cluster_targets(feats: list[torch.Tensor], k: int, seed: int,
-                     max_points: int = 40000) -> tuple[list[torch.Tensor], torch.Tensor]:
+                     max_points: int = 40000) -> list[torch.Tensor]:
+    """The k-means cluster of every frame (k-means of at most ``max_points`` frames)."""
     allf = torch.cat(feats)
     g = torch.Generator().manual_seed(seed)
     if allf.shape[0] > max_points:
         allf = allf[torch.randperm(allf.shape[0], generator=g)[:max_points]]
     centroids, _ = kmeans(allf, k, seed=seed)
-    return _assign(feats, centroids), centroids
+    return [torch.cdist(f, centroids).argmin(1) if len(f) else torch.zeros(0, dtype=torch.long)
+            for f in feats]
 
 
 @torch.no_grad()
@@ -401,14 +370,12 @@ class TrainConfig:
     """Hyper-parameters of :func:`train` (the command line's flags, ``docs/zoo.md``).
 
     Attributes:
-        steps: optimizer steps (batches of about ``batch_seconds`` of padded audio).
         architecture: the model's :class:`TinyConfig` (``None``: ``TinyConfig()``;
             iteration 2 keeps ``init``'s).
         iteration: 1 = MFCC k-means targets; 2 = k-means of ``init``'s hidden states
             at ``target_layer`` (default: the middle layer), training continues from
             ``init``.
-        speed: probability that an utterance is speed-perturbed (:func:`speed_perturb`,
-            targets of the unperturbed audio).
+        speed: probability that an utterance is speed-perturbed (:func:`speed_perturb`).
         speaker_conditioning: the prediction head also reads a learned embedding of
             the utterance's speaker (ContentVec), so the last layer need not encode it.
     """
@@ -451,12 +418,8 @@ def train(corpus, config: TrainConfig = TrainConfig(), *, device=None,
         ``(model, summary)``: the trained upstream in eval mode on the CPU and a dict
         of what happened (losses, steps done, seconds).
     """
-    steps, seed, clusters, lr, warmup = (config.steps, config.seed, config.clusters,
-                                         config.lr, config.warmup)
-    iteration, target_layer, speed = config.iteration, config.target_layer, config.speed
-    mask_prob, mask_span = config.mask_prob, config.mask_span
-    unmasked_weight = config.unmasked_weight
-    speaker_conditioning, batch_seconds = config.speaker_conditioning, config.batch_seconds
+    c = config
+    steps, seed, clusters, lr, speed = c.steps, c.seed, c.clusters, c.lr, c.speed
     t0 = time.time()
     device = _resolve_device(device)
     torch.manual_seed(seed)
@@ -464,21 +427,21 @@ def train(corpus, config: TrainConfig = TrainConfig(), *, device=None,
     lens = [u.wav.size for u in corpus]
 
     # targets
-    if iteration == 1:
+    if c.iteration == 1:
         feats = mfcc_features([u.wav for u in corpus])
         source = "MFCC+deltas (39 dims, 20 ms frames, per-utterance CMVN)"
-    elif iteration == 2:
+    elif c.iteration == 2:
         if init is None:
             raise ValueError("iteration=2 needs init= (the iteration-1 model)")
-        layer = init.num_layer // 2 if target_layer is None else int(target_layer)
+        layer = init.num_layer // 2 if c.target_layer is None else int(c.target_layer)
         feats = _layer_features(init, corpus, layer, device)
         source = f"hidden state {layer} of the iteration-1 model (standardised)"
     else:
-        raise ValueError(f"iteration must be 1 or 2, got {iteration!r}")
+        raise ValueError(f"iteration must be 1 or 2, got {c.iteration!r}")
     for f, n in zip(feats, lens):
         if f.shape[0] != int(conv_lengths([n])[0]):
             raise RuntimeError("target frames do not match conv_lengths")
-    targets, _ = _cluster_targets(feats, clusters, seed)
+    targets = _cluster_targets(feats, clusters, seed)
     t_targets = time.time() - t0
     log(f"targets: {source}, {clusters} clusters, {sum(len(t) for t in targets)} frames, "
         f"{t_targets:.1f}s")
@@ -490,7 +453,7 @@ def train(corpus, config: TrainConfig = TrainConfig(), *, device=None,
         upstream = TinyUpstream(config.architecture or TinyConfig(), name="tiny")
     voices = sorted({u.speaker for u in corpus})
     speaker_ids = torch.tensor([voices.index(u.speaker) for u in corpus])
-    task = _HubertTask(upstream, clusters, len(voices) if speaker_conditioning else 0).to(device)
+    task = _HubertTask(upstream, clusters, len(voices) if c.speaker_conditioning else 0).to(device)
     task.train()
     decay, no_decay = [], []
     for n, p in task.named_parameters():
@@ -498,15 +461,13 @@ def train(corpus, config: TrainConfig = TrainConfig(), *, device=None,
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=lr, betas=(0.9, 0.98), eps=1e-6)
-    warmup = max(1, steps // 10) if warmup is None else warmup
+    warmup = max(1, steps // 10) if c.warmup is None else c.warmup
 
-    history = []
+    history, running = [], []  # running: (loss, masked loss, masked accuracy) since the last log
     step, epoch, stopped_early = 0, 0, False
-    run_loss = run_acc = run_total = 0.0
-    run_n = 0
     t_train = time.time()
     while step < steps and not stopped_early:
-        for batch in _batches(lens, batch_seconds, gen):
+        for batch in _batches(lens, c.batch_seconds, gen):
             if step >= steps:
                 break
             if max_minutes is not None and (time.time() - t0) > 60 * max_minutes:
@@ -525,43 +486,39 @@ def train(corpus, config: TrainConfig = TrainConfig(), *, device=None,
             tgt = torch.full((len(batch), int(x_len.max())), -100, dtype=torch.long)
             for j, (_, t) in enumerate(items):
                 tgt[j, : len(t)] = t
-            mask = span_mask(x_len, mask_prob, mask_span, gen)
+            mask = span_mask(x_len, c.mask_prob, c.mask_span, gen)
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, steps, lr, warmup)
             loss, loss_m, acc_m = task(wavs.to(device), wavs_len.to(device), tgt, mask,
-                                       unmasked_weight, speaker_ids[list(batch)])
+                                       c.unmasked_weight, speaker_ids[list(batch)])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(task.parameters(), 5.0)
             opt.step()
             step += 1
-            run_total += float(loss.detach())
-            run_loss += float(loss_m)
-            run_acc += float(acc_m)
-            run_n += 1
+            running.append((float(loss.detach()), float(loss_m), float(acc_m)))
             if step % log_every == 0 or step == steps:
-                rec = {"step": step, "epoch": epoch, "loss": run_total / run_n,
-                       "masked_loss": run_loss / run_n,
-                       "masked_acc": run_acc / run_n, "seconds": time.time() - t0}
+                loss_avg, masked_avg, acc_avg = (sum(v) / len(running) for v in zip(*running))
+                rec = {"step": step, "epoch": epoch, "loss": loss_avg, "masked_loss": masked_avg,
+                       "masked_acc": acc_avg, "seconds": time.time() - t0}
                 history.append(rec)
                 log(f"step {step:5d}  epoch {epoch}  loss {rec['loss']:.3f}  "
                     f"masked loss {rec['masked_loss']:.3f}  "
                     f"masked acc {rec['masked_acc']:.3f}  lr {opt.param_groups[0]['lr']:.2e}  "
                     f"{rec['seconds']:.0f}s")
-                run_loss = run_acc = run_total = 0.0
-                run_n = 0
+                running = []
             if checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
                 checkpoint(step, task.upstream)
         epoch += 1
     upstream = task.upstream.cpu().eval()
     summary = {
-        "objective": f"HuBERT iteration {iteration}: masked prediction of k-means cluster ids",
+        "objective": f"HuBERT iteration {c.iteration}: masked prediction of k-means cluster ids",
         "targets": source, "clusters": clusters, "steps": step, "steps_planned": steps,
         "epochs": epoch, "stopped_early": stopped_early, "seed": seed, "device": str(device),
         "threads": torch.get_num_threads(), "lr": lr, "warmup": warmup,
-        "batch_seconds": batch_seconds, "mask_prob": mask_prob, "mask_span": mask_span,
-        "unmasked_weight": unmasked_weight, "speed_perturb": speed,
-        "speaker_conditioning": speaker_conditioning, "utterances": len(corpus),
+        "batch_seconds": c.batch_seconds, "mask_prob": c.mask_prob, "mask_span": c.mask_span,
+        "unmasked_weight": c.unmasked_weight, "speed_perturb": speed,
+        "speaker_conditioning": c.speaker_conditioning, "utterances": len(corpus),
         "audio_minutes": sum(lens) / 16000 / 60, "target_seconds": t_targets,
         "train_seconds": time.time() - t_train, "total_seconds": time.time() - t0,
         "history": history,
@@ -825,27 +782,35 @@ def model_card(summary: dict, results: pd.DataFrame | None = None,
 # command line
 # ---------------------------------------------------------------------------
 
+_TRAIN_FLAGS = {"steps": "optimizer steps (default 2000)", "seed": None, "clusters": None,
+                "lr": None, "batch_seconds": "padded audio per batch in seconds (default 12)",
+                "mask_prob": None, "mask_span": None, "unmasked_weight": None}
+"""The :class:`TrainConfig` fields that are plain flags (``--batch-seconds``), with their help."""
+_ARCH_FLAGS = ("conv_channels", "hidden_size", "num_layers", "num_heads", "ffn_size", "dropout")
+
+
+def _flags(group, config, names) -> None:
+    """``--<name>`` for each field ``names`` of ``config``, typed and defaulted by its value."""
+    for name in names:
+        value = getattr(config, name)
+        group.add_argument("--" + name.replace("_", "-"), type=type(value), default=value,
+                           help=names[name] if isinstance(names, dict) else None)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m s3viz.zoo.train_tiny", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=2000, help="optimizer steps (default 2000)")
+    t = TrainConfig()
+    _flags(p, t, _TRAIN_FLAGS)
     p.add_argument("--out", type=Path, default=None,
                    help=f"weights file to write (default: build/tiny.pt; the shipped file is "
                         f"{WEIGHTS_PATH})")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--utterances", type=int, default=1800,
                    help="training utterances synthesized (default 1800)")
-    p.add_argument("--clusters", type=int, default=50)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--batch-seconds", type=float, default=12.0,
-                   help="padded audio per batch in seconds (default 12)")
-    p.add_argument("--mask-prob", type=float, default=0.05)
-    p.add_argument("--mask-span", type=int, default=5)
-    p.add_argument("--unmasked-weight", type=float, default=0.5)
-    p.add_argument("--speed-perturb", type=float, default=0.5,
+    p.add_argument("--speed-perturb", dest="speed", type=float, default=t.speed,
                    help="probability of speed-perturbing an utterance (default 0.5)")
-    p.add_argument("--iteration", type=int, default=1, choices=(1, 2))
+    p.add_argument("--iteration", type=int, default=t.iteration, choices=(1, 2))
     p.add_argument("--speaker-conditioning", action="store_true",
                    help="the prediction head also reads a speaker embedding (ContentVec)")
     p.add_argument("--init", type=Path, default=None,
@@ -863,13 +828,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--card", type=Path, default=None,
                    help="model card to write (default: MODEL_CARD.md beside --out)")
     g = p.add_argument_group("architecture (defaults: TinyConfig())")
-    d = TinyConfig()
-    g.add_argument("--conv-channels", type=int, default=d.conv_channels)
-    g.add_argument("--hidden-size", type=int, default=d.hidden_size)
-    g.add_argument("--num-layers", type=int, default=d.num_layers)
-    g.add_argument("--num-heads", type=int, default=d.num_heads)
-    g.add_argument("--ffn-size", type=int, default=d.ffn_size)
-    g.add_argument("--dropout", type=float, default=d.dropout)
+    _flags(g, TinyConfig(), _ARCH_FLAGS)
     g.add_argument("--post-ln", action="store_true",
                    help="post-LN transformer layers (HuBERT base) instead of pre-LN")
     return p
@@ -888,33 +847,26 @@ def main(argv: Sequence[str] | None = None) -> dict:
           f"{sum(u.wav.size for u in corpus) / 16000 / 60:.1f} min, "
           f"{len({u.speaker for u in corpus})} voices ({time.time() - t0:.1f}s)", flush=True)
     init = tiny(checkpoint=args.init) if args.init is not None else None
-    architecture = TinyConfig(conv_channels=args.conv_channels, hidden_size=args.hidden_size,
-                              num_layers=args.num_layers, num_heads=args.num_heads,
-                              ffn_size=args.ffn_size, dropout=args.dropout,
+    architecture = TinyConfig(**{k: getattr(args, k) for k in _ARCH_FLAGS},
                               layer_norm_first=not args.post_ln)
-    config = TrainConfig(
-        steps=args.steps, seed=args.seed, architecture=architecture, clusters=args.clusters,
-        lr=args.lr, batch_seconds=args.batch_seconds, mask_prob=args.mask_prob,
-        mask_span=args.mask_span, unmasked_weight=args.unmasked_weight,
-        speed=args.speed_perturb, iteration=args.iteration,
-        speaker_conditioning=args.speaker_conditioning, target_layer=args.target_layer)
+    config = TrainConfig(architecture=architecture, **{
+        k: getattr(args, k) for k in (*_TRAIN_FLAGS, "speed", "iteration",
+                                      "speaker_conditioning", "target_layer")})
     model, summary = train(
         corpus, config, device=args.device, init=init, max_minutes=args.max_minutes,
         log=lambda s: print(s, flush=True), checkpoint_every=args.save_every,
         checkpoint=lambda step, up: save_tiny_weights(up, out.with_suffix(f".step{step}.pt")))
-    summary["data_seconds"] = time.time() - t0 - summary["total_seconds"]
-    summary["split"] = data_split()
-    summary["config"] = model.config.to_dict()
-    summary["parameters"] = sum(p.numel() for p in model.parameters())
-    summary["argv"] = " ".join(argv)
     dtype = torch.float32 if args.fp32 else torch.float16
-    summary["weights_dtype"] = str(dtype).replace("torch.", "")
+    summary.update(data_seconds=time.time() - t0 - summary["total_seconds"], split=data_split(),
+                   config=model.config.to_dict(),
+                   parameters=sum(p.numel() for p in model.parameters()), argv=" ".join(argv),
+                   weights_dtype=str(dtype).replace("torch.", ""))
     meta = {k: summary[k] for k in ("objective", "steps", "seed", "clusters", "utterances")}
     sha = save_tiny_weights(model, out, dtype=dtype, meta=meta)
     summary.update(weights=str(out), sha256=sha, size_bytes=out.stat().st_size)
     print(f"wrote {out} ({summary['size_bytes'] / 1e6:.2f} MB, sha256 {sha}); "
           f"{summary['total_seconds'] / 60:.1f} min", flush=True)
-    results = None
+    results, folder = None, OwnedFolder(out.parent, "the weights folder")
     if not args.no_eval:
         import s3viz.upstreams as ups
 
@@ -924,17 +876,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
         random = tiny(pretrained=False, config=trained.config)
         results = probe_comparison({"tiny": trained, "random": random,
                                     "spectral": ups.spectral_upstream()}, held)
-        folder = OwnedFolder(out.parent, "the weights folder")
         folder.write_with(out.with_suffix(".probes.csv").name,
                           lambda f: results.to_csv(f, index=False), text=True)
-        bar = bar_check(results)
-        summary["bar"] = bar.to_dict(orient="records")
-        print(bar.to_string(index=False), flush=True)
-        shape = curve_check(results)
-        summary["curve_check"] = shape.to_dict(orient="records")
-        print(shape.to_string(index=False), flush=True)
-    side = OwnedFolder(out.parent, "the weights folder").write_text(
-        out.with_suffix(".json").name, json.dumps(summary, indent=1))
+        for key, table in (("bar", bar_check(results)), ("curve_check", curve_check(results))):
+            summary[key] = table.to_dict(orient="records")
+            print(table.to_string(index=False), flush=True)
+    side = folder.write_text(out.with_suffix(".json").name, json.dumps(summary, indent=1))
     card = Path(args.card) if args.card is not None else out.with_name("MODEL_CARD.md")
     card = OwnedFolder(card.parent, "--card's folder").write_text(
         card.name, model_card(summary, results))
