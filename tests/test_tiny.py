@@ -354,3 +354,26 @@ def test_short_training_lowers_the_loss(tmp_path):
     assert isinstance(model, TinyUpstream) and not model.training
     sha = save_tiny_weights(model, tmp_path / "t.pt")
     assert len(sha) == 64 and tiny(checkpoint=tmp_path / "t.pt").config == config
+
+
+def test_a_model_refused_at_every_layer_is_refused_in_the_card_not_a_crash():
+    """The spectral baseline's speaker probes are NaN at every layer (per-utterance CMVN
+    zeroes every mean-pooled feature): best_layers skips it, bar_check and the card say so."""
+    import math
+
+    from s3viz.zoo.train_tiny import _layer_table, bar_check, best_layers
+
+    res = _curves([30, 50, 52], [90, 80, 70])
+    import pandas as pd
+
+    spectral = pd.DataFrame([dict(model="spectral", target=t, layer=i, accuracy=a)
+                             for t, accs in (("phone", [0.3, 0.4]),
+                                             ("speaker", [float("nan")] * 2))
+                             for i, a in enumerate(accs)])
+    res = pd.concat([res, spectral], ignore_index=True).assign(chance=0.1)
+    best = best_layers(res)
+    assert not ((best["model"] == "spectral") & (best["target"] == "speaker")).any()
+    bar = bar_check(res).set_index("target")
+    assert math.isnan(bar.loc["speaker", "spectral"]) and bar.loc["speaker", "spectral_layer"] == -1
+    assert bar.loc["phone", "spectral"] == 40.0
+    assert "| spectral | refused | refused |  |" in _layer_table(res, "speaker")

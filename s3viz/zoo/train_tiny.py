@@ -570,8 +570,10 @@ def probe_comparison(upstreams: dict[str, nn.Module], corpus, *, device=None,
 
 def best_layers(results: pd.DataFrame) -> pd.DataFrame:
     """Best layer per model and target from :func:`probe_comparison`: ``model, target,
-    layer, accuracy``."""
-    idx = results.groupby(["model", "target"])["accuracy"].idxmax()
+    layer, accuracy``; a model whose probes were refused at every layer of a target (NaN
+    accuracy, e.g. the spectral baseline's speakers: per-utterance CMVN makes every
+    mean-pooled feature zero) has no row for it."""
+    idx = results.dropna(subset=["accuracy"]).groupby(["model", "target"])["accuracy"].idxmax()
     return results.loc[idx, ["model", "target", "layer", "accuracy", "chance"]].reset_index(
         drop=True)
 
@@ -650,7 +652,7 @@ def _layer_table(results: pd.DataFrame, target: str) -> list[str]:
     lines = ["| model | " + " | ".join(f"layer {i}" for i in range(width)) + " |",
              "|---|" + "---|" * width]
     for m, g in sub.groupby("model", sort=False):
-        acc = [f"{100 * a:.1f}" for a in g.sort_values("layer")["accuracy"]]
+        acc = [f"{100 * a:.1f}" if a == a else "refused" for a in g.sort_values("layer")["accuracy"]]
         acc += [""] * (width - len(acc))
         lines.append(f"| {m} | " + " | ".join(acc) + " |")
     return lines
@@ -753,12 +755,17 @@ def model_card(summary: dict, results: pd.DataFrame | None = None,
             "tiny - random | tiny - spectral |",
             "|---|---|---|---|---|---|",
         ]
+        def cell(v, layer=None, sign=""):  # a model refused at every layer: "refused"
+            if v != v:
+                return "refused" if layer is not None else "-"
+            return f"{v:{sign}.1f}" + (f" ({layer})" if layer is not None else "")
+
         for _, r in bar.iterrows():
             lines.append(
-                f"| {r['target']} | {r['tiny']:.1f} ({r['tiny_layer']}) | "
-                f"{r['random']:.1f} ({r['random_layer']}) | "
-                f"{r['spectral']:.1f} ({r['spectral_layer']}) | {r['vs_random']:+.1f} | "
-                f"{r['vs_baseline']:+.1f} |")
+                f"| {r['target']} | " + " | ".join(
+                    [cell(r[m], r[f"{m}_layer"]) for m in ("tiny", "random", "spectral")]
+                    + [cell(r["vs_random"], sign="+"), cell(r["vs_baseline"], sign="+")])
+                + " |")
         lines += ["", "Phone accuracy per layer (%):", ""] + _layer_table(results, "phone")
         lines += ["", "Speaker accuracy per layer (%):", ""] + _layer_table(results, "speaker")
         shape = curve_check(results)
