@@ -20,6 +20,7 @@ from torch import nn
 
 from .align import expected_lengths
 from .interface import AbsFeaturizer, num_layer_of
+from .models import length_mask
 
 __all__ = ["WeightedSumFeaturizer", "align_frames", "weighted_sum"]
 
@@ -110,7 +111,7 @@ def align_frames(hs: torch.Tensor, hs_len: torch.Tensor, rate: int, target_rate:
         return hs.repeat_interleave(f, dim=1), hs_len * f
     batch, seq_len, hidden = hs.shape
     pad = (-seq_len) % f
-    valid = (torch.arange(seq_len, device=hs.device)[None, :] < hs_len[:, None]).to(hs.dtype)
+    valid = length_mask(hs_len, seq_len).to(hs.dtype)
     x = hs * valid[..., None]
     if pad:
         x = F.pad(x, (0, 0, 0, pad))
@@ -185,7 +186,7 @@ def weighted_sum(all_hs: Sequence[torch.Tensor], all_hs_len: Sequence[torch.Tens
         if h.shape[1] < seq_len:  # padded shorter than the longest valid length: cannot happen
             h = F.pad(h, (0, 0, 0, seq_len - h.shape[1]))
         out = wi * h if out is None else out + wi * h
-    mask = torch.arange(seq_len, device=out.device)[None, :] < hs_len[:, None]
+    mask = length_mask(hs_len, seq_len)
     return out * mask[..., None].to(out.dtype), hs_len
 
 

@@ -1,5 +1,6 @@
-"""What the upstream adapters share: fixed layer geometry, masks and waveform normalisation
-(their input check, ``check_wavs``, is in :mod:`s3viz.interface`, beside the interface)."""
+"""What the upstream adapters share: fixed layer geometry and waveform normalisation
+(their input check, ``check_wavs``, is in :mod:`s3viz.interface`, beside the interface;
+their length masks are :func:`s3viz.models.length_mask`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from ..align import receptive_field
 from ..interface import AbsUpstream
 
-__all__ = ["FixedUpstream", "normalize_waveforms", "padding_mask"]
+__all__ = ["FixedUpstream", "normalize_waveforms"]
 
 
 class FixedUpstream(AbsUpstream):
@@ -47,11 +48,6 @@ class FixedUpstream(AbsUpstream):
         field, rate = receptive_field(self.conv_layers)
         self._sizes = [int(hidden)] * num_layer
         self._rates, self._fields = [rate] * num_layer, [field] * num_layer
-
-
-def padding_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
-    """``(batch_size, max_len)`` bool, True at padded positions (``t >= lengths[b]``)."""
-    return torch.arange(max_len, device=lengths.device)[None, :] >= lengths[:, None]
 
 
 def normalize_waveforms(wavs: torch.Tensor, wavs_len: torch.Tensor, *, eps: float = 1e-5

@@ -16,8 +16,10 @@ import torch.nn.functional as F
 
 from .. import _deps
 from ..align import expected_lengths
+from ..featurizers import align_frames
 from ..interface import SAMPLE_RATE, check_wavs
-from ._common import FixedUpstream, padding_mask
+from ..models import length_mask
+from ._common import FixedUpstream
 
 __all__ = ["SpectralUpstream", "spectral_hidden_states", "spectral_upstream"]
 
@@ -53,7 +55,7 @@ def _log_mel_10ms(wavs: torch.Tensor, wavs_len: torch.Tensor, fbank: torch.Tenso
     seq_len = wavs.shape[1]
     # zero everything past each utterance's end, then pad so that frame t's window
     # is [160 t - 120, 160 t + 280) of the original signal
-    wavs = wavs.masked_fill(padding_mask(wavs_len, seq_len), 0.0)
+    wavs = wavs.masked_fill(~length_mask(wavs_len, seq_len), 0.0)
     left = WIN_LENGTH // 2 - HOP_LENGTH // 2
     right = max(0, (num_frames - 1) * HOP_LENGTH + WIN_LENGTH - left - seq_len)
     padded = F.pad(wavs, (left, right))
@@ -63,21 +65,6 @@ def _log_mel_10ms(wavs: torch.Tensor, wavs_len: torch.Tensor, fbank: torch.Tenso
     power = spec.real.square() + spec.imag.square()
     mel = torch.matmul(power.transpose(1, 2), fbank)  # (B, T, n_mels)
     return torch.log(mel + _LOG_FLOOR), frames_len
-
-
-def _masked_pool(x: torch.Tensor, x_len: torch.Tensor, factor: int
-                 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Average ``factor`` consecutive valid frames: ``(B, T, D) -> (B, ceil(T / factor), D)``."""
-    if factor == 1:
-        return x, x_len
-    batch_size, num_frames, dim = x.shape
-    out_len = torch.where(x_len > 0, torch.div(x_len - 1, factor, rounding_mode="floor") + 1, x_len)
-    num_out = -(-num_frames // factor)
-    valid = (~padding_mask(x_len, num_frames)).to(x.dtype)
-    extra = num_out * factor - num_frames
-    xs = F.pad(x * valid[..., None], (0, 0, 0, extra)).view(batch_size, num_out, factor, dim)
-    counts = F.pad(valid, (0, extra)).view(batch_size, num_out, factor).sum(-1, keepdim=True)
-    return xs.sum(2) / counts.clamp(min=1.0), out_len
 
 
 def _masked_deltas(x: torch.Tensor, x_len: torch.Tensor) -> torch.Tensor:
@@ -99,7 +86,7 @@ def _masked_deltas(x: torch.Tensor, x_len: torch.Tensor) -> torch.Tensor:
 
 def _masked_cmvn(x: torch.Tensor, x_len: torch.Tensor) -> torch.Tensor:
     """Zero mean, unit variance per utterance and dimension over valid frames."""
-    valid = (~padding_mask(x_len, x.shape[1])).to(x.dtype)[..., None]
+    valid = length_mask(x_len, x.shape[1]).to(x.dtype)[..., None]
     count = valid.sum(1, keepdim=True).clamp(min=1.0)
     mean = (x * valid).sum(1, keepdim=True) / count
     var = ((x - mean).square() * valid).sum(1, keepdim=True) / count
@@ -157,12 +144,13 @@ def spectral_hidden_states(wavs: torch.Tensor, wavs_len: torch.Tensor, *,
     with torch.autocast(device_type=device.type, enabled=False):
         logmel, mel_len = _log_mel_10ms(wavs.float(), wavs_len, fbank.float())
         for r in rates:
-            x, x_len = _masked_pool(logmel, mel_len, r // HOP_LENGTH)
+            # coarser rates average r / 160 frames of the utterance (s3viz.featurizers)
+            x, x_len = align_frames(logmel, mel_len, HOP_LENGTH, r)
             cep = torch.matmul(x, dct.float())
             if deltas:
                 d1 = _masked_deltas(cep, x_len)
                 cep = torch.cat([cep, d1, _masked_deltas(d1, x_len)], dim=-1)
-            pad = padding_mask(x_len, x.shape[1])[..., None]
+            pad = ~length_mask(x_len, x.shape[1])[..., None]
             for h in (x, cep):
                 out = _masked_cmvn(h, x_len) if normalize else h
                 all_hs.append(out.masked_fill(pad, 0.0))

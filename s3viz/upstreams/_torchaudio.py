@@ -23,7 +23,8 @@ from torch import nn
 from .. import _deps
 from ..align import conv_lengths
 from ..interface import check_wavs
-from ._common import FixedUpstream, normalize_waveforms, padding_mask
+from ..models import length_mask
+from ._common import FixedUpstream, normalize_waveforms
 from ._hub import (PRETRAINED_MODELS, RANDOM_WEIGHTS, fetch_torchaudio, resolve_name,
                    torch_hub_checkpoints, torchaudio_base_url)
 
@@ -149,7 +150,7 @@ def wav2vec2_hidden_states(model: nn.Module, wavs: torch.Tensor, wavs_len: torch
     feats = _conv_features(model.feature_extractor, wavs, wavs_len)[:, :num_frames]
     x = encoder.feature_projection(feats)
 
-    pad = padding_mask(frames_len, num_frames)  # (B, T) True at padding
+    pad = ~length_mask(frames_len, num_frames)  # (B, T) True at padding
     any_pad = bool(pad.any())
     attention_mask: Optional[torch.Tensor] = None
     key_padding_mask: Optional[torch.Tensor] = None
@@ -445,6 +446,7 @@ def _fairseq_params(cfg: dict, where: str) -> dict:
 def _load_fairseq(model: nn.Module, fairseq_weights: dict, params: dict, where: str) -> None:
     # torchaudio's fairseq key map (private, but torchaudio's own import_fairseq_model
     # path; torch and torchaudio are pinned together): written by hand it would copy it
+    _deps.torchaudio()
     from torchaudio.models.wav2vec2.utils.import_fairseq import _convert_state_dict
 
     weights = {key.replace("parametrizations.weight.original0", "weight_g").replace(

@@ -21,6 +21,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from ..align import expected_lengths
 from ..interface import AbsUpstream, check_wavs
+from ..models import length_mask
 from ._common import FixedUpstream, normalize_waveforms
 from ._hub import AS_GIVEN, RANDOM_WEIGHTS, hf_cache_dir, offline
 
@@ -77,7 +78,7 @@ class _HFUpstream(FixedUpstream):
         """The picked hidden states up to the longest utterance, zero past each one's
         ``frames``; and a copy of ``frames`` for each."""
         t = int(frames.max())
-        valid = (torch.arange(t, device=frames.device)[None, :] < frames[:, None])[..., None]
+        valid = length_mask(frames, t)[..., None]
         all_hs = [hidden_states[i][:, :t].to(frames.device) * valid for i in self._layer_ids]
         return all_hs, [frames.clone() for _ in all_hs]
 
@@ -158,7 +159,7 @@ class TransformersUpstream(_HFUpstream):
             wavs = wavs.to(param.dtype)
         if self.uses_attention_mask:
             t = int(wavs_len.max())
-            mask = torch.arange(t, device=wavs.device)[None, :] < wavs_len[:, None]
+            mask = length_mask(wavs_len, t)
             with warnings.catch_warnings():
                 # HF's WavLM attention mixes a bool padding mask with its float position
                 # bias, which torch deprecates; the result is right (tests compare it)
