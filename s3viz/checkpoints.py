@@ -177,12 +177,8 @@ def _names(paths: Sequence) -> list[str]:
     return [str(p) for p in paths]
 
 
-def load_featurizer_weights(
-    path_or_paths,
-    *,
-    key: str | None = None,
-    trusted_types: Sequence[type] = (),
-) -> pd.Series | pd.DataFrame:
+def load_featurizer_weights(path_or_paths, *, key: str | None = None,
+                            trusted_types: Sequence[type] = ()) -> pd.Series | pd.DataFrame:
     """Learned layer weights (softmax probabilities) of s3prl checkpoints.
 
     Args:

@@ -1,12 +1,8 @@
-"""The seed contracts of s3prl (``s3prl.nn.interface``), without depending on s3prl.
-
+"""The seed contracts of s3prl (``s3prl.nn.interface``), without depending on s3prl:
 :class:`AbsUpstream`, :class:`AbsFeaturizer`, :class:`AbsFrameModel` and
-:class:`AbsUtteranceModel` have s3prl's names, properties and forward
-signatures. s3viz never requires subclassing: analyses accept any object that
-follows the interface by its attributes (:mod:`s3viz.contract` checks them);
-:func:`num_layer_of` reads ``num_layer`` or s3prl's ``num_layers``;
-:func:`check_wavs` checks an upstream's inputs. The shapes every module uses:
-``docs/upstreams.md``.
+:class:`AbsUtteranceModel`, with :func:`num_layer_of` and :func:`check_wavs`. s3viz never
+requires subclassing them (:mod:`s3viz.contract` checks objects by their attributes);
+the shapes every module uses: ``docs/upstreams.md``.
 """
 
 from __future__ import annotations

@@ -136,16 +136,11 @@ def _centred_sums(x, mean, m, block: int, sanitize_mask=None):
 def masked_mean_std(
     x: torch.Tensor, x_len: torch.Tensor, *, correction: int = 1
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Mean and standard deviation over the valid frames of each row, two-pass.
-
-    The variance is ``sum((x - mean) ** 2) / (n - correction)`` with the
-    deviations formed explicitly (in time blocks that fit in cache; corrected
-    two-pass algorithm, which also refines the mean), not ``E[x^2] - mean^2``,
-    so features with a mean of 1e4 and a standard deviation of 1 keep float32
-    precision. ``correction=1`` (unbiased) is what
-    ``torch.std`` and s3prl's ``TemporalStatisticsPooling`` use. Rows with
-    ``n <= correction`` frames get a standard deviation of 0 (``torch.std``
-    gives NaN there).
+    """Mean and standard deviation over the valid frames of each row, two-pass: the
+    variance is ``sum((x - mean) ** 2) / (n - correction)`` with the deviations formed
+    explicitly, not ``E[x^2] - mean^2`` (``docs/models.md``). ``correction=1`` is what
+    ``torch.std`` and s3prl's ``TemporalStatisticsPooling`` use; rows with
+    ``n <= correction`` frames get a standard deviation of 0 (``torch.std``: NaN).
 
     Returns:
         ``(mean, std)``, each ``(batch_size, hidden_size)``.
