@@ -245,19 +245,12 @@ def _probs_to_logits(probs, n: int, index=None, atol: float = 1e-4) -> torch.Ten
 class WeightedSumFeaturizer(AbsFeaturizer):
     """Softmax-weighted sum of an upstream's hidden states (s3prl's ``Featurizer``).
 
-    Args:
-        upstream: an upstream, or anything with ``hidden_sizes``,
-            ``downsample_rates`` and ``num_layer``/``num_layers`` (e.g. a
-            :class:`s3viz.LayerStore`). Used only to read sizes; not kept.
-        layer_selections: indices of the hidden states to sum (sorted, as in
-            s3prl); ``None`` selects all.
-        normalize: layer-norm (no affine) each hidden state before the sum.
-        target_rate: downsample rate of the output; needed only when the
-            selected layers have different rates (``docs/featurizers.md``).
-
-    The parameter ``weights`` holds one logit per selected layer (zeros at
-    start). :meth:`forward` takes *all* the upstream's hidden states and picks
-    the selected ones, like s3prl's.
+    ``upstream`` (or anything with ``hidden_sizes``, ``downsample_rates`` and
+    ``num_layer``/``num_layers``, e.g. a :class:`s3viz.LayerStore`) is only read for its
+    sizes; ``layer_selections`` (None: all) are sorted, as in s3prl; ``target_rate`` is
+    needed only when they have different rates (``docs/featurizers.md``). The parameter
+    ``weights`` holds one logit per selected layer (zeros at start). :meth:`forward` takes
+    *all* the upstream's hidden states and picks the selected ones, like s3prl's.
     """
 
     def __init__(self, upstream, layer_selections: Sequence[int] | None = None,

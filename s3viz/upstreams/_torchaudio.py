@@ -190,19 +190,15 @@ def wav2vec2_hidden_states(model: nn.Module, wavs: torch.Tensor, wavs_len: torch
 
 
 class TorchaudioUpstream(FixedUpstream):
-    """A torchaudio wav2vec2 / HuBERT / WavLM model as an s3prl upstream: ``num_layer`` is
-    its transformer layers + 1 (their input first), 320 samples per frame, a 400-sample
-    receptive field; ``forward`` is :func:`wav2vec2_hidden_states`. Layer drop is never
-    applied; dropout follows ``train()`` / ``eval()``.
+    """A torchaudio wav2vec2 / HuBERT / WavLM ``model`` as an s3prl upstream: its
+    transformer layers + 1 hidden states (their input first), 320 samples per frame, a
+    400-sample receptive field (:func:`wav2vec2_hidden_states`).
 
-    Args:
-        model: a ``torchaudio.models.Wav2Vec2Model`` (or the wrapper a
-            ``torchaudio.pipelines`` bundle's ``get_model()`` returns), kept bare as
-            ``self.model``; its device, dtype and train/eval mode are left as they are.
-        name: a label for reports and plots (default: the class name of ``model``).
-        normalize_waveform: None takes it from a bundle wrapper (else False).
-
-    ``weights`` (where the weights came from) is set by the factories.
+    ``model`` is a ``torchaudio.models.Wav2Vec2Model`` or the wrapper a
+    ``torchaudio.pipelines`` bundle's ``get_model()`` returns, kept bare as ``self.model``
+    with its device, dtype and mode; ``name`` defaults to its class name;
+    ``normalize_waveform=None`` takes it from a bundle wrapper (else False); the factories
+    set ``weights``. Layer drop is never applied; dropout follows ``train()`` / ``eval()``.
     """
 
     def __init__(self, model: nn.Module, *, name: Optional[str] = None,
@@ -339,14 +335,26 @@ def torchaudio_upstream(name: str, pretrained: bool = True, *, checkpoint: Optio
 
 # --------------------------------------------------------------------------- s3prl checkpoints
 
-_FAIRSEQ_DEFAULTS = {  # fairseq's (and s3prl's) HubertConfig / Wav2Vec2Config defaults
-    "extractor_mode": "default", "conv_feature_layers":
-    "[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512,2,2)] * 2", "conv_bias": False,
-    "encoder_embed_dim": 768, "dropout_input": 0.0, "conv_pos": 128, "conv_pos_groups": 16,
-    "encoder_layers": 12, "encoder_attention_heads": 12, "attention_dropout": 0.1,
-    "encoder_ffn_embed_dim": 3072, "activation_dropout": 0.0, "dropout": 0.1,
-    "layer_norm_first": False, "encoder_layerdrop": 0.0,
+_FAIRSEQ_FIELDS = {  # fairseq's field: (wav2vec2_model's argument, type, lowest, default)
+    "conv_bias": ("extractor_conv_bias", bool, None, False),
+    "encoder_embed_dim": ("encoder_embed_dim", int, 1, 768),
+    "dropout_input": ("encoder_projection_dropout", float, 0, 0.0),
+    "conv_pos": ("encoder_pos_conv_kernel", int, 1, 128),
+    "conv_pos_groups": ("encoder_pos_conv_groups", int, 1, 16),
+    "encoder_layers": ("encoder_num_layers", int, 1, 12),
+    "encoder_attention_heads": ("encoder_num_heads", int, 1, 12),
+    "attention_dropout": ("encoder_attention_dropout", float, 0, 0.1),
+    "encoder_ffn_embed_dim": ("encoder_ff_interm_features", int, 1, 3072),
+    "activation_dropout": ("encoder_ff_interm_dropout", float, 0, 0.0),
+    "dropout": ("encoder_dropout", float, 0, 0.1),
+    "layer_norm_first": ("encoder_layer_norm_first", bool, None, False),
 }
+"""The numeric fields of fairseq's (and s3prl's) HubertConfig / Wav2Vec2Config that s3viz
+reads, with fairseq's defaults; besides ``extractor_mode`` and ``conv_feature_layers``."""
+
+_FAIRSEQ_DEFAULTS = {"extractor_mode": "default", "conv_feature_layers":
+                     "[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512,2,2)] * 2",
+                     **{field: spec[3] for field, spec in _FAIRSEQ_FIELDS.items()}}
 
 _MAX_CONV_LAYERS = 64
 """More convolution layers than any released model has (7): a bound for reading configs."""
@@ -410,28 +418,11 @@ def _fairseq_params(cfg: dict, where: str) -> dict:
     if mode is None:
         raise ValueError(f"{where}: extractor_mode {cfg['extractor_mode']!r} is neither "
                          "'default' nor 'layer_norm'")
-
-    def get(key, kind, low=None):
-        return _cfg_value(cfg, key, kind, where, low)
-
-    params = dict(
-        extractor_mode=mode,
-        extractor_conv_layer_config=_conv_spec(cfg["conv_feature_layers"], where),
-        extractor_conv_bias=get("conv_bias", bool),
-        encoder_embed_dim=get("encoder_embed_dim", int, 1),
-        encoder_projection_dropout=get("dropout_input", float, 0),
-        encoder_pos_conv_kernel=get("conv_pos", int, 1),
-        encoder_pos_conv_groups=get("conv_pos_groups", int, 1),
-        encoder_num_layers=get("encoder_layers", int, 1),
-        encoder_num_heads=get("encoder_attention_heads", int, 1),
-        encoder_attention_dropout=get("attention_dropout", float, 0),
-        encoder_ff_interm_features=get("encoder_ffn_embed_dim", int, 1),
-        encoder_ff_interm_dropout=get("activation_dropout", float, 0),
-        encoder_dropout=get("dropout", float, 0),
-        encoder_layer_norm_first=get("layer_norm_first", bool),
-        encoder_layer_drop=0.0,  # never applied when extracting
-        aux_num_out=None,
-    )
+    params = dict(extractor_mode=mode,
+                  extractor_conv_layer_config=_conv_spec(cfg["conv_feature_layers"], where),
+                  encoder_layer_drop=0.0, aux_num_out=None)  # (layer drop: never when extracting)
+    params.update({arg: _cfg_value(cfg, field, kind, where, low)
+                   for field, (arg, kind, low, _) in _FAIRSEQ_FIELDS.items()})
     for parts, n in (("encoder_attention_heads", params["encoder_num_heads"]),
                      ("conv_pos_groups", params["encoder_pos_conv_groups"])):
         if params["encoder_embed_dim"] % n:

@@ -84,21 +84,17 @@ class _HFUpstream(FixedUpstream):
 
 
 class TransformersUpstream(_HFUpstream):
-    """A Hugging Face wav2vec2-family model behind the s3prl upstream interface.
+    """A Hugging Face wav2vec2-family model behind the s3prl upstream interface
+    (``docs/upstreams.md``: which hidden states, and how padded batches stay batch
+    invariant).
 
-    Args:
-        model: a ``Wav2Vec2Model``, ``HubertModel``, ``WavLMModel``,
-            ``Data2VecAudioModel`` or ``Wav2Vec2ConformerModel``, or a
-            ``*ForCTC`` / ``*ForSequenceClassification`` head (its base model is
-            used and becomes the submodule).
-        upstream_layers: ``"all"`` (the ``num_hidden_layers + 1`` hidden states)
-            or the indices to return (negative from the end).
-        normalize_waveform: what the checkpoint's ``do_normalize`` says (kept as
-            ``normalize``).
-
-    ``docs/upstreams.md`` says what each hidden state is and how padded
-    batches stay batch invariant. The model's mode and device are left as they
-    are (``s3viz.extract`` runs it in eval mode).
+    ``model`` is a ``Wav2Vec2Model``, ``HubertModel``, ``WavLMModel``,
+    ``Data2VecAudioModel`` or ``Wav2Vec2ConformerModel``, or a ``*ForCTC`` /
+    ``*ForSequenceClassification`` head whose base model becomes the submodule (its mode
+    and device are left as they are); ``upstream_layers`` is ``"all"`` (the
+    ``num_hidden_layers + 1`` hidden states) or indices (negative from the end);
+    ``normalize_waveform`` (kept as ``normalize``) is what the checkpoint's
+    ``do_normalize`` says.
     """
 
     def __init__(self, model: nn.Module, *, upstream_layers: Union[str, Sequence[int]] = "all",
@@ -205,12 +201,9 @@ class WhisperEncoderUpstream(_HFUpstream):
     lengths count only the frames of real audio (:meth:`frames`), and utterances longer
     than the window are refused.
 
-    Args:
-        model: ``WhisperModel``, ``WhisperForConditionalGeneration`` or a
-            ``WhisperEncoder``.
-        feature_extractor: default: one built for the model's ``num_mel_bins`` and
-            window, as the checkpoints ship.
-        upstream_layers: as for :class:`TransformersUpstream`.
+    ``model`` is a ``WhisperModel``, ``WhisperForConditionalGeneration`` or a
+    ``WhisperEncoder``; ``feature_extractor`` defaults to one built for its
+    ``num_mel_bins`` and window, as the checkpoints ship.
     """
 
     def __init__(self, model: nn.Module, *, feature_extractor=None,
