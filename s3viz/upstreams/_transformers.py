@@ -400,8 +400,6 @@ def load_transformers(name_or_path: str, *, pretrained: bool = True,
         raise ImportError("Hugging Face models need transformers: pip install 's3viz[hf]' "
                           "(or pip install transformers)") from err
 
-    if not isinstance(pretrained, bool):
-        raise TypeError(f"pretrained must be True or False, got {pretrained!r}")
     if revision is not None and (not isinstance(revision, str) or not revision.strip()):
         raise TypeError(f"revision must be a branch, tag or commit name, got {revision!r}")
     if repository:
