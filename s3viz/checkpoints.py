@@ -35,12 +35,6 @@ class UnsafeCheckpointError(pickle.UnpicklingError):
     """A checkpoint needs more than plain data to load; nothing in it was run."""
 
 
-
-def _blocked_global(message: str) -> str | None:
-    m = re.search(r"GLOBAL ([\w.]+)", message)
-    return m.group(1) if m else None
-
-
 _FEATURIZER_HINT = ("give the .ckpt/.pt file s3prl's run_downstream.py wrote (e.g. dev-best.ckpt), "
                     "or the weights tensor itself", "extract the 'Featurizer' weights where you "
                     "trust the file and pass the tensor itself")
@@ -49,8 +43,7 @@ _FEATURIZER_HINT = ("give the .ckpt/.pt file s3prl's run_downstream.py wrote (e.
 def safe_load(path: Path, trusted_types: Sequence[type] = (), *,
               hint: tuple[str, str] = _FEATURIZER_HINT):
     """``torch.load`` with ``weights_only=True`` and only :data:`SAFE_TYPES` (and
-    ``trusted_types``) allowed. ``hint``: what to give instead of a file that is not a
-    checkpoint, and what to do with one that needs more types (for the messages)."""
+    ``trusted_types``) allowed."""
     allowed = list(SAFE_TYPES) + list(trusted_types)
     not_a_checkpoint = (f"{str(path)!r} is not a PyTorch checkpoint that torch.load can read "
                         "({}); " + hint[0].replace("{", "{{").replace("}", "}}"))
@@ -65,8 +58,8 @@ def safe_load(path: Path, trusted_types: Sequence[type] = (), *,
             m = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(e))
             raise ValueError(not_a_checkpoint.format(
                 m.group(1).strip() if m else f"{type(e).__name__}: {str(e)[:120]}")) from None
-        name = _blocked_global(str(e))
-        what = f"the global {name!r}" if name else "a type or function outside the safe set"
+        m = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f"the global {m.group(1)!r}" if m else "a type or function outside the safe set"
         raise UnsafeCheckpointError(
             f"refused to load {str(path)!r}: it needs {what} to unpickle, which could run code. "
             "s3viz loads checkpoints with torch.load(weights_only=True) and allows only tensors, "
@@ -147,7 +140,6 @@ def _find_logits(obj, key: str | None, source: str) -> tuple[torch.Tensor, str]:
 
 def _one(obj, key, trusted_types, name) -> pd.Series:
     source = name
-    step = None
     if isinstance(obj, (str, os.PathLike)):
         path = Path(obj)
         if path.is_dir():
@@ -157,8 +149,7 @@ def _one(obj, key, trusted_types, name) -> pd.Series:
             raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
         obj = safe_load(path, trusted_types)
         source = str(path)
-    if isinstance(obj, Mapping):
-        step = obj.get("Step")
+    step = obj.get("Step") if isinstance(obj, Mapping) else None
     logits, found = _find_logits(obj, key, source)
     logits = logits.detach().to("cpu", torch.float64)
     probs = torch.softmax(logits, dim=0).numpy()
@@ -186,12 +177,8 @@ def _names(paths: Sequence) -> list[str]:
     return [str(p) for p in paths]
 
 
-def load_featurizer_weights(
-    path_or_paths,
-    *,
-    key: str | None = None,
-    trusted_types: Sequence[type] = (),
-) -> pd.Series | pd.DataFrame:
+def load_featurizer_weights(path_or_paths, *, key: str | None = None,
+                            trusted_types: Sequence[type] = ()) -> pd.Series | pd.DataFrame:
     """Learned layer weights (softmax probabilities) of s3prl checkpoints.
 
     Args:
@@ -201,7 +188,6 @@ def load_featurizer_weights(
         key: dotted key of the logits inside the checkpoint, e.g.
             ``"Featurizer.weights"`` or ``"model.featurizer.weights"``; by default
             the single 1-D tensor whose key ends in ``featurizer.weights``.
-        trusted_types: extra types you allow to be unpickled (plain data only).
 
     Returns:
         For one checkpoint a Series indexed by ``layer`` (0 = the first hidden

@@ -20,18 +20,12 @@ from torch import nn
 
 from .align import expected_lengths
 from .interface import AbsFeaturizer, num_layer_of
+from .models import length_mask
 
 __all__ = ["WeightedSumFeaturizer", "align_frames", "weighted_sum"]
 
 _ZERO_LOGIT = -1.0e4
 """Logit standing for a probability of exactly zero (``exp(-1e4)`` underflows to 0)."""
-
-
-# ----------------------------------------------------------------------------
-# plain functions
-
-
-# ----------------------------------------------------------------------------
 
 
 def rate_factor(rate: int, target_rate: int, *, what: str = "layer") -> tuple[str, int]:
@@ -46,8 +40,7 @@ def rate_factor(rate: int, target_rate: int, *, what: str = "layer") -> tuple[st
     raise ValueError(
         f"{what} has downsample rate {rate}, which is not an integer multiple or divisor of "
         f"target_rate={target_rate}; choose a target_rate that divides or is divided by every "
-        "selected layer's rate (e.g. the smallest rate)"
-    )
+        "selected layer's rate (e.g. the smallest rate)")
 
 
 def consistent_lengths(counts: torch.Tensor, rates: Sequence[int]) -> torch.Tensor:
@@ -68,20 +61,43 @@ def consistent_lengths(counts: torch.Tensor, rates: Sequence[int]) -> torch.Tens
     return lo < hi
 
 
-def align_frames(
-    hs: torch.Tensor, hs_len: torch.Tensor, rate: int, target_rate: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bring one hidden state from downsample rate ``rate`` to ``target_rate``.
+def _check_lengths(counts: torch.Tensor, rates: Sequence[int], names: Sequence) -> None:
+    """Refuse ``(num_layers, batch_size)`` frame counts no one waveform length gives
+    (:func:`consistent_lengths`), naming the first such utterance's layers and counts."""
+    ok = consistent_lengths(counts, rates)
+    if not bool(ok.all()):
+        b = int(torch.nonzero(~ok)[0])
+        mixed = len(set(rates)) > 1
+        detail = ", ".join(f"layer {nm}: {int(n[b])}" + (f" at rate {r}" if mixed else "")
+                           for nm, n, r in zip(names, counts, rates))
+        raise ValueError(
+            f"hidden states of utterance {b} in the batch have different lengths ({detail}); "
+            "no waveform length gives these frame counts. A weighted sum needs frame-aligned "
+            "layers: check the upstream's all_hs_len (s3viz.check_upstream) or select layers "
+            "of one rate")
 
-    The convention (``docs/featurizers.md``): frames of a coarser
-    layer are repeated, frames of a finer layer are averaged in groups (padding
-    never enters an average).
 
-    Args:
-        hs: ``(batch_size, seq_len, hidden_size)`` hidden state.
-        hs_len: ``(batch_size,)`` long valid frames.
-        rate: samples per frame of ``hs``.
-        target_rate: samples per frame wanted.
+def _sum_geometry(sizes: dict, rates: dict, target_rate):
+    """The target rate of a weighted sum of layers ``{name: hidden size}`` and ``{name:
+    rate}``: ``target_rate``, or their one rate; layers of several sizes are refused."""
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"the layers have different hidden sizes {sizes}; a weighted sum needs "
+                         "equal hidden sizes: select layers of one size")
+    if target_rate is None:
+        if len(set(rates.values())) > 1:
+            raise ValueError(
+                f"the layers have different downsample rates {rates}; pass target_rate=... to "
+                f"align them (e.g. target_rate={min(rates.values())}, the finest) or select "
+                "layers of one rate")
+        target_rate = next(iter(rates.values()))
+    return target_rate
+
+
+def align_frames(hs: torch.Tensor, hs_len: torch.Tensor, rate: int, target_rate: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bring one hidden state from downsample rate ``rate`` to ``target_rate``: frames of
+    a coarser layer are repeated, frames of a finer layer are averaged in groups (padding
+    never enters an average; ``docs/featurizers.md``).
 
     Returns:
         ``(hs, hs_len)`` at ``target_rate``: ``(batch_size, seq_len', hidden_size)``
@@ -95,7 +111,7 @@ def align_frames(
         return hs.repeat_interleave(f, dim=1), hs_len * f
     batch, seq_len, hidden = hs.shape
     pad = (-seq_len) % f
-    valid = (torch.arange(seq_len, device=hs.device)[None, :] < hs_len[:, None]).to(hs.dtype)
+    valid = length_mask(hs_len, seq_len).to(hs.dtype)
     x = hs * valid[..., None]
     if pad:
         x = F.pad(x, (0, 0, 0, pad))
@@ -107,26 +123,16 @@ def align_frames(
     return total / count[..., None], new_len
 
 
-def weighted_sum(
-    all_hs: Sequence[torch.Tensor],
-    all_hs_len: Sequence[torch.Tensor],
-    weights: torch.Tensor,
-    *,
-    rates: Sequence[int] | None = None,
-    target_rate: int | None = None,
-    normalize: bool = False,
-    layer_names: Sequence | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weighted sum of hidden states, with length checks and rate alignment.
+def weighted_sum(all_hs: Sequence[torch.Tensor], all_hs_len: Sequence[torch.Tensor],
+                 weights: torch.Tensor, *, rates: Sequence[int] | None = None,
+                 target_rate: int | None = None, normalize: bool = False,
+                 layer_names: Sequence | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted sum of hidden states (the layers to sum, already selected), with length
+    checks and rate alignment.
 
     Args:
-        all_hs: list of ``(batch_size, seq_len_i, hidden_size)`` hidden states (the
-            layers to sum, already selected).
-        all_hs_len: list of ``(batch_size,)`` long lengths, one per hidden state.
-        weights: ``(num_layers,)`` weights (probabilities, not logits).
         rates: downsample rate of each hidden state; needed only when they differ.
         target_rate: rate of the output; defaults to the common rate.
-        normalize: apply ``F.layer_norm`` (no affine) to each hidden state first.
         layer_names: names used in error messages (default ``0..num_layers-1``).
 
     Returns:
@@ -139,10 +145,8 @@ def weighted_sum(
     """
     n = len(all_hs)
     if n == 0 or len(all_hs_len) != n:
-        raise ValueError(
-            f"all_hs and all_hs_len must be non-empty lists of equal length, got {n} and "
-            f"{len(all_hs_len)}"
-        )
+        raise ValueError(f"all_hs and all_hs_len must be non-empty lists of equal length, got "
+                         f"{n} and {len(all_hs_len)}")
     names = list(range(n)) if layer_names is None else list(layer_names)
     if weights.shape != (n,):
         raise ValueError(f"weights must have shape ({n},) (one per hidden state), got "
@@ -150,19 +154,8 @@ def weighted_sum(
     rates = [1] * n if rates is None else [int(r) for r in rates]
     if len(rates) != n:
         raise ValueError(f"rates must have {n} entries (one per hidden state), got {len(rates)}")
-    if target_rate is None:
-        if len(set(rates)) > 1:
-            raise ValueError(
-                f"the hidden states have different downsample rates {dict(zip(names, rates))}; "
-                f"pass target_rate=... (e.g. target_rate={min(rates)})"
-            )
-        target_rate = rates[0]
-    sizes = {int(h.shape[-1]) for h in all_hs}
-    if len(sizes) > 1:
-        raise ValueError(
-            "a weighted sum needs equal hidden sizes; got "
-            f"{ {nm: int(h.shape[-1]) for nm, h in zip(names, all_hs)} }"
-        )
+    target_rate = _sum_geometry({nm: int(h.shape[-1]) for nm, h in zip(names, all_hs)},
+                                dict(zip(names, rates)), target_rate)
     batch = {int(h.shape[0]) for h in all_hs} | {int(h_len.shape[0]) for h_len in all_hs_len}
     if len(batch) > 1:
         raise ValueError(f"all hidden states and lengths must share batch_size, got {sorted(batch)}")
@@ -183,26 +176,9 @@ def weighted_sum(
         h, h_len = align_frames(h, h_len, r, target_rate)
         aligned.append(h)
         lens.append(h_len.to(all_hs[0].device))
-
-    ok = consistent_lengths(torch.stack(counts), rates)
-    if not bool(ok.all()):
-        b = int(torch.nonzero(~ok)[0])
-        if len(set(rates)) == 1:
-            detail = ", ".join(f"layer {nm}: {int(n[b])}" for nm, n in zip(names, counts))
-            extra = ""
-        else:
-            detail = ", ".join(f"layer {nm}: {int(n[b])} at rate {r}"
-                               for nm, n, r in zip(names, counts, rates))
-            extra = " (no waveform length gives these counts at these rates)"
-        raise ValueError(
-            f"hidden states of utterance {b} in the batch have different lengths{extra} "
-            f"({detail}); a weighted sum needs frame-aligned layers. Check the upstream's "
-            "all_hs_len (s3viz.check_upstream) or select layers of one rate with layer_selections"
-        )
-    stacked_len = torch.stack(lens)  # (num_layers, batch_size) at target_rate
-    hs_len = stacked_len.min(0).values
-    seq_len = int(hs_len.max()) if hs_len.numel() else 0
-    seq_len = max(seq_len, 0)
+    _check_lengths(torch.stack(counts), rates, names)
+    hs_len = torch.stack(lens).min(0).values  # at target_rate
+    seq_len = max(int(hs_len.max()) if hs_len.numel() else 0, 0)
     w = weights.to(device=aligned[0].device, dtype=aligned[0].dtype)
     out = None
     for wi, h in zip(w, aligned):
@@ -210,7 +186,7 @@ def weighted_sum(
         if h.shape[1] < seq_len:  # padded shorter than the longest valid length: cannot happen
             h = F.pad(h, (0, 0, 0, seq_len - h.shape[1]))
         out = wi * h if out is None else out + wi * h
-    mask = torch.arange(seq_len, device=out.device)[None, :] < hs_len[:, None]
+    mask = length_mask(hs_len, seq_len)
     return out * mask[..., None].to(out.dtype), hs_len
 
 
@@ -266,53 +242,31 @@ def _probs_to_logits(probs, n: int, index=None, atol: float = 1e-4) -> torch.Ten
     return (logits - logits.max()).clamp(min=_ZERO_LOGIT)
 
 
-# ----------------------------------------------------------------------------
-# the featurizer
-
-
-# ----------------------------------------------------------------------------
-
-
 class WeightedSumFeaturizer(AbsFeaturizer):
     """Softmax-weighted sum of an upstream's hidden states (s3prl's ``Featurizer``).
 
-    Args:
-        upstream: an upstream, or anything with ``hidden_sizes``,
-            ``downsample_rates`` and ``num_layer``/``num_layers`` (e.g. a
-            :class:`s3viz.LayerStore`). Used only to read sizes; not kept.
-        layer_selections: indices of the hidden states to sum (sorted, as in
-            s3prl); ``None`` selects all.
-        normalize: layer-norm (no affine) each hidden state before the sum.
-        target_rate: downsample rate of the output; needed only when the
-            selected layers have different rates (``docs/featurizers.md``).
-
-    The parameter ``weights`` holds one logit per selected layer (zeros at
-    start). :meth:`forward` takes *all* the upstream's hidden states and picks
-    the selected ones, like s3prl's.
+    ``upstream`` (or anything with ``hidden_sizes``, ``downsample_rates`` and
+    ``num_layer``/``num_layers``, e.g. a :class:`s3viz.LayerStore`) is only read for its
+    sizes; ``layer_selections`` (None: all) are sorted, as in s3prl; ``target_rate`` is
+    needed only when they have different rates (``docs/featurizers.md``). The parameter
+    ``weights`` holds one logit per selected layer (zeros at start). :meth:`forward` takes
+    *all* the upstream's hidden states and picks the selected ones, like s3prl's.
     """
 
-    def __init__(
-        self,
-        upstream,
-        layer_selections: Sequence[int] | None = None,
-        normalize: bool = False,
-        target_rate: int | None = None,
-    ):
+    def __init__(self, upstream, layer_selections: Sequence[int] | None = None,
+                 normalize: bool = False, target_rate: int | None = None):
         super().__init__()
         num_layer = num_layer_of(upstream)
         try:
             hidden_sizes = [int(h) for h in upstream.hidden_sizes]
             rates = [int(r) for r in upstream.downsample_rates]
         except (AttributeError, NotImplementedError, TypeError) as e:
-            raise TypeError(
-                f"upstream ({type(upstream).__name__}) needs 'hidden_sizes' and "
-                "'downsample_rates' lists (s3prl interface), e.g. an s3viz upstream or LayerStore"
-            ) from e
+            raise TypeError(f"upstream ({type(upstream).__name__}) needs 'hidden_sizes' and "
+                            "'downsample_rates' lists (s3prl interface), e.g. an s3viz upstream "
+                            "or LayerStore") from e
         if len(hidden_sizes) != num_layer or len(rates) != num_layer:
-            raise ValueError(
-                f"upstream has num_layer={num_layer} but {len(hidden_sizes)} hidden_sizes and "
-                f"{len(rates)} downsample_rates"
-            )
+            raise ValueError(f"upstream has num_layer={num_layer} but {len(hidden_sizes)} "
+                             f"hidden_sizes and {len(rates)} downsample_rates")
         if layer_selections is None:
             selections = list(range(num_layer))
         else:
@@ -328,21 +282,8 @@ class WeightedSumFeaturizer(AbsFeaturizer):
             if len(set(selections)) != len(selections) or not selections:
                 raise ValueError(f"layer_selections must be non-empty and without repeats, got "
                                  f"{list(layer_selections)}")
-        sel_sizes = {i: hidden_sizes[i] for i in selections}
-        if len(set(sel_sizes.values())) > 1:
-            raise ValueError(
-                f"selected layers have different hidden sizes {sel_sizes}; a weighted sum needs "
-                "one size: pass layer_selections=... with layers of one size"
-            )
-        sel_rates = {i: rates[i] for i in selections}
-        if target_rate is None:
-            if len(set(sel_rates.values())) > 1:
-                raise ValueError(
-                    f"selected layers have different downsample rates {sel_rates}; pass "
-                    f"target_rate=... to align them (e.g. target_rate={min(sel_rates.values())}, "
-                    "the finest) or select layers of one rate"
-                )
-            target_rate = rates[selections[0]]
+        target_rate = _sum_geometry({i: hidden_sizes[i] for i in selections},
+                                    {i: rates[i] for i in selections}, target_rate)
         if isinstance(target_rate, bool) or not isinstance(target_rate, (int, np.integer)) \
                 or target_rate <= 0:
             raise ValueError(f"target_rate must be a positive int (samples per frame), got "
@@ -358,7 +299,6 @@ class WeightedSumFeaturizer(AbsFeaturizer):
         self.layer_selections = selections
         self.weights = nn.Parameter(torch.zeros(len(selections)))
 
-    # -- s3prl interface ------------------------------------------------------
     @property
     def output_size(self) -> int:
         """Hidden size of the weighted sum."""
@@ -369,28 +309,17 @@ class WeightedSumFeaturizer(AbsFeaturizer):
         """Downsample rate of the weighted sum (``target_rate``)."""
         return self._downsample_rate
 
-    def forward(
-        self, all_hs: list[torch.FloatTensor], all_hs_len: list[torch.LongTensor]
-    ) -> tuple[torch.FloatTensor, torch.LongTensor]:
-        """Weighted sum of the selected hidden states.
-
-        Args:
-            all_hs: all ``num_layer`` hidden states, each
-                ``(batch_size, seq_len_i, hidden_size_i)``.
-            all_hs_len: ``num_layer`` tensors of shape ``(batch_size,)`` long.
-
-        Returns:
-            ``(hs, hs_len)``: ``(batch_size, seq_len, output_size)`` (zeros after
-            each length) and ``(batch_size,)`` long.
-        """
+    def forward(self, all_hs: list[torch.FloatTensor], all_hs_len: list[torch.LongTensor]
+                ) -> tuple[torch.FloatTensor, torch.LongTensor]:
+        """Weighted sum of the selected ones of all ``num_layer`` hidden states:
+        ``(batch_size, seq_len, output_size)`` (zeros after each length) and its lengths."""
         if not isinstance(all_hs, (list, tuple)) or not isinstance(all_hs_len, (list, tuple)):
             raise TypeError("all_hs and all_hs_len must be lists of tensors (one per hidden state)")
         if len(all_hs) != self._num_layer or len(all_hs_len) != self._num_layer:
             raise ValueError(
                 f"expected {self._num_layer} hidden states and lengths (all of the upstream's; "
                 f"the featurizer selects {self.layer_selections}), got {len(all_hs)} and "
-                f"{len(all_hs_len)}"
-            )
+                f"{len(all_hs_len)}")
         for i in self.layer_selections:
             if all_hs[i].shape[-1] != self._hidden_sizes[i]:
                 raise ValueError(f"hidden state {i} has size {all_hs[i].shape[-1]}, expected "
@@ -403,29 +332,13 @@ class WeightedSumFeaturizer(AbsFeaturizer):
         except RuntimeError as e:
             raise ValueError("all_hs_len must hold one (batch_size,) tensor per hidden state, "
                              "all of the same batch_size") from e
-        ok = consistent_lengths(counts, self._rates)
-        if not bool(ok.all()):
-            b = int(torch.nonzero(~ok)[0])
-            detail = ", ".join(f"layer {i}: {int(counts[i, b])}"
-                               + (f" at rate {r}" if len(set(self._rates)) > 1 else "")
-                               for i, r in enumerate(self._rates))
-            raise ValueError(
-                f"hidden states of utterance {b} in the batch have different lengths ({detail}); "
-                "no waveform length gives these frame counts. A weighted sum needs frame-aligned "
-                "layers: check the upstream's all_hs_len (s3viz.check_upstream)"
-            )
-        hs = [all_hs[i] for i in self.layer_selections]
-        lens = [all_hs_len[i] for i in self.layer_selections]
-        probs = F.softmax(self.weights, dim=-1)
-        return weighted_sum(
-            hs, lens, probs,
-            rates=[self._rates[i] for i in self.layer_selections],
-            target_rate=self._downsample_rate,
-            normalize=self.normalize,
-            layer_names=self.layer_selections,
-        )
+        _check_lengths(counts, self._rates, range(self._num_layer))
+        sel = self.layer_selections
+        return weighted_sum([all_hs[i] for i in sel], [all_hs_len[i] for i in sel],
+                            F.softmax(self.weights, dim=-1), rates=[self._rates[i] for i in sel],
+                            target_rate=self._downsample_rate, normalize=self.normalize,
+                            layer_names=sel)
 
-    # -- weights ---------------------------------------------------------------
     @property
     def layer_weights(self) -> pd.Series:
         """Softmax weights (probabilities summing to 1), indexed by layer.

@@ -1,12 +1,8 @@
-"""The seed contracts of s3prl (``s3prl.nn.interface``), without depending on s3prl.
-
+"""The seed contracts of s3prl (``s3prl.nn.interface``), without depending on s3prl:
 :class:`AbsUpstream`, :class:`AbsFeaturizer`, :class:`AbsFrameModel` and
-:class:`AbsUtteranceModel` have s3prl's names, properties and forward
-signatures. s3viz never requires subclassing: analyses accept any object that
-follows the interface by its attributes (:mod:`s3viz.contract` checks them);
-:func:`num_layer_of` reads ``num_layer`` or s3prl's ``num_layers``;
-:func:`check_wavs` checks an upstream's inputs. The shapes every module uses:
-``docs/upstreams.md``.
+:class:`AbsUtteranceModel`, with :func:`num_layer_of` and :func:`check_wavs`. s3viz never
+requires subclassing them (:mod:`s3viz.contract` checks objects by their attributes);
+the shapes every module uses: ``docs/upstreams.md``.
 """
 
 from __future__ import annotations
@@ -17,14 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = [
-    "AbsUpstream",
-    "AbsFeaturizer",
-    "AbsFrameModel",
-    "AbsUtteranceModel",
-    "num_layer_of",
-    "SAMPLE_RATE",
-]
+__all__ = ["AbsUpstream", "AbsFeaturizer", "AbsFrameModel", "AbsUtteranceModel", "num_layer_of",
+           "SAMPLE_RATE"]
 
 SAMPLE_RATE = 16000
 """The sample rate of every waveform inside s3viz (and of the s3prl interface)."""
@@ -59,13 +49,13 @@ class AbsUpstream(nn.Module):
         """Downsample rate from 16 kHz waveforms of each hidden state (samples per frame)."""
         raise NotImplementedError
 
-    def forward(
-        self, wavs: torch.FloatTensor, wavs_len: torch.LongTensor
-    ) -> Tuple[List[torch.FloatTensor], List[torch.LongTensor]]:
+    def forward(self, wavs: torch.FloatTensor, wavs_len: torch.LongTensor
+                ) -> Tuple[List[torch.FloatTensor], List[torch.LongTensor]]:
         """Run the upstream.
 
         Args:
-            wavs: ``(batch_size, seq_len, 1)`` float waveforms at 16 kHz, zero-padded.
+            wavs: ``(batch_size, seq_len, 1)`` (or ``(batch_size, seq_len)``) float
+                waveforms at 16 kHz, zero-padded.
             wavs_len: ``(batch_size,)`` long, the valid samples of each waveform.
 
         Returns:
@@ -89,69 +79,43 @@ class AbsFeaturizer(nn.Module):
         """Downsample rate from 16 kHz waveforms of the reduced hidden state."""
         raise NotImplementedError
 
-    def forward(
-        self, all_hs: List[torch.FloatTensor], all_hs_len: List[torch.LongTensor]
-    ) -> Tuple[torch.FloatTensor, torch.LongTensor]:
-        """Reduce hidden states.
-
-        Args:
-            all_hs: list of ``(batch_size, seq_len_i, hidden_size_i)`` hidden states.
-            all_hs_len: list of ``(batch_size,)`` long lengths, one per hidden state.
-
-        Returns:
-            ``(hs, hs_len)``: ``hs`` is ``(batch_size, seq_len, output_size)``,
-            ``hs_len`` is ``(batch_size,)`` long.
-        """
+    def forward(self, all_hs: List[torch.FloatTensor], all_hs_len: List[torch.LongTensor]
+                ) -> Tuple[torch.FloatTensor, torch.LongTensor]:
+        """Reduce ``all_hs`` (``(batch_size, seq_len_i, hidden_size_i)`` each, with their
+        ``(batch_size,)`` long lengths) to ``(hs, hs_len)``: ``(batch_size, seq_len,
+        output_size)`` and ``(batch_size,)`` long."""
         raise NotImplementedError
 
 
-class AbsFrameModel(nn.Module):
+class _AbsModel(nn.Module):
+    """A downstream model of ``x`` ``(batch_size, seq_len, input_size)`` float and ``x_len``
+    ``(batch_size,)`` long valid frames."""
+
+    @property
+    def input_size(self) -> int:
+        """Feature size of ``x``."""
+        raise NotImplementedError
+
+    @property
+    def output_size(self) -> int:
+        """Feature size of the output."""
+        raise NotImplementedError
+
+
+class AbsFrameModel(_AbsModel):
     """A frame-level model: keeps the time axis."""
 
-    @property
-    def input_size(self) -> int:
-        """Feature size of ``x``."""
-        raise NotImplementedError
-
-    @property
-    def output_size(self) -> int:
-        """Feature size of the output."""
-        raise NotImplementedError
-
-    def forward(
-        self, x: torch.FloatTensor, x_len: torch.LongTensor
-    ) -> Tuple[torch.FloatTensor, torch.LongTensor]:
-        """Args:
-            x: ``(batch_size, seq_len, input_size)`` float.
-            x_len: ``(batch_size,)`` long valid frames.
-
-        Returns:
-            ``(y, y_len)``: ``(batch_size, seq_len', output_size)`` and ``(batch_size,)``.
-        """
+    def forward(self, x: torch.FloatTensor, x_len: torch.LongTensor
+                ) -> Tuple[torch.FloatTensor, torch.LongTensor]:
+        """``(y, y_len)``: ``(batch_size, seq_len', output_size)`` and ``(batch_size,)``."""
         raise NotImplementedError
 
 
-class AbsUtteranceModel(nn.Module):
+class AbsUtteranceModel(_AbsModel):
     """An utterance-level model: pools the time axis away."""
 
-    @property
-    def input_size(self) -> int:
-        """Feature size of ``x``."""
-        raise NotImplementedError
-
-    @property
-    def output_size(self) -> int:
-        """Feature size of the output."""
-        raise NotImplementedError
-
     def forward(self, x: torch.FloatTensor, x_len: torch.LongTensor) -> torch.FloatTensor:
-        """Args:
-            x: ``(batch_size, seq_len, input_size)`` float.
-            x_len: ``(batch_size,)`` long valid frames.
-
-        Returns:
-            ``(batch_size, output_size)`` float.
-        """
+        """``(batch_size, output_size)`` float."""
         raise NotImplementedError
 
 
@@ -164,28 +128,23 @@ def num_layer_of(upstream) -> int:
     for name in ("num_layer", "num_layers"):
         try:
             value = getattr(upstream, name)
-        except NotImplementedError:
-            continue
-        except AttributeError:
+        except (NotImplementedError, AttributeError):
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise TypeError(
                 f"upstream.{name} must be a positive int, got {value!r} "
-                f"({type(value).__name__}); return the number of hidden states forward() gives"
-            )
+                f"({type(value).__name__}); return the number of hidden states forward() gives")
         return value
     raise TypeError(
         f"upstream ({type(upstream).__name__}) has neither 'num_layer' nor 'num_layers'; "
-        "add a 'num_layer' property giving the number of hidden states (s3prl interface)"
-    )
+        "add a 'num_layer' property giving the number of hidden states (s3prl interface)")
 
 
 def check_wavs(wavs, wavs_len, *, who: str = "upstream") -> Tuple[torch.Tensor, torch.Tensor]:
-    """Validate the s3prl upstream inputs and bring them to one layout.
+    """Validate the s3prl upstream inputs (``wavs_len`` may be a tensor, array or list) and
+    bring them to one layout.
 
     Args:
-        wavs: ``(batch_size, seq_len, 1)`` or ``(batch_size, seq_len)`` float waveforms.
-        wavs_len: ``(batch_size,)`` integer valid samples per waveform (tensor, array or list).
         who: name used in error messages.
 
     Returns:
@@ -193,22 +152,17 @@ def check_wavs(wavs, wavs_len, *, who: str = "upstream") -> Tuple[torch.Tensor, 
         and ``(batch_size,)`` long on ``wavs.device``.
     """
     if not isinstance(wavs, torch.Tensor):
-        raise TypeError(
-            f"{who}: wavs must be a torch.Tensor of shape (batch_size, seq_len, 1), got "
-            f"{type(wavs).__name__}; batch waveforms with s3viz.audio.batch_wavs"
-        )
+        raise TypeError(f"{who}: wavs must be a torch.Tensor of shape (batch_size, seq_len, 1), "
+                        f"got {type(wavs).__name__}; batch waveforms with s3viz.audio.batch_wavs")
     if wavs.ndim == 3 and wavs.shape[-1] == 1:
         wavs = wavs.squeeze(-1)
     elif wavs.ndim != 2:
-        raise ValueError(
-            f"{who}: wavs must be (batch_size, seq_len, 1) or (batch_size, seq_len), got shape "
-            f"{tuple(wavs.shape)}; mono 16 kHz waveforms only (see s3viz.audio.to_mono)"
-        )
+        raise ValueError(f"{who}: wavs must be (batch_size, seq_len, 1) or (batch_size, seq_len), "
+                         f"got shape {tuple(wavs.shape)}; mono 16 kHz waveforms only (see "
+                         "s3viz.audio.to_mono)")
     if not wavs.is_floating_point():
-        raise TypeError(
-            f"{who}: wavs must be a float tensor (waveform in [-1, 1]), got dtype {wavs.dtype}; "
-            "convert int16 audio with s3viz.audio.prepare_wav"
-        )
+        raise TypeError(f"{who}: wavs must be a float tensor (waveform in [-1, 1]), got dtype "
+                        f"{wavs.dtype}; convert int16 audio with s3viz.audio.prepare_wav")
     if wavs.shape[0] == 0:
         raise ValueError(f"{who}: wavs has an empty batch (batch_size == 0)")
     if isinstance(wavs_len, torch.Tensor):
@@ -219,18 +173,13 @@ def check_wavs(wavs, wavs_len, *, who: str = "upstream") -> Tuple[torch.Tensor, 
         except (TypeError, ValueError) as e:
             raise TypeError(f"{who}: wavs_len must be a (batch_size,) integer tensor") from e
     if lens.is_floating_point() or lens.is_complex() or lens.dtype == torch.bool:
-        raise TypeError(
-            f"{who}: wavs_len must hold integer sample counts (torch.long), got dtype {lens.dtype}"
-        )
+        raise TypeError(f"{who}: wavs_len must hold integer sample counts (torch.long), got "
+                        f"dtype {lens.dtype}")
     if lens.ndim != 1 or lens.shape[0] != wavs.shape[0]:
-        raise ValueError(
-            f"{who}: wavs_len must have shape (batch_size,) = ({wavs.shape[0]},), got "
-            f"{tuple(lens.shape)}"
-        )
+        raise ValueError(f"{who}: wavs_len must have shape (batch_size,) = ({wavs.shape[0]},), "
+                         f"got {tuple(lens.shape)}")
     lens = lens.to(device=wavs.device, dtype=torch.long)
     if bool((lens < 0).any()) or bool((lens > wavs.shape[1]).any()):
-        raise ValueError(
-            f"{who}: wavs_len must lie in [0, seq_len={wavs.shape[1]}], got min "
-            f"{int(lens.min())} and max {int(lens.max())}"
-        )
+        raise ValueError(f"{who}: wavs_len must lie in [0, seq_len={wavs.shape[1]}], got min "
+                         f"{int(lens.min())} and max {int(lens.max())}")
     return wavs, lens

@@ -6,7 +6,9 @@ s3prl's ``s3prl.nn`` (``FrameLevelLinear``, ``MeanPoolingLinear``,
 ``TemporalStatisticsPooling``, ``SelfAttentivePooling``) but pooling a whole
 padded batch at once, padded frames never read. The pooling functions
 (:func:`length_mask`, :func:`masked_mean`, :func:`masked_mean_std` ...) are
-public. How, and why it is exact: ``docs/models.md``.
+public; each takes ``x`` ``(batch_size, seq_len, hidden_size)`` float (padded frames
+arbitrary) and ``x_len`` ``(batch_size,)`` long valid frames, each in ``[1, seq_len]``.
+How, and why it is exact: ``docs/models.md``.
 """
 
 from __future__ import annotations
@@ -20,19 +22,9 @@ from torch import nn
 
 from .interface import AbsFrameModel, AbsUtteranceModel
 
-__all__ = [
-    "length_mask",
-    "masked_mean",
-    "masked_mean_std",
-    "masked_max",
-    "masked_softmax_pool",
-    "FrameLevelLinear",
-    "FrameLevelMLP",
-    "MeanPooling",
-    "StatisticsPooling",
-    "AttentivePooling",
-    "MeanPoolingLinear",
-]
+__all__ = ["length_mask", "masked_mean", "masked_mean_std", "masked_max", "masked_softmax_pool",
+           "FrameLevelLinear", "FrameLevelMLP", "MeanPooling", "StatisticsPooling",
+           "AttentivePooling", "MeanPoolingLinear"]
 
 
 # --------------------------------------------------------------------------- plain functions
@@ -42,38 +34,29 @@ def _check_x(x, x_len, *, pooling: bool, input_size: Optional[int] = None,
              who: str = "x") -> Tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(x, torch.Tensor) or x.dim() != 3:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(
-            f"{who} must be a (batch_size, seq_len, hidden_size) tensor, got {shape}; "
-            "add a batch axis with x.unsqueeze(0) for one utterance"
-        )
+        raise ValueError(f"{who} must be a (batch_size, seq_len, hidden_size) tensor, got "
+                         f"{shape}; add a batch axis with x.unsqueeze(0) for one utterance")
     if not x.is_floating_point():
         raise TypeError(f"{who} must be a float tensor, got {x.dtype}; use x.float()")
     if input_size is not None and x.shape[-1] != input_size:
-        raise ValueError(
-            f"{who} has hidden_size {x.shape[-1]} but the model's input_size is {input_size}"
-        )
+        raise ValueError(f"{who} has hidden_size {x.shape[-1]} but the model's input_size is "
+                         f"{input_size}")
     if not isinstance(x_len, torch.Tensor):
         x_len = torch.as_tensor(x_len)
     if x_len.dim() != 1 or x_len.shape[0] != x.shape[0]:
-        raise ValueError(
-            f"x_len must be (batch_size,) = ({x.shape[0]},) valid frames per row, "
-            f"got shape {tuple(x_len.shape)}"
-        )
+        raise ValueError(f"x_len must be (batch_size,) = ({x.shape[0]},) valid frames per row, "
+                         f"got shape {tuple(x_len.shape)}")
     if x_len.is_floating_point() or x_len.dtype == torch.bool:
         raise TypeError(f"x_len must be an integer tensor, got {x_len.dtype}; use x_len.long()")
     if x_len.numel():
         # checked where x_len lives (usually the CPU: no device synchronisation)
         lo, hi = int(x_len.min()), int(x_len.max())
         if hi > x.shape[1]:
-            raise ValueError(
-                f"x_len has a length {hi} longer than seq_len {x.shape[1]}; lengths count the "
-                "valid frames of each padded row"
-            )
+            raise ValueError(f"x_len has a length {hi} longer than seq_len {x.shape[1]}; "
+                             "lengths count the valid frames of each padded row")
         if lo < (1 if pooling else 0):
-            raise ValueError(
-                f"x_len has a length {lo}; pooling needs at least one valid frame per utterance"
-                if pooling else f"x_len must be non-negative, got {lo}"
-            )
+            raise ValueError(f"x_len has a length {lo}; pooling needs at least one valid frame "
+                             "per utterance" if pooling else f"x_len must be non-negative, got {lo}")
     return x, x_len.to(device=x.device, dtype=torch.long)
 
 
@@ -81,7 +64,6 @@ def length_mask(x_len: torch.Tensor, max_len: int) -> torch.Tensor:
     """``(batch_size, max_len)`` bool mask, True on the first ``x_len[b]`` frames of row ``b``.
 
     Args:
-        x_len: ``(batch_size,)`` long valid lengths.
         max_len: padded length ``seq_len``.
     """
     return torch.arange(int(max_len), device=x_len.device)[None, :] < x_len[:, None]
@@ -112,15 +94,8 @@ def _segment_reduce(x, rows, offsets, *, mean: bool = False, weights=None) -> to
 
 
 def masked_mean(x: torch.Tensor, x_len: torch.Tensor) -> torch.Tensor:
-    """Mean over the valid frames of each row (s3prl ``MeanPooling``).
-
-    Args:
-        x: ``(batch_size, seq_len, hidden_size)`` float, padded frames arbitrary.
-        x_len: ``(batch_size,)`` long valid frames, each in ``[1, seq_len]``.
-
-    Returns:
-        ``(batch_size, hidden_size)``.
-    """
+    """``(batch_size, hidden_size)`` mean over the valid frames of each row (s3prl
+    ``MeanPooling``)."""
     x, x_len = _check_x(x, x_len, pooling=True)
     return _masked_mean(x, x_len)
 
@@ -161,21 +136,11 @@ def _centred_sums(x, mean, m, block: int, sanitize_mask=None):
 def masked_mean_std(
     x: torch.Tensor, x_len: torch.Tensor, *, correction: int = 1
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Mean and standard deviation over the valid frames of each row, two-pass.
-
-    The variance is ``sum((x - mean) ** 2) / (n - correction)`` with the
-    deviations formed explicitly (in time blocks that fit in cache; corrected
-    two-pass algorithm, which also refines the mean), not ``E[x^2] - mean^2``,
-    so features with a mean of 1e4 and a standard deviation of 1 keep float32
-    precision. ``correction=1`` (unbiased) is what
-    ``torch.std`` and s3prl's ``TemporalStatisticsPooling`` use. Rows with
-    ``n <= correction`` frames get a standard deviation of 0 (``torch.std``
-    gives NaN there).
-
-    Args:
-        x: ``(batch_size, seq_len, hidden_size)`` float, padded frames arbitrary.
-        x_len: ``(batch_size,)`` long valid frames, each in ``[1, seq_len]``.
-        correction: degrees-of-freedom correction (0: population std).
+    """Mean and standard deviation over the valid frames of each row, two-pass: the
+    variance is ``sum((x - mean) ** 2) / (n - correction)`` with the deviations formed
+    explicitly, not ``E[x^2] - mean^2`` (``docs/models.md``). ``correction=1`` is what
+    ``torch.std`` and s3prl's ``TemporalStatisticsPooling`` use; rows with
+    ``n <= correction`` frames get a standard deviation of 0 (``torch.std``: NaN).
 
     Returns:
         ``(mean, std)``, each ``(batch_size, hidden_size)``.
@@ -207,28 +172,17 @@ def _masked_mean_std(x, x_len, correction: int):
 
 
 def masked_max(x: torch.Tensor, x_len: torch.Tensor) -> torch.Tensor:
-    """Maximum over the valid frames of each row.
-
-    Args:
-        x: ``(batch_size, seq_len, hidden_size)`` float, padded frames arbitrary.
-        x_len: ``(batch_size,)`` long valid frames, each in ``[1, seq_len]``.
-
-    Returns:
-        ``(batch_size, hidden_size)``.
-    """
+    """``(batch_size, hidden_size)`` maximum over the valid frames of each row."""
     x, x_len = _check_x(x, x_len, pooling=True)
     mask = length_mask(x_len, x.shape[1])
     return x.masked_fill(~mask[..., None], float("-inf")).amax(dim=1)
 
 
-def masked_softmax_pool(
-    x: torch.Tensor, x_len: torch.Tensor, scores: torch.Tensor
-) -> Tuple[torch.Tensor, torch.Tensor]:
+def masked_softmax_pool(x: torch.Tensor, x_len: torch.Tensor, scores: torch.Tensor
+                        ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Attention pooling: softmax of ``scores`` over the valid frames, then the weighted sum.
 
     Args:
-        x: ``(batch_size, seq_len, hidden_size)`` float, padded frames arbitrary.
-        x_len: ``(batch_size,)`` long valid frames, each in ``[1, seq_len]``.
         scores: ``(batch_size, seq_len)`` attention logits (padded ones ignored).
 
     Returns:
@@ -239,8 +193,7 @@ def masked_softmax_pool(
     if not isinstance(scores, torch.Tensor) or scores.shape != x.shape[:2]:
         raise ValueError(
             f"scores must be a (batch_size, seq_len) = {tuple(x.shape[:2])} tensor, got "
-            f"{tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__}"
-        )
+            f"{tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__}")
     return _masked_softmax_pool(x, x_len, scores)
 
 
@@ -251,7 +204,7 @@ def _masked_softmax_pool(x, x_len, scores, segments=None):
     return _segment_reduce(x, rows, offsets, weights=w_valid), weights
 
 
-# --------------------------------------------------------------------------- frame-level models
+# --------------------------------------------------------------------------- modules
 
 
 def _positive_int(value, name: str) -> int:
@@ -260,12 +213,28 @@ def _positive_int(value, name: str) -> int:
     return value
 
 
-class FrameLevelMLP(AbsFrameModel):
+class _Sized:
+    """``input_size`` and ``output_size``, fixed when the module is built."""
+
+    def _set_sizes(self, input_size, output_size) -> None:
+        self._input_size = _positive_int(input_size, "input_size")
+        self._output_size = _positive_int(output_size, "output_size")
+
+    @property
+    def input_size(self) -> int:
+        return self._input_size
+
+    @property
+    def output_size(self) -> int:
+        return self._output_size
+
+
+class FrameLevelMLP(_Sized, AbsFrameModel):
     """Per-frame MLP: ``Linear -> activation -> dropout`` per hidden size, then a projection.
+    ``forward`` returns ``x_len`` unchanged (padded output frames are whatever the padded
+    inputs give).
 
     Args:
-        input_size: feature size of ``x``.
-        output_size: feature size of the output (e.g. number of classes).
         hidden_sizes: hidden layer sizes; ``()`` gives a single linear layer.
         activation: name of a ``torch.nn`` activation class (``"ReLU"``,
             ``"GELU"``...) or ``None`` for a purely linear stack (s3prl's
@@ -273,25 +242,15 @@ class FrameLevelMLP(AbsFrameModel):
         dropout: dropout after each activation (training only).
     """
 
-    def __init__(
-        self,
-        input_size: int,
-        output_size: int,
-        hidden_sizes: Sequence[int] = (256,),
-        activation: Optional[str] = "ReLU",
-        dropout: float = 0.0,
-    ):
+    def __init__(self, input_size: int, output_size: int, hidden_sizes: Sequence[int] = (256,),
+                 activation: Optional[str] = "ReLU", dropout: float = 0.0):
         super().__init__()
-        self._input_size = _positive_int(input_size, "input_size")
-        self._output_size = _positive_int(output_size, "output_size")
+        self._set_sizes(input_size, output_size)
         if activation is not None and not (
-            isinstance(getattr(nn, str(activation), None), type)
-            and issubclass(getattr(nn, activation), nn.Module)
-        ):
-            raise ValueError(
-                f"activation must name a torch.nn module class such as 'ReLU' or be None, "
-                f"got {activation!r}"
-            )
+                isinstance(getattr(nn, str(activation), None), type)
+                and issubclass(getattr(nn, activation), nn.Module)):
+            raise ValueError(f"activation must name a torch.nn module class such as 'ReLU' or be "
+                             f"None, got {activation!r}")
         layers = []
         size = self._input_size
         for h in hidden_sizes:
@@ -304,27 +263,10 @@ class FrameLevelMLP(AbsFrameModel):
         self.hidden_layers = nn.Sequential(*layers)
         self.final_proj = nn.Linear(size, self._output_size)
 
-    @property
-    def input_size(self) -> int:
-        return self._input_size
-
-    @property
-    def output_size(self) -> int:
-        return self._output_size
-
     def forward(self, x: torch.Tensor, x_len: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Args:
-            x: ``(batch_size, seq_len, input_size)`` float.
-            x_len: ``(batch_size,)`` long valid frames.
-
-        Returns:
-            ``(y, y_len)``: ``(batch_size, seq_len, output_size)`` and ``x_len``
-            unchanged (padded output frames are whatever the padded inputs give).
-        """
         x, checked = _check_x(x, x_len, pooling=False, input_size=self._input_size)
         return self.final_proj(self.hidden_layers(x)), (
-            x_len if isinstance(x_len, torch.Tensor) else checked
-        )
+            x_len if isinstance(x_len, torch.Tensor) else checked)
 
 
 class FrameLevelLinear(FrameLevelMLP):
@@ -334,72 +276,40 @@ class FrameLevelLinear(FrameLevelMLP):
     """
 
     def __init__(self, input_size: int, output_size: int, hidden_size: Optional[int] = 256):
-        super().__init__(
-            input_size,
-            output_size,
-            hidden_sizes=() if hidden_size is None else (hidden_size,),
-            activation=None,
-        )
+        super().__init__(input_size, output_size, activation=None,
+                         hidden_sizes=() if hidden_size is None else (hidden_size,))
 
 
-# --------------------------------------------------------------------------- utterance-level models
+class _Pooling(_Sized, AbsUtteranceModel):
+    """Pooling: ``forward(x, x_len)`` -> ``(batch_size, output_size)``, at least one valid
+    frame per utterance."""
 
-
-class _Pooling(AbsUtteranceModel):
-    def __init__(self, input_size: int):
+    def __init__(self, input_size: int, output_size: Optional[int] = None):
         super().__init__()
-        self._input_size = _positive_int(input_size, "input_size")
-
-    @property
-    def input_size(self) -> int:
-        return self._input_size
-
-    @property
-    def output_size(self) -> int:
-        return self._input_size
+        self._set_sizes(input_size, input_size if output_size is None else output_size)
 
 
 class MeanPooling(_Pooling):
     """Mean over valid frames (s3prl ``MeanPooling`` / ``TemporalAveragePooling``)."""
 
     def forward(self, x: torch.Tensor, x_len: torch.Tensor) -> torch.Tensor:
-        """Args:
-            x: ``(batch_size, seq_len, input_size)`` float.
-            x_len: ``(batch_size,)`` long valid frames (at least 1).
-
-        Returns:
-            ``(batch_size, input_size)``.
-        """
         x, x_len = _check_x(x, x_len, pooling=True, input_size=self._input_size)
         return _masked_mean(x, x_len)
 
 
 class StatisticsPooling(_Pooling):
-    """Mean and standard deviation over valid frames, concatenated.
-
-    s3prl's ``TemporalStatisticsPooling``.
+    """Mean and standard deviation over valid frames, concatenated (``[mean, std]``, so
+    ``2 * input_size`` features): s3prl's ``TemporalStatisticsPooling``.
 
     Args:
-        input_size: feature size of ``x``; the output has ``2 * input_size``.
         correction: 1 (unbiased, as ``torch.std`` and s3prl) or 0.
     """
 
     def __init__(self, input_size: int, correction: int = 1):
-        super().__init__(input_size)
+        super().__init__(input_size, 2 * _positive_int(input_size, "input_size"))
         self.correction = int(correction)
 
-    @property
-    def output_size(self) -> int:
-        return 2 * self._input_size
-
     def forward(self, x: torch.Tensor, x_len: torch.Tensor) -> torch.Tensor:
-        """Args:
-            x: ``(batch_size, seq_len, input_size)`` float.
-            x_len: ``(batch_size,)`` long valid frames (at least 1).
-
-        Returns:
-            ``(batch_size, 2 * input_size)``: ``[mean, std]``.
-        """
         x, x_len = _check_x(x, x_len, pooling=True, input_size=self._input_size)
         mean, std = _masked_mean_std(x, x_len, self.correction)
         return torch.cat((mean, std), dim=-1)
@@ -415,7 +325,6 @@ class AttentivePooling(_Pooling):
     ``normal(0, 1 / sqrt(hidden_size))``.
 
     Args:
-        input_size: feature size of ``x`` (and of the output).
         hidden_size: size of ``W``'s output; default ``input_size`` (s3prl).
     """
 
@@ -427,12 +336,7 @@ class AttentivePooling(_Pooling):
         self.attention = nn.Parameter(torch.randn(hidden, 1) / hidden**0.5)
 
     def attention_weights(self, x: torch.Tensor, x_len: torch.Tensor) -> torch.Tensor:
-        """``(batch_size, seq_len)`` attention weights (zero on padded frames).
-
-        Args:
-            x: ``(batch_size, seq_len, input_size)`` float.
-            x_len: ``(batch_size,)`` long valid frames (at least 1).
-        """
+        """``(batch_size, seq_len)`` attention weights (zero on padded frames)."""
         return self._pool(x, x_len)[1]
 
     def _pool(self, x, x_len):
@@ -466,17 +370,10 @@ class AttentivePooling(_Pooling):
         return _masked_softmax_pool(x, x_len, scores, segments)
 
     def forward(self, x: torch.Tensor, x_len: torch.Tensor) -> torch.Tensor:
-        """Args:
-            x: ``(batch_size, seq_len, input_size)`` float.
-            x_len: ``(batch_size,)`` long valid frames (at least 1).
-
-        Returns:
-            ``(batch_size, input_size)``.
-        """
         return self._pool(x, x_len)[0]
 
 
-class MeanPoolingLinear(AbsUtteranceModel):
+class MeanPoolingLinear(_Pooling):
     """s3prl's SUPERB utterance-level linear probe: ``Linear -> MeanPooling -> Linear``.
 
     Both layers are linear, so pooling first and projecting the pooled vector
@@ -484,15 +381,11 @@ class MeanPoolingLinear(AbsUtteranceModel):
     padded frames); that is what :meth:`forward` does.
 
     Args:
-        input_size: feature size of ``x``.
-        output_size: output size (e.g. number of classes).
         hidden_size: hidden projection size (s3prl: 256); ``None`` for one ``Linear``.
     """
 
     def __init__(self, input_size: int, output_size: int, hidden_size: Optional[int] = 256):
-        super().__init__()
-        self._input_size = _positive_int(input_size, "input_size")
-        self._output_size = _positive_int(output_size, "output_size")
+        super().__init__(input_size, output_size)
         size = self._input_size
         layers = []
         if hidden_size is not None:
@@ -509,16 +402,13 @@ class MeanPoolingLinear(AbsUtteranceModel):
         :class:`FrameLevelMLP` without activation or dropout); its weights are copied.
         """
         if not isinstance(frame_model, FrameLevelMLP):
-            raise TypeError(
-                "frame_model must be a FrameLevelLinear/FrameLevelMLP, got "
-                f"{type(frame_model).__name__}"
-            )
+            raise TypeError("frame_model must be a FrameLevelLinear/FrameLevelMLP, got "
+                            f"{type(frame_model).__name__}")
         linears = [m for m in frame_model.hidden_layers if isinstance(m, nn.Linear)]
         if len(linears) != len(frame_model.hidden_layers) or len(linears) > 1:
             raise ValueError(
                 "frame_model must be linear with at most one hidden layer (no activation or "
-                "dropout), e.g. FrameLevelLinear, for its mean pooling to be a MeanPoolingLinear"
-            )
+                "dropout), e.g. FrameLevelLinear, for its mean pooling to be a MeanPoolingLinear")
         hidden = linears[0].out_features if linears else None
         model = cls(frame_model.input_size, frame_model.output_size, hidden_size=hidden)
         if linears:
@@ -527,22 +417,7 @@ class MeanPoolingLinear(AbsUtteranceModel):
         ref = next(frame_model.parameters())
         return model.to(device=ref.device, dtype=ref.dtype)
 
-    @property
-    def input_size(self) -> int:
-        return self._input_size
-
-    @property
-    def output_size(self) -> int:
-        return self._output_size
-
     def forward(self, x: torch.Tensor, x_len: torch.Tensor) -> torch.Tensor:
-        """Args:
-            x: ``(batch_size, seq_len, input_size)`` float.
-            x_len: ``(batch_size,)`` long valid frames (at least 1).
-
-        Returns:
-            ``(batch_size, output_size)``.
-        """
         x, x_len = _check_x(x, x_len, pooling=True, input_size=self._input_size)
         return self.final_proj(self.hidden_layers(_masked_mean(x, x_len)))
 

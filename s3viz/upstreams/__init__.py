@@ -1,13 +1,7 @@
-"""Upstream adapters: every one an s3prl ``AbsUpstream``.
-
-torchaudio wav2vec 2.0 / HuBERT / WavLM (:func:`torchaudio_upstream`), Hugging
-Face models (:func:`from_transformers`, :func:`from_whisper`), s3prl's own
-(:func:`from_s3prl`), a log-mel / MFCC baseline (:func:`spectral_upstream`),
-and :func:`get_upstream` for any of them (and the tiny model) by name: names
-mean pretrained weights, downloaded on first use (``PRETRAINED_MODELS``,
-``ALIASES``); ``pretrained=False`` is the random-weights control, and every
-upstream's ``weights`` (:func:`weights_of`) says which it has. Names are
-imported lazily. Which hidden states each returns: ``docs/upstreams.md``.
+"""Upstream adapters, every one an s3prl ``AbsUpstream`` (torchaudio, Hugging Face, s3prl,
+a log-mel / MFCC baseline), and :func:`get_upstream` for any of them by name (names mean
+pretrained weights; ``weights_of`` says which an upstream has). Names are imported
+lazily. What each returns: ``docs/upstreams.md``.
 """
 
 from __future__ import annotations

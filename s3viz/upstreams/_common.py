@@ -1,18 +1,53 @@
-"""Masking and normalisation helpers shared by the upstream adapters (their input check,
-``check_wavs``, is in :mod:`s3viz.interface`, beside the interface it checks)."""
+"""What the upstream adapters share: fixed layer geometry and waveform normalisation
+(their input check, ``check_wavs``, is in :mod:`s3viz.interface`, beside the interface;
+their length masks are :func:`s3viz.models.length_mask`)."""
 
 from __future__ import annotations
 
+from typing import List
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["normalize_waveforms", "padding_mask"]
+from ..align import receptive_field
+from ..interface import AbsUpstream
+
+__all__ = ["FixedUpstream", "normalize_waveforms"]
 
 
-def padding_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
-    """``(batch_size, max_len)`` bool, True at padded positions (``t >= lengths[b]``)."""
-    return torch.arange(max_len, device=lengths.device)[None, :] >= lengths[:, None]
+class FixedUpstream(AbsUpstream):
+    """An upstream whose ``hidden_sizes``, ``downsample_rates`` and ``receptive_fields``
+    are fixed when it is built: the lists ``_sizes``, ``_rates`` and ``_fields`` (one
+    entry per hidden state; ``_fields`` None: it reports no receptive fields)."""
+
+    _fields = None
+
+    @property
+    def num_layer(self) -> int:
+        return len(self._sizes)
+
+    @property
+    def hidden_sizes(self) -> List[int]:
+        return list(self._sizes)
+
+    @property
+    def downsample_rates(self) -> List[int]:
+        return list(self._rates)
+
+    @property
+    def receptive_fields(self) -> List[int]:
+        """Samples of audio behind one frame, per hidden state."""
+        if self._fields is None:
+            raise AttributeError(f"{type(self).__name__} reports no receptive_fields")
+        return list(self._fields)
+
+    def _behind_convolutions(self, conv_layers, num_layer: int, hidden: int) -> None:
+        """``num_layer`` hidden states of size ``hidden`` behind the convolutional front end
+        ``conv_layers`` (``(kernel_size, stride)`` pairs, kept as ``conv_layers``)."""
+        self.conv_layers = tuple((int(k), int(s)) for k, s in conv_layers)
+        field, rate = receptive_field(self.conv_layers)
+        self._sizes = [int(hidden)] * num_layer
+        self._rates, self._fields = [rate] * num_layer, [field] * num_layer
 
 
 def normalize_waveforms(wavs: torch.Tensor, wavs_len: torch.Tensor, *, eps: float = 1e-5

@@ -1,13 +1,7 @@
-"""Which weights a name means, and how they arrive.
-
-Names mean pretrained models, as in transformers, torch.hub and s3prl: a
-torchaudio bundle's weight file comes through torch.hub's checkpoint folder
-(``torch.hub.download_url_to_file``, its progress bar and its partial-file
-handling), a Hugging Face repository through transformers' ``from_pretrained``
-(huggingface_hub's cache, ``HF_ENDPOINT``, ``HF_HOME``/``HF_HUB_CACHE``,
-``HF_HUB_OFFLINE``). ``S3VIZ_OFFLINE=1`` or ``HF_HUB_OFFLINE=1`` make every
-path cache-only. The table of names: ``docs/upstreams.md``.
-"""
+"""Which weights a name means, how they arrive (a torchaudio bundle's file through
+torch.hub's checkpoint folder, a Hugging Face repository through huggingface_hub's
+cache), and the ``weights`` text every upstream carries. The names, caches and offline
+rules: ``docs/upstreams.md``."""
 
 from __future__ import annotations
 
@@ -18,8 +12,8 @@ from typing import Optional, Tuple
 from urllib.parse import urlparse
 
 __all__ = ["PRETRAINED_MODELS", "ALIASES", "Pretrained", "offline", "resolve_name",
-           "torchaudio_base_url", "hf_cache_dir", "RANDOM_WEIGHTS", "AS_GIVEN", "weights_of",
-           "is_random_weights"]
+           "torchaudio_base_url", "torch_hub_checkpoints", "hf_cache_dir", "RANDOM_WEIGHTS",
+           "AS_GIVEN", "weights_of", "is_random_weights"]
 
 OFFLINE_VARS = ("S3VIZ_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 """Environment variables that make every load cache-only (huggingface_hub's spelling of
@@ -125,17 +119,11 @@ def resolve_name(name: str) -> Optional[str]:
     return key if key in PRETRAINED_MODELS else None
 
 
-def _true(value: Optional[str]) -> bool:
-    return (value or "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-
-
 def offline() -> Optional[str]:
-    """The variable that makes loading cache-only (``S3VIZ_OFFLINE``, ``HF_HUB_OFFLINE``,
-    ``TRANSFORMERS_OFFLINE``), read now; None when downloads are allowed."""
-    for var in OFFLINE_VARS:
-        if _true(os.environ.get(var)):
-            return var
-    return None
+    """The variable of :data:`OFFLINE_VARS` that makes loading cache-only, read now; None
+    when downloads are allowed."""
+    return next((var for var in OFFLINE_VARS if (os.environ.get(var) or "").strip().upper()
+                 in {"1", "ON", "YES", "TRUE"}), None)
 
 
 def torchaudio_base_url() -> str:
@@ -167,14 +155,9 @@ def torch_hub_checkpoints() -> str:
 
 
 def fetch_torchaudio(name: str, bundle_name: str, filename: str) -> Tuple[str, bool]:
-    """The local path of a torchaudio weight file, downloaded into torch.hub's checkpoint
-    folder when missing; ``(path, downloaded_now)``.
-
-    Offline (:func:`offline`) and missing: ``FileNotFoundError`` at once (no socket is
-    opened) naming the model, the folder and how to fetch the file elsewhere. A
-    download cut short is refused with the URL and leaves nothing in the folder (torch.hub
-    writes a ``.partial`` file and renames it only when complete).
-    """
+    """``(path, downloaded_now)`` of a torchaudio weight file, downloaded into torch.hub's
+    checkpoint folder when missing (offline: ``FileNotFoundError`` at once, saying how to
+    fetch it elsewhere; a download cut short leaves nothing there)."""
     import torch
 
     folder = torch_hub_checkpoints()
@@ -210,11 +193,3 @@ def fetch_torchaudio(name: str, bundle_name: str, filename: str) -> Tuple[str, b
             f"kept in {folder}. Check the network (or {TORCHAUDIO_URL_VAR}), or fetch the file "
             f"elsewhere and put it at {path}") from err
     return path, True
-
-
-def remove_download(path: str, what: str) -> None:
-    """Delete a file s3viz has just downloaded into torch.hub's checkpoint folder and found
-    unreadable (a link there is removed itself, never followed)."""
-    from .._fs import OwnedFolder
-
-    OwnedFolder(os.path.dirname(path), what, create=False).unlink(os.path.basename(path))

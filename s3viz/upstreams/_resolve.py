@@ -23,13 +23,10 @@ def get_upstream(name_or_object: Union[str, os.PathLike, object], *, pretrained:
                  **kwargs):
     """Return an upstream for a name, a folder or an object.
 
-    Names mean pretrained models, as in transformers, torch.hub and s3prl: the
-    weights are downloaded on first use into the library's own cache (torch.hub's
-    checkpoint folder for torchaudio models, huggingface_hub's cache for Hugging Face
-    repositories), with a progress bar, and reused afterwards. ``S3VIZ_OFFLINE=1`` or
-    ``HF_HUB_OFFLINE=1`` make every name cache-only (not cached: an immediate error
-    saying where to put the files). The names, their checkpoints and download sizes:
-    ``docs/upstreams.md``.
+    Names mean pretrained models, as in transformers, torch.hub and s3prl: downloaded
+    on first use into torch.hub's or huggingface_hub's cache and reused afterwards;
+    ``S3VIZ_OFFLINE=1`` or ``HF_HUB_OFFLINE=1`` make every name cache-only. The names,
+    their checkpoints, caches and download sizes: ``docs/upstreams.md``.
 
     Args:
         name_or_object:
@@ -48,11 +45,6 @@ def get_upstream(name_or_object: Union[str, os.PathLike, object], *, pretrained:
             an upstream object: an s3prl ``S3PRLUpstream`` is wrapped by
             :func:`from_s3prl`, a transformers model (``HubertModel``,
             ``WhisperModel``, ...) by :func:`from_transformers`.
-        pretrained: True (the default): the name's or folder's trained weights.
-            False: the same architecture with random weights from a fixed seed
-            (``seed=``), the control that shows what training added; the upstream's
-            ``weights`` then starts with ``"random weights"``, and stores, reports and
-            legends say so.
         **kwargs: passed to the factory (``seed=``, ``checkpoint=`` for a torchaudio
             state dict file, ``revision=`` for ``hf:``, ``upstream_layers=``,
             ``normalize_waveform=`` for transformers models).
@@ -106,10 +98,7 @@ def get_upstream(name_or_object: Union[str, os.PathLike, object], *, pretrained:
                                                repository=True, **kwargs)
     # a path is tried after the built-in names, so a folder called "tiny" cannot shadow them
     path = os.path.expanduser(name)
-    if os.path.isdir(path):
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            raise ValueError(f"{name!r} is a folder without config.json; an upstream folder is "
-                             "one saved with a transformers model's save_pretrained")
+    if os.path.isdir(path):  # (one without config.json is refused there)
         return _transformers.load_transformers(path, pretrained=pretrained, **kwargs)
     if os.path.isfile(path):  # s3prl's converted checkpoint says its architecture
         return _torchaudio.from_s3prl_checkpoint(path, pretrained=pretrained, **kwargs)

@@ -15,8 +15,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from ..interface import AbsUpstream, num_layer_of
-from ..interface import check_wavs
+from ..interface import AbsUpstream, check_wavs, num_layer_of
 
 __all__ = ["S3PRLUpstreamAdapter", "from_s3prl"]
 
@@ -27,10 +26,8 @@ def _int_list(value, what: str, n: int, owner: str) -> List[int]:
     except (TypeError, ValueError) as e:
         raise TypeError(f"{owner}.{what} must be a list of ints, got {value!r}") from e
     if len(out) != n:
-        raise ValueError(
-            f"{owner}.{what} has {len(out)} entries but the upstream reports {n} layers "
-            "(num_layers); they must match"
-        )
+        raise ValueError(f"{owner}.{what} has {len(out)} entries but the upstream reports {n} "
+                         "layers (num_layers); they must match")
     return out
 
 
@@ -53,17 +50,13 @@ class S3PRLUpstreamAdapter(AbsUpstream):
         super().__init__()
         owner = type(upstream).__name__
         if not callable(upstream):
-            raise TypeError(
-                f"from_s3prl: {owner} is not callable; it needs forward(wavs, wavs_len) -> "
-                "(all_hs, all_hs_len)"
-            )
+            raise TypeError(f"from_s3prl: {owner} is not callable; it needs forward(wavs, "
+                            "wavs_len) -> (all_hs, all_hs_len)")
         n = num_layer_of(upstream)
         for what in ("hidden_sizes", "downsample_rates"):
             if not hasattr(upstream, what):
-                raise TypeError(
-                    f"from_s3prl: {owner} has no '{what}'; an s3prl upstream lists one value "
-                    "per hidden state"
-                )
+                raise TypeError(f"from_s3prl: {owner} has no '{what}'; an s3prl upstream lists "
+                                "one value per hidden state")
             _int_list(getattr(upstream, what), what, n, owner)
         self.upstream = upstream  # a submodule when it is an nn.Module
         own = getattr(upstream, "name", None)
@@ -73,23 +66,24 @@ class S3PRLUpstreamAdapter(AbsUpstream):
     def num_layer(self) -> int:
         return num_layer_of(self.upstream)
 
+    def _list(self, what: str) -> List[int]:
+        value = getattr(self.upstream, what, None)
+        if value is None:
+            raise AttributeError(f"{self.name} does not report {what}")
+        return _int_list(value, what, self.num_layer, self.name)
+
     @property
     def hidden_sizes(self) -> List[int]:
-        return _int_list(self.upstream.hidden_sizes, "hidden_sizes", self.num_layer, self.name)
+        return self._list("hidden_sizes")
 
     @property
     def downsample_rates(self) -> List[int]:
-        return _int_list(
-            self.upstream.downsample_rates, "downsample_rates", self.num_layer, self.name
-        )
+        return self._list("downsample_rates")
 
     @property
     def receptive_fields(self) -> List[int]:
         """The wrapped object's ``receptive_fields``; AttributeError when it has none."""
-        value = getattr(self.upstream, "receptive_fields", None)
-        if value is None:
-            raise AttributeError(f"{self.name} does not report receptive_fields")
-        return _int_list(value, "receptive_fields", self.num_layer, self.name)
+        return self._list("receptive_fields")
 
     @property
     def conv_layers(self):
@@ -99,31 +93,19 @@ class S3PRLUpstreamAdapter(AbsUpstream):
     def extra_repr(self) -> str:
         return f"name={self.name!r}, num_layer={self.num_layer}"
 
-    def forward(
-        self, wavs: torch.Tensor, wavs_len: torch.Tensor
-    ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
-        """Args:
-            wavs: ``(batch_size, seq_len, 1)`` or ``(batch_size, seq_len)`` float, 16 kHz.
-            wavs_len: ``(batch_size,)`` long valid samples.
-
-        Returns:
-            ``(all_hs, all_hs_len)`` of the wrapped upstream as lists:
-            ``(batch_size, num_frames_i, hidden_size_i)`` and ``(batch_size,)`` long.
-        """
+    def forward(self, wavs: torch.Tensor, wavs_len: torch.Tensor
+                ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        """The wrapped upstream's ``(all_hs, all_hs_len)`` as lists, lengths long."""
         wavs, wavs_len = check_wavs(wavs, wavs_len, who=f"from_s3prl({self.name})")
         out = self.upstream(wavs, wavs_len)
         if not isinstance(out, (tuple, list)) or len(out) != 2:
-            raise TypeError(
-                f"{self.name} returned {type(out).__name__}; an s3prl upstream returns "
-                "(all_hs, all_hs_len)"
-            )
+            raise TypeError(f"{self.name} returned {type(out).__name__}; an s3prl upstream "
+                            "returns (all_hs, all_hs_len)")
         all_hs, all_hs_len = list(out[0]), list(out[1])
         n = self.num_layer
         if len(all_hs) != n or len(all_hs_len) != n:
-            raise ValueError(
-                f"{self.name} returned {len(all_hs)} hidden states and {len(all_hs_len)} "
-                f"lengths but reports num_layers={n}"
-            )
+            raise ValueError(f"{self.name} returned {len(all_hs)} hidden states and "
+                             f"{len(all_hs_len)} lengths but reports num_layers={n}")
         all_hs_len = [torch.as_tensor(h_len, device=wavs.device).long() for h_len in all_hs_len]
         return all_hs, all_hs_len
 

@@ -16,9 +16,10 @@ import torch.nn.functional as F
 
 from .. import _deps
 from ..align import expected_lengths
-from ..interface import SAMPLE_RATE, AbsUpstream
-from ..interface import check_wavs
-from ._common import padding_mask
+from ..featurizers import align_frames
+from ..interface import SAMPLE_RATE, check_wavs
+from ..models import length_mask
+from ._common import FixedUpstream
 
 __all__ = ["SpectralUpstream", "spectral_hidden_states", "spectral_upstream"]
 
@@ -35,9 +36,8 @@ def _mel_filterbank(n_mels: int, device=None) -> torch.Tensor:
     _deps.torchaudio()
     from torchaudio.functional import melscale_fbanks
 
-    return melscale_fbanks(
-        WIN_LENGTH // 2 + 1, 0.0, SAMPLE_RATE / 2, n_mels, SAMPLE_RATE, norm=None, mel_scale="htk"
-    ).to(device)
+    return melscale_fbanks(WIN_LENGTH // 2 + 1, 0.0, SAMPLE_RATE / 2, n_mels, SAMPLE_RATE,
+                           norm=None, mel_scale="htk").to(device)
 
 
 def _dct_matrix(n_mfcc: int, n_mels: int, device=None) -> torch.Tensor:
@@ -47,48 +47,24 @@ def _dct_matrix(n_mfcc: int, n_mels: int, device=None) -> torch.Tensor:
     return create_dct(n_mfcc, n_mels, norm="ortho").to(device)
 
 
-def _log_mel_10ms(
-    wavs: torch.Tensor, wavs_len: torch.Tensor, fbank: torch.Tensor
-) -> Tuple[torch.Tensor, torch.Tensor]:
+def _log_mel_10ms(wavs: torch.Tensor, wavs_len: torch.Tensor, fbank: torch.Tensor
+                  ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Log mel energies every 10 ms: ``(batch_size, num_frames, n_mels)`` and lengths."""
     frames_len = expected_lengths(wavs_len, HOP_LENGTH, "ceil")
     num_frames = int(frames_len.max())
     seq_len = wavs.shape[1]
     # zero everything past each utterance's end, then pad so that frame t's window
     # is [160 t - 120, 160 t + 280) of the original signal
-    wavs = wavs.masked_fill(padding_mask(wavs_len, seq_len), 0.0)
+    wavs = wavs.masked_fill(~length_mask(wavs_len, seq_len), 0.0)
     left = WIN_LENGTH // 2 - HOP_LENGTH // 2
     right = max(0, (num_frames - 1) * HOP_LENGTH + WIN_LENGTH - left - seq_len)
     padded = F.pad(wavs, (left, right))
     window = torch.hann_window(WIN_LENGTH, device=wavs.device, dtype=wavs.dtype)
-    spec = torch.stft(
-        padded,
-        n_fft=WIN_LENGTH,
-        hop_length=HOP_LENGTH,
-        win_length=WIN_LENGTH,
-        window=window,
-        center=False,
-        return_complex=True,
-    )[..., :num_frames]  # (B, freq, T)
+    spec = torch.stft(padded, n_fft=WIN_LENGTH, hop_length=HOP_LENGTH, win_length=WIN_LENGTH,
+                      window=window, center=False, return_complex=True)[..., :num_frames]
     power = spec.real.square() + spec.imag.square()
     mel = torch.matmul(power.transpose(1, 2), fbank)  # (B, T, n_mels)
     return torch.log(mel + _LOG_FLOOR), frames_len
-
-
-def _masked_pool(
-    x: torch.Tensor, x_len: torch.Tensor, factor: int
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Average ``factor`` consecutive valid frames: ``(B, T, D) -> (B, ceil(T / factor), D)``."""
-    if factor == 1:
-        return x, x_len
-    batch_size, num_frames, dim = x.shape
-    out_len = torch.where(x_len > 0, torch.div(x_len - 1, factor, rounding_mode="floor") + 1, x_len)
-    num_out = -(-num_frames // factor)
-    valid = (~padding_mask(x_len, num_frames)).to(x.dtype)
-    extra = num_out * factor - num_frames
-    xs = F.pad(x * valid[..., None], (0, 0, 0, extra)).view(batch_size, num_out, factor, dim)
-    counts = F.pad(valid, (0, extra)).view(batch_size, num_out, factor).sum(-1, keepdim=True)
-    return xs.sum(2) / counts.clamp(min=1.0), out_len
 
 
 def _masked_deltas(x: torch.Tensor, x_len: torch.Tensor) -> torch.Tensor:
@@ -110,7 +86,7 @@ def _masked_deltas(x: torch.Tensor, x_len: torch.Tensor) -> torch.Tensor:
 
 def _masked_cmvn(x: torch.Tensor, x_len: torch.Tensor) -> torch.Tensor:
     """Zero mean, unit variance per utterance and dimension over valid frames."""
-    valid = (~padding_mask(x_len, x.shape[1])).to(x.dtype)[..., None]
+    valid = length_mask(x_len, x.shape[1]).to(x.dtype)[..., None]
     count = valid.sum(1, keepdim=True).clamp(min=1.0)
     mean = (x * valid).sum(1, keepdim=True) / count
     var = ((x - mean).square() * valid).sum(1, keepdim=True) / count
@@ -121,39 +97,25 @@ def _check_rates(rates) -> Tuple[int, ...]:
     try:
         out = tuple(int(r) for r in rates)
     except (TypeError, ValueError) as e:
-        raise TypeError(
-            f"rates must be a sequence of ints (samples per frame), got {rates!r}"
-        ) from e
+        raise TypeError(f"rates must be a sequence of ints (samples per frame), got {rates!r}"
+                        ) from e
     if not out or any(r <= 0 or r % HOP_LENGTH for r in out) or len(set(out)) != len(out):
-        raise ValueError(
-            f"rates must be distinct positive multiples of {HOP_LENGTH} samples (10 ms), e.g. "
-            f"(160, 320, 640); got {rates!r}"
-        )
+        raise ValueError(f"rates must be distinct positive multiples of {HOP_LENGTH} samples "
+                         f"(10 ms), e.g. (160, 320, 640); got {rates!r}")
     return out
 
 
-def spectral_hidden_states(
-    wavs: torch.Tensor,
-    wavs_len: torch.Tensor,
-    *,
-    rates: Sequence[int] = (160, 320, 640),
-    n_mels: int = 80,
-    n_mfcc: int = 13,
-    deltas: bool = True,
-    normalize: bool = True,
-    fbank: Optional[torch.Tensor] = None,
-    dct: Optional[torch.Tensor] = None,
-) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+def spectral_hidden_states(wavs: torch.Tensor, wavs_len: torch.Tensor, *,
+                           rates: Sequence[int] = (160, 320, 640), n_mels: int = 80,
+                           n_mfcc: int = 13, deltas: bool = True, normalize: bool = True,
+                           fbank: Optional[torch.Tensor] = None,
+                           dct: Optional[torch.Tensor] = None
+                           ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
     """Log-mel and MFCC hidden states at several downsample rates (``docs/upstreams.md``).
 
     Args:
-        wavs: ``(batch_size, seq_len, 1)`` or ``(batch_size, seq_len)`` float 16 kHz waveforms.
-        wavs_len: ``(batch_size,)`` long valid samples.
         rates: downsample rates in samples, multiples of 160.
-        n_mels: mel bands of the ``logmel`` states.
-        n_mfcc: cepstral coefficients of the ``mfcc`` states.
         deltas: append deltas and delta-deltas to the MFCCs.
-        normalize: per-utterance mean and variance normalisation over valid frames.
         fbank: ``(201, n_mels)`` mel filterbank (computed when None).
         dct: ``(n_mels, n_mfcc)`` DCT matrix (computed when None).
 
@@ -182,12 +144,13 @@ def spectral_hidden_states(
     with torch.autocast(device_type=device.type, enabled=False):
         logmel, mel_len = _log_mel_10ms(wavs.float(), wavs_len, fbank.float())
         for r in rates:
-            x, x_len = _masked_pool(logmel, mel_len, r // HOP_LENGTH)
+            # coarser rates average r / 160 frames of the utterance (s3viz.featurizers)
+            x, x_len = align_frames(logmel, mel_len, HOP_LENGTH, r)
             cep = torch.matmul(x, dct.float())
             if deltas:
                 d1 = _masked_deltas(cep, x_len)
                 cep = torch.cat([cep, d1, _masked_deltas(d1, x_len)], dim=-1)
-            pad = padding_mask(x_len, x.shape[1])[..., None]
+            pad = ~length_mask(x_len, x.shape[1])[..., None]
             for h in (x, cep):
                 out = _masked_cmvn(h, x_len) if normalize else h
                 all_hs.append(out.masked_fill(pad, 0.0))
@@ -195,112 +158,54 @@ def spectral_hidden_states(
     return all_hs, all_hs_len
 
 
-class SpectralUpstream(AbsUpstream):
-    """Log-mel / MFCC baseline upstream (no learned weights); see :func:`spectral_hidden_states`.
-
-    Args:
-        rates: downsample rates in samples (multiples of 160); two hidden states per rate.
-        n_mels, n_mfcc, deltas, normalize: as in :func:`spectral_hidden_states`.
+class SpectralUpstream(FixedUpstream):
+    """Log-mel / MFCC baseline upstream (no learned weights): :func:`spectral_hidden_states`,
+    two hidden states per rate; ``receptive_fields`` equal the rates (frame ``t`` is centred
+    on ``t * r + r / 2``, ``docs/upstreams.md``) and ``conv_layers`` is None (lengths follow
+    the ``ceil`` convention).
 
     Attributes:
-        name: ``"spectral"``.
         layer_names: e.g. ``["logmel@160", "mfcc@160", "logmel@320", ...]``.
         window_sizes: samples of audio that shape each layer's frame.
     """
 
-    def __init__(
-        self,
-        rates: Sequence[int] = (160, 320, 640),
-        *,
-        n_mels: int = 80,
-        n_mfcc: int = 13,
-        deltas: bool = True,
-        normalize: bool = True,
-    ):
+    def __init__(self, rates: Sequence[int] = (160, 320, 640), *, n_mels: int = 80,
+                 n_mfcc: int = 13, deltas: bool = True, normalize: bool = True):
         super().__init__()
         self.weights = "not learned (log-mel and MFCC features)"
         self.rates = _check_rates(rates)
-        for arg, value, low in (("n_mels", n_mels, 1), ("n_mfcc", n_mfcc, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        for arg, value in (("n_mels", n_mels), ("n_mfcc", n_mfcc)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{arg} must be a positive int, got {value!r}")
         if n_mfcc > n_mels:
             raise ValueError(f"n_mfcc ({n_mfcc}) cannot exceed n_mels ({n_mels})")
         self.n_mels, self.n_mfcc = n_mels, n_mfcc
         self.deltas, self.normalize = bool(deltas), bool(normalize)
         self.name = "spectral"
+        self.conv_layers = None
         self.register_buffer("fbank", _mel_filterbank(n_mels))
         self.register_buffer("dct", _dct_matrix(n_mfcc, n_mels))
         mfcc_dim = n_mfcc * (3 if self.deltas else 1)
         self._sizes = [s for _ in self.rates for s in (n_mels, mfcc_dim)]
-        self._rates = [r for r in self.rates for _ in range(2)]
+        self._rates = self._fields = [r for r in self.rates for _ in range(2)]
         self.layer_names = [f"{kind}@{r}" for r in self.rates for kind in ("logmel", "mfcc")]
         self.window_sizes = [WIN_LENGTH + r - HOP_LENGTH for r in self._rates]
 
-    @property
-    def num_layer(self) -> int:
-        return len(self._sizes)
-
-    @property
-    def hidden_sizes(self) -> List[int]:
-        return list(self._sizes)
-
-    @property
-    def downsample_rates(self) -> List[int]:
-        return list(self._rates)
-
-    @property
-    def receptive_fields(self) -> List[int]:
-        """Equal to the rates: frame ``t`` is centred on ``t * r + r / 2`` (``docs/upstreams.md``)."""
-        return list(self._rates)
-
-    @property
-    def conv_layers(self):
-        """None: no convolution stack; lengths follow the ``ceil`` convention."""
-        return None
-
     def extra_repr(self) -> str:
-        return (
-            f"rates={self.rates}, n_mels={self.n_mels}, n_mfcc={self.n_mfcc}, "
-            f"deltas={self.deltas}, normalize={self.normalize}"
-        )
+        return (f"rates={self.rates}, n_mels={self.n_mels}, n_mfcc={self.n_mfcc}, "
+                f"deltas={self.deltas}, normalize={self.normalize}")
 
-    def forward(
-        self, wavs: torch.Tensor, wavs_len: torch.Tensor
-    ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
-        """Args:
-            wavs: ``(batch_size, seq_len, 1)`` or ``(batch_size, seq_len)`` float, 16 kHz.
-            wavs_len: ``(batch_size,)`` long valid samples.
-
-        Returns:
-            ``(all_hs, all_hs_len)``: ``all_hs[i]`` is
-            ``(batch_size, num_frames_i, hidden_sizes[i])`` float32, ``all_hs_len[i]`` is
-            ``(batch_size,)`` long.
-        """
-        return spectral_hidden_states(
-            wavs,
-            wavs_len,
-            rates=self.rates,
-            n_mels=self.n_mels,
-            n_mfcc=self.n_mfcc,
-            deltas=self.deltas,
-            normalize=self.normalize,
-            fbank=self.fbank,
-            dct=self.dct,
-        )
+    def forward(self, wavs: torch.Tensor, wavs_len: torch.Tensor
+                ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        return spectral_hidden_states(wavs, wavs_len, rates=self.rates, n_mels=self.n_mels,
+                                      n_mfcc=self.n_mfcc, deltas=self.deltas,
+                                      normalize=self.normalize, fbank=self.fbank, dct=self.dct)
 
 
-def spectral_upstream(
-    rates: Sequence[int] = (160, 320, 640),
-    *,
-    n_mels: int = 80,
-    n_mfcc: int = 13,
-    deltas: bool = True,
-    normalize: bool = True,
-) -> SpectralUpstream:
-    """The log-mel / MFCC baseline upstream (defaults: 6 hidden states at 160, 320, 640).
-
-    See :class:`SpectralUpstream` and :func:`spectral_hidden_states`. Returned in
-    eval mode, like the other factories (it has no dropout: the mode changes nothing).
-    """
-    up = SpectralUpstream(rates, n_mels=n_mels, n_mfcc=n_mfcc, deltas=deltas, normalize=normalize)
-    return up.eval()
+def spectral_upstream(rates: Sequence[int] = (160, 320, 640), *, n_mels: int = 80,
+                      n_mfcc: int = 13, deltas: bool = True, normalize: bool = True
+                      ) -> SpectralUpstream:
+    """The log-mel / MFCC baseline upstream (defaults: 6 hidden states at 160, 320, 640), in
+    eval mode like the other factories (it has no dropout: the mode changes nothing)."""
+    return SpectralUpstream(rates, n_mels=n_mels, n_mfcc=n_mfcc, deltas=deltas,
+                            normalize=normalize).eval()

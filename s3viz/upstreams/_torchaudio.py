@@ -10,6 +10,7 @@ seed. Which hidden state is which: ``docs/upstreams.md``.
 
 from __future__ import annotations
 
+import ast
 import os
 import zlib
 from pathlib import Path
@@ -20,20 +21,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _deps
-from ..align import conv_lengths, receptive_field
-from ..interface import AbsUpstream
+from ..align import conv_lengths
 from ..interface import check_wavs
-from ._common import normalize_waveforms, padding_mask
-from ._hub import PRETRAINED_MODELS, RANDOM_WEIGHTS, fetch_torchaudio, remove_download, resolve_name, torchaudio_base_url
+from ..models import length_mask
+from ._common import FixedUpstream, normalize_waveforms
+from ._hub import (PRETRAINED_MODELS, RANDOM_WEIGHTS, fetch_torchaudio, resolve_name,
+                   torch_hub_checkpoints, torchaudio_base_url)
 
-__all__ = [
-    "TORCHAUDIO_MODELS",
-    "TorchaudioUpstream",
-    "torchaudio_upstream",
-    "wav2vec2_hidden_states",
-    "bundle_checkpoint",
-    "from_s3prl_checkpoint",
-]
+__all__ = ["TORCHAUDIO_MODELS", "TorchaudioUpstream", "torchaudio_upstream",
+           "wav2vec2_hidden_states", "bundle_checkpoint", "from_s3prl_checkpoint"]
 
 TORCHAUDIO_MODELS = {name: spec.ref for name, spec in PRETRAINED_MODELS.items()
                      if spec.source == "torchaudio"}
@@ -52,18 +48,15 @@ def _unwrap(model) -> Tuple[nn.Module, bool]:
     if not hasattr(model, "encoder") and isinstance(getattr(model, "model", None), nn.Module):
         normalize = bool(getattr(model, "normalize_waveform", False))
         model = model.model
-    fe = getattr(model, "feature_extractor", None)
     enc = getattr(model, "encoder", None)
-    if (
-        not isinstance(getattr(fe, "conv_layers", None), nn.ModuleList)
-        or not hasattr(enc, "feature_projection")
-        or not hasattr(getattr(enc, "transformer", None), "layers")
-    ):
+    if (not isinstance(getattr(getattr(model, "feature_extractor", None), "conv_layers", None),
+                       nn.ModuleList)
+            or not hasattr(enc, "feature_projection")
+            or not hasattr(getattr(enc, "transformer", None), "layers")):
         raise TypeError(
             f"model must be a torchaudio.models.Wav2Vec2Model (feature_extractor.conv_layers, "
             f"encoder.feature_projection, encoder.transformer.layers), got {type(model).__name__}; "
-            "build one with torchaudio.models.hubert_base() or a torchaudio.pipelines bundle"
-        )
+            "build one with torchaudio.models.hubert_base() or a torchaudio.pipelines bundle")
     return model, normalize
 
 
@@ -72,30 +65,19 @@ def _model_conv_layers(model: nn.Module) -> Tuple[Tuple[int, int], ...]:
 
 
 def _masked_group_norm(x: torch.Tensor, x_len: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
-    """GroupNorm over time whose statistics use only each utterance's valid frames.
-
-    Args:
-        x: ``(batch_size, channels, seq_len)`` convolution output.
-        x_len: ``(batch_size,)`` valid frames of ``x``.
-        norm: the model's ``nn.GroupNorm`` (its groups, eps and affine parameters are used).
-
-    Returns:
-        ``(batch_size, channels, seq_len)``, equal on valid frames to ``norm`` applied
-        to each utterance alone.
-    """
-    batch_size, channels, _ = x.shape
+    """``norm`` of a ``(batch_size, channels, seq_len)`` convolution output whose statistics
+    use only each utterance's ``x_len`` valid frames: on those, ``norm`` of it alone."""
     groups = norm.num_groups
-    per_group = channels // groups
+    per_group = x.shape[1] // groups
     means, rstds = [], []
-    for b in range(batch_size):
+    for b in range(x.shape[0]):
         n = max(int(x_len[b]), 1)
-        xb = x[b, :, :n].float().reshape(groups, per_group * n)
-        var, mean = torch.var_mean(xb, dim=1, unbiased=False)
+        var, mean = torch.var_mean(x[b, :, :n].float().reshape(groups, per_group * n), dim=1,
+                                   unbiased=False)
         means.append(mean)
         rstds.append(torch.rsqrt(var + norm.eps))
     mean = torch.stack(means).repeat_interleave(per_group, dim=1)  # (B, C)
-    rstd = torch.stack(rstds).repeat_interleave(per_group, dim=1)
-    scale = rstd
+    scale = torch.stack(rstds).repeat_interleave(per_group, dim=1)
     if norm.affine:
         scale = scale * norm.weight.float()[None, :]
         shift = norm.bias.float()[None, :] - mean * scale
@@ -104,25 +86,17 @@ def _masked_group_norm(x: torch.Tensor, x_len: torch.Tensor, norm: nn.GroupNorm)
     return torch.addcmul(shift[:, :, None].to(x.dtype), x, scale[:, :, None].to(x.dtype))
 
 
-def _conv_features(
-    feature_extractor: nn.Module, wavs: torch.Tensor, wavs_len: torch.Tensor
-) -> torch.Tensor:
-    """The convolutional feature encoder, batch invariant on valid frames.
-
-    Same modules and order as torchaudio's ``ConvLayerBlock`` (conv, norm, GELU);
-    group norms use valid frames only. Returns ``(batch_size, num_frames, channels)``.
-    """
-    x = wavs.unsqueeze(1)
-    x_len = wavs_len
+def _conv_features(feature_extractor: nn.Module, wavs: torch.Tensor, wavs_len: torch.Tensor
+                   ) -> torch.Tensor:
+    """torchaudio's ``ConvLayerBlock`` s (conv, norm, GELU) with group norms over valid
+    frames only: ``(batch_size, num_frames, channels)``, batch invariant on valid frames."""
+    x, x_len = wavs.unsqueeze(1), wavs_len
     for block in feature_extractor.conv_layers:
         x = block.conv(x)
         x_len = conv_lengths(x_len, [(block.kernel_size, block.stride)])
         norm = block.layer_norm
-        if isinstance(norm, nn.GroupNorm):
-            if bool((x_len == x.shape[-1]).all()):
-                x = norm(x)
-            else:
-                x = _masked_group_norm(x, x_len, norm)
+        if isinstance(norm, nn.GroupNorm) and not bool((x_len == x.shape[-1]).all()):
+            x = _masked_group_norm(x, x_len, norm)
         elif norm is not None:
             x = norm(x)
         x = F.gelu(x)
@@ -136,23 +110,16 @@ def _is_wavlm_layer(layer: nn.Module) -> bool:
     return isinstance(getattr(layer, "attention", None), WavLMSelfAttention)
 
 
-def wav2vec2_hidden_states(
-    model: nn.Module,
-    wavs: torch.Tensor,
-    wavs_len: torch.Tensor,
-    *,
-    normalize_waveform: bool = False,
-) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+def wav2vec2_hidden_states(model: nn.Module, wavs: torch.Tensor, wavs_len: torch.Tensor, *,
+                           normalize_waveform: bool = False
+                           ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
     """Every hidden state of a torchaudio wav2vec2 / HuBERT / WavLM model, batch invariant.
 
     Args:
         model: a ``torchaudio.models.Wav2Vec2Model`` (also the wrapper returned by
-            a ``torchaudio.pipelines`` bundle's ``get_model()``).
-        wavs: ``(batch_size, seq_len)`` or ``(batch_size, seq_len, 1)`` float 16 kHz
-            waveforms, zero-padded, on the model's device.
-        wavs_len: ``(batch_size,)`` long valid samples.
-        normalize_waveform: normalise each utterance's valid samples to zero mean and
-            unit variance first (what large LV-60k style bundles expect).
+            a ``torchaudio.pipelines`` bundle's ``get_model()``), on ``wavs``' device.
+        normalize_waveform: normalise each utterance first (a bundle wrapper that
+            normalises does so anyway).
 
     Returns:
         ``(all_hs, all_hs_len)``: ``num_transformer_layers + 1`` tensors of shape
@@ -161,42 +128,35 @@ def wav2vec2_hidden_states(
         ``(wavs_len - 400) // 320 + 1`` (0 below 400 samples).
     """
     model, wrapped_norm = _unwrap(model)
-    normalize_waveform = normalize_waveform or wrapped_norm
     wavs, wavs_len = check_wavs(wavs, wavs_len, who="wav2vec2_hidden_states")
     encoder = model.encoder
     transformer = encoder.transformer
     layers = list(transformer.layers)
-    embed_dim = encoder.feature_projection.projection.out_features
     batch_size = wavs.shape[0]
-
     first_weight = model.feature_extractor.conv_layers[0].conv.weight
     if wavs.device != first_weight.device:
-        raise ValueError(
-            f"wavs are on {wavs.device} but the model is on {first_weight.device}; move the "
-            "inputs (or the model) so both are on the same device"
-        )
+        raise ValueError(f"wavs are on {wavs.device} but the model is on {first_weight.device}; "
+                         "move the inputs (or the model) so both are on the same device")
     frames_len = conv_lengths(wavs_len, _model_conv_layers(model))
     num_frames = int(frames_len.max())
     if num_frames == 0:
-        empty = wavs.new_zeros(batch_size, 0, embed_dim)
+        empty = wavs.new_zeros(batch_size, 0, encoder.feature_projection.projection.out_features)
         return [empty] * (len(layers) + 1), [frames_len] * (len(layers) + 1)
 
     if not torch.is_autocast_enabled(wavs.device.type):
         wavs = wavs.to(first_weight.dtype)
-    if normalize_waveform:
+    if normalize_waveform or wrapped_norm:
         wavs = normalize_waveforms(wavs, wavs_len)  # s3prl's layer norm, eps 1e-5
-
     feats = _conv_features(model.feature_extractor, wavs, wavs_len)[:, :num_frames]
     x = encoder.feature_projection(feats)
 
-    pad = padding_mask(frames_len, num_frames)  # (B, T) True at padding
+    pad = ~length_mask(frames_len, num_frames)  # (B, T) True at padding
     any_pad = bool(pad.any())
-    wavlm = _is_wavlm_layer(layers[0]) if layers else False
     attention_mask: Optional[torch.Tensor] = None
     key_padding_mask: Optional[torch.Tensor] = None
     if any_pad:
         x = x.masked_fill(pad[..., None], 0.0)
-        if wavlm:
+        if layers and _is_wavlm_layer(layers[0]):
             # additive float mask (what torchaudio turns a boolean one into, minus its
             # dtype-mismatch warning); fully padded rows only occur for utterances
             # without frames and are zeroed by _clean below.
@@ -217,9 +177,8 @@ def wav2vec2_hidden_states(
     all_hs = [x]
     position_bias = None
     for layer in layers:
-        x, position_bias = layer(
-            x, attention_mask, position_bias=position_bias, key_padding_mask=key_padding_mask
-        )
+        x, position_bias = layer(x, attention_mask, position_bias=position_bias,
+                                 key_padding_mask=key_padding_mask)
         x = _clean(x)
         all_hs.append(x)
     if not transformer.layer_norm_first and layers:  # pre-LN ("large"): final layer norm
@@ -230,141 +189,74 @@ def wav2vec2_hidden_states(
 # --------------------------------------------------------------------------- module
 
 
-class TorchaudioUpstream(AbsUpstream):
-    """A torchaudio wav2vec2 / HuBERT / WavLM model as an s3prl upstream.
+class TorchaudioUpstream(FixedUpstream):
+    """A torchaudio wav2vec2 / HuBERT / WavLM ``model`` as an s3prl upstream: its
+    transformer layers + 1 hidden states (their input first), 320 samples per frame, a
+    400-sample receptive field (:func:`wav2vec2_hidden_states`).
 
-    Args:
-        model: a ``torchaudio.models.Wav2Vec2Model`` (or the wrapper a
-            ``torchaudio.pipelines`` bundle's ``get_model()`` returns). It is kept as
-            ``self.model``; its device, dtype and train/eval mode are left as they are.
-        name: a label for reports and plots (default: the class name of ``model``).
-        normalize_waveform: normalise each utterance to zero mean, unit variance
-            first; ``None`` takes it from a bundle wrapper (else False).
-
-    Attributes:
-        model: the bare ``torchaudio.models.Wav2Vec2Model``.
-        name: the label.
-        weights: where the weights came from (set by :func:`torchaudio_upstream`).
-
-    ``forward(wavs, wavs_len)`` takes ``wavs`` ``(batch_size, seq_len, 1)`` (or
-    ``(batch_size, seq_len)``) and ``wavs_len`` ``(batch_size,)`` and returns
-    ``num_layer`` hidden states ``(batch_size, num_frames, hidden_size)`` with their
-    ``(batch_size,)`` lengths; see :func:`wav2vec2_hidden_states`. Layer drop is
-    never applied; dropout follows ``train()`` / ``eval()``.
+    ``model`` is a ``torchaudio.models.Wav2Vec2Model`` or the wrapper a
+    ``torchaudio.pipelines`` bundle's ``get_model()`` returns, kept bare as ``self.model``
+    with its device, dtype and mode; ``name`` defaults to its class name;
+    ``normalize_waveform=None`` takes it from a bundle wrapper (else False); the factories
+    set ``weights``. Layer drop is never applied; dropout follows ``train()`` / ``eval()``.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        *,
-        name: Optional[str] = None,
-        normalize_waveform: Optional[bool] = None,
-    ):
+    def __init__(self, model: nn.Module, *, name: Optional[str] = None,
+                 normalize_waveform: Optional[bool] = None):
         super().__init__()
-        bare, wrapped_norm = _unwrap(model)
-        self.model = bare
-        self.normalize_waveform = wrapped_norm if normalize_waveform is None else bool(
-            normalize_waveform
-        )
-        self.name = name or type(bare).__name__
+        self.model, wrapped_norm = _unwrap(model)
+        self.normalize_waveform = (wrapped_norm if normalize_waveform is None
+                                   else bool(normalize_waveform))
+        self.name = name or type(self.model).__name__
         self.weights = "unknown"
-        self._conv_layers = _model_conv_layers(bare)
-        self._rf, self._stride = receptive_field(self._conv_layers)
-        self._hidden = int(bare.encoder.feature_projection.projection.out_features)
-        self._num_layer = len(bare.encoder.transformer.layers) + 1
-
-    @property
-    def num_layer(self) -> int:
-        """Transformer layers + 1 (the transformer input comes first)."""
-        return self._num_layer
-
-    @property
-    def hidden_sizes(self) -> List[int]:
-        return [self._hidden] * self._num_layer
-
-    @property
-    def downsample_rates(self) -> List[int]:
-        """320 samples (20 ms) for every layer."""
-        return [self._stride] * self._num_layer
-
-    @property
-    def receptive_fields(self) -> List[int]:
-        """400 samples (25 ms) of the convolutional encoder per frame, for every layer."""
-        return [self._rf] * self._num_layer
-
-    @property
-    def conv_layers(self) -> Tuple[Tuple[int, int], ...]:
-        """``(kernel_size, stride)`` of the convolutional encoder, read from the model."""
-        return self._conv_layers
+        enc = self.model.encoder
+        self._behind_convolutions(_model_conv_layers(self.model), len(enc.transformer.layers) + 1,
+                                  enc.feature_projection.projection.out_features)
 
     def extra_repr(self) -> str:
-        return (
-            f"name={self.name!r}, weights={self.weights!r}, num_layer={self.num_layer}, "
-            f"normalize_waveform={self.normalize_waveform}"
-        )
+        return (f"name={self.name!r}, weights={self.weights!r}, num_layer={self.num_layer}, "
+                f"normalize_waveform={self.normalize_waveform}")
 
-    def forward(
-        self, wavs: torch.Tensor, wavs_len: torch.Tensor
-    ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
-        """Args:
-            wavs: ``(batch_size, seq_len, 1)`` or ``(batch_size, seq_len)`` float, 16 kHz.
-            wavs_len: ``(batch_size,)`` long valid samples.
-
-        Returns:
-            ``(all_hs, all_hs_len)``: ``all_hs[i]`` is ``(batch_size, num_frames, hidden_size)``,
-            ``all_hs_len[i]`` is ``(batch_size,)`` long.
-        """
-        return wav2vec2_hidden_states(
-            self.model, wavs, wavs_len, normalize_waveform=self.normalize_waveform
-        )
+    def forward(self, wavs: torch.Tensor, wavs_len: torch.Tensor
+                ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        return wav2vec2_hidden_states(self.model, wavs, wavs_len,
+                                      normalize_waveform=self.normalize_waveform)
 
 
-# --------------------------------------------------------------------------- factory
+# --------------------------------------------------------------------------- factories
 
 
 def _bundle(name: str):
     pipelines = _deps.torchaudio().pipelines
-
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, one of {sorted(TORCHAUDIO_MODELS)}; got {name!r}")
     key = resolve_name(name)
     if key not in TORCHAUDIO_MODELS:
-        raise ValueError(
-            f"unknown torchaudio model {name!r}; available: {', '.join(TORCHAUDIO_MODELS)} "
-            "(and s3prl's names for them, s3viz.upstreams.ALIASES)"
-        )
+        raise ValueError(f"unknown torchaudio model {name!r}; available: "
+                         f"{', '.join(TORCHAUDIO_MODELS)} (and s3prl's names for them, "
+                         "s3viz.upstreams.ALIASES)")
     return key, TORCHAUDIO_MODELS[key], getattr(pipelines, TORCHAUDIO_MODELS[key])
 
 
 def bundle_checkpoint(name: str) -> Tuple[str, str]:
-    """``(url, local_path)`` of a model's torchaudio weight file.
-
-    ``url`` is under ``S3VIZ_TORCHAUDIO_URL`` when it is set (a mirror), else
-    torchaudio's own; ``local_path`` is where torch.hub (which torchaudio bundles use)
-    caches the file: ``<torch.hub.get_dir()>/checkpoints/<file>``
-    (``$TORCH_HOME/hub/checkpoints`` when ``TORCH_HOME`` is set).
-    """
-    _, _, bundle = _bundle(name)
-    filename = os.path.basename(bundle._path)
-    return (torchaudio_base_url() + filename,
-            os.path.join(torch.hub.get_dir(), "checkpoints", filename))
+    """``(url, local_path)`` of a model's torchaudio weight file: ``url`` under
+    ``S3VIZ_TORCHAUDIO_URL`` when it is set (a mirror), else torchaudio's own;
+    ``local_path`` in torch.hub's checkpoint folder, where torchaudio bundles cache it
+    (``<torch.hub.get_dir()>/checkpoints``: ``$TORCH_HOME/hub/checkpoints``)."""
+    filename = os.path.basename(_bundle(name)[2]._path)
+    return torchaudio_base_url() + filename, os.path.join(torch_hub_checkpoints(), filename)
 
 
 def _load_state_dict(model: nn.Module, path: str, what: str) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling errors come in many types
-        raise ValueError(
-            f"{what}: could not read {path!r} as a state dict with torch.load(weights_only=True): "
-            f"{e}"
-        ) from e
+        raise ValueError(f"{what}: could not read {path!r} as a state dict with "
+                         f"torch.load(weights_only=True): {e}") from e
     if isinstance(state, dict) and len(state) and not any(
-        isinstance(v, torch.Tensor) for v in state.values()
-    ):
-        for key in ("state_dict", "model"):
-            if isinstance(state.get(key), dict):
-                state = state[key]
-                break
+            isinstance(v, torch.Tensor) for v in state.values()):
+        state = next((state[k] for k in ("state_dict", "model") if isinstance(state.get(k), dict)),
+                     state)
     if not isinstance(state, dict):
         raise ValueError(f"{what}: {path!r} holds a {type(state).__name__}, not a state dict")
     try:
@@ -374,48 +266,31 @@ def _load_state_dict(model: nn.Module, path: str, what: str) -> None:
             f"{what}: {path!r} is not a torchaudio state dict for this architecture ({e}). "
             "Checkpoints from fairseq or Hugging Face must be converted with "
             "torchaudio.models.wav2vec2.utils.import_fairseq_model / import_huggingface_model "
-            "and wrapped with s3viz.upstreams.TorchaudioUpstream(model)"
-        ) from e
+            "and wrapped with s3viz.upstreams.TorchaudioUpstream(model)") from e
 
 
-def _init_seed(key: str, seed: int) -> int:
-    """Seed of the random initialisation: differs between model names (so that
-    ``hubert_base`` and ``wav2vec2_base``, one architecture, get different weights)."""
+def _build(factory, params: dict, seed_key: str, seed: int, **upstream) -> TorchaudioUpstream:
+    """``factory(**params)`` with random weights from ``seed`` (combined with ``seed_key``,
+    so that ``hubert_base`` and ``wav2vec2_base``, one architecture, differ; the global RNG
+    state is restored) as a :class:`TorchaudioUpstream` (``upstream``: its arguments)."""
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {seed!r}")
-    return (zlib.crc32(key.encode()) + int(seed)) % (2**63)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed((zlib.crc32(seed_key.encode()) + int(seed)) % (2**63))
+        return TorchaudioUpstream(factory(**params), **upstream)
 
 
-def torchaudio_upstream(
-    name: str,
-    pretrained: bool = True,
-    *,
-    checkpoint: Optional[str] = None,
-    seed: int = 0,
-) -> TorchaudioUpstream:
-    """A torchaudio wav2vec2 / HuBERT / WavLM model as an s3prl upstream, in eval mode.
+def torchaudio_upstream(name: str, pretrained: bool = True, *, checkpoint: Optional[str] = None,
+                        seed: int = 0) -> TorchaudioUpstream:
+    """A torchaudio wav2vec2 / HuBERT / WavLM model as an s3prl upstream, on the CPU in
+    eval mode, with ``weights`` saying where its weights came from (the bundle's file
+    through torch.hub's checkpoint folder: ``docs/upstreams.md``).
 
     Args:
-        name: one of :data:`TORCHAUDIO_MODELS` (``wav2vec2_base``, ``wav2vec2_large``,
-            ``hubert_base``, ``hubert_large``, ``wavlm_base``, ``wavlm_base_plus``,
-            ``wavlm_large``, ``xls_r_300m`` ...) or s3prl's name for one (``hubert``,
-            ``wavlm``, ``hubert_large_ll60k``, ...). The architecture is that of the
-            torchaudio bundle.
-        pretrained: True (the default) loads the bundle's weights from torch.hub's
-            checkpoint folder, downloading them there on first use with a progress bar
-            (from ``S3VIZ_TORCHAUDIO_URL`` when set); with ``S3VIZ_OFFLINE=1`` or
-            ``HF_HUB_OFFLINE=1`` a missing file fails at once with where to put it. A
-            downloaded file that does not load is deleted and refused. False: the same
-            architecture with random weights from ``seed`` (the random-weights control).
-        checkpoint: path of a local state dict file (torchaudio key layout, as the
-            bundle files have) to load instead of the bundle's.
-        seed: seed of the random initialisation when ``pretrained=False``, combined
-            with the model name (the global RNG state is restored afterwards).
-
-    Returns:
-        a :class:`TorchaudioUpstream` on the CPU, in eval mode (feature extraction:
-        no dropout), with ``name``, ``weights`` (where the weights came from: starts
-        with ``"random weights"`` for the control) and all s3prl upstream properties.
+        name: one of :data:`TORCHAUDIO_MODELS` or s3prl's name for one (``hubert``,
+            ``wavlm``, ``hubert_large_ll60k``, ...): the torchaudio bundle's architecture.
+        checkpoint: a local state dict file (torchaudio's key layout, as the bundle
+            files have) to load instead of the bundle's.
     """
     _deps.torchaudio()
     from torchaudio.models import wav2vec2_model, wavlm_model
@@ -423,60 +298,71 @@ def torchaudio_upstream(
     key, bundle_name, bundle = _bundle(name)
     if not isinstance(pretrained, bool):
         raise TypeError(f"pretrained must be True or False, got {pretrained!r}")
+    what = f"torchaudio_upstream({key!r})"
     path, downloaded = None, False
     if checkpoint is not None:
         if not pretrained:
-            raise ValueError(f"torchaudio_upstream({key!r}): checkpoint= gives weights and "
-                             "pretrained=False asks for random ones; pass one of them")
+            raise ValueError(f"{what}: checkpoint= gives weights and pretrained=False asks for "
+                             "random ones; pass one of them")
         path = os.path.abspath(os.path.expanduser(os.fspath(checkpoint)))
         if not os.path.isfile(path):
             raise FileNotFoundError(f"checkpoint={checkpoint!r}: no such file")
         weights = f"checkpoint {path}"
     elif pretrained:
         filename = os.path.basename(bundle._path)
-        path, downloaded = fetch_torchaudio(f"torchaudio_upstream({key!r})", bundle_name,
-                                            filename)
+        path, downloaded = fetch_torchaudio(what, bundle_name, filename)
         weights = f"pretrained: torchaudio.pipelines.{bundle_name} ({filename})"
     else:
         weights = f"{RANDOM_WEIGHTS} (seed {int(seed)})"
-
-    factory = wavlm_model if bundle._model_type == "WavLM" else wav2vec2_model
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_init_seed(key, seed))
-        model = factory(**bundle._params)
+    up = _build(wavlm_model if bundle._model_type == "WavLM" else wav2vec2_model, bundle._params,
+                key, seed, name=key, normalize_waveform=bool(bundle._normalize_waveform))
     if path is not None:
         try:
-            _load_state_dict(model, path, f"torchaudio_upstream({key!r})")
+            _load_state_dict(up.model, path, what)
         except ValueError as err:
             if not downloaded:
                 raise
-            remove_download(path, "torch.hub's checkpoint folder")
+            from .._fs import OwnedFolder  # (a link there is removed itself, never followed)
+
+            OwnedFolder(os.path.dirname(path), "torch.hub's checkpoint folder",
+                        create=False).unlink(os.path.basename(path))
             raise ValueError(f"{err}\nThe file was just downloaded and does not load, so it "
                              f"was deleted from the cache ({path}); check "
                              f"S3VIZ_TORCHAUDIO_URL or the network and try again") from None
-    upstream = TorchaudioUpstream(
-        model, name=key, normalize_waveform=bool(bundle._normalize_waveform)
-    )
-    upstream.weights = weights
-    return upstream.eval()
+    up.weights = weights
+    return up.eval()
 
 
 # --------------------------------------------------------------------------- s3prl checkpoints
 
-_FAIRSEQ_DEFAULTS = {  # fairseq's (and s3prl's) HubertConfig / Wav2Vec2Config defaults
-    "extractor_mode": "default", "conv_feature_layers":
-    "[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512,2,2)] * 2", "conv_bias": False,
-    "encoder_embed_dim": 768, "dropout_input": 0.0, "conv_pos": 128, "conv_pos_groups": 16,
-    "encoder_layers": 12, "encoder_attention_heads": 12, "attention_dropout": 0.1,
-    "encoder_ffn_embed_dim": 3072, "activation_dropout": 0.0, "dropout": 0.1,
-    "layer_norm_first": False, "encoder_layerdrop": 0.0,
+_FAIRSEQ_FIELDS = {  # fairseq's field: (wav2vec2_model's argument, type, lowest, default)
+    "conv_bias": ("extractor_conv_bias", bool, None, False),
+    "encoder_embed_dim": ("encoder_embed_dim", int, 1, 768),
+    "dropout_input": ("encoder_projection_dropout", float, 0, 0.0),
+    "conv_pos": ("encoder_pos_conv_kernel", int, 1, 128),
+    "conv_pos_groups": ("encoder_pos_conv_groups", int, 1, 16),
+    "encoder_layers": ("encoder_num_layers", int, 1, 12),
+    "encoder_attention_heads": ("encoder_num_heads", int, 1, 12),
+    "attention_dropout": ("encoder_attention_dropout", float, 0, 0.1),
+    "encoder_ffn_embed_dim": ("encoder_ff_interm_features", int, 1, 3072),
+    "activation_dropout": ("encoder_ff_interm_dropout", float, 0, 0.0),
+    "dropout": ("encoder_dropout", float, 0, 0.1),
+    "layer_norm_first": ("encoder_layer_norm_first", bool, None, False),
 }
+"""The numeric fields of fairseq's (and s3prl's) HubertConfig / Wav2Vec2Config that s3viz
+reads, with fairseq's defaults; besides ``extractor_mode`` and ``conv_feature_layers``."""
+
+_FAIRSEQ_DEFAULTS = {"extractor_mode": "default", "conv_feature_layers":
+                     "[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512,2,2)] * 2",
+                     **{field: spec[3] for field, spec in _FAIRSEQ_FIELDS.items()}}
+
+_MAX_CONV_LAYERS = 64
+"""More convolution layers than any released model has (7): a bound for reading configs."""
 
 
 def _conv_spec(text, where: str) -> list:
     """fairseq's ``conv_feature_layers`` ("[(512, 10, 5)] + [(512, 3, 2)] * 4 ..."), read
     without eval: lists and tuples of ints joined by ``+`` and ``*`` only."""
-    import ast
 
     def value(node):
         if isinstance(node, ast.Constant) and isinstance(node.value, int):
@@ -505,26 +391,75 @@ def _conv_spec(text, where: str) -> list:
     return layers
 
 
-_MAX_CONV_LAYERS = 64
-"""More convolution layers than any released model has (7): a bound for reading configs."""
-
-
 def _cfg_value(cfg: dict, key: str, kind: type, where: str, low=None, section="model_cfg"):
     """``cfg[key]`` as a bool, int or float, refused when it is spelled otherwise (a text
     "False" is not False) or below ``low``."""
     value = cfg[key]
     if kind is bool:
-        ok = isinstance(value, bool) or (isinstance(value, int) and value in (0, 1))
-    elif kind is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
+        ok, name = isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)), ""
     else:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = isinstance(value, int if kind is int else (int, float)) and not isinstance(value, bool)
+        name = "an int" if kind is int else "a number"
     if not ok or (low is not None and value < low):
         raise ValueError(f"{where}: {section} {key}={value!r} is not "
                          + ("True or False" if kind is bool else
-                            f"{'an int' if kind is int else 'a number'}"
-                            + (f" >= {low}" if low is not None else "")))
+                            name + (f" >= {low}" if low is not None else "")))
     return kind(value)
+
+
+def _fairseq_params(cfg: dict, where: str) -> dict:
+    """``torchaudio.models.wav2vec2_model``'s arguments for fairseq's config fields."""
+    for field, allowed in (("activation_fn", ("gelu",)), ("layer_type", ("transformer",)),
+                           ("pos_enc_type", ("abs",)), ("attn_type", ("",))):
+        if field in cfg and cfg[field] not in allowed:  # another architecture than torchaudio's
+            raise ValueError(f"{where}: {field}={cfg[field]!r}; s3viz builds fairseq's HuBERT / "
+                             f"wav2vec 2.0 transformer ({field} {allowed[0]!r}) only")
+    mode = {"default": "group_norm", "layer_norm": "layer_norm"}.get(str(cfg["extractor_mode"]))
+    if mode is None:
+        raise ValueError(f"{where}: extractor_mode {cfg['extractor_mode']!r} is neither "
+                         "'default' nor 'layer_norm'")
+    params = dict(extractor_mode=mode,
+                  extractor_conv_layer_config=_conv_spec(cfg["conv_feature_layers"], where),
+                  encoder_layer_drop=0.0, aux_num_out=None)  # (layer drop: never when extracting)
+    params.update({arg: _cfg_value(cfg, field, kind, where, low)
+                   for field, (arg, kind, low, _) in _FAIRSEQ_FIELDS.items()})
+    for parts, n in (("encoder_attention_heads", params["encoder_num_heads"]),
+                     ("conv_pos_groups", params["encoder_pos_conv_groups"])):
+        if params["encoder_embed_dim"] % n:
+            raise ValueError(f"{where}: model_cfg encoder_embed_dim={cfg['encoder_embed_dim']} "
+                             f"is not a multiple of {parts}={n}")
+    if cfg.get("pos_conv_depth", 1) != 1:
+        raise ValueError(f"{where}: model_cfg pos_conv_depth={cfg['pos_conv_depth']!r}; "
+                         "torchaudio's architecture has one positional convolution")
+    return params
+
+
+def _load_fairseq(model: nn.Module, fairseq_weights: dict, params: dict, where: str) -> None:
+    # torchaudio's fairseq key map (private, but torchaudio's own import_fairseq_model
+    # path; torch and torchaudio are pinned together): written by hand it would copy it
+    _deps.torchaudio()
+    from torchaudio.models.wav2vec2.utils.import_fairseq import _convert_state_dict
+
+    weights = {key.replace("parametrizations.weight.original0", "weight_g").replace(
+        "parametrizations.weight.original1", "weight_v"): value  # torch's newer weight norm
+        for key, value in fairseq_weights.items()}
+    try:
+        converted = _convert_state_dict(weights)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}; not a HuBERT / wav2vec 2.0 checkpoint") from None
+    converted = {k: v for k, v in converted.items()  # pre-training heads
+                 if k != "label_embs_concat" and not k.startswith("aux.")}
+    proj = "encoder.feature_projection.projection."
+    dim = params["encoder_embed_dim"]
+    if proj + "weight" not in converted and params["extractor_conv_layer_config"][-1][0] == dim:
+        # fairseq has no projection when the CNN's width is the model's: the identity
+        converted[proj + "weight"] = torch.eye(dim)
+        converted[proj + "bias"] = torch.zeros(dim)
+    try:
+        model.load_state_dict(converted)
+    except RuntimeError as err:
+        raise ValueError(f"{where}: the weights do not fit the architecture its model_cfg "
+                         f"describes ({err})") from None
 
 
 def from_s3prl_checkpoint(path, *, pretrained: bool = True, seed: int = 0,
@@ -553,8 +488,8 @@ def from_s3prl_checkpoint(path, *, pretrained: bool = True, seed: int = 0,
         "give the file s3prl's hubert_local / wav2vec2_local read (task_cfg, model_cfg, "
         "model_weight)", "convert it where you trust the file (s3prl's convert.py) and save "
         "plain dicts and tensors"))
-    missing = [k for k in ("model_cfg", "model_weight") if not isinstance(state, dict)
-               or not isinstance(state.get(k), dict)]
+    missing = [k for k in ("model_cfg", "model_weight")
+               if not isinstance(state, dict) or not isinstance(state.get(k), dict)]
     if missing:
         raise ValueError(f"{where}: no {missing} dicts, so its architecture is unknown. A "
                          "weight file loads by its path when it is s3prl's converted HuBERT / "
@@ -563,82 +498,17 @@ def from_s3prl_checkpoint(path, *, pretrained: bool = True, seed: int = 0,
                          "get_upstream('hubert_base', checkpoint=PATH)")
     cfg = {**_FAIRSEQ_DEFAULTS, **{k: v for k, v in dict(state["model_cfg"]).items()
                                    if v is not None}}
-    for field, allowed in (("activation_fn", ("gelu",)), ("layer_type", ("transformer",)),
-                           ("pos_enc_type", ("abs",)), ("attn_type", ("",))):
-        if field in cfg and cfg[field] not in allowed:  # another architecture than torchaudio's
-            raise ValueError(f"{where}: {field}={cfg[field]!r}; s3viz builds fairseq's HuBERT / "
-                             f"wav2vec 2.0 transformer ({field} {allowed[0]!r}) only")
-    mode = {"default": "group_norm", "layer_norm": "layer_norm"}.get(str(cfg["extractor_mode"]))
-    if mode is None:
-        raise ValueError(f"{where}: extractor_mode {cfg['extractor_mode']!r} is neither "
-                         "'default' nor 'layer_norm'")
-    def get(key, kind, low=None):
-        return _cfg_value(cfg, key, kind, where, low)
-
-    params = dict(
-        extractor_mode=mode,
-        extractor_conv_layer_config=_conv_spec(cfg["conv_feature_layers"], where),
-        extractor_conv_bias=get("conv_bias", bool),
-        encoder_embed_dim=get("encoder_embed_dim", int, 1),
-        encoder_projection_dropout=get("dropout_input", float, 0),
-        encoder_pos_conv_kernel=get("conv_pos", int, 1),
-        encoder_pos_conv_groups=get("conv_pos_groups", int, 1),
-        encoder_num_layers=get("encoder_layers", int, 1),
-        encoder_num_heads=get("encoder_attention_heads", int, 1),
-        encoder_attention_dropout=get("attention_dropout", float, 0),
-        encoder_ff_interm_features=get("encoder_ffn_embed_dim", int, 1),
-        encoder_ff_interm_dropout=get("activation_dropout", float, 0),
-        encoder_dropout=get("dropout", float, 0),
-        encoder_layer_norm_first=get("layer_norm_first", bool),
-        encoder_layer_drop=0.0,  # never applied when extracting
-        aux_num_out=None,
-    )
-    for parts, n in (("encoder_attention_heads", params["encoder_num_heads"]),
-                     ("conv_pos_groups", params["encoder_pos_conv_groups"])):
-        if params["encoder_embed_dim"] % n:
-            raise ValueError(f"{where}: model_cfg encoder_embed_dim={cfg['encoder_embed_dim']} "
-                             f"is not a multiple of {parts}={n}")
-    if cfg.get("pos_conv_depth", 1) != 1:
-        raise ValueError(f"{where}: model_cfg pos_conv_depth={cfg['pos_conv_depth']!r}; "
-                         "torchaudio's architecture has one positional convolution")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_init_seed(str(file), seed))
-        model = wav2vec2_model(**params)
-    if pretrained:
-        # torchaudio's fairseq key map (private, but torchaudio's own import_fairseq_model
-        # path; torch and torchaudio are pinned together): written by hand it would copy it
-        from torchaudio.models.wav2vec2.utils.import_fairseq import _convert_state_dict
-
-        weights = {}
-        for key, value in dict(state["model_weight"]).items():
-            key = key.replace("parametrizations.weight.original0", "weight_g").replace(
-                "parametrizations.weight.original1", "weight_v")  # torch's newer weight norm
-            weights[key] = value
-        try:
-            converted = _convert_state_dict(weights)
-        except ValueError as err:
-            raise ValueError(f"{where}: {err}; not a HuBERT / wav2vec 2.0 checkpoint") from None
-        converted = {k: v for k, v in converted.items()  # pre-training heads
-                     if k != "label_embs_concat" and not k.startswith("aux.")}
-        proj = "encoder.feature_projection.projection."
-        dim = params["encoder_embed_dim"]
-        if proj + "weight" not in converted and params["extractor_conv_layer_config"][-1][0] == dim:
-            # fairseq has no projection when the CNN's width is the model's: the identity
-            converted[proj + "weight"] = torch.eye(dim)
-            converted[proj + "bias"] = torch.zeros(dim)
-        try:
-            model.load_state_dict(converted)
-        except RuntimeError as err:
-            raise ValueError(f"{where}: the weights do not fit the architecture its model_cfg "
-                             f"describes ({err})") from None
-        text = f"checkpoint {file} (s3prl)"
-    else:
-        text = f"{RANDOM_WEIGHTS} (seed {int(seed)}; the architecture of {file})"
+    params = _fairseq_params(cfg, where)
     task = state.get("task_cfg") or {}
     if not isinstance(task, dict):
         raise ValueError(f"{where}: task_cfg is a {type(task).__name__}, not a dict")
     normalize = _cfg_value({"normalize": task.get("normalize", False)}, "normalize", bool,
                            where, section="task_cfg")
-    upstream = TorchaudioUpstream(model, name=name or file.stem, normalize_waveform=normalize)
-    upstream.weights = text
-    return upstream.eval()
+    up = _build(wav2vec2_model, params, str(file), seed, name=name or file.stem,
+                normalize_waveform=normalize)
+    if pretrained:
+        _load_fairseq(up.model, dict(state["model_weight"]), params, where)
+        up.weights = f"checkpoint {file} (s3prl)"
+    else:
+        up.weights = f"{RANDOM_WEIGHTS} (seed {int(seed)}; the architecture of {file})"
+    return up.eval()

@@ -19,10 +19,10 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.rnn import pad_sequence
 
-from ..align import expected_lengths, receptive_field
-from ..interface import AbsUpstream
-from ..interface import check_wavs
-from ._common import normalize_waveforms
+from ..align import expected_lengths
+from ..interface import AbsUpstream, check_wavs
+from ..models import length_mask
+from ._common import FixedUpstream, normalize_waveforms
 from ._hub import AS_GIVEN, RANDOM_WEIGHTS, hf_cache_dir, offline
 
 __all__ = ["TRANSFORMERS_FAMILIES", "TransformersUpstream", "WhisperEncoderUpstream",
@@ -42,47 +42,59 @@ def is_transformers_model(obj) -> bool:
         (c.__module__ or "").startswith("transformers.") for c in type(obj).__mro__)
 
 
-def _layer_ids(layers, n: int, who: str) -> List[int]:
-    if isinstance(layers, str):
-        if layers != "all":
-            raise ValueError(f"{who}: upstream_layers must be 'all' or a list of hidden-state "
-                             f"indices, got {layers!r}")
-        return list(range(n))
-    try:
-        ids = [int(i) for i in layers]
-    except TypeError:
-        raise TypeError(f"{who}: upstream_layers must be 'all' or a list of ints, got "
-                        f"{layers!r}") from None
-    out = []
-    for i in ids:
-        if not -n <= i < n:
-            raise ValueError(f"{who}: layer {i} out of range for {n} hidden states "
-                             f"(0..{n - 1}, negative from the end)")
-        out.append(i % n)
-    if not out or len(set(out)) != len(out):
-        raise ValueError(f"{who}: upstream_layers must be distinct and not empty, got "
-                         f"{list(layers)}")
-    return out
+class _HFUpstream(FixedUpstream):
+    """What both wrappers share: ``upstream_layers`` picks HF's hidden states, and each
+    returned one is zero past its utterance's frames."""
+
+    def _pick_layers(self, layers, n: int, who: str) -> int:
+        if isinstance(layers, str):
+            if layers != "all":
+                raise ValueError(f"{who}: upstream_layers must be 'all' or a list of "
+                                 f"hidden-state indices, got {layers!r}")
+            ids = list(range(n))
+        else:
+            try:
+                ids = [int(i) for i in layers]
+            except TypeError:
+                raise TypeError(f"{who}: upstream_layers must be 'all' or a list of ints, got "
+                                f"{layers!r}") from None
+            for i in ids:
+                if not -n <= i < n:
+                    raise ValueError(f"{who}: layer {i} out of range for {n} hidden states "
+                                     f"(0..{n - 1}, negative from the end)")
+            ids = [i % n for i in ids]
+            if not ids or len(set(ids)) != len(ids):
+                raise ValueError(f"{who}: upstream_layers must be distinct and not empty, got "
+                                 f"{list(layers)}")
+        self._layer_ids = ids
+        return len(ids)
+
+    @property
+    def layer_ids(self) -> List[int]:
+        """Which of HF's hidden states each returned one is."""
+        return list(self._layer_ids)
+
+    def _picked(self, hidden_states, frames: torch.Tensor):
+        """The picked hidden states up to the longest utterance, zero past each one's
+        ``frames``; and a copy of ``frames`` for each."""
+        t = int(frames.max())
+        valid = length_mask(frames, t)[..., None]
+        all_hs = [hidden_states[i][:, :t].to(frames.device) * valid for i in self._layer_ids]
+        return all_hs, [frames.clone() for _ in all_hs]
 
 
-class TransformersUpstream(AbsUpstream):
-    """A Hugging Face wav2vec2-family model behind the s3prl upstream interface.
+class TransformersUpstream(_HFUpstream):
+    """A Hugging Face wav2vec2-family model behind the s3prl upstream interface
+    (``docs/upstreams.md``: which hidden states, and how padded batches stay batch
+    invariant).
 
-    Args:
-        model: a ``Wav2Vec2Model``, ``HubertModel``, ``WavLMModel``,
-            ``Data2VecAudioModel`` or ``Wav2Vec2ConformerModel``, or a
-            ``*ForCTC`` / ``*ForSequenceClassification`` head (its base model is
-            used and becomes the submodule).
-        upstream_layers: ``"all"`` (the ``num_hidden_layers + 1`` hidden states)
-            or the indices to return (negative from the end).
-        normalize_waveform: normalise each waveform to zero mean, unit variance
-            first (what the checkpoint's ``do_normalize`` says), as
-            :class:`TorchaudioUpstream`'s argument of that name.
-        name: a label (default: the checkpoint's name or the model type).
-
-    ``docs/upstreams.md`` says what each hidden state is and how padded
-    batches stay batch invariant. The model's mode and device are left as they
-    are (``s3viz.extract`` runs it in eval mode).
+    ``model`` is a ``Wav2Vec2Model``, ``HubertModel``, ``WavLMModel``,
+    ``Data2VecAudioModel`` or ``Wav2Vec2ConformerModel``, or a ``*ForCTC`` /
+    ``*ForSequenceClassification`` head whose base model becomes the submodule (its mode
+    and device are left as they are); ``upstream_layers`` is ``"all"`` (the
+    ``num_hidden_layers + 1`` hidden states) or indices (negative from the end);
+    ``normalize_waveform`` (kept as ``normalize``) is what the checkpoint's
+    ``do_normalize`` says.
     """
 
     def __init__(self, model: nn.Module, *, upstream_layers: Union[str, Sequence[int]] = "all",
@@ -106,41 +118,14 @@ class TransformersUpstream(AbsUpstream):
         self.model = base
         self.model_type = kind
         self.normalize = normalize_waveform  # (the attribute keeps its name: cache keys)
-        n_all = int(config.num_hidden_layers) + 1
-        self._layer_ids = _layer_ids(upstream_layers, n_all, "from_transformers")
-        self._conv_layers = tuple((int(k), int(s)) for k, s in zip(config.conv_kernel,
-                                                                   config.conv_stride))
-        self._rf, self._rate = receptive_field(self._conv_layers)
+        n = self._pick_layers(upstream_layers, int(config.num_hidden_layers) + 1,
+                              "from_transformers")
+        self._behind_convolutions(zip(config.conv_kernel, config.conv_stride), n,
+                                  config.hidden_size)
         self.uses_attention_mask = (getattr(config, "feat_extract_norm", "group") == "layer"
                                     and kind in _MASK_SAFE)
         self.name = name or getattr(config, "_name_or_path", "") or kind
         self.weights = AS_GIVEN  # load_transformers says "pretrained: ..." or "random ..."
-
-    @property
-    def num_layer(self) -> int:
-        return len(self._layer_ids)
-
-    @property
-    def layer_ids(self) -> List[int]:
-        """Which of HF's hidden states each returned one is."""
-        return list(self._layer_ids)
-
-    @property
-    def hidden_sizes(self) -> List[int]:
-        return [int(self.model.config.hidden_size)] * self.num_layer
-
-    @property
-    def downsample_rates(self) -> List[int]:
-        return [self._rate] * self.num_layer
-
-    @property
-    def receptive_fields(self) -> List[int]:
-        return [self._rf] * self.num_layer
-
-    @property
-    def conv_layers(self) -> Tuple[Tuple[int, int], ...]:
-        """``(kernel_size, stride)`` of the convolutional feature encoder (config)."""
-        return self._conv_layers
 
     def extra_repr(self) -> str:
         return (f"name={self.name!r}, weights={self.weights!r}, model_type={self.model_type!r}, "
@@ -156,19 +141,12 @@ class TransformersUpstream(AbsUpstream):
 
     def forward(self, wavs: torch.Tensor, wavs_len: torch.Tensor
                 ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
-        """Args:
-            wavs: ``(batch_size, seq_len, 1)`` or ``(batch_size, seq_len)`` float, 16 kHz.
-            wavs_len: ``(batch_size,)`` long valid samples.
-
-        Returns:
-            ``all_hs``: ``num_layer`` tensors ``(batch_size, max_frames, hidden_size)``,
-            zero past each length; ``all_hs_len``: ``num_layer`` ``(batch_size,)`` long.
-        """
         wavs, wavs_len = check_wavs(wavs, wavs_len, who=f"from_transformers({self.name})")
-        short = [i for i, n in enumerate(wavs_len.tolist()) if n < self._rf]
+        field = self._fields[0]
+        short = [i for i, n in enumerate(wavs_len.tolist()) if n < field]
         if short:
             raise ValueError(f"{self.name}: utterance(s) {short} are shorter than the "
-                             f"{self._rf}-sample receptive field: no frame")
+                             f"{field}-sample receptive field: no frame")
         if self.normalize:  # as HF's feature extractor does it: variance eps 1e-7
             wavs = normalize_waveforms(wavs, wavs_len, eps=1e-7)
         frames = self._frames(wavs_len)
@@ -177,28 +155,24 @@ class TransformersUpstream(AbsUpstream):
             wavs = wavs.to(param.dtype)
         if self.uses_attention_mask:
             t = int(wavs_len.max())
-            mask = torch.arange(t, device=wavs.device)[None, :] < wavs_len[:, None]
+            mask = length_mask(wavs_len, t)
             with warnings.catch_warnings():
                 # HF's WavLM attention mixes a bool padding mask with its float position
                 # bias, which torch deprecates; the result is right (tests compare it)
                 warnings.filterwarnings("ignore", message="Support for mismatched key_padding_mask")
                 out = self.model(wavs[:, :t] * mask, attention_mask=mask.long(),
                                  output_hidden_states=True)
-            hs = [out.hidden_states[i][:, : int(frames.max())] for i in self._layer_ids]
-            valid = (torch.arange(hs[0].shape[1], device=wavs.device)[None, :]
-                     < frames[:, None])[..., None]
-            all_hs = [h * valid for h in hs]
-        else:
-            per = [[None] * len(wavs_len) for _ in self._layer_ids]
-            lens = wavs_len.tolist()
-            for n in sorted(set(lens)):  # one unpadded forward per length
-                idx = [b for b, m in enumerate(lens) if m == n]
-                out = self.model(wavs[idx, :n], output_hidden_states=True)
-                for k, i in enumerate(self._layer_ids):
-                    for j, b in enumerate(idx):
-                        per[k][b] = out.hidden_states[i][j]
-            # each item has exactly its utterance's frames: zero-padding stacks them
-            all_hs = [pad_sequence(items, batch_first=True) for items in per]
+            return self._picked(out.hidden_states, frames)
+        per = [[None] * len(wavs_len) for _ in self._layer_ids]
+        lens = wavs_len.tolist()
+        for n in sorted(set(lens)):  # one unpadded forward per length
+            idx = [b for b, m in enumerate(lens) if m == n]
+            out = self.model(wavs[idx, :n], output_hidden_states=True)
+            for k, i in enumerate(self._layer_ids):
+                for j, b in enumerate(idx):
+                    per[k][b] = out.hidden_states[i][j]
+        # each item has exactly its utterance's frames: zero-padding stacks them
+        all_hs = [pad_sequence(items, batch_first=True) for items in per]
         return all_hs, [frames.clone() for _ in all_hs]
 
 
@@ -220,38 +194,16 @@ def from_transformers(model: nn.Module, *, upstream_layers: Union[str, Sequence[
 # --------------------------------------------------------------------------- Whisper
 
 
-class WhisperEncoderUpstream(AbsUpstream):
-    """The encoder of a Hugging Face Whisper model behind the s3prl upstream interface.
+class WhisperEncoderUpstream(_HFUpstream):
+    """The encoder of a Hugging Face Whisper model behind the s3prl upstream interface:
+    ``encoder_layers + 1`` hidden states at 320 samples per frame, each utterance in its
+    own window of silence-padded log-mel frames (``docs/upstreams.md``, "Whisper");
+    lengths count only the frames of real audio (:meth:`frames`), and utterances longer
+    than the window are refused.
 
-    Each utterance goes through Whisper's own feature extractor
-    (``WhisperFeatureExtractor``: an 80- or 128-bin log-mel spectrogram, 25 ms
-    windows every 10 ms, padded with silence to the model's window of
-    ``2 * max_source_positions`` mel frames, 30 s for every released
-    checkpoint) and through the encoder alone. The encoder halves the frame
-    rate (320 samples, 20 ms per frame) and always sees the full window: Whisper
-    was trained so, without an attention mask, so the hidden states of the real
-    frames are those of the utterance followed by silence up to 30 s (the
-    padding takes part in attention; a frame near the end of a short
-    utterance is not what it would be in a longer one). Since every utterance
-    gets its own window, an utterance's hidden states are the same alone or in
-    any batch.
-
-    Lengths count only the frames of real audio: ``ceil(L / 160)`` mel frames,
-    then ``(n - 1) // 2 + 1`` after the stride-2 convolution; hidden states are
-    returned up to the longest utterance's frames, zero past each length.
-    Utterances longer than the window are refused (split them first).
-
-    Hidden states: ``encoder_layers + 1`` entries: entry 0 is the convolutional
-    front end plus the sinusoidal positional embedding (the first layer's
-    input), entry ``i`` the output of layer ``i``, except that the last entry is
-    HF's ``last_hidden_state``, after the encoder's final layer norm.
-
-    Args:
-        model: ``WhisperModel``, ``WhisperForConditionalGeneration`` or a
-            ``WhisperEncoder``.
-        feature_extractor: a ``WhisperFeatureExtractor`` (default: one built for
-            the model's ``num_mel_bins`` and window, as the checkpoints ship).
-        upstream_layers, name: as for :class:`TransformersUpstream`.
+    ``model`` is a ``WhisperModel``, ``WhisperForConditionalGeneration`` or a
+    ``WhisperEncoder``; ``feature_extractor`` defaults to one built for its
+    ``num_mel_bins`` and window, as the checkpoints ship.
     """
 
     def __init__(self, model: nn.Module, *, feature_extractor=None,
@@ -267,8 +219,8 @@ class WhisperEncoderUpstream(AbsUpstream):
             raise TypeError(f"from_whisper: {type(model).__name__} is not a Whisper model")
         self.encoder = encoder
         positions = int(config.max_source_positions)
-        self._mel_frames = 2 * positions
-        seconds = self._mel_frames * 160 / 16000
+        mel_frames = 2 * positions
+        seconds = mel_frames * 160 / 16000
         if feature_extractor is None:
             from transformers import WhisperFeatureExtractor
 
@@ -278,28 +230,16 @@ class WhisperEncoderUpstream(AbsUpstream):
                                  "seconds (a multiple of 50 positions)")
             feature_extractor = WhisperFeatureExtractor(feature_size=int(config.num_mel_bins),
                                                         chunk_length=int(seconds))
-        if int(feature_extractor.nb_max_frames) != self._mel_frames:
+        if int(feature_extractor.nb_max_frames) != mel_frames:
             raise ValueError(f"from_whisper: the feature extractor makes "
                              f"{feature_extractor.nb_max_frames} mel frames but the encoder "
-                             f"takes {self._mel_frames}")
+                             f"takes {mel_frames}")
         self.feature_extractor = feature_extractor
         self.window_samples = int(feature_extractor.n_samples)
-        self._layer_ids = _layer_ids(upstream_layers, int(config.encoder_layers) + 1,
-                                     "from_whisper")
+        n = self._pick_layers(upstream_layers, int(config.encoder_layers) + 1, "from_whisper")
+        self._sizes, self._rates = [int(config.d_model)] * n, [320] * n
         self.name = name or getattr(config, "_name_or_path", "") or "whisper"
         self.weights = AS_GIVEN
-
-    @property
-    def num_layer(self) -> int:
-        return len(self._layer_ids)
-
-    @property
-    def hidden_sizes(self) -> List[int]:
-        return [int(self.encoder.config.d_model)] * self.num_layer
-
-    @property
-    def downsample_rates(self) -> List[int]:
-        return [320] * self.num_layer
 
     def extra_repr(self) -> str:
         return (f"name={self.name!r}, weights={self.weights!r}, num_layer={self.num_layer}, "
@@ -330,11 +270,7 @@ class WhisperEncoderUpstream(AbsUpstream):
         param = next(self.encoder.parameters())
         out = self.encoder(feats.to(device=param.device, dtype=param.dtype),
                            output_hidden_states=True)
-        frames = self.frames(wavs_len).to(wavs.device)
-        t = int(frames.max())
-        valid = (torch.arange(t, device=wavs.device)[None, :] < frames[:, None])[..., None]
-        all_hs = [out.hidden_states[i][:, :t].to(wavs.device) * valid for i in self._layer_ids]
-        return all_hs, [frames.clone() for _ in all_hs]
+        return self._picked(out.hidden_states, self.frames(wavs_len).to(wavs.device))
 
 
 def from_whisper(model: nn.Module, *, feature_extractor=None,
@@ -342,8 +278,7 @@ def from_whisper(model: nn.Module, *, feature_extractor=None,
                  ) -> WhisperEncoderUpstream:
     """Wrap a Whisper model's encoder: see :class:`WhisperEncoderUpstream`."""
     return WhisperEncoderUpstream(model, feature_extractor=feature_extractor,
-                                  upstream_layers=upstream_layers,
-                                  name=name)
+                                  upstream_layers=upstream_layers, name=name)
 
 
 # --------------------------------------------------------------------------- loading
@@ -367,13 +302,13 @@ def _repo_files(repo_id: str, revision: Optional[str], what: str) -> Tuple[list,
     """What loading ``repo_id`` needs, read once from the hub's file list: the configs
     (``config.json``, the feature extractor's) and the weights, safetensors when the
     repository has them, else ``pytorch_model*.bin`` (then loaded with ``weights_only``)."""
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi, constants
 
     try:
         info = HfApi().model_info(repo_id, revision=revision or "main")
     except Exception as err:  # HTTP, connection and repository errors vary
-        raise OSError(f"{what}: could not be found on {_endpoint()} ({type(err).__name__}: "
-                      f"{err})") from None
+        raise OSError(f"{what}: could not be found on {constants.ENDPOINT} "
+                      f"({type(err).__name__}: {err})") from None
     names = [s.rfilename for s in (info.siblings or [])]
     weight_files = [n for n in names if n.endswith(".safetensors") or
                     n == "model.safetensors.index.json"] or [
@@ -384,10 +319,10 @@ def _repo_files(repo_id: str, revision: Optional[str], what: str) -> Tuple[list,
     return [n for n in ("config.json", "preprocessor_config.json") if n in names], weight_files
 
 
-def _fetch(repo_id: str, revision: Optional[str], names: list, what: str) -> None:
+def _fetch(repo_id: str, revision: Optional[str], names: list, what: str, forget) -> None:
     """Download ``names`` of ``repo_id`` into huggingface_hub's cache, each with its
-    progress bar; a file that fails is named (huggingface_hub keeps only complete files
-    in a snapshot)."""
+    progress bar; a file that fails is named, with what ``forget`` cleared (huggingface_hub
+    keeps only complete files in a snapshot)."""
     from huggingface_hub import hf_hub_download
 
     for name in names:
@@ -396,23 +331,13 @@ def _fetch(repo_id: str, revision: Optional[str], names: list, what: str) -> Non
             # offline loads of the same name find it
             hf_hub_download(repo_id, name, revision=revision or "main")
         except Exception as err:
-            raise _Fetch(f"{what}: downloading {name} failed ({type(err).__name__}: "
-                         f"{err})") from None
+            raise OSError(forget(f"{what}: downloading {name} failed ({type(err).__name__}: "
+                                 f"{err})")) from None
 
 
 _UNUSED_IN_EVAL = ("masked_spec_embed",)
 """Parameters a checkpoint may leave out that extraction never uses (the mask embedding
 is applied only while training, when ``mask_time_prob > 0``)."""
-
-
-class _Fetch(OSError):
-    """A file of a repository did not download."""
-
-
-def _endpoint() -> str:
-    from huggingface_hub import constants
-
-    return str(constants.ENDPOINT)
 
 
 def _cached_commit(repo_id: str, revision: Optional[str]) -> Optional[str]:
@@ -456,25 +381,14 @@ def _forget_download(repo_id: str, before: Tuple[str, dict, set]) -> List[str]:
 def load_transformers(name_or_path: str, *, pretrained: bool = True,
                       revision: Optional[str] = None, upstream_layers="all",
                       seed: int = 0, repository: bool = False, **kwargs) -> AbsUpstream:
-    """An upstream from a folder saved with ``save_pretrained`` or a Hugging Face repository.
-
-    A repository id (``"facebook/hubert-base-ls960"``) is loaded with transformers'
-    ``from_pretrained``: downloaded into huggingface_hub's cache on first use (with
-    its progress bars; ``HF_ENDPOINT``, ``HF_HOME``/``HF_HUB_CACHE`` apply), reused
-    afterwards. ``S3VIZ_OFFLINE=1`` or ``HF_HUB_OFFLINE=1`` make it cache-only: not
-    cached, it fails at once naming the cache folder and how to fetch it elsewhere.
-    No code from the hub is run (``trust_remote_code=False``); safetensors files are
-    preferred, ``.bin`` files load with ``torch.load(weights_only=True)``. What this
-    call downloaded is removed from the cache again when it does not load.
+    """An upstream from a folder saved with ``save_pretrained`` or a Hugging Face repository
+    (loaded with transformers' ``from_pretrained`` through huggingface_hub's cache, no
+    code from the hub run; what this call downloaded is removed again when it does not
+    load: ``docs/upstreams.md``).
 
     Args:
         name_or_path: a folder holding ``config.json`` (its own weights) or a
             repository id.
-        pretrained: True (the default) loads the weights; False builds the
-            architecture of the config with random weights from ``seed`` (the
-            random-weights control; the global RNG is left untouched).
-        revision: a branch, tag or commit of the repository (default ``main``).
-        upstream_layers: as for :func:`from_transformers`.
         repository: ``name_or_path`` is a repository id only (``"hf:<id>"`` names), never
             a local folder of that name.
         **kwargs: ``normalize_waveform`` (default: the checkpoint's
@@ -486,8 +400,6 @@ def load_transformers(name_or_path: str, *, pretrained: bool = True,
         raise ImportError("Hugging Face models need transformers: pip install 's3viz[hf]' "
                           "(or pip install transformers)") from err
 
-    if not isinstance(pretrained, bool):
-        raise TypeError(f"pretrained must be True or False, got {pretrained!r}")
     if revision is not None and (not isinstance(revision, str) or not revision.strip()):
         raise TypeError(f"revision must be a branch, tag or commit name, got {revision!r}")
     if repository:
@@ -528,11 +440,9 @@ def load_transformers(name_or_path: str, *, pretrained: bool = True,
     weight_files = []
     if not folder and var is None:
         config_files, weight_files = _repo_files(name_or_path, revision, what)
-        try:  # the configuration first: a model s3viz refuses costs no weights download
-            _fetch(name_or_path, revision, config_files, what)
-        except _Fetch as err:
-            raise OSError(forget(str(err))) from None
-        common.update(revision=revision, local_files_only=True)
+        # the configuration first: a model s3viz refuses costs no weights download
+        _fetch(name_or_path, revision, config_files, what, forget)
+        common.update(local_files_only=True)
     try:
         config = transformers.AutoConfig.from_pretrained(name_or_path, **common)
     except (OSError, ValueError) as err:
@@ -564,15 +474,12 @@ def load_transformers(name_or_path: str, *, pretrained: bool = True,
                                 f"(auto_map {dict(config.auto_map)}), and s3viz runs no code "
                                 "from a hub (trust_remote_code=False); load the model yourself "
                                 "where you trust that code and pass the object to get_upstream"))
-    auto = transformers.AutoModel
     if pretrained:
-        try:  # (none to fetch from a folder, or offline: the cache answers)
-            _fetch(name_or_path, revision, weight_files, what)
-        except _Fetch as err:
-            raise OSError(forget(str(err))) from None
+        # (none to fetch from a folder, or offline: the cache answers)
+        _fetch(name_or_path, revision, weight_files, what, forget)
         try:
-            model, info = auto.from_pretrained(name_or_path, weights_only=True,
-                                               output_loading_info=True, **common)
+            model, info = transformers.AutoModel.from_pretrained(
+                name_or_path, weights_only=True, output_loading_info=True, **common)
         except Exception as err:  # download, safetensors and unpickling errors vary
             raise OSError(forget(f"{what}: the weights could not be loaded "
                                  f"({type(err).__name__}: {err})")) from None
@@ -585,7 +492,7 @@ def load_transformers(name_or_path: str, *, pretrained: bool = True,
                 f"parameter(s) missing (e.g. {missing[:4]}) and {len(bad)} of another shape "
                 f"({bad[:4]}); transformers would leave those random, so the upstream would "
                 "not be the trained model. Save the whole model with save_pretrained"))
-        commit = None if folder else _cached_commit(name_or_path, common["revision"])
+        commit = None if folder else _cached_commit(name_or_path, revision)
         weights = (f"pretrained: folder {name_or_path}" if folder else
                    f"pretrained: hf:{name_or_path}" + (f"@{commit[:12]}" if commit else ""))
     else:
@@ -593,7 +500,7 @@ def load_transformers(name_or_path: str, *, pretrained: bool = True,
             raise TypeError(f"seed must be an int, got {seed!r}")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = auto.from_config(config)
+            model = transformers.AutoModel.from_config(config)
         weights = f"{RANDOM_WEIGHTS} (seed {seed}; the architecture of {name_or_path})"
     model.eval()
     name = kwargs.pop("name", None) or str(name_or_path)
@@ -607,24 +514,23 @@ def load_transformers(name_or_path: str, *, pretrained: bool = True,
             raise TypeError(f"unexpected arguments for a Whisper model: {sorted(kwargs)}")
         up = from_whisper(model, feature_extractor=fe, upstream_layers=upstream_layers,
                           name=name)
-        up.weights = weights
-        return up
-    normalize = kwargs.pop("normalize_waveform", None)
-    if kwargs:
-        raise TypeError(f"unexpected arguments: {sorted(kwargs)}")
-    if normalize is None:
-        try:
-            fe = transformers.AutoFeatureExtractor.from_pretrained(name_or_path, **common)
-            normalize = bool(getattr(fe, "do_normalize", False))
-        except (OSError, ValueError):
-            warnings.warn(
-                f"{name_or_path}: no feature extractor config (preprocessor_config.json), so "
-                "whether the model expects normalised waveforms is unknown: they are NOT "
-                "normalised. Pass normalize_waveform=True if it does (wav2vec2-large-lv60, XLS-R, "
-                "data2vec ...), or save the feature extractor next to the model "
-                "(Wav2Vec2FeatureExtractor(...).save_pretrained(folder))", stacklevel=3)
-            normalize = False
-    up = TransformersUpstream(model, upstream_layers=upstream_layers,
-                              normalize_waveform=normalize, name=name)
+    else:
+        normalize = kwargs.pop("normalize_waveform", None)
+        if kwargs:
+            raise TypeError(f"unexpected arguments: {sorted(kwargs)}")
+        if normalize is None:
+            try:
+                fe = transformers.AutoFeatureExtractor.from_pretrained(name_or_path, **common)
+                normalize = bool(getattr(fe, "do_normalize", False))
+            except (OSError, ValueError):
+                warnings.warn(
+                    f"{name_or_path}: no feature extractor config (preprocessor_config.json), "
+                    "so whether the model expects normalised waveforms is unknown: they are NOT "
+                    "normalised. Pass normalize_waveform=True if it does (wav2vec2-large-lv60, "
+                    "XLS-R, data2vec ...), or save the feature extractor next to the model "
+                    "(Wav2Vec2FeatureExtractor(...).save_pretrained(folder))", stacklevel=3)
+                normalize = False
+        up = TransformersUpstream(model, upstream_layers=upstream_layers,
+                                  normalize_waveform=normalize, name=name)
     up.weights = weights
     return up
