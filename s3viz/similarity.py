@@ -102,19 +102,28 @@ def _svcca(cxx: torch.Tensor, cyy: torch.Tensor, cxy: torch.Tensor,
 
 
 def hsic_unbiased(k: torch.Tensor, l_: torch.Tensor) -> float:
-    """The unbiased HSIC estimator of Song et al. (2012) of two ``(n, n)`` Gram matrices
-    (n >= 4): ``[tr(K~ L~) + 1^T K~ 1 1^T L~ 1 / ((n-1)(n-2)) - 2/(n-2) 1^T K~ L~ 1] /
-    (n(n-3))`` where ``K~`` is ``K`` with its diagonal set to zero."""
+    """The unbiased HSIC estimator of Song et al. (2012): ``[tr(K~ L~) + 1^T K~ 1 1^T L~ 1
+    / ((n-1)(n-2)) - 2/(n-2) 1^T K~ L~ 1] / (n(n-3))``, ``K~``: ``K`` with a zero diagonal.
+
+    Args:
+        k, l_: ``(n, n)`` Gram matrices (n >= 4).
+    """
     n = k.shape[0]
     if n < 4:
         raise ValueError(f"the unbiased HSIC needs at least 4 examples, got {n}")
-    k, l_ = k.double().clone(), l_.double().clone()
-    k.fill_diagonal_(0)
-    l_.fill_diagonal_(0)
-    one = torch.ones(n, dtype=torch.float64)
-    val = ((k * l_).sum() + k.sum() * l_.sum() / ((n - 1) * (n - 2))
-           - 2.0 / (n - 2) * (one @ k @ l_ @ one))
-    return float(val / (n * (n - 3)))
+    grams = torch.stack([k.double(), l_.double()])
+    grams[:, range(n), range(n)] = 0
+    return float(_hsic_u(grams)[0, 1])
+
+
+def _hsic_u(grams: torch.Tensor) -> torch.Tensor:
+    """The unbiased HSIC of every pair of ``(L, n, n)`` symmetric Gram matrices with zero
+    diagonals, ``(L, L)`` in float64."""
+    n = grams.shape[1]
+    ks = grams.reshape(len(grams), -1).double()
+    s, u = ks.sum(1), grams.double().sum(2)
+    return (ks @ ks.T + torch.outer(s, s) / ((n - 1) * (n - 2))
+            - 2.0 / (n - 2) * (u @ u.T)) / (n * (n - 3))
 
 
 def _frame_counts(items, labels, sel) -> np.ndarray:
@@ -247,10 +256,9 @@ def layer_similarity(
     """Linear CKA (or SVCCA) between every pair of layers.
 
     Args:
-        store: a :class:`~s3viz.store.LayerStore`.
-        other: another store of the same utterances (same ids, same order, same
-            frames per utterance) to compare two upstreams; ``None`` compares
-            ``store`` with itself.
+        other: another :class:`~s3viz.store.LayerStore` of the same corpus (same ids,
+            order and frames per utterance) to compare two upstreams; ``None``
+            compares ``store`` with itself.
         method: ``"cka"`` (linear CKA), ``"cca"`` or :class:`CCAOptions`
             (SVCCA: mean canonical correlation of the layers reduced to
             ``keep_variance`` of their variance, 0.99 for ``"cca"``;
@@ -261,25 +269,24 @@ def layer_similarity(
             (mean-pooled vectors, one per utterance).
         estimator: ``"feature"`` (exact, streamed cross-covariances) or
             ``"minibatch"`` (unbiased HSIC averaged over minibatches).
-        device: torch device; ``None`` is cuda when available, else cpu.
-        max_frames: use a random subset of this many frames (seeded); ``None``: all.
+        device: ``None`` is cuda when available, else cpu.
+        max_frames: a random subset of this many frames (seeded); ``None``: all.
         batch_frames: frames per minibatch (``estimator="minibatch"``, >= 4).
         utterances: utterance positions to use (default all).
         seed: seed of the frame subset and of the minibatches.
-        dtype: dtype of the per-block products (``estimator="feature"``); sums
-            over blocks are float64. ``torch.float64`` for the last digits.
+        dtype: dtype of the per-block products (``estimator="feature"``; sums are
+            float64). ``torch.float64`` for the last digits.
         sharding: sharded runs (``estimator="feature"``, ``max_frames=None``): a
             :class:`~s3viz.distributed.Sharding` whose ``reduce`` sums a tensor over
             all shards (its ``reference`` is not needed); ``store`` holds one shard
             and every shard gets the values of the union of the shards.
 
     Returns:
-        DataFrame of CKA (or SVCCA) values, index = layers of ``store`` (name ``"layer"``),
-        columns = layers of ``other`` (or ``store``) (name ``"other_layer"`` or
-        ``"layer"``). ``df.attrs`` records ``upstream_layers``,
-        ``other_upstream_layers``, ``num_frames``, ``estimator``, ``level``,
-        ``method`` (and ``keep_variance`` for SVCCA), ``weights`` (the store's
-        :attr:`~s3viz.store.LayerStore.weights`) and, with ``other``,
+        CKA (or SVCCA) values, index = layers of ``store`` (``"layer"``), columns =
+        layers of ``other`` (``"other_layer"``) or ``store`` (``"layer"``); ``attrs``:
+        ``upstream_layers``, ``other_upstream_layers``, ``num_frames``, ``estimator``,
+        ``level``, ``method`` (and ``keep_variance`` for SVCCA), ``weights`` (the
+        store's :attr:`~s3viz.store.LayerStore.weights`) and, with ``other``,
         ``other_weights``.
     """
     if isinstance(method, CCAOptions):
@@ -486,7 +493,7 @@ def _minibatch_hsic(src, sel, counts, keep, pairs, device, batch_size, seed):
     total, batches, n, factor, rest = 0.0, 0, 0, {}, None
 
     def batch_hsic(feats):  # the (layers, layers) unbiased HSIC of one minibatch
-        m, grams = feats[0].shape[0], []
+        grams = []
         for i in layers:
             x = feats[i].to(device=device, dtype=torch.float64)
             x = x - x.mean(0)  # the unbiased HSIC is invariant to shifts; this keeps it exact
@@ -496,11 +503,7 @@ def _minibatch_hsic(src, sel, counts, keep, pairs, device, batch_size, seed):
             k = x @ x.T
             k.fill_diagonal_(0)
             grams.append(k)
-        ks = torch.stack(grams).reshape(len(layers), -1).double()
-        s = ks.sum(1)
-        u = torch.stack([k.double().sum(1) for k in grams])
-        return (ks @ ks.T + torch.outer(s, s) / ((m - 1) * (m - 2))
-                - 2.0 / (m - 2) * (u @ u.T)) / (m * (m - 3))
+        return _hsic_u(torch.stack(grams))
 
     for feats in src.blocks(sel[perm], counts[perm], keep):
         order = torch.randperm(feats[0].shape[0], generator=gen)
