@@ -338,19 +338,6 @@ class Profile:
 
     span_override = None
 
-    def rms(self) -> float:
-        """Root mean square of the values added (in the layer's own units)."""
-        if not self.rows:
-            return 0.0
-        m = self.mom
-        return math.sqrt(float((m.var + m.mean * m.mean).mean())) / self.scale
-
-    def spread(self) -> float:
-        """Root mean square of the values about their per-feature mean (own units)."""
-        if not self.rows:
-            return 0.0
-        return math.sqrt(float(self.mom.var.mean())) / self.scale
-
     def deviations(self, centre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per feature, the largest distance of a value from ``centre`` and the largest
         ``|x|`` (own units)."""
@@ -424,7 +411,11 @@ class Profile:
                                      dtype=torch.float64)
             else:
                 dyn = float(dev.max()) / rspread if rspread > 0 else math.inf
-                scale = _pow2_near((rspread or self.spread()) if centre else (rmag or self.rms()))
+                # the typical rows all alike: the root mean square (about the mean) of all
+                m = self.mom
+                sq = m.var.mean() if centre else (m.var + m.mean * m.mean).mean()
+                typical = (rspread if centre else rmag) or math.sqrt(float(sq)) / self.scale
+                scale = _pow2_near(typical)
             if span is not None and dyn > span:
                 reason = (f"one or more rows lie {dyn:.1e} robust spreads from its median "
                           f"(largest deviation {float(dev.max()):.3g} against a typical spread "
