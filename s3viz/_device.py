@@ -81,21 +81,15 @@ def eval_session(module, device: torch.device | None = None, *, move: bool = Fal
 
 
 def notebook_threads(*, apply: bool = True, verbose: bool = True) -> int:
-    """The torch CPU thread count for an analysis notebook on this machine, set when ``apply``.
+    """The torch CPU thread count for an analysis notebook on this machine (the notebooks
+    call it in their first cell).
 
-    torch starts one thread per core. Measured on 2 cores (``benchmarks/bench_threads.py``):
-    a probe and CKA take 0.24 s with 2 threads and 0.31 s with one on a quiet
-    machine, but 5.67 s against 1.45 s beside 6 busy processes (a shared classroom
-    server: every student's kernel), where the threads wait for each other. A
-    kernel cannot know how busy the machine will become, so:
-
-    - ``S3VIZ_THREADS`` in the environment, when set, is used as it is;
-    - one thread on a machine of at most 4 cores, or when the load average is at
-      least half the cores (the machine is shared and busy);
-    - otherwise the cores left idle by the load, at most torch's default.
-
-    s3viz never changes threads by itself: the notebooks call this in their first
-    cell. Returns the count chosen (and prints why, with ``verbose``).
+    torch starts one thread per core, and on a shared busy server the threads wait
+    for each other (``benchmarks/bench_threads.py``: a probe and CKA on 2 cores,
+    0.24 s with 2 threads against 0.31 s with one when quiet, 5.67 s against 1.45 s
+    beside 6 busy processes). So: ``S3VIZ_THREADS`` when set; one thread on at most
+    4 cores or when the load average is at least half the cores; otherwise the cores
+    the load leaves idle, at most torch's default.
 
     Args:
         apply: set torch's thread count to the chosen one (False: only return it).
@@ -106,15 +100,15 @@ def notebook_threads(*, apply: bool = True, verbose: bool = True) -> int:
     env = os.environ.get("S3VIZ_THREADS", "").strip()
     cores = os.cpu_count() or 1
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    why = f"{cores} cores, load average {load:.1f}"
     if env:
         if not env.isdigit() or int(env) < 1:
             raise ValueError(f"S3VIZ_THREADS must be a positive whole number, got {env!r}")
         n, why = int(env), "S3VIZ_THREADS"
     elif cores <= 4 or load >= cores / 2:
-        n, why = 1, f"{cores} cores, load average {load:.1f}"
+        n = 1
     else:
         n = max(1, min(torch.get_num_threads(), int(cores - load)))
-        why = f"{cores} cores, load average {load:.1f}"
     if apply:
         torch.set_num_threads(n)
     if verbose:

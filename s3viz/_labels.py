@@ -16,9 +16,7 @@ __all__ = ["is_missing", "label_str", "label_strings"]
 
 
 def is_missing(v) -> bool:
-    if v is None:
-        return True
-    if isinstance(v, float) and math.isnan(v):
+    if v is None or isinstance(v, float) and math.isnan(v):
         return True
     try:
         return bool(pd.isna(v)) if np.ndim(v) == 0 else False

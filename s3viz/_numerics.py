@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import warnings
 
+import numpy as np
 import torch
 
 __all__ = ["read_dtype", "pow2_factor", "safe_scale", "Moments",
@@ -48,17 +49,13 @@ def pow2_factor(x: torch.Tensor) -> float:
 def safe_scale(std: torch.Tensor, mean: torch.Tensor | None = None,
                eps: float = torch.finfo(torch.float64).eps, ulps: float = 4.0
                ) -> torch.Tensor:
-    """``std`` with dead features set to 1: those whose spread is 0, or (given ``mean``)
-    at most ``ulps`` units of ``eps`` (the precision the moments were computed in) of
-    their own mean: rounding of a constant, not signal.
+    """``std`` (``(..., hidden)``) with dead features set to 1: those whose spread is 0,
+    or (given ``mean``) at most ``ulps`` units of ``eps`` (the precision the moments
+    were computed in) of their own mean: rounding of a constant, not signal.
 
-    Each feature is judged by itself, never against the other features: a feature
-    of 1e-12 beside features of 1 is as alive as they are (every value is exact in
-    float64), and a constant feature of 1e6 whose mean-pooled values differ by
-    rounding (1e-10) is not blown up to unit variance. Dead features of the data
-    (constant up to the data's own rounding) are found earlier, by the layer's guard
-    (:meth:`Profile.guard` with ``per_feature``), which reads them as zeros.
-    ``std``, ``mean``: ``(..., hidden)``.
+    Each feature is judged by itself, never against the others: a feature of 1e-12
+    beside features of 1 is as alive as they are. Dead features of the data itself
+    are found earlier, by the layer's guard (``per_feature``), which reads them as 0.
     """
     live = std > 0
     if mean is not None:
@@ -146,6 +143,11 @@ def dtype_eps(dtype: torch.dtype) -> float:
                                           torch.float64) else torch.float32).eps
 
 
+def _row_blocks(x: torch.Tensor) -> range:
+    """Starts of blocks of ``x``'s rows of about 4M numbers each (``x[i:i + step]``)."""
+    return range(0, x.shape[0], max(1, (1 << 22) // max(1, x.shape[-1])))
+
+
 def _pow2_near(v: float) -> float:
     """``2**-e`` with ``v * 2**-e`` in ``[0.5, 1)``: exact to multiply by (1.0 for 0/inf)."""
     if not math.isfinite(v) or v <= 0.0:
@@ -156,20 +158,16 @@ def _pow2_near(v: float) -> float:
 class Guard:
     """How a measure reads one layer: ``(x - shift) * scale`` in float64, or NaN if degenerate.
 
-    ``scale`` is a power of two (multiplying by it is exact) bringing the values
-    (or, with ``centre``, their spread) near 1, so that float32 and float64
-    products neither overflow nor underflow, whatever the layer's scale
-    (1e-300 .. 1e300); per feature (a ``(hidden,)`` tensor of powers of two, 0 for a
-    dead feature) for the measures that standardise each feature. ``shift`` is the
-    layer's per-feature median (None without ``centre``). ``reason`` says why the
-    layer is degenerate (None if it is not): the measure then reports NaN for it
-    (see :func:`warn_degenerate`).
+    ``scale``: a power of two (exact) bringing the values (with ``centre``, their
+    spread) near 1, whatever the layer's scale; per feature (a ``(hidden,)`` tensor,
+    0 for a dead feature) for the measures that standardise each feature. ``shift``:
+    the per-feature median (None without ``centre``). ``reason``: why the layer is
+    degenerate (None if it is not); the measure then reports NaN for it.
     """
 
     def __init__(self, scale, shift: torch.Tensor | None, reason: str | None,
-                 span: float = 0.0, outlier: int | None = None):
+                 outlier: int | None = None):
         self.scale, self.shift, self.reason = scale, shift, reason
-        self.span = span  # the layer's dynamic range (see Profile.guard)
         self.outlier = outlier  # the row (counted from 0) farthest from the typical rows
 
     def __call__(self, x: torch.Tensor, dtype: torch.dtype = torch.float64, device=None
@@ -178,15 +176,15 @@ class Guard:
         float64 in blocks of about 4M numbers (no float64 copy of a whole layer)."""
         device = x.device if device is None else device
         out = torch.empty(x.shape, dtype=dtype, device=device)
-        rows = max(1, (1 << 22) // max(1, x.shape[-1]))
         scale = self.scale
-        for i in range(0, x.shape[0], rows):
-            y = x[i:i + rows].to(torch.float64)
+        if isinstance(scale, torch.Tensor):
+            scale = scale.to(x.device)
+        blocks = _row_blocks(x)
+        for i in blocks:
+            y = x[i:i + blocks.step].to(torch.float64)
             if self.shift is not None:
                 y = y - self.shift.to(y.device)
-            if isinstance(scale, torch.Tensor):
-                scale = scale.to(y.device)
-            out[i:i + rows] = (y * scale).to(device=device, dtype=dtype)
+            out[i:i + blocks.step] = (y * scale).to(device=device, dtype=dtype)
         return out
 
 
@@ -203,7 +201,6 @@ class Profile:
         self.scale = 1.0  # rows are added as x * scale
         self.rows = 0
         self.peak = 0.0  # largest |x| * scale so far
-        self.longest = 0  # most rows added in one call
         self.exact = [torch.float16, torch.float32]  # narrower dtypes holding every value
         self.integral = True  # every value an integer (exact in any float: not rounding)
         # the robust statistics (Profile.robust): a deterministic sample of the rows (every
@@ -236,7 +233,6 @@ class Profile:
         self.mom.update(x * self.scale)
         self._robust_update(x)
         self.rows += x.shape[0]
-        self.longest = max(self.longest, x.shape[0])
         return self
 
     def _robust_update(self, x: torch.Tensor) -> None:
@@ -255,16 +251,14 @@ class Profile:
             self.sample = [(i, r) for i, r in self.sample if i % self.stride == 0]
 
     def robust(self) -> tuple[torch.Tensor, float, float, torch.Tensor, torch.Tensor]:
-        """``(centre, spread, magnitude, mad, level)`` of the typical rows, from the sample.
+        """``(centre, spread, magnitude, mad, level)`` of the typical rows, from the sample:
+        no row far out moves them.
 
         ``centre``: the per-feature median; ``mad``: per feature, 1.4826 x the median
-        absolute deviation (the standard deviation of a normal feature), or, where more
-        than half of a feature's values sit at its median (sparse features), of a high
-        quantile of the deviations; ``spread``: the root mean square of ``mad`` over
-        features; ``magnitude``: the median root mean square of a row; ``level``: per
-        feature, the median ``|x|`` (the typical size of a value, what its rounding is
-        relative to). One row far out, however far, moves none of them, while a mean or
-        standard deviation follows it.
+        absolute deviation (of a higher quantile where more than half of a feature's
+        values sit at its median); ``spread``: the root mean square of ``mad``;
+        ``magnitude``: the median root mean square of a row; ``level``: per feature, the
+        median ``|x|`` (what its rounding is relative to).
         """
         if self.robust_override is not None:
             return self.robust_override
@@ -292,21 +286,14 @@ class Profile:
     robust_override = None  # set by reduced(): the merged shards' robust statistics
 
     def reduced(self, reduce) -> Profile:
-        """The profile of all shards (``reduce`` sums a tensor over shards); every shard
-        calls it and gets one common scale (the mean exponent: any common power of two
-        keeps results exact).
-
-        Sharded runs cannot take a median or a maximum over shards with a sum only: the
-        centre is the row-weighted mean of the shards' medians, the spreads and levels
-        root-mean-square row-weighted means of theirs, and the largest deviations (per
-        feature) the root of the shards' summed squares (at most sqrt(shards) times the
-        largest). A layer degenerate in every shard is degenerate here; near the
-        threshold the two decisions can differ (docs/measures.md)."""
+        """The profile of all shards (``reduce`` sums a tensor over shards; every shard
+        calls it), at one common scale (the mean exponent: exact). Medians and maxima
+        cannot be summed: how they are merged, ``docs/measures.md`` ("Sharded runs")."""
         f64 = torch.float64
         h = self.mom.shift.shape[0] if self.mom is not None else 0
         info = reduce(torch.tensor([math.log2(self.scale) if self.rows else 0.0,
                                     1.0 if self.rows else 0.0, float(h),
-                                    float(self.longest), float(not self.integral)]
+                                    float(not self.integral)]
                                    + [float(d not in self.exact) for d in Profile().exact],
                                    dtype=f64))
         held = max(float(info[1]), 1.0)
@@ -318,11 +305,10 @@ class Profile:
         out = Profile()
         out.mom, out.scale = mom.reduced(reduce), common
         out.rows = out.mom.n
-        out.longest = int(round(float(info[3])))  # a sum: an upper bound of the longest
-        out.integral = float(info[4]) == 0
-        out.exact = [d for d, inexact in zip(out.exact, info[5:].tolist()) if inexact == 0]
-        # robust statistics: the row-weighted mean of the shards' medians and spreads (a
-        # median of medians would need a gather; one far row moves no shard's median)
+        out.integral = float(info[3]) == 0
+        out.exact = [d for d, inexact in zip(out.exact, info[4:].tolist()) if inexact == 0]
+        # robust statistics: row-weighted means of the shards' (a median of medians
+        # would need a gather)
         n = float(self.rows)
         zero = torch.zeros(width, dtype=f64)
         if self.rows:
@@ -340,9 +326,8 @@ class Profile:
                                float(tot[3 * width + 1]) / n_all / common,
                                (tot[width:2 * width] / n_all).sqrt() / common,
                                (tot[2 * width:3 * width] / n_all).sqrt() / common)
-        # the largest deviation from the common centre and the largest |x|, per feature:
-        # the shards' squares summed (an upper bound of the largest within sqrt(shards):
-        # the same on every shard)
+        # per feature, the largest deviation from the common centre and the largest |x|:
+        # the root of the shards' summed squares (within sqrt(shards) of the largest)
         dev, top = zero, zero
         if self.rows:
             dev = torch.maximum(self.hi * common - centre, centre - self.lo * common)
@@ -353,19 +338,6 @@ class Profile:
 
     span_override = None
 
-    def rms(self) -> float:
-        """Root mean square of the values added (in the layer's own units)."""
-        if not self.rows:
-            return 0.0
-        m = self.mom
-        return math.sqrt(float((m.var + m.mean * m.mean).mean())) / self.scale
-
-    def spread(self) -> float:
-        """Root mean square of the values about their per-feature mean (own units)."""
-        if not self.rows:
-            return 0.0
-        return math.sqrt(float(self.mom.var.mean())) / self.scale
-
     def deviations(self, centre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per feature, the largest distance of a value from ``centre`` and the largest
         ``|x|`` (own units)."""
@@ -373,10 +345,6 @@ class Profile:
             return self.span_override
         return (torch.maximum(self.hi - centre, centre - self.lo),
                 torch.maximum(self.hi.abs(), self.lo.abs()))
-
-    def deviation(self, centre: torch.Tensor) -> float:
-        """The largest distance of a value from ``centre`` along a feature (own units)."""
-        return float(self.deviations(centre)[0].max())
 
     def guard(self, dtype: torch.dtype, *, centre: bool, reference: torch.Tensor | None = None,
               ulps: float = 1.0, span: float | None = None, per_feature: bool = False
@@ -393,25 +361,19 @@ class Profile:
                 (default the values' own, ``level`` of :meth:`robust`); pooled vectors
                 pass their frames'.
             ulps: the threshold in multiples of :data:`ROUNDING_ULPS`.
-            span: the largest dynamic range the measure's arithmetic resolves (see
-                :func:`float32_squares_span`, :func:`float32_distances_span`,
-                :func:`float64_sums_span`); a layer whose largest
-                deviation from its median is more robust spreads than this is
-                degenerate too: its typical rows would be lost to rounding or a square
-                overflow. None: no limit.
+            span: the largest dynamic range the measure's arithmetic resolves (the
+                ``*_span`` functions); a layer whose largest deviation from its median
+                is more robust spreads than this is degenerate too. None: no limit.
             per_feature: for measures that standardise each feature (the probes): the
                 scale is a power of two per feature near that feature's own spread, and
                 a dead feature (every value within rounding of the others) reads as 0;
                 the range is judged per feature.
 
-        Rounding is judged per feature, on the typical rows: a feature is *quiet* when
-        its robust spread (``mad``) is at most ``ROUNDING_ULPS * ulps`` units in the
-        last place of its typical size, *dead* when every value (not only the typical
-        ones) is. A layer is degenerate when every feature is quiet (whatever a few
-        rows do: they are named), so neither one large constant feature nor a few far
-        rows decide it. The scale is a power of two near the robust spread (or root
-        mean square without ``centre``), so that one far row does not push the typical
-        rows to ``-c +- 1e-14`` (a mean and a spread dominated by it).
+        A feature is *quiet* when its robust spread (``mad``) is at most
+        ``ROUNDING_ULPS * ulps`` ulps of its typical size, *dead* when every value is; a
+        layer is degenerate when every feature is quiet (``docs/measures.md``,
+        "Degenerate layers"). The scale is a power of two near the robust spread (the
+        root mean square without ``centre``), which one far row does not move.
         """
         if self.exact and not self.integral and dtype_eps(self.exact[0]) > dtype_eps(dtype):
             dtype = self.exact[0]  # e.g. float32 frames in a float64 store
@@ -437,32 +399,30 @@ class Profile:
                 reason = (f"its typical rows vary at most at {name} rounding level (every "
                           f"feature's robust spread within {tol:.1e} of its magnitude); only "
                           "a few rows differ beyond it{where}")
-        dyn, scale = 0.0, 1.0
+        scale = 1.0
         if reason is None:
             if per_feature:
                 # a quiet feature with a few real rows: its steps are those rows' deviations
                 own = torch.where(quiet, dev, mad)
                 live = ~dead & (own > 0)
-                ratio = torch.where(live, dev / torch.where(live, own, 1.0), 0.0)
-                dyn, typical = float(ratio.max()), rspread
+                dyn = float(torch.where(live, dev / torch.where(live, own, 1.0), 0.0).max())
                 scale = torch.tensor([_pow2_near(float(v)) if ok else 0.0
                                       for v, ok in zip(own.tolist(), live.tolist())],
                                      dtype=torch.float64)
             else:
                 dyn = float(dev.max()) / rspread if rspread > 0 else math.inf
-                typical = rspread
-                if rspread == 0.0:
-                    rspread = self.spread()
-                if rmag == 0.0:
-                    rmag = self.rms()
-                scale = _pow2_near(rspread if centre else rmag)
+                # the typical rows all alike: the root mean square (about the mean) of all
+                m = self.mom
+                sq = m.var.mean() if centre else (m.var + m.mean * m.mean).mean()
+                typical = (rspread if centre else rmag) or math.sqrt(float(sq)) / self.scale
+                scale = _pow2_near(typical)
             if span is not None and dyn > span:
                 reason = (f"one or more rows lie {dyn:.1e} robust spreads from its median "
                           f"(largest deviation {float(dev.max()):.3g} against a typical spread "
-                          f"{typical:.3g}{{where}}), beyond the {span:.1e} this measure's "
+                          f"{rspread:.3g}{{where}}), beyond the {span:.1e} this measure's "
                           "arithmetic resolves: its typical rows would be lost to rounding")
         shift = med if centre else None
-        return Guard(scale if reason is None else 1.0, shift, reason, dyn, self.far[1])
+        return Guard(scale if reason is None else 1.0, shift, reason, self.far[1])
 
 
 SAMPLE_ROWS = 4096
@@ -496,25 +456,15 @@ def tensor_guard(x: torch.Tensor, dtype: torch.dtype, *, centre: bool,
     computed in, e.g. the store's; ``span``, ``per_feature``: see :meth:`Profile.guard`;
     ``names``: a callable naming a row, for the message)."""
     prof = Profile()
-    rows = max(1, (1 << 22) // max(1, x.shape[-1]))
-    for i in range(0, x.shape[0], rows):
-        prof.update(x[i:i + rows])
-    return _named(prof.guard(dtype, centre=centre, span=span, per_feature=per_feature), names)
-
-
-def _named(guard: Guard, names) -> Guard:
-    if guard.reason and "{where}" in guard.reason:
-        where = ""
-        if names is not None and guard.outlier is not None:
-            where = f"; the farthest row: {names(guard.outlier)}"
-        guard.reason = guard.reason.replace("{where}", where)
-    return guard
+    blocks = _row_blocks(x)
+    for i in blocks:
+        prof.update(x[i:i + blocks.step])
+    return profile_guard(prof, dtype, centre=centre, span=span, per_feature=per_feature,
+                         names=names)
 
 
 def row_names(store, layer: int, utterances=None):
     """A callable naming row ``i`` of a layer's frames (as read with ``utterances``)."""
-    import numpy as np
-
     lengths = np.asarray(store.lengths(layer))
     pos = np.arange(len(lengths)) if utterances is None else np.asarray(utterances, dtype=int)
     offs = np.concatenate([[0], np.cumsum(lengths[pos])])
@@ -578,12 +528,17 @@ def profile_guard(frames: Profile, dtype: torch.dtype, *, pooled: Profile | None
     level) or of its pooled vectors (``pooled``: utterance level, judged against the
     typical size of the frames they are means of, in the frames' precision)."""
     if pooled is None:
-        return _named(frames.guard(dtype, centre=centre, span=span, per_feature=per_feature),
-                      names)
-    pooled.exact, pooled.integral = frames.exact, frames.integral  # the frames' precision
-    typical = frames.robust()[4] if frames.rows else None  # the frames' typical size
-    return _named(pooled.guard(dtype, centre=centre, reference=typical, ulps=POOLED_ULPS,
-                               span=span, per_feature=per_feature), names)
+        guard = frames.guard(dtype, centre=centre, span=span, per_feature=per_feature)
+    else:
+        pooled.exact, pooled.integral = frames.exact, frames.integral  # the frames' precision
+        typical = frames.robust()[4] if frames.rows else None  # the frames' typical size
+        guard = pooled.guard(dtype, centre=centre, reference=typical, ulps=POOLED_ULPS,
+                             span=span, per_feature=per_feature)
+    if guard.reason and "{where}" in guard.reason:  # name the farthest row
+        where = "" if names is None or guard.outlier is None else \
+            f"; the farthest row: {names(guard.outlier)}"
+        guard.reason = guard.reason.replace("{where}", where)
+    return guard
 
 
 POOLED_ULPS = 4
@@ -616,12 +571,12 @@ def unit_rows(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tens
     no different from a norm of 1. In blocks of about 4M numbers.
     """
     out = torch.empty(x.shape, dtype=dtype, device=x.device)
-    rows = max(1, (1 << 22) // max(1, x.shape[-1]))
-    for i in range(0, x.shape[0], rows):
-        y = x[i:i + rows].to(torch.float64)
+    blocks = _row_blocks(x)
+    for i in blocks:
+        y = x[i:i + blocks.step].to(torch.float64)
         _, e = torch.frexp(y.abs().amax(1, keepdim=True))
         y = torch.ldexp(y, -e)
         norm = y.norm(dim=1, keepdim=True)
-        out[i:i + rows] = torch.where(norm > 0, y / torch.where(norm > 0, norm, 1.0),
-                                      y).to(dtype)
+        out[i:i + blocks.step] = torch.where(norm > 0, y / torch.where(norm > 0, norm, 1.0),
+                                             y).to(dtype)
     return out

@@ -1,15 +1,14 @@
 """Linear CKA between every pair of layers from streamed cross-products.
 
-One pass sums the centred cross-products ``X_i^T X_j`` of every layer pair
+One pass sums the centred cross-products ``X_i^T X_j`` of every layer pair in the
+accumulator of ``layer_similarity(estimator="feature")``
 (:class:`~s3viz.similarity.CrossProducts`: shifted and power-of-two scaled per
-layer, so offsets of 1e6 and scales of 1e-30 lose nothing); across ranks they
-are brought to common shifts and factors and summed. The values are those of
-``layer_similarity(estimator="feature")``: ``docs/similarity.md``.
+layer, so offsets of 1e6 and scales of 1e-30 lose nothing), merged over ranks by
+its :meth:`~s3viz.similarity.CrossProducts.reduced`: ``docs/similarity.md``.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -44,11 +43,10 @@ class LayerCKA(Measure):
         if self.level == "frame" and len(set(ctx.rates)) > 1:
             raise ValueError(f"frame-level CKA needs one downsample rate, got "
                              f"{sorted(set(ctx.rates))}; use level='utterance'")
-        n_l = ctx.num_layers
+        n_l, sizes = ctx.num_layers, ctx.sizes
         pairs = [(i, j) for i in range(n_l) for j in range(i, n_l)]
-        sizes = ctx.sizes
         self.add_state("products", CrossProducts(pairs, ctx.device, torch.float64),
-                       lambda cp, reduce: cp.hsic(reduce=reduce, sizes=sizes))
+                       lambda cp, reduce: cp.reduced(reduce, sizes))
         # the one guard of every measure (s3viz._numerics), as layer_similarity's: a
         # degenerate layer (or pooled vectors of rounding noise) gets NaN
         merge = (lambda profs, reduce: [p.reduced(reduce) for p in profs])
@@ -71,20 +69,18 @@ class LayerCKA(Measure):
                 self.pooled[s].update(batch.pooled(s))
 
     def compute(self) -> pd.DataFrame:
-        hsic, n = self.products  # merged: ({pair: HSIC}, frames)
+        hsic, n = self.products.hsic()  # merged over ranks: centred on the global mean
         if n < 4:
             raise ValueError(f"only {n} frames to compare; CKA needs at least 4")
         ctx = self.ctx
         idx = list(range(ctx.num_layers))
-        df = cka_table(hsic, ctx.layer_index, ctx.layer_index, idx, idx,
+        bad = [profile_guard(self.frames[s], ctx.store_dtype, centre=True,
+                             pooled=None if self.pooled is None else self.pooled[s]).reason
+               for s in idx]
+        df = cka_table(hsic, ctx.layer_index, ctx.layer_index, idx, idx, bad,
                        upstream_layers=list(ctx.layer_ids),
                        other_upstream_layers=list(ctx.layer_ids), num_frames=int(n),
                        estimator="feature", level=self.level, method="cka",
                        weights=ctx.weights)
-        bad = [profile_guard(self.frames[s], ctx.store_dtype, centre=True,
-                             pooled=None if self.pooled is None else self.pooled[s]).reason
-               for s in idx]
-        df.iloc[[s for s in idx if bad[s]], :] = np.nan
-        df.iloc[:, [s for s in idx if bad[s]]] = np.nan
         warn_degenerate("layer_similarity", dict(zip(ctx.layer_index, bad)), "CKA")
         return df
