@@ -21,8 +21,8 @@ import torch
 from .. import _validate as _v
 from .._numerics import Moments, float32_distances_span, layer_guard, read_dtype, safe_scale
 from .folds import _store_arg
-from .ridge import _shard_frames, confusion_matrix
-from .targets import ProbeTask, _pooled
+from .ridge import confusion_matrix
+from .targets import FrameTargets, ProbeTask, _pooled
 
 @dataclass(frozen=True)
 class LogisticOptions:
@@ -351,6 +351,17 @@ def _logistic_layers(task: ProbeTask, store, layer_list: list[int], c: int, devi
             for li, layer in enumerate(batch):
                 out[layer] = (conf[li], counts, n_fold, None, reasons[layer])
     return out
+
+
+def _shard_frames(task: ProbeTask, d: FrameTargets, shard) -> tuple[list[int] | None, np.ndarray | None]:
+    """(utterances of the shard store to stream, their frames' rows in the task's frame table)."""
+    if shard is None:
+        return _store_arg(task.sel, task.n_utt), None
+    shard_pos, task_pos = shard
+    offs = np.concatenate([[0], np.cumsum(d.lengths)])
+    rows = [np.arange(offs[t], offs[t + 1]) for t in task_pos]
+    return list(shard_pos), (np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64))
+
 
 
 def _guard(task: ProbeTask, store, shard_store, shard, layer: int, arg, reduce):

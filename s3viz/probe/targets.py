@@ -446,23 +446,3 @@ def _pooled(store, layer: int, task: ProbeTask) -> torch.Tensor:
         raise RuntimeError(f"store.pooled({layer}) gave {x.shape[0]} rows for {len(task.sel)} "
                            "utterances")
     return x
-
-
-def _pooled_sharded(shard_store, layer: int, task: ProbeTask, shard, reduce) -> torch.Tensor:
-    """The ``(len(task.sel), H)`` pooled vectors of all shards: each fills its rows, then a sum."""
-    keep, task_pos = shard
-    x = torch.zeros(len(task.sel), shard_store.hidden_sizes[layer], dtype=torch.float64)
-    if keep:
-        x[torch.as_tensor(task_pos)] = torch.as_tensor(shard_store.pooled(
-            layer, utterances=list(keep), dtype=read_dtype(shard_store)), dtype=torch.float64)
-    filled = torch.zeros(len(task.sel), dtype=torch.float32)
-    filled[torch.as_tensor(task_pos, dtype=torch.long)] = 1.0
-    x, filled = reduce(x), reduce(filled)
-    if not bool((filled == 1).all()):
-        bad = [task.ids[i] for i in torch.nonzero(filled != 1).squeeze(1).tolist()[:5]]
-        raise ValueError(f"the shards must hold every probed utterance exactly once; "
-                         f"e.g. {bad} are missing or repeated")
-    if bool(torch.isnan(x).any()):
-        raise ValueError(f"some utterances have no frames in stored layer {layer}; "
-                         "leave them out with `utterances=`")
-    return x
