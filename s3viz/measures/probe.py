@@ -266,11 +266,14 @@ class RidgeProbe(Measure):
                 else:
                     def names(i):
                         return f"utterance {ids[int(order[i])]!r}"
+            # a store of segments: the precision of the frames they are means of
+            prec = getattr(ctx.meta, "_precision", None)
+            dtype = ctx.store_dtype if prec is None else prec[ctx.layer_index[s]]
             if t.level == "frame":
-                g = profile_guard(self.frames[s], ctx.store_dtype, centre=False,
+                g = profile_guard(self.frames[s], dtype, centre=False,
                                   span=float64_sums_span(), per_feature=True, names=names)
             else:
-                g = profile_guard(self.frames[s], ctx.store_dtype, pooled=self.pooled[s],
+                g = profile_guard(self.frames[s], dtype, pooled=self.pooled[s],
                                   centre=False, per_feature=True, names=names)
             self.guards[key] = g
         return self.guards[key]
