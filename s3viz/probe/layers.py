@@ -156,14 +156,14 @@ def probe_layers(
     if not isinstance(control, (bool, str)):
         raise TypeError(f"control must be True, False or the name of the column that defines "
                         f"a control type (e.g. 'word'), got {control!r}")
-    store, shard_store, shard_pos_all = _shard_setup(store, sharding, methods)
+    meta, positions = _shard_setup(store, sharding, methods)
     reduce = None if sharding is None else sharding.reduce
     folds = check_folds(folds)
     check_split_by(split_by)
     if level is not None and level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS} or None, got {level!r}")
     if level == "segment":
-        if shard_store is not None:
+        if sharding is not None:
             raise ValueError("probe_layers(level='segment') does not take sharding; a sharded "
                              "run of segment probes is s3viz.measures.SegmentProbe under "
                              "run_measures(..., reduce=) or stream_analysis(shard=, reduce=)")
@@ -174,23 +174,22 @@ def probe_layers(
         out.attrs["weights"] = weights
         return out
     layer_list = _v.stored_layers(store, layers)
-    sel = _positions(store, utterances)
+    corpus = store if meta is None else meta  # the whole corpus's metadata
+    sel = _positions(corpus, utterances)
     device = _resolve_device(device)
     for tgt in targets:
         if not isinstance(tgt, str):
             raise TypeError(f"target must be a label name (str), got {tgt!r}")
-    splits = {tgt: resolve_split(store.labels, split_by, tgt, folds, sel) for tgt in targets}
-    # the ridge probe is the measure engine's (imported here: s3viz.measures builds on
-    # this package); per RidgeOptions, its table
+    splits = {tgt: resolve_split(corpus.labels, split_by, tgt, folds, sel) for tgt in targets}
+    # the probes run on the measure engine's view of the store (imported here:
+    # s3viz.measures builds on this package): the ridge probe is its RidgeProbe
     from ..measures._engine import StoreSource, run_measures
-    from ..measures.probe import RidgeProbe
+    from ..measures.probe import RidgeProbe, _Corpus
 
     ridge = {}
     for opts in methods:
         if opts.name == "ridge" and opts not in ridge:
-            source = (StoreSource(store, layers=layer_list) if shard_store is None else
-                      StoreSource(shard_store, meta=store, positions=shard_pos_all,
-                                  layers=layer_list))
+            source = StoreSource(store, meta=meta, positions=positions, layers=layer_list)
             probe = RidgeProbe(targets, level=level, folds=folds, split_by=splits, seed=seed,
                                lambdas=opts.lambdas, control=control, utterances=sel,
                                profile_pass=True)
@@ -205,8 +204,9 @@ def probe_layers(
     layer_ids = list(getattr(store, "layer_ids", range(store.num_layer)))
     rows, degenerate = [], {}
     fold_accuracy = {}
+    ctx = None
     for tgt in targets:
-        lev = resolve_level(store, tgt, level)
+        lev = resolve_level(corpus, tgt, level)
         task = None
         for opts in methods:
             if opts.name == "ridge":
@@ -217,15 +217,17 @@ def probe_layers(
                 fold_accuracy.update({k: v for k, v in table.attrs["fold_accuracy"].items()
                                       if k[0] == tgt})
                 continue
+            if ctx is None:  # the corpus's labels and frame counts (summed over shards)
+                ctx = StoreSource(store, meta=meta, positions=positions).context(
+                    device, reduce or (lambda t: t))
             if task is None:
-                task = ProbeTask(store, tgt, lev, sel, folds, splits[tgt], seed, control,
-                                 control_by)
+                task = ProbeTask(_Corpus(ctx), tgt, lev, sel, folds, splits[tgt], seed,
+                                 control, control_by)
                 if lev == "frame":
                     task.set_frame_classes(layer_list)
             c = len(task.classes)
-            per_layer = _logistic_layers(task, store, layer_list, c, device, opts,
-                                         shard_store=shard_store,
-                                         shard=_task_shard(sel, shard_pos_all), reduce=reduce)
+            per_layer = _logistic_layers(task, store, ctx.positions, layer_list, c, device,
+                                         opts, reduce=reduce)
             degenerate.update({layer: per_layer[layer][4] for layer in layer_list
                                if len(per_layer[layer]) > 4 and per_layer[layer][4]})
             for layer in layer_list:
@@ -243,25 +245,12 @@ def _as_list(v, name: str) -> list:
     return vals
 
 
-def _task_shard(sel: np.ndarray, shard_pos_all):
-    """Sharded: ``(shard store positions, task positions)`` of the task's utterances on
-    this shard, in shard order; unsharded: None."""
-    if shard_pos_all is None:
-        return None
-    task_of = {int(u): k for k, u in enumerate(sel)}
-    keep = [j for j, u in enumerate(shard_pos_all) if int(u) in task_of]
-    return keep, [task_of[int(shard_pos_all[j])] for j in keep]
-
-
 def _shard_setup(store, sharding, methods):
-    """``(store, shard_store, shard_pos_all)``: unsharded, ``(store, None, None)``.
-
-    Sharded, the task is built on ``sharding.reference`` (the whole corpus's metadata)
-    and the frames come from ``shard_store``, whose utterances sit at ``shard_pos_all``
-    in the reference.
-    """
+    """``(meta, positions)``: unsharded ``(None, None)``; sharded, the whole corpus's
+    metadata (``sharding.reference``) and the corpus positions of the shard store's
+    utterances."""
     if sharding is None:
-        return store, None, None
+        return None, None
     if not isinstance(sharding, Sharding):
         raise TypeError(f"sharding must be a s3viz.distributed.Sharding (e.g. "
                         f"Sharding.of(corpus, store, positions)), got {sharding!r}")
@@ -280,8 +269,7 @@ def _shard_setup(store, sharding, methods):
         raise ValueError(f"{len(unknown)} utterance(s) of the shard store are not in "
                          f"sharding.reference (e.g. {unknown[:5]}); pass the whole corpus's "
                          f"metadata")
-    pos = np.asarray([ref_index[u] for u in store.ids], dtype=np.int64)
-    return reference, store, pos
+    return reference, np.asarray([ref_index[u] for u in store.ids], dtype=np.int64)
 
 
 def _probe_segments(store, targets, *, layers, utterances, control, **kw) -> pd.DataFrame:

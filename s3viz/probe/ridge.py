@@ -24,13 +24,6 @@ LAMBDAS = tuple(float(v) for v in 10.0 ** np.linspace(-5.0, 3.0, 12))
 standardised feature covariance (which is 1)."""
 
 
-# ---------------------------------------------------------------------------
-# scoring
-
-
-# ---------------------------------------------------------------------------
-
-
 def _scores(conf: np.ndarray, train_counts: np.ndarray) -> dict:
     """Scores from per-fold confusion matrices ``(folds, C, C)`` (true, pred)."""
     fold_n = conf.sum((1, 2))
@@ -59,13 +52,6 @@ def _scores(conf: np.ndarray, train_counts: np.ndarray) -> dict:
 
 def confusion_matrix(y_true: torch.Tensor, y_pred: torch.Tensor, c: int) -> np.ndarray:
     return torch.bincount(y_true * c + y_pred, minlength=c * c).reshape(c, c).cpu().numpy()
-
-
-# ---------------------------------------------------------------------------
-# ridge
-
-
-# ---------------------------------------------------------------------------
 
 
 def _dev_fold(k: int, folds: int, sub: int) -> tuple[list[int], list[int]]:
@@ -179,8 +165,9 @@ def ridge_fit_folds_dual(x: torch.Tensor, yoh: torch.Tensor, g: torch.Tensor, fo
 
 def ridge_layer_utterance(task: ProbeTask, x: torch.Tensor, blocks, c: int, lambdas, stats_dtype,
                           guard: Guard | None = None):
-    """The ridge probe on pooled vectors ``x`` read through ``guard`` (the layer's
-    :func:`~s3viz._numerics.layer_guard` at utterance level; None: ``x`` as it is).
+    """The ridge probe on ``n <= hidden_size`` pooled vectors ``x`` (solved in the
+    ``n x n`` dual) read through ``guard`` (the layer's guard at utterance level;
+    None: ``x`` as it is).
 
     Returns ``(conf, counts, n_train, lambdas, degenerate)``: ``degenerate`` is why
     the scores mean nothing (None if they do)."""
@@ -196,13 +183,10 @@ def ridge_layer_utterance(task: ProbeTask, x: torch.Tensor, blocks, c: int, lamb
     g = torch.from_numpy(utt_sub).to(x.device)
     stats = ProbeStats.zeros(folds * sub, x.shape[1], len(blocks) * c, dtype=stats_dtype,
                              device=x.device).update(x, y, g)
-    if x.shape[0] <= x.shape[1]:  # fewer utterances than dimensions: the n x n dual form
-        yoh = torch.zeros(x.shape[0], len(blocks) * c, dtype=stats_dtype, device=x.device)
-        for bi in range(len(blocks)):
-            yoh[torch.arange(x.shape[0], device=x.device), y[:, bi]] = 1.0
-        models = ridge_fit_folds_dual(x.to(stats_dtype), yoh, g, folds, sub, blocks, lambdas)
-    else:
-        models = ridge_fit_folds(stats, folds, sub, blocks, lambdas)
+    yoh = torch.zeros(x.shape[0], len(blocks) * c, dtype=stats_dtype, device=x.device)
+    for bi in range(len(blocks)):
+        yoh[torch.arange(x.shape[0], device=x.device), y[:, bi]] = 1.0
+    models = ridge_fit_folds_dual(x.to(stats_dtype), yoh, g, folds, sub, blocks, lambdas)
     conf = np.zeros((len(blocks), folds, c, c), dtype=np.int64)
     fold = torch.from_numpy(task.utt_fold).to(x.device)
     for k, (w, b, _) in enumerate(models):

@@ -15,10 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import torch
 
 from .._labels import label_str, label_strings
-from .._numerics import read_dtype
 from ..align import frame_labels as _align_frame_labels
 from .folds import (
     _store_arg,
@@ -431,18 +429,3 @@ def check_classes(target: str, classes, n_examples: int | None,
             "cannot generalise (is it an id or a continuous value?)"
         )
 
-
-def _pooled(store, layer: int, task: ProbeTask) -> torch.Tensor:
-    x = store.pooled(layer, utterances=_store_arg(task.sel, task.n_utt), dtype=read_dtype(store))
-    x = torch.as_tensor(x)
-    empty = torch.isnan(x).any(1)
-    if bool(empty.any()):
-        bad = [task.ids[i] for i in torch.nonzero(empty).squeeze(1).tolist()]
-        raise ValueError(
-            f"{len(bad)} utterance(s) have no frames in stored layer {layer} (e.g. {bad[:5]}), "
-            "so no pooled vector; leave them out with `utterances=`"
-        )
-    if x.shape[0] != len(task.sel):
-        raise RuntimeError(f"store.pooled({layer}) gave {x.shape[0]} rows for {len(task.sel)} "
-                           "utterances")
-    return x
