@@ -89,7 +89,8 @@ class _Target:
     """One probe target: its labels, folds and per-layer state."""
 
     def __init__(self, ctx: Context, corpus: _Corpus, sel: np.ndarray, name: str, level,
-                 split_by: str, folds: int, seed: int, control, lambdas, defer: bool):
+                 split_by: str, folds: int, seed: int, control, lambdas, defer: bool,
+                 fold_frames: np.ndarray | None):
         self.name, self.split_by = name, split_by
         self.level = resolve_level(corpus, name, level)
         control_by = control if isinstance(control, str) else None
@@ -100,10 +101,12 @@ class _Target:
                               self.control, control_by, fixes=_FIXES)
         self.ctrl = None
         self.checked = self.level == "utterance"
+        if self.level == "frame":  # folds balanced by frames
+            weights = (ctx.lengths()[:, 0] if fold_frames is None else fold_frames)[sel]
         if self.level == "frame" and self.control:
             # control types need every frame's label first: the classes, folds, held-out
             # checks and control classes of probe_layers' ProbeTask, from the alignments
-            self.task.set_frame_classes(range(ctx.num_layers))
+            self.task.set_frame_classes(range(ctx.num_layers), weights)
             self.classes = np.asarray(self.task.classes, dtype=object)
             self.ctrl = []
             for s in range(ctx.num_layers):
@@ -111,8 +114,8 @@ class _Target:
                 self.ctrl.append((np.concatenate([[0], np.cumsum(d.lengths)]), d.y_ctrl))
             self.checked = True
         elif self.level == "frame":
-            self.task.utt_fold = assign_folds(self.task.groups, ctx.lengths()[sel, 0], folds,
-                                               seed, what=split_by)
+            self.task.utt_fold = assign_folds(self.task.groups, weights, folds, seed,
+                                               what=split_by)
             values = {v for u in sel for v in label_strings(corpus.phones[u][name].tolist())}
             self.classes = np.asarray(sorted(v for v in values if v != ""), dtype=object)
             check_classes(name, self.classes, None, where="in the corpus's alignments")
@@ -192,6 +195,9 @@ class RidgeProbe(Measure):
         self.control, self.utterances = control, utterances
         self.first = 1 if profile_pass else 0  # the statistics pass
         self.passes = self.first + 2
+        # the frames per corpus utterance that frame-level folds balance: those of the first
+        # analysed layer; probe_layers sets those of stored layer 0 (as probe_folds)
+        self.fold_frames: np.ndarray | None = None
 
     def setup(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -203,7 +209,7 @@ class RidgeProbe(Measure):
                                         self.sel) for t in self.targets}
         self.tasks = [_Target(ctx, corpus, self.sel, t, self.level, self.splits[t],
                               self.folds, self.seed, self.control, self.lambdas,
-                              bool(self.first)) for t in self.targets]
+                              bool(self.first), self.fold_frames) for t in self.targets]
         n, dev = len(self.sel), ctx.device
         # per target and layer: pooled rows (dual solve) or fold statistics (allocated after
         # the first pass for frame classes still to be checked); frame classes per fold

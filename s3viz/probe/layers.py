@@ -186,6 +186,9 @@ def probe_layers(
     from ..measures._engine import StoreSource, run_measures
     from ..measures.probe import RidgeProbe, _Corpus
 
+    # the corpus's labels and frame counts of every stored layer (summed over shards)
+    ctx = StoreSource(store, meta=meta, positions=positions).context(
+        device, reduce or (lambda t: t))
     ridge = {}
     for opts in methods:
         if opts.name == "ridge" and opts not in ridge:
@@ -193,6 +196,8 @@ def probe_layers(
             probe = RidgeProbe(targets, level=level, folds=folds, split_by=splits, seed=seed,
                                lambdas=opts.lambdas, control=control, utterances=sel,
                                profile_pass=True)
+            if layer_list[0] != 0:  # frame-level folds balanced as probe_folds balances them
+                probe.fold_frames = ctx.lengths()[:, 0]
             ridge[opts] = run_measures([probe], source, device=device,
                                        reduce=reduce)["probe"]
     if all(opts.name == "ridge" for opts in methods) and len(ridge) == 1:
@@ -204,7 +209,6 @@ def probe_layers(
     layer_ids = list(getattr(store, "layer_ids", range(store.num_layer)))
     rows, degenerate = [], {}
     fold_accuracy = {}
-    ctx = None
     for tgt in targets:
         lev = resolve_level(corpus, tgt, level)
         task = None
@@ -217,9 +221,6 @@ def probe_layers(
                 fold_accuracy.update({k: v for k, v in table.attrs["fold_accuracy"].items()
                                       if k[0] == tgt})
                 continue
-            if ctx is None:  # the corpus's labels and frame counts (summed over shards)
-                ctx = StoreSource(store, meta=meta, positions=positions).context(
-                    device, reduce or (lambda t: t))
             if task is None:
                 task = ProbeTask(_Corpus(ctx), tgt, lev, sel, folds, splits[tgt], seed,
                                  control, control_by)

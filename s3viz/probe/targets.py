@@ -260,15 +260,17 @@ class ProbeTask:
                                              lengths=lengths)
         return self._labels[key]
 
-    def set_frame_classes(self, layers: Sequence[int]):
-        """Fix the class list from the labels of all probed layers, and the folds."""
+    def set_frame_classes(self, layers: Sequence[int], weights: np.ndarray | None = None):
+        """Fix the class list from the labels of all probed layers, and the folds (groups
+        balanced by ``weights`` per selected utterance: default its frames in layer 0)."""
         for layer in layers:
             self.frame_targets(layer)
         all_labels = np.concatenate([d.raw[d.labelled] for d in self._labels.values()])
         self.classes = np.unique(all_labels.astype(str))
         check_classes(self.target, self.classes, len(all_labels))
-        utt_w = np.asarray(self.store.lengths(0))[self.sel]  # as probe_folds does
-        self.utt_fold = assign_folds(self.groups, utt_w, self.folds, self.seed,
+        if weights is None:  # as probe_folds does
+            weights = np.asarray(self.store.lengths(0))[self.sel]
+        self.utt_fold = assign_folds(self.groups, weights, self.folds, self.seed,
                                       what=self.split_by)
         index = {c: i for i, c in enumerate(self.classes)}
         for (rate, rf, _), d in self._labels.items():
