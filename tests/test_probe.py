@@ -558,3 +558,11 @@ def test_frame_folds_do_not_depend_on_the_probed_layers():
         both = probe_layers(st, "phone", layers=[0, 1], folds=4, device="cpu", **kw)
         assert alone.attrs["fold_accuracy"][("phone", "ridge", 1)] == \
             both.attrs["fold_accuracy"][("phone", "ridge", 1)]
+
+
+def test_a_target_listed_twice_gets_its_rows_twice(store):
+    """probe_layers takes a target list as given (the RidgeProbe measure it runs takes
+    distinct targets): a repeated target is probed once and its rows repeated."""
+    df = probe_layers(store, ["phone", "phone"], layers=[0], folds=3, device="cpu")
+    assert list(df["target"]) == ["phone", "phone"]
+    assert df.iloc[0].equals(df.iloc[1])

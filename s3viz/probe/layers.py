@@ -193,14 +193,15 @@ def probe_layers(
     for opts in methods:
         if opts.name == "ridge" and opts not in ridge:
             source = StoreSource(store, meta=meta, positions=positions, layers=layer_list)
-            probe = RidgeProbe(targets, level=level, folds=folds, split_by=splits, seed=seed,
+            probe = RidgeProbe(list(dict.fromkeys(targets)), level=level, folds=folds, split_by=splits, seed=seed,
                                lambdas=opts.lambdas, control=control, utterances=sel,
                                profile_pass=True)
             if layer_list[0] != 0:  # frame-level folds balanced as probe_folds balances them
                 probe.fold_frames = ctx.lengths()[:, 0]
             ridge[opts] = run_measures([probe], source, device=device,
                                        reduce=reduce)["probe"]
-    if all(opts.name == "ridge" for opts in methods) and len(ridge) == 1:
+    if all(opts.name == "ridge" for opts in methods) and len(ridge) == 1 \
+            and len(set(targets)) == len(targets):  # else: a row per target as listed
         table = next(iter(ridge.values()))
         table.attrs["weights"] = weights
         return table
