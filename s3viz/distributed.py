@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .upstreams._hub import weights_of
+
 __all__ = [
     "Sharding",
     "all_reduce_sum",
@@ -131,7 +133,8 @@ class Sharding:
 
     Attributes:
         reference: the whole corpus's frame-free metadata (``ids``, ``labels``,
-            ``phones``), which the probes build their folds, classes and control labels on;
+            ``phones``; ``weights``: the shard store's), which the probes build their
+            folds, classes and control labels on;
             ``layer_similarity`` does not need it (``None``).
         reduce: sums a tensor over all shards (``None``: :func:`all_reduce_sum`).
     """
@@ -156,7 +159,9 @@ class Sharding:
         if list(shard_store.ids) != [corpus.ids[i] for i in shard_positions]:
             raise ValueError("shard_store must hold the corpus utterances at shard_positions, "
                              "in that order")
-        return cls(CorpusMeta(corpus), reduce)
+        meta = CorpusMeta(corpus)
+        meta.weights = weights_of(shard_store)  # the weights the shards' tables say
+        return cls(meta, reduce)
 
 
 def env_world() -> tuple[int, int, int]:
