@@ -2,8 +2,8 @@
 
 :func:`shard_indices` gives each rank a deterministic, balanced shard;
 :func:`all_reduce_sum` sums statistics over ranks (the identity without a
-process group), :func:`reference_store` gives the whole corpus's frame-free
-metadata, and :class:`Sharding` carries both to ``probe_layers(sharding=)`` and
+process group), and :class:`Sharding` carries it and the whole corpus's frame-free
+metadata to ``probe_layers(sharding=)`` and
 ``layer_similarity(sharding=)`` on stored shards.
 How a sharded run fits together: ``docs/streaming.md``.
 """
@@ -16,10 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import torch
 
-from .align import frame_labels as _align_frame_labels
 from .upstreams._hub import weights_of
 
 __all__ = [
@@ -27,8 +25,6 @@ __all__ = [
     "all_reduce_sum",
     "dist_info",
     "env_world",
-    "global_lengths",
-    "reference_store",
     "shard_indices",
 ]
 
@@ -126,110 +122,6 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def global_lengths(shard_lengths: np.ndarray, shard_positions: Sequence[int], num_utterances: int,
-                   reduce=all_reduce_sum) -> np.ndarray:
-    """Frames per utterance and layer of the whole corpus from each rank's shard.
-
-    Args:
-        shard_lengths: ``(num_shard_utterances, num_layers)`` int frames of this
-            rank's utterances.
-        shard_positions: ``(num_shard_utterances,)`` their positions in the corpus.
-        num_utterances: corpus size.
-
-    Returns:
-        ``(num_utterances, num_layers)`` int64.
-    """
-    shard_lengths = np.asarray(shard_lengths, dtype=np.int64).reshape(len(shard_positions), -1)
-    out = torch.zeros(num_utterances, shard_lengths.shape[1], dtype=torch.int64)
-    if len(shard_positions):
-        out[torch.as_tensor(list(shard_positions), dtype=torch.long)] = torch.from_numpy(
-            shard_lengths)
-    return reduce(out).numpy()
-
-
-class _Reference:
-    """Frame-free metadata of a corpus with the store interface the probes read."""
-
-    def __init__(self, labels, phones, lengths, downsample_rates, receptive_fields, hidden_sizes,
-                 layer_ids, weights):
-        self._labels = labels.reset_index(drop=True)
-        self._phones = list(phones)
-        self._lengths = np.asarray(lengths, dtype=np.int64)
-        self.downsample_rates = [int(v) for v in downsample_rates]
-        self.receptive_fields = [int(v) for v in receptive_fields]
-        self.hidden_sizes = [int(v) for v in hidden_sizes]
-        self.layer_ids = [int(v) for v in layer_ids]
-        self.weights = weights  # the shard store's: probe tables of a sharded run say it
-
-    @property
-    def num_layer(self) -> int:
-        return len(self.hidden_sizes)
-
-    num_layers = num_layer
-
-    @property
-    def ids(self) -> list[str]:
-        return [str(v) for v in self._labels["id"]]
-
-    @property
-    def labels(self) -> pd.DataFrame:
-        return self._labels.copy()
-
-    @property
-    def phones(self):
-        return list(self._phones)
-
-    def __len__(self) -> int:
-        return len(self._labels)
-
-    def lengths(self, layer) -> np.ndarray:
-        return self._lengths[:, int(layer)].copy()
-
-    def frame_labels(self, layer, column: str = "phone", utterances=None) -> np.ndarray:
-        """As :meth:`s3viz.store.LayerStore.frame_labels`."""
-        layer = int(layer)
-        pos = range(len(self)) if utterances is None else [int(u) for u in utterances]
-        rate, rf = self.downsample_rates[layer], self.receptive_fields[layer]
-        parts = []
-        for i in pos:
-            n = int(self._lengths[i, layer])
-            table = self._phones[i]
-            parts.append(np.full(n, "", dtype=object) if table is None else
-                         _align_frame_labels(table, n, rate, column=column,
-                                             receptive_field_samples=rf))
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=object)
-
-    def __repr__(self) -> str:
-        return f"reference_store({len(self)} utterances, {self.num_layer} layers)"
-
-
-def reference_store(corpus, shard_store, shard_positions: Sequence[int], reduce=all_reduce_sum):
-    """The whole corpus's metadata (ids, labels, alignments, frame counts), without frames.
-
-    Every rank calls this with its own shard (a collective call when there is a
-    process group: frame counts are summed with ``reduce``). The result is what
-    :class:`Sharding` holds as ``reference`` (:meth:`Sharding.of` builds both).
-
-    Args:
-        corpus: the whole :class:`s3viz.data.Corpus` (same on every rank).
-        shard_store: this rank's :class:`~s3viz.store.LayerStore`.
-        shard_positions: positions in ``corpus`` of the shard store's utterances.
-    """
-    if list(shard_store.ids) != [corpus.ids[i] for i in shard_positions]:
-        raise ValueError("shard_store must hold the corpus utterances at shard_positions, "
-                         "in that order")
-    per_layer = np.stack([np.asarray(shard_store.lengths(layer)) for layer in
-                          range(shard_store.num_layer)], 1) if len(shard_store) else \
-        np.zeros((0, shard_store.num_layer), dtype=np.int64)
-    lengths = global_lengths(per_layer, shard_positions, len(corpus), reduce=reduce)
-    labels = corpus.labels
-    phones = [u.phones for u in corpus]
-    return _Reference(labels, phones, lengths, shard_store.downsample_rates,
-                      shard_store.receptive_fields, shard_store.hidden_sizes,
-                      getattr(shard_store, "layer_ids", range(shard_store.num_layer)),
-                      weights_of(shard_store))
-
-
 @dataclass(frozen=True)
 class Sharding:
     """This process's part of a sharded run over stored shards.
@@ -240,8 +132,9 @@ class Sharding:
     :func:`all_reduce_sum`), so each shard returns the table of the whole corpus.
 
     Attributes:
-        reference: the whole corpus's frame-free metadata (:func:`reference_store`),
-            which the probes build their folds, classes and control labels on;
+        reference: the whole corpus's frame-free metadata (``ids``, ``labels``,
+            ``phones``; ``weights``: the shard store's), which the probes build their
+            folds, classes and control labels on;
             ``layer_similarity`` does not need it (``None``).
         reduce: sums a tensor over all shards (``None``: :func:`all_reduce_sum`).
     """
@@ -260,9 +153,15 @@ class Sharding:
     def of(cls, corpus, shard_store, shard_positions: Sequence[int],
            reduce=all_reduce_sum) -> Sharding:
         """The sharding of ``shard_store`` (the corpus utterances at ``shard_positions``):
-        :func:`reference_store` of the whole ``corpus`` and ``reduce`` (a collective call
-        when there is a process group)."""
-        return cls(reference_store(corpus, shard_store, shard_positions, reduce=reduce), reduce)
+        the whole ``corpus``'s metadata and ``reduce``."""
+        from .measures._engine import CorpusMeta
+
+        if list(shard_store.ids) != [corpus.ids[i] for i in shard_positions]:
+            raise ValueError("shard_store must hold the corpus utterances at shard_positions, "
+                             "in that order")
+        meta = CorpusMeta(corpus)
+        meta.weights = weights_of(shard_store)  # the weights the shards' tables say
+        return cls(meta, reduce)
 
 
 def env_world() -> tuple[int, int, int]:

@@ -532,3 +532,37 @@ def test_bad_arguments(store):
         probe_layers(nospk, "phone", split_by="speaker")
     with pytest.warns(UserWarning, match=f"{N_UTT} utterance\\(s\\) have no speaker"):
         assert (probe_layers(nospk, "phone", layers=[0])["split_by"] == "utterance").all()
+
+
+def test_frame_folds_do_not_depend_on_the_probed_layers():
+    """Frame-level folds balance each utterance's frames in stored layer 0 (as probe_folds),
+    whichever layers are probed: layer 1 scores alike probed alone or beside layer 0, also
+    when layer 0 has another rate and unevenly trimmed frames."""
+    rng = np.random.default_rng(0)
+    hs, phones, rows = [], [], []
+    for i in range(24):
+        t = int(rng.integers(10, 60)) * 2
+        seg = rng.integers(6, size=t // 2)
+        x1 = np.eye(6)[np.repeat(seg, 2)] + 0.5 * rng.standard_normal((t, 6))
+        x0 = np.repeat(x1, 2, 0) + 0.1 * rng.standard_normal((2 * t, 6))
+        x0 = x0[: 2 * t - int(rng.integers(0, 2 * t // 3))]
+        hs.append([torch.tensor(x0, dtype=torch.float32), torch.tensor(x1, dtype=torch.float32)])
+        starts = np.arange(len(seg)) * 2 * RATE
+        phones.append(pd.DataFrame({"phone": [PHONES[s] for s in seg], "start": starts,
+                                    "end": starts + 2 * RATE}))
+        rows.append({"id": f"u{i}", "speaker": f"s{i % 6}"})
+    st = LayerStore.from_tensors(hs, downsample_rates=[RATE // 2, RATE],
+                                 labels=pd.DataFrame(rows), phones=phones)
+    for kw in ({}, {"control": True}):
+        alone = probe_layers(st, "phone", layers=[1], folds=4, device="cpu", **kw)
+        both = probe_layers(st, "phone", layers=[0, 1], folds=4, device="cpu", **kw)
+        assert alone.attrs["fold_accuracy"][("phone", "ridge", 1)] == \
+            both.attrs["fold_accuracy"][("phone", "ridge", 1)]
+
+
+def test_a_target_listed_twice_gets_its_rows_twice(store):
+    """probe_layers takes a target list as given (the RidgeProbe measure it runs takes
+    distinct targets): a repeated target is probed once and its rows repeated."""
+    df = probe_layers(store, ["phone", "phone"], layers=[0], folds=3, device="cpu")
+    assert list(df["target"]) == ["phone", "phone"]
+    assert df.iloc[0].equals(df.iloc[1])

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import s3viz
+from s3viz._numerics import DegenerateLayerWarning
 from s3viz.align import frame_labels
 from s3viz.data import synthetic_corpus
 from s3viz.store import LayerStore
@@ -133,3 +134,23 @@ def test_segment_probes_stream_and_shard_on_the_engine(store):
         assert table.attrs["n_dropped"] == want.attrs["n_dropped"]
         assert table.attrs["split_by"] == want.attrs["split_by"]
     assert list(streamed["upstream_layer"]) == [1, 3, 1, 3]
+
+
+def test_segments_of_a_float16_store_are_guarded_at_float16():
+    """A layer that varies only at float16 rounding level is refused at segment level too:
+    its segments' means are float32, but their guard reads the frames' precision."""
+    rng = np.random.default_rng(0)
+    corpus = synthetic_corpus(8, seed=1)
+    store = s3viz.extract(get_upstream("tiny", pretrained=False), corpus, progress=False)
+    hidden = []
+    for i in range(len(store)):
+        x = [t.half() for t in store.utterance(i)[:2]]
+        x[1] = torch.from_numpy(1000 + 0.3 * rng.standard_normal(x[1].shape)).half()
+        hidden.append(x)
+    s16 = LayerStore.from_tensors(hidden, downsample_rates=store.downsample_rates[:2],
+                                  labels=store.labels, phones=store.phones,
+                                  receptive_fields=store.receptive_fields[:2])
+    with pytest.warns(DegenerateLayerWarning, match="float16 rounding"):
+        df = s3viz.probe_layers(s16, "phone", level="segment", folds=3, device="cpu",
+                                split_by="utterance")
+    assert np.isnan(df["accuracy"].iloc[1]) and not np.isnan(df["accuracy"].iloc[0])

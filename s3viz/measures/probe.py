@@ -1,12 +1,13 @@
-"""Ridge probes of every layer in two passes: statistics, then scoring.
+"""Ridge probes of every layer: statistics, then scoring (after a profile, for a store).
 
 The tables of ``probe_layers(method="ridge")`` from sufficient statistics summed
-over batches and ranks (:class:`~s3viz.probe.ProbeStats`): pass 1 sums them per
-fold, the end of pass 1 solves every fold's ridge regression (the penalty chosen
-on inner folds), pass 2 counts each held-out fold's confusion matrix. Utterance
-targets with no more utterances than dimensions keep the pooled rows instead
-and solve in the dual after pass 1, as ``probe_layers`` does. The maths:
-``docs/probes.md``.
+over batches and ranks (:class:`~s3viz.probe.ProbeStats`): one pass sums them per
+fold, its end solves every fold's ridge regression (the penalty chosen on inner
+folds), the next counts each held-out fold's confusion matrix. Utterance targets
+with no more utterances than dimensions keep the pooled rows instead and solve in
+the dual after the statistics pass. With ``profile_pass=True`` (``probe_layers``
+on a store) a first pass profiles each layer, so that its numerics guard scales
+the frames before any sum. The maths: ``docs/probes.md``.
 """
 
 from __future__ import annotations
@@ -19,23 +20,25 @@ import torch
 
 from .. import _validate as _v
 from .._labels import label_strings
-from .._numerics import Profile, float64_sums_span, profile_guard, warn_degenerate
-from ..probe import LAMBDAS, ProbeStats
+from .._numerics import Guard, Profile, float64_sums_span, profile_guard, warn_degenerate
 from ..probe.folds import (SPLIT_CHOICES, assign_folds, check_folds, check_heldout,
                            check_split_by, resolve_split)
-from ..probe.layers import result_row, result_table
-from ..probe.ridge import (confusion_matrix, fold_train_counts, ridge_fit_folds,
+from ..probe.ridge import (LAMBDAS, confusion_matrix, fold_train_counts, ridge_fit_folds,
                            ridge_layer_utterance, sub_folds)
+from ..probe.stats import ProbeStats
+from ..probe.tables import result_row, result_table
 from ..probe.targets import ProbeTask, check_classes, resolve_level
+from ..store import utterance_selection
 from ._engine import Batch, Context, Measure
 
 __all__ = ["RidgeProbe"]
 
 # what a streamed run can do about a target the corpus cannot support
 _FIXES = {
-    "labels": "fill the corpus's {target!r} labels or stream a corpus of the labelled "
-              "utterances only (corpus[positions])",
-    "alignments": "stream a corpus of the aligned utterances only (corpus[positions])",
+    "labels": "fill the corpus's {target!r} labels or probe the labelled utterances only "
+              "(`utterances=`, or stream corpus[positions])",
+    "alignments": "probe the aligned utterances only (`utterances=`, or stream "
+                  "corpus[positions])",
 }
 
 
@@ -48,28 +51,84 @@ def _reduce_profiles(profiles: list, reduce) -> list:
     return [p.reduced(reduce) for p in profiles]
 
 
+def _pooled(batch: Batch, s: int) -> torch.Tensor:
+    """The batch's pooled vectors of layer ``s`` in the dtype frames are read in (float64
+    for a float64 store, as :meth:`LayerStore.pooled` gives them)."""
+    if batch.ctx.read_dtype != torch.float64:
+        return batch.pooled(s)
+    batch.pooled(s)  # its checks
+    return torch.stack([p.mean(0) for p in torch.split(batch.frames[s].double(),
+                                                        batch.lens[:, s].tolist())])
+
+
+class _Corpus:
+    """The corpus's metadata and frame counts as :class:`ProbeTask` reads a store (frame
+    labels from the alignments, as :meth:`LayerStore.frame_labels` reads them)."""
+
+    def __init__(self, ctx: Context):
+        meta, self.ctx = ctx.meta, ctx
+        self.ids, self.labels, self.phones = meta.ids, meta.labels, meta.phones
+        if getattr(meta, "_group_ids", None) is not None:  # a store of segments
+            self._group_ids = meta._group_ids
+        self.downsample_rates, self.receptive_fields = ctx.rates, ctx.fields
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def lengths(self, layer: int) -> np.ndarray:
+        return self.ctx.lengths()[:, layer]
+
+    def frame_labels(self, layer: int, column: str, utterances=None) -> np.ndarray:
+        n = self.lengths(layer)
+        pos = range(len(self)) if utterances is None else utterances
+        parts = [self.ctx.frame_labels(int(u), layer, column, int(n[u])) for u in pos]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=object)
+
+
 class _Target:
     """One probe target: its labels, folds and per-layer state."""
 
-    def __init__(self, ctx: Context, name: str, split_by: str, folds: int, seed: int):
-        meta = ctx.meta
+    def __init__(self, ctx: Context, corpus: _Corpus, sel: np.ndarray, name: str, level,
+                 split_by: str, folds: int, seed: int, control, lambdas, defer: bool,
+                 fold_frames: np.ndarray | None):
         self.name, self.split_by = name, split_by
-        self.level = resolve_level(meta, name, None)
-        sel = np.arange(len(meta), dtype=np.int64)
-        # utterance level: classes, stratified folds, checks; frame level: alignment checks
-        self.task = ProbeTask(meta, name, self.level, sel, folds, split_by, seed, False, None,
-                              fixes=_FIXES)
-        if self.level == "frame":
-            self.task.utt_fold = assign_folds(self.task.groups, ctx.lengths()[:, 0], folds,
-                                               seed, what=split_by)
-            values = {v for ph in meta.phones for v in label_strings(ph[name].tolist())}
+        self.level = resolve_level(corpus, name, level)
+        control_by = control if isinstance(control, str) else None
+        self.control = bool(control)
+        # utterance level: classes, stratified folds, checks, control classes; frame level:
+        # alignment checks (the classes and held-out checks after the statistics pass)
+        self.task = ProbeTask(corpus, name, self.level, sel, folds, split_by, seed,
+                              self.control, control_by, fixes=_FIXES)
+        self.ctrl = None
+        self.checked = self.level == "utterance"
+        if self.level == "frame":  # folds balanced by frames
+            weights = (ctx.lengths()[:, 0] if fold_frames is None else fold_frames)[sel]
+        if self.level == "frame" and self.control:
+            # control types need every frame's label first: the classes, folds, held-out
+            # checks and control classes of probe_layers' ProbeTask, from the alignments
+            self.task.set_frame_classes(range(ctx.num_layers), weights)
+            self.classes = np.asarray(self.task.classes, dtype=object)
+            self.ctrl = []
+            for s in range(ctx.num_layers):
+                d = self.task.frame_targets(s)
+                self.ctrl.append((np.concatenate([[0], np.cumsum(d.lengths)]), d.y_ctrl))
+            self.checked = True
+        elif self.level == "frame":
+            self.task.utt_fold = assign_folds(self.task.groups, weights, folds, seed,
+                                               what=split_by)
+            values = {v for u in sel for v in label_strings(corpus.phones[u][name].tolist())}
             self.classes = np.asarray(sorted(v for v in values if v != ""), dtype=object)
             check_classes(name, self.classes, None, where="in the corpus's alignments")
-            self.index = {c: i for i, c in enumerate(self.classes)}
         else:
             self.classes = np.asarray(self.task.classes, dtype=object)
+        self.index = {c: i for i, c in enumerate(self.classes)}
+        c = len(self.classes)
+        self.blocks = [slice(0, c)] + ([slice(c, 2 * c)] if self.control else [])
         self.sub = 2 if folds == 2 else 1
-        self.utt_sub = sub_folds(self.task, self.sub)
+        # its dev-part check comes after the held-out class check, as probe_layers' order
+        # (a stream checks it before its passes)
+        self.utt_sub = None if defer and not self.checked else sub_folds(self.task, self.sub,
+                                                                         lambdas)
         n_l = ctx.num_layers
         self.models: list = [None] * n_l
         self.result: list = [None] * n_l
@@ -82,8 +141,21 @@ class RidgeProbe(Measure):
     Args:
         target: label name(s): alignment columns (``"phone"``) at frame level,
             ``corpus.labels`` columns (``"speaker"``) at utterance level.
+        level: ``"frame"``, ``"utterance"`` or None (as :func:`s3viz.probe_layers`).
         folds, seed, lambdas: as for :func:`s3viz.probe_layers`.
         split_by: ``"auto"``, ``"speaker"``, ``"utterance"`` or a dict target -> split.
+        control: ``True`` or a column defining the control type: Hewitt & Liang
+            control tasks, fitted with the probe (columns ``control_accuracy``,
+            ``selectivity``), as for :func:`s3viz.probe_layers`.
+        utterances: corpus positions to probe (default all); the frames of the
+            others are ignored.
+        profile_pass: one more pass first, profiling each layer, so that its numerics
+            guard (:mod:`s3viz._numerics`: a power of two per feature, a dead feature
+            read as 0, a degenerate layer's frames as zeros) reads the frames before
+            the statistics, as ``probe_layers`` does on a store. False (a stream: two
+            upstream passes): the profile comes with the statistics and only judges
+            each layer, so a layer of pathological scale (``docs/streaming.md``) may
+            score otherwise than stored.
 
     ``compute()`` gives the columns of :func:`s3viz.probe_layers`.
     """
@@ -91,9 +163,10 @@ class RidgeProbe(Measure):
     name = "probe"
     passes = 2
 
-    def __init__(self, target: str | Sequence[str] = "phone", *, folds: int = 5,
-                 split_by: str | dict = "auto", seed: int = 0,
-                 lambdas: Sequence[float] = LAMBDAS):
+    def __init__(self, target: str | Sequence[str] = "phone", *, level: str | None = None,
+                 folds: int = 5, split_by: str | dict = "auto", seed: int = 0,
+                 lambdas: Sequence[float] = LAMBDAS, control: bool | str = False,
+                 utterances=None, profile_pass: bool = False):
         super().__init__()
         targets = [target] if isinstance(target, str) else list(target)
         if not targets or len(set(targets)) != len(targets) \
@@ -110,137 +183,231 @@ class RidgeProbe(Measure):
             raise ValueError(f"split_by has no entry for target(s) {missing}")
         for t in targets:
             check_split_by(split_by[t], f"split_by[{t!r}]")
-        self.targets, self.split_by = targets, split_by
+        if level not in (None, "frame", "utterance"):
+            raise ValueError(f"level must be 'frame', 'utterance' or None, got {level!r}")
+        if not isinstance(control, (bool, str)):
+            raise TypeError(f"control must be True, False or the name of the column that "
+                            f"defines a control type (e.g. 'word'), got {control!r}")
+        self.targets, self.split_by, self.level = targets, split_by, level
         self.folds = check_folds(folds)
         self.seed = _v.integer(seed, "seed", minimum=0)
         self.lambdas = tuple(float(v) for v in _v.numbers(lambdas, "lambdas"))
+        self.control, self.utterances = control, utterances
+        self.first = 1 if profile_pass else 0  # the statistics pass
+        self.passes = self.first + 2
+        # the frames per corpus utterance that frame-level folds balance: those of the first
+        # analysed layer; probe_layers sets those of stored layer 0 (as probe_folds)
+        self.fold_frames: np.ndarray | None = None
 
     def setup(self, ctx: Context) -> None:
         self.ctx = ctx
-        self.splits = {t: resolve_split(ctx.meta.labels, self.split_by[t], t, self.folds)
-                       for t in self.targets}
-        self.tasks = [_Target(ctx, t, self.splits[t], self.folds, self.seed)
-                      for t in self.targets]
-        n, dev = len(ctx.meta), ctx.device
-        # per target and layer: pooled rows (dual solve) or fold statistics; frame classes seen
+        corpus = _Corpus(ctx)
+        self.sel = utterance_selection(self.utterances, len(corpus))
+        self.where = np.full(len(corpus), -1, dtype=np.int64)  # position -> selection index
+        self.where[self.sel] = np.arange(len(self.sel))
+        self.splits = {t: resolve_split(corpus.labels, self.split_by[t], t, self.folds,
+                                        self.sel) for t in self.targets}
+        self.tasks = [_Target(ctx, corpus, self.sel, t, self.level, self.splits[t],
+                              self.folds, self.seed, self.control, self.lambdas,
+                              bool(self.first), self.fold_frames) for t in self.targets]
+        n, dev = len(self.sel), ctx.device
+        # per target and layer: pooled rows (dual solve) or fold statistics (allocated after
+        # the first pass for frame classes still to be checked); frame classes per fold
         stats, rows, seen, conf = [], [], [], []
         for t in self.tasks:
             for h in ctx.sizes:
                 dual = t.level == "utterance" and n <= h
                 rows.append(torch.zeros(n, h, dtype=ctx.read_dtype) if dual else None)
-                stats.append(None if dual else ProbeStats.zeros(
-                    self.folds * t.sub, h, len(t.classes), dtype=torch.float64, device=dev))
+                stats.append(None if dual or t.utt_sub is None else ProbeStats.zeros(
+                    self.folds * t.sub, h, len(t.blocks) * len(t.classes),
+                    dtype=torch.float64, device=dev))
                 conf.append(None)
-            seen.append(torch.zeros(len(t.classes), dtype=torch.int64) if t.level == "frame"
-                        else None)
-        self.add_state("stats", stats, _reduce_list)
-        self.add_state("rows", rows, _reduce_list)
+                seen.append(None if t.checked else
+                            torch.zeros(self.folds, len(t.classes), dtype=torch.int64))
+        self.add_state("stats", stats, _reduce_list, after_pass=self.first)
+        self.add_state("rows", rows, _reduce_list, after_pass=self.first)
         self.add_state("seen", seen, _reduce_list)
-        self.add_state("conf", conf, _reduce_list, after_pass=1)
-        # the one guard of every measure (s3viz._numerics), as probe_layers': a degenerate
-        # layer (or pooled vectors of rounding noise) gets NaN scores
+        self.add_state("conf", conf, _reduce_list, after_pass=self.first + 1)
+        # the one guard of every measure (s3viz._numerics), as probe_layers': each layer's
+        # profile (the selected utterances' frames; their pooled vectors at utterance level)
+        # (on one process kept as they are: they name the farthest row)
         utterance = any(t.level == "utterance" for t in self.tasks)
-        self.add_state("frames", [Profile() for _ in ctx.sizes], _reduce_profiles)
-        self.add_state("pooled", [Profile() for _ in ctx.sizes] if utterance else None,
-                       _reduce_profiles)
+        self.one = len(ctx.positions) == len(ctx.meta)
+        merge = (lambda v, reduce: v) if self.one else _reduce_profiles
+        self.add_state("frames", [Profile() for _ in ctx.sizes], merge)
+        self.add_state("pooled", [Profile() for _ in ctx.sizes] if utterance else None, merge)
+        self.order: list = []  # the profiled utterances in order, to name a far row
+        self.guards: dict = {}
 
-    def _examples(self, t: _Target, batch: Batch, s: int):
-        """(x, class, corpus position) of the batch's labelled examples of layer ``s``."""
+    def _selected(self, batch: Batch) -> np.ndarray:
+        return self.where[batch.positions] >= 0
+
+    def _profile(self, batch: Batch) -> None:
+        keep = self._selected(batch)
+        if not keep.any():
+            return
+        self.order.append(batch.positions[keep])
+        for s in range(self.ctx.num_layers):
+            x = batch.frames[s]
+            if not keep.all():
+                x = x[torch.from_numpy(np.repeat(keep, batch.lens[:, s]))]
+            self.frames[s].update(x)
+            if self.pooled is not None:
+                self.pooled[s].update(_pooled(batch, s)[torch.from_numpy(keep)])
+
+    def _guard(self, t: _Target, s: int) -> Guard:
+        """The guard of layer ``s`` at ``t``'s level (after the profile is complete)."""
+        key = (t.level, s)
+        if key not in self.guards:
+            ctx, names = self.ctx, None
+            order = np.concatenate(self.order) if self.order else np.zeros(0, dtype=np.int64)
+            if self.one:  # one process: rows have names
+                ids = ctx.meta.ids
+                if t.level == "frame":
+                    offs = np.concatenate([[0], np.cumsum(ctx.lengths()[order, s])])
+
+                    def names(i):
+                        u = int(np.searchsorted(offs, i, side="right") - 1)
+                        return f"utterance {ids[int(order[u])]!r}, frame {int(i - offs[u])}"
+                else:
+                    def names(i):
+                        return f"utterance {ids[int(order[i])]!r}"
+            # a store of segments: the precision of the frames they are means of
+            prec = getattr(ctx.meta, "_precision", None)
+            dtype = ctx.store_dtype if prec is None else prec[ctx.layer_index[s]]
+            if t.level == "frame":
+                g = profile_guard(self.frames[s], dtype, centre=False,
+                                  span=float64_sums_span(), per_feature=True, names=names)
+            else:
+                g = profile_guard(self.frames[s], dtype, pooled=self.pooled[s],
+                                  centre=False, per_feature=True, names=names)
+            self.guards[key] = g
+        return self.guards[key]
+
+    def _examples(self, t: _Target, batch: Batch, s: int, guard: Guard | None = None):
+        """(x, classes ``(n, blocks)``, selection index) of the batch's labelled examples
+        of layer ``s``, ``x`` read through ``guard`` when given."""
+        where = self.where[batch.positions]
         if t.level == "frame":
             lab = batch.frame_labels(s, t.name)
             y = np.fromiter((t.index.get(v, -1) for v in lab), dtype=np.int64, count=len(lab))
-            utt = np.repeat(batch.positions, batch.lens[:, s])
-            m = y >= 0
-            return batch.frames[s][torch.from_numpy(m)], y[m], utt[m]
-        return batch.pooled(s), t.task.y[batch.positions], batch.positions
+            utt = np.repeat(where, batch.lens[:, s])
+            m = (y >= 0) & (utt >= 0)
+            ys = [y]
+            if t.ctrl is not None:  # the control class of each selected frame
+                offs, yc = t.ctrl[s]
+                ys.append(np.concatenate([yc[offs[i]:offs[i + 1]] if i >= 0
+                                          else np.full(n, -1, dtype=np.int64)
+                                          for i, n in zip(where, batch.lens[:, s])]))
+            x, y, utt = batch.frames[s][torch.from_numpy(m)], np.stack(ys, 1)[m], utt[m]
+        else:
+            m = where >= 0
+            utt = where[m]
+            ys = [t.task.y[utt]] + ([t.task.y_ctrl[utt]] if t.control else [])
+            x, y = _pooled(batch, s)[torch.from_numpy(m)], np.stack(ys, 1)
+        y[:, 1:] += len(t.classes)  # the control block's columns
+        if guard is not None:
+            x = guard(x, torch.float64, self.ctx.device)
+            if guard.reason and t.level == "frame":  # refused (NaN scores): fit zeros, not
+                x.zero_()                              # frames that break eigh
+        return x, y, utt
+
+    def _stats_guard(self, t: _Target, s: int) -> Guard | None:
+        """What the statistics and scores read layer ``s`` through: its guard after a
+        profile pass, else the frames as they come."""
+        return self._guard(t, s) if self.first else None
 
     def update(self, batch: Batch, pass_index: int) -> None:
-        n_l = self.ctx.num_layers
+        n_l, p = self.ctx.num_layers, pass_index - self.first
         if pass_index == 0:
-            for s in range(n_l):
-                self.frames[s].update(batch.frames[s])
-                if self.pooled is not None:
-                    self.pooled[s].update(batch.pooled(s))
+            self._profile(batch)
         for i, t in enumerate(self.tasks):
             for s in range(n_l):
                 k = i * n_l + s
-                if pass_index == 1:
+                if pass_index == 0 and self.seen[k] is not None:  # frame classes per fold
+                    _, y, utt = self._examples(t, batch, s)
+                    c = len(t.classes)
+                    self.seen[k] += torch.from_numpy(np.bincount(
+                        t.task.utt_fold[utt] * c + y[:, 0], minlength=self.folds * c)
+                        .reshape(self.folds, c))
+                if p == 1:
                     self._score(t, batch, s, k)
-                    continue
-                x, y, utt = self._examples(t, batch, s)
-                if self.rows[k] is not None:
-                    self.rows[k][torch.from_numpy(batch.positions)] = x
-                    continue
-                if t.level == "frame":
-                    self.seen[i] += torch.from_numpy(np.bincount(y, minlength=len(t.classes)))
-                if len(y):
-                    self.stats[k].update(x, torch.from_numpy(y)[:, None],
-                                         torch.from_numpy(t.utt_sub[utt]))
+                elif p == 0 and self.rows[k] is not None:  # kept: the dual reads them guarded
+                    x, y, utt = self._examples(t, batch, s)
+                    self.rows[k][torch.from_numpy(utt)] = x
+                elif p == 0:
+                    x, y, utt = self._examples(t, batch, s, self._stats_guard(t, s))
+                    if len(y):
+                        self.stats[k].update(x, torch.from_numpy(y),
+                                             torch.from_numpy(t.utt_sub[utt]))
 
     def end_pass(self, pass_index: int) -> None:
         if pass_index == 0:
+            self._frame_classes()
+        if pass_index == self.first:
             self._solve()
 
-    def _reason(self, t: _Target, s: int) -> str | None:
-        """Why layer ``s``'s scores mean nothing for ``t`` (None: they do)."""
-        if t.level == "frame":
-            return profile_guard(self.frames[s], self.ctx.store_dtype, centre=False,
-                                 span=float64_sums_span()).reason
-        return profile_guard(self.frames[s], self.ctx.store_dtype, centre=False,
-                             pooled=self.pooled[s]).reason
+    def _frame_classes(self) -> None:
+        """Frame labels are known after the first pass: the classes seen and the probes'
+        held-out class check (utterance level and control tasks: ProbeTask did it before
+        the passes), then the statistics sized for them."""
+        n_l, folds, dev = self.ctx.num_layers, self.folds, self.ctx.device
+        for i, t in enumerate(self.tasks):
+            if t.checked:
+                continue
+            counts = [self.seen[i * n_l + s].numpy() for s in range(n_l)]
+            keep = np.flatnonzero(sum(c.sum(0) for c in counts) > 0)
+            t.classes = t.classes[keep]
+            t.index = {c: j for j, c in enumerate(t.classes)}
+            t.blocks = [slice(0, len(keep))]
+            if len(keep) < 2:
+                raise ValueError(
+                    f"target {t.name!r} has {len(keep)} class(es) among the labelled "
+                    "frames: nothing to classify; choose another target or more utterances")
+            warned = False
+            for c in counts:
+                test = c[:, keep]
+                unseen = check_heldout(test, test.sum(0, keepdims=True) - test,
+                                       target=t.name, level="frame", split_by=t.split_by,
+                                       classes=t.classes, items="frame", warn=not warned)
+                warned = warned or bool(unseen.any())
+            if t.utt_sub is None:  # after a profile pass: the statistics are still to come
+                t.utt_sub = sub_folds(t.task, t.sub, self.lambdas)
+            for s, h in enumerate(self.ctx.sizes):
+                k = i * n_l + s
+                self.stats[k] = (ProbeStats.zeros(folds * t.sub, h, len(keep), device=dev,
+                                                  dtype=torch.float64)
+                                 if self.stats[k] is None else self.stats[k].keep_targets(keep))
 
     def _solve(self) -> None:
         folds, n_l = self.folds, self.ctx.num_layers
         self.degenerate = {}
         for i, t in enumerate(self.tasks):
-            keep, warned = None, False
-            if t.level == "frame":
-                keep = np.flatnonzero(self.seen[i].numpy() > 0)
-                t.remap = np.full(len(t.classes), -1, dtype=np.int64)
-                t.remap[keep] = np.arange(len(keep))
-                t.classes = t.classes[keep]
-                if len(t.classes) < 2:
-                    raise ValueError(
-                        f"target {t.name!r} has {len(t.classes)} class(es) among the labelled "
-                        "frames: nothing to classify; choose another target or more utterances")
             for s in range(n_l):
                 k = i * n_l + s
                 if self.rows[k] is not None:
                     x = self.rows[k].to(self.ctx.device)
                     self.rows[k] = None
-                    c = len(t.classes)
-                    t.result[s] = ridge_layer_utterance(t.task, x, [slice(0, c)], c,
-                                                         self.lambdas, torch.float64)
-                    t.result[s] = t.result[s][:4] + (self._reason(t, s),)
+                    t.result[s] = ridge_layer_utterance(t.task, x, t.blocks, len(t.classes),
+                                                         self.lambdas, torch.float64,
+                                                         self._guard(t, s))
                     continue
                 st = self.stats[k]
-                if keep is not None:
-                    st = st.keep_targets(keep)
-                    # frame labels are known only now: the probes' held-out class check
-                    # (utterance level: ProbeTask did it before the first pass)
-                    test = st.sum_y.reshape(folds, t.sub, -1).sum(1).cpu().numpy()
-                    unseen = check_heldout(test, test.sum(0, keepdims=True) - test,
-                                           target=t.name, level="frame", split_by=t.split_by,
-                                           classes=t.classes, items="frame", warn=not warned)
-                    warned = warned or bool(unseen.any())
-                models = ridge_fit_folds(st, folds, t.sub, [slice(0, len(t.classes))],
-                                          self.lambdas)
+                models = ridge_fit_folds(st, folds, t.sub, t.blocks, self.lambdas)
                 t.models[s] = (torch.stack([m[0] for m in models]),
                                torch.stack([m[1] for m in models]),
                                np.mean([m[2] for m in models], axis=0))
                 t.counts[s] = fold_train_counts(st, folds, t.sub)
-                self.conf[k] = torch.zeros((1, folds, len(t.classes), len(t.classes)),
-                                           dtype=torch.int64)
-                self.stats[k] = None  # free the hidden x hidden matrices before pass 2
+                c = len(t.classes)
+                self.conf[k] = torch.zeros((len(t.blocks), folds, c, c), dtype=torch.int64)
+                self.stats[k] = None  # free the hidden x hidden matrices before scoring
 
     def _score(self, t: _Target, batch: Batch, s: int, k: int) -> None:
-        if t.result[s] is not None:  # solved in the dual after pass 1
+        if t.result[s] is not None:  # solved in the dual after the statistics pass
             return
-        x, y, utt = self._examples(t, batch, s)
+        x, y, utt = self._examples(t, batch, s, self._stats_guard(t, s))
         if not len(y):
             return
-        if t.level == "frame":
-            y = t.remap[y]
         w, b, _ = t.models[s]
         fold = t.task.utt_fold[utt]
         dev, c = self.ctx.device, len(t.classes)
@@ -248,24 +415,26 @@ class RidgeProbe(Measure):
         for f in np.unique(fold).tolist():
             r = torch.from_numpy(fold == f)
             scores = x[r].to(device=dev, dtype=w.dtype) @ w[f] + b[f]
-            self.conf[k][0, f] += torch.from_numpy(
-                confusion_matrix(yt[r.to(dev)], scores.argmax(1), c))
+            rd = r.to(dev)
+            for bi, blk in enumerate(t.blocks):
+                self.conf[k][bi, f] += torch.from_numpy(confusion_matrix(
+                    yt[rd, bi] - bi * c, scores[:, blk].argmax(1), c))
 
     def compute(self) -> pd.DataFrame:
         n_l, ctx = self.ctx.num_layers, self.ctx
         rows, fold_accuracy = [], {}
+        control = any(t.control for t in self.tasks)
         for i, t in enumerate(self.tasks):
             for s in range(n_l):
                 if t.result[s] is None:
                     counts, n_train = t.counts[s]
                     t.result[s] = (self.conf[i * n_l + s].numpy(), counts, n_train,
-                                   t.models[s][2], self._reason(t, s))
+                                   t.models[s][2], self._guard(t, s).reason)
                 if t.result[s][4]:
                     self.degenerate[ctx.layer_index[s]] = t.result[s][4]
                 rows.append(result_row(t.name, "ridge", t.level, ctx.layer_index[s],
-                                        int(ctx.layer_ids[s]),
-                                        len(t.classes), self.folds, False, t.result[s],
-                                        fold_accuracy))
+                                        int(ctx.layer_ids[s]), len(t.classes), self.folds,
+                                        control, t.result[s], fold_accuracy))
         warn_degenerate("probe_layers", self.degenerate, "accuracy")
-        return result_table(rows, fold_accuracy, False, self.splits, folds=self.folds,
+        return result_table(rows, fold_accuracy, control, self.splits, folds=self.folds,
                             seed=self.seed, weights=ctx.weights)

@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..probe import LAMBDAS
-from ..probe.layers import segment_result, segment_results
+from ..probe.ridge import LAMBDAS
+from ..probe.tables import segment_result, segment_results
 from ..segments import common_segments, segment_table
 from ._engine import Batch, Context, CorpusLayers, Measure
 from .probe import RidgeProbe

@@ -13,26 +13,21 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import torch
 
 from .. import _validate as _v
 from .._device import resolve_device as _resolve_device
-from .._numerics import layer_guard, warn_degenerate
+from .._numerics import warn_degenerate
 from ..distributed import Sharding
 from ..upstreams._hub import weights_of
 from .folds import _positions, check_folds, check_split_by, resolve_split
 from .logistic import LogisticOptions, _logistic_layers
-from .ridge import LAMBDAS, _scores, ridge_layer_frame, ridge_layer_utterance
-from .targets import LEVELS, ProbeTask, _pooled, _pooled_sharded, resolve_level
+from .ridge import LAMBDAS
+from .tables import result_row, result_table, segment_result, segment_results
+from .targets import LEVELS, ProbeTask, resolve_level
 
 __all__ = ["METHODS", "RidgeOptions", "probe_layers"]
 
 METHODS = ("ridge", "logistic")
-
-CHUNK_FRAMES = 16384
-"""Frames per chunk the ridge probe streams from a store (memory only: the result does
-not depend on it)."""
-
 
 @dataclass(frozen=True)
 class RidgeOptions:
@@ -161,14 +156,14 @@ def probe_layers(
     if not isinstance(control, (bool, str)):
         raise TypeError(f"control must be True, False or the name of the column that defines "
                         f"a control type (e.g. 'word'), got {control!r}")
-    store, shard_store, shard_pos_all = _shard_setup(store, sharding, methods)
+    meta, positions = _shard_setup(store, sharding, methods)
     reduce = None if sharding is None else sharding.reduce
     folds = check_folds(folds)
     check_split_by(split_by)
     if level is not None and level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS} or None, got {level!r}")
     if level == "segment":
-        if shard_store is not None:
+        if sharding is not None:
             raise ValueError("probe_layers(level='segment') does not take sharding; a sharded "
                              "run of segment probes is s3viz.measures.SegmentProbe under "
                              "run_measures(..., reduce=) or stream_analysis(shard=, reduce=)")
@@ -179,34 +174,62 @@ def probe_layers(
         out.attrs["weights"] = weights
         return out
     layer_list = _v.stored_layers(store, layers)
-    sel = _positions(store, utterances)
+    corpus = store if meta is None else meta  # the whole corpus's metadata
+    sel = _positions(corpus, utterances)
     device = _resolve_device(device)
-    control_by = control if isinstance(control, str) else None
-    control = bool(control)
-    layer_ids = list(getattr(store, "layer_ids", range(store.num_layer)))
-    rows, splits, degenerate = [], {}, {}
-    fold_accuracy = {}
     for tgt in targets:
         if not isinstance(tgt, str):
             raise TypeError(f"target must be a label name (str), got {tgt!r}")
-        lev = resolve_level(store, tgt, level)
-        split = resolve_split(store.labels, split_by, tgt, folds, sel)
-        splits[tgt] = split
-        task = ProbeTask(store, tgt, lev, sel, folds, split, seed, control, control_by)
-        if lev == "frame":
-            task.set_frame_classes(layer_list)
-        shard = _task_shard(sel, shard_pos_all)
-        c = len(task.classes)
-        blocks = [slice(0, c)] + ([slice(c, 2 * c)] if control else [])
+    splits = {tgt: resolve_split(corpus.labels, split_by, tgt, folds, sel) for tgt in targets}
+    # the probes run on the measure engine's view of the store (imported here:
+    # s3viz.measures builds on this package): the ridge probe is its RidgeProbe
+    from ..measures._engine import StoreSource, run_measures
+    from ..measures.probe import RidgeProbe, _Corpus
+
+    # the corpus's labels and frame counts of every stored layer (summed over shards)
+    ctx = StoreSource(store, meta=meta, positions=positions).context(
+        device, reduce or (lambda t: t))
+    ridge = {}
+    for opts in methods:
+        if opts.name == "ridge" and opts not in ridge:
+            source = StoreSource(store, meta=meta, positions=positions, layers=layer_list)
+            probe = RidgeProbe(list(dict.fromkeys(targets)), level=level, folds=folds, split_by=splits, seed=seed,
+                               lambdas=opts.lambdas, control=control, utterances=sel,
+                               profile_pass=True)
+            if layer_list[0] != 0:  # frame-level folds balanced as probe_folds balances them
+                probe.fold_frames = ctx.lengths()[:, 0]
+            ridge[opts] = run_measures([probe], source, device=device,
+                                       reduce=reduce)["probe"]
+    if all(opts.name == "ridge" for opts in methods) and len(ridge) == 1 \
+            and len(set(targets)) == len(targets):  # else: a row per target as listed
+        table = next(iter(ridge.values()))
+        table.attrs["weights"] = weights
+        return table
+    control_by = control if isinstance(control, str) else None
+    control = bool(control)
+    layer_ids = list(getattr(store, "layer_ids", range(store.num_layer)))
+    rows, degenerate = [], {}
+    fold_accuracy = {}
+    for tgt in targets:
+        lev = resolve_level(corpus, tgt, level)
+        task = None
         for opts in methods:
             if opts.name == "ridge":
-                per_layer = {layer: _ridge_layer(task, store, shard_store, shard, layer, blocks,
-                                                 c, opts.lambdas, device, reduce)
-                             for layer in layer_list}
-            else:
-                per_layer = _logistic_layers(task, store, layer_list, c, device, opts,
-                                             shard_store=shard_store, shard=shard,
-                                             reduce=reduce)
+                table = ridge[opts]
+                rows += [{"n_unseen": 0, "unseen_fraction": 0.0, **r}
+                         for r in table.drop(columns="split_by").to_dict("records")
+                         if r["target"] == tgt]
+                fold_accuracy.update({k: v for k, v in table.attrs["fold_accuracy"].items()
+                                      if k[0] == tgt})
+                continue
+            if task is None:
+                task = ProbeTask(_Corpus(ctx), tgt, lev, sel, folds, splits[tgt], seed,
+                                 control, control_by)
+                if lev == "frame":
+                    task.set_frame_classes(layer_list)
+            c = len(task.classes)
+            per_layer = _logistic_layers(task, store, ctx.positions, layer_list, c, device,
+                                         opts, reduce=reduce)
             degenerate.update({layer: per_layer[layer][4] for layer in layer_list
                                if len(per_layer[layer]) > 4 and per_layer[layer][4]})
             for layer in layer_list:
@@ -224,42 +247,12 @@ def _as_list(v, name: str) -> list:
     return vals
 
 
-def _task_shard(sel: np.ndarray, shard_pos_all):
-    """Sharded: ``(shard store positions, task positions)`` of the task's utterances on
-    this shard, in shard order; unsharded: None."""
-    if shard_pos_all is None:
-        return None
-    task_of = {int(u): k for k, u in enumerate(sel)}
-    keep = [j for j, u in enumerate(shard_pos_all) if int(u) in task_of]
-    return keep, [task_of[int(shard_pos_all[j])] for j in keep]
-
-
-def _ridge_layer(task, store, shard_store, shard, layer, blocks, c, lambdas, device, reduce):
-    """The ridge probe of one layer: frames streamed, or utterances pooled (sharded or not)."""
-    if task.level == "frame":
-        return ridge_layer_frame(task, store if shard is None else shard_store, layer, blocks, c,
-                                 lambdas, device, CHUNK_FRAMES, torch.float64, shard=shard,
-                                 reduce=reduce)
-    if shard is not None:
-        x = _pooled_sharded(shard_store, layer, task, shard, reduce).to(device)
-        guard = layer_guard(shard_store, layer, list(shard[0]), centre=False, level="utterance",
-                            pooled=x, reduce=reduce, per_feature=True)
-    else:
-        x = _pooled(store, layer, task).to(device)
-        guard = layer_guard(store, layer, task.sel, centre=False, level="utterance", pooled=x,
-                            per_feature=True)
-    return ridge_layer_utterance(task, x, blocks, c, lambdas, torch.float64, guard)
-
-
 def _shard_setup(store, sharding, methods):
-    """``(store, shard_store, shard_pos_all)``: unsharded, ``(store, None, None)``.
-
-    Sharded, the task is built on ``sharding.reference`` (the whole corpus's metadata)
-    and the frames come from ``shard_store``, whose utterances sit at ``shard_pos_all``
-    in the reference.
-    """
+    """``(meta, positions)``: unsharded ``(None, None)``; sharded, the whole corpus's
+    metadata (``sharding.reference``) and the corpus positions of the shard store's
+    utterances."""
     if sharding is None:
-        return store, None, None
+        return None, None
     if not isinstance(sharding, Sharding):
         raise TypeError(f"sharding must be a s3viz.distributed.Sharding (e.g. "
                         f"Sharding.of(corpus, store, positions)), got {sharding!r}")
@@ -278,8 +271,7 @@ def _shard_setup(store, sharding, methods):
         raise ValueError(f"{len(unknown)} utterance(s) of the shard store are not in "
                          f"sharding.reference (e.g. {unknown[:5]}); pass the whole corpus's "
                          f"metadata")
-    pos = np.asarray([ref_index[u] for u in store.ids], dtype=np.int64)
-    return reference, store, pos
+    return reference, np.asarray([ref_index[u] for u in store.ids], dtype=np.int64)
 
 
 def _probe_segments(store, targets, *, layers, utterances, control, **kw) -> pd.DataFrame:
@@ -294,81 +286,3 @@ def _probe_segments(store, targets, *, layers, utterances, control, **kw) -> pd.
         tables.append(segment_result(res, layers, store.layer_ids))
         dropped[tgt] = int(seg._dropped)
     return segment_results(tables, dropped)
-
-
-def segment_result(res: pd.DataFrame, layers, layer_ids) -> pd.DataFrame:
-    """An utterance-level probe table of a store of segments, as segment-level rows of
-    the original layers (``layers[i]`` was layer ``i`` of the segments)."""
-    res["level"] = "segment"
-    res["layer"] = [layers[i] for i in res["layer"]]
-    res["upstream_layer"] = [int(layer_ids[v]) for v in res["layer"]]
-    res.attrs["fold_accuracy"] = {(t, m, layers[i]): v
-                                  for (t, m, i), v in res.attrs["fold_accuracy"].items()}
-    return res
-
-
-def segment_results(tables: list, dropped: dict) -> pd.DataFrame:
-    """One segment-level probe table from each target's (``attrs["n_dropped"]``: the
-    segments of each target left out for owning no frame)."""
-    out = pd.concat(tables, ignore_index=True)
-    if "n_unseen" in out.columns:  # some target had unseen classes, the others none
-        out = out.fillna({"n_unseen": 0, "unseen_fraction": 0.0}).astype({"n_unseen": int})
-        out = out[[c for c in max((list(t.columns) for t in tables), key=len)]]
-    out.attrs = {**tables[0].attrs, "fold_accuracy": {
-        k: v for t in tables for k, v in t.attrs["fold_accuracy"].items()},
-        "n_dropped": dropped,  # every target's count (it held the first target's only)
-        "split_by": split_attr(dict(zip(out["target"], out["split_by"])))}
-    return out
-
-
-_RESULT_COLUMNS = ["target", "method", "level", "layer", "upstream_layer", "accuracy",
-                   "accuracy_std", "macro_f1", "chance", "n_classes", "n_train", "n_test", "lambda"]
-_UNSEEN_COLUMNS = ["n_unseen", "unseen_fraction"]
-
-
-def result_row(tgt, meth, lev, layer: int, upstream_layer: int, c: int, folds: int,
-                control: bool, result, fold_accuracy: dict) -> dict:
-    """One row of :func:`probe_layers`'s table from ``(conf, counts, n_train, lambdas)``."""
-    conf, counts, n_fold, lam = result[:4]
-    main = _scores(conf[0], counts[:, :c] if counts.ndim == 2 else counts[0])
-    if len(result) > 4 and result[4]:  # a degenerate layer (s3viz._numerics.layer_guard)
-        main.update(accuracy=np.nan, accuracy_std=np.nan, macro_f1=np.nan,
-                    fold_accuracy=[np.nan] * len(main["fold_accuracy"]))
-    fold_accuracy[(tgt, meth, layer)] = main.pop("fold_accuracy")
-    n_total = conf[0].sum()
-    # test examples whose class the fold's training part lacks (check_heldout warned)
-    train = counts[:, :c] if counts.ndim == 2 else counts[0]
-    n_unseen = int((conf[0].sum(2) * (train == 0)).sum())
-    row = dict(target=tgt, method=meth, level=lev, layer=layer, upstream_layer=upstream_layer,
-               **main, n_classes=c, n_train=round(float(np.mean(n_fold))),
-               n_test=round(n_total / folds),
-               **{"lambda": float(lam[0]) if lam is not None else float("nan")},
-               n_unseen=n_unseen, unseen_fraction=n_unseen / max(int(n_total), 1))
-    if control:
-        cc = counts[:, c:] if counts.ndim == 2 else counts[1]
-        ctrl = _scores(conf[1], cc)
-        ctrl.pop("fold_accuracy")
-        row["control_accuracy"] = ctrl["accuracy"] if np.isfinite(row["accuracy"]) else np.nan
-        row["selectivity"] = row["accuracy"] - ctrl["accuracy"]
-    return row
-
-
-def split_attr(splits: dict):
-    """``attrs["split_by"]``: the one split of every target, or the dict target -> split."""
-    if len(set(splits.values())) == 1:
-        return next(iter(splits.values()))
-    return dict(splits)
-
-
-def result_table(rows: list[dict], fold_accuracy: dict, control: bool, splits: dict,
-                 **attrs) -> pd.DataFrame:
-    """The probe table; ``splits`` maps each target to the split it used (column ``split_by``)."""
-    cols = _RESULT_COLUMNS + (["control_accuracy", "selectivity"] if control else [])
-    if any(r["n_unseen"] for r in rows):  # only then: tables without unseen classes unchanged
-        cols += _UNSEEN_COLUMNS
-    df = pd.DataFrame(rows, columns=cols)
-    df["split_by"] = [splits[t] for t in df["target"]]
-    attrs["split_by"] = split_attr(splits)
-    df.attrs["fold_accuracy"] = fold_accuracy
-    df.attrs.update(attrs)
-    return df

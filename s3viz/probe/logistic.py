@@ -20,9 +20,8 @@ import torch
 
 from .. import _validate as _v
 from .._numerics import Moments, float32_distances_span, layer_guard, read_dtype, safe_scale
-from .folds import _store_arg
-from .ridge import _shard_frames, confusion_matrix
-from .targets import ProbeTask, _pooled
+from .ridge import confusion_matrix
+from .targets import ProbeTask
 
 @dataclass(frozen=True)
 class LogisticOptions:
@@ -275,14 +274,20 @@ def _logistic_group(task: ProbeTask, xs: torch.Tensor, y_np: np.ndarray, fold_np
     return conf, counts, n_fold
 
 
-def _logistic_layers(task: ProbeTask, store, layer_list: list[int], c: int, device,
-                     opts: LogisticOptions, shard_store=None, shard=None, reduce=None) -> dict:
+def _logistic_layers(task: ProbeTask, store, positions: np.ndarray, layer_list: list[int],
+                     c: int, device, opts: LogisticOptions, reduce=None) -> dict:
     """Group layers (same hidden size and frame labels), train each group batched.
 
-    Sharded (``shard_store``, ``shard``, ``reduce``): this process holds the examples
-    of its shard only; the L-BFGS gradients, the scaling and the counts are summed
-    over shards with ``reduce`` (``dev_fraction=0``).
+    ``store`` holds the utterances at corpus ``positions`` (the whole corpus, or one
+    shard); with ``reduce`` (sharded, ``dev_fraction=0``) the L-BFGS gradients, the
+    scaling and the counts are summed over shards.
     """
+    where = np.full(task.n_utt, -1, dtype=np.int64)  # corpus position -> selection index
+    where[task.sel] = np.arange(len(task.sel))
+    mine = where[np.asarray(positions, dtype=np.int64)]
+    local = np.flatnonzero(mine >= 0).tolist()  # the store's utterances of the task
+    tpos = mine[local]
+    arg = None if len(local) == len(store) else local
     groups: dict[tuple, list[int]] = {}
     for layer in layer_list:
         key = (store.hidden_sizes[layer],
@@ -290,27 +295,20 @@ def _logistic_layers(task: ProbeTask, store, layer_list: list[int], c: int, devi
         groups.setdefault(key, []).append(layer)
     out, reasons = {}, {}
     for (h, _), members in groups.items():
-        rows = None
-        if task.level == "frame":
+        if task.level == "frame":  # this store's frames, in its order
             d = task.frame_targets(members[0])
-            arg, rows = _shard_frames(task, d, shard)
-            if rows is None:
-                keep = d.y >= 0
-                sel_rows = np.flatnonzero(keep)
-            else:  # this shard's frames, in the shard store's order
-                keep = d.y[rows] >= 0
-                sel_rows = rows[keep]
-            n = len(sel_rows)
-            y_np = [d.y[sel_rows]] + ([d.y_ctrl[sel_rows]] if task.control else [])
-            fold_np = d.fold[sel_rows]
-            group_np = task.groups[d.utt[sel_rows]]
+            offs = np.concatenate([[0], np.cumsum(d.lengths)])
+            rows = np.concatenate([np.arange(offs[t], offs[t + 1]) for t in tpos]
+                                  + [np.zeros(0, dtype=np.int64)])
+            keep = d.y[rows] >= 0
+            rows = rows[keep]
+            y_np = [d.y[rows]] + ([d.y_ctrl[rows]] if task.control else [])
+            fold_np, group_np = d.fold[rows], task.groups[d.utt[rows]]
         else:
-            keep = None
-            pos = np.arange(len(task.sel)) if shard is None else np.asarray(shard[1], dtype=int)
-            n = len(pos)
-            y_np = [task.y[pos]] + ([task.y_ctrl[pos]] if task.control else [])
-            fold_np = task.utt_fold[pos]
-            group_np = task.groups[pos]
+            rows = tpos
+            y_np = [task.y[rows]] + ([task.y_ctrl[rows]] if task.control else [])
+            fold_np, group_np = task.utt_fold[rows], task.groups[rows]
+        n = len(rows)
         y_np = np.stack(y_np).astype(np.int64).reshape(len(y_np), n)
         n_group = n
         if reduce is not None:  # every shard must group the layers alike (same collectives)
@@ -320,24 +318,15 @@ def _logistic_layers(task: ProbeTask, store, layer_list: list[int], c: int, devi
             batch = members[start:start + per]
             feats = []
             for layer in batch:
-                src = store if shard is None else shard_store
-                dt = read_dtype(src)
-                if task.level == "frame" and shard is None:
-                    x, _ = store.layer(layer, utterances=_store_arg(task.sel, task.n_utt),
-                                       dtype=dt)
-                    x = torch.as_tensor(x)[torch.from_numpy(keep)]
-                elif task.level == "frame":
-                    x = (shard_store.layer(layer, utterances=arg, dtype=dt)[0] if arg
-                         else torch.zeros(0, h, dtype=dt))
-                    x = torch.as_tensor(x)[torch.from_numpy(keep)]
-                elif shard is None:
-                    x = _pooled(store, layer, task)
-                else:
-                    x = (torch.as_tensor(shard_store.pooled(layer, utterances=list(shard[0]),
-                                                            dtype=dt))
-                         if len(shard[0]) else torch.zeros(0, h, dtype=dt))
-                guard = _guard(task, store, shard_store, shard, layer, arg if rows is not None
-                               else None, reduce)
+                x = _read(store, layer, arg, local, task.level, h)
+                if task.level == "frame":
+                    x = x[torch.from_numpy(keep)]
+                # the layer's guard, common to all shards: frames, or pooled vectors (their
+                # spread compared with the frames'); centred (the probe standardises
+                # anyway), refused beyond the range float32 differences from the mean resolve
+                guard = layer_guard(store, layer, arg, level=task.level, reduce=reduce,
+                                    centre=True, span=float32_distances_span(),
+                                    per_feature=True)
                 reasons[layer] = guard.reason
                 xg = guard(x, torch.float32, device)
                 if guard.reason:  # refused (NaN scores): train on zeros, not on noise
@@ -353,16 +342,19 @@ def _logistic_layers(task: ProbeTask, store, layer_list: list[int], c: int, devi
     return out
 
 
-def _guard(task: ProbeTask, store, shard_store, shard, layer: int, arg, reduce):
-    """The layer's guard (s3viz._numerics), common to all shards: frames, or pooled vectors
-    (their spread compared with the frames'); centred (the probe standardises anyway),
-    refused beyond the dynamic range float32 differences from the mean resolve."""
-    kw = {"centre": True, "span": float32_distances_span(), "per_feature": True}
-    if shard is None:
-        sel = _store_arg(task.sel, task.n_utt)
-        if task.level == "frame":
-            return layer_guard(store, layer, sel, **kw)
-        return layer_guard(store, layer, sel, level="utterance", **kw)
-    if task.level == "frame":
-        return layer_guard(shard_store, layer, arg, reduce=reduce, **kw)
-    return layer_guard(shard_store, layer, list(shard[0]), level="utterance", reduce=reduce, **kw)
+def _read(store, layer: int, arg, local: list, level: str, h: int) -> torch.Tensor:
+    """The frames (or pooled vectors) of ``store``'s utterances ``local`` (``arg``: None
+    for all of them)."""
+    dt = read_dtype(store)
+    if not local:
+        return torch.zeros(0, h, dtype=dt)
+    if level == "frame":
+        return torch.as_tensor(store.layer(layer, utterances=arg, dtype=dt)[0])
+    x = torch.as_tensor(store.pooled(layer, utterances=arg, dtype=dt))
+    empty = torch.isnan(x).any(1)
+    if bool(empty.any()):
+        bad = [store.ids[local[i]] for i in torch.nonzero(empty).squeeze(1).tolist()]
+        raise ValueError(
+            f"{len(bad)} utterance(s) have no frames in stored layer {layer} (e.g. {bad[:5]}), "
+            "so no pooled vector; leave them out with `utterances=`")
+    return x

@@ -1,9 +1,10 @@
 """The ridge probe: closed-form fits of every fold from :class:`~.stats.ProbeStats`.
 
-Frame level: one streamed pass accumulates per-fold statistics, the penalty is
-picked on a dev fold from the grid :data:`LAMBDAS`, a second pass predicts the test
-frames. Utterance level with fewer examples than dimensions: the ``n x n`` dual.
-Scores come from a confusion matrix per fold.
+Per-fold statistics (summed over passes, batches and shards by the
+:class:`~s3viz.measures.RidgeProbe` measure, which ``probe_layers`` runs) are solved
+with a penalty picked on a dev fold from the grid :data:`LAMBDAS`; utterance level
+with fewer examples than dimensions: the ``n x n`` dual. Scores come from a
+confusion matrix per fold.
 """
 
 from __future__ import annotations
@@ -13,21 +14,14 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .._numerics import Guard, float64_sums_span, layer_guard, read_dtype, safe_scale
-from .folds import _store_arg, check_dev_parts
+from .._numerics import Guard, safe_scale
+from .folds import check_dev_parts
 from .stats import ProbeStats, _ridge_solve
-from .targets import FrameTargets, ProbeTask
+from .targets import ProbeTask
 
 LAMBDAS = tuple(float(v) for v in 10.0 ** np.linspace(-5.0, 3.0, 12))
 """Penalty grid of the ridge probe, relative to the mean eigenvalue of the
 standardised feature covariance (which is 1)."""
-
-
-# ---------------------------------------------------------------------------
-# scoring
-
-
-# ---------------------------------------------------------------------------
 
 
 def _scores(conf: np.ndarray, train_counts: np.ndarray) -> dict:
@@ -58,13 +52,6 @@ def _scores(conf: np.ndarray, train_counts: np.ndarray) -> dict:
 
 def confusion_matrix(y_true: torch.Tensor, y_pred: torch.Tensor, c: int) -> np.ndarray:
     return torch.bincount(y_true * c + y_pred, minlength=c * c).reshape(c, c).cpu().numpy()
-
-
-# ---------------------------------------------------------------------------
-# ridge
-
-
-# ---------------------------------------------------------------------------
 
 
 def _dev_fold(k: int, folds: int, sub: int) -> tuple[list[int], list[int]]:
@@ -113,87 +100,6 @@ def ridge_fit_folds(stats: ProbeStats, folds: int, sub: int, blocks: list[slice]
         w = ws / sd[:, None]
         models.append((w, ybar - mu @ w, chosen))
     return models
-
-
-def _shard_frames(task: ProbeTask, d: FrameTargets, shard) -> tuple[list[int] | None, np.ndarray | None]:
-    """(utterances of the shard store to stream, their frames' rows in the task's frame table)."""
-    if shard is None:
-        return _store_arg(task.sel, task.n_utt), None
-    shard_pos, task_pos = shard
-    offs = np.concatenate([[0], np.cumsum(d.lengths)])
-    rows = [np.arange(offs[t], offs[t + 1]) for t in task_pos]
-    return list(shard_pos), (np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64))
-
-
-def ridge_layer_frame(task: ProbeTask, store, layer: int, blocks, c: int, lambdas, device,
-                       chunk_frames: int, stats_dtype, shard=None, reduce=None):
-    d = task.frame_targets(layer)
-    folds = task.folds
-    sub = 2 if folds == 2 else 1
-    frame_sub = sub_folds(task, sub, lambdas)[d.utt]
-    y_all = d.y
-    y_ctrl = d.y_ctrl if task.control else None
-    stats = ProbeStats.zeros(folds * sub, store.hidden_sizes[layer], len(blocks) * c,
-                             dtype=stats_dtype, device=device)
-    arg, rows = _shard_frames(task, d, shard)
-    # the one guard of every measure (s3viz._numerics): each layer is scaled by a power
-    # of two before any sum of squares (float64 squares of 1e-300 vanish); not centred
-    # here: ProbeStats sums about a shift, and its dead-feature rule compares a feature's
-    # spread with its own mean; a degenerate layer -> NaN scores. X^T X keeps the typical
-    # frames' covariance only while eps * (far deviation / spread)**2 is small against their
-    # spread, and so refused when a frame lies farther than float64 sums resolve
-    guard = layer_guard(store, layer, arg, centre=False, reduce=reduce, span=float64_sums_span(),
-                        per_feature=True)
-    if rows is not None:  # a shard: only its frames, in the shard store's order
-        y_all, frame_sub = y_all[rows], frame_sub[rows]
-        y_ctrl = y_ctrl[rows] if y_ctrl is not None else None
-
-    def _chunks():
-        pos = 0
-        if arg is not None and not arg:
-            return
-        for x, _ in store.iter_layer(layer, utterances=arg, chunk_frames=chunk_frames,
-                                     dtype=read_dtype(store)):
-            n = x.shape[0]
-            sl = slice(pos, pos + n)
-            pos += n
-            m = y_all[sl] >= 0
-            if not m.any():
-                continue
-            yy = [y_all[sl][m]]
-            if y_ctrl is not None:
-                yy.append(y_ctrl[sl][m] + c)
-            mt = torch.from_numpy(m)
-            xg = guard(x[mt], stats_dtype, device)
-            if guard.reason:  # refused (NaN scores): fit zeros, not frames that break eigh
-                xg.zero_()
-            yield (xg, torch.from_numpy(np.stack(yy, 1)).to(device),
-                   torch.from_numpy(frame_sub[sl][m]).to(device))
-        if pos != y_all.shape[0]:
-            raise RuntimeError(f"store.iter_layer({layer}) gave {pos} frames, expected "
-                               f"{y_all.shape[0]}")
-
-    for x, yy, g in _chunks():
-        stats.update(x, yy, g)
-    if reduce is not None:  # sum the statistics of all shards
-        stats = stats.reduced(reduce)
-    models = ridge_fit_folds(stats, folds, sub, blocks, lambdas)
-    ws = torch.stack([m[0] for m in models])  # (folds, H, C_all)
-    bs = torch.stack([m[1] for m in models])
-    conf = np.zeros((len(blocks), folds, c, c), dtype=np.int64)
-    for x, yy, g in _chunks():
-        fold = torch.div(g, sub, rounding_mode="floor")
-        for k in torch.unique(fold).tolist():
-            r = fold == k
-            s = x[r].to(stats_dtype) @ ws[k] + bs[k]
-            for bi, blk in enumerate(blocks):
-                pred = s[:, blk].argmax(1)
-                conf[bi, k] += confusion_matrix(yy[r, bi] - bi * c, pred, c)
-    if reduce is not None:
-        conf = reduce(torch.from_numpy(conf)).cpu().numpy()
-    counts, n_train = fold_train_counts(stats, folds, sub)
-    lam = np.mean([m[2] for m in models], axis=0)
-    return conf, counts, n_train, lam, guard.reason
 
 
 def fold_train_counts(stats: ProbeStats, folds: int, sub: int):
@@ -259,8 +165,9 @@ def ridge_fit_folds_dual(x: torch.Tensor, yoh: torch.Tensor, g: torch.Tensor, fo
 
 def ridge_layer_utterance(task: ProbeTask, x: torch.Tensor, blocks, c: int, lambdas, stats_dtype,
                           guard: Guard | None = None):
-    """The ridge probe on pooled vectors ``x`` read through ``guard`` (the layer's
-    :func:`~s3viz._numerics.layer_guard` at utterance level; None: ``x`` as it is).
+    """The ridge probe on ``n <= hidden_size`` pooled vectors ``x`` (solved in the
+    ``n x n`` dual) read through ``guard`` (the layer's guard at utterance level;
+    None: ``x`` as it is).
 
     Returns ``(conf, counts, n_train, lambdas, degenerate)``: ``degenerate`` is why
     the scores mean nothing (None if they do)."""
@@ -276,13 +183,10 @@ def ridge_layer_utterance(task: ProbeTask, x: torch.Tensor, blocks, c: int, lamb
     g = torch.from_numpy(utt_sub).to(x.device)
     stats = ProbeStats.zeros(folds * sub, x.shape[1], len(blocks) * c, dtype=stats_dtype,
                              device=x.device).update(x, y, g)
-    if x.shape[0] <= x.shape[1]:  # fewer utterances than dimensions: the n x n dual form
-        yoh = torch.zeros(x.shape[0], len(blocks) * c, dtype=stats_dtype, device=x.device)
-        for bi in range(len(blocks)):
-            yoh[torch.arange(x.shape[0], device=x.device), y[:, bi]] = 1.0
-        models = ridge_fit_folds_dual(x.to(stats_dtype), yoh, g, folds, sub, blocks, lambdas)
-    else:
-        models = ridge_fit_folds(stats, folds, sub, blocks, lambdas)
+    yoh = torch.zeros(x.shape[0], len(blocks) * c, dtype=stats_dtype, device=x.device)
+    for bi in range(len(blocks)):
+        yoh[torch.arange(x.shape[0], device=x.device), y[:, bi]] = 1.0
+    models = ridge_fit_folds_dual(x.to(stats_dtype), yoh, g, folds, sub, blocks, lambdas)
     conf = np.zeros((len(blocks), folds, c, c), dtype=np.int64)
     fold = torch.from_numpy(task.utt_fold).to(x.device)
     for k, (w, b, _) in enumerate(models):

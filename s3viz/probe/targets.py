@@ -15,10 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import torch
 
 from .._labels import label_str, label_strings
-from .._numerics import read_dtype
 from ..align import frame_labels as _align_frame_labels
 from .folds import (
     _store_arg,
@@ -262,15 +260,17 @@ class ProbeTask:
                                              lengths=lengths)
         return self._labels[key]
 
-    def set_frame_classes(self, layers: Sequence[int]):
-        """Fix the class list from the labels of all probed layers, and the folds."""
+    def set_frame_classes(self, layers: Sequence[int], weights: np.ndarray | None = None):
+        """Fix the class list from the labels of all probed layers, and the folds (groups
+        balanced by ``weights`` per selected utterance: default its frames in layer 0)."""
         for layer in layers:
             self.frame_targets(layer)
         all_labels = np.concatenate([d.raw[d.labelled] for d in self._labels.values()])
         self.classes = np.unique(all_labels.astype(str))
         check_classes(self.target, self.classes, len(all_labels))
-        utt_w = np.asarray(self.store.lengths(0))[self.sel]  # as probe_folds does
-        self.utt_fold = assign_folds(self.groups, utt_w, self.folds, self.seed,
+        if weights is None:  # as probe_folds does
+            weights = np.asarray(self.store.lengths(0))[self.sel]
+        self.utt_fold = assign_folds(self.groups, weights, self.folds, self.seed,
                                       what=self.split_by)
         index = {c: i for i, c in enumerate(self.classes)}
         for (rate, rf, _), d in self._labels.items():
@@ -431,38 +431,3 @@ def check_classes(target: str, classes, n_examples: int | None,
             "cannot generalise (is it an id or a continuous value?)"
         )
 
-
-def _pooled(store, layer: int, task: ProbeTask) -> torch.Tensor:
-    x = store.pooled(layer, utterances=_store_arg(task.sel, task.n_utt), dtype=read_dtype(store))
-    x = torch.as_tensor(x)
-    empty = torch.isnan(x).any(1)
-    if bool(empty.any()):
-        bad = [task.ids[i] for i in torch.nonzero(empty).squeeze(1).tolist()]
-        raise ValueError(
-            f"{len(bad)} utterance(s) have no frames in stored layer {layer} (e.g. {bad[:5]}), "
-            "so no pooled vector; leave them out with `utterances=`"
-        )
-    if x.shape[0] != len(task.sel):
-        raise RuntimeError(f"store.pooled({layer}) gave {x.shape[0]} rows for {len(task.sel)} "
-                           "utterances")
-    return x
-
-
-def _pooled_sharded(shard_store, layer: int, task: ProbeTask, shard, reduce) -> torch.Tensor:
-    """The ``(len(task.sel), H)`` pooled vectors of all shards: each fills its rows, then a sum."""
-    keep, task_pos = shard
-    x = torch.zeros(len(task.sel), shard_store.hidden_sizes[layer], dtype=torch.float64)
-    if keep:
-        x[torch.as_tensor(task_pos)] = torch.as_tensor(shard_store.pooled(
-            layer, utterances=list(keep), dtype=read_dtype(shard_store)), dtype=torch.float64)
-    filled = torch.zeros(len(task.sel), dtype=torch.float32)
-    filled[torch.as_tensor(task_pos, dtype=torch.long)] = 1.0
-    x, filled = reduce(x), reduce(filled)
-    if not bool((filled == 1).all()):
-        bad = [task.ids[i] for i in torch.nonzero(filled != 1).squeeze(1).tolist()[:5]]
-        raise ValueError(f"the shards must hold every probed utterance exactly once; "
-                         f"e.g. {bad} are missing or repeated")
-    if bool(torch.isnan(x).any()):
-        raise ValueError(f"some utterances have no frames in stored layer {layer}; "
-                         "leave them out with `utterances=`")
-    return x

@@ -1,0 +1,87 @@
+"""The probe tables: one row per target, method, level and layer (:func:`probe_layers`,
+the ``RidgeProbe`` and ``SegmentProbe`` measures), from each layer's confusion counts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .ridge import _scores
+
+
+def segment_result(res: pd.DataFrame, layers, layer_ids) -> pd.DataFrame:
+    """An utterance-level probe table of a store of segments, as segment-level rows of
+    the original layers (``layers[i]`` was layer ``i`` of the segments)."""
+    res["level"] = "segment"
+    res["layer"] = [layers[i] for i in res["layer"]]
+    res["upstream_layer"] = [int(layer_ids[v]) for v in res["layer"]]
+    res.attrs["fold_accuracy"] = {(t, m, layers[i]): v
+                                  for (t, m, i), v in res.attrs["fold_accuracy"].items()}
+    return res
+
+
+def segment_results(tables: list, dropped: dict) -> pd.DataFrame:
+    """One segment-level probe table from each target's (``attrs["n_dropped"]``: the
+    segments of each target left out for owning no frame)."""
+    out = pd.concat(tables, ignore_index=True)
+    if "n_unseen" in out.columns:  # some target had unseen classes, the others none
+        out = out.fillna({"n_unseen": 0, "unseen_fraction": 0.0}).astype({"n_unseen": int})
+        out = out[[c for c in max((list(t.columns) for t in tables), key=len)]]
+    out.attrs = {**tables[0].attrs, "fold_accuracy": {
+        k: v for t in tables for k, v in t.attrs["fold_accuracy"].items()},
+        "n_dropped": dropped,  # every target's count (it held the first target's only)
+        "split_by": split_attr(dict(zip(out["target"], out["split_by"])))}
+    return out
+
+
+_RESULT_COLUMNS = ["target", "method", "level", "layer", "upstream_layer", "accuracy",
+                   "accuracy_std", "macro_f1", "chance", "n_classes", "n_train", "n_test", "lambda"]
+_UNSEEN_COLUMNS = ["n_unseen", "unseen_fraction"]
+
+
+def result_row(tgt, meth, lev, layer: int, upstream_layer: int, c: int, folds: int,
+                control: bool, result, fold_accuracy: dict) -> dict:
+    """One row of :func:`probe_layers`'s table from ``(conf, counts, n_train, lambdas)``."""
+    conf, counts, n_fold, lam = result[:4]
+    main = _scores(conf[0], counts[:, :c] if counts.ndim == 2 else counts[0])
+    if len(result) > 4 and result[4]:  # a degenerate layer (s3viz._numerics.layer_guard)
+        main.update(accuracy=np.nan, accuracy_std=np.nan, macro_f1=np.nan,
+                    fold_accuracy=[np.nan] * len(main["fold_accuracy"]))
+    fold_accuracy[(tgt, meth, layer)] = main.pop("fold_accuracy")
+    n_total = conf[0].sum()
+    # test examples whose class the fold's training part lacks (check_heldout warned)
+    train = counts[:, :c] if counts.ndim == 2 else counts[0]
+    n_unseen = int((conf[0].sum(2) * (train == 0)).sum())
+    row = dict(target=tgt, method=meth, level=lev, layer=layer, upstream_layer=upstream_layer,
+               **main, n_classes=c, n_train=round(float(np.mean(n_fold))),
+               n_test=round(n_total / folds),
+               **{"lambda": float(lam[0]) if lam is not None else float("nan")},
+               n_unseen=n_unseen, unseen_fraction=n_unseen / max(int(n_total), 1))
+    if control:
+        cc = counts[:, c:] if counts.ndim == 2 else counts[1]
+        ctrl = _scores(conf[1], cc)
+        ctrl.pop("fold_accuracy")
+        row["control_accuracy"] = ctrl["accuracy"] if np.isfinite(row["accuracy"]) else np.nan
+        row["selectivity"] = row["accuracy"] - ctrl["accuracy"]
+    return row
+
+
+def split_attr(splits: dict):
+    """``attrs["split_by"]``: the one split of every target, or the dict target -> split."""
+    if len(set(splits.values())) == 1:
+        return next(iter(splits.values()))
+    return dict(splits)
+
+
+def result_table(rows: list[dict], fold_accuracy: dict, control: bool, splits: dict,
+                 **attrs) -> pd.DataFrame:
+    """The probe table; ``splits`` maps each target to the split it used (column ``split_by``)."""
+    cols = _RESULT_COLUMNS + (["control_accuracy", "selectivity"] if control else [])
+    if any(r.get("n_unseen", 0) for r in rows):  # only then: tables without unseen classes unchanged
+        cols += _UNSEEN_COLUMNS
+    df = pd.DataFrame(rows, columns=cols)
+    df["split_by"] = [splits[t] for t in df["target"]]
+    attrs["split_by"] = split_attr(splits)
+    df.attrs["fold_accuracy"] = fold_accuracy
+    df.attrs.update(attrs)
+    return df
