@@ -262,7 +262,8 @@ class OwnedFolder:
 
     def _open_file(self, rel, flags: int, create: bool) -> int:
         """A descriptor of the regular file ``rel`` opened with ``flags``, never through a
-        link (a link there is refused, as is anything but a regular file)."""
+        link (a link there is refused, as is anything but a regular file; a folder is an
+        ``IsADirectoryError``, the ``OSError`` that callers read as "unreadable")."""
         folder, name = self._split(rel)
         with self._dir(folder, create=create) as dfd:
             try:
@@ -271,8 +272,12 @@ class OwnedFolder:
                 if e.errno == errno.ELOOP:
                     self._refuse_link(self.path(rel), e)
                 raise
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
             os.close(fd)
+            if stat.S_ISDIR(mode):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR),
+                                        str(self.path(rel)))
             raise UnsafePathError(f"{str(self.path(rel))!r} is not a regular file")
         return fd
 

@@ -1,12 +1,11 @@
 """Frame-level and utterance-level models with s3prl's interfaces, vectorised with length masks.
 
-Frame models keep time (``forward(x, x_len) -> (y, y_len)``), utterance models
-pool it away (``-> (batch_size, output_size)``), with the semantics of
-s3prl's ``s3prl.nn`` (``FrameLevelLinear``, ``MeanPoolingLinear``,
-``TemporalStatisticsPooling``, ``SelfAttentivePooling``) but pooling a whole
-padded batch at once, padded frames never read. The pooling functions
-(:func:`length_mask`, :func:`masked_mean`, :func:`masked_mean_std` ...) are
-public; each takes ``x`` ``(batch_size, seq_len, hidden_size)`` float (padded frames
+Frame models keep time (``forward(x, x_len) -> (y, y_len)``), utterance models pool it
+away (``-> (batch_size, output_size)``), with the semantics of s3prl's ``s3prl.nn``
+(``FrameLevelLinear``, ``MeanPoolingLinear``, ``TemporalStatisticsPooling``,
+``SelfAttentivePooling``) but pooling a whole padded batch at once, padded frames never read.
+The pooling functions (:func:`length_mask`, :func:`masked_mean`, :func:`masked_mean_std` ...)
+are public; each takes ``x`` ``(batch_size, seq_len, hidden_size)`` float (padded frames
 arbitrary) and ``x_len`` ``(batch_size,)`` long valid frames, each in ``[1, seq_len]``.
 How, and why it is exact: ``docs/models.md``.
 """

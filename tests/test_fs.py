@@ -326,6 +326,31 @@ def test_a_folder_inside_chunks_is_named_not_raw(tmp_path):
         _extract(corpus, tmp_path / "cache")
 
 
+def test_a_folder_at_a_cache_file_is_read_as_unreadable_and_named_as_a_folder(tmp_path):
+    """A folder where the cache keeps a file is an ``IsADirectoryError`` when read (so the
+    cache reads it as unreadable), not a link-style refusal: reopening says the cache needs
+    repair, and extracting again names the folder and says to move it away."""
+    from s3viz.store import CacheCorruptionError
+
+    folder = OwnedFolder(tmp_path / "o")
+    folder.mkdir("chunks/c00000.json")
+    with pytest.raises(IsADirectoryError):
+        folder.read_bytes("chunks/c00000.json")
+    corpus = _aligned(2)
+    store = _extract(corpus, tmp_path / "cache")
+    (store.path / "labels.json").unlink()
+    (store.path / "labels.json").mkdir()
+    with pytest.raises(CacheCorruptionError, match="labels.json is missing or unreadable"):
+        s3viz.LayerStore.open(store.path)
+    (store.path / "labels.json").rmdir()
+    record = store.path / "chunks" / "c00000.json"
+    record.unlink()
+    record.mkdir()
+    with pytest.raises(IsADirectoryError, match="c00000.json' is a folder where s3viz writes"), \
+            pytest.warns(UserWarning, match="record c00000.json is unreadable"):
+        _extract(corpus, tmp_path / "cache")
+
+
 def test_a_linked_extraction_folder_is_refused(tmp_path, victim):
     corpus = _aligned(2)
     store = _extract(corpus, tmp_path / "cache")

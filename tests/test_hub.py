@@ -443,6 +443,17 @@ def _hf_architectures():
             "wav2vec2_large_voxpopuli_100k": T.Wav2Vec2Config(**large)}
 
 
+def test_a_folder_without_config_json_is_refused_without_transformers(tmp_path, monkeypatch):
+    """A folder that is no save_pretrained folder is named as such before transformers (an
+    optional dependency) is needed: not 'pip install transformers'."""
+    from s3viz.upstreams import get_upstream
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as if it were not installed
+    (tmp_path / "fairseq_dump").mkdir()
+    with pytest.raises(ValueError, match="folder without config.json"):
+        get_upstream(str(tmp_path / "fairseq_dump"))
+
+
 def test_the_docs_name_table_is_the_registry_and_its_sizes_are_counted():
     """docs/upstreams.md lists every pretrained name with s3prl's names for it, its
     checkpoint, and the float32 size of the parameters the architecture has."""

@@ -647,6 +647,27 @@ def test_from_s3prl_accepts_num_layer_and_reports_errors():
         from_s3prl(object())
 
 
+def test_from_s3prl_names_sizes_that_stop_being_lists():
+    """A wrapped object whose hidden_sizes or downsample_rates read None after wrapping is
+    named (TypeError), not taken for an upstream without them (AttributeError)."""
+    class Plain:
+        num_layer = 1
+
+        def __init__(self):
+            self.hidden_sizes, self.downsample_rates = [4], [320]
+
+        def __call__(self, wavs, wavs_len):
+            return [torch.zeros(wavs.shape[0], 1, 4)], [torch.ones(wavs.shape[0])]
+
+    inner = Plain()
+    up = from_s3prl(inner)
+    for attr in ("hidden_sizes", "downsample_rates"):
+        setattr(inner, attr, None)
+        with pytest.raises(TypeError, match=f"Plain.{attr} must be a list of ints"):
+            getattr(up, attr)
+    assert getattr(up, "receptive_fields", None) is None
+
+
 # --------------------------------------------------------------------------- contract
 
 

@@ -315,12 +315,17 @@ def _check_phn_rate(entries: Sequence[_Entry], duration: float, sample_rate: int
 
 def check_intervals(entries: Sequence[_Entry], duration: float, path, tier: str, *,
                     allow_overlap: bool = False) -> List[_Entry]:
-    """The one check every alignment goes through (``docs/alignment.md``): ``(start, end,
-    label)`` entries in seconds, in the source's order, for audio of ``duration`` seconds,
-    must be finite, ``end > start >= 0``, in time order, not overlapping (unless
-    ``allow_overlap``: TIMIT's words) and end at most :data:`TOLERANCE_S` past the audio
-    (clipped to it). Returns them with labels stripped, else raises :class:`AlignmentError`
-    naming ``path``, ``tier`` and the interval."""
+    """The one check every alignment goes through (``docs/alignment.md``): the entries must
+    be finite, ``end > start >= 0``, in time order, not overlapping and end at most
+    :data:`TOLERANCE_S` past the audio (clipped to it). Returns them with labels stripped,
+    else raises :class:`AlignmentError` naming ``path``, ``tier`` and the interval.
+
+    Args:
+        entries: ``(start, end, label)`` intervals in seconds, in the source's order.
+        duration: the audio's length in seconds.
+        tier: the tier's name, for errors.
+        allow_overlap: accept intervals that overlap (TIMIT's words).
+    """
     out: List[_Entry] = []
     prev = None
     for k, (start, end, label) in enumerate(entries, 1):
@@ -414,13 +419,15 @@ def alignment_table(phones: Sequence[_Entry], words: Optional[Sequence[_Entry]],
                     phone_word_index: Optional[Sequence[int]] = None, silence=None
                     ) -> pd.DataFrame:
     """The ``phone, word, start, end, word_index`` table (16 kHz samples) from checked
-    ``(start, end, label)`` phone entries and optional word entries (seconds), by the rules
-    of ``docs/alignment.md``: a phone's word is the one its midpoint falls in. What no phone
-    interval covers is left out (unlabelled), never silence.
+    ``(start, end, label)`` phone entries, by the rules of ``docs/alignment.md``. What no
+    phone interval covers is left out (unlabelled), never silence.
 
-    ``phone_words`` gives each phone's word directly (segment tables) instead of
-    ``words``, with ``phone_word_index`` its word's position (default: runs of equal
-    words).
+    Args:
+        words: checked word entries in seconds, or None; a phone's word is the one its
+            midpoint falls in.
+        phone_words: each phone's word, given directly (segment tables) instead of ``words``.
+        phone_word_index: each phone's word position, with ``phone_words`` (default: runs
+            of equal words).
     """
     fn = resolve_phone_map(phone_map)
     marks = silence_marks(silence)

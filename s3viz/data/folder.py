@@ -75,7 +75,12 @@ def read_csv_strings(path, *, what: str, sep: str = ",") -> pd.DataFrame:
     """A CSV/TSV file as a table of strings, read as ``docs/data.md`` says of a labels CSV:
     every cell as written (``01`` stays ``01``), header names and cells stripped, an empty
     cell missing (``NA`` stays a word), UTF-8 or UTF-16 else refused; nameless columns and
-    header names equal once stripped as there. ``what`` names the file in errors."""
+    header names equal once stripped as there.
+
+    Args:
+        what: what the file is (``"alignments"``, ``"labels_csv"``), named in errors.
+        sep: the column separator (``"\\t"`` for TSV).
+    """
     return _read_csv(path, what=what, sep=sep)[0]
 
 

@@ -98,7 +98,10 @@ def get_upstream(name_or_object: Union[str, os.PathLike, object], *, pretrained:
                                                repository=True, **kwargs)
     # a path is tried after the built-in names, so a folder called "tiny" cannot shadow them
     path = os.path.expanduser(name)
-    if os.path.isdir(path):  # (one without config.json is refused there)
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "config.json")):  # refused before transformers
+            raise ValueError(f"{name!r} is a folder without config.json; an upstream folder is "
+                             "one saved with a transformers model's save_pretrained")
         return _transformers.load_transformers(path, pretrained=pretrained, **kwargs)
     if os.path.isfile(path):  # s3prl's converted checkpoint says its architecture
         return _torchaudio.from_s3prl_checkpoint(path, pretrained=pretrained, **kwargs)

@@ -66,9 +66,11 @@ class S3PRLUpstreamAdapter(AbsUpstream):
     def num_layer(self) -> int:
         return num_layer_of(self.upstream)
 
-    def _list(self, what: str) -> List[int]:
-        value = getattr(self.upstream, what, None)
-        if value is None:
+    def _list(self, what: str, optional: bool = False) -> List[int]:
+        """The wrapped object's ``what``, checked; ``optional``: AttributeError when it
+        has none (anything else that is no list of ints is a TypeError naming it)."""
+        value = getattr(self.upstream, what, None) if optional else getattr(self.upstream, what)
+        if value is None and optional:
             raise AttributeError(f"{self.name} does not report {what}")
         return _int_list(value, what, self.num_layer, self.name)
 
@@ -83,7 +85,7 @@ class S3PRLUpstreamAdapter(AbsUpstream):
     @property
     def receptive_fields(self) -> List[int]:
         """The wrapped object's ``receptive_fields``; AttributeError when it has none."""
-        return self._list("receptive_fields")
+        return self._list("receptive_fields", optional=True)
 
     @property
     def conv_layers(self):

@@ -873,7 +873,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     summary.update(weights=str(out), sha256=sha, size_bytes=out.stat().st_size)
     print(f"wrote {out} ({summary['size_bytes'] / 1e6:.2f} MB, sha256 {sha}); "
           f"{summary['total_seconds'] / 60:.1f} min", flush=True)
-    results, folder = None, OwnedFolder(out.parent, "the weights folder")
+    results = None
+    folder = OwnedFolder(out.parent, "the weights folder")
     if not args.no_eval:
         import s3viz.upstreams as ups
 
