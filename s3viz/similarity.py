@@ -24,7 +24,7 @@ from ._device import resolve_device as _resolve_device
 from ._labels import label_strings
 from ._numerics import layer_guard, pow2_factor, read_dtype, warn_degenerate
 from .distributed import Sharding
-from .store import _groups, tag_weights, utterance_selection
+from .store import frame_groups, tag_weights, utterance_selection
 
 __all__ = ["ESTIMATORS", "METHODS", "CCAOptions", "cca_naive", "cka_naive", "hsic_unbiased",
            "layer_similarity"]
@@ -222,7 +222,7 @@ class _Source:
         (``counts`` frames each), the features of every item: only the frames ``keep``
         marks (None: all)."""
         offs = np.concatenate([[0], np.cumsum(counts)])
-        for a, b in _groups(counts, CHUNK_FRAMES):
+        for a, b in frame_groups(counts, CHUNK_FRAMES):
             mask = None if keep is None else torch.from_numpy(keep[offs[a]:offs[b]])
             if offs[a] == offs[b] or (mask is not None and not bool(mask.any())):
                 continue

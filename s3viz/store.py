@@ -645,7 +645,7 @@ class LayerStore:
                 or chunk_frames <= 0:
             raise ValueError(f"chunk_frames must be a positive int, got {chunk_frames!r}")
         pos = check_utterances(utterances, len(self))
-        for a, b in _groups(self._lengths[pos, s], int(chunk_frames)):
+        for a, b in frame_groups(self._lengths[pos, s], int(chunk_frames)):
             yield self._gather(s, pos[a:b], dtype)
 
     def iter_chunks(self, dtype=torch.float32) -> Iterator[tuple[np.ndarray, list, np.ndarray]]:
@@ -703,7 +703,7 @@ class LayerStore:
         pos = check_utterances(utterances, len(self))
         lens = self._lengths[pos, s]
         out = torch.full((len(pos), self._hidden_sizes[s]), float("nan"), dtype=dtype)
-        for a, b in _groups(lens, 65536):
+        for a, b in frame_groups(lens, 65536):
             frames, _ = self._gather(s, pos[a:b], dtype)
             for j, part in zip(range(a, b), torch.split(frames, lens[a:b].tolist()), strict=True):
                 if part.shape[0]:  # in float64: a constant feature's mean is then exact
@@ -714,7 +714,7 @@ class LayerStore:
         return out
 
 
-def _groups(lens: np.ndarray, max_frames: int) -> Iterator[tuple[int, int]]:
+def frame_groups(lens: np.ndarray, max_frames: int) -> Iterator[tuple[int, int]]:
     """Consecutive ``[a, b)`` ranges of whole utterances with at most ``max_frames`` frames
     (an utterance longer than that forms its own range)."""
     start, total = 0, 0

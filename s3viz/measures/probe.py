@@ -61,7 +61,7 @@ def _pooled(batch: Batch, s: int) -> torch.Tensor:
                                                         batch.lens[:, s].tolist())])
 
 
-class _Corpus:
+class TaskCorpus:
     """The corpus's metadata and frame counts as :class:`ProbeTask` reads a store (frame
     labels from the alignments, as :meth:`LayerStore.frame_labels` reads them)."""
 
@@ -88,7 +88,7 @@ class _Corpus:
 class _Target:
     """One probe target: its labels, folds and per-layer state."""
 
-    def __init__(self, ctx: Context, corpus: _Corpus, sel: np.ndarray, name: str, level,
+    def __init__(self, ctx: Context, corpus: TaskCorpus, sel: np.ndarray, name: str, level,
                  split_by: str, folds: int, seed: int, control, lambdas, defer: bool,
                  fold_frames: np.ndarray | None):
         self.name, self.split_by = name, split_by
@@ -201,7 +201,7 @@ class RidgeProbe(Measure):
 
     def setup(self, ctx: Context) -> None:
         self.ctx = ctx
-        corpus = _Corpus(ctx)
+        corpus = TaskCorpus(ctx)
         self.sel = utterance_selection(self.utterances, len(corpus))
         self.where = np.full(len(corpus), -1, dtype=np.int64)  # position -> selection index
         self.where[self.sel] = np.arange(len(self.sel))

@@ -184,7 +184,7 @@ def probe_layers(
     # the probes run on the measure engine's view of the store (imported here:
     # s3viz.measures builds on this package): the ridge probe is its RidgeProbe
     from ..measures._engine import StoreSource, run_measures
-    from ..measures.probe import RidgeProbe, _Corpus
+    from ..measures.probe import RidgeProbe, TaskCorpus
 
     # the corpus's labels and frame counts of every stored layer (summed over shards)
     ctx = StoreSource(store, meta=meta, positions=positions).context(
@@ -223,7 +223,7 @@ def probe_layers(
                                       if k[0] == tgt})
                 continue
             if task is None:
-                task = ProbeTask(_Corpus(ctx), tgt, lev, sel, folds, splits[tgt], seed,
+                task = ProbeTask(TaskCorpus(ctx), tgt, lev, sel, folds, splits[tgt], seed,
                                  control, control_by)
                 if lev == "frame":
                     task.set_frame_classes(layer_list)
