@@ -119,10 +119,28 @@ def test_s3prl_featurizer_equals_weighted_sum_featurizer(s3prl_upstreams):
 def test_s3prl_poolings_pass_check_utterance_model(name):
     torch.manual_seed(0)
     pooling = getattr(s3prl_nn.pooling, name)(16).eval()
+    # s3prl's two attentive poolings build `attention` from torch.FloatTensor(n, 1), memory
+    # that is never initialised (it held NaN/Inf on some runs, a flaky failure here); a
+    # trained checkpoint fills it, so do what loading one would.
+    if hasattr(pooling, "attention"):
+        with torch.no_grad():
+            pooling.attention.normal_(0.0, 0.1)
     report = s3viz.check_utterance_model(pooling)
     assert report.ok, report
     rows = report[report["check"] == "padding_invariance"]
     assert len(rows) and (rows["status"] == "ok").all(), rows
+
+
+def test_check_utterance_model_refuses_an_uninitialised_s3prl_attention():
+    """The same pooling with non-finite attention weights (what uninitialised memory can
+    hold) fails the `finite` row rather than passing quietly."""
+    pooling = s3prl_nn.pooling.SelfAttentivePooling(16).eval()
+    with torch.no_grad():
+        pooling.attention.fill_(float("nan"))
+    report = s3viz.check_utterance_model(pooling)
+    assert not report.ok
+    finite = report[report["check"] == "finite"]
+    assert len(finite) and (finite["status"] != "ok").all(), report
 
 
 def test_s3prl_linear_models_pass_the_frame_and_utterance_checks():
