@@ -18,7 +18,9 @@ from torch import nn
 from .._cache import file_sha256
 from .._fs import OwnedFolder
 from ..align import WAV2VEC2_CONV_LAYERS, conv_lengths, receptive_field
-from ..interface import AbsUpstream, check_wavs
+from ..interface import check_wavs
+from ..models import length_mask
+from ..upstreams._common import FixedUpstream
 
 __all__ = ["WEIGHTS_PATH", "TinyConfig", "TinyUpstream", "file_sha256", "load_tiny_weights",
            "save_tiny_weights", "tiny"]
@@ -31,19 +33,10 @@ _FORMAT = "s3viz.zoo.tiny/1"
 
 @dataclass
 class TinyConfig:
-    """Sizes of :class:`TinyUpstream` (the defaults are the shipped model's).
-
-    Attributes:
-        conv_channels: channels of each convolution of the front end.
-        num_layers: transformer layers.
-        num_heads: attention heads per layer.
-        ffn_size: the hidden size of each layer's feed-forward block.
-        pos_conv_kernel, pos_conv_groups: the kernel size (odd) and groups of the
-            convolutional position embedding.
-        layer_norm_first: True: pre-LN layers with a final layer norm (wav2vec2 large,
-            WavLM); False: post-LN layers after a layer norm of the input (wav2vec2 /
-            HuBERT base).
-    """
+    """Sizes of :class:`TinyUpstream` (the defaults are the shipped model's; ``docs/zoo.md``).
+    ``pos_conv_kernel`` (odd) and ``pos_conv_groups`` shape the convolutional position
+    embedding; ``layer_norm_first``: pre-LN layers with a final layer norm, else post-LN
+    layers after a layer norm of the input."""
 
     conv_channels: int = 64
     conv_layers: tuple[tuple[int, int], ...] = field(
@@ -70,11 +63,6 @@ class TinyConfig:
         d = asdict(self)
         d["conv_layers"] = [list(p) for p in self.conv_layers]
         return d
-
-
-def _valid_mask(x_len: torch.Tensor, seq_len: int) -> torch.Tensor:
-    """``(batch_size, seq_len)`` bool, True on valid frames."""
-    return torch.arange(seq_len, device=x_len.device)[None, :] < x_len[:, None]
 
 
 class _ConvBlock(nn.Module):
@@ -127,14 +115,11 @@ class _TransformerLayer(nn.Module):
         return self.norm2(x + self.drop(self.ffn(x)))
 
 
-class TinyUpstream(AbsUpstream):
-    """The tiny wav2vec2/HuBERT-shaped upstream (``docs/zoo.md``).
-
-    Build it with :func:`tiny`. ``forward(wavs, wavs_len)`` returns
-    ``num_layers + 1`` hidden states of ``hidden_size`` at 320 samples per frame.
-    The training script uses the two halves :meth:`features` and
-    :meth:`encode` to mask frames in between.
-    """
+class TinyUpstream(FixedUpstream):
+    """The tiny wav2vec2/HuBERT-shaped upstream (``docs/zoo.md``; build it with :func:`tiny`):
+    ``num_layers + 1`` hidden states of ``hidden_size`` at 320 samples per frame, each
+    frame behind 400 samples. The training script masks frames between the two halves
+    :meth:`features` and :meth:`encode`."""
 
     def __init__(self, config: TinyConfig | None = None, *, name: str = "tiny"):
         super().__init__()
@@ -155,6 +140,9 @@ class TinyUpstream(AbsUpstream):
         self.final_norm = nn.LayerNorm(cfg.hidden_size)
         self.drop = nn.Dropout(cfg.dropout)
         self._rf, self._stride = receptive_field(cfg.conv_layers)
+        n = cfg.num_layers + 1
+        self._sizes, self._rates = [cfg.hidden_size] * n, [self._stride] * n
+        self._fields = [self._rf] * n
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -172,24 +160,6 @@ class TinyUpstream(AbsUpstream):
         nn.init.normal_(self.pos_conv.weight, 0.0, std)
         nn.init.zeros_(self.pos_conv.bias)
 
-    # ---- the AbsUpstream properties ------------------------------------------------
-    @property
-    def num_layer(self) -> int:
-        return self.config.num_layers + 1
-
-    @property
-    def hidden_sizes(self) -> list[int]:
-        return [self.config.hidden_size] * self.num_layer
-
-    @property
-    def downsample_rates(self) -> list[int]:
-        return [self._stride] * self.num_layer
-
-    @property
-    def receptive_fields(self) -> list[int]:
-        """Input window of one frame's convolutional front end (400 samples), per layer."""
-        return [self._rf] * self.num_layer
-
     @property
     def conv_layers(self) -> list[tuple[int, int]]:
         return list(self.config.conv_layers)
@@ -202,19 +172,10 @@ class TinyUpstream(AbsUpstream):
         n = sum(p.numel() for p in self.parameters())
         return f"name={self._name!r}, params={n}"
 
-    # ---- computation ---------------------------------------------------------------
     def features(self, wavs: torch.Tensor, wavs_len: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The front end: projected convolutional features (hidden state 0).
-
-        Args:
-            wavs: ``(batch_size, seq_len, 1)`` or ``(batch_size, seq_len)`` float, 16 kHz.
-            wavs_len: ``(batch_size,)`` long valid samples.
-
-        Returns:
-            ``(x, x_len)``: ``(batch_size, num_frames, hidden_size)`` with padded frames
-            zero, and ``(batch_size,)`` long frame counts (:func:`s3viz.align.conv_lengths`).
-        """
+        """The front end, hidden state 0: ``(x, x_len)``, ``(batch_size, num_frames,
+        hidden_size)`` with padded frames zero and the frame counts (``conv_lengths``)."""
         wavs, wavs_len = check_wavs(wavs, wavs_len, who=f"{self._name} upstream")
         x_len = conv_lengths(wavs_len.cpu(), self.config.conv_layers).to(wavs.device)
         max_len = int(wavs_len.max()) if len(wavs_len) else 0
@@ -224,7 +185,7 @@ class TinyUpstream(AbsUpstream):
         dtype = self.proj.weight.dtype
         wavs = wavs.to(dtype)
         # per-utterance normalisation over valid samples only
-        valid = _valid_mask(wavs_len, wavs.shape[1]).to(dtype)
+        valid = length_mask(wavs_len, wavs.shape[1]).to(dtype)
         n = wavs_len.clamp(min=1).to(dtype)[:, None]
         mean = (wavs * valid).sum(1, keepdim=True) / n
         var = (((wavs - mean) * valid) ** 2).sum(1, keepdim=True) / n
@@ -236,24 +197,15 @@ class TinyUpstream(AbsUpstream):
         num_frames = int(x_len.max()) if len(x_len) else 0
         h = h[:, :num_frames]
         x = self.proj(self.proj_norm(h))
-        x = x * _valid_mask(x_len, num_frames)[..., None].to(x.dtype)
+        x = x * length_mask(x_len, num_frames)[..., None].to(x.dtype)
         return x, x_len
 
     def encode(self, x: torch.Tensor, x_len: torch.Tensor) -> list[torch.Tensor]:
-        """The transformer: every hidden state after the front end.
-
-        Args:
-            x: ``(batch_size, num_frames, hidden_size)`` front-end features
-                (possibly masked by the training objective).
-            x_len: ``(batch_size,)`` long valid frames.
-
-        Returns:
-            ``num_layers`` tensors ``(batch_size, num_frames, hidden_size)``, padded
-            frames zero.
-        """
+        """The transformer on front-end features ``x`` (possibly masked by the training
+        objective): the ``num_layers`` hidden states after it, padded frames zero."""
         if x.shape[1] == 0:  # no utterance long enough for one frame
             return [x.clone() for _ in self.layers]
-        valid = _valid_mask(x_len, x.shape[1])
+        valid = length_mask(x_len, x.shape[1])
         keep = valid[..., None].to(x.dtype)
         x = x * keep
         x = x + F.gelu(self.pos_conv(x.transpose(1, 2))).transpose(1, 2) * keep
@@ -284,11 +236,8 @@ class TinyUpstream(AbsUpstream):
 
 def save_tiny_weights(model: TinyUpstream, path: str | Path, *,
                       dtype: torch.dtype = torch.float16, meta: dict | None = None) -> str:
-    """Save ``model``'s weights for :func:`load_tiny_weights`; returns the file's sha256.
-
-    Floating tensors are stored as ``dtype`` (float16 keeps the file small); ``meta``
-    (str/int/float values) is stored beside them.
-    """
+    """Save ``model``'s weights (floating tensors as ``dtype``) and ``meta`` (str/int/float
+    values) for :func:`load_tiny_weights`; returns the file's sha256."""
     state = {k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu())
              for k, v in model.state_dict().items()}
     payload = {"format": _FORMAT, "config": model.config.to_dict(), "state_dict": state,
@@ -300,11 +249,8 @@ def save_tiny_weights(model: TinyUpstream, path: str | Path, *,
 
 
 def load_tiny_weights(path: str | Path) -> tuple[TinyConfig, dict, dict]:
-    """Read a weights file with ``torch.load(weights_only=True)``.
-
-    Returns:
-        ``(config, state_dict, meta)`` with float32 tensors.
-    """
+    """``(config, state_dict, meta)`` of a weights file (``torch.load(weights_only=True)``),
+    tensors float32."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
@@ -324,21 +270,15 @@ def load_tiny_weights(path: str | Path) -> tuple[TinyConfig, dict, dict]:
 def tiny(pretrained: bool = True, *, seed: int = 0,
          checkpoint: str | Path | None = None,
          config: TinyConfig | None = None) -> TinyUpstream:
-    """The tiny upstream, in eval mode.
+    """The tiny upstream named ``"tiny"``, in eval mode; its ``weights`` says which it has.
 
     Args:
-        pretrained: load the shipped weights (``s3viz/zoo/tiny.pt``, see its
-            ``MODEL_CARD.md``); False gives the same architecture with random
-            weights drawn from ``seed`` (the global RNG is left untouched).
-        seed: seed of the random weights when ``pretrained=False``.
-        checkpoint: another weights file (e.g. from ``python -m s3viz.zoo.train_tiny
-            --out PATH``) instead of the shipped one; refused with ``pretrained=False``.
-        config: architecture of a random model (default: the shipped model's);
-            not allowed with pretrained weights, which carry their own.
-
-    Returns:
-        a :class:`TinyUpstream` named ``"tiny"``; its ``weights`` says which weights it
-        has (``"random weights (seed 0)"`` for ``pretrained=False``).
+        pretrained: load the shipped weights (``s3viz/zoo/tiny.pt``, ``MODEL_CARD.md``);
+            False: the same architecture with random weights drawn from ``seed`` (the
+            global RNG is left untouched).
+        checkpoint: another weights file (``python -m s3viz.zoo.train_tiny --out PATH``)
+            instead of the shipped one.
+        config: the architecture of a random model (default: the shipped model's).
     """
     if not isinstance(pretrained, bool):
         raise TypeError(f"pretrained must be True or False, got {pretrained!r}")

@@ -74,9 +74,7 @@ TRAIN_SPEAKERS: dict[str, dict[str, object]] = {
 _NOTEBOOK_SENTENCES = 1000  # sentences of seed 0 kept out of training
 
 
-# ---------------------------------------------------------------------------
-# data
-# ---------------------------------------------------------------------------
+# --------------------------------------------------------------------------- data
 
 def data_split() -> dict[str, object]:
     """The training / held-out split, as a dict for the model card."""
@@ -106,33 +104,19 @@ def training_corpus(n_utterances: int = 1800):
 
 
 def held_out_corpus(n_utterances: int = 120, train_utterances: int = 1800):
-    """Held-out utterances: :data:`HELD_OUT_SPEAKERS` speaking sentences never trained on.
-
-    Args:
-        n_utterances: utterances synthesized (a few may be dropped when their
-            sentence also occurs among the first ``train_utterances`` training
-            sentences).
-        train_utterances: the size of the training corpus whose sentences are left out.
-    """
+    """Held-out utterances: :data:`HELD_OUT_SPEAKERS` speaking sentences never trained on
+    (of ``n_utterances`` synthesized, those whose sentence is among the first
+    ``train_utterances`` training sentences are dropped)."""
     return _corpus_without(n_utterances, HELD_OUT_SEED, HELD_OUT_SPEAKERS,
                            {TRAIN_SEED: train_utterances})
 
 
-# ---------------------------------------------------------------------------
-# targets
-# ---------------------------------------------------------------------------
+# --------------------------------------------------------------------------- targets
 
 def mfcc_features(wavs: Sequence[np.ndarray], *, batch_size: int = 32) -> list[torch.Tensor]:
     """MFCC + deltas + delta-deltas at the tiny model's frames, normalised per utterance
-    (``docs/zoo.md``), computed in length-sorted batches (a valid frame never sees padding).
-
-    Args:
-        wavs: ``num_utterances`` float waveforms ``(num_samples,)`` at 16 kHz.
-
-    Returns:
-        one ``(num_frames, 39)`` float32 tensor per waveform, ``num_frames ==
-        s3viz.align.conv_lengths([num_samples])``.
-    """
+    (``docs/zoo.md``): one ``(conv_lengths([num_samples]), 39)`` tensor per 16 kHz waveform,
+    computed in length-sorted batches (a valid frame never sees padding)."""
     torchaudio = _deps.torchaudio()
 
     transform = torchaudio.transforms.MFCC(
@@ -163,15 +147,8 @@ def mfcc_features(wavs: Sequence[np.ndarray], *, batch_size: int = 32) -> list[t
 
 def kmeans(x: torch.Tensor, k: int, *, iters: int = 20, seed: int = 0
            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """k-means (k-means++ initialisation, Lloyd iterations) in torch.
-
-    Args:
-        x: ``(num_points, dim)`` float.
-        k: number of clusters.
-
-    Returns:
-        ``(centroids (k, dim), assignment (num_points,) long)``.
-    """
+    """k-means (k-means++ initialisation, Lloyd iterations) of ``(num_points, dim)`` ``x``:
+    ``(centroids (k, dim), assignment (num_points,) long)``."""
     if x.dim() != 2 or x.shape[0] < k:
         raise ValueError(f"x must be (num_points >= k={k}, dim), got {tuple(x.shape)}")
     g = torch.Generator().manual_seed(seed)
@@ -222,25 +199,14 @@ def _layer_features(model: TinyUpstream, corpus, layer: int, device) -> list[tor
     return [(h - mu) / sd for h in out]
 
 
-# ---------------------------------------------------------------------------
-# masking, batching, the task
-# ---------------------------------------------------------------------------
+# --------------------------------------------------------------------------- the task
 
 def span_mask(x_len: torch.Tensor, mask_prob: float, span: int, generator: torch.Generator,
               seq_len: int | None = None) -> torch.Tensor:
-    """Spans to mask, as in wav2vec 2.0 / HuBERT.
-
-    Args:
-        x_len: ``(batch_size,)`` long valid frames.
-        mask_prob: fraction of frames that start a span (at least one span per
-            utterance that has at least ``span`` frames... or one frame).
-        span: span length in frames.
-        generator: the random generator the span starts are drawn from.
-        seq_len: the mask's width (default: the longest ``x_len``).
-
-    Returns:
-        ``(batch_size, seq_len)`` bool, True on masked (valid) frames.
-    """
+    """Spans of ``span`` frames to mask, as in wav2vec 2.0 / HuBERT: ``(batch_size, seq_len)``
+    bool (``seq_len`` default: the longest ``x_len``), True on masked valid frames. A fraction
+    ``mask_prob`` of each utterance's frames start a span (at least one per utterance with
+    a frame), drawn from ``generator``."""
     seq_len = int(x_len.max()) if seq_len is None else seq_len
     mask = torch.zeros(len(x_len), seq_len, dtype=torch.bool)
     for b, n in enumerate(x_len.tolist()):
@@ -292,20 +258,12 @@ formants scaled by 16000 / rate, i.e. x1.14, x1.07, x0.94, x0.89)."""
 
 def speed_perturb(wav: torch.Tensor, target: torch.Tensor, rate: int
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Resample ``wav`` to ``rate`` (played back at 16 kHz) and map its frame targets.
+    """Resample ``wav`` to ``rate`` (played back at 16 kHz; 16000 changes nothing) and map
+    its frame targets: ``(wav', target')``, ``len(target') == conv_lengths([len(wav')])``.
 
     Frame ``j`` of the perturbed waveform (centre ``320 j + 200``) takes the target
     of the original frame whose centre is nearest to ``(320 j + 200) * 16000 / rate``,
-    so the model must predict the clusters of the unperturbed speech: it learns to
-    undo a change of vocal-tract length and pitch (as in ContentVec).
-
-    Args:
-        wav: ``(num_samples,)`` float.
-        target: ``(num_frames,)`` long, ``num_frames == conv_lengths([num_samples])``.
-        rate: new sample rate (16000 leaves both unchanged).
-
-    Returns:
-        ``(wav', target')`` with ``len(target') == conv_lengths([len(wav')])``.
+    so the model learns to undo a change of vocal-tract length and pitch (ContentVec).
     """
     torchaudio = _deps.torchaudio()
 
@@ -367,18 +325,11 @@ def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyper-parameters of :func:`train` (the command line's flags, ``docs/zoo.md``).
-
-    Attributes:
-        architecture: the model's :class:`TinyConfig` (``None``: ``TinyConfig()``;
-            iteration 2 keeps ``init``'s).
-        iteration: 1 = MFCC k-means targets; 2 = k-means of ``init``'s hidden states
-            at ``target_layer`` (default: the middle layer), training continues from
-            ``init``.
-        speed: probability that an utterance is speed-perturbed (:func:`speed_perturb`).
-        speaker_conditioning: the prediction head also reads a learned embedding of
-            the utterance's speaker (ContentVec), so the last layer need not encode it.
-    """
+    """Hyper-parameters of :func:`train` (the command line's flags, ``docs/zoo.md``):
+    ``architecture`` None is ``TinyConfig()`` (iteration 2 keeps ``init``'s); ``iteration``
+    2 clusters ``init``'s hidden states at ``target_layer`` (default: the middle one);
+    ``speed`` is the probability of :func:`speed_perturb`; ``speaker_conditioning``: the
+    head also reads a learned speaker embedding (ContentVec)."""
 
     steps: int = 2000
     seed: int = 0
@@ -400,23 +351,13 @@ def train(corpus, config: TrainConfig = TrainConfig(), *, device=None,
           init: TinyUpstream | None = None, max_minutes: float | None = None, log=print,
           log_every: int = 25, checkpoint=None,
           checkpoint_every: int = 0) -> tuple[TinyUpstream, dict]:
-    """Train a :class:`TinyUpstream` with HuBERT's masked cluster prediction.
+    """Train a :class:`TinyUpstream` on ``corpus`` with HuBERT's masked cluster prediction.
 
-    Args:
-        corpus: a :class:`s3viz.data.Corpus` (the training split).
-        config: the hyper-parameters (:class:`TrainConfig`).
-        init: the iteration-1 model (``config.iteration=2``).
-        max_minutes: stop (and say so in the summary) past this wall time, so that a
-            run on a slow, shared machine still ends in time (not annealed then).
-        log: called with a progress line every ``log_every`` steps.
-        log_every: steps between two progress lines.
-        checkpoint: called as ``checkpoint(step, upstream)`` every
-            ``checkpoint_every`` steps (e.g. to save intermediate weights).
-        checkpoint_every: steps between two ``checkpoint`` calls (0: never).
-
-    Returns:
-        ``(model, summary)``: the trained upstream in eval mode on the CPU and a dict
-        of what happened (losses, steps done, seconds).
+    ``init``: the iteration-1 model (``config.iteration=2``); ``max_minutes``: stop (the
+    summary says so) past this wall time; ``log`` gets a progress line every ``log_every``
+    steps; ``checkpoint(step, upstream)`` is called every ``checkpoint_every`` steps (0:
+    never). Returns ``(model, summary)``: the upstream in eval mode on the CPU and a dict
+    of what happened (losses, steps, seconds).
     """
     c = config
     steps, seed, clusters, lr, speed = c.steps, c.seed, c.clusters, c.lr, c.speed
@@ -446,11 +387,10 @@ def train(corpus, config: TrainConfig = TrainConfig(), *, device=None,
     log(f"targets: {source}, {clusters} clusters, {sum(len(t) for t in targets)} frames, "
         f"{t_targets:.1f}s")
 
+    upstream = TinyUpstream((c.architecture or TinyConfig()) if init is None else init.config,
+                            name="tiny")
     if init is not None:
-        upstream = TinyUpstream(init.config, name="tiny")
         upstream.load_state_dict(init.state_dict())
-    else:
-        upstream = TinyUpstream(config.architecture or TinyConfig(), name="tiny")
     voices = sorted({u.speaker for u in corpus})
     speaker_ids = torch.tensor([voices.index(u.speaker) for u in corpus])
     task = _HubertTask(upstream, clusters, len(voices) if c.speaker_conditioning else 0).to(device)
@@ -526,26 +466,15 @@ def train(corpus, config: TrainConfig = TrainConfig(), *, device=None,
     return upstream, summary
 
 
-# ---------------------------------------------------------------------------
-# evaluation: held-out probes
-# ---------------------------------------------------------------------------
+# --------------------------------------------------------------------------- held-out probes
 
 def probe_comparison(upstreams: dict[str, nn.Module], corpus, *, device=None,
                      speaker_folds: int = 5, seed: int = 0) -> pd.DataFrame:
-    """Phone (frame) and speaker (utterance) ridge probes of every layer of each upstream.
+    """Phone (frame) and speaker (utterance) ridge probes of every layer of each of
+    ``{name: upstream}`` on ``corpus``: :func:`s3viz.probe_layers`'s columns plus ``model``.
 
-    Phones: :func:`s3viz.probe_layers` with ``split_by="speaker"`` and one fold
-    per speaker of ``corpus`` (the probe is tested on a voice it was not fitted
-    on). Speakers: mean-pooled features, ``split_by="utterance"``,
-    ``speaker_folds`` folds.
-
-    Args:
-        upstreams: ``{name: upstream}``.
-        corpus: the evaluation corpus (:func:`held_out_corpus`).
-        speaker_folds: folds of the speaker probe.
-
-    Returns:
-        DataFrame with the columns of :func:`s3viz.probe_layers` plus ``model``.
+    Phones: ``split_by="speaker"``, one fold per speaker (tested on an unseen voice).
+    Speakers: mean-pooled features, ``split_by="utterance"``, ``speaker_folds`` folds.
     """
     import pandas as pd
 
@@ -580,16 +509,10 @@ def best_layers(results: pd.DataFrame) -> pd.DataFrame:
 
 def bar_check(results: pd.DataFrame, model: str = "tiny", random: str = "random",
               baseline: str = "spectral") -> pd.DataFrame:
-    """Differences of best-layer accuracies (in points) between ``model`` and the others.
-
-    Args:
-        random: the name of the random-weights model in ``results``.
-
-    Returns:
-        DataFrame with one row per target: ``target, <model>, <random>, <baseline>``
-        (best-layer accuracies in %), ``vs_random``, ``vs_baseline`` (points) and
-        ``bar_met`` (both differences >= 10 points; phone is the issue's bar).
-    """
+    """Differences of best-layer accuracies (in points) between ``model`` and the others:
+    one row per target, ``target, <model>, <random>, <baseline>`` (best-layer accuracies
+    in %, with ``<name>_layer``), ``vs_random``, ``vs_baseline`` and ``bar_met`` (both
+    differences >= 10 points)."""
     import pandas as pd
 
     best = best_layers(results)
@@ -609,19 +532,12 @@ def bar_check(results: pd.DataFrame, model: str = "tiny", random: str = "random"
 
 
 def curve_check(results: pd.DataFrame, model: str = "tiny") -> pd.DataFrame:
-    """The shape of ``model``'s held-out layer curves against the bar a lesson needs.
-
-    The lessons ask "which layer?", so the curves must answer it by more than probe
-    noise (the bar of the successor model; the numbers are points of accuracy):
-
-    - ``phone_unique_best``: the best phone layer beats the runner-up by >= 1;
-    - ``phone_over_layer0``: ... and layer 0 by >= 10;
-    - ``speaker_lower_half``: the best speaker layer is in the lower half
-      (``layer <= num_layers // 2``);
-    - ``speaker_falls``: speaker accuracy falls by >= 15 from its best layer to the top.
-
-    Returns:
-        DataFrame ``criterion, value, needed, met`` (``value`` in points, or the layer).
+    """The shape of ``model``'s held-out layer curves against the bar a lesson needs (they
+    must answer "which layer?" by more than probe noise): a DataFrame ``criterion, value,
+    needed, met`` (points of accuracy, or a layer) for ``phone_unique_best`` (the best
+    phone layer beats the runner-up by >= 1), ``phone_over_layer0`` (... and layer 0 by
+    >= 10), ``speaker_lower_half`` (the best speaker layer is ``<= top // 2``) and
+    ``speaker_falls`` (speaker accuracy falls by >= 15 from its best layer to the top).
     """
     import pandas as pd
 
@@ -660,12 +576,8 @@ def _layer_table(results: pd.DataFrame, target: str) -> list[str]:
 
 def model_card(summary: dict, results: pd.DataFrame | None = None,
                extra: str = "") -> str:
-    """The text of ``MODEL_CARD.md`` from a training summary and probe results.
-
-    Args:
-        summary: :func:`train`'s summary, with ``config``, ``sha256`` and ``size_bytes``
-            added as :func:`main` does.
-    """
+    """The text of ``MODEL_CARD.md`` from :func:`train`'s summary (with what :func:`main`
+    adds: ``config``, ``sha256``, ``size_bytes`` ...) and :func:`probe_comparison`'s results."""
     split = summary["split"]
     lines = [
         "# s3viz tiny upstream",
@@ -785,9 +697,7 @@ def model_card(summary: dict, results: pd.DataFrame | None = None,
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------------------
-# command line
-# ---------------------------------------------------------------------------
+# --------------------------------------------------------------------------- command line
 
 _TRAIN_FLAGS = {"steps": "optimizer steps (default 2000)", "seed": None, "clusters": None,
                 "lr": None, "batch_seconds": "padded audio per batch in seconds (default 12)",
