@@ -33,9 +33,8 @@ AS_GIVEN = "as given"
 
 
 def weights_of(upstream) -> str:
-    """Where an upstream's weights came from: its ``weights`` text (every upstream s3viz
-    builds has one: ``"pretrained: ..."``, ``"random weights (seed 0)"``, ``"checkpoint
-    ..."``, ``"not learned ..."``), else ``"as given"`` (an object built elsewhere)."""
+    """Where an upstream's weights came from: its ``weights`` text (``"pretrained: ..."``,
+    ``"random weights (seed 0)"`` ...: ``docs/upstreams.md``), else ``"as given"``."""
     value = getattr(upstream, "weights", None)
     if isinstance(value, str) and value.strip():
         return value
@@ -120,8 +119,7 @@ def resolve_name(name: str) -> Optional[str]:
 
 
 def offline() -> Optional[str]:
-    """The variable of :data:`OFFLINE_VARS` that makes loading cache-only, read now; None
-    when downloads are allowed."""
+    """The variable of :data:`OFFLINE_VARS` that makes loading cache-only now, or None."""
     return next((var for var in OFFLINE_VARS if (os.environ.get(var) or "").strip().upper()
                  in {"1", "ON", "YES", "TRUE"}), None)
 
@@ -140,8 +138,7 @@ def torchaudio_base_url() -> str:
 
 
 def hf_cache_dir() -> str:
-    """huggingface_hub's cache folder, as huggingface_hub itself reads it (``HF_HUB_CACHE``,
-    ``HF_HOME/hub`` or the default, fixed when huggingface_hub is imported)."""
+    """huggingface_hub's cache folder, as huggingface_hub itself reads it."""
     from huggingface_hub import constants
 
     return str(constants.HF_HUB_CACHE)
@@ -156,8 +153,7 @@ def torch_hub_checkpoints() -> str:
 
 def fetch_torchaudio(name: str, bundle_name: str, filename: str) -> Tuple[str, bool]:
     """``(path, downloaded_now)`` of a torchaudio weight file, downloaded into torch.hub's
-    checkpoint folder when missing (offline: ``FileNotFoundError`` at once, saying how to
-    fetch it elsewhere; a download cut short leaves nothing there)."""
+    checkpoint folder when missing (``docs/upstreams.md``)."""
     import torch
 
     folder = torch_hub_checkpoints()

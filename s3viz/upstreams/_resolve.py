@@ -21,33 +21,21 @@ def _names() -> str:
 
 def get_upstream(name_or_object: Union[str, os.PathLike, object], *, pretrained: bool = True,
                  **kwargs):
-    """Return an upstream for a name, a folder or an object.
+    """Return an upstream for a name, a folder or an object (``docs/upstreams.md``).
 
-    Names mean pretrained models, as in transformers, torch.hub and s3prl: downloaded
-    on first use into torch.hub's or huggingface_hub's cache and reused afterwards;
-    ``S3VIZ_OFFLINE=1`` or ``HF_HUB_OFFLINE=1`` make every name cache-only. The names,
-    their checkpoints, caches and download sizes: ``docs/upstreams.md``.
+    Names mean pretrained weights, downloaded on first use into torch.hub's or
+    huggingface_hub's cache (``S3VIZ_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``: cache only);
+    ``pretrained=False`` is the same architecture with random weights.
 
     Args:
-        name_or_object:
-            ``"tiny"``: the shipped tiny model, trained on the embedded corpus
-            (offline, 3 MB; what the demo, notebooks and tests use);
-            ``"spectral"``: a log-mel / MFCC baseline (nothing learned);
-            a pretrained model's name (``"hubert_base"``, ``"wavlm_base_plus"``,
-            ``"xls_r_300m"``, ``"distilhubert"``, ... ``PRETRAINED_MODELS``) or s3prl's
-            name for it (``"hubert"``, ``"wavlm"``, ``"hubert_large_ll60k"``, ...
-            ``ALIASES``);
-            ``"hf:<repository id>"``: a Hugging Face checkpoint (``revision=`` picks a
-            branch, tag or commit);
-            a folder saved with ``save_pretrained``: its own weights;
-            an s3prl checkpoint file (what ``hubert_local`` / ``wav2vec2_local``
-            read): its own weights (:func:`from_s3prl_checkpoint`);
-            an upstream object: an s3prl ``S3PRLUpstream`` is wrapped by
-            :func:`from_s3prl`, a transformers model (``HubertModel``,
-            ``WhisperModel``, ...) by :func:`from_transformers`.
-        **kwargs: passed to the factory (``seed=``, ``checkpoint=`` for a torchaudio
-            state dict file, ``revision=`` for ``hf:``, ``upstream_layers=``,
-            ``normalize_waveform=`` for transformers models).
+        name_or_object: ``"tiny"`` (the shipped model, offline); ``"spectral"`` (log-mel /
+            MFCC, nothing learned); a name of ``PRETRAINED_MODELS`` or s3prl's name for
+            one (``ALIASES``); ``"hf:<repository id>"``; a ``save_pretrained`` folder; an
+            s3prl checkpoint file (:func:`from_s3prl_checkpoint`); or an upstream object
+            (s3prl's wrapped by :func:`from_s3prl`, a transformers model by
+            :func:`from_transformers`).
+        **kwargs: for the factory: ``seed=``, ``checkpoint=`` (a torchaudio state dict
+            file), ``revision=`` (``hf:``), ``upstream_layers=``, ``normalize_waveform=``.
     """
     from . import _s3prl, _spectral, _torchaudio, _transformers
 

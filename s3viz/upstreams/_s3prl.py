@@ -32,19 +32,11 @@ def _int_list(value, what: str, n: int, owner: str) -> List[int]:
 
 
 class S3PRLUpstreamAdapter(AbsUpstream):
-    """An s3prl ``S3PRLUpstream``-like object behind the s3viz upstream interface.
-
-    Args:
-        upstream: the object. When it is an ``nn.Module`` it becomes a submodule
-            (``.to()``, ``.eval()`` and ``state_dict()`` reach it); its device and
-            mode are left as they are.
-        name: a label (default: ``upstream.name`` when it is a str, else its class name).
-
-    Sizes are read from the wrapped object each time, under s3viz's names:
-    :attr:`num_layer` (also :attr:`num_layers`), :attr:`hidden_sizes`,
-    :attr:`downsample_rates` and, when the object has them, ``receptive_fields``
-    and ``conv_layers``.
-    """
+    """An s3prl ``S3PRLUpstream``-like object behind the s3viz upstream interface (an
+    ``nn.Module`` becomes a submodule, device and mode as they are); ``name`` defaults to
+    ``upstream.name`` or its class name. Sizes are read from the wrapped object each time:
+    :attr:`num_layer`, :attr:`hidden_sizes`, :attr:`downsample_rates` and, when it has
+    them, ``receptive_fields`` and ``conv_layers``."""
 
     def __init__(self, upstream, *, name: Optional[str] = None):
         super().__init__()
@@ -67,8 +59,7 @@ class S3PRLUpstreamAdapter(AbsUpstream):
         return num_layer_of(self.upstream)
 
     def _list(self, what: str, optional: bool = False) -> List[int]:
-        """The wrapped object's ``what``, checked; ``optional``: AttributeError when it
-        has none (anything else that is no list of ints is a TypeError naming it)."""
+        """The wrapped object's ``what``, checked (``optional``: AttributeError when None)."""
         value = getattr(self.upstream, what, None) if optional else getattr(self.upstream, what)
         if value is None and optional:
             raise AttributeError(f"{self.name} does not report {what}")

@@ -111,18 +111,14 @@ def spectral_hidden_states(wavs: torch.Tensor, wavs_len: torch.Tensor, *,
                            fbank: Optional[torch.Tensor] = None,
                            dct: Optional[torch.Tensor] = None
                            ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
-    """Log-mel and MFCC hidden states at several downsample rates (``docs/upstreams.md``).
+    """Log-mel and MFCC hidden states at several downsample ``rates`` (multiples of 160;
+    ``docs/upstreams.md``): ``(all_hs, all_hs_len)``, per rate ``(batch_size, frames, n_mels)``
+    then ``(batch_size, frames, n_mfcc * (3 if deltas else 1))``, float32, padded frames 0,
+    lengths ``(wavs_len - 1) // r + 1``.
 
     Args:
-        rates: downsample rates in samples, multiples of 160.
-        deltas: append deltas and delta-deltas to the MFCCs.
-        fbank: ``(201, n_mels)`` mel filterbank (computed when None).
-        dct: ``(n_mels, n_mfcc)`` DCT matrix (computed when None).
-
-    Returns:
-        ``(all_hs, all_hs_len)``: for each rate, ``(batch_size, num_frames_r, n_mels)``
-        then ``(batch_size, num_frames_r, n_mfcc * (3 if deltas else 1))``, float32,
-        padded frames 0; lengths ``(wavs_len - 1) // r + 1`` (``(batch_size,)`` long).
+        fbank, dct: the ``(201, n_mels)`` mel filterbank and ``(n_mels, n_mfcc)`` DCT
+            matrix (computed when None).
     """
     rates = _check_rates(rates)
     wavs, wavs_len = check_wavs(wavs, wavs_len, who="spectral_hidden_states")
@@ -160,14 +156,9 @@ def spectral_hidden_states(wavs: torch.Tensor, wavs_len: torch.Tensor, *,
 
 class SpectralUpstream(FixedUpstream):
     """Log-mel / MFCC baseline upstream (no learned weights): :func:`spectral_hidden_states`,
-    two hidden states per rate; ``receptive_fields`` equal the rates (frame ``t`` is centred
-    on ``t * r + r / 2``, ``docs/upstreams.md``) and ``conv_layers`` is None (lengths follow
-    the ``ceil`` convention).
-
-    Attributes:
-        layer_names: e.g. ``["logmel@160", "mfcc@160", "logmel@320", ...]``.
-        window_sizes: samples of audio that shape each layer's frame.
-    """
+    two hidden states per rate (``layer_names`` ``["logmel@160", "mfcc@160", ...]``);
+    ``receptive_fields`` equal the rates, ``window_sizes`` are the samples that shape each
+    layer's frame, ``conv_layers`` is None (``docs/upstreams.md``)."""
 
     def __init__(self, rates: Sequence[int] = (160, 320, 640), *, n_mels: int = 80,
                  n_mfcc: int = 13, deltas: bool = True, normalize: bool = True):

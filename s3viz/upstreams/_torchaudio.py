@@ -113,20 +113,11 @@ def _is_wavlm_layer(layer: nn.Module) -> bool:
 def wav2vec2_hidden_states(model: nn.Module, wavs: torch.Tensor, wavs_len: torch.Tensor, *,
                            normalize_waveform: bool = False
                            ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
-    """Every hidden state of a torchaudio wav2vec2 / HuBERT / WavLM model, batch invariant.
-
-    Args:
-        model: a ``torchaudio.models.Wav2Vec2Model`` (also the wrapper returned by
-            a ``torchaudio.pipelines`` bundle's ``get_model()``), on ``wavs``' device.
-        normalize_waveform: normalise each utterance first (a bundle wrapper that
-            normalises does so anyway).
-
-    Returns:
-        ``(all_hs, all_hs_len)``: ``num_transformer_layers + 1`` tensors of shape
-        ``(batch_size, num_frames, embed_dim)`` (``docs/upstreams.md`` says which
-        ones; padded frames are 0) and their ``(batch_size,)`` long lengths
-        ``(wavs_len - 400) // 320 + 1`` (0 below 400 samples).
-    """
+    """Every hidden state of a torchaudio wav2vec2 / HuBERT / WavLM ``model`` (or a bundle's
+    wrapper, which may normalise waveforms itself), on ``wavs``' device, batch invariant:
+    ``(all_hs, all_hs_len)``, ``num_transformer_layers + 1`` tensors ``(batch_size,
+    num_frames, embed_dim)`` (which ones: ``docs/upstreams.md``; padded frames 0) and
+    their lengths ``(wavs_len - 400) // 320 + 1`` (0 below 400 samples)."""
     model, wrapped_norm = _unwrap(model)
     wavs, wavs_len = check_wavs(wavs, wavs_len, who="wav2vec2_hidden_states")
     encoder = model.encoder
@@ -190,16 +181,10 @@ def wav2vec2_hidden_states(model: nn.Module, wavs: torch.Tensor, wavs_len: torch
 
 
 class TorchaudioUpstream(FixedUpstream):
-    """A torchaudio wav2vec2 / HuBERT / WavLM ``model`` as an s3prl upstream: its
-    transformer layers + 1 hidden states (their input first), 320 samples per frame, a
-    400-sample receptive field (:func:`wav2vec2_hidden_states`).
-
-    ``model`` is a ``torchaudio.models.Wav2Vec2Model`` or the wrapper a
-    ``torchaudio.pipelines`` bundle's ``get_model()`` returns, kept bare as ``self.model``
-    with its device, dtype and mode; ``name`` defaults to its class name;
-    ``normalize_waveform=None`` takes it from a bundle wrapper (else False); the factories
-    set ``weights``. Layer drop is never applied; dropout follows ``train()`` / ``eval()``.
-    """
+    """A torchaudio ``Wav2Vec2Model`` (or a bundle's ``get_model()`` wrapper; kept bare as
+    ``self.model``, device, dtype and mode as they are) as an s3prl upstream:
+    :func:`wav2vec2_hidden_states`. ``normalize_waveform=None`` takes it from a bundle
+    wrapper (else False). Layer drop is never applied; dropout follows ``train()``."""
 
     def __init__(self, model: nn.Module, *, name: Optional[str] = None,
                  normalize_waveform: Optional[bool] = None):
@@ -239,10 +224,8 @@ def _bundle(name: str):
 
 
 def bundle_checkpoint(name: str) -> Tuple[str, str]:
-    """``(url, local_path)`` of a model's torchaudio weight file: ``url`` under
-    ``S3VIZ_TORCHAUDIO_URL`` when it is set (a mirror), else torchaudio's own;
-    ``local_path`` in torch.hub's checkpoint folder, where torchaudio bundles cache it
-    (``<torch.hub.get_dir()>/checkpoints``: ``$TORCH_HOME/hub/checkpoints``)."""
+    """``(url, local_path)`` of a model's torchaudio weight file (``url`` under
+    ``S3VIZ_TORCHAUDIO_URL`` when set; ``local_path`` in torch.hub's checkpoint folder)."""
     filename = os.path.basename(_bundle(name)[2]._path)
     return torchaudio_base_url() + filename, os.path.join(torch_hub_checkpoints(), filename)
 
@@ -270,9 +253,8 @@ def _load_state_dict(model: nn.Module, path: str, what: str) -> None:
 
 
 def _build(factory, params: dict, seed_key: str, seed: int, **upstream) -> TorchaudioUpstream:
-    """``factory(**params)`` with random weights from ``seed`` (combined with ``seed_key``,
-    so that ``hubert_base`` and ``wav2vec2_base``, one architecture, differ; the global RNG
-    state is restored) as a :class:`TorchaudioUpstream` (``upstream``: its arguments)."""
+    """``factory(**params)`` as a :class:`TorchaudioUpstream`, random weights from ``seed``
+    and ``seed_key`` (``hubert_base`` and ``wav2vec2_base`` differ; global RNG restored)."""
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {seed!r}")
     with torch.random.fork_rng(devices=[]):
@@ -282,16 +264,10 @@ def _build(factory, params: dict, seed_key: str, seed: int, **upstream) -> Torch
 
 def torchaudio_upstream(name: str, pretrained: bool = True, *, checkpoint: Optional[str] = None,
                         seed: int = 0) -> TorchaudioUpstream:
-    """A torchaudio wav2vec2 / HuBERT / WavLM model as an s3prl upstream, on the CPU in
-    eval mode, with ``weights`` saying where its weights came from (the bundle's file
-    through torch.hub's checkpoint folder: ``docs/upstreams.md``).
-
-    Args:
-        name: one of :data:`TORCHAUDIO_MODELS` or s3prl's name for one (``hubert``,
-            ``wavlm``, ``hubert_large_ll60k``, ...): the torchaudio bundle's architecture.
-        checkpoint: a local state dict file (torchaudio's key layout, as the bundle
-            files have) to load instead of the bundle's.
-    """
+    """The model ``name`` of :data:`TORCHAUDIO_MODELS` (or s3prl's name for it) as an s3prl
+    upstream on the CPU in eval mode, with the bundle's weights through torch.hub's
+    checkpoint folder (``docs/upstreams.md``), or those of ``checkpoint``, a state dict
+    file in torchaudio's layout; ``weights`` says which."""
     _deps.torchaudio()
     from torchaudio.models import wav2vec2_model, wavlm_model
 
@@ -464,19 +440,10 @@ def _load_fairseq(model: nn.Module, fairseq_weights: dict, params: dict, where: 
 
 def from_s3prl_checkpoint(path, *, pretrained: bool = True, seed: int = 0,
                           name: Optional[str] = None) -> TorchaudioUpstream:
-    """A HuBERT or wav2vec 2.0 checkpoint in s3prl's converted format as an upstream.
-
-    s3prl's ``hubert_local`` / ``wav2vec2_local`` upstreams (and the files its
-    ``hubert`` / ``wav2vec2`` names download) read a ``torch.save``'d dict with
-    ``task_cfg``, ``model_cfg`` (fairseq's config fields) and ``model_weight``
-    (fairseq's state dict). s3viz reads it with ``torch.load(weights_only=True)``,
-    builds the same architecture with torchaudio (fairseq's field names map to
-    ``torchaudio.models.wav2vec2_model``'s arguments) and loads the weights through
-    torchaudio's own fairseq key conversion, without importing s3prl or fairseq.
-    The hidden states are s3prl's (``docs/upstreams.md``); ``task_cfg.normalize``
-    becomes ``normalize_waveform``. ``pretrained=False`` builds the architecture with
-    random weights from ``seed``.
-    """
+    """A HuBERT or wav2vec 2.0 checkpoint in s3prl's converted format (what its
+    ``hubert_local`` / ``wav2vec2_local`` read: ``task_cfg``, ``model_cfg``,
+    ``model_weight``) as an upstream, built with torchaudio without s3prl or fairseq
+    (``docs/upstreams.md``); ``pretrained=False``: random weights from ``seed``."""
     _deps.torchaudio()
     from torchaudio.models import wav2vec2_model
 

@@ -84,18 +84,11 @@ class _HFUpstream(FixedUpstream):
 
 
 class TransformersUpstream(_HFUpstream):
-    """A Hugging Face wav2vec2-family model behind the s3prl upstream interface
-    (``docs/upstreams.md``: which hidden states, and how padded batches stay batch
-    invariant).
-
-    ``model`` is a ``Wav2Vec2Model``, ``HubertModel``, ``WavLMModel``,
-    ``Data2VecAudioModel`` or ``Wav2Vec2ConformerModel``, or a ``*ForCTC`` /
-    ``*ForSequenceClassification`` head whose base model becomes the submodule (its mode
-    and device are left as they are); ``upstream_layers`` is ``"all"`` (the
-    ``num_hidden_layers + 1`` hidden states) or indices (negative from the end);
-    ``normalize_waveform`` (kept as ``normalize``) is what the checkpoint's
-    ``do_normalize`` says.
-    """
+    """A Hugging Face model of :data:`TRANSFORMERS_FAMILIES` (or a ``*ForCTC`` /
+    ``*ForSequenceClassification`` head, whose base model becomes the submodule, mode and
+    device as they are) as an s3prl upstream (``docs/upstreams.md``): ``upstream_layers``
+    ``"all"`` (``num_hidden_layers + 1``) or indices (negative from the end);
+    ``normalize_waveform`` (kept as ``normalize``): the checkpoint's ``do_normalize``."""
 
     def __init__(self, model: nn.Module, *, upstream_layers: Union[str, Sequence[int]] = "all",
                  normalize_waveform: bool = False, name: Optional[str] = None):
@@ -195,16 +188,11 @@ def from_transformers(model: nn.Module, *, upstream_layers: Union[str, Sequence[
 
 
 class WhisperEncoderUpstream(_HFUpstream):
-    """The encoder of a Hugging Face Whisper model behind the s3prl upstream interface:
-    ``encoder_layers + 1`` hidden states at 320 samples per frame, each utterance in its
-    own window of silence-padded log-mel frames (``docs/upstreams.md``, "Whisper");
-    lengths count only the frames of real audio (:meth:`frames`), and utterances longer
-    than the window are refused.
-
-    ``model`` is a ``WhisperModel``, ``WhisperForConditionalGeneration`` or a
-    ``WhisperEncoder``; ``feature_extractor`` defaults to one built for its
-    ``num_mel_bins`` and window, as the checkpoints ship.
-    """
+    """The encoder of a Hugging Face ``WhisperModel``, ``WhisperForConditionalGeneration``
+    or ``WhisperEncoder`` as an s3prl upstream: ``encoder_layers + 1`` hidden states at 320
+    samples per frame, each utterance alone in its window (``docs/upstreams.md``,
+    "Whisper"; longer ones are refused), lengths counting frames of real audio
+    (:meth:`frames`). ``feature_extractor`` defaults to one built for the model."""
 
     def __init__(self, model: nn.Module, *, feature_extractor=None,
                  upstream_layers: Union[str, Sequence[int]] = "all",
@@ -248,9 +236,7 @@ class WhisperEncoderUpstream(_HFUpstream):
     @staticmethod
     def frames(wavs_len: torch.Tensor) -> torch.Tensor:
         """Encoder frames of real audio for ``wavs_len`` samples: ``ceil(L / 160)`` mel
-        frames (centred STFT, hop 160), then the stride-2 convolution (kernel 3, padding
-        1) gives ``(n - 1) // 2 + 1``; together exactly ``ceil(L / 320)``, the ``ceil``
-        convention of :func:`s3viz.align.expected_lengths`."""
+        frames, then the stride-2 convolution: exactly ``ceil(L / 320)``."""
         return expected_lengths(wavs_len, 320, "ceil")
 
     def forward(self, wavs: torch.Tensor, wavs_len: torch.Tensor
@@ -285,8 +271,7 @@ def from_whisper(model: nn.Module, *, feature_extractor=None,
 
 
 def _snapshots(repo_id: str) -> Tuple[str, dict, set]:
-    """huggingface_hub's cache folder of a repository, the files of each snapshot, and
-    the blobs (complete and partial) it holds now."""
+    """huggingface_hub's cache folder of a repository, each snapshot's files, its blobs."""
     root = os.path.join(hf_cache_dir(), "models--" + repo_id.replace("/", "--"))
 
     def names(folder):
@@ -299,9 +284,8 @@ def _snapshots(repo_id: str) -> Tuple[str, dict, set]:
 
 
 def _repo_files(repo_id: str, revision: Optional[str], what: str) -> Tuple[list, list]:
-    """What loading ``repo_id`` needs, read once from the hub's file list: the configs
-    (``config.json``, the feature extractor's) and the weights, safetensors when the
-    repository has them, else ``pytorch_model*.bin`` (then loaded with ``weights_only``)."""
+    """``(configs, weight files)`` loading ``repo_id`` needs, from the hub's file list
+    (safetensors when there are some, else ``pytorch_model*.bin``)."""
     from huggingface_hub import HfApi, constants
 
     try:
@@ -320,9 +304,8 @@ def _repo_files(repo_id: str, revision: Optional[str], what: str) -> Tuple[list,
 
 
 def _fetch(repo_id: str, revision: Optional[str], names: list, what: str, forget) -> None:
-    """Download ``names`` of ``repo_id`` into huggingface_hub's cache, each with its
-    progress bar; a file that fails is named, with what ``forget`` cleared (huggingface_hub
-    keeps only complete files in a snapshot)."""
+    """Download ``names`` of ``repo_id`` into huggingface_hub's cache; a failure names the
+    file, with what ``forget`` cleared."""
     from huggingface_hub import hf_hub_download
 
     for name in names:
@@ -341,8 +324,7 @@ is applied only while training, when ``mask_time_prob > 0``)."""
 
 
 def _cached_commit(repo_id: str, revision: Optional[str]) -> Optional[str]:
-    """The commit of ``revision`` that huggingface_hub's cache holds (the snapshot folder
-    of its ``config.json``), or None."""
+    """The commit of ``revision`` that huggingface_hub's cache holds, or None."""
     from huggingface_hub import try_to_load_from_cache
 
     found = try_to_load_from_cache(repo_id, "config.json", revision=revision)
@@ -350,10 +332,8 @@ def _cached_commit(repo_id: str, revision: Optional[str]) -> Optional[str]:
 
 
 def _forget_download(repo_id: str, before: Tuple[str, dict, set]) -> List[str]:
-    """Remove from the cache what this call downloaded of ``repo_id``: snapshots that were
-    not there before (through huggingface_hub's own cache deletion), files added to a
-    snapshot that was, and the blobs (complete or partial) that are new; what was cached
-    before stays. Links are removed themselves, never followed. Returns what was removed."""
+    """Remove from the cache what this call downloaded of ``repo_id`` (new snapshots, new
+    files of old ones, new blobs; links removed, never followed) and return it."""
     from huggingface_hub import scan_cache_dir
 
     from .._fs import OwnedFolder
@@ -381,19 +361,10 @@ def _forget_download(repo_id: str, before: Tuple[str, dict, set]) -> List[str]:
 def load_transformers(name_or_path: str, *, pretrained: bool = True,
                       revision: Optional[str] = None, upstream_layers="all",
                       seed: int = 0, repository: bool = False, **kwargs) -> AbsUpstream:
-    """An upstream from a folder saved with ``save_pretrained`` or a Hugging Face repository
-    (loaded with transformers' ``from_pretrained`` through huggingface_hub's cache, no
-    code from the hub run; what this call downloaded is removed again when it does not
-    load: ``docs/upstreams.md``).
-
-    Args:
-        name_or_path: a folder holding ``config.json`` (its own weights) or a
-            repository id.
-        repository: ``name_or_path`` is a repository id only (``"hf:<id>"`` names), never
-            a local folder of that name.
-        **kwargs: ``normalize_waveform`` (default: the checkpoint's
-            ``do_normalize``) or ``name``.
-    """
+    """An upstream from a ``save_pretrained`` folder or a Hugging Face repository id
+    (``repository=True``: only an id), through huggingface_hub's cache, no hub code run;
+    what a failed load downloaded is removed again (``docs/upstreams.md``). ``kwargs``:
+    ``normalize_waveform`` (default: the checkpoint's ``do_normalize``) or ``name``."""
     try:
         import transformers
     except ImportError as err:
