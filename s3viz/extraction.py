@@ -73,8 +73,7 @@ def check_upstream_arg(upstream):
         raise TypeError(
             f"upstream must be a torch.nn.Module following s3viz.AbsUpstream "
             f"(num_layer, hidden_sizes, downsample_rates, forward(wavs, wavs_len)), got "
-            f"{type(upstream).__name__}; wrap s3prl objects with s3viz.upstreams.from_s3prl"
-        )
+            f"{type(upstream).__name__}; wrap s3prl objects with s3viz.upstreams.from_s3prl")
     try:
         num_layer = num_layer_of(upstream)
     except TypeError as e:
@@ -86,15 +85,13 @@ def check_upstream_arg(upstream):
         except (AttributeError, NotImplementedError, TypeError) as e:
             raise TypeError(
                 f"upstream ({type(upstream).__name__}) needs '{attr}': a list of "
-                f"{num_layer} positive ints, one per hidden state"
-            ) from e
+                f"{num_layer} positive ints, one per hidden state") from e
         if len(value) != num_layer or not all(
             isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in value
         ):
             raise TypeError(
                 f"upstream.{attr} must be {num_layer} positive ints (num_layer={num_layer}), "
-                f"got {value!r}"
-            )
+                f"got {value!r}")
         sizes[attr] = [int(v) for v in value]
     try:
         fields = getattr(upstream, "receptive_fields", None)
@@ -105,8 +102,7 @@ def check_upstream_arg(upstream):
         if len(fields) != num_layer or not all(int(v) > 0 for v in fields):
             raise TypeError(
                 f"upstream.receptive_fields must be {num_layer} positive ints or None, "
-                f"got {fields!r}"
-            )
+                f"got {fields!r}")
         fields = [int(v) for v in fields]
     else:
         fields = list(sizes["downsample_rates"])
@@ -122,16 +118,14 @@ def as_corpus(corpus):
     elif isinstance(corpus, (str, bytes, os.PathLike)) or not hasattr(corpus, "__iter__"):
         raise TypeError(
             f"corpus must be an s3viz.data.Corpus (or a list of s3viz.data.Utterance), got "
-            f"{type(corpus).__name__}; load audio files with s3viz.data.load_folder(path)"
-        )
+            f"{type(corpus).__name__}; load audio files with s3viz.data.load_folder(path)")
     else:
         items = list(corpus)
         bad = [type(u).__name__ for u in items if not isinstance(u, Utterance)]
         if bad:
             raise TypeError(
                 f"corpus items must be s3viz.data.Utterance, got {bad[0]}; build them with "
-                "s3viz.data.Utterance(id=..., wav=...)"
-            )
+                "s3viz.data.Utterance(id=..., wav=...)")
         out = Corpus(items)
     if len(out) == 0:
         raise ValueError("corpus is empty: extract needs at least one utterance")
@@ -139,8 +133,7 @@ def as_corpus(corpus):
     if empty:
         raise ValueError(
             f"corpus has {len(empty)} utterance(s) without samples (first: {empty[0]!r}); "
-            "remove them before extraction"
-        )
+            "remove them before extraction")
     return out
 
 
@@ -164,8 +157,7 @@ def check_upstream_layers(layers, num_layer: int, arg: str = "upstream_layers") 
         if not -num_layer <= v < num_layer:
             raise IndexError(
                 f"{arg} holds {int(v)} but the upstream has {num_layer} hidden states "
-                f"(valid indices 0..{num_layer - 1}, or negative from the end)"
-            )
+                f"(valid indices 0..{num_layer - 1}, or negative from the end)")
         out.append(int(v) % num_layer)
     if len(set(out)) != len(out):
         raise ValueError(f"{arg} holds duplicates: {items!r}")
@@ -173,26 +165,18 @@ def check_upstream_layers(layers, num_layer: int, arg: str = "upstream_layers") 
 
 
 def check_batching(batch_size, max_batch_seconds):
-    if batch_size is not None and (
-        isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
-        or batch_size <= 0
-    ):
-        raise ValueError(
-            f"batch_size must be a positive int (utterances per batch) or None, got {batch_size!r}"
-        )
-    if max_batch_seconds is not None:
-        if isinstance(max_batch_seconds, bool) or not isinstance(
-            max_batch_seconds, (int, float, np.integer, np.floating)
-        ) or not np.isfinite(max_batch_seconds) or max_batch_seconds <= 0:
-            raise ValueError(
-                "max_batch_seconds must be a positive number of seconds of padded audio per "
-                f"batch or None, got {max_batch_seconds!r}"
-            )
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(
+            batch_size, (int, np.integer)) or batch_size <= 0):
+        raise ValueError(f"batch_size must be a positive int (utterances per batch) or None, "
+                         f"got {batch_size!r}")
+    if max_batch_seconds is not None and (isinstance(max_batch_seconds, bool) or not isinstance(
+            max_batch_seconds, (int, float, np.integer, np.floating))
+            or not np.isfinite(max_batch_seconds) or max_batch_seconds <= 0):
+        raise ValueError("max_batch_seconds must be a positive number of seconds of padded audio "
+                         f"per batch or None, got {max_batch_seconds!r}")
     if batch_size is None and max_batch_seconds is None:
-        raise ValueError(
-            "batch_size and max_batch_seconds are both None; set at least one (e.g. "
-            f"max_batch_seconds={DEFAULT_MAX_BATCH_SECONDS})"
-        )
+        raise ValueError("batch_size and max_batch_seconds are both None; set at least one "
+                         f"(e.g. max_batch_seconds={DEFAULT_MAX_BATCH_SECONDS})")
 
 
 def _check_dtype(value, arg: str, choices: str) -> torch.dtype:
@@ -215,14 +199,9 @@ def resolve_upstream_device(upstream, device) -> tuple[torch.device, bool]:
 
 def bucket_plan(num_samples, batch_size=None, max_batch_seconds=DEFAULT_MAX_BATCH_SECONDS,
                  sort: bool = True) -> list[list[int]]:
-    """Deterministic batch plan: lists of utterance positions.
-
-    With ``sort`` (the default), utterances are sorted by length, longest first
-    (ties by position), and batches are filled in that order until the next
-    utterance would exceed ``batch_size`` utterances or ``max_batch_seconds`` of
-    padded audio (``batch_size * longest``). Without ``sort``, corpus order.
-    An utterance longer than ``max_batch_seconds`` forms a batch of its own.
-    """
+    """Deterministic batch plan, lists of utterance positions: longest first (ties by
+    position; ``sort=False``: corpus order), each batch filled until the next utterance
+    would exceed ``batch_size`` utterances or ``max_batch_seconds`` of padded audio."""
     n = np.asarray(num_samples, dtype=np.int64)
     if sort:
         order = np.lexsort((np.arange(len(n)), -n))
@@ -278,18 +257,9 @@ def _require_finite(frames: torch.Tensor, lens, ids, layer, who: str) -> None:
 
 def _forward_batch(upstream, wavs, wavs_len, layer_ids, hidden_sizes, amp_ctx, store_dtype,
                    ids=None):
-    """Run one batch and return the unpadded frames of the selected layers.
-
-    Args:
-        wavs: ``(batch_size, seq_len, 1)`` float on the upstream's device.
-        wavs_len: ``(batch_size,)`` long on the same device.
-        ids: the utterances' ids, named when a frame is NaN/inf (:class:`NonFiniteError`).
-
-    Returns:
-        ``(frames, lens)``: ``frames[s]`` is a CPU ``(sum of frames, hidden_size_s)``
-        tensor in ``store_dtype`` (utterances in batch order, concatenated);
-        ``lens`` is ``(batch_size, len(layer_ids))`` int64 numpy.
-    """
+    """Run one batch: ``(frames, lens)``, ``frames[s]`` the CPU ``(sum of frames,
+    hidden_size_s)`` ``store_dtype`` tensor of layer ``layer_ids[s]`` (utterances in batch
+    order, concatenated) and ``lens`` ``(batch_size, len(layer_ids))`` int64."""
     with torch.inference_mode(), amp_ctx():
         out = upstream(wavs, wavs_len)
     name = type(upstream).__name__
@@ -300,8 +270,7 @@ def _forward_batch(upstream, wavs, wavs_len, layer_ids, hidden_sizes, amp_ctx, s
     if len(all_hs) != len(all_hs_len) or max(layer_ids) >= len(all_hs):
         raise ValueError(
             f"upstream ({name}) returned {len(all_hs)} hidden states and {len(all_hs_len)} "
-            f"lengths, but layers {layer_ids} were asked; num_layer must match forward()"
-        )
+            f"lengths, but layers {layer_ids} were asked; num_layer must match forward()")
     frames, lens = [], np.zeros((batch, len(layer_ids)), dtype=np.int64)
     # outside inference mode: the stored frames are ordinary tensors, usable with autograd later
     for s, layer in enumerate(layer_ids):
@@ -310,13 +279,11 @@ def _forward_batch(upstream, wavs, wavs_len, layer_ids, hidden_sizes, amp_ctx, s
             raise ValueError(
                 f"upstream ({name}) hidden state {layer} has shape {tuple(hs.shape)}, expected "
                 f"(batch_size={batch}, seq_len, hidden_size={hidden_sizes[s]}); check "
-                "hidden_sizes (s3viz.check_upstream reports every violation)"
-            )
+                "hidden_sizes (s3viz.check_upstream reports every violation)")
         if hs_len.shape != (batch,) or (hs_len < 0).any() or (hs_len > hs.shape[1]).any():
             raise ValueError(
                 f"upstream ({name}) lengths of hidden state {layer} are {hs_len.tolist()}, "
-                f"expected ({batch},) ints in [0, {hs.shape[1]}]"
-            )
+                f"expected ({batch},) ints in [0, {hs.shape[1]}]")
         lens[:, s] = hs_len.numpy()
         # one buffer filled by copy_ (converting to store_dtype on the way): cheaper than
         # torch.cat, whose parallel path stalls on busy CPUs, and an ordinary tensor
@@ -344,36 +311,25 @@ def extract(upstream, corpus, *, upstream_layers=None, batch_size: int | None = 
     """Run ``upstream`` over ``corpus`` and keep every hidden state, unpadded.
 
     Args:
-        upstream_layers: the upstream's hidden states to keep, by index (None:
-            all; negative from the end). The store numbers the kept ones
-            ``0..num_layer-1`` (the ``layers`` of every analysis) and lists
-            these in :attr:`LayerStore.layer_ids`.
-        max_batch_seconds: at most this much padded audio per batch
-            (``utterances * longest``; ``batch_size=None``: no count limit);
-            utterances are sorted by length, so batches hold little padding.
-        device: where to run. None: the upstream's own device (of its parameters
-            or buffers; the model is not moved), else cuda when available, else
-            the CPU. Given: the upstream is moved there for the extraction and
-            moved back afterwards.
-        amp_dtype: ``torch.float16``/``torch.bfloat16`` run the upstream under
-            ``torch.autocast`` on the device. None or float32: full precision.
+        upstream_layers: the upstream's hidden states to keep, by index (None: all;
+            negative from the end); the store numbers them ``0..num_layer-1`` and lists
+            them in :attr:`LayerStore.layer_ids`.
+        max_batch_seconds: at most this much padded audio per batch (``utterances *
+            longest``; with ``batch_size=None`` no count limit); batches are length-sorted.
+        device: None: the upstream's own device (not moved), else cuda when available,
+            else the CPU; given: the upstream is moved there and back afterwards.
+        amp_dtype: ``torch.float16`` / ``torch.bfloat16`` run the upstream under
+            ``torch.autocast``; None or float32: full precision.
         store_dtype: dtype of the stored frames (float32, float16 or bfloat16).
-        cache_dir: None keeps frames in memory. A folder keeps them on disk under
-            ``cache_dir/<name>-<fingerprint>``; a finished extraction is reused, an
-            interrupted one resumed, corrupt chunks re-extracted. The folder name
-            changes whenever the weights, the code or plain attributes of the
-            upstream's modules (a module may list attributes that do not change
-            its output, such as call counters, in ``s3viz_fingerprint_ignore``),
-            the corpus (an in-memory utterance's audio, a lazy file's size and
-            modification time, texts, labels, alignments), ``upstream_layers``,
-            ``amp_dtype`` or ``store_dtype`` change. Memory stays nearly constant in corpus size.
-        progress: show a tqdm bar (utterances/s) and print the expected size
-            (to stdout, not shown as a warning in a notebook) before work starts.
+        cache_dir: None keeps frames in memory; a folder keeps them on disk under
+            ``cache_dir/<name>-<fingerprint>``, reused when finished, resumed when
+            interrupted, corrupt chunks re-extracted (``docs/cache.md``).
+        progress: a tqdm bar and the expected size, printed to stdout first.
 
     Returns:
         A :class:`LayerStore` whose ``weights`` says where the upstream's weights came
-        from (:func:`s3viz.upstreams.weights_of`; ``"random weights ..."`` for the
-        random control). The upstream's train/eval flags are restored.
+        from (:func:`s3viz.upstreams.weights_of`). The upstream's train/eval flags are
+        restored.
     """
     num_layer, all_sizes, all_rates, all_fields, name = check_upstream_arg(upstream)
     corpus = as_corpus(corpus)
@@ -545,7 +501,7 @@ def extract(upstream, corpus, *, upstream_layers=None, batch_size: int | None = 
                                 phones_sha256=json_digest(phones_json)), "manifest_sha256")
         if todo or read_json(root_dir, "manifest.json") != manifest:
             write_json(root_dir, "manifest.json", manifest)
-    return LayerStore(backend=DiskChunks(root, records, sizes, store_dtype), plan=plan,
+    return LayerStore(backend=DiskChunks(root, records, store_dtype), plan=plan,
                       lengths=chunk_lengths(records, len(corpus), len(layer_ids)), **common)
 
 
@@ -558,16 +514,9 @@ on another device (TF32, other kernels), and under ``amp_dtype``."""
 
 
 def behaviour_probe(runner: "BatchRunner") -> dict:
-    """The upstream's outputs on a small fixed input (a sine in noise, two lengths), in
-    float32 on the CPU, with the device and precision they were computed with.
-
-    A cache keeps them; before it is reused the probe runs again and must agree
-    (``PROBE_TOLERANCE``). Hashing weights and code cannot see every change of behaviour
-    (a patched ``forward`` on an instance, a forward hook, a module-level global, a
-    default argument, a tensor kept in a dict), but each of these changes the outputs.
-    What this cannot see: a change that leaves the outputs on this input alone (a
-    branch taken only for longer inputs, say) -- use a new ``cache_dir`` then.
-    """
+    """The upstream's float32 CPU outputs on a small fixed input (a sine in noise, two
+    lengths), with the device and precision they were computed with: a cache keeps them
+    and is reused only while they agree (``PROBE_TOLERANCE``; ``docs/refusals.md``)."""
     g = torch.Generator().manual_seed(0)
     n = max(PROBE_SAMPLES)
     t = torch.arange(n, dtype=torch.float32) / SAMPLE_RATE

@@ -39,9 +39,9 @@ from .upstreams._hub import AS_GIVEN, weights_of
 
 __all__ = ["LayerStore", "NonFiniteError", "CacheCorruptionError"]
 
+
 def tag_weights(table, store, key: str = "weights"):
-    """``table.attrs[key]`` = ``store``'s :attr:`LayerStore.weights` (the plots say "random
-    weights" in their legends from it); returns ``table``."""
+    """``table.attrs[key]`` = ``store``'s :attr:`LayerStore.weights` (plot legends read it)."""
     table.attrs[key] = weights_of(store)
     return table
 
@@ -54,8 +54,7 @@ def check_utterances(utterances, n: int) -> np.ndarray:
     if isinstance(utterances, (int, np.integer)) and not isinstance(utterances, bool):
         raise TypeError(
             "utterances must be None or a sequence of utterance positions, got a single int; "
-            "use store.utterance(i) for one utterance or utterances=[i]"
-        )
+            "use store.utterance(i) for one utterance or utterances=[i]")
     arr = np.asarray(utterances)
     if arr.dtype == bool:
         if arr.shape != (n,):
@@ -65,8 +64,7 @@ def check_utterances(utterances, n: int) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
         raise TypeError(
-            f"utterances must be None or a 1-D sequence of int positions, got {utterances!r:.80}"
-        )
+            f"utterances must be None or a 1-D sequence of int positions, got {utterances!r:.80}")
     if arr.min() < 0 or arr.max() >= n:
         raise IndexError(f"utterances must be positions in [0, {n}), got min {arr.min()} max {arr.max()}")
     return arr.astype(np.int64)
@@ -143,14 +141,9 @@ def chunk_lengths(records, n: int, num_layer: int) -> np.ndarray:
 class DiskChunks:
     """Chunk files of a cache folder, sha256-verified on their first load."""
 
-    def __init__(self, root: Path, records: Sequence[dict], hidden_sizes, store_dtype,
-                 max_open: int = 8):
-        self.path = Path(root)
-        self.files = [rec["files"] for rec in records]
-        self.hidden_sizes = list(hidden_sizes)
-        self.store_dtype = store_dtype
-        self.verified = set()
-        self.max_open = max_open
+    def __init__(self, root: Path, records: Sequence[dict], store_dtype, max_open: int = 8):
+        self.path, self.files = Path(root), [rec["files"] for rec in records]
+        self.store_dtype, self.verified, self.max_open = store_dtype, set(), max_open
         self._open: OrderedDict[tuple[int, int], torch.Tensor] = OrderedDict()
 
     def _corrupt(self, path: Path, c: int, s: int, why: str) -> CacheCorruptionError:
@@ -158,8 +151,7 @@ class DiskChunks:
             f"cache chunk file {path} (chunk {c}, stored layer {s}) is corrupt: {why}. It is "
             f"not read as data. Re-run s3viz.extract(upstream, corpus, cache_dir="
             f"{str(self.path.parent)!r}, ...) with the same upstream, corpus and settings "
-            "to re-extract the bad chunk."
-        )
+            "to re-extract the bad chunk.")
 
     def load(self, c: int, s: int) -> torch.Tensor:
         key = (c, s)
@@ -213,34 +205,26 @@ class LayerGeometry(NamedTuple):
 
 
 class LayerStore:
-    """Every hidden state of every utterance of a corpus, unpadded, per stored layer.
+    """Every hidden state of every utterance of a corpus, unpadded, per stored layer
+    (build one with :func:`extract`, :meth:`from_tensors` or :meth:`open`).
 
-    Build one with :func:`extract`, :meth:`from_tensors` or :meth:`open`.
-    Layer arguments (``layer``) index the *stored* layers ``0..num_layer-1``
-    (negative counts from the end); :attr:`layer_ids` says which upstream
-    hidden state each one is. ``utterances`` arguments are ``None`` (all, in
-    corpus order) or a sequence of utterance positions ``0..len(store)-1``
-    (or a boolean mask); frames come in that order.
-
-    Frames are returned as new tensors (float32 unless asked otherwise); the
-    store itself is never modified through them.
+    ``layer`` arguments index the stored layers ``0..num_layer-1`` (negative from the
+    end; :attr:`layer_ids`: which upstream hidden state each is); ``utterances`` is
+    None (all) or positions ``0..len(store)-1`` (or a boolean mask), frames in that
+    order. Frames come as new tensors (float32 unless asked otherwise).
     """
 
     def __init__(self, *, backend, plan, lengths, geometry: LayerGeometry, ids, labels, phones,
                  fingerprint, name, store_dtype, corpus_fingerprint=None,
                  weights_source=AS_GIVEN):
-        """A store over chunks already written (use :func:`extract`, :meth:`from_tensors`
-        or :meth:`open` rather than this).
+        """A store over chunks already written (build one with :func:`extract`,
+        :meth:`from_tensors` or :meth:`open`).
 
         Args:
-            backend: where the chunks live: ``load(chunk, layer)`` returns one chunk's
-                concatenated frames of one stored layer (:class:`MemoryChunks`,
-                :class:`DiskChunks`).
-            plan: per chunk, the utterance positions it holds, in order.
-            lengths: ``(num_utterances, num_layer)`` frames of each utterance and layer.
-            geometry: each stored layer's hidden size, downsample rate, receptive field
-                and upstream index (:class:`LayerGeometry`).
-            fingerprint: the store's digest (:attr:`fingerprint`).
+            backend: ``load(chunk, layer)`` gives a chunk's frames of a stored layer.
+            plan, lengths: each chunk's utterance positions; ``(num_utterances, num_layer)``
+                frames of each utterance and layer.
+            geometry, fingerprint: the :class:`LayerGeometry`; the store's digest.
         """
         hidden_sizes = geometry.hidden_sizes
         self._backend = backend
@@ -277,19 +261,15 @@ class LayerStore:
         """An in-memory store from per-utterance tensors, without any upstream.
 
         Args:
-            hidden_states: ``hidden_states[i][l]`` is a ``(num_frames_il, hidden_size_l)``
-                tensor (unpadded) for utterance ``i`` and layer ``l``. The store keeps
-                references to these tensors (no copy).
-            downsample_rates: samples per frame of each layer (``len == num_layer``).
+            hidden_states: ``hidden_states[i][l]``, the unpadded ``(num_frames,
+                hidden_size_l)`` tensor of utterance ``i`` and layer ``l`` (kept, not copied).
             ids: utterance ids (default: ``labels['id']`` or ``"0", "1", ...``).
             labels: DataFrame with one row per utterance and an ``id`` column.
-            phones: list of alignment tables (``phone, word, start, end`` in samples)
-                or None per utterance; None for none at all.
-            receptive_fields: samples of input window per frame of each layer
-                (default: the downsample rates).
-            weights_source: where the weights behind these frames came from (the
-                store's :attr:`weights`; default ``"as given"``); start it with
-                ``"random weights"`` for a random control, so tables and plots say so.
+            phones: per utterance an alignment table (``phone, word, start, end`` in
+                samples) or None; None for none at all.
+            receptive_fields: per layer (default: the downsample rates).
+            weights_source: the store's :attr:`weights`; start it with ``"random
+                weights"`` for a random control, so tables and plots say so.
         """
         weights_source = _check_weights(weights_source)
         try:
@@ -297,8 +277,7 @@ class LayerStore:
         except TypeError as e:
             raise TypeError(
                 "hidden_states must be a list (utterances) of lists (layers) of "
-                "(num_frames, hidden_size) tensors"
-            ) from e
+                "(num_frames, hidden_size) tensors") from e
         if not hs:
             raise ValueError("hidden_states is empty: a store needs at least one utterance")
         rates = [int(r) for r in downsample_rates]
@@ -311,16 +290,14 @@ class LayerStore:
             if len(layers) != num_layer:
                 raise ValueError(
                     f"hidden_states[{i}] has {len(layers)} layers but downsample_rates has "
-                    f"{num_layer}; give one rate per layer"
-                )
+                    f"{num_layer}; give one rate per layer")
             row = []
             for l, t in enumerate(layers):
                 t = torch.as_tensor(t)
                 if t.dim() != 2 or not t.is_floating_point():
                     raise ValueError(
                         f"hidden_states[{i}][{l}] must be a float (num_frames, hidden_size) "
-                        f"tensor, got {t.dtype} shape {tuple(t.shape)}"
-                    )
+                        f"tensor, got {t.dtype} shape {tuple(t.shape)}")
                 if t.numel() and not bool(torch.isfinite(t).all()):
                     frame = int(torch.nonzero(~torch.isfinite(t).all(dim=1))[0])
                     who = f"utterance {i}" + (f" ({ids[i]!r})" if ids is not None
@@ -340,16 +317,14 @@ class LayerStore:
             if hsz != sizes:
                 raise ValueError(
                     f"hidden_states[{i}] has hidden sizes {hsz}, utterance 0 has {sizes}; "
-                    "each layer needs one hidden size across utterances"
-                )
+                    "each layer needs one hidden size across utterances")
             tensors.append(row)
         n = len(hs)
         if labels is not None:
             if not isinstance(labels, pd.DataFrame) or "id" not in labels.columns or len(labels) != n:
                 raise ValueError(
                     f"labels must be a DataFrame with an 'id' column and {n} rows (one per "
-                    "utterance)"
-                )
+                    "utterance)")
             labels = labels.reset_index(drop=True)
             if ids is None:
                 ids = [str(v) for v in labels["id"]]
@@ -377,13 +352,8 @@ class LayerStore:
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> LayerStore:
-        """Reopen a finished on-disk extraction without the upstream or the corpus.
-
-        Args:
-            path: a cache folder (``cache_dir/<name>-<fingerprint>``) or a
-                ``cache_dir`` holding exactly one finished extraction (a symbolic link
-                inside that ``cache_dir`` is not followed: name the folder itself).
-        """
+        """Reopen a finished on-disk extraction, without the upstream or the corpus, from its
+        folder (``cache_dir/<name>-<fingerprint>``) or a ``cache_dir`` holding exactly one."""
         root = Path(path)
         if not (root / "manifest.json").exists() and not (root / "plan.json").exists():
             root = cls._find_extraction(root)
@@ -392,8 +362,7 @@ class LayerStore:
         if manifest is None:
             raise ValueError(
                 f"the extraction in {root} is not finished (no readable manifest.json); re-run "
-                "s3viz.extract with the same upstream, corpus and cache_dir to finish it"
-            )
+                "s3viz.extract with the same upstream, corpus and cache_dir to finish it")
         missing = ([] if isinstance(manifest, dict) else ["(it is not a JSON object)"]) or [
             k for k in _MANIFEST_KEYS if k not in manifest]
         if missing:
@@ -418,14 +387,12 @@ class LayerStore:
                                            f"(its sha256 does not match the manifest's); {repair}")
         labels = df_from_json(raw_labels)
         n = len(manifest["ids"])
-        if labels is None or phones_json is None:
-            raise ValueError(f"labels.json or phones.json of {root} is missing or unreadable; re-run extract")
         if len(phones_json) != n or len(labels) != n:
             raise ValueError(f"labels.json or phones.json of {root} do not match its {n} utterances")
         # chunk files are checked (size, sha256) on their first load, one layer at a time
         store_dtype, weights = DTYPE_NAMES[manifest["store_dtype"]], manifest.get("weights")
         return cls(
-            backend=DiskChunks(root, manifest["chunks"], manifest["hidden_sizes"], store_dtype),
+            backend=DiskChunks(root, manifest["chunks"], store_dtype),
             plan=manifest["plan"], lengths=chunk_lengths(manifest["chunks"], n,
                                                          len(manifest["layer_ids"])),
             geometry=LayerGeometry(*(manifest[k] for k in LayerGeometry._fields)),
@@ -437,12 +404,8 @@ class LayerStore:
 
     @staticmethod
     def _find_extraction(cache_dir: Path) -> Path:
-        """The one extraction folder in ``cache_dir`` (the folder the user named).
-
-        Its entries are looked at without following links (``s3viz._fs``): a link
-        there, or a ``manifest.json`` that is a link, is not an extraction of this
-        ``cache_dir`` and is left out (and named when nothing else is found).
-        """
+        """The one extraction folder in ``cache_dir``; links (to a folder or a manifest) are
+        not followed, left out, and named when nothing else is found (``docs/cache.md``)."""
         cache = OwnedFolder(cache_dir, "cache_dir", create=False)
         try:
             names = cache.listdir()
@@ -525,12 +488,9 @@ class LayerStore:
 
     @property
     def weights(self) -> str:
-        """Where the upstream's weights came from (:func:`s3viz.upstreams.weights_of`):
-        ``"pretrained: ..."``, ``"checkpoint ..."``, ``"random weights (seed 0)"`` (the
-        random control always starts with ``"random weights"``), ``"not learned ..."``,
-        or ``"as given"`` (:meth:`from_tensors`, an upstream built elsewhere); measure
-        tables carry it as ``df.attrs["weights"]``, a cache's manifest as ``weights``
-        (``docs/cache.md``)."""
+        """Where the upstream's weights came from (:func:`s3viz.upstreams.weights_of`; the
+        random control's starts with ``"random weights"``); measure tables carry it as
+        ``df.attrs["weights"]``."""
         return self._weights
 
     @property
@@ -577,8 +537,7 @@ class LayerStore:
         if not -n <= layer < n:
             raise IndexError(
                 f"layer {int(layer)} out of range: this store has {n} layers (0..{n - 1}; "
-                f"upstream layers {self._layer_ids})"
-            )
+                f"upstream layers {self._layer_ids})")
         return int(layer) % n
 
     def lengths(self, layer) -> np.ndarray:
@@ -631,15 +590,8 @@ class LayerStore:
 
     def iter_layer(self, layer, utterances=None, chunk_frames: int = 65536,
                    dtype=torch.float32) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """:meth:`layer` in pieces of whole utterances of at most ``chunk_frames`` frames each.
-
-        An utterance longer than ``chunk_frames`` comes alone. Concatenating the
-        pieces gives exactly :meth:`layer`'s result. (``chunk_frames`` was
-        ``max_frames``, which elsewhere caps a random subset of frames.)
-
-        Yields:
-            ``(frames, utt_index)``: ``(T, hidden_size)`` and ``(T,)`` long.
-        """
+        """:meth:`layer` in pieces ``(frames, utt_index)`` of whole utterances of at most
+        ``chunk_frames`` frames (a longer utterance comes alone); together :meth:`layer`."""
         s = self._layer_index(layer)
         if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, (int, np.integer)) \
                 or chunk_frames <= 0:
@@ -649,42 +601,26 @@ class LayerStore:
             yield self._gather(s, pos[a:b], dtype)
 
     def iter_chunks(self, dtype=torch.float32) -> Iterator[tuple[np.ndarray, list, np.ndarray]]:
-        """Every stored chunk (one extraction batch) once, in storage order.
-
-        The cheapest full pass over a store: each chunk file is read once for all
-        layers, nothing is gathered or copied beyond the ``dtype`` conversion.
-
-        Yields:
-            ``(positions, frames, lengths)``: the chunk's utterance positions
-            ``(B,)``; per stored layer a ``(sum of frames, hidden_size)`` tensor
-            (utterances in ``positions`` order, concatenated); ``(B, num_layer)``
-            frames per utterance and layer.
-        """
+        """Every stored chunk (one extraction batch) once, in storage order: the cheapest
+        full pass. Yields ``(positions, frames, lengths)``: the chunk's ``(B,)`` utterance
+        positions, per stored layer its concatenated ``(sum of frames, hidden_size)``
+        frames, and ``(B, num_layer)`` frames per utterance and layer."""
         for c, utts in enumerate(self._plan):
             pos = np.asarray(utts, dtype=np.int64)
             yield pos, [self._backend.load(c, s).to(dtype) for s in range(self.num_layer)], \
                 self._lengths[pos]
 
     def frame_labels(self, layer, column: str = "phone", utterances=None) -> np.ndarray:
-        """Per-frame labels from the alignment tables, aligned with :meth:`layer`.
-
-        Each frame gets the ``column`` value of the segment covering its centre
-        (:func:`s3viz.align.frame_labels` with the layer's downsample rate and
-        receptive field); ``""`` where no segment covers it or the utterance
-        has no alignment. A missing value in the table (None, NaN, pd.NA) comes
-        through as it is; analyses read it as unlabelled
-        (:func:`s3viz.probe.targets.label_strings`).
-
-        Returns:
-            ``(sum_T,)`` object array.
-        """
+        """``(sum_T,)`` object array of per-frame labels aligned with :meth:`layer`: the
+        ``column`` value of the segment covering each frame's centre
+        (:func:`s3viz.align.frame_labels`), ``""`` where none does or the utterance has no
+        alignment; a missing value (None, NaN, pd.NA) comes through as it is."""
         s = self._layer_index(layer)
         pos = check_utterances(utterances, len(self))
         if len(pos) and all(self._phones[i] is None for i in pos):
             raise ValueError(
                 "no alignment tables (phones) for these utterances; frame labels need a corpus "
-                "with phone alignments (e.g. s3viz.data.synthetic_corpus)"
-            )
+                "with phone alignments (e.g. s3viz.data.synthetic_corpus)")
         rate, rf = self._downsample_rates[s], self._receptive_fields[s]
         parts = []
         for i in pos:
