@@ -65,8 +65,7 @@ def safe_load(path: Path, trusted_types: Sequence[type] = (), *,
             "s3viz loads checkpoints with torch.load(weights_only=True) and allows only tensors, "
             "plain containers and argparse.Namespace; nothing in the file was executed. If the "
             "file is yours and the type is plain data (e.g. pathlib.PosixPath), pass "
-            f"trusted_types=[that type]; otherwise {hint[1]}"
-        ) from e
+            f"trusted_types=[that type]; otherwise {hint[1]}") from e
     except (EOFError, KeyError, IndexError, RuntimeError, ValueError, OSError) as e:
         # torch.load on a text file raises KeyError, on a truncated one EOFError or a
         # RuntimeError from the zip reader: say what the file is not
@@ -104,7 +103,8 @@ def _find_logits(obj, key: str | None, source: str) -> tuple[torch.Tensor, str]:
     if key is not None:
         if key not in flat:
             near = [k for k in flat if k.lower().endswith(key.lower().split(".")[-1])][:10]
-            raise KeyError(f"{source}: no key {key!r}; keys ending like it: {near or list(flat)[:10]}")
+            raise KeyError(f"{source}: no key {key!r}; keys ending like it: "
+                           f"{near or list(flat)[:10]}")
         if not _is_vector(flat[key]):
             raise ValueError(f"{source}: {key!r} is not a 1-D float tensor of layer logits")
         return flat[key], key
@@ -128,14 +128,12 @@ def _find_logits(obj, key: str | None, source: str) -> tuple[torch.Tensor, str]:
             f"{source}: the 'Featurizer' entry has no 'weights' (keys {list(obj['Featurizer'])}): "
             "the downstream used a single layer"
             + (f" (upstream_layer_selection={sel})" if sel is not None else "")
-            + ", so there are no learned layer weights"
-        )
+            + ", so there are no learned layer weights")
     tensors = [k for k, v in flat.items() if isinstance(v, torch.Tensor)][:10]
     raise ValueError(
         f"{source}: no featurizer weights found (looked for a 1-D tensor under a key ending in "
         f"'featurizer.weights', e.g. s3prl's 'Featurizer' -> 'weights'); some tensor keys: "
-        f"{tensors}; pass key=... naming the dotted key"
-    )
+        f"{tensors}; pass key=... naming the dotted key")
 
 
 def _one(obj, key, trusted_types, name) -> pd.Series:
@@ -179,27 +177,19 @@ def _names(paths: Sequence) -> list[str]:
 
 def load_featurizer_weights(path_or_paths, *, key: str | None = None,
                             trusted_types: Sequence[type] = ()) -> pd.Series | pd.DataFrame:
-    """Learned layer weights (softmax probabilities) of s3prl checkpoints.
+    """Learned layer weights (softmax) of s3prl checkpoints (``docs/featurizers.md``).
 
     Args:
-        path_or_paths: one checkpoint (a path, or an already loaded dict or
-            ``(num_layers,)`` logits tensor), or several as a list of those or a
-            dict ``{name: path}``.
-        key: dotted key of the logits inside the checkpoint, e.g.
-            ``"Featurizer.weights"`` or ``"model.featurizer.weights"``; by default
-            the single 1-D tensor whose key ends in ``featurizer.weights``.
+        path_or_paths: one checkpoint (a path, a loaded dict or a ``(num_layers,)``
+            logits tensor), or several as a list of those or a dict ``{name: path}``.
+        key: the logits' dotted key, e.g. ``"Featurizer.weights"``; by default the one
+            1-D tensor whose key ends in ``featurizer.weights``.
 
     Returns:
-        For one checkpoint a Series indexed by ``layer`` (0 = the first hidden
-        state, the CNN/feature-projection output for wav2vec2-style models;
-        with s3prl's ``layer_selections`` the positions among the selected
-        layers) named after the checkpoint, with ``.attrs`` ``source``, ``key``,
-        ``step``. For several, a DataFrame of checkpoint by layer (NaN where a
-        checkpoint has fewer layers). Save the numbers with ``.to_csv(path)``.
-
-    Raises:
-        UnsafeCheckpointError: the file needs more than plain data to unpickle.
-        ValueError / KeyError: no (or several) weight tensors; the message lists keys.
+        For one checkpoint a Series indexed by ``layer`` (with s3prl's ``layer_selections``:
+        positions among the selected layers), ``.attrs`` ``source``, ``key``, ``step``;
+        for several, a DataFrame of checkpoint by layer (NaN past a checkpoint's layers).
+        :class:`UnsafeCheckpointError` when a file needs more than plain data to unpickle.
     """
     if (isinstance(path_or_paths, Mapping) and key is None and len(path_or_paths) > 1
             and all(isinstance(v, torch.Tensor) and v.ndim == 1 for v in path_or_paths.values())

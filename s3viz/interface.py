@@ -21,13 +21,10 @@ SAMPLE_RATE = 16000
 
 
 class AbsUpstream(nn.Module):
-    """An upstream (self-supervised speech model) following s3prl's interface.
-
-    Subclasses implement :attr:`num_layer`, :attr:`hidden_sizes`,
-    :attr:`downsample_rates` and :meth:`forward`. The alias
-    :attr:`num_layers` (s3prl's ``S3PRLUpstream`` spelling) is provided so that
-    s3prl's own ``Featurizer`` can be built on an s3viz upstream.
-    """
+    """An upstream (self-supervised speech model) following s3prl's interface: subclasses
+    implement :attr:`num_layer`, :attr:`hidden_sizes`, :attr:`downsample_rates` and
+    :meth:`forward`; :attr:`num_layers` (s3prl's spelling) lets s3prl's ``Featurizer``
+    be built on it."""
 
     @property
     def num_layer(self) -> int:
@@ -51,18 +48,10 @@ class AbsUpstream(nn.Module):
 
     def forward(self, wavs: torch.FloatTensor, wavs_len: torch.LongTensor
                 ) -> Tuple[List[torch.FloatTensor], List[torch.LongTensor]]:
-        """Run the upstream.
-
-        Args:
-            wavs: ``(batch_size, seq_len, 1)`` (or ``(batch_size, seq_len)``) float
-                waveforms at 16 kHz, zero-padded.
-            wavs_len: ``(batch_size,)`` long, the valid samples of each waveform.
-
-        Returns:
-            ``(all_hs, all_hs_len)``: ``all_hs[i]`` is
-            ``(batch_size, seq_len_i, hidden_sizes[i])`` and ``all_hs_len[i]`` is
-            ``(batch_size,)`` long, with ``all_hs_len[i].max() == seq_len_i``.
-        """
+        """``(all_hs, all_hs_len)`` of zero-padded 16 kHz ``wavs`` ``(batch_size, seq_len, 1)``
+        (or ``(batch_size, seq_len)``) with ``wavs_len`` valid samples: ``all_hs[i]`` is
+        ``(batch_size, seq_len_i, hidden_sizes[i])``, ``all_hs_len[i]`` ``(batch_size,)``
+        long with ``all_hs_len[i].max() == seq_len_i``."""
         raise NotImplementedError
 
 
@@ -120,11 +109,8 @@ class AbsUtteranceModel(_AbsModel):
 
 
 def num_layer_of(upstream) -> int:
-    """Number of hidden states of ``upstream``, read from ``num_layer`` or ``num_layers``.
-
-    Raises:
-        TypeError: when neither attribute exists or it is not a positive int.
-    """
+    """Number of hidden states of ``upstream``, read from ``num_layer`` or ``num_layers``
+    (TypeError when neither is a positive int)."""
     for name in ("num_layer", "num_layers"):
         try:
             value = getattr(upstream, name)
@@ -141,16 +127,9 @@ def num_layer_of(upstream) -> int:
 
 
 def check_wavs(wavs, wavs_len, *, who: str = "upstream") -> Tuple[torch.Tensor, torch.Tensor]:
-    """Validate the s3prl upstream inputs (``wavs_len`` may be a tensor, array or list) and
-    bring them to one layout.
-
-    Args:
-        who: name used in error messages.
-
-    Returns:
-        ``(wavs, wavs_len)``: ``(batch_size, seq_len)`` float (same dtype and device)
-        and ``(batch_size,)`` long on ``wavs.device``.
-    """
+    """The s3prl upstream inputs checked (messages name ``who``; ``wavs_len`` a tensor,
+    array or list) as ``(batch_size, seq_len)`` float wavs and ``(batch_size,)`` long
+    lengths on their device."""
     if not isinstance(wavs, torch.Tensor):
         raise TypeError(f"{who}: wavs must be a torch.Tensor of shape (batch_size, seq_len, 1), "
                         f"got {type(wavs).__name__}; batch waveforms with s3viz.audio.batch_wavs")

@@ -69,11 +69,8 @@ def length_mask(x_len: torch.Tensor, max_len: int) -> torch.Tensor:
 
 
 def _segments(x_len: torch.Tensor, seq_len: int):
-    """``(mask (batch_size, seq_len), rows, offsets)`` of the valid frames.
-
-    ``rows``: ``(sum(x_len),)`` indices of the valid frames in ``x.reshape(-1, hidden_size)``,
-    utterance by utterance; ``offsets``: ``(batch_size,)`` where each utterance's rows start.
-    """
+    """``(mask, rows, offsets)``: the valid frames' indices in ``x.reshape(-1, hidden_size)``,
+    utterance by utterance, and where each utterance's rows start."""
     mask = length_mask(x_len, seq_len)
     rows = mask.reshape(-1).nonzero().squeeze(1)
     offsets = torch.cumsum(x_len, 0) - x_len
@@ -81,12 +78,8 @@ def _segments(x_len: torch.Tensor, seq_len: int):
 
 
 def _segment_reduce(x, rows, offsets, *, mean: bool = False, weights=None) -> torch.Tensor:
-    """Sum (or mean, or ``weights``-weighted sum) of the valid frames of each utterance.
-
-    One ``embedding_bag`` over ``x`` seen as a ``(batch_size * seq_len, hidden_size)``
-    table: only the valid rows are read, so padded frames cost nothing and cannot
-    leak into the result (not even NaN), and the gradient of a padded frame is 0.
-    """
+    """Sum (or mean, or ``weights``-weighted sum) of the valid frames of each utterance: one
+    ``embedding_bag`` reading only the valid rows (``docs/models.md``)."""
     table = x.reshape(-1, x.shape[-1])
     return F.embedding_bag(rows, table, offsets, mode="mean" if mean else "sum",
                            per_sample_weights=weights)
@@ -135,15 +128,9 @@ def _centred_sums(x, mean, m, block: int, sanitize_mask=None):
 def masked_mean_std(
     x: torch.Tensor, x_len: torch.Tensor, *, correction: int = 1
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Mean and standard deviation over the valid frames of each row, two-pass: the
-    variance is ``sum((x - mean) ** 2) / (n - correction)`` with the deviations formed
-    explicitly, not ``E[x^2] - mean^2`` (``docs/models.md``). ``correction=1`` is what
-    ``torch.std`` and s3prl's ``TemporalStatisticsPooling`` use; rows with
-    ``n <= correction`` frames get a standard deviation of 0 (``torch.std``: NaN).
-
-    Returns:
-        ``(mean, std)``, each ``(batch_size, hidden_size)``.
-    """
+    """``(mean, std)``, each ``(batch_size, hidden_size)``, over the valid frames of each row,
+    two-pass (``docs/models.md``): ``std`` is ``sqrt(sum((x - mean) ** 2) / (n - correction))``
+    (1: ``torch.std``'s and s3prl's), 0 for rows of ``n <= correction`` frames."""
     x, x_len = _check_x(x, x_len, pooling=True)
     if isinstance(correction, bool) or not isinstance(correction, int) or correction < 0:
         raise ValueError(f"correction must be a non-negative int, got {correction!r}")
@@ -179,14 +166,11 @@ def masked_max(x: torch.Tensor, x_len: torch.Tensor) -> torch.Tensor:
 
 def masked_softmax_pool(x: torch.Tensor, x_len: torch.Tensor, scores: torch.Tensor
                         ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Attention pooling: softmax of ``scores`` over the valid frames, then the weighted sum.
+    """Attention pooling: softmax of ``scores`` over the valid frames, then the weighted sum:
+    ``(pooled, weights)``, the weights zero on padded frames.
 
     Args:
         scores: ``(batch_size, seq_len)`` attention logits (padded ones ignored).
-
-    Returns:
-        ``(pooled, weights)``: ``(batch_size, hidden_size)`` and ``(batch_size, seq_len)``
-        (zero on padded frames, each row sums to 1).
     """
     x, x_len = _check_x(x, x_len, pooling=True)
     if not isinstance(scores, torch.Tensor) or scores.shape != x.shape[:2]:
@@ -229,16 +213,11 @@ class _Sized:
 
 
 class FrameLevelMLP(_Sized, AbsFrameModel):
-    """Per-frame MLP: ``Linear -> activation -> dropout`` per hidden size, then a projection.
-    ``forward`` returns ``x_len`` unchanged (padded output frames are whatever the padded
-    inputs give).
+    """Per-frame MLP: ``Linear -> activation -> dropout`` per hidden size (``()``: one
+    linear layer), then a projection; ``x_len`` comes back unchanged.
 
     Args:
-        hidden_sizes: hidden layer sizes; ``()`` gives a single linear layer.
-        activation: name of a ``torch.nn`` activation class (``"ReLU"``,
-            ``"GELU"``...) or ``None`` for a purely linear stack (s3prl's
-            ``FrameLevel`` default).
-        dropout: dropout after each activation (training only).
+        activation: a ``torch.nn`` class name (``"ReLU"`` ...) or None (s3prl's default).
     """
 
     def __init__(self, input_size: int, output_size: int, hidden_sizes: Sequence[int] = (256,),
@@ -269,10 +248,8 @@ class FrameLevelMLP(_Sized, AbsFrameModel):
 
 
 class FrameLevelLinear(FrameLevelMLP):
-    """s3prl's SUPERB frame-level linear probe: ``Linear(input, hidden) -> Linear(hidden, output)``.
-
-    No activation (the model is linear). ``hidden_size=None`` gives one ``Linear``.
-    """
+    """s3prl's SUPERB frame-level linear probe: ``Linear(input, hidden) -> Linear(hidden,
+    output)``, no activation; ``hidden_size=None`` gives one ``Linear``."""
 
     def __init__(self, input_size: int, output_size: int, hidden_size: Optional[int] = 256):
         super().__init__(input_size, output_size, activation=None,
@@ -297,12 +274,8 @@ class MeanPooling(_Pooling):
 
 
 class StatisticsPooling(_Pooling):
-    """Mean and standard deviation over valid frames, concatenated (``[mean, std]``, so
-    ``2 * input_size`` features): s3prl's ``TemporalStatisticsPooling``.
-
-    Args:
-        correction: 1 (unbiased, as ``torch.std`` and s3prl) or 0.
-    """
+    """``[mean, std]`` over valid frames (``2 * input_size`` features; ``correction`` 1, as
+    ``torch.std``, or 0): s3prl's ``TemporalStatisticsPooling``."""
 
     def __init__(self, input_size: int, correction: int = 1):
         super().__init__(input_size, 2 * _positive_int(input_size, "input_size"))
@@ -315,17 +288,10 @@ class StatisticsPooling(_Pooling):
 
 
 class AttentivePooling(_Pooling):
-    """Self-attentive pooling (s3prl ``SelfAttentivePooling``).
-
-    ``w = softmax_t(tanh(W x_t + b) @ a)`` over the valid frames, output
-    ``sum_t w_t x_t``. The scores are computed on the valid frames only (packed),
-    so padded frames cost nothing and cannot leak in. Unlike s3prl, whose
-    attention vector starts as uninitialised memory, ``a`` is initialised
-    ``normal(0, 1 / sqrt(hidden_size))``.
-
-    Args:
-        hidden_size: size of ``W``'s output; default ``input_size`` (s3prl).
-    """
+    """Self-attentive pooling (s3prl ``SelfAttentivePooling``): ``sum_t w_t x_t`` with
+    ``w = softmax_t(tanh(W x_t + b) @ a)`` over the valid frames (scored packed, so padding
+    is never read); ``W`` has ``hidden_size`` outputs (default ``input_size``). ``a`` starts
+    ``normal(0, 1 / sqrt(hidden_size))`` (s3prl's starts as uninitialised memory)."""
 
     def __init__(self, input_size: int, hidden_size: Optional[int] = None):
         super().__init__(input_size)
@@ -373,15 +339,9 @@ class AttentivePooling(_Pooling):
 
 
 class MeanPoolingLinear(_Pooling):
-    """s3prl's SUPERB utterance-level linear probe: ``Linear -> MeanPooling -> Linear``.
-
-    Both layers are linear, so pooling first and projecting the pooled vector
-    gives the same result at a fraction of the cost (and pooling cannot see
-    padded frames); that is what :meth:`forward` does.
-
-    Args:
-        hidden_size: hidden projection size (s3prl: 256); ``None`` for one ``Linear``.
-    """
+    """s3prl's SUPERB utterance-level linear probe: ``Linear -> MeanPooling -> Linear``
+    (``hidden_size=None``: one ``Linear``). Both are linear, so :meth:`forward` pools first
+    and projects the pooled vector: the same result at a fraction of the cost."""
 
     def __init__(self, input_size: int, output_size: int, hidden_size: Optional[int] = 256):
         super().__init__(input_size, output_size)
@@ -395,11 +355,8 @@ class MeanPoolingLinear(_Pooling):
 
     @classmethod
     def from_frame_model(cls, frame_model: FrameLevelMLP) -> "MeanPoolingLinear":
-        """An utterance model equal to the mean pooling of ``frame_model``'s outputs.
-
-        ``frame_model`` must be linear (a :class:`FrameLevelLinear` or a
-        :class:`FrameLevelMLP` without activation or dropout); its weights are copied.
-        """
+        """An utterance model equal to the mean pooling of a linear ``frame_model``'s outputs
+        (a :class:`FrameLevelLinear`, or an MLP without activation or dropout), weights copied."""
         if not isinstance(frame_model, FrameLevelMLP):
             raise TypeError("frame_model must be a FrameLevelLinear/FrameLevelMLP, got "
                             f"{type(frame_model).__name__}")
