@@ -34,9 +34,15 @@ _FORMAT = "s3viz.zoo.tiny/1"
 @dataclass
 class TinyConfig:
     """Sizes of :class:`TinyUpstream` (the defaults are the shipped model's; ``docs/zoo.md``).
-    ``pos_conv_kernel`` (odd) and ``pos_conv_groups`` shape the convolutional position
-    embedding; ``layer_norm_first``: pre-LN layers with a final layer norm, else post-LN
-    layers after a layer norm of the input."""
+
+    Attributes:
+        conv_channels, num_layers, num_heads, ffn_size: channels of each front-end
+            convolution; transformer layers; attention heads; feed-forward size.
+        pos_conv_kernel, pos_conv_groups: kernel size (odd) and groups of the
+            convolutional position embedding.
+        layer_norm_first: pre-LN layers with a final layer norm; False: post-LN layers
+            after a layer norm of the input.
+    """
 
     conv_channels: int = 64
     conv_layers: tuple[tuple[int, int], ...] = field(

@@ -104,9 +104,12 @@ def training_corpus(n_utterances: int = 1800):
 
 
 def held_out_corpus(n_utterances: int = 120, train_utterances: int = 1800):
-    """Held-out utterances: :data:`HELD_OUT_SPEAKERS` speaking sentences never trained on
-    (of ``n_utterances`` synthesized, those whose sentence is among the first
-    ``train_utterances`` training sentences are dropped)."""
+    """Held-out utterances: :data:`HELD_OUT_SPEAKERS` speaking sentences never trained on.
+
+    Args:
+        train_utterances: the training corpus's size; of ``n_utterances`` synthesized,
+            those whose sentence is among its first sentences are dropped.
+    """
     return _corpus_without(n_utterances, HELD_OUT_SEED, HELD_OUT_SPEAKERS,
                            {TRAIN_SEED: train_utterances})
 
@@ -203,10 +206,15 @@ def _layer_features(model: TinyUpstream, corpus, layer: int, device) -> list[tor
 
 def span_mask(x_len: torch.Tensor, mask_prob: float, span: int, generator: torch.Generator,
               seq_len: int | None = None) -> torch.Tensor:
-    """Spans of ``span`` frames to mask, as in wav2vec 2.0 / HuBERT: ``(batch_size, seq_len)``
-    bool (``seq_len`` default: the longest ``x_len``), True on masked valid frames. A fraction
-    ``mask_prob`` of each utterance's frames start a span (at least one per utterance with
-    a frame), drawn from ``generator``."""
+    """Spans to mask, as in wav2vec 2.0 / HuBERT: ``(batch_size, seq_len)`` bool, True on
+    masked valid frames.
+
+    Args:
+        mask_prob, span: the fraction of frames that start a span (at least one span per
+            utterance with a frame) and its length in frames.
+        generator, seq_len: where the starts are drawn from; the width (default: the
+            longest ``x_len``).
+    """
     seq_len = int(x_len.max()) if seq_len is None else seq_len
     mask = torch.zeros(len(x_len), seq_len, dtype=torch.bool)
     for b, n in enumerate(x_len.tolist()):
@@ -351,13 +359,14 @@ def train(corpus, config: TrainConfig = TrainConfig(), *, device=None,
           init: TinyUpstream | None = None, max_minutes: float | None = None, log=print,
           log_every: int = 25, checkpoint=None,
           checkpoint_every: int = 0) -> tuple[TinyUpstream, dict]:
-    """Train a :class:`TinyUpstream` on ``corpus`` with HuBERT's masked cluster prediction.
+    """Train a :class:`TinyUpstream` on ``corpus`` with HuBERT's masked cluster prediction:
+    ``(model, summary)``, the upstream in eval mode on the CPU and what happened.
 
-    ``init``: the iteration-1 model (``config.iteration=2``); ``max_minutes``: stop (the
-    summary says so) past this wall time; ``log`` gets a progress line every ``log_every``
-    steps; ``checkpoint(step, upstream)`` is called every ``checkpoint_every`` steps (0:
-    never). Returns ``(model, summary)``: the upstream in eval mode on the CPU and a dict
-    of what happened (losses, steps, seconds).
+    Args:
+        init: the iteration-1 model (``config.iteration=2``).
+        max_minutes: stop (the summary says so) past this wall time.
+        log, log_every: called with a progress line every ``log_every`` steps.
+        checkpoint_every: steps between ``checkpoint(step, upstream)`` calls (0: never).
     """
     c = config
     steps, seed, clusters, lr, speed = c.steps, c.seed, c.clusters, c.lr, c.speed
@@ -470,11 +479,12 @@ def train(corpus, config: TrainConfig = TrainConfig(), *, device=None,
 
 def probe_comparison(upstreams: dict[str, nn.Module], corpus, *, device=None,
                      speaker_folds: int = 5, seed: int = 0) -> pd.DataFrame:
-    """Phone (frame) and speaker (utterance) ridge probes of every layer of each of
-    ``{name: upstream}`` on ``corpus``: :func:`s3viz.probe_layers`'s columns plus ``model``.
+    """Phone (frame) and speaker (utterance) ridge probes of every layer of each upstream on
+    ``corpus``: :func:`s3viz.probe_layers`'s columns plus ``model``. Phones: one fold per
+    speaker (tested on an unseen voice); speakers: mean-pooled, folds by utterance.
 
-    Phones: ``split_by="speaker"``, one fold per speaker (tested on an unseen voice).
-    Speakers: mean-pooled features, ``split_by="utterance"``, ``speaker_folds`` folds.
+    Args:
+        upstreams, speaker_folds: ``{name: upstream}``; folds of the speaker probe.
     """
     import pandas as pd
 
@@ -512,7 +522,11 @@ def bar_check(results: pd.DataFrame, model: str = "tiny", random: str = "random"
     """Differences of best-layer accuracies (in points) between ``model`` and the others:
     one row per target, ``target, <model>, <random>, <baseline>`` (best-layer accuracies
     in %, with ``<name>_layer``), ``vs_random``, ``vs_baseline`` and ``bar_met`` (both
-    differences >= 10 points)."""
+    differences >= 10 points).
+
+    Args:
+        random: the name of the random-weights model in ``results``.
+    """
     import pandas as pd
 
     best = best_layers(results)
@@ -576,8 +590,11 @@ def _layer_table(results: pd.DataFrame, target: str) -> list[str]:
 
 def model_card(summary: dict, results: pd.DataFrame | None = None,
                extra: str = "") -> str:
-    """The text of ``MODEL_CARD.md`` from :func:`train`'s summary (with what :func:`main`
-    adds: ``config``, ``sha256``, ``size_bytes`` ...) and :func:`probe_comparison`'s results."""
+    """The text of ``MODEL_CARD.md``.
+
+    Args:
+        summary: :func:`train`'s, with what :func:`main` adds (``config``, ``sha256`` ...).
+    """
     split = summary["split"]
     lines = [
         "# s3viz tiny upstream",
