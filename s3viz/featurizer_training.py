@@ -23,8 +23,8 @@ from ._device import resolve_device as _resolve_device
 from ._numerics import (Profile, float32_distances_span, read_dtype, safe_scale,
                         warn_degenerate)
 from .align import expected_lengths
-from .featurizers import (WeightedSumFeaturizer, align_frames, check_lengths, rate_factor,
-                          sum_geometry)
+from .featurizers import (WeightedSumFeaturizer, align_frames, check_lengths, layer_list,
+                          rate_factor, sum_geometry)
 from .probe.targets import UNSEEN, ProbeTask, resolve_level
 from .store import utterance_selection
 
@@ -40,20 +40,8 @@ def _fraction(value, name: str) -> float:
 
 @dataclass(frozen=True)
 class TrainOptions:
-    """How :func:`train_featurizer` trains (``train_featurizer(..., options=TrainOptions(...))``).
-
-    Attributes:
-        steps, lr, batch_frames: Adam steps, learning rate, frames (or
-            utterances) per minibatch.
-        eval_every: steps between dev evaluations (and history rows).
-        dev_fraction: share of the groups held out as the dev part, in (0, 0.5]:
-            fold 0 of ``max(3, round(1 / dev_fraction))`` folds.
-        standardize: standardise each layer with the training statistics
-            (False: raw hidden states, as s3prl).
-        max_cache_bytes: training features up to this size are held in memory
-            (random frame minibatches); larger stores are streamed in
-            minibatches of whole utterances.
-    """
+    """How :func:`train_featurizer` trains (``train_featurizer(..., options=TrainOptions(...))``);
+    each option is described in ``docs/featurizers.md``."""
 
     steps: int = 300
     lr: float = 0.01
@@ -124,13 +112,7 @@ class ProbeData:
         resolve_level(store, target, level)  # the probes' target names
         self.store, self.target, self.level = store, target, level
         self.sel = sel = utterance_selection(utterances, len(store))
-        n_layer = store.num_layer
-        layers = list(range(n_layer)) if layers is None else [int(l_) for l_ in layers]
-        if not layers or len(set(layers)) != len(layers) or not all(
-                0 <= l_ < n_layer for l_ in layers):
-            raise ValueError(f"layers must be distinct stored-layer indices in [0, {n_layer}), "
-                             f"got {layers}")
-        self.layers = layers
+        self.layers = layers = layer_list(layers, store.num_layer)
         self.rates = rates = {l_: int(store.downsample_rates[l_]) for l_ in layers}
         if target_rate is None and level == "utterance":  # the featurizer's rate
             target_rate = min(rates.values())
@@ -178,9 +160,7 @@ class ProbeData:
         self.n_test_unseen = int((self.y == UNSEEN).sum())
         self.standardize = bool(standardize)
         self.read_dtype = read_dtype(store)
-        self.mean: dict[int, torch.Tensor] = {}
-        self.std: dict[int, torch.Tensor] = {}
-        self.degenerate: dict[int, str | None] = {}
+        self.mean, self.std, self.degenerate = {}, {}, {}  # per layer (standardize)
         if self.standardize:
             self._fit_standardization()
 
@@ -274,21 +254,13 @@ def train_featurizer(
     linear classifier of their weighted sum, trained jointly with Adam.
 
     Args:
-        store: a :class:`s3viz.LayerStore`.
-        target: frame level: a column of the alignment tables (``"phone"``,
-            ``"word"``); utterance level: a column of ``store.labels``.
         level: ``"frame"`` or ``"utterance"`` (mean-pooled features).
         layers: stored layers to weigh (default all).
         options: a :class:`TrainOptions` (``None``: the defaults).
-        device: ``None`` = cuda when available else cpu.
-        seed: seed of the split, the initialisation and the minibatch order.
-        split_by: ``"auto"``, ``"speaker"`` or ``"utterance"``: the groups kept
-            apart between training and dev (see :func:`s3viz.probe.resolve_split`).
-        target_rate: frame level: the rate layers of different rates are aligned
-            to (:func:`s3viz.featurizers.align_frames`; default their common rate).
-        utterances: the utterance positions to train and evaluate on (default
-            all); an unlabelled (or, at frame level, unaligned) one is refused, as
-            by the probes.
+        split_by: the groups kept apart between training and dev.
+        target_rate: frame level; default the layers' common rate.
+        utterances: to train and evaluate on; an unlabelled (or, at frame level,
+            unaligned) one is refused, as by the probes.
 
     Returns:
         A :class:`FeaturizerFit` ``(featurizer, history)``: a
@@ -397,5 +369,7 @@ def train_featurizer(
                           "dev_chance": data.chance, "n_dev_unseen": data.n_test_unseen})
     featurizer = WeightedSumFeaturizer(store, layer_selections=data.layers,
                                        target_rate=data.target_rate)
-    featurizer.set_weights(logits=logits.detach().double().cpu())
+    # by layer: the featurizer sorts its layers, `layers=` may not be sorted
+    featurizer.set_weights(logits=pd.Series(logits.detach().double().cpu().numpy(),
+                                          index=data.layers))
     return FeaturizerFit(featurizer, history)

@@ -60,6 +60,23 @@ def check_lengths(counts: torch.Tensor, rates: Sequence[int], names: Sequence, i
             "of one rate")
 
 
+def layer_list(layers, num_layer: int, name: str = "layers") -> list[int]:
+    """``layers`` (None: all) as distinct layer indices in ``[0, num_layer)``, in order."""
+    if layers is None:
+        return list(range(num_layer))
+    try:
+        out = [int(i) for i in layers]
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{name} must be a list of layer indices, got {layers!r}") from e
+    bad = [i for i in out if not 0 <= i < num_layer]
+    if bad:
+        raise ValueError(f"{name} {bad} out of range [0, {num_layer}): there are {num_layer} "
+                         "hidden states")
+    if len(set(out)) != len(out) or not out:
+        raise ValueError(f"{name} must be non-empty and without repeats, got {list(layers)}")
+    return out
+
+
 def sum_geometry(sizes: dict, rates: dict, target_rate):
     """The target rate of a weighted sum of layers ``{name: hidden size}`` and ``{name:
     rate}``: ``target_rate``, or their one rate; layers of several sizes are refused."""
@@ -221,21 +238,7 @@ class WeightedSumFeaturizer(AbsFeaturizer):
         if len(hidden_sizes) != num_layer or len(rates) != num_layer:
             raise ValueError(f"upstream has num_layer={num_layer} but {len(hidden_sizes)} "
                              f"hidden_sizes and {len(rates)} downsample_rates")
-        if layer_selections is None:
-            selections = list(range(num_layer))
-        else:
-            try:
-                selections = sorted(int(i) for i in layer_selections)
-            except (TypeError, ValueError) as e:
-                raise TypeError(f"layer_selections must be a list of layer indices, got "
-                                f"{layer_selections!r}") from e
-            bad = [i for i in selections if not 0 <= i < num_layer]
-            if bad:
-                raise ValueError(f"layer_selections {bad} out of range [0, {num_layer}) "
-                                 f"for an upstream with {num_layer} hidden states")
-            if len(set(selections)) != len(selections) or not selections:
-                raise ValueError(f"layer_selections must be non-empty and without repeats, got "
-                                 f"{list(layer_selections)}")
+        selections = sorted(layer_list(layer_selections, num_layer, "layer_selections"))
         target_rate = sum_geometry({i: hidden_sizes[i] for i in selections},
                                     {i: rates[i] for i in selections}, target_rate)
         if isinstance(target_rate, bool) or not isinstance(target_rate, (int, np.integer)) \

@@ -24,13 +24,6 @@ from .stats import ProbeStats
 __all__ = ["BASES", "WeightedScorer"]
 
 
-def _weighted_gram(gram: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``sum_lm w_l w_m G_lm`` for ``gram`` ``(L, k, L, k)`` and ``w`` ``(L,)``, reading
-    ``gram`` once."""
-    w = w.to(gram.dtype)
-    return torch.tensordot(torch.tensordot(w, gram, dims=([0], [0])), w, dims=([1], [0]))
-
-
 class _Blocks:
     """Cross-layer statistics of projected features ``R_l = Z_l P`` over some frames.
 
@@ -71,10 +64,13 @@ class _Blocks:
 
     def stats(self, w: torch.Tensor):
         """:class:`s3viz.ProbeStats` of the weighted sum ``sum_l w_l R_l`` (one group)."""
+        wg = w.to(self.gram.dtype)  # sum_lm w_l w_m G_lm, reading the gram once
+        gram = torch.tensordot(torch.tensordot(wg, self.gram, dims=([0], [0])), wg,
+                               dims=([1], [0]))
         return ProbeStats(
             self.counts.sum().reshape(1),
             torch.einsum("l,lk->k", w, self.sums)[None],
-            _weighted_gram(self.gram, w).double()[None],
+            gram.double()[None],
             self.counts[None],
             torch.einsum("l,lkc->kc", w, self.cross)[None],
             self.counts[None].clone(),
@@ -121,7 +117,6 @@ class WeightedScorer:
     over the store (``docs/featurizers.md``).
 
     Args:
-        store: a :class:`s3viz.LayerStore`.
         target, level, layers, target_rate, split_by, seed, utterances: as in
             :func:`train_featurizer`.
         test_fraction: share of the groups held out for the score, in (0, 0.5]
@@ -131,9 +126,8 @@ class WeightedScorer:
             ``num_layers * hidden_size <= 4096``).
         basis: ``"mixed"`` (default), ``"supervised"``, ``"pca"`` (:data:`BASES`) or a
             ``(hidden_size, dims)`` tensor of your own (orthonormalised).
-        lambdas: the ridge penalties (relative, as in ``probe_layers``; default
-            its grid) one is chosen from on the dev part for every weight
-            vector; one value is a fixed penalty.
+        lambdas: the penalties one is chosen from on the dev part for every
+            weight vector (default ``probe_layers``' grid); one value is a fixed penalty.
         pca_frames: training frames used to estimate the basis.
         device: where the one-off statistics are computed (None = cuda when
             available); each score runs on the CPU in float64.
