@@ -95,14 +95,9 @@ def sum_geometry(sizes: dict, rates: dict, target_rate):
 
 def align_frames(hs: torch.Tensor, hs_len: torch.Tensor, rate: int, target_rate: int
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bring one hidden state from downsample rate ``rate`` to ``target_rate``: frames of
-    a coarser layer are repeated, frames of a finer layer are averaged in groups (padding
-    never enters an average; ``docs/featurizers.md``).
-
-    Returns:
-        ``(hs, hs_len)`` at ``target_rate``: ``(batch_size, seq_len', hidden_size)``
-        and ``(batch_size,)`` long.
-    """
+    """``(hs, hs_len)`` of one hidden state brought from downsample rate ``rate`` to
+    ``target_rate``: frames of a coarser layer are repeated, frames of a finer layer
+    averaged in groups (padding never enters an average; ``docs/featurizers.md``)."""
     mode, f = rate_factor(rate, target_rate)
     hs_len = hs_len.to(device=hs.device, dtype=torch.long)
     if mode == "same":
@@ -132,7 +127,6 @@ def weighted_sum(all_hs: Sequence[torch.Tensor], all_hs_len: Sequence[torch.Tens
 
     Args:
         rates: downsample rate of each hidden state; needed only when they differ.
-        target_rate: rate of the output; defaults to the common rate.
         layer_names: names used in error messages (default ``0..num_layers-1``).
 
     Returns:
@@ -189,11 +183,9 @@ def as_vector(values, n: int, name: str, index, *, nonnegative: bool = False) ->
     if isinstance(values, dict):
         values = pd.Series(values, dtype=object)
     if isinstance(values, pd.Series):
-        missing = [i for i in index if i not in values.index]
-        extra = [i for i in values.index if i not in list(index)]
-        if missing or extra:
+        if set(values.index) != set(index) or len(values) != len(index):
             raise ValueError(f"{name} is indexed by {list(values.index)}, expected the layers "
-                             f"{list(index)} (missing {missing}, unexpected {extra})")
+                             f"{list(index)}")
         values = values.reindex(list(index)).to_numpy()
     if isinstance(values, torch.Tensor):
         t = values.detach().to("cpu", torch.float64)
@@ -298,25 +290,19 @@ class WeightedSumFeaturizer(AbsFeaturizer):
 
     @property
     def layer_weights(self) -> pd.Series:
-        """Softmax weights (probabilities summing to 1), indexed by layer.
-
-        ``featurizer.layer_weights.to_csv("weights.csv")`` saves the numbers.
-        """
+        """Softmax weights (probabilities summing to 1), indexed by layer."""
         with torch.no_grad():
             p = F.softmax(self.weights.detach().double(), dim=-1).cpu().numpy()
         return pd.Series(p, index=pd.Index(self.layer_selections, name="layer"), name="weight")
 
     def set_weights(self, probs=None, logits=None, *, atol: float = 1e-4) -> WeightedSumFeaturizer:
-        """Set the weights from probabilities or logits (exactly one of them).
+        """Set the weights from probabilities or logits (exactly one of them); returns self.
 
         Args:
             probs: ``(num_selected,)`` non-negative numbers summing to 1 (within
                 ``atol``): a sequence, array, tensor, dict or Series keyed by layer.
                 Zeros give a weight of exactly 0 (a logit of ``-1e4``).
             logits: ``(num_selected,)`` finite logits (softmax is applied).
-
-        Returns:
-            ``self``.
         """
         if (probs is None) == (logits is None):
             raise ValueError("set_weights needs exactly one of probs=... or logits=...")

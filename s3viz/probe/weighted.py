@@ -25,14 +25,10 @@ __all__ = ["BASES", "WeightedScorer"]
 
 
 class _Blocks:
-    """Cross-layer statistics of projected features ``R_l = Z_l P`` over some frames.
-
-    ``gram (L, k, L, k)``: ``R_l^T R_m``; ``cross (L, k, C)``: ``R_l^T Y``;
-    ``sums (L, k)``: ``R_l^T 1``; ``counts (C,)``: class counts; ``n``: frames.
-    Accumulated in float64; ``gram`` is then kept in float32 (a move reads it
-    whole, so half the bytes is twice the speed; its weighted sum is returned in
-    float64, accurate to about 1e-6 relative).
-    """
+    """Cross-layer statistics of projected features ``R_l = Z_l P``: ``gram (L, k, L, k)``
+    ``R_l^T R_m``, ``cross (L, k, C)`` ``R_l^T Y``, ``sums (L, k)`` ``R_l^T 1``, class
+    ``counts``. Summed in float64; ``gram`` is then kept in float32 (a move reads it
+    whole: half the bytes, twice the speed; about 1e-6 relative)."""
 
     def __init__(self, L: int, k: int, C: int, device):
         kw = {"dtype": torch.float64, "device": device}
@@ -80,7 +76,7 @@ class _Blocks:
 _CHUNK_UTTERANCES = 64  # utterances per chunk of the statistics pass
 
 BASES = ("mixed", "pca", "supervised")
-"""How :class:`WeightedScorer` chooses its shared basis (see there)."""
+"""How :class:`WeightedScorer` chooses its shared basis (``docs/featurizers.md``)."""
 
 
 def _eig_desc(mat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,20 +113,14 @@ class WeightedScorer:
     over the store (``docs/featurizers.md``).
 
     Args:
-        target, level, layers, target_rate, split_by, seed, utterances: as in
+        test_fraction: in (0, 0.5]; the other arguments of the split as in
             :func:`train_featurizer`.
-        test_fraction: share of the groups held out for the score, in (0, 0.5]
-            (fold 0 of ``max(3, round(1 / test_fraction))`` folds; fold 1 is the
-            dev part).
-        dims: size of the shared basis (``None``: no projection; only for
-            ``num_layers * hidden_size <= 4096``).
-        basis: ``"mixed"`` (default), ``"supervised"``, ``"pca"`` (:data:`BASES`) or a
-            ``(hidden_size, dims)`` tensor of your own (orthonormalised).
-        lambdas: the penalties one is chosen from on the dev part for every
-            weight vector (default ``probe_layers``' grid); one value is a fixed penalty.
+        dims: ``None`` (no projection) only for ``num_layers * hidden_size <= 4096``.
+        basis: one of :data:`BASES` or a ``(hidden_size, dims)`` tensor of your own.
+        lambdas: one value is a fixed penalty (default: ``probe_layers``' grid).
         pca_frames: training frames used to estimate the basis.
-        device: where the one-off statistics are computed (None = cuda when
-            available); each score runs on the CPU in float64.
+        device: where the one-off statistics are computed; each score runs on the
+            CPU in float64.
     """
 
     def __init__(self, store, target: str, *, level: str = "frame", layers=None,
@@ -225,13 +215,9 @@ class WeightedScorer:
         return w / total
 
     def probe(self, weights):
-        """Ridge probe of the weighted sum with ``weights`` (``(num_layers,)``, as in :meth:`evaluate`).
-
-        Returns:
-            ``(weight, bias, lam)``: ``(dims, num_classes)`` and ``(num_classes,)``
-            float64 (scores of projected frames ``x`` are ``x @ weight + bias``) and
-            the penalty used.
-        """
+        """Ridge probe of the weighted sum with ``weights`` (as in :meth:`evaluate`):
+        ``(weight, bias, lam)``, float64 ``(dims, num_classes)`` and ``(num_classes,)``
+        (projected frames ``x`` score ``x @ weight + bias``) and the penalty used."""
         w = self._weights(weights)
         fit, dev = self.fit_blocks.stats(w), self.dev_blocks.stats(w)
         if len(self.lambdas) == 1:  # a fixed penalty: no dev choice
