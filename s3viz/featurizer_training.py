@@ -169,8 +169,18 @@ class ProbeData:
         return np.concatenate([self.y[self.offsets[i]:self.offsets[i + 1]] for i in utts]) \
             if len(utts) else np.zeros(0, dtype=np.int64)
 
-    def num_items(self, utts) -> int:
-        return int(self.lengths[np.asarray(utts, dtype=np.int64)].sum())
+    def runs(self, utts, items: int):
+        """``utts`` cut, in order, into runs of just ``items`` frames (or utterances) or
+        more; the last run may have fewer."""
+        run, count = [], 0
+        for u in utts:
+            run.append(int(u))
+            count += int(self.lengths[u])
+            if count >= items:
+                yield run
+                run, count = [], 0
+        if run:
+            yield run
 
     def raw_features(self, j: int, utts) -> torch.Tensor:
         """``(n, hidden_size)`` of layer ``self.layers[j]`` (aligned, not standardised), in
@@ -292,7 +302,7 @@ def train_featurizer(
         xs, y = data.examples(utts, unseen)
         return torch.stack([*xs]).to(dev), y.to(dev)
 
-    n_train = data.num_items(train_utts)
+    n_train, n_dev = (int(data.lengths[u].sum()) for u in (train_utts, dev_utts))
     cached = n_train * L * H * 4 <= options.max_cache_bytes
     if cached:
         x_train, y_train = batch(train_utts)
@@ -311,30 +321,23 @@ def train_featurizer(
                     yield x_train[:, idx], y_train[idx]
         while True:  # whole utterances
             perm = train_utts[torch.randperm(len(train_utts), generator=gen).numpy()]
-            group, count = [], 0
-            for u in perm:
-                group.append(int(u))
-                count += int(data.lengths[u])
-                if count >= size:
-                    yield batch(group)
-                    group, count = [], 0
-            if group:
-                yield batch(group)
+            yield from map(batch, data.runs(perm, size))
 
     def dev_groups():
         return (batch(dev_utts[a:a + 32], unseen=True) for a in range(0, len(dev_utts), 32))
 
-    n_dev = data.num_items(dev_utts)
     dev_cache = list(dev_groups()) if n_dev * L * H * 4 <= options.max_cache_bytes else None
     layer_cols = [f"weight_{l_}" for l_ in data.layers]
     rows = []
 
+    def predict(x):  # class scores of the weighted sum of x (layers, n, hidden)
+        return head(torch.einsum("l,lnh->nh", torch.softmax(logits, 0), x))
+
     def record(step: int, loss: float):
         correct = total = 0
         with torch.no_grad():
-            p = torch.softmax(logits, 0)
             for x, y in (dev_cache if dev_cache is not None else dev_groups()):
-                pred = head(torch.einsum("l,lnh->nh", p, x)).argmax(1)
+                pred = predict(x).argmax(1)
                 correct += int((pred == y).sum())
                 total += int(y.numel())
         w = torch.softmax(logits.detach().double(), 0).cpu().numpy()
@@ -346,15 +349,14 @@ def train_featurizer(
     first = next(it)
     it = itertools.chain([first], it)
     with torch.no_grad():  # step 0: the starting weights, before any update
-        z0 = torch.einsum("l,lnh->nh", torch.softmax(logits, 0), first[0])
-        record(0, float(F.cross_entropy(head(z0), first[1])) if first[1].numel()
+        record(0, float(F.cross_entropy(predict(first[0]), first[1])) if first[1].numel()
                else float("nan"))
     running = []
     for step in range(1, options.steps + 1):
         x, y = next(it)
         if y.numel() == 0:
             continue
-        loss = F.cross_entropy(head(torch.einsum("l,lnh->nh", torch.softmax(logits, 0), x)), y)
+        loss = F.cross_entropy(predict(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -1,8 +1,8 @@
 """:class:`WeightedScorer`: the probe score of any weighted sum of layers, in milliseconds.
 
-The same ridge probe as :func:`s3viz.probe_layers` (one held-out fold), fitted on
-``sum_l w_l x_l`` from per-layer cross statistics cached once, so that a widget can
-re-score every slider move. One-hot weights give the per-layer curve.
+The ridge probe of :func:`s3viz.probe_layers` (one held-out fold) on ``sum_l w_l x_l``,
+from cross-layer statistics cached once, so that a widget can re-score every slider
+move (``docs/featurizers.md``).
 """
 
 from __future__ import annotations
@@ -72,8 +72,6 @@ class _Blocks:
             self.counts[None].clone(),
         )
 
-
-_CHUNK_UTTERANCES = 64  # utterances per chunk of the statistics pass
 
 BASES = ("mixed", "pca", "supervised")
 """How :class:`WeightedScorer` chooses its shared basis (``docs/featurizers.md``)."""
@@ -159,13 +157,8 @@ class WeightedScorer:
             raise ValueError(f"basis must be one of {BASES} or a (hidden_size, dims) tensor, "
                              f"got {basis!r}")
         elif k < H:
-            sample, count = [], 0
-            for u in np.random.default_rng(seed).permutation(data.fit_utts):  # not dev's
-                sample.append(int(u))
-                count += int(data.lengths[u])
-                if count >= pca_frames:
-                    break
-            xs, y = data.examples(sample)
+            order = np.random.default_rng(seed).permutation(data.fit_utts)  # not dev's
+            xs, y = data.examples(next(data.runs(order, pca_frames)))
             onehot = F.one_hot(y, C).double().to(dev)
             inv_n = 1.0 / onehot.sum(0).clamp(min=1.0)
             cov = torch.zeros(H, H, dtype=torch.float64, device=dev)
@@ -184,8 +177,8 @@ class WeightedScorer:
         self.fit_blocks = _Blocks(L, k, C, dev)
         self.dev_blocks = _Blocks(L, k, C, dev)
         for part, utts in ((self.fit_blocks, data.fit_utts), (self.dev_blocks, data.dev_utts)):
-            for a in range(0, len(utts), _CHUNK_UTTERANCES):
-                xs, y = data.examples(utts[a:a + _CHUNK_UTTERANCES])
+            for a in range(0, len(utts), 64):
+                xs, y = data.examples(utts[a:a + 64])
                 if len(y):
                     part.update(torch.cat([self._project(x.to(dev), basis) for x in xs], dim=1),
                                 y.to(dev))
