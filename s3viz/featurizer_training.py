@@ -1,9 +1,8 @@
 """:func:`train_featurizer`: learn layer weights with a linear head, SUPERB style.
 
-The layer logits and a linear classifier of a target (frame or utterance level)
-are trained together with Adam on minibatches read from a LayerStore; each layer
-is standardised first, speakers (or utterances) are split into train and dev.
-:class:`ProbeData` holds the prepared examples, shared with the weighted scorer.
+:class:`ProbeData` holds the examples of a weighted sum of store layers, split by the
+probes' held-out :class:`~s3viz.probe.targets.ProbeTask`; it is shared with the
+weighted scorer. The recipe, the split and the history: ``docs/featurizers.md``.
 """
 
 from __future__ import annotations
@@ -24,31 +23,25 @@ from ._device import resolve_device as _resolve_device
 from ._numerics import (Profile, float32_distances_span, read_dtype, safe_scale,
                         warn_degenerate)
 from .align import expected_lengths
-from .featurizers import WeightedSumFeaturizer, align_frames, consistent_lengths, rate_factor
-from .probe import LEVELS
+from .featurizers import (WeightedSumFeaturizer, align_frames, check_lengths, layer_list,
+                          rate_factor, sum_geometry)
 from .probe.targets import UNSEEN, ProbeTask, resolve_level
 from .store import utterance_selection
 
 __all__ = ["train_featurizer", "FeaturizerFit", "TrainOptions"]
 
 
+def _fraction(value, name: str) -> float:
+    value = _v.number(value, name, positive=True)  # also refuses NaN
+    if value > 0.5:
+        raise ValueError(f"{name} must lie in (0, 0.5], got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class TrainOptions:
-    """How :func:`train_featurizer` trains (``train_featurizer(..., options=TrainOptions(...))``).
-
-    Attributes:
-        steps, lr, batch_frames: Adam steps, learning rate, frames (or
-            utterances) per minibatch.
-        eval_every: steps between dev evaluations (and history rows).
-        dev_fraction: share of the groups held out as the dev part (the
-            reported ``dev_accuracy``), in (0, 0.5]: fold 0 of
-            ``max(3, round(1 / dev_fraction))`` folds.
-        standardize: standardise each layer with the training statistics
-            (False: raw hidden states, as s3prl).
-        max_cache_bytes: training features up to this size are held in memory
-            (random frame minibatches); larger stores are streamed in
-            minibatches of whole utterances.
-    """
+    """How :func:`train_featurizer` trains (``train_featurizer(..., options=TrainOptions(...))``);
+    each option is described in ``docs/featurizers.md``."""
 
     steps: int = 300
     lr: float = 0.01
@@ -65,12 +58,9 @@ class TrainOptions:
                 ("batch_frames", _v.integer(self.batch_frames, "batch_frames")),
                 ("eval_every", _v.integer(self.eval_every, "eval_every")),
                 ("max_cache_bytes", _v.integer(self.max_cache_bytes, "max_cache_bytes",
-                                               minimum=0))):
+                                               minimum=0)),
+                ("dev_fraction", _fraction(self.dev_fraction, "dev_fraction"))):
             object.__setattr__(self, field, value)
-        dev = _v.number(self.dev_fraction, "dev_fraction", positive=True)
-        if dev > 0.5:
-            raise ValueError(f"dev_fraction must lie in (0, 0.5], got {dev!r}")
-        object.__setattr__(self, "dev_fraction", dev)
         if not isinstance(self.standardize, (bool, np.bool_)):
             raise TypeError(f"standardize must be True or False, got {self.standardize!r}")
         object.__setattr__(self, "standardize", bool(self.standardize))
@@ -94,90 +84,54 @@ _FIXES = {
 
 
 class ProbeData:
-    """The frames (or pooled utterances) of selected store layers, at one rate, with labels.
+    """The frames (or mean-pooled utterances) of selected store layers at one rate, with
+    the classes and split of a held-out :class:`~s3viz.probe.targets.ProbeTask`.
 
-    ``features(j, utts)`` gives layer ``self.layers[j]`` of utterances ``utts``
-    aligned to ``target_rate`` (frame level; see :func:`align_frames`) or
-    mean-pooled (utterance level), standardised with the train statistics
-    when ``standardize``; ``labels(utts)`` the matching class codes (-1 =
-    unlabelled: no segment or a missing label; :data:`UNSEEN` = -2: a test
-    example whose class the training part lacks, scored as wrong). Such test
-    examples are refused when they are all the test part has and warned
-    about otherwise (:func:`s3viz.probe.folds.check_heldout`, as for the
-    probes); ``chance`` is the training majority class scored on the test
-    examples and ``n_test_unseen`` counts the unseen ones.
-    Labels follow the probes' rules (``s3viz.probe.targets``); ``utterances``
-    selects the utterances split into test, dev and fit parts (the others are
-    in none).
+    Fold 0 (``test_utts``) is held out; the rest (``train_utts``) is the dev part
+    (fold 1, ``dev_utts``) and the fit part (``fit_utts``); unselected utterances are in
+    none. ``labels(utts)`` gives class codes (-1: unlabelled; :data:`UNSEEN`: a test
+    example whose class training lacks), ``chance`` the training majority class scored
+    on the labelled test examples, ``n_test_unseen`` the unseen ones
+    (``docs/featurizers.md``).
     """
 
     def __init__(self, store, target: str, *, level: str = "frame", layers=None,
                  target_rate: int | None = None, split_by: str = "auto",
                  test_fraction: float = 0.25, seed: int = 0, standardize: bool = True,
                  utterances=None):
-        if level not in LEVELS:
-            raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
-        for attr in ("layer", "lengths", "labels", "hidden_sizes", "downsample_rates"):
-            if not hasattr(store, attr):
-                raise TypeError(f"store must be an s3viz.LayerStore (s3viz.extract(...)), got "
-                                f"{type(store).__name__}")
+        if level not in ("frame", "utterance"):
+            raise ValueError(f"level must be 'frame' or 'utterance', got {level!r}")
+        if not all(hasattr(store, a) for a in ("layer", "lengths", "labels", "hidden_sizes",
+                                               "downsample_rates")):
+            raise TypeError(f"store must be an s3viz.LayerStore (s3viz.extract(...)), got "
+                            f"{type(store).__name__}")
         if not isinstance(target, str):
             raise TypeError(f"target must be a label name (str), e.g. 'phone' or 'speaker', got "
                             f"{target!r}")
-        if not 0 < test_fraction <= 0.5:
-            raise ValueError(f"test_fraction must lie in (0, 0.5], got {test_fraction}")
-        if level != "segment":  # the probes' target names: alignment or label columns, not "id"
-            resolve_level(store, target, level)
+        test_fraction = _fraction(test_fraction, "test_fraction")
+        resolve_level(store, target, level)  # the probes' target names
         self.store, self.target, self.level = store, target, level
         self.sel = sel = utterance_selection(utterances, len(store))
-        num_layer = store.num_layer
-        if layers is None:
-            layers = list(range(num_layer))
-        layers = [int(l_) for l_ in layers]
-        bad = [l_ for l_ in layers if not 0 <= l_ < num_layer]
-        if bad or not layers or len(set(layers)) != len(layers):
-            raise ValueError(f"layers must be distinct stored-layer indices in [0, {num_layer}), "
-                             f"got {layers}")
-        self.layers = layers
-        sizes = {l_: store.hidden_sizes[l_] for l_ in layers}
-        if len(set(sizes.values())) > 1:
-            raise ValueError(f"a weighted sum needs one hidden size; layers have {sizes}: pass "
-                             "layers=... of one size")
-        self.hidden_size = int(next(iter(sizes.values())))
-        rates = {l_: int(store.downsample_rates[l_]) for l_ in layers}
-        if target_rate is None:
-            if level == "frame" and len(set(rates.values())) > 1:
-                raise ValueError(f"layers have different downsample rates {rates}; pass "
-                                 f"target_rate=... (e.g. {min(rates.values())})")
+        self.layers = layers = layer_list(layers, store.num_layer)
+        self.rates = rates = {l_: int(store.downsample_rates[l_]) for l_ in layers}
+        if target_rate is None and level == "utterance":  # the featurizer's rate
             target_rate = min(rates.values())
-        self.target_rate = int(target_rate)
-        self.rates = rates
+        self.target_rate = int(sum_geometry({l_: store.hidden_sizes[l_] for l_ in layers},
+                                            rates, target_rate))
+        self.hidden_size = int(store.hidden_sizes[layers[0]])
         n = len(store)
-
-        if level == "frame":
-            conv, counts = [], []
-            for l_ in layers:
+        if level == "frame":  # frames at target_rate: the shortest aligned layer's
+            counts = torch.stack([torch.as_tensor(store.lengths(l_)) for l_ in layers])
+            aligned = []
+            for l_, c in zip(layers, counts):
                 mode, f = rate_factor(rates[l_], self.target_rate, what=f"layer {l_}")
-                lens = torch.as_tensor(store.lengths(l_))
-                counts.append(lens)
-                conv.append((lens * f if mode == "repeat" else
-                             expected_lengths(lens, f, "ceil") if mode == "average" else lens
-                             ).numpy())
-            ok = consistent_lengths(torch.stack(counts), [rates[l_] for l_ in layers]).numpy()
-            if not ok.all():
-                i = int(np.flatnonzero(~ok)[0])
-                detail = ", ".join(f"layer {l_}: {int(c[i])} at rate {rates[l_]}"
-                                   for l_, c in zip(layers, counts))
-                raise ValueError(f"utterance {store.ids[i]!r} has inconsistent frame counts across "
-                                 f"layers ({detail}); check the store's lengths or choose "
-                                 "layers=... of one rate")
-            conv = np.stack(conv)
-            self.lengths = conv.min(0).astype(np.int64)
+                aligned.append(expected_lengths(c, f, "ceil") if mode == "average" else c * f)
+            check_lengths(counts, list(rates.values()), layers, ids=store.ids)
+            self.lengths = torch.stack(aligned).min(0).values.numpy().astype(np.int64)
         else:
             self.lengths = np.ones(n, dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)])
 
-        # the one task of probes and featurizers: label rules, split, folds, classes
         self.task = task = ProbeTask.held_out(store, target, level, sel,
                                               test_fraction=test_fraction, split_by=split_by,
                                               seed=seed, fixes=_FIXES)
@@ -188,8 +142,6 @@ class ProbeData:
                                         layer=same[0] if same else None)
         else:
             raw = task.keys
-        # fold 0 is held out (test); fold 1 is the dev part of the rest (train_utts);
-        # unselected utterances have fold -1
         self.fold = np.full(n, -1, dtype=np.int64)
         self.fold[sel] = task.utt_fold
         self.test_utts = np.flatnonzero(self.fold == 0)
@@ -200,34 +152,36 @@ class ProbeData:
         self.classes = task.classes
         self.y = np.full(int(self.offsets[-1]), -1, dtype=np.int64)
         self.y[np.repeat(self.fold >= 0, self.lengths)] = y  # sel is sorted: items in order
-        self._count_unseen()
-        self.standardize = bool(standardize)
-        self.read_dtype = read_dtype(store)
-        self.mean: dict[int, torch.Tensor] = {}
-        self.std: dict[int, torch.Tensor] = {}
-        self.degenerate: dict[int, str | None] = {}
-        if self.standardize:
-            self._fit_standardization()
-
-    def _count_unseen(self) -> None:
-        """``n_test_unseen`` and ``chance``: the training part's majority class scored on
-        the labelled test examples (those of unseen classes too, wrong in both)."""
-        item_fold = np.repeat(self.fold, self.lengths)  # 0: test, >= 1: training, -1: neither
-        self.n_test_unseen = int((self.y == UNSEEN).sum())
-        y_test = self.y[(item_fold == 0) & (self.y != -1)]
+        item_fold = np.repeat(self.fold, self.lengths)
+        y_test = self.y[(item_fold == 0) & (self.y != -1)]  # unseen ones too: wrong in both
         majority = int(np.argmax(np.bincount(self.y[(item_fold >= 1) & (self.y >= 0)],
                                              minlength=len(self.classes))))
         self.chance = float(np.mean(y_test == majority)) if len(y_test) else float("nan")
+        self.n_test_unseen = int((self.y == UNSEEN).sum())
+        self.standardize = bool(standardize)
+        self.read_dtype = read_dtype(store)
+        self.mean, self.std, self.degenerate = {}, {}, {}  # per layer (standardize)
+        if self.standardize:
+            self._fit_standardization()
 
     def labels(self, utts) -> np.ndarray:
         """``(n,)`` int64 class codes of the frames (or utterances) of ``utts``."""
         return np.concatenate([self.y[self.offsets[i]:self.offsets[i + 1]] for i in utts]) \
             if len(utts) else np.zeros(0, dtype=np.int64)
 
-    def num_items(self, utts) -> int:
-        return int(self.lengths[np.asarray(utts, dtype=np.int64)].sum())
+    def runs(self, utts, items: int):
+        """``utts`` cut, in order, into runs of just ``items`` frames (or utterances) or
+        more; the last run may have fewer."""
+        run, count = [], 0
+        for u in utts:
+            run.append(int(u))
+            count += int(self.lengths[u])
+            if count >= items:
+                yield run
+                run, count = [], 0
+        if run:
+            yield run
 
-    # -- features -----------------------------------------------------------
     def raw_features(self, j: int, utts) -> torch.Tensor:
         """``(n, hidden_size)`` of layer ``self.layers[j]`` (aligned, not standardised), in
         the store's precision (:func:`s3viz._numerics.read_dtype`)."""
@@ -238,8 +192,7 @@ class ProbeData:
         x, _ = self.store.layer(l_, utterances=utts, dtype=self.read_dtype)
         lens = self.store.lengths(l_)[utts]
         want = self.lengths[utts]
-        mode, _ = rate_factor(self.rates[l_], self.target_rate)
-        if mode == "same" and np.array_equal(lens, want):
+        if self.rates[l_] == self.target_rate and np.array_equal(lens, want):
             return x
         out = []
         for part, n_want in zip(torch.split(x, lens.tolist()), want.tolist()):
@@ -249,8 +202,8 @@ class ProbeData:
         return torch.cat(out) if out else x[:0]
 
     def features(self, j: int, utts) -> torch.Tensor:
-        """Like :meth:`raw_features`, standardised per dimension with the train statistics
-        (in the store's precision), as float32."""
+        """:meth:`raw_features` standardised per dimension with the train statistics
+        (zeros for a degenerate layer), as float32."""
         x = self.raw_features(j, utts)
         l_ = self.layers[j]
         if self.standardize:
@@ -260,41 +213,37 @@ class ProbeData:
             x = (x.to(torch.float64) - self.mean[l_]) / self.std[l_]
         return x.float()
 
-    def _fit_standardization(self, max_frames: int = 65536):
-        """Per layer, the one guard of every measure (:class:`s3viz._numerics.Profile`) of
-        the labelled training frames: their per-feature mean and spread (streamed in
-        float64 scaled by a power of two, so 1e-300 and 1e300 lose nothing), and whether
-        the layer is degenerate (constant, rounding-level, or a far frame float32 cannot
-        resolve beside the others). A degenerate layer's features are zeros: it adds
-        nothing to a weighted sum and its learned weight means nothing; one
-        :class:`~s3viz._numerics.DegenerateLayerWarning` names it."""
-        utts = self.train_utts
-        self.degenerate = {}
-        for j, l_ in enumerate(self.layers):
-            prof = Profile()
-            for a in range(0, len(utts), 64):
-                chunk = utts[a:a + 64]
-                x = self.raw_features(j, chunk)
-                keep = torch.from_numpy(self.labels(chunk) >= 0)
-                prof.update(x[keep])
-            if prof.rows == 0:
-                raise ValueError("no labelled training frames; check the target and the split")
+    def examples(self, utts, unseen: bool = False, raw: bool = False):
+        """``(xs, y)``: per layer (lazily) the features of the labelled examples of
+        ``utts`` (:meth:`raw_features` when ``raw``), and their classes; ``unseen``: with
+        the test examples of :data:`UNSEEN` classes."""
+        y = torch.from_numpy(self.labels(utts))
+        keep = y != -1 if unseen else y >= 0
+        read = self.raw_features if raw else self.features
+        return (read(j, utts)[keep] for j in range(len(self.layers))), y[keep]
+
+    def _fit_standardization(self):
+        """Per layer the mean and spread of the labelled training frames, and the one
+        guard of every measure (:class:`s3viz._numerics.Profile`): a degenerate layer
+        reads as zeros, with one :class:`~s3viz._numerics.DegenerateLayerWarning`."""
+        profiles = [Profile() for _ in self.layers]
+        for a in range(0, len(self.train_utts), 64):
+            xs, _ = self.examples(self.train_utts[a:a + 64], raw=True)
+            for prof, x in zip(profiles, xs):
+                prof.update(x)
+        if profiles[0].rows == 0:
+            raise ValueError("no labelled training frames; check the target and the split")
+        for l_, prof in zip(self.layers, profiles):
             guard = prof.guard(self.store.store_dtype, centre=True,
                                span=float32_distances_span())
             self.degenerate[l_] = guard.reason
+            # streamed in float64 scaled by a power of two: 1e-300 and 1e300 lose nothing
             mean = prof.mom.mean / prof.scale
             std = safe_scale(prof.mom.var.sqrt(), mean=prof.mom.mean) / prof.scale
             self.mean[l_] = mean.to(torch.float64)
             self.std[l_] = std.to(torch.float64)
         warn_degenerate("the weighted sum of layers (WeightedScorer, train_featurizer)",
                         self.degenerate, "scores (the layer reads as zeros)")
-
-
-# ----------------------------------------------------------------------------
-# train_featurizer: layer weights + linear head, SUPERB-style
-
-
-# ----------------------------------------------------------------------------
 
 
 def train_featurizer(
@@ -310,170 +259,119 @@ def train_featurizer(
     target_rate: int | None = None,
     utterances=None,
 ) -> FeaturizerFit:
-    """Learn layer weights together with a linear head on a probing task.
-
-    The SUPERB recipe in miniature: softmax weights over the layers (logits
-    start at zero) and a linear classifier on the weighted sum, trained jointly
-    with Adam on cross-entropy, on minibatches of frames (or utterances).
-    Features are standardised per layer and dimension with training statistics
-    (``TrainOptions(standardize=True)``), so the weights compare layers
-    independently of their scale; ``standardize=False`` learns on the raw
-    hidden states as s3prl does. Utterances are split into train / dev by
-    ``split_by`` groups (``"auto"``: speakers when the labels allow it, as for
-    :func:`s3viz.probe_layers`; ``history.attrs["split_by"]`` says which). The
-    target, its classes, the split and the held-out check are those of the
-    probes' :class:`s3viz.probe.targets.ProbeTask` (:meth:`~s3viz.probe.targets.ProbeTask.held_out`).
+    """Learn layer weights together with a linear head on a probing task (the SUPERB
+    recipe in miniature, ``docs/featurizers.md``): softmax weights over the layers and a
+    linear classifier of their weighted sum, trained jointly with Adam.
 
     Args:
-        store: a :class:`s3viz.LayerStore`.
-        target: frame level: a column of the alignment tables (``"phone"``,
-            ``"word"``); utterance level: a column of ``store.labels``.
         level: ``"frame"`` or ``"utterance"`` (mean-pooled features).
         layers: stored layers to weigh (default all).
-        options: a :class:`TrainOptions` (steps, learning rate, minibatch size,
-            evaluation interval, dev share, standardisation, memory cap);
-            ``None``: the defaults.
-        device: ``None`` = cuda when available else cpu.
-        seed: seed of the split, the initialisation and the minibatch order.
-        split_by: ``"auto"``, ``"speaker"`` or ``"utterance"``: the groups kept
-            apart between training and dev (see :func:`s3viz.probe.resolve_split`).
-        target_rate: frame level: the rate layers of different rates are aligned
-            to (:func:`s3viz.featurizers.align_frames`; default their common rate).
-        utterances: the utterance positions to train and evaluate on (default
-            all). The label rules are the probes' (``s3viz.probe.targets``):
-            an utterance without its label (utterance level) or without an
-            alignment (frame level) is refused, so leave such ones out here.
+        options: a :class:`TrainOptions` (``None``: the defaults).
+        split_by: the groups kept apart between training and dev.
+        target_rate: frame level; default the layers' common rate.
+        utterances: to train and evaluate on; an unlabelled (or, at frame level,
+            unaligned) one is refused, as by the probes.
 
     Returns:
-        A :class:`FeaturizerFit` ``(featurizer, history)``, a named tuple: a
-        :class:`WeightedSumFeaturizer` over the
-        store's layers holding the learned weights, and a DataFrame with one row
-        per evaluation: ``step, loss, dev_accuracy`` and ``weight_<layer>`` for
-        each layer (``history.attrs`` holds ``classes, n_train, n_dev,
-        split_by``, ``dev_chance`` (the training majority class scored on
-        the dev examples) and ``n_dev_unseen`` (dev examples whose class
-        training lacks: they count as wrong in both; a dev part of only such
-        examples is refused) ...). Its
-        first row is step 0, the starting weights (the loss of the first batch
-        before any update).
+        A :class:`FeaturizerFit` ``(featurizer, history)``: a
+        :class:`WeightedSumFeaturizer` over the store's layers holding the learned
+        weights, and one row per evaluation, from step 0 (the starting weights):
+        ``step, loss, dev_accuracy, weight_<layer>...``; ``history.attrs`` holds
+        ``classes, n_train, n_dev, split_by, dev_chance, n_dev_unseen`` and the settings.
     """
     if options is None:
         options = TrainOptions()
     elif not isinstance(options, TrainOptions):
         raise TypeError(f"options must be an s3viz.TrainOptions, got {type(options).__name__}")
     seed = _v.integer(seed, "seed", minimum=0)
-    steps, batch_frames, eval_every = options.steps, options.batch_frames, options.eval_every
-    standardize, max_cache_bytes = options.standardize, options.max_cache_bytes
     data = ProbeData(store, target, level=level, layers=layers, target_rate=target_rate,
-                      split_by=split_by, test_fraction=options.dev_fraction, seed=seed,
-                      standardize=standardize, utterances=utterances)
+                     split_by=split_by, test_fraction=options.dev_fraction, seed=seed,
+                     standardize=options.standardize, utterances=utterances)
     dev = _resolve_device(device)
-    gen = torch.Generator().manual_seed(int(seed))
+    gen = torch.Generator().manual_seed(seed)
     torch_state = torch.random.get_rng_state()
-    torch.manual_seed(int(seed))
+    torch.manual_seed(seed)
     L, H, C = len(data.layers), data.hidden_size, len(data.classes)
     logits = nn.Parameter(torch.zeros(L, device=dev))
     head = nn.Linear(H, C).to(dev)
     torch.random.set_rng_state(torch_state)
     opt = torch.optim.Adam([logits, *head.parameters()], lr=options.lr)
+    size, train_utts, dev_utts = options.batch_frames, data.train_utts, data.test_utts
 
-    train_utts, dev_utts = data.train_utts, data.test_utts
-    n_train_items = data.num_items(train_utts)
-    cached = n_train_items * L * H * 4 <= max_cache_bytes
+    def batch(utts, unseen=False):  # unseen test classes stay: always wrong, as in the probes
+        xs, y = data.examples(utts, unseen)
+        return torch.stack([*xs]).to(dev), y.to(dev)
+
+    n_train, n_dev = (int(data.lengths[u].sum()) for u in (train_utts, dev_utts))
+    cached = n_train * L * H * 4 <= options.max_cache_bytes
     if cached:
-        y_train = torch.from_numpy(data.labels(train_utts))
-        keep = y_train >= 0
-        x_train = torch.stack([data.features(j, train_utts)[keep] for j in range(L)])
-        y_train = y_train[keep]
+        x_train, y_train = batch(train_utts)
         if y_train.numel() == 0:
             raise ValueError("no labelled training frames")
-        x_train, y_train = x_train.to(dev), y_train.to(dev)
 
     def batches():
-        if cached:
+        if cached:  # random frames
             n = y_train.shape[0]
-            while n <= batch_frames:  # everything fits in one batch: no copies
+            while n <= size:  # everything fits in one batch: no copies
                 yield x_train, y_train
             while True:
                 perm = torch.randperm(n, generator=gen)
-                for a in range(0, n - min(batch_frames, n) + 1, min(batch_frames, n)):
-                    idx = perm[a:a + batch_frames].to(dev)
+                for a in range(0, n - size + 1, size):
+                    idx = perm[a:a + size].to(dev)
                     yield x_train[:, idx], y_train[idx]
-        else:
-            while True:
-                perm = train_utts[torch.randperm(len(train_utts), generator=gen).numpy()]
-                group, count = [], 0
-                for u in perm:
-                    group.append(int(u))
-                    count += int(data.lengths[u])
-                    if count >= batch_frames:
-                        yield _batch(group)
-                        group, count = [], 0
-                if group:
-                    yield _batch(group)
-
-    def _batch(group):
-        y = torch.from_numpy(data.labels(group))
-        keep = y >= 0
-        x = torch.stack([data.features(j, group)[keep] for j in range(L)])
-        return x.to(dev), y[keep].to(dev)
+        while True:  # whole utterances
+            perm = train_utts[torch.randperm(len(train_utts), generator=gen).numpy()]
+            yield from map(batch, data.runs(perm, size))
 
     def dev_groups():
-        for a in range(0, len(dev_utts), 32):
-            group = dev_utts[a:a + 32]
-            y = torch.from_numpy(data.labels(group))
-            keep = y != -1  # unseen classes (UNSEEN) stay: always wrong, as in the probes
-            if bool(keep.any()):
-                x = torch.stack([data.features(j, group)[keep] for j in range(L)])
-                yield x.to(dev), y[keep].to(dev)
+        return (batch(dev_utts[a:a + 32], unseen=True) for a in range(0, len(dev_utts), 32))
 
-    n_dev_items = data.num_items(dev_utts)
-    dev_cache = list(dev_groups()) if n_dev_items * L * H * 4 <= max_cache_bytes else None
+    dev_cache = list(dev_groups()) if n_dev * L * H * 4 <= options.max_cache_bytes else None
+    layer_cols = [f"weight_{l_}" for l_ in data.layers]
+    rows = []
 
-    def dev_accuracy() -> float:
+    def predict(x):  # class scores of the weighted sum of x (layers, n, hidden)
+        return head(torch.einsum("l,lnh->nh", torch.softmax(logits, 0), x))
+
+    def record(step: int, loss: float):
         correct = total = 0
         with torch.no_grad():
-            p = torch.softmax(logits, 0)
             for x, y in (dev_cache if dev_cache is not None else dev_groups()):
-                pred = head(torch.einsum("l,lnh->nh", p, x)).argmax(1)
+                pred = predict(x).argmax(1)
                 correct += int((pred == y).sum())
                 total += int(y.numel())
-        return correct / total if total else float("nan")
+        w = torch.softmax(logits.detach().double(), 0).cpu().numpy()
+        rows.append({"step": step, "loss": loss,
+                     "dev_accuracy": correct / total if total else float("nan"),
+                     **dict(zip(layer_cols, w))})
 
-    rows = []
-    layer_cols = [f"weight_{l_}" for l_ in data.layers]
     it = batches()
     first = next(it)
     it = itertools.chain([first], it)
     with torch.no_grad():  # step 0: the starting weights, before any update
-        z0 = torch.einsum("l,lnh->nh", torch.softmax(logits, 0), first[0])
-        loss0 = float(F.cross_entropy(head(z0), first[1])) if first[1].numel() else float("nan")
-    rows.append({"step": 0, "loss": loss0, "dev_accuracy": dev_accuracy(),
-                 **dict(zip(layer_cols, torch.softmax(logits.detach().double(), 0).cpu().numpy()))})
+        record(0, float(F.cross_entropy(predict(first[0]), first[1])) if first[1].numel()
+               else float("nan"))
     running = []
-    for step in range(1, int(steps) + 1):
+    for step in range(1, options.steps + 1):
         x, y = next(it)
         if y.numel() == 0:
             continue
-        p = torch.softmax(logits, 0)
-        z = torch.einsum("l,lnh->nh", p, x)
-        loss = F.cross_entropy(head(z), y)
+        loss = F.cross_entropy(predict(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         running.append(float(loss.detach()))
-        if step % eval_every == 0 or step == steps:
-            w = torch.softmax(logits.detach().double(), 0).cpu().numpy()
-            rows.append({"step": step, "loss": float(np.mean(running)),
-                         "dev_accuracy": dev_accuracy(), **dict(zip(layer_cols, w))})
+        if step % options.eval_every == 0 or step == options.steps:
+            record(step, float(np.mean(running)))
             running = []
     history = pd.DataFrame(rows, columns=["step", "loss", "dev_accuracy", *layer_cols])
-    history.attrs.update({"classes": list(data.classes), "n_train": n_train_items,
-                          "n_dev": data.num_items(dev_utts), "target": target, "level": level,
-                          "layers": list(data.layers), "standardize": standardize,
-                          "split_by": data.split_by, "dev_chance": data.chance,
-                          "n_dev_unseen": data.n_test_unseen})
+    history.attrs.update({"classes": list(data.classes), "n_train": n_train, "n_dev": n_dev,
+                          "target": target, "level": level, "layers": list(data.layers),
+                          "standardize": options.standardize, "split_by": data.split_by,
+                          "dev_chance": data.chance, "n_dev_unseen": data.n_test_unseen})
     featurizer = WeightedSumFeaturizer(store, layer_selections=data.layers,
                                        target_rate=data.target_rate)
-    featurizer.set_weights(logits=logits.detach().double().cpu())
+    # by layer: the featurizer sorts its layers, `layers=` may not be sorted
+    featurizer.set_weights(logits=pd.Series(logits.detach().double().cpu().numpy(),
+                                          index=data.layers))
     return FeaturizerFit(featurizer, history)

@@ -1,11 +1,9 @@
 """Weighted-sum featurizers: s3prl's layer weights, made inspectable.
 
-:class:`WeightedSumFeaturizer` has the semantics of s3prl's ``Featurizer`` (one
-logit per selected layer, softmax, optional layer norm, ``weights`` in the state
-dict), refuses layers whose lengths differ, and aligns layers of different rates to
-``target_rate`` (:func:`align_frames`). Training: :mod:`s3viz.featurizer_training`;
-scoring any weights: :class:`s3viz.probe.weighted.WeightedScorer`. The rules for
-mixed rates: ``docs/featurizers.md``.
+:class:`WeightedSumFeaturizer` is s3prl's ``Featurizer`` that also refuses layers whose
+lengths differ and aligns layers of different rates (:func:`align_frames`); training:
+:mod:`s3viz.featurizer_training`; scoring any weights: :class:`s3viz.probe.weighted.WeightedScorer`.
+The semantics and the rules for mixed rates: ``docs/featurizers.md``.
 """
 
 from __future__ import annotations
@@ -43,41 +41,43 @@ def rate_factor(rate: int, target_rate: int, *, what: str = "layer") -> tuple[st
         "selected layer's rate (e.g. the smallest rate)")
 
 
-def consistent_lengths(counts: torch.Tensor, rates: Sequence[int]) -> torch.Tensor:
-    """Whether one waveform length can give these frame counts, per utterance.
-
-    ``counts`` is ``(num_layers, batch_size)``. A layer of rate ``r`` with ``n``
-    frames came from ``S`` samples with ``(n - 1) * r < S <= n * r`` (``ceil``
-    convention) or ``(n - 1) * r <= S < n * r`` (s3prl's ``floor + 1``); with
-    integer bounds both need ``max_l (n_l - 1) r_l < min_l n_l r_l``. Layers of
-    one rate must therefore have equal counts.
-
-    Returns:
-        ``(batch_size,)`` bool.
-    """
+def check_lengths(counts: torch.Tensor, rates: Sequence[int], names: Sequence, ids=None) -> None:
+    """Refuse ``(num_layers, batch_size)`` frame counts that no one waveform length gives
+    (``docs/featurizers.md``), naming the first such utterance (``ids[b]``, or its
+    position in the batch) and its layers' counts."""
     r = torch.as_tensor(list(rates), dtype=torch.long, device=counts.device)[:, None]
-    lo = ((counts - 1) * r).max(0).values
-    hi = (counts * r).min(0).values
-    return lo < hi
-
-
-def _check_lengths(counts: torch.Tensor, rates: Sequence[int], names: Sequence) -> None:
-    """Refuse ``(num_layers, batch_size)`` frame counts no one waveform length gives
-    (:func:`consistent_lengths`), naming the first such utterance's layers and counts."""
-    ok = consistent_lengths(counts, rates)
+    ok = ((counts - 1) * r).max(0).values < (counts * r).min(0).values
     if not bool(ok.all()):
         b = int(torch.nonzero(~ok)[0])
         mixed = len(set(rates)) > 1
         detail = ", ".join(f"layer {nm}: {int(n[b])}" + (f" at rate {r}" if mixed else "")
                            for nm, n, r in zip(names, counts, rates))
+        who = f"{ids[b]!r}" if ids is not None else f"{b} in the batch"
         raise ValueError(
-            f"hidden states of utterance {b} in the batch have different lengths ({detail}); "
+            f"hidden states of utterance {who} have different lengths ({detail}); "
             "no waveform length gives these frame counts. A weighted sum needs frame-aligned "
             "layers: check the upstream's all_hs_len (s3viz.check_upstream) or select layers "
             "of one rate")
 
 
-def _sum_geometry(sizes: dict, rates: dict, target_rate):
+def layer_list(layers, num_layer: int, name: str = "layers") -> list[int]:
+    """``layers`` (None: all) as distinct layer indices in ``[0, num_layer)``, in order."""
+    if layers is None:
+        return list(range(num_layer))
+    try:
+        out = [int(i) for i in layers]
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{name} must be a list of layer indices, got {layers!r}") from e
+    bad = [i for i in out if not 0 <= i < num_layer]
+    if bad:
+        raise ValueError(f"{name} {bad} out of range [0, {num_layer}): there are {num_layer} "
+                         "hidden states")
+    if len(set(out)) != len(out) or not out:
+        raise ValueError(f"{name} must be non-empty and without repeats, got {list(layers)}")
+    return out
+
+
+def sum_geometry(sizes: dict, rates: dict, target_rate):
     """The target rate of a weighted sum of layers ``{name: hidden size}`` and ``{name:
     rate}``: ``target_rate``, or their one rate; layers of several sizes are refused."""
     if len(set(sizes.values())) > 1:
@@ -95,14 +95,9 @@ def _sum_geometry(sizes: dict, rates: dict, target_rate):
 
 def align_frames(hs: torch.Tensor, hs_len: torch.Tensor, rate: int, target_rate: int
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bring one hidden state from downsample rate ``rate`` to ``target_rate``: frames of
-    a coarser layer are repeated, frames of a finer layer are averaged in groups (padding
-    never enters an average; ``docs/featurizers.md``).
-
-    Returns:
-        ``(hs, hs_len)`` at ``target_rate``: ``(batch_size, seq_len', hidden_size)``
-        and ``(batch_size,)`` long.
-    """
+    """``(hs, hs_len)`` of one hidden state brought from downsample rate ``rate`` to
+    ``target_rate``: frames of a coarser layer are repeated, frames of a finer layer
+    averaged in groups (padding never enters an average; ``docs/featurizers.md``)."""
     mode, f = rate_factor(rate, target_rate)
     hs_len = hs_len.to(device=hs.device, dtype=torch.long)
     if mode == "same":
@@ -128,20 +123,15 @@ def weighted_sum(all_hs: Sequence[torch.Tensor], all_hs_len: Sequence[torch.Tens
                  target_rate: int | None = None, normalize: bool = False,
                  layer_names: Sequence | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Weighted sum of hidden states (the layers to sum, already selected), with length
-    checks and rate alignment.
+    checks (a ValueError when no one waveform gives their lengths) and rate alignment.
 
     Args:
         rates: downsample rate of each hidden state; needed only when they differ.
-        target_rate: rate of the output; defaults to the common rate.
         layer_names: names used in error messages (default ``0..num_layers-1``).
 
     Returns:
         ``(hs, hs_len)``: ``(batch_size, seq_len, hidden_size)`` with zeros after
         each utterance's length, and ``(batch_size,)`` long.
-
-    Raises:
-        ValueError: when the layers' lengths differ (after rate alignment, beyond
-            its rounding), or shapes do not match.
     """
     n = len(all_hs)
     if n == 0 or len(all_hs_len) != n:
@@ -154,7 +144,7 @@ def weighted_sum(all_hs: Sequence[torch.Tensor], all_hs_len: Sequence[torch.Tens
     rates = [1] * n if rates is None else [int(r) for r in rates]
     if len(rates) != n:
         raise ValueError(f"rates must have {n} entries (one per hidden state), got {len(rates)}")
-    target_rate = _sum_geometry({nm: int(h.shape[-1]) for nm, h in zip(names, all_hs)},
+    target_rate = sum_geometry({nm: int(h.shape[-1]) for nm, h in zip(names, all_hs)},
                                 dict(zip(names, rates)), target_rate)
     batch = {int(h.shape[0]) for h in all_hs} | {int(h_len.shape[0]) for h_len in all_hs_len}
     if len(batch) > 1:
@@ -176,41 +166,27 @@ def weighted_sum(all_hs: Sequence[torch.Tensor], all_hs_len: Sequence[torch.Tens
         h, h_len = align_frames(h, h_len, r, target_rate)
         aligned.append(h)
         lens.append(h_len.to(all_hs[0].device))
-    _check_lengths(torch.stack(counts), rates, names)
+    check_lengths(torch.stack(counts), rates, names)
     hs_len = torch.stack(lens).min(0).values  # at target_rate
-    seq_len = max(int(hs_len.max()) if hs_len.numel() else 0, 0)
+    seq_len = int(hs_len.max()) if hs_len.numel() else 0
     w = weights.to(device=aligned[0].device, dtype=aligned[0].dtype)
     out = None
-    for wi, h in zip(w, aligned):
-        h = h[:, :seq_len]
-        if h.shape[1] < seq_len:  # padded shorter than the longest valid length: cannot happen
-            h = F.pad(h, (0, 0, 0, seq_len - h.shape[1]))
-        out = wi * h if out is None else out + wi * h
+    for wi, h in zip(w, aligned):  # each aligned layer has at least seq_len frames
+        out = wi * h[:, :seq_len] if out is None else out + wi * h[:, :seq_len]
     mask = length_mask(hs_len, seq_len)
     return out * mask[..., None].to(out.dtype), hs_len
 
 
-def as_vector(values, n: int, name: str, index=None) -> torch.Tensor:
-    """A float64 ``(n,)`` tensor from a Series / dict / sequence / array / tensor."""
+def as_vector(values, n: int, name: str, index, *, nonnegative: bool = False) -> torch.Tensor:
+    """A float64 ``(n,)`` tensor from a sequence / array / tensor, or a Series / dict keyed
+    by the layers ``index``; ``nonnegative``: also refuse negative or infinite values."""
+    if isinstance(values, dict):
+        values = pd.Series(values, dtype=object)
     if isinstance(values, pd.Series):
-        if index is not None:
-            missing = [i for i in index if i not in values.index]
-            extra = [i for i in values.index if i not in list(index)]
-            if missing or extra:
-                raise ValueError(
-                    f"{name} is indexed by {list(values.index)}, expected the layers {list(index)}"
-                    f" (missing {missing}, unexpected {extra})"
-                )
-            values = values.reindex(list(index))
-        values = values.to_numpy()
-    elif isinstance(values, dict):
-        if index is None:
-            raise TypeError(f"{name}: a dict needs layer keys")
-        missing = [i for i in index if i not in values]
-        if missing or len(values) != len(index):
-            raise ValueError(f"{name} must have one entry per layer {list(index)}, got keys "
-                             f"{list(values)}")
-        values = [values[i] for i in index]
+        if set(values.index) != set(index) or len(values) != len(index):
+            raise ValueError(f"{name} is indexed by {list(values.index)}, expected the layers "
+                             f"{list(index)}")
+        values = values.reindex(list(index)).to_numpy()
     if isinstance(values, torch.Tensor):
         t = values.detach().to("cpu", torch.float64)
     else:
@@ -224,22 +200,9 @@ def as_vector(values, n: int, name: str, index=None) -> torch.Tensor:
                          f"{tuple(t.shape)}")
     if torch.isnan(t).any():
         raise ValueError(f"{name} contains NaN: {t.tolist()}")
+    if nonnegative and ((t < 0).any() or torch.isinf(t).any()):
+        raise ValueError(f"{name} must be finite and non-negative, got {t.tolist()}")
     return t
-
-
-def _probs_to_logits(probs, n: int, index=None, atol: float = 1e-4) -> torch.Tensor:
-    p = as_vector(probs, n, "probs", index)
-    if (p < 0).any() or torch.isinf(p).any():
-        raise ValueError(f"probs must be finite and non-negative, got {p.tolist()}")
-    total = float(p.sum())
-    if abs(total - 1.0) > atol:
-        raise ValueError(
-            f"probs must sum to 1 (within {atol}), got sum {total:.6g}; pass probs / probs.sum() "
-            "or give logits=... instead"
-        )
-    logits = torch.log(p / total)
-    # exact zeros get a finite logit so low that softmax gives exactly 0 in float32/64
-    return (logits - logits.max()).clamp(min=_ZERO_LOGIT)
 
 
 class WeightedSumFeaturizer(AbsFeaturizer):
@@ -267,22 +230,8 @@ class WeightedSumFeaturizer(AbsFeaturizer):
         if len(hidden_sizes) != num_layer or len(rates) != num_layer:
             raise ValueError(f"upstream has num_layer={num_layer} but {len(hidden_sizes)} "
                              f"hidden_sizes and {len(rates)} downsample_rates")
-        if layer_selections is None:
-            selections = list(range(num_layer))
-        else:
-            try:
-                selections = sorted(int(i) for i in layer_selections)
-            except (TypeError, ValueError) as e:
-                raise TypeError(f"layer_selections must be a list of layer indices, got "
-                                f"{layer_selections!r}") from e
-            bad = [i for i in selections if not 0 <= i < num_layer]
-            if bad:
-                raise ValueError(f"layer_selections {bad} out of range [0, {num_layer}) "
-                                 f"for an upstream with {num_layer} hidden states")
-            if len(set(selections)) != len(selections) or not selections:
-                raise ValueError(f"layer_selections must be non-empty and without repeats, got "
-                                 f"{list(layer_selections)}")
-        target_rate = _sum_geometry({i: hidden_sizes[i] for i in selections},
+        selections = sorted(layer_list(layer_selections, num_layer, "layer_selections"))
+        target_rate = sum_geometry({i: hidden_sizes[i] for i in selections},
                                     {i: rates[i] for i in selections}, target_rate)
         if isinstance(target_rate, bool) or not isinstance(target_rate, (int, np.integer)) \
                 or target_rate <= 0:
@@ -332,7 +281,7 @@ class WeightedSumFeaturizer(AbsFeaturizer):
         except RuntimeError as e:
             raise ValueError("all_hs_len must hold one (batch_size,) tensor per hidden state, "
                              "all of the same batch_size") from e
-        _check_lengths(counts, self._rates, range(self._num_layer))
+        check_lengths(counts, self._rates, range(self._num_layer))
         sel = self.layer_selections
         return weighted_sum([all_hs[i] for i in sel], [all_hs_len[i] for i in sel],
                             F.softmax(self.weights, dim=-1), rates=[self._rates[i] for i in sel],
@@ -341,33 +290,33 @@ class WeightedSumFeaturizer(AbsFeaturizer):
 
     @property
     def layer_weights(self) -> pd.Series:
-        """Softmax weights (probabilities summing to 1), indexed by layer.
-
-        ``featurizer.layer_weights.to_csv("weights.csv")`` saves the numbers.
-        """
+        """Softmax weights (probabilities summing to 1), indexed by layer."""
         with torch.no_grad():
             p = F.softmax(self.weights.detach().double(), dim=-1).cpu().numpy()
         return pd.Series(p, index=pd.Index(self.layer_selections, name="layer"), name="weight")
 
     def set_weights(self, probs=None, logits=None, *, atol: float = 1e-4) -> WeightedSumFeaturizer:
-        """Set the weights from probabilities or logits (exactly one of them).
+        """Set the weights from probabilities or logits (exactly one of them); returns self.
 
         Args:
             probs: ``(num_selected,)`` non-negative numbers summing to 1 (within
                 ``atol``): a sequence, array, tensor, dict or Series keyed by layer.
                 Zeros give a weight of exactly 0 (a logit of ``-1e4``).
             logits: ``(num_selected,)`` finite logits (softmax is applied).
-
-        Returns:
-            ``self``.
         """
         if (probs is None) == (logits is None):
             raise ValueError("set_weights needs exactly one of probs=... or logits=...")
-        n = len(self.layer_selections)
+        n, index = len(self.layer_selections), self.layer_selections
         if probs is not None:
-            new = _probs_to_logits(probs, n, self.layer_selections, atol)
+            p = as_vector(probs, n, "probs", index, nonnegative=True)
+            if abs(float(p.sum()) - 1.0) > atol:
+                raise ValueError(f"probs must sum to 1 (within {atol}), got sum {float(p.sum()):.6g}; "
+                                 "pass probs / probs.sum() or give logits=... instead")
+            new = torch.log(p / p.sum())
+            # exact zeros get a finite logit so low that softmax gives exactly 0 in float32/64
+            new = (new - new.max()).clamp(min=_ZERO_LOGIT)
         else:
-            new = as_vector(logits, n, "logits", self.layer_selections)
+            new = as_vector(logits, n, "logits", index)
             if torch.isinf(new).any():
                 raise ValueError(f"logits must be finite, got {new.tolist()}; give probs=... "
                                  "with zeros for a weight of exactly 0")

@@ -320,6 +320,18 @@ def test_train_featurizer_bad_arguments(store):
         train_featurizer(store, "phone", layers=[0, 9], options=one, device="cpu")
     with pytest.raises(ValueError, match="split_by"):
         train_featurizer(store, "phone", split_by="nonsense", options=one, device="cpu")
+    with pytest.raises(ValueError, match="level"):  # no segments: it is not a pooled level
+        WeightedScorer(store, "speaker", level="segment", device="cpu")
+
+
+def test_train_featurizer_keeps_each_weight_on_its_layer(store):
+    """``layers`` in any order: the featurizer (whose layers are sorted) gets each learned
+    weight on the layer the history names."""
+    feat, hist = train_featurizer(store, "phone", layers=[2, 0], device="cpu",
+                                  options=TrainOptions(steps=5, eval_every=5))
+    assert feat.layer_selections == [0, 2]
+    for layer in (0, 2):
+        assert feat.layer_weights[layer] == pytest.approx(hist[f"weight_{layer}"].iloc[-1])
 
 
 # ---------------------------------------------------------------------------

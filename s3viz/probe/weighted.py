@@ -1,8 +1,8 @@
 """:class:`WeightedScorer`: the probe score of any weighted sum of layers, in milliseconds.
 
-The same ridge probe as :func:`s3viz.probe_layers` (one held-out fold), fitted on
-``sum_l w_l x_l`` from per-layer cross statistics cached once, so that a widget can
-re-score every slider move. One-hot weights give the per-layer curve.
+The ridge probe of :func:`s3viz.probe_layers` (one held-out fold) on ``sum_l w_l x_l``,
+from cross-layer statistics cached once, so that a widget can re-score every slider
+move (``docs/featurizers.md``).
 """
 
 from __future__ import annotations
@@ -24,31 +24,11 @@ from .stats import ProbeStats
 __all__ = ["BASES", "WeightedScorer"]
 
 
-# ----------------------------------------------------------------------------
-# WeightedScorer: the probe score of any weight vector, from cached statistics
-
-
-# ----------------------------------------------------------------------------
-
-
-def _weighted_gram(gram: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``sum_lm w_l w_m G_lm`` for ``gram`` of shape ``(L, k, L, k)`` and ``w`` ``(L,)``.
-
-    Two matrix-vector products (``tensordot``), reading ``gram`` once.
-    """
-    w = w.to(gram.dtype)
-    return torch.tensordot(torch.tensordot(w, gram, dims=([0], [0])), w, dims=([1], [0]))
-
-
 class _Blocks:
-    """Cross-layer statistics of projected features ``R_l = Z_l P`` over some frames.
-
-    ``gram (L, k, L, k)``: ``R_l^T R_m``; ``cross (L, k, C)``: ``R_l^T Y``;
-    ``sums (L, k)``: ``R_l^T 1``; ``counts (C,)``: class counts; ``n``: frames.
-    Accumulated in float64; ``gram`` is then kept in float32 (a move reads it
-    whole, so half the bytes is twice the speed; its weighted sum is returned in
-    float64, accurate to about 1e-6 relative).
-    """
+    """Cross-layer statistics of projected features ``R_l = Z_l P``: ``gram (L, k, L, k)``
+    ``R_l^T R_m``, ``cross (L, k, C)`` ``R_l^T Y``, ``sums (L, k)`` ``R_l^T 1``, class
+    ``counts``. Summed in float64; ``gram`` is then kept in float32 (a move reads it
+    whole: half the bytes, twice the speed; about 1e-6 relative)."""
 
     def __init__(self, L: int, k: int, C: int, device):
         kw = {"dtype": torch.float64, "device": device}
@@ -80,20 +60,21 @@ class _Blocks:
 
     def stats(self, w: torch.Tensor):
         """:class:`s3viz.ProbeStats` of the weighted sum ``sum_l w_l R_l`` (one group)."""
+        wg = w.to(self.gram.dtype)  # sum_lm w_l w_m G_lm, reading the gram once
+        gram = torch.tensordot(torch.tensordot(wg, self.gram, dims=([0], [0])), wg,
+                               dims=([1], [0]))
         return ProbeStats(
             self.counts.sum().reshape(1),
             torch.einsum("l,lk->k", w, self.sums)[None],
-            _weighted_gram(self.gram, w).double()[None],
+            gram.double()[None],
             self.counts[None],
             torch.einsum("l,lkc->kc", w, self.cross)[None],
             self.counts[None].clone(),
         )
 
 
-_CHUNK_UTTERANCES = 64  # utterances per chunk of the statistics pass
-
 BASES = ("mixed", "pca", "supervised")
-"""How :class:`WeightedScorer` chooses its shared basis (see there)."""
+"""How :class:`WeightedScorer` chooses its shared basis (``docs/featurizers.md``)."""
 
 
 def _eig_desc(mat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,52 +103,22 @@ def _basis(cov: torch.Tensor, between: torch.Tensor, k: int, kind: str) -> torch
 class WeightedScorer:
     """Probe accuracy of the weighted sum of layers, for any weights, in milliseconds.
 
-    The representation scored is ``sum_l w_l Z_l``, the weighted sum of the
-    selected layers each standardised with training statistics (as
-    :func:`train_featurizer` does by default), seen through one shared
-    orthonormal basis ``P`` of ``dims`` directions (no projection when
-    ``dims >= hidden_size``). Because ``P`` is shared, projecting the weighted
-    sum equals weighting the projections, ``(sum_l w_l Z_l) P = sum_l w_l (Z_l P)``.
-    ``basis`` chooses ``P`` from a sample of training frames of all layers
-    pooled together:
-
-    - ``"supervised"``: the top directions of the between-class scatter (the
-      span of the class means, where a linear probe finds its signal);
-    - ``"pca"``: the top principal components (largest variance);
-    - ``"mixed"`` (default): half of each (PCA of what the supervised half
-      leaves), so that the probe also sees the largest noise directions it may
-      need to cancel. On the benchmark store (13 x 768, 40 classes) a 128-dim
-      ``"mixed"`` basis scores like the full 768 dimensions, ``"pca"`` far below;
-    - a ``(hidden_size, dims)`` tensor of your own (orthonormalised).
-
-    At construction (one pass over the store) the scorer caches, for the
-    training and the dev utterances, the blocks ``G_lm = (Z_l P)^T (Z_m P)``,
-    ``(Z_l P)^T Y`` and ``(Z_l P)^T 1``, plus the projected test frames. A
-    score then needs only ``dims``-sized algebra: the weighted blocks give the
-    :class:`s3viz.ProbeStats` of the weighted sum, the ridge penalty is chosen
-    on the dev part exactly as :func:`s3viz.probe_layers` does (same grid,
-    same dev mean squared error), the probe is fit on train + dev and scored on
-    the held-out test utterances. It is the ridge probe of ``probe_layers``
-    for one fold, applied to the weighted sum.
+    The representation scored is ``sum_l w_l Z_l``, the selected layers each
+    standardised with training statistics, seen through one shared orthonormal
+    basis of ``dims`` directions; a score is the ridge probe of
+    :func:`s3viz.probe_layers` for one fold (penalty chosen on the dev part, fit on
+    train + dev, scored on the held-out test part), from blocks cached in one pass
+    over the store (``docs/featurizers.md``).
 
     Args:
-        store: a :class:`s3viz.LayerStore`.
-        target, level, layers, target_rate, split_by, seed, utterances: as in
-            :func:`train_featurizer`: the target, its classes and the split are
-            the probes' (:meth:`s3viz.probe.targets.ProbeTask.held_out`).
-        test_fraction: share of the groups held out for the score, in (0, 0.5]
-            (the split is :func:`s3viz.probe.probe_folds` with
-            ``max(3, round(1 / test_fraction))`` folds: fold 0 is the test, fold
-            1 the dev part).
-        dims: size of the shared basis (``None``: no projection; only for
-            ``num_layers * hidden_size <= 4096``).
-        basis: ``"mixed"``, ``"supervised"``, ``"pca"`` or a tensor (see above).
-        lambdas: the ridge penalties (relative, as in ``probe_layers``; default
-            its grid) one is chosen from on the dev part for every weight
-            vector; one value is a fixed penalty.
+        test_fraction: in (0, 0.5]; the other arguments of the split as in
+            :func:`train_featurizer`.
+        dims: ``None`` (no projection) only for ``num_layers * hidden_size <= 4096``.
+        basis: one of :data:`BASES` or a ``(hidden_size, dims)`` tensor of your own.
+        lambdas: one value is a fixed penalty (default: ``probe_layers``' grid).
         pca_frames: training frames used to estimate the basis.
-        device: where the one-off statistics are computed (None = cuda when
-            available); each score runs on the CPU in float64.
+        device: where the one-off statistics are computed; each score runs on the
+            CPU in float64.
     """
 
     def __init__(self, store, target: str, *, level: str = "frame", layers=None,
@@ -175,12 +126,11 @@ class WeightedScorer:
                  target_rate: int | None = None, split_by: str = "auto",
                  test_fraction: float = 0.25, seed: int = 0, device=None,
                  pca_frames: int = 4096, basis="mixed", utterances=None):
-        data = ProbeData(store, target, level=level, layers=layers, target_rate=target_rate,
-                          split_by=split_by, test_fraction=test_fraction, seed=seed,
-                          utterances=utterances)
-        self.data = data
-        self.layers = list(data.layers)
-        self.classes = list(data.classes)
+        self.data = data = ProbeData(store, target, level=level, layers=layers,
+                                     target_rate=target_rate, split_by=split_by,
+                                     test_fraction=test_fraction, seed=seed,
+                                     utterances=utterances)
+        self.layers, self.classes = list(data.layers), list(data.classes)
         self.split_by = data.split_by  # the split "auto" (or the caller) chose
         self.level, self.target = level, target
         self.lambdas = tuple(_v.numbers(LAMBDAS if lambdas is None else lambdas, "lambdas"))
@@ -190,10 +140,7 @@ class WeightedScorer:
                 raise ValueError(f"dims=None keeps all {H} dimensions, which needs a "
                                  f"({L * H})^2 Gram matrix; pass dims=128 (or fewer)")
             dims = H
-        if isinstance(dims, bool) or not isinstance(dims, (int, np.integer)) or dims < 1:
-            raise ValueError(f"dims must be a positive int or None, got {dims!r}")
-        k = min(int(dims), H)
-        self.dims = k
+        self.dims = k = min(_v.integer(dims, "dims"), H)
         dev = _resolve_device(device)
         if len(data.dev_utts) == 0 or len(data.fit_utts) == 0:
             raise ValueError("the split left no dev or training utterances; lower test_fraction "
@@ -210,21 +157,14 @@ class WeightedScorer:
             raise ValueError(f"basis must be one of {BASES} or a (hidden_size, dims) tensor, "
                              f"got {basis!r}")
         elif k < H:
-            rng = np.random.default_rng(seed)
-            sample, count = [], 0
-            for u in rng.permutation(data.fit_utts):  # not the dev part that picks the penalty
-                sample.append(int(u))
-                count += int(data.lengths[u])
-                if count >= pca_frames:
-                    break
-            y = torch.from_numpy(data.labels(sample))
-            keep = y >= 0
-            onehot = F.one_hot(y[keep], C).double().to(dev)
+            order = np.random.default_rng(seed).permutation(data.fit_utts)  # not dev's
+            xs, y = data.examples(next(data.runs(order, pca_frames)))
+            onehot = F.one_hot(y, C).double().to(dev)
             inv_n = 1.0 / onehot.sum(0).clamp(min=1.0)
             cov = torch.zeros(H, H, dtype=torch.float64, device=dev)
             between = torch.zeros(H, H, dtype=torch.float64, device=dev)
-            for j in range(L):
-                x = data.features(j, sample)[keep].to(dev)
+            for x in xs:
+                x = x.to(dev)
                 cov += (x.T @ x).double()
                 sums = onehot.T @ x.double()  # (C, H) class sums
                 between += sums.T @ (sums * inv_n[:, None])
@@ -237,52 +177,40 @@ class WeightedScorer:
         self.fit_blocks = _Blocks(L, k, C, dev)
         self.dev_blocks = _Blocks(L, k, C, dev)
         for part, utts in ((self.fit_blocks, data.fit_utts), (self.dev_blocks, data.dev_utts)):
-            for a in range(0, len(utts), _CHUNK_UTTERANCES):
-                group = utts[a:a + _CHUNK_UTTERANCES]
-                y = torch.from_numpy(data.labels(group))
-                keep = y >= 0
-                if bool(keep.any()):
-                    r = torch.cat([self._project(data.features(j, group)[keep].to(dev), basis)
-                                   for j in range(L)], dim=1)
-                    part.update(r, y[keep].to(dev))
+            for a in range(0, len(utts), 64):
+                xs, y = data.examples(utts[a:a + 64])
+                if len(y):
+                    part.update(torch.cat([self._project(x.to(dev), basis) for x in xs], dim=1),
+                                y.to(dev))
             part.finish()
         if self.fit_blocks.n == 0 or self.dev_blocks.n == 0:
             raise ValueError("no labelled frames in the training or dev part of the split")
         self.n_train = self.fit_blocks.n + self.dev_blocks.n
 
-        # 3. projected test frames
-        y = torch.from_numpy(data.labels(data.test_utts))
-        keep = y != -1  # unseen classes (UNSEEN) stay: always wrong, as in the probes
-        self.y_test = y[keep]
+        # 3. projected test frames (unseen classes stay: always wrong, as in the probes)
+        xs, self.y_test = data.examples(data.test_utts, unseen=True)
         self.chance, self.n_test_unseen = data.chance, data.n_test_unseen
-        self.n_test = int(keep.sum())
+        self.n_test = len(self.y_test)
         if self.n_test == 0:
             raise ValueError("no labelled test frames: the held-out split has no labels")
-        self.test = torch.stack([
-            self._project(data.features(j, data.test_utts)[keep].to(dev), basis).cpu()
-            for j in range(L)]).double()  # (L, n_test, k)
+        self.test = torch.stack([self._project(x.to(dev), basis).cpu()
+                                 for x in xs]).double()  # (L, n_test, k)
 
     @staticmethod
     def _project(x: torch.Tensor, basis: torch.Tensor | None) -> torch.Tensor:
         return x if basis is None else x @ basis
 
     def _weights(self, weights) -> torch.Tensor:
-        w = as_vector(weights, len(self.layers), "weights", self.layers)
-        if (w < 0).any() or torch.isinf(w).any():
-            raise ValueError(f"weights must be finite and non-negative, got {w.tolist()}")
+        w = as_vector(weights, len(self.layers), "weights", self.layers, nonnegative=True)
         total = float(w.sum())
         if total <= 0:
             raise ValueError("weights are all zero; give at least one positive weight")
         return w / total
 
     def probe(self, weights):
-        """Ridge probe of the weighted sum with ``weights`` (``(num_layers,)``, as in :meth:`evaluate`).
-
-        Returns:
-            ``(weight, bias, lam)``: ``(dims, num_classes)`` and ``(num_classes,)``
-            float64 (scores of projected frames ``x`` are ``x @ weight + bias``) and
-            the penalty used.
-        """
+        """Ridge probe of the weighted sum with ``weights`` (as in :meth:`evaluate`):
+        ``(weight, bias, lam)``, float64 ``(dims, num_classes)`` and ``(num_classes,)``
+        (projected frames ``x`` score ``x @ weight + bias``) and the penalty used."""
         w = self._weights(weights)
         fit, dev = self.fit_blocks.stats(w), self.dev_blocks.stats(w)
         if len(self.lambdas) == 1:  # a fixed penalty: no dev choice
@@ -303,11 +231,10 @@ class WeightedScorer:
 
         Returns:
             dict with ``accuracy`` (on the test frames; NaN when every weight is on
-            degenerate layers, which read as zeros: see :class:`ProbeData`), ``chance`` (the
-            training majority class scored on the same frames), ``lam``
-            (ridge penalty used), ``n_train``, ``n_test`` and
-            ``n_test_unseen`` (test frames whose class training lacks: wrong
-            in both ``accuracy`` and ``chance``; see :class:`ProbeData`).
+            degenerate layers, which read as zeros), ``chance`` (the training majority
+            class on the same frames), ``lam`` (the ridge penalty), ``n_train``,
+            ``n_test`` and ``n_test_unseen`` (test frames whose class training lacks:
+            wrong in both ``accuracy`` and ``chance``; :class:`ProbeData`).
         """
         w = self._weights(weights)
         weight, bias, lam = self.probe(w)
@@ -327,11 +254,7 @@ class WeightedScorer:
     def layer_scores(self) -> pd.Series:
         """Accuracy of each single layer (one-hot weights), indexed by layer
         (``attrs["split_by"]``: the split)."""
-        out = []
-        for j in range(len(self.layers)):
-            w = np.zeros(len(self.layers))
-            w[j] = 1.0
-            out.append(self.score(w))
+        out = [self.score(w) for w in np.eye(len(self.layers))]
         scores = pd.Series(out, index=pd.Index(self.layers, name="layer"), name="accuracy")
         scores.attrs["split_by"] = self.split_by
         return scores
