@@ -13,7 +13,7 @@ import sys
 from numbers import Integral, Real
 from typing import List, Optional, Sequence
 
-__all__ = ["caller_stacklevel", "integer", "number", "numbers", "stored_layers"]
+__all__ = ["caller_stacklevel", "integer", "layer_range", "number", "numbers", "stored_layers"]
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
@@ -91,3 +91,13 @@ def stored_layers(store, layers, name: str = "layers") -> List[int]:
     if len(set(out)) != len(out):
         raise ValueError(f"{name} names a stored layer twice: {out}")
     return out
+
+
+def layer_range(layers: Sequence[int], sep: str = ",") -> str:
+    """``layer 3``, ``layers 0-4`` (consecutive) or ``layers 1,3`` (joined by ``sep``)."""
+    layers = sorted(int(x) for x in layers)
+    if len(layers) == 1:
+        return f"layer {layers[0]}"
+    if layers == list(range(layers[0], layers[-1] + 1)):
+        return f"layers {layers[0]}-{layers[-1]}"
+    return "layers " + sep.join(str(x) for x in layers)

@@ -7,6 +7,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
+from .._validate import layer_range
 from ..interface import SAMPLE_RATE
 from ._common import new_axes
 
@@ -15,15 +16,6 @@ __all__ = ["length_alignment", "frame_grid"]
 _CONV_COLORS = {"ceil": "tab:blue", "round": "tab:orange", "floor": "tab:green", "conv": "tab:red"}
 _LANE_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink",
                 "tab:olive", "tab:cyan")
-
-
-def _layer_range_label(layers: Sequence[int]) -> str:
-    layers = sorted(int(x) for x in layers)
-    if len(layers) == 1:
-        return f"layer {layers[0]}"
-    if layers == list(range(layers[0], layers[-1] + 1)):
-        return f"layers {layers[0]}-{layers[-1]}"
-    return "layers " + ",".join(str(x) for x in layers)
 
 
 def length_alignment(report: pd.DataFrame, ax=None, *, by: str = "rate",
@@ -66,7 +58,7 @@ def length_alignment(report: pd.DataFrame, ax=None, *, by: str = "rate",
                 sig.setdefault(key, []).append(layer)
             for layers in sig.values():
                 lp = part[part["layer"] == layers[0]]
-                groups.append((f"{_layer_range_label(layers)} (rate {rate})", lp))
+                groups.append((f"{layer_range(layers)} (rate {rate})", lp))
 
     styles = ("-", "--", ":", "-.")
     offsets = {c: 0.04 * (i - (len(convs) - 1) / 2) for i, c in enumerate(convs)}
