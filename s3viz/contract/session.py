@@ -306,20 +306,20 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     if a.device != b.device:
         b = b.to(a.device)
     dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
-    a, b = a.to(dtype), b.to(dtype)
+    return float(torch.nan_to_num(_abs_diff(a.to(dtype), b.to(dtype)), nan=math.inf).max())
+
+
+def _abs_diff(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``|a - b|``, 0 where both hold the same non-finite value."""
     d = (a - b).abs()
-    if torch.isfinite(d).all():
-        return float(d.max())
-    same = (a == b) | (torch.isnan(a) & torch.isnan(b))
-    d = torch.where(same, torch.zeros_like(d), d)
-    return float(torch.nan_to_num(d, nan=math.inf).max())
+    return torch.where((a == b) | (torch.isnan(a) & torch.isnan(b)), torch.zeros_like(d), d)
 
 
-def _valid_scale(h: torch.Tensor, n: torch.Tensor | None) -> float:
-    """Largest finite |value| over the valid frames (all frames when lengths are unusable)."""
-    if n is None or h.dim() < 2:
-        return _max_abs(h)
-    return max((_max_abs(h[i, :k]) for i, k in enumerate(n.tolist())), default=0.0)
+def _over_valid(fn, n: torch.Tensor | None, *xs: torch.Tensor) -> float:
+    """The largest ``fn(*xs)`` over each item's ``n`` valid frames (all frames for None)."""
+    if n is None or xs[0].dim() < 2:
+        return fn(*xs)
+    return max((fn(*(x[i, :k] for x in xs)) for i, k in enumerate(n.tolist())), default=0.0)
 
 
 def _grade(diff: float, tol: float) -> str:

@@ -12,11 +12,11 @@ from collections.abc import Sequence
 import torch
 
 from .checks import (_check_finite, _check_lengths_bound, _check_lengths_type, _check_rate,
-                     _check_shape, _determinism_row, _layer_diff, _positive_int_property, _read,
-                     _unreadable)
+                     _check_shape, _determinism_row, _positive_int_property, _read, _unreadable)
 from .report import ContractReport, _Rows
-from .session import (_DEFAULT_WAV_LENGTHS, _UPSTREAM_SIGNATURE, _graded_row, _int_status,
-                      _max_abs, _max_diff, _noise, _run_checks, _Session, _UpOut, _valid_scale)
+from .session import (_DEFAULT_WAV_LENGTHS, _UPSTREAM_SIGNATURE, _abs_diff, _graded_row,
+                      _int_status, _max_abs, _max_diff, _noise, _over_valid, _run_checks,
+                      _Session, _UpOut)
 
 __all__ = ["check_upstream"]
 
@@ -245,7 +245,7 @@ def _hidden_shape(run: _UpstreamRun, rows: _Rows) -> None:
         with rows.guard("hidden_shape", layer):
             size = sizes[layer] if sizes is not None and layer < len(sizes) else None
             _check_shape(rows, "hidden_shape", h, run.batch, size, f"hidden_sizes[{layer}]", layer)
-        run.scales.append(_valid_scale(h, main.valid(layer, run.batch)))
+        run.scales.append(_over_valid(_max_abs, main.valid(layer, run.batch), h))
 
 
 def _lengths_type(run: _UpstreamRun, rows: _Rows) -> None:
@@ -311,8 +311,9 @@ def _determinism(run: _UpstreamRun, rows: _Rows) -> None:
             rows.add("determinism", "fail", f"lengths differ between two calls: {n1.tolist()} vs "
                      f"{n2.tolist()}", layer)
             run.nondeterministic.add(layer)
-        elif not _determinism_row(rows, _layer_diff(main.all_hs[layer], rep.all_hs[layer], n1),
-                                  run.s.tol(run.scales[layer]), layer):
+        elif not _determinism_row(
+                rows, _over_valid(_max_diff, n1, main.all_hs[layer], rep.all_hs[layer]),
+                run.s.tol(run.scales[layer]), layer):
             run.nondeterministic.add(layer)
     run.per_layer(rows, "determinism", check)
 
@@ -339,7 +340,7 @@ def _wavs_2d_row(rows: _Rows, run: _UpstreamRun) -> None:
         rows.add("wavs_2d", "warn", f"accepts (batch_size, seq_len) but {what} returned "
                  f"{out2.count} hidden states instead of {out3.count} (see stable_layers)")
         return
-    diff = max(_layer_diff(a, b, out3.valid(layer, 1))
+    diff = max(_over_valid(_max_diff, out3.valid(layer, 1), a, b)
                for layer, (a, b) in enumerate(zip(out3.all_hs, out2.all_hs)))
     tol = run.s.tol(max(_max_abs(h) for h in out3.all_hs))
     if diff <= tol:
@@ -366,10 +367,8 @@ earlier ones measured; ``_forward`` returns False when nothing runs: the rest is
 
 def _frames_over(a: torch.Tensor, b: torch.Tensor, tol: float) -> list:
     """Indices of the frames (rows) of ``a`` and ``b`` that differ by more than ``tol``."""
-    a, b = a.detach().double().cpu(), b.detach().double().cpu()
-    d = (a - b).abs()
-    d = torch.where((a == b) | (torch.isnan(a) & torch.isnan(b)), torch.zeros_like(d), d)
-    d = d.reshape(a.shape[0], -1).amax(dim=1)
+    a = a.detach().double().cpu()
+    d = _abs_diff(a, b.detach().double().cpu()).reshape(a.shape[0], -1).amax(dim=1)
     return torch.nonzero(~(d <= tol)).squeeze(1).tolist()
 
 
