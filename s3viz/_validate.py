@@ -1,8 +1,7 @@
 """Checks of public numeric arguments: a ValueError (or TypeError) that names the argument.
 
-A NaN learning rate, an infinite ridge penalty or a batch size of 0 used to give a
-quietly wrong number (or an IndexError deep inside); every public function checks
-its numbers with these before it starts.
+Every public function checks its numbers with these before it starts (a NaN learning
+rate or a batch size of 0 must not give a quietly wrong number).
 """
 
 from __future__ import annotations
@@ -19,11 +18,7 @@ _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 def caller_stacklevel() -> int:
-    """``stacklevel`` that makes a warning point at the first frame outside s3viz.
-
-    A fixed stacklevel is wrong as soon as a helper or decorator sits between the
-    user's call and the warning; this counts the frames instead.
-    """
+    """``stacklevel`` that makes a warning point at the first frame outside s3viz."""
     frame, level = sys._getframe(1), 1
     while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
         frame, level = frame.f_back, level + 1
