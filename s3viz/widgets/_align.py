@@ -76,10 +76,9 @@ def utterance_alignment(source, index: int, *, upstream=None,
             layers); default :func:`default_layers`.
         device: where a Corpus's upstream runs (default: where it lives).
 
-    Returns:
-        dict with ``id``, ``wav`` (``(num_samples,)`` float32 or None), ``wav_len``,
-        ``phones`` (DataFrame or None), ``num_frames`` (layer -> frames) and
-        ``timelines`` (``"layer i"`` -> :func:`s3viz.frame_timeline` DataFrame).
+    Returns a dict: ``id``, ``wav`` (``(num_samples,)`` float32 or None), ``wav_len``,
+    ``phones`` (or None), ``num_frames`` (layer -> frames) and ``timelines`` (``"layer
+    i"`` -> :func:`s3viz.frame_timeline` DataFrame).
     """
     store = _check_source(source, upstream)
     n = len(source)
@@ -136,17 +135,11 @@ def draw_alignment(view: Dict[str, object], ax=None, *, window=None, spectrogram
 
 
 class AlignmentExplorer(ipywidgets.VBox):
-    """The widget made by :func:`alignment_explorer` (a ``VBox``).
-
-    Attributes:
-        utterance, layers, window, spectrogram: the controls (``Dropdown``,
-            ``SelectMultiple``, ``FloatRangeSlider``, ``Checkbox``); set their
-            ``.value`` to drive the picture.
-        image: the ``ipywidgets.Image`` showing the PNG.
-        figure: the matplotlib ``Figure`` last drawn.
-        view: the :func:`utterance_alignment` dict drawn last.
-        state: ``index, id, layers, window, spectrogram, renders``.
-    """
+    """The widget of :func:`alignment_explorer`: the controls ``utterance``, ``layers``,
+    ``window``, ``spectrogram`` (set their ``.value`` to drive the picture), the ``image``
+    (PNG) of the matplotlib ``figure`` last drawn, its ``view``
+    (:func:`utterance_alignment`) and ``state`` (``index, id, layers, window, spectrogram,
+    renders``)."""
 
     def __init__(self, source, upstream=None, *, layers=None, window_s: float = 1.0,
                  figsize=(9.0, 4.5), device=None):

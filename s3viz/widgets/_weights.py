@@ -50,16 +50,13 @@ def _as_series(weights, layers: Sequence[int], name: str) -> pd.Series:
 
 
 class LayerWeightExplorer(W.VBox):
-    """The widget returned by :func:`layer_weight_explorer` (see there).
+    """The widget of :func:`layer_weight_explorer`.
 
-    Attributes:
-        sliders: one ``FloatSlider`` per layer (relative weight in [0, 1]).
-        bars: one vertical ``FloatProgress`` per layer (normalised weight; all bars share
-            a scale whose top is the largest weight, at least twice the uniform one).
-        weight_labels: one ``HTML`` per layer showing the normalised weight.
-        score_label: ``HTML`` with the current score.
-        uniform_button, best_button, learned_button: the presets.
-        scorer: the :class:`~s3viz.probe.weighted.WeightedScorer` doing the work.
+    Per layer a ``FloatSlider`` in ``sliders`` (relative weight in [0, 1]), a vertical
+    ``FloatProgress`` in ``bars`` (normalised weight; the bars' top is the largest
+    weight, at least twice the uniform one) and an ``HTML`` in ``weight_labels``;
+    ``score_label``, the presets ``uniform_button``, ``best_button``, ``learned_button``
+    and the ``scorer`` (:class:`~s3viz.probe.weighted.WeightedScorer`).
     """
 
     def __init__(self, scorer: WeightedScorer, *, learned=None, train=None, title=None):
