@@ -68,12 +68,16 @@ def eval_session(module, device: torch.device | None = None, *, move: bool = Fal
 
 def notebook_threads(*, apply: bool = True, verbose: bool = True) -> int:
     """The torch CPU thread count for an analysis notebook on this machine (the notebooks
-    call it in their first cell); ``apply`` sets it, ``verbose`` prints it and why.
+    call it in their first cell).
 
     On a shared busy server torch's threads wait for each other
     (``benchmarks/bench_threads.py``). So: ``S3VIZ_THREADS`` when set; one thread on at
     most 4 cores or when the load average is at least half the cores; otherwise the
     cores the load leaves idle, at most torch's default.
+
+    Args:
+        apply: set torch's thread count to the chosen one (False: only return it).
+        verbose: print the count chosen and why.
     """
     import os
 

@@ -26,9 +26,16 @@ _WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
 @dataclass
 class NotebookResult:
-    """Outcome of one executed notebook: its ``name`` (file stem), the page ``html``, the
-    PNG ``figures`` of its outputs in order, ``seconds``, the last line of the ``error`` that
-    stopped it (None when it ran through) and its first markdown heading as ``title``."""
+    """Outcome of one executed notebook.
+
+    Attributes:
+        name: the notebook's file name without its suffix.
+        html: the page written, ``<name>.html``.
+        figures: the PNG files its outputs were written to, in order.
+        seconds: how long it ran.
+        error: the last line of the error that stopped it; None when it ran through.
+        title: its first markdown heading, as plain text.
+    """
 
     name: str
     html: Optional[Path]
@@ -90,6 +97,9 @@ def run_notebook(path: Path, out_dir: Path, *, timeout: int = 600, kernel_name: 
 
     Writes ``<stem>.html`` and ``<stem>_figures/figNN.png`` (removing the ``figNN.png`` an
     earlier run left there); a notebook named ``index`` is refused.
+
+    Args:
+        kernel_name: the Jupyter kernel that runs it.
     """
     import nbformat
     from nbclient import NotebookClient
@@ -237,8 +247,11 @@ def write_index(out_dir: Path, results: Sequence[NotebookResult], extra: Iterabl
 def build_report(notebooks: Sequence[Path], out_dir: Path, *, timeout: int = 600,
                  extra: Iterable[Path] = (), findings: Sequence[str] = (),
                  figures: Sequence[tuple] = ()) -> List[NotebookResult]:
-    """Execute every notebook (in the index's order) into ``out_dir`` and write the index
-    (see :func:`write_index`)."""
+    """Execute every notebook into ``out_dir`` and write the index (see :func:`write_index`).
+
+    Args:
+        notebooks: the ``.ipynb`` files to run, in the index's order.
+    """
     out_dir = Path(out_dir)
     _check_pages(notebooks)
     results = []

@@ -182,8 +182,11 @@ def check_best_layer(answer, probe_df, *, metric: str = "accuracy", target: Opti
 
 
 def check_pooled(answer, store, utterance: int, layer: int, *, atol: float = 1e-4) -> Feedback:
-    """Mean-pool the valid frames of ``utterance`` (its position in ``store``) at ``layer``:
-    a ``(hidden_size,)`` tensor."""
+    """Mean-pool the valid frames of ``utterance`` at ``layer``: a ``(hidden_size,)`` tensor.
+
+    Args:
+        utterance: the utterance's position in ``store``.
+    """
     ex = "mean pooling"
     if _unanswered(answer):
         return _refusal(ex, answer)
@@ -214,7 +217,11 @@ def check_pooled(answer, store, utterance: int, layer: int, *, atol: float = 1e-
 
 
 def check_weights(answer, num_layer: int) -> Feedback:
-    """Are ``answer`` valid featurizer weights over ``num_layer`` layers (a probability vector)?"""
+    """Are ``answer`` valid featurizer weights (a probability vector)?
+
+    Args:
+        num_layer: how many layers the weights must cover.
+    """
     ex = "layer weights"
     if _unanswered(answer):
         return _refusal(ex, answer)

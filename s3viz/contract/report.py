@@ -96,8 +96,11 @@ class ContractReport(pd.DataFrame):
         return f"{self.title or 'contract check'}: {c['ok']} ok, {c['warn']} warn, {c['fail']} fail"
 
     def raise_for_violations(self, *, warnings: bool = False) -> ContractReport:
-        """Raise :class:`ContractViolation` listing every failed (with ``warnings``, also every
-        warned) row; return self otherwise."""
+        """Raise :class:`ContractViolation` listing every failed row; return self otherwise.
+
+        Args:
+            warnings: also treat ``warn`` rows as violations (strict mode).
+        """
         bad = self[self._status().isin(["fail", "warn"] if warnings else ["fail"])]
         if len(bad):
             lines = [f"{self.summary()}; violations:"]

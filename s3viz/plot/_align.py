@@ -146,7 +146,9 @@ def frame_grid(wav, timelines, phones: Optional[pd.DataFrame] = None, ax=None, *
         wav: ``(num_samples,)`` waveform (numpy or tensor), or None when only
             frames and phones are known (then give ``wav_len``).
         timelines: dict name -> :func:`s3viz.frame_timeline` DataFrame, or a list.
+        spectrogram: draw a log spectrogram instead of the waveform.
         window: ``(start_s, end_s)`` zoom in seconds; default the whole utterance.
+        receptive_field: draw the receptive-field bracket per lane.
     """
     lanes = _as_timelines(timelines)
     if wav is not None:

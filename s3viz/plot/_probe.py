@@ -16,9 +16,12 @@ def probe_curve(df: pd.DataFrame, ax=None, *, metric: str = "accuracy",
     """Probe score per layer of a :func:`s3viz.probe_layers` table: one line per target and
     method (``metric``: ``"accuracy"``, ``"macro_f1"`` or ``"selectivity"``).
 
-    Accuracy gets a band of +- ``accuracy_std`` over folds and, with ``show_control``, a
-    dotted ``control_accuracy`` line; accuracy and F1 a dashed chance line (majority class)
-    per target. The lines' labels say "(random weights)" when ``df.attrs["weights"]`` does.
+    Accuracy gets a band of +- ``accuracy_std`` over folds; accuracy and F1 a dashed
+    chance line (majority class) per target. The lines' labels say "(random weights)" when
+    ``df.attrs["weights"]`` does.
+
+    Args:
+        show_control: draw ``control_accuracy`` as a dotted line when present.
     """
     check_table(df, ("layer", "accuracy", metric), "s3viz.probe_layers")
     ax = new_axes(ax)

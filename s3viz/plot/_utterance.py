@@ -27,11 +27,13 @@ def phone_marks(ax, phones: pd.DataFrame, *, color: str = "k", column: str = "ph
 
 
 def utterance(utt, axes=None, *, title: str | None = None):
-    """The waveform of ``utt`` (phone spans shaded) above its spectrogram (log power of a
-    25 ms Hann window every 10 ms), both marked with the phones; x in seconds.
+    """The waveform (phone spans shaded) above the spectrogram (log power of a 25 ms Hann
+    window every 10 ms), both marked with the phones; x in seconds. Returns the two Axes.
 
-    ``axes``: two Axes sharing x (None: a new figure); ``title``: the waveform's (default
-    the utterance's text, else its id). Returns the two Axes.
+    Args:
+        utt: an :class:`s3viz.data.Utterance` (``wav`` at 16 kHz, ``phones`` may be None).
+        axes: two Axes (waveform, spectrogram) sharing x; ``None`` makes a figure.
+        title: the waveform's title (default: the utterance's text, else its id).
     """
     import matplotlib.pyplot as plt
 

@@ -174,8 +174,12 @@ def weights_and_probe(weights, probe_df: pd.DataFrame, ax=None, *, metric: str =
 
 
 def weight_history(history: pd.DataFrame, ax=None, *, title: str | None = None):
-    """The layer weights during training (``history`` of :func:`s3viz.train_featurizer`):
-    one line per layer along one colour map, from step 0, the uniform ``1 / L`` dashed."""
+    """The layer weights during training: one line per layer along one colour map, from
+    step 0, the uniform ``1 / L`` dashed.
+
+    Args:
+        history: the history DataFrame of :func:`s3viz.train_featurizer`.
+    """
     import matplotlib
 
     if not isinstance(history, pd.DataFrame) or "step" not in history.columns:
