@@ -1,10 +1,9 @@
 """Importing torchaudio with one clear error when its compiled library cannot load.
 
-torchaudio's wheels do not say which torch they were built for, so pip installs
-broken pairs silently and ``import torchaudio`` fails deep inside. Every s3viz
-path that needs torchaudio goes through :func:`torchaudio`, which turns that
-failure into one :class:`TorchaudioImportError` naming the installed versions,
-the pairs known to work and the fix. Why: ``docs/install.md``.
+pip installs broken torch/torchaudio pairs silently; every s3viz path that needs
+torchaudio goes through :func:`torchaudio`, which turns that failure into one
+:class:`TorchaudioImportError` naming the versions, the pairs known to work and the
+fix. Why: ``docs/install.md``.
 """
 
 from __future__ import annotations
@@ -15,14 +14,10 @@ from typing import Optional, Tuple
 
 __all__ = ["KNOWN_GOOD_PAIRS", "TorchaudioImportError", "installed_version", "torchaudio"]
 
-# (torch, torchaudio) pairs that were measured to load together (README, "Installing").
-# The first is the pair the lock file (requirements/lock.txt) installs and `make test` runs.
+# (torch, torchaudio) pairs measured to load together (README, "Installing"); the first is
+# the pair the lock file (requirements/lock.txt) installs and `make test` runs.
 KNOWN_GOOD_PAIRS: Tuple[Tuple[str, str], ...] = (
-    ("2.11.0", "2.11.0"),
-    ("2.13.0", "2.11.1"),
-    ("2.14.1", "2.11.1"),
-    ("2.15.0", "2.11.1"),
-)
+    ("2.11.0", "2.11.0"), ("2.13.0", "2.11.1"), ("2.14.1", "2.11.1"), ("2.15.0", "2.11.1"))
 
 FIX_COMMAND = "pip install 'torch==2.11.0' 'torchaudio==2.11.0'"
 FIX_IN_CHECKOUT = "make setup  (installs the tested set from requirements/lock.txt)"
@@ -74,11 +69,10 @@ def _message(cause: BaseException) -> str:
 def torchaudio():
     """Import and return the ``torchaudio`` module, or raise :class:`TorchaudioImportError`.
 
-    The compiled library of a torchaudio built for another torch fails with an
-    ``OSError`` (undefined symbol, missing shared object) or a ``RuntimeError``
-    from torch's op registry; both become one ImportError with the fix. The
-    loader's own traceback is not chained for display (it is 40 lines of import
-    machinery); the original exception stays available as ``err.__context__``.
+    A torchaudio built for another torch fails with an ``OSError`` (undefined symbol,
+    missing shared object) or a ``RuntimeError`` from torch's op registry; both become
+    one ImportError with the fix, the loader's traceback not chained (it stays available
+    as ``err.__context__``).
     """
     try:
         return importlib.import_module("torchaudio")

@@ -1,13 +1,9 @@
 """The runtime rules shared across s3viz: devices, model sessions, notebook threads.
 
-- :func:`resolve_device`, the one device rule: ``device=None`` means the model's own
-  device when it has tensors, else cuda when torch sees one, else the CPU; a device
-  asked for by name is refused (``ValueError``) when it is CUDA and torch sees none.
-  Every s3viz function that picks a device picks it here, and this is the only module
-  that asks torch whether CUDA is there (``tests/test_architecture.py``);
-- :func:`eval_session`: run a model in eval mode (moved only when asked) and restore
-  every submodule's training flag and the device afterwards;
-- :func:`notebook_threads`: torch threads for a (possibly shared) notebook server.
+:func:`resolve_device` is the one device rule: every s3viz function that picks a device
+picks it here, and this is the only module that asks torch whether CUDA is there
+(``tests/test_architecture.py``). :func:`eval_session` runs a model in eval mode;
+:func:`notebook_threads` picks torch threads for a (possibly shared) notebook server.
 """
 
 from __future__ import annotations
@@ -24,26 +20,19 @@ def module_device(module) -> torch.device | None:
     or is not an ``nn.Module``."""
     if not isinstance(module, torch.nn.Module):
         return None
-    for t in module.parameters():
-        return t.device
-    for t in module.buffers():
-        return t.device
-    return None
+    t = next(module.parameters(), None)
+    t = next(module.buffers(), None) if t is None else t
+    return None if t is None else t.device
 
 
 def resolve_device(device=None, module=None) -> torch.device:
     """``None`` -> ``module``'s own device when it has tensors, else cuda when available,
-    else cpu; anything else -> ``torch.device(device)``.
-
-    Raises:
-        ValueError: for a string or object torch does not read as a device, or a CUDA
-            device on a machine where torch sees none.
-    """
+    else cpu; anything else -> ``torch.device(device)``. ValueError for what torch does not
+    read as a device, or CUDA where torch sees none."""
     if device is None:
         own = module_device(module)
-        if own is not None:
-            return own
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return own if own is not None else torch.device(
+            "cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
@@ -56,12 +45,9 @@ def resolve_device(device=None, module=None) -> torch.device:
 
 @contextlib.contextmanager
 def eval_session(module, device: torch.device | None = None, *, move: bool = False):
-    """Eval mode for the block; with ``move``, on ``device`` too.
-
-    Afterwards every submodule gets back its own training flag (``module.train(was)``
-    would give them all the top-level one) and a moved module goes back to where its
-    first tensor was. A callable that is not an ``nn.Module`` is left alone.
-    """
+    """Eval mode for the block (with ``move``, on ``device`` too); afterwards every submodule
+    gets back its own training flag and a moved module goes back. A callable that is not
+    an ``nn.Module`` is left alone."""
     if not isinstance(module, torch.nn.Module):
         yield
         return
@@ -84,12 +70,10 @@ def notebook_threads(*, apply: bool = True, verbose: bool = True) -> int:
     """The torch CPU thread count for an analysis notebook on this machine (the notebooks
     call it in their first cell).
 
-    torch starts one thread per core, and on a shared busy server the threads wait
-    for each other (``benchmarks/bench_threads.py``: a probe and CKA on 2 cores,
-    0.24 s with 2 threads against 0.31 s with one when quiet, 5.67 s against 1.45 s
-    beside 6 busy processes). So: ``S3VIZ_THREADS`` when set; one thread on at most
-    4 cores or when the load average is at least half the cores; otherwise the cores
-    the load leaves idle, at most torch's default.
+    On a shared busy server torch's threads wait for each other
+    (``benchmarks/bench_threads.py``). So: ``S3VIZ_THREADS`` when set; one thread on at
+    most 4 cores or when the load average is at least half the cores; otherwise the
+    cores the load leaves idle, at most torch's default.
 
     Args:
         apply: set torch's thread count to the chosen one (False: only return it).

@@ -24,20 +24,14 @@ __all__ = ["read_dtype", "pow2_factor", "safe_scale", "Moments",
 
 
 def read_dtype(store) -> torch.dtype:
-    """float64 for a store that holds float64 frames (``LayerStore.from_tensors``), else float32.
-
-    Reading a float64 store in float32 rounds a feature of 1e6 to 1/16: the
-    measures read it in its own precision instead.
-    """
+    """float64 for a store that holds float64 frames (``LayerStore.from_tensors``), else
+    float32 (a float64 store read in float32 rounds a feature of 1e6 to 1/16)."""
     return torch.float64 if getattr(store, "store_dtype", None) == torch.float64 else torch.float32
 
 
 def pow2_factor(x: torch.Tensor) -> float:
-    """A power of two ``2**-k`` bringing the root mean square of ``x`` near 1 (1.0 for 0 or empty).
-
-    Multiplying by a power of two is exact in floating point, so it only moves
-    products away from float32's overflow and underflow.
-    """
+    """A power of two ``2**-k`` (exact to multiply by) bringing the root mean square of ``x``
+    near 1 (1.0 for 0 or empty)."""
     if x.numel() == 0:
         return 1.0
     rms = float(x.double().pow(2).mean().sqrt())
@@ -50,13 +44,9 @@ def safe_scale(std: torch.Tensor, mean: torch.Tensor | None = None,
                eps: float = torch.finfo(torch.float64).eps, ulps: float = 4.0
                ) -> torch.Tensor:
     """``std`` (``(..., hidden)``) with dead features set to 1: those whose spread is 0,
-    or (given ``mean``) at most ``ulps`` units of ``eps`` (the precision the moments
-    were computed in) of their own mean: rounding of a constant, not signal.
-
-    Each feature is judged by itself, never against the others: a feature of 1e-12
-    beside features of 1 is as alive as they are. Dead features of the data itself
-    are found earlier, by the layer's guard (``per_feature``), which reads them as 0.
-    """
+    or (given ``mean``) at most ``ulps`` units of ``eps`` (the precision of the moments)
+    of their own mean. Each feature is judged by itself: a feature of 1e-12 beside
+    features of 1 is as alive as they are."""
     live = std > 0
     if mean is not None:
         live &= std > ulps * eps * mean.abs()
@@ -66,24 +56,16 @@ def safe_scale(std: torch.Tensor, mean: torch.Tensor | None = None,
 class Moments:
     """Streamed per-feature count, mean and population variance, accurate under any offset.
 
-    ``update`` adds rows; the first rows seen fix ``shift`` (their float64 mean)
-    and sums are of ``x - shift``. ``reduce`` (a sum over shards, e.g.
-    :func:`s3viz.distributed.all_reduce_sum`) merges shards whose shifts differ:
-    each is re-based on the global mean before the sum (two extra collectives).
-
-    Args:
-        shape: the feature shape, e.g. ``(hidden,)`` or ``(layers, hidden)``;
-            rows are reduced over the axis before it (``update`` takes
-            ``(rows, *shape)``, or ``(*shape[:-1], rows, shape[-1])`` with ``axis=-2``).
-        device: where the float64 sums live.
+    The first rows seen fix ``shift`` (their float64 mean); sums are of ``x - shift``.
+    ``shape``: the feature shape, e.g. ``(hidden,)`` or ``(layers, hidden)``; ``update``
+    takes ``(rows, *shape)`` (``axis=0``) or has its rows on ``axis``. ``device``: where
+    the float64 sums live.
     """
 
     def __init__(self, shape, device=None, axis: int = 0):
         kw = {"dtype": torch.float64, "device": device}
         self.axis = axis
-        self.shift = torch.zeros(*shape, **kw)
-        self.s1 = torch.zeros(*shape, **kw)
-        self.s2 = torch.zeros(*shape, **kw)
+        self.shift, self.s1, self.s2 = (torch.zeros(*shape, **kw) for _ in range(3))
         self.n = 0
         self._fixed = False
 
@@ -101,7 +83,9 @@ class Moments:
         return self
 
     def reduced(self, reduce) -> Moments:
-        """The moments of all shards (every shard calls this: three collectives)."""
+        """The moments of all shards (``reduce`` sums over shards, e.g.
+        :func:`s3viz.distributed.all_reduce_sum`; every shard calls this: three collectives),
+        each shard re-based on the global mean before the sum."""
         out = Moments(self.shift.shape, self.shift.device, self.axis)
         f64 = {"dtype": torch.float64, "device": self.shift.device}
         n_all = float(reduce(torch.tensor([float(self.n)], **f64))[0])
@@ -126,8 +110,6 @@ class Moments:
         return (self.s2 / n - m * m).clamp_min(0)
 
 
-# --------------------------------------------------------------------------- the layer guard
-
 ROUNDING_ULPS = 4
 """A layer whose spread is at most this many units in the last place of its dtype,
 relative to its magnitude, varies only by rounding: it is degenerate."""
@@ -143,9 +125,10 @@ def dtype_eps(dtype: torch.dtype) -> float:
                                           torch.float64) else torch.float32).eps
 
 
-def _row_blocks(x: torch.Tensor) -> range:
-    """Starts of blocks of ``x``'s rows of about 4M numbers each (``x[i:i + step]``)."""
-    return range(0, x.shape[0], max(1, (1 << 22) // max(1, x.shape[-1])))
+def _row_blocks(x: torch.Tensor) -> list[slice]:
+    """Blocks of ``x``'s rows of about 4M numbers each."""
+    step = max(1, (1 << 22) // max(1, x.shape[-1]))
+    return [slice(i, i + step) for i in range(0, x.shape[0], step)]
 
 
 def _pow2_near(v: float) -> float:
@@ -158,11 +141,10 @@ def _pow2_near(v: float) -> float:
 class Guard:
     """How a measure reads one layer: ``(x - shift) * scale`` in float64, or NaN if degenerate.
 
-    ``scale``: a power of two (exact) bringing the values (with ``centre``, their
-    spread) near 1, whatever the layer's scale; per feature (a ``(hidden,)`` tensor,
-    0 for a dead feature) for the measures that standardise each feature. ``shift``:
-    the per-feature median (None without ``centre``). ``reason``: why the layer is
-    degenerate (None if it is not); the measure then reports NaN for it.
+    ``scale``: a power of two bringing the values (with ``centre``, their spread) near 1;
+    per feature (``(hidden,)``, 0 for a dead feature) for measures that standardise each
+    feature. ``shift``: the per-feature median (None without ``centre``). ``reason``: why
+    the layer is degenerate (None if it is not).
     """
 
     def __init__(self, scale, shift: torch.Tensor | None, reason: str | None,
@@ -173,28 +155,24 @@ class Guard:
     def __call__(self, x: torch.Tensor, dtype: torch.dtype = torch.float64, device=None
                  ) -> torch.Tensor:
         """``(x - shift) * scale`` in ``dtype`` on ``device`` (default ``x``'s), computed in
-        float64 in blocks of about 4M numbers (no float64 copy of a whole layer)."""
+        float64 in blocks (no float64 copy of a whole layer)."""
         device = x.device if device is None else device
         out = torch.empty(x.shape, dtype=dtype, device=device)
         scale = self.scale
         if isinstance(scale, torch.Tensor):
             scale = scale.to(x.device)
-        blocks = _row_blocks(x)
-        for i in blocks:
-            y = x[i:i + blocks.step].to(torch.float64)
+        for b in _row_blocks(x):
+            y = x[b].to(torch.float64)
             if self.shift is not None:
                 y = y - self.shift.to(y.device)
-            out[i:i + blocks.step] = (y * scale).to(device=device, dtype=dtype)
+            out[b] = (y * scale).to(device=device, dtype=dtype)
         return out
 
 
 class Profile:
-    """Streamed magnitude and spread of a layer, to build its :class:`Guard`.
-
-    ``update`` adds rows of any scale: they are multiplied by a power of two
-    fixed by the largest value seen so far (re-based exactly when a larger one
-    comes), so that no square under- or overflows in float64.
-    """
+    """Streamed magnitude and spread of a layer, to build its :class:`Guard`; rows are added
+    times a power of two fixed by the largest value so far (re-based exactly when a larger
+    one comes), so that no square under- or overflows in float64."""
 
     def __init__(self):
         self.mom: Moments | None = None
@@ -251,14 +229,12 @@ class Profile:
             self.sample = [(i, r) for i, r in self.sample if i % self.stride == 0]
 
     def robust(self) -> tuple[torch.Tensor, float, float, torch.Tensor, torch.Tensor]:
-        """``(centre, spread, magnitude, mad, level)`` of the typical rows, from the sample:
-        no row far out moves them.
+        """``(centre, spread, magnitude, mad, level)`` of the typical rows, from the sample.
 
         ``centre``: the per-feature median; ``mad``: per feature, 1.4826 x the median
-        absolute deviation (of a higher quantile where more than half of a feature's
-        values sit at its median); ``spread``: the root mean square of ``mad``;
-        ``magnitude``: the median root mean square of a row; ``level``: per feature, the
-        median ``|x|`` (what its rounding is relative to).
+        absolute deviation (a higher quantile where more than half of a feature's values
+        sit at its median); ``spread``: the root mean square of ``mad``; ``magnitude``: the
+        median root mean square of a row; ``level``: per feature, the median ``|x|``.
         """
         if self.robust_override is not None:
             return self.robust_override
@@ -349,31 +325,24 @@ class Profile:
     def guard(self, dtype: torch.dtype, *, centre: bool, reference: torch.Tensor | None = None,
               ulps: float = 1.0, span: float | None = None, per_feature: bool = False
               ) -> Guard:
-        """The :class:`Guard` of the profiled values.
+        """The :class:`Guard` of the profiled values (``docs/measures.md``, "Degenerate layers").
 
         Args:
-            dtype: the dtype the values were computed in (the store's), or the
-                narrower one every value fits exactly (unless every value is an
-                integer: integers are exact in any float, and their steps are not
-                rounding): its rounding sets the degeneracy threshold.
+            dtype: the dtype the values were computed in (the store's); the narrower one
+                every value fits exactly is used instead unless every value is an integer.
             centre: subtract the per-feature median (for offset-invariant measures).
             reference: per feature, the typical size the rounding is relative to
-                (default the values' own, ``level`` of :meth:`robust`); pooled vectors
-                pass their frames'.
+                (default ``level`` of :meth:`robust`); pooled vectors pass their frames'.
             ulps: the threshold in multiples of :data:`ROUNDING_ULPS`.
             span: the largest dynamic range the measure's arithmetic resolves (the
                 ``*_span`` functions); a layer whose largest deviation from its median
                 is more robust spreads than this is degenerate too. None: no limit.
-            per_feature: for measures that standardise each feature (the probes): the
-                scale is a power of two per feature near that feature's own spread, and
-                a dead feature (every value within rounding of the others) reads as 0;
-                the range is judged per feature.
+            per_feature: for measures that standardise each feature (the probes): a
+                power of two per feature, a dead feature reads as 0, the range is judged
+                per feature.
 
-        A feature is *quiet* when its robust spread (``mad``) is at most
-        ``ROUNDING_ULPS * ulps`` ulps of its typical size, *dead* when every value is; a
-        layer is degenerate when every feature is quiet (``docs/measures.md``,
-        "Degenerate layers"). The scale is a power of two near the robust spread (the
-        root mean square without ``centre``), which one far row does not move.
+        The scale is a power of two near the robust spread (the root mean square without
+        ``centre``), which one far row does not move.
         """
         if self.exact and not self.integral and dtype_eps(self.exact[0]) > dtype_eps(dtype):
             dtype = self.exact[0]  # e.g. float32 frames in a float64 store
@@ -456,9 +425,8 @@ def tensor_guard(x: torch.Tensor, dtype: torch.dtype, *, centre: bool,
     computed in, e.g. the store's; ``span``, ``per_feature``: see :meth:`Profile.guard`;
     ``names``: a callable naming a row, for the message)."""
     prof = Profile()
-    blocks = _row_blocks(x)
-    for i in blocks:
-        prof.update(x[i:i + blocks.step])
+    for b in _row_blocks(x):
+        prof.update(x[b])
     return profile_guard(prof, dtype, centre=centre, span=span, per_feature=per_feature,
                          names=names)
 
@@ -489,13 +457,10 @@ def layer_guard(store, layer: int, utterances=None, *, centre: bool, level: str 
                 per_feature: bool = False) -> Guard:
     """The :class:`Guard` of a stored layer, at frame or utterance (mean-pooled) level.
 
-    Utterance level: the pooled vectors (``pooled``, else ``store.pooled``) are
-    degenerate when their spread across utterances is at rounding level relative
-    to the typical size of the frames they are means of, feature by feature (a layer
-    normalised per utterance has pooled vectors of rounding noise, ~1e-7 of its frames).
-    ``reduce``: sharded runs (every shard calls this; one common guard); a given
-    ``pooled`` holds every shard's vectors already. ``span``, ``per_feature``: see
-    :meth:`Profile.guard`.
+    Utterance level: the pooled vectors (``pooled``, else ``store.pooled``) are judged
+    against the typical size of the frames they are means of. ``reduce``: sharded runs
+    (every shard calls this; one common guard); a given ``pooled`` holds every shard's
+    vectors already. ``span``, ``per_feature``: see :meth:`Profile.guard`.
     """
     dtype = getattr(store, "store_dtype", torch.float32)
     if getattr(store, "_precision", None) is not None:  # a segment store: its frames' precision
@@ -563,20 +528,15 @@ def warn_degenerate(measure: str, reasons: dict, what: str = "results") -> None:
 
 
 def unit_rows(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The rows of ``x`` divided by their L2 norm (zero rows stay zero), in ``dtype``.
-
-    What an angular measure sees, whatever the rows' scale: each row is first brought
-    near 1 by a power of two of its own (exact), then normalised in float64, so a
-    norm of 1e-30 (float32 squares vanish) or 1e300 (float64 squares overflow) is
-    no different from a norm of 1. In blocks of about 4M numbers.
-    """
+    """The rows of ``x`` divided by their L2 norm (zero rows stay zero), in ``dtype``: each
+    row is first brought near 1 by a power of two of its own (exact), then normalised in
+    float64, so a norm of 1e-30 or 1e300 is no different from a norm of 1."""
     out = torch.empty(x.shape, dtype=dtype, device=x.device)
-    blocks = _row_blocks(x)
-    for i in blocks:
-        y = x[i:i + blocks.step].to(torch.float64)
+    for b in _row_blocks(x):
+        y = x[b].to(torch.float64)
         _, e = torch.frexp(y.abs().amax(1, keepdim=True))
         y = torch.ldexp(y, -e)
         norm = y.norm(dim=1, keepdim=True)
-        out[i:i + blocks.step] = torch.where(norm > 0, y / torch.where(norm > 0, norm, 1.0),
+        out[b] = torch.where(norm > 0, y / torch.where(norm > 0, norm, 1.0),
                                              y).to(dtype)
     return out

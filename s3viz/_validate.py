@@ -1,8 +1,7 @@
 """Checks of public numeric arguments: a ValueError (or TypeError) that names the argument.
 
-A NaN learning rate, an infinite ridge penalty or a batch size of 0 used to give a
-quietly wrong number (or an IndexError deep inside); every public function checks
-its numbers with these before it starts.
+Every public function checks its numbers with these before it starts (a NaN learning
+rate or a batch size of 0 must not give a quietly wrong number).
 """
 
 from __future__ import annotations
@@ -13,17 +12,13 @@ import sys
 from numbers import Integral, Real
 from typing import List, Optional, Sequence
 
-__all__ = ["caller_stacklevel", "integer", "number", "numbers", "stored_layers"]
+__all__ = ["caller_stacklevel", "integer", "layer_range", "number", "numbers", "stored_layers"]
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 def caller_stacklevel() -> int:
-    """``stacklevel`` that makes a warning point at the first frame outside s3viz.
-
-    A fixed stacklevel is wrong as soon as a helper or decorator sits between the
-    user's call and the warning; this counts the frames instead.
-    """
+    """``stacklevel`` that makes a warning point at the first frame outside s3viz."""
     frame, level = sys._getframe(1), 1
     while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
         frame, level = frame.f_back, level + 1
@@ -91,3 +86,13 @@ def stored_layers(store, layers, name: str = "layers") -> List[int]:
     if len(set(out)) != len(out):
         raise ValueError(f"{name} names a stored layer twice: {out}")
     return out
+
+
+def layer_range(layers: Sequence[int], sep: str = ",") -> str:
+    """``layer 3``, ``layers 0-4`` (consecutive) or ``layers 1,3`` (joined by ``sep``)."""
+    layers = sorted(int(x) for x in layers)
+    if len(layers) == 1:
+        return f"layer {layers[0]}"
+    if layers == list(range(layers[0], layers[-1] + 1)):
+        return f"layers {layers[0]}-{layers[-1]}"
+    return "layers " + sep.join(str(x) for x in layers)

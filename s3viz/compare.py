@@ -1,12 +1,8 @@
 """Does an utterance-level model say what the pooled frame-level outputs say?
 
-:func:`compare_frame_utterance` runs a frame-level model (``AbsFrameModel``:
-``(x, x_len) -> (y, y_len)``) and an utterance-level model
-(``AbsUtteranceModel``: ``(x, x_len) -> (batch_size, output_size)``) on the same
-features, pools the frame-level outputs over each utterance's valid frames and
-compares the two per utterance. When CUDA is present it also runs both models
-on the CPU and on the GPU and reports the largest difference and the timings.
-The models are never moved: copies are made for the other device.
+:func:`compare_frame_utterance` runs an ``AbsFrameModel`` and an ``AbsUtteranceModel``
+on the same features and compares the pooled frame outputs with the utterance outputs;
+with CUDA also CPU against GPU (the models are never moved: copies go to the other device).
 """
 
 from __future__ import annotations
@@ -45,9 +41,6 @@ def pool_frames(y: torch.Tensor, y_len: torch.Tensor, pooling: Union[str, Callab
     raise ValueError(f"pooling must be one of {POOLINGS} or a callable, got {pooling!r}")
 
 
-# --------------------------------------------------------------------------- inputs
-
-
 def _pad(seqs: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
     lens = torch.tensor([int(s.shape[0]) for s in seqs], dtype=torch.long)
     out = torch.nn.utils.rnn.pad_sequence([s.float() for s in seqs], batch_first=True)
@@ -65,16 +58,13 @@ def _batches(data, *, layer, featurizer, batch_size: int
     if isinstance(data, (tuple, list)) and len(data) == 2 and not _is_store(data):
         hs, hs_len = data
         if not isinstance(hs, torch.Tensor) or hs.dim() != 3:
-            raise ValueError(
-                "data=(hs, hs_len) needs hs as a (batch_size, seq_len, hidden_size) tensor, got "
-                f"{tuple(hs.shape) if isinstance(hs, torch.Tensor) else type(hs).__name__}"
-            )
+            raise ValueError("data=(hs, hs_len) needs hs as a (batch_size, seq_len, hidden_size) "
+                             "tensor, got " + (str(tuple(hs.shape)) if isinstance(hs, torch.Tensor)
+                                               else type(hs).__name__))
         hs_len = torch.as_tensor(hs_len)
         if hs_len.dim() != 1 or hs_len.shape[0] != hs.shape[0]:
-            raise ValueError(
-                f"data=(hs, hs_len) needs hs_len of shape ({hs.shape[0]},), "
-                f"got {tuple(hs_len.shape)}"
-            )
+            raise ValueError(f"data=(hs, hs_len) needs hs_len of shape ({hs.shape[0]},), "
+                             f"got {tuple(hs_len.shape)}")
         if layer is not None or featurizer is not None:
             raise ValueError("layer= and featurizer= apply to a LayerStore, not to (hs, hs_len)")
         n, ids = hs.shape[0], [str(i) for i in range(hs.shape[0])]
@@ -84,10 +74,8 @@ def _batches(data, *, layer, featurizer, batch_size: int
             h, hl = hs_cpu[pos[0]: pos[-1] + 1], hs_len[pos[0]: pos[-1] + 1]
             return h[:, : int(hl.max())] if hl.numel() else h, hl
     elif not _is_store(data):
-        raise TypeError(
-            "data must be a LayerStore (s3viz.extract) or a tuple (hs, hs_len) with hs "
-            f"(batch_size, seq_len, hidden_size); got {type(data).__name__}"
-        )
+        raise TypeError("data must be a LayerStore (s3viz.extract) or a tuple (hs, hs_len) with "
+                        f"hs (batch_size, seq_len, hidden_size); got {type(data).__name__}")
     else:
         store = data
         n = len(store)
@@ -97,10 +85,9 @@ def _batches(data, *, layer, featurizer, batch_size: int
         if featurizer is None:
             if layer is None:
                 if store.num_layer != 1:
-                    raise ValueError(
-                        f"the store holds {store.num_layer} layers: pass layer=<index in "
-                        "0..num_layer-1> or featurizer=<an AbsFeaturizer> to choose the features"
-                    )
+                    raise ValueError(f"the store holds {store.num_layer} layers: pass layer=<index "
+                                     "in 0..num_layer-1> or featurizer=<an AbsFeaturizer> to "
+                                     "choose the features")
                 layer = 0
             layer = int(layer)
             if not -store.num_layer <= layer < store.num_layer:
@@ -130,9 +117,6 @@ def _batches(data, *, layer, featurizer, batch_size: int
                 yield (pos, *load(pos))
 
     return n, ids, it()
-
-
-# --------------------------------------------------------------------------- running
 
 
 class _Runner:
@@ -169,10 +153,8 @@ class _Runner:
         with torch.inference_mode():
             out = fm(hs, hs_len)
             if not isinstance(out, (tuple, list)) or len(out) != 2:
-                raise TypeError(
-                    "frame_model(x, x_len) must return (y, y_len) (AbsFrameModel); got "
-                    f"{type(out).__name__}"
-                )
+                raise TypeError("frame_model(x, x_len) must return (y, y_len) (AbsFrameModel); "
+                                f"got {type(out).__name__}")
             y, y_len = out
             u = um(hs, hs_len)
         self._sync()
@@ -180,15 +162,12 @@ class _Runner:
             self.seconds += time.perf_counter() - t0
             self.utterances += hs.shape[0]
         if not isinstance(u, torch.Tensor) or u.dim() != 2:
-            raise TypeError(
-                "utterance_model(x, x_len) must return a (batch_size, output_size) tensor "
-                f"(AbsUtteranceModel); got {getattr(u, 'shape', type(u).__name__)}"
-            )
+            raise TypeError("utterance_model(x, x_len) must return a (batch_size, output_size) "
+                            f"tensor (AbsUtteranceModel); got "
+                            f"{getattr(u, 'shape', type(u).__name__)}")
         if y.dim() != 3 or y.shape[-1] != u.shape[-1]:
-            raise ValueError(
-                f"frame_model outputs {tuple(y.shape)} but utterance_model outputs "
-                f"{tuple(u.shape)}: they must share output_size to be compared"
-            )
+            raise ValueError(f"frame_model outputs {tuple(y.shape)} but utterance_model outputs "
+                             f"{tuple(u.shape)}: they must share output_size to be compared")
         return y, torch.as_tensor(y_len, device=y.device).long(), u
 
 
@@ -212,18 +191,10 @@ def _refuse_nonfinite(hs, hs_len, ids, what):
                          f"in {int((~finite[b]).sum())} frame(s); {NONFINITE_HINT}")
 
 
-def compare_frame_utterance(
-    frame_model,
-    utterance_model,
-    data,
-    *,
-    pooling: Union[str, Callable] = "mean",
-    layer: Optional[int] = None,
-    featurizer=None,
-    device=None,
-    batch_size: int = 32,
-    cpu_vs_gpu: Optional[bool] = None,
-) -> pd.DataFrame:
+def compare_frame_utterance(frame_model, utterance_model, data, *,
+                            pooling: Union[str, Callable] = "mean", layer: Optional[int] = None,
+                            featurizer=None, device=None, batch_size: int = 32,
+                            cpu_vs_gpu: Optional[bool] = None) -> pd.DataFrame:
     """Compare an utterance-level model with the pooled outputs of a frame-level model.
 
     Args:
@@ -235,14 +206,11 @@ def compare_frame_utterance(
         device: where the reported outputs come from (None: cuda when available).
         cpu_vs_gpu: also run on the other device and compare (default: when CUDA is).
 
-    Returns:
-        DataFrame, one row per utterance (input order): ``utterance, id,
-        num_frames, cosine, l2, rel_l2, argmax_frame, argmax_utterance,
-        argmax_agree``, and ``cpu_gpu_frame_max_abs_diff,
-        cpu_gpu_utterance_max_abs_diff, cpu_ms, gpu_ms`` (per utterance,
-        amortised over its batch; NaN without CUDA). ``df.attrs`` holds
-        ``device``, ``gpu`` (name or ``None``), ``note`` and ``summary``, and for a
-        LayerStore ``weights`` (its :attr:`~s3viz.store.LayerStore.weights`).
+    Returns one row per utterance: ``utterance, id, num_frames, cosine, l2, rel_l2,
+    argmax_frame, argmax_utterance, argmax_agree``, and ``cpu_gpu_frame_max_abs_diff,
+    cpu_gpu_utterance_max_abs_diff, cpu_ms, gpu_ms`` (amortised over its batch; NaN
+    without CUDA). ``df.attrs``: ``device``, ``gpu``, ``note``, ``summary`` and, for a
+    LayerStore, ``weights``.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
             or batch_size < 1:
@@ -255,19 +223,15 @@ def compare_frame_utterance(
     fo = getattr(frame_model, "output_size", None)
     uo = getattr(utterance_model, "output_size", None)
     if isinstance(fo, int) and isinstance(uo, int) and fo != uo:
-        raise ValueError(
-            f"frame_model.output_size={fo} but utterance_model.output_size={uo}; compare "
-            "models with the same output space (e.g. the same classes)"
-        )
+        raise ValueError(f"frame_model.output_size={fo} but utterance_model.output_size={uo}; "
+                         "compare models with the same output space (e.g. the same classes)")
     dev = _resolve_device(device)
     has_cuda = _resolve_device(None).type == "cuda"  # device=None would pick a GPU
     if cpu_vs_gpu is None:
         cpu_vs_gpu = has_cuda
     if cpu_vs_gpu and not has_cuda:
         raise ValueError("cpu_vs_gpu=True needs CUDA, which is not available")
-    other = None
-    if cpu_vs_gpu:
-        other = torch.device("cpu") if dev.type == "cuda" else torch.device("cuda")
+    other = torch.device("cpu" if dev.type == "cuda" else "cuda") if cpu_vs_gpu else None
     n, ids, batches = _batches(data, layer=layer, featurizer=featurizer, batch_size=int(batch_size))
 
     main = _Runner(frame_model, utterance_model, dev)
@@ -312,8 +276,7 @@ def compare_frame_utterance(
                 yc, y2c = y.float().cpu(), y2.float().cpu()
                 cols["cpu_gpu_frame_max_abs_diff"][pos] = _frame_diff(yc, y_len.cpu(), y2c).numpy()
                 cols["cpu_gpu_utterance_max_abs_diff"][pos] = (
-                    (u_cpu - u2.float().cpu()).abs().amax(dim=-1).numpy()
-                )
+                    u_cpu - u2.float().cpu()).abs().amax(dim=-1).numpy()
     finally:
         main.close()
         if second is not None:

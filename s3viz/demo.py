@@ -76,13 +76,11 @@ def _findings(probe_df, weights, abx_df, units_df, lengths, models=None) -> List
 
 MIN_UTTERANCES = 16
 """The fewest utterances the demo's probes take: the speaker probe (folds by utterance)
-needs every one of the 8 built-in speakers twice, so that each test fold's speakers are
-seen in training (``s3viz.stream.check_targets`` refuses fewer before extraction)."""
+needs every one of the 8 built-in speakers twice."""
 
 
 def check_n_utterances(n_utterances) -> int:
-    """``n_utterances`` as an int of at least :data:`MIN_UTTERANCES`, else refused naming
-    the minimum (before any synthesis or extraction)."""
+    """``n_utterances`` as an int of at least :data:`MIN_UTTERANCES`, else refused."""
     if isinstance(n_utterances, bool) or not isinstance(n_utterances, int):
         raise TypeError(f"n_utterances must be an int, got {n_utterances!r}")
     if n_utterances < MIN_UTTERANCES:
@@ -96,14 +94,10 @@ def check_n_utterances(n_utterances) -> int:
 
 def run_analysis(out_dir: Union[OwnedFolder, str, os.PathLike], *, n_utterances: int = 48,
                  seed: int = 0, device=None) -> List[Path]:
-    """Run the main analysis into ``out_dir``; returns the files written.
-
-    ``out_dir``: an :class:`~s3viz._fs.OwnedFolder` (``main`` passes
-    ``OwnedFolder(--out).sub("analysis")``, so a link at ``<out>/analysis`` is refused,
-    never written through) or a folder path the user names. ``n_utterances`` below
-    :data:`MIN_UTTERANCES` is refused before anything is made; the probes' targets and
-    folds are checked on the corpus before any extraction.
-    """
+    """Run the main analysis into ``out_dir`` (an :class:`~s3viz._fs.OwnedFolder`, as
+    ``main``'s ``<out>/analysis``, or a folder path the user names); the files written.
+    Too few utterances, or probe targets and folds the corpus cannot give, are refused
+    before anything is made."""
     n_utterances = check_n_utterances(n_utterances)
     if not isinstance(out_dir, OwnedFolder):
         out_dir = OwnedFolder(out_dir, "--out")

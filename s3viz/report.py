@@ -1,10 +1,8 @@
 """Execute notebooks headless and gather them into a static HTML report.
 
-``python -m s3viz.report notebooks/*.ipynb --out build/report`` runs each
-notebook in a fresh kernel, writes ``<name>.html`` with its figures, every
-figure as a PNG and an ``index.html``; notebooks are never modified. Widgets
-become their PNG snapshots or text, so a page opens offline. Details:
-``docs/reports.md``.
+``python -m s3viz.report notebooks/*.ipynb --out build/report`` runs each notebook in a
+fresh kernel and writes ``<name>.html``, its figures as PNGs and an ``index.html`` that
+opens offline (widgets become their PNG snapshots or text): ``docs/reports.md``.
 """
 
 from __future__ import annotations
@@ -54,12 +52,8 @@ def _plain(markdown: str) -> str:
 
 
 def _title(nb) -> str:
-    for cell in nb.cells:
-        if cell.cell_type == "markdown":
-            for line in cell.source.splitlines():
-                if line.startswith("#"):
-                    return _plain(line.lstrip("#"))
-    return ""
+    return next((_plain(line.lstrip("#")) for cell in nb.cells if cell.cell_type == "markdown"
+                 for line in cell.source.splitlines() if line.startswith("#")), "")
 
 
 _REMOTE = re.compile(r"<script\b[^>]*\bsrc=[\"']https?://[^>]*>\s*</script>|"
@@ -68,14 +62,10 @@ _MATH = re.compile(r"\$[^$\s][^$]*\$|\\\(|\\\[")
 
 
 def _offline(page: str, nb) -> str:
-    """The page without the scripts nbconvert fetches from a CDN (require.js, MathJax).
-
-    Left in when the page still needs them: widget state no snapshot replaced
-    (its renderer is a CDN script too) or TeX in a markdown cell (MathJax).
-    """
-    if "widgets" in nb.metadata:
-        return page
-    if any(c.cell_type == "markdown" and _MATH.search(c.source) for c in nb.cells):
+    """The page without the scripts nbconvert fetches from a CDN (require.js, MathJax), unless
+    it needs them: widget state no snapshot replaced, or TeX in a markdown cell."""
+    if "widgets" in nb.metadata or any(c.cell_type == "markdown" and _MATH.search(c.source)
+                                       for c in nb.cells):
         return page
     return _REMOTE.sub("", page)
 
@@ -87,8 +77,8 @@ before a new run, so the folder holds only this run's figures)."""
 
 def _check_pages(notebooks: Sequence[Path]) -> None:
     """Refuse, before anything runs, notebooks whose pages would overwrite each other or
-    the report's ``index.html`` (compared as file systems that fold case and Unicode
-    normalisation would), or whose names are too long for the files they make."""
+    ``index.html`` (as a file system folding case and Unicode normalisation would), or
+    whose names are too long for the files they make."""
     seen = {collision_key("index"): "the report's own index.html"}
     for nb in notebooks:
         stem = Path(nb).stem
@@ -105,9 +95,8 @@ def run_notebook(path: Path, out_dir: Path, *, timeout: int = 600, kernel_name: 
                  ) -> NotebookResult:
     """Execute ``path`` into ``out_dir``; an error in a cell is recorded, not raised.
 
-    Writes ``<stem>.html`` and ``<stem>_figures/figNN.png`` (the ``figNN.png`` an earlier
-    run left there are removed first); a notebook named ``index`` is refused (its page
-    would be the report's index).
+    Writes ``<stem>.html`` and ``<stem>_figures/figNN.png`` (removing the ``figNN.png`` an
+    earlier run left there); a notebook named ``index`` is refused.
 
     Args:
         kernel_name: the Jupyter kernel that runs it.
@@ -159,11 +148,9 @@ def run_notebook(path: Path, out_dir: Path, *, timeout: int = 600, kernel_name: 
 def _static_widgets(nb) -> int:
     """Replace widget views by static renderings; returns how many were replaced.
 
-    A view whose output carries a PNG snapshot (the s3viz explorers) becomes that
-    image; other views become text read from the stored widget state (labels,
-    HTML text and progress bars, e.g. tqdm's: ``extract: 100% |#####| 12/12``).
-    The notebook's widget state is dropped when no widget view is left (nbconvert
-    then adds no widget JavaScript, so the page needs no network).
+    A view with a PNG snapshot (the s3viz explorers) becomes that image, others text read
+    from the stored widget state (labels, HTML, progress bars). The widget state is
+    dropped when no view is left (then nbconvert adds no widget JavaScript).
     """
     state = nb.metadata.get("widgets", {}).get(
         "application/vnd.jupyter.widget-state+json", {}).get("state", {})
@@ -222,13 +209,9 @@ def _widget_text(state: dict, model_id: str, depth: int = 0) -> str:
 
 def write_index(out_dir: Path, results: Sequence[NotebookResult], extra: Iterable[Path] = (),
                 *, findings: Sequence[str] = (), figures: Sequence[tuple] = ()) -> Path:
-    """Write ``out_dir/index.html``: the findings, the main figures inline with their
-    captions, then every notebook (with its figures) and every extra file.
-
-    Args:
-        findings: sentences stated at the top (plain text).
-        figures: ``(png_path, caption)`` pairs shown inline, in order.
-    """
+    """Write ``out_dir/index.html``: the ``findings`` (plain sentences), the ``figures``
+    (``(png_path, caption)`` pairs) inline, then every notebook (with its figures) and every
+    ``extra`` file."""
     out = OwnedFolder(out_dir, "the report folder")
 
     def rel(p) -> str:

@@ -51,6 +51,10 @@ class Feedback:
                 f"<span style='color:{color}'>{mark}</span>: {html.escape(self.message)}</div>")
 
 
+def _unanswered(answer) -> bool:
+    return answer is None or answer is Ellipsis
+
+
 def _number(answer) -> Optional[float]:
     if isinstance(answer, torch.Tensor) and answer.numel() == 1:
         answer = answer.item()
@@ -62,26 +66,28 @@ def _number(answer) -> Optional[float]:
     return value if math.isfinite(value) else None
 
 
-def _not_a_number(exercise: str, answer) -> Feedback:
-    if answer is None or answer is Ellipsis:
-        return _unanswered(exercise)
-    return Feedback(False, f"the answer should be a number, got {type(answer).__name__} "
-                           f"{answer!r}", exercise)
+def _refusal(exercise: str, answer) -> Feedback | None:
+    """The feedback when ``answer`` is still the placeholder or not a number, else None."""
+    if _unanswered(answer):  # say so, not what a wrong answer is
+        return Feedback(False, "not answered yet: replace the None in the exercise cell with "
+                               "your answer and run the cell again.", exercise)
+    if _number(answer) is None:
+        return Feedback(False, f"the answer should be a number, got {type(answer).__name__} "
+                               f"{answer!r}", exercise)
+    return None
 
 
-def _unanswered(exercise: str) -> Feedback:
-    """The exercise cell still holds its placeholder: say so, not what a wrong answer is."""
-    return Feedback(False, "not answered yet: replace the None in the exercise cell with your "
-                           "answer and run the cell again.", exercise)
+def _array(answer, dtype):
+    return np.asarray(answer.detach().cpu() if isinstance(answer, torch.Tensor) else answer,
+                      dtype=dtype)
 
 
 def check_num_layer(answer, upstream) -> Feedback:
     """How many hidden states does ``upstream`` return?"""
     ex = "number of hidden states"
-    value = _number(answer)
-    if value is None:
-        return _not_a_number(ex, answer)
-    right = num_layer_of(upstream)
+    if (refused := _refusal(ex, answer)) is not None:
+        return refused
+    value, right = _number(answer), num_layer_of(upstream)
     if value == right:
         return Feedback(True, "forward() returns one hidden state per entry of all_hs.", ex)
     if value == right - 1:
@@ -94,14 +100,12 @@ def check_num_layer(answer, upstream) -> Feedback:
 
 
 def check_num_frames(answer, upstream, wav_len: int, layer: int = -1) -> Feedback:
-    """How many frames does ``layer`` of ``upstream`` give for ``wav_len`` samples?
-
-    The right answer is what the upstream itself returns (its ``all_hs_len``).
-    """
+    """How many frames does ``layer`` of ``upstream`` give for ``wav_len`` samples (what the
+    upstream itself returns in ``all_hs_len``)?"""
     ex = f"frames for {wav_len} samples"
+    if (refused := _refusal(ex, answer)) is not None:
+        return refused
     value = _number(answer)
-    if value is None:
-        return _not_a_number(ex, answer)
     wav_len = int(wav_len)
     if wav_len <= 0:
         raise ValueError(f"wav_len must be a positive number of samples, got {wav_len}")
@@ -130,9 +134,9 @@ def check_num_frames(answer, upstream, wav_len: int, layer: int = -1) -> Feedbac
 def check_frame_rate_ms(answer, upstream, layer: int = -1) -> Feedback:
     """How many milliseconds apart are consecutive frames of ``layer``?"""
     ex = "frame shift in ms"
+    if (refused := _refusal(ex, answer)) is not None:
+        return refused
     value = _number(answer)
-    if value is None:
-        return _not_a_number(ex, answer)
     rate = int(upstream.downsample_rates[layer])
     right = rate / SAMPLE_RATE * 1000
     if abs(value - right) < 1e-6:
@@ -148,11 +152,8 @@ def check_frame_rate_ms(answer, upstream, layer: int = -1) -> Feedback:
 
 def check_best_layer(answer, probe_df, *, metric: str = "accuracy", target: Optional[str] = None,
                      tolerance: float = 0.0) -> Feedback:
-    """Which layer scores best in ``probe_df`` (from :func:`s3viz.probe_layers`)?
-
-    Any layer within ``tolerance`` of the best score counts as right, and the
-    feedback names the other layers within it (a tie, not a ranking).
-    """
+    """Which layer scores best in ``probe_df`` (from :func:`s3viz.probe_layers`)? Any layer
+    within ``tolerance`` of the best counts, and the feedback names them all (a tie)."""
     ex = "best layer"
     df = probe_df if target is None else probe_df[probe_df["target"] == target]
     if metric not in df.columns or "layer" not in df.columns:
@@ -161,8 +162,8 @@ def check_best_layer(answer, probe_df, *, metric: str = "accuracy", target: Opti
         raise ValueError(f"probe_df has no rows for target {target!r}")
     scores = df.groupby("layer")[metric].mean()
     value = _number(answer)
-    if answer is None or answer is Ellipsis:
-        return _unanswered(ex)
+    if _unanswered(answer):
+        return _refusal(ex, answer)
     if value is None or value not in scores.index:
         return Feedback(False, f"answer with a layer index between {scores.index.min()} and "
                                f"{scores.index.max()}.", ex)
@@ -187,13 +188,12 @@ def check_pooled(answer, store, utterance: int, layer: int, *, atol: float = 1e-
         utterance: the utterance's position in ``store``.
     """
     ex = "mean pooling"
-    if answer is None or answer is Ellipsis:
-        return _unanswered(ex)
+    if _unanswered(answer):
+        return _refusal(ex, answer)
     frames = store.utterance(int(utterance))[int(layer)].float()
     right = frames.mean(dim=0)
     try:
-        got = torch.as_tensor(np.asarray(answer.detach().cpu() if isinstance(answer, torch.Tensor)
-                                         else answer), dtype=torch.float32)
+        got = torch.as_tensor(_array(answer, None), dtype=torch.float32)
     except (TypeError, ValueError):
         return Feedback(False, f"answer with a tensor, got {type(answer).__name__}.", ex)
     if got.shape != right.shape:
@@ -217,17 +217,16 @@ def check_pooled(answer, store, utterance: int, layer: int, *, atol: float = 1e-
 
 
 def check_weights(answer, num_layer: int) -> Feedback:
-    """Are ``answer`` valid featurizer weights over ``num_layer`` layers (a probability vector)?
+    """Are ``answer`` valid featurizer weights (a probability vector)?
 
     Args:
         num_layer: how many layers the weights must cover.
     """
     ex = "layer weights"
-    if answer is None or answer is Ellipsis:
-        return _unanswered(ex)
+    if _unanswered(answer):
+        return _refusal(ex, answer)
     try:
-        w = np.asarray(answer.detach().cpu() if isinstance(answer, torch.Tensor) else answer,
-                       dtype=np.float64).ravel()
+        w = _array(answer, np.float64).ravel()
     except (TypeError, ValueError):
         return Feedback(False, f"answer with a list or tensor of numbers, got "
                                f"{type(answer).__name__}.", ex)

@@ -9,7 +9,7 @@ import torch
 
 from ..align import WAV2VEC2_CONV_LAYERS, expected_lengths, receptive_field
 from .report import _exc, _Rows
-from .session import _NOISY_EVAL, _as_lengths, _call, _graded_row, _int_status, _max_diff
+from .session import _NOISY_EVAL, _as_lengths, _call, _graded_row, _int_status
 
 
 def _read(obj, name):
@@ -198,10 +198,3 @@ def _run_pair(obj, x, x_len, name):
     if not isinstance(out[0], torch.Tensor):
         return f"returned {name} of type {type(out[0]).__name__}, not a tensor"
     return out[0], out[1]
-
-
-def _layer_diff(a, b, n: torch.Tensor | None) -> float:
-    """Max abs difference of ``a`` and ``b`` over the valid frames ``n`` (None: all)."""
-    if n is None:
-        return _max_diff(a, b)
-    return max((_max_diff(a[i, :k], b[i, :k]) for i, k in enumerate(n.tolist())), default=0.0)

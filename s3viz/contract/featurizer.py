@@ -24,21 +24,14 @@ def check_featurizer(featurizer, upstream, *, device=None,
                      wav_lengths: Sequence[int] | None = None, tolerance: int = 2,
                      atol: float | None = None, rtol: float | None = None, seed: int = 0,
                      move: bool = False) -> ContractReport:
-    """Check that ``featurizer`` follows s3prl's ``AbsFeaturizer`` contract on an upstream's output.
+    """Check that ``featurizer`` follows s3prl's ``AbsFeaturizer`` contract on ``upstream``'s
+    output; a :class:`ContractReport` titled ``check_featurizer(<class name>)``.
 
     The upstream runs once on seeded noise waveforms; the featurizer then gets
-    ``(all_hs, all_hs_len)``, and again with each layer in turn one frame short. The
-    checks: ``docs/contract.md``.
-
-    Args:
-        featurizer: the featurizer (``nn.Module`` or attribute-only object).
-        upstream: an upstream whose output the featurizer accepts.
-        device, wav_lengths, tolerance, atol, rtol, seed, move: as in :func:`check_upstream`;
-            with ``device=None`` each object runs where its parameters are and the
-            hidden states are moved to the featurizer's device.
-
-    Returns:
-        :class:`ContractReport` titled ``check_featurizer(<class name>)``.
+    ``(all_hs, all_hs_len)``, and again with each layer in turn one frame short
+    (``docs/contract.md``). The other arguments are :func:`check_upstream`'s; with
+    ``device=None`` each object runs where its parameters are and the hidden states move
+    to the featurizer's device.
     """
     def body(rows, lengths, s, us):
         _featurizer_checks(featurizer, upstream, s, us, lengths, tolerance, seed, rows)

@@ -26,18 +26,12 @@ _UTTERANCE_CHECKS = ("output_shape", "finite", "determinism", "padding_invarianc
 def check_frame_model(model, *, device=None, x_lengths: Sequence[int] | None = None,
                       atol: float | None = None, rtol: float | None = None, seed: int = 0,
                       move: bool = False) -> ContractReport:
-    """Check that ``model`` follows s3prl's ``AbsFrameModel`` contract.
+    """Check that ``model`` follows s3prl's ``AbsFrameModel`` contract; a
+    :class:`ContractReport` titled ``check_frame_model(<class name>)``.
 
-    Runs ``model(x, x_len)`` on seeded noise frames: the batch, again, with garbage in
-    the padded frames, and each sequence alone. The checks: ``docs/contract.md``.
-
-    Args:
-        model: the frame model (``nn.Module`` or attribute-only object).
-        x_lengths: frames per sequence (default ``(37, 50, 12)``).
-        device, atol, rtol, seed, move: as in :func:`check_upstream`.
-
-    Returns:
-        :class:`ContractReport` titled ``check_frame_model(<class name>)``.
+    Runs ``model(x, x_len)`` on seeded noise frames of ``x_lengths`` (default
+    ``(37, 50, 12)``): the batch, again, with garbage in the padded frames, and each
+    sequence alone (``docs/contract.md``). The other arguments are :func:`check_upstream`'s.
     """
     return _model_check("check_frame_model", "AbsFrameModel",
                         "(y (batch_size, seq_len, output_size), y_len (batch_size,))",
@@ -63,8 +57,8 @@ def check_utterance_model(model, *, device=None, x_lengths: Sequence[int] | None
 
 def _model_check(title, interface, returns, names, checks, model, x_lengths, *, seed,
                  **run) -> ContractReport:
-    """The common start of both model checkers: setup, ``input_size``, ``output_size`` and the
-    inputs (zeros and garbage in the padding), then ``checks`` from the forward call on."""
+    """Both model checkers: setup, ``input_size``, ``output_size``, the inputs (zeros and
+    garbage in the padding), then ``checks`` from the forward call on."""
     def body(rows, lengths, s):
         s.setup_rows(rows, f"batch of {len(lengths)} noise sequences (N(0, 1) frames), x_len",
                      lengths, seed)
@@ -169,11 +163,9 @@ def _utterance_model_checks(rows, model, s, x, garbage, x_len, lengths, out_size
 
 
 def _compare_reruns(rows, s, out, valid, rerun, x, garbage, x_len, lengths):
-    """The determinism and padding_invariance rows of both model checkers.
-
-    ``valid``: the valid frames of each item of ``out`` (None: one output per item);
-    ``rerun(x, x_len, batch_size)`` gives ``(output, valid)`` or an error text.
-    """
+    """The determinism and padding_invariance rows of both model checkers. ``valid``: the
+    valid frames of each item of ``out`` (None: one output per item); ``rerun(x, x_len,
+    batch_size)`` gives ``(output, valid)`` or an error text."""
     tol = s.tol(_max_abs(out))
 
     def diff_items(other, other_valid, pairs):

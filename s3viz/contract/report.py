@@ -14,6 +14,8 @@ from contextlib import contextmanager
 import numpy as np
 import pandas as pd
 
+from .._validate import layer_range
+
 STATUSES = ("ok", "warn", "fail")
 """The values of a report's ``status`` column, from best to worst."""
 
@@ -23,12 +25,8 @@ _STATUS_STYLE = {"ok": ("#155724", "#d4edda"), "warn": ("#856404", "#fff3cd"),
 
 
 class ContractViolation(AssertionError):
-    """Raised by :meth:`ContractReport.raise_for_violations`; lists every failed row.
-
-    A subclass of ``AssertionError``, so a notebook cell or test that calls
-    ``report.raise_for_violations()`` reads as a failed assertion about the
-    object. ``.report`` holds the offending rows as a :class:`ContractReport`.
-    """
+    """Raised by :meth:`ContractReport.raise_for_violations`, listing every failed row (an
+    ``AssertionError``: a failed assertion about the object); ``.report`` holds those rows."""
 
     def __init__(self, message: str, report: ContractReport):
         super().__init__(message)
@@ -36,22 +34,14 @@ class ContractViolation(AssertionError):
 
 
 class ContractReport(pd.DataFrame):
-    """The result of a contract check: a DataFrame with one row per check (and layer).
+    """The result of a contract check: a DataFrame (subclass) with one row per check (and layer).
 
-    Columns: ``check`` (str), ``layer`` (nullable int: the hidden state for
-    per-layer checks, ``<NA>`` otherwise), ``status`` (``ok``/``warn``/``fail``),
-    ``value`` (float the check measured, NaN when none) and ``detail`` (str:
-    what was seen and, for a failure, how to fix it).
-
-    It *is* a DataFrame (a subclass, not a wrapper): filter, group, plot and
-    ``to_csv`` it like any other, and slices stay reports (``_constructor``)
-    that keep their ``title`` (``_metadata``). On top of that:
-
-    - :attr:`ok`: no row failed; :attr:`failures` / :attr:`warnings`: those rows;
-    - :meth:`raise_for_violations`: raise :class:`ContractViolation` if any failed;
-    - ``str()`` / ``repr()``: a summary line such as
-      ``check_upstream(HubertUpstream): 14 ok, 2 warn, 0 fail`` followed by the
-      rows that are not ok; in Jupyter, an HTML table with coloured statuses.
+    Columns: ``check``, ``layer`` (nullable int: the hidden state of per-layer checks),
+    ``status`` (``ok``/``warn``/``fail``), ``value`` (what the check measured, NaN when
+    none) and ``detail`` (what was seen and, for a failure, the fix); ``docs/contract.md``.
+    Slices stay reports with their ``title``. ``str()``: a summary line such as
+    ``check_upstream(HubertUpstream): 14 ok, 2 warn, 0 fail`` and the rows not ok; in
+    Jupyter an HTML table with coloured statuses.
     """
 
     _metadata = ["title"]  # noqa: RUF012 - pandas reads this list to propagate attributes
@@ -74,14 +64,10 @@ class ContractReport(pd.DataFrame):
             {"layer": "Int64", "value": "float64", "check": str, "status": str, "detail": str})
         return cls(df, title=title)
 
-    # -- queries -------------------------------------------------------------
-
     def _status(self) -> pd.Series:
         if "status" not in self.columns:
-            raise AttributeError(
-                "this ContractReport has no 'status' column (it is a column subset); "
-                "use the full report returned by the check function"
-            )
+            raise AttributeError("this ContractReport has no 'status' column (it is a column "
+                                 "subset); use the full report returned by the check function")
         return self["status"]
 
     @property
@@ -115,15 +101,12 @@ class ContractReport(pd.DataFrame):
         Args:
             warnings: also treat ``warn`` rows as violations (strict mode).
         """
-        status = self._status()
-        bad = self[status.isin(["fail", "warn"] if warnings else ["fail"])]
+        bad = self[self._status().isin(["fail", "warn"] if warnings else ["fail"])]
         if len(bad):
             lines = [f"{self.summary()}; violations:"]
             lines += [f"  - {_row_text(r)}" for r in bad.itertuples(index=False)]
             raise ContractViolation("\n".join(lines), bad)
         return self
-
-    # -- display -------------------------------------------------------------
 
     def _is_full(self) -> bool:
         return all(c in self.columns for c in _COLUMNS)
@@ -195,13 +178,7 @@ class ContractReport(pd.DataFrame):
 
 def _layers_text(layers: list) -> str:
     """`` [layer 3]``, `` [layers 0-4]`` or `` [layers 1, 3]``; empty for no layer."""
-    if not layers:
-        return ""
-    if len(layers) == 1:
-        return f" [layer {layers[0]}]"
-    if layers == list(range(layers[0], layers[-1] + 1)):
-        return f" [layers {layers[0]}-{layers[-1]}]"
-    return " [layers " + ", ".join(str(v) for v in layers) + "]"
+    return f" [{layer_range(layers, ', ')}]" if layers else ""
 
 
 def _row_text(r) -> str:

@@ -25,8 +25,6 @@ _UPSTREAM_SIGNATURE = (
     "forward(wavs (batch_size, seq_len, 1), wavs_len (batch_size,)) -> (all_hs, all_hs_len)")
 
 
-# ---- argument validation (bad calls raise, naming the argument and the fix) ----------------
-
 def _require_forward(obj, arg: str, interface: str, signature: str):
     forward = getattr(obj, "forward", None)
     if obj is None or not callable(forward) or isinstance(obj, (str, bytes, torch.Tensor)):
@@ -71,13 +69,9 @@ def _check_nonneg(value, arg: str, kind=numbers.Real):
 
 def _run_checks(title: str, objs, lengths, arg: str, default, body, *, seed, device, move,
                 atol, rtol, tolerance=None) -> ContractReport:
-    """The frame of every checker; returns the report titled ``<title>(<class name>)``.
-
-    ``objs``: ``(arg, obj, interface, signature)`` of each object, the checked one
-    first; each is validated (``TypeError`` naming ``arg``), as are the lengths and
-    tolerances, then runs in a :class:`_Session` under :func:`_quiet_rng`, and
-    ``body(rows, lengths, *sessions)`` writes the rows.
-    """
+    """The frame of every checker: validates the arguments and ``objs`` (``(arg, obj,
+    interface, signature)``, the checked one first), runs ``body(rows, lengths, *sessions)``
+    in a :class:`_Session` per object under :func:`_quiet_rng`; the report."""
     for a, obj, interface, signature in objs:
         _require_forward(obj, a, interface, signature)
     lengths = _check_lengths_arg(lengths, arg, default)
@@ -103,16 +97,11 @@ def _name(obj) -> str:
     return f"{cls} {name!r}" if isinstance(name, str) and name and name != cls else cls
 
 
-# ---- the session ---------------------------------------------------------------------------
-
 def _same_device(a: torch.device, b: torch.device) -> bool:
-    if a.type != b.type:
-        return False
-    if a.type != "cuda":
-        return True
-    ia = torch.cuda.current_device() if a.index is None else a.index
-    ib = torch.cuda.current_device() if b.index is None else b.index
-    return ia == ib
+    if a.type != b.type or a.type != "cuda":
+        return a.type == b.type
+    return ((torch.cuda.current_device() if a.index is None else a.index)
+            == (torch.cuda.current_device() if b.index is None else b.index))
 
 
 def _default_tolerances(dtype: torch.dtype, device: torch.device) -> tuple[float, float]:
@@ -145,11 +134,11 @@ class _Session:
                 where = "several devices" if here is None else str(here)
                 raise ValueError(
                     f"{arg}'s parameters are on {where} but device={str(device)!r}; pass move=True "
-                    f"to move it there for the check (it is moved back afterwards), or device=None "
-                    f"to check it where it is")
+                    "to move it there for the check (it is moved back afterwards), or device=None "
+                    "to check it where it is")
             if here is None:
-                raise ValueError(
-                    f"{arg} has parameters on several devices; move=True cannot move it back")
+                raise ValueError(f"{arg} has parameters on several devices; move=True cannot "
+                                 "move it back")
             self.move_back = here
         self.obj, self.device = obj, device
         floating = [t.dtype for t in tensors if t.is_floating_point()]
@@ -186,7 +175,7 @@ class _Session:
 
 
 def _plain_eval(obj) -> str:
-    """Call the ``eval()`` of an object that is not an ``nn.Module``; the ``eval_mode`` note."""
+    """Call ``eval()`` of an object that is not an ``nn.Module``; the ``eval_mode`` note."""
     if not callable(getattr(obj, "eval", None)):
         return "not a torch.nn.Module and has no eval(): ran as is (dropout may be active)"
     try:
@@ -209,8 +198,6 @@ def _quiet_rng(seed: int, devices: Sequence[torch.device]):
         with torch.no_grad():
             yield
 
-
-# ---- calling the object --------------------------------------------------------------------
 
 def _call(obj, *args):
     """``(output, None)``, or ``(None, the exception's text)`` when the object raises."""
@@ -272,8 +259,7 @@ def _parse_upstream_output(out) -> str | None:
 
 
 class _UpOut:
-    """One upstream call: ``error`` (None when it returned two usable lists) or
-    ``all_hs`` and ``all_hs_len``."""
+    """One upstream call: ``error`` (None when it returned two lists) or the lists."""
 
     def __init__(self, upstream, wavs, wavs_len):
         out, error = _call(upstream, wavs, wavs_len)
@@ -300,8 +286,6 @@ class _UpOut:
         return n.clamp(0, h.shape[1])
 
 
-# ---- numbers -------------------------------------------------------------------------------
-
 def _max_abs(x: torch.Tensor) -> float:
     """Largest finite absolute value (0 when there is none)."""
     x = x.detach()
@@ -322,20 +306,20 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     if a.device != b.device:
         b = b.to(a.device)
     dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
-    a, b = a.to(dtype), b.to(dtype)
+    return float(torch.nan_to_num(_abs_diff(a.to(dtype), b.to(dtype)), nan=math.inf).max())
+
+
+def _abs_diff(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``|a - b|``, 0 where both hold the same non-finite value."""
     d = (a - b).abs()
-    if torch.isfinite(d).all():
-        return float(d.max())
-    same = (a == b) | (torch.isnan(a) & torch.isnan(b))
-    d = torch.where(same, torch.zeros_like(d), d)
-    return float(torch.nan_to_num(d, nan=math.inf).max())
+    return torch.where((a == b) | (torch.isnan(a) & torch.isnan(b)), torch.zeros_like(d), d)
 
 
-def _valid_scale(h: torch.Tensor, n: torch.Tensor | None) -> float:
-    """Largest finite |value| over the valid frames (all frames when lengths are unusable)."""
-    if n is None or h.dim() < 2:
-        return _max_abs(h)
-    return max((_max_abs(h[i, :k]) for i, k in enumerate(n.tolist())), default=0.0)
+def _over_valid(fn, n: torch.Tensor | None, *xs: torch.Tensor) -> float:
+    """The largest ``fn(*xs)`` over each item's ``n`` valid frames (all frames for None)."""
+    if n is None or xs[0].dim() < 2:
+        return fn(*xs)
+    return max((fn(*(x[i, :k] for x in xs)) for i, k in enumerate(n.tolist())), default=0.0)
 
 
 def _grade(diff: float, tol: float) -> str:

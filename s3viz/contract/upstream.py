@@ -12,11 +12,11 @@ from collections.abc import Sequence
 import torch
 
 from .checks import (_check_finite, _check_lengths_bound, _check_lengths_type, _check_rate,
-                     _check_shape, _determinism_row, _layer_diff, _positive_int_property, _read,
-                     _unreadable)
+                     _check_shape, _determinism_row, _positive_int_property, _read, _unreadable)
 from .report import ContractReport, _Rows
-from .session import (_DEFAULT_WAV_LENGTHS, _UPSTREAM_SIGNATURE, _graded_row, _int_status,
-                      _max_abs, _max_diff, _noise, _run_checks, _Session, _UpOut, _valid_scale)
+from .session import (_DEFAULT_WAV_LENGTHS, _UPSTREAM_SIGNATURE, _abs_diff, _graded_row,
+                      _int_status, _max_abs, _max_diff, _noise, _over_valid, _run_checks,
+                      _Session, _UpOut)
 
 __all__ = ["check_upstream"]
 
@@ -27,28 +27,24 @@ _UPSTREAM_LAYER_CHECKS = ("hidden_shape", "lengths_type", "lengths_bound", "leng
 def check_upstream(upstream, *, device=None, wav_lengths: Sequence[int] | None = None,
                    tolerance: int = 2, atol: float | None = None, rtol: float | None = None,
                    seed: int = 0, move: bool = False) -> ContractReport:
-    """Check that ``upstream`` follows s3prl's ``AbsUpstream`` contract.
+    """Check that ``upstream`` follows s3prl's ``AbsUpstream`` contract; a
+    :class:`ContractReport` titled ``check_upstream(<class name>)``.
 
     Runs ``upstream(wavs, wavs_len)`` on seeded noise waveforms: the batch, again, each
     waveform alone and the shortest one as ``(batch_size, seq_len)``. The checks, one
     row each (and per layer for the hidden states): ``docs/contract.md``.
 
     Args:
-        upstream: the model (``nn.Module`` or any object with ``forward`` and the
-            interface's properties). It is not moved unless ``move=True``.
+        upstream: an ``nn.Module`` or any object with ``forward`` and the interface's
+            properties.
         device: where inputs go; ``None``: where the upstream's parameters are.
-        wav_lengths: waveform lengths in samples, one per utterance
-            (default ``(11850, 16000, 4003)``: 1 s at most).
+        wav_lengths: waveform lengths in samples (default ``(11850, 16000, 4003)``).
         tolerance: frames of deviation from ``ceil(L/rate)`` still a ``warn``.
-        atol, rtol: value tolerances (``docs/contract.md``; None: by dtype).
+        atol, rtol: value tolerances (None: by dtype).
         seed: seed of the generated waveforms and of the (forked) global RNG.
         move: move the upstream to ``device`` for the check, and back afterwards.
 
-    Returns:
-        :class:`ContractReport` titled ``check_upstream(<class name>)``.
-
-    Raises:
-        TypeError / ValueError: for bad arguments (never for a broken upstream).
+    Raises TypeError / ValueError for bad arguments, never for a broken upstream.
     """
     def body(rows, lengths, s):
         run = _UpstreamRun(upstream, s, lengths, tolerance, seed)
@@ -63,10 +59,7 @@ def check_upstream(upstream, *, device=None, wav_lengths: Sequence[int] | None =
 
 
 class _UpstreamRun:
-    """What the upstream checks share: the inputs, the calls made so far and what they showed.
-
-    Each check below reads what the earlier ones left here and adds its rows.
-    """
+    """What the upstream checks share: the inputs, the calls made so far and what they showed."""
 
     def __init__(self, upstream, s: _Session, lengths, tolerance: int, seed: int):
         self.upstream, self.s, self.lengths = upstream, s, list(lengths)
@@ -90,14 +83,12 @@ class _UpstreamRun:
 
 
 def _setup(run: _UpstreamRun, rows: _Rows) -> None:
-    """``setup`` (the inputs used) and ``eval_mode``."""
     run.s.setup_rows(rows, f"batch of {run.batch} noise waveforms, lengths", run.lengths,
                      run.seed)
 
 
 def _int_list_property(up, name: str, meaning: str, rows: _Rows):
-    """A list of positive ints, one per hidden state (None entries where bad; None when not
-    a list)."""
+    """One positive int per hidden state (None entries where bad; None when not a list)."""
     value, err = _read(up, name)
     if err is not None:
         rows.add(name, "fail", f"upstream.{name} {_unreadable(err)}; add a property returning a "
@@ -159,10 +150,8 @@ def _declared_sizes(run: _UpstreamRun, rows: _Rows) -> None:
 
 
 def _forward(run: _UpstreamRun, rows: _Rows) -> bool:
-    """``forward`` on ``(batch_size, seq_len, 1)``, and ``wavs_2d`` when it is already known.
-
-    Returns False when no form of the input runs: the later checks are then skipped.
-    """
+    """``forward`` on ``(batch_size, seq_len, 1)``, and ``wavs_2d`` when it is already known;
+    False when no form of the input runs (the later checks are skipped)."""
     s, up, lengths, batch = run.s, run.upstream, run.lengths, run.batch
     wavs3, run.wavs_len_cpu = _noise(lengths, run.seed, None, 0.1)
     run.wavs3 = wavs3 = wavs3.to(s.device, s.dtype)
@@ -256,7 +245,7 @@ def _hidden_shape(run: _UpstreamRun, rows: _Rows) -> None:
         with rows.guard("hidden_shape", layer):
             size = sizes[layer] if sizes is not None and layer < len(sizes) else None
             _check_shape(rows, "hidden_shape", h, run.batch, size, f"hidden_sizes[{layer}]", layer)
-        run.scales.append(_valid_scale(h, main.valid(layer, run.batch)))
+        run.scales.append(_over_valid(_max_abs, main.valid(layer, run.batch), h))
 
 
 def _lengths_type(run: _UpstreamRun, rows: _Rows) -> None:
@@ -322,19 +311,16 @@ def _determinism(run: _UpstreamRun, rows: _Rows) -> None:
             rows.add("determinism", "fail", f"lengths differ between two calls: {n1.tolist()} vs "
                      f"{n2.tolist()}", layer)
             run.nondeterministic.add(layer)
-        elif not _determinism_row(rows, _layer_diff(main.all_hs[layer], rep.all_hs[layer], n1),
-                                  run.s.tol(run.scales[layer]), layer):
+        elif not _determinism_row(
+                rows, _over_valid(_max_diff, n1, main.all_hs[layer], rep.all_hs[layer]),
+                run.s.tol(run.scales[layer]), layer):
             run.nondeterministic.add(layer)
     run.per_layer(rows, "determinism", check)
 
 
 def _wavs_2d(run: _UpstreamRun, rows: _Rows) -> None:
     """``wavs_2d`` when both input forms run: the short utterance alone as ``(1, seq_len)``
-    against ``(1, seq_len, 1)``.
-
-    Written after determinism (a layer that varies between calls is not
-    compared), but reported where ``_forward`` left its place, beside ``forward``.
-    """
+    against ``(1, seq_len, 1)``; written after determinism, reported beside ``forward``."""
     if not run.both_forms_work:
         return
     before = len(rows.rows)
@@ -354,7 +340,7 @@ def _wavs_2d_row(rows: _Rows, run: _UpstreamRun) -> None:
         rows.add("wavs_2d", "warn", f"accepts (batch_size, seq_len) but {what} returned "
                  f"{out2.count} hidden states instead of {out3.count} (see stable_layers)")
         return
-    diff = max(_layer_diff(a, b, out3.valid(layer, 1))
+    diff = max(_over_valid(_max_diff, out3.valid(layer, 1), a, b)
                for layer, (a, b) in enumerate(zip(out3.all_hs, out2.all_hs)))
     tol = run.s.tol(max(_max_abs(h) for h in out3.all_hs))
     if diff <= tol:
@@ -372,31 +358,17 @@ def _batch_invariance(run: _UpstreamRun, rows: _Rows) -> None:
     run.per_layer(rows, "batch_invariance", lambda layer: _batch_invariance_layer(rows, run, layer))
 
 
-UPSTREAM_CHECKS = (
-    _setup,
-    _declared_sizes,
-    _forward,  # returns False when nothing runs: the rest is skipped
-    _layer_count,
-    _stable_layers,
-    _hidden_shape,
-    _lengths_type,
-    _lengths_bound,
-    _lengths_rate,
-    _finite,
-    _determinism,
-    _wavs_2d,
-    _batch_invariance,
-)
+UPSTREAM_CHECKS = (_setup, _declared_sizes, _forward, _layer_count, _stable_layers, _hidden_shape,
+                   _lengths_type, _lengths_bound, _lengths_rate, _finite, _determinism, _wavs_2d,
+                   _batch_invariance)
 """The checks of :func:`check_upstream`, in the order they run (each reads what the
-earlier ones measured)."""
+earlier ones measured; ``_forward`` returns False when nothing runs: the rest is skipped)."""
 
 
 def _frames_over(a: torch.Tensor, b: torch.Tensor, tol: float) -> list:
     """Indices of the frames (rows) of ``a`` and ``b`` that differ by more than ``tol``."""
-    a, b = a.detach().double().cpu(), b.detach().double().cpu()
-    d = (a - b).abs()
-    d = torch.where((a == b) | (torch.isnan(a) & torch.isnan(b)), torch.zeros_like(d), d)
-    d = d.reshape(a.shape[0], -1).amax(dim=1)
+    a = a.detach().double().cpu()
+    d = _abs_diff(a, b.detach().double().cpu()).reshape(a.shape[0], -1).amax(dim=1)
     return torch.nonzero(~(d <= tol)).squeeze(1).tolist()
 
 

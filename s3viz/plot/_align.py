@@ -7,6 +7,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
+from .._validate import layer_range
 from ..interface import SAMPLE_RATE
 from ._common import new_axes
 
@@ -17,40 +18,21 @@ _LANE_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown"
                 "tab:olive", "tab:cyan")
 
 
-def _layer_range_label(layers: Sequence[int]) -> str:
-    layers = sorted(int(x) for x in layers)
-    if len(layers) == 1:
-        return f"layer {layers[0]}"
-    if layers == list(range(layers[0], layers[-1] + 1)):
-        return f"layers {layers[0]}-{layers[-1]}"
-    return "layers " + ",".join(str(x) for x in layers)
-
-
-def length_alignment(
-    report: pd.DataFrame,
-    ax=None,
-    *,
-    by: str = "rate",
-    conventions: Optional[Sequence[str]] = None,
-):
-    """Frames minus each convention's prediction against input length.
+def length_alignment(report: pd.DataFrame, ax=None, *, by: str = "rate",
+                     conventions: Optional[Sequence[str]] = None):
+    """Frames minus each convention's prediction against input length (0: predicted exactly).
 
     Args:
-        report: the DataFrame of :func:`s3viz.length_report` (``layer, wav_len,
-            rate, frames, diff_<convention>``).
-        by: ``"rate"`` (default): layers of one rate whose frame counts agree
-            share one set of lines; ``"layer"``: one set of lines per layer.
+        report: the DataFrame of :func:`s3viz.length_report`.
+        by: ``"rate"``: layers of one rate whose frame counts agree share one set of
+            lines; ``"layer"``: one set of lines per layer.
         conventions: which ``diff_<c>`` columns to draw (default: all present).
 
-    Returns:
-        The Axes. A line at 0 means the convention predicted the upstream's
-        frame count exactly; lines are offset by a few hundredths of a frame so
-        that equal ones stay visible.
+    Lines are offset by a few hundredths of a frame so that equal ones stay visible.
     """
     if not isinstance(report, pd.DataFrame):
         raise TypeError(
-            f"report must be the DataFrame of s3viz.length_report, got {type(report).__name__}"
-        )
+            f"report must be the DataFrame of s3viz.length_report, got {type(report).__name__}")
     missing = {"layer", "wav_len", "rate", "frames"} - set(report.columns)
     if missing:
         raise ValueError(f"report lacks columns {sorted(missing)}; pass s3viz.length_report(...)")
@@ -76,7 +58,7 @@ def length_alignment(
                 sig.setdefault(key, []).append(layer)
             for layers in sig.values():
                 lp = part[part["layer"] == layers[0]]
-                groups.append((f"{_layer_range_label(layers)} (rate {rate})", lp))
+                groups.append((f"{layer_range(layers)} (rate {rate})", lp))
 
     styles = ("-", "--", ":", "-.")
     offsets = {c: 0.04 * (i - (len(convs) - 1) / 2) for i, c in enumerate(convs)}
@@ -97,10 +79,8 @@ def length_alignment(
     ax.set_ylim(lo - 0.5, hi + 0.5)
     ax.set_xlabel("input length (samples at 16 kHz)")
     ax.set_ylabel("frames - expected")
-    title = "Frame counts vs length conventions"
-    if len(groups) == 1:
-        title += f": {groups[0][0]}"
-    ax.set_title(title)
+    ax.set_title("Frame counts vs length conventions"
+                 + (f": {groups[0][0]}" if len(groups) == 1 else ""))
     if len(groups) == 1:
         ax.legend(fontsize="small", loc="best")
     else:  # colour = convention, line style = layer group: two short keys, not one per line
@@ -140,40 +120,27 @@ def _as_timelines(timelines) -> Dict[str, pd.DataFrame]:
             layer = getattr(df, "attrs", {}).get("layer")
             items.append((f"layer {layer}" if layer is not None else f"#{i}", df))
     else:
-        raise TypeError(
-            "timelines must be a dict name -> frame_timeline DataFrame, or a list of them; got "
-            f"{type(timelines).__name__}"
-        )
+        raise TypeError("timelines must be a dict name -> frame_timeline DataFrame, or a list "
+                        f"of them; got {type(timelines).__name__}")
     out = {}
     for name, df in items:
         if not isinstance(df, pd.DataFrame) or not {"start", "end", "center"} <= set(df.columns):
-            raise ValueError(
-                f"timeline {name!r} must be a DataFrame from s3viz.frame_timeline "
-                "(columns start, center, end)"
-            )
+            raise ValueError(f"timeline {name!r} must be a DataFrame from s3viz.frame_timeline "
+                             "(columns start, center, end)")
         out[str(name)] = df
     return out
 
 
-def frame_grid(
-    wav,
-    timelines,
-    phones: Optional[pd.DataFrame] = None,
-    ax=None,
-    *,
-    spectrogram: bool = False,
-    window: Optional[Tuple[float, float]] = None,
-    wav_len: Optional[int] = None,
-    sample_rate: int = SAMPLE_RATE,
-    receptive_field: bool = True,
-):
+def frame_grid(wav, timelines, phones: Optional[pd.DataFrame] = None, ax=None, *,
+               spectrogram: bool = False, window: Optional[Tuple[float, float]] = None,
+               wav_len: Optional[int] = None, sample_rate: int = SAMPLE_RATE,
+               receptive_field: bool = True):
     """The waveform (or spectrogram) with the frames of each layer and the phones underneath.
 
-    One lane per timeline (layers of different rates side by side), each
-    frame's cell shaded alternately with its boundaries drawn; the first
-    lane's boundaries are continued faintly over the waveform. With
-    ``receptive_field`` a bracket above each lane marks the receptive field of
-    the frame nearest the middle of the view.
+    One lane per timeline, each frame's cell shaded alternately with its boundaries
+    drawn (the first lane's continued faintly over the waveform); with
+    ``receptive_field`` a bracket above each lane marks the receptive field of the frame
+    nearest the middle of the view. x is in seconds.
 
     Args:
         wav: ``(num_samples,)`` waveform (numpy or tensor), or None when only
@@ -182,9 +149,6 @@ def frame_grid(
         spectrogram: draw a log spectrogram instead of the waveform.
         window: ``(start_s, end_s)`` zoom in seconds; default the whole utterance.
         receptive_field: draw the receptive-field bracket per lane.
-
-    Returns:
-        The Axes (x in seconds; lanes labelled on the y axis).
     """
     lanes = _as_timelines(timelines)
     if wav is not None:
@@ -210,9 +174,8 @@ def frame_grid(
     else:
         lo, hi = float(window[0]), float(window[1])
         if not hi > lo:
-            raise ValueError(
-                f"window must be (start_s, end_s) with end_s > start_s, got {window!r}"
-            )
+            raise ValueError(f"window must be (start_s, end_s) with end_s > start_s, "
+                             f"got {window!r}")
     ax = new_axes(ax, figsize=(9, 1.6 + 0.55 * (len(lanes) + (phones is not None)) + 1.2))
 
     p = 1 if phones is not None else 0

@@ -8,6 +8,8 @@ import io
 import numpy as np
 import pandas as pd
 
+RANDOM_NOTE = "random weights"  # what a label or title adds for a table of random weights
+
 
 def new_axes(ax=None, figsize=(6.4, 3.6)):
     """Return ``ax`` or a fresh Axes on a new figure (never shown here)."""
@@ -15,8 +17,7 @@ def new_axes(ax=None, figsize=(6.4, 3.6)):
         return ax
     import matplotlib.pyplot as plt
 
-    _, ax = plt.subplots(figsize=figsize)
-    return ax
+    return plt.subplots(figsize=figsize)[1]
 
 
 def check_table(df, columns, producer: str) -> None:
@@ -31,7 +32,7 @@ def check_table(df, columns, producer: str) -> None:
 
 
 def layer_label(layer: int, first: str = "CNN/proj") -> str:
-    """Label for a layer index: layer 0 is the first hidden state (CNN / feature projection)."""
+    """Layer 0 is the first hidden state (CNN / feature projection)."""
     return f"0\n{first}" if int(layer) == 0 else str(int(layer))
 
 
@@ -55,6 +56,14 @@ def layer_ticks(ax, df, xcol, layer0) -> None:
     ax.grid(True, alpha=0.3)
 
 
+def legend_title(ax, title: str | None):
+    """The small frameless legend and, when given, the title; returns ``ax``."""
+    ax.legend(fontsize="small", frameon=False)
+    if title is not None:
+        ax.set_title(title)
+    return ax
+
+
 def png(fig) -> bytes:
     """``fig`` as PNG bytes at its own dpi."""
     buf = io.BytesIO()
@@ -73,22 +82,15 @@ def with_png(bundle, image: bytes, text: str | None = None) -> dict:
     return data
 
 
-RANDOM_NOTE = "random weights"
-"""What a legend label or title adds for a table of random weights (``df.attrs["weights"]``
-starting with ``"random weights"``: the random control)."""
-
-
 def is_random(table, key: str = "weights") -> bool:
-    """True when ``table.attrs[key]`` (a measure table's, see ``LayerStore.weights``) says
-    random weights."""
+    """True when ``table.attrs[key]`` (see ``LayerStore.weights``) says random weights."""
     from ..upstreams._hub import is_random_weights
 
     return is_random_weights(getattr(table, "attrs", {}).get(key))
 
 
 def with_weights(label: str, table) -> str:
-    """``label`` with ``" (random weights)"`` added when ``table`` has random weights and
-    the label does not say so already."""
+    """``label`` with ``" (random weights)"`` added when ``table`` has random weights."""
     if is_random(table) and RANDOM_NOTE not in str(label):
         return f"{label} ({RANDOM_NOTE})"
     return label
@@ -99,10 +101,8 @@ def similarity_note(df) -> str | None:
     or a store against itself), ``"rows: random weights"``, ``"columns: ..."``, or None."""
     rows = is_random(df)
     cols = is_random(df, "other_weights") if "other_weights" in df.attrs else rows
-    if rows and cols:
-        return RANDOM_NOTE
     if rows or cols:
-        return f"{'rows' if rows else 'columns'}: {RANDOM_NOTE}"
+        return RANDOM_NOTE if rows and cols else f"{'rows' if rows else 'columns'}: {RANDOM_NOTE}"
     return None
 
 

@@ -13,16 +13,11 @@ __all__ = ["frame_vs_utterance", "utterance_outputs"]
 
 
 def frame_vs_utterance(df: pd.DataFrame, ax=None):
-    """Per utterance: cosine similarity of the pooled frame outputs and the utterance output.
+    """Per utterance of a :func:`s3viz.compare_frame_utterance` table: the cosine of the
+    pooled frame outputs and the utterance output against the number of frames.
 
-    Args:
-        df: the DataFrame of :func:`s3viz.compare_frame_utterance`.
-
-    Returns:
-        The Axes: cosine against the number of frames; filled dots where the
-        two argmaxes agree, red crosses where they do not. CPU-vs-GPU figures
-        are added to the title when the frame has them, and "random weights"
-        when ``df.attrs["weights"]`` says so.
+    Dots where the two argmaxes agree, red crosses where not; the title adds the CPU-vs-GPU
+    figures when the table has them, and "random weights" when its attrs say so.
     """
     need = {"num_frames", "cosine", "argmax_agree"}
     if not isinstance(df, pd.DataFrame) or not need <= set(df.columns):
@@ -39,9 +34,8 @@ def frame_vs_utterance(df: pd.DataFrame, ax=None):
     ax.set_ylabel("cosine(pooled frames, utterance)")
     lo = float(np.nanmin(y)) if y.size else 0.0
     ax.set_ylim(min(lo - 0.05, 0.9), 1.02)
-    title = ""
-    if y.size:
-        title = f"cosine mean {np.nanmean(y):.3f}, argmax agreement {agree.mean():.0%}"
+    title = (f"cosine mean {np.nanmean(y):.3f}, argmax agreement {agree.mean():.0%}"
+             if y.size else "")
     gpu_col = "cpu_gpu_frame_max_abs_diff"
     if gpu_col in df.columns and df[gpu_col].notna().any():
         title += (f"\nCPU vs GPU max |diff| {df['cpu_gpu_frame_max_abs_diff'].max():.1e}; "
@@ -54,44 +48,32 @@ def frame_vs_utterance(df: pd.DataFrame, ax=None):
 
 
 def _np(a) -> np.ndarray:
-    if hasattr(a, "detach"):
-        a = a.detach().float().cpu().numpy()
-    return np.asarray(a, dtype=np.float64)
+    return np.asarray(a.detach().float().cpu().numpy() if hasattr(a, "detach") else a,
+                      dtype=np.float64)
 
 
-def utterance_outputs(
-    frame_out,
-    utterance_out,
-    ax=None,
-    *,
-    frame_len: Optional[int] = None,
-    labels: Optional[Sequence[str]] = None,
-    show_mean: bool = True,
-    colorbar: bool = True,
-):
+def utterance_outputs(frame_out, utterance_out, ax=None, *, frame_len: Optional[int] = None,
+                      labels: Optional[Sequence[str]] = None, show_mean: bool = True,
+                      colorbar: bool = True):
     """One utterance: frame-level outputs over time, with the utterance-level output beside them.
 
     Args:
-        frame_out: ``(seq_len, output_size)`` frame-level outputs of one utterance
-            (e.g. ``y[i]`` of a frame model).
+        frame_out: ``(seq_len, output_size)`` frame-level outputs of one utterance.
         utterance_out: ``(output_size,)`` utterance-level output of the same utterance.
         frame_len: valid frames (default all); padded frames are not drawn.
         labels: names of the output dimensions (e.g. classes).
         show_mean: also draw the mean of the valid frame outputs as a column.
 
-    Returns:
-        The Axes: a heat map of outputs (rows) over frames (columns); white dots
-        mark each column's argmax.
+    Returns the Axes: a heat map of outputs (rows) over frames (columns), white dots at each
+    column's argmax.
     """
     f = _np(frame_out)
     u = _np(utterance_out).reshape(-1)
     if f.ndim != 2:
         raise ValueError(f"frame_out must be (seq_len, output_size), got shape {f.shape}")
     if f.shape[1] != u.size:
-        raise ValueError(
-            f"frame_out has output_size {f.shape[1]} but utterance_out has {u.size}; pass one "
-            "utterance of each (e.g. y[i, :y_len[i]] and u[i])"
-        )
+        raise ValueError(f"frame_out has output_size {f.shape[1]} but utterance_out has "
+                         f"{u.size}; pass one utterance of each (e.g. y[i, :y_len[i]] and u[i])")
     if frame_len is not None:
         f = f[: int(frame_len)]
     if f.shape[0] == 0:

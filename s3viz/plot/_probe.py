@@ -5,29 +5,23 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ._common import (check_table, layer_axis, layer_label, layer_ticks, line_groups, new_axes,
-                      similarity_note, titled, with_weights)
+from ._common import (check_table, layer_axis, layer_label, layer_ticks, legend_title, line_groups,
+                      new_axes, similarity_note, titled, with_weights)
 
 __all__ = ["probe_curve", "similarity"]
 
 
 def probe_curve(df: pd.DataFrame, ax=None, *, metric: str = "accuracy",
                 show_control: bool = True, layer0: str = "CNN/proj", title: str | None = None):
-    """Probe score per layer: one line per target and method, with the chance level.
+    """Probe score per layer of a :func:`s3viz.probe_layers` table: one line per target and
+    method (``metric``: ``"accuracy"``, ``"macro_f1"`` or ``"selectivity"``).
+
+    Accuracy gets a band of +- ``accuracy_std`` over folds; accuracy and F1 a dashed
+    chance line (majority class) per target. The lines' labels say "(random weights)" when
+    ``df.attrs["weights"]`` does.
 
     Args:
-        df: the DataFrame of :func:`s3viz.probe_layers` (columns ``layer``,
-            ``accuracy`` and, when present, ``accuracy_std``, ``chance``,
-            ``target``, ``method``, ``control_accuracy``, ``upstream_layer``).
-        metric: column to plot (``"accuracy"``, ``"macro_f1"``, ``"selectivity"``).
         show_control: draw ``control_accuracy`` as a dotted line when present.
-
-    Returns:
-        The Axes: a solid line (with a band of +- ``accuracy_std`` over folds
-        when ``metric="accuracy"``) per target and method, a dashed chance line
-        (majority class) per target, dotted control-task lines; the y axis is the
-        fraction in [0, 1]. The lines' labels say "(random weights)" when
-        ``df.attrs["weights"]`` does.
     """
     check_table(df, ("layer", "accuracy", metric), "s3viz.probe_layers")
     ax = new_axes(ax)
@@ -61,15 +55,11 @@ def probe_curve(df: pd.DataFrame, ax=None, *, metric: str = "accuracy",
     ax.set_ylim(lo, 1.0)
     ax.set_ylabel({"accuracy": "accuracy (fraction)", "macro_f1": "macro F1",
                    "selectivity": "selectivity (acc. - control)"}.get(metric, metric))
-    ax.legend(fontsize="small", frameon=False)
-    if title is not None:
-        ax.set_title(title)
-    return ax
+    return legend_title(ax, title)
 
 
 def annotate_cells(ax, values: np.ndarray, dark, finite_only: bool = False) -> None:
-    """Each value of a heatmap written in its cell (with ``finite_only``, NaN and inf are
-    left out), in white where ``dark(value)`` (a dark colour), else in black."""
+    """Each value written in its cell (``finite_only``: not NaN/inf), white where ``dark(v)``."""
     for (r, c), v in np.ndenumerate(values):
         if np.isfinite(v) or not finite_only:
             ax.text(c, r, f"{v:.2f}", ha="center", va="center",
@@ -79,18 +69,11 @@ def annotate_cells(ax, values: np.ndarray, dark, finite_only: bool = False) -> N
 def similarity(df: pd.DataFrame, ax=None, *, vmin: float = 0.0, vmax: float = 1.0,
                cmap: str = "viridis", annotate: bool | None = None, colorbar: bool = True,
                label: str | None = None, layer0: str = "CNN/proj", title: str | None = None):
-    """Heatmap of a layer-by-layer similarity matrix (e.g. linear CKA).
+    """Heatmap of a :func:`s3viz.layer_similarity` table (layer 0 at the bottom-left).
 
-    Args:
-        df: the DataFrame of :func:`s3viz.layer_similarity` (rows and columns
-            are layers).
-        annotate: write each value in its cell (default: when at most 8 x 8).
-        label: colorbar label (default from ``df.attrs["method"]``: "linear CKA" or
-            "SVCCA (mean canonical correlation)").
-
-    Returns:
-        The Axes (layer 0 at the bottom-left); the title says "random weights" when
-        ``df.attrs["weights"]`` (or ``"other_weights"``) does.
+    ``annotate``: write each value in its cell (default: at most 8 x 8); ``label``: the
+    colour bar's (default from ``df.attrs["method"]``). The title says "random weights"
+    when ``df.attrs["weights"]`` (or ``"other_weights"``) does.
     """
     check_table(df, (), "s3viz.layer_similarity")
     if label is None:
@@ -101,11 +84,9 @@ def similarity(df: pd.DataFrame, ax=None, *, vmin: float = 0.0, vmax: float = 1.
     im = ax.imshow(values, origin="lower", vmin=vmin, vmax=vmax, cmap=cmap, aspect="auto",
                    interpolation="nearest")
     rows = df.attrs.get("upstream_layers", list(df.index))
+    rows = rows if len(rows) == values.shape[0] else list(df.index)
     cols = df.attrs.get("other_upstream_layers", list(df.columns))
-    if len(rows) != values.shape[0]:
-        rows = list(df.index)
-    if len(cols) != values.shape[1]:
-        cols = list(df.columns)
+    cols = cols if len(cols) == values.shape[1] else list(df.columns)
     ax.set_yticks(range(len(rows)))
     # one line on the y axis: a two-line label sits off its row
     ax.set_yticklabels([layer_label(r, layer0).replace("\n", " ") for r in rows])
@@ -119,7 +100,6 @@ def similarity(df: pd.DataFrame, ax=None, *, vmin: float = 0.0, vmax: float = 1.
         annotate_cells(ax, values, lambda v: not v > (vmin + vmax) / 2)
     if colorbar:
         ax.figure.colorbar(im, ax=ax).set_label(label)
-    title = titled(title, similarity_note(df))
-    if title is not None:
+    if (title := titled(title, similarity_note(df))) is not None:
         ax.set_title(title)
     return ax

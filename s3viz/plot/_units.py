@@ -5,25 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ._common import check_table, layer_axis, layer_ticks, line_groups, new_axes, with_weights
+from ._common import (check_table, layer_axis, layer_ticks, legend_title, line_groups, new_axes,
+                      with_weights)
 
 __all__ = ["abx_curve", "unit_quality"]
 
 
 def abx_curve(df: pd.DataFrame, ax=None, *, label_by: str | None = None,
               layer0: str = "CNN/proj", title: str | None = None):
-    """ABX error per layer: one line per condition (or per ``label_by`` value), chance at 0.5.
+    """ABX error per layer in percent (ZeroSpeech's unit), chance at 50, each line's best
+    layer starred.
 
-    Args:
-        df: the DataFrame of :func:`s3viz.abx_layers`, or several concatenated
-            (e.g. within and across speaker, or several models with a column
-            naming them, given as ``label_by``; default: the ``speaker`` /
-            ``context`` conditions present name the lines).
-
-    Returns:
-        The Axes; lower is better, the y axis in percent (ZeroSpeech's unit), the
-        best layer of each line marked; the lines' labels say "(random weights)"
-        when ``df.attrs["weights"]`` does.
+    ``df``: :func:`s3viz.abx_layers` tables, maybe concatenated; one line per ``label_by``
+    value (e.g. a column naming models), else per ``speaker`` / ``context`` condition.
+    Labels say "(random weights)" when ``df.attrs["weights"]`` does.
     """
     check_table(df, ("layer", "abx_error"), "s3viz.abx_layers")
     ax = new_axes(ax)
@@ -42,26 +37,16 @@ def abx_curve(df: pd.DataFrame, ax=None, *, label_by: str | None = None,
     layer_ticks(ax, df, xcol, layer0)
     ax.set_ylim(0, max(55.0, float(100 * df["abx_error"].max()) + 5))
     ax.set_ylabel("ABX error (%), lower is better")
-    ax.legend(fontsize="small", frameon=False)
-    if title is not None:
-        ax.set_title(title)
-    return ax
+    return legend_title(ax, title)
 
 
 def unit_quality(df: pd.DataFrame, ax=None, *, measures=("pnmi", "phone_purity", "cluster_purity"),
                  label_by: str | None = None, layer0: str = "CNN/proj", title: str | None = None):
-    """PNMI and purities of k-means units per layer: one line per measure (and k).
+    """PNMI and purities of k-means units per layer (:func:`s3viz.unit_quality` tables):
+    one line per measure, and one line style per ``k``.
 
-    Args:
-        df: the DataFrame of :func:`s3viz.unit_quality` (or several concatenated).
-        measures: the columns to draw.
-        label_by: a column naming groups of rows (e.g. the model): one colour per
-            group, one line style per measure.
-
-    Returns:
-        The Axes; each measure is a fraction in [0, 1], higher is better; with
-        several ``k`` one line style per ``k``; the lines' labels say "(random
-        weights)" when ``df.attrs["weights"]`` does.
+    ``label_by``: a column naming groups of rows (e.g. the model): one colour per group,
+    one line style per measure. Labels say "(random weights)" when the table's do.
     """
     check_table(df, ("layer", "k", *measures, *([label_by] if label_by else [])),
                 "s3viz.unit_quality")
@@ -88,9 +73,6 @@ def unit_quality(df: pd.DataFrame, ax=None, *, measures=("pnmi", "phone_purity",
     layer_ticks(ax, df, xcol, layer0)
     ax.set_ylim(0, 1)
     ax.set_ylabel("fraction, higher is better")
-    if len(ks) == 1:
-        ax.set_title(title if title is not None else f"k-means units, k={ks[0]}")
-    elif title is not None:
-        ax.set_title(title)
-    ax.legend(fontsize="small", frameon=False)
-    return ax
+    if title is None and len(ks) == 1:
+        title = f"k-means units, k={ks[0]}"
+    return legend_title(ax, title)

@@ -13,15 +13,9 @@ __all__ = ["utterance", "phone_marks"]
 
 def phone_marks(ax, phones: pd.DataFrame, *, color: str = "k", column: str = "phone",
                 y: float = 1.0) -> None:
-    """Draw a boundary line at each segment start and its label above the Axes.
-
-    Args:
-        ax: a matplotlib Axes whose x axis is time in seconds.
-        phones: an alignment table (``start``, ``end`` in samples at 16 kHz, ``column``).
-        color: colour of the lines.
-        column: the label drawn (``"phone"`` or ``"word"``).
-        y: height of the labels in Axes coordinates (1: just above the plot).
-    """
+    """A boundary line at each segment start of ``phones`` (``start``, ``end`` in samples at
+    16 kHz) on ``ax`` (x in seconds), and its ``column`` label at height ``y`` in Axes
+    coordinates (1: just above the plot)."""
     if phones is None or len(phones) == 0:
         return
     for row in phones.itertuples():
@@ -33,16 +27,13 @@ def phone_marks(ax, phones: pd.DataFrame, *, color: str = "k", column: str = "ph
 
 
 def utterance(utt, axes=None, *, title: str | None = None):
-    """The waveform (phone spans shaded) above the spectrogram, both marked with the phones.
+    """The waveform (phone spans shaded) above the spectrogram (log power of a 25 ms Hann
+    window every 10 ms), both marked with the phones; x in seconds. Returns the two Axes.
 
     Args:
         utt: an :class:`s3viz.data.Utterance` (``wav`` at 16 kHz, ``phones`` may be None).
-        axes: two matplotlib Axes (waveform, spectrogram) sharing x; ``None`` makes a figure.
+        axes: two Axes (waveform, spectrogram) sharing x; ``None`` makes a figure.
         title: the waveform's title (default: the utterance's text, else its id).
-
-    Returns:
-        The two Axes; x is time in seconds. The spectrogram is the log power of a
-        25 ms Hann window every 10 ms.
     """
     import matplotlib.pyplot as plt
 

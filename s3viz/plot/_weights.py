@@ -1,9 +1,4 @@
-"""Figures of featurizer layer weights.
-
-The numbers behind each figure are the Series / DataFrame passed in; save them
-with ``weights.to_csv("weights.csv")``, or use :func:`weights_table` to get one
-tidy table (layer, weight, and the probe score when given) for CSV.
-"""
+"""Figures of featurizer layer weights; :func:`weights_table` gives their numbers as one table."""
 
 from __future__ import annotations
 
@@ -22,10 +17,8 @@ def as_weights(weights) -> pd.Series:
         weights = weights.layer_weights
     if isinstance(weights, pd.DataFrame):
         if len(weights) != 1:
-            raise ValueError(
-                f"weights is a DataFrame with {len(weights)} rows; plot one checkpoint "
-                "(df.loc[name]) or use layer_weights_heatmap(df) for several"
-            )
+            raise ValueError(f"weights is a DataFrame with {len(weights)} rows; plot one checkpoint"
+                             " (df.loc[name]) or use layer_weights_heatmap(df) for several")
         weights = weights.iloc[0]
     if isinstance(weights, dict):
         weights = pd.Series(weights)
@@ -40,22 +33,15 @@ def as_weights(weights) -> pd.Series:
         weights = pd.Series(arr, index=pd.RangeIndex(len(arr), name="layer"), name="weight")
     if len(weights) == 0:
         raise ValueError("weights is empty")
-    values = weights.to_numpy(dtype=float)
-    if np.isnan(values).all():
+    if np.isnan(weights.to_numpy(dtype=float)).all():
         raise ValueError("weights are all NaN")
     return weights.dropna()
 
 
 def weights_table(weights, probe_df: pd.DataFrame | None = None,
                   metric: str = "accuracy") -> pd.DataFrame:
-    """Tidy table ``layer, weight`` (+ the probe ``metric`` per layer when given), for CSV.
-
-    Args:
-        weights: Series of weights indexed by layer (or a featurizer).
-        probe_df: optional per-layer probe results with ``layer`` and ``metric`` columns
-            (e.g. from :func:`s3viz.probe_layers`); several methods/targets become
-            columns ``metric[method/target]``.
-    """
+    """Tidy table ``layer, weight, uniform`` (+ the probe ``metric`` per layer of ``probe_df``,
+    a :func:`s3viz.probe_layers` table; several methods/targets: ``metric[method/target]``)."""
     w = as_weights(weights)
     out = pd.DataFrame({"layer": [int(i) for i in w.index], "weight": w.to_numpy(dtype=float)})
     out["uniform"] = 1.0 / len(w)
@@ -70,13 +56,9 @@ def layer_weights(weights, ax=None, *, baseline: bool = True, color: str | None 
                   label: str | None = None, title: str | None = None):
     """Bar chart of layer weights (probabilities) with a dashed uniform ``1/L`` baseline.
 
-    Args:
-        weights: Series indexed by layer (``featurizer.layer_weights``,
-            :func:`s3viz.load_featurizer_weights`), a featurizer, or a sequence.
-
-    Returns:
-        The Axes. The numbers are ``weights`` itself (``weights.to_csv(path)``). The
-        title says "random weights" when ``weights.attrs["weights"]`` does.
+    ``weights``: a Series indexed by layer (``featurizer.layer_weights``,
+    :func:`s3viz.load_featurizer_weights`), a featurizer, or a sequence. The title says
+    "random weights" when ``weights.attrs["weights"]`` does.
     """
     w = as_weights(weights)
     ax = new_axes(ax)
@@ -101,15 +83,9 @@ def layer_weights(weights, ax=None, *, baseline: bool = True, color: str | None 
 
 def layer_weights_heatmap(df: pd.DataFrame, ax=None, *, annotate: bool | None = None,
                           cmap: str = "viridis", title: str | None = None):
-    """Heatmap of layer weights: rows are checkpoints or tasks, columns are layers.
-
-    Args:
-        df: DataFrame of row by layer (e.g. ``load_featurizer_weights([...])``);
-            a Series is drawn as one row. ``annotate`` defaults to at most 20 x 30 cells.
-
-    Returns:
-        The Axes (the colour bar sits beside it). The numbers are ``df``.
-    """
+    """Heatmap of layer weights: rows are checkpoints or tasks (``df`` of row by layer, e.g.
+    ``load_featurizer_weights([...])``; a Series is one row), columns are layers.
+    ``annotate`` defaults to at most 20 x 30 cells."""
     if isinstance(df, pd.Series):
         df = df.to_frame().T
     if not isinstance(df, pd.DataFrame) or df.empty:
@@ -154,9 +130,8 @@ def _probe_curves(probe_df: pd.DataFrame, metric: str):
 
 
 def _same_layers(w: pd.Series, curves):
-    """The probe curves at the weights' layers; refused when the weights have a layer the
-    probe lacks (weights of a 13-layer model beside a 5-layer probe). A featurizer over a
-    selection of the probed layers is fine: the curve is shown at those layers."""
+    """The probe curves at the weights' layers (a subset of the probed ones); refused when
+    the weights have a layer the probe lacks (a 13-layer model beside a 5-layer probe)."""
     layers = [int(i) for i in w.index]
     for name, curve in curves:
         got = {int(i) for i in curve.index}
@@ -172,16 +147,11 @@ def _same_layers(w: pd.Series, curves):
 
 def weights_and_probe(weights, probe_df: pd.DataFrame, ax=None, *, metric: str = "accuracy",
                       title: str | None = None):
-    """Layer weights as bars and the per-layer probe ``metric`` as a line on a twin axis.
+    """Layer weights as bars and the per-layer probe ``metric`` of ``probe_df`` as a line.
 
-    Args:
-        weights: Series indexed by layer (or a featurizer).
-        probe_df: per-layer probe results with ``layer`` and ``metric`` columns.
-
-    Returns:
-        The Axes of the bars; the twin Axes of the probe curve is ``ax.probe_ax``,
-        its label saying "(random weights)" when ``probe_df.attrs["weights"]`` does.
-        The numbers: :func:`weights_table` ``(weights, probe_df)``.
+    Returns the Axes of the bars; the twin Axes of the probe curve is ``ax.probe_ax`` (its
+    label says "(random weights)" when ``probe_df.attrs["weights"]`` does). The numbers:
+    :func:`weights_table` ``(weights, probe_df)``.
     """
     w = as_weights(weights)
     ax = layer_weights(w, ax=ax, title=title or f"layer weights and probe {metric}")
@@ -204,15 +174,11 @@ def weights_and_probe(weights, probe_df: pd.DataFrame, ax=None, *, metric: str =
 
 
 def weight_history(history: pd.DataFrame, ax=None, *, title: str | None = None):
-    """The layer weights during training: one line per layer, from step 0 (the start).
+    """The layer weights during training: one line per layer along one colour map, from
+    step 0, the uniform ``1 / L`` dashed.
 
     Args:
-        history: the history DataFrame of :func:`s3viz.train_featurizer`
-            (``step`` and ``weight_<layer>`` columns).
-
-    Returns:
-        The Axes: layers coloured along one colour map (never a repeated
-        colour), a legend by layer, and the uniform weight ``1 / L`` dashed.
+        history: the history DataFrame of :func:`s3viz.train_featurizer`.
     """
     import matplotlib
 

@@ -1,13 +1,9 @@
 """Alignment explorer: one utterance's waveform, the frames of chosen layers, and its phones.
 
-The widget only wires controls to two plain functions that are tested on
-their own: :func:`utterance_alignment` (what to draw: waveform, one
-:func:`s3viz.frame_timeline` per layer with the upstream's actual frame
-counts, phones) and :func:`draw_alignment` (draw it with
-:func:`s3viz.plot.frame_grid`). The picture is rendered to PNG in an
-``ipywidgets.Image``, so it needs no matplotlib backend or kernel-side
-display hook and works offline; without a widget frontend the widget's
-``image/png`` fallback shows the same static picture.
+The widget wires controls to two plain functions: :func:`utterance_alignment` (what to
+draw, with the upstream's actual frame counts) and :func:`draw_alignment` (draw it with
+:func:`s3viz.plot.frame_grid`), rendered to a PNG ``ipywidgets.Image`` (offline, and the
+same picture as the ``image/png`` fallback without a widget frontend).
 """
 
 from __future__ import annotations
@@ -18,13 +14,8 @@ import ipywidgets
 import numpy as np
 import pandas as pd
 
-from ..align import (
-    frame_timeline,
-    optional_attr,
-    receptive_field,
-    upstream_frame_counts,
-    upstream_rates,
-)
+from ..align import (frame_timeline, optional_attr, receptive_field, upstream_frame_counts,
+                     upstream_rates)
 from ..interface import SAMPLE_RATE, num_layer_of
 from ..plot._align import frame_grid
 from ..plot._common import png, with_png
@@ -37,15 +28,11 @@ def _is_store(source) -> bool:
     return all(hasattr(source, a) for a in ("lengths", "downsample_rates", "utterance"))
 
 
-def _is_corpus(source) -> bool:
-    return hasattr(source, "ids") and len(source) > 0 and hasattr(source[0], "wav")
-
-
 def _check_source(source, upstream, arg: str = "source") -> bool:
     """True for a store; refuses anything but a store or a Corpus with its upstream."""
     if _is_store(source):
         return True
-    if not _is_corpus(source):
+    if not (hasattr(source, "ids") and len(source) > 0 and hasattr(source[0], "wav")):
         raise TypeError(f"{arg} must be an s3viz.data.Corpus or a LayerStore, got "
                         f"{type(source).__name__}")
     if upstream is None:
@@ -75,14 +62,8 @@ def _source_layers(source, upstream):
     return rates, [f"layer {i}" for i in range(len(rates))]
 
 
-def utterance_alignment(
-    source,
-    index: int,
-    *,
-    upstream=None,
-    layers: Optional[Sequence[int]] = None,
-    device=None,
-) -> Dict[str, object]:
+def utterance_alignment(source, index: int, *, upstream=None,
+                        layers: Optional[Sequence[int]] = None, device=None) -> Dict[str, object]:
     """Everything needed to draw one utterance's frames: plain data, no drawing.
 
     Args:
@@ -90,17 +71,14 @@ def utterance_alignment(
             ``all_hs_len`` gives the frame counts) or a ``LayerStore`` (frame
             counts, rates and receptive fields come from the store; it holds no
             waveform).
-        index: utterance position.
-        upstream: the upstream (needed with a Corpus; with a store only its
-            ``conv_layers`` are used, when given).
+        upstream: needed with a Corpus; with a store only its ``conv_layers`` are used.
         layers: layer indices (of the upstream, or of the store's stored
             layers); default :func:`default_layers`.
         device: where a Corpus's upstream runs (default: where it lives).
 
-    Returns:
-        dict with ``id``, ``wav`` (``(num_samples,)`` float32 or None), ``wav_len``,
-        ``phones`` (DataFrame or None), ``num_frames`` (layer -> frames) and
-        ``timelines`` (``"layer i"`` -> :func:`s3viz.frame_timeline` DataFrame).
+    Returns a dict: ``id``, ``wav`` (``(num_samples,)`` float32 or None), ``wav_len``,
+    ``phones`` (or None), ``num_frames`` (layer -> frames) and ``timelines`` (``"layer
+    i"`` -> :func:`s3viz.frame_timeline` DataFrame).
     """
     store = _check_source(source, upstream)
     n = len(source)
@@ -148,10 +126,7 @@ def utterance_alignment(
 
 
 def draw_alignment(view: Dict[str, object], ax=None, *, window=None, spectrogram: bool = False):
-    """Draw a :func:`utterance_alignment` view with :func:`s3viz.plot.frame_grid`.
-
-    Returns the Axes.
-    """
+    """Draw a :func:`utterance_alignment` view with :func:`s3viz.plot.frame_grid`; the Axes."""
     ax = frame_grid(view["wav"], view["timelines"], view["phones"], ax=ax, window=window,
                     wav_len=view["wav_len"], spectrogram=spectrogram and view["wav"] is not None)
     ax.set_title(f"{view['id']}: " + ", ".join(
@@ -160,17 +135,11 @@ def draw_alignment(view: Dict[str, object], ax=None, *, window=None, spectrogram
 
 
 class AlignmentExplorer(ipywidgets.VBox):
-    """The widget made by :func:`alignment_explorer` (a ``VBox``).
-
-    Attributes:
-        utterance, layers, window, spectrogram: the controls (``Dropdown``,
-            ``SelectMultiple``, ``FloatRangeSlider``, ``Checkbox``); set their
-            ``.value`` to drive the picture.
-        image: the ``ipywidgets.Image`` showing the PNG.
-        figure: the matplotlib ``Figure`` last drawn.
-        view: the :func:`utterance_alignment` dict drawn last.
-        state: ``index, id, layers, window, spectrogram, renders``.
-    """
+    """The widget of :func:`alignment_explorer`: the controls ``utterance``, ``layers``,
+    ``window``, ``spectrogram`` (set their ``.value`` to drive the picture), the ``image``
+    (PNG) of the matplotlib ``figure`` last drawn, its ``view``
+    (:func:`utterance_alignment`) and ``state`` (``index, id, layers, window, spectrogram,
+    renders``)."""
 
     def __init__(self, source, upstream=None, *, layers=None, window_s: float = 1.0,
                  figsize=(9.0, 4.5), device=None):
@@ -274,17 +243,14 @@ def alignment_explorer(corpus_or_store, upstream=None, *, layers=None, window_s:
     """An explorer of frame alignment: pick an utterance, layers and a zoom window.
 
     Args:
-        corpus_or_store: an ``s3viz.data.Corpus`` (waveforms shown; the
-            upstream is run once per viewed utterance for its frame counts) or
-            a ``LayerStore`` (frame counts from the store; no waveform).
-        upstream: the upstream (required with a Corpus).
+        corpus_or_store: an ``s3viz.data.Corpus`` (waveforms shown; ``upstream``, required,
+            runs once per viewed utterance for its frame counts) or a ``LayerStore``
+            (frame counts from the store; no waveform).
         layers: layers selected at first (default: one per distinct rate and the last).
         window_s: initial zoom width in seconds.
         device: where a Corpus's upstream runs (default: where it lives).
 
-    Returns:
-        An :class:`AlignmentExplorer` (not displayed; show it by leaving it as
-        the last expression of a cell).
+    Returns an :class:`AlignmentExplorer`, not displayed.
     """
     _check_source(corpus_or_store, upstream, "corpus_or_store")
     return AlignmentExplorer(corpus_or_store, upstream, layers=layers, window_s=window_s,

@@ -1,10 +1,7 @@
 """The layer projection explorer: frames of one layer in 2-D, coloured by phone or speaker.
 
-:func:`layer_projection_explorer` returns a widget with a layer slider, a
-scatter of a seeded frame sample projected by PCA (or UMAP when installed) and
-the layer's probe score; :func:`projection` is the computation alone. Pictures
-are matplotlib PNGs, so no CDN or frontend extension is needed. More:
-``docs/reports.md``.
+A layer slider, a PNG scatter of a seeded frame sample projected by PCA (or UMAP) and
+the layer's probe score; :func:`projection` is the computation alone (``docs/reports.md``).
 """
 
 from __future__ import annotations
@@ -42,17 +39,12 @@ def _frame_colours(store, layer: int, color_by: str) -> np.ndarray:
 
 def projection(store, layer: int, *, color_by: str = "phone", method: str = "pca",
                max_points: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """A 2-D projection of a sample of one layer's frames.
+    """A 2-D projection (``"pca"`` or ``"umap"``) of a seeded sample of ``max_points`` of one
+    layer's frames labelled by ``color_by`` (``"phone"``, ``"word"`` or ``"speaker"``).
 
-    Args:
-        color_by: ``"phone"``, ``"word"`` (alignment columns) or ``"speaker"``.
-        method: ``"pca"`` or ``"umap"`` (needs ``umap-learn``).
-        max_points: frames drawn (seeded) among the labelled ones.
-
-    Returns:
-        One row per drawn frame: ``x``, ``y``, ``label``, ``row`` (its row in
-        ``store.layer(layer)``). ``attrs["explained"]``: PCA's share of the
-        variance in the two axes (NaN for UMAP).
+    One row per drawn frame: ``x``, ``y``, ``label``, ``row`` (its row in
+    ``store.layer(layer)``); ``attrs["explained"]``: PCA's share of the variance in the
+    two axes (NaN for UMAP).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -123,14 +115,9 @@ def draw(points: pd.DataFrame, ax, palette: dict, title: str = "") -> None:
 
 
 class LayerProjectionExplorer(W.VBox):
-    """The widget returned by :func:`layer_projection_explorer` (see there).
-
-    Attributes:
-        slider: ``IntSlider`` over the stored layer indices.
-        image: the ``Image`` with the current scatter (PNG).
-        info: ``HTML`` with the layer's probe score and the projection's details.
-        points: the current layer's :func:`projection` DataFrame.
-    """
+    """The widget of :func:`layer_projection_explorer`: ``slider`` (over the stored layers),
+    ``image`` (the scatter, PNG), ``info`` (HTML: the probe score and the projection's
+    details) and ``points`` (the current layer's :func:`projection`)."""
 
     def __init__(self, store, layers, *, color_by, method, max_points, seed, probe,
                  max_colours: int = 12, note: str | None = None):
@@ -178,23 +165,19 @@ class LayerProjectionExplorer(W.VBox):
                 f"{r['chance']:.3f}{tail}")
 
     def show(self, layer: int) -> None:
-        pts = self._points(layer)
-        self.points = pts
-        self.image.value = self._png(pts, layer)
+        from matplotlib.figure import Figure
+
+        self.points = pts = self._points(layer)
+        fig = Figure(figsize=(_WIDTH / _DPI, _HEIGHT / _DPI), dpi=_DPI)
+        draw(pts, fig.add_axes((0.02, 0.03, 0.74, 0.9)), self.palette,
+             f"layer {layer}: {self.method.upper()} of {len(pts)} frames")
+        self.image.value = png(fig)
         extra = (f"PCA: the two axes hold {100 * pts.attrs['explained']:.1f} % of the variance"
                  if self.method == "pca" else "UMAP (distances are not to scale)")
         self.info.value = (f"<div style='font-size:13px;line-height:1.5;padding-left:8px'>"
                            f"<b>layer {layer_label(layer).replace(chr(10), ' ')}</b><br>"
                            f"{self.score_text(layer)}<br>{len(pts)} frames by "
                            f"{self.color_by}<br>{extra}</div>")
-
-    def _png(self, pts: pd.DataFrame, layer: int) -> bytes:
-        from matplotlib.figure import Figure
-
-        fig = Figure(figsize=(_WIDTH / _DPI, _HEIGHT / _DPI), dpi=_DPI)
-        ax = fig.add_axes((0.02, 0.03, 0.74, 0.9))
-        draw(pts, ax, self.palette, f"layer {layer}: {self.method.upper()} of {len(pts)} frames")
-        return png(fig)
 
     def _repr_mimebundle_(self, **kwargs):
         return with_png(super()._repr_mimebundle_(**kwargs), self.image.value,

@@ -1,10 +1,7 @@
-"""The layer-weight explorer: move the weights of a weighted-sum featurizer, see the score.
+"""The layer-weight explorer: one slider per layer of a weighted sum, its live probe score.
 
-:func:`layer_weight_explorer` returns a widget with one slider per layer, live
-bars of the normalised weights and a live probe score of the weighted sum,
-re-scored in milliseconds from :class:`s3viz.WeightedScorer`'s cached
-statistics; buttons set uniform, best-layer or learned weights. Only
-ipywidgets and matplotlib are used. More: ``docs/featurizers.md``.
+Re-scored in milliseconds from :class:`s3viz.WeightedScorer`'s cached statistics;
+buttons set uniform, best-layer or learned weights. More: ``docs/featurizers.md``.
 """
 
 from __future__ import annotations
@@ -53,16 +50,13 @@ def _as_series(weights, layers: Sequence[int], name: str) -> pd.Series:
 
 
 class LayerWeightExplorer(W.VBox):
-    """The widget returned by :func:`layer_weight_explorer` (see there).
+    """The widget of :func:`layer_weight_explorer`.
 
-    Attributes:
-        sliders: one ``FloatSlider`` per layer (relative weight in [0, 1]).
-        bars: one vertical ``FloatProgress`` per layer (normalised weight; all bars share
-            a scale whose top is the largest weight, at least twice the uniform one).
-        weight_labels: one ``HTML`` per layer showing the normalised weight.
-        score_label: ``HTML`` with the current score.
-        uniform_button, best_button, learned_button: the presets.
-        scorer: the :class:`~s3viz.probe.weighted.WeightedScorer` doing the work.
+    Per layer a ``FloatSlider`` in ``sliders`` (relative weight in [0, 1]), a vertical
+    ``FloatProgress`` in ``bars`` (normalised weight; the bars' top is the largest
+    weight, at least twice the uniform one) and an ``HTML`` in ``weight_labels``;
+    ``score_label``, the presets ``uniform_button``, ``best_button``, ``learned_button``
+    and the ``scorer`` (:class:`~s3viz.probe.weighted.WeightedScorer`).
     """
 
     def __init__(self, scorer: WeightedScorer, *, learned=None, train=None, title=None):
@@ -80,11 +74,10 @@ class LayerWeightExplorer(W.VBox):
 
         self.sliders, self.bars, self.weight_labels, columns = [], [], [], []
         for l_ in self.layers:
-            slider = W.FloatSlider(
-                value=1.0, min=0.0, max=1.0, step=0.01, orientation="vertical",
-                readout=True, readout_format=".2f", continuous_update=True,
-                description="", layout=W.Layout(height=_BAR_HEIGHT, width="52px"),
-            )
+            slider = W.FloatSlider(value=1.0, min=0.0, max=1.0, step=0.01, orientation="vertical",
+                                   readout=True, readout_format=".2f", continuous_update=True,
+                                   description="",
+                                   layout=W.Layout(height=_BAR_HEIGHT, width="52px"))
             slider.add_class("s3viz-layer-slider")
             bar = W.FloatProgress(value=1.0 / L, min=0.0, max=1.0, orientation="vertical",
                                   layout=W.Layout(height=_BAR_HEIGHT, width="22px"))
@@ -103,33 +96,27 @@ class LayerWeightExplorer(W.VBox):
         self.score_label.add_class("s3viz-score")
         self.status = W.HTML()
         auto = W.Layout(width="auto")
-        self.uniform_button = W.Button(description="uniform", tooltip="all layers equal (1/L)",
-                                       layout=auto)
-        self.best_button = W.Button(
-            description=f"best single layer ({self.best_layer})",
-            tooltip="only the layer that scores best on its own", layout=auto)
-        self.learned_button = W.Button(
-            description="learned weights", layout=auto,
-            tooltip="weights learned jointly with a linear head (train_featurizer)")
+        self.uniform_button, self.best_button, self.learned_button = (
+            W.Button(description=d, tooltip=t, layout=auto) for d, t in (
+                ("uniform", "all layers equal (1/L)"),
+                (f"best single layer ({self.best_layer})",
+                 "only the layer that scores best on its own"),
+                ("learned weights",
+                 "weights learned jointly with a linear head (train_featurizer)")))
         self.uniform_button.on_click(lambda _: self.set_weights(np.ones(L)))
         self.best_button.on_click(lambda _: self.show_best_layer())
         self.learned_button.on_click(lambda _: self.show_learned())
-        if self._learned is None and self._train is None:
-            self.learned_button.disabled = True
+        self.learned_button.disabled = self._learned is None and self._train is None
         head = W.HTML(f"<b>{title or 'Layer weights'}</b> &nbsp; target <code>{scorer.target}</code>"
                       f" ({scorer.level} level, {len(scorer.classes)} classes, "
                       f"{scorer.n_train} train / {scorer.n_test} test)")
-        super().__init__([
-            head,
-            W.HBox(columns, layout=W.Layout(overflow="auto")),
-            self.score_label,
-            W.HBox([self.uniform_button, self.best_button, self.learned_button]),
-            self.status,
-        ])
+        super().__init__([head, W.HBox(columns, layout=W.Layout(overflow="auto")),
+                          self.score_label,
+                          W.HBox([self.uniform_button, self.best_button, self.learned_button]),
+                          self.status])
         self.add_class("s3viz-layer-weight-explorer")
         self._update()
 
-    # -- state ------------------------------------------------------------------
     @property
     def weights(self) -> pd.Series:
         """Current normalised weights (probabilities), indexed by layer."""
@@ -173,7 +160,6 @@ class LayerWeightExplorer(W.VBox):
             self.status.value = ""
         return self.set_weights(self._learned)
 
-    # -- updates ----------------------------------------------------------------
     def _on_slider(self, change):
         if not self._suspend:
             self._update()
@@ -206,7 +192,6 @@ class LayerWeightExplorer(W.VBox):
             f"{self.best_layer}: {self.layer_scores.max():.3f}, chance {self.chance:.3f} "
             f"<span style='color:#888'>({self.last_update_ms:.0f} ms)</span>")
 
-    # -- static fallback ------------------------------------------------------------
     def figure(self, ax=None):
         """Matplotlib bar chart of the current weights, the score in the title; returns the Axes."""
         return layer_weights(self.weights.fillna(0.0), ax=ax,
@@ -229,19 +214,10 @@ def _weight_html(p: float) -> str:
     return f"<div style='text-align:center;font-size:11px'>{text}</div>"
 
 
-def layer_weight_explorer(
-    store,
-    target: str,
-    *,
-    level: str = "frame",
-    layers: Sequence[int] | None = None,
-    learned=None,
-    dims: int | None = 128,
-    scorer: WeightedScorer | None = None,
-    train_kwargs: dict | None = None,
-    title: str | None = None,
-    **scorer_kwargs,
-) -> LayerWeightExplorer:
+def layer_weight_explorer(store, target: str, *, level: str = "frame",
+                          layers: Sequence[int] | None = None, learned=None, dims: int | None = 128,
+                          scorer: WeightedScorer | None = None, train_kwargs: dict | None = None,
+                          title: str | None = None, **scorer_kwargs) -> LayerWeightExplorer:
     """An interactive widget to move layer weights and watch the probe score.
 
     Args:
@@ -257,9 +233,7 @@ def layer_weight_explorer(
         **scorer_kwargs: passed to :class:`WeightedScorer` (``split_by``,
             ``test_fraction``, ``lambdas``, ``seed``, ``device`` ...).
 
-    Returns:
-        A :class:`LayerWeightExplorer` (an ``ipywidgets.VBox``); display it by
-        making it the last expression of a cell.
+    Returns a :class:`LayerWeightExplorer` (an ``ipywidgets.VBox``), not displayed.
     """
     if scorer is None:
         scorer = WeightedScorer(store, target, level=level, layers=layers, dims=dims,
