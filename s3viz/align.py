@@ -216,8 +216,7 @@ def frame_timeline(rate_or_upstream: Union[int, object], wav_len: int, *,
         raise ValueError(f"num_frames must be non-negative, got {num_frames}")
     idx = np.arange(num_frames, dtype=np.int64)
     rf_start = idx * rate
-    rf_end_raw = rf_start + rf
-    rf_end = np.minimum(rf_end_raw, wav_len)
+    rf_end = np.minimum(rf_start + rf, wav_len)
     rf_start_c = np.minimum(rf_start, wav_len)
     center = rf_start + rf / 2.0
     # cell boundaries: midpoints between neighbouring centres
@@ -236,19 +235,11 @@ def frame_timeline(rate_or_upstream: Union[int, object], wav_len: int, *,
 
 def frame_labels(phones: pd.DataFrame, num_frames: int, rate: int, *, column: str = "phone",
                  receptive_field_samples: Optional[int] = None, fill: str = "") -> np.ndarray:
-    """Label each frame with the segment that covers the frame's centre sample.
+    """``(num_frames,)`` object array: each frame's label (``phones[column]``) of the segment
+    covering its centre ``k * rate + rf / 2`` (as in :func:`frame_timeline`).
 
     Args:
-        phones: alignment table with ``start``, ``end`` (samples) and ``column``.
-        num_frames: frames of the layer (the upstream's own length).
-        rate: the layer's downsample rate in samples.
-        column: which column of ``phones`` gives the label.
-        receptive_field_samples: as in :func:`frame_timeline` (the centre of
-            frame ``k`` is ``k * rate + rf / 2``, the same as its timeline).
         fill: label of frames whose centre no segment covers.
-
-    Returns:
-        ``(num_frames,)`` object array of labels.
     """
     if column not in phones.columns:
         raise KeyError(f"alignment table has no column {column!r}; available: "
@@ -364,18 +355,15 @@ def upstream_frame_counts(upstream, batches, num_layer: int, device=None):
                 raise RuntimeError(f"upstream failed on input lengths {lens.tolist()[:4]}: "
                                    f"{e}. Inputs shorter than its receptive field often fail: "
                                    "use longer inputs") from e
-            counts = np.stack([hl.detach().to("cpu").long().numpy().reshape(-1)
-                               for hl in _all_hs_len(out, num_layer)])
-            yield key, counts
-
-
-def _all_hs_len(out, num_layer: int) -> List[torch.Tensor]:
-    if not isinstance(out, (tuple, list)) or len(out) != 2:
-        raise TypeError("upstream(wavs, wavs_len) must return (all_hs, all_hs_len) (s3prl "
-                        f"interface), got {type(out).__name__}")
-    if len(out[1]) != num_layer:
-        raise ValueError(f"upstream returned {len(out[1])} lengths but num_layer is {num_layer}")
-    return list(out[1])
+            if not isinstance(out, (tuple, list)) or len(out) != 2:
+                raise TypeError("upstream(wavs, wavs_len) must return (all_hs, all_hs_len) "
+                                f"(s3prl interface), got {type(out).__name__}")
+            all_hs_len = list(out[1])
+            if len(all_hs_len) != num_layer:
+                raise ValueError(f"upstream returned {len(all_hs_len)} lengths but num_layer is "
+                                 f"{num_layer}")
+            yield key, np.stack([hl.detach().to("cpu").long().numpy().reshape(-1)
+                                 for hl in all_hs_len])
 
 
 def _report_conventions(report: pd.DataFrame) -> List[str]:

@@ -241,6 +241,12 @@ def prepare_wav(wav: ArrayLike, sample_rate: int, *, channels_first: Optional[bo
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
+BLOCK_SECONDS = 30
+""":func:`load_audio` decodes, averages to mono and resamples about this many seconds at a time."""
+
+_MPEG_FRAME = 1152
+
+
 def load_audio(path: Union[str, os.PathLike], *, allow_silence: bool = False) -> np.ndarray:
     """An audio file read with soundfile as 1-D float32 mono at 16 kHz: decoded in one
     forward pass, ``BLOCK_SECONDS`` at a time, so the result equals :func:`prepare_wav` of
@@ -251,7 +257,42 @@ def load_audio(path: Union[str, os.PathLike], *, allow_silence: bool = False) ->
 
     path = _find_audio_file(path)
     with _soundfile_call(path, sf.SoundFile, path) as f:
-        return _read_audio(f, path, allow_silence)
+        name = f"audio file {path!r}"
+        rate = _check_rate(f.samplerate, f"the sample rate of {path!r}")
+        n, ch = int(f.frames), int(f.channels)
+        if n <= 0:
+            raise ValueError(f"{name} holds no samples (its header says {n} frames); re-create or "
+                             "re-download it, or remove it")
+        resampler = _Resampler(rate, SAMPLE_RATE)
+        out = np.empty(resampled_length(n, rate), dtype=np.float32)
+        # blocks of whole MPEG frames: libsndfile 1.2.2's MP3 decoder returns wrong samples
+        # after a read that ends inside a frame (mono MPEG-2: up to 0.27 off); every MPEG
+        # frame length (384, 576, 1152) divides 1152; for other formats the size is free
+        block = -(-max(1, BLOCK_SECONDS * rate) // _MPEG_FRAME) * _MPEG_FRAME
+        done, filled, peak, any_raw, any_mono = 0, 0, 0.0, False, False
+        while done < n:
+            seg = _soundfile_call(path, f.read, min(block, n - done), dtype="float32",
+                                  always_2d=True)
+            if seg.shape[0] == 0:
+                raise ValueError(f"{name} ends at sample {done} although its header says {n}; the "
+                                 "file is truncated: re-encode or re-download it")
+            finite = np.isfinite(seg)
+            if not finite.all():
+                first = done + int(np.flatnonzero(~finite.all(axis=1))[0])
+                raise ValueError(f"{name} contains non-finite values (NaN or Inf), the first at "
+                                 f"sample {first}; clean it first, e.g. np.nan_to_num(wav)")
+            peak = max(peak, float(np.abs(seg).max()))
+            any_raw = any_raw or bool(np.any(seg))
+            mono = seg[:, 0] if ch == 1 else seg.mean(axis=1, dtype=np.float64).astype(np.float32)
+            any_mono = any_mono or bool(np.any(mono))
+            done += seg.shape[0]
+            res = resampler(mono, last=done >= n)
+            out[filled: filled + res.shape[0]] = res
+            filled += res.shape[0]
+        if not allow_silence and not any_mono:
+            _refuse_silence(name, n, mono=any_raw)
+        _warn_peak(name, peak, stacklevel=2)
+        return out
 
 
 def audio_file_length(path: Union[str, os.PathLike]) -> int:
@@ -262,49 +303,6 @@ def audio_file_length(path: Union[str, os.PathLike]) -> int:
     path = _find_audio_file(path)
     info = _soundfile_call(path, sf.info, path)
     return resampled_length(info.frames, _check_rate(info.samplerate, f"the sample rate of {path!r}"))
-
-
-BLOCK_SECONDS = 30
-""":func:`load_audio` decodes, averages to mono and resamples about this many seconds at a time."""
-
-_MPEG_FRAME = 1152
-
-
-def _read_audio(f, path: str, allow_silence: bool) -> np.ndarray:
-    name = f"audio file {path!r}"
-    rate, n, ch = _check_rate(f.samplerate, f"the sample rate of {path!r}"), int(f.frames), int(f.channels)
-    if n <= 0:
-        raise ValueError(f"{name} holds no samples (its header says {n} frames); re-create or "
-                         "re-download it, or remove it")
-    resampler = _Resampler(rate, SAMPLE_RATE)
-    out = np.empty(resampled_length(n, rate), dtype=np.float32)
-    # blocks of whole MPEG frames: libsndfile 1.2.2's MP3 decoder returns wrong samples after
-    # a read that ends inside a frame (mono MPEG-2: up to 0.27 off); every MPEG frame length
-    # (384, 576, 1152 samples) divides 1152, and for other formats the size does not matter
-    block = -(-max(1, BLOCK_SECONDS * rate) // _MPEG_FRAME) * _MPEG_FRAME
-    done, filled, peak, any_raw, any_mono = 0, 0, 0.0, False, False
-    while done < n:
-        seg = _soundfile_call(path, f.read, min(block, n - done), dtype="float32", always_2d=True)
-        if seg.shape[0] == 0:
-            raise ValueError(f"{name} ends at sample {done} although its header says {n}; the "
-                             "file is truncated: re-encode or re-download it")
-        finite = np.isfinite(seg)
-        if not finite.all():
-            first = done + int(np.flatnonzero(~finite.all(axis=1))[0])
-            raise ValueError(f"{name} contains non-finite values (NaN or Inf), the first at "
-                             f"sample {first}; clean it first, e.g. np.nan_to_num(wav)")
-        peak = max(peak, float(np.abs(seg).max()))
-        any_raw = any_raw or bool(np.any(seg))
-        mono = seg[:, 0] if ch == 1 else seg.mean(axis=1, dtype=np.float64).astype(np.float32)
-        any_mono = any_mono or bool(np.any(mono))
-        done += seg.shape[0]
-        res = resampler(mono, last=done >= n)
-        out[filled: filled + res.shape[0]] = res
-        filled += res.shape[0]
-    if not allow_silence and not any_mono:
-        _refuse_silence(name, n, mono=any_raw)
-    _warn_peak(name, peak, stacklevel=3)
-    return out
 
 
 def _soundfile_call(path: str, fn, *args, **kwargs):

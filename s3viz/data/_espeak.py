@@ -1,14 +1,12 @@
 """A minimal ctypes binding to eSpeak NG: text in, 22050 Hz int16 audio and events out.
 
-The library and its data come from ``espeakng-loader``; struct layouts follow
-eSpeak NG's ``speak_lib.h``. eSpeak keeps hidden state between calls, so
-:mod:`s3viz.data.synthetic` runs this file as a script in a fresh subprocess
-per corpus (standard library only, so it starts fast): one JSON job on stdin,
-one JSON line and the samples on stdout. The protocol: ``docs/data.md``.
+Run as a script (standard library only) in a fresh subprocess per corpus, since eSpeak
+keeps hidden state between calls: the protocol is in ``docs/data.md``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -118,28 +116,20 @@ def _initialized(library: str, data: str):
 
 
 def synthesize(library: str, data: str, items: List[dict], seed: int = 0) -> List[dict]:
-    """Synthesize ``items`` in order; ``docs/data.md`` lists the item keys.
+    """Synthesize ``items`` (keys: ``docs/data.md``) in order, with IPA phoneme names.
 
-    Every item is synthesized with IPA phoneme names. Pauses and vowel-to-vowel
-    linking events both have an empty IPA name; when such an event lies between
-    named phonemes the item is synthesized a second time with eSpeak's ASCII
-    names (only the names are kept), which tell them apart (``_``, ``_:`` are
-    pauses, ``;`` is linking).
-
-    Returns one dict per item: ``audio`` (bytes, int16 little-endian mono at
-    22050 Hz) and ``events``: ``["phoneme", sample, ipa_name, ascii_name]`` (``ascii_name``
-    is ``"_"`` for a final pause and may repeat the IPA name when no second pass ran) and
-    ``["word", sample, text_position (1-based characters), length]`` in the
-    order eSpeak reported them; ``sample`` counts from the item's first sample.
+    Returns one dict per item: ``audio`` (bytes, int16 little-endian mono at 22050 Hz)
+    and ``events`` in eSpeak's order: ``["phoneme", sample, ipa_name, ascii_name]``
+    (``ascii_name`` is ``"_"`` for a final pause and may repeat the IPA name when no
+    second pass ran) and ``["word", sample, text_position (1-based), length]``;
+    ``sample`` counts from the item's first sample.
     """
     with _LOCK:
         lib, buffer = _initialized(library, data)
-        try:
+        with contextlib.suppress(AttributeError):  # older library without the symbol
             lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
             lib.espeak_ng_SetRandSeed.restype = None
             lib.espeak_ng_SetRandSeed(int(seed))
-        except AttributeError:  # older library without the symbol
-            pass
         results = []
         current_voice = None
         for item in items:

@@ -7,6 +7,7 @@ Every source becomes the embedded corpus's alignment table (:data:`ALIGNMENT_TAB
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -89,29 +90,19 @@ def decode_text(path: Path, *, error=None, legacy: bool = False, fix: str = "") 
     ``legacy`` Windows-1252 / Latin-1 (what Praat writes on Western systems). Anything else
     raises ``error`` naming the file and ``fix``: a guess must refuse rather than misread
     (UTF-8 "decodes" UTF-16 text without a byte-order mark into NUL-riddled garbage)."""
-    error = error or AlignmentError
     raw = path.read_bytes()
     if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
-        try:
-            return raw.decode("utf-16")
-        except UnicodeDecodeError:
-            pass
+        encodings = ["utf-16"]
     elif len(raw) >= 2 and (raw[0] == 0 or raw[1] == 0):  # UTF-16 without a byte-order mark
-        try:  # (checked first: NUL bytes are valid UTF-8, so UTF-8 would "succeed")
-            return raw.decode("utf-16-be" if raw[0] == 0 else "utf-16-le")
-        except UnicodeDecodeError:
-            pass
-    else:
-        try:
-            return raw.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            if legacy and b"\x00" not in raw:
-                try:
-                    return raw.decode("cp1252")
-                except UnicodeDecodeError:  # 5 bytes cp1252 leaves undefined
-                    return raw.decode("latin-1")
+        encodings = ["utf-16-be" if raw[0] == 0 else "utf-16-le"]  # (NULs are valid UTF-8)
+    else:  # latin-1 takes the 5 bytes cp1252 leaves undefined
+        encodings = ["utf-8-sig"] + (["cp1252", "latin-1"] if legacy and b"\x00" not in raw
+                                     else [])
+    for encoding in encodings:
+        with contextlib.suppress(UnicodeDecodeError):
+            return raw.decode(encoding)
     known = "UTF-8, UTF-16" + (" or Latin-1" if legacy else "")
-    raise error(f"{path}: not {known} text; {fix or 'save it as UTF-8'}")
+    raise (error or AlignmentError)(f"{path}: not {known} text; {fix or 'save it as UTF-8'}")
 
 
 # praatio reads times with the pattern [\d.]+, so "xmin = 5e-05" (Praat's %.17g) is a parse
@@ -410,13 +401,8 @@ def alignment_table(phones: Sequence[_Entry], words: Optional[Sequence[_Entry]],
         start = min(to_sample(start_s), num_samples)
         end = min(to_sample(end_s), num_samples)
         raw = label.strip()
-        if _is_silence(raw, marks):
-            phone = SILENCE
-        elif fn is None:
-            phone = raw
-        else:
-            mapped = fn(raw)
-            phone = "" if mapped is None else str(mapped)
+        mapped = SILENCE if _is_silence(raw, marks) else raw if fn is None else fn(raw)
+        phone = "" if mapped is None else str(mapped)
         if phone == SILENCE:
             word, index = "", -1
         elif phone_words is not None:
@@ -512,20 +498,15 @@ def find_alignment_file(audio: Path, rel: str, alignments: Union[str, os.PathLik
     it), relative to the alignment folder (to ``root`` for ``"sibling"``)."""
     rel_path = Path(rel)
     if pattern is not None:
-        base = (root if alignments == "sibling" else Path(alignments))
-        for one in ([pattern] if isinstance(pattern, str) else pattern):
-            candidate = base / one.format(parent=rel_path.parent.as_posix(), stem=rel_path.stem,
-                                          name=rel_path.name)
-            if candidate.is_file():
-                return candidate
-        return None
-    base = (audio.with_suffix("") if alignments == "sibling"
-            else Path(alignments) / rel_path.with_suffix(""))
-    for suffix in ALIGNMENT_SUFFIXES:
-        candidate = base.parent / (base.name + suffix)
-        if candidate.is_file():
-            return candidate
-    return None
+        base = root if alignments == "sibling" else Path(alignments)
+        fields = dict(parent=rel_path.parent.as_posix(), stem=rel_path.stem, name=rel_path.name)
+        candidates = [base / one.format(**fields)
+                      for one in ([pattern] if isinstance(pattern, str) else pattern)]
+    else:
+        base = (audio.with_suffix("") if alignments == "sibling"
+                else Path(alignments) / rel_path.with_suffix(""))
+        candidates = [base.parent / (base.name + suffix) for suffix in ALIGNMENT_SUFFIXES]
+    return next((c for c in candidates if c.is_file()), None)
 
 
 def check_alignment_pattern(pattern):

@@ -266,22 +266,15 @@ class _FileLookup:
         return pd.DataFrame(out, columns=["file", "reason"])
 
 
-def load_folder(
-    path: Union[str, os.PathLike],
-    labels_csv: Union[None, str, os.PathLike, pd.DataFrame] = None,
-    *,
-    pattern: Union[None, str, Sequence[str]] = None,
-    strict: bool = True,
-    allow_silence: bool = False,
-    name: Optional[str] = None,
-    lazy: bool = False,
-    alignments: Union[None, str, os.PathLike, pd.DataFrame] = None,
-    alignment_pattern: Union[None, str, Sequence[str]] = None,
-    phone_tier: Union[None, str, Sequence[str]] = None,
-    word_tier: Union[None, str, Sequence[str]] = None,
-    phone_map=None,
-    silence=None,
-) -> Corpus:
+def load_folder(path: Union[str, os.PathLike],
+                labels_csv: Union[None, str, os.PathLike, pd.DataFrame] = None, *,
+                pattern: Union[None, str, Sequence[str]] = None, strict: bool = True,
+                allow_silence: bool = False, name: Optional[str] = None, lazy: bool = False,
+                alignments: Union[None, str, os.PathLike, pd.DataFrame] = None,
+                alignment_pattern: Union[None, str, Sequence[str]] = None,
+                phone_tier: Union[None, str, Sequence[str]] = None,
+                word_tier: Union[None, str, Sequence[str]] = None, phone_map=None,
+                silence=None) -> Corpus:
     """Load every audio file under a folder as a :class:`Corpus` (mono, 16 kHz; ids: the
     files' POSIX paths relative to ``path`` without suffix, sorted), with per-file labels
     and forced alignments when given. Every argument's rules: ``docs/data.md``.
@@ -521,14 +514,10 @@ class _Aligner:
             looked = (f"as {self.pattern!r}" if self.pattern else
                       "as a .TextGrid or .PHN named as the audio")
             raise _Missing(f"no alignment {where} ({looked})")
-        rate = _native_rate(file) if path.suffix.lower() == ".phn" else None
+        rate = None  # a .PHN counts samples at the audio file's own rate
+        if path.suffix.lower() == ".phn":
+            import soundfile as sf
+
+            with contextlib.suppress(RuntimeError, TypeError, ValueError):
+                rate = int(sf.info(str(file)).samplerate)
         return read_alignment(path, num_samples, sample_rate=rate, **self.kw)
-
-
-def _native_rate(file: Path) -> Optional[int]:
-    """The audio file's own sample rate (what TIMIT .PHN sample numbers count)."""
-    import soundfile as sf
-
-    with contextlib.suppress(RuntimeError, TypeError, ValueError):
-        return int(sf.info(str(file)).samplerate)
-    return None

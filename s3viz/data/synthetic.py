@@ -1,11 +1,6 @@
-"""The embedded speech corpus: English sentences synthesized offline with eSpeak NG.
-
-:func:`synthetic_corpus` speaks seeded grammar sentences with several eSpeak NG
-voices and aligns every phone from eSpeak's phoneme events: real 16 kHz speech
-with exact alignments and no download. The corpus is a deterministic function
-of its parameters (a fresh synthesis subprocess each time) and is cached on
-disk under a hash of them. More: ``docs/data.md``.
-"""
+"""The embedded speech corpus: English sentences synthesized offline with eSpeak NG, with
+exact phone alignments from eSpeak's events, deterministic in its parameters and cached
+on disk under a hash of them (``docs/data.md``)."""
 
 from __future__ import annotations
 
@@ -128,21 +123,16 @@ def _fill(template: str, rng: random.Random) -> str:
 
 
 def make_sentences(n: int, seed: int = 0) -> pd.DataFrame:
-    """``n`` distinct English sentences from the seeded grammar.
+    """``n`` distinct English sentences from the grammar seeded by ``seed``: columns
+    ``sentence_id`` (``"s0000"``...), ``text`` and ``sentence_type`` (statement, question,
+    command); row ``i`` depends only on ``seed`` and the rows before it.
 
     Args:
         n: how many sentences.
-        seed: the grammar's seed.
-
-    Returns:
-        DataFrame with columns ``sentence_id`` (``"s0000"``...), ``text`` and
-        ``sentence_type`` (statement, question, command); row ``i`` depends only
-        on ``seed`` and the rows before it.
     """
     n = _check_count(n, "n")
     rng = random.Random(f"s3viz-sentences-{int(seed)}")
-    seen = set()
-    rows = []
+    seen, rows = set(), []
     while len(rows) < n:
         kind, template = rng.choice(_TEMPLATES)
         text = _fill(template, rng)
@@ -245,10 +235,6 @@ def _clean_phone(ipa: str, ascii_name: str) -> Optional[str]:
     return label or None
 
 
-def _clean_word(word: str) -> str:
-    return "".join(ch for ch in word.lower() if ch.isalnum() or ch == "'").strip("'")
-
-
 def _run_espeak(items: List[dict], seed: int) -> Tuple[dict, np.ndarray]:
     """Synthesize ``items`` in a fresh subprocess; returns (header, int16 samples)."""
     library, data = _espeak_paths()
@@ -295,7 +281,8 @@ def _phone_table(events: list, text: str, num_samples_22k: int, wav: np.ndarray)
     # give a 1-based character position (their length may stop at an apostrophe)
     token_at = [""] * (len(text) + 1)
     for m in re.finditer(r"\S+", text):
-        token_at[m.start(): m.end()] = [_clean_word(m.group())] * (m.end() - m.start())
+        word = "".join(ch for ch in m.group().lower() if ch.isalnum() or ch == "'").strip("'")
+        token_at[m.start(): m.end()] = [word] * (m.end() - m.start())
     starts, phones, words, word_ids = [0], ["sil"], [""], [-1]
     word, word_no = "", -1
     for ev in events:
