@@ -458,8 +458,7 @@ def _summary_text(summary: pd.DataFrame, report: pd.DataFrame) -> str:
         else:
             i = int(np.argmax(np.abs(grp["worst_diff"].to_numpy())))
             r = grp.iloc[i]
-            lines.append(
-                f"{who}: no convention matches exactly; closest is '{best}' "
-                f"(matches {grp[f'match_{best}'].min():.0%} of lengths), worst mismatch "
-                f"{int(r['worst_diff']):+d} frames at wav_len={int(r['worst_wav_len'])}.")
+            lines.append(f"{who}: no convention matches exactly; closest is '{best}' "
+                         f"(matches {grp[f'match_{best}'].min():.0%} of lengths), worst mismatch "
+                         f"{int(r['worst_diff']):+d} frames at wav_len={int(r['worst_wav_len'])}.")
     return " ".join(lines)

@@ -83,10 +83,8 @@ def _initialized(library: str, data: str):
                 f"eSpeak NG is already initialized from {_STATE['library']!r} in this process")
         return _STATE["lib"], _STATE["buffer"]
     lib = _load(library)
-    rate = lib.espeak_Initialize(
-        _AUDIO_OUTPUT_SYNCHRONOUS, 0, data.encode(),
-        _INITIALIZE_PHONEME_EVENTS | _INITIALIZE_PHONEME_IPA,
-    )
+    rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data.encode(),
+                                 _INITIALIZE_PHONEME_EVENTS | _INITIALIZE_PHONEME_IPA)
     if rate != SAMPLE_RATE_ESPEAK:
         raise RuntimeError(
             f"espeak_Initialize returned {rate} (expected sample rate {SAMPLE_RATE_ESPEAK}); "
@@ -186,11 +184,9 @@ def _main() -> None:
     except (ValueError, RuntimeError, OSError) as e:
         sys.stderr.write(f"{type(e).__name__}: {e}\n")
         sys.exit(2)
-    header = {
-        "version": espeak_version(job["library"]),
-        "num_samples": [len(r["audio"]) // 2 for r in results],
-        "events": [r["events"] for r in results],
-    }
+    header = {"version": espeak_version(job["library"]),
+              "num_samples": [len(r["audio"]) // 2 for r in results],
+              "events": [r["events"] for r in results]}
     out = sys.stdout.buffer
     out.write(json.dumps(header).encode("utf-8") + b"\n")
     for r in results:

@@ -117,10 +117,9 @@ def _header_check(text: str, sep: str, what: str) -> set:
     for line, fields in rows:
         extra = [f for f in fields[len(header):] if f.strip()]
         if extra:
-            raise ValueError(
-                f"{what}: line {line} has {len(fields)} fields but the header names "
-                f"{len(header)} columns ({', '.join(map(repr, header))}); the value "
-                f"{extra[0]!r} has no column: add its name to the header or remove it")
+            raise ValueError(f"{what}: line {line} has {len(fields)} fields but the header names "
+                             f"{len(header)} columns ({', '.join(map(repr, header))}); the value "
+                             f"{extra[0]!r} has no column: add its name to the header or remove it")
     drop = set()
     for j in (j for j, name in enumerate(header) if not name):
         used = [(line, f[j]) for line, f in rows if j < len(f) and f[j].strip()]
@@ -232,9 +231,7 @@ class _FileLookup:
             self.exact[r] = i
             self.exact.setdefault(u, i)
         self.nfc = {unicodedata.normalize("NFC", k): k for k in self.exact}
-        self.folded: Dict[str, str] = {}
-        for k in self.exact:
-            self.folded.setdefault(_folded(k), k)
+        self.folded = {_folded(k): k for k in reversed(list(self.exact))}  # the first name wins
 
     def get(self, key: str) -> Optional[int]:
         i = self.exact.get(key)

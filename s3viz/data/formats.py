@@ -185,12 +185,9 @@ def export_corpus(corpus, folder: Union[str, os.PathLike], layout: str = "mfa", 
         clash = [k for k in u.labels if k in _MFA_COLUMNS]
         if clash:
             raise ValueError(
-                f"utterance {u.id!r} has label(s) {clash} that labels.csv of layout='mfa' "
-                f"holds as its own columns {list(_MFA_COLUMNS)} (the file, id, speaker "
-                "and text of each utterance), so they would overwrite them or be lost; "
-                "rename those labels first, e.g. for u in corpus: if "
-                f"{clash[0]!r} in u.labels: u.labels['label_{clash[0]}'] = "
-                f"u.labels.pop({clash[0]!r})")
+                f"utterance {u.id!r} has label(s) {clash} that labels.csv of layout='mfa' holds "
+                f"as its own columns {list(_MFA_COLUMNS)}; rename those labels first, e.g. "
+                f"u.labels['label_{clash[0]}'] = u.labels.pop({clash[0]!r})")
     stems = _export_plan(corpus, layout)  # every name checked before anything is written
     files = _files_of(stems, layout)
     root = Path(folder).expanduser()

@@ -179,9 +179,8 @@ def _voice_spec(name, spec) -> Dict[str, object]:
     if not isinstance(name, str) or not name:
         raise ValueError(f"speaker names must be non-empty str, got {name!r}")
     if not isinstance(spec, Mapping) or not isinstance(spec.get("voice"), str):
-        raise ValueError(
-            f"speakers[{name!r}] must be a dict with a 'voice' str such as 'en-us+f3' "
-            f"(optional 'pitch', 'rate', 'range', 'gender'), got {spec!r}")
+        raise ValueError(f"speakers[{name!r}] must be a dict with a 'voice' str such as 'en-us+f3' "
+                         f"(optional 'pitch', 'rate', 'range', 'gender'), got {spec!r}")
     unknown = set(spec) - {"voice", "pitch", "rate", "range", "gender"}
     if unknown:
         raise ValueError(f"speakers[{name!r}] has unknown keys {sorted(unknown)}")
@@ -217,9 +216,8 @@ def _espeak_paths() -> Tuple[str, str]:
     try:
         import espeakng_loader
     except ImportError as e:
-        raise ImportError(
-            "synthetic_corpus needs the eSpeak NG library from the PyPI package "
-            "'espeakng-loader': pip install espeakng-loader") from e
+        raise ImportError("synthetic_corpus needs the eSpeak NG library from the PyPI package "
+                          "'espeakng-loader': pip install espeakng-loader") from e
     return espeakng_loader.get_library_path(), espeakng_loader.get_data_path()
 
 
@@ -239,10 +237,8 @@ def _run_espeak(items: List[dict], seed: int) -> Tuple[dict, np.ndarray]:
     """Synthesize ``items`` in a fresh subprocess; returns (header, int16 samples)."""
     library, data = _espeak_paths()
     job = json.dumps({"library": library, "data": data, "seed": int(seed), "items": items})
-    proc = subprocess.run(
-        [sys.executable, "-I", _espeak.__file__], input=job.encode("utf-8"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False,
-    )
+    proc = subprocess.run([sys.executable, "-I", _espeak.__file__], input=job.encode("utf-8"),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
     if proc.returncode != 0:
         message = proc.stderr.decode("utf-8", "replace").strip()
         if message.startswith("ValueError: "):
@@ -293,9 +289,8 @@ def _phone_table(events: list, text: str, num_samples_22k: int, wav: np.ndarray)
             continue
         sample = int(ev[1])
         if not 0 <= sample <= num_samples_22k:
-            raise RuntimeError(
-                f"eSpeak NG phoneme event at sample {sample} lies outside the "
-                f"{num_samples_22k}-sample audio of {text!r}")
+            raise RuntimeError(f"eSpeak NG phoneme event at sample {sample} lies outside the "
+                               f"{num_samples_22k}-sample audio of {text!r}")
         phone = _clean_phone(ev[2], ev[3])
         if phone is None:
             continue
