@@ -278,11 +278,17 @@ def _check_phn_rate(entries: Sequence[_Entry], duration: float, sample_rate: int
 
 def check_intervals(entries: Sequence[_Entry], duration: float, path, tier: str, *,
                     allow_overlap: bool = False) -> List[_Entry]:
-    """The one check every alignment goes through (``docs/alignment.md``): ``(start, end,
-    label)`` entries in seconds must be finite, ``end > start >= 0``, in time order, not
-    overlapping (unless ``allow_overlap``: TIMIT's words) and end at most
-    :data:`TOLERANCE_S` past ``duration`` (clipped to it). Returns them with labels
-    stripped, else raises :class:`AlignmentError` naming ``path``, ``tier``, the interval."""
+    """The one check every alignment goes through (``docs/alignment.md``): entries must be
+    finite, ``end > start >= 0``, in time order, not overlapping and end at most
+    :data:`TOLERANCE_S` past the audio (clipped to it). Returns them with labels stripped,
+    else raises :class:`AlignmentError` naming ``path``, ``tier`` and the interval.
+
+    Args:
+        entries: ``(start, end, label)`` intervals in seconds, in the source's order.
+        duration: the audio's length in seconds.
+        tier: the tier's name, for errors.
+        allow_overlap: accept intervals that overlap (TIMIT's words).
+    """
     out: List[_Entry] = []
     prev = None
     for k, (start, end, label) in enumerate(entries, 1):
