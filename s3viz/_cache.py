@@ -23,11 +23,9 @@ from torch import nn
 
 from ._fs import OwnedFolder, UnsafePathError
 
+# older formats are never reused: 3 keeps behaviour.pt (checked before reuse, see
+# s3viz.extraction.behaviour_probe); 2 checks frames finite before storing them
 FORMAT_VERSION = 3
-# 3: the folder keeps the upstream's outputs on a fixed probe input (behaviour.pt), checked
-#    before reuse (s3viz.extraction.behaviour_probe); format 2 caches have none, so are not reused
-# 2: frames are checked finite before they are stored (format 1 caches may hold NaN/inf,
-#    so they are not reused: extract writes a new one)
 STORE_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 DTYPE_NAMES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
@@ -43,16 +41,12 @@ class CacheCorruptionError(RuntimeError):
     (chunk tensors, and the manifest, labels, alignments and chunk records it lists)."""
 
 
-# --------------------------------------------------------------------------- fingerprints
-
-
 def tensor_bytes(t: torch.Tensor) -> memoryview:
     t = t.detach().to("cpu").contiguous().reshape(-1)
     return memoryview(t.view(torch.uint8).numpy())
 
 
-def tensor_digest(t: torch.Tensor) -> bytes:
-    """sha256 digests of a tensor's bytes in pieces of ``HASH_PIECE`` bytes, concatenated."""
+def tensor_digest(t: torch.Tensor) -> bytes:  # sha256 of each HASH_PIECE bytes, concatenated
     data = tensor_bytes(t)
     return b"".join(hashlib.sha256(data[i: i + HASH_PIECE]).digest()
                     for i in range(0, max(len(data), 1), HASH_PIECE))
@@ -71,9 +65,8 @@ def code_bytes(code) -> bytes:
 
 
 def code_digest(cls: type) -> str:
-    """sha256 of what the methods of ``cls`` and of the classes it inherits from (outside
-    torch) compute: their bytecode, so that a changed ``forward`` changes the fingerprint.
-    Not memoised: a method patched on the class after a first call must count."""
+    """sha256 of the bytecode of the methods of ``cls`` and its bases outside torch (a changed
+    ``forward`` changes the fingerprint); not memoised, so a method patched later counts."""
     h = hashlib.sha256()
     for k in cls.__mro__:
         if k.__module__.split(".")[0] in ("torch", "builtins"):
@@ -91,10 +84,8 @@ PLAIN = (bool, int, float, str, type(None))
 
 
 def plain_attributes(module) -> str:
-    """The module's own attributes that are plain values (numbers, strings, tuples and
-    lists of them), sorted; torch's bookkeeping and hooks are left out, and so are the
-    names a module lists in ``s3viz_fingerprint_ignore`` (counters and other attributes
-    that do not change its output)."""
+    """The module's own plain-valued attributes (numbers, strings, short tuples and lists of
+    them), sorted; not torch's bookkeeping, nor the names in ``s3viz_fingerprint_ignore``."""
     out = []
     ignore = set(getattr(module, "s3viz_fingerprint_ignore", ()))
     for key, value in sorted(vars(module).items()):
@@ -108,11 +99,8 @@ def plain_attributes(module) -> str:
 
 def upstream_fingerprint(upstream: nn.Module) -> str:
     """sha256 over the class name, name, architecture (repr), the code and plain attributes
-    of every module in the tree, and every state_dict tensor.
-
-    Tensors are hashed in pieces by a few threads (hashlib releases the GIL), then
-    the piece digests, names, dtypes and shapes are hashed in order.
-    """
+    of every module in the tree, and every state_dict tensor (hashed in pieces by a few
+    threads, hashlib releasing the GIL; then digests, names, dtypes and shapes in order)."""
     h = hashlib.sha256()
     cls = type(upstream)
     # the class name, not its module: moving a class between modules keeps its caches
@@ -166,11 +154,8 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-# --------------------------------------------------------------------------- disk helpers
 # Every read, write and delete below goes through an OwnedFolder (s3viz._fs): nothing in
 # a cache folder is followed through a symbolic link.
-
-
 def write_json(folder: OwnedFolder, rel: str, obj) -> None:
     folder.write_bytes(rel, json.dumps(obj).encode())
 
@@ -187,9 +172,8 @@ def read_json(folder: OwnedFolder, rel: str):
 
 
 def _plain(v):
-    """A table cell as a JSON value that reads back equal: Python floats keep all their
-    digits (``json`` writes ``repr``; pandas' ``to_json`` rounds to 10 significant
-    digits, so 0.30000000001 and 0.30000000002 both became 0.3); missing -> null."""
+    """A table cell as a JSON value that reads back equal (floats keep all digits, where
+    pandas' ``to_json`` rounds to 10); missing -> null."""
     if isinstance(v, (np.datetime64, np.timedelta64)):
         return str(v)  # .item() would give integer nanoseconds: a date read back as a number
     if isinstance(v, np.generic):

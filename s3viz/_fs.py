@@ -87,8 +87,6 @@ class OwnedFolder:
     def __repr__(self) -> str:
         return f"OwnedFolder({str(self.folder)!r})"
 
-    # ------------------------------------------------------------------ paths
-
     def parts(self, rel) -> tuple[str, ...]:
         """``rel`` as checked name parts below the root (refuses absolute paths and ``..``)."""
         text = os.fspath(rel) if isinstance(rel, os.PathLike) else str(rel)
@@ -116,8 +114,7 @@ class OwnedFolder:
         step is still walked from the user's folder, so a link put in its place later is
         refused too."""
         parts = self.parts(rel)
-        with self._dir(parts, create=True):
-            pass
+        self.mkdir(rel)
         child = object.__new__(OwnedFolder)
         child.root, child.what, child._base = self.root, what or self.what, parts
         return child
@@ -129,8 +126,7 @@ class OwnedFolder:
             "check what created it), then run again") from err
 
     @contextlib.contextmanager
-    def _dir(self, parts, create: bool):
-        """An open descriptor of the folder ``parts`` (no link followed on the way)."""
+    def _dir(self, parts, create: bool):  # the folder ``parts``, open, no link followed
         if not _DIR_FD:  # pragma: no cover - Windows: lstat each step (racy, but no links)
             at = self.root
             for p in parts:
@@ -164,8 +160,6 @@ class OwnedFolder:
     def _split(self, rel):
         parts = self.parts(rel)
         return parts[:-1], parts[-1]
-
-    # ------------------------------------------------------------------ writing
 
     @contextlib.contextmanager
     def open_write(self, rel, *, exclusive: bool = False):
@@ -223,11 +217,7 @@ class OwnedFolder:
             pass
         return self.path(rel)
 
-    # ------------------------------------------------------------------ reading, listing
-
-    def _stat(self, rel):
-        """``rel``'s own stat (a link's, not its target's); None when it or its folder is
-        missing (a link on the way there is refused)."""
+    def _stat(self, rel):  # rel's own lstat; None when missing (a link on the way: refused)
         folder, name = self._split(rel)
         try:
             with self._dir(folder, create=False) as dfd:
@@ -244,11 +234,9 @@ class OwnedFolder:
         st = self._stat(rel)
         if st is None:
             return None
-        for test, word in ((stat.S_ISLNK, "link"), (stat.S_ISDIR, "folder"),
-                           (stat.S_ISREG, "file")):
-            if test(st.st_mode):
-                return word
-        return "other"
+        m = st.st_mode
+        return ("link" if stat.S_ISLNK(m) else "folder" if stat.S_ISDIR(m)
+                else "file" if stat.S_ISREG(m) else "other")
 
     def regular_file(self, rel) -> Path | None:
         """The path of the regular file ``rel``, None when it is missing; refused when it or
@@ -261,9 +249,8 @@ class OwnedFolder:
         return self.path(rel)
 
     def _open_file(self, rel, flags: int, create: bool) -> int:
-        """A descriptor of the regular file ``rel`` opened with ``flags``, never through a
-        link (a link there is refused, as is anything but a regular file; a folder is an
-        ``IsADirectoryError``, the ``OSError`` that callers read as "unreadable")."""
+        """A descriptor of the regular file ``rel``, never through a link (a link or anything
+        but a regular file is refused; a folder is an ``IsADirectoryError``)."""
         folder, name = self._split(rel)
         with self._dir(folder, create=create) as dfd:
             try:
@@ -292,8 +279,6 @@ class OwnedFolder:
         with self._dir(parts, create=False) as dfd:
             return sorted(os.listdir(dfd))
 
-    # ------------------------------------------------------------------ deleting
-
     def unlink(self, rel, missing_ok: bool = True) -> None:
         """Delete the file ``rel``; a link there is removed itself (its target is never
         touched); a folder there is refused with its name."""
@@ -313,12 +298,9 @@ class OwnedFolder:
             if not missing_ok:
                 raise
 
-    # ------------------------------------------------------------------ locking
-
     @contextlib.contextmanager
     def lock(self, rel=".lock", busy: str = "another process is using it"):
-        """An exclusive advisory lock on the file ``rel`` (created; never truncated, never
-        through a link)."""
+        """An exclusive advisory lock on the file ``rel`` (created, never truncated or linked)."""
         try:
             import fcntl
         except ImportError:  # pragma: no cover - Windows
@@ -338,9 +320,8 @@ class OwnedFolder:
             os.close(fd)
 
     def _temp(self, dfd, name):
-        # The temporary name must fit NAME_MAX whatever ``name`` is (a 255-byte name, or
-        # one of multi-byte characters): a prefix of at most 64 bytes cut at a character
-        # boundary, then a digest of the whole name so that two long names do not share it.
+        # fits NAME_MAX whatever ``name`` is: a prefix of at most 64 bytes cut at a character
+        # boundary, then a digest of the whole name so that two long names do not share it
         head = os.fsencode(name)[:64].decode("utf-8", "ignore")
         digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:12]
         for i in range(100):
@@ -353,10 +334,7 @@ class OwnedFolder:
         raise FileExistsError(f"no free temporary name beside {name!r} in {str(self.folder)!r}")
 
 
-# ---------------------------------------------------------------------- primitives: ``name``
-# in the folder ``dfd`` (a descriptor; a path where the platform has no *at() calls)
-
-
+# primitives: ``name`` in the folder ``dfd`` (a descriptor; a path without *at() calls)
 def _at(dfd, name):
     return (name, {"dir_fd": dfd}) if _DIR_FD else (os.path.join(dfd, name), {})
 

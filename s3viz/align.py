@@ -20,17 +20,9 @@ from ._device import eval_session
 from ._device import resolve_device as _resolve_device
 from .interface import SAMPLE_RATE, num_layer_of
 
-__all__ = [
-    "CONVENTIONS",
-    "WAV2VEC2_CONV_LAYERS",
-    "expected_lengths",
-    "conv_lengths",
-    "receptive_field",
-    "frame_timeline",
-    "frame_labels",
-    "length_report",
-    "summarize_lengths",
-]
+__all__ = ["CONVENTIONS", "WAV2VEC2_CONV_LAYERS", "expected_lengths", "conv_lengths",
+           "receptive_field", "frame_timeline", "frame_labels", "length_report",
+           "summarize_lengths"]
 
 CONVENTIONS = ("ceil", "round", "floor", "conv")
 
@@ -75,15 +67,8 @@ def _check_conv_layers(conv_layers) -> Tuple[Tuple[int, int], ...]:
 
 
 def conv_lengths(wavs_len, conv_layers: ConvLayers = WAV2VEC2_CONV_LAYERS) -> torch.Tensor:
-    """Exact output lengths of an unpadded convolution stack.
-
-    Args:
-        wavs_len: ``(batch_size,)`` input lengths in samples (tensor, array or list).
-        conv_layers: ``(kernel_size, stride)`` per convolution, in order.
-
-    Returns:
-        ``(batch_size,)`` long: ``L -> (L - k) // s + 1`` applied layer by layer,
-        clamped at 0 (an input shorter than the receptive field gives no frame).
+    """Exact output lengths of an unpadded convolution stack: ``L -> (L - k) // s + 1``
+    layer by layer, clamped at 0 (an input shorter than the receptive field gives no frame).
     """
     n = _as_long(wavs_len)
     for k, s in _check_conv_layers(conv_layers):
@@ -92,10 +77,8 @@ def conv_lengths(wavs_len, conv_layers: ConvLayers = WAV2VEC2_CONV_LAYERS) -> to
 
 
 def receptive_field(conv_layers: ConvLayers = WAV2VEC2_CONV_LAYERS) -> Tuple[int, int]:
-    """``(receptive_field, total_stride)`` in samples of a convolution stack.
-
-    ``(400, 320)`` for wav2vec2's :data:`WAV2VEC2_CONV_LAYERS`.
-    """
+    """``(receptive_field, total_stride)`` in samples of a convolution stack (``(400, 320)``
+    for :data:`WAV2VEC2_CONV_LAYERS`)."""
     rf, jump = 1, 1
     for k, s in _check_conv_layers(conv_layers):
         rf += (k - 1) * jump
@@ -103,25 +86,11 @@ def receptive_field(conv_layers: ConvLayers = WAV2VEC2_CONV_LAYERS) -> Tuple[int
     return rf, jump
 
 
-def expected_lengths(
-    wavs_len,
-    rate: int,
-    convention: str = "ceil",
-    *,
-    conv_layers: Optional[ConvLayers] = None,
-) -> torch.Tensor:
-    """Frame counts predicted by a length convention.
-
-    Args:
-        wavs_len: ``(batch_size,)`` waveform lengths in samples.
-        rate: downsample rate in samples per frame. For ``conv`` it must equal
-            the total stride of ``conv_layers`` (checked).
-        convention: one of :data:`CONVENTIONS`.
-        conv_layers: ``(kernel_size, stride)`` pairs for ``conv``; defaults to
-            :data:`WAV2VEC2_CONV_LAYERS`.
-
-    Returns:
-        ``(batch_size,)`` long frame counts, on the device of ``wavs_len``.
+def expected_lengths(wavs_len, rate: int, convention: str = "ceil", *,
+                     conv_layers: Optional[ConvLayers] = None) -> torch.Tensor:
+    """``(batch_size,)`` long frame counts (on ``wavs_len``'s device) that a convention of
+    :data:`CONVENTIONS` predicts; for ``conv`` (``conv_layers`` default
+    :data:`WAV2VEC2_CONV_LAYERS`) ``rate`` must equal the stack's total stride.
 
     Example:
         >>> expected_lengths([400, 480, 640, 641], 320, "round").tolist()
@@ -148,9 +117,6 @@ def expected_lengths(
     raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
 
 
-# --------------------------------------------------------------------------- upstream geometry
-
-
 def optional_attr(obj, name: str):
     """``getattr(obj, name, None)`` that also treats NotImplementedError as absent."""
     try:
@@ -173,11 +139,8 @@ def _upstream_conv_layers(upstream) -> Optional[Tuple[Tuple[int, int], ...]]:
 
 
 def layer_geometry(upstream, layer: int) -> Tuple[int, int, Optional[Tuple[Tuple[int, int], ...]]]:
-    """``(rate, receptive_field, conv_layers or None)`` of one layer of an upstream.
-
-    ``conv_layers`` is returned only when its total stride equals the layer's rate
-    (the layer keeps the convolution stack's frames, as every wav2vec2 layer does).
-    """
+    """``(rate, receptive_field, conv_layers or None)`` of one layer of an upstream;
+    ``conv_layers`` only when its total stride equals the layer's rate."""
     rates = upstream_rates(upstream)
     if not 0 <= layer < len(rates):
         raise IndexError(f"layer must be in [0, {len(rates)}), got {layer}")
@@ -186,27 +149,15 @@ def layer_geometry(upstream, layer: int) -> Tuple[int, int, Optional[Tuple[Tuple
     if conv is not None and receptive_field(conv)[1] != rate:
         conv = None
     fields = optional_attr(upstream, "receptive_fields")
-    if fields is not None:
-        rf = int(fields[layer])
-    elif conv is not None:
-        rf = receptive_field(conv)[0]
-    else:
-        rf = rate
+    rf = int(fields[layer]) if fields is not None else (
+        receptive_field(conv)[0] if conv is not None else rate)
     return rate, rf, conv
 
 
-# --------------------------------------------------------------------------- timelines
-
-
-def frame_timeline(
-    rate_or_upstream: Union[int, object],
-    wav_len: int,
-    *,
-    layer: Optional[int] = None,
-    num_frames: Optional[int] = None,
-    receptive_field_samples: Optional[int] = None,
-    conv_layers: Optional[ConvLayers] = None,
-) -> pd.DataFrame:
+def frame_timeline(rate_or_upstream: Union[int, object], wav_len: int, *,
+                   layer: Optional[int] = None, num_frames: Optional[int] = None,
+                   receptive_field_samples: Optional[int] = None,
+                   conv_layers: Optional[ConvLayers] = None) -> pd.DataFrame:
     """Where each frame of a layer sits in the waveform.
 
     Frame ``k`` looks at the receptive field ``[k * rate, k * rate + rf)`` and
@@ -218,18 +169,11 @@ def frame_timeline(
     Args:
         rate_or_upstream: a downsample rate in samples, or an upstream (its
             ``downsample_rates[layer]``, ``receptive_fields[layer]`` and
-            ``conv_layers`` are used when it has them).
-        wav_len: waveform length in samples.
-        layer: layer index when an upstream is given (default 0).
-        num_frames: the actual number of frames (e.g. from ``all_hs_len``); by
-            default the ``conv`` arithmetic when a convolution stack is known,
-            ``(L - rf) // rate + 1`` when the receptive field exceeds the rate,
-            else the ``ceil`` convention.
-        receptive_field_samples: the input window of one frame; defaults to the
-            upstream's ``receptive_fields[layer]``, the conv stack's receptive
-            field, or the rate (non-overlapping frames).
-        conv_layers: ``(kernel_size, stride)`` stack of this layer (overrides the
-            upstream's); its total stride must equal the rate.
+            ``conv_layers`` are used when it has them; ``layer`` default 0).
+        num_frames: default: the ``conv`` arithmetic when a convolution stack is known,
+            ``(L - rf) // rate + 1`` when the receptive field exceeds the rate, else
+            ``ceil``. ``receptive_field_samples`` defaults to the upstream's, the conv
+            stack's, or the rate; ``conv_layers`` overrides the upstream's.
 
     Returns:
         DataFrame with one row per frame: ``frame``; ``start, end`` (the cell,
@@ -248,8 +192,7 @@ def frame_timeline(
     else:
         layer = 0 if layer is None else int(layer)
         rate, up_rf, conv = layer_geometry(rate_or_upstream, layer)
-        if rf is None:
-            rf = up_rf
+        rf = up_rf if rf is None else rf
     if conv_layers is not None:
         conv = _check_conv_layers(conv_layers)
         if receptive_field(conv)[1] != rate:
@@ -273,8 +216,7 @@ def frame_timeline(
         raise ValueError(f"num_frames must be non-negative, got {num_frames}")
     idx = np.arange(num_frames, dtype=np.int64)
     rf_start = idx * rate
-    rf_end_raw = rf_start + rf
-    rf_end = np.minimum(rf_end_raw, wav_len)
+    rf_end = np.minimum(rf_start + rf, wav_len)
     rf_start_c = np.minimum(rf_start, wav_len)
     center = rf_start + rf / 2.0
     # cell boundaries: midpoints between neighbouring centres
@@ -291,28 +233,13 @@ def frame_timeline(
     return df
 
 
-def frame_labels(
-    phones: pd.DataFrame,
-    num_frames: int,
-    rate: int,
-    *,
-    column: str = "phone",
-    receptive_field_samples: Optional[int] = None,
-    fill: str = "",
-) -> np.ndarray:
-    """Label each frame with the segment that covers the frame's centre sample.
+def frame_labels(phones: pd.DataFrame, num_frames: int, rate: int, *, column: str = "phone",
+                 receptive_field_samples: Optional[int] = None, fill: str = "") -> np.ndarray:
+    """``(num_frames,)`` object array: each frame's label (``phones[column]``) of the segment
+    covering its centre ``k * rate + rf / 2`` (as in :func:`frame_timeline`).
 
     Args:
-        phones: alignment table with ``start``, ``end`` (samples) and ``column``.
-        num_frames: frames of the layer (the upstream's own length).
-        rate: the layer's downsample rate in samples.
-        column: which column of ``phones`` gives the label.
-        receptive_field_samples: as in :func:`frame_timeline` (the centre of
-            frame ``k`` is ``k * rate + rf / 2``, the same as its timeline).
         fill: label of frames whose centre no segment covers.
-
-    Returns:
-        ``(num_frames,)`` object array of labels.
     """
     if column not in phones.columns:
         raise KeyError(f"alignment table has no column {column!r}; available: "
@@ -333,9 +260,6 @@ def frame_labels(
     return out
 
 
-# --------------------------------------------------------------------------- length sweeps
-
-
 def _check_wav_lengths(wav_lengths) -> np.ndarray:
     try:
         arr = np.asarray(list(wav_lengths))
@@ -349,14 +273,8 @@ def _check_wav_lengths(wav_lengths) -> np.ndarray:
     return np.unique(_as_long(arr, "wav_lengths", least=1).numpy())
 
 
-def length_report(
-    upstream,
-    wav_lengths: Iterable[int] = DEFAULT_WAV_LENGTHS,
-    *,
-    device=None,
-    batch_size: int = 32,
-    seed: int = 0,
-) -> pd.DataFrame:
+def length_report(upstream, wav_lengths: Iterable[int] = DEFAULT_WAV_LENGTHS, *, device=None,
+                  batch_size: int = 32, seed: int = 0) -> pd.DataFrame:
     """Run an upstream over a sweep of input lengths; compare its frame counts with each convention.
 
     The upstream is run in ``eval`` mode under ``torch.inference_mode`` on
@@ -364,16 +282,9 @@ def length_report(
     ``all_hs_len`` is the truth. Its training flag is restored afterwards.
 
     Args:
-        upstream: an s3prl-style upstream (``downsample_rates``, ``num_layer`` or
-            ``num_layers``, ``forward(wavs (batch_size, seq_len, 1), wavs_len
-            (batch_size,))``; optional ``conv_layers``).
         wav_lengths: input lengths in samples (duplicates are dropped, sorted).
-        device: where to run. ``None``: where the upstream's parameters are
-            (it is never moved), or cuda when available for parameterless
-            upstreams. A device other than the upstream's moves it there for
-            the sweep and back afterwards.
-        batch_size: waveforms per forward pass.
-        seed: seed of the random waveforms.
+        device: ``None``: where the upstream's parameters are (or cuda when available for
+            parameterless upstreams); another device moves it there and back.
 
     Returns:
         DataFrame, one row per layer and input length: ``layer, wav_len, rate,
@@ -419,14 +330,11 @@ def length_report(
                 "rate": np.full(lengths.size, rate, dtype=np.int64), "frames": frames[layer]}
         for c in ("ceil", "round", "floor"):
             part[f"expected_{c}"] = expected_lengths(lengths, rate, c).numpy()
-        df = pd.DataFrame(part)
         if conv is not None:
-            if receptive_field(conv)[1] == rate:
-                exp = expected_lengths(lengths, rate, "conv", conv_layers=conv).numpy()
-                df["expected_conv"] = pd.array(exp, dtype="Int64")
-            else:
-                df["expected_conv"] = pd.array([pd.NA] * lengths.size, dtype="Int64")
-        parts.append(df)
+            part["expected_conv"] = pd.array(
+                expected_lengths(lengths, rate, "conv", conv_layers=conv).numpy()
+                if receptive_field(conv)[1] == rate else [pd.NA] * lengths.size, dtype="Int64")
+        parts.append(pd.DataFrame(part))
     report = pd.concat(parts, ignore_index=True)
     for c in _report_conventions(report):
         report[f"diff_{c}"] = report["frames"] - report[f"expected_{c}"]
@@ -436,12 +344,8 @@ def length_report(
 
 
 def upstream_frame_counts(upstream, batches, num_layer: int, device=None):
-    """Yield ``(key, (num_layer, batch_size) int64 counts)`` per ``(key, wavs, wavs_len)`` batch.
-
-    The upstream runs in eval mode under ``torch.inference_mode`` on ``device``
-    (resolved by :func:`_resolve_device`; moved there and back only when it
-    differs from where the upstream lives); every submodule's training flag is restored.
-    """
+    """Yield ``(key, (num_layer, batch_size) int64 counts)`` per ``(key, wavs, wavs_len)``
+    batch, run as :func:`length_report` runs it."""
     dev = _resolve_device(device, upstream)
     with eval_session(upstream, dev, move=True), torch.inference_mode():
         for key, wavs, lens in batches:
@@ -451,20 +355,15 @@ def upstream_frame_counts(upstream, batches, num_layer: int, device=None):
                 raise RuntimeError(f"upstream failed on input lengths {lens.tolist()[:4]}: "
                                    f"{e}. Inputs shorter than its receptive field often fail: "
                                    "use longer inputs") from e
-            counts = np.stack([hl.detach().to("cpu").long().numpy().reshape(-1)
-                               for hl in _all_hs_len(out, num_layer)])
-            yield key, counts
-
-
-def _all_hs_len(out, num_layer: int) -> List[torch.Tensor]:
-    if not isinstance(out, (tuple, list)) or len(out) != 2:
-        raise TypeError("upstream(wavs, wavs_len) must return (all_hs, all_hs_len) (s3prl "
-                        f"interface), got {type(out).__name__}")
-    all_hs_len = list(out[1])
-    if len(all_hs_len) != num_layer:
-        raise ValueError(f"upstream returned {len(all_hs_len)} lengths but num_layer is "
-                         f"{num_layer}")
-    return all_hs_len
+            if not isinstance(out, (tuple, list)) or len(out) != 2:
+                raise TypeError("upstream(wavs, wavs_len) must return (all_hs, all_hs_len) "
+                                f"(s3prl interface), got {type(out).__name__}")
+            all_hs_len = list(out[1])
+            if len(all_hs_len) != num_layer:
+                raise ValueError(f"upstream returned {len(all_hs_len)} lengths but num_layer is "
+                                 f"{num_layer}")
+            yield key, np.stack([hl.detach().to("cpu").long().numpy().reshape(-1)
+                                 for hl in all_hs_len])
 
 
 def _report_conventions(report: pd.DataFrame) -> List[str]:
@@ -473,9 +372,6 @@ def _report_conventions(report: pd.DataFrame) -> List[str]:
 
 def summarize_lengths(report: pd.DataFrame) -> pd.DataFrame:
     """Per layer: which convention the frame counts follow, and how far the others are off.
-
-    Args:
-        report: the DataFrame of :func:`length_report`.
 
     Returns:
         One row per layer: ``layer, rate, n_lengths, min_wav_len, max_wav_len``;
@@ -487,8 +383,7 @@ def summarize_lengths(report: pd.DataFrame) -> pd.DataFrame:
         exactly) and ``max_abs_diff_<c>`` (``<NA>``-free floats; NaN where the
         convention does not apply to the layer).
     """
-    needed = {"layer", "wav_len", "rate", "frames"}
-    missing = needed - set(report.columns)
+    missing = {"layer", "wav_len", "rate", "frames"} - set(report.columns)
     if missing:
         raise ValueError(f"report lacks columns {sorted(missing)}; pass the DataFrame of "
                          "s3viz.length_report")
@@ -501,10 +396,8 @@ def summarize_lengths(report: pd.DataFrame) -> pd.DataFrame:
         scores = {}
         for c in convs:
             diff = (part["frames"] - part[f"expected_{c}"]).astype("Float64")
-            valid = diff.notna()
-            if not valid.all():
-                row[f"match_{c}"] = np.nan
-                row[f"max_abs_diff_{c}"] = np.nan
+            if not diff.notna().all():
+                row[f"match_{c}"] = row[f"max_abs_diff_{c}"] = np.nan
                 continue
             d = diff.to_numpy(dtype=np.float64)
             row[f"match_{c}"] = float(np.mean(d == 0))
@@ -512,16 +405,13 @@ def summarize_lengths(report: pd.DataFrame) -> pd.DataFrame:
             i = int(np.argmax(np.abs(d)))
             scores[c] = (row[f"max_abs_diff_{c}"], -row[f"match_{c}"], d[i],
                          int(part["wav_len"].iloc[i]))
-        exact = [c for c in ("conv", "ceil", "round", "floor") if c in scores and scores[c][0] == 0]
-        row["follows"] = ", ".join(exact)
+        pref = ("conv", "ceil", "round", "floor")
+        row["follows"] = ", ".join(c for c in pref if c in scores and scores[c][0] == 0)
+        row["best"], row["worst_diff"], row["worst_wav_len"] = "", 0, -1
         if scores:
-            pref = {c: i for i, c in enumerate(("conv", "ceil", "round", "floor"))}
-            best = min(scores, key=lambda c: (scores[c][0], scores[c][1], pref[c]))
-            row["best"] = best
-            row["worst_diff"] = int(scores[best][2])
+            best = min(scores, key=lambda c: (scores[c][0], scores[c][1], pref.index(c)))
+            row["best"], row["worst_diff"] = best, int(scores[best][2])
             row["worst_wav_len"] = int(scores[best][3]) if scores[best][0] else -1
-        else:
-            row["best"], row["worst_diff"], row["worst_wav_len"] = "", 0, -1
         rows.append(row)
     cols = ["layer", "rate", "n_lengths", "min_wav_len", "max_wav_len", "follows", "best",
             "worst_diff", "worst_wav_len"]
@@ -531,15 +421,14 @@ def summarize_lengths(report: pd.DataFrame) -> pd.DataFrame:
 
 def _layer_ranges(layers: Sequence[int]) -> str:
     layers = sorted(int(x) for x in layers)
-    out, start, prev = [], layers[0], layers[0]
-    for x in layers[1:] + [None]:
-        if x is not None and x == prev + 1:
-            prev = x
-            continue
-        out.append(f"{start}" if start == prev else f"{start}-{prev}")
-        if x is not None:
-            start = prev = x
-    return ("layer " if len(layers) == 1 else "layers ") + ",".join(out)
+    runs = [[layers[0], layers[0]]]
+    for x in layers[1:]:
+        if x == runs[-1][1] + 1:
+            runs[-1][1] = x
+        else:
+            runs.append([x, x])
+    return (("layer " if len(layers) == 1 else "layers ")
+            + ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs))
 
 
 def _summary_text(summary: pd.DataFrame, report: pd.DataFrame) -> str:
@@ -569,9 +458,7 @@ def _summary_text(summary: pd.DataFrame, report: pd.DataFrame) -> str:
         else:
             i = int(np.argmax(np.abs(grp["worst_diff"].to_numpy())))
             r = grp.iloc[i]
-            lines.append(
-                f"{who}: no convention matches exactly; closest is '{best}' "
-                f"(matches {grp[f'match_{best}'].min():.0%} of lengths), worst mismatch "
-                f"{int(r['worst_diff']):+d} frames at wav_len={int(r['worst_wav_len'])}."
-            )
+            lines.append(f"{who}: no convention matches exactly; closest is '{best}' "
+                         f"(matches {grp[f'match_{best}'].min():.0%} of lengths), worst mismatch "
+                         f"{int(r['worst_diff']):+d} frames at wav_len={int(r['worst_wav_len'])}.")
     return " ".join(lines)

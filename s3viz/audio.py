@@ -7,6 +7,7 @@ formats, channels and files are read: ``docs/data.md``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import unicodedata
 import warnings
@@ -112,14 +113,8 @@ def _shape_error(name: str, shape, fix: str):
 
 
 def to_mono(wav: ArrayLike, *, channels_first: Optional[bool] = None, name: str = "wav"):
-    """Average the channels of a waveform.
-
-    Args:
-        wav: ``(num_samples,)`` (returned unchanged), ``(num_samples, channels)`` or
-            ``(channels, num_samples)``; numpy array or torch tensor.
-        channels_first: ``True`` for ``(channels, num_samples)``, ``False`` for
-            ``(num_samples, channels)``, ``None`` to take the shorter axis as channels.
-        name: the argument name used in error messages.
+    """Average the channels of a ``(num_samples, channels)`` or ``(channels, num_samples)``
+    waveform (``channels_first=None``: the shorter axis); 1-D comes back unchanged.
 
     Returns:
         ``(num_samples,)``, of the same kind (numpy/torch) and device as ``wav``.
@@ -172,16 +167,9 @@ RESAMPLE_QUALITY = "HQ"
 
 
 class _Resampler:
-    """Resample one mono signal given in consecutive blocks, with libsoxr (the one resampler
-    of s3viz: :func:`resample` feeds it a whole signal, :func:`load_audio` a file block by
-    block).
-
-    ``soxr.ResampleStream`` keeps its filter state between blocks, so the blocks' outputs,
-    concatenated, are the whole signal's output, at a cost linear in the audio at any pair
-    of rates. The output has :func:`resampled_length` samples, ``ceil(n * new / orig)``;
-    soxr alone gives ``round(n * new / orig)``, so the last block is followed by zeros
-    (soxr's own condition past the end) and the output cut at that length.
-    """
+    """s3viz's one resampler (libsoxr's stream): a mono signal fed in consecutive blocks
+    gives the whole signal's output. It has :func:`resampled_length` samples, ``ceil(n * new
+    / orig)`` (soxr alone rounds): the last block is followed by zeros and the output cut."""
 
     def __init__(self, orig: int, new: int):
         self.orig, self.new, self.n_in, self.n_out = orig, new, 0, 0
@@ -233,21 +221,10 @@ def resample_many(wavs: List[np.ndarray], orig: int, new: int = SAMPLE_RATE) -> 
 
 def prepare_wav(wav: ArrayLike, sample_rate: int, *, channels_first: Optional[bool] = None,
                 allow_silence: bool = False, name: str = "wav") -> np.ndarray:
-    """Any in-memory waveform -> the s3viz waveform: 1-D float32 numpy at 16 kHz.
-
-    Args:
-        wav: ``(num_samples,)``, ``(num_samples, channels)`` or ``(channels, num_samples)``
-            numpy array, torch tensor or list of numbers; float in [-1, 1] or
-            int16/int32/int8/uint8 PCM.
-        sample_rate: sample rate of ``wav`` in Hz; resampled to 16 kHz when different.
-        channels_first: see :func:`to_mono`.
-        allow_silence: accept an all-zero waveform instead of raising.
-        name: the argument name used in error messages.
-
-    Raises:
-        TypeError: for non-audio types and dtypes.
-        ValueError: for empty, NaN/Inf, all-zero (unless allowed) input or a wrong rank.
-    """
+    """Any in-memory waveform (numpy, torch or a list; 1-D or 2-D as :func:`to_mono` takes;
+    float in [-1, 1] or int16/int32/int8/uint8 PCM) -> 1-D float32 numpy at 16 kHz.
+    TypeError for non-audio types and dtypes, ValueError for empty, NaN/Inf, all-zero
+    (unless allowed) input or a wrong rank."""
     rate = _check_rate(sample_rate)
     arr = _as_numpy(wav, name)
     if arr.ndim not in (1, 2):
@@ -264,24 +241,58 @@ def prepare_wav(wav: ArrayLike, sample_rate: int, *, channels_first: Optional[bo
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
+BLOCK_SECONDS = 30
+""":func:`load_audio` decodes, averages to mono and resamples about this many seconds at a time."""
+
+_MPEG_FRAME = 1152
+
+
 def load_audio(path: Union[str, os.PathLike], *, allow_silence: bool = False) -> np.ndarray:
-    """Read an audio file with soundfile and return it as 1-D float32 mono at 16 kHz.
-
-    The file is decoded in one forward pass, ``BLOCK_SECONDS`` at a time, in blocks of
-    whole MPEG frames, nothing seeks; each block is checked, averaged to mono and fed to
-    one streaming resampler, so the result equals :func:`prepare_wav` of the whole file.
-
-    Raises:
-        FileNotFoundError: no such file (saying so when a file whose name differs
-            only in Unicode normalisation, NFC vs NFD, exists).
-        ValueError: a file soundfile cannot decode, an empty, truncated,
-            non-finite or (unless allowed) silent file; the message names the file.
-    """
+    """An audio file read with soundfile as 1-D float32 mono at 16 kHz: decoded in one
+    forward pass, ``BLOCK_SECONDS`` at a time, so the result equals :func:`prepare_wav` of
+    the whole file. FileNotFoundError (naming a file that differs only in Unicode
+    normalisation), or ValueError naming the file: undecodable, empty, truncated,
+    non-finite or (unless allowed) silent."""
     import soundfile as sf
 
     path = _find_audio_file(path)
     with _soundfile_call(path, sf.SoundFile, path) as f:
-        return _read_audio(f, path, allow_silence)
+        name = f"audio file {path!r}"
+        rate = _check_rate(f.samplerate, f"the sample rate of {path!r}")
+        n, ch = int(f.frames), int(f.channels)
+        if n <= 0:
+            raise ValueError(f"{name} holds no samples (its header says {n} frames); re-create or "
+                             "re-download it, or remove it")
+        resampler = _Resampler(rate, SAMPLE_RATE)
+        out = np.empty(resampled_length(n, rate), dtype=np.float32)
+        # blocks of whole MPEG frames: libsndfile 1.2.2's MP3 decoder returns wrong samples
+        # after a read that ends inside a frame (mono MPEG-2: up to 0.27 off); every MPEG
+        # frame length (384, 576, 1152) divides 1152; for other formats the size is free
+        block = -(-max(1, BLOCK_SECONDS * rate) // _MPEG_FRAME) * _MPEG_FRAME
+        done, filled, peak, any_raw, any_mono = 0, 0, 0.0, False, False
+        while done < n:
+            seg = _soundfile_call(path, f.read, min(block, n - done), dtype="float32",
+                                  always_2d=True)
+            if seg.shape[0] == 0:
+                raise ValueError(f"{name} ends at sample {done} although its header says {n}; the "
+                                 "file is truncated: re-encode or re-download it")
+            finite = np.isfinite(seg)
+            if not finite.all():
+                first = done + int(np.flatnonzero(~finite.all(axis=1))[0])
+                raise ValueError(f"{name} contains non-finite values (NaN or Inf), the first at "
+                                 f"sample {first}; clean it first, e.g. np.nan_to_num(wav)")
+            peak = max(peak, float(np.abs(seg).max()))
+            any_raw = any_raw or bool(np.any(seg))
+            mono = seg[:, 0] if ch == 1 else seg.mean(axis=1, dtype=np.float64).astype(np.float32)
+            any_mono = any_mono or bool(np.any(mono))
+            done += seg.shape[0]
+            res = resampler(mono, last=done >= n)
+            out[filled: filled + res.shape[0]] = res
+            filled += res.shape[0]
+        if not allow_silence and not any_mono:
+            _refuse_silence(name, n, mono=any_raw)
+        _warn_peak(name, peak, stacklevel=2)
+        return out
 
 
 def audio_file_length(path: Union[str, os.PathLike]) -> int:
@@ -294,63 +305,15 @@ def audio_file_length(path: Union[str, os.PathLike]) -> int:
     return resampled_length(info.frames, _check_rate(info.samplerate, f"the sample rate of {path!r}"))
 
 
-BLOCK_SECONDS = 30
-""":func:`load_audio` decodes, averages to mono and resamples about this many seconds at a time."""
-
-_MPEG_FRAME = 1152
-
-
-def _read_audio(f, path: str, allow_silence: bool) -> np.ndarray:
-    """:func:`load_audio` of an open ``soundfile.SoundFile``, one block at a time, in order."""
-    name = f"audio file {path!r}"
-    rate, n, ch = _check_rate(f.samplerate, f"the sample rate of {path!r}"), int(f.frames), int(f.channels)
-    if n <= 0:
-        raise ValueError(f"{name} holds no samples (its header says {n} frames); re-create or "
-                         "re-download it, or remove it")
-    resampler = _Resampler(rate, SAMPLE_RATE)
-    out = np.empty(resampled_length(n, rate), dtype=np.float32)
-    # blocks of whole MPEG frames: libsndfile 1.2.2's MP3 decoder returns wrong samples after
-    # a read that ends inside a frame (mono MPEG-2: up to 0.27 off); every MPEG frame length
-    # (384, 576, 1152 samples) divides 1152, and for other formats the size does not matter
-    block = -(-max(1, BLOCK_SECONDS * rate) // _MPEG_FRAME) * _MPEG_FRAME
-    done, filled, peak, any_raw, any_mono = 0, 0, 0.0, False, False
-    while done < n:
-        seg = _soundfile_call(path, f.read, min(block, n - done), dtype="float32", always_2d=True)
-        if seg.shape[0] == 0:
-            raise ValueError(f"{name} ends at sample {done} although its header says {n}; the "
-                             "file is truncated: re-encode or re-download it")
-        finite = np.isfinite(seg)
-        if not finite.all():
-            first = done + int(np.flatnonzero(~finite.all(axis=1))[0])
-            raise ValueError(f"{name} contains non-finite values (NaN or Inf), the first at "
-                             f"sample {first}; clean it first, e.g. np.nan_to_num(wav)")
-        peak = max(peak, float(np.abs(seg).max()))
-        any_raw = any_raw or bool(np.any(seg))
-        mono = seg[:, 0] if ch == 1 else seg.mean(axis=1, dtype=np.float64).astype(np.float32)
-        any_mono = any_mono or bool(np.any(mono))
-        done += seg.shape[0]
-        res = resampler(mono, last=done >= n)
-        out[filled: filled + res.shape[0]] = res
-        filled += res.shape[0]
-    if not allow_silence and not any_mono:
-        _refuse_silence(name, n, mono=any_raw)
-    _warn_peak(name, peak, stacklevel=3)
-    return out
-
-
 def _soundfile_call(path: str, fn, *args, **kwargs):
-    """``fn(*args, **kwargs)`` of soundfile on ``path``; its errors become one that names
-    the file and the fix (libsndfile's own say only "System error" or "Format not recognised")."""
+    """``fn(*args, **kwargs)`` of soundfile on ``path``, its errors naming the file and fix."""
     try:
         return fn(*args, **kwargs)
     except (RuntimeError, TypeError, ValueError, OSError) as e:  # LibsndfileError: RuntimeError
-        try:
-            size = os.path.getsize(path)
-        except OSError:
-            size = None
-        if size == 0:
-            raise ValueError(f"audio file {path!r} is empty (0 bytes); re-create or re-download "
-                             "it, or remove it") from e
+        with contextlib.suppress(OSError):  # (a ValueError raised here passes)
+            if os.path.getsize(path) == 0:
+                raise ValueError(f"audio file {path!r} is empty (0 bytes); re-create or "
+                                 "re-download it, or remove it") from e
         if not os.access(path, os.R_OK):
             raise PermissionError(f"audio file {path!r} cannot be read: permission denied; "
                                   f"give read permission (chmod a+r {path!r})") from e
@@ -361,9 +324,8 @@ def _soundfile_call(path: str, fn, *args, **kwargs):
 
 
 def _find_audio_file(path) -> str:
-    """The file a user names as ``path`` (every audio file s3viz opens by name), or an error
-    that says why there is none: a name that differs from an existing file's only in Unicode
-    normalisation (NFC vs NFD: macOS writes NFD, most tools NFC) is reported as exactly that."""
+    """``path`` checked to name a file (a name differing from a file's only in Unicode
+    normalisation, NFC vs NFD, is reported as exactly that)."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a file path (str or Path), got {type(path).__name__}")
     path = os.fsdecode(os.fspath(path))
@@ -378,8 +340,7 @@ def _find_audio_file(path) -> str:
 
 
 def unicode_mismatch(given: str, found: str) -> str:
-    """The message for a name ``given`` that matches no file, where ``found`` does and
-    differs from it only in Unicode normalisation."""
+    """The message for ``given``, naming no file, where ``found`` differs only in normalisation."""
     def form(s: str) -> str:
         return "/".join(f for f in ("NFC", "NFD") if unicodedata.is_normalized(f, s)) or "mixed"
 
@@ -414,15 +375,8 @@ def _normalisation_twin(path: str) -> Optional[str]:
 
 def batch_wavs(wavs: Sequence[ArrayLike], *, allow_silence: bool = False,
                ids: Optional[Sequence[str]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Zero-pad 1-D 16 kHz waveforms into the s3prl upstream input.
-
-    Args:
-        wavs: a list (or tuple) of ``(num_samples_i,)`` waveforms, numpy arrays or
-            torch tensors, float in [-1, 1] or int16/int32 PCM, already at 16 kHz
-            (use :func:`prepare_wav` or :func:`load_audio` first).
-        allow_silence: accept all-zero waveforms instead of raising.
-        ids: the utterance id of each waveform, for errors and warnings to name
-            (``utterance 'spk1/a'``); without them they name ``wavs[i]``.
+    """Zero-pad a list of 1-D 16 kHz waveforms (numpy or torch, float in [-1, 1] or int16/
+    int32 PCM) into the s3prl upstream input; ``ids`` (one per waveform) name them in errors.
 
     Returns:
         ``(wavs, wavs_len)``: ``wavs`` ``(batch_size, max_num_samples, 1)`` float32
@@ -439,13 +393,11 @@ def batch_wavs(wavs: Sequence[ArrayLike], *, allow_silence: bool = False,
                         f"tensors), got {type(wavs).__name__}")
     if len(wavs) == 0:
         raise ValueError("wavs is an empty list; give at least one waveform")
-    if ids is None:
-        names = [f"wavs[{i}]" for i in range(len(wavs))]
-    elif isinstance(ids, str) or len(ids) != len(wavs):
+    if ids is not None and (isinstance(ids, str) or len(ids) != len(wavs)):
         raise ValueError(f"ids must be a list of one utterance id per waveform ({len(wavs)}), "
                          f"got {ids!r}")
-    else:
-        names = [f"utterance {u!r}" for u in ids]
+    names = ([f"wavs[{i}]" for i in range(len(wavs))] if ids is None
+             else [f"utterance {u!r}" for u in ids])
     devices = {w.device for w in wavs if isinstance(w, torch.Tensor)}
     all_tensors = all(isinstance(w, torch.Tensor) for w in wavs)
     device = devices.pop() if all_tensors and len(devices) == 1 else torch.device("cpu")

@@ -10,17 +10,6 @@ from .folder import load_folder
 from .formats import export_corpus, load_timit
 from .synthetic import SPEAKERS, default_cache_dir, make_sentences, synthetic_corpus
 
-__all__ = [
-    "Utterance",
-    "FileUtterance",
-    "Corpus",
-    "PHONE_COLUMNS",
-    "synthetic_corpus",
-    "make_sentences",
-    "SPEAKERS",
-    "default_cache_dir",
-    "load_folder",
-    "load_timit",
-    "export_corpus",
-    "AlignmentError",
-]
+__all__ = ["Utterance", "FileUtterance", "Corpus", "PHONE_COLUMNS", "synthetic_corpus",
+           "make_sentences", "SPEAKERS", "default_cache_dir", "load_folder", "load_timit",
+           "export_corpus", "AlignmentError"]

@@ -31,12 +31,10 @@ class Utterance:
         wav: ``(num_samples,)`` float32 numpy array, mono, 16 kHz, in [-1, 1].
         text: transcript ("" when unknown).
         speaker: speaker label ("" when unknown).
-        phones: alignment table with columns ``phone, word, start, end`` (samples,
-            ``start`` inclusive, ``end`` exclusive; optionally ``word_index``), or
-            ``None`` when unknown. Checked when given or assigned, as every alignment
-            is (:func:`s3viz.data.alignments.check_intervals`): rows in time order,
-            not overlapping, within the audio (an end up to ``TOLERANCE_S`` past it is
-            clipped); samples no row covers are unlabelled.
+        phones: alignment table ``phone, word, start, end`` (samples, ``end`` exclusive;
+            optionally ``word_index``) or ``None``; checked when given or assigned, as
+            every alignment is (``docs/alignment.md``); samples no row covers are
+            unlabelled.
         labels: further per-utterance labels (e.g. from a labels CSV).
     """
 
@@ -53,31 +51,25 @@ class Utterance:
         if wav.ndim != 1:
             raise ValueError(
                 f"Utterance {self.id!r}: wav must be 1-D (num_samples,), got shape {wav.shape}; "
-                "convert with s3viz.audio.to_mono first"
-            )
+                "convert with s3viz.audio.to_mono first")
         self.wav = np.ascontiguousarray(wav, dtype=np.float32)
         self.__dict__["_ready"] = True
         self.phones = self.phones  # checked now that the audio's length is known
 
     def __setattr__(self, name, value):
-        # every alignment table, given at construction or assigned later, goes through the
-        # one check of s3viz.data.alignments (sorted, no overlap, within the audio)
+        # every alignment table, given at construction or assigned later, is checked
         if name == "phones" and value is not None and self.__dict__.get("_ready"):
-            value = self._checked_phones(value)
+            if not isinstance(value, pd.DataFrame):
+                raise TypeError(f"Utterance {self.id!r}: phones must be a pandas DataFrame or "
+                                f"None, got {type(value).__name__}")
+            value = check_phone_table(value, self.num_samples, f"Utterance {self.id!r}")
         object.__setattr__(self, name, value)
-
-    def _checked_phones(self, table):
-        if not isinstance(table, pd.DataFrame):
-            raise TypeError(f"Utterance {self.id!r}: phones must be a pandas DataFrame or None, "
-                            f"got {type(table).__name__}")
-        return check_phone_table(table, self.num_samples, f"Utterance {self.id!r}")
 
     @property
     def num_samples(self) -> int:
         return int(self.wav.shape[0])
 
-    def _content_key(self) -> bytes:
-        """What :meth:`Corpus.fingerprint` hashes for the audio: its bytes."""
+    def _content_key(self) -> bytes:  # what Corpus.fingerprint hashes for the audio
         return self.wav.tobytes()
 
     @property
@@ -87,20 +79,10 @@ class Utterance:
 
 
 class FileUtterance(Utterance):
-    """An :class:`Utterance` whose audio stays in its file until ``wav`` is read.
-
-    ``wav`` reads, converts (mono, 16 kHz) and returns the file's audio on every
-    access and keeps nothing, so a corpus of these holds only metadata: what a
-    sharded run needs when each process extracts only its part of a large
-    corpus. ``num_samples`` comes from the file's header (the length
-    :func:`s3viz.audio.resample` gives), and a read whose length disagrees
-    (the file changed) raises.
-
-    Args:
-        id, text, speaker, phones, labels: as for :class:`Utterance`.
-        path: the audio file (anything soundfile reads).
-        num_samples: its length at 16 kHz (default: from the header).
-        allow_silence: accept an all-zero file instead of raising on read.
+    """An :class:`Utterance` whose audio stays in its file: ``wav`` reads it (mono, 16 kHz)
+    on every access and keeps nothing, so a corpus of these holds only metadata.
+    ``num_samples`` (default: from the file's header) must match each read, else the
+    file changed and the read raises. Other arguments as for :class:`Utterance`.
     """
 
     def __init__(self, id: str, path, *, num_samples: Optional[int] = None, text: str = "",
@@ -129,16 +111,14 @@ class FileUtterance(Utterance):
             raise ValueError(
                 f"audio file {self.path!r} (utterance {self.id!r}) now gives {wav.shape[0]} "
                 f"samples at 16 kHz, but the corpus was built with {self._num_samples}: the file "
-                "changed after loading; load the folder again"
-            )
+                "changed after loading; load the folder again")
         return wav
 
     @property
     def num_samples(self) -> int:
         return self._num_samples
 
-    def _content_key(self) -> bytes:
-        """The file's path, size and modification time (the audio is not read)."""
+    def _content_key(self) -> bytes:  # the file's path, size and mtime (audio not read)
         try:
             st = os.stat(self.path)
         except OSError as err:
@@ -165,8 +145,6 @@ class Corpus(Sequence[Utterance]):
         self._utts: List[Utterance] = list(utterances)
         self.name = name
         self.skipped = pd.DataFrame({"file": pd.Series(dtype=str), "reason": pd.Series(dtype=str)})
-        """Files (and rows matching no file) :func:`~s3viz.data.load_folder` left out under
-        ``strict=False``, with why."""
         seen = set()
         for u in self._utts:
             if not isinstance(u, Utterance):
@@ -189,12 +167,9 @@ class Corpus(Sequence[Utterance]):
         return self._utts[index]
 
     def __repr__(self) -> str:
-        hours = sum(u.num_samples for u in self._utts) / SAMPLE_RATE / 3600
-        speakers = len({u.speaker for u in self._utts})
-        return (
-            f"Corpus({self.name!r}, {len(self)} utterances, {hours * 60:.1f} min, "
-            f"{speakers} speakers)"
-        )
+        minutes = sum(u.num_samples for u in self._utts) / SAMPLE_RATE / 3600 * 60
+        return (f"Corpus({self.name!r}, {len(self)} utterances, {minutes:.1f} min, "
+                f"{len({u.speaker for u in self._utts})} speakers)")
 
     @property
     def ids(self) -> List[str]:
@@ -203,11 +178,8 @@ class Corpus(Sequence[Utterance]):
     @property
     def labels(self) -> pd.DataFrame:
         """One row per utterance: ``id, speaker, text, num_samples`` and any extra labels."""
-        rows = []
-        for u in self._utts:
-            row = {"id": u.id, "speaker": u.speaker, "text": u.text, "num_samples": u.num_samples}
-            row.update(u.labels)
-            rows.append(row)
+        rows = [{"id": u.id, "speaker": u.speaker, "text": u.text, "num_samples": u.num_samples,
+                 **u.labels} for u in self._utts]
         return pd.DataFrame(rows, columns=None if rows else ["id", "speaker", "text", "num_samples"])
 
     def fingerprint(self) -> str:

@@ -1,14 +1,12 @@
 """A minimal ctypes binding to eSpeak NG: text in, 22050 Hz int16 audio and events out.
 
-The library and its data come from ``espeakng-loader``; struct layouts follow
-eSpeak NG's ``speak_lib.h``. eSpeak keeps hidden state between calls, so
-:mod:`s3viz.data.synthetic` runs this file as a script in a fresh subprocess
-per corpus (standard library only, so it starts fast): one JSON job on stdin,
-one JSON line and the samples on stdout. The protocol: ``docs/data.md``.
+Run as a script (standard library only) in a fresh subprocess per corpus, since eSpeak
+keeps hidden state between calls: the protocol is in ``docs/data.md``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -34,32 +32,20 @@ _PARAM_PITCH = 3
 _PARAM_RANGE = 4
 
 
-class _EventId(ctypes.Union):
-    # union { int number; const char *name; char string[8]; } id;
-    _fields_ = [
-        ("number", ctypes.c_int),
-        ("name", ctypes.c_char_p),
-        ("string", ctypes.c_char * 8),
-    ]
+class _EventId(ctypes.Union):  # union { int number; const char *name; char string[8]; } id;
+    _fields_ = [("number", ctypes.c_int), ("name", ctypes.c_char_p),
+                ("string", ctypes.c_char * 8)]
 
 
-class _Event(ctypes.Structure):
-    # espeak_EVENT in speak_lib.h (40 bytes on 64-bit platforms)
-    _fields_ = [
-        ("type", ctypes.c_int),
-        ("unique_identifier", ctypes.c_uint),
-        ("text_position", ctypes.c_int),
-        ("length", ctypes.c_int),
-        ("audio_position", ctypes.c_int),
-        ("sample", ctypes.c_int),
-        ("user_data", ctypes.c_void_p),
-        ("id", _EventId),
-    ]
+class _Event(ctypes.Structure):  # espeak_EVENT in speak_lib.h (40 bytes on 64-bit platforms)
+    _fields_ = [("type", ctypes.c_int), ("unique_identifier", ctypes.c_uint),
+                ("text_position", ctypes.c_int), ("length", ctypes.c_int),
+                ("audio_position", ctypes.c_int), ("sample", ctypes.c_int),
+                ("user_data", ctypes.c_void_p), ("id", _EventId)]
 
 
-_SynthCallback = ctypes.CFUNCTYPE(
-    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event)
-)
+_SynthCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int,
+                                  ctypes.POINTER(_Event))
 
 # eSpeak's global state is not thread-safe: one lock guards every call, and the
 # library is initialized once per process.
@@ -69,23 +55,18 @@ _STATE: Dict[str, object] = {}
 
 def _load(library: str) -> ctypes.CDLL:
     lib = ctypes.CDLL(library)
-    lib.espeak_Info.argtypes = [ctypes.c_void_p]
-    lib.espeak_Info.restype = ctypes.c_char_p
-    lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-    lib.espeak_Initialize.restype = ctypes.c_int
-    lib.espeak_SetSynthCallback.argtypes = [_SynthCallback]
-    lib.espeak_SetSynthCallback.restype = None
-    lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-    lib.espeak_SetVoiceByName.restype = ctypes.c_int
-    lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-    lib.espeak_SetParameter.restype = ctypes.c_int
-    lib.espeak_Synth.argtypes = [
-        ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
-        ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p,
-    ]
-    lib.espeak_Synth.restype = ctypes.c_int
-    lib.espeak_ng_SetPhonemeEvents.argtypes = [ctypes.c_int, ctypes.c_int]
-    lib.espeak_ng_SetPhonemeEvents.restype = ctypes.c_int
+    c = ctypes
+    for name, restype, argtypes in (
+            ("espeak_Info", c.c_char_p, [c.c_void_p]),
+            ("espeak_Initialize", c.c_int, [c.c_int, c.c_int, c.c_char_p, c.c_int]),
+            ("espeak_SetSynthCallback", None, [_SynthCallback]),
+            ("espeak_SetVoiceByName", c.c_int, [c.c_char_p]),
+            ("espeak_SetParameter", c.c_int, [c.c_int, c.c_int, c.c_int]),
+            ("espeak_Synth", c.c_int, [c.c_void_p, c.c_size_t, c.c_uint, c.c_int, c.c_uint,
+                                       c.c_uint, c.c_void_p, c.c_void_p]),
+            ("espeak_ng_SetPhonemeEvents", c.c_int, [c.c_int, c.c_int])):
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = restype, argtypes
     return lib
 
 
@@ -99,19 +80,15 @@ def _initialized(library: str, data: str):
     if _STATE.get("pid") == os.getpid():
         if _STATE["library"] != library:
             raise RuntimeError(
-                f"eSpeak NG is already initialized from {_STATE['library']!r} in this process"
-            )
+                f"eSpeak NG is already initialized from {_STATE['library']!r} in this process")
         return _STATE["lib"], _STATE["buffer"]
     lib = _load(library)
-    rate = lib.espeak_Initialize(
-        _AUDIO_OUTPUT_SYNCHRONOUS, 0, data.encode(),
-        _INITIALIZE_PHONEME_EVENTS | _INITIALIZE_PHONEME_IPA,
-    )
+    rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data.encode(),
+                                 _INITIALIZE_PHONEME_EVENTS | _INITIALIZE_PHONEME_IPA)
     if rate != SAMPLE_RATE_ESPEAK:
         raise RuntimeError(
             f"espeak_Initialize returned {rate} (expected sample rate {SAMPLE_RATE_ESPEAK}); "
-            f"check the espeak-ng data folder {data!r} (reinstall espeakng-loader)"
-        )
+            f"check the espeak-ng data folder {data!r} (reinstall espeakng-loader)")
     buffer: Dict[str, list] = {"audio": [], "events": []}
 
     def callback(wav, num_samples, events):
@@ -137,28 +114,20 @@ def _initialized(library: str, data: str):
 
 
 def synthesize(library: str, data: str, items: List[dict], seed: int = 0) -> List[dict]:
-    """Synthesize ``items`` in order; ``docs/data.md`` lists the item keys.
+    """Synthesize ``items`` (keys: ``docs/data.md``) in order, with IPA phoneme names.
 
-    Every item is synthesized with IPA phoneme names. Pauses and vowel-to-vowel
-    linking events both have an empty IPA name; when such an event lies between
-    named phonemes the item is synthesized a second time with eSpeak's ASCII
-    names (only the names are kept), which tell them apart (``_``, ``_:`` are
-    pauses, ``;`` is linking).
-
-    Returns one dict per item: ``audio`` (bytes, int16 little-endian mono at
-    22050 Hz) and ``events``: ``["phoneme", sample, ipa_name, ascii_name]`` (``ascii_name``
-    is ``"_"`` for a final pause and may repeat the IPA name when no second pass ran) and
-    ``["word", sample, text_position (1-based characters), length]`` in the
-    order eSpeak reported them; ``sample`` counts from the item's first sample.
+    Returns one dict per item: ``audio`` (bytes, int16 little-endian mono at 22050 Hz)
+    and ``events`` in eSpeak's order: ``["phoneme", sample, ipa_name, ascii_name]``
+    (``ascii_name`` is ``"_"`` for a final pause and may repeat the IPA name when no
+    second pass ran) and ``["word", sample, text_position (1-based), length]``;
+    ``sample`` counts from the item's first sample.
     """
     with _LOCK:
         lib, buffer = _initialized(library, data)
-        try:
+        with contextlib.suppress(AttributeError):  # older library without the symbol
             lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
             lib.espeak_ng_SetRandSeed.restype = None
             lib.espeak_ng_SetRandSeed(int(seed))
-        except AttributeError:  # older library without the symbol
-            pass
         results = []
         current_voice = None
         for item in items:
@@ -168,8 +137,7 @@ def synthesize(library: str, data: str, items: List[dict], seed: int = 0) -> Lis
                     raise ValueError(
                         f"eSpeak NG has no voice {item['voice']!r} (error {err}); use a "
                         "language name such as 'en-us' or 'en', optionally with a variant "
-                        "such as 'en-us+f3' or 'en+m1'"
-                    )
+                        "such as 'en-us+f3' or 'en+m1'")
                 current_voice = item["voice"]
             for param, key in ((_PARAM_RATE, "rate"), (_PARAM_PITCH, "pitch"),
                                (_PARAM_RANGE, "range")):
@@ -191,8 +159,7 @@ def synthesize(library: str, data: str, items: List[dict], seed: int = 0) -> Lis
                 if len(asc) != len(ipa):
                     raise RuntimeError(
                         f"eSpeak NG gave {len(ipa)} IPA but {len(asc)} ASCII phoneme events "
-                        f"for {item['text']!r}"
-                    )
+                        f"for {item['text']!r}")
             else:  # unnamed events after the last named phoneme are the final pause
                 asc = [n if n else "_" for n in names]
             for e, a in zip(ipa, asc):
@@ -217,11 +184,9 @@ def _main() -> None:
     except (ValueError, RuntimeError, OSError) as e:
         sys.stderr.write(f"{type(e).__name__}: {e}\n")
         sys.exit(2)
-    header = {
-        "version": espeak_version(job["library"]),
-        "num_samples": [len(r["audio"]) // 2 for r in results],
-        "events": [r["events"] for r in results],
-    }
+    header = {"version": espeak_version(job["library"]),
+              "num_samples": [len(r["audio"]) // 2 for r in results],
+              "events": [r["events"] for r in results]}
     out = sys.stdout.buffer
     out.write(json.dumps(header).encode("utf-8") + b"\n")
     for r in results:

@@ -1,16 +1,13 @@
 """Forced alignments of the user's corpus: Praat TextGrids (MFA), TIMIT .PHN/.WRD, segment tables.
 
-Every source becomes the embedded corpus's own alignment table
-(:data:`s3viz.data.PHONE_COLUMNS`: ``phone, word, start, end`` in 16 kHz
-samples, plus ``word_index``), so probes, timelines and explorers read a
-TextGrid as they read the embedded corpus. Silence, words and unlabelled
-phones follow one rule, every source goes through one check
-(:func:`check_intervals`), and a bad interval raises an :class:`AlignmentError`
-naming the file, tier and interval. The rules and checks: ``docs/alignment.md``.
+Every source becomes the embedded corpus's alignment table (:data:`ALIGNMENT_TABLE_COLUMNS`,
+16 kHz samples) through one check (:func:`check_intervals`); a bad interval raises an
+:class:`AlignmentError` naming the file, tier and interval. Rules: ``docs/alignment.md``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -34,23 +31,17 @@ SILENCE = "sil"
 """The phone label of silence, as in the embedded corpus."""
 
 SILENCE_LABELS = frozenset({"", "sil", "sp", "spn", "#", "<p:>", "h#", "pau", "SIL"})
-"""The default silence marks (compared after stripping, in any case): the empty label,
-MFA's ``sil``/``sp``/``spn`` (silence, short pause, spoken noise), SPPAS's ``#``,
-WebMAUS's ``<p:>`` and TIMIT's ``h#``/``pau``. Pass ``silence=`` to replace the set."""
+"""The default silence marks (compared stripped, in any case): empty, MFA's ``sil``/``sp``/
+``spn``, SPPAS's ``#``, WebMAUS's ``<p:>``, TIMIT's ``h#``/``pau``."""
 
 TOLERANCE_S = 0.01
-"""How far (seconds) a TextGrid's range or an interval's end may lie past the audio's
-end (10 ms: half a 20-ms frame; aligners round times to the millisecond or to their
-10-ms frame). Within it an end is clipped to the audio; beyond it the alignment is
-refused: it belongs to another file or another sample rate."""
+"""How far (seconds) a TextGrid's range or an interval's end may lie past the audio's end
+(aligners round to 1 or 10 ms): within it an end is clipped, beyond it refused."""
 
 PHONE_TIER_NAMES = ("phones", "phone", "phonemes", "phons", "PhonAlign", "MAU")
-"""Default phone tiers, first present wins (any case, also MFA's ``"SPEAKER - phones"``):
-MFA (``phones``), praatio's examples (``phone``, ``phons``), SPPAS (``PhonAlign``),
-WebMAUS (``MAU``)."""
+"""Default phone tiers, first present wins: MFA, praatio's examples, SPPAS, WebMAUS."""
 WORD_TIER_NAMES = ("words", "word", "TokensAlign", "ORT-MAU")
-"""Default word tiers, first present wins: MFA, SPPAS (``TokensAlign``), WebMAUS
-(``ORT-MAU``)."""
+"""Default word tiers, first present wins: MFA, SPPAS, WebMAUS."""
 
 _TIMIT_SILENCE = ("pcl", "tcl", "kcl", "bcl", "dcl", "gcl", "h#", "pau", "epi")
 TIMIT39: Dict[str, Optional[str]] = {
@@ -61,9 +52,8 @@ TIMIT39: Dict[str, Optional[str]] = {
     **{p: SILENCE for p in _TIMIT_SILENCE},
     "q": None,
 }
-"""TIMIT's 61 phone labels folded to the 39 classes of Lee & Hon (1989): closures,
-pauses, epenthetic silence and ``h#`` are silence, the glottal stop ``q`` is
-dropped (unlabelled)."""
+"""TIMIT's 61 phone labels folded to the 39 classes of Lee & Hon (1989): closures and
+pauses are silence, the glottal stop ``q`` unlabelled."""
 
 _Entry = Tuple[float, float, str]
 
@@ -72,40 +62,27 @@ class AlignmentError(ValueError):
     """An alignment file that cannot be used as it is (the message names the file and interval)."""
 
 
-# --------------------------------------------------------------------------- phone maps
-
-
 def resolve_phone_map(phone_map) -> Optional[Callable[[str], Optional[str]]]:
     """``None`` | ``"timit39"`` | a dict | a callable -> a function label -> label (or None).
-
-    A dict must map every label it meets: an unmapped label is an error naming
-    it (so a typo in a map is never a silent new class).
-    """
-    if phone_map is None:
-        return None
+    A dict must map every label it meets (an unmapped label is an error naming it)."""
+    if phone_map is None or (callable(phone_map) and not isinstance(phone_map, Mapping)):
+        return phone_map
     if isinstance(phone_map, str):
-        key = phone_map.strip().lower()
-        if key != "timit39":
+        if phone_map.strip().lower() != "timit39":
             raise ValueError(f"phone_map={phone_map!r}: the named maps are 'timit39'; "
                              "or pass a dict or a function")
-        table = TIMIT39
-        return lambda label: _lookup(table, label.lower(), "timit39")
-    if isinstance(phone_map, Mapping):
-        table = dict(phone_map)
-        return lambda label: _lookup(table, label, "the phone_map dict")
-    if callable(phone_map):
-        return phone_map
-    raise TypeError(f"phone_map must be None, 'timit39', a dict or a function, got "
-                    f"{type(phone_map).__name__}")
+        table, what, fold = TIMIT39, "timit39", str.lower
+    elif isinstance(phone_map, Mapping):
+        table, what, fold = dict(phone_map), "the phone_map dict", str
+    else:
+        raise TypeError(f"phone_map must be None, 'timit39', a dict or a function, got "
+                        f"{type(phone_map).__name__}")
 
-
-def _lookup(table, label, what):
-    if label not in table:
-        raise AlignmentError(f"phone label {label!r} is not in {what}; add it to the map")
-    return table[label]
-
-
-# --------------------------------------------------------------------------- readers
+    def lookup(label):
+        if fold(label) not in table:
+            raise AlignmentError(f"phone label {fold(label)!r} is not in {what}; add it to the map")
+        return table[fold(label)]
+    return lookup
 
 
 def decode_text(path: Path, *, error=None, legacy: bool = False, fix: str = "") -> str:
@@ -113,29 +90,19 @@ def decode_text(path: Path, *, error=None, legacy: bool = False, fix: str = "") 
     ``legacy`` Windows-1252 / Latin-1 (what Praat writes on Western systems). Anything else
     raises ``error`` naming the file and ``fix``: a guess must refuse rather than misread
     (UTF-8 "decodes" UTF-16 text without a byte-order mark into NUL-riddled garbage)."""
-    error = error or AlignmentError
     raw = path.read_bytes()
     if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
-        try:
-            return raw.decode("utf-16")
-        except UnicodeDecodeError:
-            pass
+        encodings = ["utf-16"]
     elif len(raw) >= 2 and (raw[0] == 0 or raw[1] == 0):  # UTF-16 without a byte-order mark
-        try:  # (checked first: NUL bytes are valid UTF-8, so UTF-8 would "succeed")
-            return raw.decode("utf-16-be" if raw[0] == 0 else "utf-16-le")
-        except UnicodeDecodeError:
-            pass
-    else:
-        try:
-            return raw.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            if legacy and b"\x00" not in raw:
-                try:
-                    return raw.decode("cp1252")
-                except UnicodeDecodeError:  # 5 bytes cp1252 leaves undefined
-                    return raw.decode("latin-1")
+        encodings = ["utf-16-be" if raw[0] == 0 else "utf-16-le"]  # (NULs are valid UTF-8)
+    else:  # latin-1 takes the 5 bytes cp1252 leaves undefined
+        encodings = ["utf-8-sig"] + (["cp1252", "latin-1"] if legacy and b"\x00" not in raw
+                                     else [])
+    for encoding in encodings:
+        with contextlib.suppress(UnicodeDecodeError):
+            return raw.decode(encoding)
     known = "UTF-8, UTF-16" + (" or Latin-1" if legacy else "")
-    raise error(f"{path}: not {known} text; {fix or 'save it as UTF-8'}")
+    raise (error or AlignmentError)(f"{path}: not {known} text; {fix or 'save it as UTF-8'}")
 
 
 # praatio reads times with the pattern [\d.]+, so "xmin = 5e-05" (Praat's %.17g) is a parse
@@ -143,12 +110,6 @@ def decode_text(path: Path, *, error=None, legacy: bool = False, fix: str = "") 
 # are rewritten in positional notation, the same number, before parsing
 _EXPONENT = re.compile(r"^(\s*(?:(?:xmin|xmax|number|time)\s*=\s*)?)"
                        r"([-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+)(\s*)$", re.M)
-
-
-def _positional(match) -> str:
-    return match.group(1) + np.format_float_positional(float(match.group(2)), trim="-") + \
-        match.group(3)
-
 
 _STRING = re.compile(r'"(?:[^"]|"")*"')
 """A Praat text string (``""`` inside is a quote): labels, tier names and the header."""
@@ -185,7 +146,9 @@ def read_textgrid(path) -> Tuple[float, float, Dict[str, dict]]:
         line = text.count("\n", 0, negative.start()) + 1
         raise AlignmentError(f"{path}:{line}: a negative time ({negative.group(0).strip()!r}...); "
                              "TextGrid times start at 0")
-    text = _outside_strings(text, lambda part: _EXPONENT.sub(_positional, part))
+    def positional(m):
+        return m.group(1) + np.format_float_positional(float(m.group(2)), trim="-") + m.group(3)
+    text = _outside_strings(text, lambda part: _EXPONENT.sub(positional, part))
     try:
         tg = textgrid_io.parseTextgridStr(text, includeEmptyIntervals=True)
         parsed = tg["tiers"]
@@ -315,8 +278,8 @@ def _check_phn_rate(entries: Sequence[_Entry], duration: float, sample_rate: int
 
 def check_intervals(entries: Sequence[_Entry], duration: float, path, tier: str, *,
                     allow_overlap: bool = False) -> List[_Entry]:
-    """The one check every alignment goes through (``docs/alignment.md``): the entries must
-    be finite, ``end > start >= 0``, in time order, not overlapping and end at most
+    """The one check every alignment goes through (``docs/alignment.md``): entries must be
+    finite, ``end > start >= 0``, in time order, not overlapping and end at most
     :data:`TOLERANCE_S` past the audio (clipped to it). Returns them with labels stripped,
     else raises :class:`AlignmentError` naming ``path``, ``tier`` and the interval.
 
@@ -381,36 +344,29 @@ def _is_silence(label: str, marks: frozenset) -> bool:
 
 def silence_marks(silence=None) -> frozenset:
     """``None`` (:data:`SILENCE_LABELS`) or a set / list / comma-separated string of marks
-    -> the marks in lower case (they are compared after stripping, in any case)."""
+    -> the marks stripped, in lower case."""
     if silence is None:
         silence = SILENCE_LABELS
     elif isinstance(silence, str):
         silence = silence.split(",")
     try:
-        marks = frozenset(str(m).strip().lower() for m in silence)
+        return frozenset(str(m).strip().lower() for m in silence)
     except TypeError:
         raise TypeError(f"silence must be a set of labels (or a comma-separated str), got "
                         f"{type(silence).__name__}") from None
-    return marks
 
 
 ALIGNMENT_TABLE_COLUMNS = ("phone", "word", "start", "end", "word_index")
-"""Columns of the tables read from alignments: :data:`s3viz.data.PHONE_COLUMNS` and
-``word_index``, the position of the phone's word in the utterance (-1 for none), so that
-two words in a row spelt alike ("I I think") stay two words."""
-
+""":data:`PHONE_COLUMNS` and ``word_index``, the position of the phone's word (-1 for none),
+so that two words in a row spelt alike ("I I think") stay two words."""
 
 SAMPLE_NOISE = 1e-6
-"""How far (in samples) a time may lie past a whole sample and still be that sample: the
-float noise of a time written at an exact sample (``336840 / 16000 * 16000`` need not
-be exactly ``336840``)."""
+"""How far (samples) a time may lie past a whole sample and still be it (float noise)."""
 
 
 def to_sample(t: float) -> int:
-    """The first 16 kHz sample at or after time ``t`` (seconds): ``ceil(t * 16000)``, so
-    an interval ``[s, e)`` holds a frame centre ``c`` exactly when ``to_sample(s) <= c <
-    to_sample(e)`` (why not rounding: ``docs/alignment.md``). Within :data:`SAMPLE_NOISE`
-    of a whole sample a time is that sample."""
+    """The first 16 kHz sample at or after time ``t`` (seconds), ``ceil(t * 16000)`` up to
+    :data:`SAMPLE_NOISE` (why not rounding: ``docs/alignment.md``)."""
     return int(math.ceil(t * SAMPLE_RATE - SAMPLE_NOISE))
 
 
@@ -418,15 +374,13 @@ def alignment_table(phones: Sequence[_Entry], words: Optional[Sequence[_Entry]],
                     *, phone_map=None, phone_words: Optional[Sequence[str]] = None,
                     phone_word_index: Optional[Sequence[int]] = None, silence=None
                     ) -> pd.DataFrame:
-    """The ``phone, word, start, end, word_index`` table (16 kHz samples) from checked
-    ``(start, end, label)`` phone entries, by the rules of ``docs/alignment.md``. What no
-    phone interval covers is left out (unlabelled), never silence.
+    """The :data:`ALIGNMENT_TABLE_COLUMNS` table from checked phone entries, by the rules of
+    ``docs/alignment.md`` (what no phone covers is unlabelled, never silence).
 
     Args:
-        words: checked word entries in seconds, or None; a phone's word is the one its
-            midpoint falls in.
+        words: checked word entries, or None; a phone's word is the one its midpoint is in.
         phone_words: each phone's word, given directly (segment tables) instead of ``words``.
-        phone_word_index: each phone's word position, with ``phone_words`` (default: runs
+        phone_word_index: with ``phone_words``, each phone's word position (default: runs
             of equal words).
     """
     fn = resolve_phone_map(phone_map)
@@ -453,13 +407,8 @@ def alignment_table(phones: Sequence[_Entry], words: Optional[Sequence[_Entry]],
         start = min(to_sample(start_s), num_samples)
         end = min(to_sample(end_s), num_samples)
         raw = label.strip()
-        if _is_silence(raw, marks):
-            phone = SILENCE
-        elif fn is None:
-            phone = raw
-        else:
-            mapped = fn(raw)
-            phone = "" if mapped is None else str(mapped)
+        mapped = SILENCE if _is_silence(raw, marks) else raw if fn is None else fn(raw)
+        phone = "" if mapped is None else str(mapped)
         if phone == SILENCE:
             word, index = "", -1
         elif phone_words is not None:
@@ -530,9 +479,6 @@ def read_alignment(path, num_samples: int, *, phone_tier=None, word_tier=None, p
     return alignment_table(phones, words, num_samples, phone_map=phone_map, silence=silence)
 
 
-# --------------------------------------------------------------------------- segment tables
-
-
 def table_alignment(rows: pd.DataFrame, num_samples: int, *, source: str, phone_map=None,
                     silence=None) -> pd.DataFrame:
     """The alignment table of one utterance from its rows of a segment table (file order)."""
@@ -544,8 +490,6 @@ def table_alignment(rows: pd.DataFrame, num_samples: int, *, source: str, phone_
     return alignment_table(phones, None, num_samples, phone_map=phone_map, phone_words=words,
                            phone_word_index=index, silence=silence)
 
-
-# --------------------------------------------------------------------------- locating files
 
 ALIGNMENT_SUFFIXES = (".TextGrid", ".textgrid", ".TEXTGRID", ".PHN", ".phn")
 
@@ -560,20 +504,15 @@ def find_alignment_file(audio: Path, rel: str, alignments: Union[str, os.PathLik
     it), relative to the alignment folder (to ``root`` for ``"sibling"``)."""
     rel_path = Path(rel)
     if pattern is not None:
-        base = (root if alignments == "sibling" else Path(alignments))
-        for one in ([pattern] if isinstance(pattern, str) else pattern):
-            candidate = base / one.format(parent=rel_path.parent.as_posix(), stem=rel_path.stem,
-                                          name=rel_path.name)
-            if candidate.is_file():
-                return candidate
-        return None
-    base = (audio.with_suffix("") if alignments == "sibling"
-            else Path(alignments) / rel_path.with_suffix(""))
-    for suffix in ALIGNMENT_SUFFIXES:
-        candidate = base.parent / (base.name + suffix)
-        if candidate.is_file():
-            return candidate
-    return None
+        base = root if alignments == "sibling" else Path(alignments)
+        fields = dict(parent=rel_path.parent.as_posix(), stem=rel_path.stem, name=rel_path.name)
+        candidates = [base / one.format(**fields)
+                      for one in ([pattern] if isinstance(pattern, str) else pattern)]
+    else:
+        base = (audio.with_suffix("") if alignments == "sibling"
+                else Path(alignments) / rel_path.with_suffix(""))
+        candidates = [base.parent / (base.name + suffix) for suffix in ALIGNMENT_SUFFIXES]
+    return next((c for c in candidates if c.is_file()), None)
 
 
 def check_alignment_pattern(pattern):

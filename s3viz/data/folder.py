@@ -3,6 +3,7 @@ forced alignments (the rules: ``docs/data.md``)."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -25,13 +26,11 @@ __all__ = ["load_folder", "read_csv_strings", "AUDIO_SUFFIXES"]
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 """Suffixes (any case) that :func:`load_folder` picks up when no ``pattern`` is given."""
 
-_RESERVED = ("num_samples",)
 _MAX_LISTED = 10
 _MAX_REPORTED = 50
 
 
 def _listing(items: Sequence[str], sep: str = ", ") -> str:
-    """The first ``_MAX_LISTED`` of ``items`` (already formatted), and how many more."""
     more = len(items) - _MAX_LISTED
     return sep.join(items[:_MAX_LISTED]) + (f" ... and {more} more" if more > 0 else "")
 
@@ -62,7 +61,6 @@ def _find_files(root: Path, pattern: Union[None, str, Sequence[str]]) -> List[Pa
 
 
 def _plain(value):
-    """numpy/pandas scalars -> plain Python values; missing -> None."""
     if isinstance(value, np.generic):
         value = value.item()
     if value is None or value is pd.NA or value is pd.NaT or (
@@ -72,10 +70,8 @@ def _plain(value):
 
 
 def read_csv_strings(path, *, what: str, sep: str = ",") -> pd.DataFrame:
-    """A CSV/TSV file as a table of strings, read as ``docs/data.md`` says of a labels CSV:
-    every cell as written (``01`` stays ``01``), header names and cells stripped, an empty
-    cell missing (``NA`` stays a word), UTF-8 or UTF-16 else refused; nameless columns and
-    header names equal once stripped as there.
+    """A CSV/TSV file as a table of strings, read as ``docs/data.md`` says of a labels CSV
+    (cells as written, stripped, empty -> missing; UTF-8 or UTF-16).
 
     Args:
         what: what the file is (``"alignments"``, ``"labels_csv"``), named in errors.
@@ -93,11 +89,9 @@ def _read_csv(path, *, what: str, sep: str = ",") -> tuple[pd.DataFrame, pd.Data
     drop = _header_check(text, sep, f"{what} {str(path)!r}")
     try:
         with warnings.catch_warnings():
-            # rows longer than the header by empty fields only (checked above): pandas
-            # warns that it drops them, which is what is wanted
+            # pandas warns that it drops rows' empty trailing fields (checked above); with
+            # index_col=False a longer row never turns the first column into the index
             warnings.simplefilter("ignore", pd.errors.ParserWarning)
-            # index_col=False: a row longer than the header must never turn the first
-            # column into the index (pandas' default), which shifts every value left
             raw = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False,
                               index_col=False)
     except pd.errors.EmptyDataError:
@@ -109,34 +103,23 @@ def _read_csv(path, *, what: str, sep: str = ",") -> tuple[pd.DataFrame, pd.Data
 
 
 def _header_check(text: str, sep: str, what: str) -> set:
-    """Positions of the columns to drop: those without a header name (a trailing comma,
-    ``file,speaker,``) that are empty on every line. A nameless column that holds a
-    value, and a line with a value past the header's last column, are refused.
-
-    Read with the standard ``csv`` module (pandas' quoting rules), since pandas renames an
-    empty header ``Unnamed: 2`` and takes the first column as the index when the lines
-    are longer than the header.
-    """
+    """Positions of the nameless columns (``file,speaker,``) empty on every line, to drop;
+    a nameless column with a value, or a value past the header's last column, is refused.
+    Read with ``csv`` (pandas would rename the header ``Unnamed: 2``, or take the first
+    column as the index when lines are longer than the header)."""
     if len(sep) != 1:
         return set()
     reader = csv.reader(io.StringIO(text), delimiter=sep)
-    header, rows = None, []
-    for fields in reader:
-        if not fields:  # a blank line (pandas skips them too)
-            continue
-        if header is None:
-            header = [f.strip() for f in fields]
-        else:
-            rows.append((reader.line_num, fields))
-    if header is None:
+    rows = [(reader.line_num, fields) for fields in reader if fields]  # blank lines skipped
+    if not rows:
         return set()
+    header, rows = [f.strip() for f in rows[0][1]], rows[1:]
     for line, fields in rows:
         extra = [f for f in fields[len(header):] if f.strip()]
         if extra:
-            raise ValueError(
-                f"{what}: line {line} has {len(fields)} fields but the header names "
-                f"{len(header)} columns ({', '.join(map(repr, header))}); the value "
-                f"{extra[0]!r} has no column: add its name to the header or remove it")
+            raise ValueError(f"{what}: line {line} has {len(fields)} fields but the header names "
+                             f"{len(header)} columns ({', '.join(map(repr, header))}); the value "
+                             f"{extra[0]!r} has no column: add its name to the header or remove it")
     drop = set()
     for j in (j for j, name in enumerate(header) if not name):
         used = [(line, f[j]) for line, f in rows if j < len(f) and f[j].strip()]
@@ -149,11 +132,9 @@ def _header_check(text: str, sep: str, what: str) -> set:
 
 
 def _stripped(table: pd.DataFrame, what: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Header names and string cells stripped of surrounding whitespace; empty -> missing.
-    A column without a name (``""``, or pandas' ``Unnamed: <position>``) is dropped when
-    every cell is empty and refused otherwise. Returns the stripped table and the table as
-    given (for messages that quote a cell as written: never kept in ``attrs``, which pandas
-    copies into every derived table, which made reading alignments quadratic)."""
+    """Header names and string cells stripped, empty -> missing; a nameless column (``""``,
+    ``Unnamed: <position>``) dropped when empty, else refused. Returns the stripped table and
+    the table as given (to quote cells in messages; not in ``attrs``, which pandas copies)."""
     keep = []
     for j, c in enumerate(table.columns):
         if isinstance(c, str) and (not c.strip() or c == f"Unnamed: {j}"):
@@ -214,20 +195,8 @@ def read_segment_table(source) -> pd.DataFrame:
     return table
 
 
-def _read_labels(labels_csv) -> tuple[pd.DataFrame, pd.DataFrame]:
-    if isinstance(labels_csv, pd.DataFrame):
-        return _stripped(labels_csv, "labels_csv")
-    if not isinstance(labels_csv, (str, os.PathLike)):
-        raise TypeError(f"labels_csv must be a CSV path or a pandas DataFrame, got "
-                        f"{type(labels_csv).__name__}")
-    if not os.path.isfile(labels_csv):
-        raise FileNotFoundError(f"labels_csv not found: {os.fspath(labels_csv)!r}")
-    return _read_csv(labels_csv, what="labels_csv")
-
-
 def _check_unique(table: pd.DataFrame, col: str, raw: pd.DataFrame):
-    """Refuse two rows whose ``col`` is equal once stripped but was written differently
-    (``raw``: the table as written, to quote both)."""
+    """Refuse two rows whose ``col`` is equal once stripped (``raw``: as written, quoted)."""
     seen: Dict[str, int] = {}
     j = table.columns.get_loc(col)
     for pos, value in enumerate(table[col]):
@@ -248,14 +217,12 @@ def _normalise_key(value) -> str:
 
 
 def _folded(key: str) -> str:
-    """``key`` with case and Unicode normalisation folded (NFKC then casefold)."""
     return unicodedata.normalize("NFKC", key).casefold()
 
 
 class _FileLookup:
-    """File index by relative path (``spk1/a.wav``) or id (``spk1/a``), as a CSV's ``file``
-    or ``id`` column names it. ``get`` of a name that matches no file but differs from one
-    only in Unicode normalisation (NFC vs NFD) raises, saying so."""
+    """File index by relative path (``spk1/a.wav``) or id (``spk1/a``); ``get`` of a name that
+    differs from a file's only in Unicode normalisation raises, saying so."""
 
     def __init__(self, rel: Sequence[str], ids: Sequence[str], root: Path, strict: bool):
         self.root, self.strict = root, strict
@@ -264,9 +231,7 @@ class _FileLookup:
             self.exact[r] = i
             self.exact.setdefault(u, i)
         self.nfc = {unicodedata.normalize("NFC", k): k for k in self.exact}
-        self.folded: Dict[str, str] = {}
-        for k in self.exact:
-            self.folded.setdefault(_folded(k), k)
+        self.folded = {_folded(k): k for k in reversed(list(self.exact))}  # the first name wins
 
     def get(self, key: str) -> Optional[int]:
         i = self.exact.get(key)
@@ -278,10 +243,9 @@ class _FileLookup:
         return i
 
     def unmatched(self, rows: List[tuple], what: str, fix: str, dropped: str):
-        """``rows`` of ``what`` that match no audio file (``(line, key)``): refused when
-        strict (``fix``: how to mend them), else ignored with one warning (``dropped``:
-        what that costs) and returned as a ``corpus.skipped`` table. The reason names the
-        file the key spells up to case or Unicode normalisation, where there is one."""
+        """``(line, key)`` rows of ``what`` matching no audio file: refused when strict
+        (``fix``: the mend), else one warning (``dropped``: the cost) and a ``corpus.skipped``
+        table; the reason names the file the key spells up to case or normalisation."""
         if not rows:
             return None
         out = []
@@ -299,61 +263,34 @@ class _FileLookup:
         return pd.DataFrame(out, columns=["file", "reason"])
 
 
-def load_folder(
-    path: Union[str, os.PathLike],
-    labels_csv: Union[None, str, os.PathLike, pd.DataFrame] = None,
-    *,
-    pattern: Union[None, str, Sequence[str]] = None,
-    strict: bool = True,
-    allow_silence: bool = False,
-    name: Optional[str] = None,
-    lazy: bool = False,
-    alignments: Union[None, str, os.PathLike, pd.DataFrame] = None,
-    alignment_pattern: Union[None, str, Sequence[str]] = None,
-    phone_tier: Union[None, str, Sequence[str]] = None,
-    word_tier: Union[None, str, Sequence[str]] = None,
-    phone_map=None,
-    silence=None,
-) -> Corpus:
+def load_folder(path: Union[str, os.PathLike],
+                labels_csv: Union[None, str, os.PathLike, pd.DataFrame] = None, *,
+                pattern: Union[None, str, Sequence[str]] = None, strict: bool = True,
+                allow_silence: bool = False, name: Optional[str] = None, lazy: bool = False,
+                alignments: Union[None, str, os.PathLike, pd.DataFrame] = None,
+                alignment_pattern: Union[None, str, Sequence[str]] = None,
+                phone_tier: Union[None, str, Sequence[str]] = None,
+                word_tier: Union[None, str, Sequence[str]] = None, phone_map=None,
+                silence=None) -> Corpus:
     """Load every audio file under a folder as a :class:`Corpus` (mono, 16 kHz; ids: the
     files' POSIX paths relative to ``path`` without suffix, sorted), with per-file labels
-    and forced alignments when given. The rules for each argument in full: ``docs/data.md``.
+    and forced alignments when given. Every argument's rules: ``docs/data.md``.
 
     Args:
-        path: the folder.
-        labels_csv: optional CSV path (or DataFrame), one row per file, matched by its
-            ``file`` column (a path relative to ``path``, with or without suffix) or else
-            ``id``; ``speaker`` and ``text`` fill those fields, other columns (``id`` aside)
-            become ``Utterance.labels``. Cells are strings as written, stripped.
+        labels_csv: a CSV path (or DataFrame), one row per file, matched by its ``file``
+            column (relative to ``path``, with or without suffix) or else ``id``;
+            ``speaker`` and ``text`` fill those fields, other columns become labels.
         pattern: a glob (or list of globs) relative to ``path``; default: every ``.wav``,
-            ``.flac`` and ``.ogg`` file (any case) below ``path``.
-        strict: True: one error lists every file that does not fit (unreadable audio, a
-            missing or bad alignment, no CSV row) and every CSV or segment row matching no
-            file (its ``skipped`` attribute holds them). False: they are left out (files
-            without a row kept with empty labels), named in one warning and listed in
-            ``corpus.skipped`` (``file``, ``reason``).
-        allow_silence: accept all-zero files instead of raising.
-        name: the corpus name (default: the folder name).
-        lazy: read only the files' headers now; the utterances are
-            :class:`~s3viz.data.FileUtterance` objects that read their audio on each access.
-        alignments: a folder of TextGrids (or TIMIT ``.PHN``) at the audio's relative paths
-            (MFA's output), ``"sibling"`` (beside each audio file), or a CSV/TSV path (or
-            DataFrame) of segments (``file`` or ``id``, ``start``, ``end`` in seconds,
-            ``phone``, optional ``word``, ``word_index``).
-        alignment_pattern: where each file's alignment is, relative to the ``alignments``
-            folder (to ``path`` for ``"sibling"``), with ``{parent}``, ``{stem}`` and
-            ``{name}``; a list is tried in order.
-        phone_tier, word_tier: a tier name or a list of candidates, the first the file has
-            wins (default ``s3viz.data.alignments.PHONE_TIER_NAMES`` / ``WORD_TIER_NAMES``).
-        phone_map: ``None`` (labels as written), ``"timit39"``, a dict (every label must
-            be in it) or a function label -> label (``None``: unlabelled).
-        silence: the silence marks (a set, or a comma-separated str; default
-            ``s3viz.data.alignments.SILENCE_LABELS``), which become the phone ``"sil"``.
-            Bad alignments are :class:`~s3viz.data.AlignmentError` (``docs/alignment.md``).
-
-    Returns:
-        A :class:`Corpus` (``phones`` None for every utterance without ``alignments``),
-        with ``corpus.skipped`` as above.
+            ``.flac`` and ``.ogg`` file (any case).
+        strict: True: one error lists every file that does not fit and every CSV or
+            segment row matching no file. False: they are left out, named in one warning
+            and listed in ``corpus.skipped`` (``file``, ``reason``).
+        lazy: read only headers now; utterances are :class:`~s3viz.data.FileUtterance`.
+        alignments: a folder of TextGrids (or TIMIT ``.PHN``) at the audio's relative
+            paths, ``"sibling"``, or a CSV/TSV path (or DataFrame) of segments.
+        alignment_pattern, phone_tier, word_tier, phone_map, silence: how alignments are
+            found and read (``docs/data.md``); bad ones are
+            :class:`~s3viz.data.AlignmentError` (``docs/alignment.md``).
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a folder path (str or Path), got {type(path).__name__}")
@@ -409,21 +346,28 @@ class _Missing(AlignmentError):
 
 
 def _labels_by_file(labels_csv, lookup: _FileLookup, rel: List[str]):
-    """``({file index: labels}, {file index: id from the CSV}, rows matching no file)``
-    from ``labels_csv`` (the last a ``corpus.skipped`` table, or None)."""
+    """``({file index: labels}, {file index: CSV id}, skipped table of rows matching no
+    file or None)`` from ``labels_csv``."""
     rows: Dict[int, dict] = {}
     csv_ids: Dict[int, str] = {}
     if labels_csv is None:
         return rows, csv_ids, None
-    table, raw = _read_labels(labels_csv)
+    if isinstance(labels_csv, pd.DataFrame):
+        table, raw = _stripped(labels_csv, "labels_csv")
+    elif not isinstance(labels_csv, (str, os.PathLike)):
+        raise TypeError(f"labels_csv must be a CSV path or a pandas DataFrame, got "
+                        f"{type(labels_csv).__name__}")
+    elif not os.path.isfile(labels_csv):
+        raise FileNotFoundError(f"labels_csv not found: {os.fspath(labels_csv)!r}")
+    else:
+        table, raw = _read_csv(labels_csv, what="labels_csv")
     key_col = "file" if "file" in table.columns else "id" if "id" in table.columns else None
     if key_col is None:
         raise ValueError(
             f"labels_csv needs a 'file' column (path relative to the folder) or an 'id' "
             f"column (path without suffix); it has columns {list(table.columns)}")
-    reserved = [c for c in _RESERVED if c in table.columns]
-    if reserved:
-        raise ValueError(f"labels_csv columns {reserved} are reserved (computed by s3viz); "
+    if "num_samples" in table.columns:
+        raise ValueError("labels_csv columns ['num_samples'] are reserved (computed by s3viz); "
                          "rename them")
     id_col = "id" in table.columns and key_col == "file"
     for col in [key_col] + (["id"] if id_col else []):
@@ -475,8 +419,7 @@ def _utterance(file: Path, uid: str, labels: dict, *, lazy: bool, allow_silence:
 
 
 def _report(skipped, total: int, root: Path, strict: bool) -> pd.DataFrame:
-    """The files left out, as a table; one error listing them when ``strict``, else one
-    warning."""
+    """The files left out, as a table; one error listing them when ``strict``, else a warning."""
     table = pd.DataFrame([(f, r) for f, r, _ in skipped], columns=["file", "reason"])
     shown = "\n".join(f"  {f}: {r}" for f, r in table.head(_MAX_REPORTED).itertuples(index=False))
     more = len(table) - _MAX_REPORTED
@@ -550,8 +493,7 @@ class _Aligner:
             "the audio files they were meant for have no alignment")
 
     def table(self, i: int, file: Path, num_samples: int):
-        """The file's alignment table (None without ``alignments``); raises
-        :class:`AlignmentError` (``_Missing`` when there is none)."""
+        """The file's alignment table (None without ``alignments``), or AlignmentError."""
         if self.source is None:
             return None
         if self.segments is not None:
@@ -569,15 +511,10 @@ class _Aligner:
             looked = (f"as {self.pattern!r}" if self.pattern else
                       "as a .TextGrid or .PHN named as the audio")
             raise _Missing(f"no alignment {where} ({looked})")
-        rate = _native_rate(file) if path.suffix.lower() == ".phn" else None
+        rate = None  # a .PHN counts samples at the audio file's own rate
+        if path.suffix.lower() == ".phn":
+            import soundfile as sf
+
+            with contextlib.suppress(RuntimeError, TypeError, ValueError):
+                rate = int(sf.info(str(file)).samplerate)
         return read_alignment(path, num_samples, sample_rate=rate, **self.kw)
-
-
-def _native_rate(file: Path) -> Optional[int]:
-    """The audio file's own sample rate (what TIMIT .PHN sample numbers count)."""
-    import soundfile as sf
-
-    try:
-        return int(sf.info(str(file)).samplerate)
-    except (RuntimeError, TypeError, ValueError):
-        return None

@@ -1,11 +1,8 @@
 """Corpora in the layouts of the field: TIMIT (read), and MFA / TIMIT (written).
 
-:func:`load_timit` reads a TIMIT copy (``TRAIN|TEST/DR*/<speaker>/<utt>.WAV``
-NIST SPHERE audio, read by soundfile, with ``.PHN``/``.WRD`` in samples at the audio's rate
-and ``.TXT``). :func:`export_corpus` writes any corpus with alignments in the
-Montreal Forced Aligner's layout (audio, ``.lab`` transcripts and TextGrids, so
-it opens in Praat) or in TIMIT's, so tests and notebooks have real-format files
-without the network.
+:func:`load_timit` reads a TIMIT copy; :func:`export_corpus` writes any corpus with
+alignments in the Montreal Forced Aligner's layout (audio, ``.lab`` transcripts and
+TextGrids) or in TIMIT's, so tests and notebooks have real-format files offline.
 """
 
 from __future__ import annotations
@@ -31,9 +28,7 @@ from .alignments import SILENCE, _is_silence, silence_marks
 __all__ = ["load_timit", "export_corpus"]
 
 _TIMIT_SPLITS = ("train", "test")
-_TIMIT_DIALECT = re.compile(r"(?i)dr\d+")
-"""The dialect folders :func:`load_timit` reads (``DR1`` ... in any case); the export
-refuses a ``dialect`` label it would not read back."""
+_TIMIT_DIALECT = re.compile(r"(?i)dr\d+")  # the dialect folders load_timit reads
 _AUDIO_SUFFIX = ".wav"
 
 
@@ -53,18 +48,11 @@ def load_timit(root: Union[str, os.PathLike], split: Optional[str] = None, phone
                lazy: bool = False, strict: bool = True, silence=None) -> Corpus:
     """Load a TIMIT copy (``root`` holds ``TRAIN`` and/or ``TEST``, any case, with
     ``DR<n>/<speaker>/<utt>.WAV`` + ``.PHN`` + ``.WRD`` + ``.TXT``) as a :class:`Corpus`
-    with its hand-labelled phone and word alignments. ``split``: ``"train"``, ``"test"`` or
-    None (both); ``phone_map="timit39"`` folds the labels to the 39 classes of Lee & Hon
-    (1989); the other arguments as for :func:`load_folder` (``h#`` and ``pau`` are silence).
-
-    Returns:
-        A :class:`Corpus` whose ids are the files' paths without suffix
-        (``"TRAIN/DR1/FCJF0/SA1"``), ``speaker`` the speaker folder's name,
-        ``text`` the ``.TXT`` sentence, and labels ``dialect`` (``"DR1"``),
-        ``sex`` (``"F"``/``"M"``, the speaker folder's first letter) and
-        ``split`` (``"train"``/``"test"``). Audio files under ``root`` outside that
-        layout (another split folder such as ``DEV``, a dialect folder not ``DR<n>``, a
-        deeper folder) are named in one warning, never dropped silently.
+    with its hand-labelled alignments. ``split``: ``"train"``, ``"test"`` or None (both);
+    the other arguments as for :func:`load_folder`. Ids are the paths without suffix
+    (``"TRAIN/DR1/FCJF0/SA1"``), ``speaker`` the speaker folder, ``text`` the ``.TXT``
+    sentence, labels ``dialect``, ``sex`` (the speaker's first letter) and ``split``.
+    Audio outside that layout is named in one warning, never dropped silently.
     """
     from .folder import load_folder
 
@@ -77,9 +65,7 @@ def load_timit(root: Union[str, os.PathLike], split: Optional[str] = None, phone
         raise ValueError(f"split must be 'train', 'test' or None, got {split!r}")
     wanted = _TIMIT_SPLITS if split is None else (split.lower(),)
     rows = []
-    for split_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        if split_dir.name.lower() not in wanted:
-            continue
+    for split_dir in sorted(p for p in root.iterdir() if p.is_dir() and p.name.lower() in wanted):
         for wav in sorted(split_dir.glob("*/*/*")):
             dialect, speaker = wav.parent.parent.name, wav.parent.name
             if wav.suffix.lower() != _AUDIO_SUFFIX or not _TIMIT_DIALECT.fullmatch(dialect):
@@ -104,9 +90,8 @@ def load_timit(root: Union[str, os.PathLike], split: Optional[str] = None, phone
 
 
 def _warn_skipped(root: Path, read: set, wanted) -> None:
-    """One warning naming the folders under ``root`` that hold audio ``load_timit`` does
-    not read (not ``<split>/DR<n>/<speaker>/<utt>.WAV`` with a split asked for), so no
-    utterance is dropped silently. Files of a split left out by ``split=`` are not named."""
+    """One warning naming the folders under ``root`` with audio ``load_timit`` does not read
+    (files of a split left out by ``split=`` aside)."""
     skipped: Dict[str, int] = {}
     for folder, _, names in os.walk(root):
         rel = Path(folder).relative_to(root)
@@ -126,22 +111,14 @@ def _warn_skipped(root: Path, read: set, wanted) -> None:
             stacklevel=3)
 
 
-# --------------------------------------------------------------------------- export
-
-
+# labels.csv's columns that are not labels (written by the export, or read otherwise)
 _MFA_COLUMNS = ("file", "id", "speaker", "text", "num_samples")
-"""Columns of the ``mfa`` layout's ``labels.csv`` that are not labels: written by the export
-(``file``, ``speaker``, ``text``) or read otherwise by :func:`load_folder` (``id`` names
-the utterance, ``num_samples`` is computed and refused as a label)."""
-
 _SUFFIXES = {"mfa": (".wav", ".lab", ".TextGrid"), "timit": (".WAV", ".PHN", ".WRD", ".TXT")}
-"""The files each layout writes per utterance: ``<stem><suffix>``."""
 
 
 def _safe(name, what: str, *, suffixes=()) -> str:
-    """``name`` as one folder or file name in an export (refused: empty, ``.``/``..``, a path
-    separator, NUL; what each layout's readers would take apart), and with each of
-    ``suffixes`` added still one name the file system takes (255 bytes)."""
+    """``name`` as one file or folder name of an export (:func:`check_name`, no control
+    characters), and still one name with each of ``suffixes`` added."""
     text = str(name).strip()
     room = max((len(os.fsencode(s)) for s in suffixes), default=0)
     check_name(text, what, room=room)
@@ -150,15 +127,14 @@ def _safe(name, what: str, *, suffixes=()) -> str:
         raise ValueError(f"{what} {text!r} holds control character(s) or line break(s) "
                          f"{odd!r}, which the export's file names and labels.csv cannot "
                          "hold; replace them first")
-    for suffix in suffixes:  # the full names written, in bytes (room covers them; kept
-        check_name(text + suffix, what)  # explicit so a new suffix cannot slip past)
+    for suffix in suffixes:  # (room covers them; checked so a new suffix cannot slip past)
+        check_name(text + suffix, what)
     return text
 
 
 def _intervals(table: pd.DataFrame, column: str, num_samples: int):
-    """(start, end, label) intervals of ``column`` in 16 kHz samples: silence (and the word
-    "") as empty labels, consecutive equal labels of one word merged for the word tier
-    (of one ``word_index`` where the table has it: "I I" stays two words)."""
+    """(start, end, label) intervals of ``column`` in samples: silence as "", a word's phones
+    (equal labels of one ``word_index``: "I I" stays two words) merged for the word tier."""
     out = []
     index = (table["word_index"] if "word_index" in table.columns
              else pd.Series(0, index=table.index))
@@ -178,26 +154,15 @@ def _intervals(table: pd.DataFrame, column: str, num_samples: int):
 
 
 MANIFEST = "s3viz-export.json"
-"""The record an export keeps in its folder: the layout and every file it wrote, so that
-``overwrite=True`` removes exactly those (and nothing of the user's)."""
+"""The record an export keeps: its layout and every file it wrote (all ``overwrite`` removes)."""
 
 
 def export_corpus(corpus, folder: Union[str, os.PathLike], layout: str = "mfa", *,
                   overwrite: bool = False) -> Dict[str, Path]:
-    """Write a corpus's audio and alignments in a layout other tools read, and that
-    :func:`load_folder` (``"mfa"``) or :func:`load_timit` (``"timit"``) read back equal.
-    The layouts, what is refused before anything is written (naming the utterance) and how
-    ``overwrite`` works: ``docs/data.md``.
-
-    Args:
-        corpus: a :class:`Corpus` whose utterances have alignment tables (``phones``).
-        folder: where to write (created). It must be empty, or hold an earlier export
-            (``s3viz-export.json``) to be replaced with ``overwrite=True``.
-        layout: ``"mfa"`` (``corpus/<speaker>/<id>.wav`` + ``.lab``,
-            ``aligned/<speaker>/<id>.TextGrid``, ``labels.csv``) or ``"timit"``
-            (``<SPLIT>/<DIALECT>/<sex><speaker>/<id>.WAV`` + ``.PHN``, ``.WRD``, ``.TXT``).
-        overwrite: replace the earlier export in ``folder``: only the files its
-            ``s3viz-export.json`` lists are removed first.
+    """Write a corpus with alignment tables in the layout ``"mfa"`` or ``"timit"``, which
+    :func:`load_folder` / :func:`load_timit` read back equal, into ``folder`` (empty, or
+    an earlier export replaced with ``overwrite=True``: only the files its
+    ``s3viz-export.json`` lists are removed). Layouts and refusals: ``docs/data.md``.
 
     Returns:
         ``{"root": folder, "manifest": ...}`` with ``"audio"``, ``"alignments"`` and
@@ -220,12 +185,9 @@ def export_corpus(corpus, folder: Union[str, os.PathLike], layout: str = "mfa", 
         clash = [k for k in u.labels if k in _MFA_COLUMNS]
         if clash:
             raise ValueError(
-                f"utterance {u.id!r} has label(s) {clash} that labels.csv of layout='mfa' "
-                f"holds as its own columns {list(_MFA_COLUMNS)} (the file, id, speaker "
-                "and text of each utterance), so they would overwrite them or be lost; "
-                "rename those labels first, e.g. for u in corpus: if "
-                f"{clash[0]!r} in u.labels: u.labels['label_{clash[0]}'] = "
-                f"u.labels.pop({clash[0]!r})")
+                f"utterance {u.id!r} has label(s) {clash} that labels.csv of layout='mfa' holds "
+                f"as its own columns {list(_MFA_COLUMNS)}; rename those labels first, e.g. "
+                f"u.labels['label_{clash[0]}'] = u.labels.pop({clash[0]!r})")
     stems = _export_plan(corpus, layout)  # every name checked before anything is written
     files = _files_of(stems, layout)
     root = Path(folder).expanduser()
@@ -242,14 +204,12 @@ def export_corpus(corpus, folder: Union[str, os.PathLike], layout: str = "mfa", 
 
 
 def _check_read_back(u, layout: str) -> None:
-    """Refuse, naming the utterance, phone and word labels that the layout cannot hold or
-    that :func:`load_folder` / :func:`load_timit` would read back changed (the reader
-    strips labels and folds its default silence marks into ``"sil"`` with the word "")."""
+    """Refuse, naming the utterance, labels the layout cannot hold or its reader would read
+    back changed (stripped, or default silence marks folded into ``"sil"``)."""
     marks = silence_marks(None)
     phones = ["" if p is None else str(p) for p in u.phones["phone"]]
     words = ["" if w is None or (isinstance(w, float) and np.isnan(w)) else str(w)
              for w in u.phones["word"]]
-
     if any(p.strip() == "" for p in phones):
         raise ValueError(f"utterance {u.id!r} has unlabelled phones (''): an empty "
                          "interval reads back as silence; map them to a label first")
@@ -294,7 +254,6 @@ def _check_read_back(u, layout: str) -> None:
 
 
 def _files_of(stems, layout: str) -> list:
-    """Every file (relative to the export folder) that the export writes."""
     if layout == "timit":
         return [stem + suffix for stem in stems for suffix in _SUFFIXES["timit"]]
     files = ["labels.csv"]
@@ -305,9 +264,8 @@ def _files_of(stems, layout: str) -> list:
 
 
 def _earlier_export(root: Path, overwrite: bool) -> list:
-    """The files the earlier export in ``root`` wrote (from its record), [] for an empty
-    or missing folder; refused when the folder holds anything else, or when ``overwrite``
-    is not given."""
+    """The files the earlier export in ``root`` wrote (its record), [] for an empty or
+    missing folder; refused when the folder holds anything else, or without ``overwrite``."""
     if not root.is_dir():
         return []
     here = OwnedFolder(root, "the export folder", create=False)
@@ -350,10 +308,9 @@ def _speaker_dir(u) -> str:
 
 
 def _export_plan(corpus, layout: str) -> list:
-    """The file stem (a path below the export folder) of each utterance, checked: each
-    part is one plain name, every file name written (the id with each of the layout's
-    suffixes) fits in 255 bytes, and no two utterances map to one file (compared as the
-    file systems that fold case and Unicode normalisation would), else the two are named."""
+    """Each utterance's file stem below the export folder, checked: one plain name per part,
+    every file name written fits, no two utterances share a file (up to case and Unicode
+    normalisation, as some file systems fold them)."""
     stems, seen = [], {}
     for u in corpus:
         base = _safe(str(u.id).replace("/", "_").replace("\\", "_"),
@@ -417,12 +374,9 @@ def _export_mfa(corpus, out: OwnedFolder, stems, sf) -> Dict[str, Path]:
 
 
 def _textgrid_text(tg) -> str:
-    """A TextGrid as MFA writes it (long format, UTF-8), made in memory.
-
-    praatio's public API saves only to a file name; ``Textgrid.save`` is these three
-    steps and then a write to that name, so they are called here without the file
-    (``_tgToDictionary`` is praatio's private helper: praatio is pinned to 6.x, and
-    ``tests/test_fs.py`` checks the text equals what ``save`` writes).
+    """A TextGrid as MFA writes it (long format, UTF-8), made in memory: ``Textgrid.save``'s
+    steps without its write to a file name (praatio's private ``_tgToDictionary``: praatio
+    is pinned to 6.x, and ``tests/test_fs.py`` checks the text equals what ``save`` writes).
     """
     from praatio.data_classes.textgrid import _tgToDictionary
     from praatio.utilities import textgrid_io

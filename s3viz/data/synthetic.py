@@ -1,11 +1,6 @@
-"""The embedded speech corpus: English sentences synthesized offline with eSpeak NG.
-
-:func:`synthetic_corpus` speaks seeded grammar sentences with several eSpeak NG
-voices and aligns every phone from eSpeak's phoneme events: real 16 kHz speech
-with exact alignments and no download. The corpus is a deterministic function
-of its parameters (a fresh synthesis subprocess each time) and is cached on
-disk under a hash of them. More: ``docs/data.md``.
-"""
+"""The embedded speech corpus: English sentences synthesized offline with eSpeak NG, with
+exact phone alignments from eSpeak's events, deterministic in its parameters and cached
+on disk under a hash of them (``docs/data.md``)."""
 
 from __future__ import annotations
 
@@ -26,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .. import _deps
-from .._fs import OwnedFolder, UnsafePathError
+from .._fs import OwnedFolder
 from ..interface import SAMPLE_RATE
 from . import _espeak
 from ._corpus import Corpus, Utterance
@@ -51,9 +46,6 @@ rate (words per minute) and a gender label."""
 
 _SPEAKER_DEFAULTS = dict(pitch=50, rate=175, range=50, gender="")
 
-# ---------------------------------------------------------------------------
-# sentences: a small seeded grammar (millions of distinct sentences)
-# ---------------------------------------------------------------------------
 
 def _pairs(text: str) -> list:
     """``"dog:dogs cat:cats"`` -> ``[("dog", "dogs"), ("cat", "cats")]``."""
@@ -131,21 +123,16 @@ def _fill(template: str, rng: random.Random) -> str:
 
 
 def make_sentences(n: int, seed: int = 0) -> pd.DataFrame:
-    """``n`` distinct English sentences from the seeded grammar.
+    """``n`` distinct English sentences from the grammar seeded by ``seed``: columns
+    ``sentence_id`` (``"s0000"``...), ``text`` and ``sentence_type`` (statement, question,
+    command); row ``i`` depends only on ``seed`` and the rows before it.
 
     Args:
         n: how many sentences.
-        seed: the grammar's seed.
-
-    Returns:
-        DataFrame with columns ``sentence_id`` (``"s0000"``...), ``text`` and
-        ``sentence_type`` (statement, question, command); row ``i`` depends only
-        on ``seed`` and the rows before it.
     """
     n = _check_count(n, "n")
     rng = random.Random(f"s3viz-sentences-{int(seed)}")
-    seen = set()
-    rows = []
+    seen, rows = set(), []
     while len(rows) < n:
         kind, template = rng.choice(_TEMPLATES)
         text = _fill(template, rng)
@@ -155,10 +142,6 @@ def make_sentences(n: int, seed: int = 0) -> pd.DataFrame:
         rows.append({"sentence_id": f"s{len(rows):04d}", "text": text, "sentence_type": kind})
     return pd.DataFrame(rows, columns=["sentence_id", "text", "sentence_type"])
 
-
-# ---------------------------------------------------------------------------
-# speakers, cache location
-# ---------------------------------------------------------------------------
 
 def _check_count(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -193,13 +176,11 @@ def _resolve_speakers(speakers) -> Dict[str, Dict[str, object]]:
 
 
 def _voice_spec(name, spec) -> Dict[str, object]:
-    """One user speaker's voice spec, checked and completed with the defaults."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"speaker names must be non-empty str, got {name!r}")
     if not isinstance(spec, Mapping) or not isinstance(spec.get("voice"), str):
-        raise ValueError(
-            f"speakers[{name!r}] must be a dict with a 'voice' str such as 'en-us+f3' "
-            f"(optional 'pitch', 'rate', 'range', 'gender'), got {spec!r}")
+        raise ValueError(f"speakers[{name!r}] must be a dict with a 'voice' str such as 'en-us+f3' "
+                         f"(optional 'pitch', 'rate', 'range', 'gender'), got {spec!r}")
     unknown = set(spec) - {"voice", "pitch", "rate", "range", "gender"}
     if unknown:
         raise ValueError(f"speakers[{name!r}] has unknown keys {sorted(unknown)}")
@@ -216,10 +197,8 @@ def _voice_spec(name, spec) -> Dict[str, object]:
 def _code_version() -> str:
     """A hash of the code that makes a synthetic corpus (a changed rule never reuses a cache)."""
     h = hashlib.sha256()
-    for module in (__file__, _espeak.__file__, os.path.join(os.path.dirname(__file__), "..",
-                                                             "audio.py")):
-        with open(module, "rb") as f:
-            h.update(f.read())
+    for module in (__file__, _espeak.__file__, Path(__file__).parent.parent / "audio.py"):
+        h.update(Path(module).read_bytes())
     return h.hexdigest()[:16]
 
 
@@ -237,45 +216,29 @@ def _espeak_paths() -> Tuple[str, str]:
     try:
         import espeakng_loader
     except ImportError as e:
-        raise ImportError(
-            "synthetic_corpus needs the eSpeak NG library from the PyPI package "
-            "'espeakng-loader': pip install espeakng-loader"
-        ) from e
+        raise ImportError("synthetic_corpus needs the eSpeak NG library from the PyPI package "
+                          "'espeakng-loader': pip install espeakng-loader") from e
     return espeakng_loader.get_library_path(), espeakng_loader.get_data_path()
 
-
-# ---------------------------------------------------------------------------
-# synthesis and alignment
-# ---------------------------------------------------------------------------
 
 _STRIP = str.maketrans("", "", "ˈˌːˑ',:")
 
 
 def _clean_phone(ipa: str, ascii_name: str) -> Optional[str]:
-    """eSpeak phoneme names -> phone label.
-
-    Pauses (ASCII names starting with ``_``) become ``"sil"``; other events
-    without an IPA name (the vowel-to-vowel linking ``;``) return None and are
-    merged into the preceding segment; stress and length marks are removed.
-    """
+    """eSpeak phoneme names -> phone label without stress or length marks: pauses (ASCII
+    ``_...``) are ``"sil"``, other unnamed events (linking ``;``) None (merged before)."""
     if ascii_name.startswith("_"):
         return "sil"
     label = ipa.translate(_STRIP).strip()
     return label or None
 
 
-def _clean_word(word: str) -> str:
-    return "".join(ch for ch in word.lower() if ch.isalnum() or ch == "'").strip("'")
-
-
 def _run_espeak(items: List[dict], seed: int) -> Tuple[dict, np.ndarray]:
     """Synthesize ``items`` in a fresh subprocess; returns (header, int16 samples)."""
     library, data = _espeak_paths()
     job = json.dumps({"library": library, "data": data, "seed": int(seed), "items": items})
-    proc = subprocess.run(
-        [sys.executable, "-I", _espeak.__file__], input=job.encode("utf-8"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False,
-    )
+    proc = subprocess.run([sys.executable, "-I", _espeak.__file__], input=job.encode("utf-8"),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
     if proc.returncode != 0:
         message = proc.stderr.decode("utf-8", "replace").strip()
         if message.startswith("ValueError: "):
@@ -305,24 +268,17 @@ _CLOSURE_THRESHOLD = 0.02  # of the utterance's loudest 5 ms window (RMS)
 
 def _phone_table(events: list, text: str, num_samples_22k: int, wav: np.ndarray) -> list:
     """Tile ``[0, len(wav))`` with ``[phone, word, start, end, word_index]`` rows from eSpeak's
-    events.
-
-    Every phoneme event starts a segment that ends where the next one starts;
-    the stretch before the first phoneme and every pause phoneme are ``"sil"``
-    (consecutive ``"sil"`` merged); linking transitions extend the segment
-    before them; zero-length segments are dropped. eSpeak times a stop at its
-    burst, so the silent closure before a stop is moved from the preceding
-    segment into the stop (as forced aligners label it). ``word_index`` is the
-    position of the phone's word in the utterance (-1 for silence and no word),
-    counted from eSpeak's word events, so "the the cat" keeps two words "the"
-    (as :data:`s3viz.data.alignments.ALIGNMENT_TABLE_COLUMNS` tables do).
-    """
+    events: each phoneme starts a segment that ends at the next; the stretch before the
+    first and every pause are ``"sil"`` (merged); zero-length segments are dropped; a
+    stop's silent closure moves from the segment before into it (eSpeak times the burst).
+    ``word_index`` counts eSpeak's word events ("the the cat" keeps two words "the")."""
     num_samples = int(wav.shape[0])
     # the whitespace-separated token around each character: eSpeak's word events
     # give a 1-based character position (their length may stop at an apostrophe)
     token_at = [""] * (len(text) + 1)
     for m in re.finditer(r"\S+", text):
-        token_at[m.start(): m.end()] = [_clean_word(m.group())] * (m.end() - m.start())
+        word = "".join(ch for ch in m.group().lower() if ch.isalnum() or ch == "'").strip("'")
+        token_at[m.start(): m.end()] = [word] * (m.end() - m.start())
     starts, phones, words, word_ids = [0], ["sil"], [""], [-1]
     word, word_no = "", -1
     for ev in events:
@@ -333,10 +289,8 @@ def _phone_table(events: list, text: str, num_samples_22k: int, wav: np.ndarray)
             continue
         sample = int(ev[1])
         if not 0 <= sample <= num_samples_22k:
-            raise RuntimeError(
-                f"eSpeak NG phoneme event at sample {sample} lies outside the "
-                f"{num_samples_22k}-sample audio of {text!r}"
-            )
+            raise RuntimeError(f"eSpeak NG phoneme event at sample {sample} lies outside the "
+                               f"{num_samples_22k}-sample audio of {text!r}")
         phone = _clean_phone(ev[2], ev[3])
         if phone is None:
             continue
@@ -433,10 +387,6 @@ def _synthesize(plan: List[dict], speakers: Dict[str, dict], seed: int):
     return header["version"], wavs, tables
 
 
-# ---------------------------------------------------------------------------
-# on-disk cache: one .npz per corpus, written atomically, checksummed
-# ---------------------------------------------------------------------------
-
 def _checksum(arrays: Dict[str, np.ndarray]) -> str:
     h = hashlib.sha256()
     for key in sorted(arrays):
@@ -467,41 +417,26 @@ def _pack(meta: dict, wavs: List[np.ndarray], tables: List[list]) -> Dict[str, n
     return arrays
 
 
-def _cache_place(cache_dir) -> Tuple[Path, str]:
-    """The folder the user named (links in it are theirs) and the cache's folder below it
-    ("" for the folder itself; s3viz's own, never followed): ``cache_dir``; else
-    ``$S3VIZ_CACHE`` and ``synthetic``; else ``$XDG_CACHE_HOME`` or ``~/.cache`` and
-    ``s3viz/synthetic``."""
+def _cache_file(cache_dir, name: str) -> Tuple[Path, str]:
+    """The folder the user named (links in it are theirs) and the cache file below it
+    (s3viz's own, never followed): ``cache_dir``; else ``$S3VIZ_CACHE`` and
+    ``synthetic/``; else ``$XDG_CACHE_HOME`` or ``~/.cache`` and ``s3viz/synthetic/``."""
     if cache_dir is not None:
-        return Path(cache_dir).expanduser(), ""
+        return Path(cache_dir).expanduser(), name
     if os.environ.get("S3VIZ_CACHE"):
-        return default_cache_dir(), "synthetic"
-    return default_cache_dir().parent, f"{default_cache_dir().name}/synthetic"
-
-
-def _write_cache(cache_dir, name: str, arrays: Dict[str, np.ndarray]) -> None:
-    root, below = _cache_place(cache_dir)
-    folder = OwnedFolder(root, "the synthetic corpus cache")
-    if below:
-        folder = folder.sub(below)
-    with folder.open_write(name) as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
+        return default_cache_dir(), f"synthetic/{name}"
+    return default_cache_dir().parent, f"{default_cache_dir().name}/synthetic/{name}"
 
 
 def _read_cache(cache_dir, name: str) -> Optional[Dict[str, np.ndarray]]:
-    """The cached arrays, or None when the file is missing, unreadable or corrupt. A link
-    at the file or at ``synthetic/`` is refused (:class:`s3viz._fs.UnsafePathError`)."""
-    root, below = _cache_place(cache_dir)
-    rel = f"{below}/{name}" if below else name
+    """The cached arrays, or None when the file is missing, unreadable or corrupt (a link
+    on the way is an :class:`s3viz._fs.UnsafePathError`)."""
+    root, rel = _cache_file(cache_dir, name)
     path = root / rel
     try:
         data = OwnedFolder(root, "the synthetic corpus cache", create=False).read_bytes(rel)
     except (FileNotFoundError, NotADirectoryError):
         return None
-    except UnsafePathError:
-        raise
     except OSError as e:
         warnings.warn(f"unreadable synthetic corpus cache {str(path)!r} ({e}); regenerating it",
                       stacklevel=3)
@@ -536,15 +471,11 @@ def _unpack(arrays: Dict[str, np.ndarray], name: str) -> Corpus:
     return Corpus(utts, name=name)
 
 
-def synthetic_corpus(
-    n_utterances: int = 120,
-    seed: int = 0,
-    *,
-    speakers: Union[None, int, Sequence[str], Mapping[str, Mapping[str, object]]] = None,
-    n_sentences: Optional[int] = None,
-    cache_dir: Union[None, str, os.PathLike] = None,
-    cache: bool = True,
-) -> Corpus:
+def synthetic_corpus(n_utterances: int = 120, seed: int = 0, *,
+                     speakers: Union[None, int, Sequence[str], Mapping[str, Mapping]] = None,
+                     n_sentences: Optional[int] = None,
+                     cache_dir: Union[None, str, os.PathLike] = None, cache: bool = True
+                     ) -> Corpus:
     """Real English speech with phone alignments, synthesized offline with eSpeak NG.
 
     Each utterance speaks one sentence from a seeded grammar (statements, questions,
@@ -552,9 +483,7 @@ def synthetic_corpus(
     every speaker is in every contiguous split).
 
     Args:
-        n_utterances: number of utterances.
-        seed: seeds the sentences and the speaker order; the same parameters
-            give the same audio bytes.
+        seed: seeds the sentences and the speaker order (same parameters, same audio bytes).
         speakers: ``None`` (the 8 built-in :data:`SPEAKERS`), an int (the first
             ``k`` of them), a list of built-in names, or a dict
             ``{name: {"voice": "en-us+f3", "pitch": 60, "rate": 170, "range": 50,
@@ -562,10 +491,8 @@ def synthetic_corpus(
         n_sentences: number of distinct sentences (default: one per utterance); when
             smaller, utterance ``i`` speaks sentence ``i % n_sentences``, each repetition
             with another speaker.
-        cache_dir: folder for the cache file; default ``default_cache_dir() /
-            "synthetic"``. A symbolic link below the folder the user named (at ``s3viz/``,
-            ``synthetic/`` or the cache file) is refused (``docs/refusals.md``).
-        cache: read and write the on-disk cache.
+        cache_dir: folder for the cache file (read and written when ``cache``); default
+            ``default_cache_dir() / "synthetic"``; a link below it is refused.
 
     Returns:
         A :class:`Corpus` of :class:`Utterance` with ``id`` (``"utt0000"``...),
@@ -585,7 +512,6 @@ def synthetic_corpus(
             raise ValueError(f"n_sentences={n_sentences} exceeds n_utterances={n_utterances}")
     spk = _resolve_speakers(speakers)
     name = f"synthetic(seed={seed})"
-
     library, _ = _espeak_paths()
     version = _espeak.espeak_version(library)
     import soxr
@@ -598,7 +524,6 @@ def synthetic_corpus(
               "soxr": soxr.__version__}  # espeak's 22.05 kHz audio is resampled by soxr
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:20]
     file_name = f"synthetic-{key}.npz"
-
     if cache:
         arrays = _read_cache(cache_dir, file_name)
         if arrays is not None:
@@ -617,11 +542,13 @@ def synthetic_corpus(
         })
     arrays = _pack({"params": params, "utterances": utterances}, wavs, tables)
     if cache:
+        root, rel = _cache_file(cache_dir, file_name)
         try:
-            _write_cache(cache_dir, file_name, arrays)
+            with OwnedFolder(root, "the synthetic corpus cache").open_write(rel) as f:
+                np.savez(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
         except OSError as e:
-            root, below = _cache_place(cache_dir)
-            path = root / below / file_name
-            warnings.warn(f"could not write the synthetic corpus cache {str(path)!r} ({e}); "
-                          "set S3VIZ_CACHE to a writable folder", stacklevel=2)
+            warnings.warn(f"could not write the synthetic corpus cache {str(root / rel)!r} "
+                          f"({e}); set S3VIZ_CACHE to a writable folder", stacklevel=2)
     return _unpack(arrays, name)
