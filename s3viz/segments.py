@@ -160,16 +160,11 @@ def pool_segments(store, layer: int, table: pd.DataFrame, *, chunk: int = 256) -
     return out
 
 
-def _precision(store, layer: int) -> torch.dtype:
-    """The dtype whose rounding the stored layer's values carry (s3viz._numerics)."""
-    from ._numerics import profile_layer
-
-    own = getattr(store, "_precision", None)
-    dtype = own[layer] if own is not None else store.store_dtype
-    exact = profile_layer(store, layer).exact
-    if exact and torch.finfo(exact[0]).eps > torch.finfo(dtype).eps:
-        return exact[0]
-    return dtype
+def frames_precision(dtype: torch.dtype, exact) -> torch.dtype:
+    """The dtype whose rounding frames produced in ``dtype`` carry: the narrowest of
+    ``exact`` (the dtypes that hold every value, :attr:`s3viz._numerics.Profile.exact`)
+    where it is narrower."""
+    return exact[0] if exact and torch.finfo(exact[0]).eps > torch.finfo(dtype).eps else dtype
 
 
 def common_segments(tables: Sequence[pd.DataFrame], column: str):
@@ -199,33 +194,35 @@ def common_segments(tables: Sequence[pd.DataFrame], column: str):
     return kept, labels, tables[0].attrs["dropped"] + len(tables[0]) - len(t0)
 
 
-def segment_store(store, column: str, layers: Sequence[int], *, utterances=None):
-    """A store whose "utterances" are the segments of ``column``, one pooled frame each.
-
-    The segments kept are those with frames in every one of ``layers`` (stored
-    layer ``layers[i]`` becomes layer ``i``). ``labels`` hold ``id``
-    (``"<utterance id>:<k>"``), ``utterance``, ``speaker`` (when the store has
-    it), ``column`` (the segment's label) and ``context`` (``prev|label|next``,
-    the default control type); ``_group_ids`` (the segments' utterances) keeps
-    an utterance's segments in one fold under ``split_by="utterance"``.
-    """
+def means_store(labels: pd.DataFrame, pooled, rates, precision, weights):
+    """A store whose "utterances" are the segments of ``labels`` (:func:`common_segments`),
+    one frame each: their means ``pooled`` (one tensor per layer). ``_group_ids`` (the
+    segments' utterances) keeps an utterance's segments in one fold under
+    ``split_by="utterance"``; ``_precision`` (per layer) is that of the frames they average,
+    the rounding their guard judges them by."""
     from .store import LayerStore
+
+    out = LayerStore.from_tensors([[p[j:j + 1] for p in pooled] for j in range(len(labels))],
+                                  downsample_rates=rates, labels=labels, weights_source=weights)
+    out._group_ids = labels["utterance"].tolist()
+    out._precision = list(precision)
+    return out
+
+
+def segment_store(store, column: str, layers: Sequence[int], *, utterances=None):
+    """The :func:`means_store` of the segments of ``column`` with frames in every one of
+    ``layers`` (stored layer ``layers[i]`` becomes layer ``i``): the examples
+    ``probe_layers(level="segment")`` probes. ``labels`` as :func:`common_segments`
+    gives them; ``_dropped``: the segments left out."""
+    from ._numerics import profile_layer
     from .upstreams._hub import weights_of
 
     layers = [int(v) for v in layers]
     tables = [segment_table(store, layer, column, utterances=utterances) for layer in layers]
     kept, labels, dropped = common_segments(tables, column)
-    pooled = [pool_segments(store, layer, t) for layer, t in zip(layers, kept)]
-    # the precision the segments' frames carry (the store's, or narrower where every value
-    # fits float16/float32): the guard's rounding threshold of the pooled vectors
-    precision = [_precision(store, layer) for layer in layers]
-    t0 = kept[0]
-    hidden = [[p[j:j + 1] for p in pooled] for j in range(len(t0))]
-    out = LayerStore.from_tensors(hidden, downsample_rates=[store.downsample_rates[v]
-                                                            for v in layers], labels=labels,
-                                  weights_source=weights_of(store))
-    out._group_ids = t0["id"].tolist()
-    out._precision = precision
-    # no frame in the first layer, or in one of the others
+    out = means_store(labels, [pool_segments(store, v, t) for v, t in zip(layers, kept)],
+                      [store.downsample_rates[v] for v in layers],
+                      [frames_precision(store.store_dtype, profile_layer(store, v).exact)
+                       for v in layers], weights_of(store))
     out._dropped = dropped
     return out
