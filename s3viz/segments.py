@@ -90,11 +90,8 @@ def segment_table(store, layer: int, column: str = "phone", *, utterances=None,
                              f"{missing[:5]}); select aligned ones")
     lengths = np.asarray(store.lengths(s))
     offsets = np.concatenate([[0], np.cumsum(lengths)])
-    rate = store.downsample_rates[s]
-    rf = store.receptive_fields[s]
-    labels = store.labels
-    speaker = labels["speaker"].to_numpy() if "speaker" in labels.columns else None
-    ids = store.ids
+    rate, rf, ids = store.downsample_rates[s], store.receptive_fields[s], store.ids
+    speaker = store.labels["speaker"].to_numpy() if "speaker" in store.labels.columns else None
     rows, dropped = [], 0
     skip = set(skip)
     for u in sel:
@@ -104,13 +101,10 @@ def segment_table(store, layer: int, column: str = "phone", *, utterances=None,
                            f"{list(table.columns)}")
         seg = _runs(table, column)
         lab = seg["label"].tolist()
-        prev = ["<s>"] + lab[:-1]
-        nxt = lab[1:] + ["</s>"]
+        prev, nxt = ["<s>"] + lab[:-1], lab[1:] + ["</s>"]
         # frame k belongs to the segment holding its centre: k * rate + rf / 2 in [start, end)
-        first = np.ceil((seg["start"].to_numpy() - rf / 2.0) / rate).astype(np.int64)
-        stop = np.ceil((seg["end"].to_numpy() - rf / 2.0) / rate).astype(np.int64)
-        first = np.clip(first, 0, lengths[u])
-        stop = np.clip(stop, 0, lengths[u])
+        first, stop = (np.clip(np.ceil((seg[c].to_numpy() - rf / 2.0) / rate).astype(np.int64),
+                               0, lengths[u]) for c in ("start", "end"))
         for j, v in enumerate(lab):
             if v in skip:
                 continue
@@ -125,9 +119,7 @@ def segment_table(store, layer: int, column: str = "phone", *, utterances=None,
         # one spelling per speaker (7 and 7.0 are one); a missing speaker is "" (refused
         # where speakers are used: a speaker split, ABX's speaker conditions)
         out["speaker"] = [label_str(speaker[u]) for u in out["utt"]]
-    out.attrs["dropped"] = dropped
-    out.attrs["layer"] = s
-    out.attrs["column"] = column
+    out.attrs.update(dropped=dropped, layer=s, column=column)
     return out
 
 
@@ -151,12 +143,10 @@ def pool_segments(store, layer: int, table: pd.DataFrame, *, chunk: int = 256) -
     for a in range(0, len(order), chunk):
         part = order[a:a + chunk].tolist()
         frames, _ = store.layer(s, utterances=part, dtype=dt)
-        lens = np.asarray(store.lengths(s))[part]
-        offs = np.concatenate([[0], np.cumsum(lens)])
+        offs = np.concatenate([[0], np.cumsum(np.asarray(store.lengths(s))[part])])
         for k, u in enumerate(part):
-            base = offs[k]
             for r in by_utt[u]:
-                out[r] = frames[base + f0[r]: base + f1[r]].double().mean(0).to(dt)
+                out[r] = frames[offs[k] + f0[r]: offs[k] + f1[r]].double().mean(0).to(dt)
     return out
 
 

@@ -74,13 +74,11 @@ class SegmentProbe(Measure):
         self.probes = {t: RidgeProbe(t, split_by=probe.split_by[t], **kw) for t in probe.targets}
         self.utterances = utterances
         self.method = None if method == "ridge" else method
-        if self.method is not None:
-            options = (str, RidgeOptions, LogisticOptions)
-            ms = [method] if isinstance(method, options) else list(method)
-            if not ms or not all(m in METHODS if isinstance(m, str) else isinstance(m, options)
-                                 for m in ms):
-                raise ValueError(f"method must be one of {METHODS}, RidgeOptions(...) or "
-                                 f"LogisticOptions(...) (or a list of them), got {method!r}")
+        ms = list(method) if isinstance(method, (list, tuple)) else [method]
+        if not ms or not all(m in METHODS or isinstance(m, (RidgeOptions, LogisticOptions))
+                             for m in ms):
+            raise ValueError(f"method must be one of {METHODS}, RidgeOptions(...) or "
+                             f"LogisticOptions(...) (or a list of them), got {method!r}")
         self.passes = probe.passes if self.method is None else 1
 
     def setup(self, ctx: Context) -> None:
