@@ -101,7 +101,7 @@ class SegmentProbe(Measure):
                 probe.setup(Context(seg, mine, ctx.layer_ids, ctx.sizes, ctx.rates, ctx.fields,
                                     ctx.device, ctx.reduce, ctx.weights, ctx.store_dtype,
                                     lambda ones=ones: ones))
-        # per layer: has a frame that float16, float32 does not hold (the frames' precision)
+        # per layer and narrow dtype: some frame it does not hold exactly (the frames' precision)
         self.add_state("inexact", torch.zeros(ctx.num_layers, len(_NARROW), dtype=torch.int64))
         means = None if self.method is None else {
             t: [torch.zeros(len(seg), h, dtype=ctx.read_dtype) for h in ctx.sizes]
