@@ -90,11 +90,8 @@ def segment_table(store, layer: int, column: str = "phone", *, utterances=None,
                              f"{missing[:5]}); select aligned ones")
     lengths = np.asarray(store.lengths(s))
     offsets = np.concatenate([[0], np.cumsum(lengths)])
-    rate = store.downsample_rates[s]
-    rf = store.receptive_fields[s]
-    labels = store.labels
-    speaker = labels["speaker"].to_numpy() if "speaker" in labels.columns else None
-    ids = store.ids
+    rate, rf, ids = store.downsample_rates[s], store.receptive_fields[s], store.ids
+    speaker = store.labels["speaker"].to_numpy() if "speaker" in store.labels.columns else None
     rows, dropped = [], 0
     skip = set(skip)
     for u in sel:
@@ -104,13 +101,10 @@ def segment_table(store, layer: int, column: str = "phone", *, utterances=None,
                            f"{list(table.columns)}")
         seg = _runs(table, column)
         lab = seg["label"].tolist()
-        prev = ["<s>"] + lab[:-1]
-        nxt = lab[1:] + ["</s>"]
+        prev, nxt = ["<s>"] + lab[:-1], lab[1:] + ["</s>"]
         # frame k belongs to the segment holding its centre: k * rate + rf / 2 in [start, end)
-        first = np.ceil((seg["start"].to_numpy() - rf / 2.0) / rate).astype(np.int64)
-        stop = np.ceil((seg["end"].to_numpy() - rf / 2.0) / rate).astype(np.int64)
-        first = np.clip(first, 0, lengths[u])
-        stop = np.clip(stop, 0, lengths[u])
+        first, stop = (np.clip(np.ceil((seg[c].to_numpy() - rf / 2.0) / rate).astype(np.int64),
+                               0, lengths[u]) for c in ("start", "end"))
         for j, v in enumerate(lab):
             if v in skip:
                 continue
@@ -125,9 +119,7 @@ def segment_table(store, layer: int, column: str = "phone", *, utterances=None,
         # one spelling per speaker (7 and 7.0 are one); a missing speaker is "" (refused
         # where speakers are used: a speaker split, ABX's speaker conditions)
         out["speaker"] = [label_str(speaker[u]) for u in out["utt"]]
-    out.attrs["dropped"] = dropped
-    out.attrs["layer"] = s
-    out.attrs["column"] = column
+    out.attrs.update(dropped=dropped, layer=s, column=column)
     return out
 
 
@@ -151,25 +143,18 @@ def pool_segments(store, layer: int, table: pd.DataFrame, *, chunk: int = 256) -
     for a in range(0, len(order), chunk):
         part = order[a:a + chunk].tolist()
         frames, _ = store.layer(s, utterances=part, dtype=dt)
-        lens = np.asarray(store.lengths(s))[part]
-        offs = np.concatenate([[0], np.cumsum(lens)])
+        offs = np.concatenate([[0], np.cumsum(np.asarray(store.lengths(s))[part])])
         for k, u in enumerate(part):
-            base = offs[k]
             for r in by_utt[u]:
-                out[r] = frames[base + f0[r]: base + f1[r]].double().mean(0).to(dt)
+                out[r] = frames[offs[k] + f0[r]: offs[k] + f1[r]].double().mean(0).to(dt)
     return out
 
 
-def _precision(store, layer: int) -> torch.dtype:
-    """The dtype whose rounding the stored layer's values carry (s3viz._numerics)."""
-    from ._numerics import profile_layer
-
-    own = getattr(store, "_precision", None)
-    dtype = own[layer] if own is not None else store.store_dtype
-    exact = profile_layer(store, layer).exact
-    if exact and torch.finfo(exact[0]).eps > torch.finfo(dtype).eps:
-        return exact[0]
-    return dtype
+def frames_precision(dtype: torch.dtype, exact) -> torch.dtype:
+    """The dtype whose rounding frames produced in ``dtype`` carry: the narrowest of
+    ``exact`` (the dtypes that hold every value, :attr:`s3viz._numerics.Profile.exact`)
+    where it is narrower."""
+    return exact[0] if exact and torch.finfo(exact[0]).eps > torch.finfo(dtype).eps else dtype
 
 
 def common_segments(tables: Sequence[pd.DataFrame], column: str):
@@ -199,33 +184,35 @@ def common_segments(tables: Sequence[pd.DataFrame], column: str):
     return kept, labels, tables[0].attrs["dropped"] + len(tables[0]) - len(t0)
 
 
-def segment_store(store, column: str, layers: Sequence[int], *, utterances=None):
-    """A store whose "utterances" are the segments of ``column``, one pooled frame each.
-
-    The segments kept are those with frames in every one of ``layers`` (stored
-    layer ``layers[i]`` becomes layer ``i``). ``labels`` hold ``id``
-    (``"<utterance id>:<k>"``), ``utterance``, ``speaker`` (when the store has
-    it), ``column`` (the segment's label) and ``context`` (``prev|label|next``,
-    the default control type); ``_group_ids`` (the segments' utterances) keeps
-    an utterance's segments in one fold under ``split_by="utterance"``.
-    """
+def means_store(labels: pd.DataFrame, pooled, rates, precision, weights):
+    """A store whose "utterances" are the segments of ``labels`` (:func:`common_segments`),
+    one frame each: their means ``pooled`` (one tensor per layer). ``_group_ids`` (the
+    segments' utterances) keeps an utterance's segments in one fold under
+    ``split_by="utterance"``; ``_precision`` (per layer) is that of the frames they average,
+    the rounding their guard judges them by."""
     from .store import LayerStore
+
+    out = LayerStore.from_tensors([[p[j:j + 1] for p in pooled] for j in range(len(labels))],
+                                  downsample_rates=rates, labels=labels, weights_source=weights)
+    out._group_ids = labels["utterance"].tolist()
+    out._precision = list(precision)
+    return out
+
+
+def segment_store(store, column: str, layers: Sequence[int], *, utterances=None):
+    """The :func:`means_store` of the segments of ``column`` with frames in every one of
+    ``layers`` (stored layer ``layers[i]`` becomes layer ``i``): the examples
+    ``probe_layers(level="segment")`` probes. ``labels`` as :func:`common_segments`
+    gives them; ``_dropped``: the segments left out."""
+    from ._numerics import profile_layer
     from .upstreams._hub import weights_of
 
     layers = [int(v) for v in layers]
     tables = [segment_table(store, layer, column, utterances=utterances) for layer in layers]
     kept, labels, dropped = common_segments(tables, column)
-    pooled = [pool_segments(store, layer, t) for layer, t in zip(layers, kept)]
-    # the precision the segments' frames carry (the store's, or narrower where every value
-    # fits float16/float32): the guard's rounding threshold of the pooled vectors
-    precision = [_precision(store, layer) for layer in layers]
-    t0 = kept[0]
-    hidden = [[p[j:j + 1] for p in pooled] for j in range(len(t0))]
-    out = LayerStore.from_tensors(hidden, downsample_rates=[store.downsample_rates[v]
-                                                            for v in layers], labels=labels,
-                                  weights_source=weights_of(store))
-    out._group_ids = t0["id"].tolist()
-    out._precision = precision
-    # no frame in the first layer, or in one of the others
+    out = means_store(labels, [pool_segments(store, v, t) for v, t in zip(layers, kept)],
+                      [store.downsample_rates[v] for v in layers],
+                      [frames_precision(store.store_dtype, profile_layer(store, v).exact)
+                       for v in layers], weights_of(store))
     out._dropped = dropped
     return out

@@ -5,7 +5,7 @@ The segments come from the alignments and the frame counts alone
 pass; each batch pools the frames of its utterances' segments, and a ridge
 probe (:class:`~s3viz.measures.probe.RidgeProbe`, utterance level over the
 segments) takes them as its examples, an utterance's segments kept in one fold.
-The tables are those of ``probe_layers(level="segment")`` without control tasks.
+This is ``probe_layers(level="segment")`` (``docs/probes.md``).
 """
 
 from __future__ import annotations
@@ -16,56 +16,77 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..probe.layers import METHODS, RidgeOptions, probe_layers
+from ..probe.logistic import LogisticOptions
 from ..probe.ridge import LAMBDAS
 from ..probe.tables import segment_result, segment_results
-from ..segments import common_segments, segment_table
+from ..segments import common_segments, frames_precision, means_store, segment_table
 from ._engine import Batch, Context, CorpusLayers, Measure
 from .probe import RidgeProbe
 
 __all__ = ["SegmentProbe"]
 
+_NARROW = (torch.float16, torch.float32)  # the precisions frames may carry (Profile.exact)
+
 
 class _Segments:
-    """The segments of one target: their labels (as utterance metadata) and frames."""
+    """The segments of one target as utterances' metadata (``_precision``: after pass 1)."""
 
-    def __init__(self, labels: pd.DataFrame, group_ids: list):
-        self.labels, self._group_ids = labels, group_ids
+    def __init__(self, labels: pd.DataFrame):
+        self.labels, self._group_ids = labels, labels["utterance"].tolist()
         self.ids = labels["id"].tolist()
         self.phones = [None] * len(labels)
+        self._precision = None
 
     def __len__(self) -> int:
         return len(self.ids)
 
 
 class SegmentProbe(Measure):
-    """Cross-validated ridge probes of segments (phones, words) of every layer.
+    """Cross-validated probes of segments (phones, words) of every layer.
 
     Args:
         target: alignment column(s) whose segments are the examples (``"phone"``,
             ``"word"``; silence left out).
-        folds, split_by, seed, lambdas: as for :class:`RidgeProbe`; an
-            utterance's segments stay in one fold.
+        method: ``"ridge"`` (statistics summed over batches, penalties ``lambdas``) or
+            any other ``method`` of :func:`s3viz.probe_layers` (``"logistic"``, options,
+            a list): these need every segment's mean, kept (segments x hidden per
+            target and layer, summed over ranks) and probed after the pass.
+        folds, split_by, seed, lambdas, utterances, profile_pass: as for
+            :class:`RidgeProbe`; an utterance's segments stay in one fold.
+        control: as for :class:`RidgeProbe`; ``True`` types a segment by its label
+            and its neighbours' (``"context"``).
 
     ``compute()`` gives the table of ``probe_layers(level="segment")``
     (``attrs["n_dropped"]``: segments owning no frame, per target).
     """
 
     name = "segments"
-    passes = 2
 
-    def __init__(self, target: str | Sequence[str] = "phone", *, folds: int = 5,
-                 split_by: str | dict = "auto", seed: int = 0,
-                 lambdas: Sequence[float] = LAMBDAS):
+    def __init__(self, target: str | Sequence[str] = "phone", *, method="ridge",
+                 folds: int = 5, split_by: str | dict = "auto", seed: int = 0,
+                 lambdas: Sequence[float] = LAMBDAS, control: bool | str = False,
+                 utterances=None, profile_pass: bool = False):
         super().__init__()
-        probe = RidgeProbe(target, folds=folds, split_by=split_by, seed=seed, lambdas=lambdas)
-        self.probes = {t: RidgeProbe(t, folds=folds, split_by=probe.split_by[t], seed=seed,
-                                     lambdas=lambdas) for t in probe.targets}
+        kw = dict(level="utterance", folds=folds, seed=seed, lambdas=lambdas,
+                  control="context" if control is True else control, profile_pass=profile_pass)
+        probe = RidgeProbe(target, split_by=split_by, **kw)
+        self.probes = {t: RidgeProbe(t, split_by=probe.split_by[t], **kw) for t in probe.targets}
+        self.utterances = utterances
+        self.method = None if method == "ridge" else method
+        ms = list(method) if isinstance(method, (list, tuple)) else [method]
+        if not ms or not all(m in METHODS or isinstance(m, (RidgeOptions, LogisticOptions))
+                             for m in ms):
+            raise ValueError(f"method must be one of {METHODS}, RidgeOptions(...) or "
+                             f"LogisticOptions(...) (or a list of them), got {method!r}")
+        self.passes = probe.passes if self.method is None else 1
 
     def setup(self, ctx: Context) -> None:
         self.ctx, view = ctx, CorpusLayers(ctx)
-        self.spans, self.dropped = {}, {}
+        self.spans, self.dropped, self.segments = {}, {}, {}
         for t, probe in self.probes.items():
-            tables = [segment_table(view, s, t) for s in range(ctx.num_layers)]
+            tables = [segment_table(view, s, t, utterances=self.utterances)
+                      for s in range(ctx.num_layers)]
             kept, labels, self.dropped[t] = common_segments(tables, t)
             utt = kept[0]["utt"].to_numpy()
             # per utterance: its segments and, per layer, their frame spans
@@ -73,15 +94,23 @@ class SegmentProbe(Measure):
                                       [(k["frame_start"].to_numpy()[utt == u],
                                         k["frame_end"].to_numpy()[utt == u]) for k in kept])
                              for u in np.unique(utt)}
-            seg = _Segments(labels, kept[0]["id"].tolist())
-            mine = np.flatnonzero(np.isin(utt, ctx.positions))
-            ones = np.ones((len(labels), ctx.num_layers), dtype=np.int64)
-            probe.setup(Context(seg, mine, ctx.layer_ids, ctx.sizes, ctx.rates, ctx.fields,
-                                ctx.device, ctx.reduce, ctx.weights, ctx.store_dtype,
-                                lambda ones=ones: ones))
+            seg = self.segments[t] = _Segments(labels)
+            if self.method is None:
+                mine = np.flatnonzero(np.isin(utt, ctx.positions))
+                ones = np.ones((len(labels), ctx.num_layers), dtype=np.int64)
+                probe.setup(Context(seg, mine, ctx.layer_ids, ctx.sizes, ctx.rates, ctx.fields,
+                                    ctx.device, ctx.reduce, ctx.weights, ctx.store_dtype,
+                                    lambda ones=ones: ones))
+        # per layer and narrow dtype: some frame it does not hold exactly (the frames' precision)
+        self.add_state("inexact", torch.zeros(ctx.num_layers, len(_NARROW), dtype=torch.int64))
+        means = None if self.method is None else {
+            t: [torch.zeros(len(seg), h, dtype=ctx.read_dtype) for h in ctx.sizes]
+            for t, seg in self.segments.items()}
+        self.add_state("means", means, lambda v, reduce: {t: [reduce(x) for x in xs]
+                                                           for t, xs in v.items()})
 
-    def _segment_batch(self, t: str, batch: Batch) -> Batch | None:
-        """The batch's segments of ``t`` as a batch of one-frame "utterances"."""
+    def _pooled(self, t: str, batch: Batch):
+        """``(segment positions, per layer their means)`` of the batch's segments of ``t``."""
         rows, pooled = [], [[] for _ in range(self.ctx.num_layers)]
         offsets = np.vstack([np.zeros((1, batch.lens.shape[1]), dtype=np.int64),
                              np.cumsum(batch.lens, 0)])
@@ -93,30 +122,54 @@ class SegmentProbe(Measure):
             for s, (f0, f1) in enumerate(per_layer):
                 x = batch.frames[s][offsets[b, s]:offsets[b + 1, s]]
                 pooled[s].extend(x[a:e].double().mean(0).to(x.dtype) for a, e in zip(f0, f1))
-        if not rows:
-            return None
-        pos = np.concatenate(rows)
-        frames = [torch.stack(p) for p in pooled]
-        return Batch(self.probes[t].ctx, pos, frames,
-                     np.ones((len(pos), self.ctx.num_layers), dtype=np.int64))
+        return (np.concatenate(rows), [torch.stack(p) for p in pooled]) if rows else (None, None)
 
     def update(self, batch: Batch, pass_index: int) -> None:
+        if pass_index == 0:
+            for s, x in enumerate(batch.frames):
+                for i, d in enumerate(_NARROW):
+                    if not self.inexact[s, i] and not bool((x.to(d).to(x.dtype) == x).all()):
+                        self.inexact[s, i] = 1
         for t, probe in self.probes.items():
-            seg = self._segment_batch(t, batch)
-            if seg is not None:
-                probe.update(seg, pass_index)
+            pos, frames = self._pooled(t, batch)
+            if pos is None:
+                continue
+            if self.method is None:  # a batch of one-frame "utterances"
+                probe.update(Batch(probe.ctx, pos, frames, np.ones(
+                    (len(pos), self.ctx.num_layers), dtype=np.int64)), pass_index)
+            else:
+                for s, x in enumerate(frames):
+                    self.means[t][s][torch.from_numpy(pos)] = x
 
     def merge(self, pass_index: int, reduce) -> None:
-        for probe in self.probes.values():
-            probe.merge(pass_index, reduce)
+        super().merge(pass_index, reduce)
+        if self.method is None:
+            for probe in self.probes.values():
+                probe.merge(pass_index, reduce)
 
     def end_pass(self, pass_index: int) -> None:
-        for probe in self.probes.values():
-            probe.end_pass(pass_index)
+        if pass_index == 0:  # the precision the segments' frames carry, before any guard
+            precision = [frames_precision(self.ctx.store_dtype, [
+                d for d, bad in zip(_NARROW, row) if not bad]) for row in self.inexact.tolist()]
+            for seg in self.segments.values():
+                seg._precision = precision
+        if self.method is None:
+            for probe in self.probes.values():
+                probe.end_pass(pass_index)
 
     def compute(self) -> pd.DataFrame:
         ctx = self.ctx
         layer_ids = dict(zip(ctx.layer_index, ctx.layer_ids))
-        tables = [segment_result(probe.compute(), ctx.layer_index, layer_ids)
-                  for probe in self.probes.values()]
+        tables = []
+        for t, probe in self.probes.items():
+            if self.method is None:
+                res = probe.compute()
+            else:
+                seg = self.segments[t]
+                store = means_store(seg.labels, self.means[t], ctx.rates, seg._precision,
+                                    ctx.weights)
+                res = probe_layers(store, t, level="utterance", method=self.method,
+                                   folds=probe.folds, split_by=probe.split_by[t],
+                                   control=probe.control, device=ctx.device, seed=probe.seed)
+            tables.append(segment_result(res, ctx.layer_index, layer_ids))
         return segment_results(tables, dict(self.dropped))

@@ -22,7 +22,7 @@ from ..upstreams._hub import weights_of
 from .folds import _positions, check_folds, check_split_by, resolve_split
 from .logistic import LogisticOptions, _logistic_layers
 from .ridge import LAMBDAS
-from .tables import result_row, result_table, segment_result, segment_results
+from .tables import result_row, result_table
 from .targets import LEVELS, ProbeTask, resolve_level
 
 __all__ = ["METHODS", "RidgeOptions", "probe_layers"]
@@ -163,16 +163,10 @@ def probe_layers(
     if level is not None and level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS} or None, got {level!r}")
     if level == "segment":
-        if sharding is not None:
-            raise ValueError("probe_layers(level='segment') does not take sharding; a sharded "
-                             "run of segment probes is s3viz.measures.SegmentProbe under "
-                             "run_measures(..., reduce=) or stream_analysis(shard=, reduce=)")
-        out = _probe_segments(
-            store, targets, method=methods, layers=_v.stored_layers(store, layers), folds=folds,
-            split_by=split_by, control=control, utterances=utterances, device=device,
-            seed=seed)
-        out.attrs["weights"] = weights
-        return out
+        return _probe_segments(store, targets, methods, meta, positions, reduce,
+                               layers=_v.stored_layers(store, layers), folds=folds,
+                               split_by=split_by, control=control, utterances=utterances,
+                               device=_resolve_device(device), seed=seed)
     layer_list = _v.stored_layers(store, layers)
     corpus = store if meta is None else meta  # the whole corpus's metadata
     sel = _positions(corpus, utterances)
@@ -274,15 +268,19 @@ def _shard_setup(store, sharding, methods):
     return reference, np.asarray([ref_index[u] for u in store.ids], dtype=np.int64)
 
 
-def _probe_segments(store, targets, *, layers, utterances, control, **kw) -> pd.DataFrame:
-    """probe_layers(level="segment"): the utterance-level probes of a store of segments."""
-    from ..segments import segment_store
+def _probe_segments(store, targets, methods, meta, positions, reduce, *, layers, device,
+                    **kw) -> pd.DataFrame:
+    """probe_layers(level="segment"): :class:`~s3viz.measures.SegmentProbe` on the store."""
+    from ..measures import SegmentProbe, StoreSource, run_measures
 
-    tables, dropped = [], {}
-    for tgt in targets:
-        seg = segment_store(store, tgt, layers, utterances=utterances)
-        res = probe_layers(seg, tgt, level="utterance", layers=None, control=(
-            "context" if control is True else control), **kw)
-        tables.append(segment_result(res, layers, store.layer_ids))
-        dropped[tgt] = int(seg._dropped)
-    return segment_results(tables, dropped)
+    ridge = len(methods) == 1 and methods[0].name == "ridge"  # else: segment means kept
+    probe = SegmentProbe(list(dict.fromkeys(targets)), method="ridge" if ridge else methods,
+                         lambdas=methods[0].lambdas if ridge else LAMBDAS, profile_pass=True,
+                         **kw)
+    source = StoreSource(store, meta=meta, positions=positions, layers=layers)
+    table = run_measures([probe], source, device=device, reduce=reduce)["segments"]
+    if len(set(targets)) == len(targets):
+        return table
+    out = pd.concat([table[table["target"] == t] for t in targets], ignore_index=True)
+    out.attrs = table.attrs  # a target listed twice: its rows twice
+    return out
