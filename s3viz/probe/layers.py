@@ -22,7 +22,7 @@ from ..upstreams._hub import weights_of
 from .folds import _positions, check_folds, check_split_by, resolve_split
 from .logistic import LogisticOptions, _logistic_layers
 from .ridge import LAMBDAS
-from .tables import result_row, result_table, segment_result, segment_results
+from .tables import concat_tables, result_row, result_table, segment_result, segment_results
 from .targets import LEVELS, ProbeTask, resolve_level
 
 __all__ = ["METHODS", "RidgeOptions", "probe_layers"]
@@ -189,55 +189,37 @@ def probe_layers(
     # the corpus's labels and frame counts of every stored layer (summed over shards)
     ctx = StoreSource(store, meta=meta, positions=positions).context(
         device, reduce or (lambda t: t))
-    ridge = {}
-    for opts in methods:
-        if opts.name == "ridge" and opts not in ridge:
-            source = StoreSource(store, meta=meta, positions=positions, layers=layer_list)
-            probe = RidgeProbe(list(dict.fromkeys(targets)), level=level, folds=folds, split_by=splits, seed=seed,
-                               lambdas=opts.lambdas, control=control, utterances=sel,
-                               profile_pass=True)
-            if layer_list[0] != 0:  # frame-level folds balanced as probe_folds balances them
-                probe.fold_frames = ctx.lengths()[:, 0]
-            ridge[opts] = run_measures([probe], source, device=device,
-                                       reduce=reduce)["probe"]
-    if all(opts.name == "ridge" for opts in methods) and len(ridge) == 1 \
-            and len(set(targets)) == len(targets):  # else: a row per target as listed
-        table = next(iter(ridge.values()))
-        table.attrs["weights"] = weights
-        return table
-    control_by = control if isinstance(control, str) else None
-    control = bool(control)
+    unique, tables = list(dict.fromkeys(targets)), {}
+    for opts in dict.fromkeys(m for m in methods if m.name == "ridge"):
+        source = StoreSource(store, meta=meta, positions=positions, layers=layer_list)
+        probe = RidgeProbe(unique, level=level, folds=folds, split_by=splits, seed=seed,
+                           lambdas=opts.lambdas, control=control, utterances=sel,
+                           profile_pass=True)
+        if layer_list[0] != 0:  # frame-level folds balanced as probe_folds balances them
+            probe.fold_frames = ctx.lengths()[:, 0]
+        tables[opts] = run_measures([probe], source, device=device, reduce=reduce)["probe"]
     layer_ids = list(getattr(store, "layer_ids", range(store.num_layer)))
-    rows, degenerate = [], {}
-    fold_accuracy = {}
-    for tgt in targets:
-        lev = resolve_level(corpus, tgt, level)
-        task = None
-        for opts in methods:
-            if opts.name == "ridge":
-                table = ridge[opts]
-                rows += [{"n_unseen": 0, "unseen_fraction": 0.0, **r}
-                         for r in table.drop(columns="split_by").to_dict("records")
-                         if r["target"] == tgt]
-                fold_accuracy.update({k: v for k, v in table.attrs["fold_accuracy"].items()
-                                      if k[0] == tgt})
-                continue
-            if task is None:
-                task = ProbeTask(TaskCorpus(ctx), tgt, lev, sel, folds, splits[tgt], seed,
-                                 control, control_by)
-                if lev == "frame":
-                    task.set_frame_classes(layer_list)
+    degenerate = {}
+    for opts in dict.fromkeys(m for m in methods if m.name == "logistic"):
+        rows, fold_accuracy = [], {}
+        for tgt in unique:
+            lev = resolve_level(corpus, tgt, level)
+            task = ProbeTask(TaskCorpus(ctx), tgt, lev, sel, folds, splits[tgt], seed,
+                             bool(control), control if isinstance(control, str) else None)
+            if lev == "frame":
+                task.set_frame_classes(layer_list)
             c = len(task.classes)
             per_layer = _logistic_layers(task, store, ctx.positions, layer_list, c, device,
                                          opts, reduce=reduce)
-            degenerate.update({layer: per_layer[layer][4] for layer in layer_list
-                               if len(per_layer[layer]) > 4 and per_layer[layer][4]})
             for layer in layer_list:
+                if per_layer[layer][4]:
+                    degenerate[layer] = per_layer[layer][4]
                 rows.append(result_row(tgt, opts.name, lev, layer, int(layer_ids[layer]), c,
-                                       folds, control, per_layer[layer], fold_accuracy))
+                                       folds, bool(control), per_layer[layer], fold_accuracy))
+        tables[opts] = result_table(rows, fold_accuracy, bool(control), splits)
     warn_degenerate("probe_layers", degenerate, "accuracy")
-    return result_table(rows, fold_accuracy, control, splits, folds=folds, seed=seed,
-                        weights=weights)
+    return concat_tables([(t, tables[m]) for t in targets for m in methods], folds=folds,
+                         seed=seed, weights=weights)
 
 
 def _as_list(v, name: str) -> list:

@@ -230,7 +230,7 @@ def _logistic_group(task: ProbeTask, xs: torch.Tensor, y_np: np.ndarray, fold_np
     k = y_np.shape[0]
     y = torch.from_numpy(y_np).to(device)
     conf = np.zeros((xs.shape[0], k, folds, c, c), dtype=np.int64)
-    counts = np.zeros((k, folds, c))
+    counts = np.zeros((folds, k * c))
     n_fold = np.zeros(folds)
     for f in range(folds):
         test_m = fold_np == f
@@ -263,10 +263,9 @@ def _logistic_group(task: ProbeTask, xs: torch.Tensor, y_np: np.ndarray, fold_np
                     t = y[hh, idx]
                     for li in range(xs.shape[0]):
                         conf[li, hh, f] += confusion_matrix(t, pred[li, :, hh], c)
-        train_all = ~test_m
         for hh in range(k):
-            counts[hh, f] = np.bincount(y_np[hh][train_all], minlength=c)
-        n_fold[f] = train_all.sum()
+            counts[f, hh * c:(hh + 1) * c] = np.bincount(y_np[hh][~test_m], minlength=c)
+        n_fold[f] = (~test_m).sum()
     if reduce is not None:
         conf = reduce(torch.from_numpy(conf)).numpy()
         counts = reduce(torch.from_numpy(counts)).numpy()
@@ -282,9 +281,7 @@ def _logistic_layers(task: ProbeTask, store, positions: np.ndarray, layer_list: 
     shard); with ``reduce`` (sharded, ``dev_fraction=0``) the L-BFGS gradients, the
     scaling and the counts are summed over shards.
     """
-    where = np.full(task.n_utt, -1, dtype=np.int64)  # corpus position -> selection index
-    where[task.sel] = np.arange(len(task.sel))
-    mine = where[np.asarray(positions, dtype=np.int64)]
+    mine = task.where[np.asarray(positions, dtype=np.int64)]
     local = np.flatnonzero(mine >= 0).tolist()  # the store's utterances of the task
     tpos = mine[local]
     arg = None if len(local) == len(store) else local
@@ -302,15 +299,14 @@ def _logistic_layers(task: ProbeTask, store, positions: np.ndarray, layer_list: 
                                   + [np.zeros(0, dtype=np.int64)])
             keep = d.y[rows] >= 0
             rows = rows[keep]
-            y_np = [d.y[rows]] + ([d.y_ctrl[rows]] if task.control else [])
+            y_np = task.heads(rows, d)
             fold_np, group_np = d.fold[rows], task.groups[d.utt[rows]]
         else:
             rows = tpos
-            y_np = [task.y[rows]] + ([task.y_ctrl[rows]] if task.control else [])
+            y_np = task.heads(rows)
             fold_np, group_np = task.utt_fold[rows], task.groups[rows]
-        n = len(rows)
-        y_np = np.stack(y_np).astype(np.int64).reshape(len(y_np), n)
-        n_group = n
+        n = n_group = len(rows)
+        y_np = np.ascontiguousarray(y_np.T.astype(np.int64))
         if reduce is not None:  # every shard must group the layers alike (same collectives)
             n_group = int(reduce(torch.tensor([float(n)], dtype=torch.float64))[0])
         per = max(1, int(opts.max_memory // max(1, n_group * h * 4)))

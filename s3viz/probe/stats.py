@@ -17,13 +17,6 @@ from .._numerics import safe_scale
 __all__ = ["ProbeStats"]
 
 
-# ---------------------------------------------------------------------------
-# sufficient statistics
-
-
-# ---------------------------------------------------------------------------
-
-
 class ProbeStats:
     """Sufficient statistics of a linear least-squares probe, per group of examples.
 
@@ -41,37 +34,23 @@ class ProbeStats:
     ``sum_yy``    ``diag(Y^T Y)``                     ``(G, C)``
     ============  ==================================  ====================
 
-    The ``x`` sums are of ``x - shift``, with ``shift`` ``(H,)`` the mean of the
-    first examples added to empty statistics: ``X^T X`` of features with a
-    large mean would otherwise cancel every digit of their covariance (see
-    :mod:`s3viz._numerics`). Everything is a sum over examples, so statistics of
-    two shards of data add up (``a + b``, re-based on one shift when theirs
-    differ) to the statistics of their union; a sharded or distributed run
-    merges with :meth:`reduced` (``torch.distributed.all_reduce`` through
-    ``reduce``). :meth:`solve` fits the ridge probe from them.
-
-    Args:
-        count, sum_x, sum_xx, sum_y, sum_xy, sum_yy: tensors of the shapes above.
-        shift: ``(H,)`` the point the ``x`` sums are taken from (default 0).
+    The ``x`` sums are of ``x - shift`` (``(H,)``, default 0; empty statistics take
+    the mean of their first examples), so that a large mean does not cancel the
+    digits of the covariance (:mod:`s3viz._numerics`). Statistics of two shards add
+    up (``a + b``) to those of their union; a distributed run merges with
+    :meth:`reduced`. :meth:`solve` fits the ridge probe from them.
     """
 
     _FIELDS = ("count", "sum_x", "sum_xx", "sum_y", "sum_xy", "sum_yy")
 
     def __init__(self, count, sum_x, sum_xx, sum_y, sum_xy, sum_yy, shift=None):
-        g = count.shape[0]
-        h = sum_x.shape[-1]
-        c = sum_y.shape[-1]
-        expected = {
-            "count": (g,), "sum_x": (g, h), "sum_xx": (g, h, h),
-            "sum_y": (g, c), "sum_xy": (g, h, c), "sum_yy": (g, c),
-        }
-        values = dict(zip(self._FIELDS, (count, sum_x, sum_xx, sum_y, sum_xy, sum_yy)))
-        for name, shape in expected.items():
-            if tuple(values[name].shape) != shape:
-                raise ValueError(
-                    f"ProbeStats: {name} must have shape {shape} (groups, hidden, targets), "
-                    f"got {tuple(values[name].shape)}"
-                )
+        g, h, c = count.shape[0], sum_x.shape[-1], sum_y.shape[-1]
+        shapes = ((g,), (g, h), (g, h, h), (g, c), (g, h, c), (g, c))
+        for name, v, shape in zip(self._FIELDS, (count, sum_x, sum_xx, sum_y, sum_xy, sum_yy),
+                                  shapes):
+            if tuple(v.shape) != shape:
+                raise ValueError(f"ProbeStats: {name} must have shape {shape} (groups, hidden, "
+                                 f"targets), got {tuple(v.shape)}")
         self.count, self.sum_x, self.sum_xx = count, sum_x, sum_xx
         self.sum_y, self.sum_xy, self.sum_yy = sum_y, sum_xy, sum_yy
         self._shift_fixed = shift is not None or bool((count != 0).any())
@@ -82,19 +61,12 @@ class ProbeStats:
             raise ValueError(f"ProbeStats: shift must have shape ({h},), got {tuple(shift.shape)}")
         self.shift = shift
 
-    # -- construction -------------------------------------------------------
     @classmethod
     def zeros(cls, num_groups: int, hidden_size: int, num_targets: int, *,
               dtype=torch.float64, device=None) -> ProbeStats:
-        """Empty statistics for ``num_groups`` groups of ``hidden_size``-dim examples.
-
-        Args:
-            num_groups: groups (folds' parts) the sums are kept apart for.
-            num_targets: target columns (one per class of a one-hot target).
-        """
+        """Empty statistics (``num_targets``: one column per class of a one-hot target)."""
         kw = {"dtype": dtype, "device": device}
         g, h, c = int(num_groups), int(hidden_size), int(num_targets)
-        # no shift yet: the first update fixes it
         return cls(torch.zeros(g, **kw), torch.zeros(g, h, **kw), torch.zeros(g, h, h, **kw),
                    torch.zeros(g, c, **kw), torch.zeros(g, h, c, **kw), torch.zeros(g, c, **kw))
 
@@ -102,17 +74,8 @@ class ProbeStats:
     def from_data(cls, x: torch.Tensor, y: torch.Tensor, group: torch.Tensor | None = None, *,
                   num_groups: int | None = None, num_targets: int | None = None,
                   dtype=torch.float64, device=None) -> ProbeStats:
-        """Statistics of examples ``x`` with targets ``y`` (see :meth:`update`).
-
-        Args:
-            x: ``(num_examples, hidden_size)`` features.
-            y: ``(num_examples,)`` or ``(num_examples, num_blocks)`` long class
-                indices into ``[0, num_targets)`` (one-hot, or one-hot per block),
-                or a ``(num_examples, num_targets)`` float target matrix.
-            group: ``(num_examples,)`` long group of each example (default all 0).
-            num_groups: number of groups (default ``group.max() + 1``).
-            num_targets: number of target columns (default from ``y``).
-        """
+        """Statistics of examples ``x`` with targets ``y`` (:meth:`update`); ``num_groups``
+        defaults to ``group.max() + 1``, ``num_targets`` to what ``y`` holds."""
         if group is None:
             num_groups = 1 if num_groups is None else num_groups
         elif num_groups is None:
@@ -131,13 +94,11 @@ class ProbeStats:
         """Add examples in place and return ``self``.
 
         Args:
-            x: ``(num_examples, hidden_size)`` features (any float dtype;
-                accumulated in this object's dtype).
+            x: ``(num_examples, hidden_size)`` features (accumulated in this dtype).
             y: ``(num_examples,)`` or ``(num_examples, num_blocks)`` long class
-                indices (each row of ``Y`` is one-hot in each block), or a
-                ``(num_examples, num_targets)`` float target matrix.
-            group: ``(num_examples,)`` long group index of each example, or
-                ``None`` when all examples belong to group 0.
+                indices (one-hot per block), or a ``(num_examples, num_targets)``
+                float target matrix.
+            group: ``(num_examples,)`` long group of each example (None: group 0).
         """
         dev, dt = self.device, self.dtype
         x = torch.as_tensor(x).to(device=dev, dtype=dt)
@@ -185,7 +146,6 @@ class ProbeStats:
                     xy_t.index_add_(0, yg[:, b], xg)
         return self
 
-    # -- algebra ------------------------------------------------------------
     def _tensors(self):
         return tuple(getattr(self, f) for f in self._FIELDS)
 
@@ -195,15 +155,8 @@ class ProbeStats:
         return out
 
     def rebased(self, shift: torch.Tensor) -> ProbeStats:
-        """The same statistics with the ``x`` sums taken from ``shift`` instead.
-
-        With ``d = self.shift - shift``: ``sum (x - shift) = S + n d`` and
-        ``sum (x - shift)(x - shift)^T = XX + S d^T + d S^T + n d d^T`` per group;
-        exact up to rounding when the two shifts are close (as shards' are).
-
-        Args:
-            shift: the ``(hidden_size,)`` vector subtracted from ``x`` before summing.
-        """
+        """The same statistics with the ``x`` sums taken from ``shift`` instead (with
+        ``d = self.shift - shift``: ``S + n d`` and ``XX + S d^T + d S^T + n d d^T``)."""
         shift = torch.as_tensor(shift).to(device=self.device, dtype=self.dtype)
         if torch.equal(shift, self.shift):
             return self
@@ -237,10 +190,8 @@ class ProbeStats:
     def reduced(self, reduce) -> ProbeStats:
         """The statistics of all shards, from this shard's (every shard calls this).
 
-        ``reduce`` sums a tensor over shards (e.g.
-        :func:`s3viz.distributed.all_reduce_sum`). The shards' shifts differ, so
-        each is first re-based on the global mean of ``x`` (one collective more
-        than the statistics themselves); the result is the same on every shard.
+        ``reduce`` sums a tensor over shards (e.g. :func:`s3viz.distributed.all_reduce_sum`);
+        each shard is first re-based on the global mean of ``x``.
         """
         n_all = reduce(self.count.sum().reshape(1).clone())
         total = self.sum_x.sum(0) + self.count.sum() * self.shift
@@ -250,35 +201,19 @@ class ProbeStats:
         return ProbeStats(*(reduce(t.clone()) for t in base._tensors()), shift=mean)
 
     def select(self, groups: Sequence[int]) -> ProbeStats:
-        """Statistics of the union of ``groups`` (a single group).
-
-        Args:
-            groups: indices of the groups summed.
-        """
+        """Statistics of the union of ``groups`` (a single group)."""
         idx = torch.as_tensor(list(groups), dtype=torch.long, device=self.device)
         return self._like(*(t.index_select(0, idx).sum(0, keepdim=True) for t in self._tensors()))
 
     def without(self, groups: Sequence[int]) -> ProbeStats:
-        """Statistics of every group except ``groups`` (e.g. the training part of a fold).
-
-        Summed from the remaining groups rather than subtracted from the total,
-        so no precision is lost to cancellation.
-
-        Args:
-            groups: indices of the groups left out.
-        """
+        """Statistics of every group except ``groups`` (e.g. a fold's training part),
+        summed rather than subtracted from the total (no cancellation)."""
         drop = {int(g) for g in groups}
         return self.select([g for g in range(self.num_groups) if g not in drop])
 
     def keep_targets(self, targets: Sequence[int]) -> ProbeStats:
-        """The statistics of target columns ``targets`` only (e.g. dropping classes never seen).
-
-        Each target column is an independent regression sharing the ``x``
-        statistics, so the result equals accumulating only those columns.
-
-        Args:
-            targets: indices of the target columns kept, in ``0..num_targets-1``.
-        """
+        """The statistics of target columns ``targets`` only (e.g. dropping classes never
+        seen): equal to accumulating only those columns."""
         idx = torch.as_tensor(list(targets), dtype=torch.long, device=self.device)
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.num_targets):
             raise IndexError(f"targets must be in [0, {self.num_targets}), got {list(targets)}")
@@ -293,7 +228,6 @@ class ProbeStats:
         return self._like(*(t.to(device=device, dtype=dtype) for t in self._tensors()),
                           shift=self.shift.to(device=device, dtype=dtype))
 
-    # -- properties ---------------------------------------------------------
     @property
     def num_groups(self) -> int:
         return int(self.count.shape[0])
@@ -321,7 +255,6 @@ class ProbeStats:
             f"dtype={self.dtype}, device={self.device})"
         )
 
-    # -- fitting ------------------------------------------------------------
     def _moments(self):
         """(mean - shift, scale, ybar, A, B) of all groups: A = standardised covariance,
         B = cross-covariance; the mean relative to ``shift``, as the sums are."""
@@ -345,20 +278,9 @@ class ProbeStats:
         return self.shift + mu, sd, ybar, a, b
 
     def dev_mse(self, dev: ProbeStats, lambdas: Sequence[float]) -> torch.Tensor:
-        """Mean squared error on ``dev`` of ridge fits on these statistics, for each penalty.
-
-        Only statistics are used: ``||Y - Z W - ybar||^2`` expands into terms of
-        ``Z^T Z``, ``Z^T Y`` and ``Y^T Y`` of the dev examples standardised with the
-        training mean and scale. One eigendecomposition serves the whole grid.
-
-        Args:
-            dev: statistics of the held-out examples (all their groups are pooled).
-            lambdas: the penalties to compare (as in :meth:`solve`).
-
-        Returns:
-            ``(len(lambdas), num_targets)`` per-column mean squared error (float32:
-            it only ranks the penalties; the statistics themselves stay float64).
-        """
+        """``(len(lambdas), num_targets)`` mean squared error on ``dev`` (all its groups
+        pooled) of ridge fits on these statistics, one per penalty, from the statistics
+        alone (one eigendecomposition for the grid; float32: it only ranks them)."""
         mu, sd, ybar, a, b = self._moments()
         d = dev.total() if dev.num_groups != 1 else dev
         d = d.to(self.device, self.dtype).rebased(self.shift)  # the same reference point
@@ -382,19 +304,12 @@ class ProbeStats:
         return (yyc[None] - 2 * cross + quad) / max(n, 1.0)
 
     def solve(self, lam: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fit the ridge probe on all groups.
+        """Fit the ridge probe on all groups: ``weight (hidden_size, num_targets)`` and
+        ``bias (num_targets,)``, scores ``x @ weight + bias``.
 
-        Minimises ``mean ||y - W^T x - b||^2 + lam * ||W_std||^2`` where ``W_std``
-        are the weights on standardised features (zero mean, unit variance; the
-        intercept is not penalised).
-
-        Args:
-            lam: penalty relative to the mean eigenvalue (1) of the standardised
-                covariance.
-
-        Returns:
-            ``weight`` ``(hidden_size, num_targets)`` and ``bias`` ``(num_targets,)``
-            in the original feature space: scores are ``x @ weight + bias``.
+        Minimises ``mean ||y - W^T x - b||^2 + lam * ||W_std||^2`` (``W_std``: the
+        weights on standardised features; ``lam`` relative to their covariance's mean
+        eigenvalue, 1; the intercept not penalised).
         """
         mu, sd, ybar, a, b = self._standardized()
         ws = _ridge_solve(a, b, float(lam))

@@ -1,10 +1,10 @@
 """Probe targets: the label rules of probes, featurizers and streaming, and :class:`ProbeTask`.
 
 :func:`utterance_label_strings`, :func:`require_alignments`, :func:`check_classes`
-and ``s3viz._labels`` (one spelling per label) are the one set of rules (``docs/probes.md``, "Labels")
-that the probes, ``train_featurizer``/``WeightedScorer`` and the ``RidgeProbe``
-measure apply. A :class:`ProbeTask` reads one target at one level with them, maps classes
-to ids, assigns folds and control classes, and pools utterance-level features.
+and ``s3viz._labels`` (one spelling per label) are the one set of rules
+(``docs/probes.md``, "Labels"). A :class:`ProbeTask` is the one place that reads a
+target with them and derives its classes, split groups, folds (and the ridge
+probe's sub-folds), held-out checks and control classes.
 """
 
 from __future__ import annotations
@@ -18,15 +18,8 @@ import pandas as pd
 
 from .._labels import label_str, label_strings
 from ..align import frame_labels as _align_frame_labels
-from .folds import (
-    _store_arg,
-    assign_folds,
-    check_heldout,
-    control_labels,
-    fold_class_counts,
-    resolve_split,
-    split_groups,
-)
+from .folds import (_store_arg, assign_folds, check_dev_parts, check_heldout, control_labels,
+                    fold_class_counts, resolve_split, split_groups)
 
 LEVELS = ("frame", "utterance", "segment")
 
@@ -34,16 +27,12 @@ UNSEEN = -2
 """Class id of a held-out example whose class the training part lacks (always wrong;
 :meth:`ProbeTask.held_out_classes`); -1 is an unlabelled example."""
 
-_ALIGN_COLUMNS = ("start", "end")
-
 
 def _phone_columns(store) -> list[str]:
     cols: list[str] = []
     for ph in getattr(store, "phones", None) or []:
         if ph is not None:
-            for c in ph.columns:
-                if c not in cols and c not in _ALIGN_COLUMNS:
-                    cols.append(c)
+            cols += [c for c in ph.columns if c not in cols and c not in ("start", "end")]
     return cols
 
 
@@ -68,40 +57,49 @@ def resolve_level(store, target: str, level: str | None) -> str:
 
 @dataclass
 class FrameTargets:
-    """The frame labels of one layer geometry (rate, receptive field, frame counts).
+    """The frame labels of one layer geometry; rows are the selected utterances' frames
+    in selection order. ``y`` (-1: unlabelled), ``fold`` and ``y_ctrl`` are set by
+    :meth:`ProbeTask.set_frame_classes`."""
 
-    Rows are the selected utterances' frames, concatenated in selection order.
-    ``y``, ``fold`` and ``y_ctrl`` are set by :meth:`ProbeTask.set_frame_classes`.
-    """
-
-    raw: np.ndarray  # (sum_T,) label strings; "" is unlabelled
-    labelled: np.ndarray  # (sum_T,) bool: raw != ""
-    utt: np.ndarray  # (sum_T,) position in the task's selection
-    lengths: np.ndarray  # (len(sel),) frames per selected utterance
-    y: np.ndarray | None = None  # (sum_T,) class id, -1 unlabelled
-    fold: np.ndarray | None = None  # (sum_T,) the frame's utterance's fold
-    y_ctrl: np.ndarray | None = None  # (sum_T,) control class id (control=True), -1 unlabelled
-    unseen: np.ndarray | None = None  # (folds,) test frames whose class training lacks
+    raw: np.ndarray  # label strings, "" unlabelled
+    labelled: np.ndarray
+    utt: np.ndarray  # position in the task's selection
+    lengths: np.ndarray  # frames per selected utterance
+    y: np.ndarray | None = None
+    fold: np.ndarray | None = None
+    y_ctrl: np.ndarray | None = None
 
 
 class ProbeTask:
-    """Everything about one target that does not depend on the layer."""
+    """Everything about one target that does not depend on the layer.
 
-    def __init__(self, store, target, level, sel, folds, split_by, seed, control, control_by,
-                 fixes: dict | None = None):
-        # fixes: how the caller's user leaves out unlabelled or unaligned utterances
-        # ({"labels": ..., "alignments": ...}), for the error messages
-        self.fixes = fixes or {}
-        self.target, self.level, self.sel = target, level, sel
-        self.folds, self.split_by, self.seed = folds, split_by, seed
+    Utterance level: ``classes``, ``y``, ``utt_fold`` (stratified by class for an
+    utterance split) and ``y_ctrl`` at construction. Frame level: the folds and
+    classes come with :meth:`set_frame_classes` (every frame label read first) or,
+    for a stream, :meth:`set_frame_folds`, :meth:`alignment_classes` then
+    :meth:`keep_seen` (per-fold class counts of the first pass).
+    ``fixes``: how the caller's user leaves out unlabelled or unaligned utterances
+    (``{"labels": ..., "alignments": ...}``), for the error messages.
+    """
+
+    def __init__(self, store, target, level, sel, folds, split_by, seed, control=False,
+                 control_by=None, fixes: dict | None = None):
+        self._base(store, target, level, sel, seed, fixes)
+        self.folds, self.split_by = folds, split_by
         self.control, self.control_by = control, control_by
-        self.n_utt = len(store)
-        self.ids = np.asarray(store.ids, dtype=object)[sel]
         self.groups = split_groups(store, sel, split_by)
         if level == "utterance":
             self._init_utterance(store)
         else:
             self._init_frame(store)
+
+    def _base(self, store, target, level, sel, seed, fixes):
+        self.fixes = fixes or {}
+        self.target, self.level, self.sel, self.seed = target, level, sel, seed
+        self.n_utt = len(store)
+        self.ids = np.asarray(store.ids, dtype=object)[sel]
+        self.where = np.full(self.n_utt, -1, dtype=np.int64)  # position -> selection index
+        self.where[sel] = np.arange(len(sel))
 
     @classmethod
     def held_out(cls, store, target: str, level: str, sel: np.ndarray, *,
@@ -109,20 +107,15 @@ class ProbeTask:
                  fixes: dict | None = None) -> ProbeTask:
         """The task of one held-out part (``train_featurizer``, ``WeightedScorer``).
 
-        The label rules are the probes' (an unlabelled utterance or, at frame
-        level, an unaligned one is refused); ``split_by="auto"`` is resolved as
-        for the probes (:func:`~.folds.resolve_split`); the selected utterances
-        are dealt into ``max(3, round(1 / test_fraction))`` folds of whole
-        groups balanced by frames, at every level (the split of
+        The probes' label rules and ``split_by="auto"``; the selected utterances
+        are dealt into ``max(3, round(1 / test_fraction))`` folds of whole groups
+        balanced by frames, at every level (the split of
         :func:`~.folds.probe_folds`). Fold 0 is held out, the rest trains;
         :meth:`held_out_classes` then fixes the classes from the training part.
         """
         task = cls.__new__(cls)
-        task.fixes = fixes or {}
-        task.target, task.level, task.sel, task.seed = target, level, sel, seed
+        task._base(store, target, level, sel, seed, fixes)
         task.control, task.control_by = False, None
-        task.n_utt = len(store)
-        task.ids = np.asarray(store.ids, dtype=object)[sel]
         if level == "frame":
             task._init_frame(store)
         else:
@@ -140,11 +133,9 @@ class ProbeTask:
 
         ``raw``: the label string of each example (``""``: unlabelled); ``utt``:
         its utterance's position in the selection. The classes (set here) are
-        those of the training part (:func:`check_classes`); the held-out part
-        is checked as the probes' folds are (:func:`~.folds.check_heldout`:
-        refused when none of its examples has a class seen in training,
-        warned about when some have not). Returns int64 ids: -1 unlabelled,
-        :data:`UNSEEN` a held-out example of a class training lacks.
+        those of the training part; the held-out part is checked as the probes'
+        folds are (:func:`~.folds.check_heldout`). Returns int64 ids: -1
+        unlabelled, :data:`UNSEEN` a held-out example of a class training lacks.
         """
         fold = self.utt_fold[utt]
         train = raw[fold >= 1]
@@ -182,6 +173,52 @@ class ProbeTask:
                      for u, n in zip(self.sel, lengths)]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=object)
 
+    # -- what the probes read -------------------------------------------------
+    @property
+    def index(self) -> dict:
+        """Class name -> id."""
+        return {c: i for i, c in enumerate(self.classes)}
+
+    @property
+    def blocks(self) -> list[slice]:
+        """The target's columns of a one-hot of all heads (target, control) and the control's."""
+        c = len(self.classes)
+        return [slice(0, c)] + ([slice(c, 2 * c)] if self.control else [])
+
+    def heads(self, rows: np.ndarray, d: FrameTargets | None = None) -> np.ndarray:
+        """``(len(rows), heads)`` class ids of the target and (``control``) the control
+        task of utterance-level examples ``rows`` (or the rows of frames ``d``)."""
+        src = self if d is None else d
+        return np.stack([src.y[rows]] + ([src.y_ctrl[rows]] if self.control else []), 1)
+
+    def sub_folds(self, lambdas: Sequence[float] | None = None) -> np.ndarray:
+        """The ridge probe's sub-fold of each utterance, ``fold * sub + part``.
+
+        With 2 folds (``sub = 2``) each fold is cut in two parts of whole groups, so
+        that a dev part exists outside the test fold and the training part; a fold of
+        one group cannot be cut and is refused (:func:`~.folds.check_dev_parts`) unless
+        ``lambdas`` is a single penalty (None: a grid, which needs the dev part).
+        """
+        if self.folds != 2:
+            return self.utt_fold.copy()
+        if lambdas is None or len(lambdas) > 1:
+            check_dev_parts(self.utt_fold, self.groups, self.folds, self.split_by, self.target)
+        rng = np.random.default_rng([self.seed, 77])
+        g_uniq, g_inv = np.unique(self.groups.astype(str), return_inverse=True)
+        g_sub = np.zeros(len(g_uniq), dtype=np.int64)
+        for f in range(self.folds):  # alternate parts within each fold so both are non-empty
+            members = np.unique(g_inv[self.utt_fold == f])
+            g_sub[rng.permutation(members)] = np.arange(len(members)) % 2
+        return self.utt_fold * 2 + g_sub[g_inv]
+
+    def check_heldout(self, test, train, items: str, warn: bool = True, y=None,
+                      groups=None) -> np.ndarray:
+        """:func:`~.folds.check_heldout` of this task's ``(folds, C)`` class counts."""
+        level = "segment" if items == "segment" else self.level
+        return check_heldout(test, train, target=self.target, level=level,
+                             split_by=self.split_by, classes=self.classes, items=items, y=y,
+                             groups=groups, warn=warn)
+
     # -- utterance level ------------------------------------------------------
     def _init_utterance(self, store):
         keys = utterance_label_strings(store.labels, self.target, self.sel, self.ids,
@@ -199,13 +236,13 @@ class ProbeTask:
                     "split_by='utterance' to probe speaker identity"
                 )
         # utterances are stratified by class; segments share their utterance's fold
-        strata = (self.y if self.split_by == "utterance"
-                  and getattr(store, "_group_ids", None) is None else None)
-        self.utt_fold = assign_folds(self.groups, np.ones(len(self.sel)), self.folds, self.seed,
-                                      strata=strata, what=self.split_by)
         segments = getattr(store, "_group_ids", None) is not None
-        self.unseen = self.check_heldout(self.y, self.utt_fold, self.groups,
-                                         "segment" if segments else "utterance")
+        strata = self.y if self.split_by == "utterance" and not segments else None
+        self.utt_fold = assign_folds(self.groups, np.ones(len(self.sel)), self.folds, self.seed,
+                                     strata=strata, what=self.split_by)
+        self.check_heldout(*fold_class_counts(self.y, self.utt_fold, self.folds,
+                                              len(self.classes)),
+                           "segment" if segments else "utterance", y=self.y, groups=self.groups)
         if self.control:
             by = self.control_by
             if by is None:
@@ -243,55 +280,74 @@ class ProbeTask:
         """The :class:`FrameTargets` of ``layer`` (shared by layers of one geometry)."""
         key = self.frame_key(layer)
         if key not in self._labels:
-            store = self.store
-            lab = np.asarray(store.frame_labels(layer, column=self.target,
-                                                utterances=_store_arg(self.sel, self.n_utt)),
-                             dtype=object)
-            lengths = np.asarray(store.lengths(layer))[self.sel].astype(np.int64)
+            lab = np.asarray(self.store.frame_labels(
+                layer, column=self.target, utterances=_store_arg(self.sel, self.n_utt)),
+                dtype=object)
+            lengths = np.asarray(self.store.lengths(layer))[self.sel].astype(np.int64)
             if lab.shape[0] != lengths.sum():
-                raise RuntimeError(
-                    f"store.frame_labels({layer}) gave {lab.shape[0]} labels for "
-                    f"{lengths.sum()} frames"
-                )
-            utt = np.repeat(np.arange(len(self.sel)), lengths)
-            lab_s = label_strings(lab)
-            labelled = lab_s != ""
-            self._labels[key] = FrameTargets(raw=lab_s, labelled=labelled, utt=utt,
-                                             lengths=lengths)
+                raise RuntimeError(f"store.frame_labels({layer}) gave {lab.shape[0]} labels "
+                                   f"for {lengths.sum()} frames")
+            raw = label_strings(lab)
+            self._labels[key] = FrameTargets(raw=raw, labelled=raw != "", lengths=lengths,
+                                             utt=np.repeat(np.arange(len(self.sel)), lengths))
         return self._labels[key]
 
+    def set_frame_folds(self, weights: np.ndarray | None = None) -> None:
+        """The folds: groups balanced by ``weights`` per selected utterance (default its
+        frames in layer 0, as :func:`~.folds.probe_folds`)."""
+        if weights is None:
+            weights = np.asarray(self.store.lengths(0))[self.sel]
+        self.utt_fold = assign_folds(self.groups, weights, self.folds, self.seed,
+                                     what=self.split_by)
+
     def set_frame_classes(self, layers: Sequence[int], weights: np.ndarray | None = None):
-        """Fix the class list from the labels of all probed layers, and the folds (groups
-        balanced by ``weights`` per selected utterance: default its frames in layer 0)."""
+        """Fix the class list from the labels of all probed layers, the folds
+        (:meth:`set_frame_folds`), each frame's class, fold and control class, and
+        check the held-out classes."""
         for layer in layers:
             self.frame_targets(layer)
         all_labels = np.concatenate([d.raw[d.labelled] for d in self._labels.values()])
         self.classes = np.unique(all_labels.astype(str))
         check_classes(self.target, self.classes, len(all_labels))
-        if weights is None:  # as probe_folds does
-            weights = np.asarray(self.store.lengths(0))[self.sel]
-        self.utt_fold = assign_folds(self.groups, weights, self.folds, self.seed,
-                                      what=self.split_by)
-        index = {c: i for i, c in enumerate(self.classes)}
+        self.set_frame_folds(weights)
+        index = self.index
         for (rate, rf, _), d in self._labels.items():
-            y = np.full(d.raw.shape[0], -1, dtype=np.int64)
-            y[d.labelled] = [index[v] for v in d.raw[d.labelled]]
-            d.y = y
+            d.y = np.full(d.raw.shape[0], -1, dtype=np.int64)
+            d.y[d.labelled] = [index[v] for v in d.raw[d.labelled]]
             d.fold = self.utt_fold[d.utt]
             if self.control:
                 d.y_ctrl = self._frame_control(d, rate, rf)
-        warned = False  # layers of other geometries label frames alike: one warning
-        for d in self._labels.values():
-            d.unseen = self.check_heldout(d.y, d.fold, self.groups[d.utt], "frame", warn=not warned)
-            warned = warned or bool(d.unseen.any())
+        self._check_layers([(*fold_class_counts(d.y, d.fold, self.folds, len(self.classes)),
+                             d.y, self.groups[d.utt]) for d in self._labels.values()])
 
-    def check_heldout(self, y, fold, groups, items: str, warn: bool = True) -> np.ndarray:
-        """:func:`~.folds.check_heldout` of examples ``y`` in ``fold`` (refuse or warn)."""
-        test, train = fold_class_counts(y, fold, self.folds, len(self.classes))
-        level = "segment" if items == "segment" else self.level
-        return check_heldout(test, train, target=self.target, level=level,
-                             split_by=self.split_by, classes=self.classes, items=items, y=y,
-                             groups=groups, warn=warn)
+    def _check_layers(self, parts: list) -> None:
+        """The held-out check of each layer's ``(test, train, y, groups)`` frame counts, one
+        warning (layers of other geometries label frames alike)."""
+        warned = False
+        for test, train, y, groups in parts:
+            warned = bool(self.check_heldout(test, train, "frame", warn=not warned, y=y,
+                                             groups=groups).any()) or warned
+
+    def alignment_classes(self) -> None:
+        """The classes of the selected utterances' alignments, before any frame is read
+        (a stream: :meth:`keep_seen` keeps those its frames carry)."""
+        values = {v for u in self.sel
+                  for v in label_strings(self.store.phones[u][self.target].tolist())}
+        self.classes = np.asarray(sorted(v for v in values if v != ""), dtype=object)
+        check_classes(self.target, self.classes, None, where="in the corpus's alignments")
+
+    def keep_seen(self, counts: list[np.ndarray]) -> np.ndarray:
+        """Keep the classes that label a frame, given each layer's ``(folds, C)`` frames
+        per fold and class, and check the held-out classes; returns the kept columns."""
+        keep = np.flatnonzero(sum(c.sum(0) for c in counts) > 0)
+        self.classes = self.classes[keep]
+        if len(keep) < 2:
+            raise ValueError(
+                f"target {self.target!r} has {len(keep)} class(es) among the labelled "
+                "frames: nothing to classify; choose another target or more utterances")
+        self._check_layers([(c[:, keep], c[:, keep].sum(0, keepdims=True) - c[:, keep], None,
+                             None) for c in counts])
+        return keep
 
     def _frame_control(self, d: FrameTargets, rate, rf) -> np.ndarray:
         by = "context" if self.control_by is None else self.control_by
@@ -323,9 +379,6 @@ class ProbeTask:
         y_ctrl[m] = control_labels(types[m], d.y[m], len(self.classes), self.seed)
         return y_ctrl
 
-
-# ---------------------------------------------------------------------------
-# the one set of label rules of probes, featurizers and streaming
 
 
 def _fix(fixes: dict, key: str) -> dict:
