@@ -1,13 +1,10 @@
 """Ridge probes of every layer: statistics, then scoring (after a profile, for a store).
 
-The tables of ``probe_layers(method="ridge")`` from sufficient statistics summed
-over batches and ranks (:class:`~s3viz.probe.ProbeStats`): one pass sums them per
-fold, its end solves every fold's ridge regression (the penalty chosen on inner
-folds), the next counts each held-out fold's confusion matrix. Utterance targets
-with no more utterances than dimensions keep the pooled rows instead and solve in
-the dual after the statistics pass. With ``profile_pass=True`` (``probe_layers``
-on a store) a first pass profiles each layer, so that its numerics guard scales
-the frames before any sum. The maths: ``docs/probes.md``.
+One pass sums :class:`~s3viz.probe.ProbeStats` per fold (or keeps the pooled rows of
+utterance targets with no more utterances than dimensions, solved in the dual), its
+end solves every fold, the next counts each held-out fold's confusion matrix; with
+``profile_pass=True`` a first pass profiles each layer for its numerics guard. The
+maths: ``docs/probes.md``.
 """
 
 from __future__ import annotations
@@ -20,12 +17,13 @@ import torch
 
 from .. import _validate as _v
 from .._numerics import Guard, Profile, float64_sums_span, profile_guard, warn_degenerate
-from ..probe.folds import SPLIT_CHOICES, check_folds, check_split_by, resolve_split
+from ..probe.folds import (SPLIT_CHOICES, check_folds, check_split_by, fold_class_counts,
+                           resolve_split)
 from ..probe.ridge import (LAMBDAS, confusion_matrix, fold_train_counts, ridge_fit_folds,
                            ridge_layer_utterance)
 from ..probe.stats import ProbeStats
 from ..probe.tables import result_row, result_table
-from ..probe.targets import ProbeTask, resolve_level
+from ..probe.targets import ProbeTask, check_control, resolve_level
 from ..store import utterance_selection
 from ._engine import Batch, Context, Measure
 
@@ -43,10 +41,6 @@ _FIXES = {
 def _reduce_list(values: list, reduce) -> list:
     return [None if v is None else (v.reduced(reduce) if isinstance(v, ProbeStats)
                                      else reduce(v)) for v in values]
-
-
-def _reduce_profiles(profiles: list, reduce) -> list:
-    return [p.reduced(reduce) for p in profiles]
 
 
 def _pooled(batch: Batch, s: int) -> torch.Tensor:
@@ -92,18 +86,14 @@ class RidgeProbe(Measure):
         level: ``"frame"``, ``"utterance"`` or None (as :func:`s3viz.probe_layers`).
         folds, seed, lambdas: as for :func:`s3viz.probe_layers`.
         split_by: ``"auto"``, ``"speaker"``, ``"utterance"`` or a dict target -> split.
-        control: ``True`` or a column defining the control type: Hewitt & Liang
-            control tasks, fitted with the probe (columns ``control_accuracy``,
-            ``selectivity``), as for :func:`s3viz.probe_layers`.
-        utterances: corpus positions to probe (default all); the frames of the
-            others are ignored.
+        control: ``True`` or a column defining the control type, as for
+            :func:`s3viz.probe_layers`.
+        utterances: corpus positions to probe (default all).
         profile_pass: one more pass first, profiling each layer, so that its numerics
-            guard (:mod:`s3viz._numerics`: a power of two per feature, a dead feature
-            read as 0, a degenerate layer's frames as zeros) reads the frames before
-            the statistics, as ``probe_layers`` does on a store. False (a stream: two
-            upstream passes): the profile comes with the statistics and only judges
-            each layer, so a layer of pathological scale (``docs/streaming.md``) may
-            score otherwise than stored.
+            guard reads the frames before the statistics, as ``probe_layers`` does on
+            a store. False (a stream): the profile comes with the statistics and only
+            judges each layer, so a layer of pathological scale
+            (``docs/streaming.md``) may score otherwise than stored.
 
     ``compute()`` gives the columns of :func:`s3viz.probe_layers`.
     """
@@ -133,9 +123,7 @@ class RidgeProbe(Measure):
             check_split_by(split_by[t], f"split_by[{t!r}]")
         if level not in (None, "frame", "utterance"):
             raise ValueError(f"level must be 'frame', 'utterance' or None, got {level!r}")
-        if not isinstance(control, (bool, str)):
-            raise TypeError(f"control must be True, False or the name of the column that "
-                            f"defines a control type (e.g. 'word'), got {control!r}")
+        check_control(control)
         self.targets, self.split_by, self.level = targets, split_by, level
         self.folds = check_folds(folds)
         self.seed = _v.integer(seed, "seed", minimum=0)
@@ -179,7 +167,8 @@ class RidgeProbe(Measure):
         # (on one process kept as they are: they name the farthest row)
         utterance = any(t.level == "utterance" for t in self.tasks)
         self.one = len(ctx.positions) == len(ctx.meta)
-        merge = (lambda v, reduce: v) if self.one else _reduce_profiles
+        merge = (lambda v, reduce: v) if self.one else (
+            lambda v, reduce: [p.reduced(reduce) for p in v])
         self.add_state("frames", [Profile() for _ in ctx.sizes], merge)
         self.add_state("pooled", [Profile() for _ in ctx.sizes] if utterance else None, merge)
         self.order: list = []  # the profiled utterances in order, to name a far row
@@ -207,11 +196,8 @@ class RidgeProbe(Measure):
         t.utt_sub = None if self.first and not t.checked else t.sub_folds(self.lambdas)
         return t
 
-    def _selected(self, batch: Batch) -> np.ndarray:
-        return self.where[batch.positions] >= 0
-
     def _profile(self, batch: Batch) -> None:
-        keep = self._selected(batch)
+        keep = self.where[batch.positions] >= 0
         if not keep.any():
             return
         self.order.append(batch.positions[keep])
@@ -243,13 +229,10 @@ class RidgeProbe(Measure):
             # a store of segments: the precision of the frames they are means of
             prec = getattr(ctx.meta, "_precision", None)
             dtype = ctx.store_dtype if prec is None else prec[ctx.layer_index[s]]
-            if t.level == "frame":
-                g = profile_guard(self.frames[s], dtype, centre=False,
-                                  span=float64_sums_span(), per_feature=True, names=names)
-            else:
-                g = profile_guard(self.frames[s], dtype, pooled=self.pooled[s],
-                                  centre=False, per_feature=True, names=names)
-            self.guards[key] = g
+            kw = ({"span": float64_sums_span()} if t.level == "frame"
+                  else {"pooled": self.pooled[s]})
+            self.guards[key] = profile_guard(self.frames[s], dtype, centre=False,
+                                             per_feature=True, names=names, **kw)
         return self.guards[key]
 
     def _examples(self, t: ProbeTask, batch: Batch, s: int, guard: Guard | None = None):
@@ -294,10 +277,8 @@ class RidgeProbe(Measure):
                 k = i * n_l + s
                 if pass_index == 0 and self.seen[k] is not None:  # frame classes per fold
                     _, y, utt = self._examples(t, batch, s)
-                    c = len(t.classes)
-                    self.seen[k] += torch.from_numpy(np.bincount(
-                        t.utt_fold[utt] * c + y[:, 0], minlength=self.folds * c)
-                        .reshape(self.folds, c))
+                    self.seen[k] += torch.from_numpy(fold_class_counts(
+                        y[:, 0], t.utt_fold[utt], self.folds, len(t.classes))[0])
                 if p == 1:
                     self._score(t, batch, s, k)
                 elif p == 0 and self.rows[k] is not None:  # kept: the dual reads them guarded

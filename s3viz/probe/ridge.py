@@ -1,11 +1,6 @@
-"""The ridge probe: closed-form fits of every fold from :class:`~.stats.ProbeStats`.
-
-Per-fold statistics (summed over passes, batches and shards by the
-:class:`~s3viz.measures.RidgeProbe` measure, which ``probe_layers`` runs) are solved
-with a penalty picked on a dev fold from the grid :data:`LAMBDAS`; utterance level
-with fewer examples than dimensions: the ``n x n`` dual. Scores come from a
-confusion matrix per fold.
-"""
+"""The ridge probe's fits of every fold: from :class:`~.stats.ProbeStats` (summed by
+the :class:`~s3viz.measures.RidgeProbe` measure) with a penalty picked on a dev fold
+from :data:`LAMBDAS`, or for few utterances in the ``n x n`` dual."""
 
 from __future__ import annotations
 
@@ -29,9 +24,7 @@ def confusion_matrix(y_true: torch.Tensor, y_pred: torch.Tensor, c: int) -> np.n
 
 def _dev_fold(k: int, folds: int, sub: int) -> tuple[list[int], list[int]]:
     """(groups of test fold k, groups of its dev part) in the sub-fold numbering."""
-    test = [k * sub + s for s in range(sub)]
-    dev = [((k + 1) % folds) * sub]
-    return test, dev
+    return [k * sub + s for s in range(sub)], [((k + 1) % folds) * sub]
 
 
 def ridge_fit_folds(stats: ProbeStats, folds: int, sub: int, blocks: list[slice],
@@ -74,16 +67,9 @@ def _dual_standardize(x: torch.Tensor, idx: torch.Tensor):
 
 def ridge_fit_folds_dual(x: torch.Tensor, yoh: torch.Tensor, g: torch.Tensor, folds: int,
                           sub: int, blocks: list[slice], lambdas: Sequence[float]):
-    """:func:`ridge_fit_folds` for ``n <= hidden_size`` examples held in memory.
-
-    The same objective, solved in the dual: ``W = Z^T (Z Z^T + n lam I)^-1 Yc`` with
-    the standardised training examples ``Z`` (an ``n x n`` eigendecomposition
-    instead of ``hidden x hidden``). Returns the same primal ``(weight, bias, lambdas)``.
-
-    Args:
-        x: ``(n, hidden_size)`` float64; yoh: ``(n, C_all)`` one-hot (per block);
-        g: ``(n,)`` sub-fold of each example.
-    """
+    """:func:`ridge_fit_folds` of ``n <= hidden_size`` examples ``x`` (float64) with
+    one-hot targets ``yoh`` and sub-folds ``g``, solved in the dual:
+    ``W = Z^T (Z Z^T + n lam I)^-1 Yc`` (``Z``: the standardised training examples)."""
     models = []
     lam = torch.as_tensor(list(lambdas), dtype=x.dtype, device=x.device)
     for k in range(folds):
@@ -119,11 +105,8 @@ def ridge_fit_folds_dual(x: torch.Tensor, yoh: torch.Tensor, g: torch.Tensor, fo
 
 
 def ridge_layer_utterance(task: ProbeTask, x: torch.Tensor, lambdas, guard: Guard | None = None):
-    """The ridge probe on ``n <= hidden_size`` pooled vectors ``x`` (solved in the
-    ``n x n`` dual) read through ``guard`` (None: ``x`` as it is).
-
-    Returns ``(conf, counts, n_train, lambdas, degenerate)``: ``degenerate`` is why
-    the scores mean nothing (None if they do)."""
+    """The ridge probe of ``n <= hidden_size`` pooled vectors ``x`` read through ``guard``:
+    ``(conf, counts, n_train, lambdas, degenerate)`` (why the scores mean nothing)."""
     if guard is not None:
         x = guard(x, torch.float64)
     x = x.to(torch.float64)

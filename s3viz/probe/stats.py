@@ -104,9 +104,8 @@ class ProbeStats:
         x = torch.as_tensor(x).to(device=dev, dtype=dt)
         y = torch.as_tensor(y).to(device=dev)
         if x.ndim != 2 or x.shape[1] != self.hidden_size:
-            raise ValueError(
-                f"x must have shape (num_examples, {self.hidden_size}), got {tuple(x.shape)}"
-            )
+            raise ValueError(f"x must have shape (num_examples, {self.hidden_size}), got "
+                             f"{tuple(x.shape)}")
         if y.shape[0] != x.shape[0]:
             raise ValueError(f"y has {y.shape[0]} rows but x has {x.shape[0]}")
         if not self._shift_fixed and x.shape[0]:
@@ -175,10 +174,9 @@ class ProbeStats:
             return NotImplemented
         for a, b, name in zip(self._tensors(), other._tensors(), self._FIELDS):
             if a.shape != b.shape:
-                raise ValueError(
-                    f"cannot add ProbeStats of different shapes: {name} {tuple(a.shape)} vs "
-                    f"{tuple(b.shape)} (same groups, hidden size and targets needed)"
-                )
+                raise ValueError(f"cannot add ProbeStats of different shapes: {name} "
+                                 f"{tuple(a.shape)} vs {tuple(b.shape)} (same groups, hidden "
+                                 "size and targets needed)")
         if not self._shift_fixed:  # empty: the sum is the other, with its reference point
             other = other.to(self.device, self.dtype)
             return other._like(*(t.clone() for t in other._tensors()))
@@ -249,11 +247,9 @@ class ProbeStats:
         return self.count.dtype
 
     def __repr__(self) -> str:
-        return (
-            f"ProbeStats(num_groups={self.num_groups}, hidden_size={self.hidden_size}, "
-            f"num_targets={self.num_targets}, examples={int(self.count.sum())}, "
-            f"dtype={self.dtype}, device={self.device})"
-        )
+        return (f"ProbeStats(num_groups={self.num_groups}, hidden_size={self.hidden_size}, "
+                f"num_targets={self.num_targets}, examples={int(self.count.sum())}, "
+                f"dtype={self.dtype}, device={self.device})")
 
     def _moments(self):
         """(mean - shift, scale, ybar, A, B) of all groups: A = standardised covariance,

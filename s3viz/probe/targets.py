@@ -19,7 +19,7 @@ import pandas as pd
 from .._labels import label_str, label_strings
 from ..align import frame_labels as _align_frame_labels
 from .folds import (_store_arg, assign_folds, check_dev_parts, check_heldout, control_labels,
-                    fold_class_counts, resolve_split, split_groups)
+                    fold_class_counts, one_to_one, resolve_split, split_groups)
 
 LEVELS = ("frame", "utterance", "segment")
 
@@ -48,11 +48,9 @@ def resolve_level(store, target: str, level: str | None) -> str:
         return level
     elif level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS} or None (guess), got {level!r}")
-    raise KeyError(
-        f"unknown target {target!r} for level={level!r}: utterance-level targets (columns of "
-        f"store.labels) are {label_cols}; frame-level targets (columns of the phone "
-        f"alignments) are {phone_cols or 'none (the store has no alignments)'}"
-    )
+    raise KeyError(f"unknown target {target!r} for level={level!r}: utterance-level targets "
+                   f"(columns of store.labels) are {label_cols}; frame-level targets (columns "
+                   f"of the phone alignments) are {phone_cols or 'none (the store has no alignments)'}")
 
 
 @dataclass
@@ -73,70 +71,64 @@ class FrameTargets:
 class ProbeTask:
     """Everything about one target that does not depend on the layer.
 
-    Utterance level: ``classes``, ``y``, ``utt_fold`` (stratified by class for an
-    utterance split) and ``y_ctrl`` at construction. Frame level: the folds and
-    classes come with :meth:`set_frame_classes` (every frame label read first) or,
-    for a stream, :meth:`set_frame_folds`, :meth:`alignment_classes` then
-    :meth:`keep_seen` (per-fold class counts of the first pass).
-    ``fixes``: how the caller's user leaves out unlabelled or unaligned utterances
-    (``{"labels": ..., "alignments": ...}``), for the error messages.
+    Utterance level: ``classes``, ``y``, ``utt_fold`` and ``y_ctrl`` at construction.
+    Frame level: with :meth:`set_frame_classes` (every frame label read first), or
+    :meth:`set_frame_folds`, :meth:`alignment_classes` then :meth:`keep_seen` (a
+    stream's per-fold class counts). ``fixes``: how the user leaves out unlabelled or
+    unaligned utterances (``{"labels": ..., "alignments": ...}``), for the messages.
     """
 
     def __init__(self, store, target, level, sel, folds, split_by, seed, control=False,
                  control_by=None, fixes: dict | None = None):
-        self._base(store, target, level, sel, seed, fixes)
+        self._base(store, target, level, sel, seed, fixes, control, control_by)
         self.folds, self.split_by = folds, split_by
-        self.control, self.control_by = control, control_by
         self.groups = split_groups(store, sel, split_by)
         if level == "utterance":
             self._init_utterance(store)
         else:
-            self._init_frame(store)
+            self._read_labels()
 
-    def _base(self, store, target, level, sel, seed, fixes):
-        self.fixes = fixes or {}
+    def _base(self, store, target, level, sel, seed, fixes, control=False, control_by=None):
+        self.store, self.fixes = store, fixes or {}
         self.target, self.level, self.sel, self.seed = target, level, sel, seed
+        self.control, self.control_by = control, control_by
         self.n_utt = len(store)
         self.ids = np.asarray(store.ids, dtype=object)[sel]
         self.where = np.full(self.n_utt, -1, dtype=np.int64)  # position -> selection index
         self.where[sel] = np.arange(len(sel))
+        self._labels: dict[tuple, FrameTargets] = {}  # frame level: per layer geometry
+        self._keys: dict[int, tuple] = {}
+
+    def _read_labels(self) -> np.ndarray | None:
+        """Refuse unaligned (frame level) or unlabelled utterances; the label strings of
+        utterance level."""
+        if self.level == "frame":
+            return require_alignments(self.store.phones, self.target, self.sel, self.ids,
+                                      **_fix(self.fixes, "alignments"))
+        return utterance_label_strings(self.store.labels, self.target, self.sel, self.ids,
+                                       **_fix(self.fixes, "labels"))
 
     @classmethod
     def held_out(cls, store, target: str, level: str, sel: np.ndarray, *,
                  test_fraction: float, split_by: str, seed: int,
                  fixes: dict | None = None) -> ProbeTask:
-        """The task of one held-out part (``train_featurizer``, ``WeightedScorer``).
-
-        The probes' label rules and ``split_by="auto"``; the selected utterances
-        are dealt into ``max(3, round(1 / test_fraction))`` folds of whole groups
-        balanced by frames, at every level (the split of
-        :func:`~.folds.probe_folds`). Fold 0 is held out, the rest trains;
-        :meth:`held_out_classes` then fixes the classes from the training part.
-        """
+        """The task of one held-out part (``train_featurizer``, ``WeightedScorer``): the
+        selected utterances dealt into ``max(3, round(1 / test_fraction))`` folds of
+        whole groups balanced by frames (as :func:`~.folds.probe_folds`); fold 0 is held
+        out, :meth:`held_out_classes` then fixes the classes from the rest."""
         task = cls.__new__(cls)
         task._base(store, target, level, sel, seed, fixes)
-        task.control, task.control_by = False, None
-        if level == "frame":
-            task._init_frame(store)
-        else:
-            task.keys = utterance_label_strings(store.labels, target, sel, task.ids,
-                                                **_fix(task.fixes, "labels"))
+        task.keys = task._read_labels()
         task.folds = folds = max(3, round(1.0 / test_fraction))
-        task.split_by = split_by = resolve_split(store.labels, split_by, target, folds, sel)
-        task.groups = split_groups(store, sel, split_by)
-        task.utt_fold = assign_folds(task.groups, np.asarray(store.lengths(0))[sel], folds, seed,
-                                     what=split_by)
+        task.split_by = resolve_split(store.labels, split_by, target, folds, sel)
+        task.groups = split_groups(store, sel, task.split_by)
+        task.set_frame_folds()
         return task
 
     def held_out_classes(self, raw: np.ndarray, utt: np.ndarray) -> np.ndarray:
-        """Class ids of a :meth:`held_out` task's examples, fold 0 held out.
-
-        ``raw``: the label string of each example (``""``: unlabelled); ``utt``:
-        its utterance's position in the selection. The classes (set here) are
-        those of the training part; the held-out part is checked as the probes'
-        folds are (:func:`~.folds.check_heldout`). Returns int64 ids: -1
-        unlabelled, :data:`UNSEEN` a held-out example of a class training lacks.
-        """
+        """Class ids (-1 unlabelled, :data:`UNSEEN`) of a :meth:`held_out` task's examples
+        ``raw`` (label strings, ``""`` unlabelled) of selected utterances ``utt``. The
+        classes (set here) are the training part's; fold 0 is checked as the probes'."""
         fold = self.utt_fold[utt]
         train = raw[fold >= 1]
         classes = sorted({v for v in train if v != ""})
@@ -159,10 +151,9 @@ class ProbeTask:
 
     def label_strings_at(self, rate: int, lengths: np.ndarray,
                          layer: int | None = None) -> np.ndarray:
-        """Frame level: the label strings (``""``: unlabelled) of the first ``lengths[i]``
-        frames of each selected utterance at ``rate`` samples per frame, concatenated:
-        those of stored ``layer`` (:meth:`frame_targets`) when given, else aligned at
-        ``rate`` (:func:`s3viz.align.frame_labels`)."""
+        """The label strings (``""``: unlabelled) of the first ``lengths[i]`` frames of each
+        selected utterance, concatenated: those of stored ``layer`` when given, else
+        aligned at ``rate`` samples per frame (:func:`s3viz.align.frame_labels`)."""
         if layer is not None:
             d = self.frame_targets(layer)
             offs = np.concatenate([[0], np.cumsum(d.lengths)])
@@ -192,13 +183,9 @@ class ProbeTask:
         return np.stack([src.y[rows]] + ([src.y_ctrl[rows]] if self.control else []), 1)
 
     def sub_folds(self, lambdas: Sequence[float] | None = None) -> np.ndarray:
-        """The ridge probe's sub-fold of each utterance, ``fold * sub + part``.
-
-        With 2 folds (``sub = 2``) each fold is cut in two parts of whole groups, so
-        that a dev part exists outside the test fold and the training part; a fold of
-        one group cannot be cut and is refused (:func:`~.folds.check_dev_parts`) unless
-        ``lambdas`` is a single penalty (None: a grid, which needs the dev part).
-        """
+        """The ridge probe's sub-fold of each utterance: its fold, or with 2 folds
+        ``2 * fold + part``, each fold cut in two parts of whole groups for a dev part
+        (:func:`~.folds.check_dev_parts` unless ``lambdas`` is one penalty)."""
         if self.folds != 2:
             return self.utt_fold.copy()
         if lambdas is None or len(lambdas) > 1:
@@ -221,20 +208,14 @@ class ProbeTask:
 
     # -- utterance level ------------------------------------------------------
     def _init_utterance(self, store):
-        keys = utterance_label_strings(store.labels, self.target, self.sel, self.ids,
-                                       **_fix(self.fixes, "labels"))
+        keys = self._read_labels()
         self.classes, y = np.unique(keys.astype(str), return_inverse=True)
         check_classes(self.target, self.classes, len(keys))
         self.y = y.astype(np.int64)
-        if self.split_by == "speaker":
-            spk_of_class = pd.Series(self.groups).groupby(self.y).nunique()
-            cls_of_spk = pd.Series(self.y).groupby(self.groups).nunique()
-            if (spk_of_class == 1).all() and (cls_of_spk == 1).all():
-                raise ValueError(
-                    f"target {self.target!r} identifies the speaker one-to-one, so with "
-                    "split_by='speaker' no test class is ever seen in training; use "
-                    "split_by='utterance' to probe speaker identity"
-                )
+        if self.split_by == "speaker" and one_to_one(self.groups, self.y):
+            raise ValueError(f"target {self.target!r} identifies the speaker one-to-one, so "
+                             "with split_by='speaker' no test class is ever seen in "
+                             "training; use split_by='utterance' to probe speaker identity")
         # utterances are stratified by class; segments share their utterance's fold
         segments = getattr(store, "_group_ids", None) is not None
         strata = self.y if self.split_by == "utterance" and not segments else None
@@ -247,11 +228,9 @@ class ProbeTask:
             by = self.control_by
             if by is None:
                 if self.target == "text" or "text" not in store.labels.columns:
-                    raise ValueError(
-                        "control=True at utterance level needs control=<column of "
-                        "store.labels> giving the type of each utterance (default 'text', "
-                        f"not usable for target {self.target!r})"
-                    )
+                    raise ValueError("control=True at utterance level needs control=<column of "
+                                     "store.labels> giving the type of each utterance (default "
+                                     f"'text', not usable for target {self.target!r})")
                 by = "text"
             if by not in store.labels.columns:
                 raise KeyError(f"control={by!r} is not a column of store.labels: "
@@ -260,13 +239,6 @@ class ProbeTask:
             self.y_ctrl = control_labels(types, self.y, len(self.classes), self.seed)
 
     # -- frame level ----------------------------------------------------------
-    def _init_frame(self, store):
-        require_alignments(store.phones, self.target, self.sel, self.ids,
-                           **_fix(self.fixes, "alignments"))
-        self._labels: dict[tuple, FrameTargets] = {}
-        self._keys: dict[int, tuple] = {}
-        self.store = store
-
     def frame_key(self, layer: int) -> tuple:
         """Layers with equal key have identical frame labels."""
         if layer not in self._keys:
@@ -294,7 +266,7 @@ class ProbeTask:
 
     def set_frame_folds(self, weights: np.ndarray | None = None) -> None:
         """The folds: groups balanced by ``weights`` per selected utterance (default its
-        frames in layer 0, as :func:`~.folds.probe_folds`)."""
+        frames in layer 0, as :func:`~.folds.probe_folds`; :meth:`held_out` at any level)."""
         if weights is None:
             weights = np.asarray(self.store.lengths(0))[self.sel]
         self.utt_fold = assign_folds(self.groups, weights, self.folds, self.seed,
@@ -380,6 +352,11 @@ class ProbeTask:
         return y_ctrl
 
 
+def check_control(control) -> None:
+    if not isinstance(control, (bool, str)):
+        raise TypeError(f"control must be True, False or the name of the column that defines "
+                        f"a control type (e.g. 'word'), got {control!r}")
+
 
 def _fix(fixes: dict, key: str) -> dict:
     return {"fix": fixes[key]} if key in fixes else {}
@@ -388,50 +365,35 @@ def _fix(fixes: dict, key: str) -> dict:
 def utterance_label_strings(labels: pd.DataFrame, target: str, sel, ids,
                             fix: str = "fill store.labels[{target!r}] or probe only the "
                                        "labelled ones with `utterances=`") -> np.ndarray:
-    """The utterance-level label of each selected utterance; a missing one is refused.
-
-    An utterance-level example has one label: leaving an unlabelled utterance
-    out silently would change what is measured, so it is an error whose
-    message names the utterances and ``fix`` (formatted with ``target``).
-    """
+    """The utterance-level label of each selected utterance; a missing one is refused
+    (leaving it out silently would change what is measured), naming it and ``fix``."""
     if target not in labels.columns:
         raise KeyError(f"target {target!r} is not a column of the labels; columns: "
                        f"{list(labels.columns)}")
     keys = label_strings(labels[target].to_numpy()[np.asarray(sel)])
     bad = [ids[i] for i, v in enumerate(keys) if v == ""]
     if bad:
-        raise ValueError(
-            f"target {target!r} is missing (None/NaN/'') for {len(bad)} utterance(s), "
-            f"e.g. {bad[:5]}; " + fix.format(target=target)
-        )
+        raise ValueError(f"target {target!r} is missing (None/NaN/'') for {len(bad)} "
+                         f"utterance(s), e.g. {bad[:5]}; " + fix.format(target=target))
     return keys
 
 
 def require_alignments(phones, target: str, sel, ids,
                        fix: str = "probe the aligned ones with `utterances=[i for i, p in "
                                   "enumerate(store.phones) if p is not None]`") -> None:
-    """Frame-level targets: every selected utterance has an alignment table with ``target``.
-
-    Frames without a segment (or whose segment's label is missing) are
-    unlabelled and left out; an utterance without any alignment is refused,
-    since all of its frames would silently be.
-    """
+    """Refuse a selected utterance without an alignment table with ``target`` (all its
+    frames would silently be left out, as unlabelled frames are)."""
     missing = [ids[i] for i, u in enumerate(sel) if phones[u] is None]
     if missing:
-        raise ValueError(
-            f"frame-level target {target!r} needs phone alignments, but {len(missing)} "
-            f"utterance(s) have none (e.g. {missing[:5]}); {fix}"
-        )
+        raise ValueError(f"frame-level target {target!r} needs phone alignments, but "
+                         f"{len(missing)} utterance(s) have none (e.g. {missing[:5]}); {fix}")
     lacking = [ids[i] for i, u in enumerate(sel) if target not in phones[u].columns]
     if lacking:
-        raise ValueError(
-            f"the alignments of {len(lacking)} utterance(s) (e.g. {lacking[:5]}) have no "
-            f"column {target!r}"
-        )
+        raise ValueError(f"the alignments of {len(lacking)} utterance(s) (e.g. "
+                         f"{lacking[:5]}) have no column {target!r}")
 
 
 def _number(s: str):
-    """The number a class string spells (``float``), or None (not a finite or infinite number)."""
     try:
         f = float(s)
     except (TypeError, ValueError):
@@ -441,17 +403,12 @@ def _number(s: str):
 
 def check_classes(target: str, classes, n_examples: int | None,
                   where: str = "among the probed examples") -> None:
-    """Refuse a target with one class, or (given ``n_examples``) one class per example.
-
-    Also refuses two classes that spell one number differently (``"1"`` and
-    ``"1.0"``, ``"01"`` and ``"1"``, ``" 2"`` and ``"2"``, ``"True"`` and ``"1"``): numbers themselves
-    reach here in one spelling (:func:`label_str`), so such a pair comes from
-    strings, and whether it is one class or two only the user can say.
-    """
+    """Refuse a target with one class, or (given ``n_examples``) one class per example,
+    or two classes that are strings spelling one number differently (``"1"`` and
+    ``"1.0"``, ``"True"`` and ``"1"``): only the user can say if they are one class."""
     by_value: dict[float, list[str]] = {}
     for c in classes:
-        # True == 1 and False == 0 in Python and in most tables: a column mixing booleans
-        # with 0/1 spells one value two ways too
+        # True == 1 and False == 0: a column mixing booleans with 0/1 spells one value twice
         f = {"True": 1.0, "False": 0.0}.get(str(c), _number(str(c)))
         if f is not None:
             by_value.setdefault(f, []).append(str(c))
@@ -462,14 +419,12 @@ def check_classes(target: str, classes, n_examples: int | None,
             + "; ".join(" and ".join(repr(c) for c in v) for v in clash[:5])
             + f" ({len(clash)} such number(s)). They would be different classes; write each "
             "value one way (e.g. numbers as numbers, or strings all spelled alike), or give "
-            "distinct codes distinct names (e.g. 'c01' and 'c1')"
-        )
+            "distinct codes distinct names (e.g. 'c01' and 'c1')")
     if len(classes) < 2:
         which = f" ({classes[0]!r})" if len(classes) else ""
-        raise ValueError(
-            f"target {target!r} has {'a single class' if len(classes) else 'no class'}{which} "
-            f"{where}: nothing to classify; choose another target or more utterances"
-        )
+        raise ValueError(f"target {target!r} has {'a single class' if len(classes) else 'no class'}"
+                         f"{which} {where}: nothing to classify; choose another target or more "
+                         "utterances")
     if n_examples is not None and len(classes) == n_examples:
         if target == "speaker":
             raise ValueError(
@@ -478,9 +433,7 @@ def check_classes(target: str, classes, n_examples: int | None,
                 "nothing can be right, whatever the split: speaker identity needs >= 2 "
                 "utterances per speaker (split by utterance); add utterances of these "
                 "speakers, or probe another target")
-        raise ValueError(
-            f"every example of target {target!r} has its own class ({n_examples} "
-            "classes), so a test class never occurs in training: a classification probe "
-            "cannot generalise (is it an id or a continuous value?)"
-        )
+        raise ValueError(f"every example of target {target!r} has its own class ({n_examples} "
+                         "classes), so a test class never occurs in training: a classification "
+                         "probe cannot generalise (is it an id or a continuous value?)")
 
