@@ -19,8 +19,8 @@ from .. import _validate as _v
 from .._numerics import Guard, Profile, float64_sums_span, profile_guard, warn_degenerate
 from ..probe.folds import (SPLIT_CHOICES, check_folds, check_split_by, fold_class_counts,
                            resolve_split)
-from ..probe.ridge import (LAMBDAS, confusion_matrix, fold_train_counts, ridge_fit_folds,
-                           ridge_layer_utterance)
+from ..probe.ridge import (LAMBDAS, add_confusions, fold_train_counts, ridge_fit_folds,
+                           ridge_layer_utterance, stacked)
 from ..probe.stats import ProbeStats
 from ..probe.tables import result_row, result_table
 from ..probe.targets import ProbeTask, check_control, resolve_level
@@ -323,10 +323,8 @@ class RidgeProbe(Measure):
                     x, self.rows[k] = self.rows[k].to(self.ctx.device), None
                     self.result[k] = ridge_layer_utterance(t, x, self.lambdas, self._guard(t, s))
                     continue
-                models = ridge_fit_folds(self.stats[k], folds, self.sub, t.blocks, self.lambdas)
-                self.models[k] = (torch.stack([m[0] for m in models]),
-                                  torch.stack([m[1] for m in models]),
-                                  np.mean([m[2] for m in models], axis=0))
+                self.models[k] = stacked(ridge_fit_folds(self.stats[k], folds, self.sub, t.blocks,
+                                                         self.lambdas))
                 self.counts[k] = fold_train_counts(self.stats[k], folds, self.sub)
                 c = len(t.classes)
                 self.conf[k] = torch.zeros((len(t.blocks), folds, c, c), dtype=torch.int64)
@@ -338,17 +336,10 @@ class RidgeProbe(Measure):
         x, y, utt = self._examples(t, batch, s, self._stats_guard(t, s))
         if not len(y):
             return
-        w, b, _ = self.models[k]
-        fold = t.utt_fold[utt]
-        dev, c = self.ctx.device, len(t.classes)
-        yt = torch.from_numpy(y).to(dev)
-        for f in np.unique(fold).tolist():
-            r = torch.from_numpy(fold == f)
-            scores = x[r].to(device=dev, dtype=w.dtype) @ w[f] + b[f]
-            rd = r.to(dev)
-            for bi, blk in enumerate(t.blocks):
-                self.conf[k][bi, f] += torch.from_numpy(confusion_matrix(
-                    yt[rd, bi] - bi * c, scores[:, blk].argmax(1), c))
+        dev = self.ctx.device
+        add_confusions(self.conf[k], x.to(dev), torch.from_numpy(y).to(dev),
+                       torch.from_numpy(t.utt_fold[utt]).to(dev), self.models[k], t.blocks,
+                       len(t.classes))
 
     def compute(self) -> pd.DataFrame:
         n_l, ctx = self.ctx.num_layers, self.ctx

@@ -1,11 +1,5 @@
-"""Grouped folds and control labels.
-
-No utterance (or no speaker, ``split_by="speaker"``) has examples on both sides of
-a split: :func:`probe_folds` assigns groups to folds balancing their sizes,
-:func:`check_heldout` refuses a fold whose test classes training never saw (and
-warns about some), and :func:`control_labels` draws the seeded control classes of
-Hewitt & Liang (2019).
-"""
+"""Grouped folds (no utterance, or speaker, on both sides of a split), the held-out
+class check (:func:`check_heldout`) and Hewitt & Liang's control labels."""
 
 from __future__ import annotations
 
@@ -159,12 +153,9 @@ def check_heldout(test_counts, train_counts, *, target: str, level: str, split_b
 
 def assign_folds(groups: np.ndarray, weights: np.ndarray, folds: int, seed: int,
                   strata: np.ndarray | None = None, what: str = "group") -> np.ndarray:
-    """Fold of each item so that items of one group share a fold.
-
-    Without ``strata``: groups in decreasing weight (ties random) go to the
-    lightest fold. With ``strata`` (one value per item, constant within a
-    group): groups sorted by stratum (random within) are dealt round-robin.
-    """
+    """Fold of each item, the items of one group in one fold: groups in decreasing weight
+    (ties random) go to the lightest fold, or sorted by ``strata`` (one value per item,
+    constant within a group; random within) are dealt round-robin."""
     uniq, inv = np.unique(np.asarray(groups).astype(str), return_inverse=True)
     if len(uniq) < folds:
         # advice that can help: a finer split only when the groups are coarser than items

@@ -106,18 +106,12 @@ def probe_layers(
             (logistic: up to the order of float sums).
 
     Returns:
-        DataFrame with one row per target, method and layer: ``target, method,
-        level, layer, upstream_layer, accuracy`` (pooled over the test folds),
-        ``accuracy_std`` (over folds), ``macro_f1``, ``chance`` (each fold's
-        training majority class scored on its test examples), ``n_classes``,
-        ``n_train``, ``n_test`` (mean examples per fold), ``lambda`` (ridge: mean
-        chosen penalty), with ``control``: ``control_accuracy``, ``selectivity``;
-        then ``split_by``. When some test example's class is absent from its fold's
-        training part (:class:`~s3viz.probe.UnseenClassWarning`), also
-        ``n_unseen`` and ``unseen_fraction`` (wrong in ``accuracy`` and ``chance``).
-        ``attrs``: ``fold_accuracy`` (``(target, method, layer)`` -> each fold's
-        accuracy, folds as :func:`probe_folds`), ``split_by``, ``folds``, ``seed``,
-        ``weights`` (the store's :attr:`~s3viz.store.LayerStore.weights`).
+        DataFrame with one row per target, method and layer: ``target, method, level,
+        layer, upstream_layer, accuracy, accuracy_std, macro_f1, chance, n_classes,
+        n_train, n_test, lambda`` (with ``control``: ``control_accuracy, selectivity``;
+        with unseen test classes: ``n_unseen, unseen_fraction``), ``split_by``; attrs
+        ``fold_accuracy``, ``split_by``, ``folds``, ``seed``, ``weights``. What each
+        means: ``docs/probes.md``, "The table".
     """
     weights = weights_of(store)  # the frames' store, also in a sharded run
     if target is None:

@@ -22,6 +22,24 @@ def confusion_matrix(y_true: torch.Tensor, y_pred: torch.Tensor, c: int) -> np.n
     return torch.bincount(y_true * c + y_pred, minlength=c * c).reshape(c, c).cpu().numpy()
 
 
+def add_confusions(conf: torch.Tensor, x, y, fold, models, blocks: list[slice], c: int):
+    """Add to ``conf`` ``(blocks, folds, C, C)`` the confusions of examples ``x`` (classes
+    ``y`` ``(n, blocks)``) under the stacked ``models`` of their folds ``fold``."""
+    w, b, _ = models
+    for f in torch.unique(fold).tolist():
+        r = fold == f
+        scores = x[r].to(w.dtype) @ w[f] + b[f]
+        for bi, blk in enumerate(blocks):
+            conf[bi, f] += torch.from_numpy(confusion_matrix(y[r, bi] - bi * c,
+                                                             scores[:, blk].argmax(1), c))
+
+
+def stacked(models: list) -> tuple:
+    """Per-fold ``(weight, bias, lambdas)`` stacked, the penalties averaged over folds."""
+    return (torch.stack([m[0] for m in models]), torch.stack([m[1] for m in models]),
+            np.mean([m[2] for m in models], axis=0))
+
+
 def _dev_fold(k: int, folds: int, sub: int) -> tuple[list[int], list[int]]:
     """(groups of test fold k, groups of its dev part) in the sub-fold numbering."""
     return [k * sub + s for s in range(sub)], [((k + 1) % folds) * sub]
@@ -119,16 +137,11 @@ def ridge_layer_utterance(task: ProbeTask, x: torch.Tensor, lambdas, guard: Guar
     yoh = torch.zeros(x.shape[0], len(blocks) * c, dtype=x.dtype, device=x.device)
     for bi in range(len(blocks)):
         yoh[torch.arange(x.shape[0], device=x.device), y[:, bi]] = 1.0
-    models = ridge_fit_folds_dual(x, yoh, g, folds, sub, blocks, lambdas)
-    conf = np.zeros((len(blocks), folds, c, c), dtype=np.int64)
+    models = stacked(ridge_fit_folds_dual(x, yoh, g, folds, sub, blocks, lambdas))
+    conf = torch.zeros((len(blocks), folds, c, c), dtype=torch.int64)
     fold = torch.from_numpy(task.utt_fold).to(x.device)
-    for k, (w, b, _) in enumerate(models):
-        r = fold == k
-        s = x[r] @ w + b
-        for bi, blk in enumerate(blocks):
-            conf[bi, k] += confusion_matrix(y[r, bi] - bi * c, s[:, blk].argmax(1), c)
+    add_confusions(conf, x, y, fold, models, blocks, c)
     test = np.stack([yoh[fold == f].sum(0).cpu().numpy() for f in range(folds)])
     n_test = np.bincount(task.utt_fold, minlength=folds)
-    lam = np.mean([m[2] for m in models], axis=0)
-    return (conf, test.sum(0, keepdims=True) - test, n_test.sum() - n_test, lam,
+    return (conf.numpy(), test.sum(0, keepdims=True) - test, n_test.sum() - n_test, models[2],
             None if guard is None else guard.reason)
