@@ -212,10 +212,12 @@ def _logistic_group(task: ProbeTask, xs: torch.Tensor, y_np: np.ndarray, fold_np
     """Cross-validated logistic probes of layers ``xs`` ``(L, n, H)`` sharing their
     examples (targets ``y_np`` ``(heads, n)``); with ``reduce`` (sharded,
     ``dev_fraction=0``) the returned confusions and counts are those of all shards."""
-    device = xs.device
-    folds = task.folds
-    k = y_np.shape[0]
-    y = torch.from_numpy(y_np).to(device)
+    folds, k = task.folds, y_np.shape[0]
+    y = torch.from_numpy(y_np).to(xs.device)
+
+    def rows(m):
+        return torch.from_numpy(np.flatnonzero(m)).to(xs.device)
+
     conf = np.zeros((xs.shape[0], k, folds, c, c), dtype=np.int64)
     # each fold's training part: class counts (folds, heads * C) and examples
     counts = np.concatenate([fold_class_counts(yh, fold_np, folds, c)[1] for yh in y_np],
@@ -223,11 +225,9 @@ def _logistic_group(task: ProbeTask, xs: torch.Tensor, y_np: np.ndarray, fold_np
     n_fold = (len(fold_np) - np.bincount(fold_np, minlength=folds)).astype(np.float64)
     for f in range(folds):
         test_m = fold_np == f
-        te = torch.from_numpy(np.flatnonzero(test_m)).to(device)
         if opts.dev_fraction == 0:  # no early stopping: the penalised optimum
-            tr = torch.from_numpy(np.flatnonzero(~test_m)).to(device)
             w, b, mean, scale = _fit_logistic_full(
-                xs, y, tr, c, weight_decay=opts.weight_decay,
+                xs, y, rows(~test_m), c, weight_decay=opts.weight_decay,
                 max_iter=25 * opts.max_epochs, reduce=reduce)
         else:
             train_groups = np.unique(group_np[~test_m])
@@ -236,13 +236,11 @@ def _logistic_group(task: ProbeTask, xs: torch.Tensor, y_np: np.ndarray, fold_np
                         len(train_groups) - 1)
             dev_groups = rng.choice(train_groups, size=n_dev, replace=False)
             dev_m = np.isin(group_np, dev_groups) & ~test_m
-            fit_m = ~test_m & ~dev_m
-            tr = torch.from_numpy(np.flatnonzero(fit_m)).to(device)
-            dv = torch.from_numpy(np.flatnonzero(dev_m)).to(device)
             w, b, mean, scale = _fit_logistic(
-                xs, y, tr, dv, c, seed=task.seed * 7919 + f, lr=opts.lr,
+                xs, y, rows(~test_m & ~dev_m), rows(dev_m), c, seed=task.seed * 7919 + f, lr=opts.lr,
                 batch_size=opts.batch_frames, max_epochs=opts.max_epochs,
                 patience=opts.patience, weight_decay=opts.weight_decay)
+        te = rows(test_m)
         with torch.no_grad():
             for i in range(0, int(te.numel()), 8192):
                 idx = te[i:i + 8192]

@@ -1,10 +1,5 @@
-"""Sufficient statistics of the ridge probe: :class:`ProbeStats`.
-
-Per group (fold, speaker ...): counts, ``X^T 1``, ``X^T X``, ``X^T Y``, ``Y^T 1``,
-``Y^T Y``, summed about a shift so that large offsets do not cancel. Statistics of
-shards add (``a + b``, ``reduced``); ``solve`` and ``dev_mse`` fit ridge regressions
-from them without the frames. The maths: ``docs/probes.md``.
-"""
+"""Sufficient statistics of the ridge probe, :class:`ProbeStats`: per group, sums that
+add over shards and fit ridge regressions without the frames (``docs/probes.md``)."""
 
 from __future__ import annotations
 
@@ -20,19 +15,10 @@ __all__ = ["ProbeStats"]
 class ProbeStats:
     """Sufficient statistics of a linear least-squares probe, per group of examples.
 
-    One instance holds, for each of ``num_groups`` groups (typically the folds
-    of a cross-validation) of examples ``x`` with targets ``y``:
-
-    ============  ==================================  ====================
-    attribute     value                               shape
-    ============  ==================================  ====================
-    ``count``     number of examples                  ``(G,)``
-    ``sum_x``     ``X^T 1``                           ``(G, H)``
-    ``sum_xx``    ``X^T X``                           ``(G, H, H)``
-    ``sum_y``     ``Y^T 1``                           ``(G, C)``
-    ``sum_xy``    ``X^T Y``                           ``(G, H, C)``
-    ``sum_yy``    ``diag(Y^T Y)``                     ``(G, C)``
-    ============  ==================================  ====================
+    For each of ``G`` groups (e.g. folds) of examples ``x`` with targets ``y``:
+    ``count`` ``(G,)``, ``sum_x = X^T 1`` ``(G, H)``, ``sum_xx = X^T X`` ``(G, H, H)``,
+    ``sum_y = Y^T 1`` ``(G, C)``, ``sum_xy = X^T Y`` ``(G, H, C)`` and
+    ``sum_yy = diag(Y^T Y)`` ``(G, C)``.
 
     The ``x`` sums are of ``x - shift`` (``(H,)``, default 0; empty statistics take
     the mean of their first examples), so that a large mean does not cancel the
