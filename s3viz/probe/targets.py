@@ -141,11 +141,10 @@ class ProbeTask:
         all_classes, y_all = np.unique(raw[labelled].astype(str), return_inverse=True)
         part = np.minimum(fold[labelled], 1)  # fold 0 is the held-out part, the rest trains
         test, train_counts = fold_class_counts(y_all, part, 2, len(all_classes))
-        check_heldout(test[:1], train_counts[:1], target=self.target, level=self.level,
-                      split_by=self.split_by, classes=all_classes,
-                      items="frame" if self.level == "frame" else "utterance", y=y_all,
-                      groups=self.groups[utt][labelled],
-                      fewer=f"hold out fewer groups (now {1 / self.folds:.0%} of them)")
+        self.check_heldout(test[:1], train_counts[:1],
+                           "frame" if self.level == "frame" else "utterance", y=y_all,
+                           groups=self.groups[utt][labelled], classes=all_classes,
+                           fewer=f"hold out fewer groups (now {1 / self.folds:.0%} of them)")
         y[(fold == 0) & labelled & (y < 0)] = UNSEEN
         return y
 
@@ -198,13 +197,11 @@ class ProbeTask:
             g_sub[rng.permutation(members)] = np.arange(len(members)) % 2
         return self.utt_fold * 2 + g_sub[g_inv]
 
-    def check_heldout(self, test, train, items: str, warn: bool = True, y=None,
-                      groups=None) -> np.ndarray:
+    def check_heldout(self, test, train, items: str, **kw) -> np.ndarray:
         """:func:`~.folds.check_heldout` of this task's ``(folds, C)`` class counts."""
-        level = "segment" if items == "segment" else self.level
-        return check_heldout(test, train, target=self.target, level=level,
-                             split_by=self.split_by, classes=self.classes, items=items, y=y,
-                             groups=groups, warn=warn)
+        return check_heldout(test, train, target=self.target, split_by=self.split_by,
+                             level="segment" if items == "segment" else self.level,
+                             items=items, **{"classes": self.classes, **kw})
 
     # -- utterance level ------------------------------------------------------
     def _init_utterance(self, store):
