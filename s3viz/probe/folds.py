@@ -214,15 +214,13 @@ def _store_arg(sel: np.ndarray, n: int):
 def split_groups(store, sel: np.ndarray, split_by: str) -> np.ndarray:
     if split_by == "utterance":  # a store of segments groups them by their utterance
         return np.asarray(getattr(store, "_group_ids", store.ids), dtype=object)[sel].astype(str)
-    ids = np.asarray(store.ids, dtype=object)[sel]
-    labels = store.labels
-    if "speaker" not in labels.columns:
-        raise ValueError(
-            "split_by='speaker' needs a 'speaker' column in store.labels; there is none. "
-            "Use split_by='utterance'")
-    spk = labels["speaker"].to_numpy()[sel]
-    spk = [label_str(v) for v in spk]  # speaker 7 and 7.0 are one group
-    bad = [ids[i] for i, v in enumerate(spk) if v == ""]
+    if "speaker" not in store.labels.columns:
+        raise ValueError("split_by='speaker' needs a 'speaker' column in store.labels; there is "
+                         "none. Use split_by='utterance'")
+    # speaker 7 and 7.0 are one group
+    spk = [label_str(v) for v in store.labels["speaker"].to_numpy()[sel]]
+    ids = np.asarray(store.ids, dtype=object)
+    bad = [ids[u] for u, v in zip(sel, spk) if v == ""]
     if bad:
         raise ValueError(
             f"split_by='speaker' but {len(bad)} utterance(s) have no speaker (e.g. {bad[:5]}); "
