@@ -162,9 +162,8 @@ class RidgeProbe(Measure):
         self.add_state("rows", rows, _reduce_list, after_pass=self.first)
         self.add_state("seen", seen, _reduce_list)
         self.add_state("conf", conf, _reduce_list, after_pass=self.first + 1)
-        # the one guard of every measure (s3viz._numerics), as probe_layers': each layer's
-        # profile (the selected utterances' frames; their pooled vectors at utterance level)
-        # (on one process kept as they are: they name the farthest row)
+        # each layer's profile for its guard (s3viz._numerics): the selected frames, and
+        # pooled vectors at utterance level (one process: kept as they are, to name rows)
         utterance = any(t.level == "utterance" for t in self.tasks)
         self.one = len(ctx.positions) == len(ctx.meta)
         merge = (lambda v, reduce: v) if self.one else (

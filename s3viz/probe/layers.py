@@ -1,10 +1,5 @@
-""":func:`probe_layers`: which layer of an upstream linearly encodes which label.
-
-Validates the call, builds one :class:`~.targets.ProbeTask` per target, runs the
-ridge or logistic probe of every stored layer (sharded when asked) and returns one
-DataFrame row per target, method, level and layer, with control-task selectivity
-when ``control=True``. The maths and its tolerances: ``docs/probes.md``.
-"""
+""":func:`probe_layers`: the ridge (the ``RidgeProbe`` measure) or logistic probe of
+every stored layer, sharded when asked, as one table (``docs/probes.md``)."""
 
 from __future__ import annotations
 

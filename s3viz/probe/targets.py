@@ -1,11 +1,6 @@
-"""Probe targets: the label rules of probes, featurizers and streaming, and :class:`ProbeTask`.
-
-:func:`utterance_label_strings`, :func:`require_alignments`, :func:`check_classes`
-and ``s3viz._labels`` (one spelling per label) are the one set of rules
-(``docs/probes.md``, "Labels"). A :class:`ProbeTask` is the one place that reads a
-target with them and derives its classes, split groups, folds (and the ridge
-probe's sub-folds), held-out checks and control classes.
-"""
+"""Probe targets: the one set of label rules (``docs/probes.md``, "Labels") and
+:class:`ProbeTask`, the one place that reads a target with them and derives its
+classes, split groups, folds, sub-folds, held-out checks and control classes."""
 
 from __future__ import annotations
 
