@@ -32,10 +32,13 @@ def resolve_split(labels: pd.DataFrame, split_by, target: str, folds: int, sel=N
     """The split of ``target``: ``split_by`` itself, or what ``"auto"`` picks.
 
     ``"auto"`` is ``"speaker"`` when the labels allow it: a ``speaker`` for every
-    selected utterance (``sel``: rows of ``labels``, None: all), at least ``folds``
-    speakers, and a target other than the speaker (or a label naming the speakers
-    one-to-one); otherwise ``"utterance"``, with a warning when a speaker column was
-    there but could not be used. The speaker split by speaker is refused.
+    selected utterance, at least ``folds`` speakers, and a target other than the
+    speaker (or a label naming the speakers one-to-one); otherwise ``"utterance"``,
+    with a warning when a speaker column was there but could not be used. The speaker
+    split by speaker is refused.
+
+    Args:
+        sel: the positions (rows of ``labels``) of the utterances probed; None: all.
     """
     check_split_by(split_by)
     if split_by == "speaker" and target == "speaker":
@@ -244,6 +247,8 @@ def probe_folds(store, *, folds: int = 5, split_by: str = "speaker", seed: int =
         utterances: utterance positions to split (default all).
         utterance_weights: weight of each selected utterance to balance the folds by
             (default: frames of stored layer 0).
+        strata: class of each selected utterance: groups are then dealt round-robin
+            by class instead of balanced by weight.
 
     Returns:
         DataFrame with one row per selected utterance: ``utterance`` (position),
@@ -264,8 +269,13 @@ def probe_folds(store, *, folds: int = 5, split_by: str = "speaker", seed: int =
 
 
 def control_labels(types: np.ndarray, y: np.ndarray, num_classes: int, seed: int = 0) -> np.ndarray:
-    """Hewitt & Liang control labels: each type (any hashable values) gets a class drawn
-    from the distribution of the classes ``y``; returns the int64 class of each example."""
+    """Hewitt & Liang control labels: each type gets a class drawn from the distribution
+    of the classes ``y``; returns the int64 class of each example.
+
+    Args:
+        types: ``(num_examples,)`` type of each example (any hashable values).
+        num_classes: number of classes (``y`` in ``[0, num_classes)``).
+    """
     y = np.asarray(y, dtype=np.int64)
     types = np.asarray([label_str(v) for v in types], dtype=object).astype(str)
     uniq, inv = np.unique(types, return_inverse=True)

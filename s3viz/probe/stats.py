@@ -25,6 +25,10 @@ class ProbeStats:
     digits of the covariance (:mod:`s3viz._numerics`). Statistics of two shards add
     up (``a + b``) to those of their union; a distributed run merges with
     :meth:`reduced`. :meth:`solve` fits the ridge probe from them.
+
+    Args:
+        count, sum_x, sum_xx, sum_y, sum_xy, sum_yy: the sums above.
+        shift: ``(H,)`` the point the ``x`` sums are taken from (default 0).
     """
 
     _FIELDS = ("count", "sum_x", "sum_xx", "sum_y", "sum_xy", "sum_yy")
@@ -50,7 +54,12 @@ class ProbeStats:
     @classmethod
     def zeros(cls, num_groups: int, hidden_size: int, num_targets: int, *,
               dtype=torch.float64, device=None) -> ProbeStats:
-        """Empty statistics (``num_targets``: one column per class of a one-hot target)."""
+        """Empty statistics.
+
+        Args:
+            num_groups: groups (folds' parts) the sums are kept apart for.
+            num_targets: target columns (one per class of a one-hot target).
+        """
         kw = {"dtype": dtype, "device": device}
         g, h, c = int(num_groups), int(hidden_size), int(num_targets)
         return cls(torch.zeros(g, **kw), torch.zeros(g, h, **kw), torch.zeros(g, h, h, **kw),
@@ -60,8 +69,13 @@ class ProbeStats:
     def from_data(cls, x: torch.Tensor, y: torch.Tensor, group: torch.Tensor | None = None, *,
                   num_groups: int | None = None, num_targets: int | None = None,
                   dtype=torch.float64, device=None) -> ProbeStats:
-        """Statistics of examples ``x`` with targets ``y`` (:meth:`update`); ``num_groups``
-        defaults to ``group.max() + 1``, ``num_targets`` to what ``y`` holds."""
+        """Statistics of examples ``x`` with targets ``y`` (:meth:`update`).
+
+        Args:
+            group: ``(num_examples,)`` long group of each example (default all 0).
+            num_groups: number of groups (default ``group.max() + 1``).
+            num_targets: number of target columns (default from ``y``).
+        """
         if group is None:
             num_groups = 1 if num_groups is None else num_groups
         elif num_groups is None:
@@ -140,8 +154,12 @@ class ProbeStats:
         return out
 
     def rebased(self, shift: torch.Tensor) -> ProbeStats:
-        """The same statistics with the ``x`` sums taken from ``shift`` instead (with
-        ``d = self.shift - shift``: ``S + n d`` and ``XX + S d^T + d S^T + n d d^T``)."""
+        """The same statistics with the ``x`` sums taken from another point (with
+        ``d = self.shift - shift``: ``S + n d`` and ``XX + S d^T + d S^T + n d d^T``).
+
+        Args:
+            shift: the ``(hidden_size,)`` vector subtracted from ``x`` before summing.
+        """
         shift = torch.as_tensor(shift).to(device=self.device, dtype=self.dtype)
         if torch.equal(shift, self.shift):
             return self
@@ -185,19 +203,31 @@ class ProbeStats:
         return ProbeStats(*(reduce(t.clone()) for t in base._tensors()), shift=mean)
 
     def select(self, groups: Sequence[int]) -> ProbeStats:
-        """Statistics of the union of ``groups`` (a single group)."""
+        """Statistics of the union of some groups, as a single group.
+
+        Args:
+            groups: indices of the groups summed.
+        """
         idx = torch.as_tensor(list(groups), dtype=torch.long, device=self.device)
         return self._like(*(t.index_select(0, idx).sum(0, keepdim=True) for t in self._tensors()))
 
     def without(self, groups: Sequence[int]) -> ProbeStats:
-        """Statistics of every group except ``groups`` (e.g. a fold's training part),
-        summed rather than subtracted from the total (no cancellation)."""
+        """Statistics of every other group (e.g. a fold's training part), summed rather
+        than subtracted from the total (no cancellation).
+
+        Args:
+            groups: indices of the groups left out.
+        """
         drop = {int(g) for g in groups}
         return self.select([g for g in range(self.num_groups) if g not in drop])
 
     def keep_targets(self, targets: Sequence[int]) -> ProbeStats:
-        """The statistics of target columns ``targets`` only (e.g. dropping classes never
-        seen): equal to accumulating only those columns."""
+        """The statistics of some target columns only (e.g. dropping classes never seen):
+        equal to accumulating only those columns.
+
+        Args:
+            targets: indices of the target columns kept, in ``0..num_targets-1``.
+        """
         idx = torch.as_tensor(list(targets), dtype=torch.long, device=self.device)
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.num_targets):
             raise IndexError(f"targets must be in [0, {self.num_targets}), got {list(targets)}")
@@ -260,9 +290,13 @@ class ProbeStats:
         return self.shift + mu, sd, ybar, a, b
 
     def dev_mse(self, dev: ProbeStats, lambdas: Sequence[float]) -> torch.Tensor:
-        """``(len(lambdas), num_targets)`` mean squared error on ``dev`` (all its groups
-        pooled) of ridge fits on these statistics, one per penalty, from the statistics
-        alone (one eigendecomposition for the grid; float32: it only ranks them)."""
+        """``(len(lambdas), num_targets)`` mean squared error on held-out examples of ridge
+        fits on these statistics, one per penalty, from the statistics alone (one
+        eigendecomposition for the grid; float32: it only ranks them).
+
+        Args:
+            dev: statistics of the held-out examples (all their groups pooled).
+        """
         mu, sd, ybar, a, b = self._moments()
         d = dev.total() if dev.num_groups != 1 else dev
         d = d.to(self.device, self.dtype).rebased(self.shift)  # the same reference point
