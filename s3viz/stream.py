@@ -60,7 +60,7 @@ def check_targets(corpus, target: str | Sequence[str], split_by="auto", folds: i
     ctx = Context(CorpusMeta(corpus), np.arange(len(corpus)), [0], [1], [1], [1],
                   torch.device("cpu"), lambda t: t, "", torch.float32, lambda: seconds)
     probe.setup(ctx)
-    return {t.name: t.level for t in probe.tasks}
+    return {t.target: t.level for t in probe.tasks}
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,10 @@
 """Ridge probes of every layer: statistics, then scoring (after a profile, for a store).
 
-The tables of ``probe_layers(method="ridge")`` from sufficient statistics summed
-over batches and ranks (:class:`~s3viz.probe.ProbeStats`): one pass sums them per
-fold, its end solves every fold's ridge regression (the penalty chosen on inner
-folds), the next counts each held-out fold's confusion matrix. Utterance targets
-with no more utterances than dimensions keep the pooled rows instead and solve in
-the dual after the statistics pass. With ``profile_pass=True`` (``probe_layers``
-on a store) a first pass profiles each layer, so that its numerics guard scales
-the frames before any sum. The maths: ``docs/probes.md``.
+One pass sums :class:`~s3viz.probe.ProbeStats` per fold (or keeps the pooled rows of
+utterance targets with no more utterances than dimensions, solved in the dual), its
+end solves every fold, the next counts each held-out fold's confusion matrix; with
+``profile_pass=True`` a first pass profiles each layer for its numerics guard. The
+maths: ``docs/probes.md``.
 """
 
 from __future__ import annotations
@@ -19,15 +16,14 @@ import pandas as pd
 import torch
 
 from .. import _validate as _v
-from .._labels import label_strings
 from .._numerics import Guard, Profile, float64_sums_span, profile_guard, warn_degenerate
-from ..probe.folds import (SPLIT_CHOICES, assign_folds, check_folds, check_heldout,
-                           check_split_by, resolve_split)
-from ..probe.ridge import (LAMBDAS, confusion_matrix, fold_train_counts, ridge_fit_folds,
-                           ridge_layer_utterance, sub_folds)
+from ..probe.folds import (SPLIT_CHOICES, check_folds, check_split_by, fold_class_counts,
+                           resolve_split)
+from ..probe.ridge import (LAMBDAS, add_confusions, fold_train_counts, ridge_fit_folds,
+                           ridge_layer_utterance, stacked)
 from ..probe.stats import ProbeStats
 from ..probe.tables import result_row, result_table
-from ..probe.targets import ProbeTask, check_classes, resolve_level
+from ..probe.targets import ProbeTask, check_control, resolve_level
 from ..store import utterance_selection
 from ._engine import Batch, Context, Measure
 
@@ -45,10 +41,6 @@ _FIXES = {
 def _reduce_list(values: list, reduce) -> list:
     return [None if v is None else (v.reduced(reduce) if isinstance(v, ProbeStats)
                                      else reduce(v)) for v in values]
-
-
-def _reduce_profiles(profiles: list, reduce) -> list:
-    return [p.reduced(reduce) for p in profiles]
 
 
 def _pooled(batch: Batch, s: int) -> torch.Tensor:
@@ -85,56 +77,6 @@ class TaskCorpus:
         return np.concatenate(parts) if parts else np.zeros(0, dtype=object)
 
 
-class _Target:
-    """One probe target: its labels, folds and per-layer state."""
-
-    def __init__(self, ctx: Context, corpus: TaskCorpus, sel: np.ndarray, name: str, level,
-                 split_by: str, folds: int, seed: int, control, lambdas, defer: bool,
-                 fold_frames: np.ndarray | None):
-        self.name, self.split_by = name, split_by
-        self.level = resolve_level(corpus, name, level)
-        control_by = control if isinstance(control, str) else None
-        self.control = bool(control)
-        # utterance level: classes, stratified folds, checks, control classes; frame level:
-        # alignment checks (the classes and held-out checks after the statistics pass)
-        self.task = ProbeTask(corpus, name, self.level, sel, folds, split_by, seed,
-                              self.control, control_by, fixes=_FIXES)
-        self.ctrl = None
-        self.checked = self.level == "utterance"
-        if self.level == "frame":  # folds balanced by frames
-            weights = (ctx.lengths()[:, 0] if fold_frames is None else fold_frames)[sel]
-        if self.level == "frame" and self.control:
-            # control types need every frame's label first: the classes, folds, held-out
-            # checks and control classes of probe_layers' ProbeTask, from the alignments
-            self.task.set_frame_classes(range(ctx.num_layers), weights)
-            self.classes = np.asarray(self.task.classes, dtype=object)
-            self.ctrl = []
-            for s in range(ctx.num_layers):
-                d = self.task.frame_targets(s)
-                self.ctrl.append((np.concatenate([[0], np.cumsum(d.lengths)]), d.y_ctrl))
-            self.checked = True
-        elif self.level == "frame":
-            self.task.utt_fold = assign_folds(self.task.groups, weights, folds, seed,
-                                               what=split_by)
-            values = {v for u in sel for v in label_strings(corpus.phones[u][name].tolist())}
-            self.classes = np.asarray(sorted(v for v in values if v != ""), dtype=object)
-            check_classes(name, self.classes, None, where="in the corpus's alignments")
-        else:
-            self.classes = np.asarray(self.task.classes, dtype=object)
-        self.index = {c: i for i, c in enumerate(self.classes)}
-        c = len(self.classes)
-        self.blocks = [slice(0, c)] + ([slice(c, 2 * c)] if self.control else [])
-        self.sub = 2 if folds == 2 else 1
-        # its dev-part check comes after the held-out class check, as probe_layers' order
-        # (a stream checks it before its passes)
-        self.utt_sub = None if defer and not self.checked else sub_folds(self.task, self.sub,
-                                                                         lambdas)
-        n_l = ctx.num_layers
-        self.models: list = [None] * n_l
-        self.result: list = [None] * n_l
-        self.counts: list = [None] * n_l
-
-
 class RidgeProbe(Measure):
     """Cross-validated ridge probes of every layer for one or more targets.
 
@@ -144,18 +86,14 @@ class RidgeProbe(Measure):
         level: ``"frame"``, ``"utterance"`` or None (as :func:`s3viz.probe_layers`).
         folds, seed, lambdas: as for :func:`s3viz.probe_layers`.
         split_by: ``"auto"``, ``"speaker"``, ``"utterance"`` or a dict target -> split.
-        control: ``True`` or a column defining the control type: Hewitt & Liang
-            control tasks, fitted with the probe (columns ``control_accuracy``,
-            ``selectivity``), as for :func:`s3viz.probe_layers`.
-        utterances: corpus positions to probe (default all); the frames of the
-            others are ignored.
+        control: ``True`` or a column defining the control type, as for
+            :func:`s3viz.probe_layers`.
+        utterances: corpus positions to probe (default all).
         profile_pass: one more pass first, profiling each layer, so that its numerics
-            guard (:mod:`s3viz._numerics`: a power of two per feature, a dead feature
-            read as 0, a degenerate layer's frames as zeros) reads the frames before
-            the statistics, as ``probe_layers`` does on a store. False (a stream: two
-            upstream passes): the profile comes with the statistics and only judges
-            each layer, so a layer of pathological scale (``docs/streaming.md``) may
-            score otherwise than stored.
+            guard reads the frames before the statistics, as ``probe_layers`` does on
+            a store. False (a stream): the profile comes with the statistics and only
+            judges each layer, so a layer of pathological scale
+            (``docs/streaming.md``) may score otherwise than stored.
 
     ``compute()`` gives the columns of :func:`s3viz.probe_layers`.
     """
@@ -185,9 +123,7 @@ class RidgeProbe(Measure):
             check_split_by(split_by[t], f"split_by[{t!r}]")
         if level not in (None, "frame", "utterance"):
             raise ValueError(f"level must be 'frame', 'utterance' or None, got {level!r}")
-        if not isinstance(control, (bool, str)):
-            raise TypeError(f"control must be True, False or the name of the column that "
-                            f"defines a control type (e.g. 'word'), got {control!r}")
+        check_control(control)
         self.targets, self.split_by, self.level = targets, split_by, level
         self.folds = check_folds(folds)
         self.seed = _v.integer(seed, "seed", minimum=0)
@@ -203,13 +139,11 @@ class RidgeProbe(Measure):
         self.ctx = ctx
         corpus = TaskCorpus(ctx)
         self.sel = utterance_selection(self.utterances, len(corpus))
-        self.where = np.full(len(corpus), -1, dtype=np.int64)  # position -> selection index
-        self.where[self.sel] = np.arange(len(self.sel))
         self.splits = {t: resolve_split(corpus.labels, self.split_by[t], t, self.folds,
                                         self.sel) for t in self.targets}
-        self.tasks = [_Target(ctx, corpus, self.sel, t, self.level, self.splits[t],
-                              self.folds, self.seed, self.control, self.lambdas,
-                              bool(self.first), self.fold_frames) for t in self.targets]
+        self.sub = 2 if self.folds == 2 else 1  # parts per fold (a dev part for 2 folds)
+        self.tasks = [self._task(ctx, corpus, t) for t in self.targets]
+        self.where = self.tasks[0].where
         n, dev = len(self.sel), ctx.device
         # per target and layer: pooled rows (dual solve) or fold statistics (allocated after
         # the first pass for frame classes still to be checked); frame classes per fold
@@ -219,7 +153,7 @@ class RidgeProbe(Measure):
                 dual = t.level == "utterance" and n <= h
                 rows.append(torch.zeros(n, h, dtype=ctx.read_dtype) if dual else None)
                 stats.append(None if dual or t.utt_sub is None else ProbeStats.zeros(
-                    self.folds * t.sub, h, len(t.blocks) * len(t.classes),
+                    self.folds * self.sub, h, len(t.blocks) * len(t.classes),
                     dtype=torch.float64, device=dev))
                 conf.append(None)
                 seen.append(None if t.checked else
@@ -228,22 +162,41 @@ class RidgeProbe(Measure):
         self.add_state("rows", rows, _reduce_list, after_pass=self.first)
         self.add_state("seen", seen, _reduce_list)
         self.add_state("conf", conf, _reduce_list, after_pass=self.first + 1)
-        # the one guard of every measure (s3viz._numerics), as probe_layers': each layer's
-        # profile (the selected utterances' frames; their pooled vectors at utterance level)
-        # (on one process kept as they are: they name the farthest row)
+        # each layer's profile for its guard (s3viz._numerics): the selected frames, and
+        # pooled vectors at utterance level (one process: kept as they are, to name rows)
         utterance = any(t.level == "utterance" for t in self.tasks)
         self.one = len(ctx.positions) == len(ctx.meta)
-        merge = (lambda v, reduce: v) if self.one else _reduce_profiles
+        merge = (lambda v, reduce: v) if self.one else (
+            lambda v, reduce: [p.reduced(reduce) for p in v])
         self.add_state("frames", [Profile() for _ in ctx.sizes], merge)
         self.add_state("pooled", [Profile() for _ in ctx.sizes] if utterance else None, merge)
         self.order: list = []  # the profiled utterances in order, to name a far row
         self.guards: dict = {}
+        self.models, self.result, self.counts = ([None] * len(stats) for _ in range(3))
 
-    def _selected(self, batch: Batch) -> np.ndarray:
-        return self.where[batch.positions] >= 0
+    def _task(self, ctx: Context, corpus: TaskCorpus, name: str) -> ProbeTask:
+        """The task of target ``name``. Frame level with control tasks reads every frame
+        label first (the control types need them); without, the classes are the
+        alignments' until the first pass counts those of the frames (``checked``)."""
+        t = ProbeTask(corpus, name, resolve_level(corpus, name, self.level), self.sel,
+                      self.folds, self.splits[name], self.seed, bool(self.control),
+                      self.control if isinstance(self.control, str) else None, fixes=_FIXES)
+        t.checked = t.level == "utterance" or t.control
+        if t.level == "frame":  # folds balanced by frames
+            weights = (ctx.lengths()[:, 0] if self.fold_frames is None
+                       else self.fold_frames)[self.sel]
+            if t.control:
+                t.set_frame_classes(range(ctx.num_layers), weights)
+            else:
+                t.set_frame_folds(weights)
+                t.alignment_classes()
+        # the dev-part check comes after the held-out class check, as probe_layers' order
+        # (a stream checks it before its passes)
+        t.utt_sub = None if self.first and not t.checked else t.sub_folds(self.lambdas)
+        return t
 
     def _profile(self, batch: Batch) -> None:
-        keep = self._selected(batch)
+        keep = self.where[batch.positions] >= 0
         if not keep.any():
             return
         self.order.append(batch.positions[keep])
@@ -255,7 +208,7 @@ class RidgeProbe(Measure):
             if self.pooled is not None:
                 self.pooled[s].update(_pooled(batch, s)[torch.from_numpy(keep)])
 
-    def _guard(self, t: _Target, s: int) -> Guard:
+    def _guard(self, t: ProbeTask, s: int) -> Guard:
         """The guard of layer ``s`` at ``t``'s level (after the profile is complete)."""
         key = (t.level, s)
         if key not in self.guards:
@@ -275,36 +228,33 @@ class RidgeProbe(Measure):
             # a store of segments: the precision of the frames they are means of
             prec = getattr(ctx.meta, "_precision", None)
             dtype = ctx.store_dtype if prec is None else prec[ctx.layer_index[s]]
-            if t.level == "frame":
-                g = profile_guard(self.frames[s], dtype, centre=False,
-                                  span=float64_sums_span(), per_feature=True, names=names)
-            else:
-                g = profile_guard(self.frames[s], dtype, pooled=self.pooled[s],
-                                  centre=False, per_feature=True, names=names)
-            self.guards[key] = g
+            kw = ({"span": float64_sums_span()} if t.level == "frame"
+                  else {"pooled": self.pooled[s]})
+            self.guards[key] = profile_guard(self.frames[s], dtype, centre=False,
+                                             per_feature=True, names=names, **kw)
         return self.guards[key]
 
-    def _examples(self, t: _Target, batch: Batch, s: int, guard: Guard | None = None):
+    def _examples(self, t: ProbeTask, batch: Batch, s: int, guard: Guard | None = None):
         """(x, classes ``(n, blocks)``, selection index) of the batch's labelled examples
         of layer ``s``, ``x`` read through ``guard`` when given."""
         where = self.where[batch.positions]
         if t.level == "frame":
-            lab = batch.frame_labels(s, t.name)
-            y = np.fromiter((t.index.get(v, -1) for v in lab), dtype=np.int64, count=len(lab))
+            lab, index = batch.frame_labels(s, t.target), t.index
+            y = np.fromiter((index.get(v, -1) for v in lab), dtype=np.int64, count=len(lab))
             utt = np.repeat(where, batch.lens[:, s])
             m = (y >= 0) & (utt >= 0)
             ys = [y]
-            if t.ctrl is not None:  # the control class of each selected frame
-                offs, yc = t.ctrl[s]
-                ys.append(np.concatenate([yc[offs[i]:offs[i + 1]] if i >= 0
+            if t.control:  # the control class of each selected frame
+                d = t.frame_targets(s)
+                offs = np.concatenate([[0], np.cumsum(d.lengths)])
+                ys.append(np.concatenate([d.y_ctrl[offs[i]:offs[i + 1]] if i >= 0
                                           else np.full(n, -1, dtype=np.int64)
                                           for i, n in zip(where, batch.lens[:, s])]))
             x, y, utt = batch.frames[s][torch.from_numpy(m)], np.stack(ys, 1)[m], utt[m]
         else:
             m = where >= 0
             utt = where[m]
-            ys = [t.task.y[utt]] + ([t.task.y_ctrl[utt]] if t.control else [])
-            x, y = _pooled(batch, s)[torch.from_numpy(m)], np.stack(ys, 1)
+            x, y = _pooled(batch, s)[torch.from_numpy(m)], t.heads(utt)
         y[:, 1:] += len(t.classes)  # the control block's columns
         if guard is not None:
             x = guard(x, torch.float64, self.ctx.device)
@@ -312,7 +262,7 @@ class RidgeProbe(Measure):
                 x.zero_()                              # frames that break eigh
         return x, y, utt
 
-    def _stats_guard(self, t: _Target, s: int) -> Guard | None:
+    def _stats_guard(self, t: ProbeTask, s: int) -> Guard | None:
         """What the statistics and scores read layer ``s`` through: its guard after a
         profile pass, else the frames as they come."""
         return self._guard(t, s) if self.first else None
@@ -326,10 +276,8 @@ class RidgeProbe(Measure):
                 k = i * n_l + s
                 if pass_index == 0 and self.seen[k] is not None:  # frame classes per fold
                     _, y, utt = self._examples(t, batch, s)
-                    c = len(t.classes)
-                    self.seen[k] += torch.from_numpy(np.bincount(
-                        t.task.utt_fold[utt] * c + y[:, 0], minlength=self.folds * c)
-                        .reshape(self.folds, c))
+                    self.seen[k] += torch.from_numpy(fold_class_counts(
+                        y[:, 0], t.utt_fold[utt], self.folds, len(t.classes))[0])
                 if p == 1:
                     self._score(t, batch, s, k)
                 elif p == 0 and self.rows[k] is not None:  # kept: the dual reads them guarded
@@ -355,27 +303,12 @@ class RidgeProbe(Measure):
         for i, t in enumerate(self.tasks):
             if t.checked:
                 continue
-            counts = [self.seen[i * n_l + s].numpy() for s in range(n_l)]
-            keep = np.flatnonzero(sum(c.sum(0) for c in counts) > 0)
-            t.classes = t.classes[keep]
-            t.index = {c: j for j, c in enumerate(t.classes)}
-            t.blocks = [slice(0, len(keep))]
-            if len(keep) < 2:
-                raise ValueError(
-                    f"target {t.name!r} has {len(keep)} class(es) among the labelled "
-                    "frames: nothing to classify; choose another target or more utterances")
-            warned = False
-            for c in counts:
-                test = c[:, keep]
-                unseen = check_heldout(test, test.sum(0, keepdims=True) - test,
-                                       target=t.name, level="frame", split_by=t.split_by,
-                                       classes=t.classes, items="frame", warn=not warned)
-                warned = warned or bool(unseen.any())
+            keep = t.keep_seen([self.seen[i * n_l + s].numpy() for s in range(n_l)])
             if t.utt_sub is None:  # after a profile pass: the statistics are still to come
-                t.utt_sub = sub_folds(t.task, t.sub, self.lambdas)
+                t.utt_sub = t.sub_folds(self.lambdas)
             for s, h in enumerate(self.ctx.sizes):
                 k = i * n_l + s
-                self.stats[k] = (ProbeStats.zeros(folds * t.sub, h, len(keep), device=dev,
+                self.stats[k] = (ProbeStats.zeros(folds * self.sub, h, len(keep), device=dev,
                                                   dtype=torch.float64)
                                  if self.stats[k] is None else self.stats[k].keep_targets(keep))
 
@@ -386,39 +319,26 @@ class RidgeProbe(Measure):
             for s in range(n_l):
                 k = i * n_l + s
                 if self.rows[k] is not None:
-                    x = self.rows[k].to(self.ctx.device)
-                    self.rows[k] = None
-                    t.result[s] = ridge_layer_utterance(t.task, x, t.blocks, len(t.classes),
-                                                         self.lambdas, torch.float64,
-                                                         self._guard(t, s))
+                    x, self.rows[k] = self.rows[k].to(self.ctx.device), None
+                    self.result[k] = ridge_layer_utterance(t, x, self.lambdas, self._guard(t, s))
                     continue
-                st = self.stats[k]
-                models = ridge_fit_folds(st, folds, t.sub, t.blocks, self.lambdas)
-                t.models[s] = (torch.stack([m[0] for m in models]),
-                               torch.stack([m[1] for m in models]),
-                               np.mean([m[2] for m in models], axis=0))
-                t.counts[s] = fold_train_counts(st, folds, t.sub)
+                self.models[k] = stacked(ridge_fit_folds(self.stats[k], folds, self.sub, t.blocks,
+                                                         self.lambdas))
+                self.counts[k] = fold_train_counts(self.stats[k], folds, self.sub)
                 c = len(t.classes)
                 self.conf[k] = torch.zeros((len(t.blocks), folds, c, c), dtype=torch.int64)
                 self.stats[k] = None  # free the hidden x hidden matrices before scoring
 
-    def _score(self, t: _Target, batch: Batch, s: int, k: int) -> None:
-        if t.result[s] is not None:  # solved in the dual after the statistics pass
+    def _score(self, t: ProbeTask, batch: Batch, s: int, k: int) -> None:
+        if self.result[k] is not None:  # solved in the dual after the statistics pass
             return
         x, y, utt = self._examples(t, batch, s, self._stats_guard(t, s))
         if not len(y):
             return
-        w, b, _ = t.models[s]
-        fold = t.task.utt_fold[utt]
-        dev, c = self.ctx.device, len(t.classes)
-        yt = torch.from_numpy(y).to(dev)
-        for f in np.unique(fold).tolist():
-            r = torch.from_numpy(fold == f)
-            scores = x[r].to(device=dev, dtype=w.dtype) @ w[f] + b[f]
-            rd = r.to(dev)
-            for bi, blk in enumerate(t.blocks):
-                self.conf[k][bi, f] += torch.from_numpy(confusion_matrix(
-                    yt[rd, bi] - bi * c, scores[:, blk].argmax(1), c))
+        dev = self.ctx.device
+        add_confusions(self.conf[k], x.to(dev), torch.from_numpy(y).to(dev),
+                       torch.from_numpy(t.utt_fold[utt]).to(dev), self.models[k], t.blocks,
+                       len(t.classes))
 
     def compute(self) -> pd.DataFrame:
         n_l, ctx = self.ctx.num_layers, self.ctx
@@ -426,15 +346,15 @@ class RidgeProbe(Measure):
         control = any(t.control for t in self.tasks)
         for i, t in enumerate(self.tasks):
             for s in range(n_l):
-                if t.result[s] is None:
-                    counts, n_train = t.counts[s]
-                    t.result[s] = (self.conf[i * n_l + s].numpy(), counts, n_train,
-                                   t.models[s][2], self._guard(t, s).reason)
-                if t.result[s][4]:
-                    self.degenerate[ctx.layer_index[s]] = t.result[s][4]
-                rows.append(result_row(t.name, "ridge", t.level, ctx.layer_index[s],
-                                        int(ctx.layer_ids[s]), len(t.classes), self.folds,
-                                        control, t.result[s], fold_accuracy))
+                k = i * n_l + s
+                if self.result[k] is None:
+                    self.result[k] = (self.conf[k].numpy(), *self.counts[k], self.models[k][2],
+                                      self._guard(t, s).reason)
+                if self.result[k][4]:
+                    self.degenerate[ctx.layer_index[s]] = self.result[k][4]
+                rows.append(result_row(t.target, "ridge", t.level, ctx.layer_index[s],
+                                       int(ctx.layer_ids[s]), len(t.classes), self.folds,
+                                       control, self.result[k], fold_accuracy))
         warn_degenerate("probe_layers", self.degenerate, "accuracy")
         return result_table(rows, fold_accuracy, control, self.splits, folds=self.folds,
                             seed=self.seed, weights=ctx.weights)

@@ -1,11 +1,5 @@
-"""Grouped folds and control labels.
-
-No utterance (or no speaker, ``split_by="speaker"``) has examples on both sides of
-a split: :func:`probe_folds` assigns groups to folds balancing their sizes,
-:func:`check_heldout` refuses a fold whose test classes training never saw (and
-warns about some), and :func:`control_labels` draws the seeded control classes of
-Hewitt & Liang (2019).
-"""
+"""Grouped folds (no utterance, or speaker, on both sides of a split), the held-out
+class check (:func:`check_heldout`) and Hewitt & Liang's control labels."""
 
 from __future__ import annotations
 
@@ -37,14 +31,11 @@ def check_split_by(split_by, name: str = "split_by"):
 def resolve_split(labels: pd.DataFrame, split_by, target: str, folds: int, sel=None) -> str:
     """The split of ``target``: ``split_by`` itself, or what ``"auto"`` picks.
 
-    ``"auto"`` (the default of every probe, featurizer and streamed run) is
-    ``"speaker"`` -- scores of speakers never seen in training -- when the
-    labels allow it: a ``speaker`` column filled for every selected utterance,
-    at least ``folds`` speakers, and a target other than the speaker itself
-    (or a label that names the speaker one-to-one). Otherwise it is
-    ``"utterance"``, with a warning when a speaker column was there but
-    could not be used. The speaker
-    itself split by speaker is refused: no test speaker is seen in training.
+    ``"auto"`` is ``"speaker"`` when the labels allow it: a ``speaker`` for every
+    selected utterance, at least ``folds`` speakers, and a target other than the
+    speaker (or a label naming the speakers one-to-one); otherwise ``"utterance"``,
+    with a warning when a speaker column was there but could not be used. The speaker
+    split by speaker is refused.
 
     Args:
         sel: the positions (rows of ``labels``) of the utterances probed; None: all.
@@ -69,32 +60,27 @@ def resolve_split(labels: pd.DataFrame, split_by, target: str, folds: int, sel=N
                       f"folds for speaker-independent scores, or pass split_by='utterance' to "
                       f"silence this", UserWarning, stacklevel=caller_stacklevel())
         return "utterance"
-    if target in labels.columns:
-        pairs = pd.DataFrame({"s": spk, "t": [label_str(v) for v in labels[target].to_numpy()[sel]]})
-        if pairs.groupby("t")["s"].nunique().max() == 1 and \
-                pairs.groupby("s")["t"].nunique().max() == 1:
-            return "utterance"  # the target names the speaker: a speaker split has no test class
+    if target in labels.columns and one_to_one(
+            spk, [label_str(v) for v in labels[target].to_numpy()[sel]]):
+        return "utterance"  # the target names the speaker: a speaker split has no test class
     return "speaker"
 
 
-# ---------------------------------------------------------------------------
-# held-out classes: test examples whose class the training part never saw
+def one_to_one(a, b) -> bool:
+    """Whether each value of ``a`` goes with a single value of ``b`` and back."""
+    pairs = pd.DataFrame({"a": a, "b": b})
+    return bool(pairs.groupby("a")["b"].nunique().max() == 1
+                and pairs.groupby("b")["a"].nunique().max() == 1)
 
 
 class UnseenClassWarning(UserWarning):
-    """Some test examples have a class absent from their fold's training part.
-
-    They can never be predicted right (by the probe or by chance); the probe
-    tables count them in ``n_unseen`` / ``unseen_fraction``.
-    """
+    """Some test examples have a class absent from their fold's training part: they
+    can never be right; the probe tables count them in ``n_unseen`` / ``unseen_fraction``."""
 
 
 def fold_class_counts(y, fold, folds: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(test, train)`` class counts ``(folds, num_classes)`` of each fold's two parts.
-
-    ``y``: class id of each example (``< 0``: unlabelled, not counted); ``fold``:
-    its fold (the test fold it belongs to; every other fold is training).
-    """
+    """``(test, train)`` class counts ``(folds, num_classes)`` of each fold's two parts
+    (``y < 0``: unlabelled, not counted)."""
     y, fold = np.asarray(y, dtype=np.int64), np.asarray(fold, dtype=np.int64)
     m = (y >= 0) & (fold >= 0)
     test = np.bincount(fold[m] * num_classes + y[m],
@@ -102,40 +88,24 @@ def fold_class_counts(y, fold, folds: int, num_classes: int) -> tuple[np.ndarray
     return test, test.sum(0, keepdims=True) - test
 
 
-def _confined(y, groups, classes) -> tuple[int, list]:
-    """Classes all of whose examples lie in one split group (never on both sides)."""
-    y = np.asarray(y)
-    m = y >= 0
-    per = pd.Series(np.asarray(groups, dtype=object)[m].astype(str)).groupby(y[m]).nunique()
-    one = per.index[per.to_numpy() == 1]
-    return len(one), [str(classes[i]) for i in one[:5]]
-
-
 def check_heldout(test_counts, train_counts, *, target: str, level: str, split_by: str,
                   classes, items: str = "example", y=None, groups=None, warn: bool = True,
                   fewer: str | None = None) -> np.ndarray:
     """Refuse or warn about test examples whose class the fold's training part lacks.
 
-    The one check of every probe path (``probe_layers`` ridge and logistic,
-    segment probes, ``train_featurizer``/``WeightedScorer``, ``RidgeProbe``):
-    an example whose class never occurs in training can never be predicted
-    right. When every test example of some fold is such, the fold measures
-    nothing and this raises a ValueError with the counts and the fix; when
-    only some are, it warns once (:class:`UnseenClassWarning`, unless
-    ``warn=False``) with the counts and the fraction.
+    The one check of every probe path (``docs/probes.md``, "Held-out classes"): a
+    fold whose every test example is such is refused (ValueError); some such
+    examples give one :class:`UnseenClassWarning` (unless ``warn=False``).
 
     Args:
-        test_counts, train_counts: ``(folds, C)`` class counts of each fold's test
-            and training parts (:func:`fold_class_counts`).
-        classes: the ``C`` class names (for the message).
+        test_counts, train_counts: ``(folds, C)`` class counts (:func:`fold_class_counts`).
         items: what an example is (``"utterance"``, ``"frame"``, ``"segment"``).
         y, groups: optional class and split group of each example, to name the
             classes confined to one group (which no split can put on both sides).
-        fewer: how the caller's user makes training parts larger (default: fewer
-            folds), for the message.
+        fewer: how the user makes training parts larger (default: fewer folds).
 
     Returns:
-        ``(folds,)`` number of test examples with an unseen class per fold.
+        ``(folds,)`` test examples with an unseen class per fold.
     """
     test, train = np.asarray(test_counts), np.asarray(train_counts)
     unseen_c = test * (train == 0)
@@ -151,12 +121,14 @@ def check_heldout(test_counts, train_counts, *, target: str, level: str, split_b
             f"({n_unseen / max(total, 1):.0%}) have a class absent from their fold's training "
             f"part (e.g. {names}), so they can never be predicted right")
     why = ""
-    if y is not None and groups is not None:
-        k, ex = _confined(y, groups, classes)
-        if k:
-            group = "utterance" if split_by == "utterance" else split_by
-            why = (f"; {k} of {n_cls} classes occur in a single {group} (e.g. {ex}), so no "
-                   f"split puts them on both sides")
+    if y is not None and groups is not None:  # classes all of whose examples share a group
+        m = np.asarray(y) >= 0
+        per = pd.Series(np.asarray(groups, dtype=object)[m].astype(str)).groupby(
+            np.asarray(y)[m]).nunique()
+        one = per.index[per.to_numpy() == 1]
+        if len(one):
+            why = (f"; {len(one)} of {n_cls} classes occur in a single {split_by} (e.g. "
+                   f"{[str(classes[i]) for i in one[:5]]}), so no split puts them on both sides")
     bad = np.flatnonzero((n_test > 0) & (unseen == n_test))
     if target == "speaker" and split_by == "utterance":
         fix = ("speaker identity needs an utterance split where each speaker has >= 2 "
@@ -182,29 +154,18 @@ def check_heldout(test_counts, train_counts, *, target: str, level: str, split_b
     return unseen
 
 
-# ---------------------------------------------------------------------------
-# folds, targets, controls
-
-
-# ---------------------------------------------------------------------------
-
-
 def assign_folds(groups: np.ndarray, weights: np.ndarray, folds: int, seed: int,
                   strata: np.ndarray | None = None, what: str = "group") -> np.ndarray:
-    """Fold of each item so that items of one group share a fold.
-
-    Without ``strata``: groups in decreasing weight (ties random) go to the
-    lightest fold. With ``strata`` (one value per item, constant within a
-    group): groups sorted by stratum (random within) are dealt round-robin.
-    """
+    """Fold of each item, the items of one group in one fold: groups in decreasing weight
+    (ties random) go to the lightest fold, or sorted by ``strata`` (one value per item,
+    constant within a group; random within) are dealt round-robin."""
     uniq, inv = np.unique(np.asarray(groups).astype(str), return_inverse=True)
     if len(uniq) < folds:
         # advice that can help: a finer split only when the groups are coarser than items
         finer = "" if what == "utterance" else " or use split_by='utterance'"
         raise ValueError(
             f"only {len(uniq)} distinct {what}s to split into folds={folds}: lower `folds` "
-            f"to at most {len(uniq)} (and at least 2){finer}"
-        )
+            f"to at most {len(uniq)} (and at least 2){finer}")
     rng = np.random.default_rng(seed)
     gw = np.bincount(inv, weights=np.asarray(weights, dtype=np.float64), minlength=len(uniq))
     fold_of_group = np.empty(len(uniq), dtype=np.int64)
@@ -226,22 +187,16 @@ def assign_folds(groups: np.ndarray, weights: np.ndarray, folds: int, seed: int,
 
 def check_dev_parts(fold: np.ndarray, groups: np.ndarray, folds: int, split_by: str,
                     target: str) -> None:
-    """Refuse a 2-fold split that leaves the ridge penalty's dev fit without training data.
-
-    With ``folds=2`` the ridge probe cuts each fold into two parts of whole groups
-    (speakers or utterances) and picks its penalty on one part of the other fold,
-    fitting on the rest of that fold: a fold of a single group has no rest, and
-    the fit had no examples ("ProbeStats hold no examples"). Raised before any
-    frame is read, with the cause and the fixes.
-    """
+    """Refuse a 2-fold split with a fold of one group (speaker or utterance): the ridge
+    probe's dev part is cut from the other fold's groups, and its dev fit would have no
+    training examples ("ProbeStats hold no examples")."""
     groups = np.asarray(groups).astype(str)
     fold = np.asarray(fold)
     per = [np.unique(groups[fold == f]) for f in range(folds)]
     lone = [(f, g) for f, g in enumerate(per) if len(g) < 2]
     if not lone:
         return
-    n = len(np.unique(groups))
-    what = "utterance" if split_by == "utterance" else split_by
+    n, what = len(np.unique(groups)), split_by
     where = "; ".join(f"fold {f} holds {len(g)} {what}(s){f' ({str(g[0])!r})' if len(g) else ''}"
                       for f, g in lone)
     fixes = [] if split_by == "utterance" else ["split_by='utterance'"]
@@ -255,10 +210,6 @@ def check_dev_parts(fold: np.ndarray, groups: np.ndarray, folds: int, split_by: 
         f"{where}, so a dev fit would have no training examples. Fix: " + ", or ".join(fixes))
 
 
-def _positions(store, utterances) -> np.ndarray:
-    return utterance_selection(utterances, len(store))
-
-
 def _store_arg(sel: np.ndarray, n: int):
     return None if len(sel) == n else sel.tolist()
 
@@ -266,22 +217,18 @@ def _store_arg(sel: np.ndarray, n: int):
 def split_groups(store, sel: np.ndarray, split_by: str) -> np.ndarray:
     if split_by == "utterance":  # a store of segments groups them by their utterance
         return np.asarray(getattr(store, "_group_ids", store.ids), dtype=object)[sel].astype(str)
-    ids = np.asarray(store.ids, dtype=object)[sel]
-    labels = store.labels
-    if "speaker" not in labels.columns:
-        raise ValueError(
-            "split_by='speaker' needs a 'speaker' column in store.labels; there is none. "
-            "Use split_by='utterance'"
-        )
-    spk = labels["speaker"].to_numpy()[sel]
-    spk = [label_str(v) for v in spk]  # speaker 7 and 7.0 are one group
-    bad = [ids[i] for i, v in enumerate(spk) if v == ""]
+    if "speaker" not in store.labels.columns:
+        raise ValueError("split_by='speaker' needs a 'speaker' column in store.labels; there is "
+                         "none. Use split_by='utterance'")
+    # speaker 7 and 7.0 are one group
+    spk = [label_str(v) for v in store.labels["speaker"].to_numpy()[sel]]
+    ids = np.asarray(store.ids, dtype=object)
+    bad = [ids[u] for u, v in zip(sel, spk) if v == ""]
     if bad:
         raise ValueError(
             f"split_by='speaker' but {len(bad)} utterance(s) have no speaker (e.g. {bad[:5]}); "
             "fill store.labels['speaker'], select the others with `utterances=`, "
-            "or use split_by='utterance'"
-        )
+            "or use split_by='utterance'")
     return np.asarray(spk, dtype=object)
 
 
@@ -290,23 +237,18 @@ def probe_folds(store, *, folds: int = 5, split_by: str = "speaker", seed: int =
                 strata: np.ndarray | None = None) -> pd.DataFrame:
     """The grouped K-fold split that :func:`probe_layers` uses.
 
-    With the defaults this is exactly the split of frame-level probes. For
-    utterance-level targets with ``split_by="utterance"``, :func:`probe_layers`
-    stratifies by the target class and weighs utterances equally: pass
-    ``utterance_weights=np.ones(n)`` and ``strata=<class of each utterance>`` to get it.
+    With the defaults this is the split of frame-level probes; utterance-level
+    targets with ``split_by="utterance"`` are split with ``utterance_weights=np.ones(n)``
+    and ``strata=<class of each utterance>`` (groups then dealt round-robin by class).
 
     Args:
-        store: a :class:`~s3viz.store.LayerStore`.
-        folds: number of folds (>= 2).
-        split_by: ``"speaker"`` (no speaker in two folds) or ``"utterance"``.
-            (No ``"auto"`` here: it depends on the target; see
-            :func:`resolve_split`.)
-        seed: seed of the assignment.
+        split_by: ``"speaker"`` or ``"utterance"`` (no ``"auto"``: it depends on the
+            target, :func:`resolve_split`).
         utterances: utterance positions to split (default all).
-        utterance_weights: ``(len(utterances),)`` weight of each utterance to balance the
-            folds by (default: frames of stored layer 0).
-        strata: ``(len(utterances),)`` class of each utterance: groups are then
-            dealt round-robin by class instead of balanced by weight.
+        utterance_weights: weight of each selected utterance to balance the folds by
+            (default: frames of stored layer 0).
+        strata: class of each selected utterance: groups are then dealt round-robin
+            by class instead of balanced by weight.
 
     Returns:
         DataFrame with one row per selected utterance: ``utterance`` (position),
@@ -315,7 +257,7 @@ def probe_folds(store, *, folds: int = 5, split_by: str = "speaker", seed: int =
     folds = check_folds(folds)
     if split_by not in SPLITS:
         raise ValueError(f"split_by must be one of {SPLITS}, got {split_by!r}")
-    sel = _positions(store, utterances)
+    sel = utterance_selection(utterances, len(store))
     groups = split_groups(store, sel, split_by)
     if utterance_weights is None:
         utterance_weights = np.asarray(store.lengths(0))[sel]
@@ -327,16 +269,12 @@ def probe_folds(store, *, folds: int = 5, split_by: str = "speaker", seed: int =
 
 
 def control_labels(types: np.ndarray, y: np.ndarray, num_classes: int, seed: int = 0) -> np.ndarray:
-    """Hewitt & Liang control labels: each type gets a class drawn from ``y``'s distribution.
+    """Hewitt & Liang control labels: each type gets a class drawn from the distribution
+    of the classes ``y``; returns the int64 class of each example.
 
     Args:
         types: ``(num_examples,)`` type of each example (any hashable values).
-        y: ``(num_examples,)`` int class of each example in ``[0, num_classes)``.
-        num_classes: number of classes.
-        seed: seed of the draw.
-
-    Returns:
-        ``(num_examples,)`` int64 control class; equal types get equal classes.
+        num_classes: number of classes (``y`` in ``[0, num_classes)``).
     """
     y = np.asarray(y, dtype=np.int64)
     types = np.asarray([label_str(v) for v in types], dtype=object).astype(str)

@@ -1,10 +1,5 @@
-""":func:`probe_layers`: which layer of an upstream linearly encodes which label.
-
-Validates the call, builds one :class:`~.targets.ProbeTask` per target, runs the
-ridge or logistic probe of every stored layer (sharded when asked) and returns one
-DataFrame row per target, method, level and layer, with control-task selectivity
-when ``control=True``. The maths and its tolerances: ``docs/probes.md``.
-"""
+""":func:`probe_layers`: the ridge (the ``RidgeProbe`` measure) or logistic probe of
+every stored layer, sharded when asked, as one table (``docs/probes.md``)."""
 
 from __future__ import annotations
 
@@ -18,12 +13,13 @@ from .. import _validate as _v
 from .._device import resolve_device as _resolve_device
 from .._numerics import warn_degenerate
 from ..distributed import Sharding
+from ..store import utterance_selection
 from ..upstreams._hub import weights_of
-from .folds import _positions, check_folds, check_split_by, resolve_split
+from .folds import check_folds, check_split_by, resolve_split
 from .logistic import LogisticOptions, _logistic_layers
 from .ridge import LAMBDAS
-from .tables import result_row, result_table
-from .targets import LEVELS, ProbeTask, resolve_level
+from .tables import concat_tables, result_row, result_table
+from .targets import LEVELS, ProbeTask, check_control, resolve_level
 
 __all__ = ["METHODS", "RidgeOptions", "probe_layers"]
 
@@ -31,11 +27,8 @@ METHODS = ("ridge", "logistic")
 
 @dataclass(frozen=True)
 class RidgeOptions:
-    """The ridge probe's penalty grid (``probe_layers(method=RidgeOptions(...))``).
-
-    ``lambdas`` are relative to the standardised covariance; with several, each fold
-    picks one on a dev part of its training part, a single one needs no dev part.
-    """
+    """The ridge probe's penalty grid (``probe_layers(method=RidgeOptions(...))``),
+    relative to the standardised covariance; several: each fold picks one on a dev part."""
 
     lambdas: tuple[float, ...] = LAMBDAS
 
@@ -49,12 +42,8 @@ _OPTIONS = (RidgeOptions, LogisticOptions)
 
 
 def _methods(method) -> list:
-    """``method`` as a list of options objects (a name stands for its default options)."""
-    vals = [method] if isinstance(method, (str, *_OPTIONS)) else list(method)
-    if not vals:
-        raise ValueError("method must name at least one value")
     out = []
-    for m in vals:
+    for m in _as_list(method, "method", (str, *_OPTIONS)):
         if isinstance(m, str) and m in METHODS:
             m = dict(zip(METHODS, _OPTIONS))[m]()
         if not isinstance(m, _OPTIONS):
@@ -79,72 +68,45 @@ def probe_layers(
     seed: int = 0,
     sharding: Sharding | None = None,
 ) -> pd.DataFrame:
-    """Cross-validated linear probes of every stored layer.
+    """Cross-validated linear probes of every stored layer (``docs/probes.md``).
 
     Args:
         store: a :class:`~s3viz.store.LayerStore`.
-        target: label name(s). Frame-level targets are columns of the phone
-            alignments (``"phone"``, ``"word"``), read per frame with
-            ``store.frame_labels`` (frames labelled ``""`` are left out);
-            utterance-level targets are columns of ``store.labels``
-            (``"speaker"``, ``"sentence_id"`` ...), probed on mean-pooled features.
-        level: ``"frame"``, ``"utterance"``, ``"segment"`` or ``None`` (utterance
-            level when the target is a column of ``store.labels``, else frame
-            level). ``"segment"``: each segment of the target in the alignments
-            (a phone, or a run of one word's phones for ``"word"``; silence left
-            out; :func:`s3viz.segments.segment_table`) is one example, the mean
-            of its frames; folds keep each utterance (or speaker) on one side,
-            and the control type defaults to the segment with its neighbours;
-            ``attrs["n_dropped"]`` maps each target to its segments shorter than a
-            frame (left out).
-        method: ``"ridge"``, ``"logistic"``, their options
-            (:class:`RidgeOptions`: the penalty grid; :class:`LogisticOptions`:
-            the logistic probe's training and memory) or a list of these
-            (``docs/probes.md``).
+        target: label name(s): columns of the phone alignments (``"phone"``,
+            ``"word"``: frame level, frames labelled ``""`` left out) or of
+            ``store.labels`` (``"speaker"`` ...: utterance level, mean-pooled features).
+        level: ``"frame"``, ``"utterance"``, ``"segment"`` or ``None`` (utterance level
+            for a column of ``store.labels``, else frame level). ``"segment"``: each
+            segment of the target in the alignments (silence left out;
+            :func:`s3viz.segments.segment_table`) is one example, the mean of its
+            frames, an utterance's segments in one fold; the control type defaults to
+            the segment with its neighbours; ``attrs["n_dropped"]``: each target's
+            segments shorter than a frame (left out).
+        method: ``"ridge"``, ``"logistic"``, their options (:class:`RidgeOptions`,
+            :class:`LogisticOptions`) or a list of these.
         layers: stored layer indices to probe (default all).
         folds: number of grouped cross-validation folds (>= 2).
-        split_by: ``"speaker"`` (no speaker in two folds), ``"utterance"``, or
-            ``"auto"``: speaker when the labels allow it, else utterance (with a
-            warning when a speaker column could not be used); see
-            :func:`s3viz.probe.resolve_split`. The table's ``split_by`` column
-            says which split each row used.
-        control: ``True`` also trains on Hewitt & Liang control labels and reports
-            ``control_accuracy`` and ``selectivity``; a string does so with that
-            column defining a type for the control task (``docs/probes.md``).
+        split_by: ``"speaker"``, ``"utterance"`` or ``"auto"``
+            (:func:`s3viz.probe.resolve_split`); the column ``split_by`` says which.
+        control: ``True`` or a column defining the control type: Hewitt & Liang
+            control tasks, columns ``control_accuracy`` and ``selectivity``.
         utterances: utterance positions to use (default all).
         device: torch device; ``None`` is cuda when available, else cpu.
         seed: seed of folds, control labels and the logistic probe's shuffling.
-        sharding: a sharded run (ridge, or logistic with ``dev_fraction=0``, whose
-            full-batch gradients are summed over shards): a
-            :class:`~s3viz.distributed.Sharding` (``Sharding.of(corpus, store,
-            positions)``). ``store`` then holds one shard (a subset of
-            ``sharding.reference.ids``, the whole corpus's frame-free metadata);
-            folds, classes and control labels come from the reference so every shard
-            agrees, and ``utterances`` are positions in it. The ridge statistics, the
-            pooled vectors (utterance level), the logistic probe's scaling, losses and
-            gradients and the confusion counts are summed with ``sharding.reduce``, so
-            each shard returns the same table as :func:`probe_layers` on the union of
-            the shards (logistic: up to the order of float sums).
+        sharding: a :class:`~s3viz.distributed.Sharding` (``Sharding.of(corpus, store,
+            positions)``; ridge, or logistic with ``dev_fraction=0``): ``store`` holds
+            one shard, folds, classes and controls come from ``sharding.reference``
+            (``utterances`` are positions in it), and sums go through
+            ``sharding.reduce``, so each shard returns the table of the union
+            (logistic: up to the order of float sums).
 
     Returns:
-        DataFrame with one row per target, method and layer: ``target, method,
-        level, layer, upstream_layer, accuracy`` (pooled over the test folds,
-        every example is tested once), ``accuracy_std`` (std over folds),
-        ``macro_f1``, ``chance`` (each fold's test examples scored as if
-        predicted the majority class of that fold's training part: the same
-        examples and the same "right" as ``accuracy``), ``n_classes``,
-        ``n_train``, ``n_test`` (mean examples per fold), ``lambda`` (ridge:
-        mean chosen penalty), with ``control`` ``control_accuracy`` and
-        ``selectivity``, and ``split_by`` (the split each target used; also
-        ``df.attrs["split_by"]``). When some test example's class is absent
-        from its fold's training part (a :class:`~s3viz.probe.UnseenClassWarning`
-        says so; a fold with only such examples is refused), also ``n_unseen``
-        (those examples, over all folds) and ``unseen_fraction`` (their share
-        of the tested examples): they count as wrong in ``accuracy`` and in
-        ``chance`` alike.
-        ``df.attrs["fold_accuracy"]`` maps ``(target, method, layer)`` to the
-        accuracy of each fold (folds as in :func:`probe_folds`);
-        ``df.attrs["weights"]`` the store's :attr:`~s3viz.store.LayerStore.weights`.
+        DataFrame with one row per target, method and layer: ``target, method, level,
+        layer, upstream_layer, accuracy, accuracy_std, macro_f1, chance, n_classes,
+        n_train, n_test, lambda`` (with ``control``: ``control_accuracy, selectivity``;
+        with unseen test classes: ``n_unseen, unseen_fraction``), ``split_by``; attrs
+        ``fold_accuracy``, ``split_by``, ``folds``, ``seed``, ``weights``. What each
+        means: ``docs/probes.md``, "The table".
     """
     weights = weights_of(store)  # the frames' store, also in a sharded run
     if target is None:
@@ -153,9 +115,7 @@ def probe_layers(
     targets = _as_list(target, "target")
     methods = _methods(method)
     seed = _v.integer(seed, "seed", minimum=0)
-    if not isinstance(control, (bool, str)):
-        raise TypeError(f"control must be True, False or the name of the column that defines "
-                        f"a control type (e.g. 'word'), got {control!r}")
+    check_control(control)
     meta, positions = _shard_setup(store, sharding, methods)
     reduce = None if sharding is None else sharding.reduce
     folds = check_folds(folds)
@@ -169,7 +129,7 @@ def probe_layers(
                                device=_resolve_device(device), seed=seed)
     layer_list = _v.stored_layers(store, layers)
     corpus = store if meta is None else meta  # the whole corpus's metadata
-    sel = _positions(corpus, utterances)
+    sel = utterance_selection(utterances, len(corpus))
     device = _resolve_device(device)
     for tgt in targets:
         if not isinstance(tgt, str):
@@ -183,68 +143,49 @@ def probe_layers(
     # the corpus's labels and frame counts of every stored layer (summed over shards)
     ctx = StoreSource(store, meta=meta, positions=positions).context(
         device, reduce or (lambda t: t))
-    ridge = {}
-    for opts in methods:
-        if opts.name == "ridge" and opts not in ridge:
-            source = StoreSource(store, meta=meta, positions=positions, layers=layer_list)
-            probe = RidgeProbe(list(dict.fromkeys(targets)), level=level, folds=folds, split_by=splits, seed=seed,
-                               lambdas=opts.lambdas, control=control, utterances=sel,
-                               profile_pass=True)
-            if layer_list[0] != 0:  # frame-level folds balanced as probe_folds balances them
-                probe.fold_frames = ctx.lengths()[:, 0]
-            ridge[opts] = run_measures([probe], source, device=device,
-                                       reduce=reduce)["probe"]
-    if all(opts.name == "ridge" for opts in methods) and len(ridge) == 1 \
-            and len(set(targets)) == len(targets):  # else: a row per target as listed
-        table = next(iter(ridge.values()))
-        table.attrs["weights"] = weights
-        return table
-    control_by = control if isinstance(control, str) else None
-    control = bool(control)
+    unique, tables = list(dict.fromkeys(targets)), {}
+    for opts in dict.fromkeys(m for m in methods if m.name == "ridge"):
+        source = StoreSource(store, meta=meta, positions=positions, layers=layer_list)
+        probe = RidgeProbe(unique, level=level, folds=folds, split_by=splits, seed=seed,
+                           lambdas=opts.lambdas, control=control, utterances=sel,
+                           profile_pass=True)
+        if layer_list[0] != 0:  # frame-level folds balanced as probe_folds balances them
+            probe.fold_frames = ctx.lengths()[:, 0]
+        tables[opts] = run_measures([probe], source, device=device, reduce=reduce)["probe"]
     layer_ids = list(getattr(store, "layer_ids", range(store.num_layer)))
-    rows, degenerate = [], {}
-    fold_accuracy = {}
-    for tgt in targets:
-        lev = resolve_level(corpus, tgt, level)
-        task = None
-        for opts in methods:
-            if opts.name == "ridge":
-                table = ridge[opts]
-                rows += [{"n_unseen": 0, "unseen_fraction": 0.0, **r}
-                         for r in table.drop(columns="split_by").to_dict("records")
-                         if r["target"] == tgt]
-                fold_accuracy.update({k: v for k, v in table.attrs["fold_accuracy"].items()
-                                      if k[0] == tgt})
-                continue
-            if task is None:
-                task = ProbeTask(TaskCorpus(ctx), tgt, lev, sel, folds, splits[tgt], seed,
-                                 control, control_by)
-                if lev == "frame":
-                    task.set_frame_classes(layer_list)
+    degenerate = {}
+    for opts in dict.fromkeys(m for m in methods if m.name == "logistic"):
+        rows, fold_accuracy = [], {}
+        for tgt in unique:
+            lev = resolve_level(corpus, tgt, level)
+            task = ProbeTask(TaskCorpus(ctx), tgt, lev, sel, folds, splits[tgt], seed,
+                             bool(control), control if isinstance(control, str) else None)
+            if lev == "frame":
+                task.set_frame_classes(layer_list)
             c = len(task.classes)
             per_layer = _logistic_layers(task, store, ctx.positions, layer_list, c, device,
                                          opts, reduce=reduce)
-            degenerate.update({layer: per_layer[layer][4] for layer in layer_list
-                               if len(per_layer[layer]) > 4 and per_layer[layer][4]})
             for layer in layer_list:
+                if per_layer[layer][4]:
+                    degenerate[layer] = per_layer[layer][4]
                 rows.append(result_row(tgt, opts.name, lev, layer, int(layer_ids[layer]), c,
-                                       folds, control, per_layer[layer], fold_accuracy))
+                                       folds, bool(control), per_layer[layer], fold_accuracy))
+        tables[opts] = result_table(rows, fold_accuracy, bool(control), splits)
     warn_degenerate("probe_layers", degenerate, "accuracy")
-    return result_table(rows, fold_accuracy, control, splits, folds=folds, seed=seed,
-                        weights=weights)
+    return concat_tables([(t, tables[m]) for t in targets for m in methods], folds=folds,
+                         seed=seed, weights=weights)
 
 
-def _as_list(v, name: str) -> list:
-    vals = [v] if isinstance(v, str) else list(v)
+def _as_list(v, name: str, single=str) -> list:
+    vals = [v] if isinstance(v, single) else list(v)
     if not vals:
         raise ValueError(f"{name} must name at least one value")
     return vals
 
 
 def _shard_setup(store, sharding, methods):
-    """``(meta, positions)``: unsharded ``(None, None)``; sharded, the whole corpus's
-    metadata (``sharding.reference``) and the corpus positions of the shard store's
-    utterances."""
+    """``(meta, positions)``: ``(None, None)``, or sharded the whole corpus's metadata
+    and the corpus positions of the shard store's utterances."""
     if sharding is None:
         return None, None
     if not isinstance(sharding, Sharding):

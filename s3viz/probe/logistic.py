@@ -3,11 +3,9 @@
 Weights ``(num_layers, hidden_size, num_classes)`` trained with Adam on minibatches
 and early stopping on a grouped dev split, or (``dev_fraction=0``) full-batch
 L-BFGS to the optimum scikit-learn's ``LogisticRegression()`` reaches. Layers are
-read through the one guard of every measure (:func:`s3viz._numerics.layer_guard`):
-centred on their median and scaled by a power of two in float64 before they go to
-float32 (so 1e-300 and 1e300 give the result of 1), and a degenerate layer (constant,
-rounding-level, pooled vectors of rounding noise, a far row float32 cannot resolve
-beside the others) gives NaN scores and one warning.
+read through the one guard of every measure (:func:`s3viz._numerics.layer_guard`,
+centred and scaled by a power of two before float32); a degenerate layer gives NaN
+scores and one warning.
 """
 
 from __future__ import annotations
@@ -20,6 +18,7 @@ import torch
 
 from .. import _validate as _v
 from .._numerics import Moments, float32_distances_span, layer_guard, read_dtype, safe_scale
+from .folds import fold_class_counts
 from .ridge import confusion_matrix
 from .targets import ProbeTask
 
@@ -65,8 +64,15 @@ class LogisticOptions:
         object.__setattr__(self, "dev_fraction", float(dev))
 
 
-# ---------------------------------------------------------------------------
-# logistic (batched over layers)
+def _logits(x, idx, w, b, mean, scale) -> torch.Tensor:
+    """``(L, B, K * C)`` scores of rows ``idx``, standardised by ``mean`` and ``scale``."""
+    return torch.baddbmm(b[:, None], (x[:, idx] - mean[:, None]) / scale[:, None], w)
+
+
+def _log_likelihoods(z: torch.Tensor, t: torch.Tensor, k: int, c: int) -> torch.Tensor:
+    """``(L, B, K, 1)`` log-likelihood of the true classes ``t`` ``(B, K)`` under scores ``z``."""
+    logp = torch.log_softmax(z.view(z.shape[0], -1, k, c), -1)
+    return logp.gather(-1, t[None, :, :, None].expand(z.shape[0], -1, -1, 1))
 
 
 def _train_scaling(x: torch.Tensor, train: torch.Tensor, reduce=None):
@@ -88,15 +94,11 @@ def _fit_logistic_full(x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, c:
                        tolerance_grad: float = 1e-4, history_size: int = 20, reduce=None):
     """All layers' (and heads') penalised softmax regressions to their optimum, full batch.
 
-    Minimises, per layer and head, ``mean NLL + weight_decay / 2 * ||W||^2`` (bias not
-    penalised; ``weight_decay=None`` is ``1 / n_train``: scikit-learn's ``C=1``) with
-    L-BFGS on the sum over layers and heads (independent problems), stopping when the
-    largest gradient entry is under ``tolerance_grad`` (scikit-learn's default ``tol``
-    on the same mean-loss scale). Returns as :func:`_fit_logistic`.
-
-    With ``reduce`` (a sum over shards; ``train`` indexes this shard's rows) the
-    scaling, the loss and its gradients are summed over shards before every step,
-    so all shards take the same steps to the optimum of all their examples.
+    Minimises ``mean NLL + weight_decay / 2 * ||W||^2`` per layer and head (bias not
+    penalised) with L-BFGS on their sum, to a largest gradient entry under
+    ``tolerance_grad`` (scikit-learn's ``tol``). With ``reduce`` (``train``: this
+    shard's rows) the scaling, loss and gradients are summed over shards before every
+    step. Returns as :func:`_fit_logistic`.
     """
     num_l, _, h = x.shape
     k = y.shape[0]
@@ -119,10 +121,7 @@ def _fit_logistic_full(x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, c:
         total = torch.zeros((), dtype=torch.float64, device=x.device)
         for i in range(0, n_local, chunk):
             idx = train[i:i + chunk]
-            z = torch.baddbmm(b[:, None], (x[:, idx] - mean[:, None]) / scale[:, None], w)
-            logp = torch.log_softmax(z.view(num_l, -1, k, c), -1)
-            t = y[:, idx].T  # (B, K)
-            nll = -logp.gather(-1, t[None, :, :, None].expand(num_l, -1, -1, 1)).sum()
+            nll = -_log_likelihoods(_logits(x, idx, w, b, mean, scale), y[:, idx].T, k, c).sum()
             (nll / n_train).backward()
             total += nll.detach().double() / n_train
         if reduce is not None:  # every shard's data term, then the (shared) penalty
@@ -139,12 +138,12 @@ def _fit_logistic_full(x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, c:
 def _fit_logistic(x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, dev: torch.Tensor,
                   c: int, *, seed: int, lr: float, batch_size: int, max_epochs: int,
                   patience: int, weight_decay: float | None, min_steps: int = 200):
-    """Train softmax classifiers of all layers (and heads) at once.
+    """Train softmax classifiers of all layers (and heads) at once: Adam, early stopping
+    on rows ``dev``.
 
     Args:
         x: ``(num_layers, num_examples, hidden_size)`` float32 features on the device.
         y: ``(num_heads, num_examples)`` long targets (head 0 the target, 1 the control).
-        train, dev: long indices of the training and early-stopping examples.
 
     Returns:
         ``(weight (L, H, K*C), bias (L, K*C), mean (L, H), scale (L, H))``.
@@ -171,18 +170,11 @@ def _fit_logistic(x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, dev: to
     max_epochs = max(int(max_epochs), math.ceil(min_steps / steps_per_epoch))
     ar = torch.arange(k, device=device)
 
-    def _standardized(idx):
-        return (x[:, idx] - mean[:, None]) / scale[:, None]  # (L, B, H)
-
-    def _nll(z, t):  # z (L, B, K, C), t (B, K) -> (L, K) mean negative log-likelihood
-        logp = torch.log_softmax(z, -1)
-        return -logp.gather(-1, t[None, :, :, None].expand(num_l, -1, -1, 1)).squeeze(-1).mean(1)
-
     for epoch in range(max_epochs):
         perm = train[torch.randperm(n_train, generator=gen).to(device)]
         for i in range(0, n_train, batch_size):
             idx = perm[i:i + batch_size]
-            xb = _standardized(idx)
+            xb = (x[:, idx] - mean[:, None]) / scale[:, None]  # (L, B, H)
             z = torch.baddbmm(b[:, None], xb, w).view(num_l, -1, k, c)
             g = torch.softmax(z, -1)
             t = y[:, idx].T  # (B, K)
@@ -201,8 +193,8 @@ def _fit_logistic(x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, dev: to
         dl = torch.zeros(num_l, k, device=device)
         for i in range(0, int(dev.numel()), 8192):
             idx = dev[i:i + 8192]
-            z = torch.baddbmm(b[:, None], _standardized(idx), w).view(num_l, -1, k, c)
-            dl += _nll(z, y[:, idx].T) * idx.numel()
+            ll = _log_likelihoods(_logits(x, idx, w, b, mean, scale), y[:, idx].T, k, c)
+            dl -= ll.squeeze(-1).mean(1) * idx.numel()
         dl /= max(int(dev.numel()), 1)
         better = dl < best - 1e-4 * best.abs().clamp_max(1e6)
         best = torch.where(better, dl, best)
@@ -217,28 +209,25 @@ def _fit_logistic(x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, dev: to
 
 def _logistic_group(task: ProbeTask, xs: torch.Tensor, y_np: np.ndarray, fold_np: np.ndarray,
                     group_np: np.ndarray, c: int, opts: LogisticOptions, reduce=None):
-    """Cross-validated logistic probes of a group of layers sharing their examples.
+    """Cross-validated logistic probes of layers ``xs`` ``(L, n, H)`` sharing their
+    examples (targets ``y_np`` ``(heads, n)``); with ``reduce`` (sharded,
+    ``dev_fraction=0``) the returned confusions and counts are those of all shards."""
+    folds, k = task.folds, y_np.shape[0]
+    y = torch.from_numpy(y_np).to(xs.device)
 
-    Args:
-        xs: ``(num_layers, num_examples, hidden_size)`` features on the device.
-        y_np: ``(num_heads, num_examples)`` targets; fold_np, group_np: ``(num_examples,)``.
-        reduce: sharded (``dev_fraction=0`` only): sums a tensor over shards; the
-            returned confusions and counts are then those of all shards.
-    """
-    device = xs.device
-    folds = task.folds
-    k = y_np.shape[0]
-    y = torch.from_numpy(y_np).to(device)
+    def rows(m):
+        return torch.from_numpy(np.flatnonzero(m)).to(xs.device)
+
     conf = np.zeros((xs.shape[0], k, folds, c, c), dtype=np.int64)
-    counts = np.zeros((k, folds, c))
-    n_fold = np.zeros(folds)
+    # each fold's training part: class counts (folds, heads * C) and examples
+    counts = np.concatenate([fold_class_counts(yh, fold_np, folds, c)[1] for yh in y_np],
+                            1).astype(np.float64)
+    n_fold = (len(fold_np) - np.bincount(fold_np, minlength=folds)).astype(np.float64)
     for f in range(folds):
         test_m = fold_np == f
-        te = torch.from_numpy(np.flatnonzero(test_m)).to(device)
         if opts.dev_fraction == 0:  # no early stopping: the penalised optimum
-            tr = torch.from_numpy(np.flatnonzero(~test_m)).to(device)
             w, b, mean, scale = _fit_logistic_full(
-                xs, y, tr, c, weight_decay=opts.weight_decay,
+                xs, y, rows(~test_m), c, weight_decay=opts.weight_decay,
                 max_iter=25 * opts.max_epochs, reduce=reduce)
         else:
             train_groups = np.unique(group_np[~test_m])
@@ -247,26 +236,19 @@ def _logistic_group(task: ProbeTask, xs: torch.Tensor, y_np: np.ndarray, fold_np
                         len(train_groups) - 1)
             dev_groups = rng.choice(train_groups, size=n_dev, replace=False)
             dev_m = np.isin(group_np, dev_groups) & ~test_m
-            fit_m = ~test_m & ~dev_m
-            tr = torch.from_numpy(np.flatnonzero(fit_m)).to(device)
-            dv = torch.from_numpy(np.flatnonzero(dev_m)).to(device)
             w, b, mean, scale = _fit_logistic(
-                xs, y, tr, dv, c, seed=task.seed * 7919 + f, lr=opts.lr,
+                xs, y, rows(~test_m & ~dev_m), rows(dev_m), c, seed=task.seed * 7919 + f, lr=opts.lr,
                 batch_size=opts.batch_frames, max_epochs=opts.max_epochs,
                 patience=opts.patience, weight_decay=opts.weight_decay)
+        te = rows(test_m)
         with torch.no_grad():
             for i in range(0, int(te.numel()), 8192):
                 idx = te[i:i + 8192]
-                z = torch.baddbmm(b[:, None], (xs[:, idx] - mean[:, None]) / scale[:, None], w)
-                pred = z.view(xs.shape[0], -1, k, c).argmax(-1)  # (L, B, K)
+                pred = _logits(xs, idx, w, b, mean, scale).view(xs.shape[0], -1, k, c).argmax(-1)
                 for hh in range(k):
                     t = y[hh, idx]
                     for li in range(xs.shape[0]):
                         conf[li, hh, f] += confusion_matrix(t, pred[li, :, hh], c)
-        train_all = ~test_m
-        for hh in range(k):
-            counts[hh, f] = np.bincount(y_np[hh][train_all], minlength=c)
-        n_fold[f] = train_all.sum()
     if reduce is not None:
         conf = reduce(torch.from_numpy(conf)).numpy()
         counts = reduce(torch.from_numpy(counts)).numpy()
@@ -276,15 +258,10 @@ def _logistic_group(task: ProbeTask, xs: torch.Tensor, y_np: np.ndarray, fold_np
 
 def _logistic_layers(task: ProbeTask, store, positions: np.ndarray, layer_list: list[int],
                      c: int, device, opts: LogisticOptions, reduce=None) -> dict:
-    """Group layers (same hidden size and frame labels), train each group batched.
-
-    ``store`` holds the utterances at corpus ``positions`` (the whole corpus, or one
-    shard); with ``reduce`` (sharded, ``dev_fraction=0``) the L-BFGS gradients, the
-    scaling and the counts are summed over shards.
-    """
-    where = np.full(task.n_utt, -1, dtype=np.int64)  # corpus position -> selection index
-    where[task.sel] = np.arange(len(task.sel))
-    mine = where[np.asarray(positions, dtype=np.int64)]
+    """Per layer ``(conf, counts, n_train, None, degenerate)``: layers of one hidden size
+    and frame labels trained batched; ``store`` holds the utterances at corpus
+    ``positions`` (all, or one shard: ``reduce`` sums over shards)."""
+    mine = task.where[np.asarray(positions, dtype=np.int64)]
     local = np.flatnonzero(mine >= 0).tolist()  # the store's utterances of the task
     tpos = mine[local]
     arg = None if len(local) == len(store) else local
@@ -302,15 +279,14 @@ def _logistic_layers(task: ProbeTask, store, positions: np.ndarray, layer_list: 
                                   + [np.zeros(0, dtype=np.int64)])
             keep = d.y[rows] >= 0
             rows = rows[keep]
-            y_np = [d.y[rows]] + ([d.y_ctrl[rows]] if task.control else [])
+            y_np = task.heads(rows, d)
             fold_np, group_np = d.fold[rows], task.groups[d.utt[rows]]
         else:
             rows = tpos
-            y_np = [task.y[rows]] + ([task.y_ctrl[rows]] if task.control else [])
+            y_np = task.heads(rows)
             fold_np, group_np = task.utt_fold[rows], task.groups[rows]
-        n = len(rows)
-        y_np = np.stack(y_np).astype(np.int64).reshape(len(y_np), n)
-        n_group = n
+        n = n_group = len(rows)
+        y_np = np.ascontiguousarray(y_np.T.astype(np.int64))
         if reduce is not None:  # every shard must group the layers alike (same collectives)
             n_group = int(reduce(torch.tensor([float(n)], dtype=torch.float64))[0])
         per = max(1, int(opts.max_memory // max(1, n_group * h * 4)))
@@ -343,8 +319,7 @@ def _logistic_layers(task: ProbeTask, store, positions: np.ndarray, layer_list: 
 
 
 def _read(store, layer: int, arg, local: list, level: str, h: int) -> torch.Tensor:
-    """The frames (or pooled vectors) of ``store``'s utterances ``local`` (``arg``: None
-    for all of them)."""
+    """The frames (or pooled vectors) of ``store``'s utterances ``local``."""
     dt = read_dtype(store)
     if not local:
         return torch.zeros(0, h, dtype=dt)

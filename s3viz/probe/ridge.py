@@ -1,11 +1,6 @@
-"""The ridge probe: closed-form fits of every fold from :class:`~.stats.ProbeStats`.
-
-Per-fold statistics (summed over passes, batches and shards by the
-:class:`~s3viz.measures.RidgeProbe` measure, which ``probe_layers`` runs) are solved
-with a penalty picked on a dev fold from the grid :data:`LAMBDAS`; utterance level
-with fewer examples than dimensions: the ``n x n`` dual. Scores come from a
-confusion matrix per fold.
-"""
+"""The ridge probe's fits of every fold: from :class:`~.stats.ProbeStats` (summed by
+the :class:`~s3viz.measures.RidgeProbe` measure) with a penalty picked on a dev fold
+from :data:`LAMBDAS`, or for few utterances in the ``n x n`` dual."""
 
 from __future__ import annotations
 
@@ -15,7 +10,6 @@ import numpy as np
 import torch
 
 from .._numerics import Guard, safe_scale
-from .folds import check_dev_parts
 from .stats import ProbeStats, _ridge_solve
 from .targets import ProbeTask
 
@@ -24,59 +18,31 @@ LAMBDAS = tuple(float(v) for v in 10.0 ** np.linspace(-5.0, 3.0, 12))
 standardised feature covariance (which is 1)."""
 
 
-def _scores(conf: np.ndarray, train_counts: np.ndarray) -> dict:
-    """Scores from per-fold confusion matrices ``(folds, C, C)`` (true, pred)."""
-    fold_n = conf.sum((1, 2))
-    fold_acc = np.trace(conf, axis1=1, axis2=2) / np.maximum(fold_n, 1)
-    fold_acc = np.where(fold_n > 0, fold_acc, np.nan)
-    pooled = conf.sum(0)
-    n = pooled.sum()
-    tp = np.diag(pooled).astype(np.float64)
-    fp = pooled.sum(0) - tp
-    fn = pooled.sum(1) - tp
-    present = (tp + fp + fn) > 0
-    f1 = np.where(present, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0)
-    # chance: always predict the majority class of the fold's training part
-    test_counts = conf.sum(2)  # (folds, C)
-    majority = train_counts.argmax(1)
-    chance_hits = test_counts[np.arange(len(majority)), majority].sum()
-    used = fold_n > 0
-    return {
-        "accuracy": float(tp.sum() / max(n, 1)),
-        "accuracy_std": float(np.std(fold_acc[used])) if used.any() else float("nan"),
-        "macro_f1": float(f1[present].mean()) if present.any() else float("nan"),
-        "chance": float(chance_hits / max(n, 1)),
-        "fold_accuracy": [float(v) for v in fold_acc],
-    }
-
-
 def confusion_matrix(y_true: torch.Tensor, y_pred: torch.Tensor, c: int) -> np.ndarray:
     return torch.bincount(y_true * c + y_pred, minlength=c * c).reshape(c, c).cpu().numpy()
 
 
+def add_confusions(conf: torch.Tensor, x, y, fold, models, blocks: list[slice], c: int):
+    """Add to ``conf`` ``(blocks, folds, C, C)`` the confusions of examples ``x`` (classes
+    ``y`` ``(n, blocks)``) under the stacked ``models`` of their folds ``fold``."""
+    w, b, _ = models
+    for f in torch.unique(fold).tolist():
+        r = fold == f
+        scores = x[r].to(w.dtype) @ w[f] + b[f]
+        for bi, blk in enumerate(blocks):
+            conf[bi, f] += torch.from_numpy(confusion_matrix(y[r, bi] - bi * c,
+                                                             scores[:, blk].argmax(1), c))
+
+
+def stacked(models: list) -> tuple:
+    """Per-fold ``(weight, bias, lambdas)`` stacked, the penalties averaged over folds."""
+    return (torch.stack([m[0] for m in models]), torch.stack([m[1] for m in models]),
+            np.mean([m[2] for m in models], axis=0))
+
+
 def _dev_fold(k: int, folds: int, sub: int) -> tuple[list[int], list[int]]:
     """(groups of test fold k, groups of its dev part) in the sub-fold numbering."""
-    test = [k * sub + s for s in range(sub)]
-    dev = [((k + 1) % folds) * sub]
-    return test, dev
-
-
-def sub_folds(task: ProbeTask, sub: int, lambdas: Sequence[float] | None = None) -> np.ndarray:
-    """Sub-fold of each utterance: fold * sub + part. With 2 folds each fold is cut in two
-    (whole groups) so that a dev part exists outside the test fold and the training part;
-    a fold of one group cannot be cut, and is refused (:func:`~.folds.check_dev_parts`)
-    unless ``lambdas`` is a single penalty (None: a grid, which needs the dev part)."""
-    if sub == 1:
-        return task.utt_fold.copy()
-    if lambdas is None or len(lambdas) > 1:
-        check_dev_parts(task.utt_fold, task.groups, task.folds, task.split_by, task.target)
-    rng = np.random.default_rng([task.seed, 77])
-    g_uniq, g_inv = np.unique(task.groups.astype(str), return_inverse=True)
-    g_sub = np.zeros(len(g_uniq), dtype=np.int64)
-    for f in range(task.folds):  # alternate parts within each fold so both are non-empty
-        members = np.unique(g_inv[task.utt_fold == f])
-        g_sub[rng.permutation(members)] = np.arange(len(members)) % sub
-    return task.utt_fold * sub + g_sub[g_inv]
+    return [k * sub + s for s in range(sub)], [((k + 1) % folds) * sub]
 
 
 def ridge_fit_folds(stats: ProbeStats, folds: int, sub: int, blocks: list[slice],
@@ -119,16 +85,9 @@ def _dual_standardize(x: torch.Tensor, idx: torch.Tensor):
 
 def ridge_fit_folds_dual(x: torch.Tensor, yoh: torch.Tensor, g: torch.Tensor, folds: int,
                           sub: int, blocks: list[slice], lambdas: Sequence[float]):
-    """:func:`ridge_fit_folds` for ``n <= hidden_size`` examples held in memory.
-
-    The same objective, solved in the dual: ``W = Z^T (Z Z^T + n lam I)^-1 Yc`` with
-    the standardised training examples ``Z`` (an ``n x n`` eigendecomposition
-    instead of ``hidden x hidden``). Returns the same primal ``(weight, bias, lambdas)``.
-
-    Args:
-        x: ``(n, hidden_size)`` float64; yoh: ``(n, C_all)`` one-hot (per block);
-        g: ``(n,)`` sub-fold of each example.
-    """
+    """:func:`ridge_fit_folds` of ``n <= hidden_size`` examples ``x`` (float64) with
+    one-hot targets ``yoh`` and sub-folds ``g``, solved in the dual:
+    ``W = Z^T (Z Z^T + n lam I)^-1 Yc`` (``Z``: the standardised training examples)."""
     models = []
     lam = torch.as_tensor(list(lambdas), dtype=x.dtype, device=x.device)
     for k in range(folds):
@@ -163,37 +122,26 @@ def ridge_fit_folds_dual(x: torch.Tensor, yoh: torch.Tensor, g: torch.Tensor, fo
     return models
 
 
-def ridge_layer_utterance(task: ProbeTask, x: torch.Tensor, blocks, c: int, lambdas, stats_dtype,
-                          guard: Guard | None = None):
-    """The ridge probe on ``n <= hidden_size`` pooled vectors ``x`` (solved in the
-    ``n x n`` dual) read through ``guard`` (the layer's guard at utterance level;
-    None: ``x`` as it is).
-
-    Returns ``(conf, counts, n_train, lambdas, degenerate)``: ``degenerate`` is why
-    the scores mean nothing (None if they do)."""
+def ridge_layer_utterance(task: ProbeTask, x: torch.Tensor, lambdas, guard: Guard | None = None):
+    """The ridge probe of ``n <= hidden_size`` pooled vectors ``x`` read through ``guard``:
+    ``(conf, counts, n_train, lambdas, degenerate)`` (why the scores mean nothing)."""
     if guard is not None:
-        x = guard(x, stats_dtype)
-    folds = task.folds
+        x = guard(x, torch.float64)
+    x = x.to(torch.float64)
+    folds, blocks, c = task.folds, task.blocks, len(task.classes)
     sub = 2 if folds == 2 else 1
-    utt_sub = sub_folds(task, sub, lambdas)
-    yy = [task.y]
-    if task.control:
-        yy.append(task.y_ctrl + c)
-    y = torch.from_numpy(np.stack(yy, 1)).to(x.device)
-    g = torch.from_numpy(utt_sub).to(x.device)
-    stats = ProbeStats.zeros(folds * sub, x.shape[1], len(blocks) * c, dtype=stats_dtype,
-                             device=x.device).update(x, y, g)
-    yoh = torch.zeros(x.shape[0], len(blocks) * c, dtype=stats_dtype, device=x.device)
+    y_np = task.heads(np.arange(len(task.sel)))
+    y_np[:, 1:] += c
+    y = torch.from_numpy(y_np).to(x.device)
+    g = torch.from_numpy(task.sub_folds(lambdas)).to(x.device)
+    yoh = torch.zeros(x.shape[0], len(blocks) * c, dtype=x.dtype, device=x.device)
     for bi in range(len(blocks)):
         yoh[torch.arange(x.shape[0], device=x.device), y[:, bi]] = 1.0
-    models = ridge_fit_folds_dual(x.to(stats_dtype), yoh, g, folds, sub, blocks, lambdas)
-    conf = np.zeros((len(blocks), folds, c, c), dtype=np.int64)
+    models = stacked(ridge_fit_folds_dual(x, yoh, g, folds, sub, blocks, lambdas))
+    conf = torch.zeros((len(blocks), folds, c, c), dtype=torch.int64)
     fold = torch.from_numpy(task.utt_fold).to(x.device)
-    for k, (w, b, _) in enumerate(models):
-        r = fold == k
-        s = x[r].to(stats_dtype) @ w + b
-        for bi, blk in enumerate(blocks):
-            conf[bi, k] += confusion_matrix(y[r, bi] - bi * c, s[:, blk].argmax(1), c)
-    counts, n_train = fold_train_counts(stats, folds, sub)
-    lam = np.mean([m[2] for m in models], axis=0)
-    return conf, counts, n_train, lam, None if guard is None else guard.reason
+    add_confusions(conf, x, y, fold, models, blocks, c)
+    test = np.stack([yoh[fold == f].sum(0).cpu().numpy() for f in range(folds)])
+    n_test = np.bincount(task.utt_fold, minlength=folds)
+    return (conf.numpy(), test.sum(0, keepdims=True) - test, n_test.sum() - n_test, models[2],
+            None if guard is None else guard.reason)

@@ -1,10 +1,5 @@
-"""Sufficient statistics of the ridge probe: :class:`ProbeStats`.
-
-Per group (fold, speaker ...): counts, ``X^T 1``, ``X^T X``, ``X^T Y``, ``Y^T 1``,
-``Y^T Y``, summed about a shift so that large offsets do not cancel. Statistics of
-shards add (``a + b``, ``reduced``); ``solve`` and ``dev_mse`` fit ridge regressions
-from them without the frames. The maths: ``docs/probes.md``.
-"""
+"""Sufficient statistics of the ridge probe, :class:`ProbeStats`: per group, sums that
+add over shards and fit ridge regressions without the frames (``docs/probes.md``)."""
 
 from __future__ import annotations
 
@@ -17,61 +12,35 @@ from .._numerics import safe_scale
 __all__ = ["ProbeStats"]
 
 
-# ---------------------------------------------------------------------------
-# sufficient statistics
-
-
-# ---------------------------------------------------------------------------
-
-
 class ProbeStats:
     """Sufficient statistics of a linear least-squares probe, per group of examples.
 
-    One instance holds, for each of ``num_groups`` groups (typically the folds
-    of a cross-validation) of examples ``x`` with targets ``y``:
+    For each of ``G`` groups (e.g. folds) of examples ``x`` with targets ``y``:
+    ``count`` ``(G,)``, ``sum_x = X^T 1`` ``(G, H)``, ``sum_xx = X^T X`` ``(G, H, H)``,
+    ``sum_y = Y^T 1`` ``(G, C)``, ``sum_xy = X^T Y`` ``(G, H, C)`` and
+    ``sum_yy = diag(Y^T Y)`` ``(G, C)``.
 
-    ============  ==================================  ====================
-    attribute     value                               shape
-    ============  ==================================  ====================
-    ``count``     number of examples                  ``(G,)``
-    ``sum_x``     ``X^T 1``                           ``(G, H)``
-    ``sum_xx``    ``X^T X``                           ``(G, H, H)``
-    ``sum_y``     ``Y^T 1``                           ``(G, C)``
-    ``sum_xy``    ``X^T Y``                           ``(G, H, C)``
-    ``sum_yy``    ``diag(Y^T Y)``                     ``(G, C)``
-    ============  ==================================  ====================
-
-    The ``x`` sums are of ``x - shift``, with ``shift`` ``(H,)`` the mean of the
-    first examples added to empty statistics: ``X^T X`` of features with a
-    large mean would otherwise cancel every digit of their covariance (see
-    :mod:`s3viz._numerics`). Everything is a sum over examples, so statistics of
-    two shards of data add up (``a + b``, re-based on one shift when theirs
-    differ) to the statistics of their union; a sharded or distributed run
-    merges with :meth:`reduced` (``torch.distributed.all_reduce`` through
-    ``reduce``). :meth:`solve` fits the ridge probe from them.
+    The ``x`` sums are of ``x - shift`` (``(H,)``, default 0; empty statistics take
+    the mean of their first examples), so that a large mean does not cancel the
+    digits of the covariance (:mod:`s3viz._numerics`). Statistics of two shards add
+    up (``a + b``) to those of their union; a distributed run merges with
+    :meth:`reduced`. :meth:`solve` fits the ridge probe from them.
 
     Args:
-        count, sum_x, sum_xx, sum_y, sum_xy, sum_yy: tensors of the shapes above.
+        count, sum_x, sum_xx, sum_y, sum_xy, sum_yy: the sums above.
         shift: ``(H,)`` the point the ``x`` sums are taken from (default 0).
     """
 
     _FIELDS = ("count", "sum_x", "sum_xx", "sum_y", "sum_xy", "sum_yy")
 
     def __init__(self, count, sum_x, sum_xx, sum_y, sum_xy, sum_yy, shift=None):
-        g = count.shape[0]
-        h = sum_x.shape[-1]
-        c = sum_y.shape[-1]
-        expected = {
-            "count": (g,), "sum_x": (g, h), "sum_xx": (g, h, h),
-            "sum_y": (g, c), "sum_xy": (g, h, c), "sum_yy": (g, c),
-        }
-        values = dict(zip(self._FIELDS, (count, sum_x, sum_xx, sum_y, sum_xy, sum_yy)))
-        for name, shape in expected.items():
-            if tuple(values[name].shape) != shape:
-                raise ValueError(
-                    f"ProbeStats: {name} must have shape {shape} (groups, hidden, targets), "
-                    f"got {tuple(values[name].shape)}"
-                )
+        g, h, c = count.shape[0], sum_x.shape[-1], sum_y.shape[-1]
+        shapes = ((g,), (g, h), (g, h, h), (g, c), (g, h, c), (g, c))
+        for name, v, shape in zip(self._FIELDS, (count, sum_x, sum_xx, sum_y, sum_xy, sum_yy),
+                                  shapes):
+            if tuple(v.shape) != shape:
+                raise ValueError(f"ProbeStats: {name} must have shape {shape} (groups, hidden, "
+                                 f"targets), got {tuple(v.shape)}")
         self.count, self.sum_x, self.sum_xx = count, sum_x, sum_xx
         self.sum_y, self.sum_xy, self.sum_yy = sum_y, sum_xy, sum_yy
         self._shift_fixed = shift is not None or bool((count != 0).any())
@@ -82,11 +51,10 @@ class ProbeStats:
             raise ValueError(f"ProbeStats: shift must have shape ({h},), got {tuple(shift.shape)}")
         self.shift = shift
 
-    # -- construction -------------------------------------------------------
     @classmethod
     def zeros(cls, num_groups: int, hidden_size: int, num_targets: int, *,
               dtype=torch.float64, device=None) -> ProbeStats:
-        """Empty statistics for ``num_groups`` groups of ``hidden_size``-dim examples.
+        """Empty statistics.
 
         Args:
             num_groups: groups (folds' parts) the sums are kept apart for.
@@ -94,7 +62,6 @@ class ProbeStats:
         """
         kw = {"dtype": dtype, "device": device}
         g, h, c = int(num_groups), int(hidden_size), int(num_targets)
-        # no shift yet: the first update fixes it
         return cls(torch.zeros(g, **kw), torch.zeros(g, h, **kw), torch.zeros(g, h, h, **kw),
                    torch.zeros(g, c, **kw), torch.zeros(g, h, c, **kw), torch.zeros(g, c, **kw))
 
@@ -102,13 +69,9 @@ class ProbeStats:
     def from_data(cls, x: torch.Tensor, y: torch.Tensor, group: torch.Tensor | None = None, *,
                   num_groups: int | None = None, num_targets: int | None = None,
                   dtype=torch.float64, device=None) -> ProbeStats:
-        """Statistics of examples ``x`` with targets ``y`` (see :meth:`update`).
+        """Statistics of examples ``x`` with targets ``y`` (:meth:`update`).
 
         Args:
-            x: ``(num_examples, hidden_size)`` features.
-            y: ``(num_examples,)`` or ``(num_examples, num_blocks)`` long class
-                indices into ``[0, num_targets)`` (one-hot, or one-hot per block),
-                or a ``(num_examples, num_targets)`` float target matrix.
             group: ``(num_examples,)`` long group of each example (default all 0).
             num_groups: number of groups (default ``group.max() + 1``).
             num_targets: number of target columns (default from ``y``).
@@ -131,21 +94,18 @@ class ProbeStats:
         """Add examples in place and return ``self``.
 
         Args:
-            x: ``(num_examples, hidden_size)`` features (any float dtype;
-                accumulated in this object's dtype).
+            x: ``(num_examples, hidden_size)`` features (accumulated in this dtype).
             y: ``(num_examples,)`` or ``(num_examples, num_blocks)`` long class
-                indices (each row of ``Y`` is one-hot in each block), or a
-                ``(num_examples, num_targets)`` float target matrix.
-            group: ``(num_examples,)`` long group index of each example, or
-                ``None`` when all examples belong to group 0.
+                indices (one-hot per block), or a ``(num_examples, num_targets)``
+                float target matrix.
+            group: ``(num_examples,)`` long group of each example (None: group 0).
         """
         dev, dt = self.device, self.dtype
         x = torch.as_tensor(x).to(device=dev, dtype=dt)
         y = torch.as_tensor(y).to(device=dev)
         if x.ndim != 2 or x.shape[1] != self.hidden_size:
-            raise ValueError(
-                f"x must have shape (num_examples, {self.hidden_size}), got {tuple(x.shape)}"
-            )
+            raise ValueError(f"x must have shape (num_examples, {self.hidden_size}), got "
+                             f"{tuple(x.shape)}")
         if y.shape[0] != x.shape[0]:
             raise ValueError(f"y has {y.shape[0]} rows but x has {x.shape[0]}")
         if not self._shift_fixed and x.shape[0]:
@@ -185,7 +145,6 @@ class ProbeStats:
                     xy_t.index_add_(0, yg[:, b], xg)
         return self
 
-    # -- algebra ------------------------------------------------------------
     def _tensors(self):
         return tuple(getattr(self, f) for f in self._FIELDS)
 
@@ -195,11 +154,8 @@ class ProbeStats:
         return out
 
     def rebased(self, shift: torch.Tensor) -> ProbeStats:
-        """The same statistics with the ``x`` sums taken from ``shift`` instead.
-
-        With ``d = self.shift - shift``: ``sum (x - shift) = S + n d`` and
-        ``sum (x - shift)(x - shift)^T = XX + S d^T + d S^T + n d d^T`` per group;
-        exact up to rounding when the two shifts are close (as shards' are).
+        """The same statistics with the ``x`` sums taken from another point (with
+        ``d = self.shift - shift``: ``S + n d`` and ``XX + S d^T + d S^T + n d d^T``).
 
         Args:
             shift: the ``(hidden_size,)`` vector subtracted from ``x`` before summing.
@@ -222,10 +178,9 @@ class ProbeStats:
             return NotImplemented
         for a, b, name in zip(self._tensors(), other._tensors(), self._FIELDS):
             if a.shape != b.shape:
-                raise ValueError(
-                    f"cannot add ProbeStats of different shapes: {name} {tuple(a.shape)} vs "
-                    f"{tuple(b.shape)} (same groups, hidden size and targets needed)"
-                )
+                raise ValueError(f"cannot add ProbeStats of different shapes: {name} "
+                                 f"{tuple(a.shape)} vs {tuple(b.shape)} (same groups, hidden "
+                                 "size and targets needed)")
         if not self._shift_fixed:  # empty: the sum is the other, with its reference point
             other = other.to(self.device, self.dtype)
             return other._like(*(t.clone() for t in other._tensors()))
@@ -237,10 +192,8 @@ class ProbeStats:
     def reduced(self, reduce) -> ProbeStats:
         """The statistics of all shards, from this shard's (every shard calls this).
 
-        ``reduce`` sums a tensor over shards (e.g.
-        :func:`s3viz.distributed.all_reduce_sum`). The shards' shifts differ, so
-        each is first re-based on the global mean of ``x`` (one collective more
-        than the statistics themselves); the result is the same on every shard.
+        ``reduce`` sums a tensor over shards (e.g. :func:`s3viz.distributed.all_reduce_sum`);
+        each shard is first re-based on the global mean of ``x``.
         """
         n_all = reduce(self.count.sum().reshape(1).clone())
         total = self.sum_x.sum(0) + self.count.sum() * self.shift
@@ -250,7 +203,7 @@ class ProbeStats:
         return ProbeStats(*(reduce(t.clone()) for t in base._tensors()), shift=mean)
 
     def select(self, groups: Sequence[int]) -> ProbeStats:
-        """Statistics of the union of ``groups`` (a single group).
+        """Statistics of the union of some groups, as a single group.
 
         Args:
             groups: indices of the groups summed.
@@ -259,10 +212,8 @@ class ProbeStats:
         return self._like(*(t.index_select(0, idx).sum(0, keepdim=True) for t in self._tensors()))
 
     def without(self, groups: Sequence[int]) -> ProbeStats:
-        """Statistics of every group except ``groups`` (e.g. the training part of a fold).
-
-        Summed from the remaining groups rather than subtracted from the total,
-        so no precision is lost to cancellation.
+        """Statistics of every other group (e.g. a fold's training part), summed rather
+        than subtracted from the total (no cancellation).
 
         Args:
             groups: indices of the groups left out.
@@ -271,10 +222,8 @@ class ProbeStats:
         return self.select([g for g in range(self.num_groups) if g not in drop])
 
     def keep_targets(self, targets: Sequence[int]) -> ProbeStats:
-        """The statistics of target columns ``targets`` only (e.g. dropping classes never seen).
-
-        Each target column is an independent regression sharing the ``x``
-        statistics, so the result equals accumulating only those columns.
+        """The statistics of some target columns only (e.g. dropping classes never seen):
+        equal to accumulating only those columns.
 
         Args:
             targets: indices of the target columns kept, in ``0..num_targets-1``.
@@ -293,7 +242,6 @@ class ProbeStats:
         return self._like(*(t.to(device=device, dtype=dtype) for t in self._tensors()),
                           shift=self.shift.to(device=device, dtype=dtype))
 
-    # -- properties ---------------------------------------------------------
     @property
     def num_groups(self) -> int:
         return int(self.count.shape[0])
@@ -315,13 +263,10 @@ class ProbeStats:
         return self.count.dtype
 
     def __repr__(self) -> str:
-        return (
-            f"ProbeStats(num_groups={self.num_groups}, hidden_size={self.hidden_size}, "
-            f"num_targets={self.num_targets}, examples={int(self.count.sum())}, "
-            f"dtype={self.dtype}, device={self.device})"
-        )
+        return (f"ProbeStats(num_groups={self.num_groups}, hidden_size={self.hidden_size}, "
+                f"num_targets={self.num_targets}, examples={int(self.count.sum())}, "
+                f"dtype={self.dtype}, device={self.device})")
 
-    # -- fitting ------------------------------------------------------------
     def _moments(self):
         """(mean - shift, scale, ybar, A, B) of all groups: A = standardised covariance,
         B = cross-covariance; the mean relative to ``shift``, as the sums are."""
@@ -345,19 +290,12 @@ class ProbeStats:
         return self.shift + mu, sd, ybar, a, b
 
     def dev_mse(self, dev: ProbeStats, lambdas: Sequence[float]) -> torch.Tensor:
-        """Mean squared error on ``dev`` of ridge fits on these statistics, for each penalty.
-
-        Only statistics are used: ``||Y - Z W - ybar||^2`` expands into terms of
-        ``Z^T Z``, ``Z^T Y`` and ``Y^T Y`` of the dev examples standardised with the
-        training mean and scale. One eigendecomposition serves the whole grid.
+        """``(len(lambdas), num_targets)`` mean squared error on held-out examples of ridge
+        fits on these statistics, one per penalty, from the statistics alone (one
+        eigendecomposition for the grid; float32: it only ranks them).
 
         Args:
-            dev: statistics of the held-out examples (all their groups are pooled).
-            lambdas: the penalties to compare (as in :meth:`solve`).
-
-        Returns:
-            ``(len(lambdas), num_targets)`` per-column mean squared error (float32:
-            it only ranks the penalties; the statistics themselves stay float64).
+            dev: statistics of the held-out examples (all their groups pooled).
         """
         mu, sd, ybar, a, b = self._moments()
         d = dev.total() if dev.num_groups != 1 else dev
@@ -382,19 +320,12 @@ class ProbeStats:
         return (yyc[None] - 2 * cross + quad) / max(n, 1.0)
 
     def solve(self, lam: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fit the ridge probe on all groups.
+        """Fit the ridge probe on all groups: ``weight (hidden_size, num_targets)`` and
+        ``bias (num_targets,)``, scores ``x @ weight + bias``.
 
-        Minimises ``mean ||y - W^T x - b||^2 + lam * ||W_std||^2`` where ``W_std``
-        are the weights on standardised features (zero mean, unit variance; the
-        intercept is not penalised).
-
-        Args:
-            lam: penalty relative to the mean eigenvalue (1) of the standardised
-                covariance.
-
-        Returns:
-            ``weight`` ``(hidden_size, num_targets)`` and ``bias`` ``(num_targets,)``
-            in the original feature space: scores are ``x @ weight + bias``.
+        Minimises ``mean ||y - W^T x - b||^2 + lam * ||W_std||^2`` (``W_std``: the
+        weights on standardised features; ``lam`` relative to their covariance's mean
+        eigenvalue, 1; the intercept not penalised).
         """
         mu, sd, ybar, a, b = self._standardized()
         ws = _ridge_solve(a, b, float(lam))

@@ -6,7 +6,31 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .ridge import _scores
+
+def _scores(conf: np.ndarray, train_counts: np.ndarray) -> dict:
+    """Scores from per-fold confusion matrices ``(folds, C, C)`` (true, pred)."""
+    fold_n = conf.sum((1, 2))
+    fold_acc = np.trace(conf, axis1=1, axis2=2) / np.maximum(fold_n, 1)
+    fold_acc = np.where(fold_n > 0, fold_acc, np.nan)
+    pooled = conf.sum(0)
+    n = pooled.sum()
+    tp = np.diag(pooled).astype(np.float64)
+    fp = pooled.sum(0) - tp
+    fn = pooled.sum(1) - tp
+    present = (tp + fp + fn) > 0
+    f1 = np.where(present, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0)
+    # chance: always predict the majority class of the fold's training part
+    test_counts = conf.sum(2)  # (folds, C)
+    majority = train_counts.argmax(1)
+    chance_hits = test_counts[np.arange(len(majority)), majority].sum()
+    used = fold_n > 0
+    return {
+        "accuracy": float(tp.sum() / max(n, 1)),
+        "accuracy_std": float(np.std(fold_acc[used])) if used.any() else float("nan"),
+        "macro_f1": float(f1[present].mean()) if present.any() else float("nan"),
+        "chance": float(chance_hits / max(n, 1)),
+        "fold_accuracy": [float(v) for v in fold_acc],
+    }
 
 
 def segment_result(res: pd.DataFrame, layers, layer_ids) -> pd.DataFrame:
@@ -23,14 +47,21 @@ def segment_result(res: pd.DataFrame, layers, layer_ids) -> pd.DataFrame:
 def segment_results(tables: list, dropped: dict) -> pd.DataFrame:
     """One segment-level probe table from each target's (``attrs["n_dropped"]``: the
     segments of each target left out for owning no frame)."""
-    out = pd.concat(tables, ignore_index=True)
+    return concat_tables([(None, t) for t in tables], n_dropped=dropped)
+
+
+def concat_tables(parts: list, **attrs) -> pd.DataFrame:
+    """One probe table from ``(target, table)`` parts: the target's rows of each table
+    (None: all of them), in the columns of the widest, their ``fold_accuracy`` merged."""
+    frames = [t if tgt is None else t[t["target"] == tgt] for tgt, t in parts]
+    out = pd.concat(frames, ignore_index=True)
     if "n_unseen" in out.columns:  # some target had unseen classes, the others none
         out = out.fillna({"n_unseen": 0, "unseen_fraction": 0.0}).astype({"n_unseen": int})
-        out = out[[c for c in max((list(t.columns) for t in tables), key=len)]]
-    out.attrs = {**tables[0].attrs, "fold_accuracy": {
-        k: v for t in tables for k, v in t.attrs["fold_accuracy"].items()},
-        "n_dropped": dropped,  # every target's count (it held the first target's only)
-        "split_by": split_attr(dict(zip(out["target"], out["split_by"])))}
+        out = out[max((list(t.columns) for t in frames), key=len)]
+    out.attrs = {**parts[0][1].attrs, **attrs, "fold_accuracy": {
+        k: v for tgt, t in parts for k, v in t.attrs["fold_accuracy"].items()
+        if tgt is None or k[0] == tgt}}
+    out.attrs["split_by"] = split_attr(dict(zip(out["target"], out["split_by"])))
     return out
 
 
@@ -40,29 +71,27 @@ _UNSEEN_COLUMNS = ["n_unseen", "unseen_fraction"]
 
 
 def result_row(tgt, meth, lev, layer: int, upstream_layer: int, c: int, folds: int,
-                control: bool, result, fold_accuracy: dict) -> dict:
-    """One row of :func:`probe_layers`'s table from ``(conf, counts, n_train, lambdas)``."""
-    conf, counts, n_fold, lam = result[:4]
-    main = _scores(conf[0], counts[:, :c] if counts.ndim == 2 else counts[0])
-    if len(result) > 4 and result[4]:  # a degenerate layer (s3viz._numerics.layer_guard)
+               control: bool, result, fold_accuracy: dict) -> dict:
+    """One row of the table from ``(conf (heads, folds, C, C), train counts (folds,
+    heads * C), n_train (folds,), lambdas, degenerate)``."""
+    conf, counts, n_fold, lam, degenerate = result
+    main = _scores(conf[0], counts[:, :c])
+    if degenerate:  # a degenerate layer (s3viz._numerics.layer_guard)
         main.update(accuracy=np.nan, accuracy_std=np.nan, macro_f1=np.nan,
                     fold_accuracy=[np.nan] * len(main["fold_accuracy"]))
     fold_accuracy[(tgt, meth, layer)] = main.pop("fold_accuracy")
     n_total = conf[0].sum()
     # test examples whose class the fold's training part lacks (check_heldout warned)
-    train = counts[:, :c] if counts.ndim == 2 else counts[0]
-    n_unseen = int((conf[0].sum(2) * (train == 0)).sum())
+    n_unseen = int((conf[0].sum(2) * (counts[:, :c] == 0)).sum())
     row = dict(target=tgt, method=meth, level=lev, layer=layer, upstream_layer=upstream_layer,
                **main, n_classes=c, n_train=round(float(np.mean(n_fold))),
                n_test=round(n_total / folds),
                **{"lambda": float(lam[0]) if lam is not None else float("nan")},
                n_unseen=n_unseen, unseen_fraction=n_unseen / max(int(n_total), 1))
     if control:
-        cc = counts[:, c:] if counts.ndim == 2 else counts[1]
-        ctrl = _scores(conf[1], cc)
-        ctrl.pop("fold_accuracy")
-        row["control_accuracy"] = ctrl["accuracy"] if np.isfinite(row["accuracy"]) else np.nan
-        row["selectivity"] = row["accuracy"] - ctrl["accuracy"]
+        ctrl = _scores(conf[1], counts[:, c:])["accuracy"]
+        row["control_accuracy"] = ctrl if np.isfinite(row["accuracy"]) else np.nan
+        row["selectivity"] = row["accuracy"] - ctrl
     return row
 
 

@@ -1,11 +1,6 @@
-"""Probe targets: the label rules of probes, featurizers and streaming, and :class:`ProbeTask`.
-
-:func:`utterance_label_strings`, :func:`require_alignments`, :func:`check_classes`
-and ``s3viz._labels`` (one spelling per label) are the one set of rules (``docs/probes.md``, "Labels")
-that the probes, ``train_featurizer``/``WeightedScorer`` and the ``RidgeProbe``
-measure apply. A :class:`ProbeTask` reads one target at one level with them, maps classes
-to ids, assigns folds and control classes, and pools utterance-level features.
-"""
+"""Probe targets: the one set of label rules (``docs/probes.md``, "Labels") and
+:class:`ProbeTask`, the one place that reads a target with them and derives its
+classes, split groups, folds, sub-folds, held-out checks and control classes."""
 
 from __future__ import annotations
 
@@ -18,15 +13,8 @@ import pandas as pd
 
 from .._labels import label_str, label_strings
 from ..align import frame_labels as _align_frame_labels
-from .folds import (
-    _store_arg,
-    assign_folds,
-    check_heldout,
-    control_labels,
-    fold_class_counts,
-    resolve_split,
-    split_groups,
-)
+from .folds import (_store_arg, assign_folds, check_dev_parts, check_heldout, control_labels,
+                    fold_class_counts, one_to_one, resolve_split, split_groups)
 
 LEVELS = ("frame", "utterance", "segment")
 
@@ -34,16 +22,12 @@ UNSEEN = -2
 """Class id of a held-out example whose class the training part lacks (always wrong;
 :meth:`ProbeTask.held_out_classes`); -1 is an unlabelled example."""
 
-_ALIGN_COLUMNS = ("start", "end")
-
 
 def _phone_columns(store) -> list[str]:
     cols: list[str] = []
     for ph in getattr(store, "phones", None) or []:
         if ph is not None:
-            for c in ph.columns:
-                if c not in cols and c not in _ALIGN_COLUMNS:
-                    cols.append(c)
+            cols += [c for c in ph.columns if c not in cols and c not in ("start", "end")]
     return cols
 
 
@@ -59,93 +43,87 @@ def resolve_level(store, target: str, level: str | None) -> str:
         return level
     elif level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS} or None (guess), got {level!r}")
-    raise KeyError(
-        f"unknown target {target!r} for level={level!r}: utterance-level targets (columns of "
-        f"store.labels) are {label_cols}; frame-level targets (columns of the phone "
-        f"alignments) are {phone_cols or 'none (the store has no alignments)'}"
-    )
+    raise KeyError(f"unknown target {target!r} for level={level!r}: utterance-level targets "
+                   f"(columns of store.labels) are {label_cols}; frame-level targets (columns "
+                   f"of the phone alignments) are {phone_cols or 'none (the store has no alignments)'}")
 
 
 @dataclass
 class FrameTargets:
-    """The frame labels of one layer geometry (rate, receptive field, frame counts).
+    """The frame labels of one layer geometry; rows are the selected utterances' frames
+    in selection order. ``y`` (-1: unlabelled), ``fold`` and ``y_ctrl`` are set by
+    :meth:`ProbeTask.set_frame_classes`."""
 
-    Rows are the selected utterances' frames, concatenated in selection order.
-    ``y``, ``fold`` and ``y_ctrl`` are set by :meth:`ProbeTask.set_frame_classes`.
-    """
-
-    raw: np.ndarray  # (sum_T,) label strings; "" is unlabelled
-    labelled: np.ndarray  # (sum_T,) bool: raw != ""
-    utt: np.ndarray  # (sum_T,) position in the task's selection
-    lengths: np.ndarray  # (len(sel),) frames per selected utterance
-    y: np.ndarray | None = None  # (sum_T,) class id, -1 unlabelled
-    fold: np.ndarray | None = None  # (sum_T,) the frame's utterance's fold
-    y_ctrl: np.ndarray | None = None  # (sum_T,) control class id (control=True), -1 unlabelled
-    unseen: np.ndarray | None = None  # (folds,) test frames whose class training lacks
+    raw: np.ndarray  # label strings, "" unlabelled
+    labelled: np.ndarray
+    utt: np.ndarray  # position in the task's selection
+    lengths: np.ndarray  # frames per selected utterance
+    y: np.ndarray | None = None
+    fold: np.ndarray | None = None
+    y_ctrl: np.ndarray | None = None
 
 
 class ProbeTask:
-    """Everything about one target that does not depend on the layer."""
+    """Everything about one target that does not depend on the layer.
 
-    def __init__(self, store, target, level, sel, folds, split_by, seed, control, control_by,
-                 fixes: dict | None = None):
-        # fixes: how the caller's user leaves out unlabelled or unaligned utterances
-        # ({"labels": ..., "alignments": ...}), for the error messages
-        self.fixes = fixes or {}
-        self.target, self.level, self.sel = target, level, sel
-        self.folds, self.split_by, self.seed = folds, split_by, seed
-        self.control, self.control_by = control, control_by
-        self.n_utt = len(store)
-        self.ids = np.asarray(store.ids, dtype=object)[sel]
+    Utterance level: ``classes``, ``y``, ``utt_fold`` and ``y_ctrl`` at construction.
+    Frame level: with :meth:`set_frame_classes` (every frame label read first), or
+    :meth:`set_frame_folds`, :meth:`alignment_classes` then :meth:`keep_seen` (a
+    stream's per-fold class counts). ``fixes``: how the user leaves out unlabelled or
+    unaligned utterances (``{"labels": ..., "alignments": ...}``), for the messages.
+    """
+
+    def __init__(self, store, target, level, sel, folds, split_by, seed, control=False,
+                 control_by=None, fixes: dict | None = None):
+        self._base(store, target, level, sel, seed, fixes, control, control_by)
+        self.folds, self.split_by = folds, split_by
         self.groups = split_groups(store, sel, split_by)
         if level == "utterance":
             self._init_utterance(store)
         else:
-            self._init_frame(store)
+            self._read_labels()
+
+    def _base(self, store, target, level, sel, seed, fixes, control=False, control_by=None):
+        self.store, self.fixes = store, fixes or {}
+        self.target, self.level, self.sel, self.seed = target, level, sel, seed
+        self.control, self.control_by = control, control_by
+        self.n_utt = len(store)
+        self.ids = np.asarray(store.ids, dtype=object)[sel]
+        self.where = np.full(self.n_utt, -1, dtype=np.int64)  # position -> selection index
+        self.where[sel] = np.arange(len(sel))
+        self._labels: dict[tuple, FrameTargets] = {}  # frame level: per layer geometry
+        self._keys: dict[int, tuple] = {}
+
+    def _read_labels(self) -> np.ndarray | None:
+        """Refuse unaligned (frame level) or unlabelled utterances; the label strings of
+        utterance level."""
+        if self.level == "frame":
+            return require_alignments(self.store.phones, self.target, self.sel, self.ids,
+                                      **_fix(self.fixes, "alignments"))
+        return utterance_label_strings(self.store.labels, self.target, self.sel, self.ids,
+                                       **_fix(self.fixes, "labels"))
 
     @classmethod
     def held_out(cls, store, target: str, level: str, sel: np.ndarray, *,
                  test_fraction: float, split_by: str, seed: int,
                  fixes: dict | None = None) -> ProbeTask:
-        """The task of one held-out part (``train_featurizer``, ``WeightedScorer``).
-
-        The label rules are the probes' (an unlabelled utterance or, at frame
-        level, an unaligned one is refused); ``split_by="auto"`` is resolved as
-        for the probes (:func:`~.folds.resolve_split`); the selected utterances
-        are dealt into ``max(3, round(1 / test_fraction))`` folds of whole
-        groups balanced by frames, at every level (the split of
-        :func:`~.folds.probe_folds`). Fold 0 is held out, the rest trains;
-        :meth:`held_out_classes` then fixes the classes from the training part.
-        """
+        """The task of one held-out part (``train_featurizer``, ``WeightedScorer``): the
+        selected utterances dealt into ``max(3, round(1 / test_fraction))`` folds of
+        whole groups balanced by frames (as :func:`~.folds.probe_folds`); fold 0 is held
+        out, :meth:`held_out_classes` then fixes the classes from the rest."""
         task = cls.__new__(cls)
-        task.fixes = fixes or {}
-        task.target, task.level, task.sel, task.seed = target, level, sel, seed
-        task.control, task.control_by = False, None
-        task.n_utt = len(store)
-        task.ids = np.asarray(store.ids, dtype=object)[sel]
-        if level == "frame":
-            task._init_frame(store)
-        else:
-            task.keys = utterance_label_strings(store.labels, target, sel, task.ids,
-                                                **_fix(task.fixes, "labels"))
+        task._base(store, target, level, sel, seed, fixes)
+        task.keys = task._read_labels()
         task.folds = folds = max(3, round(1.0 / test_fraction))
-        task.split_by = split_by = resolve_split(store.labels, split_by, target, folds, sel)
-        task.groups = split_groups(store, sel, split_by)
-        task.utt_fold = assign_folds(task.groups, np.asarray(store.lengths(0))[sel], folds, seed,
-                                     what=split_by)
+        task.split_by = resolve_split(store.labels, split_by, target, folds, sel)
+        task.groups = split_groups(store, sel, task.split_by)
+        task.set_frame_folds()
         return task
 
     def held_out_classes(self, raw: np.ndarray, utt: np.ndarray) -> np.ndarray:
-        """Class ids of a :meth:`held_out` task's examples, fold 0 held out.
-
-        ``raw``: the label string of each example (``""``: unlabelled); ``utt``:
-        its utterance's position in the selection. The classes (set here) are
-        those of the training part (:func:`check_classes`); the held-out part
-        is checked as the probes' folds are (:func:`~.folds.check_heldout`:
-        refused when none of its examples has a class seen in training,
-        warned about when some have not). Returns int64 ids: -1 unlabelled,
-        :data:`UNSEEN` a held-out example of a class training lacks.
-        """
+        """Class ids (-1 unlabelled, :data:`UNSEEN`) of a :meth:`held_out` task's examples
+        ``raw`` (label strings, ``""`` unlabelled) of selected utterances ``utt``. The
+        classes (set here) are the training part's; fold 0 is checked as the probes'."""
         fold = self.utt_fold[utt]
         train = raw[fold >= 1]
         classes = sorted({v for v in train if v != ""})
@@ -158,20 +136,18 @@ class ProbeTask:
         all_classes, y_all = np.unique(raw[labelled].astype(str), return_inverse=True)
         part = np.minimum(fold[labelled], 1)  # fold 0 is the held-out part, the rest trains
         test, train_counts = fold_class_counts(y_all, part, 2, len(all_classes))
-        check_heldout(test[:1], train_counts[:1], target=self.target, level=self.level,
-                      split_by=self.split_by, classes=all_classes,
-                      items="frame" if self.level == "frame" else "utterance", y=y_all,
-                      groups=self.groups[utt][labelled],
-                      fewer=f"hold out fewer groups (now {1 / self.folds:.0%} of them)")
+        self.check_heldout(test[:1], train_counts[:1],
+                           "frame" if self.level == "frame" else "utterance", y=y_all,
+                           groups=self.groups[utt][labelled], classes=all_classes,
+                           fewer=f"hold out fewer groups (now {1 / self.folds:.0%} of them)")
         y[(fold == 0) & labelled & (y < 0)] = UNSEEN
         return y
 
     def label_strings_at(self, rate: int, lengths: np.ndarray,
                          layer: int | None = None) -> np.ndarray:
-        """Frame level: the label strings (``""``: unlabelled) of the first ``lengths[i]``
-        frames of each selected utterance at ``rate`` samples per frame, concatenated:
-        those of stored ``layer`` (:meth:`frame_targets`) when given, else aligned at
-        ``rate`` (:func:`s3viz.align.frame_labels`)."""
+        """The label strings (``""``: unlabelled) of the first ``lengths[i]`` frames of each
+        selected utterance, concatenated: those of stored ``layer`` when given, else
+        aligned at ``rate`` samples per frame (:func:`s3viz.align.frame_labels`)."""
         if layer is not None:
             d = self.frame_targets(layer)
             offs = np.concatenate([[0], np.cumsum(d.lengths)])
@@ -182,39 +158,71 @@ class ProbeTask:
                      for u, n in zip(self.sel, lengths)]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=object)
 
+    # -- what the probes read -------------------------------------------------
+    @property
+    def index(self) -> dict:
+        """Class name -> id."""
+        return {c: i for i, c in enumerate(self.classes)}
+
+    @property
+    def blocks(self) -> list[slice]:
+        """The target's columns of a one-hot of all heads (target, control) and the control's."""
+        c = len(self.classes)
+        return [slice(0, c)] + ([slice(c, 2 * c)] if self.control else [])
+
+    def heads(self, rows: np.ndarray, d: FrameTargets | None = None) -> np.ndarray:
+        """``(len(rows), heads)`` class ids of the target and (``control``) the control
+        task of utterance-level examples ``rows`` (or the rows of frames ``d``)."""
+        src = self if d is None else d
+        return np.stack([src.y[rows]] + ([src.y_ctrl[rows]] if self.control else []), 1)
+
+    def sub_folds(self, lambdas: Sequence[float] | None = None) -> np.ndarray:
+        """The ridge probe's sub-fold of each utterance: its fold, or with 2 folds
+        ``2 * fold + part``, each fold cut in two parts of whole groups for a dev part
+        (:func:`~.folds.check_dev_parts` unless ``lambdas`` is one penalty)."""
+        if self.folds != 2:
+            return self.utt_fold.copy()
+        if lambdas is None or len(lambdas) > 1:
+            check_dev_parts(self.utt_fold, self.groups, self.folds, self.split_by, self.target)
+        rng = np.random.default_rng([self.seed, 77])
+        g_uniq, g_inv = np.unique(self.groups.astype(str), return_inverse=True)
+        g_sub = np.zeros(len(g_uniq), dtype=np.int64)
+        for f in range(self.folds):  # alternate parts within each fold so both are non-empty
+            members = np.unique(g_inv[self.utt_fold == f])
+            g_sub[rng.permutation(members)] = np.arange(len(members)) % 2
+        return self.utt_fold * 2 + g_sub[g_inv]
+
+    def check_heldout(self, test, train, items: str, **kw) -> np.ndarray:
+        """:func:`~.folds.check_heldout` of this task's ``(folds, C)`` class counts."""
+        return check_heldout(test, train, target=self.target, split_by=self.split_by,
+                             level="segment" if items == "segment" else self.level,
+                             items=items, **{"classes": self.classes, **kw})
+
     # -- utterance level ------------------------------------------------------
     def _init_utterance(self, store):
-        keys = utterance_label_strings(store.labels, self.target, self.sel, self.ids,
-                                       **_fix(self.fixes, "labels"))
+        keys = self._read_labels()
         self.classes, y = np.unique(keys.astype(str), return_inverse=True)
         check_classes(self.target, self.classes, len(keys))
         self.y = y.astype(np.int64)
-        if self.split_by == "speaker":
-            spk_of_class = pd.Series(self.groups).groupby(self.y).nunique()
-            cls_of_spk = pd.Series(self.y).groupby(self.groups).nunique()
-            if (spk_of_class == 1).all() and (cls_of_spk == 1).all():
-                raise ValueError(
-                    f"target {self.target!r} identifies the speaker one-to-one, so with "
-                    "split_by='speaker' no test class is ever seen in training; use "
-                    "split_by='utterance' to probe speaker identity"
-                )
+        if self.split_by == "speaker" and one_to_one(self.groups, self.y):
+            raise ValueError(f"target {self.target!r} identifies the speaker one-to-one, so "
+                             "with split_by='speaker' no test class is ever seen in "
+                             "training; use split_by='utterance' to probe speaker identity")
         # utterances are stratified by class; segments share their utterance's fold
-        strata = (self.y if self.split_by == "utterance"
-                  and getattr(store, "_group_ids", None) is None else None)
-        self.utt_fold = assign_folds(self.groups, np.ones(len(self.sel)), self.folds, self.seed,
-                                      strata=strata, what=self.split_by)
         segments = getattr(store, "_group_ids", None) is not None
-        self.unseen = self.check_heldout(self.y, self.utt_fold, self.groups,
-                                         "segment" if segments else "utterance")
+        strata = self.y if self.split_by == "utterance" and not segments else None
+        self.utt_fold = assign_folds(self.groups, np.ones(len(self.sel)), self.folds, self.seed,
+                                     strata=strata, what=self.split_by)
+        self.check_heldout(*fold_class_counts(self.y, self.utt_fold, self.folds,
+                                              len(self.classes)),
+                           "segment" if segments else "utterance", y=self.y, groups=self.groups)
         if self.control:
             by = self.control_by
             if by is None:
                 if self.target == "text" or "text" not in store.labels.columns:
-                    raise ValueError(
-                        "control=True at utterance level needs control=<column of "
-                        "store.labels> giving the type of each utterance (default 'text', "
-                        f"not usable for target {self.target!r})"
-                    )
+                    raise ValueError("control=True at utterance level needs control=<column of "
+                                     "store.labels> giving the type of each utterance (default "
+                                     f"'text', not usable for target {self.target!r})")
                 by = "text"
             if by not in store.labels.columns:
                 raise KeyError(f"control={by!r} is not a column of store.labels: "
@@ -223,13 +231,6 @@ class ProbeTask:
             self.y_ctrl = control_labels(types, self.y, len(self.classes), self.seed)
 
     # -- frame level ----------------------------------------------------------
-    def _init_frame(self, store):
-        require_alignments(store.phones, self.target, self.sel, self.ids,
-                           **_fix(self.fixes, "alignments"))
-        self._labels: dict[tuple, FrameTargets] = {}
-        self._keys: dict[int, tuple] = {}
-        self.store = store
-
     def frame_key(self, layer: int) -> tuple:
         """Layers with equal key have identical frame labels."""
         if layer not in self._keys:
@@ -243,55 +244,74 @@ class ProbeTask:
         """The :class:`FrameTargets` of ``layer`` (shared by layers of one geometry)."""
         key = self.frame_key(layer)
         if key not in self._labels:
-            store = self.store
-            lab = np.asarray(store.frame_labels(layer, column=self.target,
-                                                utterances=_store_arg(self.sel, self.n_utt)),
-                             dtype=object)
-            lengths = np.asarray(store.lengths(layer))[self.sel].astype(np.int64)
+            lab = np.asarray(self.store.frame_labels(
+                layer, column=self.target, utterances=_store_arg(self.sel, self.n_utt)),
+                dtype=object)
+            lengths = np.asarray(self.store.lengths(layer))[self.sel].astype(np.int64)
             if lab.shape[0] != lengths.sum():
-                raise RuntimeError(
-                    f"store.frame_labels({layer}) gave {lab.shape[0]} labels for "
-                    f"{lengths.sum()} frames"
-                )
-            utt = np.repeat(np.arange(len(self.sel)), lengths)
-            lab_s = label_strings(lab)
-            labelled = lab_s != ""
-            self._labels[key] = FrameTargets(raw=lab_s, labelled=labelled, utt=utt,
-                                             lengths=lengths)
+                raise RuntimeError(f"store.frame_labels({layer}) gave {lab.shape[0]} labels "
+                                   f"for {lengths.sum()} frames")
+            raw = label_strings(lab)
+            self._labels[key] = FrameTargets(raw=raw, labelled=raw != "", lengths=lengths,
+                                             utt=np.repeat(np.arange(len(self.sel)), lengths))
         return self._labels[key]
 
+    def set_frame_folds(self, weights: np.ndarray | None = None) -> None:
+        """The folds: groups balanced by ``weights`` per selected utterance (default its
+        frames in layer 0, as :func:`~.folds.probe_folds`; :meth:`held_out` at any level)."""
+        if weights is None:
+            weights = np.asarray(self.store.lengths(0))[self.sel]
+        self.utt_fold = assign_folds(self.groups, weights, self.folds, self.seed,
+                                     what=self.split_by)
+
     def set_frame_classes(self, layers: Sequence[int], weights: np.ndarray | None = None):
-        """Fix the class list from the labels of all probed layers, and the folds (groups
-        balanced by ``weights`` per selected utterance: default its frames in layer 0)."""
+        """Fix the class list from the labels of all probed layers, the folds
+        (:meth:`set_frame_folds`), each frame's class, fold and control class, and
+        check the held-out classes."""
         for layer in layers:
             self.frame_targets(layer)
         all_labels = np.concatenate([d.raw[d.labelled] for d in self._labels.values()])
         self.classes = np.unique(all_labels.astype(str))
         check_classes(self.target, self.classes, len(all_labels))
-        if weights is None:  # as probe_folds does
-            weights = np.asarray(self.store.lengths(0))[self.sel]
-        self.utt_fold = assign_folds(self.groups, weights, self.folds, self.seed,
-                                      what=self.split_by)
-        index = {c: i for i, c in enumerate(self.classes)}
+        self.set_frame_folds(weights)
+        index = self.index
         for (rate, rf, _), d in self._labels.items():
-            y = np.full(d.raw.shape[0], -1, dtype=np.int64)
-            y[d.labelled] = [index[v] for v in d.raw[d.labelled]]
-            d.y = y
+            d.y = np.full(d.raw.shape[0], -1, dtype=np.int64)
+            d.y[d.labelled] = [index[v] for v in d.raw[d.labelled]]
             d.fold = self.utt_fold[d.utt]
             if self.control:
                 d.y_ctrl = self._frame_control(d, rate, rf)
-        warned = False  # layers of other geometries label frames alike: one warning
-        for d in self._labels.values():
-            d.unseen = self.check_heldout(d.y, d.fold, self.groups[d.utt], "frame", warn=not warned)
-            warned = warned or bool(d.unseen.any())
+        self._check_layers([(*fold_class_counts(d.y, d.fold, self.folds, len(self.classes)),
+                             d.y, self.groups[d.utt]) for d in self._labels.values()])
 
-    def check_heldout(self, y, fold, groups, items: str, warn: bool = True) -> np.ndarray:
-        """:func:`~.folds.check_heldout` of examples ``y`` in ``fold`` (refuse or warn)."""
-        test, train = fold_class_counts(y, fold, self.folds, len(self.classes))
-        level = "segment" if items == "segment" else self.level
-        return check_heldout(test, train, target=self.target, level=level,
-                             split_by=self.split_by, classes=self.classes, items=items, y=y,
-                             groups=groups, warn=warn)
+    def _check_layers(self, parts: list) -> None:
+        """The held-out check of each layer's ``(test, train, y, groups)`` frame counts, one
+        warning (layers of other geometries label frames alike)."""
+        warned = False
+        for test, train, y, groups in parts:
+            warned = bool(self.check_heldout(test, train, "frame", warn=not warned, y=y,
+                                             groups=groups).any()) or warned
+
+    def alignment_classes(self) -> None:
+        """The classes of the selected utterances' alignments, before any frame is read
+        (a stream: :meth:`keep_seen` keeps those its frames carry)."""
+        values = {v for u in self.sel
+                  for v in label_strings(self.store.phones[u][self.target].tolist())}
+        self.classes = np.asarray(sorted(v for v in values if v != ""), dtype=object)
+        check_classes(self.target, self.classes, None, where="in the corpus's alignments")
+
+    def keep_seen(self, counts: list[np.ndarray]) -> np.ndarray:
+        """Keep the classes that label a frame, given each layer's ``(folds, C)`` frames
+        per fold and class, and check the held-out classes; returns the kept columns."""
+        keep = np.flatnonzero(sum(c.sum(0) for c in counts) > 0)
+        self.classes = self.classes[keep]
+        if len(keep) < 2:
+            raise ValueError(
+                f"target {self.target!r} has {len(keep)} class(es) among the labelled "
+                "frames: nothing to classify; choose another target or more utterances")
+        self._check_layers([(c[:, keep], c[:, keep].sum(0, keepdims=True) - c[:, keep], None,
+                             None) for c in counts])
+        return keep
 
     def _frame_control(self, d: FrameTargets, rate, rf) -> np.ndarray:
         by = "context" if self.control_by is None else self.control_by
@@ -324,8 +344,10 @@ class ProbeTask:
         return y_ctrl
 
 
-# ---------------------------------------------------------------------------
-# the one set of label rules of probes, featurizers and streaming
+def check_control(control) -> None:
+    if not isinstance(control, (bool, str)):
+        raise TypeError(f"control must be True, False or the name of the column that defines "
+                        f"a control type (e.g. 'word'), got {control!r}")
 
 
 def _fix(fixes: dict, key: str) -> dict:
@@ -335,50 +357,35 @@ def _fix(fixes: dict, key: str) -> dict:
 def utterance_label_strings(labels: pd.DataFrame, target: str, sel, ids,
                             fix: str = "fill store.labels[{target!r}] or probe only the "
                                        "labelled ones with `utterances=`") -> np.ndarray:
-    """The utterance-level label of each selected utterance; a missing one is refused.
-
-    An utterance-level example has one label: leaving an unlabelled utterance
-    out silently would change what is measured, so it is an error whose
-    message names the utterances and ``fix`` (formatted with ``target``).
-    """
+    """The utterance-level label of each selected utterance; a missing one is refused
+    (leaving it out silently would change what is measured), naming it and ``fix``."""
     if target not in labels.columns:
         raise KeyError(f"target {target!r} is not a column of the labels; columns: "
                        f"{list(labels.columns)}")
     keys = label_strings(labels[target].to_numpy()[np.asarray(sel)])
     bad = [ids[i] for i, v in enumerate(keys) if v == ""]
     if bad:
-        raise ValueError(
-            f"target {target!r} is missing (None/NaN/'') for {len(bad)} utterance(s), "
-            f"e.g. {bad[:5]}; " + fix.format(target=target)
-        )
+        raise ValueError(f"target {target!r} is missing (None/NaN/'') for {len(bad)} "
+                         f"utterance(s), e.g. {bad[:5]}; " + fix.format(target=target))
     return keys
 
 
 def require_alignments(phones, target: str, sel, ids,
                        fix: str = "probe the aligned ones with `utterances=[i for i, p in "
                                   "enumerate(store.phones) if p is not None]`") -> None:
-    """Frame-level targets: every selected utterance has an alignment table with ``target``.
-
-    Frames without a segment (or whose segment's label is missing) are
-    unlabelled and left out; an utterance without any alignment is refused,
-    since all of its frames would silently be.
-    """
+    """Refuse a selected utterance without an alignment table with ``target`` (all its
+    frames would silently be left out, as unlabelled frames are)."""
     missing = [ids[i] for i, u in enumerate(sel) if phones[u] is None]
     if missing:
-        raise ValueError(
-            f"frame-level target {target!r} needs phone alignments, but {len(missing)} "
-            f"utterance(s) have none (e.g. {missing[:5]}); {fix}"
-        )
+        raise ValueError(f"frame-level target {target!r} needs phone alignments, but "
+                         f"{len(missing)} utterance(s) have none (e.g. {missing[:5]}); {fix}")
     lacking = [ids[i] for i, u in enumerate(sel) if target not in phones[u].columns]
     if lacking:
-        raise ValueError(
-            f"the alignments of {len(lacking)} utterance(s) (e.g. {lacking[:5]}) have no "
-            f"column {target!r}"
-        )
+        raise ValueError(f"the alignments of {len(lacking)} utterance(s) (e.g. "
+                         f"{lacking[:5]}) have no column {target!r}")
 
 
 def _number(s: str):
-    """The number a class string spells (``float``), or None (not a finite or infinite number)."""
     try:
         f = float(s)
     except (TypeError, ValueError):
@@ -388,17 +395,12 @@ def _number(s: str):
 
 def check_classes(target: str, classes, n_examples: int | None,
                   where: str = "among the probed examples") -> None:
-    """Refuse a target with one class, or (given ``n_examples``) one class per example.
-
-    Also refuses two classes that spell one number differently (``"1"`` and
-    ``"1.0"``, ``"01"`` and ``"1"``, ``" 2"`` and ``"2"``, ``"True"`` and ``"1"``): numbers themselves
-    reach here in one spelling (:func:`label_str`), so such a pair comes from
-    strings, and whether it is one class or two only the user can say.
-    """
+    """Refuse a target with one class, or (given ``n_examples``) one class per example,
+    or two classes that are strings spelling one number differently (``"1"`` and
+    ``"1.0"``, ``"True"`` and ``"1"``): only the user can say if they are one class."""
     by_value: dict[float, list[str]] = {}
     for c in classes:
-        # True == 1 and False == 0 in Python and in most tables: a column mixing booleans
-        # with 0/1 spells one value two ways too
+        # True == 1 and False == 0: a column mixing booleans with 0/1 spells one value twice
         f = {"True": 1.0, "False": 0.0}.get(str(c), _number(str(c)))
         if f is not None:
             by_value.setdefault(f, []).append(str(c))
@@ -409,14 +411,12 @@ def check_classes(target: str, classes, n_examples: int | None,
             + "; ".join(" and ".join(repr(c) for c in v) for v in clash[:5])
             + f" ({len(clash)} such number(s)). They would be different classes; write each "
             "value one way (e.g. numbers as numbers, or strings all spelled alike), or give "
-            "distinct codes distinct names (e.g. 'c01' and 'c1')"
-        )
+            "distinct codes distinct names (e.g. 'c01' and 'c1')")
     if len(classes) < 2:
         which = f" ({classes[0]!r})" if len(classes) else ""
-        raise ValueError(
-            f"target {target!r} has {'a single class' if len(classes) else 'no class'}{which} "
-            f"{where}: nothing to classify; choose another target or more utterances"
-        )
+        raise ValueError(f"target {target!r} has {'a single class' if len(classes) else 'no class'}"
+                         f"{which} {where}: nothing to classify; choose another target or more "
+                         "utterances")
     if n_examples is not None and len(classes) == n_examples:
         if target == "speaker":
             raise ValueError(
@@ -425,9 +425,7 @@ def check_classes(target: str, classes, n_examples: int | None,
                 "nothing can be right, whatever the split: speaker identity needs >= 2 "
                 "utterances per speaker (split by utterance); add utterances of these "
                 "speakers, or probe another target")
-        raise ValueError(
-            f"every example of target {target!r} has its own class ({n_examples} "
-            "classes), so a test class never occurs in training: a classification probe "
-            "cannot generalise (is it an id or a continuous value?)"
-        )
+        raise ValueError(f"every example of target {target!r} has its own class ({n_examples} "
+                         "classes), so a test class never occurs in training: a classification "
+                         "probe cannot generalise (is it an id or a continuous value?)")
 
