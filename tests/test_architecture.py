@@ -19,6 +19,7 @@ import inside a function counts as much as one at the top of a module:
 from __future__ import annotations
 
 import ast
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -125,8 +126,8 @@ def _graph() -> dict:
                 (n.value for n in tree.body if isinstance(n, ast.Assign)
                  and any(isinstance(t, ast.Name) and t.id == "_SUBMODULES" for t in n.targets)),
                 ast.Tuple(elts=[], ctx=ast.Load()))))
-            for sub in lazy:
-                edges.setdefault(f"{module}.{sub}", 0)
+            for sub in lazy:  # relative to the package, as lazy_exports imports them
+                edges.setdefault(importlib.util.resolve_name(f".{sub}", module), 0)
         # Python imports every parent package first; the edge back to one adds nothing.
         for target in list(edges):
             if module.startswith(target + "."):

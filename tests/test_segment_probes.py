@@ -140,33 +140,34 @@ def test_segment_probes_stream_and_shard_on_the_engine(store):
 @pytest.mark.slow
 def test_sharded_segment_probes_equal_the_whole_store(store):
     """probe_layers(level="segment", sharding=): each of two shards (threads standing in
-    for ranks) gives the whole store's table, ridge (statistics summed) and logistic (the
-    segments' means summed); utterances= are positions in the whole corpus."""
+    for ranks) gives the whole store's ridge table (statistics summed); utterances= are
+    positions in the whole corpus. Logistic segment probes, which need every segment's
+    mean at once, refuse sharding."""
     from _sharding import ThreadSum, run_threads
     from s3viz.distributed import Sharding, shard_indices
 
     up, corpus = get_upstream("tiny", pretrained=False), synthetic_corpus(16, seed=3)
-    methods = ["ridge", s3viz.LogisticOptions(max_epochs=2, dev_fraction=0)]
     kw = dict(level="segment", folds=3, split_by="utterance", device="cpu", control=True,
               utterances=list(range(1, 16)))
-    want = [s3viz.probe_layers(store, ["phone", "word"], layers=[1, 3], method=m, **kw)
-            for m in methods]
+    want = s3viz.probe_layers(store, ["phone", "word"], layers=[1, 3], **kw)
     shards, summer = [shard_indices(corpus.ids, r, 2) for r in range(2)], ThreadSum(2)
     stores = [s3viz.extract(up, corpus[s], upstream_layers=[1, 3], progress=False)
               for s in shards]
 
     def work(r):
         sharding = Sharding.of(corpus, stores[r], shards[r], reduce=summer.reducer(r))
-        return [s3viz.probe_layers(stores[r], ["phone", "word"], method=m, sharding=sharding,
-                                   **kw) for m in methods]
+        return s3viz.probe_layers(stores[r], ["phone", "word"], sharding=sharding, **kw)
 
     got, errors = run_threads(2, work)
     assert errors == [None, None], errors
-    for tables in got:
-        for table, ref in zip(tables, want):  # the shards' stores number their layers 0, 1
-            pd.testing.assert_frame_equal(table, ref.assign(layer=[0, 1, 0, 1]),
-                                          check_exact=False, rtol=1e-6, atol=1e-9)
-            assert table.attrs["n_dropped"] == ref.attrs["n_dropped"]
+    for table in got:  # the shards' stores number their layers 0, 1
+        pd.testing.assert_frame_equal(table, want.assign(layer=[0, 1, 0, 1]),
+                                      check_exact=False, rtol=1e-6, atol=1e-9)
+        assert table.attrs["n_dropped"] == want.attrs["n_dropped"]
+    sharding = Sharding.of(corpus, stores[0], shards[0])
+    with pytest.raises(ValueError, match="takes the ridge method only"):
+        s3viz.probe_layers(stores[0], "phone", sharding=sharding, method=s3viz.LogisticOptions(
+            max_epochs=2, dev_fraction=0), **kw)
 
 def test_segments_of_a_float16_store_are_guarded_at_float16():
     """A layer that varies only at float16 rounding level is refused at segment level too:

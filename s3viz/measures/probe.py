@@ -89,11 +89,6 @@ class RidgeProbe(Measure):
         control: ``True`` or a column defining the control type, as for
             :func:`s3viz.probe_layers`.
         utterances: corpus positions to probe (default all).
-        profile_pass: one more pass first, profiling each layer, so that its numerics
-            guard reads the frames before the statistics, as ``probe_layers`` does on
-            a store. False (a stream): the profile comes with the statistics and only
-            judges each layer, so a layer of pathological scale
-            (``docs/streaming.md``) may score otherwise than stored.
 
     ``compute()`` gives the columns of :func:`s3viz.probe_layers`.
     """

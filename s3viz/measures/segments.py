@@ -16,11 +16,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..probe.layers import METHODS, RidgeOptions, probe_layers
-from ..probe.logistic import LogisticOptions
 from ..probe.ridge import LAMBDAS
 from ..probe.tables import segment_result, segment_results
-from ..segments import common_segments, frames_precision, means_store, segment_table
+from ..segments import common_segments, frames_precision, segment_table
 from ._engine import Batch, Context, CorpusLayers, Measure
 from .probe import RidgeProbe
 
@@ -43,16 +41,12 @@ class _Segments:
 
 
 class SegmentProbe(Measure):
-    """Cross-validated probes of segments (phones, words) of every layer.
+    """Cross-validated ridge probes of segments (phones, words) of every layer.
 
     Args:
         target: alignment column(s) whose segments are the examples (``"phone"``,
             ``"word"``; silence left out).
-        method: ``"ridge"`` (statistics summed over batches, penalties ``lambdas``) or
-            any other ``method`` of :func:`s3viz.probe_layers` (``"logistic"``, options,
-            a list): these need every segment's mean, kept (segments x hidden per
-            target and layer, summed over ranks) and probed after the pass.
-        folds, split_by, seed, lambdas, utterances, profile_pass: as for
+        folds, split_by, seed, lambdas, utterances: as for
             :class:`RidgeProbe`; an utterance's segments stay in one fold.
         control: as for :class:`RidgeProbe`; ``True`` types a segment by its label
             and its neighbours' (``"context"``).
@@ -63,8 +57,7 @@ class SegmentProbe(Measure):
 
     name = "segments"
 
-    def __init__(self, target: str | Sequence[str] = "phone", *, method="ridge",
-                 folds: int = 5, split_by: str | dict = "auto", seed: int = 0,
+    def __init__(self, target: str | Sequence[str] = "phone", *, folds: int = 5, split_by: str | dict = "auto", seed: int = 0,
                  lambdas: Sequence[float] = LAMBDAS, control: bool | str = False,
                  utterances=None, profile_pass: bool = False):
         super().__init__()
@@ -73,13 +66,7 @@ class SegmentProbe(Measure):
         probe = RidgeProbe(target, split_by=split_by, **kw)
         self.probes = {t: RidgeProbe(t, split_by=probe.split_by[t], **kw) for t in probe.targets}
         self.utterances = utterances
-        self.method = None if method == "ridge" else method
-        ms = list(method) if isinstance(method, (list, tuple)) else [method]
-        if not ms or not all(m in METHODS or isinstance(m, (RidgeOptions, LogisticOptions))
-                             for m in ms):
-            raise ValueError(f"method must be one of {METHODS}, RidgeOptions(...) or "
-                             f"LogisticOptions(...) (or a list of them), got {method!r}")
-        self.passes = probe.passes if self.method is None else 1
+        self.passes = probe.passes
 
     def setup(self, ctx: Context) -> None:
         self.ctx, view = ctx, CorpusLayers(ctx)
@@ -95,19 +82,13 @@ class SegmentProbe(Measure):
                                         k["frame_end"].to_numpy()[utt == u]) for k in kept])
                              for u in np.unique(utt)}
             seg = self.segments[t] = _Segments(labels)
-            if self.method is None:
-                mine = np.flatnonzero(np.isin(utt, ctx.positions))
-                ones = np.ones((len(labels), ctx.num_layers), dtype=np.int64)
-                probe.setup(Context(seg, mine, ctx.layer_ids, ctx.sizes, ctx.rates, ctx.fields,
-                                    ctx.device, ctx.reduce, ctx.weights, ctx.store_dtype,
-                                    lambda ones=ones: ones))
+            mine = np.flatnonzero(np.isin(utt, ctx.positions))
+            ones = np.ones((len(labels), ctx.num_layers), dtype=np.int64)
+            probe.setup(Context(seg, mine, ctx.layer_ids, ctx.sizes, ctx.rates, ctx.fields,
+                                ctx.device, ctx.reduce, ctx.weights, ctx.store_dtype,
+                                lambda ones=ones: ones))
         # per layer and narrow dtype: some frame it does not hold exactly (the frames' precision)
         self.add_state("inexact", torch.zeros(ctx.num_layers, len(_NARROW), dtype=torch.int64))
-        means = None if self.method is None else {
-            t: [torch.zeros(len(seg), h, dtype=ctx.read_dtype) for h in ctx.sizes]
-            for t, seg in self.segments.items()}
-        self.add_state("means", means, lambda v, reduce: {t: [reduce(x) for x in xs]
-                                                           for t, xs in v.items()})
 
     def _pooled(self, t: str, batch: Batch):
         """``(segment positions, per layer their means)`` of the batch's segments of ``t``."""
@@ -132,20 +113,14 @@ class SegmentProbe(Measure):
                         self.inexact[s, i] = 1
         for t, probe in self.probes.items():
             pos, frames = self._pooled(t, batch)
-            if pos is None:
-                continue
-            if self.method is None:  # a batch of one-frame "utterances"
+            if pos is not None:  # a batch of one-frame "utterances"
                 probe.update(Batch(probe.ctx, pos, frames, np.ones(
                     (len(pos), self.ctx.num_layers), dtype=np.int64)), pass_index)
-            else:
-                for s, x in enumerate(frames):
-                    self.means[t][s][torch.from_numpy(pos)] = x
 
     def merge(self, pass_index: int, reduce) -> None:
         super().merge(pass_index, reduce)
-        if self.method is None:
-            for probe in self.probes.values():
-                probe.merge(pass_index, reduce)
+        for probe in self.probes.values():
+            probe.merge(pass_index, reduce)
 
     def end_pass(self, pass_index: int) -> None:
         if pass_index == 0:  # the precision the segments' frames carry, before any guard
@@ -153,23 +128,12 @@ class SegmentProbe(Measure):
                 d for d, bad in zip(_NARROW, row) if not bad]) for row in self.inexact.tolist()]
             for seg in self.segments.values():
                 seg._precision = precision
-        if self.method is None:
-            for probe in self.probes.values():
-                probe.end_pass(pass_index)
+        for probe in self.probes.values():
+            probe.end_pass(pass_index)
 
     def compute(self) -> pd.DataFrame:
         ctx = self.ctx
         layer_ids = dict(zip(ctx.layer_index, ctx.layer_ids))
-        tables = []
-        for t, probe in self.probes.items():
-            if self.method is None:
-                res = probe.compute()
-            else:
-                seg = self.segments[t]
-                store = means_store(seg.labels, self.means[t], ctx.rates, seg._precision,
-                                    ctx.weights)
-                res = probe_layers(store, t, level="utterance", method=self.method,
-                                   folds=probe.folds, split_by=probe.split_by[t],
-                                   control=probe.control, device=ctx.device, seed=probe.seed)
-            tables.append(segment_result(res, ctx.layer_index, layer_ids))
+        tables = [segment_result(probe.compute(), ctx.layer_index, layer_ids)
+                  for probe in self.probes.values()]
         return segment_results(tables, dict(self.dropped))

@@ -18,7 +18,7 @@ from ..upstreams._hub import weights_of
 from .folds import check_folds, check_split_by, resolve_split
 from .logistic import LogisticOptions, _logistic_layers
 from .ridge import LAMBDAS
-from .tables import concat_tables, result_row, result_table
+from .tables import concat_tables, result_row, result_table, segment_result, segment_results
 from .targets import LEVELS, ProbeTask, check_control, resolve_level
 
 __all__ = ["METHODS", "RidgeOptions", "probe_layers"]
@@ -210,18 +210,39 @@ def _shard_setup(store, sharding, methods):
 
 
 def _probe_segments(store, targets, methods, meta, positions, reduce, *, layers, device,
-                    **kw) -> pd.DataFrame:
-    """probe_layers(level="segment"): :class:`~s3viz.measures.SegmentProbe` on the store."""
+                    utterances, control, **kw) -> pd.DataFrame:
+    """probe_layers(level="segment"): ridge probes run :class:`~s3viz.measures.SegmentProbe`
+    (streamable, shardable); other methods need every segment's mean at once, so they probe
+    the stored segment means (:func:`s3viz.segments.segment_store`), unsharded."""
     from ..measures import SegmentProbe, StoreSource, run_measures
+    from ..segments import segment_store
 
-    ridge = len(methods) == 1 and methods[0].name == "ridge"  # else: segment means kept
-    probe = SegmentProbe(list(dict.fromkeys(targets)), method="ridge" if ridge else methods,
-                         lambdas=methods[0].lambdas if ridge else LAMBDAS, profile_pass=True,
-                         **kw)
-    source = StoreSource(store, meta=meta, positions=positions, layers=layers)
-    table = run_measures([probe], source, device=device, reduce=reduce)["segments"]
+    control = "context" if control is True else control
+    if len(methods) == 1 and methods[0].name == "ridge":
+        probe = SegmentProbe(list(dict.fromkeys(targets)), lambdas=methods[0].lambdas,
+                             profile_pass=True, utterances=utterances, control=control, **kw)
+        source = StoreSource(store, meta=meta, positions=positions, layers=layers)
+        return _as_listed(run_measures([probe], source, device=device,
+                                       reduce=reduce)["segments"], targets)
+    if meta is not None:
+        raise ValueError("probe_layers(level='segment', sharding=...) takes the ridge method "
+                         "only: logistic segment probes need every segment's mean at once")
+    tables, dropped = [], {}
+    for tgt in dict.fromkeys(targets):
+        seg = segment_store(store, tgt, layers, utterances=utterances)
+        res = probe_layers(seg, tgt, level="utterance", method=methods, control=control,
+                           device=device, **kw)
+        tables.append(segment_result(res, layers, store.layer_ids))
+        dropped[tgt] = int(seg._dropped)
+    table = segment_results(tables, dropped)
+    table.attrs["weights"] = weights_of(store)
+    return _as_listed(table, targets)
+
+
+def _as_listed(table: pd.DataFrame, targets: list) -> pd.DataFrame:
+    """``table``'s rows in the order of ``targets`` (a target listed twice: its rows twice)."""
     if len(set(targets)) == len(targets):
         return table
     out = pd.concat([table[table["target"] == t] for t in targets], ignore_index=True)
-    out.attrs = table.attrs  # a target listed twice: its rows twice
+    out.attrs = table.attrs
     return out
