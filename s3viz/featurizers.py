@@ -184,9 +184,11 @@ def as_vector(values, n: int, name: str, index, *, nonnegative: bool = False) ->
         values = pd.Series(values, dtype=object)
     if isinstance(values, pd.Series):
         if set(values.index) != set(index) or len(values) != len(index):
+            missing = [i for i in index if i not in set(values.index)]
+            extra = [i for i in values.index if i not in set(index)]
             raise ValueError(f"{name} is indexed by {list(values.index)}, expected the layers "
-                             f"{list(index)}")
-        values = values.reindex(list(index)).to_numpy()
+                             f"{list(index)} (missing {missing}, unexpected {extra})")
+        values = values.reindex(list(index)).tolist()
     if isinstance(values, torch.Tensor):
         t = values.detach().to("cpu", torch.float64)
     else:

@@ -230,6 +230,20 @@ def test_set_weights_probs_logits_and_validation():
         feat.set_weights(probs=pd.Series([0.5, 0.5], index=[0, 1]))
 
 
+def test_set_weights_refusals_name_the_layers_and_values():
+    """A Series or dict keyed by the wrong layers says which are missing and which are not
+    selected; a dict with a non-number shows its values as a list."""
+    feat = WeightedSumFeaturizer(_Sizes([8] * 3, [320] * 3), layer_selections=[0, 2])
+    with pytest.raises(ValueError, match=r"missing \[2\], unexpected \[1\]"):
+        feat.set_weights(probs=pd.Series([0.5, 0.5], index=[0, 1]))
+    with pytest.raises(ValueError, match=r"missing \[\], unexpected \[1\]"):
+        feat.set_weights(probs={0: 0.5, 2: 0.5, 1: 0.0})
+    with pytest.raises(TypeError, match=r"got \['a', 0.5\]$"):
+        feat.set_weights(probs={0: "a", 2: 0.5})
+    feat.set_weights(probs={2: 0.75, 0: 0.25})
+    np.testing.assert_allclose(feat.layer_weights.to_numpy(), [0.25, 0.75], rtol=1e-6)
+
+
 def test_gradients_reach_the_logits():
     feat = WeightedSumFeaturizer(_Sizes([8] * 3, [320] * 3))
     all_hs, all_hs_len = _hidden([[4, 2]] * 3)
