@@ -11,7 +11,9 @@ of two change no result of the scale- and offset-invariant measures.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import re
 import warnings
 
 import numpy as np
@@ -19,7 +21,7 @@ import torch
 
 __all__ = ["read_dtype", "pow2_factor", "safe_scale", "Moments",
            "DegenerateLayerWarning", "Guard", "Profile", "layer_guard", "tensor_guard",
-           "warn_degenerate", "float32_squares_span", "float32_distances_span",
+           "warn_degenerate", "renamed_layers", "float32_squares_span", "float32_distances_span",
            "float64_sums_span", "unit_rows"]
 
 
@@ -525,6 +527,23 @@ def warn_degenerate(measure: str, reasons: dict, what: str = "results") -> None:
                   "(e.g. a normalisation per utterance before mean pooling, a frame of "
                   "overflowing activations) or leave the layer out with layers=",
                   DegenerateLayerWarning, stacklevel=3)
+
+
+@contextlib.contextmanager
+def renamed_layers(mapping):
+    """Re-issue the :class:`DegenerateLayerWarning` raised inside with "stored layer k" read
+    as ``mapping[k]``: a measure of a derived store (segment means) names its caller's
+    layers. Other warnings pass through unchanged."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        if issubclass(w.category, DegenerateLayerWarning):
+            text = re.sub(r"stored layer (\d+):",
+                          lambda m: f"stored layer {mapping[int(m.group(1))]}:", str(w.message))
+            warnings.warn(text, w.category, stacklevel=3)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def unit_rows(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -187,3 +187,11 @@ def test_segments_of_a_float16_store_are_guarded_at_float16():
         df = s3viz.probe_layers(s16, "phone", level="segment", folds=3, device="cpu",
                                 split_by="utterance")
     assert np.isnan(df["accuracy"].iloc[1]) and not np.isnan(df["accuracy"].iloc[0])
+    # the warning names the stored layer, whatever order the layers are asked in
+    for method in ("ridge", "logistic"):
+        with pytest.warns(DegenerateLayerWarning, match=r"1 degenerate layer\(s\) \(stored "
+                          r"layer 1: .*float16 rounding") as rec:
+            out = s3viz.probe_layers(s16, "phone", level="segment", folds=3, device="cpu",
+                                     split_by="utterance", layers=[1, 0], method=method)
+        assert not any("stored layer 0" in str(w.message) for w in rec), method
+        assert out["layer"].tolist() == [1, 0] and np.isnan(out["accuracy"].iloc[0])

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .._numerics import renamed_layers
 from ..probe.ridge import LAMBDAS
 from ..probe.tables import segment_result, segment_results
 from ..segments import common_segments, frames_precision, segment_table
@@ -134,6 +135,7 @@ class SegmentProbe(Measure):
     def compute(self) -> pd.DataFrame:
         ctx = self.ctx
         layer_ids = dict(zip(ctx.layer_index, ctx.layer_ids))
-        tables = [segment_result(probe.compute(), ctx.layer_index, layer_ids)
-                  for probe in self.probes.values()]
+        with renamed_layers(ctx.layer_index):  # the probes' layer s is ctx.layer_index[s]
+            tables = [segment_result(probe.compute(), ctx.layer_index, layer_ids)
+                      for probe in self.probes.values()]
         return segment_results(tables, dict(self.dropped))

@@ -11,7 +11,7 @@ import pandas as pd
 
 from .. import _validate as _v
 from .._device import resolve_device as _resolve_device
-from .._numerics import warn_degenerate
+from .._numerics import renamed_layers, warn_degenerate
 from ..distributed import Sharding
 from ..store import utterance_selection
 from ..upstreams._hub import weights_of
@@ -230,8 +230,9 @@ def _probe_segments(store, targets, methods, meta, positions, reduce, *, layers,
     tables, dropped = [], {}
     for tgt in dict.fromkeys(targets):
         seg = segment_store(store, tgt, layers, utterances=utterances)
-        res = probe_layers(seg, tgt, level="utterance", method=methods, control=control,
-                           device=device, **kw)
+        with renamed_layers(layers):  # the means store's layer i is stored layer layers[i]
+            res = probe_layers(seg, tgt, level="utterance", method=methods, control=control,
+                               device=device, **kw)
         tables.append(segment_result(res, layers, store.layer_ids))
         dropped[tgt] = int(seg._dropped)
     table = segment_results(tables, dropped)
