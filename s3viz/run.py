@@ -157,10 +157,10 @@ def _init(device_arg):
     rank, world, local = env_world()
     try:
         asked = None if device_arg is None else torch.device(device_arg)
+        if asked is not None and asked.type not in ("cpu", "cuda"):
+            raise RuntimeError(asked.type)
     except RuntimeError as e:
         raise ValueError(f"--device must be cpu, cuda or cuda:N, got {device_arg!r}") from e
-    if asked is not None and asked.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {device_arg!r}")
     if asked is not None and asked.type == "cuda" and asked.index is not None and world > 1:
         raise ValueError(f"--device {device_arg} would put all {world} ranks on one GPU "
                          "(nccl refuses that); give --device cuda and each rank takes "
@@ -305,9 +305,8 @@ RESULT_FILES = tuple(f for csv, png, _ in _OUTPUTS.values() for f in (csv, png))
 
 
 def _clear_results(out_arg) -> None:
-    """Remove the files an earlier run wrote into ``--out`` (those its ``run.json``
-    lists, and only names a run writes), so the folder never mixes two runs (an old
-    ``cka.csv`` beside new probes); anything else there is the user's and stays."""
+    """Remove the files an earlier run wrote into ``--out`` (listed in its ``run.json``, and
+    only names a run writes), so the folder never mixes two runs; the rest is the user's."""
     out = OwnedFolder(out_arg, "--out")
     try:
         earlier = json.loads(out.read_bytes("run.json")).get("files", [])
@@ -410,8 +409,9 @@ FLAGS = {"split_by": "--split-by", "folds": "--folds", "upstream_layers": "--lay
          "labels_csv": "--labels", "alignments": "--alignments",
          "alignment_pattern": "--alignment-pattern", "phone_tier": "--phone-tier",
          "word_tier": "--word-tier", "silence": "--silence", "seed": "--seed",
-         "cache_dir": "--store-frames", "measures": "--measures", "store_frames": "--store-frames", "strict": "--no-strict",
-         "on": "--abx-on", "utterances": "--pattern"}  # the CLI chooses utterances by the files it loads
+         "cache_dir": "--store-frames", "measures": "--measures", "strict": "--no-strict",
+         "store_frames": "--store-frames", "on": "--abx-on",
+         "utterances": "--pattern"}  # the CLI chooses utterances by the files it loads
 """The library's argument names as this command's flags, for the advice in its errors."""
 
 
@@ -429,9 +429,8 @@ def as_cli_advice(message: str) -> str:
     names = "|".join(sorted(FLAGS, key=len, reverse=True))
     value = r"(\[[^\]]*\]|'[^']*'|\"[^\"]*\"|[\w.\-]+)"
     # `name`, `name=` and name=value are arguments; a bare name is prose, left alone
-    message = re.sub(rf"`({names})=?`|\b({names})={value}",
-                     lambda m: flag_of(m.group(1) or m.group(2), m.group(3)), message)
-    return message
+    return re.sub(rf"`({names})=?`|\b({names})={value}",
+                  lambda m: flag_of(m.group(1) or m.group(2), m.group(3)), message)
 
 
 def main(argv=None) -> int:
