@@ -125,9 +125,7 @@ def _corpus(args):
     from . import data
 
     if args.folder:
-        # lazy: each rank reads only the audio of its own shard, when it extracts it
-        # (the alignment tables are read now: they are small and every rank needs its own);
-        # its warnings reach stderr through main's warning printer, spelled as flags
+        # lazy: each rank reads only its shard's audio (the small alignment tables now)
         def tiers(value):
             return None if value is None else [t.strip() for t in value.split(",") if t.strip()]
 

@@ -185,9 +185,8 @@ class _Source:
 
     def __init__(self, items, level, sel, reduce=None):
         self.items, self.level = items, level
-        # the one guard of every measure (s3viz._numerics): CKA and CCA are offset- and
-        # scale-invariant, so each layer is centred and scaled by a power of two before
-        # any product; a degenerate layer (or pooled vectors of rounding noise) -> NaN
+        # the guard of every measure (s3viz._numerics): centred, scaled by a power of two;
+        # a degenerate layer (or pooled vectors of rounding noise) -> NaN
         self.guards = [layer_guard(st, layer, sel, centre=True, level=level, reduce=reduce)
                        for st, layer in items]
 
