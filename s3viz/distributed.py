@@ -1,11 +1,8 @@
 """Sharding and summing helpers for runs over several processes (``torch.distributed``).
 
-:func:`shard_indices` gives each rank a deterministic, balanced shard;
-:func:`all_reduce_sum` sums statistics over ranks (the identity without a
-process group), and :class:`Sharding` carries it and the whole corpus's frame-free
-metadata to ``probe_layers(sharding=)`` and
-``layer_similarity(sharding=)`` on stored shards.
-How a sharded run fits together: ``docs/streaming.md``.
+:func:`shard_indices` gives each rank a deterministic, balanced shard, :func:`all_reduce_sum`
+sums over ranks, and :class:`Sharding` carries it to ``probe_layers(sharding=)`` and
+``layer_similarity(sharding=)`` on stored shards (``docs/streaming.md``).
 """
 
 from __future__ import annotations
@@ -20,13 +17,7 @@ import torch
 
 from .upstreams._hub import weights_of
 
-__all__ = [
-    "Sharding",
-    "all_reduce_sum",
-    "dist_info",
-    "env_world",
-    "shard_indices",
-]
+__all__ = ["Sharding", "all_reduce_sum", "dist_info", "env_world", "shard_indices"]
 
 
 def _id_key(u: str) -> int:
@@ -35,28 +26,19 @@ def _id_key(u: str) -> int:
 
 def shard_indices(ids: Sequence[str], rank: int, world_size: int,
                   utterance_weights: Sequence[float] | None = None) -> list[int]:
-    """Positions of the utterances that ``rank`` handles, deterministic by utterance id.
+    """Sorted positions of the utterances that ``rank`` handles.
 
-    Utterances are ordered by the sha1 of their id (not by corpus order, the
-    machine or the Python hash seed). Without ``utterance_weights`` they are dealt
-    round-robin in that order, so shard sizes differ by at most one
-    utterance. With ``utterance_weights`` (e.g. each utterance's samples, to balance the
-    extraction time), the heaviest go first, each to the rank with the least
-    weight so far (ties: the sha1 order, then the lowest rank): every rank
-    ends within one utterance's weight of the others.
-
-    The assignment depends only on the set of ``(id, weight)`` pairs and the
-    world size: shuffling the corpus never moves an utterance to another rank.
+    Utterances go in the order of the sha1 of their id: dealt round-robin, or with
+    ``utterance_weights`` the heaviest first, each to the rank with the least weight so
+    far (ties: sha1 order, then lowest rank), so every rank ends within one utterance's
+    weight of the others. Only the ``(id, weight)`` pairs and the world size matter:
+    shuffling the corpus never moves an utterance to another rank.
 
     Args:
         ids: utterance ids of the whole corpus (unique strings).
         rank: this process's rank in ``[0, world_size)``.
         world_size: number of processes (>= 1).
-        utterance_weights: optional non-negative weight per utterance (same order as
-            ``ids``; was ``weights``).
-
-    Returns:
-        Sorted positions into ``ids``.
+        utterance_weights: optional non-negative weight per utterance (e.g. its samples).
     """
     if isinstance(world_size, bool) or not isinstance(world_size, (int, np.integer)) \
             or world_size < 1:
@@ -74,8 +56,7 @@ def shard_indices(ids: Sequence[str], rank: int, world_size: int,
     w = np.asarray(utterance_weights, dtype=np.float64).reshape(-1)
     if w.shape[0] != len(ids) or not np.isfinite(w).all() or (w < 0).any():
         raise ValueError(f"utterance_weights must be {len(ids)} finite non-negative numbers "
-                         f"(one per id), "
-                         f"got shape {w.shape}")
+                         f"(one per id), got shape {w.shape}")
     order = sorted(range(len(ids)), key=lambda i: (-w[i], keys[i], ids[i]))
     load = np.zeros(world_size)
     count = np.zeros(world_size, dtype=np.int64)
@@ -124,19 +105,16 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Sharding:
-    """This process's part of a sharded run over stored shards.
-
-    ``store`` (the argument of :func:`s3viz.probe.probe_layers` and
-    :func:`s3viz.similarity.layer_similarity`) then holds one shard, and every
-    statistic is summed over shards with ``reduce(tensor) -> tensor`` (e.g.
-    :func:`all_reduce_sum`), so each shard returns the table of the whole corpus.
+    """This process's part of a sharded run: ``store`` (of :func:`s3viz.probe.probe_layers`
+    or :func:`s3viz.similarity.layer_similarity`) holds one shard, every statistic is summed
+    over shards, and each shard returns the table of the whole corpus.
 
     Attributes:
-        reference: the whole corpus's frame-free metadata (``ids``, ``labels``,
-            ``phones``; ``weights``: the shard store's), which the probes build their
-            folds, classes and control labels on;
-            ``layer_similarity`` does not need it (``None``).
-        reduce: sums a tensor over all shards (``None``: :func:`all_reduce_sum`).
+        reference: the whole corpus's frame-free metadata (``ids``, ``labels``, ``phones``;
+            ``weights``: the shard store's) for the probes' folds, classes and controls
+            (``layer_similarity`` needs none).
+        reduce: ``reduce(tensor) -> tensor`` sums over all shards (``None``:
+            :func:`all_reduce_sum`).
     """
 
     reference: object = None

@@ -28,75 +28,52 @@ __all__ = ["main", "parse_args", "run"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m s3viz.run", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m s3viz.run", description=__doc__.split("\n")[0],
+                                epilog="Flags, outputs and memory: docs/streaming.md")
     p.add_argument("--upstream", default="tiny",
-                   help="tiny (default: the shipped model, offline), spectral (log-mel/MFCC "
-                        "baseline), a pretrained model (hubert_base, wavlm_base_plus, "
-                        "distilhubert, ... or s3prl's name: hubert, wavlm, "
-                        "hubert_large_ll60k, ...), hf:<repository id>, or a folder saved "
-                        "with save_pretrained. Names mean pretrained weights, downloaded on "
-                        "first use into torch.hub's or huggingface_hub's cache "
-                        "(S3VIZ_OFFLINE=1: the cache only); docs/upstreams.md lists them")
+                   help="tiny (default, offline), spectral, a pretrained model name "
+                        "(docs/upstreams.md), hf:<repository id>, or a save_pretrained folder")
     p.add_argument("--random-weights", action="store_true",
-                   help="the same architecture with random weights (seed 0; pretrained=False), "
-                        "the control that shows what training added, for any name but "
-                        "spectral; no weights are downloaded (a Hugging Face name fetches "
-                        "its config.json)")
+                   help="the same architecture with random weights (seed 0), the control for "
+                        "what training added (not for spectral)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--corpus", default=None, help="synthetic:N (default synthetic:24)")
     src.add_argument("--folder", default=None, help="folder of audio files (s3viz.data.load_folder)")
     p.add_argument("--labels", default=None, help="labels CSV for --folder")
     p.add_argument("--pattern", action="append", default=None,
-                   help="for --folder: glob of the audio files ('samples-*/*.wav'; default: "
-                        "every audio file); repeat for several")
+                   help="for --folder: glob of the audio files (repeatable; default: all)")
     p.add_argument("--alignments", default=None,
-                   help="for --folder: a folder of TextGrids (MFA's output), 'sibling', or a "
-                        "CSV/TSV of segments: frame-level targets (phone, word) then work")
+                   help="for --folder: a folder of TextGrids, 'sibling', or a CSV/TSV of segments")
     p.add_argument("--alignment-pattern", action="append", default=None, metavar="PATTERN",
-                   help="for --alignments: where each file's TextGrid is, relative to the "
-                        "alignments folder, with {parent}, {stem}, {name} (SPPAS: "
-                        "'{parent}/{stem}-merge.TextGrid'); repeat to try several in order")
+                   help="for --alignments: each file's TextGrid relative to it, with {parent}, "
+                        "{stem}, {name} (repeatable: tried in order)")
     p.add_argument("--phone-tier", default=None,
-                   help="TextGrid phone tier, or several candidates separated by commas "
-                        "('phones,phone,PhonAlign'; default: by name)")
+                   help="TextGrid phone tier, or comma-separated candidates (default: by name)")
     p.add_argument("--word-tier", default=None,
                    help="TextGrid word tier, or candidates separated by commas (default: by name)")
     p.add_argument("--silence", default=None,
-                   help="silence marks of the aligner, separated by commas ('#,sil,<p:>'); "
-                        "default: s3viz.data.SILENCE_LABELS")
+                   help="the aligner's silence marks, separated by commas ('#,sil,<p:>')")
     p.add_argument("--no-strict", dest="strict", action="store_false",
-                   help="for --folder: leave out every file whose audio or alignment does not "
-                        "fit and list them all (default: refuse, listing them all)")
+                   help="for --folder: leave out (and list) every file that does not fit")
     p.add_argument("--phone-map", default=None, choices=["timit39"],
                    help="fold the phone labels (timit39: TIMIT's 61 labels to 39)")
     p.add_argument("--measures", nargs="+", default=["probe"], choices=sorted(MEASURES),
-                   help="what to compute over every layer (default: probe): probe (linear "
-                        "probes of --targets), segments (probes of each phone or word of "
-                        "--targets, the mean of its frames), cka (layer-by-layer CKA), units "
-                        "(k-means unit purity and PNMI against the phones), abx (ABX phone "
-                        "discrimination within speaker); docs/measures.md")
+                   help="what to compute over every layer (default: probe; docs/measures.md)")
     p.add_argument("--targets", nargs="*", default=["phone"], help="probe targets")
     p.add_argument("--methods", nargs="+", default=["ridge"], choices=["ridge", "logistic"],
-                   help="probe methods; logistic (full-batch L-BFGS, gradients summed over "
-                        "ranks) needs --store-frames")
+                   help="probe methods; logistic (L-BFGS) needs --store-frames")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--split-by", default="auto", choices=["auto", "speaker", "utterance"],
-                   help="auto (default): by speaker when the labels allow it, else by "
-                        "utterance (s3viz.probe.resolve_split); probes.csv says which")
+                   help="auto (default): by speaker when the labels allow it, else by utterance")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cka-level", default=None, choices=["frame", "utterance"],
-                   help="default: frame when the chosen layers share one frame rate, else "
-                        "utterance (run.json and the log say which); an explicit 'frame' over "
-                        "layers of different rates is refused")
+                   help="default: frame when the layers share one frame rate, else utterance")
     p.add_argument("--units-k", type=int, nargs="+", default=None, metavar="K",
-                   help="for --measures units: k-means clusters (several: one row each; "
-                        "default 100)")
+                   help="for --measures units: k-means clusters (default 100; a row each)")
     p.add_argument("--units-max-frames", type=int, default=None, metavar="N",
-                   help="for --measures units: labelled frames k-means is fitted on (default "
-                        "50000; each rank holds layers x N x hidden numbers)")
+                   help="for --measures units: frames k-means is fitted on (default 50000)")
     p.add_argument("--abx-on", default=None, metavar="COLUMN",
-                   help="for --measures abx: the alignment column whose segments are the "
-                        "items (default: phone)")
+                   help="for --measures abx: the alignment column of the items (default: phone)")
     p.add_argument("--layers", type=int, nargs="*", default=None, help="upstream layers to use")
     p.add_argument("--batch-size", type=int, default=None, help="utterances per batch at most")
     p.add_argument("--max-batch-seconds", type=float, default=60.0,
@@ -104,8 +81,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--store-frames", default=None, metavar="DIR",
                    help="keep each rank's frames on disk under DIR/rank-<k> (a LayerStore)")
     p.add_argument("--device", default=None,
-                   help="cpu or cuda (each rank takes cuda:<local rank>); default: cuda if "
-                        "available, else cpu")
+                   help="cpu or cuda (each rank takes cuda:<local rank>; default: cuda if any)")
     p.add_argument("--out", required=True, help="output folder (written by rank 0)")
     p.add_argument("--no-figures", action="store_true")
     args = p.parse_args(argv)
@@ -149,9 +125,7 @@ def _corpus(args):
     from . import data
 
     if args.folder:
-        # lazy: each rank reads only the audio of its own shard, when it extracts it
-        # (the alignment tables are read now: they are small and every rank needs its own);
-        # its warnings reach stderr through main's warning printer, spelled as flags
+        # lazy: each rank reads only its shard's audio (the small alignment tables now)
         def tiers(value):
             return None if value is None else [t.strip() for t in value.split(",") if t.strip()]
 
@@ -181,10 +155,10 @@ def _init(device_arg):
     rank, world, local = env_world()
     try:
         asked = None if device_arg is None else torch.device(device_arg)
+        if asked is not None and asked.type not in ("cpu", "cuda"):
+            raise RuntimeError(asked.type)
     except RuntimeError as e:
         raise ValueError(f"--device must be cpu, cuda or cuda:N, got {device_arg!r}") from e
-    if asked is not None and asked.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {device_arg!r}")
     if asked is not None and asked.type == "cuda" and asked.index is not None and world > 1:
         raise ValueError(f"--device {device_arg} would put all {world} ranks on one GPU "
                          "(nccl refuses that); give --device cuda and each rank takes "
@@ -329,9 +303,8 @@ RESULT_FILES = tuple(f for csv, png, _ in _OUTPUTS.values() for f in (csv, png))
 
 
 def _clear_results(out_arg) -> None:
-    """Remove the files an earlier run wrote into ``--out`` (those its ``run.json``
-    lists, and only names a run writes), so the folder never mixes two runs (an old
-    ``cka.csv`` beside new probes); anything else there is the user's and stays."""
+    """Remove the files an earlier run wrote into ``--out`` (listed in its ``run.json``, and
+    only names a run writes), so the folder never mixes two runs; the rest is the user's."""
     out = OwnedFolder(out_arg, "--out")
     try:
         earlier = json.loads(out.read_bytes("run.json")).get("files", [])
@@ -434,8 +407,9 @@ FLAGS = {"split_by": "--split-by", "folds": "--folds", "upstream_layers": "--lay
          "labels_csv": "--labels", "alignments": "--alignments",
          "alignment_pattern": "--alignment-pattern", "phone_tier": "--phone-tier",
          "word_tier": "--word-tier", "silence": "--silence", "seed": "--seed",
-         "cache_dir": "--store-frames", "measures": "--measures", "store_frames": "--store-frames", "strict": "--no-strict",
-         "on": "--abx-on", "utterances": "--pattern"}  # the CLI chooses utterances by the files it loads
+         "cache_dir": "--store-frames", "measures": "--measures", "strict": "--no-strict",
+         "store_frames": "--store-frames", "on": "--abx-on",
+         "utterances": "--pattern"}  # the CLI chooses utterances by the files it loads
 """The library's argument names as this command's flags, for the advice in its errors."""
 
 
@@ -453,9 +427,8 @@ def as_cli_advice(message: str) -> str:
     names = "|".join(sorted(FLAGS, key=len, reverse=True))
     value = r"(\[[^\]]*\]|'[^']*'|\"[^\"]*\"|[\w.\-]+)"
     # `name`, `name=` and name=value are arguments; a bare name is prose, left alone
-    message = re.sub(rf"`({names})=?`|\b({names})={value}",
-                     lambda m: flag_of(m.group(1) or m.group(2), m.group(3)), message)
-    return message
+    return re.sub(rf"`({names})=?`|\b({names})={value}",
+                  lambda m: flag_of(m.group(1) or m.group(2), m.group(3)), message)
 
 
 def main(argv=None) -> int:

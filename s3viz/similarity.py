@@ -1,12 +1,8 @@
 """Layer similarity: linear CKA (or SVCCA) between every pair of stored layers, or two stores.
 
-:func:`layer_similarity` computes linear CKA exactly from streamed
-cross-covariances (``estimator="feature"``, memory independent of the frames)
-or as the unbiased minibatch estimate (``"minibatch"``), SVCCA with
-``method="cca"``, at frame or utterance level, and sharded with ``sharding=``.
-The estimators, their memory and when CCA means nothing: ``docs/similarity.md``.
-The streamed cross-products (:class:`CrossProducts`, with their merge over shards)
-are also those of the engine's :class:`~s3viz.measures.LayerCKA`.
+:func:`layer_similarity`: exact streamed or minibatch CKA, SVCCA, at frame or utterance
+level, sharded or not (``docs/similarity.md``). :class:`CrossProducts` is also the
+accumulator of the engine's :class:`~s3viz.measures.LayerCKA`.
 """
 
 from __future__ import annotations
@@ -32,16 +28,13 @@ __all__ = ["ESTIMATORS", "METHODS", "CCAOptions", "cca_naive", "cka_naive", "hsi
 ESTIMATORS = ("feature", "minibatch")
 METHODS = ("cka", "cca")
 
-CHUNK_FRAMES = 16384
-"""Frames per block streamed from a store (the shuffling window of the minibatch
-estimator; the exact estimator's result does not depend on it)."""
+CHUNK_FRAMES = 16384  # frames per block read (the minibatch estimator's shuffling window)
 
 
 @dataclass(frozen=True)
 class CCAOptions:
-    """SVCCA (``layer_similarity(method=CCAOptions(...))``; ``"cca"`` is the default):
-    each layer is reduced to the principal directions keeping ``keep_variance`` of its
-    variance (in ``(0, 1]``; 1.0: plain CCA) before CCA."""
+    """SVCCA options: each layer keeps the principal directions holding ``keep_variance``
+    of its variance (in ``(0, 1]``; 1.0: plain CCA) before CCA."""
 
     keep_variance: float = 0.99
 
@@ -53,9 +46,8 @@ class CCAOptions:
 
 
 def cka_naive(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Linear CKA from Gram and centring matrices (a reference, O(n^3)), in float64:
-    ``HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L))`` with ``HSIC(K, L) = tr(K H L H)``,
-    ``K = x x^T``, ``L = y y^T``, ``H = I - 1 1^T / n`` (``x``, ``y``: ``(n, H)``)."""
+    """Linear CKA of ``(n, H)`` frames from Gram and centring matrices (an O(n^3)
+    float64 reference)."""
     x, y = x.double(), y.double()
     h = torch.eye(x.shape[0], dtype=torch.float64) - 1.0 / x.shape[0]
     kh, lh = x @ x.T @ h, y @ y.T @ h
@@ -63,13 +55,8 @@ def cka_naive(x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def cca_naive(x: torch.Tensor, y: torch.Tensor, keep_variance: float = 0.99) -> float:
-    """SVCCA from the frames themselves (a reference for tests): mean canonical correlation.
-
-    Each of ``x (n, H1)``, ``y (n, H2)`` is centred and projected on its top
-    principal components explaining ``keep_variance`` of its variance; the
-    canonical correlations are the singular values of ``Qx^T Qy`` with ``Qx``, ``Qy``
-    orthonormal bases of the projections.
-    """
+    """SVCCA (mean canonical correlation) of ``(n, H)`` frames, from the frames
+    themselves (a reference for tests)."""
     def basis(a):
         a = torch.as_tensor(a, dtype=torch.float64)
         u, sv, _ = torch.linalg.svd(a - a.mean(0), full_matrices=False)
@@ -102,8 +89,7 @@ def _svcca(cxx: torch.Tensor, cyy: torch.Tensor, cxy: torch.Tensor,
 
 
 def hsic_unbiased(k: torch.Tensor, l_: torch.Tensor) -> float:
-    """The unbiased HSIC estimator of Song et al. (2012): ``[tr(K~ L~) + 1^T K~ 1 1^T L~ 1
-    / ((n-1)(n-2)) - 2/(n-2) 1^T K~ L~ 1] / (n(n-3))``, ``K~``: ``K`` with a zero diagonal.
+    """The unbiased HSIC estimator of Song et al. (2012).
 
     Args:
         k, l_: ``(n, n)`` Gram matrices (n >= 4).
@@ -117,8 +103,7 @@ def hsic_unbiased(k: torch.Tensor, l_: torch.Tensor) -> float:
 
 
 def _hsic_u(grams: torch.Tensor) -> torch.Tensor:
-    """The unbiased HSIC of every pair of ``(L, n, n)`` symmetric Gram matrices with zero
-    diagonals, ``(L, L)`` in float64."""
+    """``(L, L)`` unbiased HSIC of ``(L, n, n)`` zero-diagonal Gram matrices."""
     n = grams.shape[1]
     ks = grams.reshape(len(grams), -1).double()
     s, u = ks.sum(1), grams.double().sum(2)
@@ -127,8 +112,7 @@ def _hsic_u(grams: torch.Tensor) -> torch.Tensor:
 
 
 def _frame_counts(items, labels, sel) -> np.ndarray:
-    """Frames per selected utterance, the same in every compared ``(store, layer)``:
-    frame-level CKA pairs frames by position."""
+    """Frames per selected utterance, which every compared ``(store, layer)`` must share."""
     (st0, l0), ref = items[0], np.asarray(items[0][0].lengths(items[0][1]))[sel]
     for (st, layer), label in zip(items, labels):
         got = np.asarray(st.lengths(layer))[sel]
@@ -142,28 +126,14 @@ def _frame_counts(items, labels, sel) -> np.ndarray:
     return ref
 
 
-def _describe(st) -> str:
-    where = "in memory" if st.path is None else f"at {st.path}"
-    return f"{st.name!r} ({where}, fingerprint {st.fingerprint[:12]})"
-
-
-_CORPUS_COLUMNS = ("num_samples", "speaker", "text")
-"""Columns of ``store.labels`` that describe the audio itself (``Corpus.labels``)."""
-
-
 def _corpus_difference(store, other) -> str | None:
-    """Why ``store`` and ``other`` (same ids) are not of one corpus, or None.
-
-    Everything both stores know of their audio must agree: the corpus fingerprint
-    of an extraction, the corpus columns of ``labels``, the alignment tables, and
-    each utterance's duration as its frames imply it (frames x downsample rate,
-    within a frame and a receptive field).
-    """
+    """Why ``store`` and ``other`` (same ids) are not of one corpus (``docs/similarity.md``),
+    or None."""
     fa, fb = store.corpus_fingerprint, other.corpus_fingerprint
     if fa is not None and fb is not None and fa != fb:
         return f"their corpus fingerprints differ ({fa[:12]} vs {fb[:12]})"
     la, lb = store.labels, other.labels
-    for col in _CORPUS_COLUMNS:
+    for col in ("num_samples", "speaker", "text"):  # the columns of Corpus.labels
         if col in la.columns and col in lb.columns:
             a, b = label_strings(la[col]), label_strings(lb[col])
             if (a != b).any():
@@ -200,6 +170,10 @@ def _check_other(store, other):
             "upstreams from one corpus")
     why = _corpus_difference(store, other)
     if why is not None:
+        def _describe(st):
+            where = "in memory" if st.path is None else f"at {st.path}"
+            return f"{st.name!r} ({where}, fingerprint {st.fingerprint[:12]})"
+
         raise ValueError(
             f"`store` {_describe(store)} and `other` {_describe(other)} have the same "
             f"utterance ids but not the same corpus: {why}. Layers compared across corpora "
@@ -211,9 +185,8 @@ class _Source:
 
     def __init__(self, items, level, sel, reduce=None):
         self.items, self.level = items, level
-        # the one guard of every measure (s3viz._numerics): CKA and CCA are offset- and
-        # scale-invariant, so each layer is centred and scaled by a power of two before
-        # any product; a degenerate layer (or pooled vectors of rounding noise) -> NaN
+        # the guard of every measure (s3viz._numerics): centred, scaled by a power of two;
+        # a degenerate layer (or pooled vectors of rounding noise) -> NaN
         self.guards = [layer_guard(st, layer, sel, centre=True, level=level, reduce=reduce)
                        for st, layer in items]
 
@@ -253,41 +226,26 @@ def layer_similarity(
     dtype: torch.dtype = torch.float32,
     sharding: Sharding | None = None,
 ) -> pd.DataFrame:
-    """Linear CKA (or SVCCA) between every pair of layers.
+    """Linear CKA (or SVCCA) between every pair of layers (``docs/similarity.md``).
 
     Args:
-        other: another :class:`~s3viz.store.LayerStore` of the same corpus (same ids,
-            order and frames per utterance) to compare two upstreams; ``None``
-            compares ``store`` with itself.
-        method: ``"cka"`` (linear CKA), ``"cca"`` or :class:`CCAOptions`
-            (SVCCA: mean canonical correlation of the layers reduced to
-            ``keep_variance`` of their variance, 0.99 for ``"cca"``;
-            ``estimator="feature"`` only).
-        layers: stored layers of ``store`` (rows; default all).
+        other: a :class:`~s3viz.store.LayerStore` of another upstream on the same corpus
+            (``None``: ``store`` with itself).
+        method: ``"cka"``, ``"cca"`` or :class:`CCAOptions` (SVCCA; ``estimator="feature"``).
         other_layers: stored layers of ``other`` (columns; default all, or ``layers``).
-        level: ``"frame"`` (frames paired by position) or ``"utterance"``
-            (mean-pooled vectors, one per utterance).
-        estimator: ``"feature"`` (exact, streamed cross-covariances) or
-            ``"minibatch"`` (unbiased HSIC averaged over minibatches).
-        device: ``None`` is cuda when available, else cpu.
-        max_frames: a random subset of this many frames (seeded); ``None``: all.
+        level: ``"frame"`` (frames paired by position) or ``"utterance"`` (mean-pooled).
+        estimator: ``"feature"`` (exact, streamed) or ``"minibatch"`` (unbiased HSIC).
+        max_frames: a seeded random subset of this many frames (``None``: all).
         batch_frames: frames per minibatch (``estimator="minibatch"``, >= 4).
-        utterances: utterance positions to use (default all).
-        seed: seed of the frame subset and of the minibatches.
-        dtype: dtype of the per-block products (``estimator="feature"``; sums are
-            float64). ``torch.float64`` for the last digits.
-        sharding: sharded runs (``estimator="feature"``, ``max_frames=None``): a
-            :class:`~s3viz.distributed.Sharding` whose ``reduce`` sums a tensor over
-            all shards (its ``reference`` is not needed); ``store`` holds one shard
-            and every shard gets the values of the union of the shards.
+        dtype: of the per-block products (``estimator="feature"``; sums are float64).
+        sharding: a :class:`~s3viz.distributed.Sharding` (``estimator="feature"``,
+            ``max_frames=None``) when ``store`` holds one shard.
 
     Returns:
-        CKA (or SVCCA) values, index = layers of ``store`` (``"layer"``), columns =
-        layers of ``other`` (``"other_layer"``) or ``store`` (``"layer"``); ``attrs``:
-        ``upstream_layers``, ``other_upstream_layers``, ``num_frames``, ``estimator``,
-        ``level``, ``method`` (and ``keep_variance`` for SVCCA), ``weights`` (the
-        store's :attr:`~s3viz.store.LayerStore.weights`) and, with ``other``,
-        ``other_weights``.
+        Rows: layers of ``store`` (``"layer"``); columns: of ``other`` (``"other_layer"``)
+        or ``store``; ``attrs``: ``upstream_layers``, ``other_upstream_layers``,
+        ``num_frames``, ``estimator``, ``level``, ``method`` (``keep_variance`` for
+        SVCCA), ``weights`` (and ``other_weights``).
     """
     if isinstance(method, CCAOptions):
         keep_variance, method = method.keep_variance, "cca"
@@ -368,13 +326,9 @@ def layer_similarity(
 
 def cka_table(values: dict, rows, cols, row_idx, col_idx, bad, *, other_axis: bool = False,
               **attrs) -> pd.DataFrame:
-    """The table of :func:`layer_similarity` (and of :class:`~s3viz.measures.LayerCKA`).
-
-    ``values[(i, j)]`` (``i <= j``: indices of the compared items, ``row_idx`` and
-    ``col_idx`` give each row's and column's) is the pair's HSIC (normalised here to
-    CKA) or, with ``attrs["method"] == "cca"``, its SVCCA. An item with a reason in
-    ``bad`` (a degenerate layer) gets NaN in its row and column.
-    """
+    """The table of :func:`layer_similarity` and :class:`~s3viz.measures.LayerCKA` from
+    ``values[(i, j)]`` (``i <= j`` items, ``row_idx``/``col_idx`` each row's and column's):
+    HSIC (normalised here to CKA) or SVCCA; an item with a reason in ``bad`` gets NaN."""
     out = np.empty((len(rows), len(cols)))
     for a, i in enumerate(row_idx):
         for b, j in enumerate(col_idx):
@@ -392,12 +346,10 @@ def cka_table(values: dict, rows, cols, row_idx, col_idx, bad, *, other_axis: bo
 class CrossProducts:
     """Streamed centred cross-products of layer pairs, for the feature-space CKA and SVCCA.
 
-    Each layer is shifted by its first block's mean (so the final centring does
-    not cancel large offsets) and multiplied by a power of two fixed by the first
-    block that varies (so that float32 products of features of 1e20 or 1e-30
-    neither overflow nor vanish; CKA and SVCCA see neither), block products are
-    taken in ``dtype`` and summed over blocks in float64. :meth:`reduced` merges
-    shards (each with its own shifts and powers of two).
+    Each layer is shifted by its first block's mean (no cancellation of large offsets)
+    and scaled by a power of two fixed by its first varying block (float32 products of
+    1e20 or 1e-30 neither overflow nor vanish); block products in ``dtype`` are summed
+    in float64. :meth:`reduced` merges shards.
     """
 
     def __init__(self, pairs, device, dtype):

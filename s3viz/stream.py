@@ -1,10 +1,7 @@
 """Any list of measures over an upstream run on a corpus, without keeping its frames.
 
-:func:`stream_analysis` runs :mod:`s3viz.measures` (ridge probes, CKA, unit
-quality ...) in as many streamed passes as they need, holding one batch of
-frames at a time (or reading a disk store with ``cache_dir``), on one process or
-on shards whose state is summed over ranks. The passes, their memory and how
-frame counts are known before the first pass: ``docs/streaming.md``.
+:func:`stream_analysis` runs :mod:`s3viz.measures` in as many streamed passes as they
+need, a batch of frames at a time, on one process or on shards (``docs/streaming.md``).
 """
 
 from __future__ import annotations
@@ -45,10 +42,8 @@ def _check_shard(shard, n: int) -> np.ndarray:
 
 def check_targets(corpus, target: str | Sequence[str], split_by="auto", folds: int = 5,
                   seed: int = 0) -> dict:
-    """Refuse, before anything is extracted, the targets, splits and folds that a ridge
-    probe (:class:`s3viz.measures.RidgeProbe`) would refuse: unknown targets, labels
-    missing, fewer groups than folds, one class per example. Frame-level fold sizes are
-    judged by audio length here (the frame counts come with extraction).
+    """Refuse, before anything is extracted, the targets, splits and folds that a
+    :class:`s3viz.measures.RidgeProbe` would refuse (frame-level folds judged by audio length).
 
     Returns:
         ``{target: level}``: ``"frame"`` for a column of the alignments, ``"utterance"``
@@ -68,11 +63,9 @@ class StreamResult:
     """What :func:`stream_analysis` computed.
 
     Attributes:
-        tables: ``{measure name: DataFrame}`` (``result["probe"]`` reads it), each
-            with ``attrs["weights"]``, the upstream's :func:`~s3viz.upstreams.weights_of`.
+        tables: ``{measure name: DataFrame}`` (``result["probe"]`` reads it).
         store: the disk LayerStore with ``cache_dir``, else None.
-        passes: upstream passes of the streaming itself (0 with ``cache_dir``,
-            whose frames ``s3viz.extract`` wrote once or found there).
+        passes: upstream passes of the streaming itself (0 with ``cache_dir``).
         shard: the utterance positions this process read.
     """
 
@@ -104,24 +97,19 @@ def stream_analysis(
     Args:
         upstream: an s3prl-style upstream (as for :func:`s3viz.extract`).
         corpus: the *whole* :class:`s3viz.data.Corpus` (the same on every shard).
-        measures: :mod:`s3viz.measures` objects (``RidgeProbe("phone", folds=5)``,
-            ``LayerCKA("frame")``, ``UnitQuality(k=50)`` ...) or their names
-            (``"probe"``, ``"cka"``, ``"units"``: default settings).
-        upstream_layers: the upstream's hidden states to analyse, by index
-            (default all), as for :func:`s3viz.extract`; tables number them
-            ``layer`` 0.. with ``upstream_layer`` the index.
-        shard: positions of the utterances this process extracts (default all),
-            e.g. :func:`s3viz.distributed.shard_indices`.
-        reduce: ``reduce(tensor) -> tensor`` summing a tensor over all shards
-            (e.g. :func:`s3viz.distributed.all_reduce_sum`); needed with ``shard``.
+        measures: :mod:`s3viz.measures` objects (``RidgeProbe("phone", folds=5)`` ...)
+            or their names (default settings).
+        upstream_layers: the hidden states to analyse, as for :func:`s3viz.extract`.
+        shard: positions of the utterances this process extracts (default all).
+        reduce: sums a tensor over all shards (needed with ``shard``).
         batch_size, max_batch_seconds, device: as for :func:`s3viz.extract`.
-        cache_dir: None runs the upstream in every pass. A folder: the shard's
-            frames are extracted once into a disk :class:`~s3viz.store.LayerStore`
-            there (reused when already complete) and every pass reads it.
+        cache_dir: a folder where the shard's frames are extracted once (or reused) into a
+            disk :class:`~s3viz.store.LayerStore` every pass reads; None: the upstream
+            runs in every pass.
         progress: print each pass's time to stderr.
 
     Returns:
-        A :class:`StreamResult` (``result["probe"]``, ``result["cka"]`` ...).
+        A :class:`StreamResult`.
     """
     num_layer, all_sizes, all_rates, all_fields, _ = check_upstream_arg(upstream)
     corpus = as_corpus(corpus)
@@ -136,9 +124,8 @@ def stream_analysis(
     sizes = [all_sizes[i] for i in layer_ids]
     rates = [all_rates[i] for i in layer_ids]
     fields = [all_fields[i] for i in layer_ids]
+    store = None
     if cache_dir is not None:
-        store = None
-
         def _store():
             nonlocal store
             store = extract(upstream, corpus[positions.tolist()], upstream_layers=layer_ids,
@@ -148,7 +135,6 @@ def stream_analysis(
         agree(_store, reduce or (lambda t: t))
         source = StoreSource(store, CorpusMeta(corpus), positions)
     else:
-        store = None
         source = StreamSource(upstream, corpus, layer_ids, sizes, rates, fields, dev, move,
                               positions, batch_size, max_batch_seconds)
     tables = run_measures(measures, source, device=dev, reduce=reduce, progress=progress)

@@ -1,9 +1,6 @@
-"""k-means units and how well they match the phones (the HuBERT paper's measures).
-
-:func:`kmeans` (k-means++ then Lloyd iterations, on the device) and the phone x
-unit measures (:func:`unit_measures`, :func:`measures_from_counts`: phone purity,
-cluster purity and PNMI, Hsu et al. 2021). :func:`s3viz.unit_quality` applies
-them to every layer (:mod:`s3viz.measures.units`). Definitions: ``docs/measures.md``.
+"""k-means units (:func:`kmeans`) and how well they match the phones (phone purity, cluster
+purity, PNMI: Hsu et al. 2021), applied to every layer by :mod:`s3viz.measures.units`;
+definitions: ``docs/measures.md``.
 """
 
 from __future__ import annotations

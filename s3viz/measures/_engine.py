@@ -1,11 +1,6 @@
-"""The measure engine: one driver runs any list of measures over one source.
-
-A :class:`Measure` declares its state with :meth:`Measure.add_state` (and how it
-merges across ranks), takes batches in :meth:`Measure.update`, says how many
-passes it needs and returns a table from :meth:`Measure.compute`, as torchmetrics'
-``Metric`` does. A source gives batches of frames: a :class:`StoreSource` or a
-:class:`StreamSource`, whole or one shard (state summed over ranks with
-``reduce``). The driver is :func:`run_measures`: ``docs/streaming.md``.
+"""The measure engine: :func:`run_measures` runs any list of :class:`Measure` over one
+source (a :class:`StoreSource` or :class:`StreamSource`, whole or one shard whose state
+is summed over ranks): ``docs/streaming.md``.
 """
 
 from __future__ import annotations
@@ -163,15 +158,13 @@ class CorpusLayers:
 
 
 class Batch:
-    """One batch of frames: every analysed layer of a few utterances.
+    """One batch of frames: every analysed layer of a few utterances (derived views are
+    computed once and shared by every measure).
 
     Attributes:
         positions: ``(B,)`` corpus positions.
-        frames: per layer a ``(sum of frames, hidden)`` tensor, utterances in
-            ``positions`` order.
+        frames: per layer a ``(sum of frames, hidden)`` tensor, in ``positions`` order.
         lens: ``(B, layers)`` frames per utterance and layer.
-    Derived views (mean-pooled vectors, frame labels) are computed once per batch
-    and shared by every measure.
     """
 
     def __init__(self, ctx: Context, positions: np.ndarray, frames, lens: np.ndarray):
@@ -292,11 +285,8 @@ def _predicted_lengths(upstream, layer_ids, num_samples: np.ndarray) -> np.ndarr
 
 
 class StreamSource:
-    """Batches of an upstream run over a corpus (or one shard of it), no frame kept.
-
-    Each pass runs the upstream again. ``positions`` (sorted corpus positions)
-    selects this rank's shard; the corpus is the whole one on every rank.
-    """
+    """Batches of an upstream run (again in each pass) over the corpus positions
+    ``positions`` (this rank's shard) of the whole corpus; no frame kept."""
 
     def __init__(self, upstream, corpus, layer_ids, sizes, rates, fields, device, move,
                  positions, batch_size, max_batch_seconds, progress=False):
@@ -359,12 +349,8 @@ class StreamSource:
 
 
 def agree(work: Callable[[], None], reduce) -> None:
-    """Run ``work`` (no collective calls inside), then stop every shard if any failed.
-
-    A shard raising alone would leave the others waiting in the next ``reduce``;
-    here each shard adds a failure flag first, so all raise together (the failing
-    one its own error, the others a RuntimeError saying so).
-    """
+    """Run ``work`` (no collective calls inside), then stop every shard if any failed
+    (rather than leave the others waiting in the next ``reduce``)."""
     err = None
     try:
         work()
@@ -379,11 +365,8 @@ def agree(work: Callable[[], None], reduce) -> None:
 
 
 def _trim_heap() -> None:
-    """Give freed heap pages back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
-
-    Batches of different shapes leave the C heap fragmented, and without this
-    the resident memory creeps up over a long stream although nothing is kept.
-    """
+    """Give freed heap pages back to the OS (glibc ``malloc_trim``), or resident memory
+    creeps up over a long stream as batches of different shapes fragment the heap."""
     if _LIBC is not None:
         _LIBC.malloc_trim(0)
 

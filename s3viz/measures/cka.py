@@ -1,11 +1,6 @@
-"""Linear CKA between every pair of layers from streamed cross-products.
-
-One pass sums the centred cross-products ``X_i^T X_j`` of every layer pair in the
-accumulator of ``layer_similarity(estimator="feature")``
-(:class:`~s3viz.similarity.CrossProducts`: shifted and power-of-two scaled per
-layer, so offsets of 1e6 and scales of 1e-30 lose nothing), merged over ranks by
-its :meth:`~s3viz.similarity.CrossProducts.reduced`: ``docs/similarity.md``.
-"""
+"""Linear CKA between every pair of layers, in one pass summing the accumulator of
+``layer_similarity(estimator="feature")`` (:class:`~s3viz.similarity.CrossProducts`);
+``docs/similarity.md``."""
 
 from __future__ import annotations
 
@@ -47,8 +42,7 @@ class LayerCKA(Measure):
         pairs = [(i, j) for i in range(n_l) for j in range(i, n_l)]
         self.add_state("products", CrossProducts(pairs, ctx.device, torch.float64),
                        lambda cp, reduce: cp.reduced(reduce, sizes))
-        # the one guard of every measure (s3viz._numerics), as layer_similarity's: a
-        # degenerate layer (or pooled vectors of rounding noise) gets NaN
+        # the guard of every measure (s3viz._numerics): a degenerate layer gets NaN
         merge = (lambda profs, reduce: [p.reduced(reduce) for p in profs])
         self.add_state("frames", [Profile() for _ in range(n_l)], merge)
         self.add_state("pooled", [Profile() for _ in range(n_l)] if self.level == "utterance"
