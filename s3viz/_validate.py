@@ -89,10 +89,13 @@ def stored_layers(store, layers, name: str = "layers") -> List[int]:
 
 
 def layer_range(layers: Sequence[int], sep: str = ",") -> str:
-    """``layer 3``, ``layers 0-4`` (consecutive) or ``layers 1,3`` (joined by ``sep``)."""
+    """``layer 3``, ``layers 0-4`` or ``layers 0-2,5`` (runs collapsed, joined by ``sep``)."""
     layers = sorted(int(x) for x in layers)
-    if len(layers) == 1:
-        return f"layer {layers[0]}"
-    if layers == list(range(layers[0], layers[-1] + 1)):
-        return f"layers {layers[0]}-{layers[-1]}"
-    return "layers " + sep.join(str(x) for x in layers)
+    runs = [[layers[0], layers[0]]]
+    for x in layers[1:]:
+        if x == runs[-1][1] + 1:
+            runs[-1][1] = x
+        else:
+            runs.append([x, x])
+    return (("layer " if len(layers) == 1 else "layers ")
+            + sep.join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs))

@@ -19,6 +19,7 @@ import torch
 from ._device import eval_session
 from ._device import resolve_device as _resolve_device
 from .interface import SAMPLE_RATE, num_layer_of
+from ._validate import layer_range
 
 __all__ = ["CONVENTIONS", "WAV2VEC2_CONV_LAYERS", "expected_lengths", "conv_lengths",
            "receptive_field", "frame_timeline", "frame_labels", "length_report",
@@ -419,18 +420,6 @@ def summarize_lengths(report: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
-def _layer_ranges(layers: Sequence[int]) -> str:
-    layers = sorted(int(x) for x in layers)
-    runs = [[layers[0], layers[0]]]
-    for x in layers[1:]:
-        if x == runs[-1][1] + 1:
-            runs[-1][1] = x
-        else:
-            runs.append([x, x])
-    return (("layer " if len(layers) == 1 else "layers ")
-            + ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs))
-
-
 def _summary_text(summary: pd.DataFrame, report: pd.DataFrame) -> str:
     if summary.empty:
         return "empty report"
@@ -441,7 +430,7 @@ def _summary_text(summary: pd.DataFrame, report: pd.DataFrame) -> str:
     ]
     convs = _report_conventions(report)
     for (rate, follows, best), grp in summary.groupby(["rate", "follows", "best"], sort=False):
-        who = f"{_layer_ranges(grp['layer'].tolist())} (rate {rate})"
+        who = f"{layer_range(grp['layer'].tolist())} (rate {rate})"
         if follows:
             first = follows.split(", ")[0]
             others = [c for c in convs if c not in follows.split(", ")
