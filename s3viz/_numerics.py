@@ -534,16 +534,20 @@ def renamed_layers(mapping):
     """Re-issue the :class:`DegenerateLayerWarning` raised inside with "stored layer k" read
     as ``mapping[k]``: a measure of a derived store (segment means) names its caller's
     layers. Other warnings pass through unchanged."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-    for w in caught:
-        if issubclass(w.category, DegenerateLayerWarning):
-            text = re.sub(r"stored layer (\d+):",
-                          lambda m: f"stored layer {mapping[int(m.group(1))]}:", str(w.message))
-            warnings.warn(text, w.category, stacklevel=3)
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    caught = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:  # re-issued outside the recording, even when the body raised
+        for w in caught:
+            if issubclass(w.category, DegenerateLayerWarning):
+                text = re.sub(r"stored layer (\d+):",
+                              lambda m: f"stored layer {mapping[int(m.group(1))]}:",
+                              str(w.message))
+                warnings.warn(text, w.category, stacklevel=3)
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def unit_rows(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:

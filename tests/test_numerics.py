@@ -287,3 +287,18 @@ def test_cka_scale_is_fixed_by_the_first_block_that_varies():
     assert np.isfinite(list(h.values())).all()
     assert h[(0, 1)] / np.sqrt(h[(0, 0)] * h[(1, 1)]) == pytest.approx(
         r[(0, 1)] / np.sqrt(r[(0, 0)] * r[(1, 1)]), rel=1e-5)
+
+
+def test_renamed_layers_renames_degenerate_warnings_and_keeps_them_on_an_error():
+    import warnings
+
+    from s3viz._numerics import DegenerateLayerWarning, renamed_layers, warn_degenerate
+
+    with pytest.warns(DegenerateLayerWarning, match=r"stored layer 7: it is constant"):
+        with renamed_layers([5, 7]):
+            warn_degenerate("probe_layers", {1: "it is constant"})
+    with pytest.warns(UserWarning, match="seen before the error"), \
+            pytest.raises(ValueError, match="inside"):
+        with renamed_layers([0]):
+            warnings.warn("seen before the error", UserWarning, stacklevel=2)
+            raise ValueError("inside")
