@@ -16,9 +16,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .._numerics import renamed_layers
 from ..probe.ridge import LAMBDAS
-from ..probe.tables import segment_result, segment_results
+from ..probe.tables import segment_results
 from ..segments import common_segments, frames_precision, segment_table
 from ._engine import Batch, Context, CorpusLayers, Measure
 from .probe import RidgeProbe
@@ -87,7 +86,7 @@ class SegmentProbe(Measure):
             ones = np.ones((len(labels), ctx.num_layers), dtype=np.int64)
             probe.setup(Context(seg, mine, ctx.layer_ids, ctx.sizes, ctx.rates, ctx.fields,
                                 ctx.device, ctx.reduce, ctx.weights, ctx.store_dtype,
-                                lambda ones=ones: ones))
+                                lambda ones=ones: ones, layer_index=ctx.layer_index))
         # per layer and narrow dtype: some frame it does not hold exactly (the frames' precision)
         self.add_state("inexact", torch.zeros(ctx.num_layers, len(_NARROW), dtype=torch.int64))
 
@@ -127,15 +126,11 @@ class SegmentProbe(Measure):
         if pass_index == 0:  # the precision the segments' frames carry, before any guard
             precision = [frames_precision(self.ctx.store_dtype, [
                 d for d, bad in zip(_NARROW, row) if not bad]) for row in self.inexact.tolist()]
-            for seg in self.segments.values():
-                seg._precision = precision
+            for seg in self.segments.values():  # keyed as the probes number layers
+                seg._precision = dict(zip(self.ctx.layer_index, precision))
         for probe in self.probes.values():
             probe.end_pass(pass_index)
 
     def compute(self) -> pd.DataFrame:
-        ctx = self.ctx
-        layer_ids = dict(zip(ctx.layer_index, ctx.layer_ids))
-        with renamed_layers(ctx.layer_index):  # the probes' layer s is ctx.layer_index[s]
-            tables = [segment_result(probe.compute(), ctx.layer_index, layer_ids)
-                      for probe in self.probes.values()]
+        tables = [probe.compute().assign(level="segment") for probe in self.probes.values()]
         return segment_results(tables, dict(self.dropped))
