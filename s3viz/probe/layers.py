@@ -154,14 +154,18 @@ def probe_layers(
         tables[opts] = run_measures([probe], source, device=device, reduce=reduce)["probe"]
     layer_ids = list(getattr(store, "layer_ids", range(store.num_layer)))
     degenerate = {}
+    tasks = {}  # one task per target, shared by every logistic option
     for opts in dict.fromkeys(m for m in methods if m.name == "logistic"):
         rows, fold_accuracy = [], {}
         for tgt in unique:
             lev = resolve_level(corpus, tgt, level)
-            task = ProbeTask(TaskCorpus(ctx), tgt, lev, sel, folds, splits[tgt], seed,
-                             bool(control), control if isinstance(control, str) else None)
-            if lev == "frame":
-                task.set_frame_classes(layer_list)
+            if tgt not in tasks:
+                tasks[tgt] = task = ProbeTask(
+                    TaskCorpus(ctx), tgt, lev, sel, folds, splits[tgt], seed, bool(control),
+                    control if isinstance(control, str) else None)
+                if lev == "frame":
+                    task.set_frame_classes(layer_list)
+            task = tasks[tgt]
             c = len(task.classes)
             per_layer = _logistic_layers(task, store, ctx.positions, layer_list, c, device,
                                          opts, reduce=reduce)
