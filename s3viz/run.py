@@ -153,12 +153,13 @@ def _init(device_arg):
     from .distributed import env_world
 
     rank, world, local = env_world()
+    bad = f"--device must be cpu, cuda or cuda:N, got {device_arg!r}"
     try:
         asked = None if device_arg is None else torch.device(device_arg)
-        if asked is not None and asked.type not in ("cpu", "cuda"):
-            raise RuntimeError(asked.type)
     except RuntimeError as e:
-        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {device_arg!r}") from e
+        raise ValueError(bad) from e
+    if asked is not None and asked.type not in ("cpu", "cuda"):
+        raise ValueError(bad)
     if asked is not None and asked.type == "cuda" and asked.index is not None and world > 1:
         raise ValueError(f"--device {device_arg} would put all {world} ranks on one GPU "
                          "(nccl refuses that); give --device cuda and each rank takes "
