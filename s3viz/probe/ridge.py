@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .._numerics import Guard, safe_scale
+from .folds import fold_class_counts
 from .stats import ProbeStats, _ridge_solve
 from .targets import ProbeTask
 
@@ -131,6 +132,8 @@ def ridge_layer_utterance(task: ProbeTask, x: torch.Tensor, lambdas, guard: Guar
     folds, blocks, c = task.folds, task.blocks, len(task.classes)
     sub = 2 if folds == 2 else 1
     y_np = task.heads(np.arange(len(task.sel)))
+    train = np.concatenate([fold_class_counts(h, task.utt_fold, folds, c)[1] for h in y_np.T],
+                           1).astype(np.float64)
     y_np[:, 1:] += c
     y = torch.from_numpy(y_np).to(x.device)
     g = torch.from_numpy(task.sub_folds(lambdas)).to(x.device)
@@ -141,7 +144,6 @@ def ridge_layer_utterance(task: ProbeTask, x: torch.Tensor, lambdas, guard: Guar
     conf = torch.zeros((len(blocks), folds, c, c), dtype=torch.int64)
     fold = torch.from_numpy(task.utt_fold).to(x.device)
     add_confusions(conf, x, y, fold, models, blocks, c)
-    test = np.stack([yoh[fold == f].sum(0).cpu().numpy() for f in range(folds)])
     n_test = np.bincount(task.utt_fold, minlength=folds)
-    return (conf.numpy(), test.sum(0, keepdims=True) - test, n_test.sum() - n_test, models[2],
+    return (conf.numpy(), train, n_test.sum() - n_test, models[2],
             None if guard is None else guard.reason)
