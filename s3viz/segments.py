@@ -184,35 +184,27 @@ def common_segments(tables: Sequence[pd.DataFrame], column: str):
     return kept, labels, tables[0].attrs["dropped"] + len(tables[0]) - len(t0)
 
 
-def means_store(labels: pd.DataFrame, pooled, rates, precision, weights):
-    """A store whose "utterances" are the segments of ``labels`` (:func:`common_segments`),
-    one frame each: their means ``pooled`` (one tensor per layer). ``_group_ids`` (the
-    segments' utterances) keeps an utterance's segments in one fold under
-    ``split_by="utterance"``; ``_precision`` (per layer) is that of the frames they average,
-    the rounding their guard judges them by."""
-    from .store import LayerStore
-
-    out = LayerStore.from_tensors([[p[j:j + 1] for p in pooled] for j in range(len(labels))],
-                                  downsample_rates=rates, labels=labels, weights_source=weights)
-    out._group_ids = labels["utterance"].tolist()
-    out._precision = list(precision)
-    return out
-
-
 def segment_store(store, column: str, layers: Sequence[int], *, utterances=None):
-    """The :func:`means_store` of the segments of ``column`` with frames in every one of
-    ``layers`` (stored layer ``layers[i]`` becomes layer ``i``): the examples
-    ``probe_layers(level="segment")`` probes. ``labels`` as :func:`common_segments`
-    gives them; ``_dropped``: the segments left out."""
+    """A store whose "utterances" are the segments of ``column`` with frames in every one
+    of ``layers``, one frame each, their mean (stored layer ``layers[i]`` becomes layer
+    ``i``): the examples ``probe_layers(level="segment")`` probes with methods other than
+    ridge. ``labels`` as :func:`common_segments` gives them; ``_group_ids`` (the segments'
+    utterances) keeps an utterance's segments in one fold under ``split_by="utterance"``;
+    ``_precision`` (per layer) is that of the frames they average, the rounding their guard
+    judges them by; ``_dropped``: the segments left out."""
     from ._numerics import profile_layer
+    from .store import LayerStore
     from .upstreams._hub import weights_of
 
     layers = [int(v) for v in layers]
     tables = [segment_table(store, layer, column, utterances=utterances) for layer in layers]
     kept, labels, dropped = common_segments(tables, column)
-    out = means_store(labels, [pool_segments(store, v, t) for v, t in zip(layers, kept)],
-                      [store.downsample_rates[v] for v in layers],
-                      [frames_precision(store.store_dtype, profile_layer(store, v).exact)
-                       for v in layers], weights_of(store))
+    pooled = [pool_segments(store, v, t) for v, t in zip(layers, kept)]
+    out = LayerStore.from_tensors([[p[j:j + 1] for p in pooled] for j in range(len(labels))],
+                                  downsample_rates=[store.downsample_rates[v] for v in layers],
+                                  labels=labels, weights_source=weights_of(store))
+    out._group_ids = labels["utterance"].tolist()
+    out._precision = [frames_precision(store.store_dtype, profile_layer(store, v).exact)
+                      for v in layers]
     out._dropped = dropped
     return out
