@@ -11,8 +11,9 @@ at N and 4N frames.
 2. Memory: extra peak resident memory (the kernel's high-water mark, reset
    before each call, minus the resident memory before it: the store itself is
    not counted) of ``probe_layers(method="ridge")`` and ``layer_similarity`` on
-   Gaussian stores of 5 layers x 768 with N = 3000 and 4N frames, streamed in
-   chunks of 1024 frames. Target: nearly constant.
+   Gaussian stores of 5 layers x 768 with N = 3000 and 4N frames, CKA streamed
+   in chunks of 1024 frames, the probe in the measure engine's batches. Target:
+   nearly constant.
 
 Run: .venv/bin/python benchmarks/bench_similarity.py [--quick] [--threads 1]
 """
@@ -36,7 +37,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_probe import gaussian_store, real_store
 
 from s3viz import similarity
-from s3viz.probe import layers as probe_module
 from s3viz.probe import probe_layers
 from s3viz.similarity import layer_similarity
 
@@ -176,10 +176,10 @@ def speed(args, want):
 def memory():
     chunk, layers = 1024, 5
     print(f"\npeak extra memory (resident, above the store itself), {layers} layers x 768, "
-          f"chunks of {chunk} frames:")
+          f"CKA in chunks of {chunk} frames, the ridge probe in the engine's batches:")
     base = 40
     results = {}
-    probe_module.CHUNK_FRAMES = similarity.CHUNK_FRAMES = chunk  # frames read at once
+    similarity.CHUNK_FRAMES = chunk  # frames read at once
     for mult in (1, 4):
         st = memory_store(base * mult, layers)
         nf = int(np.asarray(st.lengths(0)).sum())
