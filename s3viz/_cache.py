@@ -1,9 +1,5 @@
-"""The on-disk cache of a LayerStore: fingerprints, atomic writes, chunk records, locks.
-
-An extraction's folder is named by a fingerprint of the upstream (code, plain
-attributes, weights) and of the settings. Every file is written to a temporary name
-and ``os.replace``'d; each chunk's record holds the sha256 of its files and is sealed
-with a digest of itself. The layout: ``docs/cache.md``.
+"""The on-disk cache of a LayerStore: fingerprints, chunk records and their seals, locks
+(the layout: ``docs/cache.md``).
 """
 
 from __future__ import annotations
@@ -132,20 +128,6 @@ def upstream_fingerprint(upstream: nn.Module) -> str:
     return h.hexdigest()
 
 
-def extraction_fingerprint(upstream_fp, corpus_fp, layer_ids, sizes, rates, store_dtype,
-                            amp_dtype) -> str:
-    return json_digest({
-        "format": FORMAT_VERSION,
-        "upstream": upstream_fp,
-        "corpus": corpus_fp,
-        "layers": list(layer_ids),
-        "hidden_sizes": list(sizes),
-        "downsample_rates": list(rates),
-        "store_dtype": STORE_DTYPES[store_dtype],
-        "dtype": "float32" if amp_dtype is None else STORE_DTYPES[amp_dtype],
-    })
-
-
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -224,8 +206,7 @@ def sealed(record: dict, key: str) -> dict:
 
 
 def seal_ok(record, key: str) -> bool:
-    return (isinstance(record, dict) and key in record
-            and record[key] == json_digest({k: v for k, v in record.items() if k != key}))
+    return isinstance(record, dict) and key in record and sealed(record, key) == record
 
 
 def write_chunk(chunk_dir: OwnedFolder, c: int, utts, frames, lens) -> dict:
@@ -242,6 +223,20 @@ def write_chunk(chunk_dir: OwnedFolder, c: int, utts, frames, lens) -> dict:
                       "lengths": lens.tolist(), "files": files}, "record_sha256")
     write_json(chunk_dir, chunk_record_file(c), record)
     return record
+
+
+def chunk_problem(folder: OwnedFolder, rel: str, info: dict) -> str:
+    """Why chunk file ``rel`` does not match its record ``info`` ("" when it does); a link
+    there is refused, never read through."""
+    path = folder.regular_file(rel)
+    if path is None:
+        return "the file is missing"
+    if path.stat().st_size != info["bytes"]:
+        return f"{path.stat().st_size} bytes, expected {info['bytes']} (truncated?)"
+    digest = file_sha256(path)  # streamed: a chunk file is never read whole
+    if digest != info["sha256"]:
+        return f"sha256 mismatch (file {digest[:16]}, recorded {info['sha256'][:16]})"
+    return ""
 
 
 def check_record(chunk_dir: OwnedFolder, c: int, utts, num_layer: int) -> tuple[dict | None, str]:
@@ -265,11 +260,7 @@ def check_record(chunk_dir: OwnedFolder, c: int, utts, num_layer: int) -> tuple[
         name = str(f.get("name", ""))
         if name != chunk_file(c, s):
             return None, f"record {record} names a file {name!r} that is not its own"
-        fp = chunk_dir.regular_file(name)  # a link there is refused, never read through
-        if fp is None:
-            return None, f"{name} is missing"
-        if fp.stat().st_size != f["bytes"]:
-            return None, f"{name} has {fp.stat().st_size} bytes, expected {f['bytes']}"
-        if file_sha256(fp) != f["sha256"]:  # streamed: a chunk file is never read whole
-            return None, f"{name} fails its sha256"
+        why = chunk_problem(chunk_dir, name, f)
+        if why:
+            return None, f"{name}: {why}"
     return rec, ""

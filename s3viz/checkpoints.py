@@ -1,12 +1,9 @@
-"""Read learned layer weights from s3prl downstream checkpoints, safely.
+"""Read learned layer weights from s3prl downstream checkpoints, safely
+(:func:`load_featurizer_weights`; the formats: ``docs/featurizers.md``).
 
-:func:`load_featurizer_weights` finds the featurizer's layer logits in a SUPERB
-runner checkpoint (``{"Featurizer": {"weights": ...}}``), a problem-recipe
-state dict (``...featurizer.weights``) or a bare tensor, and returns the
-softmax weights. Checkpoints load with ``torch.load(weights_only=True)``; one
-that needs anything but tensors and ``argparse.Namespace`` to unpickle is
-refused (:class:`UnsafeCheckpointError`) before any of it runs. The formats:
-``docs/featurizers.md``.
+Checkpoints load with ``torch.load(weights_only=True)``; one that needs anything but
+tensors and ``argparse.Namespace`` to unpickle is refused (:class:`UnsafeCheckpointError`)
+before any of it runs.
 """
 
 from __future__ import annotations
@@ -44,20 +41,21 @@ def safe_load(path: Path, trusted_types: Sequence[type] = (), *,
               hint: tuple[str, str] = _FEATURIZER_HINT):
     """``torch.load`` with ``weights_only=True`` and only :data:`SAFE_TYPES` (and
     ``trusted_types``) allowed."""
-    allowed = list(SAFE_TYPES) + list(trusted_types)
-    not_a_checkpoint = (f"{str(path)!r} is not a PyTorch checkpoint that torch.load can read "
-                        "({}); " + hint[0].replace("{", "{{").replace("}", "}}"))
+    def not_a_checkpoint(why: str) -> ValueError:
+        return ValueError(f"{str(path)!r} is not a PyTorch checkpoint that torch.load can read "
+                          f"({why}); {hint[0]}")
+
     if path.stat().st_size == 0:
-        raise ValueError(not_a_checkpoint.format("the file is empty"))
+        raise not_a_checkpoint("the file is empty")
     try:
-        with torch.serialization.safe_globals(allowed):
+        with torch.serialization.safe_globals(list(SAFE_TYPES) + list(trusted_types)):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "GLOBAL" not in str(e) and "global" not in str(e).lower().split("weights only")[-1]:
             # not a blocked type: bytes that are not a pickle at all
             m = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(e))
-            raise ValueError(not_a_checkpoint.format(
-                m.group(1).strip() if m else f"{type(e).__name__}: {str(e)[:120]}")) from None
+            raise not_a_checkpoint(
+                m.group(1).strip() if m else f"{type(e).__name__}: {str(e)[:120]}") from None
         m = re.search(r"GLOBAL ([\w.]+)", str(e))
         what = f"the global {m.group(1)!r}" if m else "a type or function outside the safe set"
         raise UnsafeCheckpointError(
@@ -69,7 +67,7 @@ def safe_load(path: Path, trusted_types: Sequence[type] = (), *,
     except (EOFError, KeyError, IndexError, RuntimeError, ValueError, OSError) as e:
         # torch.load on a text file raises KeyError, on a truncated one EOFError or a
         # RuntimeError from the zip reader: say what the file is not
-        raise ValueError(not_a_checkpoint.format(f"{type(e).__name__}: {e}"[:200])) from None
+        raise not_a_checkpoint(f"{type(e).__name__}: {e}"[:200]) from None
 
 
 def _flatten(obj, prefix: str = "", out=None, depth: int = 0) -> dict[str, object]:
@@ -168,8 +166,6 @@ def _names(paths: Sequence) -> list[str]:
     parts = [Path(p).parts for p in paths]
     for depth in range(1, max(len(p) for p in parts) + 1):
         names = ["/".join(p[-depth:]) for p in parts]
-        if depth == 1:
-            names = [Path(p).name for p in paths]
         if len(set(names)) == len(names):
             return names
     return [str(p) for p in paths]
@@ -200,7 +196,8 @@ def load_featurizer_weights(path_or_paths, *, key: str | None = None,
             "'featurizer.weights': s3viz cannot tell one state dict from several checkpoints' "
             "weight logits. For several checkpoints pass {name: path} or a list of tensors; "
             "for one state dict pass key=... naming the weights")
-    if isinstance(path_or_paths, Mapping) and not _looks_like_checkpoint(path_or_paths):
+    if isinstance(path_or_paths, Mapping) and not any(  # {name: path}, not a loaded checkpoint
+            isinstance(v, (torch.Tensor, Mapping)) for v in path_or_paths.values()):
         names = [str(k) for k in path_or_paths]
         items = list(path_or_paths.values())
     elif isinstance(path_or_paths, (list, tuple)):
@@ -220,7 +217,3 @@ def load_featurizer_weights(path_or_paths, *, key: str | None = None,
     df.attrs["source"] = {s.name: s.attrs.get("source") for s in series}
     return df
 
-
-def _looks_like_checkpoint(obj: Mapping) -> bool:
-    """A loaded checkpoint / state dict (as opposed to ``{name: path}``)."""
-    return any(isinstance(v, (torch.Tensor, Mapping)) for v in obj.values())

@@ -1,10 +1,6 @@
-"""Extraction: run an upstream over a corpus once and keep every hidden state.
-
-:func:`extract` runs any s3prl-style upstream over a corpus in length-bucketed
-batches and returns a :class:`~s3viz.store.LayerStore`, in memory or in a
-fingerprinted, resumable cache on disk (``s3viz._cache``; layout in
-``docs/cache.md``). A batch whose valid frames hold NaN or inf raises
-:class:`~s3viz.store.NonFiniteError` naming the utterance and the layer.
+""":func:`extract`: run an upstream over a corpus once, in length-bucketed batches, and
+keep every hidden state in a :class:`~s3viz.store.LayerStore`, in memory or in a
+fingerprinted, resumable cache on disk (``docs/cache.md``).
 """
 
 from __future__ import annotations
@@ -30,7 +26,6 @@ from ._cache import (
     STORE_DTYPES,
     check_record,
     df_to_json,
-    extraction_fingerprint,
     folder_lock,
     json_digest,
     read_json,
@@ -203,10 +198,7 @@ def bucket_plan(num_samples, batch_size=None, max_batch_seconds=DEFAULT_MAX_BATC
     position; ``sort=False``: corpus order), each batch filled until the next utterance
     would exceed ``batch_size`` utterances or ``max_batch_seconds`` of padded audio."""
     n = np.asarray(num_samples, dtype=np.int64)
-    if sort:
-        order = np.lexsort((np.arange(len(n)), -n))
-    else:
-        order = np.arange(len(n))
+    order = np.lexsort((np.arange(len(n)), -n)) if sort else np.arange(len(n))
     max_samples = None if max_batch_seconds is None else float(max_batch_seconds) * SAMPLE_RATE
     plan: list[list[int]] = []
     cur: list[int] = []
@@ -244,23 +236,22 @@ def _require_finite(frames: torch.Tensor, lens, ids, layer, who: str) -> None:
     if frames.numel() == 0 or bool(torch.isfinite(frames).all()):
         return
     bad = ~torch.isfinite(frames).reshape(frames.shape[0], -1).all(dim=1)
-    first = int(torch.nonzero(bad)[0])
-    start = 0
-    for b, n in enumerate(lens):
-        if first < start + int(n):
-            count = int(bad[start: start + int(n)].sum())
-            raise NonFiniteError(
-                f"{who}: hidden state {layer} of utterance {ids[b]!r} has NaN/inf in {count} "
-                f"of its {int(n)} frames (the first at frame {first - start}); {NONFINITE_HINT}")
-        start += int(n)
+    first, ends = int(torch.nonzero(bad)[0]), np.cumsum(lens)
+    b = int(np.searchsorted(ends, first, side="right"))  # the utterance holding frame `first`
+    start, n = int(ends[b] - lens[b]), int(lens[b])
+    raise NonFiniteError(
+        f"{who}: hidden state {layer} of utterance {ids[b]!r} has NaN/inf in "
+        f"{int(bad[start: start + n].sum())} of its {n} frames (the first at frame "
+        f"{first - start}); {NONFINITE_HINT}")
 
 
-def _forward_batch(upstream, wavs, wavs_len, layer_ids, hidden_sizes, amp_ctx, store_dtype,
-                   ids=None):
+def _forward_batch(runner: "BatchRunner", wavs, wavs_len, store_dtype, ids):
     """Run one batch: ``(frames, lens)``, ``frames[s]`` the CPU ``(sum of frames,
     hidden_size_s)`` ``store_dtype`` tensor of layer ``layer_ids[s]`` (utterances in batch
     order, concatenated) and ``lens`` ``(batch_size, len(layer_ids))`` int64."""
-    with torch.inference_mode(), amp_ctx():
+    upstream, layer_ids, hidden_sizes = runner.upstream, runner.layer_ids, runner.sizes
+    wavs, wavs_len = wavs.to(runner.dev, non_blocking=True), wavs_len.to(runner.dev)
+    with torch.inference_mode(), runner.amp():
         out = upstream(wavs, wavs_len)
     name = type(upstream).__name__
     if not isinstance(out, (tuple, list)) or len(out) != 2:
@@ -295,8 +286,7 @@ def _forward_batch(upstream, wavs, wavs_len, layer_ids, hidden_sizes, amp_ctx, s
             out[start: start + n].copy_(hs[b, :n])
             start += n
         # checked after the conversion: a float16 store can overflow to inf on the way
-        _require_finite(out, lens[:, s], ids if ids is not None else list(range(batch)), layer,
-                        f"upstream ({name})")
+        _require_finite(out, lens[:, s], ids, layer, f"upstream ({name})")
         frames.append(out.to("cpu"))
     return frames, lens
 
@@ -308,23 +298,17 @@ def extract(upstream, corpus, *, upstream_layers=None, batch_size: int | None = 
             max_batch_seconds: float | None = DEFAULT_MAX_BATCH_SECONDS, device=None,
             amp_dtype=None, store_dtype: torch.dtype = torch.float32, cache_dir=None,
             progress: bool = True) -> LayerStore:
-    """Run ``upstream`` over ``corpus`` and keep every hidden state, unpadded.
+    """Run ``upstream`` over ``corpus`` and keep every hidden state, unpadded (the other
+    arguments: ``docs/api.md``).
 
     Args:
-        upstream_layers: the upstream's hidden states to keep, by index (None: all;
-            negative from the end); the store numbers them ``0..num_layer-1`` and lists
-            them in :attr:`LayerStore.layer_ids`.
         max_batch_seconds: at most this much padded audio per batch (``utterances *
             longest``; with ``batch_size=None`` no count limit); batches are length-sorted.
         device: None: the upstream's own device (not moved), else cuda when available,
             else the CPU; given: the upstream is moved there and back afterwards.
-        amp_dtype: ``torch.float16`` / ``torch.bfloat16`` run the upstream under
-            ``torch.autocast``; None or float32: full precision.
-        store_dtype: dtype of the stored frames (float32, float16 or bfloat16).
         cache_dir: None keeps frames in memory; a folder keeps them on disk under
             ``cache_dir/<name>-<fingerprint>``, reused when finished, resumed when
             interrupted, corrupt chunks re-extracted (``docs/cache.md``).
-        progress: a tqdm bar and the expected size, printed to stdout first.
 
     Returns:
         A :class:`LayerStore` whose ``weights`` says where the upstream's weights came
@@ -351,14 +335,14 @@ def extract(upstream, corpus, *, upstream_layers=None, batch_size: int | None = 
                          "pass None to keep the frames in memory, or a folder")
     dev, move = resolve_upstream_device(upstream, device)
 
-    sizes = [all_sizes[l] for l in layer_ids]
-    rates = [all_rates[l] for l in layer_ids]
-    fields = [all_fields[l] for l in layer_ids]
+    sizes, rates, fields = ([v[l] for l in layer_ids] for v in (all_sizes, all_rates, all_fields))
     num_samples = np.array([u.num_samples for u in corpus], dtype=np.int64)
     plan = bucket_plan(num_samples, batch_size, max_batch_seconds)
-    corpus_fp = corpus.fingerprint()
-    fp = extraction_fingerprint(upstream_fingerprint(upstream), corpus_fp,
-                                 layer_ids, sizes, rates, store_dtype, amp_dtype)
+    corpus_fp, run_dtype = corpus.fingerprint(), STORE_DTYPES.get(amp_dtype, "float32")
+    fp = json_digest({"format": FORMAT_VERSION, "upstream": upstream_fingerprint(upstream),
+                      "corpus": corpus_fp, "layers": layer_ids, "hidden_sizes": sizes,
+                      "downsample_rates": rates, "store_dtype": STORE_DTYPES[store_dtype],
+                      "dtype": run_dtype})
     # where the weights came from: kept in the cache's manifest, not in its fingerprint (the
     # weights themselves are); a reused cache takes this upstream's text
     weights = weights_of(upstream)
@@ -368,14 +352,12 @@ def extract(upstream, corpus, *, upstream_layers=None, batch_size: int | None = 
         "corpus_fingerprint": corpus_fp, "layer_ids": layer_ids,
         "hidden_sizes": sizes, "downsample_rates": rates, "receptive_fields": fields,
         "store_dtype": STORE_DTYPES[store_dtype],
-        "dtype": "float32" if amp_dtype is None else STORE_DTYPES[amp_dtype],
-        "ids": corpus.ids, "num_samples": num_samples.tolist(), "plan": plan,
+        "dtype": run_dtype, "ids": corpus.ids, "num_samples": num_samples.tolist(), "plan": plan,
     }
     common = dict(geometry=LayerGeometry(sizes, rates, fields, layer_ids), ids=corpus.ids,
                   labels=corpus.labels, phones=[u.phones for u in corpus], fingerprint=fp, name=name,
                   store_dtype=store_dtype, corpus_fingerprint=corpus_fp, weights_source=weights)
-    itemsize = torch.tensor([], dtype=store_dtype).element_size()
-    estimate = itemsize * sum(int(expected_lengths(num_samples, rate, "ceil").sum()) * size
+    estimate = store_dtype.itemsize * sum(int(expected_lengths(num_samples, rate, "ceil").sum()) * size
                               for rate, size in zip(rates, sizes))
     audio_bytes = int(num_samples.sum()) * 2
     head = (
@@ -460,19 +442,16 @@ def extract(upstream, corpus, *, upstream_layers=None, batch_size: int | None = 
             on_disk = read_json(root_dir, fname)
             if on_disk is None or json_digest(on_disk) != json_digest(content):
                 write_json(root_dir, fname, content)
-        records: list[dict | None] = [None] * len(plan)
-        problems = []
-        for c, utts in enumerate(plan):
-            records[c], why = check_record(chunk_dir, c, utts, len(layer_ids))
-            if why:
-                problems.append(f"chunk {c}: {why}")
+        checked = [check_record(chunk_dir, c, utts, len(layer_ids)) for c, utts in enumerate(plan)]
+        records = [rec for rec, _ in checked]
+        problems = [f"chunk {c}: {why}" for c, (_, why) in enumerate(checked) if why]
         if problems:
             warnings.warn(
                 f"{len(problems)} corrupt chunk(s) in {root} will be re-extracted: "
                 + "; ".join(problems[:5]), stacklevel=2,
             )
         todo = [(c, utts) for c, utts in enumerate(plan) if records[c] is None]
-        done_utts = sum(len(utts) for c, utts in enumerate(plan) if records[c] is not None)
+        done_utts = len(corpus) - sum(len(utts) for _, utts in todo)
         if progress:
             state = (f"{len(plan) - len(todo)}/{len(plan)} chunks already there"
                      if len(todo) < len(plan)
@@ -525,9 +504,7 @@ def behaviour_probe(runner: "BatchRunner") -> dict:
     lens = torch.tensor(PROBE_SAMPLES)
     wavs = (wavs * (torch.arange(n)[None] < lens[:, None])).unsqueeze(-1)
     with eval_session(runner.upstream, runner.dev, move=runner.move):
-        frames, out_lens = _forward_batch(runner.upstream, wavs.to(runner.dev),
-                                          lens.to(runner.dev), runner.layer_ids, runner.sizes,
-                                          runner._amp, torch.float32, ids=["<probe>"] * 2)
+        frames, out_lens = _forward_batch(runner, wavs, lens, torch.float32, ["<probe>"] * 2)
     return {"frames": [f.float() for f in frames], "lengths": out_lens.tolist(),
             "device": runner.dev.type, "amp": runner.amp_dtype is not None}
 
@@ -564,7 +541,7 @@ class BatchRunner:
         self.dev, self.move, self.amp_dtype, self.store_dtype = dev, move, amp_dtype, store_dtype
         self.progress, self.name = progress, name
 
-    def _amp(self):
+    def amp(self):
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.dev.type, dtype=self.amp_dtype)
@@ -572,8 +549,7 @@ class BatchRunner:
     def run(self, todo, sink, done: int) -> None:
         from tqdm.auto import tqdm
 
-        up = self.upstream
-        with eval_session(up, self.dev, move=self.move), \
+        with eval_session(self.upstream, self.dev, move=self.move), \
                 tqdm(total=len(self.corpus), initial=done, unit="utt", disable=not self.progress,
                      desc=f"extract {self.name}", dynamic_ncols=True) as bar:
             for c, utts in todo:
@@ -581,8 +557,6 @@ class BatchRunner:
                 ids = [self.corpus[i].id for i in utts]
                 wavs, wavs_len = batch_wavs([self.corpus[i].wav for i in utts],
                                             allow_silence=True, ids=ids)
-                frames, lens = _forward_batch(up, wavs.to(self.dev, non_blocking=True),
-                                              wavs_len.to(self.dev), self.layer_ids, self.sizes,
-                                              self._amp, self.store_dtype, ids=ids)
+                frames, lens = _forward_batch(self, wavs, wavs_len, self.store_dtype, ids)
                 sink(c, utts, frames, lens)
                 bar.update(len(utts))

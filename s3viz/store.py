@@ -14,6 +14,7 @@ import re
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from operator import attrgetter
 from pathlib import Path
 from typing import NamedTuple
 
@@ -26,8 +27,8 @@ from ._cache import (
     FORMAT_VERSION,
     STORE_DTYPES,
     CacheCorruptionError,
+    chunk_problem,
     df_from_json,
-    file_sha256,
     json_digest,
     read_json,
     seal_ok,
@@ -146,13 +147,6 @@ class DiskChunks:
         self.store_dtype, self.verified, self.max_open = store_dtype, set(), max_open
         self._open: OrderedDict[tuple[int, int], torch.Tensor] = OrderedDict()
 
-    def _corrupt(self, path: Path, c: int, s: int, why: str) -> CacheCorruptionError:
-        return CacheCorruptionError(
-            f"cache chunk file {path} (chunk {c}, stored layer {s}) is corrupt: {why}. It is "
-            f"not read as data. Re-run s3viz.extract(upstream, corpus, cache_dir="
-            f"{str(self.path.parent)!r}, ...) with the same upstream, corpus and settings "
-            "to re-extract the bad chunk.")
-
     def load(self, c: int, s: int) -> torch.Tensor:
         key = (c, s)
         if key in self._open:
@@ -160,31 +154,31 @@ class DiskChunks:
             return self._open[key]
         info = self.files[c][s]
         name = str(info["name"])
+        path = self.path / "chunks" / name.replace("/", "_")
+
+        def corrupt(why: str) -> CacheCorruptionError:
+            return CacheCorruptionError(
+                f"cache chunk file {path} (chunk {c}, stored layer {s}) is corrupt: {why}. It "
+                f"is not read as data. Re-run s3viz.extract(upstream, corpus, cache_dir="
+                f"{str(self.path.parent)!r}, ...) with the same upstream, corpus and settings "
+                "to re-extract the bad chunk.")
+
         if not re.fullmatch(r"c\d+_l\d+\.pt", name):
             # a manifest naming "/elsewhere/x.pt" or "../x.pt" would read outside the cache
-            raise self._corrupt(self.path / "chunks" / name.replace("/", "_"), c, s,
-                                f"the manifest names the chunk file {name!r}, not a file of "
-                                "this cache's chunks/ folder")
-        path = self.path / "chunks" / name
-        if key not in self.verified:
-            # refuses a chunks/ folder or chunk file that is a link (never read through)
-            if OwnedFolder(self.path, "the extraction folder", create=False).regular_file(
-                    f"chunks/{name}") is None:
-                raise self._corrupt(path, c, s, "the file is missing")
-            size = path.stat().st_size
-            if size != info["bytes"]:
-                raise self._corrupt(path, c, s, f"{size} bytes, expected {info['bytes']} (truncated?)")
-            digest = file_sha256(path)
-            if digest != info["sha256"]:
-                raise self._corrupt(
-                    path, c, s, f"sha256 mismatch (file {digest[:16]}, recorded {info['sha256'][:16]})"
-                )
+            raise corrupt(f"the manifest names the chunk file {name!r}, not a file of this "
+                          "cache's chunks/ folder")
+        if key not in self.verified:  # a chunks/ folder or chunk file that is a link: refused
+            why = chunk_problem(OwnedFolder(self.path, "the extraction folder", create=False),
+                                f"chunks/{name}", info)
+            if why:
+                raise corrupt(why)
         try:
             t = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except (RuntimeError, OSError, EOFError, ValueError) as e:  # changed after verification
-            raise self._corrupt(path, c, s, f"torch.load failed ({e})") from e
-        if not isinstance(t, torch.Tensor) or list(t.shape) != list(info["shape"]) or t.dtype != self.store_dtype:
-            raise self._corrupt(path, c, s, "unexpected tensor shape or dtype")
+            raise corrupt(f"torch.load failed ({e})") from e
+        if (not isinstance(t, torch.Tensor) or list(t.shape) != list(info["shape"])
+                or t.dtype != self.store_dtype):
+            raise corrupt("unexpected tensor shape or dtype")
         self.verified.add(key)
         self._open[key] = t
         while len(self._open) > self.max_open:
@@ -193,6 +187,21 @@ class DiskChunks:
 
 
 # --------------------------------------------------------------------------- LayerStore
+
+
+def _index(value, n: int, type_error: str, range_error: str) -> int:
+    """``value`` as a position in ``[0, n)``, negative counting from the end."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{type_error}, got {value!r}")
+    if not -n <= value < n:
+        raise IndexError(range_error.format(int(value)))
+    return int(value) % n
+
+
+def _field(attr: str, doc: str | None = None, copy: bool = False) -> property:
+    """A read-only property giving ``self.<attr>`` (a copy of it with ``copy``)."""
+    return property((lambda self: getattr(self, attr).copy()) if copy else attrgetter(attr),
+                    doc=doc)
 
 
 class LayerGeometry(NamedTuple):
@@ -226,31 +235,22 @@ class LayerStore:
                 frames of each utterance and layer.
             geometry, fingerprint: the :class:`LayerGeometry`; the store's digest.
         """
-        hidden_sizes = geometry.hidden_sizes
-        self._backend = backend
-        self._plan = [list(map(int, b)) for b in plan]
-        self._lengths = np.asarray(lengths, dtype=np.int64).reshape(len(ids), len(hidden_sizes))
-        n = len(ids)
+        self._backend, self._plan = backend, [list(map(int, b)) for b in plan]
+        for field, values in zip(LayerGeometry._fields, geometry):  # self._hidden_sizes, ...
+            setattr(self, f"_{field}", [int(v) for v in values])
+        n, num_layer = len(ids), len(self._hidden_sizes)
+        self._lengths = np.asarray(lengths, dtype=np.int64).reshape(n, num_layer)
         self._utt_chunk = np.zeros(n, dtype=np.int64)
-        self._utt_offset = np.zeros((n, len(hidden_sizes)), dtype=np.int64)
+        self._utt_offset = np.zeros((n, num_layer), dtype=np.int64)
         for c, utts in enumerate(self._plan):
             self._utt_chunk[utts] = c
             lens = self._lengths[utts]
             self._utt_offset[utts] = np.cumsum(lens, axis=0) - lens
-        self._hidden_sizes = [int(h) for h in hidden_sizes]
-        self._downsample_rates = [int(r) for r in geometry.downsample_rates]
-        self._receptive_fields = [int(r) for r in geometry.receptive_fields]
-        self._layer_ids = [int(v) for v in geometry.layer_ids]
-        self._ids = [str(i) for i in ids]
-        self._labels = labels.reset_index(drop=True)
-        self._phones = list(phones)
-        self._fingerprint = fingerprint
-        self._name = name
-        self._store_dtype = store_dtype
-        # the corpus's fingerprint (audio, labels, alignments) when the store was extracted
-        # from one; None for from_tensors. layer_similarity(other=) compares it.
+        self._ids, self._labels = [str(i) for i in ids], labels.reset_index(drop=True)
+        self._phones, self._fingerprint, self._name = list(phones), fingerprint, name
+        self._store_dtype, self._weights = store_dtype, _check_weights(weights_source)
+        # the corpus's (audio, labels, alignments) when extracted from one, else None
         self.corpus_fingerprint = corpus_fingerprint
-        self._weights = _check_weights(weights_source)
 
     # ---- construction
 
@@ -325,14 +325,10 @@ class LayerStore:
                 raise ValueError(
                     f"labels must be a DataFrame with an 'id' column and {n} rows (one per "
                     "utterance)")
-            labels = labels.reset_index(drop=True)
-            if ids is None:
-                ids = [str(v) for v in labels["id"]]
-            elif [str(v) for v in ids] != [str(v) for v in labels["id"]]:
+            if ids is not None and [str(v) for v in ids] != [str(v) for v in labels["id"]]:
                 raise ValueError("ids and labels['id'] differ; give one of them or make them agree")
-        if ids is None:
-            ids = [str(i) for i in range(n)]
-        ids = [str(v) for v in ids]
+            ids = labels["id"]
+        ids = [str(v) for v in (range(n) if ids is None else ids)]
         if len(ids) != n or len(set(ids)) != n:
             raise ValueError(f"ids must be {n} unique strings, got {len(ids)} ({len(set(ids))} unique)")
         if labels is None:
@@ -433,69 +429,31 @@ class LayerStore:
                    "if you trust it)") if links else ""
         raise FileNotFoundError(f"no s3viz extraction (manifest.json) under {cache_dir}{skipped}")
 
-    # ---- sizes
+    # ---- sizes and provenance (copies: a caller cannot change the store)
 
     @property
     def num_layer(self) -> int:
-        """Number of stored layers."""
+        """Number of stored layers (:attr:`num_layers` is an alias)."""
         return len(self._hidden_sizes)
 
-    @property
-    def num_layers(self) -> int:
-        """Alias of :attr:`num_layer`."""
-        return self.num_layer
-
-    @property
-    def hidden_sizes(self) -> list[int]:
-        return list(self._hidden_sizes)
-
-    @property
-    def downsample_rates(self) -> list[int]:
-        return list(self._downsample_rates)
-
-    @property
-    def receptive_fields(self) -> list[int]:
-        """Samples of input window per frame of each stored layer (the rate when unknown)."""
-        return list(self._receptive_fields)
-
-    @property
-    def layer_ids(self) -> list[int]:
-        """The upstream hidden-state index of each stored layer."""
-        return list(self._layer_ids)
-
-    @property
-    def ids(self) -> list[str]:
-        return list(self._ids)
-
-    @property
-    def labels(self) -> pd.DataFrame:
-        """One row per utterance (0..N-1): ``id, speaker, text, num_samples`` + extra labels."""
-        return self._labels.copy()
-
-    @property
-    def phones(self) -> list[pd.DataFrame | None]:
-        return list(self._phones)
-
-    @property
-    def fingerprint(self) -> str:
-        """sha256 of the upstream's weights, the corpus and the content-changing settings."""
-        return self._fingerprint
-
-    @property
-    def name(self) -> str:
-        """Name of the upstream the frames came from."""
-        return self._name
-
-    @property
-    def weights(self) -> str:
-        """Where the upstream's weights came from (:func:`s3viz.upstreams.weights_of`; the
-        random control's starts with ``"random weights"``); measure tables carry it as
-        ``df.attrs["weights"]``."""
-        return self._weights
-
-    @property
-    def store_dtype(self) -> torch.dtype:
-        return self._store_dtype
+    num_layers = num_layer
+    hidden_sizes = _field("_hidden_sizes", copy=True)
+    downsample_rates = _field("_downsample_rates", copy=True)
+    receptive_fields = _field("_receptive_fields", "Samples of input window per frame of each "
+                              "stored layer (the rate when unknown).", copy=True)
+    layer_ids = _field("_layer_ids", "The upstream hidden-state index of each stored layer.",
+                       copy=True)
+    ids = _field("_ids", copy=True)
+    labels = _field("_labels", "One row per utterance (0..N-1): ``id, speaker, text, "
+                    "num_samples`` + extra labels.", copy=True)
+    phones = _field("_phones", copy=True)
+    fingerprint = _field("_fingerprint", "sha256 of the upstream's weights, the corpus and the "
+                         "content-changing settings.")
+    name = _field("_name", "Name of the upstream the frames came from.")
+    weights = _field("_weights", "Where the upstream's weights came from "
+                     "(:func:`s3viz.upstreams.weights_of`; the random control's starts with "
+                     '``"random weights"``); measure tables carry it as ``df.attrs["weights"]``.')
+    store_dtype = _field("_store_dtype")
 
     @property
     def path(self) -> Path | None:
@@ -505,8 +463,8 @@ class LayerStore:
     @property
     def nbytes(self) -> int:
         """Bytes of frame data held (in memory or on disk)."""
-        itemsize = torch.tensor([], dtype=self._store_dtype).element_size()
-        return int((self._lengths.sum(0) * np.asarray(self._hidden_sizes)).sum() * itemsize)
+        values = (self._lengths.sum(0) * np.asarray(self._hidden_sizes)).sum()
+        return int(values * self._store_dtype.itemsize)
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -516,14 +474,11 @@ class LayerStore:
             return str(v[0]) if len(set(v)) == 1 else str(v)
 
         ids = self._layer_ids
-        if ids == list(range(ids[0], ids[0] + len(ids))) and len(ids) > 1:
-            which = f"upstream layers {ids[0]}-{ids[-1]}"
-        else:
-            which = f"upstream layers {ids}"
+        runs = len(ids) > 1 and ids == list(range(ids[0], ids[0] + len(ids)))
         where = "in memory" if self.path is None else f"on disk at {self.path}"
         return (
-            f"LayerStore({self._name}: {len(self)} utterances, {self.num_layer} layers "
-            f"({which}), hidden {compact(self._hidden_sizes)}, rate "
+            f"LayerStore({self._name}: {len(self)} utterances, {self.num_layer} layers (upstream "
+            f"layers {f'{ids[0]}-{ids[-1]}' if runs else ids}), hidden {compact(self._hidden_sizes)}, rate "
             f"{compact(self._downsample_rates)}, {STORE_DTYPES.get(self._store_dtype, self._store_dtype)}, "
             f"{fmt_bytes(self.nbytes)} {where}; weights: {self._weights})"
         )
@@ -531,14 +486,10 @@ class LayerStore:
     # ---- access
 
     def _layer_index(self, layer) -> int:
-        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
-            raise TypeError(f"layer must be an int index of a stored layer, got {layer!r}")
         n = self.num_layer
-        if not -n <= layer < n:
-            raise IndexError(
-                f"layer {int(layer)} out of range: this store has {n} layers (0..{n - 1}; "
-                f"upstream layers {self._layer_ids})")
-        return int(layer) % n
+        return _index(layer, n, "layer must be an int index of a stored layer", f"layer {{}} out "
+                      f"of range: this store has {n} layers (0..{n - 1}; upstream layers "
+                      f"{self._layer_ids})")
 
     def lengths(self, layer) -> np.ndarray:
         """``(N,)`` int64 frames per utterance of stored layer ``layer``."""
@@ -550,18 +501,9 @@ class LayerStore:
         Args:
             i: the utterance's position ``0..len(store)-1`` (negative counts from the end).
         """
-        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
-            raise TypeError(f"i must be an int utterance position, got {i!r}")
-        n = len(self)
-        if not -n <= i < n:
-            raise IndexError(f"utterance {int(i)} out of range for a store of {n} utterances")
-        i = int(i) % n
-        c = int(self._utt_chunk[i])
-        out = []
-        for s in range(self.num_layer):
-            off, length = self._utt_offset[i, s], self._lengths[i, s]
-            out.append(self._backend.load(c, s)[off: off + length].to(torch.float32, copy=True))
-        return out
+        i = _index(i, len(self), "i must be an int utterance position",
+                   f"utterance {{}} out of range for a store of {len(self)} utterances")
+        return [self._gather(s, np.array([i]), torch.float32)[0] for s in range(self.num_layer)]
 
     def _gather(self, s: int, pos: np.ndarray, dtype) -> tuple[torch.Tensor, torch.Tensor]:
         lens = self._lengths[pos, s]
@@ -624,13 +566,9 @@ class LayerStore:
         rate, rf = self._downsample_rates[s], self._receptive_fields[s]
         parts = []
         for i in pos:
-            n = int(self._lengths[i, s])
-            table = self._phones[i]
-            if table is None:
-                parts.append(np.full(n, "", dtype=object))
-            else:
-                parts.append(_align_frame_labels(table, n, rate, column=column,
-                                                 receptive_field_samples=rf))
+            n, table = int(self._lengths[i, s]), self._phones[i]
+            parts.append(np.full(n, "", dtype=object) if table is None else _align_frame_labels(
+                table, n, rate, column=column, receptive_field_samples=rf))
         return np.concatenate(parts) if parts else np.zeros(0, dtype=object)
 
     def pooled(self, layer, utterances=None, dtype=torch.float32) -> torch.Tensor:
