@@ -120,8 +120,7 @@ def _find_logits(obj, key: str | None, source: str) -> tuple[torch.Tensor, str]:
             raise ValueError(f"{source}: 'Featurizer' -> 'weights' has shape {tuple(w.shape)} and "
                              f"dtype {w.dtype}; layer weights are one float logit per layer "
                              "(a 1-D tensor)")
-        args = obj.get("Args")
-        sel = getattr(args, "upstream_layer_selection", None) if args is not None else None
+        sel = getattr(obj.get("Args"), "upstream_layer_selection", None)
         raise ValueError(
             f"{source}: the 'Featurizer' entry has no 'weights' (keys {list(obj['Featurizer'])}): "
             "the downstream used a single layer"

@@ -49,6 +49,7 @@ from .store import (
     MemoryChunks,
     NonFiniteError,
     LayerGeometry,
+    check_index,
     chunk_lengths,
     fmt_bytes,
 )
@@ -92,15 +93,11 @@ def check_upstream_arg(upstream):
         fields = getattr(upstream, "receptive_fields", None)
     except NotImplementedError:
         fields = None
-    if fields is not None:
-        fields = list(fields)
-        if len(fields) != num_layer or not all(int(v) > 0 for v in fields):
-            raise TypeError(
-                f"upstream.receptive_fields must be {num_layer} positive ints or None, "
-                f"got {fields!r}")
-        fields = [int(v) for v in fields]
-    else:
-        fields = list(sizes["downsample_rates"])
+    fields = list(sizes["downsample_rates"] if fields is None else fields)
+    if len(fields) != num_layer or not all(int(v) > 0 for v in fields):
+        raise TypeError(f"upstream.receptive_fields must be {num_layer} positive ints or None, "
+                        f"got {fields!r}")
+    fields = [int(v) for v in fields]
     name = getattr(upstream, "name", None)
     if not isinstance(name, str) or not name:
         name = type(upstream).__name__
@@ -145,15 +142,10 @@ def check_upstream_layers(layers, num_layer: int, arg: str = "upstream_layers") 
         ) from e
     if not items:
         raise ValueError(f"{arg} is empty; pass None for all layers or at least one index")
-    out = []
-    for v in items:
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            raise TypeError(f"{arg} must hold ints, got {v!r} ({type(v).__name__})")
-        if not -num_layer <= v < num_layer:
-            raise IndexError(
-                f"{arg} holds {int(v)} but the upstream has {num_layer} hidden states "
-                f"(valid indices 0..{num_layer - 1}, or negative from the end)")
-        out.append(int(v) % num_layer)
+    out = [check_index(v, num_layer, f"{arg} must hold ints, got {{0!r}} ({{1}})",
+                       f"{arg} holds {{0}} but the upstream has {num_layer} hidden states "
+                       f"(valid indices 0..{num_layer - 1}, or negative from the end)")
+           for v in items]
     if len(set(out)) != len(out):
         raise ValueError(f"{arg} holds duplicates: {items!r}")
     return out

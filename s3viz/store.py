@@ -1,9 +1,7 @@
-""":class:`LayerStore`: the unpadded frames of every utterance and stored layer.
-
-In memory or read lazily from a cache folder (chunk files verified by sha256 on
-first load, a bounded cache of loaded chunks), with the corpus's labels and phone
-alignments beside them. Every analysis of s3viz reads one. A store never holds NaN
-or inf (:class:`NonFiniteError`).
+""":class:`LayerStore`, which every analysis reads: the unpadded frames of every utterance
+and stored layer, in memory or read lazily from a cache folder (chunk files verified by
+sha256 on first load), with the corpus's labels and phone alignments; never NaN or inf
+(:class:`NonFiniteError`).
 """
 
 from __future__ import annotations
@@ -81,9 +79,6 @@ def _check_weights(weights_source) -> str:
     return weights_source
 
 
-# --------------------------------------------------------------------------- planning
-
-
 def utterance_selection(utterances, n: int) -> np.ndarray:
     """Sorted unique positions of a non-empty utterance selection (None: all ``n``)."""
     sel = check_utterances(utterances, n)
@@ -97,7 +92,6 @@ def fmt_bytes(n: float) -> str:
         if abs(n) < 1000 or unit == "TB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000.0
-    return f"{n:.1f} TB"  # pragma: no cover
 
 
 _MANIFEST_KEYS = ("format", "fingerprint", "name", "ids", "layer_ids", "chunks", "plan",
@@ -189,10 +183,11 @@ class DiskChunks:
 # --------------------------------------------------------------------------- LayerStore
 
 
-def _index(value, n: int, type_error: str, range_error: str) -> int:
-    """``value`` as a position in ``[0, n)``, negative counting from the end."""
+def check_index(value, n: int, type_error: str, range_error: str) -> int:
+    """``value`` as a position in ``[0, n)``, negative counting from the end; the errors'
+    texts are formatted with the value (``{0}``; ``type_error`` also its type, ``{1}``)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{type_error}, got {value!r}")
+        raise TypeError(type_error.format(value, type(value).__name__))
     if not -n <= value < n:
         raise IndexError(range_error.format(int(value)))
     return int(value) % n
@@ -226,8 +221,7 @@ class LayerStore:
     def __init__(self, *, backend, plan, lengths, geometry: LayerGeometry, ids, labels, phones,
                  fingerprint, name, store_dtype, corpus_fingerprint=None,
                  weights_source=AS_GIVEN):
-        """A store over chunks already written (build one with :func:`extract`,
-        :meth:`from_tensors` or :meth:`open`).
+        """A store over chunks already written.
 
         Args:
             backend: ``load(chunk, layer)`` gives a chunk's frames of a stored layer.
@@ -487,9 +481,9 @@ class LayerStore:
 
     def _layer_index(self, layer) -> int:
         n = self.num_layer
-        return _index(layer, n, "layer must be an int index of a stored layer", f"layer {{}} out "
-                      f"of range: this store has {n} layers (0..{n - 1}; upstream layers "
-                      f"{self._layer_ids})")
+        return check_index(layer, n, "layer must be an int index of a stored layer, got {0!r}",
+                           f"layer {{0}} out of range: this store has {n} layers (0..{n - 1}; "
+                           f"upstream layers {self._layer_ids})")
 
     def lengths(self, layer) -> np.ndarray:
         """``(N,)`` int64 frames per utterance of stored layer ``layer``."""
@@ -501,8 +495,8 @@ class LayerStore:
         Args:
             i: the utterance's position ``0..len(store)-1`` (negative counts from the end).
         """
-        i = _index(i, len(self), "i must be an int utterance position",
-                   f"utterance {{}} out of range for a store of {len(self)} utterances")
+        i = check_index(i, len(self), "i must be an int utterance position, got {0!r}",
+                        f"utterance {{0}} out of range for a store of {len(self)} utterances")
         return [self._gather(s, np.array([i]), torch.float32)[0] for s in range(self.num_layer)]
 
     def _gather(self, s: int, pos: np.ndarray, dtype) -> tuple[torch.Tensor, torch.Tensor]:
