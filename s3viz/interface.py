@@ -144,13 +144,11 @@ def check_wavs(wavs, wavs_len, *, who: str = "upstream") -> Tuple[torch.Tensor, 
                         f"{wavs.dtype}; convert int16 audio with s3viz.audio.prepare_wav")
     if wavs.shape[0] == 0:
         raise ValueError(f"{who}: wavs has an empty batch (batch_size == 0)")
-    if isinstance(wavs_len, torch.Tensor):
-        lens = wavs_len
-    else:
-        try:
-            lens = torch.as_tensor(np.asarray(wavs_len))
-        except (TypeError, ValueError) as e:
-            raise TypeError(f"{who}: wavs_len must be a (batch_size,) integer tensor") from e
+    try:
+        lens = (wavs_len if isinstance(wavs_len, torch.Tensor)
+                else torch.as_tensor(np.asarray(wavs_len)))
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{who}: wavs_len must be a (batch_size,) integer tensor") from e
     if lens.is_floating_point() or lens.is_complex() or lens.dtype == torch.bool:
         raise TypeError(f"{who}: wavs_len must hold integer sample counts (torch.long), got "
                         f"dtype {lens.dtype}")
