@@ -134,8 +134,7 @@ def wav2vec2_hidden_states(model: nn.Module, wavs: torch.Tensor, wavs_len: torch
             # additive float mask (what torchaudio turns a boolean one into, minus its
             # dtype-mismatch warning); fully padded rows only occur for utterances
             # without frames and are zeroed by _clean below.
-            key_padding_mask = torch.zeros(pad.shape, dtype=x.dtype, device=x.device)
-            key_padding_mask = key_padding_mask.masked_fill(pad, float("-inf"))
+            key_padding_mask = x.new_zeros(pad.shape).masked_fill(pad, float("-inf"))
         else:
             # SDPA boolean mask: True where the key takes part in attention.
             attention_mask = (~pad)[:, None, None, :].expand(batch_size, 1, num_frames, num_frames)
