@@ -1,12 +1,7 @@
-"""Frame-level and utterance-level models with s3prl's interfaces, vectorised with length masks.
-
-Frame models keep time (``forward(x, x_len) -> (y, y_len)``), utterance models pool it
-away (``-> (batch_size, output_size)``), with the semantics of s3prl's ``s3prl.nn``
-(``FrameLevelLinear``, ``MeanPoolingLinear``, ``TemporalStatisticsPooling``,
-``SelfAttentivePooling``) but pooling a whole padded batch at once, padded frames never read.
-The pooling functions (:func:`length_mask`, :func:`masked_mean`, :func:`masked_mean_std` ...)
-are public; each takes ``x`` ``(batch_size, seq_len, hidden_size)`` float (padded frames
-arbitrary) and ``x_len`` ``(batch_size,)`` long valid frames, each in ``[1, seq_len]``.
+"""Frame-level and utterance-level models with the semantics of s3prl's ``s3prl.nn``, pooling
+a whole padded batch at once, and the public pooling functions they call (:func:`masked_mean`
+...): each takes ``x`` ``(batch_size, seq_len, hidden_size)`` float (padded frames arbitrary,
+never read) and ``x_len`` ``(batch_size,)`` long valid frames, each in ``[1, seq_len]``.
 How, and why it is exact: ``docs/models.md``.
 """
 
@@ -199,17 +194,27 @@ def _positive_int(value, name: str) -> int:
 class _Sized:
     """``input_size`` and ``output_size``, fixed when the module is built."""
 
+    input_size = property(lambda self: self._input_size)
+    output_size = property(lambda self: self._output_size)
+
     def _set_sizes(self, input_size, output_size) -> None:
         self._input_size = _positive_int(input_size, "input_size")
         self._output_size = _positive_int(output_size, "output_size")
 
-    @property
-    def input_size(self) -> int:
-        return self._input_size
 
-    @property
-    def output_size(self) -> int:
-        return self._output_size
+def _linear_stack(module, hidden_sizes, name: str, activation=None, dropout=0.0) -> None:
+    """``module.hidden_layers`` (``Linear -> activation -> dropout`` per hidden size) and
+    ``module.final_proj``, between its ``input_size`` and ``output_size``."""
+    layers, size = [], module.input_size
+    for h in hidden_sizes:
+        layers.append(nn.Linear(size, _positive_int(h, name)))
+        if activation is not None:
+            layers.append(getattr(nn, activation)())
+        if dropout:
+            layers.append(nn.Dropout(float(dropout)))
+        size = h
+    module.hidden_layers = nn.Sequential(*layers)
+    module.final_proj = nn.Linear(size, module.output_size)
 
 
 class FrameLevelMLP(_Sized, AbsFrameModel):
@@ -229,17 +234,7 @@ class FrameLevelMLP(_Sized, AbsFrameModel):
                 and issubclass(getattr(nn, activation), nn.Module)):
             raise ValueError(f"activation must name a torch.nn module class such as 'ReLU' or be "
                              f"None, got {activation!r}")
-        layers = []
-        size = self._input_size
-        for h in hidden_sizes:
-            layers.append(nn.Linear(size, _positive_int(h, "hidden_sizes[i]")))
-            if activation is not None:
-                layers.append(getattr(nn, activation)())
-            if dropout:
-                layers.append(nn.Dropout(float(dropout)))
-            size = h
-        self.hidden_layers = nn.Sequential(*layers)
-        self.final_proj = nn.Linear(size, self._output_size)
+        _linear_stack(self, hidden_sizes, "hidden_sizes[i]", activation, dropout)
 
     def forward(self, x: torch.Tensor, x_len: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         x, checked = _check_x(x, x_len, pooling=False, input_size=self._input_size)
@@ -345,13 +340,7 @@ class MeanPoolingLinear(_Pooling):
 
     def __init__(self, input_size: int, output_size: int, hidden_size: Optional[int] = 256):
         super().__init__(input_size, output_size)
-        size = self._input_size
-        layers = []
-        if hidden_size is not None:
-            layers.append(nn.Linear(size, _positive_int(hidden_size, "hidden_size")))
-            size = hidden_size
-        self.hidden_layers = nn.Sequential(*layers)
-        self.final_proj = nn.Linear(size, self._output_size)
+        _linear_stack(self, () if hidden_size is None else (hidden_size,), "hidden_size")
 
     @classmethod
     def from_frame_model(cls, frame_model: FrameLevelMLP) -> "MeanPoolingLinear":

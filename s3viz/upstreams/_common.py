@@ -4,6 +4,7 @@ their length masks are :func:`s3viz.models.length_mask`)."""
 
 from __future__ import annotations
 
+import zlib
 from typing import List
 
 import torch
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from ..align import receptive_field
 from ..interface import AbsUpstream
 
-__all__ = ["FixedUpstream", "normalize_waveforms"]
+__all__ = ["FixedUpstream", "normalize_waveforms", "seeded"]
 
 
 class FixedUpstream(AbsUpstream):
@@ -21,18 +22,9 @@ class FixedUpstream(AbsUpstream):
     entry per hidden state; ``_fields`` None: it reports no receptive fields)."""
 
     _fields = None
-
-    @property
-    def num_layer(self) -> int:
-        return len(self._sizes)
-
-    @property
-    def hidden_sizes(self) -> List[int]:
-        return list(self._sizes)
-
-    @property
-    def downsample_rates(self) -> List[int]:
-        return list(self._rates)
+    num_layer = property(lambda self: len(self._sizes))
+    hidden_sizes = property(lambda self: list(self._sizes))
+    downsample_rates = property(lambda self: list(self._rates))
 
     @property
     def receptive_fields(self) -> List[int]:
@@ -63,3 +55,13 @@ def normalize_waveforms(wavs: torch.Tensor, wavs_len: torch.Tensor, *, eps: floa
         if n > 0:
             out[b, :n] = F.layer_norm(wavs[b, :n], (n,), eps=eps)
     return out
+
+
+def seeded(build, seed: int, salt: str = ""):
+    """``build()`` with torch's global RNG seeded from ``seed`` (plus the crc32 of ``salt``
+    when given), then restored."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed((zlib.crc32(salt.encode()) + seed) % (2**63) if salt else seed)
+        return build()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
+from functools import partial
 from typing import Optional, Tuple
 from urllib.parse import urlparse
 
@@ -59,36 +60,30 @@ class Pretrained:
     about: str
 
 
+_TA, _HF = partial(Pretrained, "torchaudio"), partial(Pretrained, "hf")
+
 PRETRAINED_MODELS = {
-    "wav2vec2_base": Pretrained("torchaudio", "WAV2VEC2_BASE", "wav2vec 2.0 Base, LibriSpeech 960 h"),
-    "wav2vec2_large": Pretrained("torchaudio", "WAV2VEC2_LARGE",
-                                 "wav2vec 2.0 Large, LibriSpeech 960 h"),
-    "wav2vec2_large_lv60k": Pretrained("torchaudio", "WAV2VEC2_LARGE_LV60K",
-                                       "wav2vec 2.0 Large, Libri-Light 60k h"),
-    "wav2vec2_xlsr53": Pretrained("torchaudio", "WAV2VEC2_XLSR53",
-                                  "XLSR-53, 56k h in 53 languages"),
-    "xls_r_300m": Pretrained("torchaudio", "WAV2VEC2_XLSR_300M",
-                             "XLS-R 300M, 436k h in 128 languages"),
-    "xls_r_1b": Pretrained("torchaudio", "WAV2VEC2_XLSR_1B", "XLS-R 1B, 436k h in 128 languages"),
-    "xls_r_2b": Pretrained("torchaudio", "WAV2VEC2_XLSR_2B", "XLS-R 2B, 436k h in 128 languages"),
-    "hubert_base": Pretrained("torchaudio", "HUBERT_BASE", "HuBERT Base, LibriSpeech 960 h"),
-    "hubert_large": Pretrained("torchaudio", "HUBERT_LARGE", "HuBERT Large, Libri-Light 60k h"),
-    "hubert_xlarge": Pretrained("torchaudio", "HUBERT_XLARGE",
-                                "HuBERT X-Large, Libri-Light 60k h"),
-    "wavlm_base": Pretrained("torchaudio", "WAVLM_BASE", "WavLM Base, LibriSpeech 960 h"),
-    "wavlm_base_plus": Pretrained("torchaudio", "WAVLM_BASE_PLUS",
-                                  "WavLM Base+, 94k h (Libri-Light, GigaSpeech, VoxPopuli)"),
-    "wavlm_large": Pretrained("torchaudio", "WAVLM_LARGE",
-                              "WavLM Large, 94k h (Libri-Light, GigaSpeech, VoxPopuli)"),
-    "distilhubert": Pretrained("hf", "ntu-spml/distilhubert",
-                               "DistilHuBERT: 2 layers distilled from HuBERT Base"),
-    "data2vec": Pretrained("hf", "facebook/data2vec-audio-base",
-                           "data2vec Audio Base, LibriSpeech 960 h"),
-    "wav2vec2_large_robust": Pretrained("hf", "facebook/wav2vec2-large-robust",
-                                        "wav2vec 2.0 Large, Libri-Light, CommonVoice, "
-                                        "Switchboard and Fisher"),
-    "wav2vec2_large_voxpopuli_100k": Pretrained("hf", "facebook/wav2vec2-large-100k-voxpopuli",
-                                                "wav2vec 2.0 Large, VoxPopuli 100k h"),
+    "wav2vec2_base": _TA("WAV2VEC2_BASE", "wav2vec 2.0 Base, LibriSpeech 960 h"),
+    "wav2vec2_large": _TA("WAV2VEC2_LARGE", "wav2vec 2.0 Large, LibriSpeech 960 h"),
+    "wav2vec2_large_lv60k": _TA("WAV2VEC2_LARGE_LV60K", "wav2vec 2.0 Large, Libri-Light 60k h"),
+    "wav2vec2_xlsr53": _TA("WAV2VEC2_XLSR53", "XLSR-53, 56k h in 53 languages"),
+    "xls_r_300m": _TA("WAV2VEC2_XLSR_300M", "XLS-R 300M, 436k h in 128 languages"),
+    "xls_r_1b": _TA("WAV2VEC2_XLSR_1B", "XLS-R 1B, 436k h in 128 languages"),
+    "xls_r_2b": _TA("WAV2VEC2_XLSR_2B", "XLS-R 2B, 436k h in 128 languages"),
+    "hubert_base": _TA("HUBERT_BASE", "HuBERT Base, LibriSpeech 960 h"),
+    "hubert_large": _TA("HUBERT_LARGE", "HuBERT Large, Libri-Light 60k h"),
+    "hubert_xlarge": _TA("HUBERT_XLARGE", "HuBERT X-Large, Libri-Light 60k h"),
+    "wavlm_base": _TA("WAVLM_BASE", "WavLM Base, LibriSpeech 960 h"),
+    "wavlm_base_plus": _TA("WAVLM_BASE_PLUS",
+                           "WavLM Base+, 94k h (Libri-Light, GigaSpeech, VoxPopuli)"),
+    "wavlm_large": _TA("WAVLM_LARGE", "WavLM Large, 94k h (Libri-Light, GigaSpeech, VoxPopuli)"),
+    "distilhubert": _HF("ntu-spml/distilhubert",
+                        "DistilHuBERT: 2 layers distilled from HuBERT Base"),
+    "data2vec": _HF("facebook/data2vec-audio-base", "data2vec Audio Base, LibriSpeech 960 h"),
+    "wav2vec2_large_robust": _HF("facebook/wav2vec2-large-robust", "wav2vec 2.0 Large, "
+                                 "Libri-Light, CommonVoice, Switchboard and Fisher"),
+    "wav2vec2_large_voxpopuli_100k": _HF("facebook/wav2vec2-large-100k-voxpopuli",
+                                         "wav2vec 2.0 Large, VoxPopuli 100k h"),
 }
 """s3viz name -> where its pretrained weights come from (``docs/upstreams.md`` lists
 each with its checkpoint and download size)."""

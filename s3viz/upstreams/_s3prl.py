@@ -1,12 +1,6 @@
-"""Wrap s3prl's ``S3PRLUpstream`` (or anything shaped like it) as an s3viz upstream.
-
-s3prl is never imported: the wrapped object only needs ``num_layers`` (s3prl's
-spelling) or ``num_layer``, ``hidden_sizes``, ``downsample_rates`` and a
-``forward(wavs, wavs_len)`` taking ``(batch_size, seq_len)`` waveforms and
-returning ``(all_hs, all_hs_len)``. Typical use::
-
-    from s3prl.nn import S3PRLUpstream
-    upstream = s3viz.upstreams.from_s3prl(S3PRLUpstream("hubert"))
+"""Wrap s3prl's ``S3PRLUpstream`` (or anything shaped like it: ``num_layers`` or ``num_layer``,
+``hidden_sizes``, ``downsample_rates``, ``forward(wavs, wavs_len) -> (all_hs, all_hs_len)``)
+as an s3viz upstream without importing s3prl: ``from_s3prl(S3PRLUpstream("hubert"))``.
 """
 
 from __future__ import annotations
@@ -54,9 +48,7 @@ class S3PRLUpstreamAdapter(AbsUpstream):
         own = getattr(upstream, "name", None)
         self.name = name or (own if isinstance(own, str) and own else owner)
 
-    @property
-    def num_layer(self) -> int:
-        return num_layer_of(self.upstream)
+    num_layer = property(lambda self: num_layer_of(self.upstream))
 
     def _list(self, what: str, optional: bool = False) -> List[int]:
         """The wrapped object's ``what``, checked (``optional``: AttributeError when None)."""
@@ -65,23 +57,10 @@ class S3PRLUpstreamAdapter(AbsUpstream):
             raise AttributeError(f"{self.name} does not report {what}")
         return _int_list(value, what, self.num_layer, self.name)
 
-    @property
-    def hidden_sizes(self) -> List[int]:
-        return self._list("hidden_sizes")
-
-    @property
-    def downsample_rates(self) -> List[int]:
-        return self._list("downsample_rates")
-
-    @property
-    def receptive_fields(self) -> List[int]:
-        """The wrapped object's ``receptive_fields``; AttributeError when it has none."""
-        return self._list("receptive_fields", optional=True)
-
-    @property
-    def conv_layers(self):
-        """The wrapped object's ``conv_layers`` or None."""
-        return getattr(self.upstream, "conv_layers", None)
+    hidden_sizes = property(lambda self: self._list("hidden_sizes"))
+    downsample_rates = property(lambda self: self._list("downsample_rates"))
+    receptive_fields = property(lambda self: self._list("receptive_fields", optional=True))
+    conv_layers = property(lambda self: getattr(self.upstream, "conv_layers", None))
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, num_layer={self.num_layer}"

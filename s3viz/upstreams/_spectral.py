@@ -1,10 +1,6 @@
-"""A non-learned baseline upstream: log-mel and MFCC features at several rates.
-
-For every rate in ``rates`` (default 160, 320, 640 samples) two hidden states,
-``logmel@r`` and ``mfcc@r`` (with deltas), so 6 by default; frame counts follow
-s3prl's ``ceil`` convention and, with ``normalize=True``, each utterance is
-normalised over its own valid frames, so frames do not depend on the batch.
-Windows, frame positions and normalisation: ``docs/upstreams.md``.
+"""A non-learned baseline upstream: log-mel and MFCC features (``logmel@r``, ``mfcc@r``) at
+several rates ``r``, each utterance's the same in any batch. Windows, frame positions and
+normalisation: ``docs/upstreams.md``.
 """
 
 from __future__ import annotations

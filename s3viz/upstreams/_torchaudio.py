@@ -1,18 +1,12 @@
-"""wav2vec 2.0 / HuBERT / WavLM from torchaudio as s3prl upstreams.
-
-``N`` transformer layers give ``N + 1`` hidden states, the ones s3prl's experts
-report; the adapter runs torchaudio's modules itself so that a padded batch
-gives each utterance's frames as alone (group norm over valid frames, key
-padding masks). Pretrained weights come through torch.hub's checkpoint folder
-(downloaded on first use); ``pretrained=False`` gives random weights from a fixed
-seed. Which hidden state is which: ``docs/upstreams.md``.
+"""wav2vec 2.0 / HuBERT / WavLM from torchaudio (or s3prl's converted checkpoints) as s3prl
+upstreams: ``N`` transformer layers give ``N + 1`` hidden states, each utterance's the same in
+any padded batch. Hidden states, padding and weights: ``docs/upstreams.md``.
 """
 
 from __future__ import annotations
 
 import ast
 import os
-import zlib
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -24,7 +18,7 @@ from .. import _deps
 from ..align import conv_lengths
 from ..interface import check_wavs
 from ..models import length_mask
-from ._common import FixedUpstream, normalize_waveforms
+from ._common import FixedUpstream, normalize_waveforms, seeded
 from ._hub import (PRETRAINED_MODELS, RANDOM_WEIGHTS, fetch_torchaudio, resolve_name,
                    torch_hub_checkpoints, torchaudio_base_url)
 
@@ -67,17 +61,11 @@ def _model_conv_layers(model: nn.Module) -> Tuple[Tuple[int, int], ...]:
 def _masked_group_norm(x: torch.Tensor, x_len: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
     """``norm`` of a ``(batch_size, channels, seq_len)`` convolution output whose statistics
     use only each utterance's ``x_len`` valid frames: on those, ``norm`` of it alone."""
-    groups = norm.num_groups
-    per_group = x.shape[1] // groups
-    means, rstds = [], []
-    for b in range(x.shape[0]):
-        n = max(int(x_len[b]), 1)
-        var, mean = torch.var_mean(x[b, :, :n].float().reshape(groups, per_group * n), dim=1,
-                                   unbiased=False)
-        means.append(mean)
-        rstds.append(torch.rsqrt(var + norm.eps))
-    mean = torch.stack(means).repeat_interleave(per_group, dim=1)  # (B, C)
-    scale = torch.stack(rstds).repeat_interleave(per_group, dim=1)
+    stats = [torch.var_mean(x[b, :, :max(n, 1)].float().reshape(norm.num_groups, -1), dim=1,
+                            unbiased=False) for b, n in enumerate(x_len.tolist())]
+    per_group = x.shape[1] // norm.num_groups
+    var, mean = (torch.stack(s).repeat_interleave(per_group, dim=1) for s in zip(*stats))  # (B, C)
+    scale = torch.rsqrt(var + norm.eps)
     if norm.affine:
         scale = scale * norm.weight.float()[None, :]
         shift = norm.bias.float()[None, :] - mean * scale
@@ -101,13 +89,6 @@ def _conv_features(feature_extractor: nn.Module, wavs: torch.Tensor, wavs_len: t
             x = norm(x)
         x = F.gelu(x)
     return x.transpose(1, 2)
-
-
-def _is_wavlm_layer(layer: nn.Module) -> bool:
-    _deps.torchaudio()
-    from torchaudio.models.wav2vec2.wavlm_attention import WavLMSelfAttention
-
-    return isinstance(getattr(layer, "attention", None), WavLMSelfAttention)
 
 
 def wav2vec2_hidden_states(model: nn.Module, wavs: torch.Tensor, wavs_len: torch.Tensor, *,
@@ -143,16 +124,17 @@ def wav2vec2_hidden_states(model: nn.Module, wavs: torch.Tensor, wavs_len: torch
 
     pad = ~length_mask(frames_len, num_frames)  # (B, T) True at padding
     any_pad = bool(pad.any())
-    attention_mask: Optional[torch.Tensor] = None
-    key_padding_mask: Optional[torch.Tensor] = None
+    attention_mask = key_padding_mask = None
     if any_pad:
         x = x.masked_fill(pad[..., None], 0.0)
-        if layers and _is_wavlm_layer(layers[0]):
+        _deps.torchaudio()
+        from torchaudio.models.wav2vec2.wavlm_attention import WavLMSelfAttention
+
+        if layers and isinstance(getattr(layers[0], "attention", None), WavLMSelfAttention):
             # additive float mask (what torchaudio turns a boolean one into, minus its
             # dtype-mismatch warning); fully padded rows only occur for utterances
             # without frames and are zeroed by _clean below.
-            key_padding_mask = torch.zeros(pad.shape, dtype=x.dtype, device=x.device)
-            key_padding_mask = key_padding_mask.masked_fill(pad, float("-inf"))
+            key_padding_mask = x.new_zeros(pad.shape).masked_fill(pad, float("-inf"))
         else:
             # SDPA boolean mask: True where the key takes part in attention.
             attention_mask = (~pad)[:, None, None, :].expand(batch_size, 1, num_frames, num_frames)
@@ -252,14 +234,10 @@ def _load_state_dict(model: nn.Module, path: str, what: str) -> None:
             "and wrapped with s3viz.upstreams.TorchaudioUpstream(model)") from e
 
 
-def _build(factory, params: dict, seed_key: str, seed: int, **upstream) -> TorchaudioUpstream:
+def _build(factory, params: dict, salt: str, seed: int, **upstream) -> TorchaudioUpstream:
     """``factory(**params)`` as a :class:`TorchaudioUpstream`, random weights from ``seed``
-    and ``seed_key`` (``hubert_base`` and ``wav2vec2_base`` differ; global RNG restored)."""
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {seed!r}")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed((zlib.crc32(seed_key.encode()) + int(seed)) % (2**63))
-        return TorchaudioUpstream(factory(**params), **upstream)
+    and ``salt`` (so ``hubert_base`` and ``wav2vec2_base`` differ)."""
+    return seeded(lambda: TorchaudioUpstream(factory(**params), **upstream), seed, salt)
 
 
 def torchaudio_upstream(name: str, pretrained: bool = True, *, checkpoint: Optional[str] = None,
@@ -475,7 +453,6 @@ def from_s3prl_checkpoint(path, *, pretrained: bool = True, seed: int = 0,
                 normalize_waveform=normalize)
     if pretrained:
         _load_fairseq(up.model, dict(state["model_weight"]), params, where)
-        up.weights = f"checkpoint {file} (s3prl)"
-    else:
-        up.weights = f"{RANDOM_WEIGHTS} (seed {int(seed)}; the architecture of {file})"
+    up.weights = (f"checkpoint {file} (s3prl)" if pretrained
+                  else f"{RANDOM_WEIGHTS} (seed {int(seed)}; the architecture of {file})")
     return up.eval()

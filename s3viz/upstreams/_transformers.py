@@ -1,11 +1,6 @@
-"""Hugging Face ``transformers`` speech models as s3prl upstreams.
-
-:func:`from_transformers` wraps wav2vec2, HuBERT, WavLM, Data2VecAudio and
-Wav2Vec2Conformer models (or their CTC / classification heads' base model);
-:func:`from_whisper` wraps a Whisper encoder. Hidden states are HF's
-``output_hidden_states``, as s3prl's ``hf_*`` upstreams; models that cannot
-mask padding run unpadded groups, so every utterance is batch invariant.
-Hidden states, padding and waveform normalisation: ``docs/upstreams.md``.
+"""Hugging Face ``transformers`` speech models (:data:`TRANSFORMERS_FAMILIES`, Whisper's
+encoder) as s3prl upstreams, and :func:`load_transformers` from a folder or the hub. Hidden
+states, padding and waveform normalisation: ``docs/upstreams.md``.
 """
 
 from __future__ import annotations
@@ -19,10 +14,10 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.rnn import pad_sequence
 
-from ..align import expected_lengths
+from ..align import conv_lengths, expected_lengths
 from ..interface import AbsUpstream, check_wavs
 from ..models import length_mask
-from ._common import FixedUpstream, normalize_waveforms
+from ._common import FixedUpstream, normalize_waveforms, seeded
 from ._hub import AS_GIVEN, RANDOM_WEIGHTS, hf_cache_dir, offline
 
 __all__ = ["TRANSFORMERS_FAMILIES", "TransformersUpstream", "WhisperEncoderUpstream",
@@ -69,10 +64,8 @@ class _HFUpstream(FixedUpstream):
         self._layer_ids = ids
         return len(ids)
 
-    @property
-    def layer_ids(self) -> List[int]:
-        """Which of HF's hidden states each returned one is."""
-        return list(self._layer_ids)
+    layer_ids = property(lambda self: list(self._layer_ids),
+                         doc="Which of HF's hidden states each returned one is.")
 
     def _picked(self, hidden_states, frames: torch.Tensor):
         """The picked hidden states up to the longest utterance, zero past each one's
@@ -124,14 +117,6 @@ class TransformersUpstream(_HFUpstream):
         return (f"name={self.name!r}, weights={self.weights!r}, model_type={self.model_type!r}, "
                 f"num_layer={self.num_layer}, attention_mask={self.uses_attention_mask}")
 
-    def _frames(self, wavs_len: torch.Tensor) -> torch.Tensor:
-        # add_adapter=False: an adapter (config.add_adapter) downsamples last_hidden_state
-        # only, not the hidden states returned here
-        lengths = self.model._get_feat_extract_output_lengths
-        if getattr(self.model.config, "add_adapter", False):  # only wav2vec2-likes have one
-            return lengths(wavs_len, add_adapter=False).to(torch.long)
-        return lengths(wavs_len).to(torch.long)
-
     def forward(self, wavs: torch.Tensor, wavs_len: torch.Tensor
                 ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
         wavs, wavs_len = check_wavs(wavs, wavs_len, who=f"from_transformers({self.name})")
@@ -142,7 +127,7 @@ class TransformersUpstream(_HFUpstream):
                              f"{field}-sample receptive field: no frame")
         if self.normalize:  # as HF's feature extractor does it: variance eps 1e-7
             wavs = normalize_waveforms(wavs, wavs_len, eps=1e-7)
-        frames = self._frames(wavs_len)
+        frames = conv_lengths(wavs_len, self.conv_layers)  # (an adapter acts after them)
         param = next(self.model.parameters(), None)
         if param is not None and param.dtype != wavs.dtype:  # e.g. a float16 checkpoint
             wavs = wavs.to(param.dtype)
@@ -340,22 +325,15 @@ def _forget_download(repo_id: str, before: Tuple[str, dict, set]) -> List[str]:
 
     root, snaps, blobs = _snapshots(repo_id)
     new = sorted(set(snaps) - set(before[1]))
-    removed = []
     if new:
         scan_cache_dir(hf_cache_dir()).delete_revisions(*new).execute()
-        removed += [os.path.join(root, "snapshots", c) for c in new]
-    for commit in sorted(set(snaps) & set(before[1])):
-        folder = OwnedFolder(os.path.join(root, "snapshots", commit), "huggingface_hub's cache",
-                             create=False)
-        for rel in sorted(snaps[commit] - before[1][commit]):
-            folder.unlink(rel)
-            removed.append(os.path.join(root, "snapshots", commit, rel))
-    left = _snapshots(repo_id)[2]
-    for name in sorted((left & blobs) - before[2]):  # new blobs no revision kept
-        OwnedFolder(os.path.join(root, "blobs"), "huggingface_hub's cache",
-                    create=False).unlink(name)
-        removed.append(os.path.join(root, "blobs", name))
-    return removed
+    gone = [(os.path.join(root, "snapshots", c), rel) for c in sorted(set(snaps) & set(before[1]))
+            for rel in sorted(snaps[c] - before[1][c])]
+    gone += [(os.path.join(root, "blobs"), name)  # new blobs no revision kept
+             for name in sorted((_snapshots(repo_id)[2] & blobs) - before[2])]
+    for folder, rel in gone:
+        OwnedFolder(folder, "huggingface_hub's cache", create=False).unlink(rel)
+    return [os.path.join(root, "snapshots", c) for c in new] + [os.path.join(*g) for g in gone]
 
 
 def load_transformers(name_or_path: str, *, pretrained: bool = True,
@@ -467,40 +445,33 @@ def load_transformers(name_or_path: str, *, pretrained: bool = True,
         weights = (f"pretrained: folder {name_or_path}" if folder else
                    f"pretrained: hf:{name_or_path}" + (f"@{commit[:12]}" if commit else ""))
     else:
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"seed must be an int, got {seed!r}")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = transformers.AutoModel.from_config(config)
+        model = seeded(lambda: transformers.AutoModel.from_config(config), seed)
         weights = f"{RANDOM_WEIGHTS} (seed {seed}; the architecture of {name_or_path})"
     model.eval()
     name = kwargs.pop("name", None) or str(name_or_path)
-    if kind == "whisper":
-        fe = None
+    whisper = kind == "whisper"
+    normalize = None if whisper else kwargs.pop("normalize_waveform", None)
+    if kwargs:
+        raise TypeError(f"unexpected arguments{' for a Whisper model' if whisper else ''}: "
+                        f"{sorted(kwargs)}")
+    fe = None
+    if whisper or normalize is None:
         try:
-            fe = transformers.WhisperFeatureExtractor.from_pretrained(name_or_path, **common)
+            fe = (transformers.WhisperFeatureExtractor if whisper
+                  else transformers.AutoFeatureExtractor).from_pretrained(name_or_path, **common)
         except (OSError, ValueError):
-            pass  # built from the config instead, as the released checkpoints ship it
-        if kwargs:
-            raise TypeError(f"unexpected arguments for a Whisper model: {sorted(kwargs)}")
-        up = from_whisper(model, feature_extractor=fe, upstream_layers=upstream_layers,
-                          name=name)
-    else:
-        normalize = kwargs.pop("normalize_waveform", None)
-        if kwargs:
-            raise TypeError(f"unexpected arguments: {sorted(kwargs)}")
-        if normalize is None:
-            try:
-                fe = transformers.AutoFeatureExtractor.from_pretrained(name_or_path, **common)
-                normalize = bool(getattr(fe, "do_normalize", False))
-            except (OSError, ValueError):
+            # Whisper's is built from the config instead, as the released checkpoints ship it
+            if not whisper:
                 warnings.warn(
                     f"{name_or_path}: no feature extractor config (preprocessor_config.json), "
                     "so whether the model expects normalised waveforms is unknown: they are NOT "
                     "normalised. Pass normalize_waveform=True if it does (wav2vec2-large-lv60, "
                     "XLS-R, data2vec ...), or save the feature extractor next to the model "
                     "(Wav2Vec2FeatureExtractor(...).save_pretrained(folder))", stacklevel=3)
-                normalize = False
+    if whisper:
+        up = from_whisper(model, feature_extractor=fe, upstream_layers=upstream_layers, name=name)
+    else:
+        normalize = bool(getattr(fe, "do_normalize", False)) if normalize is None else normalize
         up = TransformersUpstream(model, upstream_layers=upstream_layers,
                                   normalize_waveform=normalize, name=name)
     up.weights = weights
