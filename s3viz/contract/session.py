@@ -25,15 +25,6 @@ _UPSTREAM_SIGNATURE = (
     "forward(wavs (batch_size, seq_len, 1), wavs_len (batch_size,)) -> (all_hs, all_hs_len)")
 
 
-def _require_forward(obj, arg: str, interface: str, signature: str):
-    forward = getattr(obj, "forward", None)
-    if obj is None or not callable(forward) or isinstance(obj, (str, bytes, torch.Tensor)):
-        raise TypeError(
-            f"{arg} must be a torch.nn.Module (or any object with a callable 'forward') "
-            f"following the s3prl {interface} interface, {signature}; got "
-            f"{type(obj).__name__}. Pass the model object itself, not its output or a function.")
-
-
 def _check_lengths_arg(lengths, arg: str, default, minimum: int = 1) -> tuple[int, ...]:
     if lengths is None:
         return tuple(default)
@@ -73,7 +64,12 @@ def _run_checks(title: str, objs, lengths, arg: str, default, body, *, seed, dev
     interface, signature)``, the checked one first), runs ``body(rows, lengths, *sessions)``
     in a :class:`_Session` per object under :func:`_quiet_rng`; the report."""
     for a, obj, interface, signature in objs:
-        _require_forward(obj, a, interface, signature)
+        if not callable(getattr(obj, "forward", None)) or isinstance(obj, (str, bytes, torch.Tensor)):
+            raise TypeError(
+                f"{a} must be a torch.nn.Module (or any object with a callable 'forward') "
+                f"following the s3prl {interface} interface, {signature}; got "
+                f"{type(obj).__name__}. Pass the model object itself, not its output or a "
+                "function.")
     lengths = _check_lengths_arg(lengths, arg, default)
     if tolerance is not None:
         _check_nonneg(tolerance, "tolerance", numbers.Integral)
@@ -322,23 +318,17 @@ def _over_valid(fn, n: torch.Tensor | None, *xs: torch.Tensor) -> float:
     return max((fn(*(x[i, :k] for x in xs)) for i, k in enumerate(n.tolist())), default=0.0)
 
 
-def _grade(diff: float, tol: float) -> str:
-    if diff <= tol:
-        return "ok"
-    return "warn" if diff <= _WARN_FACTOR * tol else "fail"
-
-
 _FLOAT_NOISE = "; small, possibly float noise: raise atol/rtol if expected"
 _NOISY_EVAL = "; dropout or noise active in eval mode?"
 
 
 def _graded_row(rows: _Rows, check: str, diff: float, tol: float, text: str, layer=None, *,
                 warn: str = _FLOAT_NOISE, fail: str = "", after: str = "") -> str:
-    """A row graded by :func:`_grade`: ``text``, the ``warn`` or ``fail`` note, then ``after``;
-    returns the status."""
-    status = _grade(diff, tol)
-    note = {"ok": "", "warn": warn, "fail": fail}[status]
-    rows.add(check, status, text + note + after, layer, diff)
+    """A row ``ok`` up to ``tol``, ``warn`` up to ``_WARN_FACTOR`` times it, else ``fail``:
+    ``text``, the ``warn`` or ``fail`` note, then ``after``; returns the status."""
+    status = "ok" if diff <= tol else "warn" if diff <= _WARN_FACTOR * tol else "fail"
+    rows.add(check, status, text + {"ok": "", "warn": warn, "fail": fail}[status] + after, layer,
+             diff)
     return status
 
 
