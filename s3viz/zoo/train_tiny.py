@@ -190,13 +190,12 @@ def _cluster_targets(feats: list[torch.Tensor], k: int, seed: int,
 def _layer_features(model: TinyUpstream, corpus, layer: int, device) -> list[torch.Tensor]:
     """Hidden states of ``layer`` per utterance, standardised over the corpus."""
     model = model.to(device).eval()
-    out = []
+    out = [None] * len(corpus)
     for batch in _batches([u.wav.size for u in corpus], 60.0, None):
         wavs, wavs_len = _pad([corpus[i].wav for i in batch])
         all_hs, all_len = model(wavs.to(device), wavs_len.to(device))
         for j, i in enumerate(batch):
-            out.append((i, all_hs[layer][j, : int(all_len[layer][j])].float().cpu()))
-    out = [h for _, h in sorted(out, key=lambda p: p[0])]
+            out[i] = all_hs[layer][j, : int(all_len[layer][j])].float().cpu()
     allf = torch.cat(out)
     mu, sd = allf.mean(0), allf.std(0) + 1e-5
     return [(h - mu) / sd for h in out]
@@ -328,7 +327,6 @@ def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
         return lr * (step + 1) / warmup
     p = (step - warmup) / max(1, steps - warmup)
     return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
-
 
 
 @dataclass(frozen=True)
@@ -531,13 +529,11 @@ def bar_check(results: pd.DataFrame, model: str = "tiny", random: str = "random"
 
     best = best_layers(results)
     rows = []
-    for target, g in best.groupby("target", sort=False):
-        acc = {m: 100 * float(a) for m, a in zip(g["model"], g["accuracy"])}
-        layer = {m: int(v) for m, v in zip(g["model"], g["layer"])}
+    for target, g in best.set_index("model").groupby("target", sort=False):
         row = {"target": target}
         for m in (model, random, baseline):
-            row[m] = acc.get(m, float("nan"))
-            row[f"{m}_layer"] = layer.get(m, -1)
+            row[m] = 100 * float(g["accuracy"].get(m, float("nan")))
+            row[f"{m}_layer"] = int(g["layer"].get(m, -1))
         row["vs_random"] = row[model] - row[random]
         row["vs_baseline"] = row[model] - row[baseline]
         row["bar_met"] = bool(row["vs_random"] >= 10 and row["vs_baseline"] >= 10)
