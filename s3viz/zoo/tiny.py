@@ -21,6 +21,7 @@ from ..align import WAV2VEC2_CONV_LAYERS, conv_lengths
 from ..interface import check_wavs
 from ..models import length_mask
 from ..upstreams._common import FixedUpstream
+from ..upstreams._hub import AS_GIVEN
 
 __all__ = ["WEIGHTS_PATH", "TinyConfig", "TinyUpstream", "file_sha256", "load_tiny_weights",
            "save_tiny_weights", "tiny"]
@@ -131,8 +132,7 @@ class TinyUpstream(FixedUpstream):
         super().__init__()
         self.config = cfg = config if config is not None else TinyConfig()
         self.name = name
-        # upstreams.AS_GIVEN, spelled here: zoo imports nothing of upstreams; tiny() sets it
-        self.weights = "as given"
+        self.weights = AS_GIVEN  # tiny() says which weights
         blocks, in_ch = [], 1
         for k, s in cfg.conv_layers:
             blocks.append(_ConvBlock(in_ch, cfg.conv_channels, k, s))
@@ -256,8 +256,7 @@ def load_tiny_weights(path: str | Path) -> tuple[TinyConfig, dict, dict]:
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
         raise ValueError(f"{path} is not an s3viz tiny weights file (format {_FORMAT!r})")
-    cfg = payload["config"]
-    config = TinyConfig(**{**cfg, "conv_layers": tuple(tuple(p) for p in cfg["conv_layers"])})
+    config = TinyConfig(**payload["config"])  # its __post_init__ makes conv_layers int pairs
     state = {k: (v.float() if v.is_floating_point() else v)
              for k, v in payload["state_dict"].items()}
     return config, state, dict(payload.get("meta", {}))
