@@ -191,8 +191,6 @@ def _forward(run: _UpstreamRun, rows: _Rows) -> bool:
     else:
         rows.add("forward", "fail", f"{call} failed: {out3.error}")
         rows.add("wavs_2d", "warn", f"also fails with (batch_size, seq_len): {out2.error}")
-
-    if run.main is None:
         rows.skip(("layer_count", "stable_layers") + _UPSTREAM_LAYER_CHECKS, "forward failed")
         return False
     return True
@@ -210,11 +208,9 @@ def _layer_count(run: _UpstreamRun, rows: _Rows) -> None:
     text = ", ".join(f"{k} = {v}" for k, v in known.items())
     if unknown:
         text += f" ({', '.join(unknown)} unusable, see above)"
-    if len(set(known.values())) == 1:
-        rows.add("layer_count", "ok", text, value=main.count)
-    else:
-        rows.add("layer_count", "fail", text + ": these must all be equal (one entry per hidden "
-                 "state)", value=main.count)
+    agree = len(set(known.values())) == 1
+    rows.add("layer_count", "ok" if agree else "fail", text if agree else text + ": these must all "
+             "be equal (one entry per hidden state)", value=main.count)
 
 
 def _stable_layers(run: _UpstreamRun, rows: _Rows) -> None:
