@@ -446,13 +446,11 @@ def train(corpus, config: TrainConfig = TrainConfig(), *, device=None,
             running.append((float(loss.detach()), float(loss_m), float(acc_m)))
             if step % log_every == 0 or step == steps:
                 loss_avg, masked_avg, acc_avg = (sum(v) / len(running) for v in zip(*running))
-                rec = {"step": step, "epoch": epoch, "loss": loss_avg, "masked_loss": masked_avg,
-                       "masked_acc": acc_avg, "seconds": time.time() - t0}
-                history.append(rec)
-                log(f"step {step:5d}  epoch {epoch}  loss {rec['loss']:.3f}  "
-                    f"masked loss {rec['masked_loss']:.3f}  "
-                    f"masked acc {rec['masked_acc']:.3f}  lr {opt.param_groups[0]['lr']:.2e}  "
-                    f"{rec['seconds']:.0f}s")
+                seconds = time.time() - t0
+                history.append({"step": step, "epoch": epoch, "loss": loss_avg,
+                                "masked_loss": masked_avg, "masked_acc": acc_avg, "seconds": seconds})
+                log(f"step {step:5d}  epoch {epoch}  loss {loss_avg:.3f}  masked loss {masked_avg:.3f}  "
+                    f"masked acc {acc_avg:.3f}  lr {opt.param_groups[0]['lr']:.2e}  {seconds:.0f}s")
                 running = []
             if checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
                 checkpoint(step, task.upstream)
