@@ -108,17 +108,25 @@ def _check_lengths_bound(rows, n: torch.Tensor | None, h: torch.Tensor, name: st
         rows.add("lengths_bound", "ok", f"{name} {n.tolist()}, max = seq_len = {seq_len}", layer, 0)
 
 
-def _check_output(rows, out, raw_len, batch, size, size_name, len_name):
-    """The output_shape, lengths_type and lengths_bound rows of a model's ``(out, out_len)``;
-    returns the lengths as a tensor (None when unusable)."""
+def _forward_output(rows, obj, x, x_len, name, call, skip, batch, size, ok_call=None):
+    """The forward, output_shape, lengths_type and lengths_bound rows of a call expecting
+    ``(name, name_len)``: ``(out, lengths as a tensor or None)``, or None when the call
+    failed (``skip`` then not assessed; ``ok_call``: the call as the ok row names it)."""
+    res = _run_pair(obj, x, x_len, name)
+    if isinstance(res, str):
+        rows.add("forward", "fail", f"{call} {res}")
+        rows.skip(skip, "forward failed")
+        return None
+    out, raw_len = res
+    rows.add("forward", "ok", f"{ok_call or call} returned ({name}, {name}_len)")
     with rows.guard("output_shape"):
-        _check_shape(rows, "output_shape", out, batch, size, size_name)
+        _check_shape(rows, "output_shape", out, batch, size, "output_size")
     with rows.guard("lengths_type"):
-        _check_lengths_type(rows, raw_len, batch, len_name)
+        _check_lengths_type(rows, raw_len, batch, f"{name}_len")
     n = _as_lengths(raw_len, batch)
     with rows.guard("lengths_bound"):
-        _check_lengths_bound(rows, n, out, len_name)
-    return n
+        _check_lengths_bound(rows, n, out, f"{name}_len")
+    return out, n
 
 
 def _check_finite(rows, h: torch.Tensor, n: torch.Tensor | None, layer=None):

@@ -4,11 +4,12 @@ an upstream's hidden states (``docs/contract.md``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
 
-from .checks import (_check_finite, _check_output, _check_rate, _positive_int_property, _read,
+from .checks import (_check_finite, _check_rate, _forward_output, _positive_int_property, _read,
                      _run_pair)
 from .report import ContractReport
 from .session import (_DEFAULT_WAV_LENGTHS, _UPSTREAM_SIGNATURE, _max_abs, _max_diff, _name,
@@ -33,18 +34,17 @@ def check_featurizer(featurizer, upstream, *, device=None,
     ``device=None`` each object runs where its parameters are and the hidden states move
     to the featurizer's device.
     """
-    def body(rows, lengths, s, us):
-        _featurizer_checks(featurizer, upstream, s, us, lengths, tolerance, seed, rows)
-
     objs = [("featurizer", featurizer, "AbsFeaturizer", "forward(all_hs, all_hs_len) -> "
              "(hs (batch_size, seq_len, output_size), hs_len (batch_size,))"),
             ("upstream", upstream, "AbsUpstream", _UPSTREAM_SIGNATURE)]
     return _run_checks("check_featurizer", objs, wav_lengths, "wav_lengths",
-                       _DEFAULT_WAV_LENGTHS, body, seed=seed, device=device, move=move,
-                       atol=atol, rtol=rtol, tolerance=tolerance)
+                       _DEFAULT_WAV_LENGTHS, functools.partial(_featurizer_checks, featurizer,
+                                                               upstream, tolerance, seed),
+                       seed=seed, device=device, move=move, atol=atol, rtol=rtol,
+                       tolerance=tolerance)
 
 
-def _featurizer_checks(featurizer, upstream, s, us, lengths, tolerance, seed, rows):
+def _featurizer_checks(featurizer, upstream, tolerance, seed, rows, lengths, s, us):
     batch = len(lengths)
     s.setup_rows(rows, f"upstream {_name(upstream)} on {batch} noise waveforms, lengths",
                  lengths, seed)
@@ -72,15 +72,12 @@ def _featurizer_checks(featurizer, upstream, s, us, lengths, tolerance, seed, ro
     all_hs = [h.to(s.device) for h in up.all_hs]
     all_hs_len = [n.to(s.device) for n in lens]
 
-    res = _run_pair(featurizer, all_hs, all_hs_len, "hs")
-    if isinstance(res, str):
-        rows.add("forward", "fail", f"forward(all_hs, all_hs_len) {res}")
-        rows.skip(_FEATURIZER_OUTPUT_CHECKS, "forward failed")
+    res = _forward_output(rows, featurizer, all_hs, all_hs_len, "hs", "forward(all_hs, all_hs_len)",
+                          _FEATURIZER_OUTPUT_CHECKS, batch, out_size,
+                          f"forward(all_hs ({up.count} layers), all_hs_len)")
+    if res is None:
         return
-    hs, hs_len = res
-    rows.add("forward", "ok",
-             f"forward(all_hs ({up.count} layers), all_hs_len) returned (hs, hs_len)")
-    n = _check_output(rows, hs, hs_len, batch, out_size, "output_size", "hs_len")
+    hs, n = res
     with rows.guard("lengths_rate"):
         if rate is None or n is None:
             rows.add("lengths_rate", "warn", "not assessed: downsample_rate or hs_len unusable")

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .checks import (_check_finite, _check_output, _check_shape, _determinism_row,
+from .checks import (_check_finite, _check_shape, _determinism_row, _forward_output,
                      _positive_int_property, _run_pair)
 from .report import ContractReport
 from .session import (_DEFAULT_X_LENGTHS, _GARBAGE_SCALE, _as_lengths, _call, _graded_row,
@@ -87,14 +87,10 @@ def _model_check(title, interface, returns, names, checks, model, x_lengths, *, 
 def _frame_model_checks(rows, model, s, x, garbage, x_len, lengths, out_size):
     batch = len(lengths)
     call = f"forward(x {tuple(x.shape)}, x_len ({batch},))"
-    res = _run_pair(model, x, x_len, "y")
-    if isinstance(res, str):
-        rows.add("forward", "fail", f"{call} {res}")
-        rows.skip(_FRAME_CHECKS, "forward failed")
+    res = _forward_output(rows, model, x, x_len, "y", call, _FRAME_CHECKS, batch, out_size)
+    if res is None:
         return
-    y, y_len_raw = res
-    rows.add("forward", "ok", f"{call} returned (y, y_len)")
-    y_len = _check_output(rows, y, y_len_raw, batch, out_size, "output_size", "y_len")
+    y, y_len = res
     x_len_cpu = x_len.cpu()
     with rows.guard("output_lengths"):
         if y_len is None or y.dim() < 2:

@@ -75,15 +75,10 @@ class ContractReport(pd.DataFrame):
         """True when no row has status ``fail`` (warnings are allowed)."""
         return not bool((self._status() == "fail").any())
 
-    @property
-    def failures(self) -> ContractReport:
-        """The rows with status ``fail``."""
-        return self[self._status() == "fail"]
-
-    @property
-    def warnings(self) -> ContractReport:
-        """The rows with status ``warn``."""
-        return self[self._status() == "warn"]
+    failures = property(lambda self: self[self._status() == "fail"],
+                        doc="The rows with status ``fail``.")
+    warnings = property(lambda self: self[self._status() == "warn"],
+                        doc="The rows with status ``warn``.")
 
     def counts(self) -> dict:
         """``{"ok": n_ok, "warn": n_warn, "fail": n_fail}``."""
@@ -104,7 +99,8 @@ class ContractReport(pd.DataFrame):
         bad = self[self._status().isin(["fail", "warn"] if warnings else ["fail"])]
         if len(bad):
             lines = [f"{self.summary()}; violations:"]
-            lines += [f"  - {_row_text(r)}" for r in bad.itertuples(index=False)]
+            lines += [f"  - {r.check}{_layers_text([] if pd.isna(r.layer) else [r.layer])}: "
+                      f"{r.detail}" for r in bad.itertuples(index=False)]
             raise ContractViolation("\n".join(lines), bad)
         return self
 
@@ -143,9 +139,7 @@ class ContractReport(pd.DataFrame):
         if not self._is_full():
             return pd.DataFrame._repr_html_(self)
         c = self.counts()
-        badges = " ".join(f'<span style="color:{_STATUS_STYLE[s][0]};background:'
-                          f'{_STATUS_STYLE[s][1]};padding:1px 6px;border-radius:3px">{c[s]} {s}'
-                          "</span>" for s in STATUSES)
+        badges = " ".join(_badge(s, f"{c[s]} {s}", "1px 6px;border-radius:3px") for s in STATUSES)
         head = "".join(f'<th style="text-align:left">{h}</th>' for h in _COLUMNS)
         body = []
         for r in self.itertuples(index=False):
@@ -159,11 +153,9 @@ class ContractReport(pd.DataFrame):
                         '<td style="text-align:left;white-space:pre-wrap">'
                         f"{html.escape(str(r.detail))}</td></tr>")
         title = html.escape(self.title or "contract check")
-        items = "".join(
-            f'<li><span style="color:{_STATUS_STYLE[st][0]};background:{_STATUS_STYLE[st][1]};'
-            f'padding:0 4px">{st}</span> <b>{html.escape(check)}</b>'
-            f"{html.escape(_layers_text(layers))}: {html.escape(detail)}</li>"
-            for st, check, layers, detail in self._grouped())
+        items = "".join(f"<li>{_badge(st, st, '0 4px')} <b>{html.escape(check)}</b>"
+                        f"{html.escape(_layers_text(layers))}: {html.escape(detail)}</li>"
+                        for st, check, layers, detail in self._grouped())
         ok_names = ", ".join(html.escape(str(v)) for v in
                              self.loc[self["status"] == "ok", "check"].drop_duplicates())
         compact = (f"<ul style='margin:.3em 0'>{items}</ul>" if items else "")
@@ -176,14 +168,14 @@ class ContractReport(pd.DataFrame):
         )
 
 
+def _badge(status: str, text: str, padding: str) -> str:
+    fg, bg = _STATUS_STYLE[status]
+    return f'<span style="color:{fg};background:{bg};padding:{padding}">{text}</span>'
+
+
 def _layers_text(layers: list) -> str:
     """`` [layer 3]``, `` [layers 0-4]`` or `` [layers 1, 3]``; empty for no layer."""
     return f" [{layer_range(layers, ', ')}]" if layers else ""
-
-
-def _row_text(r) -> str:
-    layer = "" if pd.isna(r.layer) else f" [layer {int(r.layer)}]"
-    return f"{r.check}{layer}: {r.detail}"
 
 
 class _Rows:

@@ -25,15 +25,6 @@ _UPSTREAM_SIGNATURE = (
     "forward(wavs (batch_size, seq_len, 1), wavs_len (batch_size,)) -> (all_hs, all_hs_len)")
 
 
-def _require_forward(obj, arg: str, interface: str, signature: str):
-    forward = getattr(obj, "forward", None)
-    if obj is None or not callable(forward) or isinstance(obj, (str, bytes, torch.Tensor)):
-        raise TypeError(
-            f"{arg} must be a torch.nn.Module (or any object with a callable 'forward') "
-            f"following the s3prl {interface} interface, {signature}; got "
-            f"{type(obj).__name__}. Pass the model object itself, not its output or a function.")
-
-
 def _check_lengths_arg(lengths, arg: str, default, minimum: int = 1) -> tuple[int, ...]:
     if lengths is None:
         return tuple(default)
@@ -58,28 +49,25 @@ def _check_lengths_arg(lengths, arg: str, default, minimum: int = 1) -> tuple[in
     return tuple(out)
 
 
-def _check_nonneg(value, arg: str, kind=numbers.Real):
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, kind) or not value >= 0:
-        what = "int" if kind is numbers.Integral else "number"
-        raise ValueError(f"{arg} must be a non-negative {what}, got {value!r}")
-    return value
-
-
 def _run_checks(title: str, objs, lengths, arg: str, default, body, *, seed, device, move,
                 atol, rtol, tolerance=None) -> ContractReport:
     """The frame of every checker: validates the arguments and ``objs`` (``(arg, obj,
     interface, signature)``, the checked one first), runs ``body(rows, lengths, *sessions)``
     in a :class:`_Session` per object under :func:`_quiet_rng`; the report."""
     for a, obj, interface, signature in objs:
-        _require_forward(obj, a, interface, signature)
+        if not callable(getattr(obj, "forward", None)) or isinstance(obj, (str, bytes, torch.Tensor)):
+            raise TypeError(
+                f"{a} must be a torch.nn.Module (or any object with a callable 'forward') "
+                f"following the s3prl {interface} interface, {signature}; got "
+                f"{type(obj).__name__}. Pass the model object itself, not its output or a "
+                "function.")
     lengths = _check_lengths_arg(lengths, arg, default)
-    if tolerance is not None:
-        _check_nonneg(tolerance, "tolerance", numbers.Integral)
-    _check_nonneg(atol, "atol")
-    _check_nonneg(rtol, "rtol")
-    _check_nonneg(seed, "seed", numbers.Integral)
+    for name, value, what in (("tolerance", tolerance, "int"), ("atol", atol, "number"),
+                              ("rtol", rtol, "number"), ("seed", seed, "int")):
+        kind = numbers.Integral if what == "int" else numbers.Real
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kind)
+                                  or not value >= 0):
+            raise ValueError(f"{name} must be a non-negative {what}, got {value!r}")
     device = None if device is None else resolve_device(device)
     rows = _Rows()
     sessions = [_Session(obj, a, device, move, atol, rtol) for a, obj, _, _ in objs]
@@ -102,17 +90,6 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
         return a.type == b.type
     return ((torch.cuda.current_device() if a.index is None else a.index)
             == (torch.cuda.current_device() if b.index is None else b.index))
-
-
-def _default_tolerances(dtype: torch.dtype, device: torch.device) -> tuple[float, float]:
-    if dtype == torch.bfloat16:
-        return 5e-2, 5e-2
-    if dtype == torch.float16:
-        return 1e-2, 1e-2
-    if device.type == "cuda" and (
-            torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32):
-        return 1e-3, 1e-3
-    return 1e-4, 1e-4
 
 
 class _Session:
@@ -143,9 +120,12 @@ class _Session:
         self.obj, self.device = obj, device
         floating = [t.dtype for t in tensors if t.is_floating_point()]
         self.dtype = floating[0] if floating else torch.float32
-        da, dr = _default_tolerances(self.dtype, device)
-        self.atol = da if atol is None else float(atol)
-        self.rtol = dr if rtol is None else float(rtol)
+        tf32 = device.type == "cuda" and (torch.backends.cuda.matmul.allow_tf32
+                                          or torch.backends.cudnn.allow_tf32)
+        # the default atol and rtol, by dtype (docs/contract.md's table)
+        tol = {torch.bfloat16: 5e-2, torch.float16: 1e-2}.get(self.dtype, 1e-3 if tf32 else 1e-4)
+        self.atol = tol if atol is None else float(atol)
+        self.rtol = tol if rtol is None else float(rtol)
         self.module = eval_session(obj, device, move=self.move_back is not None)
 
     def __enter__(self):
@@ -267,10 +247,7 @@ class _UpOut:
         ok = self.error is None
         self.all_hs = list(out[0]) if ok else []
         self.all_hs_len = list(out[1]) if ok else []
-
-    @property
-    def count(self) -> int:
-        return len(self.all_hs)
+        self.count = len(self.all_hs)
 
     def lengths(self, layer: int, batch: int) -> torch.Tensor | None:
         if layer >= len(self.all_hs_len):
@@ -322,23 +299,17 @@ def _over_valid(fn, n: torch.Tensor | None, *xs: torch.Tensor) -> float:
     return max((fn(*(x[i, :k] for x in xs)) for i, k in enumerate(n.tolist())), default=0.0)
 
 
-def _grade(diff: float, tol: float) -> str:
-    if diff <= tol:
-        return "ok"
-    return "warn" if diff <= _WARN_FACTOR * tol else "fail"
-
-
 _FLOAT_NOISE = "; small, possibly float noise: raise atol/rtol if expected"
 _NOISY_EVAL = "; dropout or noise active in eval mode?"
 
 
 def _graded_row(rows: _Rows, check: str, diff: float, tol: float, text: str, layer=None, *,
                 warn: str = _FLOAT_NOISE, fail: str = "", after: str = "") -> str:
-    """A row graded by :func:`_grade`: ``text``, the ``warn`` or ``fail`` note, then ``after``;
-    returns the status."""
-    status = _grade(diff, tol)
-    note = {"ok": "", "warn": warn, "fail": fail}[status]
-    rows.add(check, status, text + note + after, layer, diff)
+    """A row ``ok`` up to ``tol``, ``warn`` up to ``_WARN_FACTOR`` times it, else ``fail``:
+    ``text``, the ``warn`` or ``fail`` note, then ``after``; returns the status."""
+    status = "ok" if diff <= tol else "warn" if diff <= _WARN_FACTOR * tol else "fail"
+    rows.add(check, status, text + {"ok": "", "warn": warn, "fail": fail}[status] + after, layer,
+             diff)
     return status
 
 

@@ -6,6 +6,7 @@ run, over one shared :class:`_UpstreamRun` (``docs/contract.md``).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -75,11 +76,16 @@ class _UpstreamRun:
     def both_forms_work(self) -> bool:
         return self.out3.error is None and self.out2.error is None
 
-    def per_layer(self, rows: _Rows, check: str, fn) -> None:
-        """``fn(layer)`` for each hidden state of the main call, guarded as ``check``."""
-        for layer in range(self.main.count):
-            with rows.guard(check, layer):
-                fn(layer)
+
+def _per_layer(fn):
+    """A check ``fn(run, rows, layer)`` run for each hidden state of the main call, guarded
+    as the row its name says (``_finite``: ``finite``)."""
+    @functools.wraps(fn)
+    def each(run: _UpstreamRun, rows: _Rows) -> None:
+        for layer in range(run.main.count):
+            with rows.guard(fn.__name__[1:], layer):
+                fn(run, rows, layer)
+    return each
 
 
 def _setup(run: _UpstreamRun, rows: _Rows) -> None:
@@ -170,28 +176,21 @@ def _forward(run: _UpstreamRun, rows: _Rows) -> bool:
     if out3.error is None:
         rows.add("forward", "ok", f"{call} returned {out3.count} hidden states")
         run.main, run.form = out3, (lambda w: w)
+        run.wavs_2d_at = len(rows.rows)  # with both forms working, _wavs_2d writes it here
+        if out2.error is not None:
+            rows.add("wavs_2d", "warn", f"does not accept wavs (batch_size, seq_len): "
+                     f"{out2.error}. Fine for the interface (s3viz always passes (batch_size, "
+                     "seq_len, 1)); accepting both is friendlier")
     elif out2.error is None:
         rows.add("forward", "fail", f"forward(wavs {tuple(wavs3.shape)} = (batch_size, seq_len, "
                  f"1)) failed: {out3.error}. It works with (batch_size, seq_len), but the "
                  "interface passes (batch_size, seq_len, 1): add `if wavs.dim() == 3: wavs = "
                  "wavs.squeeze(-1)`. The checks below used (batch_size, seq_len).")
         run.main, run.form = out2, (lambda w: w[..., 0])
-    else:
-        rows.add("forward", "fail", f"{call} failed: {out3.error}")
-
-    run.wavs_2d_at = len(rows.rows)  # with both forms working, _wavs_2d writes it here
-    if run.both_forms_work:
-        pass
-    elif out3.error is None:
-        rows.add("wavs_2d", "warn", f"does not accept wavs (batch_size, seq_len): {out2.error}. "
-                 "Fine for the interface (s3viz always passes (batch_size, seq_len, 1)); "
-                 "accepting both is friendlier")
-    elif out2.error is None:
         rows.add("wavs_2d", "ok", "accepts wavs (batch_size, seq_len)")
     else:
+        rows.add("forward", "fail", f"{call} failed: {out3.error}")
         rows.add("wavs_2d", "warn", f"also fails with (batch_size, seq_len): {out2.error}")
-
-    if run.main is None:
         rows.skip(("layer_count", "stable_layers") + _UPSTREAM_LAYER_CHECKS, "forward failed")
         return False
     return True
@@ -209,11 +208,9 @@ def _layer_count(run: _UpstreamRun, rows: _Rows) -> None:
     text = ", ".join(f"{k} = {v}" for k, v in known.items())
     if unknown:
         text += f" ({', '.join(unknown)} unusable, see above)"
-    if len(set(known.values())) == 1:
-        rows.add("layer_count", "ok", text, value=main.count)
-    else:
-        rows.add("layer_count", "fail", text + ": these must all be equal (one entry per hidden "
-                 "state)", value=main.count)
+    agree = len(set(known.values())) == 1
+    rows.add("layer_count", "ok" if agree else "fail", text if agree else text + ": these must all "
+             "be equal (one entry per hidden state)", value=main.count)
 
 
 def _stable_layers(run: _UpstreamRun, rows: _Rows) -> None:
@@ -238,84 +235,73 @@ def _stable_layers(run: _UpstreamRun, rows: _Rows) -> None:
                  value=max(counts) - min(counts))
 
 
-def _hidden_shape(run: _UpstreamRun, rows: _Rows) -> None:
-    """``hidden_shape`` per layer; also measures each layer's scale for the tolerances."""
-    main, sizes = run.main, run.sizes
-    for layer, h in enumerate(main.all_hs):
-        with rows.guard("hidden_shape", layer):
-            size = sizes[layer] if sizes is not None and layer < len(sizes) else None
-            _check_shape(rows, "hidden_shape", h, run.batch, size, f"hidden_sizes[{layer}]", layer)
-        run.scales.append(_over_valid(_max_abs, main.valid(layer, run.batch), h))
+@_per_layer
+def _hidden_shape(run: _UpstreamRun, rows: _Rows, layer: int) -> None:
+    """``hidden_shape``; also measures the layer's scale for the tolerances."""
+    h, sizes = run.main.all_hs[layer], run.sizes
+    run.scales.append(_over_valid(_max_abs, run.main.valid(layer, run.batch), h))
+    size = sizes[layer] if sizes is not None and layer < len(sizes) else None
+    _check_shape(rows, "hidden_shape", h, run.batch, size, f"hidden_sizes[{layer}]", layer)
 
 
-def _lengths_type(run: _UpstreamRun, rows: _Rows) -> None:
-    main = run.main
-
-    def check(layer):
-        if layer >= len(main.all_hs_len):
-            rows.add("lengths_type", "fail", f"no all_hs_len[{layer}] (all_hs_len has "
-                     f"{len(main.all_hs_len)} entries)", layer)
-        else:
-            _check_lengths_type(rows, main.all_hs_len[layer], run.batch, f"all_hs_len[{layer}]",
-                                layer)
-    run.per_layer(rows, "lengths_type", check)
+@_per_layer
+def _lengths_type(run: _UpstreamRun, rows: _Rows, layer: int) -> None:
+    all_hs_len = run.main.all_hs_len
+    if layer >= len(all_hs_len):
+        rows.add("lengths_type", "fail", f"no all_hs_len[{layer}] (all_hs_len has "
+                 f"{len(all_hs_len)} entries)", layer)
+    else:
+        _check_lengths_type(rows, all_hs_len[layer], run.batch, f"all_hs_len[{layer}]", layer)
 
 
-def _lengths_bound(run: _UpstreamRun, rows: _Rows) -> None:
-    run.per_layer(rows, "lengths_bound", lambda layer: _check_lengths_bound(
-        rows, run.main.lengths(layer, run.batch), run.main.all_hs[layer], f"all_hs_len[{layer}]",
-        layer))
+@_per_layer
+def _lengths_bound(run: _UpstreamRun, rows: _Rows, layer: int) -> None:
+    _check_lengths_bound(rows, run.main.lengths(layer, run.batch), run.main.all_hs[layer],
+                         f"all_hs_len[{layer}]", layer)
 
 
-def _lengths_rate(run: _UpstreamRun, rows: _Rows) -> None:
+@_per_layer
+def _lengths_rate(run: _UpstreamRun, rows: _Rows, layer: int) -> None:
     """``lengths_rate``: frames against ``ceil(L / rate)`` (or the declared conv stack)."""
-    rates = run.rates
-
-    def check(layer):
-        n = run.main.lengths(layer, run.batch)
-        rate = rates[layer] if rates is not None and layer < len(rates) else None
-        if rate is None:
-            rows.add("lengths_rate", "warn", f"not assessed: downsample_rates[{layer}] unusable",
-                     layer)
-        elif n is None:
-            rows.add("lengths_rate", "warn", f"not assessed: all_hs_len[{layer}] unreadable",
-                     layer)
-        else:
-            _check_rate(rows, "lengths_rate", n, run.wavs_len_cpu, rate, run.tolerance,
-                        f"all_hs_len[{layer}]", layer, conv_layers=run.conv_layers)
-    run.per_layer(rows, "lengths_rate", check)
+    n, rates = run.main.lengths(layer, run.batch), run.rates
+    rate = rates[layer] if rates is not None and layer < len(rates) else None
+    if rate is None:
+        rows.add("lengths_rate", "warn", f"not assessed: downsample_rates[{layer}] unusable", layer)
+    elif n is None:
+        rows.add("lengths_rate", "warn", f"not assessed: all_hs_len[{layer}] unreadable", layer)
+    else:
+        _check_rate(rows, "lengths_rate", n, run.wavs_len_cpu, rate, run.tolerance,
+                    f"all_hs_len[{layer}]", layer, conv_layers=run.conv_layers)
 
 
-def _finite(run: _UpstreamRun, rows: _Rows) -> None:
-    run.per_layer(rows, "finite", lambda layer: _check_finite(
-        rows, run.main.all_hs[layer], run.main.valid(layer, run.batch), layer))
+@_per_layer
+def _finite(run: _UpstreamRun, rows: _Rows, layer: int) -> None:
+    _check_finite(rows, run.main.all_hs[layer], run.main.valid(layer, run.batch), layer)
 
 
-def _determinism(run: _UpstreamRun, rows: _Rows) -> None:
+@_per_layer
+def _determinism(run: _UpstreamRun, rows: _Rows, layer: int) -> None:
     """``determinism``: the repeat call's valid frames; marks the layers that vary."""
     main, rep, batch = run.main, run.rep, run.batch
-
-    def check(layer):
-        if rep.error is not None:
-            rows.add("determinism", "fail", f"the second call raised {rep.error}", layer)
-            run.nondeterministic.add(layer)
-            return
-        if rep.count != main.count:
-            rows.add("determinism", "warn", f"not assessed: the second call returned "
-                     f"{rep.count} hidden states (see stable_layers)", layer)
-            return
-        n1, n2 = main.valid(layer, batch), rep.valid(layer, batch)
-        if n1 is None or n2 is None:
-            rows.add("determinism", "warn", "not assessed: lengths unreadable", layer)
-        elif not torch.equal(n1, n2):
-            rows.add("determinism", "fail", f"lengths differ between two calls: {n1.tolist()} vs "
-                     f"{n2.tolist()}", layer)
-            run.nondeterministic.add(layer)
-        elif not _determinism_row(
-                rows, _over_valid(_max_diff, n1, main.all_hs[layer], rep.all_hs[layer]),
-                run.s.tol(run.scales[layer]), layer):
-            run.nondeterministic.add(layer)
-    run.per_layer(rows, "determinism", check)
+    if rep.error is not None:
+        rows.add("determinism", "fail", f"the second call raised {rep.error}", layer)
+        run.nondeterministic.add(layer)
+        return
+    if rep.count != main.count:
+        rows.add("determinism", "warn", f"not assessed: the second call returned "
+                 f"{rep.count} hidden states (see stable_layers)", layer)
+        return
+    n1, n2 = main.valid(layer, batch), rep.valid(layer, batch)
+    if n1 is None or n2 is None:
+        rows.add("determinism", "warn", "not assessed: lengths unreadable", layer)
+    elif not torch.equal(n1, n2):
+        rows.add("determinism", "fail", f"lengths differ between two calls: {n1.tolist()} vs "
+                 f"{n2.tolist()}", layer)
+        run.nondeterministic.add(layer)
+    elif not _determinism_row(
+            rows, _over_valid(_max_diff, n1, main.all_hs[layer], rep.all_hs[layer]),
+            run.s.tol(run.scales[layer]), layer):
+        run.nondeterministic.add(layer)
 
 
 def _wavs_2d(run: _UpstreamRun, rows: _Rows) -> None:
@@ -323,46 +309,31 @@ def _wavs_2d(run: _UpstreamRun, rows: _Rows) -> None:
     against ``(1, seq_len, 1)``; written after determinism, reported beside ``forward``."""
     if not run.both_forms_work:
         return
-    before = len(rows.rows)
-    with rows.guard("wavs_2d"):
-        _wavs_2d_row(rows, run)
-    rows.rows.insert(run.wavs_2d_at, rows.rows.pop(before))
-
-
-def _wavs_2d_row(rows: _Rows, run: _UpstreamRun) -> None:
     out3, out2 = run.singles[run.short], run.out2
     what = f"utterance {run.short} alone as (1, seq_len) vs (1, seq_len, 1)"
-    if out3.error is not None:
-        rows.add("wavs_2d", "ok", f"accepts wavs (batch_size, seq_len); not compared ({what}: "
-                 f"the 3-D call raised {out3.error})")
-        return
-    if out2.count != out3.count:
-        rows.add("wavs_2d", "warn", f"accepts (batch_size, seq_len) but {what} returned "
-                 f"{out2.count} hidden states instead of {out3.count} (see stable_layers)")
-        return
-    diff = max(_over_valid(_max_diff, out3.valid(layer, 1), a, b)
-               for layer, (a, b) in enumerate(zip(out3.all_hs, out2.all_hs)))
-    tol = run.s.tol(max(_max_abs(h) for h in out3.all_hs))
-    if diff <= tol:
-        rows.add("wavs_2d", "ok", f"also accepts wavs (batch_size, seq_len), same hidden states "
-                 f"({what}: max abs diff {diff:.3g})", value=diff)
-    elif run.nondeterministic:
-        rows.add("wavs_2d", "ok", "also accepts wavs (batch_size, seq_len); hidden states not "
-                 "compared (not deterministic, see determinism)", value=diff)
-    else:
-        rows.add("wavs_2d", "warn", f"accepts (batch_size, seq_len) but returns different hidden "
-                 f"states: {what}: max abs diff {diff:.3g} (tolerance {tol:.3g})", value=diff)
-
-
-def _batch_invariance(run: _UpstreamRun, rows: _Rows) -> None:
-    run.per_layer(rows, "batch_invariance", lambda layer: _batch_invariance_layer(rows, run, layer))
-
-
-UPSTREAM_CHECKS = (_setup, _declared_sizes, _forward, _layer_count, _stable_layers, _hidden_shape,
-                   _lengths_type, _lengths_bound, _lengths_rate, _finite, _determinism, _wavs_2d,
-                   _batch_invariance)
-"""The checks of :func:`check_upstream`, in the order they run (each reads what the
-earlier ones measured; ``_forward`` returns False when nothing runs: the rest is skipped)."""
+    before = len(rows.rows)
+    with rows.guard("wavs_2d"):
+        if out3.error is not None:
+            rows.add("wavs_2d", "ok", f"accepts wavs (batch_size, seq_len); not compared "
+                     f"({what}: the 3-D call raised {out3.error})")
+        elif out2.count != out3.count:
+            rows.add("wavs_2d", "warn", f"accepts (batch_size, seq_len) but {what} returned "
+                     f"{out2.count} hidden states instead of {out3.count} (see stable_layers)")
+        else:
+            diff = max(_over_valid(_max_diff, out3.valid(layer, 1), a, b)
+                       for layer, (a, b) in enumerate(zip(out3.all_hs, out2.all_hs)))
+            tol = run.s.tol(max(_max_abs(h) for h in out3.all_hs))
+            if diff <= tol:
+                rows.add("wavs_2d", "ok", "also accepts wavs (batch_size, seq_len), same hidden "
+                         f"states ({what}: max abs diff {diff:.3g})", value=diff)
+            elif run.nondeterministic:
+                rows.add("wavs_2d", "ok", "also accepts wavs (batch_size, seq_len); hidden states "
+                         "not compared (not deterministic, see determinism)", value=diff)
+            else:
+                rows.add("wavs_2d", "warn", "accepts (batch_size, seq_len) but returns different "
+                         f"hidden states: {what}: max abs diff {diff:.3g} (tolerance {tol:.3g})",
+                         value=diff)
+    rows.rows.insert(run.wavs_2d_at, rows.rows.pop(before))
 
 
 def _frames_over(a: torch.Tensor, b: torch.Tensor, tol: float) -> list:
@@ -402,7 +373,8 @@ def _batch_variance_cause(where) -> str:
             "padded frames before each such layer or run each utterance unpadded")
 
 
-def _batch_invariance_layer(rows: _Rows, run: _UpstreamRun, layer: int) -> None:
+@_per_layer
+def _batch_invariance(run: _UpstreamRun, rows: _Rows, layer: int) -> None:
     check, main, batch = "batch_invariance", run.main, run.batch
     if layer in run.nondeterministic:
         rows.add(check, "warn", "not assessed: this layer is not deterministic (see determinism)",
@@ -448,3 +420,10 @@ def _batch_invariance_layer(rows: _Rows, run: _UpstreamRun, layer: int) -> None:
                     f"abs diff {worst:.3g} over valid frames (tolerance {tol:.3g})", layer,
                     fail="; " + _batch_variance_cause(where),
                     after="; " + "; ".join(notes) if notes else "")
+
+
+UPSTREAM_CHECKS = (_setup, _declared_sizes, _forward, _layer_count, _stable_layers, _hidden_shape,
+                   _lengths_type, _lengths_bound, _lengths_rate, _finite, _determinism, _wavs_2d,
+                   _batch_invariance)
+"""The checks of :func:`check_upstream`, in the order they run (each reads what the
+earlier ones measured; ``_forward`` returns False when nothing runs: the rest is skipped)."""

@@ -17,10 +17,11 @@ from torch import nn
 
 from .._cache import file_sha256
 from .._fs import OwnedFolder
-from ..align import WAV2VEC2_CONV_LAYERS, conv_lengths, receptive_field
+from ..align import WAV2VEC2_CONV_LAYERS, conv_lengths
 from ..interface import check_wavs
 from ..models import length_mask
 from ..upstreams._common import FixedUpstream
+from ..upstreams._hub import AS_GIVEN
 
 __all__ = ["WEIGHTS_PATH", "TinyConfig", "TinyUpstream", "file_sha256", "load_tiny_weights",
            "save_tiny_weights", "tiny"]
@@ -130,9 +131,8 @@ class TinyUpstream(FixedUpstream):
     def __init__(self, config: TinyConfig | None = None, *, name: str = "tiny"):
         super().__init__()
         self.config = cfg = config if config is not None else TinyConfig()
-        self._name = name
-        # upstreams.AS_GIVEN, spelled here: zoo imports nothing of upstreams; tiny() sets it
-        self.weights = "as given"
+        self.name = name
+        self.weights = AS_GIVEN  # tiny() says which weights
         blocks, in_ch = [], 1
         for k, s in cfg.conv_layers:
             blocks.append(_ConvBlock(in_ch, cfg.conv_channels, k, s))
@@ -145,10 +145,8 @@ class TinyUpstream(FixedUpstream):
         self.layers = nn.ModuleList(_TransformerLayer(cfg) for _ in range(cfg.num_layers))
         self.final_norm = nn.LayerNorm(cfg.hidden_size)
         self.drop = nn.Dropout(cfg.dropout)
-        self._rf, self._stride = receptive_field(cfg.conv_layers)
-        n = cfg.num_layers + 1
-        self._sizes, self._rates = [cfg.hidden_size] * n, [self._stride] * n
-        self._fields = [self._rf] * n
+        self._behind_convolutions(cfg.conv_layers, cfg.num_layers + 1, cfg.hidden_size)
+        self.conv_layers, self._rf = list(self.conv_layers), self._fields[0]
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -166,23 +164,15 @@ class TinyUpstream(FixedUpstream):
         nn.init.normal_(self.pos_conv.weight, 0.0, std)
         nn.init.zeros_(self.pos_conv.bias)
 
-    @property
-    def conv_layers(self) -> list[tuple[int, int]]:
-        return list(self.config.conv_layers)
-
-    @property
-    def name(self) -> str:
-        return self._name
-
     def extra_repr(self) -> str:
         n = sum(p.numel() for p in self.parameters())
-        return f"name={self._name!r}, params={n}"
+        return f"name={self.name!r}, params={n}"
 
     def features(self, wavs: torch.Tensor, wavs_len: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """The front end, hidden state 0: ``(x, x_len)``, ``(batch_size, num_frames,
         hidden_size)`` with padded frames zero and the frame counts (``conv_lengths``)."""
-        wavs, wavs_len = check_wavs(wavs, wavs_len, who=f"{self._name} upstream")
+        wavs, wavs_len = check_wavs(wavs, wavs_len, who=f"{self.name} upstream")
         x_len = conv_lengths(wavs_len.cpu(), self.config.conv_layers).to(wavs.device)
         max_len = int(wavs_len.max()) if len(wavs_len) else 0
         wavs = wavs[:, :max(max_len, self._rf)]
@@ -266,8 +256,7 @@ def load_tiny_weights(path: str | Path) -> tuple[TinyConfig, dict, dict]:
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
         raise ValueError(f"{path} is not an s3viz tiny weights file (format {_FORMAT!r})")
-    cfg = payload["config"]
-    config = TinyConfig(**{**cfg, "conv_layers": tuple(tuple(p) for p in cfg["conv_layers"])})
+    config = TinyConfig(**payload["config"])  # its __post_init__ makes conv_layers int pairs
     state = {k: (v.float() if v.is_floating_point() else v)
              for k, v in payload["state_dict"].items()}
     return config, state, dict(payload.get("meta", {}))

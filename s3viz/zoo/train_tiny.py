@@ -190,13 +190,12 @@ def _cluster_targets(feats: list[torch.Tensor], k: int, seed: int,
 def _layer_features(model: TinyUpstream, corpus, layer: int, device) -> list[torch.Tensor]:
     """Hidden states of ``layer`` per utterance, standardised over the corpus."""
     model = model.to(device).eval()
-    out = []
+    out = [None] * len(corpus)
     for batch in _batches([u.wav.size for u in corpus], 60.0, None):
         wavs, wavs_len = _pad([corpus[i].wav for i in batch])
         all_hs, all_len = model(wavs.to(device), wavs_len.to(device))
         for j, i in enumerate(batch):
-            out.append((i, all_hs[layer][j, : int(all_len[layer][j])].float().cpu()))
-    out = [h for _, h in sorted(out, key=lambda p: p[0])]
+            out[i] = all_hs[layer][j, : int(all_len[layer][j])].float().cpu()
     allf = torch.cat(out)
     mu, sd = allf.mean(0), allf.std(0) + 1e-5
     return [(h - mu) / sd for h in out]
@@ -330,7 +329,6 @@ def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
     return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
 
 
-
 @dataclass(frozen=True)
 class TrainConfig:
     """Hyper-parameters of :func:`train` (the command line's flags, ``docs/zoo.md``):
@@ -448,13 +446,11 @@ def train(corpus, config: TrainConfig = TrainConfig(), *, device=None,
             running.append((float(loss.detach()), float(loss_m), float(acc_m)))
             if step % log_every == 0 or step == steps:
                 loss_avg, masked_avg, acc_avg = (sum(v) / len(running) for v in zip(*running))
-                rec = {"step": step, "epoch": epoch, "loss": loss_avg, "masked_loss": masked_avg,
-                       "masked_acc": acc_avg, "seconds": time.time() - t0}
-                history.append(rec)
-                log(f"step {step:5d}  epoch {epoch}  loss {rec['loss']:.3f}  "
-                    f"masked loss {rec['masked_loss']:.3f}  "
-                    f"masked acc {rec['masked_acc']:.3f}  lr {opt.param_groups[0]['lr']:.2e}  "
-                    f"{rec['seconds']:.0f}s")
+                seconds = time.time() - t0
+                history.append({"step": step, "epoch": epoch, "loss": loss_avg,
+                                "masked_loss": masked_avg, "masked_acc": acc_avg, "seconds": seconds})
+                log(f"step {step:5d}  epoch {epoch}  loss {loss_avg:.3f}  masked loss {masked_avg:.3f}  "
+                    f"masked acc {acc_avg:.3f}  lr {opt.param_groups[0]['lr']:.2e}  {seconds:.0f}s")
                 running = []
             if checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
                 checkpoint(step, task.upstream)
@@ -531,13 +527,11 @@ def bar_check(results: pd.DataFrame, model: str = "tiny", random: str = "random"
 
     best = best_layers(results)
     rows = []
-    for target, g in best.groupby("target", sort=False):
-        acc = {m: 100 * float(a) for m, a in zip(g["model"], g["accuracy"])}
-        layer = {m: int(v) for m, v in zip(g["model"], g["layer"])}
+    for target, g in best.set_index("model").groupby("target", sort=False):
         row = {"target": target}
         for m in (model, random, baseline):
-            row[m] = acc.get(m, float("nan"))
-            row[f"{m}_layer"] = layer.get(m, -1)
+            row[m] = 100 * float(g["accuracy"].get(m, float("nan")))
+            row[f"{m}_layer"] = int(g["layer"].get(m, -1))
         row["vs_random"] = row[model] - row[random]
         row["vs_baseline"] = row[model] - row[baseline]
         row["bar_met"] = bool(row["vs_random"] >= 10 and row["vs_baseline"] >= 10)
