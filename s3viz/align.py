@@ -1,11 +1,8 @@
 """Frame arithmetic: how waveform lengths become frame counts, and where frames sit in time.
 
-Every formula that predicts a frame count or a frame's position lives here
-(:func:`expected_lengths` with the ``ceil``, ``round``, ``floor`` and ``conv``
-conventions, :func:`conv_lengths`, :func:`frame_timeline`, :func:`frame_labels`);
-the upstream's own ``all_hs_len`` is the truth they predict, and
-:func:`length_report` measures them against it. The conventions and where
-s3prl uses each: ``docs/alignment.md``.
+Every formula that predicts a frame count or a frame's position lives here; the upstream's
+own ``all_hs_len`` is the truth :func:`length_report` measures them against. The
+conventions and where s3prl uses each: ``docs/alignment.md``.
 """
 
 from __future__ import annotations
@@ -289,13 +286,12 @@ def length_report(upstream, wav_lengths: Iterable[int] = DEFAULT_WAV_LENGTHS, *,
 
     Returns:
         DataFrame, one row per layer and input length: ``layer, wav_len, rate,
-        frames`` (the upstream's ``all_hs_len``), ``expected_<c>`` and
-        ``diff_<c> = frames - expected_<c>`` for ``c`` in ``ceil, round, floor``
-        and, when the upstream has ``conv_layers``, ``conv`` (nullable ints:
-        ``<NA>`` for layers whose rate is not the stack's stride).
-        ``report.attrs["summary"]`` is a short text naming the convention each
-        group of layers follows and the worst mismatch; :func:`summarize_lengths`
-        gives the same as a table.
+        frames`` (the upstream's ``all_hs_len``), ``expected_<c>`` and ``diff_<c> = frames -
+        expected_<c>`` for ``c`` in ``ceil, round, floor`` and, when the upstream has
+        ``conv_layers``, ``conv`` (nullable ints: ``<NA>`` for layers whose rate is not the
+        stack's stride). ``report.attrs["summary"]`` is a short text naming the convention each
+        group of layers follows and the worst mismatch; :func:`summarize_lengths` gives the same
+        as a table.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
             or batch_size < 1:
@@ -376,12 +372,11 @@ def summarize_lengths(report: pd.DataFrame) -> pd.DataFrame:
 
     Returns:
         One row per layer: ``layer, rate, n_lengths, min_wav_len, max_wav_len``;
-        ``follows`` (the conventions that match every length, comma-separated,
-        ``""`` if none); ``best`` (the exact one, else the one with the
-        smallest worst-case mismatch); ``worst_diff`` and ``worst_wav_len``
-        (the largest signed ``frames - expected`` of ``best`` and where it
-        happens); per convention ``match_<c>`` (fraction of lengths matched
-        exactly) and ``max_abs_diff_<c>`` (``<NA>``-free floats; NaN where the
+        ``follows`` (the conventions that match every length, comma-separated, ``""`` if none);
+        ``best`` (the exact one, else the one with the smallest worst-case mismatch);
+        ``worst_diff`` and ``worst_wav_len`` (the largest signed ``frames - expected`` of
+        ``best`` and where it happens); per convention ``match_<c>`` (fraction of lengths
+        matched exactly) and ``max_abs_diff_<c>`` (``<NA>``-free floats; NaN where the
         convention does not apply to the layer).
     """
     missing = {"layer", "wav_len", "rate", "frames"} - set(report.columns)
