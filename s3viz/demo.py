@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import List, Union
 
@@ -116,9 +117,7 @@ def _run(out: OwnedFolder, n_utterances: int, seed: int, device) -> List[Path]:
     from s3viz.upstreams import get_upstream, is_random_weights, weights_of
 
     written: List[Path] = []
-
-    def log(msg):
-        print(msg, file=sys.stderr, flush=True)
+    log = partial(print, file=sys.stderr, flush=True)
 
     def csv(name: str, df, index: bool = False) -> None:
         written.append(out.write_with(name, lambda f: df.to_csv(f, index=index), text=True))

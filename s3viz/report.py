@@ -140,12 +140,8 @@ def run_notebook(path: Path, out_dir: Path, *, timeout: int = 600, kernel_name: 
 
 
 def _static_widgets(nb) -> None:
-    """Replace widget views by static renderings.
-
-    A view with a PNG snapshot (the s3viz explorers) becomes that image, others text read
-    from the stored widget state (labels, HTML, progress bars). The widget state is
-    dropped when no view is left (then nbconvert adds no widget JavaScript).
-    """
+    """Replace widget views by their PNG snapshot, else the text of their stored state (labels,
+    HTML, progress bars); drop the widget state when no view is left (docs/reports.md)."""
     state = nb.metadata.get("widgets", {}).get(
         "application/vnd.jupyter.widget-state+json", {}).get("state", {})
     left = 0

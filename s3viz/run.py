@@ -1,12 +1,9 @@
 """Sharded extraction and analysis: ``python -m s3viz.run`` (one process) or ``torchrun``.
 
-Each rank streams its shard of the corpus through the measures named by
-``--measures`` (:mod:`s3viz.measures`: ``probe``, ``cka``, ``units``, ``abx``; one driver,
-:func:`s3viz.stream.stream_analysis`) with their state all-reduced over ranks, so
-every rank gets the single-process tables while holding a batch of frames at a
-time; ``--store-frames DIR`` keeps each shard on disk instead of extracting in
-every pass, and ``--methods logistic`` adds L-BFGS probes on the stored shards.
-Usage, outputs and memory: ``docs/streaming.md``.
+Each rank streams its shard of the corpus through the ``--measures`` (one driver,
+:func:`s3viz.stream.stream_analysis`) with their state all-reduced over ranks, so every rank
+gets the single-process tables while holding a batch of frames at a time. Usage, outputs
+and memory: ``docs/streaming.md``.
 """
 
 from __future__ import annotations
@@ -184,10 +181,10 @@ def _init(device_arg):
 def run(args) -> dict:
     """Stream this rank's shard through ``args.measures``; rank 0 writes ``args.out``.
 
-    Works inside an initialised process group (any backend) or without one
-    (one process). Returns on every rank the merged table of each measure by name
-    (``"probe"``, ``"cka"``, ``"units"``, ``"abx"``), this rank's LayerStore (``"store"``:
-    None unless ``--store-frames``) and its utterance positions (``"shard"``).
+    Works inside an initialised process group (any backend) or without one (one process).
+    Returns on every rank the merged table of each measure by its ``--measures`` name, this
+    rank's LayerStore (``"store"``: None unless ``--store-frames``) and its utterance
+    positions (``"shard"``).
 
     Args:
         args: the parsed command line (:func:`parse_args`).

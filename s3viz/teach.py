@@ -1,9 +1,7 @@
 """Checkers for classroom exercises: right or not, and a hint that does not give the answer away.
 
-Each checker computes the right answer from the objects the student works with
-(the upstream, the store, a probe table), so exercises stay correct for any
-model or corpus; it returns a :class:`Feedback`, shown as a coloured line and
-truthy when correct: ``teach.check_num_layer(13, upstream)``.
+Each checker computes the right answer from the student's objects (the upstream, the store,
+a probe table) and returns a :class:`Feedback`, truthy when correct: ``docs/reports.md``.
 """
 
 from __future__ import annotations
