@@ -258,19 +258,6 @@ def frame_labels(phones: pd.DataFrame, num_frames: int, rate: int, *, column: st
     return out
 
 
-def _check_wav_lengths(wav_lengths) -> np.ndarray:
-    try:
-        arr = np.asarray(list(wav_lengths))
-    except TypeError as e:
-        raise TypeError("wav_lengths must be an iterable of ints, e.g. range(400, 4000, 7); "
-                        f"got {wav_lengths!r}") from e
-    if arr.size == 0:
-        raise ValueError("wav_lengths is empty; pass e.g. range(400, 4000, 7)")
-    if arr.ndim != 1 or arr.dtype.kind not in "iuf":
-        raise TypeError(f"wav_lengths must be integer sample counts, got {arr.dtype} {arr.shape}")
-    return np.unique(_as_long(arr, "wav_lengths", least=1).numpy())
-
-
 def length_report(upstream, wav_lengths: Iterable[int] = DEFAULT_WAV_LENGTHS, *, device=None,
                   batch_size: int = 32, seed: int = 0) -> pd.DataFrame:
     """Run an upstream over a sweep of input lengths; compare its frame counts with each convention.
@@ -299,7 +286,17 @@ def length_report(upstream, wav_lengths: Iterable[int] = DEFAULT_WAV_LENGTHS, *,
     if not callable(upstream):
         raise TypeError(f"upstream must be callable (an AbsUpstream), got "
                         f"{type(upstream).__name__}")
-    lengths = _check_wav_lengths(wav_lengths)
+    try:
+        lengths = np.asarray(list(wav_lengths))
+    except TypeError as e:
+        raise TypeError("wav_lengths must be an iterable of ints, e.g. range(400, 4000, 7); "
+                        f"got {wav_lengths!r}") from e
+    if lengths.size == 0:
+        raise ValueError("wav_lengths is empty; pass e.g. range(400, 4000, 7)")
+    if lengths.ndim != 1 or lengths.dtype.kind not in "iuf":
+        raise TypeError(f"wav_lengths must be integer sample counts, got {lengths.dtype} "
+                        f"{lengths.shape}")
+    lengths = np.unique(_as_long(lengths, "wav_lengths", least=1).numpy())
     rates = upstream_rates(upstream)
     num_layer = num_layer_of(upstream)
     if len(rates) != num_layer:
