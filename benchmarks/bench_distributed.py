@@ -70,10 +70,10 @@ import json, sys, torch
 import s3viz
 from s3viz.data import synthetic_corpus
 from s3viz.upstreams import get_upstream
-from s3viz.run import _current_rss_mb, _reset_peak_rss, _status_mb
+from s3viz.run import _reset_peak_rss, _status_mb
 corpus = synthetic_corpus(n_utterances=int(sys.argv[1]), seed=0)
 up = get_upstream("tiny", pretrained=False)
-setup = _current_rss_mb()
+setup = _status_mb("VmRSS")
 _reset_peak_rss()
 store = s3viz.extract(up, corpus, batch_size=int(sys.argv[2]), max_batch_seconds=float(sys.argv[3]),
                       device="cpu", progress=False)

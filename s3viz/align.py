@@ -1,11 +1,8 @@
 """Frame arithmetic: how waveform lengths become frame counts, and where frames sit in time.
 
-Every formula that predicts a frame count or a frame's position lives here
-(:func:`expected_lengths` with the ``ceil``, ``round``, ``floor`` and ``conv``
-conventions, :func:`conv_lengths`, :func:`frame_timeline`, :func:`frame_labels`);
-the upstream's own ``all_hs_len`` is the truth they predict, and
-:func:`length_report` measures them against it. The conventions and where
-s3prl uses each: ``docs/alignment.md``.
+Every formula that predicts a frame count or a frame's position lives here; the upstream's
+own ``all_hs_len`` is the truth :func:`length_report` measures them against. The
+conventions and where s3prl uses each: ``docs/alignment.md``.
 """
 
 from __future__ import annotations
@@ -261,19 +258,6 @@ def frame_labels(phones: pd.DataFrame, num_frames: int, rate: int, *, column: st
     return out
 
 
-def _check_wav_lengths(wav_lengths) -> np.ndarray:
-    try:
-        arr = np.asarray(list(wav_lengths))
-    except TypeError as e:
-        raise TypeError("wav_lengths must be an iterable of ints, e.g. range(400, 4000, 7); "
-                        f"got {wav_lengths!r}") from e
-    if arr.size == 0:
-        raise ValueError("wav_lengths is empty; pass e.g. range(400, 4000, 7)")
-    if arr.ndim != 1 or arr.dtype.kind not in "iuf":
-        raise TypeError(f"wav_lengths must be integer sample counts, got {arr.dtype} {arr.shape}")
-    return np.unique(_as_long(arr, "wav_lengths", least=1).numpy())
-
-
 def length_report(upstream, wav_lengths: Iterable[int] = DEFAULT_WAV_LENGTHS, *, device=None,
                   batch_size: int = 32, seed: int = 0) -> pd.DataFrame:
     """Run an upstream over a sweep of input lengths; compare its frame counts with each convention.
@@ -289,13 +273,12 @@ def length_report(upstream, wav_lengths: Iterable[int] = DEFAULT_WAV_LENGTHS, *,
 
     Returns:
         DataFrame, one row per layer and input length: ``layer, wav_len, rate,
-        frames`` (the upstream's ``all_hs_len``), ``expected_<c>`` and
-        ``diff_<c> = frames - expected_<c>`` for ``c`` in ``ceil, round, floor``
-        and, when the upstream has ``conv_layers``, ``conv`` (nullable ints:
-        ``<NA>`` for layers whose rate is not the stack's stride).
-        ``report.attrs["summary"]`` is a short text naming the convention each
-        group of layers follows and the worst mismatch; :func:`summarize_lengths`
-        gives the same as a table.
+        frames`` (the upstream's ``all_hs_len``), ``expected_<c>`` and ``diff_<c> = frames -
+        expected_<c>`` for ``c`` in ``ceil, round, floor`` and, when the upstream has
+        ``conv_layers``, ``conv`` (nullable ints: ``<NA>`` for layers whose rate is not the
+        stack's stride). ``report.attrs["summary"]`` is a short text naming the convention each
+        group of layers follows and the worst mismatch; :func:`summarize_lengths` gives the same
+        as a table.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
             or batch_size < 1:
@@ -303,7 +286,17 @@ def length_report(upstream, wav_lengths: Iterable[int] = DEFAULT_WAV_LENGTHS, *,
     if not callable(upstream):
         raise TypeError(f"upstream must be callable (an AbsUpstream), got "
                         f"{type(upstream).__name__}")
-    lengths = _check_wav_lengths(wav_lengths)
+    try:
+        lengths = np.asarray(list(wav_lengths))
+    except TypeError as e:
+        raise TypeError("wav_lengths must be an iterable of ints, e.g. range(400, 4000, 7); "
+                        f"got {wav_lengths!r}") from e
+    if lengths.size == 0:
+        raise ValueError("wav_lengths is empty; pass e.g. range(400, 4000, 7)")
+    if lengths.ndim != 1 or lengths.dtype.kind not in "iuf":
+        raise TypeError(f"wav_lengths must be integer sample counts, got {lengths.dtype} "
+                        f"{lengths.shape}")
+    lengths = np.unique(_as_long(lengths, "wav_lengths", least=1).numpy())
     rates = upstream_rates(upstream)
     num_layer = num_layer_of(upstream)
     if len(rates) != num_layer:
@@ -376,12 +369,11 @@ def summarize_lengths(report: pd.DataFrame) -> pd.DataFrame:
 
     Returns:
         One row per layer: ``layer, rate, n_lengths, min_wav_len, max_wav_len``;
-        ``follows`` (the conventions that match every length, comma-separated,
-        ``""`` if none); ``best`` (the exact one, else the one with the
-        smallest worst-case mismatch); ``worst_diff`` and ``worst_wav_len``
-        (the largest signed ``frames - expected`` of ``best`` and where it
-        happens); per convention ``match_<c>`` (fraction of lengths matched
-        exactly) and ``max_abs_diff_<c>`` (``<NA>``-free floats; NaN where the
+        ``follows`` (the conventions that match every length, comma-separated, ``""`` if none);
+        ``best`` (the exact one, else the one with the smallest worst-case mismatch);
+        ``worst_diff`` and ``worst_wav_len`` (the largest signed ``frames - expected`` of
+        ``best`` and where it happens); per convention ``match_<c>`` (fraction of lengths
+        matched exactly) and ``max_abs_diff_<c>`` (``<NA>``-free floats; NaN where the
         convention does not apply to the layer).
     """
     missing = {"layer", "wav_len", "rate", "frames"} - set(report.columns)

@@ -1,8 +1,7 @@
 """Audio in: load, mono, 16 kHz, validate, and batch into the s3prl ``wavs, wavs_len`` pair.
 
-Every waveform enters s3viz here, so conversions happen once: :func:`load_audio`,
-:func:`prepare_wav`, :func:`to_mono`, :func:`resample` and :func:`batch_wavs`. How sample
-formats, channels and files are read: ``docs/data.md``.
+Every waveform enters s3viz here, so conversions happen once. How sample formats, channels
+and files are read: ``docs/data.md``.
 """
 
 from __future__ import annotations
@@ -203,9 +202,8 @@ def resample(wav: ArrayLike, orig_sample_rate: int, new_sample_rate: int = SAMPL
         raise ValueError(f"wav must be 1-D (num_samples,) to resample, got shape "
                          f"{tuple(arr.shape)}; call s3viz.audio.to_mono first")
     out = _Resampler(orig, new)(_to_float32(arr, "wav"), last=True)
-    if isinstance(wav, torch.Tensor):
-        return torch.from_numpy(np.ascontiguousarray(out)).to(wav.device)
-    return out
+    return (torch.from_numpy(np.ascontiguousarray(out)).to(wav.device)
+            if isinstance(wav, torch.Tensor) else out)
 
 
 def resampled_length(num_samples: int, orig: int, new: int = SAMPLE_RATE) -> int:
@@ -248,11 +246,8 @@ _MPEG_FRAME = 1152
 
 
 def load_audio(path: Union[str, os.PathLike], *, allow_silence: bool = False) -> np.ndarray:
-    """An audio file read with soundfile as 1-D float32 mono at 16 kHz: decoded in one
-    forward pass, ``BLOCK_SECONDS`` at a time, so the result equals :func:`prepare_wav` of
-    the whole file. FileNotFoundError (naming a file that differs only in Unicode
-    normalisation), or ValueError naming the file: undecodable, empty, truncated,
-    non-finite or (unless allowed) silent."""
+    """An audio file as 1-D float32 mono at 16 kHz, equal to :func:`prepare_wav` of the whole
+    file (decoded in blocks; its refusals: ``docs/data.md``)."""
     import soundfile as sf
 
     path = _find_audio_file(path)
@@ -265,9 +260,8 @@ def load_audio(path: Union[str, os.PathLike], *, allow_silence: bool = False) ->
                              "re-download it, or remove it")
         resampler = _Resampler(rate, SAMPLE_RATE)
         out = np.empty(resampled_length(n, rate), dtype=np.float32)
-        # blocks of whole MPEG frames: libsndfile 1.2.2's MP3 decoder returns wrong samples
-        # after a read that ends inside a frame (mono MPEG-2: up to 0.27 off); every MPEG
-        # frame length (384, 576, 1152) divides 1152; for other formats the size is free
+        # whole MPEG frames (384, 576 and 1152 divide 1152): libsndfile 1.2.2 decodes MP3
+        # wrongly after a read that ends inside a frame (mono MPEG-2: up to 0.27 off)
         block = -(-max(1, BLOCK_SECONDS * rate) // _MPEG_FRAME) * _MPEG_FRAME
         done, filled, peak, any_raw, any_mono = 0, 0, 0.0, False, False
         while done < n:

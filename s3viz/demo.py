@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import List, Union
 
@@ -36,8 +37,7 @@ CAPTIONS = {
 }
 """Figures of the main analysis shown on the report's front page, with their captions."""
 
-_PROBES = (("phone", "speaker"), ("speaker", "utterance"))
-"""The demo's probes: (target, split_by)."""
+_PROBES = (("phone", "speaker"), ("speaker", "utterance"))  # (target, split_by)
 
 
 def _findings(probe_df, weights, abx_df, units_df, lengths, models=None) -> List[str]:
@@ -94,10 +94,9 @@ def check_n_utterances(n_utterances) -> int:
 
 def run_analysis(out_dir: Union[OwnedFolder, str, os.PathLike], *, n_utterances: int = 48,
                  seed: int = 0, device=None) -> List[Path]:
-    """Run the main analysis into ``out_dir`` (an :class:`~s3viz._fs.OwnedFolder`, as
-    ``main``'s ``<out>/analysis``, or a folder path the user names); the files written.
-    Too few utterances, or probe targets and folds the corpus cannot give, are refused
-    before anything is made."""
+    """Run the main analysis into ``out_dir`` (an :class:`~s3viz._fs.OwnedFolder`, as ``main``'s
+    ``<out>/analysis``, or a folder path the user names); the files written. Too few utterances,
+    or probe targets and folds the corpus cannot give, are refused before anything is made."""
     n_utterances = check_n_utterances(n_utterances)
     if not isinstance(out_dir, OwnedFolder):
         out_dir = OwnedFolder(out_dir, "--out")
@@ -118,9 +117,7 @@ def _run(out: OwnedFolder, n_utterances: int, seed: int, device) -> List[Path]:
     from s3viz.upstreams import get_upstream, is_random_weights, weights_of
 
     written: List[Path] = []
-
-    def log(msg):
-        print(msg, file=sys.stderr, flush=True)
+    log = partial(print, file=sys.stderr, flush=True)
 
     def csv(name: str, df, index: bool = False) -> None:
         written.append(out.write_with(name, lambda f: df.to_csv(f, index=index), text=True))
@@ -147,8 +144,7 @@ def _run(out: OwnedFolder, n_utterances: int, seed: int, device) -> List[Path]:
         if is_random_weights(weights_of(upstream)) != ("random weights" in label):
             raise RuntimeError(f"the demo's label {label!r} misstates its weights: "
                                f"{weights_of(upstream)}")
-    probes = []
-    stores = {}
+    probes, stores = [], {}
     for label, upstream in upstreams.items():
         key = label.split(" (")[0].replace(" baseline", "") + ("_random" if "random" in label else "")
         report = s3viz.check_upstream(upstream)
@@ -212,8 +208,7 @@ def _run(out: OwnedFolder, n_utterances: int, seed: int, device) -> List[Path]:
     log(lengths.attrs.get("summary", ""))
     findings = _findings(probe_df, weights, abx_df, units_df, lengths, models)
     written.append(out.write_text("findings.txt", "\n".join(findings) + "\n"))
-    used = resolve_device(device)
-    log(f"analysis done in {time.perf_counter() - t0:.0f} s on {used}")
+    log(f"analysis done in {time.perf_counter() - t0:.0f} s on {resolve_device(device)}")
     return written
 
 
@@ -231,7 +226,7 @@ def main(argv=None) -> int:
         check_n_utterances(args.n_utterances)
     except ValueError as e:
         parser.error(str(e))
-    from s3viz.report import build_report, write_index
+    from s3viz.report import build_report
 
     # --out is the user's; analysis/ is s3viz's, so a link there is refused, not followed
     try:
@@ -243,12 +238,8 @@ def main(argv=None) -> int:
     figures = [(adir.path(name), cap) for name, cap in CAPTIONS.items()
                if adir.kind(name) == "file"]
     notebooks = [] if args.no_notebooks else sorted(args.notebooks.glob("*.ipynb"))
-    if notebooks:
-        results = build_report(notebooks, args.out, timeout=args.timeout, extra=analysis,
-                               findings=findings, figures=figures)
-    else:
-        results = []
-        write_index(args.out, results, analysis, findings=findings, figures=figures)
+    results = build_report(notebooks, args.out, timeout=args.timeout, extra=analysis,
+                           findings=findings, figures=figures)  # no notebooks: the index alone
     print(f"s3viz report: {(args.out / 'index.html').resolve()}")
     failed = [r.name for r in results if r.error]
     if failed:

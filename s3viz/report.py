@@ -45,15 +45,12 @@ class NotebookResult:
     title: str = ""
 
 
-def _plain(markdown: str) -> str:
-    """A markdown heading as plain text: no backticks, emphasis or link targets."""
-    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", markdown)
-    return re.sub(r"[`*]|(?<!\w)_|_(?!\w)", "", text).strip()
-
-
 def _title(nb) -> str:
-    return next((_plain(line.lstrip("#")) for cell in nb.cells if cell.cell_type == "markdown"
-                 for line in cell.source.splitlines() if line.startswith("#")), "")
+    """The first markdown heading as plain text: no backticks, emphasis or link targets."""
+    heading = next((line.lstrip("#") for cell in nb.cells if cell.cell_type == "markdown"
+                    for line in cell.source.splitlines() if line.startswith("#")), "")
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading)
+    return re.sub(r"[`*]|(?<!\w)_|_(?!\w)", "", text).strip()
 
 
 _REMOTE = re.compile(r"<script\b[^>]*\bsrc=[\"']https?://[^>]*>\s*</script>|"
@@ -70,9 +67,7 @@ def _offline(page: str, nb) -> str:
     return _REMOTE.sub("", page)
 
 
-_FIGURE_NAME = re.compile(r"fig\d{2,}\.png")
-"""The figure files ``run_notebook`` writes into ``<stem>_figures/`` (and removes there
-before a new run, so the folder holds only this run's figures)."""
+_FIGURE_NAME = re.compile(r"fig\d{2,}\.png")  # what run_notebook writes (and removes) there
 
 
 def _check_pages(notebooks: Sequence[Path]) -> None:
@@ -140,21 +135,16 @@ def run_notebook(path: Path, out_dir: Path, *, timeout: int = 600, kernel_name: 
     if title:
         nb.metadata["title"] = title  # the page's <title>, without markdown
     body, _ = HTMLExporter().from_notebook_node(nb)
-    body = _offline(body, nb)
-    html_path = out.write_text(f"{path.stem}.html", body)
+    html_path = out.write_text(f"{path.stem}.html", _offline(body, nb))
     return NotebookResult(path.stem, html_path, figures, seconds, error, title)
 
 
-def _static_widgets(nb) -> int:
-    """Replace widget views by static renderings; returns how many were replaced.
-
-    A view with a PNG snapshot (the s3viz explorers) becomes that image, others text read
-    from the stored widget state (labels, HTML, progress bars). The widget state is
-    dropped when no view is left (then nbconvert adds no widget JavaScript).
-    """
+def _static_widgets(nb) -> None:
+    """Replace widget views by their PNG snapshot, else the text of their stored state (labels,
+    HTML, progress bars); drop the widget state when no view is left (docs/reports.md)."""
     state = nb.metadata.get("widgets", {}).get(
         "application/vnd.jupyter.widget-state+json", {}).get("state", {})
-    replaced = left = 0
+    left = 0
     for cell in nb.cells:
         for output in cell.get("outputs", []):
             data = output.get("data", {})
@@ -180,10 +170,8 @@ def _static_widgets(nb) -> int:
                     continue
                 rendered = f"<pre class='s3viz-widget-text'>{html.escape(text)}</pre>"
             output["data"] = {"text/html": rendered, "text/plain": text}
-            replaced += 1
     if left == 0 and "widgets" in nb.metadata:
         del nb.metadata["widgets"]
-    return replaced
 
 
 def _widget_text(state: dict, model_id: str, depth: int = 0) -> str:

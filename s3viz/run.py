@@ -1,21 +1,20 @@
 """Sharded extraction and analysis: ``python -m s3viz.run`` (one process) or ``torchrun``.
 
-Each rank streams its shard of the corpus through the measures named by
-``--measures`` (:mod:`s3viz.measures`: ``probe``, ``cka``, ``units``, ``abx``; one driver,
-:func:`s3viz.stream.stream_analysis`) with their state all-reduced over ranks, so
-every rank gets the single-process tables while holding a batch of frames at a
-time; ``--store-frames DIR`` keeps each shard on disk instead of extracting in
-every pass, and ``--methods logistic`` adds L-BFGS probes on the stored shards.
-Usage, outputs and memory: ``docs/streaming.md``.
+Each rank streams its shard of the corpus through the ``--measures`` (one driver,
+:func:`s3viz.stream.stream_analysis`) with their state all-reduced over ranks, so every rank
+gets the single-process tables while holding a batch of frames at a time. Usage, outputs
+and memory: ``docs/streaming.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -85,31 +84,33 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="output folder (written by rank 0)")
     p.add_argument("--no-figures", action="store_true")
     args = p.parse_args(argv)
-    for flag in ("labels", "pattern"):
-        if getattr(args, flag) and not args.folder:
-            p.error(f"--{flag} needs --folder")
-    given = [f for f in ("alignments", "alignment_pattern", "phone_tier", "word_tier",
-                         "phone_map", "silence") if getattr(args, f) is not None]
-    if given and not args.folder:
-        p.error(f"--{given[0].replace('_', '-')} needs --folder")
-    if given and args.alignments is None:
-        p.error(f"--{given[0].replace('_', '-')} needs --alignments")
+
+    def flag(name):
+        return "--" + name.replace("_", "-")
+
+    aligning = [f for f in ("alignments", "alignment_pattern", "phone_tier", "word_tier",
+                            "phone_map", "silence") if getattr(args, f) is not None]
+    foldered = [f for f in ("labels", "pattern") if getattr(args, f)] + aligning
+    if foldered and not args.folder:
+        p.error(f"{flag(foldered[0])} needs --folder")
+    if aligning and args.alignments is None:
+        p.error(f"{flag(aligning[0])} needs --alignments")
     for m in ("probe", "segments"):
         if m in args.measures and not args.targets:
             p.error(f"--measures {m} needs --targets (the labels to probe)")
-    for flag, value in (("--out", args.out), ("--store-frames", args.store_frames)):
-        path = None if value is None else Path(value).expanduser()
-        if path is not None and path.exists() and not path.is_dir():  # now, not after the run
-            p.error(f"{flag} {value!r} is a file; give a folder (created when missing)")
+    for name in ("out", "store_frames"):  # now, not after the run
+        value = getattr(args, name)
+        if value is not None and (path := Path(value).expanduser()).exists() and not path.is_dir():
+            p.error(f"{flag(name)} {value!r} is a file; give a folder (created when missing)")
     if args.folder is not None and not Path(args.folder).expanduser().is_dir():
         p.error(f"--folder {args.folder!r} is not a folder of audio files")
-    for flag, measure, default in (("units_k", "units", [100]), ("cka_level", "cka", None),
+    for name, measure, default in (("units_k", "units", [100]), ("cka_level", "cka", None),
                                    ("units_max_frames", "units", 50000),
                                    ("abx_on", "abx", "phone")):
-        if getattr(args, flag) is not None and measure not in args.measures:
-            p.error(f"--{flag.replace('_', '-')} needs --measures {measure}")
-        if getattr(args, flag) is None:
-            setattr(args, flag, default)
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+        elif measure not in args.measures:
+            p.error(f"{flag(name)} needs --measures {measure}")
     if args.random_weights and args.upstream.strip().lower() == "spectral":
         p.error("--random-weights: spectral has no learned weights, so it has no random-weights "
                 "control (it is itself the baseline); leave --random-weights out")
@@ -180,10 +181,10 @@ def _init(device_arg):
 def run(args) -> dict:
     """Stream this rank's shard through ``args.measures``; rank 0 writes ``args.out``.
 
-    Works inside an initialised process group (any backend) or without one
-    (one process). Returns on every rank the merged table of each measure by name
-    (``"probe"``, ``"cka"``, ``"units"``, ``"abx"``), this rank's LayerStore (``"store"``:
-    None unless ``--store-frames``) and its utterance positions (``"shard"``).
+    Works inside an initialised process group (any backend) or without one (one process).
+    Returns on every rank the merged table of each measure by its ``--measures`` name, this
+    rank's LayerStore (``"store"``: None unless ``--store-frames``) and its utterance
+    positions (``"shard"``).
 
     Args:
         args: the parsed command line (:func:`parse_args`).
@@ -210,7 +211,7 @@ def run(args) -> dict:
                              f"{len(rates)} hidden states (0..{len(rates) - 1}, or negative "
                              "from the end)")
     cka_level = _cka_level(args, rates)
-    setup_rss = _current_rss_mb()  # corpus and model loaded: the analysis adds the rest
+    setup_rss = _status_mb("VmRSS")  # corpus and model loaded: the analysis adds the rest
     _reset_peak_rss()
     # balanced by audio length (extraction time), deterministic by utterance id
     if len(corpus) < world:  # every rank sees this, so all stop (none waits in all_reduce)
@@ -344,30 +345,18 @@ def _peak_rss_mb() -> float:
 
 
 def _status_mb(field: str) -> float | None:
-    """A ``kB`` field of ``/proc/self/status`` in MiB (Linux; None elsewhere)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024.0
-    except (OSError, ValueError, IndexError):
-        pass
+    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in MiB (Linux; else None)."""
+    with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0
     return None
 
 
-def _current_rss_mb() -> float | None:
-    """Resident memory of this process now, in MiB (Linux; None elsewhere)."""
-    return _status_mb("VmRSS")
-
-
 def _reset_peak_rss() -> None:
-    """Restart the peak-resident-memory count (VmHWM) from now (Linux >= 4.0; else nothing),
-    so the peak after it is the analysis's, not the corpus loading's."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
+    """Restart the peak count (VmHWM) from now, so it is the analysis's (Linux >= 4.0)."""
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 def _write(args, tables: dict, meta: dict) -> None:
@@ -434,8 +423,6 @@ def as_cli_advice(message: str) -> str:
 
 def main(argv=None) -> int:
     import torch.distributed as dist
-
-    import warnings
 
     args = parse_args(argv)
 

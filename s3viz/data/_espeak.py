@@ -27,9 +27,7 @@ _POS_CHARACTER = 1
 EVENT_LIST_TERMINATED = 0
 EVENT_WORD = 1
 EVENT_PHONEME = 7
-_PARAM_RATE = 1
-_PARAM_PITCH = 3
-_PARAM_RANGE = 4
+_PARAMETERS = {"rate": 1, "pitch": 3, "range": 4}  # item key: espeak_PARAMETER, set in order
 
 
 class _EventId(ctypes.Union):  # union { int number; const char *name; char string[8]; } id;
@@ -139,8 +137,7 @@ def synthesize(library: str, data: str, items: List[dict], seed: int = 0) -> Lis
                         "language name such as 'en-us' or 'en', optionally with a variant "
                         "such as 'en-us+f3' or 'en+m1'")
                 current_voice = item["voice"]
-            for param, key in ((_PARAM_RATE, "rate"), (_PARAM_PITCH, "pitch"),
-                               (_PARAM_RANGE, "range")):
+            for key, param in _PARAMETERS.items():
                 lib.espeak_SetParameter(param, int(item[key]), 0)
             text = item["text"].encode("utf-8") + b"\0"
             # pass 1: audio, timing and IPA phoneme names

@@ -347,19 +347,12 @@ def _plan(n_utterances: int, seed: int, speakers: Dict[str, dict],
           n_sentences: Optional[int]) -> List[dict]:
     """Which sentence each utterance speaks, and with which speaker."""
     n_sent = n_utterances if n_sentences is None else n_sentences
-    sentences = make_sentences(n_sent, seed)
+    sentences = make_sentences(n_sent, seed).to_dict("records")
     names = list(speakers)
     random.Random(f"s3viz-speakers-{int(seed)}").shuffle(names)
-    k = len(names)
-    plan = []
-    for i in range(n_utterances):
-        j = i % n_sent
-        # repetitions of one sentence go to different speakers
-        spk = names[(j + i // n_sent) % k]
-        row = sentences.iloc[j]
-        plan.append({"index": i, "speaker": spk, "text": row["text"],
-                     "sentence_id": row["sentence_id"], "sentence_type": row["sentence_type"]})
-    return plan
+    # utterance i speaks sentence i % n_sent; its repetitions go to different speakers
+    return [{"index": i, "speaker": names[(i % n_sent + i // n_sent) % len(names)],
+             **sentences[i % n_sent]} for i in range(n_utterances)]
 
 
 def _synthesize(plan: List[dict], speakers: Dict[str, dict], seed: int):
@@ -495,12 +488,11 @@ def synthetic_corpus(n_utterances: int = 120, seed: int = 0, *,
             ``default_cache_dir() / "synthetic"``; a link below it is refused.
 
     Returns:
-        A :class:`Corpus` of :class:`Utterance` with ``id`` (``"utt0000"``...),
-        ``wav`` (float32, 16 kHz), ``text``, ``speaker``, ``phones`` (``phone`` as
-        IPA without stress or length marks, ``"sil"`` for silence and pauses;
-        ``word``; ``start``/``end`` in 16 kHz samples tiling the utterance) and
-        ``labels``: ``sentence_id``, ``sentence_type``, ``voice``, ``accent``,
-        ``gender``, ``pitch``, ``rate``.
+        A :class:`Corpus` of :class:`Utterance` with ``id`` (``"utt0000"``...), ``wav``
+        (float32, 16 kHz), ``text``, ``speaker``, ``phones`` (``phone`` as IPA without stress or
+        length marks, ``"sil"`` for silence and pauses; ``word``; ``start``/``end`` in 16 kHz
+        samples tiling the utterance) and ``labels``: ``sentence_id``, ``sentence_type``,
+        ``voice``, ``accent``, ``gender``, ``pitch``, ``rate``.
     """
     n_utterances = _check_count(n_utterances, "n_utterances")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
@@ -518,8 +510,8 @@ def synthetic_corpus(n_utterances: int = 120, seed: int = 0, *,
     import torch
     torchaudio = _deps.torchaudio()
 
-    params = {"format": _FORMAT_VERSION, "code": _code_version(),
-              "n_utterances": n_utterances, "seed": seed, "speakers": spk, "n_sentences": n_sentences, "espeak": version,
+    params = {"format": _FORMAT_VERSION, "code": _code_version(), "n_utterances": n_utterances,
+              "seed": seed, "speakers": spk, "n_sentences": n_sentences, "espeak": version,
               "torch": torch.__version__, "torchaudio": torchaudio.__version__,
               "soxr": soxr.__version__}  # espeak's 22.05 kHz audio is resampled by soxr
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:20]
