@@ -46,13 +46,10 @@ def _timit_text(path: Path) -> str:
 
 def load_timit(root: Union[str, os.PathLike], split: Optional[str] = None, phone_map=None, *,
                lazy: bool = False, strict: bool = True, silence=None) -> Corpus:
-    """Load a TIMIT copy (``root`` holds ``TRAIN`` and/or ``TEST``, any case, with
-    ``DR<n>/<speaker>/<utt>.WAV`` + ``.PHN`` + ``.WRD`` + ``.TXT``) as a :class:`Corpus`
-    with its hand-labelled alignments. ``split``: ``"train"``, ``"test"`` or None (both);
-    the other arguments as for :func:`load_folder`. Ids are the paths without suffix
-    (``"TRAIN/DR1/FCJF0/SA1"``), ``speaker`` the speaker folder, ``text`` the ``.TXT``
-    sentence, labels ``dialect``, ``sex`` (the speaker's first letter) and ``split``.
-    Audio outside that layout is named in one warning, never dropped silently.
+    """Load a TIMIT copy (``root``/``TRAIN|TEST/DR<n>/<speaker>/<utt>.WAV`` + ``.PHN``,
+    ``.WRD``, ``.TXT``, any case) as a :class:`Corpus`; ``split``: ``"train"``, ``"test"``
+    or None (both), the rest as for :func:`load_folder`. Ids are the paths without suffix,
+    labels ``dialect``, ``sex`` and ``split``; audio outside the layout is named in a warning.
     """
     from .folder import load_folder
 
@@ -136,8 +133,7 @@ def _intervals(table: pd.DataFrame, column: str, num_samples: int):
     """(start, end, label) intervals of ``column`` in samples: silence as "", a word's phones
     (equal labels of one ``word_index``: "I I" stays two words) merged for the word tier."""
     out = []
-    index = (table["word_index"] if "word_index" in table.columns
-             else pd.Series(0, index=table.index))
+    index = table["word_index"] if "word_index" in table.columns else [0] * len(table)
     last = None
     for phone, word, start, end, k in zip(table["phone"], table["word"], table["start"],
                                           table["end"], index):
@@ -210,17 +206,16 @@ def _check_read_back(u, layout: str) -> None:
     phones = ["" if p is None else str(p) for p in u.phones["phone"]]
     words = ["" if w is None or (isinstance(w, float) and np.isnan(w)) else str(w)
              for w in u.phones["word"]]
-    if any(p.strip() == "" for p in phones):
-        raise ValueError(f"utterance {u.id!r} has unlabelled phones (''): an empty "
-                         "interval reads back as silence; map them to a label first")
     both = phones + words
     checks = [  # (labels found, what they are, the fix), refused in this order
+        ([p for p in phones if not p.strip()], "unlabelled phones",
+         "an empty interval reads back as silence; map them to a label first"),
         # the phone "sil" is the corpus's own silence; a word "sil" would be read as silence
         ([x for x in phones if x != SILENCE and _is_silence(x, marks)]
          + [w for w in words if w and _is_silence(w, marks)], "label(s)",
-         "the readers' default silence marks (s3viz.data.alignments.SILENCE_LABELS, compared "
-         f"stripped in any case) would read them back as silence ({SILENCE!r}, word ''); "
-         f"rename them first (the corpus's silence is the phone {SILENCE!r} itself)"),
+         "the readers' default silence marks (s3viz.data.alignments.SILENCE_LABELS, any "
+         f"case) would read them back as silence; rename them first (the corpus's silence is "
+         f"the phone {SILENCE!r} itself)"),
         ([x for x in both if x != x.strip()], "label(s) with surrounding whitespace",
          "the readers strip it; strip the labels first"),
         # a TextGrid reader keeps no "\r" and a .PHN/.WRD line ends at each of them
@@ -242,9 +237,8 @@ def _check_read_back(u, layout: str) -> None:
                     "a .PHN line cannot hold them; use layout='mfa'"),
                    ([w for w in words if w != " ".join(w.split())],
                     "word(s) with whitespace other than single spaces (a newline, a tab)",
-                    "a .WRD line cannot hold them (it ends at a newline and its reader joins "
-                    "the rest of the line with single spaces); use layout='mfa' or replace "
-                    "that whitespace first")]
+                    "a .WRD line cannot hold them (its reader joins its words with single "
+                    "spaces); use layout='mfa' or replace that whitespace first")]
     for found, what, fix in checks:
         if found:
             found = sorted(set(found))
@@ -374,10 +368,8 @@ def _export_mfa(corpus, out: OwnedFolder, stems, sf) -> Dict[str, Path]:
 
 
 def _textgrid_text(tg) -> str:
-    """A TextGrid as MFA writes it (long format, UTF-8), made in memory: ``Textgrid.save``'s
-    steps without its write to a file name (praatio's private ``_tgToDictionary``: praatio
-    is pinned to 6.x, and ``tests/test_fs.py`` checks the text equals what ``save`` writes).
-    """
+    """A TextGrid as MFA writes it, made in memory: ``Textgrid.save``'s steps without the
+    file (praatio's private ``_tgToDictionary``, pinned 6.x; ``tests/test_fs.py`` checks)."""
     from praatio.data_classes.textgrid import _tgToDictionary
     from praatio.utilities import textgrid_io
 

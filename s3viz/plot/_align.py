@@ -47,8 +47,8 @@ def length_alignment(report: pd.DataFrame, ax=None, *, by: str = "rate",
 
     groups = []  # (label, sub-frame)
     if by == "layer":
-        for layer, part in report.groupby("layer", sort=True):
-            groups.append((f"layer {layer} (rate {int(part['rate'].iloc[0])})", part))
+        groups = [(f"layer {layer} (rate {int(part['rate'].iloc[0])})", part)
+                  for layer, part in report.groupby("layer", sort=True)]
     else:
         for rate, part in report.groupby("rate", sort=True):
             # layers of one rate with identical frame counts share lines
@@ -100,12 +100,9 @@ def length_alignment(report: pd.DataFrame, ax=None, *, by: str = "rate",
 
 def _log_spectrogram(wav: np.ndarray, n_fft: int = 400, hop: int = 160) -> np.ndarray:
     """``(n_fft // 2 + 1, frames)`` log power of a Hann-windowed STFT (frame k at k * hop)."""
-    if wav.size < n_fft:
-        wav = np.pad(wav, (0, n_fft - wav.size))
-    n = 1 + (wav.size - n_fft) // hop
-    idx = np.arange(n_fft)[None, :] + hop * np.arange(n)[:, None]
-    frames = wav[idx] * np.hanning(n_fft)[None, :]
-    spec = np.abs(np.fft.rfft(frames, axis=1)) ** 2
+    wav = np.pad(wav, (0, max(0, n_fft - wav.size)))
+    idx = np.arange(n_fft)[None, :] + hop * np.arange(1 + (wav.size - n_fft) // hop)[:, None]
+    spec = np.abs(np.fft.rfft(wav[idx] * np.hanning(n_fft)[None, :], axis=1)) ** 2
     return np.log10(spec.T + 1e-10)
 
 
@@ -168,18 +165,11 @@ def frame_grid(wav, timelines, phones: Optional[pd.DataFrame] = None, ax=None, *
     if phones is not None and not {"start", "end"} <= set(phones.columns):
         raise ValueError("phones must have columns start, end (samples) and phone")
     sr = float(sample_rate)
-    dur = n_samples / sr
-    if window is None:
-        lo, hi = 0.0, dur
-    else:
-        lo, hi = float(window[0]), float(window[1])
-        if not hi > lo:
-            raise ValueError(f"window must be (start_s, end_s) with end_s > start_s, "
-                             f"got {window!r}")
-    ax = new_axes(ax, figsize=(9, 1.6 + 0.55 * (len(lanes) + (phones is not None)) + 1.2))
-
-    p = 1 if phones is not None else 0
-    n = len(lanes)
+    lo, hi = (0.0, n_samples / sr) if window is None else (float(window[0]), float(window[1]))
+    if not hi > lo:
+        raise ValueError(f"window must be (start_s, end_s) with end_s > start_s, got {window!r}")
+    p, n = int(phones is not None), len(lanes)
+    ax = new_axes(ax, figsize=(9, 1.6 + 0.55 * (n + p) + 1.2))
     wave_lo, wave_hi = n + p + 0.1, n + p + 2.1
     yticks, ylabels = [], []
 

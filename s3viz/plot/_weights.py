@@ -46,7 +46,7 @@ def weights_table(weights, probe_df: pd.DataFrame | None = None,
     out = pd.DataFrame({"layer": [int(i) for i in w.index], "weight": w.to_numpy(dtype=float)})
     out["uniform"] = 1.0 / len(w)
     if probe_df is not None:
-        for name, curve in _same_layers(w, _probe_curves(probe_df, metric)):
+        for name, curve in _probe_curves(w, probe_df, metric):
             col = metric if name is None else f"{metric}[{name}]"
             out[col] = out["layer"].map(curve)
     return out
@@ -111,8 +111,9 @@ def layer_weights_heatmap(df: pd.DataFrame, ax=None, *, annotate: bool | None = 
     return ax
 
 
-def _probe_curves(probe_df: pd.DataFrame, metric: str):
-    """``(name, Series layer -> metric)`` for each method/target in a probe table."""
+def _probe_curves(w: pd.Series, probe_df: pd.DataFrame, metric: str):
+    """``(name, Series layer -> metric)`` per method/target of a probe table, at the weights'
+    layers; refused when the weights have a layer the probe lacks (another model's)."""
     if not isinstance(probe_df, pd.DataFrame) or "layer" not in probe_df.columns:
         raise ValueError("probe_df must be a DataFrame with a 'layer' column "
                          "(s3viz.probe_layers(...))")
@@ -120,18 +121,9 @@ def _probe_curves(probe_df: pd.DataFrame, metric: str):
         raise KeyError(f"probe_df has no column {metric!r}; columns: {list(probe_df.columns)}")
     keys = [k for k in ("method", "target") if k in probe_df.columns
             and probe_df[k].nunique() > 1]
-    if not keys:
-        return [(None, probe_df.groupby("layer")[metric].mean())]
-    out = []
-    for name, g in probe_df.groupby(keys):
-        name = "/".join(str(n) for n in (name if isinstance(name, tuple) else (name,)))
-        out.append((name, g.groupby("layer")[metric].mean()))
-    return out
-
-
-def _same_layers(w: pd.Series, curves):
-    """The probe curves at the weights' layers (a subset of the probed ones); refused when
-    the weights have a layer the probe lacks (a 13-layer model beside a 5-layer probe)."""
+    curves = [("/".join(str(n) for n in (name if isinstance(name, tuple) else (name,))),
+               g.groupby("layer")[metric].mean()) for name, g in probe_df.groupby(keys)] \
+        if keys else [(None, probe_df.groupby("layer")[metric].mean())]
     layers = [int(i) for i in w.index]
     for name, curve in curves:
         got = {int(i) for i in curve.index}
@@ -157,17 +149,15 @@ def weights_and_probe(weights, probe_df: pd.DataFrame, ax=None, *, metric: str =
     ax = layer_weights(w, ax=ax, title=title or f"layer weights and probe {metric}")
     pos = {int(layer): i for i, layer in enumerate(w.index)}
     twin = ax.twinx()
-    handles, labels = ax.get_legend_handles_labels()
-    for k, (name, curve) in enumerate(_same_layers(w, _probe_curves(probe_df, metric))):
-        x = [pos[int(i)] for i in curve.index]
-        (line,) = twin.plot(x, curve.to_numpy(dtype=float), marker="o", color=f"C{k + 1}",
-                            label=with_weights(f"probe {metric}" + (f" ({name})" if name
-                                                                    else ""), probe_df))
-        handles.append(line)
-        labels.append(line.get_label())
+    for k, (name, curve) in enumerate(_probe_curves(w, probe_df, metric)):
+        twin.plot([pos[int(i)] for i in curve.index], curve.to_numpy(dtype=float), marker="o",
+                  color=f"C{k + 1}", label=with_weights(
+                      f"probe {metric}" + (f" ({name})" if name else ""), probe_df))
     twin.set_ylabel(f"probe {metric}")
     if metric in ("accuracy", "macro_f1"):
         twin.set_ylim(0, 1.05)
+    handles, labels = (a + b for a, b in zip(ax.get_legend_handles_labels(),
+                                             twin.get_legend_handles_labels()))
     ax.legend(handles, labels, loc="best", fontsize="small")
     ax.probe_ax = twin
     return ax

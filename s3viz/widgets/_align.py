@@ -42,13 +42,7 @@ def _check_source(source, upstream, arg: str = "source") -> bool:
 
 def default_layers(rates: Sequence[int], max_layers: int = 4) -> List[int]:
     """First layer of each distinct rate, plus the last layer; at most ``max_layers``."""
-    seen, out = set(), []
-    for i, r in enumerate(rates):
-        if r not in seen:
-            seen.add(r)
-            out.append(i)
-    if len(rates) - 1 not in out:
-        out.append(len(rates) - 1)
+    out = {list(rates).index(r) for r in rates} | {len(rates) - 1}
     return sorted(out)[:max_layers]
 
 
@@ -197,14 +191,11 @@ class AlignmentExplorer(ipywidgets.VBox):
         view = self._view_for(self.utterance.value)
         dur = max(view["wav_len"] / SAMPLE_RATE, 0.01)
         self._busy = True
-        try:
+        try:  # the value is set while max holds both the old and the new window
             self.window.min = 0.0
-            if self.window.max < dur:
-                self.window.max = dur
-                self.window.value = (0.0, min(dur, self._window_s))
-            else:
-                self.window.value = (0.0, min(dur, self._window_s))
-                self.window.max = dur
+            self.window.max = max(self.window.max, dur)
+            self.window.value = (0.0, min(dur, self._window_s))
+            self.window.max = dur
         finally:
             self._busy = False
 
