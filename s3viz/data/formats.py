@@ -77,23 +77,11 @@ def load_timit(root: Union[str, os.PathLike], split: Optional[str] = None, phone
         raise FileNotFoundError(
             f"no TIMIT audio under {str(root)!r}: expected TRAIN|TEST/DR*/<speaker>/<utt>.WAV "
             f"(split={split!r}); found folders {sorted(p.name for p in root.iterdir())[:10]}")
-    _warn_skipped(root, {r["file"] for r in rows}, wanted)
-    table = pd.DataFrame(rows)
-    # each file matched as itself: an id may hold glob characters ("q[12]", "a*")
-    return load_folder(root, table, pattern=[glob.escape(f) for f in table["file"]],
-                       alignments="sibling",
-                       phone_map=phone_map, lazy=lazy, strict=strict, silence=silence,
-                       name=f"timit-{split.lower()}" if split else "timit")
-
-
-def _warn_skipped(root: Path, read: set, wanted) -> None:
-    """One warning naming the folders under ``root`` with audio ``load_timit`` does not read
-    (files of a split left out by ``split=`` aside)."""
-    skipped: Dict[str, int] = {}
+    read, skipped = {r["file"] for r in rows}, {}  # folders of audio it does not read
     for folder, _, names in os.walk(root):
         rel = Path(folder).relative_to(root)
         top = rel.parts[0].lower() if rel.parts else ""
-        if top in _TIMIT_SPLITS and top not in wanted:
+        if top in _TIMIT_SPLITS and top not in wanted:  # a split left out by split=
             continue
         for name in names:
             if Path(name).suffix.lower() == _AUDIO_SUFFIX and (rel / name).as_posix() not in read:
@@ -105,7 +93,13 @@ def _warn_skipped(root: Path, read: set, wanted) -> None:
             f"outside TIMIT's TRAIN|TEST/DR<n>/<speaker>/ layout, in: {shown}"
             + (f" and {len(skipped) - 10} more folder(s)" if len(skipped) > 10 else "")
             + "; move them into that layout, or read them with load_folder",
-            stacklevel=3)
+            stacklevel=2)
+    table = pd.DataFrame(rows)
+    # each file matched as itself: an id may hold glob characters ("q[12]", "a*")
+    return load_folder(root, table, pattern=[glob.escape(f) for f in table["file"]],
+                       alignments="sibling",
+                       phone_map=phone_map, lazy=lazy, strict=strict, silence=silence,
+                       name=f"timit-{split.lower()}" if split else "timit")
 
 
 # labels.csv's columns that are not labels (written by the export, or read otherwise)
@@ -314,21 +308,19 @@ def _export_plan(corpus, layout: str) -> list:
         else:
             sex = str(u.labels.get("gender", "") or u.labels.get("sex", "")).strip().upper()[:1]
             sex = sex if sex in ("F", "M") else "X"
-            parts = (_safe(str(u.labels.get("split", "train")).upper(),
-                           f"label 'split' of utterance {u.id!r}"),
-                     _safe(str(u.labels.get("dialect", "DR1")).upper(),
-                           f"label 'dialect' of utterance {u.id!r}"),
-                     _safe(f"{sex}{_speaker_dir(u)}", f"speaker of utterance {u.id!r}"), base)
-            if parts[0].lower() not in _TIMIT_SPLITS:
-                raise ValueError(
-                    f"utterance {u.id!r} has split {u.labels.get('split')!r}, which layout="
-                    f"'timit' writes as the folder {parts[0]!r} that load_timit does not read; "
-                    f"it reads {list(_TIMIT_SPLITS)} (any case): relabel it, or use layout='mfa'")
-            if not _TIMIT_DIALECT.fullmatch(parts[1]):
-                raise ValueError(
-                    f"utterance {u.id!r} has dialect {u.labels.get('dialect')!r}, which "
-                    "load_timit does not read back: it reads DR<n> folders ('DR1' ... 'DR8' in "
-                    "TIMIT, any case); relabel it, or use layout='mfa'")
+            parts = tuple(_safe(str(u.labels.get(k, default)).upper(),
+                                f"label {k!r} of utterance {u.id!r}")
+                          for k, default in (("split", "train"), ("dialect", "DR1")))
+            parts += (_safe(f"{sex}{_speaker_dir(u)}", f"speaker of utterance {u.id!r}"), base)
+            for key, reads, ok in (
+                    ("split", f"{list(_TIMIT_SPLITS)}", parts[0].lower() in _TIMIT_SPLITS),
+                    ("dialect", "DR<n> ('DR1' ... 'DR8' in TIMIT)",
+                     _TIMIT_DIALECT.fullmatch(parts[1]))):
+                if not ok:
+                    raise ValueError(
+                        f"utterance {u.id!r} has {key} {u.labels.get(key)!r}, a folder load_timit"
+                        f" does not read back (it reads {reads}, any case); relabel it, or use "
+                        "layout='mfa'")
         stem = "/".join(parts)
         key = collision_key(stem)
         if key in seen:
