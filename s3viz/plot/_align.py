@@ -75,12 +75,10 @@ def length_alignment(report: pd.DataFrame, ax=None, *, by: str = "rate",
     ax.axhline(0, color="0.3", linewidth=0.8, zorder=0)
     lo = np.nanmin([pd.to_numeric(report[f"diff_{c}"], errors="coerce").min() for c in convs] + [0])
     hi = np.nanmax([pd.to_numeric(report[f"diff_{c}"], errors="coerce").max() for c in convs] + [0])
-    ax.set_yticks(np.arange(int(np.floor(lo)), int(np.ceil(hi)) + 1))
-    ax.set_ylim(lo - 0.5, hi + 0.5)
-    ax.set_xlabel("input length (samples at 16 kHz)")
-    ax.set_ylabel("frames - expected")
-    ax.set_title("Frame counts vs length conventions"
-                 + (f": {groups[0][0]}" if len(groups) == 1 else ""))
+    ax.set(yticks=np.arange(int(np.floor(lo)), int(np.ceil(hi)) + 1), ylim=(lo - 0.5, hi + 0.5),
+           xlabel="input length (samples at 16 kHz)", ylabel="frames - expected",
+           title="Frame counts vs length conventions"
+           + (f": {groups[0][0]}" if len(groups) == 1 else ""))
     if len(groups) == 1:
         ax.legend(fontsize="small", loc="best")
     else:  # colour = convention, line style = layer group: two short keys, not one per line
@@ -186,9 +184,8 @@ def frame_grid(wav, timelines, phones: Optional[pd.DataFrame] = None, ax=None, *
         else:
             a = int(max(0, np.floor(lo * sr)))
             b = int(min(n_samples, np.ceil(hi * sr) + 1))
-            seg = w[a:b]
             peak = float(np.abs(w).max()) or 1.0
-            ax.plot(np.arange(a, b) / sr, (wave_lo + wave_hi) / 2 + seg / peak * 0.95,
+            ax.plot(np.arange(a, b) / sr, (wave_lo + wave_hi) / 2 + w[a:b] / peak * 0.95,
                     color="0.25", linewidth=0.6)
             ylabels.append("waveform")
     else:
@@ -203,8 +200,7 @@ def frame_grid(wav, timelines, phones: Optional[pd.DataFrame] = None, ax=None, *
         color = _LANE_COLORS[i % len(_LANE_COLORS)]
         starts = df["start"].to_numpy(dtype=np.float64) / sr
         ends = df["end"].to_numpy(dtype=np.float64) / sr
-        vis = (ends >= lo) & (starts <= hi)
-        idx = np.flatnonzero(vis)
+        idx = np.flatnonzero((ends >= lo) & (starts <= hi))
         rate = df.attrs.get("rate")
         yticks.append(y0 + 0.5)
         ylabels.append(name if rate is None else f"{name}\n{1000 * rate / sr:g} ms")
@@ -255,10 +251,7 @@ def frame_grid(wav, timelines, phones: Optional[pd.DataFrame] = None, ax=None, *
         yticks.append(0.5)
         ylabels.append("phones")
 
-    ax.set_xlim(lo, hi)
-    ax.set_ylim(0, wave_hi + 0.1)
-    ax.set_yticks(yticks)
-    ax.set_yticklabels(ylabels, fontsize="small")
-    ax.set_xlabel("time (s)")
+    ax.set(xlim=(lo, hi), ylim=(0, wave_hi + 0.1), xlabel="time (s)")
+    ax.set_yticks(yticks, ylabels, fontsize="small")
     ax.tick_params(axis="y", length=0)
     return ax

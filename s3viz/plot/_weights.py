@@ -68,12 +68,10 @@ def layer_weights(weights, ax=None, *, baseline: bool = True, color: str | None 
     if baseline:
         ax.axhline(1.0 / len(layers), color="0.3", linestyle="--", linewidth=1,
                    label=f"uniform 1/{len(layers)}")
-    ax.set_xticks(x)
-    ax.set_xticklabels([layer_label(i) for i in layers])
-    ax.set_xlabel("layer")
-    ax.set_ylabel("weight (probability)")
+    ax.set_xticks(x, [layer_label(i) for i in layers])
     top = float(np.nanmax(w.to_numpy(dtype=float)))
-    ax.set_ylim(0, max(top, 1.0 / len(layers)) * 1.15)
+    ax.set(xlabel="layer", ylabel="weight (probability)",
+           ylim=(0, max(top, 1.0 / len(layers)) * 1.15))
     title = title if title is not None else (str(w.name) if w.name not in (None, "weight")
                                              else "layer weights")
     ax.set_title(random_title(title, w))
@@ -96,11 +94,10 @@ def layer_weights_heatmap(df: pd.DataFrame, ax=None, *, annotate: bool | None = 
     im = ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap=cmap, vmin=0,
                    vmax=max(float(np.nanmax(values)), 1e-12))
     ax.figure.colorbar(im, ax=ax, label="weight (probability)")
-    ax.set_xticks(np.arange(df.shape[1]))
-    ax.set_xticklabels([layer_label(c) if isinstance(c, (int, np.integer))
-                        and not isinstance(c, bool) else str(c) for c in df.columns])
-    ax.set_yticks(np.arange(df.shape[0]))
-    ax.set_yticklabels([str(i) for i in df.index])
+    ax.set_xticks(np.arange(df.shape[1]), [layer_label(c) if isinstance(c, (int, np.integer))
+                                           and not isinstance(c, bool) else str(c)
+                                           for c in df.columns])
+    ax.set_yticks(np.arange(df.shape[0]), [str(i) for i in df.index])
     ax.set_xlabel("layer")
     if annotate is None:
         annotate = df.shape[0] <= 20 and df.shape[1] <= 30
@@ -183,8 +180,7 @@ def weight_history(history: pd.DataFrame, ax=None, *, title: str | None = None):
         ax.plot(history["step"], history[c], color=cmap(i / max(1, len(cols) - 1)), lw=1.4,
                 label=f"layer {c[len('weight_'):]}")
     ax.axhline(1 / len(cols), color="0.3", ls="--", lw=1, label=f"uniform 1/{len(cols)}")
-    ax.set_xlabel("training step")
-    ax.set_ylabel("weight (probability)")
+    ax.set(xlabel="training step", ylabel="weight (probability)")
     ax.set_xlim(left=0)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, ncol=2 if len(cols) > 7 else 1, loc="center left",
