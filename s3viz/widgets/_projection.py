@@ -83,24 +83,6 @@ def _umap():
     return umap
 
 
-def draw(points: pd.DataFrame, ax, palette: dict, title: str = "") -> None:
-    """The scatter of :func:`projection`'s points on ``ax``, with a legend."""
-    other = ~points["label"].isin(list(palette))
-    if other.any():
-        ax.scatter(points.loc[other, "x"], points.loc[other, "y"], s=6, color="0.75",
-                   label=f"other ({int(other.sum())})", linewidths=0)
-    for v, colour in palette.items():
-        m = points["label"] == v
-        if m.any():
-            ax.scatter(points.loc[m, "x"], points.loc[m, "y"], s=8, color=colour, label=str(v),
-                       linewidths=0)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_title(title, fontsize=10)
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False,
-              markerscale=1.6, handletextpad=0.2)
-
-
 class LayerProjectionExplorer(W.VBox):
     """The widget of :func:`layer_projection_explorer`: ``slider`` (over the stored layers),
     ``image`` (the scatter, PNG), ``info`` (HTML: the probe score and the projection's
@@ -161,8 +143,21 @@ class LayerProjectionExplorer(W.VBox):
 
         self.points = pts = self._points(layer)
         fig = Figure(figsize=(_WIDTH / _DPI, _HEIGHT / _DPI), dpi=_DPI)
-        draw(pts, fig.add_axes((0.02, 0.03, 0.74, 0.9)), self.palette,
-             f"layer {layer}: {self.method.upper()} of {len(pts)} frames")
+        ax = fig.add_axes((0.02, 0.03, 0.74, 0.9))
+        other = ~pts["label"].isin(list(self.palette))  # labels without a colour: grey
+        if other.any():
+            ax.scatter(pts.loc[other, "x"], pts.loc[other, "y"], s=6, color="0.75",
+                       label=f"other ({int(other.sum())})", linewidths=0)
+        for v, colour in self.palette.items():
+            m = pts["label"] == v
+            if m.any():
+                ax.scatter(pts.loc[m, "x"], pts.loc[m, "y"], s=8, color=colour, label=str(v),
+                           linewidths=0)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"layer {layer}: {self.method.upper()} of {len(pts)} frames", fontsize=10)
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False,
+                  markerscale=1.6, handletextpad=0.2)
         self.image.value = png(fig)
         extra = (f"PCA: the two axes hold {100 * pts.attrs['explained']:.1f} % of the variance"
                  if self.method == "pca" else "UMAP (distances are not to scale)")
