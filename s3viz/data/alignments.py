@@ -304,10 +304,9 @@ def check_phone_table(table: pd.DataFrame, num_samples: int, source: str) -> pd.
     if missing:
         raise ValueError(f"{source}: phones table lacks columns {missing}; it needs "
                          f"{list(PHONE_COLUMNS)}")
-    start = pd.to_numeric(table["start"], errors="coerce").to_numpy(np.float64)
-    end = pd.to_numeric(table["end"], errors="coerce").to_numpy(np.float64)
-    if len(table) and (np.isnan(start).any() or np.isnan(end).any()
-                       or (start != np.round(start)).any() or (end != np.round(end)).any()):
+    start, end = (pd.to_numeric(table[c], errors="coerce").to_numpy(np.float64)
+                  for c in ("start", "end"))
+    if (np.r_[start, end] != np.round(np.r_[start, end])).any():  # (NaN != NaN)
         raise AlignmentError(f"{source}: phones 'start' and 'end' must be whole numbers of "
                              "16 kHz samples")
     entries = list(zip(start / SAMPLE_RATE, end / SAMPLE_RATE, table["phone"].astype(str)))
