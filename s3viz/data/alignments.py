@@ -468,10 +468,8 @@ def find_alignment_file(audio: Path, rel: str, alignments: Union[str, os.PathLik
                         root: Optional[Path] = None, pattern: Optional[str] = None
                         ) -> Optional[Path]:
     """The alignment file of an audio file (``rel``: its path relative to the audio folder
-    ``root``): beside it (``"sibling"``) or at the same relative path under an alignment
-    folder (MFA's output layout), or where ``pattern`` says (``{parent}``: the audio's
-    folder relative to ``root``, ``{stem}``: its name without suffix, ``{name}``: with
-    it), relative to the alignment folder (to ``root`` for ``"sibling"``)."""
+    ``root``): beside it (``"sibling"``), at ``rel`` under the alignment folder (MFA's
+    layout), or where ``pattern`` says (its placeholders: ``docs/data.md``)."""
     rel_path = Path(rel)
     if pattern is not None:
         base = root if alignments == "sibling" else Path(alignments)
