@@ -86,10 +86,8 @@ def resolve_phone_map(phone_map) -> Optional[Callable[[str], Optional[str]]]:
 
 
 def decode_text(path: Path, *, error=None, legacy: bool = False, fix: str = "") -> str:
-    """A text file's content: UTF-16 or UTF-8 (with or without a byte-order mark), and with
-    ``legacy`` Windows-1252 / Latin-1 (what Praat writes on Western systems). Anything else
-    raises ``error`` naming the file and ``fix``: a guess must refuse rather than misread
-    (UTF-8 "decodes" UTF-16 text without a byte-order mark into NUL-riddled garbage)."""
+    """A text file's content: UTF-16 or UTF-8 (byte-order mark or not), with ``legacy`` also
+    Windows-1252 / Latin-1; else raises ``error`` naming the file and ``fix``."""
     raw = path.read_bytes()
     if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
         encodings = ["utf-16"]
@@ -105,9 +103,7 @@ def decode_text(path: Path, *, error=None, legacy: bool = False, fix: str = "") 
     raise (error or AlignmentError)(f"{path}: not {known} text; {fix or 'save it as UTF-8'}")
 
 
-# praatio reads times with the pattern [\d.]+, so "xmin = 5e-05" (Praat's %.17g) is a parse
-# error: such times (after "xmin =" and the like, or alone on a line in the short format)
-# are rewritten in positional notation, the same number, before parsing
+# praatio reads times as [\d.]+: "xmin = 5e-05" (Praat's %.17g) is rewritten positionally
 _EXPONENT = re.compile(r"^(\s*(?:(?:xmin|xmax|number|time)\s*=\s*)?)"
                        r"([-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+)(\s*)$", re.M)
 
@@ -116,8 +112,7 @@ _STRING = re.compile(r'"(?:[^"]|"")*"')
 
 
 def _outside_strings(text: str, fn) -> str:
-    """``text`` with ``fn`` applied to the parts outside Praat strings only, so that a
-    label holding a line such as ``2e3`` or ``-1`` is never read as a number."""
+    """``text`` with ``fn`` applied outside Praat strings only (a label ``2e3`` stays one)."""
     out, at = [], 0
     for m in _STRING.finditer(text):
         out += [fn(text[at:m.start()]), m.group(0)]
@@ -127,8 +122,7 @@ def _outside_strings(text: str, fn) -> str:
 
 def read_textgrid(path) -> Tuple[float, float, Dict[str, dict]]:
     """``(xmin, xmax, {tier name: {"class", "entries"}})`` of a Praat TextGrid, entries in
-    the file's order (long or short text format; UTF-8, UTF-16 or Latin-1; times in
-    positional or exponent notation), parsed by praatio."""
+    the file's order, parsed by praatio (formats read: ``docs/alignment.md``)."""
     from praatio.utilities import textgrid_io
 
     path = Path(path)
@@ -136,9 +130,7 @@ def read_textgrid(path) -> Tuple[float, float, Dict[str, dict]]:
     if "ooTextFile" not in text[:200]:
         raise AlignmentError(f"{path}: not a Praat text TextGrid (it should begin with "
                              "'File type = \"ooTextFile\"'); save it from Praat as a text file")
-    # praatio's parser reads "xmin = -0.6" as 0.6 (its number pattern has no sign): refuse
-    # negative times here, in both text formats (short-format numbers stand alone on a line)
-    # (strings blanked, newlines kept, so a label is never read as a number)
+    # praatio reads "xmin = -0.6" as 0.6: refused here (strings blanked, newlines kept)
     numbers = _STRING.sub(lambda m: re.sub(r"[^\n]", " ", m.group(0)), text)
     negative = re.search(r"^\s*(?:xmin|xmax|number|time)\s*=\s*-\s*\.?\d|^\s*-\s*\.?\d",
                          numbers, re.M)
@@ -175,8 +167,7 @@ _UNREADABLE = "unreadable tier"
 
 
 def _tier_by_tier(text: str, path: Path, err: Exception):
-    """A long-format TextGrid praatio cannot parse as a whole (SPPAS's point tiers), parsed
-    one tier at a time: a malformed tier is kept as unreadable, refused only if chosen."""
+    """A long-format TextGrid parsed one tier at a time (a malformed tier kept unreadable)."""
     from praatio.utilities import textgrid_io
 
     parts = re.split(r"(?m)^(?=[ \t]*item ?\[\d+\]:)", text)
@@ -198,8 +189,7 @@ def _tier_by_tier(text: str, path: Path, err: Exception):
 
 
 def _read_timit_file(path: Path, sample_rate: int) -> List[_Entry]:
-    """TIMIT ``.PHN`` / ``.WRD``: ``start end label`` lines in samples of the audio file's
-    own rate (``sample_rate``) -> seconds."""
+    """TIMIT ``.PHN`` / ``.WRD`` lines ``start end label`` (samples at ``sample_rate``) -> seconds."""
     entries = []
     for n, line in enumerate(decode_text(path).splitlines(), 1):
         if not line.strip():
@@ -228,17 +218,12 @@ def _tier_candidates(wanted, default: Sequence[str], kind: str) -> List[str]:
 
 def _pick_tier(names: Sequence[str], wanted, default: Sequence[str], kind: str, path,
                required: bool) -> Optional[str]:
-    """The tier for ``kind``: the first of the candidate names (``wanted``, a name or a
-    list, else ``default``) that the file has, exactly, else in any case, else as MFA's
-    multi-speaker ``"SPEAKER - name"``; two speakers' tiers of one name are ambiguous."""
+    """The first candidate name the file has: exactly, else in any case, else as MFA's
+    multi-speaker ``"SPEAKER - name"`` (two speakers' tiers of one name are ambiguous)."""
     candidates = _tier_candidates(wanted, default, kind)
-
-    def base(name):  # MFA's multi-speaker files name tiers "SPEAKER - phones"
-        return name.rsplit(" - ", 1)[-1].strip().lower()
-
     for cand in candidates:
         hits = ([n for n in names if n == cand] or [n for n in names if n.lower() == cand.lower()]
-                or [n for n in names if base(n) == cand.lower()])
+                or [n for n in names if n.rsplit(" - ", 1)[-1].strip().lower() == cand.lower()])
         if len(hits) > 1:
             raise AlignmentError(f"{path}: several {kind} tiers {hits}; choose one with "
                                  f"{kind}_tier='NAME'")
@@ -256,11 +241,7 @@ COMMON_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 88
 
 
 def _check_phn_rate(entries: Sequence[_Entry], duration: float, sample_rate: int, path) -> None:
-    """Refuse a ``.PHN`` whose sample numbers count another rate than its audio's: one
-    written for a lower rate would pass every interval check with its times shrunk. TIMIT's
-    ``.PHN`` ends at the audio's last sample, so such a file ends short of the audio by more
-    than :data:`TOLERANCE_S` at the audio's rate but within it at one of
-    :data:`COMMON_RATES`. (A higher rate ends past the audio: :func:`check_intervals`.)"""
+    """Refuse a ``.PHN`` written for a lower rate than its audio's (how: ``docs/alignment.md``)."""
     if not entries:
         return
     last = max(e for _, e, _ in entries) * sample_rate  # the last end, in the file's counts
@@ -323,10 +304,9 @@ def check_phone_table(table: pd.DataFrame, num_samples: int, source: str) -> pd.
     if missing:
         raise ValueError(f"{source}: phones table lacks columns {missing}; it needs "
                          f"{list(PHONE_COLUMNS)}")
-    start = pd.to_numeric(table["start"], errors="coerce").to_numpy(np.float64)
-    end = pd.to_numeric(table["end"], errors="coerce").to_numpy(np.float64)
-    if len(table) and (np.isnan(start).any() or np.isnan(end).any()
-                       or (start != np.round(start)).any() or (end != np.round(end)).any()):
+    start, end = (pd.to_numeric(table[c], errors="coerce").to_numpy(np.float64)
+                  for c in ("start", "end"))
+    if (np.r_[start, end] != np.round(np.r_[start, end])).any():  # (NaN != NaN)
         raise AlignmentError(f"{source}: phones 'start' and 'end' must be whole numbers of "
                              "16 kHz samples")
     entries = list(zip(start / SAMPLE_RATE, end / SAMPLE_RATE, table["phone"].astype(str)))
@@ -385,38 +365,30 @@ def alignment_table(phones: Sequence[_Entry], words: Optional[Sequence[_Entry]],
     """
     fn = resolve_phone_map(phone_map)
     marks = silence_marks(silence)
-    w_start = w_end = w_label = None
-    if words:
-        w_start = np.array([w[0] for w in words])
-        w_end = np.array([w[1] for w in words])
-        w_label = ["" if _is_silence(w[2], marks) else w[2].strip() for w in words]
-    if phone_words is not None and phone_word_index is None:  # runs of equal words
+    bounds = np.minimum(np.reshape([(to_sample(s), to_sample(e)) for s, e, _ in phones],
+                                   (-1, 2)), num_samples)
+    if phone_words is None and words:  # the word interval holding the phone's midpoint
+        mids = bounds.mean(axis=1) / SAMPLE_RATE
+        at = np.searchsorted([w[0] for w in words], mids, side="right") - 1
+        phone_word_index = np.where((at >= 0) & (mids < np.array([w[1] for w in words])[at]),
+                                    at, -1)
+        phone_words = [words[i][2] if i >= 0 else "" for i in phone_word_index]
+    elif phone_words is None:
+        phone_words = [""] * len(phones)
+    if phone_word_index is None:  # runs of equal words
         phone_word_index = np.cumsum([k > 0 and (phone_words[k - 1] is None
                                                  or w != phone_words[k - 1])
                                       for k, w in enumerate(phone_words)])
     rows: List[list] = []
-
-    def word_at(mid_s):
-        if w_start is None:
-            return "", -1
-        i = int(np.searchsorted(w_start, mid_s, side="right")) - 1
-        return (w_label[i], i) if i >= 0 and mid_s < w_end[i] and w_label[i] else ("", -1)
-
     cursor = 0
-    for k, (start_s, end_s, label) in enumerate(phones):
-        start = min(to_sample(start_s), num_samples)
-        end = min(to_sample(end_s), num_samples)
+    for (start, end), (_, _, label), word, index in zip(bounds.tolist(), phones, phone_words,
+                                                         phone_word_index):
         raw = label.strip()
         mapped = SILENCE if _is_silence(raw, marks) else raw if fn is None else fn(raw)
         phone = "" if mapped is None else str(mapped)
-        if phone == SILENCE:
-            word, index = "", -1
-        elif phone_words is not None:
-            word = phone_words[k]
-            word = "" if word is None or _is_silence(str(word), marks) else str(word).strip()
-            index = int(phone_word_index[k]) if word else -1
-        else:
-            word, index = word_at((start + end) / 2 / SAMPLE_RATE)
+        silent = phone == SILENCE or word is None or _is_silence(str(word), marks)
+        word = "" if silent else str(word).strip()
+        index = int(index) if word else -1
         start, cursor = max(start, cursor), max(cursor, end)
         if end <= start:
             continue
@@ -453,8 +425,7 @@ def read_alignment(path, num_samples: int, *, phone_tier=None, word_tier=None, p
         _check_phn_rate(entries, duration, sample_rate, path)
         phones = check_intervals(entries, duration, path, "PHN")
         wrd = next((w for w in map(path.with_suffix, (".WRD", ".wrd")) if w.is_file()), None)
-        # TIMIT's word boundaries may overlap where adjacent words share a phone; the
-        # midpoint rule then gives such a phone the later word
+        # TIMIT's words may overlap (adjacent words sharing a phone: it takes the later one)
         words = None if wrd is None else check_intervals(
             _read_timit_file(wrd, sample_rate), duration, wrd, "WRD", allow_overlap=True)
         return alignment_table(phones, words, num_samples, phone_map=phone_map, silence=silence)
@@ -463,19 +434,18 @@ def read_alignment(path, num_samples: int, *, phone_tier=None, word_tier=None, p
         raise AlignmentError(f"{path}: the TextGrid spans {xmin:g}-{xmax:g} s but the audio lasts "
                              f"{duration:.3f} s (tolerance {TOLERANCE_S} s): it aligns another "
                              "file, or the audio was cut after aligning")
-    names = list(tiers)
-    p_name = _pick_tier(names, phone_tier, PHONE_TIER_NAMES, "phone", path, required=True)
-    w_name = _pick_tier(names, word_tier, WORD_TIER_NAMES, "word", path,
-                        required=word_tier is not None)
-    for name in (p_name, w_name):
-        if name is not None and tiers[name]["class"] == _UNREADABLE:
+    names = (_pick_tier(list(tiers), phone_tier, PHONE_TIER_NAMES, "phone", path, required=True),
+             _pick_tier(list(tiers), word_tier, WORD_TIER_NAMES, "word", path,
+                        required=word_tier is not None))
+    for name in filter(None, names):
+        if tiers[name]["class"] == _UNREADABLE:
             raise AlignmentError(f"{path}: praatio cannot parse tier {name!r} "
                                  f"({tiers[name]['error']})")
-        if name is not None and tiers[name]["class"] != "IntervalTier":
+        if tiers[name]["class"] != "IntervalTier":
             raise AlignmentError(f"{path}: tier {name!r} is a {tiers[name]['class']}; phones and "
                                  "words need an IntervalTier")
-    phones = check_intervals(tiers[p_name]["entries"], duration, path, p_name)
-    words = check_intervals(tiers[w_name]["entries"], duration, path, w_name) if w_name else None
+    phones, words = (name and check_intervals(tiers[name]["entries"], duration, path, name)
+                     for name in names)
     return alignment_table(phones, words, num_samples, phone_map=phone_map, silence=silence)
 
 
@@ -498,10 +468,8 @@ def find_alignment_file(audio: Path, rel: str, alignments: Union[str, os.PathLik
                         root: Optional[Path] = None, pattern: Optional[str] = None
                         ) -> Optional[Path]:
     """The alignment file of an audio file (``rel``: its path relative to the audio folder
-    ``root``): beside it (``"sibling"``) or at the same relative path under an alignment
-    folder (MFA's output layout), or where ``pattern`` says (``{parent}``: the audio's
-    folder relative to ``root``, ``{stem}``: its name without suffix, ``{name}``: with
-    it), relative to the alignment folder (to ``root`` for ``"sibling"``)."""
+    ``root``): beside it (``"sibling"``), at ``rel`` under the alignment folder (MFA's
+    layout), or where ``pattern`` says (its placeholders: ``docs/data.md``)."""
     rel_path = Path(rel)
     if pattern is not None:
         base = root if alignments == "sibling" else Path(alignments)

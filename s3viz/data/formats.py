@@ -46,13 +46,10 @@ def _timit_text(path: Path) -> str:
 
 def load_timit(root: Union[str, os.PathLike], split: Optional[str] = None, phone_map=None, *,
                lazy: bool = False, strict: bool = True, silence=None) -> Corpus:
-    """Load a TIMIT copy (``root`` holds ``TRAIN`` and/or ``TEST``, any case, with
-    ``DR<n>/<speaker>/<utt>.WAV`` + ``.PHN`` + ``.WRD`` + ``.TXT``) as a :class:`Corpus`
-    with its hand-labelled alignments. ``split``: ``"train"``, ``"test"`` or None (both);
-    the other arguments as for :func:`load_folder`. Ids are the paths without suffix
-    (``"TRAIN/DR1/FCJF0/SA1"``), ``speaker`` the speaker folder, ``text`` the ``.TXT``
-    sentence, labels ``dialect``, ``sex`` (the speaker's first letter) and ``split``.
-    Audio outside that layout is named in one warning, never dropped silently.
+    """Load a TIMIT copy (``root``/``TRAIN|TEST/DR<n>/<speaker>/<utt>.WAV`` + ``.PHN``,
+    ``.WRD``, ``.TXT``, any case) as a :class:`Corpus`; ``split``: ``"train"``, ``"test"``
+    or None (both), the rest as for :func:`load_folder`. Ids are the paths without suffix,
+    labels ``dialect``, ``sex`` and ``split``; audio outside the layout is named in a warning.
     """
     from .folder import load_folder
 
@@ -80,23 +77,11 @@ def load_timit(root: Union[str, os.PathLike], split: Optional[str] = None, phone
         raise FileNotFoundError(
             f"no TIMIT audio under {str(root)!r}: expected TRAIN|TEST/DR*/<speaker>/<utt>.WAV "
             f"(split={split!r}); found folders {sorted(p.name for p in root.iterdir())[:10]}")
-    _warn_skipped(root, {r["file"] for r in rows}, wanted)
-    table = pd.DataFrame(rows)
-    # each file matched as itself: an id may hold glob characters ("q[12]", "a*")
-    return load_folder(root, table, pattern=[glob.escape(f) for f in table["file"]],
-                       alignments="sibling",
-                       phone_map=phone_map, lazy=lazy, strict=strict, silence=silence,
-                       name=f"timit-{split.lower()}" if split else "timit")
-
-
-def _warn_skipped(root: Path, read: set, wanted) -> None:
-    """One warning naming the folders under ``root`` with audio ``load_timit`` does not read
-    (files of a split left out by ``split=`` aside)."""
-    skipped: Dict[str, int] = {}
+    read, skipped = {r["file"] for r in rows}, {}  # folders of audio it does not read
     for folder, _, names in os.walk(root):
         rel = Path(folder).relative_to(root)
         top = rel.parts[0].lower() if rel.parts else ""
-        if top in _TIMIT_SPLITS and top not in wanted:
+        if top in _TIMIT_SPLITS and top not in wanted:  # a split left out by split=
             continue
         for name in names:
             if Path(name).suffix.lower() == _AUDIO_SUFFIX and (rel / name).as_posix() not in read:
@@ -108,7 +93,13 @@ def _warn_skipped(root: Path, read: set, wanted) -> None:
             f"outside TIMIT's TRAIN|TEST/DR<n>/<speaker>/ layout, in: {shown}"
             + (f" and {len(skipped) - 10} more folder(s)" if len(skipped) > 10 else "")
             + "; move them into that layout, or read them with load_folder",
-            stacklevel=3)
+            stacklevel=2)
+    table = pd.DataFrame(rows)
+    # each file matched as itself: an id may hold glob characters ("q[12]", "a*")
+    return load_folder(root, table, pattern=[glob.escape(f) for f in table["file"]],
+                       alignments="sibling",
+                       phone_map=phone_map, lazy=lazy, strict=strict, silence=silence,
+                       name=f"timit-{split.lower()}" if split else "timit")
 
 
 # labels.csv's columns that are not labels (written by the export, or read otherwise)
@@ -136,8 +127,7 @@ def _intervals(table: pd.DataFrame, column: str, num_samples: int):
     """(start, end, label) intervals of ``column`` in samples: silence as "", a word's phones
     (equal labels of one ``word_index``: "I I" stays two words) merged for the word tier."""
     out = []
-    index = (table["word_index"] if "word_index" in table.columns
-             else pd.Series(0, index=table.index))
+    index = table["word_index"] if "word_index" in table.columns else [0] * len(table)
     last = None
     for phone, word, start, end, k in zip(table["phone"], table["word"], table["start"],
                                           table["end"], index):
@@ -210,17 +200,16 @@ def _check_read_back(u, layout: str) -> None:
     phones = ["" if p is None else str(p) for p in u.phones["phone"]]
     words = ["" if w is None or (isinstance(w, float) and np.isnan(w)) else str(w)
              for w in u.phones["word"]]
-    if any(p.strip() == "" for p in phones):
-        raise ValueError(f"utterance {u.id!r} has unlabelled phones (''): an empty "
-                         "interval reads back as silence; map them to a label first")
     both = phones + words
     checks = [  # (labels found, what they are, the fix), refused in this order
+        ([p for p in phones if not p.strip()], "unlabelled phones",
+         "an empty interval reads back as silence; map them to a label first"),
         # the phone "sil" is the corpus's own silence; a word "sil" would be read as silence
         ([x for x in phones if x != SILENCE and _is_silence(x, marks)]
          + [w for w in words if w and _is_silence(w, marks)], "label(s)",
-         "the readers' default silence marks (s3viz.data.alignments.SILENCE_LABELS, compared "
-         f"stripped in any case) would read them back as silence ({SILENCE!r}, word ''); "
-         f"rename them first (the corpus's silence is the phone {SILENCE!r} itself)"),
+         "the readers' default silence marks (s3viz.data.alignments.SILENCE_LABELS, any "
+         f"case) would read them back as silence; rename them first (the corpus's silence is "
+         f"the phone {SILENCE!r} itself)"),
         ([x for x in both if x != x.strip()], "label(s) with surrounding whitespace",
          "the readers strip it; strip the labels first"),
         # a TextGrid reader keeps no "\r" and a .PHN/.WRD line ends at each of them
@@ -242,9 +231,8 @@ def _check_read_back(u, layout: str) -> None:
                     "a .PHN line cannot hold them; use layout='mfa'"),
                    ([w for w in words if w != " ".join(w.split())],
                     "word(s) with whitespace other than single spaces (a newline, a tab)",
-                    "a .WRD line cannot hold them (it ends at a newline and its reader joins "
-                    "the rest of the line with single spaces); use layout='mfa' or replace "
-                    "that whitespace first")]
+                    "a .WRD line cannot hold them (its reader joins its words with single "
+                    "spaces); use layout='mfa' or replace that whitespace first")]
     for found, what, fix in checks:
         if found:
             found = sorted(set(found))
@@ -320,21 +308,19 @@ def _export_plan(corpus, layout: str) -> list:
         else:
             sex = str(u.labels.get("gender", "") or u.labels.get("sex", "")).strip().upper()[:1]
             sex = sex if sex in ("F", "M") else "X"
-            parts = (_safe(str(u.labels.get("split", "train")).upper(),
-                           f"label 'split' of utterance {u.id!r}"),
-                     _safe(str(u.labels.get("dialect", "DR1")).upper(),
-                           f"label 'dialect' of utterance {u.id!r}"),
-                     _safe(f"{sex}{_speaker_dir(u)}", f"speaker of utterance {u.id!r}"), base)
-            if parts[0].lower() not in _TIMIT_SPLITS:
-                raise ValueError(
-                    f"utterance {u.id!r} has split {u.labels.get('split')!r}, which layout="
-                    f"'timit' writes as the folder {parts[0]!r} that load_timit does not read; "
-                    f"it reads {list(_TIMIT_SPLITS)} (any case): relabel it, or use layout='mfa'")
-            if not _TIMIT_DIALECT.fullmatch(parts[1]):
-                raise ValueError(
-                    f"utterance {u.id!r} has dialect {u.labels.get('dialect')!r}, which "
-                    "load_timit does not read back: it reads DR<n> folders ('DR1' ... 'DR8' in "
-                    "TIMIT, any case); relabel it, or use layout='mfa'")
+            parts = tuple(_safe(str(u.labels.get(k, default)).upper(),
+                                f"label {k!r} of utterance {u.id!r}")
+                          for k, default in (("split", "train"), ("dialect", "DR1")))
+            parts += (_safe(f"{sex}{_speaker_dir(u)}", f"speaker of utterance {u.id!r}"), base)
+            for key, reads, ok in (
+                    ("split", f"{list(_TIMIT_SPLITS)}", parts[0].lower() in _TIMIT_SPLITS),
+                    ("dialect", "DR<n> ('DR1' ... 'DR8' in TIMIT)",
+                     _TIMIT_DIALECT.fullmatch(parts[1]))):
+                if not ok:
+                    raise ValueError(
+                        f"utterance {u.id!r} has {key} {u.labels.get(key)!r}, a folder load_timit"
+                        f" does not read back (it reads {reads}, any case); relabel it, or use "
+                        "layout='mfa'")
         stem = "/".join(parts)
         key = collision_key(stem)
         if key in seen:
@@ -374,10 +360,8 @@ def _export_mfa(corpus, out: OwnedFolder, stems, sf) -> Dict[str, Path]:
 
 
 def _textgrid_text(tg) -> str:
-    """A TextGrid as MFA writes it (long format, UTF-8), made in memory: ``Textgrid.save``'s
-    steps without its write to a file name (praatio's private ``_tgToDictionary``: praatio
-    is pinned to 6.x, and ``tests/test_fs.py`` checks the text equals what ``save`` writes).
-    """
+    """A TextGrid as MFA writes it, made in memory: ``Textgrid.save``'s steps without the
+    file (praatio's private ``_tgToDictionary``, pinned 6.x; ``tests/test_fs.py`` checks)."""
     from praatio.data_classes.textgrid import _tgToDictionary
     from praatio.utilities import textgrid_io
 

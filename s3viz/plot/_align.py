@@ -47,8 +47,8 @@ def length_alignment(report: pd.DataFrame, ax=None, *, by: str = "rate",
 
     groups = []  # (label, sub-frame)
     if by == "layer":
-        for layer, part in report.groupby("layer", sort=True):
-            groups.append((f"layer {layer} (rate {int(part['rate'].iloc[0])})", part))
+        groups = [(f"layer {layer} (rate {int(part['rate'].iloc[0])})", part)
+                  for layer, part in report.groupby("layer", sort=True)]
     else:
         for rate, part in report.groupby("rate", sort=True):
             # layers of one rate with identical frame counts share lines
@@ -75,12 +75,10 @@ def length_alignment(report: pd.DataFrame, ax=None, *, by: str = "rate",
     ax.axhline(0, color="0.3", linewidth=0.8, zorder=0)
     lo = np.nanmin([pd.to_numeric(report[f"diff_{c}"], errors="coerce").min() for c in convs] + [0])
     hi = np.nanmax([pd.to_numeric(report[f"diff_{c}"], errors="coerce").max() for c in convs] + [0])
-    ax.set_yticks(np.arange(int(np.floor(lo)), int(np.ceil(hi)) + 1))
-    ax.set_ylim(lo - 0.5, hi + 0.5)
-    ax.set_xlabel("input length (samples at 16 kHz)")
-    ax.set_ylabel("frames - expected")
-    ax.set_title("Frame counts vs length conventions"
-                 + (f": {groups[0][0]}" if len(groups) == 1 else ""))
+    ax.set(yticks=np.arange(int(np.floor(lo)), int(np.ceil(hi)) + 1), ylim=(lo - 0.5, hi + 0.5),
+           xlabel="input length (samples at 16 kHz)", ylabel="frames - expected",
+           title="Frame counts vs length conventions"
+           + (f": {groups[0][0]}" if len(groups) == 1 else ""))
     if len(groups) == 1:
         ax.legend(fontsize="small", loc="best")
     else:  # colour = convention, line style = layer group: two short keys, not one per line
@@ -100,12 +98,9 @@ def length_alignment(report: pd.DataFrame, ax=None, *, by: str = "rate",
 
 def _log_spectrogram(wav: np.ndarray, n_fft: int = 400, hop: int = 160) -> np.ndarray:
     """``(n_fft // 2 + 1, frames)`` log power of a Hann-windowed STFT (frame k at k * hop)."""
-    if wav.size < n_fft:
-        wav = np.pad(wav, (0, n_fft - wav.size))
-    n = 1 + (wav.size - n_fft) // hop
-    idx = np.arange(n_fft)[None, :] + hop * np.arange(n)[:, None]
-    frames = wav[idx] * np.hanning(n_fft)[None, :]
-    spec = np.abs(np.fft.rfft(frames, axis=1)) ** 2
+    wav = np.pad(wav, (0, max(0, n_fft - wav.size)))
+    idx = np.arange(n_fft)[None, :] + hop * np.arange(1 + (wav.size - n_fft) // hop)[:, None]
+    spec = np.abs(np.fft.rfft(wav[idx] * np.hanning(n_fft)[None, :], axis=1)) ** 2
     return np.log10(spec.T + 1e-10)
 
 
@@ -168,18 +163,11 @@ def frame_grid(wav, timelines, phones: Optional[pd.DataFrame] = None, ax=None, *
     if phones is not None and not {"start", "end"} <= set(phones.columns):
         raise ValueError("phones must have columns start, end (samples) and phone")
     sr = float(sample_rate)
-    dur = n_samples / sr
-    if window is None:
-        lo, hi = 0.0, dur
-    else:
-        lo, hi = float(window[0]), float(window[1])
-        if not hi > lo:
-            raise ValueError(f"window must be (start_s, end_s) with end_s > start_s, "
-                             f"got {window!r}")
-    ax = new_axes(ax, figsize=(9, 1.6 + 0.55 * (len(lanes) + (phones is not None)) + 1.2))
-
-    p = 1 if phones is not None else 0
-    n = len(lanes)
+    lo, hi = (0.0, n_samples / sr) if window is None else (float(window[0]), float(window[1]))
+    if not hi > lo:
+        raise ValueError(f"window must be (start_s, end_s) with end_s > start_s, got {window!r}")
+    p, n = int(phones is not None), len(lanes)
+    ax = new_axes(ax, figsize=(9, 1.6 + 0.55 * (n + p) + 1.2))
     wave_lo, wave_hi = n + p + 0.1, n + p + 2.1
     yticks, ylabels = [], []
 
@@ -196,9 +184,8 @@ def frame_grid(wav, timelines, phones: Optional[pd.DataFrame] = None, ax=None, *
         else:
             a = int(max(0, np.floor(lo * sr)))
             b = int(min(n_samples, np.ceil(hi * sr) + 1))
-            seg = w[a:b]
             peak = float(np.abs(w).max()) or 1.0
-            ax.plot(np.arange(a, b) / sr, (wave_lo + wave_hi) / 2 + seg / peak * 0.95,
+            ax.plot(np.arange(a, b) / sr, (wave_lo + wave_hi) / 2 + w[a:b] / peak * 0.95,
                     color="0.25", linewidth=0.6)
             ylabels.append("waveform")
     else:
@@ -213,8 +200,7 @@ def frame_grid(wav, timelines, phones: Optional[pd.DataFrame] = None, ax=None, *
         color = _LANE_COLORS[i % len(_LANE_COLORS)]
         starts = df["start"].to_numpy(dtype=np.float64) / sr
         ends = df["end"].to_numpy(dtype=np.float64) / sr
-        vis = (ends >= lo) & (starts <= hi)
-        idx = np.flatnonzero(vis)
+        idx = np.flatnonzero((ends >= lo) & (starts <= hi))
         rate = df.attrs.get("rate")
         yticks.append(y0 + 0.5)
         ylabels.append(name if rate is None else f"{name}\n{1000 * rate / sr:g} ms")
@@ -265,10 +251,7 @@ def frame_grid(wav, timelines, phones: Optional[pd.DataFrame] = None, ax=None, *
         yticks.append(0.5)
         ylabels.append("phones")
 
-    ax.set_xlim(lo, hi)
-    ax.set_ylim(0, wave_hi + 0.1)
-    ax.set_yticks(yticks)
-    ax.set_yticklabels(ylabels, fontsize="small")
-    ax.set_xlabel("time (s)")
+    ax.set(xlim=(lo, hi), ylim=(0, wave_hi + 0.1), xlabel="time (s)")
+    ax.set_yticks(yticks, ylabels, fontsize="small")
     ax.tick_params(axis="y", length=0)
     return ax

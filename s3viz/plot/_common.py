@@ -50,8 +50,7 @@ def line_groups(df: pd.DataFrame, keys, xcol: str):
 def layer_ticks(ax, df, xcol, layer0) -> None:
     """The x axis of a per-layer figure: one tick per layer, layer 0 named ``layer0``."""
     ticks = np.unique(df[xcol].to_numpy())
-    ax.set_xticks(ticks)
-    ax.set_xticklabels([layer_label(t, layer0) for t in ticks])
+    ax.set_xticks(ticks, [layer_label(t, layer0) for t in ticks])
     ax.set_xlabel("layer")
     ax.grid(True, alpha=0.3)
 

@@ -30,10 +30,9 @@ def frame_vs_utterance(df: pd.DataFrame, ax=None):
     ax.scatter(x[agree], y[agree], s=18, color="tab:blue", label="argmax agrees")
     ax.scatter(x[~agree], y[~agree], s=24, marker="x", color="tab:red", label="argmax differs")
     ax.axhline(1.0, color="0.4", linewidth=0.8, linestyle="--")
-    ax.set_xlabel("frames in utterance")
-    ax.set_ylabel("cosine(pooled frames, utterance)")
     lo = float(np.nanmin(y)) if y.size else 0.0
-    ax.set_ylim(min(lo - 0.05, 0.9), 1.02)
+    ax.set(xlabel="frames in utterance", ylabel="cosine(pooled frames, utterance)",
+           ylim=(min(lo - 0.05, 0.9), 1.02))
     title = (f"cosine mean {np.nanmean(y):.3f}, argmax agreement {agree.mean():.0%}"
              if y.size else "")
     gpu_col = "cpu_gpu_frame_max_abs_diff"
@@ -104,16 +103,13 @@ def utterance_outputs(frame_out, utterance_out, ax=None, *, frame_len: Optional[
         x0 += width + gap / 2
     ax.set_xlim(-0.5, x0)
     ticks = [t for t in ax.get_xticks() if 0 <= t <= T - 1]
-    ax.set_xticks(list(ticks) + centres)
-    ax.set_xticklabels([f"{int(t)}" for t in ticks] + names, fontsize="small")
+    ax.set_xticks(list(ticks) + centres, [f"{int(t)}" for t in ticks] + names, fontsize="small")
     for lab in ax.get_xticklabels()[len(ticks):]:
         lab.set_rotation(30)
         lab.set_horizontalalignment("right")
     if labels is not None:
-        ax.set_yticks(range(D))
-        ax.set_yticklabels([str(s) for s in labels], fontsize="small")
-    ax.set_ylabel("output")
-    ax.set_xlabel("frame")
+        ax.set_yticks(range(D), [str(s) for s in labels], fontsize="small")
+    ax.set(ylabel="output", xlabel="frame")
     ax.set_title("frame-level outputs over time | pooled and utterance-level outputs",
                  fontsize="medium")
     if colorbar:

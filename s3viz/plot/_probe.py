@@ -52,9 +52,8 @@ def probe_curve(df: pd.DataFrame, ax=None, *, metric: str = "accuracy",
                     lw=1.2, label=f"{label} control" if multi else "control task")
     layer_ticks(ax, df, xcol, layer0)
     lo = 0.0 if metric != "selectivity" else min(0.0, float(df[metric].min()) - 0.05)
-    ax.set_ylim(lo, 1.0)
-    ax.set_ylabel({"accuracy": "accuracy (fraction)", "macro_f1": "macro F1",
-                   "selectivity": "selectivity (acc. - control)"}.get(metric, metric))
+    ax.set(ylim=(lo, 1.0), ylabel={"accuracy": "accuracy (fraction)", "macro_f1": "macro F1",
+                                   "selectivity": "selectivity (acc. - control)"}.get(metric, metric))
     return legend_title(ax, title)
 
 
@@ -87,13 +86,10 @@ def similarity(df: pd.DataFrame, ax=None, *, vmin: float = 0.0, vmax: float = 1.
     rows = rows if len(rows) == values.shape[0] else list(df.index)
     cols = df.attrs.get("other_upstream_layers", list(df.columns))
     cols = cols if len(cols) == values.shape[1] else list(df.columns)
-    ax.set_yticks(range(len(rows)))
     # one line on the y axis: a two-line label sits off its row
-    ax.set_yticklabels([layer_label(r, layer0).replace("\n", " ") for r in rows])
-    ax.set_xticks(range(len(cols)))
-    ax.set_xticklabels([layer_label(c, layer0) for c in cols])
-    ax.set_ylabel(str(df.index.name or "layer"))
-    ax.set_xlabel(str(df.columns.name or "layer"))
+    ax.set_yticks(range(len(rows)), [layer_label(r, layer0).replace("\n", " ") for r in rows])
+    ax.set_xticks(range(len(cols)), [layer_label(c, layer0) for c in cols])
+    ax.set(ylabel=str(df.index.name or "layer"), xlabel=str(df.columns.name or "layer"))
     if annotate is None:  # 13 x 13 numbers in 7-point type cannot be read
         annotate = max(values.shape) <= 8
     if annotate:

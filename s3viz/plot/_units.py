@@ -35,8 +35,8 @@ def abx_curve(df: pd.DataFrame, ax=None, *, label_by: str | None = None,
         ax.plot([x[best]], [y[best]], marker="*", ms=10, color=line.get_color(), ls="none")
     ax.axhline(50.0, ls="--", color="0.5", lw=1, label="chance (50 %)")
     layer_ticks(ax, df, xcol, layer0)
-    ax.set_ylim(0, max(55.0, float(100 * df["abx_error"].max()) + 5))
-    ax.set_ylabel("ABX error (%), lower is better")
+    ax.set(ylim=(0, max(55.0, float(100 * df["abx_error"].max()) + 5)),
+           ylabel="ABX error (%), lower is better")
     return legend_title(ax, title)
 
 
@@ -71,8 +71,7 @@ def unit_quality(df: pd.DataFrame, ax=None, *, measures=("pnmi", "phone_purity",
                                   ls=style, label=label, **kw)
                 colors.setdefault(key, line.get_color())
     layer_ticks(ax, df, xcol, layer0)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("fraction, higher is better")
+    ax.set(ylim=(0, 1), ylabel="fraction, higher is better")
     if title is None and len(ks) == 1:
         title = f"k-means units, k={ks[0]}"
     return legend_title(ax, title)

@@ -60,7 +60,6 @@ def utterance(utt, axes=None, *, title: str | None = None):
                 vmin=float(spec.max()) - 8, vmax=float(spec.max()))
     if phones is not None:
         phone_marks(ax_s, phones, color="w", y=1.0)
-    ax_s.set_ylabel("Hz")
-    ax_s.set_xlabel("time (s)")
+    ax_s.set(ylabel="Hz", xlabel="time (s)")
     ax_w.set_xlim(0, wav.size / SAMPLE_RATE)
     return ax_w, ax_s

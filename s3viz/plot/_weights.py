@@ -46,7 +46,7 @@ def weights_table(weights, probe_df: pd.DataFrame | None = None,
     out = pd.DataFrame({"layer": [int(i) for i in w.index], "weight": w.to_numpy(dtype=float)})
     out["uniform"] = 1.0 / len(w)
     if probe_df is not None:
-        for name, curve in _same_layers(w, _probe_curves(probe_df, metric)):
+        for name, curve in _probe_curves(w, probe_df, metric):
             col = metric if name is None else f"{metric}[{name}]"
             out[col] = out["layer"].map(curve)
     return out
@@ -68,12 +68,10 @@ def layer_weights(weights, ax=None, *, baseline: bool = True, color: str | None 
     if baseline:
         ax.axhline(1.0 / len(layers), color="0.3", linestyle="--", linewidth=1,
                    label=f"uniform 1/{len(layers)}")
-    ax.set_xticks(x)
-    ax.set_xticklabels([layer_label(i) for i in layers])
-    ax.set_xlabel("layer")
-    ax.set_ylabel("weight (probability)")
+    ax.set_xticks(x, [layer_label(i) for i in layers])
     top = float(np.nanmax(w.to_numpy(dtype=float)))
-    ax.set_ylim(0, max(top, 1.0 / len(layers)) * 1.15)
+    ax.set(xlabel="layer", ylabel="weight (probability)",
+           ylim=(0, max(top, 1.0 / len(layers)) * 1.15))
     title = title if title is not None else (str(w.name) if w.name not in (None, "weight")
                                              else "layer weights")
     ax.set_title(random_title(title, w))
@@ -96,11 +94,10 @@ def layer_weights_heatmap(df: pd.DataFrame, ax=None, *, annotate: bool | None = 
     im = ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap=cmap, vmin=0,
                    vmax=max(float(np.nanmax(values)), 1e-12))
     ax.figure.colorbar(im, ax=ax, label="weight (probability)")
-    ax.set_xticks(np.arange(df.shape[1]))
-    ax.set_xticklabels([layer_label(c) if isinstance(c, (int, np.integer))
-                        and not isinstance(c, bool) else str(c) for c in df.columns])
-    ax.set_yticks(np.arange(df.shape[0]))
-    ax.set_yticklabels([str(i) for i in df.index])
+    ax.set_xticks(np.arange(df.shape[1]), [layer_label(c) if isinstance(c, (int, np.integer))
+                                           and not isinstance(c, bool) else str(c)
+                                           for c in df.columns])
+    ax.set_yticks(np.arange(df.shape[0]), [str(i) for i in df.index])
     ax.set_xlabel("layer")
     if annotate is None:
         annotate = df.shape[0] <= 20 and df.shape[1] <= 30
@@ -111,8 +108,9 @@ def layer_weights_heatmap(df: pd.DataFrame, ax=None, *, annotate: bool | None = 
     return ax
 
 
-def _probe_curves(probe_df: pd.DataFrame, metric: str):
-    """``(name, Series layer -> metric)`` for each method/target in a probe table."""
+def _probe_curves(w: pd.Series, probe_df: pd.DataFrame, metric: str):
+    """``(name, Series layer -> metric)`` per method/target of a probe table, at the weights'
+    layers; refused when the weights have a layer the probe lacks (another model's)."""
     if not isinstance(probe_df, pd.DataFrame) or "layer" not in probe_df.columns:
         raise ValueError("probe_df must be a DataFrame with a 'layer' column "
                          "(s3viz.probe_layers(...))")
@@ -120,18 +118,9 @@ def _probe_curves(probe_df: pd.DataFrame, metric: str):
         raise KeyError(f"probe_df has no column {metric!r}; columns: {list(probe_df.columns)}")
     keys = [k for k in ("method", "target") if k in probe_df.columns
             and probe_df[k].nunique() > 1]
-    if not keys:
-        return [(None, probe_df.groupby("layer")[metric].mean())]
-    out = []
-    for name, g in probe_df.groupby(keys):
-        name = "/".join(str(n) for n in (name if isinstance(name, tuple) else (name,)))
-        out.append((name, g.groupby("layer")[metric].mean()))
-    return out
-
-
-def _same_layers(w: pd.Series, curves):
-    """The probe curves at the weights' layers (a subset of the probed ones); refused when
-    the weights have a layer the probe lacks (a 13-layer model beside a 5-layer probe)."""
+    curves = [("/".join(str(n) for n in (name if isinstance(name, tuple) else (name,))),
+               g.groupby("layer")[metric].mean()) for name, g in probe_df.groupby(keys)] \
+        if keys else [(None, probe_df.groupby("layer")[metric].mean())]
     layers = [int(i) for i in w.index]
     for name, curve in curves:
         got = {int(i) for i in curve.index}
@@ -157,17 +146,15 @@ def weights_and_probe(weights, probe_df: pd.DataFrame, ax=None, *, metric: str =
     ax = layer_weights(w, ax=ax, title=title or f"layer weights and probe {metric}")
     pos = {int(layer): i for i, layer in enumerate(w.index)}
     twin = ax.twinx()
-    handles, labels = ax.get_legend_handles_labels()
-    for k, (name, curve) in enumerate(_same_layers(w, _probe_curves(probe_df, metric))):
-        x = [pos[int(i)] for i in curve.index]
-        (line,) = twin.plot(x, curve.to_numpy(dtype=float), marker="o", color=f"C{k + 1}",
-                            label=with_weights(f"probe {metric}" + (f" ({name})" if name
-                                                                    else ""), probe_df))
-        handles.append(line)
-        labels.append(line.get_label())
+    for k, (name, curve) in enumerate(_probe_curves(w, probe_df, metric)):
+        twin.plot([pos[int(i)] for i in curve.index], curve.to_numpy(dtype=float), marker="o",
+                  color=f"C{k + 1}", label=with_weights(
+                      f"probe {metric}" + (f" ({name})" if name else ""), probe_df))
     twin.set_ylabel(f"probe {metric}")
     if metric in ("accuracy", "macro_f1"):
         twin.set_ylim(0, 1.05)
+    handles, labels = (a + b for a, b in zip(ax.get_legend_handles_labels(),
+                                             twin.get_legend_handles_labels()))
     ax.legend(handles, labels, loc="best", fontsize="small")
     ax.probe_ax = twin
     return ax
@@ -193,8 +180,7 @@ def weight_history(history: pd.DataFrame, ax=None, *, title: str | None = None):
         ax.plot(history["step"], history[c], color=cmap(i / max(1, len(cols) - 1)), lw=1.4,
                 label=f"layer {c[len('weight_'):]}")
     ax.axhline(1 / len(cols), color="0.3", ls="--", lw=1, label=f"uniform 1/{len(cols)}")
-    ax.set_xlabel("training step")
-    ax.set_ylabel("weight (probability)")
+    ax.set(xlabel="training step", ylabel="weight (probability)")
     ax.set_xlim(left=0)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, ncol=2 if len(cols) > 7 else 1, loc="center left",

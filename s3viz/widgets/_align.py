@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence
 
-import ipywidgets
+import ipywidgets as W
 import numpy as np
 import pandas as pd
 
@@ -42,24 +42,16 @@ def _check_source(source, upstream, arg: str = "source") -> bool:
 
 def default_layers(rates: Sequence[int], max_layers: int = 4) -> List[int]:
     """First layer of each distinct rate, plus the last layer; at most ``max_layers``."""
-    seen, out = set(), []
-    for i, r in enumerate(rates):
-        if r not in seen:
-            seen.add(r)
-            out.append(i)
-    if len(rates) - 1 not in out:
-        out.append(len(rates) - 1)
+    out = {list(rates).index(r) for r in rates} | {len(rates) - 1}
     return sorted(out)[:max_layers]
 
 
 def _source_layers(source, upstream):
     """``(rates, names)`` of the selectable layers."""
-    if _is_store(source):
-        rates = [int(r) for r in source.downsample_rates]
-        ids = list(getattr(source, "layer_ids", range(len(rates))))
-        return rates, [f"layer {i}" for i in ids]
-    rates = upstream_rates(upstream)
-    return rates, [f"layer {i}" for i in range(len(rates))]
+    store = _is_store(source)
+    rates = [int(r) for r in source.downsample_rates] if store else upstream_rates(upstream)
+    ids = getattr(source, "layer_ids", range(len(rates))) if store else range(len(rates))
+    return rates, [f"layer {i}" for i in ids]
 
 
 def utterance_alignment(source, index: int, *, upstream=None,
@@ -134,7 +126,7 @@ def draw_alignment(view: Dict[str, object], ax=None, *, window=None, spectrogram
     return ax
 
 
-class AlignmentExplorer(ipywidgets.VBox):
+class AlignmentExplorer(W.VBox):
     """The widget of :func:`alignment_explorer`: the controls ``utterance``, ``layers``,
     ``window``, ``spectrogram`` (set their ``.value`` to drive the picture), the ``image``
     (PNG) of the matplotlib ``figure`` last drawn, its ``view``
@@ -143,7 +135,6 @@ class AlignmentExplorer(ipywidgets.VBox):
 
     def __init__(self, source, upstream=None, *, layers=None, window_s: float = 1.0,
                  figsize=(9.0, 4.5), device=None):
-        import ipywidgets as w
         from matplotlib.figure import Figure
 
         self._source, self._upstream, self._device = source, upstream, device
@@ -151,30 +142,30 @@ class AlignmentExplorer(ipywidgets.VBox):
         rates, names = _source_layers(source, upstream)
         chosen = default_layers(rates) if layers is None else [int(x) for x in layers]
         ids = list(source.ids)
-        self.utterance = w.Dropdown(options=[(str(u), i) for i, u in enumerate(ids)], value=0,
+        self.utterance = W.Dropdown(options=[(str(u), i) for i, u in enumerate(ids)], value=0,
                                     description="utterance")
-        self.layers = w.SelectMultiple(
+        self.layers = W.SelectMultiple(
             options=[(f"{names[i]} ({1000 * r / SAMPLE_RATE:g} ms)", i)
                      for i, r in enumerate(rates)],
             value=tuple(chosen), description="layers", rows=min(6, len(rates)))
         self._window_s = float(window_s)
         # the slider's own readout box cuts "0.000 - 2.200": the window is written beside it
-        self.window = w.FloatRangeSlider(min=0.0, max=1.0, step=0.005, value=(0.0, 1.0),
+        self.window = W.FloatRangeSlider(min=0.0, max=1.0, step=0.005, value=(0.0, 1.0),
                                          description="window (s)", continuous_update=False,
-                                         readout=False, layout=w.Layout(width="420px"))
+                                         readout=False, layout=W.Layout(width="420px"))
         self.window.add_class("s3viz-window-slider")
-        self.window_label = w.HTML(layout=w.Layout(width="150px"))
+        self.window_label = W.HTML(layout=W.Layout(width="150px"))
         self.window_label.add_class("s3viz-window-readout")
-        self.spectrogram = w.Checkbox(value=False, description="spectrogram")
+        self.spectrogram = W.Checkbox(value=False, description="spectrogram")
         self.figure = Figure(figsize=figsize, dpi=100)
         # shown at the PNG's own size: a browser never rescales (and blurs) it
-        self.image = w.Image(format="png", width=int(figsize[0] * 100),
+        self.image = W.Image(format="png", width=int(figsize[0] * 100),
                              height=int(figsize[1] * 100))
         self.view: Dict[str, object] = {}
         self.state: Dict[str, object] = {"renders": 0}
         self._busy = False
-        super().__init__([w.HBox([self.utterance, self.spectrogram]),
-                          w.HBox([self.layers, self.window, self.window_label]), self.image])
+        super().__init__([W.HBox([self.utterance, self.spectrogram]),
+                          W.HBox([self.layers, self.window, self.window_label]), self.image])
         self._reset_window()
         self.refresh()
         self.utterance.observe(self._on_utterance, names="value")
@@ -197,14 +188,11 @@ class AlignmentExplorer(ipywidgets.VBox):
         view = self._view_for(self.utterance.value)
         dur = max(view["wav_len"] / SAMPLE_RATE, 0.01)
         self._busy = True
-        try:
+        try:  # the value is set while max holds both the old and the new window
             self.window.min = 0.0
-            if self.window.max < dur:
-                self.window.max = dur
-                self.window.value = (0.0, min(dur, self._window_s))
-            else:
-                self.window.value = (0.0, min(dur, self._window_s))
-                self.window.max = dur
+            self.window.max = max(self.window.max, dur)
+            self.window.value = (0.0, min(dur, self._window_s))
+            self.window.max = dur
         finally:
             self._busy = False
 

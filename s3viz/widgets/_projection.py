@@ -25,18 +25,6 @@ COLOR_BY = ("phone", "speaker", "word")
 _WIDTH, _HEIGHT, _DPI = 640, 440, 100
 
 
-def _frame_colours(store, layer: int, color_by: str) -> np.ndarray:
-    if color_by == "speaker":
-        if "speaker" not in store.labels.columns:
-            raise ValueError("color_by='speaker' needs a 'speaker' column in store.labels")
-        spk = store.labels["speaker"].astype(str).to_numpy()
-        return np.repeat(spk, np.asarray(store.lengths(layer)))
-    if all(p is None for p in store.phones):
-        raise ValueError(f"color_by={color_by!r} needs phone alignments (store.phones); use "
-                         "color_by='speaker'")
-    return store.frame_labels(layer, column=color_by)
-
-
 def projection(store, layer: int, *, color_by: str = "phone", method: str = "pca",
                max_points: int = 2000, seed: int = 0) -> pd.DataFrame:
     """A 2-D projection (``"pca"`` or ``"umap"``) of a seeded sample of ``max_points`` of one
@@ -52,7 +40,16 @@ def projection(store, layer: int, *, color_by: str = "phone", method: str = "pca
         raise ValueError(f"color_by must be one of {COLOR_BY}, got {color_by!r}")
     max_points = _v.integer(max_points, "max_points", minimum=3)
     s = store._layer_index(layer)
-    lab = _frame_colours(store, s, color_by)
+    if color_by == "speaker":
+        if "speaker" not in store.labels.columns:
+            raise ValueError("color_by='speaker' needs a 'speaker' column in store.labels")
+        lab = np.repeat(store.labels["speaker"].astype(str).to_numpy(),
+                        np.asarray(store.lengths(s)))
+    elif all(p is None for p in store.phones):
+        raise ValueError(f"color_by={color_by!r} needs phone alignments (store.phones); use "
+                         "color_by='speaker'")
+    else:
+        lab = store.frame_labels(s, column=color_by)
     rows = np.flatnonzero(lab != "")  # a seeded draw among the labelled frames
     if len(rows) > max_points:
         rows = np.sort(np.random.default_rng([seed, 5]).choice(rows, max_points, replace=False))
@@ -86,34 +83,6 @@ def _umap():
     return umap
 
 
-def _palette(labels: pd.Series, max_colours: int) -> dict:
-    """The ``max_colours`` most frequent labels -> a tab20 colour; the rest share grey."""
-    import matplotlib
-
-    cmap = matplotlib.colormaps["tab20"]
-    order = list(range(0, 20, 2)) + list(range(1, 20, 2))  # the 10 strong colours first
-    top = labels.value_counts().index[:max_colours]
-    return {v: cmap(order[i % 20]) for i, v in enumerate(top)}
-
-
-def draw(points: pd.DataFrame, ax, palette: dict, title: str = "") -> None:
-    """The scatter of :func:`projection`'s points on ``ax``, with a legend."""
-    other = ~points["label"].isin(list(palette))
-    if other.any():
-        ax.scatter(points.loc[other, "x"], points.loc[other, "y"], s=6, color="0.75",
-                   label=f"other ({int(other.sum())})", linewidths=0)
-    for v, colour in palette.items():
-        m = points["label"] == v
-        if m.any():
-            ax.scatter(points.loc[m, "x"], points.loc[m, "y"], s=8, color=colour, label=str(v),
-                       linewidths=0)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_title(title, fontsize=10)
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False,
-              markerscale=1.6, handletextpad=0.2)
-
-
 class LayerProjectionExplorer(W.VBox):
     """The widget of :func:`layer_projection_explorer`: ``slider`` (over the stored layers),
     ``image`` (the scatter, PNG), ``info`` (HTML: the probe score and the projection's
@@ -127,8 +96,13 @@ class LayerProjectionExplorer(W.VBox):
         self.max_points, self.seed = max_points, seed
         self.probe = probe
         self._cache: dict[int, pd.DataFrame] = {}
-        first = self._points(self.layers[0])
-        self.palette = _palette(first["label"], max_colours)
+        import matplotlib
+
+        # the max_colours most frequent labels of the first layer, tab20's 10 strong colours
+        # first; the rest share grey
+        cmap, order = matplotlib.colormaps["tab20"], [*range(0, 20, 2), *range(1, 20, 2)]
+        top = self._points(self.layers[0])["label"].value_counts().index[:max_colours]
+        self.palette = {v: cmap(order[i % 20]) for i, v in enumerate(top)}
         self.slider = W.SelectionSlider(
             options=[(str(v), v) for v in self.layers], value=self.layers[0],
             description="layer", continuous_update=False,
@@ -169,8 +143,21 @@ class LayerProjectionExplorer(W.VBox):
 
         self.points = pts = self._points(layer)
         fig = Figure(figsize=(_WIDTH / _DPI, _HEIGHT / _DPI), dpi=_DPI)
-        draw(pts, fig.add_axes((0.02, 0.03, 0.74, 0.9)), self.palette,
-             f"layer {layer}: {self.method.upper()} of {len(pts)} frames")
+        ax = fig.add_axes((0.02, 0.03, 0.74, 0.9))
+        other = ~pts["label"].isin(list(self.palette))  # labels without a colour: grey
+        if other.any():
+            ax.scatter(pts.loc[other, "x"], pts.loc[other, "y"], s=6, color="0.75",
+                       label=f"other ({int(other.sum())})", linewidths=0)
+        for v, colour in self.palette.items():
+            m = pts["label"] == v
+            if m.any():
+                ax.scatter(pts.loc[m, "x"], pts.loc[m, "y"], s=8, color=colour, label=str(v),
+                           linewidths=0)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"layer {layer}: {self.method.upper()} of {len(pts)} frames", fontsize=10)
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False,
+                  markerscale=1.6, handletextpad=0.2)
         self.image.value = png(fig)
         extra = (f"PCA: the two axes hold {100 * pts.attrs['explained']:.1f} % of the variance"
                  if self.method == "pca" else "UMAP (distances are not to scale)")

@@ -76,7 +76,6 @@ class LayerWeightExplorer(W.VBox):
         for l_ in self.layers:
             slider = W.FloatSlider(value=1.0, min=0.0, max=1.0, step=0.01, orientation="vertical",
                                    readout=True, readout_format=".2f", continuous_update=True,
-                                   description="",
                                    layout=W.Layout(height=_BAR_HEIGHT, width="52px"))
             slider.add_class("s3viz-layer-slider")
             bar = W.FloatProgress(value=1.0 / L, min=0.0, max=1.0, orientation="vertical",
