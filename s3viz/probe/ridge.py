@@ -57,7 +57,7 @@ def ridge_fit_folds(stats: ProbeStats, folds: int, sub: int, blocks: list[slice]
         else:
             mse = torch.zeros(1, stats.num_targets)
         train = stats.without(test)
-        mu, sd, ybar, a, b = train._standardized()
+        mu, sd, ybar, a, b = train._moments()
         ws = torch.empty_like(b)
         chosen = [lambdas[int(torch.argmin(mse[:, blk].sum(1)))] for blk in blocks]
         for lam in set(chosen):  # one factorisation per distinct penalty
@@ -65,7 +65,7 @@ def ridge_fit_folds(stats: ProbeStats, folds: int, sub: int, blocks: list[slice]
                               for blk, lb in zip(blocks, chosen) if lb == lam]).to(b.device)
             ws[:, cols] = _ridge_solve(a, b[:, cols], lam)
         w = ws / sd[:, None]
-        models.append((w, ybar - mu @ w, chosen))
+        models.append((w, ybar - (train.shift + mu) @ w, chosen))
     return models
 
 
@@ -77,7 +77,7 @@ def fold_train_counts(stats: ProbeStats, folds: int, sub: int):
 
 
 def _dual_standardize(x: torch.Tensor, idx: torch.Tensor):
-    """Mean, scale (as :meth:`ProbeStats._standardized`) and standardised rows ``idx``."""
+    """Mean, scale (as :meth:`ProbeStats._moments`) and standardised rows ``idx``."""
     xs = x[idx]
     mu = xs.mean(0)
     sd = safe_scale(xs.std(0, unbiased=False), mean=mu)
