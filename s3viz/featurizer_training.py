@@ -281,12 +281,11 @@ def train_featurizer(
                      standardize=options.standardize, utterances=utterances)
     dev = _resolve_device(device)
     gen = torch.Generator().manual_seed(seed)
-    torch_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
     L, H, C = len(data.layers), data.hidden_size, len(data.classes)
-    logits = nn.Parameter(torch.zeros(L, device=dev))
-    head = nn.Linear(H, C).to(dev)
-    torch.random.set_rng_state(torch_state)
+    with torch.random.fork_rng(devices=[]):  # the head's start, not the caller's stream
+        torch.manual_seed(seed)
+        logits = nn.Parameter(torch.zeros(L, device=dev))
+        head = nn.Linear(H, C).to(dev)
     opt = torch.optim.Adam([logits, *head.parameters()], lr=options.lr)
     size, train_utts, dev_utts = options.batch_frames, data.train_utts, data.test_utts
 
