@@ -70,21 +70,26 @@ def numbers(values, name: str, *, positive: bool = True) -> List[float]:
     return out
 
 
+class LayerIndexError(IndexError, ValueError):
+    """A layer index out of range: an IndexError, and a ValueError of the argument."""
+
+
 def stored_layers(store, layers, name: str = "layers") -> List[int]:
     """``layers`` (the argument ``name``) as a list of stored layer indices of ``store``
-    (None: all of them)."""
-    n = int(store.num_layer)
+    (or of ``store`` layers, an int; None: all of them)."""
+    n = store if isinstance(store, Integral) else int(store.num_layer)
     if layers is None:
         return list(range(n))
     out = []
     for layer in ([layers] if isinstance(layers, Integral) else layers):
         if isinstance(layer, bool) or not isinstance(layer, Integral) or not 0 <= layer < n:
-            raise IndexError(f"{name} must hold stored layer indices in [0, {n}), got {layer!r}")
+            raise LayerIndexError(f"{name} must hold stored layer indices in [0, {n}), got "
+                                  f"{layer!r}: out of range or not an index")
         out.append(int(layer))
     if not out:
         raise ValueError(f"{name} selects no layer")
     if len(set(out)) != len(out):
-        raise ValueError(f"{name} names a stored layer twice: {out}")
+        raise ValueError(f"{name} names a stored layer twice: {out}; give each without repeats")
     return out
 
 

@@ -22,9 +22,8 @@ from . import _validate as _v
 from ._device import resolve_device as _resolve_device
 from ._numerics import (Profile, float32_distances_span, read_dtype, safe_scale,
                         warn_degenerate)
-from .align import expected_lengths
-from .featurizers import (WeightedSumFeaturizer, align_frames, check_lengths, layer_list,
-                          rate_factor, sum_geometry)
+from .featurizers import (WeightedSumFeaturizer, align_frames, aligned_lengths, check_lengths,
+                          sum_geometry)
 from .probe.targets import UNSEEN, ProbeTask, resolve_level
 from .store import utterance_selection
 
@@ -112,20 +111,18 @@ class ProbeData:
         resolve_level(store, target, level)  # the probes' target names
         self.store, self.target, self.level = store, target, level
         self.sel = sel = utterance_selection(utterances, len(store))
-        self.layers = layers = layer_list(layers, store.num_layer)
+        self.layers = layers = _v.stored_layers(store, layers)
         self.rates = rates = {l_: int(store.downsample_rates[l_]) for l_ in layers}
         if target_rate is None and level == "utterance":  # the featurizer's rate
             target_rate = min(rates.values())
-        self.target_rate = int(sum_geometry({l_: store.hidden_sizes[l_] for l_ in layers},
-                                            rates, target_rate))
+        self.target_rate = sum_geometry({l_: store.hidden_sizes[l_] for l_ in layers}, rates,
+                                        target_rate)
         self.hidden_size = int(store.hidden_sizes[layers[0]])
         n = len(store)
         if level == "frame":  # frames at target_rate: the shortest aligned layer's
             counts = torch.stack([torch.as_tensor(store.lengths(l_)) for l_ in layers])
-            aligned = []
-            for l_, c in zip(layers, counts):
-                mode, f = rate_factor(rates[l_], self.target_rate, what=f"layer {l_}")
-                aligned.append(expected_lengths(c, f, "ceil") if mode == "average" else c * f)
+            aligned = [aligned_lengths(c, rates[l_], self.target_rate, what=f"layer {l_}")
+                       for l_, c in zip(layers, counts)]
             check_lengths(counts, list(rates.values()), layers, ids=store.ids)
             self.lengths = torch.stack(aligned).min(0).values.numpy().astype(np.int64)
         else:
@@ -264,20 +261,15 @@ def train_featurizer(
     linear classifier of their weighted sum, trained jointly with Adam.
 
     Args:
-        level: ``"frame"`` or ``"utterance"`` (mean-pooled features).
-        layers: stored layers to weigh (default all).
         options: a :class:`TrainOptions` (``None``: the defaults).
-        split_by: the groups kept apart between training and dev.
         target_rate: frame level; default the layers' common rate.
         utterances: to train and evaluate on; an unlabelled (or, at frame level,
             unaligned) one is refused, as by the probes.
 
     Returns:
         A :class:`FeaturizerFit` ``(featurizer, history)``: a
-        :class:`WeightedSumFeaturizer` over the store's layers holding the learned
-        weights, and one row per evaluation, from step 0 (the starting weights):
-        ``step, loss, dev_accuracy, weight_<layer>...``; ``history.attrs`` holds
-        ``classes, n_train, n_dev, split_by, dev_chance, n_dev_unseen`` and the settings.
+        :class:`WeightedSumFeaturizer` holding the learned weights, and one row per
+        evaluation from step 0 (its columns and attrs: ``docs/featurizers.md``).
     """
     if options is None:
         options = TrainOptions()
@@ -289,12 +281,11 @@ def train_featurizer(
                      standardize=options.standardize, utterances=utterances)
     dev = _resolve_device(device)
     gen = torch.Generator().manual_seed(seed)
-    torch_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
     L, H, C = len(data.layers), data.hidden_size, len(data.classes)
-    logits = nn.Parameter(torch.zeros(L, device=dev))
-    head = nn.Linear(H, C).to(dev)
-    torch.random.set_rng_state(torch_state)
+    with torch.random.fork_rng(devices=[]):  # the head's start, not the caller's stream
+        torch.manual_seed(seed)
+        logits = nn.Parameter(torch.zeros(L, device=dev))
+        head = nn.Linear(H, C).to(dev)
     opt = torch.optim.Adam([logits, *head.parameters()], lr=options.lr)
     size, train_utts, dev_utts = options.batch_frames, data.train_utts, data.test_utts
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import _validate as _v
 from .align import expected_lengths
 from .interface import AbsFeaturizer, num_layer_of
 from .models import length_mask
@@ -60,24 +61,7 @@ def check_lengths(counts: torch.Tensor, rates: Sequence[int], names: Sequence, i
             "of one rate")
 
 
-def layer_list(layers, num_layer: int, name: str = "layers") -> list[int]:
-    """``layers`` (None: all) as distinct layer indices in ``[0, num_layer)``, in order."""
-    if layers is None:
-        return list(range(num_layer))
-    try:
-        out = [int(i) for i in layers]
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"{name} must be a list of layer indices, got {layers!r}") from e
-    bad = [i for i in out if not 0 <= i < num_layer]
-    if bad:
-        raise ValueError(f"{name} {bad} out of range [0, {num_layer}): there are {num_layer} "
-                         "hidden states")
-    if len(set(out)) != len(out) or not out:
-        raise ValueError(f"{name} must be non-empty and without repeats, got {list(layers)}")
-    return out
-
-
-def sum_geometry(sizes: dict, rates: dict, target_rate):
+def sum_geometry(sizes: dict, rates: dict, target_rate) -> int:
     """The target rate of a weighted sum of layers ``{name: hidden size}`` and ``{name:
     rate}``: ``target_rate``, or their one rate; layers of several sizes are refused."""
     if len(set(sizes.values())) > 1:
@@ -90,7 +74,14 @@ def sum_geometry(sizes: dict, rates: dict, target_rate):
                 f"align them (e.g. target_rate={min(rates.values())}, the finest) or select "
                 "layers of one rate")
         target_rate = next(iter(rates.values()))
-    return target_rate
+    return _v.integer(target_rate, "target_rate")
+
+
+def aligned_lengths(lengths: torch.Tensor, rate: int, target_rate: int, what: str = "layer"
+                    ) -> torch.Tensor:
+    """Frame counts at ``rate`` brought to ``target_rate``, as :func:`align_frames` does."""
+    mode, f = rate_factor(rate, target_rate, what=what)
+    return expected_lengths(lengths, f, "ceil") if mode == "average" else lengths * f
 
 
 def align_frames(hs: torch.Tensor, hs_len: torch.Tensor, rate: int, target_rate: int
@@ -100,10 +91,8 @@ def align_frames(hs: torch.Tensor, hs_len: torch.Tensor, rate: int, target_rate:
     averaged in groups (padding never enters an average; ``docs/featurizers.md``)."""
     mode, f = rate_factor(rate, target_rate)
     hs_len = hs_len.to(device=hs.device, dtype=torch.long)
-    if mode == "same":
-        return hs, hs_len
-    if mode == "repeat":
-        return hs.repeat_interleave(f, dim=1), hs_len * f
+    if mode != "average":
+        return (hs.repeat_interleave(f, dim=1) if f > 1 else hs), hs_len * f
     batch, seq_len, hidden = hs.shape
     pad = (-seq_len) % f
     valid = length_mask(hs_len, seq_len).to(hs.dtype)
@@ -114,8 +103,7 @@ def align_frames(hs: torch.Tensor, hs_len: torch.Tensor, rate: int, target_rate:
     groups = (seq_len + pad) // f
     total = x.view(batch, groups, f, hidden).sum(dim=2)
     count = valid.view(batch, groups, f).sum(dim=2).clamp(min=1.0)
-    new_len = expected_lengths(hs_len.cpu(), f, "ceil").to(hs.device)
-    return total / count[..., None], new_len
+    return total / count[..., None], aligned_lengths(hs_len, rate, target_rate)
 
 
 def weighted_sum(all_hs: Sequence[torch.Tensor], all_hs_len: Sequence[torch.Tensor],
@@ -232,20 +220,16 @@ class WeightedSumFeaturizer(AbsFeaturizer):
         if len(hidden_sizes) != num_layer or len(rates) != num_layer:
             raise ValueError(f"upstream has num_layer={num_layer} but {len(hidden_sizes)} "
                              f"hidden_sizes and {len(rates)} downsample_rates")
-        selections = sorted(layer_list(layer_selections, num_layer, "layer_selections"))
+        selections = sorted(_v.stored_layers(num_layer, layer_selections, "layer_selections"))
         target_rate = sum_geometry({i: hidden_sizes[i] for i in selections},
-                                    {i: rates[i] for i in selections}, target_rate)
-        if isinstance(target_rate, bool) or not isinstance(target_rate, (int, np.integer)) \
-                or target_rate <= 0:
-            raise ValueError(f"target_rate must be a positive int (samples per frame), got "
-                             f"{target_rate!r}")
+                                   {i: rates[i] for i in selections}, target_rate)
         for i in selections:
-            rate_factor(rates[i], int(target_rate), what=f"layer {i}")
+            rate_factor(rates[i], target_rate, what=f"layer {i}")
         self._num_layer = num_layer
         self._rates = rates
         self._hidden_sizes = hidden_sizes
         self._output_size = hidden_sizes[selections[0]]
-        self._downsample_rate = int(target_rate)
+        self._downsample_rate = target_rate
         self.normalize = bool(normalize)
         self.layer_selections = selections
         self.weights = nn.Parameter(torch.zeros(len(selections)))

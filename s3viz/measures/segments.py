@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from ..probe.ridge import LAMBDAS
-from ..probe.tables import segment_results
+from ..probe.tables import concat_tables
 from ..segments import common_segments, frames_precision, segment_table
 from ._engine import Batch, Context, CorpusLayers, Measure
 from .probe import RidgeProbe
@@ -133,4 +133,4 @@ class SegmentProbe(Measure):
 
     def compute(self) -> pd.DataFrame:
         tables = [probe.compute().assign(level="segment") for probe in self.probes.values()]
-        return segment_results(tables, dict(self.dropped))
+        return concat_tables([(None, t) for t in tables], n_dropped=dict(self.dropped))

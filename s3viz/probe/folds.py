@@ -244,7 +244,6 @@ def probe_folds(store, *, folds: int = 5, split_by: str = "speaker", seed: int =
     Args:
         split_by: ``"speaker"`` or ``"utterance"`` (no ``"auto"``: it depends on the
             target, :func:`resolve_split`).
-        utterances: utterance positions to split (default all).
         utterance_weights: weight of each selected utterance to balance the folds by
             (default: frames of stored layer 0).
         strata: class of each selected utterance: groups are then dealt round-robin

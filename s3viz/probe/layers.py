@@ -18,7 +18,7 @@ from ..upstreams._hub import weights_of
 from .folds import check_folds, check_split_by, resolve_split
 from .logistic import LogisticOptions, _logistic_layers
 from .ridge import LAMBDAS
-from .tables import concat_tables, result_row, result_table, segment_result, segment_results
+from .tables import concat_tables, result_row, result_table, segment_result
 from .targets import LEVELS, ProbeTask, check_control, resolve_level
 
 __all__ = ["METHODS", "RidgeOptions", "probe_layers"]
@@ -71,27 +71,19 @@ def probe_layers(
     """Cross-validated linear probes of every stored layer (``docs/probes.md``).
 
     Args:
-        store: a :class:`~s3viz.store.LayerStore`.
         target: label name(s): columns of the phone alignments (``"phone"``,
             ``"word"``: frame level, frames labelled ``""`` left out) or of
             ``store.labels`` (``"speaker"`` ...: utterance level, mean-pooled features).
-        level: ``"frame"``, ``"utterance"``, ``"segment"`` or ``None`` (utterance level
-            for a column of ``store.labels``, else frame level). ``"segment"``: each
-            segment of the target in the alignments (silence left out;
-            :func:`s3viz.segments.segment_table`) is one example, the mean of its
-            frames, an utterance's segments in one fold; the control type defaults to
-            the segment with its neighbours; ``attrs["n_dropped"]``: each target's
-            segments shorter than a frame (left out).
+        level: ``"frame"``, ``"utterance"``, ``"segment"`` (each segment of the target
+            in the alignments is one example, the mean of its frames; ``docs/probes.md``,
+            "Segments") or ``None`` (utterance level for a column of ``store.labels``,
+            else frame level).
         method: ``"ridge"``, ``"logistic"``, their options (:class:`RidgeOptions`,
             :class:`LogisticOptions`) or a list of these.
-        layers: stored layer indices to probe (default all).
-        folds: number of grouped cross-validation folds (>= 2).
         split_by: ``"speaker"``, ``"utterance"`` or ``"auto"``
             (:func:`s3viz.probe.resolve_split`); the column ``split_by`` says which.
         control: ``True`` or a column defining the control type: Hewitt & Liang
             control tasks, columns ``control_accuracy`` and ``selectivity``.
-        utterances: utterance positions to use (default all).
-        device: torch device; ``None`` is cuda when available, else cpu.
         seed: seed of folds, control labels and the logistic probe's shuffling.
         sharding: a :class:`~s3viz.distributed.Sharding` (``Sharding.of(corpus, store,
             positions)``; ridge, or logistic with ``dev_fraction=0``): ``store`` holds
@@ -101,12 +93,8 @@ def probe_layers(
             (logistic: up to the order of float sums).
 
     Returns:
-        DataFrame with one row per target, method and layer: ``target, method, level,
-        layer, upstream_layer, accuracy, accuracy_std, macro_f1, chance, n_classes,
-        n_train, n_test, lambda`` (with ``control``: ``control_accuracy, selectivity``;
-        with unseen test classes: ``n_unseen, unseen_fraction``), ``split_by``; attrs
-        ``fold_accuracy``, ``split_by``, ``folds``, ``seed``, ``weights``. What each
-        means: ``docs/probes.md``, "The table".
+        DataFrame with one row per target, method and layer (``accuracy``, ``chance``,
+        ...); its columns and attrs: ``docs/probes.md``, "The table".
     """
     weights = weights_of(store)  # the frames' store, also in a sharded run
     if target is None:
@@ -122,15 +110,14 @@ def probe_layers(
     check_split_by(split_by)
     if level is not None and level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS} or None, got {level!r}")
+    layer_list = _v.stored_layers(store, layers)
+    device = _resolve_device(device)
     if level == "segment":
         return _probe_segments(store, targets, methods, meta, positions, reduce,
-                               layers=_v.stored_layers(store, layers), folds=folds,
-                               split_by=split_by, control=control, utterances=utterances,
-                               device=_resolve_device(device), seed=seed)
-    layer_list = _v.stored_layers(store, layers)
+                               layers=layer_list, folds=folds, split_by=split_by,
+                               control=control, utterances=utterances, device=device, seed=seed)
     corpus = store if meta is None else meta  # the whole corpus's metadata
     sel = utterance_selection(utterances, len(corpus))
-    device = _resolve_device(device)
     for tgt in targets:
         if not isinstance(tgt, str):
             raise TypeError(f"target must be a label name (str), got {tgt!r}")
@@ -226,28 +213,18 @@ def _probe_segments(store, targets, methods, meta, positions, reduce, *, layers,
         probe = SegmentProbe(list(dict.fromkeys(targets)), lambdas=methods[0].lambdas,
                              profile_pass=True, utterances=utterances, control=control, **kw)
         source = StoreSource(store, meta=meta, positions=positions, layers=layers)
-        return _as_listed(run_measures([probe], source, device=device,
-                                       reduce=reduce)["segments"], targets)
+        table = run_measures([probe], source, device=device, reduce=reduce)["segments"]
+        return concat_tables([(t, table) for t in targets])
     if meta is not None:
         raise ValueError("probe_layers(level='segment', sharding=...) takes the ridge method "
                          "only: logistic segment probes need every segment's mean at once")
-    tables, dropped = [], {}
+    tables, dropped = {}, {}
     for tgt in dict.fromkeys(targets):
         seg = segment_store(store, tgt, layers, utterances=utterances)
         with renamed_layers(layers):  # the means store's layer i is stored layer layers[i]
             res = probe_layers(seg, tgt, level="utterance", method=methods, control=control,
                                device=device, **kw)
-        tables.append(segment_result(res, layers, store.layer_ids))
+        tables[tgt] = segment_result(res, layers, store.layer_ids)
         dropped[tgt] = int(seg._dropped)
-    table = segment_results(tables, dropped)
-    table.attrs["weights"] = weights_of(store)
-    return _as_listed(table, targets)
-
-
-def _as_listed(table: pd.DataFrame, targets: list) -> pd.DataFrame:
-    """``table``'s rows in the order of ``targets`` (a target listed twice: its rows twice)."""
-    if len(set(targets)) == len(targets):
-        return table
-    out = pd.concat([table[table["target"] == t] for t in targets], ignore_index=True)
-    out.attrs = table.attrs
-    return out
+    return concat_tables([(t, tables[t]) for t in targets], n_dropped=dropped,
+                         weights=weights_of(store))

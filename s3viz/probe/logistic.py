@@ -1,12 +1,7 @@
-"""The logistic probe: softmax classifiers of many layers trained as one batch.
-
-Weights ``(num_layers, hidden_size, num_classes)`` trained with Adam on minibatches
-and early stopping on a grouped dev split, or (``dev_fraction=0``) full-batch
-L-BFGS to the optimum scikit-learn's ``LogisticRegression()`` reaches. Layers are
-read through the one guard of every measure (:func:`s3viz._numerics.layer_guard`,
-centred and scaled by a power of two before float32); a degenerate layer gives NaN
-scores and one warning.
-"""
+"""The logistic probe: softmax classifiers of many layers trained as one batch (Adam
+with early stopping, or full-batch L-BFGS; ``docs/probes.md``), each layer read through
+the guard of every measure (:func:`s3viz._numerics.layer_guard`): a degenerate layer
+gives NaN scores and one warning."""
 
 from __future__ import annotations
 

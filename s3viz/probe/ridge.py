@@ -52,20 +52,19 @@ def ridge_fit_folds(stats: ProbeStats, folds: int, sub: int, blocks: list[slice]
     models = []
     for k in range(folds):
         test, dev = _dev_fold(k, folds, sub)
+        chosen = [lambdas[0]] * len(blocks)
         if len(lambdas) > 1:
             mse = stats.without(test + dev).dev_mse(stats.select(dev), lambdas)  # (nl, C)
-        else:
-            mse = torch.zeros(1, stats.num_targets)
+            chosen = [lambdas[int(torch.argmin(mse[:, blk].sum(1)))] for blk in blocks]
         train = stats.without(test)
-        mu, sd, ybar, a, b = train._standardized()
+        mu, sd, ybar, a, b = train._moments()
         ws = torch.empty_like(b)
-        chosen = [lambdas[int(torch.argmin(mse[:, blk].sum(1)))] for blk in blocks]
         for lam in set(chosen):  # one factorisation per distinct penalty
             cols = torch.cat([torch.arange(blk.start, blk.stop)
                               for blk, lb in zip(blocks, chosen) if lb == lam]).to(b.device)
             ws[:, cols] = _ridge_solve(a, b[:, cols], lam)
         w = ws / sd[:, None]
-        models.append((w, ybar - mu @ w, chosen))
+        models.append((w, ybar - (train.shift + mu) @ w, chosen))
     return models
 
 
@@ -77,7 +76,7 @@ def fold_train_counts(stats: ProbeStats, folds: int, sub: int):
 
 
 def _dual_standardize(x: torch.Tensor, idx: torch.Tensor):
-    """Mean, scale (as :meth:`ProbeStats._standardized`) and standardised rows ``idx``."""
+    """Mean, scale (as :meth:`ProbeStats.solve` standardises) and standardised rows ``idx``."""
     xs = x[idx]
     mu = xs.mean(0)
     sd = safe_scale(xs.std(0, unbiased=False), mean=mu)

@@ -284,11 +284,6 @@ class ProbeStats:
         b = cxy / sd[:, None]
         return mu, sd, ybar, a, b
 
-    def _standardized(self):
-        """(mean, scale, ybar, A, B) of all groups, the mean in the features' own space."""
-        mu, sd, ybar, a, b = self._moments()
-        return self.shift + mu, sd, ybar, a, b
-
     def dev_mse(self, dev: ProbeStats, lambdas: Sequence[float]) -> torch.Tensor:
         """``(len(lambdas), num_targets)`` mean squared error on held-out examples of ridge
         fits on these statistics, one per penalty, from the statistics alone (one
@@ -327,10 +322,9 @@ class ProbeStats:
         weights on standardised features; ``lam`` relative to their covariance's mean
         eigenvalue, 1; the intercept not penalised).
         """
-        mu, sd, ybar, a, b = self._standardized()
-        ws = _ridge_solve(a, b, float(lam))
-        w = ws / sd[:, None]
-        return w, ybar - mu @ w
+        mu, sd, ybar, a, b = self._moments()
+        w = _ridge_solve(a, b, float(lam)) / sd[:, None]
+        return w, ybar - (self.shift + mu) @ w
 
 
 def _ridge_solve(a: torch.Tensor, b: torch.Tensor, lam: float) -> torch.Tensor:

@@ -44,12 +44,6 @@ def segment_result(res: pd.DataFrame, layers, layer_ids) -> pd.DataFrame:
     return res
 
 
-def segment_results(tables: list, dropped: dict) -> pd.DataFrame:
-    """One segment-level probe table from each target's (``attrs["n_dropped"]``: the
-    segments of each target left out for owning no frame)."""
-    return concat_tables([(None, t) for t in tables], n_dropped=dropped)
-
-
 def concat_tables(parts: list, **attrs) -> pd.DataFrame:
     """One probe table from ``(target, table)`` parts: the target's rows of each table
     (None: all of them), in the columns of the widest, their ``fold_accuracy`` merged."""

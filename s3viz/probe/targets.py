@@ -95,13 +95,36 @@ class ProbeTask:
         self._keys: dict[int, tuple] = {}
 
     def _read_labels(self) -> np.ndarray | None:
-        """Refuse unaligned (frame level) or unlabelled utterances; the label strings of
+        """Refuse unaligned (frame level) or unlabelled utterances, naming them and the fix
+        (leaving them out silently would change what is measured); the label strings of
         utterance level."""
+        target, ids = self.target, self.ids
         if self.level == "frame":
-            return require_alignments(self.store.phones, self.target, self.sel, self.ids,
-                                      **_fix(self.fixes, "alignments"))
-        return utterance_label_strings(self.store.labels, self.target, self.sel, self.ids,
-                                       **_fix(self.fixes, "labels"))
+            phones = self.store.phones
+            missing = [ids[i] for i, u in enumerate(self.sel) if phones[u] is None]
+            if missing:
+                fix = self.fixes.get("alignments", "probe the aligned ones with `utterances=[i "
+                                     "for i, p in enumerate(store.phones) if p is not None]`")
+                raise ValueError(f"frame-level target {target!r} needs phone alignments, but "
+                                 f"{len(missing)} utterance(s) have none (e.g. {missing[:5]}); "
+                                 f"{fix}")
+            lacking = [ids[i] for i, u in enumerate(self.sel) if target not in phones[u].columns]
+            if lacking:
+                raise ValueError(f"the alignments of {len(lacking)} utterance(s) (e.g. "
+                                 f"{lacking[:5]}) have no column {target!r}")
+            return None
+        labels = self.store.labels
+        if target not in labels.columns:
+            raise KeyError(f"target {target!r} is not a column of the labels; columns: "
+                           f"{list(labels.columns)}")
+        keys = label_strings(labels[target].to_numpy()[np.asarray(self.sel)])
+        bad = [ids[i] for i, v in enumerate(keys) if v == ""]
+        if bad:
+            fix = self.fixes.get("labels", "fill store.labels[{target!r}] or probe only the "
+                                 "labelled ones with `utterances=`")
+            raise ValueError(f"target {target!r} is missing (None/NaN/'') for {len(bad)} "
+                             f"utterance(s), e.g. {bad[:5]}; " + fix.format(target=target))
+        return keys
 
     @classmethod
     def held_out(cls, store, target: str, level: str, sel: np.ndarray, *,
@@ -305,10 +328,7 @@ class ProbeTask:
         per fold and class, and check the held-out classes; returns the kept columns."""
         keep = np.flatnonzero(sum(c.sum(0) for c in counts) > 0)
         self.classes = self.classes[keep]
-        if len(keep) < 2:
-            raise ValueError(
-                f"target {self.target!r} has {len(keep)} class(es) among the labelled "
-                "frames: nothing to classify; choose another target or more utterances")
+        check_classes(self.target, self.classes, None, where="among the labelled frames")
         self._check_layers([(c[:, keep], c[:, keep].sum(0, keepdims=True) - c[:, keep], None,
                              None) for c in counts])
         return keep
@@ -348,41 +368,6 @@ def check_control(control) -> None:
     if not isinstance(control, (bool, str)):
         raise TypeError(f"control must be True, False or the name of the column that defines "
                         f"a control type (e.g. 'word'), got {control!r}")
-
-
-def _fix(fixes: dict, key: str) -> dict:
-    return {"fix": fixes[key]} if key in fixes else {}
-
-
-def utterance_label_strings(labels: pd.DataFrame, target: str, sel, ids,
-                            fix: str = "fill store.labels[{target!r}] or probe only the "
-                                       "labelled ones with `utterances=`") -> np.ndarray:
-    """The utterance-level label of each selected utterance; a missing one is refused
-    (leaving it out silently would change what is measured), naming it and ``fix``."""
-    if target not in labels.columns:
-        raise KeyError(f"target {target!r} is not a column of the labels; columns: "
-                       f"{list(labels.columns)}")
-    keys = label_strings(labels[target].to_numpy()[np.asarray(sel)])
-    bad = [ids[i] for i, v in enumerate(keys) if v == ""]
-    if bad:
-        raise ValueError(f"target {target!r} is missing (None/NaN/'') for {len(bad)} "
-                         f"utterance(s), e.g. {bad[:5]}; " + fix.format(target=target))
-    return keys
-
-
-def require_alignments(phones, target: str, sel, ids,
-                       fix: str = "probe the aligned ones with `utterances=[i for i, p in "
-                                  "enumerate(store.phones) if p is not None]`") -> None:
-    """Refuse a selected utterance without an alignment table with ``target`` (all its
-    frames would silently be left out, as unlabelled frames are)."""
-    missing = [ids[i] for i, u in enumerate(sel) if phones[u] is None]
-    if missing:
-        raise ValueError(f"frame-level target {target!r} needs phone alignments, but "
-                         f"{len(missing)} utterance(s) have none (e.g. {missing[:5]}); {fix}")
-    lacking = [ids[i] for i, u in enumerate(sel) if target not in phones[u].columns]
-    if lacking:
-        raise ValueError(f"the alignments of {len(lacking)} utterance(s) (e.g. "
-                         f"{lacking[:5]}) have no column {target!r}")
 
 
 def _number(s: str):

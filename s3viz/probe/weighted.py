@@ -103,12 +103,9 @@ def _basis(cov: torch.Tensor, between: torch.Tensor, k: int, kind: str) -> torch
 class WeightedScorer:
     """Probe accuracy of the weighted sum of layers, for any weights, in milliseconds.
 
-    The representation scored is ``sum_l w_l Z_l``, the selected layers each
-    standardised with training statistics, seen through one shared orthonormal
-    basis of ``dims`` directions; a score is the ridge probe of
-    :func:`s3viz.probe_layers` for one fold (penalty chosen on the dev part, fit on
-    train + dev, scored on the held-out test part), from blocks cached in one pass
-    over the store (``docs/featurizers.md``).
+    A score is the ridge probe of :func:`s3viz.probe_layers` for one held-out fold on
+    ``sum_l w_l Z_l`` (the selected layers standardised, seen through one shared basis
+    of ``dims`` directions), from blocks cached in one pass (``docs/featurizers.md``).
 
     Args:
         test_fraction: in (0, 0.5]; the other arguments of the split as in
