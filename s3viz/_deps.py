@@ -12,8 +12,6 @@ import importlib
 import importlib.metadata
 from typing import Optional, Tuple
 
-__all__ = ["KNOWN_GOOD_PAIRS", "TorchaudioImportError", "installed_version", "torchaudio"]
-
 # (torch, torchaudio) pairs measured to load together (README, "Installing"); the first is
 # the pair the lock file (requirements/lock.txt) installs and `make test` runs.
 KNOWN_GOOD_PAIRS: Tuple[Tuple[str, str], ...] = (

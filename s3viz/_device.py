@@ -12,9 +12,6 @@ import contextlib
 
 import torch
 
-__all__ = ["eval_session", "module_device", "notebook_threads", "resolve_device"]
-
-
 def module_device(module) -> torch.device | None:
     """The device of ``module``'s first parameter (or buffer); None when it has neither
     or is not an ``nn.Module``."""
