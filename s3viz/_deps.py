@@ -56,8 +56,7 @@ def _message(cause: BaseException) -> str:
     root = cause
     while root.__cause__ is not None:
         root = root.__cause__
-    reason = str(root).strip().splitlines()
-    reason = reason[-1] if reason else ""
+    reason = (str(root).strip().splitlines() or [""])[-1]
     return (f"{head}: {type(root).__name__}: {reason}\n"
             f"Pairs known to work: {pairs}.\n"
             f"Fix: {FIX_COMMAND}\n"
