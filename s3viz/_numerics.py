@@ -55,10 +55,9 @@ class Moments:
     """
 
     def __init__(self, shape, device=None, axis: int = 0):
-        kw = {"dtype": torch.float64, "device": device}
-        self.axis = axis
-        self.shift, self.s1, self.s2 = (torch.zeros(*shape, **kw) for _ in range(3))
-        self.n = 0
+        self.axis, self.n = axis, 0
+        self.shift, self.s1, self.s2 = (torch.zeros(*shape, dtype=torch.float64, device=device)
+                                        for _ in range(3))
 
     def update(self, x: torch.Tensor) -> Moments:
         if x.shape[self.axis] == 0:
