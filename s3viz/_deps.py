@@ -12,8 +12,6 @@ import importlib
 import importlib.metadata
 from typing import Optional, Tuple
 
-__all__ = ["KNOWN_GOOD_PAIRS", "TorchaudioImportError", "installed_version", "torchaudio"]
-
 # (torch, torchaudio) pairs measured to load together (README, "Installing"); the first is
 # the pair the lock file (requirements/lock.txt) installs and `make test` runs.
 KNOWN_GOOD_PAIRS: Tuple[Tuple[str, str], ...] = (
@@ -58,8 +56,7 @@ def _message(cause: BaseException) -> str:
     root = cause
     while root.__cause__ is not None:
         root = root.__cause__
-    reason = str(root).strip().splitlines()
-    reason = reason[-1] if reason else ""
+    reason = (str(root).strip().splitlines() or [""])[-1]
     return (f"{head}: {type(root).__name__}: {reason}\n"
             f"Pairs known to work: {pairs}.\n"
             f"Fix: {FIX_COMMAND}\n"

@@ -9,11 +9,9 @@ picks it here, and this is the only module that asks torch whether CUDA is there
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
-
-__all__ = ["eval_session", "module_device", "notebook_threads", "resolve_device"]
-
 
 def module_device(module) -> torch.device | None:
     """The device of ``module``'s first parameter (or buffer); None when it has neither
@@ -67,20 +65,15 @@ def eval_session(module, device: torch.device | None = None, *, move: bool = Fal
 
 
 def notebook_threads(*, apply: bool = True, verbose: bool = True) -> int:
-    """The torch CPU thread count for an analysis notebook on this machine (the notebooks
-    call it in their first cell).
-
-    On a shared busy server torch's threads wait for each other
-    (``benchmarks/bench_threads.py``). So: ``S3VIZ_THREADS`` when set; one thread on at
-    most 4 cores or when the load average is at least half the cores; otherwise the
-    cores the load leaves idle, at most torch's default.
+    """The torch CPU thread count for an analysis notebook on this machine: ``S3VIZ_THREADS``
+    when set; one thread on at most 4 cores or when the load average is at least half the
+    cores (threads wait for each other on a busy server: ``benchmarks/bench_threads.py``);
+    otherwise the cores the load leaves idle, at most torch's default.
 
     Args:
         apply: set torch's thread count to the chosen one (False: only return it).
         verbose: print the count chosen and why.
     """
-    import os
-
     env = os.environ.get("S3VIZ_THREADS", "").strip()
     cores = os.cpu_count() or 1
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0

@@ -1,11 +1,8 @@
 """Every file s3viz writes or deletes goes through an :class:`OwnedFolder`.
 
-The folder a user names (``cache_dir``, ``out``, an export folder) is taken as given;
-below it nothing is followed: each step is opened relative to its parent's file
-descriptor with ``O_NOFOLLOW``, so a symbolic link planted inside (a ``.lock``, a
-``chunks/`` folder, a label that spells ``../..``) is refused, never written through,
-truncated or emptied. Files are written to an exclusive temporary name and renamed
-into place. Layout and rules: ``docs/refusals.md``.
+Below the folder a user names nothing is followed: each step is opened relative to its
+parent's descriptor with ``O_NOFOLLOW``, so a link planted inside is refused, never written
+through; files are renamed into place from a temporary name. Rules: ``docs/refusals.md``.
 """
 
 from __future__ import annotations
@@ -94,7 +91,7 @@ class OwnedFolder:
             raise UnsafePathError(f"{text!r} (in {self.what} {str(self.folder)!r}) holds a NUL "
                                   "or a backslash; s3viz writes no such name")
         pure = PurePosixPath(text)
-        if pure.is_absolute() or any(p in ("..",) for p in pure.parts) or not pure.parts:
+        if pure.is_absolute() or ".." in pure.parts or not pure.parts:
             raise UnsafePathError(
                 f"{text!r} would leave {self.what} {str(self.folder)!r}; s3viz writes only "
                 "inside the folder it was given")
@@ -176,7 +173,6 @@ class OwnedFolder:
                 raise IsADirectoryError(f"{str(self.path(rel))!r} is a folder where s3viz "
                                         "writes a file; move it away")
             tmp, fd = self._temp(dfd, name)
-            ok = False
             try:
                 with os.fdopen(fd, "wb") as f:
                     yield f
@@ -184,16 +180,13 @@ class OwnedFolder:
                     os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
                 else:  # pragma: no cover
                     os.replace(os.path.join(dfd, tmp), os.path.join(dfd, name))
-                ok = True
-            finally:
-                if not ok:
-                    with contextlib.suppress(OSError):
-                        _unlink(dfd, tmp)
+            except BaseException:  # the temporary file goes, whatever stopped the write
+                with contextlib.suppress(OSError):
+                    _unlink(dfd, tmp)
+                raise
 
     def write_bytes(self, rel, data) -> Path:
-        with self.open_write(rel) as f:
-            f.write(data)
-        return self.path(rel)
+        return self.write_with(rel, lambda f: f.write(data))
 
     def write_text(self, rel, text: str, encoding: str = "utf-8") -> Path:
         return self.write_bytes(rel, text.encode(encoding))

@@ -19,12 +19,6 @@ import warnings
 import numpy as np
 import torch
 
-__all__ = ["read_dtype", "pow2_factor", "safe_scale", "Moments",
-           "DegenerateLayerWarning", "Guard", "Profile", "layer_guard", "tensor_guard",
-           "warn_degenerate", "renamed_layers", "float32_squares_span", "float32_distances_span",
-           "float64_sums_span", "unit_rows"]
-
-
 def read_dtype(store) -> torch.dtype:
     """float64 for a store that holds float64 frames (``LayerStore.from_tensors``), else
     float32 (a float64 store read in float32 rounds a feature of 1e6 to 1/16)."""
@@ -34,12 +28,8 @@ def read_dtype(store) -> torch.dtype:
 def pow2_factor(x: torch.Tensor) -> float:
     """A power of two ``2**-k`` (exact to multiply by) bringing the root mean square of ``x``
     near 1 (1.0 for 0 or empty)."""
-    if x.numel() == 0:
-        return 1.0
-    rms = float(x.double().pow(2).mean().sqrt())
-    if not math.isfinite(rms) or rms == 0.0:
-        return 1.0
-    return 2.0 ** -round(math.log2(rms))
+    rms = float(x.double().pow(2).mean().sqrt()) if x.numel() else 0.0
+    return 2.0 ** -round(math.log2(rms)) if math.isfinite(rms) and rms > 0 else 1.0
 
 
 def safe_scale(std: torch.Tensor, mean: torch.Tensor | None = None,
@@ -65,19 +55,16 @@ class Moments:
     """
 
     def __init__(self, shape, device=None, axis: int = 0):
-        kw = {"dtype": torch.float64, "device": device}
-        self.axis = axis
-        self.shift, self.s1, self.s2 = (torch.zeros(*shape, **kw) for _ in range(3))
-        self.n = 0
-        self._fixed = False
+        self.axis, self.n = axis, 0
+        self.shift, self.s1, self.s2 = (torch.zeros(*shape, dtype=torch.float64, device=device)
+                                        for _ in range(3))
 
     def update(self, x: torch.Tensor) -> Moments:
         if x.shape[self.axis] == 0:
             return self
         x = x.to(device=self.shift.device, dtype=torch.float64)
-        if not self._fixed:
+        if self.n == 0:  # the first rows fix the shift
             self.shift = x.mean(self.axis)
-            self._fixed = True
         d = x - self.shift.unsqueeze(self.axis)
         self.s1 += d.sum(self.axis)
         self.s2 += (d * d).sum(self.axis)
@@ -89,8 +76,7 @@ class Moments:
         :func:`s3viz.distributed.all_reduce_sum`; every shard calls this: three collectives),
         each shard re-based on the global mean before the sum."""
         out = Moments(self.shift.shape, self.shift.device, self.axis)
-        f64 = {"dtype": torch.float64, "device": self.shift.device}
-        n_all = float(reduce(torch.tensor([float(self.n)], **f64))[0])
+        n_all = float(reduce(self.s1.new_tensor([float(self.n)]))[0])
         if n_all <= 0:
             return out
         mean = reduce(self.s1 + self.n * self.shift) / n_all
@@ -98,7 +84,7 @@ class Moments:
         s1 = self.s1 + self.n * d
         s2 = self.s2 + 2 * d * self.s1 + self.n * d * d
         out.shift, out.s1, out.s2 = mean, reduce(s1), reduce(s2)
-        out.n, out._fixed = int(round(n_all)), True
+        out.n = int(round(n_all))
         return out
 
     @property
@@ -112,9 +98,9 @@ class Moments:
         return (self.s2 / n - m * m).clamp_min(0)
 
 
-ROUNDING_ULPS = 4
-"""A layer whose spread is at most this many units in the last place of its dtype,
-relative to its magnitude, varies only by rounding: it is degenerate."""
+ROUNDING_ULPS = 4  # a spread within this many ulps of its magnitude is rounding
+POOLED_ULPS = 4  # pooled vectors: x ROUNDING_ULPS of the frames' size (docs/measures.md)
+SAMPLE_ROWS = 4096  # rows kept (every stride-th) for Profile's robust statistics
 
 
 class DegenerateLayerWarning(UserWarning):
@@ -135,9 +121,7 @@ def _row_blocks(x: torch.Tensor) -> list[slice]:
 
 def _pow2_near(v: float) -> float:
     """``2**-e`` with ``v * 2**-e`` in ``[0.5, 1)``: exact to multiply by (1.0 for 0/inf)."""
-    if not math.isfinite(v) or v <= 0.0:
-        return 1.0
-    return math.ldexp(1.0, -math.frexp(v)[1])
+    return math.ldexp(1.0, -math.frexp(v)[1]) if math.isfinite(v) and v > 0.0 else 1.0
 
 
 class Guard:
@@ -160,9 +144,7 @@ class Guard:
         float64 in blocks (no float64 copy of a whole layer)."""
         device = x.device if device is None else device
         out = torch.empty(x.shape, dtype=dtype, device=device)
-        scale = self.scale
-        if isinstance(scale, torch.Tensor):
-            scale = scale.to(x.device)
+        scale = self.scale.to(x.device) if isinstance(self.scale, torch.Tensor) else self.scale
         for b in _row_blocks(x):
             y = x[b].to(torch.float64)
             if self.shift is not None:
@@ -191,6 +173,8 @@ class Profile:
         self.hi: torch.Tensor | None = None
         self.lo: torch.Tensor | None = None
         self.far = (-1.0, None)  # (largest max |x - shift| of a row, its row index)
+        # reduced(): the merged shards' robust statistics and (deviations, magnitudes)
+        self.robust_override = self.span_override = None
 
     def update(self, x: torch.Tensor) -> Profile:
         if x.shape[0] == 0:
@@ -211,11 +195,6 @@ class Profile:
             self.scale, self.peak = new, self.peak * r
         self.peak = max(self.peak, top * self.scale)
         self.mom.update(x * self.scale)
-        self._robust_update(x)
-        self.rows += x.shape[0]
-        return self
-
-    def _robust_update(self, x: torch.Tensor) -> None:
         hi, lo = x.amax(0), x.amin(0)
         self.hi = hi if self.hi is None else torch.maximum(self.hi, hi)
         self.lo = lo if self.lo is None else torch.minimum(self.lo, lo)
@@ -229,15 +208,14 @@ class Profile:
         while len(self.sample) > SAMPLE_ROWS:
             self.stride *= 2
             self.sample = [(i, r) for i, r in self.sample if i % self.stride == 0]
+        self.rows += x.shape[0]
+        return self
 
     def robust(self) -> tuple[torch.Tensor, float, float, torch.Tensor, torch.Tensor]:
-        """``(centre, spread, magnitude, mad, level)`` of the typical rows, from the sample.
-
-        ``centre``: the per-feature median; ``mad``: per feature, 1.4826 x the median
-        absolute deviation (a higher quantile where more than half of a feature's values
-        sit at its median); ``spread``: the root mean square of ``mad``; ``magnitude``: the
-        median root mean square of a row; ``level``: per feature, the median ``|x|``.
-        """
+        """``(centre, spread, magnitude, mad, level)`` of the typical rows (the sample): the
+        per-feature median; the root mean square of ``mad``; the median root mean square of
+        a row; per feature, 1.4826 x the median absolute deviation (a higher quantile where
+        over half the values sit at the median); per feature, the median ``|x|``."""
         if self.robust_override is not None:
             return self.robust_override
         x = torch.stack([r for _, r in self.sample])
@@ -261,8 +239,6 @@ class Profile:
         level = x.abs().median(0).values
         return centre / f, spread / f, magnitude / f, mad / f, level / f
 
-    robust_override = None  # set by reduced(): the merged shards' robust statistics
-
     def reduced(self, reduce) -> Profile:
         """The profile of all shards (``reduce`` sums a tensor over shards; every shard
         calls it), at one common scale (the mean exponent: exact). Medians and maxima
@@ -285,8 +261,7 @@ class Profile:
         out.rows = out.mom.n
         out.integral = float(info[3]) == 0
         out.exact = [d for d, inexact in zip(out.exact, info[4:].tolist()) if inexact == 0]
-        # robust statistics: row-weighted means of the shards' (a median of medians
-        # would need a gather)
+        # robust statistics: row-weighted means of the shards' (medians would need a gather)
         n = float(self.rows)
         zero = torch.zeros(width, dtype=f64)
         if self.rows:
@@ -298,12 +273,11 @@ class Profile:
                                 torch.tensor([n * (sp * common) ** 2, n * mag * common],
                                              dtype=f64)]))
         n_all = max(float(out.rows), 1.0)
-        centre = tot[:width] / n_all
-        out.robust_override = (centre / common,
-                               math.sqrt(float(tot[3 * width]) / n_all) / common,
-                               float(tot[3 * width + 1]) / n_all / common,
-                               (tot[width:2 * width] / n_all).sqrt() / common,
-                               (tot[2 * width:3 * width] / n_all).sqrt() / common)
+        c_sum, mad_sq, level_sq, rest = tot.split([width, width, width, 2])
+        centre = c_sum / n_all
+        out.robust_override = (centre / common, math.sqrt(float(rest[0]) / n_all) / common,
+                               float(rest[1]) / n_all / common, (mad_sq / n_all).sqrt() / common,
+                               (level_sq / n_all).sqrt() / common)
         # per feature, the largest deviation from the common centre and the largest |x|:
         # the root of the shards' summed squares (within sqrt(shards) of the largest)
         dev, top = zero, zero
@@ -314,16 +288,6 @@ class Profile:
         out.span_override = (both[:width], both[width:])
         return out
 
-    span_override = None
-
-    def deviations(self, centre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per feature, the largest distance of a value from ``centre`` and the largest
-        ``|x|`` (own units)."""
-        if self.span_override is not None:
-            return self.span_override
-        return (torch.maximum(self.hi - centre, centre - self.lo),
-                torch.maximum(self.hi.abs(), self.lo.abs()))
-
     def guard(self, dtype: torch.dtype, *, centre: bool, reference: torch.Tensor | None = None,
               ulps: float = 1.0, span: float | None = None, per_feature: bool = False
               ) -> Guard:
@@ -333,18 +297,12 @@ class Profile:
             dtype: the dtype the values were computed in (the store's); the narrower one
                 every value fits exactly is used instead unless every value is an integer.
             centre: subtract the per-feature median (for offset-invariant measures).
-            reference: per feature, the typical size the rounding is relative to
-                (default ``level`` of :meth:`robust`); pooled vectors pass their frames'.
+            reference: per feature, the typical size rounding is judged against (default
+                the median ``|x|``); pooled vectors pass their frames'.
             ulps: the threshold in multiples of :data:`ROUNDING_ULPS`.
-            span: the largest dynamic range the measure's arithmetic resolves (the
-                ``*_span`` functions); a layer whose largest deviation from its median
-                is more robust spreads than this is degenerate too. None: no limit.
-            per_feature: for measures that standardise each feature (the probes): a
-                power of two per feature, a dead feature reads as 0, the range is judged
-                per feature.
-
-        The scale is a power of two near the robust spread (the root mean square without
-        ``centre``), which one far row does not move.
+            span: the largest dynamic range, in robust spreads, the measure's arithmetic
+                resolves (the ``*_span`` functions; None: no limit).
+            per_feature: a power of two per feature, a dead feature reads as 0 (the probes).
         """
         if self.exact and not self.integral and dtype_eps(self.exact[0]) > dtype_eps(dtype):
             dtype = self.exact[0]  # e.g. float32 frames in a float64 store
@@ -352,7 +310,9 @@ class Profile:
         if not self.rows:
             return Guard(1.0, None, "it has no rows")
         med, rspread, rmag, mad, level = self.robust()
-        dev, top = self.deviations(med)
+        # per feature, the largest distance of a value from the median and the largest |x|
+        dev, top = self.span_override or (torch.maximum(self.hi - med, med - self.lo),
+                                          torch.maximum(self.hi.abs(), self.lo.abs()))
         ref = level if reference is None else torch.maximum(level, reference)
         quiet = mad <= tol * ref
         dead = dev <= tol * torch.maximum(top, ref)
@@ -396,28 +356,22 @@ class Profile:
         return Guard(scale if reason is None else 1.0, shift, reason, self.far[1])
 
 
-SAMPLE_ROWS = 4096
-"""Rows kept (every stride-th) for the robust centre and spread of :class:`Profile`."""
-
-
+# The dynamic ranges (in robust spreads) each arithmetic resolves: the table and the
+# reasoning are in docs/measures.md ("Far frames").
 def float32_squares_span(width: int) -> float:
-    """The dynamic range float32 squared distances of ``width`` features resolve when
-    only a row's nearest point matters (k-means): every squared distance, summed over
-    up to 1e7 rows, stays below float32's largest number."""
+    """k-means (nearest centroid): squared distances of ``width`` features, summed over up
+    to 1e7 rows, stay below float32's largest number."""
     return math.sqrt(torch.finfo(torch.float32).max / (max(width, 1) * 1e7))
 
 
 def float32_distances_span() -> float:
-    """The dynamic range float32 distances resolve when distances *from* a far row are
-    compared (ABX: is ``a`` or ``b`` nearer to ``x``?): they differ by about a typical
-    spread and carry a rounding of ``eps * span`` spreads; two digits are kept."""
+    """Float32 distances from a far row compared with each other (ABX): two digits kept."""
     return 1e-2 / torch.finfo(torch.float32).eps
 
 
 def float64_sums_span() -> float:
-    """The dynamic range float64 sums of squares (the ridge probe's ``X^T X``) resolve:
-    a square ``s**2`` times ``span**2`` in the sums leaves three digits of the typical
-    rows' ``s**2`` (float64 rounding of the far row's square is ``eps * span**2``)."""
+    """Float64 sums of squares (the ridge probe's ``X^T X``): three digits of the typical
+    rows' squares kept."""
     return math.sqrt(1e-3 / torch.finfo(torch.float64).eps)
 
 
@@ -455,36 +409,27 @@ def profile_layer(store, layer: int, utterances=None, *, chunk_frames: int = 655
 
 
 def layer_guard(store, layer: int, utterances=None, *, centre: bool, level: str = "frame",
-                pooled: torch.Tensor | None = None, reduce=None, span: float | None = None,
-                per_feature: bool = False) -> Guard:
-    """The :class:`Guard` of a stored layer, at frame or utterance (mean-pooled) level.
-
-    Utterance level: the pooled vectors (``pooled``, else ``store.pooled``) are judged
-    against the typical size of the frames they are means of. ``reduce``: sharded runs
-    (every shard calls this; one common guard); a given ``pooled`` holds every shard's
-    vectors already. ``span``, ``per_feature``: see :meth:`Profile.guard`.
-    """
+                reduce=None, span: float | None = None, per_feature: bool = False) -> Guard:
+    """The :class:`Guard` of a stored layer, at frame or utterance level (the mean-pooled
+    vectors, judged against the typical size of the frames they are means of).
+    ``reduce``: sharded runs (every shard calls this; one common guard). ``span``,
+    ``per_feature``: see :meth:`Profile.guard`."""
     dtype = getattr(store, "store_dtype", torch.float32)
     if getattr(store, "_precision", None) is not None:  # a segment store: its frames' precision
         dtype = store._precision[layer]
     frames = profile_layer(store, layer, utterances)
-    if reduce is not None:
-        frames = frames.reduced(reduce)
-    if level == "frame":
-        names = row_names(store, layer, utterances) if reduce is None else None
-        return profile_guard(frames, dtype, centre=centre, span=span, per_feature=per_feature,
-                             names=names)
-    own = pooled is None  # this shard's pooled vectors (summed over shards with reduce)
-    if own:
-        pooled = store.pooled(layer, utterances=utterances, dtype=read_dtype(store))
-    prof = Profile().update(torch.as_tensor(pooled))
-    if own and reduce is not None:
-        prof = prof.reduced(reduce)
+    pooled = None if level == "frame" else Profile().update(torch.as_tensor(
+        store.pooled(layer, utterances=utterances, dtype=read_dtype(store))))
     names = None
-    if reduce is None:
+    if reduce is not None:  # one guard of every shard's rows: no row to name
+        frames = frames.reduced(reduce)
+        pooled = None if pooled is None else pooled.reduced(reduce)
+    elif pooled is None:
+        names = row_names(store, layer, utterances)
+    else:
         ids = list(store.ids) if utterances is None else [store.ids[int(u)] for u in utterances]
         names = lambda i: f"utterance {ids[i]!r}"  # noqa: E731
-    return profile_guard(frames, dtype, pooled=prof, centre=centre, span=span,
+    return profile_guard(frames, dtype, pooled=pooled, centre=centre, span=span,
                          per_feature=per_feature, names=names)
 
 
@@ -506,12 +451,6 @@ def profile_guard(frames: Profile, dtype: torch.dtype, *, pooled: Profile | None
             f"; the farthest row: {names(guard.outlier)}"
         guard.reason = guard.reason.replace("{where}", where)
     return guard
-
-
-POOLED_ULPS = 4
-"""Pooled vectors: a mean over an utterance normalised in its own precision keeps a
-residue of a few units in the last place of the frames (the normalisation's own
-rounding): 4 x :data:`ROUNDING_ULPS` of the frames' magnitude is rounding."""
 
 
 def warn_degenerate(measure: str, reasons: dict, what: str = "results") -> None:
@@ -560,6 +499,5 @@ def unit_rows(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tens
         _, e = torch.frexp(y.abs().amax(1, keepdim=True))
         y = torch.ldexp(y, -e)
         norm = y.norm(dim=1, keepdim=True)
-        out[b] = torch.where(norm > 0, y / torch.where(norm > 0, norm, 1.0),
-                                             y).to(dtype)
+        out[b] = torch.where(norm > 0, y / torch.where(norm > 0, norm, 1.0), y).to(dtype)
     return out

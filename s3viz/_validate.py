@@ -12,8 +12,6 @@ import sys
 from numbers import Integral, Real
 from typing import List, Optional, Sequence
 
-__all__ = ["caller_stacklevel", "integer", "layer_range", "number", "numbers", "stored_layers"]
-
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
@@ -29,11 +27,9 @@ def integer(value, name: str, *, minimum: Optional[int] = 1, none_ok: bool = Fal
     """``value`` as an int ``>= minimum`` (a bool or a float such as 2.5 is refused)."""
     if value is None and none_ok:
         return None
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        if isinstance(value, Real) and not isinstance(value, bool) and float(value).is_integer():
-            value = int(value)
-        else:
-            raise TypeError(f"{name} must be a whole number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, Real) or not (
+            isinstance(value, Integral) or float(value).is_integer()):
+        raise TypeError(f"{name} must be a whole number, got {value!r}")
     value = int(value)
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
@@ -50,19 +46,16 @@ def number(value, name: str, *, positive: bool = False, nonnegative: bool = Fals
     value = float(value)
     if not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if positive and value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value!r}")
-    if nonnegative and value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value!r}")
-    if below is not None and value >= below:
-        raise ValueError(f"{name} must be < {below}, got {value!r}")
+    for broken, rule in ((positive and value <= 0, "> 0"), (nonnegative and value < 0, ">= 0"),
+                         (below is not None and value >= below, f"< {below}")):
+        if broken:
+            raise ValueError(f"{name} must be {rule}, got {value!r}")
     return value
 
 
 def numbers(values, name: str, *, positive: bool = True) -> List[float]:
     """A non-empty list of finite (positive) floats."""
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) and not hasattr(
-            values, "__iter__"):
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
         raise TypeError(f"{name} must be a list of numbers, got {values!r}")
     out = [number(v, f"{name}[{i}]", positive=positive) for i, v in enumerate(values)]
     if not out:

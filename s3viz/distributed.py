@@ -20,10 +20,6 @@ from .upstreams._hub import weights_of
 __all__ = ["Sharding", "all_reduce_sum", "dist_info", "env_world", "shard_indices"]
 
 
-def _id_key(u: str) -> int:
-    return int(hashlib.sha1(u.encode()).hexdigest()[:16], 16)
-
-
 def shard_indices(ids: Sequence[str], rank: int, world_size: int,
                   utterance_weights: Sequence[float] | None = None) -> list[int]:
     """Sorted positions of the utterances that ``rank`` handles.
@@ -49,7 +45,7 @@ def shard_indices(ids: Sequence[str], rank: int, world_size: int,
     ids = [str(u) for u in ids]
     if len(set(ids)) != len(ids):
         raise ValueError("ids must be unique: sharding is by utterance id")
-    keys = [_id_key(u) for u in ids]
+    keys = [int(hashlib.sha1(u.encode()).hexdigest()[:16], 16) for u in ids]
     if utterance_weights is None:
         order = sorted(range(len(ids)), key=lambda i: (keys[i], ids[i]))
         return sorted(i for k, i in enumerate(order) if k % world_size == rank)
@@ -92,11 +88,8 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return t
-    work = t
-    if dist.get_backend() == "nccl" and t.device.type != "cuda":
-        work = t.to(f"cuda:{torch.cuda.current_device()}")
-    if not work.is_contiguous():
-        work = work.contiguous()
+    nccl_cpu = dist.get_backend() == "nccl" and t.device.type != "cuda"
+    work = (t.to(f"cuda:{torch.cuda.current_device()}") if nccl_cpu else t).contiguous()
     dist.all_reduce(work, op=dist.ReduceOp.SUM)
     if work is not t:
         t.copy_(work.to(t.device))

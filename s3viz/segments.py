@@ -1,10 +1,8 @@
 """Phone and word segments of a store's alignments, as frame spans of each layer.
 
-The unit of segment-level probes (``probe_layers(level="segment")``), ABX items
-and the projection explorer's colours. A segment owns the frames whose centre
-lies in it (as :func:`s3viz.align.frame_labels` labels them), so consecutive
-segments never share a frame; one shorter than a frame may own none and is
-counted as dropped. More: ``docs/measures.md``.
+The unit of segment-level probes, ABX items and the projection explorer's colours. A
+segment owns the frames whose centre lies in it (as :func:`s3viz.align.frame_labels`
+labels them); one shorter than a frame may own none and is dropped (``docs/measures.md``).
 """
 
 from __future__ import annotations

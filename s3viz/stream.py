@@ -121,9 +121,7 @@ def stream_analysis(
                          "`reduce` (a sum over shards); pass both or neither")
     positions = _check_shard(shard, len(corpus))
     dev, move = resolve_upstream_device(upstream, device)
-    sizes = [all_sizes[i] for i in layer_ids]
-    rates = [all_rates[i] for i in layer_ids]
-    fields = [all_fields[i] for i in layer_ids]
+    sizes, rates, fields = ([a[i] for i in layer_ids] for a in (all_sizes, all_rates, all_fields))
     store = None
     if cache_dir is not None:
         def _store():
