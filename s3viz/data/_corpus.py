@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
@@ -77,12 +78,55 @@ class Utterance:
         """Duration in seconds."""
         return self.num_samples / SAMPLE_RATE
 
+    def _phones_view(self) -> Optional[pd.DataFrame]:
+        """``phones`` for a pass over the corpus: a lazy utterance's packed alignment is
+        rebuilt for the read and not kept (a DataFrame per utterance would make a large
+        corpus's memory grow), and read only (edit ``phones``)."""
+        return self.phones
+
+
+class _Packed:
+    """An alignment table held as one array per column, strings interned.
+
+    Written here because pandas has no compact frozen table: a 25-row DataFrame costs
+    about 15 KiB of pandas objects, which a lazy corpus of many hours would hold per
+    utterance (+320 MiB per process at 10 h); these arrays cost about the numbers.
+    """
+
+    __slots__ = ("schema", "arrays")
+    _schemas: dict = {}  # every (columns, dtypes) seen, held once for the process
+
+    def __init__(self, table: pd.DataFrame):
+        key = (tuple(table.columns), tuple(table.dtypes))
+        self.schema = self._schemas.setdefault(key, key)
+        self.arrays = tuple(
+            col.to_numpy(copy=True) if col.dtype.kind in "iufb" and isinstance(col.dtype, np.dtype)
+            else np.array([sys.intern(v) if type(v) is str else v for v in col], dtype=object)
+            for _, col in table.items())
+
+    @staticmethod
+    def fits(table: pd.DataFrame) -> bool:
+        """Rebuilt equal from its columns alone: unique column names, a 0.. index, no attrs."""
+        index = table.index
+        return (not table.attrs and table.columns.is_unique
+                and isinstance(index, pd.RangeIndex) and index.start == 0 and index.step == 1)
+
+    def table(self) -> pd.DataFrame:
+        columns, dtypes = self.schema
+        return pd.DataFrame({c: pd.Series(a, dtype=d, copy=True)
+                             for c, a, d in zip(columns, self.arrays, dtypes)},
+                            columns=list(columns))
+
 
 class FileUtterance(Utterance):
     """An :class:`Utterance` whose audio stays in its file: ``wav`` reads it (mono, 16 kHz)
     on every access and keeps nothing, so a corpus of these holds only metadata.
     ``num_samples`` (default: from the file's header) must match each read, else the
     file changed and the read raises. Other arguments as for :class:`Utterance`.
+
+    An alignment given to :func:`~s3viz.data.load_folder` is held packed (one array per
+    column) until ``phones`` is first read; that read builds the DataFrame and keeps it,
+    so edits made in place stay, as on any :class:`Utterance`.
     """
 
     def __init__(self, id: str, path, *, num_samples: Optional[int] = None, text: str = "",
@@ -117,6 +161,27 @@ class FileUtterance(Utterance):
     @property
     def num_samples(self) -> int:
         return self._num_samples
+
+    @property
+    def phones(self) -> Optional[pd.DataFrame]:
+        d = self.__dict__
+        if d.get("_packed") is not None:
+            d["_table"], d["_packed"] = d["_packed"].table(), None
+        return d.get("_table")
+
+    @phones.setter
+    def phones(self, table) -> None:  # checked by Utterance.__setattr__
+        self.__dict__.update(_table=table, _packed=None)
+
+    def _pack_phones(self) -> None:
+        """Hold the alignment packed until ``phones`` is read (what a large folder needs)."""
+        table = self.__dict__.get("_table")
+        if table is not None and _Packed.fits(table):
+            self.__dict__.update(_table=None, _packed=_Packed(table))
+
+    def _phones_view(self) -> Optional[pd.DataFrame]:
+        packed = self.__dict__.get("_packed")
+        return self.phones if packed is None else packed.table()
 
     def _content_key(self) -> bytes:  # the file's path, size and mtime (audio not read)
         try:
@@ -197,6 +262,7 @@ class Corpus(Sequence[Utterance]):
             h.update(u.id.encode())
             h.update(u._content_key())
             h.update(repr((u.text, u.speaker, sorted(u.labels.items()))).encode())
-            if u.phones is not None:
-                h.update(u.phones.to_csv(index=False).encode())
+            table = u._phones_view()
+            if table is not None:
+                h.update(table.to_csv(index=False).encode())
         return h.hexdigest()

@@ -328,6 +328,8 @@ def load_folder(path: Union[str, os.PathLike],
             continue
         try:
             utt.phones = aligner.table(i, file, utt.num_samples)
+            if lazy:
+                utt._pack_phones()
         except AlignmentError as err:
             skipped.append((rel[i], f"alignment: {err}", err))
             continue

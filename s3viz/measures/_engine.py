@@ -264,10 +264,26 @@ class CorpusMeta:
     def __init__(self, corpus):
         self.ids = corpus.ids
         self.labels = corpus.labels
-        self.phones = [u.phones for u in corpus]
+        self.phones = _PhoneTables(corpus)
 
     def __len__(self) -> int:
         return len(self.ids)
+
+
+class _PhoneTables(Sequence):
+    """Every utterance's alignment, read when asked (``Utterance._phones_view``): a
+    lazy corpus of many hours keeps its alignments packed through the run."""
+
+    def __init__(self, corpus):
+        self._utts = list(corpus)
+
+    def __len__(self) -> int:
+        return len(self._utts)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [u._phones_view() for u in self._utts[i]]
+        return self._utts[i]._phones_view()
 
 
 def _predicted_lengths(upstream, layer_ids, num_samples: np.ndarray) -> np.ndarray | None:
