@@ -83,10 +83,8 @@ def kmeans(x: torch.Tensor, k: int, *, iters: int = 50, tol: float = 1e-4, seed:
 
     Args:
         x: ``(n, d)`` float rows (centred by the caller for precision).
-        k: clusters (``<= n``).
         iters, tol: at most ``iters`` Lloyd steps; stop when the inertia improves
             by less than ``tol`` (relative).
-        seed: seed of the k-means++ draws.
 
     Returns:
         ``(centroids (k, d), inertia)``: the mean squared distance to the nearest centroid.

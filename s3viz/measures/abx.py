@@ -287,10 +287,7 @@ class ABX(Measure):
         distance: ``"cosine"`` (angular, ZeroSpeech's) or ``"euclidean"`` frame distance.
         max_items: at most this many items per phone, speaker (and context) group,
             drawn with ``seed`` (ZeroSpeech keeps 10); None keeps all.
-        seed: seed of the ``max_items`` draw.
         max_block: frame distances held at once by one DTW block.
-        cells: also return the scored cells, as a second table (``"abx_cells"`` of
-            :func:`~s3viz.measures.run_measures`).
 
     ``compute()`` gives the columns of :func:`s3viz.abx_layers`. The labels need a
     ``speaker`` column (the corpus's, or ``store.labels``).

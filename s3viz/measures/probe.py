@@ -78,7 +78,6 @@ class RidgeProbe(Measure):
         split_by: ``"auto"``, ``"speaker"``, ``"utterance"`` or a dict target -> split.
         control: ``True`` or a column defining the control type, as for
             :func:`s3viz.probe_layers`.
-        utterances: corpus positions to probe (default all).
 
     ``compute()`` gives the columns of :func:`s3viz.probe_layers`.
     """
