@@ -42,9 +42,8 @@ def pool_frames(y: torch.Tensor, y_len: torch.Tensor, pooling: Union[str, Callab
 
 
 def _pad(seqs: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-    lens = torch.tensor([int(s.shape[0]) for s in seqs], dtype=torch.long)
-    out = torch.nn.utils.rnn.pad_sequence([s.float() for s in seqs], batch_first=True)
-    return out, lens
+    return (torch.nn.utils.rnn.pad_sequence([s.float() for s in seqs], batch_first=True),
+            torch.tensor([int(s.shape[0]) for s in seqs], dtype=torch.long))
 
 
 def _is_store(data) -> bool:
@@ -80,13 +79,11 @@ def _batches(data, *, layer, featurizer, batch_size: int):
         if featurizer is not None and layer is not None:
             raise ValueError("pass either layer= or featurizer=, not both")
         if featurizer is None:
-            if layer is None:
-                if store.num_layer != 1:
-                    raise ValueError(f"the store holds {store.num_layer} layers: pass layer=<index "
-                                     "in 0..num_layer-1> or featurizer=<an AbsFeaturizer> to "
-                                     "choose the features")
-                layer = 0
-            layer = int(layer)
+            if layer is None and store.num_layer != 1:
+                raise ValueError(f"the store holds {store.num_layer} layers: pass layer=<index "
+                                 "in 0..num_layer-1> or featurizer=<an AbsFeaturizer> to choose "
+                                 "the features")
+            layer = 0 if layer is None else int(layer)
             if not -store.num_layer <= layer < store.num_layer:
                 raise IndexError(f"layer must be in [0, {store.num_layer}), got {layer}")
             layer %= store.num_layer
