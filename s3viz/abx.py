@@ -1,11 +1,8 @@
 """ABX phone discriminability of each stored layer, as in ZeroSpeech and Libri-light.
 
-:func:`abx_layers` measures how often a phone token is closer (DTW-averaged
-frame distance) to another token of its phone than to one of another phone,
-within or across speakers and contexts, with fastabx's definitions. It runs the
-engine's :class:`s3viz.measures.ABX` over the store (so a stored, streamed or
-sharded ABX is one computation); the distances, DTW and cells live there.
-Items, distances, cells and averaging: ``docs/measures.md``.
+:func:`abx_layers` runs the engine's :class:`s3viz.measures.ABX` over a store (so a
+stored, streamed or sharded ABX is one computation); the distances, DTW and cells
+live there. Items, distances, cells and averaging: ``docs/measures.md``.
 """
 
 from __future__ import annotations
@@ -14,10 +11,8 @@ from typing import NamedTuple, Sequence
 
 import pandas as pd
 
-from . import _validate as _v
 from ._device import resolve_device as _resolve_device
 from .measures import ABX, StoreSource, run_measures
-from .store import tag_weights
 
 __all__ = ["abx_layers", "ABXCells"]
 
@@ -40,12 +35,8 @@ def abx_layers(store, *, on: str = "phone", speaker: str = "within", context: st
     Args:
         store: needs phone alignments and, for the speaker conditions, a ``speaker``
             column in ``store.labels``.
-        speaker: ``"within"`` (A, B, X from one speaker) or ``"across"`` (X from
-            another speaker than A and B).
-        context: ``"any"`` or ``"within"`` (A, B, X share previous and next phone).
-        distance: ``"cosine"`` (angular, ZeroSpeech's) or ``"euclidean"`` frame distance.
-        max_items: at most this many items per phone, speaker (and context) group
-            (ZeroSpeech keeps 10); None keeps all.
+        on, speaker, context, distance, max_items, seed, max_block: as for
+            :class:`s3viz.measures.ABX`.
         return_cells: also return the scored cells.
 
     Returns:
@@ -60,10 +51,6 @@ def abx_layers(store, *, on: str = "phone", speaker: str = "within", context: st
     """
     measure = ABX(on=on, speaker=speaker, context=context, distance=distance,
                   max_items=max_items, seed=seed, max_block=max_block, cells=return_cells)
-    layer_list = _v.stored_layers(store, layers)
-    out = run_measures([measure], StoreSource(store, layers=layer_list),
+    out = run_measures([measure], StoreSource(store, layers=layers),
                        device=_resolve_device(device))
-    table = tag_weights(out["abx"], store)
-    if return_cells:
-        return ABXCells(table, tag_weights(out["abx_cells"], store))
-    return table
+    return ABXCells(out["abx"], out["abx_cells"]) if return_cells else out["abx"]

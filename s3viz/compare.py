@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
@@ -42,17 +42,15 @@ def pool_frames(y: torch.Tensor, y_len: torch.Tensor, pooling: Union[str, Callab
 
 
 def _pad(seqs: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-    lens = torch.tensor([int(s.shape[0]) for s in seqs], dtype=torch.long)
-    out = torch.nn.utils.rnn.pad_sequence([s.float() for s in seqs], batch_first=True)
-    return out, lens
+    return (torch.nn.utils.rnn.pad_sequence([s.float() for s in seqs], batch_first=True),
+            torch.tensor([int(s.shape[0]) for s in seqs], dtype=torch.long))
 
 
 def _is_store(data) -> bool:
     return all(hasattr(data, a) for a in ("utterance", "lengths", "num_layer"))
 
 
-def _batches(data, *, layer, featurizer, batch_size: int
-             ) -> Tuple[int, List[str], Iterator[Tuple[np.ndarray, torch.Tensor, torch.Tensor]]]:
+def _batches(data, *, layer, featurizer, batch_size: int):
     """``(n, ids, iterator of (positions, hs (B, T, H) cpu float32, hs_len (B,) cpu long))``."""
     session = contextlib.nullcontext()
     if isinstance(data, (tuple, list)) and len(data) == 2 and not _is_store(data):
@@ -67,7 +65,7 @@ def _batches(data, *, layer, featurizer, batch_size: int
                              f"got {tuple(hs_len.shape)}")
         if layer is not None or featurizer is not None:
             raise ValueError("layer= and featurizer= apply to a LayerStore, not to (hs, hs_len)")
-        n, ids = hs.shape[0], [str(i) for i in range(hs.shape[0])]
+        n = hs.shape[0]
         hs_cpu, hs_len = hs.detach().to("cpu", torch.float32), hs_len.to("cpu", torch.long)
 
         def load(pos):
@@ -77,19 +75,15 @@ def _batches(data, *, layer, featurizer, batch_size: int
         raise TypeError("data must be a LayerStore (s3viz.extract) or a tuple (hs, hs_len) with "
                         f"hs (batch_size, seq_len, hidden_size); got {type(data).__name__}")
     else:
-        store = data
-        n = len(store)
-        ids = [str(i) for i in getattr(store, "ids", range(n))]
+        store, n = data, len(data)
         if featurizer is not None and layer is not None:
             raise ValueError("pass either layer= or featurizer=, not both")
         if featurizer is None:
-            if layer is None:
-                if store.num_layer != 1:
-                    raise ValueError(f"the store holds {store.num_layer} layers: pass layer=<index "
-                                     "in 0..num_layer-1> or featurizer=<an AbsFeaturizer> to "
-                                     "choose the features")
-                layer = 0
-            layer = int(layer)
+            if layer is None and store.num_layer != 1:
+                raise ValueError(f"the store holds {store.num_layer} layers: pass layer=<index "
+                                 "in 0..num_layer-1> or featurizer=<an AbsFeaturizer> to choose "
+                                 "the features")
+            layer = 0 if layer is None else int(layer)
             if not -store.num_layer <= layer < store.num_layer:
                 raise IndexError(f"layer must be in [0, {store.num_layer}), got {layer}")
             layer %= store.num_layer
@@ -110,6 +104,8 @@ def _batches(data, *, layer, featurizer, batch_size: int
                                             [hl.to(feat_dev) for _, hl in padded])
                 return hs.detach().to("cpu", torch.float32), hs_len.to("cpu", torch.long)
 
+    ids = [str(i) for i in getattr(data, "ids", range(n))]
+
     def it():
         with session:
             for b0 in range(0, n, batch_size):
@@ -120,31 +116,26 @@ def _batches(data, *, layer, featurizer, batch_size: int
 
 
 class _Runner:
-    """The two models on one device (the user's objects when already there, else copies)."""
+    """The two models on one device: the user's objects when already there (in eval mode
+    until ``stack`` closes), else copies."""
 
-    def __init__(self, frame_model, utterance_model, device: torch.device):
-        self.device = device
-        self.models = []
-        self._sessions = contextlib.ExitStack()  # the user's own objects, restored on close
+    def __init__(self, frame_model, utterance_model, device: torch.device, stack):
+        self.device, self.models = device, []
         for m in (frame_model, utterance_model):
             if isinstance(m, torch.nn.Module):
                 own = _module_device(m)
                 if own is not None and own != device:
                     m = copy.deepcopy(m).to(device).eval()
                 else:
-                    self._sessions.enter_context(eval_session(m))
+                    stack.enter_context(eval_session(m))
             self.models.append(m)
-        self.seconds = 0.0
-        self.utterances = 0
-
-    def close(self):
-        self._sessions.close()
 
     def _sync(self):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def __call__(self, hs, hs_len, *, timed: bool = True):
+    def __call__(self, hs, hs_len):
+        """``(y, y_len, u, milliseconds per utterance)``."""
         fm, um = self.models
         hs = hs.to(self.device, non_blocking=True)
         hs_len = hs_len.to(self.device)
@@ -158,9 +149,7 @@ class _Runner:
             y, y_len = out
             u = um(hs, hs_len)
         self._sync()
-        if timed:
-            self.seconds += time.perf_counter() - t0
-            self.utterances += hs.shape[0]
+        ms = (time.perf_counter() - t0) / hs.shape[0] * 1e3
         if not isinstance(u, torch.Tensor) or u.dim() != 2:
             raise TypeError("utterance_model(x, x_len) must return a (batch_size, output_size) "
                             f"tensor (AbsUtteranceModel); got "
@@ -168,21 +157,13 @@ class _Runner:
         if y.dim() != 3 or y.shape[-1] != u.shape[-1]:
             raise ValueError(f"frame_model outputs {tuple(y.shape)} but utterance_model outputs "
                              f"{tuple(u.shape)}: they must share output_size to be compared")
-        return y, torch.as_tensor(y_len, device=y.device).long(), u
-
-
-def _frame_diff(a, a_len, b) -> torch.Tensor:
-    """Per utterance max |a - b| over valid frames; a, b (B, T, D) on the CPU."""
-    mask = length_mask(a_len, a.shape[1])
-    d = (a - b).abs().masked_fill(~mask[..., None], 0.0)
-    return d.amax(dim=(1, 2))
+        return y, torch.as_tensor(y_len, device=y.device).long(), u, ms
 
 
 def _refuse_nonfinite(hs, hs_len, ids, what):
     """NonFiniteError naming the first utterance whose valid frames of ``hs`` hold NaN/inf
     (padding may hold anything)."""
-    hs_len = torch.as_tensor(hs_len).to(hs.device)
-    valid = torch.arange(hs.shape[1], device=hs.device)[None, :] < hs_len[:, None]
+    valid = length_mask(torch.as_tensor(hs_len).to(hs.device), hs.shape[1])
     finite = torch.isfinite(hs).reshape(hs.shape[0], hs.shape[1], -1).all(dim=-1) | ~valid
     if bool(finite.all()):
         return
@@ -227,33 +208,30 @@ def compare_frame_utterance(frame_model, utterance_model, data, *,
                          "compare models with the same output space (e.g. the same classes)")
     dev = _resolve_device(device)
     has_cuda = _resolve_device(None).type == "cuda"  # device=None would pick a GPU
-    if cpu_vs_gpu is None:
-        cpu_vs_gpu = has_cuda
+    cpu_vs_gpu = has_cuda if cpu_vs_gpu is None else cpu_vs_gpu
     if cpu_vs_gpu and not has_cuda:
         raise ValueError("cpu_vs_gpu=True needs CUDA, which is not available")
     other = torch.device("cpu" if dev.type == "cuda" else "cuda") if cpu_vs_gpu else None
     n, ids, batches = _batches(data, layer=layer, featurizer=featurizer, batch_size=int(batch_size))
 
-    main = _Runner(frame_model, utterance_model, dev)
-    second = _Runner(frame_model, utterance_model, other) if other is not None else None
-    cols = {k: np.full(n, np.nan) for k in (
-        "cosine", "l2", "rel_l2", "cpu_gpu_frame_max_abs_diff",
-        "cpu_gpu_utterance_max_abs_diff", "cpu_ms", "gpu_ms")}
-    num_frames = np.zeros(n, dtype=np.int64)
-    am_f = np.zeros(n, dtype=np.int64)
-    am_u = np.zeros(n, dtype=np.int64)
+    cols = {"num_frames": np.zeros(n, dtype=np.int64),
+            **{k: np.full(n, np.nan) for k in ("cosine", "l2", "rel_l2")},
+            "argmax_frame": np.zeros(n, dtype=np.int64),
+            "argmax_utterance": np.zeros(n, dtype=np.int64), "argmax_agree": None,
+            **{k: np.full(n, np.nan) for k in ("cpu_gpu_frame_max_abs_diff",
+                                               "cpu_gpu_utterance_max_abs_diff", "cpu_ms",
+                                               "gpu_ms")}}
     warm = False
-    try:
+    with contextlib.ExitStack() as stack:  # then the user's models get their flags back
+        runners = [_Runner(frame_model, utterance_model, d, stack)
+                   for d in (dev, other) if d is not None]
         for pos, hs, hs_len in batches:
             _refuse_nonfinite(hs, hs_len, [ids[i] for i in pos], "the hidden states")
             if not warm:  # one untimed pass per device: CUDA context, cuBLAS handles, caches
-                main(hs[:1], hs_len[:1], timed=False)
-                if second is not None:
-                    second(hs[:1], hs_len[:1], timed=False)
+                for r in runners:
+                    r(hs[:1], hs_len[:1])
                 warm = True
-            t_main = main.seconds
-            y, y_len, u = main(hs, hs_len)
-            dt_main = (main.seconds - t_main) / len(pos) * 1e3
+            y, y_len, u, ms = runners[0](hs, hs_len)
             pooled = pool_frames(y, y_len, pooling).float().cpu()
             u_cpu = u.float().cpu()
             for what, out in (("frame_model's pooled output", pooled),
@@ -264,49 +242,42 @@ def compare_frame_utterance(frame_model, utterance_model, data, *,
             l2 = (pooled - u_cpu).norm(dim=-1)
             cols["l2"][pos] = l2.numpy()
             cols["rel_l2"][pos] = (l2 / u_cpu.norm(dim=-1).clamp(min=1e-12)).numpy()
-            am_f[pos] = pooled.argmax(-1).numpy()
-            am_u[pos] = u_cpu.argmax(-1).numpy()
-            num_frames[pos] = hs_len.numpy()
-            cols["gpu_ms" if dev.type == "cuda" else "cpu_ms"][pos] = dt_main
-            if second is not None:
-                t_sec = second.seconds
-                y2, y2_len, u2 = second(hs, hs_len)
-                dt_sec = (second.seconds - t_sec) / len(pos) * 1e3
-                cols["gpu_ms" if second.device.type == "cuda" else "cpu_ms"][pos] = dt_sec
-                yc, y2c = y.float().cpu(), y2.float().cpu()
-                cols["cpu_gpu_frame_max_abs_diff"][pos] = _frame_diff(yc, y_len.cpu(), y2c).numpy()
+            cols["argmax_frame"][pos] = pooled.argmax(-1).numpy()
+            cols["argmax_utterance"][pos] = u_cpu.argmax(-1).numpy()
+            cols["num_frames"][pos] = hs_len.numpy()
+            cols["gpu_ms" if dev.type == "cuda" else "cpu_ms"][pos] = ms
+            if len(runners) > 1:
+                y2, _, u2, ms2 = runners[1](hs, hs_len)
+                cols["gpu_ms" if other.type == "cuda" else "cpu_ms"][pos] = ms2
+                yc = y.float().cpu()  # per utterance, max |y - y2| over its valid frames
+                valid = length_mask(y_len.cpu(), yc.shape[1])[..., None]
+                cols["cpu_gpu_frame_max_abs_diff"][pos] = (yc - y2.float().cpu()).abs(
+                    ).masked_fill(~valid, 0.0).amax(dim=(1, 2)).numpy()
                 cols["cpu_gpu_utterance_max_abs_diff"][pos] = (
                     u_cpu - u2.float().cpu()).abs().amax(dim=-1).numpy()
-    finally:
-        main.close()
-        if second is not None:
-            second.close()
-
-    df = pd.DataFrame({"utterance": np.arange(n, dtype=np.int64), "id": ids,
-                       "num_frames": num_frames, **{k: cols[k] for k in ("cosine", "l2", "rel_l2")},
-                       "argmax_frame": am_f, "argmax_utterance": am_u, "argmax_agree": am_f == am_u,
-                       **{k: v for k, v in cols.items() if k not in ("cosine", "l2", "rel_l2")}})
+    cols["argmax_agree"] = cols["argmax_frame"] == cols["argmax_utterance"]
+    df = pd.DataFrame({"utterance": np.arange(n, dtype=np.int64), "id": ids, **cols})
     gpu_name = torch.cuda.get_device_name(0) if has_cuda else None
-    if second is None:
+    if other is None:
         note = ("no CUDA: CPU vs GPU columns are NaN" if not has_cuda
                 else "CPU vs GPU comparison switched off (cpu_vs_gpu=False)")
     else:
         note = f"CPU vs GPU compared on {gpu_name}"
     df.attrs.update({"device": str(dev), "gpu": gpu_name, "note": note,
-                     "summary": _summary(df, pooling, dev, second)})
+                     "summary": _summary(df, pooling, dev, other)})
     if _is_store(data):  # the hidden states' weights (a tuple of tensors does not say)
         tag_weights(df, data)
     return df
 
 
-def _summary(df: pd.DataFrame, pooling, dev, second) -> str:
+def _summary(df: pd.DataFrame, pooling, dev, other) -> str:
     if df.empty:
         return "no utterances"
     name = pooling if isinstance(pooling, str) else getattr(pooling, "__name__", "custom")
     s = (f"{len(df)} utterances on {dev}: {name}-pooled frame outputs vs utterance outputs: "
          f"cosine mean {df['cosine'].mean():.4f} (min {df['cosine'].min():.4f}), "
          f"argmax agreement {df['argmax_agree'].mean():.0%}.")
-    if second is not None:
+    if other is not None:
         s += (f" CPU vs GPU: max |diff| {df['cpu_gpu_frame_max_abs_diff'].max():.2e} (frame), "
               f"{df['cpu_gpu_utterance_max_abs_diff'].max():.2e} (utterance); "
               f"{df['cpu_ms'].sum():.1f} ms on CPU vs {df['gpu_ms'].sum():.1f} ms on GPU.")

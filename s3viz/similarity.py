@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -170,43 +171,30 @@ def _check_other(store, other):
             "upstreams from one corpus")
     why = _corpus_difference(store, other)
     if why is not None:
-        def _describe(st):
-            where = "in memory" if st.path is None else f"at {st.path}"
-            return f"{st.name!r} ({where}, fingerprint {st.fingerprint[:12]})"
-
+        a, b = (f"{st.name!r} ({'in memory' if st.path is None else f'at {st.path}'}, "
+                f"fingerprint {st.fingerprint[:12]})" for st in (store, other))
         raise ValueError(
-            f"`store` {_describe(store)} and `other` {_describe(other)} have the same "
-            f"utterance ids but not the same corpus: {why}. Layers compared across corpora "
-            "pair unrelated frames; extract both upstreams from one corpus")
+            f"`store` {a} and `other` {b} have the same utterance ids but not the same "
+            f"corpus: {why}. Layers compared across corpora pair unrelated frames; extract "
+            "both upstreams from one corpus")
 
 
-class _Source:
-    """The compared ``(store, layer)`` items, each read through its guard, block by block."""
-
-    def __init__(self, items, level, sel, reduce=None):
-        self.items, self.level = items, level
-        # the guard of every measure (s3viz._numerics): centred, scaled by a power of two;
-        # a degenerate layer (or pooled vectors of rounding noise) -> NaN
-        self.guards = [layer_guard(st, layer, sel, centre=True, level=level, reduce=reduce)
-                       for st, layer in items]
-
-    def blocks(self, sel, counts, keep):
-        """Per block of at most ``CHUNK_FRAMES`` frames of the utterances ``sel``
-        (``counts`` frames each), the features of every item: only the frames ``keep``
-        marks (None: all)."""
-        offs = np.concatenate([[0], np.cumsum(counts)])
-        for a, b in frame_groups(counts, CHUNK_FRAMES):
-            mask = None if keep is None else torch.from_numpy(keep[offs[a]:offs[b]])
-            if offs[a] == offs[b] or (mask is not None and not bool(mask.any())):
-                continue
-            utts, feats = sel[a:b].tolist(), []
-            for (st, layer), guard in zip(self.items, self.guards):
-                dt = read_dtype(st)
-                x = (torch.as_tensor(st.pooled(layer, utterances=utts, dtype=dt))
-                     if self.level == "utterance"
-                     else st.layer(layer, utterances=utts, dtype=dt)[0])
-                feats.append(guard(x) if mask is None else guard(x)[mask])
-            yield feats
+def _blocks(items, guards, level, sel, counts, keep):
+    """Per block of at most ``CHUNK_FRAMES`` frames of the utterances ``sel`` (``counts``
+    frames each), the features of every ``(store, layer)`` item read through its guard:
+    only the frames ``keep`` marks (None: all)."""
+    offs = np.concatenate([[0], np.cumsum(counts)])
+    for a, b in frame_groups(counts, CHUNK_FRAMES):
+        mask = None if keep is None else torch.from_numpy(keep[offs[a]:offs[b]])
+        if offs[a] == offs[b] or (mask is not None and not bool(mask.any())):
+            continue
+        utts, feats = sel[a:b].tolist(), []
+        for (st, layer), guard in zip(items, guards):
+            dt = read_dtype(st)
+            x = (torch.as_tensor(st.pooled(layer, utterances=utts, dtype=dt))
+                 if level == "utterance" else st.layer(layer, utterances=utts, dtype=dt)[0])
+            feats.append(guard(x) if mask is None else guard(x)[mask])
+        yield feats
 
 
 def layer_similarity(
@@ -288,7 +276,11 @@ def layer_similarity(
     device = _resolve_device(device)
     counts = (_frame_counts(items, labels, sel) if level == "frame"
               else np.ones(len(sel), dtype=np.int64))
-    src = _Source(items, level, sel, reduce)
+    # the guard of every measure (s3viz._numerics): centred, scaled by a power of two;
+    # a degenerate layer (or pooled vectors of rounding noise) -> NaN
+    guards = [layer_guard(st, layer, sel, centre=True, level=level, reduce=reduce)
+              for st, layer in items]
+    blocks = partial(_blocks, items, guards, level)
     total = int(counts.sum())
     if reduce is not None:
         total = int(reduce(torch.tensor([total], dtype=torch.float64))[0])
@@ -303,16 +295,16 @@ def layer_similarity(
                    | {(i, i) for i in row_idx + col_idx})
     if estimator == "feature":
         acc = CrossProducts(pairs, device, dtype)
-        for feats in src.blocks(sel, counts, keep):
+        for feats in blocks(sel, counts, keep):
             acc.add(feats)
         if reduce is not None:
             acc = acc.reduced(reduce, [int(st.hidden_sizes[layer]) for st, layer in items])
         values, n = acc.svcca(keep_variance) if method == "cca" else acc.hsic()
     else:
-        values, n = _minibatch_hsic(src, sel, counts, keep, pairs, device, batch_size, seed)
+        values, n = _minibatch_hsic(blocks, sel, counts, keep, pairs, device, batch_size, seed)
     oth = store if other is None else other
     extra = {"keep_variance": float(keep_variance)} if method == "cca" else {}
-    bad = [g.reason for g in src.guards]
+    bad = [g.reason for g in guards]
     df = cka_table(values, rows, cols, row_idx, col_idx, bad, other_axis=other is not None,
                    upstream_layers=[store.layer_ids[r] for r in rows],
                    other_upstream_layers=[oth.layer_ids[c] for c in cols], num_frames=int(n),
@@ -429,7 +421,7 @@ class CrossProducts:
                 for (i, j), c in cov.items()}, n
 
 
-def _minibatch_hsic(src, sel, counts, keep, pairs, device, batch_size, seed):
+def _minibatch_hsic(blocks, sel, counts, keep, pairs, device, batch_size, seed):
     """Mean over minibatches of ``batch_size`` random frames of each pair's unbiased HSIC.
 
     Utterance blocks are visited in a random order and each block's frames shuffled
@@ -457,7 +449,7 @@ def _minibatch_hsic(src, sel, counts, keep, pairs, device, batch_size, seed):
             grams.append(k)
         return _hsic_u(torch.stack(grams))
 
-    for feats in src.blocks(sel[perm], counts[perm], keep):
+    for feats in blocks(sel[perm], counts[perm], keep):
         order = torch.randperm(feats[0].shape[0], generator=gen)
         feats = [f[order] for f in feats]
         if rest is not None:

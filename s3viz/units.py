@@ -83,10 +83,8 @@ def kmeans(x: torch.Tensor, k: int, *, iters: int = 50, tol: float = 1e-4, seed:
 
     Args:
         x: ``(n, d)`` float rows (centred by the caller for precision).
-        k: clusters (``<= n``).
         iters, tol: at most ``iters`` Lloyd steps; stop when the inertia improves
             by less than ``tol`` (relative).
-        seed: seed of the k-means++ draws.
 
     Returns:
         ``(centroids (k, d), inertia)``: the mean squared distance to the nearest centroid.
@@ -98,17 +96,14 @@ def kmeans(x: torch.Tensor, k: int, *, iters: int = 50, tol: float = 1e-4, seed:
                          "raise max_frames")
     gen = torch.Generator().manual_seed(int(seed))
     cent = torch.empty(k, x.shape[1], dtype=x.dtype, device=x.device)
-    def sq_dist(c):  # from the differences, not the expansion (see nearest)
-        return (x - c).pow(2).sum(1)
-
-    cent[0] = x[int(torch.randint(n, (1,), generator=gen))]
-    best = sq_dist(cent[0])
-    for j in range(1, k):  # D^2 sampling
+    best = torch.zeros(n, dtype=x.dtype, device=x.device)  # D^2 sampling (the first: uniform)
+    for j in range(k):
         w = best.double().cpu()
         pick = int(torch.multinomial(w / w.sum(), 1, generator=gen)) if float(w.sum()) > 0 \
             else int(torch.randint(n, (1,), generator=gen))
         cent[j] = x[pick]
-        best = torch.minimum(best, sq_dist(cent[j]))
+        d = (x - cent[j]).pow(2).sum(1)  # from the differences, not the expansion (see nearest)
+        best = d if j == 0 else torch.minimum(best, d)
     prev = None
     for step in range(iters + 1):
         idx, dist = nearest(x, cent)

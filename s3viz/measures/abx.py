@@ -1,12 +1,7 @@
-"""ABX phone discriminability of every layer, on the measure engine (ZeroSpeech's ABX).
-
-:class:`ABX`: how often a phone token is closer (DTW-averaged frame distance) to
-another token of its phone than to one of another phone, within or across
-speakers and contexts, with fastabx's definitions (computed here in torch:
-fastabx needs Python >= 3.12; ``tests/test_abx.py`` checks against it). One pass
-gathers the items' frames (summed over ranks); each rank then scores the cells
-of the X speakers it owns, and one more sum gives every rank every cell.
-:func:`s3viz.abx_layers` runs it on a store. Details: ``docs/measures.md``.
+"""ABX phone discriminability of every layer, on the measure engine (ZeroSpeech's ABX,
+with fastabx's definitions; ``docs/measures.md``): one pass gathers the items' frames
+(summed over ranks); each rank then scores the cells of the X speakers it owns, and one
+more sum gives every rank every cell. :func:`s3viz.abx_layers` runs it on a store.
 """
 
 from __future__ import annotations
@@ -29,9 +24,6 @@ DISTANCES = ("cosine", "euclidean")
 SPEAKER_MODES = ("within", "across")
 CONTEXT_MODES = ("any", "within")
 _CELL_COLUMNS = ["speaker", "speaker_x", "phone", "other", "context", "error", "triplets"]
-
-
-# --------------------------------------------------------------------------- distances, DTW
 
 
 def _normalise(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -99,54 +91,47 @@ def dtw_costs(dist: torch.Tensor, len1: torch.Tensor, len2: torch.Tensor) -> tor
     return cost[i1, i2, r1, r2] / steps[i1, i2, r1, r2].to(cost.dtype)
 
 
-class _Items:
-    """The padded frames of a set of items (sorted by length) and their lengths."""
-
-    def __init__(self, frames: torch.Tensor, starts: np.ndarray, ends: np.ndarray, device,
-                 distance: str):
-        self.lens = (ends - starts).astype(np.int64)
-        width = int(self.lens.max()) if len(starts) else 1
-        pad = torch.zeros(len(starts), width, frames.shape[1], dtype=torch.float32, device=device)
-        for k, (a, b) in enumerate(zip(starts, ends)):
-            pad[k, : b - a] = frames[a:b].to(device=device, dtype=torch.float32)
-        if distance == "cosine":
-            flat = _normalise(pad.reshape(-1, pad.shape[-1]))
-            pad = flat.view(pad.shape[0], pad.shape[1], -1)
-        self.pad = pad
-        self.len_t = torch.as_tensor(self.lens, device=device)
+def _padded(frames: torch.Tensor, offs: np.ndarray, device, distance: str) -> torch.Tensor:
+    """``(items, longest, D)``: item ``k``'s frames ``frames[offs[k]:offs[k + 1]]``, padded
+    (cosine: as unit rows, :func:`_normalise`)."""
+    lens = np.diff(offs)
+    pad = torch.zeros(len(lens), int(lens.max()) if len(lens) else 1, frames.shape[1],
+                      dtype=torch.float32, device=device)
+    for k, (a, b) in enumerate(zip(offs[:-1], offs[1:])):
+        pad[k, : b - a] = frames[a:b].to(device=device, dtype=torch.float32)
+    if distance == "cosine":
+        pad = _normalise(pad.reshape(-1, pad.shape[-1])).view(pad.shape[0], pad.shape[1], -1)
+    return pad
 
 
-def _distance_matrix(x: _Items, xi: np.ndarray, y: _Items, yi: np.ndarray, distance: str,
-                     max_block: int) -> torch.Tensor:
-    """``(len(xi), len(yi))`` DTW distances between items ``xi`` of ``x`` and ``yi`` of ``y``,
-    in blocks of at most ``max_block`` frame distances (items sorted by length first, so a
-    block pads little)."""
-    dev = x.pad.device
+def _distance_matrix(pad: torch.Tensor, lens: np.ndarray, xi: np.ndarray, yi: np.ndarray,
+                     distance: str, max_block: int) -> torch.Tensor:
+    """``(len(xi), len(yi))`` DTW distances between the padded items ``xi`` and ``yi``
+    (``lens`` frames each), in blocks of at most ``max_block`` frame distances (items
+    sorted by length first, so a block pads little)."""
+    dev = pad.device
     out = torch.empty(len(xi), len(yi), dtype=torch.float32, device=dev)
     if not len(xi) or not len(yi):
         return out
-    ox, oy = np.argsort(x.lens[xi], kind="stable"), np.argsort(y.lens[yi], kind="stable")
+    ox, oy = np.argsort(lens[xi], kind="stable"), np.argsort(lens[yi], kind="stable")
     sx, sy = xi[ox], yi[oy]
-    ly = int(y.lens[sy].max())
-    cols = max(1, min(len(sy), max_block // max(1, ly * int(x.lens[sx].max()))))
+    cols = max(1, min(len(sy), max_block // max(1, int(lens[sy].max()) * int(lens[sx].max()))))
     for c0 in range(0, len(sy), cols):
         cy = sy[c0:c0 + cols]
-        wy = int(y.lens[cy].max())
+        wy = int(lens[cy].max())
         r0 = 0
         while r0 < len(sx):
             # rows while the block stays under max_block (lengths increase along sx)
-            rows = max(1, max_block // max(1, len(cy) * wy * int(x.lens[sx[-1]])))
+            rows = max(1, max_block // max(1, len(cy) * wy * int(lens[sx[-1]])))
             cx = sx[r0:r0 + rows]
-            wx = int(x.lens[cx].max())
-            d = _frame_distances(x.pad[cx, :wx], y.pad[cy, :wy], distance)
-            block = dtw_costs(d, x.len_t[cx], y.len_t[cy])
+            wx = int(lens[cx].max())
+            d = _frame_distances(pad[cx, :wx], pad[cy, :wy], distance)
+            block = dtw_costs(d, torch.as_tensor(lens[cx], device=dev),
+                              torch.as_tensor(lens[cy], device=dev))
             out[torch.as_tensor(ox[r0:r0 + rows], device=dev)[:, None],
                 torch.as_tensor(oy[c0:c0 + cols], device=dev)[None, :]] = block
             r0 += rows
     return out
-
-
-# --------------------------------------------------------------------------- cells
 
 
 def _cell_sums(dist: torch.Tensor, lab_x: torch.Tensor, lab_y: torch.Tensor, num: int,
@@ -212,19 +197,6 @@ def _contexts(lab_x: np.ndarray, lab_y: np.ndarray, ctx_x: np.ndarray, ctx_y: np
         yield c, in_x, in_y, names, cx, cy, triplets
 
 
-def _groups(spk: np.ndarray, speaker: str):
-    """``(speaker of A and B, speaker of X, X items, A/B items)`` of every group, in order."""
-    speakers = np.unique(spk)
-    for s in speakers:
-        ys = np.flatnonzero(spk == s)
-        if speaker == "within":
-            yield s, s, ys, ys
-            continue
-        for sx in speakers:
-            if sx != s:
-                yield s, sx, np.flatnonzero(spk == sx), ys
-
-
 class _Plan:
     """Every cell of one layer's items, in one fixed order, from the labels alone.
 
@@ -239,37 +211,40 @@ class _Plan:
                     if context == "within" else np.full(len(table), "", dtype=object).astype(str))
         self.spk = table["speaker"].to_numpy(dtype=object).astype(str)
         self.speaker = speaker
-        rows = {k: [] for k in ("speaker", "speaker_x", "phone", "other", "context")}
-        trip = []
+        rows, trip = [], []
         for s, sx, _, _, c, names, t in self._walk():
             p, q = np.nonzero(t > 0)
-            rows["speaker"] += [s] * len(p)
-            rows["speaker_x"] += [sx] * len(p)
-            rows["phone"] += list(names[p])
-            rows["other"] += list(names[q])
-            rows["context"] += [c] * len(p)
+            rows += [(s, sx, names[a], names[b], c) for a, b in zip(p, q)]
             trip.append(t[p, q])
-        self.keys = pd.DataFrame(rows)
+        self.keys = pd.DataFrame(rows, columns=_CELL_COLUMNS[:5])
         self.keys["triplets"] = np.concatenate(trip) if trip else np.zeros(0, dtype=np.int64)
 
     def _walk(self):
-        lab, ctx, symmetric = self.lab, self.ctx, self.speaker == "within"
-        for s, sx, xs, ys in _groups(self.spk, self.speaker):
-            for c, in_x, in_y, names, cx, cy, t in _contexts(lab[xs], lab[ys], ctx[xs],
-                                                              ctx[ys], symmetric):
-                yield s, sx, (xs, ys), (in_x, in_y, cx, cy), c, names, t
+        """Per group (speaker of A and B, speaker of X; X items, A/B items) in order, its
+        cells (:func:`_contexts`)."""
+        lab, ctx, within = self.lab, self.ctx, self.speaker == "within"
+        speakers = np.unique(self.spk)
+        for s in speakers:
+            ys = np.flatnonzero(self.spk == s)
+            for sx in ([s] if within else speakers[speakers != s]):
+                xs = ys if within else np.flatnonzero(self.spk == sx)
+                for c, in_x, in_y, names, cx, cy, t in _contexts(lab[xs], lab[ys], ctx[xs],
+                                                                  ctx[ys], within):
+                    yield s, sx, (xs, ys), (in_x, in_y, cx, cy), c, names, t
 
-    def score(self, items: _Items, distance: str, owned: set, max_block: int) -> torch.Tensor:
-        """``(cells,)`` correct-triplet sums of the owned cells, zeros elsewhere (float64)."""
+    def score(self, pad: torch.Tensor, lens: np.ndarray, distance: str, owned: set,
+              max_block: int) -> torch.Tensor:
+        """``(cells,)`` correct-triplet sums of the owned cells of the padded items
+        (:func:`_padded`), zeros elsewhere (float64)."""
         out = torch.zeros(len(self.keys), dtype=torch.float64)
-        dev, at, group, dist = items.pad.device, 0, None, None
+        dev, at, group, dist = pad.device, 0, None, None
         symmetric = self.speaker == "within"
         for s, sx, (xs, ys), (in_x, in_y, cx, cy), _, names, t in self._walk():
             n = int((t > 0).sum())
             if sx in owned:
                 if group != (s, sx):  # one distance matrix per speaker (pair)
                     group = (s, sx)
-                    dist = _distance_matrix(items, xs, items, ys, distance, max_block)
+                    dist = _distance_matrix(pad, lens, xs, ys, distance, max_block)
                 block = dist[torch.as_tensor(in_x, device=dev)][:, torch.as_tensor(in_y,
                                                                                     device=dev)]
                 correct = _cell_sums(block, torch.as_tensor(cx, device=dev),
@@ -289,9 +264,6 @@ def _collapse(cells: pd.DataFrame) -> float:
     return float(by_pair.mean())
 
 
-# --------------------------------------------------------------------------- items
-
-
 def _subsample(table: pd.DataFrame, max_items: int, seed: int, context: str) -> pd.DataFrame:
     """At most ``max_items`` items per phone, speaker (and context) group, drawn with ``seed``."""
     keys = ["label", "speaker"] + (["prev", "next"] if context == "within" else [])
@@ -302,9 +274,6 @@ def _subsample(table: pd.DataFrame, max_items: int, seed: int, context: str) -> 
     out = table.iloc[np.sort(np.asarray(keep, dtype=np.int64))].reset_index(drop=True)
     out.attrs.update(table.attrs)
     return out
-
-
-# --------------------------------------------------------------------------- the measure
 
 
 class ABX(Measure):
@@ -318,10 +287,7 @@ class ABX(Measure):
         distance: ``"cosine"`` (angular, ZeroSpeech's) or ``"euclidean"`` frame distance.
         max_items: at most this many items per phone, speaker (and context) group,
             drawn with ``seed`` (ZeroSpeech keeps 10); None keeps all.
-        seed: seed of the ``max_items`` draw.
         max_block: frame distances held at once by one DTW block.
-        cells: also return the scored cells, as a second table (``"abx_cells"`` of
-            :func:`~s3viz.measures.run_measures`).
 
     ``compute()`` gives the columns of :func:`s3viz.abx_layers`. The labels need a
     ``speaker`` column (the corpus's, or ``store.labels``).
@@ -334,12 +300,11 @@ class ABX(Measure):
                  distance: str = "cosine", max_items: int | None = None, seed: int = 0,
                  max_block: int = 2 ** 24, cells: bool = False):
         super().__init__()
-        if speaker not in SPEAKER_MODES:
-            raise ValueError(f"speaker must be one of {SPEAKER_MODES}, got {speaker!r}")
-        if context not in CONTEXT_MODES:
-            raise ValueError(f"context must be one of {CONTEXT_MODES}, got {context!r}")
-        if distance not in DISTANCES:
-            raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
+        for arg, value, choices in (("speaker", speaker, SPEAKER_MODES),
+                                    ("context", context, CONTEXT_MODES),
+                                    ("distance", distance, DISTANCES)):
+            if value not in choices:
+                raise ValueError(f"{arg} must be one of {choices}, got {value!r}")
         if not isinstance(on, str):
             raise TypeError(f"on must be an alignment column name (str), got {on!r}")
         self.on, self.speaker, self.context, self.distance = on, speaker, context, distance
@@ -362,11 +327,8 @@ class ABX(Measure):
                              f"{missing[:5]}); the speaker conditions need one for every "
                              "utterance: fill the labels' 'speaker' or drop those utterances")
         # the cells of X speaker s are scored by the rank holding s's first utterance
-        first: dict = {}
-        for pos, s in enumerate(speakers):
-            first.setdefault(s, pos)
-        mine = set(np.asarray(ctx.positions).tolist())
-        self.owned = {s for s, pos in first.items() if pos in mine}
+        spk, first = np.unique(speakers, return_index=True)
+        self.owned = set(spk[np.isin(first, ctx.positions)].tolist())
         corpus, self.layers, frames, n_cells = CorpusLayers(ctx), [], [], 0
         for s in range(ctx.num_layers):
             table = segment_table(corpus, s, self.on)
@@ -383,9 +345,13 @@ class ABX(Measure):
                     "of another (and for 'across' a second speaker); use more utterances or "
                     "context='any'")
             sizes = (table["frame_end"] - table["frame_start"]).to_numpy(np.int64)
-            self.layers.append({"table": table, "plan": plan, "utt": table["utt"].to_numpy(),
-                                "first": table["frame_start"].to_numpy(np.int64),
-                                "offsets": np.concatenate([[0], np.cumsum(sizes)]),
+            offs = np.concatenate([[0], np.cumsum(sizes)])
+            # per row of the items' frames its frame in its utterance; per utterance its rows
+            row_utt = np.repeat(table["utt"].to_numpy(np.int64), sizes)
+            self.layers.append({"table": table, "plan": plan, "offsets": offs,
+                                "frame": np.repeat(table["frame_start"].to_numpy(np.int64)
+                                                   - offs[:-1], sizes) + np.arange(offs[-1]),
+                                "rows": np.searchsorted(row_utt, np.arange(len(meta) + 1)),
                                 "cells": slice(n_cells, n_cells + len(plan.keys))})
             n_cells += len(plan.keys)
             frames.append(torch.zeros(int(sizes.sum()), ctx.sizes[s], dtype=ctx.read_dtype))
@@ -394,19 +360,11 @@ class ABX(Measure):
 
     def update(self, batch: Batch, pass_index: int) -> None:
         for s, lay in enumerate(self.layers):
-            utt, offs = lay["utt"], lay["offsets"]
-            starts = np.concatenate([[0], np.cumsum(batch.lens[:, s])])
-            lo = np.searchsorted(utt, batch.positions, side="left")
-            hi = np.searchsorted(utt, batch.positions, side="right")
-            items = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)]) \
-                if len(lo) else np.zeros(0, dtype=np.int64)
-            if not len(items):
-                continue
-            local = np.repeat(np.arange(len(lo)), hi - lo)  # each item's place in the batch
-            sizes = offs[items + 1] - offs[items]
-            dst = np.repeat(offs[items] - np.concatenate([[0], np.cumsum(sizes)[:-1]]), sizes) \
-                + np.arange(int(sizes.sum()))
-            src = dst + np.repeat(starts[local] + lay["first"][items] - offs[items], sizes)
+            lo, hi = lay["rows"][batch.positions], lay["rows"][batch.positions + 1]
+            dst = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)]
+                                 + [np.zeros(0, dtype=np.int64)])
+            starts = np.concatenate([[0], np.cumsum(batch.lens[:, s])])  # in the batch
+            src = np.repeat(starts[:-1], hi - lo) + lay["frame"][dst]
             self.frames[s][torch.from_numpy(dst)] = batch.frames[s][torch.from_numpy(src)].to(
                 self.frames[s].dtype)
 
@@ -420,13 +378,8 @@ class ABX(Measure):
         ctx, self.reasons = self.ctx, {}
         for s, lay in enumerate(self.layers):
             x, self.frames[s] = self.frames[s], None
-            # the one guard of every measure (s3viz._numerics), on what the distance sees.
-            # cosine: the unit rows (normalised in float64 with a per-row power of two, so
-            # no norm vanishes or overflows and no far row matters); degenerate when their
-            # spread is float32 rounding (e.g. every frame points one way). euclidean:
-            # centred on the per-feature median and scaled by a power of two near the
-            # robust spread (one far frame moves neither); refused when a frame lies
-            # farther than float32 squared distances resolve
+            # the guard of every measure (s3viz._numerics) on what the distance sees: the
+            # unit rows (cosine) or the centred frames (euclidean); docs/measures.md
             names = lambda i, s=s: self._name(s, int(i))  # noqa: E731
             if self.distance == "cosine":
                 x = unit_rows(x)
@@ -439,11 +392,10 @@ class ABX(Measure):
             if guard.reason:
                 continue
             offs = lay["offsets"]
-            items = _Items(guard(x, torch.float32), offs[:-1], offs[1:], ctx.device,
-                           self.distance)
+            pad = _padded(guard(x, torch.float32), offs, ctx.device, self.distance)
             del x
-            self.correct[lay["cells"]] = lay["plan"].score(items, self.distance, self.owned,
-                                                           self.max_block)
+            self.correct[lay["cells"]] = lay["plan"].score(pad, np.diff(offs), self.distance,
+                                                           self.owned, self.max_block)
 
     def _name(self, s: int, row: int) -> str:
         """Row ``row`` of layer ``s``'s item frames as (utterance, frame), for a guard's message."""
@@ -460,19 +412,16 @@ class ABX(Measure):
             base = {"layer": layer, "upstream_layer": int(ctx.layer_ids[s]), "on": self.on,
                     "speaker": self.speaker, "context": self.context,
                     "distance": self.distance}
-            counts = {"n_items": len(table), "n_dropped": int(table.attrs.get("dropped", 0))}
-            if lay["reason"]:
-                rows.append(dict(base, abx_error=float("nan"), n_items=counts["n_items"],
-                                 n_cells=0, n_triplets=0, n_dropped=counts["n_dropped"]))
-                continue
-            keys = lay["plan"].keys
-            correct = self.correct[lay["cells"]].numpy()
-            cells = keys.assign(error=1.0 - correct / keys["triplets"].to_numpy(np.float64))
-            cells = cells[_CELL_COLUMNS]
-            all_cells.append(cells.assign(layer=layer, upstream_layer=base["upstream_layer"]))
-            rows.append(dict(base, abx_error=_collapse(cells), n_items=counts["n_items"],
+            cells = lay["plan"].keys.iloc[:0]  # a degenerate layer: none scored, NaN
+            if not lay["reason"]:
+                keys = lay["plan"].keys
+                correct = self.correct[lay["cells"]].numpy()
+                cells = keys.assign(error=1.0 - correct / keys["triplets"].to_numpy(np.float64))
+                cells = cells[_CELL_COLUMNS]
+                all_cells.append(cells.assign(layer=layer, upstream_layer=base["upstream_layer"]))
+            rows.append(dict(base, abx_error=_collapse(cells), n_items=len(table),
                              n_cells=len(cells), n_triplets=int(cells["triplets"].sum()),
-                             n_dropped=counts["n_dropped"]))
+                             n_dropped=int(table.attrs.get("dropped", 0))))
         warn_degenerate("abx_layers", self.reasons, "abx_error")
         out = pd.DataFrame(rows)
         if self.keep_cells:

@@ -49,9 +49,8 @@ class LayerCKA(Measure):
                        else None, merge)
 
     def update(self, batch: Batch, pass_index: int) -> None:
-        lens = batch.lens
         if self.level == "frame":
-            if not all((lens[:, 0] == lens[:, s]).all() for s in range(lens.shape[1])):
+            if not (batch.lens == batch.lens[:, :1]).all():
                 raise ValueError("frame-level CKA needs the same frames in every layer; "
                                  "use level='utterance'")
             self.products.add(batch.frames)

@@ -43,16 +43,6 @@ def _reduce_list(values: list, reduce) -> list:
                                      else reduce(v)) for v in values]
 
 
-def _pooled(batch: Batch, s: int) -> torch.Tensor:
-    """The batch's pooled vectors of layer ``s`` in the dtype frames are read in (float64
-    for a float64 store, as :meth:`LayerStore.pooled` gives them)."""
-    if batch.ctx.read_dtype != torch.float64:
-        return batch.pooled(s)
-    batch.pooled(s)  # its checks
-    return torch.stack([p.mean(0) for p in torch.split(batch.frames[s].double(),
-                                                        batch.lens[:, s].tolist())])
-
-
 class TaskCorpus:
     """The corpus's metadata and frame counts as :class:`ProbeTask` reads a store (frame
     labels from the alignments, as :meth:`LayerStore.frame_labels` reads them)."""
@@ -88,7 +78,6 @@ class RidgeProbe(Measure):
         split_by: ``"auto"``, ``"speaker"``, ``"utterance"`` or a dict target -> split.
         control: ``True`` or a column defining the control type, as for
             :func:`s3viz.probe_layers`.
-        utterances: corpus positions to probe (default all).
 
     ``compute()`` gives the columns of :func:`s3viz.probe_layers`.
     """
@@ -201,7 +190,7 @@ class RidgeProbe(Measure):
                 x = x[torch.from_numpy(np.repeat(keep, batch.lens[:, s]))]
             self.frames[s].update(x)
             if self.pooled is not None:
-                self.pooled[s].update(_pooled(batch, s)[torch.from_numpy(keep)])
+                self.pooled[s].update(batch.pooled(s)[torch.from_numpy(keep)])
 
     def _guard(self, t: ProbeTask, s: int) -> Guard:
         """The guard of layer ``s`` at ``t``'s level (after the profile is complete)."""
@@ -210,16 +199,14 @@ class RidgeProbe(Measure):
             ctx, names = self.ctx, None
             order = np.concatenate(self.order) if self.order else np.zeros(0, dtype=np.int64)
             if self.one:  # one process: rows have names
-                ids = ctx.meta.ids
-                if t.level == "frame":
-                    offs = np.concatenate([[0], np.cumsum(ctx.lengths()[order, s])])
+                frame = t.level == "frame"
+                offs = np.concatenate([[0], np.cumsum(ctx.lengths()[order, s] if frame
+                                                      else np.ones(len(order), dtype=np.int64))])
 
-                    def names(i):
-                        u = int(np.searchsorted(offs, i, side="right") - 1)
-                        return f"utterance {ids[int(order[u])]!r}, frame {int(i - offs[u])}"
-                else:
-                    def names(i):
-                        return f"utterance {ids[int(order[i])]!r}"
+                def names(i):
+                    u = int(np.searchsorted(offs, i, side="right") - 1)
+                    at = f", frame {int(i - offs[u])}" if frame else ""
+                    return f"utterance {ctx.meta.ids[int(order[u])]!r}{at}"
             # a store of segments: the precision of the frames they are means of
             prec = getattr(ctx.meta, "_precision", None)
             dtype = ctx.store_dtype if prec is None else prec[ctx.layer_index[s]]
@@ -229,9 +216,10 @@ class RidgeProbe(Measure):
                                              per_feature=True, names=names, **kw)
         return self.guards[key]
 
-    def _examples(self, t: ProbeTask, batch: Batch, s: int, guard: Guard | None = None):
+    def _examples(self, t: ProbeTask, batch: Batch, s: int, guarded: bool = False):
         """(x, classes ``(n, blocks)``, selection index) of the batch's labelled examples
-        of layer ``s``, ``x`` read through ``guard`` when given."""
+        of layer ``s``; ``guarded``: ``x`` read through the layer's guard after a profile
+        pass (else the frames as they come)."""
         where = self.where[batch.positions]
         if t.level == "frame":
             lab, index = batch.frame_labels(s, t.target), t.index
@@ -249,18 +237,14 @@ class RidgeProbe(Measure):
         else:
             m = where >= 0
             utt = where[m]
-            x, y = _pooled(batch, s)[torch.from_numpy(m)], t.heads(utt)
+            x, y = batch.pooled(s)[torch.from_numpy(m)], t.heads(utt)
         y[:, 1:] += len(t.classes)  # the control block's columns
-        if guard is not None:
+        if guarded and self.first:
+            guard = self._guard(t, s)
             x = guard(x, torch.float64, self.ctx.device)
             if guard.reason and t.level == "frame":  # refused (NaN scores): fit zeros, not
                 x.zero_()                              # frames that break eigh
         return x, y, utt
-
-    def _stats_guard(self, t: ProbeTask, s: int) -> Guard | None:
-        """What the statistics and scores read layer ``s`` through: its guard after a
-        profile pass, else the frames as they come."""
-        return self._guard(t, s) if self.first else None
 
     def update(self, batch: Batch, pass_index: int) -> None:
         n_l, p = self.ctx.num_layers, pass_index - self.first
@@ -273,16 +257,19 @@ class RidgeProbe(Measure):
                     _, y, utt = self._examples(t, batch, s)
                     self.seen[k] += torch.from_numpy(fold_class_counts(
                         y[:, 0], t.utt_fold[utt], self.folds, len(t.classes))[0])
-                if p == 1:
-                    self._score(t, batch, s, k)
-                elif p == 0 and self.rows[k] is not None:  # kept: the dual reads them guarded
+                if p == 0 and self.rows[k] is not None:  # kept: the dual reads them guarded
                     x, y, utt = self._examples(t, batch, s)
                     self.rows[k][torch.from_numpy(utt)] = x
-                elif p == 0:
-                    x, y, utt = self._examples(t, batch, s, self._stats_guard(t, s))
-                    if len(y):
+                elif p in (0, 1) and self.result[k] is None:  # else solved in the dual
+                    x, y, utt = self._examples(t, batch, s, guarded=True)
+                    if len(y) and p == 0:
                         self.stats[k].update(x, torch.from_numpy(y),
                                              torch.from_numpy(t.utt_sub[utt]))
+                    elif len(y):
+                        dev = self.ctx.device
+                        add_confusions(self.conf[k], x.to(dev), torch.from_numpy(y).to(dev),
+                                       torch.from_numpy(t.utt_fold[utt]).to(dev), self.models[k],
+                                       t.blocks, len(t.classes))
 
     def end_pass(self, pass_index: int) -> None:
         if pass_index == 0:
@@ -323,17 +310,6 @@ class RidgeProbe(Measure):
                 c = len(t.classes)
                 self.conf[k] = torch.zeros((len(t.blocks), folds, c, c), dtype=torch.int64)
                 self.stats[k] = None  # free the hidden x hidden matrices before scoring
-
-    def _score(self, t: ProbeTask, batch: Batch, s: int, k: int) -> None:
-        if self.result[k] is not None:  # solved in the dual after the statistics pass
-            return
-        x, y, utt = self._examples(t, batch, s, self._stats_guard(t, s))
-        if not len(y):
-            return
-        dev = self.ctx.device
-        add_confusions(self.conf[k], x.to(dev), torch.from_numpy(y).to(dev),
-                       torch.from_numpy(t.utt_fold[utt]).to(dev), self.models[k], t.blocks,
-                       len(t.classes))
 
     def compute(self) -> pd.DataFrame:
         n_l, ctx = self.ctx.num_layers, self.ctx
