@@ -18,7 +18,7 @@ REPORT ?= build/report
 NB_TIMEOUT ?= 300
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast test-unit test-notebooks test-gpu lab bench lock clean
+.PHONY: setup demo test test-fast test-unit test-notebooks test-gpu lab bench bench-peers lock clean
 
 setup: $(STAMP)
 
@@ -71,7 +71,14 @@ lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/ $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -c $(LOCK) faiss-cpu==1.15.1
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b --quick || exit 1; done
 
 clean:
 	rm -rf build .pytest_cache
+
+# The peers benchmark needs faiss-cpu beside the lock (benchmark only, never imported
+# by s3viz) and makes a Python >= 3.12 venv for fastabx once (build/peers-venv312).
+bench-peers: $(STAMP)
+	$(PY) -m pip install --quiet -c $(LOCK) faiss-cpu==1.15.1
+	$(PY) benchmarks/bench_peers.py
