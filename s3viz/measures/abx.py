@@ -37,8 +37,43 @@ def _normalise(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return torch.cat([out, border], 1)
 
 
-def _frame_distances(a: torch.Tensor, b: torch.Tensor, distance: str) -> torch.Tensor:
-    """``(S1, S2, n1, n2)`` frame distances of padded items ``a (n1, S1, D)``, ``b (n2, S2, D)``."""
+# length ratio per side of a block: padded / useful frames <= RATIO, so a block's padded
+# DTW cells are at most RATIO ** 2 = 1.44 times its useful ones
+RATIO = 1.2
+
+
+def _chunks(lens: np.ndarray, budget: int) -> list:
+    """The items (``lens`` frames each) in runs of similar length: positions into ``lens``,
+    sorted by length, each run of ``n`` items at most ``max(lens) * n <= RATIO * sum(lens)``
+    (padding to its longest item adds at most a fifth) and, past its first item, ``max(lens)
+    * n <= budget`` frames."""
+    order = np.argsort(lens, kind="stable")
+    srt = lens[order].astype(np.int64)
+    cum = np.concatenate([[0], np.cumsum(srt)])
+    out, s = [], 0
+    while s < len(srt):
+        count = np.arange(1, len(srt) - s + 1)
+        padded = count * srt[s:]  # sorted: the run's last item is its longest
+        ok = (padded <= RATIO * (cum[s + 1:] - cum[s])) & (padded <= budget)
+        ok[0] = True
+        e = s + 1 + int(np.flatnonzero(ok)[-1])
+        out.append(order[s:e])
+        s = e
+    return out
+
+
+def _pad(feats: torch.Tensor, start: np.ndarray, lens: np.ndarray) -> torch.Tensor:
+    """``(items, longest, D)``: item ``k``'s frames ``feats[start[k]:start[k] + lens[k]]``,
+    padded by repeating its last frame (padding never reaches a DTW value)."""
+    width = int(lens.max())
+    idx = start[:, None] + np.minimum(np.arange(width)[None, :], lens[:, None] - 1)
+    return feats[torch.as_tensor(idx, device=feats.device)]
+
+
+def _block_distances(a: torch.Tensor, b: torch.Tensor, distance: str) -> torch.Tensor:
+    """``(S1, S2, n1 * n2)`` frame distances of padded items ``a (n1, S1, D)``, ``b (n2, S2,
+    D)`` (cosine: of unit rows, :func:`_normalise`): one matrix product (or ``cdist``) of
+    their frames."""
     n1, s1, d = a.shape
     n2, s2, _ = b.shape
     fa, fb = a.reshape(n1 * s1, d), b.reshape(n2 * s2, d)
@@ -46,7 +81,55 @@ def _frame_distances(a: torch.Tensor, b: torch.Tensor, distance: str) -> torch.T
         dist = (fa @ fb.T).clamp_(-1, 1).acos_().div_(math.pi)
     else:
         dist = torch.cdist(fa, fb, compute_mode="donot_use_mm_for_euclid_dist")
-    return dist.view(n1, s1, n2, s2).permute(1, 3, 0, 2).contiguous()
+    return dist.view(n1, s1, n2, s2).permute(1, 3, 0, 2).reshape(s1, s2, n1 * n2)
+
+
+def _wavefront(dist: torch.Tensor, len1: torch.Tensor, len2: torch.Tensor, both: bool = False):
+    """The DTW of :func:`dtw_costs` over anti-diagonals: ``dist (S1, S2, P)``, ``len1, len2
+    (P,)`` per pair. Returns ``(P,)`` costs over steps with the tie rule diagonal, ``j - 1``,
+    ``i - 1``; with ``both`` also over the steps of the rule diagonal, ``i - 1``, ``j - 1``
+    (the same pairs' DTW with the items swapped: ``dist`` transposed gives the same costs).
+
+    No library offers this batched DTW with the tie rule and path length fastabx's
+    torchdtw uses (torchdtw is a compiled extension for Python >= 3.12); cell ``(i, j)``
+    needs ``(i-1, j)``, ``(i, j-1)`` and ``(i-1, j-1)``, so the ``i + j = k`` cells of
+    every pair are one vector step: ``S1 + S2 - 1`` steps instead of ``S1 * S2``.
+    """
+    s1, s2, p = dist.shape
+    dev, ch = dist.device, 3 if both else 2
+    dist = dist.contiguous()
+    # diagonal k in buffer k % 3: channel 0 the cost, 1 (and 2) the steps; row r is cell
+    # (r - 1, k - r + 1). Row 0 and every row never written stay +inf: the cells left of
+    # column 0 and above row 0. The valid rows of diagonal k are written at step k and
+    # read at k + 1 and k + 2 only (a row past them is one never written: still +inf).
+    buf = torch.empty(3, ch, s1 + 1, p, dtype=dist.dtype, device=dev)
+    buf[:, 0] = math.inf
+    buf[0, 0, 1] = dist[0, 0]
+    buf[0, 1:, 1] = 1
+    out = torch.empty(ch, p, dtype=dist.dtype, device=dev)
+    end_k = (len1 + len2 - 2).cpu().numpy()
+    order = np.argsort(end_k, kind="stable")
+    bounds = np.searchsorted(end_k[order], np.arange(s1 + s2))
+    order_t = torch.as_tensor(order, device=dev)
+    rows = len1.to(device=dev, dtype=torch.long)
+    base = dist.storage_offset()
+    for k in range(s1 + s2 - 1):
+        cur = buf[k % 3]
+        if k:
+            prev, prev2 = buf[(k - 1) % 3], buf[(k - 2) % 3]
+            lo, hi = max(0, k - s2 + 1), min(k, s1 - 1)
+            up, left, diag = prev[:, lo:hi + 1], prev[:, lo + 1:hi + 2], prev2[:, lo:hi + 1]
+            lu = torch.where(left[0] <= up[0], left, up)  # ties: j - 1 before i - 1
+            if both:  # ties: i - 1 before j - 1
+                lu[2] = torch.where(up[0] <= left[0], up[2], left[2])
+            best = torch.where(diag[0] <= lu[0], diag, lu)  # the diagonal first
+            d = dist.as_strided((hi - lo + 1, p), ((s2 - 1) * p, 1), base + (k + lo * (s2 - 1)) * p)
+            torch.add(best[0], d, out=cur[0, lo + 1:hi + 2])
+            torch.add(best[1:], 1, out=cur[1:, lo + 1:hi + 2])
+        if bounds[k + 1] > bounds[k]:  # the pairs whose last cell is on this diagonal
+            sel = order_t[bounds[k]:bounds[k + 1]]
+            out[:, sel] = cur[:, rows[sel], sel]
+    return (out[0] / out[1], out[0] / out[2]) if both else out[0] / out[1]
 
 
 def dtw_costs(dist: torch.Tensor, len1: torch.Tensor, len2: torch.Tensor) -> torch.Tensor:
@@ -64,111 +147,84 @@ def dtw_costs(dist: torch.Tensor, len1: torch.Tensor, len2: torch.Tensor) -> tor
         A cell depends only on cells above and left of it, so padding past an
         item's length never reaches its value.
     """
-    s1, s2 = dist.shape[:2]
-    cost = torch.empty_like(dist)
-    steps = torch.empty(dist.shape, dtype=torch.int32, device=dist.device)
-    cost[0, 0] = dist[0, 0]
-    steps[0, 0] = 1
-    for i in range(1, s1):
-        cost[i, 0] = cost[i - 1, 0] + dist[i, 0]
-        steps[i, 0] = i + 1
-    for j in range(1, s2):
-        cost[0, j] = cost[0, j - 1] + dist[0, j]
-        steps[0, j] = j + 1
-    for i in range(1, s1):
-        for j in range(1, s2):
-            up, left, diag = cost[i - 1, j], cost[i, j - 1], cost[i - 1, j - 1]
-            take_diag = (diag <= left) & (diag <= up)
-            take_left = ~take_diag & (left <= up)
-            best = torch.where(take_diag, diag, torch.where(take_left, left, up))
-            cost[i, j] = dist[i, j] + best
-            steps[i, j] = torch.where(take_diag, steps[i - 1, j - 1],
-                                      torch.where(take_left, steps[i, j - 1], steps[i - 1, j])) + 1
-    i1 = (len1 - 1).long()[:, None].expand(-1, len(len2))
-    i2 = (len2 - 1).long()[None, :].expand(len(len1), -1)
-    r1 = torch.arange(len(len1), device=dist.device)[:, None].expand_as(i1)
-    r2 = torch.arange(len(len2), device=dist.device)[None, :].expand_as(i2)
-    return cost[i1, i2, r1, r2] / steps[i1, i2, r1, r2].to(cost.dtype)
+    s1, s2, n1, n2 = dist.shape
+    l1 = torch.as_tensor(len1).long()[:, None].expand(n1, n2).reshape(-1)
+    l2 = torch.as_tensor(len2).long()[None, :].expand(n1, n2).reshape(-1)
+    return _wavefront(dist.reshape(s1, s2, n1 * n2), l1, l2).view(n1, n2)
 
 
-def _padded(frames: torch.Tensor, offs: np.ndarray, device, distance: str) -> torch.Tensor:
-    """``(items, longest, D)``: item ``k``'s frames ``frames[offs[k]:offs[k + 1]]``, padded
-    (cosine: as unit rows, :func:`_normalise`)."""
-    lens = np.diff(offs)
-    pad = torch.zeros(len(lens), int(lens.max()) if len(lens) else 1, frames.shape[1],
-                      dtype=torch.float32, device=device)
-    for k, (a, b) in enumerate(zip(offs[:-1], offs[1:])):
-        pad[k, : b - a] = frames[a:b].to(device=device, dtype=torch.float32)
-    if distance == "cosine":
-        pad = _normalise(pad.reshape(-1, pad.shape[-1])).view(pad.shape[0], pad.shape[1], -1)
-    return pad
-
-
-def _distance_matrix(pad: torch.Tensor, lens: np.ndarray, xi: np.ndarray, yi: np.ndarray,
-                     distance: str, max_block: int) -> torch.Tensor:
-    """``(len(xi), len(yi))`` DTW distances between the padded items ``xi`` and ``yi``
-    (``lens`` frames each), in blocks of at most ``max_block`` frame distances (items
-    sorted by length first, so a block pads little)."""
-    dev = pad.device
-    out = torch.empty(len(xi), len(yi), dtype=torch.float32, device=dev)
-    if not len(xi) or not len(yi):
+def _distance_matrix(fx: torch.Tensor, start_x: np.ndarray, lens_x: np.ndarray,
+                     fy: torch.Tensor, start_y: np.ndarray, lens_y: np.ndarray,
+                     distance: str, max_block: int, symmetric: bool) -> torch.Tensor:
+    """``(nx, ny)`` DTW distances between the items of ``fx`` (frames ``start_x[k]`` on,
+    ``lens_x[k]`` of them) and those of ``fy``, in blocks of items of similar length
+    (:func:`_chunks`) of at most about ``max_block`` frame distances. ``symmetric``: the
+    same items on both sides (``fy`` is ``fx``); a block and its mirror are one DTW."""
+    dev = fx.device
+    out = torch.empty(len(lens_x), len(lens_y), dtype=torch.float32, device=dev)
+    if not len(lens_x) or not len(lens_y):
         return out
-    ox, oy = np.argsort(lens[xi], kind="stable"), np.argsort(lens[yi], kind="stable")
-    sx, sy = xi[ox], yi[oy]
-    cols = max(1, min(len(sy), max_block // max(1, int(lens[sy].max()) * int(lens[sx].max()))))
-    for c0 in range(0, len(sy), cols):
-        cy = sy[c0:c0 + cols]
-        wy = int(lens[cy].max())
-        r0 = 0
-        while r0 < len(sx):
-            # rows while the block stays under max_block (lengths increase along sx)
-            rows = max(1, max_block // max(1, len(cy) * wy * int(lens[sx[-1]])))
-            cx = sx[r0:r0 + rows]
-            wx = int(lens[cx].max())
-            d = _frame_distances(pad[cx, :wx], pad[cy, :wy], distance)
-            block = dtw_costs(d, torch.as_tensor(lens[cx], device=dev),
-                              torch.as_tensor(lens[cy], device=dev))
-            out[torch.as_tensor(ox[r0:r0 + rows], device=dev)[:, None],
-                torch.as_tensor(oy[c0:c0 + cols], device=dev)[None, :]] = block
-            r0 += rows
+    side = max(1, math.isqrt(max_block))
+    cx = _chunks(lens_x, side)
+    cy = cx if symmetric else _chunks(lens_y, side)
+    pads_y = [_pad(fy, start_y[c], lens_y[c]) for c in cy]
+    for i, rx in enumerate(cx):
+        pad_x = pads_y[i] if symmetric else _pad(fx, start_x[rx], lens_x[rx])
+        tx = torch.as_tensor(rx, device=dev)
+        l1 = torch.as_tensor(lens_x[rx], device=dev)
+        for j in range(i if symmetric else 0, len(cy)):
+            ry = cy[j]
+            ty = torch.as_tensor(ry, device=dev)
+            d = _block_distances(pad_x, pads_y[j], distance)
+            n1, n2 = len(rx), len(ry)
+            a = l1[:, None].expand(n1, n2).reshape(-1)
+            b = torch.as_tensor(lens_y[ry], device=dev)[None, :].expand(n1, n2).reshape(-1)
+            if symmetric and j > i:
+                cost, mirror = _wavefront(d, a, b, both=True)
+                out[ty[:, None], tx[None, :]] = mirror.view(n1, n2).T
+            else:
+                cost = _wavefront(d, a, b)
+            out[tx[:, None], ty[None, :]] = cost.view(n1, n2)
     return out
 
 
-def _cell_sums(dist: torch.Tensor, lab_x: torch.Tensor, lab_y: torch.Tensor, num: int,
+def _cell_sums(dist: torch.Tensor, lab_x: np.ndarray, lab_y: np.ndarray, num: int,
                symmetric: bool, max_block: int) -> torch.Tensor:
     """Correct-triplet sums of every cell of one block, as a ``(num, num)`` table indexed
     by (phone of A and X, phone of B); the triplet counts are :func:`_contexts`'.
 
     ``dist (nx, ny)``: X rows, A and B columns; ``lab_x``, ``lab_y``: phone codes in
     ``[0, num)``. A triplet ``(a, b, x)`` counts ``1{d(a,x) < d(b,x)} + 1/2 1{=}``;
-    with ``symmetric`` the rows are the columns and ``a = x`` is left out. For
-    each ``x`` its distances are sorted once and a running count per phone
-    gives, for every ``a`` at once, how many ``b`` of each phone lie farther or
-    at the same distance (instead of the ``nx * na * nb`` comparisons); rows go
-    in chunks of at most ``max_block`` numbers.
+    with ``symmetric`` the rows are the columns and ``a = x`` is left out. Per pair
+    ``(x, a)`` of one phone, its row of ``d(b, x)`` compared with ``d(a, x)`` (1 farther,
+    1/2 as far) times the columns' one-hot phones counts every ``b`` of each phone at
+    once (exact: integers and halves); pairs go in chunks of at most ``max_block`` numbers.
     """
-    nx, ny = dist.shape
     dev = dist.device
-    n_q = torch.bincount(lab_y, minlength=num).double()  # B candidates per phone
     correct = torch.zeros(num, num, dtype=torch.float64, device=dev)
-    rows = max(1, max_block // max(1, ny * num))
-    for r0 in range(0, nx, rows):
-        d = dist[r0:r0 + rows]
-        lx = lab_x[r0:r0 + rows]
-        srt, order = torch.sort(d, dim=1)
-        cum = torch.nn.functional.one_hot(lab_y[order], num).to(torch.float64).cumsum(1)
-        cum = torch.cat([torch.zeros(d.shape[0], 1, num, dtype=cum.dtype, device=dev), cum], 1)
-        lo = torch.searchsorted(srt, d.contiguous(), right=False)  # b strictly closer
-        hi = torch.searchsorted(srt, d.contiguous(), right=True)   # b at most as far
-        idx = lambda k: k[:, :, None].expand(-1, -1, num)  # noqa: E731
-        le, lt = cum.gather(1, idx(hi)), cum.gather(1, idx(lo))
-        score = (n_q - le) + 0.5 * (le - lt)  # (rows, ny, num): per a, per phone of b
-        valid = lab_y[None, :] == lx[:, None]  # a shares x's phone
-        if symmetric:
-            cols = torch.arange(ny, device=dev)
-            valid &= cols[None, :] != (torch.arange(d.shape[0], device=dev) + r0)[:, None]
-        per_x = (score * valid[:, :, None]).sum(1)  # (rows, num): summed over a
-        correct.index_add_(0, lx, per_x)
+    # every (x, a) pair sharing a phone, x's phone ascending
+    ox, oy = np.argsort(lab_x, kind="stable"), np.argsort(lab_y, kind="stable")
+    bx = np.searchsorted(lab_x[ox], np.arange(num + 1))
+    by = np.searchsorted(lab_y[oy], np.arange(num + 1))
+    nx, ny = np.diff(bx), np.diff(by)
+    px = np.repeat(ox, np.repeat(ny, nx))
+    pa = np.concatenate([np.tile(oy[by[q]:by[q + 1]], nx[q]) for q in range(num)]
+                        + [np.zeros(0, dtype=np.int64)])
+    if symmetric:
+        keep = px != pa
+        px, pa = px[keep], pa[keep]
+    if not len(px):
+        return correct
+    onehot = torch.nn.functional.one_hot(torch.as_tensor(lab_y, device=dev), num).to(dist.dtype)
+    px_t, pa_t = torch.as_tensor(px, device=dev), torch.as_tensor(pa, device=dev)
+    lx_t = torch.as_tensor(lab_x, device=dev)
+    step = max(1, max_block // max(1, dist.shape[1]))
+    for r0 in range(0, len(px), step):
+        rx, ra = px_t[r0:r0 + step], pa_t[r0:r0 + step]
+        row = dist[rx]  # (pairs, ny): d(b, x)
+        dax = dist[rx, ra][:, None]
+        wins = torch.where(row > dax, 1.0, torch.where(row == dax, 0.5, 0.0))
+        correct.index_add_(0, lx_t[rx], (wins @ onehot).double())
     return correct
 
 
@@ -232,24 +288,31 @@ class _Plan:
                                                                   ctx[ys], within):
                     yield s, sx, (xs, ys), (in_x, in_y, cx, cy), c, names, t
 
-    def score(self, pad: torch.Tensor, lens: np.ndarray, distance: str, owned: set,
-              max_block: int) -> torch.Tensor:
-        """``(cells,)`` correct-triplet sums of the owned cells of the padded items
-        (:func:`_padded`), zeros elsewhere (float64)."""
+    def speakers(self, owned: set) -> list:
+        """The speakers whose items the owned cells read (X's, and A's and B's)."""
+        mine = [s for s in np.unique(self.spk) if s in owned]
+        return mine if self.speaker == "within" or not mine else list(np.unique(self.spk))
+
+    def score(self, features: dict, distance: str, owned: set, max_block: int) -> torch.Tensor:
+        """``(cells,)`` correct-triplet sums of the owned cells, zeros elsewhere (float64).
+
+        ``features[s]``: ``(frames, start, lens)`` of speaker ``s``'s items in table order
+        (item ``k``: ``lens[k]`` rows from ``start[k]``; cosine: unit rows, :func:`_normalise`).
+        """
         out = torch.zeros(len(self.keys), dtype=torch.float64)
-        dev, at, group, dist = pad.device, 0, None, None
+        at, group, dist = 0, None, None
         symmetric = self.speaker == "within"
-        for s, sx, (xs, ys), (in_x, in_y, cx, cy), _, names, t in self._walk():
+        for s, sx, _, (in_x, in_y, cx, cy), _, names, t in self._walk():
             n = int((t > 0).sum())
             if sx in owned:
                 if group != (s, sx):  # one distance matrix per speaker (pair)
                     group = (s, sx)
-                    dist = _distance_matrix(pad, lens, xs, ys, distance, max_block)
+                    dist = _distance_matrix(*features[sx], *features[s], distance, max_block,
+                                            symmetric)
+                dev = dist.device
                 block = dist[torch.as_tensor(in_x, device=dev)][:, torch.as_tensor(in_y,
                                                                                     device=dev)]
-                correct = _cell_sums(block, torch.as_tensor(cx, device=dev),
-                                     torch.as_tensor(cy, device=dev), len(names), symmetric,
-                                     max_block)
+                correct = _cell_sums(block, cx, cy, len(names), symmetric, max_block)
                 out[at:at + n] = correct[torch.as_tensor(t > 0, device=dev)].cpu()
             at += n
         return out
@@ -391,11 +454,19 @@ class ABX(Measure):
             self.reasons[ctx.layer_index[s]] = lay["reason"] = guard.reason
             if guard.reason:
                 continue
-            offs = lay["offsets"]
-            pad = _padded(guard(x, torch.float32), offs, ctx.device, self.distance)
+            offs, plan = lay["offsets"], lay["plan"]
+            lens = np.diff(offs)
+            features = {}  # per speaker its items' frames, as the distance reads them
+            for spk in plan.speakers(self.owned):
+                items = np.flatnonzero(plan.spk == spk)
+                start = np.concatenate([[0], np.cumsum(lens[items])])
+                rows = np.repeat(offs[items] - start[:-1], lens[items]) + np.arange(start[-1])
+                f = guard(x[torch.from_numpy(rows)], torch.float32).to(ctx.device)
+                features[spk] = (_normalise(f) if self.distance == "cosine" else f,
+                                 start[:-1], lens[items])
             del x
-            self.correct[lay["cells"]] = lay["plan"].score(pad, np.diff(offs), self.distance,
-                                                           self.owned, self.max_block)
+            self.correct[lay["cells"]] = plan.score(features, self.distance, self.owned,
+                                                    self.max_block)
 
     def _name(self, s: int, row: int) -> str:
         """Row ``row`` of layer ``s``'s item frames as (utterance, frame), for a guard's message."""
