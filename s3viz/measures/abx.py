@@ -393,33 +393,43 @@ class ABX(Measure):
         spk, first = np.unique(speakers, return_index=True)
         self.owned = set(spk[np.isin(first, ctx.positions)].tolist())
         corpus, self.layers, frames, n_cells = CorpusLayers(ctx), [], [], 0
+        items: dict = {}  # layers of one frame rate, field and frame counts: one item set
         for s in range(ctx.num_layers):
-            table = segment_table(corpus, s, self.on)
-            if self.max_items is not None:
-                table = _subsample(table, self.max_items, self.seed, self.context)
+            key = (corpus.downsample_rates[s], corpus.receptive_fields[s],
+                   corpus.lengths(s).tobytes())
+            if key not in items:
+                items[key] = self._items(corpus, s)
+            table, plan = items[key]["table"], items[key]["plan"]
             layer = ctx.layer_index[s]
             if table.empty:
                 raise ValueError(f"no {self.on} segments with frames in stored layer {layer}")
-            plan = _Plan(table, self.speaker, self.context)
             if plan.keys.empty:
                 raise ValueError(
                     f"no ABX cell in stored layer {layer} for speaker={self.speaker!r}, "
                     f"context={self.context!r}: every cell needs two tokens of a phone and one "
                     "of another (and for 'across' a second speaker); use more utterances or "
                     "context='any'")
-            sizes = (table["frame_end"] - table["frame_start"]).to_numpy(np.int64)
-            offs = np.concatenate([[0], np.cumsum(sizes)])
-            # per row of the items' frames its frame in its utterance; per utterance its rows
-            row_utt = np.repeat(table["utt"].to_numpy(np.int64), sizes)
-            self.layers.append({"table": table, "plan": plan, "offsets": offs,
-                                "frame": np.repeat(table["frame_start"].to_numpy(np.int64)
-                                                   - offs[:-1], sizes) + np.arange(offs[-1]),
-                                "rows": np.searchsorted(row_utt, np.arange(len(meta) + 1)),
-                                "cells": slice(n_cells, n_cells + len(plan.keys))})
+            self.layers.append(dict(items[key], cells=slice(n_cells, n_cells + len(plan.keys))))
             n_cells += len(plan.keys)
-            frames.append(torch.zeros(int(sizes.sum()), ctx.sizes[s], dtype=ctx.read_dtype))
+            frames.append(torch.zeros(int(items[key]["offsets"][-1]), ctx.sizes[s],
+                                      dtype=ctx.read_dtype))
         self.n_cells = n_cells
         self.add_state("frames", frames, lambda v, reduce: [reduce(t) for t in v])
+
+    def _items(self, corpus: CorpusLayers, s: int) -> dict:
+        """Layer ``s``'s items (the table, its cells, where each item's frames go)."""
+        table = segment_table(corpus, s, self.on)
+        if self.max_items is not None:
+            table = _subsample(table, self.max_items, self.seed, self.context)
+        plan = _Plan(table, self.speaker, self.context)
+        sizes = (table["frame_end"] - table["frame_start"]).to_numpy(np.int64)
+        offs = np.concatenate([[0], np.cumsum(sizes)])
+        # per row of the items' frames its frame in its utterance; per utterance its rows
+        row_utt = np.repeat(table["utt"].to_numpy(np.int64), sizes)
+        return {"table": table, "plan": plan, "offsets": offs,
+                "frame": np.repeat(table["frame_start"].to_numpy(np.int64) - offs[:-1], sizes)
+                + np.arange(offs[-1]),
+                "rows": np.searchsorted(row_utt, np.arange(len(corpus) + 1))}
 
     def update(self, batch: Batch, pass_index: int) -> None:
         for s, lay in enumerate(self.layers):
