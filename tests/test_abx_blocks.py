@@ -17,31 +17,24 @@ from test_abx import _dtw_ref, _frame_dist
 
 
 def _dtw_cells(dist: torch.Tensor, len1, len2) -> torch.Tensor:
-    """The recursion cell by cell, as s3viz computed it before the anti-diagonals (one
-    loop step per cell, every pair at once)."""
+    """The recursion cell by cell, row after row, every pair at once (one loop step per
+    cell, as s3viz computed it before the anti-diagonals); an +inf border stands for the
+    cells above row 0 and left of column 0."""
     s1, s2 = dist.shape[:2]
-    cost = torch.empty_like(dist)
-    steps = torch.empty(dist.shape, dtype=torch.int32)
-    cost[0, 0], steps[0, 0] = dist[0, 0], 1
-    for i in range(1, s1):
-        cost[i, 0], steps[i, 0] = cost[i - 1, 0] + dist[i, 0], i + 1
-    for j in range(1, s2):
-        cost[0, j], steps[0, j] = cost[0, j - 1] + dist[0, j], j + 1
-    for i in range(1, s1):
-        for j in range(1, s2):
-            up, left, diag = cost[i - 1, j], cost[i, j - 1], cost[i - 1, j - 1]
-            take_diag = (diag <= left) & (diag <= up)
-            take_left = ~take_diag & (left <= up)
-            cost[i, j] = dist[i, j] + torch.where(take_diag, diag,
-                                                  torch.where(take_left, left, up))
-            steps[i, j] = torch.where(take_diag, steps[i - 1, j - 1], torch.where(
-                take_left, steps[i, j - 1], steps[i - 1, j])) + 1
-    n1, n2 = len(len1), len(len2)
-    out = torch.empty(n1, n2)
-    for a, b in itertools.product(range(n1), range(n2)):
-        i, j = int(len1[a]) - 1, int(len2[b]) - 1
-        out[a, b] = cost[i, j, a, b] / steps[i, j, a, b].float()
-    return out
+    cost = torch.full((s1 + 1, s2 + 1, *dist.shape[2:]), math.inf)
+    steps = torch.zeros(cost.shape)
+    cost[0, 0], steps[0, 0] = 0, 0  # the start, diagonal to cell (0, 0)
+    for i, j in itertools.product(range(1, s1 + 1), range(1, s2 + 1)):
+        diag, left, up = cost[i - 1, j - 1], cost[i, j - 1], cost[i - 1, j]
+        pick = torch.where((diag <= left) & (diag <= up), 0, torch.where(left <= up, 1, 2))
+        prev_c = torch.stack([diag, left, up]).gather(0, pick[None])[0]
+        prev_s = torch.stack([steps[i - 1, j - 1], steps[i, j - 1],
+                              steps[i - 1, j]]).gather(0, pick[None])[0]
+        cost[i, j], steps[i, j] = dist[i - 1, j - 1] + prev_c, prev_s + 1
+    a = torch.tensor(len1)[:, None].expand(len(len1), len(len2))
+    b = torch.tensor(len2)[None, :].expand(len(len1), len(len2))
+    n1, n2 = torch.meshgrid(torch.arange(len(len1)), torch.arange(len(len2)), indexing="ij")
+    return cost[a, b, n1, n2] / steps[a, b, n1, n2]
 
 
 def _tied_block(seed: int, len1, len2, levels: int) -> torch.Tensor:
