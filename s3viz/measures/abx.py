@@ -62,57 +62,66 @@ def _chunks(lens: np.ndarray, budget: int) -> list:
     return out
 
 
-def _pad(feats: torch.Tensor, start: np.ndarray, lens: np.ndarray) -> torch.Tensor:
-    """``(items, longest, D)``: item ``k``'s frames ``feats[start[k]:start[k] + lens[k]]``,
-    padded by repeating its last frame (padding never reaches a DTW value)."""
-    width = int(lens.max())
-    idx = start[:, None] + np.minimum(np.arange(width)[None, :], lens[:, None] - 1)
-    return feats[torch.as_tensor(idx, device=feats.device)]
+# numbers a block holds per frame distance at most (the frame distances, their padded
+# copies and the DTW's three diagonals of cost and steps, 1x1 items the worst case)
+_WORK = 24
 
 
-def _block_distances(a: torch.Tensor, b: torch.Tensor, distance: str) -> torch.Tensor:
-    """``(S1, S2, n1 * n2)`` frame distances of padded items ``a (n1, S1, D)``, ``b (n2, S2,
-    D)`` (cosine: of unit rows, :func:`_normalise`): one matrix product (or ``cdist``) of
-    their frames."""
-    n1, s1, d = a.shape
-    n2, s2, _ = b.shape
-    fa, fb = a.reshape(n1 * s1, d), b.reshape(n2 * s2, d)
+def _chunk_frames(feats: torch.Tensor, start: np.ndarray, lens: np.ndarray):
+    """A run of items as ``(frames, pos)``: their frames, unpadded, and ``pos (S, n)``:
+    row ``i`` of item ``k`` in them (its last row past its length: padding never reaches
+    a DTW value)."""
+    local = np.concatenate([[0], np.cumsum(lens)[:-1]])
+    rows = np.repeat(start - local, lens) + np.arange(int(lens.sum()))
+    pos = local[None, :] + np.minimum(np.arange(int(lens.max()))[:, None], lens[None, :] - 1)
+    return feats[torch.as_tensor(rows, device=feats.device)], torch.as_tensor(
+        pos, device=feats.device)
+
+
+def _block_distances(fa: torch.Tensor, pos_a: torch.Tensor, fb: torch.Tensor,
+                     pos_b: torch.Tensor, distance: str) -> torch.Tensor:
+    """``(S1, n1, S2, n2)`` frame distances of two runs of items (:func:`_chunk_frames`;
+    cosine: of unit rows, :func:`_normalise`): one matrix product (or ``cdist``) of their
+    frames, then each item's rows and columns picked (padding costs no product)."""
     if distance == "cosine":
         dist = (fa @ fb.T).clamp_(-1, 1).acos_().div_(math.pi)
     else:
         dist = torch.cdist(fa, fb, compute_mode="donot_use_mm_for_euclid_dist")
-    return dist.view(n1, s1, n2, s2).permute(1, 3, 0, 2).reshape(s1, s2, n1 * n2)
+    out = dist.index_select(0, pos_a.reshape(-1)).index_select(1, pos_b.reshape(-1))
+    return out.view(*pos_a.shape, *pos_b.shape)
 
 
 def _wavefront(dist: torch.Tensor, len1: torch.Tensor, len2: torch.Tensor, both: bool = False):
-    """The DTW of :func:`dtw_costs` over anti-diagonals: ``dist (S1, S2, P)``, ``len1, len2
-    (P,)`` per pair. Returns ``(P,)`` costs over steps with the tie rule diagonal, ``j - 1``,
-    ``i - 1``; with ``both`` also over the steps of the rule diagonal, ``i - 1``, ``j - 1``
-    (the same pairs' DTW with the items swapped: ``dist`` transposed gives the same costs).
+    """The DTW of :func:`dtw_costs` over anti-diagonals: ``dist (S1, n1, S2, n2)``, ``len1
+    (n1,)``, ``len2 (n2,)``. Returns ``(n1, n2)`` costs over steps with the tie rule
+    diagonal, ``j - 1``, ``i - 1``; with ``both`` also over the steps of the rule
+    diagonal, ``i - 1``, ``j - 1`` (the same pairs' DTW with the items swapped: ``dist``
+    transposed gives the same costs).
 
     No library offers this batched DTW with the tie rule and path length fastabx's
     torchdtw uses (torchdtw is a compiled extension for Python >= 3.12); cell ``(i, j)``
     needs ``(i-1, j)``, ``(i, j-1)`` and ``(i-1, j-1)``, so the ``i + j = k`` cells of
     every pair are one vector step: ``S1 + S2 - 1`` steps instead of ``S1 * S2``.
     """
-    s1, s2, p = dist.shape
-    dev, ch = dist.device, 3 if both else 2
+    s1, n1, s2, n2 = dist.shape
+    dev, ch, p = dist.device, 3 if both else 2, n1 * n2
     dist = dist.contiguous()
     # diagonal k in buffer k % 3: channel 0 the cost, 1 (and 2) the steps; row r is cell
     # (r - 1, k - r + 1). Row 0 and every row never written stay +inf: the cells left of
     # column 0 and above row 0. The valid rows of diagonal k are written at step k and
     # read at k + 1 and k + 2 only (a row past them is one never written: still +inf).
-    buf = torch.empty(3, ch, s1 + 1, p, dtype=dist.dtype, device=dev)
+    buf = torch.empty(3, ch, s1 + 1, n1, n2, dtype=dist.dtype, device=dev)
     buf[:, 0] = math.inf
-    buf[0, 0, 1] = dist[0, 0]
+    buf[0, 0, 1] = dist[0, :, 0]
     buf[0, 1:, 1] = 1
     out = torch.empty(ch, p, dtype=dist.dtype, device=dev)
-    end_k = (len1 + len2 - 2).cpu().numpy()
+    l1 = len1.to(device=dev, dtype=torch.long)[:, None].expand(n1, n2).reshape(-1)
+    l2 = len2.to(device=dev, dtype=torch.long)[None, :].expand(n1, n2).reshape(-1)
+    end_k = (l1 + l2 - 2).cpu().numpy()
     order = np.argsort(end_k, kind="stable")
     bounds = np.searchsorted(end_k[order], np.arange(s1 + s2))
     order_t = torch.as_tensor(order, device=dev)
-    rows = len1.to(device=dev, dtype=torch.long)
-    base = dist.storage_offset()
+    base, row_step = dist.storage_offset(), n1 * s2 * n2 - n2  # (i, j) -> (i + 1, j - 1)
     for k in range(s1 + s2 - 1):
         cur = buf[k % 3]
         if k:
@@ -123,12 +132,15 @@ def _wavefront(dist: torch.Tensor, len1: torch.Tensor, len2: torch.Tensor, both:
             if both:  # ties: i - 1 before j - 1
                 lu[2] = torch.where(up[0] <= left[0], up[2], left[2])
             best = torch.where(diag[0] <= lu[0], diag, lu)  # the diagonal first
-            d = dist.as_strided((hi - lo + 1, p), ((s2 - 1) * p, 1), base + (k + lo * (s2 - 1)) * p)
+            d = dist.as_strided((hi - lo + 1, n1, n2), (row_step, s2 * n2, 1),
+                                base + k * n2 + lo * row_step)
             torch.add(best[0], d, out=cur[0, lo + 1:hi + 2])
             torch.add(best[1:], 1, out=cur[1:, lo + 1:hi + 2])
         if bounds[k + 1] > bounds[k]:  # the pairs whose last cell is on this diagonal
             sel = order_t[bounds[k]:bounds[k + 1]]
-            out[:, sel] = cur[:, rows[sel], sel]
+            flat = cur.view(ch, s1 + 1, p)
+            out[:, sel] = flat[:, l1[sel], sel]
+    out = out.view(ch, n1, n2)
     return (out[0] / out[1], out[0] / out[2]) if both else out[0] / out[1]
 
 
@@ -147,10 +159,7 @@ def dtw_costs(dist: torch.Tensor, len1: torch.Tensor, len2: torch.Tensor) -> tor
         A cell depends only on cells above and left of it, so padding past an
         item's length never reaches its value.
     """
-    s1, s2, n1, n2 = dist.shape
-    l1 = torch.as_tensor(len1).long()[:, None].expand(n1, n2).reshape(-1)
-    l2 = torch.as_tensor(len2).long()[None, :].expand(n1, n2).reshape(-1)
-    return _wavefront(dist.reshape(s1, s2, n1 * n2), l1, l2).view(n1, n2)
+    return _wavefront(dist.permute(0, 2, 1, 3), torch.as_tensor(len1), torch.as_tensor(len2))
 
 
 def _distance_matrix(fx: torch.Tensor, start_x: np.ndarray, lens_x: np.ndarray,
@@ -158,33 +167,31 @@ def _distance_matrix(fx: torch.Tensor, start_x: np.ndarray, lens_x: np.ndarray,
                      distance: str, max_block: int, symmetric: bool) -> torch.Tensor:
     """``(nx, ny)`` DTW distances between the items of ``fx`` (frames ``start_x[k]`` on,
     ``lens_x[k]`` of them) and those of ``fy``, in blocks of items of similar length
-    (:func:`_chunks`) of at most about ``max_block`` frame distances. ``symmetric``: the
-    same items on both sides (``fy`` is ``fx``); a block and its mirror are one DTW."""
+    (:func:`_chunks`) holding at most about ``max_block`` numbers (each side at most
+    ``sqrt(max_block / _WORK)`` frames, or one item). ``symmetric``: the same items on
+    both sides (``fy`` is ``fx``); a block and its mirror are one DTW."""
     dev = fx.device
     out = torch.empty(len(lens_x), len(lens_y), dtype=torch.float32, device=dev)
     if not len(lens_x) or not len(lens_y):
         return out
-    side = max(1, math.isqrt(max_block))
+    side = max(1, math.isqrt(max_block // _WORK))
     cx = _chunks(lens_x, side)
     cy = cx if symmetric else _chunks(lens_y, side)
-    pads_y = [_pad(fy, start_y[c], lens_y[c]) for c in cy]
     for i, rx in enumerate(cx):
-        pad_x = pads_y[i] if symmetric else _pad(fx, start_x[rx], lens_x[rx])
-        tx = torch.as_tensor(rx, device=dev)
-        l1 = torch.as_tensor(lens_x[rx], device=dev)
+        fa, pos_a = _chunk_frames(fx, start_x[rx], lens_x[rx])
+        tx, l1 = torch.as_tensor(rx, device=dev), torch.as_tensor(lens_x[rx], device=dev)
         for j in range(i if symmetric else 0, len(cy)):
             ry = cy[j]
-            ty = torch.as_tensor(ry, device=dev)
-            d = _block_distances(pad_x, pads_y[j], distance)
-            n1, n2 = len(rx), len(ry)
-            a = l1[:, None].expand(n1, n2).reshape(-1)
-            b = torch.as_tensor(lens_y[ry], device=dev)[None, :].expand(n1, n2).reshape(-1)
+            fb, pos_b = (fa, pos_a) if symmetric and j == i else _chunk_frames(
+                fy, start_y[ry], lens_y[ry])
+            ty, l2 = torch.as_tensor(ry, device=dev), torch.as_tensor(lens_y[ry], device=dev)
+            d = _block_distances(fa, pos_a, fb, pos_b, distance)
             if symmetric and j > i:
-                cost, mirror = _wavefront(d, a, b, both=True)
-                out[ty[:, None], tx[None, :]] = mirror.view(n1, n2).T
+                cost, mirror = _wavefront(d, l1, l2, both=True)
+                out[ty[:, None], tx[None, :]] = mirror.T
             else:
-                cost = _wavefront(d, a, b)
-            out[tx[:, None], ty[None, :]] = cost.view(n1, n2)
+                cost = _wavefront(d, l1, l2)
+            out[tx[:, None], ty[None, :]] = cost
     return out
 
 
@@ -195,36 +202,32 @@ def _cell_sums(dist: torch.Tensor, lab_x: np.ndarray, lab_y: np.ndarray, num: in
 
     ``dist (nx, ny)``: X rows, A and B columns; ``lab_x``, ``lab_y``: phone codes in
     ``[0, num)``. A triplet ``(a, b, x)`` counts ``1{d(a,x) < d(b,x)} + 1/2 1{=}``;
-    with ``symmetric`` the rows are the columns and ``a = x`` is left out. Per pair
-    ``(x, a)`` of one phone, its row of ``d(b, x)`` compared with ``d(a, x)`` (1 farther,
-    1/2 as far) times the columns' one-hot phones counts every ``b`` of each phone at
-    once (exact: integers and halves); pairs go in chunks of at most ``max_block`` numbers.
+    with ``symmetric`` the rows are the columns and ``a = x`` is left out. Summed over
+    the ``a`` of ``x``'s phone, a ``b`` counts ``(#{a: d(a,x) < d(b,x)} + #{a: d(a,x) <=
+    d(b,x)}) / 2``: two binary searches of ``d(b, x)`` among ``x``'s sorted ``d(a, x)``
+    (integers, exact), instead of the ``nx * na * nb`` comparisons; then summed per
+    phone of ``b``. Rows go in chunks of at most ``max_block`` numbers.
     """
     dev = dist.device
     correct = torch.zeros(num, num, dtype=torch.float64, device=dev)
-    # every (x, a) pair sharing a phone, x's phone ascending
-    ox, oy = np.argsort(lab_x, kind="stable"), np.argsort(lab_y, kind="stable")
-    bx = np.searchsorted(lab_x[ox], np.arange(num + 1))
-    by = np.searchsorted(lab_y[oy], np.arange(num + 1))
-    nx, ny = np.diff(bx), np.diff(by)
-    px = np.repeat(ox, np.repeat(ny, nx))
-    pa = np.concatenate([np.tile(oy[by[q]:by[q + 1]], nx[q]) for q in range(num)]
-                        + [np.zeros(0, dtype=np.int64)])
-    if symmetric:
-        keep = px != pa
-        px, pa = px[keep], pa[keep]
-    if not len(px):
-        return correct
-    onehot = torch.nn.functional.one_hot(torch.as_tensor(lab_y, device=dev), num).to(dist.dtype)
-    px_t, pa_t = torch.as_tensor(px, device=dev), torch.as_tensor(pa, device=dev)
-    lx_t = torch.as_tensor(lab_x, device=dev)
+    lab_y_t = torch.as_tensor(lab_y, device=dev)
     step = max(1, max_block // max(1, dist.shape[1]))
-    for r0 in range(0, len(px), step):
-        rx, ra = px_t[r0:r0 + step], pa_t[r0:r0 + step]
-        row = dist[rx]  # (pairs, ny): d(b, x)
-        dax = dist[rx, ra][:, None]
-        wins = torch.where(row > dax, 1.0, torch.where(row == dax, 0.5, 0.0))
-        correct.index_add_(0, lx_t[rx], (wins @ onehot).double())
+    for p in np.unique(lab_x):
+        cols = torch.as_tensor(np.flatnonzero(lab_y == p), device=dev)  # the a of phone p
+        rows = np.flatnonzero(lab_x == p)  # the x of phone p
+        if not len(cols):
+            continue
+        for r0 in range(0, len(rows), step):
+            rx = torch.as_tensor(rows[r0:r0 + step], device=dev)
+            d = dist[rx]  # (x, b): d(b, x)
+            thr = d[:, cols]  # (x, a): d(a, x)
+            if symmetric:  # a = x is no triplet
+                thr = thr.masked_fill(cols[None, :] == rx[:, None], math.inf)
+            thr = thr.sort(dim=1).values
+            twice = (torch.searchsorted(thr, d, right=False)
+                     + torch.searchsorted(thr, d, right=True)).sum(0)  # per b, over x
+            per_q = torch.zeros(num, dtype=torch.int64, device=dev).index_add_(0, lab_y_t, twice)
+            correct[p] += per_q.double() * 0.5
     return correct
 
 
