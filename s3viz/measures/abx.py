@@ -63,7 +63,8 @@ def _chunks(lens: np.ndarray, budget: int) -> list:
 
 
 # numbers a block holds per frame distance at most (the frame distances, their padded
-# copies and the DTW's three diagonals of cost and steps, 1x1 items the worst case)
+# copies and the DTW's three diagonals of cost and steps; 1-frame items the worst case,
+# about 6 for items of 4 frames)
 _WORK = 24
 
 
@@ -167,14 +168,15 @@ def _distance_matrix(fx: torch.Tensor, start_x: np.ndarray, lens_x: np.ndarray,
                      distance: str, max_block: int, symmetric: bool) -> torch.Tensor:
     """``(nx, ny)`` DTW distances between the items of ``fx`` (frames ``start_x[k]`` on,
     ``lens_x[k]`` of them) and those of ``fy``, in blocks of items of similar length
-    (:func:`_chunks`) holding at most about ``max_block`` numbers (each side at most
-    ``sqrt(max_block / _WORK)`` frames, or one item). ``symmetric``: the same items on
-    both sides (``fy`` is ``fx``); a block and its mirror are one DTW."""
+    (:func:`_chunks`) of at most ``max_block`` frame distances (each side at most
+    ``sqrt(max_block)`` frames, or one item), so a block holds at most ``_WORK *
+    max_block`` numbers. ``symmetric``: the same items on both sides (``fy`` is ``fx``);
+    a block and its mirror are one DTW."""
     dev = fx.device
     out = torch.empty(len(lens_x), len(lens_y), dtype=torch.float32, device=dev)
     if not len(lens_x) or not len(lens_y):
         return out
-    side = max(1, math.isqrt(max_block // _WORK))
+    side = max(1, math.isqrt(max_block))
     cx = _chunks(lens_x, side)
     cy = cx if symmetric else _chunks(lens_y, side)
     for i, rx in enumerate(cx):
@@ -353,7 +355,10 @@ class ABX(Measure):
         distance: ``"cosine"`` (angular, ZeroSpeech's) or ``"euclidean"`` frame distance.
         max_items: at most this many items per phone, speaker (and context) group,
             drawn with ``seed`` (ZeroSpeech keeps 10); None keeps all.
-        max_block: frame distances held at once by one DTW block.
+        max_block: frame distances of one DTW block (items of similar length, each side
+            at most ``sqrt(max_block)`` frames); the block holds at most 24 numbers per
+            frame distance (about 6 for items of 4 frames). The result does not depend
+            on it.
 
     ``compute()`` gives the columns of :func:`s3viz.abx_layers`. The labels need a
     ``speaker`` column (the corpus's, or ``store.labels``).
@@ -364,7 +369,7 @@ class ABX(Measure):
 
     def __init__(self, *, on: str = "phone", speaker: str = "within", context: str = "any",
                  distance: str = "cosine", max_items: int | None = None, seed: int = 0,
-                 max_block: int = 2 ** 24, cells: bool = False):
+                 max_block: int = 2 ** 20, cells: bool = False):
         super().__init__()
         for arg, value, choices in (("speaker", speaker, SPEAKER_MODES),
                                     ("context", context, CONTEXT_MODES),
