@@ -29,7 +29,7 @@ class ABXCells(NamedTuple):
 def abx_layers(store, *, on: str = "phone", speaker: str = "within", context: str = "any",
                distance: str = "cosine", layers: Sequence[int] | None = None,
                max_items: int | None = None, device=None, seed: int = 0,
-               max_block: int = 2 ** 24, return_cells: bool = False):
+               max_block: int = 2 ** 20, return_cells: bool = False):
     """ABX error of phone discrimination in every stored layer (``docs/measures.md``).
 
     Args:

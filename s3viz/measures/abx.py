@@ -37,16 +37,112 @@ def _normalise(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return torch.cat([out, border], 1)
 
 
-def _frame_distances(a: torch.Tensor, b: torch.Tensor, distance: str) -> torch.Tensor:
-    """``(S1, S2, n1, n2)`` frame distances of padded items ``a (n1, S1, D)``, ``b (n2, S2, D)``."""
-    n1, s1, d = a.shape
-    n2, s2, _ = b.shape
-    fa, fb = a.reshape(n1 * s1, d), b.reshape(n2 * s2, d)
+# length ratio per side of a block: padded / useful frames <= RATIO, so a block's padded
+# DTW cells are at most RATIO ** 2 = 1.44 times its useful ones
+RATIO = 1.2
+
+
+def _chunks(lens: np.ndarray, budget: int) -> list:
+    """The items (``lens`` frames each) in runs of similar length: positions into ``lens``,
+    sorted by length, each run of ``n`` items at most ``max(lens) * n <= RATIO * sum(lens)``
+    (padding to its longest item adds at most a fifth) and, past its first item, ``max(lens)
+    * n <= budget`` frames."""
+    order = np.argsort(lens, kind="stable")
+    srt = lens[order].astype(np.int64)
+    cum = np.concatenate([[0], np.cumsum(srt)])
+    out, s = [], 0
+    while s < len(srt):
+        count = np.arange(1, len(srt) - s + 1)
+        padded = count * srt[s:]  # sorted: the run's last item is its longest
+        ok = (padded <= RATIO * (cum[s + 1:] - cum[s])) & (padded <= budget)
+        ok[0] = True
+        e = s + 1 + int(np.flatnonzero(ok)[-1])
+        out.append(order[s:e])
+        s = e
+    return out
+
+
+# numbers a block holds per frame distance at most (the frame distances, their padded
+# copies and the DTW's three diagonals of cost and steps; 1-frame items the worst case,
+# about 6 for items of 4 frames)
+_WORK = 24
+
+
+def _chunk_frames(feats: torch.Tensor, start: np.ndarray, lens: np.ndarray):
+    """A run of items as ``(frames, pos)``: their frames, unpadded, and ``pos (S, n)``:
+    row ``i`` of item ``k`` in them (its last row past its length: padding never reaches
+    a DTW value)."""
+    local = np.concatenate([[0], np.cumsum(lens)[:-1]])
+    rows = np.repeat(start - local, lens) + np.arange(int(lens.sum()))
+    pos = local[None, :] + np.minimum(np.arange(int(lens.max()))[:, None], lens[None, :] - 1)
+    return feats[torch.as_tensor(rows, device=feats.device)], torch.as_tensor(
+        pos, device=feats.device)
+
+
+def _block_distances(fa: torch.Tensor, pos_a: torch.Tensor, fb: torch.Tensor,
+                     pos_b: torch.Tensor, distance: str) -> torch.Tensor:
+    """``(S1, n1, S2, n2)`` frame distances of two runs of items (:func:`_chunk_frames`;
+    cosine: of unit rows, :func:`_normalise`): one matrix product (or ``cdist``) of their
+    frames, then each item's rows and columns picked (padding costs no product)."""
     if distance == "cosine":
         dist = (fa @ fb.T).clamp_(-1, 1).acos_().div_(math.pi)
     else:
         dist = torch.cdist(fa, fb, compute_mode="donot_use_mm_for_euclid_dist")
-    return dist.view(n1, s1, n2, s2).permute(1, 3, 0, 2).contiguous()
+    out = dist.index_select(0, pos_a.reshape(-1)).index_select(1, pos_b.reshape(-1))
+    return out.view(*pos_a.shape, *pos_b.shape)
+
+
+def _wavefront(dist: torch.Tensor, len1: torch.Tensor, len2: torch.Tensor, both: bool = False):
+    """The DTW of :func:`dtw_costs` over anti-diagonals: ``dist (S1, n1, S2, n2)``, ``len1
+    (n1,)``, ``len2 (n2,)``. Returns ``(n1, n2)`` costs over steps with the tie rule
+    diagonal, ``j - 1``, ``i - 1``; with ``both`` also over the steps of the rule
+    diagonal, ``i - 1``, ``j - 1`` (the same pairs' DTW with the items swapped: ``dist``
+    transposed gives the same costs).
+
+    No library offers this batched DTW with the tie rule and path length fastabx's
+    torchdtw uses (torchdtw is a compiled extension for Python >= 3.12); cell ``(i, j)``
+    needs ``(i-1, j)``, ``(i, j-1)`` and ``(i-1, j-1)``, so the ``i + j = k`` cells of
+    every pair are one vector step: ``S1 + S2 - 1`` steps instead of ``S1 * S2``.
+    """
+    s1, n1, s2, n2 = dist.shape
+    dev, ch, p = dist.device, 3 if both else 2, n1 * n2
+    dist = dist.contiguous()
+    # diagonal k in buffer k % 3: channel 0 the cost, 1 (and 2) the steps; row r is cell
+    # (r - 1, k - r + 1). Row 0 and every row never written stay +inf: the cells left of
+    # column 0 and above row 0. The valid rows of diagonal k are written at step k and
+    # read at k + 1 and k + 2 only (a row past them is one never written: still +inf).
+    buf = torch.empty(3, ch, s1 + 1, n1, n2, dtype=dist.dtype, device=dev)
+    buf[:, 0] = math.inf
+    buf[0, 0, 1] = dist[0, :, 0]
+    buf[0, 1:, 1] = 1
+    out = torch.empty(ch, p, dtype=dist.dtype, device=dev)
+    l1 = len1.to(device=dev, dtype=torch.long)[:, None].expand(n1, n2).reshape(-1)
+    l2 = len2.to(device=dev, dtype=torch.long)[None, :].expand(n1, n2).reshape(-1)
+    end_k = (l1 + l2 - 2).cpu().numpy()
+    order = np.argsort(end_k, kind="stable")
+    bounds = np.searchsorted(end_k[order], np.arange(s1 + s2))
+    order_t = torch.as_tensor(order, device=dev)
+    base, row_step = dist.storage_offset(), n1 * s2 * n2 - n2  # (i, j) -> (i + 1, j - 1)
+    for k in range(s1 + s2 - 1):
+        cur = buf[k % 3]
+        if k:
+            prev, prev2 = buf[(k - 1) % 3], buf[(k - 2) % 3]
+            lo, hi = max(0, k - s2 + 1), min(k, s1 - 1)
+            up, left, diag = prev[:, lo:hi + 1], prev[:, lo + 1:hi + 2], prev2[:, lo:hi + 1]
+            lu = torch.where(left[0] <= up[0], left, up)  # ties: j - 1 before i - 1
+            if both:  # ties: i - 1 before j - 1
+                lu[2] = torch.where(up[0] <= left[0], up[2], left[2])
+            best = torch.where(diag[0] <= lu[0], diag, lu)  # the diagonal first
+            d = dist.as_strided((hi - lo + 1, n1, n2), (row_step, s2 * n2, 1),
+                                base + k * n2 + lo * row_step)
+            torch.add(best[0], d, out=cur[0, lo + 1:hi + 2])
+            torch.add(best[1:], 1, out=cur[1:, lo + 1:hi + 2])
+        if bounds[k + 1] > bounds[k]:  # the pairs whose last cell is on this diagonal
+            sel = order_t[bounds[k]:bounds[k + 1]]
+            flat = cur.view(ch, s1 + 1, p)
+            out[:, sel] = flat[:, l1[sel], sel]
+    out = out.view(ch, n1, n2)
+    return (out[0] / out[1], out[0] / out[2]) if both else out[0] / out[1]
 
 
 def dtw_costs(dist: torch.Tensor, len1: torch.Tensor, len2: torch.Tensor) -> torch.Tensor:
@@ -64,111 +160,76 @@ def dtw_costs(dist: torch.Tensor, len1: torch.Tensor, len2: torch.Tensor) -> tor
         A cell depends only on cells above and left of it, so padding past an
         item's length never reaches its value.
     """
-    s1, s2 = dist.shape[:2]
-    cost = torch.empty_like(dist)
-    steps = torch.empty(dist.shape, dtype=torch.int32, device=dist.device)
-    cost[0, 0] = dist[0, 0]
-    steps[0, 0] = 1
-    for i in range(1, s1):
-        cost[i, 0] = cost[i - 1, 0] + dist[i, 0]
-        steps[i, 0] = i + 1
-    for j in range(1, s2):
-        cost[0, j] = cost[0, j - 1] + dist[0, j]
-        steps[0, j] = j + 1
-    for i in range(1, s1):
-        for j in range(1, s2):
-            up, left, diag = cost[i - 1, j], cost[i, j - 1], cost[i - 1, j - 1]
-            take_diag = (diag <= left) & (diag <= up)
-            take_left = ~take_diag & (left <= up)
-            best = torch.where(take_diag, diag, torch.where(take_left, left, up))
-            cost[i, j] = dist[i, j] + best
-            steps[i, j] = torch.where(take_diag, steps[i - 1, j - 1],
-                                      torch.where(take_left, steps[i, j - 1], steps[i - 1, j])) + 1
-    i1 = (len1 - 1).long()[:, None].expand(-1, len(len2))
-    i2 = (len2 - 1).long()[None, :].expand(len(len1), -1)
-    r1 = torch.arange(len(len1), device=dist.device)[:, None].expand_as(i1)
-    r2 = torch.arange(len(len2), device=dist.device)[None, :].expand_as(i2)
-    return cost[i1, i2, r1, r2] / steps[i1, i2, r1, r2].to(cost.dtype)
+    return _wavefront(dist.permute(0, 2, 1, 3), torch.as_tensor(len1), torch.as_tensor(len2))
 
 
-def _padded(frames: torch.Tensor, offs: np.ndarray, device, distance: str) -> torch.Tensor:
-    """``(items, longest, D)``: item ``k``'s frames ``frames[offs[k]:offs[k + 1]]``, padded
-    (cosine: as unit rows, :func:`_normalise`)."""
-    lens = np.diff(offs)
-    pad = torch.zeros(len(lens), int(lens.max()) if len(lens) else 1, frames.shape[1],
-                      dtype=torch.float32, device=device)
-    for k, (a, b) in enumerate(zip(offs[:-1], offs[1:])):
-        pad[k, : b - a] = frames[a:b].to(device=device, dtype=torch.float32)
-    if distance == "cosine":
-        pad = _normalise(pad.reshape(-1, pad.shape[-1])).view(pad.shape[0], pad.shape[1], -1)
-    return pad
-
-
-def _distance_matrix(pad: torch.Tensor, lens: np.ndarray, xi: np.ndarray, yi: np.ndarray,
-                     distance: str, max_block: int) -> torch.Tensor:
-    """``(len(xi), len(yi))`` DTW distances between the padded items ``xi`` and ``yi``
-    (``lens`` frames each), in blocks of at most ``max_block`` frame distances (items
-    sorted by length first, so a block pads little)."""
-    dev = pad.device
-    out = torch.empty(len(xi), len(yi), dtype=torch.float32, device=dev)
-    if not len(xi) or not len(yi):
+def _distance_matrix(fx: torch.Tensor, start_x: np.ndarray, lens_x: np.ndarray,
+                     fy: torch.Tensor, start_y: np.ndarray, lens_y: np.ndarray,
+                     distance: str, max_block: int, symmetric: bool) -> torch.Tensor:
+    """``(nx, ny)`` DTW distances between the items of ``fx`` (frames ``start_x[k]`` on,
+    ``lens_x[k]`` of them) and those of ``fy``, in blocks of items of similar length
+    (:func:`_chunks`) of at most ``max_block`` frame distances (each side at most
+    ``sqrt(max_block)`` frames, or one item), so a block holds at most ``_WORK *
+    max_block`` numbers. ``symmetric``: the same items on both sides (``fy`` is ``fx``);
+    a block and its mirror are one DTW."""
+    dev = fx.device
+    out = torch.empty(len(lens_x), len(lens_y), dtype=torch.float32, device=dev)
+    if not len(lens_x) or not len(lens_y):
         return out
-    ox, oy = np.argsort(lens[xi], kind="stable"), np.argsort(lens[yi], kind="stable")
-    sx, sy = xi[ox], yi[oy]
-    cols = max(1, min(len(sy), max_block // max(1, int(lens[sy].max()) * int(lens[sx].max()))))
-    for c0 in range(0, len(sy), cols):
-        cy = sy[c0:c0 + cols]
-        wy = int(lens[cy].max())
-        r0 = 0
-        while r0 < len(sx):
-            # rows while the block stays under max_block (lengths increase along sx)
-            rows = max(1, max_block // max(1, len(cy) * wy * int(lens[sx[-1]])))
-            cx = sx[r0:r0 + rows]
-            wx = int(lens[cx].max())
-            d = _frame_distances(pad[cx, :wx], pad[cy, :wy], distance)
-            block = dtw_costs(d, torch.as_tensor(lens[cx], device=dev),
-                              torch.as_tensor(lens[cy], device=dev))
-            out[torch.as_tensor(ox[r0:r0 + rows], device=dev)[:, None],
-                torch.as_tensor(oy[c0:c0 + cols], device=dev)[None, :]] = block
-            r0 += rows
+    side = max(1, math.isqrt(max_block))
+    cx = _chunks(lens_x, side)
+    cy = cx if symmetric else _chunks(lens_y, side)
+    for i, rx in enumerate(cx):
+        fa, pos_a = _chunk_frames(fx, start_x[rx], lens_x[rx])
+        tx, l1 = torch.as_tensor(rx, device=dev), torch.as_tensor(lens_x[rx], device=dev)
+        for j in range(i if symmetric else 0, len(cy)):
+            ry = cy[j]
+            fb, pos_b = (fa, pos_a) if symmetric and j == i else _chunk_frames(
+                fy, start_y[ry], lens_y[ry])
+            ty, l2 = torch.as_tensor(ry, device=dev), torch.as_tensor(lens_y[ry], device=dev)
+            d = _block_distances(fa, pos_a, fb, pos_b, distance)
+            if symmetric and j > i:
+                cost, mirror = _wavefront(d, l1, l2, both=True)
+                out[ty[:, None], tx[None, :]] = mirror.T
+            else:
+                cost = _wavefront(d, l1, l2)
+            out[tx[:, None], ty[None, :]] = cost
     return out
 
 
-def _cell_sums(dist: torch.Tensor, lab_x: torch.Tensor, lab_y: torch.Tensor, num: int,
+def _cell_sums(dist: torch.Tensor, lab_x: np.ndarray, lab_y: np.ndarray, num: int,
                symmetric: bool, max_block: int) -> torch.Tensor:
     """Correct-triplet sums of every cell of one block, as a ``(num, num)`` table indexed
     by (phone of A and X, phone of B); the triplet counts are :func:`_contexts`'.
 
     ``dist (nx, ny)``: X rows, A and B columns; ``lab_x``, ``lab_y``: phone codes in
     ``[0, num)``. A triplet ``(a, b, x)`` counts ``1{d(a,x) < d(b,x)} + 1/2 1{=}``;
-    with ``symmetric`` the rows are the columns and ``a = x`` is left out. For
-    each ``x`` its distances are sorted once and a running count per phone
-    gives, for every ``a`` at once, how many ``b`` of each phone lie farther or
-    at the same distance (instead of the ``nx * na * nb`` comparisons); rows go
-    in chunks of at most ``max_block`` numbers.
+    with ``symmetric`` the rows are the columns and ``a = x`` is left out. Summed over
+    the ``a`` of ``x``'s phone, a ``b`` counts ``(#{a: d(a,x) < d(b,x)} + #{a: d(a,x) <=
+    d(b,x)}) / 2``: two binary searches of ``d(b, x)`` among ``x``'s sorted ``d(a, x)``
+    (integers, exact), instead of the ``nx * na * nb`` comparisons; then summed per
+    phone of ``b``. Rows go in chunks of at most ``max_block`` numbers.
     """
-    nx, ny = dist.shape
     dev = dist.device
-    n_q = torch.bincount(lab_y, minlength=num).double()  # B candidates per phone
     correct = torch.zeros(num, num, dtype=torch.float64, device=dev)
-    rows = max(1, max_block // max(1, ny * num))
-    for r0 in range(0, nx, rows):
-        d = dist[r0:r0 + rows]
-        lx = lab_x[r0:r0 + rows]
-        srt, order = torch.sort(d, dim=1)
-        cum = torch.nn.functional.one_hot(lab_y[order], num).to(torch.float64).cumsum(1)
-        cum = torch.cat([torch.zeros(d.shape[0], 1, num, dtype=cum.dtype, device=dev), cum], 1)
-        lo = torch.searchsorted(srt, d.contiguous(), right=False)  # b strictly closer
-        hi = torch.searchsorted(srt, d.contiguous(), right=True)   # b at most as far
-        idx = lambda k: k[:, :, None].expand(-1, -1, num)  # noqa: E731
-        le, lt = cum.gather(1, idx(hi)), cum.gather(1, idx(lo))
-        score = (n_q - le) + 0.5 * (le - lt)  # (rows, ny, num): per a, per phone of b
-        valid = lab_y[None, :] == lx[:, None]  # a shares x's phone
-        if symmetric:
-            cols = torch.arange(ny, device=dev)
-            valid &= cols[None, :] != (torch.arange(d.shape[0], device=dev) + r0)[:, None]
-        per_x = (score * valid[:, :, None]).sum(1)  # (rows, num): summed over a
-        correct.index_add_(0, lx, per_x)
+    lab_y_t = torch.as_tensor(lab_y, device=dev)
+    step = max(1, max_block // max(1, dist.shape[1]))
+    for p in np.unique(lab_x):
+        cols = torch.as_tensor(np.flatnonzero(lab_y == p), device=dev)  # the a of phone p
+        rows = np.flatnonzero(lab_x == p)  # the x of phone p
+        if not len(cols):
+            continue
+        for r0 in range(0, len(rows), step):
+            rx = torch.as_tensor(rows[r0:r0 + step], device=dev)
+            d = dist[rx]  # (x, b): d(b, x)
+            thr = d[:, cols]  # (x, a): d(a, x)
+            if symmetric:  # a = x is no triplet
+                thr = thr.masked_fill(cols[None, :] == rx[:, None], math.inf)
+            thr = thr.sort(dim=1).values
+            twice = (torch.searchsorted(thr, d, right=False)
+                     + torch.searchsorted(thr, d, right=True)).sum(0)  # per b, over x
+            per_q = torch.zeros(num, dtype=torch.int64, device=dev).index_add_(0, lab_y_t, twice)
+            correct[p] += per_q.double() * 0.5
     return correct
 
 
@@ -232,24 +293,31 @@ class _Plan:
                                                                   ctx[ys], within):
                     yield s, sx, (xs, ys), (in_x, in_y, cx, cy), c, names, t
 
-    def score(self, pad: torch.Tensor, lens: np.ndarray, distance: str, owned: set,
-              max_block: int) -> torch.Tensor:
-        """``(cells,)`` correct-triplet sums of the owned cells of the padded items
-        (:func:`_padded`), zeros elsewhere (float64)."""
+    def speakers(self, owned: set) -> list:
+        """The speakers whose items the owned cells read (X's, and A's and B's)."""
+        mine = [s for s in np.unique(self.spk) if s in owned]
+        return mine if self.speaker == "within" or not mine else list(np.unique(self.spk))
+
+    def score(self, features: dict, distance: str, owned: set, max_block: int) -> torch.Tensor:
+        """``(cells,)`` correct-triplet sums of the owned cells, zeros elsewhere (float64).
+
+        ``features[s]``: ``(frames, start, lens)`` of speaker ``s``'s items in table order
+        (item ``k``: ``lens[k]`` rows from ``start[k]``; cosine: unit rows, :func:`_normalise`).
+        """
         out = torch.zeros(len(self.keys), dtype=torch.float64)
-        dev, at, group, dist = pad.device, 0, None, None
+        at, group, dist = 0, None, None
         symmetric = self.speaker == "within"
-        for s, sx, (xs, ys), (in_x, in_y, cx, cy), _, names, t in self._walk():
+        for s, sx, _, (in_x, in_y, cx, cy), _, names, t in self._walk():
             n = int((t > 0).sum())
             if sx in owned:
                 if group != (s, sx):  # one distance matrix per speaker (pair)
                     group = (s, sx)
-                    dist = _distance_matrix(pad, lens, xs, ys, distance, max_block)
+                    dist = _distance_matrix(*features[sx], *features[s], distance, max_block,
+                                            symmetric)
+                dev = dist.device
                 block = dist[torch.as_tensor(in_x, device=dev)][:, torch.as_tensor(in_y,
                                                                                     device=dev)]
-                correct = _cell_sums(block, torch.as_tensor(cx, device=dev),
-                                     torch.as_tensor(cy, device=dev), len(names), symmetric,
-                                     max_block)
+                correct = _cell_sums(block, cx, cy, len(names), symmetric, max_block)
                 out[at:at + n] = correct[torch.as_tensor(t > 0, device=dev)].cpu()
             at += n
         return out
@@ -287,7 +355,10 @@ class ABX(Measure):
         distance: ``"cosine"`` (angular, ZeroSpeech's) or ``"euclidean"`` frame distance.
         max_items: at most this many items per phone, speaker (and context) group,
             drawn with ``seed`` (ZeroSpeech keeps 10); None keeps all.
-        max_block: frame distances held at once by one DTW block.
+        max_block: frame distances of one DTW block (items of similar length, each side
+            at most ``sqrt(max_block)`` frames); the block holds at most 24 numbers per
+            frame distance (about 6 for items of 4 frames). The result does not depend
+            on it.
 
     ``compute()`` gives the columns of :func:`s3viz.abx_layers`. The labels need a
     ``speaker`` column (the corpus's, or ``store.labels``).
@@ -298,7 +369,7 @@ class ABX(Measure):
 
     def __init__(self, *, on: str = "phone", speaker: str = "within", context: str = "any",
                  distance: str = "cosine", max_items: int | None = None, seed: int = 0,
-                 max_block: int = 2 ** 24, cells: bool = False):
+                 max_block: int = 2 ** 20, cells: bool = False):
         super().__init__()
         for arg, value, choices in (("speaker", speaker, SPEAKER_MODES),
                                     ("context", context, CONTEXT_MODES),
@@ -330,33 +401,43 @@ class ABX(Measure):
         spk, first = np.unique(speakers, return_index=True)
         self.owned = set(spk[np.isin(first, ctx.positions)].tolist())
         corpus, self.layers, frames, n_cells = CorpusLayers(ctx), [], [], 0
+        items: dict = {}  # layers of one frame rate, field and frame counts: one item set
         for s in range(ctx.num_layers):
-            table = segment_table(corpus, s, self.on)
-            if self.max_items is not None:
-                table = _subsample(table, self.max_items, self.seed, self.context)
+            key = (corpus.downsample_rates[s], corpus.receptive_fields[s],
+                   corpus.lengths(s).tobytes())
+            if key not in items:
+                items[key] = self._items(corpus, s)
+            table, plan = items[key]["table"], items[key]["plan"]
             layer = ctx.layer_index[s]
             if table.empty:
                 raise ValueError(f"no {self.on} segments with frames in stored layer {layer}")
-            plan = _Plan(table, self.speaker, self.context)
             if plan.keys.empty:
                 raise ValueError(
                     f"no ABX cell in stored layer {layer} for speaker={self.speaker!r}, "
                     f"context={self.context!r}: every cell needs two tokens of a phone and one "
                     "of another (and for 'across' a second speaker); use more utterances or "
                     "context='any'")
-            sizes = (table["frame_end"] - table["frame_start"]).to_numpy(np.int64)
-            offs = np.concatenate([[0], np.cumsum(sizes)])
-            # per row of the items' frames its frame in its utterance; per utterance its rows
-            row_utt = np.repeat(table["utt"].to_numpy(np.int64), sizes)
-            self.layers.append({"table": table, "plan": plan, "offsets": offs,
-                                "frame": np.repeat(table["frame_start"].to_numpy(np.int64)
-                                                   - offs[:-1], sizes) + np.arange(offs[-1]),
-                                "rows": np.searchsorted(row_utt, np.arange(len(meta) + 1)),
-                                "cells": slice(n_cells, n_cells + len(plan.keys))})
+            self.layers.append(dict(items[key], cells=slice(n_cells, n_cells + len(plan.keys))))
             n_cells += len(plan.keys)
-            frames.append(torch.zeros(int(sizes.sum()), ctx.sizes[s], dtype=ctx.read_dtype))
+            frames.append(torch.zeros(int(items[key]["offsets"][-1]), ctx.sizes[s],
+                                      dtype=ctx.read_dtype))
         self.n_cells = n_cells
         self.add_state("frames", frames, lambda v, reduce: [reduce(t) for t in v])
+
+    def _items(self, corpus: CorpusLayers, s: int) -> dict:
+        """Layer ``s``'s items (the table, its cells, where each item's frames go)."""
+        table = segment_table(corpus, s, self.on)
+        if self.max_items is not None:
+            table = _subsample(table, self.max_items, self.seed, self.context)
+        plan = _Plan(table, self.speaker, self.context)
+        sizes = (table["frame_end"] - table["frame_start"]).to_numpy(np.int64)
+        offs = np.concatenate([[0], np.cumsum(sizes)])
+        # per row of the items' frames its frame in its utterance; per utterance its rows
+        row_utt = np.repeat(table["utt"].to_numpy(np.int64), sizes)
+        return {"table": table, "plan": plan, "offsets": offs,
+                "frame": np.repeat(table["frame_start"].to_numpy(np.int64) - offs[:-1], sizes)
+                + np.arange(offs[-1]),
+                "rows": np.searchsorted(row_utt, np.arange(len(corpus) + 1))}
 
     def update(self, batch: Batch, pass_index: int) -> None:
         for s, lay in enumerate(self.layers):
@@ -391,11 +472,19 @@ class ABX(Measure):
             self.reasons[ctx.layer_index[s]] = lay["reason"] = guard.reason
             if guard.reason:
                 continue
-            offs = lay["offsets"]
-            pad = _padded(guard(x, torch.float32), offs, ctx.device, self.distance)
+            offs, plan = lay["offsets"], lay["plan"]
+            lens = np.diff(offs)
+            features = {}  # per speaker its items' frames, as the distance reads them
+            for spk in plan.speakers(self.owned):
+                items = np.flatnonzero(plan.spk == spk)
+                start = np.concatenate([[0], np.cumsum(lens[items])])
+                rows = np.repeat(offs[items] - start[:-1], lens[items]) + np.arange(start[-1])
+                f = guard(x[torch.from_numpy(rows)], torch.float32).to(ctx.device)
+                features[spk] = (_normalise(f) if self.distance == "cosine" else f,
+                                 start[:-1], lens[items])
             del x
-            self.correct[lay["cells"]] = lay["plan"].score(pad, np.diff(offs), self.distance,
-                                                           self.owned, self.max_block)
+            self.correct[lay["cells"]] = plan.score(features, self.distance, self.owned,
+                                                    self.max_block)
 
     def _name(self, s: int, row: int) -> str:
         """Row ``row`` of layer ``s``'s item frames as (utterance, frame), for a guard's message."""
