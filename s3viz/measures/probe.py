@@ -25,7 +25,7 @@ from ..probe.stats import ProbeStats
 from ..probe.tables import result_row, result_table
 from ..probe.targets import ProbeTask, check_control, resolve_level
 from ..store import utterance_selection
-from ._engine import Batch, Context, Measure
+from ._engine import Batch, Context, Measure, _identity
 
 __all__ = ["RidgeProbe"]
 
@@ -39,6 +39,8 @@ _FIXES = {
 
 
 def _reduce_list(values: list, reduce) -> list:
+    if reduce is _identity:  # one process: re-basing every layer's sums would only copy them
+        return values
     return [None if v is None else (v.reduced(reduce) if isinstance(v, ProbeStats)
                                      else reduce(v)) for v in values]
 
@@ -156,6 +158,7 @@ class RidgeProbe(Measure):
         self.add_state("pooled", [Profile() for _ in ctx.sizes] if utterance else None, merge)
         self.order: list = []  # the profiled utterances in order, to name a far row
         self.guards: dict = {}
+        self._classes: tuple = (None, None, None)  # (labels, class names, class ids) last read
         self.models, self.result, self.counts = ([None] * len(stats) for _ in range(3))
 
     def _task(self, ctx: Context, corpus: TaskCorpus, name: str) -> ProbeTask:
@@ -222,8 +225,12 @@ class RidgeProbe(Measure):
         pass (else the frames as they come)."""
         where = self.where[batch.positions]
         if t.level == "frame":
-            lab, index = batch.frame_labels(s, t.target), t.index
-            y = np.fromiter((index.get(v, -1) for v in lab), dtype=np.int64, count=len(lab))
+            lab = batch.frame_labels(s, t.target)
+            last_lab, last_classes, y = self._classes  # layers of one frame rate share labels
+            if last_lab is not lab or last_classes is not t.classes:
+                index = t.index
+                y = np.fromiter((index.get(v, -1) for v in lab), dtype=np.int64, count=len(lab))
+                self._classes = (lab, t.classes, y)
             utt = np.repeat(where, batch.lens[:, s])
             m = (y >= 0) & (utt >= 0)
             ys = [y]

@@ -112,9 +112,8 @@ class ProbeStats:
             # exact for a constant feature of float32 data: x - shift is then 0
             self.shift = x.mean(0)
             self._shift_fixed = True
-        x = x - self.shift
         if group is None:
-            groups = [(0, slice(None))]
+            x, bounds = x - self.shift, [(0, 0, x.shape[0])]
         else:
             group = torch.as_tensor(group).to(dev).long()
             if group.shape != (x.shape[0],):
@@ -122,12 +121,17 @@ class ProbeStats:
             uniq = torch.unique(group).tolist()
             if uniq and (uniq[0] < 0 or uniq[-1] >= self.num_groups):
                 raise ValueError(f"group values must be in [0, {self.num_groups}), got {uniq}")
-            groups = [(g, group == g) for g in uniq]
-        for g, rows in groups:
-            xg, yg = x[rows], y[rows]
+            # one gather puts each group's rows together (contiguous, for _gram)
+            order = torch.argsort(group, stable=True)
+            x, y = x.index_select(0, order), y.index_select(0, order)
+            x -= self.shift
+            ends = torch.bincount(group, minlength=self.num_groups).cumsum(0).tolist()
+            bounds = [(g, ends[g - 1] if g else 0, ends[g]) for g in uniq]
+        for g, a, e in bounds:
+            xg, yg = x[a:e], y[a:e]
             self.count[g] += xg.shape[0]
             self.sum_x[g] += xg.sum(0)
-            self.sum_xx[g] += xg.T @ xg
+            self.sum_xx[g] += _gram(xg)
             if yg.is_floating_point():
                 yg = yg.to(dt)
                 self.sum_y[g] += yg.sum(0)
@@ -138,11 +142,12 @@ class ProbeStats:
                 if yg.numel() and (int(yg.min()) < 0 or int(yg.max()) >= self.num_targets):
                     raise ValueError(f"class indices in y must be in [0, {self.num_targets})")
                 ones = torch.ones(yg.shape[0], dtype=dt, device=dev)
-                xy_t = self.sum_xy[g].T  # (C, H) view
+                xy_t = torch.zeros(self.num_targets, self.hidden_size, dtype=dt, device=dev)
                 for b in range(yg.shape[1]):
                     self.sum_y[g].index_add_(0, yg[:, b], ones)
                     self.sum_yy[g].index_add_(0, yg[:, b], ones)
                     xy_t.index_add_(0, yg[:, b], xg)
+                self.sum_xy[g] += xy_t.T
         return self
 
     def _tensors(self):
@@ -309,9 +314,12 @@ class ProbeStats:
         evals = evals.clamp_min(0)
         p = evecs.T @ b  # (H, C)
         lam = torch.as_tensor(list(lambdas), dtype=a.dtype, device=a.device)
-        ws = evecs @ (p[None] / (evals[None, :, None] + lam[:, None, None]))  # (L, H, C)
-        cross = (ws * ztyc[None]).sum(1)
-        quad = (ws * (ztz @ ws)).sum(1)
+        h, c, nl = p.shape[0], p.shape[1], lam.numel()
+        # every penalty's weights side by side, (H, L * C): two matrix products in all
+        q = (p[:, None, :] / (evals[:, None, None] + lam[None, :, None])).reshape(h, nl * c)
+        ws = evecs @ q
+        cross = (ws * ztyc.repeat(1, nl)).sum(0).reshape(nl, c)
+        quad = (ws * (ztz @ ws)).sum(0).reshape(nl, c)
         return (yyc[None] - 2 * cross + quad) / max(n, 1.0)
 
     def solve(self, lam: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
@@ -325,6 +333,15 @@ class ProbeStats:
         mu, sd, ybar, a, b = self._moments()
         w = _ridge_solve(a, b, float(lam)) / sd[:, None]
         return w, ybar - (self.shift + mu) @ w
+
+
+def _gram(x: torch.Tensor) -> torch.Tensor:
+    """``x^T x``. On the CPU through numpy, whose ``a.T @ a`` is BLAS's symmetric rank-k
+    update (half the products of torch's general ``mm``, which has no such call)."""
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+        xn = x.contiguous().numpy()
+        return torch.from_numpy(xn.T @ xn)
+    return x.T @ x
 
 
 def _ridge_solve(a: torch.Tensor, b: torch.Tensor, lam: float) -> torch.Tensor:
