@@ -77,14 +77,19 @@ def nearest(x: torch.Tensor, c: torch.Tensor, chunk: int = 16384):
     return idx, dist
 
 
-def kmeans(x: torch.Tensor, k: int, *, iters: int = 50, tol: float = 1e-4, seed: int = 0
-           ) -> tuple[torch.Tensor, float]:
-    """k-means++ then Lloyd iterations on the rows of ``x`` (on its device).
+def kmeans(x: torch.Tensor, k: int, *, iters: int = 50, tol: float = 1e-4, seed: int = 0,
+           init: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+    """k-means++ (or the given centroids) then Lloyd iterations on the rows of ``x``
+    (on its device).
 
     Args:
         x: ``(n, d)`` float rows (centred by the caller for precision).
+        k: clusters.
         iters, tol: at most ``iters`` Lloyd steps; stop when the inertia improves
             by less than ``tol`` (relative).
+        seed: seed of the k-means++ draws.
+        init: ``(k, d)`` starting centroids, or None to draw them by k-means++
+            (``kmeans(x, k, iters=0, seed=s)`` returns those draws).
 
     Returns:
         ``(centroids (k, d), inertia)``: the mean squared distance to the nearest centroid.
@@ -94,16 +99,23 @@ def kmeans(x: torch.Tensor, k: int, *, iters: int = 50, tol: float = 1e-4, seed:
     if k > n:
         raise ValueError(f"k={k} clusters need at least {k} frames, got {n}; lower k or "
                          "raise max_frames")
-    gen = torch.Generator().manual_seed(int(seed))
-    cent = torch.empty(k, x.shape[1], dtype=x.dtype, device=x.device)
-    best = torch.zeros(n, dtype=x.dtype, device=x.device)  # D^2 sampling (the first: uniform)
-    for j in range(k):
-        w = best.double().cpu()
-        pick = int(torch.multinomial(w / w.sum(), 1, generator=gen)) if float(w.sum()) > 0 \
-            else int(torch.randint(n, (1,), generator=gen))
-        cent[j] = x[pick]
-        d = (x - cent[j]).pow(2).sum(1)  # from the differences, not the expansion (see nearest)
-        best = d if j == 0 else torch.minimum(best, d)
+    if init is not None:
+        if not isinstance(init, torch.Tensor) or tuple(init.shape) != (k, x.shape[1]):
+            got = tuple(init.shape) if isinstance(init, torch.Tensor) else type(init).__name__
+            raise ValueError(f"init must be a ({k}, {x.shape[1]}) tensor of starting centroids "
+                             f"(k, features of x), got {got}")
+        cent = init.to(device=x.device, dtype=x.dtype, copy=True)
+    else:
+        gen = torch.Generator().manual_seed(int(seed))
+        cent = torch.empty(k, x.shape[1], dtype=x.dtype, device=x.device)
+        best = torch.zeros(n, dtype=x.dtype, device=x.device)  # D^2 sampling (the first: uniform)
+        for j in range(k):
+            w = best.double().cpu()
+            pick = int(torch.multinomial(w / w.sum(), 1, generator=gen)) if float(w.sum()) > 0 \
+                else int(torch.randint(n, (1,), generator=gen))
+            cent[j] = x[pick]
+            d = (x - cent[j]).pow(2).sum(1)  # from the differences, not the expansion (see nearest)
+            best = d if j == 0 else torch.minimum(best, d)
     prev = None
     for step in range(iters + 1):
         idx, dist = nearest(x, cent)
