@@ -59,32 +59,123 @@ def measures_from_counts(counts) -> dict:
     }
 
 
-def nearest(x: torch.Tensor, c: torch.Tensor, chunk: int = 16384):
+# Bytes of one block's (rows, k) distance matrix: on a CPU about what its caches
+# keep (the block is read back at once by the row minimum), on a GPU enough rows to
+# fill it. Measured in benchmarks/peers/kmeans.py.
+BLOCK_BYTES = {"cpu": 2 ** 19, "cuda": 2 ** 28}
+
+
+def _block_rows(x: torch.Tensor, k: int, block_bytes: int | None) -> int:
+    if block_bytes is None:
+        block_bytes = BLOCK_BYTES.get(x.device.type, BLOCK_BYTES["cuda"])
+    return max(1, int(block_bytes) // (k * x.element_size()))
+
+
+def _squared_norms(x: torch.Tensor, rows: int = 4096) -> torch.Tensor:
+    """``|x|^2`` of each row, a block of rows at a time (no ``x``-sized temporary)."""
+    out = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
+    for i in range(0, x.shape[0], rows):
+        torch.linalg.vecdot(x[i:i + rows], x[i:i + rows], out=out[i:i + rows])
+    return out
+
+
+def _cluster_sums(x: torch.Tensor, idx: torch.Tensor, k: int) -> torch.Tensor:
+    """``(k, d)`` sums of the rows of each cluster: a one-hot ``(k, n)`` sparse matrix
+    times ``x``, which on a CPU takes half of ``index_add_``'s time (a scatter). The
+    indices are valid by construction: torch's invariant checks are opted out of
+    explicitly (else ``sparse.mm`` warns that they are implicitly off)."""
+    n = x.shape[0]
+    with torch.sparse.check_sparse_tensor_invariants(enable=False):
+        onehot = torch.sparse_coo_tensor(
+            torch.stack([idx, torch.arange(n, device=x.device)]),
+            torch.ones(n, dtype=x.dtype, device=x.device), (k, n))
+        return torch.sparse.mm(onehot, x)
+
+
+def _exact_where_cancelled(x, c, near, est, xx, cc):
+    """``est`` (``|x|^2 + |c|^2 - 2 x.c`` of each row's centroid ``near``) with the rows
+    where the expansion lost more than 5 of float's bits (``est <= (|x|^2 + |c|^2) / 32``,
+    e.g. a far row next to its own centroid) recomputed from ``x - c`` itself; in place."""
+    bad = (est <= (xx + cc[near]) * 2.0 ** -5).nonzero().squeeze(1)
+    if bad.numel():
+        est[bad] = (x[bad] - c[near[bad]]).pow(2).sum(1)
+    return est
+
+
+def nearest(x: torch.Tensor, c: torch.Tensor, *, xx: torch.Tensor | None = None,
+            block_bytes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(index of the nearest centroid, squared distance) for each row of ``x``.
 
-    The nearest centroid from ``|x|^2 - 2 x.c + |c|^2`` (one matrix product), its
-    distance from ``x - c`` itself: the expansion cancels ``eps * |x|^2``, which for a
-    far row swamps every typical row's distance (and the inertia that decides convergence)."""
-    cc = (c * c).sum(1)
-    idx = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
-    dist = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
-    for i in range(0, x.shape[0], chunk):
-        xb = x[i:i + chunk]
-        d = (xb * xb).sum(1, keepdim=True) - 2 * xb @ c.T + cc
-        near = d.argmin(1)
-        idx[i:i + chunk] = near
-        dist[i:i + chunk] = (xb - c[near]).pow(2).sum(1)
-    return idx, dist
+    The nearest centroid from ``|c|^2 - 2 x.c`` (one fused matrix product per block of
+    rows); the distance ``|x|^2 + |c|^2 - 2 x.c``, except where that expansion cancels:
+    it carries about ``eps * (|x|^2 + |c|^2)`` of rounding, which for a far row next to
+    its centroid swamps every typical row's distance (and the inertia that decides
+    convergence). A row whose distance is below 1/32 of ``|x|^2 + |c|^2`` gets it from
+    ``x - c`` itself, so every distance keeps all but about 5 bits of float's precision.
+
+    Args:
+        x: ``(n, d)`` rows.
+        c: ``(k, d)`` centroids.
+        xx: ``(n,)`` squared norms of the rows, when the caller holds them (kmeans
+            computes them once for all its steps); None computes them.
+        block_bytes: memory of one block's ``(rows, k)`` distances; None:
+            ``BLOCK_BYTES`` of the device type.
+    """
+    n, k = x.shape[0], c.shape[0]
+    if xx is None:
+        xx = _squared_norms(x)
+    cc = torch.linalg.vecdot(c, c)
+    ct = c.T
+    idx = torch.empty(n, dtype=torch.long, device=x.device)
+    dist = torch.empty(n, dtype=x.dtype, device=x.device)
+    rows = max(1, min(n, _block_rows(x, k, block_bytes)))
+    buf = torch.empty(rows, k, dtype=x.dtype, device=x.device)  # one block's, reused
+    for i in range(0, n, rows):
+        xb = x[i:i + rows]
+        d = torch.addmm(cc, xb, ct, alpha=-2, out=buf[:xb.shape[0]])  # |c|^2 - 2 x.c
+        torch.min(d, 1, out=(dist[i:i + rows], idx[i:i + rows]))
+    dist += xx
+    return idx, _exact_where_cancelled(x, c, idx, dist, xx, cc)
 
 
-def kmeans(x: torch.Tensor, k: int, *, iters: int = 50, tol: float = 1e-4, seed: int = 0
+def _plusplus(x: torch.Tensor, k: int, seed: int, xx: torch.Tensor) -> torch.Tensor:
+    """``k`` rows of ``x`` drawn by k-means++ (D^2 sampling; the first: uniform);
+    ``xx``: the rows' squared norms. Each draw's distances are one matrix-vector
+    product, protected as :func:`nearest`'s."""
+    n = x.shape[0]
+    gen = torch.Generator().manual_seed(int(seed))
+    cent = torch.empty(k, x.shape[1], dtype=x.dtype, device=x.device)
+    best = torch.zeros(n, dtype=x.dtype, device=x.device)
+    zero = torch.zeros(n, dtype=torch.long, device=x.device)
+    for j in range(k):
+        w = best.double().cpu()
+        pick = int(torch.multinomial(w / w.sum(), 1, generator=gen)) if float(w.sum()) > 0 \
+            else int(torch.randint(n, (1,), generator=gen))
+        cent[j] = x[pick]
+        c = cent[j:j + 1]
+        cc = torch.linalg.vecdot(c, c)
+        d = torch.addmv(xx + cc, x, c[0], alpha=-2)
+        d = _exact_where_cancelled(x, c, zero, d, xx, cc)
+        best = d if j == 0 else torch.minimum(best, d)
+    return cent
+
+
+def kmeans(x: torch.Tensor, k: int, *, iters: int = 50, tol: float = 1e-4, seed: int = 0,
+           init: torch.Tensor | None = None, block_bytes: int | None = None
            ) -> tuple[torch.Tensor, float]:
-    """k-means++ then Lloyd iterations on the rows of ``x`` (on its device).
+    """k-means++ (or the given centroids) then Lloyd iterations on the rows of ``x``
+    (on its device).
 
     Args:
         x: ``(n, d)`` float rows (centred by the caller for precision).
+        k: clusters.
         iters, tol: at most ``iters`` Lloyd steps; stop when the inertia improves
             by less than ``tol`` (relative).
+        seed: seed of the k-means++ draws.
+        init: ``(k, d)`` starting centroids, or None to draw them by k-means++
+            (``kmeans(x, k, iters=0, seed=s)`` returns those draws).
+        block_bytes: memory of one block of the assignment's distances
+            (:func:`nearest`); None: ``BLOCK_BYTES`` of the device type.
 
     Returns:
         ``(centroids (k, d), inertia)``: the mean squared distance to the nearest centroid.
@@ -94,24 +185,23 @@ def kmeans(x: torch.Tensor, k: int, *, iters: int = 50, tol: float = 1e-4, seed:
     if k > n:
         raise ValueError(f"k={k} clusters need at least {k} frames, got {n}; lower k or "
                          "raise max_frames")
-    gen = torch.Generator().manual_seed(int(seed))
-    cent = torch.empty(k, x.shape[1], dtype=x.dtype, device=x.device)
-    best = torch.zeros(n, dtype=x.dtype, device=x.device)  # D^2 sampling (the first: uniform)
-    for j in range(k):
-        w = best.double().cpu()
-        pick = int(torch.multinomial(w / w.sum(), 1, generator=gen)) if float(w.sum()) > 0 \
-            else int(torch.randint(n, (1,), generator=gen))
-        cent[j] = x[pick]
-        d = (x - cent[j]).pow(2).sum(1)  # from the differences, not the expansion (see nearest)
-        best = d if j == 0 else torch.minimum(best, d)
+    xx = _squared_norms(x)  # once: every step's distances add it
+    if init is not None:
+        if not isinstance(init, torch.Tensor) or tuple(init.shape) != (k, x.shape[1]):
+            got = tuple(init.shape) if isinstance(init, torch.Tensor) else type(init).__name__
+            raise ValueError(f"init must be a ({k}, {x.shape[1]}) tensor of starting centroids "
+                             f"(k, features of x), got {got}")
+        cent = init.to(device=x.device, dtype=x.dtype, copy=True)
+    else:
+        cent = _plusplus(x, k, seed, xx)
     prev = None
     for step in range(iters + 1):
-        idx, dist = nearest(x, cent)
+        idx, dist = nearest(x, cent, xx=xx, block_bytes=block_bytes)
         inertia = float(dist.mean())  # of the current centroids
         if step == iters or (prev is not None and prev - inertia <= tol * max(prev, 1e-30)):
             break
         prev = inertia
-        sums = torch.zeros_like(cent).index_add_(0, idx, x)
+        sums = _cluster_sums(x, idx, k)
         counts = torch.bincount(idx, minlength=k).to(x.dtype)
         empty = counts == 0
         cent = torch.where(empty[:, None], cent, sums / counts.clamp_min(1)[:, None])
