@@ -53,7 +53,7 @@ def run(case):
 
     st = peers_store(case["size"])
     out = {"frames": int(sum(st.lengths(0)))}
-    cpu = time.process_time()
+    cpu, rss = time.process_time(), _reset_peak()
     if case["side"] == "s3viz":
         import s3viz
 
@@ -66,8 +66,26 @@ def run(case):
     # one thread: CPU seconds are the work, whatever else the machine runs (wall seconds
     # also count the waits of a loaded machine)
     out["cpu_seconds"] = time.process_time() - cpu
+    # peak_mib counts growth above the process's earlier high-water mark (building the
+    # store's model peaks first): this one is above the resident memory just before
+    out["hwm_mib"] = None if rss is None else _vm("VmHWM") - rss
     out["cka"] = table
     return out
+
+
+def _vm(key: str) -> float:
+    with open("/proc/self/status") as f:
+        return next(int(ln.split()[1]) for ln in f if ln.startswith(key + ":")) / 1024
+
+
+def _reset_peak():
+    """Reset the kernel's high-water mark (Linux); the resident MiB now, or None."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _vm("VmRSS")
+    except OSError:
+        return None
 
 
 def agree(results):
@@ -83,7 +101,7 @@ def agree(results):
             if r is None:
                 continue
             info = {"seconds": round(r["seconds"], 3), "cpu_seconds": round(r["cpu_seconds"], 3),
-                    "peak_mib": round(r["peak_mib"], 1)}
+                    "peak_mib": round(r["peak_mib"], 1), "hwm_mib": r.get("hwm_mib")}
             if ref is not None:
                 info["max_diff_float64"] = _maxdiff(r["cka"], ref["cka"])
             if ours is not None and side != "s3viz":
