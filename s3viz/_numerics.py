@@ -27,8 +27,12 @@ def read_dtype(store) -> torch.dtype:
 
 def pow2_factor(x: torch.Tensor) -> float:
     """A power of two ``2**-k`` (exact to multiply by) bringing the root mean square of ``x``
-    near 1 (1.0 for 0 or empty)."""
-    rms = float(x.double().pow(2).mean().sqrt()) if x.numel() else 0.0
+    near 1 (1.0 for 0 or empty). The squares are of ``x`` times a power of two bringing its
+    largest value near 1 (exact): those of 1e200 do not overflow, nor those of 1e-200 vanish."""
+    x = x.double()
+    top = float(x.abs().max()) if x.numel() else 0.0
+    g = _pow2_near(top)
+    rms = float((x * g).pow(2).mean().sqrt()) / g if x.numel() else 0.0
     return 2.0 ** -round(math.log2(rms)) if math.isfinite(rms) and rms > 0 else 1.0
 
 
