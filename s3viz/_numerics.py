@@ -27,8 +27,12 @@ def read_dtype(store) -> torch.dtype:
 
 def pow2_factor(x: torch.Tensor) -> float:
     """A power of two ``2**-k`` (exact to multiply by) bringing the root mean square of ``x``
-    near 1 (1.0 for 0 or empty)."""
-    rms = float(x.double().pow(2).mean().sqrt()) if x.numel() else 0.0
+    near 1 (1.0 for 0 or empty). The squares are of ``x`` times a power of two bringing its
+    largest value near 1 (exact): those of 1e200 do not overflow, nor those of 1e-200 vanish."""
+    x = x.double()
+    top = float(x.abs().max()) if x.numel() else 0.0
+    g = _pow2_near(top)
+    rms = float((x * g).pow(2).mean().sqrt()) / g if x.numel() else 0.0
     return 2.0 ** -round(math.log2(rms)) if math.isfinite(rms) and rms > 0 else 1.0
 
 
@@ -67,7 +71,7 @@ class Moments:
             self.shift = x.mean(self.axis)
         d = x - self.shift.unsqueeze(self.axis)
         self.s1 += d.sum(self.axis)
-        self.s2 += (d * d).sum(self.axis)
+        self.s2 += d.square_().sum(self.axis)  # in place: d is ours
         self.n += x.shape[self.axis]
         return self
 
@@ -153,6 +157,11 @@ class Guard:
         return out
 
 
+def _all_in(x: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether every value of ``x`` is exact in ``dtype``."""
+    return bool((x.to(dtype).to(x.dtype) == x).all())
+
+
 class Profile:
     """Streamed magnitude and spread of a layer, to build its :class:`Guard`; rows are added
     times a power of two fixed by the largest value so far (re-based exactly when a larger
@@ -179,12 +188,19 @@ class Profile:
     def update(self, x: torch.Tensor) -> Profile:
         if x.shape[0] == 0:
             return self
-        x = x.detach().to(device="cpu", dtype=torch.float64)
+        x = x.detach().to(device="cpu")
+        # float32 rows are tested, and their extremes taken, in float32 (the same results:
+        # every float32 value is exact there); the moments and the sample are float64
+        xw = x if x.dtype == torch.float32 else x.to(torch.float64)
         # the precision the values really carry: float32 frames stored as float64 round
-        # like float32 (a cheap test, rows are read once anyway)
-        self.exact = [d for d in self.exact if bool((x.to(d).to(torch.float64) == x).all())]
-        self.integral = self.integral and bool((x == x.round()).all())
-        top = float(x.abs().max())
+        # like float32 (a cheap test, rows are read once anyway; the first row often settles it)
+        self.exact = [d for d in self.exact
+                      if d == xw.dtype or (_all_in(xw[:1], d) and _all_in(xw, d))]
+        self.integral = (self.integral and bool((xw[:1] == xw[:1].round()).all())
+                         and bool((xw == xw.round()).all()))
+        hi, lo = xw.amax(0).double(), xw.amin(0).double()
+        top = float(torch.maximum(hi.abs(), lo.abs()).max())  # = x.abs().max(), one pass fewer
+        x = xw.double()
         if self.mom is None:
             self.mom = Moments((x.shape[1],))
         if top > 0 and (top * self.scale >= 1.0 or self.peak == 0.0):
@@ -195,10 +211,9 @@ class Profile:
             self.scale, self.peak = new, self.peak * r
         self.peak = max(self.peak, top * self.scale)
         self.mom.update(x * self.scale)
-        hi, lo = x.amax(0), x.amin(0)
         self.hi = hi if self.hi is None else torch.maximum(self.hi, hi)
         self.lo = lo if self.lo is None else torch.minimum(self.lo, lo)
-        dev = (x - self.mom.shift / self.scale).abs().amax(1)
+        dev = (x - self.mom.shift / self.scale).abs_().amax(1)
         k = int(dev.argmax())
         if float(dev[k]) > self.far[0]:
             self.far = (float(dev[k]), self.rows + k)
@@ -409,15 +424,17 @@ def profile_layer(store, layer: int, utterances=None, *, chunk_frames: int = 655
 
 
 def layer_guard(store, layer: int, utterances=None, *, centre: bool, level: str = "frame",
-                reduce=None, span: float | None = None, per_feature: bool = False) -> Guard:
+                reduce=None, span: float | None = None, per_feature: bool = False,
+                chunk_frames: int = 65536) -> Guard:
     """The :class:`Guard` of a stored layer, at frame or utterance level (the mean-pooled
     vectors, judged against the typical size of the frames they are means of).
     ``reduce``: sharded runs (every shard calls this; one common guard). ``span``,
-    ``per_feature``: see :meth:`Profile.guard`."""
+    ``per_feature``: see :meth:`Profile.guard`. ``chunk_frames``: frames profiled at a
+    time (each makes a few float64 copies)."""
     dtype = getattr(store, "store_dtype", torch.float32)
     if getattr(store, "_precision", None) is not None:  # a segment store: its frames' precision
         dtype = store._precision[layer]
-    frames = profile_layer(store, layer, utterances)
+    frames = profile_layer(store, layer, utterances, chunk_frames=chunk_frames)
     pooled = None if level == "frame" else Profile().update(torch.as_tensor(
         store.pooled(layer, utterances=utterances, dtype=read_dtype(store))))
     names = None

@@ -30,6 +30,12 @@ ESTIMATORS = ("feature", "minibatch")
 METHODS = ("cka", "cca")
 
 CHUNK_FRAMES = 16384  # frames per block read (the minibatch estimator's shuffling window)
+# The exact estimator's working memory per block of frames, besides its float64 sums
+# (docs/similarity.md, "Memory"): the block of every layer in the product dtype, and the
+# float64 copies of one layer at a time that reading and profiling it make
+BLOCK_BYTES = 128 << 20
+BLOCK_COPY_BYTES = 48  # bytes per frame and feature of the one layer being read
+MIN_BLOCK_FRAMES = 256  # matrix products of fewer frames run below the machine's speed
 
 
 @dataclass(frozen=True)
@@ -179,22 +185,36 @@ def _check_other(store, other):
             "both upstreams from one corpus")
 
 
-def _blocks(items, guards, level, sel, counts, keep):
-    """Per block of at most ``CHUNK_FRAMES`` frames of the utterances ``sel`` (``counts``
-    frames each), the features of every ``(store, layer)`` item read through its guard:
+def _block_frames(sizes, dtype: torch.dtype = torch.float32, budget: int | None = None) -> int:
+    """Frames per block of the exact estimator on layers of hidden sizes ``sizes`` with
+    products in ``dtype``: ``budget // (itemsize * sum(sizes) + BLOCK_COPY_BYTES *
+    max(sizes))`` (``budget`` None: ``BLOCK_BYTES``), at least ``MIN_BLOCK_FRAMES``
+    (``docs/similarity.md``, "Memory")."""
+    budget = BLOCK_BYTES if budget is None else budget
+    per_frame = dtype.itemsize * sum(sizes) + BLOCK_COPY_BYTES * max(sizes)
+    return max(MIN_BLOCK_FRAMES, int(budget) // per_frame)
+
+
+def _blocks(items, guards, level, sel, counts, keep, frames=CHUNK_FRAMES):
+    """Per block of at most ``frames`` frames of the utterances ``sel`` (``counts`` frames
+    each), an iterator over every ``(store, layer)`` item's features, each read when it is
+    reached (one layer's copy at a time), through its guard (``guards`` None: as read);
     only the frames ``keep`` marks (None: all)."""
     offs = np.concatenate([[0], np.cumsum(counts)])
-    for a, b in frame_groups(counts, CHUNK_FRAMES):
-        mask = None if keep is None else torch.from_numpy(keep[offs[a]:offs[b]])
-        if offs[a] == offs[b] or (mask is not None and not bool(mask.any())):
-            continue
-        utts, feats = sel[a:b].tolist(), []
-        for (st, layer), guard in zip(items, guards):
+
+    def read(utts, mask):
+        for k, (st, layer) in enumerate(items):
             dt = read_dtype(st)
             x = (torch.as_tensor(st.pooled(layer, utterances=utts, dtype=dt))
                  if level == "utterance" else st.layer(layer, utterances=utts, dtype=dt)[0])
-            feats.append(guard(x) if mask is None else guard(x)[mask])
-        yield feats
+            x = x if guards is None else guards[k](x)
+            yield x if mask is None else x[mask]
+
+    for a, b in frame_groups(counts, frames):
+        mask = None if keep is None else torch.from_numpy(keep[offs[a]:offs[b]])
+        if offs[a] == offs[b] or (mask is not None and not bool(mask.any())):
+            continue
+        yield read(sel[a:b].tolist(), mask)
 
 
 def layer_similarity(
@@ -208,7 +228,7 @@ def layer_similarity(
     estimator: str = "feature",
     device=None,
     max_frames: int | None = None,
-    batch_frames: int = 1024,
+    batch_frames: int | None = None,
     utterances=None,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
@@ -224,7 +244,9 @@ def layer_similarity(
         level: ``"frame"`` (frames paired by position) or ``"utterance"`` (mean-pooled).
         estimator: ``"feature"`` (exact, streamed) or ``"minibatch"`` (unbiased HSIC).
         max_frames: a seeded random subset of this many frames (``None``: all).
-        batch_frames: frames per minibatch (``estimator="minibatch"``, >= 4).
+        batch_frames: frames per minibatch (``estimator="minibatch"``, >= 4; ``None``:
+            1024), or per block read and multiplied at a time (``estimator="feature"``;
+            whole utterances; ``None``: as many as fit ``BLOCK_BYTES``, ``docs/similarity.md``).
         dtype: of the per-block products (``estimator="feature"``; sums are float64).
         sharding: a :class:`~s3viz.distributed.Sharding` (``estimator="feature"``,
             ``max_frames=None``) when ``store`` holds one shard.
@@ -249,7 +271,11 @@ def layer_similarity(
     seed = _v.integer(seed, "seed", minimum=0)
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
-    batch_size = _v.integer(batch_frames, "batch_frames", minimum=4)  # 4: the unbiased HSIC
+    if estimator == "minibatch":  # 4: the unbiased HSIC
+        batch_size = _v.integer(1024 if batch_frames is None else batch_frames, "batch_frames",
+                                minimum=4)
+    else:
+        batch_size = _v.integer(batch_frames, "batch_frames", minimum=1, none_ok=True)
     if method == "cca" and estimator != "feature":
         raise ValueError("method='cca' needs estimator='feature' (the full covariances)")
     if sharding is not None and not isinstance(sharding, Sharding):
@@ -276,11 +302,6 @@ def layer_similarity(
     device = _resolve_device(device)
     counts = (_frame_counts(items, labels, sel) if level == "frame"
               else np.ones(len(sel), dtype=np.int64))
-    # the guard of every measure (s3viz._numerics): centred, scaled by a power of two;
-    # a degenerate layer (or pooled vectors of rounding noise) -> NaN
-    guards = [layer_guard(st, layer, sel, centre=True, level=level, reduce=reduce)
-              for st, layer in items]
-    blocks = partial(_blocks, items, guards, level)
     total = int(counts.sum())
     if reduce is not None:
         total = int(reduce(torch.tensor([total], dtype=torch.float64))[0])
@@ -293,14 +314,22 @@ def layer_similarity(
         keep[rng.choice(total, size=max_frames, replace=False)] = True
     pairs = sorted({(min(i, j), max(i, j)) for i in row_idx for j in col_idx}
                    | {(i, i) for i in row_idx + col_idx})
+    # the guard of every measure (s3viz._numerics): a degenerate layer (or pooled vectors
+    # of rounding noise) -> NaN. The exact estimator needs only its verdict (its products
+    # shift and scale each layer themselves); the minibatch estimator reads through it.
+    sizes = [int(st.hidden_sizes[layer]) for st, layer in items]
+    frames = (batch_size or _block_frames(sizes, dtype)) if estimator == "feature" else None
+    guards = [layer_guard(st, layer, sel, centre=True, level=level, reduce=reduce,
+                          chunk_frames=frames or 65536) for st, layer in items]
     if estimator == "feature":
         acc = CrossProducts(pairs, device, dtype)
-        for feats in blocks(sel, counts, keep):
+        for feats in _blocks(items, None, level, sel, counts, keep, frames):
             acc.add(feats)
         if reduce is not None:
-            acc = acc.reduced(reduce, [int(st.hidden_sizes[layer]) for st, layer in items])
+            acc = acc.reduced(reduce, sizes)
         values, n = acc.svcca(keep_variance) if method == "cca" else acc.hsic()
     else:
+        blocks = partial(_blocks, items, guards, level)
         values, n = _minibatch_hsic(blocks, sel, counts, keep, pairs, device, batch_size, seed)
     oth = store if other is None else other
     extra = {"keep_variance": float(keep_variance)} if method == "cca" else {}
@@ -338,10 +367,12 @@ def cka_table(values: dict, rows, cols, row_idx, col_idx, bad, *, other_axis: bo
 class CrossProducts:
     """Streamed centred cross-products of layer pairs, for the feature-space CKA and SVCCA.
 
-    Each layer is shifted by its first block's mean (no cancellation of large offsets)
-    and scaled by a power of two fixed by its first varying block (float32 products of
-    1e20 or 1e-30 neither overflow nor vanish); block products in ``dtype`` are summed
-    in float64. :meth:`reduced` merges shards.
+    Each layer is shifted by its first block's mean (no cancellation of large offsets; for
+    float32 frames the mean rounded to float32, so that the difference of two nearby
+    float32 numbers is exact) and scaled by a power of two fixed by its first varying block
+    (float32 products of 1e20 or 1e-30 neither overflow nor vanish), in ``dtype``; the
+    block products, in ``dtype``, are summed in float64, and so are the columns multiplied
+    (the sums centre exactly what was multiplied). :meth:`reduced` merges shards.
     """
 
     def __init__(self, pairs, device, dtype):
@@ -350,23 +381,45 @@ class CrossProducts:
         self.acc, self.sums, self.shift, self.factor, self.n = {}, {}, {}, {}, 0
 
     def add(self, feats) -> None:
-        """Add one block: ``feats[i]`` is the ``(frames, H_i)`` tensor of layer ``i``."""
-        xs = {}
-        for i in self.layers:
-            x = feats[i].to(device=self.device, dtype=torch.float64)
-            if i not in self.shift:
-                self.shift[i] = x.mean(0)
-                self.sums[i] = torch.zeros_like(self.shift[i])
-            d = x - self.shift[i]
-            if i not in self.factor and bool((d != 0).any()):
-                self.factor[i] = pow2_factor(d)  # earlier blocks added exact zeros
-            x = d * self.factor.get(i, 1.0)
-            self.sums[i] += x.sum(0)
-            xs[i] = x.to(self.dtype)
-        self.n += feats[self.layers[0]].shape[0]
+        """Add one block: ``feats`` yields, in order, the ``(frames, H_i)`` tensor of every
+        layer ``i`` (a list, or an iterator reading one layer at a time)."""
+        want, xs = set(self.layers), {}
+        for i, x in enumerate(feats):
+            if i in want:
+                x = x.to(self.device)
+                if x.shape[0] == 0:
+                    return
+                xs[i] = self._centre(i, x)
+        self.n += xs[self.layers[0]].shape[0]
         for i, j in self.pairs:
-            prod = (xs[i].T @ xs[j]).double()
-            self.acc[(i, j)] = self.acc[(i, j)] + prod if (i, j) in self.acc else prod
+            prod = xs[i].T @ xs[j]
+            if (i, j) in self.acc:
+                self.acc[(i, j)] += prod  # float64 += dtype, in place
+            else:
+                self.acc[(i, j)] = prod.double()
+
+    def _centre(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """``(x - shift_i) * factor_i`` of one layer's block in ``dtype``; adds its column sums."""
+        if i not in self.shift:
+            mean = x.mean(0, dtype=torch.float64)
+            self.shift[i] = mean.to(x.dtype).double() if x.dtype == torch.float32 else mean
+            self.sums[i] = torch.zeros_like(mean)
+        shift = self.shift[i]
+        if i not in self.factor:
+            d = x.double() - shift
+            if bool((d != 0).any()):
+                self.factor[i] = pow2_factor(d)  # earlier blocks added exact zeros
+        f = self.factor.get(i, 1.0)
+        out = torch.empty(x.shape, dtype=self.dtype, device=x.device)
+        if x.dtype == torch.float32 == self.dtype:  # no float64 copy: see the class docstring
+            torch.sub(x, shift.to(x.dtype), out=out)
+            out.mul_(f)
+        else:
+            step = max(1, (1 << 22) // max(1, x.shape[1]))  # float64 copies of 4M numbers
+            for a in range(0, x.shape[0], step):
+                out[a:a + step] = (x[a:a + step].double() - shift) * f
+        self.sums[i] += out.sum(0, dtype=torch.float64)
+        return out
 
     def reduced(self, reduce, sizes) -> CrossProducts:
         """The products of every shard (``reduce`` sums a tensor over shards; ``sizes[i]``:
@@ -402,23 +455,29 @@ class CrossProducts:
             out.acc[(i, j)] = reduce(c)
         return out
 
+    def _centred(self, pair) -> torch.Tensor:
+        """The centred ``X_i^T X_j`` of one pair (float64)."""
+        i, j = pair
+        return self.acc[pair] - torch.outer(self.sums[i], self.sums[j]) / self.n
+
     def centred(self, reduce=None, sizes=None) -> tuple[dict, int]:
         """``({pair: centred X_i^T X_j}, frames)``, summed over shards with ``reduce``."""
         if reduce is not None:
             return self.reduced(reduce, sizes).centred()
-        sums, n = self.sums, self.n
-        return {(i, j): c - torch.outer(sums[i], sums[j]) / n for (i, j), c in self.acc.items()}, n
+        return {p: self._centred(p) for p in self.acc}, self.n
 
     def hsic(self, reduce=None, sizes=None) -> tuple[dict, int]:
-        """``({pair: ||centred X_i^T X_j||_F^2}, frames)``, summed over shards with ``reduce``."""
-        cov, n = self.centred(reduce, sizes)
-        return {p: float((c * c).sum()) for p, c in cov.items()}, n
+        """``({pair: ||centred X_i^T X_j||_F^2}, frames)``, summed over shards with ``reduce``
+        (one centred pair in memory at a time)."""
+        if reduce is not None:
+            return self.reduced(reduce, sizes).hsic()
+        return {p: float(self._centred(p).square_().sum()) for p in self.acc}, self.n
 
     def svcca(self, keep_variance: float) -> tuple[dict, int]:
         """``({pair: mean canonical correlation}, frames)`` (``docs/similarity.md``)."""
-        cov, n = self.centred()
-        return {(i, j): _svcca(cov[(i, i)], cov[(j, j)], c, keep_variance)
-                for (i, j), c in cov.items()}, n
+        diag = {i: self._centred((i, i)) for i in self.layers}
+        return {(i, j): _svcca(diag[i], diag[j], diag[i] if i == j else self._centred((i, j)),
+                               keep_variance) for i, j in self.acc}, self.n
 
 
 def _minibatch_hsic(blocks, sel, counts, keep, pairs, device, batch_size, seed):
@@ -450,6 +509,7 @@ def _minibatch_hsic(blocks, sel, counts, keep, pairs, device, batch_size, seed):
         return _hsic_u(torch.stack(grams))
 
     for feats in blocks(sel[perm], counts[perm], keep):
+        feats = list(feats)
         order = torch.randperm(feats[0].shape[0], generator=gen)
         feats = [f[order] for f in feats]
         if rest is not None:

@@ -60,9 +60,9 @@ def test_matches_naive_gram_formula(cka, frames):
     assert cka.loc[0, 1] > 0.5 and cka.loc[0, 3] < 0.05
 
 
-def test_float64_products_match_naive_to_the_last_digits(store, frames, monkeypatch):
-    monkeypatch.setattr(similarity, "CHUNK_FRAMES", 101)
-    df = layer_similarity(store, layers=[0, 2], dtype=torch.float64, device="cpu")
+def test_float64_products_match_naive_to_the_last_digits(store, frames):
+    df = layer_similarity(store, layers=[0, 2], dtype=torch.float64, batch_frames=101,
+                          device="cpu")
     ref = np.array([[cka_naive(frames[i], frames[j]) for j in (0, 2)] for i in (0, 2)])
     np.testing.assert_allclose(df.to_numpy(), ref, atol=1e-9, rtol=0)
 
@@ -104,9 +104,9 @@ def test_invariances_against_other_store(store, cka):
                                                     abs=1e-4)
 
 
-def test_layer_subsets_and_small_chunks(store, cka, monkeypatch):
-    monkeypatch.setattr(similarity, "CHUNK_FRAMES", 37)
-    sub = layer_similarity(store, layers=[3, 1], other_layers=[0, 2], device="cpu")
+def test_layer_subsets_and_small_chunks(store, cka):
+    sub = layer_similarity(store, layers=[3, 1], other_layers=[0, 2], batch_frames=37,
+                           device="cpu")
     assert list(sub.index) == [3, 1] and list(sub.columns) == [0, 2]
     np.testing.assert_allclose(sub.to_numpy(), cka.loc[[3, 1], [0, 2]].to_numpy(), atol=1e-6)
 
@@ -234,3 +234,67 @@ def test_bad_inputs(store):
         layer_similarity(store, dtype=torch.float16)
     with pytest.raises(ValueError, match="batch_frames must be >= 4"):
         layer_similarity(store, estimator="minibatch", batch_frames=2)
+
+
+def _float64_store(seed=5, n_utt=12):
+    """Float64 frames (read in float64) of varied lengths, offsets and widths."""
+    g = torch.Generator().manual_seed(seed)
+    hs = []
+    for _ in range(n_utt):
+        t = int(torch.randint(3, 40, (1,), generator=g))
+        a = torch.randn(t, 7, generator=g, dtype=torch.float64) * 3 + 50.0
+        hs.append([a, a @ torch.randn(7, 5, generator=g, dtype=torch.float64)
+                   + torch.randn(t, 5, generator=g, dtype=torch.float64),
+                   torch.randn(t, 9, generator=g, dtype=torch.float64) * 1e-3])
+    return LayerStore.from_tensors(hs, downsample_rates=[320] * 3)
+
+
+@pytest.mark.parametrize("block", [1, 7, 50, 10_000])
+def test_block_size_does_not_change_the_result(block):
+    """Float64 products: any block (one utterance at a time, or all) gives the same table to
+    1e-12 relative, as do the (float32) default blocks to float32 rounding."""
+    st = _float64_store()
+    ref = layer_similarity(st, dtype=torch.float64, batch_frames=10_000, device="cpu")
+    got = layer_similarity(st, dtype=torch.float64, batch_frames=block, device="cpu")
+    np.testing.assert_allclose(got.to_numpy(), ref.to_numpy(), rtol=1e-12, atol=0)
+    f32 = layer_similarity(st, batch_frames=block, device="cpu")
+    np.testing.assert_allclose(f32.to_numpy(), ref.to_numpy(), rtol=1e-6, atol=0)
+
+
+def test_block_frames_from_the_memory_budget(store, monkeypatch):
+    """The default block: BLOCK_BYTES over (itemsize x the summed widths + BLOCK_COPY_BYTES x
+    the widest), at least MIN_BLOCK_FRAMES; and the products never see a larger block."""
+    hubert = [768] * 13
+    assert similarity._block_frames(hubert) == (128 << 20) // (4 * 9984 + 48 * 768) == 1747
+    assert similarity._block_frames(hubert, torch.float64) == (128 << 20) // (8 * 9984
+                                                                              + 48 * 768)
+    assert similarity._block_frames(hubert, budget=1) == similarity.MIN_BLOCK_FRAMES
+    seen = []
+    add = similarity.CrossProducts.add
+
+    def spy(self, feats):
+        feats = list(feats)
+        seen.append(feats[0].shape[0])
+        add(self, feats)
+
+    monkeypatch.setattr(similarity.CrossProducts, "add", spy)
+    monkeypatch.setattr(similarity, "BLOCK_BYTES", 90 * (4 * 40 + 48 * 14))
+    monkeypatch.setattr(similarity, "MIN_BLOCK_FRAMES", 16)
+    assert similarity._block_frames([10, 14, 6, 10]) == 90
+    df = layer_similarity(store, device="cpu")
+    assert max(seen) <= 90 and sum(seen) == N_UTT * N_FRAMES == df.attrs["num_frames"]
+    seen.clear()
+    layer_similarity(store, batch_frames=45, device="cpu")
+    assert seen == [40] * (N_UTT // 2)  # whole utterances of 20 frames
+
+
+def test_exact_path_accuracy_against_float64(store, frames):
+    """The default float32 products of centred blocks, summed in float64, against the
+    float64 feature-space CKA of all frames at once; float64 products to the last digits."""
+    xs = [f.double() - f.double().mean(0) for f in frames]
+    ref = np.array([[float((y.T @ x).norm() ** 2 / ((x.T @ x).norm() * (y.T @ y).norm()))
+                     for y in xs] for x in xs])
+    got = layer_similarity(store, device="cpu").to_numpy()
+    assert np.abs(got - ref).max() < 5e-7  # 1.8e-7 (and plain float32 3.1e-7) on this store
+    got = layer_similarity(store, dtype=torch.float64, batch_frames=77, device="cpu").to_numpy()
+    assert np.abs(got - ref).max() < 1e-12
