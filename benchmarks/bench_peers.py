@@ -12,9 +12,11 @@ random-weight HuBERT base over synthesized utterances, ``_peers_data.py``):
 
 Every case runs in its own process on one thread (``peers/_run.py``); the cases of
 a section are interleaved ``--repeats`` times and the medians compared: ``ratio`` is
-the peer's time over s3viz's (above 1: s3viz is faster), ``peak MiB`` the growth of
-the process's peak resident memory above its loaded inputs, ``agreement`` how far
-each peer's values are from s3viz's. fastabx needs Python >= 3.12: the script makes
+the peer's CPU time over s3viz's (above 1: s3viz is faster; one thread, so CPU time
+is the work whatever else the machine runs; the wall-time ratio in brackets),
+``peak MiB`` the high-water mark of resident memory during the timed work above
+what the process held before it, ``agreement`` how far each peer's values are
+from s3viz's. fastabx needs Python >= 3.12: the script makes
 a virtual environment for it once (``--venv312``, from the first ``python3.12``
 found) and reuses it.
 
@@ -75,8 +77,8 @@ def run_section(name: str, sizes: list[int], repeats: int, py312: str | None) ->
             print(f"  {name} {case['task']} n={case['size']} {case['side']}: "
                   f"{runs[i][-1]['seconds']:.2f} s (repeat {r + 1}, {_run.load()})", flush=True)
         loads.append(_run.load())
-    results = [(case, dict(runs[i][0], seconds=statistics.median(x["seconds"] for x in runs[i]),
-                           peak_mib=statistics.median(x["peak_mib"] for x in runs[i]),
+    results = [(case, dict(runs[i][0], **{key: statistics.median(x[key] for x in runs[i])
+                                          for key in ("seconds", "cpu_seconds", "peak_mib")},
                            all_seconds=[x["seconds"] for x in runs[i]]))
                for i, case in enumerate(cases)]
     return {"results": results, "agreement": mod.agree(results), "loads": loads}
@@ -84,15 +86,16 @@ def run_section(name: str, sizes: list[int], repeats: int, py312: str | None) ->
 
 def table(name: str, out: dict) -> str:
     """Markdown rows: per task and size, s3viz's time and peak, each peer's, the ratio."""
-    rows = ["| task | utterances | side | median s | peak MiB | ratio (peer / s3viz) |",
-            "| --- | ---: | --- | ---: | ---: | ---: |"]
+    rows = ["| task | utterances | side | wall s | CPU s | peak MiB | ratio, CPU (wall) |",
+            "| --- | ---: | --- | ---: | ---: | ---: | ---: |"]
     ref = {(c["task"], c["size"]): r for c, r in out["results"] if c["side"] == "s3viz"}
     for c, r in out["results"]:
         base = ref.get((c["task"], c["size"]))
         ratio = ("" if c["side"] == "s3viz" or base is None
-                 else f"**{r['seconds'] / base['seconds']:.2f}x**")
+                 else f"**{r['cpu_seconds'] / base['cpu_seconds']:.2f}x** "
+                      f"({r['seconds'] / base['seconds']:.2f}x)")
         rows.append(f"| {c['task']} | {c['size']} | {c['side']} | {r['seconds']:.2f} | "
-                    f"{r['peak_mib']:.0f} | {ratio} |")
+                    f"{r['cpu_seconds']:.2f} | {r['peak_mib']:.0f} | {ratio} |")
     agree = "\n".join(f"- {k}: {v}" for k, v in out["agreement"].items())
     return (f"### {name}\n\n" + "\n".join(rows) + f"\n\nAgreement:\n{agree}\n\n"
             f"Load during the section: {', '.join(out['loads'])}\n")

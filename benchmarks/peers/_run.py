@@ -6,8 +6,8 @@ A section is a module of this folder with ``NAME``, ``cases(sizes) -> list[dict]
 ``run(case) -> dict`` and ``agree(results) -> dict`` (how far each peer's values
 are from s3viz's). Its top level imports the standard library only, so that any
 interpreter can load it; ``run`` imports what it needs and wraps the timed work in
-:func:`measured`, which records wall seconds and the growth of the process's peak
-resident memory above what it held before (the inputs already loaded).
+:func:`measured`, which records wall and CPU seconds and the peak resident memory
+of the block above what the process held just before it (the inputs loaded).
 
 Every case runs in its own process, so peaks do not carry over and each side
 starts cold alike; ``OMP``/``MKL``/``OPENBLAS`` threads and torch's are set to one.
@@ -41,17 +41,47 @@ print("RESULT " + json.dumps(out), flush=True)
 """
 
 
-def _maxrss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+def _vm(key: str) -> float | None:
+    """``/proc/self/status``'s ``key`` in MiB (Linux), else None."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(ln.split()[1]) for ln in f if ln.startswith(key + ":")) / 1024
+    except (OSError, StopIteration):
+        return None
+
+
+def _reset_peak() -> float | None:
+    """Hand freed heap back (glibc) and reset the kernel's high-water mark (Linux), so
+    that the peak after the timed block is the block's own and not the input loading's
+    (which leaves memory the block would reuse unseen); the resident MiB now, or None."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return None
+    return _vm("VmRSS")
 
 
 @contextlib.contextmanager
 def measured(out: dict):
-    """Record ``seconds`` and ``peak_mib`` (peak RSS growth) of the block into ``out``."""
-    base, t = _maxrss_mib(), time.perf_counter()
+    """Record into ``out`` the block's wall ``seconds``, its ``cpu_seconds`` (one thread:
+    the work, whatever else the machine runs) and ``peak_mib``: the high-water mark of
+    resident memory during the block above the resident memory just before it (where
+    the kernel cannot reset the mark: the growth of ``ru_maxrss``, a lower bound)."""
+    rss = _reset_peak()
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t, cpu = time.perf_counter(), time.process_time()
     yield out
     out["seconds"] = time.perf_counter() - t
-    out["peak_mib"] = max(0.0, _maxrss_mib() - base)
+    out["cpu_seconds"] = time.process_time() - cpu
+    hwm = _vm("VmHWM")
+    out["peak_mib"] = (max(0.0, hwm - rss) if rss is not None and hwm is not None else
+                       max(0.0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base))
 
 
 def run_case(section: str, case: dict, timeout: float = 7200) -> dict:

@@ -13,7 +13,6 @@ difference| from the float64 reference and from s3viz, and each side's peak memo
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 NAME = "cka"
@@ -53,7 +52,6 @@ def run(case):
 
     st = peers_store(case["size"])
     out = {"frames": int(sum(st.lengths(0)))}
-    cpu, rss = time.process_time(), _reset_peak()
     if case["side"] == "s3viz":
         import s3viz
 
@@ -63,36 +61,8 @@ def run(case):
         dtype = torch.float32 if case["side"] == "torch-float32" else torch.float64
         with measured(out):
             table = _plain_cka(st, dtype)
-    # one thread: CPU seconds are the work, whatever else the machine runs (wall seconds
-    # also count the waits of a loaded machine)
-    out["cpu_seconds"] = time.process_time() - cpu
-    # peak_mib counts growth above the process's earlier high-water mark (building the
-    # store's model peaks first): this one is above the resident memory just before
-    out["hwm_mib"] = None if rss is None else _vm("VmHWM") - rss
     out["cka"] = table
     return out
-
-
-def _vm(key: str) -> float:
-    with open("/proc/self/status") as f:
-        return next(int(ln.split()[1]) for ln in f if ln.startswith(key + ":")) / 1024
-
-
-def _reset_peak():
-    """Hand freed heap back (glibc; the store's model build leaves hundreds of MB resident
-    that later allocations would reuse unseen), reset the kernel's high-water mark (Linux);
-    the resident MiB now, or None."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return _vm("VmRSS")
-    except OSError:  # not Linux with glibc
-        return None
 
 
 def agree(results):
@@ -108,7 +78,7 @@ def agree(results):
             if r is None:
                 continue
             info = {"seconds": round(r["seconds"], 3), "cpu_seconds": round(r["cpu_seconds"], 3),
-                    "peak_mib": round(r["peak_mib"], 1), "hwm_mib": r.get("hwm_mib")}
+                    "peak_mib": round(r["peak_mib"], 1)}
             if ref is not None:
                 info["max_diff_float64"] = _maxdiff(r["cka"], ref["cka"])
             if ours is not None and side != "s3viz":
