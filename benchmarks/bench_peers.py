@@ -11,7 +11,8 @@ random-weight HuBERT base over synthesized utterances, ``_peers_data.py``):
   ``RidgeClassifier`` at one fixed penalty and ``RidgeClassifierCV`` over the grid.
 
 Every case runs in its own process on one thread (``peers/_run.py``); the cases of
-a section are interleaved ``--repeats`` times and the medians compared: ``ratio`` is
+a section are interleaved ``--repeats`` times (a case marked ``once``, a slow peer,
+runs once) and the medians compared: ``ratio`` is
 the peer's CPU time over s3viz's (above 1: s3viz is faster; one thread, so CPU time
 is the work whatever else the machine runs; the wall-time ratio in brackets),
 ``peak MiB`` the high-water mark of resident memory during the timed work above
@@ -73,6 +74,8 @@ def run_section(name: str, sizes: list[int], repeats: int, py312: str | None) ->
     loads = [_run.load()]
     for r in range(repeats):
         for i, case in enumerate(cases):
+            if r and case.get("once"):  # a slow peer a section runs once
+                continue
             runs[i].append(_run.run_case(name, case))
             print(f"  {name} {case['task']} n={case['size']} {case['side']}: "
                   f"{runs[i][-1]['seconds']:.2f} s (repeat {r + 1}, {_run.load()})", flush=True)
