@@ -118,8 +118,10 @@ def dtype_eps(dtype: torch.dtype) -> float:
 
 
 def _row_blocks(x: torch.Tensor) -> list[slice]:
-    """Blocks of ``x``'s rows of about 4M numbers each."""
-    step = max(1, (1 << 22) // max(1, x.shape[-1]))
+    """Blocks of ``x``'s rows of about 256K numbers each: their float64 temporaries (a few
+    per block) stay a few MiB, whatever the layer's size (4M numbers made them add up to
+    about 4x a 34 MB layer's frames in ABX; benchmarks/peers/abx.py)."""
+    step = max(1, (1 << 18) // max(1, x.shape[-1]))
     return [slice(i, i + step) for i in range(0, x.shape[0], step)]
 
 
