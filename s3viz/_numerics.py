@@ -31,9 +31,11 @@ def pow2_factor(x: torch.Tensor) -> float:
     largest value near 1 (exact): those of 1e200 do not overflow, nor those of 1e-200 vanish."""
     x = x.double()
     top = float(x.abs().max()) if x.numel() else 0.0
-    g = _pow2_near(top)
+    g = pow2_near(top)
     rms = float((x * g).pow(2).mean().sqrt()) / g if x.numel() else 0.0
-    return 2.0 ** -round(math.log2(rms)) if math.isfinite(rms) and rms > 0 else 1.0
+    if not (math.isfinite(rms) and rms > 0):
+        return 1.0
+    return math.ldexp(1.0, min(1023, -round(math.log2(rms))))  # finite for a subnormal rms
 
 
 def safe_scale(std: torch.Tensor, mean: torch.Tensor | None = None,
@@ -125,9 +127,12 @@ def _row_blocks(x: torch.Tensor) -> list[slice]:
     return [slice(i, i + step) for i in range(0, x.shape[0], step)]
 
 
-def _pow2_near(v: float) -> float:
-    """``2**-e`` with ``v * 2**-e`` in ``[0.5, 1)``: exact to multiply by (1.0 for 0/inf)."""
-    return math.ldexp(1.0, -math.frexp(v)[1]) if math.isfinite(v) and v > 0.0 else 1.0
+def pow2_near(v: float) -> float:
+    """``2**-e`` with ``v * 2**-e`` in ``[0.5, 1)``: exact to multiply by (1.0 for 0/inf);
+    for a subnormal ``v`` (below 2**-1022) the largest finite power, 2**1023, which
+    brings it within a few powers of two of 1 instead of overflowing."""
+    return (math.ldexp(1.0, min(1023, -math.frexp(v)[1])) if math.isfinite(v) and v > 0.0
+            else 1.0)
 
 
 class Guard:
@@ -206,7 +211,7 @@ class Profile:
         if self.mom is None:
             self.mom = Moments((x.shape[1],))
         if top > 0 and (top * self.scale >= 1.0 or self.peak == 0.0):
-            new = _pow2_near(top)
+            new = pow2_near(top)
             r = new / self.scale
             m = self.mom
             m.shift, m.s1, m.s2 = m.shift * r, m.s1 * r, m.s2 * r * r
@@ -237,7 +242,7 @@ class Profile:
             return self.robust_override
         x = torch.stack([r for _, r in self.sample])
         top = float(x.abs().max())
-        f = _pow2_near(top)  # exact: no square of 1e300 overflows, none of 1e-300 vanishes
+        f = pow2_near(top)  # exact: no square of 1e300 overflows, none of 1e-300 vanishes
         x = x * f
         centre = x.median(0).values
         dev = (x - centre).abs()
@@ -248,7 +253,7 @@ class Profile:
             mad = torch.where(mad > 0, mad, dev.quantile(q, dim=0) * 1.4826)
         # squares of spreads and rows far below the largest value (1e-162 of it) vanish in
         # float64: each is brought near 1 by a power of two of its own first (exact)
-        g = _pow2_near(float(mad.max()))
+        g = pow2_near(float(mad.max()))
         spread = math.sqrt(float(((mad * g) ** 2).mean())) / g
         _, e = torch.frexp(x.abs().amax(1))
         magnitude = float((torch.ldexp(x, -e[:, None]).pow(2).mean(1).sqrt()
@@ -354,7 +359,7 @@ class Profile:
                 own = torch.where(quiet, dev, mad)
                 live = ~dead & (own > 0)
                 dyn = float(torch.where(live, dev / torch.where(live, own, 1.0), 0.0).max())
-                scale = torch.tensor([_pow2_near(float(v)) if ok else 0.0
+                scale = torch.tensor([pow2_near(float(v)) if ok else 0.0
                                       for v, ok in zip(own.tolist(), live.tolist())],
                                      dtype=torch.float64)
             else:
@@ -363,7 +368,7 @@ class Profile:
                 m = self.mom
                 sq = m.var.mean() if centre else (m.var + m.mean * m.mean).mean()
                 typical = (rspread if centre else rmag) or math.sqrt(float(sq)) / self.scale
-                scale = _pow2_near(typical)
+                scale = pow2_near(typical)
             if span is not None and dyn > span:
                 reason = (f"one or more rows lie {dyn:.1e} robust spreads from its median "
                           f"(largest deviation {float(dev.max()):.3g} against a typical spread "

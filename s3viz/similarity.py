@@ -19,7 +19,7 @@ import torch
 from . import _validate as _v
 from ._device import resolve_device as _resolve_device
 from ._labels import label_strings
-from ._numerics import layer_guard, pow2_factor, read_dtype, warn_degenerate
+from ._numerics import pow2_near, layer_guard, pow2_factor, read_dtype, warn_degenerate
 from .distributed import Sharding
 from .store import frame_groups, tag_weights, utterance_selection
 
@@ -34,6 +34,9 @@ CHUNK_FRAMES = 16384  # frames per block read (the minibatch estimator's shuffli
 # (docs/similarity.md, "Memory"): the block of every layer in the product dtype, and the
 # float64 copies of one layer at a time that reading and profiling it make
 BLOCK_BYTES = 128 << 20
+# a scaled block whose largest value passes this is re-based (CrossProducts._rebase): its
+# float32 products stay far from overflow (2**128) for any block of frames
+_REBASE = 2.0 ** 20
 BLOCK_COPY_BYTES = 48  # bytes per frame and feature of the one layer being read
 MIN_BLOCK_FRAMES = 256  # matrix products of fewer frames run below the machine's speed
 
@@ -409,17 +412,42 @@ class CrossProducts:
             d = x.double() - shift
             if bool((d != 0).any()):
                 self.factor[i] = pow2_factor(d)  # earlier blocks added exact zeros
-        f = self.factor.get(i, 1.0)
         out = torch.empty(x.shape, dtype=self.dtype, device=x.device)
         if x.dtype == torch.float32 == self.dtype:  # no float64 copy: see the class docstring
             torch.sub(x, shift.to(x.dtype), out=out)
-            out.mul_(f)
+            out.mul_(self._fit(i, float(out.abs().max())))
         else:
             step = max(1, (1 << 22) // max(1, x.shape[1]))  # float64 copies of 4M numbers
             for a in range(0, x.shape[0], step):
-                out[a:a + step] = (x[a:a + step].double() - shift) * f
+                d = x[a:a + step].double() - shift
+                f, was = self._fit(i, float(d.abs().max())), self.factor.get(i, 1.0)
+                if a and f != was:
+                    out[:a].mul_(f / was)  # rows scaled before a re-base: see _fit
+                out[a:a + step] = d * f
         self.sums[i] += out.sum(0, dtype=torch.float64)
         return out
+
+    def _fit(self, i: int, top: float) -> float:
+        """Layer ``i``'s factor for a block whose largest ``|x - shift|`` is ``top``. Where
+        ``top`` times the factor passes ``_REBASE`` (a block far larger than the first
+        varying one, e.g. after a near-silent first utterance), the factor becomes the
+        power of two bringing ``top`` near 1, and what was summed with the old one is
+        multiplied by their ratio (exact; earlier products far below the new scale may
+        vanish), else ``dtype`` products would overflow. Exponents are compared, not
+        products, so a factor of 2**1023 from a subnormal first block cannot overflow."""
+        f = self.factor.get(i)
+        if f is None or not math.isfinite(top) or top <= 0:
+            return 1.0 if f is None else f
+        if math.frexp(top)[1] + math.frexp(f)[1] - 1 <= math.log2(_REBASE):
+            return f
+        new = pow2_near(top)
+        r = math.ldexp(1.0, math.frexp(new)[1] - math.frexp(f)[1])  # new / f, exact
+        self.factor[i] = new
+        self.sums[i] *= r
+        for p in self.acc:
+            if i in p:
+                self.acc[p] *= r * r if p[0] == p[1] else r
+        return new
 
     def reduced(self, reduce, sizes) -> CrossProducts:
         """The products of every shard (``reduce`` sums a tensor over shards; ``sizes[i]``:
@@ -495,18 +523,30 @@ def _minibatch_hsic(blocks, sel, counts, keep, pairs, device, batch_size, seed):
     layers = sorted({i for p in pairs for i in p})
     total, batches, n, factor, rest = 0.0, 0, 0, {}, None
 
-    def batch_hsic(feats):  # the (layers, layers) unbiased HSIC of one minibatch
-        grams = []
-        for i in layers:
+    def batch_hsic(feats, total):
+        """``total`` plus the (layers, layers) unbiased HSIC of one minibatch, with ``total``
+        first re-based where a layer's power of two changes (see CrossProducts._rebase;
+        HSIC is quadratic in each layer's scale)."""
+        grams, r = [], torch.ones(len(layers), dtype=torch.float64)
+        for a, i in enumerate(layers):
             x = feats[i].to(device=device, dtype=torch.float64)
             x = x - x.mean(0)  # the unbiased HSIC is invariant to shifts; this keeps it exact
             if i not in factor and bool((x != 0).any()):  # one power of two per layer
                 factor[i] = pow2_factor(x)                  # (see CrossProducts)
+            top = float(x.abs().max()) if x.numel() else 0.0
+            f = factor.get(i)  # re-based as CrossProducts._fit does (exponents compared)
+            if (f is not None and math.isfinite(top) and top > 0
+                    and math.frexp(top)[1] + math.frexp(f)[1] - 1 > math.log2(_REBASE)):
+                factor[i] = pow2_near(top)
+                r[a] = math.ldexp(1.0, math.frexp(factor[i])[1] - math.frexp(f)[1])
             x = (x * factor.get(i, 1.0)).to(torch.float32)
             k = x @ x.T
             k.fill_diagonal_(0)
             grams.append(k)
-        return _hsic_u(torch.stack(grams))
+        r2 = (r * r).to(device)
+        if isinstance(total, torch.Tensor):
+            total = total * torch.outer(r2, r2).to(total.dtype)
+        return total + _hsic_u(torch.stack(grams))
 
     for feats in blocks(sel[perm], counts[perm], keep):
         feats = list(feats)
@@ -516,12 +556,12 @@ def _minibatch_hsic(blocks, sel, counts, keep, pairs, device, batch_size, seed):
             feats = [torch.cat([r, f]) for r, f in zip(rest, feats)]
         full = feats[0].shape[0] // batch_size * batch_size
         for b in range(0, full, batch_size):
-            total, batches = total + batch_hsic([f[b:b + batch_size] for f in feats]), batches + 1
+            total, batches = batch_hsic([f[b:b + batch_size] for f in feats], total), batches + 1
         n += full
         rest = [f[full:] for f in feats]
     left = 0 if rest is None else rest[0].shape[0]
     if left >= 4 and (batches == 0 or left >= batch_size // 2):
-        total, batches, n = total + batch_hsic(rest), batches + 1, n + left
+        total, batches, n = batch_hsic(rest, total), batches + 1, n + left
     if batches == 0:
         raise ValueError("fewer than 4 frames: the minibatch estimator needs at least 4")
     at = {i: a for a, i in enumerate(layers)}

@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from . import _validate as _v
+
 __all__ = ["kmeans", "measures_from_counts", "unit_measures"]
 
 
@@ -181,6 +183,12 @@ def kmeans(x: torch.Tensor, k: int, *, iters: int = 50, tol: float = 1e-4, seed:
         ``(centroids (k, d), inertia)``: the mean squared distance to the nearest centroid.
         An emptied cluster is re-seeded with the row farthest from its centroid.
     """
+    k, iters = _v.integer(k, "k", minimum=1), _v.integer(iters, "iters", minimum=0)
+    if not isinstance(x, torch.Tensor) or x.ndim != 2 or not x.is_floating_point():
+        raise ValueError("x must be a 2-D floating-point tensor (frames, features), got "
+                         f"{getattr(x, 'shape', type(x).__name__)} "
+                         f"{getattr(x, 'dtype', '')}".rstrip())
+    x = x.detach()  # the fit is not differentiable: no autograd graph through the steps
     n = x.shape[0]
     if k > n:
         raise ValueError(f"k={k} clusters need at least {k} frames, got {n}; lower k or "
@@ -191,7 +199,22 @@ def kmeans(x: torch.Tensor, k: int, *, iters: int = 50, tol: float = 1e-4, seed:
             got = tuple(init.shape) if isinstance(init, torch.Tensor) else type(init).__name__
             raise ValueError(f"init must be a ({k}, {x.shape[1]}) tensor of starting centroids "
                              f"(k, features of x), got {got}")
-        cent = init.to(device=x.device, dtype=x.dtype, copy=True)
+        if not init.is_floating_point() or init.is_meta:
+            raise ValueError(f"init must hold real floating-point values, got {init.dtype}"
+                             f"{' on the meta device' if init.is_meta else ''}")
+        cent = init.detach().to(device=x.device, dtype=x.dtype, copy=True)
+        if not bool(torch.isfinite(cent).all()):
+            raise ValueError("init holds NaN or infinite values (in x's dtype); give finite "
+                             "starting centroids")
+        # two equal centroids tie on every row: rounding, not the data, would split
+        # their rows, where Lloyd's definition empties one (and re-seeds it)
+        _, inverse = torch.unique(cent, dim=0, return_inverse=True)
+        if int(inverse.max()) + 1 < k:
+            first = {}
+            i, j = next((first[v], r) for r, v in enumerate(inverse.tolist())
+                        if first.setdefault(v, r) != r)
+            raise ValueError(f"init rows {i} and {j} are the same centroid; give k distinct "
+                             "starting centroids")
     else:
         cent = _plusplus(x, k, seed, xx)
     prev = None

@@ -339,7 +339,7 @@ def _gram(x: torch.Tensor) -> torch.Tensor:
     """``x^T x``. On the CPU through numpy, whose ``a.T @ a`` is BLAS's symmetric rank-k
     update (half the products of torch's general ``mm``, which has no such call)."""
     if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
-        xn = x.contiguous().numpy()
+        xn = x.detach().contiguous().numpy()
         return torch.from_numpy(xn.T @ xn)
     return x.T @ x
 
