@@ -513,11 +513,15 @@ def renamed_layers(mapping):
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
-def unit_rows(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def unit_rows(x: torch.Tensor, dtype: torch.dtype = torch.float32, *,
+              in_place: bool = False) -> torch.Tensor:
     """The rows of ``x`` divided by their L2 norm (zero rows stay zero), in ``dtype``: each
     row is first brought near 1 by a power of two of its own (exact), then normalised in
-    float64, so a norm of 1e-30 or 1e300 is no different from a norm of 1."""
-    out = torch.empty(x.shape, dtype=dtype, device=x.device)
+    float64, so a norm of 1e-30 or 1e300 is no different from a norm of 1. ``in_place``
+    (``x`` already in ``dtype``) writes them over ``x``: each block is read before it is
+    written, and no second layer-sized tensor is made."""
+    out = x if in_place and x.dtype == dtype else torch.empty(x.shape, dtype=dtype,
+                                                              device=x.device)
     for b in _row_blocks(x):
         y = x[b].to(torch.float64)
         _, e = torch.frexp(y.abs().amax(1, keepdim=True))

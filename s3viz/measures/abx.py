@@ -463,7 +463,7 @@ class ABX(Measure):
             # unit rows (cosine) or the centred frames (euclidean); docs/measures.md
             names = lambda i, s=s: self._name(s, int(i))  # noqa: E731
             if self.distance == "cosine":
-                x = unit_rows(x)
+                x = unit_rows(x, in_place=True)  # x is this measure's own copy
                 dt = torch.float32 if ctx.store_dtype == torch.float64 else ctx.store_dtype
                 guard = tensor_guard(x, dt, centre=False, names=names)
             else:
