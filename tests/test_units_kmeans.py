@@ -149,3 +149,18 @@ def test_each_row_goes_to_a_nearest_centroid_at_its_exact_distance(n, d, k, rows
 def test_no_rows_get_no_assignment():
     idx, dist = nearest(torch.zeros(0, 4), torch.ones(3, 4))
     assert idx.shape == dist.shape == (0,)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_ties_take_the_first_centroid_and_any_strides_or_grad_are_read(dtype):
+    """The CPU path (numpy's product and argmin) as torch.min: the first of equal minima;
+    a transposed view, a float64 input and one that requires grad read alike."""
+    x = _blobs(n=300).to(dtype)
+    c = torch.cat([x[:4], x[:4]])  # every centroid twice: rows 4..7 never win
+    idx, dist = nearest(x, c)
+    ref_idx, ref = _reference_nearest(x, c[:4])
+    assert torch.equal(idx, ref_idx) and int(idx.max()) < 4
+    strided = x.T.contiguous().T.requires_grad_(True)
+    idx2, dist2 = nearest(strided, c.requires_grad_(True))
+    assert torch.equal(idx2, idx) and dist2.dtype == dtype
+    torch.testing.assert_close(dist2, dist, rtol=RTOL, atol=0)  # BLAS's order for the layout
