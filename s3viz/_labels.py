@@ -49,5 +49,19 @@ def label_str(v) -> str:
 
 
 def label_strings(values) -> np.ndarray:
-    """:func:`label_str` of every value, as an object array (``""``: unlabelled)."""
-    return np.asarray([label_str(v) for v in values], dtype=object)
+    """:func:`label_str` of every value, as an object array (``""``: unlabelled).
+
+    Each distinct value (by type and value: ``1``, ``1.0`` and ``True`` stay apart) is
+    spelled once: per-frame labels repeat a few values thousands of times."""
+    out = np.empty(len(values), dtype=object)
+    memo: dict = {}
+    for i, v in enumerate(values):
+        try:
+            key = (type(v), v)
+            s = memo.get(key)
+            if s is None:
+                s = memo[key] = label_str(v)
+        except TypeError:  # unhashable
+            s = label_str(v)
+        out[i] = s
+    return out

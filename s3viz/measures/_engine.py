@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from .. import _validate as _v
-from .._labels import label_str
+from .._labels import label_strings
 from ..align import conv_lengths, layer_geometry
 from ..align import frame_labels as _align_frame_labels
 from ..extraction import BatchRunner, bucket_plan
@@ -137,7 +137,7 @@ class Context:
             return np.full(num_frames, "", dtype=object)
         lab = _align_frame_labels(table, num_frames, self.rates[layer], column=column,
                                   receptive_field_samples=self.fields[layer])
-        return np.asarray([label_str(v) for v in lab], dtype=object)
+        return label_strings(lab)
 
 
 class CorpusLayers:
