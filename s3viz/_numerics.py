@@ -169,6 +169,35 @@ def _all_in(x: torch.Tensor, dtype: torch.dtype) -> bool:
     return bool((x.to(dtype).to(x.dtype) == x).all())
 
 
+def cross_product(a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """``a^T b`` (``a^T a`` when ``b`` is None), in ``a``'s dtype. On the CPU through numpy:
+    its ``a.T @ a`` is BLAS's symmetric rank-k update (half the products of torch's
+    ``mm``, which has no such call), and OpenBLAS's float32 ``a.T @ b`` ran about 1.1x
+    torch's on one core here (2048- to 8192-row blocks of 768 features)."""
+    if b is None:
+        b = a
+    if a.device.type == "cpu" and a.dtype == b.dtype and a.dtype in (torch.float32,
+                                                                     torch.float64):
+        an = a.detach().contiguous().numpy()
+        bn = an if b is a else b.detach().contiguous().numpy()
+        return torch.from_numpy(an.T @ bn)
+    return a.T @ b
+
+
+def column_median(x: torch.Tensor) -> torch.Tensor:
+    """``x.median(0).values`` (per column, the lower of the two middle values) of a CPU
+    ``(rows, columns)`` tensor: numpy's partition of the transposed copy, 2.2x faster
+    than torch's median (measured on the 4096-row profile sample); NaN falls back to
+    torch, which propagates it where the partition would sort it last."""
+    # a NaN (or both infinities) makes the sum NaN: one vectorised pass, no mask
+    if x.device.type != "cpu" or x.shape[0] == 0 or math.isnan(float(x.sum())):
+        return x.median(0).values
+    a = np.ascontiguousarray(x.numpy().T)
+    mid = (a.shape[1] - 1) // 2
+    a.partition(mid, axis=1)
+    return torch.from_numpy(a[:, mid].copy())
+
+
 class Profile:
     """Streamed magnitude and spread of a layer, to build its :class:`Guard`; rows are added
     times a power of two fixed by the largest value so far (re-based exactly when a larger
@@ -207,7 +236,6 @@ class Profile:
                          and bool((xw == xw.round()).all()))
         hi, lo = xw.amax(0).double(), xw.amin(0).double()
         top = float(torch.maximum(hi.abs(), lo.abs()).max())  # = x.abs().max(), one pass fewer
-        x = xw.double()
         if self.mom is None:
             self.mom = Moments((x.shape[1],))
         if top > 0 and (top * self.scale >= 1.0 or self.peak == 0.0):
@@ -217,16 +245,19 @@ class Profile:
             m.shift, m.s1, m.s2 = m.shift * r, m.s1 * r, m.s2 * r * r
             self.scale, self.peak = new, self.peak * r
         self.peak = max(self.peak, top * self.scale)
-        self.mom.update(x * self.scale)
+        idx = torch.arange(self.rows, self.rows + x.shape[0])
+        keep = idx % self.stride == 0
+        self.sample.extend(zip(idx[keep].tolist(), xw[keep].double()))
+        # one float64 copy, scaled in place (a power of two: exact), serves the moments
+        # and then, shifted in place, each row's largest deviation (in x's own units)
+        y = xw.to(torch.float64, copy=True).mul_(self.scale)
+        self.mom.update(y)
         self.hi = hi if self.hi is None else torch.maximum(self.hi, hi)
         self.lo = lo if self.lo is None else torch.minimum(self.lo, lo)
-        dev = (x - self.mom.shift / self.scale).abs_().amax(1)
+        dev = y.sub_(self.mom.shift).abs_().amax(1).div_(self.scale)
         k = int(dev.argmax())
         if float(dev[k]) > self.far[0]:
             self.far = (float(dev[k]), self.rows + k)
-        idx = torch.arange(self.rows, self.rows + x.shape[0])
-        keep = idx % self.stride == 0
-        self.sample.extend(zip(idx[keep].tolist(), x[keep]))
         while len(self.sample) > SAMPLE_ROWS:
             self.stride *= 2
             self.sample = [(i, r) for i, r in self.sample if i % self.stride == 0]
@@ -244,9 +275,9 @@ class Profile:
         top = float(x.abs().max())
         f = pow2_near(top)  # exact: no square of 1e300 overflows, none of 1e-300 vanishes
         x = x * f
-        centre = x.median(0).values
+        centre = column_median(x)
         dev = (x - centre).abs()
-        mad = dev.median(0).values * 1.4826
+        mad = column_median(dev) * 1.4826
         for q in (0.75, 0.9, 0.99, 1.0):  # sparse features: a higher quantile
             if bool((mad > 0).all()) or q == 1.0:
                 break
@@ -258,7 +289,7 @@ class Profile:
         _, e = torch.frexp(x.abs().amax(1))
         magnitude = float((torch.ldexp(x, -e[:, None]).pow(2).mean(1).sqrt()
                            * torch.ldexp(torch.ones_like(x[:, 0]), e)).median())
-        level = x.abs().median(0).values
+        level = column_median(x.abs())
         return centre / f, spread / f, magnitude / f, mad / f, level / f
 
     def reduced(self, reduce) -> Profile:

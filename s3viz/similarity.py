@@ -19,7 +19,8 @@ import torch
 from . import _validate as _v
 from ._device import resolve_device as _resolve_device
 from ._labels import label_strings
-from ._numerics import pow2_near, layer_guard, pow2_factor, read_dtype, warn_degenerate
+from ._numerics import (cross_product, layer_guard, pow2_factor, pow2_near, read_dtype,
+                        warn_degenerate)
 from .distributed import Sharding
 from .store import frame_groups, tag_weights, utterance_selection
 
@@ -395,7 +396,7 @@ class CrossProducts:
                 xs[i] = self._centre(i, x)
         self.n += xs[self.layers[0]].shape[0]
         for i, j in self.pairs:
-            prod = xs[i].T @ xs[j]
+            prod = cross_product(xs[i], xs[j] if j != i else None)
             if (i, j) in self.acc:
                 self.acc[(i, j)] += prod  # float64 += dtype, in place
             else:

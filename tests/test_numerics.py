@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 import torch
 from _sharding import ThreadSum, run_threads
+from hypothesis import given, settings
+from hypothesis import strategies as hst
 
 import s3viz
-from s3viz._numerics import Moments, pow2_factor, safe_scale
+from s3viz._numerics import Moments, column_median, pow2_factor, safe_scale
 from s3viz.measures import LayerCKA, RidgeProbe
 from s3viz.data import synthetic_corpus
 from s3viz.store import LayerStore
@@ -302,3 +304,18 @@ def test_renamed_layers_renames_degenerate_warnings_and_keeps_them_on_an_error()
         with renamed_layers([0]):
             warnings.warn("seen before the error", UserWarning, stacklevel=2)
             raise ValueError("inside")
+
+
+@settings(max_examples=80, deadline=None)
+@given(hst.integers(1, 40), hst.integers(1, 6), hst.integers(0, 2 ** 16), hst.booleans())
+def test_column_median_is_torchs_lower_median(rows, cols, seed, ties):
+    """The profile's medians (numpy's partition) equal torch.median's: the lower middle
+    value for an even count, ties and NaN (propagated) alike."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, cols, generator=g, dtype=torch.float64)
+    if ties:
+        x = x.round()
+    assert torch.equal(column_median(x), x.median(0).values)
+    x[rows // 2, 0] = float("nan")
+    got, want = column_median(x), x.median(0).values
+    assert torch.isnan(got[0]) and torch.isnan(want[0]) and torch.equal(got[1:], want[1:])

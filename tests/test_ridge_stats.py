@@ -11,18 +11,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from s3viz.probe.ridge import LAMBDAS, ridge_fit_folds
-from s3viz.probe.stats import ProbeStats, _gram
+from s3viz._numerics import cross_product
+from s3viz.probe.stats import ProbeStats
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_gram_is_x_transpose_x(dtype):
+def test_cross_product_is_a_transpose_b(dtype):
     x = torch.randn(300, 40, dtype=torch.float64).to(dtype)
+    y = torch.randn(300, 7, dtype=torch.float64).to(dtype).requires_grad_(True)
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     for v in (x, x[::2], x[:, 5:17], x[:0]):  # strided and empty views too
-        g = _gram(v)
+        g = cross_product(v)
         assert g.dtype == dtype and g.shape == (v.shape[1], v.shape[1])
         torch.testing.assert_close(g, v.T @ v, rtol=tol, atol=tol * 300)
-        assert torch.equal(g, g.T)
+        assert torch.equal(g, g.T)  # the symmetric update fills both triangles
+        w = y[: v.shape[0]]
+        torch.testing.assert_close(cross_product(v, w), (v.T @ w).detach(), rtol=tol,
+                                   atol=tol * 300)
 
 
 def _per_group_reference(x, y, g, groups, c, shift):

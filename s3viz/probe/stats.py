@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .._numerics import safe_scale
+from .._numerics import cross_product, safe_scale
 
 __all__ = ["ProbeStats"]
 
@@ -121,7 +121,7 @@ class ProbeStats:
             uniq = torch.unique(group).tolist()
             if uniq and (uniq[0] < 0 or uniq[-1] >= self.num_groups):
                 raise ValueError(f"group values must be in [0, {self.num_groups}), got {uniq}")
-            # one gather puts each group's rows together (contiguous, for _gram)
+            # one gather puts each group's rows together (contiguous, for cross_product)
             order = torch.argsort(group, stable=True)
             x, y = x.index_select(0, order), y.index_select(0, order)
             x -= self.shift
@@ -131,7 +131,7 @@ class ProbeStats:
             xg, yg = x[a:e], y[a:e]
             self.count[g] += xg.shape[0]
             self.sum_x[g] += xg.sum(0)
-            self.sum_xx[g] += _gram(xg)
+            self.sum_xx[g] += cross_product(xg)
             if yg.is_floating_point():
                 yg = yg.to(dt)
                 self.sum_y[g] += yg.sum(0)
@@ -333,15 +333,6 @@ class ProbeStats:
         mu, sd, ybar, a, b = self._moments()
         w = _ridge_solve(a, b, float(lam)) / sd[:, None]
         return w, ybar - (self.shift + mu) @ w
-
-
-def _gram(x: torch.Tensor) -> torch.Tensor:
-    """``x^T x``. On the CPU through numpy, whose ``a.T @ a`` is BLAS's symmetric rank-k
-    update (half the products of torch's general ``mm``, which has no such call)."""
-    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
-        xn = x.detach().contiguous().numpy()
-        return torch.from_numpy(xn.T @ xn)
-    return x.T @ x
 
 
 def _ridge_solve(a: torch.Tensor, b: torch.Tensor, lam: float) -> torch.Tensor:
