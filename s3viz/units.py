@@ -118,8 +118,8 @@ def _nearest_numpy(x, c, cc, rows, idx, dist):
         xb = xn[i:i + rows]
         d = np.matmul(xb, m2ct, out=buf[:xb.shape[0]])
         d += ccn
-        best = np.argmin(d, axis=1, out=idxn[i:i + rows])
-        distn[i:i + rows] = np.take_along_axis(d, best[:, None], 1)[:, 0]
+        np.argmin(d, axis=1, out=idxn[i:i + rows])
+        np.min(d, axis=1, out=distn[i:i + rows])  # the value at the argmin (a NaN alike)
 
 
 def nearest(x: torch.Tensor, c: torch.Tensor, *, xx: torch.Tensor | None = None,
