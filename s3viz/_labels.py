@@ -51,17 +51,6 @@ def label_str(v) -> str:
 def label_strings(values) -> np.ndarray:
     """:func:`label_str` of every value, as an object array (``""``: unlabelled).
 
-    Each distinct value (by type and value: ``1``, ``1.0`` and ``True`` stay apart) is
-    spelled once: per-frame labels repeat a few values thousands of times."""
-    out = np.empty(len(values), dtype=object)
-    memo: dict = {}
-    for i, v in enumerate(values):
-        try:
-            key = (type(v), v)
-            s = memo.get(key)
-            if s is None:
-                s = memo[key] = label_str(v)
-        except TypeError:  # unhashable
-            s = label_str(v)
-        out[i] = s
-    return out
+    A ``str`` (the type itself, the usual per-frame label) is its own spelling and is
+    taken as it is; per-frame labels repeat a few strings thousands of times."""
+    return np.asarray([v if type(v) is str else label_str(v) for v in values], dtype=object)

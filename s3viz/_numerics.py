@@ -178,8 +178,9 @@ def cross_product(a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tenso
         b = a
     if a.device.type == "cpu" and a.dtype == b.dtype and a.dtype in (torch.float32,
                                                                      torch.float64):
-        an = a.detach().contiguous().numpy()
-        bn = an if b is a else b.detach().contiguous().numpy()
+        # resolve_neg: numpy cannot read a view with torch's lazy negation bit
+        an = a.detach().resolve_neg().contiguous().numpy()
+        bn = an if b is a else b.detach().resolve_neg().contiguous().numpy()
         return torch.from_numpy(an.T @ bn)
     return a.T @ b
 
@@ -236,6 +237,7 @@ class Profile:
                          and bool((xw == xw.round()).all()))
         hi, lo = xw.amax(0).double(), xw.amin(0).double()
         top = float(torch.maximum(hi.abs(), lo.abs()).max())  # = x.abs().max(), one pass fewer
+        x = xw.double()
         if self.mom is None:
             self.mom = Moments((x.shape[1],))
         if top > 0 and (top * self.scale >= 1.0 or self.peak == 0.0):
@@ -245,19 +247,16 @@ class Profile:
             m.shift, m.s1, m.s2 = m.shift * r, m.s1 * r, m.s2 * r * r
             self.scale, self.peak = new, self.peak * r
         self.peak = max(self.peak, top * self.scale)
-        idx = torch.arange(self.rows, self.rows + x.shape[0])
-        keep = idx % self.stride == 0
-        self.sample.extend(zip(idx[keep].tolist(), xw[keep].double()))
-        # one float64 copy, scaled in place (a power of two: exact), serves the moments
-        # and then, shifted in place, each row's largest deviation (in x's own units)
-        y = xw.to(torch.float64, copy=True).mul_(self.scale)
-        self.mom.update(y)
+        self.mom.update(x * self.scale)
         self.hi = hi if self.hi is None else torch.maximum(self.hi, hi)
         self.lo = lo if self.lo is None else torch.minimum(self.lo, lo)
-        dev = y.sub_(self.mom.shift).abs_().amax(1).div_(self.scale)
+        dev = (x - self.mom.shift / self.scale).abs_().amax(1)
         k = int(dev.argmax())
         if float(dev[k]) > self.far[0]:
             self.far = (float(dev[k]), self.rows + k)
+        idx = torch.arange(self.rows, self.rows + x.shape[0])
+        keep = idx % self.stride == 0
+        self.sample.extend(zip(idx[keep].tolist(), x[keep]))
         while len(self.sample) > SAMPLE_ROWS:
             self.stride *= 2
             self.sample = [(i, r) for i, r in self.sample if i % self.stride == 0]

@@ -141,7 +141,15 @@ def nearest(x: torch.Tensor, c: torch.Tensor, *, xx: torch.Tensor | None = None,
         block_bytes: memory of one block's ``(rows, k)`` distances; None:
             ``BLOCK_BYTES`` of the device type.
     """
-    x, c = x.detach(), c.detach()  # an assignment: nothing to differentiate
+    for name, t in (("x", x), ("c", c)):
+        if not isinstance(t, torch.Tensor) or t.ndim != 2 or not t.is_floating_point():
+            raise ValueError(f"{name} must be a 2-D floating-point tensor, got "
+                             f"{getattr(t, 'shape', type(t).__name__)} {getattr(t, 'dtype', '')}")
+    if c.dtype != x.dtype or c.shape[1] != x.shape[1]:
+        raise ValueError(f"c must be centroids of x's dtype and width ({x.dtype}, "
+                         f"{x.shape[1]} features), got {c.dtype}, {c.shape[1]}")
+    # an assignment: nothing to differentiate; numpy cannot read a lazily negated view
+    x, c = x.detach().resolve_neg(), c.detach().resolve_neg()
     n, k = x.shape[0], c.shape[0]
     if xx is None:
         xx = _squared_norms(x)
@@ -210,7 +218,7 @@ def kmeans(x: torch.Tensor, k: int, *, iters: int = 50, tol: float = 1e-4, seed:
         raise ValueError("x must be a 2-D floating-point tensor (frames, features), got "
                          f"{getattr(x, 'shape', type(x).__name__)} "
                          f"{getattr(x, 'dtype', '')}".rstrip())
-    x = x.detach()  # the fit is not differentiable: no autograd graph through the steps
+    x = x.detach().resolve_neg()  # not differentiable; numpy reads no lazily negated view
     n = x.shape[0]
     if k > n:
         raise ValueError(f"k={k} clusters need at least {k} frames, got {n}; lower k or "

@@ -57,3 +57,27 @@ def test_missing_values_read_back_missing(missing):
     df = pd.DataFrame({"a": pd.Series(["x", missing], dtype=object)})
     back = df_from_json(json.loads(json.dumps(df_to_json(df))))
     assert back["a"].iloc[0] == "x" and pd.isna(back["a"].iloc[1])
+
+
+def test_label_strings_spell_every_value_as_label_str_does():
+    """The per-frame fast path (a str is its own spelling) changes no spelling: equal
+    values written differently keep their own, any iterable is read."""
+    import datetime
+    from decimal import Decimal
+    from fractions import Fraction
+
+    from s3viz._labels import label_str, label_strings
+
+    values = ["a", "", "nan", np.str_("b"), 1, 1.0, True, np.int64(1), np.float32(1.0),
+              np.bool_(True), -0.0, 0.0, float("nan"), float("nan"), None, pd.NA, pd.NaT,
+              Decimal("1"), Decimal("1.0"), Decimal("-0"), Decimal("0"), (1, 2), (1.0, 2),
+              (True, 2), frozenset([1]), frozenset([1.0]), complex(1, 0.0), complex(1, -0.0),
+              Fraction(1, 2), [1, 2], np.datetime64("2020-01-01"),
+              np.datetime64("2020-01-01T00:00"),
+              pd.Timestamp("2020-01-01 01:00", tz="Europe/Paris"),
+              pd.Timestamp("2020-01-01 00:00", tz="UTC"),
+              datetime.date(2020, 1, 1)]
+    want = [label_str(v) for v in values]
+    assert list(label_strings(values)) == want
+    assert list(label_strings(iter(values))) == want
+    assert label_strings([]).shape == (0,)

@@ -319,3 +319,15 @@ def test_column_median_is_torchs_lower_median(rows, cols, seed, ties):
     x[rows // 2, 0] = float("nan")
     got, want = column_median(x), x.median(0).values
     assert torch.isnan(got[0]) and torch.isnan(want[0]) and torch.equal(got[1:], want[1:])
+
+
+def test_farthest_row_is_found_beside_a_feature_of_1e300():
+    """A feature near 1e-300 beside one near 1e300: the farthest row's deviation is
+    taken in the values' own units, not after the power of two that brings 1e300 near
+    1 (which flushes 5e-300 to 0 and made every row tie)."""
+    from s3viz._numerics import tensor_guard
+
+    x = torch.tensor([[1e300, 0.0], [1e300, 1e-300], [1e300, 5e-300], [1e300, 2e-300]],
+                     dtype=torch.float64)
+    reason = tensor_guard(x, torch.float64, centre=True, names=lambda i: f"row {i}").reason
+    assert reason is not None and reason.endswith("the farthest row: row 2"), reason

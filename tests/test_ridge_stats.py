@@ -115,3 +115,10 @@ def test_chosen_penalties_unchanged_and_fits_equal_direct_solves(folds, sub, exp
             w_ref, b_ref = train.solve(lam)
             torch.testing.assert_close(w[:, blk], w_ref[:, blk], rtol=1e-8, atol=1e-10)
             torch.testing.assert_close(b[blk], b_ref[blk], rtol=1e-8, atol=1e-10)
+
+
+def test_cross_product_reads_a_lazily_negated_view():
+    x = torch.randn(50, 6)
+    neg = torch._neg_view(-x)  # torch's negation bit, which numpy cannot read
+    torch.testing.assert_close(cross_product(neg), x.T @ x, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cross_product(x, neg), x.T @ x, rtol=1e-5, atol=1e-5)

@@ -164,3 +164,20 @@ def test_ties_take_the_first_centroid_and_any_strides_or_grad_are_read(dtype):
     idx2, dist2 = nearest(strided, c.requires_grad_(True))
     assert torch.equal(idx2, idx) and dist2.dtype == dtype
     torch.testing.assert_close(dist2, dist, rtol=RTOL, atol=0)  # BLAS's order for the layout
+
+
+def test_nearest_refuses_what_it_cannot_assign_and_reads_negated_views():
+    x = _blobs(n=50)
+    with pytest.raises(ValueError, match="x must be a 2-D floating-point tensor"):
+        nearest(x[:, 0], x[:3])
+    with pytest.raises(ValueError, match="c must be centroids of x's dtype and width"):
+        nearest(x, x[:3].double())
+    with pytest.raises(ValueError, match="c must be centroids of x's dtype and width"):
+        nearest(x, x[:3, :5])
+    neg = torch._neg_view(-x)  # torch's lazy negation bit, which numpy cannot read
+    assert neg.is_neg()
+    idx, dist = nearest(neg, x[:4])
+    ref_idx, ref = _reference_nearest(x, x[:4])
+    assert torch.equal(idx, ref_idx)
+    torch.testing.assert_close(dist, ref, rtol=RTOL, atol=0)
+    assert kmeans(neg, 3, iters=2, seed=0)[1] == pytest.approx(kmeans(x, 3, iters=2, seed=0)[1])
