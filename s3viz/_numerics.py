@@ -65,16 +65,21 @@ class Moments:
         self.shift, self.s1, self.s2 = (torch.zeros(*shape, dtype=torch.float64, device=device)
                                         for _ in range(3))
 
-    def update(self, x: torch.Tensor) -> Moments:
+    def update(self, x: torch.Tensor, owned: bool = False) -> Moments:
+        """Add rows ``x``; ``owned``: ``x`` is the caller's float64 scratch copy, which the
+        sums may overwrite (one temporary fewer)."""
         if x.shape[self.axis] == 0:
             return self
-        x = x.to(device=self.shift.device, dtype=torch.float64)
+        y = x.to(device=self.shift.device, dtype=torch.float64)
         if self.n == 0:  # the first rows fix the shift
-            self.shift = x.mean(self.axis)
-        d = x - self.shift.unsqueeze(self.axis)
+            self.shift = y.mean(self.axis)
+        if owned and y is x:
+            d = y.sub_(self.shift.unsqueeze(self.axis))
+        else:
+            d = y - self.shift.unsqueeze(self.axis)
         self.s1 += d.sum(self.axis)
         self.s2 += d.square_().sum(self.axis)  # in place: d is ours
-        self.n += x.shape[self.axis]
+        self.n += y.shape[self.axis]
         return self
 
     def reduced(self, reduce) -> Moments:
@@ -237,7 +242,7 @@ class Profile:
                          and bool((xw == xw.round()).all()))
         hi, lo = xw.amax(0).double(), xw.amin(0).double()
         top = float(torch.maximum(hi.abs(), lo.abs()).max())  # = x.abs().max(), one pass fewer
-        x = xw.double()
+        x = xw.to(torch.float64, copy=True)  # this update's own: overwritten below
         if self.mom is None:
             self.mom = Moments((x.shape[1],))
         if top > 0 and (top * self.scale >= 1.0 or self.peak == 0.0):
@@ -247,16 +252,18 @@ class Profile:
             m.shift, m.s1, m.s2 = m.shift * r, m.s1 * r, m.s2 * r * r
             self.scale, self.peak = new, self.peak * r
         self.peak = max(self.peak, top * self.scale)
-        self.mom.update(x * self.scale)
+        self.mom.update(x * self.scale, owned=True)
         self.hi = hi if self.hi is None else torch.maximum(self.hi, hi)
         self.lo = lo if self.lo is None else torch.minimum(self.lo, lo)
-        dev = (x - self.mom.shift / self.scale).abs_().amax(1)
+        idx = torch.arange(self.rows, self.rows + x.shape[0])
+        keep = idx % self.stride == 0
+        self.sample.extend(zip(idx[keep].tolist(), x[keep]))  # copies, before x is reused
+        # deviations in the values' own units (a 1e-300 feature beside one of 1e300 would
+        # vanish at the moments' scale), in place in the copy
+        dev = x.sub_(self.mom.shift / self.scale).abs_().amax(1)
         k = int(dev.argmax())
         if float(dev[k]) > self.far[0]:
             self.far = (float(dev[k]), self.rows + k)
-        idx = torch.arange(self.rows, self.rows + x.shape[0])
-        keep = idx % self.stride == 0
-        self.sample.extend(zip(idx[keep].tolist(), x[keep]))
         while len(self.sample) > SAMPLE_ROWS:
             self.stride *= 2
             self.sample = [(i, r) for i, r in self.sample if i % self.stride == 0]
@@ -273,9 +280,9 @@ class Profile:
         x = torch.stack([r for _, r in self.sample])
         top = float(x.abs().max())
         f = pow2_near(top)  # exact: no square of 1e300 overflows, none of 1e-300 vanishes
-        x = x * f
+        x.mul_(f)
         centre = column_median(x)
-        dev = (x - centre).abs()
+        dev = (x - centre).abs_()
         mad = column_median(dev) * 1.4826
         for q in (0.75, 0.9, 0.99, 1.0):  # sparse features: a higher quantile
             if bool((mad > 0).all()) or q == 1.0:
@@ -285,10 +292,11 @@ class Profile:
         # float64: each is brought near 1 by a power of two of its own first (exact)
         g = pow2_near(float(mad.max()))
         spread = math.sqrt(float(((mad * g) ** 2).mean())) / g
-        _, e = torch.frexp(x.abs().amax(1))
-        magnitude = float((torch.ldexp(x, -e[:, None]).pow(2).mean(1).sqrt()
-                           * torch.ldexp(torch.ones_like(x[:, 0]), e)).median())
-        level = column_median(x.abs())
+        ax = x.abs_()  # x is not needed signed any more: |x| in place serves both below
+        _, e = torch.frexp(ax.amax(1))
+        magnitude = float((torch.ldexp(ax, -e[:, None]).pow_(2).mean(1).sqrt()
+                           * torch.ldexp(torch.ones_like(ax[:, 0]), e)).median())
+        level = column_median(ax)
         return centre / f, spread / f, magnitude / f, mad / f, level / f
 
     def reduced(self, reduce) -> Profile:
