@@ -126,7 +126,7 @@ def nearest(x: torch.Tensor, c: torch.Tensor, *, xx: torch.Tensor | None = None,
             block_bytes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(index of the nearest centroid, squared distance) for each row of ``x``.
 
-    The nearest centroid from ``|c|^2 - 2 x.c`` (one fused matrix product per block of
+    The nearest centroid from ``|c|^2 - 2 x.c`` (one matrix product per block of
     rows); the distance ``|x|^2 + |c|^2 - 2 x.c``, except where that expansion cancels:
     it carries about ``eps * (|x|^2 + |c|^2)`` of rounding, which for a far row next to
     its centroid swamps every typical row's distance (and the inertia that decides
