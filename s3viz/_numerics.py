@@ -73,10 +73,8 @@ class Moments:
         y = x.to(device=self.shift.device, dtype=torch.float64)
         if self.n == 0:  # the first rows fix the shift
             self.shift = y.mean(self.axis)
-        if owned and y is x:
-            d = y.sub_(self.shift.unsqueeze(self.axis))
-        else:
-            d = y - self.shift.unsqueeze(self.axis)
+        # in place where y is ours: the caller's scratch (owned) or a converted copy
+        d = (y.sub_ if owned or y is not x else y.sub)(self.shift.unsqueeze(self.axis))
         self.s1 += d.sum(self.axis)
         self.s2 += d.square_().sum(self.axis)  # in place: d is ours
         self.n += y.shape[self.axis]

@@ -42,6 +42,19 @@ BLOCK_COPY_BYTES = 48  # bytes per frame and feature of the one layer being read
 MIN_BLOCK_FRAMES = 256  # matrix products of fewer frames run below the machine's speed
 
 
+def _rebased(f: float | None, top: float) -> tuple[float, float] | None:
+    """``(new factor, new / f)`` for a layer scaled by ``f`` that meets a block whose
+    largest ``|x - shift|`` is ``top``, where ``top * f`` passes ``_REBASE``: the power of
+    two bringing ``top`` near 1 and its exact ratio to ``f``; else None. Exponents are
+    compared, not products, so a factor of 2**1023 from a subnormal block cannot overflow."""
+    if f is None or not math.isfinite(top) or top <= 0:
+        return None
+    if math.frexp(top)[1] + math.frexp(f)[1] - 1 <= math.log2(_REBASE):
+        return None
+    new = pow2_near(top)
+    return new, math.ldexp(1.0, math.frexp(new)[1] - math.frexp(f)[1])
+
+
 @dataclass(frozen=True)
 class CCAOptions:
     """SVCCA options: each layer keeps the principal directions holding ``keep_variance``
@@ -437,12 +450,10 @@ class CrossProducts:
         vanish), else ``dtype`` products would overflow. Exponents are compared, not
         products, so a factor of 2**1023 from a subnormal first block cannot overflow."""
         f = self.factor.get(i)
-        if f is None or not math.isfinite(top) or top <= 0:
+        rebase = _rebased(f, top)
+        if rebase is None:
             return 1.0 if f is None else f
-        if math.frexp(top)[1] + math.frexp(f)[1] - 1 <= math.log2(_REBASE):
-            return f
-        new = pow2_near(top)
-        r = math.ldexp(1.0, math.frexp(new)[1] - math.frexp(f)[1])  # new / f, exact
+        new, r = rebase
         self.factor[i] = new
         self.sums[i] *= r
         for p in self.acc:
@@ -526,7 +537,7 @@ def _minibatch_hsic(blocks, sel, counts, keep, pairs, device, batch_size, seed):
 
     def batch_hsic(feats, total):
         """``total`` plus the (layers, layers) unbiased HSIC of one minibatch, with ``total``
-        first re-based where a layer's power of two changes (see CrossProducts._rebase;
+        first re-based where a layer's power of two changes (see CrossProducts._fit;
         HSIC is quadratic in each layer's scale)."""
         grams, r = [], torch.ones(len(layers), dtype=torch.float64)
         for a, i in enumerate(layers):
@@ -535,11 +546,9 @@ def _minibatch_hsic(blocks, sel, counts, keep, pairs, device, batch_size, seed):
             if i not in factor and bool((x != 0).any()):  # one power of two per layer
                 factor[i] = pow2_factor(x)                  # (see CrossProducts)
             top = float(x.abs().max()) if x.numel() else 0.0
-            f = factor.get(i)  # re-based as CrossProducts._fit does (exponents compared)
-            if (f is not None and math.isfinite(top) and top > 0
-                    and math.frexp(top)[1] + math.frexp(f)[1] - 1 > math.log2(_REBASE)):
-                factor[i] = pow2_near(top)
-                r[a] = math.ldexp(1.0, math.frexp(factor[i])[1] - math.frexp(f)[1])
+            rebase = _rebased(factor.get(i), top)  # as CrossProducts._fit
+            if rebase is not None:
+                factor[i], r[a] = rebase
             x = (x * factor.get(i, 1.0)).to(torch.float32)
             k = x @ x.T
             k.fill_diagonal_(0)

@@ -104,6 +104,14 @@ def _exact_where_cancelled(x, c, near, est, xx, cc):
     return est
 
 
+def _float_matrix(t, name: str) -> None:
+    """Refuse anything but a 2-D floating-point tensor for argument ``name``."""
+    if not isinstance(t, torch.Tensor) or t.ndim != 2 or not t.is_floating_point():
+        raise ValueError(f"{name} must be a 2-D floating-point tensor (frames, features), got "
+                         f"{getattr(t, 'shape', type(t).__name__)} "
+                         f"{getattr(t, 'dtype', '')}".rstrip())
+
+
 def _nearest_numpy(x, c, cc, rows, idx, dist):
     """:func:`nearest`'s blocks on the CPU through numpy, written into ``idx`` and ``dist``
     (``|c|^2 - 2 x.c`` of the nearest centroid). Measured on one core (AMD EPYC): the
@@ -141,10 +149,8 @@ def nearest(x: torch.Tensor, c: torch.Tensor, *, xx: torch.Tensor | None = None,
         block_bytes: memory of one block's ``(rows, k)`` distances; None:
             ``BLOCK_BYTES`` of the device type.
     """
-    for name, t in (("x", x), ("c", c)):
-        if not isinstance(t, torch.Tensor) or t.ndim != 2 or not t.is_floating_point():
-            raise ValueError(f"{name} must be a 2-D floating-point tensor, got "
-                             f"{getattr(t, 'shape', type(t).__name__)} {getattr(t, 'dtype', '')}")
+    _float_matrix(x, "x")
+    _float_matrix(c, "c")
     if c.dtype != x.dtype or c.shape[1] != x.shape[1]:
         raise ValueError(f"c must be centroids of x's dtype and width ({x.dtype}, "
                          f"{x.shape[1]} features), got {c.dtype}, {c.shape[1]}")
@@ -154,7 +160,6 @@ def nearest(x: torch.Tensor, c: torch.Tensor, *, xx: torch.Tensor | None = None,
     if xx is None:
         xx = _squared_norms(x)
     cc = torch.linalg.vecdot(c, c)
-    ct = c.T
     idx = torch.empty(n, dtype=torch.long, device=x.device)
     dist = torch.empty(n, dtype=x.dtype, device=x.device)
     rows = max(1, min(n, _block_rows(x, k, block_bytes)))
@@ -164,7 +169,7 @@ def nearest(x: torch.Tensor, c: torch.Tensor, *, xx: torch.Tensor | None = None,
         buf = torch.empty(rows, k, dtype=x.dtype, device=x.device)  # one block's, reused
         for i in range(0, n, rows):
             xb = x[i:i + rows]
-            d = torch.addmm(cc, xb, ct, alpha=-2, out=buf[:xb.shape[0]])  # |c|^2 - 2 x.c
+            d = torch.addmm(cc, xb, c.T, alpha=-2, out=buf[:xb.shape[0]])  # |c|^2 - 2 x.c
             torch.min(d, 1, out=(dist[i:i + rows], idx[i:i + rows]))
     dist += xx
     return idx, _exact_where_cancelled(x, c, idx, dist, xx, cc)
@@ -214,10 +219,7 @@ def kmeans(x: torch.Tensor, k: int, *, iters: int = 50, tol: float = 1e-4, seed:
         An emptied cluster is re-seeded with the row farthest from its centroid.
     """
     k, iters = _v.integer(k, "k", minimum=1), _v.integer(iters, "iters", minimum=0)
-    if not isinstance(x, torch.Tensor) or x.ndim != 2 or not x.is_floating_point():
-        raise ValueError("x must be a 2-D floating-point tensor (frames, features), got "
-                         f"{getattr(x, 'shape', type(x).__name__)} "
-                         f"{getattr(x, 'dtype', '')}".rstrip())
+    _float_matrix(x, "x")
     x = x.detach().resolve_neg()  # not differentiable; numpy reads no lazily negated view
     n = x.shape[0]
     if k > n:
