@@ -1,20 +1,15 @@
 """Error bars: one bootstrap over speakers (or utterances) that every measure shares.
 
-A measure keeps additive statistics per resampling unit (a speaker, or an utterance
-when the corpus has no speakers): ``(units, ...)`` arrays such as correct and total
-held-out examples. :class:`Bootstrap` draws ``resamples`` multisets of the units
-(multinomial counts ``(resamples, units)``, seeded), so a replicate's statistics are
-one matrix product ``counts @ per_unit``, and the measure's value is recomputed from
-them. Two tables made with the same units, seed and resamples share the draws, so
-their replicates pair up: :func:`s3viz.compare_scores` subtracts them (a paired
-bootstrap) without rerunning anything. The maths and the coverage measured in a
-simulation: ``docs/measures.md``, "Error bars".
-
-Written here rather than taken from scipy.stats.bootstrap, which resamples the rows
-of its data: a speech measure's value is a ratio of sums over speakers (and
-sometimes a solved model), so the unit, the pairing across tables and the statistics
-that are resampled must be the measure's own.
+A measure keeps additive statistics per resampling unit; :class:`Bootstrap` draws
+seeded multinomial resamples of the units, so a replicate is one matrix product and
+two tables made with the same units, seed and resamples pair up
+(:func:`s3viz.compare_scores`). The maths and the measured coverage:
+``docs/measures.md``, "Error bars".
 """
+
+# Written here rather than taken from scipy.stats.bootstrap, which resamples the rows of
+# its data: a speech measure's value is a ratio of sums over speakers, so the unit, the
+# pairing across tables and the statistics resampled must be the measure's own.
 
 from __future__ import annotations
 
@@ -24,7 +19,7 @@ import pandas as pd
 from . import _validate as _v
 from ._labels import label_strings
 
-__all__ = ["Bootstrap", "add_interval_columns", "bootstrap_options", "resampling_units"]
+__all__ = ["Bootstrap", "Draws", "add_interval_columns", "bootstrap_options", "resampling_units"]
 
 UNITS = ("speaker", "utterance")
 
@@ -56,6 +51,15 @@ def resampling_units(labels: pd.DataFrame, sel=None) -> tuple[np.ndarray, list[s
     ids = [str(v) for v in labels["id"].to_numpy()[rows]] if "id" in labels.columns \
         else [str(i) for i in rows]
     return np.arange(len(rows), dtype=np.int64), ids, "utterance"
+
+
+class Draws(dict):
+    """A table's ``attrs["bootstrap"]``: a dict compared by identity, so that pandas,
+    which compares the attrs of the tables it concatenates, never compares arrays."""
+
+    __eq__ = object.__eq__
+    __ne__ = object.__ne__
+    __hash__ = object.__hash__
 
 
 class Bootstrap:
@@ -105,11 +109,11 @@ class Bootstrap:
                                         [a, 1.0 - a], axis=0)
         return lo, hi
 
-    def attrs(self) -> dict:
+    def attrs(self) -> Draws:
         """What a table records in ``attrs["bootstrap"]`` (its ``replicates`` are added by
         the measure: ``{row key: {column: (resamples,) array}}``)."""
-        return {"unit": self.kind, "units": tuple(self.names), "resamples": self.resamples,
-                "confidence": self.confidence, "seed": self.seed, "key": (), "replicates": {}}
+        return Draws(unit=self.kind, units=tuple(self.names), resamples=self.resamples,
+                     confidence=self.confidence, seed=self.seed, key=(), replicates={})
 
     def per_unit(self, unit_of: np.ndarray, values: np.ndarray) -> np.ndarray:
         """Sum rows ``values`` ``(n, ...)`` of items whose unit is ``unit_of`` ``(n,)``

@@ -15,6 +15,7 @@ import torch
 
 from ._numerics import read_dtype
 from ._labels import label_str, label_strings
+from .interface import SAMPLE_RATE
 from .store import check_utterances
 
 __all__ = ["SILENCE", "segment_table", "pool_segments", "segment_store"]
@@ -164,7 +165,8 @@ def common_segments(tables: Sequence[pd.DataFrame], column: str):
     Returns:
         ``(kept, labels, dropped)``: each layer's table of the common segments (in
         one order), their labels (``id`` ``"<utterance id>:<start>"``, ``utterance``,
-        ``column``, ``context`` ``prev|label|next``, ``speaker`` when known) and how
+        ``column``, ``context`` ``prev|label|next``, ``duration`` in seconds,
+        ``speaker`` when known) and how
         many segments were left out (no frame in the first layer, or in another).
     """
     keys = [set(zip(t["utt"], t["start"])) for t in tables]
@@ -176,7 +178,8 @@ def common_segments(tables: Sequence[pd.DataFrame], column: str):
     t0 = kept[0]
     ids = [f"{u}:{s}" for u, s in zip(t0["id"], t0["start"])]
     labels = pd.DataFrame({"id": ids, "utterance": t0["id"].tolist(), column: t0["label"].tolist(),
-                           "context": (t0["prev"] + "|" + t0["label"] + "|" + t0["next"]).tolist()})
+                           "context": (t0["prev"] + "|" + t0["label"] + "|" + t0["next"]).tolist(),
+                           "duration": (t0["end"] - t0["start"]).to_numpy() / SAMPLE_RATE})
     if "speaker" in t0.columns:
         labels["speaker"] = t0["speaker"].tolist()
     return kept, labels, tables[0].attrs["dropped"] + len(tables[0]) - len(t0)

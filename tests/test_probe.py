@@ -521,9 +521,10 @@ def test_bad_arguments(store):
     st = make_store(extra_layers=False)
     serial = LayerStore.from_tensors([st.utterance(i) for i in range(len(st))],
                                      downsample_rates=st.downsample_rates,
-                                     labels=st.labels.assign(serial=range(N_UTT)),
+                                     labels=st.labels.assign(serial=[f"u{i}" for i in
+                                                                     range(N_UTT)]),
                                      phones=st.phones)
-    with pytest.raises(ValueError, match="has its own class"):
+    with pytest.raises(ValueError, match="has its own class"):  # (a column of ids)
         probe_layers(serial, "serial", split_by="utterance")
     nospk = LayerStore.from_tensors([st.utterance(i) for i in range(len(st))],
                                     downsample_rates=st.downsample_rates,

@@ -19,10 +19,11 @@ from .. import _validate as _v
 from .._numerics import Guard, Profile, float64_sums_span, profile_guard, warn_degenerate
 from ..probe.folds import (SPLIT_CHOICES, check_folds, check_split_by, fold_class_counts,
                            resolve_split)
-from ..probe.ridge import (LAMBDAS, add_confusions, fold_train_counts, ridge_fit_folds,
-                           ridge_layer_utterance, stacked)
+from .._bootstrap import Bootstrap, bootstrap_options, resampling_units
+from ..probe.ridge import (LAMBDAS, add_confusions, add_residuals, fold_train_counts,
+                           ridge_fit_folds, ridge_layer_utterance, stacked)
 from ..probe.stats import ProbeStats
-from ..probe.tables import result_row, result_table
+from ..probe.tables import interval_table, regression_row, result_row, result_table
 from ..probe.targets import ProbeTask, check_control, resolve_level
 from ..store import utterance_selection
 from ._engine import Batch, Context, Measure, _identity
@@ -52,6 +53,7 @@ class TaskCorpus:
     def __init__(self, ctx: Context):
         meta, self.ctx = ctx.meta, ctx
         self.ids, self.labels, self.phones = meta.ids, meta.labels, meta.phones
+        self.tracks = getattr(meta, "tracks", None)
         if getattr(meta, "_group_ids", None) is not None:  # a store of segments
             self._group_ids = meta._group_ids
         self.downsample_rates, self.receptive_fields = ctx.rates, ctx.fields
@@ -68,6 +70,12 @@ class TaskCorpus:
         parts = [self.ctx.frame_labels(int(u), layer, column, int(n[u])) for u in pos]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=object)
 
+    def frame_values(self, layer: int, column: str, utterances=None) -> np.ndarray:
+        n = self.lengths(layer)
+        pos = range(len(self)) if utterances is None else utterances
+        parts = [self.ctx.frame_values(int(u), layer, column, int(n[u])) for u in pos]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float64)
+
 
 class RidgeProbe(Measure):
     """Cross-validated ridge probes of every layer for one or more targets.
@@ -80,6 +88,12 @@ class RidgeProbe(Measure):
         split_by: ``"auto"``, ``"speaker"``, ``"utterance"`` or a dict target -> split.
         control: ``True`` or a column defining the control type, as for
             :func:`s3viz.probe_layers`.
+        bootstrap, confidence: resamples of speakers (or utterances) for intervals on
+            the held-out scores (:mod:`s3viz._bootstrap`; None: none).
+
+    A continuous target (an acoustic track, a column of numbers, a segment's
+    ``duration``) is regressed: R\u00b2 and RMSE instead of accuracy
+    (``docs/probes.md``, "Continuous targets").
 
     ``compute()`` gives the columns of :func:`s3viz.probe_layers`.
     """
@@ -90,8 +104,10 @@ class RidgeProbe(Measure):
     def __init__(self, target: str | Sequence[str] = "phone", *, level: str | None = None,
                  folds: int = 5, split_by: str | dict = "auto", seed: int = 0,
                  lambdas: Sequence[float] = LAMBDAS, control: bool | str = False,
-                 utterances=None, profile_pass: bool = False):
+                 utterances=None, profile_pass: bool = False, bootstrap: int | None = None,
+                 confidence: float = 0.95):
         super().__init__()
+        self.resamples, self.confidence = bootstrap_options(bootstrap, confidence)
         targets = [target] if isinstance(target, str) else list(target)
         if not targets or len(set(targets)) != len(targets) \
                 or not all(isinstance(t, str) for t in targets):
@@ -139,7 +155,7 @@ class RidgeProbe(Measure):
                 dual = t.level == "utterance" and n <= h
                 rows.append(torch.zeros(n, h, dtype=ctx.read_dtype) if dual else None)
                 stats.append(None if dual or t.utt_sub is None else ProbeStats.zeros(
-                    self.folds * self.sub, h, len(t.blocks) * len(t.classes),
+                    self.folds * self.sub, h, len(t.blocks) * t.width,
                     dtype=torch.float64, device=dev))
                 conf.append(None)
                 seen.append(None if t.checked else
@@ -148,6 +164,18 @@ class RidgeProbe(Measure):
         self.add_state("rows", rows, _reduce_list, after_pass=self.first)
         self.add_state("seen", seen, _reduce_list)
         self.add_state("conf", conf, _reduce_list, after_pass=self.first + 1)
+        # per resampling unit and head: (right, examples), or for a regression target
+        # (examples, sum y, sum y^2, sum of squared residuals), for the intervals
+        self.boot = None
+        if self.resamples:
+            labels = ctx.meta.labels
+            if getattr(ctx.meta, "_group_ids", None) is not None:  # segments: their utterance
+                labels = labels.assign(id=ctx.meta._group_ids)
+            self.unit_of, names, kind = resampling_units(labels, self.sel)
+            self.boot = Bootstrap(names, kind, self.resamples, self.confidence, self.seed)
+        self.add_state("unit", [None if self.boot is None else torch.zeros(
+            len(self.boot.names), len(t.blocks), 4 if t.continuous else 2, dtype=torch.float64)
+            for t in self.tasks for _ in ctx.sizes], _reduce_list, after_pass=self.first + 1)
         # each layer's profile for its guard (s3viz._numerics): the selected frames, and
         # pooled vectors at utterance level (one process: kept as they are, to name rows)
         utterance = any(t.level == "utterance" for t in self.tasks)
@@ -159,7 +187,8 @@ class RidgeProbe(Measure):
         self.order: list = []  # the profiled utterances in order, to name a far row
         self.guards: dict = {}
         self._classes: tuple = (None, None, None)  # (labels, class names, class ids) last read
-        self.models, self.result, self.counts = ([None] * len(stats) for _ in range(3))
+        self.models, self.counts = [None] * len(stats), [None] * len(stats)
+        self.dual = [r is not None for r in rows]  # solved in the dual after the first pass
 
     def _task(self, ctx: Context, corpus: TaskCorpus, name: str) -> ProbeTask:
         """The task of target ``name``. Frame level with control tasks reads every frame
@@ -168,11 +197,13 @@ class RidgeProbe(Measure):
         t = ProbeTask(corpus, name, resolve_level(corpus, name, self.level), self.sel,
                       self.folds, self.splits[name], self.seed, bool(self.control),
                       self.control if isinstance(self.control, str) else None, fixes=_FIXES)
-        t.checked = t.level == "utterance" or t.control
+        t.checked = t.level == "utterance" or t.control or t.continuous
         if t.level == "frame":  # folds balanced by frames
             weights = (ctx.lengths()[:, 0] if self.fold_frames is None
                        else self.fold_frames)[self.sel]
-            if t.control:
+            if t.continuous:  # the tracks are metadata: every frame's value is known now
+                t.set_frame_values(range(ctx.num_layers), weights)
+            elif t.control:
                 t.set_frame_classes(range(ctx.num_layers), weights)
             else:
                 t.set_frame_folds(weights)
@@ -224,7 +255,19 @@ class RidgeProbe(Measure):
         of layer ``s``; ``guarded``: ``x`` read through the layer's guard after a profile
         pass (else the frames as they come)."""
         where = self.where[batch.positions]
-        if t.level == "frame":
+        if t.level == "frame" and t.continuous:
+            v = batch.frame_values(s, t.target)
+            utt = np.repeat(where, batch.lens[:, s])
+            m = np.isfinite(v) & (utt >= 0)  # undefined values (unvoiced F0) left out
+            ys = [v]
+            if t.control:
+                d = t.frame_targets(s)
+                offs = np.concatenate([[0], np.cumsum(d.lengths)])
+                ys.append(np.concatenate([d.y_ctrl[offs[i]:offs[i + 1]] if i >= 0
+                                          else np.full(n, np.nan)
+                                          for i, n in zip(where, batch.lens[:, s])]))
+            x, y, utt = batch.frames[s][torch.from_numpy(m)], np.stack(ys, 1)[m], utt[m]
+        elif t.level == "frame":
             lab = batch.frame_labels(s, t.target)
             last_lab, last_classes, y = self._classes  # layers of one frame rate share labels
             if last_lab is not lab or last_classes is not t.classes:
@@ -245,7 +288,8 @@ class RidgeProbe(Measure):
             m = where >= 0
             utt = where[m]
             x, y = batch.pooled(s)[torch.from_numpy(m)], t.heads(utt)
-        y[:, 1:] += len(t.classes)  # the control block's columns
+        if not t.continuous:
+            y[:, 1:] += len(t.classes)  # the control block's columns
         if guarded and self.first:
             guard = self._guard(t, s)
             x = guard(x, torch.float64, self.ctx.device)
@@ -267,16 +311,13 @@ class RidgeProbe(Measure):
                 if p == 0 and self.rows[k] is not None:  # kept: the dual reads them guarded
                     x, y, utt = self._examples(t, batch, s)
                     self.rows[k][torch.from_numpy(utt)] = x
-                elif p in (0, 1) and self.result[k] is None:  # else solved in the dual
+                elif p in (0, 1) and not self.dual[k]:  # else solved in the dual
                     x, y, utt = self._examples(t, batch, s, guarded=True)
                     if len(y) and p == 0:
                         self.stats[k].update(x, torch.from_numpy(y),
                                              torch.from_numpy(t.utt_sub[utt]))
                     elif len(y):
-                        dev = self.ctx.device
-                        add_confusions(self.conf[k], x.to(dev), torch.from_numpy(y).to(dev),
-                                       torch.from_numpy(t.utt_fold[utt]).to(dev), self.models[k],
-                                       t.blocks, len(t.classes))
+                        self._score(k, t, x, y, utt)
 
     def end_pass(self, pass_index: int) -> None:
         if pass_index == 0:
@@ -301,38 +342,106 @@ class RidgeProbe(Measure):
                                                   dtype=torch.float64)
                                  if self.stats[k] is None else self.stats[k].keep_targets(keep))
 
+    def _score(self, k: int, t: ProbeTask, x: torch.Tensor, y: np.ndarray,
+               utt: np.ndarray) -> None:
+        """Add held-out examples ``x`` (targets ``y``, selected utterances ``utt``) to the
+        counts of probe ``k`` and, with a bootstrap, to their units' sums."""
+        dev = self.ctx.device
+        yt = torch.from_numpy(y).to(dev)
+        fold = torch.from_numpy(t.utt_fold[utt]).to(dev)
+        if t.continuous:
+            train_sum, n_train = self.counts[k]
+            mean = torch.from_numpy(train_sum / np.maximum(n_train, 1)[:, None])
+            resid = add_residuals(self.conf[k], x.to(dev), yt, fold, self.models[k], mean.to(dev))
+            per = torch.stack([torch.ones_like(resid), yt.double(), yt.double() ** 2,
+                               resid ** 2], 2)  # (n, heads, 4)
+        else:
+            right = add_confusions(self.conf[k], x.to(dev), yt, fold, self.models[k], t.blocks,
+                                   len(t.classes)).double()
+            per = torch.stack([right, torch.ones_like(right)], 2)
+        if self.boot is not None:
+            self.unit[k].index_add_(0, torch.from_numpy(self.unit_of[utt]), per.cpu())
+
     def _solve(self) -> None:
         folds, n_l = self.folds, self.ctx.num_layers
         self.degenerate = {}
         for i, t in enumerate(self.tasks):
             for s in range(n_l):
                 k = i * n_l + s
+                shape = ((len(t.blocks), folds, 5) if t.continuous
+                         else (len(t.blocks), folds, len(t.classes), len(t.classes)))
                 if self.rows[k] is not None:
                     x, self.rows[k] = self.rows[k].to(self.ctx.device), None
-                    self.result[k] = ridge_layer_utterance(t, x, self.lambdas, self._guard(t, s))
+                    x, self.models[k], self.counts[k] = ridge_layer_utterance(
+                        t, x, self.lambdas, self._guard(t, s))
+                    self.conf[k] = torch.zeros(shape, dtype=torch.float64 if t.continuous
+                                               else torch.int64)
+                    # every rank holds every row: each scores its own (summed after the pass)
+                    mine = self.where[self.ctx.positions]
+                    mine = np.sort(mine[mine >= 0])
+                    y = t.heads(mine)
+                    if not t.continuous:
+                        y[:, 1:] += len(t.classes)
+                    self._score(k, t, x[torch.from_numpy(mine)], y, mine)
                     continue
                 self.models[k] = stacked(ridge_fit_folds(self.stats[k], folds, self.sub, t.blocks,
                                                          self.lambdas))
                 self.counts[k] = fold_train_counts(self.stats[k], folds, self.sub)
-                c = len(t.classes)
-                self.conf[k] = torch.zeros((len(t.blocks), folds, c, c), dtype=torch.int64)
+                self.conf[k] = torch.zeros(shape, dtype=torch.float64 if t.continuous
+                                           else torch.int64)
                 self.stats[k] = None  # free the hidden x hidden matrices before scoring
 
     def compute(self) -> pd.DataFrame:
         n_l, ctx = self.ctx.num_layers, self.ctx
-        rows, fold_accuracy = [], {}
+        rows, fold_accuracy, replicates = [], {}, {}
         control = any(t.control for t in self.tasks)
         for i, t in enumerate(self.tasks):
             for s in range(n_l):
                 k = i * n_l + s
-                if self.result[k] is None:
-                    self.result[k] = (self.conf[k].numpy(), *self.counts[k], self.models[k][2],
-                                      self._guard(t, s).reason)
-                if self.result[k][4]:
-                    self.degenerate[ctx.layer_index[s]] = self.result[k][4]
-                rows.append(result_row(t.target, "ridge", t.level, ctx.layer_index[s],
-                                       int(ctx.layer_ids[s]), len(t.classes), self.folds,
-                                       control, self.result[k], fold_accuracy))
+                reason = self._guard(t, s).reason
+                if reason:
+                    self.degenerate[ctx.layer_index[s]] = reason
+                result = (self.conf[k].numpy(), *self.counts[k], self.models[k][2], reason)
+                args = (t.target, "ridge", t.level, ctx.layer_index[s], int(ctx.layer_ids[s]))
+                if t.continuous:
+                    row = regression_row(*args, self.folds, t.control, result, fold_accuracy)
+                    row.update(unit=t.unit, n_undefined=self._undefined(t, s))
+                else:
+                    row = result_row(*args, len(t.classes), self.folds, control, result,
+                                     fold_accuracy)
+                rows.append(row)
+                if self.boot is not None:
+                    replicates[args[:4]] = self._replicates(t, self.unit[k].numpy(), reason)
         warn_degenerate("probe_layers", self.degenerate, "accuracy")
-        return result_table(rows, fold_accuracy, control, self.splits, folds=self.folds,
-                            seed=self.seed, weights=ctx.weights)
+        table = result_table(rows, fold_accuracy, control, self.splits, folds=self.folds,
+                             seed=self.seed, weights=ctx.weights)
+        if self.boot is not None:
+            table = interval_table(table, self.boot, replicates)
+        return table
+
+    def _undefined(self, t: ProbeTask, s: int) -> int:
+        """Frames of the selected utterances whose target is undefined (left out)."""
+        if t.level != "frame":
+            return 0
+        d = t.frame_targets(s)
+        return int((~d.labelled).sum())
+
+    def _replicates(self, t: ProbeTask, per_unit: np.ndarray, reason) -> dict:
+        """Each score's ``(resamples,)`` values over resampled units (NaN: degenerate)."""
+        sums = self.boot.replicate_sums(per_unit)  # (R, heads, stats)
+        with np.errstate(all="ignore"):
+            if t.continuous:
+                n, sy, syy, sse = (sums[..., j] for j in range(4))
+                r2 = 1.0 - sse / (syy - sy * sy / n)
+                out = {"r2": r2[:, 0], "rmse": np.sqrt(sse[:, 0] / n[:, 0])}
+                if t.control:
+                    out["control_r2"], out["selectivity"] = r2[:, 1], r2[:, 0] - r2[:, 1]
+            else:
+                acc = sums[..., 0] / sums[..., 1]
+                out = {"accuracy": acc[:, 0]}
+                if t.control:
+                    out["control_accuracy"] = acc[:, 1]
+                    out["selectivity"] = acc[:, 0] - acc[:, 1]
+        if reason:
+            out = {c: np.full_like(v, np.nan) for c, v in out.items()}
+        return out

@@ -24,6 +24,9 @@ from .probe import RidgeProbe
 
 __all__ = ["SegmentProbe"]
 
+DURATION_TIER = "phone"
+"""The tier whose segments the target ``"duration"`` measures."""
+
 _NARROW = (torch.float16, torch.float32)  # the precisions frames may carry (Profile.exact)
 
 
@@ -50,6 +53,11 @@ class SegmentProbe(Measure):
             :class:`RidgeProbe`; an utterance's segments stay in one fold.
         control: as for :class:`RidgeProbe`; ``True`` types a segment by its label
             and its neighbours' (``"context"``).
+        bootstrap, confidence: as for :class:`RidgeProbe` (a segment's unit is its
+            speaker, or its utterance).
+
+    The target ``"duration"`` regresses each phone segment's duration in seconds
+    (the segments of the ``"phone"`` tier).
 
     ``compute()`` gives the table of ``probe_layers(level="segment")``
     (``attrs["n_dropped"]``: segments owning no frame, per target).
@@ -59,10 +67,12 @@ class SegmentProbe(Measure):
 
     def __init__(self, target: str | Sequence[str] = "phone", *, folds: int = 5, split_by: str | dict = "auto", seed: int = 0,
                  lambdas: Sequence[float] = LAMBDAS, control: bool | str = False,
-                 utterances=None, profile_pass: bool = False):
+                 utterances=None, profile_pass: bool = False, bootstrap: int | None = None,
+                 confidence: float = 0.95):
         super().__init__()
         kw = dict(level="utterance", folds=folds, seed=seed, lambdas=lambdas,
-                  control="context" if control is True else control, profile_pass=profile_pass)
+                  control="context" if control is True else control, profile_pass=profile_pass,
+                  bootstrap=bootstrap, confidence=confidence)
         probe = RidgeProbe(target, split_by=split_by, **kw)
         self.probes = {t: RidgeProbe(t, split_by=probe.split_by[t], **kw) for t in probe.targets}
         self.utterances = utterances
@@ -72,9 +82,10 @@ class SegmentProbe(Measure):
         self.ctx, view = ctx, CorpusLayers(ctx)
         self.spans, self.dropped, self.segments = {}, {}, {}
         for t, probe in self.probes.items():
-            tables = [segment_table(view, s, t, utterances=self.utterances)
+            tier = DURATION_TIER if t == "duration" else t
+            tables = [segment_table(view, s, tier, utterances=self.utterances)
                       for s in range(ctx.num_layers)]
-            kept, labels, self.dropped[t] = common_segments(tables, t)
+            kept, labels, self.dropped[t] = common_segments(tables, tier)
             utt = kept[0]["utt"].to_numpy()
             # per utterance: its segments and, per layer, their frame spans
             self.spans[t] = {int(u): (np.flatnonzero(utt == u),

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .. import _validate as _v
+from .._bootstrap import bootstrap_options
 from .._device import resolve_device as _resolve_device
 from .._numerics import renamed_layers, warn_degenerate
 from ..distributed import Sharding
@@ -19,7 +20,7 @@ from .folds import check_folds, check_split_by, resolve_split
 from .logistic import LogisticOptions, _logistic_layers
 from .ridge import LAMBDAS
 from .tables import concat_tables, result_row, result_table, segment_result
-from .targets import LEVELS, ProbeTask, check_control, resolve_level
+from .targets import LEVELS, ProbeTask, check_control, is_continuous, resolve_level
 
 __all__ = ["METHODS", "RidgeOptions", "probe_layers"]
 
@@ -67,6 +68,8 @@ def probe_layers(
     device=None,
     seed: int = 0,
     sharding: Sharding | None = None,
+    bootstrap: int | None = None,
+    confidence: float = 0.95,
 ) -> pd.DataFrame:
     """Cross-validated linear probes of every stored layer (``docs/probes.md``).
 
@@ -84,13 +87,26 @@ def probe_layers(
             (:func:`s3viz.probe.resolve_split`); the column ``split_by`` says which.
         control: ``True`` or a column defining the control type: Hewitt & Liang
             control tasks, columns ``control_accuracy`` and ``selectivity``.
-        seed: seed of folds, control labels and the logistic probe's shuffling.
+        seed: seed of folds, control labels, the logistic probe's shuffling and the
+            bootstrap's resamples.
         sharding: a :class:`~s3viz.distributed.Sharding` (``Sharding.of(corpus, store,
             positions)``; ridge, or logistic with ``dev_fraction=0``): ``store`` holds
             one shard, folds, classes and controls come from ``sharding.reference``
             (``utterances`` are positions in it), and sums go through
             ``sharding.reduce``, so each shard returns the table of the union
             (logistic: up to the order of float sums).
+        bootstrap: resamples (e.g. 1000; None: no intervals) of the held-out scores
+            over speakers (utterances when the corpus has none; column
+            ``resampled_by``): columns ``<score>_lo`` and ``<score>_hi`` at
+            ``confidence`` for the ridge probe, and the draws in
+            ``attrs["bootstrap"]`` for :func:`s3viz.compare_scores`
+            (``docs/measures.md``, "Error bars").
+        confidence: the intervals' coverage (0.95).
+
+    A continuous target (an acoustic track such as ``"f0"``, a column of numbers in
+    ``store.labels``, ``"duration"`` at ``level="segment"``) gives a ridge regression
+    per layer: ``r2``, ``rmse`` (in ``unit``), ``chance_r2`` (``docs/probes.md``,
+    "Continuous targets").
 
     Returns:
         DataFrame with one row per target, method and layer (``accuracy``, ``chance``,
@@ -104,6 +120,10 @@ def probe_layers(
     methods = _methods(method)
     seed = _v.integer(seed, "seed", minimum=0)
     check_control(control)
+    boot = bootstrap_options(bootstrap, confidence)
+    if boot[0] and any(m.name != "ridge" for m in methods):
+        raise ValueError("bootstrap intervals come with the ridge probe (method='ridge'); the "
+                         "logistic probe has none yet: pass bootstrap=None for it")
     meta, positions = _shard_setup(store, sharding, methods)
     reduce = None if sharding is None else sharding.reduce
     folds = check_folds(folds)
@@ -115,7 +135,8 @@ def probe_layers(
     if level == "segment":
         return _probe_segments(store, targets, methods, meta, positions, reduce,
                                layers=layer_list, folds=folds, split_by=split_by,
-                               control=control, utterances=utterances, device=device, seed=seed)
+                               control=control, utterances=utterances, device=device, seed=seed,
+                               bootstrap=boot)
     corpus = store if meta is None else meta  # the whole corpus's metadata
     sel = utterance_selection(utterances, len(corpus))
     for tgt in targets:
@@ -135,7 +156,7 @@ def probe_layers(
         source = StoreSource(store, meta=meta, positions=positions, layers=layer_list)
         probe = RidgeProbe(unique, level=level, folds=folds, split_by=splits, seed=seed,
                            lambdas=opts.lambdas, control=control, utterances=sel,
-                           profile_pass=True)
+                           profile_pass=True, bootstrap=boot[0], confidence=boot[1])
         if layer_list[0] != 0:  # frame-level folds balanced as probe_folds balances them
             probe.fold_frames = ctx.lengths()[:, 0]
         tables[opts] = run_measures([probe], source, device=device, reduce=reduce)["probe"]
@@ -146,6 +167,9 @@ def probe_layers(
         rows, fold_accuracy = [], {}
         for tgt in unique:
             lev = resolve_level(corpus, tgt, level)
+            if is_continuous(corpus, tgt, lev):
+                raise ValueError(f"target {tgt!r} is continuous: it is regressed by the ridge "
+                                 "probe (method='ridge'); the logistic probe classifies")
             if tgt not in tasks:
                 tasks[tgt] = task = ProbeTask(
                     TaskCorpus(ctx), tgt, lev, sel, folds, splits[tgt], seed, bool(control),
@@ -201,7 +225,7 @@ def _shard_setup(store, sharding, methods):
 
 
 def _probe_segments(store, targets, methods, meta, positions, reduce, *, layers, device,
-                    utterances, control, **kw) -> pd.DataFrame:
+                    utterances, control, bootstrap, **kw) -> pd.DataFrame:
     """probe_layers(level="segment"): ridge probes run :class:`~s3viz.measures.SegmentProbe`
     (streamable, shardable); other methods need every segment's mean at once, so they probe
     the stored segment means (:func:`s3viz.segments.segment_store`), unsharded."""
@@ -211,7 +235,8 @@ def _probe_segments(store, targets, methods, meta, positions, reduce, *, layers,
     control = "context" if control is True else control
     if len(methods) == 1 and methods[0].name == "ridge":
         probe = SegmentProbe(list(dict.fromkeys(targets)), lambdas=methods[0].lambdas,
-                             profile_pass=True, utterances=utterances, control=control, **kw)
+                             profile_pass=True, utterances=utterances, control=control,
+                             bootstrap=bootstrap, **kw)
         source = StoreSource(store, meta=meta, positions=positions, layers=layers)
         table = run_measures([probe], source, device=device, reduce=reduce)["segments"]
         return concat_tables([(t, table) for t in targets])

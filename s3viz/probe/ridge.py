@@ -23,16 +23,44 @@ def confusion_matrix(y_true: torch.Tensor, y_pred: torch.Tensor, c: int) -> np.n
     return torch.bincount(y_true * c + y_pred, minlength=c * c).reshape(c, c).cpu().numpy()
 
 
-def add_confusions(conf: torch.Tensor, x, y, fold, models, blocks: list[slice], c: int):
-    """Add to ``conf`` ``(blocks, folds, C, C)`` the confusions of examples ``x`` (classes
-    ``y`` ``(n, blocks)``) under the stacked ``models`` of their folds ``fold``."""
+def fold_scores(x: torch.Tensor, fold: torch.Tensor, models) -> torch.Tensor:
+    """``(n, C_all)`` scores of examples ``x`` under the stacked ``models`` of their folds."""
     w, b, _ = models
+    out = torch.empty(x.shape[0], w.shape[2], dtype=w.dtype, device=x.device)
     for f in torch.unique(fold).tolist():
         r = fold == f
-        scores = x[r].to(w.dtype) @ w[f] + b[f]
-        for bi, blk in enumerate(blocks):
-            conf[bi, f] += torch.from_numpy(confusion_matrix(y[r, bi] - bi * c,
-                                                             scores[:, blk].argmax(1), c))
+        out[r] = x[r].to(w.dtype) @ w[f] + b[f]
+    return out
+
+
+def add_confusions(conf: torch.Tensor, x, y, fold, models, blocks: list[slice], c: int):
+    """Add to ``conf`` ``(blocks, folds, C, C)`` the confusions of examples ``x`` (classes
+    ``y`` ``(n, blocks)``) under the stacked ``models`` of their folds ``fold``; returns
+    ``(n, blocks)`` whether each example's class was right."""
+    scores = fold_scores(x, fold, models)
+    right = torch.empty(y.shape, dtype=torch.bool, device=y.device)
+    for bi, blk in enumerate(blocks):
+        pred, true = scores[:, blk].argmax(1), y[:, bi] - bi * c
+        right[:, bi] = pred == true
+        conf[bi] += torch.bincount(fold * (c * c) + true * c + pred, minlength=conf.shape[1] * c * c
+                                   ).reshape(conf.shape[1:]).to(conf.device)
+    return right
+
+
+def add_residuals(sums: torch.Tensor, x, y, fold, models, train_mean: torch.Tensor):
+    """Add to ``sums`` ``(blocks, folds, 5)`` the held-out ``count, sum y, sum y^2, sum of
+    squared residuals, sum of squared deviations from the training mean`` of examples
+    ``x`` (float targets ``y`` ``(n, blocks)``) under the models of their folds; returns
+    the ``(n, blocks)`` residuals."""
+    y = y.to(torch.float64)
+    resid = y - fold_scores(x, fold, models).to(torch.float64)
+    base = y - train_mean.to(torch.float64)[fold]
+    folds = sums.shape[1]
+    for bi in range(y.shape[1]):
+        for j, v in enumerate((torch.ones_like(y[:, bi]), y[:, bi], y[:, bi] ** 2,
+                               resid[:, bi] ** 2, base[:, bi] ** 2)):
+            sums[bi, :, j] += torch.bincount(fold, weights=v, minlength=folds).to(sums.device)
+    return resid
 
 
 def stacked(models: list) -> tuple:
@@ -123,26 +151,29 @@ def ridge_fit_folds_dual(x: torch.Tensor, yoh: torch.Tensor, g: torch.Tensor, fo
 
 
 def ridge_layer_utterance(task: ProbeTask, x: torch.Tensor, lambdas, guard: Guard | None = None):
-    """The ridge probe of ``n <= hidden_size`` pooled vectors ``x`` read through ``guard``:
-    ``(conf, counts, n_train, lambdas, degenerate)`` (why the scores mean nothing)."""
+    """The ridge fits of ``n <= hidden_size`` pooled vectors ``x`` (every selected
+    utterance, read through ``guard``) in the dual: ``(x as fitted, stacked models,
+    (training part's class counts or target sums (folds, C_all), its examples (folds,)))``."""
     if guard is not None:
         x = guard(x, torch.float64)
     x = x.to(torch.float64)
-    folds, blocks, c = task.folds, task.blocks, len(task.classes)
+    folds, blocks, c = task.folds, task.blocks, task.width
     sub = 2 if folds == 2 else 1
     y_np = task.heads(np.arange(len(task.sel)))
-    train = np.concatenate([fold_class_counts(h, task.utt_fold, folds, c)[1] for h in y_np.T],
-                           1).astype(np.float64)
-    y_np[:, 1:] += c
-    y = torch.from_numpy(y_np).to(x.device)
     g = torch.from_numpy(task.sub_folds(lambdas)).to(x.device)
-    yoh = torch.zeros(x.shape[0], len(blocks) * c, dtype=x.dtype, device=x.device)
-    for bi in range(len(blocks)):
-        yoh[torch.arange(x.shape[0], device=x.device), y[:, bi]] = 1.0
+    if task.continuous:
+        yoh = torch.from_numpy(np.ascontiguousarray(y_np, dtype=np.float64)).to(x.device)
+        train = np.stack([np.bincount(task.utt_fold, weights=h, minlength=folds)
+                          for h in y_np.T], 1)
+        train = train.sum(0, keepdims=True) - train
+    else:
+        train = np.concatenate([fold_class_counts(h, task.utt_fold, folds, c)[1]
+                                for h in y_np.T], 1).astype(np.float64)
+        y_np[:, 1:] += c
+        y = torch.from_numpy(y_np).to(x.device)
+        yoh = torch.zeros(x.shape[0], len(blocks) * c, dtype=x.dtype, device=x.device)
+        for bi in range(len(blocks)):
+            yoh[torch.arange(x.shape[0], device=x.device), y[:, bi]] = 1.0
     models = stacked(ridge_fit_folds_dual(x, yoh, g, folds, sub, blocks, lambdas))
-    conf = torch.zeros((len(blocks), folds, c, c), dtype=torch.int64)
-    fold = torch.from_numpy(task.utt_fold).to(x.device)
-    add_confusions(conf, x, y, fold, models, blocks, c)
     n_test = np.bincount(task.utt_fold, minlength=folds)
-    return (conf.numpy(), train, n_test.sum() - n_test, models[2],
-            None if guard is None else guard.reason)
+    return x, models, (train, n_test.sum() - n_test)

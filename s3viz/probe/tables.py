@@ -62,6 +62,8 @@ def concat_tables(parts: list, **attrs) -> pd.DataFrame:
 _RESULT_COLUMNS = ["target", "method", "level", "layer", "upstream_layer", "accuracy",
                    "accuracy_std", "macro_f1", "chance", "n_classes", "n_train", "n_test", "lambda"]
 _UNSEEN_COLUMNS = ["n_unseen", "unseen_fraction"]
+_REGRESSION_COLUMNS = ["target", "method", "level", "layer", "upstream_layer", "r2", "r2_std",
+                       "rmse", "chance_r2", "unit", "n_train", "n_test", "lambda", "n_undefined"]
 
 
 def result_row(tgt, meth, lev, layer: int, upstream_layer: int, c: int, folds: int,
@@ -89,6 +91,54 @@ def result_row(tgt, meth, lev, layer: int, upstream_layer: int, c: int, folds: i
     return row
 
 
+def _r2(sums: np.ndarray) -> tuple[float, float, float]:
+    """``(R\u00b2, RMSE, chance R\u00b2)`` of held-out sums ``(..., 5)`` (count, sum y,
+    sum y^2, squared residuals, squared deviations from the training mean) pooled
+    over the leading axes: R\u00b2 = 1 - SSE / SST, SST about the held-out mean."""
+    n, sy, syy, sse, base = (float(v) for v in sums.reshape(-1, 5).sum(0))
+    sst = syy - sy * sy / n if n > 0 else np.nan
+    if not n > 0 or not sst > 0:
+        return np.nan, np.nan, np.nan
+    return 1.0 - sse / sst, float(np.sqrt(sse / n)), 1.0 - base / sst
+
+
+def regression_row(tgt, meth, lev, layer: int, upstream_layer: int, folds: int,
+                   control: bool, result, fold_scores: dict) -> dict:
+    """One row of a regression target from ``(sums (heads, folds, 5), training sums,
+    n_train (folds,), lambdas, degenerate)``: R\u00b2 and RMSE pooled over the held-out
+    folds, ``chance_r2`` that of predicting each fold's training mean (about 0)."""
+    sums, _, n_fold, lam, degenerate = result
+    r2, rmse, chance = _r2(sums[0])
+    per_fold = [_r2(sums[0, f])[0] for f in range(folds)]
+    if degenerate:
+        r2 = rmse = np.nan
+        per_fold = [np.nan] * folds
+    fold_scores[(tgt, meth, layer)] = per_fold
+    used = [v for v in per_fold if np.isfinite(v)]
+    row = dict(target=tgt, method=meth, level=lev, layer=layer, upstream_layer=upstream_layer,
+               r2=r2, r2_std=float(np.std(used)) if used else np.nan, rmse=rmse,
+               chance_r2=chance, n_train=round(float(np.mean(n_fold))),
+               n_test=round(float(sums[0, :, 0].sum()) / folds),
+               **{"lambda": float(lam[0]) if lam is not None else float("nan")})
+    if control:
+        ctrl = _r2(sums[1])[0]
+        row["control_r2"] = ctrl if np.isfinite(r2) else np.nan
+        row["selectivity"] = r2 - ctrl
+    return row
+
+
+def interval_table(table: pd.DataFrame, boot, replicates: dict) -> pd.DataFrame:
+    """The probe table with ``<score>_lo`` / ``<score>_hi`` of every resampled score
+    (:func:`s3viz._bootstrap.add_interval_columns`, rows keyed by target, method,
+    level and layer)."""
+    from .._bootstrap import add_interval_columns
+
+    cols = [c for c in ("accuracy", "control_accuracy", "r2", "rmse", "control_r2",
+                        "selectivity") if c in table.columns]
+    return add_interval_columns(table, boot, ["target", "method", "level", "layer"],
+                                replicates, cols)
+
+
 def split_attr(splits: dict):
     """``attrs["split_by"]``: the one split of every target, or the dict target -> split."""
     if len(set(splits.values())) == 1:
@@ -99,7 +149,12 @@ def split_attr(splits: dict):
 def result_table(rows: list[dict], fold_accuracy: dict, control: bool, splits: dict,
                  **attrs) -> pd.DataFrame:
     """The probe table; ``splits`` maps each target to the split it used (column ``split_by``)."""
-    cols = _RESULT_COLUMNS + (["control_accuracy", "selectivity"] if control else [])
+    cols = []
+    if not rows or any("accuracy" in r for r in rows):
+        cols += _RESULT_COLUMNS + (["control_accuracy", "selectivity"] if control else [])
+    if any("r2" in r for r in rows):  # continuous targets: R^2 and RMSE in the target's unit
+        ctrl = ["control_r2", "selectivity"] if any("control_r2" in r for r in rows) else []
+        cols += [c for c in _REGRESSION_COLUMNS + ctrl if c not in cols]
     if any(r.get("n_unseen", 0) for r in rows):  # only then: tables without unseen classes unchanged
         cols += _UNSEEN_COLUMNS
     df = pd.DataFrame(rows, columns=cols)

@@ -23,29 +23,57 @@ UNSEEN = -2
 :meth:`ProbeTask.held_out_classes`); -1 is an unlabelled example."""
 
 
-def _phone_columns(store) -> list[str]:
+def _columns(tables) -> list[str]:
     cols: list[str] = []
-    for ph in getattr(store, "phones", None) or []:
-        if ph is not None:
-            cols += [c for c in ph.columns if c not in cols and c not in ("start", "end")]
+    for t in tables or []:
+        if t is not None:
+            cols += [c for c in t.columns if c not in cols and c not in ("start", "end")]
     return cols
+
+
+def _phone_columns(store) -> list[str]:
+    return _columns(getattr(store, "phones", None))
+
+
+def track_columns(store) -> list[str]:
+    """The acoustic tracks the store's utterances carry (``store.tracks``,
+    :func:`s3viz.data.add_acoustic_tracks`): continuous frame-level targets."""
+    return _columns(getattr(store, "tracks", None))
+
+
+UNITS = {"f0": "Hz", "f0_semitones": "st re 100 Hz", "intensity": "dB", "f1": "Hz",
+         "f2": "Hz", "f3": "Hz", "voicing": "", "duration": "s"}
+"""The unit of each known continuous target (R\u00b2 has none; RMSE is in this unit)."""
 
 
 def resolve_level(store, target: str, level: str | None) -> str:
     label_cols = [c for c in store.labels.columns if c != "id"]
-    phone_cols = _phone_columns(store)
+    frame_cols = _phone_columns(store) + [c for c in track_columns(store)
+                                          if c not in _phone_columns(store)]
     if level is None:
         if target in label_cols:
             return "utterance"
-        if target in phone_cols:
+        if target in frame_cols:
             return "frame"
-    elif level == "utterance" and target in label_cols or level == "frame" and target in phone_cols:
+    elif level == "utterance" and target in label_cols or level == "frame" and target in frame_cols:
         return level
     elif level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS} or None (guess), got {level!r}")
     raise KeyError(f"unknown target {target!r} for level={level!r}: utterance-level targets "
                    f"(columns of store.labels) are {label_cols}; frame-level targets (columns "
-                   f"of the phone alignments) are {phone_cols or 'none (the store has no alignments)'}")
+                   f"of the phone alignments, acoustic tracks) are "
+                   f"{frame_cols or 'none (the store has no alignments or tracks)'}")
+
+
+def is_continuous(store, target: str, level: str) -> bool:
+    """A regression target: an acoustic track at frame level, or a column of numbers
+    (int or float dtype; not bool, not a column of objects) at utterance level
+    (``docs/probes.md``, "Continuous targets"). Numbers meant as class codes are
+    classified when written as strings."""
+    if level == "frame":
+        return target in track_columns(store) and target not in _phone_columns(store)
+    col = store.labels[target] if target in store.labels.columns else None
+    return col is not None and isinstance(col.dtype, np.dtype) and col.dtype.kind in "iuf"
 
 
 @dataclass
@@ -80,12 +108,16 @@ class ProbeTask:
         self.groups = split_groups(store, sel, split_by)
         if level == "utterance":
             self._init_utterance(store)
+        elif self.continuous:
+            self._read_tracks()
         else:
             self._read_labels()
 
     def _base(self, store, target, level, sel, seed, fixes, control=False, control_by=None):
         self.store, self.fixes = store, fixes or {}
         self.target, self.level, self.sel, self.seed = target, level, sel, seed
+        self.continuous = is_continuous(store, target, level)
+        self.unit = UNITS.get(target, "") if self.continuous else ""
         self.control, self.control_by = control, control_by
         self.n_utt = len(store)
         self.ids = np.asarray(store.ids, dtype=object)[sel]
@@ -93,6 +125,30 @@ class ProbeTask:
         self.where[sel] = np.arange(len(sel))
         self._labels: dict[tuple, FrameTargets] = {}  # frame level: per layer geometry
         self._keys: dict[int, tuple] = {}
+
+    def _read_tracks(self) -> None:
+        """Refuse utterances without the track (frame-level regression)."""
+        tracks = self.store.tracks
+        missing = [self.ids[i] for i, u in enumerate(self.sel)
+                   if tracks[u] is None or self.target not in tracks[u].columns]
+        if missing:
+            fix = self.fixes.get("alignments", "probe the others with `utterances=`")
+            raise ValueError(f"frame-level target {self.target!r} is an acoustic track, but "
+                             f"{len(missing)} utterance(s) do not carry it (e.g. {missing[:5]}); "
+                             f"add it with s3viz.data.add_acoustic_tracks, or {fix}")
+
+    def _read_values(self) -> np.ndarray:
+        """The numbers of an utterance-level regression target, missing ones refused."""
+        col = self.store.labels[self.target]
+        y = col.to_numpy(dtype=np.float64, na_value=np.nan)[np.asarray(self.sel)]
+        bad = [self.ids[i] for i in np.flatnonzero(~np.isfinite(y))]
+        if bad:
+            fix = self.fixes.get("labels", "fill store.labels[{target!r}] or probe only the "
+                                 "labelled ones with `utterances=`")
+            raise ValueError(f"target {self.target!r} is missing or not finite for {len(bad)} "
+                             f"utterance(s), e.g. {bad[:5]}; " + fix.format(target=self.target))
+        check_values(self.target, y)
+        return y
 
     def _read_labels(self) -> np.ndarray | None:
         """Refuse unaligned (frame level) or unlabelled utterances, naming them and the fix
@@ -188,9 +244,14 @@ class ProbeTask:
         return {c: i for i, c in enumerate(self.classes)}
 
     @property
+    def width(self) -> int:
+        """Columns of one head: the classes (one-hot), or 1 for a regression target."""
+        return 1 if self.continuous else len(self.classes)
+
+    @property
     def blocks(self) -> list[slice]:
         """The target's columns of a one-hot of all heads (target, control) and the control's."""
-        c = len(self.classes)
+        c = self.width
         return [slice(0, c)] + ([slice(c, 2 * c)] if self.control else [])
 
     def heads(self, rows: np.ndarray, d: FrameTargets | None = None) -> np.ndarray:
@@ -223,6 +284,8 @@ class ProbeTask:
 
     # -- utterance level ------------------------------------------------------
     def _init_utterance(self, store):
+        if self.continuous:
+            return self._init_values(store)
         keys = self._read_labels()
         self.classes, y = np.unique(keys.astype(str), return_inverse=True)
         check_classes(self.target, self.classes, len(keys))
@@ -240,18 +303,33 @@ class ProbeTask:
                                               len(self.classes)),
                            "segment" if segments else "utterance", y=self.y, groups=self.groups)
         if self.control:
-            by = self.control_by
-            if by is None:
-                if self.target == "text" or "text" not in store.labels.columns:
-                    raise ValueError("control=True at utterance level needs control=<column of "
-                                     "store.labels> giving the type of each utterance (default "
-                                     f"'text', not usable for target {self.target!r})")
-                by = "text"
-            if by not in store.labels.columns:
-                raise KeyError(f"control={by!r} is not a column of store.labels: "
-                               f"{list(store.labels.columns)}")
-            types = store.labels[by].to_numpy()[self.sel]
-            self.y_ctrl = control_labels(types, self.y, len(self.classes), self.seed)
+            self.y_ctrl = control_labels(self._control_types(store), self.y,
+                                         len(self.classes), self.seed)
+
+    def _control_types(self, store) -> np.ndarray:
+        """The type of each selected utterance for its control task (``control_by`` or
+        ``text``)."""
+        by = self.control_by
+        if by is None:
+            if self.target == "text" or "text" not in store.labels.columns:
+                raise ValueError("control=True at utterance level needs control=<column of "
+                                 "store.labels> giving the type of each utterance (default "
+                                 f"'text', not usable for target {self.target!r})")
+            by = "text"
+        if by not in store.labels.columns:
+            raise KeyError(f"control={by!r} is not a column of store.labels: "
+                           f"{list(store.labels.columns)}")
+        return store.labels[by].to_numpy()[self.sel]
+
+    def _init_values(self, store):
+        """An utterance-level regression target: its values, folds of whole groups
+        balanced by count, and (``control``) each type's random value."""
+        self.classes = None
+        self.y = self._read_values()
+        self.utt_fold = assign_folds(self.groups, np.ones(len(self.sel)), self.folds, self.seed,
+                                     what=self.split_by)
+        if self.control:
+            self.y_ctrl = control_values(self._control_types(store), self.y, self.seed)
 
     # -- frame level ----------------------------------------------------------
     def frame_key(self, layer: int) -> tuple:
@@ -307,6 +385,31 @@ class ProbeTask:
         self._check_layers([(*fold_class_counts(d.y, d.fold, self.folds, len(self.classes)),
                              d.y, self.groups[d.utt]) for d in self._labels.values()])
 
+    def set_frame_values(self, layers: Sequence[int], weights: np.ndarray | None = None):
+        """A frame-level regression target: each probed layer's frame values (NaN:
+        undefined, e.g. F0 of an unvoiced frame: left out and counted), the folds
+        (:meth:`set_frame_folds`) and (``control``) each frame's control value."""
+        self.classes = None
+        for layer in layers:
+            key = self.frame_key(layer)
+            if key in self._labels:
+                continue
+            v = np.asarray(self.store.frame_values(
+                layer, self.target, utterances=_store_arg(self.sel, self.n_utt)),
+                dtype=np.float64)
+            lengths = np.asarray(self.store.lengths(layer))[self.sel].astype(np.int64)
+            if v.shape[0] != lengths.sum():
+                raise RuntimeError(f"store.frame_values({layer}) gave {v.shape[0]} values "
+                                   f"for {lengths.sum()} frames")
+            self._labels[key] = FrameTargets(raw=v, labelled=np.isfinite(v), lengths=lengths,
+                                             utt=np.repeat(np.arange(len(self.sel)), lengths))
+        check_values(self.target, np.concatenate([d.raw for d in self._labels.values()]))
+        self.set_frame_folds(weights)
+        for (rate, rf, _), d in self._labels.items():
+            d.y, d.fold = d.raw, self.utt_fold[d.utt]
+            if self.control:
+                d.y_ctrl = self._frame_control(d, rate, rf)
+
     def _check_layers(self, parts: list) -> None:
         """The held-out check of each layer's ``(test, train, y, groups)`` frame counts, one
         warning (layers of other geometries label frames alike)."""
@@ -334,14 +437,26 @@ class ProbeTask:
         return keep
 
     def _frame_control(self, d: FrameTargets, rate, rf) -> np.ndarray:
+        """Each frame's control class (or value, for a regression target: the types are
+        then those of the phone tier)."""
         by = "context" if self.control_by is None else self.control_by
+        tier = "phone" if self.continuous else self.target
         types = np.empty(d.raw.shape[0], dtype=object)
         offs = np.concatenate([[0], np.cumsum(d.lengths)])
         for i, u in enumerate(self.sel):
             ph = self.store.phones[u]
+            if ph is None:
+                raise ValueError(f"control={self.control_by or True!r}: control tasks type "
+                                 f"frames by the alignment, and utterance {self.ids[i]!r} has "
+                                 "none; probe the aligned utterances (`utterances=`) or pass "
+                                 "control=False")
             if by == "context":
                 ph = ph.sort_values("start", kind="stable")
-                lab = [label_str(v) for v in ph[self.target].tolist()]
+                if tier not in ph.columns:
+                    raise KeyError(f"control={by!r} for target {self.target!r} types frames by "
+                                   f"the {tier!r} tier, which the alignment of utterance "
+                                   f"{self.ids[i]!r} lacks; pass control=<an alignment column>")
+                lab = [label_str(v) for v in ph[tier].tolist()]
                 ctx = [f"{a}|{b}|{c}" for a, b, c in zip(["<s>"] + lab[:-1], lab, lab[1:] + ["</s>"])]
                 ph = pd.DataFrame({"start": ph["start"].to_numpy(), "end": ph["end"].to_numpy(),
                                    "_type": ctx})
@@ -353,6 +468,10 @@ class ProbeTask:
                 col = by
             types[offs[i]:offs[i + 1]] = _align_frame_labels(
                 ph, int(d.lengths[i]), rate, column=col, receptive_field_samples=rf)
+        if self.continuous:
+            out = np.full(d.raw.shape[0], np.nan)
+            out[d.labelled] = control_values(types[d.labelled], d.raw[d.labelled], self.seed)
+            return out
         if by == "context":  # the middle of the context must be the frame's own label
             mid = np.asarray([t.split("|")[1] if t else "" for t in types], dtype=object)
             if not np.array_equal(mid[d.labelled], d.raw[d.labelled]):
@@ -362,6 +481,26 @@ class ProbeTask:
         m = d.labelled
         y_ctrl[m] = control_labels(types[m], d.y[m], len(self.classes), self.seed)
         return y_ctrl
+
+
+def control_values(types: np.ndarray, y: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The control task of a regression target, as Hewitt & Liang's for classes: each
+    type gets one value drawn from the targets ``y`` (their empirical distribution);
+    returns the float64 control target of each example."""
+    y = np.asarray(y, dtype=np.float64)
+    types = np.asarray([label_str(v) for v in types], dtype=object).astype(str)
+    uniq, inv = np.unique(types, return_inverse=True)
+    rng = np.random.default_rng([int(seed), 4612])
+    return y[rng.integers(0, len(y), size=len(uniq))][inv] if len(y) else y.copy()
+
+
+def check_values(target: str, y: np.ndarray) -> None:
+    """Refuse a regression target that does not vary (nothing to predict)."""
+    finite = y[np.isfinite(y)]
+    if len(finite) < 2 or float(finite.max()) == float(finite.min()):
+        which = f" (every value is {float(finite[0])!r})" if len(finite) else ""
+        raise ValueError(f"target {target!r} does not vary among the probed examples{which}: "
+                         "nothing to regress; choose another target or more utterances")
 
 
 def check_control(control) -> None:

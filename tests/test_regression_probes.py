@@ -1,0 +1,170 @@
+"""Regression probes (issue 29): continuous targets give R^2 and RMSE per layer, with
+the folds, splits and control tasks of classification, checked against scikit-learn's
+Ridge on the same folds; and the probes' bootstrap intervals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import s3viz
+from s3viz.probe import RidgeOptions
+from s3viz.probe.folds import probe_folds
+from s3viz.store import LayerStore
+
+
+def _store(n_utt=60, hidden=8, n_speakers=6, seed=0):
+    """Utterance-level data: layer 0's pooled vector encodes ``rate`` (plus noise),
+    layer 1 is noise; ``age`` is an int column unrelated to the frames."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=hidden)
+    rate = rng.normal(5.0, 1.0, size=n_utt)
+    hs, rows = [], []
+    for i in range(n_utt):
+        t = int(rng.integers(3, 7))
+        info = (rate[i] - 5.0) * w[None] + 0.3 * rng.normal(size=(t, hidden))
+        noise = rng.normal(size=(t, hidden))
+        hs.append([torch.tensor(info, dtype=torch.float32), torch.tensor(noise, dtype=torch.float32)])
+        rows.append({"id": f"u{i}", "speaker": f"s{i % n_speakers}", "rate": rate[i],
+                     "age": int(rng.integers(20, 60))})
+    return LayerStore.from_tensors(hs, downsample_rates=[320, 320], labels=pd.DataFrame(rows))
+
+
+@pytest.fixture(scope="module")
+def store():
+    return _store()
+
+
+def _sklearn_r2(store, target, layer, lam, folds=5, split_by="speaker", seed=0):
+    """Pooled held-out R^2 of scikit-learn's Ridge on the probe's folds: features
+    standardised on each training part (population sd), alpha = n_train * lam (the
+    probe's penalty is relative to the standardised covariance)."""
+    from sklearn.linear_model import Ridge
+    from sklearn.preprocessing import StandardScaler
+
+    x = store.pooled(layer, dtype=torch.float64).numpy()
+    y = store.labels[target].to_numpy(dtype=np.float64)
+    fold = probe_folds(store, folds=folds, split_by=split_by, seed=seed,
+                       utterance_weights=np.ones(len(store)))["fold"].to_numpy()
+    pred = np.empty_like(y)
+    for f in range(folds):
+        tr, te = fold != f, fold == f
+        sc = StandardScaler().fit(x[tr])
+        model = Ridge(alpha=tr.sum() * lam).fit(sc.transform(x[tr]), y[tr])
+        pred[te] = model.predict(sc.transform(x[te]))
+    sse = ((y - pred) ** 2).sum()
+    return 1 - sse / ((y - y.mean()) ** 2).sum(), np.sqrt(sse / len(y))
+
+
+@pytest.mark.parametrize("lam", [1e-3, 1.0])
+def test_utterance_regression_agrees_with_sklearn_ridge(store, lam):
+    res = s3viz.probe_layers(store, "rate", method=RidgeOptions(lambdas=(lam,)),
+                             split_by="speaker", device="cpu")
+    assert list(res["layer"]) == [0, 1] and (res["level"] == "utterance").all()
+    assert "accuracy" not in res.columns and {"r2", "rmse", "chance_r2", "unit"} <= set(res.columns)
+    for layer in (0, 1):
+        want_r2, want_rmse = _sklearn_r2(store, "rate", layer, lam)
+        row = res[res["layer"] == layer].iloc[0]
+        assert row["r2"] == pytest.approx(want_r2, abs=1e-6)
+        assert row["rmse"] == pytest.approx(want_rmse, rel=1e-6)
+    assert res.loc[0, "r2"] > 0.8 > 0.2 > res.loc[1, "r2"]
+    # predicting each fold's training mean: about 0 (slightly below: the held-out mean differs)
+    assert (res["chance_r2"].abs() < 0.2).all() and (res["chance_r2"] <= 1e-12).all()
+
+
+def test_dual_path_agrees_with_sklearn_ridge():
+    """Fewer utterances than dimensions: the n x n dual solve."""
+    st = _store(n_utt=20, hidden=32, n_speakers=5, seed=1)
+    res = s3viz.probe_layers(st, "rate", method=RidgeOptions(lambdas=(0.1,)), device="cpu")
+    for layer in (0, 1):
+        want, _ = _sklearn_r2(st, "rate", layer, 0.1)
+        assert res.loc[layer, "r2"] == pytest.approx(want, abs=1e-6)
+
+
+def test_integer_column_is_regressed_and_string_codes_classified(store):
+    res = s3viz.probe_layers(store, "age", device="cpu")
+    assert "r2" in res.columns and res["r2"].notna().all()
+    assert res["r2"].max() < 0.3  # unrelated to the frames
+    codes = LayerStore.from_tensors([store.utterance(i) for i in range(len(store))],
+                                    downsample_rates=store.downsample_rates,
+                                    labels=store.labels.assign(
+                                        band=[f"b{int(v) // 20}" for v in store.labels["age"]]))
+    assert "accuracy" in s3viz.probe_layers(codes, "band", device="cpu").columns
+
+
+def test_mixed_targets_share_one_table(store):
+    res = s3viz.probe_layers(store, ["rate", "speaker"], split_by="utterance", device="cpu")
+    rate, spk = res[res["target"] == "rate"], res[res["target"] == "speaker"]
+    assert rate["accuracy"].isna().all() and rate["r2"].notna().all()
+    assert spk["r2"].isna().all() and spk["accuracy"].notna().all()
+
+
+def test_control_task_for_a_continuous_target(store):
+    st = LayerStore.from_tensors([store.utterance(i) for i in range(len(store))],
+                                 downsample_rates=store.downsample_rates,
+                                 labels=store.labels.assign(text=[f"t{i % 12}" for i in
+                                                                  range(len(store))]))
+    res = s3viz.probe_layers(st, "rate", control=True, device="cpu")
+    assert {"control_r2", "selectivity"} <= set(res.columns)
+    assert np.allclose(res["selectivity"], res["r2"] - res["control_r2"])
+    # the control values are one random target value per text type: layer 0 predicts the
+    # rate, not the types' random values
+    assert res.loc[0, "selectivity"] > 0.3
+
+
+def test_refusals(store):
+    with pytest.raises(ValueError, match="continuous.*ridge"):
+        s3viz.probe_layers(store, "rate", method="logistic", device="cpu")
+    nan = LayerStore.from_tensors([store.utterance(i) for i in range(len(store))],
+                                  downsample_rates=store.downsample_rates,
+                                  labels=store.labels.assign(
+                                      rate=[np.nan] + list(store.labels["rate"][1:])))
+    with pytest.raises(ValueError, match=r"'rate' is missing or not finite for 1 .*u0"):
+        s3viz.probe_layers(nan, "rate", device="cpu")
+    const = LayerStore.from_tensors([store.utterance(i) for i in range(len(store))],
+                                    downsample_rates=store.downsample_rates,
+                                    labels=store.labels.assign(rate=3.0))
+    with pytest.raises(ValueError, match="does not vary"):
+        s3viz.probe_layers(const, "rate", device="cpu")
+    for bad, err in ((5, ValueError), (-1, ValueError), (2.5, TypeError)):
+        with pytest.raises(err, match="bootstrap"):
+            s3viz.probe_layers(store, "rate", bootstrap=bad, device="cpu")
+    for bad in (0, 1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="confidence"):
+            s3viz.probe_layers(store, "rate", bootstrap=200, confidence=bad, device="cpu")
+    with pytest.raises(ValueError, match="bootstrap.*ridge"):
+        s3viz.probe_layers(store, "speaker", method="logistic", bootstrap=200, device="cpu")
+
+
+def test_bootstrap_intervals_resample_speakers(store):
+    res = s3viz.probe_layers(store, ["rate", "speaker"], split_by="utterance", bootstrap=300,
+                             device="cpu")
+    assert (res["resampled_by"] == "speaker").all()
+    for col in ("r2", "rmse", "accuracy"):
+        have = res[col].notna()
+        assert (res.loc[have, f"{col}_lo"] <= res.loc[have, col] + 1e-12).all()
+        assert (res.loc[have, col] <= res.loc[have, f"{col}_hi"] + 1e-12).all()
+        assert (res.loc[have, f"{col}_hi"] > res.loc[have, f"{col}_lo"]).all()
+    info = res.attrs["bootstrap"]
+    assert info["unit"] == "speaker" and info["resamples"] == 300 and len(info["units"]) == 6
+    assert ("rate", "ridge", "utterance", 0) in info["replicates"]
+    # the point values do not depend on the bootstrap; its draws on the seed only
+    plain = s3viz.probe_layers(store, ["rate", "speaker"], split_by="utterance", device="cpu")
+    assert np.allclose(plain["r2"], res["r2"], equal_nan=True)
+    again = s3viz.probe_layers(store, ["rate", "speaker"], split_by="utterance", bootstrap=300,
+                               device="cpu")
+    assert np.array_equal(again["r2_lo"], res["r2_lo"], equal_nan=True)
+    wider = s3viz.probe_layers(store, "rate", bootstrap=300, confidence=0.99, device="cpu")
+    assert (wider["r2_hi"] - wider["r2_lo"] >= res["r2_hi"][:2].to_numpy()
+            - res["r2_lo"][:2].to_numpy() - 1e-12).all()
+
+
+def test_bootstrap_falls_back_to_utterances_without_speakers(store):
+    st = LayerStore.from_tensors([store.utterance(i) for i in range(len(store))],
+                                 downsample_rates=store.downsample_rates,
+                                 labels=store.labels.drop(columns=["speaker"]))
+    res = s3viz.probe_layers(st, "rate", bootstrap=200, device="cpu")
+    assert (res["resampled_by"] == "utterance").all()
+    assert len(res.attrs["bootstrap"]["units"]) == len(st)
