@@ -19,9 +19,10 @@ from torch import nn
 
 from ._fs import OwnedFolder, UnsafePathError
 
-# older formats are never reused: 3 keeps behaviour.pt (checked before reuse, see
-# s3viz.extraction.behaviour_probe); 2 checks frames finite before storing them
-FORMAT_VERSION = 3
+# older formats are never reused: 4 keeps tracks.json (sealed in the manifest); 3 keeps
+# behaviour.pt (checked before reuse, see s3viz.extraction.behaviour_probe); 2 checks
+# frames finite before storing them
+FORMAT_VERSION = 4
 STORE_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 DTYPE_NAMES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,

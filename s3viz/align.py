@@ -19,7 +19,7 @@ from .interface import SAMPLE_RATE, num_layer_of
 from ._validate import layer_range
 
 __all__ = ["CONVENTIONS", "WAV2VEC2_CONV_LAYERS", "expected_lengths", "conv_lengths",
-           "receptive_field", "frame_timeline", "frame_labels", "length_report",
+           "receptive_field", "frame_timeline", "frame_labels", "frame_values", "length_report",
            "summarize_lengths"]
 
 CONVENTIONS = ("ceil", "round", "floor", "conv")
@@ -231,6 +231,28 @@ def frame_timeline(rate_or_upstream: Union[int, object], wav_len: int, *,
     return df
 
 
+def _covering_rows(table: pd.DataFrame, num_frames: int, rate, receptive_field_samples,
+                   what: str, column: str) -> tuple:
+    """``(order, pos, ok)``: the table's rows sorted by ``start`` (``order``), and for each
+    frame ``k`` the sorted row whose ``[start, end)`` covers its centre ``k * rate + rf / 2``
+    (``pos[ok]``; ``ok`` False where none does). The one lookup of :func:`frame_labels` and
+    :func:`frame_values`."""
+    if column not in table.columns:
+        raise KeyError(f"{what} table has no column {column!r}; available: "
+                       f"{list(table.columns)}")
+    rate = _check_rate(rate)
+    rf = rate if receptive_field_samples is None else int(receptive_field_samples)
+    centers = np.arange(int(num_frames), dtype=np.float64) * rate + rf / 2.0
+    order = np.argsort(table["start"].to_numpy(), kind="stable")
+    if len(table) == 0 or num_frames == 0:
+        return order, np.zeros(int(num_frames), np.int64), np.zeros(int(num_frames), bool)
+    starts = table["start"].to_numpy()[order].astype(np.float64)
+    ends = table["end"].to_numpy()[order].astype(np.float64)
+    pos = np.searchsorted(starts, centers, side="right") - 1
+    ok = (pos >= 0) & (centers < ends[np.clip(pos, 0, None)])
+    return order, pos, ok
+
+
 def frame_labels(phones: pd.DataFrame, num_frames: int, rate: int, *, column: str = "phone",
                  receptive_field_samples: Optional[int] = None, fill: str = "") -> np.ndarray:
     """``(num_frames,)`` object array: each frame's label (``phones[column]``) of the segment
@@ -239,22 +261,28 @@ def frame_labels(phones: pd.DataFrame, num_frames: int, rate: int, *, column: st
     Args:
         fill: label of frames whose centre no segment covers.
     """
-    if column not in phones.columns:
-        raise KeyError(f"alignment table has no column {column!r}; available: "
-                       f"{list(phones.columns)}")
-    rate = _check_rate(rate)
-    rf = rate if receptive_field_samples is None else int(receptive_field_samples)
-    centers = np.arange(int(num_frames), dtype=np.float64) * rate + rf / 2.0
+    order, pos, ok = _covering_rows(phones, num_frames, rate, receptive_field_samples,
+                                    "alignment", column)
     out = np.full(int(num_frames), fill, dtype=object)
-    if len(phones) == 0 or num_frames == 0:
-        return out
-    order = np.argsort(phones["start"].to_numpy(), kind="stable")
-    starts = phones["start"].to_numpy()[order].astype(np.float64)
-    ends = phones["end"].to_numpy()[order].astype(np.float64)
-    labels = phones[column].to_numpy()[order]
-    pos = np.searchsorted(starts, centers, side="right") - 1
-    ok = (pos >= 0) & (centers < ends[np.clip(pos, 0, None)])
-    out[ok] = labels[pos[ok]]
+    out[ok] = phones[column].to_numpy()[order][pos[ok]]
+    return out
+
+
+def frame_values(table: pd.DataFrame, num_frames: int, rate: int, *, column: str,
+                 receptive_field_samples: Optional[int] = None) -> np.ndarray:
+    """``(num_frames,)`` float64 array: each frame's value of ``table[column]`` (a track
+    table, :func:`s3viz.data.add_acoustic_tracks`) in the row covering its centre
+    ``k * rate + rf / 2``, the convention of :func:`frame_labels`; NaN where no row
+    covers the centre or the value is undefined (NaN: an unvoiced frame's ``f0``).
+
+    Args:
+        table: rows with ``start, end`` (16 kHz samples, ``end`` exclusive) and ``column``.
+    """
+    order, pos, ok = _covering_rows(table, num_frames, rate, receptive_field_samples,
+                                    "track", column)
+    values = table[column].to_numpy(dtype=np.float64)[order]
+    out = np.full(int(num_frames), np.nan, dtype=np.float64)
+    out[ok] = values[pos[ok]]
     return out
 
 

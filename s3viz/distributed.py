@@ -103,9 +103,9 @@ class Sharding:
     over shards, and each shard returns the table of the whole corpus.
 
     Attributes:
-        reference: the whole corpus's frame-free metadata (``ids``, ``labels``, ``phones``;
-            ``weights``: the shard store's) for the probes' folds, classes and controls
-            (``layer_similarity`` needs none).
+        reference: the whole corpus's frame-free metadata (``ids``, ``labels``, ``phones``,
+            ``tracks``; ``weights``: the shard store's) for the probes' folds, classes and
+            controls (``layer_similarity`` needs none).
         reduce: ``reduce(tensor) -> tensor`` sums over all shards (``None``:
             :func:`all_reduce_sum`).
     """

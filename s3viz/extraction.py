@@ -39,7 +39,7 @@ from ._device import eval_session, resolve_device
 from ._fs import OwnedFolder, UnsafePathError
 from .align import expected_lengths
 from .audio import batch_wavs
-from .data._corpus import Corpus, Utterance
+from .data._corpus import Corpus, Utterance, pack_table, unpack_table
 from .interface import SAMPLE_RATE, num_layer_of
 from .store import (
     NONFINITE_HINT,
@@ -348,7 +348,8 @@ def extract(upstream, corpus, *, upstream_layers=None, batch_size: int | None = 
     }
     common = dict(geometry=LayerGeometry(sizes, rates, fields, layer_ids), ids=corpus.ids,
                   labels=corpus.labels, phones=[u.phones for u in corpus], fingerprint=fp, name=name,
-                  store_dtype=store_dtype, corpus_fingerprint=corpus_fp, weights_source=weights)
+                  store_dtype=store_dtype, corpus_fingerprint=corpus_fp, weights_source=weights,
+                  tracks=[pack_table(u._tracks_view()) for u in corpus])
     estimate = store_dtype.itemsize * sum(int(expected_lengths(num_samples, rate, "ceil").sum()) * size
                               for rate, size in zip(rates, sizes))
     audio_bytes = int(num_samples.sum()) * 2
@@ -419,6 +420,7 @@ def extract(upstream, corpus, *, upstream_layers=None, batch_size: int | None = 
                 stored = stored_plan = None
         labels_json = df_to_json(corpus.labels)
         phones_json = [df_to_json(u.phones) for u in corpus]
+        tracks_json = [df_to_json(unpack_table(t)) for t in common["tracks"]]
         if (isinstance(stored, dict) and stored.get("fingerprint") == fp
                 and stored.get("ids") == corpus.ids and stored_plan is not None
                 and sorted(u for b in stored_plan for u in b) == list(range(len(corpus)))):
@@ -430,7 +432,8 @@ def extract(upstream, corpus, *, upstream_layers=None, batch_size: int | None = 
             root_dir.write_with("behaviour.pt", lambda f: torch.save(probe, f))
             write_json(root_dir, "plan.json", meta)
         # the corpus's own labels and alignments: rewritten when missing or edited (repair)
-        for fname, content in (("labels.json", labels_json), ("phones.json", phones_json)):
+        for fname, content in (("labels.json", labels_json), ("phones.json", phones_json),
+                               ("tracks.json", tracks_json)):
             on_disk = read_json(root_dir, fname)
             if on_disk is None or json_digest(on_disk) != json_digest(content):
                 write_json(root_dir, fname, content)
@@ -469,7 +472,8 @@ def extract(upstream, corpus, *, upstream_layers=None, batch_size: int | None = 
                 pending.popleft().result()
         manifest = sealed(dict(meta, chunks=records, complete=True,
                                 labels_sha256=json_digest(labels_json),
-                                phones_sha256=json_digest(phones_json)), "manifest_sha256")
+                                phones_sha256=json_digest(phones_json),
+                                tracks_sha256=json_digest(tracks_json)), "manifest_sha256")
         if todo or read_json(root_dir, "manifest.json") != manifest:
             write_json(root_dir, "manifest.json", manifest)
     return LayerStore(backend=DiskChunks(root, records, store_dtype), plan=plan,

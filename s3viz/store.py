@@ -34,6 +34,9 @@ from ._cache import (
 )
 from ._fs import OwnedFolder, UnsafePathError
 from .align import frame_labels as _align_frame_labels
+from .align import frame_values as _align_frame_values
+from .data._corpus import pack_table, unpack_table
+from .data.tracks import check_track_table
 from .upstreams._hub import AS_GIVEN, weights_of
 
 __all__ = ["LayerStore", "NonFiniteError", "CacheCorruptionError"]
@@ -96,7 +99,7 @@ def fmt_bytes(n: float) -> str:
 
 _MANIFEST_KEYS = ("format", "fingerprint", "name", "ids", "layer_ids", "chunks", "plan",
                   "hidden_sizes", "downsample_rates", "receptive_fields", "store_dtype",
-                  "labels_sha256", "phones_sha256", "manifest_sha256")
+                  "labels_sha256", "phones_sha256", "tracks_sha256", "manifest_sha256")
 
 
 class NonFiniteError(ValueError):
@@ -220,7 +223,7 @@ class LayerStore:
 
     def __init__(self, *, backend, plan, lengths, geometry: LayerGeometry, ids, labels, phones,
                  fingerprint, name, store_dtype, corpus_fingerprint=None,
-                 weights_source=AS_GIVEN):
+                 weights_source=AS_GIVEN, tracks=None):
         """A store over chunks already written.
 
         Args:
@@ -242,6 +245,9 @@ class LayerStore:
             self._utt_offset[utts] = np.cumsum(lens, axis=0) - lens
         self._ids, self._labels = [str(i) for i in ids], labels.reset_index(drop=True)
         self._phones, self._fingerprint, self._name = list(phones), fingerprint, name
+        # held packed (one array per column): a DataFrame per utterance would cost a large
+        # corpus ~15 KiB each; read back by unpack_table
+        self._tracks = [None] * n if tracks is None else [pack_table(t) for t in tracks]
         self._store_dtype, self._weights = store_dtype, _check_weights(weights_source)
         # the corpus's (audio, labels, alignments) when extracted from one, else None
         self.corpus_fingerprint = corpus_fingerprint
@@ -251,7 +257,7 @@ class LayerStore:
     @classmethod
     def from_tensors(cls, hidden_states, *, downsample_rates, ids=None, labels=None,
                      phones=None, receptive_fields=None,
-                     weights_source: str = AS_GIVEN) -> LayerStore:
+                     weights_source: str = AS_GIVEN, tracks=None) -> LayerStore:
         """An in-memory store from per-utterance tensors, without any upstream.
 
         Args:
@@ -264,6 +270,9 @@ class LayerStore:
             receptive_fields: per layer (default: the downsample rates).
             weights_source: the store's :attr:`weights`; start it with ``"random
                 weights"`` for a random control, so tables and plots say so.
+            tracks: per utterance a track table (``start, end`` in samples and float
+                columns; checked by :func:`s3viz.data.tracks.check_track_table`, against
+                ``labels['num_samples']`` when given) or None; None for none at all.
         """
         weights_source = _check_weights(weights_source)
         try:
@@ -330,6 +339,14 @@ class LayerStore:
         phones = [None] * n if phones is None else list(phones)
         if len(phones) != n:
             raise ValueError(f"phones must hold {n} tables (or None), got {len(phones)}")
+        tracks = [None] * n if tracks is None else list(tracks)
+        if len(tracks) != n:
+            raise ValueError(f"tracks must hold {n} tables (or None), got {len(tracks)}")
+        lengths_known = (labels["num_samples"].tolist() if "num_samples" in labels
+                         and labels["num_samples"].dtype.kind in "iu" else [None] * n)
+        tracks = [None if t is None else check_track_table(t, lengths_known[i],
+                                                           f"tracks[{i}] ({ids[i]!r})")
+                  for i, t in enumerate(tracks)]
         fields = rates if receptive_fields is None else [int(r) for r in receptive_fields]
         if len(fields) != num_layer:
             raise ValueError(f"receptive_fields must have {num_layer} entries, got {len(fields)}")
@@ -337,7 +354,7 @@ class LayerStore:
             backend=MemoryChunks(tensors), plan=[[i] for i in range(n)], lengths=lengths,
             geometry=LayerGeometry(sizes, rates, fields, list(range(num_layer))), ids=ids, labels=labels, phones=phones,
             fingerprint=h.hexdigest(), name="from_tensors", store_dtype=store_dtype,
-            weights_source=weights_source,
+            weights_source=weights_source, tracks=tracks,
         )
 
     @classmethod
@@ -368,8 +385,10 @@ class LayerStore:
             raise CacheCorruptionError(f"{root / 'manifest.json'} was changed after extract wrote "
                                        f"it (its sha256 does not match); {repair}")
         raw_labels, phones_json = read_json(folder, "labels.json"), read_json(folder, "phones.json")
+        tracks_json = read_json(folder, "tracks.json")
         for fname, content, key in (("labels.json", raw_labels, "labels_sha256"),
-                                    ("phones.json", phones_json, "phones_sha256")):
+                                    ("phones.json", phones_json, "phones_sha256"),
+                                    ("tracks.json", tracks_json, "tracks_sha256")):
             if content is None:
                 raise CacheCorruptionError(f"{root / fname} is missing or unreadable; {repair}")
             if json_digest(content) != manifest[key]:
@@ -377,8 +396,9 @@ class LayerStore:
                                            f"(its sha256 does not match the manifest's); {repair}")
         labels = df_from_json(raw_labels)
         n = len(manifest["ids"])
-        if len(phones_json) != n or len(labels) != n:
-            raise ValueError(f"labels.json or phones.json of {root} do not match its {n} utterances")
+        if len(phones_json) != n or len(labels) != n or len(tracks_json) != n:
+            raise ValueError(f"labels.json, phones.json or tracks.json of {root} do not match "
+                             f"its {n} utterances")
         # chunk files are checked (size, sha256) on their first load, one layer at a time
         store_dtype, weights = DTYPE_NAMES[manifest["store_dtype"]], manifest.get("weights")
         return cls(
@@ -390,7 +410,7 @@ class LayerStore:
             fingerprint=manifest["fingerprint"], name=manifest["name"], store_dtype=store_dtype,
             corpus_fingerprint=manifest.get("corpus_fingerprint"),
             weights_source=weights if isinstance(weights, str) and weights.strip()
-            else NOT_RECORDED)
+            else NOT_RECORDED, tracks=[tracks_from_json(t) for t in tracks_json])
 
     @staticmethod
     def _find_extraction(cache_dir: Path) -> Path:
@@ -441,6 +461,12 @@ class LayerStore:
     labels = _field("_labels", "One row per utterance (0..N-1): ``id, speaker, text, "
                     "num_samples`` + extra labels.", copy=True)
     phones = _field("_phones", copy=True)
+    @property
+    def tracks(self) -> list:
+        """Per utterance its track table (``start, end`` in samples, one float64 column per
+        track; :func:`s3viz.data.add_acoustic_tracks`) or None; new DataFrames on every
+        read (the store keeps them packed)."""
+        return [unpack_table(t) for t in self._tracks]
     fingerprint = _field("_fingerprint", "sha256 of the upstream's weights, the corpus and the "
                          "content-changing settings.")
     name = _field("_name", "Name of the upstream the frames came from.")
@@ -551,19 +577,36 @@ class LayerStore:
         ``column`` value of the segment covering each frame's centre
         (:func:`s3viz.align.frame_labels`), ``""`` where none does or the utterance has no
         alignment; a missing value (None, NaN, pd.NA) comes through as it is."""
+        return self._per_frame(layer, utterances, self._phones, _align_frame_labels, column, "",
+                               "no alignment tables (phones) for these utterances; frame labels "
+                               "need a corpus with phone alignments (e.g. "
+                               "s3viz.data.synthetic_corpus)")
+
+    def frame_values(self, layer, column: str, utterances=None) -> np.ndarray:
+        """``(sum_T,)`` float64 per-frame values aligned with :meth:`layer`: the ``column``
+        value of the track row covering each frame's centre (:func:`s3viz.align.frame_values`,
+        the convention of :meth:`frame_labels`), NaN where none does, the value is
+        undefined (an unvoiced frame's ``f0``) or the utterance has no tracks."""
+        return self._per_frame(layer, utterances, self._tracks, _align_frame_values, column,
+                               np.nan, "no track tables for these utterances; frame values need "
+                               "a corpus with tracks (s3viz.data.add_acoustic_tracks(corpus)) "
+                               "before extraction")
+
+    def _per_frame(self, layer, utterances, tables, read, column, fill, none_message):
+        """``read(table, n, rate, ...)`` of each selected utterance's table, concatenated
+        (``fill`` for the frames of an utterance without one)."""
         s = self._layer_index(layer)
         pos = check_utterances(utterances, len(self))
-        if len(pos) and all(self._phones[i] is None for i in pos):
-            raise ValueError(
-                "no alignment tables (phones) for these utterances; frame labels need a corpus "
-                "with phone alignments (e.g. s3viz.data.synthetic_corpus)")
+        if len(pos) and all(tables[i] is None for i in pos):
+            raise ValueError(none_message)
         rate, rf = self._downsample_rates[s], self._receptive_fields[s]
+        dtype = object if isinstance(fill, str) else np.float64
         parts = []
         for i in pos:
-            n, table = int(self._lengths[i, s]), self._phones[i]
-            parts.append(np.full(n, "", dtype=object) if table is None else _align_frame_labels(
+            n, table = int(self._lengths[i, s]), unpack_table(tables[i])
+            parts.append(np.full(n, fill, dtype=dtype) if table is None else read(
                 table, n, rate, column=column, receptive_field_samples=rf))
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=object)
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
     def pooled(self, layer, utterances=None, dtype=torch.float32) -> torch.Tensor:
         """Mean over frames per utterance: ``(N', hidden_size)`` in ``dtype`` (NaN for 0 frames)."""
@@ -580,6 +623,16 @@ class LayerStore:
             warnings.warn(f"{int((lens == 0).sum())} utterance(s) have no frames in layer {s}; "
                           "their pooled rows are NaN", stacklevel=2)
         return out
+
+
+def tracks_from_json(obj) -> pd.DataFrame | None:
+    """A track table as ``tracks.json`` holds it (NaN written as null): ``start, end``
+    int64, every other column float64."""
+    table = df_from_json(obj)
+    if table is None:
+        return None
+    return table.astype({c: np.int64 if c in ("start", "end") else np.float64
+                         for c in table.columns})
 
 
 def frame_groups(lens: np.ndarray, max_frames: int) -> Iterator[tuple[int, int]]:

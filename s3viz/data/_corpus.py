@@ -13,8 +13,9 @@ import pandas as pd
 
 from ..interface import SAMPLE_RATE
 from .alignments import check_phone_table
+from .tracks import check_track_table
 
-__all__ = ["Utterance", "FileUtterance", "Corpus"]
+__all__ = ["Utterance", "FileUtterance", "Corpus", "PackedTable", "pack_table", "unpack_table"]
 
 
 def _check_id(uid) -> str:
@@ -37,6 +38,11 @@ class Utterance:
             every alignment is (``docs/alignment.md``); samples no row covers are
             unlabelled.
         labels: further per-utterance labels (e.g. from a labels CSV).
+        tracks: continuous values over time (``start, end`` in samples, ``end``
+            exclusive, one float64 column per track, NaN where undefined;
+            :func:`~s3viz.data.add_acoustic_tracks` makes them) or ``None``; checked when
+            given or assigned (:func:`~s3viz.data.tracks.check_track_table`), kept as a
+            checked copy.
     """
 
     id: str
@@ -45,6 +51,7 @@ class Utterance:
     speaker: str = ""
     phones: Optional[pd.DataFrame] = None
     labels: Dict[str, object] = field(default_factory=dict)
+    tracks: Optional[pd.DataFrame] = None
 
     def __post_init__(self):
         _check_id(self.id)
@@ -56,14 +63,17 @@ class Utterance:
         self.wav = np.ascontiguousarray(wav, dtype=np.float32)
         self.__dict__["_ready"] = True
         self.phones = self.phones  # checked now that the audio's length is known
+        self.tracks = self.tracks
 
     def __setattr__(self, name, value):
-        # every alignment table, given at construction or assigned later, is checked
+        # every alignment and track table, given at construction or assigned later, is checked
         if name == "phones" and value is not None and self.__dict__.get("_ready"):
             if not isinstance(value, pd.DataFrame):
                 raise TypeError(f"Utterance {self.id!r}: phones must be a pandas DataFrame or "
                                 f"None, got {type(value).__name__}")
             value = check_phone_table(value, self.num_samples, f"Utterance {self.id!r}")
+        if name == "tracks" and value is not None and self.__dict__.get("_ready"):
+            value = check_track_table(value, self.num_samples, f"Utterance {self.id!r}")
         object.__setattr__(self, name, value)
 
     @property
@@ -84,8 +94,12 @@ class Utterance:
         corpus's memory grow), and read only (edit ``phones``)."""
         return self.phones
 
+    def _tracks_view(self) -> Optional[pd.DataFrame]:
+        """``tracks`` for a pass over the corpus, as :meth:`_phones_view` gives ``phones``."""
+        return self.tracks
 
-class _Packed:
+
+class PackedTable:
     """An alignment table held as one array per column, strings interned.
 
     Written here because pandas has no compact frozen table: a 25-row DataFrame costs
@@ -118,6 +132,19 @@ class _Packed:
                             columns=list(columns))
 
 
+def pack_table(table):
+    """``table`` as a :class:`PackedTable` when it rebuilds equal from its columns, else as
+    it is (None stays None): how a store keeps a large corpus's tracks."""
+    if isinstance(table, pd.DataFrame) and PackedTable.fits(table):
+        return PackedTable(table)
+    return table
+
+
+def unpack_table(held):
+    """The DataFrame that :func:`pack_table` gave ``held`` for (a new one on every call)."""
+    return held.table() if isinstance(held, PackedTable) else held
+
+
 class FileUtterance(Utterance):
     """An :class:`Utterance` whose audio stays in its file: ``wav`` reads it (mono, 16 kHz)
     on every access and keeps nothing, so a corpus of these holds only metadata.
@@ -126,12 +153,15 @@ class FileUtterance(Utterance):
 
     An alignment given to :func:`~s3viz.data.load_folder` is held packed (one array per
     column) until ``phones`` is first read; that read builds the DataFrame and keeps it,
-    so edits made in place stay, as on any :class:`Utterance`.
+    so edits made in place stay, as on any :class:`Utterance`. The tracks that
+    :func:`~s3viz.data.add_acoustic_tracks` gives are held packed the same way until
+    ``tracks`` is first read.
     """
 
     def __init__(self, id: str, path, *, num_samples: Optional[int] = None, text: str = "",
                  speaker: str = "", phones: Optional[pd.DataFrame] = None,
-                 labels: Optional[Dict[str, object]] = None, allow_silence: bool = False):
+                 labels: Optional[Dict[str, object]] = None, allow_silence: bool = False,
+                 tracks: Optional[pd.DataFrame] = None):
         from ..audio import audio_file_length
 
         if not isinstance(path, (str, os.PathLike)):
@@ -144,7 +174,7 @@ class FileUtterance(Utterance):
             raise ValueError(f"num_samples must be >= 0, got {num_samples!r}")
         self.id, self.text, self.speaker = _check_id(id), text, speaker
         self.__dict__["_ready"] = True
-        self.phones, self.labels = phones, dict(labels or {})
+        self.phones, self.labels, self.tracks = phones, dict(labels or {}), tracks
 
     @property
     def wav(self) -> np.ndarray:
@@ -162,26 +192,52 @@ class FileUtterance(Utterance):
     def num_samples(self) -> int:
         return self._num_samples
 
+    # ``phones`` and ``tracks`` are each held as a DataFrame (``_table``, ``_tracks``) or
+    # packed (``_packed``, ``_tracks_packed``) until read
+    def _read_table(self, key: str, packed_key: str) -> Optional[pd.DataFrame]:
+        d = self.__dict__
+        if d.get(packed_key) is not None:
+            d[key], d[packed_key] = d[packed_key].table(), None
+        return d.get(key)
+
+    def _pack_table(self, key: str, packed_key: str) -> None:
+        table = self.__dict__.get(key)
+        if table is not None and PackedTable.fits(table):
+            self.__dict__.update({key: None, packed_key: PackedTable(table)})
+
+    def _view_table(self, key: str, packed_key: str) -> Optional[pd.DataFrame]:
+        packed = self.__dict__.get(packed_key)
+        return self._read_table(key, packed_key) if packed is None else packed.table()
+
     @property
     def phones(self) -> Optional[pd.DataFrame]:
-        d = self.__dict__
-        if d.get("_packed") is not None:
-            d["_table"], d["_packed"] = d["_packed"].table(), None
-        return d.get("_table")
+        return self._read_table("_table", "_packed")
 
     @phones.setter
     def phones(self, table) -> None:  # checked by Utterance.__setattr__
         self.__dict__.update(_table=table, _packed=None)
 
+    @property
+    def tracks(self) -> Optional[pd.DataFrame]:
+        return self._read_table("_tracks", "_tracks_packed")
+
+    @tracks.setter
+    def tracks(self, table) -> None:  # checked by Utterance.__setattr__
+        self.__dict__.update(_tracks=table, _tracks_packed=None)
+
     def _pack_phones(self) -> None:
         """Hold the alignment packed until ``phones`` is read (what a large folder needs)."""
-        table = self.__dict__.get("_table")
-        if table is not None and _Packed.fits(table):
-            self.__dict__.update(_table=None, _packed=_Packed(table))
+        self._pack_table("_table", "_packed")
+
+    def _pack_tracks(self) -> None:
+        """Hold the tracks packed until ``tracks`` is read."""
+        self._pack_table("_tracks", "_tracks_packed")
 
     def _phones_view(self) -> Optional[pd.DataFrame]:
-        packed = self.__dict__.get("_packed")
-        return self.phones if packed is None else packed.table()
+        return self._view_table("_table", "_packed")
+
+    def _tracks_view(self) -> Optional[pd.DataFrame]:
+        return self._view_table("_tracks", "_tracks_packed")
 
     def _content_key(self) -> bytes:  # the file's path, size and mtime (audio not read)
         try:
@@ -248,8 +304,8 @@ class Corpus(Sequence[Utterance]):
         return pd.DataFrame(rows, columns=None if rows else ["id", "speaker", "text", "num_samples"])
 
     def fingerprint(self) -> str:
-        """A sha256 over ids, audio, texts, speakers, labels and alignments, computed anew on
-        every call (an utterance edited in place, ``u.wav[:] += noise``, gets a new one).
+        """A sha256 over ids, audio, texts, speakers, labels, alignments and tracks, computed
+        anew on every call (an utterance edited in place, ``u.wav[:] += noise``, gets a new one).
 
         The audio of an in-memory :class:`Utterance` is hashed byte for byte; a lazy
         :class:`FileUtterance` is not read: its file's path, size and modification time
@@ -265,4 +321,9 @@ class Corpus(Sequence[Utterance]):
             table = u._phones_view()
             if table is not None:
                 h.update(table.to_csv(index=False).encode())
+            tracks = u._tracks_view()
+            if tracks is not None:  # (a corpus without tracks keeps its old fingerprint)
+                h.update(f"tracks|{list(tracks.columns)}|{len(tracks)}|".encode())
+                for _, col in tracks.items():  # checked int64 / float64 columns: exact bytes
+                    h.update(np.ascontiguousarray(col.to_numpy()).tobytes())
         return h.hexdigest()

@@ -18,6 +18,7 @@ from .. import _validate as _v
 from .._labels import label_strings
 from ..align import conv_lengths, layer_geometry
 from ..align import frame_labels as _align_frame_labels
+from ..align import frame_values as _align_frame_values
 from ..extraction import BatchRunner, bucket_plan
 from ..upstreams._hub import weights_of
 
@@ -90,7 +91,7 @@ class Context:
 
     Attributes:
         meta: the whole corpus's frame-free metadata (``ids``, ``labels``,
-            ``phones``), the same on every rank.
+            ``phones``, ``tracks``), the same on every rank.
         positions: corpus positions of this rank's utterances.
         layer_ids, sizes, rates, fields: per analysed layer, the upstream's
             hidden-state index, hidden size, downsample rate and receptive field.
@@ -138,6 +139,16 @@ class Context:
         lab = _align_frame_labels(table, num_frames, self.rates[layer], column=column,
                                   receptive_field_samples=self.fields[layer])
         return label_strings(lab)
+
+    def frame_values(self, pos: int, layer: int, column: str, num_frames: int) -> np.ndarray:
+        """float64 values of the ``num_frames`` frames of utterance ``pos`` in ``layer``
+        (NaN: undefined or not covered), read from its tracks as
+        :meth:`LayerStore.frame_values` reads them."""
+        table = self.meta.tracks[pos]
+        if table is None:
+            return np.full(num_frames, np.nan)
+        return _align_frame_values(table, num_frames, self.rates[layer], column=column,
+                                   receptive_field_samples=self.fields[layer])
 
 
 class CorpusLayers:
@@ -197,6 +208,17 @@ class Batch:
             self._cache[key] = np.concatenate(parts) if parts else np.zeros(0, dtype=object)
         return self._cache[key]
 
+    def frame_values(self, layer: int, column: str) -> np.ndarray:
+        """``(sum of frames,)`` float64 track values of the batch's frames in ``layer``
+        (NaN where undefined), as :meth:`LayerStore.frame_values` gives them."""
+        c = self.ctx
+        key = ("values", column, c.rates[layer], c.fields[layer], self.lens[:, layer].tobytes())
+        if key not in self._cache:
+            parts = [c.frame_values(int(u), layer, column, int(n))
+                     for u, n in zip(self.positions, self.lens[:, layer])]
+            self._cache[key] = np.concatenate(parts) if parts else np.zeros(0)
+        return self._cache[key]
+
 
 # -- sources -----------------------------------------------------------------
 
@@ -206,7 +228,7 @@ class StoreSource:
 
     Args:
         store: the store (whole corpus, or this rank's shard).
-        meta: the whole corpus (``ids``, ``labels``, ``phones``) when ``store``
+        meta: the whole corpus (``ids``, ``labels``, ``phones``, ``tracks``) when ``store``
             is one shard; None: the store itself.
         positions: corpus positions of the store's utterances (a shard); None:
             ``0..len(store)``.
@@ -264,26 +286,27 @@ class CorpusMeta:
     def __init__(self, corpus):
         self.ids = corpus.ids
         self.labels = corpus.labels
-        self.phones = _PhoneTables(corpus)
+        self.phones = _CorpusTables(corpus, "_phones_view")
+        self.tracks = _CorpusTables(corpus, "_tracks_view")
 
     def __len__(self) -> int:
         return len(self.ids)
 
 
-class _PhoneTables(Sequence):
-    """Every utterance's alignment, read when asked (``Utterance._phones_view``): a
-    lazy corpus of many hours keeps its alignments packed through the run."""
+class _CorpusTables(Sequence):
+    """Every utterance's alignment or tracks, read when asked (``Utterance._phones_view``,
+    ``_tracks_view``): a lazy corpus of many hours keeps them packed through the run."""
 
-    def __init__(self, corpus):
-        self._utts = list(corpus)
+    def __init__(self, corpus, view: str):
+        self._utts, self._view = list(corpus), view
 
     def __len__(self) -> int:
         return len(self._utts)
 
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return [u._phones_view() for u in self._utts[i]]
-        return self._utts[i]._phones_view()
+            return [getattr(u, self._view)() for u in self._utts[i]]
+        return getattr(self._utts[i], self._view)()
 
 
 def _predicted_lengths(upstream, layer_ids, num_samples: np.ndarray) -> np.ndarray | None:
