@@ -141,9 +141,8 @@ def test_split_keeps_each_speaker_in_one_part(planted):
     store, _, _, split = planted
     assert split.groupby("group")["part"].nunique().max() == 1
     assert set(split["part"]) == {"train", "dev", "test"}
-    assert split.groupby("part")["group"].nunique().to_dict() == {"train": 3, "dev": 2,
-                                                                  "test": 1} or \
-        split.groupby("part")["group"].nunique().sum() == 6
+    per_part = split.groupby("part")["group"].nunique()
+    assert (per_part >= 1).all() and per_part.sum() == 6  # 6 speakers, each in one part
 
 
 def test_bootstrap_replicates_match_resampled_frames(planted):
