@@ -37,6 +37,7 @@ _EXPORTS = {
     "stream_analysis": "stream",
     "abx_layers": "abx",
     "unit_quality": "measures.units",
+    "cca_layers": "measures.cca",
     "segment_table": "segments",
     # featurizer weights
     "WeightedSumFeaturizer": "featurizers",

@@ -15,17 +15,18 @@ from collections.abc import Sequence
 
 from ._engine import Batch, Context, Measure, StoreSource, StreamSource, run_measures
 from .abx import ABX
+from .cca import CCA
 from .cka import LayerCKA
 from .probe import RidgeProbe
 from .segments import SegmentProbe
 from .units import UnitQuality
 
-__all__ = ["ABX", "MEASURES", "Batch", "Context", "LayerCKA", "Measure", "RidgeProbe",
+__all__ = ["ABX", "CCA", "MEASURES", "Batch", "Context", "LayerCKA", "Measure", "RidgeProbe",
            "SegmentProbe", "StoreSource", "StreamSource", "UnitQuality", "build_measures",
            "run_measures"]
 
 MEASURES = {"probe": RidgeProbe, "segments": SegmentProbe, "cka": LayerCKA,
-            "units": UnitQuality, "abx": ABX}
+            "units": UnitQuality, "abx": ABX, "cca": CCA}
 """Each measure by the name the CLI's ``--measures`` and :func:`build_measures` take."""
 
 
