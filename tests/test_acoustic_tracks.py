@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 import s3viz
 from s3viz.align import frame_values
 from s3viz.data import Corpus, Utterance, add_acoustic_tracks
-from s3viz.data.tracks import TRACK_NAMES, check_track_table
+from s3viz.data.tracks import DEFAULT_TRACKS, check_track_table
 from s3viz.store import CacheCorruptionError, LayerStore
 
 SR = 16000
@@ -42,7 +42,7 @@ def test_a_steady_tone_gives_its_f0_within_1_hz_and_silence_is_unvoiced():
     c = _corpus(_tone(120.0), np.zeros(8000, np.float32))
     out = add_acoustic_tracks(c)
     tone, silence = out[0].tracks, out[1].tracks
-    assert list(tone.columns) == ["start", "end", *TRACK_NAMES]
+    assert list(tone.columns) == ["start", "end", *DEFAULT_TRACKS]
     voiced = tone["voicing"] == 1.0
     assert voiced.mean() > 0.9
     assert np.abs(tone.loc[voiced, "f0"] - 120.0).max() < 1.0
@@ -52,6 +52,18 @@ def test_a_steady_tone_gives_its_f0_within_1_hz_and_silence_is_unvoiced():
     assert ((tone["end"] - tone["start"]) <= 160).all() and (tone["start"].diff().dropna() == 160).all()
     assert tone["start"].min() >= 0 and tone["end"].max() <= c[0].num_samples
     assert c[0].tracks is None  # the input is not changed
+
+
+def test_semitones_re_100_hz_and_silence_has_no_intensity():
+    out = add_acoustic_tracks(_corpus(_tone(200.0), np.zeros(8000, np.float32)),
+                              tracks=("f0", "f0_semitones", "intensity"))
+    tone = out[0].tracks
+    ok = tone["f0"].notna()
+    assert np.allclose(tone.loc[ok, "f0_semitones"], 12 * np.log2(tone.loc[ok, "f0"] / 100))
+    assert abs(tone.loc[ok, "f0_semitones"].median() - 12.0) < 0.1  # an octave above 100 Hz
+    assert tone.loc[~ok, "f0_semitones"].isna().all()
+    # Praat's -300 dB for digital silence is no level: undefined, not a number to regress on
+    assert out[1].tracks["intensity"].isna().all() and tone["intensity"].notna().any()
 
 
 def test_a_glide_is_followed_within_1_hz():

@@ -11,9 +11,11 @@ import pandas as pd
 
 from ..interface import SAMPLE_RATE
 from ._corpus import Corpus, FileUtterance, Utterance
-from .tracks import TRACK_NAMES
+from .tracks import DEFAULT_TRACKS, TRACK_NAMES
 
 __all__ = ["add_acoustic_tracks"]
+
+SILENT_DB = -299.0  # Praat gives -300 dB for a window of digital silence
 
 PARSELMOUTH_FIX = "pip install 'praat-parselmouth>=0.4.7,<0.5'"
 
@@ -76,11 +78,14 @@ def utterance_tracks(wav: np.ndarray, tracks: Sequence[str], *, time_step: float
     start = np.maximum(start, 0)
     keep = end > start
     columns["start"], columns["end"] = start, end
-    if "f0" in tracks or "voicing" in tracks:
+    if {"f0", "f0_semitones", "voicing"} & set(tracks):
         f0 = pitch.selected_array["frequency"].astype(np.float64)  # 0 Hz: unvoiced
         voiced = f0 > 0
         if "f0" in tracks:
             columns["f0"] = np.where(voiced, f0, np.nan)
+        if "f0_semitones" in tracks:  # Praat's unit "semitones re 100 Hz"
+            with np.errstate(divide="ignore", invalid="ignore"):
+                columns["f0_semitones"] = np.where(voiced, 12.0 * np.log2(f0 / 100.0), np.nan)
         if "voicing" in tracks:
             columns["voicing"] = voiced.astype(np.float64)
     if "intensity" in tracks:
@@ -88,8 +93,11 @@ def utterance_tracks(wav: np.ndarray, tracks: Sequence[str], *, time_step: float
         if duration >= 6.4 / intensity_minimum_pitch:  # Praat's window, else no frame
             intensity = sound.to_intensity(minimum_pitch=intensity_minimum_pitch,
                                            time_step=time_step)
-            # Praat's own "Get value at time" (cubic), NaN outside its frames
-            columns["intensity"] = np.array([intensity.get_value(t) for t in times])
+            # Praat's own "Get value at time" (cubic), NaN outside its frames; Praat's
+            # -300 dB for a digitally silent window is no level: undefined (NaN), or it
+            # would dominate every mean and regression over the track
+            level = np.array([intensity.get_value(t) for t in times], dtype=np.float64)
+            columns["intensity"] = np.where(level > SILENT_DB, level, np.nan)
     for name in ("f1", "f2"):
         if name in tracks:
             columns[name] = np.full(len(times), np.nan)
@@ -105,7 +113,7 @@ def utterance_tracks(wav: np.ndarray, tracks: Sequence[str], *, time_step: float
     return table[keep].reset_index(drop=True)
 
 
-def add_acoustic_tracks(corpus: Corpus, tracks: Sequence[str] = TRACK_NAMES, *,
+def add_acoustic_tracks(corpus: Corpus, tracks: Sequence[str] = DEFAULT_TRACKS, *,
                         time_step: float = 0.01, pitch_floor: float = 75.0,
                         pitch_ceiling: float = 600.0, intensity_minimum_pitch: float = 100.0,
                         max_formant: float = 5500.0, max_number_of_formants: float = 5.0,
@@ -118,10 +126,11 @@ def add_acoustic_tracks(corpus: Corpus, tracks: Sequence[str] = TRACK_NAMES, *,
     and last half window, 1.5 periods of ``pitch_floor``, having none): ``start, end``, the
     ``time_step`` window centred at the frame's time in 16 kHz samples (``end``
     exclusive, clipped to the audio), and one float64 column per track: ``f0`` (Hz, NaN
-    where Praat finds the frame unvoiced), ``voicing`` (1.0 voiced, 0.0 unvoiced),
+    where Praat finds the frame unvoiced), ``f0_semitones`` (not by default: the same
+    F0 in semitones re 100 Hz, ``12 log2(f0 / 100)``, as phoneticians compare pitch), ``voicing`` (1.0 voiced, 0.0 unvoiced),
     ``intensity`` (dB re 2e-5 Pa, Praat's ``To Intensity`` with the mean subtracted,
-    read at the frame's time with Praat's cubic interpolation; -300 dB where the audio
-    is digitally silent; NaN outside Praat's intensity frames), ``f1``, ``f2`` (Hz,
+    read at the frame's time with Praat's cubic interpolation; NaN where the audio is
+    digitally silent (Praat's -300 dB) and outside Praat's intensity frames), ``f1``, ``f2`` (Hz,
     Praat's ``To Formant (burg)`` read at the frame's time with linear interpolation;
     NaN where Praat gives none). An utterance shorter than 3 periods of ``pitch_floor``
     gets an empty table. Defaults are Praat's except ``time_step`` (10 ms).

@@ -9,12 +9,16 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-__all__ = ["TRACK_NAMES", "check_track_table"]
+__all__ = ["DEFAULT_TRACKS", "TRACK_NAMES", "check_track_table"]
 
-TRACK_NAMES = ("f0", "voicing", "intensity", "f1", "f2")
+TRACK_NAMES = ("f0", "f0_semitones", "voicing", "intensity", "f1", "f2")
 """The tracks :func:`~s3viz.data.add_acoustic_tracks` computes: ``f0`` (Hz, NaN where
-unvoiced), ``voicing`` (1.0 voiced, 0.0 unvoiced), ``intensity`` (dB), ``f1``, ``f2`` (Hz,
-NaN where Praat finds none)."""
+unvoiced), ``f0_semitones`` (the same in semitones re 100 Hz, Praat's log-F0 unit),
+``voicing`` (1.0 voiced, 0.0 unvoiced), ``intensity`` (dB, NaN where the audio is
+digitally silent), ``f1``, ``f2`` (Hz, NaN where Praat finds none)."""
+
+DEFAULT_TRACKS = ("f0", "voicing", "intensity", "f1", "f2")
+"""What :func:`~s3viz.data.add_acoustic_tracks` computes unless asked otherwise."""
 
 
 def check_track_table(table, num_samples: Optional[int], who: str) -> pd.DataFrame:

@@ -226,7 +226,7 @@ def _shard_setup(store, sharding, methods):
 
 def _probe_segments(store, targets, methods, meta, positions, reduce, *, layers, device,
                     utterances, control, bootstrap, **kw) -> pd.DataFrame:
-    """probe_layers(level="segment"): ridge probes run :class:`~s3viz.measures.SegmentProbe`
+    """probe_layers(level="segment") (``bootstrap``: resamples and confidence): ridge probes run :class:`~s3viz.measures.SegmentProbe`
     (streamable, shardable); other methods need every segment's mean at once, so they probe
     the stored segment means (:func:`s3viz.segments.segment_store`), unsharded."""
     from ..measures import SegmentProbe, StoreSource, run_measures
@@ -236,7 +236,7 @@ def _probe_segments(store, targets, methods, meta, positions, reduce, *, layers,
     if len(methods) == 1 and methods[0].name == "ridge":
         probe = SegmentProbe(list(dict.fromkeys(targets)), lambdas=methods[0].lambdas,
                              profile_pass=True, utterances=utterances, control=control,
-                             bootstrap=bootstrap, **kw)
+                             bootstrap=bootstrap[0], confidence=bootstrap[1], **kw)
         source = StoreSource(store, meta=meta, positions=positions, layers=layers)
         table = run_measures([probe], source, device=device, reduce=reduce)["segments"]
         return concat_tables([(t, table) for t in targets])
