@@ -1,19 +1,12 @@
 """Error bars: one bootstrap over speakers (or utterances) that every measure shares.
 
-A measure keeps additive statistics per resampling unit (a speaker, or an utterance
-when the corpus has no speakers): ``(units, ...)`` arrays such as correct and total
-held-out examples. :class:`Bootstrap` draws ``resamples`` multisets of the units
-(multinomial counts ``(resamples, units)``, seeded), so a replicate's statistics are
-one matrix product ``counts @ per_unit``, and the measure's value is recomputed from
-them. Two tables made with the same units, seed and resamples share the draws, so
-their replicates pair up: :func:`s3viz.compare_scores` subtracts them (a paired
-bootstrap) without rerunning anything. The maths and the coverage measured in a
-simulation: ``docs/measures.md``, "Error bars".
-
-Written here rather than taken from scipy.stats.bootstrap, which resamples the rows
-of its data: a speech measure's value is a ratio of sums over speakers (and
-sometimes a solved model), so the unit, the pairing across tables and the statistics
-that are resampled must be the measure's own.
+A measure keeps additive statistics per resampling unit (``(units, ...)`` arrays);
+:class:`Bootstrap` draws seeded multinomial resample counts ``(resamples, units)``, so a
+replicate's statistics are ``counts @ per_unit`` and the measure's value is recomputed
+from them. Tables made with the same units, seed and resamples share the draws, so
+:func:`s3viz.compare_scores` pairs their replicates. Why not scipy.stats.bootstrap (it
+resamples rows, not a measure's units), the maths and the measured coverage:
+``docs/measures.md``, "Error bars".
 """
 
 from __future__ import annotations
@@ -24,7 +17,8 @@ import pandas as pd
 from . import _validate as _v
 from ._labels import label_strings
 
-__all__ = ["Bootstrap", "add_interval_columns", "bootstrap_options", "resampling_units"]
+__all__ = ["Bootstrap", "add_interval_columns", "bootstrap_options", "percentile_interval",
+           "resampling_units"]
 
 UNITS = ("speaker", "utterance")
 
@@ -56,6 +50,18 @@ def resampling_units(labels: pd.DataFrame, sel=None) -> tuple[np.ndarray, list[s
     ids = [str(v) for v in labels["id"].to_numpy()[rows]] if "id" in labels.columns \
         else [str(i) for i in rows]
     return np.arange(len(rows), dtype=np.int64), ids, "utterance"
+
+
+def percentile_interval(replicates, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval ``(lo, hi)`` over axis 0 of ``replicates`` ``(resamples, ...)``
+    at ``confidence`` (resamples whose value is undefined, NaN, left out; all NaN: NaN)."""
+    import warnings
+
+    a = (1.0 - float(confidence)) / 2.0
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column gives NaN
+        lo, hi = np.nanquantile(np.asarray(replicates, dtype=np.float64), [a, 1.0 - a], axis=0)
+    return lo, hi
 
 
 class Bootstrap:
@@ -95,15 +101,7 @@ class Bootstrap:
     def interval(self, replicates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Percentile interval ``(lo, hi)`` of ``replicates`` ``(resamples, ...)`` at
         :attr:`confidence` (resamples whose value is undefined, NaN, left out)."""
-        a = (1.0 - self.confidence) / 2.0
-        with np.errstate(all="ignore"):
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN row gives NaN
-                lo, hi = np.nanquantile(np.asarray(replicates, dtype=np.float64),
-                                        [a, 1.0 - a], axis=0)
-        return lo, hi
+        return percentile_interval(replicates, self.confidence)
 
     def attrs(self) -> dict:
         """What a table records in ``attrs["bootstrap"]`` (its ``replicates`` are added by
