@@ -17,7 +17,7 @@ import pandas as pd
 from . import _validate as _v
 from ._labels import label_strings
 
-__all__ = ["Bootstrap", "add_interval_columns", "bootstrap_options", "percentile_interval",
+__all__ = ["Bootstrap", "Replicates", "add_interval_columns", "bootstrap_options", "percentile_interval",
            "resampling_units"]
 
 UNITS = ("speaker", "utterance")
@@ -118,6 +118,27 @@ class Bootstrap:
         return out
 
 
+class Replicates(dict):
+    """``{row key: {column: (resamples,) array}}`` that compares by value (arrays
+    included), so ``pd.concat`` can compare two tables' ``attrs`` (it keeps them when
+    equal and drops them otherwise; a plain dict of arrays makes it raise)."""
+
+    __hash__ = None
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, dict) or self.keys() != other.keys():
+            return False
+        for k, cols in self.items():
+            theirs = other[k]
+            if cols.keys() != theirs.keys() or not all(
+                    np.array_equal(v, theirs[c], equal_nan=True) for c, v in cols.items()):
+                return False
+        return True
+
+    def __ne__(self, other) -> bool:
+        return not self == other
+
+
 def add_interval_columns(table: pd.DataFrame, boot: Bootstrap, key: list[str],
                          replicates: dict, columns: list[str]) -> pd.DataFrame:
     """Add ``<column>_lo`` / ``<column>_hi`` after each of ``columns`` from
@@ -140,6 +161,6 @@ def add_interval_columns(table: pd.DataFrame, boot: Bootstrap, key: list[str],
     table["resampled_by"] = boot.kind  # the unit each interval resampled
     info = boot.attrs()
     info["key"] = tuple(key)
-    info["replicates"] = replicates
+    info["replicates"] = Replicates(replicates)
     table.attrs["bootstrap"] = info
     return table

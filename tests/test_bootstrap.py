@@ -174,3 +174,10 @@ def test_compare_scores_refuses_tables_that_do_not_pair():
     a.attrs["split_by"] = "speaker"
     with pytest.raises(ValueError, match="split_by"):
         s3viz.compare_scores(a, b)
+
+
+def test_tables_with_intervals_concatenate():
+    c, n = _counts(0.7, 1)
+    a, b = _table({9: c}, n), _table({9: c * 0.5}, n)
+    assert pd.concat([a, a]).attrs["bootstrap"]["replicates"] == a.attrs["bootstrap"]["replicates"]
+    assert "bootstrap" not in pd.concat([a, b]).attrs  # two draws' records: neither kept
