@@ -53,11 +53,13 @@ _EXPORTS = {
     "notebook_threads": "_device",
     # frame vs utterance
     "compare_frame_utterance": "compare",
+    # error bars
+    "compare_scores": "paired",
 }
 
 _SUBMODULES = ("abx", "align", "audio", "checkpoints", "compare", "contract", "data",
                "distributed", "extraction", "measures", "featurizer_training", "featurizers", "interface",
-               "models", "plot", "probe", "segments", "similarity", "store", "stream", "teach",
+               "models", "paired", "plot", "probe", "segments", "similarity", "store", "stream", "teach",
                "units", "upstreams", "widgets", "zoo")
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

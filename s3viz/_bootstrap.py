@@ -1,15 +1,13 @@
 """Error bars: one bootstrap over speakers (or utterances) that every measure shares.
 
-A measure keeps additive statistics per resampling unit; :class:`Bootstrap` draws
-seeded multinomial resamples of the units, so a replicate is one matrix product and
-two tables made with the same units, seed and resamples pair up
-(:func:`s3viz.compare_scores`). The maths and the measured coverage:
+A measure keeps additive statistics per resampling unit (``(units, ...)`` arrays);
+:class:`Bootstrap` draws seeded multinomial resample counts ``(resamples, units)``, so a
+replicate's statistics are ``counts @ per_unit`` and the measure's value is recomputed
+from them. Tables made with the same units, seed and resamples share the draws, so
+:func:`s3viz.compare_scores` pairs their replicates. Why not scipy.stats.bootstrap (it
+resamples rows, not a measure's units), the maths and the measured coverage:
 ``docs/measures.md``, "Error bars".
 """
-
-# Written here rather than taken from scipy.stats.bootstrap, which resamples the rows of
-# its data: a speech measure's value is a ratio of sums over speakers, so the unit, the
-# pairing across tables and the statistics resampled must be the measure's own.
 
 from __future__ import annotations
 
@@ -19,7 +17,8 @@ import pandas as pd
 from . import _validate as _v
 from ._labels import label_strings
 
-__all__ = ["Bootstrap", "Draws", "add_interval_columns", "bootstrap_options", "resampling_units"]
+__all__ = ["Bootstrap", "Replicates", "add_interval_columns", "bootstrap_options", "percentile_interval",
+           "resampling_units"]
 
 UNITS = ("speaker", "utterance")
 
@@ -53,13 +52,16 @@ def resampling_units(labels: pd.DataFrame, sel=None) -> tuple[np.ndarray, list[s
     return np.arange(len(rows), dtype=np.int64), ids, "utterance"
 
 
-class Draws(dict):
-    """A table's ``attrs["bootstrap"]``: a dict compared by identity, so that pandas,
-    which compares the attrs of the tables it concatenates, never compares arrays."""
+def percentile_interval(replicates, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval ``(lo, hi)`` over axis 0 of ``replicates`` ``(resamples, ...)``
+    at ``confidence`` (resamples whose value is undefined, NaN, left out; all NaN: NaN)."""
+    import warnings
 
-    __eq__ = object.__eq__
-    __ne__ = object.__ne__
-    __hash__ = object.__hash__
+    a = (1.0 - float(confidence)) / 2.0
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column gives NaN
+        lo, hi = np.nanquantile(np.asarray(replicates, dtype=np.float64), [a, 1.0 - a], axis=0)
+    return lo, hi
 
 
 class Bootstrap:
@@ -99,21 +101,13 @@ class Bootstrap:
     def interval(self, replicates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Percentile interval ``(lo, hi)`` of ``replicates`` ``(resamples, ...)`` at
         :attr:`confidence` (resamples whose value is undefined, NaN, left out)."""
-        a = (1.0 - self.confidence) / 2.0
-        with np.errstate(all="ignore"):
-            import warnings
+        return percentile_interval(replicates, self.confidence)
 
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN row gives NaN
-                lo, hi = np.nanquantile(np.asarray(replicates, dtype=np.float64),
-                                        [a, 1.0 - a], axis=0)
-        return lo, hi
-
-    def attrs(self) -> Draws:
+    def attrs(self) -> dict:
         """What a table records in ``attrs["bootstrap"]`` (its ``replicates`` are added by
         the measure: ``{row key: {column: (resamples,) array}}``)."""
-        return Draws(unit=self.kind, units=tuple(self.names), resamples=self.resamples,
-                     confidence=self.confidence, seed=self.seed, key=(), replicates={})
+        return {"unit": self.kind, "units": tuple(self.names), "resamples": self.resamples,
+                "confidence": self.confidence, "seed": self.seed, "key": (), "replicates": {}}
 
     def per_unit(self, unit_of: np.ndarray, values: np.ndarray) -> np.ndarray:
         """Sum rows ``values`` ``(n, ...)`` of items whose unit is ``unit_of`` ``(n,)``
@@ -122,6 +116,27 @@ class Bootstrap:
         out = np.zeros((len(self.names),) + values.shape[1:], dtype=np.float64)
         np.add.at(out, np.asarray(unit_of, dtype=np.int64), values)
         return out
+
+
+class Replicates(dict):
+    """``{row key: {column: (resamples,) array}}`` that compares by value (arrays
+    included), so ``pd.concat`` can compare two tables' ``attrs`` (it keeps them when
+    equal and drops them otherwise; a plain dict of arrays makes it raise)."""
+
+    __hash__ = None
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, dict) or self.keys() != other.keys():
+            return False
+        for k, cols in self.items():
+            theirs = other[k]
+            if cols.keys() != theirs.keys() or not all(
+                    np.array_equal(v, theirs[c], equal_nan=True) for c, v in cols.items()):
+                return False
+        return True
+
+    def __ne__(self, other) -> bool:
+        return not self == other
 
 
 def add_interval_columns(table: pd.DataFrame, boot: Bootstrap, key: list[str],
@@ -146,6 +161,6 @@ def add_interval_columns(table: pd.DataFrame, boot: Bootstrap, key: list[str],
     table["resampled_by"] = boot.kind  # the unit each interval resampled
     info = boot.attrs()
     info["key"] = tuple(key)
-    info["replicates"] = replicates
+    info["replicates"] = Replicates(replicates)
     table.attrs["bootstrap"] = info
     return table

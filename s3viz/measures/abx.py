@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 
 from .. import _validate as _v
+from .._bootstrap import Bootstrap, add_interval_columns, bootstrap_options, resampling_units
 from .._labels import label_str
 from .._numerics import float32_distances_span, tensor_guard, unit_rows, warn_degenerate
 from ..segments import segment_table
@@ -332,6 +333,53 @@ def _collapse(cells: pd.DataFrame) -> float:
     return float(by_pair.mean())
 
 
+def _resampled_errors(cells: pd.DataFrame, boot: Bootstrap, across: bool,
+                      budget: int = 1 << 24) -> np.ndarray:
+    """``(resamples,)`` ABX errors of :func:`_collapse` with the speakers drawn in each
+    resample: the cells' errors held fixed, a speaker drawn ``c`` times weighs ``c`` in
+    the mean over speakers (and, ``across``, over X speakers; a cell ``(s, x)`` then
+    weighs ``c_s c_x``); a phone pair no drawn speaker has drops out of the last mean.
+    Replicates go in chunks of at most ``budget`` numbers."""
+    at = {n: i for i, n in enumerate(boot.names)}
+    spk = cells["speaker"].map(at).to_numpy(np.int64)
+    g1_keys = cells[["phone", "other", "speaker"]].astype(str).agg("\x1f".join, axis=1)
+    g1_names, g1 = np.unique(g1_keys.to_numpy(), return_inverse=True)
+    first = np.unique(g1, return_index=True)[1]  # one cell of each (phone, other, speaker)
+    g1_spk = spk[first]
+    pair = cells[["phone", "other"]].astype(str).agg("\x1f".join, axis=1).to_numpy()[first]
+    _, g2 = np.unique(pair, return_inverse=True)
+    n1, n2, err = len(g1_names), int(g2.max()) + 1, cells["error"].to_numpy(np.float64)
+    if not across:  # the mean over contexts does not depend on the draw
+        m1 = np.bincount(g1, err, n1) / np.bincount(g1, minlength=n1)
+    else:
+        xs = cells["speaker_x"].map(at).to_numpy(np.int64)
+    out = np.empty(boot.resamples)
+    step = max(1, budget // max(len(cells), n1))
+    for r0 in range(0, boot.resamples, step):
+        c = boot.counts[r0:r0 + step]
+        rc = len(c)
+        off = (np.arange(rc) * n1)[:, None]
+        if across:
+            w = c[:, xs]  # (rc, cells): the draws of each cell's X speaker
+            num = np.bincount((off + g1).ravel(), (w * err).ravel(), rc * n1).reshape(rc, n1)
+            den = np.bincount((off + g1).ravel(), w.ravel(), rc * n1).reshape(rc, n1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mean1 = num / den
+        else:
+            mean1 = np.broadcast_to(m1, (rc, n1))
+        w2 = np.where(np.isfinite(mean1), c[:, g1_spk], 0.0)
+        off2 = (np.arange(rc) * n2)[:, None]
+        num = np.bincount((off2 + g2).ravel(), (w2 * np.nan_to_num(mean1)).ravel(), rc * n2)
+        den = np.bincount((off2 + g2).ravel(), w2.ravel(), rc * n2)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            m2 = (num / den).reshape(rc, n2)
+        m2 = np.where(den.reshape(rc, n2) > 0, m2, 0.0)
+        pairs = (den.reshape(rc, n2) > 0).sum(1)  # none: a draw of one speaker, across
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[r0:r0 + rc] = np.where(pairs > 0, m2.sum(1) / pairs, np.nan)
+    return out
+
+
 def _subsample(table: pd.DataFrame, max_items: int, seed: int, context: str) -> pd.DataFrame:
     """At most ``max_items`` items per phone, speaker (and context) group, drawn with ``seed``."""
     keys = ["label", "speaker"] + (["prev", "next"] if context == "within" else [])
@@ -359,6 +407,9 @@ class ABX(Measure):
             at most ``sqrt(max_block)`` frames); the block holds at most 24 numbers per
             frame distance (about 6 for items of 4 frames). The result does not depend
             on it.
+        bootstrap, confidence: error bars: ``abx_error_lo``/``_hi`` from this many
+            resamples of the speakers (drawn with ``seed``; None: none), a percentile
+            interval at ``confidence`` (``docs/measures.md``, "Error bars").
 
     ``compute()`` gives the columns of :func:`s3viz.abx_layers`. The labels need a
     ``speaker`` column (the corpus's, or ``store.labels``).
@@ -369,7 +420,8 @@ class ABX(Measure):
 
     def __init__(self, *, on: str = "phone", speaker: str = "within", context: str = "any",
                  distance: str = "cosine", max_items: int | None = None, seed: int = 0,
-                 max_block: int = 2 ** 20, cells: bool = False):
+                 max_block: int = 2 ** 20, cells: bool = False, bootstrap: int | None = None,
+                 confidence: float = 0.95):
         super().__init__()
         for arg, value, choices in (("speaker", speaker, SPEAKER_MODES),
                                     ("context", context, CONTEXT_MODES),
@@ -383,6 +435,7 @@ class ABX(Measure):
         self.max_block = _v.integer(max_block, "max_block", minimum=1)
         self.seed = _v.integer(seed, "seed", minimum=0)
         self.keep_cells = bool(cells)
+        self.resamples, self.confidence = bootstrap_options(bootstrap, confidence)
 
     def setup(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -397,6 +450,13 @@ class ABX(Measure):
             raise ValueError(f"ABX: {len(missing)} utterance(s) have no speaker (e.g. "
                              f"{missing[:5]}); the speaker conditions need one for every "
                              "utterance: fill the labels' 'speaker' or drop those utterances")
+        self.boot = None
+        if self.resamples:
+            _, names, kind = resampling_units(meta.labels)
+            if kind != "speaker":
+                raise ValueError("ABX intervals resample speakers, and the corpus has one; "
+                                 "pass bootstrap=None or use a corpus of several speakers")
+            self.boot = Bootstrap(names, kind, self.resamples, self.confidence, self.seed)
         # the cells of X speaker s are scored by the rank holding s's first utterance
         spk, first = np.unique(speakers, return_index=True)
         self.owned = set(spk[np.isin(first, ctx.positions)].tolist())
@@ -495,7 +555,7 @@ class ABX(Measure):
                 f"{int(item['frame_start'] + row - lay['offsets'][k])}")
 
     def compute(self) -> pd.DataFrame:
-        ctx, rows, all_cells = self.ctx, [], []
+        ctx, rows, all_cells, reps = self.ctx, [], [], {}
         for s, lay in enumerate(self.layers):
             table, layer = lay["table"], ctx.layer_index[s]
             base = {"layer": layer, "upstream_layer": int(ctx.layer_ids[s]), "on": self.on,
@@ -508,11 +568,16 @@ class ABX(Measure):
                 cells = keys.assign(error=1.0 - correct / keys["triplets"].to_numpy(np.float64))
                 cells = cells[_CELL_COLUMNS]
                 all_cells.append(cells.assign(layer=layer, upstream_layer=base["upstream_layer"]))
+                if self.boot is not None:
+                    reps[(layer,)] = {"abx_error": _resampled_errors(
+                        cells, self.boot, self.speaker == "across")}
             rows.append(dict(base, abx_error=_collapse(cells), n_items=len(table),
                              n_cells=len(cells), n_triplets=int(cells["triplets"].sum()),
                              n_dropped=int(table.attrs.get("dropped", 0))))
         warn_degenerate("abx_layers", self.reasons, "abx_error")
         out = pd.DataFrame(rows)
+        if self.boot is not None:
+            out = add_interval_columns(out, self.boot, ["layer"], reps, ["abx_error"])
         if self.keep_cells:
             return {"": out, "cells": (
                 pd.concat(all_cells, ignore_index=True) if all_cells else

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from .. import _validate as _v
+from .._bootstrap import Bootstrap, add_interval_columns, bootstrap_options, resampling_units
 from .._device import resolve_device as _resolve_device
 from .._numerics import Moments, float32_squares_span, tensor_guard, warn_degenerate
 from ..units import nearest, kmeans, measures_from_counts
@@ -24,6 +25,23 @@ from ..store import tag_weights
 from ._engine import Batch, Context, Measure, StoreSource, run_measures
 
 __all__ = ["UnitQuality", "unit_quality"]
+
+SCORES = ("phone_purity", "cluster_purity", "pnmi")
+# per-unit tables of the bootstrap (units x phones x k int32 per layer and k): refused above
+BOOTSTRAP_BYTES = 2 << 30
+
+
+def _measures_batch(joint: np.ndarray) -> dict:
+    """:func:`~s3viz.units.measures_from_counts`'s purities and PNMI of each of ``(R,
+    phones, units)`` tables at once (NaN for an empty one)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = joint / joint.sum((1, 2), keepdims=True)
+        py, pz = p.sum(2), p.sum(1)
+        ratio = np.where(p > 0, p / (py[:, :, None] * pz[:, None, :]), 1.0)
+        mi = (p * np.log(ratio)).sum((1, 2))
+        h_y = -(np.where(py > 0, py * np.log(np.where(py > 0, py, 1.0)), 0.0)).sum(1)
+        return {"phone_purity": p.max(1).sum(1), "cluster_purity": p.max(2).sum(1),
+                "pnmi": np.where(h_y > 0, mi / h_y, np.nan)}
 
 
 class UnitQuality(Measure):
@@ -36,6 +54,11 @@ class UnitQuality(Measure):
         seed: seed of the frame draw and of k-means++.
         iters: at most this many Lloyd iterations.
         column: the alignment column the units are compared with.
+        bootstrap, confidence: error bars of the purities and PNMI from this many
+            resamples of the speakers (or utterances; drawn with ``seed``; None: none),
+            a percentile interval at ``confidence``. The units are fitted once; the
+            resamples redraw the counted frames by speaker (``docs/measures.md``,
+            "Error bars"). Keeps a ``units x phones x k`` table per layer and k.
 
     ``compute()`` gives the columns of :func:`s3viz.unit_quality`.
     """
@@ -44,7 +67,8 @@ class UnitQuality(Measure):
     passes = 2
 
     def __init__(self, k: int | Sequence[int] = 100, *, max_frames: int | None = 50000,
-                 seed: int = 0, iters: int = 50, column: str = "phone"):
+                 seed: int = 0, iters: int = 50, column: str = "phone",
+                 bootstrap: int | None = None, confidence: float = 0.95):
         super().__init__()
         ks = [k] if isinstance(k, (int, np.integer, bool, float)) else k
         if isinstance(ks, (str, bytes)) or not hasattr(ks, "__iter__") or not list(ks):
@@ -54,6 +78,7 @@ class UnitQuality(Measure):
         self.iters = _v.integer(iters, "iters", minimum=1)
         self.seed = _v.integer(seed, "seed", minimum=0)
         self.column = column
+        self.resamples, self.confidence = bootstrap_options(bootstrap, confidence)
 
     def setup(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -90,8 +115,19 @@ class UnitQuality(Measure):
         self.classes = classes
         self.index = [{c: i for i, c in enumerate(cls)} for cls in classes]
         self.add_state("fit_x", fits, lambda v, reduce: [reduce(t) for t in v])
-        self.add_state("joint", [None] * n_l, lambda v, reduce: [
-            None if t is None else reduce(t) for t in v], after_pass=1)
+        merge = (lambda v, reduce: [None if t is None else reduce(t) for t in v])
+        self.add_state("joint", [None] * n_l, merge, after_pass=1)
+        self.boot = None
+        if self.resamples:  # per-unit joint tables: units of the whole corpus on every rank
+            self.unit_of, names, kind = resampling_units(meta.labels)
+            self.boot = Bootstrap(names, kind, self.resamples, self.confidence, self.seed)
+            need = 4 * len(names) * sum(len(c) for c in classes) * sum(self.ks)
+            if need > BOOTSTRAP_BYTES:
+                raise ValueError(
+                    f"unit_quality's bootstrap keeps a {kind} x phone x unit table per layer "
+                    f"and k: {need / 2 ** 30:.1f} GiB here, over {BOOTSTRAP_BYTES >> 30} GiB; "
+                    "pass fewer layers or k values, or bootstrap=None")
+        self.add_state("joint_units", [None] * n_l, merge, after_pass=1)
 
     def _labelled(self, batch: Batch, s: int):
         """(labelled frames, their global labelled indices, class indices) of layer ``s``."""
@@ -120,12 +156,22 @@ class UnitQuality(Measure):
                 continue
             lay = self.layers[s]
             xg = lay["guard"](x, torch.float32, self.ctx.device)
+            n_c = len(self.classes[s])
             for j, cent in enumerate(lay["centroids"]):
                 units, _ = nearest(xg, cent)
                 k = cent.shape[0]
                 flat = torch.from_numpy(y).to(units.device) * k + units
-                self.joint[s][j, :, :k] += torch.bincount(flat, minlength=len(self.classes[s]) * k
+                self.joint[s][j, :, :k] += torch.bincount(flat, minlength=n_c * k
                                                    ).reshape(-1, k).cpu()
+                if self.boot is not None:  # the same counts, per speaker (or utterance)
+                    offs = lay["offsets"]
+                    who = np.repeat(self.unit_of[batch.positions],
+                                    offs[batch.positions + 1] - offs[batch.positions])
+                    wide = self.joint_units[s].shape[-1]  # (k's, units, phones, max k)
+                    at = ((torch.from_numpy(who * n_c + y).to(units.device)) * wide + units)
+                    at, cnt = torch.unique(at, return_counts=True)  # a dense bincount per
+                    self.joint_units[s][j].view(-1).index_add_(  # batch would be the size
+                        0, at.cpu(), cnt.cpu().to(torch.int32))  # of the whole table
 
     def end_pass(self, pass_index: int) -> None:
         if pass_index != 0:
@@ -153,6 +199,10 @@ class UnitQuality(Measure):
                 lay["inertia"].append(inertia / total_var)
             self.joint[s] = torch.zeros(len(self.ks), len(self.classes[s]), max(self.ks),
                                         dtype=torch.int64)
+            if self.boot is not None:
+                self.joint_units[s] = torch.zeros(len(self.ks), len(self.boot.names),
+                                                  len(self.classes[s]), max(self.ks),
+                                                  dtype=torch.int32)
 
     def _name(self, s: int, row: int) -> str:
         """Fit row ``row`` of layer ``s`` as (utterance, frame), for a guard's message."""
@@ -164,7 +214,7 @@ class UnitQuality(Measure):
         return f"utterance {ctx.meta.ids[u]!r}, frame {frame}"
 
     def compute(self) -> pd.DataFrame:
-        ctx, rows = self.ctx, []
+        ctx, rows, reps = self.ctx, [], {}
         for s in range(ctx.num_layers):
             layer, lay = ctx.layer_index[s], self.layers[s]
             base = {"layer": layer, "upstream_layer": int(ctx.layer_ids[s])}
@@ -177,13 +227,32 @@ class UnitQuality(Measure):
             for j, kk in enumerate(self.ks):
                 m = measures_from_counts(self.joint[s][j, :, :kk].numpy())
                 rows.append(dict(base, k=kk, **m, inertia=lay["inertia"][j]))
+                if self.boot is not None:
+                    reps[(layer, kk)] = self._replicates(self.joint_units[s][j, :, :, :kk])
         warn_degenerate("unit_quality", self.reasons, "purities and PNMI")
-        return pd.DataFrame(rows)
+        out = pd.DataFrame(rows)
+        if self.boot is not None:
+            out = add_interval_columns(out, self.boot, ["layer", "k"], reps, list(SCORES))
+        return out
+
+    def _replicates(self, per_unit: torch.Tensor, budget: int = 1 << 24) -> dict:
+        """``{score: (resamples,)}`` of the joint tables of each resample (chunks of at
+        most ``budget`` numbers)."""
+        u, c, k = per_unit.shape
+        flat = per_unit.reshape(u, c * k).numpy()
+        out = {m: np.empty(self.boot.resamples) for m in SCORES}
+        step = max(1, budget // (c * k))
+        for r0 in range(0, self.boot.resamples, step):
+            joint = (self.boot.counts[r0:r0 + step] @ flat).reshape(-1, c, k)
+            for m, v in _measures_batch(joint).items():
+                out[m][r0:r0 + len(joint)] = v
+        return out
 
 
 def unit_quality(store, *, k: int | Sequence[int] = 100, layers: Sequence[int] | None = None,
                  max_frames: int | None = 50000, seed: int = 0, device=None, iters: int = 50,
-                 column: str = "phone") -> pd.DataFrame:
+                 column: str = "phone", bootstrap: int | None = None,
+                 confidence: float = 0.95) -> pd.DataFrame:
     """Purity and PNMI of k-means units of every stored layer against the phones.
 
     Args:
@@ -196,6 +265,8 @@ def unit_quality(store, *, k: int | Sequence[int] = 100, layers: Sequence[int] |
         device: torch device (None: cuda when available).
         iters: at most this many Lloyd iterations.
         column: the alignment column the units are compared with.
+        bootstrap, confidence: error bars over resampled speakers (or utterances), as
+            for :class:`UnitQuality` (``docs/measures.md``, "Error bars").
 
     Returns:
         One row per layer and ``k``: ``layer``, ``upstream_layer``, ``k``,
@@ -205,9 +276,12 @@ def unit_quality(store, *, k: int | Sequence[int] = 100, layers: Sequence[int] |
         (constant, all zero, varying only at rounding level, or with a frame whose
         squared distances overflow float32: ``docs/measures.md``) gets NaN and one
         :class:`~s3viz._numerics.DegenerateLayerWarning`. ``attrs["weights"]``: the
-        store's :attr:`~s3viz.store.LayerStore.weights`.
+        store's :attr:`~s3viz.store.LayerStore.weights`. With ``bootstrap``:
+        ``<score>_lo``/``<score>_hi`` after each of the purities and PNMI,
+        ``resampled_by`` and ``attrs["bootstrap"]`` (for :func:`s3viz.compare_scores`).
     """
-    measure = UnitQuality(k, max_frames=max_frames, seed=seed, iters=iters, column=column)
+    measure = UnitQuality(k, max_frames=max_frames, seed=seed, iters=iters, column=column,
+                          bootstrap=bootstrap, confidence=confidence)
     layer_list = _v.stored_layers(store, layers)
     table = run_measures([measure], StoreSource(store, layers=layer_list),
                          device=_resolve_device(device))["units"]

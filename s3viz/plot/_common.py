@@ -115,3 +115,15 @@ def titled(title: str | None, note: str | None) -> str | None:
 def random_title(title, table):
     """``title`` marked "random weights" when ``table`` has random weights."""
     return titled(title, RANDOM_NOTE if is_random(table) else None)
+
+
+def interval_bars(ax, part, column: str, x, color, scale: float = 1.0) -> None:
+    """Error bars of ``column``'s bootstrap interval (``<column>_lo``/``_hi``, drawn when
+    the table has them: ``docs/measures.md``, "Error bars"), in ``color``, times ``scale``."""
+    if f"{column}_lo" not in part.columns or f"{column}_hi" not in part.columns:
+        return
+    y = scale * part[column].to_numpy(dtype=float)
+    lo = scale * part[f"{column}_lo"].to_numpy(dtype=float)
+    hi = scale * part[f"{column}_hi"].to_numpy(dtype=float)
+    ax.errorbar(x, y, yerr=[np.clip(y - lo, 0, None), np.clip(hi - y, 0, None)], fmt="none",
+                ecolor=color, elinewidth=1, capsize=2)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ._common import (check_table, layer_axis, layer_label, layer_ticks, legend_title, line_groups,
-                      new_axes, similarity_note, titled, with_weights)
+from ._common import (check_table, interval_bars, layer_axis, layer_label, layer_ticks,
+                      legend_title, line_groups, new_axes, similarity_note, titled,
+                      with_weights)
 
 __all__ = ["probe_curve", "similarity"]
 
@@ -16,7 +17,9 @@ def probe_curve(df: pd.DataFrame, ax=None, *, metric: str = "accuracy",
     """Probe score per layer of a :func:`s3viz.probe_layers` table: one line per target and
     method (``metric``: ``"accuracy"``, ``"macro_f1"`` or ``"selectivity"``).
 
-    Accuracy gets a band of +- ``accuracy_std`` over folds; accuracy and F1 a dashed
+    Accuracy gets a band of +- ``accuracy_std`` over folds; a table made with
+    ``bootstrap=`` error bars of ``<metric>_lo``/``<metric>_hi`` (over test speakers,
+    ``docs/measures.md``, "Error bars"); accuracy and F1 a dashed
     chance line (majority class) per target. The lines' labels say "(random weights)" when
     ``df.attrs["weights"]`` does.
 
@@ -38,6 +41,7 @@ def probe_curve(df: pd.DataFrame, ax=None, *, metric: str = "accuracy",
             label += " (refused: no number at any layer)"
         (line,) = ax.plot(x, y, marker="o", ms=3, label=label)
         color = line.get_color()
+        interval_bars(ax, part, metric, x, color)
         if metric == "accuracy" and "accuracy_std" in part.columns:
             s = part["accuracy_std"].to_numpy(dtype=float)
             ax.fill_between(x, y - s, y + s, color=color, alpha=0.2, linewidth=0)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ._common import (check_table, layer_axis, layer_ticks, legend_title, line_groups, new_axes,
-                      with_weights)
+from ._common import (check_table, interval_bars, layer_axis, layer_ticks, legend_title,
+                      line_groups, new_axes, with_weights)
 
 __all__ = ["abx_curve", "unit_quality"]
 
@@ -18,7 +18,8 @@ def abx_curve(df: pd.DataFrame, ax=None, *, label_by: str | None = None,
 
     ``df``: :func:`s3viz.abx_layers` tables, maybe concatenated; one line per ``label_by``
     value (e.g. a column naming models), else per ``speaker`` / ``context`` condition.
-    Labels say "(random weights)" when ``df.attrs["weights"]`` does.
+    Labels say "(random weights)" when ``df.attrs["weights"]`` does. A table made with
+    ``bootstrap=`` gets error bars of ``abx_error_lo``/``_hi`` (``docs/measures.md``).
     """
     check_table(df, ("layer", "abx_error"), "s3viz.abx_layers")
     ax = new_axes(ax)
@@ -31,6 +32,7 @@ def abx_curve(df: pd.DataFrame, ax=None, *, label_by: str | None = None,
         if not label_by and gkey:
             name = " / ".join(f"{k} {v}" for k, v in zip(keys, gkey))
         (line,) = ax.plot(x, y, marker="o", ms=3, label=with_weights(name, df))
+        interval_bars(ax, part, "abx_error", x, line.get_color(), scale=100)
         best = int(np.nanargmin(y))
         ax.plot([x[best]], [y[best]], marker="*", ms=10, color=line.get_color(), ls="none")
     ax.axhline(50.0, ls="--", color="0.5", lw=1, label="chance (50 %)")
@@ -46,7 +48,8 @@ def unit_quality(df: pd.DataFrame, ax=None, *, measures=("pnmi", "phone_purity",
     one line per measure, and one line style per ``k``.
 
     ``label_by``: a column naming groups of rows (e.g. the model): one colour per group,
-    one line style per measure. Labels say "(random weights)" when the table's do.
+    one line style per measure. Labels say "(random weights)" when the table's do. A
+    table made with ``bootstrap=`` gets error bars of ``<measure>_lo``/``_hi``.
     """
     check_table(df, ("layer", "k", *measures, *([label_by] if label_by else [])),
                 "s3viz.unit_quality")
@@ -70,6 +73,7 @@ def unit_quality(df: pd.DataFrame, ax=None, *, measures=("pnmi", "phone_purity",
                 (line,) = ax.plot(part[xcol], part[m].astype(float), marker="o", ms=3,
                                   ls=style, label=label, **kw)
                 colors.setdefault(key, line.get_color())
+                interval_bars(ax, part, m, part[xcol].to_numpy(), line.get_color())
     layer_ticks(ax, df, xcol, layer0)
     ax.set(ylim=(0, 1), ylabel="fraction, higher is better")
     if title is None and len(ks) == 1:

@@ -56,6 +56,16 @@ def concat_tables(parts: list, **attrs) -> pd.DataFrame:
         k: v for tgt, t in parts for k, v in t.attrs["fold_accuracy"].items()
         if tgt is None or k[0] == tgt}}
     out.attrs["split_by"] = split_attr(dict(zip(out["target"], out["split_by"])))
+    draws = [t.attrs.get("bootstrap") for _, t in parts]
+    if draws[0] is not None:  # every part's replicates, when the parts share the draws
+        same = all(d is not None and all(d[k] == draws[0][k] for k in ("units", "seed",
+                                                                         "resamples"))
+                   for d in draws)
+        if same:
+            merged = dict(draws[0])
+            merged["replicates"] = type(draws[0]["replicates"])(
+                {k: v for d in draws for k, v in d["replicates"].items()})
+            out.attrs["bootstrap"] = merged
     return out
 
 
