@@ -40,9 +40,29 @@ CAPTIONS = {
 _PROBES = (("phone", "speaker"), ("speaker", "utterance"))  # (target, split_by)
 
 
-def _findings(probe_df, weights, abx_df, units_df, lengths, models=None) -> List[str]:
+def best_vs_runner_up(df) -> str:
+    """A sentence saying whether the best layer of probe table ``df`` (one target, made
+    with ``bootstrap=``) beats the runner-up at the 5 % level: the paired bootstrap of
+    :func:`s3viz.compare_scores` over the same speakers ("" with fewer than 2 scored layers)."""
+    import s3viz
+
+    ok = df[df["accuracy"].notna()].sort_values("accuracy", ascending=False, kind="stable")
+    if len(ok) < 2:
+        return ""
+    best, runner = ok.iloc[0], ok.iloc[1]
+    c = s3viz.compare_scores(df, layers=(best["layer"], runner["layer"])).iloc[0]
+    verdict = "beats" if c["p_value"] < 0.05 else "does not beat"
+    return (f" It {verdict} the runner-up, layer {int(runner['upstream_layer'])}, at the 5 % "
+            f"level (difference {c['difference']:+.3f}, 95 % interval "
+            f"[{c['difference_lo']:+.3f}, {c['difference_hi']:+.3f}], paired bootstrap over "
+            f"{c['unit']}s, p = {c['p_value']:.3f}).")
+
+
+def _findings(probe_df, weights, abx_df, units_df, lengths, models=None,
+              tests=None) -> List[str]:
     """The report's front-page sentences, read off the analysis tables; ``models`` (label
-    -> the weights text of its store) first says which weights each model has."""
+    -> the weights text of its store) first says which weights each model has; ``tests``
+    ((target, model) -> :func:`best_vs_runner_up`'s sentence)."""
     out = [f"Weights, {label}: {text}." for label, text in (models or {}).items()]
     for (target, model), part in probe_df.groupby(["target", "method"], sort=False):
         if part["accuracy"].isna().all():  # refused at every layer (a degenerate layer warns)
@@ -57,7 +77,8 @@ def _findings(probe_df, weights, abx_df, units_df, lengths, models=None) -> List
         verdict = ("within two fold-to-fold standard deviations of chance" if margin <= noise
                    else f"{margin:.2f} above chance")
         out.append(f"{target} probe, {model}: best layer {int(best['upstream_layer'])} "
-                   f"(accuracy {best['accuracy']:.3f}, chance {best['chance']:.3f}; {verdict}).")
+                   f"(accuracy {best['accuracy']:.3f}, chance {best['chance']:.3f}; {verdict})."
+                   + (tests or {}).get((target, model), ""))
     for model, part in abx_df.groupby("model", sort=False):
         best = part.loc[part["abx_error"].idxmin()]
         out.append(f"ABX within speaker, {model}: lowest error {100 * best['abx_error']:.1f} % "
@@ -144,7 +165,7 @@ def _run(out: OwnedFolder, n_utterances: int, seed: int, device) -> List[Path]:
         if is_random_weights(weights_of(upstream)) != ("random weights" in label):
             raise RuntimeError(f"the demo's label {label!r} misstates its weights: "
                                f"{weights_of(upstream)}")
-    probes, stores = [], {}
+    probes, stores, tests = [], {}, {}
     for label, upstream in upstreams.items():
         key = label.split(" (")[0].replace(" baseline", "") + ("_random" if "random" in label else "")
         report = s3viz.check_upstream(upstream)
@@ -153,7 +174,9 @@ def _run(out: OwnedFolder, n_utterances: int, seed: int, device) -> List[Path]:
         store = s3viz.extract(upstream, corpus, device=device, progress=False)
         stores[label] = store
         for target, split_by in _PROBES:
-            df = s3viz.probe_layers(store, target, split_by=split_by, device=device, seed=seed)
+            df = s3viz.probe_layers(store, target, split_by=split_by, device=device, seed=seed,
+                                    bootstrap=1000)
+            tests[(target, label)] = best_vs_runner_up(df)
             probes.append(df.assign(method=label))
         log(f"{label}: extracted and probed ({time.perf_counter() - t0:.0f} s so far)")
 
@@ -206,7 +229,7 @@ def _run(out: OwnedFolder, n_utterances: int, seed: int, device) -> List[Path]:
     csv("length_report_tiny.csv", lengths)
     png(plot.length_alignment(lengths), "length_report_tiny.png")
     log(lengths.attrs.get("summary", ""))
-    findings = _findings(probe_df, weights, abx_df, units_df, lengths, models)
+    findings = _findings(probe_df, weights, abx_df, units_df, lengths, models, tests)
     written.append(out.write_text("findings.txt", "\n".join(findings) + "\n"))
     log(f"analysis done in {time.perf_counter() - t0:.0f} s on {resolve_device(device)}")
     return written

@@ -182,3 +182,32 @@ def test_demo_findings_read_off_the_tables():
     assert "PNMI of 50 k-means units, tiny: highest 0.300 at layer 0." in text
     assert any("layer 1 (0.50) and layer 2 (0.30), against 0.33" in t for t in text)
     assert text[-1] == "Frame counts: layers 0-2 follow 'conv' exactly."
+
+
+def test_demo_says_whether_the_best_layer_beats_the_runner_up():
+    """The finding's paired test: a layer that encodes the class beats pure noise; two
+    copies of one layer do not beat each other (difference 0, p = 1)."""
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    import s3viz
+    from s3viz.demo import best_vs_runner_up
+    from s3viz.store import LayerStore
+
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(3, 6)) * 3
+    hs, rows = [], []
+    for i in range(48):
+        c = i % 3
+        info = torch.tensor(emb[c] + rng.normal(size=(4, 6)), dtype=torch.float32)
+        hs.append([info, torch.tensor(rng.normal(size=(4, 6)), dtype=torch.float32), info])
+        rows.append({"id": f"u{i}", "speaker": f"s{i % 8}", "cls": f"c{c}"})
+    store = LayerStore.from_tensors(hs, downsample_rates=[320] * 3, labels=pd.DataFrame(rows))
+    res = s3viz.probe_layers(store, "cls", split_by="speaker", folds=4, bootstrap=500,
+                             device="cpu")
+    text = best_vs_runner_up(res)  # layers 0 and 2 are one layer: neither beats the other
+    assert "does not beat the runner-up, layer 2" in text and "p = 1.000" in text
+    text = best_vs_runner_up(res[res["layer"] != 2])
+    assert " It beats the runner-up, layer 1, at the 5 % level" in text
+    assert "paired bootstrap over speakers" in text
