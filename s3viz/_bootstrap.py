@@ -17,7 +17,8 @@ import pandas as pd
 from . import _validate as _v
 from ._labels import label_strings
 
-__all__ = ["Bootstrap", "Replicates", "add_interval_columns", "bootstrap_options", "percentile_interval",
+__all__ = ["Bootstrap", "Replicates", "add_interval_columns", "bootstrap_options",
+           "corpus_bootstrap", "percentile_interval",
            "resampling_units"]
 
 UNITS = ("speaker", "utterance")
@@ -62,6 +63,19 @@ def percentile_interval(replicates, confidence: float) -> tuple[np.ndarray, np.n
         warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column gives NaN
         lo, hi = np.nanquantile(np.asarray(replicates, dtype=np.float64), [a, 1.0 - a], axis=0)
     return lo, hi
+
+
+def corpus_bootstrap(meta, sel, resamples: int, confidence: float, seed: int):
+    """``(Bootstrap, unit of each selected item)`` of a corpus or store's metadata (a
+    store of segments, ``_group_ids``: a segment's unit is its speaker, or else its
+    utterance), or ``(None, None)`` for ``resamples == 0``."""
+    if not resamples:
+        return None, None
+    labels = meta.labels
+    if getattr(meta, "_group_ids", None) is not None:
+        labels = labels.assign(id=meta._group_ids)
+    unit_of, names, kind = resampling_units(labels, sel)
+    return Bootstrap(names, kind, resamples, confidence, seed), unit_of
 
 
 class Bootstrap:

@@ -74,6 +74,10 @@ def _pairs(a: pd.DataFrame, b: pd.DataFrame, key: list[str]) -> list[tuple[int, 
     equal ``key`` columns."""
     if len(a) == 1 and len(b) == 1:
         return [(0, 0)]
+    # a key with one value in each table does not pair rows (e.g. method "ridge" against
+    # "logistic", or two models' labels): pair on the others
+    key = [k for k in key if k not in a.columns or k not in b.columns
+           or a[k].nunique(dropna=False) > 1 or b[k].nunique(dropna=False) > 1]
     if not key or any(k not in a.columns or k not in b.columns for k in key):
         raise ValueError(f"a has {len(a)} rows and b {len(b)}, and no key columns pair them; "
                          "select one row of each (e.g. res[res.layer == 9]) or pass layers=")

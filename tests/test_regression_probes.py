@@ -134,8 +134,6 @@ def test_refusals(store):
     for bad in (0, 1, 1.5, float("nan")):
         with pytest.raises(ValueError, match="confidence"):
             s3viz.probe_layers(store, "rate", bootstrap=200, confidence=bad, device="cpu")
-    with pytest.raises(ValueError, match="bootstrap.*ridge"):
-        s3viz.probe_layers(store, "speaker", method="logistic", bootstrap=200, device="cpu")
 
 
 def test_bootstrap_intervals_resample_speakers(store):
@@ -168,3 +166,45 @@ def test_bootstrap_falls_back_to_utterances_without_speakers(store):
     res = s3viz.probe_layers(st, "rate", bootstrap=200, device="cpu")
     assert (res["resampled_by"] == "utterance").all()
     assert len(res.attrs["bootstrap"]["units"]) == len(st)
+
+
+def test_logistic_probe_intervals_pair_with_the_ridge_probe(store):
+    """Both methods resample the same speakers with the same draws: their replicates pair
+    (one layer of two methods), and the logistic replicates equal a recomputation from
+    the per-speaker sums."""
+    from s3viz.probe import LogisticOptions
+
+    res = s3viz.probe_layers(store, "speaker", split_by="utterance", folds=3, bootstrap=200,
+                             method=["ridge", LogisticOptions(max_epochs=20)], device="cpu")
+    assert set(res["method"]) == {"ridge", "logistic"}
+    assert res["accuracy_lo"].notna().all() and (res["accuracy_lo"] <= res["accuracy"]).all()
+    ridge, logi = res[res["method"] == "ridge"], res[res["method"] == "logistic"]
+    c = s3viz.compare_scores(ridge, logi)
+    assert len(c) == 2 and c["p_value"].between(0, 1).all()
+    assert np.allclose(c["difference"], ridge["accuracy"].to_numpy() - logi["accuracy"].to_numpy())
+    reps = res.attrs["bootstrap"]["replicates"][("speaker", "logistic", "utterance", 0)]
+    assert np.isfinite(reps["accuracy"]).all()
+    assert np.median(reps["accuracy"]) == pytest.approx(logi["accuracy"].iloc[0], abs=0.1)
+
+
+def test_probe_curve_draws_regression_tables(store):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    res = s3viz.probe_layers(store, ["rate", "speaker"], split_by="utterance", bootstrap=200,
+                             device="cpu")
+    ax = s3viz.plot.probe_curve(res[res["target"] == "rate"])  # r2 by default without accuracy
+    assert ax.get_ylabel() == "R\u00b2 (held out)"
+    low = min(res["chance_r2"].min(), res["r2_lo"].min())
+    assert ax.get_ylim()[0] <= low  # negative R2 and its chance are not cut off
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "chance" in labels
+    assert len(ax.containers) == 1  # the bootstrap error bars
+    # a mixed table: each metric draws the targets it scores
+    mixed = s3viz.plot.probe_curve(res, metric="r2")
+    assert [t.get_text() for t in mixed.get_legend().get_texts()][0].startswith("rate")
+    assert s3viz.plot.probe_curve(res).get_ylabel() == "accuracy (fraction)"
+    assert s3viz.plot.probe_curve(res, metric="rmse").get_ylabel() == "RMSE"
+    plt.close("all")

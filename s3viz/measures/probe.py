@@ -19,11 +19,12 @@ from .. import _validate as _v
 from .._numerics import Guard, Profile, float64_sums_span, profile_guard, warn_degenerate
 from ..probe.folds import (SPLIT_CHOICES, check_folds, check_split_by, fold_class_counts,
                            resolve_split)
-from .._bootstrap import Bootstrap, bootstrap_options, resampling_units
+from .._bootstrap import bootstrap_options, corpus_bootstrap
 from ..probe.ridge import (LAMBDAS, add_confusions, add_residuals, fold_train_counts,
                            ridge_fit_folds, ridge_layer_utterance, stacked)
 from ..probe.stats import ProbeStats
-from ..probe.tables import interval_table, regression_row, result_row, result_table
+from ..probe.tables import (interval_table, regression_row, result_row, result_table,
+                            score_replicates)
 from ..probe.targets import ProbeTask, check_control, resolve_level
 from ..store import utterance_selection
 from ._engine import Batch, Context, Measure, _identity
@@ -166,13 +167,8 @@ class RidgeProbe(Measure):
         self.add_state("conf", conf, _reduce_list, after_pass=self.first + 1)
         # per resampling unit and head: (right, examples), or for a regression target
         # (examples, sum y, sum y^2, sum of squared residuals), for the intervals
-        self.boot = None
-        if self.resamples:
-            labels = ctx.meta.labels
-            if getattr(ctx.meta, "_group_ids", None) is not None:  # segments: their utterance
-                labels = labels.assign(id=ctx.meta._group_ids)
-            self.unit_of, names, kind = resampling_units(labels, self.sel)
-            self.boot = Bootstrap(names, kind, self.resamples, self.confidence, self.seed)
+        self.boot, self.unit_of = corpus_bootstrap(ctx.meta, self.sel, self.resamples,
+                                                   self.confidence, self.seed)
         self.add_state("unit", [None if self.boot is None else torch.zeros(
             len(self.boot.names), len(t.blocks), 4 if t.continuous else 2, dtype=torch.float64)
             for t in self.tasks for _ in ctx.sizes], _reduce_list, after_pass=self.first + 1)
@@ -411,7 +407,8 @@ class RidgeProbe(Measure):
                                      fold_accuracy)
                 rows.append(row)
                 if self.boot is not None:
-                    replicates[args[:4]] = self._replicates(t, self.unit[k].numpy(), reason)
+                    replicates[args[:4]] = score_replicates(self.boot, self.unit[k].numpy(),
+                                                            t.continuous, t.control, reason)
         warn_degenerate("probe_layers", self.degenerate, "accuracy")
         table = result_table(rows, fold_accuracy, control, self.splits, folds=self.folds,
                              seed=self.seed, weights=ctx.weights)
@@ -425,23 +422,3 @@ class RidgeProbe(Measure):
             return 0
         d = t.frame_targets(s)
         return int((~d.labelled).sum())
-
-    def _replicates(self, t: ProbeTask, per_unit: np.ndarray, reason) -> dict:
-        """Each score's ``(resamples,)`` values over resampled units (NaN: degenerate)."""
-        sums = self.boot.replicate_sums(per_unit)  # (R, heads, stats)
-        with np.errstate(all="ignore"):
-            if t.continuous:
-                n, sy, syy, sse = (sums[..., j] for j in range(4))
-                r2 = 1.0 - sse / (syy - sy * sy / n)
-                out = {"r2": r2[:, 0], "rmse": np.sqrt(sse[:, 0] / n[:, 0])}
-                if t.control:
-                    out["control_r2"], out["selectivity"] = r2[:, 1], r2[:, 0] - r2[:, 1]
-            else:
-                acc = sums[..., 0] / sums[..., 1]
-                out = {"accuracy": acc[:, 0]}
-                if t.control:
-                    out["control_accuracy"] = acc[:, 1]
-                    out["selectivity"] = acc[:, 0] - acc[:, 1]
-        if reason:
-            out = {c: np.full_like(v, np.nan) for c, v in out.items()}
-        return out

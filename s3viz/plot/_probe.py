@@ -12,27 +12,40 @@ from ._common import (check_table, interval_bars, layer_axis, layer_label, layer
 __all__ = ["probe_curve", "similarity"]
 
 
-def probe_curve(df: pd.DataFrame, ax=None, *, metric: str = "accuracy",
+def probe_curve(df: pd.DataFrame, ax=None, *, metric: str | None = None,
                 show_control: bool = True, layer0: str = "CNN/proj", title: str | None = None):
     """Probe score per layer of a :func:`s3viz.probe_layers` table: one line per target and
-    method (``metric``: ``"accuracy"``, ``"macro_f1"`` or ``"selectivity"``).
+    method (``metric``: ``"accuracy"``, ``"macro_f1"``, ``"selectivity"``, or for
+    continuous targets ``"r2"`` or ``"rmse"``; None: ``"accuracy"``, or ``"r2"`` for rows
+    of regressions only).
 
-    Accuracy gets a band of +- ``accuracy_std`` over folds; a table made with
-    ``bootstrap=`` error bars of ``<metric>_lo``/``<metric>_hi`` (over test speakers,
-    ``docs/measures.md``, "Error bars"); accuracy and F1 a dashed
-    chance line (majority class) per target. The lines' labels say "(random weights)" when
-    ``df.attrs["weights"]`` does.
+    Accuracy gets a band of +- ``accuracy_std`` over folds (R\u00b2 of ``r2_std``); a
+    table made with ``bootstrap=`` error bars of ``<metric>_lo``/``<metric>_hi`` (over
+    test speakers, ``docs/measures.md``, "Error bars"); accuracy and F1 a dashed chance
+    line (majority class), R\u00b2 one at ``chance_r2`` (each fold's training mean) per
+    target. The lines' labels say "(random weights)" when ``df.attrs["weights"]`` does.
 
     Args:
-        show_control: draw ``control_accuracy`` as a dotted line when present.
+        show_control: draw ``control_accuracy`` (``control_r2``) as a dotted line when present.
     """
-    check_table(df, ("layer", "accuracy", metric), "s3viz.probe_layers")
+    check_table(df, ("layer",), "s3viz.probe_layers")
+    if metric is None:
+        scored = "accuracy" in df.columns and df["accuracy"].notna().any()
+        metric = "r2" if not scored and "r2" in df.columns else "accuracy"
+    check_table(df, ("layer", metric), "s3viz.probe_layers")
+    regression = metric in ("r2", "rmse")
     ax = new_axes(ax)
     xcol = layer_axis(df)
     keys = [k for k in ("target", "method") if k in df.columns]
+    rows = df[df[metric].notna()] if metric in _ONE_KIND and "target" in df.columns else df
+    if len(rows) and len(rows) < len(df):  # a mixed table: the targets this metric scores
+        df = df[df["target"].isin(set(rows["target"]))]
     groups = list(line_groups(df, keys, xcol))
     multi = len(groups) > 1
     drawn_chance = set()
+    std, chance, ctrl = {"accuracy": ("accuracy_std", "chance", "control_accuracy"),
+                         "r2": ("r2_std", "chance_r2", "control_r2"),
+                         "macro_f1": (None, "chance", None)}.get(metric, (None, None, None))
     for gkey, part in groups:
         x = part[xcol].to_numpy()
         y = part[metric].to_numpy(dtype=float)
@@ -42,23 +55,34 @@ def probe_curve(df: pd.DataFrame, ax=None, *, metric: str = "accuracy",
         (line,) = ax.plot(x, y, marker="o", ms=3, label=label)
         color = line.get_color()
         interval_bars(ax, part, metric, x, color)
-        if metric == "accuracy" and "accuracy_std" in part.columns:
-            s = part["accuracy_std"].to_numpy(dtype=float)
+        if std is not None and std in part.columns:
+            s = part[std].to_numpy(dtype=float)
             ax.fill_between(x, y - s, y + s, color=color, alpha=0.2, linewidth=0)
         target = gkey[0] if "target" in keys else None
-        if metric in ("accuracy", "macro_f1") and "chance" in part.columns \
-                and target not in drawn_chance:
+        if chance is not None and chance in part.columns and target not in drawn_chance:
             drawn_chance.add(target)
-            ax.plot(x, part["chance"].to_numpy(dtype=float), ls="--", color=color, lw=1,
+            ax.plot(x, part[chance].to_numpy(dtype=float), ls="--", color=color, lw=1,
                     label=f"chance ({target})" if target is not None and multi else "chance")
-        if show_control and metric == "accuracy" and "control_accuracy" in part.columns:
-            ax.plot(x, part["control_accuracy"].to_numpy(dtype=float), ls=":", color=color,
+        if show_control and ctrl is not None and ctrl in part.columns:
+            ax.plot(x, part[ctrl].to_numpy(dtype=float), ls=":", color=color,
                     lw=1.2, label=f"{label} control" if multi else "control task")
     layer_ticks(ax, df, xcol, layer0)
-    lo = 0.0 if metric != "selectivity" else min(0.0, float(df[metric].min()) - 0.05)
-    ax.set(ylim=(lo, 1.0), ylabel={"accuracy": "accuracy (fraction)", "macro_f1": "macro F1",
-                                   "selectivity": "selectivity (acc. - control)"}.get(metric, metric))
+    units = sorted({str(u) for u in df.get("unit", pd.Series(dtype=object)).dropna() if u})
+    if metric == "rmse":
+        ax.set(ylabel="RMSE" + (f" ({', '.join(units)})" if units else ""))
+    elif regression:  # R^2 may be negative (worse than the training mean): no floor at 0
+        shown = df[[c for c in (metric, f"{metric}_lo", chance) if c and c in df.columns]]
+        low = float(np.nanmin(shown.to_numpy(dtype=float))) if shown.size else 0.0
+        ax.set(ylim=(min(0.0, low - 0.05), 1.0), ylabel="R\u00b2 (held out)")
+    else:
+        lo = 0.0 if metric != "selectivity" else min(0.0, float(df[metric].min()) - 0.05)
+        ax.set(ylim=(lo, 1.0), ylabel={"accuracy": "accuracy (fraction)", "macro_f1": "macro F1",
+                                       "selectivity": "selectivity (score - control)"
+                                       }.get(metric, metric))
     return legend_title(ax, title)
+
+
+_ONE_KIND = ("accuracy", "macro_f1", "r2", "rmse")  # scores of one kind of target only
 
 
 def annotate_cells(ax, values: np.ndarray, dark, finite_only: bool = False) -> None:

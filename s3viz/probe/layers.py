@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .. import _validate as _v
-from .._bootstrap import bootstrap_options
+from .._bootstrap import bootstrap_options, corpus_bootstrap
 from .._device import resolve_device as _resolve_device
 from .._numerics import renamed_layers, warn_degenerate
 from ..distributed import Sharding
@@ -19,7 +19,8 @@ from ..upstreams._hub import weights_of
 from .folds import check_folds, check_split_by, resolve_split
 from .logistic import LogisticOptions, _logistic_layers
 from .ridge import LAMBDAS
-from .tables import concat_tables, result_row, result_table, segment_result
+from .tables import (concat_tables, interval_table, result_row, result_table, score_replicates,
+                     segment_result)
 from .targets import LEVELS, ProbeTask, check_control, is_continuous, resolve_level
 
 __all__ = ["METHODS", "RidgeOptions", "probe_layers"]
@@ -98,7 +99,7 @@ def probe_layers(
         bootstrap: resamples (e.g. 1000; None: no intervals) of the held-out scores
             over speakers (utterances when the corpus has none; column
             ``resampled_by``): columns ``<score>_lo`` and ``<score>_hi`` at
-            ``confidence`` for the ridge probe, and the draws in
+            ``confidence``, and the draws in
             ``attrs["bootstrap"]`` for :func:`s3viz.compare_scores`
             (``docs/measures.md``, "Error bars").
         confidence: the intervals' coverage (0.95).
@@ -121,9 +122,6 @@ def probe_layers(
     seed = _v.integer(seed, "seed", minimum=0)
     check_control(control)
     boot = bootstrap_options(bootstrap, confidence)
-    if boot[0] and any(m.name != "ridge" for m in methods):
-        raise ValueError("bootstrap intervals come with the ridge probe (method='ridge'); the "
-                         "logistic probe has none yet: pass bootstrap=None for it")
     meta, positions = _shard_setup(store, sharding, methods)
     reduce = None if sharding is None else sharding.reduce
     folds = check_folds(folds)
@@ -163,8 +161,9 @@ def probe_layers(
     layer_ids = list(getattr(store, "layer_ids", range(store.num_layer)))
     degenerate = {}
     tasks = {}  # one task per target, shared by every logistic option
+    draws, unit_of = corpus_bootstrap(corpus, sel, boot[0], boot[1], seed)
     for opts in dict.fromkeys(m for m in methods if m.name == "logistic"):
-        rows, fold_accuracy = [], {}
+        rows, fold_accuracy, replicates = [], {}, {}
         for tgt in unique:
             lev = resolve_level(corpus, tgt, level)
             if is_continuous(corpus, tgt, lev):
@@ -179,13 +178,20 @@ def probe_layers(
             task = tasks[tgt]
             c = len(task.classes)
             per_layer = _logistic_layers(task, store, ctx.positions, layer_list, c, device,
-                                         opts, reduce=reduce)
+                                         opts, reduce=reduce, units=None if draws is None
+                                         else (unit_of, len(draws.names)))
             for layer in layer_list:
-                if per_layer[layer][4]:
-                    degenerate[layer] = per_layer[layer][4]
+                result = per_layer[layer]
+                if result[4]:
+                    degenerate[layer] = result[4]
                 rows.append(result_row(tgt, opts.name, lev, layer, int(layer_ids[layer]), c,
-                                       folds, bool(control), per_layer[layer], fold_accuracy))
+                                       folds, bool(control), result[:5], fold_accuracy))
+                if draws is not None:
+                    replicates[(tgt, opts.name, lev, layer)] = score_replicates(
+                        draws, result[5], False, bool(control), result[4])
         tables[opts] = result_table(rows, fold_accuracy, bool(control), splits)
+        if draws is not None:
+            tables[opts] = interval_table(tables[opts], draws, replicates)
     warn_degenerate("probe_layers", degenerate, "accuracy")
     return concat_tables([(t, tables[m]) for t in targets for m in methods], folds=folds,
                          seed=seed, weights=weights)
@@ -248,7 +254,8 @@ def _probe_segments(store, targets, methods, meta, positions, reduce, *, layers,
         seg = segment_store(store, tgt, layers, utterances=utterances)
         with renamed_layers(layers):  # the means store's layer i is stored layer layers[i]
             res = probe_layers(seg, tgt, level="utterance", method=methods, control=control,
-                               device=device, **kw)
+                               device=device, bootstrap=bootstrap[0],
+                               confidence=bootstrap[1], **kw)
         tables[tgt] = segment_result(res, layers, store.layer_ids)
         dropped[tgt] = int(seg._dropped)
     return concat_tables([(t, tables[t]) for t in targets], n_dropped=dropped,

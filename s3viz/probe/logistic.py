@@ -203,11 +203,16 @@ def _fit_logistic(x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, dev: to
 
 
 def _logistic_group(task: ProbeTask, xs: torch.Tensor, y_np: np.ndarray, fold_np: np.ndarray,
-                    group_np: np.ndarray, c: int, opts: LogisticOptions, reduce=None):
+                    group_np: np.ndarray, c: int, opts: LogisticOptions, reduce=None,
+                    units: tuple | None = None):
     """Cross-validated logistic probes of layers ``xs`` ``(L, n, H)`` sharing their
     examples (targets ``y_np`` ``(heads, n)``); with ``reduce`` (sharded,
-    ``dev_fraction=0``) the returned confusions and counts are those of all shards."""
+    ``dev_fraction=0``) the returned confusions and counts are those of all shards.
+    ``units``: ``(unit of each example, number of units)`` for the bootstrap: also
+    returns ``(L, units, heads, 2)`` right and tested examples per unit (else None)."""
     folds, k = task.folds, y_np.shape[0]
+    per_unit = None if units is None else torch.zeros(xs.shape[0], units[1], k, 2,
+                                                      dtype=torch.float64)
     y = torch.from_numpy(y_np).to(xs.device)
 
     def rows(m):
@@ -244,18 +249,26 @@ def _logistic_group(task: ProbeTask, xs: torch.Tensor, y_np: np.ndarray, fold_np
                     t = y[hh, idx]
                     for li in range(xs.shape[0]):
                         conf[li, hh, f] += confusion_matrix(t, pred[li, :, hh], c)
+                if per_unit is not None:
+                    u = torch.from_numpy(units[0][idx.cpu().numpy()])
+                    right = (pred == y[:, idx].T[None]).double().cpu()  # (L, n, heads)
+                    per_unit[..., 0].index_add_(1, u, right)
+                    per_unit[..., 1].index_add_(1, u, torch.ones_like(right))
     if reduce is not None:
         conf = reduce(torch.from_numpy(conf)).numpy()
         counts = reduce(torch.from_numpy(counts)).numpy()
         n_fold = reduce(torch.from_numpy(n_fold)).numpy()
-    return conf, counts, n_fold
+        per_unit = None if per_unit is None else reduce(per_unit)
+    return conf, counts, n_fold, (None if per_unit is None else per_unit.numpy())
 
 
 def _logistic_layers(task: ProbeTask, store, positions: np.ndarray, layer_list: list[int],
-                     c: int, device, opts: LogisticOptions, reduce=None) -> dict:
-    """Per layer ``(conf, counts, n_train, None, degenerate)``: layers of one hidden size
-    and frame labels trained batched; ``store`` holds the utterances at corpus
-    ``positions`` (all, or one shard: ``reduce`` sums over shards)."""
+                     c: int, device, opts: LogisticOptions, reduce=None,
+                     units: tuple | None = None) -> dict:
+    """Per layer ``(conf, counts, n_train, None, degenerate, per-unit sums or None)``:
+    layers of one hidden size and frame labels trained batched; ``store`` holds the
+    utterances at corpus ``positions`` (all, or one shard: ``reduce`` sums over shards);
+    ``units``: ``(unit of each selected utterance, number of units)`` for the bootstrap."""
     mine = task.where[np.asarray(positions, dtype=np.int64)]
     local = np.flatnonzero(mine >= 0).tolist()  # the store's utterances of the task
     tpos = mine[local]
@@ -276,10 +289,12 @@ def _logistic_layers(task: ProbeTask, store, positions: np.ndarray, layer_list: 
             rows = rows[keep]
             y_np = task.heads(rows, d)
             fold_np, group_np = d.fold[rows], task.groups[d.utt[rows]]
+            utt_np = d.utt[rows]
         else:
             rows = tpos
             y_np = task.heads(rows)
             fold_np, group_np = task.utt_fold[rows], task.groups[rows]
+            utt_np = rows
         n = n_group = len(rows)
         y_np = np.ascontiguousarray(y_np.T.astype(np.int64))
         if reduce is not None:  # every shard must group the layers alike (same collectives)
@@ -305,11 +320,13 @@ def _logistic_layers(task: ProbeTask, store, positions: np.ndarray, layer_list: 
                 feats.append(xg)
             xs = torch.stack(feats)
             del feats
-            conf, counts, n_fold = _logistic_group(task, xs, y_np, fold_np, group_np, c, opts,
-                                                   reduce=reduce)
+            conf, counts, n_fold, per_unit = _logistic_group(
+                task, xs, y_np, fold_np, group_np, c, opts, reduce=reduce,
+                units=None if units is None else (units[0][utt_np], units[1]))
             del xs
             for li, layer in enumerate(batch):
-                out[layer] = (conf[li], counts, n_fold, None, reasons[layer])
+                out[layer] = (conf[li], counts, n_fold, None, reasons[layer],
+                              None if per_unit is None else per_unit[li])
     return out
 
 

@@ -41,6 +41,12 @@ def segment_result(res: pd.DataFrame, layers, layer_ids) -> pd.DataFrame:
     res["upstream_layer"] = [int(layer_ids[v]) for v in res["layer"]]
     res.attrs["fold_accuracy"] = {(t, m, layers[i]): v
                                   for (t, m, i), v in res.attrs["fold_accuracy"].items()}
+    draws = res.attrs.get("bootstrap")
+    if draws is not None:  # the replicates keyed as the rows now are
+        draws = dict(draws)
+        draws["replicates"] = type(res.attrs["bootstrap"]["replicates"])(
+            {(t, m, "segment", layers[i]): v for (t, m, _, i), v in draws["replicates"].items()})
+        res.attrs["bootstrap"] = draws
     return res
 
 
@@ -135,6 +141,30 @@ def regression_row(tgt, meth, lev, layer: int, upstream_layer: int, folds: int,
         row["control_r2"] = ctrl if np.isfinite(r2) else np.nan
         row["selectivity"] = r2 - ctrl
     return row
+
+
+def score_replicates(boot, per_unit: np.ndarray, continuous: bool, control: bool,
+                     degenerate) -> dict:
+    """Each score's ``(resamples,)`` values over resampled units from held-out sums per
+    unit and head ``(units, heads, stats)``: ``(right, examples)`` of a classifier, or
+    ``(examples, sum y, sum y^2, squared residuals)`` of a regression (NaN: degenerate)."""
+    sums = boot.replicate_sums(per_unit)  # (R, heads, stats)
+    with np.errstate(all="ignore"):
+        if continuous:
+            n, sy, syy, sse = (sums[..., j] for j in range(4))
+            r2 = 1.0 - sse / (syy - sy * sy / n)
+            out = {"r2": r2[:, 0], "rmse": np.sqrt(sse[:, 0] / n[:, 0])}
+            if control:
+                out["control_r2"], out["selectivity"] = r2[:, 1], r2[:, 0] - r2[:, 1]
+        else:
+            acc = sums[..., 0] / sums[..., 1]
+            out = {"accuracy": acc[:, 0]}
+            if control:
+                out["control_accuracy"] = acc[:, 1]
+                out["selectivity"] = acc[:, 0] - acc[:, 1]
+    if degenerate:
+        out = {c: np.full_like(v, np.nan) for c, v in out.items()}
+    return out
 
 
 def interval_table(table: pd.DataFrame, boot, replicates: dict) -> pd.DataFrame:
