@@ -240,3 +240,21 @@ def test_docs_probes_has_the_continuous_targets_section_the_docstrings_cite():
     assert re.search(r"^#+ .*Continuous targets", text, re.M)
     for col in ("r2", "rmse", "chance_r2", "n_undefined", "control_r2"):
         assert f"`{col}`" in text
+
+
+# 10. cca_layers(reference="phone", utterances=...) one-hots the left-out utterances too -
+
+def test_cca_phone_reference_with_utterances_leaving_out_a_phone(tiny_store):
+    """The classes are the selected utterances' labels, but every frame of a batch is
+    one-hot encoded before the unselected ones are dropped: a phone only the left-out
+    utterances have raises a bare ``KeyError: 'ɑɹ'`` (synthetic_corpus(12, seed=0),
+    utterances=range(10)). Leaving utterances out must work (or be refused naming
+    utterances=)."""
+    phones = tiny_store.phones
+    sets = [set(p["phone"]) for p in phones]
+    rare = min(set().union(*sets), key=lambda v: sum(v in s for s in sets))
+    sel = [i for i, s in enumerate(sets) if rare not in s]
+    assert 3 <= len(sel) < len(phones)
+    res = s3viz.cca_layers(tiny_store, "phone", utterances=sel, parts=(1, 1, 1), layers=[0],
+                           device="cpu")
+    assert np.isfinite(res["pwcca"]).all()
