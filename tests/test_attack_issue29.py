@@ -258,3 +258,16 @@ def test_cca_phone_reference_with_utterances_leaving_out_a_phone(tiny_store):
     res = s3viz.cca_layers(tiny_store, "phone", utterances=sel, parts=(1, 1, 1), layers=[0],
                            device="cpu")
     assert np.isfinite(res["pwcca"]).all()
+
+
+# 11. intervals and p-values from two resampled units ---------------------------------
+
+def test_cca_bootstrap_over_two_test_speakers_is_refused(tiny_store):
+    """The CCA bootstrap resamples the test part's speakers only; with the default
+    parts=(3, 1, 1) the 8 speakers of synthetic_corpus(12) leave 2 there, so the
+    replicates take 3 values ({A, A}, {A, B}, {B, B}): pwcca_hi equals pwcca, the 0.999
+    interval equals the 0.95 one, and compare_scores(res, layers=(0, 4)) reports
+    p = 0.0198 (its floor 2 / (R + 1)) from two speakers. Too few units for a percentile
+    interval should be refused naming them (as ABX refuses one speaker)."""
+    with pytest.raises(ValueError, match="speaker"):
+        s3viz.cca_layers(tiny_store, "phone", bootstrap=100, layers=[0], device="cpu")
