@@ -18,7 +18,7 @@ from . import _validate as _v
 from ._labels import label_strings
 
 __all__ = ["Bootstrap", "Replicates", "add_interval_columns", "bootstrap_options",
-           "corpus_bootstrap", "percentile_interval",
+           "corpus_bootstrap", "items_digest", "MIN_UNITS", "percentile_interval",
            "resampling_units"]
 
 UNITS = ("speaker", "utterance")
@@ -65,6 +65,26 @@ def percentile_interval(replicates, confidence: float) -> tuple[np.ndarray, np.n
     return lo, hi
 
 
+MIN_UNITS = 5
+"""The fewest units a bootstrap resamples: 2 give 3 distinct resamples, so a
+"95 % interval" or a p-value from them is an artefact of the draws."""
+
+
+def items_digest(labels: pd.DataFrame, sel=None) -> str:
+    """A digest of the measured items (ids, speakers, texts and lengths of the selected
+    rows of ``labels``): two tables pair only when they measured the same items
+    (:func:`s3viz.compare_scores`), not merely units of the same names."""
+    import hashlib
+
+    rows = np.arange(len(labels)) if sel is None else np.asarray(sel, dtype=np.int64)
+    h = hashlib.sha256(rows.tobytes())
+    for col in ("id", "speaker", "text", "num_samples"):
+        if col in labels.columns:
+            h.update(col.encode())
+            h.update("\x1f".join(label_strings(labels[col].to_numpy()[rows])).encode())
+    return h.hexdigest()
+
+
 def corpus_bootstrap(meta, sel, resamples: int, confidence: float, seed: int):
     """``(Bootstrap, unit of each selected item)`` of a corpus or store's metadata (a
     store of segments, ``_group_ids``: a segment's unit is its speaker, or else its
@@ -75,7 +95,8 @@ def corpus_bootstrap(meta, sel, resamples: int, confidence: float, seed: int):
     if getattr(meta, "_group_ids", None) is not None:
         labels = labels.assign(id=meta._group_ids)
     unit_of, names, kind = resampling_units(labels, sel)
-    return Bootstrap(names, kind, resamples, confidence, seed), unit_of
+    return Bootstrap(names, kind, resamples, confidence, seed,
+                     items=items_digest(labels, sel)), unit_of
 
 
 class Bootstrap:
@@ -86,17 +107,21 @@ class Bootstrap:
             statistics a measure passes in.
         kind: ``"speaker"`` or ``"utterance"`` (the table's ``attrs["bootstrap"]``).
         resamples, confidence, seed: as :func:`bootstrap_options` checks them.
+        items: :func:`items_digest` of what was measured (recorded for the pairing).
     """
 
     def __init__(self, names, kind: str, resamples: int, confidence: float = 0.95,
-                 seed: int = 0):
+                 seed: int = 0, items: str | None = None):
         if kind not in UNITS:
             raise ValueError(f"kind must be one of {UNITS}, got {kind!r}")
         self.names, self.kind = [str(v) for v in names], kind
         self.resamples, self.confidence, self.seed = int(resamples), float(confidence), int(seed)
-        if len(self.names) < 2:
-            raise ValueError(f"a bootstrap needs at least 2 {kind}s to resample, got "
-                             f"{len(self.names)}; pass bootstrap=None")
+        self.items = items
+        if len(self.names) < MIN_UNITS:
+            raise ValueError(f"a bootstrap needs at least {MIN_UNITS} {kind}s to resample "
+                             f"(from {len(self.names)}, its intervals and p-values would be "
+                             f"artefacts of the few distinct resamples); use more {kind}s "
+                             "or pass bootstrap=None")
         rng = np.random.default_rng([self.seed, 2029])
         u = len(self.names)
         # multinomial counts: how often each unit is drawn in each resample
@@ -121,7 +146,8 @@ class Bootstrap:
         """What a table records in ``attrs["bootstrap"]`` (its ``replicates`` are added by
         the measure: ``{row key: {column: (resamples,) array}}``)."""
         return {"unit": self.kind, "units": tuple(self.names), "resamples": self.resamples,
-                "confidence": self.confidence, "seed": self.seed, "key": (), "replicates": {}}
+                "confidence": self.confidence, "seed": self.seed, "items": self.items,
+                "key": (), "replicates": {}}
 
     def per_unit(self, unit_of: np.ndarray, values: np.ndarray) -> np.ndarray:
         """Sum rows ``values`` ``(n, ...)`` of items whose unit is ``unit_of`` ``(n,)``

@@ -34,7 +34,16 @@ def _check_same_draws(ia: dict, ib: dict) -> None:
     for field, fix in (("unit", "the same corpus (with or without speakers in both)"),
                        ("units", "the same corpus (the same speakers/utterances)"),
                        ("resamples", "the same bootstrap= in both"),
-                       ("seed", "the same seed= in both")):
+                       ("seed", "the same seed= in both"),
+                       ("items", "the same corpus and the same selected utterances "
+                                 "(utterances=)")):
+        if field == "items" and ia.get(field) != ib.get(field):
+            raise ValueError("a and b measured different items (other utterances, texts or "
+                             "lengths under the same unit names: another corpus, or another "
+                             "selection of it), so their replicates do not pair; compare "
+                             f"tables of {fix}")
+        if field == "items":
+            continue
         if field == "units" and tuple(ia[field]) == tuple(ib[field]):
             continue
         if field != "units" and ia[field] == ib[field]:

@@ -82,13 +82,15 @@ def test_resampling_units_speaker_or_utterance():
 
 
 def test_draws_depend_on_units_resamples_and_seed_only():
-    a = Bootstrap(["x", "y", "z"], "speaker", 200, 0.95, seed=3)
-    b = Bootstrap(["x", "y", "z"], "speaker", 200, 0.9, seed=3)
-    c = Bootstrap(["x", "y", "z"], "speaker", 200, 0.95, seed=4)
+    units = ["v", "w", "x", "y", "z"]
+    a = Bootstrap(units, "speaker", 200, 0.95, seed=3)
+    b = Bootstrap(units, "speaker", 200, 0.9, seed=3)
+    c = Bootstrap(units, "speaker", 200, 0.95, seed=4)
     assert np.array_equal(a.counts, b.counts) and not np.array_equal(a.counts, c.counts)
-    assert (a.counts.sum(1) == 3).all()
-    with pytest.raises(ValueError, match="at least 2"):
-        Bootstrap(["x"], "speaker", 200)
+    assert (a.counts.sum(1) == 5).all()
+    for few in (["x"], ["x", "y"], ["w", "x", "y", "z"]):  # 2 units: 3 distinct resamples
+        with pytest.raises(ValueError, match=f"at least 5 speakers to resample \\(from {len(few)}"):
+            Bootstrap(few, "speaker", 200)
 
 
 def test_percentile_interval_leaves_out_undefined_replicates():

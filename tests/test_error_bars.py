@@ -17,9 +17,28 @@ from s3viz.measures.abx import _collapse, _resampled_errors
 matplotlib.use("Agg")
 
 
+SPEAKERS = _abx_case.SPEAKERS + ["spkD", "spkE"]  # a bootstrap takes >= 5 (MIN_UNITS)
+
+
 @pytest.fixture(scope="module")
 def abx_store():
-    return _abx_case.store()
+    """The fixed ABX case with two more speakers: spkA's and spkB's utterances again,
+    their frames shifted by a speaker offset of their own."""
+    import torch
+
+    from s3viz.store import LayerStore
+
+    hidden, tables, labels = _abx_case.case()
+    rng = np.random.default_rng(7)
+    for new, old in (("spkD", "spkA"), ("spkE", "spkB")):
+        offset = torch.tensor(rng.standard_normal(6) * 0.8, dtype=torch.float32)
+        for i in np.flatnonzero(labels["speaker"].to_numpy() == old):
+            hidden.append([h + offset for h in hidden[i]])
+            tables.append(tables[i].copy())
+            labels.loc[len(labels)] = {"id": f"{new}_{labels['id'][i].split('_')[1]}",
+                                       "speaker": new}
+    return LayerStore.from_tensors(hidden, downsample_rates=[_abx_case.RATE] * 2,
+                                   labels=labels, phones=tables)
 
 
 def _duplicated(cells: pd.DataFrame, counts: np.ndarray, names, across: bool) -> pd.DataFrame:
@@ -42,7 +61,7 @@ def test_abx_replicates_are_the_error_of_resampled_speakers(abx_store, speaker):
     res, cells = abx_layers(abx_store, speaker=speaker, device="cpu", return_cells=True,
                             bootstrap=100)
     cells = cells[cells["layer"] == 1]
-    boot = Bootstrap(_abx_case.SPEAKERS, "speaker", 100, seed=0)
+    boot = Bootstrap(SPEAKERS, "speaker", 100, seed=0)
     reps = _resampled_errors(cells, boot, speaker == "across")
     assert np.array_equal(reps, res.attrs["bootstrap"]["replicates"][(1,)]["abx_error"],
                           equal_nan=True)
@@ -52,7 +71,7 @@ def test_abx_replicates_are_the_error_of_resampled_speakers(abx_store, speaker):
             continue
         want = _collapse(_duplicated(cells, boot.counts[r], boot.names, speaker == "across"))
         assert reps[r] == pytest.approx(want, abs=1e-12)
-    boot.counts = np.ones((1, 3))  # every speaker once: the point value
+    boot.counts = np.ones((1, len(SPEAKERS)))  # every speaker once: the point value
     assert _resampled_errors(cells, boot, speaker == "across")[0] == pytest.approx(
         res["abx_error"].iat[1], abs=1e-12)
     lo, hi = res["abx_error_lo"].to_numpy(), res["abx_error_hi"].to_numpy()
@@ -72,13 +91,17 @@ def test_abx_without_bootstrap_is_unchanged(abx_store):
 def test_abx_bootstrap_refusals(abx_store):
     with pytest.raises(ValueError, match="at least 100"):
         abx_layers(abx_store, device="cpu", bootstrap=10)
-    one = abx_store.labels.assign(speaker="spkA")
     from s3viz.store import LayerStore
 
-    hidden, tables, _ = _abx_case.case()
-    st = LayerStore.from_tensors(hidden, downsample_rates=[320, 320], labels=one, phones=tables)
+    hidden, tables, labels = _abx_case.case()
+    st = LayerStore.from_tensors(hidden, downsample_rates=[320, 320],
+                                 labels=labels.assign(speaker="spkA"), phones=tables)
     with pytest.raises(ValueError, match="resample speakers"):
         abx_layers(st, device="cpu", bootstrap=100)
+    three = LayerStore.from_tensors(hidden, downsample_rates=[320, 320], labels=labels,
+                                    phones=tables)
+    with pytest.raises(ValueError, match="at least 5 speakers to resample \\(from 3"):
+        abx_layers(three, device="cpu", bootstrap=100)
 
 
 def test_unit_measures_of_many_tables_equal_one_at_a_time():
@@ -105,13 +128,13 @@ def test_unit_quality_intervals(abx_store):
         reps = np.stack([res.attrs["bootstrap"]["replicates"][(r.layer, r.k)][m]
                          for r in res.itertuples()])
         # a resample drawing every speaker once is the corpus: the point value
-        counts = Bootstrap(_abx_case.SPEAKERS, "speaker", 200, seed=0).counts
+        counts = Bootstrap(SPEAKERS, "speaker", 200, seed=0).counts
         once = (counts == 1).all(1)
         assert once.any()
         np.testing.assert_allclose(reps[:, once], np.repeat(res[[m]].to_numpy(), once.sum(), 1),
                                    rtol=1e-12)
-        # 3 speakers: a resample is one of 10 multisets of them
-        assert len({tuple(np.round(r, 12)) for r in reps.T}) <= 10
+        # 5 speakers: a resample is one of 126 multisets of them
+        assert len({tuple(np.round(r, 12)) for r in reps.T}) <= 126
     assert (res["resampled_by"] == "speaker").all()
     assert list(res.attrs["bootstrap"]["key"]) == ["layer", "k"]
     out = s3viz.compare_scores(res[res.k == 8], layers=(0, 1))

@@ -13,7 +13,8 @@ import pandas as pd
 import torch
 
 from .. import _validate as _v
-from .._bootstrap import Bootstrap, add_interval_columns, bootstrap_options, resampling_units
+from .._bootstrap import (Bootstrap, add_interval_columns, bootstrap_options, items_digest,
+                          resampling_units)
 from .._labels import label_str
 from .._numerics import float32_distances_span, tensor_guard, unit_rows, warn_degenerate
 from ..segments import segment_table
@@ -456,7 +457,8 @@ class ABX(Measure):
             if kind != "speaker":
                 raise ValueError("ABX intervals resample speakers, and the corpus has one; "
                                  "pass bootstrap=None or use a corpus of several speakers")
-            self.boot = Bootstrap(names, kind, self.resamples, self.confidence, self.seed)
+            self.boot = Bootstrap(names, kind, self.resamples, self.confidence, self.seed,
+                                  items=items_digest(meta.labels))
         # the cells of X speaker s are scored by the rank holding s's first utterance
         spk, first = np.unique(speakers, return_index=True)
         self.owned = set(spk[np.isin(first, ctx.positions)].tolist())

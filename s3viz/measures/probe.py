@@ -252,7 +252,7 @@ class RidgeProbe(Measure):
         pass (else the frames as they come)."""
         where = self.where[batch.positions]
         if t.level == "frame" and t.continuous:
-            v = batch.frame_values(s, t.target)
+            v = t.normalize(batch.frame_values(s, t.target))
             utt = np.repeat(where, batch.lens[:, s])
             m = np.isfinite(v) & (utt >= 0)  # undefined values (unvoiced F0) left out
             ys = [v]
@@ -399,16 +399,19 @@ class RidgeProbe(Measure):
                     self.degenerate[ctx.layer_index[s]] = reason
                 result = (self.conf[k].numpy(), *self.counts[k], self.models[k][2], reason)
                 args = (t.target, "ridge", t.level, ctx.layer_index[s], int(ctx.layer_ids[s]))
-                if t.continuous:
+                if t.continuous:  # fitted on (y - shift) / scale: RMSE back in the unit
                     row = regression_row(*args, self.folds, t.control, result, fold_accuracy)
-                    row.update(unit=t.unit, n_undefined=self._undefined(t, s))
+                    row.update(rmse=row["rmse"] * t.y_scale, unit=t.unit,
+                               n_undefined=self._undefined(t, s))
                 else:
                     row = result_row(*args, len(t.classes), self.folds, control, result,
                                      fold_accuracy)
                 rows.append(row)
                 if self.boot is not None:
-                    replicates[args[:4]] = score_replicates(self.boot, self.unit[k].numpy(),
-                                                            t.continuous, t.control, reason)
+                    replicates[args[:4]] = reps = score_replicates(
+                        self.boot, self.unit[k].numpy(), t.continuous, t.control, reason)
+                    if t.continuous:
+                        reps["rmse"] = reps["rmse"] * t.y_scale
         warn_degenerate("probe_layers", self.degenerate, "accuracy")
         table = result_table(rows, fold_accuracy, control, self.splits, folds=self.folds,
                              seed=self.seed, weights=ctx.weights)

@@ -17,7 +17,8 @@ import pandas as pd
 import torch
 
 from .. import _validate as _v
-from .._bootstrap import Bootstrap, add_interval_columns, bootstrap_options, resampling_units
+from .._bootstrap import (Bootstrap, add_interval_columns, bootstrap_options, items_digest,
+                          resampling_units)
 from .._device import resolve_device as _resolve_device
 from .._numerics import Moments, float32_squares_span, tensor_guard, warn_degenerate
 from ..units import nearest, kmeans, measures_from_counts
@@ -120,7 +121,8 @@ class UnitQuality(Measure):
         self.boot = None
         if self.resamples:  # per-unit joint tables: units of the whole corpus on every rank
             self.unit_of, names, kind = resampling_units(meta.labels)
-            self.boot = Bootstrap(names, kind, self.resamples, self.confidence, self.seed)
+            self.boot = Bootstrap(names, kind, self.resamples, self.confidence, self.seed,
+                                  items=items_digest(meta.labels))
             need = 4 * len(names) * sum(len(c) for c in classes) * sum(self.ks)
             if need > BOOTSTRAP_BYTES:
                 raise ValueError(

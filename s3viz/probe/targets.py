@@ -73,7 +73,8 @@ def is_continuous(store, target: str, level: str) -> bool:
     if level == "frame":
         return target in track_columns(store) and target not in _phone_columns(store)
     col = store.labels[target] if target in store.labels.columns else None
-    return col is not None and isinstance(col.dtype, np.dtype) and col.dtype.kind in "iuf"
+    return col is not None and pd.api.types.is_numeric_dtype(col.dtype) \
+        and not pd.api.types.is_bool_dtype(col.dtype)
 
 
 @dataclass
@@ -132,15 +133,22 @@ class ProbeTask:
         missing = [self.ids[i] for i, u in enumerate(self.sel)
                    if tracks[u] is None or self.target not in tracks[u].columns]
         if missing:
-            fix = self.fixes.get("alignments", "probe the others with `utterances=`")
             raise ValueError(f"frame-level target {self.target!r} is an acoustic track, but "
                              f"{len(missing)} utterance(s) do not carry it (e.g. {missing[:5]}); "
-                             f"add it with s3viz.data.add_acoustic_tracks, or {fix}")
+                             "add it with s3viz.data.add_acoustic_tracks, or probe the "
+                             "utterances that carry it (`utterances=`)")
 
     def _read_values(self) -> np.ndarray:
         """The numbers of an utterance-level regression target, missing ones refused."""
-        col = self.store.labels[self.target]
-        y = col.to_numpy(dtype=np.float64, na_value=np.nan)[np.asarray(self.sel)]
+        col = self.store.labels[self.target].iloc[np.asarray(self.sel)]
+        if pd.api.types.is_integer_dtype(col.dtype):
+            # centred in whole numbers first: 2**60 + age stays exact in float64
+            vals = col.to_numpy(dtype=object, na_value=None)
+            ints = sorted(int(v) for v in vals if v is not None)
+            centre = ints[len(ints) // 2] if ints else 0
+            y = np.array([np.nan if v is None else float(int(v) - centre) for v in vals])
+        else:
+            y = col.to_numpy(dtype=np.float64, na_value=np.nan)
         bad = [self.ids[i] for i in np.flatnonzero(~np.isfinite(y))]
         if bad:
             fix = self.fixes.get("labels", "fill store.labels[{target!r}] or probe only the "
@@ -149,6 +157,20 @@ class ProbeTask:
                              f"utterance(s), e.g. {bad[:5]}; " + fix.format(target=self.target))
         check_values(self.target, y)
         return y
+
+    def set_scale(self, values: np.ndarray) -> None:
+        """The regression target's reference point (median) and power-of-two scale (at
+        least the largest deviation), fixed from all its values: the probe fits
+        ``(y - shift) / scale`` so that R\u00b2 does not depend on the target's offset
+        or magnitude (1e8 + y, 1e300 * y); RMSE is reported in the target's unit."""
+        v = values[np.isfinite(values)]
+        self.y_shift = float(np.median(v))
+        dev = float(np.max(np.abs(v - self.y_shift)))
+        self.y_scale = float(2.0 ** np.ceil(np.log2(dev))) if dev > 0 else 1.0
+
+    def normalize(self, y: np.ndarray) -> np.ndarray:
+        """Target values as the probe fits them (:meth:`set_scale`; exact: a power of two)."""
+        return (np.asarray(y, dtype=np.float64) - self.y_shift) / self.y_scale
 
     def _read_labels(self) -> np.ndarray | None:
         """Refuse unaligned (frame level) or unlabelled utterances, naming them and the fix
@@ -325,7 +347,9 @@ class ProbeTask:
         """An utterance-level regression target: its values, folds of whole groups
         balanced by count, and (``control``) each type's random value."""
         self.classes = None
-        self.y = self._read_values()
+        raw = self._read_values()
+        self.set_scale(raw)
+        self.y = self.normalize(raw)
         self.utt_fold = assign_folds(self.groups, np.ones(len(self.sel)), self.folds, self.seed,
                                      what=self.split_by)
         if self.control:
@@ -403,10 +427,12 @@ class ProbeTask:
                                    f"for {lengths.sum()} frames")
             self._labels[key] = FrameTargets(raw=v, labelled=np.isfinite(v), lengths=lengths,
                                              utt=np.repeat(np.arange(len(self.sel)), lengths))
-        check_values(self.target, np.concatenate([d.raw for d in self._labels.values()]))
+        every = np.concatenate([d.raw for d in self._labels.values()])
+        check_values(self.target, every)
+        self.set_scale(every)
         self.set_frame_folds(weights)
         for (rate, rf, _), d in self._labels.items():
-            d.y, d.fold = d.raw, self.utt_fold[d.utt]
+            d.y, d.fold = self.normalize(d.raw), self.utt_fold[d.utt]
             if self.control:
                 d.y_ctrl = self._frame_control(d, rate, rf)
 
@@ -470,7 +496,7 @@ class ProbeTask:
                 ph, int(d.lengths[i]), rate, column=col, receptive_field_samples=rf)
         if self.continuous:
             out = np.full(d.raw.shape[0], np.nan)
-            out[d.labelled] = control_values(types[d.labelled], d.raw[d.labelled], self.seed)
+            out[d.labelled] = control_values(types[d.labelled], d.y[d.labelled], self.seed)
             return out
         if by == "context":  # the middle of the context must be the frame's own label
             mid = np.asarray([t.split("|")[1] if t else "" for t in types], dtype=object)
@@ -497,6 +523,10 @@ def control_values(types: np.ndarray, y: np.ndarray, seed: int = 0) -> np.ndarra
 def check_values(target: str, y: np.ndarray) -> None:
     """Refuse a regression target that does not vary (nothing to predict)."""
     finite = y[np.isfinite(y)]
+    if not len(finite):
+        raise ValueError(f"target {target!r} has no defined value among the probed examples "
+                         f"(all {len(y)} are NaN: e.g. F0 of unvoiced frames only, or empty "
+                         "tracks): nothing to regress; choose another target or utterances")
     if len(finite) < 2 or float(finite.max()) == float(finite.min()):
         which = f" (every value is {float(finite[0])!r})" if len(finite) else ""
         raise ValueError(f"target {target!r} does not vary among the probed examples{which}: "
