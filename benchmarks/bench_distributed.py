@@ -79,7 +79,7 @@ store = s3viz.extract(up, corpus, batch_size=int(sys.argv[2]), max_batch_seconds
                       device="cpu", progress=False)
 s3viz.probe_layers(store, "phone", folds=5, split_by="speaker", device="cpu")
 s3viz.probe_layers(store, "speaker", folds=5, split_by="utterance", device="cpu")
-s3viz.layer_similarity(store, device="cpu", dtype=torch.float64)
+s3viz.layer_similarity(store, device="cpu", method=s3viz.CKAOptions(dtype=torch.float64))
 print(json.dumps({"setup": setup, "peak": _status_mb("VmHWM")}))
 """
 

@@ -32,6 +32,7 @@ _EXPORTS = {
     # probes and similarity
     "probe_layers": "probe",
     "LogisticOptions": "probe", "RidgeOptions": "probe", "CCAOptions": "similarity",
+    "CKAOptions": "similarity",
     "ProbeStats": "probe",
     "layer_similarity": "similarity",
     "stream_analysis": "stream",

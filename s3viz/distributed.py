@@ -105,7 +105,8 @@ class Sharding:
     Attributes:
         reference: the whole corpus's frame-free metadata (``ids``, ``labels``, ``phones``,
             ``tracks``; ``weights``: the shard store's) for the probes' folds, classes and
-            controls (``layer_similarity`` needs none).
+            controls (``layer_similarity`` needs only its ``ids`` and ``labels``, for
+            ``bootstrap=``).
         reduce: ``reduce(tensor) -> tensor`` sums over all shards (``None``:
             :func:`all_reduce_sum`).
     """

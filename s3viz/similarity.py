@@ -17,6 +17,8 @@ import pandas as pd
 import torch
 
 from . import _validate as _v
+from ._bootstrap import Bootstrap, bootstrap_options, resampling_units
+from ._cka_bootstrap import UtteranceHSIC, cka_interval_table
 from ._device import resolve_device as _resolve_device
 from ._labels import label_strings
 from ._numerics import (cross_product, layer_guard, pow2_factor, pow2_near, read_dtype,
@@ -24,7 +26,7 @@ from ._numerics import (cross_product, layer_guard, pow2_factor, pow2_near, read
 from .distributed import Sharding
 from .store import frame_groups, tag_weights, utterance_selection
 
-__all__ = ["ESTIMATORS", "METHODS", "CCAOptions", "cca_naive", "cka_naive", "hsic_unbiased",
+__all__ = ["ESTIMATORS", "METHODS", "CCAOptions", "CKAOptions", "cca_naive", "cka_naive", "hsic_unbiased",
            "layer_similarity"]
 
 ESTIMATORS = ("feature", "minibatch")
@@ -58,15 +60,48 @@ def _rebased(f: float | None, top: float) -> tuple[float, float] | None:
 @dataclass(frozen=True)
 class CCAOptions:
     """SVCCA options: each layer keeps the principal directions holding ``keep_variance``
-    of its variance (in ``(0, 1]``; 1.0: plain CCA) before CCA."""
+    of its variance (in ``(0, 1]``; 1.0: plain CCA) before CCA; ``batch_frames`` and
+    ``dtype`` of the exact streamed products, as :class:`CKAOptions`'s."""
 
     keep_variance: float = 0.99
+    batch_frames: int | None = None
+    dtype: torch.dtype = torch.float32
 
     def __post_init__(self):
         kv = self.keep_variance
         if isinstance(kv, bool) or not isinstance(kv, (int, float)) or not 0 < kv <= 1:
             raise ValueError(f"keep_variance must be a number in (0, 1], got {kv!r}")
         object.__setattr__(self, "keep_variance", float(kv))
+        CKAOptions(batch_frames=self.batch_frames, dtype=self.dtype)  # the same checks
+
+
+@dataclass(frozen=True)
+class CKAOptions:
+    """Linear CKA options (``method=CKAOptions(...)``; ``method="cka"`` is ``CKAOptions()``).
+
+    Args:
+        estimator: ``"feature"`` (exact, streamed) or ``"minibatch"`` (unbiased HSIC).
+        batch_frames: frames per minibatch (``estimator="minibatch"``, >= 4; ``None``:
+            1024), or per block read and multiplied at a time (``estimator="feature"``;
+            whole utterances; ``None``: as many as fit ``BLOCK_BYTES``, ``docs/similarity.md``).
+        dtype: of the per-block products (``estimator="feature"``; sums are float64).
+    """
+
+    estimator: str = "feature"
+    batch_frames: int | None = None
+    dtype: torch.dtype = torch.float32
+
+    def __post_init__(self):
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
+        if self.dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {self.dtype!r}")
+        if self.estimator == "minibatch":  # 4: the unbiased HSIC
+            bf = _v.integer(1024 if self.batch_frames is None else self.batch_frames,
+                            "batch_frames", minimum=4)
+        else:
+            bf = _v.integer(self.batch_frames, "batch_frames", minimum=1, none_ok=True)
+        object.__setattr__(self, "batch_frames", bf)
 
 
 def cka_naive(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -238,63 +273,65 @@ def layer_similarity(
     store,
     other=None,
     *,
-    method: str = "cka",
+    method: str | CKAOptions | CCAOptions = "cka",
     layers: Sequence[int] | None = None,
     other_layers: Sequence[int] | None = None,
     level: str = "frame",
-    estimator: str = "feature",
     device=None,
     max_frames: int | None = None,
-    batch_frames: int | None = None,
     utterances=None,
     seed: int = 0,
-    dtype: torch.dtype = torch.float32,
     sharding: Sharding | None = None,
+    bootstrap: int | None = None,
+    confidence: float = 0.95,
 ) -> pd.DataFrame:
     """Linear CKA (or SVCCA) between every pair of layers (``docs/similarity.md``).
 
     Args:
         other: a :class:`~s3viz.store.LayerStore` of another upstream on the same corpus
             (``None``: ``store`` with itself).
-        method: ``"cka"``, ``"cca"`` or :class:`CCAOptions` (SVCCA; ``estimator="feature"``).
+        method: ``"cka"`` (``CKAOptions()``), :class:`CKAOptions` (its ``estimator``,
+            ``batch_frames``, ``dtype``), ``"cca"`` or :class:`CCAOptions` (SVCCA, exact
+            estimator).
         other_layers: stored layers of ``other`` (columns; default all, or ``layers``).
         level: ``"frame"`` (frames paired by position) or ``"utterance"`` (mean-pooled).
-        estimator: ``"feature"`` (exact, streamed) or ``"minibatch"`` (unbiased HSIC).
         max_frames: a seeded random subset of this many frames (``None``: all).
-        batch_frames: frames per minibatch (``estimator="minibatch"``, >= 4; ``None``:
-            1024), or per block read and multiplied at a time (``estimator="feature"``;
-            whole utterances; ``None``: as many as fit ``BLOCK_BYTES``, ``docs/similarity.md``).
-        dtype: of the per-block products (``estimator="feature"``; sums are float64).
         sharding: a :class:`~s3viz.distributed.Sharding` (``estimator="feature"``,
             ``max_frames=None``) when ``store`` holds one shard.
+        bootstrap, confidence: CKA's error bars (``level="frame"``, ``max_frames=None``):
+            this many resamples of the speakers (or utterances), drawn with ``seed``, of
+            a per-utterance minibatch estimator, its percentile interval at
+            ``confidence`` shifted onto the exact CKA (``docs/similarity.md``, "Error bars").
 
     Returns:
         Rows: layers of ``store`` (``"layer"``); columns: of ``other`` (``"other_layer"``)
         or ``store``; ``attrs``: ``upstream_layers``, ``other_upstream_layers``,
         ``num_frames``, ``estimator``, ``level``, ``method`` (``keep_variance`` for
-        SVCCA), ``weights`` (and ``other_weights``).
+        SVCCA), ``weights`` (and ``other_weights``). With ``bootstrap``: a long table
+        instead, one row per ``(layer, other_layer)``: ``layer``, ``other_layer``,
+        ``cka``, ``cka_lo``, ``cka_hi``, ``resampled_by``, with the same ``attrs`` plus
+        ``bootstrap`` (for :func:`s3viz.compare_scores`) and ``short_utterances``
+        (utterances of fewer than 4 frames, which add nothing to the interval).
     """
+    opts = CKAOptions()
     if isinstance(method, CCAOptions):
+        opts = CKAOptions(batch_frames=method.batch_frames, dtype=method.dtype)
         keep_variance, method = method.keep_variance, "cca"
-    elif method in METHODS:
+    elif isinstance(method, CKAOptions):
+        keep_variance, opts, method = CCAOptions().keep_variance, method, "cka"
+    elif isinstance(method, str) and method in METHODS:
         keep_variance = CCAOptions().keep_variance
     else:
-        raise ValueError(f"method must be one of {METHODS} or CCAOptions(...), got {method!r}")
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+        raise ValueError(f"method must be one of {METHODS}, CKAOptions(...) or CCAOptions(...), "
+                         f"got {method!r}")
+    estimator, batch_size, dtype = opts.estimator, opts.batch_frames, opts.dtype
     if level not in ("frame", "utterance"):
         raise ValueError(f"level must be 'frame' or 'utterance', got {level!r}")
     max_frames = _v.integer(max_frames, "max_frames", minimum=4, none_ok=True)
     seed = _v.integer(seed, "seed", minimum=0)
-    if dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
-    if estimator == "minibatch":  # 4: the unbiased HSIC
-        batch_size = _v.integer(1024 if batch_frames is None else batch_frames, "batch_frames",
-                                minimum=4)
-    else:
-        batch_size = _v.integer(batch_frames, "batch_frames", minimum=1, none_ok=True)
-    if method == "cca" and estimator != "feature":
-        raise ValueError("method='cca' needs estimator='feature' (the full covariances)")
+    resamples, confidence = bootstrap_options(bootstrap, confidence)
+    if resamples:
+        check_bootstrap(method, level, max_frames, sharding)
     if sharding is not None and not isinstance(sharding, Sharding):
         raise TypeError(f"sharding must be a s3viz.distributed.Sharding (e.g. "
                         f"Sharding(reduce=all_reduce_sum)), got {sharding!r}")
@@ -359,7 +396,60 @@ def layer_similarity(
     tag_weights(df, store)
     if other is not None:
         tag_weights(df, other, key="other_weights")
+    if resamples:
+        unit_of, names, kind = _units(store, sel, sharding)
+        boot = Bootstrap(names, kind, resamples, confidence, seed)
+        hsic = UtteranceHSIC(len(names), len(items), device)
+        for lo, hi, xs in _utterance_blocks(items, guards, sel, counts, sizes):
+            at = 0
+            for u in range(lo, hi):
+                n = int(counts[u])
+                hsic.add([x[at:at + n] for x in xs], int(unit_of[u]))
+                at += n
+        if reduce is not None:
+            hsic = hsic.reduced(reduce)
+        df = cka_interval_table(df, hsic, boot, row_idx, col_idx)
     return df
+
+
+def check_bootstrap(method: str, level: str, max_frames, sharding) -> None:
+    """Refuse a bootstrap :func:`layer_similarity` cannot give (``docs/similarity.md``)."""
+    if method != "cka":
+        raise ValueError("bootstrap= is for CKA only (method='cka' or CKAOptions(...)); "
+                         "SVCCA has no per-speaker statistics to resample: pass bootstrap=None")
+    if level != "frame":
+        raise ValueError(
+            "bootstrap= needs level='frame': at level='utterance' each utterance is one point "
+            "and no per-speaker statistic of bounded size gives a resample's CKA (its "
+            "cross-products are layers^2 x hidden^2 numbers per speaker); pass level='frame' "
+            "or bootstrap=None")
+    if max_frames is not None:
+        raise ValueError("bootstrap= resamples whole utterances: pass max_frames=None")
+    if sharding is not None and getattr(sharding, "reference", None) is None:
+        raise ValueError("a sharded bootstrap needs the whole corpus's speakers: pass "
+                         "sharding=Sharding.of(corpus, shard_store, shard_positions)")
+
+
+def _units(store, sel, sharding):
+    """``(unit of each selected utterance, unit names, kind)``: of the whole corpus
+    (``sharding.reference``) when ``store`` holds one shard."""
+    if sharding is None:
+        return resampling_units(store.labels, sel)
+    ref = sharding.reference
+    codes, names, kind = resampling_units(ref.labels)
+    pos = {str(v): k for k, v in enumerate(ref.ids)}
+    return codes[[pos[str(store.ids[int(u)])] for u in sel]], names, kind
+
+
+def _utterance_blocks(items, guards, sel, counts, sizes):
+    """``(first, end, features)`` per block of whole utterances ``sel[first:end]``: every
+    item's frames read through its guard (float64, one common scale on every shard)."""
+    frames = _block_frames(sizes, torch.float64)
+    for a, b in frame_groups(counts, frames):
+        utts = sel[a:b].tolist()
+        xs = [guards[k](st.layer(layer, utterances=utts, dtype=read_dtype(st))[0])
+              for k, (st, layer) in enumerate(items)]
+        yield a, b, xs
 
 
 def cka_table(values: dict, rows, cols, row_idx, col_idx, bad, *, other_axis: bool = False,

@@ -50,7 +50,8 @@ def _public(store, target, split_by, folds, cka_level, sharding=None) -> dict:
     out = {"probe": s3viz.probe_layers(store, target, folds=folds, split_by=split_by,
                                        device="cpu", sharding=sharding),
            "cka": s3viz.layer_similarity(store, level=cka_level, device="cpu",
-                                         dtype=torch.float64, sharding=sharding)}
+                                         method=s3viz.CKAOptions(dtype=torch.float64),
+                                         sharding=sharding)}
     if sharding is None:  # unit_quality's and abx_layers' sharded form is the engine's
         out["units"] = s3viz.unit_quality(store, device="cpu", **UNITS)
         out["abx"] = s3viz.abx_layers(store, device="cpu", **ABX_KW)

@@ -80,7 +80,7 @@ def single(tmp_path_factory):
         s3viz.probe_layers(store, "phone", split_by="speaker", **lkw),
         s3viz.probe_layers(store, "speaker", split_by="utterance", **lkw),
     ], ignore_index=True)
-    cka = s3viz.layer_similarity(store, device="cpu", dtype=torch.float64)
+    cka = s3viz.layer_similarity(store, device="cpu", method=s3viz.CKAOptions(dtype=torch.float64))
     units = s3viz.unit_quality(store, k=UNITS_ARGS["units_k"], seed=0, device="cpu",
                                max_frames=UNITS_ARGS["units_max_frames"])
     return {"corpus": corpus, "store": store, "probes": probes, "cka": cka,
@@ -285,7 +285,7 @@ def test_run_on_a_folder_reads_lazily(single, tmp_path):
                                   check_exact=False, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(
         res["cka"].to_numpy(),
-        s3viz.layer_similarity(store, device="cpu", dtype=torch.float64).to_numpy(),
+        s3viz.layer_similarity(store, device="cpu", method=s3viz.CKAOptions(dtype=torch.float64)).to_numpy(),
         rtol=1e-9, atol=1e-12)
 
 

@@ -43,7 +43,8 @@ def test_a_float64_store_is_pooled_in_float64(store):
                                   receptive_fields=store.receptive_fields)
     got = run_measures([LayerCKA("utterance"),
                         RidgeProbe("speaker", folds=2, split_by="utterance")], StoreSource(s64))
-    cka = s3viz.layer_similarity(s64, level="utterance", device="cpu", dtype=torch.float64)
+    cka = s3viz.layer_similarity(s64, level="utterance", device="cpu",
+                                  method=s3viz.CKAOptions(dtype=torch.float64))
     np.testing.assert_allclose(got["cka"].to_numpy(), cka.to_numpy(), rtol=1e-6)
     probes = s3viz.probe_layers(s64, "speaker", folds=2, split_by="utterance", device="cpu")
     pd.testing.assert_frame_equal(got["probe"], probes, check_exact=False, rtol=1e-6,

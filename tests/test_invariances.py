@@ -92,7 +92,7 @@ MEASURES = {
                                                      device="cpu")["accuracy"].to_numpy(),
     "cka": _sim(),
     "cca": _sim(method="cca"),
-    "cka minibatch": _sim(estimator="minibatch", batch_frames=64),
+    "cka minibatch": _sim(method=s3viz.CKAOptions("minibatch", 64)),
     "cka utterance": _sim(level="utterance"),
 }
 OFFSET_INVARIANT = ("abx euclidean", "pnmi", "ridge frame", "ridge utterance", "logistic frame",

@@ -68,7 +68,7 @@ def _measures(store):
     out["logistic phone"] = logit["accuracy"].to_numpy()
     out["cka"] = s3viz.layer_similarity(store, device="cpu").to_numpy()
     out["cca"] = s3viz.layer_similarity(store, method="cca", device="cpu").to_numpy()
-    out["cka minibatch"] = s3viz.layer_similarity(store, estimator="minibatch", batch_frames=256,
+    out["cka minibatch"] = s3viz.layer_similarity(store, method=s3viz.CKAOptions("minibatch", 256),
                                                   device="cpu").to_numpy()
     scorer = s3viz.WeightedScorer(store, "phone", dims=None, device="cpu")
     out["weighted sum"] = np.array([scorer.score(torch.tensor([0.3, 0.7]))])

@@ -14,7 +14,7 @@ import torch
 
 from s3viz._numerics import pow2_near, pow2_factor
 from s3viz.probe import ProbeStats
-from s3viz.similarity import layer_similarity
+from s3viz.similarity import CKAOptions, layer_similarity
 from s3viz.store import LayerStore
 from s3viz.units import kmeans
 
@@ -41,14 +41,14 @@ def _store(first_scale: float, dtype=torch.float32, frames=40):
 @pytest.mark.parametrize("batch_frames", [None, 6, 40, 80])
 def test_cka_after_a_near_silent_first_utterance_is_the_reference(batch_frames):
     st, ref = _store(1e-20)
-    got = layer_similarity(st, device="cpu", batch_frames=batch_frames)
+    got = layer_similarity(st, device="cpu", method=CKAOptions(batch_frames=batch_frames))
     assert got.iloc[0, 1] == pytest.approx(ref, rel=1e-5)
     assert got.iloc[0, 0] == pytest.approx(1.0, rel=1e-6)
 
 
 def test_minibatch_cka_after_a_near_silent_first_utterance_is_finite():
     st, _ = _store(1e-20)
-    got = layer_similarity(st, device="cpu", estimator="minibatch", batch_frames=40)
+    got = layer_similarity(st, device="cpu", method=CKAOptions("minibatch", 40))
     assert np.isfinite(got.to_numpy()).all()
 
 
@@ -63,7 +63,7 @@ def test_cka_with_a_subnormal_first_block_is_the_reference(batch_frames):
         hs.append([l0, z @ torch.randn(3, 4, generator=g, dtype=torch.float64)])
     st = LayerStore.from_tensors(hs, downsample_rates=[320, 320])
     ref = _cka(*(np.concatenate([h[i].numpy() for h in hs]) for i in (0, 1)))
-    got = layer_similarity(st, device="cpu", batch_frames=batch_frames)
+    got = layer_similarity(st, device="cpu", method=CKAOptions(batch_frames=batch_frames))
     assert got.iloc[0, 1] == pytest.approx(ref, rel=1e-6)
 
 

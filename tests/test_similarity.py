@@ -11,7 +11,8 @@ import torch
 
 from s3viz.store import LayerStore
 from s3viz import similarity
-from s3viz.similarity import CCAOptions, cca_naive, cka_naive, hsic_unbiased, layer_similarity
+from s3viz.similarity import (CCAOptions, CKAOptions, cca_naive, cka_naive, hsic_unbiased,
+                              layer_similarity)
 
 N_UTT, N_FRAMES = 30, 20
 
@@ -61,7 +62,8 @@ def test_matches_naive_gram_formula(cka, frames):
 
 
 def test_float64_products_match_naive_to_the_last_digits(store, frames):
-    df = layer_similarity(store, layers=[0, 2], dtype=torch.float64, batch_frames=101,
+    df = layer_similarity(store, layers=[0, 2],
+                          method=CKAOptions(batch_frames=101, dtype=torch.float64),
                           device="cpu")
     ref = np.array([[cka_naive(frames[i], frames[j]) for j in (0, 2)] for i in (0, 2)])
     np.testing.assert_allclose(df.to_numpy(), ref, atol=1e-9, rtol=0)
@@ -105,7 +107,8 @@ def test_invariances_against_other_store(store, cka):
 
 
 def test_layer_subsets_and_small_chunks(store, cka):
-    sub = layer_similarity(store, layers=[3, 1], other_layers=[0, 2], batch_frames=37,
+    sub = layer_similarity(store, layers=[3, 1], other_layers=[0, 2],
+                           method=CKAOptions(batch_frames=37),
                            device="cpu")
     assert list(sub.index) == [3, 1] and list(sub.columns) == [0, 2]
     np.testing.assert_allclose(sub.to_numpy(), cka.loc[[3, 1], [0, 2]].to_numpy(), atol=1e-6)
@@ -152,14 +155,14 @@ def test_unbiased_hsic_matches_definition():
 def test_minibatch_estimator(store, frames, cka):
     n = N_UTT * N_FRAMES
     # one minibatch holding every frame: exactly the unbiased-HSIC CKA of all frames
-    one = layer_similarity(store, estimator="minibatch", batch_frames=n, device="cpu")
+    one = layer_similarity(store, method=CKAOptions("minibatch", n), device="cpu")
     grams = [(x.double() - x.double().mean(0)) @ (x.double() - x.double().mean(0)).T
              for x in frames]
     ref = np.array([[hsic_unbiased(a, b) / np.sqrt(hsic_unbiased(a, a) * hsic_unbiased(b, b))
                      for b in grams] for a in grams])
     np.testing.assert_allclose(one.to_numpy(), ref, atol=1e-4)
     # small minibatches: close to the exact CKA, self-similarity exactly 1
-    mb = layer_similarity(store, estimator="minibatch", batch_frames=100, device="cpu")
+    mb = layer_similarity(store, method=CKAOptions("minibatch", 100), device="cpu")
     np.testing.assert_allclose(np.diag(mb.to_numpy()), 1.0, atol=1e-9)
     np.testing.assert_allclose(mb.to_numpy(), cka.to_numpy(), atol=0.1)
     assert mb.attrs["estimator"] == "minibatch" and mb.attrs["num_frames"] == n
@@ -175,8 +178,8 @@ def test_cuda_matches_cpu(store, cka):
 @pytest.mark.parametrize("keep", [0.99, 0.9, 1.0])
 def test_svcca_matches_naive_frames(store, frames, keep):
     """method='cca' from the streamed covariances == SVCCA computed on the frames."""
-    df = layer_similarity(store, method=CCAOptions(keep_variance=keep), device="cpu",
-                          dtype=torch.float64)
+    df = layer_similarity(store, method=CCAOptions(keep_variance=keep, dtype=torch.float64),
+                          device="cpu")
     ref = np.array([[cca_naive(x, y, keep) for y in frames] for x in frames])
     np.testing.assert_allclose(df.to_numpy(), ref, atol=1e-6)
     assert df.attrs["method"] == "cca" and df.attrs["keep_variance"] == keep
@@ -193,17 +196,17 @@ def test_svcca_invariant_to_invertible_maps_cka_is_not(store):
         _a, b, _c, d = [t.double() for t in store.utterance(i)]
         hs.append([b.float(), (b @ m + 2.0).float(), d.float()])
     other = LayerStore.from_tensors(hs, downsample_rates=[320] * 3, ids=store.ids)
-    cca = layer_similarity(other, method=CCAOptions(keep_variance=1.0), device="cpu",
-                           dtype=torch.float64)
-    cka = layer_similarity(other, device="cpu", dtype=torch.float64)
+    cca = layer_similarity(other, method=CCAOptions(keep_variance=1.0, dtype=torch.float64),
+                           device="cpu")
+    cka = layer_similarity(other, device="cpu", method=CKAOptions(dtype=torch.float64))
     assert cca.loc[0, 1] == pytest.approx(1.0, abs=1e-6)
     assert cka.loc[0, 1] < 0.99
     assert cca.loc[0, 2] < 0.35
 
 
 def test_svcca_bad_inputs(store):
-    with pytest.raises(ValueError, match="estimator='feature'"):
-        layer_similarity(store, method="cca", estimator="minibatch")
+    with pytest.raises(TypeError, match="estimator"):  # SVCCA is exact: no estimator
+        CCAOptions(estimator="minibatch")
     for bad in (0, 1.5, -0.2, True, "all"):
         with pytest.raises(ValueError, match="keep_variance"):
             layer_similarity(store, method=CCAOptions(keep_variance=bad))
@@ -227,13 +230,13 @@ def test_bad_inputs(store):
     with pytest.raises(ValueError, match="method must be one of"):
         layer_similarity(store, method="svcca")
     with pytest.raises(ValueError, match="estimator must be one of"):
-        layer_similarity(store, estimator="gram")
+        layer_similarity(store, method=CKAOptions(estimator="gram"))
     with pytest.raises(IndexError, match=r"layers must hold stored layer indices in \[0, 4\)"):
         layer_similarity(store, layers=[4])
     with pytest.raises(ValueError, match="dtype must be torch.float32 or torch.float64"):
-        layer_similarity(store, dtype=torch.float16)
+        layer_similarity(store, method=CKAOptions(dtype=torch.float16))
     with pytest.raises(ValueError, match="batch_frames must be >= 4"):
-        layer_similarity(store, estimator="minibatch", batch_frames=2)
+        layer_similarity(store, method=CKAOptions("minibatch", 2))
 
 
 def _float64_store(seed=5, n_utt=12):
@@ -254,10 +257,12 @@ def test_block_size_does_not_change_the_result(block):
     """Float64 products: any block (one utterance at a time, or all) gives the same table to
     1e-12 relative, as do the (float32) default blocks to float32 rounding."""
     st = _float64_store()
-    ref = layer_similarity(st, dtype=torch.float64, batch_frames=10_000, device="cpu")
-    got = layer_similarity(st, dtype=torch.float64, batch_frames=block, device="cpu")
+    ref = layer_similarity(st, method=CKAOptions(batch_frames=10_000, dtype=torch.float64),
+                           device="cpu")
+    got = layer_similarity(st, method=CKAOptions(batch_frames=block, dtype=torch.float64),
+                           device="cpu")
     np.testing.assert_allclose(got.to_numpy(), ref.to_numpy(), rtol=1e-12, atol=0)
-    f32 = layer_similarity(st, batch_frames=block, device="cpu")
+    f32 = layer_similarity(st, method=CKAOptions(batch_frames=block), device="cpu")
     np.testing.assert_allclose(f32.to_numpy(), ref.to_numpy(), rtol=1e-6, atol=0)
 
 
@@ -284,7 +289,7 @@ def test_block_frames_from_the_memory_budget(store, monkeypatch):
     df = layer_similarity(store, device="cpu")
     assert max(seen) <= 90 and sum(seen) == N_UTT * N_FRAMES == df.attrs["num_frames"]
     seen.clear()
-    layer_similarity(store, batch_frames=45, device="cpu")
+    layer_similarity(store, method=CKAOptions(batch_frames=45), device="cpu")
     assert seen == [40] * (N_UTT // 2)  # whole utterances of 20 frames
 
 
@@ -296,5 +301,6 @@ def test_exact_path_accuracy_against_float64(store, frames):
                      for y in xs] for x in xs])
     got = layer_similarity(store, device="cpu").to_numpy()
     assert np.abs(got - ref).max() < 5e-7  # 1.8e-7 (and plain float32 3.1e-7) on this store
-    got = layer_similarity(store, dtype=torch.float64, batch_frames=77, device="cpu").to_numpy()
+    got = layer_similarity(store, method=CKAOptions(batch_frames=77, dtype=torch.float64),
+                           device="cpu").to_numpy()
     assert np.abs(got - ref).max() < 1e-12

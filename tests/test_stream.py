@@ -168,7 +168,7 @@ def test_degenerate_layers_get_nan_as_stored(corpus):
         probes = s3viz.probe_layers(store, ["gender", "phone"], folds=3, split_by="utterance",
                                     device="cpu")
         cka = s3viz.layer_similarity(store, level="utterance", device="cpu",
-                                     dtype=torch.float64)
+                                     method=s3viz.CKAOptions(dtype=torch.float64))
     assert probes[probes["target"] == "gender"]["accuracy"].isna().all()
     assert probes[probes["target"] == "phone"]["accuracy"].notna().all()
     with pytest.warns(DegenerateLayerWarning):

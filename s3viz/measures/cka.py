@@ -1,14 +1,18 @@
 """Linear CKA between every pair of layers, in one pass summing the accumulator of
-``layer_similarity(estimator="feature")`` (:class:`~s3viz.similarity.CrossProducts`);
-``docs/similarity.md``."""
+``layer_similarity`` (exact estimator, :class:`~s3viz.similarity.CrossProducts`) and,
+with ``bootstrap=``, per-speaker sums of a per-utterance estimator; ``docs/similarity.md``."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import torch
 
+from .._bootstrap import Bootstrap, bootstrap_options, resampling_units
+from .._cka_bootstrap import UtteranceHSIC, cka_interval_table
+from .. import _validate as _v
 from .._numerics import Profile, profile_guard, warn_degenerate
-from ..similarity import CrossProducts, cka_table
+from ..similarity import CrossProducts, check_bootstrap, cka_table
 from ._engine import Batch, Context, Measure
 
 __all__ = ["LayerCKA"]
@@ -20,18 +24,27 @@ class LayerCKA(Measure):
     Args:
         level: ``"frame"`` (every layer must have the same frames) or
             ``"utterance"`` (mean-pooled vectors).
+        bootstrap, confidence: error bars over resampled speakers (or utterances), as
+            for :func:`s3viz.layer_similarity` (``level="frame"`` only).
+        seed: seed of the resamples.
 
-    ``compute()`` gives the square table of :func:`s3viz.layer_similarity`.
+    ``compute()`` gives the table of :func:`s3viz.layer_similarity` (with ``bootstrap``,
+    its long table).
     """
 
     name = "cka"
     passes = 1
 
-    def __init__(self, level: str = "frame"):
+    def __init__(self, level: str = "frame", *, bootstrap: int | None = None,
+                 confidence: float = 0.95, seed: int = 0):
         super().__init__()
         if level not in ("frame", "utterance"):
             raise ValueError(f"cka level must be 'frame' or 'utterance', got {level!r}")
         self.level = level
+        self.resamples, self.confidence = bootstrap_options(bootstrap, confidence)
+        self.seed = _v.integer(seed, "seed", minimum=0)
+        if self.resamples:
+            check_bootstrap("cka", level, None, None)
 
     def setup(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -47,6 +60,12 @@ class LayerCKA(Measure):
         self.add_state("frames", [Profile() for _ in range(n_l)], merge)
         self.add_state("pooled", [Profile() for _ in range(n_l)] if self.level == "utterance"
                        else None, merge)
+        self.boot = None
+        if self.resamples:  # per-unit sums: the units of the whole corpus on every rank
+            self.unit_of, names, kind = resampling_units(ctx.meta.labels)
+            self.boot = Bootstrap(names, kind, self.resamples, self.confidence, self.seed)
+        self.add_state("hsic", UtteranceHSIC(len(self.boot.names), n_l, ctx.device) if self.boot
+                       else None, lambda h, reduce: h.reduced(reduce))
 
     def update(self, batch: Batch, pass_index: int) -> None:
         if self.level == "frame":
@@ -54,6 +73,11 @@ class LayerCKA(Measure):
                 raise ValueError("frame-level CKA needs the same frames in every layer; "
                                  "use level='utterance'")
             self.products.add(batch.frames)
+            if self.hsic is not None:
+                offs = np.concatenate([[0], np.cumsum(batch.lens[:, 0])])
+                for k, u in enumerate(batch.positions):
+                    self.hsic.add([f[offs[k]:offs[k + 1]] for f in batch.frames],
+                                  int(self.unit_of[int(u)]))
         else:
             self.products.add([batch.pooled(s) for s in range(self.ctx.num_layers)])
         for s in range(self.ctx.num_layers):
@@ -76,4 +100,6 @@ class LayerCKA(Measure):
                        estimator="feature", level=self.level, method="cka",
                        weights=ctx.weights)
         warn_degenerate("layer_similarity", dict(zip(ctx.layer_index, bad)), "CKA")
+        if self.boot is not None:
+            df = cka_interval_table(df, self.hsic, self.boot, idx, idx)
         return df
