@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from . import _validate as _v
-from ._bootstrap import Bootstrap, bootstrap_options, resampling_units
+from ._bootstrap import Bootstrap, bootstrap_options, items_digest, resampling_units
 from ._cka_bootstrap import UtteranceHSIC, cka_interval_table
 from ._device import resolve_device as _resolve_device
 from ._labels import label_strings
@@ -398,7 +398,9 @@ def layer_similarity(
         tag_weights(df, other, key="other_weights")
     if resamples:
         unit_of, names, kind = _units(store, sel, sharding)
-        boot = Bootstrap(names, kind, resamples, confidence, seed)
+        boot = Bootstrap(names, kind, resamples, confidence, seed, items=items_digest(
+            store.labels if sharding is None else sharding.reference.labels,
+            sel if sharding is None else None))
         hsic = UtteranceHSIC(len(names), len(items), device)
         for lo, hi, xs in _utterance_blocks(items, guards, sel, counts, sizes):
             at = 0

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .._bootstrap import Bootstrap, bootstrap_options, resampling_units
+from .._bootstrap import Bootstrap, bootstrap_options, items_digest, resampling_units
 from .._cka_bootstrap import UtteranceHSIC, cka_interval_table
 from .. import _validate as _v
 from .._numerics import Profile, profile_guard, warn_degenerate
@@ -63,7 +63,8 @@ class LayerCKA(Measure):
         self.boot = None
         if self.resamples:  # per-unit sums: the units of the whole corpus on every rank
             self.unit_of, names, kind = resampling_units(ctx.meta.labels)
-            self.boot = Bootstrap(names, kind, self.resamples, self.confidence, self.seed)
+            self.boot = Bootstrap(names, kind, self.resamples, self.confidence, self.seed,
+                                  items=items_digest(ctx.meta.labels))
         self.add_state("hsic", UtteranceHSIC(len(self.boot.names), n_l, ctx.device) if self.boot
                        else None, lambda h, reduce: h.reduced(reduce))
 
