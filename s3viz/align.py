@@ -275,9 +275,28 @@ def frame_values(table: pd.DataFrame, num_frames: int, rate: int, *, column: str
     ``k * rate + rf / 2``, the convention of :func:`frame_labels`; NaN where no row
     covers the centre or the value is undefined (NaN: an unvoiced frame's ``f0``).
 
+    ``table`` is checked first as a corpus or store checks it
+    (:func:`s3viz.data.tracks.check_track_table`): integer ``start, end``, rows sorted
+    and not overlapping (a later row would shadow part of an earlier one), float value
+    columns without inf; anything else is refused.
+
     Args:
         table: rows with ``start, end`` (16 kHz samples, ``end`` exclusive) and ``column``.
     """
+    from .data.tracks import check_track_table
+
+    if isinstance(table, pd.DataFrame) and column not in table.columns:
+        raise KeyError(f"track table has no column {column!r}; available: "
+                       f"{list(table.columns)}")
+    table = check_track_table(table, None, "frame_values(table=...)")
+    return checked_frame_values(table, num_frames, rate, column=column,
+                                receptive_field_samples=receptive_field_samples)
+
+
+def checked_frame_values(table: pd.DataFrame, num_frames: int, rate: int, *, column: str,
+                         receptive_field_samples: Optional[int] = None) -> np.ndarray:
+    """:func:`frame_values` of a table :func:`s3viz.data.tracks.check_track_table` has
+    already accepted (a corpus's or a store's tables), without checking it again."""
     order, pos, ok = _covering_rows(table, num_frames, rate, receptive_field_samples,
                                     "track", column)
     values = table[column].to_numpy(dtype=np.float64)[order]

@@ -97,7 +97,9 @@ def segment_table(store, layer: int, column: str = "phone", *, utterances=None,
         table = phones[u]
         if column not in table.columns:
             raise KeyError(f"the alignment of {ids[u]!r} has no column {column!r}: "
-                           f"{list(table.columns)}")
+                           f"{list(table.columns)}; segments come from an alignment tier "
+                           f"(or 'duration'), while acoustic tracks (e.g. 'f0') and other "
+                           f"frame-level values are probed with level='frame'")
         seg = _runs(table, column)
         lab = seg["label"].tolist()
         prev, nxt = ["<s>"] + lab[:-1], lab[1:] + ["</s>"]

@@ -34,7 +34,7 @@ from ._cache import (
 )
 from ._fs import OwnedFolder, UnsafePathError
 from .align import frame_labels as _align_frame_labels
-from .align import frame_values as _align_frame_values
+from .align import checked_frame_values as _align_frame_values
 from .data._corpus import pack_table, unpack_table
 from .data.tracks import check_track_table
 from .upstreams._hub import AS_GIVEN, weights_of

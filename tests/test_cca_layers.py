@@ -13,7 +13,6 @@ import torch
 
 import s3viz
 from s3viz.measures import CCA, StoreSource, run_measures
-from s3viz.measures._engine import CorpusMeta
 from s3viz.measures.cca import log_mel, mel_frames
 from s3viz.store import LayerStore
 from s3viz.stream import stream_analysis
@@ -109,7 +108,7 @@ def _parts(store, ref, split, layer):
 
 @pytest.fixture(scope="module")
 def planted():
-    store, ref = _planted()
+    store, ref = _planted(n_utts=40, speakers=20)  # parts (2, 1, 1): 5 test speakers
     out = run_measures([CCA(ref, parts=(2, 1, 1), regs=REGS, bootstrap=200)],
                        StoreSource(store))
     return store, ref, out["cca"], out["cca_split"]
@@ -142,7 +141,7 @@ def test_split_keeps_each_speaker_in_one_part(planted):
     assert split.groupby("group")["part"].nunique().max() == 1
     assert set(split["part"]) == {"train", "dev", "test"}
     per_part = split.groupby("part")["group"].nunique()
-    assert (per_part >= 1).all() and per_part.sum() == 6  # 6 speakers, each in one part
+    assert (per_part >= 1).all() and per_part.sum() == 20  # 20 speakers, each in one part
 
 
 def test_bootstrap_replicates_match_resampled_frames(planted):
@@ -198,8 +197,14 @@ def test_streamed_equals_stored_and_mel(tiny_upstream, small_corpus, tiny_store)
 def test_sharded_equals_unsharded(small_corpus, tiny_store):
     from s3viz.distributed import shard_indices
 
-    m = CCA("phone", parts=(1, 1, 1), regs=(1e-3, 1e-1), bootstrap=100)
-    whole = run_measures([m], StoreSource(tiny_store))["cca"]
+    # each utterance its own speaker: 12 units, 6 in the test part (a bootstrap needs 5)
+    labels = tiny_store.labels.assign(speaker=tiny_store.labels["id"])
+    whole_store = LayerStore.from_tensors(
+        [tiny_store.utterance(i) for i in range(len(tiny_store))],
+        downsample_rates=tiny_store.downsample_rates, labels=labels,
+        phones=tiny_store.phones, receptive_fields=tiny_store.receptive_fields)
+    m = CCA("phone", parts=(1, 1, 2), regs=(1e-3, 1e-1), bootstrap=100)
+    whole = run_measures([m], StoreSource(whole_store))["cca"]
     shards = [shard_indices(small_corpus.ids, r, 2) for r in range(2)]
     summer = ThreadSum(2)
 
@@ -207,10 +212,10 @@ def test_sharded_equals_unsharded(small_corpus, tiny_store):
         st = LayerStore.from_tensors(
             [tiny_store.utterance(i) for i in shards[r]],
             downsample_rates=tiny_store.downsample_rates,
-            labels=tiny_store.labels.iloc[shards[r]].reset_index(drop=True),
+            labels=labels.iloc[shards[r]].reset_index(drop=True),
             phones=[tiny_store.phones[i] for i in shards[r]],
             receptive_fields=tiny_store.receptive_fields)
-        return run_measures([m], StoreSource(st, CorpusMeta(small_corpus), shards[r]),
+        return run_measures([m], StoreSource(st, whole_store, shards[r]),
                             reduce=summer.reducer(r))["cca"]
 
     out, errors = run_threads(2, work)

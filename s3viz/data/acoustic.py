@@ -17,6 +17,8 @@ __all__ = ["add_acoustic_tracks"]
 
 SILENT_DB = -299.0  # Praat gives -300 dB for a window of digital silence
 
+MIN_MAX_FORMANT = 1000.0  # Hz: a lower formant ceiling is a kHz-for-Hz slip (5.5 for 5500)
+
 PARSELMOUTH_FIX = "pip install 'praat-parselmouth>=0.4.7,<0.5'"
 
 
@@ -34,6 +36,35 @@ def _positive(value, name: str) -> float:
             or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")
     return float(value)
+
+
+def _check_formant_settings(settings: dict) -> None:
+    """Refuse formant settings Praat's ``To Formant (burg)`` cannot use, naming the
+    argument. Praat resamples the sound to ``2 * max_formant`` Hz, fits
+    ``int(2 * max_number_of_formants)`` LPC poles and needs its Gaussian window
+    (``2 * formant_window_length`` long) to hold at least one sample more than that
+    (else "Window too short")."""
+    ceiling = settings["max_formant"]
+    if ceiling < MIN_MAX_FORMANT:
+        hint = (f"; did you mean {ceiling * 1000:g} Hz?" if ceiling * 1000 < SAMPLE_RATE / 2
+                else "")
+        raise ValueError(f"max_formant is in Hz, the formant ceiling (Praat's 5500 for an adult "
+                         f"female, 5000 for an adult male); got {ceiling:g} Hz, below "
+                         f"{MIN_MAX_FORMANT:g} Hz, where not even F1 and F2 fit{hint}")
+    count = settings["max_number_of_formants"]
+    if count < 1:
+        raise ValueError(f"max_number_of_formants must be at least 1 (Praat's 5: formants "
+                         f"searched below max_formant), got {count:g}")
+    poles = int(2 * count)
+    shortest = (poles + 1) / (4.0 * ceiling)
+    window = settings["formant_window_length"]
+    if window < shortest * (1 + 1e-9):
+        raise ValueError(
+            f"formant_window_length={window:g} s is too short for max_formant={ceiling:g} Hz "
+            f"and max_number_of_formants={count:g}: Praat resamples to 2 x max_formant and "
+            f"its window (2 x formant_window_length) must hold more than "
+            f"2 x max_number_of_formants = {poles} samples; pass formant_window_length of "
+            f"at least {shortest * (1 + 1e-6):.3g} s (Praat's default 0.025)")
 
 
 def _check_tracks(tracks) -> tuple:
@@ -175,10 +206,18 @@ def add_acoustic_tracks(corpus: Corpus, tracks: Sequence[str] = DEFAULT_TRACKS, 
     if settings["max_formant"] >= SAMPLE_RATE / 2:
         raise ValueError(f"max_formant must be below the Nyquist frequency {SAMPLE_RATE // 2} "
                          f"Hz of 16 kHz audio, got {max_formant!r}")
-    _parselmouth()  # a missing package is reported before any audio is read
+    _check_formant_settings(settings)
+    pm = _parselmouth()  # a missing package is reported before any audio is read
     out = []
     for u in corpus:
-        table = utterance_tracks(u.wav, names, **settings)
+        try:
+            table = utterance_tracks(u.wav, names, **settings)
+        except pm.PraatError as err:  # a limit of Praat's not checked above
+            raise ValueError(
+                f"add_acoustic_tracks: Praat could not analyse utterance {u.id!r} "
+                f"({u.num_samples} samples) with {settings}: "
+                f"{' '.join(str(err).split())}; change the setting Praat names (or leave "
+                f"the utterance out)") from err
         out.append(_with_tracks(u, table))
     result = Corpus(out, name=corpus.name)
     result.skipped = corpus.skipped.copy()

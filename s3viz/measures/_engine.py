@@ -18,7 +18,7 @@ from .. import _validate as _v
 from .._labels import label_strings
 from ..align import conv_lengths, layer_geometry
 from ..align import frame_labels as _align_frame_labels
-from ..align import frame_values as _align_frame_values
+from ..align import checked_frame_values as _align_frame_values
 from ..extraction import BatchRunner, bucket_plan
 from ..upstreams._hub import weights_of
 

@@ -40,6 +40,7 @@ largest variance."""
 PARTS = ("train", "dev", "test")
 MEL = {"bins": 80, "window": 400, "hop": 160}  # samples at 16 kHz: 25 ms windows every 10 ms
 RANK_TOL = 1e-10  # directions of a training covariance below this share of its top are dropped
+MIN_TEST_UNITS = 5  # must equal s3viz._bootstrap.MIN_UNITS: test units a bootstrap needs
 MAX_CLASSES = 4096  # one-hot references wider than this are refused (their d x d sums)
 
 
@@ -211,6 +212,32 @@ def _check_regs(regs) -> tuple[float, ...]:
     return tuple(vals)
 
 
+def _check_mel_corpus(corpus, meta) -> None:
+    """Refuse a ``corpus=`` (same ids as the frames) that is not the one the frames were
+    extracted from: an utterance's length differs from the frames' ``num_samples``
+    label, or the corpus's fingerprint differs from the store's ``corpus_fingerprint``."""
+    fix = ("pass the corpus the store was extracted from (or extract the store again from "
+           "this corpus)")
+    labels = meta.labels
+    if "num_samples" in labels.columns:
+        known = labels["num_samples"].to_numpy()
+        for k, u in enumerate(corpus):
+            want = known[k]
+            if pd.notna(want) and int(u.num_samples) != int(want):
+                raise ValueError(
+                    f"reference='mel': corpus= is not the corpus the frames were extracted "
+                    f"from: utterance {str(meta.ids[k])!r} has {int(u.num_samples)} samples in "
+                    f"it, {int(want)} when the frames were extracted (same ids, other audio); "
+                    f"{fix}")
+    stored = getattr(meta, "corpus_fingerprint", None)
+    if stored is not None and corpus.fingerprint() != stored:
+        raise ValueError(
+            "reference='mel': corpus= is not the corpus the frames were extracted from: its "
+            f"fingerprint ({corpus.fingerprint()[:12]}) differs from the store's "
+            f"corpus_fingerprint ({str(stored)[:12]}), so its audio, texts, speakers, labels, "
+            f"alignments or tracks changed since; {fix}")
+
+
 # -- the measure --------------------------------------------------------------
 
 
@@ -284,6 +311,14 @@ class CCA(Measure):
         self.unit_row = np.full(n, -1, dtype=np.int64)
         self.unit_row[sel[part == 2]] = np.searchsorted(test_codes, codes[part == 2])
         self.test_units = [names[c] for c in test_codes]
+        if self.resamples and len(self.test_units) < MIN_TEST_UNITS:
+            raise ValueError(
+                f"cca_layers(bootstrap={self.resamples}) resamples the TEST part's {kind}s "
+                f"only (the CCA is fitted on train and dev and held fixed), and with "
+                f"parts={self.parts} the test part has {len(self.test_units)} {kind}(s) "
+                f"({self.test_units}); a percentile interval needs at least "
+                f"{MIN_TEST_UNITS}: use more {kind}s, a larger test part (parts=, e.g. "
+                f"parts=(3, 1, 2) or (1, 1, 1)), or bootstrap=None")
         self.dims = self._setup_reference(ctx, sel)
         sizes = [[ctx.sizes[s], self.dims] for s in range(ctx.num_layers)]
         self.add_state("products", [[CrossProducts([(0, 0), (0, 1), (1, 1)], ctx.device,
@@ -328,6 +363,7 @@ class CCA(Measure):
                 raise ValueError("reference='mel': corpus= must be the corpus the frames were "
                                  f"extracted from (the same ids in the same order); it has "
                                  f"{len(ids)} utterances, the frames {len(meta.ids)}")
+            _check_mel_corpus(corpus, meta)
             return MEL["bins"]
         return self._check_arrays(arrays, meta, sel)
 
@@ -371,7 +407,8 @@ class CCA(Measure):
         ctx = self.ctx
         if self.reference in ("phone", "word"):
             lab = batch.frame_labels(s, self.reference)
-            keep = lab != ""
+            # the selected utterances' labelled frames only: the classes are theirs
+            keep = (lab != "") & (np.repeat(self.part_of[batch.positions], lens) >= 0)
             y = np.zeros((int(keep.sum()), self.dims))
             y[np.arange(len(y)), [self.classes[v] for v in lab[keep]]] = 1.0
             return keep, y
