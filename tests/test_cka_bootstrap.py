@@ -93,7 +93,7 @@ def test_interval_holds_the_point_and_narrows_with_speakers():
         assert r["cka_lo"] <= r["cka"] <= r["cka_hi"]
         return r["cka_hi"] - r["cka_lo"]
 
-    assert width(40) < 0.7 * width(4)
+    assert width(40) < 0.7 * width(5)
 
 
 def test_seeded(store, table):
@@ -169,7 +169,7 @@ def test_refusals(store, kw, err, match):
 
 def test_one_utterance_is_refused():
     one = _store(speakers=1, per=1)
-    with pytest.raises(ValueError, match="at least 2 utterances"):
+    with pytest.raises(ValueError, match="at least 5 utterances to resample \\(from 1"):
         layer_similarity(one, device="cpu", bootstrap=R)
     with pytest.raises(ValueError, match="bootstrap= needs level='frame'"):
         LayerCKA("utterance", bootstrap=R)

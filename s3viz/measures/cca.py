@@ -18,7 +18,8 @@ import torch
 from scipy import linalg
 
 from .. import _validate as _v
-from .._bootstrap import Bootstrap, add_interval_columns, bootstrap_options, resampling_units
+from .._bootstrap import (MIN_UNITS, Bootstrap, add_interval_columns, bootstrap_options,
+                          items_digest, resampling_units)
 from .._deps import torchaudio as _import_torchaudio
 from .._device import resolve_device
 from .._labels import label_strings
@@ -40,7 +41,7 @@ largest variance."""
 PARTS = ("train", "dev", "test")
 MEL = {"bins": 80, "window": 400, "hop": 160}  # samples at 16 kHz: 25 ms windows every 10 ms
 RANK_TOL = 1e-10  # directions of a training covariance below this share of its top are dropped
-MIN_TEST_UNITS = 5  # must equal s3viz._bootstrap.MIN_UNITS: test units a bootstrap needs
+MIN_TEST_UNITS = MIN_UNITS  # the test part's units a bootstrap needs
 MAX_CLASSES = 4096  # one-hot references wider than this are refused (their d x d sums)
 
 
@@ -311,6 +312,7 @@ class CCA(Measure):
         self.unit_row = np.full(n, -1, dtype=np.int64)
         self.unit_row[sel[part == 2]] = np.searchsorted(test_codes, codes[part == 2])
         self.test_units = [names[c] for c in test_codes]
+        self.items = items_digest(meta.labels, sel)  # what two paired tables must share
         if self.resamples and len(self.test_units) < MIN_TEST_UNITS:
             raise ValueError(
                 f"cca_layers(bootstrap={self.resamples}) resamples the TEST part's {kind}s "
@@ -579,7 +581,7 @@ class CCA(Measure):
 
     def _boot(self) -> Bootstrap:
         return Bootstrap(self.test_units, self.split_by, self.resamples, self.confidence,
-                         self.seed)
+                         self.seed, items=self.items)
 
     def _replicates(self, s: int) -> np.ndarray:
         """PWCCA of each resample of the test units: the correlations of the fixed test
