@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ._bootstrap import Bootstrap, add_interval_columns
+from ._bootstrap import MIN_UNITS, Bootstrap, add_interval_columns
 
 __all__ = ["MIN_FRAMES", "UtteranceHSIC", "cka_interval_table", "utterance_hsic"]
 
@@ -52,6 +52,7 @@ class UtteranceHSIC:
     def __init__(self, units: int, layers: int, device="cpu"):
         self.per_unit = torch.zeros(units, layers, layers, dtype=torch.float64, device=device)
         self.short = torch.zeros(1, dtype=torch.float64, device=device)
+        self.used = torch.zeros(units, dtype=torch.float64, device=device)  # utterances added
 
     def add(self, xs, unit: int) -> None:
         """Add one utterance's frames ``xs`` (one ``(n, H_l)`` tensor per layer) to ``unit``."""
@@ -59,10 +60,12 @@ class UtteranceHSIC:
             self.short += 1
             return
         self.per_unit[unit] += utterance_hsic(xs).to(self.per_unit.device)
+        self.used[unit] += 1
 
     def reduced(self, reduce) -> UtteranceHSIC:
         """The sums over shards (``reduce`` sums a tensor over them)."""
         self.per_unit, self.short = reduce(self.per_unit), reduce(self.short)
+        self.used = reduce(self.used)
         return self
 
 
@@ -79,6 +82,14 @@ def cka_interval_table(square: pd.DataFrame, hsic: UtteranceHSIC, boot: Bootstra
     CKA, rows and columns items ``row_idx``/``col_idx`` of ``hsic``) with ``cka_lo``,
     ``cka_hi``, ``resampled_by``; replicates shifted onto the exact value."""
     per_unit = hsic.per_unit.cpu().numpy()
+    have = int((hsic.used.cpu().numpy() > 0).sum())
+    if have < MIN_UNITS:  # the resampled estimator would be undefined (NaN intervals)
+        raise ValueError(
+            f"layer_similarity(bootstrap=) resamples each utterance's unbiased HSIC, which "
+            f"needs utterances of at least {MIN_FRAMES} frames; only {have} of the "
+            f"{len(boot.names)} {boot.kind}s have one ({int(round(float(hsic.short[0])))} "
+            f"utterance(s) are shorter), and an interval needs {MIN_UNITS}: use longer "
+            "utterances (or a layer of a finer frame rate), or pass bootstrap=None")
     whole = per_unit.sum(0)
     reps_h = boot.replicate_sums(per_unit.reshape(len(per_unit), -1)).reshape(
         (boot.resamples,) + whole.shape)

@@ -208,3 +208,41 @@ def test_probe_curve_draws_regression_tables(store):
     assert s3viz.plot.probe_curve(res).get_ylabel() == "accuracy (fraction)"
     assert s3viz.plot.probe_curve(res, metric="rmse").get_ylabel() == "RMSE"
     plt.close("all")
+
+
+def test_regression_replicates_equal_the_resampled_examples_directly():
+    """score_replicates' R2 and RMSE of each resample equal those of the drawn units'
+    examples duplicated by hand (units far apart, so raw sums of squares would cancel)."""
+    from s3viz._bootstrap import Bootstrap
+    from s3viz.probe.tables import score_replicates
+
+    rng = np.random.default_rng(5)
+    units = 6
+    unit = rng.integers(0, units, size=200)
+    y = rng.normal(size=200) + np.where(unit < 3, 1e9, 0.0)
+    resid = rng.normal(scale=0.5, size=200)
+    boot = Bootstrap([f"s{u}" for u in range(units)], "speaker", 100, seed=2)
+    per = np.zeros((units, 1, 5))
+    for u in range(units):
+        m = unit == u
+        c = y[m].mean()
+        per[u, 0] = [m.sum(), (y[m] - c).sum(), ((y[m] - c) ** 2).sum(), (resid[m] ** 2).sum(),
+                     m.sum() * c]
+    reps = score_replicates(boot, per, True, False, None)
+    for r in range(10):
+        idx = np.concatenate([np.repeat(np.flatnonzero(unit == u)[None], int(c), 0).ravel()
+                              for u, c in enumerate(boot.counts[r]) if c])
+        yy, rr = y[idx], resid[idx]
+        want = 1 - (rr ** 2).sum() / ((yy - yy.mean()) ** 2).sum()
+        assert reps["r2"][r] == pytest.approx(want, rel=1e-9)
+        assert reps["rmse"][r] == pytest.approx(np.sqrt((rr ** 2).mean()), rel=1e-12)
+
+
+def test_regression_intervals_do_not_depend_on_the_targets_offset(store):
+    shifted = LayerStore.from_tensors([store.utterance(i) for i in range(len(store))],
+                                      downsample_rates=store.downsample_rates,
+                                      labels=store.labels.assign(rate=store.labels["rate"] + 1e9))
+    a = s3viz.probe_layers(store, "rate", bootstrap=200, device="cpu")
+    b = s3viz.probe_layers(shifted, "rate", bootstrap=200, device="cpu")
+    for col in ("r2", "r2_lo", "r2_hi", "rmse", "rmse_lo", "rmse_hi", "r2_std"):
+        np.testing.assert_allclose(b[col], a[col], rtol=1e-6, atol=1e-6, err_msg=col)

@@ -166,11 +166,12 @@ class RidgeProbe(Measure):
         self.add_state("seen", seen, _reduce_list)
         self.add_state("conf", conf, _reduce_list, after_pass=self.first + 1)
         # per resampling unit and head: (right, examples), or for a regression target
-        # (examples, sum y, sum y^2, sum of squared residuals), for the intervals
+        # (examples, sum (y - c), sum (y - c)^2, squared residuals, sum c), c the unit's
+        # mean (_centres), for the intervals
         self.boot, self.unit_of = corpus_bootstrap(ctx.meta, self.sel, self.resamples,
                                                    self.confidence, self.seed)
         self.add_state("unit", [None if self.boot is None else torch.zeros(
-            len(self.boot.names), len(t.blocks), 4 if t.continuous else 2, dtype=torch.float64)
+            len(self.boot.names), len(t.blocks), 5 if t.continuous else 2, dtype=torch.float64)
             for t in self.tasks for _ in ctx.sizes], _reduce_list, after_pass=self.first + 1)
         # each layer's profile for its guard (s3viz._numerics): the selected frames, and
         # pooled vectors at utterance level (one process: kept as they are, to name rows)
@@ -184,6 +185,7 @@ class RidgeProbe(Measure):
         self.guards: dict = {}
         self._classes: tuple = (None, None, None)  # (labels, class names, class ids) last read
         self.models, self.counts = [None] * len(stats), [None] * len(stats)
+        self.centres = [None] * len(stats)  # a regression target's fold and unit means
         self.dual = [r is not None for r in rows]  # solved in the dual after the first pass
 
     def _task(self, ctx: Context, corpus: TaskCorpus, name: str) -> ProbeTask:
@@ -348,9 +350,13 @@ class RidgeProbe(Measure):
         if t.continuous:
             train_sum, n_train = self.counts[k]
             mean = torch.from_numpy(train_sum / np.maximum(n_train, 1)[:, None])
-            resid = add_residuals(self.conf[k], x.to(dev), yt, fold, self.models[k], mean.to(dev))
-            per = torch.stack([torch.ones_like(resid), yt.double(), yt.double() ** 2,
-                               resid ** 2], 2)  # (n, heads, 4)
+            fold_c, unit_c = self.centres[k]
+            resid = add_residuals(self.conf[k], x.to(dev), yt, fold, self.models[k], mean.to(dev),
+                                  torch.from_numpy(fold_c[:, t.utt_fold[utt]].T).to(dev))
+            if self.boot is not None:  # deviations from each unit's own mean (as the folds')
+                cu = torch.from_numpy(unit_c[:, self.unit_of[utt]].T).to(dev)
+                per = torch.stack([torch.ones_like(resid), yt.double() - cu,
+                                   (yt.double() - cu) ** 2, resid ** 2, cu], 2)  # (n, heads, 5)
         else:
             right = add_confusions(self.conf[k], x.to(dev), yt, fold, self.models[k], t.blocks,
                                    len(t.classes)).double()
@@ -358,13 +364,38 @@ class RidgeProbe(Measure):
         if self.boot is not None:
             self.unit[k].index_add_(0, torch.from_numpy(self.unit_of[utt]), per.cpu())
 
+    def _centres(self, t: ProbeTask, s: int):
+        """A regression target's mean per (head, fold) and per (head, resampling unit),
+        from its values (known before the passes): the points its held-out sums are
+        taken from, so that a fold or a speaker far from the target's median keeps its
+        spread (``(y - c)`` sums, not raw ones)."""
+        if t.level == "frame":
+            d = t.frame_targets(s)
+            heads, fold, item = [d.y] + ([d.y_ctrl] if t.control else []), d.fold, d.utt
+        else:
+            heads = [t.y] + ([t.y_ctrl] if t.control else [])
+            fold, item = t.utt_fold, np.arange(len(t.sel))
+
+        def means(group, n):
+            out = np.zeros((len(heads), n))
+            for b, v in enumerate(heads):
+                ok = np.isfinite(v)
+                cnt = np.bincount(group[ok], minlength=n)
+                out[b] = np.bincount(group[ok], weights=v[ok], minlength=n) / np.maximum(cnt, 1)
+            return out
+
+        return (means(fold, self.folds),
+                None if self.boot is None else means(self.unit_of[item], len(self.boot.names)))
+
     def _solve(self) -> None:
         folds, n_l = self.folds, self.ctx.num_layers
         self.degenerate = {}
         for i, t in enumerate(self.tasks):
             for s in range(n_l):
                 k = i * n_l + s
-                shape = ((len(t.blocks), folds, 5) if t.continuous
+                if t.continuous:
+                    self.centres[k] = self._centres(t, s)
+                shape = ((len(t.blocks), folds, 6) if t.continuous
                          else (len(t.blocks), folds, len(t.classes), len(t.classes)))
                 if self.rows[k] is not None:
                     x, self.rows[k] = self.rows[k].to(self.ctx.device), None

@@ -47,18 +47,22 @@ def add_confusions(conf: torch.Tensor, x, y, fold, models, blocks: list[slice], 
     return right
 
 
-def add_residuals(sums: torch.Tensor, x, y, fold, models, train_mean: torch.Tensor):
-    """Add to ``sums`` ``(blocks, folds, 5)`` the held-out ``count, sum y, sum y^2, sum of
-    squared residuals, sum of squared deviations from the training mean`` of examples
-    ``x`` (float targets ``y`` ``(n, blocks)``) under the models of their folds; returns
-    the ``(n, blocks)`` residuals."""
+def add_residuals(sums: torch.Tensor, x, y, fold, models, train_mean: torch.Tensor,
+                  centre: torch.Tensor):
+    """Add to ``sums`` ``(blocks, folds, 6)`` the held-out ``count, sum (y - c), sum
+    (y - c)^2, sum of squared residuals, sum of squared deviations from the training
+    mean, sum c`` of examples ``x`` (float targets ``y`` ``(n, blocks)``) under the
+    models of their folds; ``c`` (``centre``, ``(n, blocks)``) is a point near each
+    example's fold mean, so a fold's spread is not lost to cancellation
+    (``docs/probes.md``); returns the ``(n, blocks)`` residuals."""
     y = y.to(torch.float64)
     resid = y - fold_scores(x, fold, models).to(torch.float64)
     base = y - train_mean.to(torch.float64)[fold]
+    dev = y - centre
     folds = sums.shape[1]
     for bi in range(y.shape[1]):
-        for j, v in enumerate((torch.ones_like(y[:, bi]), y[:, bi], y[:, bi] ** 2,
-                               resid[:, bi] ** 2, base[:, bi] ** 2)):
+        for j, v in enumerate((torch.ones_like(y[:, bi]), dev[:, bi], dev[:, bi] ** 2,
+                               resid[:, bi] ** 2, base[:, bi] ** 2, centre[:, bi])):
             sums[bi, :, j] += torch.bincount(fold, weights=v, minlength=folds).to(sums.device)
     return resid
 

@@ -108,14 +108,24 @@ def result_row(tgt, meth, lev, layer: int, upstream_layer: int, c: int, folds: i
 
 
 def _r2(sums: np.ndarray) -> tuple[float, float, float]:
-    """``(R\u00b2, RMSE, chance R\u00b2)`` of held-out sums ``(..., 5)`` (count, sum y,
-    sum y^2, squared residuals, squared deviations from the training mean) pooled
-    over the leading axes: R\u00b2 = 1 - SSE / SST, SST about the held-out mean."""
-    n, sy, syy, sse, base = (float(v) for v in sums.reshape(-1, 5).sum(0))
-    sst = syy - sy * sy / n if n > 0 else np.nan
-    if not n > 0 or not sst > 0:
+    """``(R\u00b2, RMSE, chance R\u00b2)`` of held-out sums ``(..., 6)`` per fold (count,
+    sum (y - c), sum (y - c)^2, squared residuals, squared deviations from the training
+    mean, sum c; ``c`` near the fold's mean) pooled over the leading axes: R\u00b2 = 1 -
+    SSE / SST, SST about the held-out mean, each fold's spread plus the spread of the
+    folds' means (no raw sum of squares cancels)."""
+    n, d1, d2, sse, base, sc = sums.reshape(-1, 6).T
+    keep = n > 0
+    n, d1, d2, sse, base, sc = (v[keep] for v in (n, d1, d2, sse, base, sc))
+    total = float(n.sum())
+    if not total > 0:
         return np.nan, np.nan, np.nan
-    return 1.0 - sse / sst, float(np.sqrt(sse / n)), 1.0 - base / sst
+    mean_f = (d1 + sc) / n
+    mean = float((n * mean_f).sum()) / total
+    sst = float((d2 - d1 * d1 / n).sum() + (n * (mean_f - mean) ** 2).sum())
+    if not sst > 0:
+        return np.nan, np.nan, np.nan
+    err = float(sse.sum())
+    return 1.0 - err / sst, float(np.sqrt(err / total)), 1.0 - float(base.sum()) / sst
 
 
 def regression_row(tgt, meth, lev, layer: int, upstream_layer: int, folds: int,
@@ -147,12 +157,21 @@ def score_replicates(boot, per_unit: np.ndarray, continuous: bool, control: bool
                      degenerate) -> dict:
     """Each score's ``(resamples,)`` values over resampled units from held-out sums per
     unit and head ``(units, heads, stats)``: ``(right, examples)`` of a classifier, or
-    ``(examples, sum y, sum y^2, squared residuals)`` of a regression (NaN: degenerate)."""
+    ``(examples, sum (y - c), sum (y - c)^2, squared residuals, sum c)`` of a regression,
+    ``c`` the unit's mean (NaN: degenerate)."""
     sums = boot.replicate_sums(per_unit)  # (R, heads, stats)
     with np.errstate(all="ignore"):
-        if continuous:
-            n, sy, syy, sse = (sums[..., j] for j in range(4))
-            r2 = 1.0 - sse / (syy - sy * sy / n)
+        if continuous:  # per unit (count, sum (y - c), sum (y - c)^2, SSE, sum c), c its mean
+            w = boot.counts  # (R, units)
+            n_u, d1, d2, sse_u, sc = (per_unit[..., j] for j in range(5))
+            has = n_u > 0
+            mean_u = np.where(has, (d1 + sc) / np.where(has, n_u, 1), 0.0)
+            ss_u = np.where(has, d2 - d1 * d1 / np.where(has, n_u, 1), 0.0)
+            n, sse = w @ n_u, w @ sse_u  # (R, heads)
+            ybar = (w @ (n_u * mean_u)) / n
+            between = np.stack([((w * n_u[None, :, h]) * (mean_u[None, :, h] - ybar[:, h:h + 1])
+                                 ** 2).sum(1) for h in range(n_u.shape[1])], 1)
+            r2 = 1.0 - sse / (w @ ss_u + between)
             out = {"r2": r2[:, 0], "rmse": np.sqrt(sse[:, 0] / n[:, 0])}
             if control:
                 out["control_r2"], out["selectivity"] = r2[:, 1], r2[:, 0] - r2[:, 1]
