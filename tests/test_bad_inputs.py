@@ -45,6 +45,10 @@ def _similarity(store, **kw):
     return s3viz.layer_similarity(store, **kw)
 
 
+def _cka_options(store, **kw):
+    return s3viz.layer_similarity(store, method=s3viz.CKAOptions(**kw))
+
+
 def _stream(store, **kw):
     from s3viz.measures import RidgeProbe
 
@@ -77,7 +81,7 @@ NUMERIC = [
     (_train, {"dev_fraction": 1.0}, "dev_fraction"),
     (_train, {"eval_every": 0}, "eval_every"),
     (_similarity, {"max_frames": 2}, "max_frames"),
-    (_similarity, {"estimator": "minibatch", "batch_frames": 0}, "batch_frames"),
+    (_cka_options, {"estimator": "minibatch", "batch_frames": 0}, "batch_frames"),
     (_stream, {"lambdas": [math.inf]}, "lambdas[0]"),
     (_stream, {"lambdas": []}, "lambdas"),
 ]
