@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
+import _regression_case
 import s3viz
 from s3viz.probe import RidgeOptions
 from s3viz.store import LayerStore
@@ -21,25 +21,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
-def _store(n_utt=60, hidden=8, n_speakers=6, seed=0, **extra):
+def _store(**extra):
     """Utterance-level data as tests/test_regression_probes.py builds it: layer 0's
     pooled vector encodes ``rate``, layer 1 is noise; ``extra`` columns are added."""
-    rng = np.random.default_rng(seed)
-    w = rng.normal(size=hidden)
-    rate = rng.normal(5.0, 1.0, size=n_utt)
-    hs, rows = [], []
-    for i in range(n_utt):
-        t = int(rng.integers(3, 7))
-        info = (rate[i] - 5.0) * w[None] + 0.3 * rng.normal(size=(t, hidden))
-        noise = rng.normal(size=(t, hidden))
-        hs.append([torch.tensor(info, dtype=torch.float32),
-                   torch.tensor(noise, dtype=torch.float32)])
-        rows.append({"id": f"u{i}", "speaker": f"s{i % n_speakers}", "rate": rate[i],
-                     "age": int(rng.integers(20, 60))})
-    labels = pd.DataFrame(rows)
-    for k, f in extra.items():
-        labels[k] = f(labels)
-    return LayerStore.from_tensors(hs, downsample_rates=[320, 320], labels=labels)
+    return _regression_case.store(**extra)
 
 
 def _ridge(store, target, **kw):

@@ -11,51 +11,29 @@ import pandas as pd
 import pytest
 import torch
 
+import _regression_case
 import s3viz
 from s3viz.probe import RidgeOptions
-from s3viz.probe.folds import probe_folds
 from s3viz.store import LayerStore
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _store(offset: float, n=30, hidden=6, n_speakers=6, seed=0):
+def _store(offset: float, n=30, hidden=6):
     """``two`` = rate + ``offset`` for speakers s0-s2: each speaker's values lie far
     from the median of all values, but vary by about 1 within the speaker."""
-    rng = np.random.default_rng(seed)
-    w = rng.normal(size=hidden)
-    rate = rng.normal(5.0, 1.0, size=n)
-    hs, rows = [], []
-    for i in range(n):
-        t = int(rng.integers(3, 7))
-        info = (rate[i] - 5.0) * w[None] + 0.3 * rng.normal(size=(t, hidden))
-        hs.append([torch.tensor(info, dtype=torch.float32),
-                   torch.tensor(rng.normal(size=(t, hidden)), dtype=torch.float32)])
-        rows.append({"id": f"u{i}", "speaker": f"s{i % n_speakers}", "rate": rate[i]})
-    labels = pd.DataFrame(rows)
-    labels["two"] = labels["rate"] + np.where(labels["speaker"].isin(["s0", "s1", "s2"]),
-                                              offset, 0.0)
-    return LayerStore.from_tensors(hs, downsample_rates=[320, 320], labels=labels)
+    far = ["s0", "s1", "s2"]
+    return _regression_case.store(n_utt=n, hidden=hidden, two=lambda df: df["rate"] + np.where(
+        df["speaker"].isin(far), offset, 0.0))
 
 
 def _sklearn_fold_r2(store, target, layer, lam, folds=5):
     """Each held-out fold's R^2 (SST about the fold's mean) of scikit-learn's Ridge on
-    the probe's folds (tests/test_regression_probes.py's mapping)."""
-    from sklearn.linear_model import Ridge
-    from sklearn.preprocessing import StandardScaler
-
-    x = store.pooled(layer, dtype=torch.float64).numpy()
-    y = store.labels[target].to_numpy(dtype=np.float64)
-    fold = probe_folds(store, folds=folds, split_by="speaker", seed=0,
-                       utterance_weights=np.ones(len(store)))["fold"].to_numpy()
-    out = []
-    for f in range(folds):
-        tr, te = fold != f, fold == f
-        sc = StandardScaler().fit(x[tr])
-        p = Ridge(alpha=tr.sum() * lam).fit(sc.transform(x[tr]), y[tr]).predict(
-            sc.transform(x[te]))
-        out.append(1 - ((y[te] - p) ** 2).sum() / ((y[te] - y[te].mean()) ** 2).sum())
-    return np.asarray(out)
+    the probe's folds."""
+    y, pred, fold = _regression_case.sklearn_predictions(store, target, layer, lam, folds)
+    return np.asarray([1 - ((y[fold == f] - pred[fold == f]) ** 2).sum()
+                       / ((y[fold == f] - y[fold == f].mean()) ** 2).sum()
+                       for f in range(folds)])
 
 
 def test_per_fold_r2_of_a_target_far_from_its_median_is_right_or_refused():

@@ -5,55 +5,23 @@ Ridge on the same folds; and the probes' bootstrap intervals."""
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
-import torch
 
+import _regression_case
 import s3viz
 from s3viz.probe import RidgeOptions
-from s3viz.probe.folds import probe_folds
 from s3viz.store import LayerStore
-
-
-def _store(n_utt=60, hidden=8, n_speakers=6, seed=0):
-    """Utterance-level data: layer 0's pooled vector encodes ``rate`` (plus noise),
-    layer 1 is noise; ``age`` is an int column unrelated to the frames."""
-    rng = np.random.default_rng(seed)
-    w = rng.normal(size=hidden)
-    rate = rng.normal(5.0, 1.0, size=n_utt)
-    hs, rows = [], []
-    for i in range(n_utt):
-        t = int(rng.integers(3, 7))
-        info = (rate[i] - 5.0) * w[None] + 0.3 * rng.normal(size=(t, hidden))
-        noise = rng.normal(size=(t, hidden))
-        hs.append([torch.tensor(info, dtype=torch.float32), torch.tensor(noise, dtype=torch.float32)])
-        rows.append({"id": f"u{i}", "speaker": f"s{i % n_speakers}", "rate": rate[i],
-                     "age": int(rng.integers(20, 60))})
-    return LayerStore.from_tensors(hs, downsample_rates=[320, 320], labels=pd.DataFrame(rows))
 
 
 @pytest.fixture(scope="module")
 def store():
-    return _store()
+    return _regression_case.store()
 
 
 def _sklearn_r2(store, target, layer, lam, folds=5, split_by="speaker", seed=0):
-    """Pooled held-out R^2 of scikit-learn's Ridge on the probe's folds: features
-    standardised on each training part (population sd), alpha = n_train * lam (the
-    probe's penalty is relative to the standardised covariance)."""
-    from sklearn.linear_model import Ridge
-    from sklearn.preprocessing import StandardScaler
-
-    x = store.pooled(layer, dtype=torch.float64).numpy()
-    y = store.labels[target].to_numpy(dtype=np.float64)
-    fold = probe_folds(store, folds=folds, split_by=split_by, seed=seed,
-                       utterance_weights=np.ones(len(store)))["fold"].to_numpy()
-    pred = np.empty_like(y)
-    for f in range(folds):
-        tr, te = fold != f, fold == f
-        sc = StandardScaler().fit(x[tr])
-        model = Ridge(alpha=tr.sum() * lam).fit(sc.transform(x[tr]), y[tr])
-        pred[te] = model.predict(sc.transform(x[te]))
+    """Pooled held-out R^2 and RMSE of scikit-learn's Ridge on the probe's folds."""
+    y, pred, _ = _regression_case.sklearn_predictions(store, target, layer, lam, folds,
+                                                      split_by, seed)
     sse = ((y - pred) ** 2).sum()
     return 1 - sse / ((y - y.mean()) ** 2).sum(), np.sqrt(sse / len(y))
 
@@ -76,7 +44,7 @@ def test_utterance_regression_agrees_with_sklearn_ridge(store, lam):
 
 def test_dual_path_agrees_with_sklearn_ridge():
     """Fewer utterances than dimensions: the n x n dual solve."""
-    st = _store(n_utt=20, hidden=32, n_speakers=5, seed=1)
+    st = _regression_case.store(n_utt=20, hidden=32, n_speakers=5, seed=1)
     res = s3viz.probe_layers(st, "rate", method=RidgeOptions(lambdas=(0.1,)), device="cpu")
     for layer in (0, 1):
         want, _ = _sklearn_r2(st, "rate", layer, 0.1)

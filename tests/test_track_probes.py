@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+import _regression_case
 import s3viz
 from s3viz.data import add_acoustic_tracks, synthetic_corpus
 from s3viz.measures import RidgeProbe
@@ -37,21 +38,13 @@ def store(tiny, corpus):
 def _sklearn_frame_r2(store, target, layer, lam, folds=5, seed=0):
     """Pooled held-out R^2 of scikit-learn's Ridge on the frames whose target is defined,
     with the probe's folds (whole speakers, balanced by the frames of stored layer 0)."""
-    from sklearn.linear_model import Ridge
-    from sklearn.preprocessing import StandardScaler
-
     x = store.layer(layer, dtype=torch.float64)[0].numpy()
     y = store.frame_values(layer, target)
     utt_fold = probe_folds(store, folds=folds, split_by="speaker", seed=seed)["fold"].to_numpy()
     fold = np.repeat(utt_fold, np.asarray(store.lengths(layer)))
     keep = np.isfinite(y)
     x, y, fold = x[keep], y[keep], fold[keep]
-    pred = np.empty_like(y)
-    for f in range(folds):
-        tr, te = fold != f, fold == f
-        sc = StandardScaler().fit(x[tr])
-        pred[te] = Ridge(alpha=tr.sum() * lam).fit(sc.transform(x[tr]), y[tr]).predict(
-            sc.transform(x[te]))
+    pred = _regression_case.ridge_folds(x, y, fold, folds, lam)
     sse = ((y - pred) ** 2).sum()
     return 1 - sse / ((y - y.mean()) ** 2).sum(), int((~keep).sum())
 
