@@ -159,7 +159,6 @@ def score_replicates(boot, per_unit: np.ndarray, continuous: bool, control: bool
     unit and head ``(units, heads, stats)``: ``(right, examples)`` of a classifier, or
     ``(examples, sum (y - c), sum (y - c)^2, squared residuals, sum c)`` of a regression,
     ``c`` the unit's mean (NaN: degenerate)."""
-    sums = boot.replicate_sums(per_unit)  # (R, heads, stats)
     with np.errstate(all="ignore"):
         if continuous:  # per unit (count, sum (y - c), sum (y - c)^2, SSE, sum c), c its mean
             w = boot.counts  # (R, units)
@@ -176,6 +175,7 @@ def score_replicates(boot, per_unit: np.ndarray, continuous: bool, control: bool
             if control:
                 out["control_r2"], out["selectivity"] = r2[:, 1], r2[:, 0] - r2[:, 1]
         else:
+            sums = boot.replicate_sums(per_unit)  # (R, heads, right and tested)
             acc = sums[..., 0] / sums[..., 1]
             out = {"accuracy": acc[:, 0]}
             if control:
