@@ -36,9 +36,9 @@ class AttentionMaps:
         layers: the transformer layer of each map, numbered as the hidden states are
             (layer ``k``'s attention computes hidden state ``k``; 1 is the first).
         heads: the head index of each map (0-based).
-        downsample_rate: samples per frame (16 kHz).
-        receptive_field: samples behind each frame (frame ``k``'s centre is at
-            ``k * downsample_rate + receptive_field / 2``, as ``docs/alignment.md``).
+        rate: samples per frame (16 kHz).
+        receptive_field_samples: samples behind each frame (frame ``k``'s centre is at
+            ``k * rate + receptive_field_samples / 2``, as ``docs/alignment.md``).
         phones: the utterance's alignment table (``phone, word, start, end`` in
             samples) or None.
         model: the upstream's name.
@@ -49,8 +49,8 @@ class AttentionMaps:
     outside: torch.Tensor
     layers: List[int]
     heads: List[int]
-    downsample_rate: int
-    receptive_field: int
+    rate: int
+    receptive_field_samples: int
     phones: Optional[pd.DataFrame] = None
     model: str = ""
 
@@ -63,8 +63,8 @@ class AttentionMaps:
         ``"word"``; ``""`` where no segment covers the frame's centre, or no alignment)."""
         if self.phones is None:
             return np.full(self.num_frames, "", dtype=object)
-        return _frame_labels(self.phones, self.num_frames, self.downsample_rate,
-                             column=column, receptive_field_samples=self.receptive_field)
+        return _frame_labels(self.phones, self.num_frames, self.rate, column=column,
+                             receptive_field_samples=self.receptive_field_samples)
 
     def map(self, layer: int, head: int) -> torch.Tensor:
         """The ``(T, T)`` map of transformer layer ``layer`` and head ``head``."""
