@@ -67,7 +67,12 @@ class AttentionMaps:
                              receptive_field_samples=self.receptive_field_samples)
 
     def map(self, layer: int, head: int) -> torch.Tensor:
-        """The ``(T, T)`` map of transformer layer ``layer`` and head ``head``."""
+        """The ``(T, T)`` map of one head.
+
+        Args:
+            layer: a transformer layer in :attr:`layers`.
+            head: a head index in :attr:`heads`.
+        """
         if layer not in self.layers:
             raise ValueError(f"layer {layer} is not in these maps (layers {self.layers})")
         if head not in self.heads:
