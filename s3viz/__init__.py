@@ -56,9 +56,11 @@ _EXPORTS = {
     "compare_frame_utterance": "compare",
     # error bars
     "compare_scores": "paired",
+    # attention heads
+    "attention_stats": "attention", "attention_maps": "attention",
 }
 
-_SUBMODULES = ("abx", "align", "audio", "checkpoints", "compare", "contract", "data",
+_SUBMODULES = ("abx", "align", "attention", "audio", "checkpoints", "compare", "contract", "data",
                "distributed", "extraction", "measures", "featurizer_training", "featurizers", "interface",
                "models", "paired", "plot", "probe", "segments", "similarity", "store", "stream", "teach",
                "units", "upstreams", "widgets", "zoo")
