@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import s3viz
+from _hf_case import tiny_whisper
 from s3viz.attention import STATISTICS, attention_maps, attention_stats
 from s3viz.data import Corpus, Utterance
 from s3viz.upstreams import TorchaudioUpstream, get_upstream
@@ -204,14 +205,7 @@ def test_zero_queries_and_keys_attend_uniformly(make):
 
 @pytest.fixture(scope="module")
 def whisper():
-    config = T.WhisperConfig(d_model=32, encoder_layers=2, decoder_layers=1,
-                             encoder_attention_heads=2, decoder_attention_heads=2,
-                             encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=80,
-                             max_source_positions=250, vocab_size=64, max_target_positions=16,
-                             pad_token_id=1, bos_token_id=0, eos_token_id=2,
-                             decoder_start_token_id=0)
-    torch.manual_seed(0)
-    return T.WhisperModel(config).eval()
+    return tiny_whisper()
 
 
 def test_whisper_attends_past_the_audio_and_says_how_much(whisper):

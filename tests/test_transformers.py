@@ -9,6 +9,7 @@ import torch
 T = pytest.importorskip("transformers")
 
 import s3viz  # noqa: E402
+from _hf_case import tiny_whisper  # noqa: E402
 from s3viz.upstreams import (  # noqa: E402
     TransformersUpstream,
     WhisperEncoderUpstream,
@@ -279,14 +280,7 @@ def test_bad_specs(tmp_path):
 
 @pytest.fixture(scope="module")
 def whisper():
-    config = T.WhisperConfig(d_model=32, encoder_layers=2, decoder_layers=1,
-                             encoder_attention_heads=2, decoder_attention_heads=2,
-                             encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=80,
-                             max_source_positions=250, vocab_size=64, max_target_positions=16,
-                             pad_token_id=1, bos_token_id=0, eos_token_id=2,
-                             decoder_start_token_id=0)
-    torch.manual_seed(0)
-    return T.WhisperModel(config).eval()
+    return tiny_whisper()
 
 
 def test_whisper_encoder_upstream(whisper):
