@@ -72,6 +72,13 @@ projector = layer_projection_explorer(store, "phone", max_points=300, device="cp
 projector'''
 
 
+ATTENTION_CELL = '''\
+import s3viz
+from s3viz.data import synthetic_corpus
+attention = s3viz.widgets.attention_explorer(s3viz.upstreams.tiny(), synthetic_corpus(3, seed=0))
+attention'''
+
+
 def _notebook(path: Path, widget_cell: str = WIDGET_CELL) -> None:
     import nbformat
 
@@ -126,6 +133,7 @@ def lab(tmp_path, free_port):
     work.mkdir()
     _notebook(work / "weights.ipynb")
     _notebook(work / "projection.ipynb", PROJECTION_CELL)
+    _notebook(work / "attention.ipynb", ATTENTION_CELL)
     port = free_port()
     env = dict(os.environ)
     for var, sub in (("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_RUNTIME_DIR", "runtime"),
@@ -258,6 +266,31 @@ def test_projection_explorer_moves_in_jupyterlab(lab):
         acc = [float(re.search(r"accuracy ([\d.]+)", t).group(1))
                for t in (before_info, after_info)]
         assert acc[1] > acc[0]
+
+
+def test_attention_explorer_redraws_in_jupyterlab(lab):
+    """Move the head slider, then pick another utterance: the map and its numbers change."""
+    shot = ARTIFACTS / "browser_attention.png"
+    with _ran_notebook(lab, "attention.ipynb", shot, "s3viz-attention-explorer") as (page, widget):
+        image = widget.locator(".s3viz-attention-image")
+        info = widget.locator(".s3viz-attention-info")
+        before_src = image.get_attribute("src")
+        assert "utt0000" in info.inner_text() and "layer 1, head 0" in info.inner_text()
+        _press(page, widget.locator(".s3viz-attention-head .noUi-handle"), "ArrowRight", 2,
+               "() => document.querySelector('.s3viz-attention-info')"
+               ".innerText.includes('head 2')")
+        page.wait_for_function(
+            "(old) => document.querySelector('.s3viz-attention-image').getAttribute('src') "
+            "!== old", arg=before_src, timeout=20_000)
+        moved_src = image.get_attribute("src")
+        widget.locator(".s3viz-attention-utterance select").select_option("utt0002")
+        page.wait_for_function(
+            "() => document.querySelector('.s3viz-attention-info').innerText"
+            ".includes('utt0002')", timeout=30_000)
+        page.wait_for_function(
+            "(old) => document.querySelector('.s3viz-attention-image').getAttribute('src') "
+            "!== old", arg=moved_src, timeout=20_000)
+        assert "layer 1, head 2" in info.inner_text()
 
 
 def test_report_pages_request_nothing_off_the_file_system(tmp_path):

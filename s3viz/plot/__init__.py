@@ -25,6 +25,8 @@ _EXPORTS = {
     "unit_quality": "_units",
     "utterance": "_utterance",
     "phone_marks": "_utterance",
+    "attention_heads": "_attention",
+    "attention_map": "_attention",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -85,11 +85,12 @@ def probe_curve(df: pd.DataFrame, ax=None, *, metric: str | None = None,
 _ONE_KIND = ("accuracy", "macro_f1", "r2", "rmse")  # scores of one kind of target only
 
 
-def annotate_cells(ax, values: np.ndarray, dark, finite_only: bool = False) -> None:
+def annotate_cells(ax, values: np.ndarray, dark, finite_only: bool = False,
+                   fmt: str = "{:.2f}") -> None:
     """Each value written in its cell (``finite_only``: not NaN/inf), white where ``dark(v)``."""
     for (r, c), v in np.ndenumerate(values):
         if np.isfinite(v) or not finite_only:
-            ax.text(c, r, f"{v:.2f}", ha="center", va="center",
+            ax.text(c, r, fmt.format(v), ha="center", va="center",
                     fontsize=7, color="white" if dark(v) else "black")
 
 

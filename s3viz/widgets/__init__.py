@@ -12,6 +12,7 @@ _EXPORTS = {
     "alignment_explorer": "_align",
     "layer_weight_explorer": "_weights",
     "layer_projection_explorer": "_projection",
+    "attention_explorer": "_attention",
 }
 
 __all__ = sorted(_EXPORTS)
