@@ -71,8 +71,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="for --measures units: k-means clusters (default 100; a row each)")
     p.add_argument("--units-max-frames", type=int, default=None, metavar="N",
                    help="for --measures units: frames k-means is fitted on (default 50000)")
-    p.add_argument("--abx-on", default=None, metavar="COLUMN",
-                   help="for --measures abx: the alignment column of the items (default: phone)")
+    p.add_argument("--abx-on", default=None, metavar="LABEL",
+                   help="for --measures abx: what A and X share and B does not: phone, word, "
+                        "speaker, context or a labels column (default: phone)")
+    p.add_argument("--abx-by", default=None, metavar="LABELS",
+                   help="for --measures abx: comma-separated labels A, B and X share (default: "
+                        "speaker, unless the speaker is --abx-on or --abx-across; '' for none)")
+    p.add_argument("--abx-across", default=None, metavar="LABELS",
+                   help="for --measures abx: comma-separated labels X differs in from A and B")
     p.add_argument("--layers", type=int, nargs="*", default=None, help="upstream layers to use")
     p.add_argument("--batch-size", type=int, default=None, help="utterances per batch at most")
     p.add_argument("--max-batch-seconds", type=float, default=60.0,
@@ -106,7 +112,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--folder {args.folder!r} is not a folder of audio files")
     for name, measure, default in (("units_k", "units", [100]), ("cka_level", "cka", None),
                                    ("units_max_frames", "units", 50000),
-                                   ("abx_on", "abx", "phone")):
+                                   ("abx_on", "abx", "phone"), ("abx_by", "abx", None),
+                                   ("abx_across", "abx", None)):
         if getattr(args, name) is None:
             setattr(args, name, default)
         elif measure not in args.measures:
@@ -120,6 +127,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--methods logistic needs --store-frames DIR: a logistic probe takes many "
                 "passes over the frames, so each rank keeps its shard's frames on disk")
     return args
+
+
+def _labels_arg(value):
+    """``--abx-by``/``--abx-across``: None (not given), or the comma-separated labels."""
+    if value is None:
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()]
 
 
 def _corpus(args):
@@ -246,7 +260,8 @@ def run(args) -> dict:
              "cka": lambda: LayerCKA(cka_level),
              "units": lambda: UnitQuality(args.units_k, max_frames=args.units_max_frames,
                                           seed=args.seed),
-             "abx": lambda: ABX(on=args.abx_on, seed=args.seed)}
+             "abx": lambda: ABX(on=args.abx_on, by=_labels_arg(args.abx_by),
+                                across=_labels_arg(args.abx_across), seed=args.seed)}
     measures = [build[n]() for n in _OUTPUTS
                 if n in names and (n != "probe" or "ridge" in methods)]
     if rank == 0:  # every check passed: the earlier run's results go only now
@@ -398,7 +413,8 @@ FLAGS = {"split_by": "--split-by", "folds": "--folds", "upstream_layers": "--lay
          "alignment_pattern": "--alignment-pattern", "phone_tier": "--phone-tier",
          "word_tier": "--word-tier", "silence": "--silence", "seed": "--seed",
          "cache_dir": "--store-frames", "measures": "--measures", "strict": "--no-strict",
-         "store_frames": "--store-frames", "on": "--abx-on",
+         "store_frames": "--store-frames", "on": "--abx-on", "by": "--abx-by",
+         "across": "--abx-across",
          "utterances": "--pattern"}  # the CLI chooses utterances by the files it loads
 """The library's argument names as this command's flags, for the advice in its errors."""
 

@@ -32,8 +32,10 @@ def _runs(table: pd.DataFrame, column: str) -> pd.DataFrame:
     t = table.sort_values("start", kind="stable")
     lab = label_strings(t[column].tolist()).tolist()  # missing (None/NaN/NA) -> ""
     starts, ends = t["start"].to_numpy(np.int64), t["end"].to_numpy(np.int64)
-    if column == "phone":
-        return pd.DataFrame({"label": lab, "start": starts, "end": ends})
+    if column == "phone":  # with the word each phone is in ("" outside words)
+        word = (label_strings(t["word"].tolist()).tolist() if "word" in t.columns
+                else [""] * len(lab))
+        return pd.DataFrame({"label": lab, "start": starts, "end": ends, "word": word})
     # a run of equal words is one word unless the alignment numbers its words: then "I I
     # think" (word_index 0, 1, 2) stays three segments
     index = (t["word_index"].to_numpy() if column == "word" and "word_index" in t.columns
@@ -70,7 +72,8 @@ def segment_table(store, layer: int, column: str = "phone", *, utterances=None,
         the ends), ``start``/``end`` (samples), ``frame_start``/``frame_end``
         (the utterance's frames of ``layer``, end exclusive) and
         ``row_start``/``row_end`` (the same in ``store.layer(layer)`` over all
-        utterances), and ``speaker`` when ``store.labels`` has it. ``attrs``:
+        utterances), ``word`` (phone segments: the word each is in, ``""`` outside words)
+        and ``speaker`` when ``store.labels`` has it. ``attrs``:
         ``"dropped"``, the segments left out for owning no frame.
     """
     s = store._layer_index(layer) if hasattr(store, "_layer_index") else int(layer)
@@ -91,7 +94,7 @@ def segment_table(store, layer: int, column: str = "phone", *, utterances=None,
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     rate, rf, ids = store.downsample_rates[s], store.receptive_fields[s], store.ids
     speaker = store.labels["speaker"].to_numpy() if "speaker" in store.labels.columns else None
-    rows, dropped = [], 0
+    rows, words, dropped = [], [], 0
     skip = set(skip)
     for u in sel:
         table = phones[u]
@@ -115,7 +118,11 @@ def segment_table(store, layer: int, column: str = "phone", *, utterances=None,
             rows.append((u, ids[u], v, prev[j], nxt[j], int(seg["start"].iat[j]),
                          int(seg["end"].iat[j]), int(first[j]), int(stop[j]),
                          int(offsets[u] + first[j]), int(offsets[u] + stop[j])))
+            if column == "phone":
+                words.append(seg["word"].iat[j])
     out = pd.DataFrame(rows, columns=_COLUMNS)
+    if column == "phone":
+        out["word"] = words
     if speaker is not None:
         # one spelling per speaker (7 and 7.0 are one); a missing speaker is "" (refused
         # where speakers are used: a speaker split, ABX's speaker conditions)

@@ -9,6 +9,8 @@ fastabx's scores of the same items (the constants of tests/test_abx.py) come fro
 
     .venv/bin/python tests/_abx_case.py write DIR       # item files and .pt features
     VENV312/bin/python tests/_abx_case.py score DIR     # Python >= 3.12, fastabx installed
+
+(``VENV312``: ``make bench-peers`` makes ``build/peers-venv312`` with fastabx 0.9.0.)
 """
 
 from __future__ import annotations
@@ -103,11 +105,55 @@ def score_with_fastabx(folder) -> None:
                     print(f"    ({layer}, {spk!r}, {ctx!r}, {dist!r}): {v!r},")
 
 
+# (on, by, across) asked of fastabx's Task beyond zerospeech_abx's four (tests/test_abx.py)
+TASKS = [("speaker", ("phone",), ()), ("speaker", (), ()), ("word", ("speaker",), ()),
+         ("phone", ("word",), ("speaker",)), ("speaker", ("phone", "context"), ())]
+
+
+def write_task_items(folder) -> None:
+    """Phone and word item files with every label (``phone``, ``word``, ``speaker``,
+    ``context``) for fastabx's ``Task``; features as :func:`write_fastabx_inputs`."""
+    import os
+
+    from s3viz.segments import segment_table
+
+    st = store()
+    for tier in ("phone", "word"):
+        table = segment_table(st, 0, tier)
+        lines = ["#file onset offset phone word speaker context"]
+        for r in table.itertuples():
+            on, off = (r.frame_start + 0.5) / 50, (r.frame_end - 0.5) / 50
+            word = r.word if tier == "phone" else r.label
+            phone = r.label if tier == "phone" else "-"
+            lines.append(f"{r.id} {on:.2f} {off:.2f} {phone} {word} {r.speaker} "
+                         f"{r.prev}|{r.next}")
+        with open(os.path.join(folder, f"task_{tier}.item"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+def score_tasks_with_fastabx(folder) -> None:
+    """Print fastabx's scores of :data:`TASKS` (levels: the by labels from the last, then
+    the across labels, s3viz's collapse)."""
+    from fastabx import Dataset, Score, Task
+
+    for layer in (0, 1):
+        for on, by, across in TASKS:
+            tier = next((n for n in (on, *by, *across) if n in ("phone", "word")), "phone")
+            for dist in ("angular", "euclidean"):
+                ds = Dataset.from_item(f"{folder}/task_{tier}.item", f"{folder}/layer{layer}", 50)
+                task = Task(ds, on=on, by=list(by) or None, across=list(across) or None)
+                levels = [n for n in reversed(by)] + ([tuple(across)] if across else [])
+                v = Score(task, dist).collapse(levels=levels or None)
+                print(f"    ({layer}, {on!r}, {by!r}, {across!r}, {dist!r}): {v!r},")
+
+
 if __name__ == "__main__":
     import sys
 
     if sys.argv[1] == "write":  # in s3viz's venv
         for layer in (0, 1):
             write_fastabx_inputs(sys.argv[2], layer)
+        write_task_items(sys.argv[2])
     else:  # "score", in a Python >= 3.12 venv with fastabx
         score_with_fastabx(sys.argv[2])
+        score_tasks_with_fastabx(sys.argv[2])

@@ -37,6 +37,54 @@ FASTABX = {
 }
 
 
+# fastabx 0.9.0's Task and Score.collapse (levels: the by labels from the last, then the
+# across labels) on the same items (_abx_case.TASKS; write, then score, as above)
+FASTABX_TASKS = {
+    (0, 'speaker', ('phone',), (), 'angular'): 0.12623250484466553,
+    (0, 'speaker', ('phone',), (), 'euclidean'): 0.11231578141450882,
+    (0, 'speaker', (), (), 'angular'): 0.3376874029636383,
+    (0, 'speaker', (), (), 'euclidean'): 0.3645833134651184,
+    (0, 'word', ('speaker',), (), 'angular'): 0.472222238779068,
+    (0, 'word', ('speaker',), (), 'euclidean'): 0.4766865074634552,
+    (0, 'phone', ('word',), ('speaker',), 'angular'): 0.06157407537102699,
+    (0, 'phone', ('word',), ('speaker',), 'euclidean'): 0.07615740597248077,
+    (0, 'speaker', ('phone', 'context'), (), 'angular'): 0.07878858596086502,
+    (0, 'speaker', ('phone', 'context'), (), 'euclidean'): 0.05957562103867531,
+    (1, 'speaker', ('phone',), (), 'angular'): 0.009054645895957947,
+    (1, 'speaker', ('phone',), (), 'euclidean'): 0.0027591735124588013,
+    (1, 'speaker', (), (), 'angular'): 0.11264645308256149,
+    (1, 'speaker', (), (), 'euclidean'): 0.14116433262825012,
+    (1, 'word', ('speaker',), (), 'angular'): 0.47552910447120667,
+    (1, 'word', ('speaker',), (), 'euclidean'): 0.4766865074634552,
+    (1, 'phone', ('word',), ('speaker',), 'angular'): 0.10729166865348816,
+    (1, 'phone', ('word',), ('speaker',), 'euclidean'): 0.15000000596046448,
+    (1, 'speaker', ('phone', 'context'), (), 'angular'): 0.005925925448536873,
+    (1, 'speaker', ('phone', 'context'), (), 'euclidean'): 0.0008333325386047363,
+}
+
+
+@pytest.mark.parametrize("on, by, across", _abx_case.TASKS)
+@pytest.mark.parametrize("distance", ["cosine", "euclidean"])
+def test_any_label_equals_fastabx_task(store, on, by, across, distance):
+    """Speaker ABX by phone and pooled, word ABX, phone ABX by word across speakers, speaker
+    ABX by phone and context: fastabx's numbers."""
+    res = abx_layers(store, on=on, by=list(by), across=list(across) or None,
+                     distance=distance, device="cpu", max_items=None)
+    dist = "angular" if distance == "cosine" else distance
+    for layer in (0, 1):
+        want = FASTABX_TASKS[(layer, on, by, across, dist)]
+        assert res["abx_error"].iat[layer] == pytest.approx(want, abs=1e-6)
+    assert (res["on"] == on).all() and (res["by"] == "+".join(by)).all()
+
+
+def conditions(speaker: str, context: str) -> dict:
+    """ZeroSpeech's speaker and context modes as by and across (fastabx's zerospeech_abx)."""
+    ctx = ["context"] if context == "within" else []
+    if speaker == "within":
+        return {"by": ["speaker", *ctx]}
+    return {"by": ctx, "across": "speaker"}
+
+
 @pytest.fixture(scope="module")
 def store():
     return _abx_case.store()
@@ -46,7 +94,8 @@ def store():
                                               ("across", "any"), ("across", "within")])
 @pytest.mark.parametrize("distance", ["cosine", "euclidean"])
 def test_abx_equals_fastabx(store, speaker, context, distance):
-    res = abx_layers(store, speaker=speaker, context=context, distance=distance, device="cpu")
+    res = abx_layers(store, **conditions(speaker, context), distance=distance, device="cpu",
+                     max_items=None)
     assert list(res["layer"]) == [0, 1]
     for layer in (0, 1):
         want = FASTABX[(layer, speaker, context, "angular" if distance == "cosine" else distance)]
@@ -129,8 +178,8 @@ def _abx_brute_force(store, layer, speaker, context, distance):
 ])
 def test_abx_equals_brute_force_over_all_triplets(store, speaker, context, distance):
     want, n_cells = _abx_brute_force(store, 1, speaker, context, distance)
-    got = abx_layers(store, speaker=speaker, context=context, distance=distance, layers=[1],
-                     device="cpu")
+    got = abx_layers(store, **conditions(speaker, context), distance=distance, layers=[1],
+                     device="cpu", max_items=None)
     assert got["abx_error"].iat[0] == pytest.approx(want, abs=1e-6)
     assert got["n_cells"].iat[0] == n_cells
 
@@ -153,8 +202,8 @@ def test_cells_average_to_the_error(store):
     res, cells = abx_layers(store, device="cpu", return_cells=True)
     for layer in (0, 1):
         part = cells[cells["layer"] == layer]
-        by_spk = part.groupby(["phone", "other", "speaker"])["error"].mean()
-        assert by_spk.groupby(level=["phone", "other"]).mean().mean() == pytest.approx(
+        by_spk = part.groupby(["phone", "phone_b", "speaker"])["error"].mean()
+        assert by_spk.groupby(level=["phone", "phone_b"]).mean().mean() == pytest.approx(
             res["abx_error"].iat[layer])
         assert part["triplets"].sum() == res["n_triplets"].iat[layer]
     import pandas as pd
@@ -164,13 +213,15 @@ def test_cells_average_to_the_error(store):
 
 def test_small_blocks_give_the_same_matrix(store):
     """max_block bounds the frame distances held at once; any block size, one answer."""
+    from s3viz.measures import ABX, StoreSource, run_measures
+
     big = abx_layers(store, layers=[0], device="cpu")
-    small = abx_layers(store, layers=[0], device="cpu", max_block=7)
+    small = run_measures([ABX(max_block=7)], StoreSource(store, layers=[0]))["abx"]
     assert small["abx_error"].iat[0] == pytest.approx(big["abx_error"].iat[0], abs=1e-7)
 
 
 def test_max_items_draws_a_bounded_seeded_sample(store):
-    full = abx_layers(store, layers=[0], device="cpu")
+    full = abx_layers(store, layers=[0], device="cpu", max_items=None)
     a = abx_layers(store, layers=[0], device="cpu", max_items=2, seed=1)
     b = abx_layers(store, layers=[0], device="cpu", max_items=2, seed=1)
     c = abx_layers(store, layers=[0], device="cpu", max_items=2, seed=2)
@@ -213,11 +264,17 @@ def test_word_segments_are_runs_of_rows(store):
 
 
 @pytest.mark.parametrize("kw, exc, match", [
-    ({"speaker": "both"}, ValueError, "speaker must be one of"),
-    ({"context": "triphone"}, ValueError, "context must be one of"),
+    ({"by": "both"}, ValueError, "unknown label 'both'"),
+    ({"by": ["speaker", "speaker"]}, ValueError, "by names a label twice"),
+    ({"across": "speaker", "by": "speaker"}, ValueError, "'speaker' is in both by and across"),
+    ({"on": "speaker", "by": "speaker"}, ValueError, "'speaker' is in both on and by"),
+    ({"on": "word", "by": "phone"}, ValueError, "word segments, which have no single 'phone'"),
+    ({"by": 3}, TypeError, "by must be a label name"),
     ({"distance": "kl"}, ValueError, "distance must be one of"),
     ({"max_items": 1}, ValueError, "max_items must be >= 2"),
-    ({"on": "stress"}, KeyError, "no column 'stress'"),
+    ({"max_items": (10, 0)}, ValueError, "X groups"),
+    ({"on": "stress"}, ValueError, "unknown label 'stress'"),
+    ({"bootstrap": 100, "on": "speaker", "by": "phone"}, ValueError, "needs 'speaker' among"),
     ({"layers": [5]}, IndexError, "layer"),
 ])
 def test_abx_bad_arguments(store, kw, exc, match):
@@ -237,5 +294,5 @@ def test_abx_needs_speakers_and_alignments():
         abx_layers(no_align, device="cpu")
     one_spk = LayerStore.from_tensors(hidden[:1], downsample_rates=[320, 320],
                                       labels=labels.iloc[:1], phones=tables[:1])
-    with pytest.raises(ValueError, match="second speaker"):
-        abx_layers(one_spk, speaker="across", device="cpu")
+    with pytest.raises(ValueError, match="an X of another speaker"):
+        abx_layers(one_spk, across="speaker", device="cpu")

@@ -207,7 +207,7 @@ def test_measures_abx_writes_abx_layers_table(tmp_path):
                                         "--out", str(out)]))
     assert (out / "abx.png").stat().st_size > 0
     assert json.loads((out / "run.json").read_text())["measures"] == ["abx"]
-    got = pd.read_csv(out / "abx.csv")
+    got = pd.read_csv(out / "abx.csv", keep_default_na=False)  # across: "" (none)
     store = s3viz.extract(get_upstream("tiny", pretrained=False),
                           synthetic_corpus(n_utterances=12, seed=0), device="cpu",
                           progress=False)
@@ -223,6 +223,7 @@ def test_measures_abx_writes_abx_layers_table(tmp_path):
     (["--units-k", "5"], "--units-k needs --measures units"),
     (["--units-max-frames", "100"], "--units-max-frames needs --measures units"),
     (["--abx-on", "word"], "--abx-on needs --measures abx"),
+    (["--abx-across", "speaker"], "--abx-across needs --measures abx"),
 ])
 def test_measure_flags_without_their_measure_are_refused(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit):

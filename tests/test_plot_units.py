@@ -21,8 +21,8 @@ def _close():
 
 
 def _abx():
-    rows = [{"layer": layer, "upstream_layer": layer, "speaker": spk, "context": "any",
-             "abx_error": err} for spk, base in (("within", 0.1), ("across", 0.2))
+    rows = [{"layer": layer, "upstream_layer": layer, "on": "phone", "by": by, "across": across,
+             "abx_error": err} for by, across, base in (("speaker", "", 0.1), ("", "speaker", 0.2))
             for layer, err in enumerate(base + np.array([0.1, 0.03, 0.05]))]
     return pd.DataFrame(rows)
 
@@ -30,8 +30,9 @@ def _abx():
 def test_abx_curve_lines_in_percent_best_marked_chance():
     ax = s3viz.plot.abx_curve(_abx())
     lines = {ln.get_label(): ln for ln in ax.get_lines()}
-    assert {"speaker within", "speaker across", "chance (50 %)"} <= set(lines)
-    np.testing.assert_allclose(lines["speaker within"].get_ydata(), [20, 13, 15])
+    within, across = "phone by speaker", "phone across speaker"
+    assert {within, across, "chance (50 %)"} <= set(lines), set(lines)
+    np.testing.assert_allclose(lines[within].get_ydata(), [20, 13, 15])
     stars = [ln for ln in ax.get_lines() if ln.get_marker() == "*"]
     assert sorted(float(s.get_ydata()[0]) for s in stars) == pytest.approx([13, 23])
     assert ax.get_xticklabels()[0].get_text().startswith("0")
@@ -40,7 +41,7 @@ def test_abx_curve_lines_in_percent_best_marked_chance():
 
 def test_abx_curve_by_model_and_bad_input():
     df = pd.concat([_abx().assign(model="a"), _abx().assign(model="b")])
-    ax = s3viz.plot.abx_curve(df[df["speaker"] == "within"], label_by="model")
+    ax = s3viz.plot.abx_curve(df[df["by"] == "speaker"], label_by="model")
     assert {"a", "b"} <= {ln.get_label() for ln in ax.get_lines()}
     with pytest.raises(ValueError, match="lacks columns"):
         s3viz.plot.abx_curve(pd.DataFrame({"layer": [0]}))

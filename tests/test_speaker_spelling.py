@@ -35,8 +35,8 @@ MIXED = [1, 1.0, 1, 2, 2.0, 2, 3, np.float64(3), 3, 4, 4.0, np.int64(4)]
 
 
 def test_abx_counts_one_speaker_per_value():
-    a = s3viz.abx_layers(_store(INTS), speaker="within", device="cpu", return_cells=True)
-    b = s3viz.abx_layers(_store(MIXED), speaker="within", device="cpu", return_cells=True)
+    a = s3viz.abx_layers(_store(INTS), device="cpu", return_cells=True)
+    b = s3viz.abx_layers(_store(MIXED), device="cpu", return_cells=True)
     assert sorted(b.cells["speaker"].unique()) == ["1", "2", "3", "4"]
     assert 0.02 < a.table["abx_error"].iloc[0] < 0.45  # a measure that can move
     assert b.table["abx_error"].tolist() == pytest.approx(a.table["abx_error"].tolist())
@@ -57,7 +57,7 @@ def test_a_missing_speaker_is_refused_where_speakers_are_used(missing):
     speakers[4] = missing
     store = _store(speakers)
     with pytest.raises(ValueError, match=r"have no speaker.*u4"):
-        s3viz.abx_layers(store, speaker="across", device="cpu")
+        s3viz.abx_layers(store, across="speaker", device="cpu")
     with pytest.raises(ValueError, match=r"have no speaker.*u4"):
         s3viz.probe_layers(store, "phone", level="segment", split_by="speaker", folds=2,
                            device="cpu")

@@ -84,7 +84,7 @@ def run(case: dict) -> dict:
 
         st = _peers_data.store(n)
         with measured(out):
-            res = s3viz.abx_layers(st, layers=list(LAYERS), device="cpu")
+            res = s3viz.abx_layers(st, layers=list(LAYERS), device="cpu", max_items=None)
         out["abx_error"] = [float(v) for v in res["abx_error"]]
         return out
     folder = _folder(n)

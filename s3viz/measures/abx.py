@@ -15,17 +15,15 @@ import torch
 from .. import _validate as _v
 from .._bootstrap import (Bootstrap, add_interval_columns, bootstrap_options, items_digest,
                           resampling_units)
-from .._labels import label_str
 from .._numerics import float32_distances_span, tensor_guard, unit_rows, warn_degenerate
-from ..segments import segment_table
+from ..store import utterance_selection
+from ._abx_task import (ABXTask, collapse, label_values, item_tier, resolve_conditions,
+                        subsample)
 from ._engine import Batch, Context, CorpusLayers, Measure, agree
 
 __all__ = ["ABX", "DISTANCES", "dtw_costs"]
 
 DISTANCES = ("cosine", "euclidean")
-SPEAKER_MODES = ("within", "across")
-CONTEXT_MODES = ("any", "within")
-_CELL_COLUMNS = ["speaker", "speaker_x", "phone", "other", "context", "error", "triplets"]
 
 
 def _normalise(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -235,268 +233,138 @@ def _cell_sums(dist: torch.Tensor, lab_x: np.ndarray, lab_y: np.ndarray, num: in
     return correct
 
 
-def _contexts(lab_x: np.ndarray, lab_y: np.ndarray, ctx_x: np.ndarray, ctx_y: np.ndarray,
-              symmetric: bool):
-    """The cells of one speaker (or speaker pair), from the labels alone.
-
-    Yields per context with an X: ``(context, X rows, A/B columns, phone names,
-    X codes, A/B codes, triplets)``; ``triplets (num, num)`` counts the triplets
-    of each (phone of A and X, phone of B) cell: the ``(x, a)`` pairs of the phone
-    (``a != x`` when ``symmetric``) times the ``b`` of the other phone, 0 on the
-    diagonal. A cell is scored where its count is positive.
-    """
-    for c in np.unique(ctx_y):
-        in_y = np.flatnonzero(ctx_y == c)
-        in_x = np.flatnonzero(ctx_x == c)
-        if not len(in_x):
-            continue
-        names, codes = np.unique(np.concatenate([lab_y[in_y], lab_x[in_x]]), return_inverse=True)
-        cy, cx = codes[:len(in_y)], codes[len(in_y):]
-        n_y = np.bincount(cy, minlength=len(names)).astype(np.int64)
-        n_x = np.bincount(cx, minlength=len(names)).astype(np.int64)
-        pairs = n_x * n_y - (n_y if symmetric else 0)
-        triplets = pairs[:, None] * n_y[None, :]
-        np.fill_diagonal(triplets, 0)
-        yield c, in_x, in_y, names, cx, cy, triplets
-
-
-class _Plan:
-    """Every cell of one layer's items, in one fixed order, from the labels alone.
-
-    ``keys``: one row per cell (``speaker``, ``speaker_x``, ``phone``, ``other``,
-    ``context``, ``triplets``); :meth:`score` fills the correct-triplet sums of the
-    cells whose X speaker is in ``owned`` at their place in that order.
-    """
-
-    def __init__(self, table: pd.DataFrame, speaker: str, context: str):
-        self.lab = table["label"].to_numpy(dtype=object).astype(str)
-        self.ctx = ((table["prev"] + "|" + table["next"]).to_numpy(dtype=object).astype(str)
-                    if context == "within" else np.full(len(table), "", dtype=object).astype(str))
-        self.spk = table["speaker"].to_numpy(dtype=object).astype(str)
-        self.speaker = speaker
-        rows, trip = [], []
-        for s, sx, _, _, c, names, t in self._walk():
-            p, q = np.nonzero(t > 0)
-            rows += [(s, sx, names[a], names[b], c) for a, b in zip(p, q)]
-            trip.append(t[p, q])
-        self.keys = pd.DataFrame(rows, columns=_CELL_COLUMNS[:5])
-        self.keys["triplets"] = np.concatenate(trip) if trip else np.zeros(0, dtype=np.int64)
-
-    def _walk(self):
-        """Per group (speaker of A and B, speaker of X; X items, A/B items) in order, its
-        cells (:func:`_contexts`)."""
-        lab, ctx, within = self.lab, self.ctx, self.speaker == "within"
-        speakers = np.unique(self.spk)
-        for s in speakers:
-            ys = np.flatnonzero(self.spk == s)
-            for sx in ([s] if within else speakers[speakers != s]):
-                xs = ys if within else np.flatnonzero(self.spk == sx)
-                for c, in_x, in_y, names, cx, cy, t in _contexts(lab[xs], lab[ys], ctx[xs],
-                                                                  ctx[ys], within):
-                    yield s, sx, (xs, ys), (in_x, in_y, cx, cy), c, names, t
-
-    def speakers(self, owned: set) -> list:
-        """The speakers whose items the owned cells read (X's, and A's and B's)."""
-        mine = [s for s in np.unique(self.spk) if s in owned]
-        return mine if self.speaker == "within" or not mine else list(np.unique(self.spk))
-
-    def score(self, features: dict, distance: str, owned: set, max_block: int) -> torch.Tensor:
-        """``(cells,)`` correct-triplet sums of the owned cells, zeros elsewhere (float64).
-
-        ``features[s]``: ``(frames, start, lens)`` of speaker ``s``'s items in table order
-        (item ``k``: ``lens[k]`` rows from ``start[k]``; cosine: unit rows, :func:`_normalise`).
-        """
-        out = torch.zeros(len(self.keys), dtype=torch.float64)
-        at, group, dist = 0, None, None
-        symmetric = self.speaker == "within"
-        for s, sx, _, (in_x, in_y, cx, cy), _, names, t in self._walk():
-            n = int((t > 0).sum())
-            if sx in owned:
-                if group != (s, sx):  # one distance matrix per speaker (pair)
-                    group = (s, sx)
-                    dist = _distance_matrix(*features[sx], *features[s], distance, max_block,
-                                            symmetric)
-                dev = dist.device
-                block = dist[torch.as_tensor(in_x, device=dev)][:, torch.as_tensor(in_y,
-                                                                                    device=dev)]
-                correct = _cell_sums(block, cx, cy, len(names), symmetric, max_block)
-                out[at:at + n] = correct[torch.as_tensor(t > 0, device=dev)].cpu()
-            at += n
-        return out
-
-
-def _collapse(cells: pd.DataFrame) -> float:
-    """ZeroSpeech's average: over contexts (and x's speaker), then speakers, then phone pairs."""
-    if cells.empty:
-        return float("nan")
-    by_spk = cells.groupby(["phone", "other", "speaker"], sort=False)["error"].mean()
-    by_pair = by_spk.groupby(level=["phone", "other"], sort=False).mean()
-    return float(by_pair.mean())
-
-
-def _resampled_errors(cells: pd.DataFrame, boot: Bootstrap, across: bool,
-                      budget: int = 1 << 24) -> np.ndarray:
-    """``(resamples,)`` ABX errors of :func:`_collapse` with the speakers drawn in each
-    resample: the cells' errors held fixed, a speaker drawn ``c`` times weighs ``c`` in
-    the mean over speakers (and, ``across``, over X speakers; a cell ``(s, x)`` then
-    weighs ``c_s c_x``); a phone pair no drawn speaker has drops out of the last mean.
-    Replicates go in chunks of at most ``budget`` numbers."""
-    at = {n: i for i, n in enumerate(boot.names)}
-    spk = cells["speaker"].map(at).to_numpy(np.int64)
-    g1_keys = cells[["phone", "other", "speaker"]].astype(str).agg("\x1f".join, axis=1)
-    g1_names, g1 = np.unique(g1_keys.to_numpy(), return_inverse=True)
-    first = np.unique(g1, return_index=True)[1]  # one cell of each (phone, other, speaker)
-    g1_spk = spk[first]
-    pair = cells[["phone", "other"]].astype(str).agg("\x1f".join, axis=1).to_numpy()[first]
-    _, g2 = np.unique(pair, return_inverse=True)
-    n1, n2, err = len(g1_names), int(g2.max()) + 1, cells["error"].to_numpy(np.float64)
-    if not across:  # the mean over contexts does not depend on the draw
-        m1 = np.bincount(g1, err, n1) / np.bincount(g1, minlength=n1)
-    else:
-        xs = cells["speaker_x"].map(at).to_numpy(np.int64)
-    out = np.empty(boot.resamples)
-    step = max(1, budget // max(len(cells), n1))
-    for r0 in range(0, boot.resamples, step):
-        c = boot.counts[r0:r0 + step]
-        rc = len(c)
-        off = (np.arange(rc) * n1)[:, None]
-        if across:
-            w = c[:, xs]  # (rc, cells): the draws of each cell's X speaker
-            num = np.bincount((off + g1).ravel(), (w * err).ravel(), rc * n1).reshape(rc, n1)
-            den = np.bincount((off + g1).ravel(), w.ravel(), rc * n1).reshape(rc, n1)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                mean1 = num / den
-        else:
-            mean1 = np.broadcast_to(m1, (rc, n1))
-        w2 = np.where(np.isfinite(mean1), c[:, g1_spk], 0.0)
-        off2 = (np.arange(rc) * n2)[:, None]
-        num = np.bincount((off2 + g2).ravel(), (w2 * np.nan_to_num(mean1)).ravel(), rc * n2)
-        den = np.bincount((off2 + g2).ravel(), w2.ravel(), rc * n2)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            m2 = (num / den).reshape(rc, n2)
-        m2 = np.where(den.reshape(rc, n2) > 0, m2, 0.0)
-        pairs = (den.reshape(rc, n2) > 0).sum(1)  # none: a draw of one speaker, across
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[r0:r0 + rc] = np.where(pairs > 0, m2.sum(1) / pairs, np.nan)
-    return out
-
-
-def _subsample(table: pd.DataFrame, max_items: int, seed: int, context: str) -> pd.DataFrame:
-    """At most ``max_items`` items per phone, speaker (and context) group, drawn with ``seed``."""
-    keys = ["label", "speaker"] + (["prev", "next"] if context == "within" else [])
-    rng = np.random.default_rng([seed, 31])
-    keep = []
-    for _, idx in table.groupby(keys, sort=True).indices.items():
-        keep.extend(idx if len(idx) <= max_items else rng.choice(idx, max_items, replace=False))
-    out = table.iloc[np.sort(np.asarray(keep, dtype=np.int64))].reset_index(drop=True)
-    out.attrs.update(table.attrs)
+def _score_task(task: ABXTask, features: dict, distance: str, owned: set, max_block: int,
+                bar) -> torch.Tensor:
+    """``(cells,)`` correct-triplet sums of the cells whose X unit is in ``owned``, zeros
+    elsewhere (float64). ``features[u]``: ``(frames, start, lens)`` of unit ``u``'s items
+    in table order (cosine: unit rows, :func:`_normalise`)."""
+    out = torch.zeros(len(task.keys), dtype=torch.float64)
+    at = 0
+    for s, sx, _, _, cx, cy, names, scored in task.walk():
+        n = int(scored.sum())
+        if sx in owned:
+            dist = _distance_matrix(*features[sx], *features[s], distance, max_block,
+                                    task.symmetric and s == sx)
+            correct = _cell_sums(dist, cx, cy, len(names), task.symmetric, max_block)
+            out[at:at + n] = correct[torch.as_tensor(scored, device=dist.device)].cpu()
+            bar.update(n)
+        at += n
     return out
 
 
 class ABX(Measure):
-    """ABX error of phone discrimination in every layer (``docs/measures.md``).
+    """ABX error of any label in every layer, as fastabx's ``Task`` defines it
+    (``docs/measures.md``, "ABX on any label").
 
     Args:
-        on: the alignment column whose segments are the items (``"phone"``).
-        speaker: ``"within"`` (A, B, X from one speaker) or ``"across"`` (X from
-            another speaker than A and B).
-        context: ``"any"`` or ``"within"`` (A, B, X share previous and next phone).
+        on: what A and X share and B does not: an alignment tier (``"phone"``, ``"word"``),
+            ``"speaker"``, a column of the labels, or ``"context"`` (the neighbouring
+            segments ``"<previous>|<next>"``).
+        by: label(s) A, B and X all share. None: ``"speaker"`` (ZeroSpeech's within-speaker
+            task) unless the speaker is ``on`` or in ``across``; ``()`` for none.
+        across: label(s) A and B share and X differs in (each of them); None: none.
         distance: ``"cosine"`` (angular, ZeroSpeech's) or ``"euclidean"`` frame distance.
-        max_items: at most this many items per phone, speaker (and context) group,
-            drawn with ``seed`` (ZeroSpeech keeps 10); None keeps all.
+        max_items: at most this many items of each group of items sharing the on, by and
+            across labels (an A, B or X set of a cell: fastabx's ``max_size_group``),
+            drawn with ``seed``; a pair ``(n, m)`` also keeps at most ``m`` X groups per
+            cell of an across task (fastabx's ``max_x_across``; an int keeps 5, as
+            ZeroSpeech); None: every item and X group.
         max_block: frame distances of one DTW block (items of similar length, each side
             at most ``sqrt(max_block)`` frames); the block holds at most 24 numbers per
-            frame distance (about 6 for items of 4 frames). The result does not depend
-            on it.
+            frame distance. The result does not depend on it.
+        utterances: corpus positions whose segments are items (None: all).
+        progress: a progress bar over the scored cells.
         bootstrap, confidence: error bars: ``abx_error_lo``/``_hi`` from this many
             resamples of the speakers (drawn with ``seed``; None: none), a percentile
-            interval at ``confidence`` (``docs/measures.md``, "Error bars").
+            interval at ``confidence``; the speaker must be a by or across label.
 
-    ``compute()`` gives the columns of :func:`s3viz.abx_layers`. The labels need a
-    ``speaker`` column (the corpus's, or ``store.labels``).
+    ``compute()`` gives the columns of :func:`s3viz.abx_layers`.
     """
 
     name = "abx"
     passes = 1
 
-    def __init__(self, *, on: str = "phone", speaker: str = "within", context: str = "any",
-                 distance: str = "cosine", max_items: int | None = None, seed: int = 0,
-                 max_block: int = 2 ** 20, cells: bool = False, bootstrap: int | None = None,
-                 confidence: float = 0.95):
+    def __init__(self, *, on: str = "phone", by=None, across=None, distance: str = "cosine",
+                 max_items=10, seed: int = 0, max_block: int = 2 ** 20, cells: bool = False,
+                 bootstrap: int | None = None, confidence: float = 0.95, utterances=None,
+                 progress: bool = False):
         super().__init__()
-        for arg, value, choices in (("speaker", speaker, SPEAKER_MODES),
-                                    ("context", context, CONTEXT_MODES),
-                                    ("distance", distance, DISTANCES)):
-            if value not in choices:
-                raise ValueError(f"{arg} must be one of {choices}, got {value!r}")
-        if not isinstance(on, str):
-            raise TypeError(f"on must be an alignment column name (str), got {on!r}")
-        self.on, self.speaker, self.context, self.distance = on, speaker, context, distance
-        self.max_items = _v.integer(max_items, "max_items", minimum=2, none_ok=True)
+        if distance not in DISTANCES:
+            raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
+        self.on, self.by, self.across = resolve_conditions(on, by, across)
+        self.distance = distance
+        self.max_items, self.max_x_across = _max_items(max_items)
         self.max_block = _v.integer(max_block, "max_block", minimum=1)
         self.seed = _v.integer(seed, "seed", minimum=0)
         self.keep_cells = bool(cells)
+        self.utterances, self.progress = utterances, bool(progress)
         self.resamples, self.confidence = bootstrap_options(bootstrap, confidence)
+        if self.resamples and "speaker" not in self.by + self.across:
+            raise ValueError("ABX intervals resample speakers, which needs 'speaker' among the "
+                             f"by or across labels (by={self.by}, across={self.across}); pass "
+                             "bootstrap=None")
 
     def setup(self, ctx: Context) -> None:
         self.ctx = ctx
         meta = ctx.meta
-        if "speaker" not in meta.labels.columns:
-            raise ValueError("ABX needs a 'speaker' column in the labels (store.labels, or "
-                             "the corpus's) for the speaker conditions; add one, e.g. one "
-                             "speaker per utterance id")
-        speakers = [label_str(v) for v in meta.labels["speaker"].tolist()]
-        missing = [meta.ids[i] for i, v in enumerate(speakers) if v == ""]
-        if missing:
-            raise ValueError(f"ABX: {len(missing)} utterance(s) have no speaker (e.g. "
-                             f"{missing[:5]}); the speaker conditions need one for every "
-                             "utterance: fill the labels' 'speaker' or drop those utterances")
+        self.sel = utterance_selection(self.utterances, len(meta.ids))
         self.boot = None
         if self.resamples:
-            _, names, kind = resampling_units(meta.labels)
+            _, names, kind = resampling_units(meta.labels, self.sel)
             if kind != "speaker":
                 raise ValueError("ABX intervals resample speakers, and the corpus has one; "
                                  "pass bootstrap=None or use a corpus of several speakers")
             self.boot = Bootstrap(names, kind, self.resamples, self.confidence, self.seed,
-                                  items=items_digest(meta.labels))
-        # the cells of X speaker s are scored by the rank holding s's first utterance
-        spk, first = np.unique(speakers, return_index=True)
-        self.owned = set(spk[np.isin(first, ctx.positions)].tolist())
+                                  items=items_digest(meta.labels, self.sel))
         corpus, self.layers, frames, n_cells = CorpusLayers(ctx), [], [], 0
+        mine = np.zeros(len(meta.ids), dtype=bool)
+        mine[ctx.positions] = True
         items: dict = {}  # layers of one frame rate, field and frame counts: one item set
         for s in range(ctx.num_layers):
             key = (corpus.downsample_rates[s], corpus.receptive_fields[s],
                    corpus.lengths(s).tobytes())
             if key not in items:
-                items[key] = self._items(corpus, s)
-            table, plan = items[key]["table"], items[key]["plan"]
+                items[key] = self._items(corpus, s, meta.labels, mine)
+            table, task = items[key]["table"], items[key]["task"]
             layer = ctx.layer_index[s]
             if table.empty:
-                raise ValueError(f"no {self.on} segments with frames in stored layer {layer}")
-            if plan.keys.empty:
+                raise ValueError(f"no {task.tier} segments with frames in stored layer {layer}")
+            if task.keys.empty:
                 raise ValueError(
-                    f"no ABX cell in stored layer {layer} for speaker={self.speaker!r}, "
-                    f"context={self.context!r}: every cell needs two tokens of a phone and one "
-                    "of another (and for 'across' a second speaker); use more utterances or "
-                    "context='any'")
-            self.layers.append(dict(items[key], cells=slice(n_cells, n_cells + len(plan.keys))))
-            n_cells += len(plan.keys)
+                    f"no ABX cell in stored layer {layer} for on={self.on!r}, by={self.by}, "
+                    f"across={self.across}: a cell needs two items of one {self.on} and one of "
+                    f"another sharing {self.by or 'nothing'}"
+                    + (f", and an X of another {'/'.join(self.across)}" if self.across else "")
+                    + "; use more utterances or fewer conditions")
+            self.layers.append(dict(items[key], cells=slice(n_cells, n_cells + len(task.keys))))
+            n_cells += len(task.keys)
             frames.append(torch.zeros(int(items[key]["offsets"][-1]), ctx.sizes[s],
                                       dtype=ctx.read_dtype))
         self.n_cells = n_cells
         self.add_state("frames", frames, lambda v, reduce: [reduce(t) for t in v])
 
-    def _items(self, corpus: CorpusLayers, s: int) -> dict:
-        """Layer ``s``'s items (the table, its cells, where each item's frames go)."""
-        table = segment_table(corpus, s, self.on)
-        if self.max_items is not None:
-            table = _subsample(table, self.max_items, self.seed, self.context)
-        plan = _Plan(table, self.speaker, self.context)
+    def _items(self, corpus: CorpusLayers, s: int, labels: pd.DataFrame, mine) -> dict:
+        """Layer ``s``'s items (the table, its task, where each item's frames go) and the
+        X units this rank scores (those whose first item's utterance it holds)."""
+        from ..segments import segment_table
+
+        tier = item_tier(self.on, self.by, self.across)
+        table = segment_table(corpus, s, tier,
+                              utterances=None if self.utterances is None else self.sel)
+        dropped = table.attrs.get("dropped", 0)
+        if self.max_items is not None and len(table):
+            values = {n: label_values(table, labels, n, tier)
+                      for n in [self.on, *self.by, *self.across]}
+            table = table.iloc[subsample(table, values, self.max_items, self.seed)]
+            table = table.reset_index(drop=True)
+        task = ABXTask(table, labels, self.on, self.by, self.across, self.max_x_across,
+                       self.seed)
         sizes = (table["frame_end"] - table["frame_start"]).to_numpy(np.int64)
         offs = np.concatenate([[0], np.cumsum(sizes)])
-        # per row of the items' frames its frame in its utterance; per utterance its rows
         row_utt = np.repeat(table["utt"].to_numpy(np.int64), sizes)
-        return {"table": table, "plan": plan, "offsets": offs,
+        first_utt = {u: int(table["utt"].iat[task.items[u][0]]) for u in task.units}
+        return {"table": table, "task": task, "offsets": offs, "dropped": dropped,
+                "owned": {u for u, i in first_utt.items() if mine[i]},
                 "frame": np.repeat(table["frame_start"].to_numpy(np.int64) - offs[:-1], sizes)
                 + np.arange(offs[-1]),
                 "rows": np.searchsorted(row_utt, np.arange(len(corpus) + 1))}
@@ -518,35 +386,47 @@ class ABX(Measure):
         self.correct = self.ctx.reduce(self.correct)
 
     def _score(self) -> None:
+        from tqdm.auto import tqdm
+
         ctx, self.reasons = self.ctx, {}
-        for s, lay in enumerate(self.layers):
-            x, self.frames[s] = self.frames[s], None
-            # the guard of every measure (s3viz._numerics) on what the distance sees: the
-            # unit rows (cosine) or the centred frames (euclidean); docs/measures.md
-            names = lambda i, s=s: self._name(s, int(i))  # noqa: E731
-            if self.distance == "cosine":
-                x = unit_rows(x, in_place=True)  # x is this measure's own copy
-                dt = torch.float32 if ctx.store_dtype == torch.float64 else ctx.store_dtype
-                guard = tensor_guard(x, dt, centre=False, names=names)
-            else:
-                guard = tensor_guard(x, ctx.store_dtype, centre=True,
-                                     span=float32_distances_span(), names=names)
-            self.reasons[ctx.layer_index[s]] = lay["reason"] = guard.reason
-            if guard.reason:
-                continue
-            offs, plan = lay["offsets"], lay["plan"]
-            lens = np.diff(offs)
-            features = {}  # per speaker its items' frames, as the distance reads them
-            for spk in plan.speakers(self.owned):
-                items = np.flatnonzero(plan.spk == spk)
-                start = np.concatenate([[0], np.cumsum(lens[items])])
-                rows = np.repeat(offs[items] - start[:-1], lens[items]) + np.arange(start[-1])
-                f = guard(x[torch.from_numpy(rows)], torch.float32).to(ctx.device)
-                features[spk] = (_normalise(f) if self.distance == "cosine" else f,
-                                 start[:-1], lens[items])
-            del x
-            self.correct[lay["cells"]] = plan.score(features, self.distance, self.owned,
-                                                    self.max_block)
+        total = sum(int(lay["task"].keys["triplets"].size) for lay in self.layers)
+        with tqdm(total=total, unit="cell", desc="ABX cells", disable=not self.progress,
+                  dynamic_ncols=True) as bar:
+            for s, lay in enumerate(self.layers):
+                bar.set_postfix_str(f"layer {ctx.layer_index[s]}")
+                self._score_layer(s, lay, bar)
+
+    def _score_layer(self, s: int, lay: dict, bar) -> None:
+        ctx = self.ctx
+        x, self.frames[s] = self.frames[s], None
+        # the guard of every measure (s3viz._numerics) on what the distance sees: the
+        # unit rows (cosine) or the centred frames (euclidean); docs/measures.md
+        names = lambda i, s=s: self._name(s, int(i))  # noqa: E731
+        if self.distance == "cosine":
+            x = unit_rows(x, in_place=True)  # x is this measure's own copy
+            dt = torch.float32 if ctx.store_dtype == torch.float64 else ctx.store_dtype
+            guard = tensor_guard(x, dt, centre=False, names=names)
+        else:
+            guard = tensor_guard(x, ctx.store_dtype, centre=True,
+                                 span=float32_distances_span(), names=names)
+        self.reasons[ctx.layer_index[s]] = lay["reason"] = guard.reason
+        if guard.reason:
+            bar.update(len(lay["task"].keys))
+            return
+        offs, task = lay["offsets"], lay["task"]
+        lens = np.diff(offs)
+        need = {u for s_, sx, *_ in task.walk() if sx in lay["owned"] for u in (s_, sx)}
+        features = {}  # per unit its items' frames, as the distance reads them
+        for u in need:
+            items = task.items[u]
+            start = np.concatenate([[0], np.cumsum(lens[items])])
+            rows = np.repeat(offs[items] - start[:-1], lens[items]) + np.arange(start[-1])
+            f = guard(x[torch.from_numpy(rows)], torch.float32).to(ctx.device)
+            features[u] = (_normalise(f) if self.distance == "cosine" else f, start[:-1],
+                           lens[items])
+        del x
+        self.correct[lay["cells"]] = _score_task(task, features, self.distance, lay["owned"],
+                                                 self.max_block, bar)
 
     def _name(self, s: int, row: int) -> str:
         """Row ``row`` of layer ``s``'s item frames as (utterance, frame), for a guard's message."""
@@ -556,32 +436,53 @@ class ABX(Measure):
         return (f"utterance {item['id']!r}, frame "
                 f"{int(item['frame_start'] + row - lay['offsets'][k])}")
 
+    def _collapse(self, task: ABXTask, cells: pd.DataFrame, counts=None) -> np.ndarray:
+        weights = None
+        if counts is not None:
+            at = {n: i for i, n in enumerate(self.boot.names)}
+            cols = [c for c in ("speaker", "speaker_x") if c in cells.columns]
+            weights = {c: counts[:, cells[c].map(at).to_numpy(np.int64)] for c in cols}
+        return collapse(cells, self.on, task.levels(), [f"{n}_x" for n in self.across],
+                        weights, 1 if counts is None else len(counts))
+
     def compute(self) -> pd.DataFrame:
         ctx, rows, all_cells, reps = self.ctx, [], [], {}
         for s, lay in enumerate(self.layers):
-            table, layer = lay["table"], ctx.layer_index[s]
+            table, task, layer = lay["table"], lay["task"], ctx.layer_index[s]
             base = {"layer": layer, "upstream_layer": int(ctx.layer_ids[s]), "on": self.on,
-                    "speaker": self.speaker, "context": self.context,
+                    "by": "+".join(self.by), "across": "+".join(self.across),
                     "distance": self.distance}
-            cells = lay["plan"].keys.iloc[:0]  # a degenerate layer: none scored, NaN
+            cells = task.keys.iloc[:0].assign(error=0.0)  # a degenerate layer: none, NaN
             if not lay["reason"]:
-                keys = lay["plan"].keys
                 correct = self.correct[lay["cells"]].numpy()
-                cells = keys.assign(error=1.0 - correct / keys["triplets"].to_numpy(np.float64))
-                cells = cells[_CELL_COLUMNS]
+                cells = task.keys.assign(
+                    error=1.0 - correct / task.keys["triplets"].to_numpy(np.float64))
                 all_cells.append(cells.assign(layer=layer, upstream_layer=base["upstream_layer"]))
                 if self.boot is not None:
-                    reps[(layer,)] = {"abx_error": _resampled_errors(
-                        cells, self.boot, self.speaker == "across")}
-            rows.append(dict(base, abx_error=_collapse(cells), n_items=len(table),
-                             n_cells=len(cells), n_triplets=int(cells["triplets"].sum()),
-                             n_dropped=int(table.attrs.get("dropped", 0))))
+                    reps[(layer,)] = {"abx_error": self._collapse(task, cells, self.boot.counts)}
+            rows.append(dict(base, abx_error=float(self._collapse(task, cells)[0]),
+                             n_items=len(table), n_cells=len(cells),
+                             n_triplets=int(cells["triplets"].sum()),
+                             n_dropped=int(lay["dropped"])))
         warn_degenerate("abx_layers", self.reasons, "abx_error")
         out = pd.DataFrame(rows)
         if self.boot is not None:
             out = add_interval_columns(out, self.boot, ["layer"], reps, ["abx_error"])
         if self.keep_cells:
-            return {"": out, "cells": (
-                pd.concat(all_cells, ignore_index=True) if all_cells else
-                pd.DataFrame(columns=_CELL_COLUMNS + ["layer", "upstream_layer"]))}
+            cols = list(self.layers[0]["task"].keys.columns) + ["error", "layer", "upstream_layer"]
+            return {"": out, "cells": (pd.concat(all_cells, ignore_index=True) if all_cells
+                                       else pd.DataFrame(columns=cols))}
         return out
+
+
+def _max_items(value) -> tuple:
+    """``(group cap, X-group cap)`` from ``max_items`` (an int keeps ZeroSpeech's 5 X groups)."""
+    if value is None:
+        return None, None
+    if isinstance(value, tuple):
+        if len(value) != 2:
+            raise ValueError(f"max_items must be an int, a pair (items, X groups) or None, "
+                             f"got {value!r}")
+        return (_v.integer(value[0], "max_items", minimum=2, none_ok=True),
+                _v.integer(value[1], "max_items (X groups)", minimum=1, none_ok=True))
+    return _v.integer(value, "max_items", minimum=2), 5

@@ -17,20 +17,25 @@ def abx_curve(df: pd.DataFrame, ax=None, *, label_by: str | None = None,
     layer starred.
 
     ``df``: :func:`s3viz.abx_layers` tables, maybe concatenated; one line per ``label_by``
-    value (e.g. a column naming models), else per ``speaker`` / ``context`` condition.
+    value (e.g. a column naming models), else per task (``on``, ``by``, ``across``) where
+    the table holds several.
     Labels say "(random weights)" when ``df.attrs["weights"]`` does. A table made with
     ``bootstrap=`` gets error bars of ``abx_error_lo``/``_hi`` (``docs/measures.md``).
     """
     check_table(df, ("layer", "abx_error"), "s3viz.abx_layers")
     ax = new_axes(ax)
     xcol = layer_axis(df)
-    keys = [label_by] if label_by else [k for k in ("speaker", "context") if k in df.columns
+    keys = [label_by] if label_by else [k for k in ("on", "by", "across") if k in df.columns
                                         and df[k].nunique() > 1]
     for gkey, part in line_groups(df, keys, xcol):
         x, y = part[xcol].to_numpy(), 100 * part["abx_error"].to_numpy(dtype=float)
         name = " / ".join(f"{v}" for v in gkey) if gkey else "ABX error"
-        if not label_by and gkey:
-            name = " / ".join(f"{k} {v}" for k, v in zip(keys, gkey))
+        if not label_by and gkey:  # the task: "phone by speaker", "phone across speaker"
+            task = dict(zip(keys, gkey))
+            on = task.get("on", part["on"].iat[0] if "on" in part else "")
+            name = " ".join([str(on)] + [f"{k} {task.get(k, part[k].iat[0])}"
+                                         for k in ("by", "across") if k in part
+                                         and str(task.get(k, part[k].iat[0])) != ""])
         (line,) = ax.plot(x, y, marker="o", ms=3, label=with_weights(name, df))
         interval_bars(ax, part, "abx_error", x, line.get_color(), scale=100)
         best = int(np.nanargmin(y))
