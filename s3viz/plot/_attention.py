@@ -19,7 +19,7 @@ UNITS = {"entropy": "entropy / log(keys)", "distance_ms": "mean distance (ms)",
 
 def attention_heads(stats: pd.DataFrame, column: str = "entropy", ax=None, *,
                     annotate: bool | None = None, cmap: str = "viridis",
-                    title: str | None = None):
+                    vmax: float | None = None, title: str | None = None):
     """Heatmap of one statistic of :func:`s3viz.attention_stats`: a row per layer (first
     layer on top), a column per head.
 
@@ -27,6 +27,8 @@ def attention_heads(stats: pd.DataFrame, column: str = "entropy", ax=None, *,
         stats: the table of :func:`s3viz.attention_stats` (one model).
         column: the statistic, one of ``s3viz.attention.STATISTICS``.
         annotate: write each value in its cell (default: at most 24 x 24 heads).
+        vmax: the top of the colour scale (default: 1 for entropy, else the largest
+            value); give two models one ``vmax`` to compare their heatmaps.
     """
     from ..attention import STATISTICS
 
@@ -48,7 +50,8 @@ def attention_heads(stats: pd.DataFrame, column: str = "entropy", ax=None, *,
                                max(2.6, 0.45 * values.shape[0] + 1.4)))
     # entropy on its whole scale; the others from 0 to their largest value (a fraction of
     # a few percent on a 0-1 scale would show no contrast)
-    vmax = 1.0 if column == "entropy" else max(float(np.nanmax(values)), 1e-12)
+    if vmax is None:
+        vmax = 1.0 if column == "entropy" else max(float(np.nanmax(values)), 1e-12)
     im = ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap=cmap, vmin=0.0, vmax=vmax)
     ax.figure.colorbar(im, ax=ax, label=UNITS[column])
     ax.set_xticks(np.arange(values.shape[1]), [str(h) for h in grid.columns])
