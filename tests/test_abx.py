@@ -296,3 +296,48 @@ def test_abx_needs_speakers_and_alignments():
                                       labels=labels.iloc[:1], phones=tables[:1])
     with pytest.raises(ValueError, match="an X of another speaker"):
         abx_layers(one_spk, across="speaker", device="cpu")
+
+
+# --------------------------------------------------------------------------- any label
+
+
+def test_utterances_restrict_the_items_to_those_utterances(store):
+    """``utterances=`` is the ABX of a store holding only those utterances."""
+    from s3viz.store import LayerStore
+
+    hidden, tables, labels = _abx_case.case()
+    keep = [0, 2, 3, 5, 6, 9, 10, 11]
+    sub = LayerStore.from_tensors([hidden[i] for i in keep], downsample_rates=[320, 320],
+                                  labels=labels.iloc[keep].reset_index(drop=True),
+                                  phones=[tables[i] for i in keep])
+    for kw in ({}, {"across": "speaker"}, {"on": "speaker", "by": "phone"}):
+        got = abx_layers(store, utterances=keep, device="cpu", max_items=None, **kw)
+        want = abx_layers(sub, device="cpu", max_items=None, **kw)
+        pd.testing.assert_frame_equal(got, want)
+        assert got["n_items"].iat[0] < abx_layers(store, device="cpu", max_items=None,
+                                                  **kw)["n_items"].iat[0]
+
+
+def test_max_x_across_keeps_that_many_x_speakers_per_cell(store):
+    _, cells = abx_layers(store, across="speaker", device="cpu", max_items=(None, 1),
+                          return_cells=True, layers=[0])
+    per_cell = cells.groupby(["phone", "phone_b", "speaker"])["speaker_x"].nunique()
+    assert (per_cell == 1).all()
+    _, full = abx_layers(store, across="speaker", device="cpu", max_items=None,
+                         return_cells=True, layers=[0])
+    assert full.groupby(["phone", "phone_b", "speaker"])["speaker_x"].nunique().max() == 2
+    again = abx_layers(store, across="speaker", device="cpu", max_items=(None, 1), layers=[0])
+    assert again["n_cells"].iat[0] == len(cells)  # seeded: the same draw
+
+
+def test_progress_bar_counts_the_cells(store, capsys):
+    res = abx_layers(store, device="cpu", progress=True, layers=[0])
+    err = capsys.readouterr().err
+    assert "ABX cells" in err and f"{res['n_cells'].iat[0]}/{res['n_cells'].iat[0]}" in err
+
+
+def test_speaker_abx_cells_name_the_speakers(store):
+    res, cells = abx_layers(store, on="speaker", by="phone", device="cpu", return_cells=True)
+    assert {"speaker", "speaker_b", "phone", "triplets", "error"} <= set(cells.columns)
+    assert (cells["speaker"] != cells["speaker_b"]).all()
+    assert (res["on"] == "speaker").all() and (res["by"] == "phone").all()
