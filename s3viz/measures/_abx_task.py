@@ -86,6 +86,9 @@ class ABXTask:
         self.units = units
         self.unit_values = {u: {n: self.values[n][i] for n in cond} for u, i in zip(units, first)}
         self.by_key = {u: tuple(v[n] for n in by) for u, v in self.unit_values.items()}
+        self.groups: dict = {}  # by values -> its units (an across task's pairs are in one)
+        for u in units:
+            self.groups.setdefault(self.by_key[u], []).append(u)
         self.symmetric = not across
         self.items = {u: np.flatnonzero(self.unit == u) for u in units}
         self._partners = self._pair_units(max_x_across, seed)

@@ -233,18 +233,46 @@ def _cell_sums(dist: torch.Tensor, lab_x: np.ndarray, lab_y: np.ndarray, num: in
     return correct
 
 
-def _score_task(task: ABXTask, features: dict, distance: str, owned: set, max_block: int,
+# frame-distance entries of one group's item matrix computed at once (beyond it, one
+# matrix per unit pair): 2^26 DTW costs, 256 MiB of float32
+GROUP_BUDGET = 1 << 26
+
+
+def _score_task(task: ABXTask, features, distance: str, owned: set, max_block: int,
                 bar) -> torch.Tensor:
     """``(cells,)`` correct-triplet sums of the cells whose X unit is in ``owned``, zeros
-    elsewhere (float64). ``features[u]``: ``(frames, start, lens)`` of unit ``u``'s items
-    in table order (cosine: unit rows, :func:`_normalise`)."""
+    elsewhere (float64). ``features(units)``: ``(frames, start, lens)`` of those units'
+    items, in that order (cosine: unit rows, :func:`_normalise`).
+
+    The units sharing the by values (every unit pair of an across task is in one such
+    group) get one symmetric item matrix when it fits :data:`GROUP_BUDGET`: its blocks are
+    big, and the DTW of a pair and its mirror is one pass, where one matrix per unit pair
+    would run many small blocks. A cell reads the rows of its X unit and the columns of
+    its A/B unit."""
     out = torch.zeros(len(task.keys), dtype=torch.float64)
-    at = 0
+    at, cache = 0, {}
     for s, sx, _, _, cx, cy, names, scored in task.walk():
         n = int(scored.sum())
         if sx in owned:
-            dist = _distance_matrix(*features[sx], *features[s], distance, max_block,
-                                    task.symmetric and s == sx)
+            units = task.groups[task.by_key[s]]
+            size = sum(len(task.items[u]) for u in units)
+            if size * size <= GROUP_BUDGET:
+                key = task.by_key[s]
+                if key not in cache:
+                    cache.clear()  # one group's matrix at a time
+                    f = features(units)
+                    pos, k = {}, 0
+                    for u in units:
+                        pos[u] = np.arange(k, k + len(task.items[u]))
+                        k += len(task.items[u])
+                    cache[key] = (_distance_matrix(*f, *f, distance, max_block, True), pos)
+                full, pos = cache[key]
+                dev = full.device
+                dist = full[torch.as_tensor(pos[sx], device=dev)][
+                    :, torch.as_tensor(pos[s], device=dev)]
+            else:
+                dist = _distance_matrix(*features([sx]), *features([s]), distance, max_block,
+                                        task.symmetric and s == sx)
             correct = _cell_sums(dist, cx, cy, len(names), task.symmetric, max_block)
             out[at:at + n] = correct[torch.as_tensor(scored, device=dist.device)].cpu()
             bar.update(n)
@@ -415,18 +443,17 @@ class ABX(Measure):
             return
         offs, task = lay["offsets"], lay["task"]
         lens = np.diff(offs)
-        need = {u for s_, sx, *_ in task.walk() if sx in lay["owned"] for u in (s_, sx)}
-        features = {}  # per unit its items' frames, as the distance reads them
-        for u in need:
-            items = task.items[u]
+        def features(units):  # those units' items' frames, as the distance reads them
+            items = np.concatenate([task.items[u] for u in units])
             start = np.concatenate([[0], np.cumsum(lens[items])])
             rows = np.repeat(offs[items] - start[:-1], lens[items]) + np.arange(start[-1])
             f = guard(x[torch.from_numpy(rows)], torch.float32).to(ctx.device)
-            features[u] = (_normalise(f) if self.distance == "cosine" else f, start[:-1],
-                           lens[items])
-        del x
+            return (_normalise(f) if self.distance == "cosine" else f, start[:-1],
+                    lens[items])
+
         self.correct[lay["cells"]] = _score_task(task, features, self.distance, lay["owned"],
                                                  self.max_block, bar)
+        x = None  # frees the layer copy (the closure above holds it until now)
 
     def _name(self, s: int, row: int) -> str:
         """Row ``row`` of layer ``s``'s item frames as (utterance, frame), for a guard's message."""
