@@ -1,0 +1,157 @@
+"""Attacks on the attention statistics and ABX on any label (issue 30): each test shows a
+place where the new features are quietly wrong or leave bad state, and states the right
+behaviour. Small and fast: a 1-layer tiny model, the fixed ABX case of _abx_case."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+import _abx_case
+from s3viz.abx import abx_layers
+from s3viz.attention import attention_maps, attention_stats
+from s3viz.data import Corpus, Utterance
+from s3viz.store import LayerStore
+from s3viz.zoo import TinyConfig, TinyUpstream
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _tiny(seed=0):
+    torch.manual_seed(seed)
+    return TinyUpstream(TinyConfig(conv_channels=16, hidden_size=32, num_layers=1, num_heads=2,
+                                   ffn_size=32, pos_conv_kernel=5, pos_conv_groups=2)).eval()
+
+
+def _utt(phones, n=16000, uid="u", seed=0):
+    rng = np.random.default_rng(seed)
+    return Utterance(uid, (rng.standard_normal(n) * 0.1).astype(np.float32), phones=phones)
+
+
+def test_head_summary_agrees_with_attention_stats_on_adjacent_same_label_segments():
+    """The explorer widget's numbers (``widgets._attention.head_summary``) claim to average
+    "as attention_stats averages them", but they find segments as runs of equal labels:
+    two adjacent phones "a" "a" become one phone, and two words "w" "w" with distinct
+    ``word_index`` one word. attention_stats (segments by identity, word_index) gives
+    same_phone 0.25 / same_word 0.5 on this utterance; the widget shows 0.5 / 1.0.
+    Right: head_summary's same_phone and same_word equal attention_stats' for a
+    one-utterance corpus (segments by row identity and word_index, as docs/attention.md)."""
+    from s3viz.widgets._attention import head_summary
+
+    ph = pd.DataFrame({"phone": ["a", "a", "b", "b"], "word": ["w", "w", "w", "w"],
+                       "word_index": [0, 0, 1, 1], "start": [0, 4000, 8000, 12000],
+                       "end": [4000, 8000, 12000, 16000]})
+    up, u = _tiny(), _utt(ph)
+    maps = attention_maps(up, u)
+    stats = attention_stats(up, Corpus([u]))
+    for head in maps.heads:
+        got = head_summary(maps, 1, head)
+        want = stats[(stats["layer"] == 1) & (stats["head"] == head)].iloc[0]
+        assert got["same_phone"] == pytest.approx(want["same_phone"], abs=1e-6)
+        assert got["same_word"] == pytest.approx(want["same_word"], abs=1e-6)
+
+
+def test_capture_from_two_threads_leaves_torch_unpatched():
+    """``capture_attention`` swaps ``torch.nn.functional.scaled_dot_product_attention`` (a
+    process-wide global) and restores what it saw on entry. Two threads computing
+    attention (a notebook's background widget and a loop, or a threaded server) whose
+    captures overlap but do not nest (A enters, B enters, A leaves, B leaves) end with
+    A's wrapper installed for good (B restores it), and B's own forward runs unwrapped
+    and is refused ("could not read the attention probabilities"). Right: the global is
+    the original after both, and each thread gets its maps (a lock, a thread-local
+    dispatch, or a clear refusal of concurrent use that leaves torch as it was)."""
+    orig_sdpa, orig_mha = F.scaled_dot_product_attention, F.multi_head_attention_forward
+    a_up, b_up = _tiny(0), _tiny(1)
+    u = _utt(None, n=8000)
+    a_in, a_done = threading.Event(), threading.Event()
+    errors = {}
+
+    def hold_a(module, args):  # A's forward starts (inside A's capture) ...
+        a_in.set()
+        b_in.wait(30)          # ... once B is inside its capture too
+
+    b_in = threading.Event()
+
+    def hold_b(module, args):  # B's forward starts after A's capture ended
+        b_in.set()
+        a_done.wait(30)
+
+    ha = a_up.register_forward_pre_hook(hold_a)
+    hb = b_up.register_forward_pre_hook(hold_b)
+
+    def run_a():
+        try:
+            attention_maps(a_up, u)
+        except Exception as e:  # noqa: BLE001
+            errors["a"] = e
+        finally:
+            a_done.set()
+
+    def run_b():
+        a_in.wait(30)
+        try:
+            attention_maps(b_up, u)
+        except Exception as e:  # noqa: BLE001
+            errors["b"] = e
+
+    threads = [threading.Thread(target=run_a), threading.Thread(target=run_b)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        leaked = F.scaled_dot_product_attention is not orig_sdpa
+    finally:
+        F.scaled_dot_product_attention, F.multi_head_attention_forward = orig_sdpa, orig_mha
+        ha.remove()
+        hb.remove()
+    assert not leaked, "torch.nn.functional.scaled_dot_product_attention left wrapped"
+    assert not errors, errors
+
+
+def _store(labels):
+    hidden, tables, _ = _abx_case.case()
+    return LayerStore.from_tensors(hidden, downsample_rates=[320, 320], labels=labels,
+                                   phones=tables)
+
+
+def test_labels_column_named_context_is_not_silently_shadowed():
+    """docs/measures.md: a label is "any column of the labels, or 'context'". A labels
+    column named ``context`` (e.g. recording context "clean"/"noisy") is silently
+    ignored: ``by="context"`` scores within neighbouring phones instead, and the result
+    is the same as with no such column. Right: refuse the ambiguous name (or use the
+    column), naming the argument and the fix (rename the column)."""
+    _, _, labels = _abx_case.case()
+    rec = labels.assign(context=np.where(np.arange(len(labels)) % 2, "noisy", "clean"))
+    try:
+        with_col = abx_layers(_store(rec), on="phone", by="context", layers=[0], device="cpu")
+    except ValueError as e:  # a refusal naming the clash is right too
+        assert "context" in str(e)
+        return
+    by_col = abx_layers(_store(rec.rename(columns={"context": "rec"})), on="phone", by="rec",
+                        layers=[0], device="cpu")
+    assert with_col["abx_error"].iat[0] == pytest.approx(by_col["abx_error"].iat[0]), \
+        "the labels' 'context' column was ignored without a word (neighbouring phones used)"
+
+
+def test_labels_column_named_like_a_tier_is_not_silently_shadowed():
+    """The same for a labels column named ``phone`` (an utterance-level label, e.g. a
+    phone-set or condition code): ``on="speaker", by="phone"`` silently uses the
+    alignment's phones and never reads the column. Right: refuse the clash with the
+    tier names, naming the column and the fix (or use the column)."""
+    _, _, labels = _abx_case.case()
+    odd = labels.assign(phone=["x"] * len(labels))
+    try:
+        got = abx_layers(_store(odd), on="speaker", by="phone", layers=[0], device="cpu")
+    except ValueError as e:  # a refusal naming the clash is right
+        assert "phone" in str(e)
+        return
+    by_col = abx_layers(_store(odd.rename(columns={"phone": "code"})), on="speaker",
+                        by="code", layers=[0], device="cpu")
+    assert got["abx_error"].iat[0] == pytest.approx(by_col["abx_error"].iat[0]), \
+        "the labels' 'phone' column was ignored without a word (the phone tier used)"
