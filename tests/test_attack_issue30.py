@@ -155,3 +155,20 @@ def test_labels_column_named_like_a_tier_is_not_silently_shadowed():
                         by="code", layers=[0], device="cpu")
     assert got["abx_error"].iat[0] == pytest.approx(by_col["abx_error"].iat[0]), \
         "the labels' 'phone' column was ignored without a word (the phone tier used)"
+
+
+@pytest.mark.parametrize("tier", ["no word column", "empty words"])
+def test_by_word_without_a_word_tier_is_refused(tier):
+    """``by="word"`` on phone items reads each phone's word; with an alignment that has no
+    word tier (no ``word`` column, or every word ""), every phone silently gets the word
+    "" and the task is scored as if by=() (same number, no warning), whereas a labels
+    column missing a value is refused ("an utterance without a value of a label the task
+    uses [is] refused", docs/measures.md). Right: refuse, naming the word tier and the
+    fix (load a word tier, or drop by="word")."""
+    hidden, tables, labels = _abx_case.case()
+    tabs = ([t.drop(columns=["word"]) for t in tables] if tier == "no word column"
+            else [t.assign(word="") for t in tables])
+    st = LayerStore.from_tensors(hidden, downsample_rates=[320, 320], labels=labels,
+                                 phones=tabs)
+    with pytest.raises((ValueError, KeyError), match="word"):
+        abx_layers(st, on="phone", by="word", layers=[0], device="cpu")
