@@ -172,3 +172,26 @@ def test_by_word_without_a_word_tier_is_refused(tier):
                                  phones=tabs)
     with pytest.raises((ValueError, KeyError), match="word"):
         abx_layers(st, on="phone", by="word", layers=[0], device="cpu")
+
+
+def test_two_by_labels_whose_values_contain_the_separator_do_not_merge_groups():
+    """The units (and the subsampling groups, and the collapse) key the by/across values
+    by joining them with "\\x1f": values ("a\\x1fb", "c") and ("a", "b\\x1fc") become one
+    key, so items of two different by groups are scored as one group (A, B and X from
+    different groups), silently. Labels are free text from a CSV, so this is rare but
+    unrefused. Right: keys that cannot collide (tuples, or factorized codes) so the
+    result equals that of one column naming the same two groups, or a refusal naming
+    the character."""
+    _, _, labels = _abx_case.case()
+    first = (labels.speaker == "spkA").to_numpy()
+    lab = labels.assign(c1=np.where(first, "a\x1fb", "a"), c2=np.where(first, "c", "b\x1fc"),
+                        grp=np.where(first, "g1", "g2"))
+    st = _store(lab)
+    try:
+        two = abx_layers(st, on="phone", by=["c1", "c2"], layers=[0], device="cpu")
+    except ValueError as e:
+        assert "\\x1f" in str(e) or "separator" in str(e)
+        return
+    one = abx_layers(st, on="phone", by="grp", layers=[0], device="cpu")
+    assert two["abx_error"].iat[0] == pytest.approx(one["abx_error"].iat[0])
+    assert two["n_cells"].iat[0] == one["n_cells"].iat[0]
