@@ -195,3 +195,18 @@ def test_two_by_labels_whose_values_contain_the_separator_do_not_merge_groups():
     one = abx_layers(st, on="phone", by="grp", layers=[0], device="cpu")
     assert two["abx_error"].iat[0] == pytest.approx(one["abx_error"].iat[0])
     assert two["n_cells"].iat[0] == one["n_cells"].iat[0]
+
+
+def test_max_items_as_a_list_pair_is_taken_or_refused_naming_the_pair_form():
+    """``max_items=[10, 2]`` (a pair as a list, as JSON/YAML configs and argparse give
+    it) is refused with "max_items must be a whole number, got [10, 2]", which names
+    neither the pair form nor the fix. Right: take a list pair as the tuple (same table
+    as ``max_items=(10, 2)``), or refuse saying a pair is a tuple ``(items, X groups)``."""
+    st = _store(_abx_case.case()[2])
+    try:
+        got = abx_layers(st, across="speaker", max_items=[10, 2], layers=[0], device="cpu")
+    except (TypeError, ValueError) as e:
+        assert "pair" in str(e) or "tuple" in str(e), str(e)
+        return
+    want = abx_layers(st, across="speaker", max_items=(10, 2), layers=[0], device="cpu")
+    pd.testing.assert_frame_equal(got, want)
