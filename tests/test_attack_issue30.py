@@ -210,3 +210,32 @@ def test_max_items_as_a_list_pair_is_taken_or_refused_naming_the_pair_form():
         return
     want = abx_layers(st, across="speaker", max_items=(10, 2), layers=[0], device="cpu")
     pd.testing.assert_frame_equal(got, want)
+
+
+def test_attention_map_draws_a_line_at_each_segment_boundary():
+    """docs/attention.md: ``plot.attention_map`` draws "a white line at each segment
+    boundary", but it finds segments as runs of equal frame labels, so the boundary
+    between two adjacent phones with one label ("a" "a", e.g. "this sound") or two
+    words with one spelling ("the the", distinct ``word_index``) gets no line and their
+    tier labels are drawn as one segment. Here three phone boundaries draw one line.
+    Right: a line at every segment boundary (segments by row, word_index), as
+    attention_stats counts them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from s3viz.plot import attention_map
+
+    ph = pd.DataFrame({"phone": ["a", "a", "b", "b"], "word": ["w", "w", "w", "w"],
+                       "word_index": [0, 0, 1, 1], "start": [0, 4000, 8000, 12000],
+                       "end": [4000, 8000, 12000, 16000]})
+    maps = attention_maps(_tiny(), _utt(ph))
+    ax = attention_map(maps)
+    try:
+        xs = {round(float(ln.get_xdata()[0]), 3) for ln in ax.lines
+              if len(set(np.ravel(ln.get_xdata()))) == 1}
+    finally:
+        plt.close(ax.figure)
+    phone = maps.frame_labels("phone")
+    assert len(xs) == 3, f"vertical boundary lines at {sorted(xs)} for phones {list(phone)}"
