@@ -239,3 +239,35 @@ def test_attention_map_draws_a_line_at_each_segment_boundary():
         plt.close(ax.figure)
     phone = maps.frame_labels("phone")
     assert len(xs) == 3, f"vertical boundary lines at {sorted(xs)} for phones {list(phone)}"
+
+
+@pytest.mark.parametrize("task", [dict(on="speaker", by=()), dict(across="speaker", by=())])
+def test_missing_speaker_column_advice_fits_the_task(task):
+    """Without a ``speaker`` column, ``on="speaker"`` (or ``across="speaker"``) with
+    ``by=()`` is refused with "... or pass by=() for none": the user already passed
+    by=(), and the speaker is not a by label here, so the advice cannot be followed.
+    Right: a message naming the argument that uses the speaker (on / across) and a fix
+    that works (add a speaker column, or choose another on/across label)."""
+    _, _, labels = _abx_case.case()
+    st = _store(labels[["id"]])
+    with pytest.raises(ValueError) as e:
+        abx_layers(st, layers=[0], device="cpu", **task)
+    msg = str(e.value)
+    assert "by=()" not in msg, msg
+    assert ("on" if "on" in task else "across") in msg.replace("one", ""), msg
+
+
+def test_bootstrap_with_an_utterance_missing_its_speaker_says_so():
+    """Six speakers, one utterance with no speaker: ``bootstrap=`` is refused with "ABX
+    intervals resample speakers, and the corpus has one", which is false (it has six)
+    and hides the cause. Right: name the utterance(s) without a speaker and the fix (fill
+    the speaker, or leave them out with utterances=)."""
+    _, _, labels = _abx_case.case()
+    spk = [f"s{i // 2}" for i in range(len(labels))]
+    spk[0] = None
+    st = _store(labels.assign(speaker=spk))
+    with pytest.raises(ValueError) as e:
+        abx_layers(st, layers=[0], device="cpu", bootstrap=100)
+    msg = str(e.value)
+    assert "has one" not in msg, msg
+    assert "spkA_u0" in msg or "utterances=" in msg, msg
