@@ -271,3 +271,19 @@ def test_bootstrap_with_an_utterance_missing_its_speaker_says_so():
     msg = str(e.value)
     assert "has one" not in msg, msg
     assert "spkA_u0" in msg or "utterances=" in msg, msg
+
+
+def test_a_label_spelling_one_number_two_ways_is_refused_as_for_probes():
+    """s3viz refuses a label whose values spell one number two ways ("7" and "7.0"; as
+    ``s3viz.probe.targets.check_classes`` does for every probe target: "only the user
+    can say if they are one class"). ABX reads labels columns without that check:
+    speaker ids 7 and "7.0" (a CSV column read as text in one file, as numbers in
+    another) silently become two speakers, so ``by="speaker"`` splits one speaker's
+    items into two groups. Right: the same refusal, naming the label and the values."""
+    _, _, labels = _abx_case.case()
+    spk = np.array(labels.speaker, dtype=object)
+    first = spk == "spkA"
+    spk[first] = [7, "7.0", 7, "7.0"]  # one speaker, spelled two ways
+    st = _store(labels.assign(speaker=spk))
+    with pytest.raises(ValueError, match="7"):
+        abx_layers(st, on="phone", by="speaker", layers=[0], device="cpu")
