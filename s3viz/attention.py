@@ -24,7 +24,7 @@ from .store import utterance_selection
 from .upstreams._attention import attention_modules, capture_attention
 from .upstreams._hub import weights_of
 
-__all__ = ["AttentionMaps", "STATISTICS", "attention_maps", "attention_stats"]
+__all__ = ["AttentionMaps", "STATISTICS", "attention_maps", "attention_stats", "segments_of"]
 
 STATISTICS = ("entropy", "distance_ms", "diagonal", "silence", "same_phone", "same_word",
               "outside")
@@ -76,6 +76,14 @@ class AttentionMaps:
             return np.full(self.num_frames, "", dtype=object)
         return _frame_labels(self.phones, self.num_frames, self.rate, column=column,
                              receptive_field_samples=self.receptive_field_samples)
+
+    def frame_segments(self) -> tuple:
+        """``(silence, phone, word)`` per frame: silence (bool) and the index of the phone
+        and word segment holding the frame's centre (-1: none), as
+        :func:`s3viz.attention_stats` reads them (two neighbouring segments of one label
+        stay two)."""
+        return segments_of(self.phones, self.num_frames, self.rate,
+                           self.receptive_field_samples)
 
     def map(self, layer: int, head: int) -> torch.Tensor:
         """The ``(T, T)`` map of one head.
@@ -177,9 +185,11 @@ def _head_list(heads, n: int) -> List[int]:
     return out
 
 
-def _segments(utt, n: int, rate: int, field: int) -> tuple:
-    """Per frame: silence (bool), phone segment and word segment (-1: none) of ``utt``."""
-    table = utt.phones
+def segments_of(table, num_frames: int, rate: int, receptive_field_samples: int) -> tuple:
+    """Per frame of ``num_frames``: silence (bool), phone segment and word segment (-1: none) of an
+    alignment ``table`` (None: none); a word segment is a run of rows of one word
+    (``word_index`` when given), outside silence and gaps."""
+    n, field = num_frames, receptive_field_samples
     if table is None or not len(table):
         return np.zeros(n, bool), np.full(n, -1), np.full(n, -1)
     phone = table["phone"].astype(str).to_numpy()
@@ -301,7 +311,7 @@ def attention_stats(upstream, corpus, layers: Optional[Sequence[int]] = None, *,
                 for row, b in enumerate(items):
                     n = int(frames[b])
                     if b not in segs:
-                        segs[b] = _segments(batch[b], n, run.rate, run.field)
+                        segs[b] = segments_of(batch[b].phones, n, run.rate, run.field)
                     p = probs[row, :, :n].cpu()
                     keys = p.shape[-1] if run.whisper else n
                     sums.add(li, p, n, keys, segs[b])

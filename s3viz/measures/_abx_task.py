@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 
 from .._labels import label_str
+from ..probe.targets import check_spellings
 
-__all__ = ["ABXTask", "TIERS", "collapse", "item_tier", "label_values", "resolve_conditions",
+__all__ = ["ABXTask", "TIERS", "codes_of", "collapse", "item_tier", "label_values", "resolve_conditions",
            "subsample"]
 
 TIERS = ("phone", "word")
@@ -80,17 +81,18 @@ class ABXTask:
                        for n in [on, *by, *across]}
         self.lab = self.values[on]
         cond = [*by, *across]
-        self.unit = (_joined([self.values[n] for n in cond]) if cond
-                     else np.full(len(table), "", dtype=object)).astype(str)
-        units, first = np.unique(self.unit, return_index=True)
+        codes, keys = codes_of([self.values[n] for n in cond], len(table))
+        self.unit = np.empty(len(table), dtype=object)
+        self.unit[:] = [keys[c] for c in codes]  # each item's unit: its tuple of values
+        units = list(keys)  # sorted
         self.units = units
-        self.unit_values = {u: {n: self.values[n][i] for n in cond} for u, i in zip(units, first)}
+        self.unit_values = {u: dict(zip(cond, u)) for u in units}
         self.by_key = {u: tuple(v[n] for n in by) for u, v in self.unit_values.items()}
         self.groups: dict = {}  # by values -> its units (an across task's pairs are in one)
         for u in units:
             self.groups.setdefault(self.by_key[u], []).append(u)
         self.symmetric = not across
-        self.items = {u: np.flatnonzero(self.unit == u) for u in units}
+        self.items = {u: np.flatnonzero(codes == c) for c, u in enumerate(units)}
         self._partners = self._pair_units(max_x_across, seed)
         rows, trip, self._cells = [], [], []
         for s, sx, names, t in self._walk_counts():
@@ -112,10 +114,11 @@ class ABXTask:
             return {}
         rng = np.random.default_rng([seed, 37])
         out = {}
+        self._x_units = {s: set() for s in self.units}  # per A/B unit, its X units
         for s in self.units:
             ys = self.items[s]
             labs = np.unique(self.lab[ys])
-            cand = [u for u in self.units if self.by_key[u] == self.by_key[s] and all(
+            cand = [u for u in self.groups[self.by_key[s]] if all(
                 self.unit_values[u][n] != self.unit_values[s][n] for n in self.across)]
             has = {u: set(self.lab[self.items[u]].tolist()) for u in cand}
             for a in labs:
@@ -128,6 +131,7 @@ class ABXTask:
                         out[(s, a, b)] = [xs[i] for i in pick]
                     else:
                         out[(s, a, b)] = xs
+                    self._x_units[s].update(out[(s, a, b)])
         return out
 
     def _walk_counts(self):
@@ -135,8 +139,7 @@ class ABXTask:
         counts of its cells (0: no cell)."""
         for s in self.units:
             ys = self.items[s]
-            partners = [s] if self.symmetric else sorted(
-                {u for (s_, _, _), us in self._partners.items() if s_ == s for u in us})
+            partners = [s] if self.symmetric else sorted(self._x_units[s])
             for sx in partners:
                 xs = self.items[sx]
                 names, codes = np.unique(np.concatenate([self.lab[ys], self.lab[xs]]),
@@ -170,31 +173,51 @@ class ABXTask:
         return [[n] for n in reversed(self.by)] + ([list(self.across)] if self.across else [])
 
 
-def _joined(columns) -> np.ndarray:
-    return np.array(["\x1f".join(t) for t in zip(*columns)], dtype=object)
+def codes_of(columns, n: int) -> tuple[np.ndarray, list]:
+    """``(codes, keys)``: each row's code into ``keys``, the sorted distinct tuples of the
+    columns' values (compared as tuples: no separator that a value could contain)."""
+    if not columns:
+        return np.zeros(n, dtype=np.int64), [()]
+    codes, uniques = pd.MultiIndex.from_arrays([np.asarray(c, dtype=object)
+                                                for c in columns]).factorize(sort=True)
+    return np.asarray(codes, dtype=np.int64), [tuple(u) for u in uniques]
 
 
 def label_values(table: pd.DataFrame, labels: pd.DataFrame, name: str, tier: str) -> np.ndarray:
     """Each item's value of label ``name`` as a string."""
+    if name in (*TIERS, CONTEXT) and name in labels.columns:
+        raise ValueError(f"{name!r} names both the labels' column {name!r} and s3viz's "
+                         f"{'alignment tier' if name in TIERS else 'neighbouring segments'}; "
+                         "rename the column (e.g. to 'utt_" + name + "') so that each label "
+                         "means one thing")
     if name == tier:
         return table["label"].astype(str).to_numpy(dtype=object)
     if name == CONTEXT:
         return (table["prev"].astype(str) + "|" + table["next"].astype(str)).to_numpy(dtype=object)
     if name == "word" and tier == "phone":
-        return table["word"].fillna("").astype(str).to_numpy(dtype=object)
+        out = (table["word"] if "word" in table else pd.Series([""] * len(table))
+               ).fillna("").astype(str).to_numpy(dtype=object)
+        missing = table["id"].to_numpy()[out == ""]
+        if len(missing):
+            raise ValueError(f"{int((out == '').sum())} phone item(s) are in no word (e.g. in "
+                             f"{sorted(set(missing))[:5]}; an alignment without words, or "
+                             "phones outside them): the 'word' condition needs a word for "
+                             "every item; align words, or leave 'word' out")
+        return out
     if name in TIERS:
         raise ValueError(f"the items are {tier} segments, which have no single {name!r}: put "
                          f"{name!r} first among on, by and across to make {name}s the items")
     if name == "speaker" and name not in labels.columns:
         raise ValueError("ABX needs a 'speaker' column in the labels (store.labels, or the "
-                         "corpus's) for a speaker condition; add one (e.g. one speaker per "
-                         "utterance id), or pass by=() for none")
+                         "corpus's) for a task that names 'speaker'; add one (e.g. one "
+                         "speaker per utterance id)")
     if name not in labels.columns:
         raise ValueError(f"unknown label {name!r}: ABX labels are the tiers {TIERS}, "
                          f"{CONTEXT!r} (the neighbouring segments) and the labels' columns "
                          f"{list(labels.columns)}")
     col = labels[name].tolist()
     out = np.array([label_str(col[u]) for u in table["utt"].to_numpy()], dtype=object)
+    check_spellings(f"label {name!r}", sorted(set(out.tolist()) - {""}), "among the items")
     missing = table["id"].to_numpy()[out == ""]
     if len(missing):
         raise ValueError(f"{len(set(missing))} utterance(s) have no {name} (e.g. "
@@ -206,11 +229,11 @@ def label_values(table: pd.DataFrame, labels: pd.DataFrame, name: str, tier: str
 def subsample(table: pd.DataFrame, task_values: dict, max_items: int, seed: int) -> np.ndarray:
     """Sorted rows of ``table`` keeping at most ``max_items`` items of each group of items
     sharing every label of the task (fastabx's ``max_size_group``), drawn with ``seed``."""
-    key = _joined(list(task_values.values()))
+    codes, _ = codes_of(list(task_values.values()), len(table))
     rng = np.random.default_rng([seed, 31])
     keep = []
-    for _, idx in pd.Series(np.arange(len(table))).groupby(key, sort=True).groups.items():
-        idx = np.asarray(idx)
+    for c in np.unique(codes):
+        idx = np.flatnonzero(codes == c)
         keep.extend(idx if len(idx) <= max_items else rng.choice(idx, max_items, replace=False))
     return np.sort(np.asarray(keep, dtype=np.int64))
 
@@ -236,9 +259,7 @@ def collapse(cells: pd.DataFrame, on: str, levels: list[list[str]], x_cols: list
     per_row = {c: w for c, w in weights.items()}  # draws per current row
     for k, level in enumerate(levels):
         group_cols = [c for c in keys.columns if c not in level]
-        gid, _ = pd.factorize(_joined([keys[c].to_numpy() for c in group_cols])
-                              if group_cols else np.zeros(len(keys), dtype=object))
-        gid = np.asarray(gid)
+        gid, _ = codes_of([keys[c].to_numpy() for c in group_cols], len(keys))
         n = int(gid.max()) + 1
         w = np.ones((r, len(keys)))
         for c in level + (x_cols if k == 0 else []):

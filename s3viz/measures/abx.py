@@ -320,6 +320,7 @@ class ABX(Measure):
         if distance not in DISTANCES:
             raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
         self.on, self.by, self.across = resolve_conditions(on, by, across)
+        self.by_default = by is None
         self.distance = distance
         self.max_items, self.max_x_across = _max_items(max_items)
         self.max_block = _v.integer(max_block, "max_block", minimum=1)
@@ -336,14 +337,16 @@ class ABX(Measure):
         self.ctx = ctx
         meta = ctx.meta
         self.sel = utterance_selection(self.utterances, len(meta.ids))
-        self.boot = None
-        if self.resamples:
-            _, names, kind = resampling_units(meta.labels, self.sel)
-            if kind != "speaker":
-                raise ValueError("ABX intervals resample speakers, and the corpus has one; "
-                                 "pass bootstrap=None or use a corpus of several speakers")
-            self.boot = Bootstrap(names, kind, self.resamples, self.confidence, self.seed,
-                                  items=items_digest(meta.labels, self.sel))
+        if "speaker" in [self.on, *self.by, *self.across] and \
+                "speaker" not in meta.labels.columns:
+            role = ("by (by=None's default: within speaker)" if self.by_default and
+                    "speaker" in self.by else "on" if self.on == "speaker" else
+                    "by" if "speaker" in self.by else "across")
+            fix = ("pass by=() to compare the items of all speakers together"
+                   if role.startswith("by (") else f"leave 'speaker' out of {role}")
+            raise ValueError(f"ABX needs a 'speaker' column in the labels (store.labels, or "
+                             f"the corpus's): 'speaker' is in {role}; add one (e.g. one "
+                             f"speaker per utterance id), or {fix}")
         corpus, self.layers, frames, n_cells = CorpusLayers(ctx), [], [], 0
         mine = np.zeros(len(meta.ids), dtype=bool)
         mine[ctx.positions] = True
@@ -368,6 +371,15 @@ class ABX(Measure):
             n_cells += len(task.keys)
             frames.append(torch.zeros(int(items[key]["offsets"][-1]), ctx.sizes[s],
                                       dtype=ctx.read_dtype))
+        self.boot = None
+        if self.resamples:
+            _, names, kind = resampling_units(meta.labels, self.sel)
+            if kind != "speaker":
+                raise ValueError("ABX intervals resample speakers, and the selected "
+                                 "utterances have one speaker only; pass bootstrap=None or "
+                                 "use utterances of several speakers")
+            self.boot = Bootstrap(names, kind, self.resamples, self.confidence, self.seed,
+                                  items=items_digest(meta.labels, self.sel))
         self.n_cells = n_cells
         self.add_state("frames", frames, lambda v, reduce: [reduce(t) for t in v])
 
@@ -506,10 +518,13 @@ def _max_items(value) -> tuple:
     """``(group cap, X-group cap)`` from ``max_items`` (an int keeps ZeroSpeech's 5 X groups)."""
     if value is None:
         return None, None
-    if isinstance(value, tuple):
+    if isinstance(value, (tuple, list)):
         if len(value) != 2:
-            raise ValueError(f"max_items must be an int, a pair (items, X groups) or None, "
-                             f"got {value!r}")
+            raise ValueError(f"max_items must be an int, a pair (items per group, X groups "
+                             f"per cell) or None, got {value!r}")
         return (_v.integer(value[0], "max_items", minimum=2, none_ok=True),
                 _v.integer(value[1], "max_items (X groups)", minimum=1, none_ok=True))
+    if isinstance(value, (str, bytes)) or not np.isscalar(value):
+        raise TypeError(f"max_items must be an int, a pair (items per group, X groups per "
+                        f"cell) or None, got {value!r}")
     return _v.integer(value, "max_items", minimum=2), 5

@@ -67,15 +67,17 @@ def attention_heads(stats: pd.DataFrame, column: str = "entropy", ax=None, *,
     return ax
 
 
-def _segments(labels: np.ndarray):
-    """Runs of equal labels: ``(start, end, label)`` in frames."""
-    edges = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1], True])
-    return [(int(a), int(b), labels[a]) for a, b in zip(edges[:-1], edges[1:])]
+def _segments(labels: np.ndarray, seg: np.ndarray):
+    """Each segment's frames ``(start, end, label)``: runs of one segment index (two
+    neighbouring segments of one label stay two), and the frames of no segment."""
+    edges = np.flatnonzero(np.r_[True, seg[1:] != seg[:-1], True])
+    return [(int(a), int(b), labels[a] if seg[a] >= 0 else "")
+            for a, b in zip(edges[:-1], edges[1:])]
 
 
-def _tier(ax, labels: np.ndarray, axis: str, offset: float) -> None:
+def _tier(ax, labels: np.ndarray, seg: np.ndarray, axis: str, offset: float) -> None:
     """A tier's segments as lines at their boundaries (in the map) and labels outside it."""
-    for a, b, lab in _segments(labels):
+    for a, b, lab in _segments(labels, seg):
         if a > 0:
             line = ax.axvline if axis == "x" else ax.axhline
             line(a - 0.5, color="w", lw=0.5, alpha=0.6)
@@ -114,11 +116,12 @@ def attention_map(maps, layer: int | None = None, head: int | None = None, ax=No
                    interpolation="nearest", origin="upper")
     ax.figure.colorbar(im, ax=ax, label="attention", fraction=0.046, pad=0.04)
     phones, words = maps.frame_labels("phone"), maps.frame_labels("word")
+    silent, ph_seg, wd_seg = maps.frame_segments()
     ax.tick_params(labelsize=7)
     for axis, near, far in (("x", 0.01, 0.055), ("y", 0.07, 0.15)):  # y: beyond the ticks
-        _tier(ax, phones, axis, near)
-        _tier(ax, words, axis, far)
-    sil = np.flatnonzero(phones == "sil")
+        _tier(ax, phones, ph_seg, axis, near)
+        _tier(ax, words, wd_seg, axis, far)
+    sil = np.flatnonzero(silent)
     for k in sil:  # silence: a grey tick on both axes
         ax.axvspan(k - 0.5, k + 0.5, ymin=0, ymax=0.012, color="0.6")
         ax.axhspan(k - 0.5, k + 0.5, xmin=0, xmax=0.012, color="0.6")

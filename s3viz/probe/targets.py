@@ -547,11 +547,10 @@ def _number(s: str):
     return None if math.isnan(f) else f
 
 
-def check_classes(target: str, classes, n_examples: int | None,
-                  where: str = "among the probed examples") -> None:
-    """Refuse a target with one class, or (given ``n_examples``) one class per example,
-    or two classes that are strings spelling one number differently (``"1"`` and
-    ``"1.0"``, ``"True"`` and ``"1"``): only the user can say if they are one class."""
+def check_spellings(what: str, classes, where: str = "") -> None:
+    """Refuse two classes that are strings spelling one number differently (``"1"`` and
+    ``"1.0"``, ``"True"`` and ``"1"``): only the user can say if they are one class. Every
+    categorical label (a probe's target, an ABX condition) is read through this check."""
     by_value: dict[float, list[str]] = {}
     for c in classes:
         # True == 1 and False == 0: a column mixing booleans with 0/1 spells one value twice
@@ -561,11 +560,19 @@ def check_classes(target: str, classes, n_examples: int | None,
     clash = [v for v in by_value.values() if len(v) > 1]
     if clash:
         raise ValueError(
-            f"target {target!r} has classes that spell one number differently {where}: "
+            f"{what} has classes that spell one number differently{' ' + where if where else ''}: "
             + "; ".join(" and ".join(repr(c) for c in v) for v in clash[:5])
             + f" ({len(clash)} such number(s)). They would be different classes; write each "
             "value one way (e.g. numbers as numbers, or strings all spelled alike), or give "
             "distinct codes distinct names (e.g. 'c01' and 'c1')")
+
+
+def check_classes(target: str, classes, n_examples: int | None,
+                  where: str = "among the probed examples") -> None:
+    """Refuse a target with one class, or (given ``n_examples``) one class per example,
+    or two classes that are strings spelling one number differently (``"1"`` and
+    ``"1.0"``, ``"True"`` and ``"1"``): only the user can say if they are one class."""
+    check_spellings(f"target {target!r}", classes, where)
     if len(classes) < 2:
         which = f" ({classes[0]!r})" if len(classes) else ""
         raise ValueError(f"target {target!r} has {'a single class' if len(classes) else 'no class'}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from typing import Callable, List
 
 import torch
@@ -58,11 +59,64 @@ def _probabilities(q, k, attn_mask, scale) -> torch.Tensor:
     return torch.softmax(scores, dim=-1).nan_to_num(0.0)
 
 
+# torch.nn.functional's two attention functions are wrapped while any capture is open (a
+# count under a lock), and each wrapper reads the capture of its own thread: captures in
+# several threads, opened and closed in any order, neither clash nor leave torch wrapped
+_LOCK = threading.Lock()
+_OPEN = [0]
+_ORIG = {}
+_LOCAL = threading.local()
+
+
+def _sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kw):
+    state = getattr(_LOCAL, "state", None)
+    if state is not None and state["layer"] and not is_causal \
+            and not kw.get("enable_gqa", False) and query.shape[-3] == key.shape[-3]:
+        state["sink"](state["layer"], _probabilities(query, key, attn_mask, scale))
+        state["seen"] = True
+    return _ORIG["sdpa"](query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
+                         is_causal=is_causal, scale=scale, **kw)
+
+
+def _mha(*args, **kw):
+    out = _ORIG["mha"](*args, **kw)
+    state = getattr(_LOCAL, "state", None)
+    if state is not None and state["layer"]:
+        # the same call with per-head weights: torch averages them over heads by default
+        kw2 = dict(kw, need_weights=True, average_attn_weights=False, training=False)
+        if len(args) > 13:  # training passed by position (index 13)
+            args = args[:13] + (False,) + args[14:]
+            kw2.pop("training")
+        weights = _ORIG["mha"](*args, **kw2)[1]
+        state["sink"](state["layer"], weights.float().nan_to_num(0.0))
+        state["seen"] = True
+    return out
+
+
+@contextlib.contextmanager
+def _wrapped():
+    with _LOCK:
+        if _OPEN[0] == 0:
+            _ORIG["sdpa"], _ORIG["mha"] = F.scaled_dot_product_attention, \
+                F.multi_head_attention_forward
+            F.scaled_dot_product_attention, F.multi_head_attention_forward = _sdpa, _mha
+        _OPEN[0] += 1
+    try:
+        yield
+    finally:
+        with _LOCK:
+            _OPEN[0] -= 1
+            if _OPEN[0] == 0:
+                F.scaled_dot_product_attention = _ORIG.pop("sdpa")
+                F.multi_head_attention_forward = _ORIG.pop("mha")
+
+
 @contextlib.contextmanager
 def capture_attention(upstream, sink: Callable[[int, torch.Tensor], None]):
-    """Within the block, each forward of ``upstream`` calls ``sink(layer, probs)`` for every
-    transformer layer (1-based) as it runs: ``probs (batch, heads, queries, keys)``
-    float32, the probabilities the layer's attention used, one layer at a time.
+    """Within the block, each forward of ``upstream`` in this thread calls ``sink(layer,
+    probs)`` for every transformer layer (1-based) as it runs: ``probs (batch, heads,
+    queries, keys)`` float32, the probabilities the layer's attention used, one layer at a
+    time.
 
     The model's own computation is unchanged: while one of its attention modules runs,
     ``torch.nn.functional.scaled_dot_product_attention`` and ``multi_head_attention_forward``
@@ -72,35 +126,15 @@ def capture_attention(upstream, sink: Callable[[int, torch.Tensor], None]):
     probabilities were seen neither way raises an error.
     """
     mods = attention_modules(upstream)
-    state = {"layer": 0, "seen": False}
-    orig_sdpa, orig_mha = F.scaled_dot_product_attention, F.multi_head_attention_forward
-
-    def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
-             **kw):
-        if state["layer"] and not is_causal and not kw.get("enable_gqa", False) \
-                and query.shape[-3] == key.shape[-3]:
-            sink(state["layer"], _probabilities(query, key, attn_mask, scale))
-            state["seen"] = True
-        return orig_sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
-                         is_causal=is_causal, scale=scale, **kw)
-
-    def mha(*args, **kw):
-        out = orig_mha(*args, **kw)
-        if state["layer"]:
-            # the same call with per-head weights: torch averages them over heads by default
-            kw2 = dict(kw, need_weights=True, average_attn_weights=False, training=False)
-            if len(args) > 13:  # training passed by position (index 13)
-                args = args[:13] + (False,) + args[14:]
-                kw2.pop("training")
-            weights = orig_mha(*args, **kw2)[1]
-            sink(state["layer"], weights.float().nan_to_num(0.0))
-            state["seen"] = True
-        return out
+    state = {"layer": 0, "seen": False, "sink": sink}
 
     def before(module, args, layer):
-        state["layer"], state["seen"] = layer, False
+        if getattr(_LOCAL, "state", None) is state:
+            state["layer"], state["seen"] = layer, False
 
     def after(module, args, output, layer):
+        if getattr(_LOCAL, "state", None) is not state:
+            return  # the module ran in another thread, outside this capture
         state["layer"] = 0
         if state["seen"]:
             return
@@ -113,16 +147,19 @@ def capture_attention(upstream, sink: Callable[[int, torch.Tensor], None]):
                            "attention runs neither torch's scaled_dot_product_attention nor "
                            "an eager implementation that returns them")
 
-    handles = []
+    handles, outer = [], getattr(_LOCAL, "state", None)
     try:
         for i, m in enumerate(mods, start=1):
             handles.append(m.register_forward_pre_hook(
                 lambda mod, args, i=i: before(mod, args, i)))
             handles.append(m.register_forward_hook(
                 lambda mod, args, out, i=i: after(mod, args, out, i)))
-        F.scaled_dot_product_attention, F.multi_head_attention_forward = sdpa, mha
-        yield len(mods)
+        with _wrapped():
+            _LOCAL.state = state
+            try:
+                yield len(mods)
+            finally:
+                _LOCAL.state = outer
     finally:
-        F.scaled_dot_product_attention, F.multi_head_attention_forward = orig_sdpa, orig_mha
         for h in handles:
             h.remove()

@@ -24,20 +24,17 @@ def head_summary(maps, layer: int, head: int) -> dict:
     m = maps.map(layer, head).double().numpy()
     t = m.shape[0]
     i, j = np.arange(t)[:, None], np.arange(t)[None, :]
-    phone, word = maps.frame_labels("phone"), maps.frame_labels("word")
-    ph_seg = np.cumsum(np.r_[True, phone[1:] != phone[:-1]])
-    wd_seg = np.cumsum(np.r_[True, word[1:] != word[:-1]])
-    in_word = (word != "") & (phone != "sil")
+    sil, ph_seg, wd_seg = maps.frame_segments()
 
-    def share(same, rows):
+    def share(seg):
+        rows = seg >= 0
+        same = (seg[:, None] == seg[None, :]) & rows[:, None]
         return float((m * same)[rows].sum() / rows.sum()) if rows.any() else float("nan")
 
     return {"distance_ms": float((m * np.abs(i - j)).sum() / t * maps.rate / 16.0),
             "diagonal": float((m * (np.abs(i - j) <= 1)).sum() / t),
-            "silence": float(m[:, phone == "sil"].sum() / t),
-            "same_phone": share(ph_seg[:, None] == ph_seg[None, :], phone != ""),
-            "same_word": share((wd_seg[:, None] == wd_seg[None, :]) & in_word[None, :],
-                               in_word),
+            "silence": float(m[:, sil].sum() / t),
+            "same_phone": share(ph_seg), "same_word": share(wd_seg),
             "outside": float(maps.outside[maps.layers.index(layer),
                                           maps.heads.index(head)].mean())}
 
