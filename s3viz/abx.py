@@ -31,7 +31,7 @@ def abx_layers(store, *, on: str = "phone", by=None, across=None, distance: str 
                layers: Sequence[int] | None = None, utterances=None, max_items=10,
                device=None, seed: int = 0, return_cells: bool = False,
                bootstrap: int | None = None, confidence: float = 0.95,
-               progress: bool = False):
+               progress: bool = True):
     """ABX error of ``on`` in every stored layer, under the ``by`` and ``across`` conditions
     of fastabx's ``Task`` (``docs/measures.md``, "ABX on any label").
 
@@ -42,9 +42,11 @@ def abx_layers(store, *, on: str = "phone", by=None, across=None, distance: str 
     Args:
         store: needs alignments, and for a speaker condition a ``speaker`` column in
             ``store.labels``.
-        on, by, across, distance, max_items, seed, utterances, progress: as for
+        on, by, across, distance, max_items, seed, utterances: as for
             :class:`s3viz.measures.ABX` (``max_items``: at most this many items per group
             sharing every label of the task, default 10 as ZeroSpeech; None: all).
+        progress: a progress bar over the scored cells (tqdm; on by default, as
+            ``extract``'s: a large task runs minutes).
         return_cells: also return the scored cells.
         bootstrap, confidence: error bars over resampled speakers (as for
             :class:`s3viz.measures.ABX`; ``docs/measures.md``, "Error bars").
