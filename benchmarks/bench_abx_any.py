@@ -83,7 +83,7 @@ def case(name, store, on, by, across, threads: int) -> dict:
     import s3viz
 
     t0 = time.perf_counter()
-    res = s3viz.abx_layers(store, on=on, by=by, across=across, device="cpu")
+    res = s3viz.abx_layers(store, on=on, by=by, across=across, device="cpu", progress=False)
     default_s = time.perf_counter() - t0
     row = {"case": name, "utterances": len(store), "layers": store.num_layer,
            "default_seconds": round(default_s, 1), "default_items": int(res["n_items"].iat[0]),
@@ -96,7 +96,7 @@ def case(name, store, on, by, across, threads: int) -> dict:
         keep = table["utt"].unique()
         t0 = time.perf_counter()
         same = s3viz.abx_layers(store, on=on, by=by, across=across, device="cpu",
-                                max_items=(10, None))
+                                max_items=(10, None), progress=False)
         s3viz_s = time.perf_counter() - t0
         assert int(same["n_items"].iat[0]) == n_items, (same["n_items"].iat[0], n_items)
         row.update(same_items=n_items, same_utterances=len(keep),
