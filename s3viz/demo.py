@@ -195,7 +195,7 @@ def _run(out: OwnedFolder, n_utterances: int, seed: int, device) -> List[Path]:
     png(fig, "probes.png")
 
     # the measures papers report besides probes: ABX and k-means unit quality
-    abx_df = pd.concat([s3viz.abx_layers(st, device=device)
+    abx_df = pd.concat([s3viz.abx_layers(st, device=device, progress=False)
                         .assign(model=label) for label, st in stores.items()], ignore_index=True)
     units_df = pd.concat([s3viz.unit_quality(st, k=50, device=device, seed=seed)
                           .assign(model=label) for label, st in stores.items()],
