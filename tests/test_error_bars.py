@@ -71,7 +71,7 @@ def test_abx_replicates_are_the_error_of_resampled_speakers(abx_store, speaker):
         dup = _duplicated(cells, boot.counts[r], boot.names, speaker == "across")
         if speaker == "within":
             dup = dup.drop(columns="speaker_x")
-        want = collapse(dup, "phone", [["speaker"]], x_cols)[0]
+        want = collapse(dup, [["speaker"]], x_cols)[0]
         assert reps[r] == pytest.approx(want, abs=1e-12)
     lo, hi = res["abx_error_lo"].to_numpy(), res["abx_error_hi"].to_numpy()
     assert (lo <= hi).all() and (res["resampled_by"] == "speaker").all()

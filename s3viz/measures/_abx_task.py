@@ -159,12 +159,12 @@ class ABXTask:
                     yield s, sx, names, t
 
     def walk(self):
-        """Per unit pair in the order of :attr:`keys`: ``(s, sx, X items, A/B items, X
-        codes, A/B codes, names, scored)``; ``scored (num, num)`` marks its cells."""
+        """Per unit pair in the order of :attr:`keys`: ``(s, sx, X codes, A/B codes, names,
+        scored)``; ``scored (num, num)`` marks its cells."""
         for s, sx, names, scored in self._cells:
             ys, xs = self.items[s], self.items[sx]
             code = {v: i for i, v in enumerate(names)}
-            yield (s, sx, xs, ys, np.array([code[v] for v in self.lab[xs]], dtype=np.int64),
+            yield (s, sx, np.array([code[v] for v in self.lab[xs]], dtype=np.int64),
                    np.array([code[v] for v in self.lab[ys]], dtype=np.int64), names, scored)
 
     def levels(self) -> list[list[str]]:
@@ -238,7 +238,7 @@ def subsample(table: pd.DataFrame, task_values: dict, max_items: int, seed: int)
     return np.sort(np.asarray(keep, dtype=np.int64))
 
 
-def collapse(cells: pd.DataFrame, on: str, levels: list[list[str]], x_cols: list[str],
+def collapse(cells: pd.DataFrame, levels: list[list[str]], x_cols: list[str],
              weights: dict | None = None, replicates: int = 1) -> np.ndarray:
     """``(replicates,)`` ABX errors from the cells' ``error``, averaged as fastabx's
     ``Score.collapse`` does: X's columns dropped, then for each level in turn the mean over

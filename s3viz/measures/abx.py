@@ -251,7 +251,7 @@ def _score_task(task: ABXTask, features, distance: str, owned: set, max_block: i
     its A/B unit."""
     out = torch.zeros(len(task.keys), dtype=torch.float64)
     at, cache = 0, {}
-    for s, sx, _, _, cx, cy, names, scored in task.walk():
+    for s, sx, cx, cy, names, scored in task.walk():
         n = int(scored.sum())
         if sx in owned:
             units = task.groups[task.by_key[s]]
@@ -481,7 +481,7 @@ class ABX(Measure):
             at = {n: i for i, n in enumerate(self.boot.names)}
             cols = [c for c in ("speaker", "speaker_x") if c in cells.columns]
             weights = {c: counts[:, cells[c].map(at).to_numpy(np.int64)] for c in cols}
-        return collapse(cells, self.on, task.levels(), [f"{n}_x" for n in self.across],
+        return collapse(cells, task.levels(), [f"{n}_x" for n in self.across],
                         weights, 1 if counts is None else len(counts))
 
     def compute(self) -> pd.DataFrame:
